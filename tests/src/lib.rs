@@ -1,0 +1,1 @@
+//! Helpers for integration tests that drive the real machina binary.
