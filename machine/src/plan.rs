@@ -1,0 +1,201 @@
+//! The plan of a machine: everything the builder will create, computed before anything exists.
+//!
+//! The JSON form (serde) of these types is a documented, stable interface (docs/PLAN.md):
+//! fields are only ever added, never renamed or removed.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Chipset family of a machine type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Family {
+    /// `pc-q35-*`: MCH + ICH9, root bus `pcie.0` (PCIe).
+    Q35,
+    /// `pc-i440fx-*`: i440FX + PIIX3/PIIX4, root bus `pci.0` (conventional PCI).
+    I440fx,
+    /// `none`: no chipset, no buses.
+    None,
+}
+
+/// A half-open guest-physical or I/O range `[base, base + size)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Range {
+    pub base: u64,
+    pub size: u64,
+}
+
+impl Range {
+    pub fn end(&self) -> u64 {
+        self.base + self.size
+    }
+}
+
+/// What a memory-map region is, as firmware would describe it to the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RegionKind {
+    /// Guest RAM.
+    Ram,
+    /// Reserved for firmware/chipset; the guest must not use it as RAM (e820 type 2).
+    Reserved,
+    /// Window where PCI BARs are allocated (not in e820).
+    PciHole,
+    /// Device MMIO (IOAPIC, LAPIC, HPET); not in e820 as RAM.
+    Mmio,
+}
+
+/// One named region of the memory map.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoryRegion {
+    pub name: String,
+    pub kind: RegionKind,
+    pub range: Range,
+}
+
+/// The machine's guest-physical layout, derived from the machine type and `-m`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoryMap {
+    /// Total RAM in bytes (`-m`).
+    pub ram_size: u64,
+    /// RAM mapped at 0 (below the 32-bit PCI hole).
+    pub ram_below_4g: u64,
+    /// RAM mapped from 4 GiB upwards.
+    pub ram_above_4g: u64,
+    /// PCI Express ECAM window (q35 only; firmware enables it at this address).
+    pub ecam: Option<Range>,
+    /// 32-bit PCI MMIO hole (BARs below 4 GiB).
+    pub pci_hole32: Range,
+    /// 64-bit PCI MMIO hole (above RAM above 4 GiB).
+    pub pci_hole64: Range,
+    /// Every region in address order: RAM, reserved low areas, ECAM, holes, device MMIO.
+    pub regions: Vec<MemoryRegion>,
+}
+
+/// Conventional PCI or PCI Express.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BusKind {
+    Pci,
+    Pcie,
+}
+
+/// One PCI bus of the machine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BusPlan {
+    /// QEMU's bus id: `pcie.0`, `pci.0`, or the id of the bridge/port that provides it.
+    pub id: String,
+    pub kind: BusKind,
+    /// True for the host bridge's root bus.
+    pub is_root: bool,
+    /// Index into `Plan::pci` of the bridge or port that provides this bus (None for the root).
+    pub parent_function: Option<usize>,
+    /// Usable slot range (inclusive); e.g. 0..=0 behind a root/downstream port.
+    pub slot_min: u8,
+    pub slot_max: u8,
+    /// Whether devices can be hot-plugged on this bus (as QEMU would allow).
+    pub hotplug: bool,
+    /// Device kinds (libvirt-style connect types) this bus accepts, advisory.
+    pub accepts: Vec<String>,
+}
+
+/// The identity a guest reads from a function's config header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PciIdentity {
+    pub vendor_id: u16,
+    pub device_id: u16,
+    /// 24-bit class code: base class << 16 | subclass << 8 | prog-if.
+    pub class_code: u32,
+    pub revision: u8,
+    /// Subsystem vendor/id (None for type-1 bridge headers, which have no such field).
+    pub subsystem_vendor_id: Option<u16>,
+    pub subsystem_id: Option<u16>,
+    /// Header type byte without the multifunction bit: 0 endpoint, 1 PCI-PCI bridge.
+    pub header_type: u8,
+}
+
+/// How a virtio-pci function was resolved (QEMU's `pcie_port` rule and the type variant).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VirtioMode {
+    /// Virtio device type (1 net, 2 blk, 3 console, 4 rng, ...).
+    pub device_type: u16,
+    /// Legacy (0.9) interface present: I/O BAR0.
+    pub legacy: bool,
+    /// Modern (1.0) interface present.
+    pub modern: bool,
+    /// PCIe endpoint + PM capabilities present (only behind a root/downstream port).
+    pub pcie_capability: bool,
+}
+
+/// One PCI function, implicit or requested with `-device`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PciFunctionPlan {
+    /// QOM type name (`mch`, `ICH9-LPC`, `pcie-root-port`, `virtio-net-pci`, ...).
+    pub type_name: String,
+    /// `id=` of the device (None for implicit devices, like QEMU's `id=(null)`).
+    pub id: Option<String>,
+    /// Id of the bus it sits on.
+    pub bus: String,
+    pub slot: u8,
+    pub function: u8,
+    /// Created by the machine type rather than by `-device`.
+    pub implicit: bool,
+    pub identity: PciIdentity,
+    /// Header type has the multifunction bit (function 0 of a multifunction slot).
+    pub multifunction: bool,
+    /// Id of the bus this function provides, if it is a bridge or port.
+    pub provides_bus: Option<String>,
+    /// Set for virtio-pci functions.
+    pub virtio: Option<VirtioMode>,
+    /// All properties of the device with defaults applied, as strings (QEMU's qtree style).
+    pub properties: BTreeMap<String, String>,
+}
+
+impl PciFunctionPlan {
+    /// devfn as used in config addresses: slot << 3 | function.
+    pub fn devfn(&self) -> u8 {
+        (self.slot << 3) | self.function
+    }
+}
+
+/// A non-PCI (ISA or system-bus) device with its resources.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IsaDevicePlan {
+    /// QOM type name (`isa-serial`, `mc146818rtc`, `i8042`, `hpet`, `ioapic`, ...).
+    pub type_name: String,
+    pub id: Option<String>,
+    /// I/O port ranges.
+    pub io: Vec<Range>,
+    /// ISA/GSI interrupt lines.
+    pub irqs: Vec<u32>,
+    /// MMIO ranges.
+    pub mmio: Vec<Range>,
+}
+
+/// An advisory finding (libvirt's connect rules) that does not stop the machine from building.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Advisory {
+    /// `id` or `type@bus:slot.fn` of the device concerned.
+    pub device: String,
+    pub message: String,
+}
+
+/// The whole machine, computed before anything is built.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    /// Resolved machine type name (`pc-q35-10.2`), never an alias.
+    pub machine: String,
+    pub family: Family,
+    /// Every machine option with its resolved value (`usb=off`, `acpi=on`, ...).
+    pub options: BTreeMap<String, String>,
+    pub nodefaults: bool,
+    pub cpus: u32,
+    pub max_cpus: u32,
+    pub memory: MemoryMap,
+    /// Buses, root first, then in the order their bridges appear in `pci`.
+    pub buses: Vec<BusPlan>,
+    /// PCI functions in creation order (implicit first, then `-device` in command-line order).
+    pub pci: Vec<PciFunctionPlan>,
+    pub isa: Vec<IsaDevicePlan>,
+    pub advisories: Vec<Advisory>,
+}
