@@ -1,1 +1,4 @@
-//! placeholder
+//! Device models: the address-decoded bus, PCI core and chipsets, bridges, legacy devices.
+
+pub mod bus;
+pub mod lifecycle;

@@ -1,0 +1,87 @@
+//! Requests from devices to the VMM to end or restart the machine (ACPI S5, 0xcf9, i8042).
+//!
+//! Devices run on vCPU threads; the request is latched here and the VMM's event loop is woken
+//! through an eventfd so that it, not the device, tears down or resets the machine.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use vmm_sys_util::eventfd::EventFd;
+
+/// What a device asked for. Later requests never downgrade an earlier, stronger one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum Request {
+    None = 0,
+    Reset = 1,
+    PowerOff = 2,
+}
+
+impl Request {
+    fn from_u8(v: u8) -> Self {
+        match v {
+            1 => Request::Reset,
+            2 => Request::PowerOff,
+            _ => Request::None,
+        }
+    }
+}
+
+struct Inner {
+    state: AtomicU8,
+    wake: EventFd,
+}
+
+/// Cloneable handle shared by every device that can power off or reset the machine.
+#[derive(Clone)]
+pub struct Lifecycle {
+    inner: Arc<Inner>,
+}
+
+impl Lifecycle {
+    pub fn new() -> std::io::Result<Self> {
+        Ok(Self {
+            inner: Arc::new(Inner {
+                state: AtomicU8::new(Request::None as u8),
+                wake: EventFd::new(libc::EFD_NONBLOCK)?,
+            }),
+        })
+    }
+
+    /// Latch `request` (keeping the stronger of it and any pending one) and wake the VMM.
+    pub fn request(&self, request: Request) {
+        self.inner.state.fetch_max(request as u8, Ordering::SeqCst);
+        // A full eventfd counter still wakes the reader, so a failed write loses nothing.
+        let _ = self.inner.wake.write(1);
+    }
+
+    /// The pending request, without clearing it.
+    pub fn pending(&self) -> Request {
+        Request::from_u8(self.inner.state.load(Ordering::SeqCst))
+    }
+
+    /// Take the pending request, leaving none.
+    pub fn take(&self) -> Request {
+        let _ = self.inner.wake.read();
+        Request::from_u8(self.inner.state.swap(Request::None as u8, Ordering::SeqCst))
+    }
+
+    /// The eventfd that becomes readable when a request is made.
+    pub fn eventfd(&self) -> &EventFd {
+        &self.inner.wake
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn poweroff_wins_over_reset_and_take_clears() {
+        let l = Lifecycle::new().unwrap();
+        assert_eq!(l.pending(), Request::None);
+        l.request(Request::PowerOff);
+        l.clone().request(Request::Reset);
+        assert_eq!(l.take(), Request::PowerOff);
+        assert_eq!(l.pending(), Request::None);
+    }
+}
