@@ -1,4 +1,5 @@
-//! Requests from devices to the VMM to end or restart the machine (ACPI S5, 0xcf9, i8042).
+//! Requests from devices and vCPUs to the VMM to end or restart the machine (ACPI S5, 0xcf9,
+//! i8042, a failed vCPU).
 //!
 //! Devices run on vCPU threads; the request is latched here and the VMM's event loop is woken
 //! through an eventfd so that it, not the device, tears down or resets the machine.
@@ -14,6 +15,8 @@ pub enum Request {
     None = 0,
     Reset = 1,
     PowerOff = 2,
+    /// A vCPU failed (emulation error, triple fault, unhandled exit); already reported.
+    Crash = 3,
 }
 
 impl Request {
@@ -21,6 +24,7 @@ impl Request {
         match v {
             1 => Request::Reset,
             2 => Request::PowerOff,
+            3 => Request::Crash,
             _ => Request::None,
         }
     }
