@@ -1,0 +1,73 @@
+//! Bad command lines and bad kernels: a one-line error naming what was wrong, status 1,
+//! and no guest started.
+
+mod common;
+
+use common::{boot, machina};
+use std::time::Duration;
+
+fn fails_with(args: &[&str], message: &str) {
+    let r = machina_tests::run(&machina(), args, Duration::from_secs(30));
+    r.check(r.status == Some(1), &format!("{args:?} exits 1"));
+    r.check(
+        r.stderr.contains(message),
+        &format!("{args:?} says '{message}'"),
+    );
+    r.check(
+        r.stderr.trim_end().lines().count() == 1,
+        "the error is one line",
+    );
+    r.check(
+        !r.stdout.contains("machina-guest"),
+        "no guest ran",
+    );
+}
+
+#[test]
+fn option_errors() {
+    fails_with(&["-bogus"], "machina: -bogus: invalid option");
+    fails_with(&["-m", "0"], "-m 0: memory size must be greater than zero");
+    fails_with(&["-m", "12Q"], "-m 12Q: Parameter 'size' expects a non-negative number below 2^64");
+    fails_with(
+        &["-smp", "0"],
+        "-smp 0: Invalid CPU topology: CPU topology parameters must be greater than zero",
+    );
+    fails_with(&["-m"], "-m: requires an argument");
+    fails_with(&["-serial", "bogus:x"], "'bogus:x' is not a valid char driver");
+    fails_with(&["-M", "q35,foo=bar"], "Property 'pc-q35-10.2-machine.foo' not found");
+    fails_with(&["-M", "nosuch"], "unsupported machine type");
+    fails_with(
+        &["-smp", "300"],
+        "Invalid SMP CPUs 300. The max CPUs supported by machine 'pc-i440fx-10.2' is 255",
+    );
+}
+
+#[test]
+fn kernel_errors() {
+    fails_with(
+        &["-kernel", "/nonexistent/bzImage"],
+        "could not open kernel file '/nonexistent/bzImage'",
+    );
+    let garbage = std::env::temp_dir().join(format!("machina-garbage-{}", std::process::id()));
+    std::fs::write(&garbage, vec![0x5au8; 4096]).unwrap();
+    let path = garbage.display().to_string();
+    fails_with(&["-kernel", &path], "invalid kernel header");
+    let _ = std::fs::remove_file(&garbage);
+    fails_with(
+        &["-kernel", "/etc/hostname", "-initrd", "/nonexistent/initrd"],
+        "invalid kernel header",
+    );
+}
+
+#[test]
+fn help_and_version_exit_zero() {
+    let r = boot(&["--version"]);
+    r.check(r.status == Some(0) && r.stdout.starts_with("machina version"), "--version");
+    let r = boot(&["--help"]);
+    r.check(r.status == Some(0) && r.stdout.contains("-machine"), "--help");
+    let r = boot(&["-machine", "help"]);
+    r.check(
+        r.status == Some(0) && r.stdout.contains("pc-q35-10.2") && r.stdout.contains("(alias of pc-i440fx-10.2)"),
+        "-machine help lists the catalog",
+    );
+}

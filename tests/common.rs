@@ -1,0 +1,29 @@
+// Shared by the integration test targets (included with `mod common;`).
+
+use machina_tests::RunResult;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Generous: the tiny guest needs well under a second even where guest kernel code is
+/// emulated; the limit only turns a hang into a failure.
+pub const LIMIT: Duration = Duration::from_secs(60);
+
+pub fn machina() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_machina"))
+}
+
+/// KVM is required; set MACHINA_TESTS_ALLOW_NO_KVM=1 to skip instead on a host without it.
+pub fn require_kvm() -> bool {
+    if machina_tests::kvm_available() {
+        return true;
+    }
+    if std::env::var_os("MACHINA_TESTS_ALLOW_NO_KVM").is_some() {
+        eprintln!("SKIP: /dev/kvm is not usable on this host");
+        return false;
+    }
+    panic!("/dev/kvm is not usable; these tests boot a guest (MACHINA_TESTS_ALLOW_NO_KVM=1 skips)");
+}
+
+pub fn boot(args: &[&str]) -> RunResult {
+    machina_tests::run(&machina(), args, LIMIT)
+}

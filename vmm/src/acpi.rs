@@ -1,0 +1,347 @@
+//! ACPI tables for a direct boot (what firmware plus QEMU's table builder provide): RSDP,
+//! XSDT, FADT, FACS, DSDT, MADT and, on q35, MCFG. They are written into the BIOS area
+//! (0xe0000..0x100000) where an RSDP scan finds them.
+
+use acpi_tables::fadt::{FADTBuilder, Flags};
+use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
+use acpi_tables::sdt::Sdt;
+use acpi_tables::{aml, Aml, AmlSink};
+use machine::{Family, Range};
+use vm_memory::{Bytes, GuestAddress};
+
+use crate::boot::{ACPI_END, ACPI_START};
+use crate::memory::GuestMemory;
+
+const OEM_ID: [u8; 6] = *b"BOCHS ";
+const OEM_TABLE_ID: [u8; 8] = *b"MACHINA ";
+const OEM_REVISION: u32 = 1;
+const IOAPIC_ADDR: u32 = 0xfec0_0000;
+const LAPIC_ADDR: u32 = 0xfee0_0000;
+/// ISA IRQs QEMU declares level-triggered, active high (PCI interrupts and the SCI).
+const PCI_ISA_IRQ_MASK: u16 = 0x0e20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AcpiError {
+    #[error("ACPI tables need {needed} bytes but the BIOS area has {available}")]
+    TooLarge { needed: u64, available: u64 },
+    #[error("cannot write ACPI tables to guest memory")]
+    GuestWrite,
+}
+
+/// What the tables describe, taken from the plan and the firmware step.
+#[derive(Debug, Clone)]
+pub struct AcpiConfig {
+    pub family: Family,
+    pub cpus: u32,
+    /// ACPI PM I/O base (PM1a event at +0, control at +4, timer at +8).
+    pub pm_base: u16,
+    /// GPE0 block base and length.
+    pub gpe0: (u16, u8),
+    pub sci_irq: u8,
+    /// ECAM window (q35, once enabled).
+    pub ecam: Option<Range>,
+    /// Highest bus number behind the host bridge.
+    pub last_bus: u8,
+    pub pci_hole32: Range,
+    pub pci_hole64: Range,
+    /// Whether a COM1 is present (so the DSDT declares it).
+    pub com1: bool,
+}
+
+/// A byte sink for AML and tables.
+#[derive(Default)]
+struct Buf(Vec<u8>);
+
+impl AmlSink for Buf {
+    fn byte(&mut self, byte: u8) {
+        self.0.push(byte);
+    }
+}
+
+fn bytes_of(table: &dyn Aml) -> Vec<u8> {
+    let mut b = Buf::default();
+    table.to_aml_bytes(&mut b);
+    b.0
+}
+
+fn sdt(signature: &[u8; 4], revision: u8, body: &[u8]) -> Vec<u8> {
+    let mut table = Sdt::new(*signature, 36, revision, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
+    table.append_slice(body);
+    table.as_slice().to_vec()
+}
+
+fn dsdt(cfg: &AcpiConfig) -> Vec<u8> {
+    let (hid, cid) = match cfg.family {
+        Family::Q35 => ("PNP0A08", Some("PNP0A03")),
+        _ => ("PNP0A03", None),
+    };
+    let hole32_end = cfg.pci_hole32.end().saturating_sub(1) as u32;
+    let bus_range = aml::AddressSpace::new_bus_number(0u16, u16::from(cfg.last_bus));
+    let cfg_io = aml::IO::new(0xcf8, 0xcf8, 1, 8);
+    let io_low = aml::AddressSpace::new_io(0x0000u16, 0x0cf7, None);
+    let io_high = aml::AddressSpace::new_io(0x0d00u16, 0xffff, None);
+    let vga_mem = aml::AddressSpace::new_memory(
+        aml::AddressSpaceCacheable::Cacheable,
+        true,
+        0x000a_0000u32,
+        0x000b_ffff,
+        None,
+    );
+    let mem32 = aml::AddressSpace::new_memory(
+        aml::AddressSpaceCacheable::NotCacheable,
+        true,
+        cfg.pci_hole32.base as u32,
+        hole32_end,
+        None,
+    );
+    let mem64 = aml::AddressSpace::new_memory(
+        aml::AddressSpaceCacheable::Cacheable,
+        true,
+        cfg.pci_hole64.base,
+        cfg.pci_hole64.end().saturating_sub(1),
+        None,
+    );
+    let mut resources: Vec<&dyn Aml> = vec![&bus_range, &cfg_io, &io_low, &io_high, &vga_mem];
+    if cfg.pci_hole32.size > 0 {
+        resources.push(&mem32);
+    }
+    if cfg.pci_hole64.size > 0 {
+        resources.push(&mem64);
+    }
+    let crs = aml::ResourceTemplate::new(resources);
+    let hid_name = aml::Name::new("_HID".into(), &aml::EISAName::new(hid));
+    let cid_eisa = aml::EISAName::new(cid.unwrap_or("PNP0A03"));
+    let cid_name = aml::Name::new("_CID".into(), &cid_eisa);
+    let adr = aml::Name::new("_ADR".into(), &aml::ZERO);
+    let uid = aml::Name::new("_UID".into(), &aml::ZERO);
+    let seg = aml::Name::new("_SEG".into(), &aml::ZERO);
+    let bbn = aml::Name::new("_BBN".into(), &aml::ZERO);
+    let crs_name = aml::Name::new("_CRS".into(), &crs);
+    let mut pci0_children: Vec<&dyn Aml> = vec![&hid_name];
+    if cid.is_some() {
+        pci0_children.push(&cid_name);
+    }
+    pci0_children.extend([&adr as &dyn Aml, &uid, &seg, &bbn, &crs_name]);
+    let pci0 = aml::Device::new("PCI0".into(), pci0_children);
+
+    // The ECAM window must be a motherboard resource or Linux refuses to use it.
+    let ecam_mem = cfg
+        .ecam
+        .map(|r| aml::Memory32Fixed::new(false, r.base as u32, r.size as u32));
+    let drac_hid = aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0C01"));
+    let drac_uid = aml::Name::new("_UID".into(), &aml::ONE);
+    let drac_crs_template = ecam_mem
+        .as_ref()
+        .map(|m| aml::ResourceTemplate::new(vec![m as &dyn Aml]));
+    let drac_crs = drac_crs_template
+        .as_ref()
+        .map(|t| aml::Name::new("_CRS".into(), t));
+    let drac = drac_crs
+        .as_ref()
+        .map(|crs| aml::Device::new("DRAC".into(), vec![&drac_hid, &drac_uid, crs]));
+
+    let com_hid = aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0501"));
+    let com_uid = aml::Name::new("_UID".into(), &aml::ZERO);
+    let com_io = aml::IO::new(0x3f8, 0x3f8, 0, 8);
+    let com_irq = aml::Interrupt::new(true, true, false, false, 4);
+    let com_res = aml::ResourceTemplate::new(vec![&com_io, &com_irq]);
+    let com_crs = aml::Name::new("_CRS".into(), &com_res);
+    let com1 = aml::Device::new("COM1".into(), vec![&com_hid, &com_uid, &com_crs]);
+
+    let mut sb_children: Vec<&dyn Aml> = vec![&pci0];
+    if let Some(d) = drac.as_ref() {
+        sb_children.push(d);
+    }
+    if cfg.com1 {
+        sb_children.push(&com1);
+    }
+    let sb = aml::Scope::new("_SB_".into(), sb_children);
+
+    // SLP_TYP 0 is S5 (soft off) on QEMU's ACPI PM blocks.
+    let s5_pkg = aml::Package::new(vec![&aml::ZERO, &aml::ZERO, &aml::ZERO, &aml::ZERO]);
+    let s5 = aml::Name::new("_S5_".into(), &s5_pkg);
+
+    let mut body = bytes_of(&sb);
+    body.extend(bytes_of(&s5));
+    sdt(b"DSDT", 1, &body)
+}
+
+fn madt(cfg: &AcpiConfig) -> Vec<u8> {
+    let mut body = Vec::new();
+    body.extend(LAPIC_ADDR.to_le_bytes());
+    body.extend(1u32.to_le_bytes()); // PCAT_COMPAT: dual 8259s present
+    for cpu in 0..cfg.cpus {
+        // Type 0: processor local APIC (id = index), enabled.
+        body.extend([0u8, 8, cpu as u8, cpu as u8]);
+        body.extend(1u32.to_le_bytes());
+    }
+    // Type 1: IOAPIC id 0 at 0xfec00000, GSI base 0.
+    body.extend([1u8, 12, 0, 0]);
+    body.extend(IOAPIC_ADDR.to_le_bytes());
+    body.extend(0u32.to_le_bytes());
+    // Type 2: ISA IRQ 0 (PIT) is wired to GSI 2.
+    body.extend([2u8, 10, 0, 0]);
+    body.extend(2u32.to_le_bytes());
+    body.extend(0u16.to_le_bytes());
+    for irq in 1..16u8 {
+        if PCI_ISA_IRQ_MASK & (1 << irq) != 0 {
+            body.extend([2u8, 10, 0, irq]);
+            body.extend(u32::from(irq).to_le_bytes());
+            body.extend(0x000du16.to_le_bytes()); // level, active high
+        }
+    }
+    // Type 4: LINT1 of every processor is NMI.
+    body.extend([4u8, 6, 0xff, 0, 0, 1]);
+    sdt(b"APIC", 3, &body)
+}
+
+fn mcfg(ecam: Range) -> Vec<u8> {
+    let mut body = vec![0u8; 8];
+    body.extend(ecam.base.to_le_bytes());
+    body.extend(0u16.to_le_bytes()); // segment
+    body.push(0); // start bus
+    body.push(((ecam.size >> 20).saturating_sub(1)).min(255) as u8);
+    body.extend([0u8; 4]);
+    sdt(b"MCFG", 1, &body)
+}
+
+fn facs() -> Vec<u8> {
+    let mut t = vec![0u8; 64];
+    t[0..4].copy_from_slice(b"FACS");
+    t[4..8].copy_from_slice(&64u32.to_le_bytes());
+    t[32] = 2; // version
+    t
+}
+
+fn io_gas(width_bits: u8, access: AccessSize, port: u16) -> GAS {
+    GAS::new(AddressSpace::SystemIo, width_bits, 0, access, u64::from(port))
+}
+
+fn fadt(cfg: &AcpiConfig, dsdt_addr: u64, facs_addr: u64) -> Vec<u8> {
+    let mut f = FADTBuilder::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION)
+        .dsdt_64(dsdt_addr)
+        .firmware_ctrl_64(facs_addr)
+        .flag(Flags::Wbinvd)
+        .flag(Flags::ProcC1)
+        .flag(Flags::SlpButton)
+        .flag(Flags::RtcS4)
+        .flag(Flags::ResetRegSup)
+        .flag(Flags::TmrValExt);
+    let pm = cfg.pm_base;
+    f.dsdt = (dsdt_addr as u32).into();
+    f.firmware_ctrl = (facs_addr as u32).into();
+    f.sci_int = u16::from(cfg.sci_irq).into();
+    f.pm1a_evt_blk = u32::from(pm).into();
+    f.pm1a_cnt_blk = u32::from(pm + 4).into();
+    f.pm_tmr_blk = u32::from(pm + 8).into();
+    f.gpe0_blk = u32::from(cfg.gpe0.0).into();
+    f.pm1_evt_len = 4;
+    f.pm1_cnt_len = 2;
+    f.pm_tmr_len = 4;
+    f.gpe0_blk_len = cfg.gpe0.1;
+    f.x_pm1a_evt_blk = io_gas(32, AccessSize::WordAccess, pm);
+    f.x_pm1a_cnt_blk = io_gas(16, AccessSize::WordAccess, pm + 4);
+    f.x_pm_tmr_blk = io_gas(32, AccessSize::DwordAccess, pm + 8);
+    f.x_gpe0_blk = io_gas(cfg.gpe0.1 * 8, AccessSize::ByteAccess, cfg.gpe0.0);
+    f.reset_reg = io_gas(8, AccessSize::ByteAccess, 0xcf9);
+    f.reset_value = 0x06;
+    // 8042 present (IA-PC boot arch flag 2) so Linux probes the keyboard controller.
+    f.iapc_boot_arch = 0x0002u16.into();
+    f.century = 0x32;
+    bytes_of(&f.finalize())
+}
+
+/// Lay the tables out in the BIOS area, write them, and return the RSDP's address.
+pub fn write_tables(mem: &GuestMemory, cfg: &AcpiConfig) -> Result<u64, AcpiError> {
+    let mut image: Vec<u8> = Vec::new();
+    let place = |image: &mut Vec<u8>, table: &[u8]| -> u64 {
+        // Tables are 16-byte aligned; the RSDP must be.
+        while image.len() % 16 != 0 {
+            image.push(0);
+        }
+        let addr = ACPI_START + image.len() as u64;
+        image.extend_from_slice(table);
+        addr
+    };
+    // RSDP first, at the start of the area; its contents are filled in last.
+    let rsdp_len = acpi_tables::rsdp::Rsdp::len();
+    let rsdp_addr = place(&mut image, &vec![0u8; rsdp_len]);
+    let facs_addr = place(&mut image, &facs());
+    let dsdt_addr = place(&mut image, &dsdt(cfg));
+    let fadt_addr = place(&mut image, &fadt(cfg, dsdt_addr, facs_addr));
+    let madt_addr = place(&mut image, &madt(cfg));
+    let mut entries = vec![fadt_addr, madt_addr];
+    if let Some(ecam) = cfg.ecam {
+        entries.push(place(&mut image, &mcfg(ecam)));
+    }
+    let xsdt_body: Vec<u8> = entries.iter().flat_map(|a| a.to_le_bytes()).collect();
+    let xsdt_addr = place(&mut image, &sdt(b"XSDT", 1, &xsdt_body));
+    let rsdp = bytes_of(&acpi_tables::rsdp::Rsdp::new(OEM_ID, xsdt_addr));
+    let offset = (rsdp_addr - ACPI_START) as usize;
+    image[offset..offset + rsdp.len()].copy_from_slice(&rsdp);
+
+    let available = ACPI_END - ACPI_START;
+    if image.len() as u64 > available {
+        return Err(AcpiError::TooLarge {
+            needed: image.len() as u64,
+            available,
+        });
+    }
+    mem.write_slice(&image, GuestAddress(ACPI_START))
+        .map_err(|_| AcpiError::GuestWrite)?;
+    Ok(rsdp_addr)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn checksum_ok(t: &[u8]) -> bool {
+        t.iter().fold(0u8, |a, b| a.wrapping_add(*b)) == 0
+    }
+
+    fn cfg(family: Family) -> AcpiConfig {
+        AcpiConfig {
+            family,
+            cpus: 2,
+            pm_base: 0x600,
+            gpe0: (0x620, 16),
+            sci_irq: 9,
+            ecam: (family == Family::Q35).then_some(Range {
+                base: 0xb000_0000,
+                size: 0x1000_0000,
+            }),
+            last_bus: 0,
+            pci_hole32: Range {
+                base: 0xc000_0000,
+                size: 0x3ec0_0000,
+            },
+            pci_hole64: Range {
+                base: 0x1_0000_0000,
+                size: 0x8_0000_0000,
+            },
+            com1: true,
+        }
+    }
+
+    #[test]
+    fn tables_have_valid_checksums_and_fields() {
+        let c = cfg(Family::Q35);
+        for t in [dsdt(&c), madt(&c), mcfg(c.ecam.unwrap()), fadt(&c, 0x1000, 0x2000)] {
+            assert!(checksum_ok(&t), "{:?}", &t[0..4]);
+            assert_eq!(u32::from_le_bytes(t[4..8].try_into().unwrap()) as usize, t.len());
+        }
+        let f = fadt(&c, 0x1000, 0x2000);
+        assert_eq!(&f[0..4], b"FACP");
+        // PM1a_CNT_BLK at offset 64, SCI at 46.
+        assert_eq!(u32::from_le_bytes(f[64..68].try_into().unwrap()), 0x604);
+        assert_eq!(u16::from_le_bytes(f[46..48].try_into().unwrap()), 9);
+        let m = mcfg(c.ecam.unwrap());
+        assert_eq!(u64::from_le_bytes(m[44..52].try_into().unwrap()), 0xb000_0000);
+        assert_eq!(m[55], 255);
+        let d = dsdt(&c);
+        assert!(d.windows(4).any(|w| w == b"_S5_"));
+        assert!(d.windows(4).any(|w| w == b"DRAC"));
+        assert!(!dsdt(&cfg(Family::I440fx)).windows(4).any(|w| w == b"DRAC"));
+    }
+}

@@ -1,0 +1,279 @@
+//! Direct kernel boot: load a bzImage (Linux boot protocol, 64-bit entry) or an ELF (PVH
+//! entry if it has the note, else Linux's 64-bit ELF entry), the initrd and the command line,
+//! and describe the machine's real memory map to the guest.
+
+pub mod gdt;
+pub mod layout;
+mod linux;
+mod pvh;
+
+use crate::memory::GuestMemory;
+use linux_loader::loader::{bzimage::BzImage, elf::Elf, elf::PvhBootCapability, KernelLoader};
+use machine::{MemoryMap, RegionKind};
+use std::io::{Read, Seek, SeekFrom};
+use vm_memory::{Bytes, GuestAddress, ReadVolatile};
+
+pub use layout::*;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    #[error("could not open kernel file '{path}': {source}")]
+    OpenKernel {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("could not read kernel file '{path}': {source}")]
+    ReadKernel {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid kernel header in '{0}': neither a bzImage nor an ELF executable")]
+    InvalidKernel(String),
+    #[error("cannot load kernel '{path}': {source}")]
+    LoadKernel {
+        path: String,
+        #[source]
+        source: linux_loader::loader::Error,
+    },
+    #[error("kernel '{0}' does not support the 64-bit boot protocol (needs boot protocol 2.12 and XLF_KERNEL_64)")]
+    No64BitEntry(String),
+    #[error("could not open initrd '{path}': {source}")]
+    OpenInitrd {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("initrd '{path}' ({size} bytes) does not fit in guest RAM below {limit:#x} above the kernel")]
+    InitrdTooLarge { path: String, size: u64, limit: u64 },
+    #[error("kernel command line is {len} bytes, the limit is {max}")]
+    CmdlineTooLong { len: usize, max: usize },
+    #[error("cannot write {what} to guest memory at {addr:#x}")]
+    GuestWrite { what: &'static str, addr: u64 },
+    #[error("guest RAM ({0:#x} bytes below 4 GiB) is too small to boot a kernel")]
+    RamTooSmall(u64),
+}
+
+pub type Result<T> = std::result::Result<T, BootError>;
+
+/// Where and how the boot CPU starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Entry {
+    /// 64-bit long mode at `rip` with RSI pointing to the zero page (bzImage or ELF vmlinux).
+    Linux64 { rip: u64 },
+    /// 32-bit protected mode at `eip`, paging off, EBX pointing to `hvm_start_info`.
+    Pvh { eip: u64 },
+}
+
+/// A kernel image: a file given with `-kernel` or the bundled tiny guest.
+pub enum KernelImage<'a> {
+    File(std::path::PathBuf),
+    Bundled(&'a [u8]),
+}
+
+impl KernelImage<'_> {
+    fn name(&self) -> String {
+        match self {
+            KernelImage::File(p) => p.display().to_string(),
+            KernelImage::Bundled(_) => "(bundled tiny guest)".to_string(),
+        }
+    }
+}
+
+/// What to boot.
+pub struct BootSpec<'a> {
+    pub kernel: KernelImage<'a>,
+    pub initrd: Option<std::path::PathBuf>,
+    pub cmdline: String,
+    /// Guest-physical address of the ACPI RSDP, passed on so the kernel need not scan.
+    pub rsdp: Option<u64>,
+}
+
+/// A loaded kernel and what the boot parameter writers need to know about it.
+struct Loaded {
+    entry: Entry,
+    kernel_end: u64,
+    setup_header: Option<linux_loader::loader::bootparam::setup_header>,
+}
+
+const ELF_MAGIC: [u8; 4] = *b"\x7fELF";
+const HDRS_MAGIC: u32 = 0x5372_6448;
+const XLF_KERNEL_64: u16 = 1 << 0;
+
+fn load_image<F>(mem: &GuestMemory, image: &mut F, name: &str) -> Result<Loaded>
+where
+    F: Read + ReadVolatile + Seek,
+{
+    let mut magic = [0u8; 4];
+    let read_err = |source| BootError::ReadKernel {
+        path: name.to_string(),
+        source,
+    };
+    image.seek(SeekFrom::Start(0)).map_err(read_err)?;
+    let is_elf = image.read_exact(&mut magic).is_ok() && magic == ELF_MAGIC;
+    let mut hdrs = [0u8; 4];
+    let is_bzimage = image.seek(SeekFrom::Start(0x202)).is_ok()
+        && image.read_exact(&mut hdrs).is_ok()
+        && u32::from_le_bytes(hdrs) == HDRS_MAGIC;
+    image.seek(SeekFrom::Start(0)).map_err(read_err)?;
+    let load_err = |source| BootError::LoadKernel {
+        path: name.to_string(),
+        source,
+    };
+    let highmem = Some(GuestAddress(KERNEL_START));
+    if is_elf {
+        let result = Elf::load(mem, None, image, highmem).map_err(load_err)?;
+        let entry = match result.pvh_boot_cap {
+            PvhBootCapability::PvhEntryPresent(addr) => Entry::Pvh { eip: addr.0 },
+            _ => Entry::Linux64 {
+                rip: result.kernel_load.0,
+            },
+        };
+        Ok(Loaded {
+            entry,
+            kernel_end: result.kernel_end,
+            setup_header: None,
+        })
+    } else if is_bzimage {
+        let result = BzImage::load(mem, None, image, highmem).map_err(load_err)?;
+        let header = result
+            .setup_header
+            .ok_or_else(|| BootError::InvalidKernel(name.to_string()))?;
+        let version = header.version;
+        let xloadflags = header.xloadflags;
+        if version < 0x020c || xloadflags & XLF_KERNEL_64 == 0 {
+            return Err(BootError::No64BitEntry(name.to_string()));
+        }
+        // The 64-bit entry point sits 0x200 bytes into the protected-mode kernel.
+        Ok(Loaded {
+            entry: Entry::Linux64 {
+                rip: result.kernel_load.0 + 0x200,
+            },
+            kernel_end: result.kernel_end,
+            setup_header: Some(header),
+        })
+    } else {
+        Err(BootError::InvalidKernel(name.to_string()))
+    }
+}
+
+/// e820 entries (address, size, type) from the plan: RAM is type 1, reserved areas type 2.
+pub fn e820_entries(map: &MemoryMap) -> Vec<(u64, u64, u32)> {
+    map.regions
+        .iter()
+        .filter_map(|r| match r.kind {
+            RegionKind::Ram => Some((r.range.base, r.range.size, 1)),
+            RegionKind::Reserved => Some((r.range.base, r.range.size, 2)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Place `size` bytes of initrd as high as allowed below `limit`, page aligned, above the
+/// kernel.
+fn initrd_address(size: u64, kernel_end: u64, limit: u64) -> Option<u64> {
+    let top = limit.checked_sub(size)? & !0xfff;
+    (top >= kernel_end.next_multiple_of(0x1000)).then_some(top)
+}
+
+fn write_cmdline(mem: &GuestMemory, cmdline: &str, max: usize) -> Result<()> {
+    if cmdline.len() + 1 > max {
+        return Err(BootError::CmdlineTooLong {
+            len: cmdline.len(),
+            max: max - 1,
+        });
+    }
+    let mut bytes = cmdline.as_bytes().to_vec();
+    bytes.push(0);
+    mem.write_slice(&bytes, GuestAddress(CMDLINE))
+        .map_err(|_| BootError::GuestWrite {
+            what: "command line",
+            addr: CMDLINE,
+        })
+}
+
+/// Load kernel, initrd and command line into `mem` and write the boot parameters for `map`.
+pub fn load(mem: &GuestMemory, map: &MemoryMap, spec: &BootSpec) -> Result<Entry> {
+    if map.ram_below_4g < 8 << 20 {
+        return Err(BootError::RamTooSmall(map.ram_below_4g));
+    }
+    let name = spec.kernel.name();
+    let loaded = match &spec.kernel {
+        KernelImage::File(path) => {
+            let mut file = std::fs::File::open(path).map_err(|source| BootError::OpenKernel {
+                path: name.clone(),
+                source,
+            })?;
+            load_image(mem, &mut file, &name)?
+        }
+        KernelImage::Bundled(bytes) => {
+            load_image(mem, &mut std::io::Cursor::new(*bytes), &name)?
+        }
+    };
+
+    let initrd = match &spec.initrd {
+        None => None,
+        Some(path) => {
+            let path_name = path.display().to_string();
+            let data = std::fs::read(path).map_err(|source| BootError::OpenInitrd {
+                path: path_name.clone(),
+                source,
+            })?;
+            let limit = match &loaded.setup_header {
+                Some(h) if h.version >= 0x0203 => u64::from(h.initrd_addr_max) + 1,
+                Some(_) => 0x3800_0000,
+                None => map.ram_below_4g,
+            }
+            .min(map.ram_below_4g);
+            let addr = initrd_address(data.len() as u64, loaded.kernel_end, limit).ok_or(
+                BootError::InitrdTooLarge {
+                    path: path_name,
+                    size: data.len() as u64,
+                    limit,
+                },
+            )?;
+            mem.write_slice(&data, GuestAddress(addr))
+                .map_err(|_| BootError::GuestWrite {
+                    what: "initrd",
+                    addr,
+                })?;
+            Some((addr, data.len() as u64))
+        }
+    };
+
+    let cmdline_max = match &loaded.setup_header {
+        Some(h) if h.cmdline_size > 0 => (h.cmdline_size as usize + 1).min(CMDLINE_MAX),
+        _ => CMDLINE_MAX,
+    };
+    write_cmdline(mem, &spec.cmdline, cmdline_max)?;
+
+    let e820 = e820_entries(map);
+    match loaded.entry {
+        Entry::Pvh { .. } => pvh::write_start_info(mem, &e820, initrd, spec.rsdp)?,
+        Entry::Linux64 { .. } => linux::write_zero_page(
+            mem,
+            loaded.setup_header,
+            &e820,
+            initrd,
+            spec.cmdline.len(),
+            spec.rsdp,
+        )?,
+    }
+    Ok(loaded.entry)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn initrd_goes_high_and_page_aligned() {
+        assert_eq!(
+            initrd_address(0x1800, 0x20_0000, 0x1000_0000),
+            Some(0x0fff_e000)
+        );
+        assert_eq!(initrd_address(0x1000_0000, 0x20_0000, 0x1000_0000), None);
+        assert_eq!(initrd_address(0x2000_0000, 0x20_0000, 0x1000_0000), None);
+    }
+}

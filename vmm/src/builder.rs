@@ -1,0 +1,254 @@
+//! Builds a machine from its plan, and only from its plan: every device mapped here is one
+//! the plan lists, at the resources the plan gives it.
+
+use crate::acpi::{self, AcpiConfig};
+use crate::boot::{self, BootSpec, Entry};
+use crate::cpuid;
+use crate::kvm_vm::KvmVm;
+use crate::vcpu::setup::{setup_boot_cpu, setup_common, write_boot_tables};
+use devices::bus::{Bus, SharedDevice};
+use devices::legacy::{cmos::Cmos, i8042::I8042, port92::Port92, serial::SerialPort, sink::SinkPort};
+use devices::legacy::serial::SharedWriter;
+use devices::lifecycle::Lifecycle;
+use kvm_ioctls::{Kvm, VcpuFd};
+use machine::{Family, IsaDevicePlan, Plan};
+use std::sync::{Arc, Mutex};
+use vmm_sys_util::eventfd::EventFd;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Vm(#[from] crate::kvm_vm::KvmVmError),
+    #[error(transparent)]
+    Boot(#[from] boot::BootError),
+    #[error(transparent)]
+    Acpi(#[from] acpi::AcpiError),
+    #[error(transparent)]
+    VcpuSetup(#[from] crate::vcpu::setup::SetupError),
+    #[error("cannot create vCPU {index}: {source}")]
+    CreateVcpu {
+        index: u32,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error("cannot set up the interrupt of {device}: {source}")]
+    Interrupt {
+        device: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{device}: cannot map {what} at {base:#x}: {source}")]
+    Map {
+        device: String,
+        what: &'static str,
+        base: u64,
+        #[source]
+        source: devices::bus::BusError,
+    },
+    #[error("{device}: the plan gives it no {what}")]
+    MissingResource { device: String, what: &'static str },
+    #[error(transparent)]
+    Pci(#[from] devices::pci::PciError),
+}
+
+pub type Result<T> = std::result::Result<T, BuildError>;
+
+/// A machine built from a plan, with its vCPUs created but not yet running.
+pub struct BuiltMachine {
+    pub vm: KvmVm,
+    pub io: Arc<Bus>,
+    pub mmio: Arc<Bus>,
+    pub serial: Option<Arc<Mutex<SerialPort>>>,
+    pub vcpus: Vec<VcpuFd>,
+    pub pci: Option<Arc<Mutex<devices::pci::PciHost>>>,
+    /// ISA devices of the plan that KVM models in the kernel (PIC, PIT, IOAPIC).
+    pub in_kernel: Vec<String>,
+    /// ISA devices of the plan that have no model yet (reported by `machina -trace`).
+    pub not_modelled: Vec<String>,
+}
+
+/// Inputs besides the plan.
+pub struct BuildInputs<'a> {
+    pub console: SharedWriter,
+    pub lifecycle: Lifecycle,
+    /// What to boot; None leaves RAM empty and the vCPUs at reset (qtest-style).
+    pub boot: Option<BootSpec<'a>>,
+}
+
+/// ISA device types that live in KVM's in-kernel irqchip / PIT.
+const IN_KERNEL: &[&str] = &[
+    "isa-i8259",
+    "kvm-i8259",
+    "i8259",
+    "isa-pit",
+    "kvm-pit",
+    "i8254",
+    "ioapic",
+    "kvm-ioapic",
+    "isa-pcspk",
+    "apic",
+    "kvm-apic",
+];
+
+fn map(bus: &Bus, base: u64, size: u64, dev: &SharedDevice, device: &str, what: &'static str) -> Result<()> {
+    bus.insert(base, size, dev.clone())
+        .map_err(|source| BuildError::Map {
+            device: device.to_string(),
+            what,
+            base,
+            source,
+        })
+}
+
+fn map_io_ranges(bus: &Bus, isa: &IsaDevicePlan, dev: &SharedDevice) -> Result<()> {
+    if isa.io.is_empty() {
+        return Err(BuildError::MissingResource {
+            device: isa.type_name.clone(),
+            what: "I/O ports",
+        });
+    }
+    for r in &isa.io {
+        map(bus, r.base, r.size, dev, &isa.type_name, "I/O ports")?;
+    }
+    Ok(())
+}
+
+pub fn build(kvm: &Kvm, plan: &Plan, inputs: BuildInputs) -> Result<BuiltMachine> {
+    let vm = KvmVm::new(kvm, &plan.memory)?;
+    let io = Arc::new(Bus::new());
+    let mmio = Arc::new(Bus::new());
+    let mut serial = None;
+    let mut in_kernel = Vec::new();
+    let mut not_modelled = Vec::new();
+
+    for isa in &plan.isa {
+        let name = isa.type_name.as_str();
+        let device: Option<SharedDevice> = match name {
+            "isa-serial" => {
+                let irq = *isa.irqs.first().ok_or_else(|| BuildError::MissingResource {
+                    device: name.to_string(),
+                    what: "IRQ",
+                })?;
+                let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| {
+                    BuildError::Interrupt {
+                        device: name.to_string(),
+                        source,
+                    }
+                })?;
+                vm.fd.register_irqfd(&evt, irq).map_err(|e| BuildError::Interrupt {
+                    device: name.to_string(),
+                    source: std::io::Error::from_raw_os_error(e.errno()),
+                })?;
+                // Only the first COM port has a console behind it.
+                let out = if serial.is_none() {
+                    inputs.console.clone()
+                } else {
+                    SharedWriter::new(Box::new(std::io::sink()))
+                };
+                let port = Arc::new(Mutex::new(SerialPort::new(evt, out)));
+                if serial.is_none() {
+                    serial = Some(port.clone());
+                }
+                Some(port)
+            }
+            "mc146818rtc" => Some(Arc::new(Mutex::new(Cmos::new(
+                plan.memory.ram_below_4g,
+                plan.memory.ram_above_4g,
+                plan.cpus,
+            )))),
+            "i8042" => Some(Arc::new(Mutex::new(I8042::new(inputs.lifecycle.clone())))),
+            "port92" => Some(Arc::new(Mutex::new(Port92::new(inputs.lifecycle.clone())))),
+            "ioport80" | "ioportF0" => Some(Arc::new(Mutex::new(SinkPort))),
+            _ if IN_KERNEL.contains(&name) => {
+                in_kernel.push(name.to_string());
+                None
+            }
+            _ => {
+                not_modelled.push(name.to_string());
+                None
+            }
+        };
+        if let Some(dev) = device {
+            map_io_ranges(&io, isa, &dev)?;
+        }
+    }
+
+    let pci = match plan.family {
+        Family::None => None,
+        _ => {
+            let host = devices::pci::PciHost::from_plan(
+                plan,
+                inputs.lifecycle.clone(),
+                io.clone(),
+                mmio.clone(),
+            )?;
+            let host = Arc::new(Mutex::new(host));
+            let config_io: SharedDevice =
+                Arc::new(Mutex::new(devices::pci::PciConfigIo::new(host.clone())));
+            map(&io, 0xcf8, 8, &config_io, "PCI host", "config ports")?;
+            Some(host)
+        }
+    };
+
+    let mut vcpus = Vec::new();
+    for index in 0..plan.cpus {
+        let fd = vm
+            .fd
+            .create_vcpu(u64::from(index))
+            .map_err(|source| BuildError::CreateVcpu { index, source })?;
+        let mut cpuid = vm.supported_cpuid.clone();
+        cpuid::filter(&mut cpuid, index, plan.cpus);
+        fd.set_cpuid2(&cpuid)
+            .map_err(|source| BuildError::CreateVcpu { index, source })?;
+        setup_common(&fd)?;
+        vcpus.push(fd);
+    }
+
+    if let Some(spec) = inputs.boot {
+        // What firmware would do before handing over to the kernel.
+        let rsdp = match &pci {
+            Some(host) => {
+                let layout = host
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .firmware_init(plan)?;
+                let acpi_on = plan.options.get("acpi").map(String::as_str) != Some("off");
+                if acpi_on {
+                    let cfg = AcpiConfig {
+                        family: plan.family,
+                        cpus: plan.cpus,
+                        pm_base: layout.pm_base,
+                        gpe0: layout.gpe0,
+                        sci_irq: 9,
+                        ecam: layout.ecam,
+                        last_bus: layout.last_bus,
+                        pci_hole32: plan.memory.pci_hole32,
+                        pci_hole64: plan.memory.pci_hole64,
+                        com1: serial.is_some(),
+                    };
+                    Some(acpi::write_tables(&vm.memory, &cfg)?)
+                } else {
+                    None
+                }
+            }
+            None => None,
+        };
+        let spec = BootSpec { rsdp, ..spec };
+        let entry: Entry = boot::load(&vm.memory, &plan.memory, &spec)?;
+        write_boot_tables(&vm.memory, entry)?;
+        if let Some(bsp) = vcpus.first() {
+            setup_boot_cpu(bsp, entry)?;
+        }
+    }
+
+    Ok(BuiltMachine {
+        vm,
+        io,
+        mmio,
+        serial,
+        vcpus,
+        pci,
+        in_kernel,
+        not_modelled,
+    })
+}

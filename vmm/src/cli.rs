@@ -1,0 +1,486 @@
+//! QEMU-style command line: option spelling, argument syntax and error wording follow
+//! qemu-system-x86_64 so that tools which build QEMU command lines can drive machina.
+
+use std::path::PathBuf;
+
+/// Everything the command line asked for, before any machine is planned.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CliOptions {
+    /// `-machine TYPE[,k=v...]`: the type (None = catalog default) and its options in order.
+    pub machine: Option<String>,
+    pub machine_options: Vec<(String, String)>,
+    /// Guest RAM in bytes.
+    pub ram_size: u64,
+    pub cpus: u32,
+    pub kernel: Option<PathBuf>,
+    pub initrd: Option<PathBuf>,
+    pub append: String,
+    pub serial: Vec<SerialSpec>,
+    pub nodefaults: bool,
+    pub no_reboot: bool,
+    /// `-S`: build the machine but do not start the vCPUs.
+    pub start_paused: bool,
+    pub name: Option<String>,
+    pub devices: Vec<String>,
+    pub machine_definitions: Vec<PathBuf>,
+    pub nographic: bool,
+    pub action: Action,
+}
+
+/// What the invocation is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Run,
+    Help,
+    Version,
+    MachineHelp,
+    DeviceHelp,
+    DeviceProperties(String),
+}
+
+/// A `-serial` backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SerialSpec {
+    Stdio,
+    Null,
+    File(PathBuf),
+    /// `unix:PATH,server=on,wait=off`: listen on a socket, attach the first client.
+    UnixServer { path: PathBuf, wait: bool },
+    /// `none`: no serial port at all.
+    None,
+}
+
+/// QEMU's default RAM size.
+pub const DEFAULT_RAM_SIZE: u64 = 128 << 20;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CliError {
+    #[error("{0}: invalid option")]
+    InvalidOption(String),
+    #[error("{0}: requires an argument")]
+    MissingArgument(String),
+    #[error("-m {0}: Parameter 'size' expects a non-negative number below 2^64")]
+    BadSize(String),
+    #[error("-m {0}: memory size must be greater than zero")]
+    ZeroMemory(String),
+    #[error("-smp {0}: Parameter 'smp.cpus' expects integer")]
+    BadCpus(String),
+    #[error(
+        "-smp {0}: Invalid CPU topology: CPU topology parameters must be greater than zero"
+    )]
+    ZeroCpus(String),
+    #[error("-smp {0}: unsupported topology parameter '{1}'")]
+    BadTopology(String, String),
+    #[error("-serial {0}: '{0}' is not a valid char driver")]
+    BadSerial(String),
+    #[error("-{0} {1}: invalid value '{2}' for '{3}'")]
+    BadOptionValue(String, String, String, String),
+    #[error("-accel {0}: invalid accelerator {0} (machina supports only kvm)")]
+    BadAccel(String),
+    #[error("-display {0}: machina has no display; only 'none' is supported")]
+    BadDisplay(String),
+    #[error("-machine: missing machine type before options in '{0}'")]
+    MissingMachineType(String),
+}
+
+impl Default for CliOptions {
+    fn default() -> Self {
+        Self {
+            machine: None,
+            machine_options: Vec::new(),
+            ram_size: DEFAULT_RAM_SIZE,
+            cpus: 1,
+            kernel: None,
+            initrd: None,
+            append: String::new(),
+            serial: Vec::new(),
+            nodefaults: false,
+            no_reboot: false,
+            start_paused: false,
+            name: None,
+            devices: Vec::new(),
+            machine_definitions: Vec::new(),
+            nographic: false,
+            action: Action::Run,
+        }
+    }
+}
+
+/// Split QEMU keyval text (`a=b,c=d`, `,,` escapes a comma) into raw items.
+pub fn split_keyval(text: &str) -> Vec<String> {
+    let mut items = Vec::new();
+    let mut current = String::new();
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == ',' {
+            if chars.peek() == Some(&',') {
+                chars.next();
+                current.push(',');
+            } else {
+                items.push(std::mem::take(&mut current));
+            }
+        } else {
+            current.push(c);
+        }
+    }
+    items.push(current);
+    items
+}
+
+/// Parse a size as QEMU does for `-m`: a plain number is MiB; suffixes k/M/G/T/P/E (and B).
+pub fn parse_ram_size(text: &str) -> Result<u64, CliError> {
+    let bad = || CliError::BadSize(text.to_string());
+    let value = text.strip_prefix("size=").unwrap_or(text);
+    let split = value
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(value.len());
+    let (number, suffix) = value.split_at(split);
+    if number.is_empty() {
+        return Err(bad());
+    }
+    let shift = match suffix {
+        "" | "M" | "m" => 20,
+        "B" | "b" => 0,
+        "k" | "K" => 10,
+        "G" | "g" => 30,
+        "T" | "t" => 40,
+        "P" | "p" => 50,
+        "E" | "e" => 60,
+        _ => return Err(bad()),
+    };
+    let bytes = if number.contains('.') {
+        let n: f64 = number.parse().map_err(|_| bad())?;
+        let b = n * (1u64 << shift) as f64;
+        if !(0.0..1.8e19).contains(&b) {
+            return Err(bad());
+        }
+        b as u64
+    } else {
+        let n: u64 = number.parse().map_err(|_| bad())?;
+        n.checked_mul(1u64 << shift).ok_or_else(bad)?
+    };
+    if bytes == 0 {
+        return Err(CliError::ZeroMemory(text.to_string()));
+    }
+    Ok(bytes)
+}
+
+/// Parse `-smp N[,cpus=N,sockets=..,cores=..,threads=..,maxcpus=..]`.
+fn parse_smp(text: &str) -> Result<u32, CliError> {
+    let mut cpus: Option<u32> = None;
+    let mut product: u32 = 1;
+    let mut saw_topology = false;
+    for (i, item) in split_keyval(text).iter().enumerate() {
+        let (key, value) = match item.split_once('=') {
+            Some((k, v)) => (k, v),
+            None if i == 0 => ("cpus", item.as_str()),
+            None => return Err(CliError::BadCpus(text.to_string())),
+        };
+        let n: u32 = value
+            .parse()
+            .map_err(|_| CliError::BadCpus(text.to_string()))?;
+        if n == 0 {
+            return Err(CliError::ZeroCpus(text.to_string()));
+        }
+        match key {
+            "cpus" => cpus = Some(n),
+            "sockets" | "cores" | "threads" | "dies" | "clusters" => {
+                saw_topology = true;
+                product = product.saturating_mul(n);
+            }
+            "maxcpus" => {}
+            other => return Err(CliError::BadTopology(text.to_string(), other.to_string())),
+        }
+    }
+    Ok(cpus.unwrap_or(if saw_topology { product } else { 1 }))
+}
+
+fn parse_serial(text: &str) -> Result<SerialSpec, CliError> {
+    let bad = || CliError::BadSerial(text.to_string());
+    match text {
+        "stdio" | "mon:stdio" => return Ok(SerialSpec::Stdio),
+        "null" => return Ok(SerialSpec::Null),
+        "none" => return Ok(SerialSpec::None),
+        _ => {}
+    }
+    if let Some(path) = text.strip_prefix("file:") {
+        if path.is_empty() {
+            return Err(bad());
+        }
+        return Ok(SerialSpec::File(PathBuf::from(path)));
+    }
+    if let Some(rest) = text.strip_prefix("unix:") {
+        let items = split_keyval(rest);
+        let path = items.first().filter(|p| !p.is_empty()).ok_or_else(bad)?;
+        let mut server = false;
+        let mut wait = true;
+        for item in &items[1..] {
+            match item.split_once('=').unwrap_or((item.as_str(), "on")) {
+                ("server", v) => server = parse_bool(v).ok_or_else(bad)?,
+                ("wait", v) => wait = parse_bool(v).ok_or_else(bad)?,
+                _ => return Err(bad()),
+            }
+        }
+        if !server {
+            return Err(bad());
+        }
+        return Ok(SerialSpec::UnixServer {
+            path: PathBuf::from(path),
+            wait,
+        });
+    }
+    Err(bad())
+}
+
+fn parse_bool(v: &str) -> Option<bool> {
+    match v {
+        "on" | "yes" | "true" => Some(true),
+        "off" | "no" | "false" => Some(false),
+        _ => None,
+    }
+}
+
+/// Options that take an argument, with their canonical spelling.
+fn takes_argument(name: &str) -> bool {
+    matches!(
+        name,
+        "machine"
+            | "M"
+            | "m"
+            | "smp"
+            | "kernel"
+            | "initrd"
+            | "append"
+            | "serial"
+            | "display"
+            | "name"
+            | "accel"
+            | "device"
+            | "machine-definition"
+            | "vga"
+            | "nic"
+            | "net"
+    )
+}
+
+/// Parse argv (without the program name).
+pub fn parse<I, S>(args: I) -> Result<CliOptions, CliError>
+where
+    I: IntoIterator<Item = S>,
+    S: Into<String>,
+{
+    let mut opts = CliOptions::default();
+    let mut args = args.into_iter().map(Into::into);
+    while let Some(arg) = args.next() {
+        // QEMU accepts both -opt and --opt.
+        let name = match arg.strip_prefix("--").or_else(|| arg.strip_prefix('-')) {
+            Some(n) if !n.is_empty() => n.to_string(),
+            _ => return Err(CliError::InvalidOption(arg)),
+        };
+        let value = if takes_argument(&name) {
+            Some(
+                args.next()
+                    .ok_or_else(|| CliError::MissingArgument(format!("-{name}")))?,
+            )
+        } else {
+            None
+        };
+        let value = value.unwrap_or_default();
+        match name.as_str() {
+            "h" | "help" => opts.action = Action::Help,
+            "version" => opts.action = Action::Version,
+            "machine" | "M" => parse_machine(&mut opts, &value)?,
+            "m" => opts.ram_size = parse_ram_size(&value)?,
+            "smp" => opts.cpus = parse_smp(&value)?,
+            "kernel" => opts.kernel = Some(PathBuf::from(value)),
+            "initrd" => opts.initrd = Some(PathBuf::from(value)),
+            "append" => opts.append = value,
+            "serial" => opts.serial.push(parse_serial(&value)?),
+            "nographic" => opts.nographic = true,
+            "display" => {
+                if split_keyval(&value).first().map(String::as_str) != Some("none") {
+                    return Err(CliError::BadDisplay(value));
+                }
+            }
+            "vga" | "nic" | "net" => {
+                if value != "none" {
+                    return Err(CliError::BadOptionValue(
+                        name.clone(),
+                        value.clone(),
+                        value,
+                        name,
+                    ));
+                }
+            }
+            "no-reboot" => opts.no_reboot = true,
+            "S" => opts.start_paused = true,
+            "name" => {
+                let first = split_keyval(&value).into_iter().next().unwrap_or_default();
+                opts.name = Some(first.strip_prefix("guest=").unwrap_or(&first).to_string());
+            }
+            "accel" | "enable-kvm" => {
+                let accel = split_keyval(&value).into_iter().next().unwrap_or_default();
+                if name == "accel" && accel != "kvm" {
+                    return Err(CliError::BadAccel(value));
+                }
+            }
+            "nodefaults" => opts.nodefaults = true,
+            "no-user-config" | "nodefconfig" => {}
+            "device" => {
+                if value == "help" || value == "?" {
+                    opts.action = Action::DeviceHelp;
+                } else if let Some(ty) = value
+                    .strip_suffix(",help")
+                    .or_else(|| value.strip_suffix(",?"))
+                {
+                    opts.action = Action::DeviceProperties(ty.to_string());
+                } else {
+                    opts.devices.push(value);
+                }
+            }
+            "machine-definition" => opts.machine_definitions.push(PathBuf::from(value)),
+            _ => return Err(CliError::InvalidOption(arg)),
+        }
+    }
+    Ok(opts)
+}
+
+fn parse_machine(opts: &mut CliOptions, value: &str) -> Result<(), CliError> {
+    for (i, item) in split_keyval(value).into_iter().enumerate() {
+        match item.split_once('=') {
+            Some(("type", ty)) => opts.machine = Some(ty.to_string()),
+            Some((k, v)) => {
+                if k == "accel" && !v.split(':').any(|a| a == "kvm") {
+                    return Err(CliError::BadAccel(v.to_string()));
+                }
+                opts.machine_options.push((k.to_string(), v.to_string()))
+            }
+            None if i == 0 => {
+                if item == "help" || item == "?" {
+                    opts.action = Action::MachineHelp;
+                } else {
+                    opts.machine = Some(item);
+                }
+            }
+            // A bare flag means `flag=on` in QEMU keyval syntax.
+            None if !item.is_empty() => opts.machine_options.push((item, "on".to_string())),
+            None => {}
+        }
+    }
+    // `accel=` is not a machine property of its own; it was validated above.
+    opts.machine_options.retain(|(k, _)| k != "accel");
+    Ok(())
+}
+
+/// Text of `--help`.
+pub fn help_text() -> String {
+    format!(
+        "machina {} - a KVM virtual machine monitor for QEMU's q35 and pc machine types\n\
+usage: machina [options]\n\
+\n\
+-machine TYPE[,prop=value...]  select the machine type (pc, q35, pc-q35-X.Y, none); -machine help lists them\n\
+-M TYPE[,...]                  same as -machine\n\
+-machine-definition FILE       load extra machine/device type definitions (JSON, see docs/PLAN.md)\n\
+-m SIZE                        guest RAM (512, 512M, 2G; default 128M)\n\
+-smp N[,cpus=N,sockets=S,cores=C,threads=T]  number of vCPUs\n\
+-kernel FILE                   bzImage or ELF with a PVH note (default: the bundled tiny guest)\n\
+-initrd FILE                   initial ram disk\n\
+-append CMDLINE                kernel command line\n\
+-serial stdio|null|none|file:PATH|unix:PATH,server=on,wait=off\n\
+-nographic                     serial on stdio, no display\n\
+-display none                  no display (machina has none)\n\
+-device TYPE[,prop=value...]   add a device; -device help lists types, -device TYPE,help its properties\n\
+-nodefaults                    create no default devices\n\
+-no-user-config                accepted (machina reads no user config)\n\
+-no-reboot                     exit instead of rebooting when the guest resets\n\
+-S                             do not start the vCPUs\n\
+-name NAME                     guest name\n\
+-accel kvm                     the only accelerator\n\
+-h, --help                     this text\n\
+--version                      version\n",
+        env!("CARGO_PKG_VERSION")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(args: &str) -> Result<CliOptions, CliError> {
+        parse(args.split_whitespace())
+    }
+
+    #[test]
+    fn sizes_follow_qemu() {
+        for (text, bytes) in [
+            ("512", 512u64 << 20),
+            ("512M", 512 << 20),
+            ("2G", 2 << 30),
+            ("1.5G", 3 << 29),
+            ("65536k", 64 << 20),
+            ("size=256M", 256 << 20),
+        ] {
+            assert_eq!(parse_ram_size(text), Ok(bytes), "{text}");
+        }
+        assert_eq!(
+            parse_ram_size("512Q").unwrap_err().to_string(),
+            "-m 512Q: Parameter 'size' expects a non-negative number below 2^64"
+        );
+        assert!(matches!(parse_ram_size("0"), Err(CliError::ZeroMemory(_))));
+        assert!(parse_ram_size("99999999999999999999").is_err());
+    }
+
+    #[test]
+    fn machine_and_options() {
+        let o = p("-M q35,usb=off,accel=kvm -m 256 -smp 2 -nodefaults -S -name guest=vm1,debug-threads=on")
+            .unwrap();
+        assert_eq!(o.machine.as_deref(), Some("q35"));
+        assert_eq!(o.machine_options, vec![("usb".into(), "off".into())]);
+        assert_eq!(o.ram_size, 256 << 20);
+        assert_eq!(o.cpus, 2);
+        assert!(o.nodefaults && o.start_paused);
+        assert_eq!(o.name.as_deref(), Some("vm1"));
+        assert_eq!(p("-machine help").unwrap().action, Action::MachineHelp);
+        assert_eq!(
+            p("-device pcie-root-port,help").unwrap().action,
+            Action::DeviceProperties("pcie-root-port".into())
+        );
+        assert_eq!(p("-smp cpus=3,sockets=3").unwrap().cpus, 3);
+        assert_eq!(p("-smp sockets=2,cores=2").unwrap().cpus, 4);
+    }
+
+    #[test]
+    fn errors_name_the_option() {
+        let cases = [
+            ("-foo", "-foo: invalid option"),
+            ("-m", "-m: requires an argument"),
+            ("-smp 0", "-smp 0: Invalid CPU topology: CPU topology parameters must be greater than zero"),
+            ("-smp abc", "-smp abc: Parameter 'smp.cpus' expects integer"),
+            ("-serial bogus:x", "-serial bogus:x: 'bogus:x' is not a valid char driver"),
+            ("-m 0", "-m 0: memory size must be greater than zero"),
+            ("stray", "stray: invalid option"),
+        ];
+        for (args, message) in cases {
+            assert_eq!(p(args).unwrap_err().to_string(), message, "{args}");
+        }
+        assert!(p("-accel tcg").is_err());
+        assert!(p("-display gtk").is_err());
+    }
+
+    #[test]
+    fn serial_backends() {
+        assert_eq!(p("-serial stdio").unwrap().serial, vec![SerialSpec::Stdio]);
+        assert_eq!(
+            p("-serial file:/tmp/x").unwrap().serial,
+            vec![SerialSpec::File("/tmp/x".into())]
+        );
+        assert_eq!(
+            p("-serial unix:/tmp/s,server=on,wait=off").unwrap().serial,
+            vec![SerialSpec::UnixServer {
+                path: "/tmp/s".into(),
+                wait: false
+            }]
+        );
+        assert!(p("-serial unix:/tmp/s").is_err());
+    }
+}

@@ -1,0 +1,211 @@
+//! vCPU threads: one per vCPU, running KVM_RUN and dispatching port I/O and MMIO exits to
+//! the buses. Any exit we cannot handle is reported with the registers and ends the machine;
+//! nothing here panics or spins on a dead vCPU.
+
+pub mod setup;
+
+use devices::bus::Bus;
+use devices::lifecycle::{Lifecycle, Request};
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Instant;
+
+/// KVM_SYSTEM_EVENT types.
+const KVM_SYSTEM_EVENT_SHUTDOWN: u32 = 1;
+const KVM_SYSTEM_EVENT_RESET: u32 = 2;
+const KVM_INTERNAL_ERROR_EMULATION: u32 = 1;
+
+/// Holds vCPUs before their first KVM_RUN until the machine is allowed to run (`-S`, QMP).
+#[derive(Default)]
+pub struct RunGate {
+    running: Mutex<bool>,
+    changed: Condvar,
+}
+
+impl RunGate {
+    pub fn new(running: bool) -> Self {
+        Self {
+            running: Mutex::new(running),
+            changed: Condvar::new(),
+        }
+    }
+
+    pub fn set_running(&self, running: bool) {
+        *self.running.lock().unwrap_or_else(|e| e.into_inner()) = running;
+        self.changed.notify_all();
+    }
+
+    pub fn is_running(&self) -> bool {
+        *self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Block until running or `stop` is set; true if the vCPU may run.
+    fn wait(&self, stop: &AtomicBool) -> bool {
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        while !*running && !stop.load(Ordering::SeqCst) {
+            running = self
+                .changed
+                .wait_timeout(running, std::time::Duration::from_millis(50))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        !stop.load(Ordering::SeqCst)
+    }
+}
+
+/// Everything a vCPU thread needs.
+pub struct Vcpu {
+    pub fd: VcpuFd,
+    pub index: u32,
+    pub io: Arc<Bus>,
+    pub mmio: Arc<Bus>,
+    pub lifecycle: Lifecycle,
+    pub stop: Arc<AtomicBool>,
+    pub gate: Arc<RunGate>,
+    /// Set when tracing boot times: the process start to compare the first entry against.
+    pub trace_start: Option<Instant>,
+}
+
+/// Why a vCPU stopped.
+enum Stop {
+    Requested,
+    Failed(String),
+}
+
+impl Vcpu {
+    /// The thread body: run until told to stop or until the guest ends the machine.
+    pub fn run(mut self) {
+        if !self.gate.wait(&self.stop) {
+            return;
+        }
+        if let Some(start) = self.trace_start.filter(|_| self.index == 0) {
+            eprintln!(
+                "machina-trace: first-vcpu-entry us={}",
+                start.elapsed().as_micros()
+            );
+        }
+        if let Stop::Failed(reason) = self.run_loop() {
+            let registers = self.describe_registers();
+            eprintln!("machina: vCPU {} stopped: {reason}\n{registers}", self.index);
+            self.lifecycle.request(Request::Crash);
+        }
+    }
+
+    fn run_loop(&mut self) -> Stop {
+        loop {
+            if self.stop.load(Ordering::SeqCst) {
+                return Stop::Requested;
+            }
+            match self.fd.run() {
+                Ok(VcpuExit::IoIn(port, data)) => {
+                    if !self.io.read(u64::from(port), data) {
+                        data.fill(0xff);
+                    }
+                }
+                Ok(VcpuExit::IoOut(port, data)) => {
+                    self.io.write(u64::from(port), data);
+                }
+                Ok(VcpuExit::MmioRead(addr, data)) => {
+                    if !self.mmio.read(addr, data) {
+                        data.fill(0xff);
+                    }
+                }
+                Ok(VcpuExit::MmioWrite(addr, data)) => {
+                    self.mmio.write(addr, data);
+                }
+                Ok(VcpuExit::Hlt) => {
+                    // With the in-kernel irqchip KVM handles HLT itself; an exit here means a
+                    // halt nothing can wake.
+                    return Stop::Failed("guest halted with no way to wake (HLT exit)".into());
+                }
+                Ok(VcpuExit::Shutdown) => {
+                    return Stop::Failed("guest shutdown (triple fault)".into());
+                }
+                Ok(VcpuExit::SystemEvent(kind, _)) => {
+                    match kind {
+                        KVM_SYSTEM_EVENT_SHUTDOWN => self.lifecycle.request(Request::PowerOff),
+                        KVM_SYSTEM_EVENT_RESET => self.lifecycle.request(Request::Reset),
+                        other => {
+                            return Stop::Failed(format!("unhandled KVM system event {other}"))
+                        }
+                    }
+                    return Stop::Requested;
+                }
+                Ok(VcpuExit::InternalError) => {
+                    let run = self.fd.get_kvm_run();
+                    // SAFETY: KVM filled the `internal` member of the exit union for
+                    // KVM_EXIT_INTERNAL_ERROR, the exit we are handling.
+                    let internal = unsafe { run.__bindgen_anon_1.internal };
+                    let n = (internal.ndata as usize).min(internal.data.len());
+                    let what = if internal.suberror == KVM_INTERNAL_ERROR_EMULATION {
+                        "instruction emulation failed".to_string()
+                    } else {
+                        format!("suberror {}", internal.suberror)
+                    };
+                    return Stop::Failed(format!(
+                        "KVM internal error: {what}, data {:x?}",
+                        &internal.data[..n]
+                    ));
+                }
+                Ok(VcpuExit::FailEntry(reason, cpu)) => {
+                    return Stop::Failed(format!(
+                        "KVM entry failed: hardware reason {reason:#x} on host cpu {cpu}"
+                    ));
+                }
+                Ok(VcpuExit::Intr) => {}
+                Ok(other) => return Stop::Failed(format!("unhandled vCPU exit {other:?}")),
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                    self.fd.set_kvm_immediate_exit(0);
+                }
+                Err(e) => return Stop::Failed(format!("KVM_RUN failed: {e}")),
+            }
+        }
+    }
+
+    fn describe_registers(&self) -> String {
+        let regs = match self.fd.get_regs() {
+            Ok(r) => r,
+            Err(e) => return format!("(registers unavailable: {e})"),
+        };
+        let sregs = match self.fd.get_sregs() {
+            Ok(s) => s,
+            Err(e) => return format!("(special registers unavailable: {e})"),
+        };
+        format!(
+            "RAX={:016x} RBX={:016x} RCX={:016x} RDX={:016x}\n\
+             RSI={:016x} RDI={:016x} RBP={:016x} RSP={:016x}\n\
+             R8 ={:016x} R9 ={:016x} R10={:016x} R11={:016x}\n\
+             R12={:016x} R13={:016x} R14={:016x} R15={:016x}\n\
+             RIP={:016x} RFL={:08x} CPL={}\n\
+             CS={:04x} SS={:04x} DS={:04x} CR0={:08x} CR2={:016x} CR3={:016x} CR4={:08x} EFER={:x}",
+            regs.rax,
+            regs.rbx,
+            regs.rcx,
+            regs.rdx,
+            regs.rsi,
+            regs.rdi,
+            regs.rbp,
+            regs.rsp,
+            regs.r8,
+            regs.r9,
+            regs.r10,
+            regs.r11,
+            regs.r12,
+            regs.r13,
+            regs.r14,
+            regs.r15,
+            regs.rip,
+            regs.rflags,
+            sregs.cs.dpl,
+            sregs.cs.selector,
+            sregs.ss.selector,
+            sregs.ds.selector,
+            sregs.cr0,
+            sregs.cr2,
+            sregs.cr3,
+            sregs.cr4,
+            sregs.efer
+        )
+    }
+}
