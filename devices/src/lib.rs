@@ -1,5 +1,7 @@
 //! Device models: the address-decoded bus, PCI core and chipsets, bridges, legacy devices.
 
 pub mod bus;
+pub mod chipset;
 pub mod legacy;
 pub mod lifecycle;
+pub mod pci;

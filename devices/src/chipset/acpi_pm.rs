@@ -1,0 +1,365 @@
+//! The ACPI PM register block shared by ICH9 (LPC, PMBASE) and PIIX4 (PM function, PMBA):
+//! PM1 event (status RW1C / enable), PM1 control with sleep requests (QEMU's
+//! hw/acpi/core.c acpi_pm1_cnt_write), the 3.579545 MHz 24-bit PM timer and GPE0.
+//!
+//! Layout from the block base: PM1_STS +0, PM1_EN +2, PM1_CNT +4, PM_TMR +8. ICH9 has GPE0 at
+//! +0x20 (16 bytes) and SMI_EN/SMI_STS at +0x30/+0x34 in a 128-byte block; PIIX4 has a
+//! 64-byte block and its GPE0 at the fixed port 0xafe0 (4 bytes), see [`Gpe0Block`].
+
+use crate::bus::BusDevice;
+use crate::lifecycle::{Lifecycle, Request};
+use crate::pci::IntxSink;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+pub const PM1_STS_TMR: u16 = 1 << 0;
+pub const PM1_STS_GBL: u16 = 1 << 5;
+pub const PM1_STS_PWRBTN: u16 = 1 << 8;
+pub const PM1_STS_RTC: u16 = 1 << 10;
+pub const PM1_CNT_SCI_EN: u16 = 1 << 0;
+pub const PM1_CNT_SLP_EN: u16 = 1 << 13;
+/// PM1 status bits that can raise an SCI (ACPI_BITMASK_PM1_COMMON_ENABLED).
+const PM1_SCI_BITS: u16 = PM1_STS_TMR | PM1_STS_GBL | PM1_STS_PWRBTN | PM1_STS_RTC;
+pub const PM_TIMER_HZ: u128 = 3_579_545;
+
+/// PIIX4's fixed GPE0 block.
+pub const PIIX4_GPE0_BASE: u64 = 0xafe0;
+pub const PIIX4_GPE0_LEN: usize = 4;
+pub const ICH9_GPE0_LEN: usize = 16;
+pub const ICH9_PM_BLOCK_LEN: u64 = 128;
+pub const PIIX4_PM_BLOCK_LEN: u64 = 64;
+
+/// Which chipset's block this is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PmFlavor {
+    Ich9,
+    Piix4,
+}
+
+pub struct AcpiPm {
+    flavor: PmFlavor,
+    pm1_sts: u16,
+    pm1_en: u16,
+    pm1_cnt: u16,
+    gpe_sts: Vec<u8>,
+    gpe_en: Vec<u8>,
+    smi_en: u32,
+    smi_sts: u32,
+    /// SLP_TYP value that means S4 (QEMU's s4_val, default 2): treated as power off.
+    s4_val: u16,
+    /// Without SMM QEMU starts in ACPI mode (SCI_EN set at reset).
+    acpi_only: bool,
+    clock_start: Instant,
+    lifecycle: Lifecycle,
+    sci: Option<(Arc<dyn IntxSink>, u32)>,
+    sci_level: bool,
+}
+
+impl AcpiPm {
+    pub fn new(flavor: PmFlavor, lifecycle: Lifecycle, acpi_only: bool) -> Self {
+        let gpe_len = match flavor {
+            PmFlavor::Ich9 => ICH9_GPE0_LEN,
+            PmFlavor::Piix4 => PIIX4_GPE0_LEN,
+        };
+        let mut pm = Self {
+            flavor,
+            pm1_sts: 0,
+            pm1_en: 0,
+            pm1_cnt: 0,
+            gpe_sts: vec![0; gpe_len / 2],
+            gpe_en: vec![0; gpe_len / 2],
+            smi_en: 0,
+            smi_sts: 0,
+            s4_val: 2,
+            acpi_only,
+            clock_start: Instant::now(),
+            lifecycle,
+            sci: None,
+            sci_level: false,
+        };
+        pm.reset();
+        pm
+    }
+
+    /// Size of the block mapped at PMBASE/PMBA.
+    pub fn block_len(&self) -> u64 {
+        match self.flavor {
+            PmFlavor::Ich9 => ICH9_PM_BLOCK_LEN,
+            PmFlavor::Piix4 => PIIX4_PM_BLOCK_LEN,
+        }
+    }
+
+    pub fn reset(&mut self) {
+        self.pm1_sts = 0;
+        self.pm1_en = 0;
+        self.pm1_cnt = if self.acpi_only { PM1_CNT_SCI_EN } else { 0 };
+        self.gpe_sts.fill(0);
+        self.gpe_en.fill(0);
+        self.smi_en = 0;
+        self.smi_sts = 0;
+        self.update_sci();
+    }
+
+    pub fn set_sci_sink(&mut self, sink: Arc<dyn IntxSink>, gsi: u32) {
+        self.sci = Some((sink, gsi));
+        self.sci_level = false;
+        self.update_sci();
+    }
+
+    /// The PM timer: 3.579545 MHz from a monotonic clock, 24 bits.
+    pub fn timer(&self) -> u32 {
+        let ns = self.clock_start.elapsed().as_nanos();
+        ((ns * PM_TIMER_HZ / 1_000_000_000) & 0xff_ffff) as u32
+    }
+
+    pub fn pm1_cnt(&self) -> u16 {
+        self.pm1_cnt
+    }
+
+    pub fn pm1_sts(&self) -> u16 {
+        self.pm1_sts
+    }
+
+    /// APM ACPI enable/disable command (acpi_pm1_cnt_update).
+    pub fn set_sci_enabled(&mut self, on: bool) {
+        if on {
+            self.pm1_cnt |= PM1_CNT_SCI_EN;
+        } else {
+            self.pm1_cnt &= !PM1_CNT_SCI_EN;
+        }
+    }
+
+    /// The power button was pressed (QMP system_powerdown): PWRBTN_STS and an SCI.
+    pub fn power_button(&mut self) {
+        self.pm1_sts |= PM1_STS_PWRBTN;
+        self.update_sci();
+    }
+
+    /// Raise GPE0 status bit `bit` (hotplug events) and update the SCI.
+    pub fn raise_gpe(&mut self, bit: usize) {
+        if let Some(b) = self.gpe_sts.get_mut(bit / 8) {
+            *b |= 1 << (bit % 8);
+        }
+        self.update_sci();
+    }
+
+    fn update_sci(&mut self) {
+        let pm1 = self.pm1_sts & self.pm1_en & PM1_SCI_BITS != 0;
+        let gpe = self
+            .gpe_sts
+            .iter()
+            .zip(&self.gpe_en)
+            .any(|(s, e)| s & e != 0);
+        let level = pm1 || gpe;
+        if let Some((sink, gsi)) = &self.sci {
+            if level != self.sci_level {
+                sink.set_level(*gsi, level);
+            }
+        }
+        self.sci_level = level;
+    }
+
+    /// acpi_pm1_cnt_write: store everything but SLP_EN; SLP_EN with SLP_TYP 0 (S5) or the S4
+    /// value powers the machine off. S1-S3 are not offered in our DSDT and are ignored.
+    fn write_pm1_cnt(&mut self, val: u16) {
+        self.pm1_cnt = val & !PM1_CNT_SLP_EN;
+        if val & PM1_CNT_SLP_EN != 0 {
+            let typ = (val >> 10) & 7;
+            if typ == 0 || typ == self.s4_val {
+                self.lifecycle.request(Request::PowerOff);
+            }
+        }
+    }
+
+    fn gpe_read(&self, offset: usize) -> u8 {
+        let half = self.gpe_sts.len();
+        if offset < half {
+            self.gpe_sts[offset]
+        } else {
+            self.gpe_en.get(offset - half).copied().unwrap_or(0xff)
+        }
+    }
+
+    fn gpe_write(&mut self, offset: usize, v: u8) {
+        let half = self.gpe_sts.len();
+        if offset < half {
+            self.gpe_sts[offset] &= !v;
+        } else if let Some(e) = self.gpe_en.get_mut(offset - half) {
+            *e = v;
+        }
+        self.update_sci();
+    }
+
+    /// Byte read of the PM block; unimplemented offsets float high like unassigned I/O.
+    fn read_byte(&self, offset: u64) -> u8 {
+        let byte = |v: u32, at: u64| (v >> (8 * at)) as u8;
+        match (self.flavor, offset) {
+            (_, 0..=1) => byte(self.pm1_sts.into(), offset),
+            (_, 2..=3) => byte(self.pm1_en.into(), offset - 2),
+            (_, 4..=5) => byte(self.pm1_cnt.into(), offset - 4),
+            (_, 8..=11) => byte(self.timer(), offset - 8),
+            (PmFlavor::Ich9, 0x20..=0x2f) => self.gpe_read((offset - 0x20) as usize),
+            (PmFlavor::Ich9, 0x30..=0x33) => byte(self.smi_en, offset - 0x30),
+            (PmFlavor::Ich9, 0x34..=0x37) => byte(self.smi_sts, offset - 0x34),
+            _ => 0xff,
+        }
+    }
+
+    fn read_block(&self, offset: u64, data: &mut [u8]) {
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = self.read_byte(offset.saturating_add(i as u64));
+        }
+    }
+
+    /// Writes are applied per 16-bit register so a word write of SLP_TYP|SLP_EN is one event.
+    fn write_block(&mut self, offset: u64, data: &[u8]) {
+        let merge = |old: u16, at: u64, data: &[u8]| -> (u16, u16) {
+            // (new value, mask of bytes written) for the register at `at`.
+            let mut v = old;
+            let mut m = 0u16;
+            for (i, &b) in data.iter().enumerate() {
+                let o = offset.saturating_add(i as u64);
+                if o == at || o == at + 1 {
+                    let sh = 8 * (o - at);
+                    v = (v & !(0xff << sh)) | (u16::from(b) << sh);
+                    m |= 0xff << sh;
+                }
+            }
+            (v, m)
+        };
+        let end = offset.saturating_add(data.len() as u64);
+        let touches = |at: u64, len: u64| offset < at + len && at < end;
+        if touches(0, 2) {
+            let (v, m) = merge(0, 0, data);
+            self.pm1_sts &= !(v & m);
+        }
+        if touches(2, 2) {
+            let (v, _) = merge(self.pm1_en, 2, data);
+            self.pm1_en = v;
+        }
+        if touches(4, 2) {
+            let (v, _) = merge(self.pm1_cnt, 4, data);
+            self.write_pm1_cnt(v);
+        }
+        for (i, &b) in data.iter().enumerate() {
+            let o = offset.saturating_add(i as u64);
+            match (self.flavor, o) {
+                (PmFlavor::Ich9, 0x20..=0x2f) => self.gpe_write((o - 0x20) as usize, b),
+                (PmFlavor::Ich9, 0x30..=0x33) => {
+                    let sh = 8 * (o - 0x30);
+                    self.smi_en = (self.smi_en & !(0xff << sh)) | (u32::from(b) << sh);
+                }
+                (PmFlavor::Ich9, 0x34..=0x37) => {
+                    self.smi_sts &= !(u32::from(b) << (8 * (o - 0x34)))
+                }
+                _ => {}
+            }
+        }
+        self.update_sci();
+    }
+}
+
+/// The PM block as mapped at PMBASE (ICH9) or PMBA (PIIX4).
+pub struct PmBlock(pub Arc<Mutex<AcpiPm>>);
+
+impl BusDevice for PmBlock {
+    fn read(&mut self, _base: u64, offset: u64, data: &mut [u8]) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .read_block(offset, data);
+    }
+    fn write(&mut self, _base: u64, offset: u64, data: &[u8]) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .write_block(offset, data);
+    }
+}
+
+/// PIIX4's GPE0 block at 0xafe0: status (RW1C) then enable, 2 bytes each.
+pub struct Gpe0Block(pub Arc<Mutex<AcpiPm>>);
+
+impl BusDevice for Gpe0Block {
+    fn read(&mut self, _base: u64, offset: u64, data: &mut [u8]) {
+        let pm = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        for (i, b) in data.iter_mut().enumerate() {
+            let o = offset.saturating_add(i as u64) as usize;
+            *b = if o < PIIX4_GPE0_LEN {
+                pm.gpe_read(o)
+            } else {
+                0xff
+            };
+        }
+    }
+    fn write(&mut self, _base: u64, offset: u64, data: &[u8]) {
+        let mut pm = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        for (i, &b) in data.iter().enumerate() {
+            let o = offset.saturating_add(i as u64) as usize;
+            if o < PIIX4_GPE0_LEN {
+                pm.gpe_write(o, b);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slp_en_s5_powers_off_and_sts_is_rw1c() {
+        let l = Lifecycle::new().unwrap();
+        let pm = Arc::new(Mutex::new(AcpiPm::new(PmFlavor::Ich9, l.clone(), false)));
+        let mut blk = PmBlock(pm.clone());
+        pm.lock().unwrap().power_button();
+        let mut b = [0u8; 2];
+        blk.read(0, 0, &mut b);
+        assert_eq!(u16::from_le_bytes(b), PM1_STS_PWRBTN);
+        blk.write(0, 0, &PM1_STS_PWRBTN.to_le_bytes());
+        blk.read(0, 0, &mut b);
+        assert_eq!(b, [0, 0]);
+        // SCI_EN + SLP_TYP=5 (S1-ish): no power off.
+        blk.write(0, 4, &(1u16 | (5 << 10) | PM1_CNT_SLP_EN).to_le_bytes());
+        assert_eq!(l.pending(), Request::None);
+        blk.read(0, 4, &mut b);
+        assert_eq!(u16::from_le_bytes(b), 1 | (5 << 10));
+        blk.write(0, 4, &(PM1_CNT_SLP_EN | 1).to_le_bytes());
+        assert_eq!(l.take(), Request::PowerOff);
+        // Byte write of the high half with SLP_TYP=0 also powers off.
+        blk.write(0, 5, &[0x20]);
+        assert_eq!(l.take(), Request::PowerOff);
+    }
+
+    #[test]
+    fn timer_runs_and_is_24_bit() {
+        let l = Lifecycle::new().unwrap();
+        let pm = Arc::new(Mutex::new(AcpiPm::new(PmFlavor::Piix4, l, true)));
+        let mut blk = PmBlock(pm.clone());
+        let mut t0 = [0u8; 4];
+        blk.read(0, 8, &mut t0);
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let mut t1 = [0u8; 4];
+        blk.read(0, 8, &mut t1);
+        let (a, b) = (u32::from_le_bytes(t0), u32::from_le_bytes(t1));
+        assert!(a <= 0xff_ffff && b <= 0xff_ffff);
+        assert_ne!(a, b);
+        blk.write(0, 8, &[0; 4]);
+        let mut c = [0u8; 2];
+        blk.read(0, 4, &mut c);
+        assert_eq!(
+            u16::from_le_bytes(c),
+            PM1_CNT_SCI_EN,
+            "acpi_only starts with SCI_EN"
+        );
+        let mut g = Gpe0Block(pm);
+        g.write(0, 2, &[0x02]);
+        pm_gpe_roundtrip(&mut g);
+    }
+
+    fn pm_gpe_roundtrip(g: &mut Gpe0Block) {
+        let mut b = [0u8; 4];
+        g.read(0, 0, &mut b);
+        assert_eq!(b, [0, 0, 2, 0]);
+    }
+}

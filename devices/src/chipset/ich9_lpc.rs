@@ -1,0 +1,166 @@
+//! ICH9 LPC/ISA bridge (00:1f.0, 8086:2918 rev 2): PMBASE/ACPI_CNTL (maps the ACPI PM block),
+//! PIRQ A-H routing, RCBA (maps the chipset-configuration register block) and LPC_EN bits
+//! for the ISA devices present, with QEMU's ich9_lpc_reset values.
+
+use super::acpi_pm::{AcpiPm, PmBlock, PmFlavor, ICH9_PM_BLOCK_LEN};
+use crate::bus::{BusDevice, SharedDevice};
+use crate::lifecycle::Lifecycle;
+use crate::pci::config::PciConfig;
+use crate::pci::device::{PciFunction, Space, Window, WindowTarget};
+use crate::pci::PciError;
+use machine::{PciFunctionPlan, Plan};
+use std::sync::{Arc, Mutex};
+
+pub const PMBASE: usize = 0x40;
+pub const PMBASE_MASK: u32 = 0xff80;
+pub const ACPI_CNTL: usize = 0x44;
+pub const ACPI_CNTL_ACPI_EN: u8 = 0x80;
+pub const PIRQA_ROUT: usize = 0x60;
+pub const PIRQE_ROUT: usize = 0x68;
+pub const PIRQ_ROUT_DEFAULT: u8 = 0x80;
+pub const LPC_EN: usize = 0x82;
+pub const RCBA: usize = 0xf0;
+pub const RCBA_EN: u32 = 1;
+pub const RCBA_MASK: u32 = 0xffff_c000;
+pub const CC_SIZE: usize = 16 * 1024;
+
+const PM_WINDOW: u32 = 1;
+const RCRB_WINDOW: u32 = 2;
+
+/// Chipset configuration registers (RCRB), 16 KiB of little-endian registers.
+pub struct Rcrb {
+    regs: Vec<u8>,
+}
+
+impl Rcrb {
+    fn new() -> Self {
+        let mut r = Self {
+            regs: vec![0; CC_SIZE],
+        };
+        r.reset();
+        r
+    }
+
+    fn reset(&mut self) {
+        self.regs.fill(0);
+        // D31IR..D25IR = 0x3210 (INTA-D -> PIRQA-D), D30IR = 0, GCS = 0x20.
+        for off in [0x3140usize, 0x3144, 0x3146, 0x3148, 0x314c, 0x3150] {
+            self.regs[off..off + 4].copy_from_slice(&0x3210u32.to_le_bytes());
+        }
+        self.regs[0x3410..0x3414].copy_from_slice(&0x20u32.to_le_bytes());
+    }
+}
+
+impl BusDevice for Rcrb {
+    fn read(&mut self, _base: u64, offset: u64, data: &mut [u8]) {
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = usize::try_from(offset.saturating_add(i as u64))
+                .ok()
+                .and_then(|o| self.regs.get(o))
+                .copied()
+                .unwrap_or(0);
+        }
+    }
+    fn write(&mut self, _base: u64, offset: u64, data: &[u8]) {
+        for (i, &v) in data.iter().enumerate() {
+            if let Some(r) = usize::try_from(offset.saturating_add(i as u64))
+                .ok()
+                .and_then(|o| self.regs.get_mut(o))
+            {
+                *r = v;
+            }
+        }
+    }
+}
+
+pub struct Ich9Lpc {
+    config: PciConfig,
+    pm: Arc<Mutex<AcpiPm>>,
+    pm_block: SharedDevice,
+    rcrb: Arc<Mutex<Rcrb>>,
+}
+
+impl Ich9Lpc {
+    pub fn new(f: &PciFunctionPlan, plan: &Plan, lifecycle: Lifecycle) -> Result<Self, PciError> {
+        let mut c = PciConfig::new(&f.identity, f.multifunction, false);
+        for i in 0..4 {
+            c.set_u8(PIRQA_ROUT + i, PIRQ_ROUT_DEFAULT);
+            c.set_u8(PIRQE_ROUT + i, PIRQ_ROUT_DEFAULT);
+        }
+        c.set_u8(ACPI_CNTL, 0);
+        c.set_u32(PMBASE, 1); // RTE, read-only
+        c.set_wmask_u32(PMBASE, PMBASE_MASK);
+        c.set_u32(RCBA, 0);
+        // ich9_lpc_machine_ready: LPC decode enables for the legacy devices present.
+        let mut lpc_en = 0u8;
+        for (port, bit) in [(0x3f8, 0x01), (0x2f8, 0x02), (0x378, 0x04), (0x3f2, 0x08)] {
+            if super::isa_has_port(plan, port) {
+                lpc_en |= bit;
+            }
+        }
+        c.set_u8(LPC_EN, lpc_en);
+        c.commit_reset_state();
+        let acpi_only = !super::smm_enabled(plan);
+        let pm = Arc::new(Mutex::new(AcpiPm::new(
+            PmFlavor::Ich9,
+            lifecycle,
+            acpi_only,
+        )));
+        let pm_block: SharedDevice = Arc::new(Mutex::new(PmBlock(pm.clone())));
+        Ok(Self {
+            config: c,
+            pm,
+            pm_block,
+            rcrb: Arc::new(Mutex::new(Rcrb::new())),
+        })
+    }
+
+    pub fn acpi_pm(&self) -> Arc<Mutex<AcpiPm>> {
+        self.pm.clone()
+    }
+
+    /// PM block base when ACPI decoding is enabled.
+    pub fn pm_base(&self) -> Option<u16> {
+        (self.config.get_u8(ACPI_CNTL) & ACPI_CNTL_ACPI_EN != 0)
+            .then(|| (self.config.get_u32(PMBASE) & PMBASE_MASK) as u16)
+    }
+}
+
+impl PciFunction for Ich9Lpc {
+    fn config(&self) -> &PciConfig {
+        &self.config
+    }
+    fn config_mut(&mut self) -> &mut PciConfig {
+        &mut self.config
+    }
+
+    fn reset(&mut self) {
+        self.config.reset();
+        self.pm.lock().unwrap_or_else(|e| e.into_inner()).reset();
+        self.rcrb.lock().unwrap_or_else(|e| e.into_inner()).reset();
+    }
+
+    fn windows(&self) -> Vec<Window> {
+        let mut w = Vec::new();
+        if let Some(base) = self.pm_base() {
+            w.push(Window {
+                key: PM_WINDOW,
+                space: Space::Io,
+                base: base.into(),
+                size: ICH9_PM_BLOCK_LEN,
+                target: WindowTarget::Device(self.pm_block.clone()),
+            });
+        }
+        let rcba = self.config.get_u32(RCBA);
+        if rcba & RCBA_EN != 0 {
+            w.push(Window {
+                key: RCRB_WINDOW,
+                space: Space::Mmio,
+                base: (rcba & RCBA_MASK).into(),
+                size: CC_SIZE as u64,
+                target: WindowTarget::Device(self.rcrb.clone()),
+            });
+        }
+        w
+    }
+}

@@ -1,0 +1,159 @@
+//! q35 MCH host bridge (00:00.0, 8086:29c0): PCIEXBAR (ECAM window), PAM, SMRAM/ESMRAMC,
+//! extended TSEG query and SMBASE registers with QEMU's reset values and write masks.
+
+use crate::pci::config::PciConfig;
+use crate::pci::device::{PciFunction, Space, Window, WindowTarget};
+use crate::pci::PciError;
+use machine::{PciFunctionPlan, Plan};
+
+pub const PCIEXBAR: usize = 0x60;
+pub const PCIEXBAR_DEFAULT: u64 = 0xb000_0000;
+pub const PCIEXBAR_EN: u64 = 1;
+const PCIEXBAR_LENGTH_MASK: u64 = 0x6;
+const PCIEXBAR_ADMSK: u64 = 0xf_f000_0000; // bits 35:28
+const PCIEXBAR_128ADMSK: u64 = 1 << 27;
+const PCIEXBAR_64ADMSK: u64 = 1 << 26;
+pub const PAM0: usize = 0x90;
+pub const SMRAM: usize = 0x9d;
+pub const ESMRAMC: usize = 0x9e;
+pub const F_SMBASE: usize = 0x9c;
+pub const EXT_TSEG_MBYTES: usize = 0x50;
+const SMRAM_DEFAULT: u8 = 0x02;
+const SMRAM_D_OPEN: u8 = 0x40;
+const SMRAM_D_CLS: u8 = 0x20;
+const SMRAM_D_LCK: u8 = 0x10;
+const SMRAM_G_SMRAME: u8 = 0x08;
+const SMRAM_WMASK: u8 = SMRAM_D_OPEN | SMRAM_D_CLS | SMRAM_D_LCK | SMRAM_G_SMRAME;
+const ESMRAMC_DEFAULT: u8 = 0x38;
+const ESMRAMC_WMASK: u8 = 0x87; // H_SMRAME | TSEG_SZ | T_EN
+const EXT_TSEG_QUERY: u16 = 0xffff;
+const F_SMBASE_QUERY: u8 = 0xff;
+const F_SMBASE_IN_RAM: u8 = 0x01;
+const F_SMBASE_LCK: u8 = 0x02;
+
+/// Window key of the ECAM window.
+const ECAM_WINDOW: u32 = 1;
+
+pub struct Mch {
+    config: PciConfig,
+    ext_tseg_mbytes: u16,
+    smm_ranges: bool,
+}
+
+impl Mch {
+    pub fn new(f: &PciFunctionPlan, plan: &Plan) -> Result<Self, PciError> {
+        let ext = match f.properties.get("extended-tseg-mbytes") {
+            Some(v) => v.parse::<u16>().map_err(|_| PciError::InvalidProperty {
+                name: "extended-tseg-mbytes".into(),
+                value: v.clone(),
+            })?,
+            None => 64,
+        };
+        let smm_ranges = super::smm_enabled(plan);
+        let mut config = PciConfig::new(&f.identity, f.multifunction, false);
+        config.set_u64(PCIEXBAR, PCIEXBAR_DEFAULT);
+        if smm_ranges {
+            config.set_u8(SMRAM, SMRAM_DEFAULT);
+            config.set_wmask_u8(SMRAM, SMRAM_WMASK);
+            config.set_u8(ESMRAMC, ESMRAMC_DEFAULT);
+            config.set_wmask_u8(ESMRAMC, ESMRAMC_WMASK);
+            if ext > 0 {
+                config.set_u16(EXT_TSEG_MBYTES, EXT_TSEG_QUERY);
+            }
+            config.set_u8(F_SMBASE, 0);
+            config.set_wmask_u8(F_SMBASE, 0xff);
+        }
+        config.commit_reset_state();
+        Ok(Self {
+            config,
+            ext_tseg_mbytes: ext,
+            smm_ranges,
+        })
+    }
+
+    /// (base, size) of the ECAM window PCIEXBAR selects, if enabled (mch_update_pciexbar).
+    pub fn ecam_window(&self) -> Option<(u64, u64)> {
+        let bar = self.config.get_u64(PCIEXBAR);
+        if bar & PCIEXBAR_EN == 0 {
+            return None;
+        }
+        let (size, mask) = match bar & PCIEXBAR_LENGTH_MASK {
+            0 => (256 << 20, PCIEXBAR_ADMSK),
+            2 => (
+                128 << 20,
+                PCIEXBAR_ADMSK | PCIEXBAR_128ADMSK | PCIEXBAR_64ADMSK,
+            ),
+            4 => (64 << 20, PCIEXBAR_ADMSK | PCIEXBAR_64ADMSK),
+            _ => return None, // reserved length: QEMU leaves the mapping alone
+        };
+        Some((bar & mask, size))
+    }
+
+    fn overlaps(offset: usize, len: usize, reg: usize, reg_len: usize) -> bool {
+        offset < reg + reg_len && reg < offset + len
+    }
+
+    fn update_smram(&mut self) {
+        if self.config.get_u8(SMRAM) & SMRAM_D_LCK != 0 {
+            let v = self.config.get_u8(SMRAM) & !SMRAM_D_OPEN;
+            self.config.set_u8(SMRAM, v);
+            self.config.set_wmask_u8(SMRAM, SMRAM_D_CLS);
+            self.config.set_wmask_u8(ESMRAMC, 0);
+        }
+    }
+
+    fn update_smbase(&mut self) {
+        let reg = self.config.get_u8(F_SMBASE);
+        if reg == F_SMBASE_QUERY {
+            self.config.set_wmask_u8(F_SMBASE, F_SMBASE_LCK);
+            self.config.set_u8(F_SMBASE, F_SMBASE_IN_RAM);
+        } else if reg == F_SMBASE_IN_RAM {
+            self.config.set_wmask_u8(F_SMBASE, F_SMBASE_LCK);
+        } else if reg & F_SMBASE_LCK != 0 {
+            self.config.set_wmask_u8(F_SMBASE, 0);
+            self.config.set_u8(F_SMBASE, F_SMBASE_LCK);
+        }
+    }
+}
+
+impl PciFunction for Mch {
+    fn config(&self) -> &PciConfig {
+        &self.config
+    }
+    fn config_mut(&mut self) -> &mut PciConfig {
+        &mut self.config
+    }
+
+    fn config_write(&mut self, offset: u16, data: &[u8]) {
+        let off = usize::from(offset);
+        self.config.write(off, data);
+        if !self.smm_ranges {
+            return;
+        }
+        if Self::overlaps(off, data.len(), SMRAM, 1) {
+            self.update_smram();
+        }
+        if Self::overlaps(off, data.len(), EXT_TSEG_MBYTES, 2)
+            && self.ext_tseg_mbytes > 0
+            && self.config.get_u16(EXT_TSEG_MBYTES) == EXT_TSEG_QUERY
+        {
+            self.config.set_u16(EXT_TSEG_MBYTES, self.ext_tseg_mbytes);
+        }
+        if Self::overlaps(off, data.len(), F_SMBASE, 1) {
+            self.update_smbase();
+        }
+    }
+
+    fn windows(&self) -> Vec<Window> {
+        self.ecam_window()
+            .map(|(base, size)| Window {
+                key: ECAM_WINDOW,
+                space: Space::Mmio,
+                base,
+                size,
+                target: WindowTarget::Ecam,
+            })
+            .into_iter()
+            .collect()
+    }
+}

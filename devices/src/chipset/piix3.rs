@@ -1,0 +1,48 @@
+//! PIIX3 PCI-to-ISA bridge (00:01.0, 8086:7000, multifunction): PIRQ route registers
+//! 0x60-0x63 (0x80 = disabled) and the rest of QEMU's piix_reset values.
+
+use crate::pci::config::PciConfig;
+use crate::pci::device::PciFunction;
+use machine::PciFunctionPlan;
+
+pub const PIRQRC: usize = 0x60;
+
+pub struct Piix3 {
+    config: PciConfig,
+}
+
+impl Piix3 {
+    pub fn new(f: &PciFunctionPlan) -> Self {
+        let mut c = PciConfig::new(&f.identity, f.multifunction, false);
+        c.set_u16(0x04, 0x0007); // master, memory and I/O
+        c.set_u16(0x06, 0x0200); // DEVSEL medium
+        for (reg, v) in [
+            (0x4c, 0x4d),
+            (0x4e, 0x03),
+            (0x60, 0x80),
+            (0x61, 0x80),
+            (0x62, 0x80),
+            (0x63, 0x80),
+            (0x69, 0x02),
+            (0x70, 0x80),
+            (0x76, 0x0c),
+            (0x77, 0x0c),
+            (0x78, 0x02),
+            (0xa0, 0x08),
+            (0xa8, 0x0f),
+        ] {
+            c.set_u8(reg, v);
+        }
+        c.commit_reset_state();
+        Self { config: c }
+    }
+}
+
+impl PciFunction for Piix3 {
+    fn config(&self) -> &PciConfig {
+        &self.config
+    }
+    fn config_mut(&mut self) -> &mut PciConfig {
+        &mut self.config
+    }
+}

@@ -1,0 +1,58 @@
+//! PIIX3 IDE (00:01.1, 8086:7010, prog-if 0x80 = legacy ports): BAR4 is the 16-byte bus-master
+//! DMA block; status reads DEVSEL medium | fast back-to-back like QEMU's piix_ide_reset.
+//! Only the function is modelled here: with no drives the BMDMA registers read as zero.
+
+use crate::pci::config::{BarDef, PciConfig};
+use crate::pci::device::PciFunction;
+use crate::pci::PciError;
+use machine::PciFunctionPlan;
+
+pub struct PiixIde {
+    config: PciConfig,
+    bmdma: [u8; 16],
+}
+
+impl PiixIde {
+    pub fn new(f: &PciFunctionPlan) -> Result<Self, PciError> {
+        let mut c = PciConfig::new(&f.identity, f.multifunction, false);
+        c.register_bar(4, BarDef::io(0x10))?;
+        c.set_u16(0x06, 0x0280);
+        c.commit_reset_state();
+        Ok(Self {
+            config: c,
+            bmdma: [0; 16],
+        })
+    }
+}
+
+impl PciFunction for PiixIde {
+    fn config(&self) -> &PciConfig {
+        &self.config
+    }
+    fn config_mut(&mut self) -> &mut PciConfig {
+        &mut self.config
+    }
+    fn reset(&mut self) {
+        self.config.reset();
+        self.bmdma = [0; 16];
+    }
+    fn bar_read(&mut self, _bar: usize, offset: u64, data: &mut [u8]) {
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = usize::try_from(offset.saturating_add(i as u64))
+                .ok()
+                .and_then(|o| self.bmdma.get(o))
+                .copied()
+                .unwrap_or(0xff);
+        }
+    }
+    fn bar_write(&mut self, _bar: usize, offset: u64, data: &[u8]) {
+        for (i, &v) in data.iter().enumerate() {
+            if let Some(r) = usize::try_from(offset.saturating_add(i as u64))
+                .ok()
+                .and_then(|o| self.bmdma.get_mut(o))
+            {
+                *r = v;
+            }
+        }
+    }
+}

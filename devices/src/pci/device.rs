@@ -1,0 +1,101 @@
+//! The `PciFunction` trait every model implements, the chipset windows a function can ask the
+//! host to map, and the generic endpoint used for functions whose behaviour is not modelled.
+
+use super::config::{BarDef, PciConfig};
+use super::PciError;
+use crate::bus::SharedDevice;
+use machine::PciIdentity;
+
+/// Which bus a window lives on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Space {
+    Io,
+    Mmio,
+}
+
+/// What answers accesses to a window.
+#[derive(Clone)]
+pub enum WindowTarget {
+    /// A device the function owns (ACPI PM block, SMBus, RCRB).
+    Device(SharedDevice),
+    /// The host's ECAM decoder (the MCH's PCIEXBAR).
+    Ecam,
+}
+
+/// A non-BAR range a chipset function decodes, e.g. the PM block at PMBASE. The host maps it
+/// while the function reports it and unmaps or moves it when the report changes.
+#[derive(Clone)]
+pub struct Window {
+    /// Stable per-function key, so the host can tell a moved window from a new one.
+    pub key: u32,
+    pub space: Space,
+    pub base: u64,
+    pub size: u64,
+    pub target: WindowTarget,
+}
+
+/// One PCI function as the host sees it. Offsets are within the function's config space;
+/// every method must tolerate any offset and length the guest can produce.
+pub trait PciFunction: Send {
+    fn config(&self) -> &PciConfig;
+    fn config_mut(&mut self) -> &mut PciConfig;
+
+    /// Guest config read (`data.len()` is 1, 2 or 4).
+    fn config_read(&mut self, offset: u16, data: &mut [u8]) {
+        self.config().read(usize::from(offset), data);
+    }
+
+    /// Guest config write; models with side effects override and call the masked write first.
+    fn config_write(&mut self, offset: u16, data: &[u8]) {
+        self.config_mut().write(usize::from(offset), data);
+    }
+
+    /// Device reset (#RST or secondary bus reset).
+    fn reset(&mut self) {
+        self.config_mut().reset();
+    }
+
+    /// Access to BAR `bar` at `offset` from its base; the default is an unclaimed range.
+    fn bar_read(&mut self, _bar: usize, _offset: u64, data: &mut [u8]) {
+        data.fill(0xff);
+    }
+
+    fn bar_write(&mut self, _bar: usize, _offset: u64, _data: &[u8]) {}
+
+    /// Non-BAR ranges the function decodes right now.
+    fn windows(&self) -> Vec<Window> {
+        Vec::new()
+    }
+}
+
+/// A function that is only a header: IDs, class, BARs that size correctly, interrupt pin.
+pub struct GenericEndpoint {
+    config: PciConfig,
+}
+
+impl GenericEndpoint {
+    pub fn new(
+        identity: &PciIdentity,
+        multifunction: bool,
+        express: bool,
+        bars: &[(usize, BarDef)],
+        interrupt_pin: u8,
+    ) -> Result<Self, PciError> {
+        let mut config = PciConfig::new(identity, multifunction, express);
+        for &(index, def) in bars {
+            config.register_bar(index, def)?;
+        }
+        config.set_interrupt_pin(interrupt_pin);
+        config.commit_reset_state();
+        Ok(Self { config })
+    }
+}
+
+impl PciFunction for GenericEndpoint {
+    fn config(&self) -> &PciConfig {
+        &self.config
+    }
+    fn config_mut(&mut self) -> &mut PciConfig {
+        &mut self.config
+    }
+}

@@ -1,0 +1,561 @@
+//! The firmware step: what SeaBIOS's pciinit would program before handing over to the OS,
+//! for a VMM that boots kernels directly. Without it every register stays at reset, which
+//! is what a qtest-style guest expects.
+//!
+//! * Bridges are numbered depth-first in devfn order (primary/secondary/subordinate).
+//! * q35: PCIEXBAR = ECAM base | enable, length from the plan's ECAM size.
+//! * ACPI PM base 0x600 (enabled), SMBus 0x700, ICH9 RCBA 0xfed1c000 (SeaBIOS values).
+//! * PIRQ A-D (and E-H on q35) route to IRQ 10, 10, 11, 11.
+//! * BARs, largest alignment first: I/O from 0xc000 upwards; 32-bit memory as one block placed
+//!   at the top of the 32-bit hole (below 0xfec00000, above ECAM), ascending inside it like
+//!   SeaBIOS; 64-bit prefetchable BARs bottom-up from the 64-bit hole. Bridge windows are
+//!   sized from what lies behind them (I/O 4 KiB, memory 1 MiB granules; an empty bridge
+//!   still gets 2 MiB of memory window for hotplug).
+//! * Command: I/O, memory and SERR decode on every function, bus master on bridges.
+//! * Interrupt line = the IRQ of the PIRQ each pin reaches (QEMU's swizzle and slot map).
+
+use super::config::{BarKind, ROM_BAR};
+use super::host::{FunctionKey, PciHost};
+use super::regs::*;
+use super::PciError;
+use machine::{Family, Plan, Range};
+
+pub const PM_BASE: u16 = 0x600;
+pub const SMBUS_BASE: u16 = 0x700;
+pub const IO_ALLOC_BASE: u64 = 0xc000;
+pub const IO_ALLOC_END: u64 = 0x1_0000;
+pub const ICH9_RCBA: u32 = 0xfed1_c000;
+/// SeaBIOS pci_irq_list: PIRQ A, B, C, D (E-H repeat it on q35).
+pub const PIRQ_IRQS: [u8; 4] = [10, 10, 11, 11];
+pub const SCI_IRQ: u8 = 9;
+const IOAPIC_BASE: u64 = 0xfec0_0000;
+const MIB: u64 = 1 << 20;
+const BRIDGE_IO_ALIGN: u64 = 0x1000;
+const BRIDGE_MEM_ALIGN: u64 = MIB;
+const BRIDGE_HOTPLUG_MEM: u64 = 2 * MIB;
+
+/// A bus and the numbers the firmware step gave it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BusNumbering {
+    pub bus_id: String,
+    pub number: u8,
+    pub subordinate: u8,
+}
+
+/// How one function's interrupt pin is routed (for `_PRT` and the MP/PIR tables).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IntxRoute {
+    pub bus_id: String,
+    pub devfn: u8,
+    /// 1 = INTA# .. 4 = INTD#.
+    pub pin: u8,
+    /// 0 = PIRQA .. 7 = PIRQH.
+    pub pirq: u8,
+    /// ISA IRQ the PIRQ is routed to (what the interrupt-line register holds).
+    pub irq: u8,
+}
+
+/// What the firmware step did, for the VMM's ACPI tables (`_CRS`, `MCFG`, FADT, `_PRT`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FirmwareLayout {
+    pub buses: Vec<BusNumbering>,
+    /// I/O range BARs were allocated from.
+    pub io_window: Range,
+    /// 32-bit memory range BARs were allocated from.
+    pub mem32_window: Range,
+    /// 64-bit prefetchable range, when the plan has a 64-bit hole.
+    pub mem64_window: Option<Range>,
+    /// Enabled ECAM window (q35).
+    pub ecam: Option<Range>,
+    pub pm_base: Option<u16>,
+    /// GPE0 block (base, length).
+    pub gpe0: Option<(u16, u16)>,
+    pub smbus_base: Option<u16>,
+    pub sci_irq: u8,
+    /// IRQ of each PIRQ (A-D on pc, A-H on q35).
+    pub pirq_irqs: Vec<u8>,
+    pub intx: Vec<IntxRoute>,
+}
+
+/// What the south-bridge part of the firmware step programmed.
+struct Southbridge {
+    pm_base: Option<u16>,
+    gpe0: Option<(u16, u16)>,
+    smbus: Option<u16>,
+    pirqs: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    Io = 0,
+    Mem = 1,
+    Pref = 2,
+}
+
+enum Target {
+    Bar(FunctionKey, usize),
+    Window {
+        bridge: FunctionKey,
+        children: Vec<Req>,
+    },
+}
+
+struct Req {
+    size: u64,
+    align: u64,
+    target: Target,
+}
+
+fn align_up(v: u64, a: u64) -> Option<u64> {
+    v.checked_add(a - 1).map(|x| x & !(a - 1))
+}
+
+/// Size and alignment of `reqs` packed largest alignment first.
+fn packed(reqs: &mut [Req]) -> (u64, u64) {
+    reqs.sort_by(|a, b| b.align.cmp(&a.align).then(b.size.cmp(&a.size)));
+    let mut end = 0u64;
+    let mut align = 1u64;
+    for r in reqs.iter() {
+        end = align_up(end, r.align)
+            .unwrap_or(u64::MAX)
+            .saturating_add(r.size);
+        align = align.max(r.align);
+    }
+    (end, align)
+}
+
+impl PciHost {
+    fn wr(&mut self, key: FunctionKey, offset: usize, value: u32, len: usize) {
+        let bytes = value.to_le_bytes();
+        self.write_function(key, offset as u16, &bytes[..len.min(4)]);
+    }
+
+    /// Program the machine like SeaBIOS would and describe the result; see the module docs.
+    pub fn firmware_init(&mut self, plan: &Plan) -> Result<FirmwareLayout, PciError> {
+        let mut next = 0u8;
+        self.number_bus(0, 0, &mut next)?;
+        let ecam = self.setup_ecam(plan)?;
+        let Southbridge {
+            pm_base,
+            gpe0,
+            smbus: smbus_base,
+            pirqs,
+        } = self.setup_southbridge();
+        let (io_window, mem32_window, mem64_window) = self.assign_resources(plan, ecam)?;
+        self.enable_decode();
+        let intx = self.route_interrupts();
+        let buses = self
+            .bus_ids()
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, id)| {
+                let number = if i == 0 {
+                    Some(0)
+                } else {
+                    self.bus_number(&id)
+                }?;
+                let subordinate = match self.parent_of(i) {
+                    None => next,
+                    Some(k) => self.read_function(k, SUBORDINATE_BUS, 1) as u8,
+                };
+                Some(BusNumbering {
+                    bus_id: id,
+                    number,
+                    subordinate,
+                })
+            })
+            .collect();
+        Ok(FirmwareLayout {
+            buses,
+            io_window,
+            mem32_window,
+            mem64_window,
+            ecam,
+            pm_base,
+            gpe0,
+            smbus_base,
+            sci_irq: SCI_IRQ,
+            pirq_irqs: pirqs,
+            intx,
+        })
+    }
+
+    /// Depth-first numbering; returns the subordinate number of `bus`.
+    fn number_bus(&mut self, bus: usize, number: u8, next: &mut u8) -> Result<u8, PciError> {
+        for (devfn, _, provides, _) in self.functions_on(bus) {
+            let Some(child) = provides else { continue };
+            *next = next
+                .checked_add(1)
+                .ok_or_else(|| PciError::Firmware("more than 255 bridged buses".into()))?;
+            let sec = *next;
+            let key = (bus, devfn);
+            self.wr(
+                key,
+                PRIMARY_BUS,
+                u32::from(number) | (u32::from(sec) << 8) | (0xff << 16),
+                3,
+            );
+            let sub = self.number_bus(child, sec, next)?;
+            self.wr(key, SUBORDINATE_BUS, sub.into(), 1);
+        }
+        Ok(*next)
+    }
+
+    /// q35: enable ECAM at the plan's address (SeaBIOS mch_mem_addr_setup).
+    fn setup_ecam(&mut self, plan: &Plan) -> Result<Option<Range>, PciError> {
+        if self.family() != Family::Q35 {
+            return Ok(None);
+        }
+        let Some(ecam) = plan.memory.ecam else {
+            return Ok(None);
+        };
+        let Some((key, _)) = self.function_by_type("mch") else {
+            return Ok(None);
+        };
+        let len_bits = match ecam.size {
+            s if s == 256 * MIB => 0,
+            s if s == 128 * MIB => 2,
+            s if s == 64 * MIB => 4,
+            s => return Err(PciError::Firmware(format!("unsupported ECAM size {s:#x}"))),
+        };
+        if ecam.base & (ecam.size - 1) != 0 || ecam.base >= 1 << 36 {
+            return Err(PciError::Firmware(format!(
+                "misaligned ECAM base {:#x}",
+                ecam.base
+            )));
+        }
+        self.wr(key, crate::chipset::mch::PCIEXBAR, 0, 4);
+        self.wr(
+            key,
+            crate::chipset::mch::PCIEXBAR + 4,
+            (ecam.base >> 32) as u32,
+            4,
+        );
+        self.wr(
+            key,
+            crate::chipset::mch::PCIEXBAR,
+            (ecam.base as u32) | len_bits | 1,
+            4,
+        );
+        Ok(Some(ecam))
+    }
+
+    /// PM/SMBus bases, RCBA, PIRQ routes and IDE decode, per chipset.
+    fn setup_southbridge(&mut self) -> Southbridge {
+        let mut pm_base = None;
+        let mut gpe0 = None;
+        let mut smbus = None;
+        let mut pirqs = Vec::new();
+        match self.family() {
+            Family::Q35 => {
+                if let Some((lpc, _)) = self.function_by_type("ICH9-LPC") {
+                    self.wr(lpc, 0x40, u32::from(PM_BASE) | 1, 4);
+                    self.wr(lpc, 0x44, 0x80, 1); // ACPI_EN, SCI on IRQ 9
+                    self.wr(lpc, 0xf0, ICH9_RCBA | 1, 4);
+                    for i in 0..8usize {
+                        let reg = if i < 4 { 0x60 + i } else { 0x68 + i - 4 };
+                        self.wr(lpc, reg, PIRQ_IRQS[i % 4].into(), 1);
+                        pirqs.push(PIRQ_IRQS[i % 4]);
+                    }
+                    pm_base = Some(PM_BASE);
+                    gpe0 = Some((PM_BASE + 0x20, 16));
+                }
+                if let Some((smb, _)) = self.function_by_type("ICH9-SMB") {
+                    self.wr(smb, BAR0 + 16, u32::from(SMBUS_BASE), 4);
+                    self.wr(smb, 0x40, 1, 1); // HST_EN
+                    smbus = Some(SMBUS_BASE);
+                }
+            }
+            Family::I440fx => {
+                if let Some((piix, _)) = self.function_by_type("PIIX3") {
+                    for (i, irq) in PIRQ_IRQS.iter().enumerate() {
+                        self.wr(piix, 0x60 + i, (*irq).into(), 1);
+                        pirqs.push(*irq);
+                    }
+                }
+                if let Some((pm, _)) = self.function_by_type("PIIX4_PM") {
+                    self.wr(pm, 0x40, u32::from(PM_BASE) | 1, 4);
+                    self.wr(pm, 0x80, 1, 1);
+                    self.wr(pm, 0x90, u32::from(SMBUS_BASE) | 1, 4);
+                    self.wr(pm, 0xd2, 0x09, 1);
+                    pm_base = Some(PM_BASE);
+                    gpe0 = Some((0xafe0, 4));
+                    smbus = Some(SMBUS_BASE);
+                }
+                if let Some((ide, _)) = self.function_by_type("piix3-ide") {
+                    self.wr(ide, 0x40, 0x8000, 2);
+                    self.wr(ide, 0x42, 0x8000, 2);
+                }
+            }
+            Family::None => {}
+        }
+        Southbridge {
+            pm_base,
+            gpe0,
+            smbus,
+            pirqs,
+        }
+    }
+
+    /// BARs the firmware step leaves alone (programmed with fixed values above).
+    fn fixed_bar(&self, type_name: &str, bar: usize) -> bool {
+        type_name == "ICH9-SMB" && bar == 4
+    }
+
+    fn collect(&self, bus: usize, pref_high: bool) -> [Vec<Req>; 3] {
+        let mut out: [Vec<Req>; 3] = [Vec::new(), Vec::new(), Vec::new()];
+        for (devfn, func, provides, type_name) in self.functions_on(bus) {
+            let key = (bus, devfn);
+            let bars: Vec<_> = {
+                let f = func.lock().unwrap_or_else(|e| e.into_inner());
+                (0..=ROM_BAR)
+                    .filter_map(|i| f.config().bar(i).map(|d| (i, d)))
+                    .collect()
+            };
+            for (i, def) in bars {
+                if self.fixed_bar(&type_name, i) {
+                    continue;
+                }
+                let class = match def.kind {
+                    BarKind::Io => Class::Io,
+                    BarKind::Mem64 if def.prefetchable && pref_high => Class::Pref,
+                    _ => Class::Mem,
+                };
+                out[class as usize].push(Req {
+                    size: def.size,
+                    align: def.size,
+                    target: Target::Bar(key, i),
+                });
+            }
+            let Some(child) = provides else { continue };
+            let mut sub = self.collect(child, pref_high);
+            for class in [Class::Io, Class::Mem, Class::Pref] {
+                let mut children = std::mem::take(&mut sub[class as usize]);
+                let (size, align) = packed(&mut children);
+                let (size, align) = match class {
+                    Class::Io if size == 0 => continue,
+                    Class::Io => (
+                        align_up(size, BRIDGE_IO_ALIGN).unwrap_or(u64::MAX),
+                        BRIDGE_IO_ALIGN,
+                    ),
+                    Class::Mem if size == 0 => (BRIDGE_HOTPLUG_MEM, BRIDGE_MEM_ALIGN),
+                    Class::Pref if size == 0 => continue,
+                    _ => (
+                        align_up(size, BRIDGE_MEM_ALIGN).unwrap_or(u64::MAX),
+                        align.max(BRIDGE_MEM_ALIGN),
+                    ),
+                };
+                out[class as usize].push(Req {
+                    size,
+                    align,
+                    target: Target::Window {
+                        bridge: key,
+                        children,
+                    },
+                });
+            }
+        }
+        out
+    }
+
+    fn program(&mut self, class: Class, reqs: &mut [Req], base: u64) {
+        let mut addr = base;
+        for r in reqs.iter_mut() {
+            addr = align_up(addr, r.align).unwrap_or(addr);
+            match &mut r.target {
+                Target::Bar(key, bar) => {
+                    let key = *key;
+                    let bar = *bar;
+                    let Some(off) = self.function_config_bar_offset(key, bar) else {
+                        continue;
+                    };
+                    let is64 = self.bar_kind(key, bar) == Some(BarKind::Mem64);
+                    self.wr(key, off, addr as u32, 4);
+                    if is64 {
+                        self.wr(key, off + 4, (addr >> 32) as u32, 4);
+                    }
+                }
+                Target::Window { bridge, children } => {
+                    let bridge = *bridge;
+                    let end = addr + r.size - 1;
+                    match class {
+                        Class::Io => {
+                            self.wr(
+                                bridge,
+                                IO_BASE,
+                                (((addr >> 8) & 0xf0) | (end & 0xf000)) as u32,
+                                2,
+                            );
+                        }
+                        Class::Mem => {
+                            let v = ((addr >> 16) & 0xfff0) as u32
+                                | (((end >> 16) & 0xfff0) << 16) as u32;
+                            self.wr(bridge, MEMORY_BASE, v, 4);
+                        }
+                        Class::Pref => {
+                            let v = ((addr >> 16) & 0xfff0) as u32
+                                | (((end >> 16) & 0xfff0) << 16) as u32;
+                            self.wr(bridge, PREF_MEMORY_BASE, v, 4);
+                            self.wr(bridge, PREF_BASE_UPPER32, (addr >> 32) as u32, 4);
+                            self.wr(bridge, PREF_LIMIT_UPPER32, (end >> 32) as u32, 4);
+                        }
+                    }
+                    let mut children = std::mem::take(children);
+                    let _ = packed(&mut children);
+                    self.program(class, &mut children, addr);
+                }
+            }
+            addr = addr.saturating_add(r.size);
+        }
+    }
+
+    fn function_config_bar_offset(&self, key: FunctionKey, bar: usize) -> Option<usize> {
+        let (_, f) = self
+            .functions_on(key.0)
+            .into_iter()
+            .map(|(d, f, _, _)| (d, f))
+            .find(|(d, _)| *d == key.1)?;
+        let f = f.lock().unwrap_or_else(|e| e.into_inner());
+        f.config().bar_offset(bar)
+    }
+
+    fn bar_kind(&self, key: FunctionKey, bar: usize) -> Option<BarKind> {
+        let (_, f) = self
+            .functions_on(key.0)
+            .into_iter()
+            .map(|(d, f, _, _)| (d, f))
+            .find(|(d, _)| *d == key.1)?;
+        let f = f.lock().unwrap_or_else(|e| e.into_inner());
+        f.config().bar(bar).map(|d| d.kind)
+    }
+
+    /// Close every bridge window (base above limit) before assigning the used ones.
+    fn close_bridge_windows(&mut self, bus: usize) {
+        for (devfn, _, provides, _) in self.functions_on(bus) {
+            let Some(child) = provides else { continue };
+            let key = (bus, devfn);
+            self.wr(key, IO_BASE, 0x00f0, 2);
+            self.wr(key, MEMORY_BASE, 0x0000_fff0, 4);
+            self.wr(key, PREF_MEMORY_BASE, 0x0000_fff0, 4);
+            self.wr(key, PREF_BASE_UPPER32, 0, 4);
+            self.wr(key, PREF_LIMIT_UPPER32, 0, 4);
+            self.close_bridge_windows(child);
+        }
+    }
+
+    fn assign_resources(
+        &mut self,
+        plan: &Plan,
+        ecam: Option<Range>,
+    ) -> Result<(Range, Range, Option<Range>), PciError> {
+        let hole32 = plan.memory.pci_hole32;
+        let mut lo = hole32.base;
+        let hi = hole32.end().min(IOAPIC_BASE);
+        // ECAM sits in the hole on q35; allocate above it like SeaBIOS.
+        if let Some(e) = ecam.or(plan.memory.ecam) {
+            if e.base < hi && e.end() > lo {
+                lo = lo.max(e.end());
+            }
+        }
+        if hi <= lo {
+            return Err(PciError::Firmware("empty 32-bit PCI hole".into()));
+        }
+        let hole64 = (plan.memory.pci_hole64.size > 0).then_some(plan.memory.pci_hole64);
+        self.close_bridge_windows(0);
+        let mut reqs = self.collect(0, hole64.is_some());
+
+        let (io_size, _) = packed(&mut reqs[Class::Io as usize]);
+        if IO_ALLOC_BASE + io_size > IO_ALLOC_END {
+            return Err(PciError::Firmware(format!(
+                "I/O BARs need {io_size:#x} bytes"
+            )));
+        }
+        let (mem_size, mem_align) = packed(&mut reqs[Class::Mem as usize]);
+        let mem_base = (hi.checked_sub(mem_size).map(|b| b & !(mem_align - 1)))
+            .filter(|&b| b >= lo)
+            .ok_or_else(|| PciError::Firmware(format!("32-bit BARs need {mem_size:#x} bytes")))?;
+        let (pref_size, pref_align) = packed(&mut reqs[Class::Pref as usize]);
+        let pref_base = match hole64 {
+            Some(h) => {
+                let b = align_up(h.base, pref_align).unwrap_or(u64::MAX);
+                if b.saturating_add(pref_size) > h.end() {
+                    return Err(PciError::Firmware(format!(
+                        "64-bit BARs need {pref_size:#x} bytes"
+                    )));
+                }
+                b
+            }
+            None => 0,
+        };
+        let [mut io, mut mem, mut pref] = reqs;
+        self.program(Class::Io, &mut io, IO_ALLOC_BASE);
+        self.program(Class::Mem, &mut mem, mem_base);
+        self.program(Class::Pref, &mut pref, pref_base);
+        Ok((
+            Range {
+                base: IO_ALLOC_BASE,
+                size: IO_ALLOC_END - IO_ALLOC_BASE,
+            },
+            Range {
+                base: lo,
+                size: hi - lo,
+            },
+            hole64,
+        ))
+    }
+
+    fn all_keys(&self) -> Vec<(FunctionKey, bool)> {
+        let mut keys = Vec::new();
+        for bus in 0..self.bus_ids().len() {
+            for (devfn, f, _, _) in self.functions_on(bus) {
+                let bridge = f
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .config()
+                    .is_bridge();
+                keys.push(((bus, devfn), bridge));
+            }
+        }
+        keys
+    }
+
+    fn enable_decode(&mut self) {
+        for (key, bridge) in self.all_keys() {
+            let cmd = self.read_function(key, COMMAND, 2) as u16;
+            let mut new = cmd | COMMAND_IO | COMMAND_MEMORY | COMMAND_SERR;
+            if bridge {
+                new |= COMMAND_MASTER;
+                let ctl = self.read_function(key, BRIDGE_CONTROL, 2) as u16;
+                self.wr(key, BRIDGE_CONTROL, (ctl | BRIDGE_CTL_SERR).into(), 2);
+            }
+            self.wr(key, COMMAND, new.into(), 2);
+        }
+    }
+
+    fn route_interrupts(&mut self) -> Vec<IntxRoute> {
+        let ids = self.bus_ids();
+        let mut routes = Vec::new();
+        for (key, _) in self.all_keys() {
+            let pin = self.read_function(key, INTERRUPT_PIN, 1) as u8;
+            let Some(pirq) = self.pirq_of(key, pin) else {
+                continue;
+            };
+            let Some(route) = self.pirq_route(pirq) else {
+                continue;
+            };
+            if route & 0x80 != 0 {
+                continue;
+            }
+            let irq = route & 0x0f;
+            self.wr(key, INTERRUPT_LINE, irq.into(), 1);
+            routes.push(IntxRoute {
+                bus_id: ids[key.0].clone(),
+                devfn: key.1,
+                pin,
+                pirq,
+                irq,
+            });
+        }
+        routes
+    }
+}

@@ -1,0 +1,46 @@
+//! PCI core: configuration space, functions, the host with its config mechanisms (0xcf8 and
+//! ECAM), BAR mapping, INTx routing and the firmware step that programs what SeaBIOS would.
+
+pub mod bridge;
+pub mod config;
+pub mod config_io;
+pub mod device;
+pub mod ecam;
+mod factory;
+pub mod firmware;
+pub mod host;
+pub mod interrupt;
+pub mod msi;
+pub mod regs;
+
+#[cfg(test)]
+mod tests;
+
+pub use config::{BarDef, BarKind, PciConfig};
+pub use config_io::{PciConfigIo, PCI_CONFIG_IO_BASE, PCI_CONFIG_IO_SIZE};
+pub use device::{GenericEndpoint, PciFunction, Space, Window, WindowTarget};
+pub use ecam::PciConfigMmio;
+pub use firmware::FirmwareLayout;
+pub use host::{FunctionInfo, PciHost, SharedFunction, SharedHost};
+pub use interrupt::{IntxSink, MsiSink};
+
+/// Errors building the PCI topology or registering device resources.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PciError {
+    #[error("the plan has no root PCI bus")]
+    NoRootBus,
+    #[error("function on unknown bus {0}")]
+    UnknownBus(String),
+    #[error("two functions at devfn {devfn:#04x} on bus {bus}")]
+    DuplicateFunction { bus: String, devfn: u8 },
+    #[error("invalid plan: {0}")]
+    InvalidPlan(String),
+    #[error("BAR {index}: {reason}")]
+    InvalidBar { index: usize, reason: &'static str },
+    #[error("capability {id:#x} does not fit at {offset:#x}")]
+    InvalidCapability { id: u32, offset: usize },
+    #[error("invalid property {name}={value}")]
+    InvalidProperty { name: String, value: String },
+    #[error("firmware step: {0}")]
+    Firmware(String),
+}

@@ -1,0 +1,735 @@
+//! Guest-style tests of the PCI host and chipsets: hand-written plans, port I/O through
+//! `PciConfigIo` as a guest would issue it, QEMU's reset values.
+
+use super::*;
+use crate::bus::{Bus, BusDevice};
+use crate::lifecycle::{Lifecycle, Request};
+use machine::*;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+fn ident(vendor: u16, device: u16, class: u32, rev: u8, header: u8) -> PciIdentity {
+    let sub = (header == 0).then_some(0x1af4);
+    PciIdentity {
+        vendor_id: vendor,
+        device_id: device,
+        class_code: class,
+        revision: rev,
+        subsystem_vendor_id: sub,
+        subsystem_id: (header == 0).then_some(0x1100),
+        header_type: header,
+    }
+}
+
+fn func(
+    type_name: &str,
+    bus: &str,
+    slot: u8,
+    function: u8,
+    identity: PciIdentity,
+    mf: bool,
+) -> PciFunctionPlan {
+    PciFunctionPlan {
+        type_name: type_name.into(),
+        id: None,
+        bus: bus.into(),
+        slot,
+        function,
+        implicit: true,
+        identity,
+        multifunction: mf,
+        provides_bus: None,
+        virtio: None,
+        properties: BTreeMap::new(),
+    }
+}
+
+fn root_bus(id: &str, kind: BusKind) -> BusPlan {
+    BusPlan {
+        id: id.into(),
+        kind,
+        is_root: true,
+        parent_function: None,
+        slot_min: 0,
+        slot_max: 31,
+        hotplug: false,
+        accepts: vec![],
+    }
+}
+
+fn memory(q35: bool) -> MemoryMap {
+    let ram = 512 << 20;
+    MemoryMap {
+        ram_size: ram,
+        ram_below_4g: ram,
+        ram_above_4g: 0,
+        ecam: q35.then_some(Range {
+            base: 0xb000_0000,
+            size: 0x1000_0000,
+        }),
+        pci_hole32: Range {
+            base: ram,
+            size: 0xfec0_0000 - ram,
+        },
+        pci_hole64: Range {
+            base: 0x1_0000_0000,
+            size: if q35 { 1 << 35 } else { 1 << 31 },
+        },
+        regions: vec![],
+    }
+}
+
+fn isa_serial() -> IsaDevicePlan {
+    IsaDevicePlan {
+        type_name: "isa-serial".into(),
+        id: None,
+        io: vec![Range {
+            base: 0x3f8,
+            size: 8,
+        }],
+        irqs: vec![4],
+        mmio: vec![],
+    }
+}
+
+pub(crate) fn q35_plan() -> Plan {
+    let mut pci = vec![
+        func(
+            "mch",
+            "pcie.0",
+            0,
+            0,
+            ident(0x8086, 0x29c0, 0x060000, 0, 0),
+            false,
+        ),
+        func(
+            "VGA",
+            "pcie.0",
+            1,
+            0,
+            ident(0x1234, 0x1111, 0x030000, 2, 0),
+            false,
+        ),
+        func(
+            "ICH9-LPC",
+            "pcie.0",
+            31,
+            0,
+            ident(0x8086, 0x2918, 0x060100, 2, 0),
+            true,
+        ),
+        func(
+            "ich9-ahci",
+            "pcie.0",
+            31,
+            2,
+            ident(0x8086, 0x2922, 0x010601, 2, 0),
+            false,
+        ),
+        func(
+            "ICH9-SMB",
+            "pcie.0",
+            31,
+            3,
+            ident(0x8086, 0x2930, 0x0c0500, 2, 0),
+            false,
+        ),
+        func(
+            "pcie-root-port",
+            "pcie.0",
+            2,
+            0,
+            ident(0x1b36, 0x000c, 0x060400, 0, 1),
+            true,
+        ),
+        func(
+            "pcie-root-port",
+            "pcie.0",
+            2,
+            1,
+            ident(0x1b36, 0x000c, 0x060400, 0, 1),
+            false,
+        ),
+        func(
+            "e1000e",
+            "pci.1",
+            0,
+            0,
+            ident(0x8086, 0x10d3, 0x020000, 0, 0),
+            false,
+        ),
+    ];
+    pci[5].id = Some("pci.1".into());
+    pci[5].provides_bus = Some("pci.1".into());
+    pci[6].id = Some("pci.2".into());
+    pci[6].provides_bus = Some("pci.2".into());
+    let child = |id: &str, parent: usize| BusPlan {
+        id: id.into(),
+        kind: BusKind::Pcie,
+        is_root: false,
+        parent_function: Some(parent),
+        slot_min: 0,
+        slot_max: 0,
+        hotplug: true,
+        accepts: vec![],
+    };
+    Plan {
+        machine: "pc-q35-10.2".into(),
+        family: Family::Q35,
+        options: BTreeMap::new(),
+        nodefaults: false,
+        cpus: 1,
+        max_cpus: 1,
+        memory: memory(true),
+        buses: vec![
+            root_bus("pcie.0", BusKind::Pcie),
+            child("pci.1", 5),
+            child("pci.2", 6),
+        ],
+        pci,
+        isa: vec![isa_serial()],
+        advisories: vec![],
+    }
+}
+
+pub(crate) fn pc_plan() -> Plan {
+    let pci = vec![
+        func(
+            "i440FX",
+            "pci.0",
+            0,
+            0,
+            ident(0x8086, 0x1237, 0x060000, 2, 0),
+            false,
+        ),
+        func(
+            "PIIX3",
+            "pci.0",
+            1,
+            0,
+            ident(0x8086, 0x7000, 0x060100, 0, 0),
+            true,
+        ),
+        func(
+            "piix3-ide",
+            "pci.0",
+            1,
+            1,
+            ident(0x8086, 0x7010, 0x010180, 0, 0),
+            false,
+        ),
+        func(
+            "PIIX4_PM",
+            "pci.0",
+            1,
+            3,
+            ident(0x8086, 0x7113, 0x068000, 3, 0),
+            false,
+        ),
+        func(
+            "VGA",
+            "pci.0",
+            2,
+            0,
+            ident(0x1234, 0x1111, 0x030000, 2, 0),
+            false,
+        ),
+        func(
+            "e1000",
+            "pci.0",
+            3,
+            0,
+            ident(0x8086, 0x100e, 0x020000, 3, 0),
+            false,
+        ),
+    ];
+    Plan {
+        machine: "pc-i440fx-10.2".into(),
+        family: Family::I440fx,
+        options: BTreeMap::new(),
+        nodefaults: false,
+        cpus: 1,
+        max_cpus: 1,
+        memory: memory(false),
+        buses: vec![root_bus("pci.0", BusKind::Pci)],
+        pci,
+        isa: vec![isa_serial()],
+        advisories: vec![],
+    }
+}
+
+/// A machine as the VMM would assemble it: host, buses, 0xcf8 device.
+struct Machine {
+    host: SharedHost,
+    io: Arc<Bus>,
+    mmio: Arc<Bus>,
+    lifecycle: Lifecycle,
+}
+
+impl Machine {
+    fn new(plan: &Plan) -> Self {
+        let io = Arc::new(Bus::new());
+        let mmio = Arc::new(Bus::new());
+        let lifecycle = Lifecycle::new().unwrap();
+        let host = PciHost::from_plan(plan, lifecycle.clone(), io.clone(), mmio.clone()).unwrap();
+        let cfg = Arc::new(Mutex::new(PciConfigIo::new(host.clone())));
+        io.insert(PCI_CONFIG_IO_BASE, PCI_CONFIG_IO_SIZE, cfg)
+            .unwrap();
+        Self {
+            host,
+            io,
+            mmio,
+            lifecycle,
+        }
+    }
+
+    fn outl(&self, port: u64, v: u32) {
+        assert!(self.io.write(port, &v.to_le_bytes()));
+    }
+    fn outw(&self, port: u64, v: u16) {
+        assert!(self.io.write(port, &v.to_le_bytes()));
+    }
+    fn outb(&self, port: u64, v: u8) {
+        assert!(self.io.write(port, &[v]));
+    }
+    fn inl(&self, port: u64) -> u32 {
+        let mut b = [0u8; 4];
+        if !self.io.read(port, &mut b) {
+            return u32::MAX;
+        }
+        u32::from_le_bytes(b)
+    }
+    fn inw(&self, port: u64) -> u16 {
+        let mut b = [0u8; 2];
+        if !self.io.read(port, &mut b) {
+            return u16::MAX;
+        }
+        u16::from_le_bytes(b)
+    }
+    fn inb(&self, port: u64) -> u8 {
+        let mut b = [0u8; 1];
+        if !self.io.read(port, &mut b) {
+            return u8::MAX;
+        }
+        b[0]
+    }
+
+    fn addr(bus: u8, dev: u8, func: u8, reg: u16) -> u32 {
+        0x8000_0000
+            | u32::from(bus) << 16
+            | u32::from(dev) << 11
+            | u32::from(func) << 8
+            | u32::from(reg & 0xfc)
+    }
+    fn cfg_readl(&self, bus: u8, dev: u8, func: u8, reg: u16) -> u32 {
+        self.outl(0xcf8, Self::addr(bus, dev, func, reg));
+        self.inl(0xcfc)
+    }
+    fn cfg_readw(&self, bus: u8, dev: u8, func: u8, reg: u16) -> u16 {
+        self.outl(0xcf8, Self::addr(bus, dev, func, reg));
+        self.inw(0xcfc + u64::from(reg & 2))
+    }
+    fn cfg_readb(&self, bus: u8, dev: u8, func: u8, reg: u16) -> u8 {
+        self.outl(0xcf8, Self::addr(bus, dev, func, reg));
+        self.inb(0xcfc + u64::from(reg & 3))
+    }
+    fn cfg_writel(&self, bus: u8, dev: u8, func: u8, reg: u16, v: u32) {
+        self.outl(0xcf8, Self::addr(bus, dev, func, reg));
+        self.outl(0xcfc, v);
+    }
+    fn cfg_writew(&self, bus: u8, dev: u8, func: u8, reg: u16, v: u16) {
+        self.outl(0xcf8, Self::addr(bus, dev, func, reg));
+        self.outw(0xcfc + u64::from(reg & 2), v);
+    }
+    fn cfg_writeb(&self, bus: u8, dev: u8, func: u8, reg: u16, v: u8) {
+        self.outl(0xcf8, Self::addr(bus, dev, func, reg));
+        self.outb(0xcfc + u64::from(reg & 3), v);
+    }
+}
+
+#[test]
+fn i440fx_defaults_match_qemu_qtest() {
+    let m = Machine::new(&pc_plan());
+    // tests/qtest/i440fx-test.c, the assertions QEMU does not mark BROKEN.
+    assert_eq!(m.cfg_readw(0, 0, 0, 0x00), 0x8086);
+    assert_eq!(m.cfg_readw(0, 0, 0, 0x02), 0x1237);
+    assert_eq!(m.cfg_readb(0, 0, 0, 0x09), 0x00);
+    assert_eq!(m.cfg_readw(0, 0, 0, 0x0a), 0x0600);
+    assert_eq!(m.cfg_readb(0, 0, 0, 0x0d), 0x00);
+    assert_eq!(m.cfg_readb(0, 0, 0, 0x0e), 0x00);
+    assert_eq!(m.cfg_readb(0, 0, 0, 0x0f), 0x00);
+    assert_eq!(m.cfg_readw(0, 0, 0, 0x50) & (1 << 15 | 1 << 6), 0);
+    assert_eq!(m.cfg_readb(0, 0, 0, 0x52), 0x00);
+    assert_eq!(m.cfg_readb(0, 0, 0, 0x54), 0x00);
+    assert_eq!(m.cfg_readw(0, 0, 0, 0x55), 0x0000);
+    for pam in 0x59..=0x5f {
+        assert_eq!(m.cfg_readb(0, 0, 0, pam), 0x00);
+    }
+    assert_eq!(m.cfg_readb(0, 0, 0, 0x68), 0x00);
+    assert_eq!(m.cfg_readb(0, 0, 0, 0x70), 0x00);
+    assert_eq!(m.cfg_readb(0, 0, 0, 0x72), 0x02);
+    assert_eq!(m.cfg_readb(0, 0, 0, 0x90), 0x00);
+    assert_eq!(m.cfg_readb(0, 0, 0, 0x91), 0x00);
+    assert_eq!(m.cfg_readb(0, 0, 0, 0x93), 0x00);
+    // QEMU's actual command/status (the data-sheet 0x0006/0x0280 are BROKEN there).
+    assert_eq!(m.cfg_readw(0, 0, 0, 0x04), 0x0000);
+    assert_eq!(m.cfg_readw(0, 0, 0, 0x06), 0x0000);
+    assert_eq!(m.cfg_readb(0, 0, 0, 0x57), 64); // 512 MiB / 8 MiB
+                                                // PAM is writable (i440fx/pam).
+    m.cfg_writeb(0, 0, 0, 0x5a, 0x33);
+    assert_eq!(m.cfg_readb(0, 0, 0, 0x5a), 0x33);
+}
+
+#[test]
+fn pc_south_bridge_ids_and_reset_values() {
+    let m = Machine::new(&pc_plan());
+    assert_eq!(m.cfg_readl(0, 1, 0, 0), 0x7000_8086);
+    assert_eq!(m.cfg_readb(0, 1, 0, 0x0e), 0x80, "PIIX3 is multifunction");
+    assert_eq!(m.cfg_readl(0, 1, 0, 0x08), 0x0601_0000);
+    assert_eq!(m.cfg_readl(0, 1, 0, 0x60), 0x8080_8080);
+    assert_eq!(m.cfg_readw(0, 1, 0, 0x04), 0x0007);
+    assert_eq!(m.cfg_readl(0, 1, 1, 0), 0x7010_8086);
+    assert_eq!(m.cfg_readl(0, 1, 1, 0x08), 0x0101_8000);
+    assert_eq!(m.cfg_readb(0, 1, 1, 0x0e), 0x00);
+    assert_eq!(m.cfg_readl(0, 1, 3, 0), 0x7113_8086);
+    assert_eq!(m.cfg_readl(0, 1, 3, 0x08), 0x0680_0003);
+    assert_eq!(m.cfg_readw(0, 1, 3, 0x06), 0x0280);
+    assert_eq!(m.cfg_readb(0, 1, 3, 0x3d), 1);
+    assert_eq!(m.cfg_readl(0, 1, 3, 0x40), 0x0000_0001, "PMBA reset");
+    assert_eq!(m.cfg_readl(0, 1, 3, 0x2c), 0x1100_1af4);
+    assert_eq!(m.cfg_readb(0, 1, 3, 0x67), 0x08, "COM1 decode");
+    // Absent functions read all-ones; so does a disabled CONFIG_ADDRESS.
+    assert_eq!(m.cfg_readl(0, 1, 2, 0), 0xffff_ffff);
+    assert_eq!(m.cfg_readl(0, 9, 0, 0), 0xffff_ffff);
+    m.outl(0xcf8, 0x0000_0000);
+    assert_eq!(m.inl(0xcfc), 0xffff_ffff);
+    // Read-only IDs ignore writes.
+    m.cfg_writel(0, 1, 0, 0, 0xdead_beef);
+    assert_eq!(m.cfg_readl(0, 1, 0, 0), 0x7000_8086);
+}
+
+#[test]
+fn config_address_latch_and_odd_accesses() {
+    let m = Machine::new(&pc_plan());
+    m.outl(0xcf8, 0x8000_0800 | 0x08);
+    assert_eq!(m.inl(0xcf8), 0x8000_0808);
+    // Byte/word writes to 0xcf8 do not latch.
+    m.outb(0xcf8, 0x00);
+    m.outw(0xcfa, 0x1234);
+    assert_eq!(m.inl(0xcf8), 0x8000_0808);
+    assert_eq!(m.inw(0xcf8), 0xffff);
+    // Odd offsets in the data window: VGA 00:02.0 device id high byte at 0x03.
+    assert_eq!(m.cfg_readb(0, 2, 0, 0x03), 0x11);
+    assert_eq!(m.cfg_readb(0, 2, 0, 0x01), 0x12);
+    m.outl(0xcf8, Machine::addr(0, 2, 0, 0));
+    assert_eq!(m.inw(0xcfd), 0x1112);
+    assert_eq!(m.inb(0xcfe), 0x11);
+    // Interrupt line is RW, pin RO.
+    m.cfg_writew(0, 3, 0, 0x3c, 0x0a0b);
+    assert_eq!(m.cfg_readw(0, 3, 0, 0x3c), 0x010b);
+}
+
+#[test]
+fn bar_sizing_io_32_64_and_rom() {
+    let m = Machine::new(&q35_plan());
+    // VGA 00:01.0: BAR0 16 MiB prefetchable, BAR2 4 KiB, ROM 64 KiB.
+    m.cfg_writel(0, 1, 0, 0x10, 0xffff_ffff);
+    assert_eq!(m.cfg_readl(0, 1, 0, 0x10), 0xff00_0008);
+    m.cfg_writel(0, 1, 0, 0x18, 0xffff_ffff);
+    assert_eq!(m.cfg_readl(0, 1, 0, 0x18), 0xffff_f000);
+    m.cfg_writel(0, 1, 0, 0x30, 0xffff_ffff);
+    assert_eq!(m.cfg_readl(0, 1, 0, 0x30), 0xffff_0001);
+    // AHCI BAR4 I/O 0x20.
+    m.cfg_writel(0, 31, 2, 0x20, 0xffff_ffff);
+    assert_eq!(m.cfg_readl(0, 31, 2, 0x20), 0xffff_ffe1);
+    // pcie-root-port: unnumbered, so nothing behind it answers yet.
+    assert_eq!(m.cfg_readl(1, 0, 0, 0), 0xffff_ffff);
+    // Number it and size e1000e's BARs behind it.
+    m.cfg_writel(0, 2, 0, 0x18, 0x0001_0100);
+    assert_eq!(m.cfg_readl(1, 0, 0, 0), 0x10d3_8086);
+    m.cfg_writel(1, 0, 0, 0x10, 0xffff_ffff);
+    assert_eq!(m.cfg_readl(1, 0, 0, 0x10), 0xfffe_0000);
+    m.cfg_writel(1, 0, 0, 0x18, 0xffff_ffff);
+    assert_eq!(m.cfg_readl(1, 0, 0, 0x18), 0xffff_ffe1);
+    m.cfg_writel(1, 0, 0, 0x30, 0xffff_ffff);
+    assert_eq!(m.cfg_readl(1, 0, 0, 0x30), 0xfffc_0001);
+    // Bus 2 (second port) is not numbered: nothing.
+    assert_eq!(m.cfg_readl(2, 0, 0, 0), 0xffff_ffff);
+}
+
+#[test]
+fn q35_reset_values() {
+    let m = Machine::new(&q35_plan());
+    assert_eq!(m.cfg_readl(0, 0, 0, 0), 0x29c0_8086);
+    assert_eq!(m.cfg_readl(0, 0, 0, 0x60), 0xb000_0000);
+    assert_eq!(m.cfg_readl(0, 0, 0, 0x64), 0);
+    assert_eq!(m.cfg_readb(0, 0, 0, 0x9d), 0x02);
+    assert_eq!(m.cfg_readb(0, 0, 0, 0x9e), 0x38);
+    assert_eq!(m.cfg_readw(0, 0, 0, 0x50), 0xffff);
+    m.cfg_writew(0, 0, 0, 0x50, 0xffff);
+    assert_eq!(m.cfg_readw(0, 0, 0, 0x50), 64, "extended TSEG query");
+    assert_eq!(m.cfg_readl(0, 31, 0, 0), 0x2918_8086);
+    assert_eq!(m.cfg_readb(0, 31, 0, 0x08), 0x02);
+    assert_eq!(m.cfg_readb(0, 31, 0, 0x0e), 0x80);
+    assert_eq!(m.cfg_readl(0, 31, 0, 0x40), 0x0000_0001, "PMBASE reset");
+    assert_eq!(m.cfg_readb(0, 31, 0, 0x44), 0);
+    assert_eq!(m.cfg_readl(0, 31, 0, 0x60), 0x8080_8080);
+    assert_eq!(m.cfg_readl(0, 31, 0, 0x68), 0x8080_8080);
+    assert_eq!(m.cfg_readl(0, 31, 0, 0xf0), 0);
+    assert_eq!(m.cfg_readb(0, 31, 0, 0x82), 0x01, "COM1 LPC decode");
+    assert_eq!(m.cfg_readl(0, 31, 2, 0), 0x2922_8086);
+    assert_eq!(m.cfg_readl(0, 31, 2, 0x08), 0x0106_0102);
+    assert_eq!(
+        m.cfg_readw(0, 31, 2, 0x06) & 0x10,
+        0x10,
+        "AHCI has a capability list"
+    );
+    assert_eq!(m.cfg_readb(0, 31, 2, 0x34), 0x80);
+    assert_eq!(m.cfg_readb(0, 31, 2, 0x80), 0x05);
+    assert_eq!(m.cfg_readb(0, 31, 2, 0x81), 0xa8);
+    assert_eq!(m.cfg_readb(0, 31, 2, 0xa8), 0x12);
+    assert_eq!(m.cfg_readl(0, 31, 3, 0), 0x2930_8086);
+    assert_eq!(m.cfg_readl(0, 31, 3, 0x20), 0x0000_0001);
+    assert_eq!(m.cfg_readb(0, 2, 0, 0x0e), 0x81);
+    assert_eq!(m.cfg_readl(0, 2, 0, 0x08), 0x0604_0000);
+    // The PM block is not mapped until ACPI_CNTL enables it.
+    assert_eq!(m.inw(0x604), 0xffff);
+    m.cfg_writel(0, 31, 0, 0x40, 0x601);
+    m.cfg_writeb(0, 31, 0, 0x44, 0x80);
+    assert_eq!(m.cfg_readl(0, 31, 0, 0x40), 0x601);
+    assert_eq!(m.inw(0x604), 0);
+    // Moving it unmaps the old block.
+    m.cfg_writel(0, 31, 0, 0x40, 0xb001);
+    assert_eq!(m.inw(0x604), 0xffff);
+    assert_eq!(m.inw(0xb004), 0);
+    m.cfg_writeb(0, 31, 0, 0x44, 0x00);
+    assert_eq!(m.inw(0xb004), 0xffff);
+}
+
+#[test]
+fn pm1_cnt_slp_en_powers_off() {
+    let m = Machine::new(&pc_plan());
+    m.cfg_writel(0, 1, 3, 0x40, 0x601);
+    m.cfg_writeb(0, 1, 3, 0x80, 0x01);
+    assert_eq!(m.lifecycle.pending(), Request::None);
+    m.outw(0x604, 1 << 13);
+    assert_eq!(m.lifecycle.take(), Request::PowerOff);
+    // GPE0 of PIIX4 is always at 0xafe0.
+    assert_eq!(m.inl(0xafe0), 0);
+}
+
+#[test]
+fn cf9_reset_control() {
+    for plan in [pc_plan(), q35_plan()] {
+        let m = Machine::new(&plan);
+        m.outb(0xcf9, 0x02);
+        assert_eq!(m.inb(0xcf9), 0x02);
+        assert_eq!(m.lifecycle.pending(), Request::None);
+        m.outb(0xcf9, 0x06);
+        assert_eq!(m.lifecycle.take(), Request::Reset);
+        // The dword at 0xcf8 still latches CONFIG_ADDRESS.
+        m.outl(0xcf8, 0x8000_0000);
+        assert_eq!(m.inl(0xcf8), 0x8000_0000);
+        m.host.lock().unwrap().reset();
+        assert_eq!(m.inb(0xcf9), 0);
+    }
+}
+
+#[test]
+fn firmware_init_q35_enables_ecam_pm_and_routes() {
+    let plan = q35_plan();
+    let m = Machine::new(&plan);
+    let layout = m.host.lock().unwrap().firmware_init(&plan).unwrap();
+    assert_eq!(layout.pm_base, Some(0x600));
+    assert_eq!(layout.smbus_base, Some(0x700));
+    assert_eq!(
+        layout.ecam,
+        Some(Range {
+            base: 0xb000_0000,
+            size: 0x1000_0000
+        })
+    );
+    assert_eq!(m.cfg_readl(0, 0, 0, 0x60), 0xb000_0001);
+    assert_eq!(m.cfg_readl(0, 31, 0, 0x40), 0x601);
+    assert_eq!(m.cfg_readb(0, 31, 0, 0x44), 0x80);
+    assert_eq!(m.cfg_readl(0, 31, 0, 0x60), 0x0b0b_0a0a);
+    // Guest reads 00:00.0 through ECAM.
+    let mut b = [0u8; 4];
+    assert!(m.mmio.read(0xb000_0000, &mut b));
+    assert_eq!(u32::from_le_bytes(b), 0x29c0_8086);
+    // And the e1000e behind the first root port, at bus 1.
+    assert!(m.mmio.read(0xb000_0000 + (1 << 20), &mut b));
+    assert_eq!(u32::from_le_bytes(b), 0x10d3_8086);
+    // Extended config of a conventional function reads all-ones; ECAM writes work.
+    assert!(m.mmio.read(0xb000_0000 + (31 << 15) + 0x100, &mut b));
+    assert_eq!(u32::from_le_bytes(b), 0xffff_ffff);
+    assert!(m.mmio.write(0xb000_0000 + (31 << 15) + 0x3c, &[0x05]));
+    assert_eq!(m.cfg_readb(0, 31, 0, 0x3c), 0x05);
+    // Buses numbered depth-first.
+    let nums: Vec<_> = layout
+        .buses
+        .iter()
+        .map(|b| (b.bus_id.as_str(), b.number, b.subordinate))
+        .collect();
+    assert_eq!(
+        nums,
+        vec![("pcie.0", 0, 2), ("pci.1", 1, 1), ("pci.2", 2, 2)]
+    );
+    // PM timer is there.
+    assert_ne!(m.inl(0x608), 0xffff_ffff);
+    // SCI_EN via APM 0xb2 (ICH9 ACPI enable command 0x02).
+    assert_eq!(m.inw(0x604) & 1, 0);
+    m.outb(0xb2, 0x02);
+    assert_eq!(m.inw(0x604) & 1, 1);
+    // SMBus at 0x700 answers (HST_STS reads 0).
+    assert_eq!(m.inb(0x700), 0);
+    // VGA framebuffer placed in the 32-bit hole above ECAM, decode enabled.
+    let fb = m.cfg_readl(0, 1, 0, 0x10) & !0xf;
+    assert!((0xc000_0000..0xfec0_0000).contains(&fb), "{fb:#x}");
+    assert_eq!(fb % (16 << 20), 0);
+    assert_eq!(m.cfg_readw(0, 1, 0, 0x04) & 3, 3);
+    // Interrupt line: e1000e behind root port 00:02.0 pin A -> PIRQ (2+0)%4+4 = G -> 11.
+    assert_eq!(m.cfg_readb(1, 0, 0, 0x3c), 11);
+    // AHCI 00:1f.2 pin A -> PIRQA -> 10.
+    assert_eq!(m.cfg_readb(0, 31, 2, 0x3c), 10);
+    // Root port window covers e1000e's BAR0.
+    let bar0 = m.cfg_readl(1, 0, 0, 0x10) & !0xf;
+    let mw = m.cfg_readl(0, 2, 0, 0x20);
+    let (mbase, mlimit) = ((mw & 0xfff0) << 16, ((mw >> 16) & 0xfff0) << 16 | 0xf_ffff);
+    assert!(
+        mbase <= bar0 && bar0 + 0x20000 - 1 <= mlimit,
+        "{bar0:#x} in {mbase:#x}-{mlimit:#x}"
+    );
+    // Mapped BARs dispatch: AHCI ABAR VS register.
+    let abar = u64::from(m.cfg_readl(0, 31, 2, 0x24) & !0xf);
+    assert!(m.mmio.read(abar + 0x10, &mut b));
+    assert_eq!(u32::from_le_bytes(b), 0x0001_0000);
+    assert!(m.mmio.read(abar + 0x0c, &mut b));
+    assert_eq!(u32::from_le_bytes(b), 0, "no ports implemented");
+    // Rewriting PCIEXBAR to 128 MiB at 0xe0000000 moves ECAM.
+    assert!(m
+        .mmio
+        .write(0xb000_0060, &(0xe000_0000u32 | 2 | 1).to_le_bytes()));
+    assert!(!m.mmio.read(0xb000_0000, &mut b));
+    assert!(m.mmio.read(0xe000_0000, &mut b));
+    assert_eq!(u32::from_le_bytes(b), 0x29c0_8086);
+    assert!(!m.mmio.read(0xe800_0000, &mut b));
+}
+
+#[test]
+fn firmware_init_pc() {
+    let plan = pc_plan();
+    let m = Machine::new(&plan);
+    let layout = m.host.lock().unwrap().firmware_init(&plan).unwrap();
+    assert_eq!(layout.pm_base, Some(0x600));
+    assert_eq!(layout.ecam, None);
+    assert_eq!(m.cfg_readl(0, 1, 0, 0x60), 0x0b0b_0a0a);
+    // pc swizzle: (slot + pin - 1) & 3 -> e1000 slot 3 pin A -> PIRQD -> 11; PM slot 1 -> B -> 10.
+    assert_eq!(m.cfg_readb(0, 3, 0, 0x3c), 11);
+    assert_eq!(m.cfg_readb(0, 1, 3, 0x3c), 10);
+    // e1000 I/O BAR from 0xc000 upwards.
+    let io = m.cfg_readl(0, 3, 0, 0x14);
+    assert!(
+        (0xc000..0x10000).contains(&(io & !3)) && io & 1 == 1,
+        "{io:#x}"
+    );
+    m.outw(0x604, 5 << 10 | 1 << 13); // SLP_TYP 5: no power off
+    assert_eq!(m.lifecycle.pending(), Request::None);
+    m.outw(0x604, 1 << 13);
+    assert_eq!(m.lifecycle.take(), Request::PowerOff);
+    // SMBus at 0x700 and not at QEMU's pre-firmware 0xb100 any more.
+    assert_eq!(m.inb(0x700), 0);
+    assert_eq!(m.inb(0xb100), 0xff);
+}
+
+#[test]
+fn machine_reset_restores_everything() {
+    let plan = q35_plan();
+    let m = Machine::new(&plan);
+    m.host.lock().unwrap().firmware_init(&plan).unwrap();
+    m.host.lock().unwrap().reset();
+    assert_eq!(m.cfg_readl(0, 0, 0, 0x60), 0xb000_0000);
+    let mut b = [0u8; 4];
+    assert!(
+        !m.mmio.read(0xb000_0000, &mut b),
+        "ECAM unmapped after reset"
+    );
+    assert_eq!(m.inw(0x604), 0xffff, "PM block unmapped after reset");
+    assert_eq!(m.cfg_readl(1, 0, 0, 0), 0xffff_ffff, "bridges unnumbered");
+}
+
+/// xorshift: deterministic pseudo-random numbers without a dependency.
+fn rng(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+#[test]
+fn random_guest_accesses_never_panic() {
+    for plan in [pc_plan(), q35_plan()] {
+        let m = Machine::new(&plan);
+        m.host.lock().unwrap().firmware_init(&plan).unwrap();
+        let mut s = 0x1234_5678_9abc_def0u64;
+        for _ in 0..20_000 {
+            let r = rng(&mut s);
+            let bus = (r >> 8) as u8 % 4;
+            let dev = [0u8, 1, 2, 3, 31][(r >> 16) as usize % 5];
+            let f = (r >> 24) as u8 % 8;
+            let reg = (r >> 32) as u16 & 0xff;
+            let v = rng(&mut s) as u32;
+            // Never reset the machine or power it off from the fuzz loop's own writes.
+            m.outl(0xcf8, Machine::addr(bus, dev, f, reg));
+            match r % 6 {
+                0 => m.outb(0xcfc + u64::from(reg & 3), v as u8),
+                1 => m.outw(0xcfc + u64::from(reg & 3).min(2), v as u16),
+                2 => m.outl(0xcfc, v),
+                3 => {
+                    m.inb(0xcfc + u64::from(reg & 3));
+                }
+                4 => {
+                    m.inw(0xcfd);
+                }
+                _ => {
+                    m.inl(0xcfc);
+                }
+            }
+            // ECAM too, at any offset and size, when mapped.
+            let off = rng(&mut s) & 0x0fff_ffff;
+            let mut buf = [0u8; 8];
+            let n = [1usize, 2, 4, 8][(off % 4) as usize];
+            m.mmio.read(0xb000_0000 + off, &mut buf[..n]);
+            if off.is_multiple_of(3) {
+                m.mmio.write(0xb000_0000 + off, &buf[..n]);
+            }
+        }
+        // Every byte offset and size on every present function, directly on the host.
+        let mut h = m.host.lock().unwrap();
+        for bus in 0..3u8 {
+            for devfn in 0..=255u8 {
+                for off in (0..4096u16).step_by(7) {
+                    for n in [1usize, 2, 4] {
+                        let mut b = [0u8; 4];
+                        h.config_read(bus, devfn, off, &mut b[..n]);
+                        h.config_write(bus, devfn, off, &b[..n]);
+                    }
+                }
+            }
+        }
+        let _ = m.lifecycle.take();
+    }
+}
+
+#[test]
+fn devices_implement_bus_device_defaults() {
+    // PciConfigIo ignores accesses outside its 8 ports without panicking.
+    let m = Machine::new(&pc_plan());
+    let cfg = PciConfigIo::new(m.host.clone());
+    let mut c = cfg;
+    let mut b = [0u8; 8];
+    c.read(0xcf8, 9, &mut b);
+    c.write(0xcf8, 2, &b[..3]);
+    c.read(0xcf8, 7, &mut b[..4]);
+    assert_eq!(b[1..4], [0xff; 3]);
+}
