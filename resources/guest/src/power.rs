@@ -1,0 +1,122 @@
+//! Leaving the guest: ACPI power off, chipset reset, triple fault.
+
+use crate::acpi::{self, AddressSpace};
+use crate::phys;
+use crate::port::{outb, outw};
+
+/// PM1 control value for S5 as the brief defines it: SLP_TYP = 0 (QEMU's
+/// and machina's \_S5 value) and SLP_EN.
+const PM1_CNT_S5: u16 = 1 << 13;
+/// SLEEP_CONTROL_REG (hardware-reduced ACPI): SLP_EN and the SLP_TYP shift.
+const SLEEP_CTL_SLP_EN: u8 = 1 << 5;
+const SLEEP_CTL_SLP_TYP_SHIFT: u8 = 2;
+/// QEMU's historical "isa-debug-exit"-free power-off port (PIIX4 PM base).
+const FALLBACK_PM1_CNT: u16 = 0x604;
+/// Reset Control Register of PIIX/ICH chipsets.
+const RESET_CONTROL: u16 = 0xcf9;
+
+/// Gives the VMM time to act on an exit request before declaring failure:
+/// QEMU, for one, stops the vCPU asynchronously after the port write.
+fn grace_period() {
+    // About 0.1-0.3 s of TSC ticks on any plausible host; the iteration
+    // cap bounds the wait should the TSC not advance.
+    const TICKS: u64 = 1 << 29;
+    const MAX_SPINS: u32 = 1 << 26;
+    let start = rdtsc();
+    let mut spins = 0;
+    while rdtsc().wrapping_sub(start) < TICKS && spins < MAX_SPINS {
+        core::hint::spin_loop();
+        spins += 1;
+    }
+}
+
+fn rdtsc() -> u64 {
+    // SAFETY: rdtsc has no memory effects, and boot.rs loads CR4 with TSD
+    // clear, so it is legal at CPL 3.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+/// Spins forever. `hlt` would #GP at CPL 3 and triple fault.
+pub fn hang() -> ! {
+    loop {
+        core::hint::spin_loop();
+    }
+}
+
+/// Writes `port` if it is a valid 16-bit I/O port address.
+fn write_pm1(port: u64, value: u16) -> bool {
+    match u16::try_from(port) {
+        Ok(p) if p != 0 => {
+            outw(p, value);
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Powers off via ACPI S5 (or the 0x604 fallback) and never returns.
+pub fn poweroff(rsdp_hint: u64) -> ! {
+    match acpi::find_fadt(rsdp_hint) {
+        Some(fadt) if fadt.pm1a_cnt != 0 => {
+            println!("poweroff: pm1a_cnt=0x{:x}", fadt.pm1a_cnt);
+            write_pm1(fadt.pm1a_cnt, PM1_CNT_S5);
+            write_pm1(fadt.pm1b_cnt, PM1_CNT_S5);
+        }
+        // Hardware-reduced ACPI (no PM1 blocks): the sleep control register
+        // with SLP_TYP from \_S5, as e.g. QEMU microvm expects.
+        Some(fadt) if fadt.sleep_ctl.addr != 0 => {
+            let slp_typ = acpi::s5_slp_typ(fadt.dsdt).unwrap_or(0) & 7;
+            let value = SLEEP_CTL_SLP_EN | slp_typ << SLEEP_CTL_SLP_TYP_SHIFT;
+            let addr = fadt.sleep_ctl.addr;
+            match fadt.sleep_ctl.space {
+                AddressSpace::Io => {
+                    println!(
+                        "poweroff: sleep_ctl=0x{:x} space=io value=0x{:x}",
+                        addr, value
+                    );
+                    if let Ok(port) = u16::try_from(addr) {
+                        outb(port, value);
+                    }
+                }
+                AddressSpace::Memory => {
+                    println!(
+                        "poweroff: sleep_ctl=0x{:x} space=mem value=0x{:x}",
+                        addr, value
+                    );
+                    phys::mmio_write8(addr, value);
+                }
+                AddressSpace::Other(id) => {
+                    println!("poweroff: sleep_ctl=0x{:x} space={} unsupported", addr, id)
+                }
+            }
+        }
+        _ => {
+            println!("poweroff: no-acpi");
+            outw(FALLBACK_PM1_CNT, PM1_CNT_S5);
+        }
+    }
+    grace_period();
+    println!("poweroff: failed");
+    hang()
+}
+
+/// The `reset` test: chipset reset through port 0xCF9.
+pub fn reset() {
+    println!("reset: now");
+    // Bit 1 (SYS_RST) selects a hard reset, bit 2 (RST_CPU) triggers it;
+    // the 0x02 -> 0x06 edge is what real chipsets require.
+    outb(RESET_CONTROL, 0x02);
+    outb(RESET_CONTROL, 0x06);
+    grace_period();
+    println!("reset: failed");
+}
+
+/// The `triple-fault` test: with no IDT any exception escalates to a
+/// triple fault, which the VMM must report as a failed guest.
+pub fn triple_fault() -> ! {
+    println!("triple-fault: now");
+    // SAFETY: ud2 raises #UD; with a zero-limit IDT the CPU cannot deliver
+    // it (nor the resulting #GP/#DF) and shuts down. No Rust state is
+    // observed afterwards.
+    unsafe { core::arch::asm!("ud2", options(noreturn, nomem, nostack)) }
+}
