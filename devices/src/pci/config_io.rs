@@ -21,7 +21,9 @@ pub struct PciConfigIo {
 }
 
 impl PciConfigIo {
+    /// The config ports of `host`; also binds the host's ECAM decoder to it.
     pub fn new(host: SharedHost) -> Self {
+        super::host::PciHost::bind(&host);
         Self { host, address: 0 }
     }
 

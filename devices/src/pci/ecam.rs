@@ -24,6 +24,11 @@ impl PciConfigMmio {
     pub fn new(host: Weak<Mutex<PciHost>>) -> Self {
         Self { host }
     }
+
+    /// Point the decoder at its host (done when the host is first shared).
+    pub fn bind(&mut self, host: Weak<Mutex<PciHost>>) {
+        self.host = host;
+    }
 }
 
 impl BusDevice for PciConfigMmio {

@@ -59,6 +59,8 @@ pub struct IntxRoute {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FirmwareLayout {
     pub buses: Vec<BusNumbering>,
+    /// Highest bus number in use (MCFG / `_CRS` bus range end).
+    pub last_bus: u8,
     /// I/O range BARs were allocated from.
     pub io_window: Range,
     /// 32-bit memory range BARs were allocated from.
@@ -167,6 +169,7 @@ impl PciHost {
             .collect();
         Ok(FirmwareLayout {
             buses,
+            last_bus: next,
             io_window,
             mem32_window,
             mem64_window,

@@ -97,7 +97,7 @@ pub struct PciHost {
     /// Reset control register at 0xcf9 (PIIX RCR / ICH9 RST_CNT).
     rcr: u8,
     rcr_keep: u8,
-    ecam: Option<SharedDevice>,
+    ecam: Arc<Mutex<PciConfigMmio>>,
     acpi_pm: Option<Arc<Mutex<AcpiPm>>>,
     intx: Option<Arc<dyn IntxSink>>,
     /// Level of each (function, pin) currently asserted, for wired-OR sharing of GSIs.
@@ -107,25 +107,32 @@ pub struct PciHost {
 }
 
 impl PciHost {
-    /// Build every function of `plan` at its reset state, map the fixed chipset ranges, and
-    /// return the host ready to be wired to [`PciConfigIo`](super::PciConfigIo).
+    /// Build every function of `plan` at its reset state and map the fixed chipset ranges.
+    /// Wrap it with `Arc::new(Mutex::new(host))` and hand that to
+    /// [`PciConfigIo::new`](super::PciConfigIo::new), which also binds the ECAM decoder.
     pub fn from_plan(
         plan: &Plan,
         lifecycle: Lifecycle,
         io: Arc<Bus>,
         mmio: Arc<Bus>,
-    ) -> Result<SharedHost, PciError> {
+    ) -> Result<Self, PciError> {
         let mut host = Self::build(plan, lifecycle, io, mmio)?;
-        let shared = Arc::new_cyclic(|weak: &Weak<Mutex<PciHost>>| {
-            host.ecam = Some(Arc::new(Mutex::new(PciConfigMmio::new(weak.clone()))));
-            Mutex::new(host)
-        });
-        {
-            let mut h = lock(&shared);
-            h.sync_all_windows();
-            h.map_apm();
-        }
-        Ok(shared)
+        host.sync_all_windows();
+        host.map_apm();
+        Ok(host)
+    }
+
+    /// Share the host and bind its ECAM decoder to it.
+    pub fn into_shared(self) -> SharedHost {
+        let shared = Arc::new(Mutex::new(self));
+        Self::bind(&shared);
+        shared
+    }
+
+    /// Give the ECAM decoder its back-reference to the shared host (idempotent).
+    pub fn bind(shared: &SharedHost) {
+        let ecam = lock(shared).ecam.clone();
+        lock(&ecam).bind(Arc::downgrade(shared));
     }
 
     fn build(
@@ -262,7 +269,7 @@ impl PciHost {
             lifecycle,
             rcr: 0,
             rcr_keep,
-            ecam: None,
+            ecam: Arc::new(Mutex::new(PciConfigMmio::new(Weak::new()))),
             acpi_pm,
             intx: None,
             intx_levels: HashMap::new(),
@@ -604,10 +611,7 @@ impl PciHost {
                     bar: m.key as usize,
                 })),
                 Some(WindowTarget::Device(d)) => d,
-                Some(WindowTarget::Ecam) => match &self.ecam {
-                    Some(d) => d.clone(),
-                    None => continue,
-                },
+                Some(WindowTarget::Ecam) => self.ecam.clone(),
             };
             // A guest may program overlapping ranges; like a real bus only one claims the
             // addresses, the other stays unmapped until it moves.
