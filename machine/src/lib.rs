@@ -3,7 +3,51 @@
 //!
 //! Pure Rust, no KVM. The plan computed here is the single source of truth: the VMM's
 //! builder, `-machine help` / `-device help` and every QMP answer come from it.
+//!
+//! ```
+//! use machine::{Catalog, DeviceRequest, PlanRequest};
+//! let catalog = Catalog::builtin();
+//! let mut req = PlanRequest::new("q35");
+//! req.nodefaults = true;
+//! req.devices.push(DeviceRequest::parse("pcie-root-port,id=rp1,chassis=1").unwrap());
+//! req.devices.push(DeviceRequest::parse("virtio-net-pci,bus=rp1").unwrap());
+//! let plan = catalog.plan(&req).unwrap();
+//! let net = plan.pci.last().unwrap();
+//! assert_eq!((net.bus.as_str(), net.slot), ("rp1", 0));
+//! assert!(!net.virtio.unwrap().legacy);
+//! ```
 
+mod advisory;
+mod board;
+mod catalog;
+mod condition;
+mod device_types;
+mod error;
+pub mod help;
+mod isa;
+mod machine_types;
+mod memory;
+mod options;
+mod placement;
 pub mod plan;
+mod planner;
+mod properties;
+mod request;
+mod virtio_mode;
 
+pub use board::{
+    BoardDef, FixedRegionDef, ImplicitPciDef, IsaDeviceDef, MemoryLayoutDef, RootBusDef,
+};
+pub use catalog::{Catalog, CatalogFile};
+pub use condition::Condition;
+pub use device_types::{
+    BoolOrProp, BridgeDef, Category, ChassisRule, DeviceType, DeviceTypeDef, IsaTypeDef, Num,
+    PciDef, PciSpec, SubsystemDef, VirtioDef, VirtioVariant,
+};
+pub use error::{CatalogError, PlanError};
+pub use machine_types::{CompatProperty, MachineType, MachineTypeDef};
+pub use memory::split_ram;
+pub use options::{OptionDef, OptionSupport, ResolvedOptions};
 pub use plan::*;
+pub use properties::{format_devfn, parse_devfn, parse_size, PropType, PropertyDef};
+pub use request::{DeviceRequest, DeviceSyntax, PlanRequest};

@@ -97,6 +97,21 @@ pub struct BusPlan {
     pub hotplug: bool,
     /// Device kinds (libvirt-style connect types) this bus accepts, advisory.
     pub accepts: Vec<String>,
+    /// libvirt model of the controller providing the bus (`pcie-root`, `pci-root`,
+    /// `pcie-root-port`, `pcie-to-pci-bridge`, ...), for advisories.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub controller: Option<String>,
+    /// The providing bridge has a standard hot-plug controller that owns the bus: QEMU
+    /// refuses slot 0 ("Unsupported PCI slot 0 for standard hotplug controller").
+    #[serde(default)]
+    pub shpc: bool,
+    /// Secondary bus of a PCIe root or downstream port (QEMU warns for slot != 0).
+    #[serde(default)]
+    pub port: bool,
+    /// Hot-plug on this bus is handled by ACPI (PIIX4/ICH9 PCI hotplug) rather than by the
+    /// bridge itself.
+    #[serde(default)]
+    pub acpi_hotplug: bool,
 }
 
 /// The identity a guest reads from a function's config header.
@@ -198,4 +213,106 @@ pub struct Plan {
     pub pci: Vec<PciFunctionPlan>,
     pub isa: Vec<IsaDevicePlan>,
     pub advisories: Vec<Advisory>,
+}
+
+/// e820 memory type: usable RAM.
+pub const E820_RAM: u32 = 1;
+/// e820 memory type: reserved.
+pub const E820_RESERVED: u32 = 2;
+
+/// One e820 entry as the VMM hands it to the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct E820Entry {
+    pub base: u64,
+    pub size: u64,
+    /// `E820_RAM` (1) or `E820_RESERVED` (2).
+    #[serde(rename = "type")]
+    pub kind: u32,
+}
+
+/// Where a queried device would land (`Catalog::place`), without anything being changed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlacedDevice {
+    /// Resolved QOM type (an alias given as driver is resolved).
+    pub type_name: String,
+    pub id: Option<String>,
+    pub bus: String,
+    pub slot: u8,
+    pub function: u8,
+    pub identity: PciIdentity,
+    pub virtio: Option<VirtioMode>,
+    /// Bus this device would provide (bridges and ports).
+    pub provides_bus: Option<String>,
+    /// Warnings QEMU would print and libvirt-rule mismatches.
+    pub advisories: Vec<Advisory>,
+}
+
+impl MemoryMap {
+    /// The e820 table: RAM (1) and Reserved (2) regions in address order, adjacent entries of
+    /// the same type merged.
+    pub fn e820(&self) -> Vec<E820Entry> {
+        let mut out: Vec<E820Entry> = Vec::new();
+        for r in &self.regions {
+            let kind = match r.kind {
+                RegionKind::Ram => E820_RAM,
+                RegionKind::Reserved => E820_RESERVED,
+                RegionKind::PciHole | RegionKind::Mmio => continue,
+            };
+            if let Some(last) = out.last_mut() {
+                if last.kind == kind && last.base + last.size == r.range.base {
+                    last.size += r.range.size;
+                    continue;
+                }
+            }
+            out.push(E820Entry {
+                base: r.range.base,
+                size: r.range.size,
+                kind,
+            });
+        }
+        out
+    }
+
+    /// The region named `name`.
+    pub fn region(&self, name: &str) -> Option<&MemoryRegion> {
+        self.regions.iter().find(|r| r.name == name)
+    }
+}
+
+impl Plan {
+    /// The e820 table of the machine (see [`MemoryMap::e820`]).
+    pub fn e820(&self) -> Vec<E820Entry> {
+        self.memory.e820()
+    }
+
+    /// The bus with id `id`.
+    pub fn bus(&self, id: &str) -> Option<&BusPlan> {
+        self.buses.iter().find(|b| b.id == id)
+    }
+
+    /// The function at `bus`:`slot`.`function`.
+    pub fn function_at(&self, bus: &str, slot: u8, function: u8) -> Option<&PciFunctionPlan> {
+        self.pci
+            .iter()
+            .find(|f| f.bus == bus && f.slot == slot && f.function == function)
+    }
+
+    /// The device (PCI) with id `id`.
+    pub fn function_by_id(&self, id: &str) -> Option<&PciFunctionPlan> {
+        self.pci.iter().find(|f| f.id.as_deref() == Some(id))
+    }
+
+    /// `bus:slot.fn type` lines of the PCI functions, e.g. `pcie.0:1f.0 ICH9-LPC` (handy in
+    /// tests and logs).
+    pub fn pci_summary(&self) -> Vec<String> {
+        self.pci
+            .iter()
+            .map(|f| format!("{}:{:02x}.{:x} {}", f.bus, f.slot, f.function, f.type_name))
+            .collect()
+    }
+
+    /// ISA/system device type names in plan order.
+    pub fn isa_summary(&self) -> Vec<String> {
+        self.isa.iter().map(|d| d.type_name.clone()).collect()
+    }
 }

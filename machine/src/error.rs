@@ -1,0 +1,201 @@
+//! Error types: `PlanError` for everything a request can get wrong (texts are QEMU's where QEMU
+//! has one), `CatalogError` for catalog files that cannot be loaded.
+
+use std::path::PathBuf;
+use thiserror::Error;
+
+/// Why a plan (or a placement query) was refused.
+///
+/// The `Display` text of each variant is exactly QEMU's message where QEMU has one, so a
+/// management tool sees the same error from machina as from `qemu-system-x86_64`.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum PlanError {
+    /// `-machine foo` with an unknown machine type.
+    #[error("unsupported machine type: \"{0}\"")]
+    UnknownMachine(String),
+    /// `-machine q35,foo=bar`: the machine has no such property.
+    #[error("Property '{machine}-machine.{option}' not found")]
+    UnknownMachineOption { machine: String, option: String },
+    /// A boolean option or property that is not on/off (QEMU accepts on/yes/true/y, off/no/false/n).
+    #[error("Parameter '{0}' expects 'on' or 'off'")]
+    ExpectsBool(String),
+    /// An enum option or property (OnOffAuto, ...) with a value outside the enum.
+    #[error("Parameter '{name}' does not accept value '{value}'")]
+    BadEnumValue { name: String, value: String },
+    /// An integer property whose text is not a number.
+    #[error("Parameter '{0}' expects integer")]
+    ExpectsInteger(String),
+    /// An integer property out of the range of its type (`uint8_t`, `uint16_t`, ...).
+    #[error("Parameter '{name}' expects {ty}")]
+    IntegerOutOfRange { name: String, ty: String },
+    /// A size option that is not a size (`4G`, `512M`, `1024`).
+    #[error("Parameter '{0}' expects a size value")]
+    ExpectsSize(String),
+    /// A value QEMU accepts but machina does not build (e.g. `smm=on`).
+    #[error("Property '{machine}-machine.{option}' value '{value}' is not supported by machina (supported: {supported})")]
+    UnsupportedOptionValue {
+        machine: String,
+        option: String,
+        value: String,
+        supported: String,
+    },
+    /// `max-ram-below-4g` above 4 GiB.
+    #[error("Machine option 'max-ram-below-4g={0}' expects size less than or equal to 4 GiB")]
+    MaxRamBelow4gTooLarge(u64),
+    /// `-smp 0`.
+    #[error("Invalid CPU topology: CPU topology parameters must be greater than zero")]
+    ZeroCpus,
+    /// More CPUs than the machine type supports.
+    #[error("Invalid SMP CPUs {cpus}. The max CPUs supported by machine '{machine}' is {max}")]
+    TooManyCpus {
+        cpus: u32,
+        machine: String,
+        max: u32,
+    },
+    /// `maxcpus` below `cpus`.
+    #[error("Invalid CPU topology: maxcpus must be equal to or greater than smp")]
+    MaxCpusBelowCpus,
+    /// `-m 0`.
+    #[error("Invalid RAM size 0: RAM size must be greater than zero")]
+    ZeroRam,
+    /// A request in JSON form that is not a JSON object with a string `driver`.
+    #[error("{0}")]
+    BadDeviceSyntax(String),
+    /// `-device` without a driver.
+    #[error("Parameter 'driver' is missing")]
+    MissingDriver,
+    /// `-device foo` with an unknown device type.
+    #[error("'{0}' is not a valid device model name")]
+    UnknownDevice(String),
+    /// A type that is not user-creatable named in `-device`.
+    #[error("Parameter 'driver' expects a pluggable device type")]
+    NotUserCreatable(String),
+    /// An abstract type named in `-device`.
+    #[error("Parameter 'driver' expects a non-abstract device type")]
+    AbstractDevice(String),
+    /// `-device virtio-net-pci,foo=1`.
+    #[error("Property '{ty}.{property}' not found")]
+    UnknownProperty { ty: String, property: String },
+    /// A property value its parser rejects (e.g. `addr=0x20`).
+    #[error("Property '{ty}.{property}' doesn't take value '{value}'")]
+    BadPropertyValue {
+        ty: String,
+        property: String,
+        value: String,
+    },
+    /// JSON `"addr": N` outside -1..=255.
+    #[error("Parameter 'addr' expects a value between -1 and 255")]
+    DevfnOutOfRange,
+    /// `id=` that is not an identifier.
+    #[error("Parameter 'id' expects an identifier")]
+    BadId(String),
+    /// Two devices with the same `id` (JSON `-device` / QMP path of QEMU).
+    #[error("Duplicate device ID '{0}'")]
+    DuplicateId(String),
+    /// Two devices with the same `id` (QemuOpts `-device` keyval path of QEMU).
+    #[error("Duplicate ID '{0}' for device")]
+    DuplicateIdOpts(String),
+    /// `bus=` naming no bus.
+    #[error("Bus '{0}' not found")]
+    BusNotFound(String),
+    /// A PCI device on a machine without a PCI bus (`-M none`).
+    #[error("No '{bus_type}' bus found for device '{driver}'")]
+    NoBusForDevice { bus_type: String, driver: String },
+    /// Automatic addressing found no free slot.
+    #[error("PCI: no slot/function available for {0}, all in use or reserved")]
+    NoSlotAvailable(String),
+    /// Explicit address already taken.
+    #[error("PCI: slot {slot} function {function} not available for {device}, in use by {used_by},id={used_id}")]
+    SlotInUse {
+        slot: u8,
+        function: u8,
+        device: String,
+        used_by: String,
+        /// `(null)` for implicit devices, as glibc prints a NULL `%s`.
+        used_id: String,
+    },
+    /// Explicit address in a reserved slot.
+    #[error("PCI: slot {slot} function {function} not available for {device}, reserved")]
+    SlotReserved {
+        slot: u8,
+        function: u8,
+        device: String,
+    },
+    /// Hot-plugging function N>0 while function 0 is present.
+    #[error("PCI: slot {slot} function 0 already occupied by {used_by}, new func {device} cannot be exposed to guest.")]
+    HotplugFunctionBehindFunction0 {
+        slot: u8,
+        used_by: String,
+        device: String,
+    },
+    /// Function > 0 while function 0 is present without multifunction=on.
+    #[error("PCI: single function device can't be populated in function {slot:x}.{function:x}")]
+    SingleFunctionSlot { slot: u8, function: u8 },
+    /// Function 0 without multifunction=on while other functions of the slot exist.
+    #[error("PCI: {slot:x}.0 indicates single function, but {slot:x}.{function:x} is already populated.")]
+    IndicatesSingleFunction { slot: u8, function: u8 },
+    /// Slot 0 of a bus whose bridge has a standard hot-plug controller.
+    #[error("Unsupported PCI slot {slot} for standard hotplug controller. Valid slots are between {min} and {max}.")]
+    ShpcSlot { slot: u8, min: u8, max: u8 },
+    /// `pci-bridge` without `chassis_nr` (or with 0).
+    #[error("Bridge chassis not specified. Each bridge is required to be assigned a unique chassis id > 0.")]
+    BridgeChassisNotSpecified,
+    /// Two PCIe slots with the same (chassis, slot).
+    #[error("Can't add chassis slot, error -16")]
+    ChassisSlotInUse,
+    /// virtio with both legacy and modern disabled.
+    #[error("device cannot work as neither modern nor legacy mode is enabled")]
+    VirtioNoMode,
+    /// A modern-only virtio type with legacy enabled.
+    #[error("device is modern-only, use disable-legacy=on")]
+    VirtioModernOnly,
+    /// Hot-plug into a bus that has no hot-plug controller.
+    #[error("Bus '{0}' does not support hotplugging")]
+    BusNoHotplug(String),
+    /// A device type that is not a PCI device (only PCI devices are planned with `-device`).
+    #[error("device type '{0}' cannot be planned: only PCI devices are supported by -device")]
+    NotPciDevice(String),
+}
+
+/// Why a catalog file (built-in or user-supplied) could not be loaded.
+#[derive(Debug, Error)]
+pub enum CatalogError {
+    #[error("cannot read machine definition file {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid machine definition JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("machine type '{name}' inherits from unknown machine type '{parent}'")]
+    UnknownParent { name: String, parent: String },
+    #[error("machine type '{0}' has an inheritance cycle")]
+    InheritanceCycle(String),
+    #[error("machine type '{name}' uses unknown board '{board}'")]
+    UnknownBoard { name: String, board: String },
+    #[error("machine type '{name}' uses unknown compat set '{set}'")]
+    UnknownCompatSet { name: String, set: String },
+    #[error("board '{board}' uses unknown option set '{set}'")]
+    UnknownOptionSet { board: String, set: String },
+    #[error("machine type '{0}' lacks required field '{1}'")]
+    MissingField(String, &'static str),
+    #[error("device type '{name}' has unknown parent '{parent}'")]
+    UnknownDeviceParent { name: String, parent: String },
+    #[error("device type '{name}' uses unknown property set '{set}'")]
+    UnknownPropertySet { name: String, set: String },
+    #[error("board '{board}' names unknown device type '{device}'")]
+    UnknownImplicitDevice { board: String, device: String },
+    #[error("invalid number '{0}' in machine definition")]
+    BadNumber(String),
+    #[error("invalid condition '{0}' in machine definition")]
+    BadCondition(String),
+    #[error("alias '{alias}' of '{name}' is already used by '{other}'")]
+    DuplicateAlias {
+        alias: String,
+        name: String,
+        other: String,
+    },
+    #[error("more than one machine type is marked as default ('{0}' and '{1}')")]
+    DuplicateDefault(String, String),
+}

@@ -1,0 +1,130 @@
+//! The guest-physical memory map: QEMU's RAM split around the 32-bit PCI hole, the ECAM
+//! window, the 32/64-bit PCI holes and the fixed chipset/firmware regions, in address order.
+//!
+//! Hole placement follows SeaBIOS (the firmware machina imitates): on q35 the 32-bit hole
+//! starts above ECAM at 0xc0000000, on i440fx at `BUILD_PCIMEM_START` 0xe0000000; either is
+//! raised above low RAM if a large `max-ram-below-4g` pushes RAM further. It ends at the
+//! IOAPIC (0xfec00000). The 64-bit hole starts at the 1 GiB boundary after RAM above 4 GiB.
+
+use crate::board::MemoryLayoutDef;
+use crate::options::ResolvedOptions;
+use crate::plan::{MemoryMap, MemoryRegion, Range, RegionKind};
+
+const GIB: u64 = 1 << 30;
+const FOUR_GIB: u64 = 1 << 32;
+const MIB: u64 = 1 << 20;
+/// End of conventional memory below the EBDA.
+const EBDA_START: u64 = 0x9fc00;
+/// Start of extended memory.
+const HIGH_MEMORY: u64 = 0x10_0000;
+
+/// The RAM below/above 4 GiB for `ram_size` under `layout`.
+pub fn split_ram(layout: &MemoryLayoutDef, ram_size: u64, opts: &ResolvedOptions) -> (u64, u64) {
+    if layout.flat {
+        return (ram_size, 0);
+    }
+    let max_below = opts
+        .size("max-ram-below-4g")
+        .or(layout.max_ram_below_4g_default.map(|n| n.0))
+        .unwrap_or(FOUR_GIB);
+    let threshold = layout.lowmem_threshold.map(|n| n.0).unwrap_or(max_below);
+    let cap = layout.lowmem_cap.map(|n| n.0).unwrap_or(threshold);
+    let lowmem = if ram_size >= threshold {
+        cap
+    } else {
+        threshold
+    };
+    let lowmem = lowmem.min(max_below);
+    let below = ram_size.min(lowmem);
+    (below, ram_size - below)
+}
+
+/// Compute the memory map. `flag` evaluates region conditions (e.g. `hpet`).
+pub fn memory_map(
+    layout: &MemoryLayoutDef,
+    ram_size: u64,
+    opts: &ResolvedOptions,
+    flag: impl Fn(&str) -> bool,
+) -> MemoryMap {
+    let (below, above) = split_ram(layout, ram_size, opts);
+    let mut regions = Vec::new();
+    let mut push = |name: &str, kind: RegionKind, base: u64, size: u64| {
+        if size > 0 {
+            regions.push(MemoryRegion {
+                name: name.to_string(),
+                kind,
+                range: Range { base, size },
+            });
+        }
+    };
+    if layout.flat {
+        push("ram", RegionKind::Ram, 0, below);
+        return MemoryMap {
+            ram_size,
+            ram_below_4g: below,
+            ram_above_4g: 0,
+            ecam: None,
+            pci_hole32: Range { base: 0, size: 0 },
+            pci_hole64: Range { base: 0, size: 0 },
+            regions,
+        };
+    }
+
+    push("ram-low", RegionKind::Ram, 0, below.min(EBDA_START));
+    if below > HIGH_MEMORY {
+        push("ram", RegionKind::Ram, HIGH_MEMORY, below - HIGH_MEMORY);
+    }
+    let ecam = layout.ecam.map(|(b, s)| Range {
+        base: b.0,
+        size: s.0,
+    });
+    if let Some(e) = ecam {
+        push("ecam", RegionKind::Reserved, e.base, e.size);
+    }
+    let hole32_end = layout.pci_hole32_end.map(|n| n.0).unwrap_or(0xfec0_0000);
+    let hole32_start = layout
+        .pci_hole32_start
+        .map(|n| n.0)
+        .unwrap_or(below)
+        .max(below.div_ceil(MIB) * MIB)
+        .min(hole32_end);
+    let pci_hole32 = Range {
+        base: hole32_start,
+        size: hole32_end - hole32_start,
+    };
+    push(
+        "pci-hole32",
+        RegionKind::PciHole,
+        pci_hole32.base,
+        pci_hole32.size,
+    );
+    for r in &layout.regions {
+        if r.when.eval(&flag) {
+            push(&r.name, r.kind, r.base.0, r.size.0);
+        }
+    }
+    if above > 0 {
+        push("ram-high", RegionKind::Ram, FOUR_GIB, above);
+    }
+    let hole64_base = (FOUR_GIB + above).div_ceil(GIB) * GIB;
+    let pci_hole64 = Range {
+        base: hole64_base,
+        size: layout.pci_hole64_size.map(|n| n.0).unwrap_or(0),
+    };
+    push(
+        "pci-hole64",
+        RegionKind::PciHole,
+        pci_hole64.base,
+        pci_hole64.size,
+    );
+    regions.sort_by_key(|r| (r.range.base, r.range.size));
+    MemoryMap {
+        ram_size,
+        ram_below_4g: below,
+        ram_above_4g: above,
+        ecam,
+        pci_hole32,
+        pci_hole64,
+        regions,
+    }
+}

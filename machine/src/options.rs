@@ -1,0 +1,168 @@
+//! Machine options (`-machine q35,usb=on,...`) as data: their types and defaults, which ones
+//! machina implements, which values of the others it accepts, and their resolution into the
+//! plan's `options` map.
+
+use crate::error::PlanError;
+use crate::properties::{canonical_value, parse_size, PropType};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// How machina treats an option.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OptionSupport {
+    /// The value changes the plan (`usb`, `acpi`, `sata`, ...).
+    Implemented,
+    /// Any well-typed value is accepted and recorded; it does not change the plan
+    /// (`dump-guest-core`, `memory-backend`, `graphics`, ...).
+    Any,
+    /// Only these values are accepted (what machina builds); others are refused.
+    Only(Vec<String>),
+    /// A colon-separated accelerator list that must contain `kvm`.
+    AccelKvm,
+}
+
+/// One machine option.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct OptionDef {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub ty: PropType,
+    /// Default as text; absent when the option is unset by default.
+    #[serde(default)]
+    pub default: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    pub support: OptionSupport,
+    /// What `auto` resolves to for OnOffAuto options: `on`, `off`, or `follow:OPTION`
+    /// (the resolved value of another option). Absent: `auto` stays `auto`.
+    #[serde(default)]
+    pub auto: Option<String>,
+    /// Allowed values of an `enum` option.
+    #[serde(default)]
+    pub values: Vec<String>,
+}
+
+/// Options of a plan after validation: canonical text per option (bools as `on`/`off`,
+/// OnOffAuto resolved where the option says how), unset options absent.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResolvedOptions {
+    pub values: BTreeMap<String, String>,
+}
+
+impl ResolvedOptions {
+    /// True when the option resolved to on.
+    pub fn is_on(&self, name: &str) -> bool {
+        matches!(self.values.get(name).map(String::as_str), Some("on"))
+    }
+
+    /// A size option in bytes (absent, `0` or unparsable: `None`).
+    pub fn size(&self, name: &str) -> Option<u64> {
+        self.values
+            .get(name)
+            .and_then(|v| v.parse::<u64>().ok())
+            .filter(|v| *v != 0)
+    }
+}
+
+/// Validate `given` against `defs` for machine `machine` (the QOM name prefix in errors) and
+/// resolve every option.
+pub fn resolve_options(
+    machine: &str,
+    defs: &[OptionDef],
+    given: &[(String, String)],
+) -> Result<ResolvedOptions, PlanError> {
+    let mut raw: BTreeMap<&str, String> = BTreeMap::new();
+    for (k, v) in given {
+        if k == "type" {
+            continue;
+        }
+        let def =
+            defs.iter()
+                .find(|d| d.name == *k)
+                .ok_or_else(|| PlanError::UnknownMachineOption {
+                    machine: machine.to_string(),
+                    option: k.clone(),
+                })?;
+        let canon = canonical_text(def, v)?;
+        check_support(machine, def, &canon, v)?;
+        if def.name == "max-ram-below-4g" {
+            if let Some(sz) = parse_size(v) {
+                if sz > 1 << 32 {
+                    return Err(PlanError::MaxRamBelow4gTooLarge(sz));
+                }
+            }
+        }
+        raw.insert(def.name.as_str(), canon);
+    }
+    let mut values = BTreeMap::new();
+    for def in defs {
+        let v = match raw.get(def.name.as_str()) {
+            Some(v) => v.clone(),
+            None => match &def.default {
+                Some(d) => canonical_text(def, d)?,
+                None => continue,
+            },
+        };
+        values.insert(def.name.clone(), v);
+    }
+    // Resolve `auto` in definition order; `follow:` refers to an already resolved option.
+    for def in defs {
+        let Some(auto) = &def.auto else { continue };
+        if values.get(&def.name).map(String::as_str) != Some("auto") {
+            continue;
+        }
+        let resolved = match auto.strip_prefix("follow:") {
+            Some(other) => values
+                .get(other)
+                .cloned()
+                .unwrap_or_else(|| "off".to_string()),
+            None => auto.clone(),
+        };
+        values.insert(def.name.clone(), resolved);
+    }
+    Ok(ResolvedOptions { values })
+}
+
+/// Canonical text: bools as `on`/`off`, sizes in bytes, enums verbatim.
+fn canonical_text(def: &OptionDef, text: &str) -> Result<String, PlanError> {
+    let c = canonical_value(def.ty, &def.name, "machine", &def.values, text)?;
+    Ok(match def.ty {
+        PropType::Bool => if c == "true" { "on" } else { "off" }.to_string(),
+        _ => c,
+    })
+}
+
+fn check_support(
+    machine: &str,
+    def: &OptionDef,
+    canon: &str,
+    given: &str,
+) -> Result<(), PlanError> {
+    let refuse = |supported: String| PlanError::UnsupportedOptionValue {
+        machine: machine.to_string(),
+        option: def.name.clone(),
+        value: given.to_string(),
+        supported,
+    };
+    match &def.support {
+        OptionSupport::Implemented | OptionSupport::Any => Ok(()),
+        OptionSupport::Only(vals) => {
+            if vals.iter().any(|v| v == canon) {
+                Ok(())
+            } else if vals.is_empty() {
+                Err(refuse("none".to_string()))
+            } else {
+                Err(refuse(vals.join(", ")))
+            }
+        }
+        OptionSupport::AccelKvm => {
+            if canon.split(':').any(|a| a == "kvm") {
+                Ok(())
+            } else {
+                Err(refuse("kvm".to_string()))
+            }
+        }
+    }
+}

@@ -1,0 +1,601 @@
+//! `Catalog::plan` and `Catalog::place`: from a request to the whole machine (options,
+//! memory map, buses, implicit and requested PCI functions, ISA devices, advisories), in
+//! QEMU's order, with QEMU's checks and error texts.
+
+use crate::advisory;
+use crate::catalog::Catalog;
+use crate::device_types::{ChassisRule, DeviceType, SubsystemDef};
+use crate::error::PlanError;
+use crate::isa;
+use crate::machine_types::MachineType;
+use crate::memory::memory_map;
+use crate::options::{resolve_options, ResolvedOptions};
+use crate::placement::{BusState, Topology};
+use crate::plan::{
+    Advisory, BusKind, BusPlan, IsaDevicePlan, PciFunctionPlan, PciIdentity, PlacedDevice, Plan,
+    VirtioMode,
+};
+use crate::properties::{format_devfn, parse_devfn};
+use crate::request::{DeviceRequest, DeviceSyntax, PlanRequest};
+use crate::virtio_mode;
+use std::collections::BTreeMap;
+
+/// Default devices of a request (QEMU's `default_vga`, `default_net`, ...).
+struct Defaults {
+    vga: bool,
+    nic: bool,
+    serial: bool,
+    parallel: bool,
+}
+
+impl Defaults {
+    fn compute(catalog: &Catalog, req: &PlanRequest) -> Defaults {
+        let cleared = |kind: &str| {
+            req.devices.iter().any(|d| {
+                catalog.device_type(&d.driver).is_some_and(|t| {
+                    t.clears_default.as_deref() == Some(kind)
+                        || t.isa.as_ref().and_then(|i| i.default_kind.as_deref()) == Some(kind)
+                })
+            })
+        };
+        let dflt = |explicit: Option<bool>, kind: &str| match explicit {
+            Some(v) => v,
+            None => !req.nodefaults && !cleared(kind),
+        };
+        Defaults {
+            vga: dflt(req.vga, "vga"),
+            nic: req.nic.unwrap_or(!req.nodefaults),
+            serial: dflt(req.serial, "serial"),
+            parallel: dflt(req.parallel, "parallel"),
+        }
+    }
+}
+
+/// Everything the realize of one requested device needs.
+struct Ctx<'a> {
+    catalog: &'a Catalog,
+    machine: &'a MachineType,
+    topo: Topology,
+    isa: Vec<IsaDevicePlan>,
+}
+
+/// The result of realizing one request.
+enum Realized {
+    Pci(usize, Vec<Advisory>),
+    Isa,
+}
+
+impl Catalog {
+    /// The machine type a request names (`machine`, else a `type` option, else the default).
+    pub fn machine_for(&self, req: &PlanRequest) -> Result<&MachineType, PlanError> {
+        let name = req.machine.clone().or_else(|| {
+            req.options
+                .iter()
+                .rev()
+                .find(|(k, _)| k == "type")
+                .map(|(_, v)| v.clone())
+        });
+        match name {
+            Some(n) => self.resolve_machine(&n).ok_or(PlanError::UnknownMachine(n)),
+            None => self
+                .default_machine()
+                .ok_or_else(|| PlanError::UnknownMachine(String::new())),
+        }
+    }
+
+    /// Compute the plan of the machine `req` describes, or QEMU's error for it.
+    pub fn plan(&self, req: &PlanRequest) -> Result<Plan, PlanError> {
+        let machine = self.machine_for(req)?;
+        if req.cpus == 0 {
+            return Err(PlanError::ZeroCpus);
+        }
+        let max_cpus = req.max_cpus.unwrap_or(req.cpus);
+        if max_cpus < req.cpus {
+            return Err(PlanError::MaxCpusBelowCpus);
+        }
+        if max_cpus > machine.cpu_max {
+            return Err(PlanError::TooManyCpus {
+                cpus: max_cpus,
+                machine: machine.name.clone(),
+                max: machine.cpu_max,
+            });
+        }
+        if req.ram_size == 0 {
+            return Err(PlanError::ZeroRam);
+        }
+        let opts = resolve_options(&machine.name, &machine.options, &req.options)?;
+        let defaults = Defaults::compute(self, req);
+        let flag = |name: &str| match name {
+            "nodefaults" => req.nodefaults,
+            "default-vga" => defaults.vga,
+            "default-nic" => defaults.nic,
+            "default-serial" => defaults.serial,
+            "default-parallel" => defaults.parallel,
+            other => opts.is_on(other),
+        };
+        let memory = memory_map(&machine.board.memory, req.ram_size, &opts, flag);
+
+        let mut ctx = Ctx {
+            catalog: self,
+            machine,
+            topo: Topology::default(),
+            isa: Vec::new(),
+        };
+        ctx.add_root_bus(&flag);
+        ctx.add_implicit(&opts, &flag)?;
+        ctx.isa = isa::board_devices(&machine.board.isa, flag);
+        for dev in &req.devices {
+            if let Realized::Pci(_, adv) = ctx.realize(dev, false)? {
+                ctx.topo.advisories.extend(adv);
+            }
+        }
+        Ok(Plan {
+            machine: machine.name.clone(),
+            family: machine.family,
+            options: opts.values,
+            nodefaults: req.nodefaults,
+            cpus: req.cpus,
+            max_cpus,
+            memory,
+            buses: ctx.topo.buses.into_iter().map(|b| b.plan).collect(),
+            pci: ctx.topo.functions,
+            isa: ctx.isa,
+            advisories: ctx.topo.advisories,
+        })
+    }
+
+    /// Where each request would land in `plan` — each considered alone against the plan as
+    /// it is — without changing anything. With `hotplug`, QEMU's hot-plug rules apply
+    /// (`device_add` after start: the bus must support hot-plug, no function behind an
+    /// existing function 0).
+    pub fn place(
+        &self,
+        plan: &Plan,
+        requests: &[DeviceRequest],
+        hotplug: bool,
+    ) -> Vec<Result<PlacedDevice, PlanError>> {
+        let Some(machine) = self.resolve_machine(&plan.machine) else {
+            return requests
+                .iter()
+                .map(|_| Err(PlanError::UnknownMachine(plan.machine.clone())))
+                .collect();
+        };
+        let base = Ctx::from_plan(self, machine, plan);
+        requests
+            .iter()
+            .map(|r| {
+                let mut ctx = Ctx {
+                    catalog: self,
+                    machine,
+                    topo: base.topo.clone(),
+                    isa: base.isa.clone(),
+                };
+                match ctx.realize(r, hotplug)? {
+                    Realized::Pci(i, advisories) => {
+                        let f = &ctx.topo.functions[i];
+                        Ok(PlacedDevice {
+                            type_name: f.type_name.clone(),
+                            id: f.id.clone(),
+                            bus: f.bus.clone(),
+                            slot: f.slot,
+                            function: f.function,
+                            identity: f.identity,
+                            virtio: f.virtio,
+                            provides_bus: f.provides_bus.clone(),
+                            advisories,
+                        })
+                    }
+                    Realized::Isa => Err(PlanError::NotPciDevice(r.driver.clone())),
+                }
+            })
+            .collect()
+    }
+}
+
+impl<'a> Ctx<'a> {
+    /// Rebuild the planning state from a finished plan (for `place`).
+    fn from_plan(catalog: &'a Catalog, machine: &'a MachineType, plan: &Plan) -> Ctx<'a> {
+        let mut topo = Topology::default();
+        for b in &plan.buses {
+            topo.add_bus(BusState::new(b.clone()));
+        }
+        for f in &plan.pci {
+            if let Some(bus) = topo.find_bus(&f.bus) {
+                topo.insert(bus, f.clone());
+            }
+            let rule = catalog
+                .device_type(&f.type_name)
+                .and_then(|t| t.bridge.as_ref())
+                .and_then(|b| b.chassis);
+            if rule == Some(ChassisRule::PcieSlot) {
+                let num = |k: &str| f.properties.get(k).and_then(|v| v.parse().ok());
+                topo.chassis_slots.push((
+                    num("chassis").unwrap_or(0) as u8,
+                    num("slot").unwrap_or(0) as u16,
+                ));
+            }
+        }
+        for d in &plan.isa {
+            if let Some(id) = &d.id {
+                topo.ids.insert(id.clone());
+            }
+        }
+        let next = |prefix: &str| {
+            plan.buses
+                .iter()
+                .filter_map(|b| b.id.strip_prefix(prefix))
+                .filter_map(|n| n.parse::<u32>().ok())
+                .max()
+                .map_or(0, |n| n + 1)
+        };
+        topo.next_auto_pci = next("pci.");
+        topo.next_auto_pcie = next("pcie.");
+        Ctx {
+            catalog,
+            machine,
+            topo,
+            isa: plan.isa.clone(),
+        }
+    }
+
+    fn add_root_bus(&mut self, flag: &impl Fn(&str) -> bool) {
+        let Some(root) = &self.machine.board.root_bus else {
+            return;
+        };
+        let hotplug = root.hotplug_when.as_ref().is_some_and(|c| c.eval(flag));
+        self.topo.add_bus(BusState::new(BusPlan {
+            id: root.id.clone(),
+            kind: root.kind,
+            is_root: true,
+            parent_function: None,
+            slot_min: root.slot_min,
+            slot_max: root.slot_max,
+            hotplug,
+            accepts: root.accepts.clone(),
+            controller: root.libvirt_model.clone(),
+            shpc: false,
+            port: false,
+            acpi_hotplug: hotplug,
+        }));
+        if root.auto_named {
+            match root.kind {
+                BusKind::Pci => self.topo.next_auto_pci = 1,
+                BusKind::Pcie => self.topo.next_auto_pcie = 1,
+            }
+        }
+    }
+
+    /// The board's implicit PCI functions whose condition holds.
+    fn add_implicit(
+        &mut self,
+        opts: &ResolvedOptions,
+        flag: &impl Fn(&str) -> bool,
+    ) -> Result<(), PlanError> {
+        let board = self.machine.board.clone();
+        for imp in &board.implicit_pci {
+            if !imp.when.eval(flag) {
+                continue;
+            }
+            let dev = self
+                .catalog
+                .device_type(&imp.ty)
+                .ok_or_else(|| PlanError::UnknownDevice(imp.ty.clone()))?;
+            let mut given: Vec<(String, String)> = imp
+                .properties
+                .iter()
+                .map(|(k, v)| {
+                    let v = match v.strip_prefix('$') {
+                        Some(opt) => if opts.is_on(opt) { "on" } else { "off" }.to_string(),
+                        None => v.clone(),
+                    };
+                    (k.clone(), v)
+                })
+                .collect();
+            if imp.multifunction {
+                given.push(("multifunction".to_string(), "on".to_string()));
+            }
+            let requested = match (&imp.addr, &imp.function_of) {
+                (Some(a), _) => parse_devfn(a),
+                (None, Some(of)) => self
+                    .topo
+                    .functions
+                    .iter()
+                    .find(|f| f.implicit && f.type_name == *of)
+                    .map(|f| (f.slot << 3) | imp.function),
+                (None, None) => None,
+            };
+            self.add_pci(dev, None, 0, requested, &given, true, false)?;
+        }
+        Ok(())
+    }
+
+    /// Realize one `-device`.
+    fn realize(&mut self, req: &DeviceRequest, hotplug: bool) -> Result<Realized, PlanError> {
+        let catalog = self.catalog;
+        let dev = catalog
+            .device_type(&req.driver)
+            .ok_or_else(|| PlanError::UnknownDevice(req.driver.clone()))?;
+        if dev.is_abstract {
+            return Err(PlanError::AbstractDevice(dev.name.clone()));
+        }
+        if !dev.user_creatable {
+            return Err(PlanError::NotUserCreatable(dev.name.clone()));
+        }
+        let id = req.id().map(str::to_string);
+        if let Some(id) = &id {
+            if !id_wellformed(id) {
+                return Err(PlanError::BadId(id.clone()));
+            }
+            if req.syntax == DeviceSyntax::Keyval && self.topo.ids.contains(id) {
+                return Err(PlanError::DuplicateIdOpts(id.clone()));
+            }
+        }
+        let bus_type = dev.bus.clone().unwrap_or_else(|| "PCI".to_string());
+        if dev.isa.is_some() {
+            if self.topo.buses.is_empty() {
+                return Err(PlanError::NoBusForDevice {
+                    bus_type,
+                    driver: req.driver.clone(),
+                });
+            }
+            self.check_json_dup(req, &id)?;
+            let props = resolve_properties(dev, self.machine, &req.properties)?;
+            let d = isa::requested_device(dev, id.clone(), &props, &self.isa)?;
+            if let Some(id) = id {
+                self.topo.ids.insert(id);
+            }
+            self.isa.push(d);
+            return Ok(Realized::Isa);
+        }
+        if !dev.is_pci() {
+            return Err(PlanError::NoBusForDevice {
+                bus_type,
+                driver: req.driver.clone(),
+            });
+        }
+        let bus = match req.get("bus") {
+            Some(b) => self
+                .topo
+                .find_bus(b)
+                .ok_or_else(|| PlanError::BusNotFound(b.to_string()))?,
+            None => {
+                if self.topo.buses.is_empty() {
+                    return Err(PlanError::NoBusForDevice {
+                        bus_type,
+                        driver: req.driver.clone(),
+                    });
+                }
+                0
+            }
+        };
+        if hotplug && !self.topo.buses[bus].plan.hotplug {
+            return Err(PlanError::BusNoHotplug(
+                self.topo.buses[bus].plan.id.clone(),
+            ));
+        }
+        self.check_json_dup(req, &id)?;
+        let (idx, advisories) =
+            self.add_pci(dev, id, bus, None, &req.properties, false, hotplug)?;
+        Ok(Realized::Pci(idx, advisories))
+    }
+
+    fn check_json_dup(&self, req: &DeviceRequest, id: &Option<String>) -> Result<(), PlanError> {
+        match id {
+            Some(id) if req.syntax == DeviceSyntax::Json && self.topo.ids.contains(id) => {
+                Err(PlanError::DuplicateId(id.clone()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Create a PCI function of type `dev` on `bus` with the `given` properties. For
+    /// implicit functions `requested` is the board's address; for requests the address comes
+    /// from the `addr` property.
+    #[allow(clippy::too_many_arguments)]
+    fn add_pci(
+        &mut self,
+        dev: &DeviceType,
+        id: Option<String>,
+        bus: usize,
+        requested: Option<u8>,
+        given: &[(String, String)],
+        implicit: bool,
+        hotplug: bool,
+    ) -> Result<(usize, Vec<Advisory>), PlanError> {
+        let mut props = resolve_properties(dev, self.machine, given)?;
+        let requested = match requested {
+            Some(d) => Some(d),
+            None => props.get("addr").and_then(|a| parse_devfn(a)),
+        };
+        let multifunction = props.get("multifunction").is_some_and(|v| v == "true");
+        let devfn = self.topo.choose_devfn(bus, &dev.name, requested, hotplug)?;
+        let bus_plan = self.topo.buses[bus].plan.clone();
+        let mut advisories = Vec::new();
+        let label = match &id {
+            Some(i) => i.clone(),
+            None => format!("{}@{}:{}", dev.name, bus_plan.id, format_devfn(devfn)),
+        };
+
+        // The device's own realize.
+        let pci = dev
+            .pci
+            .as_ref()
+            .ok_or_else(|| PlanError::NotPciDevice(dev.name.clone()))?;
+        let mut virtio: Option<VirtioMode> = None;
+        let identity = match &dev.virtio {
+            Some(v) => {
+                let r = virtio_mode::resolve(v, &props, bus_plan.kind, bus_plan.is_root)?;
+                if r.legacy_check_warning {
+                    advisories.push(Advisory {
+                        device: label.clone(),
+                        message: "device is modern-only, but for backward compatibility legacy is allowed".to_string(),
+                    });
+                }
+                virtio = Some(r.mode);
+                virtio_mode::identity(v, &r.mode, pci.class)
+            }
+            None => PciIdentity {
+                vendor_id: pci.vendor,
+                device_id: pci.device,
+                class_code: pci.class,
+                revision: pci.revision,
+                subsystem_vendor_id: match &pci.subsystem {
+                    SubsystemDef::Default => Some(virtio_mode::VIRTIO_VENDOR),
+                    SubsystemDef::None => None,
+                    SubsystemDef::Fixed { vendor, .. } => Some(vendor.0 as u16),
+                },
+                subsystem_id: match &pci.subsystem {
+                    SubsystemDef::Default => Some(virtio_mode::QEMU_SUBSYSTEM_ID),
+                    SubsystemDef::None => None,
+                    SubsystemDef::Fixed { id, .. } => Some(id.0 as u16),
+                },
+                header_type: pci.header_type,
+            },
+        };
+        if let Some(bridge) = &dev.bridge {
+            match bridge.chassis {
+                Some(ChassisRule::SlotId) => {
+                    if props.get("chassis_nr").is_none_or(|v| v == "0") {
+                        return Err(PlanError::BridgeChassisNotSpecified);
+                    }
+                }
+                Some(ChassisRule::PcieSlot) => {
+                    let num = |k: &str| props.get(k).and_then(|v| v.parse::<u32>().ok());
+                    self.topo.add_chassis_slot(
+                        num("chassis").unwrap_or(0) as u8,
+                        num("slot").unwrap_or(0) as u16,
+                    )?;
+                }
+                None => {}
+            }
+        }
+        self.topo.check_multifunction(bus, devfn, multifunction)?;
+        let express = dev.is_express_only() || virtio.is_some_and(|m| m.pcie_capability);
+        if express && bus_plan.port && devfn >> 3 != 0 {
+            advisories.push(Advisory {
+                device: label.clone(),
+                message: format!(
+                    "PCI: slot {} is not valid for {}, parent device only allows plugging into slot 0.",
+                    devfn >> 3,
+                    dev.name
+                ),
+            });
+        }
+        self.topo.check_shpc(bus, devfn)?;
+
+        // libvirt's rules, advisory only.
+        if !implicit {
+            if let Some(m) = advisory::check_connect(
+                dev,
+                self.machine.family,
+                &bus_plan.id,
+                bus_plan.controller.as_deref(),
+                &bus_plan.accepts,
+            ) {
+                advisories.push(Advisory {
+                    device: label.clone(),
+                    message: m,
+                });
+            }
+            if let Some(m) =
+                advisory::check_requires_parent(dev, bus_plan.controller.as_deref(), &bus_plan.id)
+            {
+                advisories.push(Advisory {
+                    device: label.clone(),
+                    message: m,
+                });
+            }
+        }
+
+        props.insert("addr".to_string(), format_devfn(devfn));
+        let provides_bus = dev.bridge.as_ref().map(|b| match &id {
+            Some(i) => i.clone(),
+            None => self.topo.auto_bus_name(b.bus_kind),
+        });
+        let function = PciFunctionPlan {
+            type_name: dev.name.clone(),
+            id,
+            bus: bus_plan.id.clone(),
+            slot: devfn >> 3,
+            function: devfn & 7,
+            implicit,
+            identity,
+            multifunction,
+            provides_bus: provides_bus.clone(),
+            virtio,
+            properties: props,
+        };
+        let idx = self.topo.insert(bus, function);
+        if let (Some(bridge), Some(name)) = (&dev.bridge, provides_bus) {
+            let props = &self.topo.functions[idx].properties;
+            // Cold-plugged bridges on an ACPI-hotplug bus get ACPI hot-plug for their own
+            // bus too, which replaces the standard hot-plug controller.
+            let acpi = bus_plan.acpi_hotplug && !bridge.port;
+            let shpc = bridge.shpc.eval(props) && !acpi;
+            let hotplug = bridge.hotplug.eval(props) || acpi;
+            self.topo.add_bus(BusState::new(BusPlan {
+                id: name,
+                kind: bridge.bus_kind,
+                is_root: false,
+                parent_function: Some(idx),
+                slot_min: if shpc {
+                    bridge.slot_min.max(1)
+                } else {
+                    bridge.slot_min
+                },
+                slot_max: bridge.slot_max,
+                hotplug,
+                accepts: bridge.accepts.clone(),
+                controller: dev.libvirt_model.clone(),
+                shpc,
+                port: bridge.port,
+                acpi_hotplug: acpi,
+            }));
+        }
+        Ok((idx, advisories))
+    }
+}
+
+/// Every property of `dev` with defaults, then the machine type's compat properties, then
+/// `given` (`id` and `bus` are not properties).
+fn resolve_properties(
+    dev: &DeviceType,
+    machine: &MachineType,
+    given: &[(String, String)],
+) -> Result<BTreeMap<String, String>, PlanError> {
+    let mut map = BTreeMap::new();
+    for p in &dev.properties {
+        if let Some(d) = p.default_text() {
+            map.insert(p.name.clone(), d);
+        }
+    }
+    for ty in &dev.compat_match {
+        if let Some(list) = machine.compat_index.get(ty) {
+            for (prop, value) in list {
+                if let Some(def) = dev.property(prop) {
+                    if let Ok(c) = def.canonical(&dev.name, value) {
+                        map.insert(prop.clone(), c);
+                    }
+                }
+            }
+        }
+    }
+    for (k, v) in given {
+        if k == "id" || k == "bus" {
+            continue;
+        }
+        let def = dev.property(k).ok_or_else(|| PlanError::UnknownProperty {
+            ty: dev.name.clone(),
+            property: k.clone(),
+        })?;
+        map.insert(k.clone(), def.canonical(&dev.name, v)?);
+    }
+    Ok(map)
+}
+
+/// QEMU's `id_wellformed`: a letter, then letters, digits, `-`, `.`, `_`.
+fn id_wellformed(id: &str) -> bool {
+    let mut chars = id.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_')
+}

@@ -1,0 +1,308 @@
+//! What the user asked for: `PlanRequest` (machine, options, `-m`, `-smp`, defaults) and
+//! `DeviceRequest` (`-device`), parsed from QEMU's keyval syntax or from JSON as libvirt sends it.
+
+use crate::error::PlanError;
+use serde::{Deserialize, Serialize};
+
+/// Everything a plan depends on. Build it from the command line (or QMP) and hand it to
+/// `Catalog::plan`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", default)]
+pub struct PlanRequest {
+    /// Machine type or alias (`q35`, `pc-i440fx-9.2`); `None` is the default machine (`pc`).
+    pub machine: Option<String>,
+    /// `-machine` options in command-line order (`("usb", "on")`). A `type` key names the
+    /// machine when `machine` is `None`.
+    pub options: Vec<(String, String)>,
+    /// `-nodefaults`.
+    pub nodefaults: bool,
+    /// `-m` in bytes.
+    pub ram_size: u64,
+    /// `-smp` CPUs.
+    pub cpus: u32,
+    /// `-smp maxcpus=`; `None` means equal to `cpus`.
+    pub max_cpus: Option<u32>,
+    /// `-device`, in command-line order.
+    pub devices: Vec<DeviceRequest>,
+    /// `-serial`: `None` keeps QEMU's default (a serial port unless `-nodefaults`),
+    /// `Some(true)` means a serial backend was configured (port present even with
+    /// `-nodefaults`), `Some(false)` is `-serial none`.
+    pub serial: Option<bool>,
+    /// `-parallel`, same convention as `serial`.
+    pub parallel: Option<bool>,
+    /// `-vga`: `None` default (std VGA unless `-nodefaults`), `Some(false)` is `-vga none`,
+    /// `Some(true)` forces the default display even with `-nodefaults`.
+    pub vga: Option<bool>,
+    /// Default NIC (`-net nic -net user`): `None` default (present unless `-nodefaults`),
+    /// `Some(false)` when `-nic none`, `-net none` or any `-netdev` was given.
+    pub nic: Option<bool>,
+}
+
+impl Default for PlanRequest {
+    fn default() -> Self {
+        PlanRequest {
+            machine: None,
+            options: Vec::new(),
+            nodefaults: false,
+            ram_size: 128 << 20,
+            cpus: 1,
+            max_cpus: None,
+            devices: Vec::new(),
+            serial: None,
+            parallel: None,
+            vga: None,
+            nic: None,
+        }
+    }
+}
+
+impl PlanRequest {
+    /// A request for `machine` with QEMU's defaults (128 MiB, 1 CPU).
+    pub fn new(machine: &str) -> Self {
+        PlanRequest {
+            machine: Some(machine.to_string()),
+            ..Default::default()
+        }
+    }
+
+    /// Parse a `-machine` argument (`q35,usb=on,acpi=off`) into `machine` and `options`.
+    pub fn with_machine_arg(mut self, arg: &str) -> Self {
+        for (i, part) in split_keyval(arg).into_iter().enumerate() {
+            match part.split_once('=') {
+                Some((k, v)) if k == "type" => self.machine = Some(v.to_string()),
+                Some((k, v)) => self.options.push((k.to_string(), v.to_string())),
+                None if i == 0 => self.machine = Some(part),
+                None => self.options.push((part, "on".to_string())),
+            }
+        }
+        self
+    }
+
+    /// Append a `-device` argument (keyval or JSON).
+    pub fn with_device(mut self, arg: &str) -> Result<Self, PlanError> {
+        self.devices.push(DeviceRequest::parse(arg)?);
+        Ok(self)
+    }
+}
+
+/// Which syntax a `-device` argument used. QEMU reports duplicate ids differently for the two.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeviceSyntax {
+    /// `driver,key=value,...` (QemuOpts).
+    #[default]
+    Keyval,
+    /// `{"driver": ..., ...}` (libvirt) or QMP `device_add`.
+    Json,
+}
+
+/// One `-device`: a driver and its properties as strings, in the order given.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct DeviceRequest {
+    pub driver: String,
+    /// Properties including `id`, `bus` and `addr`; JSON booleans become `on`/`off`.
+    pub properties: Vec<(String, String)>,
+    #[serde(default)]
+    pub syntax: DeviceSyntax,
+}
+
+impl DeviceRequest {
+    /// A keyval-style request with no properties.
+    pub fn new(driver: &str) -> Self {
+        DeviceRequest {
+            driver: driver.to_string(),
+            properties: Vec::new(),
+            syntax: DeviceSyntax::Keyval,
+        }
+    }
+
+    /// Builder: add a property.
+    pub fn prop(mut self, key: &str, value: &str) -> Self {
+        self.properties.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// Parse `virtio-net-pci,bus=rp1,addr=0x2.0x1` or
+    /// `{"driver":"pcie-root-port","port":16,"chassis":1,"id":"pci.1","addr":"0x2"}`.
+    ///
+    /// Keyval follows QEMU: the first element without `=` is the driver, `,,` is a literal
+    /// comma, a bare key means `key=on`. In JSON, a number for `addr` is a raw devfn as QEMU
+    /// reads it (slot << 3 | function).
+    pub fn parse(arg: &str) -> Result<DeviceRequest, PlanError> {
+        let trimmed = arg.trim_start();
+        if trimmed.starts_with('{') {
+            return Self::parse_json(trimmed);
+        }
+        let mut req = DeviceRequest::default();
+        for (i, part) in split_keyval(arg).into_iter().enumerate() {
+            match part.split_once('=') {
+                Some(("driver", v)) => req.driver = v.to_string(),
+                Some((k, v)) => req.properties.push((k.to_string(), v.to_string())),
+                None if i == 0 => req.driver = part,
+                None => req.properties.push((part, "on".to_string())),
+            }
+        }
+        if req.driver.is_empty() {
+            return Err(PlanError::MissingDriver);
+        }
+        Ok(req)
+    }
+
+    fn parse_json(text: &str) -> Result<DeviceRequest, PlanError> {
+        let value: serde_json::Value = serde_json::from_str(text)
+            .map_err(|e| PlanError::BadDeviceSyntax(format!("JSON parse error, {e}")))?;
+        let obj = value.as_object().ok_or_else(|| {
+            PlanError::BadDeviceSyntax("Invalid parameter type, expected: object".to_string())
+        })?;
+        let mut req = DeviceRequest {
+            syntax: DeviceSyntax::Json,
+            ..Default::default()
+        };
+        for (k, v) in obj {
+            if k == "driver" {
+                req.driver = v
+                    .as_str()
+                    .ok_or_else(|| {
+                        PlanError::BadDeviceSyntax(
+                            "Invalid parameter type for 'driver', expected: string".to_string(),
+                        )
+                    })?
+                    .to_string();
+                continue;
+            }
+            let s = match v {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Bool(b) => if *b { "on" } else { "off" }.to_string(),
+                serde_json::Value::Number(n) if k == "addr" => {
+                    let devfn = n.as_i64().ok_or(PlanError::DevfnOutOfRange)?;
+                    match devfn {
+                        -1 => continue,
+                        0..=255 => format!("{:x}.{:x}", devfn >> 3, devfn & 7),
+                        _ => return Err(PlanError::DevfnOutOfRange),
+                    }
+                }
+                serde_json::Value::Number(n) => n.to_string(),
+                other => {
+                    return Err(PlanError::BadDeviceSyntax(format!(
+                        "Invalid parameter type for '{k}', expected: scalar, got {other}"
+                    )))
+                }
+            };
+            req.properties.push((k.clone(), s));
+        }
+        if req.driver.is_empty() {
+            return Err(PlanError::MissingDriver);
+        }
+        Ok(req)
+    }
+
+    /// Last value given for `key`.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.properties
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// `id=`.
+    pub fn id(&self) -> Option<&str> {
+        self.get("id")
+    }
+
+    /// `-device TYPE,help` (or `?`).
+    pub fn wants_help(&self) -> bool {
+        self.driver == "help"
+            || self.driver == "?"
+            || self.properties.iter().any(|(k, _)| k == "help" || k == "?")
+    }
+}
+
+/// Split QEMU keyval text on single commas; `,,` stands for a literal comma.
+pub(crate) fn split_keyval(arg: &str) -> Vec<String> {
+    let mut parts = Vec::new();
+    let mut cur = String::new();
+    let mut chars = arg.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == ',' {
+            if chars.peek() == Some(&',') {
+                chars.next();
+                cur.push(',');
+            } else {
+                parts.push(std::mem::take(&mut cur));
+            }
+        } else {
+            cur.push(c);
+        }
+    }
+    parts.push(cur);
+    parts.retain(|p| !p.is_empty());
+    parts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keyval_forms() {
+        let table: &[(&str, &str, &[(&str, &str)])] = &[
+            ("e1000", "e1000", &[]),
+            (
+                "virtio-net-pci,bus=rp1,addr=0x2.0x1",
+                "virtio-net-pci",
+                &[("bus", "rp1"), ("addr", "0x2.0x1")],
+            ),
+            ("driver=VGA,id=v", "VGA", &[("id", "v")]),
+            (
+                "pci-bridge,multifunction",
+                "pci-bridge",
+                &[("multifunction", "on")],
+            ),
+            ("x,serial=a,,b", "x", &[("serial", "a,b")]),
+        ];
+        for (arg, driver, props) in table {
+            let r = DeviceRequest::parse(arg).unwrap();
+            assert_eq!(r.driver, *driver, "{arg}");
+            let want: Vec<(String, String)> = props
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            assert_eq!(r.properties, want, "{arg}");
+            assert_eq!(r.syntax, DeviceSyntax::Keyval);
+        }
+    }
+
+    #[test]
+    fn json_form() {
+        let r = DeviceRequest::parse(
+            r#"{"driver":"pcie-root-port","port":16,"chassis":1,"id":"pci.1","bus":"pcie.0","multifunction":true,"addr":"0x2"}"#,
+        )
+        .unwrap();
+        assert_eq!(r.driver, "pcie-root-port");
+        assert_eq!(r.get("port"), Some("16"));
+        assert_eq!(r.get("multifunction"), Some("on"));
+        assert_eq!(r.get("addr"), Some("0x2"));
+        assert_eq!(r.syntax, DeviceSyntax::Json);
+        let r = DeviceRequest::parse(r#"{"driver":"e1000","addr":17}"#).unwrap();
+        assert_eq!(r.get("addr"), Some("2.1"));
+        assert_eq!(
+            DeviceRequest::parse(r#"{"driver":"e1000","addr":300}"#).unwrap_err(),
+            PlanError::DevfnOutOfRange
+        );
+        assert_eq!(
+            DeviceRequest::parse(r#"{"id":"x"}"#).unwrap_err(),
+            PlanError::MissingDriver
+        );
+    }
+
+    #[test]
+    fn machine_arg() {
+        let r = PlanRequest::default().with_machine_arg("q35,usb=on,sata=off");
+        assert_eq!(r.machine.as_deref(), Some("q35"));
+        assert_eq!(r.options.len(), 2);
+        let r = PlanRequest::default().with_machine_arg("type=pc,acpi=off");
+        assert_eq!(r.machine.as_deref(), Some("pc"));
+    }
+}
