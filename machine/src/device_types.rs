@@ -404,7 +404,7 @@ pub fn resolve_device_types(
             isa: None,
             connect: None,
             clears_default: def.clears_default.clone(),
-            libvirt_model: def.libvirt_model.clone(),
+            libvirt_model: None,
             properties: Vec::new(),
             compat_match: Vec::new(),
         };
@@ -444,6 +444,9 @@ pub fn resolve_device_types(
             }
             if d.connect.is_some() {
                 t.connect = d.connect.clone();
+            }
+            if d.libvirt_model.is_some() {
+                t.libvirt_model = d.libvirt_model.clone();
             }
             for set in &d.property_sets {
                 let list =

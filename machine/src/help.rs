@@ -3,6 +3,7 @@
 
 use crate::catalog::Catalog;
 use crate::device_types::{Category, DeviceType};
+use crate::error::PlanError;
 use crate::machine_types::MachineType;
 use std::cmp::Ordering;
 use std::fmt::Write as _;
@@ -104,10 +105,12 @@ pub fn device_line(t: &DeviceType) -> String {
 }
 
 /// `-device TYPE,help`: `TYPE options:` then one line per property, sorted, as QEMU's
-/// `object_property_help` prints them. `None` when the type is unknown (QEMU then reports
-/// "'TYPE' is not a valid device model name").
-pub fn device_properties_help(catalog: &Catalog, type_name: &str) -> Option<String> {
-    let t = catalog.device_type(type_name)?;
+/// `object_property_help` prints them. An unknown type is QEMU's "'TYPE' is not a valid
+/// device model name".
+pub fn device_properties_help(catalog: &Catalog, type_name: &str) -> Result<String, PlanError> {
+    let t = catalog
+        .device_type(type_name)
+        .ok_or_else(|| PlanError::UnknownDevice(type_name.to_string()))?;
     let mut lines: Vec<String> = t
         .properties
         .iter()
@@ -142,13 +145,15 @@ pub fn device_properties_help(catalog: &Catalog, type_name: &str) -> Option<Stri
         out.push_str(&l);
         out.push('\n');
     }
-    Some(out)
+    Ok(out)
 }
 
 /// `-machine TYPE,help`: the machine's options as `TYPE-machine.NAME=TYPE (description)`
 /// lines, the form QEMU prints for machine properties.
-pub fn machine_options_help(catalog: &Catalog, machine: &str) -> Option<String> {
-    let m = catalog.resolve_machine(machine)?;
+pub fn machine_options_help(catalog: &Catalog, machine: &str) -> Result<String, PlanError> {
+    let m = catalog
+        .resolve_machine(machine)
+        .ok_or_else(|| PlanError::UnknownMachine(machine.to_string()))?;
     let mut lines: Vec<String> = m
         .options
         .iter()
@@ -166,5 +171,5 @@ pub fn machine_options_help(catalog: &Catalog, machine: &str) -> Option<String> 
         out.push_str(&l);
         out.push('\n');
     }
-    Some(out)
+    Ok(out)
 }

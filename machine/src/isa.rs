@@ -54,10 +54,10 @@ pub fn requested_device(
             .get(k)
             .and_then(|v| parse_u64_auto(v).or_else(|| v.parse::<i64>().ok().map(|x| x as u64)))
     };
+    // `index` (like `iobase` and `irq`) defaults to -1, "unset".
     let index = match get("index") {
-        Some(i) if i < isa.by_index.len() as u64 => Some(i as usize),
-        Some(_) => None,
-        None => isa.by_index.iter().position(|(b, _)| !used(b.0)),
+        Some(i) if i != u64::from(u32::MAX) => Some(i as usize).filter(|&i| i < isa.by_index.len()),
+        _ => isa.by_index.iter().position(|(b, _)| !used(b.0)),
     };
     let (def_base, def_irq) = index
         .and_then(|i| isa.by_index.get(i))

@@ -65,18 +65,18 @@ impl Topology {
         self.buses.iter().position(|b| b.plan.id == id)
     }
 
-    /// QEMU's automatic name for a bridge bus without an id.
+    /// QEMU's automatic name for a bridge bus without an id (`pci.N` / `pcie.N`, one counter
+    /// per bus class); a name already taken by another bus is skipped.
     pub fn auto_bus_name(&mut self, kind: BusKind) -> String {
-        match kind {
-            BusKind::Pci => {
-                let n = self.next_auto_pci;
-                self.next_auto_pci += 1;
-                format!("pci.{n}")
-            }
-            BusKind::Pcie => {
-                let n = self.next_auto_pcie;
-                self.next_auto_pcie += 1;
-                format!("pcie.{n}")
+        loop {
+            let (prefix, counter) = match kind {
+                BusKind::Pci => ("pci", &mut self.next_auto_pci),
+                BusKind::Pcie => ("pcie", &mut self.next_auto_pcie),
+            };
+            let name = format!("{prefix}.{counter}");
+            *counter += 1;
+            if self.find_bus(&name).is_none() {
+                return name;
             }
         }
     }
