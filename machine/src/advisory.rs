@@ -25,7 +25,7 @@ pub fn check_connect(
     accepts: &[String],
 ) -> Option<String> {
     let connect = connect_type(dev, family)?;
-    if accepts.is_empty() || accepts.iter().any(|a| *a == connect) {
+    if accepts.is_empty() || accepts.contains(&connect) {
         return None;
     }
     let model = bus_model.unwrap_or("bus");

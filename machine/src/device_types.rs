@@ -477,13 +477,21 @@ pub fn resolve_device_types(
         t.properties = props.into_values().collect();
         t.compat_match.push(t.name.clone());
         t.compat_match.extend(t.ancestors.iter().cloned());
-        if let Some(backend) = t.virtio.as_ref().and_then(|v| v.backend.clone()) {
+        if let Some(v) = &t.virtio {
+            // The proxy always carries a virtio device; its compat properties apply.
+            let backend = v
+                .backend
+                .clone()
+                .unwrap_or_else(|| "virtio-device".to_string());
             let mut cur = Some(backend);
             while let Some(name) = cur {
                 cur = by_name.get(name.as_str()).and_then(|d| d.parent.clone());
                 if !t.compat_match.contains(&name) {
                     t.compat_match.push(name);
                 }
+            }
+            if !t.compat_match.iter().any(|n| n == "virtio-device") {
+                t.compat_match.push("virtio-device".to_string());
             }
         }
         out.push(t);

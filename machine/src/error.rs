@@ -149,6 +149,10 @@ pub enum PlanError {
     /// A modern-only virtio type with legacy enabled.
     #[error("device is modern-only, use disable-legacy=on")]
     VirtioModernOnly,
+    /// Hot-plug into a root or downstream port whose slot has no hot-plug capability
+    /// (`hotplug=off`); `(null)` for a port without id.
+    #[error("Hot-plug failed: unsupported by the port device '{0}'")]
+    PortHotplugUnsupported(String),
     /// Hot-plug into a bus that has no hot-plug controller.
     #[error("Bus '{0}' does not support hotplugging")]
     BusNoHotplug(String),

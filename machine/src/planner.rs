@@ -369,9 +369,17 @@ impl<'a> Ctx<'a> {
             }
         };
         if hotplug && !self.topo.buses[bus].plan.hotplug {
-            return Err(PlanError::BusNoHotplug(
-                self.topo.buses[bus].plan.id.clone(),
-            ));
+            let b = &self.topo.buses[bus].plan;
+            return Err(if b.port {
+                // The port's own pre-plug check (the bus itself has a hotplug handler).
+                let port_id = b
+                    .parent_function
+                    .and_then(|i| self.topo.functions[i].id.clone())
+                    .unwrap_or_else(|| "(null)".to_string());
+                PlanError::PortHotplugUnsupported(port_id)
+            } else {
+                PlanError::BusNoHotplug(b.id.clone())
+            });
         }
         self.check_json_dup(req, &id)?;
         let (idx, advisories) =
@@ -454,10 +462,8 @@ impl<'a> Ctx<'a> {
         };
         if let Some(bridge) = &dev.bridge {
             match bridge.chassis {
-                Some(ChassisRule::SlotId) => {
-                    if props.get("chassis_nr").is_none_or(|v| v == "0") {
-                        return Err(PlanError::BridgeChassisNotSpecified);
-                    }
+                Some(ChassisRule::SlotId) if props.get("chassis_nr").is_none_or(|v| v == "0") => {
+                    return Err(PlanError::BridgeChassisNotSpecified);
                 }
                 Some(ChassisRule::PcieSlot) => {
                     let num = |k: &str| props.get(k).and_then(|v| v.parse::<u32>().ok());
@@ -466,7 +472,7 @@ impl<'a> Ctx<'a> {
                         num("slot").unwrap_or(0) as u16,
                     )?;
                 }
-                None => {}
+                _ => {}
             }
         }
         self.topo.check_multifunction(bus, devfn, multifunction)?;

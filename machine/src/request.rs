@@ -69,7 +69,7 @@ impl PlanRequest {
     pub fn with_machine_arg(mut self, arg: &str) -> Self {
         for (i, part) in split_keyval(arg).into_iter().enumerate() {
             match part.split_once('=') {
-                Some((k, v)) if k == "type" => self.machine = Some(v.to_string()),
+                Some(("type", v)) => self.machine = Some(v.to_string()),
                 Some((k, v)) => self.options.push((k.to_string(), v.to_string())),
                 None if i == 0 => self.machine = Some(part),
                 None => self.options.push((part, "on".to_string())),
@@ -247,7 +247,8 @@ mod tests {
 
     #[test]
     fn keyval_forms() {
-        let table: &[(&str, &str, &[(&str, &str)])] = &[
+        type Row<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)]);
+        let table: &[Row] = &[
             ("e1000", "e1000", &[]),
             (
                 "virtio-net-pci,bus=rp1,addr=0x2.0x1",

@@ -145,15 +145,16 @@ mod tests {
         use BusKind::*;
         use VirtioVariant::*;
         // (variant, props, bus kind, root, legacy, modern, pcie cap)
-        let table: &[(
+        type Row<'a> = (
             VirtioVariant,
-            &[(&str, &str)],
+            &'a [(&'a str, &'a str)],
             BusKind,
             bool,
             bool,
             bool,
             bool,
-        )] = &[
+        );
+        let table: &[Row] = &[
             (Generic, &[], Pci, true, true, true, false),
             (Generic, &[], Pcie, true, true, true, false),
             (Generic, &[], Pcie, false, false, true, true),
