@@ -8,13 +8,18 @@ use common::{boot, machina, require_kvm, LIMIT};
 use machina_tests::{field, parse_pci_lines};
 
 fn assert_powered_off(r: &machina_tests::RunResult) {
-    r.check(r.status == Some(0), "machina should exit 0 after the guest powers off");
+    r.check(
+        r.status == Some(0),
+        "machina should exit 0 after the guest powers off",
+    );
     r.check(
         r.stdout.starts_with("machina-guest: version="),
         "the guest banner comes first",
     );
     r.check(
-        r.lines_with("poweroff: ").iter().any(|l| l.contains("pm1a_cnt=")),
+        r.lines_with("poweroff: ")
+            .iter()
+            .any(|l| l.contains("pm1a_cnt=")),
         "the guest powered off through ACPI PM1a_CNT",
     );
 }
@@ -39,8 +44,13 @@ fn q35_guest_walks_pci_and_powers_off() {
     );
     let lpc = find("00:1f.0");
     r.check(
-        lpc.map(|f| (f.vendor_device.as_str(), f.header.as_str(), f.revision.as_str()))
-            == Some(("8086:2918", "80", "02")),
+        lpc.map(|f| {
+            (
+                f.vendor_device.as_str(),
+                f.header.as_str(),
+                f.revision.as_str(),
+            )
+        }) == Some(("8086:2918", "80", "02")),
         "ICH9 LPC 8086:2918 rev 02, multifunction, at 00:1f.0",
     );
     r.check(
@@ -177,8 +187,14 @@ fn triple_fault_is_reported_not_hung() {
         return;
     }
     let r = boot(&["-nographic", "-append", "machina.test=triple-fault"]);
-    r.check(r.status == Some(1), "a triple fault ends machina with status 1");
-    r.check(r.stdout.contains("triple-fault: now"), "the guest got there");
+    r.check(
+        r.status == Some(1),
+        "a triple fault ends machina with status 1",
+    );
+    r.check(
+        r.stdout.contains("triple-fault: now"),
+        "the guest got there",
+    );
     r.check(
         r.stderr.contains("triple fault") && r.stderr.contains("RIP="),
         "stderr names the reason and shows the registers",
@@ -190,15 +206,16 @@ fn reset_reboots_unless_no_reboot() {
     if !require_kvm() {
         return;
     }
-    let r = boot(&[
-        "-nographic",
-        "-no-reboot",
-        "-append",
-        "machina.test=reset",
-    ]);
+    let r = boot(&["-nographic", "-no-reboot", "-append", "machina.test=reset"]);
     r.check(r.status == Some(0), "-no-reboot: a guest reset exits 0");
-    r.check(r.stdout.contains("reset: now"), "the guest asked for the reset");
-    r.check(!r.stdout.contains("reset: failed"), "0xcf9 reset took effect");
+    r.check(
+        r.stdout.contains("reset: now"),
+        "the guest asked for the reset",
+    );
+    r.check(
+        !r.stdout.contains("reset: failed"),
+        "0xcf9 reset took effect",
+    );
 
     // Without -no-reboot the same kernel boots again: wait for the second banner.
     let r = machina_tests::run_until(

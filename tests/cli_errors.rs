@@ -17,24 +17,30 @@ fn fails_with(args: &[&str], message: &str) {
         r.stderr.trim_end().lines().count() == 1,
         "the error is one line",
     );
-    r.check(
-        !r.stdout.contains("machina-guest"),
-        "no guest ran",
-    );
+    r.check(!r.stdout.contains("machina-guest"), "no guest ran");
 }
 
 #[test]
 fn option_errors() {
     fails_with(&["-bogus"], "machina: -bogus: invalid option");
     fails_with(&["-m", "0"], "-m 0: memory size must be greater than zero");
-    fails_with(&["-m", "12Q"], "-m 12Q: Parameter 'size' expects a non-negative number below 2^64");
+    fails_with(
+        &["-m", "12Q"],
+        "-m 12Q: Parameter 'size' expects a non-negative number below 2^64",
+    );
     fails_with(
         &["-smp", "0"],
         "-smp 0: Invalid CPU topology: CPU topology parameters must be greater than zero",
     );
     fails_with(&["-m"], "-m: requires an argument");
-    fails_with(&["-serial", "bogus:x"], "'bogus:x' is not a valid char driver");
-    fails_with(&["-M", "q35,foo=bar"], "Property 'pc-q35-10.2-machine.foo' not found");
+    fails_with(
+        &["-serial", "bogus:x"],
+        "'bogus:x' is not a valid char driver",
+    );
+    fails_with(
+        &["-M", "q35,foo=bar"],
+        "Property 'pc-q35-10.2-machine.foo' not found",
+    );
     fails_with(&["-M", "nosuch"], "unsupported machine type");
     fails_with(
         &["-smp", "300"],
@@ -62,12 +68,20 @@ fn kernel_errors() {
 #[test]
 fn help_and_version_exit_zero() {
     let r = boot(&["--version"]);
-    r.check(r.status == Some(0) && r.stdout.starts_with("machina version"), "--version");
+    r.check(
+        r.status == Some(0) && r.stdout.starts_with("machina version"),
+        "--version",
+    );
     let r = boot(&["--help"]);
-    r.check(r.status == Some(0) && r.stdout.contains("-machine"), "--help");
+    r.check(
+        r.status == Some(0) && r.stdout.contains("-machine"),
+        "--help",
+    );
     let r = boot(&["-machine", "help"]);
     r.check(
-        r.status == Some(0) && r.stdout.contains("pc-q35-10.2") && r.stdout.contains("(alias of pc-i440fx-10.2)"),
+        r.status == Some(0)
+            && r.stdout.contains("pc-q35-10.2")
+            && r.stdout.contains("(alias of pc-i440fx-10.2)"),
         "-machine help lists the catalog",
     );
 }

@@ -6,10 +6,18 @@ use std::path::PathBuf;
 use std::process::Command;
 
 fn main() {
-    let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
+    let manifest_dir =
+        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
     let guest_dir = manifest_dir.join("../resources/guest");
     let out_dir = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));
-    for path in ["src", "Cargo.toml", "Cargo.lock", "build.rs", "link.ld", ".cargo/config.toml"] {
+    for path in [
+        "src",
+        "Cargo.toml",
+        "Cargo.lock",
+        "build.rs",
+        "link.ld",
+        ".cargo/config.toml",
+    ] {
         println!("cargo:rerun-if-changed={}", guest_dir.join(path).display());
     }
     // One guest build shared by every profile and tool of the workspace.
@@ -38,7 +46,9 @@ fn main() {
     ] {
         cmd.env_remove(var);
     }
-    let output = cmd.output().expect("cannot run cargo to build the tiny guest");
+    let output = cmd
+        .output()
+        .expect("cannot run cargo to build the tiny guest");
     if !output.status.success() {
         panic!(
             "building the tiny guest in {} failed:\n{}{}",

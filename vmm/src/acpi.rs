@@ -214,7 +214,13 @@ fn facs() -> Vec<u8> {
 }
 
 fn io_gas(width_bits: u8, access: AccessSize, port: u16) -> GAS {
-    GAS::new(AddressSpace::SystemIo, width_bits, 0, access, u64::from(port))
+    GAS::new(
+        AddressSpace::SystemIo,
+        width_bits,
+        0,
+        access,
+        u64::from(port),
+    )
 }
 
 fn fadt(cfg: &AcpiConfig, dsdt_addr: u64, facs_addr: u64) -> Vec<u8> {
@@ -327,9 +333,17 @@ mod tests {
     #[test]
     fn tables_have_valid_checksums_and_fields() {
         let c = cfg(Family::Q35);
-        for t in [dsdt(&c), madt(&c), mcfg(c.ecam.unwrap()), fadt(&c, 0x1000, 0x2000)] {
+        for t in [
+            dsdt(&c),
+            madt(&c),
+            mcfg(c.ecam.unwrap()),
+            fadt(&c, 0x1000, 0x2000),
+        ] {
             assert!(checksum_ok(&t), "{:?}", &t[0..4]);
-            assert_eq!(u32::from_le_bytes(t[4..8].try_into().unwrap()) as usize, t.len());
+            assert_eq!(
+                u32::from_le_bytes(t[4..8].try_into().unwrap()) as usize,
+                t.len()
+            );
         }
         let f = fadt(&c, 0x1000, 0x2000);
         assert_eq!(&f[0..4], b"FACP");
@@ -337,7 +351,10 @@ mod tests {
         assert_eq!(u32::from_le_bytes(f[64..68].try_into().unwrap()), 0x604);
         assert_eq!(u16::from_le_bytes(f[46..48].try_into().unwrap()), 9);
         let m = mcfg(c.ecam.unwrap());
-        assert_eq!(u64::from_le_bytes(m[44..52].try_into().unwrap()), 0xb000_0000);
+        assert_eq!(
+            u64::from_le_bytes(m[44..52].try_into().unwrap()),
+            0xb000_0000
+        );
         assert_eq!(m[55], 255);
         let d = dsdt(&c);
         assert!(d.windows(4).any(|w| w == b"_S5_"));

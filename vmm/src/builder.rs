@@ -7,8 +7,10 @@ use crate::cpuid;
 use crate::kvm_vm::KvmVm;
 use crate::vcpu::setup::{setup_boot_cpu, setup_common, write_boot_tables};
 use devices::bus::{Bus, SharedDevice};
-use devices::legacy::{cmos::Cmos, i8042::I8042, port92::Port92, serial::SerialPort, sink::SinkPort};
 use devices::legacy::serial::SharedWriter;
+use devices::legacy::{
+    cmos::Cmos, i8042::I8042, port92::Port92, serial::SerialPort, sink::SinkPort,
+};
 use devices::lifecycle::Lifecycle;
 use kvm_ioctls::{Kvm, VcpuFd};
 use machine::{Family, IsaDevicePlan, Plan};
@@ -90,7 +92,14 @@ const IN_KERNEL: &[&str] = &[
     "kvm-apic",
 ];
 
-fn map(bus: &Bus, base: u64, size: u64, dev: &SharedDevice, device: &str, what: &'static str) -> Result<()> {
+fn map(
+    bus: &Bus,
+    base: u64,
+    size: u64,
+    dev: &SharedDevice,
+    device: &str,
+    what: &'static str,
+) -> Result<()> {
     bus.insert(base, size, dev.clone())
         .map_err(|source| BuildError::Map {
             device: device.to_string(),
@@ -125,20 +134,24 @@ pub fn build(kvm: &Kvm, plan: &Plan, inputs: BuildInputs) -> Result<BuiltMachine
         let name = isa.type_name.as_str();
         let device: Option<SharedDevice> = match name {
             "isa-serial" => {
-                let irq = *isa.irqs.first().ok_or_else(|| BuildError::MissingResource {
-                    device: name.to_string(),
-                    what: "IRQ",
-                })?;
-                let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| {
-                    BuildError::Interrupt {
+                let irq = *isa
+                    .irqs
+                    .first()
+                    .ok_or_else(|| BuildError::MissingResource {
+                        device: name.to_string(),
+                        what: "IRQ",
+                    })?;
+                let evt =
+                    EventFd::new(libc::EFD_NONBLOCK).map_err(|source| BuildError::Interrupt {
                         device: name.to_string(),
                         source,
-                    }
-                })?;
-                vm.fd.register_irqfd(&evt, irq).map_err(|e| BuildError::Interrupt {
-                    device: name.to_string(),
-                    source: std::io::Error::from_raw_os_error(e.errno()),
-                })?;
+                    })?;
+                vm.fd
+                    .register_irqfd(&evt, irq)
+                    .map_err(|e| BuildError::Interrupt {
+                        device: name.to_string(),
+                        source: std::io::Error::from_raw_os_error(e.errno()),
+                    })?;
                 // Only the first COM port has a console behind it.
                 let out = if serial.is_none() {
                     inputs.console.clone()
@@ -212,23 +225,24 @@ pub fn build(kvm: &Kvm, plan: &Plan, inputs: BuildInputs) -> Result<BuiltMachine
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .firmware_init(plan)?;
-                let acpi_on = plan.options.get("acpi").map(String::as_str) != Some("off");
-                if acpi_on {
-                    let cfg = AcpiConfig {
-                        family: plan.family,
-                        cpus: plan.cpus,
-                        pm_base: layout.pm_base,
-                        gpe0: layout.gpe0,
-                        sci_irq: 9,
-                        ecam: layout.ecam,
-                        last_bus: layout.last_bus,
-                        pci_hole32: plan.memory.pci_hole32,
-                        pci_hole64: plan.memory.pci_hole64,
-                        com1: serial.is_some(),
-                    };
-                    Some(acpi::write_tables(&vm.memory, &cfg)?)
-                } else {
-                    None
+                // No PM block (e.g. `pc,acpi=off`): no ACPI tables, as with QEMU.
+                match (layout.pm_base, layout.gpe0) {
+                    (Some(pm_base), Some((gpe0_base, gpe0_len))) => {
+                        let cfg = AcpiConfig {
+                            family: plan.family,
+                            cpus: plan.cpus,
+                            pm_base,
+                            gpe0: (gpe0_base, gpe0_len.min(255) as u8),
+                            sci_irq: layout.sci_irq,
+                            ecam: layout.ecam,
+                            last_bus: layout.last_bus,
+                            pci_hole32: plan.memory.pci_hole32,
+                            pci_hole64: plan.memory.pci_hole64,
+                            com1: serial.is_some(),
+                        };
+                        Some(acpi::write_tables(&vm.memory, &cfg)?)
+                    }
+                    _ => None,
                 }
             }
             None => None,

@@ -45,7 +45,10 @@ pub enum SerialSpec {
     Null,
     File(PathBuf),
     /// `unix:PATH,server=on,wait=off`: listen on a socket, attach the first client.
-    UnixServer { path: PathBuf, wait: bool },
+    UnixServer {
+        path: PathBuf,
+        wait: bool,
+    },
     /// `none`: no serial port at all.
     None,
 }
@@ -65,9 +68,7 @@ pub enum CliError {
     ZeroMemory(String),
     #[error("-smp {0}: Parameter 'smp.cpus' expects integer")]
     BadCpus(String),
-    #[error(
-        "-smp {0}: Invalid CPU topology: CPU topology parameters must be greater than zero"
-    )]
+    #[error("-smp {0}: Invalid CPU topology: CPU topology parameters must be greater than zero")]
     ZeroCpus(String),
     #[error("-smp {0}: unsupported topology parameter '{1}'")]
     BadTopology(String, String),
@@ -454,9 +455,15 @@ mod tests {
         let cases = [
             ("-foo", "-foo: invalid option"),
             ("-m", "-m: requires an argument"),
-            ("-smp 0", "-smp 0: Invalid CPU topology: CPU topology parameters must be greater than zero"),
+            (
+                "-smp 0",
+                "-smp 0: Invalid CPU topology: CPU topology parameters must be greater than zero",
+            ),
             ("-smp abc", "-smp abc: Parameter 'smp.cpus' expects integer"),
-            ("-serial bogus:x", "-serial bogus:x: 'bogus:x' is not a valid char driver"),
+            (
+                "-serial bogus:x",
+                "-serial bogus:x: 'bogus:x' is not a valid char driver",
+            ),
             ("-m 0", "-m 0: memory size must be greater than zero"),
             ("stray", "stray: invalid option"),
         ];

@@ -62,9 +62,7 @@ impl KvmVm {
         for (slot, region) in memory.iter().enumerate() {
             let host = region
                 .get_host_address(vm_memory::MemoryRegionAddress(0))
-                .map_err(|_| {
-                    KvmVmError::Memory(MemoryError::NoRam)
-                })?;
+                .map_err(|_| KvmVmError::Memory(MemoryError::NoRam))?;
             let mem_region = kvm_userspace_memory_region {
                 slot: slot as u32,
                 guest_phys_addr: region.start_addr().0,

@@ -29,7 +29,11 @@ pub fn plan_request(
         ram_size: opts.ram_size,
         cpus: opts.cpus,
         devices,
-        serial: !matches!(serial, cli::SerialSpec::None),
+        serial: if opts.serial.is_empty() {
+            None
+        } else {
+            Some(!matches!(serial, cli::SerialSpec::None))
+        },
         ..Default::default()
     })
 }

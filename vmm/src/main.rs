@@ -58,10 +58,11 @@ fn run(args: Vec<String>, start: Instant) -> Result<u8, String> {
         Action::Run => {}
     }
 
-    // machina has no display: the console's home is the terminal unless told otherwise.
+    // machina has no display: the default console's home is the terminal. As in QEMU,
+    // -nodefaults drops the default serial port unless -serial names one.
     let serial = match opts.serial.first() {
         Some(spec) => spec.clone(),
-        None if opts.nodefaults && !opts.nographic => SerialSpec::None,
+        None if opts.nodefaults => SerialSpec::None,
         None => SerialSpec::Stdio,
     };
     let request = vmm::plan_request(&opts, &serial).map_err(|e| e.to_string())?;

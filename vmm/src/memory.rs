@@ -63,9 +63,7 @@ pub fn rss_split(memory: &GuestMemory) -> Option<(u64, u64)> {
     let guest: Vec<(u64, u64)> = memory
         .iter()
         .filter_map(|r| {
-            let host = r
-                .get_host_address(vm_memory::MemoryRegionAddress(0))
-                .ok()? as u64;
+            let host = r.get_host_address(vm_memory::MemoryRegionAddress(0)).ok()? as u64;
             Some((host, host + r.len()))
         })
         .collect();

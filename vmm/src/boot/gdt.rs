@@ -45,12 +45,15 @@ pub const GDT_LONG_MODE: [u64; 4] = [
     gdt_entry(0x808b, 0, 0xfffff),
 ];
 
-/// GDT for a PVH entry (32-bit protected mode): null, code32, data, TSS (limit 0x67).
+/// GDT for a PVH entry (32-bit protected mode): null, code32, data, TSS. The TSS keeps the
+/// x86 reset state's base 0 / limit 0xffff (what a guest inherits from firmware under QEMU):
+/// on PVM hosts a CPL 3 guest's port I/O is checked against the TSS I/O bitmap, and a
+/// 0x67-byte TSS would deny every port.
 pub const GDT_PVH: [u64; 4] = [
     0,
     gdt_entry(0xc09b, 0, 0xffff_ffff),
     gdt_entry(0xc093, 0, 0xffff_ffff),
-    gdt_entry(0x008b, 0, 0x67),
+    gdt_entry(0x008b, 0, 0xffff),
 ];
 
 #[cfg(test)]
@@ -62,7 +65,10 @@ mod tests {
         assert_eq!(GDT_LONG_MODE[1], 0x00af_9b00_0000_ffff);
         assert_eq!(GDT_PVH[1], 0x00cf_9b00_0000_ffff);
         let cs = segment_from_entry(GDT_LONG_MODE[1], 1);
-        assert_eq!((cs.selector, cs.l, cs.db, cs.type_, cs.present), (8, 1, 0, 0xb, 1));
+        assert_eq!(
+            (cs.selector, cs.l, cs.db, cs.type_, cs.present),
+            (8, 1, 0, 0xb, 1)
+        );
         assert_eq!(cs.limit, 0xffff_ffff);
         let ds = segment_from_entry(GDT_PVH[2], 2);
         assert_eq!((ds.selector, ds.db, ds.type_, ds.s), (0x10, 1, 3, 1));

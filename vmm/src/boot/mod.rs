@@ -207,9 +207,7 @@ pub fn load(mem: &GuestMemory, map: &MemoryMap, spec: &BootSpec) -> Result<Entry
             })?;
             load_image(mem, &mut file, &name)?
         }
-        KernelImage::Bundled(bytes) => {
-            load_image(mem, &mut std::io::Cursor::new(*bytes), &name)?
-        }
+        KernelImage::Bundled(bytes) => load_image(mem, &mut std::io::Cursor::new(*bytes), &name)?,
     };
 
     let initrd = match &spec.initrd {

@@ -87,7 +87,10 @@ impl Vcpu {
         }
         if let Stop::Failed(reason) = self.run_loop() {
             let registers = self.describe_registers();
-            eprintln!("machina: vCPU {} stopped: {reason}\n{registers}", self.index);
+            eprintln!(
+                "machina: vCPU {} stopped: {reason}\n{registers}",
+                self.index
+            );
             self.lifecycle.request(Request::Crash);
         }
     }

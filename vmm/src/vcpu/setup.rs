@@ -2,7 +2,9 @@
 //! FPU, and the local APIC's LINT0/LINT1 wiring.
 
 use crate::boot::gdt::{segment_from_entry, GDT_LONG_MODE, GDT_PVH};
-use crate::boot::{Entry, BOOT_STACK, GDT_ADDR, IDT_ADDR, PD, PDPT, PML4, PVH_START_INFO, ZERO_PAGE};
+use crate::boot::{
+    Entry, BOOT_STACK, GDT_ADDR, IDT_ADDR, PD, PDPT, PML4, PVH_START_INFO, ZERO_PAGE,
+};
 use crate::memory::GuestMemory;
 use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_regs, Msrs};
 use kvm_ioctls::VcpuFd;
@@ -123,16 +125,16 @@ pub fn setup_common(vcpu: &VcpuFd) -> Result<()> {
 
     // The MSRs Linux expects zeroed or set at entry (what firmware leaves behind).
     let entries = [
-        (0x174, 0),           // IA32_SYSENTER_CS
-        (0x175, 0),           // IA32_SYSENTER_ESP
-        (0x176, 0),           // IA32_SYSENTER_EIP
-        (0xc000_0081, 0),     // STAR
-        (0xc000_0082, 0),     // LSTAR
-        (0xc000_0083, 0),     // CSTAR
-        (0xc000_0102, 0),     // KERNEL_GS_BASE
-        (0xc000_0084, 0),     // SYSCALL_MASK
-        (0x10, 0),            // TSC
-        (0x1a0, 1),           // IA32_MISC_ENABLE: fast strings
+        (0x174, 0),                     // IA32_SYSENTER_CS
+        (0x175, 0),                     // IA32_SYSENTER_ESP
+        (0x176, 0),                     // IA32_SYSENTER_EIP
+        (0xc000_0081, 0),               // STAR
+        (0xc000_0082, 0),               // LSTAR
+        (0xc000_0083, 0),               // CSTAR
+        (0xc000_0102, 0),               // KERNEL_GS_BASE
+        (0xc000_0084, 0),               // SYSCALL_MASK
+        (0x10, 0),                      // TSC
+        (0x1a0, 1),                     // IA32_MISC_ENABLE: fast strings
         (0x277, 0x0007_0406_0007_0406), // IA32_PAT power-on value
     ];
     let msr_entries: Vec<kvm_msr_entry> = entries
