@@ -1,1 +1,33 @@
-//! placeholder
+//! QMP, the QEMU Machine Protocol, as machina serves it: transports, QEMU's
+//! JSON dialect, capabilities negotiation, schema-checked dispatch to handlers
+//! the VMM registers, `query-qmp-schema` introspection, and events.
+//!
+//! See README.md for the VMM-facing API.
+
+mod builtins;
+pub mod endpoint;
+pub mod error;
+pub mod events;
+pub mod parser;
+pub mod protocol;
+pub mod registry;
+pub mod schema;
+pub mod server;
+pub mod session;
+pub mod transport;
+pub mod validate;
+pub mod writer;
+
+pub use builtins::version_info_type;
+pub use endpoint::{resolve_monitors, ChardevSpec, MonMode, MonSpec, QmpEndpoint};
+pub use error::{EndpointError, ErrorClass, QmpError, RegistryError, ServerError};
+pub use events::{EventBus, Timestamp};
+pub use protocol::ServerConfig;
+pub use registry::{Handler, Registry};
+pub use schema::{CommandDef, EnumType, EventDef, Member, ObjectType, Type, Variants};
+pub use server::Server;
+pub use session::Session;
+pub use transport::BoundAddr;
+
+/// Re-exported so handlers can name argument maps without a direct dependency.
+pub use serde_json::{Map, Value};

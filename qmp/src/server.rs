@@ -1,0 +1,404 @@
+//! The QMP server: listeners, one reader and one writer thread per client, and
+//! an orderly shutdown that flushes what clients are owed.
+
+use crate::endpoint::QmpEndpoint;
+use crate::error::ServerError;
+use crate::events::{ClientPort, EventBus, Outgoing};
+use crate::parser::JsonStreamParser;
+use crate::protocol::{self, ServerConfig, CURRENT_CLIENT};
+use crate::registry::Registry;
+use crate::session::Session;
+use crate::transport::{self, BoundAddr, Conn, Listener};
+use serde_json::Value;
+use std::io::{ErrorKind, Read, Write};
+use std::net::Shutdown;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::channel;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+struct ListenerCtl {
+    listener: Arc<Listener>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+struct SessionCtl {
+    port: Arc<ClientPort>,
+    /// A handle on the socket to unblock the reader; `None` for stdio.
+    conn: Option<Conn>,
+    /// Held while a command runs, so shutdown can wait for it.
+    busy: Arc<Mutex<()>>,
+    reader: Option<JoinHandle<()>>,
+    writer: Option<JoinHandle<()>>,
+}
+
+impl SessionCtl {
+    fn finished(&self) -> bool {
+        self.reader.as_ref().is_none_or(JoinHandle::is_finished)
+            && self.writer.as_ref().is_none_or(JoinHandle::is_finished)
+    }
+}
+
+struct Shared {
+    config: ServerConfig,
+    registry: Registry,
+    schema: OnceLock<Value>,
+    events: EventBus,
+    machine_ready: AtomicBool,
+    stopping: AtomicBool,
+    next_client: AtomicU64,
+    listeners: Mutex<Vec<ListenerCtl>>,
+    sessions: Mutex<Vec<SessionCtl>>,
+}
+
+/// A QMP server. Cheap to clone (all clones are the same server).
+#[derive(Clone)]
+pub struct Server {
+    shared: Arc<Shared>,
+}
+
+impl Server {
+    /// A server for `registry`'s commands, reporting QEMU 10.2.2 / "machina-VERSION".
+    pub fn new(registry: Registry) -> Self {
+        Self::with_config(registry, ServerConfig::default())
+    }
+
+    pub fn with_config(registry: Registry, config: ServerConfig) -> Self {
+        Server {
+            shared: Arc::new(Shared {
+                config,
+                registry,
+                schema: OnceLock::new(),
+                events: EventBus::new(),
+                machine_ready: AtomicBool::new(true),
+                stopping: AtomicBool::new(false),
+                next_client: AtomicU64::new(1),
+                listeners: Mutex::new(Vec::new()),
+                sessions: Mutex::new(Vec::new()),
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &ServerConfig {
+        &self.shared.config
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.shared.registry
+    }
+
+    /// The `query-qmp-schema` value, computed once.
+    pub fn schema(&self) -> &Value {
+        self.shared
+            .schema
+            .get_or_init(|| self.shared.registry.schema())
+    }
+
+    pub fn events(&self) -> &EventBus {
+        &self.shared.events
+    }
+
+    /// With `--preconfig`, set false before serving and true in `x-exit-preconfig`:
+    /// until then only `allow_preconfig` commands run.
+    pub fn set_machine_ready(&self, ready: bool) {
+        self.shared.machine_ready.store(ready, Ordering::SeqCst);
+    }
+
+    pub fn machine_ready(&self) -> bool {
+        self.shared.machine_ready.load(Ordering::SeqCst)
+    }
+
+    fn stopping(&self) -> bool {
+        self.shared.stopping.load(Ordering::SeqCst)
+    }
+
+    /// Connected clients.
+    pub fn client_count(&self) -> usize {
+        lock(&self.shared.sessions)
+            .iter()
+            .filter(|s| s.port.is_open())
+            .count()
+    }
+
+    /// Starts serving `ep`. Listening sockets accept any number of clients on a
+    /// background thread; with `wait: true` this first blocks until one connects.
+    pub fn listen(&self, ep: &QmpEndpoint) -> Result<BoundAddr, ServerError> {
+        if self.stopping() {
+            return Err(ServerError::ShutDown);
+        }
+        let (listener, wait) = match ep {
+            QmpEndpoint::Stdio => {
+                self.serve_stdio();
+                return Ok(BoundAddr::Stdio);
+            }
+            QmpEndpoint::Unix { path, server, wait } => {
+                if !*server {
+                    self.serve_conn(transport::connect_unix(path)?)?;
+                    return Ok(BoundAddr::Connected);
+                }
+                (transport::bind_unix(path)?, *wait)
+            }
+            QmpEndpoint::Tcp {
+                host,
+                port,
+                server,
+                wait,
+            } => {
+                if !*server {
+                    self.serve_conn(transport::connect_tcp(host, *port)?)?;
+                    return Ok(BoundAddr::Connected);
+                }
+                (transport::bind_tcp(host, *port)?, *wait)
+            }
+            QmpEndpoint::Fd { fd, server, wait } => match transport::from_fd(*fd, *server)? {
+                Ok(l) => (l, *wait),
+                Err(conn) => {
+                    self.serve_conn(conn)?;
+                    return Ok(BoundAddr::Connected);
+                }
+            },
+        };
+        let addr = match (&listener, ep) {
+            (_, QmpEndpoint::Fd { fd, .. }) => BoundAddr::Fd(*fd),
+            (l, _) => l.addr(),
+        };
+        let listener = Arc::new(listener);
+        if wait {
+            // `wait=on`: the VMM does not proceed until a client is there.
+            let conn = listener.accept()?;
+            self.serve_conn(conn)?;
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let server = self.clone();
+            let listener = listener.clone();
+            let stop = stop.clone();
+            thread::Builder::new()
+                .name("qmp-accept".into())
+                .spawn(move || server.accept_loop(&listener, &stop))?
+        };
+        lock(&self.shared.listeners).push(ListenerCtl {
+            listener,
+            stop,
+            thread: Some(thread),
+        });
+        Ok(addr)
+    }
+
+    fn accept_loop(&self, listener: &Listener, stop: &AtomicBool) {
+        loop {
+            let r = listener.accept();
+            if stop.load(Ordering::SeqCst) || self.stopping() {
+                break;
+            }
+            match r {
+                Ok(conn) => {
+                    // One bad connection must not stop the listener.
+                    let _ = self.serve_conn(conn);
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                // E.g. out of file descriptors: back off instead of spinning.
+                Err(_) => thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    }
+
+    fn serve_conn(&self, conn: Conn) -> Result<u64, ServerError> {
+        let reader = conn.try_clone()?;
+        let ctl = conn.try_clone()?;
+        Ok(self.start_session(Box::new(reader), Box::new(conn), Some(ctl), true))
+    }
+
+    /// Serves QMP on stdin/stdout (`-qmp stdio`); `oob` is not offered there.
+    pub fn serve_stdio(&self) -> u64 {
+        self.start_session(
+            Box::new(std::io::stdin()),
+            Box::new(std::io::stdout()),
+            None,
+            false,
+        )
+    }
+
+    /// Serves one client over any byte stream (custom transports, tests).
+    /// Returns the client id.
+    pub fn serve_stream(
+        &self,
+        reader: impl Read + Send + 'static,
+        writer: impl Write + Send + 'static,
+        oob_offered: bool,
+    ) -> u64 {
+        self.start_session(Box::new(reader), Box::new(writer), None, oob_offered)
+    }
+
+    fn start_session(
+        &self,
+        mut reader: Box<dyn Read + Send>,
+        mut writer: Box<dyn Write + Send>,
+        conn: Option<Conn>,
+        oob_offered: bool,
+    ) -> u64 {
+        let id = self.shared.next_client.fetch_add(1, Ordering::SeqCst);
+        let (tx, rx) = channel();
+        let port = Arc::new(ClientPort::new(id, tx));
+        port.send(self.config().greeting(oob_offered));
+        self.events().subscribe(port.clone());
+        let busy = Arc::new(Mutex::new(()));
+
+        let w_port = port.clone();
+        let w_conn = conn.as_ref().and_then(|c| c.try_clone().ok());
+        let writer_thread = thread::Builder::new()
+            .name(format!("qmp-out-{id}"))
+            .spawn(move || {
+                while let Ok(Outgoing::Line(line)) = rx.recv() {
+                    let ok = writer
+                        .write_all(line.as_bytes())
+                        .and_then(|()| writer.flush())
+                        .is_ok();
+                    w_port.written(line.len());
+                    if !ok {
+                        // The client is gone: stop its reader as well.
+                        w_port.close();
+                        if let Some(c) = &w_conn {
+                            c.shutdown(Shutdown::Both);
+                        }
+                        return;
+                    }
+                }
+                if let Some(c) = &w_conn {
+                    c.shutdown(Shutdown::Write);
+                }
+            })
+            .ok();
+
+        let server = self.clone();
+        let r_port = port.clone();
+        let r_busy = busy.clone();
+        let r_conn = conn.as_ref().and_then(|c| c.try_clone().ok());
+        let reader_thread = thread::Builder::new()
+            .name(format!("qmp-in-{id}"))
+            .spawn(move || {
+                let mut session = Session::new(server.clone(), r_port.clone(), oob_offered);
+                server.read_loop(&mut *reader, &mut session, &r_port, &r_busy);
+                r_port.close();
+                server.events().unsubscribe(id);
+                if let Some(c) = &r_conn {
+                    c.shutdown(Shutdown::Read);
+                }
+            })
+            .ok();
+
+        if reader_thread.is_none() {
+            port.close();
+        }
+        let mut sessions = lock(&self.shared.sessions);
+        // Reap clients that are gone.
+        sessions.retain_mut(|s| {
+            if s.finished() {
+                if let Some(t) = s.reader.take() {
+                    let _ = t.join();
+                }
+                if let Some(t) = s.writer.take() {
+                    let _ = t.join();
+                }
+                false
+            } else {
+                true
+            }
+        });
+        sessions.push(SessionCtl {
+            port,
+            conn,
+            busy,
+            reader: reader_thread,
+            writer: writer_thread,
+        });
+        id
+    }
+
+    fn read_loop(
+        &self,
+        reader: &mut dyn Read,
+        session: &mut Session,
+        port: &ClientPort,
+        busy: &Mutex<()>,
+    ) {
+        let mut parser = JsonStreamParser::new();
+        let mut buf = vec![0u8; 16 << 10];
+        let mut msgs = Vec::new();
+        loop {
+            let n = match reader.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(_) => return,
+            };
+            parser.feed(&buf[..n], &mut msgs);
+            for msg in msgs.drain(..) {
+                let _guard = lock(busy);
+                if self.stopping() || !port.is_open() {
+                    return;
+                }
+                // A panicking handler costs its client one error, not the server.
+                let line =
+                    catch_unwind(AssertUnwindSafe(|| protocol::handle_message(session, msg)))
+                        .unwrap_or_else(|_| {
+                            CURRENT_CLIENT.with(|c| c.set(None));
+                            protocol::internal_error_line()
+                        });
+                if !port.send(line) || self.stopping() {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Stops accepting, lets running commands finish, flushes every client's
+    /// pending output, then disconnects them and removes socket files. Call it
+    /// before the process exits (after `quit`), preferably not from a handler:
+    /// from a handler, that handler's own client is closed after its response.
+    pub fn shutdown(&self) {
+        if self.shared.stopping.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let listeners: Vec<ListenerCtl> = lock(&self.shared.listeners).drain(..).collect();
+        for mut l in listeners {
+            l.stop.store(true, Ordering::SeqCst);
+            if l.listener.wake() {
+                if let Some(t) = l.thread.take() {
+                    let _ = t.join();
+                }
+            }
+            l.listener.cleanup();
+        }
+        let me = CURRENT_CLIENT.with(|c| c.get());
+        let sessions: Vec<SessionCtl> = lock(&self.shared.sessions).drain(..).collect();
+        for mut s in sessions {
+            if Some(s.port.id) == me {
+                continue;
+            }
+            drop(lock(&s.busy));
+            s.port.close();
+            if let Some(c) = &s.conn {
+                // Don't hang on a client that stopped reading.
+                c.set_write_timeout(Some(Duration::from_secs(1)));
+                c.shutdown(Shutdown::Read);
+            }
+            if let Some(t) = s.writer.take() {
+                let _ = t.join();
+            }
+            if let Some(c) = &s.conn {
+                c.shutdown(Shutdown::Both);
+                if let Some(t) = s.reader.take() {
+                    let _ = t.join();
+                }
+            }
+        }
+    }
+}

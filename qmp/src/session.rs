@@ -1,0 +1,61 @@
+//! The per-client context handed to command handlers.
+
+use crate::events::{ClientPort, EventBus};
+use crate::server::Server;
+use std::sync::Arc;
+
+/// One QMP connection: its negotiation state and a handle on the server.
+pub struct Session {
+    server: Server,
+    port: Arc<ClientPort>,
+    oob_offered: bool,
+    oob_enabled: bool,
+    negotiated: bool,
+}
+
+impl Session {
+    pub(crate) fn new(server: Server, port: Arc<ClientPort>, oob_offered: bool) -> Self {
+        Session {
+            server,
+            port,
+            oob_offered,
+            oob_enabled: false,
+            negotiated: false,
+        }
+    }
+
+    /// A number unique to this connection for the server's lifetime.
+    pub fn client_id(&self) -> u64 {
+        self.port.id
+    }
+
+    pub fn server(&self) -> &Server {
+        &self.server
+    }
+
+    /// Events emitted here reach this client before the running command's response.
+    pub fn events(&self) -> &EventBus {
+        self.server.events()
+    }
+
+    /// True once `qmp_capabilities` has succeeded.
+    pub fn negotiated(&self) -> bool {
+        self.negotiated
+    }
+
+    /// Whether the greeting offered the `oob` capability (sockets: yes; stdio: no).
+    pub fn oob_offered(&self) -> bool {
+        self.oob_offered
+    }
+
+    /// Whether the client enabled `oob` during negotiation.
+    pub fn oob_enabled(&self) -> bool {
+        self.oob_enabled
+    }
+
+    pub(crate) fn complete_negotiation(&mut self, oob: bool) {
+        self.negotiated = true;
+        self.oob_enabled = oob;
+        self.port.set_negotiated();
+    }
+}

@@ -1,0 +1,230 @@
+//! Sockets: binding (unix, tcp, inherited fd), accepting, and the byte streams
+//! a session reads and writes.
+
+use crate::error::ServerError;
+use std::fs;
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::io::{FromRawFd, IntoRawFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Where a server ended up listening (or that it connected / serves stdio).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BoundAddr {
+    Unix(PathBuf),
+    Tcp(SocketAddr),
+    /// An inherited listening fd.
+    Fd(RawFd),
+    /// Client mode: connected to a listening peer.
+    Connected,
+    Stdio,
+}
+
+/// A connected stream.
+pub(crate) enum Conn {
+    Unix(UnixStream),
+    Tcp(TcpStream),
+}
+
+impl Conn {
+    pub(crate) fn try_clone(&self) -> io::Result<Conn> {
+        Ok(match self {
+            Conn::Unix(s) => Conn::Unix(s.try_clone()?),
+            Conn::Tcp(s) => Conn::Tcp(s.try_clone()?),
+        })
+    }
+
+    pub(crate) fn shutdown(&self, how: Shutdown) {
+        let _ = match self {
+            Conn::Unix(s) => s.shutdown(how),
+            Conn::Tcp(s) => s.shutdown(how),
+        };
+    }
+
+    pub(crate) fn set_write_timeout(&self, d: Option<Duration>) {
+        let _ = match self {
+            Conn::Unix(s) => s.set_write_timeout(d),
+            Conn::Tcp(s) => s.set_write_timeout(d),
+        };
+    }
+}
+
+impl Read for Conn {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Conn::Unix(s) => s.read(buf),
+            Conn::Tcp(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Conn {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Conn::Unix(s) => s.write(buf),
+            Conn::Tcp(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Conn::Unix(s) => s.flush(),
+            Conn::Tcp(s) => s.flush(),
+        }
+    }
+}
+
+/// A listening socket.
+pub(crate) enum Listener {
+    /// `owned_path`: the socket file we created, removed on shutdown.
+    Unix(UnixListener, Option<PathBuf>),
+    Tcp(TcpListener),
+}
+
+impl Listener {
+    pub(crate) fn accept(&self) -> io::Result<Conn> {
+        match self {
+            Listener::Unix(l, _) => l.accept().map(|(s, _)| Conn::Unix(s)),
+            Listener::Tcp(l) => {
+                let (s, _) = l.accept()?;
+                let _ = s.set_nodelay(true);
+                Ok(Conn::Tcp(s))
+            }
+        }
+    }
+
+    pub(crate) fn addr(&self) -> BoundAddr {
+        match self {
+            Listener::Unix(l, path) => match path {
+                Some(p) => BoundAddr::Unix(p.clone()),
+                None => l
+                    .local_addr()
+                    .ok()
+                    .and_then(|a| a.as_pathname().map(Path::to_path_buf))
+                    .map(BoundAddr::Unix)
+                    .unwrap_or(BoundAddr::Connected),
+            },
+            Listener::Tcp(l) => l
+                .local_addr()
+                .map(BoundAddr::Tcp)
+                .unwrap_or(BoundAddr::Connected),
+        }
+    }
+
+    /// Unblocks a thread sitting in `accept` by connecting to ourselves.
+    pub(crate) fn wake(&self) -> bool {
+        match self {
+            Listener::Unix(l, _) => l
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_pathname().map(UnixStream::connect))
+                .is_some_and(|r| r.is_ok()),
+            Listener::Tcp(l) => {
+                let Ok(mut addr) = l.local_addr() else {
+                    return false;
+                };
+                if addr.ip().is_unspecified() {
+                    addr.set_ip(match addr.ip() {
+                        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+                        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+                    });
+                }
+                TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok()
+            }
+        }
+    }
+
+    /// Removes the socket file we created (QEMU does so at exit too).
+    pub(crate) fn cleanup(&self) {
+        if let Listener::Unix(_, Some(path)) = self {
+            if is_socket(path) {
+                let _ = fs::remove_file(path);
+            }
+        }
+    }
+}
+
+fn is_socket(path: &Path) -> bool {
+    fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket())
+}
+
+/// Binds a unix socket, replacing a stale file, readable by the owner only.
+pub(crate) fn bind_unix(path: &Path) -> Result<Listener, ServerError> {
+    let err = |source| ServerError::Bind {
+        addr: path.display().to_string(),
+        source,
+    };
+    if let Ok(meta) = fs::symlink_metadata(path) {
+        if !meta.is_dir() {
+            fs::remove_file(path).map_err(err)?;
+        }
+    }
+    let l = UnixListener::bind(path).map_err(err)?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(err)?;
+    Ok(Listener::Unix(l, Some(path.to_path_buf())))
+}
+
+pub(crate) fn bind_tcp(host: &str, port: u16) -> Result<Listener, ServerError> {
+    let host = if host.is_empty() { "0.0.0.0" } else { host };
+    let l = TcpListener::bind((host, port)).map_err(|source| ServerError::Bind {
+        addr: format!("{host}:{port}"),
+        source,
+    })?;
+    Ok(Listener::Tcp(l))
+}
+
+pub(crate) fn connect_unix(path: &Path) -> Result<Conn, ServerError> {
+    UnixStream::connect(path)
+        .map(Conn::Unix)
+        .map_err(|source| ServerError::Connect {
+            addr: path.display().to_string(),
+            source,
+        })
+}
+
+pub(crate) fn connect_tcp(host: &str, port: u16) -> Result<Conn, ServerError> {
+    let host = if host.is_empty() { "localhost" } else { host };
+    TcpStream::connect((host, port))
+        .map(Conn::Tcp)
+        .map_err(|source| ServerError::Connect {
+            addr: format!("{host}:{port}"),
+            source,
+        })
+}
+
+/// Takes ownership of an inherited socket: a listener, or (`server: false`) a connection.
+pub(crate) fn from_fd(fd: RawFd, server: bool) -> Result<Result<Listener, Conn>, ServerError> {
+    if fd < 0 {
+        return Err(ServerError::BadFd(fd));
+    }
+    if server {
+        // SAFETY: the VMM was handed `fd` on its command line to own; nothing else
+        // in this process uses it, so wrapping it transfers that ownership here.
+        let ul = unsafe { UnixListener::from_raw_fd(fd) };
+        if ul.local_addr().is_ok() {
+            return Ok(Ok(Listener::Unix(ul, None)));
+        }
+        let fd = ul.into_raw_fd();
+        // SAFETY: same descriptor, ownership handed back by `into_raw_fd` above.
+        let tl = unsafe { TcpListener::from_raw_fd(fd) };
+        if tl.local_addr().is_ok() {
+            return Ok(Ok(Listener::Tcp(tl)));
+        }
+        return Err(ServerError::BadFd(fd));
+    }
+    // SAFETY: as above; an owned, connected socket passed by the parent.
+    let us = unsafe { UnixStream::from_raw_fd(fd) };
+    if us.local_addr().is_ok() {
+        return Ok(Err(Conn::Unix(us)));
+    }
+    let fd = us.into_raw_fd();
+    // SAFETY: same descriptor, ownership handed back by `into_raw_fd` above.
+    let ts = unsafe { TcpStream::from_raw_fd(fd) };
+    if ts.local_addr().is_ok() {
+        return Ok(Err(Conn::Tcp(ts)));
+    }
+    Err(ServerError::BadFd(fd))
+}
