@@ -49,6 +49,7 @@ pub use machine_types::{CompatProperty, MachineType, MachineTypeDef};
 pub use memory::split_ram;
 pub use options::{OptionDef, OptionSupport, ResolvedOptions};
 pub use plan::*;
+pub use planner::Pluggable;
 pub use properties::{format_devfn, parse_devfn, parse_size, PropType, PropertyDef};
 pub use request::{DeviceRequest, DeviceSyntax, PlanRequest};
 

@@ -192,6 +192,54 @@ impl Catalog {
     }
 }
 
+/// A device type that can go on a bus, and where (`Catalog::pluggable`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pluggable {
+    pub type_name: String,
+    pub slot: u8,
+    pub function: u8,
+    /// Set for virtio types: the mode the device would get there.
+    pub virtio: Option<VirtioMode>,
+    /// QEMU warnings and libvirt-rule mismatches for this placement (empty: libvirt would
+    /// place the type there too).
+    pub advisories: Vec<Advisory>,
+}
+
+impl Catalog {
+    /// Which user-creatable PCI device types could be plugged on bus `bus` of `plan` (cold or
+    /// hot), with the address QEMU would pick and the virtio mode they would get. Types whose
+    /// creation needs properties (a `pci-bridge` needs `chassis_nr`) are tried with none and
+    /// so are left out. Unknown bus: QEMU's "Bus '...' not found".
+    pub fn pluggable(
+        &self,
+        plan: &Plan,
+        bus: &str,
+        hotplug: bool,
+    ) -> Result<Vec<Pluggable>, PlanError> {
+        if plan.bus(bus).is_none() {
+            return Err(PlanError::BusNotFound(bus.to_string()));
+        }
+        let candidates: Vec<DeviceRequest> = self
+            .device_types()
+            .iter()
+            .filter(|t| t.is_pci() && t.user_creatable && !t.is_abstract)
+            .map(|t| DeviceRequest::new(&t.name).prop("bus", bus))
+            .collect();
+        Ok(self
+            .place(plan, &candidates, hotplug)
+            .into_iter()
+            .filter_map(Result::ok)
+            .map(|p| Pluggable {
+                type_name: p.type_name,
+                slot: p.slot,
+                function: p.function,
+                virtio: p.virtio,
+                advisories: p.advisories,
+            })
+            .collect())
+    }
+}
+
 impl<'a> Ctx<'a> {
     /// Rebuild the planning state from a finished plan (for `place`).
     fn from_plan(catalog: &'a Catalog, machine: &'a MachineType, plan: &Plan) -> Ctx<'a> {
@@ -440,6 +488,14 @@ impl<'a> Ctx<'a> {
                     });
                 }
                 virtio = Some(r.mode);
+                // Realize writes the resolved mode back into the properties.
+                if props.contains_key("disable-legacy") {
+                    let v = if r.mode.legacy { "off" } else { "on" };
+                    props.insert("disable-legacy".to_string(), v.to_string());
+                }
+                if props.contains_key("disable-modern") {
+                    props.insert("disable-modern".to_string(), (!r.mode.modern).to_string());
+                }
                 virtio_mode::identity(v, &r.mode, pci.class)
             }
             None => PciIdentity {

@@ -74,3 +74,40 @@ fn queries_are_independent() {
         1
     );
 }
+
+#[test]
+fn pluggable_types_per_bus() {
+    let c = Catalog::builtin();
+    let plan = c
+        .plan(&request("q35 -nodefaults -device pcie-root-port,id=rp,chassis=1").unwrap())
+        .unwrap();
+    let names = |bus: &str, hotplug: bool| -> Vec<String> {
+        c.pluggable(&plan, bus, hotplug)
+            .unwrap()
+            .into_iter()
+            .filter(|p| p.advisories.is_empty())
+            .map(|p| p.type_name)
+            .collect()
+    };
+    // libvirt-clean endpoints behind a root port: PCIe devices, not transitional virtio.
+    let rp = names("rp", true);
+    assert!(rp.contains(&"virtio-net-pci".to_string()));
+    assert!(rp.contains(&"e1000e".to_string()));
+    assert!(rp.contains(&"x3130-upstream".to_string()));
+    assert!(!rp.contains(&"virtio-net-pci-transitional".to_string()));
+    assert!(!rp.contains(&"e1000".to_string()));
+    // Nothing can be hot-plugged on pcie.0; cold-plugged root ports are fine.
+    assert!(c.pluggable(&plan, "pcie.0", true).unwrap().is_empty());
+    assert!(names("pcie.0", false).contains(&"pcie-root-port".to_string()));
+    assert_eq!(
+        c.pluggable(&plan, "nope", false).unwrap_err().to_string(),
+        "Bus 'nope' not found"
+    );
+    let vn = c
+        .pluggable(&plan, "rp", false)
+        .unwrap()
+        .into_iter()
+        .find(|p| p.type_name == "virtio-net-pci")
+        .unwrap();
+    assert!(!vn.virtio.unwrap().legacy);
+}
