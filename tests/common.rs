@@ -1,4 +1,5 @@
 // Shared by the integration test targets (included with `mod common;`).
+#![allow(dead_code)] // each test target uses a different part of these helpers
 
 use machina_tests::RunResult;
 use std::path::PathBuf;

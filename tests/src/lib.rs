@@ -120,7 +120,7 @@ pub fn parse_pci_lines(stdout: &str) -> Vec<GuestPciFunction> {
             let mut words = rest.split_whitespace();
             let bdf = words.next()?.to_string();
             let vendor_device = words.next()?.to_string();
-            let mut field = |key: &str| {
+            let field = |key: &str| {
                 rest.split_whitespace()
                     .find_map(|w| w.strip_prefix(key))
                     .map(str::to_string)

@@ -262,7 +262,7 @@ pub fn write_tables(mem: &GuestMemory, cfg: &AcpiConfig) -> Result<u64, AcpiErro
     let mut image: Vec<u8> = Vec::new();
     let place = |image: &mut Vec<u8>, table: &[u8]| -> u64 {
         // Tables are 16-byte aligned; the RSDP must be.
-        while image.len() % 16 != 0 {
+        while !image.len().is_multiple_of(16) {
             image.push(0);
         }
         let addr = ACPI_START + image.len() as u64;

@@ -14,7 +14,7 @@ pub const fn gdt_entry(flags: u16, base: u32, limit: u32) -> u64 {
 
 /// The hidden part of a segment register that loading `entry` from slot `index` would give.
 pub fn segment_from_entry(entry: u64, index: u8) -> kvm_segment {
-    let base = (((entry >> 16) & 0x00ff_ffff) | ((entry >> 32) & 0xff00_0000)) as u64;
+    let base = ((entry >> 16) & 0x00ff_ffff) | ((entry >> 32) & 0xff00_0000);
     let mut limit = ((entry & 0xffff) | ((entry >> 32) & 0x000f_0000)) as u32;
     let granularity = ((entry >> 55) & 1) as u8;
     if granularity == 1 {
