@@ -67,6 +67,13 @@ fn run(args: Vec<String>, start: Instant) -> Result<u8, String> {
     };
     let request = vmm::plan_request(&opts, &serial).map_err(|e| e.to_string())?;
     let plan = catalog.plan(&request).map_err(|e| e.to_string())?;
+    if plan.family == machine::Family::None && !opts.start_paused {
+        // QEMU's `none` has no chipset, console or firmware interface: nothing could run.
+        return Err(format!(
+            "machine type '{}' has no chipset to boot a kernel on; use it with -S to inspect it",
+            plan.machine
+        ));
+    }
     let console = Console::open(&serial).map_err(|e| e.to_string())?;
     let trace_start = std::env::var_os("MACHINA_TRACE").map(|_| start);
     let outcome = runner::run(
