@@ -1,8 +1,4 @@
-//! QMP, the QEMU Machine Protocol, as machina serves it: transports, QEMU's
-//! JSON dialect, capabilities negotiation, schema-checked dispatch to handlers
-//! the VMM registers, `query-qmp-schema` introspection, and events.
-//!
-//! See README.md for the VMM-facing API.
+#![doc = include_str!("../README.md")]
 
 mod builtins;
 pub mod endpoint;

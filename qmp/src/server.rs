@@ -352,7 +352,11 @@ impl Server {
                             CURRENT_CLIENT.with(|c| c.set(None));
                             protocol::internal_error_line()
                         });
-                if !port.send(line) || self.stopping() {
+                if !port.send(line) {
+                    return;
+                }
+                session.after_response();
+                if self.stopping() {
                     return;
                 }
             }

@@ -11,6 +11,9 @@ pub struct Session {
     oob_offered: bool,
     oob_enabled: bool,
     negotiated: bool,
+    /// Set when negotiation just completed: events start flowing only after the
+    /// `qmp_capabilities` response is queued, as under QEMU's big lock.
+    subscribe_pending: bool,
 }
 
 impl Session {
@@ -21,6 +24,7 @@ impl Session {
             oob_offered,
             oob_enabled: false,
             negotiated: false,
+            subscribe_pending: false,
         }
     }
 
@@ -56,6 +60,13 @@ impl Session {
     pub(crate) fn complete_negotiation(&mut self, oob: bool) {
         self.negotiated = true;
         self.oob_enabled = oob;
-        self.port.set_negotiated();
+        self.subscribe_pending = true;
+    }
+
+    /// Called once the response to the current command is queued.
+    pub(crate) fn after_response(&mut self) {
+        if std::mem::take(&mut self.subscribe_pending) {
+            self.port.set_negotiated();
+        }
     }
 }
