@@ -164,8 +164,6 @@ pub enum EndpointError {
     BadBool { key: String },
     #[error("chardev '{0}' not found")]
     NoSuchChardev(String),
-    #[error("Invalid parameter '{0}'")]
-    UnknownOption(String),
 }
 
 /// Registry construction errors (programming errors of the VMM, caught at startup).
