@@ -25,6 +25,7 @@ pub const HEADER_SIZE: usize = 0x40;
 pub const PRIMARY_BUS: usize = 0x18;
 pub const SECONDARY_BUS: usize = 0x19;
 pub const SUBORDINATE_BUS: usize = 0x1a;
+pub const SEC_LATENCY_TIMER: usize = 0x1b;
 pub const IO_BASE: usize = 0x1c;
 pub const IO_LIMIT: usize = 0x1d;
 pub const SEC_STATUS: usize = 0x1e;
@@ -50,6 +51,7 @@ pub const COMMAND_INTX_DISABLE: u16 = 0x400;
 
 pub const STATUS_INTERRUPT: u16 = 0x08;
 pub const STATUS_CAP_LIST: u16 = 0x10;
+pub const STATUS_66MHZ: u16 = 0x20;
 pub const STATUS_FAST_BACK: u16 = 0x80;
 pub const STATUS_PARITY: u16 = 0x100;
 pub const STATUS_DEVSEL_MEDIUM: u16 = 0x200;
