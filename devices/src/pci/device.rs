@@ -1,10 +1,13 @@
 //! The `PciFunction` trait every model implements, the chipset windows a function can ask the
 //! host to map, and the generic endpoint used for functions whose behaviour is not modelled.
 
+use super::bridge::PciBridge;
 use super::config::{BarDef, PciConfig};
+use super::interrupt::MsiSink;
 use super::PciError;
 use crate::bus::SharedDevice;
 use machine::PciIdentity;
+use std::sync::Arc;
 
 /// Which bus a window lives on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -65,6 +68,20 @@ pub trait PciFunction: Send {
     /// Non-BAR ranges the function decodes right now.
     fn windows(&self) -> Vec<Window> {
         Vec::new()
+    }
+
+    /// Where the function sends MSI/MSI-X messages; functions without them ignore it.
+    fn set_msi_sink(&mut self, _sink: Arc<dyn MsiSink>) {}
+
+    /// The level this function drives on its INTx pin, for models whose line the host
+    /// samples after each config access (bridges); None for models that do not.
+    fn intx_level(&self) -> Option<bool> {
+        None
+    }
+
+    /// The bridge model, for the host's bus-topology bookkeeping.
+    fn as_bridge_mut(&mut self) -> Option<&mut PciBridge> {
+        None
     }
 }
 

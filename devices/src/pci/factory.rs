@@ -55,7 +55,7 @@ pub(crate) fn build(
         }
         "ich9-ahci" => plain(shared(ahci::Ich9Ahci::new(f)?)),
         "ICH9-SMB" => plain(shared(ich9_smbus::Ich9Smbus::new(f)?)),
-        name if bridge::is_bridge_type(name) => plain(bridge::build(f, express_bus)?),
+        name if bridge::is_bridge_type(name) => plain(bridge::build(f)?),
         _ => {
             let (bars, pin, express) = endpoint_layout(f, express_bus);
             plain(shared(GenericEndpoint::new(

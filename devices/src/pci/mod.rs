@@ -2,6 +2,8 @@
 //! ECAM), BAR mapping, INTx routing and the firmware step that programs what SeaBIOS would.
 
 pub mod bridge;
+pub mod bridges;
+pub mod caps;
 pub mod config;
 pub mod config_io;
 pub mod device;
@@ -11,8 +13,13 @@ pub mod firmware;
 pub mod host;
 pub mod interrupt;
 pub mod msi;
+pub mod ports;
+pub mod props;
 pub mod regs;
+pub mod window;
 
+#[cfg(test)]
+mod bridge_tests;
 #[cfg(test)]
 mod tests;
 
