@@ -5,12 +5,14 @@
 //! Lock order: host, then a function. BAR and chipset-window devices lock only their
 //! function (or their own state), never the host, so vCPU threads cannot deadlock.
 
+use super::caps::pcie::link_status_of;
 use super::config::{BarKind, NUM_BARS};
 use super::device::{PciFunction, Space, Window, WindowTarget};
 use super::ecam::PciConfigMmio;
 use super::factory;
-use super::interrupt::{ich9_map_irq, piix_map_irq, swizzle, IntxSink};
+use super::interrupt::{ich9_map_irq, piix_map_irq, swizzle, IntxSink, MsiSink};
 use super::regs::*;
+use super::window;
 use super::PciError;
 use crate::bus::{Bus, BusDevice, SharedDevice};
 use crate::chipset::acpi_pm::AcpiPm;
@@ -117,6 +119,7 @@ impl PciHost {
         mmio: Arc<Bus>,
     ) -> Result<Self, PciError> {
         let mut host = Self::build(plan, lifecycle, io, mmio)?;
+        host.attach_bridges();
         host.sync_all_windows();
         host.map_apm();
         Ok(host)
@@ -275,6 +278,59 @@ impl PciHost {
             intx_levels: HashMap::new(),
             gsi_out: BTreeMap::new(),
         })
+    }
+
+    /// Tell every bridge what is behind it (QEMU's cold-plug callbacks): which devices of
+    /// the secondary bus exist and the link status of the express function at device 0.
+    fn attach_bridges(&mut self) {
+        let bridges: Vec<(FunctionKey, usize)> = self
+            .functions
+            .iter()
+            .filter_map(|(k, e)| e.provides.map(|c| (*k, c)))
+            .collect();
+        for (key, child) in bridges {
+            let mut populated = 0u32;
+            let mut partner = None;
+            for (&(_, devfn), e) in self.functions.range((child, 0)..=(child, 0xff)) {
+                if devfn & 7 == 0 {
+                    populated |= 1 << (devfn >> 3);
+                }
+                if devfn == 0 {
+                    partner = link_status_of(lock(&e.func).config());
+                }
+            }
+            if let Some(e) = self.functions.get(&key) {
+                if let Some(b) = lock(&e.func).as_bridge_mut() {
+                    b.attach(populated, partner);
+                }
+            }
+        }
+    }
+
+    /// Where functions that signal MSI/MSI-X (bridges and ports, so far) send messages.
+    pub fn set_msi_sink(&mut self, sink: Arc<dyn MsiSink>) {
+        for e in self.functions.values() {
+            lock(&e.func).set_msi_sink(sink.clone());
+        }
+    }
+
+    /// Pick up the INTx level of a function that reports it (bridges) after an access.
+    fn sample_intx(&mut self, key: FunctionKey) {
+        let Some(e) = self.functions.get(&key) else {
+            return;
+        };
+        let (level, pin) = {
+            let f = lock(&e.func);
+            (f.intx_level(), f.config().interrupt_pin())
+        };
+        let Some(level) = level else { return };
+        if !(1..=4).contains(&pin) {
+            return;
+        }
+        let old = self.intx_levels.insert((key, pin), level);
+        if old.unwrap_or(false) != level {
+            self.update_intx_lines();
+        }
     }
 
     fn map_apm(&mut self) {
@@ -461,13 +517,62 @@ impl PciHost {
                 bridge && after & BRIDGE_CTL_BUS_RESET != 0,
             )
         };
+        let child = self.functions.get(&key).and_then(|e| e.provides);
         // A 0->1 edge of Secondary Bus Reset resets everything below the bridge.
         if !was_bus_reset && is_bus_reset {
-            if let Some(child) = self.functions.get(&key).and_then(|e| e.provides) {
+            if let Some(child) = child {
                 self.reset_below(child);
             }
         }
         self.sync_windows(key);
+        // Command, windows or bridge control changed: what the bridge forwards changed.
+        if let Some(child) = child {
+            let o = usize::from(offset);
+            let end = o + data.len();
+            let hits = |start: usize, len: usize| o < start + len && end > start;
+            if hits(COMMAND, 2)
+                || hits(IO_BASE, 2)
+                || hits(MEMORY_BASE, IO_LIMIT_UPPER16 + 2 - MEMORY_BASE)
+                || hits(BRIDGE_CONTROL, 2)
+            {
+                self.sync_subtree(child);
+            }
+        }
+        self.sample_intx(key);
+    }
+
+    /// Re-evaluate the mappings of everything on bus `bus` and below.
+    fn sync_subtree(&mut self, bus: usize) {
+        let entries: Vec<(FunctionKey, Option<usize>)> = self
+            .functions
+            .range((bus, 0)..=(bus, 0xff))
+            .map(|(k, e)| (*k, e.provides))
+            .collect();
+        for (k, child) in entries {
+            self.sync_windows(k);
+            if let Some(c) = child {
+                self.sync_subtree(c);
+            }
+        }
+    }
+
+    /// Whether every bridge between bus `bus` and the root forwards `[base, base+size)`
+    /// (and has the command bit for that space set): QEMU's nested bridge aliases.
+    fn forwarded(&self, bus: usize, space: Space, base: u64, size: u64) -> bool {
+        let mut at = bus;
+        for _ in 0..=self.buses.len() {
+            let Some(parent) = self.buses.get(at).and_then(|b| b.parent) else {
+                return true;
+            };
+            let Some(e) = self.functions.get(&parent) else {
+                return false;
+            };
+            if !window::forwards(lock(&e.func).config(), space, base, size) {
+                return false;
+            }
+            at = parent.0;
+        }
+        false
     }
 
     pub(crate) fn read_function(&self, key: FunctionKey, offset: usize, len: usize) -> u32 {
@@ -494,6 +599,7 @@ impl PciHost {
                 self.reset_below(c);
             }
             self.sync_windows(k);
+            self.sample_intx(k);
         }
     }
 
@@ -589,6 +695,10 @@ impl PciHost {
                 ));
             }
         }
+        // A BAR behind bridges decodes only where every bridge above forwards it.
+        desired.retain(|(m, target)| {
+            target.is_some() || self.forwarded(key.0, m.space, m.base, m.size)
+        });
         let old = match self.functions.get_mut(&key) {
             Some(e) => std::mem::take(&mut e.mapped),
             None => return,

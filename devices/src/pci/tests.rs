@@ -8,7 +8,7 @@ use machine::*;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-fn ident(vendor: u16, device: u16, class: u32, rev: u8, header: u8) -> PciIdentity {
+pub(super) fn ident(vendor: u16, device: u16, class: u32, rev: u8, header: u8) -> PciIdentity {
     let sub = (header == 0).then_some(0x1af4);
     PciIdentity {
         vendor_id: vendor,
@@ -23,11 +23,11 @@ fn ident(vendor: u16, device: u16, class: u32, rev: u8, header: u8) -> PciIdenti
 
 /// Plan types are built through their JSON form, which only ever gains defaulted fields,
 /// so these tests keep compiling while the machine crate grows.
-fn from_json<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
+pub(super) fn from_json<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
     serde_json::from_value(v).expect("plan JSON")
 }
 
-fn func(
+pub(super) fn func(
     type_name: &str,
     bus: &str,
     slot: u8,
@@ -42,7 +42,7 @@ fn func(
     }))
 }
 
-fn bus_plan(id: &str, kind: BusKind, parent: Option<usize>) -> BusPlan {
+pub(super) fn bus_plan(id: &str, kind: BusKind, parent: Option<usize>) -> BusPlan {
     from_json(serde_json::json!({
         "id": id, "kind": kind, "is_root": parent.is_none(), "parent_function": parent,
         "slot_min": 0, "slot_max": if parent.is_none() { 31 } else { 0 },
@@ -247,15 +247,15 @@ pub(crate) fn pc_plan() -> Plan {
 }
 
 /// A machine as the VMM would assemble it: host, buses, 0xcf8 device.
-struct Machine {
-    host: SharedHost,
-    io: Arc<Bus>,
-    mmio: Arc<Bus>,
-    lifecycle: Lifecycle,
+pub(super) struct Machine {
+    pub(super) host: SharedHost,
+    pub(super) io: Arc<Bus>,
+    pub(super) mmio: Arc<Bus>,
+    pub(super) lifecycle: Lifecycle,
 }
 
 impl Machine {
-    fn new(plan: &Plan) -> Self {
+    pub(super) fn new(plan: &Plan) -> Self {
         let io = Arc::new(Bus::new());
         let mmio = Arc::new(Bus::new());
         let lifecycle = Lifecycle::new().unwrap();
@@ -273,30 +273,30 @@ impl Machine {
         }
     }
 
-    fn outl(&self, port: u64, v: u32) {
+    pub(super) fn outl(&self, port: u64, v: u32) {
         assert!(self.io.write(port, &v.to_le_bytes()));
     }
-    fn outw(&self, port: u64, v: u16) {
+    pub(super) fn outw(&self, port: u64, v: u16) {
         assert!(self.io.write(port, &v.to_le_bytes()));
     }
-    fn outb(&self, port: u64, v: u8) {
+    pub(super) fn outb(&self, port: u64, v: u8) {
         assert!(self.io.write(port, &[v]));
     }
-    fn inl(&self, port: u64) -> u32 {
+    pub(super) fn inl(&self, port: u64) -> u32 {
         let mut b = [0u8; 4];
         if !self.io.read(port, &mut b) {
             return u32::MAX;
         }
         u32::from_le_bytes(b)
     }
-    fn inw(&self, port: u64) -> u16 {
+    pub(super) fn inw(&self, port: u64) -> u16 {
         let mut b = [0u8; 2];
         if !self.io.read(port, &mut b) {
             return u16::MAX;
         }
         u16::from_le_bytes(b)
     }
-    fn inb(&self, port: u64) -> u8 {
+    pub(super) fn inb(&self, port: u64) -> u8 {
         let mut b = [0u8; 1];
         if !self.io.read(port, &mut b) {
             return u8::MAX;
@@ -304,34 +304,34 @@ impl Machine {
         b[0]
     }
 
-    fn addr(bus: u8, dev: u8, func: u8, reg: u16) -> u32 {
+    pub(super) fn addr(bus: u8, dev: u8, func: u8, reg: u16) -> u32 {
         0x8000_0000
             | u32::from(bus) << 16
             | u32::from(dev) << 11
             | u32::from(func) << 8
             | u32::from(reg & 0xfc)
     }
-    fn cfg_readl(&self, bus: u8, dev: u8, func: u8, reg: u16) -> u32 {
+    pub(super) fn cfg_readl(&self, bus: u8, dev: u8, func: u8, reg: u16) -> u32 {
         self.outl(0xcf8, Self::addr(bus, dev, func, reg));
         self.inl(0xcfc)
     }
-    fn cfg_readw(&self, bus: u8, dev: u8, func: u8, reg: u16) -> u16 {
+    pub(super) fn cfg_readw(&self, bus: u8, dev: u8, func: u8, reg: u16) -> u16 {
         self.outl(0xcf8, Self::addr(bus, dev, func, reg));
         self.inw(0xcfc + u64::from(reg & 2))
     }
-    fn cfg_readb(&self, bus: u8, dev: u8, func: u8, reg: u16) -> u8 {
+    pub(super) fn cfg_readb(&self, bus: u8, dev: u8, func: u8, reg: u16) -> u8 {
         self.outl(0xcf8, Self::addr(bus, dev, func, reg));
         self.inb(0xcfc + u64::from(reg & 3))
     }
-    fn cfg_writel(&self, bus: u8, dev: u8, func: u8, reg: u16, v: u32) {
+    pub(super) fn cfg_writel(&self, bus: u8, dev: u8, func: u8, reg: u16, v: u32) {
         self.outl(0xcf8, Self::addr(bus, dev, func, reg));
         self.outl(0xcfc, v);
     }
-    fn cfg_writew(&self, bus: u8, dev: u8, func: u8, reg: u16, v: u16) {
+    pub(super) fn cfg_writew(&self, bus: u8, dev: u8, func: u8, reg: u16, v: u16) {
         self.outl(0xcf8, Self::addr(bus, dev, func, reg));
         self.outw(0xcfc + u64::from(reg & 2), v);
     }
-    fn cfg_writeb(&self, bus: u8, dev: u8, func: u8, reg: u16, v: u8) {
+    pub(super) fn cfg_writeb(&self, bus: u8, dev: u8, func: u8, reg: u16, v: u8) {
         self.outl(0xcf8, Self::addr(bus, dev, func, reg));
         self.outb(0xcfc + u64::from(reg & 3), v);
     }
