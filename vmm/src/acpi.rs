@@ -46,6 +46,33 @@ pub struct AcpiConfig {
     pub pci_hole64: Range,
     /// Whether a COM1 is present (so the DSDT declares it).
     pub com1: bool,
+    /// Root-bus interrupt routing: (slot, pin 0=INTA, GSI) for every slot and pin.
+    pub prt: Vec<(u8, u8, u32)>,
+}
+
+/// The root bus's `_PRT` entries as QEMU's chipsets wire them: the slot/pin -> PIRQ map of
+/// the chipset, then PIRQ -> GSI (q35 in APIC mode: GSI 16 + PIRQ; pc: the IRQ firmware
+/// routed the PIRQ to).
+pub fn root_prt(family: Family, pirq_irqs: &[u8]) -> Vec<(u8, u8, u32)> {
+    use devices::pci::interrupt::{ich9_map_irq, piix_map_irq};
+    let mut prt = Vec::new();
+    for slot in 0..32u8 {
+        for pin in 0..4u8 {
+            let gsi = match family {
+                Family::Q35 => 16 + u32::from(ich9_map_irq(slot, pin)),
+                Family::I440fx => {
+                    let pirq = usize::from(piix_map_irq(slot, pin));
+                    match pirq_irqs.get(pirq) {
+                        Some(&irq) => u32::from(irq),
+                        None => continue,
+                    }
+                }
+                Family::None => continue,
+            };
+            prt.push((slot, pin, gsi));
+        }
+    }
+    prt
 }
 
 /// A byte sink for AML and tables.
@@ -117,11 +144,29 @@ fn dsdt(cfg: &AcpiConfig) -> Vec<u8> {
     let seg = aml::Name::new("_SEG".into(), &aml::ZERO);
     let bbn = aml::Name::new("_BBN".into(), &aml::ZERO);
     let crs_name = aml::Name::new("_CRS".into(), &crs);
+    let prt_addrs: Vec<u32> = cfg
+        .prt
+        .iter()
+        .map(|&(slot, _, _)| (u32::from(slot) << 16) | 0xffff)
+        .collect();
+    let prt_rows: Vec<aml::Package> = cfg
+        .prt
+        .iter()
+        .zip(&prt_addrs)
+        .map(|((_, pin, gsi), addr)| {
+            aml::Package::new(vec![addr as &dyn Aml, pin, &aml::ZERO, gsi])
+        })
+        .collect();
+    let prt_pkg = aml::Package::new(prt_rows.iter().map(|p| p as &dyn Aml).collect());
+    let prt_name = aml::Name::new("_PRT".into(), &prt_pkg);
     let mut pci0_children: Vec<&dyn Aml> = vec![&hid_name];
     if cid.is_some() {
         pci0_children.push(&cid_name);
     }
     pci0_children.extend([&adr as &dyn Aml, &uid, &seg, &bbn, &crs_name]);
+    if !cfg.prt.is_empty() {
+        pci0_children.push(&prt_name);
+    }
     let pci0 = aml::Device::new("PCI0".into(), pci0_children);
 
     // The ECAM window must be a motherboard resource or Linux refuses to use it.
@@ -327,6 +372,7 @@ mod tests {
                 size: 0x8_0000_0000,
             },
             com1: true,
+            prt: root_prt(family, &[10, 10, 11, 11]),
         }
     }
 
@@ -360,5 +406,11 @@ mod tests {
         assert!(d.windows(4).any(|w| w == b"_S5_"));
         assert!(d.windows(4).any(|w| w == b"DRAC"));
         assert!(!dsdt(&cfg(Family::I440fx)).windows(4).any(|w| w == b"DRAC"));
+        assert!(d.windows(4).any(|w| w == b"_PRT"));
+        // q35 00:1f.0 INTA -> PIRQA -> GSI 16; 00:02.0 INTA -> PIRQG -> GSI 22.
+        let q = root_prt(Family::Q35, &[]);
+        assert!(q.contains(&(31, 0, 16)) && q.contains(&(2, 0, 22)));
+        // pc slot 3 INTA -> PIRQD -> IRQ 11.
+        assert!(root_prt(Family::I440fx, &[10, 10, 11, 11]).contains(&(3, 0, 11)));
     }
 }

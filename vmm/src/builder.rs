@@ -195,6 +195,9 @@ pub fn build(kvm: &Kvm, plan: &Plan, inputs: BuildInputs) -> Result<BuiltMachine
                 io.clone(),
                 mmio.clone(),
             )?;
+            let mut host = host;
+            host.set_intx_sink(Arc::new(crate::interrupts::KvmIntx(vm.fd.clone())));
+            host.set_msi_sink(Arc::new(crate::interrupts::KvmMsi(vm.fd.clone())));
             let host = Arc::new(Mutex::new(host));
             let config_io: SharedDevice =
                 Arc::new(Mutex::new(devices::pci::PciConfigIo::new(host.clone())));
@@ -239,6 +242,7 @@ pub fn build(kvm: &Kvm, plan: &Plan, inputs: BuildInputs) -> Result<BuiltMachine
                             pci_hole32: plan.memory.pci_hole32,
                             pci_hole64: plan.memory.pci_hole64,
                             com1: serial.is_some(),
+                            prt: acpi::root_prt(plan.family, &layout.pirq_irqs),
                         };
                         Some(acpi::write_tables(&vm.memory, &cfg)?)
                     }

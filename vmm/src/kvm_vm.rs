@@ -9,6 +9,7 @@ use kvm_bindings::{
 };
 use kvm_ioctls::{Kvm, VmFd};
 use machine::MemoryMap;
+use std::sync::Arc;
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
 /// KVM's real-mode TSS (3 pages) and EPT identity map page, placed as QEMU does, just
@@ -38,7 +39,8 @@ fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> KvmVmError {
 }
 
 pub struct KvmVm {
-    pub fd: VmFd,
+    /// Shared with the interrupt sinks the device models hold.
+    pub fd: Arc<VmFd>,
     pub memory: GuestMemory,
     pub supported_cpuid: CpuId,
 }
@@ -79,7 +81,7 @@ impl KvmVm {
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(kvm_err("supported CPUID query"))?;
         Ok(Self {
-            fd,
+            fd: Arc::new(fd),
             memory,
             supported_cpuid,
         })

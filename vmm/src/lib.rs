@@ -7,6 +7,7 @@ pub mod builder;
 pub mod cli;
 pub mod console;
 pub mod cpuid;
+pub mod interrupts;
 pub mod kvm_vm;
 pub mod memory;
 pub mod runner;

@@ -108,9 +108,7 @@ impl BusDevice for Cmos {
                 match reg {
                     // Interrupt flags are read-to-clear; no interrupts are raised here.
                     REG_C => 0,
-                    _ => self
-                        .clock_register(reg)
-                        .unwrap_or(self.ram[reg as usize]),
+                    _ => self.clock_register(reg).unwrap_or(self.ram[reg as usize]),
                 }
             }
             _ => 0xff,
