@@ -13,6 +13,7 @@ pub mod firmware;
 pub mod host;
 pub mod interrupt;
 pub mod msi;
+pub mod msix;
 pub mod ports;
 pub mod props;
 pub mod regs;
