@@ -63,6 +63,8 @@ pub struct BuiltMachine {
     pub serial: Option<Arc<Mutex<SerialPort>>>,
     pub vcpus: Vec<VcpuFd>,
     pub pci: Option<Arc<Mutex<devices::pci::PciHost>>>,
+    /// What the firmware step programmed (bus numbers, windows, PM base), when booted.
+    pub layout: Option<devices::pci::FirmwareLayout>,
     /// ISA devices of the plan that KVM models in the kernel (PIC, PIT, IOAPIC).
     pub in_kernel: Vec<String>,
     /// ISA devices of the plan that have no model yet (reported by `machina -trace`).
@@ -220,6 +222,7 @@ pub fn build(kvm: &Kvm, plan: &Plan, inputs: BuildInputs) -> Result<BuiltMachine
         vcpus.push(fd);
     }
 
+    let mut firmware_layout = None;
     if let Some(spec) = inputs.boot {
         // What firmware would do before handing over to the kernel.
         let rsdp = match &pci {
@@ -229,7 +232,7 @@ pub fn build(kvm: &Kvm, plan: &Plan, inputs: BuildInputs) -> Result<BuiltMachine
                     .unwrap_or_else(|e| e.into_inner())
                     .firmware_init(plan)?;
                 // No PM block (e.g. `pc,acpi=off`): no ACPI tables, as with QEMU.
-                match (layout.pm_base, layout.gpe0) {
+                let rsdp = match (layout.pm_base, layout.gpe0) {
                     (Some(pm_base), Some((gpe0_base, gpe0_len))) => {
                         let cfg = AcpiConfig {
                             family: plan.family,
@@ -247,7 +250,9 @@ pub fn build(kvm: &Kvm, plan: &Plan, inputs: BuildInputs) -> Result<BuiltMachine
                         Some(acpi::write_tables(&vm.memory, &cfg)?)
                     }
                     _ => None,
-                }
+                };
+                firmware_layout = Some(layout);
+                rsdp
             }
             None => None,
         };
@@ -266,6 +271,7 @@ pub fn build(kvm: &Kvm, plan: &Plan, inputs: BuildInputs) -> Result<BuiltMachine
         serial,
         vcpus,
         pci,
+        layout: firmware_layout,
         in_kernel,
         not_modelled,
     })

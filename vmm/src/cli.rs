@@ -24,6 +24,13 @@ pub struct CliOptions {
     pub devices: Vec<String>,
     pub machine_definitions: Vec<PathBuf>,
     pub nographic: bool,
+    /// `-qmp SPEC` arguments, as given.
+    pub qmp: Vec<String>,
+    /// `-chardev` and `-mon` arguments, as given (resolved by the qmp crate).
+    pub chardevs: Vec<String>,
+    pub monitors: Vec<String>,
+    /// `-delay-machine-init` / `--preconfig`: QMP configures and builds the machine.
+    pub delay_init: bool,
     pub action: Action,
 }
 
@@ -102,6 +109,10 @@ impl Default for CliOptions {
             devices: Vec::new(),
             machine_definitions: Vec::new(),
             nographic: false,
+            qmp: Vec::new(),
+            chardevs: Vec::new(),
+            monitors: Vec::new(),
+            delay_init: false,
             action: Action::Run,
         }
     }
@@ -258,6 +269,10 @@ fn takes_argument(name: &str) -> bool {
             | "accel"
             | "device"
             | "machine-definition"
+            | "qmp"
+            | "qmp-pretty"
+            | "chardev"
+            | "mon"
             | "vga"
             | "nic"
             | "net"
@@ -340,6 +355,10 @@ where
                 }
             }
             "machine-definition" => opts.machine_definitions.push(PathBuf::from(value)),
+            "qmp" | "qmp-pretty" => opts.qmp.push(value),
+            "chardev" => opts.chardevs.push(value),
+            "mon" => opts.monitors.push(value),
+            "delay-machine-init" | "preconfig" => opts.delay_init = true,
             _ => return Err(CliError::InvalidOption(arg)),
         }
     }
@@ -395,6 +414,9 @@ usage: machina [options]\n\
 -no-user-config                accepted (machina reads no user config)\n\
 -no-reboot                     exit instead of rebooting when the guest resets\n\
 -S                             do not start the vCPUs\n\
+-qmp unix:PATH,server=on,wait=off | tcp:HOST:PORT,server=on,wait=off | stdio   QMP monitor\n\
+-chardev socket,id=ID,path=PATH,server=on,wait=off  -mon chardev=ID,mode=control   QMP on a chardev\n\
+-delay-machine-init (also --preconfig)  start QMP before the machine exists; build on x-exit-preconfig\n\
 -name NAME                     guest name\n\
 -accel kvm                     the only accelerator\n\
 -h, --help                     this text\n\

@@ -1,10 +1,12 @@
 //! `machina`: a KVM virtual machine monitor for QEMU's q35 and i440fx machine types.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Instant;
-use vmm::cli::{self, Action, SerialSpec};
-use vmm::console::Console;
-use vmm::runner::{self, RunSpec};
+use vmm::cli::{self, Action};
+use vmm::config::MachineConfig;
+use vmm::control::{Controller, RunState, VmState};
+use vmm::runner::{self, RunOptions};
 
 /// The tiny guest kernel from resources/guest, built by build.rs.
 static BUNDLED_GUEST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/machina-guest.elf"));
@@ -20,6 +22,66 @@ fn main() -> ExitCode {
     }
 }
 
+/// Print help-style output for the non-run actions; false when the action is to run.
+fn informational(action: &Action, catalog: &machine::Catalog) -> Result<bool, String> {
+    let text = match action {
+        Action::Run => return Ok(false),
+        Action::Help => cli::help_text(),
+        Action::Version => format!(
+            "machina version {} (QEMU {} machine types)\nA KVM VMM for q35 and pc; see README.md\n",
+            env!("CARGO_PKG_VERSION"),
+            machine::QEMU_VERSION
+        ),
+        Action::MachineHelp => machine::help::machine_help(catalog),
+        Action::DeviceHelp => machine::help::device_help(catalog),
+        Action::DeviceProperties(ty) => machine::help::device_properties_help(catalog, ty)
+            .map_err(|e| format!("-device {ty},help: {e}"))?,
+    };
+    print!("{text}");
+    Ok(true)
+}
+
+/// Start every QMP monitor the command line asked for.
+fn start_qmp(
+    opts: &cli::CliOptions,
+    control: &Arc<Controller>,
+) -> Result<Option<qmp::Server>, String> {
+    let mut endpoints = Vec::new();
+    for spec in &opts.qmp {
+        endpoints.push(qmp::QmpEndpoint::parse_qmp(spec).map_err(|e| format!("-qmp {spec}: {e}"))?);
+    }
+    if !opts.monitors.is_empty() {
+        let chardevs = opts
+            .chardevs
+            .iter()
+            .map(|c| qmp::ChardevSpec::parse(c).map_err(|e| format!("-chardev {c}: {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mons = opts
+            .monitors
+            .iter()
+            .map(|m| qmp::MonSpec::parse(m).map_err(|e| format!("-mon {m}: {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        endpoints.extend(qmp::resolve_monitors(&chardevs, &mons).map_err(|e| e.to_string())?);
+    }
+    if endpoints.is_empty() {
+        if opts.delay_init {
+            return Err(
+                "-delay-machine-init needs a QMP monitor (-qmp) to configure and build the machine"
+                    .into(),
+            );
+        }
+        return Ok(None);
+    }
+    let registry = vmm::monitor::registry(control).map_err(|e| e.to_string())?;
+    let server = qmp::Server::new(registry);
+    server.set_machine_ready(!opts.delay_init);
+    control.set_server(server.clone());
+    for endpoint in &endpoints {
+        server.listen(endpoint).map_err(|e| format!("-qmp: {e}"))?;
+    }
+    Ok(Some(server))
+}
+
 fn run(args: Vec<String>, start: Instant) -> Result<u8, String> {
     let opts = cli::parse(args).map_err(|e| e.to_string())?;
     let mut catalog = machine::Catalog::builtin().clone();
@@ -28,68 +90,51 @@ fn run(args: Vec<String>, start: Instant) -> Result<u8, String> {
             .load_file(path)
             .map_err(|e| format!("-machine-definition {}: {e}", path.display()))?;
     }
-    match &opts.action {
-        Action::Help => {
-            print!("{}", cli::help_text());
-            return Ok(0);
-        }
-        Action::Version => {
-            println!(
-                "machina version {} (QEMU {} machine types)\nA KVM VMM for q35 and pc; see README.md",
-                env!("CARGO_PKG_VERSION"),
-                machine::QEMU_VERSION
-            );
-            return Ok(0);
-        }
-        Action::MachineHelp => {
-            print!("{}", machine::help::machine_help(&catalog));
-            return Ok(0);
-        }
-        Action::DeviceHelp => {
-            print!("{}", machine::help::device_help(&catalog));
-            return Ok(0);
-        }
-        Action::DeviceProperties(ty) => {
-            let text = machine::help::device_properties_help(&catalog, ty)
-                .map_err(|e| format!("-device {ty},help: {e}"))?;
-            print!("{text}");
-            return Ok(0);
-        }
-        Action::Run => {}
+    if informational(&opts.action, &catalog)? {
+        return Ok(0);
     }
 
-    // machina has no display: the default console's home is the terminal. As in QEMU,
-    // -nodefaults drops the default serial port unless -serial names one.
-    let serial = match opts.serial.first() {
-        Some(spec) => spec.clone(),
-        None if opts.nodefaults => SerialSpec::None,
-        None => SerialSpec::Stdio,
-    };
-    let request = vmm::plan_request(&opts, &serial).map_err(|e| e.to_string())?;
-    let plan = catalog.plan(&request).map_err(|e| e.to_string())?;
-    if plan.family == machine::Family::None && !opts.start_paused {
+    let config = MachineConfig::from_cli(&opts).map_err(|e| e.to_string())?;
+    // The command line's machine must plan now, even if QMP builds it later.
+    let plan = catalog
+        .plan(&config.plan_request())
+        .map_err(|e| e.to_string())?;
+    if plan.family == machine::Family::None && !opts.start_paused && !opts.delay_init {
         // QEMU's `none` has no chipset, console or firmware interface: nothing could run.
         return Err(format!(
             "machine type '{}' has no chipset to boot a kernel on; use it with -S to inspect it",
             plan.machine
         ));
     }
-    let console = Console::open(&serial).map_err(|e| e.to_string())?;
+    let control = Arc::new(
+        Controller::new(VmState {
+            status: RunState::Prelaunch,
+            config,
+            catalog,
+            plan: None,
+            pci: None,
+            layout: None,
+            backends: Vec::new(),
+        })
+        .map_err(|e| e.to_string())?,
+    );
+    let server = start_qmp(&opts, &control)?;
     let trace_start = std::env::var_os("MACHINA_TRACE").map(|_| start);
-    let outcome = runner::run(
-        RunSpec {
-            plan,
-            kernel: opts.kernel.clone(),
+    let result = runner::run(
+        control,
+        &RunOptions {
             bundled_kernel: BUNDLED_GUEST,
-            initrd: opts.initrd.clone(),
-            cmdline: opts.append.clone(),
             no_reboot: opts.no_reboot,
             start_paused: opts.start_paused,
+            delay_init: opts.delay_init,
             trace_start,
         },
-        console,
-    )
-    .map_err(|e| e.to_string())?;
+    );
+    if let Some(server) = server {
+        // Flush SHUTDOWN and the last answers to every client before exiting.
+        server.shutdown();
+    }
+    let outcome = result.map_err(|e| e.to_string())?;
     if let Some(start) = trace_start {
         eprintln!("machina-trace: exit us={}", start.elapsed().as_micros());
     }

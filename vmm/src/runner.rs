@@ -4,15 +4,17 @@
 use crate::boot::{BootSpec, KernelImage};
 use crate::builder::{self, BuildInputs, BuiltMachine};
 use crate::console::{Console, ConsoleInput};
+use crate::control::{Command, Controller, Reply, RunState};
 use crate::vcpu::{RunGate, Vcpu};
 use devices::legacy::serial::SerialPort;
 use devices::lifecycle::{Lifecycle, Request};
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
 use kvm_ioctls::Kvm;
 use machine::Plan;
+use qmp::QmpError;
+use serde_json::{json, Value};
 use std::io::Read;
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -25,13 +27,15 @@ use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 pub enum Outcome {
     PoweredOff,
     ResetWithNoReboot,
+    /// QMP `quit`.
+    Quit,
     Failed,
 }
 
 impl Outcome {
     pub fn exit_code(self) -> i32 {
         match self {
-            Outcome::PoweredOff | Outcome::ResetWithNoReboot => 0,
+            Outcome::PoweredOff | Outcome::ResetWithNoReboot | Outcome::Quit => 0,
             Outcome::Failed => 1,
         }
     }
@@ -42,6 +46,8 @@ pub enum RunError {
     #[error("cannot open /dev/kvm: {0}")]
     Kvm(#[source] kvm_ioctls::Error),
     #[error(transparent)]
+    Plan(#[from] machine::PlanError),
+    #[error(transparent)]
     Build(#[from] builder::BuildError),
     #[error("event loop: {0}")]
     EventLoop(String),
@@ -49,17 +55,17 @@ pub enum RunError {
     Thread(#[source] std::io::Error),
     #[error("cannot create the lifecycle eventfd: {0}")]
     Lifecycle(#[source] std::io::Error),
+    #[error(transparent)]
+    Console(#[from] crate::console::ConsoleError),
 }
 
-/// What to run.
-pub struct RunSpec {
-    pub plan: Plan,
-    pub kernel: Option<PathBuf>,
+/// How to run (what to boot comes from the controller's configuration).
+pub struct RunOptions {
     pub bundled_kernel: &'static [u8],
-    pub initrd: Option<PathBuf>,
-    pub cmdline: String,
     pub no_reboot: bool,
     pub start_paused: bool,
+    /// `-delay-machine-init`: wait for QMP to build the machine.
+    pub delay_init: bool,
     pub trace_start: Option<Instant>,
 }
 
@@ -160,12 +166,8 @@ impl MutEventSubscriber for LifecycleSubscriber {
 struct Running {
     threads: Vec<JoinHandle<()>>,
     stop: Arc<AtomicBool>,
-    _machine: BuiltMachineParts,
-}
-
-/// What must outlive the vCPU threads (the VM fd and guest memory).
-struct BuiltMachineParts {
-    _vm: crate::kvm_vm::KvmVm,
+    /// The VM fd and guest memory, which must outlive the vCPU threads.
+    vm: crate::kvm_vm::KvmVm,
 }
 
 extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
@@ -199,8 +201,26 @@ impl Running {
         Ok(Self {
             threads,
             stop,
-            _machine: BuiltMachineParts { _vm: machine.vm },
+            vm: machine.vm,
         })
+    }
+
+    /// Hold every vCPU at the gate: close it, then kick threads out of KVM_RUN until all are
+    /// parked (or gone).
+    fn pause(&self, gate: &RunGate) {
+        gate.set_running(false);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            let alive: Vec<&JoinHandle<()>> =
+                self.threads.iter().filter(|h| !h.is_finished()).collect();
+            if gate.parked() >= alive.len() || Instant::now() > deadline {
+                return;
+            }
+            for handle in alive {
+                let _ = handle.kill(SIGRTMIN());
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// Stop every vCPU: raise the flag, then kick threads out of KVM_RUN until they return.
@@ -216,72 +236,289 @@ impl Running {
     }
 }
 
-pub fn run(spec: RunSpec, console: Console) -> Result<Outcome, RunError> {
+/// Wakes the event loop when QMP queues a command.
+struct ControlSubscriber {
+    control: Arc<Controller>,
+}
+
+impl MutEventSubscriber for ControlSubscriber {
+    fn init(&mut self, ops: &mut EventOps) {
+        let _ = ops.add(Events::new(self.control.wake_fd(), EventSet::IN));
+    }
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        // The commands stay queued; the run loop takes them after the dispatch.
+    }
+}
+
+type EventLoop = EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>>;
+
+/// The run loop's state between events.
+struct Machine<'a> {
+    kvm: Kvm,
+    control: Arc<Controller>,
+    options: &'a RunOptions,
+    lifecycle: Lifecycle,
+    gate: Arc<RunGate>,
+    events: EventLoop,
+    /// COM1's console, opened at the first build (QMP may choose it before).
+    console: Option<devices::legacy::serial::SharedWriter>,
+    serial_slot: SerialSlot,
+    running: Option<Running>,
+}
+
+impl Machine<'_> {
+    fn console(&mut self) -> Result<devices::legacy::serial::SharedWriter, RunError> {
+        if let Some(out) = &self.console {
+            return Ok(out.clone());
+        }
+        let spec = self.control.state().config.console_spec();
+        let mut console = Console::open(&spec)?;
+        let output = console.output.clone();
+        let input = std::mem::replace(&mut console.input, ConsoleInput::None);
+        self.events
+            .add_subscriber(Arc::new(Mutex::new(ConsoleInputSubscriber {
+                input,
+                console,
+                serial: self.serial_slot.clone(),
+            })));
+        self.console = Some(output.clone());
+        Ok(output)
+    }
+
+    /// Plan from the current configuration, build exactly that plan, start the vCPU threads
+    /// (held by the gate while not running). Returns the plan.
+    fn build(&mut self) -> Result<Plan, RunError> {
+        let (plan, config) = {
+            let state = self.control.state();
+            (
+                state.catalog.plan(&state.config.plan_request())?,
+                state.config.clone(),
+            )
+        };
+        let boot = BootSpec {
+            kernel: match &config.kernel {
+                Some(path) => KernelImage::File(path.clone()),
+                None => KernelImage::Bundled(self.options.bundled_kernel),
+            },
+            initrd: config.initrd.clone(),
+            cmdline: config.append.clone(),
+            rsdp: None,
+        };
+        let console = self.console()?;
+        let built = builder::build(
+            &self.kvm,
+            &plan,
+            BuildInputs {
+                console,
+                lifecycle: self.lifecycle.clone(),
+                boot: Some(boot),
+            },
+        )?;
+        *self.serial_slot.lock().unwrap_or_else(|e| e.into_inner()) = built.serial.clone();
+        {
+            let mut state = self.control.state();
+            state.plan = Some(plan.clone());
+            state.pci = built.pci.clone();
+            state.layout = built.layout.clone();
+        }
+        self.control.machine_ready();
+        self.running = Some(Running::start(
+            built,
+            &self.lifecycle,
+            &self.gate,
+            self.options.trace_start,
+        )?);
+        Ok(plan)
+    }
+
+    fn set_status(&self, status: RunState) {
+        self.control.state().status = status;
+    }
+
+    fn resume(&mut self) {
+        self.gate.set_running(true);
+        self.set_status(RunState::Running);
+        self.control.emit("RESUME", Value::Null);
+    }
+
+    /// Stop the vCPUs and rebuild the same plan (a system reset), keeping the run state.
+    fn reset(&mut self) -> Result<(), RunError> {
+        if let Some(running) = self.running.take() {
+            running.stop();
+        }
+        self.build().map(|_| ())
+    }
+
+    fn handle(&mut self, command: Command) -> (Reply, Option<Outcome>) {
+        let built = self.running.is_some();
+        match command {
+            Command::Build if built => (Err(QmpError::only_before_init()), None),
+            Command::Build => match self.build() {
+                Ok(plan) => {
+                    if self.options.start_paused {
+                        self.set_status(RunState::Prelaunch);
+                    } else {
+                        self.resume();
+                    }
+                    let value = serde_json::to_value(&plan).unwrap_or(Value::Null);
+                    (Ok(value), None)
+                }
+                Err(e) => (Err(QmpError::generic(e.to_string())), None),
+            },
+            _ if !built => (
+                Err(QmpError::generic(
+                    "the machine has not been built yet (use x-exit-preconfig)",
+                )),
+                None,
+            ),
+            Command::Cont => {
+                if !self.gate.is_running() {
+                    self.resume();
+                }
+                (Ok(Value::Null), None)
+            }
+            Command::Stop => {
+                if self.gate.is_running() {
+                    if let Some(running) = &self.running {
+                        running.pause(&self.gate);
+                    }
+                    self.set_status(RunState::Paused);
+                    self.control.emit("STOP", Value::Null);
+                }
+                (Ok(Value::Null), None)
+            }
+            Command::Reset => {
+                self.control.emit(
+                    "RESET",
+                    json!({"guest": false, "reason": "host-qmp-system-reset"}),
+                );
+                match self.reset() {
+                    Ok(()) => (Ok(Value::Null), None),
+                    Err(e) => (Err(QmpError::generic(e.to_string())), Some(Outcome::Failed)),
+                }
+            }
+            Command::PowerDown => {
+                let pm = self
+                    .control
+                    .state()
+                    .pci
+                    .as_ref()
+                    .and_then(|host| host.lock().unwrap_or_else(|e| e.into_inner()).acpi_pm());
+                if let Some(pm) = pm {
+                    pm.lock().unwrap_or_else(|e| e.into_inner()).power_button();
+                }
+                self.control.emit("POWERDOWN", Value::Null);
+                (Ok(Value::Null), None)
+            }
+            Command::Quit => {
+                self.control.emit(
+                    "SHUTDOWN",
+                    json!({"guest": false, "reason": "host-qmp-quit"}),
+                );
+                (Ok(Value::Null), Some(Outcome::Quit))
+            }
+        }
+    }
+
+    /// Act on what the guest (or a failed vCPU) asked for.
+    fn guest_request(&mut self, request: Request) -> Result<Option<Outcome>, RunError> {
+        match request {
+            Request::None => Ok(None),
+            Request::PowerOff => {
+                self.control.emit(
+                    "SHUTDOWN",
+                    json!({"guest": true, "reason": "guest-shutdown"}),
+                );
+                Ok(Some(Outcome::PoweredOff))
+            }
+            Request::Crash => {
+                self.set_status(RunState::InternalError);
+                Ok(Some(Outcome::Failed))
+            }
+            Request::Reset if self.options.no_reboot => {
+                self.control
+                    .emit("SHUTDOWN", json!({"guest": true, "reason": "guest-reset"}));
+                Ok(Some(Outcome::ResetWithNoReboot))
+            }
+            Request::Reset => {
+                self.control
+                    .emit("RESET", json!({"guest": true, "reason": "guest-reset"}));
+                self.reset()?;
+                Ok(None)
+            }
+        }
+    }
+
+    fn finish(&mut self, outcome: Outcome) -> Outcome {
+        if let Some(running) = self.running.take() {
+            if self.options.trace_start.is_some() {
+                if let Some((vmm, guest)) = crate::memory::rss_split(&running.vm.memory) {
+                    eprintln!("machina-trace: rss vmm_kib={vmm} guest_kib={guest}");
+                }
+            }
+            running.stop();
+        }
+        if outcome != Outcome::Failed {
+            self.set_status(RunState::Shutdown);
+        }
+        if let Some(console) = &self.console {
+            let _ = std::io::Write::flush(&mut console.clone());
+        }
+        outcome
+    }
+}
+
+/// Run the machine described by `control`'s configuration until it ends.
+pub fn run(control: Arc<Controller>, options: &RunOptions) -> Result<Outcome, RunError> {
     let kvm = Kvm::new().map_err(RunError::Kvm)?;
     // A no-op handler: the signal only needs to interrupt KVM_RUN with EINTR.
     register_signal_handler(SIGRTMIN(), kick_handler)
         .map_err(|e| RunError::EventLoop(format!("cannot install the vCPU kick signal: {e}")))?;
     let lifecycle = Lifecycle::new().map_err(RunError::Lifecycle)?;
-    let gate = Arc::new(RunGate::new(!spec.start_paused));
-    let serial_slot: SerialSlot = Arc::new(Mutex::new(None));
-
-    let mut events = EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new()
-        .map_err(|e| RunError::EventLoop(format!("{e:?}")))?;
-    let console_output = console.output.clone();
-    let mut console = console;
-    let input = std::mem::replace(&mut console.input, ConsoleInput::None);
-    events.add_subscriber(Arc::new(Mutex::new(ConsoleInputSubscriber {
-        input,
-        console,
-        serial: serial_slot.clone(),
-    })));
+    let mut events = EventLoop::new().map_err(|e| RunError::EventLoop(format!("{e:?}")))?;
     events.add_subscriber(Arc::new(Mutex::new(LifecycleSubscriber {
         lifecycle: lifecycle.clone(),
     })));
+    events.add_subscriber(Arc::new(Mutex::new(ControlSubscriber {
+        control: control.clone(),
+    })));
+
+    let mut machine = Machine {
+        kvm,
+        control,
+        options,
+        lifecycle,
+        gate: Arc::new(RunGate::new(false)),
+        events,
+        console: None,
+        serial_slot: Arc::new(Mutex::new(None)),
+        running: None,
+    };
+    if !options.delay_init {
+        machine.build()?;
+        if options.start_paused {
+            machine.set_status(RunState::Prelaunch);
+        } else {
+            machine.gate.set_running(true);
+            machine.set_status(RunState::Running);
+        }
+    }
 
     loop {
-        let boot = BootSpec {
-            kernel: match &spec.kernel {
-                Some(path) => KernelImage::File(path.clone()),
-                None => KernelImage::Bundled(spec.bundled_kernel),
-            },
-            initrd: spec.initrd.clone(),
-            cmdline: spec.cmdline.clone(),
-            rsdp: None,
-        };
-        let machine = builder::build(
-            &kvm,
-            &spec.plan,
-            BuildInputs {
-                console: console_output.clone(),
-                lifecycle: lifecycle.clone(),
-                boot: Some(boot),
-            },
-        )?;
-        *serial_slot.lock().unwrap_or_else(|e| e.into_inner()) = machine.serial.clone();
-        let running = Running::start(machine, &lifecycle, &gate, spec.trace_start)?;
-
-        let request = loop {
-            events
-                .run_with_timeout(1000)
-                .map_err(|e| RunError::EventLoop(format!("{e:?}")))?;
-            match lifecycle.take() {
-                Request::None => continue,
-                r => break r,
-            }
-        };
-        if spec.trace_start.is_some() {
-            if let Some((vmm, guest)) = crate::memory::rss_split(&running._machine._vm.memory) {
-                eprintln!("machina-trace: rss vmm_kib={vmm} guest_kib={guest}");
+        machine
+            .events
+            .run_with_timeout(1000)
+            .map_err(|e| RunError::EventLoop(format!("{e:?}")))?;
+        for (command, reply) in machine.control.take() {
+            let (answer, outcome) = machine.handle(command);
+            let _ = reply.send(answer);
+            if let Some(outcome) = outcome {
+                return Ok(machine.finish(outcome));
             }
         }
-        running.stop();
-        let _ = std::io::Write::flush(&mut console_output.clone());
-        match request {
-            Request::PowerOff => return Ok(Outcome::PoweredOff),
-            Request::Crash => return Ok(Outcome::Failed),
-            Request::Reset if spec.no_reboot => return Ok(Outcome::ResetWithNoReboot),
-            Request::Reset | Request::None => {}
+        let request = machine.lifecycle.take();
+        if let Some(outcome) = machine.guest_request(request)? {
+            return Ok(machine.finish(outcome));
         }
     }
 }

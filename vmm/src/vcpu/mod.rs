@@ -7,7 +7,7 @@ pub mod setup;
 use devices::bus::Bus;
 use devices::lifecycle::{Lifecycle, Request};
 use kvm_ioctls::{VcpuExit, VcpuFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
@@ -16,40 +16,55 @@ const KVM_SYSTEM_EVENT_SHUTDOWN: u32 = 1;
 const KVM_SYSTEM_EVENT_RESET: u32 = 2;
 const KVM_INTERNAL_ERROR_EMULATION: u32 = 1;
 
-/// Holds vCPUs before their first KVM_RUN until the machine is allowed to run (`-S`, QMP).
+/// Lets vCPUs run or holds them (`-S`, prelaunch, QMP `stop`/`cont`). vCPUs check it before
+/// every KVM_RUN; a paused vCPU parks on the condition variable and is counted, so `stop`
+/// can wait until every vCPU is really out of the guest.
 #[derive(Default)]
 pub struct RunGate {
-    running: Mutex<bool>,
+    running: AtomicBool,
+    parked: AtomicUsize,
+    lock: Mutex<()>,
     changed: Condvar,
 }
 
 impl RunGate {
     pub fn new(running: bool) -> Self {
         Self {
-            running: Mutex::new(running),
-            changed: Condvar::new(),
+            running: AtomicBool::new(running),
+            ..Default::default()
         }
     }
 
     pub fn set_running(&self, running: bool) {
-        *self.running.lock().unwrap_or_else(|e| e.into_inner()) = running;
+        let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.running.store(running, Ordering::SeqCst);
         self.changed.notify_all();
     }
 
     pub fn is_running(&self) -> bool {
-        *self.running.lock().unwrap_or_else(|e| e.into_inner())
+        self.running.load(Ordering::SeqCst)
+    }
+
+    /// vCPUs currently held by the gate.
+    pub fn parked(&self) -> usize {
+        self.parked.load(Ordering::SeqCst)
     }
 
     /// Block until running or `stop` is set; true if the vCPU may run.
     fn wait(&self, stop: &AtomicBool) -> bool {
-        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
-        while !*running && !stop.load(Ordering::SeqCst) {
-            running = self
+        if self.running.load(Ordering::SeqCst) {
+            return !stop.load(Ordering::SeqCst);
+        }
+        let mut guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.parked.fetch_add(1, Ordering::SeqCst);
+        while !self.running.load(Ordering::SeqCst) && !stop.load(Ordering::SeqCst) {
+            guard = self
                 .changed
-                .wait_timeout(running, std::time::Duration::from_millis(50))
+                .wait_timeout(guard, std::time::Duration::from_millis(50))
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
+        self.parked.fetch_sub(1, Ordering::SeqCst);
         !stop.load(Ordering::SeqCst)
     }
 }
@@ -97,7 +112,7 @@ impl Vcpu {
 
     fn run_loop(&mut self) -> Stop {
         loop {
-            if self.stop.load(Ordering::SeqCst) {
+            if !self.gate.wait(&self.stop) {
                 return Stop::Requested;
             }
             match self.fd.run() {

@@ -1,0 +1,69 @@
+//! The configuration a machine is planned and booted from. The command line fills it; under
+//! `-delay-machine-init` QMP edits it until the machine is built.
+
+use crate::cli::{CliOptions, SerialSpec};
+use machine::{DeviceRequest, PlanError, PlanRequest};
+use std::path::PathBuf;
+
+#[derive(Debug, Clone)]
+pub struct MachineConfig {
+    pub machine: Option<String>,
+    pub options: Vec<(String, String)>,
+    pub nodefaults: bool,
+    pub ram_size: u64,
+    pub cpus: u32,
+    pub devices: Vec<DeviceRequest>,
+    /// Console backend of COM1; None means QEMU's default (a port unless -nodefaults).
+    pub serial: Option<SerialSpec>,
+    pub kernel: Option<PathBuf>,
+    pub initrd: Option<PathBuf>,
+    pub append: String,
+    pub name: Option<String>,
+}
+
+impl MachineConfig {
+    pub fn from_cli(opts: &CliOptions) -> Result<Self, PlanError> {
+        let devices = opts
+            .devices
+            .iter()
+            .map(|d| DeviceRequest::parse(d))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            machine: opts.machine.clone(),
+            options: opts.machine_options.clone(),
+            nodefaults: opts.nodefaults,
+            ram_size: opts.ram_size,
+            cpus: opts.cpus,
+            devices,
+            serial: opts.serial.first().cloned(),
+            kernel: opts.kernel.clone(),
+            initrd: opts.initrd.clone(),
+            append: opts.append.clone(),
+            name: opts.name.clone(),
+        })
+    }
+
+    /// The console COM1 is attached to: machina has no display, so the default console is
+    /// the terminal; as in QEMU, -nodefaults drops the default port unless -serial names one.
+    pub fn console_spec(&self) -> SerialSpec {
+        match &self.serial {
+            Some(spec) => spec.clone(),
+            None if self.nodefaults => SerialSpec::None,
+            None => SerialSpec::Stdio,
+        }
+    }
+
+    /// The request the machine crate plans from.
+    pub fn plan_request(&self) -> PlanRequest {
+        PlanRequest {
+            machine: self.machine.clone(),
+            options: self.options.clone(),
+            nodefaults: self.nodefaults,
+            ram_size: self.ram_size,
+            cpus: self.cpus,
+            devices: self.devices.clone(),
+            serial: self.serial.as_ref().map(|s| !matches!(s, SerialSpec::None)),
+            ..Default::default()
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! The machine's control state, shared by QMP handlers (on their client threads) and the run
+//! loop (main thread). Queries read the state directly; anything that changes the running
+//! machine is queued for the run loop, which answers once it is done, so that events such as
+//! RESUME are emitted before the command's return, as QEMU orders them.
+
+use crate::config::MachineConfig;
+use devices::pci::{FirmwareLayout, SharedHost};
+use machine::{Catalog, Plan};
+use serde_json::Value;
+use std::collections::VecDeque;
+use std::sync::{mpsc, Mutex, MutexGuard};
+use vmm_sys_util::eventfd::EventFd;
+
+/// QEMU's RunState names for the states machina goes through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunState {
+    Prelaunch,
+    Running,
+    Paused,
+    Shutdown,
+    InternalError,
+}
+
+impl RunState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Prelaunch => "prelaunch",
+            RunState::Running => "running",
+            RunState::Paused => "paused",
+            RunState::Shutdown => "shutdown",
+            RunState::InternalError => "internal-error",
+        }
+    }
+}
+
+/// What the run loop is asked to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// Plan and build the configured machine (x-exit-preconfig).
+    Build,
+    Cont,
+    Stop,
+    Reset,
+    PowerDown,
+    Quit,
+}
+
+pub type Reply = Result<Value, qmp::QmpError>;
+
+/// Everything QMP may read or (before the build) change.
+pub struct VmState {
+    pub status: RunState,
+    pub config: MachineConfig,
+    pub catalog: Catalog,
+    /// The plan the machine was built from (after the build).
+    pub plan: Option<Plan>,
+    pub pci: Option<SharedHost>,
+    pub layout: Option<FirmwareLayout>,
+    /// Backends configured over QMP or the command line (blockdev, netdev, chardev, object),
+    /// kept as their QMP arguments.
+    pub backends: Vec<(String, Value)>,
+}
+
+pub struct Controller {
+    state: Mutex<VmState>,
+    queue: Mutex<VecDeque<(Command, mpsc::Sender<Reply>)>>,
+    wake: EventFd,
+    server: Mutex<Option<qmp::Server>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot create the control eventfd: {0}")]
+pub struct ControlError(#[source] std::io::Error);
+
+impl Controller {
+    pub fn new(state: VmState) -> Result<Self, ControlError> {
+        Ok(Self {
+            state: Mutex::new(state),
+            queue: Mutex::new(VecDeque::new()),
+            wake: EventFd::new(libc::EFD_NONBLOCK).map_err(ControlError)?,
+            server: Mutex::new(None),
+        })
+    }
+
+    pub fn state(&self) -> MutexGuard<'_, VmState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Attach the QMP server whose clients get events and whose preconfig gate opens when
+    /// the machine is built.
+    pub fn set_server(&self, server: qmp::Server) {
+        *self.server.lock().unwrap_or_else(|e| e.into_inner()) = Some(server);
+    }
+
+    /// Emit a QMP event to every negotiated client (nothing without a QMP server).
+    pub fn emit(&self, name: &str, data: Value) {
+        if let Some(server) = self
+            .server
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            server.events().emit(name, data);
+        }
+    }
+
+    /// The machine exists: commands gated on machine initialization become available.
+    pub fn machine_ready(&self) {
+        if let Some(server) = self
+            .server
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            server.set_machine_ready(true);
+        }
+    }
+
+    /// From a QMP handler: queue `command` for the run loop and wait for its answer.
+    pub fn submit(&self, command: Command) -> Reply {
+        let (tx, rx) = mpsc::channel();
+        self.queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push_back((command, tx));
+        let _ = self.wake.write(1);
+        rx.recv()
+            .unwrap_or_else(|_| Err(qmp::QmpError::generic("the machine is shutting down")))
+    }
+
+    /// From the run loop: the queued commands.
+    pub fn take(&self) -> Vec<(Command, mpsc::Sender<Reply>)> {
+        let _ = self.wake.read();
+        self.queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+            .collect()
+    }
+
+    pub fn wake_fd(&self) -> &EventFd {
+        &self.wake
+    }
+}

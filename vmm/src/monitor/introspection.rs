@@ -1,0 +1,275 @@
+//! Questions about machine and device types, answered from the catalog and from plans that
+//! are computed on demand, before (or without) building anything: query-machines,
+//! qom-list-types, device-list-properties, x-query-machine-definition, x-query-placement.
+
+use crate::control::Controller;
+use machine::{DeviceRequest, PlanRequest};
+use qmp::{CommandDef, Map, ObjectType, QmpError, Registry, RegistryError, Session, Type, Value};
+use serde_json::json;
+use std::sync::Arc;
+
+fn plan_error(e: machine::PlanError) -> QmpError {
+    QmpError::generic(e.to_string())
+}
+
+/// `options` as an object of strings/bools/numbers (`{"usb": "off", "acpi": true}`).
+fn options_from(value: Option<&Value>) -> Result<Vec<(String, String)>, QmpError> {
+    let Some(value) = value else {
+        return Ok(Vec::new());
+    };
+    let obj = value
+        .as_object()
+        .ok_or_else(|| QmpError::invalid_parameter_type("options", "object"))?;
+    obj.iter()
+        .map(|(k, v)| {
+            let text = match v {
+                Value::String(s) => s.clone(),
+                Value::Bool(true) => "on".to_string(),
+                Value::Bool(false) => "off".to_string(),
+                Value::Number(n) => n.to_string(),
+                _ => {
+                    return Err(QmpError::invalid_parameter_type(
+                        &format!("options.{k}"),
+                        "string",
+                    ))
+                }
+            };
+            Ok((k.clone(), text))
+        })
+        .collect()
+}
+
+/// Device definitions given as QMP objects (`{"driver": ..., "bus": ..., ...}`) or as
+/// `-device` strings.
+pub(super) fn devices_from(value: Option<&Value>) -> Result<Vec<DeviceRequest>, QmpError> {
+    let Some(list) = value.and_then(Value::as_array) else {
+        return Ok(Vec::new());
+    };
+    list.iter()
+        .map(|d| {
+            let text = match d {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            DeviceRequest::parse(&text).map_err(plan_error)
+        })
+        .collect()
+}
+
+/// A plan request from query arguments. With no `machine`, the configured machine (with its
+/// queued devices) is the base; the arguments override its values.
+fn request_from(args: &Map<String, Value>, control: &Controller) -> Result<PlanRequest, QmpError> {
+    let state = control.state();
+    if !args.contains_key("machine") {
+        let mut req = state.config.plan_request();
+        let extra = options_from(args.get("options"))?;
+        req.options.extend(extra);
+        if let Some(v) = args.get("nodefaults").and_then(Value::as_bool) {
+            req.nodefaults = v;
+        }
+        if let Some(mem) = args.get("memory").and_then(Value::as_u64) {
+            req.ram_size = mem;
+        }
+        if let Some(cpus) = args.get("cpus").and_then(Value::as_u64) {
+            req.cpus = u32::try_from(cpus).unwrap_or(u32::MAX);
+        }
+        req.devices.extend(devices_from(args.get("devices"))?);
+        return Ok(req);
+    }
+    let mut req = PlanRequest {
+        machine: args
+            .get("machine")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .or_else(|| state.config.machine.clone()),
+        options: options_from(args.get("options"))?,
+        nodefaults: args
+            .get("nodefaults")
+            .and_then(Value::as_bool)
+            .unwrap_or(state.config.nodefaults),
+        ram_size: state.config.ram_size,
+        cpus: state.config.cpus,
+        ..Default::default()
+    };
+    if let Some(mem) = args.get("memory").and_then(Value::as_u64) {
+        req.ram_size = mem;
+    }
+    if let Some(cpus) = args.get("cpus").and_then(Value::as_u64) {
+        req.cpus = u32::try_from(cpus).unwrap_or(u32::MAX);
+    }
+    req.devices = devices_from(args.get("devices"))?;
+    Ok(req)
+}
+
+fn plan_query_args(def: CommandDef) -> CommandDef {
+    def.opt("machine", Type::Str)
+        .opt("options", Type::Any)
+        .opt("nodefaults", Type::Bool)
+        .opt("memory", Type::Size)
+        .opt("cpus", Type::Uint32)
+        .opt("devices", Type::array(Type::Any))
+        .allow_preconfig(true)
+}
+
+pub(super) fn register(reg: &mut Registry, control: &Arc<Controller>) -> Result<(), RegistryError> {
+    let c = control.clone();
+    reg.register(
+        CommandDef::new("query-machines")
+            .opt("compat-props", Type::Bool)
+            .returns(Type::array(Type::Any))
+            .allow_preconfig(true),
+        move |args: Map<String, Value>, _ctx: &mut Session| {
+            let compat = args
+                .get("compat-props")
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
+            let state = c.state();
+            Ok(Value::Array(
+                state
+                    .catalog
+                    .machine_types()
+                    .iter()
+                    .map(|m| m.machine_info(compat))
+                    .collect(),
+            ))
+        },
+    )?;
+
+    let c = control.clone();
+    reg.register(
+        CommandDef::new("qom-list-types")
+            .opt("implements", Type::Str)
+            .opt("abstract", Type::Bool)
+            .returns(Type::array(Type::object(
+                ObjectType::new("ObjectTypeInfo")
+                    .member("name", Type::Str)
+                    .optional("abstract", Type::Bool)
+                    .optional("parent", Type::Str),
+            )))
+            .allow_preconfig(true),
+        move |args: Map<String, Value>, _ctx: &mut Session| {
+            let implements = args.get("implements").and_then(Value::as_str);
+            let with_abstract = args
+                .get("abstract")
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
+            let state = c.state();
+            let list = state
+                .catalog
+                .device_types()
+                .iter()
+                .filter(|t| with_abstract || !t.is_abstract)
+                .filter(|t| match implements {
+                    None => true,
+                    Some(i) => {
+                        t.name == i
+                            || t.ancestors.iter().any(|a| a == i)
+                            || t.interfaces.iter().any(|x| x == i)
+                    }
+                })
+                .map(|t| {
+                    let mut info = json!({ "name": t.name });
+                    if t.is_abstract {
+                        info["abstract"] = json!(true);
+                    }
+                    if let Some(p) = &t.parent {
+                        info["parent"] = json!(p);
+                    }
+                    info
+                })
+                .collect();
+            Ok(Value::Array(list))
+        },
+    )?;
+
+    let c = control.clone();
+    reg.register(
+        CommandDef::new("device-list-properties")
+            .arg("typename", Type::Str)
+            .returns(Type::array(Type::Any))
+            .allow_preconfig(true),
+        move |args: Map<String, Value>, _ctx: &mut Session| {
+            let name = args.get("typename").and_then(Value::as_str).unwrap_or("");
+            let state = c.state();
+            let ty = state
+                .catalog
+                .device_type(name)
+                .ok_or_else(|| QmpError::generic(format!("Device '{name}' not found")))?;
+            if ty.is_abstract {
+                return Err(QmpError::generic(format!(
+                    "Parameter 'typename' expects a non-abstract device type"
+                )));
+            }
+            Ok(Value::Array(
+                ty.properties
+                    .iter()
+                    .map(|p| {
+                        let mut info = json!({ "name": p.name, "type": p.ty.help_name() });
+                        if let Some(d) = p
+                            .description
+                            .clone()
+                            .or_else(|| p.ty.default_description().map(str::to_string))
+                        {
+                            info["description"] = json!(d);
+                        }
+                        if let Some(d) = &p.default {
+                            info["default-value"] = d.clone();
+                        }
+                        info
+                    })
+                    .collect(),
+            ))
+        },
+    )?;
+
+    // The whole plan of any machine type with any options, without building anything.
+    let c = control.clone();
+    reg.register(
+        plan_query_args(CommandDef::new("x-query-machine-definition")).returns(Type::Any),
+        move |args: Map<String, Value>, _ctx: &mut Session| {
+            let req = request_from(&args, &c)?;
+            let state = c.state();
+            let plan = state.catalog.plan(&req).map_err(plan_error)?;
+            serde_json::to_value(plan).map_err(|e| QmpError::generic(e.to_string()))
+        },
+    )?;
+
+    // Where would these devices land (and in which virtio mode), or which error, without
+    // changing anything. Against the built machine's plan if there is one, else against the
+    // plan of the arguments (or the configured machine).
+    let c = control.clone();
+    reg.register(
+        plan_query_args(CommandDef::new("x-query-placement"))
+            .opt("hotplug", Type::Bool)
+            .returns(Type::array(Type::Any)),
+        move |args: Map<String, Value>, _ctx: &mut Session| {
+            let requests = devices_from(args.get("devices"))?;
+            let mut base_args = args.clone();
+            base_args.remove("devices");
+            let req = request_from(&base_args, &c)?;
+            let state = c.state();
+            let explicit_machine = ["machine", "options", "nodefaults", "memory", "cpus"]
+                .iter()
+                .any(|k| args.contains_key(*k));
+            let plan = match (&state.plan, explicit_machine) {
+                (Some(plan), false) => plan.clone(),
+                _ => state.catalog.plan(&req).map_err(plan_error)?,
+            };
+            let hotplug = args
+                .get("hotplug")
+                .and_then(Value::as_bool)
+                .unwrap_or(state.plan.is_some());
+            let results = state.catalog.place(&plan, &requests, hotplug);
+            Ok(Value::Array(
+                results
+                    .into_iter()
+                    .map(|r| match r {
+                        Ok(placed) => json!({ "placement": placed }),
+                        Err(e) => json!({ "error": e.to_string() }),
+                    })
+                    .collect(),
+            ))
+        },
+    )?;
+    Ok(())
+}

@@ -1,0 +1,171 @@
+//! Run-state commands and events: query-status, stop, cont, system_reset, system_powerdown,
+//! quit, x-exit-preconfig (and its alias), query-name, CPU queries.
+
+use crate::control::{Command, Controller};
+use qmp::{
+    CommandDef, EventDef, Map, ObjectType, QmpError, Registry, RegistryError, Session, Type, Value,
+};
+use serde_json::json;
+use std::sync::Arc;
+
+const RUN_STATES: &[&str] = &[
+    "debug",
+    "inmigrate",
+    "internal-error",
+    "io-error",
+    "paused",
+    "postmigrate",
+    "prelaunch",
+    "finish-migrate",
+    "restore-vm",
+    "running",
+    "save-vm",
+    "shutdown",
+    "suspended",
+    "watchdog",
+    "guest-panicked",
+    "colo",
+];
+
+const SHUTDOWN_CAUSES: &[&str] = &[
+    "none",
+    "host-error",
+    "host-qmp-quit",
+    "host-qmp-system-reset",
+    "host-signal",
+    "host-ui",
+    "guest-shutdown",
+    "guest-reset",
+    "guest-panic",
+    "subsystem-reset",
+    "snapshot-load",
+];
+
+fn queued(
+    control: &Arc<Controller>,
+    command: Command,
+) -> impl Fn(Map<String, Value>, &mut Session) -> Result<Value, QmpError> {
+    let control = control.clone();
+    move |_args, _ctx| control.submit(command)
+}
+
+pub(super) fn register(reg: &mut Registry, control: &Arc<Controller>) -> Result<(), RegistryError> {
+    let status_info = ObjectType::new("StatusInfo")
+        .member("running", Type::Bool)
+        .member("status", Type::enumeration("RunState", RUN_STATES));
+    let c = control.clone();
+    reg.register(
+        CommandDef::new("query-status")
+            .returns(Type::object(status_info))
+            .allow_preconfig(true),
+        move |_args: Map<String, Value>, _ctx: &mut Session| {
+            let status = c.state().status;
+            Ok(json!({
+                "status": status.as_str(),
+                "running": status == crate::control::RunState::Running,
+            }))
+        },
+    )?;
+    let c = control.clone();
+    reg.register(
+        CommandDef::new("query-name")
+            .returns(Type::object(
+                ObjectType::new("NameInfo").optional("name", Type::Str),
+            ))
+            .allow_preconfig(true),
+        move |_args: Map<String, Value>, _ctx: &mut Session| {
+            Ok(match &c.state().config.name {
+                Some(name) => json!({ "name": name }),
+                None => json!({}),
+            })
+        },
+    )?;
+    reg.register(CommandDef::new("stop"), queued(control, Command::Stop))?;
+    reg.register(CommandDef::new("cont"), queued(control, Command::Cont))?;
+    reg.register(
+        CommandDef::new("system_reset"),
+        queued(control, Command::Reset),
+    )?;
+    reg.register(
+        CommandDef::new("system_powerdown"),
+        queued(control, Command::PowerDown),
+    )?;
+    reg.register(
+        CommandDef::new("quit").allow_preconfig(true),
+        queued(control, Command::Quit),
+    )?;
+    // QEMU's name, and a clearer alias: both build the configured machine and return its plan.
+    for name in ["x-exit-preconfig", "machine-build"] {
+        reg.register(
+            CommandDef::new(name)
+                .returns(Type::Any)
+                .allow_preconfig(true),
+            queued(control, Command::Build),
+        )?;
+    }
+
+    let c = control.clone();
+    reg.register(
+        CommandDef::new("query-hotpluggable-cpus")
+            .returns(Type::array(Type::Any))
+            .allow_preconfig(true),
+        move |_args: Map<String, Value>, _ctx: &mut Session| {
+            let state = c.state();
+            let cpus = state.config.cpus;
+            let max = state
+                .plan
+                .as_ref()
+                .map(|p| p.max_cpus)
+                .unwrap_or(cpus)
+                .max(cpus);
+            let built = state.plan.is_some();
+            // Newest first, as QEMU lists them.
+            let list: Vec<Value> = (0..max)
+                .rev()
+                .map(|i| {
+                    let mut cpu = json!({
+                        "type": "qemu64-x86_64-cpu",
+                        "vcpus-count": 1,
+                        "props": {"socket-id": i, "die-id": 0, "core-id": 0, "thread-id": 0},
+                    });
+                    if built && i < cpus {
+                        cpu["qom-path"] = json!(format!("/machine/unattached/device[{i}]"));
+                    }
+                    cpu
+                })
+                .collect();
+            Ok(Value::Array(list))
+        },
+    )?;
+    let c = control.clone();
+    reg.register(
+        CommandDef::new("query-cpus-fast").returns(Type::array(Type::Any)),
+        move |_args: Map<String, Value>, _ctx: &mut Session| {
+            let cpus = c.state().config.cpus;
+            Ok(Value::Array(
+                (0..cpus)
+                    .map(|i| {
+                        json!({
+                            "cpu-index": i,
+                            "qom-path": format!("/machine/unattached/device[{i}]"),
+                            "thread-id": 0,
+                            "props": {"socket-id": i, "die-id": 0, "core-id": 0, "thread-id": 0},
+                            "target": "x86_64",
+                        })
+                    })
+                    .collect(),
+            ))
+        },
+    )?;
+
+    for event in ["STOP", "RESUME", "POWERDOWN"] {
+        reg.register_event(EventDef::new(event))?;
+    }
+    for event in ["SHUTDOWN", "RESET"] {
+        reg.register_event(EventDef::new(event).member("guest", Type::Bool).member(
+            "reason",
+            Type::enumeration("ShutdownCause", SHUTDOWN_CAUSES),
+        ))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,202 @@
+//! Configuration over QMP before the machine exists (`-delay-machine-init`): machine type and
+//! options, memory, CPUs, kernel; `device_add`, `blockdev-add`, `netdev_add`, `chardev-add`,
+//! `object-add` are checked against the plan and queued for the build.
+
+use super::introspection::devices_from;
+use crate::cli::SerialSpec;
+use crate::control::Controller;
+use qmp::{CommandDef, Map, QmpError, Registry, RegistryError, Session, Type, Value};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+fn before_build(control: &Controller, command: &str) -> Result<(), QmpError> {
+    if control.state().plan.is_some() {
+        return Err(QmpError::generic(format!(
+            "The command '{command}' is permitted only before machine initialization"
+        )));
+    }
+    Ok(())
+}
+
+/// The console a chardev id (or `stdio`/`null`/`none`) stands for.
+fn serial_for(control: &Controller, name: &str) -> Result<SerialSpec, QmpError> {
+    match name {
+        "stdio" => return Ok(SerialSpec::Stdio),
+        "null" => return Ok(SerialSpec::Null),
+        "none" => return Ok(SerialSpec::None),
+        _ => {}
+    }
+    let state = control.state();
+    let chardev = state
+        .backends
+        .iter()
+        .find(|(kind, args)| {
+            kind == "chardev" && args.get("id").and_then(Value::as_str) == Some(name)
+        })
+        .map(|(_, args)| args.clone())
+        .ok_or_else(|| QmpError::device_not_found(format!("Chardev '{name}' not found")))?;
+    let backend = &chardev["backend"];
+    let data = &backend["data"];
+    match backend["type"].as_str() {
+        Some("file") => data["out"]
+            .as_str()
+            .map(|p| SerialSpec::File(PathBuf::from(p)))
+            .ok_or_else(|| QmpError::missing_parameter("backend.data.out")),
+        Some("socket") => {
+            let path = data["addr"]["data"]["path"].as_str().ok_or_else(|| {
+                QmpError::generic("only unix socket chardevs can back the serial port")
+            })?;
+            Ok(SerialSpec::UnixServer {
+                path: PathBuf::from(path),
+                wait: data["wait"].as_bool().unwrap_or(false),
+            })
+        }
+        Some("null") => Ok(SerialSpec::Null),
+        Some("stdio") => Ok(SerialSpec::Stdio),
+        other => Err(QmpError::generic(format!(
+            "chardev backend '{}' cannot back the serial port",
+            other.unwrap_or("?")
+        ))),
+    }
+}
+
+pub(super) fn register(reg: &mut Registry, control: &Arc<Controller>) -> Result<(), RegistryError> {
+    let c = control.clone();
+    reg.register(
+        CommandDef::new("x-machine-set")
+            .opt("machine", Type::Str)
+            .opt("options", Type::Any)
+            .opt("nodefaults", Type::Bool)
+            .opt("memory", Type::Size)
+            .opt("cpus", Type::Uint32)
+            .opt("kernel", Type::Str)
+            .opt("initrd", Type::Str)
+            .opt("append", Type::Str)
+            .opt("serial", Type::Str)
+            .opt("name", Type::Str)
+            .allow_preconfig(true),
+        move |args: Map<String, Value>, _ctx: &mut Session| {
+            before_build(&c, "x-machine-set")?;
+            let serial = match args.get("serial").and_then(Value::as_str) {
+                Some(name) => Some(serial_for(&c, name)?),
+                None => None,
+            };
+            let mut state = c.state();
+            let mut config = state.config.clone();
+            if let Some(m) = args.get("machine").and_then(Value::as_str) {
+                config.machine = Some(m.to_string());
+            }
+            if let Some(opts) = args.get("options").and_then(Value::as_object) {
+                for (k, v) in opts {
+                    let text = match v {
+                        Value::String(s) => s.clone(),
+                        Value::Bool(b) => if *b { "on" } else { "off" }.to_string(),
+                        other => other.to_string(),
+                    };
+                    config.options.retain(|(key, _)| key != k);
+                    config.options.push((k.clone(), text));
+                }
+            }
+            if let Some(v) = args.get("nodefaults").and_then(Value::as_bool) {
+                config.nodefaults = v;
+            }
+            if let Some(v) = args.get("memory").and_then(Value::as_u64) {
+                config.ram_size = v;
+            }
+            if let Some(v) = args.get("cpus").and_then(Value::as_u64) {
+                config.cpus = u32::try_from(v).unwrap_or(u32::MAX);
+            }
+            if let Some(v) = args.get("kernel").and_then(Value::as_str) {
+                config.kernel = Some(PathBuf::from(v));
+            }
+            if let Some(v) = args.get("initrd").and_then(Value::as_str) {
+                config.initrd = Some(PathBuf::from(v));
+            }
+            if let Some(v) = args.get("append").and_then(Value::as_str) {
+                config.append = v.to_string();
+            }
+            if let Some(v) = args.get("name").and_then(Value::as_str) {
+                config.name = Some(v.to_string());
+            }
+            if serial.is_some() {
+                config.serial = serial;
+            }
+            // Refuse a configuration that cannot be planned, and keep the old one.
+            state
+                .catalog
+                .plan(&config.plan_request())
+                .map_err(|e| QmpError::generic(e.to_string()))?;
+            state.config = config;
+            Ok(Value::Null)
+        },
+    )?;
+
+    let c = control.clone();
+    reg.register(
+        CommandDef::new("device_add")
+            .arg("driver", Type::Str)
+            .opt("bus", Type::Str)
+            .opt("id", Type::Str)
+            .extra_args(true)
+            .allow_preconfig(true),
+        move |args: Map<String, Value>, _ctx: &mut Session| {
+            let request = devices_from(Some(&Value::Array(vec![Value::Object(args)])))?;
+            let mut state = c.state();
+            if let Some(plan) = &state.plan {
+                // Hot-plug: QEMU's own refusals first (e.g. pcie.0), then ours.
+                let placed = state.catalog.place(plan, &request, true);
+                if let Some(Err(e)) = placed.into_iter().next() {
+                    return Err(QmpError::generic(e.to_string()));
+                }
+                return Err(QmpError::generic(
+                    "hot-plugging PCI devices is not supported by machina yet",
+                ));
+            }
+            let mut config = state.config.clone();
+            config.devices.extend(request);
+            state
+                .catalog
+                .plan(&config.plan_request())
+                .map_err(|e| QmpError::generic(e.to_string()))?;
+            state.config = config;
+            Ok(Value::Null)
+        },
+    )?;
+
+    for (name, kind) in [
+        ("blockdev-add", "blockdev"),
+        ("netdev_add", "netdev"),
+        ("chardev-add", "chardev"),
+        ("object-add", "object"),
+    ] {
+        let c = control.clone();
+        let def = CommandDef::new(name).extra_args(true).allow_preconfig(true);
+        let def = match kind {
+            "blockdev" => def.arg("driver", Type::Str).opt("node-name", Type::Str),
+            "netdev" => def.arg("type", Type::Str).arg("id", Type::Str),
+            "chardev" => def.arg("id", Type::Str).arg("backend", Type::Any),
+            _ => def.arg("qom-type", Type::Str).arg("id", Type::Str),
+        };
+        reg.register(def, move |args: Map<String, Value>, _ctx: &mut Session| {
+            let mut state = c.state();
+            let id_key = if kind == "blockdev" {
+                "node-name"
+            } else {
+                "id"
+            };
+            let id = args.get(id_key).and_then(Value::as_str).map(str::to_string);
+            if let Some(id) = &id {
+                let duplicate = state
+                    .backends
+                    .iter()
+                    .any(|(k, a)| k == kind && a.get(id_key).and_then(Value::as_str) == Some(id));
+                if duplicate {
+                    return Err(QmpError::generic(format!("Duplicate ID '{id}' for {kind}")));
+                }
+            }
+            state.backends.push((kind.to_string(), Value::Object(args)));
+            Ok(Value::Null)
+        })?;
+    }
+    Ok(())
+}
