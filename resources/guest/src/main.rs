@@ -68,6 +68,7 @@ pub extern "C" fn guest_main(start_info: u64) -> ! {
             b"acpi" => acpi::report(rsdp_hint),
             b"ecam" => pci::ecam_test(rsdp_hint),
             b"reset" => power::reset(),
+            b"powerbutton" => power::wait_power_button(rsdp_hint),
             b"triple-fault" => power::triple_fault(),
             b"echo" => println!(
                 "echo: {}",

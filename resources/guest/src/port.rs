@@ -38,6 +38,16 @@ pub fn inb(port: u16) -> u8 {
     value
 }
 
+/// Reads a 16-bit word from an I/O port.
+pub fn inw(port: u16) -> u16 {
+    let value: u16;
+    // SAFETY: as for `inb`.
+    unsafe {
+        asm!("in ax, dx", out("ax") value, in("dx") port, options(nomem, nostack, preserves_flags))
+    }
+    value
+}
+
 /// Reads a 32-bit dword from an I/O port.
 pub fn inl(port: u16) -> u32 {
     let value: u32;

@@ -2,7 +2,7 @@
 
 use crate::acpi::{self, AddressSpace};
 use crate::phys;
-use crate::port::{outb, outw};
+use crate::port::{inw, outb, outw};
 
 /// PM1 control value for S5 as the brief defines it: SLP_TYP = 0 (QEMU's
 /// and machina's \_S5 value) and SLP_EN.
@@ -52,6 +52,27 @@ fn write_pm1(port: u64, value: u16) -> bool {
         }
         _ => false,
     }
+}
+
+/// PWRBTN_STS in PM1 status (write 1 to clear).
+const PM1_STS_PWRBTN: u16 = 1 << 8;
+
+/// Waits for the ACPI power button (the VMM's `system_powerdown`) by polling PM1a status;
+/// the guest takes no interrupts, so it polls the status bit an SCI would announce.
+pub fn wait_power_button(rsdp_hint: u64) {
+    let Some(evt) = acpi::find_fadt(rsdp_hint)
+        .and_then(|f| u16::try_from(f.pm1a_evt).ok())
+        .filter(|&p| p != 0)
+    else {
+        println!("powerbutton: no-acpi");
+        return;
+    };
+    println!("powerbutton: waiting pm1a_evt={:#x}", evt);
+    while inw(evt) & PM1_STS_PWRBTN == 0 {
+        core::hint::spin_loop();
+    }
+    outw(evt, PM1_STS_PWRBTN);
+    println!("powerbutton: pressed");
 }
 
 /// Powers off via ACPI S5 (or the 0x604 fallback) and never returns.
