@@ -2,6 +2,8 @@
 //! limit, capture what the guest printed on the serial console, and parse the tiny guest's
 //! machine-readable lines.
 
+pub mod qmp_client;
+
 use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};

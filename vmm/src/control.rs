@@ -36,8 +36,11 @@ impl RunState {
 /// What the run loop is asked to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Command {
-    /// Plan and build the configured machine (x-exit-preconfig).
-    Build,
+    /// Plan and build the configured machine. `x-exit-preconfig` also starts the vCPUs
+    /// (unless -S), as QEMU does; `machine-build` leaves them for `cont`.
+    Build {
+        start: bool,
+    },
     Cont,
     Stop,
     Reset,

@@ -118,16 +118,26 @@ fn run(args: Vec<String>, start: Instant) -> Result<u8, String> {
         })
         .map_err(|e| e.to_string())?,
     );
-    let server = start_qmp(&opts, &control)?;
+    if opts.delay_init && opts.qmp.is_empty() && opts.monitors.is_empty() {
+        return Err(
+            "-delay-machine-init needs a QMP monitor (-qmp) to configure and build the machine"
+                .into(),
+        );
+    }
     let trace_start = std::env::var_os("MACHINA_TRACE").map(|_| start);
+    let mut server = None;
     let result = runner::run(
-        control,
+        control.clone(),
         &RunOptions {
             bundled_kernel: BUNDLED_GUEST,
             no_reboot: opts.no_reboot,
             start_paused: opts.start_paused,
             delay_init: opts.delay_init,
             trace_start,
+        },
+        || {
+            server = start_qmp(&opts, &control)?;
+            Ok(())
         },
     );
     if let Some(server) = server {

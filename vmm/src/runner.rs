@@ -57,6 +57,8 @@ pub enum RunError {
     Lifecycle(#[source] std::io::Error),
     #[error(transparent)]
     Console(#[from] crate::console::ConsoleError),
+    #[error("{0}")]
+    Monitor(String),
 }
 
 /// How to run (what to boot comes from the controller's configuration).
@@ -352,10 +354,10 @@ impl Machine<'_> {
     fn handle(&mut self, command: Command) -> (Reply, Option<Outcome>) {
         let built = self.running.is_some();
         match command {
-            Command::Build if built => (Err(QmpError::only_before_init()), None),
-            Command::Build => match self.build() {
+            Command::Build { .. } if built => (Err(QmpError::only_before_init()), None),
+            Command::Build { start } => match self.build() {
                 Ok(plan) => {
-                    if self.options.start_paused {
+                    if self.options.start_paused || !start {
                         self.set_status(RunState::Prelaunch);
                     } else {
                         self.resume();
@@ -468,8 +470,14 @@ impl Machine<'_> {
     }
 }
 
-/// Run the machine described by `control`'s configuration until it ends.
-pub fn run(control: Arc<Controller>, options: &RunOptions) -> Result<Outcome, RunError> {
+/// Run the machine described by `control`'s configuration until it ends. `start_monitor`
+/// runs once the machine exists (at once under `-delay-machine-init`), so that, as in QEMU,
+/// monitor commands are only served after machine initialization unless preconfig asks.
+pub fn run(
+    control: Arc<Controller>,
+    options: &RunOptions,
+    start_monitor: impl FnOnce() -> Result<(), String>,
+) -> Result<Outcome, RunError> {
     let kvm = Kvm::new().map_err(RunError::Kvm)?;
     // A no-op handler: the signal only needs to interrupt KVM_RUN with EINTR.
     register_signal_handler(SIGRTMIN(), kick_handler)
@@ -503,6 +511,7 @@ pub fn run(control: Arc<Controller>, options: &RunOptions) -> Result<Outcome, Ru
             machine.set_status(RunState::Running);
         }
     }
+    start_monitor().map_err(RunError::Monitor)?;
 
     loop {
         machine

@@ -196,9 +196,9 @@ pub(super) fn register(reg: &mut Registry, control: &Arc<Controller>) -> Result<
                 .device_type(name)
                 .ok_or_else(|| QmpError::generic(format!("Device '{name}' not found")))?;
             if ty.is_abstract {
-                return Err(QmpError::generic(format!(
-                    "Parameter 'typename' expects a non-abstract device type"
-                )));
+                return Err(QmpError::generic(
+                    "Parameter 'typename' expects a non-abstract device type",
+                ));
             }
             Ok(Value::Array(
                 ty.properties

@@ -94,13 +94,15 @@ pub(super) fn register(reg: &mut Registry, control: &Arc<Controller>) -> Result<
         CommandDef::new("quit").allow_preconfig(true),
         queued(control, Command::Quit),
     )?;
-    // QEMU's name, and a clearer alias: both build the configured machine and return its plan.
-    for name in ["x-exit-preconfig", "machine-build"] {
+    // QEMU's name (build, then run unless -S), and a clearer one that builds and stops
+    // there, so a tool can compare the machine with its prediction before `cont`. Both
+    // return the plan the machine was built from.
+    for (name, start) in [("x-exit-preconfig", true), ("machine-build", false)] {
         reg.register(
             CommandDef::new(name)
                 .returns(Type::Any)
                 .allow_preconfig(true),
-            queued(control, Command::Build),
+            queued(control, Command::Build { start }),
         )?;
     }
 
