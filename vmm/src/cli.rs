@@ -31,6 +31,10 @@ pub struct CliOptions {
     pub monitors: Vec<String>,
     /// `-delay-machine-init` / `--preconfig`: QMP configures and builds the machine.
     pub delay_init: bool,
+    /// `-qtest SPEC`: no vCPU runs; a test drives I/O and memory from outside.
+    pub qtest: Option<String>,
+    /// `-accel qtest` was given.
+    pub accel_qtest: bool,
     pub action: Action,
 }
 
@@ -83,7 +87,7 @@ pub enum CliError {
     BadSerial(String),
     #[error("-{0} {1}: invalid value '{2}' for '{3}'")]
     BadOptionValue(String, String, String, String),
-    #[error("-accel {0}: invalid accelerator {0} (machina supports only kvm)")]
+    #[error("-accel {0}: invalid accelerator {0} (machina supports kvm, and qtest for tests)")]
     BadAccel(String),
     #[error("-display {0}: machina has no display; only 'none' is supported")]
     BadDisplay(String),
@@ -113,6 +117,8 @@ impl Default for CliOptions {
             chardevs: Vec::new(),
             monitors: Vec::new(),
             delay_init: false,
+            qtest: None,
+            accel_qtest: false,
             action: Action::Run,
         }
     }
@@ -270,6 +276,8 @@ fn takes_argument(name: &str) -> bool {
             | "device"
             | "machine-definition"
             | "qmp"
+            | "qtest"
+            | "qtest-log"
             | "qmp-pretty"
             | "chardev"
             | "mon"
@@ -336,8 +344,11 @@ where
             }
             "accel" | "enable-kvm" => {
                 let accel = split_keyval(&value).into_iter().next().unwrap_or_default();
-                if name == "accel" && accel != "kvm" {
-                    return Err(CliError::BadAccel(value));
+                match accel.as_str() {
+                    "qtest" if name == "accel" => opts.accel_qtest = true,
+                    "kvm" => {}
+                    _ if name == "accel" => return Err(CliError::BadAccel(value)),
+                    _ => {}
                 }
             }
             "nodefaults" => opts.nodefaults = true,
@@ -359,6 +370,8 @@ where
             "chardev" => opts.chardevs.push(value),
             "mon" => opts.monitors.push(value),
             "delay-machine-init" | "preconfig" => opts.delay_init = true,
+            "qtest" => opts.qtest = Some(value),
+            "qtest-log" => {}
             _ => return Err(CliError::InvalidOption(arg)),
         }
     }
@@ -370,7 +383,7 @@ fn parse_machine(opts: &mut CliOptions, value: &str) -> Result<(), CliError> {
         match item.split_once('=') {
             Some(("type", ty)) => opts.machine = Some(ty.to_string()),
             Some((k, v)) => {
-                if k == "accel" && !v.split(':').any(|a| a == "kvm") {
+                if k == "accel" && !v.split(':').any(|a| a == "kvm" || a == "qtest") {
                     return Err(CliError::BadAccel(v.to_string()));
                 }
                 opts.machine_options.push((k.to_string(), v.to_string()))
@@ -418,7 +431,8 @@ usage: machina [options]\n\
 -chardev socket,id=ID,path=PATH,server=on,wait=off  -mon chardev=ID,mode=control   QMP on a chardev\n\
 -delay-machine-init (also --preconfig)  start QMP before the machine exists; build on x-exit-preconfig\n\
 -name NAME                     guest name\n\
--accel kvm                     the only accelerator\n\
+-accel kvm                     the accelerator (-accel qtest with -qtest: no vCPU runs)\n\
+-qtest unix:PATH[,server=on] | stdio   QEMU's qtest protocol: drive I/O and memory from a test\n\
 -h, --help                     this text\n\
 --version                      version\n",
         env!("CARGO_PKG_VERSION")

@@ -13,5 +13,6 @@ pub mod interrupts;
 pub mod kvm_vm;
 pub mod memory;
 pub mod monitor;
+pub mod qtest;
 pub mod runner;
 pub mod vcpu;

@@ -99,7 +99,8 @@ fn run(args: Vec<String>, start: Instant) -> Result<u8, String> {
     let plan = catalog
         .plan(&config.plan_request())
         .map_err(|e| e.to_string())?;
-    if plan.family == machine::Family::None && !opts.start_paused && !opts.delay_init {
+    let inspect_only = opts.start_paused || opts.delay_init || opts.qtest.is_some();
+    if plan.family == machine::Family::None && !inspect_only {
         // QEMU's `none` has no chipset, console or firmware interface: nothing could run.
         return Err(format!(
             "machine type '{}' has no chipset to boot a kernel on; use it with -S to inspect it",
@@ -124,6 +125,13 @@ fn run(args: Vec<String>, start: Instant) -> Result<u8, String> {
                 .into(),
         );
     }
+    let qtest = match &opts.qtest {
+        Some(spec) => Some(vmm::qtest::QtestEndpoint::parse(spec).map_err(|e| e.to_string())?),
+        None if opts.accel_qtest => {
+            return Err("-accel qtest: needs -qtest unix:PATH or -qtest stdio".into())
+        }
+        None => None,
+    };
     let trace_start = std::env::var_os("MACHINA_TRACE").map(|_| start);
     let mut server = None;
     let result = runner::run(
@@ -133,6 +141,7 @@ fn run(args: Vec<String>, start: Instant) -> Result<u8, String> {
             no_reboot: opts.no_reboot,
             start_paused: opts.start_paused,
             delay_init: opts.delay_init,
+            qtest,
             trace_start,
         },
         || {

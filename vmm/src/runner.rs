@@ -68,6 +68,8 @@ pub struct RunOptions {
     pub start_paused: bool,
     /// `-delay-machine-init`: wait for QMP to build the machine.
     pub delay_init: bool,
+    /// `-qtest`: build without booting (reset state), never run vCPUs, serve qtest.
+    pub qtest: Option<crate::qtest::QtestEndpoint>,
     pub trace_start: Option<Instant>,
 }
 
@@ -266,6 +268,7 @@ struct Machine<'a> {
     console: Option<devices::legacy::serial::SharedWriter>,
     serial_slot: SerialSlot,
     running: Option<Running>,
+    qtest: crate::qtest::QtestSlot,
 }
 
 impl Machine<'_> {
@@ -313,9 +316,20 @@ impl Machine<'_> {
             BuildInputs {
                 console,
                 lifecycle: self.lifecycle.clone(),
-                boot: Some(boot),
+                // Under qtest nothing boots: the machine stays in its reset state.
+                boot: self.options.qtest.is_none().then_some(boot),
             },
         )?;
+        if self.options.qtest.is_some() {
+            *self.qtest.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some(crate::qtest::QtestMachine {
+                    io: built.io.clone(),
+                    mmio: built.mmio.clone(),
+                    memory: built.vm.memory.clone(),
+                    pci: built.pci.clone(),
+                    plan: plan.clone(),
+                });
+        }
         *self.serial_slot.lock().unwrap_or_else(|e| e.into_inner()) = built.serial.clone();
         {
             let mut state = self.control.state();
@@ -338,7 +352,10 @@ impl Machine<'_> {
     }
 
     fn resume(&mut self) {
-        self.gate.set_running(true);
+        // Under qtest the accelerator runs no vCPU code at all.
+        if self.options.qtest.is_none() {
+            self.gate.set_running(true);
+        }
         self.set_status(RunState::Running);
         self.control.emit("RESUME", Value::Null);
     }
@@ -501,13 +518,20 @@ pub fn run(
         console: None,
         serial_slot: Arc::new(Mutex::new(None)),
         running: None,
+        qtest: Arc::new(Mutex::new(None)),
     };
+    if let Some(endpoint) = &options.qtest {
+        crate::qtest::start(endpoint, machine.qtest.clone())
+            .map_err(|e| RunError::Monitor(e.to_string()))?;
+    }
     if !options.delay_init {
         machine.build()?;
         if options.start_paused {
             machine.set_status(RunState::Prelaunch);
         } else {
-            machine.gate.set_running(true);
+            if options.qtest.is_none() {
+                machine.gate.set_running(true);
+            }
             machine.set_status(RunState::Running);
         }
     }
