@@ -85,3 +85,40 @@ fn help_and_version_exit_zero() {
         "-machine help lists the catalog",
     );
 }
+
+#[test]
+fn backend_errors() {
+    let dir = std::env::temp_dir().join(format!("machina-cli-backends-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let img = dir.join("d.img");
+    std::fs::write(&img, vec![0u8; 4096]).unwrap();
+    let drive = format!("file={},if=none,id=d0,format=raw", img.display());
+    fails_with(
+        &["-drive", "file=/nonexistent/d.img,if=none,id=d0,format=raw"],
+        "-drive file=/nonexistent/d.img,if=none,id=d0,format=raw: Could not open '/nonexistent/d.img': No such file or directory",
+    );
+    let bad_format = format!("file={},if=none,id=d0,format=qcow9", img.display());
+    fails_with(&["-drive", &bad_format], "Unknown driver 'qcow9'");
+    fails_with(
+        &["-drive", &drive, "-drive", &drive],
+        "Duplicate ID 'd0' for drive",
+    );
+    fails_with(
+        &["-device", "virtio-blk-pci,drive=nope"],
+        "Property 'virtio-blk-device.drive' can't find value 'nope'",
+    );
+    fails_with(&["-device", "virtio-blk-pci"], "drive property not set");
+    fails_with(
+        &["-device", "virtio-net-pci,netdev=nope"],
+        "Property 'virtio-net-device.netdev' can't find value 'nope'",
+    );
+    fails_with(
+        &["-device", "virtio-rng-pci,rng=nope"],
+        "Device 'nope' not found",
+    );
+    fails_with(
+        &["-netdev", "bogus,id=x"],
+        "Parameter 'type' does not accept value 'bogus'",
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -28,6 +28,8 @@ pub struct CliOptions {
     pub qmp: Vec<String>,
     /// `-chardev` and `-mon` arguments, as given (resolved by the qmp crate).
     pub chardevs: Vec<String>,
+    /// `-drive`, `-blockdev`, `-netdev`, `-object` arguments, as given, in order.
+    pub backends: Vec<(BackendOption, String)>,
     pub monitors: Vec<String>,
     /// `-delay-machine-init` / `--preconfig`: QMP configures and builds the machine.
     pub delay_init: bool,
@@ -47,6 +49,15 @@ pub enum Action {
     MachineHelp,
     DeviceHelp,
     DeviceProperties(String),
+}
+
+/// Which backend option an argument came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendOption {
+    Drive,
+    Blockdev,
+    Netdev,
+    Object,
 }
 
 /// A `-serial` backend.
@@ -115,6 +126,7 @@ impl Default for CliOptions {
             nographic: false,
             qmp: Vec::new(),
             chardevs: Vec::new(),
+            backends: Vec::new(),
             monitors: Vec::new(),
             delay_init: false,
             qtest: None,
@@ -276,6 +288,10 @@ fn takes_argument(name: &str) -> bool {
             | "device"
             | "machine-definition"
             | "qmp"
+            | "drive"
+            | "blockdev"
+            | "netdev"
+            | "object"
             | "qtest"
             | "qtest-log"
             | "qmp-pretty"
@@ -368,6 +384,10 @@ where
             "machine-definition" => opts.machine_definitions.push(PathBuf::from(value)),
             "qmp" | "qmp-pretty" => opts.qmp.push(value),
             "chardev" => opts.chardevs.push(value),
+            "drive" => opts.backends.push((BackendOption::Drive, value)),
+            "blockdev" => opts.backends.push((BackendOption::Blockdev, value)),
+            "netdev" => opts.backends.push((BackendOption::Netdev, value)),
+            "object" => opts.backends.push((BackendOption::Object, value)),
             "mon" => opts.monitors.push(value),
             "delay-machine-init" | "preconfig" => opts.delay_init = true,
             "qtest" => opts.qtest = Some(value),
@@ -423,6 +443,11 @@ usage: machina [options]\n\
 -nographic                     serial on stdio, no display\n\
 -display none                  no display (machina has none)\n\
 -device TYPE[,prop=value...]   add a device; -device help lists types, -device TYPE,help its properties\n\
+-drive file=PATH,if=none,id=ID,format=raw[,readonly=on][,cache=MODE]   a raw disk for -device ...,drive=ID\n\
+-blockdev driver=file,node-name=ID,filename=PATH   the same as a block node\n\
+-netdev tap,id=ID,ifname=NAME,script=no,downscript=no   a tap backend for -device ...,netdev=ID\n\
+-chardev file|null|stdio|socket,id=ID,...   a character backend (-mon chardev=ID,mode=control for QMP)\n\
+-object rng-random,id=ID,filename=PATH   an entropy source for virtio-rng-pci,rng=ID\n\
 -nodefaults                    create no default devices\n\
 -no-user-config                accepted (machina reads no user config)\n\
 -no-reboot                     exit instead of rebooting when the guest resets\n\

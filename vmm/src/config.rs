@@ -1,7 +1,8 @@
 //! The configuration a machine is planned and booted from. The command line fills it; under
 //! `-delay-machine-init` QMP edits it until the machine is built.
 
-use crate::cli::{CliOptions, SerialSpec};
+use crate::backends::{self, Backend, BackendError};
+use crate::cli::{BackendOption, CliOptions, SerialSpec};
 use machine::{DeviceRequest, PlanError, PlanRequest};
 use std::path::PathBuf;
 
@@ -19,15 +20,48 @@ pub struct MachineConfig {
     pub initrd: Option<PathBuf>,
     pub append: String,
     pub name: Option<String>,
+    /// Drives, netdevs, chardevs and objects the devices refer to.
+    pub backends: Vec<Backend>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
 }
 
 impl MachineConfig {
-    pub fn from_cli(opts: &CliOptions) -> Result<Self, PlanError> {
+    pub fn from_cli(opts: &CliOptions) -> Result<Self, ConfigError> {
         let devices = opts
             .devices
             .iter()
             .map(|d| DeviceRequest::parse(d))
             .collect::<Result<Vec<_>, _>>()?;
+        let mut list = Vec::new();
+        for (option, spec) in &opts.backends {
+            let backend = match option {
+                BackendOption::Drive => backends::parse_drive(spec)?,
+                BackendOption::Blockdev => backends::parse_blockdev(spec, &list)?,
+                BackendOption::Netdev => backends::parse_netdev(spec)?,
+                BackendOption::Object => backends::parse_object(spec)?,
+            };
+            let context = match option {
+                BackendOption::Drive => format!("-drive {spec}"),
+                BackendOption::Blockdev => format!("-blockdev {spec}"),
+                BackendOption::Netdev => format!("-netdev {spec}"),
+                BackendOption::Object => format!("-object {spec}"),
+            };
+            backends::add(&mut list, backend, &context)?;
+        }
+        // Chardevs serve QMP monitors too; only those that parse as device backends count.
+        for spec in &opts.chardevs {
+            if let Ok(backend) = backends::parse_chardev(spec) {
+                backends::add(&mut list, backend, &format!("-chardev {spec}"))?;
+            }
+        }
+        backends::check_references(&devices, &list)?;
         Ok(Self {
             machine: opts.machine.clone(),
             options: opts.machine_options.clone(),
@@ -40,6 +74,7 @@ impl MachineConfig {
             initrd: opts.initrd.clone(),
             append: opts.append.clone(),
             name: opts.name.clone(),
+            backends: list,
         })
     }
 

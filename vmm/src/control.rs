@@ -59,9 +59,6 @@ pub struct VmState {
     pub plan: Option<Plan>,
     pub pci: Option<SharedHost>,
     pub layout: Option<FirmwareLayout>,
-    /// Backends configured over QMP or the command line (blockdev, netdev, chardev, object),
-    /// kept as their QMP arguments.
-    pub backends: Vec<(String, Value)>,
 }
 
 pub struct Controller {

@@ -115,7 +115,6 @@ fn run(args: Vec<String>, start: Instant) -> Result<u8, String> {
             plan: None,
             pci: None,
             layout: None,
-            backends: Vec::new(),
         })
         .map_err(|e| e.to_string())?,
     );

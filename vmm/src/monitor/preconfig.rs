@@ -3,6 +3,7 @@
 //! `object-add` are checked against the plan and queued for the build.
 
 use super::introspection::devices_from;
+use crate::backends::{self, Backend, CharBackend};
 use crate::cli::SerialSpec;
 use crate::control::Controller;
 use qmp::{CommandDef, Map, QmpError, Registry, RegistryError, Session, Type, Value};
@@ -27,36 +28,23 @@ fn serial_for(control: &Controller, name: &str) -> Result<SerialSpec, QmpError> 
         _ => {}
     }
     let state = control.state();
-    let chardev = state
+    let backend = state
+        .config
         .backends
         .iter()
-        .find(|(kind, args)| {
-            kind == "chardev" && args.get("id").and_then(Value::as_str) == Some(name)
+        .find_map(|b| match b {
+            Backend::Chardev { id, backend } if id == name => Some(backend.clone()),
+            _ => None,
         })
-        .map(|(_, args)| args.clone())
         .ok_or_else(|| QmpError::device_not_found(format!("Chardev '{name}' not found")))?;
-    let backend = &chardev["backend"];
-    let data = &backend["data"];
-    match backend["type"].as_str() {
-        Some("file") => data["out"]
-            .as_str()
-            .map(|p| SerialSpec::File(PathBuf::from(p)))
-            .ok_or_else(|| QmpError::missing_parameter("backend.data.out")),
-        Some("socket") => {
-            let path = data["addr"]["data"]["path"].as_str().ok_or_else(|| {
-                QmpError::generic("only unix socket chardevs can back the serial port")
-            })?;
-            Ok(SerialSpec::UnixServer {
-                path: PathBuf::from(path),
-                wait: data["wait"].as_bool().unwrap_or(false),
-            })
-        }
-        Some("null") => Ok(SerialSpec::Null),
-        Some("stdio") => Ok(SerialSpec::Stdio),
-        other => Err(QmpError::generic(format!(
-            "chardev backend '{}' cannot back the serial port",
-            other.unwrap_or("?")
-        ))),
+    match backend {
+        CharBackend::File(path) => Ok(SerialSpec::File(path)),
+        CharBackend::UnixServer { path, wait } => Ok(SerialSpec::UnixServer { path, wait }),
+        CharBackend::Null => Ok(SerialSpec::Null),
+        CharBackend::Stdio => Ok(SerialSpec::Stdio),
+        CharBackend::UnixClient(_) => Err(QmpError::generic(
+            "the serial port needs a listening (server=on) socket chardev",
+        )),
     }
 }
 
@@ -152,6 +140,8 @@ pub(super) fn register(reg: &mut Registry, control: &Arc<Controller>) -> Result<
                     "hot-plugging PCI devices is not supported by machina yet",
                 ));
             }
+            backends::check_references(&request, &state.config.backends)
+                .map_err(|e| QmpError::generic(e.message))?;
             let mut config = state.config.clone();
             config.devices.extend(request);
             state
@@ -178,23 +168,13 @@ pub(super) fn register(reg: &mut Registry, control: &Arc<Controller>) -> Result<
             _ => def.arg("qom-type", Type::Str).arg("id", Type::Str),
         };
         reg.register(def, move |args: Map<String, Value>, _ctx: &mut Session| {
+            before_build(&c, name)?;
             let mut state = c.state();
-            let id_key = if kind == "blockdev" {
-                "node-name"
-            } else {
-                "id"
-            };
-            let id = args.get(id_key).and_then(Value::as_str).map(str::to_string);
-            if let Some(id) = &id {
-                let duplicate = state
-                    .backends
-                    .iter()
-                    .any(|(k, a)| k == kind && a.get(id_key).and_then(Value::as_str) == Some(id));
-                if duplicate {
-                    return Err(QmpError::generic(format!("Duplicate ID '{id}' for {kind}")));
-                }
-            }
-            state.backends.push((kind.to_string(), Value::Object(args)));
+            let args = Value::Object(args);
+            let backend = backends::from_qmp(name, &args, &state.config.backends)
+                .map_err(|e| QmpError::generic(e.message))?;
+            backends::add(&mut state.config.backends, backend, name)
+                .map_err(|e| QmpError::generic(e.message))?;
             Ok(Value::Null)
         })?;
     }
