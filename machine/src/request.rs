@@ -220,7 +220,7 @@ impl DeviceRequest {
 }
 
 /// Split QEMU keyval text on single commas; `,,` stands for a literal comma.
-pub(crate) fn split_keyval(arg: &str) -> Vec<String> {
+pub fn split_keyval(arg: &str) -> Vec<String> {
     let mut parts = Vec::new();
     let mut cur = String::new();
     let mut chars = arg.chars().peekable();

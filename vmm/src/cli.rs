@@ -136,26 +136,7 @@ impl Default for CliOptions {
     }
 }
 
-/// Split QEMU keyval text (`a=b,c=d`, `,,` escapes a comma) into raw items.
-pub fn split_keyval(text: &str) -> Vec<String> {
-    let mut items = Vec::new();
-    let mut current = String::new();
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == ',' {
-            if chars.peek() == Some(&',') {
-                chars.next();
-                current.push(',');
-            } else {
-                items.push(std::mem::take(&mut current));
-            }
-        } else {
-            current.push(c);
-        }
-    }
-    items.push(current);
-    items
-}
+pub use machine::split_keyval;
 
 /// Parse a size as QEMU does for `-m`: a plain number is MiB; suffixes k/M/G/T/P/E (and B).
 pub fn parse_ram_size(text: &str) -> Result<u64, CliError> {
