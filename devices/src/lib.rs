@@ -5,3 +5,4 @@ pub mod chipset;
 pub mod legacy;
 pub mod lifecycle;
 pub mod pci;
+pub mod virtio;

@@ -291,7 +291,10 @@ mod tests {
     #[test]
     fn layout_matches_qemu_exclusive_bar() {
         let l = MsixLayout::exclusive_bar(1, 4);
-        assert_eq!((l.table_offset, l.pba_offset, l.bar_size), (0, 0x800, 0x1000));
+        assert_eq!(
+            (l.table_offset, l.pba_offset, l.bar_size),
+            (0, 0x800, 0x1000)
+        );
         let l = MsixLayout::exclusive_bar(1, 300);
         assert_eq!((l.pba_offset, l.bar_size), (300 * 16, 0x2000));
     }

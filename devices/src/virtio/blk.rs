@@ -1,0 +1,495 @@
+//! virtio-blk (type 2) over a raw image file, following QEMU's hw/block/virtio-blk.c:
+//! features SEG_MAX, GEOMETRY, BLK_SIZE, TOPOLOGY, FLUSH (write-back cache), CONFIG_WCE,
+//! DISCARD, WRITE_ZEROES, RO; requests IN, OUT, FLUSH, GET_ID, DISCARD, WRITE_ZEROES.
+
+use super::device::{DeviceError, QueueContext, VirtioDevice};
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
+use vm_memory::GuestMemoryMmap;
+
+pub const DEVICE_TYPE: u16 = 2;
+
+const F_SEG_MAX: u64 = 1 << 2;
+const F_GEOMETRY: u64 = 1 << 4;
+const F_RO: u64 = 1 << 5;
+const F_BLK_SIZE: u64 = 1 << 6;
+const F_FLUSH: u64 = 1 << 9;
+const F_TOPOLOGY: u64 = 1 << 10;
+const F_CONFIG_WCE: u64 = 1 << 11;
+const F_MQ: u64 = 1 << 12;
+const F_DISCARD: u64 = 1 << 13;
+const F_WRITE_ZEROES: u64 = 1 << 14;
+
+const T_IN: u32 = 0;
+const T_OUT: u32 = 1;
+const T_FLUSH: u32 = 4;
+const T_GET_ID: u32 = 8;
+const T_DISCARD: u32 = 11;
+const T_WRITE_ZEROES: u32 = 13;
+/// Legacy barrier flag, ignored like QEMU does.
+const T_BARRIER: u32 = 0x8000_0000;
+
+const S_OK: u8 = 0;
+const S_IOERR: u8 = 1;
+const S_UNSUPP: u8 = 2;
+
+const SECTOR: u64 = 512;
+/// VIRTIO_BLK_ID_BYTES.
+const ID_BYTES: usize = 20;
+/// BDRV_REQUEST_MAX_SECTORS, QEMU's default discard / write-zeroes limit.
+const MAX_SECTORS: u32 = 0x3f_ffff;
+const WRITE_ZEROES_UNMAP: u32 = 1;
+/// Bounce-buffer chunk for data transfers.
+const CHUNK: usize = 1 << 20;
+/// O_DIRECT wants block-aligned user buffers.
+const ALIGN: usize = 4096;
+
+/// Config-space offsets (struct virtio_blk_config).
+mod cfg {
+    pub const CAPACITY: usize = 0x00;
+    pub const SEG_MAX: usize = 0x0c;
+    pub const CYLINDERS: usize = 0x10;
+    pub const HEADS: usize = 0x12;
+    pub const SECTORS: usize = 0x13;
+    pub const BLK_SIZE: usize = 0x14;
+    pub const WCE: usize = 0x20;
+    pub const NUM_QUEUES: usize = 0x22;
+    pub const MAX_DISCARD_SECTORS: usize = 0x24;
+    pub const MAX_DISCARD_SEG: usize = 0x28;
+    pub const DISCARD_ALIGN: usize = 0x2c;
+    pub const MAX_WZ_SECTORS: usize = 0x30;
+    pub const MAX_WZ_SEG: usize = 0x34;
+    pub const WZ_MAY_UNMAP: usize = 0x38;
+    /// Size with WRITE_ZEROES, with DISCARD only, and the minimum (endof topology/wce/mq).
+    pub const LEN_WZ: usize = 0x3c;
+    pub const LEN_DISCARD: usize = 0x30;
+    pub const LEN_MIN: usize = 0x24;
+}
+
+/// What the VMM hands the device: the open image and the `-drive` options that matter.
+pub struct BlockBackend {
+    /// Opened read-only or read-write (with O_DIRECT when `direct`).
+    pub file: File,
+    pub read_only: bool,
+    /// cache.direct=on: transfers go through block-aligned bounce buffers.
+    pub direct: bool,
+    /// cache.writeback (QEMU's default): the guest sees a volatile cache and FLUSH.
+    pub writeback: bool,
+}
+
+/// Device options from the plan's properties.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockOptions {
+    /// `serial=`, at most 20 bytes reach the guest.
+    pub serial: String,
+    pub num_queues: u16,
+    pub queue_size: u16,
+    pub discard: bool,
+    pub write_zeroes: bool,
+    pub config_wce: bool,
+}
+
+impl Default for BlockOptions {
+    fn default() -> Self {
+        Self {
+            serial: String::new(),
+            num_queues: 1,
+            queue_size: 256,
+            discard: true,
+            write_zeroes: true,
+            config_wce: true,
+        }
+    }
+}
+
+pub struct Block {
+    backend: BlockBackend,
+    opts: BlockOptions,
+    capacity: u64,
+    /// Write cache enabled (the guest may toggle it through CONFIG_WCE).
+    wce: bool,
+    features: u64,
+    config: Vec<u8>,
+}
+
+/// A buffer aligned for O_DIRECT.
+struct Bounce {
+    raw: Vec<u8>,
+    start: usize,
+}
+
+impl Bounce {
+    fn new(len: usize) -> Self {
+        let raw = vec![0u8; len + ALIGN];
+        let start = raw.as_ptr().align_offset(ALIGN).min(ALIGN);
+        Self { raw, start }
+    }
+    fn buf(&mut self, len: usize) -> &mut [u8] {
+        &mut self.raw[self.start..self.start + len]
+    }
+}
+
+impl Block {
+    pub fn new(backend: BlockBackend, opts: BlockOptions) -> std::io::Result<Self> {
+        let len = backend.file.metadata()?.len();
+        let capacity = len / SECTOR;
+        let mut features = F_SEG_MAX | F_GEOMETRY | F_BLK_SIZE | F_TOPOLOGY;
+        if backend.writeback {
+            features |= F_FLUSH;
+        }
+        if opts.config_wce {
+            features |= F_CONFIG_WCE;
+        }
+        if backend.read_only {
+            features |= F_RO;
+        }
+        if opts.num_queues > 1 {
+            features |= F_MQ;
+        }
+        if opts.discard {
+            features |= F_DISCARD;
+        }
+        if opts.write_zeroes {
+            features |= F_WRITE_ZEROES;
+        }
+        let wce = backend.writeback;
+        let mut dev = Self {
+            backend,
+            opts,
+            capacity,
+            wce,
+            features,
+            config: Vec::new(),
+        };
+        dev.build_config();
+        Ok(dev)
+    }
+
+    fn config_len_for(features: u64) -> usize {
+        if features & F_WRITE_ZEROES != 0 {
+            cfg::LEN_WZ
+        } else if features & F_DISCARD != 0 {
+            cfg::LEN_DISCARD
+        } else {
+            cfg::LEN_MIN
+        }
+    }
+
+    /// virtio_blk_update_config.
+    fn build_config(&mut self) {
+        let mut c = vec![0u8; cfg::LEN_WZ];
+        let put = |c: &mut [u8], at: usize, v: &[u8]| c[at..at + v.len()].copy_from_slice(v);
+        put(&mut c, cfg::CAPACITY, &self.capacity.to_le_bytes());
+        // seg-max-adjust: queue size minus the header and status descriptors.
+        let seg_max = u32::from(self.opts.queue_size.saturating_sub(2));
+        put(&mut c, cfg::SEG_MAX, &seg_max.to_le_bytes());
+        // hd_geometry_guess for an unpartitioned image: 16 heads, 63 sectors.
+        let cyls = (self.capacity / (16 * 63)).clamp(2, 16383) as u16;
+        put(&mut c, cfg::CYLINDERS, &cyls.to_le_bytes());
+        c[cfg::HEADS] = 16;
+        c[cfg::SECTORS] = 63;
+        put(&mut c, cfg::BLK_SIZE, &(SECTOR as u32).to_le_bytes());
+        c[cfg::WCE] = u8::from(self.wce);
+        put(&mut c, cfg::NUM_QUEUES, &self.opts.num_queues.to_le_bytes());
+        put(&mut c, cfg::MAX_DISCARD_SECTORS, &MAX_SECTORS.to_le_bytes());
+        put(&mut c, cfg::MAX_DISCARD_SEG, &1u32.to_le_bytes());
+        put(&mut c, cfg::DISCARD_ALIGN, &1u32.to_le_bytes());
+        put(&mut c, cfg::MAX_WZ_SECTORS, &MAX_SECTORS.to_le_bytes());
+        put(&mut c, cfg::MAX_WZ_SEG, &1u32.to_le_bytes());
+        c[cfg::WZ_MAY_UNMAP] = 1;
+        c.truncate(Self::config_len_for(self.features));
+        self.config = c;
+    }
+
+    fn sector_range_ok(&self, sector: u64, bytes: u64) -> bool {
+        bytes.is_multiple_of(SECTOR)
+            && sector
+                .checked_mul(SECTOR)
+                .and_then(|o| o.checked_add(bytes))
+                .is_some_and(|end| end <= self.capacity * SECTOR)
+    }
+
+    fn sync(&self) -> bool {
+        // SAFETY: fdatasync on a file descriptor we own; no memory is passed.
+        unsafe { libc::fdatasync(self.backend.file.as_raw_fd()) == 0 }
+    }
+
+    fn fallocate(&self, mode: libc::c_int, offset: u64, len: u64) -> std::io::Result<()> {
+        let (Ok(o), Ok(l)) = (i64::try_from(offset), i64::try_from(len)) else {
+            return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+        };
+        // SAFETY: fallocate on a file descriptor we own with plain integer arguments.
+        let r = unsafe { libc::fallocate(self.backend.file.as_raw_fd(), mode, o, l) };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    }
+
+    fn write_zeroes_slow(&self, mut offset: u64, mut len: u64) -> bool {
+        let mut bounce = Bounce::new(CHUNK);
+        while len > 0 {
+            let n = len.min(CHUNK as u64) as usize;
+            if self
+                .backend
+                .file
+                .write_all_at(bounce.buf(n), offset)
+                .is_err()
+            {
+                return false;
+            }
+            offset += n as u64;
+            len -= n as u64;
+        }
+        true
+    }
+
+    /// DISCARD and WRITE_ZEROES with their single 16-byte segment.
+    fn discard_write_zeroes(
+        &self,
+        write_zeroes: bool,
+        reader: &mut virtio_queue::Reader<'_, ()>,
+    ) -> u8 {
+        let avail = reader.available_bytes();
+        if avail != 16 {
+            // max_discard_seg / max_write_zeroes_seg is 1.
+            return S_UNSUPP;
+        }
+        let mut seg = [0u8; 16];
+        if reader.read_exact(&mut seg).is_err() {
+            return S_IOERR;
+        }
+        let sector = u64::from_le_bytes(seg[0..8].try_into().unwrap_or_default());
+        let num = u32::from_le_bytes(seg[8..12].try_into().unwrap_or_default());
+        let flags = u32::from_le_bytes(seg[12..16].try_into().unwrap_or_default());
+        let allowed = if write_zeroes { WRITE_ZEROES_UNMAP } else { 0 };
+        if flags & !allowed != 0 {
+            return S_UNSUPP;
+        }
+        let bytes = u64::from(num) * SECTOR;
+        if num > MAX_SECTORS || !self.sector_range_ok(sector, bytes) {
+            return S_IOERR;
+        }
+        if self.backend.read_only {
+            return S_IOERR;
+        }
+        let offset = sector * SECTOR;
+        if !write_zeroes {
+            // Discard is a hint; a filesystem without hole punching just keeps the data.
+            let _ = self.fallocate(
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                offset,
+                bytes,
+            );
+            return S_OK;
+        }
+        let mode = if flags & WRITE_ZEROES_UNMAP != 0 {
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE
+        } else {
+            libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE
+        };
+        let ok =
+            self.fallocate(mode, offset, bytes).is_ok() || self.write_zeroes_slow(offset, bytes);
+        if ok && !self.wce && !self.sync() {
+            return S_IOERR;
+        }
+        if ok {
+            S_OK
+        } else {
+            S_IOERR
+        }
+    }
+
+    /// Run one request; returns (status, bytes written to the guest before the status byte)
+    /// or None when the chain is malformed (a device error in QEMU).
+    fn execute(
+        &self,
+        mem: &GuestMemoryMmap,
+        chain: DescriptorChain<&GuestMemoryMmap>,
+    ) -> Result<u32, String> {
+        let mut reader = chain
+            .clone()
+            .reader(mem)
+            .map_err(|e| format!("readable buffers: {e}"))?;
+        let mut writer = chain
+            .writer(mem)
+            .map_err(|e| format!("writable buffers: {e}"))?;
+        let mut hdr = [0u8; 16];
+        reader
+            .read_exact(&mut hdr)
+            .map_err(|_| "request outhdr too short".to_string())?;
+        let in_len = writer.available_bytes();
+        if in_len < 1 {
+            return Err("request inhdr too short".into());
+        }
+        let mut status_w = writer
+            .split_at(in_len - 1)
+            .map_err(|e| format!("status byte: {e}"))?;
+        let ty = u32::from_le_bytes([hdr[0], hdr[1], hdr[2], hdr[3]]) & !T_BARRIER;
+        let sector = u64::from_le_bytes(hdr[8..16].try_into().unwrap_or_default());
+        let mut data_len = 0usize;
+        let status = match ty {
+            T_IN => {
+                let len = writer.available_bytes();
+                if !self.sector_range_ok(sector, len as u64) {
+                    S_IOERR
+                } else {
+                    let mut bounce = Bounce::new(len.min(CHUNK));
+                    let mut offset = sector * SECTOR;
+                    let mut st = S_OK;
+                    let mut left = len;
+                    while left > 0 {
+                        let n = left.min(CHUNK);
+                        let buf = bounce.buf(n);
+                        if self.backend.file.read_exact_at(buf, offset).is_err()
+                            || writer.write_all(buf).is_err()
+                        {
+                            st = S_IOERR;
+                            break;
+                        }
+                        offset += n as u64;
+                        left -= n;
+                        data_len += n;
+                    }
+                    st
+                }
+            }
+            T_OUT => {
+                let len = reader.available_bytes();
+                if self.backend.read_only || !self.sector_range_ok(sector, len as u64) {
+                    S_IOERR
+                } else {
+                    let mut bounce = Bounce::new(len.min(CHUNK));
+                    let mut offset = sector * SECTOR;
+                    let mut st = S_OK;
+                    let mut left = len;
+                    while left > 0 {
+                        let n = left.min(CHUNK);
+                        let buf = bounce.buf(n);
+                        if reader.read_exact(buf).is_err()
+                            || self.backend.file.write_all_at(buf, offset).is_err()
+                        {
+                            st = S_IOERR;
+                            break;
+                        }
+                        offset += n as u64;
+                        left -= n;
+                    }
+                    if st == S_OK && !self.wce && !self.sync() {
+                        st = S_IOERR;
+                    }
+                    st
+                }
+            }
+            T_FLUSH if self.features & F_FLUSH != 0 => {
+                if self.sync() {
+                    S_OK
+                } else {
+                    S_IOERR
+                }
+            }
+            T_GET_ID => {
+                let mut id = [0u8; ID_BYTES];
+                let s = self.opts.serial.as_bytes();
+                let n = s.len().min(ID_BYTES);
+                id[..n].copy_from_slice(&s[..n]);
+                let n = writer.available_bytes().min(ID_BYTES);
+                match writer.write_all(&id[..n]) {
+                    Ok(()) => {
+                        data_len = n;
+                        S_OK
+                    }
+                    Err(_) => S_IOERR,
+                }
+            }
+            T_DISCARD if self.features & F_DISCARD != 0 => {
+                self.discard_write_zeroes(false, &mut reader)
+            }
+            T_WRITE_ZEROES if self.features & F_WRITE_ZEROES != 0 => {
+                self.discard_write_zeroes(true, &mut reader)
+            }
+            _ => S_UNSUPP,
+        };
+        status_w
+            .write_all(&[status])
+            .map_err(|e| format!("status byte: {e}"))?;
+        // QEMU pushes the whole writable size for reads, data plus status otherwise.
+        let used = if ty == T_IN { in_len } else { data_len + 1 };
+        Ok(used as u32)
+    }
+}
+
+impl VirtioDevice for Block {
+    fn device_type(&self) -> u16 {
+        DEVICE_TYPE
+    }
+
+    fn queue_max_sizes(&self) -> Vec<u16> {
+        vec![self.opts.queue_size; usize::from(self.opts.num_queues.max(1))]
+    }
+
+    fn features(&self) -> u64 {
+        self.features
+    }
+
+    fn config_len(&self) -> usize {
+        self.config.len()
+    }
+
+    fn read_config(&self, offset: usize, data: &mut [u8]) {
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = self.config.get(offset + i).copied().unwrap_or(0);
+        }
+    }
+
+    fn write_config(&mut self, offset: usize, data: &[u8]) {
+        // Only the writeback byte is writable, and only with CONFIG_WCE.
+        if self.features & F_CONFIG_WCE != 0 && offset <= cfg::WCE && cfg::WCE < offset + data.len()
+        {
+            self.wce = data[cfg::WCE - offset] != 0;
+            if let Some(b) = self.config.get_mut(cfg::WCE) {
+                *b = u8::from(self.wce);
+            }
+        }
+    }
+
+    fn reset(&mut self) {
+        self.wce = self.backend.writeback;
+        self.build_config();
+    }
+
+    fn process_queue(&mut self, idx: usize, ctx: &mut QueueContext) -> Result<(), DeviceError> {
+        let mem = ctx.mem;
+        let Some(q) = ctx.ready_queue(idx) else {
+            return Ok(());
+        };
+        let bad = |reason: String| DeviceError::BadChain { queue: idx, reason };
+        let mut used_any = false;
+        loop {
+            let chain = q
+                .iter(mem)
+                .map_err(|e| DeviceError::BadQueue {
+                    queue: idx,
+                    reason: e.to_string(),
+                })?
+                .next();
+            let Some(chain) = chain else { break };
+            let head = chain.head_index();
+            let used = self.execute(mem, chain).map_err(bad)?;
+            q.add_used(mem, head, used)
+                .map_err(|e| DeviceError::BadQueue {
+                    queue: idx,
+                    reason: e.to_string(),
+                })?;
+            used_any = true;
+        }
+        if used_any {
+            ctx.notify(idx);
+        }
+        Ok(())
+    }
+}

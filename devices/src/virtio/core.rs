@@ -1,0 +1,155 @@
+//! Device state shared by the transport and the worker: the device model, its queues, the
+//! negotiated features and device status (QEMU's VirtIODevice).
+
+use super::device::{QueueContext, VirtioDevice};
+use super::interrupt::VirtioInterrupt;
+use super::regs::{features, status};
+use std::sync::Arc;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+pub(crate) struct Core {
+    pub device: Box<dyn VirtioDevice>,
+    pub queues: Vec<Queue>,
+    /// Per-queue notification EventFds (what a KVM ioeventfd would signal).
+    pub kicks: Vec<EventFd>,
+    pub mem: GuestMemoryMmap,
+    pub irq: Arc<VirtioInterrupt>,
+    pub status: u8,
+    /// Everything offered, legacy-only bits included.
+    pub offered: u64,
+    pub acked: u64,
+    /// Config generation, bumped on every device-side config change.
+    pub generation: u8,
+    /// virtio_error happened: stop processing until reset.
+    pub broken: bool,
+}
+
+impl Core {
+    pub fn new(
+        device: Box<dyn VirtioDevice>,
+        mem: GuestMemoryMmap,
+        irq: Arc<VirtioInterrupt>,
+        legacy: bool,
+        modern: bool,
+    ) -> std::io::Result<Self> {
+        let mut queues = Vec::new();
+        let mut kicks = Vec::new();
+        for max in device.queue_max_sizes() {
+            // Model sizes are constants (powers of two up to 1024); fall back if one is not.
+            let q = Queue::new(max)
+                .or_else(|_| Queue::new(256))
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            queues.push(q);
+            kicks.push(EventFd::new(libc::EFD_NONBLOCK)?);
+        }
+        let mut offered =
+            device.features() | features::RING_INDIRECT_DESC | features::RING_EVENT_IDX;
+        if modern {
+            offered |= features::VERSION_1;
+        }
+        if legacy {
+            offered |= features::LEGACY_ONLY;
+        }
+        Ok(Self {
+            device,
+            queues,
+            kicks,
+            mem,
+            irq,
+            status: 0,
+            offered,
+            acked: 0,
+            generation: 0,
+            broken: false,
+        })
+    }
+
+    /// virtio_set_features: bits the device did not offer are dropped.
+    pub fn set_driver_features(&mut self, value: u64) {
+        // Features are fixed once FEATURES_OK is accepted (virtio 1.x §3.1.1).
+        if self.status & status::FEATURES_OK != 0 {
+            return;
+        }
+        self.acked = value & self.offered;
+    }
+
+    /// virtio_set_status plus virtio_pci's reset-on-zero. Returns true if the device reset.
+    /// Feature validation always passes: acked bits are already a subset of the offer.
+    pub fn set_status(&mut self, value: u8) -> bool {
+        if value == 0 {
+            self.reset();
+            return true;
+        }
+        let was_ok = self.status & status::DRIVER_OK != 0;
+        self.status = value;
+        if !was_ok && value & status::DRIVER_OK != 0 {
+            self.device.activate(self.acked);
+            // Buffers queued before DRIVER_OK were not kicked; look at every queue.
+            for k in &self.kicks {
+                let _ = k.write(1);
+            }
+        }
+        false
+    }
+
+    /// Device reset (status 0): queues, features, status.
+    pub fn reset(&mut self) {
+        self.device.reset();
+        for q in &mut self.queues {
+            q.reset();
+        }
+        for k in &self.kicks {
+            // Drain stale kicks so the worker does not touch a reset queue.
+            let _ = k.read();
+        }
+        self.status = 0;
+        self.acked = 0;
+        self.broken = false;
+        self.irq.reset(false);
+    }
+
+    /// virtio_error: NEEDS_RESET (modern drivers) plus a config interrupt; stop the device.
+    pub fn device_error(&mut self) {
+        self.broken = true;
+        if self.acked & features::VERSION_1 != 0 {
+            self.status |= status::NEEDS_RESET;
+            self.irq.signal_config();
+        }
+    }
+
+    fn context_and_device(&mut self) -> (QueueContext<'_>, &mut dyn VirtioDevice) {
+        (
+            QueueContext {
+                queues: &mut self.queues,
+                mem: &self.mem,
+                features: self.acked,
+                irq: &self.irq,
+            },
+            self.device.as_mut(),
+        )
+    }
+
+    /// Service queue `idx` after a kick.
+    pub fn process_queue(&mut self, idx: usize) {
+        if self.broken || !self.queues.get(idx).is_some_and(|q| q.ready()) {
+            return;
+        }
+        let (mut ctx, dev) = self.context_and_device();
+        if dev.process_queue(idx, &mut ctx).is_err() {
+            self.device_error();
+        }
+    }
+
+    /// Service a device event source.
+    pub fn process_event(&mut self, token: u32) {
+        if self.broken {
+            return;
+        }
+        let (mut ctx, dev) = self.context_and_device();
+        if dev.process_event(token, &mut ctx).is_err() {
+            self.device_error();
+        }
+    }
+}

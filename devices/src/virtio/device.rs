@@ -1,0 +1,88 @@
+//! What a virtio device model implements for the PCI transport, and the context it gets when
+//! a queue or one of its own event sources needs service.
+
+use super::interrupt::VirtioInterrupt;
+use std::os::fd::RawFd;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
+
+/// A request the guest got wrong badly enough that the device stops (virtio_error): the
+/// transport sets NEEDS_RESET and raises a config interrupt.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error("queue {queue}: {reason}")]
+    BadQueue { queue: usize, reason: String },
+    #[error("descriptor chain on queue {queue}: {reason}")]
+    BadChain { queue: usize, reason: String },
+}
+
+/// Everything a device touches while processing: the queues, guest memory, negotiated
+/// features and the interrupt it raises.
+pub struct QueueContext<'a> {
+    pub queues: &'a mut [Queue],
+    pub mem: &'a GuestMemoryMmap,
+    pub features: u64,
+    pub irq: &'a VirtioInterrupt,
+}
+
+impl QueueContext<'_> {
+    /// Interrupt the driver for queue `idx` unless it suppressed notifications.
+    pub fn notify(&mut self, idx: usize) {
+        let Some(q) = self.queues.get_mut(idx) else {
+            return;
+        };
+        // A used ring the guest made unreadable cannot say "no interrupt": send one.
+        if q.needs_notification(self.mem).unwrap_or(true) {
+            self.irq.signal_queue(idx);
+        }
+    }
+
+    pub fn has_feature(&self, bit: u32) -> bool {
+        bit < 64 && self.features & (1 << bit) != 0
+    }
+
+    /// The ready queue `idx`, if the driver enabled it.
+    pub fn ready_queue(&mut self, idx: usize) -> Option<&mut Queue> {
+        self.queues.get_mut(idx).filter(|q| q.ready())
+    }
+}
+
+/// A virtio device behind the transport.
+pub trait VirtioDevice: Send {
+    /// Virtio device ID (1 net, 2 block, 3 console, 4 entropy).
+    fn device_type(&self) -> u16;
+
+    /// Maximum size of each queue; the length is the number of queues.
+    fn queue_max_sizes(&self) -> Vec<u16>;
+
+    /// Device feature bits (transport bits such as VERSION_1 are added by the transport).
+    fn features(&self) -> u64;
+
+    /// Length of the device configuration space as QEMU sizes it for these features.
+    fn config_len(&self) -> usize;
+
+    /// Read the device config at `offset`; bytes past the end read as zero.
+    fn read_config(&self, offset: usize, data: &mut [u8]);
+
+    /// Guest write to the device config; read-only by default.
+    fn write_config(&mut self, _offset: usize, _data: &[u8]) {}
+
+    /// The driver set DRIVER_OK with these features.
+    fn activate(&mut self, _features: u64) {}
+
+    /// Device reset: forget in-flight state (queues are reset by the transport).
+    fn reset(&mut self) {}
+
+    /// Service queue `idx` after the driver notified it.
+    fn process_queue(&mut self, idx: usize, ctx: &mut QueueContext) -> Result<(), DeviceError>;
+
+    /// Extra file descriptors to poll (a tap, an input EventFd), each with a token.
+    fn event_sources(&self) -> Vec<(RawFd, u32)> {
+        Vec::new()
+    }
+
+    /// One of `event_sources` is readable.
+    fn process_event(&mut self, _token: u32, _ctx: &mut QueueContext) -> Result<(), DeviceError> {
+        Ok(())
+    }
+}

@@ -1,0 +1,264 @@
+//! virtio-net (type 1) over a tap with a vnet header: features MAC and STATUS, one rx/tx
+//! queue pair, the 12-byte header with VERSION_1 and the 10-byte legacy header otherwise.
+//! Frames pass through with their header, since the tap uses the same header length.
+
+pub mod tap;
+
+use super::device::{DeviceError, QueueContext, VirtioDevice};
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use virtio_queue::{QueueOwnedT, QueueT};
+
+pub const DEVICE_TYPE: u16 = 1;
+
+const F_MAC: u64 = 1 << 5;
+const F_MRG_RXBUF: u64 = 1 << 15;
+const F_STATUS: u64 = 1 << 16;
+const VERSION_1: u64 = 1 << 32;
+const S_LINK_UP: u16 = 1;
+
+const QUEUE_SIZE: u16 = 256;
+const RX: usize = 0;
+const TX: usize = 1;
+const TAP_TOKEN: u32 = 0;
+/// Largest frame plus header we move (64 KiB frames without offloads are impossible, but a
+/// tap may still hand us up to this much).
+const MAX_FRAME: usize = 65_562;
+const CONFIG_LEN: usize = 8;
+
+/// QEMU's first default MAC (qemu_macaddr_default_if_unset adds the NIC index to the last
+/// byte).
+pub const DEFAULT_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+
+/// The tap the VMM opened (see [`tap::open_tap`]) and the MAC when no `mac=` is given.
+pub struct NetBackend {
+    pub tap: File,
+    pub default_mac: [u8; 6],
+}
+
+/// `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in &mut mac {
+        let p = parts.next()?;
+        if p.len() != 2 {
+            return None;
+        }
+        *b = u8::from_str_radix(p, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
+pub struct Net {
+    tap: File,
+    mac: [u8; 6],
+    /// The tap may have frames (edge-triggered: set on readiness, cleared on EAGAIN).
+    tap_readable: bool,
+    /// A frame read from the tap that found no receive buffer yet.
+    held: Option<Vec<u8>>,
+}
+
+impl Net {
+    pub fn new(backend: NetBackend, mac: Option<[u8; 6]>) -> Self {
+        Self {
+            tap: backend.tap,
+            mac: mac.unwrap_or(backend.default_mac),
+            tap_readable: true,
+            held: None,
+        }
+    }
+
+    fn hdr_len(features: u64) -> usize {
+        if features & (VERSION_1 | F_MRG_RXBUF) != 0 {
+            12
+        } else {
+            10
+        }
+    }
+
+    fn transmit(&mut self, ctx: &mut QueueContext) -> Result<(), DeviceError> {
+        let mem = ctx.mem;
+        let Some(q) = ctx.ready_queue(TX) else {
+            return Ok(());
+        };
+        let mut used_any = false;
+        loop {
+            let chain = q.iter(mem).map_err(|e| bad_queue(TX, e))?.next();
+            let Some(chain) = chain else { break };
+            let head = chain.head_index();
+            if let Ok(mut r) = chain.reader(mem) {
+                let n = r.available_bytes();
+                if n <= MAX_FRAME {
+                    let mut frame = vec![0u8; n];
+                    if r.read_exact(&mut frame).is_ok() {
+                        // A full tap drops the frame, as a congested link would.
+                        let _ = self.tap.write(&frame);
+                    }
+                }
+            }
+            q.add_used(mem, head, 0).map_err(|e| bad_queue(TX, e))?;
+            used_any = true;
+        }
+        if used_any {
+            ctx.notify(TX);
+        }
+        Ok(())
+    }
+
+    fn next_frame(&mut self) -> Option<Vec<u8>> {
+        if let Some(f) = self.held.take() {
+            return Some(f);
+        }
+        if !self.tap_readable {
+            return None;
+        }
+        let mut buf = vec![0u8; MAX_FRAME];
+        match self.tap.read(&mut buf) {
+            Ok(n) if n > 0 => {
+                buf.truncate(n);
+                Some(buf)
+            }
+            Ok(_) => None,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => None,
+            Err(_) => {
+                // EAGAIN: drained until the next readiness edge.
+                self.tap_readable = false;
+                None
+            }
+        }
+    }
+
+    fn receive(&mut self, ctx: &mut QueueContext) -> Result<(), DeviceError> {
+        let mem = ctx.mem;
+        let mut used_any = false;
+        while let Some(q) = ctx.queues.get_mut(RX).filter(|q| q.ready()) {
+            // Only take a frame from the tap when a buffer is waiting for it.
+            let has_buffer = q.avail_idx(mem, std::sync::atomic::Ordering::Acquire).ok()
+                != Some(std::num::Wrapping(q.next_avail()));
+            if !has_buffer {
+                break;
+            }
+            let Some(frame) = self.next_frame() else {
+                break;
+            };
+            let chain = q.iter(mem).map_err(|e| bad_queue(RX, e))?.next();
+            let Some(chain) = chain else {
+                self.held = Some(frame);
+                break;
+            };
+            let head = chain.head_index();
+            let n = match chain.writer(mem) {
+                // Frames that do not fit are dropped, as QEMU does without MRG_RXBUF.
+                Ok(mut w) if w.available_bytes() >= frame.len() => {
+                    w.write_all(&frame).map(|_| frame.len()).unwrap_or(0)
+                }
+                _ => 0,
+            };
+            q.add_used(mem, head, n as u32)
+                .map_err(|e| bad_queue(RX, e))?;
+            used_any = true;
+        }
+        if used_any {
+            ctx.notify(RX);
+        }
+        Ok(())
+    }
+}
+
+fn bad_queue(queue: usize, e: impl std::fmt::Display) -> DeviceError {
+    DeviceError::BadQueue {
+        queue,
+        reason: e.to_string(),
+    }
+}
+
+impl VirtioDevice for Net {
+    fn device_type(&self) -> u16 {
+        DEVICE_TYPE
+    }
+
+    fn queue_max_sizes(&self) -> Vec<u16> {
+        vec![QUEUE_SIZE, QUEUE_SIZE]
+    }
+
+    fn features(&self) -> u64 {
+        F_MAC | F_STATUS
+    }
+
+    fn config_len(&self) -> usize {
+        CONFIG_LEN
+    }
+
+    fn read_config(&self, offset: usize, data: &mut [u8]) {
+        let mut c = [0u8; CONFIG_LEN];
+        c[..6].copy_from_slice(&self.mac);
+        c[6..8].copy_from_slice(&S_LINK_UP.to_le_bytes());
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = c.get(offset + i).copied().unwrap_or(0);
+        }
+    }
+
+    fn write_config(&mut self, offset: usize, data: &[u8]) {
+        // Legacy drivers without CTRL_MAC_ADDR set the MAC through config space.
+        for (i, &b) in data.iter().enumerate() {
+            if let Some(m) = self.mac.get_mut(offset + i) {
+                *m = b;
+            }
+        }
+    }
+
+    fn activate(&mut self, features: u64) {
+        // The tap must frame packets with the header length the guest negotiated.
+        let _ = tap::set_vnet_hdr_size(&self.tap, Self::hdr_len(features) as i32);
+        self.tap_readable = true;
+    }
+
+    fn reset(&mut self) {
+        self.held = None;
+    }
+
+    fn process_queue(&mut self, idx: usize, ctx: &mut QueueContext) -> Result<(), DeviceError> {
+        match idx {
+            RX => self.receive(ctx),
+            TX => self.transmit(ctx),
+            _ => Ok(()),
+        }
+    }
+
+    fn event_sources(&self) -> Vec<(RawFd, u32)> {
+        vec![(self.tap.as_raw_fd(), TAP_TOKEN)]
+    }
+
+    fn process_event(&mut self, token: u32, ctx: &mut QueueContext) -> Result<(), DeviceError> {
+        if token == TAP_TOKEN {
+            self.tap_readable = true;
+            self.receive(ctx)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mac_parsing() {
+        assert_eq!(
+            parse_mac("52:54:00:12:34:57"),
+            Some([0x52, 0x54, 0, 0x12, 0x34, 0x57])
+        );
+        assert_eq!(parse_mac("52:54:00:12:34"), None);
+        assert_eq!(parse_mac("52:54:00:12:34:57:00"), None);
+        assert_eq!(parse_mac("zz:54:00:12:34:57"), None);
+    }
+
+    #[test]
+    fn header_length_follows_features() {
+        assert_eq!(Net::hdr_len(VERSION_1), 12);
+        assert_eq!(Net::hdr_len(F_MRG_RXBUF), 12);
+        assert_eq!(Net::hdr_len(F_MAC), 10);
+    }
+}

@@ -1,0 +1,75 @@
+//! Opening a Linux tap device with a virtio-net header (`/dev/net/tun`, IFF_TAP | IFF_NO_PI
+//! | IFF_VNET_HDR), and setting its header size and offloads.
+
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+
+const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
+const IFF_TAP: libc::c_short = 0x0002;
+const IFF_NO_PI: libc::c_short = 0x1000;
+const IFF_VNET_HDR: libc::c_short = 0x4000;
+
+/// `struct ifreq` reduced to the name and the flags member of its union.
+#[repr(C)]
+struct IfReq {
+    name: [u8; libc::IFNAMSIZ],
+    flags: libc::c_short,
+    _pad: [u8; 22],
+}
+
+fn ioctl_err(what: &str) -> std::io::Error {
+    let e = std::io::Error::last_os_error();
+    std::io::Error::new(e.kind(), format!("{what}: {e}"))
+}
+
+/// Open (or create, with CAP_NET_ADMIN) the tap `ifname`, non-blocking, with a vnet header.
+pub fn open_tap(ifname: &str) -> std::io::Result<File> {
+    if ifname.len() >= libc::IFNAMSIZ {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("interface name {ifname} is too long"),
+        ));
+    }
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open("/dev/net/tun")?;
+    let mut req = IfReq {
+        name: [0; libc::IFNAMSIZ],
+        flags: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR,
+        _pad: [0; 22],
+    };
+    req.name[..ifname.len()].copy_from_slice(ifname.as_bytes());
+    // SAFETY: TUNSETIFF reads and writes a `struct ifreq`; `req` is one (name + flags,
+    // padded to the full 40 bytes) and outlives the call.
+    let r = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF as _, &mut req as *mut IfReq) };
+    if r < 0 {
+        return Err(ioctl_err("TUNSETIFF"));
+    }
+    set_offload(&file, 0)?;
+    Ok(file)
+}
+
+/// Set the virtio-net header length the tap prepends and expects (10 or 12).
+pub fn set_vnet_hdr_size(tap: &File, size: i32) -> std::io::Result<()> {
+    // SAFETY: TUNSETVNETHDRSZ reads an int through the pointer, which is valid for the call.
+    let r = unsafe { libc::ioctl(tap.as_raw_fd(), TUNSETVNETHDRSZ as _, &size as *const i32) };
+    if r < 0 {
+        return Err(ioctl_err("TUNSETVNETHDRSZ"));
+    }
+    Ok(())
+}
+
+/// Offload flags (TUN_F_*); we offer the guest none, so the tap gets 0.
+pub fn set_offload(tap: &File, flags: libc::c_uint) -> std::io::Result<()> {
+    // SAFETY: TUNSETOFFLOAD takes its argument by value; no memory is passed.
+    let r = unsafe { libc::ioctl(tap.as_raw_fd(), TUNSETOFFLOAD as _, flags as libc::c_ulong) };
+    if r < 0 {
+        return Err(ioctl_err("TUNSETOFFLOAD"));
+    }
+    Ok(())
+}

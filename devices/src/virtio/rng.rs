@@ -1,0 +1,93 @@
+//! virtio-rng (type 4): every device-writable buffer is filled from an entropy source
+//! (/dev/urandom, or the `filename` of an rng-random object).
+
+use super::device::{DeviceError, QueueContext, VirtioDevice};
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::Path;
+use virtio_queue::{QueueOwnedT, QueueT};
+
+pub const DEVICE_TYPE: u16 = 4;
+const QUEUE_SIZE: u16 = 8;
+/// Bytes handed out per request at most, so one huge buffer cannot stall the worker.
+const MAX_CHUNK: usize = 64 * 1024;
+
+pub struct Rng {
+    source: Box<dyn Read + Send>,
+}
+
+impl Rng {
+    pub fn new(source: Box<dyn Read + Send>) -> Self {
+        Self { source }
+    }
+
+    /// Open `path` (the rng-random `filename`, default /dev/urandom).
+    pub fn open(path: &Path) -> std::io::Result<Self> {
+        Ok(Self::new(Box::new(File::open(path)?)))
+    }
+}
+
+impl VirtioDevice for Rng {
+    fn device_type(&self) -> u16 {
+        DEVICE_TYPE
+    }
+
+    fn queue_max_sizes(&self) -> Vec<u16> {
+        vec![QUEUE_SIZE]
+    }
+
+    fn features(&self) -> u64 {
+        0
+    }
+
+    fn config_len(&self) -> usize {
+        0
+    }
+
+    fn read_config(&self, _offset: usize, data: &mut [u8]) {
+        data.fill(0);
+    }
+
+    fn process_queue(&mut self, idx: usize, ctx: &mut QueueContext) -> Result<(), DeviceError> {
+        let mem = ctx.mem;
+        let Some(q) = ctx.ready_queue(idx) else {
+            return Ok(());
+        };
+        let mut used_any = false;
+        loop {
+            let chain = match q.iter(mem) {
+                Ok(mut it) => it.next(),
+                Err(e) => {
+                    return Err(DeviceError::BadQueue {
+                        queue: idx,
+                        reason: e.to_string(),
+                    })
+                }
+            };
+            let Some(chain) = chain else { break };
+            let head = chain.head_index();
+            let written = match chain.writer(mem) {
+                Ok(mut w) => {
+                    let want = w.available_bytes().min(MAX_CHUNK);
+                    let mut buf = vec![0u8; want];
+                    match self.source.read(&mut buf) {
+                        Ok(n) => w.write_all(&buf[..n]).map(|_| n).unwrap_or(0),
+                        Err(_) => 0,
+                    }
+                }
+                // A buffer outside guest memory gets nothing.
+                Err(_) => 0,
+            };
+            q.add_used(mem, head, written as u32)
+                .map_err(|e| DeviceError::BadQueue {
+                    queue: idx,
+                    reason: e.to_string(),
+                })?;
+            used_any = true;
+        }
+        if used_any {
+            ctx.notify(idx);
+        }
+        Ok(())
+    }
+}

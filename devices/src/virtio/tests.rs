@@ -1,0 +1,634 @@
+//! Drive virtio-pci functions through config space and BAR accesses the way a guest driver
+//! does, against a GuestMemoryMmap and real files.
+
+use super::blk::BlockBackend;
+use super::console::ConsoleBackend;
+use super::regs::{common, legacy, modern, status};
+use super::*;
+use crate::pci::interrupt::MsiSink;
+use crate::pci::PciFunction;
+use machine::{PciFunctionPlan, PciIdentity, VirtioMode};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
+
+const DESC: u64 = 0x10000;
+const AVAIL: u64 = 0x11000;
+const USED: u64 = 0x12000;
+const QSIZE: u16 = 256;
+const DATA: u64 = 0x40000;
+
+#[derive(Default)]
+struct Sent(Mutex<Vec<(u64, u32)>>);
+impl MsiSink for Sent {
+    fn send(&self, address: u64, data: u32) {
+        self.0.lock().unwrap().push((address, data));
+    }
+}
+
+#[derive(Default)]
+struct Line(Mutex<Vec<bool>>);
+impl IntxLine for Line {
+    fn set_level(&self, level: bool) {
+        self.0.lock().unwrap().push(level);
+    }
+}
+
+fn plan(device_type: u16, legacy: bool, pcie: bool) -> PciFunctionPlan {
+    let (device_id, revision, subsystem_id) = if legacy {
+        (0x1000 + device_type - 1, 0, device_type)
+    } else {
+        (0x1040 + device_type, 1, 0x1100)
+    };
+    let device_id = if legacy && device_type == 4 {
+        0x1005
+    } else {
+        device_id
+    };
+    PciFunctionPlan {
+        type_name: "virtio-test-pci".into(),
+        id: None,
+        bus: "pcie.0".into(),
+        slot: 2,
+        function: 0,
+        implicit: false,
+        identity: PciIdentity {
+            vendor_id: 0x1af4,
+            device_id,
+            class_code: 0x010000,
+            revision,
+            subsystem_vendor_id: Some(0x1af4),
+            subsystem_id: Some(subsystem_id),
+            header_type: 0,
+        },
+        multifunction: false,
+        provides_bus: None,
+        virtio: Some(VirtioMode {
+            device_type,
+            legacy,
+            modern: true,
+            pcie_capability: pcie,
+        }),
+        properties: BTreeMap::from([("serial".to_string(), "machina-disk-0".to_string())]),
+    }
+}
+
+struct Dev {
+    f: VirtioPciFunction,
+    w: VirtioWorker,
+    mem: GuestMemoryMmap,
+    msi: Arc<Sent>,
+    intx: Arc<Line>,
+    console: Option<console::ConsoleInput>,
+    /// Driver-side avail index per queue.
+    avail_idx: Vec<u16>,
+}
+
+fn build(plan: &PciFunctionPlan, backend: VirtioBackend) -> Dev {
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+    let intx = Arc::new(Line::default());
+    let parts = create(plan, backend, mem.clone(), Some(intx.clone())).unwrap();
+    let mut f = parts.function;
+    let msi = Arc::new(Sent::default());
+    f.set_msi_sink(msi.clone());
+    Dev {
+        f,
+        w: parts.worker,
+        mem,
+        msi,
+        intx,
+        console: parts.console_input,
+        avail_idx: vec![0; 8],
+    }
+}
+
+fn image(len: usize) -> (std::path::PathBuf, std::fs::File) {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = std::env::temp_dir().join(format!("machina-vblk-{}-{n}.img", std::process::id()));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .unwrap();
+    file.set_len(len as u64).unwrap();
+    (path, file)
+}
+
+fn blk(legacy: bool, pcie: bool) -> (Dev, std::path::PathBuf) {
+    let (path, file) = image(1 << 20);
+    let d = build(
+        &plan(2, legacy, pcie),
+        VirtioBackend::Block(BlockBackend {
+            file,
+            read_only: false,
+            direct: false,
+            writeback: true,
+        }),
+    );
+    (d, path)
+}
+
+impl Dev {
+    fn cfg_read(&mut self, off: u16, len: usize) -> u64 {
+        let mut b = [0u8; 8];
+        self.f.config_read(off, &mut b[..len]);
+        u64::from_le_bytes(b)
+    }
+    fn cfg_write(&mut self, off: u16, v: u64, len: usize) {
+        self.f.config_write(off, &v.to_le_bytes()[..len]);
+    }
+    fn bar_read(&mut self, bar: usize, off: u64, len: usize) -> u64 {
+        let mut b = [0u8; 8];
+        self.f.bar_read(bar, off, &mut b[..len]);
+        u64::from_le_bytes(b)
+    }
+    fn bar_write(&mut self, bar: usize, off: u64, v: u64, len: usize) {
+        self.f.bar_write(bar, off, &v.to_le_bytes()[..len]);
+    }
+    fn common_w(&mut self, off: u64, v: u64, len: usize) {
+        self.bar_write(modern::BAR, off, v, len);
+    }
+    fn common_r(&mut self, off: u64, len: usize) -> u64 {
+        self.bar_read(modern::BAR, off, len)
+    }
+
+    /// BAR size as a guest measures it (all-ones, read back).
+    fn bar_size(&mut self, index: u16) -> u64 {
+        let off = 0x10 + 4 * index;
+        self.cfg_write(off, 0xffff_ffff, 4);
+        let v = self.cfg_read(off, 4) as u32;
+        if v == 0 {
+            return 0;
+        }
+        let mask = if v & 1 != 0 { !3u32 } else { !0xfu32 };
+        u64::from((!(v & mask)).wrapping_add(1))
+    }
+
+    /// Modern driver init up to DRIVER_OK with `features` acked and queue 0 at DESC.
+    fn modern_init(&mut self, features: u64) -> u8 {
+        self.common_w(common::STATUS, 0, 1);
+        self.common_w(common::STATUS, u64::from(status::ACKNOWLEDGE), 1);
+        self.common_w(
+            common::STATUS,
+            u64::from(status::ACKNOWLEDGE | status::DRIVER),
+            1,
+        );
+        for sel in 0..2u64 {
+            self.common_w(common::GFSELECT, sel, 4);
+            self.common_w(common::GF, (features >> (32 * sel)) & 0xffff_ffff, 4);
+        }
+        let s = status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK;
+        self.common_w(common::STATUS, u64::from(s), 1);
+        let got = self.common_r(common::STATUS, 1) as u8;
+        self.common_w(common::Q_SELECT, 0, 2);
+        self.common_w(common::Q_SIZE, u64::from(QSIZE), 2);
+        self.common_w(common::Q_DESCLO, DESC, 4);
+        self.common_w(common::Q_DESCHI, 0, 4);
+        self.common_w(common::Q_AVAILLO, AVAIL, 4);
+        self.common_w(common::Q_USEDLO, USED, 4);
+        self.common_w(common::Q_ENABLE, 1, 2);
+        self.common_w(common::STATUS, u64::from(s | status::DRIVER_OK), 1);
+        got
+    }
+
+    /// Legacy driver init: features 0-31 and queue 0 by PFN (same ring addresses).
+    fn legacy_init(&mut self) {
+        self.bar_write(0, legacy::STATUS, 0, 1);
+        self.bar_write(0, legacy::STATUS, 3, 1);
+        let host = self.bar_read(0, legacy::HOST_FEATURES, 4);
+        self.bar_write(0, legacy::GUEST_FEATURES, host & 0x0000_ffff, 4);
+        self.bar_write(0, legacy::QUEUE_SEL, 0, 2);
+        assert_eq!(self.bar_read(0, legacy::QUEUE_NUM, 2), u64::from(QSIZE));
+        self.bar_write(0, legacy::QUEUE_PFN, DESC >> 12, 4);
+        self.bar_write(0, legacy::STATUS, 7, 1);
+    }
+
+    /// Put a chain (addr, len, device-writable) on queue `q` and publish it.
+    fn submit(&mut self, q: usize, base: u64, bufs: &[(u64, u32, bool)]) -> u16 {
+        let head = self.avail_idx[q] % QSIZE;
+        let first = (head as usize * 4) % QSIZE as usize;
+        for (i, &(addr, len, write)) in bufs.iter().enumerate() {
+            let idx = first + i;
+            let next = if i + 1 < bufs.len() { idx + 1 } else { 0 };
+            let mut flags = if write { 2u16 } else { 0 };
+            if i + 1 < bufs.len() {
+                flags |= 1;
+            }
+            let d = GuestAddress(base + 16 * idx as u64);
+            self.mem.write_obj(addr, d).unwrap();
+            self.mem.write_obj(len, d.unchecked_add(8)).unwrap();
+            self.mem.write_obj(flags, d.unchecked_add(12)).unwrap();
+            self.mem
+                .write_obj(next as u16, d.unchecked_add(14))
+                .unwrap();
+        }
+        let avail = AVAIL + if q == 0 { 0 } else { 0x8000 };
+        let slot = self.avail_idx[q] % QSIZE;
+        self.mem
+            .write_obj(first as u16, GuestAddress(avail + 4 + 2 * u64::from(slot)))
+            .unwrap();
+        self.avail_idx[q] = self.avail_idx[q].wrapping_add(1);
+        self.mem
+            .write_obj(self.avail_idx[q], GuestAddress(avail + 2))
+            .unwrap();
+        first as u16
+    }
+
+    fn used(&self, n: u16) -> (u32, u32) {
+        let e = USED + 4 + 8 * u64::from(n % QSIZE);
+        (
+            self.mem.read_obj(GuestAddress(e)).unwrap(),
+            self.mem.read_obj(GuestAddress(e + 4)).unwrap(),
+        )
+    }
+    fn used_idx(&self) -> u16 {
+        self.mem.read_obj(GuestAddress(USED + 2)).unwrap()
+    }
+
+    /// One virtio-blk request; returns (status, used len).
+    fn blk_req(
+        &mut self,
+        notify: &dyn Fn(&mut Dev),
+        ty: u32,
+        sector: u64,
+        data: Option<(u64, u32, bool)>,
+    ) -> (u8, u32) {
+        let hdr = DATA - 0x100;
+        let st = DATA - 0x10;
+        let mut h = [0u8; 16];
+        h[0..4].copy_from_slice(&ty.to_le_bytes());
+        h[8..16].copy_from_slice(&sector.to_le_bytes());
+        self.mem.write_slice(&h, GuestAddress(hdr)).unwrap();
+        self.mem.write_obj(0xffu8, GuestAddress(st)).unwrap();
+        let mut bufs = vec![(hdr, 16, false)];
+        bufs.extend(data);
+        bufs.push((st, 1, true));
+        let before = self.used_idx();
+        self.submit(0, DESC, &bufs);
+        notify(self);
+        self.w.poll();
+        assert_eq!(self.used_idx(), before.wrapping_add(1), "request completed");
+        (
+            self.mem.read_obj(GuestAddress(st)).unwrap(),
+            self.used(before).1,
+        )
+    }
+}
+
+fn modern_notify(d: &mut Dev) {
+    d.bar_write(modern::BAR, modern::NOTIFY, 0, 2);
+}
+fn legacy_notify(d: &mut Dev) {
+    d.bar_write(0, legacy::QUEUE_NOTIFY, 0, 2);
+}
+
+#[test]
+fn transitional_layout_matches_qemu() {
+    let (mut d, _) = blk(true, false);
+    assert_eq!(d.cfg_read(0, 4), 0x1001_1af4);
+    assert_eq!(d.cfg_read(0x2c, 4), 0x0002_1af4);
+    assert_eq!(d.cfg_read(0x34, 1), 0x98);
+    // Vendor caps: common, ISR, device, notify (len 0x14, mult 4), PCI cfg; MSI-X last.
+    assert_eq!(d.cfg_read(0x40, 4), 0x0110_0009);
+    assert_eq!(d.cfg_read(0x50, 4), 0x0310_4009);
+    assert_eq!(d.cfg_read(0x60, 4), 0x0410_5009);
+    assert_eq!(d.cfg_read(0x70, 4), 0x0214_6009);
+    assert_eq!(d.cfg_read(0x78, 4), 0x3000);
+    assert_eq!(d.cfg_read(0x7c, 4), 0x1000);
+    assert_eq!(d.cfg_read(0x80, 4), 4);
+    assert_eq!(d.cfg_read(0x84, 4), 0x0514_7009);
+    assert_eq!(d.cfg_read(0x98, 4), 0x0001_8411, "2 vectors for one queue");
+    assert_eq!(d.cfg_read(0xa0, 4), 0x801);
+    assert_eq!(d.f.caps().msix, Some(0x98));
+    assert_eq!(
+        d.bar_size(0),
+        0x80,
+        "blk legacy BAR with discard+write-zeroes config"
+    );
+    assert_eq!(d.bar_size(1), 0x1000);
+    assert_eq!(d.bar_size(4), 0x4000);
+    assert_eq!(d.cfg_read(0x10 + 16, 4) & 0xf, 0xc, "64-bit prefetchable");
+    assert_eq!(d.cfg_read(0x3d, 1), 1);
+}
+
+#[test]
+fn root_port_layout_matches_qemu() {
+    let (mut d, _) = blk(false, true);
+    assert_eq!(d.cfg_read(0, 4), 0x1042_1af4);
+    assert_eq!(d.cfg_read(8, 1), 1);
+    assert_eq!(d.cfg_read(0x2c, 4), 0x1100_1af4);
+    assert_eq!(d.cfg_read(0x34, 1), 0xdc);
+    // Measured on QEMU behind pcie-root-port: endpoint v2, RBER + FLR, x1 2.5 GT/s.
+    assert_eq!(d.cfg_read(0x40, 4), 0x0002_0010);
+    assert_eq!(d.cfg_read(0x44, 4), 0x1000_8000);
+    assert_eq!(d.cfg_read(0x4c, 4), 0x0000_0411);
+    assert_eq!(d.cfg_read(0x50, 4), 0x0011_0000);
+    assert_eq!(d.cfg_read(0x64, 4), 0x0030_0000);
+    assert_eq!(d.cfg_read(0x7c, 4), 0x0003_4001);
+    assert_eq!(
+        d.cfg_read(0x80, 2),
+        0x0008,
+        "No_Soft_Reset (10.2 machine types)"
+    );
+    assert_eq!(d.cfg_read(0x84, 4), 0x0110_7c09);
+    assert_eq!(d.cfg_read(0xc8, 4), 0x0514_b409);
+    assert_eq!(d.cfg_read(0xdc, 4), 0x0001_c811);
+    assert_eq!(d.bar_size(0), 0, "no legacy BAR");
+    assert_eq!(d.bar_size(4), 0x4000);
+    // Express config space: the extended header at 0x100 is read-only zero.
+    d.cfg_write(0x100, 0xffff_ffff, 4);
+    assert_eq!(d.cfg_read(0x100, 4), 0);
+    // FLR resets the function.
+    d.cfg_write(0x04, 6, 2);
+    d.cfg_write(0x48, 0x8000, 2);
+    assert_eq!(d.cfg_read(0x04, 2), 0);
+    assert_eq!(d.cfg_read(0x48, 2), 0);
+}
+
+#[test]
+fn non_transitional_on_root_bus_has_no_express_cap() {
+    let mut d = build(
+        &plan(4, false, false),
+        VirtioBackend::Rng(Box::new(std::io::repeat(0x5a))),
+    );
+    assert_eq!(d.cfg_read(0, 4), 0x1044_1af4);
+    assert_eq!(d.cfg_read(0x34, 1), 0x98);
+    assert_eq!(d.cfg_read(0x40, 1), 0x09);
+    assert_eq!(d.bar_size(0), 0);
+    assert_eq!(d.f.caps().pcie, None);
+    let mut t = build(
+        &plan(4, true, false),
+        VirtioBackend::Rng(Box::new(std::io::repeat(0))),
+    );
+    assert_eq!(t.bar_size(0), 0x20, "rng legacy BAR");
+}
+
+#[test]
+fn modern_blk_write_read_flush_and_errors() {
+    let (mut d, path) = blk(false, false);
+    let f = super::regs::features::VERSION_1 | (1 << 9) | (1 << 6) | (1 << 29);
+    let st = d.modern_init(f);
+    assert_ne!(st & status::FEATURES_OK, 0);
+    assert_eq!(d.common_r(common::NUMQ, 2), 1);
+    assert_eq!(d.common_r(common::DF, 4) & (1 << 9), 1 << 9);
+    d.common_w(common::DFSELECT, 1, 4);
+    assert_eq!(d.common_r(common::DF, 4), 1, "VERSION_1");
+    // Capacity in the device region: 1 MiB / 512.
+    assert_eq!(d.bar_read(modern::BAR, modern::DEVICE, 8), 2048);
+    // Write a pattern to sector 3.
+    let pattern: Vec<u8> = (0..1024u32).map(|i| (i * 7) as u8).collect();
+    d.mem.write_slice(&pattern, GuestAddress(DATA)).unwrap();
+    let (s, len) = d.blk_req(&modern_notify, 1, 3, Some((DATA, 1024, false)));
+    assert_eq!((s, len), (0, 1));
+    let mut disk = vec![0u8; 1024];
+    std::fs::File::open(&path)
+        .unwrap()
+        .read_exact_at_compat(3 * 512, &mut disk);
+    assert_eq!(disk, pattern);
+    // Read it back elsewhere.
+    let (s, len) = d.blk_req(&modern_notify, 0, 3, Some((DATA + 0x1000, 1024, true)));
+    assert_eq!((s, len), (0, 1025));
+    let mut back = vec![0u8; 1024];
+    d.mem
+        .read_slice(&mut back, GuestAddress(DATA + 0x1000))
+        .unwrap();
+    assert_eq!(back, pattern);
+    // Flush, GET_ID, out of range, unsupported.
+    assert_eq!(d.blk_req(&modern_notify, 4, 0, None).0, 0);
+    let (s, len) = d.blk_req(&modern_notify, 8, 0, Some((DATA + 0x2000, 20, true)));
+    assert_eq!((s, len), (0, 21));
+    let mut id = [0u8; 20];
+    d.mem
+        .read_slice(&mut id, GuestAddress(DATA + 0x2000))
+        .unwrap();
+    assert_eq!(&id[..14], b"machina-disk-0");
+    assert_eq!(
+        d.blk_req(&modern_notify, 0, 2047, Some((DATA, 1024, true)))
+            .0,
+        1
+    );
+    assert_eq!(
+        d.blk_req(&modern_notify, 1, u64::MAX / 2, Some((DATA, 512, false)))
+            .0,
+        1
+    );
+    assert_eq!(d.blk_req(&modern_notify, 99, 0, None).0, 2);
+    // Write zeroes over the pattern.
+    let mut seg = [0u8; 16];
+    seg[0..8].copy_from_slice(&3u64.to_le_bytes());
+    seg[8..12].copy_from_slice(&2u32.to_le_bytes());
+    d.mem
+        .write_slice(&seg, GuestAddress(DATA + 0x3000))
+        .unwrap();
+    assert_eq!(
+        d.blk_req(&modern_notify, 13, 0, Some((DATA + 0x3000, 16, false)))
+            .0,
+        0
+    );
+    std::fs::File::open(&path)
+        .unwrap()
+        .read_exact_at_compat(3 * 512, &mut disk);
+    assert!(disk.iter().all(|&b| b == 0));
+    // Interrupts went nowhere yet: MSI-X disabled, so INTx rose.
+    assert!(d.intx.0.lock().unwrap().contains(&true));
+    let isr = d.bar_read(modern::BAR, modern::ISR, 1);
+    assert_eq!(isr, 1);
+    assert_eq!(d.bar_read(modern::BAR, modern::ISR, 1), 0, "read clears");
+    assert_eq!(d.intx.0.lock().unwrap().last(), Some(&false));
+    std::fs::remove_file(path).unwrap();
+}
+
+trait ReadAt {
+    fn read_exact_at_compat(&self, off: u64, buf: &mut [u8]);
+}
+impl ReadAt for std::fs::File {
+    fn read_exact_at_compat(&self, off: u64, buf: &mut [u8]) {
+        std::os::unix::fs::FileExt::read_exact_at(self, buf, off).unwrap();
+    }
+}
+
+#[test]
+fn legacy_blk_over_io_bar() {
+    let (mut d, path) = blk(true, false);
+    let host = d.bar_read(0, legacy::HOST_FEATURES, 4);
+    assert_ne!(host & (1 << 30), 0, "BAD_FEATURE offered to legacy drivers");
+    d.legacy_init();
+    assert_eq!(d.bar_read(0, legacy::QUEUE_PFN, 4), DESC >> 12);
+    // Device config at 20 with MSI-X off.
+    assert_eq!(d.bar_read(0, 20, 4), 2048);
+    let pattern = [0xa5u8; 512];
+    d.mem.write_slice(&pattern, GuestAddress(DATA)).unwrap();
+    assert_eq!(
+        d.blk_req(&legacy_notify, 1, 7, Some((DATA, 512, false))).0,
+        0
+    );
+    let mut disk = [0u8; 512];
+    std::fs::File::open(&path)
+        .unwrap()
+        .read_exact_at_compat(7 * 512, &mut disk);
+    assert_eq!(disk, pattern);
+    assert_eq!(d.bar_read(0, legacy::ISR, 1), 1);
+    // Zero PFN resets the device.
+    d.bar_write(0, legacy::QUEUE_PFN, 0, 4);
+    assert_eq!(d.bar_read(0, legacy::STATUS, 1), 0);
+    std::fs::remove_file(path).unwrap();
+}
+
+#[test]
+fn msix_delivery_and_masking() {
+    let (mut d, _path) = blk(false, false);
+    d.modern_init(super::regs::features::VERSION_1);
+    // Program vector 1 and assign it to queue 0, then enable MSI-X.
+    d.bar_write(1, 16, 0xfee0_0000, 4);
+    d.bar_write(1, 24, 0x4055, 4);
+    d.bar_write(1, 28, 0, 4);
+    d.common_w(common::Q_SELECT, 0, 2);
+    d.common_w(common::Q_MSIX, 1, 2);
+    assert_eq!(d.common_r(common::Q_MSIX, 2), 1);
+    d.common_w(common::Q_MSIX, 7, 2);
+    assert_eq!(
+        d.common_r(common::Q_MSIX, 2),
+        0xffff,
+        "out of range reads NO_VECTOR"
+    );
+    d.common_w(common::Q_MSIX, 1, 2);
+    d.cfg_write(0x9b, 0xc0, 1);
+    let (s, _) = d.blk_req(&modern_notify, 4, 0, None);
+    assert_eq!(s, 0);
+    assert!(d.msi.0.lock().unwrap().is_empty(), "function masked");
+    assert_eq!(d.bar_read(1, 0x800, 1), 2, "pending bit");
+    d.cfg_write(0x9b, 0x80, 1);
+    assert_eq!(*d.msi.0.lock().unwrap(), vec![(0xfee0_0000, 0x4055)]);
+    assert_eq!(d.bar_read(1, 0x800, 1), 0);
+    assert!(
+        d.intx.0.lock().unwrap().iter().all(|&l| !l),
+        "no INTx with MSI-X"
+    );
+}
+
+#[test]
+fn pci_cfg_capability_window() {
+    let (mut d, _path) = blk(true, false);
+    // Read num_queues through the window: offset 0x12, length 2.
+    d.cfg_write(0x84 + 4, 4, 1);
+    d.cfg_write(0x84 + 8, common::NUMQ, 4);
+    d.cfg_write(0x84 + 12, 2, 4);
+    assert_eq!(d.cfg_read(0x84 + 16, 2), 1);
+    // Write the device status through it.
+    d.cfg_write(0x84 + 8, common::STATUS, 4);
+    d.cfg_write(0x84 + 12, 1, 4);
+    d.cfg_write(0x84 + 16, 1, 1);
+    assert_eq!(d.common_r(common::STATUS, 1), 1);
+    // Bad lengths and offsets do nothing.
+    d.cfg_write(0x84 + 12, 3, 4);
+    d.cfg_write(0x84 + 8, 0xffff_fff0, 4);
+    d.cfg_write(0x84 + 16, 0xffff_ffff, 4);
+    let _ = d.cfg_read(0x84 + 16, 4);
+}
+
+#[test]
+fn bad_guest_input_gives_device_errors() {
+    let (mut d, _path) = blk(false, false);
+    d.modern_init(super::regs::features::VERSION_1);
+    // Header descriptor far outside guest memory.
+    d.submit(0, DESC, &[(0xdead_0000_0000, 16, false), (DATA, 1, true)]);
+    modern_notify(&mut d);
+    d.w.poll();
+    assert_ne!(d.common_r(common::STATUS, 1) as u8 & status::NEEDS_RESET, 0);
+    // Reset, then a descriptor loop and an oversized queue size.
+    d.modern_init(super::regs::features::VERSION_1);
+    assert_eq!(d.common_r(common::STATUS, 1) as u8 & status::NEEDS_RESET, 0);
+    d.mem.write_obj(0u16, GuestAddress(USED + 2)).unwrap();
+    d.avail_idx[0] = 0;
+    let i = d.submit(0, DESC, &[(DATA, 16, false), (DATA, 16, false)]);
+    // Point the second descriptor back at the first.
+    d.mem
+        .write_obj(i, GuestAddress(DESC + 16 * u64::from(i + 1) + 14))
+        .unwrap();
+    d.mem
+        .write_obj(1u16, GuestAddress(DESC + 16 * u64::from(i + 1) + 12))
+        .unwrap();
+    modern_notify(&mut d);
+    d.w.poll();
+    assert_ne!(d.common_r(common::STATUS, 1) as u8 & status::NEEDS_RESET, 0);
+    d.common_w(common::Q_SIZE, 300, 2);
+    d.common_w(common::Q_SELECT, 5000, 2);
+    d.common_w(common::Q_SIZE, 8, 2);
+    // Out-of-range BAR accesses are harmless.
+    d.bar_write(modern::BAR, 0x3fff, 0xffff, 2);
+    let _ = d.bar_read(modern::BAR, 0x0ffe, 4);
+    let _ = d.bar_read(0, 0x1000, 4);
+}
+
+#[test]
+fn rng_fills_buffers() {
+    let mut d = build(
+        &plan(4, true, false),
+        VirtioBackend::Rng(Box::new(std::io::repeat(0x5a))),
+    );
+    d.modern_init(super::regs::features::VERSION_1);
+    d.submit(0, DESC, &[(DATA, 64, true)]);
+    modern_notify(&mut d);
+    d.w.poll();
+    assert_eq!(d.used(0), (0, 64));
+    let mut b = [0u8; 64];
+    d.mem.read_slice(&mut b, GuestAddress(DATA)).unwrap();
+    assert!(b.iter().all(|&x| x == 0x5a));
+}
+
+#[derive(Clone, Default)]
+struct Out(Arc<Mutex<Vec<u8>>>);
+impl Write for Out {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn console_output_and_emergency_write() {
+    let out = Out::default();
+    let mut p = plan(3, true, false);
+    p.properties.insert("max_ports".into(), "1".into());
+    let mut d = build(
+        &p,
+        VirtioBackend::Console(ConsoleBackend {
+            output: Box::new(out.clone()),
+        }),
+    );
+    assert_eq!(d.bar_size(0), 0x40);
+    d.modern_init(super::regs::features::VERSION_1);
+    // Transmit queue 1 lives at a second ring.
+    d.common_w(common::Q_SELECT, 1, 2);
+    d.common_w(common::Q_DESCLO, DESC + 0x8000, 4);
+    d.common_w(common::Q_AVAILLO, AVAIL + 0x8000, 4);
+    d.common_w(common::Q_USEDLO, USED + 0x8000, 4);
+    d.common_w(common::Q_ENABLE, 1, 2);
+    d.mem.write_slice(b"hello", GuestAddress(DATA)).unwrap();
+    d.submit(1, DESC + 0x8000, &[(DATA, 5, false)]);
+    d.bar_write(modern::BAR, modern::NOTIFY + 4, 1, 2);
+    d.w.poll();
+    assert_eq!(&*out.0.lock().unwrap(), b"hello");
+    d.bar_write(modern::BAR, modern::DEVICE + 8, u64::from(b'!'), 4);
+    assert_eq!(&*out.0.lock().unwrap(), b"hello!");
+    // Input is delivered into receive buffers.
+    let input = d.console.clone().unwrap();
+    d.submit(0, DESC, &[(DATA + 0x100, 16, true)]);
+    modern_notify(&mut d);
+    d.w.poll();
+    input.push(b"ls\n");
+    d.w.process_event(0);
+    assert_eq!(d.used(0).1, 3);
+    let mut b = [0u8; 3];
+    d.mem
+        .read_slice(&mut b, GuestAddress(DATA + 0x100))
+        .unwrap();
+    assert_eq!(&b, b"ls\n");
+}
