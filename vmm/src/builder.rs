@@ -65,6 +65,9 @@ pub struct BuiltMachine {
     pub pci: Option<Arc<Mutex<devices::pci::PciHost>>>,
     /// What the firmware step programmed (bus numbers, windows, PM base), when booted.
     pub layout: Option<devices::pci::FirmwareLayout>,
+    /// Virtio workers for the event loop, and the INTx forwarder of virtio functions.
+    pub virtio: crate::virtio_devices::VirtioSet,
+    pub intx_forwarder: Arc<crate::virtio_devices::IntxForwarder>,
     /// ISA devices of the plan that KVM models in the kernel (PIC, PIT, IOAPIC).
     pub in_kernel: Vec<String>,
     /// ISA devices of the plan that have no model yet (reported by `machina -trace`).
@@ -77,6 +80,9 @@ pub struct BuildInputs<'a> {
     pub lifecycle: Lifecycle,
     /// What to boot; None leaves RAM empty and the vCPUs at reset (qtest-style).
     pub boot: Option<BootSpec<'a>>,
+    /// Backends the plan's devices refer to, and the device requests (for virtconsole).
+    pub backends: &'a [crate::backends::Backend],
+    pub devices: &'a [machine::DeviceRequest],
 }
 
 /// ISA device types that live in KVM's in-kernel irqchip / PIT.
@@ -188,14 +194,29 @@ pub fn build(kvm: &Kvm, plan: &Plan, inputs: BuildInputs) -> Result<BuiltMachine
         }
     }
 
+    let intx_forwarder = Arc::new(crate::virtio_devices::IntxForwarder::new().map_err(
+        |source| BuildError::Interrupt {
+            device: "virtio".to_string(),
+            source,
+        },
+    )?);
+    let mut virtio = crate::virtio_devices::VirtioSet::default();
     let pci = match plan.family {
         Family::None => None,
         _ => {
-            let host = devices::pci::PciHost::from_plan(
+            let mut external = crate::virtio_devices::factory(
+                inputs.backends,
+                inputs.devices,
+                &vm.memory,
+                &intx_forwarder,
+                &mut virtio,
+            );
+            let host = devices::pci::PciHost::from_plan_with(
                 plan,
                 inputs.lifecycle.clone(),
                 io.clone(),
                 mmio.clone(),
+                &mut external,
             )?;
             let mut host = host;
             host.set_intx_sink(Arc::new(crate::interrupts::KvmIntx(vm.fd.clone())));
@@ -272,6 +293,8 @@ pub fn build(kvm: &Kvm, plan: &Plan, inputs: BuildInputs) -> Result<BuiltMachine
         vcpus,
         pci,
         layout: firmware_layout,
+        virtio,
+        intx_forwarder,
         in_kernel,
         not_modelled,
     })

@@ -17,3 +17,4 @@ pub mod monitor;
 pub mod qtest;
 pub mod runner;
 pub mod vcpu;
+pub mod virtio_devices;

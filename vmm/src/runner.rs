@@ -170,6 +170,8 @@ impl MutEventSubscriber for LifecycleSubscriber {
 struct Running {
     threads: Vec<JoinHandle<()>>,
     stop: Arc<AtomicBool>,
+    /// Event-loop subscribers that belong to this incarnation (device workers).
+    subscribers: Vec<event_manager::SubscriberId>,
     /// The VM fd and guest memory, which must outlive the vCPU threads.
     vm: crate::kvm_vm::KvmVm,
 }
@@ -205,6 +207,7 @@ impl Running {
         Ok(Self {
             threads,
             stop,
+            subscribers: Vec::new(),
             vm: machine.vm,
         })
     }
@@ -228,7 +231,8 @@ impl Running {
     }
 
     /// Stop every vCPU: raise the flag, then kick threads out of KVM_RUN until they return.
-    fn stop(self) {
+    /// Returns the VM, to be dropped after the threads that used it.
+    fn stop(self) -> crate::kvm_vm::KvmVm {
         self.stop.store(true, Ordering::SeqCst);
         for handle in self.threads {
             while !handle.is_finished() {
@@ -237,6 +241,22 @@ impl Running {
             }
             let _ = handle.join();
         }
+        self.vm
+    }
+}
+
+/// Applies virtio INTx changes to the PCI host outside the devices' locks.
+struct IntxSubscriber {
+    forwarder: Arc<crate::virtio_devices::IntxForwarder>,
+    host: devices::pci::SharedHost,
+}
+
+impl MutEventSubscriber for IntxSubscriber {
+    fn init(&mut self, ops: &mut EventOps) {
+        let _ = ops.add(Events::new(self.forwarder.eventfd(), EventSet::IN));
+    }
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        self.forwarder.apply(&self.host);
     }
 }
 
@@ -310,7 +330,7 @@ impl Machine<'_> {
             rsdp: None,
         };
         let console = self.console()?;
-        let built = builder::build(
+        let mut built = builder::build(
             &self.kvm,
             &plan,
             BuildInputs {
@@ -318,8 +338,25 @@ impl Machine<'_> {
                 lifecycle: self.lifecycle.clone(),
                 // Under qtest nothing boots: the machine stays in its reset state.
                 boot: self.options.qtest.is_none().then_some(boot),
+                backends: &config.backends,
+                devices: &config.devices,
             },
         )?;
+        // Device workers and the virtio INTx forwarder join the event loop for this
+        // incarnation of the machine.
+        let mut subscribers = Vec::new();
+        for worker in std::mem::take(&mut built.virtio.workers) {
+            subscribers.push(self.events.add_subscriber(Arc::new(Mutex::new(worker))));
+        }
+        if let Some(host) = &built.pci {
+            subscribers.push(
+                self.events
+                    .add_subscriber(Arc::new(Mutex::new(IntxSubscriber {
+                        forwarder: built.intx_forwarder.clone(),
+                        host: host.clone(),
+                    }))),
+            );
+        }
         if self.options.qtest.is_some() {
             *self.qtest.lock().unwrap_or_else(|e| e.into_inner()) =
                 Some(crate::qtest::QtestMachine {
@@ -338,12 +375,10 @@ impl Machine<'_> {
             state.layout = built.layout.clone();
         }
         self.control.machine_ready();
-        self.running = Some(Running::start(
-            built,
-            &self.lifecycle,
-            &self.gate,
-            self.options.trace_start,
-        )?);
+        let mut running =
+            Running::start(built, &self.lifecycle, &self.gate, self.options.trace_start)?;
+        running.subscribers = subscribers;
+        self.running = Some(running);
         Ok(plan)
     }
 
@@ -360,11 +395,18 @@ impl Machine<'_> {
         self.control.emit("RESUME", Value::Null);
     }
 
+    /// Stop the vCPUs and drop the machine's event-loop subscribers.
+    fn stop_running(&mut self) -> Option<crate::kvm_vm::KvmVm> {
+        let mut running = self.running.take()?;
+        for id in std::mem::take(&mut running.subscribers) {
+            let _ = self.events.remove_subscriber(id);
+        }
+        Some(running.stop())
+    }
+
     /// Stop the vCPUs and rebuild the same plan (a system reset), keeping the run state.
     fn reset(&mut self) -> Result<(), RunError> {
-        if let Some(running) = self.running.take() {
-            running.stop();
-        }
+        self.stop_running();
         self.build().map(|_| ())
     }
 
@@ -469,14 +511,14 @@ impl Machine<'_> {
     }
 
     fn finish(&mut self, outcome: Outcome) -> Outcome {
-        if let Some(running) = self.running.take() {
+        if let Some(running) = &self.running {
             if self.options.trace_start.is_some() {
                 if let Some((vmm, guest)) = crate::memory::rss_split(&running.vm.memory) {
                     eprintln!("machina-trace: rss vmm_kib={vmm} guest_kib={guest}");
                 }
             }
-            running.stop();
         }
+        self.stop_running();
         if outcome != Outcome::Failed {
             self.set_status(RunState::Shutdown);
         }

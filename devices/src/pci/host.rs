@@ -118,7 +118,22 @@ impl PciHost {
         io: Arc<Bus>,
         mmio: Arc<Bus>,
     ) -> Result<Self, PciError> {
-        let mut host = Self::build(plan, lifecycle, io, mmio)?;
+        Self::from_plan_with(plan, lifecycle, io, mmio, &mut |_| None)
+    }
+
+    /// Like [`from_plan`](Self::from_plan), but `external` may supply the model of a plan
+    /// function (the VMM builds virtio devices, which need backends and guest memory); it
+    /// returns None for functions the host's own factory should build.
+    pub fn from_plan_with(
+        plan: &Plan,
+        lifecycle: Lifecycle,
+        io: Arc<Bus>,
+        mmio: Arc<Bus>,
+        external: &mut dyn FnMut(
+            &machine::PciFunctionPlan,
+        ) -> Option<Result<SharedFunction, PciError>>,
+    ) -> Result<Self, PciError> {
+        let mut host = Self::build(plan, lifecycle, io, mmio, external)?;
         host.attach_bridges();
         host.sync_all_windows();
         host.map_apm();
@@ -143,6 +158,9 @@ impl PciHost {
         lifecycle: Lifecycle,
         io: Arc<Bus>,
         mmio: Arc<Bus>,
+        external: &mut dyn FnMut(
+            &machine::PciFunctionPlan,
+        ) -> Option<Result<SharedFunction, PciError>>,
     ) -> Result<Self, PciError> {
         let root = plan
             .buses
@@ -182,7 +200,13 @@ impl PciHost {
                 });
             }
             let express_bus = plan.buses[order[bus]].kind == BusKind::Pcie;
-            let built = factory::build(f, plan, &lifecycle, express_bus)?;
+            let built = match external(f) {
+                Some(func) => factory::Built {
+                    func: func?,
+                    acpi_pm: None,
+                },
+                None => factory::build(f, plan, &lifecycle, express_bus)?,
+            };
             if built.acpi_pm.is_some() {
                 acpi_pm = built.acpi_pm;
             }

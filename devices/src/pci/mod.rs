@@ -49,6 +49,8 @@ pub enum PciError {
     InvalidCapability { id: u32, offset: usize },
     #[error("invalid property {name}={value}")]
     InvalidProperty { name: String, value: String },
+    #[error("{device}: {reason}")]
+    Device { device: String, reason: String },
     #[error("firmware step: {0}")]
     Firmware(String),
 }

@@ -1,0 +1,249 @@
+//! Creating the plan's virtio-pci functions with their backends (files, taps, entropy,
+//! consoles) and guest memory, and forwarding their INTx lines to the PCI host.
+
+use crate::backends::{Backend, CacheMode, CharBackend};
+use crate::memory::GuestMemory;
+use devices::pci::{PciError, SharedFunction, SharedHost};
+use devices::virtio::blk::BlockBackend;
+use devices::virtio::console::ConsoleBackend;
+use devices::virtio::net::NetBackend;
+use devices::virtio::{self, IntxLine, VirtioBackend, VirtioWorker};
+use machine::{DeviceRequest, PciFunctionPlan};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::net::UnixDatagram;
+use std::sync::{Arc, Mutex};
+use vmm_sys_util::eventfd::EventFd;
+
+/// INTx changes of virtio functions, queued because a device raising its line holds its own
+/// lock (and maybe the host's): the run loop applies them to the host afterwards.
+pub struct IntxForwarder {
+    pending: Mutex<Vec<(String, u8, bool)>>,
+    wake: EventFd,
+}
+
+impl IntxForwarder {
+    pub fn new() -> std::io::Result<Self> {
+        Ok(Self {
+            pending: Mutex::new(Vec::new()),
+            wake: EventFd::new(libc::EFD_NONBLOCK)?,
+        })
+    }
+
+    pub fn eventfd(&self) -> &EventFd {
+        &self.wake
+    }
+
+    /// Apply the queued levels to `host` (INTA of each function).
+    pub fn apply(&self, host: &SharedHost) {
+        let _ = self.wake.read();
+        let pending: Vec<_> = self
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+            .collect();
+        if pending.is_empty() {
+            return;
+        }
+        let mut host = host.lock().unwrap_or_else(|e| e.into_inner());
+        for (bus, devfn, level) in pending {
+            host.set_intx(&bus, devfn, 1, level);
+        }
+    }
+}
+
+struct FunctionIntx {
+    forwarder: Arc<IntxForwarder>,
+    bus: String,
+    devfn: u8,
+}
+
+impl IntxLine for FunctionIntx {
+    fn set_level(&self, level: bool) {
+        self.forwarder
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((self.bus.clone(), self.devfn, level));
+        let _ = self.forwarder.wake.write(1);
+    }
+}
+
+/// What creating the virtio functions leaves for the run loop.
+#[derive(Default)]
+pub struct VirtioSet {
+    pub workers: Vec<VirtioWorker>,
+    /// Peers of the socket pairs standing in for absent netdevs, kept open.
+    keepalive: Vec<UnixDatagram>,
+}
+
+fn prop<'a>(f: &'a PciFunctionPlan, name: &str) -> Option<&'a str> {
+    f.properties
+        .get(name)
+        .map(String::as_str)
+        .filter(|v| !v.is_empty())
+}
+
+fn device_err(f: &PciFunctionPlan, reason: impl Into<String>) -> PciError {
+    PciError::Device {
+        device: f.id.clone().unwrap_or_else(|| f.type_name.clone()),
+        reason: reason.into(),
+    }
+}
+
+fn open_drive(f: &PciFunctionPlan, backends: &[Backend]) -> Result<BlockBackend, PciError> {
+    let id = prop(f, "drive").ok_or_else(|| device_err(f, "drive property not set"))?;
+    let Some(Backend::Drive {
+        file,
+        read_only,
+        cache,
+        ..
+    }) = backends
+        .iter()
+        .find(|b| matches!(b, Backend::Drive { id: d, .. } if d == id))
+    else {
+        return Err(device_err(f, format!("drive '{id}' not found")));
+    };
+    let direct = *cache == CacheMode::Direct;
+    let mut options = OpenOptions::new();
+    options.read(true).write(!read_only);
+    if direct {
+        options.custom_flags(libc::O_DIRECT);
+    }
+    let handle = options
+        .open(file)
+        .map_err(|e| device_err(f, format!("Could not open '{}': {e}", file.display())))?;
+    Ok(BlockBackend {
+        file: handle,
+        read_only: *read_only,
+        direct,
+        writeback: *cache != CacheMode::WriteThrough,
+    })
+}
+
+fn open_net(
+    f: &PciFunctionPlan,
+    backends: &[Backend],
+    index: u8,
+    set: &mut VirtioSet,
+) -> Result<NetBackend, PciError> {
+    let mut default_mac = virtio::net::DEFAULT_MAC;
+    default_mac[5] = default_mac[5].wrapping_add(index);
+    let tap = match prop(f, "netdev") {
+        Some(id) => {
+            let ifname = backends.iter().find_map(|b| match b {
+                Backend::Tap { id: t, ifname } if t == id => {
+                    Some(ifname.clone().unwrap_or_default())
+                }
+                _ => None,
+            });
+            let ifname = ifname.ok_or_else(|| device_err(f, format!("netdev '{id}' not found")))?;
+            virtio::net::tap::open_tap(&ifname).map_err(|e| {
+                device_err(
+                    f,
+                    format!("could not configure /dev/net/tun ({ifname}): {e}"),
+                )
+            })?
+        }
+        // No netdev: QEMU's NIC without a peer. A socket pair stands in for the tap so the
+        // device works and frames go nowhere.
+        None => {
+            let (ours, peer) = UnixDatagram::pair()
+                .map_err(|e| device_err(f, format!("cannot create a socket pair: {e}")))?;
+            ours.set_nonblocking(true)
+                .map_err(|e| device_err(f, e.to_string()))?;
+            let _ = peer.set_nonblocking(true);
+            set.keepalive.push(peer);
+            File::from(std::os::fd::OwnedFd::from(ours))
+        }
+    };
+    Ok(NetBackend { tap, default_mac })
+}
+
+fn open_rng(
+    f: &PciFunctionPlan,
+    backends: &[Backend],
+) -> Result<Box<dyn std::io::Read + Send>, PciError> {
+    let path = match prop(f, "rng") {
+        Some(id) => backends
+            .iter()
+            .find_map(|b| match b {
+                Backend::RngRandom { id: r, filename } if r == id => Some(filename.clone()),
+                _ => None,
+            })
+            .ok_or_else(|| device_err(f, format!("Device '{id}' not found")))?,
+        None => "/dev/urandom".into(),
+    };
+    let file = File::open(&path)
+        .map_err(|e| device_err(f, format!("Could not open '{}': {e}", path.display())))?;
+    Ok(Box::new(file))
+}
+
+/// The console port's output: the chardev of the first `virtconsole`/`virtserialport`.
+fn open_console(devices: &[DeviceRequest], backends: &[Backend]) -> Box<dyn Write + Send> {
+    let chardev = devices
+        .iter()
+        .filter(|d| d.driver == "virtconsole" || d.driver == "virtserialport")
+        .find_map(|d| d.get("chardev").map(str::to_string));
+    let backend = chardev.and_then(|id| {
+        backends.iter().find_map(|b| match b {
+            Backend::Chardev { id: c, backend } if *c == id => Some(backend.clone()),
+            _ => None,
+        })
+    });
+    match backend {
+        Some(CharBackend::Stdio) => Box::new(std::io::stdout()),
+        Some(CharBackend::File(path)) => match File::create(&path) {
+            Ok(file) => Box::new(file),
+            Err(_) => Box::new(std::io::sink()),
+        },
+        _ => Box::new(std::io::sink()),
+    }
+}
+
+/// A factory for `PciHost::from_plan_with`: builds every virtio function of the plan.
+pub fn factory<'a>(
+    backends: &'a [Backend],
+    devices: &'a [DeviceRequest],
+    memory: &'a GuestMemory,
+    forwarder: &'a Arc<IntxForwarder>,
+    set: &'a mut VirtioSet,
+) -> impl FnMut(&PciFunctionPlan) -> Option<Result<SharedFunction, PciError>> + 'a {
+    let mut nic_index = 0u8;
+    move |f: &PciFunctionPlan| {
+        let mode = f.virtio?;
+        let backend = match mode.device_type {
+            1 => {
+                let b = open_net(f, backends, nic_index, set);
+                nic_index = nic_index.wrapping_add(1);
+                b.map(VirtioBackend::Net)
+            }
+            2 => open_drive(f, backends).map(VirtioBackend::Block),
+            3 => Ok(VirtioBackend::Console(ConsoleBackend {
+                output: open_console(devices, backends),
+            })),
+            4 => open_rng(f, backends).map(VirtioBackend::Rng),
+            // Types we have no backend for keep the generic model (identity only).
+            _ => return None,
+        };
+        let backend = match backend {
+            Ok(b) => b,
+            Err(e) => return Some(Err(e)),
+        };
+        let intx: Arc<dyn IntxLine> = Arc::new(FunctionIntx {
+            forwarder: forwarder.clone(),
+            bus: f.bus.clone(),
+            devfn: f.devfn(),
+        });
+        Some(
+            virtio::create(f, backend, memory.clone(), Some(intx))
+                .map(|parts| {
+                    set.workers.push(parts.worker);
+                    Arc::new(Mutex::new(parts.function)) as SharedFunction
+                })
+                .map_err(|e| device_err(f, e.to_string())),
+        )
+    }
+}
