@@ -30,6 +30,8 @@ const MSR_EFER: u32 = 0xc000_0080;
 const EFER_LME: u32 = 1 << 8;
 /// RFLAGS for CPL 3: IOPL = 3, reserved bit 1 set, IF clear.
 const USER_RFLAGS: u32 = 0x3002;
+/// Size of the identity map in GiB (see `phys::MAPPED_END`).
+const MAPPED_GIB: u64 = crate::phys::MAPPED_END >> 30;
 /// XEN_ELFNOTE_PHYS32_ENTRY.
 const XEN_ELFNOTE_PHYS32_ENTRY: u32 = 18;
 
@@ -65,23 +67,26 @@ global_asm!(
     ".long boot_gdt",
     ".popsection",
 
-    // Identity map of 0..4 GiB with 2 MiB pages. U/S is set at every level
-    // so CPL 3 can reach RAM, ACPI tables and MMIO alike. 1 GiB pages are
-    // avoided on purpose (unsupported by PVM).
+    // Identity map of 0..64 GiB with 2 MiB pages: RAM, ACPI tables and
+    // 32-bit MMIO below 4 GiB, and 64-bit PCI BARs that firmware places in
+    // a 64-bit hole right above RAM. U/S is set at every level so CPL 3 can
+    // reach all of it. 1 GiB pages are avoided on purpose (unsupported by
+    // PVM). 64 page directories = 256 KiB of data, which the loader copies.
     ".pushsection .data.boot.pagetables, \"aw\"",
     ".balign 4096",
     "boot_pml4:",
     ".quad boot_pdpt + 0x7",   // P | RW | US
     ".fill 511, 8, 0",
     "boot_pdpt:",
-    ".quad boot_pd + 0x0007",
-    ".quad boot_pd + 0x1007",
-    ".quad boot_pd + 0x2007",
-    ".quad boot_pd + 0x3007",
-    ".fill 508, 8, 0",
+    ".set boot_pdpte, boot_pd + 0x7",
+    ".rept {gib}",
+    ".quad boot_pdpte",
+    ".set boot_pdpte, boot_pdpte + 0x1000",
+    ".endr",
+    ".fill 512 - {gib}, 8, 0",
     "boot_pd:",
     ".set boot_pde, 0x87",     // P | RW | US | PS
-    ".rept 2048",
+    ".rept {gib} * 512",
     ".quad boot_pde",
     ".set boot_pde, boot_pde + 0x200000",
     ".endr",
@@ -161,5 +166,6 @@ global_asm!(
     ucs = const USER_CS,
     uds = const USER_DS,
     rflags = const USER_RFLAGS,
+    gib = const MAPPED_GIB,
     options(att_syntax)
 );

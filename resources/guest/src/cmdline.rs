@@ -23,6 +23,12 @@ impl<'a> Cmdline<'a> {
             .last()
     }
 
+    /// The value of `key` as an unsigned number (decimal, or hex with a
+    /// `0x` prefix); `default` when absent or not a valid number.
+    pub fn get_u64(&self, key: &[u8], default: u64) -> u64 {
+        self.get(key).and_then(parse_u64).unwrap_or(default)
+    }
+
     /// Splits at whitespace outside double quotes.
     fn options(&self) -> impl Iterator<Item = &'a [u8]> {
         let raw = self.0;
@@ -50,4 +56,19 @@ fn unquote(v: &[u8]) -> &[u8] {
         [b'"', inner @ .., b'"'] => inner,
         _ => v,
     }
+}
+
+/// Parses a decimal or `0x`-prefixed hexadecimal number without overflow.
+fn parse_u64(v: &[u8]) -> Option<u64> {
+    let (digits, radix) = match v {
+        [b'0', b'x' | b'X', rest @ ..] => (rest, 16),
+        _ => (v, 10),
+    };
+    if digits.is_empty() {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |acc, &b| {
+        let d = char::from(b).to_digit(radix)?;
+        acc.checked_mul(u64::from(radix))?.checked_add(u64::from(d))
+    })
 }

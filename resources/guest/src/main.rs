@@ -17,6 +17,8 @@ mod phys;
 mod port;
 mod power;
 mod start_info;
+mod tsc;
+mod virtio;
 
 use core::panic::PanicInfo;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -64,9 +66,11 @@ pub extern "C" fn guest_main(start_info: u64) -> ! {
     let tests = cmdline.get(b"machina.test").unwrap_or(DEFAULT_TESTS);
     for name in tests.split(|&b| b == b',').filter(|n| !n.is_empty()) {
         match name {
-            b"pci-scan" => pci::scan(),
+            b"pci-scan" => pci::scan(cmdline.get(b"machina.pci-bars") == Some(b"1")),
+            b"pci-scan-ecam" => pci::scan_ecam(rsdp_hint),
             b"acpi" => acpi::report(rsdp_hint),
             b"ecam" => pci::ecam_test(rsdp_hint),
+            b"virtio" => virtio::run(&cmdline),
             b"reset" => power::reset(),
             b"powerbutton" => power::wait_power_button(rsdp_hint),
             b"triple-fault" => power::triple_fault(),

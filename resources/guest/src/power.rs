@@ -3,6 +3,7 @@
 use crate::acpi::{self, AddressSpace};
 use crate::phys;
 use crate::port::{inw, outb, outw};
+use crate::tsc::rdtsc;
 
 /// PM1 control value for S5 as the brief defines it: SLP_TYP = 0 (QEMU's
 /// and machina's \_S5 value) and SLP_EN.
@@ -28,12 +29,6 @@ fn grace_period() {
         core::hint::spin_loop();
         spins += 1;
     }
-}
-
-fn rdtsc() -> u64 {
-    // SAFETY: rdtsc has no memory effects, and boot.rs loads CR4 with TSD
-    // clear, so it is legal at CPL 3.
-    unsafe { core::arch::x86_64::_rdtsc() }
 }
 
 /// Spins forever. `hlt` would #GP at CPL 3 and triple fault.
