@@ -229,3 +229,110 @@ fn reset_reboots_unless_no_reboot() {
         "the guest booted again after the reset",
     );
 }
+
+/// Every `bar:` line's address is assigned, and every bridge got a bus number.
+fn assert_numbered_and_assigned(r: &machina_tests::RunResult, expected_functions: usize) {
+    let pci = parse_pci_lines(&r.stdout);
+    r.check(
+        pci.len() == expected_functions,
+        &format!(
+            "the walk found {expected_functions} functions, found {}",
+            pci.len()
+        ),
+    );
+    let bridges = r.lines_with("bridge: ");
+    r.check(!bridges.is_empty(), "bridges are listed");
+    for b in &bridges {
+        r.check(
+            !b.contains("secondary=00"),
+            &format!("firmware step numbered the bridge: {b}"),
+        );
+    }
+    for bar in r.lines_with("bar: ") {
+        r.check(
+            !bar.contains("addr=0x0 "),
+            &format!("firmware step assigned the BAR: {bar}"),
+        );
+    }
+}
+
+#[test]
+fn q35_guest_walks_the_whole_tree_through_ecam() {
+    if !require_kvm() {
+        return;
+    }
+    let r = boot(&[
+        "-M",
+        "q35",
+        "-nodefaults",
+        "-serial",
+        "stdio",
+        "-device",
+        "pcie-root-port,id=rp1,chassis=1,addr=0x2,multifunction=on",
+        "-device",
+        "pcie-root-port,id=rp2,chassis=2,addr=0x2.0x1",
+        "-device",
+        "pcie-pci-bridge,id=br1,bus=rp1",
+        "-device",
+        "e1000,bus=br1,addr=0x1",
+        "-device",
+        "virtio-rng-pci,bus=rp2",
+        "-device",
+        "x3130-upstream,id=up,bus=pcie.0,addr=0x4",
+        "-device",
+        "xio3130-downstream,id=dn,bus=up,chassis=3",
+        "-device",
+        "virtio-net-pci,bus=dn",
+        "-device",
+        "i82801b11-bridge,id=dmi,bus=pcie.0,addr=0x1e",
+        "-device",
+        "pci-bridge,id=pb,bus=dmi,chassis_nr=4,addr=0x1",
+        "-device",
+        "virtio-rng-pci,bus=pb,addr=0x3",
+        "-append",
+        "machina.test=pci-scan-ecam,acpi",
+    ]);
+    assert_powered_off(&r);
+    r.check(
+        r.lines_with("pci-scan-ecam: done").len() == 1,
+        "the walk went through ECAM found via MCFG",
+    );
+    // 4 chipset + 2 root ports + pcie-pci-bridge + e1000 + rng + upstream + downstream + net
+    // + dmi bridge + pci-bridge + rng.
+    assert_numbered_and_assigned(&r, 15);
+    r.check(
+        r.stdout.contains("pci: 02:01.0 8086:100e"),
+        "e1000 behind root port -> pcie-pci-bridge, on the bridge's bus, slot 1",
+    );
+}
+
+#[test]
+fn pc_guest_walks_bridges_through_cf8() {
+    if !require_kvm() {
+        return;
+    }
+    let r = boot(&[
+        "-M",
+        "pc",
+        "-nodefaults",
+        "-serial",
+        "stdio",
+        "-device",
+        "pci-bridge,id=pb1,chassis_nr=1,addr=0x5",
+        "-device",
+        "pci-bridge,id=pb2,chassis_nr=2,bus=pb1,addr=0x2",
+        "-device",
+        "virtio-net-pci,bus=pb2,addr=0x3",
+        "-device",
+        "e1000,bus=pb1,addr=0x4",
+        "-append",
+        "machina.test=pci-scan",
+    ]);
+    assert_powered_off(&r);
+    // 4 chipset + 2 bridges + net + e1000.
+    assert_numbered_and_assigned(&r, 8);
+    r.check(
+        r.stdout.contains("pci: 02:03.0 1af4:1000"),
+        "transitional virtio-net two bridges down",
+    );
+}
