@@ -122,3 +122,40 @@ fn backend_errors() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn machine_definition_file_adds_a_machine_type() {
+    let dir = std::env::temp_dir().join(format!("machina-def-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let def = dir.join("acme.json");
+    std::fs::write(
+        &def,
+        r#"{"machine-types": [{"name": "acme-q35-1.0", "inherits": "pc-q35-10.2",
+             "description": "ACME q35", "cpu-max": 8}]}"#,
+    )
+    .unwrap();
+    let path = def.display().to_string();
+    let r = boot(&["-machine-definition", &path, "-machine", "help"]);
+    r.check(
+        r.status == Some(0) && r.stdout.contains("acme-q35-1.0") && r.stdout.contains("ACME q35"),
+        "-machine help lists the user's machine type",
+    );
+    // The user's data is used for planning: its cpu-max is enforced with QEMU's text.
+    fails_with(
+        &[
+            "-machine-definition",
+            &path,
+            "-M",
+            "acme-q35-1.0",
+            "-smp",
+            "9",
+        ],
+        "Invalid SMP CPUs 9. The max CPUs supported by machine 'acme-q35-1.0' is 8",
+    );
+    std::fs::write(&def, "{ not json").unwrap();
+    fails_with(
+        &["-machine-definition", &path, "-M", "q35"],
+        "-machine-definition",
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
