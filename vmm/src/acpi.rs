@@ -48,6 +48,58 @@ pub struct AcpiConfig {
     pub com1: bool,
     /// Root-bus interrupt routing: (slot, pin 0=INTA, GSI) for every slot and pin.
     pub prt: Vec<(u8, u8, u32)>,
+    /// Bridges and ports under the host bridge, nested as the buses are.
+    pub bridges: Vec<BridgeNode>,
+}
+
+/// A bridge or port in the DSDT: its devfn on the parent bus and what sits behind it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BridgeNode {
+    pub devfn: u8,
+    pub children: Vec<BridgeNode>,
+}
+
+/// The bridge tree of `plan` below bus `bus_id`, in devfn order.
+pub fn bridge_tree(plan: &machine::Plan, bus_id: &str) -> Vec<BridgeNode> {
+    let mut nodes: Vec<BridgeNode> = plan
+        .pci
+        .iter()
+        .filter(|f| f.bus == bus_id)
+        .filter_map(|f| {
+            let child = f.provides_bus.as_ref()?;
+            Some(BridgeNode {
+                devfn: f.devfn(),
+                children: bridge_tree(plan, child),
+            })
+        })
+        .collect();
+    nodes.sort_by_key(|n| n.devfn);
+    nodes
+}
+
+/// `Device(Sxx) { Name(_ADR, slot << 16 | function) ... }` for each bridge, named by devfn
+/// as QEMU's DSDT names them, with the bridges behind it nested inside.
+fn bridge_aml(nodes: &[BridgeNode]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for node in nodes {
+        let adr = (u32::from(node.devfn >> 3) << 16) | u32::from(node.devfn & 7);
+        let adr_name = aml::Name::new("_ADR".into(), &adr);
+        let inner = bridge_aml(&node.children);
+        let raw = RawAml(inner);
+        let name = format!("S{:02X}_", node.devfn);
+        let dev = aml::Device::new(name.as_str().into(), vec![&adr_name, &raw]);
+        out.extend(bytes_of(&dev));
+    }
+    out
+}
+
+/// Already-encoded AML spliced into a parent object.
+struct RawAml(Vec<u8>);
+
+impl Aml for RawAml {
+    fn to_aml_bytes(&self, sink: &mut dyn AmlSink) {
+        sink.vec(&self.0);
+    }
 }
 
 /// The root bus's `_PRT` entries as QEMU's chipsets wire them: the slot/pin -> PIRQ map of
@@ -167,6 +219,8 @@ fn dsdt(cfg: &AcpiConfig) -> Vec<u8> {
     if !cfg.prt.is_empty() {
         pci0_children.push(&prt_name);
     }
+    let bridges = RawAml(bridge_aml(&cfg.bridges));
+    pci0_children.push(&bridges);
     let pci0 = aml::Device::new("PCI0".into(), pci0_children);
 
     // The ECAM window must be a motherboard resource or Linux refuses to use it.
@@ -373,6 +427,13 @@ mod tests {
             },
             com1: true,
             prt: root_prt(family, &[10, 10, 11, 11]),
+            bridges: vec![BridgeNode {
+                devfn: 0x10,
+                children: vec![BridgeNode {
+                    devfn: 0x08,
+                    children: vec![],
+                }],
+            }],
         }
     }
 
@@ -407,6 +468,16 @@ mod tests {
         assert!(d.windows(4).any(|w| w == b"DRAC"));
         assert!(!dsdt(&cfg(Family::I440fx)).windows(4).any(|w| w == b"DRAC"));
         assert!(d.windows(4).any(|w| w == b"_PRT"));
+        // Root port 00:02.0 as S10 with a bridge S08 nested inside it.
+        let s10 = d
+            .windows(4)
+            .position(|w| w == b"S10_")
+            .expect("S10 in the DSDT");
+        let s08 = d
+            .windows(4)
+            .position(|w| w == b"S08_")
+            .expect("S08 in the DSDT");
+        assert!(s08 > s10);
         // q35 00:1f.0 INTA -> PIRQA -> GSI 16; 00:02.0 INTA -> PIRQG -> GSI 22.
         let q = root_prt(Family::Q35, &[]);
         assert!(q.contains(&(31, 0, 16)) && q.contains(&(2, 0, 22)));

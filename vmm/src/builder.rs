@@ -267,6 +267,12 @@ pub fn build(kvm: &Kvm, plan: &Plan, inputs: BuildInputs) -> Result<BuiltMachine
                             pci_hole64: plan.memory.pci_hole64,
                             com1: serial.is_some(),
                             prt: acpi::root_prt(plan.family, &layout.pirq_irqs),
+                            bridges: plan
+                                .buses
+                                .iter()
+                                .find(|b| b.is_root)
+                                .map(|root| acpi::bridge_tree(plan, &root.id))
+                                .unwrap_or_default(),
                         };
                         Some(acpi::write_tables(&vm.memory, &cfg)?)
                     }
