@@ -3,6 +3,7 @@
 //! machine-readable lines.
 
 pub mod qmp_client;
+pub mod qtest_client;
 
 use std::io::Read;
 use std::path::Path;
