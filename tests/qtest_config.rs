@@ -144,6 +144,72 @@ fn reset_state_facts() {
     }
 }
 
+/// The firmware step's headline facts spelled out (SeaBIOS's values, also in the data):
+/// ECAM enabled at 0xb0000000, PM base 0x600 enabled (0x601), bridges numbered depth-first.
+#[test]
+fn firmware_init_facts() {
+    if !require_kvm() {
+        return;
+    }
+    for s in scenarios() {
+        let name = s["name"].as_str().unwrap();
+        let q35 = s["q35"].as_bool().unwrap();
+        let args: Vec<String> = s["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap().to_string())
+            .collect();
+        let mut q = Qtest::start(&machina(), &args);
+        assert_eq!(q.cmd("machina_firmware_init"), "OK", "{name}");
+        if q35 {
+            assert_eq!(
+                q.cfg_read((0, 0, 0), 0x60, 4),
+                0xb000_0001,
+                "{name}: PCIEXBAR"
+            );
+            assert_eq!(
+                q.ecam_read((0, 0, 0), 0),
+                0x29c0_8086,
+                "{name}: MCH through ECAM"
+            );
+            assert_eq!(
+                q.cfg_read((0, 0x1f, 0), 0x40, 4),
+                0x601,
+                "{name}: ICH9 PMBASE"
+            );
+        } else if q.present((0, 1, 3)) {
+            assert_eq!(q.cfg_read((0, 1, 3), 0x40, 4), 0x601, "{name}: PIIX4 PMBA");
+        }
+        // Depth-first in devfn order: a bridge's secondary is the next number, its
+        // subordinate the last bus numbered below it.
+        let mut next = 1u32;
+        check_dfs(&mut q, name, 0, &mut next);
+        let bridges = s["functions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["header_type"].as_u64().unwrap() & 0x7f == 1)
+            .count();
+        assert_eq!(next - 1, bridges as u32, "{name}: every bridge numbered");
+    }
+}
+
+fn check_dfs(q: &mut Qtest, name: &str, bus: u8, next: &mut u32) {
+    for bdf in q.scan_bus(bus) {
+        if !q.is_bridge(bdf) {
+            continue;
+        }
+        let v = q.cfg_read(bdf, 0x18, 4);
+        let (pri, sec, sub) = (v & 0xff, (v >> 8) & 0xff, (v >> 16) & 0xff);
+        assert_eq!(pri, u32::from(bus), "{name} {bdf:?}: primary bus");
+        assert_eq!(sec, *next, "{name} {bdf:?}: secondary bus");
+        *next += 1;
+        check_dfs(q, name, sec as u8, next);
+        assert_eq!(sub, *next - 1, "{name} {bdf:?}: subordinate bus");
+    }
+}
+
 /// (base, limit) of a bridge window; None when closed.
 fn window(q: &mut Qtest, bdf: Bdf, kind: &str) -> Option<(u64, u64)> {
     let (base, limit) = match kind {

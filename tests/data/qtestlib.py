@@ -15,6 +15,7 @@ import time
 QEMU = os.environ.get("QEMU", "qemu-system-x86_64")
 QEMU_BASE = ["-accel", "tcg", "-display", "none", "-qtest-log", "/dev/null"]
 ECAM_BASE = 0xB0000000
+UNASSIGNED = ["inb 0x1234", "inl 0x1234", "readl 0xe0000000", "readq 0x100000000"]
 
 
 class Qtest:
@@ -303,6 +304,14 @@ def read_function(q, bdf, ecam):
     if ecam:
         fn["ext_0x100"] = q.ecam_read(bdf, 0x100)
         fn["ext_caps"] = ext_caps(q, bdf)
+        if fn["ext_0x100"] != 0xFFFFFFFF:
+            # The extended space of a PCIe function: every non-zero dword.
+            ext = {}
+            for off in range(0x100, 0x1000, 4):
+                v = q.ecam_read(bdf, off)
+                if v:
+                    ext["0x%03x" % off] = v
+            fn["ext_nonzero"] = ext
     fn["bars"] = probe_bars(q, bdf, htype & 0x7F)
     if htype & 0x7F == 1:
         fn["windows"] = probe_windows(q, bdf)
@@ -318,6 +327,8 @@ def enable_ecam(q):
 def walk(q, q35):
     """The whole conformance walk. Returns (facts, functions)."""
     facts = {}
+    # What reads of nothing return (I/O: all-ones; unassigned memory: QEMU's 0).
+    facts["unassigned"] = {c: q.cmd(c) for c in UNASSIGNED}
     if q35:
         facts["pciexbar"] = q.cfg_read((0, 0, 0), 0x60, 4)
         facts["pciexbar_hi"] = q.cfg_read((0, 0, 0), 0x64, 4)

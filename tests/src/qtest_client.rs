@@ -16,6 +16,14 @@ use std::time::{Duration, Instant};
 /// Where q35's firmware (and these tests) put ECAM.
 pub const ECAM_BASE: u64 = 0xb000_0000;
 
+/// Accesses to nothing, answered as the reset-state fact "unassigned".
+pub const UNASSIGNED: [&str; 4] = [
+    "inb 0x1234",
+    "inl 0x1234",
+    "readl 0xe0000000",
+    "readq 0x100000000",
+];
+
 /// (bus, device, function).
 pub type Bdf = (u8, u8, u8);
 
@@ -433,6 +441,17 @@ impl Qtest {
                     .map(|&(o, i, v)| json!([o, i, v]))
                     .collect::<Vec<_>>()),
             );
+            if f["ext_0x100"] != json!(0xffff_ffffu32) {
+                // The extended space of a PCIe function: every non-zero dword.
+                let mut nonzero = Map::new();
+                for off in (0x100u16..0x1000).step_by(4) {
+                    let v = self.ecam_read(bdf, off);
+                    if v != 0 {
+                        nonzero.insert(format!("0x{off:03x}"), json!(v));
+                    }
+                }
+                f.insert("ext_nonzero".into(), Value::Object(nonzero));
+            }
         }
         f.insert("bars".into(), json!(self.probe_bars(bdf, header & 0x7f)));
         if header & 0x7f == 1 {
@@ -452,6 +471,12 @@ impl Qtest {
     /// The whole conformance walk: reset-state facts, then every function.
     pub fn walk(&mut self, q35: bool) -> (Value, Vec<Value>) {
         let mut facts = Map::new();
+        // What reads of nothing return (I/O: all-ones; unassigned memory: QEMU's 0).
+        let unassigned: Map<String, Value> = UNASSIGNED
+            .iter()
+            .map(|c| (c.to_string(), json!(self.cmd(c))))
+            .collect();
+        facts.insert("unassigned".into(), Value::Object(unassigned));
         if q35 {
             facts.insert("pciexbar".into(), json!(self.cfg_read((0, 0, 0), 0x60, 4)));
             facts.insert(
@@ -649,7 +674,7 @@ pub fn compare_functions(scenario: &str, expected: &[Value], actual: &[Value]) -
                         }
                     }
                 }
-                "cap_fields" | "windows" => {
+                "cap_fields" | "windows" | "ext_nonzero" => {
                     let empty = Map::new();
                     let (eo, ao) = (
                         ev.as_object().unwrap_or(&empty),
