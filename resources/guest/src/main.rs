@@ -11,6 +11,7 @@ mod serial;
 mod acpi;
 mod boot;
 mod cmdline;
+mod fuzz;
 mod mem;
 mod pci;
 mod phys;
@@ -71,6 +72,7 @@ pub extern "C" fn guest_main(start_info: u64) -> ! {
             b"acpi" => acpi::report(rsdp_hint),
             b"ecam" => pci::ecam_test(rsdp_hint),
             b"virtio" => virtio::run(&cmdline),
+            b"config-fuzz" => fuzz::fuzz(&cmdline, rsdp_hint),
             b"reset" => power::reset(),
             b"powerbutton" => power::wait_power_button(rsdp_hint),
             b"triple-fault" => power::triple_fault(),

@@ -4,6 +4,7 @@ use crate::acpi::{self, AddressSpace};
 use crate::phys;
 use crate::port::{inw, outb, outw};
 use crate::tsc::rdtsc;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 /// PM1 control value for S5 as the brief defines it: SLP_TYP = 0 (QEMU's
 /// and machina's \_S5 value) and SLP_EN.
@@ -70,8 +71,30 @@ pub fn wait_power_button(rsdp_hint: u64) {
     println!("powerbutton: pressed");
 }
 
+/// PM1a/PM1b control ports recorded by [`cache`] (0 = none).
+static CACHED_PM1A: AtomicU64 = AtomicU64::new(0);
+static CACHED_PM1B: AtomicU64 = AtomicU64::new(0);
+
+/// Records the FADT's PM1 control ports now, for a power off after a test
+/// that may have hidden the ACPI tables (config-fuzz).
+pub fn cache(rsdp_hint: u64) {
+    if let Some(fadt) = acpi::find_fadt(rsdp_hint) {
+        CACHED_PM1A.store(fadt.pm1a_cnt, Ordering::Relaxed);
+        CACHED_PM1B.store(fadt.pm1b_cnt, Ordering::Relaxed);
+    }
+}
+
 /// Powers off via ACPI S5 (or the 0x604 fallback) and never returns.
 pub fn poweroff(rsdp_hint: u64) -> ! {
+    let cached = CACHED_PM1A.load(Ordering::Relaxed);
+    if cached != 0 {
+        println!("poweroff: pm1a_cnt=0x{:x}", cached);
+        write_pm1(cached, PM1_CNT_S5);
+        write_pm1(CACHED_PM1B.load(Ordering::Relaxed), PM1_CNT_S5);
+        grace_period();
+        println!("poweroff: failed");
+        hang()
+    }
     match acpi::find_fadt(rsdp_hint) {
         Some(fadt) if fadt.pm1a_cnt != 0 => {
             println!("poweroff: pm1a_cnt=0x{:x}", fadt.pm1a_cnt);
