@@ -193,8 +193,8 @@ run "64-bit BAR above 4 GiB" '^bar: 00:02\.0 index=4 kind=mem64 pf=1 addr=0x1[0-
 
 for m in q35 pc; do
     run "$m config-fuzz then virtio" '^config-fuzz: functions=7 rounds=3 seed=7 max-writes=20000$' \
-        '^config-fuzz: done writes=1323 reads=448 restored=7 ' '^virtio-modern: 00:02\.0 result=ok$' \
-        '^virtio-legacy: 00:02\.0 result=ok$' "$off" \
+        '^config-fuzz: done writes=1323 reads=448 restored=7 ' '^virtio: done devices=2$' \
+        '!result=error' "$off" \
         -- -M "$m" -device virtio-rng-pci -device pci-bridge,chassis_nr=1,id=b1 -device virtio-rng-pci,bus=b1 \
         -append "machina.test=config-fuzz,virtio machina.seed=7 machina.fuzz-rounds=3"
 done
