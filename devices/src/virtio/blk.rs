@@ -2,7 +2,7 @@
 //! features SEG_MAX, GEOMETRY, BLK_SIZE, TOPOLOGY, FLUSH (write-back cache), CONFIG_WCE,
 //! DISCARD, WRITE_ZEROES, RO; requests IN, OUT, FLUSH, GET_ID, DISCARD, WRITE_ZEROES.
 
-use super::device::{DeviceError, QueueContext, VirtioDevice};
+use super::device::{check_chain, DeviceError, QueueContext, VirtioDevice};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
@@ -478,6 +478,7 @@ impl VirtioDevice for Block {
                 })?
                 .next();
             let Some(chain) = chain else { break };
+            check_chain(idx, &chain)?;
             let head = chain.head_index();
             let used = self.execute(mem, chain).map_err(bad)?;
             q.add_used(mem, head, used)

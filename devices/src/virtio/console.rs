@@ -3,7 +3,7 @@
 //! PORT_READY -> CONSOLE_PORT + PORT_OPEN), EMERG_WRITE, output to a writer and input from
 //! bytes the VMM feeds through [`ConsoleInput`].
 
-use super::device::{DeviceError, QueueContext, VirtioDevice};
+use super::device::{check_chain, DeviceError, QueueContext, VirtioDevice};
 use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
@@ -116,6 +116,7 @@ impl Console {
         while let Some(msg) = self.control_out.front().copied() {
             let chain = q.iter(mem).map_err(|e| bad_queue(CTRL_RX, e))?.next();
             let Some(chain) = chain else { break };
+            check_chain(CTRL_RX, &chain)?;
             let head = chain.head_index();
             let n = match chain.writer(mem) {
                 Ok(mut w) if w.available_bytes() >= msg.len() => {
@@ -146,6 +147,7 @@ impl Console {
             loop {
                 let chain = q.iter(mem).map_err(|e| bad_queue(CTRL_TX, e))?.next();
                 let Some(chain) = chain else { break };
+                check_chain(CTRL_TX, &chain)?;
                 let head = chain.head_index();
                 let mut m = [0u8; 8];
                 if let Ok(mut r) = chain.reader(mem) {
@@ -191,6 +193,7 @@ impl Console {
         loop {
             let chain = q.iter(mem).map_err(|e| bad_queue(TX0, e))?.next();
             let Some(chain) = chain else { break };
+            check_chain(TX0, &chain)?;
             let head = chain.head_index();
             if let Ok(mut r) = chain.reader(mem) {
                 let n = r.available_bytes().min(MAX_BUF);
@@ -225,6 +228,7 @@ impl Console {
         while !pending.is_empty() {
             let chain = q.iter(mem).map_err(|e| bad_queue(RX0, e))?.next();
             let Some(chain) = chain else { break };
+            check_chain(RX0, &chain)?;
             let head = chain.head_index();
             let n = match chain.writer(mem) {
                 Ok(mut w) => {

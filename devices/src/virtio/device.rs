@@ -3,7 +3,7 @@
 
 use super::interrupt::VirtioInterrupt;
 use std::os::fd::RawFd;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
 /// A request the guest got wrong badly enough that the device stops (virtio_error): the
@@ -14,6 +14,41 @@ pub enum DeviceError {
     BadQueue { queue: usize, reason: String },
     #[error("descriptor chain on queue {queue}: {reason}")]
     BadChain { queue: usize, reason: String },
+}
+
+/// The checks QEMU's virtqueue_pop makes that virtio-queue's chain iterator leaves out (it
+/// just stops): the chain must end (no loop, no `next` past the table, every descriptor
+/// readable) and device-writable buffers must follow the device-readable ones. A chain that
+/// fails them is a device error, as in QEMU.
+pub(crate) fn check_chain(
+    queue: usize,
+    chain: &DescriptorChain<&GuestMemoryMmap>,
+) -> Result<(), DeviceError> {
+    let bad = |reason: &str| DeviceError::BadChain {
+        queue,
+        reason: reason.to_string(),
+    };
+    let mut seen_write = false;
+    let mut last = None;
+    for d in chain.clone() {
+        if d.is_write_only() {
+            seen_write = true;
+        } else if seen_write {
+            return Err(bad(
+                "device-readable descriptor after a device-writable one",
+            ));
+        }
+        last = Some(d);
+    }
+    match last {
+        Some(d) if !d.has_next() => Ok(()),
+        Some(_) => Err(bad(
+            "looped, or next past the table, or unreadable descriptor",
+        )),
+        None => Err(bad(
+            "head index past the table, or its descriptor unreadable",
+        )),
+    }
 }
 
 /// Everything a device touches while processing: the queues, guest memory, negotiated

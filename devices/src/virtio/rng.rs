@@ -1,7 +1,7 @@
 //! virtio-rng (type 4): every device-writable buffer is filled from an entropy source
 //! (/dev/urandom, or the `filename` of an rng-random object).
 
-use super::device::{DeviceError, QueueContext, VirtioDevice};
+use super::device::{check_chain, DeviceError, QueueContext, VirtioDevice};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::Path;
@@ -65,6 +65,7 @@ impl VirtioDevice for Rng {
                 }
             };
             let Some(chain) = chain else { break };
+            check_chain(idx, &chain)?;
             let head = chain.head_index();
             let written = match chain.writer(mem) {
                 Ok(mut w) => {

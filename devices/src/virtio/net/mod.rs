@@ -4,7 +4,7 @@
 
 pub mod tap;
 
-use super::device::{DeviceError, QueueContext, VirtioDevice};
+use super::device::{check_chain, DeviceError, QueueContext, VirtioDevice};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
@@ -87,6 +87,7 @@ impl Net {
         loop {
             let chain = q.iter(mem).map_err(|e| bad_queue(TX, e))?.next();
             let Some(chain) = chain else { break };
+            check_chain(TX, &chain)?;
             let head = chain.head_index();
             if let Ok(mut r) = chain.reader(mem) {
                 let n = r.available_bytes();
@@ -148,6 +149,7 @@ impl Net {
                 self.held = Some(frame);
                 break;
             };
+            check_chain(RX, &chain)?;
             let head = chain.head_index();
             let n = match chain.writer(mem) {
                 // Frames that do not fit are dropped, as QEMU does without MRG_RXBUF.
