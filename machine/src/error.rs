@@ -161,6 +161,16 @@ pub enum PlanError {
     NotPciDevice(String),
 }
 
+impl PlanError {
+    /// The hint QEMU prints on a line of its own after some errors (`error_append_hint`).
+    pub fn hint(&self) -> Option<&'static str> {
+        match self {
+            PlanError::VirtioNoMode => Some("Set either disable-modern or disable-legacy to off"),
+            _ => None,
+        }
+    }
+}
+
 /// Why a catalog file (built-in or user-supplied) could not be loaded.
 #[derive(Debug, Error)]
 pub enum CatalogError {

@@ -286,6 +286,16 @@ impl<'a> Ctx<'a> {
         }
     }
 
+    /// The south bridge's `acpi-pci-hotplug-with-bridge-support` (compat properties applied).
+    fn acpi_bridge_hotplug(&self) -> bool {
+        self.topo.functions.iter().any(|f| {
+            matches!(f.type_name.as_str(), "ICH9-LPC" | "PIIX4_PM")
+                && f.properties
+                    .get("acpi-pci-hotplug-with-bridge-support")
+                    .is_some_and(|v| matches!(v.as_str(), "on" | "true"))
+        })
+    }
+
     fn add_root_bus(&mut self, flag: &impl Fn(&str) -> bool) {
         let Some(root) = &self.machine.board.root_bus else {
             return;
@@ -593,7 +603,12 @@ impl<'a> Ctx<'a> {
             // Cold-plugged bridges on an ACPI-hotplug bus get ACPI hot-plug for their own
             // bus too, which replaces the standard hot-plug controller.
             let acpi = bus_plan.acpi_hotplug && !bridge.port;
-            let shpc = bridge.shpc.eval(props) && !acpi;
+            // On q35 with ICH9-LPC.acpi-pci-hotplug-with-bridge-support (6.1 and later) the
+            // ACPI plug callback also takes over cold-plugged bridges' buses from SHPC, so
+            // their slot 0 is usable (measured on QEMU 7.2).
+            let q35_bridges =
+                self.machine.board.family == crate::plan::Family::Q35 && self.acpi_bridge_hotplug();
+            let shpc = bridge.shpc.eval(props) && !acpi && !q35_bridges;
             let hotplug = bridge.hotplug.eval(props) || acpi;
             self.topo.add_bus(BusState::new(BusPlan {
                 id: name,

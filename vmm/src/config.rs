@@ -26,8 +26,12 @@ pub struct MachineConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error(transparent)]
-    Plan(#[from] PlanError),
+    #[error("-device {spec}: {source}")]
+    Device {
+        spec: String,
+        #[source]
+        source: PlanError,
+    },
     #[error(transparent)]
     Backend(#[from] BackendError),
 }
@@ -37,7 +41,12 @@ impl MachineConfig {
         let devices = opts
             .devices
             .iter()
-            .map(|d| DeviceRequest::parse(d))
+            .map(|d| {
+                DeviceRequest::parse(d).map_err(|source| ConfigError::Device {
+                    spec: d.clone(),
+                    source,
+                })
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let mut list = Vec::new();
         for (option, spec) in &opts.backends {

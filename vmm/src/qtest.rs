@@ -93,9 +93,9 @@ impl QtestMachine {
         if self.memory.read_slice(buf, GuestAddress(addr)).is_ok() {
             return;
         }
-        // Not (all) RAM: device MMIO, or nothing (reads as all-ones).
+        // Not (all) RAM: device MMIO, or nothing (reads as zero, as in QEMU).
         if !self.mmio.read(addr, buf) {
-            buf.fill(0xff);
+            buf.fill(0);
         }
     }
 

@@ -125,8 +125,9 @@ impl Vcpu {
                     self.io.write(u64::from(port), data);
                 }
                 Ok(VcpuExit::MmioRead(addr, data)) => {
+                    // Unassigned memory reads as zero on QEMU's x86 machines.
                     if !self.mmio.read(addr, data) {
-                        data.fill(0xff);
+                        data.fill(0);
                     }
                 }
                 Ok(VcpuExit::MmioWrite(addr, data)) => {
