@@ -1,5 +1,9 @@
 //! PIIX3 PCI-to-ISA bridge (00:01.0, 8086:7000, multifunction): PIRQ route registers
 //! 0x60-0x63 (0x80 = disabled) and the rest of QEMU's piix_reset values.
+//!
+//! COMMAND reads 0 at reset although piix_reset (hw/isa/piix.c) writes 0x07: the PCI bus's
+//! reset hold phase (pcibus_reset_hold -> pci_do_device_reset, hw/pci/pci.c) runs after the
+//! device's own reset and clears every writable COMMAND bit.
 
 use crate::pci::config::PciConfig;
 use crate::pci::device::PciFunction;
@@ -14,7 +18,6 @@ pub struct Piix3 {
 impl Piix3 {
     pub fn new(f: &PciFunctionPlan) -> Self {
         let mut c = PciConfig::new(&f.identity, f.multifunction, false);
-        c.set_u16(0x04, 0x0007); // master, memory and I/O
         c.set_u16(0x06, 0x0200); // DEVSEL medium
         for (reg, v) in [
             (0x4c, 0x4d),

@@ -177,6 +177,7 @@ pub(crate) fn q35_plan() -> Plan {
         pci,
         isa: vec![isa_serial()],
         advisories: vec![],
+        virtio_ports: vec![],
     }
 }
 
@@ -243,6 +244,7 @@ pub(crate) fn pc_plan() -> Plan {
         pci,
         isa: vec![isa_serial()],
         advisories: vec![],
+        virtio_ports: vec![],
     }
 }
 
@@ -377,7 +379,11 @@ fn pc_south_bridge_ids_and_reset_values() {
     assert_eq!(m.cfg_readb(0, 1, 0, 0x0e), 0x80, "PIIX3 is multifunction");
     assert_eq!(m.cfg_readl(0, 1, 0, 0x08), 0x0601_0000);
     assert_eq!(m.cfg_readl(0, 1, 0, 0x60), 0x8080_8080);
-    assert_eq!(m.cfg_readw(0, 1, 0, 0x04), 0x0007);
+    assert_eq!(
+        m.cfg_readw(0, 1, 0, 0x04),
+        0x0000,
+        "COMMAND cleared by the bus reset"
+    );
     assert_eq!(m.cfg_readl(0, 1, 1, 0), 0x7010_8086);
     assert_eq!(m.cfg_readl(0, 1, 1, 0x08), 0x0101_8000);
     assert_eq!(m.cfg_readb(0, 1, 1, 0x0e), 0x00);
