@@ -61,6 +61,9 @@ pub enum PlanError {
     /// A request in JSON form that is not a JSON object with a string `driver`.
     #[error("{0}")]
     BadDeviceSyntax(String),
+    /// A virtio-serial port refused by the bus (QEMU's virtio-serial-bus texts).
+    #[error("{0}")]
+    VirtioPort(String),
     /// `-device` without a driver.
     #[error("Parameter 'driver' is missing")]
     MissingDriver,

@@ -34,6 +34,7 @@ mod planner;
 mod properties;
 mod request;
 mod virtio_mode;
+mod virtio_ports;
 
 pub use board::{
     BoardDef, FixedRegionDef, ImplicitPciDef, IsaDeviceDef, MemoryLayoutDef, RootBusDef,

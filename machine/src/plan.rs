@@ -213,6 +213,26 @@ pub struct Plan {
     pub pci: Vec<PciFunctionPlan>,
     pub isa: Vec<IsaDevicePlan>,
     pub advisories: Vec<Advisory>,
+    /// Ports on virtio-serial buses (`virtconsole`, `virtserialport`).
+    #[serde(default)]
+    pub virtio_ports: Vec<VirtioPortPlan>,
+}
+
+/// A port of a virtio-serial-pci controller, with QEMU's port number.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VirtioPortPlan {
+    pub type_name: String,
+    pub id: Option<String>,
+    /// The virtio-serial bus (`ID.0` of the controller, `virtio-serial-bus.N` without id).
+    pub bus: String,
+    /// Index in `Plan::pci` of the virtio-serial-pci function that owns the bus.
+    pub controller: usize,
+    /// Port number (0 is the legacy console port).
+    pub nr: u32,
+    /// `virtconsole` (a console port) rather than a plain `virtserialport`.
+    pub console: bool,
+    /// Properties as given (`chardev`, `name`, ...).
+    pub properties: BTreeMap<String, String>,
 }
 
 /// e820 memory type: usable RAM.

@@ -57,12 +57,15 @@ struct Ctx<'a> {
     machine: &'a MachineType,
     topo: Topology,
     isa: Vec<IsaDevicePlan>,
+    ports: Vec<crate::plan::VirtioPortPlan>,
 }
 
 /// The result of realizing one request.
 enum Realized {
     Pci(usize, Vec<Advisory>),
     Isa,
+    /// A port on a virtio-serial bus.
+    Port,
 }
 
 impl Catalog {
@@ -120,6 +123,7 @@ impl Catalog {
             machine,
             topo: Topology::default(),
             isa: Vec::new(),
+            ports: Vec::new(),
         };
         ctx.add_root_bus(&flag);
         ctx.add_implicit(&opts, &flag)?;
@@ -141,6 +145,7 @@ impl Catalog {
             pci: ctx.topo.functions,
             isa: ctx.isa,
             advisories: ctx.topo.advisories,
+            virtio_ports: ctx.ports,
         })
     }
 
@@ -169,6 +174,7 @@ impl Catalog {
                     machine,
                     topo: base.topo.clone(),
                     isa: base.isa.clone(),
+                    ports: base.ports.clone(),
                 };
                 match ctx.realize(r, hotplug)? {
                     Realized::Pci(i, advisories) => {
@@ -185,7 +191,9 @@ impl Catalog {
                             advisories,
                         })
                     }
-                    Realized::Isa => Err(PlanError::NotPciDevice(r.driver.clone())),
+                    Realized::Isa | Realized::Port => {
+                        Err(PlanError::NotPciDevice(r.driver.clone()))
+                    }
                 }
             })
             .collect()
@@ -278,11 +286,17 @@ impl<'a> Ctx<'a> {
         };
         topo.next_auto_pci = next("pci.");
         topo.next_auto_pcie = next("pcie.");
+        for p in &plan.virtio_ports {
+            if let Some(id) = &p.id {
+                topo.ids.insert(id.clone());
+            }
+        }
         Ctx {
             catalog,
             machine,
             topo,
             isa: plan.isa.clone(),
+            ports: plan.virtio_ports.clone(),
         }
     }
 
@@ -404,6 +418,27 @@ impl<'a> Ctx<'a> {
             }
             self.isa.push(d);
             return Ok(Realized::Isa);
+        }
+        if bus_type == "virtio-serial-bus" {
+            self.check_json_dup(req, &id)?;
+            let mut props = resolve_properties(dev, self.machine, &req.properties)?;
+            if let Some(bus) = req.get("bus") {
+                props.insert("bus".to_string(), bus.to_string());
+            }
+            let console = dev.name == "virtconsole";
+            let port = crate::virtio_ports::place(
+                &dev.name,
+                console,
+                id.clone(),
+                &props,
+                &self.topo.functions,
+                &self.ports,
+            )?;
+            if let Some(id) = id {
+                self.topo.ids.insert(id);
+            }
+            self.ports.push(port);
+            return Ok(Realized::Port);
         }
         if !dev.is_pci() {
             return Err(PlanError::NoBusForDevice {

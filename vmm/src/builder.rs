@@ -80,9 +80,8 @@ pub struct BuildInputs<'a> {
     pub lifecycle: Lifecycle,
     /// What to boot; None leaves RAM empty and the vCPUs at reset (qtest-style).
     pub boot: Option<BootSpec<'a>>,
-    /// Backends the plan's devices refer to, and the device requests (for virtconsole).
+    /// Backends the plan's devices refer to.
     pub backends: &'a [crate::backends::Backend],
-    pub devices: &'a [machine::DeviceRequest],
 }
 
 /// ISA device types that live in KVM's in-kernel irqchip / PIT.
@@ -206,7 +205,7 @@ pub fn build(kvm: &Kvm, plan: &Plan, inputs: BuildInputs) -> Result<BuiltMachine
         _ => {
             let mut external = crate::virtio_devices::factory(
                 inputs.backends,
-                inputs.devices,
+                plan,
                 &vm.memory,
                 &intx_forwarder,
                 &mut virtio,

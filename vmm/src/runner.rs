@@ -339,7 +339,6 @@ impl Machine<'_> {
                 // Under qtest nothing boots: the machine stays in its reset state.
                 boot: self.options.qtest.is_none().then_some(boot),
                 backends: &config.backends,
-                devices: &config.devices,
             },
         )?;
         // Device workers and the virtio INTx forwarder join the event loop for this

@@ -8,7 +8,7 @@ use devices::virtio::blk::BlockBackend;
 use devices::virtio::console::ConsoleBackend;
 use devices::virtio::net::NetBackend;
 use devices::virtio::{self, IntxLine, VirtioBackend, VirtioWorker};
-use machine::{DeviceRequest, PciFunctionPlan};
+use machine::{PciFunctionPlan, Plan};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -181,12 +181,19 @@ fn open_rng(
     Ok(Box::new(file))
 }
 
-/// The console port's output: the chardev of the first `virtconsole`/`virtserialport`.
-fn open_console(devices: &[DeviceRequest], backends: &[Backend]) -> Box<dyn Write + Send> {
-    let chardev = devices
+/// The console output of controller `f`: the chardev of its lowest-numbered port, as the
+/// plan placed the `virtconsole`/`virtserialport` devices.
+fn open_console(f: &PciFunctionPlan, plan: &Plan, backends: &[Backend]) -> Box<dyn Write + Send> {
+    let chardev = plan
+        .virtio_ports
         .iter()
-        .filter(|d| d.driver == "virtconsole" || d.driver == "virtserialport")
-        .find_map(|d| d.get("chardev").map(str::to_string));
+        .filter(|p| {
+            plan.pci
+                .get(p.controller)
+                .is_some_and(|c| c.bus == f.bus && c.devfn() == f.devfn())
+        })
+        .min_by_key(|p| p.nr)
+        .and_then(|p| p.properties.get("chardev").cloned());
     let backend = chardev.and_then(|id| {
         backends.iter().find_map(|b| match b {
             Backend::Chardev { id: c, backend } if *c == id => Some(backend.clone()),
@@ -206,7 +213,7 @@ fn open_console(devices: &[DeviceRequest], backends: &[Backend]) -> Box<dyn Writ
 /// A factory for `PciHost::from_plan_with`: builds every virtio function of the plan.
 pub fn factory<'a>(
     backends: &'a [Backend],
-    devices: &'a [DeviceRequest],
+    plan: &'a Plan,
     memory: &'a GuestMemory,
     forwarder: &'a Arc<IntxForwarder>,
     set: &'a mut VirtioSet,
@@ -222,7 +229,7 @@ pub fn factory<'a>(
             }
             2 => open_drive(f, backends).map(VirtioBackend::Block),
             3 => Ok(VirtioBackend::Console(ConsoleBackend {
-                output: open_console(devices, backends),
+                output: open_console(f, plan, backends),
             })),
             4 => open_rng(f, backends).map(VirtioBackend::Rng),
             // Types we have no backend for keep the generic model (identity only).
