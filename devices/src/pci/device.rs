@@ -85,24 +85,31 @@ pub trait PciFunction: Send {
     }
 }
 
-/// A function that is only a header: IDs, class, BARs that size correctly, interrupt pin.
+/// A function that is only a header: IDs, class, BARs that size correctly, interrupt pin,
+/// and the device-specific bytes QEMU's realize/reset leave in config space.
 pub struct GenericEndpoint {
     config: PciConfig,
 }
 
 impl GenericEndpoint {
+    /// `registers` are (offset, value) bytes past the header set at power-on (they stay
+    /// writable, as QEMU's default write mask has them).
     pub fn new(
         identity: &PciIdentity,
         multifunction: bool,
         express: bool,
         bars: &[(usize, BarDef)],
         interrupt_pin: u8,
+        registers: &[(usize, u8)],
     ) -> Result<Self, PciError> {
         let mut config = PciConfig::new(identity, multifunction, express);
         for &(index, def) in bars {
             config.register_bar(index, def)?;
         }
         config.set_interrupt_pin(interrupt_pin);
+        for &(offset, value) in registers {
+            config.set_u8(offset, value);
+        }
         config.commit_reset_state();
         Ok(Self { config })
     }

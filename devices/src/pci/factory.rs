@@ -57,32 +57,60 @@ pub(crate) fn build(
         "ICH9-SMB" => plain(shared(ich9_smbus::Ich9Smbus::new(f)?)),
         name if bridge::is_bridge_type(name) => plain(bridge::build(f)?),
         _ => {
-            let (bars, pin, express) = endpoint_layout(f, express_bus);
+            let l = endpoint_layout(f, express_bus);
             plain(shared(GenericEndpoint::new(
                 &f.identity,
                 f.multifunction,
-                express,
-                &bars,
-                pin,
+                l.express,
+                &l.bars,
+                l.pin,
+                &l.registers,
             )?))
         }
     })
 }
 
-/// QEMU's BARs, interrupt pin and config-space size for functions modelled as a header only.
-fn endpoint_layout(f: &PciFunctionPlan, express_bus: bool) -> (Vec<(usize, BarDef)>, u8, bool) {
+/// What a header-only function looks like in QEMU.
+struct EndpointLayout {
+    bars: Vec<(usize, BarDef)>,
+    /// Interrupt pin (1 = INTA#, 0 = none).
+    pin: u8,
+    /// PCI Express config-space size (4 KiB).
+    express: bool,
+    /// Device-specific bytes past the header that QEMU's realize/reset set.
+    registers: Vec<(usize, u8)>,
+}
+
+/// USB_SBRN (Serial Bus Release Number) of UHCI/EHCI.
+const USB_SBRN: usize = 0x60;
+
+/// usb_uhci_common_realize: SBRN = USB 1.0; uhci_reset: 0x6a = 0x01 (USB clock, "usb
+/// clock" in hw/usb/hcd-uhci.c).
+const UHCI_REGS: [(usize, u8); 2] = [(USB_SBRN, 0x10), (0x6a, 0x01)];
+
+/// usb_ehci_pci_realize (hw/usb/hcd-ehci-pci.c): SBRN = USB 2.0, FLADJ 0x20, USBLEGSUP
+/// capability ID 0x01 at 0x68 and USBLEGCTLSTS 0x6f = 0xc0.
+const EHCI_REGS: [(usize, u8); 4] = [(USB_SBRN, 0x20), (0x61, 0x20), (0x68, 0x01), (0x6f, 0xc0)];
+
+/// QEMU's BARs, interrupt pin, config-space size and preset registers for functions
+/// modelled as a header only.
+fn endpoint_layout(f: &PciFunctionPlan, express_bus: bool) -> EndpointLayout {
     const K: u64 = 1024;
     const M: u64 = 1024 * 1024;
+    let layout = |bars: Vec<(usize, BarDef)>, pin: u8, express: bool| EndpointLayout {
+        bars,
+        pin,
+        express,
+        registers: Vec::new(),
+    };
+    let uhci = |pin: u8| EndpointLayout {
+        registers: UHCI_REGS.to_vec(),
+        ..layout(vec![(4, BarDef::io(0x20))], pin, false)
+    };
     if let Some(v) = f.virtio {
         let mut bars = Vec::new();
         if v.legacy {
-            // pow2ceil(20-byte common header + device config): 0x20 for net and rng.
-            let io = if matches!(v.device_type, 1 | 4) {
-                0x20
-            } else {
-                0x40
-            };
-            bars.push((0, BarDef::io(io)));
+            bars.push((0, BarDef::io(virtio_legacy_bar_size(v.device_type))));
         }
         bars.push((1, BarDef::mem32(4 * K)));
         if v.modern {
@@ -91,10 +119,10 @@ fn endpoint_layout(f: &PciFunctionPlan, express_bus: bool) -> (Vec<(usize, BarDe
         if v.device_type == 1 {
             bars.push((ROM_BAR, BarDef::rom(256 * K)));
         }
-        return (bars, 1, v.pcie_capability && express_bus);
+        return layout(bars, 1, v.pcie_capability && express_bus);
     }
     match f.type_name.as_str() {
-        "VGA" => (
+        "VGA" => layout(
             vec![
                 (0, BarDef::mem32(16 * M).prefetchable()),
                 (2, BarDef::mem32(4 * K)),
@@ -103,7 +131,7 @@ fn endpoint_layout(f: &PciFunctionPlan, express_bus: bool) -> (Vec<(usize, BarDe
             0,
             false,
         ),
-        "e1000" | "e1000-82544gc" | "e1000-82545em" => (
+        "e1000" | "e1000-82544gc" | "e1000-82545em" => layout(
             vec![
                 (0, BarDef::mem32(128 * K)),
                 (1, BarDef::io(0x40)),
@@ -112,7 +140,7 @@ fn endpoint_layout(f: &PciFunctionPlan, express_bus: bool) -> (Vec<(usize, BarDe
             1,
             false,
         ),
-        "e1000e" => (
+        "e1000e" => layout(
             vec![
                 (0, BarDef::mem32(128 * K)),
                 (1, BarDef::mem32(128 * K)),
@@ -123,12 +151,27 @@ fn endpoint_layout(f: &PciFunctionPlan, express_bus: bool) -> (Vec<(usize, BarDe
             1,
             express_bus,
         ),
-        "piix3-usb-uhci" | "piix4-usb-uhci" => (vec![(4, BarDef::io(0x20))], 4, false),
-        "ich9-usb-uhci1" => (vec![(4, BarDef::io(0x20))], 1, false),
-        "ich9-usb-uhci2" => (vec![(4, BarDef::io(0x20))], 2, false),
-        "ich9-usb-uhci3" => (vec![(4, BarDef::io(0x20))], 3, false),
-        "ich9-usb-ehci1" | "ich9-usb-ehci2" => (vec![(0, BarDef::mem32(4 * K))], 4, false),
-        "qemu-xhci" | "nec-usb-xhci" => (vec![(0, BarDef::mem64(16 * K))], 1, express_bus),
-        _ => (Vec::new(), 0, false),
+        // UHCI pins: PIIX D; ICH9 UHCI1-6 A, B, C, A, B, C (ich9_1..6 irq_pin).
+        "piix3-usb-uhci" | "piix4-usb-uhci" => uhci(4),
+        "ich9-usb-uhci1" | "ich9-usb-uhci4" => uhci(1),
+        "ich9-usb-uhci2" | "ich9-usb-uhci5" => uhci(2),
+        "ich9-usb-uhci3" | "ich9-usb-uhci6" => uhci(3),
+        "ich9-usb-ehci1" | "ich9-usb-ehci2" => EndpointLayout {
+            registers: EHCI_REGS.to_vec(),
+            ..layout(vec![(0, BarDef::mem32(4 * K))], 4, false)
+        },
+        "qemu-xhci" | "nec-usb-xhci" => layout(vec![(0, BarDef::mem64(16 * K))], 1, express_bus),
+        _ => layout(Vec::new(), 0, false),
+    }
+}
+
+/// Legacy I/O BAR of a virtio-pci function: pow2ceil(24-byte header with MSI-X + the
+/// device config QEMU 10.2 exposes) -- net and rng 0x20, blk 0x80 (60+ byte
+/// virtio_blk_config), console/scsi/balloon 0x40 (measured; virtio_pci_device_plugged).
+fn virtio_legacy_bar_size(device_type: u16) -> u64 {
+    match device_type {
+        1 | 4 => 0x20,
+        2 => 0x80,
+        _ => 0x40,
     }
 }
