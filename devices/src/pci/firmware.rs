@@ -12,7 +12,8 @@
 //!   sized from what lies behind them (I/O 4 KiB, memory 1 MiB granules; an empty bridge
 //!   still gets 2 MiB of memory window for hotplug).
 //! * Command: I/O, memory and SERR decode on every function, bus master on bridges.
-//! * Interrupt line = the IRQ of the PIRQ each pin reaches (QEMU's swizzle and slot map).
+//! * Interrupt line = the IRQ of the PIRQ each pin reaches (QEMU's swizzle and slot map,
+//!   which SeaBIOS's pci_slot_get_irq mirrors); PIIX4_PM's line is the SCI, IRQ 9.
 
 use super::config::{BarKind, ROM_BAR};
 use super::host::{FunctionKey, PciHost};
@@ -558,6 +559,11 @@ impl PciHost {
                 pirq,
                 irq,
             });
+        }
+        // SeaBIOS's piix4_pm_setup then overwrites the PM function's line with the SCI,
+        // which PIIX4 hard-wires to IRQ 9 ("acpi sci is hardwired to 9").
+        if let Some((pm, _)) = self.function_by_type("PIIX4_PM") {
+            self.wr(pm, INTERRUPT_LINE, SCI_IRQ.into(), 1);
         }
         routes
     }

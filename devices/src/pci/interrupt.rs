@@ -18,14 +18,20 @@ pub fn swizzle(slot: u8, pin0: u8) -> u8 {
     (slot.wrapping_add(pin0)) % 4
 }
 
-/// i440fx/PIIX3 root-bus map (pci_slot_get_pirq): PIRQ A-D index for a slot and 0-based pin.
+/// i440fx/PIIX3 root-bus map (QEMU hw/i386/pc_piix.c pc_pci_slot_get_pirq, formerly
+/// pci_slot_get_pirq in hw/isa/piix.c): `(pin0 + slot - 1) & 3`, a PIRQ A-D index for a slot
+/// and 0-based pin. Slot 1 INTA# is PIRQA; slot 0 wraps to PIRQD. SeaBIOS's
+/// piix_pci_slot_get_irq assumes the same wiring (the slots of every bridge on the way up
+/// added to the pin, which is the bridges' swizzle, then `slot - 1` at the root).
 pub fn piix_map_irq(slot: u8, pin0: u8) -> u8 {
-    (slot.wrapping_add(pin0)) & 3
+    slot.wrapping_add(pin0).wrapping_add(3) & 3
 }
 
-/// q35/ICH9 root-bus map (ich9_lpc_map_irq with the chipset-config reset values): slots
-/// 25..=31 use D{n}IR = 0x3210 (INTA-D -> PIRQ A-D) except D30 (the DMI-PCI bridge, PIRQ E-H);
-/// every other slot rotates over PIRQ E-H. Returns a PIRQ index 0..=7.
+/// q35/ICH9 root-bus map (ich9_lpc_map_irq with the chipset-config reset values of
+/// hw/isa/lpc_ich9.c ich9_cc_init/ich9_cc_update): slots 25..=31 use D{n}IR = 0x3210
+/// (INTA-D -> PIRQ A-D) except D30 (the DMI-PCI bridge, PIRQ E-H); every other slot rotates
+/// `(slot + pin0) % 4 + 4` over PIRQ E-H. Returns a PIRQ index 0..=7. SeaBIOS's
+/// mch_pci_slot_get_irq assumes the same wiring.
 pub fn ich9_map_irq(slot: u8, pin0: u8) -> u8 {
     match slot {
         30 => (pin0 & 3) + 4,
@@ -40,9 +46,16 @@ mod tests {
 
     #[test]
     fn maps_match_qemu() {
-        assert_eq!(piix_map_irq(1, 0), 1);
-        assert_eq!(piix_map_irq(3, 0), 3);
-        assert_eq!(piix_map_irq(2, 3), 1);
+        // pc: (pin0 + slot - 1) & 3.
+        assert_eq!(piix_map_irq(1, 0), 0);
+        assert_eq!(piix_map_irq(1, 3), 3);
+        assert_eq!(piix_map_irq(2, 0), 1);
+        assert_eq!(piix_map_irq(3, 0), 2);
+        assert_eq!(piix_map_irq(4, 0), 3);
+        assert_eq!(piix_map_irq(5, 0), 0);
+        assert_eq!(piix_map_irq(2, 3), 0);
+        assert_eq!(piix_map_irq(0, 0), 3);
+        assert_eq!(piix_map_irq(31, 3), 1);
         assert_eq!(ich9_map_irq(31, 0), 0);
         assert_eq!(ich9_map_irq(31, 3), 3);
         assert_eq!(ich9_map_irq(30, 1), 5);

@@ -621,9 +621,16 @@ fn firmware_init_pc() {
     assert_eq!(layout.pm_base, Some(0x600));
     assert_eq!(layout.ecam, None);
     assert_eq!(m.cfg_readl(0, 1, 0, 0x60), 0x0b0b_0a0a);
-    // pc swizzle: (slot + pin - 1) & 3 -> e1000 slot 3 pin A -> PIRQD -> 11; PM slot 1 -> B -> 10.
+    // pc: PIRQ (pin - 1 + slot - 1) & 3 -> e1000 slot 3 pin A -> PIRQC -> 11; PIIX4_PM gets
+    // the SCI (IRQ 9) from SeaBIOS's piix4_pm_setup, not its PIRQA route (10).
     assert_eq!(m.cfg_readb(0, 3, 0, 0x3c), 11);
-    assert_eq!(m.cfg_readb(0, 1, 3, 0x3c), 10);
+    assert_eq!(m.cfg_readb(0, 1, 3, 0x3c), 9);
+    let layout_pm = layout
+        .intx
+        .iter()
+        .find(|r| r.devfn == (1 << 3) | 3)
+        .unwrap();
+    assert_eq!((layout_pm.pirq, layout_pm.irq), (0, 10));
     // e1000 I/O BAR from 0xc000 upwards.
     let io = m.cfg_readl(0, 3, 0, 0x14);
     assert!(
