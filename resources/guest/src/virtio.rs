@@ -62,6 +62,9 @@ const LEG_CONFIG: u16 = 0x14;
 const LEG_CONFIG_MSIX: u16 = 0x18;
 /// Bytes of I/O space the legacy registers (up to the config) need.
 const LEG_MIN_IO: u64 = 0x20;
+/// Default `machina.max-io-port`: PVM hosts kill a CPL-3 guest on `in`/`out`
+/// to ports >= 0x8000 (an exception, so a triple fault without an IDT).
+const DEFAULT_MAX_IO_PORT: u64 = 0x7fff;
 
 // Modern common configuration structure.
 const COM_DEVICE_FEATURE_SELECT: u64 = 0x00;
@@ -1032,6 +1035,12 @@ fn run_console(t: &Transport, bdf: Bdf, path: Path) -> Result<(), Reason> {
 struct Options {
     blk_seed: u64,
     net_test: bool,
+    /// Highest I/O port the legacy path may touch (see README: under PVM,
+    /// CPL-3 port I/O at 0x8000 and above kills the guest).
+    max_io_port: u64,
+    /// `machina.virtio-io-base`: where to move an I/O BAR0 above
+    /// `max_io_port` (bus 0 only), 0x100 apart per device.
+    io_relocate: Option<u64>,
 }
 
 /// Runs the driver for `dev`'s type over `t`; `None` for types without one.
@@ -1062,7 +1071,22 @@ fn print_result(word: &str, bdf: Bdf, result: Result<Option<()>, Reason>) {
     }
 }
 
-fn run_device(dev: &Device, opts: &Options) {
+/// Moves BAR0 of `dev` (on bus 0) to `port` with I/O decoding off meanwhile.
+fn relocate_io_bar0(dev: &mut Device, port: u64) {
+    let cfg = &Cf8;
+    let bdf = dev.bdf;
+    let command = cfg.read32(bdf, pci::REG_COMMAND) & 0xffff;
+    cfg.write32(bdf, pci::REG_COMMAND, command & !pci::COMMAND_IO);
+    cfg.write32(bdf, pci::REG_BAR0, port as u32 | 1);
+    cfg.write32(bdf, pci::REG_COMMAND, command);
+    if let Some(bar) = dev.bars[0].as_mut() {
+        bar.addr = u64::from(cfg.read32(bdf, pci::REG_BAR0) & !3);
+    }
+}
+
+fn run_device(dev: &Device, opts: &Options, relocated: &mut u64) {
+    let mut dev = *dev;
+    let dev = &mut dev;
     let bdf = dev.bdf;
     println!(
         "virtio: {} type={} legacy={} modern={}",
@@ -1078,7 +1102,29 @@ fn run_device(dev: &Device, opts: &Options) {
         println!("virtio-legacy: {} result=no-io-bar", bdf);
     } else if !dev.legacy() {
         println!("virtio-legacy: {} result=not-transitional", bdf);
+    } else if let Some(bar) = dev
+        .io_bar0()
+        .filter(|b| b.addr + LEG_MIN_IO - 1 > opts.max_io_port)
+        .filter(|_| !(opts.io_relocate.is_some() && bdf.bus == 0))
+    {
+        println!(
+            "virtio-legacy: {} result=io-port-above-limit port=0x{:x}",
+            bdf, bar.addr
+        );
     } else {
+        if let (Some(bar), Some(base)) = (dev.io_bar0(), opts.io_relocate) {
+            if bar.addr + LEG_MIN_IO - 1 > opts.max_io_port {
+                let to = base + 0x100 * *relocated;
+                *relocated += 1;
+                relocate_io_bar0(dev, to);
+                println!(
+                    "virtio-legacy: {} relocated from=0x{:x} to=0x{:x}",
+                    bdf,
+                    bar.addr,
+                    dev.io_bar0().map_or(0, |b| b.addr)
+                );
+            }
+        }
         let result = dev
             .legacy_transport()
             .and_then(|t| run_driver(dev, &t, Path::Legacy, opts).transpose());
@@ -1101,6 +1147,10 @@ pub fn run(cmdline: &Cmdline<'_>) {
     let opts = Options {
         blk_seed: cmdline.get_u64(b"machina.blk-seed", 1),
         net_test: cmdline.get(b"machina.net-test") == Some(b"1"),
+        max_io_port: cmdline.get_u64(b"machina.max-io-port", DEFAULT_MAX_IO_PORT),
+        io_relocate: cmdline
+            .get(b"machina.virtio-io-base")
+            .map(|_| cmdline.get_u64(b"machina.virtio-io-base", 0) & 0xff00),
     };
     let mut found = [None::<Device>; MAX_DEVICES];
     let mut count = 0;
@@ -1112,8 +1162,9 @@ pub fn run(cmdline: &Cmdline<'_>) {
             count += 1;
         }
     });
+    let mut relocated = 0;
     for dev in found.iter().flatten() {
-        run_device(dev, &opts);
+        run_device(dev, &opts, &mut relocated);
     }
     println!("virtio: done devices={}", count);
 }
