@@ -109,7 +109,7 @@ run "reset" '^reset: now$' '!^reset: failed' '!^echo' -- -M q35 -append "machina
 if [ "$ACCEL" = tcg ]; then
     IOOPT="machina.max-io-port=0xffff"
 else
-    IOOPT="machina.virtio-io-base=0x7000"
+    IOOPT="machina.max-io-port=0x7fff machina.virtio-io-base=0x7000"
 fi
 
 DISK=$(mktemp /tmp/machina-guest-disk.XXXXXX)
@@ -190,7 +190,7 @@ fi
 run "virtio legacy I/O BAR above max-io-port" \
     '^virtio-legacy: 00:01\.0 result=io-port-above-limit port=0xc[0-9a-f]{3}$' \
     '^virtio-modern: 00:01\.0 result=ok$' "$off" \
-    -- -M q35 -device virtio-rng-pci -append "machina.test=virtio"
+    -- -M q35 -device virtio-rng-pci -append "machina.test=virtio machina.max-io-port=0x7fff"
 
 run "virtio legacy I/O BAR relocated" '^virtio-legacy: 00:01\.0 relocated from=0xc[0-9a-f]{3} to=0x7000$' \
     '^virtio-legacy: 00:01\.0 result=ok$' '^virtio-modern: 00:01\.0 result=ok$' "$off" \
