@@ -181,6 +181,8 @@ pub struct PciBridge {
     populated: u32,
     /// LNKSTA of the express function at device 0 behind a downstream port.
     link_partner: Option<u16>,
+    /// Whether the slot's own plug callback saw the cold-plugged devices (see `attach`).
+    plug_latched: bool,
     msi_sink: Option<Arc<dyn MsiSink>>,
     intx: bool,
     /// Slot hot-plug interrupt state (QEMU's hpev_notified).
@@ -209,6 +211,7 @@ impl PciBridge {
             slotid: None,
             populated: 0,
             link_partner: None,
+            plug_latched: false,
             msi_sink: None,
             intx: false,
             hp_notified: false,
@@ -293,11 +296,15 @@ impl PciBridge {
     }
 
     /// What lies behind the bridge: devices present on the secondary bus (bit n = device
-    /// n) and the link status of the express function at device 0. Takes effect now, as
-    /// QEMU's cold-plug callbacks do, and on every later reset.
-    pub fn attach(&mut self, populated: u32, link_partner: Option<u16>) {
+    /// n) and the link status of the express function at device 0. `plug_latched`: the
+    /// secondary bus's hot-plug handler is the port's own slot (pcie_cap_slot_plug_cb),
+    /// which latches Presence Detect State and DLLLA for a cold-plugged device; false when
+    /// the ACPI PCI hot-plug handler took the bus over. Takes effect now, as QEMU's
+    /// cold-plug callbacks do, and on every later reset.
+    pub fn attach(&mut self, populated: u32, link_partner: Option<u16>, plug_latched: bool) {
         self.populated = populated;
         self.link_partner = link_partner;
+        self.plug_latched = plug_latched;
         if let Some(s) = &mut self.shpc {
             s.set_populated(populated);
         }
@@ -320,11 +327,11 @@ impl PciBridge {
             match self.model {
                 Model::RootPort | Model::Ioh3420 => {
                     e.root_reset(cfg);
-                    e.slot_reset(cfg, self.populated & 1 != 0);
+                    e.slot_reset(cfg, self.populated & 1 != 0, self.plug_latched);
                     e.arifwd_reset(cfg);
                 }
                 Model::SwitchDownstream => {
-                    e.slot_reset(cfg, self.populated & 1 != 0);
+                    e.slot_reset(cfg, self.populated & 1 != 0, self.plug_latched);
                     e.arifwd_reset(cfg);
                 }
                 _ => {}

@@ -115,7 +115,7 @@ const CASES: &[Case] = &[
             (0x56, 2, 0x0142),      // v2, root port, slot implemented
             (0x58, 4, 0x0000_8000),
             (0x60, 4, 0x0030_0604), // port 0, 16 GT/s x32, ASPM L0s, DLLLARC, LBNC
-            (0x66, 2, 0x2204),      // nothing below: LNKCAP's width/speed, DL active
+            (0x66, 2, 0x0204),      // nothing below: LNKCAP's width/speed, link not active
             (0x68, 4, 0x0002_007b), // measured SLTCAP
             (0x6c, 2, 0x07c0),      // empty slot: powered off, indicators off
             (0x6e, 2, 0x0000),
@@ -177,7 +177,7 @@ const CASES: &[Case] = &[
             (0x62, 2, 0x0102),      // 2 vectors, per-vector mask, 32-bit
             (0x92, 2, 0x0142),
             (0x9c, 4, 0x0000_0411), // 2.5 GT/s x1
-            (0xa2, 2, 0x2011),
+            (0xa2, 2, 0x0011),      // no DLLLA before a plug
             (0xa4, 4, 0x0012_007b), // PSN 2
             (0x3d, 1, 1),
             (0x130, 4, 0), // AER vector 0 with one MSI vector
@@ -196,7 +196,7 @@ const CASES: &[Case] = &[
             (0x92, 2, 0x0052),      // v2, upstream port
             (0x94, 4, 0x1000_8000), // RBER, FLR
             (0x9c, 4, 0x0000_0411),
-            (0xa2, 2, 0x2011),
+            (0xa2, 2, 0x0011),      // DLLLA clear: only slots latch it
             (0xb4, 4, 0x0030_0000), // no ARI forwarding on the upstream port
             (0x3d, 1, 0),
         ],
@@ -210,8 +210,8 @@ const CASES: &[Case] = &[
             (0x00, 4, 0x8233_104c),
             (0x08, 4, 0x0604_0001),
             (0x92, 2, 0x0162),
-            (0x9c, 4, 0x0100_0411),
-            (0xa2, 2, 0x2011),
+            (0x9c, 4, 0x0100_0400), // no x-speed/x-width: MLW and SLS 0, port 1
+            (0xa2, 2, 0x0011),      // raised to x1 2.5 GT/s by pcie_sync_bridge_lnk
             (0xa4, 4, 0x001a_007b),
             (0xa8, 2, 0x07c0),
             (0xb4, 4, 0x0030_0020),
@@ -231,8 +231,10 @@ const CASES: &[Case] = &[
             (0x24, 4, 0x0001_0001),
             (0x4a, 2, 0x0072), // v2, PCIe-to-PCI bridge
             (0x54, 4, 0x0000_0411),
-            (0x86, 2, 0x0003), // PM 1.2
-            (0x8e, 2, 0x0180), // MSI 64-bit, maskable, 1 vector
+            (0x5a, 2, 0x0011),  // x1 2.5 GT/s, DLLLA clear
+            (0x86, 2, 0x0003),  // PM 1.2
+            (0x118, 4, 0x00a0), // AER: ECRC only, no multiple header (no aer_log_max)
+            (0x8e, 2, 0x0180),  // MSI 64-bit, maskable, 1 vector
             (0x3d, 1, 1),
         ],
     },
@@ -422,7 +424,7 @@ fn switch_port_flr_resets_it() {
 #[test]
 fn shpc_through_bar_and_intx() {
     let mut b = make("pcie-pci-bridge", &[]).unwrap();
-    b.attach(1 << 1, None);
+    b.attach(1 << 1, None, false);
     let mut r = [0u8; 4];
     b.bar_read(0, 0x24, &mut r);
     assert_eq!(
@@ -477,9 +479,11 @@ fn e1000e_ranges(m: &Machine) -> Vec<(Space, u64, u64)> {
 
 #[test]
 fn slot_presence_and_link_from_topology() {
+    // q35 >= 6.1: ACPI PCI hot-plug owns the ports' buses, so the slots never latch the
+    // cold-plugged e1000e (no PDS, no DLLLA) but still power it.
     let m = Machine::new(&q35_plan());
     // 00:02.0 has the e1000e below it, 00:02.1 nothing.
-    assert_eq!(m.cfg_readw(0, 2, 0, 0x6e), 0x0040, "presence detected");
+    assert_eq!(m.cfg_readw(0, 2, 0, 0x6e), 0, "no presence latched");
     assert_eq!(
         m.cfg_readw(0, 2, 0, 0x6c),
         0x01c0,
@@ -487,7 +491,26 @@ fn slot_presence_and_link_from_topology() {
     );
     assert_eq!(m.cfg_readw(0, 2, 1, 0x6e), 0);
     assert_eq!(m.cfg_readw(0, 2, 1, 0x6c), 0x07c0);
-    assert_eq!(m.cfg_readw(0, 2, 1, 0x66), 0x2204);
+    assert_eq!(m.cfg_readw(0, 2, 1, 0x66), 0x0204);
+
+    // Without ACPI bridge hot-plug (pc-q35-6.0 and older) the slot's own plug callback
+    // latches presence and the data link layer for the cold-plugged device.
+    let mut plan = q35_plan();
+    let lpc = plan
+        .pci
+        .iter_mut()
+        .find(|f| f.type_name == "ICH9-LPC")
+        .unwrap();
+    lpc.properties
+        .insert("acpi-pci-hotplug-with-bridge-support".into(), "off".into());
+    let m = Machine::new(&plan);
+    assert_eq!(m.cfg_readw(0, 2, 0, 0x6e), 0x0040, "presence detected");
+    assert_eq!(m.cfg_readw(0, 2, 0, 0x66) & 0x2000, 0x2000, "DLLLA");
+    assert_eq!(m.cfg_readw(0, 2, 1, 0x6e), 0);
+    assert_eq!(m.cfg_readw(0, 2, 1, 0x66), 0x0204, "empty: no DLLLA");
+    // Reset keeps what the plug latched.
+    m.host.lock().unwrap().reset();
+    assert_eq!(m.cfg_readw(0, 2, 0, 0x6e), 0x0040);
 }
 
 #[test]
@@ -597,7 +620,7 @@ fn random_writes_to_every_bridge_never_panic() {
     for (t, props) in types {
         let mut b = make(t, props).unwrap();
         b.set_msi_sink(sink.clone());
-        b.attach(0xffff_ffff, Some(0x2041));
+        b.attach(0xffff_ffff, Some(0x2041), true);
         for off in 0..4100u16 {
             for n in [1usize, 2, 4] {
                 let v = rng(&mut s) as u32;

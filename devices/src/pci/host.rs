@@ -108,6 +108,28 @@ pub struct PciHost {
     gsi_out: BTreeMap<u32, bool>,
 }
 
+/// Whether the ACPI PCI hot-plug handler owns the buses of cold-plugged bridges and ports:
+/// acpi_pcihp_device_plug_cb (hw/acpi/pcihp.c) makes itself the hot-plug handler of every
+/// cold-plugged bridge's secondary bus when bridge hot-plug is on, and returns early for
+/// cold-plugged devices, so a port's pcie_cap_slot_plug_cb never runs for them. On q35 that
+/// is ICH9-LPC `acpi-pci-hotplug-with-bridge-support` (on since pc-q35-6.1); on pc, PIIX4_PM
+/// with the same property and `acpi-root-pci-hotplug` (it must handle pci.0 to see the
+/// bridges plugged there).
+fn acpi_owns_bridge_buses(plan: &Plan) -> bool {
+    let prop = |f: &machine::PciFunctionPlan, name: &str| {
+        super::props::Props::new(&f.properties)
+            .bool(name, true)
+            .unwrap_or(false)
+    };
+    plan.pci.iter().any(|f| match f.type_name.as_str() {
+        "ICH9-LPC" => prop(f, "acpi-pci-hotplug-with-bridge-support"),
+        "PIIX4_PM" => {
+            prop(f, "acpi-pci-hotplug-with-bridge-support") && prop(f, "acpi-root-pci-hotplug")
+        }
+        _ => false,
+    })
+}
+
 impl PciHost {
     /// Build every function of `plan` at its reset state and map the fixed chipset ranges.
     /// Wrap it with `Arc::new(Mutex::new(host))` and hand that to
@@ -134,7 +156,7 @@ impl PciHost {
         ) -> Option<Result<SharedFunction, PciError>>,
     ) -> Result<Self, PciError> {
         let mut host = Self::build(plan, lifecycle, io, mmio, external)?;
-        host.attach_bridges();
+        host.attach_bridges(!acpi_owns_bridge_buses(plan));
         host.sync_all_windows();
         host.map_apm();
         Ok(host)
@@ -305,8 +327,9 @@ impl PciHost {
     }
 
     /// Tell every bridge what is behind it (QEMU's cold-plug callbacks): which devices of
-    /// the secondary bus exist and the link status of the express function at device 0.
-    fn attach_bridges(&mut self) {
+    /// the secondary bus exist, the link status of the express function at device 0 and
+    /// whether slots latch cold-plugged devices (`plug_latched`, see [`PciBridge::attach`]).
+    fn attach_bridges(&mut self, plug_latched: bool) {
         let bridges: Vec<(FunctionKey, usize)> = self
             .functions
             .iter()
@@ -325,7 +348,7 @@ impl PciHost {
             }
             if let Some(e) = self.functions.get(&key) {
                 if let Some(b) = lock(&e.func).as_bridge_mut() {
-                    b.attach(populated, partner);
+                    b.attach(populated, partner, plug_latched);
                 }
             }
         }

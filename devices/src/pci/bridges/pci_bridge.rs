@@ -67,8 +67,10 @@ pub fn pci_bridge(f: &PciFunctionPlan) -> Result<PciBridge, PciError> {
 pub fn pcie_to_pci(f: &PciFunctionPlan) -> Result<PciBridge, PciError> {
     let p = Props::new(&f.properties);
     let with_msi = p.bool("msi", true)?;
+    // aer_log_max is a PCIEPort property; the pcie-pci-bridge is no port, so its log stays
+    // empty and pcie_aer_init offers no multiple-header recording (AER CAP 0xa0).
     let aer_cfg = aer::AerConfig {
-        log_max: p.u16("aer_log_max", 8)?,
+        log_max: 0,
         unc_mask: p.bool("x-pcie-err-unc-mask", true)?,
     };
     let mut b = PciBridge::new(Model::PcieToPci, &f.identity, f.multifunction, true);

@@ -148,8 +148,9 @@ pub struct PcieCap {
 }
 
 impl PcieCap {
-    /// pcie_cap_init: v2 capability with QEMU's default x1 2.5 GT/s link and `DLLLA` set
-    /// (x-pcie-lnksta-dllla, on for every supported machine type).
+    /// pcie_cap_init: v2 capability with QEMU's default x1 2.5 GT/s link. Data Link Layer
+    /// Link Active stays clear: pcie_cap_v1_fill no longer sets it (QEMU >= 5.2); only a
+    /// slot's plug callback does ([`slot_reset`](Self::slot_reset)).
     pub fn init(
         config: &mut PciConfig,
         offset: usize,
@@ -163,7 +164,7 @@ impl PcieCap {
             offset + LNKCAP,
             (u32::from(port) << 24) | LNKCAP_ASPMS_L0S | (1 << 4) | 1,
         );
-        config.set_u16(offset + LNKSTA, (1 << 4) | 1 | LNKSTA_DLLLA);
+        config.set_u16(offset + LNKSTA, (1 << 4) | 1);
         config.set_u32(offset + DEVCAP2, DEVCAP2_EFF | DEVCAP2_EETLPP);
         config.set_wmask_u16(offset + DEVCTL2, DEVCTL2_EETLPPB);
         Ok(Self {
@@ -177,7 +178,11 @@ impl PcieCap {
         self.offset + reg
     }
 
-    /// pcie_cap_fill_slot_lnk: the PCIESlot's configured width and speed.
+    /// pcie_cap_fill_slot_lnk: the PCIESlot's configured width and speed. A slot without
+    /// `x-speed`/`x-width` (xio3130-downstream) passes 0 and 0, which QEMU writes as is
+    /// (LNKCAP MLW and SLS read 0). Hot-plug capable ports above 2.5 GT/s report DLLLARC;
+    /// DLLLA itself is set only when a device is plugged ("the PCI_EXP_LNKSTA_DLLLA will
+    /// be set in the hotplug function").
     pub fn fill_slot_link(&self, config: &mut PciConfig, speed: LinkSpeed, width: u8) {
         let mut cap = config.get_u32(self.at(LNKCAP)) & !(LNKCAP_MLW | LNKCAP_SLS);
         cap |= (u32::from(width) << 4) & LNKCAP_MLW;
@@ -187,8 +192,6 @@ impl PcieCap {
         }
         if speed > LinkSpeed::GT2_5 {
             cap |= LNKCAP_DLLLARC;
-            let sta = config.get_u16(self.at(LNKSTA)) | LNKSTA_DLLLA;
-            config.set_u16(self.at(LNKSTA), sta);
             let ctl2 = config.get_u16(self.at(LNKCTL2)) & !LNKCTL2_TLS;
             config.set_u16(self.at(LNKCTL2), ctl2 | (u16::from(speed.0) & LNKCTL2_TLS));
         }
@@ -286,9 +289,15 @@ impl PcieCap {
         self.slot = Some(slot);
     }
 
-    /// pcie_cap_slot_reset, plus the presence QEMU latches when a device is cold-plugged
-    /// (pcie_cap_slot_plug_cb) since our devices are all present from the start.
-    pub fn slot_reset(&self, config: &mut PciConfig, populated: bool) {
+    /// pcie_cap_slot_reset (power controller and indicators follow whether device 0 of the
+    /// secondary bus exists), plus what pcie_cap_slot_plug_cb latches when a device is
+    /// cold-plugged -- Presence Detect State and Data Link Layer Link Active -- if the slot
+    /// itself saw the plug (`plug_latched`). It does not when the ACPI PCI hot-plug handler
+    /// owns cold-plugged bridges' buses (q35 >= 6.1, pc with bridge hot-plug):
+    /// acpi_pcihp_device_plug_cb returns early for cold-plugged devices, so QEMU 10.2 shows
+    /// both bits clear. Neither bit is touched by QEMU's reset, so re-applying them here
+    /// after restoring the power-on snapshot keeps them as plugged.
+    pub fn slot_reset(&self, config: &mut PciConfig, populated: bool, plug_latched: bool) {
         let Some(slot) = self.slot else { return };
         let mut ctl = config.get_u16(self.at(SLTCTL))
             & !(SLTCTL_EIC
@@ -310,8 +319,12 @@ impl PcieCap {
         config.set_u16(self.at(SLTCTL), ctl);
         let mut sta =
             config.get_u16(self.at(SLTSTA)) & !(SLTSTA_EIS | SLTSTA_CC | SLTSTA_PDC | SLTSTA_ABP);
-        if populated {
+        if populated && plug_latched {
             sta |= SLTSTA_PDS;
+            // The plugged device has x-pcie-lnksta-dllla (on for every machine type newer
+            // than 2.3), so DLLLA is set whatever the port's LNKCAP says.
+            let lnk = config.get_u16(self.at(LNKSTA)) | LNKSTA_DLLLA;
+            config.set_u16(self.at(LNKSTA), lnk);
         }
         config.set_u16(self.at(SLTSTA), sta);
     }
@@ -394,28 +407,23 @@ impl PcieCap {
 
     /// pcie_sync_bridge_lnk: a downstream port reports the link of the device at function 0
     /// below it (clamped to its own capabilities), or its own maximum with nothing there.
+    /// Since QEMU 10.0 ("pci: ensure valid link status bits for downstream ports") a zero
+    /// width or speed is then raised to x1 / 2.5 GT/s in either case, so a port whose LNKCAP
+    /// has none (xio3130-downstream) still reports x1 2.5 GT/s.
     pub fn sync_link(&self, config: &mut PciConfig, partner: Option<u16>) {
         let cap = config.get_u32(self.at(LNKCAP));
         let mlw = (cap & LNKCAP_MLW) as u16;
         let sls = (cap & LNKCAP_SLS) as u16;
-        let link = match partner {
+        let mut link = match partner {
             None => (cap as u16) & (LNKSTA_NLW | LNKSTA_CLS),
-            Some(p) => {
-                let mut nlw = p & LNKSTA_NLW;
-                if nlw > mlw {
-                    nlw = mlw;
-                } else if nlw == 0 {
-                    nlw = 1 << 4;
-                }
-                let mut cls = p & LNKSTA_CLS;
-                if cls > sls {
-                    cls = sls;
-                } else if cls == 0 {
-                    cls = 1;
-                }
-                nlw | cls
-            }
+            Some(p) => ((p & LNKSTA_NLW).min(mlw)) | ((p & LNKSTA_CLS).min(sls)),
         };
+        if link & LNKSTA_NLW == 0 {
+            link |= 1 << 4;
+        }
+        if link & LNKSTA_CLS == 0 {
+            link |= 1;
+        }
         let sta = config.get_u16(self.at(LNKSTA)) & !(LNKSTA_NLW | LNKSTA_CLS);
         config.set_u16(self.at(LNKSTA), sta | link);
     }

@@ -31,8 +31,11 @@ fn build(f: &PciFunctionPlan, model: Model, port_type: PortType) -> Result<PciBr
     exp.flr_init(cfg);
     exp.deverr_init(cfg);
     if port_type == PortType::Downstream {
-        // The downstream port is a PCIESlot without x-speed/x-width: 2.5 GT/s x1.
-        exp.fill_slot_link(cfg, LinkSpeed::GT2_5, 1);
+        // The downstream port is a PCIESlot without x-speed/x-width (and no defaults for
+        // them, unlike rp_instance_post_init's x1 2.5 GT/s for root ports), so
+        // pcie_cap_fill_slot_lnk writes width 0 and speed 0: LNKCAP 0x00000400 (QEMU 7.2 and
+        // 10.2 alike; hw/pci-bridge/xio3130_downstream.c, hw/pci/pcie.c).
+        exp.fill_slot_link(cfg, LinkSpeed(0), 0);
         exp.slot_init(cfg, props.slot);
         exp.arifwd_init(cfg);
     }
