@@ -42,7 +42,8 @@ const PM_CTRL: usize = 4;
 const PM_CTRL_STATE_MASK: u16 = 0x3;
 const PM_CTRL_NO_SOFT_RESET: u16 = 0x8;
 
-/// QEMU's virtio-pci flags that shape the Express capabilities (all default on in 10.2).
+/// QEMU's virtio-pci flags that shape the Express capabilities (10.2 defaults: every init
+/// flag on, `x-pcie-pm-no-soft-reset` off).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ExpressFlags {
     pub deverr_init: bool,
@@ -57,7 +58,7 @@ impl Default for ExpressFlags {
             deverr_init: true,
             lnkctl_init: true,
             flr_init: true,
-            pm_no_soft_reset: true,
+            pm_no_soft_reset: false,
         }
     }
 }

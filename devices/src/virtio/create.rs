@@ -135,7 +135,9 @@ pub fn create(
             deverr_init: props.bool("x-pcie-deverr-init", true)?,
             lnkctl_init: props.bool("x-pcie-lnkctl-init", true)?,
             flr_init: props.bool("x-pcie-flr-init", true)?,
-            pm_no_soft_reset: props.bool("x-pcie-pm-no-soft-reset", true)?,
+            // Off by default since QEMU 9.1 added it ("Set it false by default for safety",
+            // hw/virtio/virtio-pci.c virtio_pci_properties; hw_compat_9_0 repeats "off").
+            pm_no_soft_reset: props.bool("x-pcie-pm-no-soft-reset", false)?,
         })
     } else {
         None

@@ -331,8 +331,8 @@ fn root_port_layout_matches_qemu() {
     assert_eq!(d.cfg_read(0x7c, 4), 0x0003_4001);
     assert_eq!(
         d.cfg_read(0x80, 2),
-        0x0008,
-        "No_Soft_Reset (10.2 machine types)"
+        0,
+        "PMCSR: D0, No_Soft_Reset off (x-pcie-pm-no-soft-reset defaults to false)"
     );
     assert_eq!(d.cfg_read(0x84, 4), 0x0110_7c09);
     assert_eq!(d.cfg_read(0xc8, 4), 0x0514_b409);
