@@ -4,6 +4,7 @@
 use super::bridge;
 use super::config::{BarDef, ROM_BAR};
 use super::device::GenericEndpoint;
+use super::e1000e::{BusPlacement, E1000e};
 use super::host::SharedFunction;
 use super::PciError;
 use crate::chipset::acpi_pm::AcpiPm;
@@ -26,8 +27,9 @@ pub(crate) fn build(
     f: &PciFunctionPlan,
     plan: &Plan,
     lifecycle: &Lifecycle,
-    express_bus: bool,
+    bus: BusPlacement,
 ) -> Result<Built, PciError> {
+    let express_bus = bus.express;
     let plain = |func| Built {
         func,
         acpi_pm: None,
@@ -56,6 +58,10 @@ pub(crate) fn build(
         "ich9-ahci" => plain(shared(ahci::Ich9Ahci::new(f)?)),
         "ICH9-SMB" => plain(shared(ich9_smbus::Ich9Smbus::new(f)?)),
         name if bridge::is_bridge_type(name) => plain(bridge::build(f)?),
+        "e1000e" => {
+            let mac = super::nic::mac_of(plan, f).unwrap_or([0x52, 0x54, 0, 0x12, 0x34, 0x56]);
+            plain(shared(E1000e::new(f, bus, mac)?))
+        }
         _ => {
             let l = endpoint_layout(f, express_bus);
             plain(shared(GenericEndpoint::new(
@@ -139,17 +145,6 @@ fn endpoint_layout(f: &PciFunctionPlan, express_bus: bool) -> EndpointLayout {
             ],
             1,
             false,
-        ),
-        "e1000e" => layout(
-            vec![
-                (0, BarDef::mem32(128 * K)),
-                (1, BarDef::mem32(128 * K)),
-                (2, BarDef::io(0x20)),
-                (3, BarDef::mem32(16 * K)),
-                (ROM_BAR, BarDef::rom(256 * K)),
-            ],
-            1,
-            express_bus,
         ),
         // UHCI pins: PIIX D; ICH9 UHCI1-6 A, B, C, A, B, C (ich9_1..6 irq_pin).
         "piix3-usb-uhci" | "piix4-usb-uhci" => uhci(4),

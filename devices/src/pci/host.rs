@@ -221,13 +221,16 @@ impl PciHost {
                     devfn: key.1,
                 });
             }
-            let express_bus = plan.buses[order[bus]].kind == BusKind::Pcie;
+            let placement = super::e1000e::BusPlacement {
+                express: plan.buses[order[bus]].kind == BusKind::Pcie,
+                root: plan.buses[order[bus]].is_root,
+            };
             let built = match external(f) {
                 Some(func) => factory::Built {
                     func: func?,
                     acpi_pm: None,
                 },
-                None => factory::build(f, plan, &lifecycle, express_bus)?,
+                None => factory::build(f, plan, &lifecycle, placement)?,
             };
             if built.acpi_pm.is_some() {
                 acpi_pm = built.acpi_pm;

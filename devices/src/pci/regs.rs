@@ -93,6 +93,7 @@ pub const CAP_ID_SATA: u8 = 0x12;
 
 // Extended capability IDs.
 pub const EXT_CAP_ID_ERR: u16 = 0x0001;
+pub const EXT_CAP_ID_DSN: u16 = 0x0003;
 pub const EXT_CAP_ID_ACS: u16 = 0x000d;
 
 /// First byte of PCIe extended configuration space.

@@ -1,0 +1,343 @@
+//! The Intel 82574L (`e1000e`, 8086:10d3) as a config-space model: QEMU's BAR layout and
+//! capability chain (hw/net/e1000e.c e1000e_pci_realize), with a working MSI-X table in
+//! BAR 3 but no NIC behind the registers.
+//!
+//! | what       | where                    | QEMU                                           |
+//! |------------|--------------------------|------------------------------------------------|
+//! | BARs       | 0/1 mem 128 KiB, 2 io 32, 3 mem 16 KiB, ROM 256 KiB | MMIO, flash, I/O, MSI-X |
+//! | MSI-X      | 0xa0, 5 vectors          | msix_init: table BAR3 + 0, PBA BAR3 + 0x2000    |
+//! | PCIe (v1)  | 0xe0                     | pcie_endpoint_cap_v1_init: RC integrated endpoint (type 9) on a root PCIe bus, endpoint (0) elsewhere |
+//! | MSI        | 0xd0, 1 vector, 64-bit   | msi_init(0xd0, 1, true, false)                  |
+//! | PM         | 0xc8, PMC 0x0022         | e1000e_add_pm_capability(PCI_PM_CAP_DSI)        |
+//! | AER (v2)   | 0x100                    | pcie_aer_init, no log (no multiple header)      |
+//! | DSN        | 0x140                    | pcie_dev_ser_num_init(e1000e_gen_dsn(mac))      |
+//!
+//! Each capability is linked at the head of the list, so the chain reads PM 0xc8 -> MSI
+//! 0xd0 -> PCIe 0xe0 -> MSI-X 0xa0. The extended capabilities exist only in a PCI Express
+//! config space (an express bus).
+
+use super::caps::aer::{self, AerConfig};
+use super::config::{BarDef, PciConfig, ROM_BAR};
+use super::device::PciFunction;
+use super::interrupt::MsiSink;
+use super::msi::MsiCap;
+use super::msix::{Msix, MsixLayout};
+use super::props::Props;
+use super::regs::*;
+use super::PciError;
+use machine::PciFunctionPlan;
+use std::sync::Arc;
+
+const K: u64 = 1024;
+const MSIX_BAR: usize = 3;
+const MSIX_CAP: usize = 0xa0;
+const MSIX_VECTORS: u16 = 5;
+const MSIX_PBA: u32 = 0x2000;
+const PM_CAP: usize = 0xc8;
+const MSI_CAP: usize = 0xd0;
+const EXP_CAP: usize = 0xe0;
+const AER_CAP: usize = 0x100;
+const DSN_CAP: usize = 0x140;
+
+/// PCI_EXP_VER1_SIZEOF.
+const EXP_V1_SIZE: usize = 0x14;
+const EXP_FLAGS: usize = 0x02;
+const EXP_DEVCAP: usize = 0x04;
+const EXP_LNKCAP: usize = 0x0c;
+const EXP_LNKSTA: usize = 0x12;
+const EXP_TYPE_ENDPOINT: u16 = 0;
+const EXP_TYPE_RC_END: u16 = 9;
+const DEVCAP_RBER: u32 = 0x8000;
+/// ASPM L0s, x1, 2.5 GT/s, port 0 (pcie_cap_v1_fill).
+const LNKCAP_X1_2_5GT: u32 = (1 << 10) | (1 << 4) | 1;
+const LNKSTA_X1_2_5GT: u16 = (1 << 4) | 1;
+
+const PM_SIZE: usize = 8;
+const PM_PMC: usize = 2;
+const PM_CTRL: usize = 4;
+/// PCI_PM_CAP_VER_1_1 | PCI_PM_CAP_DSI.
+const PMC_VALUE: u16 = 0x0002 | 0x0020;
+/// Power state, PME enable and data select are writable; PME status is RW1C.
+const PM_CTRL_WMASK: u16 = 0x0003 | 0x0100 | 0x1e00;
+const PM_CTRL_PME_STATUS: u16 = 0x8000;
+
+const DSN_SIZE: usize = 0x0c;
+
+/// Where the function sits, which decides the PCIe device type and config-space size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BusPlacement {
+    /// The bus is PCI Express (4 KiB config space).
+    pub express: bool,
+    /// The bus is the root bus (an integrated endpoint on pcie.0).
+    pub root: bool,
+}
+
+/// e1000e_gen_dsn: the MAC with 0xffff spliced into the middle.
+pub fn device_serial_number(mac: [u8; 6]) -> u64 {
+    u64::from(mac[5])
+        | u64::from(mac[4]) << 8
+        | u64::from(mac[3]) << 16
+        | 0xff << 24
+        | 0xff << 32
+        | u64::from(mac[2]) << 40
+        | u64::from(mac[1]) << 48
+        | u64::from(mac[0]) << 56
+}
+
+pub struct E1000e {
+    config: PciConfig,
+    msix: Msix,
+    msi_sink: Option<Arc<dyn MsiSink>>,
+}
+
+/// Sink for MSI-X bookkeeping before the host hands over the real one.
+struct NoSink;
+
+impl MsiSink for NoSink {
+    fn send(&self, _address: u64, _data: u32) {}
+}
+
+impl E1000e {
+    pub fn new(f: &PciFunctionPlan, bus: BusPlacement, mac: [u8; 6]) -> Result<Self, PciError> {
+        let p = Props::new(&f.properties);
+        let mut c = PciConfig::new(&f.identity, f.multifunction, bus.express);
+        c.set_u16(SUBSYSTEM_VENDOR_ID, p.u16("subsys_ven", 0x8086)?);
+        c.set_u16(SUBSYSTEM_ID, p.u16("subsys", 0)?);
+        for (i, def) in [
+            (0, BarDef::mem32(128 * K)),
+            (1, BarDef::mem32(128 * K)),
+            (2, BarDef::io(0x20)),
+            (MSIX_BAR, BarDef::mem32(16 * K)),
+            (ROM_BAR, BarDef::rom(256 * K)),
+        ] {
+            c.register_bar(i, def)?;
+        }
+        c.set_interrupt_pin(1);
+
+        // e1000e_init_msix
+        let layout = MsixLayout {
+            bar: MSIX_BAR as u8,
+            table_offset: 0,
+            pba_offset: MSIX_PBA,
+            bar_size: 16 * K,
+        };
+        let msix = Msix::init(&mut c, MSIX_CAP, MSIX_VECTORS, layout)?;
+
+        // pcie_endpoint_cap_v1_init: no write masks, no DLLLA.
+        c.add_capability(CAP_ID_EXP, EXP_CAP, EXP_V1_SIZE)?;
+        let ty = if bus.express && bus.root {
+            EXP_TYPE_RC_END
+        } else {
+            EXP_TYPE_ENDPOINT
+        };
+        c.set_u16(EXP_CAP + EXP_FLAGS, (ty << 4) | 1);
+        c.set_u32(EXP_CAP + EXP_DEVCAP, DEVCAP_RBER);
+        c.set_u32(EXP_CAP + EXP_LNKCAP, LNKCAP_X1_2_5GT);
+        c.set_u16(EXP_CAP + EXP_LNKSTA, LNKSTA_X1_2_5GT);
+
+        MsiCap::init(&mut c, MSI_CAP, 1, true, false)?;
+
+        c.add_capability(CAP_ID_PM, PM_CAP, PM_SIZE)?;
+        c.set_u16(PM_CAP + PM_PMC, PMC_VALUE);
+        c.set_wmask_u16(PM_CAP + PM_CTRL, PM_CTRL_WMASK);
+        c.set_w1cmask_u16(PM_CAP + PM_CTRL, PM_CTRL_PME_STATUS);
+
+        if bus.express {
+            let cfg = AerConfig {
+                log_max: 0,
+                unc_mask: p.bool("x-pcie-err-unc-mask", true)?,
+            };
+            aer::add(&mut c, AER_CAP, cfg)?;
+            c.add_ext_capability(EXT_CAP_ID_DSN, 1, DSN_CAP, DSN_SIZE)?;
+            c.set_u64(DSN_CAP + 4, device_serial_number(mac));
+        }
+        c.commit_reset_state();
+        Ok(Self {
+            config: c,
+            msix,
+            msi_sink: None,
+        })
+    }
+
+    fn sink(&self) -> Arc<dyn MsiSink> {
+        self.msi_sink.clone().unwrap_or_else(|| Arc::new(NoSink))
+    }
+}
+
+impl PciFunction for E1000e {
+    fn config(&self) -> &PciConfig {
+        &self.config
+    }
+
+    fn config_mut(&mut self) -> &mut PciConfig {
+        &mut self.config
+    }
+
+    fn config_write(&mut self, offset: u16, data: &[u8]) {
+        self.config.write(usize::from(offset), data);
+        let sink = self.sink();
+        self.msix.config_written(&self.config, sink.as_ref());
+    }
+
+    fn reset(&mut self) {
+        self.config.reset();
+        self.msix.reset();
+    }
+
+    fn bar_read(&mut self, bar: usize, offset: u64, data: &mut [u8]) {
+        if bar == MSIX_BAR {
+            self.msix.bar_read(offset, data);
+        } else {
+            data.fill(0xff);
+        }
+    }
+
+    fn bar_write(&mut self, bar: usize, offset: u64, data: &[u8]) {
+        if bar == MSIX_BAR {
+            let sink = self.sink();
+            self.msix.bar_write(offset, data, sink.as_ref());
+        }
+    }
+
+    fn set_msi_sink(&mut self, sink: Arc<dyn MsiSink>) {
+        self.msi_sink = Some(sink);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use machine::PciIdentity;
+    use std::collections::BTreeMap;
+
+    fn plan() -> PciFunctionPlan {
+        PciFunctionPlan {
+            type_name: "e1000e".into(),
+            id: None,
+            bus: "pcie.0".into(),
+            slot: 2,
+            function: 0,
+            implicit: false,
+            identity: PciIdentity {
+                vendor_id: 0x8086,
+                device_id: 0x10d3,
+                class_code: 0x020000,
+                revision: 0,
+                subsystem_vendor_id: Some(0x8086),
+                subsystem_id: Some(0),
+                header_type: 0,
+            },
+            multifunction: false,
+            provides_bus: None,
+            virtio: None,
+            properties: BTreeMap::new(),
+        }
+    }
+
+    const MAC: [u8; 6] = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
+
+    fn rd(f: &mut E1000e, off: u16, len: usize) -> u32 {
+        let mut b = [0u8; 4];
+        f.config_read(off, &mut b[..len]);
+        u32::from_le_bytes(b)
+    }
+
+    /// Measured on QEMU (q35 pcie.0, QEMU 7.2 with the 10.2 AER mask).
+    #[test]
+    fn integrated_endpoint_matches_qemu() {
+        let root = BusPlacement {
+            express: true,
+            root: true,
+        };
+        let mut f = E1000e::new(&plan(), root, MAC).unwrap();
+        assert_eq!(rd(&mut f, 0x04, 4), 0x0010_0000);
+        assert_eq!(rd(&mut f, 0x2c, 4), 0x0000_8086);
+        assert_eq!(rd(&mut f, 0x34, 1), 0xc8);
+        for (off, v) in [
+            (0xa0, 0x0004_0011u32),
+            (0xa4, 0x0000_0003),
+            (0xa8, 0x0000_2003),
+            (0xc8, 0x0022_d001),
+            (0xcc, 0),
+            (0xd0, 0x0080_e005),
+            (0xe0, 0x0091_a010),
+            (0xe4, 0x0000_8000),
+            (0xec, 0x0000_0411),
+            (0xf0, 0x0011_0000),
+            (0x100, 0x1402_0001),
+            (0x108, 0x0240_0000),
+            (0x10c, 0x0046_2030),
+            (0x114, 0x0000_e000),
+            (0x118, 0x0000_00a0),
+            (0x140, 0x0001_0003),
+            (0x144, 0xff12_3456),
+            (0x148, 0x5254_00ff),
+        ] {
+            assert_eq!(rd(&mut f, off, 4), v, "{off:#x}");
+        }
+        // Capabilities are read-only; PM control takes the state and PME enable.
+        f.config_write(0xe0, &[0xff; 4]);
+        assert_eq!(rd(&mut f, 0xe0, 4), 0x0091_a010);
+        f.config_write(0xcc, &[0x03, 0x01]);
+        assert_eq!(rd(&mut f, 0xcc, 2), 0x0103);
+    }
+
+    #[test]
+    fn endpoint_behind_a_port_or_on_pci() {
+        let port = BusPlacement {
+            express: true,
+            root: false,
+        };
+        let mut f = E1000e::new(&plan(), port, MAC).unwrap();
+        assert_eq!(rd(&mut f, 0xe2, 2), 0x0001);
+        let pci = BusPlacement {
+            express: false,
+            root: true,
+        };
+        let mut f = E1000e::new(&plan(), pci, MAC).unwrap();
+        assert_eq!(rd(&mut f, 0xe2, 2), 0x0001);
+        assert_eq!(rd(&mut f, 0x34, 1), 0xc8);
+        assert_eq!(f.config().size(), 256, "no extended capabilities on PCI");
+    }
+
+    #[derive(Default)]
+    struct Sent(std::sync::Mutex<Vec<(u64, u32)>>);
+    impl MsiSink for Sent {
+        fn send(&self, address: u64, data: u32) {
+            self.0.lock().unwrap().push((address, data));
+        }
+    }
+
+    #[test]
+    fn msix_table_in_bar3() {
+        let root = BusPlacement {
+            express: true,
+            root: true,
+        };
+        let mut f = E1000e::new(&plan(), root, MAC).unwrap();
+        let sent = Arc::new(Sent::default());
+        f.set_msi_sink(sent.clone());
+        let mut b = [0u8; 4];
+        f.bar_read(MSIX_BAR, 12, &mut b);
+        assert_eq!(u32::from_le_bytes(b), 1, "vector 0 masked at reset");
+        f.bar_write(MSIX_BAR, 0, &0xfee0_0000u32.to_le_bytes());
+        f.bar_write(MSIX_BAR, 8, &0x41u32.to_le_bytes());
+        f.bar_read(MSIX_BAR, 0, &mut b);
+        assert_eq!(u32::from_le_bytes(b), 0xfee0_0000);
+        f.config_write(0xa3, &[0x80]);
+        assert_eq!(rd(&mut f, 0xa2, 2), 0x8004);
+        f.reset();
+        assert_eq!(rd(&mut f, 0xa2, 2), 0x0004);
+        f.bar_read(MSIX_BAR, 0, &mut b);
+        assert_eq!(u32::from_le_bytes(b), 0);
+        assert!(sent.0.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn dsn_from_mac() {
+        assert_eq!(
+            device_serial_number([0x52, 0x54, 0x00, 0x12, 0x34, 0x58]),
+            0x5254_00ff_ff12_3458
+        );
+    }
+}
