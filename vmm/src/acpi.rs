@@ -19,6 +19,8 @@ const IOAPIC_ADDR: u32 = 0xfec0_0000;
 const LAPIC_ADDR: u32 = 0xfee0_0000;
 /// ISA IRQs QEMU declares level-triggered, active high (PCI interrupts and the SCI).
 const PCI_ISA_IRQ_MASK: u16 = 0x0e20;
+/// The ACPI SCI's interrupt (hard-wired to 9 on both chipsets, as in QEMU).
+const SCI_GSI: u32 = 9;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AcpiError {
@@ -104,7 +106,8 @@ impl Aml for RawAml {
 
 /// The root bus's `_PRT` entries as QEMU's chipsets wire them: the slot/pin -> PIRQ map of
 /// the chipset, then PIRQ -> GSI (q35 in APIC mode: GSI 16 + PIRQ; pc: the IRQ firmware
-/// routed the PIRQ to).
+/// routed the PIRQ to, except slot 1 INTA, PIIX4 PM's pin, which QEMU's DSDT wires to the
+/// SCI, GSI 9, through LNKS).
 pub fn root_prt(family: Family, pirq_irqs: &[u8]) -> Vec<(u8, u8, u32)> {
     use devices::pci::interrupt::{ich9_map_irq, piix_map_irq};
     let mut prt = Vec::new();
@@ -112,6 +115,7 @@ pub fn root_prt(family: Family, pirq_irqs: &[u8]) -> Vec<(u8, u8, u32)> {
         for pin in 0..4u8 {
             let gsi = match family {
                 Family::Q35 => 16 + u32::from(ich9_map_irq(slot, pin)),
+                Family::I440fx if slot == 1 && pin == 0 => SCI_GSI,
                 Family::I440fx => {
                     let pirq = usize::from(piix_map_irq(slot, pin));
                     match pirq_irqs.get(pirq) {
@@ -481,7 +485,11 @@ mod tests {
         // q35 00:1f.0 INTA -> PIRQA -> GSI 16; 00:02.0 INTA -> PIRQG -> GSI 22.
         let q = root_prt(Family::Q35, &[]);
         assert!(q.contains(&(31, 0, 16)) && q.contains(&(2, 0, 22)));
-        // pc slot 3 INTA -> PIRQD -> IRQ 11.
-        assert!(root_prt(Family::I440fx, &[10, 10, 11, 11]).contains(&(3, 0, 11)));
+        // pc: (slot - 1 + pin) & 3 as QEMU's pc_pci_slot_get_pirq: slot 3 INTA -> PIRQC
+        // -> IRQ 11, slot 4 INTA -> PIRQD -> 11, slot 2 INTA -> PIRQB -> 10; slot 1 INTA
+        // (PIIX4 PM) -> the SCI.
+        let pc = root_prt(Family::I440fx, &[10, 10, 11, 11]);
+        assert!(pc.contains(&(3, 0, 11)) && pc.contains(&(4, 0, 11)) && pc.contains(&(2, 0, 10)));
+        assert!(pc.contains(&(1, 0, 9)));
     }
 }

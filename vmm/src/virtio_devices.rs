@@ -125,12 +125,12 @@ fn open_drive(f: &PciFunctionPlan, backends: &[Backend]) -> Result<BlockBackend,
 
 fn open_net(
     f: &PciFunctionPlan,
+    plan: &Plan,
     backends: &[Backend],
-    index: u8,
     set: &mut VirtioSet,
 ) -> Result<NetBackend, PciError> {
-    let mut default_mac = virtio::net::DEFAULT_MAC;
-    default_mac[5] = default_mac[5].wrapping_add(index);
+    // QEMU numbers default MACs over every NIC of the machine in creation order.
+    let default_mac = devices::pci::nic::mac_of(plan, f).unwrap_or(virtio::net::DEFAULT_MAC);
     let tap = match prop(f, "netdev") {
         Some(id) => {
             let ifname = backends.iter().find_map(|b| match b {
@@ -218,15 +218,10 @@ pub fn factory<'a>(
     forwarder: &'a Arc<IntxForwarder>,
     set: &'a mut VirtioSet,
 ) -> impl FnMut(&PciFunctionPlan) -> Option<Result<SharedFunction, PciError>> + 'a {
-    let mut nic_index = 0u8;
     move |f: &PciFunctionPlan| {
         let mode = f.virtio?;
         let backend = match mode.device_type {
-            1 => {
-                let b = open_net(f, backends, nic_index, set);
-                nic_index = nic_index.wrapping_add(1);
-                b.map(VirtioBackend::Net)
-            }
+            1 => open_net(f, plan, backends, set).map(VirtioBackend::Net),
             2 => open_drive(f, backends).map(VirtioBackend::Block),
             3 => Ok(VirtioBackend::Console(ConsoleBackend {
                 output: open_console(f, plan, backends),
