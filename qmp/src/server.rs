@@ -19,6 +19,14 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
+/// Stack of a client's reader thread, which parses its messages and runs its commands. A
+/// message may nest 1024 levels deep (the parser's limit, QEMU's MAX_NESTING), and parsing,
+/// checking, cloning, serialising and dropping such a value all recurse once per level: with
+/// the default 2 MiB, one deeply nested message overflowed the stack and aborted the whole
+/// process (a debug build needs 2 to 4 MiB at the limit). Only the pages actually touched
+/// become resident.
+const READER_STACK_SIZE: usize = 16 << 20;
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -283,6 +291,7 @@ impl Server {
         let r_conn = conn.as_ref().and_then(|c| c.try_clone().ok());
         let reader_thread = thread::Builder::new()
             .name(format!("qmp-in-{id}"))
+            .stack_size(READER_STACK_SIZE)
             .spawn(move || {
                 let mut session = Session::new(server.clone(), r_port.clone(), oob_offered);
                 server.read_loop(&mut *reader, &mut session, &r_port, &r_busy);
@@ -404,5 +413,80 @@ impl Server {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{CommandDef, Type};
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::net::UnixStream;
+
+    /// Messages nested as deep as the parser allows are answered, not a stack overflow that
+    /// aborts the process; one level deeper is QEMU's nesting error.
+    #[test]
+    fn deepest_messages_are_answered() {
+        let mut reg = Registry::new();
+        reg.register(
+            CommandDef::new("echo")
+                .opt("v", Type::Any)
+                .returns(Type::Any),
+            |args: serde_json::Map<String, Value>, _: &mut Session| Ok(Value::Object(args)),
+        )
+        .unwrap();
+        let server = Server::new(reg);
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        ours.set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        server.serve_stream(theirs.try_clone().unwrap(), theirs, false);
+        let mut out = ours.try_clone().unwrap();
+        let mut input = BufReader::new(ours);
+        let mut line = String::new();
+        let mut recv = |line: &mut String| {
+            line.clear();
+            input.read_line(line).unwrap();
+        };
+        recv(&mut line); // greeting
+        out.write_all(b"{\"execute\": \"qmp_capabilities\"}")
+            .unwrap();
+        recv(&mut line);
+        assert_eq!(line, "{\"return\": {}}\r\n");
+
+        // {"execute": "echo", "arguments": {"v": DEEP}, "id": DEEP}: 1024 levels in all.
+        let depth = 1024 - 2;
+        let deep =
+            |open: &str, close: &str| format!("{}1{}", open.repeat(depth), close.repeat(depth));
+        for (open, close) in [("{\"a\": ", "}"), ("[", "]")] {
+            let v = deep(open, close);
+            let id = deep(open, close);
+            let msg =
+                format!("{{\"execute\": \"echo\", \"arguments\": {{\"v\": {v}}}, \"id\": {id}}}");
+            out.write_all(msg.as_bytes()).unwrap();
+            recv(&mut line);
+            assert!(line.starts_with("{\"return\": {\"v\": "), "{}", &line[..60]);
+            assert!(line.ends_with(&format!("\"id\": {id}}}\r\n")));
+        }
+        // A bare value nested to the limit, then one level more.
+        for (depth, reply) in [
+            (1024, "QMP input must be a JSON object"),
+            (1025, "JSON nesting depth limit exceeded"),
+        ] {
+            out.write_all(format!("{}{}", "[".repeat(depth), "]".repeat(depth)).as_bytes())
+                .unwrap();
+            recv(&mut line);
+            assert!(line.contains(reply), "{line}");
+            if depth > 1024 {
+                // The rest of the brackets: each `]` is an error of its own.
+                for _ in 0..depth {
+                    recv(&mut line);
+                }
+            }
+        }
+        out.write_all(b"{\"execute\": \"echo\", \"id\": 1}")
+            .unwrap();
+        recv(&mut line);
+        assert_eq!(line, "{\"return\": {}, \"id\": 1}\r\n");
+        server.shutdown();
     }
 }
