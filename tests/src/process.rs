@@ -1,0 +1,175 @@
+//! A `machina` process with a QMP unix socket, in its own temporary folder, killed and
+//! cleaned up when dropped: for tests that drive the monitor.
+
+use crate::qmp_client::QmpClient;
+use serde_json::Value;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+/// A fresh, empty temporary folder (unique in this process), removed by `TempDir::drop`.
+pub struct TempDir {
+    pub path: PathBuf,
+}
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let path = std::env::temp_dir().join(format!("machina-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        TempDir { path }
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// A running `machina -qmp unix:DIR/qmp.sock,server=on,wait=off ARGS...`.
+pub struct MachinaProcess {
+    pub child: Child,
+    pub socket: PathBuf,
+    pub started: Instant,
+    dir: TempDir,
+}
+
+impl MachinaProcess {
+    /// Start `binary` with a QMP socket and `args`; stdout and stdin are null, stderr is
+    /// kept for `stderr_text` after exit.
+    pub fn start(binary: &Path, tag: &str, args: &[String]) -> MachinaProcess {
+        let dir = TempDir::new(tag);
+        let socket = dir.path.join("qmp.sock");
+        let qmp = format!("unix:{},server=on,wait=off", socket.display());
+        let started = Instant::now();
+        let child = Command::new(binary)
+            .arg("-qmp")
+            .arg(&qmp)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+        MachinaProcess {
+            child,
+            socket,
+            started,
+            dir,
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir.path
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// A client that has read the greeting (not negotiated).
+    pub fn raw_client(&self) -> QmpClient {
+        QmpClient::connect(&self.socket, Duration::from_secs(20))
+    }
+
+    /// A client that has negotiated capabilities.
+    pub fn client(&self) -> QmpClient {
+        let mut c = self.raw_client();
+        c.ok("qmp_capabilities", Value::Null);
+        c
+    }
+
+    /// VmRSS of the process in KiB (None once it is gone).
+    pub fn rss_kib(&self) -> Option<u64> {
+        rss_kib(self.pid())
+    }
+
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Wait up to `limit` for the exit status; kills the process and returns None at the limit.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        None
+    }
+
+    /// What the process wrote on stderr (reads to EOF: call it after the exit).
+    pub fn stderr_text(&mut self) -> String {
+        let mut s = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            let _ = e.read_to_string(&mut s);
+        }
+        s
+    }
+}
+
+impl Drop for MachinaProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// VmRSS of process `pid` in KiB, from /proc/PID/status.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// How a command line that should fail at once ended.
+#[derive(Debug)]
+pub struct Exit {
+    /// None: still running at the limit (killed).
+    pub status: Option<i32>,
+    pub stderr: String,
+}
+
+/// Run `binary args` with no stdin/stdout, waiting at most `limit` for it to exit.
+pub fn run_to_exit(binary: &Path, args: &[String], limit: Duration) -> Exit {
+    let mut child = Command::new(binary)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+    let mut err = child.stderr.take().expect("piped stderr");
+    let reader = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = err.read_to_end(&mut s);
+        s
+    });
+    let start = Instant::now();
+    let status = loop {
+        if let Ok(Some(s)) = child.try_wait() {
+            break s.code();
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    let stderr = String::from_utf8_lossy(&reader.join().unwrap_or_default()).into_owned();
+    Exit { status, stderr }
+}
