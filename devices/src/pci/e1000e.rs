@@ -17,6 +17,8 @@
 //! config space (an express bus).
 
 use super::caps::aer::{self, AerConfig};
+use super::caps::pcie::{PcieCap, PortType, Version};
+use super::caps::pm::{self, PmConfig};
 use super::config::{BarDef, PciConfig, ROM_BAR};
 use super::device::PciFunction;
 use super::interrupt::MsiSink;
@@ -39,27 +41,14 @@ const EXP_CAP: usize = 0xe0;
 const AER_CAP: usize = 0x100;
 const DSN_CAP: usize = 0x140;
 
-/// PCI_EXP_VER1_SIZEOF.
-const EXP_V1_SIZE: usize = 0x14;
-const EXP_FLAGS: usize = 0x02;
-const EXP_DEVCAP: usize = 0x04;
-const EXP_LNKCAP: usize = 0x0c;
-const EXP_LNKSTA: usize = 0x12;
-const EXP_TYPE_ENDPOINT: u16 = 0;
-const EXP_TYPE_RC_END: u16 = 9;
-const DEVCAP_RBER: u32 = 0x8000;
-/// ASPM L0s, x1, 2.5 GT/s, port 0 (pcie_cap_v1_fill).
-const LNKCAP_X1_2_5GT: u32 = (1 << 10) | (1 << 4) | 1;
-const LNKSTA_X1_2_5GT: u16 = (1 << 4) | 1;
-
-const PM_SIZE: usize = 8;
-const PM_PMC: usize = 2;
-const PM_CTRL: usize = 4;
-/// PCI_PM_CAP_VER_1_1 | PCI_PM_CAP_DSI.
-const PMC_VALUE: u16 = 0x0002 | 0x0020;
-/// Power state, PME enable and data select are writable; PME status is RW1C.
-const PM_CTRL_WMASK: u16 = 0x0003 | 0x0100 | 0x1e00;
-const PM_CTRL_PME_STATUS: u16 = 0x8000;
+/// e1000e_add_pm_capability(PCI_PM_CAP_DSI): power state, PME enable and data select are
+/// writable; PME status is RW1C.
+const PM: PmConfig = PmConfig {
+    pmc: pm::PMC_VER_1_1 | pm::PMC_DSI,
+    ctrl: 0,
+    ctrl_wmask: pm::CTRL_STATE_MASK | pm::CTRL_PME_ENABLE | pm::CTRL_DATA_SEL_MASK,
+    ctrl_w1cmask: pm::CTRL_PME_STATUS,
+};
 
 const DSN_SIZE: usize = 0x0c;
 
@@ -124,23 +113,16 @@ impl E1000e {
         let msix = Msix::init(&mut c, MSIX_CAP, MSIX_VECTORS, layout)?;
 
         // pcie_endpoint_cap_v1_init: no write masks, no DLLLA.
-        c.add_capability(CAP_ID_EXP, EXP_CAP, EXP_V1_SIZE)?;
         let ty = if bus.express && bus.root {
-            EXP_TYPE_RC_END
+            PortType::RcEndpoint
         } else {
-            EXP_TYPE_ENDPOINT
+            PortType::Endpoint
         };
-        c.set_u16(EXP_CAP + EXP_FLAGS, (ty << 4) | 1);
-        c.set_u32(EXP_CAP + EXP_DEVCAP, DEVCAP_RBER);
-        c.set_u32(EXP_CAP + EXP_LNKCAP, LNKCAP_X1_2_5GT);
-        c.set_u16(EXP_CAP + EXP_LNKSTA, LNKSTA_X1_2_5GT);
+        PcieCap::init_version(&mut c, EXP_CAP, ty, 0, Version::V1)?;
 
         MsiCap::init(&mut c, MSI_CAP, 1, true, false)?;
 
-        c.add_capability(CAP_ID_PM, PM_CAP, PM_SIZE)?;
-        c.set_u16(PM_CAP + PM_PMC, PMC_VALUE);
-        c.set_wmask_u16(PM_CAP + PM_CTRL, PM_CTRL_WMASK);
-        c.set_w1cmask_u16(PM_CAP + PM_CTRL, PM_CTRL_PME_STATUS);
+        pm::add(&mut c, PM_CAP, PM)?;
 
         if bus.express {
             let cfg = AerConfig {

@@ -5,21 +5,19 @@
 //! The state here is plain data; callers that share it between vCPU and device threads wrap
 //! it in a mutex. The sink must not take locks that may be held while calling in here.
 
+use super::caps::msix_cap;
 use super::config::PciConfig;
 use super::interrupt::MsiSink;
 use super::regs::CAP_ID_MSIX;
 use super::PciError;
 
 /// Length of the capability structure.
-pub const MSIX_CAP_SIZE: usize = 12;
+pub const MSIX_CAP_SIZE: usize = msix_cap::SIZE;
 /// Bytes per table entry: address low, address high, data, vector control.
 pub const MSIX_ENTRY_SIZE: usize = 16;
 /// The architectural maximum number of vectors.
 pub const MSIX_MAX_VECTORS: u16 = 2048;
 
-const CONTROL: usize = 2;
-const TABLE: usize = 4;
-const PBA: usize = 8;
 const CONTROL_ENABLE: u16 = 0x8000;
 const CONTROL_MASKALL: u16 = 0x4000;
 const ENTRY_CONTROL: usize = 12;
@@ -81,11 +79,15 @@ impl Msix {
                 offset: cap,
             });
         }
-        config.add_capability(CAP_ID_MSIX, cap, MSIX_CAP_SIZE)?;
-        config.set_u16(cap + CONTROL, vectors - 1);
-        config.set_u32(cap + TABLE, layout.table_offset | u32::from(layout.bar));
-        config.set_u32(cap + PBA, layout.pba_offset | u32::from(layout.bar));
-        config.set_wmask_u16(cap + CONTROL, CONTROL_ENABLE | CONTROL_MASKALL);
+        msix_cap::add(
+            config,
+            cap,
+            vectors,
+            layout.bar,
+            layout.table_offset,
+            layout.bar,
+            layout.pba_offset,
+        )?;
         let mut m = Self {
             cap,
             vectors,
@@ -197,7 +199,7 @@ impl Msix {
 
     /// Follow the guest's control-register write (call after the masked config write).
     pub fn config_written(&mut self, config: &PciConfig, sink: &dyn MsiSink) {
-        let ctl = config.get_u16(self.cap + CONTROL);
+        let ctl = config.get_u16(self.cap + msix_cap::CONTROL);
         self.enabled = ctl & CONTROL_ENABLE != 0;
         self.function_masked = ctl & CONTROL_MASKALL != 0;
         self.flush_pending(sink);

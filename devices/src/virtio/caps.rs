@@ -6,9 +6,11 @@
 //! 0x7c, vendor 0x84.. and MSI-X 0xdc.
 
 use super::regs::*;
+use crate::pci::caps::pcie::{self, PcieCap, PortType};
+use crate::pci::caps::pm::{self, PmConfig};
 use crate::pci::config::PciConfig;
 use crate::pci::msix::{Msix, MsixLayout};
-use crate::pci::regs::{CAP_ID_EXP, CAP_ID_PM, EXT_CONFIG_START, HEADER_SIZE};
+use crate::pci::regs::{EXT_CONFIG_START, HEADER_SIZE};
 use crate::pci::PciError;
 
 /// Vendor capability length (`struct virtio_pci_cap`), notify and cfg variants add a dword.
@@ -20,27 +22,6 @@ pub const PCI_CFG_DATA: usize = 16;
 const PCI_CFG_BAR: usize = 4;
 const PCI_CFG_OFFSET: usize = 8;
 const PCI_CFG_LENGTH: usize = 12;
-
-// PCI Express capability (version 2, endpoint) registers and the bits QEMU sets.
-const PCIE_CAP_LEN: usize = 0x3c;
-const EXP_FLAGS: usize = 0x02;
-const EXP_DEVCAP: usize = 0x04;
-pub const EXP_DEVCTL: usize = 0x08;
-const EXP_DEVSTA: usize = 0x0a;
-const EXP_LNKCAP: usize = 0x0c;
-const EXP_LNKCTL: usize = 0x10;
-const EXP_LNKSTA: usize = 0x12;
-const EXP_DEVCAP2: usize = 0x24;
-const EXP_DEVCTL2: usize = 0x28;
-const DEVCAP_RBER: u32 = 0x8000;
-const DEVCAP_FLR: u32 = 0x1000_0000;
-pub const DEVCTL_BCR_FLR: u16 = 0x8000;
-// PM capability.
-const PM_CAP_LEN: usize = 8;
-const PM_PMC: usize = 2;
-const PM_CTRL: usize = 4;
-const PM_CTRL_STATE_MASK: u16 = 0x3;
-const PM_CTRL_NO_SOFT_RESET: u16 = 0x8;
 
 /// QEMU's virtio-pci flags that shape the Express capabilities (10.2 defaults: every init
 /// flag on, `x-pcie-pm-no-soft-reset` off).
@@ -66,7 +47,7 @@ impl Default for ExpressFlags {
 /// Where each capability landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct CapLayout {
-    pub pcie: Option<usize>,
+    pub pcie: Option<PcieCap>,
     pub pm: Option<usize>,
     pub common: Option<usize>,
     pub isr: Option<usize>,
@@ -106,43 +87,36 @@ fn vendor_cap(
     Ok(())
 }
 
-fn pcie_endpoint(config: &mut PciConfig, at: usize, f: ExpressFlags) -> Result<(), PciError> {
-    config.add_capability(CAP_ID_EXP, at, PCIE_CAP_LEN)?;
-    // pcie_cap_init(type 0 endpoint, port 0) with a x1 2.5 GT/s link.
-    config.set_u16(at + EXP_FLAGS, 0x0002);
-    let mut devcap = DEVCAP_RBER;
-    let mut devctl_wmask = 0u16;
-    if f.flr_init {
-        devcap |= DEVCAP_FLR;
-        devctl_wmask |= DEVCTL_BCR_FLR;
-    }
+/// virtio_pci_realize on an express bus: pcie_endpoint_cap_init (a v2 endpoint) and the
+/// init helpers its flags select, then the PM capability with a writable power state.
+fn express_caps(
+    config: &mut PciConfig,
+    a: &mut Allocator,
+    f: ExpressFlags,
+) -> Result<(PcieCap, usize), PciError> {
+    let exp = PcieCap::init(config, a.take(pcie::SIZE_V2), PortType::Endpoint, 0)?;
     if f.deverr_init {
-        devctl_wmask |= 0x000f;
-        config.set_w1cmask_u16(at + EXP_DEVSTA, 0x000f);
+        exp.deverr_init(config);
     }
-    config.set_u32(at + EXP_DEVCAP, devcap);
-    config.set_wmask_u16(at + EXP_DEVCTL, devctl_wmask);
-    config.set_u32(at + EXP_LNKCAP, (1 << 10) | (1 << 4) | 1);
     if f.lnkctl_init {
-        // ASPM control and extended synch.
-        config.set_wmask_u16(at + EXP_LNKCTL, 0x0083);
+        exp.lnkctl_init(config);
     }
-    config.set_u16(at + EXP_LNKSTA, (1 << 4) | 1);
-    config.set_u32(at + EXP_DEVCAP2, 0x0030_0000);
-    config.set_wmask_u16(at + EXP_DEVCTL2, 0x8000);
+    if f.flr_init {
+        exp.flr_init(config);
+    }
+    let pm_cfg = PmConfig {
+        ctrl: if f.pm_no_soft_reset {
+            pm::CTRL_NO_SOFT_RESET
+        } else {
+            0
+        },
+        ctrl_wmask: pm::CTRL_STATE_MASK,
+        ..PmConfig::BASIC
+    };
+    let pm_at = pm::add(config, a.take(pm::SIZE), pm_cfg)?;
     // QEMU_PCIE_EXTCAP_INIT: a read-only null extended capability header at 0x100.
     config.set_read_only(EXT_CONFIG_START, 4);
-    Ok(())
-}
-
-fn pm(config: &mut PciConfig, at: usize, f: ExpressFlags) -> Result<(), PciError> {
-    config.add_capability(CAP_ID_PM, at, PM_CAP_LEN)?;
-    config.set_u16(at + PM_PMC, 0x0003);
-    if f.pm_no_soft_reset {
-        config.set_u16(at + PM_CTRL, PM_CTRL_NO_SOFT_RESET);
-    }
-    config.set_wmask_u16(at + PM_CTRL, PM_CTRL_STATE_MASK);
-    Ok(())
+    Ok((exp, pm_at))
 }
 
 /// Build the chain. `vectors == 0` leaves MSI-X out (and BAR 1 unregistered).
@@ -155,12 +129,9 @@ pub fn build(
     let mut a = Allocator { next: HEADER_SIZE };
     let mut l = CapLayout::default();
     if let Some(f) = express {
-        let at = a.take(PCIE_CAP_LEN);
-        pcie_endpoint(config, at, f)?;
-        l.pcie = Some(at);
-        let at = a.take(PM_CAP_LEN);
-        pm(config, at, f)?;
-        l.pm = Some(at);
+        let (exp, pm_at) = express_caps(config, &mut a, f)?;
+        l.pcie = Some(exp);
+        l.pm = Some(pm_at);
     }
     if modern {
         let bar = modern::BAR as u8;

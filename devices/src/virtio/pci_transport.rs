@@ -3,11 +3,12 @@
 //! notify regions, plus the PCI-config access window. Queue notifications signal the queue's
 //! EventFd; the worker (see [`super::worker`]) processes the queue.
 
-use super::caps::{self, CapLayout, ExpressFlags, DEVCTL_BCR_FLR, EXP_DEVCTL, PCI_CFG_DATA};
+use super::caps::{self, CapLayout, ExpressFlags, PCI_CFG_DATA};
 use super::core::Core;
 use super::interrupt::{IntxLine, VirtioInterrupt};
 use super::regs::{self, common, features, legacy, modern, status, NO_VECTOR, QUEUE_MAX};
 use super::VirtioError;
+use crate::pci::caps::pcie;
 use crate::pci::config::{BarDef, PciConfig, ROM_BAR};
 use crate::pci::device::PciFunction;
 use crate::pci::interrupt::MsiSink;
@@ -611,9 +612,8 @@ impl PciFunction for VirtioPciFunction {
                 s.update_intx();
             }
         }
-        if let Some(pcie) = self.caps.pcie {
-            let devctl = pcie + EXP_DEVCTL;
-            if touches(devctl, 2) && self.config.get_u16(devctl) & DEVCTL_BCR_FLR != 0 {
+        if let Some(exp) = self.caps.pcie {
+            if touches(exp.offset + pcie::DEVCTL, 2) && exp.take_flr(&mut self.config) {
                 // Function-level reset; the initiate bit always reads as zero.
                 self.reset();
                 return;

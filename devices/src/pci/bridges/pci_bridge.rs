@@ -80,7 +80,7 @@ pub fn pcie_to_pci(f: &PciFunctionPlan) -> Result<PciBridge, PciError> {
     let exp_at = SHPC + shpc::CAP_SIZE;
     let exp = PcieCap::init(cfg, exp_at, PortType::PcieToPciBridge, 0)?;
     let pm_at = exp_at + pcie::SIZE_V2;
-    pm::add(cfg, pm_at)?;
+    pm::add(cfg, pm_at, pm::PmConfig::BASIC)?;
     exp.arifwd_init(cfg);
     exp.deverr_init(cfg);
     aer::add(cfg, AER, aer_cfg)?;

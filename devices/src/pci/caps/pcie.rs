@@ -1,11 +1,15 @@
-//! The PCI Express capability (version 2) of ports and bridges, filled and masked like
-//! QEMU's pcie_cap_init plus the slot, root, device-error, ARI-forwarding and FLR helpers
-//! of hw/pci/pcie.c, and the slot-control side effects of pcie_cap_slot_write_config.
+//! The PCI Express capability of every express function -- ports, the PCIe-to-PCI bridge,
+//! endpoints and root-complex integrated endpoints, version 1 or 2 -- filled and masked like
+//! QEMU's pcie_cap_v1_init / pcie_cap_init plus the slot, root, device-error, link-control,
+//! ARI-forwarding and FLR helpers of hw/pci/pcie.c, and the slot-control side effects of
+//! pcie_cap_slot_write_config.
 
 use crate::pci::config::PciConfig;
 use crate::pci::regs::CAP_ID_EXP;
 use crate::pci::PciError;
 
+/// PCI_EXP_VER1_SIZEOF / PCI_EXP_VER2_SIZEOF.
+pub const SIZE_V1: usize = 0x14;
 pub const SIZE_V2: usize = 0x3c;
 
 pub const FLAGS: usize = 0x02;
@@ -27,10 +31,20 @@ pub const LNKCTL2: usize = 0x30;
 /// Device/port type field of the flags register.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PortType {
+    Endpoint = 0,
     RootPort = 4,
     Upstream = 5,
     Downstream = 6,
     PcieToPciBridge = 7,
+    /// Root-complex integrated endpoint.
+    RcEndpoint = 9,
+}
+
+/// Capability version: v1 ends after the link registers (no DEVCAP2 and beyond).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    V1 = 1,
+    V2 = 2,
 }
 
 impl PortType {
@@ -40,7 +54,6 @@ impl PortType {
     }
 }
 
-const FLAGS_VER2: u16 = 2;
 const FLAGS_SLOT: u16 = 0x0100;
 const DEVCAP_RBER: u32 = 0x0000_8000;
 const DEVCAP_FLR: u32 = 0x1000_0000;
@@ -53,6 +66,8 @@ const LNKCAP_DLLLARC: u32 = 0x0010_0000;
 const LNKCAP_LBNC: u32 = 0x0020_0000;
 const LNKCAP_MLW: u32 = 0x3f0;
 const LNKCAP_SLS: u32 = 0xf;
+/// ASPM control (bits 1:0) and extended synch (bit 7), writable per pcie_cap_lnkctl_init.
+const LNKCTL_INIT_WMASK: u16 = 0x0083;
 pub const LNKSTA_DLLLA: u16 = 0x2000;
 const LNKSTA_CLS: u16 = 0xf;
 const LNKSTA_NLW: u16 = 0x3f0;
@@ -157,16 +172,36 @@ impl PcieCap {
         port_type: PortType,
         port: u8,
     ) -> Result<Self, PciError> {
-        config.add_capability(CAP_ID_EXP, offset, SIZE_V2)?;
-        config.set_u16(offset + FLAGS, ((port_type as u16) << 4) | FLAGS_VER2);
+        Self::init_version(config, offset, port_type, port, Version::V2)
+    }
+
+    /// pcie_cap_v1_init (v1) or pcie_cap_init (v2): pcie_cap_v1_fill -- flags, role-based
+    /// error reporting, the x1 2.5 GT/s link with ASPM L0s -- and for v2 the extended
+    /// fmt field and end-end TLP prefix capabilities. No write masks beyond v2's DEVCTL2
+    /// end-end TLP prefix blocking; the *_init helpers below add the rest.
+    pub fn init_version(
+        config: &mut PciConfig,
+        offset: usize,
+        port_type: PortType,
+        port: u8,
+        version: Version,
+    ) -> Result<Self, PciError> {
+        let size = match version {
+            Version::V1 => SIZE_V1,
+            Version::V2 => SIZE_V2,
+        };
+        config.add_capability(CAP_ID_EXP, offset, size)?;
+        config.set_u16(offset + FLAGS, ((port_type as u16) << 4) | version as u16);
         config.set_u32(offset + DEVCAP, DEVCAP_RBER);
         config.set_u32(
             offset + LNKCAP,
             (u32::from(port) << 24) | LNKCAP_ASPMS_L0S | (1 << 4) | 1,
         );
         config.set_u16(offset + LNKSTA, (1 << 4) | 1);
-        config.set_u32(offset + DEVCAP2, DEVCAP2_EFF | DEVCAP2_EETLPP);
-        config.set_wmask_u16(offset + DEVCTL2, DEVCTL2_EETLPPB);
+        if version == Version::V2 {
+            config.set_u32(offset + DEVCAP2, DEVCAP2_EFF | DEVCAP2_EETLPP);
+            config.set_wmask_u16(offset + DEVCTL2, DEVCTL2_EETLPPB);
+        }
         Ok(Self {
             offset,
             port_type,
@@ -220,6 +255,14 @@ impl PcieCap {
     pub fn deverr_reset(&self, config: &mut PciConfig) {
         let v = config.get_u16(self.at(DEVCTL)) & !DEVCTL_ERR_ENABLES;
         config.set_u16(self.at(DEVCTL), v);
+    }
+
+    /// pcie_cap_lnkctl_init: ASPM control and extended synch writable.
+    pub fn lnkctl_init(&self, config: &mut PciConfig) {
+        config.set_wmask_u16(
+            self.at(LNKCTL),
+            wm16(config, self.at(LNKCTL)) | LNKCTL_INIT_WMASK,
+        );
     }
 
     /// pcie_cap_arifwd_init.
