@@ -3,6 +3,8 @@
 //! for the ISA devices present, with QEMU's ich9_lpc_reset values.
 
 use super::acpi_pm::{AcpiPm, PmBlock, PmFlavor, ICH9_PM_BLOCK_LEN};
+use super::byte_regs;
+use super::io_window::IoDecode;
 use crate::bus::{BusDevice, SharedDevice};
 use crate::lifecycle::Lifecycle;
 use crate::pci::config::PciConfig;
@@ -26,6 +28,13 @@ pub const CC_SIZE: usize = 16 * 1024;
 
 const PM_WINDOW: u32 = 1;
 const RCRB_WINDOW: u32 = 2;
+/// ACPI_EN in ACPI_CNTL enables the PM block at PMBASE.
+const PM_DECODE: IoDecode = IoDecode {
+    base_reg: PMBASE,
+    base_mask: PMBASE_MASK,
+    enable_reg: ACPI_CNTL,
+    enable_bit: ACPI_CNTL_ACPI_EN,
+};
 
 /// Chipset configuration registers (RCRB), 16 KiB of little-endian registers.
 pub struct Rcrb {
@@ -53,23 +62,10 @@ impl Rcrb {
 
 impl BusDevice for Rcrb {
     fn read(&mut self, _base: u64, offset: u64, data: &mut [u8]) {
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = usize::try_from(offset.saturating_add(i as u64))
-                .ok()
-                .and_then(|o| self.regs.get(o))
-                .copied()
-                .unwrap_or(0);
-        }
+        byte_regs::read(&self.regs, offset, data, 0);
     }
     fn write(&mut self, _base: u64, offset: u64, data: &[u8]) {
-        for (i, &v) in data.iter().enumerate() {
-            if let Some(r) = usize::try_from(offset.saturating_add(i as u64))
-                .ok()
-                .and_then(|o| self.regs.get_mut(o))
-            {
-                *r = v;
-            }
-        }
+        byte_regs::write(&mut self.regs, offset, data);
     }
 }
 
@@ -121,8 +117,7 @@ impl Ich9Lpc {
 
     /// PM block base when ACPI decoding is enabled.
     pub fn pm_base(&self) -> Option<u16> {
-        (self.config.get_u8(ACPI_CNTL) & ACPI_CNTL_ACPI_EN != 0)
-            .then(|| (self.config.get_u32(PMBASE) & PMBASE_MASK) as u16)
+        PM_DECODE.base(&self.config)
     }
 }
 
@@ -141,16 +136,10 @@ impl PciFunction for Ich9Lpc {
     }
 
     fn windows(&self) -> Vec<Window> {
-        let mut w = Vec::new();
-        if let Some(base) = self.pm_base() {
-            w.push(Window {
-                key: PM_WINDOW,
-                space: Space::Io,
-                base: base.into(),
-                size: ICH9_PM_BLOCK_LEN,
-                target: WindowTarget::Device(self.pm_block.clone()),
-            });
-        }
+        let mut w: Vec<Window> = PM_DECODE
+            .window(&self.config, PM_WINDOW, ICH9_PM_BLOCK_LEN, &self.pm_block)
+            .into_iter()
+            .collect();
         let rcba = self.config.get_u32(RCBA);
         if rcba & RCBA_EN != 0 {
             w.push(Window {

@@ -5,9 +5,11 @@
 pub mod acpi_pm;
 pub mod ahci;
 pub mod apm;
+pub mod byte_regs;
 pub mod i440fx;
 pub mod ich9_lpc;
 pub mod ich9_smbus;
+pub mod io_window;
 pub mod mch;
 pub mod piix3;
 pub mod piix4_pm;

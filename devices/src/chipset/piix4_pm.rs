@@ -5,11 +5,12 @@
 use super::acpi_pm::{
     AcpiPm, Gpe0Block, PmBlock, PmFlavor, PIIX4_GPE0_BASE, PIIX4_GPE0_LEN, PIIX4_PM_BLOCK_LEN,
 };
+use super::io_window::{io_window, IoDecode};
 use super::smbus::{Smbus, SMBUS_IO_LEN};
 use crate::bus::SharedDevice;
 use crate::lifecycle::Lifecycle;
 use crate::pci::config::PciConfig;
-use crate::pci::device::{PciFunction, Space, Window, WindowTarget};
+use crate::pci::device::{PciFunction, Window};
 use machine::{PciFunctionPlan, Plan};
 use std::sync::{Arc, Mutex};
 
@@ -23,6 +24,20 @@ pub const DEFAULT_SMB_BASE: u32 = 0xb100;
 const PM_WINDOW: u32 = 1;
 const SMB_WINDOW: u32 = 2;
 const GPE_WINDOW: u32 = 3;
+/// PMREGMISC bit 0 enables the PM block at PMBA.
+const PM_DECODE: IoDecode = IoDecode {
+    base_reg: PMBA,
+    base_mask: 0xffc0,
+    enable_reg: PMREGMISC,
+    enable_bit: 1,
+};
+/// SMBHSTCFG bit 0 enables the SMBus host registers at SMBBA.
+const SMB_DECODE: IoDecode = IoDecode {
+    base_reg: SMBBA,
+    base_mask: 0xffc0,
+    enable_reg: SMBHSTCFG,
+    enable_bit: 1,
+};
 
 pub struct Piix4Pm {
     config: PciConfig,
@@ -80,13 +95,11 @@ impl Piix4Pm {
     }
 
     pub fn pm_base(&self) -> Option<u16> {
-        (self.config.get_u8(PMREGMISC) & 1 != 0)
-            .then(|| (self.config.get_u32(PMBA) & 0xffc0) as u16)
+        PM_DECODE.base(&self.config)
     }
 
     pub fn smbus_base(&self) -> Option<u16> {
-        (self.config.get_u8(SMBHSTCFG) & 1 != 0)
-            .then(|| (self.config.get_u32(SMBBA) & 0xffc0) as u16)
+        SMB_DECODE.base(&self.config)
     }
 }
 
@@ -105,31 +118,15 @@ impl PciFunction for Piix4Pm {
     }
 
     fn windows(&self) -> Vec<Window> {
-        let mut w = vec![Window {
-            key: GPE_WINDOW,
-            space: Space::Io,
-            base: PIIX4_GPE0_BASE,
-            size: PIIX4_GPE0_LEN as u64,
-            target: WindowTarget::Device(self.gpe_block.clone()),
-        }];
-        if let Some(base) = self.pm_base() {
-            w.push(Window {
-                key: PM_WINDOW,
-                space: Space::Io,
-                base: base.into(),
-                size: PIIX4_PM_BLOCK_LEN,
-                target: WindowTarget::Device(self.pm_block.clone()),
-            });
-        }
-        if let Some(base) = self.smbus_base() {
-            w.push(Window {
-                key: SMB_WINDOW,
-                space: Space::Io,
-                base: base.into(),
-                size: SMBUS_IO_LEN,
-                target: WindowTarget::Device(self.smbus.clone()),
-            });
-        }
-        w
+        let smbus: SharedDevice = self.smbus.clone();
+        let gpe = io_window(
+            GPE_WINDOW,
+            PIIX4_GPE0_BASE,
+            PIIX4_GPE0_LEN as u64,
+            &self.gpe_block,
+        );
+        let pm = PM_DECODE.window(&self.config, PM_WINDOW, PIIX4_PM_BLOCK_LEN, &self.pm_block);
+        let smb = SMB_DECODE.window(&self.config, SMB_WINDOW, SMBUS_IO_LEN, &smbus);
+        std::iter::once(gpe).chain(pm).chain(smb).collect()
     }
 }

@@ -2,6 +2,7 @@
 //! DMA block; status reads DEVSEL medium | fast back-to-back like QEMU's piix_ide_reset.
 //! Only the function is modelled here: with no drives the BMDMA registers read as zero.
 
+use super::byte_regs;
 use crate::pci::config::{BarDef, PciConfig};
 use crate::pci::device::PciFunction;
 use crate::pci::PciError;
@@ -37,22 +38,9 @@ impl PciFunction for PiixIde {
         self.bmdma = [0; 16];
     }
     fn bar_read(&mut self, _bar: usize, offset: u64, data: &mut [u8]) {
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = usize::try_from(offset.saturating_add(i as u64))
-                .ok()
-                .and_then(|o| self.bmdma.get(o))
-                .copied()
-                .unwrap_or(0xff);
-        }
+        byte_regs::read(&self.bmdma, offset, data, 0xff);
     }
     fn bar_write(&mut self, _bar: usize, offset: u64, data: &[u8]) {
-        for (i, &v) in data.iter().enumerate() {
-            if let Some(r) = usize::try_from(offset.saturating_add(i as u64))
-                .ok()
-                .and_then(|o| self.bmdma.get_mut(o))
-            {
-                *r = v;
-            }
-        }
+        byte_regs::write(&mut self.bmdma, offset, data);
     }
 }
