@@ -2,12 +2,12 @@
 //! features SEG_MAX, GEOMETRY, BLK_SIZE, TOPOLOGY, FLUSH (write-back cache), CONFIG_WCE,
 //! DISCARD, WRITE_ZEROES, RO; requests IN, OUT, FLUSH, GET_ID, DISCARD, WRITE_ZEROES.
 
-use super::device::{check_chain, DeviceError, QueueContext, VirtioDevice};
+use super::device::{read_config_bytes, DeviceError, QueueContext, VirtioDevice};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
-use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
+use virtio_queue::DescriptorChain;
 use vm_memory::GuestMemoryMmap;
 
 pub const DEVICE_TYPE: u16 = 2;
@@ -130,6 +130,27 @@ impl Bounce {
     fn buf(&mut self, len: usize) -> &mut [u8] {
         &mut self.raw[self.start..self.start + len]
     }
+}
+
+/// Move `len` bytes between the image at byte `offset` and the guest in CHUNK-sized pieces
+/// through one bounce buffer; `step` moves one piece at its image offset. Stops at the first
+/// piece that fails; returns the bytes moved and whether all were.
+fn transfer(
+    len: usize,
+    mut offset: u64,
+    mut step: impl FnMut(&mut [u8], u64) -> bool,
+) -> (usize, bool) {
+    let mut bounce = Bounce::new(len.min(CHUNK));
+    let mut moved = 0;
+    while moved < len {
+        let n = (len - moved).min(CHUNK);
+        if !step(bounce.buf(n), offset) {
+            return (moved, false);
+        }
+        offset += n as u64;
+        moved += n;
+    }
+    (moved, true)
 }
 
 impl Block {
@@ -338,24 +359,16 @@ impl Block {
                 if !self.sector_range_ok(sector, len as u64) {
                     S_IOERR
                 } else {
-                    let mut bounce = Bounce::new(len.min(CHUNK));
-                    let mut offset = sector * SECTOR;
-                    let mut st = S_OK;
-                    let mut left = len;
-                    while left > 0 {
-                        let n = left.min(CHUNK);
-                        let buf = bounce.buf(n);
-                        if self.backend.file.read_exact_at(buf, offset).is_err()
-                            || writer.write_all(buf).is_err()
-                        {
-                            st = S_IOERR;
-                            break;
-                        }
-                        offset += n as u64;
-                        left -= n;
-                        data_len += n;
+                    let (moved, ok) = transfer(len, sector * SECTOR, |buf, offset| {
+                        self.backend.file.read_exact_at(buf, offset).is_ok()
+                            && writer.write_all(buf).is_ok()
+                    });
+                    data_len = moved;
+                    if ok {
+                        S_OK
+                    } else {
+                        S_IOERR
                     }
-                    st
                 }
             }
             T_OUT => {
@@ -363,26 +376,15 @@ impl Block {
                 if self.backend.read_only || !self.sector_range_ok(sector, len as u64) {
                     S_IOERR
                 } else {
-                    let mut bounce = Bounce::new(len.min(CHUNK));
-                    let mut offset = sector * SECTOR;
-                    let mut st = S_OK;
-                    let mut left = len;
-                    while left > 0 {
-                        let n = left.min(CHUNK);
-                        let buf = bounce.buf(n);
-                        if reader.read_exact(buf).is_err()
-                            || self.backend.file.write_all_at(buf, offset).is_err()
-                        {
-                            st = S_IOERR;
-                            break;
-                        }
-                        offset += n as u64;
-                        left -= n;
+                    let (_, ok) = transfer(len, sector * SECTOR, |buf, offset| {
+                        reader.read_exact(buf).is_ok()
+                            && self.backend.file.write_all_at(buf, offset).is_ok()
+                    });
+                    if ok && (self.wce || self.sync()) {
+                        S_OK
+                    } else {
+                        S_IOERR
                     }
-                    if st == S_OK && !self.wce && !self.sync() {
-                        st = S_IOERR;
-                    }
-                    st
                 }
             }
             T_FLUSH if self.features & F_FLUSH != 0 => {
@@ -441,9 +443,7 @@ impl VirtioDevice for Block {
     }
 
     fn read_config(&self, offset: usize, data: &mut [u8]) {
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = self.config.get(offset + i).copied().unwrap_or(0);
-        }
+        read_config_bytes(&self.config, offset, data);
     }
 
     fn write_config(&mut self, offset: usize, data: &[u8]) {
@@ -463,32 +463,9 @@ impl VirtioDevice for Block {
     }
 
     fn process_queue(&mut self, idx: usize, ctx: &mut QueueContext) -> Result<(), DeviceError> {
-        let mem = ctx.mem;
-        let Some(q) = ctx.ready_queue(idx) else {
-            return Ok(());
-        };
         let bad = |reason: String| DeviceError::BadChain { queue: idx, reason };
-        let mut used_any = false;
-        loop {
-            let chain = q
-                .iter(mem)
-                .map_err(|e| DeviceError::BadQueue {
-                    queue: idx,
-                    reason: e.to_string(),
-                })?
-                .next();
-            let Some(chain) = chain else { break };
-            check_chain(idx, &chain)?;
-            let head = chain.head_index();
-            let used = self.execute(mem, chain).map_err(bad)?;
-            q.add_used(mem, head, used)
-                .map_err(|e| DeviceError::BadQueue {
-                    queue: idx,
-                    reason: e.to_string(),
-                })?;
-            used_any = true;
-        }
-        if used_any {
+        let used = ctx.drain_queue(idx, |mem, chain| self.execute(mem, chain).map_err(bad))?;
+        if used == Some(true) {
             ctx.notify(idx);
         }
         Ok(())

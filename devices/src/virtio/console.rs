@@ -3,7 +3,9 @@
 //! PORT_READY -> CONSOLE_PORT + PORT_OPEN), EMERG_WRITE, output to a writer and input from
 //! bytes the VMM feeds through [`ConsoleInput`].
 
-use super::device::{check_chain, DeviceError, QueueContext, VirtioDevice};
+use super::device::{
+    bad_queue, check_chain, read_config_bytes, DeviceError, QueueContext, VirtioDevice,
+};
 use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
@@ -137,31 +139,21 @@ impl Console {
 
     /// Messages from the guest's control-tx queue.
     fn handle_control(&mut self, ctx: &mut QueueContext) -> Result<(), DeviceError> {
-        let mem = ctx.mem;
         let mut msgs = Vec::new();
-        {
-            let Some(q) = ctx.ready_queue(CTRL_TX) else {
-                return Ok(());
-            };
-            let mut used_any = false;
-            loop {
-                let chain = q.iter(mem).map_err(|e| bad_queue(CTRL_TX, e))?.next();
-                let Some(chain) = chain else { break };
-                check_chain(CTRL_TX, &chain)?;
-                let head = chain.head_index();
-                let mut m = [0u8; 8];
-                if let Ok(mut r) = chain.reader(mem) {
-                    if r.read_exact(&mut m).is_ok() {
-                        msgs.push(m);
-                    }
+        let used = ctx.drain_queue(CTRL_TX, |mem, chain| {
+            let mut m = [0u8; 8];
+            if let Ok(mut r) = chain.reader(mem) {
+                if r.read_exact(&mut m).is_ok() {
+                    msgs.push(m);
                 }
-                q.add_used(mem, head, 0)
-                    .map_err(|e| bad_queue(CTRL_TX, e))?;
-                used_any = true;
             }
-            if used_any {
-                ctx.notify(CTRL_TX);
-            }
+            Ok(0)
+        })?;
+        let Some(used_any) = used else {
+            return Ok(());
+        };
+        if used_any {
+            ctx.notify(CTRL_TX);
         }
         for m in msgs {
             let id = u32::from_le_bytes([m[0], m[1], m[2], m[3]]);
@@ -185,27 +177,21 @@ impl Console {
 
     /// Guest output on port 0.
     fn handle_output(&mut self, ctx: &mut QueueContext) -> Result<(), DeviceError> {
-        let mem = ctx.mem;
-        let Some(q) = ctx.ready_queue(TX0) else {
-            return Ok(());
-        };
-        let mut used_any = false;
-        loop {
-            let chain = q.iter(mem).map_err(|e| bad_queue(TX0, e))?.next();
-            let Some(chain) = chain else { break };
-            check_chain(TX0, &chain)?;
-            let head = chain.head_index();
+        let output = &mut self.output;
+        let used = ctx.drain_queue(TX0, |mem, chain| {
             if let Ok(mut r) = chain.reader(mem) {
                 let n = r.available_bytes().min(MAX_BUF);
                 let mut buf = vec![0u8; n];
                 if r.read_exact(&mut buf).is_ok() {
                     // A chardev that cannot take output loses it, like QEMU's.
-                    let _ = self.output.write_all(&buf);
+                    let _ = output.write_all(&buf);
                 }
             }
-            q.add_used(mem, head, 0).map_err(|e| bad_queue(TX0, e))?;
-            used_any = true;
-        }
+            Ok(0)
+        })?;
+        let Some(used_any) = used else {
+            return Ok(());
+        };
         let _ = self.output.flush();
         if used_any {
             ctx.notify(TX0);
@@ -250,13 +236,6 @@ impl Console {
     }
 }
 
-fn bad_queue(queue: usize, e: impl std::fmt::Display) -> DeviceError {
-    DeviceError::BadQueue {
-        queue,
-        reason: e.to_string(),
-    }
-}
-
 impl VirtioDevice for Console {
     fn device_type(&self) -> u16 {
         DEVICE_TYPE
@@ -291,9 +270,7 @@ impl VirtioDevice for Console {
     fn read_config(&self, offset: usize, data: &mut [u8]) {
         let mut c = [0u8; CONFIG_LEN];
         c[4..8].copy_from_slice(&self.max_ports.to_le_bytes());
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = c.get(offset + i).copied().unwrap_or(0);
-        }
+        read_config_bytes(&c, offset, data);
     }
 
     fn write_config(&mut self, offset: usize, data: &[u8]) {

@@ -3,7 +3,7 @@
 
 use super::interrupt::VirtioInterrupt;
 use std::os::fd::RawFd;
-use virtio_queue::{DescriptorChain, Queue, QueueT};
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 
 /// A request the guest got wrong badly enough that the device stops (virtio_error): the
@@ -14,6 +14,21 @@ pub enum DeviceError {
     BadQueue { queue: usize, reason: String },
     #[error("descriptor chain on queue {queue}: {reason}")]
     BadChain { queue: usize, reason: String },
+}
+
+pub(crate) fn bad_queue(queue: usize, e: impl std::fmt::Display) -> DeviceError {
+    DeviceError::BadQueue {
+        queue,
+        reason: e.to_string(),
+    }
+}
+
+/// A device config read of `data.len()` bytes at `offset` from the config bytes `config`;
+/// bytes past its end read as zero.
+pub(crate) fn read_config_bytes(config: &[u8], offset: usize, data: &mut [u8]) {
+    for (i, b) in data.iter_mut().enumerate() {
+        *b = config.get(offset + i).copied().unwrap_or(0);
+    }
 }
 
 /// The checks QEMU's virtqueue_pop makes that virtio-queue's chain iterator leaves out (it
@@ -60,7 +75,7 @@ pub struct QueueContext<'a> {
     pub irq: &'a VirtioInterrupt,
 }
 
-impl QueueContext<'_> {
+impl<'a> QueueContext<'a> {
     /// Interrupt the driver for queue `idx` unless it suppressed notifications.
     pub fn notify(&mut self, idx: usize) {
         let Some(q) = self.queues.get_mut(idx) else {
@@ -79,6 +94,35 @@ impl QueueContext<'_> {
     /// The ready queue `idx`, if the driver enabled it.
     pub fn ready_queue(&mut self, idx: usize) -> Option<&mut Queue> {
         self.queues.get_mut(idx).filter(|q| q.ready())
+    }
+
+    /// Serve every available chain of queue `idx` in order: pop it, check it, let `serve`
+    /// consume it and return the used length, and put it in the used ring. None when the
+    /// queue is not ready, else whether any chain was used (the caller then
+    /// [`notify`](Self::notify)s). A bad queue or chain stops at once with the error.
+    pub fn drain_queue(
+        &mut self,
+        idx: usize,
+        mut serve: impl FnMut(
+            &'a GuestMemoryMmap,
+            DescriptorChain<&'a GuestMemoryMmap>,
+        ) -> Result<u32, DeviceError>,
+    ) -> Result<Option<bool>, DeviceError> {
+        let mem = self.mem;
+        let Some(q) = self.ready_queue(idx) else {
+            return Ok(None);
+        };
+        let mut used_any = false;
+        loop {
+            let chain = q.iter(mem).map_err(|e| bad_queue(idx, e))?.next();
+            let Some(chain) = chain else { break };
+            check_chain(idx, &chain)?;
+            let head = chain.head_index();
+            let used = serve(mem, chain)?;
+            q.add_used(mem, head, used).map_err(|e| bad_queue(idx, e))?;
+            used_any = true;
+        }
+        Ok(Some(used_any))
     }
 }
 

@@ -1,11 +1,10 @@
 //! virtio-rng (type 4): every device-writable buffer is filled from an entropy source
 //! (/dev/urandom, or the `filename` of an rng-random object).
 
-use super::device::{check_chain, DeviceError, QueueContext, VirtioDevice};
+use super::device::{DeviceError, QueueContext, VirtioDevice};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::Path;
-use virtio_queue::{QueueOwnedT, QueueT};
 
 pub const DEVICE_TYPE: u16 = 4;
 const QUEUE_SIZE: u16 = 8;
@@ -49,24 +48,7 @@ impl VirtioDevice for Rng {
     }
 
     fn process_queue(&mut self, idx: usize, ctx: &mut QueueContext) -> Result<(), DeviceError> {
-        let mem = ctx.mem;
-        let Some(q) = ctx.ready_queue(idx) else {
-            return Ok(());
-        };
-        let mut used_any = false;
-        loop {
-            let chain = match q.iter(mem) {
-                Ok(mut it) => it.next(),
-                Err(e) => {
-                    return Err(DeviceError::BadQueue {
-                        queue: idx,
-                        reason: e.to_string(),
-                    })
-                }
-            };
-            let Some(chain) = chain else { break };
-            check_chain(idx, &chain)?;
-            let head = chain.head_index();
+        let used = ctx.drain_queue(idx, |mem, chain| {
             let written = match chain.writer(mem) {
                 Ok(mut w) => {
                     let want = w.available_bytes().min(MAX_CHUNK);
@@ -79,14 +61,9 @@ impl VirtioDevice for Rng {
                 // A buffer outside guest memory gets nothing.
                 Err(_) => 0,
             };
-            q.add_used(mem, head, written as u32)
-                .map_err(|e| DeviceError::BadQueue {
-                    queue: idx,
-                    reason: e.to_string(),
-                })?;
-            used_any = true;
-        }
-        if used_any {
+            Ok(written as u32)
+        })?;
+        if used == Some(true) {
             ctx.notify(idx);
         }
         Ok(())

@@ -4,7 +4,10 @@
 
 pub mod tap;
 
-use super::device::{check_chain, DeviceError, QueueContext, VirtioDevice};
+use super::device::{
+    bad_queue, check_chain, read_config_bytes, DeviceError, QueueContext, VirtioDevice,
+};
+use super::regs::features::VERSION_1;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
@@ -15,7 +18,6 @@ pub const DEVICE_TYPE: u16 = 1;
 const F_MAC: u64 = 1 << 5;
 const F_MRG_RXBUF: u64 = 1 << 15;
 const F_STATUS: u64 = 1 << 16;
-const VERSION_1: u64 = 1 << 32;
 const S_LINK_UP: u16 = 1;
 
 const QUEUE_SIZE: u16 = 256;
@@ -79,30 +81,21 @@ impl Net {
     }
 
     fn transmit(&mut self, ctx: &mut QueueContext) -> Result<(), DeviceError> {
-        let mem = ctx.mem;
-        let Some(q) = ctx.ready_queue(TX) else {
-            return Ok(());
-        };
-        let mut used_any = false;
-        loop {
-            let chain = q.iter(mem).map_err(|e| bad_queue(TX, e))?.next();
-            let Some(chain) = chain else { break };
-            check_chain(TX, &chain)?;
-            let head = chain.head_index();
+        let tap = &mut self.tap;
+        let used = ctx.drain_queue(TX, |mem, chain| {
             if let Ok(mut r) = chain.reader(mem) {
                 let n = r.available_bytes();
                 if n <= MAX_FRAME {
                     let mut frame = vec![0u8; n];
                     if r.read_exact(&mut frame).is_ok() {
                         // A full tap drops the frame, as a congested link would.
-                        let _ = self.tap.write(&frame);
+                        let _ = tap.write(&frame);
                     }
                 }
             }
-            q.add_used(mem, head, 0).map_err(|e| bad_queue(TX, e))?;
-            used_any = true;
-        }
-        if used_any {
+            Ok(0)
+        })?;
+        if used == Some(true) {
             ctx.notify(TX);
         }
         Ok(())
@@ -169,13 +162,6 @@ impl Net {
     }
 }
 
-fn bad_queue(queue: usize, e: impl std::fmt::Display) -> DeviceError {
-    DeviceError::BadQueue {
-        queue,
-        reason: e.to_string(),
-    }
-}
-
 impl VirtioDevice for Net {
     fn device_type(&self) -> u16 {
         DEVICE_TYPE
@@ -197,9 +183,7 @@ impl VirtioDevice for Net {
         let mut c = [0u8; CONFIG_LEN];
         c[..6].copy_from_slice(&self.mac);
         c[6..8].copy_from_slice(&S_LINK_UP.to_le_bytes());
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = c.get(offset + i).copied().unwrap_or(0);
-        }
+        read_config_bytes(&c, offset, data);
     }
 
     fn write_config(&mut self, offset: usize, data: &[u8]) {
