@@ -19,7 +19,7 @@ pub use endpoint::{resolve_monitors, ChardevSpec, MonMode, MonSpec, QmpEndpoint}
 pub use error::{EndpointError, ErrorClass, QmpError, RegistryError, ServerError};
 pub use events::{EventBus, Timestamp};
 pub use protocol::ServerConfig;
-pub use registry::{Handler, Registry};
+pub use registry::{Answer, Handler, Registry, TextHandler};
 pub use schema::{CommandDef, EnumType, EventDef, Member, ObjectType, Type, Variants};
 pub use server::Server;
 pub use session::Session;

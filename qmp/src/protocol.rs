@@ -4,6 +4,7 @@
 
 use crate::error::{ErrorClass, QmpError};
 use crate::parser::ParseError;
+use crate::registry::Answer;
 use crate::session::Session;
 use crate::validate::check_args;
 use crate::writer;
@@ -78,12 +79,23 @@ pub(crate) fn handle_message(ctx: &mut Session, msg: Result<Value, ParseError>) 
         Ok(req) => {
             let (id, result) = dispatch(ctx, req);
             match result {
-                Ok(v) => {
+                Ok(Answer::Value(v)) => {
                     let mut members: Vec<(&str, &Value)> = vec![("return", &v)];
                     if let Some(id) = &id {
                         members.push(("id", id));
                     }
                     writer::line(&members)
+                }
+                Ok(Answer::Json(text)) => {
+                    let mut line = String::with_capacity(text.len() + 32);
+                    line.push_str("{\"return\": ");
+                    line.push_str(&text);
+                    if let Some(id) = &id {
+                        line.push_str(", \"id\": ");
+                        writer::write_value(&mut line, id);
+                    }
+                    line.push_str("}\r\n");
+                    line
                 }
                 Err(e) => error_line(&e, id.as_ref()),
             }
@@ -148,7 +160,7 @@ fn check_obj(dict: &Map<String, Value>, allow_oob: bool) -> Result<(String, bool
 }
 
 /// Returns the request's id (echoed verbatim) and the command's outcome.
-fn dispatch(ctx: &mut Session, req: Value) -> (Option<Value>, Result<Value, QmpError>) {
+fn dispatch(ctx: &mut Session, req: Value) -> (Option<Value>, Result<Answer, QmpError>) {
     let Value::Object(mut dict) = req else {
         return (
             None,
@@ -170,7 +182,7 @@ fn dispatch(ctx: &mut Session, req: Value) -> (Option<Value>, Result<Value, QmpE
     (id, result)
 }
 
-fn run(ctx: &mut Session, dict: &mut Map<String, Value>) -> Result<Value, QmpError> {
+fn run(ctx: &mut Session, dict: &mut Map<String, Value>) -> Result<Answer, QmpError> {
     let (name, oob) = check_obj(dict, ctx.oob_enabled())?;
     if !ctx.negotiated() && name != "qmp_capabilities" {
         return Err(QmpError::command_not_found(&name));
@@ -196,12 +208,12 @@ fn run(ctx: &mut Session, dict: &mut Map<String, Value>) -> Result<Value, QmpErr
     check_args(&args, &def.args, def.extra_args)?;
     let handler = entry.handler.clone();
     CURRENT_CLIENT.with(|c| c.set(Some(ctx.client_id())));
-    let ret = handler.call(args, ctx);
+    let ret = handler.answer(args, ctx);
     CURRENT_CLIENT.with(|c| c.set(None));
     let ret = ret?;
     // A command without a declared return type answers `{}`.
-    if def.returns.is_none() && ret.is_null() {
-        return Ok(Value::Object(Map::new()));
+    if def.returns.is_none() && ret == Answer::Value(Value::Null) {
+        return Ok(Answer::Value(Value::Object(Map::new())));
     }
     Ok(ret)
 }

@@ -9,10 +9,53 @@ use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
 
+/// A command's return value: a `Value`, or JSON text the handler serialised itself.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    Value(Value),
+    /// QEMU-format JSON text (`writer::to_json_text`), written as it is.
+    Json(String),
+}
+
 /// Runs one command. `args` have been checked against the command's schema.
 /// Return `Value::Null` (or `{}`) for commands without a return value.
 pub trait Handler: Send + Sync {
     fn call(&self, args: Map<String, Value>, ctx: &mut Session) -> Result<Value, QmpError>;
+
+    /// What the server calls: by default `call`'s value. `TextHandler` answers with text.
+    fn answer(&self, args: Map<String, Value>, ctx: &mut Session) -> Result<Answer, QmpError> {
+        self.call(args, ctx).map(Answer::Value)
+    }
+}
+
+/// A handler that serialises its own answer to JSON text, for large answers: building a
+/// `Value` tree (every key allocated, maps sorted) and then writing it costs several times
+/// more than serialising a struct straight to text with `writer::to_json_text`.
+///
+/// ```
+/// # use qmp::{Map, QmpError, Session, TextHandler, Value};
+/// #[derive(serde::Serialize)]
+/// struct Big { items: Vec<u32> }
+/// let handler = TextHandler(|_args: Map<String, Value>, _ctx: &mut Session| {
+///     qmp::writer::to_json_text(&Big { items: (0..1000).collect() })
+///         .map_err(|e| QmpError::generic(e.to_string()))
+/// });
+/// # let _ = handler;
+/// ```
+pub struct TextHandler<F>(pub F);
+
+impl<F> Handler for TextHandler<F>
+where
+    F: Fn(Map<String, Value>, &mut Session) -> Result<String, QmpError> + Send + Sync,
+{
+    fn call(&self, args: Map<String, Value>, ctx: &mut Session) -> Result<Value, QmpError> {
+        let text = (self.0)(args, ctx)?;
+        crate::parser::parse_one(&text).map_err(|e| QmpError::generic(e.0))
+    }
+
+    fn answer(&self, args: Map<String, Value>, ctx: &mut Session) -> Result<Answer, QmpError> {
+        (self.0)(args, ctx).map(Answer::Json)
+    }
 }
 
 impl<F> Handler for F

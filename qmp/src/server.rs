@@ -419,9 +419,62 @@ impl Server {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{CommandDef, Type};
+    use crate::{CommandDef, QmpError, Type};
     use std::io::{BufRead, BufReader};
     use std::os::unix::net::UnixStream;
+
+    fn client(server: &Server) -> (UnixStream, BufReader<UnixStream>) {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        ours.set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        server.serve_stream(theirs.try_clone().unwrap(), theirs, false);
+        let out = ours.try_clone().unwrap();
+        let mut input = BufReader::new(ours);
+        let mut line = String::new();
+        input.read_line(&mut line).unwrap(); // greeting
+        (out, input)
+    }
+
+    /// A `TextHandler`'s text is the return value, as it is, with the id after it.
+    #[test]
+    fn text_handler_answers_verbatim() {
+        let mut reg = Registry::new();
+        reg.register(
+            CommandDef::new("big").returns(Type::Any),
+            crate::TextHandler(|_: serde_json::Map<String, Value>, _: &mut Session| {
+                crate::writer::to_json_text(&serde_json::json!({"z": [1, "\u{e9}"], "a": {}}))
+                    .map_err(|e| QmpError::generic(e.to_string()))
+            }),
+        )
+        .unwrap();
+        let server = Server::new(reg);
+        let (mut out, mut input) = client(&server);
+        let mut line = String::new();
+        out.write_all(b"{'execute': 'qmp_capabilities'}{'execute': 'big', 'id': ['x', 1]}")
+            .unwrap();
+        input.read_line(&mut line).unwrap();
+        line.clear();
+        input.read_line(&mut line).unwrap();
+        assert_eq!(
+            line,
+            "{\"return\": {\"a\": {}, \"z\": [1, \"\\u00E9\"]}, \"id\": [\"x\", 1]}\r\n"
+        );
+        // Called directly, it is a Value like any handler's.
+        let entry = server.registry().entry("big").unwrap();
+        let mut session = Session::new(
+            server.clone(),
+            Arc::new(ClientPort::new(0, channel().0)),
+            false,
+        );
+        assert_eq!(
+            entry
+                .handler
+                .call(serde_json::Map::new(), &mut session)
+                .unwrap(),
+            serde_json::json!({"a": {}, "z": [1, "é"]})
+        );
+        server.shutdown();
+    }
 
     /// Messages nested as deep as the parser allows are answered, not a stack overflow that
     /// aborts the process; one level deeper is QEMU's nesting error.
