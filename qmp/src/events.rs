@@ -7,8 +7,10 @@
 //! handler returns. So an event emitted by a handler reaches that handler's
 //! client before the handler's return value (`cont` → RESUME, then `{"return": {}}`).
 
+use crate::transport::Conn;
 use crate::writer;
 use serde_json::Value;
+use std::net::Shutdown;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -29,6 +31,9 @@ pub(crate) struct ClientPort {
     tx: Mutex<Option<Sender<Outgoing>>>,
     negotiated: AtomicBool,
     pending: AtomicUsize,
+    /// The client's socket, shut down when the client is dropped for not reading, so that a
+    /// writer blocked on it gives up (and frees the queue) at once.
+    hangup: Mutex<Option<Conn>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -43,12 +48,19 @@ impl ClientPort {
             tx: Mutex::new(Some(tx)),
             negotiated: AtomicBool::new(false),
             pending: AtomicUsize::new(0),
+            hangup: Mutex::new(None),
         }
+    }
+
+    /// The socket to shut down if the client leaves too much output unread.
+    pub(crate) fn set_hangup(&self, conn: Conn) {
+        *lock(&self.hangup) = Some(conn);
     }
 
     /// Queues a line; false when the client is gone (or was dropped for not reading).
     pub(crate) fn send(&self, line: String) -> bool {
-        let len = line.len();
+        // Count what the line occupies, not just its text: that is what the bound is for.
+        let len = line.capacity();
         let mut tx = lock(&self.tx);
         let Some(sender) = tx.as_ref() else {
             return false;
@@ -56,6 +68,11 @@ impl ClientPort {
         if self.pending.fetch_add(len, Ordering::SeqCst) + len > MAX_PENDING_BYTES {
             let _ = sender.send(Outgoing::Close);
             *tx = None;
+            // The writer is most likely blocked writing to this client: make the write fail
+            // rather than wait (for ever) for the client to read 64 MiB.
+            if let Some(conn) = lock(&self.hangup).take() {
+                conn.shutdown(Shutdown::Both);
+            }
             return false;
         }
         if sender.send(Outgoing::Line(line)).is_err() {
@@ -65,7 +82,7 @@ impl ClientPort {
         true
     }
 
-    /// Called by the writer once a line is on the wire.
+    /// Called by the writer once a line is on the wire, with the line's capacity.
     pub(crate) fn written(&self, len: usize) {
         self.pending.fetch_sub(len, Ordering::SeqCst);
     }

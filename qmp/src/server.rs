@@ -255,6 +255,9 @@ impl Server {
         let id = self.shared.next_client.fetch_add(1, Ordering::SeqCst);
         let (tx, rx) = channel();
         let port = Arc::new(ClientPort::new(id, tx));
+        if let Some(c) = conn.as_ref().and_then(|c| c.try_clone().ok()) {
+            port.set_hangup(c);
+        }
         port.send(self.config().greeting(oob_offered));
         self.events().subscribe(port.clone());
         let busy = Arc::new(Mutex::new(()));
@@ -269,7 +272,7 @@ impl Server {
                         .write_all(line.as_bytes())
                         .and_then(|()| writer.flush())
                         .is_ok();
-                    w_port.written(line.len());
+                    w_port.written(line.capacity());
                     if !ok {
                         // The client is gone: stop its reader as well.
                         w_port.close();
@@ -419,8 +422,9 @@ impl Server {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::QmpEndpoint;
     use crate::{CommandDef, QmpError, Type};
-    use std::io::{BufRead, BufReader};
+    use std::io::{BufRead, BufReader, Read};
     use std::os::unix::net::UnixStream;
 
     fn client(server: &Server) -> (UnixStream, BufReader<UnixStream>) {
@@ -474,6 +478,67 @@ mod tests {
             serde_json::json!({"a": {}, "z": [1, "é"]})
         );
         server.shutdown();
+    }
+
+    /// A client that sends commands but never reads is disconnected once 64 MiB of output
+    /// wait for it, and the queued output goes with it: it gets little more than what the
+    /// socket buffers held, not the whole 64 MiB.
+    #[test]
+    fn a_client_that_never_reads_is_hung_up() {
+        const MIB: usize = 1 << 20;
+        let mut reg = Registry::new();
+        reg.register(
+            CommandDef::new("big").returns(Type::Any),
+            crate::TextHandler(|_: serde_json::Map<String, Value>, _: &mut Session| {
+                Ok(format!("\"{}\"", "x".repeat(MIB)))
+            }),
+        )
+        .unwrap();
+        let server = Server::new(reg);
+        let path = std::env::temp_dir().join(format!("qmp-hangup-{}.sock", std::process::id()));
+        let ep = QmpEndpoint::Unix {
+            path: path.clone(),
+            server: true,
+            wait: false,
+        };
+        server.listen(&ep).unwrap();
+        let stream = UnixStream::connect(&path).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        stream
+            .set_write_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut out = stream.try_clone().unwrap();
+        let mut input = BufReader::new(stream);
+        let mut line = String::new();
+        input.read_line(&mut line).unwrap();
+        out.write_all(b"{'execute': 'qmp_capabilities'}").unwrap();
+        line.clear();
+        input.read_line(&mut line).unwrap();
+        assert_eq!(line, "{\"return\": {}}\r\n");
+        // Ask for 1 MiB answers, read none, until the server stops taking requests.
+        let start = std::time::Instant::now();
+        let mut sent = 0;
+        while out.write_all(b"{'execute': 'big'}").is_ok() {
+            sent += 1;
+            assert!(start.elapsed() < Duration::from_secs(20), "never hung up");
+        }
+        // What is left to read: without the hang-up, all that was queued (64 MiB).
+        let mut unread = 0;
+        let mut buf = vec![0u8; MIB];
+        loop {
+            match input.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => unread += n,
+            }
+        }
+        assert!(
+            unread < 16 * MIB,
+            "read {unread} bytes after {sent} requests"
+        );
+        server.shutdown();
+        assert!(!path.exists());
     }
 
     /// Messages nested as deep as the parser allows are answered, not a stack overflow that
