@@ -1,6 +1,7 @@
 //! Protocol abuse against one machina whose guest keeps running (`machina.test=powerbutton`
 //! polls until `system_powerdown`): malformed JSON, 1 MiB lines, 10,000-deep nesting,
-//! non-UTF-8 bytes, clients that hang up mid-command or never read, 100 clients at once.
+//! non-UTF-8 bytes, clients that hang up mid-command, a client that floods commands and never
+//! reads its answers, 100 clients at once.
 //!
 //! Each abuser gets protocol errors (or is dropped); after each abuse a well-behaved client's
 //! `query-status` still answers `running`; the VMM's resident memory grows by less than
@@ -308,6 +309,59 @@ fn hang_ups(path: &Path) {
     drop(raw);
 }
 
+/// A client that sends commands and never reads is hung up on once 64 MiB of answers wait
+/// for it (QEMU's monitor has no such bound): what it can still read is little more than the
+/// socket buffers held, the memory peaks near the bound and is given back once it is gone.
+fn never_reads(vm: &mut MachinaProcess, good: &mut QmpClient, base_kib: u64) {
+    let mut raw = Raw::connect(&vm.socket, true);
+    let start = Instant::now();
+    let request = "{\"execute\": \"query-qmp-schema\"}".repeat(64);
+    let mut sent = 0;
+    while raw.stream.write_all(request.as_bytes()).is_ok() {
+        sent += 64;
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "still connected after {sent} unread schemas"
+        );
+    }
+    let peak = vm.rss_kib().unwrap_or(0);
+    let flood = start.elapsed();
+    let mut unread = 0;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        match std::io::Read::read(&mut raw.reader, &mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => unread += n,
+        }
+    }
+    assert!(
+        unread < 16 << 20,
+        "{unread} bytes were still sent after {sent} requests"
+    );
+    healthy(vm, good, "a client that never reads");
+    assert!(
+        peak < base_kib + 100 * 1024,
+        "VmRSS {peak} KiB with 64 MiB queued (from {base_kib} KiB)"
+    );
+    let hung_up = Instant::now();
+    let after = loop {
+        let rss = vm.rss_kib().unwrap_or(0);
+        if rss < base_kib + 50 * 1024 || hung_up.elapsed() > Duration::from_secs(10) {
+            break rss;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    eprintln!(
+        "never-reading client: hung up after {sent} requests in {flood:?}, VmRSS {base_kib} -> \
+         {peak} -> {after} KiB ({:?} later)",
+        hung_up.elapsed()
+    );
+    assert!(
+        after < base_kib + 50 * 1024,
+        "VmRSS still {after} KiB after the client was hung up"
+    );
+}
+
 fn hundred_clients(path: &Path, good: &mut QmpClient) {
     const N: usize = 100;
     let ready = Arc::new(Barrier::new(N + 1));
@@ -395,6 +449,7 @@ fn abusers_get_errors_and_everyone_else_is_served() {
     }
     hundred_clients(&path, &mut good);
     healthy(&mut vm, &mut good, "100 clients at once");
+    never_reads(&mut vm, &mut good, rss_before);
     // Everything again: memory must not creep up per abuse.
     for (what, step) in steps {
         step(&path);
