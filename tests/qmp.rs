@@ -5,85 +5,14 @@
 mod common;
 
 use common::{machina, require_kvm};
-use machina_tests::qmp_client::QmpClient;
+use machina_tests::pci_compare::compare_plan_with_pci;
+use machina_tests::process::MachinaProcess;
 use serde_json::{json, Value};
-use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-struct Instance {
-    child: Child,
-    dir: PathBuf,
-    socket: PathBuf,
-}
-
-impl Instance {
-    fn start(name: &str, extra: &[&str]) -> Instance {
-        let dir = std::env::temp_dir().join(format!("machina-qmp-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let socket = dir.join("qmp.sock");
-        let qmp = format!("unix:{},server=on,wait=off", socket.display());
-        let child = Command::new(machina())
-            .args(["-qmp", &qmp])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start machina");
-        Instance { child, dir, socket }
-    }
-
-    fn client(&self) -> QmpClient {
-        let mut c = QmpClient::connect(&self.socket, Duration::from_secs(20));
-        c.ok("qmp_capabilities", Value::Null);
-        c
-    }
-
-    fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
-        let start = Instant::now();
-        while start.elapsed() < limit {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return status.code();
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let _ = self.child.kill();
-        None
-    }
-}
-
-impl Drop for Instance {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// Every function of a query-pci answer keyed by (bus number, slot, function), plus the bus
-/// number each bridge (by qdev id) gave its secondary bus.
-fn flatten(
-    devices: &Value,
-    out: &mut BTreeMap<(u64, u64, u64), Value>,
-    buses: &mut BTreeMap<String, u64>,
-) {
-    for d in devices.as_array().into_iter().flatten() {
-        let key = (
-            d["bus"].as_u64().unwrap(),
-            d["slot"].as_u64().unwrap(),
-            d["function"].as_u64().unwrap(),
-        );
-        if let Some(bridge) = d.get("pci_bridge") {
-            buses.insert(
-                d["qdev_id"].as_str().unwrap_or("").to_string(),
-                bridge["bus"]["secondary"].as_u64().unwrap(),
-            );
-            flatten(&bridge["devices"], out, buses);
-        }
-        out.insert(key, d.clone());
-    }
+fn start(tag: &str, args: &[&str]) -> MachinaProcess {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    MachinaProcess::start(&machina(), tag, &args)
 }
 
 #[test]
@@ -91,7 +20,7 @@ fn whole_startup_over_qmp() {
     if !require_kvm() {
         return;
     }
-    let mut vm = Instance::start("startup", &["-delay-machine-init"]);
+    let mut vm = start("startup", &["-delay-machine-init"]);
     let mut qmp = vm.client();
     assert_eq!(qmp.greeting["QMP"]["version"]["qemu"]["major"], 10);
     assert_eq!(qmp.ok("query-status", Value::Null)["status"], "prelaunch");
@@ -120,8 +49,8 @@ fn whole_startup_over_qmp() {
     }
 
     // Configure q35 with root ports, a transitional and a modern virtio device, a disk.
-    let console = vm.dir.join("console.log");
-    let disk = vm.dir.join("disk.img");
+    let console = vm.dir().join("console.log");
+    let disk = vm.dir().join("disk.img");
     std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
     qmp.ok(
         "chardev-add",
@@ -187,43 +116,8 @@ fn whole_startup_over_qmp() {
 
     // What exists equals what was predicted, field by field.
     let pci = qmp.ok("query-pci", Value::Null);
-    let mut found = BTreeMap::new();
-    let mut bus_numbers = BTreeMap::new();
-    flatten(&pci[0]["devices"], &mut found, &mut bus_numbers);
-    let root = predicted["buses"][0]["id"].as_str().unwrap().to_string();
-    bus_numbers.insert(root, 0);
-    let functions = predicted["pci"].as_array().unwrap();
-    assert_eq!(found.len(), functions.len(), "query-pci: {pci}");
-    for f in functions {
-        let bus = bus_numbers[f["bus"].as_str().unwrap()];
-        let key = (
-            bus,
-            f["slot"].as_u64().unwrap(),
-            f["function"].as_u64().unwrap(),
-        );
-        let dev = found
-            .get(&key)
-            .unwrap_or_else(|| panic!("{} predicted at {key:?} is missing", f["type_name"]));
-        let id = &f["identity"];
-        assert_eq!(dev["id"]["vendor"], id["vendor_id"], "{f}");
-        assert_eq!(dev["id"]["device"], id["device_id"], "{f}");
-        assert_eq!(
-            dev["class_info"]["class"].as_u64(),
-            id["class_code"].as_u64().map(|c| c >> 8),
-            "{f}"
-        );
-        if let Some(sub) = id["subsystem_id"].as_u64() {
-            assert_eq!(dev["id"]["subsystem"].as_u64(), Some(sub), "{f}");
-            assert_eq!(
-                dev["id"]["subsystem-vendor"], id["subsystem_vendor_id"],
-                "{f}"
-            );
-        }
-        assert_eq!(
-            dev["qdev_id"].as_str(),
-            Some(f["id"].as_str().unwrap_or("")),
-            "{f}"
-        );
+    if let Err(difference) = compare_plan_with_pci(&predicted, &pci) {
+        panic!("query-pci differs from the prediction: {difference}\n{pci}");
     }
 
     // Run: RESUME comes before cont's return; the guest prints on the serial chardev.
@@ -264,7 +158,7 @@ fn protocol_rules_and_lifecycle_commands() {
     if !require_kvm() {
         return;
     }
-    let mut vm = Instance::start(
+    let mut vm = start(
         "lifecycle",
         &[
             "-M",
@@ -275,7 +169,7 @@ fn protocol_rules_and_lifecycle_commands() {
             "machina.test=powerbutton",
         ],
     );
-    let mut raw = QmpClient::connect(&vm.socket, Duration::from_secs(20));
+    let mut raw = vm.raw_client();
     let err = raw.execute("query-status", Value::Null);
     assert_eq!(err["error"]["class"], "CommandNotFound");
     assert_eq!(
@@ -368,6 +262,19 @@ fn protocol_rules_and_lifecycle_commands() {
     assert_eq!(
         shutdown["data"],
         json!({"guest": false, "reason": "host-qmp-quit"})
+    );
+    assert_eq!(vm.wait_exit(Duration::from_secs(20)), Some(0));
+}
+
+#[test]
+fn quit_works_before_the_machine_exists() {
+    let mut vm = start("preconfig-quit", &["-delay-machine-init"]);
+    let mut qmp = vm.client();
+    assert_eq!(qmp.ok("query-status", Value::Null)["status"], "prelaunch");
+    qmp.execute("quit", Value::Null);
+    assert!(
+        qmp.events.iter().any(|e| e["event"] == "SHUTDOWN"),
+        "SHUTDOWN before quit returns"
     );
     assert_eq!(vm.wait_exit(Duration::from_secs(20)), Some(0));
 }

@@ -425,6 +425,14 @@ impl Machine<'_> {
                 }
                 Err(e) => (Err(QmpError::generic(e.to_string())), None),
             },
+            // Allowed in preconfig too, as in QEMU.
+            Command::Quit => {
+                self.control.emit(
+                    "SHUTDOWN",
+                    json!({"guest": false, "reason": "host-qmp-quit"}),
+                );
+                (Ok(Value::Null), Some(Outcome::Quit))
+            }
             _ if !built => (
                 Err(QmpError::generic(
                     "the machine has not been built yet (use x-exit-preconfig)",
@@ -469,13 +477,6 @@ impl Machine<'_> {
                 }
                 self.control.emit("POWERDOWN", Value::Null);
                 (Ok(Value::Null), None)
-            }
-            Command::Quit => {
-                self.control.emit(
-                    "SHUTDOWN",
-                    json!({"guest": false, "reason": "host-qmp-quit"}),
-                );
-                (Ok(Value::Null), Some(Outcome::Quit))
             }
         }
     }
