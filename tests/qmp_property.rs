@@ -22,7 +22,7 @@ mod common;
 
 use common::{machina, require_kvm};
 use machina_tests::pci_compare::compare_plan_with_pci;
-use machina_tests::process::{run_to_exit, MachinaProcess};
+use machina_tests::process::MachinaProcess;
 use machina_tests::qmp_client::QmpClient;
 use serde_json::{json, Map, Value};
 use std::collections::BTreeSet;
@@ -517,7 +517,8 @@ fn run_case(case: &Case) -> Result<Outcome, String> {
     cli.push("-S".into());
     match failure {
         Some((index, error)) => {
-            let exit = run_to_exit(&machina(), &cli, Duration::from_secs(20));
+            let cli_args: Vec<&str> = cli.iter().map(String::as_str).collect();
+            let exit = machina_tests::run(&machina(), &cli_args, Duration::from_secs(20));
             if exit.status != Some(1) || !same_error(&exit.stderr, &error, !case.json_cli) {
                 let what = match index {
                     usize::MAX => "x-machine-set".to_string(),

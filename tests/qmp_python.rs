@@ -10,9 +10,7 @@ mod common;
 
 use common::{machina, require_kvm};
 use machina_tests::process::MachinaProcess;
-use std::io::Read;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 const PIP_LINE: &str = "python3 -m pip install --quiet qemu.qmp";
@@ -27,45 +25,8 @@ fn skip_python() -> bool {
 
 /// Run `python3 args`, killing it after `limit`: (exit status, stdout, stderr).
 fn python(args: &[&str], limit: Duration) -> (Option<i32>, String, String) {
-    let mut child = match Command::new("python3")
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-    {
-        Ok(c) => c,
-        Err(e) => panic!("cannot run python3 ({e}); install Python 3 and run `{PIP_LINE}`"),
-    };
-    let mut out = child.stdout.take().expect("stdout");
-    let mut err = child.stderr.take().expect("stderr");
-    let t_out = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let t_err = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let start = Instant::now();
-    let status = loop {
-        if let Ok(Some(s)) = child.try_wait() {
-            break s.code();
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    (
-        status,
-        t_out.join().unwrap_or_default(),
-        t_err.join().unwrap_or_default(),
-    )
+    let r = machina_tests::run(Path::new("python3"), args, limit);
+    (r.status, r.stdout, r.stderr)
 }
 
 #[test]
