@@ -68,10 +68,6 @@ pub struct BuiltMachine {
     /// Virtio workers for the event loop, and the INTx forwarder of virtio functions.
     pub virtio: crate::virtio_devices::VirtioSet,
     pub intx_forwarder: Arc<crate::virtio_devices::IntxForwarder>,
-    /// ISA devices of the plan that KVM models in the kernel (PIC, PIT, IOAPIC).
-    pub in_kernel: Vec<String>,
-    /// ISA devices of the plan that have no model yet (reported by `machina -trace`).
-    pub not_modelled: Vec<String>,
 }
 
 /// Inputs besides the plan.
@@ -83,21 +79,6 @@ pub struct BuildInputs<'a> {
     /// Backends the plan's devices refer to.
     pub backends: &'a [crate::backends::Backend],
 }
-
-/// ISA device types that live in KVM's in-kernel irqchip / PIT.
-const IN_KERNEL: &[&str] = &[
-    "isa-i8259",
-    "kvm-i8259",
-    "i8259",
-    "isa-pit",
-    "kvm-pit",
-    "i8254",
-    "ioapic",
-    "kvm-ioapic",
-    "isa-pcspk",
-    "apic",
-    "kvm-apic",
-];
 
 fn map(
     bus: &Bus,
@@ -134,8 +115,6 @@ pub fn build(kvm: &Kvm, plan: &Plan, inputs: BuildInputs) -> Result<BuiltMachine
     let io = Arc::new(Bus::new());
     let mmio = Arc::new(Bus::new());
     let mut serial = None;
-    let mut in_kernel = Vec::new();
-    let mut not_modelled = Vec::new();
 
     for isa in &plan.isa {
         let name = isa.type_name.as_str();
@@ -179,14 +158,9 @@ pub fn build(kvm: &Kvm, plan: &Plan, inputs: BuildInputs) -> Result<BuiltMachine
             "i8042" => Some(Arc::new(Mutex::new(I8042::new(inputs.lifecycle.clone())))),
             "port92" => Some(Arc::new(Mutex::new(Port92::new(inputs.lifecycle.clone())))),
             "ioport80" | "ioportF0" => Some(Arc::new(Mutex::new(SinkPort))),
-            _ if IN_KERNEL.contains(&name) => {
-                in_kernel.push(name.to_string());
-                None
-            }
-            _ => {
-                not_modelled.push(name.to_string());
-                None
-            }
+            // The PICs, PIT and IOAPIC are KVM's in-kernel models; the rest (HPET, vmport,
+            // DMA, PC speaker, ...) have no user-space model yet and are not mapped.
+            _ => None,
         };
         if let Some(dev) = device {
             map_io_ranges(&io, isa, &dev)?;
@@ -300,7 +274,5 @@ pub fn build(kvm: &Kvm, plan: &Plan, inputs: BuildInputs) -> Result<BuiltMachine
         layout: firmware_layout,
         virtio,
         intx_forwarder,
-        in_kernel,
-        not_modelled,
     })
 }
