@@ -4,6 +4,8 @@
 //! `host=,port=`, or libvirt's pre-opened `fd=N`) + `-mon chardev=X,mode=control`.
 
 use crate::error::EndpointError;
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::PathBuf;
 
 /// A monitor transport.
@@ -30,20 +32,23 @@ pub enum QmpEndpoint {
 
 impl QmpEndpoint {
     /// Parses the argument of `-qmp` / `-qmp-pretty` (legacy chardev syntax).
-    pub fn parse_qmp(arg: &str) -> Result<QmpEndpoint, EndpointError> {
-        let opts = split_opts(arg);
+    /// The argument is an OS string: a socket path keeps its bytes.
+    pub fn parse_qmp(arg: impl AsRef<OsStr>) -> Result<QmpEndpoint, EndpointError> {
+        let raw = split_opts_os(arg.as_ref());
+        let opts = lossy_all(&raw);
         let first = opts.first().map(String::as_str).unwrap_or_default();
         let rest = &opts[opts.len().min(1)..];
         let (server, wait) = socket_flags(rest)?;
         if first == "stdio" {
             return Ok(QmpEndpoint::Stdio);
         }
-        if let Some(path) = first.strip_prefix("unix:") {
+        let first_raw = raw.first().map(|o| o.as_bytes()).unwrap_or_default();
+        if let Some(path) = first_raw.strip_prefix(b"unix:") {
             if path.is_empty() {
                 return Err(EndpointError::Malformed("unix: needs a path".into()));
             }
             return Ok(QmpEndpoint::Unix {
-                path: PathBuf::from(path),
+                path: PathBuf::from(OsStr::from_bytes(path)),
                 server,
                 wait,
             });
@@ -78,8 +83,9 @@ pub struct ChardevSpec {
 
 impl ChardevSpec {
     /// Parses `socket,id=X,path=P,server=on,wait=off`, `stdio,id=X`, ...
-    pub fn parse(arg: &str) -> Result<ChardevSpec, EndpointError> {
-        let opts = split_opts(arg);
+    pub fn parse(arg: impl AsRef<OsStr>) -> Result<ChardevSpec, EndpointError> {
+        let raw = split_opts_os(arg.as_ref());
+        let opts = lossy_all(&raw);
         let backend = opts
             .first()
             .map(|s| s.strip_prefix("backend=").unwrap_or(s).to_string())
@@ -92,7 +98,7 @@ impl ChardevSpec {
             "stdio" => Some(QmpEndpoint::Stdio),
             "socket" => {
                 let (server, wait) = socket_flags(rest)?;
-                if let Some(path) = get(rest, "path") {
+                if let Some(path) = get_os(&raw[raw.len().min(1)..], "path") {
                     Some(QmpEndpoint::Unix {
                         path: PathBuf::from(path),
                         server,
@@ -193,23 +199,44 @@ pub fn resolve_monitors(
 
 /// Splits QEMU options at commas; `,,` is an escaped comma.
 fn split_opts(s: &str) -> Vec<String> {
+    lossy_all(&split_opts_os(OsStr::new(s)))
+}
+
+/// `split_opts` on bytes: arguments are OS strings and paths need not be UTF-8.
+fn split_opts_os(s: &OsStr) -> Vec<OsString> {
     let mut out = Vec::new();
-    let mut cur = String::new();
-    let mut chars = s.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == ',' {
-            if chars.peek() == Some(&',') {
-                chars.next();
-                cur.push(',');
+    let mut cur = Vec::new();
+    let mut bytes = s.as_bytes().iter().copied().peekable();
+    while let Some(b) = bytes.next() {
+        if b == b',' {
+            if bytes.peek() == Some(&b',') {
+                bytes.next();
+                cur.push(b',');
             } else {
-                out.push(std::mem::take(&mut cur));
+                out.push(OsString::from_vec(std::mem::take(&mut cur)));
             }
         } else {
-            cur.push(c);
+            cur.push(b);
         }
     }
-    out.push(cur);
+    out.push(OsString::from_vec(cur));
     out
+}
+
+/// Options as text, for keys, flags and numbers.
+fn lossy_all(opts: &[OsString]) -> Vec<String> {
+    opts.iter()
+        .map(|o| o.to_string_lossy().into_owned())
+        .collect()
+}
+
+/// The last `key=VALUE` with VALUE as given (bytes).
+fn get_os<'a>(opts: &'a [OsString], key: &str) -> Option<&'a OsStr> {
+    opts.iter().rev().find_map(|o| {
+        let bytes = o.as_bytes();
+        let eq = bytes.iter().position(|&b| b == b'=')?;
+        (&bytes[..eq] == key.as_bytes()).then(|| OsStr::from_bytes(&bytes[eq + 1..]))
+    })
 }
 
 fn get<'a>(opts: &'a [String], key: &str) -> Option<&'a str> {

@@ -178,8 +178,7 @@ impl Client {
 fn start() -> (Server, PathBuf) {
     let server = Server::new(registry());
     let path = temp_sock("s");
-    let ep =
-        QmpEndpoint::parse_qmp(&format!("unix:{},server=on,wait=off", path.display())).unwrap();
+    let ep = QmpEndpoint::parse_qmp(format!("unix:{},server=on,wait=off", path.display())).unwrap();
     assert_eq!(server.listen(&ep).unwrap(), BoundAddr::Unix(path.clone()));
     (server, path)
 }
@@ -623,7 +622,7 @@ fn wait_on_blocks_until_a_client_connects() {
         panic!("server never listened");
     });
     let server = Server::new(registry());
-    let ep = QmpEndpoint::parse_qmp(&format!("unix:{},server", path.display())).unwrap();
+    let ep = QmpEndpoint::parse_qmp(format!("unix:{},server", path.display())).unwrap();
     server.listen(&ep).unwrap();
     let s = t.join().unwrap();
     assert_eq!(server.client_count(), 1);
@@ -643,7 +642,7 @@ fn inherited_listening_fd_and_client_mode() {
     let path = temp_sock("fd");
     let l = UnixListener::bind(&path).unwrap();
     let fd = l.into_raw_fd();
-    let cd = qmp::ChardevSpec::parse(&format!("socket,id=charmonitor,fd={fd},server=on,wait=off"))
+    let cd = qmp::ChardevSpec::parse(format!("socket,id=charmonitor,fd={fd},server=on,wait=off"))
         .unwrap();
     let mon = qmp::MonSpec::parse("chardev=charmonitor,id=monitor,mode=control").unwrap();
     let eps = qmp::resolve_monitors(&[cd], &[mon]).unwrap();

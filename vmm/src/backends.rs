@@ -2,9 +2,10 @@
 //! `-object rng-random`, from the command line or their QMP `*-add` commands. They are checked
 //! when given (files open, ids unique) and when devices refer to them, with QEMU's texts.
 
-use crate::cli::split_keyval;
+use crate::cli::{keyval_pairs_os, lossy};
 use machine::DeviceRequest;
 use serde_json::Value;
+use std::ffi::{OsStr, OsString};
 use std::path::PathBuf;
 
 /// How the host page cache is used (QEMU's `cache=` modes reduced to what matters here).
@@ -101,15 +102,20 @@ fn bool_value(v: &str) -> Option<bool> {
     }
 }
 
-fn keyval(spec: &str) -> Vec<(String, String)> {
-    split_keyval(spec)
+/// Keyval items with text values (for names, numbers, flags); paths come from `raw_value`.
+fn keyval(spec: &OsStr) -> Vec<(String, String)> {
+    keyval_pairs_os(spec)
         .into_iter()
-        .filter(|s| !s.is_empty())
-        .map(|item| match item.split_once('=') {
-            Some((k, v)) => (k.to_string(), v.to_string()),
-            None => (item, String::new()),
-        })
+        .map(|(k, v)| (k, lossy(&v)))
         .collect()
+}
+
+/// The value of `key` (the last one given) as the bytes given: a path is not text.
+fn raw_value(spec: &OsStr, key: &str) -> Option<OsString> {
+    keyval_pairs_os(spec)
+        .into_iter()
+        .rev()
+        .find_map(|(k, v)| (k == key).then_some(v))
 }
 
 /// Check that a backing file can be opened as asked, with QEMU's text when not.
@@ -142,15 +148,16 @@ fn cache_mode(context: &str, v: &str) -> Result<CacheMode, BackendError> {
 }
 
 /// `-drive file=PATH,if=none,id=ID,format=raw[,readonly=on][,cache=MODE]`.
-pub fn parse_drive(spec: &str) -> Result<Backend, BackendError> {
-    let context = format!("-drive {spec}");
+pub fn parse_drive(spec: impl AsRef<OsStr>) -> Result<Backend, BackendError> {
+    let spec = spec.as_ref();
+    let context = format!("-drive {}", lossy(spec));
     let mut file = None;
     let mut id = None;
     let mut read_only = false;
     let mut cache = CacheMode::WriteBack;
     for (k, v) in keyval(spec) {
         match k.as_str() {
-            "file" => file = Some(PathBuf::from(v)),
+            "file" => file = raw_value(spec, "file").map(PathBuf::from),
             "id" => id = Some(v),
             "if" if v == "none" => {}
             "if" => {
@@ -191,13 +198,24 @@ pub fn parse_drive(spec: &str) -> Result<Backend, BackendError> {
 
 /// `-blockdev driver=file,node-name=N,filename=PATH[,read-only=on]` (keyval or JSON);
 /// `driver=raw,file=NODE` layers are folded into the file node they name.
-pub fn parse_blockdev(spec: &str, existing: &[Backend]) -> Result<Backend, BackendError> {
-    let context = format!("-blockdev {spec}");
-    let pairs: Vec<(String, String)> = if spec.trim_start().starts_with('{') {
-        let v: Value = serde_json::from_str(spec).map_err(|e| err(&context, e.to_string()))?;
-        flatten_json(&v)
+pub fn parse_blockdev(
+    spec: impl AsRef<OsStr>,
+    existing: &[Backend],
+) -> Result<Backend, BackendError> {
+    let spec = spec.as_ref();
+    let context = format!("-blockdev {}", lossy(spec));
+    let pairs: Vec<(String, OsString)> = if lossy(spec).trim_start().starts_with('{') {
+        // JSON text is UTF-8 by definition.
+        let text = spec.to_str().ok_or_else(|| {
+            err(
+                &context,
+                "JSON parse error, invalid UTF-8 sequence in string",
+            )
+        })?;
+        let v: Value = serde_json::from_str(text).map_err(|e| err(&context, e.to_string()))?;
+        os_pairs(flatten_json(&v))
     } else {
-        keyval(spec)
+        keyval_pairs_os(spec)
     };
     blockdev_from_pairs(&context, &pairs, existing)
 }
@@ -222,12 +240,20 @@ fn flatten_json(v: &Value) -> Vec<(String, String)> {
     out
 }
 
+fn os_pairs(pairs: Vec<(String, String)>) -> Vec<(String, OsString)> {
+    pairs
+        .into_iter()
+        .map(|(k, v)| (k, OsString::from(v)))
+        .collect()
+}
+
 fn blockdev_from_pairs(
     context: &str,
-    pairs: &[(String, String)],
+    pairs: &[(String, OsString)],
     existing: &[Backend],
 ) -> Result<Backend, BackendError> {
-    let get = |key: &str| pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
+    let get_raw = |key: &str| pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
+    let get = |key: &str| get_raw(key).map(|v| lossy(&v));
     let node =
         get("node-name").ok_or_else(|| err(context, "A block device must be given a name"))?;
     let read_only = match get("read-only") {
@@ -242,7 +268,8 @@ fn blockdev_from_pairs(
     match get("driver").as_deref() {
         Some("file") | Some("host_device") => {
             let file = PathBuf::from(
-                get("filename").ok_or_else(|| err(context, "Parameter 'filename' is missing"))?,
+                get_raw("filename")
+                    .ok_or_else(|| err(context, "Parameter 'filename' is missing"))?,
             );
             check_file(context, &file, read_only)?;
             Ok(Backend::Drive {
@@ -254,7 +281,7 @@ fn blockdev_from_pairs(
         }
         Some("raw") => {
             // A raw format node over a file node, or with an inline file.
-            let file = match (get("file"), get("file.filename")) {
+            let file = match (get("file"), get_raw("file.filename")) {
                 (_, Some(path)) => PathBuf::from(path),
                 (Some(child), None) => match existing.iter().find(|b| b.id() == child) {
                     Some(Backend::Drive { file, .. }) => file.clone(),
@@ -284,8 +311,9 @@ fn blockdev_from_pairs(
 }
 
 /// `-netdev tap,id=ID[,ifname=NAME][,script=no,downscript=no]`.
-pub fn parse_netdev(spec: &str) -> Result<Backend, BackendError> {
-    let context = format!("-netdev {spec}");
+pub fn parse_netdev(spec: impl AsRef<OsStr>) -> Result<Backend, BackendError> {
+    let spec = spec.as_ref();
+    let context = format!("-netdev {}", lossy(spec));
     let pairs = keyval(spec);
     let kind = pairs
         .first()
@@ -326,8 +354,9 @@ pub fn parse_netdev(spec: &str) -> Result<Backend, BackendError> {
 }
 
 /// `-chardev TYPE,id=ID,...` for device backends (file, null, stdio, socket).
-pub fn parse_chardev(spec: &str) -> Result<Backend, BackendError> {
-    let context = format!("-chardev {spec}");
+pub fn parse_chardev(spec: impl AsRef<OsStr>) -> Result<Backend, BackendError> {
+    let spec = spec.as_ref();
+    let context = format!("-chardev {}", lossy(spec));
     let pairs = keyval(spec);
     let get = |key: &str| pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
     let id = get("id").ok_or_else(|| err(&context, "Parameter 'id' is missing"))?;
@@ -336,11 +365,11 @@ pub fn parse_chardev(spec: &str) -> Result<Backend, BackendError> {
         "null" => CharBackend::Null,
         "stdio" => CharBackend::Stdio,
         "file" => CharBackend::File(PathBuf::from(
-            get("path").ok_or_else(|| err(&context, "Parameter 'path' is missing"))?,
+            raw_value(spec, "path").ok_or_else(|| err(&context, "Parameter 'path' is missing"))?,
         )),
         "socket" => {
             let path =
-                PathBuf::from(get("path").ok_or_else(|| {
+                PathBuf::from(raw_value(spec, "path").ok_or_else(|| {
                     err(&context, "machina supports unix socket chardevs (path=)")
                 })?);
             let server = get("server")
@@ -365,8 +394,9 @@ pub fn parse_chardev(spec: &str) -> Result<Backend, BackendError> {
 }
 
 /// `-object rng-random,id=ID[,filename=PATH]` (other objects are refused).
-pub fn parse_object(spec: &str) -> Result<Backend, BackendError> {
-    let context = format!("-object {spec}");
+pub fn parse_object(spec: impl AsRef<OsStr>) -> Result<Backend, BackendError> {
+    let spec = spec.as_ref();
+    let context = format!("-object {}", lossy(spec));
     let pairs = keyval(spec);
     let get = |key: &str| pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
     let kind = pairs
@@ -376,7 +406,7 @@ pub fn parse_object(spec: &str) -> Result<Backend, BackendError> {
         Some("rng-random") => {
             let id = get("id").ok_or_else(|| err(&context, "Parameter 'id' is missing"))?;
             let filename =
-                PathBuf::from(get("filename").unwrap_or_else(|| "/dev/urandom".to_string()));
+                PathBuf::from(raw_value(spec, "filename").unwrap_or_else(|| "/dev/urandom".into()));
             check_file(&context, &filename, true)?;
             Ok(Backend::RngRandom { id, filename })
         }
@@ -392,7 +422,7 @@ pub fn parse_object(spec: &str) -> Result<Backend, BackendError> {
 pub fn from_qmp(kind: &str, args: &Value, existing: &[Backend]) -> Result<Backend, BackendError> {
     let context = kind.to_string();
     match kind {
-        "blockdev-add" => blockdev_from_pairs(&context, &flatten_json(args), existing),
+        "blockdev-add" => blockdev_from_pairs(&context, &os_pairs(flatten_json(args)), existing),
         "netdev_add" => {
             let mut spec = args["type"].as_str().unwrap_or("").to_string();
             for (k, v) in flatten_json(args) {

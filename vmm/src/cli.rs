@@ -1,6 +1,8 @@
 //! QEMU-style command line: option spelling, argument syntax and error wording follow
 //! qemu-system-x86_64 so that tools which build QEMU command lines can drive machina.
 
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::PathBuf;
 
 /// Everything the command line asked for, before any machine is planned.
@@ -24,12 +26,12 @@ pub struct CliOptions {
     pub devices: Vec<String>,
     pub machine_definitions: Vec<PathBuf>,
     pub nographic: bool,
-    /// `-qmp SPEC` arguments, as given.
-    pub qmp: Vec<String>,
-    /// `-chardev` and `-mon` arguments, as given (resolved by the qmp crate).
-    pub chardevs: Vec<String>,
+    /// `-qmp SPEC` arguments, as given (OS strings: paths are bytes).
+    pub qmp: Vec<OsString>,
+    /// `-chardev` arguments, as given (resolved by the qmp crate and backends.rs).
+    pub chardevs: Vec<OsString>,
     /// `-drive`, `-blockdev`, `-netdev`, `-object` arguments, as given, in order.
-    pub backends: Vec<(BackendOption, String)>,
+    pub backends: Vec<(BackendOption, OsString)>,
     pub monitors: Vec<String>,
     /// `-delay-machine-init` / `--preconfig`: QMP configures and builds the machine.
     pub delay_init: bool,
@@ -138,6 +140,52 @@ impl Default for CliOptions {
 
 pub use machine::split_keyval;
 
+/// `split_keyval` over an OS string: arguments are bytes (a path may be any bytes but NUL),
+/// so they are split at ASCII commas without any UTF-8 decoding; `,,` is a literal comma.
+pub fn split_keyval_os(arg: &OsStr) -> Vec<OsString> {
+    let mut parts = Vec::new();
+    let mut cur = Vec::new();
+    let mut bytes = arg.as_bytes().iter().copied().peekable();
+    while let Some(b) = bytes.next() {
+        if b == b',' {
+            if bytes.peek() == Some(&b',') {
+                bytes.next();
+                cur.push(b',');
+            } else {
+                parts.push(OsString::from_vec(std::mem::take(&mut cur)));
+            }
+        } else {
+            cur.push(b);
+        }
+    }
+    parts.push(OsString::from_vec(cur));
+    parts.retain(|p| !p.is_empty());
+    parts
+}
+
+/// `key=value` items of an OS-string keyval argument: keys are text (lossily decoded; no
+/// key has non-ASCII characters), values stay bytes. A bare item has an empty value.
+pub fn keyval_pairs_os(arg: &OsStr) -> Vec<(String, OsString)> {
+    split_keyval_os(arg)
+        .into_iter()
+        .map(|item| {
+            let bytes = item.as_bytes();
+            match bytes.iter().position(|&b| b == b'=') {
+                Some(eq) => (
+                    String::from_utf8_lossy(&bytes[..eq]).into_owned(),
+                    OsString::from_vec(bytes[eq + 1..].to_vec()),
+                ),
+                None => (String::from_utf8_lossy(bytes).into_owned(), OsString::new()),
+            }
+        })
+        .collect()
+}
+
+/// An argument as text, for options whose values are names or numbers, and for messages.
+pub fn lossy(arg: &OsStr) -> String {
+    arg.to_string_lossy().into_owned()
+}
+
 /// Parse a size as QEMU does for `-m`: a plain number is MiB; suffixes k/M/G/T/P/E (and B).
 pub fn parse_ram_size(text: &str) -> Result<u64, CliError> {
     let bad = || CliError::BadSize(text.to_string());
@@ -206,26 +254,28 @@ fn parse_smp(text: &str) -> Result<u32, CliError> {
     Ok(cpus.unwrap_or(if saw_topology { product } else { 1 }))
 }
 
-fn parse_serial(text: &str) -> Result<SerialSpec, CliError> {
-    let bad = || CliError::BadSerial(text.to_string());
-    match text {
+fn parse_serial(arg: &OsStr) -> Result<SerialSpec, CliError> {
+    let text = lossy(arg);
+    let bad = || CliError::BadSerial(text.clone());
+    match text.as_str() {
         "stdio" | "mon:stdio" => return Ok(SerialSpec::Stdio),
         "null" => return Ok(SerialSpec::Null),
         "none" => return Ok(SerialSpec::None),
         _ => {}
     }
-    if let Some(path) = text.strip_prefix("file:") {
+    let bytes = arg.as_bytes();
+    if let Some(path) = bytes.strip_prefix(b"file:") {
         if path.is_empty() {
             return Err(bad());
         }
-        return Ok(SerialSpec::File(PathBuf::from(path)));
+        return Ok(SerialSpec::File(PathBuf::from(OsStr::from_bytes(path))));
     }
-    if let Some(rest) = text.strip_prefix("unix:") {
-        let items = split_keyval(rest);
+    if let Some(rest) = bytes.strip_prefix(b"unix:") {
+        let items = split_keyval_os(OsStr::from_bytes(rest));
         let path = items.first().filter(|p| !p.is_empty()).ok_or_else(bad)?;
         let mut server = false;
         let mut wait = true;
-        for item in &items[1..] {
+        for item in items[1..].iter().map(|i| lossy(i)) {
             match item.split_once('=').unwrap_or((item.as_str(), "on")) {
                 ("server", v) => server = parse_bool(v).ok_or_else(bad)?,
                 ("wait", v) => wait = parse_bool(v).ok_or_else(bad)?,
@@ -284,39 +334,40 @@ fn takes_argument(name: &str) -> bool {
     )
 }
 
-/// Parse argv (without the program name).
+/// Parse argv (without the program name). Arguments are OS strings, as QEMU takes them:
+/// paths keep their bytes, whatever their encoding.
 pub fn parse<I, S>(args: I) -> Result<CliOptions, CliError>
 where
     I: IntoIterator<Item = S>,
-    S: Into<String>,
+    S: Into<OsString>,
 {
     let mut opts = CliOptions::default();
     let mut args = args.into_iter().map(Into::into);
-    while let Some(arg) = args.next() {
+    while let Some(raw) = args.next() {
+        let arg = lossy(&raw);
         // QEMU accepts both -opt and --opt.
         let name = match arg.strip_prefix("--").or_else(|| arg.strip_prefix('-')) {
             Some(n) if !n.is_empty() => n.to_string(),
             _ => return Err(CliError::InvalidOption(arg)),
         };
-        let value = if takes_argument(&name) {
-            Some(
-                args.next()
-                    .ok_or_else(|| CliError::MissingArgument(format!("-{name}")))?,
-            )
+        let os_value = if takes_argument(&name) {
+            args.next()
+                .ok_or_else(|| CliError::MissingArgument(format!("-{name}")))?
         } else {
-            None
+            OsString::new()
         };
-        let value = value.unwrap_or_default();
+        // Names, numbers and keys are text; only path-carrying options use `os_value`.
+        let value = lossy(&os_value);
         match name.as_str() {
             "h" | "help" => opts.action = Action::Help,
             "version" => opts.action = Action::Version,
             "machine" | "M" => parse_machine(&mut opts, &value)?,
             "m" => opts.ram_size = parse_ram_size(&value)?,
             "smp" => opts.cpus = parse_smp(&value)?,
-            "kernel" => opts.kernel = Some(PathBuf::from(value)),
-            "initrd" => opts.initrd = Some(PathBuf::from(value)),
+            "kernel" => opts.kernel = Some(PathBuf::from(os_value)),
+            "initrd" => opts.initrd = Some(PathBuf::from(os_value)),
             "append" => opts.append = value,
-            "serial" => opts.serial.push(parse_serial(&value)?),
+            "serial" => opts.serial.push(parse_serial(&os_value)?),
             "nographic" => opts.nographic = true,
             "display" => {
                 if split_keyval(&value).first().map(String::as_str) != Some("none") {
@@ -362,13 +413,13 @@ where
                     opts.devices.push(value);
                 }
             }
-            "machine-definition" => opts.machine_definitions.push(PathBuf::from(value)),
-            "qmp" | "qmp-pretty" => opts.qmp.push(value),
-            "chardev" => opts.chardevs.push(value),
-            "drive" => opts.backends.push((BackendOption::Drive, value)),
-            "blockdev" => opts.backends.push((BackendOption::Blockdev, value)),
-            "netdev" => opts.backends.push((BackendOption::Netdev, value)),
-            "object" => opts.backends.push((BackendOption::Object, value)),
+            "machine-definition" => opts.machine_definitions.push(PathBuf::from(os_value)),
+            "qmp" | "qmp-pretty" => opts.qmp.push(os_value),
+            "chardev" => opts.chardevs.push(os_value),
+            "drive" => opts.backends.push((BackendOption::Drive, os_value)),
+            "blockdev" => opts.backends.push((BackendOption::Blockdev, os_value)),
+            "netdev" => opts.backends.push((BackendOption::Netdev, os_value)),
+            "object" => opts.backends.push((BackendOption::Object, os_value)),
             "mon" => opts.monitors.push(value),
             "delay-machine-init" | "preconfig" => opts.delay_init = true,
             "qtest" => opts.qtest = Some(value),

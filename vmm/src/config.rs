@@ -56,6 +56,7 @@ impl MachineConfig {
                 BackendOption::Netdev => backends::parse_netdev(spec)?,
                 BackendOption::Object => backends::parse_object(spec)?,
             };
+            let spec = crate::cli::lossy(spec);
             let context = match option {
                 BackendOption::Drive => format!("-drive {spec}"),
                 BackendOption::Blockdev => format!("-blockdev {spec}"),
@@ -67,7 +68,8 @@ impl MachineConfig {
         // Chardevs serve QMP monitors too; only those that parse as device backends count.
         for spec in &opts.chardevs {
             if let Ok(backend) = backends::parse_chardev(spec) {
-                backends::add(&mut list, backend, &format!("-chardev {spec}"))?;
+                let context = format!("-chardev {}", crate::cli::lossy(spec));
+                backends::add(&mut list, backend, &context)?;
             }
         }
         backends::check_references(&devices, &list)?;

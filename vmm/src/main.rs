@@ -13,7 +13,8 @@ static BUNDLED_GUEST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/machina-
 
 fn main() -> ExitCode {
     let start = Instant::now();
-    match run(std::env::args().skip(1).collect(), start) {
+    // OS strings: a non-UTF-8 argument (a name, a path) is valid, as it is for QEMU.
+    match run(std::env::args_os().skip(1).collect(), start) {
         Ok(code) => ExitCode::from(code),
         Err(message) => {
             eprintln!("machina: {message}");
@@ -48,13 +49,18 @@ fn start_qmp(
 ) -> Result<Option<qmp::Server>, String> {
     let mut endpoints = Vec::new();
     for spec in &opts.qmp {
-        endpoints.push(qmp::QmpEndpoint::parse_qmp(spec).map_err(|e| format!("-qmp {spec}: {e}"))?);
+        endpoints.push(
+            qmp::QmpEndpoint::parse_qmp(spec)
+                .map_err(|e| format!("-qmp {}: {e}", cli::lossy(spec)))?,
+        );
     }
     if !opts.monitors.is_empty() {
         let chardevs = opts
             .chardevs
             .iter()
-            .map(|c| qmp::ChardevSpec::parse(c).map_err(|e| format!("-chardev {c}: {e}")))
+            .map(|c| {
+                qmp::ChardevSpec::parse(c).map_err(|e| format!("-chardev {}: {e}", cli::lossy(c)))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let mons = opts
             .monitors
@@ -114,7 +120,7 @@ fn plan_with_context(
     Err(text(&error, String::new()))
 }
 
-fn run(args: Vec<String>, start: Instant) -> Result<u8, String> {
+fn run(args: Vec<std::ffi::OsString>, start: Instant) -> Result<u8, String> {
     let opts = cli::parse(args).map_err(|e| e.to_string())?;
     let mut catalog = machine::Catalog::builtin().clone();
     for path in &opts.machine_definitions {
