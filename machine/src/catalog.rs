@@ -92,6 +92,10 @@ pub struct Catalog {
     device_index: HashMap<String, usize>,
 }
 
+/// The largest machine definition file `load_file` reads (16 MiB; the built-in catalog is
+/// well under 1 MiB).
+pub const MAX_DEFINITION_FILE: u64 = 16 << 20;
+
 impl Catalog {
     /// The built-in catalog, parsed and resolved once per process.
     pub fn builtin() -> &'static Catalog {
@@ -135,11 +139,33 @@ impl Catalog {
     }
 
     /// Merge a catalog file from disk (`-machine-definition FILE`).
+    ///
+    /// Only a regular file of at most [`MAX_DEFINITION_FILE`] bytes is read (`/dev/zero` or a
+    /// FIFO would otherwise be read without end or block).
     pub fn load_file(&mut self, path: &Path) -> Result<(), CatalogError> {
-        let text = std::fs::read_to_string(path).map_err(|source| CatalogError::Io {
+        use std::io::Read;
+        let io = |source| CatalogError::Io {
             path: path.to_path_buf(),
             source,
-        })?;
+        };
+        let refuse = |why: String| io(std::io::Error::new(std::io::ErrorKind::InvalidInput, why));
+        // The type is checked before opening: opening a FIFO would block.
+        if !std::fs::metadata(path).map_err(io)?.is_file() {
+            return Err(refuse("not a regular file".into()));
+        }
+        let file = std::fs::File::open(path).map_err(io)?;
+        if !file.metadata().map_err(io)?.is_file() {
+            return Err(refuse("not a regular file".into()));
+        }
+        let mut text = String::new();
+        file.take(MAX_DEFINITION_FILE + 1)
+            .read_to_string(&mut text)
+            .map_err(io)?;
+        if text.len() as u64 > MAX_DEFINITION_FILE {
+            return Err(refuse(format!(
+                "larger than the limit of {MAX_DEFINITION_FILE} bytes (16 MiB)"
+            )));
+        }
         self.merge_json(&text)
     }
 

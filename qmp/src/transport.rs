@@ -151,19 +151,73 @@ fn is_socket(path: &Path) -> bool {
     fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket())
 }
 
-/// Binds a unix socket, replacing a stale file, readable by the owner only.
-pub(crate) fn bind_unix(path: &Path) -> Result<Listener, ServerError> {
-    let err = |source| ServerError::Bind {
-        addr: path.display().to_string(),
-        source,
-    };
+/// Binds a listening unix socket at `path` whose file is 0600 from the moment it exists,
+/// replacing a stale file (not a directory) as QEMU does. The mode is set on the socket with
+/// fchmod before bind (Linux creates the file with the socket's mode less the umask), so
+/// there is no window in which another user could connect, and no process-wide umask change
+/// that would race with other threads creating files.
+pub fn bind_unix_private(path: &Path) -> io::Result<UnixListener> {
+    use std::os::fd::{AsRawFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt;
     if let Ok(meta) = fs::symlink_metadata(path) {
         if !meta.is_dir() {
-            fs::remove_file(path).map_err(err)?;
+            fs::remove_file(path)?;
         }
     }
-    let l = UnixListener::bind(path).map_err(err)?;
-    fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(err)?;
+    // SAFETY: socket() takes no pointers; the result is checked.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a new descriptor that nothing else owns.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: fchmod on a descriptor we own; no memory is passed.
+    if unsafe { libc::fchmod(socket.as_raw_fd(), 0o600) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: an all-zero sockaddr_un is valid.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let bytes = path.as_os_str().as_bytes();
+    if bytes.is_empty() || bytes.len() >= addr.sun_path.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "path must be shorter than SUN_LEN",
+        ));
+    }
+    for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
+        *dst = *src as libc::c_char;
+    }
+    let len = std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1;
+    // SAFETY: `addr` is a sockaddr_un whose first `len` bytes hold the family and the
+    // NUL-terminated path; it outlives the call.
+    let r = unsafe {
+        libc::bind(
+            socket.as_raw_fd(),
+            &addr as *const libc::sockaddr_un as *const libc::sockaddr,
+            len as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // A kernel that ignored the socket's mode: tighten at once rather than leave it open.
+    if fs::symlink_metadata(path)?.permissions().mode() & 0o177 != 0 {
+        fs::set_permissions(path, fs::Permissions::from_mode(0o600))?;
+    }
+    // SAFETY: listen() on a bound socket we own; no memory is passed.
+    if unsafe { libc::listen(socket.as_raw_fd(), 128) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(UnixListener::from(socket))
+}
+
+/// Binds a unix socket, replacing a stale file, readable by the owner only.
+pub(crate) fn bind_unix(path: &Path) -> Result<Listener, ServerError> {
+    let l = bind_unix_private(path).map_err(|source| ServerError::Bind {
+        addr: path.display().to_string(),
+        source,
+    })?;
     Ok(Listener::Unix(l, Some(path.to_path_buf())))
 }
 

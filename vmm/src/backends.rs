@@ -1,12 +1,22 @@
 //! Device backends: `-drive`/`-blockdev` (raw files), `-netdev tap`, `-chardev`,
 //! `-object rng-random`, from the command line or their QMP `*-add` commands. They are checked
 //! when given (files open, ids unique) and when devices refer to them, with QEMU's texts.
+//!
+//! Nothing here may block the thread that asks (the QMP monitor under `-delay-machine-init`):
+//! every file a user names is opened with O_NONBLOCK (a FIFO would block `open` itself) and
+//! its type checked from the open descriptor. A drive's image is opened and locked when a
+//! device takes it (QEMU's `file` driver lock bytes, so QEMU and machina see each other), and
+//! the locked descriptor is kept for the life of the process.
 
 use crate::cli::{keyval_pairs_os, lossy};
 use machine::DeviceRequest;
 use serde_json::Value;
 use std::ffi::{OsStr, OsString};
-use std::path::PathBuf;
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// How the host page cache is used (QEMU's `cache=` modes reduced to what matters here).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +43,26 @@ pub enum CharBackend {
     UnixClient(PathBuf),
 }
 
+/// A descriptor opened for a backend and shared by every incarnation of the machine (resets
+/// reuse it through `dup`); for an image it holds the lock bytes until the process ends.
+#[derive(Debug, Clone)]
+pub struct Handle(Arc<File>);
+
+impl Handle {
+    /// A new descriptor on the same open file (and so the same locks and flags).
+    pub fn dup(&self) -> std::io::Result<File> {
+        self.0.try_clone()
+    }
+}
+
+impl PartialEq for Handle {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for Handle {}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Backend {
     /// A raw image file (`-drive if=none,format=raw` or `-blockdev driver=file|raw`).
@@ -41,11 +71,17 @@ pub enum Backend {
         file: PathBuf,
         read_only: bool,
         cache: CacheMode,
+        /// `file.locking` (`-drive`) / `locking` (`-blockdev driver=file`): on unless `off`.
+        locking: bool,
+        /// The image as opened and locked for the device that took the drive (`attach`).
+        attached: Option<Handle>,
     },
     /// `-netdev tap,id=,ifname=` (machina opens /dev/net/tun itself; no scripts).
     Tap {
         id: String,
         ifname: Option<String>,
+        /// The tap, opened when the netdev is added (as QEMU does), kept for the process.
+        handle: Option<Handle>,
     },
     Chardev {
         id: String,
@@ -79,19 +115,57 @@ impl Backend {
     }
 }
 
-/// An error naming the option as given (`-drive file=x,...: Could not open 'x': ...`).
+/// An error naming the option as given (`-drive file=x,...: Could not open 'x': ...`), with
+/// QEMU's hint on a line of its own where QEMU gives one.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{context}: {message}")]
+#[error("{context}: {message}{}", hint.as_ref().map(|h| format!("\n{h}")).unwrap_or_default())]
 pub struct BackendError {
     pub context: String,
     pub message: String,
+    pub hint: Option<String>,
 }
 
 fn err(context: &str, message: impl Into<String>) -> BackendError {
     BackendError {
         context: context.to_string(),
         message: message.into(),
+        hint: None,
     }
+}
+
+/// QEMU's wording of an errno (`Could not open 'x': No such file or directory`).
+fn reason(e: &std::io::Error) -> String {
+    match e.raw_os_error() {
+        // SAFETY: strerror returns a pointer to a static (or thread-local) NUL-terminated
+        // string, read at once and copied.
+        Some(code) => unsafe { std::ffi::CStr::from_ptr(libc::strerror(code)) }
+            .to_string_lossy()
+            .into_owned(),
+        None => e.to_string(),
+    }
+}
+
+/// Open `path` without ever blocking in `open` (a FIFO with no peer would), keeping
+/// O_NONBLOCK on the descriptor only if `keep_nonblock`.
+pub fn open_nonblocking(
+    path: &Path,
+    options: &mut OpenOptions,
+    extra_flags: i32,
+    keep_nonblock: bool,
+) -> std::io::Result<File> {
+    let file = options
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC | extra_flags)
+        .open(path)?;
+    if !keep_nonblock {
+        let fd = file.as_raw_fd();
+        // SAFETY: F_GETFL/F_SETFL on a descriptor we own; no memory is passed.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+        // SAFETY: as above.
+        if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(file)
 }
 
 fn bool_value(v: &str) -> Option<bool> {
@@ -118,23 +192,247 @@ fn raw_value(spec: &OsStr, key: &str) -> Option<OsString> {
         .find_map(|(k, v)| (k == key).then_some(v))
 }
 
-/// Check that a backing file can be opened as asked, with QEMU's text when not.
-fn check_file(context: &str, path: &PathBuf, read_only: bool) -> Result<(), BackendError> {
-    let result = std::fs::OpenOptions::new()
-        .read(true)
-        .write(!read_only)
-        .open(path);
-    result.map(|_| ()).map_err(|e| {
-        let reason = match e.kind() {
-            std::io::ErrorKind::NotFound => "No such file or directory".to_string(),
-            std::io::ErrorKind::PermissionDenied => "Permission denied".to_string(),
-            _ => e.to_string(),
-        };
+/// Which kinds of file a block driver takes (QEMU's `file` and `host_device` drivers; `-drive`
+/// picks whichever fits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FileKind {
+    Regular,
+    Device,
+    Any,
+}
+
+/// Check that a backing file can be opened as asked and is of a kind the driver takes, with
+/// QEMU's text when not.
+fn check_file(
+    context: &str,
+    path: &Path,
+    read_only: bool,
+    kind: FileKind,
+) -> Result<(), BackendError> {
+    let file = open_nonblocking(
+        path,
+        OpenOptions::new().read(true).write(!read_only),
+        0,
+        true,
+    )
+    .map_err(|e| {
         err(
             context,
-            format!("Could not open '{}': {reason}", path.display()),
+            format!("Could not open '{}': {}", path.display(), reason(&e)),
         )
-    })
+    })?;
+    let ty = file
+        .metadata()
+        .map_err(|e| {
+            err(
+                context,
+                format!("Could not open '{}': {}", path.display(), reason(&e)),
+            )
+        })?
+        .file_type();
+    let device = ty.is_block_device() || ty.is_char_device();
+    match kind {
+        FileKind::Regular | FileKind::Any if ty.is_file() => Ok(()),
+        FileKind::Device | FileKind::Any if device => Ok(()),
+        FileKind::Device => Err(err(
+            context,
+            format!(
+                "'host_device' driver requires '{}' to be either a character or block device",
+                path.display()
+            ),
+        )),
+        _ => Err(err(
+            context,
+            format!(
+                "'file' driver requires '{}' to be a regular file",
+                path.display()
+            ),
+        )),
+    }
+}
+
+/// QEMU's `file.locking`/`locking` values.
+fn locking_value(context: &str, key: &str, v: &str) -> Result<bool, BackendError> {
+    match v {
+        "on" | "auto" => Ok(true),
+        "off" => Ok(false),
+        _ if key == "locking" => Err(err(
+            context,
+            format!("Parameter 'locking' does not accept value '{v}'"),
+        )),
+        _ => Err(err(context, format!("invalid parameter value: {v}"))),
+    }
+}
+
+/// QEMU's `aio=` check (file-posix): native AIO needs O_DIRECT.
+fn check_aio(context: &str, aio: Option<&str>, direct: bool) -> Result<(), BackendError> {
+    match aio {
+        None | Some("threads") | Some("io_uring") => Ok(()),
+        Some("native") if direct => Ok(()),
+        Some("native") => Err(err(
+            context,
+            "aio=native was specified, but it requires cache.direct=on, which was not specified.",
+        )),
+        Some(_) => Err(err(context, "invalid aio option")),
+    }
+}
+
+// QEMU's image locking (block/file-posix.c): one byte per permission at 100 + bit, held
+// (shared) by whoever uses that permission, and one at 200 + bit, held by whoever does not
+// share it. A user checks that nobody else holds the byte that would contradict it.
+const LOCK_PERM_BASE: i64 = 100;
+const LOCK_SHARED_BASE: i64 = 200;
+const PERM_CONSISTENT_READ: u32 = 1 << 0;
+const PERM_WRITE: u32 = 1 << 1;
+const PERM_WRITE_UNCHANGED: u32 = 1 << 2;
+const PERM_RESIZE: u32 = 1 << 3;
+const PERM_NAMES: [&str; 4] = ["consistent read", "write", "write unchanged", "resize"];
+const PERM_ALL: u32 = 0xf;
+
+fn ofd_lock(file: &File, offset: i64, kind: libc::c_int, cmd: libc::c_int) -> std::io::Result<i32> {
+    // SAFETY: an all-zero `flock` is valid (OFD locks require l_pid == 0).
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = kind as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_start = offset;
+    fl.l_len = 1;
+    // SAFETY: F_OFD_SETLK/F_OFD_GETLK read (and GETLK writes) the `flock` we pass, which
+    // lives for the call; the descriptor is ours.
+    if unsafe { libc::fcntl(file.as_raw_fd(), cmd, &mut fl as *mut libc::flock) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(i32::from(fl.l_type))
+}
+
+/// Take QEMU's lock bytes on `file` for a device using `perm` and sharing `shared`, then
+/// check that no other open file (this process's or another's) contradicts them.
+fn lock_image(file: &File, path: &Path, perm: u32, shared: u32) -> Result<(), (String, String)> {
+    let hint = format!("Is another process using the image [{}]?", path.display());
+    let failed = |offset: i64, e: std::io::Error| {
+        (
+            format!("Failed to lock byte {offset}: {}", reason(&e)),
+            hint.clone(),
+        )
+    };
+    for bit in 0..PERM_NAMES.len() {
+        let p = 1u32 << bit;
+        for (wanted, base) in [
+            (perm & p != 0, LOCK_PERM_BASE),
+            (shared & p == 0, LOCK_SHARED_BASE),
+        ] {
+            if wanted {
+                let offset = base + bit as i64;
+                ofd_lock(file, offset, libc::F_RDLCK, libc::F_OFD_SETLK)
+                    .map_err(|e| failed(offset, e))?;
+            }
+        }
+    }
+    // A test with a write lock reports any lock another open file holds on the byte.
+    let held = |offset: i64| {
+        ofd_lock(file, offset, libc::F_WRLCK, libc::F_OFD_GETLK)
+            .map(|t| t != libc::F_UNLCK)
+            .map_err(|e| failed(offset, e))
+    };
+    for (bit, name) in PERM_NAMES.iter().enumerate() {
+        let p = 1u32 << bit;
+        if perm & p != 0 && held(LOCK_SHARED_BASE + bit as i64)? {
+            return Err((format!("Failed to get \"{name}\" lock"), hint));
+        }
+    }
+    for (bit, name) in PERM_NAMES.iter().enumerate() {
+        let p = 1u32 << bit;
+        if shared & p == 0 && held(LOCK_PERM_BASE + bit as i64)? {
+            return Err((format!("Failed to get shared \"{name}\" lock"), hint));
+        }
+    }
+    Ok(())
+}
+
+/// Open (and unless `locking=off`, lock) the image of drive `backend` for a device, as QEMU
+/// does when the device takes the drive: a drive serves one device.
+fn attach_drive(backend: &mut Backend, context: &str) -> Result<(), BackendError> {
+    let Backend::Drive {
+        id,
+        file: path,
+        read_only,
+        cache,
+        locking,
+        attached,
+    } = backend
+    else {
+        return Ok(());
+    };
+    if attached.is_some() {
+        return Err(err(
+            context,
+            format!("Drive '{id}' is already in use by another device"),
+        ));
+    }
+    let direct = if *cache == CacheMode::Direct {
+        libc::O_DIRECT
+    } else {
+        0
+    };
+    let file = open_nonblocking(
+        path,
+        OpenOptions::new().read(true).write(!*read_only),
+        direct,
+        false,
+    )
+    .map_err(|e| {
+        err(
+            context,
+            format!("Could not open '{}': {}", path.display(), reason(&e)),
+        )
+    })?;
+    if *locking {
+        // A device reads consistently and, unless read-only, writes; it lets others read,
+        // write unchanged data and resize, never write (QEMU's defaults without share-rw).
+        let perm = PERM_CONSISTENT_READ | if *read_only { 0 } else { PERM_WRITE };
+        let shared = PERM_CONSISTENT_READ | PERM_WRITE_UNCHANGED | PERM_RESIZE;
+        lock_image(&file, path, perm, shared & PERM_ALL).map_err(|(message, hint)| {
+            BackendError {
+                context: context.to_string(),
+                message,
+                hint: Some(hint),
+            }
+        })?;
+    }
+    *attached = Some(Handle(Arc::new(file)));
+    Ok(())
+}
+
+/// Give each drive to the device that names it (`contexts[i]` names `devices[i]` in errors):
+/// opens and locks its image; a second device on the same drive is refused.
+pub fn attach_drives(
+    devices: &[DeviceRequest],
+    contexts: &[String],
+    backends: &mut [Backend],
+) -> Result<(), BackendError> {
+    for (i, dev) in devices.iter().enumerate() {
+        let context = contexts
+            .get(i)
+            .cloned()
+            .unwrap_or_else(|| format!("-device {}", dev.driver));
+        for (prop, value) in &dev.properties {
+            if prop != "drive" {
+                continue;
+            }
+            if let Some(b) = backends
+                .iter_mut()
+                .find(|b| matches!(b, Backend::Drive { id, .. } if id == value))
+            {
+                attach_drive(b, &context)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Open an entropy source without blocking (QEMU's rng-random opens O_RDONLY|O_NONBLOCK,
+/// so a FIFO or any readable file is taken; reads that would block give no bytes).
+pub fn open_rng(path: &Path) -> std::io::Result<File> {
+    open_nonblocking(path, OpenOptions::new().read(true), 0, true)
 }
 
 fn cache_mode(context: &str, v: &str) -> Result<CacheMode, BackendError> {
@@ -147,7 +445,8 @@ fn cache_mode(context: &str, v: &str) -> Result<CacheMode, BackendError> {
     })
 }
 
-/// `-drive file=PATH,if=none,id=ID,format=raw[,readonly=on][,cache=MODE]`.
+/// `-drive file=PATH,if=none,id=ID,format=raw[,readonly=on][,cache=MODE][,aio=A]
+/// [,file.locking=on|off|auto]`.
 pub fn parse_drive(spec: impl AsRef<OsStr>) -> Result<Backend, BackendError> {
     let spec = spec.as_ref();
     let context = format!("-drive {}", lossy(spec));
@@ -155,6 +454,9 @@ pub fn parse_drive(spec: impl AsRef<OsStr>) -> Result<Backend, BackendError> {
     let mut id = None;
     let mut read_only = false;
     let mut cache = CacheMode::WriteBack;
+    let mut direct = None;
+    let mut aio = None;
+    let mut locking = true;
     for (k, v) in keyval(spec) {
         match k.as_str() {
             "file" => file = raw_value(spec, "file").map(PathBuf::from),
@@ -173,13 +475,33 @@ pub fn parse_drive(spec: impl AsRef<OsStr>) -> Result<Backend, BackendError> {
                     .ok_or_else(|| err(&context, "Parameter 'readonly' expects 'on' or 'off'"))?
             }
             "cache" => cache = cache_mode(&context, &v)?,
+            "cache.direct" => {
+                direct = Some(bool_value(&v).ok_or_else(|| {
+                    err(&context, "Parameter 'cache.direct' expects 'on' or 'off'")
+                })?)
+            }
+            "aio" => aio = Some(v),
+            "file.locking" => locking = locking_value(&context, &k, &v)?,
+            "locking" => {
+                return Err(err(
+                    &context,
+                    "Block format 'raw' does not support the option 'locking'",
+                ))
+            }
             "media" if v == "disk" => {}
-            "discard" | "detect-zeroes" | "aio" | "werror" | "rerror" | "node-name" => {}
+            "discard" | "detect-zeroes" | "werror" | "rerror" | "node-name" => {}
             other => {
                 return Err(err(&context, format!("Invalid parameter '{other}'")));
             }
         }
     }
+    // cache.direct overrides the direct part of cache=.
+    match direct {
+        Some(true) if cache != CacheMode::Direct => cache = CacheMode::Direct,
+        Some(false) if cache == CacheMode::Direct => cache = CacheMode::WriteBack,
+        _ => {}
+    }
+    check_aio(&context, aio.as_deref(), cache == CacheMode::Direct)?;
     let id = id.ok_or_else(|| {
         err(
             &context,
@@ -187,12 +509,14 @@ pub fn parse_drive(spec: impl AsRef<OsStr>) -> Result<Backend, BackendError> {
         )
     })?;
     let file = file.ok_or_else(|| err(&context, "Parameter 'file' is missing"))?;
-    check_file(&context, &file, read_only)?;
+    check_file(&context, &file, read_only, FileKind::Any)?;
     Ok(Backend::Drive {
         id,
         file,
         read_only,
         cache,
+        locking,
+        attached: None,
     })
 }
 
@@ -265,26 +589,49 @@ fn blockdev_from_pairs(
         Some(true) => CacheMode::Direct,
         _ => CacheMode::WriteBack,
     };
-    match get("driver").as_deref() {
-        Some("file") | Some("host_device") => {
+    let driver = get("driver");
+    // The file node's own keys, or those of a raw node's inline file.
+    let file_key = |key: &str| match driver.as_deref() {
+        Some("raw") => get(&format!("file.{key}")),
+        _ => get(key),
+    };
+    let locking = match file_key("locking") {
+        Some(v) => locking_value(context, "locking", &v)?,
+        None => true,
+    };
+    check_aio(
+        context,
+        file_key("aio").as_deref(),
+        cache == CacheMode::Direct
+            || file_key("cache.direct").as_deref().and_then(bool_value) == Some(true),
+    )?;
+    match driver.as_deref() {
+        Some(kind @ ("file" | "host_device")) => {
             let file = PathBuf::from(
                 get_raw("filename")
                     .ok_or_else(|| err(context, "Parameter 'filename' is missing"))?,
             );
-            check_file(context, &file, read_only)?;
+            let kind = if kind == "file" {
+                FileKind::Regular
+            } else {
+                FileKind::Device
+            };
+            check_file(context, &file, read_only, kind)?;
             Ok(Backend::Drive {
                 id: node,
                 file,
                 read_only,
                 cache,
+                locking,
+                attached: None,
             })
         }
         Some("raw") => {
             // A raw format node over a file node, or with an inline file.
-            let file = match (get("file"), get_raw("file.filename")) {
-                (_, Some(path)) => PathBuf::from(path),
+            let (file, locking) = match (get("file"), get_raw("file.filename")) {
+                (_, Some(path)) => (PathBuf::from(path), locking),
                 (Some(child), None) => match existing.iter().find(|b| b.id() == child) {
-                    Some(Backend::Drive { file, .. }) => file.clone(),
+                    Some(Backend::Drive { file, locking, .. }) => (file.clone(), *locking),
                     _ => {
                         return Err(err(
                             context,
@@ -294,12 +641,19 @@ fn blockdev_from_pairs(
                 },
                 (None, None) => return Err(err(context, "Parameter 'file' is missing")),
             };
-            check_file(context, &file, read_only)?;
+            let kind = match get("file.driver").as_deref() {
+                Some("host_device") => FileKind::Device,
+                Some("file") => FileKind::Regular,
+                _ => FileKind::Any,
+            };
+            check_file(context, &file, read_only, kind)?;
             Ok(Backend::Drive {
                 id: node,
                 file,
                 read_only,
                 cache,
+                locking,
+                attached: None,
             })
         }
         Some(other) => Err(err(
@@ -350,7 +704,119 @@ pub fn parse_netdev(spec: impl AsRef<OsStr>) -> Result<Backend, BackendError> {
     Ok(Backend::Tap {
         id,
         ifname: get("ifname"),
+        handle: None,
     })
+}
+
+/// Guest output to a listening socket: the connected client gets it; with no client, or one
+/// that does not keep up, output is dropped (as QEMU does) so the device never blocks.
+struct SocketOutput {
+    listener: std::os::unix::net::UnixListener,
+    client: Option<std::os::unix::net::UnixStream>,
+    path: PathBuf,
+    /// (device, inode) of the socket we bound, so that dropping removes only our own file.
+    identity: (u64, u64),
+}
+
+impl std::io::Write for SocketOutput {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.client.is_none() {
+            if let Ok((stream, _)) = self.listener.accept() {
+                if stream.set_nonblocking(true).is_ok() {
+                    self.client = Some(stream);
+                }
+            }
+        }
+        if let Some(client) = &mut self.client {
+            match client.write(buf) {
+                Ok(n) if n > 0 => return Ok(n),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                // Gone (or closed): wait for the next client.
+                _ => self.client = None,
+            }
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for SocketOutput {
+    fn drop(&mut self) {
+        use std::os::unix::fs::MetadataExt;
+        if std::fs::symlink_metadata(&self.path).is_ok_and(|m| (m.dev(), m.ino()) == self.identity)
+        {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Where a device's output to chardev `backend` goes, opened now; QEMU's text when it cannot
+/// be. Nothing here blocks: a server socket is not waited on (`wait=on` is not honoured for
+/// device chardevs), files open with O_NONBLOCK.
+pub fn open_char_output(backend: &CharBackend) -> Result<Box<dyn std::io::Write + Send>, String> {
+    match backend {
+        CharBackend::Null => Ok(Box::new(std::io::sink())),
+        CharBackend::Stdio => Ok(Box::new(std::io::stdout())),
+        CharBackend::File(path) => open_nonblocking(
+            path,
+            OpenOptions::new().write(true).create(true).truncate(true),
+            0,
+            true,
+        )
+        .map(|f| Box::new(f) as Box<dyn std::io::Write + Send>)
+        .map_err(|e| format!("Could not open '{}': {}", path.display(), reason(&e))),
+        CharBackend::UnixServer { path, .. } => {
+            use std::os::unix::fs::MetadataExt;
+            let listen_err = |e: std::io::Error| {
+                format!(
+                    "Failed to bind socket to {}: {}",
+                    path.display(),
+                    plain_text(&e)
+                )
+            };
+            let listener = qmp::bind_unix_private(path).map_err(listen_err)?;
+            listener.set_nonblocking(true).map_err(listen_err)?;
+            let meta = std::fs::symlink_metadata(path).map_err(listen_err)?;
+            Ok(Box::new(SocketOutput {
+                listener,
+                client: None,
+                path: path.clone(),
+                identity: (meta.dev(), meta.ino()),
+            }))
+        }
+        CharBackend::UnixClient(path) => {
+            let stream = std::os::unix::net::UnixStream::connect(path).map_err(|e| {
+                format!(
+                    "Failed to connect to '{}': {}",
+                    path.display(),
+                    plain_text(&e)
+                )
+            })?;
+            stream
+                .set_nonblocking(true)
+                .map_err(|e| format!("Failed to connect to '{}': {e}", path.display()))?;
+            Ok(Box::new(DroppingWriter(stream)))
+        }
+    }
+}
+
+/// A non-blocking stream whose output is dropped when the peer does not keep up or is gone.
+struct DroppingWriter(std::os::unix::net::UnixStream);
+
+impl std::io::Write for DroppingWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self.0.write(buf) {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Ok(buf.len()),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// `-chardev TYPE,id=ID,...` for device backends (file, null, stdio, socket).
@@ -407,7 +873,12 @@ pub fn parse_object(spec: impl AsRef<OsStr>) -> Result<Backend, BackendError> {
             let id = get("id").ok_or_else(|| err(&context, "Parameter 'id' is missing"))?;
             let filename =
                 PathBuf::from(raw_value(spec, "filename").unwrap_or_else(|| "/dev/urandom".into()));
-            check_file(&context, &filename, true)?;
+            open_rng(&filename).map_err(|e| {
+                err(
+                    &context,
+                    format!("Could not open '{}': {}", filename.display(), reason(&e)),
+                )
+            })?;
             Ok(Backend::RngRandom { id, filename })
         }
         Some(other) => Err(err(
@@ -482,8 +953,65 @@ pub fn from_qmp(kind: &str, args: &Value, existing: &[Backend]) -> Result<Backen
     }
 }
 
-/// Add `backend` unless its id is taken (QEMU: "Duplicate ID 'd0' for drive").
-pub fn add(list: &mut Vec<Backend>, backend: Backend, context: &str) -> Result<(), BackendError> {
+/// An io::Error's text without Rust's " (os error N)" tail and the ioctl name our own
+/// helpers prefix, as QEMU prints errno texts.
+fn plain_text(e: &std::io::Error) -> String {
+    if e.raw_os_error().is_some() {
+        return reason(e);
+    }
+    let text = e.to_string();
+    let text = text.split_once(": ").map_or(text.as_str(), |(_, t)| t);
+    match text.rfind(" (os error ") {
+        Some(at) => text[..at].to_string(),
+        None => text.to_string(),
+    }
+}
+
+/// What QEMU does when a backend is created: a tap is opened (and kept: a named tap exists
+/// as long as its descriptor), a chardev's file is created.
+fn open_backend(backend: &mut Backend, context: &str) -> Result<(), BackendError> {
+    match backend {
+        Backend::Tap { ifname, handle, .. } => {
+            let name = ifname.clone().unwrap_or_default();
+            let file = devices::virtio::net::tap::open_tap(&name).map_err(|e| {
+                err(
+                    context,
+                    format!(
+                        "could not configure /dev/net/tun ({name}): {}",
+                        plain_text(&e)
+                    ),
+                )
+            })?;
+            *handle = Some(Handle(Arc::new(file)));
+        }
+        Backend::Chardev {
+            backend: CharBackend::File(path),
+            ..
+        } => {
+            // Created (not truncated: the device truncates when it opens it) so that a path
+            // that cannot be written is refused here, as QEMU does, instead of output being
+            // lost later.
+            open_nonblocking(path, OpenOptions::new().write(true).create(true), 0, true).map_err(
+                |e| {
+                    err(
+                        context,
+                        format!("Could not open '{}': {}", path.display(), reason(&e)),
+                    )
+                },
+            )?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Add `backend` unless its id is taken (QEMU: "Duplicate ID 'd0' for drive"), opening what
+/// QEMU opens when the backend is created.
+pub fn add(
+    list: &mut Vec<Backend>,
+    mut backend: Backend,
+    context: &str,
+) -> Result<(), BackendError> {
     let kind = match &backend {
         Backend::Drive { .. } => "drive",
         Backend::Tap { .. } => "netdev",
@@ -499,6 +1027,7 @@ pub fn add(list: &mut Vec<Backend>, backend: Backend, context: &str) -> Result<(
             format!("Duplicate ID '{}' for {kind}", backend.id()),
         ));
     }
+    open_backend(&mut backend, context)?;
     list.push(backend);
     Ok(())
 }

@@ -73,6 +73,13 @@ impl MachineConfig {
             }
         }
         backends::check_references(&devices, &list)?;
+        // Devices take their drives now (images opened and locked), as QEMU's do at -device.
+        let contexts: Vec<String> = opts
+            .devices
+            .iter()
+            .map(|d| format!("-device {d}"))
+            .collect();
+        backends::attach_drives(&devices, &contexts, &mut list)?;
         Ok(Self {
             machine: opts.machine.clone(),
             options: opts.machine_options.clone(),

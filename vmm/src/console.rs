@@ -61,9 +61,8 @@ impl Console {
                     path: path.display().to_string(),
                     source,
                 };
-                // Like QEMU, replace a stale socket file.
-                let _ = std::fs::remove_file(path);
-                let listener = UnixListener::bind(path).map_err(listen_err)?;
+                // Like QEMU, replace a stale socket file; 0600 from the start.
+                let listener = qmp::bind_unix_private(path).map_err(listen_err)?;
                 // wait=on: block until the first client connects, as QEMU does.
                 let client = if *wait {
                     Some(listener.accept().map_err(listen_err)?.0)

@@ -1,7 +1,7 @@
 //! Creating the plan's virtio-pci functions with their backends (files, taps, entropy,
 //! consoles) and guest memory, and forwarding their INTx lines to the PCI host.
 
-use crate::backends::{Backend, CacheMode, CharBackend};
+use crate::backends::{Backend, CacheMode};
 use crate::memory::GuestMemory;
 use devices::pci::{PciError, SharedFunction, SharedHost};
 use devices::virtio::blk::BlockBackend;
@@ -99,6 +99,7 @@ fn open_drive(f: &PciFunctionPlan, backends: &[Backend]) -> Result<BlockBackend,
         file,
         read_only,
         cache,
+        attached,
         ..
     }) = backends
         .iter()
@@ -107,14 +108,19 @@ fn open_drive(f: &PciFunctionPlan, backends: &[Backend]) -> Result<BlockBackend,
         return Err(device_err(f, format!("drive '{id}' not found")));
     };
     let direct = *cache == CacheMode::Direct;
-    let mut options = OpenOptions::new();
-    options.read(true).write(!read_only);
-    if direct {
-        options.custom_flags(libc::O_DIRECT);
+    // The image as opened and locked when the device took the drive (backends::attach_drives).
+    let handle = match attached {
+        Some(handle) => handle.dup(),
+        None => {
+            let mut options = OpenOptions::new();
+            options.read(true).write(!read_only);
+            if direct {
+                options.custom_flags(libc::O_DIRECT);
+            }
+            options.open(file)
+        }
     }
-    let handle = options
-        .open(file)
-        .map_err(|e| device_err(f, format!("Could not open '{}': {e}", file.display())))?;
+    .map_err(|e| device_err(f, format!("Could not open '{}': {e}", file.display())))?;
     Ok(BlockBackend {
         file: handle,
         read_only: *read_only,
@@ -133,14 +139,22 @@ fn open_net(
     let default_mac = devices::pci::nic::mac_of(plan, f).unwrap_or(virtio::net::DEFAULT_MAC);
     let tap = match prop(f, "netdev") {
         Some(id) => {
-            let ifname = backends.iter().find_map(|b| match b {
-                Backend::Tap { id: t, ifname } if t == id => {
-                    Some(ifname.clone().unwrap_or_default())
-                }
+            let tap = backends.iter().find_map(|b| match b {
+                Backend::Tap {
+                    id: t,
+                    ifname,
+                    handle,
+                } if t == id => Some((ifname.clone().unwrap_or_default(), handle.clone())),
                 _ => None,
             });
-            let ifname = ifname.ok_or_else(|| device_err(f, format!("netdev '{id}' not found")))?;
-            virtio::net::tap::open_tap(&ifname).map_err(|e| {
+            let (ifname, handle) =
+                tap.ok_or_else(|| device_err(f, format!("netdev '{id}' not found")))?;
+            // The tap opened when the netdev was added (backends::add), shared by resets.
+            match handle {
+                Some(handle) => handle.dup(),
+                None => virtio::net::tap::open_tap(&ifname),
+            }
+            .map_err(|e| {
                 device_err(
                     f,
                     format!("could not configure /dev/net/tun ({ifname}): {e}"),
@@ -176,14 +190,18 @@ fn open_rng(
             .ok_or_else(|| device_err(f, format!("Device '{id}' not found")))?,
         None => "/dev/urandom".into(),
     };
-    let file = File::open(&path)
+    let file = crate::backends::open_rng(&path)
         .map_err(|e| device_err(f, format!("Could not open '{}': {e}", path.display())))?;
     Ok(Box::new(file))
 }
 
 /// The console output of controller `f`: the chardev of its lowest-numbered port, as the
 /// plan placed the `virtconsole`/`virtserialport` devices.
-fn open_console(f: &PciFunctionPlan, plan: &Plan, backends: &[Backend]) -> Box<dyn Write + Send> {
+fn open_console(
+    f: &PciFunctionPlan,
+    plan: &Plan,
+    backends: &[Backend],
+) -> Result<Box<dyn Write + Send>, PciError> {
     let chardev = plan
         .virtio_ports
         .iter()
@@ -200,13 +218,10 @@ fn open_console(f: &PciFunctionPlan, plan: &Plan, backends: &[Backend]) -> Box<d
             _ => None,
         })
     });
+    // A chardev that cannot be opened is an error, never silently lost output.
     match backend {
-        Some(CharBackend::Stdio) => Box::new(std::io::stdout()),
-        Some(CharBackend::File(path)) => match File::create(&path) {
-            Ok(file) => Box::new(file),
-            Err(_) => Box::new(std::io::sink()),
-        },
-        _ => Box::new(std::io::sink()),
+        Some(backend) => crate::backends::open_char_output(&backend).map_err(|e| device_err(f, e)),
+        None => Ok(Box::new(std::io::sink())),
     }
 }
 
@@ -223,9 +238,8 @@ pub fn factory<'a>(
         let backend = match mode.device_type {
             1 => open_net(f, plan, backends, set).map(VirtioBackend::Net),
             2 => open_drive(f, backends).map(VirtioBackend::Block),
-            3 => Ok(VirtioBackend::Console(ConsoleBackend {
-                output: open_console(f, plan, backends),
-            })),
+            3 => open_console(f, plan, backends)
+                .map(|output| VirtioBackend::Console(ConsoleBackend { output })),
             4 => open_rng(f, backends).map(VirtioBackend::Rng),
             // Types we have no backend for keep the generic model (identity only).
             _ => return None,

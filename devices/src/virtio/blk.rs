@@ -155,7 +155,9 @@ fn transfer(
 
 impl Block {
     pub fn new(backend: BlockBackend, opts: BlockOptions) -> std::io::Result<Self> {
-        let len = backend.file.metadata()?.len();
+        // Seeking to the end sizes regular files and block devices alike (a block device's
+        // inode length is 0); I/O is positional, so the file offset does not matter.
+        let len = std::io::Seek::seek(&mut &backend.file, std::io::SeekFrom::End(0))?;
         let capacity = len / SECTOR;
         let mut features = F_SEG_MAX | F_GEOMETRY | F_BLK_SIZE | F_TOPOLOGY;
         if backend.writeback {

@@ -39,13 +39,20 @@ pub enum BootError {
     },
     #[error("kernel '{0}' does not support the 64-bit boot protocol (needs boot protocol 2.12 and XLF_KERNEL_64)")]
     No64BitEntry(String),
+    /// QEMU's `could not load kernel` (a directory, a FIFO, a device: nothing with a size).
+    #[error("could not load kernel '{path}': {reason}")]
+    KernelNotFile { path: String, reason: String },
     #[error("could not open initrd '{path}': {source}")]
     OpenInitrd {
         path: String,
         #[source]
         source: std::io::Error,
     },
-    #[error("initrd '{path}' ({size} bytes) does not fit in guest RAM below {limit:#x} above the kernel")]
+    /// QEMU's `error reading initrd`.
+    #[error("error reading initrd {path}: {reason}")]
+    ReadInitrd { path: String, reason: String },
+    /// QEMU's `initrd is too large`; the limit is what fits in guest RAM above the kernel.
+    #[error("initrd is too large, cannot support (max: {limit}, need {size}): '{path}' does not fit in guest RAM above the kernel")]
     InitrdTooLarge { path: String, size: u64, limit: u64 },
     #[error("kernel command line is {len} bytes, the limit is {max}")]
     CmdlineTooLong { len: usize, max: usize },
@@ -158,6 +165,27 @@ where
     }
 }
 
+enum OpenError {
+    Io(std::io::Error),
+    NotFile(String),
+}
+
+/// Open a kernel or initrd: never blocking in `open` (a FIFO would, and the build may run on
+/// behalf of a QMP command), and only a regular file, whose size bounds what is read.
+fn open_regular(path: &std::path::Path) -> std::result::Result<std::fs::File, OpenError> {
+    let file =
+        crate::backends::open_nonblocking(path, std::fs::OpenOptions::new().read(true), 0, false)
+            .map_err(OpenError::Io)?;
+    let meta = file.metadata().map_err(OpenError::Io)?;
+    if meta.is_dir() {
+        return Err(OpenError::NotFile("Is a directory".into()));
+    }
+    if !meta.is_file() {
+        return Err(OpenError::NotFile("not a regular file".into()));
+    }
+    Ok(file)
+}
+
 /// e820 entries (address, size, type) from the plan: RAM is type 1, reserved areas type 2.
 pub fn e820_entries(map: &MemoryMap) -> Vec<(u64, u64, u32)> {
     map.regions
@@ -201,9 +229,15 @@ pub fn load(mem: &GuestMemory, map: &MemoryMap, spec: &BootSpec) -> Result<Entry
     let name = spec.kernel.name();
     let loaded = match &spec.kernel {
         KernelImage::File(path) => {
-            let mut file = std::fs::File::open(path).map_err(|source| BootError::OpenKernel {
-                path: name.clone(),
-                source,
+            let mut file = open_regular(path).map_err(|e| match e {
+                OpenError::Io(source) => BootError::OpenKernel {
+                    path: name.clone(),
+                    source,
+                },
+                OpenError::NotFile(reason) => BootError::KernelNotFile {
+                    path: name.clone(),
+                    reason,
+                },
             })?;
             load_image(mem, &mut file, &name)?
         }
@@ -214,23 +248,46 @@ pub fn load(mem: &GuestMemory, map: &MemoryMap, spec: &BootSpec) -> Result<Entry
         None => None,
         Some(path) => {
             let path_name = path.display().to_string();
-            let data = std::fs::read(path).map_err(|source| BootError::OpenInitrd {
-                path: path_name.clone(),
-                source,
+            let mut file = open_regular(path).map_err(|e| match e {
+                OpenError::Io(source) => BootError::OpenInitrd {
+                    path: path_name.clone(),
+                    source,
+                },
+                OpenError::NotFile(reason) => BootError::ReadInitrd {
+                    path: path_name.clone(),
+                    reason,
+                },
             })?;
+            let read_err = |e: std::io::Error| BootError::ReadInitrd {
+                path: path_name.clone(),
+                reason: e.to_string(),
+            };
+            let size = file.metadata().map_err(read_err)?.len();
             let limit = match &loaded.setup_header {
                 Some(h) if h.version >= 0x0203 => u64::from(h.initrd_addr_max) + 1,
                 Some(_) => 0x3800_0000,
                 None => map.ram_below_4g,
             }
             .min(map.ram_below_4g);
-            let addr = initrd_address(data.len() as u64, loaded.kernel_end, limit).ok_or(
+            // Checked before reading: the read is bounded by what fits in guest RAM.
+            let addr = initrd_address(size, loaded.kernel_end, limit).ok_or(
                 BootError::InitrdTooLarge {
-                    path: path_name,
-                    size: data.len() as u64,
-                    limit,
+                    path: path_name.clone(),
+                    size,
+                    limit: limit.saturating_sub(loaded.kernel_end.next_multiple_of(0x1000)),
                 },
             )?;
+            let mut data = Vec::with_capacity(size as usize);
+            (&mut file)
+                .take(size)
+                .read_to_end(&mut data)
+                .map_err(read_err)?;
+            if data.len() as u64 != size {
+                return Err(BootError::ReadInitrd {
+                    path: path_name,
+                    reason: "the file changed size while being read".into(),
+                });
+            }
             mem.write_slice(&data, GuestAddress(addr))
                 .map_err(|_| BootError::GuestWrite {
                     what: "initrd",

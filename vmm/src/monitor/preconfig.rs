@@ -143,11 +143,14 @@ pub(super) fn register(reg: &mut Registry, control: &Arc<Controller>) -> Result<
             backends::check_references(&request, &state.config.backends)
                 .map_err(|e| QmpError::generic(e.message))?;
             let mut config = state.config.clone();
-            config.devices.extend(request);
+            config.devices.extend(request.clone());
             state
                 .catalog
                 .plan(&config.plan_request())
                 .map_err(|e| QmpError::generic(e.to_string()))?;
+            // The device takes its drive (image opened and locked) only once it is accepted.
+            backends::attach_drives(&request, &[], &mut config.backends)
+                .map_err(|e| QmpError::generic(e.message))?;
             state.config = config;
             Ok(Value::Null)
         },
