@@ -1158,4 +1158,44 @@ mod tests {
         );
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    #[test]
+    fn lock_bytes_conflict_between_open_files() {
+        let dir = std::env::temp_dir().join(format!("machina-locks-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let img = dir.join("l.img");
+        std::fs::write(&img, [0u8; 512]).unwrap();
+        let open = || {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&img)
+                .unwrap()
+        };
+        let rw = PERM_CONSISTENT_READ | PERM_WRITE;
+        let shared = PERM_CONSISTENT_READ | PERM_WRITE_UNCHANGED | PERM_RESIZE;
+        let first = open();
+        lock_image(&first, &img, rw, shared).unwrap();
+        // OFD locks belong to the open file, so a second open in this process conflicts.
+        let second = open();
+        let (message, hint) = lock_image(&second, &img, rw, shared).unwrap_err();
+        assert_eq!(message, "Failed to get \"write\" lock");
+        assert_eq!(
+            hint,
+            format!("Is another process using the image [{}]?", img.display())
+        );
+        let reader = open();
+        let (message, _) = lock_image(&reader, &img, PERM_CONSISTENT_READ, shared).unwrap_err();
+        assert_eq!(message, "Failed to get shared \"write\" lock");
+        // Sharing write (share-rw) and not writing coexists with the writer.
+        let sharing = open();
+        lock_image(&sharing, &img, PERM_CONSISTENT_READ, PERM_ALL).unwrap();
+        drop(first);
+        drop(second);
+        drop(reader);
+        drop(sharing);
+        // Once closed, the locks are gone.
+        lock_image(&open(), &img, rw, shared).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
