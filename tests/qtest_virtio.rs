@@ -46,6 +46,18 @@ impl Disks {
         Disks(dir)
     }
 
+    /// Disks of their own for scenario `s`: scenarios run in parallel, and a machina (like
+    /// QEMU) refuses an image another process has open for writing.
+    fn for_scenario(tag: &str, s: &Value) -> Disks {
+        let name: String = s["name"]
+            .as_str()
+            .unwrap_or("?")
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        Disks::new(&format!("{tag}-{name}"))
+    }
+
     fn base(&self) -> String {
         self.0.join("disk").display().to_string()
     }
@@ -62,9 +74,8 @@ fn virtio_reset_state_matches_qemu() {
     if !require_kvm() {
         return;
     }
-    let disks = Disks::new("regs");
     let all = for_all_scenarios(&scenarios(), |s| {
-        reset_state_mismatches(&machina(), s, &disks.base())
+        reset_state_mismatches(&machina(), s, &Disks::for_scenario("regs", s).base())
     });
     let (unexpected, _) = triage(all, &KnownMismatch::load(KNOWN, "config"));
     assert_no_mismatches("virtio reset state", &unexpected);
@@ -293,15 +304,14 @@ fn virtio_placements_follow_qemu_rules() {
     if !require_kvm() {
         return;
     }
-    let disks = Disks::new("rules");
     let scenarios = scenarios();
     let errors: Vec<String> = std::thread::scope(|sc| {
         let handles: Vec<_> = scenarios
             .iter()
             .map(|s| {
-                let base = disks.base();
                 sc.spawn(move || {
-                    let args = substitute(s["args"].as_array().unwrap(), &base);
+                    let disks = Disks::for_scenario("rules", s);
+                    let args = substitute(s["args"].as_array().unwrap(), &disks.base());
                     let mut q = Qtest::start(&machina(), &args);
                     let (_, functions) = q.walk(s["q35"].as_bool().unwrap());
                     check_rules(s["name"].as_str().unwrap(), &functions, "machina")
@@ -326,9 +336,8 @@ fn strict_virtio_conformance() {
     if !require_kvm() {
         return;
     }
-    let disks = Disks::new("strict");
     let all = for_all_scenarios(&scenarios(), |s| {
-        reset_state_mismatches(&machina(), s, &disks.base())
+        reset_state_mismatches(&machina(), s, &Disks::for_scenario("strict", s).base())
     });
     assert_no_mismatches("strict virtio", &all);
 }
