@@ -357,6 +357,23 @@ fn fifos_never_block_the_monitor() {
         "{err}"
     );
     // 5-6: a FIFO as kernel or initrd: machine-build is refused with QEMU's texts.
+    if !require_kvm() {
+        return;
+    }
+    let other = MachinaProcess::start(
+        &machina(),
+        "fifo-initrd",
+        &strings(&["-delay-machine-init", "-nodefaults"]),
+    );
+    let mut qmp2 = other.client();
+    qmp2.ok("x-machine-set", json!({"initrd": fifo_s}));
+    let err = qmp2.error("machine-build", Value::Null);
+    assert!(
+        err.contains(&format!(
+            "error reading initrd {fifo_s}: not a regular file"
+        )),
+        "{err}"
+    );
     qmp.ok("x-machine-set", json!({"kernel": fifo_s}));
     let err = qmp.error("machine-build", Value::Null);
     assert!(
@@ -530,14 +547,14 @@ fn virtconsole_chardevs_are_opened_or_refused() {
         &args,
         "-chardev file,id=c0,path=/nonexistent/dir/log: Could not open '/nonexistent/dir/log': No such file or directory",
     );
-    // 2: a client socket with nobody listening: QEMU's text.
+    // 2: a client socket with nobody listening: QEMU's text, under -chardev.
     let absent = dir.path.join("absent.sock").display().to_string();
     let spec = format!("socket,id=c0,path={absent}");
     let mut args = vec!["-S", "-nodefaults", "-chardev", &spec];
     args.extend(serial);
     fails_with(
         &args,
-        &format!("Failed to connect to '{absent}': No such file or directory"),
+        &format!("-chardev {spec}: Failed to connect to '{absent}': No such file or directory"),
     );
     // 3: a server socket exists, private, and takes a client.
     let path = dir.path.join("console.sock");

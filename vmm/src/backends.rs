@@ -1000,6 +1000,27 @@ fn open_backend(backend: &mut Backend, context: &str) -> Result<(), BackendError
                 },
             )?;
         }
+        Backend::Chardev {
+            backend: CharBackend::UnixClient(path),
+            ..
+        } => {
+            // QEMU connects when the chardev is created; machina connects when a device opens
+            // it, so refuse here what could never connect (no file, or not a socket), without
+            // a connection the listener would see.
+            let refused = match std::fs::metadata(&path) {
+                Err(e) => Some(reason(&e)),
+                Ok(m) if !m.file_type().is_socket() => Some(reason(
+                    &std::io::Error::from_raw_os_error(libc::ECONNREFUSED),
+                )),
+                Ok(_) => None,
+            };
+            if let Some(why) = refused {
+                return Err(err(
+                    context,
+                    format!("Failed to connect to '{}': {why}", path.display()),
+                ));
+            }
+        }
         _ => {}
     }
     Ok(())
@@ -1196,6 +1217,37 @@ mod tests {
         drop(sharing);
         // Once closed, the locks are gone.
         lock_image(&open(), &img, rw, shared).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_server_socket_chardev_gives_output_to_its_client_and_never_blocks() {
+        use std::io::{Read, Write};
+        let dir = std::env::temp_dir().join(format!("machina-sockout-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.sock");
+        let mut out = open_char_output(&CharBackend::UnixServer {
+            path: path.clone(),
+            wait: true,
+        })
+        .unwrap();
+        // No client yet: output is dropped, not queued or blocked on.
+        out.write_all(b"lost\n").unwrap();
+        let mut client = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        out.write_all(b"hello\n").unwrap();
+        let mut buf = [0u8; 6];
+        client.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"hello\n");
+        // A client that never reads: writes keep returning once its buffer is full.
+        let chunk = vec![b'x'; 64 << 10];
+        for _ in 0..64 {
+            out.write_all(&chunk).unwrap();
+        }
+        drop(out);
+        assert!(
+            !path.exists(),
+            "the socket file is removed with the chardev"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
