@@ -615,25 +615,30 @@ fn unix_sockets_are_private_from_creation() {
         qmp_path.display(),
         serial_path.display()
     );
-    let mut child = Command::new("sh")
+    let child = Command::new("sh")
         .args(["-c", &script])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let client = machina_tests::qmp_client::QmpClient::connect(&qmp_path, Duration::from_secs(30));
-    for path in [&qmp_path, &serial_path] {
-        let mode = std::fs::symlink_metadata(path)
-            .unwrap()
-            .permissions()
-            .mode()
-            & 0o777;
-        assert_eq!(mode, 0o600, "{}", path.display());
+    // Killed however the test ends (`sh` execs machina, so this is machina's pid).
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
     }
+    let child = Kill(child);
+    let client = machina_tests::qmp_client::QmpClient::connect(&qmp_path, Duration::from_secs(30));
+    let modes: Vec<u32> = [&qmp_path, &serial_path]
+        .iter()
+        .map(|p| std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o777)
+        .collect();
     drop(client);
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
+    assert_eq!(modes, vec![0o600, 0o600], "QMP and serial socket modes");
     // No window: once a socket's name appeared, its mode was never changed (a chmod after
     // bind shows as IN_ATTRIB on the name).
     let seen = events(&mut watcher);
