@@ -39,6 +39,10 @@ pub struct CliOptions {
     pub qtest: Option<String>,
     /// `-accel qtest` was given.
     pub accel_qtest: bool,
+    /// `-pidfile PATH`: created and locked after daemonizing, removed at exit.
+    pub pidfile: Option<PathBuf>,
+    /// `-daemonize`: the invoking process exits once the monitors listen.
+    pub daemonize: bool,
     pub action: Action,
 }
 
@@ -133,6 +137,8 @@ impl Default for CliOptions {
             delay_init: false,
             qtest: None,
             accel_qtest: false,
+            pidfile: None,
+            daemonize: false,
             action: Action::Run,
         }
     }
@@ -331,6 +337,7 @@ fn takes_argument(name: &str) -> bool {
             | "vga"
             | "nic"
             | "net"
+            | "pidfile"
     )
 }
 
@@ -424,6 +431,8 @@ where
             "delay-machine-init" | "preconfig" => opts.delay_init = true,
             "qtest" => opts.qtest = Some(value),
             "qtest-log" => {}
+            "pidfile" => opts.pidfile = Some(PathBuf::from(os_value)),
+            "daemonize" => opts.daemonize = true,
             _ => return Err(CliError::InvalidOption(arg)),
         }
     }
@@ -488,6 +497,8 @@ usage: machina [options]\n\
 -chardev socket,id=ID,path=PATH,server=on,wait=off  -mon chardev=ID,mode=control   QMP on a chardev\n\
 -delay-machine-init (also --preconfig)  start QMP before the machine exists; build on x-exit-preconfig\n\
 -name NAME                     guest name\n\
+-pidfile FILE                  write the process id to FILE (locked; removed at exit)\n\
+-daemonize                     detach once the monitors listen (the caller exits 0, or 1 on error)\n\
 -accel kvm                     the accelerator (-accel qtest with -qtest: no vCPU runs)\n\
 -qtest unix:PATH[,server=on] | stdio   QEMU's qtest protocol: drive I/O and memory from a test\n\
 -h, --help                     this text\n\

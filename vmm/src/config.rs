@@ -22,6 +22,9 @@ pub struct MachineConfig {
     pub name: Option<String>,
     /// Drives, netdevs, chardevs and objects the devices refer to.
     pub backends: Vec<Backend>,
+    /// `-daemonize`: there is no terminal, so the default console is null (QEMU's default
+    /// `vc` with no display).
+    pub daemonized: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +96,7 @@ impl MachineConfig {
             append: opts.append.clone(),
             name: opts.name.clone(),
             backends: list,
+            daemonized: opts.daemonize,
         })
     }
 
@@ -102,6 +106,7 @@ impl MachineConfig {
         match &self.serial {
             Some(spec) => spec.clone(),
             None if self.nodefaults => SerialSpec::None,
+            None if self.daemonized => SerialSpec::Null,
             None => SerialSpec::Stdio,
         }
     }

@@ -10,6 +10,7 @@ pub mod config;
 pub mod console;
 pub mod control;
 pub mod cpuid;
+pub mod daemon;
 pub mod interrupts;
 pub mod kvm_vm;
 pub mod memory;

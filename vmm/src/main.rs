@@ -120,6 +120,31 @@ fn plan_with_context(
     Err(text(&error, String::new()))
 }
 
+/// `-daemonize` leaves no terminal: refuse what would use stdio, with QEMU's texts.
+fn check_daemonize(opts: &cli::CliOptions) -> Result<(), String> {
+    const STDIO: &str = "cannot use stdio with -daemonize";
+    if opts.nographic && !opts.nodefaults {
+        return Err("-nographic cannot be used with -daemonize".into());
+    }
+    if opts.serial.contains(&cli::SerialSpec::Stdio) {
+        return Err(format!("-serial stdio: {STDIO}"));
+    }
+    for spec in &opts.qmp {
+        if matches!(
+            qmp::QmpEndpoint::parse_qmp(spec),
+            Ok(qmp::QmpEndpoint::Stdio)
+        ) {
+            return Err(format!("-qmp {}: {STDIO}", cli::lossy(spec)));
+        }
+    }
+    for spec in &opts.chardevs {
+        if qmp::ChardevSpec::parse(spec).is_ok_and(|c| c.backend == "stdio") {
+            return Err(format!("-chardev {}: {STDIO}", cli::lossy(spec)));
+        }
+    }
+    Ok(())
+}
+
 fn run(args: Vec<std::ffi::OsString>, start: Instant) -> Result<u8, String> {
     let opts = cli::parse(args).map_err(|e| e.to_string())?;
     let mut catalog = machine::Catalog::builtin().clone();
@@ -131,6 +156,19 @@ fn run(args: Vec<std::ffi::OsString>, start: Instant) -> Result<u8, String> {
     if informational(&opts.action, &catalog)? {
         return Ok(0);
     }
+    if opts.daemonize {
+        check_daemonize(&opts)?;
+    }
+    // As in QEMU, fork before anything else starts (no thread exists yet); from here on an
+    // error is printed by the daemon on the stderr it shares with the waiting parent.
+    let mut daemon = match opts.daemonize {
+        true => Some(vmm::daemon::daemonize().map_err(|e| e.to_string())?),
+        false => None,
+    };
+    let _pidfile = match &opts.pidfile {
+        Some(path) => Some(vmm::daemon::PidFile::create(path).map_err(|e| e.to_string())?),
+        None => None,
+    };
 
     let config = MachineConfig::from_cli(&opts).map_err(|e| e.to_string())?;
     // The command line's machine must plan now, even if QMP builds it later.
@@ -181,6 +219,10 @@ fn run(args: Vec<std::ffi::OsString>, start: Instant) -> Result<u8, String> {
         },
         || {
             server = start_qmp(&opts, &control)?;
+            // The monitors listen: a daemon's parent may now exit 0.
+            if let Some(daemon) = daemon.as_mut() {
+                daemon.ready()?;
+            }
             Ok(())
         },
     );
