@@ -41,6 +41,8 @@ pub enum CharBackend {
     },
     /// A unix socket machina connects to.
     UnixClient(PathBuf),
+    /// A pseudo-terminal (opened at start by config.rs; its path is in the config).
+    Pty,
 }
 
 /// A descriptor opened for a backend and shared by every incarnation of the machine (resets
@@ -168,6 +170,30 @@ pub fn open_nonblocking(
     Ok(file)
 }
 
+/// An image: `open_nonblocking`, or for `/dev/fdset/N` a duplicate of the fd passed with
+/// `-add-fd` whose access mode matches, as `qemu_open` resolves it.
+fn open_image(
+    path: &Path,
+    read_only: bool,
+    extra_flags: i32,
+    keep_nonblock: bool,
+) -> std::io::Result<File> {
+    if crate::fdset::is_fdset(path) {
+        let access = if read_only {
+            libc::O_RDONLY
+        } else {
+            libc::O_RDWR
+        };
+        return crate::fdset::open(path, access | extra_flags, 0);
+    }
+    open_nonblocking(
+        path,
+        OpenOptions::new().read(true).write(!read_only),
+        extra_flags,
+        keep_nonblock,
+    )
+}
+
 fn bool_value(v: &str) -> Option<bool> {
     match v {
         "on" | "yes" | "true" => Some(true),
@@ -209,13 +235,7 @@ fn check_file(
     read_only: bool,
     kind: FileKind,
 ) -> Result<(), BackendError> {
-    let file = open_nonblocking(
-        path,
-        OpenOptions::new().read(true).write(!read_only),
-        0,
-        true,
-    )
-    .map_err(|e| {
+    let file = open_image(path, read_only, 0, true).map_err(|e| {
         err(
             context,
             format!("Could not open '{}': {}", path.display(), reason(&e)),
@@ -373,13 +393,7 @@ fn attach_drive(backend: &mut Backend, context: &str) -> Result<(), BackendError
     } else {
         0
     };
-    let file = open_nonblocking(
-        path,
-        OpenOptions::new().read(true).write(!*read_only),
-        direct,
-        false,
-    )
-    .map_err(|e| {
+    let file = open_image(path, *read_only, direct, false).map_err(|e| {
         err(
             context,
             format!("Could not open '{}': {}", path.display(), reason(&e)),
@@ -760,6 +774,17 @@ pub fn open_char_output(backend: &CharBackend) -> Result<Box<dyn std::io::Write 
     match backend {
         CharBackend::Null => Ok(Box::new(std::io::sink())),
         CharBackend::Stdio => Ok(Box::new(std::io::stdout())),
+        // `/dev/fdset/N`: the fd passed with -add-fd (write access), as qemu_open.
+        CharBackend::File(path) if crate::fdset::is_fdset(path) => crate::fdset::open(
+            path,
+            libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_NONBLOCK,
+            0o666,
+        )
+        .map(|f| Box::new(f) as Box<dyn std::io::Write + Send>)
+        .map_err(|e| format!("Could not open '{}': {}", path.display(), reason(&e))),
+        CharBackend::Pty => {
+            Err("machina connects pty chardevs to serial ports (isa-serial) only".into())
+        }
         CharBackend::File(path) => open_nonblocking(
             path,
             OpenOptions::new().write(true).create(true).truncate(true),
@@ -830,6 +855,7 @@ pub fn parse_chardev(spec: impl AsRef<OsStr>) -> Result<Backend, BackendError> {
     let backend = match kind.as_str() {
         "null" => CharBackend::Null,
         "stdio" => CharBackend::Stdio,
+        "pty" => CharBackend::Pty,
         "file" => CharBackend::File(PathBuf::from(
             raw_value(spec, "path").ok_or_else(|| err(&context, "Parameter 'path' is missing"))?,
         )),

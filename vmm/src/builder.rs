@@ -78,6 +78,8 @@ pub struct BuildInputs<'a> {
     pub boot: Option<BootSpec<'a>>,
     /// Backends the plan's devices refer to.
     pub backends: &'a [crate::backends::Backend],
+    /// Where guest RAM comes from (`-machine memory-backend=`).
+    pub ram: crate::memory::RamBacking,
 }
 
 fn map(
@@ -111,7 +113,7 @@ fn map_io_ranges(bus: &Bus, isa: &IsaDevicePlan, dev: &SharedDevice) -> Result<(
 }
 
 pub fn build(kvm: &Kvm, plan: &Plan, inputs: BuildInputs) -> Result<BuiltMachine> {
-    let vm = KvmVm::new(kvm, &plan.memory)?;
+    let vm = KvmVm::new(kvm, &plan.memory, &inputs.ram)?;
     let io = Arc::new(Bus::new());
     let mmio = Arc::new(Bus::new());
     let mut serial = None;

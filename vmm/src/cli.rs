@@ -13,6 +13,8 @@ pub struct CliOptions {
     pub machine_options: Vec<(String, String)>,
     /// Guest RAM in bytes.
     pub ram_size: u64,
+    /// `-m` was given (otherwise a machine memory backend sets the size, as in QEMU).
+    pub ram_size_given: bool,
     pub cpus: u32,
     pub kernel: Option<PathBuf>,
     pub initrd: Option<PathBuf>,
@@ -43,7 +45,73 @@ pub struct CliOptions {
     pub pidfile: Option<PathBuf>,
     /// `-daemonize`: the invoking process exits once the monitors listen.
     pub daemonize: bool,
+    /// `-name ...,debug-threads=on|off,process=NAME`.
+    pub name_options: NameOptions,
+    /// `-uuid`: the machine's UUID (16 bytes, as given).
+    pub uuid: Option<[u8; 16]>,
+    /// `-overcommit mem-lock=...`.
+    pub mem_lock: MemLock,
+    /// `-rtc` (machina honours base=utc, clock=host, driftfix=none).
+    pub rtc: RtcOptions,
+    /// `-boot` (machina boots the kernel directly; the options are kept, validated).
+    pub boot: BootOptions,
+    /// `-add-fd` arguments, as given.
+    pub add_fds: Vec<String>,
+    /// Ids of `-audiodev` / `-audio` backends (driver `none` only: machina has no sound).
+    pub audiodevs: Vec<String>,
+    /// `-sandbox`, parsed (machina installs no seccomp filter).
+    pub sandbox: Option<SandboxOptions>,
+    /// `-msg timestamp=on,guest-name=on`.
+    pub msg: MsgOptions,
     pub action: Action,
+}
+
+/// `-name` sub-options besides the guest name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NameOptions {
+    pub debug_threads: bool,
+    pub process: Option<String>,
+}
+
+/// `-overcommit mem-lock=`: lock guest and VMM memory (mlockall) or not.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum MemLock {
+    #[default]
+    Off,
+    On,
+    OnFault,
+}
+
+/// `-rtc`: what machina's RTC can honour (it reads the host's UTC clock).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RtcOptions {
+    pub base_utc: bool,
+}
+
+/// `-boot`: kept for monitors; machina boots a kernel directly, without firmware.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BootOptions {
+    pub order: Option<String>,
+    pub once: Option<String>,
+    pub menu: Option<bool>,
+    pub strict: bool,
+    pub splash: Option<String>,
+    pub splash_time: Option<i64>,
+    pub reboot_timeout: Option<i64>,
+}
+
+/// `-sandbox`: parsed and validated only.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SandboxOptions {
+    pub enable: bool,
+    pub settings: Vec<(String, String)>,
+}
+
+/// `-msg`: how error messages are prefixed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MsgOptions {
+    pub timestamp: bool,
+    pub guest_name: bool,
 }
 
 /// What the invocation is for.
@@ -72,6 +140,10 @@ pub enum SerialSpec {
     Stdio,
     Null,
     File(PathBuf),
+    /// `-chardev file,...,append=on`: output appended to the file.
+    AppendFile(PathBuf),
+    /// `-chardev pty`: a pseudo-terminal, opened at start (input and output).
+    Pty(crate::console::PtyHandle),
     /// `unix:PATH,server=on,wait=off`: listen on a socket, attach the first client.
     UnixServer {
         path: PathBuf,
@@ -110,6 +182,342 @@ pub enum CliError {
     BadDisplay(String),
     #[error("-machine: missing machine type before options in '{0}'")]
     MissingMachineType(String),
+    /// `-OPTION VALUE: MESSAGE`, QEMU's usual shape.
+    #[error("-{option} {value}: {message}")]
+    Option {
+        option: String,
+        value: String,
+        message: String,
+    },
+    /// A message QEMU prints without naming the option.
+    #[error("{0}")]
+    Plain(String),
+}
+
+fn option_err(option: &str, value: &str, message: impl Into<String>) -> CliError {
+    CliError::Option {
+        option: option.to_string(),
+        value: value.to_string(),
+        message: message.into(),
+    }
+}
+
+/// `key=value` items of a keyval argument; a bare first item is `first_key=item`.
+fn items(value: &str, first_key: Option<&str>) -> Vec<(String, String)> {
+    split_keyval(value)
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| match item.split_once('=') {
+            Some((k, v)) => (k.to_string(), v.to_string()),
+            None => match first_key {
+                Some(k) if i == 0 => (k.to_string(), item),
+                _ => (item, "on".to_string()),
+            },
+        })
+        .collect()
+}
+
+fn on_off(option: &str, value: &str, key: &str, v: &str) -> Result<bool, CliError> {
+    parse_bool(v).ok_or_else(|| {
+        option_err(
+            option,
+            value,
+            format!("Parameter '{key}' expects 'on' or 'off'"),
+        )
+    })
+}
+
+/// `-name [guest=]NAME[,debug-threads=on|off][,process=NAME]`.
+fn parse_name(opts: &mut CliOptions, value: &str) -> Result<(), CliError> {
+    for (k, v) in items(value, Some("guest")) {
+        match k.as_str() {
+            "guest" => opts.name = Some(v),
+            "debug-threads" => opts.name_options.debug_threads = on_off("name", value, &k, &v)?,
+            "process" => opts.name_options.process = Some(v),
+            other => {
+                return Err(option_err(
+                    "name",
+                    value,
+                    format!("Invalid parameter '{other}'"),
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `-uuid XXXXXXXX-XXXX-XXXX-XXXX-XXXXXXXXXXXX`.
+fn parse_uuid(value: &str) -> Result<[u8; 16], CliError> {
+    let bad = || option_err("uuid", value, "failed to parse UUID string: wrong format");
+    let groups: Vec<&str> = value.split('-').collect();
+    let lengths: Vec<usize> = groups.iter().map(|g| g.len()).collect();
+    if lengths != [8, 4, 4, 4, 12] {
+        return Err(bad());
+    }
+    let hex: String = groups.concat();
+    let mut out = [0u8; 16];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2).ok_or_else(bad)?, 16)
+            .map_err(|_| bad())?;
+    }
+    Ok(out)
+}
+
+/// `-overcommit mem-lock=on|off|on-fault,cpu-pm=on|off`.
+fn parse_overcommit(opts: &mut CliOptions, value: &str) -> Result<(), CliError> {
+    for (k, v) in items(value, None) {
+        match k.as_str() {
+            "mem-lock" => {
+                opts.mem_lock = match v.as_str() {
+                    "on-fault" => MemLock::OnFault,
+                    _ if on_off("overcommit", value, &k, &v)? => MemLock::On,
+                    _ => MemLock::Off,
+                }
+            }
+            "cpu-pm" => {
+                if on_off("overcommit", value, &k, &v)? {
+                    return Err(option_err(
+                        "overcommit",
+                        value,
+                        "machina does not hand idle exits (MWAIT/HLT/PAUSE) to the guest; only cpu-pm=off is supported",
+                    ));
+                }
+            }
+            other => {
+                return Err(option_err(
+                    "overcommit",
+                    value,
+                    format!("Invalid parameter '{other}'"),
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A `-rtc base=` date: `2006-06-17T16:01:21` or `2006-06-17`.
+fn is_rtc_date(v: &str) -> bool {
+    let digits = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_digit());
+    let (date, time) = match v.split_once('T') {
+        Some((d, t)) => (d, Some(t)),
+        None => (v, None),
+    };
+    let d: Vec<&str> = date.split('-').collect();
+    let date_ok = d.len() == 3 && digits(d[0], 4) && digits(d[1], 2) && digits(d[2], 2);
+    let time_ok = time.is_none_or(|t| {
+        let t: Vec<&str> = t.split(':').collect();
+        t.len() == 3 && t.iter().all(|p| digits(p, 2))
+    });
+    date_ok && time_ok
+}
+
+/// `-rtc base=utc|localtime|DATE,clock=host|rt|vm,driftfix=none|slew`: machina's RTC reads
+/// the host's UTC clock, so it honours base=utc, clock=host and driftfix=none.
+fn parse_rtc(opts: &mut CliOptions, value: &str) -> Result<(), CliError> {
+    let unsupported = |what: &str| {
+        option_err(
+            "rtc",
+            value,
+            format!("machina's RTC is the host's UTC clock: {what} is not supported"),
+        )
+    };
+    for (k, v) in items(value, None) {
+        match (k.as_str(), v.as_str()) {
+            ("base", "utc") => opts.rtc.base_utc = true,
+            ("base", "localtime") => return Err(unsupported("base=localtime")),
+            ("base", d) if is_rtc_date(d) => return Err(unsupported("a start date")),
+            ("base", _) => {
+                return Err(CliError::Plain(
+                    "invalid datetime format\nvalid formats: '2006-06-17T16:01:21' or '2006-06-17'"
+                        .into(),
+                ))
+            }
+            ("clock", "host") | ("driftfix", "none") => {}
+            ("clock", "rt" | "vm") => return Err(unsupported(&format!("clock={v}"))),
+            ("driftfix", "slew") => return Err(unsupported("driftfix=slew")),
+            ("clock" | "driftfix", _) => {
+                return Err(CliError::Plain(format!("invalid option value '{v}'")))
+            }
+            (other, _) => {
+                return Err(option_err(
+                    "rtc",
+                    value,
+                    format!("Invalid parameter '{other}'"),
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Boot device letters: `a`-`p`, each once.
+fn check_boot_devices(devices: &str) -> Result<(), CliError> {
+    let mut seen = 0u32;
+    for c in devices.chars() {
+        if !('a'..='p').contains(&c) {
+            return Err(CliError::Plain(format!("Invalid boot device '{c}'")));
+        }
+        let bit = 1 << (c as u32 - 'a' as u32);
+        if seen & bit != 0 {
+            return Err(CliError::Plain(format!(
+                "Boot device '{c}' was given twice"
+            )));
+        }
+        seen |= bit;
+    }
+    Ok(())
+}
+
+/// `-boot [order=]DRIVES,once=DRIVES,menu=on|off,splash=FILE,splash-time=MS,
+/// reboot-timeout=MS,strict=on|off`.
+fn parse_boot(opts: &mut CliOptions, value: &str) -> Result<(), CliError> {
+    let number = |k: &str, v: &str| {
+        v.parse::<i64>()
+            .map_err(|_| CliError::Plain(format!("Parameter 'boot.{k}' expects a number")))
+    };
+    let flag = |k: &str, v: &str| {
+        parse_bool(v)
+            .ok_or_else(|| CliError::Plain(format!("Parameter 'boot.{k}' expects 'on' or 'off'")))
+    };
+    for (k, v) in items(value, Some("order")) {
+        match k.as_str() {
+            "order" => {
+                check_boot_devices(&v)?;
+                opts.boot.order = Some(v);
+            }
+            "once" => {
+                check_boot_devices(&v)?;
+                opts.boot.once = Some(v);
+            }
+            "menu" => opts.boot.menu = Some(flag(&k, &v)?),
+            "strict" => opts.boot.strict = flag(&k, &v)?,
+            "splash" => opts.boot.splash = Some(v),
+            "splash-time" => opts.boot.splash_time = Some(number(&k, &v)?),
+            "reboot-timeout" => opts.boot.reboot_timeout = Some(number(&k, &v)?),
+            other => {
+                return Err(CliError::Plain(format!(
+                    "Parameter 'boot.{other}' is unexpected"
+                )))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `-msg timestamp=on|off,guest-name=on|off`.
+fn parse_msg(opts: &mut CliOptions, value: &str) -> Result<(), CliError> {
+    for (k, v) in items(value, None) {
+        match k.as_str() {
+            "timestamp" => opts.msg.timestamp = on_off("msg", value, &k, &v)?,
+            "guest-name" => opts.msg.guest_name = on_off("msg", value, &k, &v)?,
+            other => {
+                return Err(option_err(
+                    "msg",
+                    value,
+                    format!("Invalid parameter '{other}'"),
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `-sandbox on|off[,obsolete=allow|deny][,elevateprivileges=allow|deny|children]
+/// [,spawn=allow|deny][,resourcecontrol=allow|deny]`: validated and kept.
+fn parse_sandbox(opts: &mut CliOptions, value: &str) -> Result<(), CliError> {
+    let mut sandbox = SandboxOptions::default();
+    for (k, v) in items(value, Some("enable")) {
+        let allowed: &[&str] = match k.as_str() {
+            "enable" => {
+                sandbox.enable = on_off("sandbox", value, "enable", &v)?;
+                continue;
+            }
+            "obsolete" | "spawn" | "resourcecontrol" => &["allow", "deny"],
+            "elevateprivileges" => &["allow", "deny", "children"],
+            other => {
+                return Err(option_err(
+                    "sandbox",
+                    value,
+                    format!("Invalid parameter '{other}'"),
+                ))
+            }
+        };
+        if !allowed.contains(&v.as_str()) {
+            return Err(option_err(
+                "sandbox",
+                value,
+                format!("invalid argument for {k}"),
+            ));
+        }
+        sandbox.settings.push((k, v));
+    }
+    opts.sandbox = Some(sandbox);
+    Ok(())
+}
+
+/// `-audiodev [driver=]none,id=ID[,timer-period=..][,in.*|out.*]` (keyval or JSON), and
+/// `-audio [driver=]none`: machina has no sound device, so only the `none` driver exists.
+fn parse_audiodev(opts: &mut CliOptions, option: &str, value: &str) -> Result<(), CliError> {
+    let pairs: Vec<(String, String)> = if value.trim_start().starts_with('{') {
+        let v: serde_json::Value =
+            serde_json::from_str(value).map_err(|e| option_err(option, value, e.to_string()))?;
+        let obj = v.as_object().ok_or_else(|| {
+            option_err(option, value, "Invalid parameter type, expected 'object'")
+        })?;
+        obj.iter()
+            .map(|(k, v)| {
+                let text = match v {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                (k.clone(), text)
+            })
+            .collect()
+    } else {
+        items(value, Some("driver"))
+    };
+    let mut id = None;
+    let mut driver = None;
+    for (k, v) in &pairs {
+        match k.as_str() {
+            "id" => id = Some(v.clone()),
+            "driver" => driver = Some(v.clone()),
+            "model" if option == "audio" => {
+                return Err(option_err(
+                    option,
+                    value,
+                    "machina has no sound devices: 'model' is not supported",
+                ))
+            }
+            "timer-period" => {}
+            k if k.starts_with("in.") || k.starts_with("out.") => {}
+            other => {
+                return Err(option_err(
+                    option,
+                    value,
+                    format!("Invalid parameter '{other}'"),
+                ))
+            }
+        }
+    }
+    match driver.as_deref() {
+        Some("none") => {}
+        Some(other) => {
+            return Err(option_err(
+                option,
+                value,
+                format!("Parameter 'driver' does not accept value '{other}'"),
+            ))
+        }
+        None => return Err(option_err(option, value, "Parameter 'driver' is missing")),
+    }
+    let id = match (option, id) {
+        (_, Some(id)) => id,
+        ("audio", None) => "audio0".to_string(),
+        (_, None) => return Err(option_err(option, value, "Parameter 'id' is missing")),
+    };
+    opts.audiodevs.push(id);
+    Ok(())
 }
 
 impl Default for CliOptions {
@@ -118,6 +526,7 @@ impl Default for CliOptions {
             machine: None,
             machine_options: Vec::new(),
             ram_size: DEFAULT_RAM_SIZE,
+            ram_size_given: false,
             cpus: 1,
             kernel: None,
             initrd: None,
@@ -139,6 +548,15 @@ impl Default for CliOptions {
             accel_qtest: false,
             pidfile: None,
             daemonize: false,
+            name_options: NameOptions::default(),
+            uuid: None,
+            mem_lock: MemLock::Off,
+            rtc: RtcOptions { base_utc: true },
+            boot: BootOptions::default(),
+            add_fds: Vec::new(),
+            audiodevs: Vec::new(),
+            sandbox: None,
+            msg: MsgOptions::default(),
             action: Action::Run,
         }
     }
@@ -338,6 +756,15 @@ fn takes_argument(name: &str) -> bool {
             | "nic"
             | "net"
             | "pidfile"
+            | "uuid"
+            | "overcommit"
+            | "rtc"
+            | "boot"
+            | "add-fd"
+            | "audiodev"
+            | "audio"
+            | "sandbox"
+            | "msg"
     )
 }
 
@@ -369,7 +796,10 @@ where
             "h" | "help" => opts.action = Action::Help,
             "version" => opts.action = Action::Version,
             "machine" | "M" => parse_machine(&mut opts, &value)?,
-            "m" => opts.ram_size = parse_ram_size(&value)?,
+            "m" => {
+                opts.ram_size = parse_ram_size(&value)?;
+                opts.ram_size_given = true;
+            }
             "smp" => opts.cpus = parse_smp(&value)?,
             "kernel" => opts.kernel = Some(PathBuf::from(os_value)),
             "initrd" => opts.initrd = Some(PathBuf::from(os_value)),
@@ -393,10 +823,15 @@ where
             }
             "no-reboot" => opts.no_reboot = true,
             "S" => opts.start_paused = true,
-            "name" => {
-                let first = split_keyval(&value).into_iter().next().unwrap_or_default();
-                opts.name = Some(first.strip_prefix("guest=").unwrap_or(&first).to_string());
-            }
+            "name" => parse_name(&mut opts, &value)?,
+            "uuid" => opts.uuid = Some(parse_uuid(&value)?),
+            "overcommit" => parse_overcommit(&mut opts, &value)?,
+            "rtc" => parse_rtc(&mut opts, &value)?,
+            "boot" => parse_boot(&mut opts, &value)?,
+            "add-fd" => opts.add_fds.push(value),
+            "audiodev" | "audio" => parse_audiodev(&mut opts, &name, &value)?,
+            "sandbox" => parse_sandbox(&mut opts, &value)?,
+            "msg" => parse_msg(&mut opts, &value)?,
             "accel" | "enable-kvm" => {
                 let accel = split_keyval(&value).into_iter().next().unwrap_or_default();
                 match accel.as_str() {

@@ -2,9 +2,26 @@
 //! `-delay-machine-init` QMP edits it until the machine is built.
 
 use crate::backends::{self, Backend, BackendError};
-use crate::cli::{BackendOption, CliOptions, SerialSpec};
+use crate::cli::{
+    keyval_pairs_os, lossy, BackendOption, BootOptions, CliOptions, NameOptions, RtcOptions,
+    SandboxOptions, SerialSpec,
+};
+use crate::memory::RamBacking;
+use crate::objects::{self, MemoryBackend, ObjectError, ObjectSpec, Secret};
 use machine::{DeviceRequest, PlanError, PlanRequest};
+use std::ffi::OsStr;
 use std::path::PathBuf;
+use std::sync::Arc;
+
+/// What `query-chardev` reports of a chardev: QEMU's label and filename spellings
+/// (`pty:/dev/pts/3`, `file`, `null`, `stdio`, `disconnected:unix:PATH,server=on`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChardevInfo {
+    pub label: String,
+    pub filename: String,
+    /// The backend type (`pty`, `file`, `socket`, ...).
+    pub backend: String,
+}
 
 #[derive(Debug, Clone)]
 pub struct MachineConfig {
@@ -25,6 +42,28 @@ pub struct MachineConfig {
     /// `-daemonize`: there is no terminal, so the default console is null (QEMU's default
     /// `vc` with no display).
     pub daemonized: bool,
+    /// `-uuid`.
+    pub uuid: Option<[u8; 16]>,
+    pub boot: BootOptions,
+    pub rtc: RtcOptions,
+    pub name_options: NameOptions,
+    /// `-object secret` values, read at start.
+    pub secrets: Vec<Arc<Secret>>,
+    /// `-object memory-backend-*`.
+    pub memory_backends: Vec<MemoryBackend>,
+    /// `-machine memory-backend=ID`: the backend guest RAM comes from.
+    pub memory_backend: Option<String>,
+    /// Every `-chardev`, in order, as `query-chardev` reports them.
+    pub chardevs: Vec<ChardevInfo>,
+    /// The console a serial port connected to each chardev gets (chardevs a serial port
+    /// can use: file, pty, null, stdio, listening unix socket).
+    pub chardev_consoles: Vec<(String, SerialSpec)>,
+    /// The console of `-device isa-serial,chardev=ID` (the first such device).
+    pub serial_chardev: Option<SerialSpec>,
+    /// `-audiodev`/`-audio` ids (driver none).
+    pub audiodevs: Vec<String>,
+    /// `-sandbox`, as parsed (no filter is installed).
+    pub sandbox: Option<SandboxOptions>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +76,145 @@ pub enum ConfigError {
     },
     #[error(transparent)]
     Backend(#[from] BackendError),
+    #[error(transparent)]
+    Object(#[from] ObjectError),
+    #[error("-chardev {spec}: {message}")]
+    Chardev { spec: String, message: String },
+    #[error("{0}")]
+    Plain(String),
+}
+
+/// QEMU's chardev backend types that machina does not implement.
+const QEMU_CHARDEVS: &[&str] = &[
+    "udp",
+    "msmouse",
+    "wctablet",
+    "memory",
+    "ringbuf",
+    "pipe",
+    "parallel",
+    "serial",
+    "tty",
+    "braille",
+    "testdev",
+    "spicevmc",
+    "spiceport",
+    "qemu-vdagent",
+    "vc",
+    "dbus",
+    "mux",
+];
+
+/// The unix path a listening socket fd is bound to (for `query-chardev`).
+fn socket_fd_path(fd: i32) -> Option<String> {
+    // SAFETY: sockaddr_un is plain data; getsockname fills at most `len` bytes of it.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+    // SAFETY: a valid pointer/length pair for the sockaddr_un above.
+    let r =
+        unsafe { libc::getsockname(fd, (&mut addr as *mut libc::sockaddr_un).cast(), &mut len) };
+    if r != 0 || i32::from(addr.sun_family) != libc::AF_UNIX {
+        return None;
+    }
+    let bytes: Vec<u8> = addr
+        .sun_path
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect();
+    Some(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// Open (pty) and describe one `-chardev`: its info and, if a serial port can use it, the
+/// console it gives.
+fn chardev_from_cli(spec: &OsStr) -> Result<(ChardevInfo, Option<SerialSpec>), ConfigError> {
+    let text = lossy(spec);
+    let err = |message: String| ConfigError::Chardev {
+        spec: text.clone(),
+        message,
+    };
+    let parsed = qmp::ChardevSpec::parse(spec).map_err(|e| {
+        let m = e.to_string();
+        err(if m.contains("'id' is missing") {
+            "chardev: no id specified".into()
+        } else {
+            m
+        })
+    })?;
+    let pairs = keyval_pairs_os(spec);
+    let raw = |key: &str| {
+        pairs
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+    };
+    let flag =
+        |key: &str| raw(key).map(|v| matches!(lossy(&v).as_str(), "on" | "yes" | "true" | ""));
+    let info = |filename: String| ChardevInfo {
+        label: parsed.id.clone(),
+        filename,
+        backend: parsed.backend.clone(),
+    };
+    Ok(match parsed.backend.as_str() {
+        "pty" => {
+            let pty = crate::console::Pty::open().map_err(|e| err(e.to_string()))?;
+            let path = pty.0.path.display().to_string();
+            // QEMU 7.2 prints this on stdout (qemu_printf).
+            println!("char device redirected to {path} (label {})", parsed.id);
+            (info(format!("pty:{path}")), Some(SerialSpec::Pty(pty)))
+        }
+        "file" => {
+            let path = PathBuf::from(
+                raw("path").ok_or_else(|| err("chardev: file: no filename given".into()))?,
+            );
+            let console = if flag("append").unwrap_or(false) {
+                SerialSpec::AppendFile(path)
+            } else {
+                SerialSpec::File(path)
+            };
+            (info("file".into()), Some(console))
+        }
+        "null" => (info("null".into()), Some(SerialSpec::Null)),
+        "stdio" => (info("stdio".into()), Some(SerialSpec::Stdio)),
+        "socket" => match parsed.endpoint {
+            Some(qmp::QmpEndpoint::Unix { path, server, wait }) => {
+                let shown = format!("unix:{}", path.display());
+                if server {
+                    (
+                        info(format!("disconnected:{shown},server=on")),
+                        Some(SerialSpec::UnixServer { path, wait }),
+                    )
+                } else {
+                    (info(format!("disconnected:{shown}")), None)
+                }
+            }
+            Some(qmp::QmpEndpoint::Fd { fd, server, .. }) => {
+                let name = match socket_fd_path(fd) {
+                    Some(p) if server => format!("disconnected:unix:{p},server=on"),
+                    Some(p) => format!("disconnected:unix:{p}"),
+                    None => "disconnected:socket".into(),
+                };
+                (info(name), None)
+            }
+            Some(qmp::QmpEndpoint::Tcp {
+                host, port, server, ..
+            }) => {
+                let suffix = if server { ",server=on" } else { "" };
+                (
+                    info(format!("disconnected:tcp:{host}:{port}{suffix}")),
+                    None,
+                )
+            }
+            _ => (info("socket".into()), None),
+        },
+        kind if QEMU_CHARDEVS.contains(&kind) => {
+            return Err(err(format!(
+                "chardev backend '{kind}' is not supported by machina"
+            )))
+        }
+        kind => return Err(err(format!("'{kind}' is not a valid char driver name"))),
+    })
 }
 
 impl MachineConfig {
@@ -52,12 +230,41 @@ impl MachineConfig {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let mut list = Vec::new();
+        let mut secrets: Vec<Arc<Secret>> = Vec::new();
+        let mut memory_backends: Vec<MemoryBackend> = Vec::new();
         for (option, spec) in &opts.backends {
             let backend = match option {
                 BackendOption::Drive => backends::parse_drive(spec)?,
                 BackendOption::Blockdev => backends::parse_blockdev(spec, &list)?,
                 BackendOption::Netdev => backends::parse_netdev(spec)?,
-                BackendOption::Object => backends::parse_object(spec)?,
+                BackendOption::Object => {
+                    let object = objects::parse(spec)?;
+                    let id = match &object {
+                        ObjectSpec::Secret(s) => Some(s.id.clone()),
+                        ObjectSpec::MemoryBackend(m) => Some(m.id.clone()),
+                        ObjectSpec::Other(_) => None,
+                    };
+                    let taken = |id: &str| {
+                        secrets.iter().any(|s| s.id == id)
+                            || memory_backends.iter().any(|m| m.id == id)
+                    };
+                    if let Some(id) = id.filter(|id| taken(id)) {
+                        return Err(ConfigError::Plain(format!(
+                            "attempt to add duplicate property '{id}' to object (type 'container')"
+                        )));
+                    }
+                    match object {
+                        ObjectSpec::Secret(s) => {
+                            secrets.push(Arc::new(s));
+                            continue;
+                        }
+                        ObjectSpec::MemoryBackend(m) => {
+                            memory_backends.push(m);
+                            continue;
+                        }
+                        ObjectSpec::Other(text) => backends::parse_object(text)?,
+                    }
+                }
             };
             let spec = crate::cli::lossy(spec);
             let context = match option {
@@ -67,6 +274,15 @@ impl MachineConfig {
                 BackendOption::Object => format!("-object {spec}"),
             };
             backends::add(&mut list, backend, &context)?;
+        }
+        let mut chardevs = Vec::new();
+        let mut chardev_consoles = Vec::new();
+        for spec in &opts.chardevs {
+            let (info, console) = chardev_from_cli(spec)?;
+            if let Some(console) = console {
+                chardev_consoles.push((info.label.clone(), console));
+            }
+            chardevs.push(info);
         }
         // Chardevs serve QMP monitors too; only those that parse as device backends count.
         for spec in &opts.chardevs {
@@ -83,11 +299,50 @@ impl MachineConfig {
             .map(|d| format!("-device {d}"))
             .collect();
         backends::attach_drives(&devices, &contexts, &mut list)?;
+        // `-device isa-serial,chardev=ID`: that chardev is the port's console.
+        let mut serial_chardev = None;
+        if let Some((dev, id)) = devices.iter().find_map(|d| {
+            let id = d.properties.iter().find(|(k, _)| k == "chardev")?;
+            (d.driver == "isa-serial").then_some((d, id.1.clone()))
+        }) {
+            let console = chardev_consoles
+                .iter()
+                .find(|(c, _)| *c == id)
+                .map(|(_, s)| s.clone())
+                .ok_or_else(|| {
+                    ConfigError::Plain(format!(
+                        "-device {}: chardev '{id}': machina connects serial ports to file, pty, null, stdio and listening unix socket chardevs",
+                        dev.driver
+                    ))
+                })?;
+            serial_chardev = Some(console);
+        }
+        // `-machine memory-backend=ID`: QEMU's checks and texts.
+        let memory_backend = opts
+            .machine_options
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "memory-backend")
+            .map(|(_, v)| v.clone());
+        let mut ram_size = opts.ram_size;
+        if let Some(id) = &memory_backend {
+            let backend = memory_backends
+                .iter()
+                .find(|m| m.id == *id)
+                .ok_or_else(|| ConfigError::Plain(format!("Memory backend '{id}' not found")))?;
+            if !opts.ram_size_given {
+                ram_size = backend.size;
+            } else if backend.size != ram_size {
+                return Err(ConfigError::Plain(
+                    "Machine memory size does not match the size of the memory backend".into(),
+                ));
+            }
+        }
         Ok(Self {
             machine: opts.machine.clone(),
             options: opts.machine_options.clone(),
             nodefaults: opts.nodefaults,
-            ram_size: opts.ram_size,
+            ram_size,
             cpus: opts.cpus,
             devices,
             serial: opts.serial.first().cloned(),
@@ -97,6 +352,18 @@ impl MachineConfig {
             name: opts.name.clone(),
             backends: list,
             daemonized: opts.daemonize,
+            uuid: opts.uuid,
+            boot: opts.boot.clone(),
+            rtc: opts.rtc.clone(),
+            name_options: opts.name_options.clone(),
+            secrets,
+            memory_backends,
+            memory_backend,
+            chardevs,
+            chardev_consoles,
+            serial_chardev,
+            audiodevs: opts.audiodevs.clone(),
+            sandbox: opts.sandbox.clone(),
         })
     }
 
@@ -105,9 +372,45 @@ impl MachineConfig {
     pub fn console_spec(&self) -> SerialSpec {
         match &self.serial {
             Some(spec) => spec.clone(),
+            None if self.serial_chardev.is_some() => {
+                self.serial_chardev.clone().unwrap_or(SerialSpec::None)
+            }
             None if self.nodefaults => SerialSpec::None,
             None if self.daemonized => SerialSpec::Null,
             None => SerialSpec::Stdio,
+        }
+    }
+
+    /// The console a serial port connected to chardev `id` gets.
+    pub fn chardev_console(&self, id: &str) -> Option<SerialSpec> {
+        self.chardev_consoles
+            .iter()
+            .find(|(c, _)| c == id)
+            .map(|(_, s)| s.clone())
+    }
+
+    /// A secret's value by id (`-object secret`).
+    pub fn secret(&self, id: &str) -> Option<&[u8]> {
+        self.secrets.iter().find(|s| s.id == id).map(|s| s.data())
+    }
+
+    /// Where guest RAM comes from: the machine's memory backend, if any.
+    pub fn ram_backing(&self) -> RamBacking {
+        let Some(backend) = self
+            .memory_backend
+            .as_ref()
+            .and_then(|id| self.memory_backends.iter().find(|m| m.id == *id))
+        else {
+            return RamBacking::default();
+        };
+        RamBacking {
+            backend: Some(backend.id.clone()),
+            size: backend.size,
+            file: backend.file.clone(),
+            share: backend.share,
+            prealloc: backend.prealloc,
+            merge: backend.merge,
+            dump: backend.dump,
         }
     }
 

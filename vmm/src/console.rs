@@ -3,9 +3,13 @@
 
 use crate::cli::SerialSpec;
 use devices::legacy::serial::SharedWriter;
+use std::fs::File;
 use std::io::Write;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConsoleError {
@@ -21,6 +25,133 @@ pub enum ConsoleError {
         #[source]
         source: std::io::Error,
     },
+    #[error("Could not open '{path}': {reason}")]
+    OpenChardevFile { path: String, reason: String },
+    #[error("cannot set up the pty: {0}")]
+    Pty(String),
+}
+
+/// A pseudo-terminal pair (`-chardev pty`): machina keeps the master for the guest's
+/// console and also holds the slave open, so that the terminal stays in raw mode and
+/// output written while no client is attached never fails with EIO (it is dropped once the
+/// pty's buffer is full, as QEMU drops output for an unconnected pty).
+#[derive(Debug)]
+pub struct Pty {
+    master: OwnedFd,
+    _slave: OwnedFd,
+    pub path: PathBuf,
+}
+
+/// A shared, opened pty: the spec of a serial port that uses it (compared by path).
+#[derive(Debug, Clone)]
+pub struct PtyHandle(pub Arc<Pty>);
+
+impl PartialEq for PtyHandle {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.path == other.0.path
+    }
+}
+impl Eq for PtyHandle {}
+
+fn last_error() -> String {
+    crate::daemon::strerror(&std::io::Error::last_os_error())
+}
+
+impl Pty {
+    /// Open a pty pair in raw mode, as QEMU's `pty` chardev does.
+    pub fn open() -> Result<PtyHandle, ConsoleError> {
+        // SAFETY: posix_openpt returns a new fd (or -1) that is owned below.
+        let master = unsafe { libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) };
+        if master < 0 {
+            return Err(ConsoleError::Pty(last_error()));
+        }
+        // SAFETY: `master` is a fresh fd nothing else owns.
+        let master = unsafe { OwnedFd::from_raw_fd(master) };
+        // SAFETY: grantpt/unlockpt on the pty master just opened.
+        let unlocked = unsafe {
+            libc::grantpt(master.as_raw_fd()) == 0 && libc::unlockpt(master.as_raw_fd()) == 0
+        };
+        if !unlocked {
+            return Err(ConsoleError::Pty(last_error()));
+        }
+        let mut name = [0 as libc::c_char; 128];
+        // SAFETY: ptsname_r writes a NUL-terminated name into the buffer of the given size.
+        if unsafe { libc::ptsname_r(master.as_raw_fd(), name.as_mut_ptr(), name.len()) } != 0 {
+            return Err(ConsoleError::Pty(last_error()));
+        }
+        // SAFETY: ptsname_r succeeded, so `name` is NUL-terminated.
+        let cname = unsafe { std::ffi::CStr::from_ptr(name.as_ptr()) };
+        let path = PathBuf::from(std::ffi::OsStr::from_bytes(cname.to_bytes()));
+        // SAFETY: opens the slave by the name just obtained; owned below.
+        let slave = unsafe {
+            libc::open(
+                cname.as_ptr(),
+                libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+            )
+        };
+        if slave < 0 {
+            return Err(ConsoleError::Pty(last_error()));
+        }
+        // SAFETY: `slave` is a fresh fd nothing else owns.
+        let slave = unsafe { OwnedFd::from_raw_fd(slave) };
+        // SAFETY: termios is plain data; tcgetattr fills it, cfmakeraw edits it.
+        unsafe {
+            let mut tty: libc::termios = std::mem::zeroed();
+            if libc::tcgetattr(slave.as_raw_fd(), &mut tty) == 0 {
+                libc::cfmakeraw(&mut tty);
+                libc::tcsetattr(slave.as_raw_fd(), libc::TCSAFLUSH, &tty);
+            }
+            // The guest's output must never block a vCPU.
+            let flags = libc::fcntl(master.as_raw_fd(), libc::F_GETFL);
+            libc::fcntl(master.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK);
+        }
+        Ok(PtyHandle(Arc::new(Pty {
+            master,
+            _slave: slave,
+            path,
+        })))
+    }
+
+    /// A new File on the master (for output or input).
+    fn master_file(&self) -> Result<File, ConsoleError> {
+        let fd = self
+            .master
+            .try_clone()
+            .map_err(|e| ConsoleError::Pty(crate::daemon::strerror(&e)))?;
+        Ok(File::from(fd))
+    }
+}
+
+/// Output to a pty master: what does not fit (no reader, full buffer) is dropped.
+struct DroppingWriter(File);
+
+impl Write for DroppingWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self.0.write(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(buf.len()),
+            Err(e) if e.raw_os_error() == Some(libc::EIO) => Ok(buf.len()),
+            other => other,
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Open a chardev's output file as QEMU does (O_WRONLY|O_CREAT, O_APPEND or O_TRUNC);
+/// `/dev/fdset/N` takes the fd passed with `-add-fd`.
+fn open_output_file(path: &std::path::Path, append: bool) -> Result<File, ConsoleError> {
+    let mode = if append {
+        libc::O_APPEND
+    } else {
+        libc::O_TRUNC
+    };
+    crate::fdset::open(path, libc::O_WRONLY | libc::O_CREAT | mode, 0o666).map_err(|e| {
+        ConsoleError::OpenChardevFile {
+            path: path.display().to_string(),
+            reason: crate::daemon::strerror(&e),
+        }
+    })
 }
 
 /// Where console input comes from.
@@ -32,6 +163,8 @@ pub enum ConsoleInput {
         listener: UnixListener,
         client: Option<UnixStream>,
     },
+    /// A readable fd (a pty master), non-blocking.
+    Fd(File),
 }
 
 pub struct Console {
@@ -48,6 +181,10 @@ impl Console {
             SerialSpec::Null | SerialSpec::None => {
                 (Box::new(std::io::sink()), ConsoleInput::None, None)
             }
+            SerialSpec::File(path) if crate::fdset::is_fdset(path) => {
+                let file = open_output_file(path, false)?;
+                (Box::new(file), ConsoleInput::None, None)
+            }
             SerialSpec::File(path) => {
                 let file =
                     std::fs::File::create(path).map_err(|source| ConsoleError::OpenFile {
@@ -55,6 +192,18 @@ impl Console {
                         source,
                     })?;
                 (Box::new(file), ConsoleInput::None, None)
+            }
+            SerialSpec::AppendFile(path) => {
+                let file = open_output_file(path, true)?;
+                (Box::new(file), ConsoleInput::None, None)
+            }
+            SerialSpec::Pty(pty) => {
+                let output = DroppingWriter(pty.0.master_file()?);
+                (
+                    Box::new(output),
+                    ConsoleInput::Fd(pty.0.master_file()?),
+                    None,
+                )
             }
             SerialSpec::UnixServer { path, wait } => {
                 let listen_err = |source| ConsoleError::Listen {

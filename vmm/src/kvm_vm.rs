@@ -1,7 +1,7 @@
 //! The KVM virtual machine: guest RAM registered with KVM, the in-kernel irqchip (PIC +
 //! IOAPIC + LAPICs), PIT, and the GSI routing QEMU uses with an in-kernel irqchip.
 
-use crate::memory::{create_guest_memory, GuestMemory, MemoryError};
+use crate::memory::{create_guest_memory, GuestMemory, MemoryError, RamBacking};
 use kvm_bindings::{
     kvm_irq_routing_entry, kvm_pit_config, kvm_userspace_memory_region, CpuId, KvmIrqRouting,
     KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_IRQ_ROUTING_IRQCHIP,
@@ -46,7 +46,7 @@ pub struct KvmVm {
 }
 
 impl KvmVm {
-    pub fn new(kvm: &Kvm, map: &MemoryMap) -> Result<Self> {
+    pub fn new(kvm: &Kvm, map: &MemoryMap, ram: &RamBacking) -> Result<Self> {
         let fd = kvm.create_vm().map_err(kvm_err("VM creation"))?;
         fd.set_tss_address(KVM_TSS)
             .map_err(kvm_err("TSS address"))?;
@@ -60,7 +60,7 @@ impl KvmVm {
         fd.create_pit2(pit).map_err(kvm_err("PIT creation"))?;
         set_gsi_routing(&fd)?;
 
-        let memory = create_guest_memory(map)?;
+        let memory = create_guest_memory(map, ram)?;
         for (slot, region) in memory.iter().enumerate() {
             let host = region
                 .get_host_address(vm_memory::MemoryRegionAddress(0))

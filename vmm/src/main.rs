@@ -11,13 +11,58 @@ use vmm::runner::{self, RunOptions};
 /// The tiny guest kernel from resources/guest, built by build.rs.
 static BUNDLED_GUEST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/machina-guest.elf"));
 
+/// `-msg timestamp=on,guest-name=on`: the prefix of error messages, set once options are
+/// parsed (option errors themselves come before it, as in QEMU).
+static MSG_PREFIX: std::sync::OnceLock<(bool, Option<String>)> = std::sync::OnceLock::new();
+
+/// Now as QEMU's `real_time_iso8601` writes it: `2026-12-06T07:49:04.754995Z`.
+fn iso8601_now() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = now.as_secs();
+    // Howard Hinnant's civil_from_days.
+    let z = (secs / 86_400) as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let t = secs % 86_400;
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
+        t / 3600,
+        t / 60 % 60,
+        t % 60,
+        now.subsec_micros()
+    )
+}
+
+/// Print an error as QEMU's error_report does, with the -msg prefixes.
+fn report_error(message: &str) {
+    let mut prefix = String::new();
+    if let Some((timestamp, guest)) = MSG_PREFIX.get() {
+        if *timestamp {
+            prefix = format!("{} ", iso8601_now());
+        }
+        if let Some(name) = guest {
+            prefix.push_str(name);
+            prefix.push(' ');
+        }
+    }
+    eprintln!("{prefix}machina: {message}");
+}
+
 fn main() -> ExitCode {
     let start = Instant::now();
     // OS strings: a non-UTF-8 argument (a name, a path) is valid, as it is for QEMU.
     match run(std::env::args_os().skip(1).collect(), start) {
         Ok(code) => ExitCode::from(code),
         Err(message) => {
-            eprintln!("machina: {message}");
+            report_error(&message);
             ExitCode::from(1)
         }
     }
@@ -120,6 +165,32 @@ fn plan_with_context(
     Err(text(&error, String::new()))
 }
 
+/// `-overcommit mem-lock=on|on-fault`: lock all current and future memory (QEMU's os_mlock).
+fn lock_memory(lock: cli::MemLock) -> Result<(), String> {
+    let flags = match lock {
+        cli::MemLock::Off => return Ok(()),
+        cli::MemLock::On => libc::MCL_CURRENT | libc::MCL_FUTURE,
+        cli::MemLock::OnFault => libc::MCL_CURRENT | libc::MCL_FUTURE | libc::MCL_ONFAULT,
+    };
+    // SAFETY: mlockall only changes how this process's pages are kept in memory.
+    if unsafe { libc::mlockall(flags) } != 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(format!(
+            "locking memory failed (mlockall: {})",
+            vmm::daemon::strerror(&e)
+        ));
+    }
+    Ok(())
+}
+
+/// `-name ...,process=NAME`: the process name shown by ps/top (at most 15 bytes).
+fn set_process_name(name: &str) {
+    let mut bytes: Vec<u8> = name.bytes().filter(|&b| b != 0).take(15).collect();
+    bytes.push(0);
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
+    unsafe { libc::prctl(libc::PR_SET_NAME, bytes.as_ptr() as libc::c_ulong, 0, 0, 0) };
+}
+
 /// `-daemonize` leaves no terminal: refuse what would use stdio, with QEMU's texts.
 fn check_daemonize(opts: &cli::CliOptions) -> Result<(), String> {
     const STDIO: &str = "cannot use stdio with -daemonize";
@@ -156,8 +227,17 @@ fn run(args: Vec<std::ffi::OsString>, start: Instant) -> Result<u8, String> {
     if informational(&opts.action, &catalog)? {
         return Ok(0);
     }
+    let _ = MSG_PREFIX.set((
+        opts.msg.timestamp,
+        opts.name.clone().filter(|_| opts.msg.guest_name),
+    ));
     if opts.daemonize {
         check_daemonize(&opts)?;
+    }
+    // The fds libvirt passed; the originals are closed once everything is set up.
+    let mut inherited = Vec::new();
+    for spec in &opts.add_fds {
+        inherited.push(vmm::fdset::add_from_cli(spec).map_err(|e| e.to_string())?);
     }
     // As in QEMU, fork before anything else starts (no thread exists yet); from here on an
     // error is printed by the daemon on the stderr it shares with the waiting parent.
@@ -169,6 +249,11 @@ fn run(args: Vec<std::ffi::OsString>, start: Instant) -> Result<u8, String> {
         Some(path) => Some(vmm::daemon::PidFile::create(path).map_err(|e| e.to_string())?),
         None => None,
     };
+    // After the fork: memory locks are not inherited.
+    lock_memory(opts.mem_lock)?;
+    if let Some(process) = &opts.name_options.process {
+        set_process_name(process);
+    }
 
     let config = MachineConfig::from_cli(&opts).map_err(|e| e.to_string())?;
     // The command line's machine must plan now, even if QMP builds it later.
@@ -219,6 +304,7 @@ fn run(args: Vec<std::ffi::OsString>, start: Instant) -> Result<u8, String> {
         },
         || {
             server = start_qmp(&opts, &control)?;
+            vmm::fdset::close_inherited(&inherited);
             // The monitors listen: a daemon's parent may now exit 0.
             if let Some(daemon) = daemon.as_mut() {
                 daemon.ready()?;

@@ -2,7 +2,10 @@
 //! from 4 GiB, as QEMU splits it for the machine type.
 
 use machine::{MemoryMap, RegionKind};
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use std::fs::File;
+use std::sync::Arc;
+use vm_memory::mmap::MmapRegionBuilder;
+use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MemoryError {
@@ -15,6 +18,28 @@ pub enum MemoryError {
     },
     #[error("the memory map has no RAM")]
     NoRam,
+    #[error("cannot map {size:#x} bytes of guest RAM at {base:#x} from memory backend '{backend}': {message}")]
+    Backend {
+        backend: String,
+        base: u64,
+        size: u64,
+        message: String,
+    },
+}
+
+/// Where guest RAM comes from: by default anonymous private memory; with `-machine
+/// memory-backend=ID`, that backend's memory (its memfd or file, shared or private).
+#[derive(Debug, Clone, Default)]
+pub struct RamBacking {
+    /// The backend's id (None: machina's default anonymous RAM).
+    pub backend: Option<String>,
+    /// The backend's size, which must be the guest's RAM size.
+    pub size: u64,
+    pub file: Option<Arc<File>>,
+    pub share: bool,
+    pub prealloc: bool,
+    pub merge: bool,
+    pub dump: bool,
 }
 
 /// Guest memory for the whole machine (no bitmap: no dirty tracking yet).
@@ -39,11 +64,17 @@ pub fn ram_blocks(map: &MemoryMap) -> Vec<(u64, u64)> {
     blocks
 }
 
-/// Allocate anonymous, private guest RAM for `map`.
-pub fn create_guest_memory(map: &MemoryMap) -> Result<GuestMemory, MemoryError> {
+/// Allocate guest RAM for `map`: anonymous and private, or from a memory backend.
+pub fn create_guest_memory(
+    map: &MemoryMap,
+    backing: &RamBacking,
+) -> Result<GuestMemory, MemoryError> {
     let blocks = ram_blocks(map);
     if blocks.is_empty() {
         return Err(MemoryError::NoRam);
+    }
+    if let Some(backend) = &backing.backend {
+        return backend_memory(&blocks, backend, backing);
     }
     let ranges: Vec<(GuestAddress, usize)> = blocks
         .iter()
@@ -53,6 +84,79 @@ pub fn create_guest_memory(map: &MemoryMap) -> Result<GuestMemory, MemoryError> 
         base: blocks[0].0,
         size: blocks.iter().map(|b| b.1).sum(),
         source,
+    })
+}
+
+/// RAM from a memory backend: the blocks are consecutive pieces of the backend (the low
+/// block at offset 0, the high one after it), as QEMU maps its one RAM block.
+fn backend_memory(
+    blocks: &[(u64, u64)],
+    backend: &str,
+    backing: &RamBacking,
+) -> Result<GuestMemory, MemoryError> {
+    let total: u64 = blocks.iter().map(|b| b.1).sum();
+    if total != backing.size {
+        return Err(MemoryError::Backend {
+            backend: backend.to_string(),
+            base: blocks[0].0,
+            size: total,
+            message: "Machine memory size does not match the size of the memory backend".into(),
+        });
+    }
+    let mut regions = Vec::new();
+    let mut offset = 0u64;
+    for &(base, size) in blocks {
+        let fail = |message: String| MemoryError::Backend {
+            backend: backend.to_string(),
+            base,
+            size,
+            message,
+        };
+        let sharing = if backing.share {
+            libc::MAP_SHARED
+        } else {
+            libc::MAP_PRIVATE
+        };
+        let populate = if backing.prealloc {
+            libc::MAP_POPULATE
+        } else {
+            0
+        };
+        let mut builder = MmapRegionBuilder::new(size as usize)
+            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE);
+        builder = match &backing.file {
+            Some(file) => builder
+                .with_mmap_flags(sharing | populate | libc::MAP_NORESERVE)
+                .with_file_offset(FileOffset::from_arc(file.clone(), offset)),
+            None => builder
+                .with_mmap_flags(libc::MAP_ANONYMOUS | sharing | populate | libc::MAP_NORESERVE),
+        };
+        let region = builder.build().map_err(|e| fail(e.to_string()))?;
+        let host = region.as_ptr();
+        // QEMU's defaults are merge=on and dump=on: pages may be merged (KSM) and are part
+        // of core dumps unless the backend says otherwise.
+        let advice = [
+            (backing.merge, libc::MADV_MERGEABLE),
+            (!backing.dump, libc::MADV_DONTDUMP),
+        ];
+        for (wanted, advice) in advice {
+            if wanted {
+                // SAFETY: advice on the mapping just created, of exactly its length; a
+                // failure (e.g. no KSM in this kernel) leaves the memory as it was.
+                unsafe { libc::madvise(host.cast(), size as usize, advice) };
+            }
+        }
+        regions.push(
+            GuestRegionMmap::new(region, GuestAddress(base))
+                .ok_or_else(|| fail("the region would overflow the guest address space".into()))?,
+        );
+        offset += size;
+    }
+    GuestMemoryMmap::from_regions(regions).map_err(|e| MemoryError::Backend {
+        backend: backend.to_string(),
+        base: blocks[0].0,
+        size: blocks.iter().map(|b| b.1).sum(),
+        message: e.to_string(),
     })
 }
 

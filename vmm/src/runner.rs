@@ -100,6 +100,7 @@ impl MutEventSubscriber for ConsoleInputSubscriber {
         let _ = match &self.input {
             ConsoleInput::None => Ok(()),
             ConsoleInput::Stdin => ops.add(Events::new_raw(0, EventSet::IN)),
+            ConsoleInput::Fd(file) => ops.add(Events::new(file, EventSet::IN)),
             ConsoleInput::Socket { listener, client } => {
                 let r = ops.add(Events::new(listener, EventSet::IN));
                 if let Some(c) = client {
@@ -146,6 +147,14 @@ impl MutEventSubscriber for ConsoleInputSubscriber {
                     }
                 }
             }
+            ConsoleInput::Fd(file) => match file.read(&mut buf) {
+                Ok(n) if n > 0 => self.deliver(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                // EOF or a hard error: stop watching it.
+                _ => {
+                    let _ = ops.remove(Events::new_raw(fd, EventSet::IN));
+                }
+            },
             ConsoleInput::None => {}
         }
     }
@@ -339,6 +348,7 @@ impl Machine<'_> {
                 // Under qtest nothing boots: the machine stays in its reset state.
                 boot: self.options.qtest.is_none().then_some(boot),
                 backends: &config.backends,
+                ram: config.ram_backing(),
             },
         )?;
         // Device workers and the virtio INTx forwarder join the event loop for this

@@ -42,6 +42,11 @@ fn serial_for(control: &Controller, name: &str) -> Result<SerialSpec, QmpError> 
         CharBackend::UnixServer { path, wait } => Ok(SerialSpec::UnixServer { path, wait }),
         CharBackend::Null => Ok(SerialSpec::Null),
         CharBackend::Stdio => Ok(SerialSpec::Stdio),
+        // The pty was opened at start; its console is kept in the configuration.
+        CharBackend::Pty => state
+            .config
+            .chardev_console(name)
+            .ok_or_else(|| QmpError::generic(format!("Chardev '{name}' has no pty"))),
         CharBackend::UnixClient(_) => Err(QmpError::generic(
             "the serial port needs a listening (server=on) socket chardev",
         )),

@@ -1,0 +1,532 @@
+//! `-object` types machina implements besides the device backends of backends.rs: `secret`
+//! (read and kept) and the host memory backends (`memory-backend-ram`, `-memfd`, `-file`)
+//! that `-machine memory-backend=ID` makes the guest RAM. Both QEMU spellings are accepted:
+//! keyval (`secret,id=s0,file=...`) and JSON (`{"qom-type":"secret",...}`, what libvirt
+//! writes). Errors use QEMU's texts.
+
+use crate::cli::{keyval_pairs_os, lossy};
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{context}{message}")]
+pub struct ObjectError {
+    /// `-object SPEC: ` for option errors; empty where QEMU names no option.
+    pub context: String,
+    pub message: String,
+}
+
+/// What one `-object` is.
+pub enum ObjectSpec {
+    Secret(Secret),
+    MemoryBackend(MemoryBackend),
+    /// Any other type, as keyval text for backends.rs (JSON converted with commas escaped).
+    Other(OsString),
+}
+
+/// A `secret` object's value (decoded), wiped when dropped.
+pub struct Secret {
+    pub id: String,
+    data: Vec<u8>,
+}
+
+impl Secret {
+    pub fn data(&self) -> &[u8] {
+        &self.data
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the value.
+        write!(
+            f,
+            "Secret {{ id: {:?}, len: {} }}",
+            self.id,
+            self.data.len()
+        )
+    }
+}
+
+impl Drop for Secret {
+    fn drop(&mut self) {
+        for b in self.data.iter_mut() {
+            // SAFETY: a volatile write to a byte this Vec owns, so that the wipe is kept.
+            unsafe { std::ptr::write_volatile(b, 0) };
+        }
+    }
+}
+
+/// Where a memory backend's pages come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MemoryKind {
+    /// Anonymous memory (`memory-backend-ram`).
+    Ram,
+    /// A memfd (`memory-backend-memfd`), shared by default.
+    Memfd,
+    /// A file or, for a directory, an unlinked file in it (`memory-backend-file`).
+    File(PathBuf),
+}
+
+/// A host memory backend, parsed; `open` makes its file (memfd, file) once per process.
+#[derive(Debug, Clone)]
+pub struct MemoryBackend {
+    pub id: String,
+    pub qom_type: String,
+    pub kind: MemoryKind,
+    pub size: u64,
+    pub share: bool,
+    pub prealloc: bool,
+    pub merge: bool,
+    pub dump: bool,
+    /// The file behind memfd/file backends, opened once so that every (re)build of the
+    /// machine maps the same pages, as QEMU keeps the RAM block across resets.
+    pub file: Option<Arc<File>>,
+}
+
+/// A QEMU size for object properties: bytes unless suffixed (k/M/G/T/P/E).
+fn parse_bytes(text: &str) -> Option<u64> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, suffix) = text.split_at(split);
+    let n: u64 = number.parse().ok()?;
+    let shift = match suffix {
+        "" | "B" | "b" => 0,
+        "k" | "K" => 10,
+        "M" | "m" => 20,
+        "G" | "g" => 30,
+        "T" | "t" => 40,
+        "P" | "p" => 50,
+        "E" | "e" => 60,
+        _ => return None,
+    };
+    n.checked_mul(1u64 << shift)
+}
+
+fn bool_of(v: &str) -> Option<bool> {
+    match v {
+        "on" | "yes" | "true" => Some(true),
+        "off" | "no" | "false" => Some(false),
+        _ => None,
+    }
+}
+
+/// `key=value` pairs of a keyval or JSON `-object`, values as given (bytes for keyval).
+fn pairs(spec: &OsStr, context: &str) -> Result<Vec<(String, OsString)>, ObjectError> {
+    let err = |message: String| ObjectError {
+        context: context.to_string(),
+        message,
+    };
+    if !lossy(spec).trim_start().starts_with('{') {
+        let mut out = keyval_pairs_os(spec);
+        // `TYPE,id=...`: the bare first item is the type.
+        if let Some(first) = out.first_mut() {
+            if first.1.is_empty() && first.0 != "qom-type" {
+                *first = ("qom-type".into(), OsString::from(first.0.clone()));
+            }
+        }
+        return Ok(out);
+    }
+    let text = spec
+        .to_str()
+        .ok_or_else(|| err("JSON parse error, invalid UTF-8 sequence in string".into()))?;
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| err(format!("JSON parse error, {e}")))?;
+    let obj = value
+        .as_object()
+        .ok_or_else(|| err("Invalid parameter type, expected 'object'".into()))?;
+    Ok(obj
+        .iter()
+        .map(|(k, v)| {
+            let text = match v {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Bool(b) => if *b { "on" } else { "off" }.to_string(),
+                other => other.to_string(),
+            };
+            (k.clone(), OsString::from(text))
+        })
+        .collect())
+}
+
+/// Classify one `-object` argument, reading secrets and checking memory backends.
+pub fn parse(spec: &OsStr) -> Result<ObjectSpec, ObjectError> {
+    let context = format!("-object {}: ", lossy(spec));
+    let pairs = pairs(spec, &context)?;
+    let qom_type = pairs
+        .iter()
+        .find(|(k, _)| k == "qom-type")
+        .map(|(_, v)| lossy(v))
+        .ok_or_else(|| ObjectError {
+            context: context.clone(),
+            message: "Parameter 'qom-type' is missing".into(),
+        })?;
+    match qom_type.as_str() {
+        "secret" => parse_secret(&context, &pairs).map(ObjectSpec::Secret),
+        "memory-backend-ram" | "memory-backend-memfd" | "memory-backend-file" => {
+            parse_memory(&context, &qom_type, &pairs).map(ObjectSpec::MemoryBackend)
+        }
+        _ if lossy(spec).trim_start().starts_with('{') => {
+            // Keyval text for backends.rs: the type first, then key=value with `,,` for
+            // each comma in a value, so that nothing is cut at a comma.
+            let mut text = qom_type.into_bytes();
+            for (k, v) in pairs.iter().filter(|(k, _)| k != "qom-type") {
+                text.push(b',');
+                text.extend_from_slice(k.as_bytes());
+                text.push(b'=');
+                for &b in v.as_bytes() {
+                    text.push(b);
+                    if b == b',' {
+                        text.push(b',');
+                    }
+                }
+            }
+            Ok(ObjectSpec::Other(OsStr::from_bytes(&text).to_os_string()))
+        }
+        _ => Ok(ObjectSpec::Other(spec.to_os_string())),
+    }
+}
+
+fn get<'a>(pairs: &'a [(String, OsString)], key: &str) -> Option<&'a OsString> {
+    pairs.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v)
+}
+
+/// Read a small regular file (secrets): bounded, and never a FIFO or device that could
+/// block or stream forever.
+fn read_small_file(path: &Path, limit: u64) -> Result<Vec<u8>, String> {
+    let shown = path.display();
+    let file = crate::fdset::open(path, libc::O_RDONLY | libc::O_NONBLOCK, 0).map_err(|e| {
+        format!(
+            "Unable to read {shown}: Failed to open file “{shown}”: {}",
+            crate::daemon::strerror(&e)
+        )
+    })?;
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("Unable to read {shown}: {}", crate::daemon::strerror(&e)))?;
+    if !meta.is_file() {
+        return Err(format!("Unable to read {shown}: not a regular file"));
+    }
+    if meta.len() > limit {
+        return Err(format!("Unable to read {shown}: larger than {limit} bytes"));
+    }
+    let mut data = Vec::new();
+    file.take(limit + 1)
+        .read_to_end(&mut data)
+        .map_err(|e| format!("Unable to read {shown}: {}", crate::daemon::strerror(&e)))?;
+    Ok(data)
+}
+
+/// Standard base64 (QEMU's qbase64_decode: whitespace is not allowed).
+fn base64_decode(text: &[u8]) -> Result<Vec<u8>, String> {
+    let value = |c: u8| match c {
+        b'A'..=b'Z' => Some(c - b'A'),
+        b'a'..=b'z' => Some(c - b'a' + 26),
+        b'0'..=b'9' => Some(c - b'0' + 52),
+        b'+' => Some(62),
+        b'/' => Some(63),
+        _ => None,
+    };
+    if text.contains(&0) {
+        return Err("Base64 data contains embedded NUL characters".into());
+    }
+    let body = text
+        .strip_suffix(b"==")
+        .or_else(|| text.strip_suffix(b"="))
+        .unwrap_or(text);
+    let mut out = Vec::new();
+    let (mut acc, mut bits) = (0u32, 0);
+    for &c in body {
+        let v = value(c).ok_or("Base64 data contains invalid characters")?;
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    Ok(out)
+}
+
+fn parse_secret(context: &str, pairs: &[(String, OsString)]) -> Result<Secret, ObjectError> {
+    let err = |message: String| ObjectError {
+        context: context.to_string(),
+        message,
+    };
+    // Errors after the properties are set come without the option, as in QEMU.
+    let plain = |message: String| ObjectError {
+        context: String::new(),
+        message,
+    };
+    let mut id = None;
+    let mut base64 = false;
+    for (k, v) in pairs {
+        let text = lossy(v);
+        match k.as_str() {
+            "qom-type" | "data" | "file" => {}
+            "id" => id = Some(text),
+            "format" => {
+                base64 = match text.as_str() {
+                    "raw" => false,
+                    "base64" => true,
+                    other => {
+                        return Err(err(format!(
+                            "Parameter 'format' does not accept value '{other}'"
+                        )))
+                    }
+                }
+            }
+            "keyid" | "iv" => {
+                return Err(err(format!(
+                    "machina does not decrypt secrets: '{k}' is not supported"
+                )))
+            }
+            "loaded" => {}
+            other => return Err(err(format!("Invalid parameter '{other}'"))),
+        }
+    }
+    let id = id.ok_or_else(|| err("Parameter 'id' is missing".into()))?;
+    let raw = match (get(pairs, "data"), get(pairs, "file")) {
+        (Some(_), Some(_)) => return Err(plain("'file' and 'data' are mutually exclusive".into())),
+        (None, None) => return Err(plain("Either 'file' or 'data' must be provided".into())),
+        (Some(data), None) => data.as_bytes().to_vec(),
+        (None, Some(path)) => read_small_file(Path::new(path), 64 << 10).map_err(plain)?,
+    };
+    let data = if base64 {
+        base64_decode(&raw).map_err(plain)?
+    } else {
+        raw
+    };
+    Ok(Secret { id, data })
+}
+
+fn parse_memory(
+    context: &str,
+    qom_type: &str,
+    pairs: &[(String, OsString)],
+) -> Result<MemoryBackend, ObjectError> {
+    let err = |message: String| ObjectError {
+        context: context.to_string(),
+        message,
+    };
+    let flag = |k: &str, v: &str| {
+        bool_of(v).ok_or_else(|| err(format!("Parameter '{k}' expects 'on' or 'off'")))
+    };
+    let mut backend = MemoryBackend {
+        id: String::new(),
+        qom_type: qom_type.to_string(),
+        kind: MemoryKind::Ram,
+        size: 0,
+        share: qom_type == "memory-backend-memfd",
+        prealloc: false,
+        merge: true,
+        dump: true,
+        file: None,
+    };
+    let mut size = None;
+    let mut mem_path = None;
+    for (k, v) in pairs {
+        let text = lossy(v);
+        match (k.as_str(), qom_type) {
+            ("qom-type", _) => {}
+            ("id", _) => backend.id = text,
+            ("size", _) => {
+                size = Some(parse_bytes(&text).ok_or_else(|| {
+                    err("Parameter 'size' expects a non-negative number below 2^64".into())
+                })?)
+            }
+            ("share", _) => backend.share = flag(k, &text)?,
+            ("prealloc", _) => backend.prealloc = flag(k, &text)?,
+            ("merge", _) => backend.merge = flag(k, &text)?,
+            ("dump", _) => backend.dump = flag(k, &text)?,
+            // Naming of the RAM block for migration, which machina does not do.
+            ("x-use-canonical-path-for-ramblock-id", _) => {
+                flag(k, &text)?;
+            }
+            ("policy", _) if text == "default" => {}
+            ("mem-path", "memory-backend-file") => mem_path = Some(PathBuf::from(v)),
+            ("hugetlb", "memory-backend-memfd") | ("seal", "memory-backend-memfd")
+                if !flag(k, &text)? => {}
+            ("discard-data" | "readonly", "memory-backend-file") if !flag(k, &text)? => {}
+            (other, _) => {
+                return Err(err(format!(
+                    "Property '{qom_type}.{other}' is not supported by machina"
+                )))
+            }
+        }
+    }
+    if backend.id.is_empty() {
+        return Err(err("Parameter 'id' is missing".into()));
+    }
+    backend.size = size.ok_or_else(|| err("Parameter 'size' is missing".into()))?;
+    if backend.size == 0 {
+        return Err(ObjectError {
+            context: String::new(),
+            message: "property 'size' of memory-backend not set".into(),
+        });
+    }
+    if qom_type == "memory-backend-file" {
+        backend.kind = MemoryKind::File(
+            mem_path.ok_or_else(|| err("Parameter 'mem-path' is missing".into()))?,
+        );
+    } else if qom_type == "memory-backend-memfd" {
+        backend.kind = MemoryKind::Memfd;
+    }
+    backend.file = open_backing(&backend).map_err(|message| ObjectError {
+        context: String::new(),
+        message,
+    })?;
+    Ok(backend)
+}
+
+/// The file behind a memfd/file backend, sized to the backend.
+fn open_backing(b: &MemoryBackend) -> Result<Option<Arc<File>>, String> {
+    use std::os::fd::FromRawFd;
+    let file = match &b.kind {
+        MemoryKind::Ram => return Ok(None),
+        MemoryKind::Memfd => {
+            let name = std::ffi::CString::new(format!("machina:{}", b.id))
+                .map_err(|_| "the memory backend id contains a NUL byte".to_string())?;
+            // SAFETY: a NUL-terminated name; the fd returned is owned by the File below.
+            let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+            if fd < 0 {
+                return Err(format!(
+                    "cannot create memfd: {}",
+                    crate::daemon::strerror(&std::io::Error::last_os_error())
+                ));
+            }
+            // SAFETY: fd was just created and nothing else owns it.
+            unsafe { File::from_raw_fd(fd) }
+        }
+        MemoryKind::File(path) => {
+            let shown = path.display();
+            let is_dir = std::fs::metadata(path).is_ok_and(|m| m.is_dir());
+            // A directory gets an unlinked file of its own, as QEMU's temporary file.
+            let (target, flags) = if is_dir {
+                (path.clone(), libc::O_RDWR | libc::O_TMPFILE)
+            } else {
+                (path.clone(), libc::O_RDWR | libc::O_CREAT)
+            };
+            let file = crate::fdset::open(&target, flags, 0o600).map_err(|e| {
+                format!(
+                    "can't open backing store {shown} for guest RAM: {}",
+                    crate::daemon::strerror(&e)
+                )
+            })?;
+            let len = file
+                .metadata()
+                .map_err(|e| format!("{shown}: {}", crate::daemon::strerror(&e)))?
+                .len();
+            if len > 0 && len < b.size {
+                return Err(format!(
+                    "backing store size 0x{len:x} does not match 'size' option 0x{:x}",
+                    b.size
+                ));
+            }
+            file
+        }
+    };
+    if file.metadata().map(|m| m.len()).unwrap_or(0) < b.size {
+        file.set_len(b.size).map_err(|e| {
+            format!(
+                "cannot size the backing of memory backend '{}': {}",
+                b.id,
+                crate::daemon::strerror(&e)
+            )
+        })?;
+    }
+    Ok(Some(Arc::new(file)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn os(s: &str) -> OsString {
+        OsString::from(s)
+    }
+
+    #[test]
+    fn secrets_are_read_and_decoded() {
+        let Ok(ObjectSpec::Secret(s)) = parse(&os("secret,id=s0,data=aGVsbG8=,format=base64"))
+        else {
+            panic!("secret");
+        };
+        assert_eq!((s.id.as_str(), s.data()), ("s0", &b"hello"[..]));
+        let dir = std::env::temp_dir().join(format!("machina-objects-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = dir.join("master-key.aes");
+        std::fs::write(&key, [7u8; 32]).unwrap();
+        let json = format!(
+            r#"{{"qom-type":"secret","id":"masterKey0","format":"raw","file":"{}"}}"#,
+            key.display()
+        );
+        let Ok(ObjectSpec::Secret(s)) = parse(&os(&json)) else {
+            panic!("json secret");
+        };
+        assert_eq!(s.data(), &[7u8; 32][..]);
+        let msg = |spec: &str| match parse(&os(spec)) {
+            Err(e) => e.to_string(),
+            Ok(_) => String::new(),
+        };
+        assert_eq!(
+            msg("secret,id=s"),
+            "Either 'file' or 'data' must be provided"
+        );
+        assert_eq!(
+            msg("secret,id=s,data=a,file=/x"),
+            "'file' and 'data' are mutually exclusive"
+        );
+        assert_eq!(
+            msg("secret,id=s,data=@@@,format=base64"),
+            "Base64 data contains invalid characters"
+        );
+        assert_eq!(
+            msg("secret,id=s,file=/nonexistent"),
+            "Unable to read /nonexistent: Failed to open file “/nonexistent”: No such file or directory"
+        );
+        assert!(msg("secret,id=s,file=/dev/zero").ends_with("not a regular file"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn memory_backends() {
+        let Ok(ObjectSpec::MemoryBackend(m)) = parse(&os(
+            r#"{"qom-type":"memory-backend-ram","id":"pc.ram","size":268435456}"#,
+        )) else {
+            panic!("ram");
+        };
+        assert_eq!(
+            (m.id.as_str(), m.size, m.kind.clone()),
+            ("pc.ram", 256 << 20, MemoryKind::Ram)
+        );
+        let Ok(ObjectSpec::MemoryBackend(m)) = parse(&os("memory-backend-memfd,id=m,size=2M"))
+        else {
+            panic!("memfd");
+        };
+        assert!(m.share);
+        assert_eq!(m.file.as_ref().unwrap().metadata().unwrap().len(), 2 << 20);
+        let msg = |spec: &str| match parse(&os(spec)) {
+            Err(e) => e.to_string(),
+            Ok(_) => String::new(),
+        };
+        assert_eq!(
+            msg("memory-backend-ram,id=r"),
+            "-object memory-backend-ram,id=r: Parameter 'size' is missing"
+        );
+        assert_eq!(
+            msg("memory-backend-file,id=r,size=1M"),
+            "-object memory-backend-file,id=r,size=1M: Parameter 'mem-path' is missing"
+        );
+        let Ok(ObjectSpec::Other(text)) = parse(&os(
+            r#"{"qom-type":"rng-random","id":"r0","filename":"/tmp/a,b"}"#,
+        )) else {
+            panic!("other");
+        };
+        assert_eq!(text, os("rng-random,filename=/tmp/a,,b,id=r0"));
+    }
+}
