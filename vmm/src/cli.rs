@@ -922,7 +922,19 @@ usage: machina [options]\n\
 -drive file=PATH,if=none,id=ID,format=raw[,readonly=on][,cache=MODE]   a raw disk for -device ...,drive=ID\n\
 -blockdev driver=file,node-name=ID,filename=PATH   the same as a block node\n\
 -netdev tap,id=ID,ifname=NAME,script=no,downscript=no   a tap backend for -device ...,netdev=ID\n\
--chardev file|null|stdio|socket,id=ID,...   a character backend (-mon chardev=ID,mode=control for QMP)\n\
+-chardev file|null|stdio|socket|pty,id=ID,...   a character backend (-mon chardev=ID,mode=control for QMP;\n\
+                               -device isa-serial,chardev=ID for a serial port)\n\
+-add-fd set=N,fd=M[,opaque=TEXT]   pass an fd; open it as /dev/fdset/N\n\
+-object secret,id=ID,format=raw|base64,file=PATH|data=TEXT   a secret\n\
+-object memory-backend-ram|memory-backend-memfd|memory-backend-file,id=ID,size=SIZE[,mem-path=PATH]\n\
+                               guest RAM from that backend with -machine memory-backend=ID\n\
+-uuid UUID                     the machine's UUID\n\
+-overcommit mem-lock=on|off    lock all memory\n\
+-rtc base=utc                  the RTC (the host's UTC clock)\n\
+-boot [order=]DRIVES,strict=on|off,...   kept for firmware settings (machina boots directly)\n\
+-audiodev none,id=ID | -audio none   no sound (machina has no sound device)\n\
+-sandbox on|off,...            parsed only: machina installs no seccomp filter\n\
+-msg timestamp=on              prefix errors with the time\n\
 -object rng-random,id=ID,filename=PATH   an entropy source for virtio-rng-pci,rng=ID\n\
 -nodefaults                    create no default devices\n\
 -no-user-config                accepted (machina reads no user config)\n\
