@@ -155,3 +155,369 @@ fn non_utf8_arguments_are_os_strings() {
         "the error names the path",
     );
 }
+
+/// Whether process `pid` still exists (and is not a zombie).
+fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+fn wait_gone(pid: u32) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < LIMIT {
+        if !alive(pid) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+fn args(list: &[&str]) -> Vec<OsString> {
+    list.iter().map(|s| os(s)).collect()
+}
+
+#[test]
+fn libvirt_probe_daemonizes_with_a_locked_pidfile() {
+    if !require_kvm() {
+        return;
+    }
+    let dir = TempDir::new("probe");
+    let d = dir.path.display().to_string();
+    let probe = |monitor: &str, pidfile: &str| {
+        args(&[
+            "-S",
+            "-no-user-config",
+            "-nodefaults",
+            "-nographic",
+            "-machine",
+            "none,accel=kvm:tcg",
+            "-qmp",
+            &format!("unix:{d}/{monitor},server=on,wait=off"),
+            "-pidfile",
+            &format!("{d}/{pidfile}"),
+            "-daemonize",
+        ])
+    };
+    // libvirt's capability probe: the command returns 0 once the monitor listens.
+    let r = run_os(&probe("qmp.monitor", "qmp.pid"), LIMIT);
+    r.check(r.status == Some(0), "the probe's parent exits 0");
+    r.check(r.stderr.is_empty(), "nothing on stderr");
+    let text = std::fs::read_to_string(dir.path.join("qmp.pid")).expect("the pid file exists");
+    r.check(text.ends_with('\n'), "the pid file is one line");
+    let pid: u32 = text.trim().parse().expect("the pid file holds a pid");
+    r.check(alive(pid), "the daemon runs");
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let fields: Vec<&str> = stat.rsplit_once(") ").expect("stat").1.split(' ').collect();
+    let (ppid, session): (u32, u32) = (fields[1].parse().unwrap(), fields[3].parse().unwrap());
+    r.check(ppid != std::process::id(), "the daemon is not our child");
+    r.check(
+        session != std::process::id() && session != 0,
+        "the daemon has a session of its own",
+    );
+    for fd in 0..3 {
+        let target = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).expect("stdio fd");
+        r.check(
+            target == std::path::Path::new("/dev/null"),
+            &format!("fd {fd} of the daemon is /dev/null"),
+        );
+    }
+    // The monitor is reachable at once: it listened before the parent exited.
+    let mut qmp = machina_tests::qmp_client::QmpClient::connect(
+        &dir.path.join("qmp.monitor"),
+        Duration::from_millis(1),
+    );
+    qmp.ok("qmp_capabilities", serde_json::Value::Null);
+    let status = qmp.ok("query-status", serde_json::Value::Null);
+    assert_eq!(status["status"], "prelaunch", "{status}");
+
+    // A second instance on the same pid file fails with QEMU's text; the file is untouched.
+    let r = run_os(&probe("qmp2.monitor", "qmp.pid"), LIMIT);
+    r.check(r.status == Some(1), "a second instance exits 1");
+    r.check(
+        r.stderr.trim_end()
+            == "machina: cannot create PID file: Cannot lock pid file: Resource temporarily unavailable",
+        "QEMU's lock error, on one line",
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path.join("qmp.pid")).unwrap(),
+        text
+    );
+    assert!(!dir.path.join("qmp2.monitor").exists(), "no second monitor");
+
+    // quit: the daemon exits and removes its pid file and socket.
+    qmp.ok("quit", serde_json::Value::Null);
+    assert!(wait_gone(pid), "the daemon exits after quit");
+    assert!(
+        !dir.path.join("qmp.pid").exists(),
+        "the pid file is removed"
+    );
+    assert!(
+        !dir.path.join("qmp.monitor").exists(),
+        "the socket is removed"
+    );
+
+    // Errors before the monitors listen: printed, and the invoking process exits 1.
+    let cases: [(Vec<OsString>, String); 3] = [
+        (
+            args(&["-S", "-nodefaults", "-machine", "none", "-daemonize", "-pidfile", &format!("{d}/no/such/dir.pid")]),
+            format!("machina: cannot create PID file: Could not create '{d}/no/such/dir.pid': No such file or directory"),
+        ),
+        (
+            args(&["-S", "-nodefaults", "-machine", "pc,memory-backend=nope", "-daemonize"]),
+            "machina: Memory backend 'nope' not found".into(),
+        ),
+        (
+            args(&["-S", "-machine", "none", "-serial", "stdio", "-daemonize"]),
+            "machina: -serial stdio: cannot use stdio with -daemonize".into(),
+        ),
+    ];
+    for (line, message) in cases {
+        let r = run_os(&line, LIMIT);
+        r.check(r.status == Some(1), &format!("{line:?} exits 1"));
+        r.check(
+            r.stderr.trim_end() == message,
+            &format!("{line:?}: {message}"),
+        );
+    }
+}
+
+/// Start machina with `fds` inherited (as libvirt passes its monitor socket and `-add-fd`
+/// files), stdout piped.
+fn spawn_with_fds(list: &[OsString], fds: Vec<i32>) -> std::process::Child {
+    use std::os::unix::process::CommandExt;
+    let mut command = Command::new(machina());
+    command
+        .args(list)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: the closure only calls fcntl, which is async-signal-safe, between fork and
+    // exec, to let these fds survive the exec.
+    unsafe {
+        command.pre_exec(move || {
+            for &fd in &fds {
+                if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    command.spawn().expect("start machina")
+}
+
+/// Poll `cond` until it holds or the hang guard expires.
+fn eventually(mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < LIMIT {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// The domain command line libvirt 9.0 writes for a q35 guest (issue 9), item by item:
+/// `serial` is the chardev of the serial port, `monitor_fd` libvirt's listening socket.
+fn domain_line(dir: &std::path::Path, monitor_fd: i32, serial: &[&str]) -> Vec<OsString> {
+    let d = dir.display();
+    let mut line: Vec<String> = [
+        "-name",
+        "guest=m2,debug-threads=on",
+        "-S",
+        "-object",
+        &format!(r#"{{"qom-type":"secret","id":"masterKey0","format":"raw","file":"{d}/master-key.aes"}}"#),
+        "-machine",
+        "pc-q35-10.2,usb=off,dump-guest-core=off,memory-backend=pc.ram",
+        "-accel",
+        "kvm",
+        "-m",
+        "256",
+        "-object",
+        r#"{"qom-type":"memory-backend-memfd","id":"pc.ram","size":268435456}"#,
+        "-overcommit",
+        "mem-lock=off",
+        "-smp",
+        "1,sockets=1,cores=1,threads=1",
+        "-uuid",
+        "5b527e88-b569-4732-a094-f2b6cc2aaa31",
+        "-display",
+        "none",
+        "-no-user-config",
+        "-nodefaults",
+        "-chardev",
+        &format!("socket,id=charmonitor,fd={monitor_fd},server=on,wait=off"),
+        "-mon",
+        "chardev=charmonitor,id=monitor,mode=control",
+        "-rtc",
+        "base=utc",
+        "-boot",
+        "strict=on",
+        "-device",
+        "pcie-root-port,port=8,chassis=1,id=pci.1,bus=pcie.0,addr=0x1",
+        "-blockdev",
+        &format!(r#"{{"driver":"file","filename":"{d}/disk.raw","node-name":"libvirt-1-storage","auto-read-only":true,"discard":"unmap"}}"#),
+        "-blockdev",
+        r#"{"node-name":"libvirt-1-format","read-only":false,"driver":"raw","file":"libvirt-1-storage"}"#,
+        "-device",
+        "virtio-blk-pci,bus=pci.1,addr=0x0,drive=libvirt-1-format,id=virtio-disk0,bootindex=1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    line.extend(serial.iter().map(|s| s.to_string()));
+    line.extend(
+        [
+            "-device",
+            "isa-serial,chardev=charserial0,id=serial0,index=0",
+            "-audiodev",
+            r#"{"id":"audio1","driver":"none"}"#,
+            "-sandbox",
+            "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+            "-msg",
+            "timestamp=on",
+            "-append",
+            "machina.test=pci-scan,virtio machina.blk-seed=4",
+        ]
+        .iter()
+        .map(|s| s.to_string()),
+    );
+    line.into_iter().map(OsString::from).collect()
+}
+
+/// The files a domain needs: a master key, a disk, and libvirt's monitor socket.
+fn domain_files(dir: &std::path::Path) -> std::os::unix::net::UnixListener {
+    std::fs::write(dir.join("master-key.aes"), [0x5au8; 32]).expect("master key");
+    std::fs::write(dir.join("disk.raw"), vec![0u8; 4 << 20]).expect("disk");
+    std::os::unix::net::UnixListener::bind(dir.join("monitor.sock")).expect("monitor socket")
+}
+
+#[test]
+fn libvirt_domain_line_with_the_serial_on_a_passed_file() {
+    use std::os::fd::AsRawFd;
+    if !require_kvm() {
+        return;
+    }
+    let dir = TempDir::new("domain-file");
+    let monitor = domain_files(&dir.path);
+    // libvirt opens the log itself (append) and passes the fd; the path never appears on
+    // the command line. What was there before stays (append=on).
+    let log = dir.path.join("serial0.log");
+    std::fs::write(&log, "previous boot\n").unwrap();
+    let serial = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&log)
+        .expect("open the log");
+    let serial_fd = serial.as_raw_fd().to_string();
+    let line = domain_line(
+        &dir.path,
+        monitor.as_raw_fd(),
+        &[
+            "-add-fd",
+            &format!("set=0,fd={serial_fd},opaque=serial0-source"),
+            "-chardev",
+            "file,id=charserial0,path=/dev/fdset/0,append=on",
+        ],
+    );
+    let mut child = spawn_with_fds(&line, vec![monitor.as_raw_fd(), serial.as_raw_fd()]);
+    drop(serial);
+    let pid = child.id();
+    let mut qmp =
+        machina_tests::qmp_client::QmpClient::connect(&dir.path.join("monitor.sock"), LIMIT);
+    qmp.ok("qmp_capabilities", serde_json::Value::Null);
+    assert_eq!(
+        qmp.ok("query-status", serde_json::Value::Null)["status"],
+        "prelaunch"
+    );
+    // Guest RAM is the memfd backend's: its mapping is in the process's maps.
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    assert!(
+        maps.contains("memfd:machina:pc.ram"),
+        "guest RAM is the memfd"
+    );
+    // The -add-fd original is closed once the machine is set up, as QEMU does: the log is
+    // open twice, as the set's duplicate and as the serial port's chardev.
+    let on_log = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| *target == log)
+        .count();
+    assert_eq!(on_log, 2, "the inherited -add-fd fd {serial_fd} is closed");
+    qmp.ok("cont", serde_json::Value::Null);
+    let done = eventually(|| std::fs::read_to_string(&log).is_ok_and(|t| t.contains("poweroff:")));
+    let _ = child.kill();
+    let out = child.wait_with_output().expect("wait");
+    let text = std::fs::read_to_string(&log).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        done,
+        "the guest's console reached the file\n{text}\n{stderr}"
+    );
+    assert!(text.starts_with("previous boot\nmachina-guest: "), "{text}");
+    assert!(
+        text.contains("pci: 01:00.0 1af4:1042"),
+        "the disk behind the root port: {text}"
+    );
+    assert!(
+        text.contains("write=ok read=ok match=yes flush=ok"),
+        "disk I/O: {text}"
+    );
+}
+
+#[test]
+fn libvirt_domain_line_with_the_serial_on_a_pty() {
+    use std::io::BufRead;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    if !require_kvm() {
+        return;
+    }
+    let dir = TempDir::new("domain-pty");
+    let monitor = domain_files(&dir.path);
+    let line = domain_line(
+        &dir.path,
+        monitor.as_raw_fd(),
+        &["-chardev", "pty,id=charserial0"],
+    );
+    let mut child = spawn_with_fds(&line, vec![monitor.as_raw_fd()]);
+    // QEMU's announcement names the pty.
+    let mut stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut first = String::new();
+    stdout.read_line(&mut first).expect("read stdout");
+    let path = first
+        .trim_end()
+        .strip_prefix("char device redirected to ")
+        .and_then(|rest| rest.strip_suffix(" (label charserial0)"))
+        .unwrap_or_else(|| panic!("announcement: {first:?}"))
+        .to_string();
+    let pty = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(&path)
+        .expect("open the pty");
+    let mut qmp =
+        machina_tests::qmp_client::QmpClient::connect(&dir.path.join("monitor.sock"), LIMIT);
+    qmp.ok("qmp_capabilities", serde_json::Value::Null);
+    qmp.ok("cont", serde_json::Value::Null);
+    let mut seen = Vec::new();
+    let done = eventually(|| {
+        let mut buf = [0u8; 4096];
+        if let Ok(n) = (&pty).read(&mut buf) {
+            seen.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&seen).contains("poweroff:")
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = String::from_utf8_lossy(&seen);
+    assert!(done, "the guest's console reached the pty: {text}");
+    assert!(text.starts_with("machina-guest: "), "raw output: {text}");
+    assert!(text.contains("pci: 01:00.0 1af4:1042"), "{text}");
+}

@@ -140,8 +140,8 @@ pub enum SerialSpec {
     Stdio,
     Null,
     File(PathBuf),
-    /// `-chardev file,...,append=on`: output appended to the file.
-    AppendFile(PathBuf),
+    /// `-chardev file,...`: the file, opened at start as QEMU opens its chardevs.
+    OpenFile(crate::console::FileHandle),
     /// `-chardev pty`: a pseudo-terminal, opened at start (input and output).
     Pty(crate::console::PtyHandle),
     /// `unix:PATH,server=on,wait=off`: listen on a socket, attach the first client.

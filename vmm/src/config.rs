@@ -168,12 +168,11 @@ fn chardev_from_cli(spec: &OsStr) -> Result<(ChardevInfo, Option<SerialSpec>), C
             let path = PathBuf::from(
                 raw("path").ok_or_else(|| err("chardev: file: no filename given".into()))?,
             );
-            let console = if flag("append").unwrap_or(false) {
-                SerialSpec::AppendFile(path)
-            } else {
-                SerialSpec::File(path)
-            };
-            (info("file".into()), Some(console))
+            // Opened now, as QEMU opens every chardev at start.
+            let append = flag("append").unwrap_or(false);
+            let handle = crate::console::FileHandle::open(&path, append)
+                .map_err(|e| ConfigError::Plain(e.to_string()))?;
+            (info("file".into()), Some(SerialSpec::OpenFile(handle)))
         }
         "null" => (info("null".into()), Some(SerialSpec::Null)),
         "stdio" => (info("stdio".into()), Some(SerialSpec::Stdio)),

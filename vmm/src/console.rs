@@ -122,6 +122,43 @@ impl Pty {
     }
 }
 
+/// A chardev file opened at start (compared by path).
+#[derive(Debug, Clone)]
+pub struct FileHandle {
+    pub file: Arc<File>,
+    pub path: PathBuf,
+}
+
+impl PartialEq for FileHandle {
+    fn eq(&self, other: &Self) -> bool {
+        self.path == other.path
+    }
+}
+impl Eq for FileHandle {}
+
+impl FileHandle {
+    /// Open a `-chardev file` output as QEMU does (O_WRONLY|O_CREAT, and O_APPEND with
+    /// append=on, else O_TRUNC); `/dev/fdset/N` takes the fd passed with `-add-fd`.
+    pub fn open(path: &std::path::Path, append: bool) -> Result<FileHandle, ConsoleError> {
+        Ok(FileHandle {
+            file: Arc::new(open_output_file(path, append)?),
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+/// Output to the chardev's own open file (no second fd).
+struct SharedFile(Arc<File>);
+
+impl Write for SharedFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        (&*self.0).write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        (&*self.0).flush()
+    }
+}
+
 /// Output to a pty master: what does not fit (no reader, full buffer) is dropped.
 struct DroppingWriter(File);
 
@@ -193,10 +230,11 @@ impl Console {
                     })?;
                 (Box::new(file), ConsoleInput::None, None)
             }
-            SerialSpec::AppendFile(path) => {
-                let file = open_output_file(path, true)?;
-                (Box::new(file), ConsoleInput::None, None)
-            }
+            SerialSpec::OpenFile(handle) => (
+                Box::new(SharedFile(handle.file.clone())),
+                ConsoleInput::None,
+                None,
+            ),
             SerialSpec::Pty(pty) => {
                 let output = DroppingWriter(pty.0.master_file()?);
                 (
