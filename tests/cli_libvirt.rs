@@ -521,3 +521,99 @@ fn libvirt_domain_line_with_the_serial_on_a_pty() {
     assert!(text.starts_with("machina-guest: "), "raw output: {text}");
     assert!(text.contains("pci: 01:00.0 1af4:1042"), "{text}");
 }
+
+#[test]
+fn libvirt_option_errors_use_qemus_texts() {
+    let dir = TempDir::new("option-errors");
+    let d = dir.path.display().to_string();
+    std::fs::write(dir.path.join("key"), "c2VjcmV0").unwrap();
+    let cases: &[(&[&str], &str)] = &[
+        (&["-uuid", "xyz"], "machina: -uuid xyz: failed to parse UUID string: wrong format"),
+        (
+            &["-rtc", "base=2006-06-17x"],
+            "machina: invalid datetime format\nvalid formats: '2006-06-17T16:01:21' or '2006-06-17'",
+        ),
+        (&["-rtc", "clock=foo"], "machina: invalid option value 'foo'"),
+        (
+            &["-rtc", "base=localtime"],
+            "machina: -rtc base=localtime: machina's RTC is the host's UTC clock: base=localtime is not supported",
+        ),
+        (&["-boot", "order=z"], "machina: Invalid boot device 'z'"),
+        (&["-boot", "menu=foo"], "machina: Parameter 'boot.menu' expects 'on' or 'off'"),
+        (&["-boot", "bogus=1"], "machina: Parameter 'boot.bogus' is unexpected"),
+        (&["-overcommit", "mem-lock=foo"], "machina: -overcommit mem-lock=foo: Parameter 'mem-lock' expects 'on' or 'off'"),
+        (&["-sandbox", "on,obsolete=maybe"], "machina: -sandbox on,obsolete=maybe: invalid argument for obsolete"),
+        (&["-sandbox", "foo"], "machina: -sandbox foo: Parameter 'enable' expects 'on' or 'off'"),
+        (&["-msg", "foo=bar"], "machina: -msg foo=bar: Invalid parameter 'foo'"),
+        (&["-audiodev", "foo,id=a"], "machina: -audiodev foo,id=a: Parameter 'driver' does not accept value 'foo'"),
+        (&["-audiodev", "none"], "machina: -audiodev none: Parameter 'id' is missing"),
+        (&["-name", "guest=x,bogus=1"], "machina: -name guest=x,bogus=1: Invalid parameter 'bogus'"),
+        (&["-add-fd", "set=0,fd=1"], "machina: -add-fd set=0,fd=1: fd cannot be a standard I/O stream"),
+        (&["-add-fd", "set=0,fd=900"], "machina: -add-fd set=0,fd=900: fd is not valid or already in use"),
+        (&["-add-fd", "set=0"], "machina: -add-fd set=0: fd option is required and must be non-negative"),
+        (
+            &["-chardev", "file,id=x,path=/dev/fdset/3"],
+            "machina: Could not open '/dev/fdset/3': No such file or directory",
+        ),
+        (&["-chardev", "bogus,id=c0"], "machina: -chardev bogus,id=c0: 'bogus' is not a valid char driver name"),
+        (&["-chardev", "file,id=c0"], "machina: -chardev file,id=c0: chardev: file: no filename given"),
+        (&["-machine", "pc,memory-backend=nope"], "machina: Memory backend 'nope' not found"),
+        (
+            &["-machine", "pc,memory-backend=r", "-object", "memory-backend-ram,id=r,size=64M", "-m", "128"],
+            "machina: Machine memory size does not match the size of the memory backend",
+        ),
+        (&["-object", "memory-backend-ram,id=r"], "machina: -object memory-backend-ram,id=r: Parameter 'size' is missing"),
+        (&["-object", "secret,id=s"], "machina: Either 'file' or 'data' must be provided"),
+        (&["-object", "secret,id=s,data=@@,format=base64"], "machina: Base64 data contains invalid characters"),
+        (
+            &["-object", "secret,id=s,file=/nonexistent"],
+            "machina: Unable to read /nonexistent: Failed to open file “/nonexistent”: No such file or directory",
+        ),
+    ];
+    for (line, message) in cases {
+        let mut full = vec!["-S", "-nodefaults", "-machine", "none"];
+        // These set the machine type themselves.
+        if line.first() == Some(&"-machine") {
+            full.truncate(2);
+        }
+        full.extend_from_slice(line);
+        let r = run_os(&args(&full), LIMIT);
+        r.check(r.status == Some(1), &format!("{line:?} exits 1"));
+        r.check(
+            r.stderr.trim_end() == *message,
+            &format!("{line:?}: {message}"),
+        );
+    }
+    // A secret file is read (a good one passes), and `-msg timestamp=on` prefixes errors
+    // that come after option parsing with the UTC time, as QEMU's error_report.
+    let secret = format!("secret,id=s,format=base64,file={d}/key");
+    let r = run_os(
+        &args(&[
+            "-msg",
+            "timestamp=on",
+            "-nodefaults",
+            "-S",
+            "-object",
+            &secret,
+            "-machine",
+            "pc,memory-backend=nope",
+        ]),
+        LIMIT,
+    );
+    r.check(r.status == Some(1), "exits 1");
+    let (stamp, rest) = r.stderr.trim_end().split_once(' ').expect("a prefix");
+    r.check(
+        rest == "machina: Memory backend 'nope' not found",
+        "the message follows the time",
+    );
+    let b = stamp.as_bytes();
+    r.check(
+        b.len() == 27
+            && b[4] == b'-'
+            && b[10] == b'T'
+            && b[19] == b'.'
+            && b[26] == b'Z'
+            && stamp[..4].parse::<u32>().is_ok_and(|y| y >= 2024),
+        &format!("an ISO 8601 UTC time with microseconds: {stamp}"),
+    );
+}
