@@ -325,7 +325,12 @@ fn eventually(mut cond: impl FnMut() -> bool) -> bool {
 
 /// The domain command line libvirt 9.0 writes for a q35 guest (issue 9), item by item:
 /// `serial` is the chardev of the serial port, `monitor_fd` libvirt's listening socket.
-fn domain_line(dir: &std::path::Path, monitor_fd: i32, serial: &[&str]) -> Vec<OsString> {
+fn domain_line(
+    dir: &std::path::Path,
+    monitor_fd: i32,
+    serial: &[&str],
+    tests: &str,
+) -> Vec<OsString> {
     let d = dir.display();
     let mut line: Vec<String> = [
         "-name",
@@ -382,12 +387,14 @@ fn domain_line(dir: &std::path::Path, monitor_fd: i32, serial: &[&str]) -> Vec<O
             "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
             "-msg",
             "timestamp=on",
-            "-append",
-            "machina.test=pci-scan,virtio machina.blk-seed=4",
         ]
         .iter()
         .map(|s| s.to_string()),
     );
+    line.extend([
+        "-append".to_string(),
+        format!("machina.test={tests} machina.blk-seed=4"),
+    ]);
     line.into_iter().map(OsString::from).collect()
 }
 
@@ -424,6 +431,7 @@ fn libvirt_domain_line_with_the_serial_on_a_passed_file() {
             "-chardev",
             "file,id=charserial0,path=/dev/fdset/0,append=on",
         ],
+        "pci-scan,virtio",
     );
     let mut child = spawn_with_fds(&line, vec![monitor.as_raw_fd(), serial.as_raw_fd()]);
     drop(serial);
@@ -480,10 +488,13 @@ fn libvirt_domain_line_with_the_serial_on_a_pty() {
     }
     let dir = TempDir::new("domain-pty");
     let monitor = domain_files(&dir.path);
+    // The guest waits for the power button after its tests: a pty's unread output is gone
+    // once the process exits (the master closes), so the test reads before pressing it.
     let line = domain_line(
         &dir.path,
         monitor.as_raw_fd(),
         &["-chardev", "pty,id=charserial0"],
+        "pci-scan,virtio,powerbutton",
     );
     let mut child = spawn_with_fds(&line, vec![monitor.as_raw_fd()]);
     // QEMU's announcement names the pty.
@@ -512,14 +523,33 @@ fn libvirt_domain_line_with_the_serial_on_a_pty() {
         if let Ok(n) = (&pty).read(&mut buf) {
             seen.extend_from_slice(&buf[..n]);
         }
-        String::from_utf8_lossy(&seen).contains("poweroff:")
+        String::from_utf8_lossy(&seen).contains("powerbutton: waiting")
     });
-    let _ = child.kill();
-    let _ = child.wait();
+    qmp.ok("system_powerdown", serde_json::Value::Null);
+    let start = Instant::now();
+    let status = loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            break Some(status);
+        }
+        if start.elapsed() > LIMIT {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     let text = String::from_utf8_lossy(&seen);
     assert!(done, "the guest's console reached the pty: {text}");
     assert!(text.starts_with("machina-guest: "), "raw output: {text}");
     assert!(text.contains("pci: 01:00.0 1af4:1042"), "{text}");
+    assert!(
+        text.contains("write=ok read=ok match=yes flush=ok"),
+        "disk I/O: {text}"
+    );
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the guest powered off at the button: {status:?}"
+    );
 }
 
 #[test]
