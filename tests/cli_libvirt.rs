@@ -588,6 +588,16 @@ fn libvirt_option_errors_use_qemus_texts() {
         (&["-chardev", "bogus,id=c0"], "machina: -chardev bogus,id=c0: 'bogus' is not a valid char driver name"),
         (&["-chardev", "file,id=c0"], "machina: -chardev file,id=c0: chardev: file: no filename given"),
         (&["-machine", "pc,memory-backend=nope"], "machina: Memory backend 'nope' not found"),
+        (&["-mon", "chardev=missing"], "machina: -mon chardev=missing: chardev \"missing\" not found"),
+        (
+            &["-chardev", "null,id=m", "-mon", "chardev=m"],
+            "machina: -mon chardev=m: machina has no human monitor (HMP): use mode=control for QMP",
+        ),
+        (
+            &["-chardev", "null,id=m", "-mon", "chardev=m,mode=bogus"],
+            "machina: -mon chardev=m,mode=bogus: Parameter 'mode' does not accept value 'bogus'",
+        ),
+        (&["-audio", "none,model=hda"], "machina: -audio none,model=hda: machina has no sound devices: 'model' is not supported"),
         (
             &["-machine", "pc,memory-backend=r", "-object", "memory-backend-ram,id=r,size=64M", "-m", "128"],
             "machina: Machine memory size does not match the size of the memory backend",

@@ -163,8 +163,8 @@ impl MonSpec {
             None | Some("readline") => MonMode::Readline,
             Some("control") => MonMode::Control,
             Some(other) => {
-                return Err(EndpointError::Malformed(format!(
-                    "unknown monitor mode '{other}'"
+                return Err(EndpointError::Invalid(format!(
+                    "Parameter 'mode' does not accept value '{other}'"
                 )))
             }
         };
@@ -177,17 +177,22 @@ impl MonSpec {
     }
 }
 
-/// The QMP endpoints of all `mode=control` monitors, in `-mon` order.
+/// The QMP endpoints of the `-mon` monitors, in order. Every monitor's chardev must exist
+/// (QEMU's `chardev "X" not found`), and only QMP (`mode=control`) is served: a human
+/// monitor is refused rather than silently left out.
 pub fn resolve_monitors(
     chardevs: &[ChardevSpec],
     mons: &[MonSpec],
 ) -> Result<Vec<QmpEndpoint>, EndpointError> {
     let mut out = Vec::new();
-    for m in mons.iter().filter(|m| m.mode == MonMode::Control) {
+    for m in mons {
         let cd = chardevs
             .iter()
             .find(|c| c.id == m.chardev)
             .ok_or_else(|| EndpointError::NoSuchChardev(m.chardev.clone()))?;
+        if m.mode != MonMode::Control {
+            return Err(EndpointError::NoHmp);
+        }
         let ep = cd
             .endpoint
             .clone()
@@ -371,11 +376,20 @@ mod tests {
         assert_eq!(mon.mode, MonMode::Control);
         let hmp = MonSpec::parse("chardev=charserial0").unwrap();
         assert_eq!(hmp.mode, MonMode::Readline);
-        let eps = resolve_monitors(&[cd.clone(), pty], &[mon.clone(), hmp]).unwrap();
+        let eps = resolve_monitors(&[cd.clone(), pty.clone()], std::slice::from_ref(&mon)).unwrap();
         assert_eq!(eps, vec![unix("/run/m.sock", true, false)]);
+        // No human monitor: refused, not silently dropped.
         assert_eq!(
-            resolve_monitors(&[], &[mon]),
-            Err(EndpointError::NoSuchChardev("charmonitor".into()))
+            resolve_monitors(&[cd.clone(), pty], &[mon.clone(), hmp]),
+            Err(EndpointError::NoHmp)
+        );
+        assert_eq!(
+            resolve_monitors(&[], &[mon]).map_err(|e| e.to_string()),
+            Err("chardev \"charmonitor\" not found".to_string())
+        );
+        assert_eq!(
+            MonSpec::parse("chardev=m,mode=bogus").map_err(|e| e.to_string()),
+            Err("Parameter 'mode' does not accept value 'bogus'".to_string())
         );
     }
 }

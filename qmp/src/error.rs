@@ -162,8 +162,13 @@ pub enum EndpointError {
     Malformed(String),
     #[error("Parameter '{key}' expects 'on' or 'off'")]
     BadBool { key: String },
-    #[error("chardev '{0}' not found")]
+    #[error("chardev \"{0}\" not found")]
     NoSuchChardev(String),
+    /// A message in QEMU's words, without a prefix.
+    #[error("{0}")]
+    Invalid(String),
+    #[error("machina has no human monitor (HMP): use mode=control for QMP")]
+    NoHmp,
 }
 
 /// Registry construction errors (programming errors of the VMM, caught at startup).

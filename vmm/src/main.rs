@@ -107,12 +107,13 @@ fn start_qmp(
                 qmp::ChardevSpec::parse(c).map_err(|e| format!("-chardev {}: {e}", cli::lossy(c)))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let mons = opts
-            .monitors
-            .iter()
-            .map(|m| qmp::MonSpec::parse(m).map_err(|e| format!("-mon {m}: {e}")))
-            .collect::<Result<Vec<_>, _>>()?;
-        endpoints.extend(qmp::resolve_monitors(&chardevs, &mons).map_err(|e| e.to_string())?);
+        for text in &opts.monitors {
+            let mon = qmp::MonSpec::parse(text).map_err(|e| format!("-mon {text}: {e}"))?;
+            endpoints.extend(
+                qmp::resolve_monitors(&chardevs, &[mon])
+                    .map_err(|e| format!("-mon {text}: {e}"))?,
+            );
+        }
     }
     if endpoints.is_empty() {
         if opts.delay_init {
