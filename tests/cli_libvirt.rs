@@ -657,3 +657,75 @@ fn libvirt_option_errors_use_qemus_texts() {
         &format!("an ISO 8601 UTC time with microseconds: {stamp}"),
     );
 }
+
+#[test]
+fn guest_ram_comes_from_a_shared_file_backend() {
+    if !require_kvm() {
+        return;
+    }
+    let dir = TempDir::new("mem-file");
+    let ram = dir.path.join("guest.ram");
+    let backend = format!(
+        "memory-backend-file,id=pc.ram,size=64M,share=on,mem-path={}",
+        ram.display()
+    );
+    // -m defaults to the backend's size, as in QEMU.
+    let r = run_os(
+        &args(&[
+            "-nodefaults",
+            "-M",
+            "q35,memory-backend=pc.ram",
+            "-object",
+            &backend,
+            "-serial",
+            "stdio",
+            "-append",
+            "machina.test=echo machina.echo=ram-marker-6b1f",
+        ]),
+        LIMIT,
+    );
+    r.check(r.status == Some(0), "the guest runs from the file's memory");
+    r.check(r.stdout.contains("echo: ram-marker-6b1f"), "the guest ran");
+    // share=on: what was loaded into guest RAM (the kernel command line) is in the file.
+    let data = std::fs::read(&ram).expect("the backing file");
+    assert_eq!(data.len(), 64 << 20, "the file is the backend's size");
+    let marker = b"machina.echo=ram-marker-6b1f";
+    assert!(
+        data.windows(marker.len()).any(|w| w == marker),
+        "guest RAM is the file"
+    );
+}
+
+#[test]
+fn mem_lock_on_locks_the_guest_ram() {
+    if !require_kvm() {
+        return;
+    }
+    let mut vm = machina_tests::process::MachinaProcess::start(
+        &machina(),
+        "mem-lock",
+        &[
+            "-S",
+            "-nodefaults",
+            "-m",
+            "64",
+            "-overcommit",
+            "mem-lock=on",
+        ]
+        .map(String::from),
+    );
+    let mut qmp = vm.client();
+    qmp.ok("query-status", serde_json::Value::Null);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", vm.pid())).unwrap();
+    let locked_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmLck:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmLck");
+    assert!(
+        locked_kib >= 64 << 10,
+        "all guest RAM is locked: {locked_kib} KiB"
+    );
+    qmp.ok("quit", serde_json::Value::Null);
+    assert_eq!(vm.wait_exit(LIMIT), Some(0));
+}
