@@ -10,6 +10,7 @@ use crate::memory::RamBacking;
 use crate::objects::{self, MemoryBackend, ObjectError, ObjectSpec, Secret};
 use machine::{DeviceRequest, PlanError, PlanRequest};
 use std::ffi::OsStr;
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -160,8 +161,13 @@ fn chardev_from_cli(spec: &OsStr) -> Result<(ChardevInfo, Option<SerialSpec>), C
         "pty" => {
             let pty = crate::console::Pty::open().map_err(|e| err(e.to_string()))?;
             let path = pty.0.path.display().to_string();
-            // QEMU 7.2 prints this on stdout (qemu_printf).
-            println!("char device redirected to {path} (label {})", parsed.id);
+            // QEMU 7.2 prints this on stdout (qemu_printf; older QEMU used stderr). A
+            // closed stdout must not stop the machine.
+            let _ = writeln!(
+                std::io::stdout(),
+                "char device redirected to {path} (label {})",
+                parsed.id
+            );
             (info(format!("pty:{path}")), Some(SerialSpec::Pty(pty)))
         }
         "file" => {
