@@ -35,6 +35,18 @@ pub fn strerror(e: &std::io::Error) -> String {
     }
 }
 
+/// The pid file to remove at exit, for exit paths that do not unwind to the `PidFile`'s
+/// drop (`std::process::exit` runs atexit handlers, as QEMU's exit notifier).
+static REMOVE_AT_EXIT: std::sync::Mutex<Option<PathBuf>> = std::sync::Mutex::new(None);
+
+extern "C" fn remove_at_exit() {
+    if let Ok(mut path) = REMOVE_AT_EXIT.try_lock() {
+        if let Some(path) = path.take() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
 /// A locked pid file; the lock lives as long as the open file, the file until drop.
 pub struct PidFile {
     /// The resolved path to remove at exit (None: could not be resolved, left in place).
@@ -97,6 +109,11 @@ impl PidFile {
                 None
             }
         };
+        if let Some(path) = &remove {
+            *REMOVE_AT_EXIT.lock().unwrap_or_else(|e| e.into_inner()) = Some(path.clone());
+            // SAFETY: registers a plain extern "C" function without arguments.
+            unsafe { libc::atexit(remove_at_exit) };
+        }
         Ok(PidFile {
             remove,
             _file: file,
@@ -108,6 +125,10 @@ impl Drop for PidFile {
     fn drop(&mut self) {
         if let Some(path) = &self.remove {
             let _ = std::fs::remove_file(path);
+            REMOVE_AT_EXIT
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
         }
     }
 }
