@@ -1026,6 +1026,42 @@ mod tests {
     }
 
     #[test]
+    fn os_string_keyval_keeps_bytes() {
+        let arg = OsString::from_vec(b"file=/tmp/a,,\xe9,id=d0,,x".to_vec());
+        let pairs = keyval_pairs_os(&arg);
+        assert_eq!(pairs[0].0, "file");
+        assert_eq!(pairs[0].1.as_bytes(), b"/tmp/a,\xe9");
+        assert_eq!(
+            (pairs[1].0.as_str(), pairs[1].1.as_bytes()),
+            ("id", &b"d0,x"[..])
+        );
+        let o = parse([
+            OsString::from("-kernel"),
+            OsString::from_vec(b"/k\xff".to_vec()),
+        ])
+        .unwrap();
+        assert_eq!(o.kernel.unwrap().as_os_str().as_bytes(), b"/k\xff");
+    }
+
+    #[test]
+    fn libvirt_options() {
+        let o = p("-uuid 5b527e88-b569-4732-a094-f2b6cc2aaa31 -rtc base=utc -boot strict=on -overcommit mem-lock=off -msg timestamp=on -sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny -audiodev none,id=a -name guest=g,debug-threads=on,process=p")
+            .unwrap();
+        assert_eq!(o.uuid.unwrap()[..4], [0x5b, 0x52, 0x7e, 0x88]);
+        assert!(o.boot.strict && o.msg.timestamp && o.name_options.debug_threads);
+        assert_eq!(o.name.as_deref(), Some("g"));
+        assert_eq!(o.name_options.process.as_deref(), Some("p"));
+        assert_eq!(o.audiodevs, vec!["a".to_string()]);
+        assert_eq!(o.sandbox.unwrap().settings.len(), 4);
+        assert!(is_rtc_date("2006-06-17T16:01:21") && is_rtc_date("2006-06-17"));
+        assert!(!is_rtc_date("2006-6-17"));
+        assert_eq!(p("-overcommit mem-lock=on").unwrap().mem_lock, MemLock::On);
+        assert!(p("-overcommit cpu-pm=on").is_err());
+        assert!(p("-boot order=cc").is_err());
+        assert!(p("-uuid 5b527e88-b569-4732-a094-f2b6cc2aaa3").is_err());
+    }
+
+    #[test]
     fn serial_backends() {
         assert_eq!(p("-serial stdio").unwrap().serial, vec![SerialSpec::Stdio]);
         assert_eq!(
