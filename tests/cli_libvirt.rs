@@ -565,8 +565,8 @@ fn libvirt_option_errors_use_qemus_texts() {
         ),
         (&["-rtc", "clock=foo"], "machina: invalid option value 'foo'"),
         (
-            &["-rtc", "base=localtime"],
-            "machina: -rtc base=localtime: machina's RTC is the host's UTC clock: base=localtime is not supported",
+            &["-rtc", "base=localtime,clock=vm"],
+            "machina: -rtc base=localtime,clock=vm: machina's RTC follows the host clock: clock=vm is not supported",
         ),
         (&["-boot", "order=z"], "machina: Invalid boot device 'z'"),
         (&["-boot", "menu=foo"], "machina: Parameter 'boot.menu' expects 'on' or 'off'"),
@@ -728,4 +728,26 @@ fn mem_lock_on_locks_the_guest_ram() {
     );
     qmp.ok("quit", serde_json::Value::Null);
     assert_eq!(vm.wait_exit(LIMIT), Some(0));
+}
+
+#[test]
+fn rtc_base_sets_the_guests_clock() {
+    use machina_tests::qtest_client::Qtest;
+    // Read the RTC as a guest would (index 0x70, data 0x71), through qtest.
+    let year_month = |base: &str| {
+        let mut q = Qtest::start(
+            &machina(),
+            &["-M", "q35", "-nodefaults", "-rtc", &format!("base={base}")].map(String::from),
+        );
+        let mut reg = |r: u8| {
+            assert_eq!(q.cmd(&format!("outb 0x70 {r:#x}")), "OK");
+            q.value("inb 0x71")
+        };
+        (reg(0x32), reg(0x09), reg(0x08))
+    };
+    // BCD century, year, month of a start date: the clock starts there, as QEMU's.
+    assert_eq!(year_month("2006-06-17T16:01:21"), (0x20, 0x06, 0x06));
+    assert_eq!(year_month("1999-12-01"), (0x19, 0x99, 0x12));
+    let (century, _, _) = year_month("utc");
+    assert_eq!(century, 0x20, "utc is the host's clock");
 }

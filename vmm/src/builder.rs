@@ -80,6 +80,8 @@ pub struct BuildInputs<'a> {
     pub backends: &'a [crate::backends::Backend],
     /// Where guest RAM comes from (`-machine memory-backend=`).
     pub ram: crate::memory::RamBacking,
+    /// Seconds the RTC runs ahead of the host's UTC clock (`-rtc base=`).
+    pub rtc_offset: i64,
 }
 
 fn map(
@@ -152,11 +154,14 @@ pub fn build(kvm: &Kvm, plan: &Plan, inputs: BuildInputs) -> Result<BuiltMachine
                 }
                 Some(port)
             }
-            "mc146818rtc" => Some(Arc::new(Mutex::new(Cmos::new(
-                plan.memory.ram_below_4g,
-                plan.memory.ram_above_4g,
-                plan.cpus,
-            )))),
+            "mc146818rtc" => Some(Arc::new(Mutex::new(
+                Cmos::new(
+                    plan.memory.ram_below_4g,
+                    plan.memory.ram_above_4g,
+                    plan.cpus,
+                )
+                .with_offset(inputs.rtc_offset),
+            ))),
             "i8042" => Some(Arc::new(Mutex::new(I8042::new(inputs.lifecycle.clone())))),
             "port92" => Some(Arc::new(Mutex::new(Port92::new(inputs.lifecycle.clone())))),
             "ioport80" | "ioportF0" => Some(Arc::new(Mutex::new(SinkPort))),

@@ -82,10 +82,72 @@ pub enum MemLock {
     OnFault,
 }
 
-/// `-rtc`: what machina's RTC can honour (it reads the host's UTC clock).
+/// `-rtc base=`: the RTC is the host's UTC clock plus `offset` seconds, fixed at start as
+/// QEMU fixes it (0 for utc, the local zone's offset for localtime, start date - now).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RtcOptions {
-    pub base_utc: bool,
+    pub base: String,
+    pub offset: i64,
+}
+
+/// Seconds since the epoch of `2006-06-17T16:01:21` or `2006-06-17` (UTC, as QEMU's
+/// mktimegm), None if it is not one of those forms.
+fn rtc_date_epoch(v: &str) -> Option<i64> {
+    let digits = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_digit());
+    let (date, time) = match v.split_once('T') {
+        Some((d, t)) => (d, Some(t)),
+        None => (v, None),
+    };
+    let d: Vec<&str> = date.split('-').collect();
+    if d.len() != 3 || !digits(d[0], 4) || !digits(d[1], 2) || !digits(d[2], 2) {
+        return None;
+    }
+    let (y, m, day): (i64, i64, i64) = (d[0].parse().ok()?, d[1].parse().ok()?, d[2].parse().ok()?);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&day) {
+        return None;
+    }
+    let mut secs = 0;
+    if let Some(t) = time {
+        let t: Vec<&str> = t.split(':').collect();
+        if t.len() != 3 || !t.iter().all(|p| digits(p, 2)) {
+            return None;
+        }
+        let (h, mi, s): (i64, i64, i64) =
+            (t[0].parse().ok()?, t[1].parse().ok()?, t[2].parse().ok()?);
+        if h > 23 || mi > 59 || s > 60 {
+            return None;
+        }
+        secs = h * 3600 + mi * 60 + s;
+    }
+    // Howard Hinnant's days_from_civil.
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    Some((era * 146_097 + doe - 719_468) * 86_400 + secs)
+}
+
+/// Now, in seconds since the epoch.
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// The local time zone's offset from UTC now, in seconds (localtime_r's tm_gmtoff).
+fn local_utc_offset() -> i64 {
+    let now = now_secs() as libc::time_t;
+    // SAFETY: tm is plain data that localtime_r fills from a valid time_t.
+    unsafe {
+        let mut tm: libc::tm = std::mem::zeroed();
+        if libc::localtime_r(&now, &mut tm).is_null() {
+            return 0;
+        }
+        tm.tm_gmtoff
+    }
 }
 
 /// `-boot`: kept for monitors; machina boots a kernel directly, without firmware.
@@ -295,37 +357,33 @@ fn parse_overcommit(opts: &mut CliOptions, value: &str) -> Result<(), CliError> 
     Ok(())
 }
 
-/// A `-rtc base=` date: `2006-06-17T16:01:21` or `2006-06-17`.
-fn is_rtc_date(v: &str) -> bool {
-    let digits = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_digit());
-    let (date, time) = match v.split_once('T') {
-        Some((d, t)) => (d, Some(t)),
-        None => (v, None),
-    };
-    let d: Vec<&str> = date.split('-').collect();
-    let date_ok = d.len() == 3 && digits(d[0], 4) && digits(d[1], 2) && digits(d[2], 2);
-    let time_ok = time.is_none_or(|t| {
-        let t: Vec<&str> = t.split(':').collect();
-        t.len() == 3 && t.iter().all(|p| digits(p, 2))
-    });
-    date_ok && time_ok
-}
-
-/// `-rtc base=utc|localtime|DATE,clock=host|rt|vm,driftfix=none|slew`: machina's RTC reads
-/// the host's UTC clock, so it honours base=utc, clock=host and driftfix=none.
+/// `-rtc base=utc|localtime|DATE,clock=host|rt|vm,driftfix=none|slew`: machina's RTC follows
+/// the host's clock from the base given (an offset fixed at start, as in QEMU); it honours
+/// clock=host and driftfix=none.
 fn parse_rtc(opts: &mut CliOptions, value: &str) -> Result<(), CliError> {
     let unsupported = |what: &str| {
         option_err(
             "rtc",
             value,
-            format!("machina's RTC is the host's UTC clock: {what} is not supported"),
+            format!("machina's RTC follows the host clock: {what} is not supported"),
         )
     };
     for (k, v) in items(value, None) {
         match (k.as_str(), v.as_str()) {
-            ("base", "utc") => opts.rtc.base_utc = true,
-            ("base", "localtime") => return Err(unsupported("base=localtime")),
-            ("base", d) if is_rtc_date(d) => return Err(unsupported("a start date")),
+            ("base", "utc") => opts.rtc = RtcOptions { base: v, offset: 0 },
+            ("base", "localtime") => {
+                opts.rtc = RtcOptions {
+                    base: v,
+                    offset: local_utc_offset(),
+                }
+            }
+            ("base", d) if rtc_date_epoch(d).is_some() => {
+                let start = rtc_date_epoch(d).unwrap_or_default();
+                opts.rtc = RtcOptions {
+                    base: v,
+                    offset: start - now_secs(),
+                }
+            }
             ("base", _) => {
                 return Err(CliError::Plain(
                     "invalid datetime format\nvalid formats: '2006-06-17T16:01:21' or '2006-06-17'"
@@ -551,7 +609,10 @@ impl Default for CliOptions {
             name_options: NameOptions::default(),
             uuid: None,
             mem_lock: MemLock::Off,
-            rtc: RtcOptions { base_utc: true },
+            rtc: RtcOptions {
+                base: "utc".into(),
+                offset: 0,
+            },
             boot: BootOptions::default(),
             add_fds: Vec::new(),
             audiodevs: Vec::new(),
@@ -930,7 +991,7 @@ usage: machina [options]\n\
                                guest RAM from that backend with -machine memory-backend=ID\n\
 -uuid UUID                     the machine's UUID\n\
 -overcommit mem-lock=on|off    lock all memory\n\
--rtc base=utc                  the RTC (the host's UTC clock)\n\
+-rtc base=utc|localtime|DATE  the RTC's base (it follows the host clock)\n\
 -boot [order=]DRIVES,strict=on|off,...   kept for firmware settings (machina boots directly)\n\
 -audiodev none,id=ID | -audio none   no sound (machina has no sound device)\n\
 -sandbox on|off,...            parsed only: machina installs no seccomp filter\n\
@@ -1053,8 +1114,12 @@ mod tests {
         assert_eq!(o.name_options.process.as_deref(), Some("p"));
         assert_eq!(o.audiodevs, vec!["a".to_string()]);
         assert_eq!(o.sandbox.unwrap().settings.len(), 4);
-        assert!(is_rtc_date("2006-06-17T16:01:21") && is_rtc_date("2006-06-17"));
-        assert!(!is_rtc_date("2006-6-17"));
+        assert_eq!(rtc_date_epoch("2006-06-17T16:01:21"), Some(1_150_560_081));
+        assert_eq!(rtc_date_epoch("1970-01-01"), Some(0));
+        assert_eq!(rtc_date_epoch("2006-6-17"), None);
+        assert_eq!(rtc_date_epoch("2006-13-17"), None);
+        let o = p("-rtc base=2006-06-17").unwrap();
+        assert!(o.rtc.offset < 0 && o.rtc.base == "2006-06-17");
         assert_eq!(p("-overcommit mem-lock=on").unwrap().mem_lock, MemLock::On);
         assert!(p("-overcommit cpu-pm=on").is_err());
         assert!(p("-boot order=cc").is_err());

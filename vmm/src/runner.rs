@@ -349,6 +349,7 @@ impl Machine<'_> {
                 boot: self.options.qtest.is_none().then_some(boot),
                 backends: &config.backends,
                 ram: config.ram_backing(),
+                rtc_offset: config.rtc.offset,
             },
         )?;
         // Device workers and the virtio INTx forwarder join the event loop for this

@@ -23,6 +23,8 @@ const REG_B_BINARY: u8 = 0x04;
 pub struct Cmos {
     index: u8,
     ram: [u8; 128],
+    /// Seconds added to the host's UTC clock (`-rtc base=localtime` or a start date).
+    offset: i64,
 }
 
 fn bcd(v: u64) -> u8 {
@@ -64,7 +66,17 @@ impl Cmos {
         let high = (above_4g >> 16).min(0xff_ffff) as u32;
         ram[0x5b..0x5e].copy_from_slice(&high.to_le_bytes()[..3]);
         ram[0x5f] = cpus.saturating_sub(1).min(255) as u8;
-        Self { index: 0, ram }
+        Self {
+            index: 0,
+            ram,
+            offset: 0,
+        }
+    }
+
+    /// The clock runs `secs` ahead of the host's UTC clock (negative: behind).
+    pub fn with_offset(mut self, secs: i64) -> Self {
+        self.offset = secs;
+        self
     }
 
     fn clock_register(&self, reg: u8) -> Option<u8> {
@@ -72,6 +84,7 @@ impl Cmos {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
+        let now = (now as i64).saturating_add(self.offset).max(0) as u64;
         let days = (now / 86_400) as i64;
         let secs = now % 86_400;
         let (year, month, day) = civil_from_days(days);
@@ -157,5 +170,16 @@ mod tests {
         assert!((0x01..=0x12).contains(&month));
         assert_eq!(civil_from_days(0), (1970, 1, 1));
         assert_eq!(civil_from_days(20_778), (2026, 11, 21));
+        // A base date far in the past: 1999 (an offset of about -27 years).
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let mut c = Cmos::new(256 << 20, 0, 2).with_offset(929_577_600 - now);
+        assert_eq!(
+            (read(&mut c, REG_CENTURY), read(&mut c, REG_YEAR)),
+            (0x19, 0x99)
+        );
+        assert_eq!(read(&mut c, REG_MONTH), 0x06);
     }
 }
