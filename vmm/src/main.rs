@@ -304,8 +304,9 @@ fn run(args: Vec<std::ffi::OsString>, start: Instant) -> Result<u8, String> {
             trace_start,
         },
         || {
-            server = start_qmp(&opts, &control)?;
+            // The sets hold duplicates; the originals go before any client is served.
             vmm::fdset::close_inherited(&inherited);
+            server = start_qmp(&opts, &control)?;
             // The monitors listen: a daemon's parent may now exit 0.
             if let Some(daemon) = daemon.as_mut() {
                 daemon.ready()?;
