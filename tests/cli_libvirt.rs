@@ -288,7 +288,30 @@ fn libvirt_probe_daemonizes_with_a_locked_pidfile() {
 
 /// Start machina with `fds` inherited (as libvirt passes its monitor socket and `-add-fd`
 /// files), stdout piped.
-fn spawn_with_fds(list: &[OsString], fds: Vec<i32>) -> std::process::Child {
+/// A machina process killed when dropped, so that a failed assertion leaves nothing behind.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl std::ops::Deref for Child {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Child {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
+fn spawn_with_fds(list: &[OsString], fds: Vec<i32>) -> Child {
     use std::os::unix::process::CommandExt;
     let mut command = Command::new(machina());
     command
@@ -308,7 +331,7 @@ fn spawn_with_fds(list: &[OsString], fds: Vec<i32>) -> std::process::Child {
             Ok(())
         });
     }
-    command.spawn().expect("start machina")
+    Child(command.spawn().expect("start machina"))
 }
 
 /// Poll `cond` until it holds or the hang guard expires.
@@ -460,9 +483,12 @@ fn libvirt_domain_line_with_the_serial_on_a_passed_file() {
     qmp.ok("cont", serde_json::Value::Null);
     let done = eventually(|| std::fs::read_to_string(&log).is_ok_and(|t| t.contains("poweroff:")));
     let _ = child.kill();
-    let out = child.wait_with_output().expect("wait");
+    let _ = child.wait();
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut stderr);
+    }
     let text = std::fs::read_to_string(&log).unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         done,
         "the guest's console reached the file\n{text}\n{stderr}"
@@ -583,7 +609,7 @@ fn libvirt_option_errors_use_qemus_texts() {
         (&["-add-fd", "set=0"], "machina: -add-fd set=0: fd option is required and must be non-negative"),
         (
             &["-chardev", "file,id=x,path=/dev/fdset/3"],
-            "machina: Could not open '/dev/fdset/3': No such file or directory",
+            "machina: -chardev file,id=x,path=/dev/fdset/3: Could not open '/dev/fdset/3': No such file or directory",
         ),
         (&["-chardev", "bogus,id=c0"], "machina: -chardev bogus,id=c0: 'bogus' is not a valid char driver name"),
         (&["-chardev", "file,id=c0"], "machina: -chardev file,id=c0: chardev: file: no filename given"),

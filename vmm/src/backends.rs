@@ -1010,6 +1010,11 @@ fn open_backend(backend: &mut Backend, context: &str) -> Result<(), BackendError
             })?;
             *handle = Some(Handle(Arc::new(file)));
         }
+        // `/dev/fdset/N` is not a path to create: config.rs opened it through the fd set.
+        Backend::Chardev {
+            backend: CharBackend::File(path),
+            ..
+        } if crate::fdset::is_fdset(path) => {}
         Backend::Chardev {
             backend: CharBackend::File(path),
             ..

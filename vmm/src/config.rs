@@ -176,8 +176,8 @@ fn chardev_from_cli(spec: &OsStr) -> Result<(ChardevInfo, Option<SerialSpec>), C
             );
             // Opened now, as QEMU opens every chardev at start.
             let append = flag("append").unwrap_or(false);
-            let handle = crate::console::FileHandle::open(&path, append)
-                .map_err(|e| ConfigError::Plain(e.to_string()))?;
+            let handle =
+                crate::console::FileHandle::open(&path, append).map_err(|e| err(e.to_string()))?;
             (info("file".into()), Some(SerialSpec::OpenFile(handle)))
         }
         "null" => (info("null".into()), Some(SerialSpec::Null)),
