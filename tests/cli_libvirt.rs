@@ -777,3 +777,65 @@ fn rtc_base_sets_the_guests_clock() {
     let (century, _, _) = year_month("utc");
     assert_eq!(century, 0x20, "utc is the host's clock");
 }
+
+#[test]
+fn libvirt_domain_line_with_the_serial_on_a_passed_listening_socket() {
+    use std::io::Read as _;
+    use std::os::fd::AsRawFd;
+    if !require_kvm() {
+        return;
+    }
+    let dir = TempDir::new("domain-socket");
+    let monitor = domain_files(&dir.path);
+    // `<serial type='unix' mode='bind'>`: libvirt binds the socket and passes its fd.
+    let serial = std::os::unix::net::UnixListener::bind(dir.path.join("serial.sock")).unwrap();
+    let line = domain_line(
+        &dir.path,
+        monitor.as_raw_fd(),
+        &[
+            "-chardev",
+            &format!(
+                "socket,id=charserial0,fd={},server=on,wait=off",
+                serial.as_raw_fd()
+            ),
+        ],
+        "pci-scan,powerbutton",
+    );
+    let mut child = spawn_with_fds(&line, vec![monitor.as_raw_fd(), serial.as_raw_fd()]);
+    let mut qmp =
+        machina_tests::qmp_client::QmpClient::connect(&dir.path.join("monitor.sock"), LIMIT);
+    qmp.ok("qmp_capabilities", serde_json::Value::Null);
+    let sockets = || {
+        std::fs::read_dir(format!("/proc/{}/fd", child.id()))
+            .map(|d| {
+                d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                    .filter(|t| t.to_string_lossy().starts_with("socket:"))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    let before = sockets();
+    let mut console =
+        std::os::unix::net::UnixStream::connect(dir.path.join("serial.sock")).expect("connect");
+    console.set_read_timeout(Some(LIMIT)).unwrap();
+    // The client is attached (accepted: machina holds more sockets) before the guest runs,
+    // so it gets everything the guest prints.
+    assert!(
+        eventually(|| sockets() > before),
+        "the console client is accepted"
+    );
+    qmp.ok("cont", serde_json::Value::Null);
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("powerbutton: waiting") {
+        match console.read(&mut buf) {
+            Ok(n) if n > 0 => seen.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    let text = String::from_utf8_lossy(&seen).into_owned();
+    qmp.ok("system_powerdown", serde_json::Value::Null);
+    let _ = child.wait();
+    assert!(text.contains("pci: 01:00.0 1af4:1042"), "{text}");
+    assert!(text.contains("powerbutton: waiting"), "{text}");
+}

@@ -43,6 +43,11 @@ pub enum CharBackend {
     UnixClient(PathBuf),
     /// A pseudo-terminal (opened at start by config.rs; its path is in the config).
     Pty,
+    /// A socket the management layer opened and passed (`fd=N`), for serial ports.
+    SocketFd {
+        fd: i32,
+        server: bool,
+    },
 }
 
 /// A descriptor opened for a backend and shared by every incarnation of the machine (resets
@@ -782,6 +787,9 @@ pub fn open_char_output(backend: &CharBackend) -> Result<Box<dyn std::io::Write 
         )
         .map(|f| Box::new(f) as Box<dyn std::io::Write + Send>)
         .map_err(|e| format!("Could not open '{}': {}", path.display(), reason(&e))),
+        CharBackend::SocketFd { .. } => {
+            Err("machina connects fd-passed socket chardevs to serial ports (isa-serial) and monitors only".into())
+        }
         CharBackend::Pty => {
             Err("machina connects pty chardevs to serial ports (isa-serial) only".into())
         }
@@ -859,6 +867,16 @@ pub fn parse_chardev(spec: impl AsRef<OsStr>) -> Result<Backend, BackendError> {
         "file" => CharBackend::File(PathBuf::from(
             raw_value(spec, "path").ok_or_else(|| err(&context, "Parameter 'path' is missing"))?,
         )),
+        "socket" if raw_value(spec, "fd").is_some() => CharBackend::SocketFd {
+            fd: get("fd")
+                .and_then(|v| v.parse().ok())
+                .filter(|fd: &i32| *fd >= 0)
+                .ok_or_else(|| err(&context, "Parameter 'fd' expects an fd number"))?,
+            server: get("server")
+                .as_deref()
+                .and_then(bool_value)
+                .unwrap_or(false),
+        },
         "socket" => {
             let path =
                 PathBuf::from(raw_value(spec, "path").ok_or_else(|| {

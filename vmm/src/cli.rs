@@ -204,6 +204,8 @@ pub enum SerialSpec {
     File(PathBuf),
     /// `-chardev file,...`: the file, opened at start as QEMU opens its chardevs.
     OpenFile(crate::console::FileHandle),
+    /// `-chardev socket,fd=N,server=on`: a listening socket passed by the management layer.
+    ListenFd(i32),
     /// `-chardev pty`: a pseudo-terminal, opened at start (input and output).
     Pty(crate::console::PtyHandle),
     /// `unix:PATH,server=on,wait=off`: listen on a socket, attach the first client.

@@ -200,7 +200,7 @@ fn chardev_from_cli(spec: &OsStr) -> Result<(ChardevInfo, Option<SerialSpec>), C
                     Some(p) => format!("disconnected:unix:{p}"),
                     None => "disconnected:socket".into(),
                 };
-                (info(name), None)
+                (info(name), server.then_some(SerialSpec::ListenFd(fd)))
             }
             Some(qmp::QmpEndpoint::Tcp {
                 host, port, server, ..

@@ -29,6 +29,8 @@ pub enum ConsoleError {
     OpenChardevFile { path: String, reason: String },
     #[error("cannot set up the pty: {0}")]
     Pty(String),
+    #[error("-chardev socket,fd={0}: fd {0} is not a listening socket")]
+    NotListening(i32),
 }
 
 /// A pseudo-terminal pair (`-chardev pty`): machina keeps the master for the guest's
@@ -235,6 +237,41 @@ impl Console {
                 ConsoleInput::None,
                 None,
             ),
+            SerialSpec::ListenFd(fd) => {
+                let fd = *fd;
+                let mut listening: libc::c_int = 0;
+                let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+                // SAFETY: SO_ACCEPTCONN writes one c_int into `listening`; a bad fd fails.
+                let r = unsafe {
+                    libc::getsockopt(
+                        fd,
+                        libc::SOL_SOCKET,
+                        libc::SO_ACCEPTCONN,
+                        (&mut listening as *mut libc::c_int).cast(),
+                        &mut len,
+                    )
+                };
+                if r != 0 || listening == 0 {
+                    return Err(ConsoleError::NotListening(fd));
+                }
+                // SAFETY: the fd was handed to machina for this chardev, which alone owns it
+                // from here; close-on-exec as for every fd machina keeps.
+                let listener = unsafe {
+                    libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+                    UnixListener::from_raw_fd(fd)
+                };
+                listener
+                    .set_nonblocking(true)
+                    .map_err(|_| ConsoleError::NotListening(fd))?;
+                (
+                    Box::new(std::io::sink()),
+                    ConsoleInput::Socket {
+                        listener,
+                        client: None,
+                    },
+                    None,
+                )
+            }
             SerialSpec::Pty(pty) => {
                 let output = DroppingWriter(pty.0.master_file()?);
                 (

@@ -43,7 +43,7 @@ fn serial_for(control: &Controller, name: &str) -> Result<SerialSpec, QmpError> 
         CharBackend::Null => Ok(SerialSpec::Null),
         CharBackend::Stdio => Ok(SerialSpec::Stdio),
         // The pty was opened at start; its console is kept in the configuration.
-        CharBackend::Pty => state
+        CharBackend::Pty | CharBackend::SocketFd { .. } => state
             .config
             .chardev_console(name)
             .ok_or_else(|| QmpError::generic(format!("Chardev '{name}' has no pty"))),
