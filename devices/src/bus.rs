@@ -83,6 +83,15 @@ impl Bus {
             .ok_or(BusError::NotMapped(base))
     }
 
+    /// Unmap everything. Devices on a bus may refer back to the bus's owner (the PCI
+    /// config ports hold the host, which holds the buses): clearing breaks those cycles so a
+    /// machine that is torn down is freed.
+    pub fn clear(&self) {
+        let ranges = std::mem::take(&mut *self.ranges.write().unwrap_or_else(|e| e.into_inner()));
+        // Dropped outside the lock: a device's Drop may use the bus.
+        drop(ranges);
+    }
+
     fn lookup(&self, addr: u64) -> Option<(u64, SharedDevice)> {
         let ranges = self.ranges.read().unwrap_or_else(|e| e.into_inner());
         let (&base, mapping) = ranges.range(..=addr).next_back()?;

@@ -82,6 +82,8 @@ pub struct BuildInputs<'a> {
     pub ram: crate::memory::RamBacking,
     /// Seconds the RTC runs ahead of the host's UTC clock (`-rtc base=`).
     pub rtc_offset: i64,
+    /// Their open handles, kept across builds.
+    pub open: &'a mut crate::virtio_devices::OpenBackends,
 }
 
 fn map(
@@ -190,6 +192,7 @@ pub fn build(kvm: &Kvm, plan: &Plan, inputs: BuildInputs) -> Result<BuiltMachine
                 &vm.memory,
                 &intx_forwarder,
                 &mut virtio,
+                inputs.open,
             );
             let host = devices::pci::PciHost::from_plan_with(
                 plan,

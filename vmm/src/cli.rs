@@ -22,6 +22,8 @@ pub struct CliOptions {
     pub serial: Vec<SerialSpec>,
     pub nodefaults: bool,
     pub no_reboot: bool,
+    /// `-no-shutdown`: stay alive (state `shutdown`) when the guest powers off.
+    pub no_shutdown: bool,
     /// `-S`: build the machine but do not start the vCPUs.
     pub start_paused: bool,
     pub name: Option<String>,
@@ -594,6 +596,7 @@ impl Default for CliOptions {
             serial: Vec::new(),
             nodefaults: false,
             no_reboot: false,
+            no_shutdown: false,
             start_paused: false,
             name: None,
             devices: Vec::new(),
@@ -885,6 +888,7 @@ where
                 }
             }
             "no-reboot" => opts.no_reboot = true,
+            "no-shutdown" => opts.no_shutdown = true,
             "S" => opts.start_paused = true,
             "name" => parse_name(&mut opts, &value)?,
             "uuid" => opts.uuid = Some(parse_uuid(&value)?),
@@ -1002,6 +1006,7 @@ usage: machina [options]\n\
 -nodefaults                    create no default devices\n\
 -no-user-config                accepted (machina reads no user config)\n\
 -no-reboot                     exit instead of rebooting when the guest resets\n\
+-no-shutdown                   stop, not exit, when the guest powers off (QMP system_reset, cont)\n\
 -S                             do not start the vCPUs\n\
 -qmp unix:PATH,server=on,wait=off | tcp:HOST:PORT,server=on,wait=off | stdio   QMP monitor\n\
 -chardev socket,id=ID,path=PATH,server=on,wait=off  -mon chardev=ID,mode=control   QMP on a chardev\n\

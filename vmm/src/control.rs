@@ -59,11 +59,21 @@ pub struct VmState {
     pub plan: Option<Plan>,
     pub pci: Option<SharedHost>,
     pub layout: Option<FirmwareLayout>,
+    /// Host thread id (gettid) of each vCPU thread, by vCPU index; replaced at every
+    /// (re)build, empty before the first.
+    pub vcpu_thread_ids: Vec<i32>,
+}
+
+/// Commands waiting for the run loop; `closed` once the loop has ended.
+#[derive(Default)]
+struct Queue {
+    commands: VecDeque<(Command, mpsc::Sender<Reply>)>,
+    closed: bool,
 }
 
 pub struct Controller {
     state: Mutex<VmState>,
-    queue: Mutex<VecDeque<(Command, mpsc::Sender<Reply>)>>,
+    queue: Mutex<Queue>,
     wake: EventFd,
     server: Mutex<Option<qmp::Server>>,
 }
@@ -76,7 +86,7 @@ impl Controller {
     pub fn new(state: VmState) -> Result<Self, ControlError> {
         Ok(Self {
             state: Mutex::new(state),
-            queue: Mutex::new(VecDeque::new()),
+            queue: Mutex::new(Queue::default()),
             wake: EventFd::new(libc::EFD_NONBLOCK).map_err(ControlError)?,
             server: Mutex::new(None),
         })
@@ -119,13 +129,28 @@ impl Controller {
     /// From a QMP handler: queue `command` for the run loop and wait for its answer.
     pub fn submit(&self, command: Command) -> Reply {
         let (tx, rx) = mpsc::channel();
-        self.queue
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push_back((command, tx));
+        {
+            let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            if queue.closed {
+                return Err(shutting_down());
+            }
+            queue.commands.push_back((command, tx));
+        }
         let _ = self.wake.write(1);
-        rx.recv()
-            .unwrap_or_else(|_| Err(qmp::QmpError::generic("the machine is shutting down")))
+        rx.recv().unwrap_or_else(|_| Err(shutting_down()))
+    }
+
+    /// From the run loop, when it ends: fail every queued command and refuse later ones, so
+    /// that no QMP client waits for an answer that cannot come.
+    pub fn close(&self) {
+        let pending: Vec<_> = {
+            let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            queue.closed = true;
+            queue.commands.drain(..).collect()
+        };
+        for (_, reply) in pending {
+            let _ = reply.send(Err(shutting_down()));
+        }
     }
 
     /// From the run loop: the queued commands.
@@ -134,6 +159,7 @@ impl Controller {
         self.queue
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+            .commands
             .drain(..)
             .collect()
     }
@@ -141,4 +167,8 @@ impl Controller {
     pub fn wake_fd(&self) -> &EventFd {
         &self.wake
     }
+}
+
+fn shutting_down() -> qmp::QmpError {
+    qmp::QmpError::generic("the machine is shutting down")
 }

@@ -275,6 +275,7 @@ fn run(args: Vec<std::ffi::OsString>, start: Instant) -> Result<u8, String> {
             plan: None,
             pci: None,
             layout: None,
+            vcpu_thread_ids: Vec::new(),
         })
         .map_err(|e| e.to_string())?,
     );
@@ -298,6 +299,7 @@ fn run(args: Vec<std::ffi::OsString>, start: Instant) -> Result<u8, String> {
         &RunOptions {
             bundled_kernel: BUNDLED_GUEST,
             no_reboot: opts.no_reboot,
+            no_shutdown: opts.no_shutdown,
             start_paused: opts.start_paused,
             delay_init: opts.delay_init,
             qtest,

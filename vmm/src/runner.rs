@@ -29,13 +29,15 @@ pub enum Outcome {
     ResetWithNoReboot,
     /// QMP `quit`.
     Quit,
+    /// SIGTERM, SIGINT or SIGHUP.
+    Signal,
     Failed,
 }
 
 impl Outcome {
     pub fn exit_code(self) -> i32 {
         match self {
-            Outcome::PoweredOff | Outcome::ResetWithNoReboot | Outcome::Quit => 0,
+            Outcome::PoweredOff | Outcome::ResetWithNoReboot | Outcome::Quit | Outcome::Signal => 0,
             Outcome::Failed => 1,
         }
     }
@@ -65,6 +67,8 @@ pub enum RunError {
 pub struct RunOptions {
     pub bundled_kernel: &'static [u8],
     pub no_reboot: bool,
+    /// `-no-shutdown`: a guest power-off stops the vCPUs instead of ending the process.
+    pub no_shutdown: bool,
     pub start_paused: bool,
     /// `-delay-machine-init`: wait for QMP to build the machine.
     pub delay_init: bool,
@@ -181,11 +185,23 @@ struct Running {
     stop: Arc<AtomicBool>,
     /// Event-loop subscribers that belong to this incarnation (device workers).
     subscribers: Vec<event_manager::SubscriberId>,
+    /// The buses, cleared at teardown to break the cycles through them (config ports ->
+    /// PCI host -> buses) so that the whole incarnation is freed.
+    io: Arc<devices::bus::Bus>,
+    mmio: Arc<devices::bus::Bus>,
     /// The VM fd and guest memory, which must outlive the vCPU threads.
     vm: crate::kvm_vm::KvmVm,
+    /// Host thread id of each vCPU thread, by vCPU index.
+    thread_ids: Vec<i32>,
 }
 
 extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+/// The calling thread's host thread id (what `query-cpus-fast` reports as `thread-id`).
+fn gettid() -> i32 {
+    // SAFETY: gettid takes no arguments, cannot fail and touches no memory.
+    unsafe { libc::syscall(libc::SYS_gettid) as i32 }
+}
 
 impl Running {
     fn start(
@@ -196,6 +212,8 @@ impl Running {
     ) -> Result<Self, RunError> {
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let count = machine.vcpus.len();
         for (index, fd) in machine.vcpus.into_iter().enumerate() {
             let vcpu = Vcpu {
                 fd,
@@ -207,17 +225,42 @@ impl Running {
                 gate: gate.clone(),
                 trace_start,
             };
+            let tid_tx = tid_tx.clone();
+            let crash = lifecycle.clone();
+            // QEMU's vCPU thread names, which libvirt and ps show.
             let handle = std::thread::Builder::new()
-                .name(format!("vcpu{index}"))
-                .spawn(move || vcpu.run())
+                .name(format!("CPU {index}/KVM"))
+                .spawn(move || {
+                    let _ = tid_tx.send((index, gettid()));
+                    drop(tid_tx);
+                    // A panicking vCPU is a failure to report, never a machine that hangs
+                    // with one CPU gone.
+                    let outcome =
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| vcpu.run()));
+                    if outcome.is_err() {
+                        eprintln!("machina: vCPU {index} stopped: internal error (panic)");
+                        crash.request(Request::Crash);
+                    }
+                })
                 .map_err(RunError::Thread)?;
             threads.push(handle);
+        }
+        drop(tid_tx);
+        let mut thread_ids = vec![0; count];
+        // Each thread sends its id first thing; the loop ends when every sender is gone.
+        for (index, tid) in tid_rx {
+            if let Some(slot) = thread_ids.get_mut(index) {
+                *slot = tid;
+            }
         }
         Ok(Self {
             threads,
             stop,
             subscribers: Vec::new(),
+            io: machine.io,
+            mmio: machine.mmio,
             vm: machine.vm,
+            thread_ids,
         })
     }
 
@@ -239,7 +282,8 @@ impl Running {
         }
     }
 
-    /// Stop every vCPU: raise the flag, then kick threads out of KVM_RUN until they return.
+    /// Stop every vCPU: raise the flag, then kick threads out of KVM_RUN until they return;
+    /// then unmap every device so nothing of this incarnation keeps another part alive.
     /// Returns the VM, to be dropped after the threads that used it.
     fn stop(self) -> crate::kvm_vm::KvmVm {
         self.stop.store(true, Ordering::SeqCst);
@@ -250,6 +294,8 @@ impl Running {
             }
             let _ = handle.join();
         }
+        self.io.clear();
+        self.mmio.clear();
         self.vm
     }
 }
@@ -266,6 +312,72 @@ impl MutEventSubscriber for IntxSubscriber {
     }
     fn process(&mut self, _events: Events, _ops: &mut EventOps) {
         self.forwarder.apply(&self.host);
+    }
+}
+
+/// The signals that end the process the way QEMU ends it (`virsh destroy`, qtest_quit and
+/// a terminal's ^C send them).
+const TERMINATION_SIGNALS: [libc::c_int; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
+
+/// Reads termination signals from a signalfd in the event loop, so that no code runs in a
+/// signal handler and the loop ends the machine in order (SHUTDOWN event, sockets removed).
+struct SignalSubscriber {
+    fd: std::os::fd::OwnedFd,
+    received: Arc<Mutex<Option<(u32, u32)>>>,
+}
+
+impl SignalSubscriber {
+    /// Block the termination signals in the calling thread (and so in every thread it
+    /// starts later) and open a signalfd for them.
+    fn new(received: Arc<Mutex<Option<(u32, u32)>>>) -> std::io::Result<Self> {
+        // SAFETY: sigset_t is plain data; sigemptyset initialises it before any other use.
+        let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `set` is a valid sigset_t owned by this frame; the signal numbers are valid.
+        unsafe {
+            libc::sigemptyset(&mut set);
+            for sig in TERMINATION_SIGNALS {
+                libc::sigaddset(&mut set, sig);
+            }
+        }
+        // SAFETY: `set` is initialised; the old mask is not wanted.
+        let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+        if rc != 0 {
+            return Err(std::io::Error::from_raw_os_error(rc));
+        }
+        // SAFETY: -1 asks for a new fd; `set` is initialised; the flags are valid.
+        let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: signalfd returned a new fd that nothing else owns.
+        let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        Ok(Self { fd, received })
+    }
+}
+
+impl MutEventSubscriber for SignalSubscriber {
+    fn init(&mut self, ops: &mut EventOps) {
+        let _ = ops.add(Events::new_raw(self.fd.as_raw_fd(), EventSet::IN));
+    }
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        loop {
+            // SAFETY: signalfd_siginfo is plain data, filled by read below.
+            let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+            let size = std::mem::size_of::<libc::signalfd_siginfo>();
+            // SAFETY: reads at most `size` bytes into `info`, which is that large.
+            let n = unsafe {
+                libc::read(
+                    self.fd.as_raw_fd(),
+                    (&mut info as *mut libc::signalfd_siginfo).cast(),
+                    size,
+                )
+            };
+            if n != size as isize {
+                return;
+            }
+            let mut received = self.received.lock().unwrap_or_else(|e| e.into_inner());
+            received.get_or_insert((info.ssi_signo, info.ssi_pid));
+        }
     }
 }
 
@@ -298,6 +410,11 @@ struct Machine<'a> {
     serial_slot: SerialSlot,
     running: Option<Running>,
     qtest: crate::qtest::QtestSlot,
+    /// Backend handles (images, taps, entropy sources, console files), opened at the first
+    /// build and shared by every later one: a reset must not reopen a tap or truncate a log.
+    backends: crate::virtio_devices::OpenBackends,
+    /// The termination signal received (signal number, sending pid), if any.
+    signal: Arc<Mutex<Option<(u32, u32)>>>,
 }
 
 impl Machine<'_> {
@@ -350,6 +467,7 @@ impl Machine<'_> {
                 backends: &config.backends,
                 ram: config.ram_backing(),
                 rtc_offset: config.rtc.offset,
+                open: &mut self.backends,
             },
         )?;
         // Device workers and the virtio INTx forwarder join the event loop for this
@@ -384,11 +502,12 @@ impl Machine<'_> {
             state.pci = built.pci.clone();
             state.layout = built.layout.clone();
         }
-        self.control.machine_ready();
         let mut running =
             Running::start(built, &self.lifecycle, &self.gate, self.options.trace_start)?;
         running.subscribers = subscribers;
+        self.control.state().vcpu_thread_ids = running.thread_ids.clone();
         self.running = Some(running);
+        self.control.machine_ready();
         Ok(plan)
     }
 
@@ -414,10 +533,30 @@ impl Machine<'_> {
         Some(running.stop())
     }
 
-    /// Stop the vCPUs and rebuild the same plan (a system reset), keeping the run state.
+    /// Stop the vCPUs and rebuild the same plan (a system reset). The old incarnation is
+    /// freed before the new one is built; backends stay open. As in QEMU, a machine that was
+    /// not running comes back in `prelaunch`, waiting for `cont`.
     fn reset(&mut self) -> Result<(), RunError> {
-        self.stop_running();
-        self.build().map(|_| ())
+        drop(self.stop_running());
+        self.build()?;
+        if !self.gate.is_running() {
+            self.set_status(RunState::Prelaunch);
+        }
+        Ok(())
+    }
+
+    /// `-no-shutdown`: the guest ended the machine; keep the process (and QMP) with the
+    /// vCPUs stopped in state `shutdown`, as QEMU does (SHUTDOWN, then STOP if it ran).
+    fn hold_at_shutdown(&mut self) {
+        let was_running = self.gate.is_running();
+        if let Some(running) = &self.running {
+            running.pause(&self.gate);
+        }
+        self.gate.set_running(false);
+        self.set_status(RunState::Shutdown);
+        if was_running {
+            self.control.emit("STOP", Value::Null);
+        }
     }
 
     fn handle(&mut self, command: Command) -> (Reply, Option<Outcome>) {
@@ -451,6 +590,16 @@ impl Machine<'_> {
                 None,
             ),
             Command::Cont => {
+                let status = self.control.state().status;
+                if matches!(status, RunState::Shutdown | RunState::InternalError) {
+                    // QEMU's text (runstate_needs_reset): only system_reset leaves these.
+                    return (
+                        Err(QmpError::generic(
+                            "Resetting the Virtual Machine is required",
+                        )),
+                        None,
+                    );
+                }
                 if !self.gate.is_running() {
                     self.resume();
                 }
@@ -501,6 +650,10 @@ impl Machine<'_> {
                     "SHUTDOWN",
                     json!({"guest": true, "reason": "guest-shutdown"}),
                 );
+                if self.options.no_shutdown {
+                    self.hold_at_shutdown();
+                    return Ok(None);
+                }
                 Ok(Some(Outcome::PoweredOff))
             }
             Request::Crash => {
@@ -510,6 +663,10 @@ impl Machine<'_> {
             Request::Reset if self.options.no_reboot => {
                 self.control
                     .emit("SHUTDOWN", json!({"guest": true, "reason": "guest-reset"}));
+                if self.options.no_shutdown {
+                    self.hold_at_shutdown();
+                    return Ok(None);
+                }
                 Ok(Some(Outcome::ResetWithNoReboot))
             }
             Request::Reset => {
@@ -529,7 +686,10 @@ impl Machine<'_> {
                 }
             }
         }
-        self.stop_running();
+        drop(self.stop_running());
+        // Commands queued now would wait for ever for an answer (and hold their QMP client
+        // open at exit): fail them, and any later one.
+        self.control.close();
         if outcome != Outcome::Failed {
             self.set_status(RunState::Shutdown);
         }
@@ -554,6 +714,12 @@ pub fn run(
         .map_err(|e| RunError::EventLoop(format!("cannot install the vCPU kick signal: {e}")))?;
     let lifecycle = Lifecycle::new().map_err(RunError::Lifecycle)?;
     let mut events = EventLoop::new().map_err(|e| RunError::EventLoop(format!("{e:?}")))?;
+    // Before any thread starts, so that every thread inherits the blocked mask and only the
+    // signalfd sees the termination signals.
+    let signal = Arc::new(Mutex::new(None));
+    let signals = SignalSubscriber::new(signal.clone())
+        .map_err(|e| RunError::EventLoop(format!("cannot watch termination signals: {e}")))?;
+    events.add_subscriber(Arc::new(Mutex::new(signals)));
     events.add_subscriber(Arc::new(Mutex::new(LifecycleSubscriber {
         lifecycle: lifecycle.clone(),
     })));
@@ -572,6 +738,8 @@ pub fn run(
         serial_slot: Arc::new(Mutex::new(None)),
         running: None,
         qtest: Arc::new(Mutex::new(None)),
+        backends: Default::default(),
+        signal,
     };
     if let Some(endpoint) = &options.qtest {
         crate::qtest::start(endpoint, machine.qtest.clone())
@@ -605,6 +773,19 @@ pub fn run(
         let request = machine.lifecycle.take();
         if let Some(outcome) = machine.guest_request(request)? {
             return Ok(machine.finish(outcome));
+        }
+        let signal = machine
+            .signal
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some((signo, pid)) = signal {
+            // QEMU's report and event (qemu_system_killed / qemu_kill_report).
+            eprintln!("machina: terminating on signal {signo} from pid {pid}");
+            machine
+                .control
+                .emit("SHUTDOWN", json!({"guest": false, "reason": "host-signal"}));
+            return Ok(machine.finish(Outcome::Signal));
         }
     }
 }

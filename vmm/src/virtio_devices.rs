@@ -3,12 +3,14 @@
 
 use crate::backends::{Backend, CacheMode};
 use crate::memory::GuestMemory;
+use devices::legacy::serial::SharedWriter;
 use devices::pci::{PciError, SharedFunction, SharedHost};
 use devices::virtio::blk::BlockBackend;
 use devices::virtio::console::ConsoleBackend;
 use devices::virtio::net::NetBackend;
 use devices::virtio::{self, IntxLine, VirtioBackend, VirtioWorker};
 use machine::{PciFunctionPlan, Plan};
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -77,6 +79,51 @@ pub struct VirtioSet {
     pub workers: Vec<VirtioWorker>,
     /// Peers of the socket pairs standing in for absent netdevs, kept open.
     keepalive: Vec<UnixDatagram>,
+}
+
+/// Backend handles opened once per process and shared by every build, for the backends
+/// that `backends.rs` does not already hold open (drives and taps it does): entropy sources
+/// and console outputs. The first build opens them; a reset gets a duplicate of the same
+/// open file, or the same writer, so a console log is not truncated and a console socket
+/// not rebound per boot, and nothing accumulates: duplicates close with the incarnation
+/// that used them.
+#[derive(Default)]
+pub struct OpenBackends {
+    files: HashMap<String, File>,
+    outputs: HashMap<String, SharedWriter>,
+}
+
+impl OpenBackends {
+    /// A handle to the backend known as `key`, opened with `open` the first time.
+    fn get_or_open<E>(
+        &mut self,
+        key: String,
+        open: impl FnOnce() -> Result<File, E>,
+        dup_error: impl Fn(std::io::Error) -> E,
+    ) -> Result<File, E> {
+        if let Some(file) = self.files.get(&key) {
+            return file.try_clone().map_err(dup_error);
+        }
+        let file = open()?;
+        let handle = file.try_clone().map_err(dup_error)?;
+        self.files.insert(key, file);
+        Ok(handle)
+    }
+
+    /// The output known as `key`, opened with `open` the first time; every build writes
+    /// through the same one.
+    fn output<E>(
+        &mut self,
+        key: String,
+        open: impl FnOnce() -> Result<Box<dyn Write + Send>, E>,
+    ) -> Result<SharedWriter, E> {
+        if let Some(out) = self.outputs.get(&key) {
+            return Ok(out.clone());
+        }
+        let out = SharedWriter::new(open()?);
+        self.outputs.insert(key, out.clone());
+        Ok(out)
+    }
 }
 
 fn prop<'a>(f: &'a PciFunctionPlan, name: &str) -> Option<&'a str> {
@@ -179,6 +226,7 @@ fn open_net(
 fn open_rng(
     f: &PciFunctionPlan,
     backends: &[Backend],
+    open: &mut OpenBackends,
 ) -> Result<Box<dyn std::io::Read + Send>, PciError> {
     let path = match prop(f, "rng") {
         Some(id) => backends
@@ -190,8 +238,15 @@ fn open_rng(
             .ok_or_else(|| device_err(f, format!("Device '{id}' not found")))?,
         None => "/dev/urandom".into(),
     };
-    let file = crate::backends::open_rng(&path)
-        .map_err(|e| device_err(f, format!("Could not open '{}': {e}", path.display())))?;
+    let key = format!("rng {} {}", prop(f, "rng").unwrap_or(""), path.display());
+    let file = open.get_or_open(
+        key,
+        || {
+            crate::backends::open_rng(&path)
+                .map_err(|e| device_err(f, format!("Could not open '{}': {e}", path.display())))
+        },
+        |e| device_err(f, format!("cannot share the entropy source: {e}")),
+    )?;
     Ok(Box::new(file))
 }
 
@@ -201,6 +256,7 @@ fn open_console(
     f: &PciFunctionPlan,
     plan: &Plan,
     backends: &[Backend],
+    open: &mut OpenBackends,
 ) -> Result<Box<dyn Write + Send>, PciError> {
     let chardev = plan
         .virtio_ports
@@ -214,13 +270,19 @@ fn open_console(
         .and_then(|p| p.properties.get("chardev").cloned());
     let backend = chardev.and_then(|id| {
         backends.iter().find_map(|b| match b {
-            Backend::Chardev { id: c, backend } if *c == id => Some(backend.clone()),
+            Backend::Chardev { id: c, backend } if *c == id => Some((id.clone(), backend.clone())),
             _ => None,
         })
     });
-    // A chardev that cannot be opened is an error, never silently lost output.
+    // A chardev that cannot be opened is an error, never silently lost output. It is opened
+    // (a file truncated, a socket bound) once per process, as QEMU's chardevs: a reset keeps
+    // the previous boot's output and the connected client.
     match backend {
-        Some(backend) => crate::backends::open_char_output(&backend).map_err(|e| device_err(f, e)),
+        Some((id, backend)) => open
+            .output(format!("chardev {id}"), || {
+                crate::backends::open_char_output(&backend).map_err(|e| device_err(f, e))
+            })
+            .map(|out| Box::new(out) as Box<dyn Write + Send>),
         None => Ok(Box::new(std::io::sink())),
     }
 }
@@ -232,15 +294,16 @@ pub fn factory<'a>(
     memory: &'a GuestMemory,
     forwarder: &'a Arc<IntxForwarder>,
     set: &'a mut VirtioSet,
+    open: &'a mut OpenBackends,
 ) -> impl FnMut(&PciFunctionPlan) -> Option<Result<SharedFunction, PciError>> + 'a {
     move |f: &PciFunctionPlan| {
         let mode = f.virtio?;
         let backend = match mode.device_type {
             1 => open_net(f, plan, backends, set).map(VirtioBackend::Net),
             2 => open_drive(f, backends).map(VirtioBackend::Block),
-            3 => open_console(f, plan, backends)
+            3 => open_console(f, plan, backends, open)
                 .map(|output| VirtioBackend::Console(ConsoleBackend { output })),
-            4 => open_rng(f, backends).map(VirtioBackend::Rng),
+            4 => open_rng(f, backends, open).map(VirtioBackend::Rng),
             // Types we have no backend for keep the generic model (identity only).
             _ => return None,
         };
@@ -261,5 +324,57 @@ pub fn factory<'a>(
                 })
                 .map_err(|e| device_err(f, e.to_string())),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    #[test]
+    fn a_backend_is_opened_once_and_shared_by_every_build() {
+        let path = std::env::temp_dir().join(format!("machina-open-{}", std::process::id()));
+        let mut open = OpenBackends::default();
+        let mut opened = 0;
+        let mut handles = Vec::new();
+        for _ in 0..3 {
+            let handle = open
+                .get_or_open(
+                    "rng r0".into(),
+                    || {
+                        opened += 1;
+                        File::create(&path)
+                    },
+                    |e| e,
+                )
+                .expect("open");
+            handles.push(handle);
+        }
+        assert_eq!(opened, 1, "opened (and truncated) once");
+        // One open file: what one build wrote, the next continues after.
+        handles[0].write_all(b"boot1 ").expect("write");
+        drop(handles.remove(0));
+        handles[0].write_all(b"boot2 ").expect("write");
+        // Outputs: one writer for every build.
+        let mut outputs = 0;
+        for boot in ["boot3 ", "boot4"] {
+            let mut out = open
+                .output("chardev c0".into(), || {
+                    outputs += 1;
+                    handles[0]
+                        .try_clone()
+                        .map(|f| Box::new(f) as Box<dyn Write + Send>)
+                })
+                .expect("output");
+            out.write_all(boot.as_bytes()).expect("write");
+        }
+        assert_eq!(outputs, 1, "the output is opened once");
+        let mut text = String::new();
+        File::open(&path)
+            .and_then(|mut f| f.read_to_string(&mut text))
+            .expect("read back");
+        assert_eq!(text, "boot1 boot2 boot3 boot4");
+        let _ = std::fs::remove_file(&path);
     }
 }
