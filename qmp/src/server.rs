@@ -407,6 +407,18 @@ impl Server {
                 c.shutdown(Shutdown::Read);
             }
             if let Some(t) = s.writer.take() {
+                // A writer already blocked in a write to a client that stopped reading does
+                // not see the new timeout: give it a moment to flush, then cut the socket
+                // so that the write fails and the thread ends.
+                let deadline = std::time::Instant::now() + Duration::from_secs(1);
+                while !t.is_finished() && std::time::Instant::now() < deadline {
+                    thread::sleep(Duration::from_millis(5));
+                }
+                if !t.is_finished() {
+                    if let Some(c) = &s.conn {
+                        c.shutdown(Shutdown::Both);
+                    }
+                }
                 let _ = t.join();
             }
             if let Some(c) = &s.conn {

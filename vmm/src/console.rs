@@ -289,7 +289,10 @@ impl Console {
                 let listener = qmp::bind_unix_private(path).map_err(listen_err)?;
                 // wait=on: block until the first client connects, as QEMU does.
                 let client = if *wait {
-                    Some(listener.accept().map_err(listen_err)?.0)
+                    let stream = listener.accept().map_err(listen_err)?.0;
+                    // Output to a client that stops reading is dropped, never waited for.
+                    stream.set_nonblocking(true).map_err(listen_err)?;
+                    Some(stream)
                 } else {
                     None
                 };

@@ -129,6 +129,9 @@ impl MutEventSubscriber for ConsoleInputSubscriber {
             ConsoleInput::Socket { listener, client } => {
                 if fd == listener.as_raw_fd() {
                     if let Ok((stream, _)) = listener.accept() {
+                        // Non-blocking, as QEMU's chardevs: a client that stops reading loses
+                        // output instead of blocking the vCPU in the UART write.
+                        let _ = stream.set_nonblocking(true);
                         if let Ok(out) = stream.try_clone() {
                             self.console.output.replace(Box::new(out));
                         }
@@ -143,6 +146,11 @@ impl MutEventSubscriber for ConsoleInputSubscriber {
                             let data = buf[..n].to_vec();
                             self.deliver(&data);
                         }
+                        Err(e)
+                            if matches!(
+                                e.kind(),
+                                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+                            ) => {}
                         _ => {
                             let _ = ops.remove(Events::new(&*stream, EventSet::IN));
                             *client = None;
@@ -545,18 +553,27 @@ impl Machine<'_> {
         Ok(())
     }
 
-    /// `-no-shutdown`: the guest ended the machine; keep the process (and QMP) with the
-    /// vCPUs stopped in state `shutdown`, as QEMU does (SHUTDOWN, then STOP if it ran).
-    fn hold_at_shutdown(&mut self) {
+    /// The guest ended the machine (`shutdown` is the SHUTDOWN event's data). Without
+    /// `-no-shutdown` that ends the process with `outcome`; with it the process (and QMP)
+    /// stays, the vCPUs stopped in state `shutdown`, as QEMU does: SHUTDOWN, then STOP if
+    /// it ran. The state changes before the events, so a client that sees them and asks
+    /// `query-status` gets `shutdown`.
+    fn guest_shutdown(&mut self, shutdown: Value, outcome: Outcome) -> Option<Outcome> {
+        if !self.options.no_shutdown {
+            self.control.emit("SHUTDOWN", shutdown);
+            return Some(outcome);
+        }
         let was_running = self.gate.is_running();
         if let Some(running) = &self.running {
             running.pause(&self.gate);
         }
         self.gate.set_running(false);
         self.set_status(RunState::Shutdown);
+        self.control.emit("SHUTDOWN", shutdown);
         if was_running {
             self.control.emit("STOP", Value::Null);
         }
+        None
     }
 
     fn handle(&mut self, command: Command) -> (Reply, Option<Outcome>) {
@@ -645,30 +662,18 @@ impl Machine<'_> {
     fn guest_request(&mut self, request: Request) -> Result<Option<Outcome>, RunError> {
         match request {
             Request::None => Ok(None),
-            Request::PowerOff => {
-                self.control.emit(
-                    "SHUTDOWN",
-                    json!({"guest": true, "reason": "guest-shutdown"}),
-                );
-                if self.options.no_shutdown {
-                    self.hold_at_shutdown();
-                    return Ok(None);
-                }
-                Ok(Some(Outcome::PoweredOff))
-            }
+            Request::PowerOff => Ok(self.guest_shutdown(
+                json!({"guest": true, "reason": "guest-shutdown"}),
+                Outcome::PoweredOff,
+            )),
             Request::Crash => {
                 self.set_status(RunState::InternalError);
                 Ok(Some(Outcome::Failed))
             }
-            Request::Reset if self.options.no_reboot => {
-                self.control
-                    .emit("SHUTDOWN", json!({"guest": true, "reason": "guest-reset"}));
-                if self.options.no_shutdown {
-                    self.hold_at_shutdown();
-                    return Ok(None);
-                }
-                Ok(Some(Outcome::ResetWithNoReboot))
-            }
+            Request::Reset if self.options.no_reboot => Ok(self.guest_shutdown(
+                json!({"guest": true, "reason": "guest-reset"}),
+                Outcome::ResetWithNoReboot,
+            )),
             Request::Reset => {
                 self.control
                     .emit("RESET", json!({"guest": true, "reason": "guest-reset"}));
