@@ -295,12 +295,20 @@ impl Running {
     /// Returns the VM, to be dropped after the threads that used it.
     fn stop(self) -> crate::kvm_vm::KvmVm {
         self.stop.store(true, Ordering::SeqCst);
-        for handle in self.threads {
-            while !handle.is_finished() {
+        for (index, handle) in self.threads.into_iter().enumerate() {
+            // A vCPU blocked outside KVM_RUN (a device writing to a host file that does not
+            // drain) must not hang a reset or the exit: past the deadline it is left to end
+            // on its own (it owns what it uses and sees the stop flag when it returns).
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !handle.is_finished() && Instant::now() < deadline {
                 let _ = handle.kill(SIGRTMIN());
                 std::thread::sleep(Duration::from_millis(1));
             }
-            let _ = handle.join();
+            if handle.is_finished() {
+                let _ = handle.join();
+            } else {
+                eprintln!("machina: vCPU {index} does not stop (blocked in a device); left behind");
+            }
         }
         self.io.clear();
         self.mmio.clear();
@@ -547,8 +555,9 @@ impl Machine<'_> {
     fn reset(&mut self) -> Result<(), RunError> {
         drop(self.stop_running());
         self.build()?;
-        if !self.gate.is_running() {
-            self.set_status(RunState::Prelaunch);
+        let mut state = self.control.state();
+        if state.status != RunState::Running {
+            state.status = RunState::Prelaunch;
         }
         Ok(())
     }
