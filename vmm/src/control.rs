@@ -172,3 +172,43 @@ impl Controller {
 fn shutting_down() -> qmp::QmpError {
     qmp::QmpError::generic("the machine is shutting down")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn controller() -> Controller {
+        let opts = crate::cli::parse(Vec::<String>::new()).expect("empty command line");
+        Controller::new(VmState {
+            status: RunState::Prelaunch,
+            config: MachineConfig::from_cli(&opts).expect("config"),
+            catalog: Catalog::builtin().clone(),
+            plan: None,
+            pci: None,
+            layout: None,
+            vcpu_thread_ids: Vec::new(),
+        })
+        .expect("controller")
+    }
+
+    #[test]
+    fn close_answers_queued_commands_and_refuses_later_ones() {
+        let control = std::sync::Arc::new(controller());
+        let waiter = {
+            let control = control.clone();
+            std::thread::spawn(move || control.submit(Command::Cont))
+        };
+        // Wait until the command is queued, then end the loop without serving it.
+        while control.queue.lock().unwrap().commands.is_empty() {
+            std::thread::yield_now();
+        }
+        control.close();
+        let answer = waiter.join().expect("submitter");
+        assert!(
+            answer.is_err(),
+            "a queued command gets an error, not a hang"
+        );
+        assert!(control.submit(Command::Stop).is_err());
+        assert!(control.take().is_empty());
+    }
+}
