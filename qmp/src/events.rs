@@ -87,6 +87,11 @@ impl ClientPort {
         self.pending.fetch_sub(len, Ordering::SeqCst);
     }
 
+    /// Bytes queued for this client and not yet written.
+    pub(crate) fn pending_bytes(&self) -> usize {
+        self.pending.load(Ordering::SeqCst)
+    }
+
     /// Lets the writer drain what is queued, then stop.
     pub(crate) fn close(&self) {
         if let Some(tx) = lock(&self.tx).take() {

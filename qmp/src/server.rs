@@ -27,6 +27,9 @@ use std::time::Duration;
 /// become resident.
 const READER_STACK_SIZE: usize = 16 << 20;
 
+/// At exit, how long a client's output may make no progress before it is cut off.
+const STALLED_CLIENT: Duration = Duration::from_secs(3);
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -408,11 +411,19 @@ impl Server {
             }
             if let Some(t) = s.writer.take() {
                 // A writer already blocked in a write to a client that stopped reading does
-                // not see the new timeout: give it a moment to flush, then cut the socket
-                // so that the write fails and the thread ends.
-                let deadline = std::time::Instant::now() + Duration::from_secs(1);
+                // not see the new timeout: let it flush while it makes progress, and once
+                // nothing moved for a while cut the socket so the write fails and the
+                // thread ends. (Progress, not a fixed time: a busy host may be slow to
+                // schedule a writer that is not stalled at all.)
+                let mut pending = s.port.pending_bytes();
+                let mut deadline = std::time::Instant::now() + STALLED_CLIENT;
                 while !t.is_finished() && std::time::Instant::now() < deadline {
                     thread::sleep(Duration::from_millis(5));
+                    let now = s.port.pending_bytes();
+                    if now != pending {
+                        pending = now;
+                        deadline = std::time::Instant::now() + STALLED_CLIENT;
+                    }
                 }
                 if !t.is_finished() {
                     if let Some(c) = &s.conn {
