@@ -426,8 +426,9 @@ struct Machine<'a> {
     serial_slot: SerialSlot,
     running: Option<Running>,
     qtest: crate::qtest::QtestSlot,
-    /// Backend handles (images, taps, entropy sources, console files), opened at the first
-    /// build and shared by every later one: a reset must not reopen a tap or truncate a log.
+    /// Backend handles that backends.rs does not hold open itself (entropy sources, console
+    /// outputs), opened at the first build and shared by every later one: a reset must not
+    /// truncate a log or rebind a socket. (Drives and taps are held by their `Backend`.)
     backends: crate::virtio_devices::OpenBackends,
     /// The termination signal received (signal number, sending pid), if any.
     signal: Arc<Mutex<Option<(u32, u32)>>>,
@@ -554,6 +555,9 @@ impl Machine<'_> {
     /// not running comes back in `prelaunch`, waiting for `cont`.
     fn reset(&mut self) -> Result<(), RunError> {
         drop(self.stop_running());
+        // What the replaced incarnation asked for (a second reset, a power-off racing with a
+        // host reset) does not apply to the new one.
+        let _ = self.lifecycle.take();
         self.build()?;
         let mut state = self.control.state();
         if state.status != RunState::Running {
@@ -669,8 +673,11 @@ impl Machine<'_> {
 
     /// Act on what the guest (or a failed vCPU) asked for.
     fn guest_request(&mut self, request: Request) -> Result<Option<Outcome>, RunError> {
+        let held = self.control.state().status == RunState::Shutdown;
         match request {
             Request::None => Ok(None),
+            // -no-shutdown holds the machine: a request latched as it stopped changes nothing.
+            Request::PowerOff | Request::Reset if held => Ok(None),
             Request::PowerOff => Ok(self.guest_shutdown(
                 json!({"guest": true, "reason": "guest-shutdown"}),
                 Outcome::PoweredOff,
