@@ -3,7 +3,10 @@
 //! merged with `-machine-definition FILE`), resolved once and queried many times.
 
 use crate::board::BoardDef;
-use crate::device_types::{resolve_device_types, DeviceType, DeviceTypeDef};
+use crate::device_types::{
+    resolution_order, resolve_device_types, DeviceType, DeviceTypeDef, WalkError,
+    MAX_INHERITANCE_DEPTH,
+};
 use crate::error::CatalogError;
 use crate::machine_types::{CompatProperty, MachineType, MachineTypeDef};
 use crate::options::OptionDef;
@@ -69,12 +72,19 @@ impl CatalogFile {
     }
 }
 
+/// Entries of `from` replace the entry of the same key in `into`, or are appended. Linear:
+/// a file may hold many thousands of entries.
 fn replace_or_push<T>(into: &mut Vec<T>, from: Vec<T>, key: impl Fn(&T) -> String) {
+    let mut index: HashMap<String, usize> =
+        into.iter().enumerate().map(|(i, e)| (key(e), i)).collect();
     for item in from {
         let k = key(&item);
-        match into.iter_mut().find(|e| key(e) == k) {
-            Some(slot) => *slot = item,
-            None => into.push(item),
+        match index.get(&k) {
+            Some(&i) => into[i] = item,
+            None => {
+                index.insert(k, into.len());
+                into.push(item);
+            }
         }
     }
 }
@@ -215,14 +225,43 @@ impl Catalog {
             boards.insert(b.name.clone(), (Arc::new(b.clone()), Arc::new(opts)));
         }
 
-        let by_name: HashMap<&str, &MachineTypeDef> = defs
+        let by_name: HashMap<&str, usize> = defs
             .machine_types
             .iter()
-            .map(|m| (m.name.as_str(), m))
+            .enumerate()
+            .map(|(i, m)| (m.name.as_str(), i))
             .collect();
-        let mut machines = Vec::with_capacity(defs.machine_types.len());
-        for def in &defs.machine_types {
-            machines.push(resolve_machine(def, &by_name, &boards, &defs)?);
+        let types = &defs.machine_types;
+        let parent = |i: usize| match &types[i].inherits {
+            None => Ok(None),
+            Some(p) => by_name.get(p.as_str()).copied().map(Some).ok_or(p.clone()),
+        };
+        let order = resolution_order(types.len(), parent, |i| types[i].name.clone()).map_err(
+            |e| match e {
+                WalkError::UnknownParent { name, parent } => {
+                    CatalogError::UnknownParent { name, parent }
+                }
+                WalkError::Cycle(name) => CatalogError::InheritanceCycle(name),
+                WalkError::TooDeep(name) => CatalogError::TooDeep {
+                    kind: "machine type",
+                    name,
+                    limit: MAX_INHERITANCE_DEPTH,
+                },
+            },
+        )?;
+        // Each type's inherited fields are folded once, from its parent's fold.
+        let mut folds: Vec<Option<MachineFold>> = vec![None; types.len()];
+        for i in order {
+            let mut fold = match parent(i).ok().flatten() {
+                Some(p) => folds[p].clone().unwrap_or_default(),
+                None => MachineFold::default(),
+            };
+            fold.extend(&types[i], &defs)?;
+            folds[i] = Some(fold);
+        }
+        let mut machines = Vec::with_capacity(types.len());
+        for (def, fold) in types.iter().zip(folds) {
+            machines.push(resolve_machine(def, fold.unwrap_or_default(), &boards)?);
         }
         let mut machine_index = HashMap::new();
         let mut default_machine = None;
@@ -297,43 +336,28 @@ impl Catalog {
     }
 }
 
-fn resolve_machine(
-    def: &MachineTypeDef,
-    by_name: &HashMap<&str, &MachineTypeDef>,
-    boards: &HashMap<String, (Arc<BoardDef>, Arc<Vec<OptionDef>>)>,
-    defs: &CatalogFile,
-) -> Result<MachineType, CatalogError> {
-    let mut chain = vec![def];
-    let mut cur = def;
-    while let Some(p) = &cur.inherits {
-        let parent = by_name
-            .get(p.as_str())
-            .ok_or_else(|| CatalogError::UnknownParent {
-                name: cur.name.clone(),
-                parent: p.clone(),
-            })?;
-        if chain.iter().any(|c| c.name == parent.name) {
-            return Err(CatalogError::InheritanceCycle(def.name.clone()));
-        }
-        chain.push(parent);
-        cur = parent;
-    }
-    let mut board = None;
-    let mut description = None;
-    let mut help_family = None;
-    let mut cpu_max = None;
-    let mut hotpluggable_cpus = None;
-    let mut numa_mem_supported = None;
-    let mut deprecated = None;
-    let mut default_cpu_type = None;
-    let mut default_ram_id = None;
-    let mut acpi = None;
-    let mut compat_props = Vec::new();
-    for d in chain.iter().rev() {
+/// The fields a machine type inherits, folded from the root of its chain down.
+#[derive(Clone, Default)]
+struct MachineFold {
+    board: Option<String>,
+    description: Option<String>,
+    help_family: Option<String>,
+    cpu_max: Option<u32>,
+    hotpluggable_cpus: Option<bool>,
+    numa_mem_supported: Option<bool>,
+    deprecated: Option<bool>,
+    default_cpu_type: Option<String>,
+    default_ram_id: Option<String>,
+    acpi: Option<bool>,
+    compat_props: Vec<CompatProperty>,
+}
+
+impl MachineFold {
+    fn extend(&mut self, d: &MachineTypeDef, defs: &CatalogFile) -> Result<(), CatalogError> {
         macro_rules! take {
             ($field:ident) => {
                 if d.$field.is_some() {
-                    $field = d.$field.clone();
+                    self.$field = d.$field.clone();
                 }
             };
         }
@@ -352,13 +376,34 @@ fn resolve_machine(
                 .compat_sets
                 .get(set)
                 .ok_or_else(|| CatalogError::UnknownCompatSet {
-                    name: def.name.clone(),
+                    name: d.name.clone(),
                     set: set.clone(),
                 })?;
-            compat_props.extend(list.iter().cloned());
+            self.compat_props.extend(list.iter().cloned());
         }
-        compat_props.extend(d.compat_props.iter().cloned());
+        self.compat_props.extend(d.compat_props.iter().cloned());
+        Ok(())
     }
+}
+
+fn resolve_machine(
+    def: &MachineTypeDef,
+    fold: MachineFold,
+    boards: &HashMap<String, (Arc<BoardDef>, Arc<Vec<OptionDef>>)>,
+) -> Result<MachineType, CatalogError> {
+    let MachineFold {
+        board,
+        description,
+        help_family,
+        cpu_max,
+        hotpluggable_cpus,
+        numa_mem_supported,
+        deprecated,
+        default_cpu_type,
+        default_ram_id,
+        acpi,
+        compat_props,
+    } = fold;
     let board_name = board.ok_or_else(|| CatalogError::MissingField(def.name.clone(), "board"))?;
     let (board, options) =
         boards

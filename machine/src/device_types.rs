@@ -356,115 +356,226 @@ impl DeviceType {
     }
 }
 
+/// The deepest inheritance chain a catalog may have (machine types and device types alike).
+/// QEMU's own are under 20 deep; the limit keeps resolution of a hostile definition file
+/// bounded (each type carries its ancestor list).
+pub const MAX_INHERITANCE_DEPTH: usize = 256;
+
+/// Where the resolution of one definition stands (for the memoised walk).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mark {
+    Todo,
+    /// On the chain being walked right now: meeting it again is a cycle.
+    Walking,
+    Done,
+}
+
+/// Why an inheritance walk failed (the callers word it for machine or device types).
+#[derive(Debug)]
+pub(crate) enum WalkError {
+    UnknownParent { name: String, parent: String },
+    Cycle(String),
+    TooDeep(String),
+}
+
+/// The order in which to resolve `n` definitions so that every parent comes before its
+/// children, in linear time: each definition is walked once (a walk stops at the first
+/// resolved ancestor). `parent(i)` is the index of `i`'s parent, `Err(name)` for an unknown
+/// parent, `Ok(None)` for a root.
+pub(crate) fn resolution_order(
+    n: usize,
+    parent: impl Fn(usize) -> Result<Option<usize>, String>,
+    name: impl Fn(usize) -> String,
+) -> Result<Vec<usize>, WalkError> {
+    let mut mark = vec![Mark::Todo; n];
+    let mut depth = vec![0usize; n];
+    let mut order = Vec::with_capacity(n);
+    for start in 0..n {
+        let mut chain = Vec::new();
+        let mut cur = start;
+        // Walk up to the first resolved ancestor (or a root).
+        let base_depth = loop {
+            match mark[cur] {
+                Mark::Done => break Some(depth[cur]),
+                Mark::Walking => return Err(WalkError::Cycle(name(cur))),
+                Mark::Todo => {}
+            }
+            mark[cur] = Mark::Walking;
+            chain.push(cur);
+            if chain.len() > MAX_INHERITANCE_DEPTH + 1 {
+                return Err(WalkError::TooDeep(name(start)));
+            }
+            match parent(cur).map_err(|p| WalkError::UnknownParent {
+                name: name(cur),
+                parent: p,
+            })? {
+                Some(p) => cur = p,
+                None => break None,
+            }
+        };
+        // Resolve from the top of the walked chain down.
+        let mut d = base_depth.map_or(0, |b| b + 1);
+        for &i in chain.iter().rev() {
+            if d > MAX_INHERITANCE_DEPTH {
+                return Err(WalkError::TooDeep(name(i)));
+            }
+            depth[i] = d;
+            mark[i] = Mark::Done;
+            order.push(i);
+            d += 1;
+        }
+    }
+    Ok(order)
+}
+
+/// What a type inherits, folded from the root down (one per definition, memoised).
+#[derive(Clone, Default)]
+struct Folded {
+    ancestors: Vec<String>,
+    user_creatable: Option<bool>,
+    category: Option<Category>,
+    bus: Option<String>,
+    interfaces: Vec<String>,
+    pci: PciDef,
+    has_pci: bool,
+    virtio: Option<VirtioDef>,
+    bridge: Option<BridgeDef>,
+    isa: Option<IsaTypeDef>,
+    connect: Option<String>,
+    libvirt_model: Option<String>,
+    props: BTreeMap<String, PropertyDef>,
+}
+
+impl Folded {
+    /// `self` (the parent's fold) extended by `d`.
+    fn extend(
+        &mut self,
+        d: &DeviceTypeDef,
+        property_sets: &BTreeMap<String, Vec<PropertyDef>>,
+    ) -> Result<(), CatalogError> {
+        if let Some(u) = d.user_creatable {
+            self.user_creatable = Some(u);
+        }
+        if d.category.is_some() {
+            self.category = d.category;
+        }
+        if d.bus.is_some() {
+            self.bus = d.bus.clone();
+        }
+        for i in &d.interfaces {
+            if !self.interfaces.contains(i) {
+                self.interfaces.push(i.clone());
+            }
+        }
+        if let Some(p) = &d.pci {
+            self.has_pci = true;
+            merge_pci(&mut self.pci, p);
+        }
+        if d.virtio.is_some() {
+            self.virtio = d.virtio.clone();
+        }
+        if let (Some(v), Some(variant)) = (self.virtio.as_mut(), d.virtio_variant) {
+            v.variant = variant;
+        }
+        if d.bridge.is_some() {
+            self.bridge = d.bridge.clone();
+        }
+        if d.isa.is_some() {
+            self.isa = d.isa.clone();
+        }
+        if d.connect.is_some() {
+            self.connect = d.connect.clone();
+        }
+        if d.libvirt_model.is_some() {
+            self.libvirt_model = d.libvirt_model.clone();
+        }
+        for set in &d.property_sets {
+            let list = property_sets
+                .get(set)
+                .ok_or_else(|| CatalogError::UnknownPropertySet {
+                    name: d.name.clone(),
+                    set: set.clone(),
+                })?;
+            for p in list {
+                self.props.insert(p.name.clone(), p.clone());
+            }
+        }
+        for p in &d.properties {
+            self.props.insert(p.name.clone(), p.clone());
+        }
+        Ok(())
+    }
+}
+
 /// Resolve every definition (inheritance, property sets) into `DeviceType`s, in definition
-/// order. Definitions whose parent is not in `defs` are an error.
+/// order. Definitions whose parent is not in `defs` are an error, as are cycles and chains
+/// deeper than `MAX_INHERITANCE_DEPTH`. Linear in the number of definitions: each type's
+/// inherited part is folded once and reused by its children.
 pub fn resolve_device_types(
     defs: &[DeviceTypeDef],
     property_sets: &BTreeMap<String, Vec<PropertyDef>>,
 ) -> Result<Vec<DeviceType>, CatalogError> {
-    let by_name: HashMap<&str, &DeviceTypeDef> =
-        defs.iter().map(|d| (d.name.as_str(), d)).collect();
-    let mut out = Vec::with_capacity(defs.len());
-    for def in defs {
-        // Chain from the type up to the root.
-        let mut chain = vec![def];
-        let mut cur = def;
-        while let Some(p) = &cur.parent {
-            let parent =
-                by_name
-                    .get(p.as_str())
-                    .ok_or_else(|| CatalogError::UnknownDeviceParent {
-                        name: cur.name.clone(),
-                        parent: p.clone(),
-                    })?;
-            if chain.iter().any(|c| c.name == parent.name) || chain.len() > 64 {
-                return Err(CatalogError::UnknownDeviceParent {
-                    name: def.name.clone(),
-                    parent: p.clone(),
-                });
+    let by_name: HashMap<&str, usize> = defs
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (d.name.as_str(), i))
+        .collect();
+    let parent = |i: usize| match &defs[i].parent {
+        None => Ok(None),
+        Some(p) => by_name.get(p.as_str()).copied().map(Some).ok_or(p.clone()),
+    };
+    let order =
+        resolution_order(defs.len(), parent, |i| defs[i].name.clone()).map_err(|e| match e {
+            WalkError::UnknownParent { name, parent } => {
+                CatalogError::UnknownDeviceParent { name, parent }
             }
-            chain.push(parent);
-            cur = parent;
-        }
-        // Fold from the root down so nearer definitions win.
+            WalkError::Cycle(name) => CatalogError::DeviceInheritanceCycle(name),
+            WalkError::TooDeep(name) => CatalogError::TooDeep {
+                kind: "device type",
+                name,
+                limit: MAX_INHERITANCE_DEPTH,
+            },
+        })?;
+    let mut folded: Vec<Option<Folded>> = vec![None; defs.len()];
+    for i in order {
+        let def = &defs[i];
+        let mut f = match parent(i).ok().flatten() {
+            Some(p) => {
+                let mut f = folded[p].clone().unwrap_or_default();
+                f.ancestors.insert(0, defs[p].name.clone());
+                f
+            }
+            None => Folded::default(),
+        };
+        f.extend(def, property_sets)?;
+        folded[i] = Some(f);
+    }
+    let mut out = Vec::with_capacity(defs.len());
+    for (def, f) in defs.iter().zip(folded) {
+        let f = f.unwrap_or_default();
         let mut t = DeviceType {
             name: def.name.clone(),
             parent: def.parent.clone(),
-            ancestors: chain[1..].iter().map(|d| d.name.clone()).collect(),
+            ancestors: f.ancestors,
             is_abstract: def.is_abstract,
-            user_creatable: true,
-            category: None,
+            user_creatable: f.user_creatable.unwrap_or(true),
+            category: f.category,
             description: def.description.clone(),
             alias: def.alias.clone(),
-            bus: None,
-            interfaces: Vec::new(),
+            bus: f.bus,
+            interfaces: f.interfaces,
             pci: None,
-            virtio: None,
-            bridge: None,
-            isa: None,
-            connect: None,
+            virtio: f.virtio,
+            bridge: f.bridge,
+            isa: f.isa,
+            connect: f.connect,
             clears_default: def.clears_default.clone(),
-            libvirt_model: None,
-            properties: Vec::new(),
+            libvirt_model: f.libvirt_model,
+            properties: f.props.into_values().collect(),
             compat_match: Vec::new(),
         };
-        let mut pci = PciDef::default();
-        let mut has_pci = false;
-        let mut props: BTreeMap<String, PropertyDef> = BTreeMap::new();
-        for d in chain.iter().rev() {
-            if let Some(u) = d.user_creatable {
-                t.user_creatable = u;
-            }
-            if d.category.is_some() {
-                t.category = d.category;
-            }
-            if d.bus.is_some() {
-                t.bus = d.bus.clone();
-            }
-            for i in &d.interfaces {
-                if !t.interfaces.contains(i) {
-                    t.interfaces.push(i.clone());
-                }
-            }
-            if let Some(p) = &d.pci {
-                has_pci = true;
-                merge_pci(&mut pci, p);
-            }
-            if d.virtio.is_some() {
-                t.virtio = d.virtio.clone();
-            }
-            if let (Some(v), Some(variant)) = (t.virtio.as_mut(), d.virtio_variant) {
-                v.variant = variant;
-            }
-            if d.bridge.is_some() {
-                t.bridge = d.bridge.clone();
-            }
-            if d.isa.is_some() {
-                t.isa = d.isa.clone();
-            }
-            if d.connect.is_some() {
-                t.connect = d.connect.clone();
-            }
-            if d.libvirt_model.is_some() {
-                t.libvirt_model = d.libvirt_model.clone();
-            }
-            for set in &d.property_sets {
-                let list =
-                    property_sets
-                        .get(set)
-                        .ok_or_else(|| CatalogError::UnknownPropertySet {
-                            name: d.name.clone(),
-                            set: set.clone(),
-                        })?;
-                for p in list {
-                    props.insert(p.name.clone(), p.clone());
-                }
-            }
-            for p in &d.properties {
-                props.insert(p.name.clone(), p.clone());
-            }
-        }
-        if has_pci {
+        if f.has_pci {
+            let pci = f.pci;
             t.pci = Some(PciSpec {
                 vendor: pci.vendor.map(|n| n.0 as u16).unwrap_or(0),
                 device: pci.device.map(|n| n.0 as u16).unwrap_or(0),
@@ -474,18 +585,25 @@ pub fn resolve_device_types(
                 header_type: pci.header_type.unwrap_or(0),
             });
         }
-        t.properties = props.into_values().collect();
         t.compat_match.push(t.name.clone());
         t.compat_match.extend(t.ancestors.iter().cloned());
         if let Some(v) = &t.virtio {
-            // The proxy always carries a virtio device; its compat properties apply.
+            // The proxy always carries a virtio device; its compat properties apply. The
+            // chain was checked above, but the backend may be any name: stop at a repeat.
             let backend = v
                 .backend
                 .clone()
                 .unwrap_or_else(|| "virtio-device".to_string());
             let mut cur = Some(backend);
+            let mut steps = 0;
             while let Some(name) = cur {
-                cur = by_name.get(name.as_str()).and_then(|d| d.parent.clone());
+                steps += 1;
+                if steps > MAX_INHERITANCE_DEPTH + 1 {
+                    break;
+                }
+                cur = by_name
+                    .get(name.as_str())
+                    .and_then(|&i| defs[i].parent.clone());
                 if !t.compat_match.contains(&name) {
                     t.compat_match.push(name);
                 }

@@ -197,6 +197,14 @@ pub enum CatalogError {
     UnknownOptionSet { board: String, set: String },
     #[error("machine type '{0}' lacks required field '{1}'")]
     MissingField(String, &'static str),
+    #[error("device type '{0}' has an inheritance cycle")]
+    DeviceInheritanceCycle(String),
+    #[error("{kind} '{name}' inherits through more than {limit} levels")]
+    TooDeep {
+        kind: &'static str,
+        name: String,
+        limit: usize,
+    },
     #[error("device type '{name}' has unknown parent '{parent}'")]
     UnknownDeviceParent { name: String, parent: String },
     #[error("device type '{name}' uses unknown property set '{set}'")]

@@ -43,7 +43,7 @@ pub use catalog::{Catalog, CatalogFile};
 pub use condition::Condition;
 pub use device_types::{
     BoolOrProp, BridgeDef, Category, ChassisRule, DeviceType, DeviceTypeDef, IsaTypeDef, Num,
-    PciDef, PciSpec, SubsystemDef, VirtioDef, VirtioVariant,
+    PciDef, PciSpec, SubsystemDef, VirtioDef, VirtioVariant, MAX_INHERITANCE_DEPTH,
 };
 pub use error::{CatalogError, PlanError};
 pub use machine_types::{CompatProperty, MachineType, MachineTypeDef};
