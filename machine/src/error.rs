@@ -58,6 +58,28 @@ pub enum PlanError {
     /// `-m 0`.
     #[error("Invalid RAM size 0: RAM size must be greater than zero")]
     ZeroRam,
+    /// A RAM size that does not fit once aligned.
+    #[error("ram size too large")]
+    RamTooLarge,
+    /// `-m size=256M,maxmem=128M`.
+    #[error("invalid value of maxmem: maximum memory size (0x{max:x}) must be at least the initial memory size (0x{size:x})")]
+    MaxMemBelowRam { max: u64, size: u64 },
+    /// `-m 256M,maxmem=256M,slots=1`.
+    #[error("invalid value of maxmem: memory slots were specified but maximum memory size (0x{max:x}) is equal to the initial memory size (0x{size:x})")]
+    MaxMemEqualsRam { max: u64, size: u64 },
+    /// `-m 256,slots=2` without `maxmem`.
+    #[error("slots specified but no max-size")]
+    SlotsWithoutMaxMem,
+    /// More memory slots than ACPI can describe (256).
+    #[error("unsupported amount of memory slots: {0}")]
+    TooManyMemorySlots(u64),
+    /// `maxmem` not a multiple of the page size.
+    #[error("maximum memory size must by aligned to multiple of 4096 bytes")]
+    MaxMemUnaligned,
+    /// The memory map (RAM, hot-plug area, 64-bit PCI hole) ends above what the CPU can
+    /// address.
+    #[error("Address space limit 0x{limit:x} < 0x{used:x} phys-bits too low ({bits})")]
+    AddressSpaceLimit { limit: u64, used: u64, bits: u8 },
     /// A request in JSON form that is not a JSON object with a string `driver`.
     #[error("{0}")]
     BadDeviceSyntax(String),

@@ -39,10 +39,14 @@ pub fn split_ram(layout: &MemoryLayoutDef, ram_size: u64, opts: &ResolvedOptions
     (below, ram_size - below)
 }
 
-/// Compute the memory map. `flag` evaluates region conditions (e.g. `hpet`).
+/// Compute the memory map. `device_memory` is the size of QEMU's memory hot-plug area
+/// (`maxmem` - `size`, plus 1 GiB per slot), placed at the 1 GiB boundary after RAM above
+/// 4 GiB; the 64-bit PCI hole follows it. `flag` evaluates region conditions (e.g. `hpet`).
+/// Sizes that do not fit in 64 bits saturate (the planner refuses them by phys-bits).
 pub fn memory_map(
     layout: &MemoryLayoutDef,
     ram_size: u64,
+    device_memory: u64,
     opts: &ResolvedOptions,
     flag: impl Fn(&str) -> bool,
 ) -> MemoryMap {
@@ -66,6 +70,8 @@ pub fn memory_map(
             ecam: None,
             pci_hole32: Range { base: 0, size: 0 },
             pci_hole64: Range { base: 0, size: 0 },
+            device_memory: None,
+            ram_id: None,
             regions,
         };
     }
@@ -106,7 +112,16 @@ pub fn memory_map(
     if above > 0 {
         push("ram-high", RegionKind::Ram, FOUR_GIB, above);
     }
-    let hole64_base = (FOUR_GIB + above).div_ceil(GIB) * GIB;
+    let round_gib = |a: u64| a.div_ceil(GIB).saturating_mul(GIB);
+    let ram_end = round_gib(FOUR_GIB.saturating_add(above));
+    let device_memory = (device_memory > 0).then_some(Range {
+        base: ram_end,
+        size: device_memory,
+    });
+    let hole64_base = match device_memory {
+        Some(d) => round_gib(d.base.saturating_add(d.size)),
+        None => ram_end,
+    };
     let pci_hole64 = Range {
         base: hole64_base,
         size: layout.pci_hole64_size.map(|n| n.0).unwrap_or(0),
@@ -125,6 +140,8 @@ pub fn memory_map(
         ecam,
         pci_hole32,
         pci_hole64,
+        device_memory,
+        ram_id: None,
         regions,
     }
 }

@@ -66,8 +66,15 @@ pub struct MemoryMap {
     pub ecam: Option<Range>,
     /// 32-bit PCI MMIO hole (BARs below 4 GiB).
     pub pci_hole32: Range,
-    /// 64-bit PCI MMIO hole (above RAM above 4 GiB).
+    /// 64-bit PCI MMIO hole (above RAM above 4 GiB and the memory hot-plug area).
     pub pci_hole64: Range,
+    /// QEMU's memory hot-plug area (`-m ...,maxmem=`), reserved address space only: machina
+    /// plugs no DIMMs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_memory: Option<Range>,
+    /// The id of the RAM block (the machine type's `default-ram-id`, QEMU's `pc.ram`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ram_id: Option<String>,
     /// Every region in address order: RAM, reserved low areas, ECAM, holes, device MMIO.
     pub regions: Vec<MemoryRegion>,
 }

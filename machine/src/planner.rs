@@ -106,6 +106,7 @@ impl Catalog {
         if req.ram_size == 0 {
             return Err(PlanError::ZeroRam);
         }
+        let (ram_size, device_memory) = check_memory(req, &machine.board.memory)?;
         let opts = resolve_options(&machine.name, &machine.options, &req.options)?;
         let defaults = Defaults::compute(self, req);
         let flag = |name: &str| match name {
@@ -116,7 +117,9 @@ impl Catalog {
             "default-parallel" => defaults.parallel,
             other => opts.is_on(other),
         };
-        let memory = memory_map(&machine.board.memory, req.ram_size, &opts, flag);
+        let mut memory = memory_map(&machine.board.memory, ram_size, device_memory, &opts, flag);
+        memory.ram_id = machine.default_ram_id.clone();
+        check_address_space(&memory, req.phys_bits)?;
 
         let mut ctx = Ctx {
             catalog: self,
@@ -666,6 +669,71 @@ impl<'a> Ctx<'a> {
         }
         Ok((idx, advisories))
     }
+}
+
+/// QEMU aligns RAM to 8 KiB (`machine_set_mem`).
+const RAM_ALIGN: u64 = 8192;
+/// ACPI_MAX_RAM_SLOTS.
+const MAX_RAM_SLOTS: u64 = 256;
+/// x86-64's architectural limit of physical address bits (QEMU's TARGET_PHYS_ADDR_SPACE_BITS).
+const MAX_PHYS_BITS: u8 = 52;
+
+/// QEMU's `-m size=,slots=,maxmem=` rules (`machine_set_mem`, `pc_memory_init`): the RAM size
+/// aligned up to 8 KiB, and the size of the memory hot-plug area.
+fn check_memory(
+    req: &PlanRequest,
+    layout: &crate::board::MemoryLayoutDef,
+) -> Result<(u64, u64), PlanError> {
+    let size = req
+        .ram_size
+        .checked_next_multiple_of(RAM_ALIGN)
+        .ok_or(PlanError::RamTooLarge)?;
+    let Some(max) = req.max_ram_size else {
+        if req.ram_slots > 0 {
+            return Err(PlanError::SlotsWithoutMaxMem);
+        }
+        return Ok((size, 0));
+    };
+    if max < size {
+        return Err(PlanError::MaxMemBelowRam { max, size });
+    }
+    if req.ram_slots > 0 && max == size {
+        return Err(PlanError::MaxMemEqualsRam { max, size });
+    }
+    if max == size || layout.flat {
+        return Ok((size, 0));
+    }
+    if req.ram_slots > MAX_RAM_SLOTS {
+        return Err(PlanError::TooManyMemorySlots(req.ram_slots));
+    }
+    if max % 4096 != 0 {
+        return Err(PlanError::MaxMemUnaligned);
+    }
+    // pc_get_device_memory_range: the hot-pluggable part plus 1 GiB of alignment per slot.
+    let device = (max - size).saturating_add(req.ram_slots.saturating_mul(1 << 30));
+    Ok((size, device))
+}
+
+/// `pc_memory_init`'s check that everything mapped fits the CPU's physical address width.
+fn check_address_space(
+    memory: &crate::plan::MemoryMap,
+    phys_bits: Option<u8>,
+) -> Result<(), PlanError> {
+    let bits = phys_bits.unwrap_or(MAX_PHYS_BITS).min(MAX_PHYS_BITS);
+    let limit = (1u64 << bits) - 1;
+    let ram_end = |base: u64, size: u64| base.saturating_add(size).saturating_sub(1);
+    let used = memory
+        .regions
+        .iter()
+        .filter(|r| r.range.size > 0)
+        .map(|r| ram_end(r.range.base, r.range.size))
+        .chain(memory.device_memory.map(|d| ram_end(d.base, d.size)))
+        .max()
+        .unwrap_or(0);
+    if used > limit {
+        return Err(PlanError::AddressSpaceLimit { limit, used, bits });
+    }
+    Ok(())
 }
 
 /// Every property of `dev` with defaults, then the machine type's compat properties, then

@@ -16,8 +16,18 @@ pub struct PlanRequest {
     pub options: Vec<(String, String)>,
     /// `-nodefaults`.
     pub nodefaults: bool,
-    /// `-m` in bytes.
+    /// `-m` in bytes (aligned up to 8 KiB by the planner, as QEMU does).
     pub ram_size: u64,
+    /// `-m maxmem=`: the most RAM memory hot-plug could reach; `None` means `ram_size`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ram_size: Option<u64>,
+    /// `-m slots=`: memory hot-plug slots.
+    #[serde(default)]
+    pub ram_slots: u64,
+    /// Guest physical address bits (what CPUID 0x80000008 will report); the memory map must
+    /// fit. `None`: x86-64's architectural 52.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phys_bits: Option<u8>,
     /// `-smp` CPUs.
     pub cpus: u32,
     /// `-smp maxcpus=`; `None` means equal to `cpus`.
@@ -45,6 +55,9 @@ impl Default for PlanRequest {
             options: Vec::new(),
             nodefaults: false,
             ram_size: 128 << 20,
+            max_ram_size: None,
+            ram_slots: 0,
+            phys_bits: None,
             cpus: 1,
             max_cpus: None,
             devices: Vec::new(),

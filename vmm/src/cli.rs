@@ -15,6 +15,9 @@ pub struct CliOptions {
     pub ram_size: u64,
     /// `-m` was given (otherwise a machine memory backend sets the size, as in QEMU).
     pub ram_size_given: bool,
+    /// `-m slots=` and `maxmem=`.
+    pub ram_slots: u64,
+    pub max_ram_size: Option<u64>,
     pub cpus: u32,
     pub kernel: Option<PathBuf>,
     pub initrd: Option<PathBuf>,
@@ -30,6 +33,10 @@ pub struct CliOptions {
     pub devices: Vec<String>,
     pub machine_definitions: Vec<PathBuf>,
     pub nographic: bool,
+    /// `-vga none` (false) or `-vga std` (true); None keeps QEMU's default.
+    pub vga: Option<bool>,
+    /// `-nic none` / `-net none`: no default NIC.
+    pub nic: Option<bool>,
     /// `-qmp SPEC` arguments, as given (OS strings: paths are bytes).
     pub qmp: Vec<OsString>,
     /// `-chardev` arguments, as given (resolved by the qmp crate and backends.rs).
@@ -228,10 +235,15 @@ pub enum CliError {
     InvalidOption(String),
     #[error("{0}: requires an argument")]
     MissingArgument(String),
-    #[error("-m {0}: Parameter 'size' expects a non-negative number below 2^64")]
-    BadSize(String),
-    #[error("-m {0}: memory size must be greater than zero")]
-    ZeroMemory(String),
+    /// `-vga TEXT: MESSAGE`.
+    #[error("-vga {0}: {1}")]
+    Vga(String, String),
+    /// `-nic`/`-net` with what was given, and why it was refused.
+    #[error("{0}: {1}")]
+    Nic(String, String),
+    /// `-m TEXT: MESSAGE` (QEMU's texts for `-m`).
+    #[error("-m {0}: {1}")]
+    Memory(String, String),
     #[error("-smp {0}: Parameter 'smp.cpus' expects integer")]
     BadCpus(String),
     #[error("-smp {0}: Invalid CPU topology: CPU topology parameters must be greater than zero")]
@@ -589,6 +601,8 @@ impl Default for CliOptions {
             machine_options: Vec::new(),
             ram_size: DEFAULT_RAM_SIZE,
             ram_size_given: false,
+            ram_slots: 0,
+            max_ram_size: None,
             cpus: 1,
             kernel: None,
             initrd: None,
@@ -602,6 +616,8 @@ impl Default for CliOptions {
             devices: Vec::new(),
             machine_definitions: Vec::new(),
             nographic: false,
+            vga: None,
+            nic: None,
             qmp: Vec::new(),
             chardevs: Vec::new(),
             backends: Vec::new(),
@@ -676,42 +692,170 @@ pub fn lossy(arg: &OsStr) -> String {
     arg.to_string_lossy().into_owned()
 }
 
-/// Parse a size as QEMU does for `-m`: a plain number is MiB; suffixes k/M/G/T/P/E (and B).
-pub fn parse_ram_size(text: &str) -> Result<u64, CliError> {
-    let bad = || CliError::BadSize(text.to_string());
-    let value = text.strip_prefix("size=").unwrap_or(text);
-    let split = value
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(value.len());
-    let (number, suffix) = value.split_at(split);
-    if number.is_empty() {
-        return Err(bad());
-    }
-    let shift = match suffix {
-        "" | "M" | "m" => 20,
-        "B" | "b" => 0,
-        "k" | "K" => 10,
-        "G" | "g" => 30,
-        "T" | "t" => 40,
-        "P" | "p" => 50,
-        "E" | "e" => 60,
-        _ => return Err(bad()),
-    };
-    let bytes = if number.contains('.') {
-        let n: f64 = number.parse().map_err(|_| bad())?;
-        let b = n * (1u64 << shift) as f64;
-        if !(0.0..1.8e19).contains(&b) {
-            return Err(bad());
+/// `-m [size=]SIZE[,slots=N][,maxmem=SIZE]`, as QEMU reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryOption {
+    /// Bytes (not yet aligned: the planner aligns to 8 KiB as QEMU does).
+    pub size: u64,
+    pub slots: u64,
+    pub maxmem: Option<u64>,
+}
+
+/// `qemu_strtosz`: a decimal (or `0x` hex) number, a fraction only with a suffix, and an
+/// optional suffix b/k/M/G/T/P/E (any case). `Ok(None)` when the value is out of range,
+/// `Ok(Some((bytes, had_suffix)))`, `Err(())` when it is not a size.
+fn strtosz(text: &str) -> Result<Option<(u64, bool)>, ()> {
+    let t = text.trim_start();
+    let (body, shift) = match t.chars().last() {
+        Some(c) if c.is_ascii_alphabetic() && !(t.starts_with("0x") && c.is_ascii_hexdigit()) => {
+            let shift = match c.to_ascii_lowercase() {
+                'b' => 0,
+                'k' => 10,
+                'm' => 20,
+                'g' => 30,
+                't' => 40,
+                'p' => 50,
+                'e' => 60,
+                _ => return Err(()),
+            };
+            (&t[..t.len() - 1], Some(shift))
         }
-        b as u64
-    } else {
-        let n: u64 = number.parse().map_err(|_| bad())?;
-        n.checked_mul(1u64 << shift).ok_or_else(bad)?
+        _ => (t, None),
     };
-    if bytes == 0 {
-        return Err(CliError::ZeroMemory(text.to_string()));
+    let mult = 1u64 << shift.unwrap_or(0);
+    if let Some(hex) = body.strip_prefix("0x").or_else(|| body.strip_prefix("0X")) {
+        if hex.is_empty() || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(());
+        }
+        return Ok(u64::from_str_radix(hex, 16)
+            .ok()
+            .and_then(|n| n.checked_mul(mult))
+            .map(|n| (n, shift.is_some())));
     }
-    Ok(bytes)
+    let (int, frac) = body.split_once('.').unwrap_or((body, ""));
+    if int.is_empty() || !int.chars().all(|c| c.is_ascii_digit()) {
+        return Err(());
+    }
+    if !frac.chars().all(|c| c.is_ascii_digit()) || (body.contains('.') && shift.is_none()) {
+        return Err(());
+    }
+    let Ok(whole) = int.parse::<u64>() else {
+        return Ok(None);
+    };
+    let Some(mut bytes) = whole.checked_mul(mult) else {
+        return Ok(None);
+    };
+    if !frac.is_empty() {
+        let f: f64 = format!("0.{frac}").parse().map_err(|_| ())?;
+        bytes = match bytes.checked_add((f * mult as f64) as u64) {
+            Some(b) => b,
+            None => return Ok(None),
+        };
+    }
+    Ok(Some((bytes, shift.is_some())))
+}
+
+/// Parse `-m` as QEMU does: the first item is `size`; a size without a suffix is MiB; a size
+/// of 0 (or none) means the default. Unknown keys and bad numbers are refused with QEMU's
+/// texts, prefixed by the option.
+pub fn parse_memory(text: &str) -> Result<MemoryOption, CliError> {
+    let fail = |message: String| CliError::Memory(text.to_string(), message);
+    let expects_size = |key: &str| {
+        fail(format!(
+            "Parameter '{key}' expects a non-negative number below 2^64"
+        ))
+    };
+    let mut size: Option<String> = None;
+    let mut slots: Option<String> = None;
+    let mut maxmem: Option<String> = None;
+    for (i, item) in text.split(',').enumerate() {
+        // `,,` escapes are not meaningful in any -m value; an empty item is skipped.
+        if item.is_empty() && i > 0 {
+            continue;
+        }
+        match item.split_once('=') {
+            Some(("size", v)) => size = Some(v.to_string()),
+            Some(("slots", v)) => slots = Some(v.to_string()),
+            Some(("maxmem", v)) => maxmem = Some(v.to_string()),
+            Some((k, _)) => return Err(fail(format!("Invalid parameter '{k}'"))),
+            None if i == 0 => size = Some(item.to_string()),
+            None => return Err(fail(format!("Invalid parameter '{item}'"))),
+        }
+    }
+    let out_of_range =
+        |key: &str, v: &str| fail(format!("Value '{v}' is out of range for parameter '{key}'"));
+    let size = match size.as_deref() {
+        None => 0,
+        Some("") if text.is_empty() => 0,
+        Some(v) => match strtosz(v) {
+            Err(()) => return Err(expects_size("size")),
+            Ok(None) => return Err(out_of_range("size", v)),
+            // The legacy suffix-less form is MiB.
+            Ok(Some((n, false))) => n
+                .checked_mul(1 << 20)
+                .ok_or_else(|| fail("Parameter 'memory.size' expects size".to_string()))?,
+            Ok(Some((n, true))) => n,
+        },
+    };
+    let slots = match slots.as_deref() {
+        None => 0,
+        // QemuOpts numbers wrap negatives, as QEMU's later "unsupported amount" shows.
+        Some(v) => v
+            .parse::<u64>()
+            .ok()
+            .or_else(|| v.parse::<i64>().ok().map(|n| n as u64))
+            .ok_or_else(|| fail("Parameter 'slots' expects a number".to_string()))?,
+    };
+    let maxmem = match maxmem.as_deref() {
+        None => None,
+        Some(v) => match strtosz(v) {
+            Err(()) => return Err(expects_size("maxmem")),
+            Ok(None) => return Err(out_of_range("maxmem", v)),
+            Ok(Some((n, _))) => Some(n),
+        },
+    };
+    Ok(MemoryOption {
+        size: if size == 0 { DEFAULT_RAM_SIZE } else { size },
+        slots,
+        maxmem,
+    })
+}
+
+/// The RAM size of a `-m` argument (see `parse_memory`).
+pub fn parse_ram_size(text: &str) -> Result<u64, CliError> {
+    parse_memory(text).map(|m| m.size)
+}
+
+/// `-vga TYPE`: machina's only display is the default standard VGA.
+fn parse_vga(value: &str) -> Result<bool, CliError> {
+    match value {
+        "none" => Ok(false),
+        "std" => Ok(true),
+        "cirrus" | "vmware" | "qxl" | "xenfb" | "tcx" | "cg3" | "virtio" => Err(CliError::Vga(
+            value.to_string(),
+            "machina has only 'std' and 'none'".into(),
+        )),
+        other => Err(CliError::Vga(
+            value.to_string(),
+            format!("unknown vga type: {other}"),
+        )),
+    }
+}
+
+/// `-nic none` / `-net none` (no default NIC: any `-netdev` also clears it, see config.rs);
+/// machina has no user-mode network or `-net` hubs.
+fn parse_nic(name: &str, value: &str) -> Result<(), CliError> {
+    let kind = split_keyval(value).into_iter().next().unwrap_or_default();
+    let kind = kind.strip_prefix("type=").unwrap_or(&kind);
+    let message = match kind {
+        "none" => return Ok(()),
+        "nic" | "user" | "tap" | "bridge" | "socket" | "stream" | "dgram" | "vde"
+        | "vhost-user" | "vhost-vdpa" | "l2tpv3" | "hubport" => format!(
+            "network type '{kind}' is not supported by machina (use -netdev tap with -device)"
+        ),
+        other => format!("Parameter 'type' does not accept value '{other}'"),
+    };
+    Err(CliError::Nic(format!("-{name} {value}"), message))
 }
 
 /// Parse `-smp N[,cpus=N,sockets=..,cores=..,threads=..,maxcpus=..]`.
@@ -863,7 +1007,8 @@ where
             "version" => opts.action = Action::Version,
             "machine" | "M" => parse_machine(&mut opts, &value)?,
             "m" => {
-                opts.ram_size = parse_ram_size(&value)?;
+                let m = parse_memory(&value)?;
+                (opts.ram_size, opts.ram_slots, opts.max_ram_size) = (m.size, m.slots, m.maxmem);
                 opts.ram_size_given = true;
             }
             "smp" => opts.cpus = parse_smp(&value)?,
@@ -877,15 +1022,10 @@ where
                     return Err(CliError::BadDisplay(value));
                 }
             }
-            "vga" | "nic" | "net" => {
-                if value != "none" {
-                    return Err(CliError::BadOptionValue(
-                        name.clone(),
-                        value.clone(),
-                        value,
-                        name,
-                    ));
-                }
+            "vga" => opts.vga = Some(parse_vga(&value)?),
+            "nic" | "net" => {
+                parse_nic(&name, &value)?;
+                opts.nic = Some(false);
             }
             "no-reboot" => opts.no_reboot = true,
             "no-shutdown" => opts.no_shutdown = true,
@@ -1042,12 +1182,48 @@ mod tests {
         ] {
             assert_eq!(parse_ram_size(text), Ok(bytes), "{text}");
         }
-        assert_eq!(
-            parse_ram_size("512Q").unwrap_err().to_string(),
-            "-m 512Q: Parameter 'size' expects a non-negative number below 2^64"
-        );
-        assert!(matches!(parse_ram_size("0"), Err(CliError::ZeroMemory(_))));
-        assert!(parse_ram_size("99999999999999999999").is_err());
+        // QEMU 7.2's answers (query-memory-size-summary before alignment, or its error).
+        let table: &[(&str, Result<(u64, u64, Option<u64>), &str>)] = &[
+            ("0", Ok((DEFAULT_RAM_SIZE, 0, None))),
+            ("", Ok((DEFAULT_RAM_SIZE, 0, None))),
+            ("1", Ok((1 << 20, 0, None))),
+            ("0.5k", Ok((512, 0, None))),
+            ("1b", Ok((1, 0, None))),
+            ("1.5M", Ok((3 << 19, 0, None))),
+            ("0x100", Ok((256 << 20, 0, None))),
+            ("256k", Ok((256 << 10, 0, None))),
+            (" 256", Ok((256 << 20, 0, None))),
+            ("512,size=256", Ok((256 << 20, 0, None))),
+            ("size=256,slots=2,maxmem=1G", Ok((256 << 20, 2, Some(1 << 30)))),
+            ("256M,maxmem=1G,slots=2,slots=3", Ok((256 << 20, 3, Some(1 << 30)))),
+            ("256,slots=-1,maxmem=1G", Ok((256 << 20, u64::MAX, Some(1 << 30)))),
+            ("256,foo=bar", Err("-m 256,foo=bar: Invalid parameter 'foo'")),
+            ("256,foo", Err("-m 256,foo: Invalid parameter 'foo'")),
+            ("512Q", Err("-m 512Q: Parameter 'size' expects a non-negative number below 2^64")),
+            ("1.5", Err("-m 1.5: Parameter 'size' expects a non-negative number below 2^64")),
+            ("-1", Err("-m -1: Parameter 'size' expects a non-negative number below 2^64")),
+            ("1e3", Err("-m 1e3: Parameter 'size' expects a non-negative number below 2^64")),
+            ("256KiB", Err("-m 256KiB: Parameter 'size' expects a non-negative number below 2^64")),
+            ("size=", Err("-m size=: Parameter 'size' expects a non-negative number below 2^64")),
+            (",slots=0", Err("-m ,slots=0: Parameter 'size' expects a non-negative number below 2^64")),
+            ("16E", Err("-m 16E: Value '16E' is out of range for parameter 'size'")),
+            (
+                "18446744073709551616",
+                Err("-m 18446744073709551616: Value '18446744073709551616' is out of range for parameter 'size'"),
+            ),
+            ("99999999999999", Err("-m 99999999999999: Parameter 'memory.size' expects size")),
+            ("256,slots=", Err("-m 256,slots=: Parameter 'slots' expects a number")),
+            (
+                "256,maxmem=x",
+                Err("-m 256,maxmem=x: Parameter 'maxmem' expects a non-negative number below 2^64"),
+            ),
+        ];
+        for (text, want) in table {
+            let got = parse_memory(text)
+                .map(|m| (m.size, m.slots, m.maxmem))
+                .map_err(|e| e.to_string());
+            assert_eq!(got, want.map_err(str::to_string), "-m {text}");
+        }
     }
 
     #[test]
@@ -1083,7 +1259,6 @@ mod tests {
                 "-serial bogus:x",
                 "-serial bogus:x: 'bogus:x' is not a valid char driver",
             ),
-            ("-m 0", "-m 0: memory size must be greater than zero"),
             ("stray", "stray: invalid option"),
         ];
         for (args, message) in cases {

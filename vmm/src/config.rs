@@ -30,7 +30,14 @@ pub struct MachineConfig {
     pub options: Vec<(String, String)>,
     pub nodefaults: bool,
     pub ram_size: u64,
+    /// `-m slots=`, `maxmem=`.
+    pub ram_slots: u64,
+    pub max_ram_size: Option<u64>,
     pub cpus: u32,
+    /// `-vga`: None is QEMU's default VGA (none with -nodefaults).
+    pub vga: Option<bool>,
+    /// The default NIC: `Some(false)` after `-nic none`, `-net none` or any `-netdev`.
+    pub nic: Option<bool>,
     pub devices: Vec<DeviceRequest>,
     /// Console backend of COM1; None means QEMU's default (a port unless -nodefaults).
     pub serial: Option<SerialSpec>,
@@ -348,7 +355,20 @@ impl MachineConfig {
             options: opts.machine_options.clone(),
             nodefaults: opts.nodefaults,
             ram_size,
+            ram_slots: opts.ram_slots,
+            max_ram_size: opts.max_ram_size,
             cpus: opts.cpus,
+            vga: opts.vga,
+            // QEMU drops its default NIC for any -netdev, -nic or -net.
+            nic: if opts
+                .backends
+                .iter()
+                .any(|(o, _)| *o == BackendOption::Netdev)
+            {
+                Some(false)
+            } else {
+                opts.nic
+            },
             devices,
             serial: opts.serial.first().cloned(),
             kernel: opts.kernel.clone(),
@@ -426,9 +446,14 @@ impl MachineConfig {
             options: self.options.clone(),
             nodefaults: self.nodefaults,
             ram_size: self.ram_size,
+            max_ram_size: self.max_ram_size,
+            ram_slots: self.ram_slots,
+            phys_bits: crate::memory::host_phys_bits(),
             cpus: self.cpus,
             devices: self.devices.clone(),
             serial: self.serial.as_ref().map(|s| !matches!(s, SerialSpec::None)),
+            vga: self.vga,
+            nic: self.nic,
             ..Default::default()
         }
     }

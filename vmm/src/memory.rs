@@ -5,17 +5,13 @@ use machine::{MemoryMap, RegionKind};
 use std::fs::File;
 use std::sync::Arc;
 use vm_memory::mmap::MmapRegionBuilder;
-use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap};
+use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MemoryError {
-    #[error("cannot allocate {size:#x} bytes of guest RAM at {base:#x}: {source}")]
-    Allocate {
-        base: u64,
-        size: u64,
-        #[source]
-        source: vm_memory::mmap::FromRangesError,
-    },
+    /// QEMU's text when the host refuses the RAM block.
+    #[error("cannot set up guest memory '{id}': {reason}")]
+    Allocate { id: String, reason: String },
     #[error("the memory map has no RAM")]
     NoRam,
     #[error("cannot map {size:#x} bytes of guest RAM at {base:#x} from memory backend '{backend}': {message}")]
@@ -64,7 +60,10 @@ pub fn ram_blocks(map: &MemoryMap) -> Vec<(u64, u64)> {
     blocks
 }
 
-/// Allocate guest RAM for `map`: anonymous and private, or from a memory backend.
+/// Allocate guest RAM for `map`: anonymous and private, or from a memory backend. The
+/// anonymous mapping reserves swap space as QEMU's does (no MAP_NORESERVE), so the host's
+/// overcommit policy refuses RAM it could never back (`-m 1T` on a small host) at start
+/// instead of the guest dying later.
 pub fn create_guest_memory(
     map: &MemoryMap,
     backing: &RamBacking,
@@ -76,15 +75,52 @@ pub fn create_guest_memory(
     if let Some(backend) = &backing.backend {
         return backend_memory(&blocks, backend, backing);
     }
-    let ranges: Vec<(GuestAddress, usize)> = blocks
-        .iter()
-        .map(|&(base, size)| (GuestAddress(base), size as usize))
-        .collect();
-    GuestMemoryMmap::from_ranges(&ranges).map_err(|source| MemoryError::Allocate {
-        base: blocks[0].0,
-        size: blocks.iter().map(|b| b.1).sum(),
-        source,
-    })
+    let id = map.ram_id.clone().unwrap_or_else(|| "ram".to_string());
+    let fail = |reason: String| MemoryError::Allocate {
+        id: id.clone(),
+        reason,
+    };
+    let mut regions = Vec::with_capacity(blocks.len());
+    for &(base, size) in &blocks {
+        let size = usize::try_from(size).map_err(|_| fail("Cannot allocate memory".into()))?;
+        let mapping = MmapRegion::<()>::build(
+            None,
+            size,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_ANONYMOUS | libc::MAP_PRIVATE,
+        )
+        .map_err(|e| match e {
+            vm_memory::mmap::MmapRegionError::Mmap(io) => fail(os_reason(&io)),
+            other => fail(other.to_string()),
+        })?;
+        let region = GuestRegionMmap::new(mapping, GuestAddress(base))
+            .ok_or_else(|| fail("Cannot allocate memory".into()))?;
+        regions.push(region);
+    }
+    GuestMemoryMmap::from_regions(regions).map_err(|e| fail(e.to_string()))
+}
+
+/// An OS error as QEMU prints it (`strerror`, without Rust's "(os error N)").
+fn os_reason(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    match text.find(" (os error") {
+        Some(i) => text[..i].to_string(),
+        None => text,
+    }
+}
+
+/// The guest's physical address width: machina passes the host's CPUID leaf 0x80000008
+/// through (KVM reports the host's), so the memory map must fit the host's.
+pub fn host_phys_bits() -> Option<u8> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::__cpuid;
+        let max_ext = __cpuid(0x8000_0000).eax;
+        if max_ext >= 0x8000_0008 {
+            return Some((__cpuid(0x8000_0008).eax & 0xff) as u8);
+        }
+    }
+    None
 }
 
 /// RAM from a memory backend: the blocks are consecutive pieces of the backend (the low

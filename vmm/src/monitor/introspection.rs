@@ -70,7 +70,7 @@ fn request_from(args: &Map<String, Value>, control: &Controller) -> Result<PlanR
         if let Some(v) = args.get("nodefaults").and_then(Value::as_bool) {
             req.nodefaults = v;
         }
-        if let Some(mem) = args.get("memory").and_then(Value::as_u64) {
+        if let Some(mem) = args.get("memory").and_then(super::preconfig::size_value) {
             req.ram_size = mem;
         }
         if let Some(cpus) = args.get("cpus").and_then(Value::as_u64) {
@@ -92,9 +92,10 @@ fn request_from(args: &Map<String, Value>, control: &Controller) -> Result<PlanR
             .unwrap_or(state.config.nodefaults),
         ram_size: state.config.ram_size,
         cpus: state.config.cpus,
+        phys_bits: crate::memory::host_phys_bits(),
         ..Default::default()
     };
-    if let Some(mem) = args.get("memory").and_then(Value::as_u64) {
+    if let Some(mem) = args.get("memory").and_then(super::preconfig::size_value) {
         req.ram_size = mem;
     }
     if let Some(cpus) = args.get("cpus").and_then(Value::as_u64) {

@@ -53,6 +53,12 @@ fn serial_for(control: &Controller, name: &str) -> Result<SerialSpec, QmpError> 
     }
 }
 
+/// A `size` argument as QEMU's input visitor reads it: a negative number wraps (so -1 is
+/// 2^64-1, refused by the planner as too large, never silently dropped).
+pub(super) fn size_value(v: &Value) -> Option<u64> {
+    v.as_u64().or_else(|| v.as_i64().map(|i| i as u64))
+}
+
 pub(super) fn register(reg: &mut Registry, control: &Arc<Controller>) -> Result<(), RegistryError> {
     let c = control.clone();
     reg.register(
@@ -93,7 +99,7 @@ pub(super) fn register(reg: &mut Registry, control: &Arc<Controller>) -> Result<
             if let Some(v) = args.get("nodefaults").and_then(Value::as_bool) {
                 config.nodefaults = v;
             }
-            if let Some(v) = args.get("memory").and_then(Value::as_u64) {
+            if let Some(v) = args.get("memory").and_then(size_value) {
                 config.ram_size = v;
             }
             if let Some(v) = args.get("cpus").and_then(Value::as_u64) {
