@@ -148,8 +148,8 @@ pub fn device_properties_help(catalog: &Catalog, type_name: &str) -> Result<Stri
     Ok(out)
 }
 
-/// `-machine TYPE,help`: the machine's options as `TYPE-machine.NAME=TYPE (description)`
-/// lines, the form QEMU prints for machine properties.
+/// `-machine TYPE,help`: `TYPE-machine options:` then one line per option, sorted, in
+/// QEMU 7.2's `object_property_help` layout (`  usb=<bool>             - Set on/off ...`).
 pub fn machine_options_help(catalog: &Catalog, machine: &str) -> Result<String, PlanError> {
     let m = catalog
         .resolve_machine(machine)
@@ -158,15 +158,23 @@ pub fn machine_options_help(catalog: &Catalog, machine: &str) -> Result<String, 
         .options
         .iter()
         .map(|o| {
-            let mut l = format!("{}.{}={}", m.qom_type(), o.name, o.ty.help_name());
+            // Class properties of type string print as `string`; enums as `str`.
+            let ty = match o.ty {
+                crate::properties::PropType::Str => "string",
+                other => other.help_name(),
+            };
+            let mut l = format!("  {}=<{}>", o.name, ty);
             if let Some(d) = &o.description {
-                let _ = write!(l, " ({d})");
+                if l.len() < 24 {
+                    l.push_str(&" ".repeat(24 - l.len()));
+                }
+                let _ = write!(l, " - {d}");
             }
             l
         })
         .collect();
     lines.sort();
-    let mut out = String::new();
+    let mut out = format!("{} options:\n", m.qom_type());
     for l in lines {
         out.push_str(&l);
         out.push('\n');

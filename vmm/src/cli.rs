@@ -192,6 +192,8 @@ pub enum Action {
     Help,
     Version,
     MachineHelp,
+    /// `-machine TYPE,help`: the options of TYPE.
+    MachineOptions(String),
     DeviceHelp,
     DeviceProperties(String),
 }
@@ -235,6 +237,9 @@ pub enum CliError {
     InvalidOption(String),
     #[error("{0}: requires an argument")]
     MissingArgument(String),
+    /// `-machine TEXT: MESSAGE`.
+    #[error("-machine {0}: {1}")]
+    Machine(String, String),
     /// `-vga TEXT: MESSAGE`.
     #[error("-vga {0}: {1}")]
     Vga(String, String),
@@ -1082,6 +1087,7 @@ where
 }
 
 fn parse_machine(opts: &mut CliOptions, value: &str) -> Result<(), CliError> {
+    let mut wants_help = false;
     for (i, item) in split_keyval(value).into_iter().enumerate() {
         match item.split_once('=') {
             Some(("type", ty)) => opts.machine = Some(ty.to_string()),
@@ -1091,17 +1097,23 @@ fn parse_machine(opts: &mut CliOptions, value: &str) -> Result<(), CliError> {
                 }
                 opts.machine_options.push((k.to_string(), v.to_string()))
             }
-            None if i == 0 => {
-                if item == "help" || item == "?" {
-                    opts.action = Action::MachineHelp;
-                } else {
-                    opts.machine = Some(item);
-                }
+            None if item == "help" || item == "?" => wants_help = true,
+            None if i == 0 => opts.machine = Some(item),
+            // -machine is keyval in QEMU 7.2: every option after the type needs a value.
+            None => {
+                return Err(CliError::Machine(
+                    value.to_string(),
+                    format!("Expected '=' after parameter '{item}'"),
+                ))
             }
-            // A bare flag means `flag=on` in QEMU keyval syntax.
-            None if !item.is_empty() => opts.machine_options.push((item, "on".to_string())),
-            None => {}
         }
+    }
+    if wants_help {
+        // `-machine help` lists machine types, `-machine TYPE,help` the type's options.
+        opts.action = match &opts.machine {
+            Some(ty) => Action::MachineOptions(ty.clone()),
+            None => Action::MachineHelp,
+        };
     }
     // `accel=` is not a machine property of its own; it was validated above.
     opts.machine_options.retain(|(k, _)| k != "accel");

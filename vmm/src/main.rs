@@ -79,6 +79,9 @@ fn informational(action: &Action, catalog: &machine::Catalog) -> Result<bool, St
             machine::QEMU_VERSION
         ),
         Action::MachineHelp => machine::help::machine_help(catalog),
+        // An unknown type lists the types, as QEMU does.
+        Action::MachineOptions(ty) => machine::help::machine_options_help(catalog, ty)
+            .unwrap_or_else(|_| machine::help::machine_help(catalog)),
         Action::DeviceHelp => machine::help::device_help(catalog),
         Action::DeviceProperties(ty) => machine::help::device_properties_help(catalog, ty)
             .map_err(|e| format!("-device {ty},help: {e}"))?,
