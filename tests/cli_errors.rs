@@ -23,7 +23,10 @@ fn fails_with(args: &[&str], message: &str) {
 #[test]
 fn option_errors() {
     fails_with(&["-bogus"], "machina: -bogus: invalid option");
-    fails_with(&["-m", "256,foo=bar"], "-m 256,foo=bar: Invalid parameter 'foo'");
+    fails_with(
+        &["-m", "256,foo=bar"],
+        "-m 256,foo=bar: Invalid parameter 'foo'",
+    );
     fails_with(
         &["-m", "12Q"],
         "-m 12Q: Parameter 'size' expects a non-negative number below 2^64",

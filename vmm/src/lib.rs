@@ -5,6 +5,7 @@ pub mod acpi;
 pub mod backends;
 pub mod boot;
 pub mod builder;
+pub mod chardev_check;
 pub mod cli;
 pub mod config;
 pub mod console;

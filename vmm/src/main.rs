@@ -259,6 +259,7 @@ fn run(args: Vec<std::ffi::OsString>, start: Instant) -> Result<u8, String> {
         set_process_name(process);
     }
 
+    vmm::chardev_check::check(&opts).map_err(|e| e.to_string())?;
     let config = MachineConfig::from_cli(&opts).map_err(|e| e.to_string())?;
     // The command line's machine must plan now, even if QMP builds it later.
     let plan = plan_with_context(&catalog, &config, &opts.devices)?;
