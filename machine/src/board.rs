@@ -135,5 +135,20 @@ pub struct BoardDef {
     pub implicit_pci: Vec<ImplicitPciDef>,
     #[serde(default)]
     pub isa: Vec<IsaDeviceDef>,
+    /// I/O port blocks the firmware step maps (ACPI PM, SMBus, the window PCI I/O BARs are
+    /// allocated from): an ISA device placed over one would hide it.
+    #[serde(default)]
+    pub firmware_io: Vec<FirmwareIoDef>,
     pub memory: MemoryLayoutDef,
+}
+
+/// One I/O port block the firmware maps (see `devices::pci::firmware`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct FirmwareIoDef {
+    pub name: String,
+    pub base: Num,
+    pub size: Num,
+    #[serde(default)]
+    pub when: Condition,
 }

@@ -181,6 +181,30 @@ pub enum PlanError {
     /// Hot-plug into a bus that has no hot-plug controller.
     #[error("Bus '{0}' does not support hotplugging")]
     BusNoHotplug(String),
+    /// A property value a device's own checks refuse (QEMU's realize and setter texts).
+    #[error("{0}")]
+    InvalidValue(String),
+    /// `isa-serial,index=4` (QEMU: "Max. supported number of ISA serial ports is 4.").
+    #[error("Max. supported number of {what} is {max}.")]
+    IsaIndexTooLarge { what: String, max: usize },
+    /// A device named onto a bus of the wrong kind (`isa-serial,bus=pci.0`).
+    #[error("Device '{driver}' can't go on {bus_kind} bus")]
+    WrongBusKind { driver: String, bus_kind: String },
+    /// An ISA IRQ beyond 15 (QEMU 7.2 aborts on an assertion).
+    #[error("ISA IRQ {0} does not exist (ISA IRQs are 0-15)")]
+    IsaIrq(u64),
+    /// ISA ports beyond the 16-bit I/O space.
+    #[error("I/O ports 0x{base:x}-0x{end:x} are outside the 16-bit I/O space")]
+    IsaIoOutOfRange { base: u64, end: u64 },
+    /// ISA ports over another device or a firmware-mapped block.
+    #[error("I/O ports 0x{base:x}-0x{end:x} overlap {owner} at 0x{owner_base:x}-0x{owner_end:x}")]
+    IsaIoOverlap {
+        base: u64,
+        end: u64,
+        owner: String,
+        owner_base: u64,
+        owner_end: u64,
+    },
     /// A device type that is not a PCI device (only PCI devices are planned with `-device`).
     #[error("device type '{0}' cannot be planned: only PCI devices are supported by -device")]
     NotPciDevice(String),

@@ -37,13 +37,40 @@ pub fn board_devices(defs: &[IsaDeviceDef], flag: impl Fn(&str) -> bool) -> Vec<
         .collect()
 }
 
+/// ISA has IRQs 0-15 and a 16-bit I/O port space.
+const ISA_IRQS: u64 = 16;
+const IO_SPACE_END: u64 = 0x1_0000;
+
+/// The board's firmware-mapped I/O blocks whose condition holds, as (name, range).
+pub fn firmware_io(
+    defs: &[crate::board::FirmwareIoDef],
+    flag: impl Fn(&str) -> bool,
+) -> Vec<(String, Range)> {
+    defs.iter()
+        .filter(|d| d.when.eval(&flag))
+        .map(|d| {
+            (
+                d.name.clone(),
+                Range {
+                    base: d.base.0,
+                    size: d.size.0,
+                },
+            )
+        })
+        .collect()
+}
+
 /// A requested ISA device: resources from `iobase`/`irq` if given, else from `index` (or the
-/// first index whose I/O base is free).
+/// first index whose I/O base is free). QEMU's index limit applies; ports must fit the I/O
+/// space and not cover another device or a block the firmware maps (QEMU would let the later
+/// region hide the earlier: on q35 an `iobase=0x600` serial port hides the ACPI PM block and
+/// the guest can no longer power off), and the IRQ must exist.
 pub fn requested_device(
     dev: &DeviceType,
     id: Option<String>,
     props: &BTreeMap<String, String>,
     existing: &[IsaDevicePlan],
+    firmware: &[(String, Range)],
 ) -> Result<IsaDevicePlan, PlanError> {
     let Some(isa) = &dev.isa else {
         return Err(PlanError::NotPciDevice(dev.name.clone()));
@@ -54,31 +81,62 @@ pub fn requested_device(
             .get(k)
             .and_then(|v| parse_u64_auto(v).or_else(|| v.parse::<i64>().ok().map(|x| x as u64)))
     };
+    let unset = |v: &u64| *v == u64::from(u32::MAX);
+    let too_many = || PlanError::IsaIndexTooLarge {
+        what: match isa.default_kind.as_deref() {
+            Some("serial") => "ISA serial ports".to_string(),
+            Some("parallel") => "parallel ports".to_string(),
+            _ => format!("{} devices", dev.name),
+        },
+        max: isa.by_index.len(),
+    };
     // `index` (like `iobase` and `irq`) defaults to -1, "unset".
-    let index = match get("index") {
-        Some(i) if i != u64::from(u32::MAX) => Some(i as usize).filter(|&i| i < isa.by_index.len()),
-        _ => isa.by_index.iter().position(|(b, _)| !used(b.0)),
+    let index = match get("index").filter(|i| !unset(i)) {
+        Some(i) if i as usize >= isa.by_index.len() => return Err(too_many()),
+        Some(i) => i as usize,
+        None => match isa.by_index.iter().position(|(b, _)| !used(b.0)) {
+            Some(i) => i,
+            None => return Err(too_many()),
+        },
     };
-    let (def_base, def_irq) = index
-        .and_then(|i| isa.by_index.get(i))
-        .map(|(b, irq)| (b.0, *irq))
+    let (def_base, def_irq) = isa
+        .by_index
+        .get(index)
+        .map(|(b, irq)| (b.0, u64::from(*irq)))
         .unwrap_or((0, 0));
-    let base = match get("iobase") {
-        Some(b) if b != u64::from(u32::MAX) => b,
-        _ => def_base,
+    let base = get("iobase").filter(|b| !unset(b)).unwrap_or(def_base);
+    let irq = get("irq").filter(|i| !unset(i)).unwrap_or(def_irq);
+    if irq >= ISA_IRQS {
+        return Err(PlanError::IsaIrq(irq));
+    }
+    let io = Range {
+        base,
+        size: isa.io_size,
     };
-    let irq = match get("irq") {
-        Some(i) if i != u64::from(u32::MAX) => i as u32,
-        _ => def_irq,
-    };
+    let end = base.saturating_add(isa.io_size.max(1)) - 1;
+    if end >= IO_SPACE_END {
+        return Err(PlanError::IsaIoOutOfRange { base, end });
+    }
+    let overlaps = |r: &Range| r.size > 0 && base <= r.base + r.size - 1 && r.base <= end;
+    let taken = existing
+        .iter()
+        .flat_map(|d| d.io.iter().map(move |r| (d.type_name.as_str(), r)))
+        .chain(firmware.iter().map(|(n, r)| (n.as_str(), r)))
+        .find(|(_, r)| overlaps(r));
+    if let Some((owner, r)) = taken {
+        return Err(PlanError::IsaIoOverlap {
+            base,
+            end,
+            owner: owner.to_string(),
+            owner_base: r.base,
+            owner_end: r.base + r.size - 1,
+        });
+    }
     Ok(IsaDevicePlan {
         type_name: dev.name.clone(),
         id,
-        io: vec![Range {
-            base,
-            size: isa.io_size,
-        }],
-        irqs: vec![irq],
+        io: vec![io],
+        irqs: vec![irq as u32],
         mmio: Vec::new(),
     })
 }

@@ -21,6 +21,7 @@ mod advisory;
 mod board;
 mod catalog;
 mod condition;
+mod device_checks;
 mod device_types;
 mod error;
 pub mod help;

@@ -257,6 +257,26 @@ pub struct E820Entry {
     pub kind: u32,
 }
 
+/// Where a queried device of any kind would land (`Catalog::place_any`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Placement {
+    Pci(PlacedDevice),
+    Isa(PlacedIsaDevice),
+    VirtioPort(VirtioPortPlan),
+}
+
+/// Where a queried ISA device would land: its bus and the resources it would take.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlacedIsaDevice {
+    pub type_name: String,
+    pub id: Option<String>,
+    /// `isa.0`.
+    pub bus: String,
+    pub io: Vec<Range>,
+    pub irqs: Vec<u32>,
+}
+
 /// Where a queried device would land (`Catalog::place`), without anything being changed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PlacedDevice {

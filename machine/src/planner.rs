@@ -4,6 +4,7 @@
 
 use crate::advisory;
 use crate::catalog::Catalog;
+use crate::device_checks;
 use crate::device_types::{ChassisRule, DeviceType, SubsystemDef};
 use crate::error::PlanError;
 use crate::isa;
@@ -12,8 +13,8 @@ use crate::memory::memory_map;
 use crate::options::{resolve_options, ResolvedOptions};
 use crate::placement::{BusState, Topology};
 use crate::plan::{
-    Advisory, BusKind, BusPlan, IsaDevicePlan, PciFunctionPlan, PciIdentity, PlacedDevice, Plan,
-    VirtioMode,
+    Advisory, BusKind, BusPlan, IsaDevicePlan, PciFunctionPlan, PciIdentity, PlacedDevice,
+    PlacedIsaDevice, Placement, Plan, VirtioMode,
 };
 use crate::properties::{format_devfn, parse_devfn};
 use crate::request::{DeviceRequest, DeviceSyntax, PlanRequest};
@@ -58,14 +59,17 @@ struct Ctx<'a> {
     topo: Topology,
     isa: Vec<IsaDevicePlan>,
     ports: Vec<crate::plan::VirtioPortPlan>,
+    /// I/O blocks the firmware maps (no ISA device may cover them).
+    firmware_io: Vec<(String, crate::plan::Range)>,
 }
 
 /// The result of realizing one request.
 enum Realized {
     Pci(usize, Vec<Advisory>),
-    Isa,
-    /// A port on a virtio-serial bus.
-    Port,
+    /// Index in `Ctx::isa`.
+    Isa(usize),
+    /// A port on a virtio-serial bus (index in `Ctx::ports`).
+    Port(usize),
 }
 
 impl Catalog {
@@ -127,6 +131,7 @@ impl Catalog {
             topo: Topology::default(),
             isa: Vec::new(),
             ports: Vec::new(),
+            firmware_io: isa::firmware_io(&machine.board.firmware_io, flag),
         };
         ctx.add_root_bus(&flag);
         ctx.add_implicit(&opts, &flag)?;
@@ -152,16 +157,36 @@ impl Catalog {
         })
     }
 
-    /// Where each request would land in `plan` — each considered alone against the plan as
-    /// it is — without changing anything. With `hotplug`, QEMU's hot-plug rules apply
+    /// Where each PCI request would land in `plan` — each considered alone against the plan
+    /// as it is — without changing anything. With `hotplug`, QEMU's hot-plug rules apply
     /// (`device_add` after start: the bus must support hot-plug, no function behind an
-    /// existing function 0).
+    /// existing function 0). Non-PCI requests are refused (see `place_any`).
     pub fn place(
         &self,
         plan: &Plan,
         requests: &[DeviceRequest],
         hotplug: bool,
     ) -> Vec<Result<PlacedDevice, PlanError>> {
+        self.place_any(plan, requests, hotplug)
+            .into_iter()
+            .zip(requests)
+            .map(|(r, req)| match r? {
+                Placement::Pci(p) => Ok(p),
+                Placement::Isa(_) | Placement::VirtioPort(_) => {
+                    Err(PlanError::NotPciDevice(req.driver.clone()))
+                }
+            })
+            .collect()
+    }
+
+    /// `place` for every kind of device `-device` accepts: PCI functions, ISA devices
+    /// (with the ports and IRQ they would take) and virtio-serial ports.
+    pub fn place_any(
+        &self,
+        plan: &Plan,
+        requests: &[DeviceRequest],
+        hotplug: bool,
+    ) -> Vec<Result<Placement, PlanError>> {
         let Some(machine) = self.resolve_machine(&plan.machine) else {
             return requests
                 .iter()
@@ -178,11 +203,12 @@ impl Catalog {
                     topo: base.topo.clone(),
                     isa: base.isa.clone(),
                     ports: base.ports.clone(),
+                    firmware_io: base.firmware_io.clone(),
                 };
-                match ctx.realize(r, hotplug)? {
+                Ok(match ctx.realize(r, hotplug)? {
                     Realized::Pci(i, advisories) => {
                         let f = &ctx.topo.functions[i];
-                        Ok(PlacedDevice {
+                        Placement::Pci(PlacedDevice {
                             type_name: f.type_name.clone(),
                             id: f.id.clone(),
                             bus: f.bus.clone(),
@@ -194,10 +220,18 @@ impl Catalog {
                             advisories,
                         })
                     }
-                    Realized::Isa | Realized::Port => {
-                        Err(PlanError::NotPciDevice(r.driver.clone()))
+                    Realized::Isa(i) => {
+                        let d = &ctx.isa[i];
+                        Placement::Isa(PlacedIsaDevice {
+                            type_name: d.type_name.clone(),
+                            id: d.id.clone(),
+                            bus: ISA_BUS.to_string(),
+                            io: d.io.clone(),
+                            irqs: d.irqs.clone(),
+                        })
                     }
-                }
+                    Realized::Port(i) => Placement::VirtioPort(ctx.ports[i].clone()),
+                })
             })
             .collect()
     }
@@ -294,12 +328,20 @@ impl<'a> Ctx<'a> {
                 topo.ids.insert(id.clone());
             }
         }
+        let opts = ResolvedOptions {
+            values: plan.options.clone(),
+        };
+        let flag = |name: &str| match name {
+            "nodefaults" => plan.nodefaults,
+            other => opts.is_on(other),
+        };
         Ctx {
             catalog,
             machine,
             topo,
             isa: plan.isa.clone(),
             ports: plan.virtio_ports.clone(),
+            firmware_io: isa::firmware_io(&machine.board.firmware_io, flag),
         }
     }
 
@@ -406,21 +448,42 @@ impl<'a> Ctx<'a> {
             }
         }
         let bus_type = dev.bus.clone().unwrap_or_else(|| "PCI".to_string());
+        // Machines with PCI have an ISA bridge and so QEMU's `isa.0`.
+        let has_isa = !self.topo.buses.is_empty();
         if dev.isa.is_some() {
-            if self.topo.buses.is_empty() {
+            if !has_isa {
                 return Err(PlanError::NoBusForDevice {
                     bus_type,
                     driver: req.driver.clone(),
                 });
             }
+            if let Some(b) = req.get("bus").filter(|b| *b != ISA_BUS) {
+                return Err(match self.topo.find_bus(b) {
+                    Some(i) => PlanError::WrongBusKind {
+                        driver: req.driver.clone(),
+                        bus_kind: match self.topo.buses[i].plan.kind {
+                            BusKind::Pci => "PCI",
+                            BusKind::Pcie => "PCIE",
+                        }
+                        .to_string(),
+                    },
+                    None => PlanError::BusNotFound(b.to_string()),
+                });
+            }
             self.check_json_dup(req, &id)?;
             let props = resolve_properties(dev, self.machine, &req.properties)?;
-            let d = isa::requested_device(dev, id.clone(), &props, &self.isa)?;
+            let d = isa::requested_device(dev, id.clone(), &props, &self.isa, &self.firmware_io)?;
             if let Some(id) = id {
                 self.topo.ids.insert(id);
             }
             self.isa.push(d);
-            return Ok(Realized::Isa);
+            return Ok(Realized::Isa(self.isa.len() - 1));
+        }
+        if has_isa && req.get("bus") == Some(ISA_BUS) {
+            return Err(PlanError::WrongBusKind {
+                driver: req.driver.clone(),
+                bus_kind: "ISA".to_string(),
+            });
         }
         if bus_type == "virtio-serial-bus" {
             self.check_json_dup(req, &id)?;
@@ -441,7 +504,7 @@ impl<'a> Ctx<'a> {
                 self.topo.ids.insert(id);
             }
             self.ports.push(port);
-            return Ok(Realized::Port);
+            return Ok(Realized::Port(self.ports.len() - 1));
         }
         if !dev.is_pci() {
             return Err(PlanError::NoBusForDevice {
@@ -507,6 +570,7 @@ impl<'a> Ctx<'a> {
         hotplug: bool,
     ) -> Result<(usize, Vec<Advisory>), PlanError> {
         let mut props = resolve_properties(dev, self.machine, given)?;
+        device_checks::setter(dev, &props)?;
         let requested = match requested {
             Some(d) => Some(d),
             None => props.get("addr").and_then(|a| parse_devfn(a)),
@@ -580,6 +644,7 @@ impl<'a> Ctx<'a> {
             }
         }
         self.topo.check_multifunction(bus, devfn, multifunction)?;
+        device_checks::realize(dev, &props)?;
         let express = dev.is_express_only() || virtio.is_some_and(|m| m.pcie_capability);
         if express && bus_plan.port && devfn >> 3 != 0 {
             advisories.push(Advisory {
@@ -670,6 +735,9 @@ impl<'a> Ctx<'a> {
         Ok((idx, advisories))
     }
 }
+
+/// The ISA bus of machines with an ISA bridge.
+const ISA_BUS: &str = "isa.0";
 
 /// QEMU aligns RAM to 8 KiB (`machine_set_mem`).
 const RAM_ALIGN: u64 = 8192;

@@ -190,7 +190,15 @@ pub fn parse_u64_auto(text: &str) -> Option<u64> {
 }
 
 fn parse_uint(name: &str, text: &str, max: u64, ty: &str) -> Result<u64, PlanError> {
-    let v = parse_u64_auto(text).ok_or_else(|| PlanError::ExpectsInteger(name.to_string()))?;
+    // Like QEMU's strtou64, a negative number wraps (and so is out of range below 64 bits).
+    let v = parse_u64_auto(text)
+        .or_else(|| {
+            text.trim()
+                .strip_prefix('-')
+                .and_then(parse_u64_auto)
+                .map(u64::wrapping_neg)
+        })
+        .ok_or_else(|| PlanError::ExpectsInteger(name.to_string()))?;
     if v > max {
         return Err(PlanError::IntegerOutOfRange {
             name: name.to_string(),

@@ -263,7 +263,7 @@ pub(super) fn register(reg: &mut Registry, control: &Arc<Controller>) -> Result<
                 .get("hotplug")
                 .and_then(Value::as_bool)
                 .unwrap_or(state.plan.is_some());
-            let results = state.catalog.place(&plan, &requests, hotplug);
+            let results = state.catalog.place_any(&plan, &requests, hotplug);
             Ok(Value::Array(
                 results
                     .into_iter()
