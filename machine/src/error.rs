@@ -181,6 +181,9 @@ pub enum PlanError {
     /// Hot-plug into a bus that has no hot-plug controller.
     #[error("Bus '{0}' does not support hotplugging")]
     BusNoHotplug(String),
+    /// A JSON value of the wrong type for its property (QEMU's input visitor).
+    #[error("Invalid parameter type for '{name}', expected: {expected}")]
+    InvalidParameterType { name: String, expected: String },
     /// A property value a device's own checks refuse (QEMU's realize and setter texts).
     #[error("{0}")]
     InvalidValue(String),

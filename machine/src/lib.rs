@@ -53,7 +53,9 @@ pub use options::{OptionDef, OptionSupport, ResolvedOptions};
 pub use plan::*;
 pub use planner::Pluggable;
 pub use properties::{format_devfn, parse_devfn, parse_size, PropType, PropertyDef};
-pub use request::{split_keyval, DeviceRequest, DeviceSyntax, PlanRequest};
+pub use request::{
+    parse_json_strict, split_keyval, DeviceRequest, DeviceSyntax, JsonKind, PlanRequest,
+};
 
 /// The QEMU release whose x86 machine types the built-in catalog reproduces.
 pub const QEMU_VERSION: &str = "10.2";

@@ -447,6 +447,7 @@ impl<'a> Ctx<'a> {
                 return Err(PlanError::DuplicateIdOpts(id.clone()));
             }
         }
+        check_json_kinds(dev, req)?;
         let bus_type = dev.bus.clone().unwrap_or_else(|| "PCI".to_string());
         // Machines with PCI have an ISA bridge and so QEMU's `isa.0`.
         let has_isa = !self.topo.buses.is_empty();
@@ -839,6 +840,52 @@ fn resolve_properties(
         map.insert(k.clone(), def.canonical(&dev.name, v)?);
     }
     Ok(map)
+}
+
+/// A JSON request's values against the types of the properties they set, as QEMU's
+/// QObject input visitor reads them. Unknown properties are left to `resolve_properties`.
+fn check_json_kinds(dev: &DeviceType, req: &DeviceRequest) -> Result<(), PlanError> {
+    use crate::properties::PropType;
+    use crate::request::JsonKind;
+    for (name, kind) in &req.json_kinds {
+        let Some(def) = dev.property(name) else {
+            return Err(PlanError::UnknownProperty {
+                ty: dev.name.clone(),
+                property: name.clone(),
+            });
+        };
+        let wrong = |expected: &str| {
+            Err(PlanError::InvalidParameterType {
+                name: name.clone(),
+                expected: expected.to_string(),
+            })
+        };
+        match def.ty {
+            PropType::Bool if *kind != JsonKind::Bool => return wrong("boolean"),
+            PropType::Uint8
+            | PropType::Uint16
+            | PropType::Uint32
+            | PropType::Uint64
+            | PropType::Size
+                if *kind != JsonKind::Integer =>
+            {
+                return Err(PlanError::IntegerOutOfRange {
+                    name: name.clone(),
+                    ty: "uint64".to_string(),
+                })
+            }
+            PropType::Int32 | PropType::Int64 if *kind != JsonKind::Integer => {
+                return wrong("integer")
+            }
+            PropType::Str | PropType::Enum | PropType::OnOffAuto | PropType::OnOffSplit
+                if *kind != JsonKind::String =>
+            {
+                return wrong("string")
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// QEMU's `id_wellformed`: a letter, then letters, digits, `-`, `.`, `_`.

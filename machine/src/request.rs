@@ -118,6 +118,97 @@ pub struct DeviceRequest {
     pub properties: Vec<(String, String)>,
     #[serde(default)]
     pub syntax: DeviceSyntax,
+    /// For the JSON form: the JSON type each property was given as, checked against the
+    /// property's type as QEMU's input visitor does (`"multifunction": "on"` is refused).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub json_kinds: Vec<(String, JsonKind)>,
+}
+
+/// The JSON type of a value given for a property.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum JsonKind {
+    Bool,
+    Integer,
+    /// A number with a fraction or exponent.
+    Float,
+    String,
+    Null,
+    /// An array or object.
+    Compound,
+}
+
+/// Parse JSON text as QEMU's parser does for command-line JSON: a duplicate key at any
+/// depth is an error (serde_json would keep the last one silently).
+pub fn parse_json_strict(text: &str) -> Result<serde_json::Value, String> {
+    use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
+    struct Strict;
+    impl<'de> Visitor<'de> for Strict {
+        type Value = serde_json::Value;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON value")
+        }
+        fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+            Ok(v.into())
+        }
+        fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+            Ok(v.into())
+        }
+        fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+            Ok(v.into())
+        }
+        fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+            Ok(serde_json::Number::from_f64(v).map_or(serde_json::Value::Null, Into::into))
+        }
+        fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(v.into())
+        }
+        fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+            Ok(v.into())
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(serde_json::Value::Null)
+        }
+        fn visit_none<E>(self) -> Result<Self::Value, E> {
+            Ok(serde_json::Value::Null)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(v) = seq.next_element_seed(Seed)? {
+                out.push(v);
+            }
+            Ok(serde_json::Value::Array(out))
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut out = serde_json::Map::new();
+            while let Some(k) = map.next_key::<String>()? {
+                if out.contains_key(&k) {
+                    return Err(serde::de::Error::custom("duplicate key"));
+                }
+                let v = map.next_value_seed(Seed)?;
+                out.insert(k, v);
+            }
+            Ok(serde_json::Value::Object(out))
+        }
+    }
+    struct Seed;
+    impl<'de> serde::de::DeserializeSeed<'de> for Seed {
+        type Value = serde_json::Value;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_any(Strict)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_str(text);
+    let value = de.deserialize_any(Strict).map_err(|e| {
+        // QEMU's wording; the position helps the user find the key.
+        if e.to_string().starts_with("duplicate key") {
+            "JSON parse error, duplicate key".to_string()
+        } else {
+            format!("JSON parse error, {e}")
+        }
+    })?;
+    de.end().map_err(|e| format!("JSON parse error, {e}"))?;
+    Ok(value)
 }
 
 impl DeviceRequest {
@@ -127,6 +218,7 @@ impl DeviceRequest {
             driver: driver.to_string(),
             properties: Vec::new(),
             syntax: DeviceSyntax::Keyval,
+            json_kinds: Vec::new(),
         }
     }
 
@@ -163,8 +255,14 @@ impl DeviceRequest {
     }
 
     fn parse_json(text: &str) -> Result<DeviceRequest, PlanError> {
-        let value: serde_json::Value = serde_json::from_str(text)
-            .map_err(|e| PlanError::BadDeviceSyntax(format!("JSON parse error, {e}")))?;
+        let value = parse_json_strict(text).map_err(PlanError::BadDeviceSyntax)?;
+        Self::from_json_object(&value)
+    }
+
+    /// A request from a JSON object (JSON `-device`, QMP `device_add`). Values keep their
+    /// JSON types for the planner's checks; `driver`, `id` and `bus` that are not strings are
+    /// ignored as QEMU ignores them (so a missing `driver` is reported).
+    pub fn from_json_object(value: &serde_json::Value) -> Result<DeviceRequest, PlanError> {
         let obj = value.as_object().ok_or_else(|| {
             PlanError::BadDeviceSyntax("Invalid parameter type, expected: object".to_string())
         })?;
@@ -173,41 +271,55 @@ impl DeviceRequest {
             ..Default::default()
         };
         for (k, v) in obj {
-            if k == "driver" {
-                req.driver = v
-                    .as_str()
-                    .ok_or_else(|| {
-                        PlanError::BadDeviceSyntax(
-                            "Invalid parameter type for 'driver', expected: string".to_string(),
-                        )
-                    })?
-                    .to_string();
+            if matches!(k.as_str(), "driver" | "id" | "bus") {
+                if let Some(s) = v.as_str() {
+                    if k == "driver" {
+                        req.driver = s.to_string();
+                    } else {
+                        req.properties.push((k.clone(), s.to_string()));
+                    }
+                }
                 continue;
             }
-            let s = match v {
-                serde_json::Value::String(s) => s.clone(),
-                serde_json::Value::Bool(b) => if *b { "on" } else { "off" }.to_string(),
+            let (s, kind) = match v {
+                serde_json::Value::String(s) => (s.clone(), JsonKind::String),
+                serde_json::Value::Bool(b) => {
+                    (if *b { "on" } else { "off" }.to_string(), JsonKind::Bool)
+                }
                 serde_json::Value::Number(n) if k == "addr" => {
                     let devfn = n.as_i64().ok_or(PlanError::DevfnOutOfRange)?;
                     match devfn {
                         -1 => continue,
-                        0..=255 => format!("{:x}.{:x}", devfn >> 3, devfn & 7),
+                        0..=255 => (
+                            format!("{:x}.{:x}", devfn >> 3, devfn & 7),
+                            JsonKind::String,
+                        ),
                         _ => return Err(PlanError::DevfnOutOfRange),
                     }
                 }
-                serde_json::Value::Number(n) => n.to_string(),
-                other => {
-                    return Err(PlanError::BadDeviceSyntax(format!(
-                        "Invalid parameter type for '{k}', expected: scalar, got {other}"
-                    )))
+                serde_json::Value::Number(n) if n.is_i64() || n.is_u64() => {
+                    (n.to_string(), JsonKind::Integer)
                 }
+                serde_json::Value::Number(n) => (n.to_string(), JsonKind::Float),
+                serde_json::Value::Null => (String::new(), JsonKind::Null),
+                other => (other.to_string(), JsonKind::Compound),
             };
             req.properties.push((k.clone(), s));
+            req.json_kinds.push((k.clone(), kind));
         }
         if req.driver.is_empty() {
             return Err(PlanError::MissingDriver);
         }
         Ok(req)
+    }
+
+    /// The JSON type `key` was given as (JSON requests only).
+    pub fn json_kind(&self, key: &str) -> Option<JsonKind> {
+        self.json_kinds
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, kind)| *kind)
     }
 
     /// Last value given for `key`.

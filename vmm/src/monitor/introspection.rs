@@ -49,12 +49,9 @@ pub(super) fn devices_from(value: Option<&Value>) -> Result<Vec<DeviceRequest>, 
         return Ok(Vec::new());
     };
     list.iter()
-        .map(|d| {
-            let text = match d {
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
-            };
-            DeviceRequest::parse(&text).map_err(plan_error)
+        .map(|d| match d {
+            Value::String(s) => DeviceRequest::parse(s).map_err(plan_error),
+            other => DeviceRequest::from_json_object(other).map_err(plan_error),
         })
         .collect()
 }
