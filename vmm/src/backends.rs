@@ -555,7 +555,8 @@ pub fn parse_blockdev(
                 "JSON parse error, invalid UTF-8 sequence in string",
             )
         })?;
-        let v: Value = serde_json::from_str(text).map_err(|e| err(&context, e.to_string()))?;
+        let v = machine::parse_json_strict(text).map_err(|e| err(&context, e))?;
+        crate::blockdev_json::check(&v, "").map_err(|e| err(&context, e))?;
         os_pairs(flatten_json(&v))
     } else {
         keyval_pairs_os(spec)
@@ -937,7 +938,10 @@ pub fn parse_object(spec: impl AsRef<OsStr>) -> Result<Backend, BackendError> {
 pub fn from_qmp(kind: &str, args: &Value, existing: &[Backend]) -> Result<Backend, BackendError> {
     let context = kind.to_string();
     match kind {
-        "blockdev-add" => blockdev_from_pairs(&context, &os_pairs(flatten_json(args)), existing),
+        "blockdev-add" => {
+            crate::blockdev_json::check(args, "").map_err(|e| err(&context, e))?;
+            blockdev_from_pairs(&context, &os_pairs(flatten_json(args)), existing)
+        }
         "netdev_add" => {
             let mut spec = args["type"].as_str().unwrap_or("").to_string();
             for (k, v) in flatten_json(args) {

@@ -3,6 +3,7 @@
 
 pub mod acpi;
 pub mod backends;
+pub mod blockdev_json;
 pub mod boot;
 pub mod builder;
 pub mod chardev_check;
