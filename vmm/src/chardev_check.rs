@@ -4,7 +4,7 @@
 //! accepted and silently ignored (a `-mon` on a missing chardev, a second stdio reader that
 //! split QMP input with the console).
 
-use crate::cli::{split_keyval, CliOptions, SerialSpec};
+use crate::cli::{lossy, split_keyval, CliOptions, SerialSpec};
 
 /// A refused command line: the option as given and QEMU's text.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -47,7 +47,7 @@ const QEMU_DRIVERS: &[&str] = &[
 ];
 
 /// The drivers machina implements (backends.rs and the qmp crate's endpoints).
-const MACHINA_DRIVERS: &[&str] = &["file", "null", "socket", "stdio"];
+const MACHINA_DRIVERS: &[&str] = &["file", "null", "pty", "socket", "stdio"];
 
 /// QEMU's `id_wellformed`.
 fn id_wellformed(id: &str) -> bool {
@@ -81,13 +81,15 @@ pub fn check(opts: &CliOptions) -> Result<(), ChardevCheckError> {
     // chardevs, then the serial ports, then qtest.
     let mut stdio_users: Vec<String> = Vec::new();
     for spec in &opts.qmp {
-        if spec.as_str() == "stdio" || spec.starts_with("stdio,") {
+        let spec = lossy(spec);
+        if spec == "stdio" || spec.starts_with("stdio,") {
             stdio_users.push(format!("-qmp {spec}"));
         }
     }
     for spec in &opts.chardevs {
+        let spec = lossy(spec);
         let option = format!("-chardev {spec}");
-        let p = pairs(spec);
+        let p = pairs(&spec);
         let driver = match p.first() {
             Some((k, v)) if k == "backend" => v.clone(),
             Some((k, v)) if v.is_empty() => k.clone(),
@@ -107,7 +109,7 @@ pub fn check(opts: &CliOptions) -> Result<(), ChardevCheckError> {
             return Err(fail(
                 option,
                 format!(
-                    "chardev backend '{driver}' is not supported by machina (file, null, socket, stdio)"
+                    "chardev backend '{driver}' is not supported by machina (file, null, pty, socket, stdio)"
                 ),
             ));
         }
@@ -203,7 +205,7 @@ mod tests {
             ("-nodefaults -chardev null,id=c0 -mon chardev=c0,mode=control -mon chardev=c0,mode=control", Some("-mon chardev=c0,mode=control: Device 'c0' is in use")),
             ("-nodefaults -chardev null,id=c0 -mon chardev=c0,mode=readline", Some("-mon chardev=c0,mode=readline: machina has no human monitor (HMP); use mode=control for QMP")),
             ("-nodefaults -chardev null,id=c0 -mon chardev=c0", Some("-mon chardev=c0: machina has no human monitor (HMP); use mode=control for QMP")),
-            ("-nodefaults -chardev pty,id=c0", Some("-chardev pty,id=c0: chardev backend 'pty' is not supported by machina (file, null, socket, stdio)")),
+            ("-nodefaults -chardev pty,id=c0", Some("-chardev pty,id=c0: chardev backend 'pty' is not supported by machina (file, null, pty, socket, stdio)")),
             ("-qmp stdio", Some("-qmp stdio: cannot use stdio by multiple character devices")),
             ("-nodefaults -qmp stdio -serial stdio", Some("-serial stdio: cannot use stdio by multiple character devices")),
             ("-nodefaults -chardev stdio,id=c0 -chardev stdio,id=c1", Some("-chardev stdio,id=c1: cannot use stdio by multiple character devices")),
