@@ -205,7 +205,7 @@ mod tests {
             ("-nodefaults -chardev null,id=c0 -mon chardev=c0,mode=control -mon chardev=c0,mode=control", Some("-mon chardev=c0,mode=control: Device 'c0' is in use")),
             ("-nodefaults -chardev null,id=c0 -mon chardev=c0,mode=readline", Some("-mon chardev=c0,mode=readline: machina has no human monitor (HMP); use mode=control for QMP")),
             ("-nodefaults -chardev null,id=c0 -mon chardev=c0", Some("-mon chardev=c0: machina has no human monitor (HMP); use mode=control for QMP")),
-            ("-nodefaults -chardev pty,id=c0", Some("-chardev pty,id=c0: chardev backend 'pty' is not supported by machina (file, null, pty, socket, stdio)")),
+            ("-nodefaults -chardev ringbuf,id=c0", Some("-chardev ringbuf,id=c0: chardev backend 'ringbuf' is not supported by machina (file, null, pty, socket, stdio)")),
             ("-qmp stdio", Some("-qmp stdio: cannot use stdio by multiple character devices")),
             ("-nodefaults -qmp stdio -serial stdio", Some("-serial stdio: cannot use stdio by multiple character devices")),
             ("-nodefaults -chardev stdio,id=c0 -chardev stdio,id=c1", Some("-chardev stdio,id=c1: cannot use stdio by multiple character devices")),
