@@ -687,8 +687,11 @@ fn blockdev_from_pairs(
 /// `-netdev tap,id=ID[,ifname=NAME][,script=no,downscript=no]`.
 pub fn parse_netdev(spec: impl AsRef<OsStr>) -> Result<Backend, BackendError> {
     let spec = spec.as_ref();
-    let context = format!("-netdev {}", lossy(spec));
-    let pairs = keyval(spec);
+    netdev_from_pairs(&format!("-netdev {}", lossy(spec)), keyval(spec))
+}
+
+/// A netdev from its members, the type first (from keyval text or a QMP object).
+fn netdev_from_pairs(context: &str, pairs: Vec<(String, String)>) -> Result<Backend, BackendError> {
     let kind = pairs
         .first()
         .map(|(k, v)| if v.is_empty() { k.clone() } else { v.clone() });
@@ -907,8 +910,19 @@ pub fn parse_chardev(spec: impl AsRef<OsStr>) -> Result<Backend, BackendError> {
 /// `-object rng-random,id=ID[,filename=PATH]` (other objects are refused).
 pub fn parse_object(spec: impl AsRef<OsStr>) -> Result<Backend, BackendError> {
     let spec = spec.as_ref();
-    let context = format!("-object {}", lossy(spec));
-    let pairs = keyval(spec);
+    object_from_pairs(&format!("-object {}", lossy(spec)), keyval_pairs_os(spec))
+}
+
+/// An object from its members, the type first (from keyval text or a QMP object); values
+/// stay bytes (a file name is not text).
+fn object_from_pairs(context: &str, raw: Vec<(String, OsString)>) -> Result<Backend, BackendError> {
+    let pairs: Vec<(String, String)> = raw.iter().map(|(k, v)| (k.clone(), lossy(v))).collect();
+    let raw_value = |key: &str| {
+        raw.iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+    };
     let get = |key: &str| pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
     let kind = pairs
         .first()
@@ -917,7 +931,7 @@ pub fn parse_object(spec: impl AsRef<OsStr>) -> Result<Backend, BackendError> {
         Some("rng-random") => {
             let id = get("id").ok_or_else(|| err(&context, "Parameter 'id' is missing"))?;
             let filename =
-                PathBuf::from(raw_value(spec, "filename").unwrap_or_else(|| "/dev/urandom".into()));
+                PathBuf::from(raw_value("filename").unwrap_or_else(|| "/dev/urandom".into()));
             open_rng(&filename).map_err(|e| {
                 err(
                     &context,
@@ -942,15 +956,9 @@ pub fn from_qmp(kind: &str, args: &Value, existing: &[Backend]) -> Result<Backen
             crate::blockdev_json::check(args, "").map_err(|e| err(&context, e))?;
             blockdev_from_pairs(&context, &os_pairs(flatten_json(args)), existing)
         }
-        "netdev_add" => {
-            let mut spec = args["type"].as_str().unwrap_or("").to_string();
-            for (k, v) in flatten_json(args) {
-                if k != "type" {
-                    spec.push_str(&format!(",{k}={v}"));
-                }
-            }
-            parse_netdev(&spec).map_err(|e| err(&context, e.message))
-        }
+        // The members are passed as they are, never rebuilt into keyval text (where a comma
+        // in a value would split it: `ifname "tap0,id=x"`).
+        "netdev_add" => netdev_from_pairs(&context, qmp_members(&context, args, "type")?),
         "chardev-add" => {
             let id = args["id"].as_str().unwrap_or("").to_string();
             let data = &args["backend"]["data"];
@@ -989,16 +997,46 @@ pub fn from_qmp(kind: &str, args: &Value, existing: &[Backend]) -> Result<Backen
             Ok(Backend::Chardev { id, backend })
         }
         "object-add" => {
-            let mut spec = args["qom-type"].as_str().unwrap_or("").to_string();
-            for (k, v) in flatten_json(args) {
-                if k != "qom-type" {
-                    spec.push_str(&format!(",{k}={v}"));
-                }
-            }
-            parse_object(&spec).map_err(|e| err(&context, e.message))
+            object_from_pairs(&context, os_pairs(qmp_members(&context, args, "qom-type")?))
         }
         _ => Err(err(&context, "unknown backend kind")),
     }
+}
+
+/// The members of a QMP `netdev_add`/`object-add` object, the type member first, as text.
+/// Strings must be strings (QEMU's input visitor); booleans read as on/off.
+fn qmp_members(
+    context: &str,
+    args: &Value,
+    type_key: &str,
+) -> Result<Vec<(String, String)>, BackendError> {
+    let Some(obj) = args.as_object() else {
+        return Err(err(context, "Invalid parameter type, expected: object"));
+    };
+    let mut out = vec![(
+        type_key.to_string(),
+        obj.get(type_key)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string(),
+    )];
+    for (k, v) in obj {
+        if k == type_key {
+            continue;
+        }
+        let text = match v {
+            Value::String(s) => s.clone(),
+            Value::Bool(b) => if *b { "on" } else { "off" }.to_string(),
+            _ => {
+                return Err(err(
+                    context,
+                    format!("Invalid parameter type for '{k}', expected: string"),
+                ))
+            }
+        };
+        out.push((k.clone(), text));
+    }
+    Ok(out)
 }
 
 /// An io::Error's text without Rust's " (os error N)" tail and the ioctl name our own

@@ -458,3 +458,48 @@ impl MachineConfig {
         }
     }
 }
+
+/// Everything the command line asks for, checked and planned as at start: character
+/// devices, backends, devices and the machine. An error is the one-line message `machina`
+/// prints (exit status 1).
+pub fn prepare(
+    opts: &CliOptions,
+    catalog: &machine::Catalog,
+) -> Result<(MachineConfig, machine::Plan), String> {
+    crate::chardev_check::check(opts).map_err(|e| e.to_string())?;
+    let config = MachineConfig::from_cli(opts).map_err(|e| e.to_string())?;
+    let plan = plan_with_context(catalog, &config, &opts.devices)?;
+    Ok((config, plan))
+}
+
+/// Plan `config`; an error caused by a `-device` is prefixed with that option as QEMU does
+/// (`-device e1000,addr=0x1f: PCI: slot 31 ...`): the first device whose addition makes the
+/// plan fail is the one named.
+pub fn plan_with_context(
+    catalog: &machine::Catalog,
+    config: &MachineConfig,
+    device_specs: &[String],
+) -> Result<machine::Plan, String> {
+    // QEMU's hint, if any, follows on a line of its own.
+    let text = |e: &machine::PlanError, prefix: String| match e.hint() {
+        Some(hint) => format!("{prefix}{e}\n{hint}"),
+        None => format!("{prefix}{e}"),
+    };
+    let full = config.plan_request();
+    let error = match catalog.plan(&full) {
+        Ok(plan) => return Ok(plan),
+        Err(e) => e,
+    };
+    let mut request = full.clone();
+    request.devices.clear();
+    if catalog.plan(&request).is_err() {
+        return Err(text(&error, String::new()));
+    }
+    for (device, spec) in full.devices.iter().zip(device_specs) {
+        request.devices.push(device.clone());
+        if let Err(e) = catalog.plan(&request) {
+            return Err(text(&e, format!("-device {spec}: ")));
+        }
+    }
+    Err(text(&error, String::new()))
+}

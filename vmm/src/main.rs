@@ -4,7 +4,6 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
 use vmm::cli::{self, Action};
-use vmm::config::MachineConfig;
 use vmm::control::{Controller, RunState, VmState};
 use vmm::runner::{self, RunOptions};
 
@@ -137,38 +136,6 @@ fn start_qmp(
     Ok(Some(server))
 }
 
-/// Plan `config`; an error caused by a `-device` is prefixed with that option as QEMU does
-/// (`-device e1000,addr=0x1f: PCI: slot 31 ...`): the first device whose addition makes the
-/// plan fail is the one named.
-fn plan_with_context(
-    catalog: &machine::Catalog,
-    config: &MachineConfig,
-    device_specs: &[String],
-) -> Result<machine::Plan, String> {
-    // QEMU's hint, if any, follows on a line of its own.
-    let text = |e: &machine::PlanError, prefix: String| match e.hint() {
-        Some(hint) => format!("{prefix}{e}\n{hint}"),
-        None => format!("{prefix}{e}"),
-    };
-    let full = config.plan_request();
-    let error = match catalog.plan(&full) {
-        Ok(plan) => return Ok(plan),
-        Err(e) => e,
-    };
-    let mut request = full.clone();
-    request.devices.clear();
-    if catalog.plan(&request).is_err() {
-        return Err(text(&error, String::new()));
-    }
-    for (device, spec) in full.devices.iter().zip(device_specs) {
-        request.devices.push(device.clone());
-        if let Err(e) = catalog.plan(&request) {
-            return Err(text(&e, format!("-device {spec}: ")));
-        }
-    }
-    Err(text(&error, String::new()))
-}
-
 /// `-overcommit mem-lock=on|on-fault`: lock all current and future memory (QEMU's os_mlock).
 fn lock_memory(lock: cli::MemLock) -> Result<(), String> {
     let flags = match lock {
@@ -259,10 +226,8 @@ fn run(args: Vec<std::ffi::OsString>, start: Instant) -> Result<u8, String> {
         set_process_name(process);
     }
 
-    vmm::chardev_check::check(&opts).map_err(|e| e.to_string())?;
-    let config = MachineConfig::from_cli(&opts).map_err(|e| e.to_string())?;
     // The command line's machine must plan now, even if QMP builds it later.
-    let plan = plan_with_context(&catalog, &config, &opts.devices)?;
+    let (config, plan) = vmm::config::prepare(&opts, &catalog)?;
     let inspect_only = opts.start_paused || opts.delay_init || opts.qtest.is_some();
     if plan.family == machine::Family::None && !inspect_only {
         // QEMU's `none` has no chipset, console or firmware interface: nothing could run.
