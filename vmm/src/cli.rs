@@ -18,6 +18,9 @@ pub struct CliOptions {
     /// `-m slots=` and `maxmem=`.
     pub ram_slots: u64,
     pub max_ram_size: Option<u64>,
+    /// The last `-m` and `-machine` arguments as given, to name them in planning errors.
+    pub memory_arg: Option<String>,
+    pub machine_arg: Option<String>,
     pub cpus: u32,
     pub kernel: Option<PathBuf>,
     pub initrd: Option<PathBuf>,
@@ -608,6 +611,8 @@ impl Default for CliOptions {
             ram_size_given: false,
             ram_slots: 0,
             max_ram_size: None,
+            memory_arg: None,
+            machine_arg: None,
             cpus: 1,
             kernel: None,
             initrd: None,
@@ -1015,6 +1020,7 @@ where
                 let m = parse_memory(&value)?;
                 (opts.ram_size, opts.ram_slots, opts.max_ram_size) = (m.size, m.slots, m.maxmem);
                 opts.ram_size_given = true;
+                opts.memory_arg = Some(value.clone());
             }
             "smp" => opts.cpus = parse_smp(&value)?,
             "kernel" => opts.kernel = Some(PathBuf::from(os_value)),
@@ -1088,12 +1094,18 @@ where
 
 fn parse_machine(opts: &mut CliOptions, value: &str) -> Result<(), CliError> {
     let mut wants_help = false;
+    opts.machine_arg = Some(value.to_string());
     for (i, item) in split_keyval(value).into_iter().enumerate() {
         match item.split_once('=') {
             Some(("type", ty)) => opts.machine = Some(ty.to_string()),
             Some((k, v)) => {
                 if k == "accel" && !v.split(':').any(|a| a == "kvm" || a == "qtest") {
-                    return Err(CliError::BadAccel(v.to_string()));
+                    return Err(CliError::Machine(
+                        value.to_string(),
+                        format!(
+                            "invalid accelerator {v} (machina supports kvm, and qtest for tests)"
+                        ),
+                    ));
                 }
                 opts.machine_options.push((k.to_string(), v.to_string()))
             }

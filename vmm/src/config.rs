@@ -468,8 +468,61 @@ pub fn prepare(
 ) -> Result<(MachineConfig, machine::Plan), String> {
     crate::chardev_check::check(opts).map_err(|e| e.to_string())?;
     let config = MachineConfig::from_cli(opts).map_err(|e| e.to_string())?;
-    let plan = plan_with_context(catalog, &config, &opts.devices)?;
+    let plan = plan_with_context(catalog, &config, &opts.devices).map_err(|message| {
+        // A machine-level refusal names the option it came from, as the CLI's own do.
+        let base = config.plan_request();
+        let base = machine::PlanRequest {
+            devices: Vec::new(),
+            ..base
+        };
+        match catalog.plan(&base) {
+            Err(e) => match (option_of(&e), opts) {
+                (
+                    Some("-m"),
+                    CliOptions {
+                        memory_arg: Some(a),
+                        ..
+                    },
+                ) => format!("-m {a}: {message}"),
+                (
+                    Some("-machine"),
+                    CliOptions {
+                        machine_arg: Some(a),
+                        ..
+                    },
+                ) => {
+                    format!("-machine {a}: {message}")
+                }
+                _ => message,
+            },
+            Ok(_) => message,
+        }
+    })?;
     Ok((config, plan))
+}
+
+/// The command-line option a machine-level planning error comes from.
+fn option_of(e: &PlanError) -> Option<&'static str> {
+    match e {
+        PlanError::ZeroRam
+        | PlanError::RamTooLarge
+        | PlanError::MaxMemBelowRam { .. }
+        | PlanError::MaxMemEqualsRam { .. }
+        | PlanError::SlotsWithoutMaxMem
+        | PlanError::TooManyMemorySlots(_)
+        | PlanError::MaxMemUnaligned
+        | PlanError::AddressSpaceLimit { .. } => Some("-m"),
+        PlanError::UnknownMachine(_)
+        | PlanError::UnknownMachineOption { .. }
+        | PlanError::ExpectsBool(_)
+        | PlanError::BadEnumValue { .. }
+        | PlanError::ExpectsInteger(_)
+        | PlanError::IntegerOutOfRange { .. }
+        | PlanError::ExpectsSize(_)
+        | PlanError::UnsupportedOptionValue { .. }
+        | PlanError::MaxRamBelow4gTooLarge(_) => Some("-machine"),
+        _ => None,
+    }
 }
 
 /// Plan `config`; an error caused by a `-device` is prefixed with that option as QEMU does
