@@ -414,15 +414,14 @@ pub(crate) fn resolution_order(
             }
         };
         // Resolve from the top of the walked chain down.
-        let mut d = base_depth.map_or(0, |b| b + 1);
-        for &i in chain.iter().rev() {
+        let first = base_depth.map_or(0, |b| b + 1);
+        for (d, &i) in (first..).zip(chain.iter().rev()) {
             if d > MAX_INHERITANCE_DEPTH {
                 return Err(WalkError::TooDeep(name(i)));
             }
             depth[i] = d;
             mark[i] = Mark::Done;
             order.push(i);
-            d += 1;
         }
     }
     Ok(order)

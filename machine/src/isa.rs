@@ -117,7 +117,7 @@ pub fn requested_device(
     if end >= IO_SPACE_END {
         return Err(PlanError::IsaIoOutOfRange { base, end });
     }
-    let overlaps = |r: &Range| r.size > 0 && base <= r.base + r.size - 1 && r.base <= end;
+    let overlaps = |r: &Range| r.size > 0 && base < r.base + r.size && r.base <= end;
     let taken = existing
         .iter()
         .flat_map(|d| d.io.iter().map(move |r| (d.type_name.as_str(), r)))

@@ -41,7 +41,9 @@ fn sizes_align_to_8k_as_qemu() {
 
 #[test]
 fn qemu_refusals() {
-    let table: &[(u64, u64, Option<u64>, Option<u8>, &str)] = &[
+    // (size, slots, maxmem, phys-bits, QEMU's text)
+    type Row<'a> = (u64, u64, Option<u64>, Option<u8>, &'a str);
+    let table: &[Row] = &[
         (256 * M, 0, Some(128 * M), None, "invalid value of maxmem: maximum memory size (0x8000000) must be at least the initial memory size (0x10000000)"),
         (256 * M, 1, Some(256 * M), None, "invalid value of maxmem: memory slots were specified but maximum memory size (0x10000000) is equal to the initial memory size (0x10000000)"),
         (256 * M, 0, Some(0), None, "invalid value of maxmem: maximum memory size (0x0) must be at least the initial memory size (0x10000000)"),

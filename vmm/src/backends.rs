@@ -692,6 +692,7 @@ pub fn parse_netdev(spec: impl AsRef<OsStr>) -> Result<Backend, BackendError> {
 
 /// A netdev from its members, the type first (from keyval text or a QMP object).
 fn netdev_from_pairs(context: &str, pairs: Vec<(String, String)>) -> Result<Backend, BackendError> {
+    let context = context.to_string();
     let kind = pairs
         .first()
         .map(|(k, v)| if v.is_empty() { k.clone() } else { v.clone() });
@@ -916,6 +917,7 @@ pub fn parse_object(spec: impl AsRef<OsStr>) -> Result<Backend, BackendError> {
 /// An object from its members, the type first (from keyval text or a QMP object); values
 /// stay bytes (a file name is not text).
 fn object_from_pairs(context: &str, raw: Vec<(String, OsString)>) -> Result<Backend, BackendError> {
+    let context = context.to_string();
     let pairs: Vec<(String, String)> = raw.iter().map(|(k, v)| (k.clone(), lossy(v))).collect();
     let raw_value = |key: &str| {
         raw.iter()

@@ -1207,7 +1207,8 @@ mod tests {
             assert_eq!(parse_ram_size(text), Ok(bytes), "{text}");
         }
         // QEMU 7.2's answers (query-memory-size-summary before alignment, or its error).
-        let table: &[(&str, Result<(u64, u64, Option<u64>), &str>)] = &[
+        type Row<'a> = (&'a str, Result<(u64, u64, Option<u64>), &'a str>);
+        let table: &[Row] = &[
             ("0", Ok((DEFAULT_RAM_SIZE, 0, None))),
             ("", Ok((DEFAULT_RAM_SIZE, 0, None))),
             ("1", Ok((1 << 20, 0, None))),

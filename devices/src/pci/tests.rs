@@ -72,6 +72,8 @@ fn memory(q35: bool) -> MemoryMap {
             base: 0x1_0000_0000,
             size: if q35 { 1 << 35 } else { 1 << 31 },
         },
+        device_memory: None,
+        ram_id: None,
         regions: vec![],
     }
 }
