@@ -102,7 +102,10 @@ fn memory_refusals() {
     assert!(plan.memory.device_memory.is_some());
     // Beyond what the CPU can address (the host's phys-bits, at most 52): refused by name.
     let text = refused(&["-m", "256,maxmem=16000T,slots=2", "-nodefaults"]);
-    assert!(text.starts_with("Address space limit 0x"), "{text}");
+    assert!(
+        text.starts_with("-m 256,maxmem=16000T,slots=2: Address space limit 0x"),
+        "{text}"
+    );
     // -m 1T: QEMU cannot map it on a host without that much memory and swap under the
     // default overcommit heuristic; machina maps RAM the same way now (no MAP_NORESERVE).
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
