@@ -1141,7 +1141,7 @@ usage: machina [options]\n\
 -machine TYPE[,prop=value...]  select the machine type (pc, q35, pc-q35-X.Y, none); -machine help lists them\n\
 -M TYPE[,...]                  same as -machine\n\
 -machine-definition FILE       load extra machine/device type definitions (JSON, see docs/PLAN.md)\n\
--m SIZE                        guest RAM (512, 512M, 2G; default 128M)\n\
+-m [size=]SIZE[,slots=N,maxmem=SIZE]  guest RAM (512, 512M, 2G; default 128M)\n\
 -smp N[,cpus=N,sockets=S,cores=C,threads=T]  number of vCPUs\n\
 -kernel FILE                   bzImage or ELF with a PVH note (default: the bundled tiny guest)\n\
 -initrd FILE                   initial ram disk\n\
