@@ -233,7 +233,7 @@ fn command_line_fuzz() {
         assert_eq!(r.0, Some(1), "{argv:?}: exit status (seed {seed})");
         assert_eq!(
             r.1.trim_end(),
-            format!("machina: {message}"),
+            format!("machina: {message}").trim_end(),
             "{argv:?} (seed {seed})"
         );
     }
