@@ -587,9 +587,9 @@ fn libvirt_option_errors_use_qemus_texts() {
         (&["-uuid", "xyz"], "machina: -uuid xyz: failed to parse UUID string: wrong format"),
         (
             &["-rtc", "base=2006-06-17x"],
-            "machina: invalid datetime format\nvalid formats: '2006-06-17T16:01:21' or '2006-06-17'",
+            "machina: -rtc base=2006-06-17x: invalid datetime format (valid formats: '2006-06-17T16:01:21' or '2006-06-17')",
         ),
-        (&["-rtc", "clock=foo"], "machina: invalid option value 'foo'"),
+        (&["-rtc", "clock=foo"], "machina: -rtc clock=foo: invalid option value 'foo'"),
         (
             &["-rtc", "base=localtime,clock=vm"],
             "machina: -rtc base=localtime,clock=vm: machina's RTC follows the host clock: clock=vm is not supported",

@@ -242,7 +242,7 @@ fn chardev_and_monitor_mistakes() {
         // QEMU serves HMP there; machina has none, and says so instead of ignoring it.
         (
             &["-nodefaults", "-chardev", "null,id=c0", "-mon", "chardev=c0,mode=readline"],
-            "-mon chardev=c0,mode=readline: machina has no human monitor (HMP); use mode=control for QMP",
+            "-mon chardev=c0,mode=readline: machina has no human monitor (HMP): use mode=control for QMP",
         ),
         // machina's default serial port is on stdio (QEMU's -nographic).
         (&["-qmp", "stdio"], "-qmp stdio: cannot use stdio by multiple character devices"),

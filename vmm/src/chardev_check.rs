@@ -130,27 +130,26 @@ pub fn check(opts: &CliOptions) -> Result<(), ChardevCheckError> {
         let p = pairs(spec);
         let chardev = get(&p, "chardev")
             .ok_or_else(|| fail(option.clone(), "Parameter 'chardev' is missing"))?;
-        match get(&p, "mode") {
-            Some("control") => {}
-            // QEMU's default mode is the human monitor.
-            None | Some("readline") => {
-                return Err(fail(
-                    option,
-                    "machina has no human monitor (HMP); use mode=control for QMP",
-                ))
-            }
-            Some(other) => {
-                return Err(fail(
-                    option,
-                    format!("Parameter 'mode' does not accept value '{other}'"),
-                ))
-            }
+        // QEMU's order: the mode's value, the chardev, then machina's own refusal of HMP.
+        let mode = get(&p, "mode");
+        if let Some(other) = mode.filter(|m| !matches!(*m, "control" | "readline")) {
+            return Err(fail(
+                option,
+                format!("Parameter 'mode' does not accept value '{other}'"),
+            ));
         }
         if !ids.iter().any(|i| i == chardev) {
             return Err(fail(option, format!("chardev \"{chardev}\" not found")));
         }
         if used.iter().any(|u| u == chardev) {
             return Err(fail(option, format!("Device '{chardev}' is in use")));
+        }
+        // QEMU's default mode is the human monitor.
+        if mode != Some("control") {
+            return Err(fail(
+                option,
+                "machina has no human monitor (HMP): use mode=control for QMP",
+            ));
         }
         used.push(chardev.to_string());
     }
@@ -203,8 +202,8 @@ mod tests {
             ("-nodefaults -mon mode=control", Some("-mon mode=control: Parameter 'chardev' is missing")),
             ("-nodefaults -chardev null,id=c0 -mon chardev=c0,mode=bogus", Some("-mon chardev=c0,mode=bogus: Parameter 'mode' does not accept value 'bogus'")),
             ("-nodefaults -chardev null,id=c0 -mon chardev=c0,mode=control -mon chardev=c0,mode=control", Some("-mon chardev=c0,mode=control: Device 'c0' is in use")),
-            ("-nodefaults -chardev null,id=c0 -mon chardev=c0,mode=readline", Some("-mon chardev=c0,mode=readline: machina has no human monitor (HMP); use mode=control for QMP")),
-            ("-nodefaults -chardev null,id=c0 -mon chardev=c0", Some("-mon chardev=c0: machina has no human monitor (HMP); use mode=control for QMP")),
+            ("-nodefaults -chardev null,id=c0 -mon chardev=c0,mode=readline", Some("-mon chardev=c0,mode=readline: machina has no human monitor (HMP): use mode=control for QMP")),
+            ("-nodefaults -chardev null,id=c0 -mon chardev=c0", Some("-mon chardev=c0: machina has no human monitor (HMP): use mode=control for QMP")),
             ("-nodefaults -chardev ringbuf,id=c0", Some("-chardev ringbuf,id=c0: chardev backend 'ringbuf' is not supported by machina (file, null, pty, socket, stdio)")),
             ("-qmp stdio", Some("-qmp stdio: cannot use stdio by multiple character devices")),
             ("-nodefaults -qmp stdio -serial stdio", Some("-serial stdio: cannot use stdio by multiple character devices")),

@@ -408,17 +408,22 @@ fn parse_rtc(opts: &mut CliOptions, value: &str) -> Result<(), CliError> {
                     offset: start - now_secs(),
                 }
             }
-            ("base", _) => {
-                return Err(CliError::Plain(
-                    "invalid datetime format\nvalid formats: '2006-06-17T16:01:21' or '2006-06-17'"
-                        .into(),
-                ))
-            }
+            // QEMU's text, on one line and naming the option.
+            ("base", _) => return Err(option_err(
+                "rtc",
+                value,
+                "invalid datetime format (valid formats: '2006-06-17T16:01:21' or '2006-06-17')"
+                    .to_string(),
+            )),
             ("clock", "host") | ("driftfix", "none") => {}
             ("clock", "rt" | "vm") => return Err(unsupported(&format!("clock={v}"))),
             ("driftfix", "slew") => return Err(unsupported("driftfix=slew")),
             ("clock" | "driftfix", _) => {
-                return Err(CliError::Plain(format!("invalid option value '{v}'")))
+                return Err(option_err(
+                    "rtc",
+                    value,
+                    format!("invalid option value '{v}'"),
+                ))
             }
             (other, _) => {
                 return Err(option_err(
