@@ -344,6 +344,7 @@ struct MachineFold {
     help_family: Option<String>,
     cpu_max: Option<u32>,
     hotpluggable_cpus: Option<bool>,
+    smp_prefer_sockets: Option<bool>,
     numa_mem_supported: Option<bool>,
     deprecated: Option<bool>,
     default_cpu_type: Option<String>,
@@ -366,6 +367,7 @@ impl MachineFold {
         take!(help_family);
         take!(cpu_max);
         take!(hotpluggable_cpus);
+        take!(smp_prefer_sockets);
         take!(numa_mem_supported);
         take!(deprecated);
         take!(default_cpu_type);
@@ -397,6 +399,7 @@ fn resolve_machine(
         help_family,
         cpu_max,
         hotpluggable_cpus,
+        smp_prefer_sockets,
         numa_mem_supported,
         deprecated,
         default_cpu_type,
@@ -420,6 +423,7 @@ fn resolve_machine(
         is_default: def.is_default,
         cpu_max: cpu_max.ok_or_else(|| CatalogError::MissingField(def.name.clone(), "cpu-max"))?,
         hotpluggable_cpus: hotpluggable_cpus.unwrap_or(false),
+        smp_prefer_sockets: smp_prefer_sockets.unwrap_or(false),
         numa_mem_supported: numa_mem_supported.unwrap_or(false),
         deprecated: deprecated.unwrap_or(false),
         default_cpu_type,

@@ -52,9 +52,9 @@ pub enum PlanError {
         machine: String,
         max: u32,
     },
-    /// `maxcpus` below `cpus`.
-    #[error("Invalid CPU topology: maxcpus must be equal to or greater than smp")]
-    MaxCpusBelowCpus,
+    /// An `-smp` topology QEMU refuses (its text).
+    #[error("{0}")]
+    Topology(String),
     /// `-m 0`.
     #[error("Invalid RAM size 0: RAM size must be greater than zero")]
     ZeroRam,

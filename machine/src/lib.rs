@@ -34,6 +34,7 @@ pub mod plan;
 mod planner;
 mod properties;
 mod request;
+pub mod smp;
 mod virtio_mode;
 mod virtio_ports;
 
@@ -56,6 +57,7 @@ pub use properties::{format_devfn, parse_devfn, parse_size, PropType, PropertyDe
 pub use request::{
     parse_json_strict, split_keyval, DeviceRequest, DeviceSyntax, JsonKind, PlanRequest,
 };
+pub use smp::{CpuIds, CpuTopology, SmpKeys, SmpRules};
 
 /// The QEMU release whose x86 machine types the built-in catalog reproduces.
 pub const QEMU_VERSION: &str = "10.2";

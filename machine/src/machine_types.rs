@@ -42,6 +42,9 @@ pub struct MachineTypeDef {
     pub cpu_max: Option<u32>,
     #[serde(default)]
     pub hotpluggable_cpus: Option<bool>,
+    /// QEMU's `smp_props.prefer_sockets` (machine types before 6.2).
+    #[serde(default)]
+    pub smp_prefer_sockets: Option<bool>,
     #[serde(default)]
     pub numa_mem_supported: Option<bool>,
     #[serde(default)]
@@ -70,6 +73,8 @@ pub struct MachineType {
     pub is_default: bool,
     pub cpu_max: u32,
     pub hotpluggable_cpus: bool,
+    #[serde(skip)]
+    pub smp_prefer_sockets: bool,
     pub numa_mem_supported: bool,
     pub deprecated: bool,
     #[serde(skip_serializing_if = "Option::is_none")]

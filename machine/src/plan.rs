@@ -213,6 +213,9 @@ pub struct Plan {
     pub nodefaults: bool,
     pub cpus: u32,
     pub max_cpus: u32,
+    /// Sockets, dies, cores and threads of the `max_cpus` possible CPUs.
+    #[serde(default)]
+    pub topology: crate::smp::CpuTopology,
     pub memory: MemoryMap,
     /// Buses, root first, then in the order their bridges appear in `pci`.
     pub buses: Vec<BusPlan>,

@@ -93,13 +93,13 @@ impl Catalog {
     /// Compute the plan of the machine `req` describes, or QEMU's error for it.
     pub fn plan(&self, req: &PlanRequest) -> Result<Plan, PlanError> {
         let machine = self.machine_for(req)?;
-        if req.cpus == 0 {
-            return Err(PlanError::ZeroCpus);
-        }
-        let max_cpus = req.max_cpus.unwrap_or(req.cpus);
-        if max_cpus < req.cpus {
-            return Err(PlanError::MaxCpusBelowCpus);
-        }
+        let rules = crate::smp::SmpRules {
+            prefer_sockets: machine.smp_prefer_sockets,
+            // x86 PC machines have dies; `none` has no CPU topology of its own.
+            dies_supported: machine.family != crate::plan::Family::None,
+        };
+        let (topology, cpus, max_cpus) =
+            crate::smp::CpuTopology::resolve(Some(req.cpus), req.max_cpus, &req.smp, rules)?;
         if max_cpus > machine.cpu_max {
             return Err(PlanError::TooManyCpus {
                 cpus: max_cpus,
@@ -146,8 +146,9 @@ impl Catalog {
             family: machine.family,
             options: opts.values,
             nodefaults: req.nodefaults,
-            cpus: req.cpus,
+            cpus,
             max_cpus,
+            topology,
             memory,
             buses: ctx.topo.buses.into_iter().map(|b| b.plan).collect(),
             pci: ctx.topo.functions,

@@ -32,6 +32,8 @@ pub struct PlanRequest {
     pub cpus: u32,
     /// `-smp maxcpus=`; `None` means equal to `cpus`.
     pub max_cpus: Option<u32>,
+    /// `-smp` sockets/dies/clusters/cores/threads as given (omitted ones are computed).
+    pub smp: crate::smp::SmpKeys,
     /// `-device`, in command-line order.
     pub devices: Vec<DeviceRequest>,
     /// `-serial`: `None` keeps QEMU's default (a serial port unless `-nodefaults`),
@@ -60,6 +62,7 @@ impl Default for PlanRequest {
             phys_bits: None,
             cpus: 1,
             max_cpus: None,
+            smp: Default::default(),
             devices: Vec::new(),
             serial: None,
             parallel: None,

@@ -35,6 +35,10 @@ pub enum AcpiError {
 pub struct AcpiConfig {
     pub family: Family,
     pub cpus: u32,
+    /// Possible CPUs (`maxcpus`): the MADT lists them all, those beyond `cpus` disabled.
+    pub max_cpus: u32,
+    /// Gives each CPU its APIC id.
+    pub topology: machine::CpuTopology,
     /// ACPI PM I/O base (PM1a event at +0, control at +4, timer at +8).
     pub pm_base: u16,
     /// GPE0 block base and length.
@@ -273,10 +277,23 @@ fn madt(cfg: &AcpiConfig) -> Vec<u8> {
     let mut body = Vec::new();
     body.extend(LAPIC_ADDR.to_le_bytes());
     body.extend(1u32.to_le_bytes()); // PCAT_COMPAT: dual 8259s present
-    for cpu in 0..cfg.cpus {
-        // Type 0: processor local APIC (id = index), enabled.
-        body.extend([0u8, 8, cpu as u8, cpu as u8]);
-        body.extend(1u32.to_le_bytes());
+    for cpu in 0..cfg.max_cpus.max(cfg.cpus) {
+        let apic_id = cfg.topology.apic_id(cpu);
+        let enabled = u32::from(cpu < cfg.cpus);
+        match u8::try_from(apic_id) {
+            // Type 0: processor local APIC (UID = index, id from the topology).
+            Ok(id) if id != 0xff => {
+                body.extend([0u8, 8, cpu as u8, id]);
+                body.extend(enabled.to_le_bytes());
+            }
+            // Type 9: processor local x2APIC, for ids that do not fit in 8 bits.
+            _ => {
+                body.extend([9u8, 16, 0, 0]);
+                body.extend(apic_id.to_le_bytes());
+                body.extend(enabled.to_le_bytes());
+                body.extend(cpu.to_le_bytes());
+            }
+        }
     }
     // Type 1: IOAPIC id 0 at 0xfec00000, GSI base 0.
     body.extend([1u8, 12, 0, 0]);
@@ -413,6 +430,8 @@ mod tests {
         AcpiConfig {
             family,
             cpus: 2,
+            max_cpus: 2,
+            topology: machine::CpuTopology::default(),
             pm_base: 0x600,
             gpe0: (0x620, 16),
             sci_irq: 9,

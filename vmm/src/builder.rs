@@ -27,6 +27,8 @@ pub enum BuildError {
     Acpi(#[from] acpi::AcpiError),
     #[error(transparent)]
     VcpuSetup(#[from] crate::vcpu::setup::SetupError),
+    #[error(transparent)]
+    Cpuid(#[from] crate::cpuid::CpuidError),
     #[error("cannot create vCPU {index}: {source}")]
     CreateVcpu {
         index: u32,
@@ -214,12 +216,12 @@ pub fn build(kvm: &Kvm, plan: &Plan, inputs: BuildInputs) -> Result<BuiltMachine
 
     let mut vcpus = Vec::new();
     for index in 0..plan.cpus {
+        // KVM's vCPU id is the APIC id, which the topology spaces out.
         let fd = vm
             .fd
-            .create_vcpu(u64::from(index))
+            .create_vcpu(u64::from(plan.topology.apic_id(index)))
             .map_err(|source| BuildError::CreateVcpu { index, source })?;
-        let mut cpuid = vm.supported_cpuid.clone();
-        cpuid::filter(&mut cpuid, index, plan.cpus);
+        let cpuid = cpuid::for_vcpu(&vm.supported_cpuid, index, &plan.topology)?;
         fd.set_cpuid2(&cpuid)
             .map_err(|source| BuildError::CreateVcpu { index, source })?;
         setup_common(&fd)?;
@@ -241,6 +243,8 @@ pub fn build(kvm: &Kvm, plan: &Plan, inputs: BuildInputs) -> Result<BuiltMachine
                         let cfg = AcpiConfig {
                             family: plan.family,
                             cpus: plan.cpus,
+                            max_cpus: plan.max_cpus,
+                            topology: plan.topology,
                             pm_base,
                             gpe0: (gpe0_base, gpe0_len.min(255) as u8),
                             sci_irq: layout.sci_irq,

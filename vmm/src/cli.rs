@@ -21,7 +21,10 @@ pub struct CliOptions {
     /// The last `-m` and `-machine` arguments as given, to name them in planning errors.
     pub memory_arg: Option<String>,
     pub machine_arg: Option<String>,
-    pub cpus: u32,
+    /// `-smp`.
+    pub smp: SmpSpec,
+    /// `-cpu`; None: machina's default, the same CPUID as `host`.
+    pub cpu_model: Option<crate::cpuid::CpuModel>,
     pub kernel: Option<PathBuf>,
     pub initrd: Option<PathBuf>,
     pub append: String,
@@ -256,8 +259,16 @@ pub enum CliError {
     BadCpus(String),
     #[error("-smp {0}: Invalid CPU topology: CPU topology parameters must be greater than zero")]
     ZeroCpus(String),
-    #[error("-smp {0}: unsupported topology parameter '{1}'")]
+    #[error("-smp {0}: Parameter 'smp.{1}' is unexpected")]
     BadTopology(String, String),
+    #[error("-smp {0}: Parameter 'smp.{1}' expects integer")]
+    BadSmpValue(String, String),
+    #[error("-cpu option cannot be empty")]
+    EmptyCpu,
+    #[error("unable to find CPU model '{0}'")]
+    UnknownCpuModel(String),
+    #[error("can't apply global {0}.{1}: Property '{0}.{2}' not found")]
+    CpuProperty(String, String, String),
     #[error("-serial {0}: '{0}' is not a valid char driver")]
     BadSerial(String),
     #[error("-{0} {1}: invalid value '{2}' for '{3}'")]
@@ -618,7 +629,8 @@ impl Default for CliOptions {
             max_ram_size: None,
             memory_arg: None,
             machine_arg: None,
-            cpus: 1,
+            smp: SmpSpec::default(),
+            cpu_model: None,
             kernel: None,
             initrd: None,
             append: String::new(),
@@ -873,34 +885,89 @@ fn parse_nic(name: &str, value: &str) -> Result<(), CliError> {
     Err(CliError::Nic(format!("-{name} {value}"), message))
 }
 
-/// Parse `-smp N[,cpus=N,sockets=..,cores=..,threads=..,maxcpus=..]`.
-fn parse_smp(text: &str) -> Result<u32, CliError> {
+/// `-smp` as given: the CPU count (computed as QEMU does when omitted), `maxcpus=` and the
+/// topology keys, which the planner resolves with the machine type's rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SmpSpec {
+    pub cpus: u32,
+    pub max_cpus: Option<u32>,
+    pub keys: machine::SmpKeys,
+}
+
+impl Default for SmpSpec {
+    fn default() -> Self {
+        Self {
+            cpus: 1,
+            max_cpus: None,
+            keys: machine::SmpKeys::default(),
+        }
+    }
+}
+
+/// Parse `-smp [cpus=]N[,maxcpus=N][,sockets=S][,dies=D][,clusters=C][,cores=C][,threads=T]`.
+fn parse_smp(text: &str) -> Result<SmpSpec, CliError> {
     let mut cpus: Option<u32> = None;
-    let mut product: u32 = 1;
-    let mut saw_topology = false;
+    let mut spec = SmpSpec::default();
     for (i, item) in split_keyval(text).iter().enumerate() {
         let (key, value) = match item.split_once('=') {
             Some((k, v)) => (k, v),
             None if i == 0 => ("cpus", item.as_str()),
             None => return Err(CliError::BadCpus(text.to_string())),
         };
+        let slot = match key {
+            "cpus" => &mut cpus,
+            "maxcpus" => &mut spec.max_cpus,
+            "sockets" => &mut spec.keys.sockets,
+            "dies" => &mut spec.keys.dies,
+            "clusters" => &mut spec.keys.clusters,
+            "cores" => &mut spec.keys.cores,
+            "threads" => &mut spec.keys.threads,
+            other => return Err(CliError::BadTopology(text.to_string(), other.to_string())),
+        };
         let n: u32 = value
             .parse()
-            .map_err(|_| CliError::BadCpus(text.to_string()))?;
+            .map_err(|_| CliError::BadSmpValue(text.to_string(), key.to_string()))?;
         if n == 0 {
             return Err(CliError::ZeroCpus(text.to_string()));
         }
-        match key {
-            "cpus" => cpus = Some(n),
-            "sockets" | "cores" | "threads" | "dies" | "clusters" => {
-                saw_topology = true;
-                product = product.saturating_mul(n);
-            }
-            "maxcpus" => {}
-            other => return Err(CliError::BadTopology(text.to_string(), other.to_string())),
-        }
+        *slot = Some(n);
     }
-    Ok(cpus.unwrap_or(if saw_topology { product } else { 1 }))
+    // Omitted cpus: maxcpus, else the product of the given keys (QEMU reaches the same
+    // topology from either).
+    let k = spec.keys;
+    spec.cpus = cpus.or(spec.max_cpus).unwrap_or_else(|| {
+        [k.sockets, k.dies, k.clusters, k.cores, k.threads]
+            .iter()
+            .map(|v| v.unwrap_or(1))
+            .fold(1u32, u32::saturating_mul)
+    });
+    Ok(spec)
+}
+
+/// Parse `-cpu MODEL[,prop=value...]`: machina offers `host` and `max` (both KVM's supported
+/// CPUID) and no per-feature properties.
+fn parse_cpu(text: &str) -> Result<crate::cpuid::CpuModel, CliError> {
+    let items = split_keyval(text);
+    let name = items.first().map(String::as_str).unwrap_or("");
+    if name.is_empty() {
+        return Err(CliError::EmptyCpu);
+    }
+    let model = crate::cpuid::CpuModel::from_name(name)
+        .ok_or_else(|| CliError::UnknownCpuModel(name.to_string()))?;
+    if let Some(prop) = items.get(1) {
+        let assignment = if prop.contains('=') {
+            prop.clone()
+        } else {
+            format!("{prop}=on")
+        };
+        let key = assignment.split('=').next().unwrap_or_default().to_string();
+        return Err(CliError::CpuProperty(
+            model.type_name().to_string(),
+            assignment,
+            key,
+        ));
+    }
+    Ok(model)
 }
 
 fn parse_serial(arg: &OsStr) -> Result<SerialSpec, CliError> {
@@ -958,6 +1025,7 @@ fn takes_argument(name: &str) -> bool {
             | "M"
             | "m"
             | "smp"
+            | "cpu"
             | "kernel"
             | "initrd"
             | "append"
@@ -1027,7 +1095,8 @@ where
                 opts.ram_size_given = true;
                 opts.memory_arg = Some(value.clone());
             }
-            "smp" => opts.cpus = parse_smp(&value)?,
+            "smp" => opts.smp = parse_smp(&value)?,
+            "cpu" => opts.cpu_model = Some(parse_cpu(&value)?),
             "kernel" => opts.kernel = Some(PathBuf::from(os_value)),
             "initrd" => opts.initrd = Some(PathBuf::from(os_value)),
             "append" => opts.append = value,
@@ -1147,7 +1216,8 @@ usage: machina [options]\n\
 -M TYPE[,...]                  same as -machine\n\
 -machine-definition FILE       load extra machine/device type definitions (JSON, see docs/PLAN.md)\n\
 -m [size=]SIZE[,slots=N,maxmem=SIZE]  guest RAM (512, 512M, 2G; default 128M)\n\
--smp N[,cpus=N,sockets=S,cores=C,threads=T]  number of vCPUs\n\
+-smp N[,maxcpus=M,sockets=S,dies=D,cores=C,threads=T]  vCPUs and their topology (QEMU's rules)\n\
+-cpu host|max                  the guest CPU: KVM's supported CPUID (the default too)\n\
 -kernel FILE                   bzImage or ELF with a PVH note (default: the bundled tiny guest)\n\
 -initrd FILE                   initial ram disk\n\
 -append CMDLINE                kernel command line\n\
@@ -1263,7 +1333,7 @@ mod tests {
         assert_eq!(o.machine.as_deref(), Some("q35"));
         assert_eq!(o.machine_options, vec![("usb".into(), "off".into())]);
         assert_eq!(o.ram_size, 256 << 20);
-        assert_eq!(o.cpus, 2);
+        assert_eq!(o.smp.cpus, 2);
         assert!(o.nodefaults && o.start_paused);
         assert_eq!(o.name.as_deref(), Some("vm1"));
         assert_eq!(p("-machine help").unwrap().action, Action::MachineHelp);
@@ -1271,8 +1341,11 @@ mod tests {
             p("-device pcie-root-port,help").unwrap().action,
             Action::DeviceProperties("pcie-root-port".into())
         );
-        assert_eq!(p("-smp cpus=3,sockets=3").unwrap().cpus, 3);
-        assert_eq!(p("-smp sockets=2,cores=2").unwrap().cpus, 4);
+        assert_eq!(p("-smp cpus=3,sockets=3").unwrap().smp.cpus, 3);
+        let smp = p("-smp sockets=2,cores=2").unwrap().smp;
+        assert_eq!((smp.cpus, smp.keys.sockets, smp.keys.cores), (4, Some(2), Some(2)));
+        assert_eq!(p("-smp maxcpus=8").unwrap().smp.cpus, 8);
+        assert_eq!(p("-smp 2,maxcpus=4").unwrap().smp.max_cpus, Some(4));
     }
 
     #[test]
@@ -1290,6 +1363,13 @@ mod tests {
                 "-serial bogus:x: 'bogus:x' is not a valid char driver",
             ),
             ("stray", "stray: invalid option"),
+            ("-smp 2,foo=1", "-smp 2,foo=1: Parameter 'smp.foo' is unexpected"),
+            ("-smp 2,cores=x", "-smp 2,cores=x: Parameter 'smp.cores' expects integer"),
+            ("-cpu foo", "unable to find CPU model 'foo'"),
+            (
+                "-cpu host,xyz=on",
+                "can't apply global host-x86_64-cpu.xyz=on: Property 'host-x86_64-cpu.xyz' not found",
+            ),
         ];
         for (args, message) in cases {
             assert_eq!(p(args).unwrap_err().to_string(), message, "{args}");

@@ -38,6 +38,13 @@ pub struct MachineConfig {
     pub vga: Option<bool>,
     /// The default NIC: `Some(false)` after `-nic none`, `-net none` or any `-netdev`.
     pub nic: Option<bool>,
+    /// `-smp maxcpus=` and the topology keys, resolved by the planner.
+    pub max_cpus: Option<u32>,
+    pub smp: machine::SmpKeys,
+    /// `-cpu`; None is machina's default (the same CPUID as `host`).
+    pub cpu_model: Option<crate::cpuid::CpuModel>,
+    /// The vCPUs run under KVM (false with `-accel qtest`, where none runs).
+    pub kvm: bool,
     pub devices: Vec<DeviceRequest>,
     /// Console backend of COM1; None means QEMU's default (a port unless -nodefaults).
     pub serial: Option<SerialSpec>,
@@ -357,7 +364,11 @@ impl MachineConfig {
             ram_size,
             ram_slots: opts.ram_slots,
             max_ram_size: opts.max_ram_size,
-            cpus: opts.cpus,
+                        cpus: opts.smp.cpus,
+            max_cpus: opts.smp.max_cpus,
+            smp: opts.smp.keys,
+            cpu_model: opts.cpu_model,
+            kvm: !opts.accel_qtest,
             vga: opts.vga,
             // QEMU drops its default NIC for any -netdev, -nic or -net.
             nic: if opts
@@ -406,6 +417,13 @@ impl MachineConfig {
         }
     }
 
+    /// Set a flat CPU count (QMP's `cpus`): no maxcpus, no topology keys.
+    pub fn set_cpus(&mut self, cpus: u32) {
+        self.cpus = cpus;
+        self.max_cpus = None;
+        self.smp = machine::SmpKeys::default();
+    }
+
     /// The console a serial port connected to chardev `id` gets.
     pub fn chardev_console(&self, id: &str) -> Option<SerialSpec> {
         self.chardev_consoles
@@ -450,6 +468,8 @@ impl MachineConfig {
             ram_slots: self.ram_slots,
             phys_bits: crate::memory::host_phys_bits(),
             cpus: self.cpus,
+            max_cpus: self.max_cpus,
+            smp: self.smp,
             devices: self.devices.clone(),
             serial: self.serial.as_ref().map(|s| !matches!(s, SerialSpec::None)),
             vga: self.vga,

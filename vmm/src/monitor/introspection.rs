@@ -56,6 +56,13 @@ pub(super) fn devices_from(value: Option<&Value>) -> Result<Vec<DeviceRequest>, 
         .collect()
 }
 
+/// A flat CPU count from QMP's `cpus`: no maxcpus, no topology keys.
+fn set_cpus(req: &mut PlanRequest, cpus: u64) {
+    req.cpus = u32::try_from(cpus).unwrap_or(u32::MAX);
+    req.max_cpus = None;
+    req.smp = machine::SmpKeys::default();
+}
+
 /// A plan request from query arguments. With no `machine`, the configured machine (with its
 /// queued devices) is the base; the arguments override its values.
 fn request_from(args: &Map<String, Value>, control: &Controller) -> Result<PlanRequest, QmpError> {
@@ -71,7 +78,7 @@ fn request_from(args: &Map<String, Value>, control: &Controller) -> Result<PlanR
             req.ram_size = mem;
         }
         if let Some(cpus) = args.get("cpus").and_then(Value::as_u64) {
-            req.cpus = u32::try_from(cpus).unwrap_or(u32::MAX);
+            set_cpus(&mut req, cpus);
         }
         req.devices.extend(devices_from(args.get("devices"))?);
         return Ok(req);
@@ -90,13 +97,15 @@ fn request_from(args: &Map<String, Value>, control: &Controller) -> Result<PlanR
         ram_size: state.config.ram_size,
         cpus: state.config.cpus,
         phys_bits: crate::memory::host_phys_bits(),
+        max_cpus: state.config.max_cpus,
+        smp: state.config.smp,
         ..Default::default()
     };
     if let Some(mem) = args.get("memory").and_then(super::preconfig::size_value) {
         req.ram_size = mem;
     }
     if let Some(cpus) = args.get("cpus").and_then(Value::as_u64) {
-        req.cpus = u32::try_from(cpus).unwrap_or(u32::MAX);
+        set_cpus(&mut req, cpus);
     }
     req.devices = devices_from(args.get("devices"))?;
     Ok(req)

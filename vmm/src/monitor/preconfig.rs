@@ -103,7 +103,7 @@ pub(super) fn register(reg: &mut Registry, control: &Arc<Controller>) -> Result<
                 config.ram_size = v;
             }
             if let Some(v) = args.get("cpus").and_then(Value::as_u64) {
-                config.cpus = u32::try_from(v).unwrap_or(u32::MAX);
+                config.set_cpus(u32::try_from(v).unwrap_or(u32::MAX));
             }
             if let Some(v) = args.get("kernel").and_then(Value::as_str) {
                 config.kernel = Some(PathBuf::from(v));
