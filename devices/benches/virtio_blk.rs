@@ -115,6 +115,7 @@ impl Bench {
                 read_only: false,
                 direct: false,
                 writeback: true,
+                stats: Default::default(),
             }),
             mem.clone(),
         );

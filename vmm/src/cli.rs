@@ -1017,6 +1017,19 @@ fn parse_bool(v: &str) -> Option<bool> {
     }
 }
 
+/// The options that take `key=value` lists, with the keys the parser acts on: what QMP's
+/// `query-command-line-options` reports (`-machine` adds the machine type's options).
+pub const KEYVAL_OPTIONS: &[(&str, &[&str])] = &[
+    ("machine", &["type", "accel"]),
+    (
+        "smp",
+        &[
+            "cpus", "maxcpus", "sockets", "dies", "clusters", "cores", "threads",
+        ],
+    ),
+    ("name", &["guest"]),
+];
+
 /// Options that take an argument, with their canonical spelling.
 fn takes_argument(name: &str) -> bool {
     matches!(
@@ -1416,6 +1429,21 @@ mod tests {
         assert!(p("-overcommit cpu-pm=on").is_err());
         assert!(p("-boot order=cc").is_err());
         assert!(p("-uuid 5b527e88-b569-4732-a094-f2b6cc2aaa3").is_err());
+    }
+
+    #[test]
+    fn reported_keyval_options_are_accepted() {
+        for (option, keys) in KEYVAL_OPTIONS {
+            for key in *keys {
+                let value = match (*option, *key) {
+                    ("machine", "accel") => "q35,accel=kvm".to_string(),
+                    ("machine", _) => format!("{key}=q35"),
+                    _ => format!("{key}=1"),
+                };
+                let args = [format!("-{option}"), value];
+                assert!(parse(args.iter().cloned()).is_ok(), "-{option} {key}");
+            }
+        }
     }
 
     #[test]

@@ -173,6 +173,7 @@ fn open_drive(f: &PciFunctionPlan, backends: &[Backend]) -> Result<BlockBackend,
         read_only: *read_only,
         direct,
         writeback: *cache != CacheMode::WriteThrough,
+        stats: crate::monitor::drive_stats(id),
     })
 }
 

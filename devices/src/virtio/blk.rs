@@ -7,6 +7,8 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use virtio_queue::DescriptorChain;
 use vm_memory::GuestMemoryMmap;
 
@@ -69,6 +71,41 @@ mod cfg {
     pub const LEN_MIN: usize = 0x24;
 }
 
+/// Per-drive request counters (QMP's `query-blockstats`), shared with the VMM and kept
+/// across device resets. Updated after each request completes.
+#[derive(Debug, Default)]
+pub struct BlockStats {
+    pub rd_bytes: AtomicU64,
+    pub wr_bytes: AtomicU64,
+    pub rd_operations: AtomicU64,
+    pub wr_operations: AtomicU64,
+    pub flush_operations: AtomicU64,
+    pub unmap_operations: AtomicU64,
+    pub failed_rd_operations: AtomicU64,
+    pub failed_wr_operations: AtomicU64,
+    pub failed_flush_operations: AtomicU64,
+    pub failed_unmap_operations: AtomicU64,
+    /// Requests refused before any I/O (out of range, unaligned, read-only).
+    pub invalid_rd_operations: AtomicU64,
+    pub invalid_wr_operations: AtomicU64,
+    /// One past the highest byte written.
+    pub wr_highest_offset: AtomicU64,
+    /// Time spent in completed requests, in nanoseconds.
+    pub rd_total_time_ns: AtomicU64,
+    pub wr_total_time_ns: AtomicU64,
+    pub flush_total_time_ns: AtomicU64,
+}
+
+impl BlockStats {
+    fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
+
 /// What the VMM hands the device: the open image and the `-drive` options that matter.
 pub struct BlockBackend {
     /// Opened read-only or read-write (with O_DIRECT when `direct`).
@@ -78,6 +115,8 @@ pub struct BlockBackend {
     pub direct: bool,
     /// cache.writeback (QEMU's default): the guest sees a volatile cache and FLUSH.
     pub writeback: bool,
+    /// Where this drive's requests are counted.
+    pub stats: Arc<BlockStats>,
 }
 
 /// Device options from the plan's properties.
@@ -355,10 +394,14 @@ impl Block {
         let ty = u32::from_le_bytes([hdr[0], hdr[1], hdr[2], hdr[3]]) & !T_BARRIER;
         let sector = u64::from_le_bytes(hdr[8..16].try_into().unwrap_or_default());
         let mut data_len = 0usize;
+        let stats = &self.backend.stats;
+        let started = std::time::Instant::now();
+        let elapsed = || u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         let status = match ty {
             T_IN => {
                 let len = writer.available_bytes();
                 if !self.sector_range_ok(sector, len as u64) {
+                    BlockStats::add(&stats.invalid_rd_operations, 1);
                     S_IOERR
                 } else {
                     let (moved, ok) = transfer(len, sector * SECTOR, |buf, offset| {
@@ -367,8 +410,12 @@ impl Block {
                     });
                     data_len = moved;
                     if ok {
+                        BlockStats::add(&stats.rd_operations, 1);
+                        BlockStats::add(&stats.rd_bytes, moved as u64);
+                        BlockStats::add(&stats.rd_total_time_ns, elapsed());
                         S_OK
                     } else {
+                        BlockStats::add(&stats.failed_rd_operations, 1);
                         S_IOERR
                     }
                 }
@@ -376,6 +423,7 @@ impl Block {
             T_OUT => {
                 let len = reader.available_bytes();
                 if self.backend.read_only || !self.sector_range_ok(sector, len as u64) {
+                    BlockStats::add(&stats.invalid_wr_operations, 1);
                     S_IOERR
                 } else {
                     let (_, ok) = transfer(len, sector * SECTOR, |buf, offset| {
@@ -383,16 +431,26 @@ impl Block {
                             && self.backend.file.write_all_at(buf, offset).is_ok()
                     });
                     if ok && (self.wce || self.sync()) {
+                        BlockStats::add(&stats.wr_operations, 1);
+                        BlockStats::add(&stats.wr_bytes, len as u64);
+                        BlockStats::add(&stats.wr_total_time_ns, elapsed());
+                        stats
+                            .wr_highest_offset
+                            .fetch_max(sector * SECTOR + len as u64, Ordering::Relaxed);
                         S_OK
                     } else {
+                        BlockStats::add(&stats.failed_wr_operations, 1);
                         S_IOERR
                     }
                 }
             }
             T_FLUSH if self.features & F_FLUSH != 0 => {
                 if self.sync() {
+                    BlockStats::add(&stats.flush_operations, 1);
+                    BlockStats::add(&stats.flush_total_time_ns, elapsed());
                     S_OK
                 } else {
+                    BlockStats::add(&stats.failed_flush_operations, 1);
                     S_IOERR
                 }
             }
@@ -411,10 +469,24 @@ impl Block {
                 }
             }
             T_DISCARD if self.features & F_DISCARD != 0 => {
-                self.discard_write_zeroes(false, &mut reader)
+                let status = self.discard_write_zeroes(false, &mut reader);
+                let counter = if status == S_OK {
+                    &stats.unmap_operations
+                } else {
+                    &stats.failed_unmap_operations
+                };
+                BlockStats::add(counter, 1);
+                status
             }
             T_WRITE_ZEROES if self.features & F_WRITE_ZEROES != 0 => {
-                self.discard_write_zeroes(true, &mut reader)
+                let status = self.discard_write_zeroes(true, &mut reader);
+                let counter = if status == S_OK {
+                    &stats.wr_operations
+                } else {
+                    &stats.failed_wr_operations
+                };
+                BlockStats::add(counter, 1);
+                status
             }
             _ => S_UNSUPP,
         };

@@ -127,6 +127,7 @@ fn blk(legacy: bool, pcie: bool) -> (Dev, std::path::PathBuf) {
             read_only: false,
             direct: false,
             writeback: true,
+            stats: Default::default(),
         }),
     );
     (d, path)

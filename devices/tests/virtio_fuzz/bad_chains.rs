@@ -335,6 +335,7 @@ pub(crate) fn blk_bad_chain_table() {
                     read_only: false,
                     direct: false,
                     writeback: true,
+                    stats: Default::default(),
                 }),
                 mem.clone(),
             );

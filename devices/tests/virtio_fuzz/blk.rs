@@ -406,6 +406,7 @@ pub(crate) fn blk_device(
             read_only: c.setup.read_only,
             direct: false,
             writeback: c.setup.writeback,
+            stats: Default::default(),
         }),
         mem.clone(),
     )

@@ -188,6 +188,21 @@ pub(super) fn register(reg: &mut Registry, control: &Arc<Controller>) -> Result<
                     info
                 })
                 .collect();
+            // The other concrete types machina implements: objects, CPU and machine types.
+            let mut list: Vec<Value> = list;
+            let extra = super::probe::OBJECT_TYPES
+                .iter()
+                .map(|(t, _)| t.to_string())
+                .chain(super::probe::cpu_types().into_iter().map(str::to_string))
+                .chain(
+                    state
+                        .catalog
+                        .machine_types()
+                        .iter()
+                        .map(|m| m.qom_type()),
+                )
+                .filter(|t| implements.map_or(true, |i| i == t.as_str()));
+            list.extend(extra.map(|name| json!({ "name": name })));
             Ok(Value::Array(list))
         },
     )?;
@@ -201,10 +216,22 @@ pub(super) fn register(reg: &mut Registry, control: &Arc<Controller>) -> Result<
         move |args: Map<String, Value>, _ctx: &mut Session| {
             let name = args.get("typename").and_then(Value::as_str).unwrap_or("");
             let state = c.state();
-            let ty = state
-                .catalog
-                .device_type(name)
-                .ok_or_else(|| QmpError::generic(format!("Device '{name}' not found")))?;
+            let is_object = super::probe::OBJECT_TYPES.iter().any(|(t, _)| *t == name)
+                || super::probe::cpu_types().contains(&name);
+            let ty = match state.catalog.device_type(name) {
+                Some(ty) => ty,
+                // A QOM type that is not a device, as QEMU answers for it.
+                None if is_object => {
+                    return Err(QmpError::generic(
+                        "Parameter 'typename' expects a non-abstract device type",
+                    ))
+                }
+                None => {
+                    return Err(QmpError::device_not_found(format!(
+                        "Device '{name}' not found"
+                    )))
+                }
+            };
             if ty.is_abstract {
                 return Err(QmpError::generic(
                     "Parameter 'typename' expects a non-abstract device type",

@@ -1,5 +1,5 @@
 //! Run-state commands and events: query-status, stop, cont, system_reset, system_powerdown,
-//! quit, x-exit-preconfig (and its alias), query-name, CPU queries.
+//! quit, x-exit-preconfig (and its alias), query-name.
 
 use crate::control::{Command, Controller};
 use qmp::{
@@ -105,60 +105,6 @@ pub(super) fn register(reg: &mut Registry, control: &Arc<Controller>) -> Result<
             queued(control, Command::Build { start }),
         )?;
     }
-
-    let c = control.clone();
-    reg.register(
-        CommandDef::new("query-hotpluggable-cpus")
-            .returns(Type::array(Type::Any))
-            .allow_preconfig(true),
-        move |_args: Map<String, Value>, _ctx: &mut Session| {
-            let state = c.state();
-            let cpus = state.config.cpus;
-            let max = state
-                .plan
-                .as_ref()
-                .map(|p| p.max_cpus)
-                .unwrap_or(cpus)
-                .max(cpus);
-            let built = state.plan.is_some();
-            // Newest first, as QEMU lists them.
-            let list: Vec<Value> = (0..max)
-                .rev()
-                .map(|i| {
-                    let mut cpu = json!({
-                        "type": "qemu64-x86_64-cpu",
-                        "vcpus-count": 1,
-                        "props": {"socket-id": i, "die-id": 0, "core-id": 0, "thread-id": 0},
-                    });
-                    if built && i < cpus {
-                        cpu["qom-path"] = json!(format!("/machine/unattached/device[{i}]"));
-                    }
-                    cpu
-                })
-                .collect();
-            Ok(Value::Array(list))
-        },
-    )?;
-    let c = control.clone();
-    reg.register(
-        CommandDef::new("query-cpus-fast").returns(Type::array(Type::Any)),
-        move |_args: Map<String, Value>, _ctx: &mut Session| {
-            let cpus = c.state().config.cpus;
-            Ok(Value::Array(
-                (0..cpus)
-                    .map(|i| {
-                        json!({
-                            "cpu-index": i,
-                            "qom-path": format!("/machine/unattached/device[{i}]"),
-                            "thread-id": 0,
-                            "props": {"socket-id": i, "die-id": 0, "core-id": 0, "thread-id": 0},
-                            "target": "x86_64",
-                        })
-                    })
-                    .collect(),
-            ))
-        },
-    )?;
 
     for event in ["STOP", "RESUME", "POWERDOWN"] {
         reg.register_event(EventDef::new(event))?;

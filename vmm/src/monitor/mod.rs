@@ -2,11 +2,16 @@
 //! machine types and layouts comes from the `machine` crate's catalog and plans; commands that
 //! change the running machine are queued to the run loop through the controller.
 
+mod block;
+mod chardev;
+mod cpus;
 mod introspection;
 mod lifecycle;
 mod pci_info;
 mod preconfig;
+mod probe;
 
+pub use block::drive_stats;
 use crate::control::Controller;
 use qmp::{Registry, RegistryError};
 use std::sync::Arc;
@@ -18,5 +23,9 @@ pub fn registry(control: &Arc<Controller>) -> Result<Registry, RegistryError> {
     introspection::register(&mut reg, control)?;
     preconfig::register(&mut reg, control)?;
     pci_info::register(&mut reg, control)?;
+    cpus::register(&mut reg, control)?;
+    probe::register(&mut reg, control)?;
+    block::register(&mut reg, control)?;
+    chardev::register(&mut reg, control)?;
     Ok(reg)
 }

@@ -1,0 +1,238 @@
+//! Block queries: query-named-block-nodes, query-block, query-blockstats, from the
+//! configured drives, the devices of the plan that use them, and the virtio-blk devices'
+//! request counters.
+
+use crate::backends::{Backend, CacheMode};
+use crate::control::{Controller, VmState};
+use devices::virtio::blk::BlockStats;
+use qmp::{CommandDef, Map, ObjectType, Registry, RegistryError, Session, Type, Value};
+use serde_json::json;
+use std::collections::HashMap;
+use std::io::{Seek, SeekFrom};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::Path;
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// The counters of drive `id`: one set per drive for the whole process, so that they
+/// survive the devices being rebuilt by a reset, as QEMU's do.
+pub fn drive_stats(id: &str) -> Arc<BlockStats> {
+    static STATS: OnceLock<Mutex<HashMap<String, Arc<BlockStats>>>> = OnceLock::new();
+    STATS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(id.to_string())
+        .or_default()
+        .clone()
+}
+
+/// A drive as the queries see it.
+struct Drive<'a> {
+    id: &'a str,
+    file: &'a Path,
+    read_only: bool,
+    cache: CacheMode,
+    /// QOM path of the device's block backend, when a device with an id uses the drive.
+    qdev: Option<String>,
+    attached: bool,
+}
+
+fn drives(state: &VmState) -> Vec<Drive<'_>> {
+    let plan = state.plan.as_ref();
+    state
+        .config
+        .backends
+        .iter()
+        .filter_map(|b| match b {
+            Backend::Drive {
+                id,
+                file,
+                read_only,
+                cache,
+                ..
+            } => {
+                let user = plan.and_then(|p| {
+                    p.pci
+                        .iter()
+                        .find(|f| f.properties.get("drive") == Some(id))
+                });
+                Some(Drive {
+                    id,
+                    file,
+                    read_only: *read_only,
+                    cache: *cache,
+                    qdev: user.and_then(|f| {
+                        f.id.as_ref()
+                            .map(|d| format!("/machine/peripheral/{d}/virtio-backend"))
+                    }),
+                    attached: user.is_some(),
+                })
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// Size of the image in bytes (block devices: their end) and bytes allocated on the host.
+/// Drives are regular files or block devices (the backends refuse anything else), so
+/// opening one here cannot block.
+fn sizes(path: &Path) -> (u64, u64) {
+    let Ok(meta) = std::fs::metadata(path) else {
+        return (0, 0);
+    };
+    let virtual_size = if meta.file_type().is_block_device() {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+            .and_then(|mut f| f.seek(SeekFrom::End(0)))
+            .unwrap_or(0)
+    } else {
+        meta.len()
+    };
+    (virtual_size, meta.blocks() * 512)
+}
+
+/// BlockDeviceInfo of a drive (machina's drives are raw images).
+fn node_info(d: &Drive) -> Value {
+    let file = d.file.display().to_string();
+    let (virtual_size, actual_size) = sizes(d.file);
+    json!({
+        "node-name": d.id,
+        "file": file,
+        "ro": d.read_only,
+        "drv": "raw",
+        "encrypted": false,
+        "backing_file_depth": 0,
+        "detect_zeroes": "off",
+        "bps": 0, "bps_rd": 0, "bps_wr": 0, "iops": 0, "iops_rd": 0, "iops_wr": 0,
+        "write_threshold": 0,
+        "cache": {
+            "writeback": d.cache != CacheMode::WriteThrough,
+            "direct": d.cache == CacheMode::Direct,
+            "no-flush": d.cache == CacheMode::Unsafe,
+        },
+        "image": {
+            "filename": file,
+            "format": "raw",
+            "virtual-size": virtual_size,
+            "actual-size": actual_size,
+            "dirty-flag": false,
+        },
+    })
+}
+
+fn stats_value(s: &BlockStats) -> Value {
+    let g = BlockStats::get;
+    json!({
+        "rd_bytes": g(&s.rd_bytes),
+        "wr_bytes": g(&s.wr_bytes),
+        "unmap_bytes": 0,
+        "rd_operations": g(&s.rd_operations),
+        "wr_operations": g(&s.wr_operations),
+        "flush_operations": g(&s.flush_operations),
+        "unmap_operations": g(&s.unmap_operations),
+        "rd_total_time_ns": g(&s.rd_total_time_ns),
+        "wr_total_time_ns": g(&s.wr_total_time_ns),
+        "flush_total_time_ns": g(&s.flush_total_time_ns),
+        "unmap_total_time_ns": 0,
+        "wr_highest_offset": g(&s.wr_highest_offset),
+        // machina never merges requests.
+        "rd_merged": 0, "wr_merged": 0, "unmap_merged": 0,
+        "failed_rd_operations": g(&s.failed_rd_operations),
+        "failed_wr_operations": g(&s.failed_wr_operations),
+        "failed_flush_operations": g(&s.failed_flush_operations),
+        "failed_unmap_operations": g(&s.failed_unmap_operations),
+        "invalid_rd_operations": g(&s.invalid_rd_operations),
+        "invalid_wr_operations": g(&s.invalid_wr_operations),
+        "invalid_flush_operations": 0,
+        "invalid_unmap_operations": 0,
+        "account_invalid": true,
+        "account_failed": true,
+        "timed_stats": [],
+    })
+}
+
+pub(super) fn register(reg: &mut Registry, control: &Arc<Controller>) -> Result<(), RegistryError> {
+    let c = control.clone();
+    reg.register(
+        CommandDef::new("query-named-block-nodes")
+            .opt("flat", Type::Bool)
+            .returns(Type::array(Type::Any))
+            .allow_preconfig(true),
+        move |_args: Map<String, Value>, _ctx: &mut Session| {
+            // One node per drive (machina's raw drives have no child nodes), so the flat
+            // and the nested lists are the same.
+            let state = c.state();
+            Ok(Value::Array(drives(&state).iter().map(node_info).collect()))
+        },
+    )?;
+
+    let c = control.clone();
+    reg.register(
+        CommandDef::new("query-block").returns(Type::array(Type::object(
+            ObjectType::new("BlockInfo")
+                .member("device", Type::Str)
+                .optional("qdev", Type::Str)
+                .member("type", Type::Str)
+                .member("removable", Type::Bool)
+                .member("locked", Type::Bool)
+                .optional("inserted", Type::Any),
+        ))),
+        move |_args: Map<String, Value>, _ctx: &mut Session| {
+            let state = c.state();
+            Ok(Value::Array(
+                drives(&state)
+                    .iter()
+                    .filter(|d| d.attached)
+                    .map(|d| {
+                        let mut info = json!({
+                            "device": "",
+                            "type": "unknown",
+                            "removable": false,
+                            "locked": false,
+                            "io-status": "ok",
+                            "inserted": node_info(d),
+                        });
+                        if let Some(q) = &d.qdev {
+                            info["qdev"] = json!(q);
+                        }
+                        info
+                    })
+                    .collect(),
+            ))
+        },
+    )?;
+
+    let c = control.clone();
+    reg.register(
+        CommandDef::new("query-blockstats")
+            .opt("query-nodes", Type::Bool)
+            .returns(Type::array(Type::Any)),
+        move |args: Map<String, Value>, _ctx: &mut Session| {
+            let nodes = args
+                .get("query-nodes")
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
+            let state = c.state();
+            Ok(Value::Array(
+                drives(&state)
+                    .iter()
+                    .filter(|d| nodes || d.attached)
+                    .map(|d| {
+                        let mut info = json!({
+                            "device": "",
+                            "node-name": d.id,
+                            "stats": stats_value(&drive_stats(d.id)),
+                        });
+                        if let Some(q) = &d.qdev {
+                            info["qdev"] = json!(q);
+                        }
+                        info
+                    })
+                    .collect(),
+            ))
+        },
+    )?;
+    Ok(())
+}
