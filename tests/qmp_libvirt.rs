@@ -77,7 +77,12 @@ fn capability_probe_answers_from_machina() {
 
     // Every listed type has properties; the non-device types machina implements are there.
     let types = names(&qmp.ok("qom-list-types", Value::Null), "name");
-    for wanted in ["rng-random", "host-x86_64-cpu", "max-x86_64-cpu", "none-machine"] {
+    for wanted in [
+        "rng-random",
+        "host-x86_64-cpu",
+        "max-x86_64-cpu",
+        "none-machine",
+    ] {
         assert!(types.iter().any(|t| t == wanted), "{wanted} in {types:?}");
     }
     for t in &types {
@@ -141,7 +146,10 @@ fn capability_probe_answers_from_machina() {
         "query-cpu-model-expansion",
         json!({"type": "full", "model": {"name": "max"}}),
     );
-    assert_eq!(&max["model"]["props"], props, "max and host are the same CPUID");
+    assert_eq!(
+        &max["model"]["props"], props,
+        "max and host are the same CPUID"
+    );
     let r = qmp.execute(
         "query-cpu-model-expansion",
         json!({"type": "full", "model": {"name": "qemu64"}}),
@@ -189,7 +197,9 @@ fn capability_probe_answers_from_machina() {
     for c in ["query-tpm-models", "query-sev-capabilities"] {
         assert!(!commands.iter().any(|x| x == c), "{c} is not implemented");
     }
-    assert!(schema_members(&schema, "query-named-block-nodes", "arg-type").contains(&"flat".into()));
+    assert!(
+        schema_members(&schema, "query-named-block-nodes", "arg-type").contains(&"flat".into())
+    );
     let hotplug = schema_members(&schema, "query-hotpluggable-cpus", "ret-type");
     assert!(hotplug.contains(&"props".into()), "{hotplug:?}");
 }
@@ -252,8 +262,7 @@ fn running_machine_cpus_blocks_and_chardevs() {
     for (i, cpu) in cpus.as_array().unwrap().iter().enumerate() {
         let tid = cpu["thread-id"].as_i64().unwrap();
         assert!(tasks.contains(&tid), "thread-id {tid} of {tasks:?}");
-        let comm =
-            std::fs::read_to_string(format!("/proc/{}/task/{tid}/comm", vm.pid())).unwrap();
+        let comm = std::fs::read_to_string(format!("/proc/{}/task/{tid}/comm", vm.pid())).unwrap();
         assert_eq!(comm.trim(), format!("vcpu{i}"));
         assert_eq!(cpu["props"]["socket-id"], 0);
         assert_eq!(cpu["props"]["core-id"], i);
@@ -262,7 +271,10 @@ fn running_machine_cpus_blocks_and_chardevs() {
     let slots = qmp.ok("query-hotpluggable-cpus", Value::Null);
     let slots = slots.as_array().unwrap();
     assert_eq!(slots.len(), 4);
-    assert_eq!(slots[0]["props"], json!({"socket-id": 1, "core-id": 1, "thread-id": 0}));
+    assert_eq!(
+        slots[0]["props"],
+        json!({"socket-id": 1, "core-id": 1, "thread-id": 0})
+    );
     assert_eq!(slots[0]["type"], "host-x86_64-cpu");
     assert_eq!(
         slots.iter().filter(|s| s.get("qom-path").is_some()).count(),
@@ -297,9 +309,16 @@ fn running_machine_cpus_blocks_and_chardevs() {
         "qom-get",
         json!({"path": path, "property": "filtered-features"}),
     );
-    assert!(filtered.as_array().unwrap().iter().all(|w| w["features"] == 0));
+    assert!(filtered
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|w| w["features"] == 0));
     let r = qmp.execute("qom-get", json!({"path": path, "property": "nope"}));
-    assert_eq!(r["error"]["desc"], "Property 'host-x86_64-cpu.nope' not found");
+    assert_eq!(
+        r["error"]["desc"],
+        "Property 'host-x86_64-cpu.nope' not found"
+    );
     let r = qmp.execute("qom-list", json!({"path": "/machine/nope"}));
     assert_eq!(r["error"]["class"], "DeviceNotFound");
 
@@ -359,13 +378,16 @@ fn running_machine_cpus_blocks_and_chardevs() {
     };
     let wr = after["wr_bytes"].as_u64().unwrap();
     assert!(after["wr_operations"].as_u64().unwrap() >= 1, "{after}");
-    assert!(wr > 0 && wr % 512 == 0, "{after}");
+    assert!(wr > 0 && wr.is_multiple_of(512), "{after}");
     assert!(after["rd_operations"].as_u64().unwrap() >= 1, "{after}");
     assert!(after["rd_bytes"].as_u64().unwrap() > 0, "{after}");
     assert!(after["wr_highest_offset"].as_u64().unwrap() > 0);
     // What was counted as written really reached the image.
     let data = std::fs::read(&disk).unwrap();
-    assert!(data.iter().any(|&b| b != 0), "the guest's writes are on disk");
+    assert!(
+        data.iter().any(|&b| b != 0),
+        "the guest's writes are on disk"
+    );
 
     qmp.ok("system_powerdown", Value::Null);
     let mut vm = vm;
@@ -415,7 +437,16 @@ fn smp_topology_follows_qemu() {
     // 4,sockets=2,cores=2 is 2 sockets of 2 cores; dies appear in the props when given.
     let vm = start(
         "smp",
-        &["-S", "-M", "q35", "-nodefaults", "-smp", "4,sockets=2,cores=2", "-cpu", "max"],
+        &[
+            "-S",
+            "-M",
+            "q35",
+            "-nodefaults",
+            "-smp",
+            "4,sockets=2,cores=2",
+            "-cpu",
+            "max",
+        ],
     );
     let mut qmp = vm.client();
     let cpus = qmp.ok("query-cpus-fast", Value::Null);
@@ -440,7 +471,14 @@ fn smp_topology_follows_qemu() {
 
     let vm = start(
         "smp-dies",
-        &["-S", "-M", "q35", "-nodefaults", "-smp", "sockets=1,dies=2,cores=3"],
+        &[
+            "-S",
+            "-M",
+            "q35",
+            "-nodefaults",
+            "-smp",
+            "sockets=1,dies=2,cores=3",
+        ],
     );
     let mut qmp = vm.client();
     let cpus = qmp.ok("query-cpus-fast", Value::Null);
@@ -474,22 +512,48 @@ impl Rng {
 
     fn value(&mut self, depth: u32, names: &[String]) -> Value {
         let strings = [
-            "", "host", "max", "base", "static", "full", "events", "d0", "/machine/peripheral",
-            "/machine/unattached/device[0]", "/machine/unattached/device[99]",
-            "/machine/unattached/device[-1]", "feature-words", "type", "nope", "\u{0}",
-            "\u{fffd}\u{1f600}", "smp", "q35", "virtio-blk-pci", "rng-random",
+            "",
+            "host",
+            "max",
+            "base",
+            "static",
+            "full",
+            "events",
+            "d0",
+            "/machine/peripheral",
+            "/machine/unattached/device[0]",
+            "/machine/unattached/device[99]",
+            "/machine/unattached/device[-1]",
+            "feature-words",
+            "type",
+            "nope",
+            "\u{0}",
+            "\u{fffd}\u{1f600}",
+            "smp",
+            "q35",
+            "virtio-blk-pci",
+            "rng-random",
         ];
         match self.below(if depth > 3 { 7 } else { 10 }) {
             0 => Value::Null,
-            1 => json!(self.next() % 2 == 0),
+            1 => json!(self.next().is_multiple_of(2)),
             2 => json!(self.next() as i64),
-            3 => [json!(0), json!(-1), json!(i64::MAX), json!(i64::MIN), json!(u64::MAX)]
-                [self.below(5)]
-                .clone(),
+            3 => [
+                json!(0),
+                json!(-1),
+                json!(i64::MAX),
+                json!(i64::MIN),
+                json!(u64::MAX),
+            ][self.below(5)]
+            .clone(),
             4 => json!(f64::from(self.next() as u32) / 7.0),
             5 => json!(strings[self.below(strings.len())]),
             6 => json!("x".repeat(self.below(300))),
-            7 => Value::Array((0..self.below(4)).map(|_| self.value(depth + 1, names)).collect()),
+            7 => Value::Array(
+                (0..self.below(4))
+                    .map(|_| self.value(depth + 1, names))
+                    .collect(),
+            ),
             _ => self.object(depth + 1, names),
         }
     }
@@ -501,8 +565,10 @@ impl Rng {
             let key = if !names.is_empty() && self.below(4) != 0 {
                 names[self.below(names.len())].clone()
             } else {
-                ["model", "name", "props", "type", "path", "property", "flat", "x"][self.below(8)]
-                    .to_string()
+                [
+                    "model", "name", "props", "type", "path", "property", "flat", "x",
+                ][self.below(8)]
+                .to_string()
             };
             map.insert(key, self.value(depth, names));
         }
@@ -582,7 +648,10 @@ fn qmp_argument_decoding_fuzz() {
         if let Some(err) = reply.get("error") {
             errors += 1;
             assert_eq!(keys, ["error"], "{ctx}");
-            assert!(err["class"].as_str().is_some_and(|c| !c.is_empty()), "{ctx}");
+            assert!(
+                err["class"].as_str().is_some_and(|c| !c.is_empty()),
+                "{ctx}"
+            );
             assert!(err["desc"].as_str().is_some_and(|d| !d.is_empty()), "{ctx}");
         } else {
             assert_eq!(keys, ["return"], "{ctx}");

@@ -259,12 +259,22 @@ mod tests {
              dies (1) * cores (1) * threads (1) != maxcpus (8)"
         );
         assert_eq!(
-            err(CpuTopology::resolve(Some(2), None, &keys(Some(3), None, None, None), NEW)),
+            err(CpuTopology::resolve(
+                Some(2),
+                None,
+                &keys(Some(3), None, None, None),
+                NEW
+            )),
             "Invalid CPU topology: product of the hierarchy must match maxcpus: sockets (3) * \
              dies (1) * cores (0) * threads (1) != maxcpus (2)"
         );
         assert_eq!(
-            err(CpuTopology::resolve(Some(2), Some(1), &SmpKeys::default(), NEW)),
+            err(CpuTopology::resolve(
+                Some(2),
+                Some(1),
+                &SmpKeys::default(),
+                NEW
+            )),
             "Invalid CPU topology: maxcpus must be equal to or greater than smp: sockets (1) * \
              dies (1) * cores (1) * threads (1) == maxcpus (1) < smp_cpus (2)"
         );

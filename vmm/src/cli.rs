@@ -1356,7 +1356,10 @@ mod tests {
         );
         assert_eq!(p("-smp cpus=3,sockets=3").unwrap().smp.cpus, 3);
         let smp = p("-smp sockets=2,cores=2").unwrap().smp;
-        assert_eq!((smp.cpus, smp.keys.sockets, smp.keys.cores), (4, Some(2), Some(2)));
+        assert_eq!(
+            (smp.cpus, smp.keys.sockets, smp.keys.cores),
+            (4, Some(2), Some(2))
+        );
         assert_eq!(p("-smp maxcpus=8").unwrap().smp.cpus, 8);
         assert_eq!(p("-smp 2,maxcpus=4").unwrap().smp.max_cpus, Some(4));
     }

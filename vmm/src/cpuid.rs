@@ -71,11 +71,7 @@ fn entry(function: u32, index: u32, regs: [u32; 4]) -> kvm_cpuid_entry2 {
 
 /// The CPUID of vCPU `index` in `topo`, from KVM's supported CPUID (QEMU's cpu_x86_cpuid
 /// rules for leaves 1, 4, 0xb and 0x1f).
-pub fn for_vcpu(
-    supported: &CpuId,
-    index: u32,
-    topo: &CpuTopology,
-) -> Result<CpuId, CpuidError> {
+pub fn for_vcpu(supported: &CpuId, index: u32, topo: &CpuTopology) -> Result<CpuId, CpuidError> {
     let apic_id = topo.apic_id(index);
     let per_package = topo.per_package();
     let threads = topo.threads.max(1);
@@ -133,7 +129,12 @@ pub fn for_vcpu(
         entries.push(entry(
             LEAF_TOPOLOGY,
             1,
-            [topo.pkg_offset(), core_level, (LEVEL_TYPE_CORE << 8) | 1, apic_id],
+            [
+                topo.pkg_offset(),
+                core_level,
+                (LEVEL_TYPE_CORE << 8) | 1,
+                apic_id,
+            ],
         ));
         entries.push(entry(LEAF_TOPOLOGY, 2, [0, 0, 2, apic_id]));
     }
@@ -318,7 +319,7 @@ pub fn register(cpuid: &CpuId, leaf: u32, subleaf: Option<u32>, reg: Reg) -> u32
     cpuid
         .as_slice()
         .iter()
-        .find(|e| e.function == leaf && subleaf.map_or(true, |s| e.index == s))
+        .find(|e| e.function == leaf && subleaf.is_none_or(|s| e.index == s))
         .map(|e| match reg {
             Reg::Eax => e.eax,
             Reg::Ebx => e.ebx,
@@ -375,7 +376,14 @@ pub fn signature(cpuid: &CpuId) -> Signature {
         (eax >> 4) & 0xf
     };
     let brand: Vec<u32> = (0x8000_0002..=0x8000_0004u32)
-        .flat_map(|leaf| [r(leaf, Reg::Eax), r(leaf, Reg::Ebx), r(leaf, Reg::Ecx), r(leaf, Reg::Edx)])
+        .flat_map(|leaf| {
+            [
+                r(leaf, Reg::Eax),
+                r(leaf, Reg::Ebx),
+                r(leaf, Reg::Ecx),
+                r(leaf, Reg::Edx),
+            ]
+        })
         .collect();
     Signature {
         vendor,
@@ -404,7 +412,7 @@ mod tests {
                 function: 1,
                 eax: 0x0005_0657,
                 ebx: 0x0000_0800,
-                ecx: 1 << 20,
+                ecx: (1 << 20) | (1 << 25),
                 edx: 1 | (1 << 25),
                 ..Default::default()
             },
@@ -432,8 +440,14 @@ mod tests {
         assert_ne!(register(&c, 1, None, Reg::Edx) & EDX_HTT, 0);
         assert_ne!(register(&c, 1, None, Reg::Ecx) & ECX_HYPERVISOR, 0);
         let l0 = |i, reg| register(&c, 0xb, Some(i), reg);
-        assert_eq!((l0(0, Reg::Eax), l0(0, Reg::Ebx), l0(0, Reg::Edx)), (1, 2, 9));
-        assert_eq!((l0(1, Reg::Eax), l0(1, Reg::Ebx), l0(1, Reg::Ecx)), (3, 6, 0x201));
+        assert_eq!(
+            (l0(0, Reg::Eax), l0(0, Reg::Ebx), l0(0, Reg::Edx)),
+            (1, 2, 9)
+        );
+        assert_eq!(
+            (l0(1, Reg::Eax), l0(1, Reg::Ebx), l0(1, Reg::Ecx)),
+            (3, 6, 0x201)
+        );
         assert_eq!(l0(2, Reg::Ecx), 2);
         // No dies: no leaf 0x1f and the level stays.
         assert_eq!(register(&c, 0x1f, Some(0), Reg::Ebx), 0);
@@ -447,7 +461,10 @@ mod tests {
         };
         let c = for_vcpu(&supported(), 3, &dies).unwrap();
         assert_eq!(register(&c, 0, None, Reg::Eax), 0x1f);
-        assert_eq!(register(&c, 0x1f, Some(2), Reg::Ecx), (LEVEL_TYPE_DIE << 8) | 2);
+        assert_eq!(
+            register(&c, 0x1f, Some(2), Reg::Ecx),
+            (LEVEL_TYPE_DIE << 8) | 2
+        );
         assert_eq!(register(&c, 0x1f, Some(2), Reg::Edx), 3);
         assert_eq!(register(&c, 0x1f, Some(1), Reg::Eax), 1);
         assert_eq!(register(&c, 0x1f, Some(2), Reg::Eax), 2);

@@ -170,6 +170,7 @@ pub(crate) fn q35_plan() -> Plan {
         nodefaults: false,
         cpus: 1,
         max_cpus: 1,
+        topology: Default::default(),
         memory: memory(true),
         buses: vec![
             root_bus("pcie.0", BusKind::Pcie),
@@ -241,6 +242,7 @@ pub(crate) fn pc_plan() -> Plan {
         nodefaults: false,
         cpus: 1,
         max_cpus: 1,
+        topology: Default::default(),
         memory: memory(false),
         buses: vec![root_bus("pci.0", BusKind::Pci)],
         pci,

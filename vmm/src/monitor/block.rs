@@ -51,11 +51,8 @@ fn drives(state: &VmState) -> Vec<Drive<'_>> {
                 cache,
                 ..
             } => {
-                let user = plan.and_then(|p| {
-                    p.pci
-                        .iter()
-                        .find(|f| f.properties.get("drive") == Some(id))
-                });
+                let user =
+                    plan.and_then(|p| p.pci.iter().find(|f| f.properties.get("drive") == Some(id)));
                 Some(Drive {
                     id,
                     file,

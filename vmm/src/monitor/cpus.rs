@@ -7,9 +7,7 @@ use crate::control::{Controller, VmState};
 use crate::cpuid::{self, CpuModel};
 use kvm_bindings::{CpuId, KVM_MAX_CPUID_ENTRIES};
 use machine::{CpuTopology, Plan};
-use qmp::{
-    CommandDef, Map, ObjectType, QmpError, Registry, RegistryError, Session, Type, Value,
-};
+use qmp::{CommandDef, Map, ObjectType, QmpError, Registry, RegistryError, Session, Type, Value};
 use serde_json::json;
 use std::sync::{Arc, OnceLock};
 
@@ -133,7 +131,16 @@ fn expand(args: &Map<String, Value>) -> Result<Value, QmpError> {
     let mut wanted = if name == "base" {
         offered
             .iter()
-            .map(|(k, v)| (k.clone(), if v.is_boolean() { json!(false) } else { v.clone() }))
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    if v.is_boolean() {
+                        json!(false)
+                    } else {
+                        v.clone()
+                    },
+                )
+            })
             .collect()
     } else {
         offered.clone()
@@ -144,9 +151,9 @@ fn expand(args: &Map<String, Value>) -> Result<Value, QmpError> {
         Some(_) => return Err(QmpError::invalid_parameter_type("props", "object")),
     };
     for (key, value) in given {
-        let current = wanted.get(&key).ok_or_else(|| {
-            QmpError::generic(format!("Property '{type_name}.{key}' not found"))
-        })?;
+        let current = wanted
+            .get(&key)
+            .ok_or_else(|| QmpError::generic(format!("Property '{type_name}.{key}' not found")))?;
         let same_kind = matches!(
             (current, &value),
             (Value::Bool(_), Value::Bool(_))
@@ -408,11 +415,7 @@ pub(super) fn register(reg: &mut Registry, control: &Arc<Controller>) -> Result<
             Ok(Value::Array(
                 (0..plan.cpus)
                     .map(|i| {
-                        let tid = state
-                            .vcpu_thread_ids
-                            .get(i as usize)
-                            .copied()
-                            .unwrap_or(0);
+                        let tid = state.vcpu_thread_ids.get(i as usize).copied().unwrap_or(0);
                         json!({
                             "cpu-index": i,
                             "qom-path": qom_path(i),

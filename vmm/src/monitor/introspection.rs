@@ -194,14 +194,8 @@ pub(super) fn register(reg: &mut Registry, control: &Arc<Controller>) -> Result<
                 .iter()
                 .map(|(t, _)| t.to_string())
                 .chain(super::probe::cpu_types().into_iter().map(str::to_string))
-                .chain(
-                    state
-                        .catalog
-                        .machine_types()
-                        .iter()
-                        .map(|m| m.qom_type()),
-                )
-                .filter(|t| implements.map_or(true, |i| i == t.as_str()));
+                .chain(state.catalog.machine_types().iter().map(|m| m.qom_type()))
+                .filter(|t| implements.is_none_or(|i| i == t.as_str()));
             list.extend(extra.map(|name| json!({ "name": name })));
             Ok(Value::Array(list))
         },

@@ -11,8 +11,8 @@ mod pci_info;
 mod preconfig;
 mod probe;
 
-pub use block::drive_stats;
 use crate::control::Controller;
+pub use block::drive_stats;
 use qmp::{Registry, RegistryError};
 use std::sync::Arc;
 

@@ -29,9 +29,12 @@ fn kvm_present() -> bool {
         .is_ok()
 }
 
+/// A QOM property: name, QOM type, description.
+type PropertyInfo = (&'static str, &'static str, &'static str);
+
 /// The non-device QOM types machina implements as `-object`/`object-add`, with their
-/// properties (name, QOM type, description).
-pub(super) const OBJECT_TYPES: &[(&str, &[(&str, &str, &str)])] = &[(
+/// properties.
+pub(super) const OBJECT_TYPES: &[(&str, &[PropertyInfo])] = &[(
     "rng-random",
     &[(
         "filename",
@@ -163,7 +166,7 @@ pub(super) fn register(reg: &mut Registry, control: &Arc<Controller>) -> Result<
                 .unwrap_or_default();
             let list: Vec<Value> = crate::cli::KEYVAL_OPTIONS
                 .iter()
-                .filter(|(opt, _)| wanted.map_or(true, |w| w == *opt))
+                .filter(|(opt, _)| wanted.is_none_or(|w| w == *opt))
                 .map(|(opt, keys)| {
                     let mut params: Vec<Value> = keys
                         .iter()
