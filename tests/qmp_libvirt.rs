@@ -434,6 +434,64 @@ fn smp_topology_follows_qemu() {
         assert!(r.stderr.contains(text), "-cpu {cpu}: {}", r.stderr);
     }
 
+    // What the guest sees: its CPUID levels and the MADT's APIC ids (3 cores take 2 bits,
+    // so socket 1 starts at APIC id 4; CPUs beyond `cpus` are listed disabled).
+    let r = boot(&[
+        "-M",
+        "q35",
+        "-nodefaults",
+        "-serial",
+        "stdio",
+        "-smp",
+        "6,sockets=4,cores=3,maxcpus=12",
+        "-append",
+        "machina.test=cpuid,acpi",
+    ]);
+    assert_eq!(r.status, Some(0), "{}", r.stderr);
+    let cpuid = r.lines_with("cpuid: ");
+    assert_eq!(
+        cpuid[..3],
+        [
+            "cpuid: leaf1 apic_id=0 logical=3 htt=1",
+            "cpuid: leaf=0xb level=0 type=1 shift=0 count=1 x2apic_id=0",
+            "cpuid: leaf=0xb level=1 type=2 shift=2 count=3 x2apic_id=0",
+        ],
+        "{}",
+        r.stdout
+    );
+    let madt: Vec<String> = r
+        .lines_with("acpi: madt ")
+        .iter()
+        .map(|l| l.to_string())
+        .collect();
+    let expected: Vec<String> = [0, 1, 2, 4, 5, 6, 8, 9, 10, 12, 13, 14]
+        .iter()
+        .enumerate()
+        .map(|(uid, id)| {
+            format!(
+                "acpi: madt lapic uid={uid} id={id} enabled={}",
+                u8::from(uid < 6)
+            )
+        })
+        .collect();
+    assert_eq!(madt, expected);
+    let r = boot(&[
+        "-M",
+        "pc",
+        "-nodefaults",
+        "-serial",
+        "stdio",
+        "-smp",
+        "4,dies=2,cores=2",
+        "-append",
+        "machina.test=cpuid",
+    ]);
+    let cpuid = r.lines_with("cpuid: ");
+    assert!(
+        cpuid.contains(&"cpuid: leaf=0x1f level=2 type=5 shift=2 count=4 x2apic_id=0"),
+        "the die level: {cpuid:?}"
+    );
+
     // 4,sockets=2,cores=2 is 2 sockets of 2 cores; dies appear in the props when given.
     let vm = start(
         "smp",

@@ -325,6 +325,36 @@ fn print_table_error(what: &str, addr: u64, err: TableError) {
     }
 }
 
+/// One line per processor of a MADT: local APIC (type 0) and local x2APIC (type 9)
+/// entries with their UID, APIC id and enabled flag.
+fn madt_report(madt: &Table) {
+    let mut rest = madt.bytes.get(HEADER_LEN + 8..).unwrap_or(&[]);
+    while rest.len() >= 2 {
+        let (kind, len) = (rest[0], usize::from(rest[1]));
+        if len < 2 || len > rest.len() {
+            println!("error: acpi madt entry type={} len={}", kind, len);
+            return;
+        }
+        let e = &rest[..len];
+        match (kind, len) {
+            (0, 8) => println!(
+                "acpi: madt lapic uid={} id={} enabled={}",
+                e[2],
+                e[3],
+                le32(e, 4) & 1
+            ),
+            (9, 16) => println!(
+                "acpi: madt x2apic uid={} id={} enabled={}",
+                le32(e, 12),
+                le32(e, 4),
+                le32(e, 8) & 1
+            ),
+            _ => {}
+        }
+        rest = &rest[len..];
+    }
+}
+
 /// The `acpi` test.
 pub fn report(hint: u64) {
     if hint != 0 && Rsdp::parse(hint).is_none() {
@@ -367,6 +397,7 @@ pub fn report(hint: u64) {
             Ok(table) => {
                 table.print(format_args!("table={} ", Token(table.signature())));
                 match table.signature() {
+                    b"APIC" => madt_report(&table),
                     b"FACP" if fadt.is_none() => fadt = Some(Fadt::parse(table.bytes)),
                     b"MCFG" if mcfg.is_none() => mcfg = Some(table),
                     _ => {}

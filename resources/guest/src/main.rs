@@ -11,6 +11,7 @@ mod serial;
 mod acpi;
 mod boot;
 mod cmdline;
+mod cpuid;
 mod fuzz;
 mod mem;
 mod pci;
@@ -72,6 +73,7 @@ pub extern "C" fn guest_main(start_info: u64) -> ! {
             b"acpi" => acpi::report(rsdp_hint),
             b"ecam" => pci::ecam_test(rsdp_hint),
             b"virtio" => virtio::run(&cmdline),
+            b"cpuid" => cpuid::report(),
             b"config-fuzz" => fuzz::fuzz(&cmdline, rsdp_hint),
             b"reset" => power::reset(),
             b"powerbutton" => power::wait_power_button(rsdp_hint),
