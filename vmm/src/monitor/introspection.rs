@@ -211,7 +211,12 @@ pub(super) fn register(reg: &mut Registry, control: &Arc<Controller>) -> Result<
             let name = args.get("typename").and_then(Value::as_str).unwrap_or("");
             let state = c.state();
             let is_object = super::probe::OBJECT_TYPES.iter().any(|(t, _)| *t == name)
-                || super::probe::cpu_types().contains(&name);
+                || super::probe::cpu_types().contains(&name)
+                || state
+                    .catalog
+                    .machine_types()
+                    .iter()
+                    .any(|m| m.qom_type() == name);
             let ty = match state.catalog.device_type(name) {
                 Some(ty) => ty,
                 // A QOM type that is not a device, as QEMU answers for it.
