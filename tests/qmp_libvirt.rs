@@ -721,3 +721,54 @@ fn qmp_argument_decoding_fuzz() {
     let mut vm = vm;
     assert!(vm.alive(), "machina survived the fuzz");
 }
+
+#[test]
+fn blockdev_nodes_as_libvirt_writes_them() {
+    if !require_kvm() {
+        return;
+    }
+    let dir = machina_tests::process::TempDir::new("libvirt-blockdev");
+    let disk = dir.path.join("disk.img");
+    std::fs::write(&disk, vec![0u8; 2 << 20]).unwrap();
+    let storage = format!(
+        r#"{{"driver":"file","filename":"{}","node-name":"libvirt-1-storage"}}"#,
+        disk.display()
+    );
+    let vm = start(
+        "libvirt-blockdev",
+        &[
+            "-S",
+            "-M",
+            "q35",
+            "-nodefaults",
+            "-blockdev",
+            &storage,
+            "-blockdev",
+            r#"{"node-name":"libvirt-1-format","read-only":false,"driver":"raw","file":"libvirt-1-storage"}"#,
+            "-device",
+            "virtio-blk-pci,drive=libvirt-1-format,id=virtio-disk0",
+        ],
+    );
+    let mut qmp = vm.client();
+    let nodes = qmp.ok("query-named-block-nodes", json!({"flat": true}));
+    let drv = |name: &str| {
+        nodes
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["node-name"] == name)
+            .map(|n| n["drv"].clone())
+    };
+    assert_eq!(drv("libvirt-1-format"), Some(json!("raw")), "{nodes}");
+    assert_eq!(drv("libvirt-1-storage"), Some(json!("file")), "{nodes}");
+    assert_eq!(nodes[0]["image"]["virtual-size"], 2 << 20);
+    let block = qmp.ok("query-block", Value::Null);
+    assert_eq!(block.as_array().unwrap().len(), 1, "{block}");
+    assert_eq!(block[0]["inserted"]["node-name"], "libvirt-1-format");
+    assert_eq!(
+        block[0]["qdev"],
+        "/machine/peripheral/virtio-disk0/virtio-backend"
+    );
+    let stats = qmp.ok("query-blockstats", json!({"query-nodes": true}));
+    assert_eq!(stats.as_array().unwrap().len(), 2, "{stats}");
+}

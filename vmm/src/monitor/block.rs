@@ -35,9 +35,36 @@ struct Drive<'a> {
     /// QOM path of the device's block backend, when a device with an id uses the drive.
     qdev: Option<String>,
     attached: bool,
+    /// The node a device's drive sits on (`-blockdev driver=file` under `driver=raw`):
+    /// not used by a device itself, same file as a drive that is. Its I/O is that drive's.
+    under: Option<&'a str>,
+}
+
+impl Drive<'_> {
+    /// The node whose requests this one carries.
+    fn counted_as(&self) -> &str {
+        self.under.unwrap_or(self.id)
+    }
 }
 
 fn drives(state: &VmState) -> Vec<Drive<'_>> {
+    let mut list = configured_drives(state);
+    let attached: Vec<(String, std::path::PathBuf)> = list
+        .iter()
+        .filter(|d| d.attached)
+        .map(|d| (d.id.to_string(), d.file.to_path_buf()))
+        .collect();
+    for d in list.iter_mut().filter(|d| !d.attached) {
+        d.under = attached
+            .iter()
+            .find(|(_, file)| file == d.file)
+            .and_then(|(id, _)| state.config.backends.iter().find(|b| b.id() == id))
+            .map(|b| b.id());
+    }
+    list
+}
+
+fn configured_drives(state: &VmState) -> Vec<Drive<'_>> {
     let plan = state.plan.as_ref();
     state
         .config
@@ -63,6 +90,7 @@ fn drives(state: &VmState) -> Vec<Drive<'_>> {
                             .map(|d| format!("/machine/peripheral/{d}/virtio-backend"))
                     }),
                     attached: user.is_some(),
+                    under: None,
                 })
             }
             _ => None,
@@ -98,7 +126,8 @@ fn node_info(d: &Drive) -> Value {
         "node-name": d.id,
         "file": file,
         "ro": d.read_only,
-        "drv": "raw",
+        // A node under another is the file (protocol) node; machina's images are raw.
+        "drv": if d.under.is_some() { "file" } else { "raw" },
         "encrypted": false,
         "backing_file_depth": 0,
         "detect_zeroes": "off",
@@ -220,7 +249,7 @@ pub(super) fn register(reg: &mut Registry, control: &Arc<Controller>) -> Result<
                         let mut info = json!({
                             "device": "",
                             "node-name": d.id,
-                            "stats": stats_value(&drive_stats(d.id)),
+                            "stats": stats_value(&drive_stats(d.counted_as())),
                         });
                         if let Some(q) = &d.qdev {
                             info["qdev"] = json!(q);
