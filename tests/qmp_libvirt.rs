@@ -123,6 +123,11 @@ fn capability_probe_answers_from_machina() {
     );
     assert!(e.contains("xbzrle"), "{e}");
     assert_eq!(qmp.ok("query-iothreads", Value::Null), json!([]));
+    // `none` has no CPU hot-plug (query-machines says so), as in QEMU.
+    assert_eq!(
+        qmp.error("query-hotpluggable-cpus", Value::Null),
+        "The feature 'query-hotpluggable-cpus' is not enabled"
+    );
 
     // CPU models: host and max, expanded to KVM's supported CPUID.
     let defs = qmp.ok("query-cpu-definitions", Value::Null);

@@ -375,6 +375,16 @@ pub(super) fn register(reg: &mut Registry, control: &Arc<Controller>) -> Result<
         move |_args: Map<String, Value>, _ctx: &mut Session| {
             let state = c.state();
             let plan = current_plan(&state)?;
+            let hotpluggable = state
+                .catalog
+                .machine_types()
+                .iter()
+                .any(|m| m.name == plan.machine && m.hotpluggable_cpus);
+            if !hotpluggable {
+                return Err(QmpError::generic(
+                    "The feature 'query-hotpluggable-cpus' is not enabled",
+                ));
+            }
             let built = state.plan.is_some();
             let ty = cpu_type(&state);
             // Every possible CPU, newest first as QEMU lists them; the ones beyond `cpus`
