@@ -119,7 +119,20 @@ fn image(len: usize) -> (std::path::PathBuf, std::fs::File) {
 }
 
 fn blk(legacy: bool, pcie: bool) -> (Dev, std::path::PathBuf) {
+    let (d, path, _) = blk_with_stats(legacy, pcie);
+    (d, path)
+}
+
+fn blk_with_stats(
+    legacy: bool,
+    pcie: bool,
+) -> (
+    Dev,
+    std::path::PathBuf,
+    std::sync::Arc<super::blk::BlockStats>,
+) {
     let (path, file) = image(1 << 20);
+    let stats = std::sync::Arc::new(super::blk::BlockStats::default());
     let d = build(
         &plan(2, legacy, pcie),
         VirtioBackend::Block(BlockBackend {
@@ -127,10 +140,10 @@ fn blk(legacy: bool, pcie: bool) -> (Dev, std::path::PathBuf) {
             read_only: false,
             direct: false,
             writeback: true,
-            stats: Default::default(),
+            stats: stats.clone(),
         }),
     );
-    (d, path)
+    (d, path, stats)
 }
 
 impl Dev {
@@ -370,7 +383,7 @@ fn non_transitional_on_root_bus_has_no_express_cap() {
 
 #[test]
 fn modern_blk_write_read_flush_and_errors() {
-    let (mut d, path) = blk(false, false);
+    let (mut d, path, stats) = blk_with_stats(false, false);
     let f = super::regs::features::VERSION_1 | (1 << 9) | (1 << 6) | (1 << 29);
     let st = d.modern_init(f);
     assert_ne!(st & status::FEATURES_OK, 0);
@@ -434,6 +447,15 @@ fn modern_blk_write_read_flush_and_errors() {
         .unwrap()
         .read_exact_at_compat(3 * 512, &mut disk);
     assert!(disk.iter().all(|&b| b == 0));
+    // Every request was counted as what it was.
+    let get = |c: &std::sync::atomic::AtomicU64| super::blk::BlockStats::get(c);
+    assert_eq!((get(&stats.wr_operations), get(&stats.wr_bytes)), (2, 1024));
+    assert_eq!((get(&stats.rd_operations), get(&stats.rd_bytes)), (1, 1024));
+    assert_eq!(get(&stats.flush_operations), 1);
+    assert_eq!(get(&stats.wr_highest_offset), 3 * 512 + 1024);
+    assert_eq!(get(&stats.invalid_rd_operations), 1, "read past the end");
+    assert_eq!(get(&stats.invalid_wr_operations), 1, "write past the end");
+    assert_eq!(get(&stats.failed_rd_operations), 0);
     // Interrupts went nowhere yet: MSI-X disabled, so INTx rose.
     assert!(d.intx.0.lock().unwrap().contains(&true));
     let isr = d.bar_read(modern::BAR, modern::ISR, 1);
