@@ -103,7 +103,8 @@ pub fn for_vcpu(supported: &CpuId, index: u32, topo: &CpuTopology) -> Result<Cpu
                     e.ebx &= !(0xff << 16);
                 }
             }
-            LEAF_CACHE => {
+            // Type 0 ends the list of caches: that entry stays all zero.
+            LEAF_CACHE if e.eax & 0x1f != 0 => {
                 // EAX[31:26]: cores per package - 1; EAX[25:14]: APIC ids sharing - 1.
                 let cache_level = (e.eax >> 5) & 0x7;
                 let sharing = if cache_level >= 3 {
