@@ -209,6 +209,22 @@ fn capability_probe_answers_from_machina() {
     assert!(hotplug.contains(&"props".into()), "{hotplug:?}");
 }
 
+/// Wait until `path` has `count` lines containing `needle` (a hang guard, not a timing).
+fn wait_for_lines(path: &std::path::Path, needle: &str, count: usize) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.lines().filter(|l| l.contains(needle)).count() >= count {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {count}x '{needle}' in:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Numbers from query-blockstats of the first device's drive.
 fn blockstats(qmp: &mut machina_tests::qmp_client::QmpClient) -> Value {
     let s = qmp.ok("query-blockstats", Value::Null);
@@ -226,6 +242,8 @@ fn running_machine_cpus_blocks_and_chardevs() {
     let log = dir.path.join("console.log");
     let drive = format!("file={},if=none,id=d0,format=raw", disk.display());
     let chardev = format!("file,id=cf,path={}", log.display());
+    let serial_log = dir.path.join("serial.log");
+    let serial = format!("file:{}", serial_log.display());
     let vm = start(
         "libvirt-run",
         &[
@@ -235,6 +253,8 @@ fn running_machine_cpus_blocks_and_chardevs() {
             "-m",
             "256",
             "-nodefaults",
+            "-serial",
+            &serial,
             "-smp",
             "2,sockets=2,cores=2,maxcpus=4",
             "-cpu",
@@ -381,15 +401,10 @@ fn running_machine_cpus_blocks_and_chardevs() {
     assert_eq!(before["wr_operations"], 0);
     assert_eq!(before["rd_bytes"], 0);
     qmp.ok("cont", Value::Null);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let after = loop {
-        let s = blockstats(&mut qmp);
-        if s["flush_operations"].as_u64().unwrap_or(0) > 0 {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "no flush counted: {s}");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    // The guest announces the end of its I/O by waiting for the power button.
+    wait_for_lines(&serial_log, "powerbutton: waiting", 1);
+    let after = blockstats(&mut qmp);
+    assert!(after["flush_operations"].as_u64().unwrap() >= 1, "{after}");
     let wr = after["wr_bytes"].as_u64().unwrap();
     assert!(after["wr_operations"].as_u64().unwrap() >= 1, "{after}");
     assert!(wr > 0 && wr.is_multiple_of(512), "{after}");
@@ -402,6 +417,36 @@ fn running_machine_cpus_blocks_and_chardevs() {
         data.iter().any(|&b| b != 0),
         "the guest's writes are on disk"
     );
+
+    // A reset rebuilds the vCPU threads (new thread ids, still this process's) and keeps
+    // the drive's counters, which grow with the second boot's I/O.
+    qmp.ok("system_reset", Value::Null);
+    wait_for_lines(&serial_log, "powerbutton: waiting", 2);
+    let again = blockstats(&mut qmp);
+    for key in [
+        "wr_operations",
+        "rd_operations",
+        "flush_operations",
+        "wr_bytes",
+        "rd_bytes",
+    ] {
+        assert_eq!(
+            again[key].as_u64().unwrap(),
+            2 * after[key].as_u64().unwrap(),
+            "{key}: the same I/O again: {after} then {again}"
+        );
+    }
+    let tasks: Vec<i64> = std::fs::read_dir(format!("/proc/{}/task", vm.pid()))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    for cpu in qmp.ok("query-cpus-fast", Value::Null).as_array().unwrap() {
+        let tid = cpu["thread-id"].as_i64().unwrap();
+        assert!(
+            tasks.contains(&tid),
+            "after reset: thread-id {tid} of {tasks:?}"
+        );
+    }
 
     qmp.ok("system_powerdown", Value::Null);
     let mut vm = vm;
