@@ -79,6 +79,10 @@ fn capability_probe_answers_from_machina() {
     let types = names(&qmp.ok("qom-list-types", Value::Null), "name");
     for wanted in [
         "rng-random",
+        "memory-backend-ram",
+        "memory-backend-memfd",
+        "memory-backend-file",
+        "secret",
         "host-x86_64-cpu",
         "max-x86_64-cpu",
         "none-machine",

@@ -34,14 +34,50 @@ type PropertyInfo = (&'static str, &'static str, &'static str);
 
 /// The non-device QOM types machina implements as `-object`/`object-add`, with their
 /// properties.
-pub(super) const OBJECT_TYPES: &[(&str, &[PropertyInfo])] = &[(
-    "rng-random",
-    &[(
-        "filename",
+pub(super) const OBJECT_TYPES: &[(&str, &[PropertyInfo])] = &[
+    (
+        "rng-random",
+        &[(
+            "filename",
+            "string",
+            "the file entropy is read from (default /dev/urandom)",
+        )],
+    ),
+    ("memory-backend-ram", MEMORY_BACKEND),
+    ("memory-backend-memfd", MEMORY_BACKEND),
+    ("memory-backend-file", MEMORY_BACKEND_FILE),
+    (
+        "secret",
+        &[
+            ("data", "string", "the secret's value"),
+            ("file", "string", "a file holding the secret's value"),
+            ("format", "QCryptoSecretFormat", "raw or base64"),
+        ],
+    ),
+];
+
+/// What `-object memory-backend-*` acts on (objects.rs); properties it accepts only at
+/// their default (e.g. `hugetlb=off`) are not listed, so libvirt does not ask for them.
+const MEMORY_BACKEND: &[PropertyInfo] = &[
+    ("size", "int", "size of the memory region"),
+    ("share", "bool", "map the memory shared (MAP_SHARED)"),
+    ("prealloc", "bool", "touch every page at start"),
+    ("merge", "bool", "let KSM merge the pages (MADV_MERGEABLE)"),
+    ("dump", "bool", "include the memory in core dumps"),
+];
+
+const MEMORY_BACKEND_FILE: &[PropertyInfo] = &[
+    ("size", "int", "size of the memory region"),
+    ("share", "bool", "map the memory shared (MAP_SHARED)"),
+    ("prealloc", "bool", "touch every page at start"),
+    ("merge", "bool", "let KSM merge the pages (MADV_MERGEABLE)"),
+    ("dump", "bool", "include the memory in core dumps"),
+    (
+        "mem-path",
         "string",
-        "the file entropy is read from (default /dev/urandom)",
-    )],
-)];
+        "the file, or a directory to create it in",
+    ),
+];
 
 /// The CPU types (`host-x86_64-cpu`, `max-x86_64-cpu`).
 pub(super) fn cpu_types() -> Vec<&'static str> {
@@ -246,4 +282,56 @@ pub(super) fn register(reg: &mut Registry, control: &Arc<Controller>) -> Result<
         |_args: Map<String, Value>, _ctx: &mut Session| Ok(json!([])),
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::objects::{self, ObjectSpec};
+    use std::ffi::OsString;
+
+    /// `-object TYPE,id=o0,...` with `prop` set (and what the type needs besides).
+    fn spec(ty: &str, prop: &str, dir: &std::path::Path) -> String {
+        let value = match prop {
+            "size" => "1M".to_string(),
+            "mem-path" => dir.display().to_string(),
+            "filename" => "/dev/urandom".to_string(),
+            "data" => "secret".to_string(),
+            "format" => "raw".to_string(),
+            "file" => dir.join("secret.txt").display().to_string(),
+            _ => "on".to_string(),
+        };
+        let mut spec = format!("{ty},id=o0,{prop}={value}");
+        if ty.starts_with("memory-backend") && prop != "size" {
+            spec.push_str(",size=1M");
+        }
+        if ty == "memory-backend-file" && prop != "mem-path" {
+            spec.push_str(&format!(",mem-path={}", dir.display()));
+        }
+        if ty == "secret" && prop == "format" {
+            spec.push_str(",data=secret");
+        }
+        spec
+    }
+
+    /// Every property qom-list-properties reports for an object type is one `-object`
+    /// really takes: what libvirt learns from the list, it may write on the command line.
+    #[test]
+    fn listed_object_properties_are_accepted() {
+        let dir = std::env::temp_dir().join(format!("machina-objprops-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("secret.txt"), "secret").unwrap();
+        for (ty, props) in OBJECT_TYPES {
+            for (prop, _, _) in *props {
+                let text = spec(ty, prop, &dir);
+                let accepted = match objects::parse(&OsString::from(&text)) {
+                    Ok(ObjectSpec::Other(rest)) => crate::backends::parse_object(rest).is_ok(),
+                    Ok(_) => true,
+                    Err(e) => panic!("-object {text}: {e}"),
+                };
+                assert!(accepted, "-object {text}");
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
