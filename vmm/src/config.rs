@@ -364,7 +364,7 @@ impl MachineConfig {
             ram_size,
             ram_slots: opts.ram_slots,
             max_ram_size: opts.max_ram_size,
-                        cpus: opts.smp.cpus,
+            cpus: opts.smp.cpus,
             max_cpus: opts.smp.max_cpus,
             smp: opts.smp.keys,
             cpu_model: opts.cpu_model,
