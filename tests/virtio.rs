@@ -269,6 +269,162 @@ for _ in range(2):
     print("echoed", payload.decode(errors="replace"), flush=True)
 "#;
 
+/// libvirt's `<interface type='ethernet'>`: the manager creates the tap and passes its open
+/// descriptor (`-netdev tap,fd=N`); machina must use that tap, not open one of its own.
+const FD_ECHO: &str = r#"
+import fcntl, os, socket, struct, subprocess, sys, threading
+tap, argv = sys.argv[1], sys.argv[2:]
+fd = os.open("/dev/net/tun", os.O_RDWR)
+# TUNSETIFF with IFF_TAP | IFF_NO_PI | IFF_VNET_HDR, as libvirt opens a tap for virtio.
+fcntl.ioctl(fd, 0x400454ca, struct.pack("16sH22x", tap.encode(), 0x0002 | 0x1000 | 0x4000))
+subprocess.run(["ip", "link", "set", tap, "up"], check=True)
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x88b5))
+s.bind((tap, 0))
+s.settimeout(30)
+seen = []
+def echo():
+    try:
+        for _ in range(2):
+            frame = s.recv(2048)
+            payload = frame[14:].rstrip(b"\0")
+            seen.append(payload.decode(errors="replace"))
+            reply = frame[6:12] + b"\x02\x00\x00\x00\x00\x01" + b"\x88\xb5" + b"host-pong-" + payload[-6:]
+            s.send(reply.ljust(60, b"\0"))
+    except OSError:
+        pass
+t = threading.Thread(target=echo, daemon=True)
+t.start()
+argv = [a.replace("FD", str(fd)) for a in argv]
+r = subprocess.run(argv, pass_fds=(fd,), capture_output=True, text=True, timeout=120)
+os.close(fd)
+t.join(1)
+sys.stdout.write(r.stdout)
+sys.stderr.write(r.stderr)
+print("responder-saw", " ".join(seen))
+print("machina-exit", r.returncode)
+"#;
+
+#[test]
+fn net_frames_cross_a_tap_passed_by_fd() {
+    if !require_kvm() {
+        return;
+    }
+    let ns = Netns(format!("machina-netfd-{}", std::process::id()));
+    if !sh(&["ip", "netns", "add", &ns.0]) {
+        eprintln!("SKIP: this host forbids creating a network namespace (ip netns add failed)");
+        return;
+    }
+    let binary = machina();
+    let r = machina_tests::run(
+        Path::new("ip"),
+        &[
+            "netns",
+            "exec",
+            &ns.0,
+            "python3",
+            "-c",
+            FD_ECHO,
+            "fdtap0",
+            binary.to_str().unwrap(),
+            "-M",
+            "q35",
+            "-nodefaults",
+            "-serial",
+            "stdio",
+            "-netdev",
+            "tap,id=n0,fd=FD",
+            "-device",
+            "virtio-net-pci,netdev=n0",
+            "-append",
+            "machina.test=virtio machina.net-test=1",
+        ],
+        Duration::from_secs(150),
+    );
+    if r.stderr.contains("Operation not permitted") {
+        eprintln!("SKIP: this host forbids tap creation: {}", r.stderr.trim());
+        return;
+    }
+    r.check(r.stdout.contains("machina-exit 0"), "machina exit 0");
+    for path in ["legacy", "modern"] {
+        let line = r
+            .lines_with("virtio-net: ")
+            .into_iter()
+            .find(|l| l.contains(&format!("path={path} tx=")))
+            .unwrap_or("");
+        r.check(
+            line.contains("tx=ok rx=ok") && line.contains("rx-payload=host-pong-"),
+            &format!("{path}: a frame out and one back through the passed tap ({line})"),
+        );
+    }
+    r.check(
+        r.stdout.contains("machina-guest-ping-legacy"),
+        "the responder on the passed tap saw the guest's frame",
+    );
+}
+
+#[test]
+fn a_passed_tap_fd_must_be_a_tap() {
+    let binary = machina();
+    // stdin/stdout/stderr are never taps; a pipe is not one either; fd 250 is not open.
+    let (read, _write) = {
+        let mut fds = [0; 2];
+        // SAFETY: pipe() writes two descriptors into the array it is given.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        (fds[0], fds[1])
+    };
+    for (fd, expect) in [
+        (
+            read.to_string(),
+            format!("tap: Can't use file descriptor {read}: fd {read} is not a tap device"),
+        ),
+        (
+            "250".to_string(),
+            "tap: Can't use file descriptor 250: Bad file descriptor".to_string(),
+        ),
+        (
+            "1".to_string(),
+            "tap: unable to get fd: No file descriptor named 1 found".to_string(),
+        ),
+        (
+            "name".to_string(),
+            "tap: unable to get fd: No file descriptor named name found".to_string(),
+        ),
+    ] {
+        let netdev = format!("tap,id=n0,fd={fd}");
+        let r = machina_tests::run(
+            &binary,
+            &[
+                "-M",
+                "q35",
+                "-nodefaults",
+                "-netdev",
+                &netdev,
+                "-device",
+                "virtio-net-pci,netdev=n0",
+            ],
+            Duration::from_secs(30),
+        );
+        r.check(r.status == Some(1), &format!("fd={fd}: exit 1"));
+        r.check(
+            r.stderr.contains(&format!("-netdev {netdev}: {expect}")),
+            &format!(
+                "fd={fd}: error names -netdev and says why ({})",
+                r.stderr.trim()
+            ),
+        );
+    }
+    let r = machina_tests::run(
+        &binary,
+        &["-netdev", "tap,id=n0,fd=5,ifname=x"],
+        Duration::from_secs(30),
+    );
+    r.check(
+        r.status == Some(1)
+            && r.stderr.contains("ifname=, script=, downscript=, vnet_hdr=, helper=, queues=, fds=, and vhostfds= are invalid with fd="),
+        "fd= with ifname= is QEMU's error",
+    );
+}
+
 #[test]
 fn net_frames_cross_a_tap_in_a_test_namespace() {
     if !require_kvm() {

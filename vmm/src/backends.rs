@@ -83,10 +83,12 @@ pub enum Backend {
         /// The image as opened and locked for the device that took the drive (`attach`).
         attached: Option<Handle>,
     },
-    /// `-netdev tap,id=,ifname=` (machina opens /dev/net/tun itself; no scripts).
+    /// `-netdev tap,id=,ifname=` (machina opens /dev/net/tun itself; no scripts), or
+    /// `-netdev tap,id=,fd=N`: a tap the caller (libvirt) opened and passes down.
     Tap {
         id: String,
         ifname: Option<String>,
+        fd: Option<i32>,
         /// The tap, opened when the netdev is added (as QEMU does), kept for the process.
         handle: Option<Handle>,
     },
@@ -687,11 +689,18 @@ fn blockdev_from_pairs(
 /// `-netdev tap,id=ID[,ifname=NAME][,script=no,downscript=no]`.
 pub fn parse_netdev(spec: impl AsRef<OsStr>) -> Result<Backend, BackendError> {
     let spec = spec.as_ref();
-    netdev_from_pairs(&format!("-netdev {}", lossy(spec)), keyval(spec))
+    netdev_from_pairs(&format!("-netdev {}", lossy(spec)), keyval(spec), true)
 }
 
 /// A netdev from its members, the type first (from keyval text or a QMP object).
-fn netdev_from_pairs(context: &str, pairs: Vec<(String, String)>) -> Result<Backend, BackendError> {
+/// `numeric_fds`: a plain number names an inherited descriptor (command line only; over QMP
+/// a number would let a client take any descriptor of the process, so QEMU only looks up
+/// names passed with `getfd`, which machina does not implement).
+fn netdev_from_pairs(
+    context: &str,
+    pairs: Vec<(String, String)>,
+    numeric_fds: bool,
+) -> Result<Backend, BackendError> {
     let context = context.to_string();
     let kind = pairs
         .first()
@@ -715,7 +724,7 @@ fn netdev_from_pairs(context: &str, pairs: Vec<(String, String)>) -> Result<Back
     }
     for (k, v) in &pairs[1..] {
         match (k.as_str(), v.as_str()) {
-            ("id" | "ifname", _) => {}
+            ("id" | "ifname" | "fd", _) => {}
             ("script" | "downscript", "no" | "") => {}
             ("script" | "downscript", _) => {
                 return Err(err(&context, "machina runs no network scripts: use script=no,downscript=no with an existing or new tap"))
@@ -725,9 +734,35 @@ fn netdev_from_pairs(context: &str, pairs: Vec<(String, String)>) -> Result<Back
         }
     }
     let id = get("id").ok_or_else(|| err(&context, "Parameter 'id' is missing"))?;
+    let fd = match get("fd") {
+        None => None,
+        Some(text) => {
+            // QEMU's text for options that configure a tap machina would not open itself.
+            if pairs
+                .iter()
+                .any(|(k, _)| matches!(k.as_str(), "ifname" | "script" | "downscript"))
+            {
+                return Err(err(
+                    &context,
+                    "ifname=, script=, downscript=, vnet_hdr=, helper=, queues=, fds=, and vhostfds= are invalid with fd=",
+                ));
+            }
+            // A number: names from QMP `getfd` do not exist before a monitor runs.
+            match text.parse::<i32>() {
+                Ok(n) if n > 2 && numeric_fds => Some(n),
+                _ => {
+                    return Err(err(
+                        &context,
+                        format!("tap: unable to get fd: No file descriptor named {text} found"),
+                    ))
+                }
+            }
+        }
+    };
     Ok(Backend::Tap {
         id,
         ifname: get("ifname"),
+        fd,
         handle: None,
     })
 }
@@ -960,7 +995,7 @@ pub fn from_qmp(kind: &str, args: &Value, existing: &[Backend]) -> Result<Backen
         }
         // The members are passed as they are, never rebuilt into keyval text (where a comma
         // in a value would split it: `ifname "tap0,id=x"`).
-        "netdev_add" => netdev_from_pairs(&context, qmp_members(&context, args, "type")?),
+        "netdev_add" => netdev_from_pairs(&context, qmp_members(&context, args, "type")?, false),
         "chardev-add" => {
             let id = args["id"].as_str().unwrap_or("").to_string();
             let data = &args["backend"]["data"];
@@ -1059,6 +1094,23 @@ fn plain_text(e: &std::io::Error) -> String {
 /// as long as its descriptor), a chardev's file is created.
 fn open_backend(backend: &mut Backend, context: &str) -> Result<(), BackendError> {
     match backend {
+        Backend::Tap {
+            fd: Some(fd),
+            handle,
+            ..
+        } => {
+            let file = devices::virtio::net::tap::adopt_tap(*fd).map_err(|e| {
+                err(
+                    context,
+                    format!("tap: Can't use file descriptor {fd}: {}", plain_text(&e)),
+                )
+            })?;
+            // The passed number is closed once adopted, as QEMU's tap owns the descriptor:
+            // nothing else in the process may use it (or leak it into a reset).
+            // SAFETY: `fd` was given to machina to own; `adopt_tap` holds its own duplicate.
+            unsafe { libc::close(*fd) };
+            *handle = Some(Handle(Arc::new(file)));
+        }
         Backend::Tap { ifname, handle, .. } => {
             let name = ifname.clone().unwrap_or_default();
             let file = devices::virtio::net::tap::open_tap(&name).map_err(|e| {

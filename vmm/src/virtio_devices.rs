@@ -192,6 +192,7 @@ fn open_net(
                     id: t,
                     ifname,
                     handle,
+                    ..
                 } if t == id => Some((ifname.clone().unwrap_or_default(), handle.clone())),
                 _ => None,
             });

@@ -6,6 +6,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+const TUNGETIFF: libc::c_ulong = 0x8004_54d2;
 const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
 const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
 const IFF_TAP: libc::c_short = 0x0002;
@@ -49,6 +50,61 @@ pub fn open_tap(ifname: &str) -> std::io::Result<File> {
     let r = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF as _, &mut req as *mut IfReq) };
     if r < 0 {
         return Err(ioctl_err("TUNSETIFF"));
+    }
+    set_offload(&file, 0)?;
+    Ok(file)
+}
+
+/// Take over a tap that a management layer opened and configured (`-netdev tap,fd=N`, as
+/// libvirt passes `<interface type='ethernet'>`): the descriptor must be a tap with a
+/// virtio-net header, since the device hands the guest's headers straight to it. It is
+/// duplicated close-on-exec (the caller closes the inherited number) and made non-blocking.
+pub fn adopt_tap(fd: std::os::fd::RawFd) -> std::io::Result<File> {
+    use std::os::fd::{BorrowedFd, OwnedFd};
+    // SAFETY: F_GETFD only reads the descriptor table entry; a closed `fd` gives EBADF.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was checked open above and is only borrowed for the duplication.
+    let owned: OwnedFd = unsafe { BorrowedFd::borrow_raw(fd) }.try_clone_to_owned()?;
+    let file = File::from(owned);
+    let mut req = IfReq {
+        name: [0; libc::IFNAMSIZ],
+        flags: 0,
+        _pad: [0; 22],
+    };
+    // SAFETY: TUNGETIFF writes a `struct ifreq`; `req` is one, padded to the full 40 bytes,
+    // and outlives the call. On a descriptor that is not a tap it fails with EBADFD/EINVAL.
+    let r = unsafe { libc::ioctl(file.as_raw_fd(), TUNGETIFF as _, &mut req as *mut IfReq) };
+    if r < 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "fd {fd} is not a tap device ({})",
+                std::io::Error::last_os_error()
+            ),
+        ));
+    }
+    if req.flags & IFF_TAP == 0 || req.flags & IFF_NO_PI == 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("fd {fd} is not a tap device without packet information (IFF_TAP, IFF_NO_PI)"),
+        ));
+    }
+    if req.flags & IFF_VNET_HDR == 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("tap fd {fd} has no virtio-net header (IFF_VNET_HDR), which machina needs"),
+        ));
+    }
+    // SAFETY: F_GETFL only reads the open file's status flags.
+    let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
+    if flags < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: F_SETFL only changes the open file's status flags.
+    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(std::io::Error::last_os_error());
     }
     set_offload(&file, 0)?;
     Ok(file)
