@@ -3,8 +3,10 @@
 //! receives RESUME/STOP/POWERDOWN/SHUTDOWN through its event listener, and the machine powers
 //! off. The checks are in tests/python/qmp_client_check.py.
 //!
-//! The module is installed by .ci/run (`python3 -m pip install --quiet qemu.qmp`); without it
-//! this test fails, unless MACHINA_SKIP_PYTHON=1.
+//! The module comes from the virtual environment that the README's test command
+//! (scripts/test) creates under the target folder: the interpreter is `$MACHINA_PYTHON`
+//! (which the script sets), else `TARGET/pyenv/bin/python`. Without it this test fails and
+//! says how to get it, unless MACHINA_SKIP_PYTHON=1.
 
 mod common;
 
@@ -12,8 +14,6 @@ use common::{machina, require_kvm};
 use machina_tests::process::MachinaProcess;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-
-const PIP_LINE: &str = "python3 -m pip install --quiet qemu.qmp";
 
 fn script() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/python/qmp_client_check.py")
@@ -23,9 +23,9 @@ fn skip_python() -> bool {
     std::env::var("MACHINA_SKIP_PYTHON").is_ok_and(|v| v == "1")
 }
 
-/// Run `python3 args`, killing it after `limit`: (exit status, stdout, stderr).
-fn python(args: &[&str], limit: Duration) -> (Option<i32>, String, String) {
-    let r = machina_tests::run(Path::new("python3"), args, limit);
+/// Run the venv's `python args`, killing it after `limit`: (exit status, stdout, stderr).
+fn python(interpreter: &Path, args: &[&str], limit: Duration) -> (Option<i32>, String, String) {
+    let r = machina_tests::run(interpreter, args, limit);
     (r.status, r.stdout, r.stderr)
 }
 
@@ -35,15 +35,25 @@ fn official_python_client_drives_machina() {
         eprintln!("SKIP: MACHINA_SKIP_PYTHON=1");
         return;
     }
+    let interpreter = machina_tests::paths::venv_python(&machina());
+    assert!(
+        interpreter.is_file(),
+        "no Python virtual environment at {}: run scripts/test (the README's test command \
+         creates it with qemu.qmp), point MACHINA_PYTHON at an interpreter that has qemu.qmp, \
+         or set MACHINA_SKIP_PYTHON=1 to skip this test",
+        interpreter.display()
+    );
     let (status, _, stderr) = python(
+        &interpreter,
         &["-c", "import qemu.qmp; print(qemu.qmp.__name__)"],
         Duration::from_secs(30),
     );
     assert_eq!(
         status,
         Some(0),
-        "the Python module qemu.qmp is missing: run `{PIP_LINE}` (as .ci/run does), \
-         or set MACHINA_SKIP_PYTHON=1 to skip this test\n{stderr}"
+        "{} cannot import qemu.qmp: run scripts/test, which installs it in that virtual \
+         environment, or set MACHINA_SKIP_PYTHON=1 to skip this test\n{stderr}",
+        interpreter.display()
     );
     if !require_kvm() {
         return;
@@ -70,7 +80,8 @@ fn official_python_client_drives_machina() {
     }
     let socket = vm.socket.display().to_string();
     let script = script().display().to_string();
-    let (status, stdout, stderr) = python(&[&script, &socket], Duration::from_secs(50));
+    let (status, stdout, stderr) =
+        python(&interpreter, &[&script, &socket], Duration::from_secs(50));
     assert_eq!(
         status,
         Some(0),

@@ -2,6 +2,8 @@
 //! limit, capture what the guest printed on the serial console, and parse the tiny guest's
 //! machine-readable lines.
 
+pub mod libvirt;
+pub mod paths;
 pub mod pci_compare;
 pub mod process;
 pub mod qmp_client;
