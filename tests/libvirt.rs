@@ -197,9 +197,17 @@ impl Run {
             .replace("@TAP@", &self.tap.name)
     }
 
+    /// Define the domain, or redefine it (same UUID) with another serial configuration.
     fn define(&self, step: &str, serial: &str) {
+        let mut xml = self.domain_xml(serial);
+        let known = self.lv.virsh(&["domuuid", &self.name]);
+        if known.status == Some(0) {
+            let uuid = format!("<uuid>{}</uuid>", known.stdout.trim());
+            let name = format!("<name>{}</name>", self.name);
+            xml = xml.replacen(&name, &format!("{name}\n  {uuid}"), 1);
+        }
         let path = self.lv.root().join(format!("{}.xml", self.name));
-        std::fs::write(&path, self.domain_xml(serial)).expect("write the domain XML");
+        std::fs::write(&path, xml).expect("write the domain XML");
         self.virsh(step, &["define", &path.display().to_string()]);
     }
 }
