@@ -579,6 +579,7 @@ fn drive(machine: &'static str) {
     }
     let text = pty.text();
     check_guest_lines(&run, step, &text);
+    eprintln!("libvirt[{machine}]: read a whole boot from {tty} after {attempts} extra reboot(s)");
 
     // 9. destroy.
     let step = "destroy";
