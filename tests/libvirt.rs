@@ -12,7 +12,8 @@
 //! Each step prints `libvirt[MACHINE]: STEP`; a failure names the step and shows virsh's
 //! output, the emulator's log, libvirtd's errors and the last QMP messages, and keeps the
 //! private libvirt tree (its path is printed). The capability file libvirt cached for machina
-//! is copied to `TARGET/libvirt/machina-capabilities.xml`; where QEMU is installed, the q35
+//! is copied to `TARGET/libvirt/machina-capabilities.xml` and `virsh domcapabilities` to
+//! `TARGET/libvirt/domcapabilities-MACHINE.xml`; where QEMU is installed, the q35
 //! run also writes QEMU's and the flags machina lacks (`TARGET/libvirt/flags-diff.txt`).
 //!
 //! `MACHINA_LIBVIRT_EMULATOR=PATH` runs the same steps with another emulator in `<emulator>`
@@ -390,6 +391,9 @@ fn drive(machine: &'static str) {
             &format!("no virtio rng with a random backend in\n{caps}"),
         );
     }
+    let out = machina_tests::paths::target_dir(&machina()).join("libvirt");
+    let _ = std::fs::create_dir_all(&out);
+    let _ = std::fs::write(out.join(format!("domcapabilities-{machine}.xml")), &caps);
     save_capabilities(&run, compare.then_some(qemu));
 
     // 2. Define and start; the guest runs its virtio drivers and waits for the power button.
