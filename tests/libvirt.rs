@@ -126,7 +126,8 @@ impl Run {
         }
     }
 
-    /// Wait until `done()`; fail early if the domain stops running, and at the hang guard.
+    /// Wait until `done()`; fail early if the domain ends (when `while_running`), and at the
+    /// hang guard.
     fn wait_for(&self, step: &str, what: &str, done: impl Fn() -> bool, while_running: bool) {
         let start = Instant::now();
         loop {
@@ -134,8 +135,10 @@ impl Run {
                 return;
             }
             if while_running {
+                // Transient states ("in shutdown" during a reboot) are fine; an ended domain
+                // is not.
                 let state = self.domstate();
-                if state != "running" && !done() {
+                if (state == "shut off" || state == "crashed") && !done() {
                     self.fail(
                         step,
                         &format!(
