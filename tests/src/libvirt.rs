@@ -346,20 +346,31 @@ impl Libvirtd {
             .find(|text| text.contains(&wanted))
     }
 
-    /// Kill the emulators of domains still running (by the pids libvirt recorded).
+    /// Kill the emulators libvirt left running: domains (`run/qemu/NAME.pid`) and capability
+    /// probes (`lib/qemu/qmp-XXXXXX/qmp.pid`, left behind when libvirtd dies mid-probe).
     fn kill_domains(&self) {
-        let Ok(entries) = std::fs::read_dir(self.root.join("run/qemu")) else {
-            return;
+        let pidfiles = |dir: PathBuf, nested: Option<&str>| -> Vec<PathBuf> {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                return Vec::new();
+            };
+            entries
+                .filter_map(Result::ok)
+                .map(|e| match nested {
+                    Some(file) => e.path().join(file),
+                    None => e.path(),
+                })
+                .filter(|p| p.extension().is_some_and(|x| x == "pid"))
+                .collect()
         };
-        for e in entries.filter_map(Result::ok) {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if let Some(domain) = name.strip_suffix(".pid") {
-                if let Some(pid) = self.domain_pid(domain) {
-                    if process_alive(pid) {
-                        // SAFETY: a process of this test's own libvirtd, named by its pidfile.
-                        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-                    }
-                }
+        let mut files = pidfiles(self.root.join("run/qemu"), None);
+        files.extend(pidfiles(self.root.join("lib/qemu"), Some("qmp.pid")));
+        for file in files {
+            let pid = std::fs::read_to_string(&file)
+                .ok()
+                .and_then(|t| t.trim().parse::<u32>().ok());
+            if let Some(pid) = pid.filter(|&p| p > 1 && process_alive(p)) {
+                // SAFETY: a process of this test's own libvirtd, named by its pidfile.
+                unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
             }
         }
     }
