@@ -1127,6 +1127,9 @@ where
             }
             "no-reboot" => opts.no_reboot = true,
             "no-shutdown" => opts.no_shutdown = true,
+            // QEMU's older spelling of `-machine hpet=off` (libvirt sends it for
+            // `<timer name='hpet' present='no'/>`).
+            "no-hpet" => opts.machine_options.push(("hpet".into(), "off".into())),
             "S" => opts.start_paused = true,
             "name" => parse_name(&mut opts, &value)?,
             "uuid" => opts.uuid = Some(parse_uuid(&value)?),
@@ -1258,6 +1261,7 @@ usage: machina [options]\n\
 -nodefaults                    create no default devices\n\
 -no-user-config                accepted (machina reads no user config)\n\
 -no-reboot                     exit instead of rebooting when the guest resets\n\
+-no-hpet                       same as -machine hpet=off\n\
 -no-shutdown                   stop, not exit, when the guest powers off (QMP system_reset, cont)\n\
 -S                             do not start the vCPUs\n\
 -qmp unix:PATH,server=on,wait=off | tcp:HOST:PORT,server=on,wait=off | stdio   QMP monitor\n\
@@ -1337,6 +1341,28 @@ mod tests {
                 .map_err(|e| e.to_string());
             assert_eq!(got, want.map_err(str::to_string), "-m {text}");
         }
+    }
+
+    #[test]
+    fn no_hpet_is_machine_hpet_off() {
+        let catalog = machine::Catalog::builtin();
+        let plan_of = |args: &str| {
+            let opts = p(args).unwrap();
+            crate::config::prepare(&opts, catalog).unwrap().1
+        };
+        let with = plan_of("-M q35");
+        let without = plan_of("-M q35 -no-hpet");
+        assert_eq!(without.options.get("hpet").map(String::as_str), Some("off"));
+        let has_hpet = |plan: &machine::Plan| {
+            let value = serde_json::to_value(plan).unwrap();
+            value["isa"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|d| d["type_name"] == "hpet")
+        };
+        assert!(has_hpet(&with), "q35 has an HPET by default");
+        assert!(!has_hpet(&without), "-no-hpet removes it from the plan");
     }
 
     #[test]
