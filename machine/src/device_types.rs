@@ -294,6 +294,12 @@ pub struct DeviceTypeDef {
     /// libvirt's controller model name for this type (`dmi-to-pci-bridge`).
     #[serde(default)]
     pub libvirt_model: Option<String>,
+    /// Whether a device model stands behind the type's identity (inherited; default true).
+    /// `false`: machina builds only its guest-visible layout (a PCI header and BARs with
+    /// nothing behind them, as factory.rs's `GenericEndpoint`) so the machine looks like
+    /// QEMU's; such types stay accepted by `-device` but are absent from introspection.
+    #[serde(default)]
+    pub modelled: Option<bool>,
     /// Named property lists merged into this type without becoming ancestors.
     #[serde(default)]
     pub property_sets: Vec<String>,
@@ -324,6 +330,8 @@ pub struct DeviceType {
     pub connect: Option<String>,
     pub clears_default: Option<String>,
     pub libvirt_model: Option<String>,
+    /// A device model stands behind the type (see `DeviceTypeDef::modelled`).
+    pub modelled: bool,
     /// All properties (own, inherited, from property sets), sorted by name.
     pub properties: Vec<PropertyDef>,
     /// QOM types whose global/compat properties apply: self, ancestors, virtio backend chain.
@@ -338,6 +346,11 @@ impl DeviceType {
             .binary_search_by(|p| p.name.as_str().cmp(name))
             .ok()
             .map(|i| &self.properties[i])
+    }
+
+    /// The properties introspection lists: those the model acts on (not `inert`).
+    pub fn live_properties(&self) -> impl Iterator<Item = &PropertyDef> {
+        self.properties.iter().filter(|p| !p.inert)
     }
 
     /// True for PCI function types (descendants of `pci-device`).
@@ -442,6 +455,7 @@ struct Folded {
     isa: Option<IsaTypeDef>,
     connect: Option<String>,
     libvirt_model: Option<String>,
+    modelled: Option<bool>,
     props: BTreeMap<String, PropertyDef>,
 }
 
@@ -487,6 +501,9 @@ impl Folded {
         }
         if d.libvirt_model.is_some() {
             self.libvirt_model = d.libvirt_model.clone();
+        }
+        if d.modelled.is_some() {
+            self.modelled = d.modelled;
         }
         for set in &d.property_sets {
             let list = property_sets
@@ -570,6 +587,7 @@ pub fn resolve_device_types(
             connect: f.connect,
             clears_default: def.clears_default.clone(),
             libvirt_model: f.libvirt_model,
+            modelled: f.modelled.unwrap_or(true),
             properties: f.props.into_values().collect(),
             compat_match: Vec::new(),
         };

@@ -44,6 +44,15 @@ pub struct OptionDef {
     pub values: Vec<String>,
 }
 
+impl OptionDef {
+    /// Whether any value of the option is accepted: an option with `{"only": []}`
+    /// (`confidential-guest-support`, `pflash0`, ...) names something machina lacks, so
+    /// introspection leaves it out.
+    pub fn usable(&self) -> bool {
+        !matches!(&self.support, OptionSupport::Only(v) if v.is_empty())
+    }
+}
+
 /// Options of a plan after validation: canonical text per option (bools as `on`/`off`,
 /// OnOffAuto resolved where the option says how), unset options absent.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -82,6 +82,12 @@ pub struct PropertyDef {
     /// Allowed values of an `enum` property.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub values: Vec<String>,
+    /// Accepted (QEMU's command lines set it) but machina does not do what QEMU does with it,
+    /// at least at its default: virtio-net's `rss`, `acpi-index` without the ACPI method, a
+    /// port's `hotplug=on` without hot-plug. Introspection leaves it out, so clients do not
+    /// rely on it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub inert: bool,
 }
 
 impl PropertyDef {

@@ -17,6 +17,9 @@ pub(crate) struct Built {
     pub func: SharedFunction,
     /// The ACPI PM block, when this function owns it (ICH9-LPC, PIIX4_PM).
     pub acpi_pm: Option<Arc<Mutex<AcpiPm>>>,
+    /// Built as a `GenericEndpoint`: identity and BARs with no device model behind them.
+    /// The catalog's `modelled: false` must say the same (tested below).
+    pub header_only: bool,
 }
 
 fn shared<T: super::PciFunction + 'static>(f: T) -> SharedFunction {
@@ -33,6 +36,7 @@ pub(crate) fn build(
     let plain = |func| Built {
         func,
         acpi_pm: None,
+        header_only: false,
     };
     Ok(match f.type_name.as_str() {
         "mch" => plain(shared(mch::Mch::new(f, plan)?)),
@@ -43,6 +47,7 @@ pub(crate) fn build(
             Built {
                 func: shared(lpc),
                 acpi_pm: Some(pm),
+                header_only: false,
             }
         }
         "PIIX3" | "piix4-isa" => plain(shared(piix3::Piix3::new(f))),
@@ -53,6 +58,7 @@ pub(crate) fn build(
             Built {
                 func: shared(pm),
                 acpi_pm: Some(acpi),
+                header_only: false,
             }
         }
         "ich9-ahci" => plain(shared(ahci::Ich9Ahci::new(f)?)),
@@ -64,14 +70,17 @@ pub(crate) fn build(
         }
         _ => {
             let l = endpoint_layout(f, express_bus);
-            plain(shared(GenericEndpoint::new(
-                &f.identity,
-                f.multifunction,
-                l.express,
-                &l.bars,
-                l.pin,
-                &l.registers,
-            )?))
+            Built {
+                header_only: true,
+                ..plain(shared(GenericEndpoint::new(
+                    &f.identity,
+                    f.multifunction,
+                    l.express,
+                    &l.bars,
+                    l.pin,
+                    &l.registers,
+                )?))
+            }
         }
     })
 }

@@ -229,6 +229,7 @@ impl PciHost {
                 Some(func) => factory::Built {
                     func: func?,
                     acpi_pm: None,
+                    header_only: false,
                 },
                 None => factory::build(f, plan, &lifecycle, placement)?,
             };

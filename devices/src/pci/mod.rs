@@ -10,6 +10,8 @@ pub mod device;
 pub mod e1000e;
 pub mod ecam;
 mod factory;
+#[cfg(test)]
+mod factory_tests;
 pub mod firmware;
 pub mod host;
 pub mod interrupt;

@@ -169,6 +169,8 @@ pub(super) fn register(reg: &mut Registry, control: &Arc<Controller>) -> Result<
                 .device_types()
                 .iter()
                 .filter(|t| with_abstract || !t.is_abstract)
+                // Header-only types are built for layout fidelity; nothing may be put on them.
+                .filter(|t| t.modelled)
                 .filter(|t| match implements {
                     None => true,
                     Some(i) => {
@@ -218,14 +220,15 @@ pub(super) fn register(reg: &mut Registry, control: &Arc<Controller>) -> Result<
                     .iter()
                     .any(|m| m.qom_type() == name);
             let ty = match state.catalog.device_type(name) {
-                Some(ty) => ty,
+                Some(ty) if ty.modelled => ty,
                 // A QOM type that is not a device, as QEMU answers for it.
                 None if is_object => {
                     return Err(QmpError::generic(
                         "Parameter 'typename' expects a non-abstract device type",
                     ))
                 }
-                None => {
+                // Unknown, or header-only (what machina lacks is absent).
+                _ => {
                     return Err(QmpError::device_not_found(format!(
                         "Device '{name}' not found"
                     )))
@@ -237,8 +240,7 @@ pub(super) fn register(reg: &mut Registry, control: &Arc<Controller>) -> Result<
                 ));
             }
             Ok(Value::Array(
-                ty.properties
-                    .iter()
+                ty.live_properties()
                     .map(|p| {
                         let mut info = json!({ "name": p.name, "type": p.ty.help_name() });
                         if let Some(d) = p

@@ -95,9 +95,9 @@ fn class_not_found(name: &str) -> QmpError {
 /// the CPU types, and the objects above.
 fn list_properties(state: &crate::control::VmState, name: &str) -> Result<Value, QmpError> {
     let prop = |n: &str, t: &str| json!({"name": n, "type": t});
-    if let Some(ty) = state.catalog.device_type(name) {
+    if let Some(ty) = state.catalog.device_type(name).filter(|t| t.modelled) {
         let mut list = vec![prop("type", "string")];
-        list.extend(ty.properties.iter().map(|p| {
+        list.extend(ty.live_properties().map(|p| {
             let mut info = prop(&p.name, p.ty.help_name());
             if let Some(d) = &p.description {
                 info["description"] = json!(d);
@@ -111,7 +111,13 @@ fn list_properties(state: &crate::control::VmState, name: &str) -> Result<Value,
         .and_then(|m| state.catalog.machine_types().iter().find(|t| t.name == m))
     {
         let mut list = vec![prop("type", "string")];
-        list.extend(machine.options.iter().map(|o| prop(&o.name, "string")));
+        list.extend(
+            machine
+                .options
+                .iter()
+                .filter(|o| o.usable())
+                .map(|o| prop(&o.name, "string")),
+        );
         return Ok(Value::Array(list));
     }
     if let Some(props) = cpus::cpu_type_properties(name) {

@@ -1,0 +1,107 @@
+//! The catalog's `modelled` flag against the code: every concrete PCI type of the builtin
+//! catalog is planned and built; a type is modelled when the factory gives it a model
+//! (not a `GenericEndpoint`) or, for virtio, when `virtio::create` has a device for it.
+
+use super::e1000e::BusPlacement;
+use super::factory;
+use crate::lifecycle::Lifecycle;
+use crate::virtio::{self, VirtioBackend, VirtioError};
+use machine::{BusKind, Catalog, DeviceRequest, PciFunctionPlan, Plan, PlanRequest};
+use vm_memory::{GuestAddress, GuestMemoryMmap};
+
+fn request(machine: &str, devices: &[&str]) -> PlanRequest {
+    PlanRequest {
+        machine: Some(machine.into()),
+        ram_size: 256 << 20,
+        cpus: 1,
+        devices: devices
+            .iter()
+            .map(|d| DeviceRequest::parse(d).expect("device"))
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// A plan holding a function of type `name` (defaults, `-device`, or behind its parent).
+fn plan_with(catalog: &Catalog, name: &str) -> Option<(Plan, PciFunctionPlan)> {
+    let device = name.to_string();
+    let with_chassis = format!("{name},chassis_nr=1");
+    let upstream = "x3130-upstream,id=up,bus=rp".to_string();
+    let downstream = format!("{name},bus=up,chassis=9");
+    let attempts: Vec<(&str, Vec<&str>)> = vec![
+        ("q35", vec![]),
+        ("pc", vec![]),
+        ("q35", vec![&device]),
+        ("pc", vec![&device]),
+        ("pc", vec![&with_chassis]),
+        (
+            "q35",
+            vec!["pcie-root-port,id=rp,chassis=8", &upstream, &downstream],
+        ),
+    ];
+    for (machine, devices) in attempts {
+        let Ok(plan) = catalog.plan(&request(machine, &devices)) else {
+            continue;
+        };
+        if let Some(f) = plan.pci.iter().find(|f| f.type_name == name) {
+            let f = f.clone();
+            return Some((plan, f));
+        }
+    }
+    None
+}
+
+/// Whether machina builds a device model for `f` (and not just its header).
+fn built_with_model(plan: &Plan, f: &PciFunctionPlan) -> bool {
+    if let Some(mode) = f.virtio {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).expect("memory");
+        let any_backend = VirtioBackend::Rng(Box::new(std::io::empty()));
+        return match virtio::create(f, any_backend, mem, None) {
+            Ok(_) | Err(VirtioError::Backend { .. }) => true,
+            Err(VirtioError::Unsupported(t)) => {
+                assert_eq!(t, mode.device_type);
+                false
+            }
+            Err(e) => panic!("{}: {e}", f.type_name),
+        };
+    }
+    let bus = plan.buses.iter().find(|b| b.id == f.bus).expect("bus");
+    let placement = BusPlacement {
+        express: bus.kind == BusKind::Pcie,
+        root: bus.is_root,
+    };
+    let lifecycle = Lifecycle::new().expect("lifecycle");
+    let built = factory::build(f, plan, &lifecycle, placement)
+        .unwrap_or_else(|e| panic!("{}: {e}", f.type_name));
+    !built.header_only
+}
+
+#[test]
+fn catalog_modelled_flag_matches_what_is_built() {
+    let catalog = Catalog::builtin();
+    let mut checked = Vec::new();
+    for ty in catalog.device_types() {
+        if ty.is_abstract || !ty.is_pci() {
+            continue;
+        }
+        let (plan, f) = plan_with(catalog, &ty.name)
+            .unwrap_or_else(|| panic!("{}: no plan places it", ty.name));
+        assert_eq!(
+            ty.modelled,
+            built_with_model(&plan, &f),
+            "{}: catalog says modelled={}",
+            ty.name,
+            ty.modelled
+        );
+        checked.push(ty.name.clone());
+    }
+    // The sweep really covered both kinds.
+    for name in ["VGA", "virtio-scsi-pci", "e1000", "piix3-usb-uhci", "ich9-usb-ehci1"] {
+        assert!(checked.iter().any(|c| c == name), "{name} not checked");
+        assert!(!catalog.device_type(name).expect(name).modelled, "{name}");
+    }
+    for name in ["virtio-blk-pci", "e1000e", "pcie-root-port", "mch", "ich9-ahci"] {
+        assert!(checked.iter().any(|c| c == name), "{name} not checked");
+        assert!(catalog.device_type(name).expect(name).modelled, "{name}");
+    }
+}
