@@ -868,3 +868,113 @@ fn blockdev_nodes_as_libvirt_writes_them() {
     let stats = qmp.ok("query-blockstats", json!({"query-nodes": true}));
     assert_eq!(stats.as_array().unwrap().len(), 2, "{stats}");
 }
+
+/// Issue 9: types machina builds only as a PCI header (for QEMU's guest-visible layout) and
+/// properties nothing in machina honours are absent from introspection, so libvirt does not
+/// put a disk on a virtio-scsi-pci that would hang the guest; `-device` still takes them.
+#[test]
+fn introspection_lists_only_what_machina_models() {
+    if !require_kvm() {
+        return;
+    }
+    let vm = start(
+        "modelled",
+        &[
+            "-S",
+            "-nodefaults",
+            "-machine",
+            "q35",
+            "-device",
+            "virtio-scsi-pci,id=scsi0",
+            "-device",
+            "VGA,id=video0",
+        ],
+    );
+    let mut qmp = vm.client();
+
+    // The header-only functions are on the bus, as in QEMU.
+    let pci = qmp.ok("query-pci", Value::Null);
+    let ids: Vec<String> = pci[0]["devices"]
+        .as_array()
+        .unwrap_or(&Vec::new())
+        .iter()
+        .filter_map(|d| d["qdev_id"].as_str().map(str::to_string))
+        .collect();
+    assert!(ids.iter().any(|i| i == "scsi0"), "{pci}");
+    assert!(ids.iter().any(|i| i == "video0"), "{pci}");
+
+    let header_only = [
+        "virtio-scsi-pci",
+        "virtio-balloon-pci",
+        "virtio-gpu-pci",
+        "virtio-keyboard-pci",
+        "VGA",
+        "e1000",
+        "piix3-usb-uhci",
+        "ich9-usb-ehci1",
+        "isa-parallel",
+    ];
+    let modelled = [
+        "virtio-blk-pci",
+        "virtio-net-pci",
+        "virtio-rng-pci",
+        "virtio-serial-pci",
+        "e1000e",
+        "pcie-root-port",
+        "ich9-ahci",
+        "isa-serial",
+    ];
+    for args in [Value::Null, json!({"implements": "device", "abstract": true})] {
+        let types = names(&qmp.ok("qom-list-types", args), "name");
+        for t in header_only {
+            assert!(!types.iter().any(|x| x == t), "{t} listed: {types:?}");
+        }
+        for t in modelled {
+            assert!(types.iter().any(|x| x == t), "{t} missing: {types:?}");
+        }
+    }
+    for t in header_only {
+        let r = qmp.execute("device-list-properties", json!({ "typename": t }));
+        assert_eq!(r["error"]["class"], "DeviceNotFound", "{t}: {r}");
+        assert_eq!(r["error"]["desc"], format!("Device '{t}' not found"));
+        let r = qmp.execute("qom-list-properties", json!({ "typename": t }));
+        assert_eq!(r["error"]["class"], "DeviceNotFound", "{t}: {r}");
+    }
+
+    // Properties machina does not act on are left out; those it acts on stay.
+    let props = |qmp: &mut machina_tests::qmp_client::QmpClient, cmd: &str, t: &str| {
+        names(&qmp.ok(cmd, json!({ "typename": t })), "name")
+    };
+    for cmd in ["device-list-properties", "qom-list-properties"] {
+        let net = props(&mut qmp, cmd, "virtio-net-pci");
+        for p in ["rss", "hash", "acpi-index"] {
+            assert!(!net.iter().any(|x| x == p), "{cmd} virtio-net-pci {p}");
+        }
+        for p in ["mac", "netdev", "addr"] {
+            assert!(net.iter().any(|x| x == p), "{cmd} virtio-net-pci {p}");
+        }
+        let blk = props(&mut qmp, cmd, "virtio-blk-pci");
+        assert!(blk.iter().any(|x| x == "queue-size"), "{cmd} {blk:?}");
+        let port = props(&mut qmp, cmd, "pcie-root-port");
+        assert!(!port.iter().any(|x| x == "hotplug"), "{cmd} {port:?}");
+        assert!(port.iter().any(|x| x == "chassis"), "{cmd} {port:?}");
+    }
+    for t in ["PIIX4_PM", "ICH9-LPC"] {
+        let pm = props(&mut qmp, "qom-list-properties", t);
+        for p in ["disable_s3", "disable_s4", "acpi-root-pci-hotplug"] {
+            assert!(!pm.iter().any(|x| x == p), "{t} {p}: {pm:?}");
+        }
+    }
+
+    // Machine options that accept no value name something machina lacks.
+    let types = names(&qmp.ok("qom-list-types", Value::Null), "name");
+    let q35 = types
+        .iter()
+        .find(|t| t.starts_with("pc-q35-") && t.ends_with("-machine"))
+        .expect("a q35 machine type");
+    let opts = props(&mut qmp, "qom-list-properties", q35);
+    assert!(opts.iter().any(|x| x == "usb"), "{opts:?}");
+    for o in ["confidential-guest-support", "memory-encryption", "pflash0"] {
+        assert!(!opts.iter().any(|x| x == o), "{o}: {opts:?}");
+    }
+}
