@@ -924,7 +924,10 @@ fn introspection_lists_only_what_machina_models() {
         "ich9-ahci",
         "isa-serial",
     ];
-    for args in [Value::Null, json!({"implements": "device", "abstract": true})] {
+    for args in [
+        Value::Null,
+        json!({"implements": "device", "abstract": true}),
+    ] {
         let types = names(&qmp.ok("qom-list-types", args), "name");
         for t in header_only {
             assert!(!types.iter().any(|x| x == t), "{t} listed: {types:?}");

@@ -96,11 +96,23 @@ fn catalog_modelled_flag_matches_what_is_built() {
         checked.push(ty.name.clone());
     }
     // The sweep really covered both kinds.
-    for name in ["VGA", "virtio-scsi-pci", "e1000", "piix3-usb-uhci", "ich9-usb-ehci1"] {
+    for name in [
+        "VGA",
+        "virtio-scsi-pci",
+        "e1000",
+        "piix3-usb-uhci",
+        "ich9-usb-ehci1",
+    ] {
         assert!(checked.iter().any(|c| c == name), "{name} not checked");
         assert!(!catalog.device_type(name).expect(name).modelled, "{name}");
     }
-    for name in ["virtio-blk-pci", "e1000e", "pcie-root-port", "mch", "ich9-ahci"] {
+    for name in [
+        "virtio-blk-pci",
+        "e1000e",
+        "pcie-root-port",
+        "mch",
+        "ich9-ahci",
+    ] {
         assert!(checked.iter().any(|c| c == name), "{name} not checked");
         assert!(catalog.device_type(name).expect(name).modelled, "{name}");
     }
