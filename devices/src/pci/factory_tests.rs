@@ -117,3 +117,63 @@ fn catalog_modelled_flag_matches_what_is_built() {
         assert!(catalog.device_type(name).expect(name).modelled, "{name}");
     }
 }
+
+/// virtio-net's feature properties (QEMU's virtio_net_properties, DEFINE_PROP_BIT64) and
+/// the feature bit each one offers.
+const NET_FEATURE_PROPS: &[(&str, u32)] = &[
+    ("csum", 0),
+    ("guest_csum", 1),
+    ("ctrl_guest_offloads", 2),
+    ("host_mtu", 3),
+    ("mac", 5),
+    ("guest_tso4", 7),
+    ("guest_tso6", 8),
+    ("guest_ecn", 9),
+    ("guest_ufo", 10),
+    ("host_tso4", 11),
+    ("host_tso6", 12),
+    ("host_ecn", 13),
+    ("host_ufo", 14),
+    ("mrg_rxbuf", 15),
+    ("status", 16),
+    ("ctrl_vq", 17),
+    ("ctrl_rx", 18),
+    ("ctrl_vlan", 19),
+    ("ctrl_rx_extra", 20),
+    ("guest_announce", 21),
+    ("mq", 22),
+    ("ctrl_mac_addr", 23),
+    ("hash", 57),
+    ("rss", 60),
+];
+
+#[test]
+fn virtio_net_lists_the_features_its_model_offers() {
+    use crate::virtio::net::{Net, NetBackend};
+    use crate::virtio::VirtioDevice;
+    let catalog = Catalog::builtin();
+    let ty = catalog
+        .device_type("virtio-net-pci")
+        .expect("virtio-net-pci");
+    // The tap is not touched to ask for features.
+    let tap = std::fs::File::open("/dev/null").expect("/dev/null");
+    let offered = Net::new(
+        NetBackend {
+            tap,
+            default_mac: [0x52, 0x54, 0, 0x12, 0x34, 0x56],
+        },
+        None,
+    )
+    .features();
+    for (name, bit) in NET_FEATURE_PROPS {
+        let p = ty
+            .property(name)
+            .unwrap_or_else(|| panic!("{name} in the catalog"));
+        assert_eq!(
+            !p.inert,
+            offered & (1u64 << bit) != 0,
+            "virtio-net-pci.{name} (feature bit {bit}): listed={}",
+            !p.inert
+        );
+    }
+}
