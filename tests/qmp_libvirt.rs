@@ -950,7 +950,7 @@ fn introspection_lists_only_what_machina_models() {
     };
     for cmd in ["device-list-properties", "qom-list-properties"] {
         let net = props(&mut qmp, cmd, "virtio-net-pci");
-        for p in ["rss", "hash", "acpi-index"] {
+        for p in ["rss", "hash", "acpi-index", "csum", "mq", "mrg_rxbuf"] {
             assert!(!net.iter().any(|x| x == p), "{cmd} virtio-net-pci {p}");
         }
         for p in ["mac", "netdev", "addr"] {
