@@ -195,6 +195,7 @@ pub fn build(kvm: &Kvm, plan: &Plan, inputs: BuildInputs) -> Result<BuiltMachine
                 &intx_forwarder,
                 &mut virtio,
                 inputs.open,
+                Some(Arc::new(crate::interrupts::KvmIoEvents(vm.fd.clone()))),
             );
             let host = devices::pci::PciHost::from_plan_with(
                 plan,

@@ -8,7 +8,7 @@ use devices::pci::{PciError, SharedFunction, SharedHost};
 use devices::virtio::blk::BlockBackend;
 use devices::virtio::console::ConsoleBackend;
 use devices::virtio::net::NetBackend;
-use devices::virtio::{self, IntxLine, VirtioBackend, VirtioWorker};
+use devices::virtio::{self, IntxLine, IoEventRegistrar, VirtioBackend, VirtioWorker};
 use machine::{PciFunctionPlan, Plan};
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -289,7 +289,8 @@ fn open_console(
     }
 }
 
-/// A factory for `PciHost::from_plan_with`: builds every virtio function of the plan.
+/// A factory for `PciHost::from_plan_with`: builds every virtio function of the plan, its
+/// queue notifications registered through `ioevents` (KVM ioeventfds) when given.
 pub fn factory<'a>(
     backends: &'a [Backend],
     plan: &'a Plan,
@@ -297,6 +298,7 @@ pub fn factory<'a>(
     forwarder: &'a Arc<IntxForwarder>,
     set: &'a mut VirtioSet,
     open: &'a mut OpenBackends,
+    ioevents: Option<Arc<dyn IoEventRegistrar>>,
 ) -> impl FnMut(&PciFunctionPlan) -> Option<Result<SharedFunction, PciError>> + 'a {
     move |f: &PciFunctionPlan| {
         let mode = f.virtio?;
@@ -321,8 +323,22 @@ pub fn factory<'a>(
         Some(
             virtio::create(f, backend, memory.clone(), Some(intx))
                 .map(|parts| {
-                    set.workers.push(parts.worker);
-                    Arc::new(Mutex::new(parts.function)) as SharedFunction
+                    let mut function = parts.function;
+                    let mut worker = parts.worker;
+                    if let Some(registrar) = &ioevents {
+                        function.set_ioevent_registrar(registrar.clone());
+                    }
+                    if std::env::var_os("MACHINA_TRACE").is_some() {
+                        worker.set_trace(format!(
+                            "{}:{:02x}.{} type={}",
+                            f.bus,
+                            f.devfn() >> 3,
+                            f.devfn() & 7,
+                            mode.device_type
+                        ));
+                    }
+                    set.workers.push(worker);
+                    Arc::new(Mutex::new(function)) as SharedFunction
                 })
                 .map_err(|e| device_err(f, e.to_string())),
         )

@@ -70,6 +70,11 @@ pub trait PciFunction: Send {
         Vec::new()
     }
 
+    /// The host (re)mapped the function's BARs: `(bar, base)` of each BAR that decodes now
+    /// (enabled, forwarded by every bridge above, not shadowed), after every change. Models
+    /// that register addresses elsewhere (virtio's ioeventfds) follow it; others ignore it.
+    fn bars_mapped(&mut self, _bars: &[(usize, u64)]) {}
+
     /// Where the function sends MSI/MSI-X messages; functions without them ignore it.
     fn set_msi_sink(&mut self, _sink: Arc<dyn MsiSink>) {}
 

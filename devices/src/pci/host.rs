@@ -780,6 +780,12 @@ impl PciHost {
                 kept.push(m);
             }
         }
+        let bars: Vec<(usize, u64)> = kept
+            .iter()
+            .filter(|m| m.key < WINDOW_KEY_BASE)
+            .map(|m| (m.key as usize, m.base))
+            .collect();
+        lock(&func).bars_mapped(&bars);
         if let Some(e) = self.functions.get_mut(&key) {
             e.mapped = kept;
         }

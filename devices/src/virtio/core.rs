@@ -3,17 +3,18 @@
 
 use super::device::{QueueContext, VirtioDevice};
 use super::interrupt::VirtioInterrupt;
+use super::notify::Kicks;
 use super::regs::{features, status};
 use std::sync::Arc;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
-use vmm_sys_util::eventfd::EventFd;
 
 pub(crate) struct Core {
     pub device: Box<dyn VirtioDevice>,
     pub queues: Vec<Queue>,
-    /// Per-queue notification EventFds (what a KVM ioeventfd would signal).
-    pub kicks: Vec<EventFd>,
+    /// Per-queue notification EventFds (what the KVM ioeventfds signal), shared with the
+    /// transport, which signals them without this lock.
+    pub kicks: Arc<Kicks>,
     pub mem: GuestMemoryMmap,
     pub irq: Arc<VirtioInterrupt>,
     pub status: u8,
@@ -35,15 +36,14 @@ impl Core {
         modern: bool,
     ) -> std::io::Result<Self> {
         let mut queues = Vec::new();
-        let mut kicks = Vec::new();
         for max in device.queue_max_sizes() {
             // Model sizes are constants (powers of two up to 1024); fall back if one is not.
             let q = Queue::new(max)
                 .or_else(|_| Queue::new(256))
                 .map_err(|e| std::io::Error::other(e.to_string()))?;
             queues.push(q);
-            kicks.push(EventFd::new(libc::EFD_NONBLOCK)?);
         }
+        let kicks = Arc::new(Kicks::new(queues.len())?);
         let mut offered =
             device.features() | features::RING_INDIRECT_DESC | features::RING_EVENT_IDX;
         if modern {
@@ -87,8 +87,8 @@ impl Core {
         if !was_ok && value & status::DRIVER_OK != 0 {
             self.device.activate(self.acked);
             // Buffers queued before DRIVER_OK were not kicked; look at every queue.
-            for k in &self.kicks {
-                let _ = k.write(1);
+            for q in 0..self.kicks.len() {
+                self.kicks.kick(q);
             }
         }
         false
@@ -100,10 +100,8 @@ impl Core {
         for q in &mut self.queues {
             q.reset();
         }
-        for k in &self.kicks {
-            // Drain stale kicks so the worker does not touch a reset queue.
-            let _ = k.read();
-        }
+        // Drain stale kicks so the worker does not touch a reset queue.
+        self.kicks.drain();
         self.status = 0;
         self.acked = 0;
         self.broken = false;

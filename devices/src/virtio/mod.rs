@@ -4,8 +4,8 @@
 //! The VMM builds a function with [`create`], inserts it in the PCI host and registers the
 //! returned [`VirtioWorker`] with its event manager. KVM specifics stay outside: MSI-X goes
 //! through the host's `MsiSink`, INTx through an [`IntxLine`], and queue notifications reach
-//! per-queue EventFds (signalled from `bar_write`, or by KVM ioeventfds the VMM registers at
-//! [`VirtioPciFunction::notify_info`]).
+//! per-queue EventFds (signalled from `bar_write`, or by the KVM ioeventfds the transport
+//! registers through the VMM's [`IoEventRegistrar`]).
 
 pub mod blk;
 mod caps;
@@ -15,6 +15,7 @@ mod create;
 pub mod device;
 pub mod interrupt;
 pub mod net;
+pub mod notify;
 pub mod pci_transport;
 pub mod regs;
 pub mod rng;
@@ -27,6 +28,7 @@ pub use caps::CapLayout;
 pub use create::{create, VirtioBackend, VirtioParts};
 pub use device::{DeviceError, QueueContext, VirtioDevice};
 pub use interrupt::{IntxLine, VirtioInterrupt};
+pub use notify::{IoEvent, IoEventRegistrar, IoEventSpace, KickStats};
 pub use pci_transport::{NotifyAddr, NotifyInfo, VirtioPciFunction};
 pub use worker::VirtioWorker;
 

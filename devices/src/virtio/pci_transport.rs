@@ -1,15 +1,19 @@
 //! The virtio-pci function (QEMU's VirtIOPCIProxy): config space with the capability chain,
 //! the legacy I/O BAR, the MSI-X BAR and the modern memory BAR with common, ISR, device and
 //! notify regions, plus the PCI-config access window. Queue notifications signal the queue's
-//! EventFd; the worker (see [`super::worker`]) processes the queue.
+//! EventFd without the device lock; the worker (see [`super::worker`]) processes the queue.
+//! With an [`IoEventRegistrar`], each live queue's notify address is a KVM ioeventfd on that
+//! EventFd (QEMU's virtio_pci_ioeventfd_assign), so a doorbell does not exit to the VMM;
+//! registrations follow DRIVER_OK, queue enable, reset and the BAR mappings.
 
 use super::caps::{self, CapLayout, ExpressFlags, PCI_CFG_DATA};
 use super::core::Core;
 use super::interrupt::{IntxLine, VirtioInterrupt};
+use super::notify::{IoEvent, IoEventRegistrar, IoEventSpace, Kicks};
 use super::regs::{self, common, features, legacy, modern, status, NO_VECTOR, QUEUE_MAX};
 use super::VirtioError;
 use crate::pci::caps::pcie;
-use crate::pci::config::{BarDef, PciConfig, ROM_BAR};
+use crate::pci::config::{BarDef, PciConfig, NUM_BARS, ROM_BAR};
 use crate::pci::device::PciFunction;
 use crate::pci::interrupt::MsiSink;
 use crate::pci::regs::{COMMAND, COMMAND_MASTER};
@@ -56,6 +60,13 @@ pub(crate) struct TransportParams {
 pub struct VirtioPciFunction {
     config: PciConfig,
     core: Arc<Mutex<Core>>,
+    /// The queue EventFds, signalled without the core lock (the worker holds it across I/O).
+    kicks: Arc<Kicks>,
+    ioevents: Option<Arc<dyn IoEventRegistrar>>,
+    /// Base of each BAR while the host decodes it.
+    bar_bases: [Option<u64>; NUM_BARS],
+    /// ioeventfds registered now, with their queue.
+    registered: Vec<(IoEvent, usize)>,
     irq: Arc<VirtioInterrupt>,
     legacy: bool,
     modern: bool,
@@ -127,6 +138,7 @@ impl VirtioPciFunction {
         config.set_interrupt_pin(1);
         config.commit_reset_state();
         let irq = core.irq.clone();
+        let kicks = core.kicks.clone();
         {
             let mut s = irq.lock();
             s.msix = msix;
@@ -137,6 +149,10 @@ impl VirtioPciFunction {
             Self {
                 config,
                 core: core.clone(),
+                kicks,
+                ioevents: None,
+                bar_bases: [None; NUM_BARS],
+                registered: Vec::new(),
                 irq,
                 legacy: p.legacy,
                 modern: p.modern,
@@ -172,43 +188,155 @@ impl VirtioPciFunction {
     /// register KVM ioeventfds there (at the BAR's current base); without them, writes
     /// reach `bar_write`, which signals the same EventFds.
     pub fn notify_info(&self) -> Vec<NotifyInfo> {
-        let core = lock(&self.core);
-        core.kicks
+        self.kicks
+            .fds()
             .iter()
             .enumerate()
-            .map(|(q, fd)| {
-                let q = q as u16;
-                let mut addrs = Vec::new();
-                if self.modern {
-                    addrs.push(NotifyAddr::Modern {
-                        bar: modern::BAR,
-                        offset: modern::NOTIFY + u64::from(q) * 4,
-                    });
-                }
-                if self.legacy {
-                    addrs.push(NotifyAddr::Legacy {
-                        bar: regs::LEGACY_BAR,
-                        offset: legacy::QUEUE_NOTIFY,
-                        datamatch: q,
-                    });
-                }
-                NotifyInfo {
-                    queue: q,
-                    fd: fd.as_raw_fd(),
-                    addrs,
-                }
+            .map(|(q, fd)| NotifyInfo {
+                queue: q as u16,
+                fd: fd.as_raw_fd(),
+                addrs: self.notify_addrs(q as u16),
             })
             .collect()
+    }
+
+    /// Where queue `q`'s notifications land: the modern notify region (queue_notify_off =
+    /// the queue index, times the multiplier) and the legacy QUEUE_NOTIFY register.
+    fn notify_addrs(&self, q: u16) -> Vec<NotifyAddr> {
+        let mut addrs = Vec::new();
+        if self.modern {
+            addrs.push(NotifyAddr::Modern {
+                bar: modern::BAR,
+                offset: modern::NOTIFY + u64::from(q) * u64::from(modern::NOTIFY_MULTIPLIER),
+            });
+        }
+        if self.legacy {
+            addrs.push(NotifyAddr::Legacy {
+                bar: regs::LEGACY_BAR,
+                offset: legacy::QUEUE_NOTIFY,
+                datamatch: q,
+            });
+        }
+        addrs
+    }
+
+    /// The notification counters of this device.
+    pub fn kick_stats(&self) -> super::notify::KickStats {
+        self.kicks.stats()
+    }
+
+    /// Register queue notify addresses as ioeventfds through `registrar` from now on.
+    pub fn set_ioevent_registrar(&mut self, registrar: Arc<dyn IoEventRegistrar>) {
+        self.unregister_all();
+        self.ioevents = Some(registrar);
+        self.sync_ioevents();
+    }
+
+    /// The ioeventfds queue notifications should have now: each ready queue's notify
+    /// addresses in the BARs the host decodes, once the driver set DRIVER_OK (QEMU starts
+    /// ioeventfds at DRIVER_OK); none after a reset or a device error.
+    fn wanted_ioevents(&self) -> Vec<(IoEvent, usize)> {
+        if self.ioevents.is_none() {
+            return Vec::new();
+        }
+        let ready: Vec<bool> = {
+            let core = self.core();
+            if core.status & status::DRIVER_OK == 0 || core.broken {
+                return Vec::new();
+            }
+            core.queues.iter().map(|q| q.ready()).collect()
+        };
+        let mut wanted = Vec::new();
+        for (q, _) in ready.iter().enumerate().filter(|(_, r)| **r) {
+            for addr in self.notify_addrs(q as u16) {
+                let event = match addr {
+                    NotifyAddr::Modern { bar, offset } => {
+                        self.bar_bases[bar].map(|base| IoEvent {
+                            space: IoEventSpace::Mmio,
+                            addr: base + offset,
+                            // Any length, no datamatch: QEMU's modern notify eventfd.
+                            len: 0,
+                            datamatch: None,
+                        })
+                    }
+                    NotifyAddr::Legacy {
+                        bar,
+                        offset,
+                        datamatch,
+                    } => self.bar_bases[bar].map(|base| IoEvent {
+                        space: IoEventSpace::Pio,
+                        addr: base + offset,
+                        len: 2,
+                        datamatch: Some(u64::from(datamatch)),
+                    }),
+                };
+                if let Some(e) = event {
+                    wanted.push((e, q));
+                }
+            }
+        }
+        wanted
+    }
+
+    /// Bring the registered ioeventfds in line with the device state and the BAR mappings.
+    fn sync_ioevents(&mut self) {
+        let Some(registrar) = self.ioevents.clone() else {
+            return;
+        };
+        let wanted = self.wanted_ioevents();
+        let old = std::mem::take(&mut self.registered);
+        for (e, q) in old {
+            if wanted.contains(&(e, q)) {
+                self.registered.push((e, q));
+            } else if let Some(fd) = self.kicks.fd(q) {
+                let _ = registrar.unregister(&e, fd);
+            }
+        }
+        for (e, q) in wanted {
+            if self.registered.contains(&(e, q)) {
+                continue;
+            }
+            // A refused registration (an address another device claimed) leaves the
+            // notification on the exit path, which signals the same EventFd.
+            if let Some(fd) = self.kicks.fd(q) {
+                if registrar.register(&e, fd).is_ok() {
+                    self.registered.push((e, q));
+                }
+            }
+        }
+    }
+
+    fn unregister_all(&mut self) {
+        let Some(registrar) = self.ioevents.clone() else {
+            return;
+        };
+        for (e, q) in std::mem::take(&mut self.registered) {
+            if let Some(fd) = self.kicks.fd(q) {
+                let _ = registrar.unregister(&e, fd);
+            }
+        }
+    }
+
+    /// The ioeventfds registered now (for tests and traces).
+    pub fn ioevents(&self) -> Vec<IoEvent> {
+        self.registered.iter().map(|(e, _)| *e).collect()
     }
 
     fn core(&self) -> MutexGuard<'_, Core> {
         lock(&self.core)
     }
 
+    /// The device state, for tests that hold the lock as a busy worker would.
+    #[cfg(test)]
+    pub(crate) fn core_handle(&self) -> Arc<Mutex<Core>> {
+        self.core.clone()
+    }
+
+    /// A notification that reached the transport: signal the queue's EventFd. Never takes
+    /// the core lock, so a vCPU does not wait for the worker's I/O.
     fn kick(&self, queue: u64) {
-        let core = self.core();
-        if let Some(k) = usize::try_from(queue).ok().and_then(|q| core.kicks.get(q)) {
-            let _ = k.write(1);
+        if let Ok(q) = usize::try_from(queue) {
+            self.kicks.kick_from_exit(q);
         }
     }
 
@@ -245,6 +373,7 @@ impl VirtioPciFunction {
         if reset {
             self.transport_reset();
         }
+        self.sync_ioevents();
     }
 
     /// virtio_pci_reset minus the PCI side: selectors and staged features.
@@ -340,6 +469,7 @@ impl VirtioPciFunction {
                 } else {
                     self.legacy_set_pfn(val & 0xffff_ffff);
                 }
+                self.sync_ioevents();
             }
             legacy::QUEUE_SEL if val < u64::from(QUEUE_MAX) => self.queue_sel = val as u16,
             legacy::QUEUE_NOTIFY => self.kick(val & 0xffff),
@@ -492,6 +622,10 @@ impl VirtioPciFunction {
                 if broken {
                     core.device_error();
                 }
+                drop(core);
+                if offset == common::Q_ENABLE {
+                    self.sync_ioevents();
+                }
             }
         }
     }
@@ -600,6 +734,7 @@ impl PciFunction for VirtioPciFunction {
         if touches(COMMAND, 1) && self.config.command() & COMMAND_MASTER == 0 {
             // Bus mastering off: the driver can no longer be running.
             self.core().status &= !status::DRIVER_OK;
+            self.sync_ioevents();
         }
         let msix_cap = self.irq.lock().msix.as_ref().map(|m| m.cap_offset());
         if let Some(cap) = msix_cap {
@@ -632,6 +767,20 @@ impl PciFunction for VirtioPciFunction {
         self.core().reset();
         self.irq.reset(true);
         self.transport_reset();
+        self.sync_ioevents();
+    }
+
+    fn bars_mapped(&mut self, bars: &[(usize, u64)]) {
+        let mut bases = [None; NUM_BARS];
+        for &(bar, base) in bars {
+            if let Some(slot) = bases.get_mut(bar) {
+                *slot = Some(base);
+            }
+        }
+        if bases != self.bar_bases {
+            self.bar_bases = bases;
+            self.sync_ioevents();
+        }
     }
 
     fn bar_read(&mut self, bar: usize, offset: u64, data: &mut [u8]) {
@@ -662,5 +811,12 @@ impl PciFunction for VirtioPciFunction {
 
     fn set_msi_sink(&mut self, sink: Arc<dyn MsiSink>) {
         self.irq.set_msi_sink(sink);
+    }
+}
+
+impl Drop for VirtioPciFunction {
+    fn drop(&mut self) {
+        // The VM may outlive this function (a hot-unplug, a test): leave nothing registered.
+        self.unregister_all();
     }
 }

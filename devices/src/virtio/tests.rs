@@ -655,3 +655,136 @@ fn console_output_and_emergency_write() {
         .unwrap();
     assert_eq!(&b, b"ls\n");
 }
+
+/// Records the ioeventfds registered now, as KVM would hold them.
+#[derive(Default)]
+struct Registrar(Mutex<Vec<notify::IoEvent>>);
+impl notify::IoEventRegistrar for Registrar {
+    fn register(
+        &self,
+        e: &notify::IoEvent,
+        _fd: &vmm_sys_util::eventfd::EventFd,
+    ) -> std::io::Result<()> {
+        let mut v = self.0.lock().unwrap();
+        if v.contains(e) {
+            // KVM refuses a duplicate registration.
+            return Err(std::io::Error::from_raw_os_error(libc::EEXIST));
+        }
+        v.push(*e);
+        Ok(())
+    }
+    fn unregister(
+        &self,
+        e: &notify::IoEvent,
+        _fd: &vmm_sys_util::eventfd::EventFd,
+    ) -> std::io::Result<()> {
+        let mut v = self.0.lock().unwrap();
+        let at = v
+            .iter()
+            .position(|x| x == e)
+            .ok_or_else(|| std::io::Error::from_raw_os_error(libc::ENOENT))?;
+        v.remove(at);
+        Ok(())
+    }
+}
+
+fn live(r: &Registrar) -> Vec<notify::IoEvent> {
+    let mut v = r.0.lock().unwrap().clone();
+    v.sort_by_key(|e| (e.addr, e.len));
+    v
+}
+
+#[test]
+fn ioeventfds_follow_driver_ok_bar_moves_decode_and_reset() {
+    use notify::{IoEvent, IoEventSpace};
+    let (mut d, path) = blk(true, false);
+    let reg = Arc::new(Registrar::default());
+    d.f.set_ioevent_registrar(reg.clone());
+    d.f.bars_mapped(&[(0, 0xc000), (modern::BAR, 0xfe00_0000)]);
+    assert!(live(&reg).is_empty(), "nothing before DRIVER_OK");
+    d.modern_init(super::regs::features::VERSION_1);
+    let modern_at = |base: u64| IoEvent {
+        space: IoEventSpace::Mmio,
+        addr: base + modern::NOTIFY,
+        len: 0,
+        datamatch: None,
+    };
+    let legacy_at = |base: u64| IoEvent {
+        space: IoEventSpace::Pio,
+        addr: base + legacy::QUEUE_NOTIFY,
+        len: 2,
+        datamatch: Some(0),
+    };
+    // Queue 0 is live: both notify addresses of the transitional function.
+    assert_eq!(live(&reg), vec![legacy_at(0xc000), modern_at(0xfe00_0000)]);
+    // The guest moves the memory BAR: the registration moves with it.
+    d.f.bars_mapped(&[(0, 0xc000), (modern::BAR, 0xfd00_0000)]);
+    assert_eq!(live(&reg), vec![legacy_at(0xc000), modern_at(0xfd00_0000)]);
+    // I/O decode off: the legacy doorbell is gone, the modern one stays.
+    d.f.bars_mapped(&[(modern::BAR, 0xfd00_0000)]);
+    assert_eq!(live(&reg), vec![modern_at(0xfd00_0000)]);
+    // A request still completes through the moved doorbell's EventFd.
+    let (s, _) = d.blk_req(&modern_notify, 4, 0, None);
+    assert_eq!(s, 0);
+    // Device reset: nothing stays registered.
+    d.common_w(common::STATUS, 0, 1);
+    assert!(live(&reg).is_empty(), "reset unregisters");
+    // The legacy driver registers its doorbell at DRIVER_OK too.
+    d.f.bars_mapped(&[(0, 0xc100), (modern::BAR, 0xfd00_0000)]);
+    d.legacy_init();
+    assert_eq!(live(&reg), vec![legacy_at(0xc100), modern_at(0xfd00_0000)]);
+    // Function reset (FLR, bus reset) and the function's end leave nothing behind.
+    d.f.reset();
+    assert!(live(&reg).is_empty(), "function reset unregisters");
+    d.legacy_init();
+    assert_eq!(live(&reg).len(), 2);
+    drop(d);
+    assert!(live(&reg).is_empty(), "a dropped function unregisters");
+    std::fs::remove_file(path).unwrap();
+}
+
+#[test]
+fn a_doorbell_does_not_wait_for_the_device_lock() {
+    use std::sync::mpsc::channel;
+    use std::time::Duration;
+    let (mut d, path) = blk(false, false);
+    d.modern_init(super::regs::features::VERSION_1);
+    // DRIVER_OK's own kick first.
+    d.w.poll();
+    let served_before = d.w.kick_stats().served;
+    // A worker busy in I/O holds the device lock.
+    let core = d.f.core_handle();
+    let (held_tx, held_rx) = channel();
+    let (release_tx, release_rx) = channel::<()>();
+    let busy = std::thread::spawn(move || {
+        let _guard = core.lock().unwrap();
+        held_tx.send(()).unwrap();
+        // Hang guard only: the test releases it as soon as the doorbell returned.
+        let _ = release_rx.recv_timeout(Duration::from_secs(120));
+    });
+    held_rx.recv().unwrap();
+    let mut f = d.f;
+    let (done_tx, done_rx) = channel();
+    let vcpu = std::thread::spawn(move || {
+        f.bar_write(modern::BAR, modern::NOTIFY, &0u16.to_le_bytes());
+        done_tx.send(()).unwrap();
+        f
+    });
+    let rang = done_rx.recv_timeout(Duration::from_secs(60));
+    release_tx.send(()).unwrap();
+    busy.join().unwrap();
+    d.f = vcpu.join().unwrap();
+    assert!(
+        rang.is_ok(),
+        "the doorbell returned while the device lock was held"
+    );
+    // The worker then serves it.
+    d.w.poll();
+    let stats = d.w.kick_stats();
+    assert_eq!(stats.served, served_before + 1);
+    assert_eq!(
+        stats.exits, 1,
+        "it came through the exit path (no ioeventfd here)"
+    );
+    std::fs::remove_file(path).unwrap();
+}

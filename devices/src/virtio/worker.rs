@@ -3,6 +3,7 @@
 //! the device under its lock.
 
 use super::core::Core;
+use super::notify::{KickStats, Kicks};
 use super::pci_transport::lock;
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use std::os::fd::AsRawFd;
@@ -14,19 +15,35 @@ const SOURCE_BASE: u32 = 0x1_0000;
 /// Processes one device's queues; add it to an `event_manager::EventManager`.
 pub struct VirtioWorker {
     core: Arc<Mutex<Core>>,
+    kicks: Arc<Kicks>,
+    /// Set by the VMM under MACHINA_TRACE: print the notification counters when dropped.
+    trace: Option<String>,
 }
 
 impl VirtioWorker {
     pub(crate) fn new(core: Arc<Mutex<Core>>) -> Self {
-        Self { core }
+        let kicks = lock(&core).kicks.clone();
+        Self {
+            core,
+            kicks,
+            trace: None,
+        }
+    }
+
+    /// Print this device's notification counters, named `label`, when the worker goes.
+    pub fn set_trace(&mut self, label: String) {
+        self.trace = Some(label);
+    }
+
+    /// Notification counters of the device.
+    pub fn kick_stats(&self) -> KickStats {
+        self.kicks.stats()
     }
 
     /// Handle a kick of queue `idx` (what the subscriber does when its EventFd fires).
     pub fn process_queue(&mut self, idx: usize) {
         let mut core = lock(&self.core);
-        if let Some(k) = core.kicks.get(idx) {
-            let _ = k.read();
-        }
+        core.kicks.take(idx);
         core.process_queue(idx);
     }
 
@@ -40,7 +57,7 @@ impl VirtioWorker {
     pub fn poll(&mut self) {
         let mut core = lock(&self.core);
         for idx in 0..core.kicks.len() {
-            if core.kicks[idx].read().is_ok() {
+            if core.kicks.take(idx) {
                 core.process_queue(idx);
             }
         }
@@ -50,7 +67,7 @@ impl VirtioWorker {
 impl MutEventSubscriber for VirtioWorker {
     fn init(&mut self, ops: &mut EventOps) {
         let core = lock(&self.core);
-        for (i, k) in core.kicks.iter().enumerate() {
+        for (i, k) in core.kicks.fds().iter().enumerate() {
             // Registration fails only for a closed fd or a full epoll set; the queue then
             // still works through `poll`.
             let _ = ops.add(Events::with_data(k, i as u32, EventSet::IN));
@@ -75,6 +92,20 @@ impl MutEventSubscriber for VirtioWorker {
     }
 }
 
+impl Drop for VirtioWorker {
+    fn drop(&mut self) {
+        if let Some(label) = &self.trace {
+            let s = self.kicks.stats();
+            eprintln!(
+                "machina-trace: virtio {label} notifications={} ioeventfd={} vmm-exits={}",
+                s.served,
+                s.by_ioeventfd(),
+                s.exits
+            );
+        }
+    }
+}
+
 impl std::fmt::Debug for VirtioWorker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let core = lock(&self.core);
@@ -82,7 +113,12 @@ impl std::fmt::Debug for VirtioWorker {
             .field("device_type", &core.device.device_type())
             .field(
                 "kick_fds",
-                &core.kicks.iter().map(|k| k.as_raw_fd()).collect::<Vec<_>>(),
+                &core
+                    .kicks
+                    .fds()
+                    .iter()
+                    .map(|k| k.as_raw_fd())
+                    .collect::<Vec<_>>(),
             )
             .finish()
     }
