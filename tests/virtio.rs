@@ -646,3 +646,81 @@ fn queue_notifications_reach_the_device_by_ioeventfd_without_vmm_exits() {
         );
     }
 }
+
+fn msi_counters(stderr: &str) -> Option<(u64, u64)> {
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("machina-trace: msi "))?;
+    let get = |key: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(key))
+            .and_then(|v| v.parse().ok())
+    };
+    Some((get("irqfd=")?, get("signal-msi=")?))
+}
+
+#[test]
+fn a_bar_moved_under_a_live_queue_keeps_its_doorbell_off_the_vmm_and_msix_uses_irqfds() {
+    if !require_kvm() {
+        return;
+    }
+    for (machine, device) in [
+        ("pc", "virtio-blk-pci,drive=d0"),
+        ("q35", "virtio-blk-pci,drive=d0,bus=pcie.0"),
+    ] {
+        let disk = Disk::new(&format!("datapath-{machine}"));
+        let drive = disk.drive();
+        let (stdout, stderr, status) = boot_traced(&[
+            "-M",
+            machine,
+            "-m",
+            "256",
+            "-nodefaults",
+            "-serial",
+            "stdio",
+            "-device",
+            device,
+            "-drive",
+            &drive,
+            "-append",
+            "machina.test=virtio-datapath machina.blk-seed=11",
+        ]);
+        let ctx = format!("{machine}: stdout:\n{stdout}\nstderr:\n{stderr}");
+        assert_eq!(status, Some(0), "{ctx}");
+        assert!(stdout.contains("virtio-datapath: result=ok"), "{ctx}");
+        let line = stdout
+            .lines()
+            .find(|l| l.contains(" moved from="))
+            .unwrap_or_else(|| panic!("no datapath line: {ctx}"));
+        for want in [
+            "write1=ok",
+            "write2=ok",
+            "status=0xf",
+            "flush=ok",
+            // The masked vector's completion waited in the PBA; the unmask sent it.
+            "pba-masked=1",
+            "pba-unmasked=0",
+        ] {
+            assert!(line.contains(want), "{want}: {ctx}");
+        }
+        assert!(
+            disk.sector_matches(11, 24),
+            "{machine}: first write on disk"
+        );
+        assert!(
+            disk.sector_matches(11, 32),
+            "{machine}: the write through the moved BAR is on disk"
+        );
+        // Five requests (two before the move, three after): every doorbell reached the
+        // device through an ioeventfd, the moved one too, none through a VMM exit.
+        let (_, by_ioeventfd, exits) =
+            notify_counters(&stderr, 2).unwrap_or_else(|| panic!("no counters: {ctx}"));
+        assert!(by_ioeventfd >= 5, "{ctx}");
+        assert_eq!(exits, 0, "a doorbell exited to the VMM: {ctx}");
+        // Each completion (and the pending one at unmask) went out by irqfd.
+        let (irqfd, signal) =
+            msi_counters(&stderr).unwrap_or_else(|| panic!("no MSI counters: {ctx}"));
+        assert!(irqfd >= 5, "{ctx}");
+        assert_eq!(signal, 0, "{ctx}");
+    }
+}

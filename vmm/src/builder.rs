@@ -206,7 +206,10 @@ pub fn build(kvm: &Kvm, plan: &Plan, inputs: BuildInputs) -> Result<BuiltMachine
             )?;
             let mut host = host;
             host.set_intx_sink(Arc::new(crate::interrupts::KvmIntx(vm.fd.clone())));
-            host.set_msi_sink(Arc::new(crate::interrupts::KvmMsi(vm.fd.clone())));
+            host.set_msi_sink(Arc::new(crate::interrupts::KvmMsiIrqfd::new(
+                vm.gsi.clone(),
+                std::env::var_os("MACHINA_TRACE").is_some(),
+            )));
             let host = Arc::new(Mutex::new(host));
             let config_io: SharedDevice =
                 Arc::new(Mutex::new(devices::pci::PciConfigIo::new(host.clone())));

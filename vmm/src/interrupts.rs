@@ -2,11 +2,14 @@
 //! as in-kernel irqchip GSI levels, MSI/MSI-X messages through irqfds on GSI routes
 //! (KVM_SIGNAL_MSI for the first message of a route), queue notifications as ioeventfds.
 
+use crate::kvm_vm::GsiRouter;
 use devices::pci::interrupt::{IntxSink, MsiSink};
 use devices::virtio::{IoEvent, IoEventRegistrar, IoEventSpace};
 use kvm_bindings::kvm_msi;
 use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use vmm_sys_util::eventfd::EventFd;
 
 /// Level-triggered GSIs on the in-kernel PIC/IOAPIC.
@@ -20,19 +23,166 @@ impl IntxSink for KvmIntx {
     }
 }
 
-/// MSI writes injected directly; the in-kernel LAPICs decode address and data.
+/// MSI writes injected with one KVM_SIGNAL_MSI each; the in-kernel LAPICs decode address
+/// and data.
 pub struct KvmMsi(pub Arc<VmFd>);
+
+fn signal_msi(vm: &VmFd, address: u64, data: u32) {
+    let msi = kvm_msi {
+        address_lo: address as u32,
+        address_hi: (address >> 32) as u32,
+        data,
+        ..Default::default()
+    };
+    // A message to a nonexistent APIC is dropped by KVM, as on hardware.
+    let _ = vm.signal_msi(msi);
+}
 
 impl MsiSink for KvmMsi {
     fn send(&self, address: u64, data: u32) {
-        let msi = kvm_msi {
-            address_lo: address as u32,
-            address_hi: (address >> 32) as u32,
-            data,
-            ..Default::default()
-        };
-        // A message to a nonexistent APIC is dropped by KVM, as on hardware.
-        let _ = self.0.signal_msi(msi);
+        signal_msi(&self.0, address, data);
+    }
+}
+
+/// Routes kept per VM: enough for every vector of every device of a large machine; past
+/// it the least recently used route is recycled.
+const MSI_IRQFD_ROUTES: usize = 256;
+
+struct MsiRoute {
+    fd: EventFd,
+    gsi: u32,
+    last_use: u64,
+}
+
+#[derive(Default)]
+struct MsiRoutes {
+    by_message: HashMap<(u64, u32), MsiRoute>,
+    clock: u64,
+}
+
+/// Counters of how MSI messages went out.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct MsiStats {
+    /// Delivered by writing an irqfd (no VM ioctl).
+    pub irqfd: u64,
+    /// Delivered by KVM_SIGNAL_MSI (no route could be made).
+    pub signal_msi: u64,
+    /// Routes (GSI + irqfd) created.
+    pub routes_made: u64,
+}
+
+/// MSI/MSI-X through irqfds on GSI routes: the first message to an (address, data) gets a
+/// GSI routed to it and an irqfd on that GSI; that message and every later one is an
+/// eventfd write, which KVM injects without a VM ioctl from the device thread. Masking and
+/// pending bits are the device model's (`Msix`): only deliverable messages arrive here, so
+/// a guest that reprograms a vector's address or data simply uses another route.
+pub struct KvmMsiIrqfd {
+    router: Arc<GsiRouter>,
+    routes: Mutex<MsiRoutes>,
+    irqfd: AtomicU64,
+    signal: AtomicU64,
+    made: AtomicU64,
+    /// Print the counters when dropped (MACHINA_TRACE).
+    trace: bool,
+}
+
+impl KvmMsiIrqfd {
+    pub fn new(router: Arc<GsiRouter>, trace: bool) -> Self {
+        Self {
+            router,
+            routes: Mutex::new(MsiRoutes::default()),
+            irqfd: AtomicU64::new(0),
+            signal: AtomicU64::new(0),
+            made: AtomicU64::new(0),
+            trace,
+        }
+    }
+
+    pub fn stats(&self) -> MsiStats {
+        MsiStats {
+            irqfd: self.irqfd.load(Ordering::Relaxed),
+            signal_msi: self.signal.load(Ordering::Relaxed),
+            routes_made: self.made.load(Ordering::Relaxed),
+        }
+    }
+
+    fn make_route(&self, address: u64, data: u32) -> Option<MsiRoute> {
+        let fd = EventFd::new(libc::EFD_NONBLOCK).ok()?;
+        let gsi = self.router.add_msi(address, data).ok()?;
+        if self.router.vm().register_irqfd(&fd, gsi).is_err() {
+            self.router.remove_msi(gsi);
+            return None;
+        }
+        self.made.fetch_add(1, Ordering::Relaxed);
+        Some(MsiRoute {
+            fd,
+            gsi,
+            last_use: 0,
+        })
+    }
+
+    fn drop_route(&self, route: MsiRoute) {
+        let _ = self.router.vm().unregister_irqfd(&route.fd, route.gsi);
+        self.router.remove_msi(route.gsi);
+    }
+}
+
+impl MsiSink for KvmMsiIrqfd {
+    fn send(&self, address: u64, data: u32) {
+        let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        routes.clock += 1;
+        let now = routes.clock;
+        if !routes.by_message.contains_key(&(address, data)) {
+            if routes.by_message.len() >= MSI_IRQFD_ROUTES {
+                let oldest = routes
+                    .by_message
+                    .iter()
+                    .min_by_key(|(_, r)| r.last_use)
+                    .map(|(k, _)| *k);
+                if let Some(route) = oldest.and_then(|k| routes.by_message.remove(&k)) {
+                    self.drop_route(route);
+                }
+            }
+            match self.make_route(address, data) {
+                Some(route) => {
+                    routes.by_message.insert((address, data), route);
+                }
+                None => {
+                    self.signal.fetch_add(1, Ordering::Relaxed);
+                    drop(routes);
+                    signal_msi(self.router.vm(), address, data);
+                    return;
+                }
+            }
+        }
+        if let Some(route) = routes.by_message.get_mut(&(address, data)) {
+            route.last_use = now;
+            // The eventfd counter cannot overflow at one write per interrupt.
+            let _ = route.fd.write(1);
+            self.irqfd.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for KvmMsiIrqfd {
+    fn drop(&mut self) {
+        let routes = std::mem::take(
+            &mut self
+                .routes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .by_message,
+        );
+        for (_, route) in routes {
+            self.drop_route(route);
+        }
+        if self.trace {
+            let s = self.stats();
+            eprintln!(
+                "machina-trace: msi irqfd={} signal-msi={} routes={}",
+                s.irqfd, s.signal_msi, s.routes_made
+            );
+        }
     }
 }
 
@@ -79,5 +229,90 @@ impl IoEventRegistrar for KvmIoEvents {
     fn unregister(&self, event: &IoEvent, fd: &EventFd) -> std::io::Result<()> {
         ioevent_call(event, false, &self.0, fd)
             .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kvm_ioctls::{Kvm, VcpuFd};
+    use std::time::{Duration, Instant};
+
+    const APIC_SVR: usize = 0xf0;
+    const APIC_IRR: usize = 0x200;
+
+    fn reg(lapic: &kvm_bindings::kvm_lapic_state, off: usize) -> u32 {
+        let b = &lapic.regs[off..off + 4];
+        u32::from_le_bytes([b[0] as u8, b[1] as u8, b[2] as u8, b[3] as u8])
+    }
+
+    fn irr_has(vcpu: &VcpuFd, vector: u8) -> bool {
+        let lapic = vcpu.get_lapic().expect("KVM_GET_LAPIC");
+        let off = APIC_IRR + usize::from(vector / 32) * 0x10;
+        reg(&lapic, off) & (1 << (vector % 32)) != 0
+    }
+
+    /// Waits (bounded: a hang guard, not a timing assertion) for KVM's irqfd injection.
+    fn wait_irr(vcpu: &VcpuFd, vector: u8) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if irr_has(vcpu, vector) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        false
+    }
+
+    #[test]
+    fn msi_goes_out_through_an_irqfd_route_into_the_lapic() {
+        let Ok(kvm) = Kvm::new() else {
+            eprintln!("SKIP: no /dev/kvm");
+            return;
+        };
+        let vm = Arc::new(kvm.create_vm().expect("VM"));
+        vm.create_irq_chip().expect("irqchip");
+        let router = Arc::new(GsiRouter::new(vm.clone()).expect("routes"));
+        let vcpu = vm.create_vcpu(0).expect("vCPU");
+        // Software-enable the LAPIC (SVR bit 8) so that it accepts fixed interrupts.
+        let mut lapic = vcpu.get_lapic().expect("KVM_GET_LAPIC");
+        let svr = (reg(&lapic, APIC_SVR) | 0x1ff).to_le_bytes();
+        for (i, b) in svr.iter().enumerate() {
+            lapic.regs[APIC_SVR + i] = *b as _;
+        }
+        vcpu.set_lapic(&lapic).expect("KVM_SET_LAPIC");
+
+        let sink = KvmMsiIrqfd::new(router.clone(), false);
+        // Physical destination APIC 0, fixed delivery, vector 0x45.
+        sink.send(0xfee0_0000, 0x45);
+        assert!(wait_irr(&vcpu, 0x45), "vector 0x45 reached the LAPIC");
+        sink.send(0xfee0_0000, 0x45);
+        sink.send(0xfee0_0000, 0x46);
+        assert!(wait_irr(&vcpu, 0x46), "vector 0x46 reached the LAPIC");
+        let stats = sink.stats();
+        assert_eq!(stats.irqfd, 3, "every message went through an irqfd");
+        assert_eq!(stats.signal_msi, 0);
+        assert_eq!(stats.routes_made, 2, "one route per message, reused");
+        assert_eq!(router.msi_routes(), 2);
+        drop(sink);
+        assert_eq!(router.msi_routes(), 0, "the sink's routes go with it");
+    }
+
+    #[test]
+    fn msi_routes_are_recycled_past_the_limit() {
+        let Ok(kvm) = Kvm::new() else {
+            eprintln!("SKIP: no /dev/kvm");
+            return;
+        };
+        let vm = Arc::new(kvm.create_vm().expect("VM"));
+        vm.create_irq_chip().expect("irqchip");
+        let router = Arc::new(GsiRouter::new(vm).expect("routes"));
+        let sink = KvmMsiIrqfd::new(router.clone(), false);
+        // A guest reprogramming its vectors endlessly cannot exhaust the GSI space.
+        for data in 0..(MSI_IRQFD_ROUTES as u32 + 10) {
+            sink.send(0xfee0_0000, 0x30 + (data % 0xc0) + (data / 0xc0) * 0x1000);
+        }
+        assert_eq!(router.msi_routes(), MSI_IRQFD_ROUTES);
+        assert_eq!(sink.stats().irqfd, MSI_IRQFD_ROUTES as u64 + 10);
     }
 }

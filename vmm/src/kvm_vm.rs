@@ -1,15 +1,17 @@
 //! The KVM virtual machine: guest RAM registered with KVM, the in-kernel irqchip (PIC +
-//! IOAPIC + LAPICs), PIT, and the GSI routing QEMU uses with an in-kernel irqchip.
+//! IOAPIC + LAPICs), PIT, and the GSI routing QEMU uses with an in-kernel irqchip, plus MSI
+//! routes that irqfds signal ([`GsiRouter`]).
 
 use crate::memory::{create_guest_memory, GuestMemory, MemoryError, RamBacking};
 use kvm_bindings::{
     kvm_irq_routing_entry, kvm_pit_config, kvm_userspace_memory_region, CpuId, KvmIrqRouting,
     KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_IRQ_ROUTING_IRQCHIP,
-    KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
+    KVM_IRQ_ROUTING_MSI, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Kvm, VmFd};
 use machine::MemoryMap;
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
 /// KVM's real-mode TSS (3 pages) and EPT identity map page, placed as QEMU does, just
@@ -41,6 +43,8 @@ fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> KvmVmError {
 pub struct KvmVm {
     /// Shared with the interrupt sinks the device models hold.
     pub fd: Arc<VmFd>,
+    /// The GSI routing table (irqchip pins and MSI routes for irqfds).
+    pub gsi: Arc<GsiRouter>,
     pub memory: GuestMemory,
     pub supported_cpuid: CpuId,
 }
@@ -58,7 +62,8 @@ impl KvmVm {
             ..Default::default()
         };
         fd.create_pit2(pit).map_err(kvm_err("PIT creation"))?;
-        set_gsi_routing(&fd)?;
+        let fd = Arc::new(fd);
+        let gsi = Arc::new(GsiRouter::new(fd.clone())?);
 
         let memory = create_guest_memory(map, ram)?;
         for (slot, region) in memory.iter().enumerate() {
@@ -81,7 +86,8 @@ impl KvmVm {
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(kvm_err("supported CPUID query"))?;
         Ok(Self {
-            fd: Arc::new(fd),
+            fd,
+            gsi,
             memory,
             supported_cpuid,
         })
@@ -121,11 +127,92 @@ pub fn default_routes() -> Vec<kvm_irq_routing_entry> {
     routes
 }
 
-fn set_gsi_routing(fd: &VmFd) -> Result<()> {
-    let routes = default_routes();
-    let table = KvmIrqRouting::from_entries(&routes).map_err(|_| KvmVmError::Kvm {
+fn set_gsi_routing(fd: &VmFd, routes: &[kvm_irq_routing_entry]) -> Result<()> {
+    let table = KvmIrqRouting::from_entries(routes).map_err(|_| KvmVmError::Kvm {
         what: "GSI routing table",
         source: kvm_ioctls::Error::new(libc::EINVAL),
     })?;
     fd.set_gsi_routing(&table).map_err(kvm_err("GSI routing"))
+}
+
+/// First GSI for MSI routes, past the IOAPIC pins (QEMU's kvm_irqchip_get_virq does the same).
+const FIRST_MSI_GSI: u32 = IOAPIC_PINS;
+/// MSI routes at most: well below KVM_MAX_IRQ_ROUTES (4096) with the irqchip routes.
+pub const MAX_MSI_ROUTES: usize = 1024;
+
+/// The VM's whole GSI routing table. KVM_SET_GSI_ROUTING replaces the table, so every change
+/// re-sends the irqchip routes with the current MSI routes.
+pub struct GsiRouter {
+    fd: Arc<VmFd>,
+    msi: Mutex<BTreeMap<u32, (u64, u32)>>,
+}
+
+impl GsiRouter {
+    /// The irqchip routes, no MSI route yet.
+    pub fn new(fd: Arc<VmFd>) -> Result<Self> {
+        set_gsi_routing(&fd, &default_routes())?;
+        Ok(Self {
+            fd,
+            msi: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    pub fn vm(&self) -> &Arc<VmFd> {
+        &self.fd
+    }
+
+    fn commit(&self, msi: &BTreeMap<u32, (u64, u32)>) -> Result<()> {
+        let mut routes = default_routes();
+        for (&gsi, &(address, data)) in msi {
+            let mut e = kvm_irq_routing_entry {
+                gsi,
+                type_: KVM_IRQ_ROUTING_MSI,
+                ..Default::default()
+            };
+            e.u.msi.address_lo = address as u32;
+            e.u.msi.address_hi = (address >> 32) as u32;
+            e.u.msi.data = data;
+            routes.push(e);
+        }
+        set_gsi_routing(&self.fd, &routes)
+    }
+
+    /// Route a new GSI to the MSI message (address, data); returns the GSI.
+    pub fn add_msi(&self, address: u64, data: u32) -> Result<u32> {
+        let mut msi = self.msi.lock().unwrap_or_else(|e| e.into_inner());
+        if msi.len() >= MAX_MSI_ROUTES {
+            return Err(KvmVmError::Kvm {
+                what: "MSI route allocation",
+                source: kvm_ioctls::Error::new(libc::ENOSPC),
+            });
+        }
+        // The lowest free GSI, so that freed ones are reused.
+        let mut gsi = FIRST_MSI_GSI;
+        for &used in msi.keys() {
+            if used != gsi {
+                break;
+            }
+            gsi += 1;
+        }
+        msi.insert(gsi, (address, data));
+        if let Err(e) = self.commit(&msi) {
+            msi.remove(&gsi);
+            return Err(e);
+        }
+        Ok(gsi)
+    }
+
+    /// Drop the MSI route of `gsi`.
+    pub fn remove_msi(&self, gsi: u32) {
+        let mut msi = self.msi.lock().unwrap_or_else(|e| e.into_inner());
+        if msi.remove(&gsi).is_some() {
+            // Removing entries cannot fail for lack of room; the old table stays otherwise.
+            let _ = self.commit(&msi);
+        }
+    }
+
+    /// MSI routes in the table now.
+    pub fn msi_routes(&self) -> usize {
+        self.msi.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
 }

@@ -74,6 +74,7 @@ pub extern "C" fn guest_main(start_info: u64) -> ! {
             b"ecam" => pci::ecam_test(rsdp_hint),
             b"virtio" => virtio::run(&cmdline),
             b"cpuid" => cpuid::report(),
+            b"virtio-datapath" => virtio::datapath::run(&cmdline),
             b"config-fuzz" => fuzz::fuzz(&cmdline, rsdp_hint),
             b"reset" => power::reset(),
             b"powerbutton" => power::wait_power_button(rsdp_hint),

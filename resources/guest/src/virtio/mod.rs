@@ -97,6 +97,7 @@ const RESET_TIMEOUT_MS: u64 = 1000;
 
 mod blk;
 mod console;
+pub mod datapath;
 mod discovery;
 mod dma;
 mod errors;
