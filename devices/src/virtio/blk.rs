@@ -8,6 +8,7 @@
 //! block-aligned go through an aligned bounce buffer instead.
 
 use super::device::{read_config_bytes, DeviceError, QueueContext, VirtioDevice};
+use super::iov::{data_ranges, guest_iovecs};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
@@ -15,7 +16,7 @@ use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use virtio_queue::DescriptorChain;
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::GuestMemoryMmap;
 
 pub const DEVICE_TYPE: u16 = 2;
 
@@ -195,62 +196,6 @@ fn transfer(
         moved += n;
     }
     (moved, true)
-}
-
-/// The guest-memory byte ranges of a request's data: the device-readable (`writable` false)
-/// or device-writable descriptors of `chain`, past the first `skip` bytes, `take` bytes long.
-fn data_ranges(
-    chain: &DescriptorChain<&GuestMemoryMmap>,
-    writable: bool,
-    mut skip: usize,
-    mut take: usize,
-) -> Vec<(GuestAddress, usize)> {
-    let mut out = Vec::new();
-    for d in chain.clone() {
-        if take == 0 {
-            break;
-        }
-        if d.is_write_only() != writable {
-            continue;
-        }
-        let mut len = d.len() as usize;
-        let mut addr = d.addr().0;
-        if skip >= len {
-            skip -= len;
-            continue;
-        }
-        addr += skip as u64;
-        len -= skip;
-        skip = 0;
-        let n = len.min(take);
-        out.push((GuestAddress(addr), n));
-        take -= n;
-    }
-    out
-}
-
-/// iovecs over guest RAM for `ranges`; None if any byte lies outside guest memory (a range
-/// that crosses regions is split where they meet).
-fn guest_iovecs(
-    mem: &GuestMemoryMmap,
-    ranges: &[(GuestAddress, usize)],
-) -> Option<Vec<libc::iovec>> {
-    let mut iovs = Vec::with_capacity(ranges.len());
-    for &(addr, len) in ranges {
-        let mut covered = 0;
-        for slice in mem.get_slices(addr, len) {
-            let slice = slice.ok()?;
-            iovs.push(libc::iovec {
-                iov_base: slice.ptr_guard_mut().as_ptr().cast(),
-                iov_len: slice.len(),
-            });
-            covered += slice.len();
-        }
-        if covered != len {
-            return None;
-        }
-    }
-    Some(iovs)
 }
 
 /// Whether every buffer suits O_DIRECT (block-aligned address and length).

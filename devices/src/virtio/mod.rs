@@ -14,6 +14,7 @@ mod core;
 mod create;
 pub mod device;
 pub mod interrupt;
+mod iov;
 pub mod net;
 pub mod notify;
 pub mod pci_transport;

@@ -1,15 +1,17 @@
 //! virtio-net (type 1) over a tap with a vnet header: features MAC and STATUS, one rx/tx
 //! queue pair, the 12-byte header with VERSION_1 and the 10-byte legacy header otherwise.
-//! Frames pass through with their header, since the tap uses the same header length.
+//! Frames pass through with their header, since the tap uses the same header length: a
+//! transmitted chain is one writev from guest memory to the tap, a received frame one readv
+//! from the tap into the guest's buffers (iovecs bounds-checked against guest RAM).
 
 pub mod tap;
 
 use super::device::{
     bad_queue, check_chain, read_config_bytes, DeviceError, QueueContext, VirtioDevice,
 };
+use super::iov::chain_iovecs;
 use super::regs::features::VERSION_1;
 use std::fs::File;
-use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use virtio_queue::{QueueOwnedT, QueueT};
 
@@ -58,17 +60,63 @@ pub struct Net {
     mac: [u8; 6],
     /// The tap may have frames (edge-triggered: set on readiness, cleared on EAGAIN).
     tap_readable: bool,
-    /// A frame read from the tap that found no receive buffer yet.
-    held: Option<Vec<u8>>,
+    /// The backend is a datagram socket (a NIC without netdev), not a tap.
+    socket: bool,
+}
+
+/// Receive one frame from `fd` into `iovs`; returns the frame's full length, which exceeds
+/// the buffers' capacity when the frame was truncated. A tap's read returns the full length
+/// already; a datagram socket says it with MSG_TRUNC.
+fn receive_frame(fd: RawFd, socket: bool, iovs: &mut [libc::iovec]) -> std::io::Result<usize> {
+    if !socket {
+        return vectored(fd, false, iovs);
+    }
+    // SAFETY: an all-zero msghdr is valid (no name, no control data).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iovs.as_mut_ptr();
+    msg.msg_iovlen = iovs.len().min(1024) as _;
+    // SAFETY: the msghdr points at iovecs over guest RAM checked by chain_iovecs and kept
+    // mapped by the caller's GuestMemoryMmap; recvmsg writes only into those buffers.
+    let n = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_TRUNC) };
+    if n < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+fn is_socket(file: &File) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    file.metadata().is_ok_and(|m| m.file_type().is_socket())
+}
+
+/// readv/writev on `fd` over `iovs` (at most IOV_MAX of them).
+fn vectored(fd: RawFd, write: bool, iovs: &[libc::iovec]) -> std::io::Result<usize> {
+    let count = iovs.len().min(1024) as libc::c_int;
+    // SAFETY: the iovecs point into guest RAM, bounds-checked by chain_iovecs against the
+    // guest memory regions, which the caller's GuestMemoryMmap keeps mapped for the call;
+    // the kernel only reads (writev) or writes (readv) those bytes.
+    let n = unsafe {
+        if write {
+            libc::writev(fd, iovs.as_ptr(), count)
+        } else {
+            libc::readv(fd, iovs.as_ptr(), count)
+        }
+    };
+    if n < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
 }
 
 impl Net {
     pub fn new(backend: NetBackend, mac: Option<[u8; 6]>) -> Self {
         Self {
+            socket: is_socket(&backend.tap),
             tap: backend.tap,
             mac: mac.unwrap_or(backend.default_mac),
             tap_readable: true,
-            held: None,
         }
     }
 
@@ -81,16 +129,14 @@ impl Net {
     }
 
     fn transmit(&mut self, ctx: &mut QueueContext) -> Result<(), DeviceError> {
-        let tap = &mut self.tap;
+        let tap = self.tap.as_raw_fd();
         let used = ctx.drain_queue(TX, |mem, chain| {
-            if let Ok(mut r) = chain.reader(mem) {
-                let n = r.available_bytes();
-                if n <= MAX_FRAME {
-                    let mut frame = vec![0u8; n];
-                    if r.read_exact(&mut frame).is_ok() {
-                        // A full tap drops the frame, as a congested link would.
-                        let _ = tap.write(&frame);
-                    }
+            // Buffers outside guest RAM or a frame too large for a tap: dropped.
+            if let Some(iovs) = chain_iovecs(mem, &chain, false) {
+                let n: usize = iovs.iter().map(|v| v.iov_len).sum();
+                if n > 0 && n <= MAX_FRAME {
+                    // A full tap drops the frame, as a congested link would.
+                    let _ = vectored(tap, true, &iovs);
                 }
             }
             Ok(0)
@@ -99,29 +145,6 @@ impl Net {
             ctx.notify(TX);
         }
         Ok(())
-    }
-
-    fn next_frame(&mut self) -> Option<Vec<u8>> {
-        if let Some(f) = self.held.take() {
-            return Some(f);
-        }
-        if !self.tap_readable {
-            return None;
-        }
-        let mut buf = vec![0u8; MAX_FRAME];
-        match self.tap.read(&mut buf) {
-            Ok(n) if n > 0 => {
-                buf.truncate(n);
-                Some(buf)
-            }
-            Ok(_) => None,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => None,
-            Err(_) => {
-                // EAGAIN: drained until the next readiness edge.
-                self.tap_readable = false;
-                None
-            }
-        }
     }
 
     fn receive(&mut self, ctx: &mut QueueContext) -> Result<(), DeviceError> {
@@ -134,21 +157,39 @@ impl Net {
             if !has_buffer {
                 break;
             }
-            let Some(frame) = self.next_frame() else {
+            if !self.tap_readable {
                 break;
-            };
+            }
             let chain = q.iter(mem).map_err(|e| bad_queue(RX, e))?.next();
             let Some(chain) = chain else {
-                self.held = Some(frame);
                 break;
             };
             check_chain(RX, &chain)?;
             let head = chain.head_index();
-            let n = match chain.writer(mem) {
-                // Frames that do not fit are dropped, as QEMU does without MRG_RXBUF.
-                Ok(mut w) if w.available_bytes() >= frame.len() => {
-                    w.write_all(&frame).map(|_| frame.len()).unwrap_or(0)
+            // The frame lands straight in the guest's buffers.
+            let n = match chain_iovecs(mem, &chain, true) {
+                Some(mut iovs) if !iovs.is_empty() => {
+                    let capacity: usize = iovs.iter().map(|v| v.iov_len).sum();
+                    match receive_frame(self.tap.as_raw_fd(), self.socket, &mut iovs) {
+                        // A frame too large for the buffers is dropped (QEMU without
+                        // MRG_RXBUF drops it too); the buffer comes back empty.
+                        Ok(n) if n > capacity => 0,
+                        Ok(n) => n,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
+                            q.go_to_previous_position();
+                            continue;
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            // Drained until the next readiness edge; the buffer stays.
+                            self.tap_readable = false;
+                            q.go_to_previous_position();
+                            break;
+                        }
+                        // Anything else drops the frame; the buffer comes back empty.
+                        Err(_) => 0,
+                    }
                 }
+                // Buffers outside guest RAM (or none writable): returned unused.
                 _ => 0,
             };
             q.add_used(mem, head, n as u32)
@@ -199,10 +240,6 @@ impl VirtioDevice for Net {
         // The tap must frame packets with the header length the guest negotiated.
         let _ = tap::set_vnet_hdr_size(&self.tap, Self::hdr_len(features) as i32);
         self.tap_readable = true;
-    }
-
-    fn reset(&mut self) {
-        self.held = None;
     }
 
     fn process_queue(&mut self, idx: usize, ctx: &mut QueueContext) -> Result<(), DeviceError> {
