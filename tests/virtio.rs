@@ -724,3 +724,61 @@ fn a_bar_moved_under_a_live_queue_keeps_its_doorbell_off_the_vmm_and_msix_uses_i
         assert_eq!(signal, 0, "{ctx}");
     }
 }
+
+fn thread_names(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("task dir")
+        .filter_map(|e| e.ok())
+        .filter_map(|e| std::fs::read_to_string(e.path().join("comm")).ok())
+        .map(|s| s.trim().to_string())
+        .collect()
+}
+
+#[test]
+fn each_virtio_device_runs_on_its_own_io_thread_and_resets_keep_one_each() {
+    if !require_kvm() {
+        return;
+    }
+    let disk = Disk::new("iothreads");
+    let args: Vec<String> = [
+        "-S",
+        "-M",
+        "q35",
+        "-nodefaults",
+        "-device",
+        "virtio-blk-pci,drive=d0",
+        "-drive",
+        &disk.drive(),
+        "-device",
+        "virtio-rng-pci",
+        "-device",
+        "virtio-net-pci",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut vm = machina_tests::process::MachinaProcess::start(&machina(), "iothreads", &args);
+    let mut qmp = vm.client();
+    qmp.ok("query-status", serde_json::Value::Null);
+    let count = |names: &[String]| names.iter().filter(|n| n.starts_with("virtio-io ")).count();
+    let names = thread_names(vm.pid());
+    assert_eq!(
+        count(&names),
+        3,
+        "one I/O thread per virtio device: {names:?}"
+    );
+    for _ in 0..5 {
+        qmp.ok("system_reset", serde_json::Value::Null);
+    }
+    // The QMP answer to the last reset comes after the rebuild.
+    qmp.ok("query-status", serde_json::Value::Null);
+    let after = thread_names(vm.pid());
+    assert_eq!(
+        count(&after),
+        3,
+        "resets replace the threads, none left behind: {after:?}"
+    );
+    assert_eq!(names.len(), after.len(), "{names:?} -> {after:?}");
+    qmp.ok("quit", serde_json::Value::Null);
+    assert_eq!(vm.wait_exit(Duration::from_secs(30)), Some(0));
+}

@@ -191,8 +191,10 @@ impl MutEventSubscriber for LifecycleSubscriber {
 struct Running {
     threads: Vec<JoinHandle<()>>,
     stop: Arc<AtomicBool>,
-    /// Event-loop subscribers that belong to this incarnation (device workers).
+    /// Event-loop subscribers that belong to this incarnation (the INTx forwarder).
     subscribers: Vec<event_manager::SubscriberId>,
+    /// The virtio devices' I/O threads, stopped and joined after the vCPUs.
+    device_threads: crate::virtio_devices::DeviceThreads,
     /// The buses, cleared at teardown to break the cycles through them (config ports ->
     /// PCI host -> buses) so that the whole incarnation is freed.
     io: Arc<devices::bus::Bus>,
@@ -265,6 +267,7 @@ impl Running {
             threads,
             stop,
             subscribers: Vec::new(),
+            device_threads: Default::default(),
             io: machine.io,
             mmio: machine.mmio,
             vm: machine.vm,
@@ -310,6 +313,8 @@ impl Running {
                 eprintln!("machina: vCPU {index} does not stop (blocked in a device); left behind");
             }
         }
+        // The devices' I/O threads next: no vCPU can kick them any more.
+        drop(self.device_threads);
         self.io.clear();
         self.mmio.clear();
         self.vm
@@ -487,12 +492,14 @@ impl Machine<'_> {
                 open: &mut self.backends,
             },
         )?;
-        // Device workers and the virtio INTx forwarder join the event loop for this
-        // incarnation of the machine.
+        // Each virtio device gets its own I/O thread; the INTx forwarder joins the event
+        // loop for this incarnation of the machine.
+        let device_threads =
+            crate::virtio_devices::DeviceThreads::start(std::mem::take(&mut built.virtio.workers))
+                .map_err(|e| {
+                    RunError::EventLoop(format!("cannot start a device I/O thread: {e}"))
+                })?;
         let mut subscribers = Vec::new();
-        for worker in std::mem::take(&mut built.virtio.workers) {
-            subscribers.push(self.events.add_subscriber(Arc::new(Mutex::new(worker))));
-        }
         if let Some(host) = &built.pci {
             subscribers.push(
                 self.events
@@ -522,6 +529,7 @@ impl Machine<'_> {
         let mut running =
             Running::start(built, &self.lifecycle, &self.gate, self.options.trace_start)?;
         running.subscribers = subscribers;
+        running.device_threads = device_threads;
         self.control.state().vcpu_thread_ids = running.thread_ids.clone();
         self.running = Some(running);
         self.control.machine_ready();

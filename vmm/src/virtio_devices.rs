@@ -9,6 +9,7 @@ use devices::virtio::blk::BlockBackend;
 use devices::virtio::console::ConsoleBackend;
 use devices::virtio::net::NetBackend;
 use devices::virtio::{self, IntxLine, IoEventRegistrar, VirtioBackend, VirtioWorker};
+use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
 use machine::{PciFunctionPlan, Plan};
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -394,5 +395,91 @@ mod tests {
             .expect("read back");
         assert_eq!(text, "boot1 boot2 boot3 boot4");
         let _ = std::fs::remove_file(&path);
+    }
+}
+
+/// Ends a device thread's loop when signalled.
+struct StopSubscriber {
+    stop: Arc<EventFd>,
+    stopped: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl MutEventSubscriber for StopSubscriber {
+    fn init(&mut self, ops: &mut EventOps) {
+        let _ = ops.add(Events::new(self.stop.as_ref(), EventSet::IN));
+    }
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        let _ = self.stop.read();
+        self.stopped
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// One I/O thread per virtio device, each with its own epoll loop over the device's queue
+/// EventFds (which KVM ioeventfds signal) and its backend (tap, console input), so that a
+/// device's disk I/O never delays another device, QMP or the INTx forwarding on the main
+/// loop. Stopped and joined when dropped (machine teardown and reset), leaving no thread.
+#[derive(Default)]
+pub struct DeviceThreads {
+    threads: Vec<(Arc<EventFd>, std::thread::JoinHandle<()>)>,
+}
+
+impl DeviceThreads {
+    /// Start a thread for each worker; a worker whose thread cannot start is an error.
+    pub fn start(workers: Vec<VirtioWorker>) -> std::io::Result<Self> {
+        let mut threads = DeviceThreads::default();
+        for (i, worker) in workers.into_iter().enumerate() {
+            let stop = Arc::new(EventFd::new(libc::EFD_NONBLOCK)?);
+            let stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let mut events: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =
+                EventManager::new().map_err(|e| std::io::Error::other(format!("{e:?}")))?;
+            events.add_subscriber(Arc::new(Mutex::new(worker)));
+            events.add_subscriber(Arc::new(Mutex::new(StopSubscriber {
+                stop: stop.clone(),
+                stopped: stopped.clone(),
+            })));
+            // QEMU names its I/O threads "IO <id>"; these are per device.
+            let handle = std::thread::Builder::new()
+                .name(format!("virtio-io {i}"))
+                .spawn(move || {
+                    while !stopped.load(std::sync::atomic::Ordering::SeqCst) {
+                        if events.run().is_err() {
+                            break;
+                        }
+                    }
+                })?;
+            threads.threads.push((stop, handle));
+        }
+        Ok(threads)
+    }
+
+    pub fn len(&self) -> usize {
+        self.threads.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.threads.is_empty()
+    }
+}
+
+impl Drop for DeviceThreads {
+    fn drop(&mut self) {
+        for (stop, _) in &self.threads {
+            let _ = stop.write(1);
+        }
+        // A device busy in its backend sees the stop after its current request. One stuck
+        // there (a hung network file system) must not hang a reset or the exit: past the
+        // deadline it is left to end on its own (it owns everything it touches).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        for (_, handle) in self.threads.drain(..) {
+            while !handle.is_finished() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            if handle.is_finished() {
+                let _ = handle.join();
+            } else {
+                eprintln!("machina: a virtio I/O thread does not stop (blocked in its backend); left behind");
+            }
+        }
     }
 }
