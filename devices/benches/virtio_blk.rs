@@ -13,7 +13,8 @@
 //!
 //! `cargo bench -p devices --bench virtio_blk` runs each case for about a second;
 //! `MACHINA_BENCH_SECS` and `MACHINA_BENCH_FILE_MB` change the time per case and the file
-//! size (default 256 MiB, less when the temp dir is short of space). Without `--bench`
+//! size (default 256 MiB, less when the temp dir is short of space), `MACHINA_BENCH_ONLY`
+//! (e.g. `read-4-seq`) runs one case. Without `--bench`
 //! (`cargo test --benches`) it does one tiny batch per case.
 
 #[path = "../tests/common/mod.rs"]
@@ -296,6 +297,7 @@ fn main() {
         file_mb /= 2;
     }
     let file_len = file_mb << 20;
+    let only = std::env::var("MACHINA_BENCH_ONLY").ok();
 
     // Fill the file with data and read it back so every page is in the page cache.
     let img = TempImage::new("bench-blk");
@@ -327,11 +329,6 @@ fn main() {
     for pattern in [Pattern::Sequential, Pattern::Random] {
         for op in [Op::Read, Op::Write] {
             for size in [4096u64, 65536] {
-                let dev = run_device(&mut bench, op, size, pattern, file_len, budget, min_batches);
-                let phys =
-                    run_reference(&reference, op, size, pattern, file_len, budget, min_batches);
-                let (dr, dm) = dev.rate();
-                let (pr, pm) = phys.rate();
                 let (op_name, ref_name) = match op {
                     Op::Read => ("read", "pread"),
                     Op::Write => ("write", "pwrite"),
@@ -340,6 +337,16 @@ fn main() {
                     Pattern::Sequential => "seq",
                     Pattern::Random => "rand",
                 };
+                // MACHINA_BENCH_ONLY=read-4-seq (op-KiB-pattern) runs one case, for profiling.
+                let name = format!("{op_name}-{}-{pat}", size / 1024);
+                if only.as_ref().is_some_and(|o| *o != name) {
+                    continue;
+                }
+                let dev = run_device(&mut bench, op, size, pattern, file_len, budget, min_batches);
+                let phys =
+                    run_reference(&reference, op, size, pattern, file_len, budget, min_batches);
+                let (dr, dm) = dev.rate();
+                let (pr, pm) = phys.rate();
                 println!(
                     "virtio-blk {op_name:<5} {:>2} KiB {pat:<4}: {:>9.0} req/s, {:>8.1} MB/s \
                      (device model) | {ref_name:<6}: {:>9.0} req/s, {:>8.1} MB/s | ratio {:.2}",

@@ -16,7 +16,7 @@ use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use virtio_queue::DescriptorChain;
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap};
 
 pub const DEVICE_TYPE: u16 = 2;
 
@@ -228,11 +228,13 @@ fn vectored(
         // SAFETY: every iovec points into guest RAM, bounds-checked against its memory
         // regions by guest_iovecs, and the GuestMemoryMmap that maps it is borrowed for the
         // whole request; the kernel only reads (pwritev) or writes (preadv) those bytes.
+        // One buffer (the common 4 KiB page): pread/pwrite, which skip importing an iovec.
         let n = unsafe {
-            if write {
-                libc::pwritev(fd, batch.as_ptr(), count, off)
-            } else {
-                libc::preadv(fd, batch.as_ptr(), count, off)
+            match (write, batch) {
+                (true, [one]) => libc::pwrite(fd, one.iov_base, one.iov_len, off),
+                (false, [one]) => libc::pread(fd, one.iov_base, one.iov_len, off),
+                (true, _) => libc::pwritev(fd, batch.as_ptr(), count, off),
+                (false, _) => libc::preadv(fd, batch.as_ptr(), count, off),
             }
         };
         if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
@@ -459,6 +461,81 @@ impl Block {
         }
     }
 
+    /// The common requests without building a Reader and a Writer: a read whose chain is a
+    /// 16-byte header, data buffers and the status byte, or a write whose chain is the
+    /// header (and data) then the status byte. One pass over the descriptors, one lookup
+    /// per buffer. None for anything else (other types, unusual framing, a buffer outside
+    /// guest RAM, O_DIRECT with unaligned buffers): `execute` then handles it, errors
+    /// included, exactly as before.
+    fn execute_fast(
+        &self,
+        mem: &GuestMemoryMmap,
+        chain: &DescriptorChain<&GuestMemoryMmap>,
+    ) -> Option<u32> {
+        let mut header: Option<(vm_memory::GuestAddress, usize)> = None;
+        let (mut readable, mut writable) = (0usize, 0usize);
+        let mut last_writable = None;
+        for d in chain.clone() {
+            let len = d.len() as usize;
+            if d.is_write_only() {
+                writable += len;
+                if len > 0 {
+                    last_writable = Some((d.addr(), len));
+                }
+            } else {
+                header.get_or_insert((d.addr(), len));
+                readable += len;
+            }
+        }
+        let (haddr, hlen) = header?;
+        if hlen < 16 || writable < 1 {
+            return None;
+        }
+        let mut hdr = [0u8; 16];
+        vm_memory::Bytes::read_slice(mem, &mut hdr, haddr).ok()?;
+        let ty = u32::from_le_bytes([hdr[0], hdr[1], hdr[2], hdr[3]]) & !T_BARRIER;
+        let sector = u64::from_le_bytes(hdr[8..16].try_into().unwrap_or_default());
+        let (saddr, slen) = last_writable?;
+        let status_at = saddr.checked_add(slen as u64 - 1)?;
+        mem.get_slice(status_at, 1).ok()?;
+        let (status, used) = match ty {
+            T_IN if readable == 16 => {
+                let len = writable - 1;
+                let status = if !self.sector_range_ok(sector, len as u64) {
+                    S_IOERR
+                } else {
+                    let mut iovs = self.zero_copy(mem, chain, true, 0, len)?;
+                    if vectored(self.fd(), false, &mut iovs, sector * SECTOR).1 {
+                        S_OK
+                    } else {
+                        S_IOERR
+                    }
+                };
+                // The whole writable size, as QEMU pushes for reads.
+                (status, writable)
+            }
+            T_OUT if writable == 1 => {
+                let len = readable - 16;
+                let status = if self.backend.read_only || !self.sector_range_ok(sector, len as u64)
+                {
+                    S_IOERR
+                } else {
+                    let mut iovs = self.zero_copy(mem, chain, false, 16, len)?;
+                    let ok = vectored(self.fd(), true, &mut iovs, sector * SECTOR).1;
+                    if ok && (self.wce || self.sync()) {
+                        S_OK
+                    } else {
+                        S_IOERR
+                    }
+                };
+                (status, 1)
+            }
+            _ => return None,
+        };
+        vm_memory::Bytes::write_obj(mem, status, status_at).ok()?;
+        Some(used as u32)
+    }
+
     /// Run one request; returns (status, bytes written to the guest before the status byte)
     /// or None when the chain is malformed (a device error in QEMU).
     fn execute(
@@ -644,7 +721,10 @@ impl VirtioDevice for Block {
 
     fn process_queue(&mut self, idx: usize, ctx: &mut QueueContext) -> Result<(), DeviceError> {
         let bad = |reason: String| DeviceError::BadChain { queue: idx, reason };
-        let used = ctx.drain_queue(idx, |mem, chain| self.execute(mem, chain).map_err(bad))?;
+        let used = ctx.drain_queue(idx, |mem, chain| match self.execute_fast(mem, &chain) {
+            Some(used) => Ok(used),
+            None => self.execute(mem, chain).map_err(bad),
+        })?;
         if used == Some(true) {
             ctx.notify(idx);
         }

@@ -75,6 +75,7 @@ pub extern "C" fn guest_main(start_info: u64) -> ! {
             b"virtio" => virtio::run(&cmdline),
             b"cpuid" => cpuid::report(),
             b"virtio-datapath" => virtio::datapath::run(&cmdline),
+            b"virtio-bench" => virtio::bench::run(&cmdline),
             b"config-fuzz" => fuzz::fuzz(&cmdline, rsdp_hint),
             b"reset" => power::reset(),
             b"powerbutton" => power::wait_power_button(rsdp_hint),

@@ -95,6 +95,7 @@ const REQUEST_TIMEOUT_MS: u64 = 3000;
 const RX_TIMEOUT_MS: u64 = 5000;
 const RESET_TIMEOUT_MS: u64 = 1000;
 
+pub mod bench;
 mod blk;
 mod console;
 pub mod datapath;

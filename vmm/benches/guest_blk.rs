@@ -1,0 +1,208 @@
+//! Guest-driven virtio-blk throughput, machina against QEMU on the same host in the same
+//! run: the bundled tiny guest's `virtio-bench` mode (CPL 3, polled, every doorbell a real
+//! notification) drives a modern virtio-blk for a fixed TSC budget per case (4 KiB and
+//! 64 KiB reads and writes at queue depth 1, 4 KiB reads at depth 32) on one raw image in
+//! the page cache; machina and `qemu-system-x86_64 -accel kvm` (same machine type, device,
+//! image, guest binary) alternate, and the medians are printed with their ratio.
+//!
+//! `cargo bench -p vmm --bench guest_blk`; `MACHINA_BENCH_RUNS` (default 3) alternations,
+//! `MACHINA_BENCH_MS` (default 500) per case. Without QEMU it prints machina's figures only.
+//! TSC ticks become seconds with the host's TSC rate, measured here against the wall clock.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn machina() -> PathBuf {
+    std::env::var_os("MACHINA_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_machina")))
+}
+
+/// The guest ELF that vmm/build.rs built (QEMU boots it by PVH with -kernel).
+fn guest() -> PathBuf {
+    std::env::var_os("MACHINA_GUEST")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/guest/release/machina-guest")
+        })
+}
+
+fn tsc_hz() -> f64 {
+    // SAFETY: rdtsc has no memory effects.
+    let t0 = unsafe { core::arch::x86_64::_rdtsc() };
+    let w0 = Instant::now();
+    std::thread::sleep(Duration::from_millis(200));
+    // SAFETY: as above.
+    let t1 = unsafe { core::arch::x86_64::_rdtsc() };
+    (t1 - t0) as f64 / w0.elapsed().as_secs_f64()
+}
+
+/// (op, size, qd) -> requests per second.
+type Results = Vec<((String, u64, u64), f64)>;
+
+fn parse(stdout: &str, hz: f64) -> Option<Results> {
+    if !stdout.contains("virtio-bench: result=ok") {
+        return None;
+    }
+    let mut out = Vec::new();
+    for line in stdout.lines().filter(|l| l.contains("virtio-bench: op=")) {
+        let get = |k: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(k))
+                .map(str::to_string)
+        };
+        let op = get("op=")?;
+        let size: u64 = get("size=")?.parse().ok()?;
+        let qd: u64 = get("qd=")?.parse().ok()?;
+        let n: f64 = get("requests=")?.parse().ok()?;
+        let tsc: f64 = get("tsc=")?.parse().ok()?;
+        out.push(((op, size, qd), n / (tsc / hz)));
+    }
+    Some(out)
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .expect("start the VMM");
+    String::from_utf8_lossy(&out.stdout).replace('\r', "")
+}
+
+fn machina_run(image: &Path, append: &str) -> String {
+    run(Command::new("timeout").arg("300").arg(machina()).args([
+        "-M",
+        "q35",
+        "-m",
+        "256",
+        "-nodefaults",
+        "-serial",
+        "stdio",
+        "-drive",
+        &format!("file={},if=none,id=d0,format=raw", image.display()),
+        "-device",
+        "virtio-blk-pci,drive=d0,bus=pcie.0",
+        "-append",
+        append,
+    ]))
+}
+
+fn qemu_run(image: &Path, append: &str) -> String {
+    run(Command::new("timeout")
+        .arg("300")
+        .args([
+            "qemu-system-x86_64",
+            "-accel",
+            "kvm",
+            "-M",
+            "q35",
+            "-m",
+            "256",
+            "-nodefaults",
+            "-nographic",
+            "-serial",
+            "stdio",
+            "-no-reboot",
+            "-kernel",
+        ])
+        .arg(guest())
+        .args([
+            "-drive",
+            &format!("file={},if=none,id=d0,format=raw", image.display()),
+            "-device",
+            "virtio-blk-pci,drive=d0,bus=pcie.0",
+            "-append",
+            append,
+        ]))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+fn main() {
+    let runs: usize = std::env::var("MACHINA_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let ms: u64 = std::env::var("MACHINA_BENCH_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(500);
+    let full = std::env::args().any(|a| a == "--bench");
+    let (runs, ms) = if full { (runs, ms) } else { (1, 20) };
+    let image = std::env::temp_dir().join(format!("machina-guest-blk-{}.img", std::process::id()));
+    // 64 MiB of data, read once so that it is in the page cache.
+    std::fs::write(&image, vec![0x5au8; 64 << 20]).expect("image");
+    let _ = std::fs::read(&image);
+    let qemu_version = Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .and_then(|l| l.split("version ").nth(1))
+                .and_then(|v| v.split_whitespace().next())
+                .map(|v| format!("QEMU {v}"))
+        });
+    let have_qemu = qemu_version.is_some() && guest().exists();
+    let qemu_name = qemu_version.unwrap_or_default();
+    let hz = tsc_hz();
+    let append = format!("machina.test=virtio-bench machina.bench-ms={ms}");
+    let mut ours: Vec<Results> = Vec::new();
+    let mut theirs: Vec<Results> = Vec::new();
+    for _ in 0..runs {
+        match parse(&machina_run(&image, &append), hz) {
+            Some(r) => ours.push(r),
+            None => eprintln!("machina run failed"),
+        }
+        if have_qemu {
+            match parse(&qemu_run(&image, &append), hz) {
+                Some(r) => theirs.push(r),
+                None => eprintln!("QEMU run failed"),
+            }
+        }
+    }
+    let _ = std::fs::remove_file(&image);
+    println!(
+        "guest-driven virtio-blk (q35, modern, polled at CPL 3, {ms} ms per case, median of {runs}; \
+         64 MiB raw image in the page cache; TSC {:.0} MHz){}",
+        hz / 1e6,
+        if full { "" } else { " (quick run: pass --bench to measure)" }
+    );
+    let Some(first) = ours.first() else {
+        println!("no machina result");
+        return;
+    };
+    for (i, ((op, size, qd), _)) in first.iter().enumerate() {
+        let m = median(ours.iter().filter_map(|r| r.get(i).map(|x| x.1)).collect());
+        let line = format!(
+            "{op:<5} {:>2} KiB qd{qd:<2}: machina {:>8.0} IOPS {:>7.1} MB/s",
+            size / 1024,
+            m,
+            m * *size as f64 / 1e6
+        );
+        if theirs.is_empty() {
+            println!("{line}");
+        } else {
+            let q = median(
+                theirs
+                    .iter()
+                    .filter_map(|r| r.get(i).map(|x| x.1))
+                    .collect(),
+            );
+            println!(
+                "{line} | {qemu_name} {:>8.0} IOPS {:>7.1} MB/s | ratio {:.2}",
+                q,
+                q * *size as f64 / 1e6,
+                m / q.max(1e-9)
+            );
+        }
+    }
+}
