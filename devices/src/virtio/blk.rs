@@ -714,6 +714,17 @@ impl VirtioDevice for Block {
         }
     }
 
+    fn activate(&mut self, features: u64) {
+        // virtio_blk_set_status: a driver without CONFIG_WCE gets a write cache only if it
+        // negotiated FLUSH; one that cannot flush gets writethrough (every write synced).
+        if features & F_CONFIG_WCE == 0 {
+            self.wce = self.backend.writeback && features & F_FLUSH != 0;
+            if let Some(b) = self.config.get_mut(cfg::WCE) {
+                *b = u8::from(self.wce);
+            }
+        }
+    }
+
     fn reset(&mut self) {
         self.wce = self.backend.writeback;
         self.build_config();

@@ -849,3 +849,22 @@ fn blk_data_crossing_guest_memory_regions_goes_straight_to_and_from_the_image() 
     assert_ne!(d.common_r(common::STATUS, 1) as u8 & status::NEEDS_RESET, 0);
     std::fs::remove_file(path).unwrap();
 }
+
+#[test]
+fn a_driver_that_cannot_flush_gets_a_writethrough_disk() {
+    // QEMU's virtio_blk_set_status: without CONFIG_WCE, the write cache follows FLUSH.
+    let wce_at = modern::DEVICE + 0x20;
+    let (mut d, path) = blk(false, false);
+    d.modern_init(super::regs::features::VERSION_1);
+    assert_eq!(
+        d.bar_read(modern::BAR, wce_at, 1),
+        0,
+        "no FLUSH: writethrough"
+    );
+    d.modern_init(super::regs::features::VERSION_1 | (1 << 9));
+    assert_eq!(d.bar_read(modern::BAR, wce_at, 1), 1, "FLUSH: write cache");
+    // With CONFIG_WCE the driver chooses through the config byte.
+    d.modern_init(super::regs::features::VERSION_1 | (1 << 11));
+    assert_eq!(d.bar_read(modern::BAR, wce_at, 1), 1);
+    std::fs::remove_file(path).unwrap();
+}

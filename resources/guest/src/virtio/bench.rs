@@ -140,7 +140,8 @@ fn run_on(dev: &Device, ms: u64) -> Result<(), Reason> {
     let Transport::Modern(m) = &t else {
         return Err("no-modern");
     };
-    t.negotiate(0)?;
+    // FLUSH as Linux negotiates it: a write cache, writes not synced one by one.
+    t.negotiate(BLK_F_FLUSH)?;
     let mut q = setup(m, BENCH_QUEUE)?;
     t.driver_ok();
     let sectors = t.cfg64(0);
