@@ -6,7 +6,9 @@
 //! image, guest binary) alternate, and the medians are printed with their ratio.
 //!
 //! `cargo bench -p vmm --bench guest_blk`; `MACHINA_BENCH_RUNS` (default 3) alternations,
-//! `MACHINA_BENCH_MS` (default 500) per case. Without QEMU it prints machina's figures only.
+//! `MACHINA_BENCH_MS` (default 500) per case, `MACHINA_BASE_BIN` another machina binary (an
+//! older build) to run beside them. Every VMM boots the same guest ELF with `-kernel`.
+//! Without QEMU it prints machina's figures only.
 //! TSC ticks become seconds with the host's TSC rate, measured here against the wall clock.
 
 use std::path::{Path, PathBuf};
@@ -71,22 +73,27 @@ fn run(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).replace('\r', "")
 }
 
-fn machina_run(image: &Path, append: &str) -> String {
-    run(Command::new("timeout").arg("300").arg(machina()).args([
-        "-M",
-        "q35",
-        "-m",
-        "256",
-        "-nodefaults",
-        "-serial",
-        "stdio",
-        "-drive",
-        &format!("file={},if=none,id=d0,format=raw", image.display()),
-        "-device",
-        "virtio-blk-pci,drive=d0,bus=pcie.0",
-        "-append",
-        append,
-    ]))
+fn machina_run(binary: &Path, image: &Path, append: &str) -> String {
+    run(Command::new("timeout")
+        .arg("300")
+        .arg(binary)
+        .arg("-kernel")
+        .arg(guest())
+        .args([
+            "-M",
+            "q35",
+            "-m",
+            "256",
+            "-nodefaults",
+            "-serial",
+            "stdio",
+            "-drive",
+            &format!("file={},if=none,id=d0,format=raw", image.display()),
+            "-device",
+            "virtio-blk-pci,drive=d0,bus=pcie.0",
+            "-append",
+            append,
+        ]))
 }
 
 fn qemu_run(image: &Path, append: &str) -> String {
@@ -155,12 +162,20 @@ fn main() {
     let qemu_name = qemu_version.unwrap_or_default();
     let hz = tsc_hz();
     let append = format!("machina.test=virtio-bench machina.bench-ms={ms}");
+    let base = std::env::var_os("MACHINA_BASE_BIN").map(PathBuf::from);
     let mut ours: Vec<Results> = Vec::new();
     let mut theirs: Vec<Results> = Vec::new();
+    let mut older: Vec<Results> = Vec::new();
     for _ in 0..runs {
-        match parse(&machina_run(&image, &append), hz) {
+        match parse(&machina_run(&machina(), &image, &append), hz) {
             Some(r) => ours.push(r),
             None => eprintln!("machina run failed"),
+        }
+        if let Some(base) = &base {
+            match parse(&machina_run(base, &image, &append), hz) {
+                Some(r) => older.push(r),
+                None => eprintln!("base machina run failed"),
+            }
         }
         if have_qemu {
             match parse(&qemu_run(&image, &append), hz) {
@@ -188,6 +203,12 @@ fn main() {
             m,
             m * *size as f64 / 1e6
         );
+        let line = if older.is_empty() {
+            line
+        } else {
+            let b = median(older.iter().filter_map(|r| r.get(i).map(|x| x.1)).collect());
+            format!("{line} (base {b:>8.0} IOPS, x{:.2})", m / b.max(1e-9))
+        };
         if theirs.is_empty() {
             println!("{line}");
         } else {
