@@ -782,3 +782,36 @@ fn each_virtio_device_runs_on_its_own_io_thread_and_resets_keep_one_each() {
     qmp.ok("quit", serde_json::Value::Null);
     assert_eq!(vm.wait_exit(Duration::from_secs(30)), Some(0));
 }
+
+#[test]
+fn ioeventfd_off_keeps_every_notification_on_the_exit_path() {
+    if !require_kvm() {
+        return;
+    }
+    let disk = Disk::new("ioeventfd-off");
+    let drive = disk.drive();
+    let (stdout, stderr, status) = boot_traced(&[
+        "-M",
+        "pc",
+        "-m",
+        "256",
+        "-nodefaults",
+        "-serial",
+        "stdio",
+        "-device",
+        "virtio-blk-pci,drive=d0,ioeventfd=off",
+        "-drive",
+        &drive,
+        "-append",
+        "machina.test=virtio machina.blk-seed=6",
+    ]);
+    let ctx = format!("stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert_eq!(status, Some(0), "{ctx}");
+    assert!(stdout.contains("virtio-modern: 00:"), "{ctx}");
+    assert!(!stdout.contains("result=error"), "{ctx}");
+    let (_, by_ioeventfd, exits) =
+        notify_counters(&stderr, 2).unwrap_or_else(|| panic!("no counters: {ctx}"));
+    assert_eq!(by_ioeventfd, 0, "QEMU's ioeventfd=off: {ctx}");
+    assert!(exits >= 8, "every doorbell exited to the VMM: {ctx}");
+    assert!(disk.sector_matches(6, 16), "the modern write is on disk");
+}

@@ -156,6 +156,7 @@ pub fn create(
     let params = TransportParams {
         legacy: mode.legacy,
         modern: mode.modern,
+        ioeventfd: props.bool("ioeventfd", true)?,
         express,
         vectors,
         rom,

@@ -52,6 +52,8 @@ pub(crate) fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub(crate) struct TransportParams {
     pub legacy: bool,
     pub modern: bool,
+    /// QEMU's `ioeventfd` property: off keeps every notification on the exit path.
+    pub ioeventfd: bool,
     pub express: Option<ExpressFlags>,
     pub vectors: u16,
     pub rom: Option<u64>,
@@ -63,6 +65,7 @@ pub struct VirtioPciFunction {
     /// The queue EventFds, signalled without the core lock (the worker holds it across I/O).
     kicks: Arc<Kicks>,
     ioevents: Option<Arc<dyn IoEventRegistrar>>,
+    ioeventfd_allowed: bool,
     /// Base of each BAR while the host decodes it.
     bar_bases: [Option<u64>; NUM_BARS],
     /// ioeventfds registered now, with their queue.
@@ -151,6 +154,7 @@ impl VirtioPciFunction {
                 core: core.clone(),
                 kicks,
                 ioevents: None,
+                ioeventfd_allowed: p.ioeventfd,
                 bar_bases: [None; NUM_BARS],
                 registered: Vec::new(),
                 irq,
@@ -226,8 +230,12 @@ impl VirtioPciFunction {
     }
 
     /// Register queue notify addresses as ioeventfds through `registrar` from now on.
+    /// (Ignored with `ioeventfd=off`.)
     pub fn set_ioevent_registrar(&mut self, registrar: Arc<dyn IoEventRegistrar>) {
         self.unregister_all();
+        if !self.ioeventfd_allowed {
+            return;
+        }
         self.ioevents = Some(registrar);
         self.sync_ioevents();
     }
