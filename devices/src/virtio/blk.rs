@@ -498,16 +498,25 @@ impl Block {
         let (saddr, slen) = last_writable?;
         let status_at = saddr.checked_add(slen as u64 - 1)?;
         mem.get_slice(status_at, 1).ok()?;
+        let stats = &self.backend.stats;
+        let started = std::time::Instant::now();
+        let elapsed = || u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         let (status, used) = match ty {
             T_IN if readable == 16 => {
                 let len = writable - 1;
                 let status = if !self.sector_range_ok(sector, len as u64) {
+                    BlockStats::add(&stats.invalid_rd_operations, 1);
                     S_IOERR
                 } else {
                     let mut iovs = self.zero_copy(mem, chain, true, 0, len)?;
-                    if vectored(self.fd(), false, &mut iovs, sector * SECTOR).1 {
+                    let (moved, ok) = vectored(self.fd(), false, &mut iovs, sector * SECTOR);
+                    if ok {
+                        BlockStats::add(&stats.rd_operations, 1);
+                        BlockStats::add(&stats.rd_bytes, moved as u64);
+                        BlockStats::add(&stats.rd_total_time_ns, elapsed());
                         S_OK
                     } else {
+                        BlockStats::add(&stats.failed_rd_operations, 1);
                         S_IOERR
                     }
                 };
@@ -518,13 +527,21 @@ impl Block {
                 let len = readable - 16;
                 let status = if self.backend.read_only || !self.sector_range_ok(sector, len as u64)
                 {
+                    BlockStats::add(&stats.invalid_wr_operations, 1);
                     S_IOERR
                 } else {
                     let mut iovs = self.zero_copy(mem, chain, false, 16, len)?;
                     let ok = vectored(self.fd(), true, &mut iovs, sector * SECTOR).1;
                     if ok && (self.wce || self.sync()) {
+                        BlockStats::add(&stats.wr_operations, 1);
+                        BlockStats::add(&stats.wr_bytes, len as u64);
+                        BlockStats::add(&stats.wr_total_time_ns, elapsed());
+                        stats
+                            .wr_highest_offset
+                            .fetch_max(sector * SECTOR + len as u64, Ordering::Relaxed);
                         S_OK
                     } else {
+                        BlockStats::add(&stats.failed_wr_operations, 1);
                         S_IOERR
                     }
                 };

@@ -809,6 +809,7 @@ fn blk_data_crossing_guest_memory_regions_goes_straight_to_and_from_the_image() 
             read_only: false,
             direct: false,
             writeback: true,
+            stats: Default::default(),
         }),
         mem,
     );
