@@ -205,7 +205,13 @@ pub fn build(kvm: &Kvm, plan: &Plan, inputs: BuildInputs) -> Result<BuiltMachine
                 &mut external,
             )?;
             let mut host = host;
-            host.set_intx_sink(Arc::new(crate::interrupts::KvmIntx(vm.fd.clone())));
+            // INTx through resampling irqfds; KVM_IRQ_LINE if the thread cannot start.
+            let intx: Arc<dyn devices::pci::interrupt::IntxSink> =
+                match crate::interrupts::KvmIntxIrqfd::new(vm.fd.clone()) {
+                    Ok(sink) => Arc::new(sink),
+                    Err(_) => Arc::new(crate::interrupts::KvmIntx(vm.fd.clone())),
+                };
+            host.set_intx_sink(intx);
             host.set_msi_sink(Arc::new(crate::interrupts::KvmMsiIrqfd::new(
                 vm.gsi.clone(),
                 std::env::var_os("MACHINA_TRACE").is_some(),

@@ -23,6 +23,151 @@ impl IntxSink for KvmIntx {
     }
 }
 
+/// One INTx GSI as a level-triggered irqfd with a resample fd.
+struct IntxLine {
+    irqfd: EventFd,
+    resample: EventFd,
+    /// The level the PCI host last drove.
+    level: bool,
+}
+
+/// INTx (and the SCI) through level-triggered irqfds with resampling (KVM_IRQFD_FLAG_RESAMPLE),
+/// one per GSI, made the first time the GSI is driven: raising a line is an eventfd write; KVM
+/// lowers it at the guest's EOI and signals the resample fd, and a small thread re-raises it
+/// if the host still drives it high (a device that is still asserting). Lowering needs no
+/// call: an ISR read clears the device's level before the EOI. A GSI whose irqfd cannot be
+/// made falls back to KVM_IRQ_LINE.
+pub struct KvmIntxIrqfd {
+    vm: Arc<VmFd>,
+    lines: Arc<Mutex<HashMap<u32, IntxLine>>>,
+    epoll: Arc<vmm_sys_util::epoll::Epoll>,
+    /// EOIs handled (resample signals seen), for tests.
+    resamples: Arc<AtomicU64>,
+    stop: EventFd,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Epoll data of the stop eventfd (GSIs are below it).
+const RESAMPLE_STOP: u64 = u64::MAX;
+
+impl KvmIntxIrqfd {
+    pub fn new(vm: Arc<VmFd>) -> std::io::Result<Self> {
+        use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+        let epoll = Arc::new(Epoll::new()?);
+        let stop = EventFd::new(libc::EFD_NONBLOCK)?;
+        epoll.ctl(
+            ControlOperation::Add,
+            std::os::fd::AsRawFd::as_raw_fd(&stop),
+            EpollEvent::new(EventSet::IN, RESAMPLE_STOP),
+        )?;
+        let lines: Arc<Mutex<HashMap<u32, IntxLine>>> = Arc::default();
+        let resamples = Arc::new(AtomicU64::new(0));
+        let thread = {
+            let (epoll, lines, count) = (epoll.clone(), lines.clone(), resamples.clone());
+            std::thread::Builder::new()
+                .name("intx-resample".into())
+                .spawn(move || {
+                    let mut events = vec![EpollEvent::default(); 32];
+                    loop {
+                        let n = match epoll.wait(-1, &mut events) {
+                            Ok(n) => n,
+                            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                            Err(_) => return,
+                        };
+                        for e in &events[..n] {
+                            if e.data() == RESAMPLE_STOP {
+                                return;
+                            }
+                            let gsi = e.data() as u32;
+                            let lines = lines.lock().unwrap_or_else(|e| e.into_inner());
+                            if let Some(line) = lines.get(&gsi) {
+                                let _ = line.resample.read();
+                                // The guest's EOI lowered the line; a device still asserting
+                                // raises it again (QEMU's resample handling).
+                                if line.level {
+                                    let _ = line.irqfd.write(1);
+                                }
+                                count.fetch_add(1, Ordering::SeqCst);
+                            }
+                        }
+                    }
+                })?
+        };
+        Ok(Self {
+            vm,
+            lines,
+            epoll,
+            resamples,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    fn make_line(&self, gsi: u32) -> Option<IntxLine> {
+        use vmm_sys_util::epoll::{ControlOperation, EpollEvent, EventSet};
+        let irqfd = EventFd::new(libc::EFD_NONBLOCK).ok()?;
+        let resample = EventFd::new(libc::EFD_NONBLOCK).ok()?;
+        self.vm
+            .register_irqfd_with_resample(&irqfd, &resample, gsi)
+            .ok()?;
+        let added = self.epoll.ctl(
+            ControlOperation::Add,
+            std::os::fd::AsRawFd::as_raw_fd(&resample),
+            EpollEvent::new(EventSet::IN, u64::from(gsi)),
+        );
+        if added.is_err() {
+            let _ = self.vm.unregister_irqfd(&irqfd, gsi);
+            return None;
+        }
+        Some(IntxLine {
+            irqfd,
+            resample,
+            level: false,
+        })
+    }
+}
+
+impl IntxSink for KvmIntxIrqfd {
+    fn set_level(&self, gsi: u32, level: bool) {
+        let mut lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
+        if !lines.contains_key(&gsi) {
+            if !level {
+                // Never raised through an irqfd: KVM_IRQ_LINE may still hold it (a fallback).
+                let _ = self.vm.set_irq_line(gsi, false);
+                return;
+            }
+            match self.make_line(gsi) {
+                Some(line) => {
+                    lines.insert(gsi, line);
+                }
+                None => {
+                    let _ = self.vm.set_irq_line(gsi, level);
+                    return;
+                }
+            }
+        }
+        if let Some(line) = lines.get_mut(&gsi) {
+            line.level = level;
+            if level {
+                let _ = line.irqfd.write(1);
+            }
+        }
+    }
+}
+
+impl Drop for KvmIntxIrqfd {
+    fn drop(&mut self) {
+        let _ = self.stop.write(1);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        let lines = std::mem::take(&mut *self.lines.lock().unwrap_or_else(|e| e.into_inner()));
+        for (gsi, line) in lines {
+            let _ = self.vm.unregister_irqfd(&line.irqfd, gsi);
+        }
+    }
+}
+
 /// MSI writes injected with one KVM_SIGNAL_MSI each; the in-kernel LAPICs decode address
 /// and data.
 pub struct KvmMsi(pub Arc<VmFd>);
@@ -296,6 +441,79 @@ mod tests {
         assert_eq!(router.msi_routes(), 2);
         drop(sink);
         assert_eq!(router.msi_routes(), 0, "the sink's routes go with it");
+    }
+
+    fn ioapic_irr(vm: &VmFd) -> u32 {
+        let mut chip = kvm_bindings::kvm_irqchip {
+            chip_id: kvm_bindings::KVM_IRQCHIP_IOAPIC,
+            ..Default::default()
+        };
+        vm.get_irqchip(&mut chip).expect("KVM_GET_IRQCHIP");
+        // SAFETY: chip_id IOAPIC selects the ioapic member of the union.
+        unsafe { chip.chip.ioapic.irr }
+    }
+
+    fn clear_ioapic_irr(vm: &VmFd) {
+        let mut chip = kvm_bindings::kvm_irqchip {
+            chip_id: kvm_bindings::KVM_IRQCHIP_IOAPIC,
+            ..Default::default()
+        };
+        vm.get_irqchip(&mut chip).expect("KVM_GET_IRQCHIP");
+        // SAFETY: chip_id IOAPIC selects the ioapic member of the union.
+        unsafe { chip.chip.ioapic.irr = 0 };
+        vm.set_irqchip(&chip).expect("KVM_SET_IRQCHIP");
+    }
+
+    fn wait_for(what: impl Fn() -> bool) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if what() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        false
+    }
+
+    #[test]
+    fn intx_goes_out_through_a_resampling_irqfd() {
+        let Ok(kvm) = Kvm::new() else {
+            eprintln!("SKIP: no /dev/kvm");
+            return;
+        };
+        let vm = Arc::new(kvm.create_vm().expect("VM"));
+        vm.create_irq_chip().expect("irqchip");
+        let _router = GsiRouter::new(vm.clone()).expect("routes");
+        let sink = KvmIntxIrqfd::new(vm.clone()).expect("sink");
+        let pin = 1u32 << 10;
+        sink.set_level(10, true);
+        assert!(
+            wait_for(|| ioapic_irr(&vm) & pin != 0),
+            "GSI 10 raised by its irqfd"
+        );
+        assert_eq!(sink.lines.lock().unwrap().len(), 1, "one irqfd for the GSI");
+        // What KVM does at the guest's EOI: lower the line, signal the resample fd. The
+        // device still asserts, so the line comes back.
+        clear_ioapic_irr(&vm);
+        sink.lines.lock().unwrap()[&10].resample.write(1).unwrap();
+        assert!(wait_for(|| sink.resamples.load(Ordering::SeqCst) == 1));
+        assert!(
+            wait_for(|| ioapic_irr(&vm) & pin != 0),
+            "re-raised after EOI"
+        );
+        // The device lowers its level (ISR read); the next EOI leaves the line low.
+        sink.set_level(10, false);
+        clear_ioapic_irr(&vm);
+        sink.lines.lock().unwrap()[&10].resample.write(1).unwrap();
+        // Once the resample thread has handled that EOI, the line is still low.
+        assert!(wait_for(|| sink.resamples.load(Ordering::SeqCst) == 2));
+        assert_eq!(
+            ioapic_irr(&vm) & pin,
+            0,
+            "not re-raised once the device is idle"
+        );
+        // Dropping the sink stops its thread and leaves no irqfd.
+        drop(sink);
     }
 
     #[test]
