@@ -103,6 +103,11 @@ impl KvmIntxIrqfd {
         })
     }
 
+    /// Resample signals (guest EOIs of a raised line) handled so far.
+    pub fn eois_handled(&self) -> u64 {
+        self.resamples.load(Ordering::SeqCst)
+    }
+
     fn make_line(&self, gsi: u32) -> Option<IntxLine> {
         use vmm_sys_util::epoll::{ControlOperation, EpollEvent, EventSet};
         let irqfd = EventFd::new(libc::EFD_NONBLOCK).ok()?;
@@ -129,28 +134,26 @@ impl KvmIntxIrqfd {
 
 impl IntxSink for KvmIntxIrqfd {
     fn set_level(&self, gsi: u32, level: bool) {
+        use std::collections::hash_map::Entry;
         let mut lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
-        if !lines.contains_key(&gsi) {
-            if !level {
-                // Never raised through an irqfd: KVM_IRQ_LINE may still hold it (a fallback).
+        let line = match lines.entry(gsi) {
+            Entry::Occupied(e) => e.into_mut(),
+            // Never raised through an irqfd: KVM_IRQ_LINE may still hold it (a fallback).
+            Entry::Vacant(_) if !level => {
                 let _ = self.vm.set_irq_line(gsi, false);
                 return;
             }
-            match self.make_line(gsi) {
-                Some(line) => {
-                    lines.insert(gsi, line);
-                }
+            Entry::Vacant(v) => match self.make_line(gsi) {
+                Some(line) => v.insert(line),
                 None => {
                     let _ = self.vm.set_irq_line(gsi, level);
                     return;
                 }
-            }
-        }
-        if let Some(line) = lines.get_mut(&gsi) {
-            line.level = level;
-            if level {
-                let _ = line.irqfd.write(1);
-            }
+            },
+        };
+        line.level = level;
+        if level {
+            let _ = line.irqfd.write(1);
         }
     }
 }
@@ -459,8 +462,7 @@ mod tests {
             ..Default::default()
         };
         vm.get_irqchip(&mut chip).expect("KVM_GET_IRQCHIP");
-        // SAFETY: chip_id IOAPIC selects the ioapic member of the union.
-        unsafe { chip.chip.ioapic.irr = 0 };
+        chip.chip.ioapic.irr = 0;
         vm.set_irqchip(&chip).expect("KVM_SET_IRQCHIP");
     }
 
@@ -496,7 +498,7 @@ mod tests {
         // device still asserts, so the line comes back.
         clear_ioapic_irr(&vm);
         sink.lines.lock().unwrap()[&10].resample.write(1).unwrap();
-        assert!(wait_for(|| sink.resamples.load(Ordering::SeqCst) == 1));
+        assert!(wait_for(|| sink.eois_handled() == 1));
         assert!(
             wait_for(|| ioapic_irr(&vm) & pin != 0),
             "re-raised after EOI"
@@ -506,7 +508,7 @@ mod tests {
         clear_ioapic_irr(&vm);
         sink.lines.lock().unwrap()[&10].resample.write(1).unwrap();
         // Once the resample thread has handled that EOI, the line is still low.
-        assert!(wait_for(|| sink.resamples.load(Ordering::SeqCst) == 2));
+        assert!(wait_for(|| sink.eois_handled() == 2));
         assert_eq!(
             ioapic_irr(&vm) & pin,
             0,
