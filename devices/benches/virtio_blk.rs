@@ -120,7 +120,10 @@ impl Bench {
             }),
             mem.clone(),
         );
-        let st = d.modern_begin(features::VERSION_1 | features::RING_INDIRECT_DESC);
+        // FLUSH as Linux negotiates it: a write cache (without it the device is writethrough,
+        // as QEMU's, and every write is synced).
+        const BLK_F_FLUSH: u64 = 1 << 9;
+        let st = d.modern_begin(features::VERSION_1 | features::RING_INDIRECT_DESC | BLK_F_FLUSH);
         assert_ne!(st & 8, 0, "FEATURES_OK");
         d.modern_queue(0, QSIZE, DESC, AVAIL, USED);
         d.modern_driver_ok();
