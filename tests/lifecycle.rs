@@ -5,6 +5,7 @@
 mod common;
 
 use common::{machina, require_kvm};
+use machina_tests::netns::Netns;
 use machina_tests::process::TempDir;
 use machina_tests::qmp_client::QmpClient;
 use serde_json::{json, Value};
@@ -148,45 +149,6 @@ struct Usage {
     fds: usize,
     threads: usize,
     rss_kib: u64,
-}
-
-fn sh(cmd: &[&str]) -> bool {
-    Command::new(cmd[0])
-        .args(&cmd[1..])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// A network namespace for the test's taps, deleted on drop.
-struct Netns(String);
-
-impl Netns {
-    fn create(tag: &str) -> Option<Netns> {
-        let name = format!("machina-{tag}-{}", std::process::id());
-        sh(&["ip", "netns", "add", &name]).then_some(Netns(name))
-    }
-
-    /// Tap interfaces in the namespace.
-    fn taps(&self) -> Vec<String> {
-        let out = Command::new("ip")
-            .args([
-                "netns", "exec", &self.0, "ip", "-o", "link", "show", "type", "tun",
-            ])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default();
-        out.lines()
-            .filter_map(|l| l.split(':').nth(1).map(|n| n.trim().to_string()))
-            .collect()
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = sh(&["ip", "netns", "del", &self.0]);
-    }
 }
 
 fn raw_disk(dir: &Path) -> String {

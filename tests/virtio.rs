@@ -6,6 +6,7 @@
 mod common;
 
 use common::{boot, machina, require_kvm};
+use machina_tests::netns::Netns;
 use machina_tests::RunResult;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -232,25 +233,6 @@ fn rng_and_serial_answer_both_interfaces() {
     );
 }
 
-/// Runs `cmd` and says whether it succeeded.
-fn sh(cmd: &[&str]) -> bool {
-    Command::new(cmd[0])
-        .args(&cmd[1..])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
-
-struct Netns(String);
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = sh(&["ip", "netns", "del", &self.0]);
-    }
-}
-
 const ECHO: &str = r#"
 import socket, subprocess, sys
 tap = sys.argv[1]
@@ -309,11 +291,10 @@ fn net_frames_cross_a_tap_passed_by_fd() {
     if !require_kvm() {
         return;
     }
-    let ns = Netns(format!("machina-netfd-{}", std::process::id()));
-    if !sh(&["ip", "netns", "add", &ns.0]) {
+    let Some(ns) = Netns::create("netfd") else {
         eprintln!("SKIP: this host forbids creating a network namespace (ip netns add failed)");
         return;
-    }
+    };
     let binary = machina();
     let r = machina_tests::run(
         Path::new("ip"),
@@ -430,11 +411,10 @@ fn net_frames_cross_a_tap_in_a_test_namespace() {
     if !require_kvm() {
         return;
     }
-    let ns = Netns(format!("machina-net-{}", std::process::id()));
-    if !sh(&["ip", "netns", "add", &ns.0]) {
+    let Some(ns) = Netns::create("net") else {
         eprintln!("SKIP: this host forbids creating a network namespace (ip netns add failed)");
         return;
-    }
+    };
     let tap = "mtap0";
     let mut echo = Command::new("ip")
         .args(["netns", "exec", &ns.0, "python3", "-c", ECHO, tap])

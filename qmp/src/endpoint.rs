@@ -207,8 +207,9 @@ fn split_opts(s: &str) -> Vec<String> {
     lossy_all(&split_opts_os(OsStr::new(s)))
 }
 
-/// `split_opts` on bytes: arguments are OS strings and paths need not be UTF-8.
-fn split_opts_os(s: &OsStr) -> Vec<OsString> {
+/// `split_opts` on bytes: arguments are OS strings and paths need not be UTF-8. Empty items
+/// are kept (`a,,b` is one item `a,b`; `a,` ends with an empty one).
+pub fn split_opts_os(s: &OsStr) -> Vec<OsString> {
     let mut out = Vec::new();
     let mut cur = Vec::new();
     let mut bytes = s.as_bytes().iter().copied().peekable();

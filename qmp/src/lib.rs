@@ -15,7 +15,7 @@ pub mod validate;
 pub mod writer;
 
 pub use builtins::version_info_type;
-pub use endpoint::{resolve_monitors, ChardevSpec, MonMode, MonSpec, QmpEndpoint};
+pub use endpoint::{resolve_monitors, split_opts_os, ChardevSpec, MonMode, MonSpec, QmpEndpoint};
 pub use error::{EndpointError, ErrorClass, QmpError, RegistryError, ServerError};
 pub use events::{EventBus, Timestamp};
 pub use protocol::ServerConfig;

@@ -3,6 +3,7 @@
 //! machine-readable lines.
 
 pub mod libvirt;
+pub mod netns;
 pub mod paths;
 pub mod pci_compare;
 pub mod process;

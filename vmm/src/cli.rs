@@ -676,22 +676,7 @@ pub use machine::split_keyval;
 /// `split_keyval` over an OS string: arguments are bytes (a path may be any bytes but NUL),
 /// so they are split at ASCII commas without any UTF-8 decoding; `,,` is a literal comma.
 pub fn split_keyval_os(arg: &OsStr) -> Vec<OsString> {
-    let mut parts = Vec::new();
-    let mut cur = Vec::new();
-    let mut bytes = arg.as_bytes().iter().copied().peekable();
-    while let Some(b) = bytes.next() {
-        if b == b',' {
-            if bytes.peek() == Some(&b',') {
-                bytes.next();
-                cur.push(b',');
-            } else {
-                parts.push(OsString::from_vec(std::mem::take(&mut cur)));
-            }
-        } else {
-            cur.push(b);
-        }
-    }
-    parts.push(OsString::from_vec(cur));
+    let mut parts = qmp::split_opts_os(arg);
     parts.retain(|p| !p.is_empty());
     parts
 }
