@@ -2,6 +2,7 @@
 //! the buses. Any exit we cannot handle is reported with the registers and ends the machine;
 //! nothing here panics or spins on a dead vCPU.
 
+pub mod emulate;
 pub mod setup;
 
 use devices::bus::Bus;
@@ -157,15 +158,17 @@ impl Vcpu {
                     // KVM_EXIT_INTERNAL_ERROR, the exit we are handling.
                     let internal = unsafe { run.__bindgen_anon_1.internal };
                     let n = (internal.ndata as usize).min(internal.data.len());
-                    let what = if internal.suberror == KVM_INTERNAL_ERROR_EMULATION {
-                        "instruction emulation failed".to_string()
-                    } else {
-                        format!("suberror {}", internal.suberror)
-                    };
-                    return Stop::Failed(format!(
-                        "KVM internal error: {what}, data {:x?}",
-                        &internal.data[..n]
-                    ));
+                    if internal.suberror != KVM_INTERNAL_ERROR_EMULATION {
+                        return Stop::Failed(format!(
+                            "KVM internal error: suberror {}, data {:x?}",
+                            internal.suberror,
+                            &internal.data[..n]
+                        ));
+                    }
+                    let data = internal.data;
+                    if let Err(reason) = self.emulation_failure(&data[..n]) {
+                        return Stop::Failed(reason);
+                    }
                 }
                 Ok(VcpuExit::FailEntry(reason, cpu)) => {
                     return Stop::Failed(format!(
@@ -180,6 +183,82 @@ impl Vcpu {
                 Err(e) => return Stop::Failed(format!("KVM_RUN failed: {e}")),
             }
         }
+    }
+
+    /// KVM's emulator gave up on an instruction (PVM hosts emulate all CPL 0 code). Emulate
+    /// `int3` and `fwait` and continue; anything else stops the machine with the bytes and
+    /// the instruction's name.
+    fn emulation_failure(&mut self, data: &[u64]) -> Result<(), String> {
+        let Some(bytes) = emulate::reported_bytes(data) else {
+            return Err(format!(
+                "KVM internal error: instruction emulation failed (no instruction bytes), data {data:x?}"
+            ));
+        };
+        let regs = self
+            .fd
+            .get_regs()
+            .map_err(|e| format!("instruction emulation failed; KVM_GET_REGS: {e}"))?;
+        let sregs = self
+            .fd
+            .get_sregs()
+            .map_err(|e| format!("instruction emulation failed; KVM_GET_SREGS: {e}"))?;
+        const EFER_LMA: u64 = 1 << 10;
+        let long_mode = sregs.efer & EFER_LMA != 0 && sregs.cs.l != 0;
+        let decoded = emulate::decode(&bytes, long_mode);
+        let exception = match (&decoded.kind, decoded.len) {
+            (emulate::Kind::Int3, Some(len)) => {
+                // #BP is trap-like: the handler sees RIP past the int3.
+                self.set_rip(regs, regs.rip.wrapping_add(len as u64))?;
+                emulate::INT3_EMULATED.fetch_add(1, Ordering::Relaxed);
+                Some(3)
+            }
+            (emulate::Kind::Fwait, Some(len)) => {
+                let fpu = self
+                    .fd
+                    .get_fpu()
+                    .map_err(|e| format!("emulating fwait; KVM_GET_FPU: {e}"))?;
+                emulate::FWAIT_EMULATED.fetch_add(1, Ordering::Relaxed);
+                let fault = emulate::fwait_outcome(sregs.cr0, fpu.fcw, fpu.fsw);
+                if fault.is_none() {
+                    self.set_rip(regs, regs.rip.wrapping_add(len as u64))?;
+                }
+                fault
+            }
+            (kind, _) => {
+                let name = match kind {
+                    emulate::Kind::Other(Some(name)) => format!(" ({name})"),
+                    _ => String::new(),
+                };
+                return Err(format!(
+                    "KVM internal error: instruction emulation failed at {:#x}: bytes {}{name}; {}",
+                    regs.rip,
+                    emulate::hex(&bytes),
+                    emulate::counters()
+                ));
+            }
+        };
+        if let Some(vector) = exception {
+            let mut events = self
+                .fd
+                .get_vcpu_events()
+                .map_err(|e| format!("injecting exception {vector}; KVM_GET_VCPU_EVENTS: {e}"))?;
+            events.exception.injected = 1;
+            events.exception.nr = vector;
+            events.exception.has_error_code = 0;
+            events.exception.error_code = 0;
+            events.exception.pending = 0;
+            self.fd
+                .set_vcpu_events(&events)
+                .map_err(|e| format!("injecting exception {vector}; KVM_SET_VCPU_EVENTS: {e}"))?;
+        }
+        Ok(())
+    }
+
+    fn set_rip(&self, mut regs: kvm_bindings::kvm_regs, rip: u64) -> Result<(), String> {
+        regs.rip = rip;
+        self.fd
+            .set_regs(&regs)
+            .map_err(|e| format!("instruction emulation; KVM_SET_REGS: {e}"))
     }
 
     fn describe_registers(&self) -> String {
