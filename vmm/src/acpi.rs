@@ -1,6 +1,12 @@
 //! ACPI tables for a direct boot (what firmware plus QEMU's table builder provide): RSDP,
-//! XSDT, FADT, FACS, DSDT, MADT and, on q35, MCFG. They are written into the BIOS area
+//! XSDT, FADT, FACS, DSDT, MADT, WAET and, on q35, MCFG. They are written into the BIOS area
 //! (0xe0000..0x100000) where an RSDP scan finds them.
+//!
+//! The DSDT describes what QEMU 7.2's describes for the devices machina models (PCI root,
+//! ECAM reservation, the ISA devices with a model: i8042 keyboard and mouse, RTC, COM ports;
+//! sleep states S4/S5) and nothing machina lacks: no HPET, floppy, parallel port, PCI/CPU/
+//! memory hot-plug interfaces, fw_cfg or interrupt link devices (the `_PRT` names GSIs
+//! directly). `tests/linux_acpi.rs` compares the result with QEMU's, listing each difference.
 
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
@@ -50,8 +56,8 @@ pub struct AcpiConfig {
     pub last_bus: u8,
     pub pci_hole32: Range,
     pub pci_hole64: Range,
-    /// Whether a COM1 is present (so the DSDT declares it).
-    pub com1: bool,
+    /// The ISA devices that have a model (the DSDT declares those it knows).
+    pub isa: Vec<machine::IsaDevicePlan>,
     /// Root-bus interrupt routing: (slot, pin 0=INTA, GSI) for every slot and pin.
     pub prt: Vec<(u8, u8, u32)>,
     /// Bridges and ports under the host bridge, nested as the buses are.
@@ -133,6 +139,110 @@ pub fn root_prt(family: Family, pirq_irqs: &[u8]) -> Vec<(u8, u8, u32)> {
         }
     }
     prt
+}
+
+/// SLP_TYP of S4 on QEMU's PM blocks (`s4_val`); `devices::chipset::acpi_pm` powers the
+/// machine off for it, as QEMU does. S3 (suspend to RAM) is not offered: machina cannot
+/// resume a suspended guest.
+const S4_SLP_TYP: u8 = 2;
+
+/// The ISA bridge's devfn on the root bus (ICH9 LPC at 1f.0, PIIX3 ISA at 01.0).
+fn isa_bridge_devfn(family: Family) -> Option<u8> {
+    match family {
+        Family::Q35 => Some(0x1f << 3),
+        Family::I440fx => Some(0x01 << 3),
+        Family::None => None,
+    }
+}
+
+/// ACPI small resource `IRQNoFlags () {irq}` (edge, active high, exclusive: ISA style).
+fn irq_no_flags(irq: u32) -> RawAml {
+    let mask = 1u16.checked_shl(irq).unwrap_or(0);
+    let [lo, hi] = mask.to_le_bytes();
+    RawAml(vec![0x22, lo, hi])
+}
+
+/// COM port number (1-based) of a serial port at `base`, as QEMU's isa-serial numbers its
+/// index: the standard bases 0x3f8, 0x2f8, 0x3e8, 0x2e8, then the order of appearance.
+fn com_number(base: u64, nth: usize) -> usize {
+    match base {
+        0x3f8 => 1,
+        0x2f8 => 2,
+        0x3e8 => 3,
+        0x2e8 => 4,
+        _ => nth + 1,
+    }
+}
+
+/// The ISA devices of the DSDT, as QEMU's `build_aml` of each ISA device writes them:
+/// `KBD_` (PNP0303) and `MOU_` (PNP0F13) for the i8042, `RTC_` (PNP0B00), `COMn` (PNP0501).
+fn isa_aml(isa: &[machine::IsaDevicePlan]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let sta = aml::Name::new("_STA".into(), &0x0fu8);
+    let mut serials = 0;
+    for dev in isa {
+        let ios: Vec<aml::IO> = dev
+            .io
+            .iter()
+            .map(|r| {
+                let len = r.size.min(255) as u8;
+                aml::IO::new(r.base as u16, r.base as u16, 1, len)
+            })
+            .collect();
+        let irqs: Vec<RawAml> = dev.irqs.iter().map(|&i| irq_no_flags(i)).collect();
+        match dev.type_name.as_str() {
+            "i8042" => {
+                let mut res: Vec<&dyn Aml> = ios.iter().map(|i| i as &dyn Aml).collect();
+                if let Some(kbd_irq) = irqs.first() {
+                    res.push(kbd_irq);
+                }
+                let crs = aml::ResourceTemplate::new(res);
+                let hid = aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0303"));
+                let crs = aml::Name::new("_CRS".into(), &crs);
+                out.extend(bytes_of(&aml::Device::new(
+                    "KBD_".into(),
+                    vec![&hid, &sta, &crs],
+                )));
+                if let Some(mouse_irq) = irqs.get(1) {
+                    let crs = aml::ResourceTemplate::new(vec![mouse_irq]);
+                    let hid = aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0F13"));
+                    let crs = aml::Name::new("_CRS".into(), &crs);
+                    out.extend(bytes_of(&aml::Device::new(
+                        "MOU_".into(),
+                        vec![&hid, &sta, &crs],
+                    )));
+                }
+            }
+            "mc146818rtc" => {
+                let mut res: Vec<&dyn Aml> = ios.iter().map(|i| i as &dyn Aml).collect();
+                res.extend(irqs.iter().map(|i| i as &dyn Aml));
+                let crs = aml::ResourceTemplate::new(res);
+                let hid = aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0B00"));
+                let crs = aml::Name::new("_CRS".into(), &crs);
+                out.extend(bytes_of(&aml::Device::new(
+                    "RTC_".into(),
+                    vec![&hid, &crs],
+                )));
+            }
+            "isa-serial" => {
+                let n = com_number(dev.io.first().map_or(0, |r| r.base), serials);
+                serials += 1;
+                let mut res: Vec<&dyn Aml> = ios.iter().map(|i| i as &dyn Aml).collect();
+                res.extend(irqs.iter().map(|i| i as &dyn Aml));
+                let crs = aml::ResourceTemplate::new(res);
+                let hid = aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0501"));
+                let uid = aml::Name::new("_UID".into(), &(n as u32));
+                let crs = aml::Name::new("_CRS".into(), &crs);
+                let name = format!("COM{}", n.min(9));
+                out.extend(bytes_of(&aml::Device::new(
+                    name.as_str().into(),
+                    vec![&hid, &uid, &sta, &crs],
+                )));
+            }
+            _ => {}
+        }
+    }
+    out
 }
 
 /// A byte sink for AML and tables.
@@ -229,6 +339,25 @@ fn dsdt(cfg: &AcpiConfig) -> Vec<u8> {
     }
     let bridges = RawAml(bridge_aml(&cfg.bridges));
     pci0_children.push(&bridges);
+    // The ISA devices sit in the ISA bridge's scope (QEMU: PCI0.SF8 on q35, PCI0.S08 on pc).
+    let isa_devices = isa_aml(&cfg.isa);
+    let isa_bridge = isa_bridge_devfn(cfg.family)
+        .filter(|_| !isa_devices.is_empty())
+        .map(|devfn| {
+            let adr = (u32::from(devfn >> 3) << 16) | u32::from(devfn & 7);
+            (format!("S{devfn:02X}_"), adr)
+        });
+    let isa_adr = isa_bridge
+        .as_ref()
+        .map(|(_, adr)| aml::Name::new("_ADR".into(), adr));
+    let isa_raw = RawAml(isa_devices);
+    let isa_dev = isa_bridge
+        .as_ref()
+        .zip(isa_adr.as_ref())
+        .map(|((name, _), adr)| aml::Device::new(name.as_str().into(), vec![adr, &isa_raw]));
+    if let Some(d) = isa_dev.as_ref() {
+        pci0_children.push(d);
+    }
     let pci0 = aml::Device::new("PCI0".into(), pci0_children);
 
     // The ECAM window must be a motherboard resource or Linux refuses to use it.
@@ -247,28 +376,22 @@ fn dsdt(cfg: &AcpiConfig) -> Vec<u8> {
         .as_ref()
         .map(|crs| aml::Device::new("DRAC".into(), vec![&drac_hid, &drac_uid, crs]));
 
-    let com_hid = aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0501"));
-    let com_uid = aml::Name::new("_UID".into(), &aml::ZERO);
-    let com_io = aml::IO::new(0x3f8, 0x3f8, 0, 8);
-    let com_irq = aml::Interrupt::new(true, true, false, false, 4);
-    let com_res = aml::ResourceTemplate::new(vec![&com_io, &com_irq]);
-    let com_crs = aml::Name::new("_CRS".into(), &com_res);
-    let com1 = aml::Device::new("COM1".into(), vec![&com_hid, &com_uid, &com_crs]);
-
     let mut sb_children: Vec<&dyn Aml> = vec![&pci0];
     if let Some(d) = drac.as_ref() {
         sb_children.push(d);
     }
-    if cfg.com1 {
-        sb_children.push(&com1);
-    }
     let sb = aml::Scope::new("_SB_".into(), sb_children);
 
-    // SLP_TYP 0 is S5 (soft off) on QEMU's ACPI PM blocks.
+    // SLP_TYP 0 is S5 (soft off) on QEMU's ACPI PM blocks; S4 as QEMU's s4_val.
+    let s4_pkg = aml::Package::new(vec![&S4_SLP_TYP, &aml::ZERO, &aml::ZERO, &aml::ZERO]);
+    let s4 = aml::Name::new("_S4_".into(), &s4_pkg);
     let s5_pkg = aml::Package::new(vec![&aml::ZERO, &aml::ZERO, &aml::ZERO, &aml::ZERO]);
     let s5 = aml::Name::new("_S5_".into(), &s5_pkg);
 
     let mut body = bytes_of(&sb);
+    if cfg.family != Family::None {
+        body.extend(bytes_of(&s4));
+    }
     body.extend(bytes_of(&s5));
     sdt(b"DSDT", 1, &body)
 }
@@ -325,6 +448,13 @@ fn mcfg(ecam: Range) -> Vec<u8> {
     sdt(b"MCFG", 1, &body)
 }
 
+/// WAET: QEMU sets "ACPI PM timer good" (one read of the PM timer is reliable), true of
+/// `devices::chipset::acpi_pm`'s timer too.
+fn waet() -> Vec<u8> {
+    const ACPI_WAET_PM_TIMER_GOOD: u32 = 1 << 1;
+    sdt(b"WAET", 1, &ACPI_WAET_PM_TIMER_GOOD.to_le_bytes())
+}
+
 fn facs() -> Vec<u8> {
     let mut t = vec![0u8; 64];
     t[0..4].copy_from_slice(b"FACS");
@@ -346,7 +476,6 @@ fn io_gas(width_bits: u8, access: AccessSize, port: u16) -> GAS {
 fn fadt(cfg: &AcpiConfig, dsdt_addr: u64, facs_addr: u64) -> Vec<u8> {
     let mut f = FADTBuilder::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION)
         .dsdt_64(dsdt_addr)
-        .firmware_ctrl_64(facs_addr)
         .flag(Flags::Wbinvd)
         .flag(Flags::ProcC1)
         .flag(Flags::SlpButton)
@@ -355,6 +484,8 @@ fn fadt(cfg: &AcpiConfig, dsdt_addr: u64, facs_addr: u64) -> Vec<u8> {
         .flag(Flags::TmrValExt);
     let pm = cfg.pm_base;
     f.dsdt = (dsdt_addr as u32).into();
+    // FACS through the 32-bit FIRMWARE_CTRL only, as QEMU's FADT: with X_FIRMWARE_CTRL also
+    // set Linux reports the FACS twice.
     f.firmware_ctrl = (facs_addr as u32).into();
     f.sci_int = u16::from(cfg.sci_irq).into();
     f.pm1a_evt_blk = u32::from(pm).into();
@@ -397,9 +528,20 @@ pub fn write_tables(mem: &GuestMemory, cfg: &AcpiConfig) -> Result<u64, AcpiErro
     let fadt_addr = place(&mut image, &fadt(cfg, dsdt_addr, facs_addr));
     let madt_addr = place(&mut image, &madt(cfg));
     let mut entries = vec![fadt_addr, madt_addr];
+    let mut dump: Vec<(&str, u64)> = vec![
+        ("facs", facs_addr),
+        ("dsdt", dsdt_addr),
+        ("facp", fadt_addr),
+        ("apic", madt_addr),
+    ];
     if let Some(ecam) = cfg.ecam {
-        entries.push(place(&mut image, &mcfg(ecam)));
+        let addr = place(&mut image, &mcfg(ecam));
+        entries.push(addr);
+        dump.push(("mcfg", addr));
     }
+    let waet_addr = place(&mut image, &waet());
+    entries.push(waet_addr);
+    dump.push(("waet", waet_addr));
     let xsdt_body: Vec<u8> = entries.iter().flat_map(|a| a.to_le_bytes()).collect();
     let xsdt_addr = place(&mut image, &sdt(b"XSDT", 1, &xsdt_body));
     let rsdp = bytes_of(&acpi_tables::rsdp::Rsdp::new(OEM_ID, xsdt_addr));
@@ -415,7 +557,35 @@ pub fn write_tables(mem: &GuestMemory, cfg: &AcpiConfig) -> Result<u64, AcpiErro
     }
     mem.write_slice(&image, GuestAddress(ACPI_START))
         .map_err(|_| AcpiError::GuestWrite)?;
+    dump_tables(&image, &dump);
     Ok(rsdp_addr)
+}
+
+/// Test hook: with `MACHINA_ACPI_DUMP=DIR` in the environment, each table is also written to
+/// `DIR/<signature>.dat` (acpidump -b naming) for `iasl -d` (tests/linux_acpi.rs). Failures
+/// are reported and ignored: the guest does not depend on the dump.
+fn dump_tables(image: &[u8], tables: &[(&str, u64)]) {
+    let Some(dir) = std::env::var_os("MACHINA_ACPI_DUMP") else {
+        return;
+    };
+    let dir = std::path::PathBuf::from(dir);
+    for &(name, addr) in tables {
+        let off = (addr - ACPI_START) as usize;
+        let Some(len) = image
+            .get(off + 4..off + 8)
+            .and_then(|b| <[u8; 4]>::try_from(b).ok())
+            .map(|b| u32::from_le_bytes(b) as usize)
+        else {
+            continue;
+        };
+        let Some(bytes) = image.get(off..off + len) else {
+            continue;
+        };
+        let path = dir.join(format!("{name}.dat"));
+        if let Err(e) = std::fs::write(&path, bytes) {
+            eprintln!("machina: MACHINA_ACPI_DUMP: {}: {e}", path.display());
+        }
+    }
 }
 
 #[cfg(test)]
@@ -448,7 +618,25 @@ mod tests {
                 base: 0x1_0000_0000,
                 size: 0x8_0000_0000,
             },
-            com1: true,
+            isa: vec![
+                machine::IsaDevicePlan {
+                    type_name: "isa-serial".into(),
+                    id: None,
+                    io: vec![Range {
+                        base: 0x3f8,
+                        size: 8,
+                    }],
+                    irqs: vec![4],
+                    mmio: vec![],
+                },
+                machine::IsaDevicePlan {
+                    type_name: "i8042".into(),
+                    id: None,
+                    io: vec![Range { base: 0x60, size: 1 }, Range { base: 0x64, size: 1 }],
+                    irqs: vec![1, 12],
+                    mmio: vec![],
+                },
+            ],
             prt: root_prt(family, &[10, 10, 11, 11]),
             bridges: vec![BridgeNode {
                 devfn: 0x10,

@@ -123,6 +123,8 @@ pub fn build(kvm: &Kvm, plan: &Plan, inputs: BuildInputs) -> Result<BuiltMachine
     let io = Arc::new(Bus::new());
     let mmio = Arc::new(Bus::new());
     let mut serial = None;
+    // ISA devices that got a model: the DSDT describes these and nothing else.
+    let mut modelled_isa = Vec::new();
 
     for isa in &plan.isa {
         let name = isa.type_name.as_str();
@@ -175,6 +177,7 @@ pub fn build(kvm: &Kvm, plan: &Plan, inputs: BuildInputs) -> Result<BuiltMachine
         };
         if let Some(dev) = device {
             map_io_ranges(&io, isa, &dev)?;
+            modelled_isa.push(isa.clone());
         }
     }
 
@@ -262,7 +265,7 @@ pub fn build(kvm: &Kvm, plan: &Plan, inputs: BuildInputs) -> Result<BuiltMachine
                             last_bus: layout.last_bus,
                             pci_hole32: plan.memory.pci_hole32,
                             pci_hole64: plan.memory.pci_hole64,
-                            com1: serial.is_some(),
+                            isa: modelled_isa.clone(),
                             prt: acpi::root_prt(plan.family, &layout.pirq_irqs),
                             bridges: plan
                                 .buses
