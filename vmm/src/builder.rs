@@ -168,7 +168,31 @@ pub fn build(kvm: &Kvm, plan: &Plan, inputs: BuildInputs) -> Result<BuiltMachine
                 )
                 .with_offset(inputs.rtc_offset),
             ))),
-            "i8042" => Some(Arc::new(Mutex::new(I8042::new(inputs.lifecycle.clone())))),
+            "i8042" => {
+                // IRQ 1 (keyboard) and 12 (mouse), as the plan lists them.
+                let mut lines = Vec::new();
+                for &irq in isa.irqs.iter().take(2) {
+                    let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| {
+                        BuildError::Interrupt {
+                            device: name.to_string(),
+                            source,
+                        }
+                    })?;
+                    vm.fd
+                        .register_irqfd(&evt, irq)
+                        .map_err(|e| BuildError::Interrupt {
+                            device: name.to_string(),
+                            source: std::io::Error::from_raw_os_error(e.errno()),
+                        })?;
+                    lines.push(evt);
+                }
+                let mut lines = lines.into_iter();
+                Some(Arc::new(Mutex::new(I8042::new(
+                    inputs.lifecycle.clone(),
+                    lines.next(),
+                    lines.next(),
+                ))))
+            }
             "port92" => Some(Arc::new(Mutex::new(Port92::new(inputs.lifecycle.clone())))),
             "ioport80" | "ioportF0" => Some(Arc::new(Mutex::new(SinkPort))),
             // The PICs, PIT and IOAPIC are KVM's in-kernel models; the rest (HPET, vmport,
