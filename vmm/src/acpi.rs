@@ -219,10 +219,7 @@ fn isa_aml(isa: &[machine::IsaDevicePlan]) -> Vec<u8> {
                 let crs = aml::ResourceTemplate::new(res);
                 let hid = aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0B00"));
                 let crs = aml::Name::new("_CRS".into(), &crs);
-                out.extend(bytes_of(&aml::Device::new(
-                    "RTC_".into(),
-                    vec![&hid, &crs],
-                )));
+                out.extend(bytes_of(&aml::Device::new("RTC_".into(), vec![&hid, &crs])));
             }
             "isa-serial" => {
                 let n = com_number(dev.io.first().map_or(0, |r| r.base), serials);
@@ -544,6 +541,7 @@ pub fn write_tables(mem: &GuestMemory, cfg: &AcpiConfig) -> Result<u64, AcpiErro
     dump.push(("waet", waet_addr));
     let xsdt_body: Vec<u8> = entries.iter().flat_map(|a| a.to_le_bytes()).collect();
     let xsdt_addr = place(&mut image, &sdt(b"XSDT", 1, &xsdt_body));
+    dump.push(("xsdt", xsdt_addr));
     let rsdp = bytes_of(&acpi_tables::rsdp::Rsdp::new(OEM_ID, xsdt_addr));
     let offset = (rsdp_addr - ACPI_START) as usize;
     image[offset..offset + rsdp.len()].copy_from_slice(&rsdp);
@@ -569,6 +567,14 @@ fn dump_tables(image: &[u8], tables: &[(&str, u64)]) {
         return;
     };
     let dir = std::path::PathBuf::from(dir);
+    // index.txt: "name address" per table, so a test can follow the XSDT's entries.
+    let index: String = tables
+        .iter()
+        .map(|(name, addr)| format!("{name} {addr:#x}\n"))
+        .collect();
+    if let Err(e) = std::fs::write(dir.join("index.txt"), index) {
+        eprintln!("machina: MACHINA_ACPI_DUMP: {}: {e}", dir.display());
+    }
     for &(name, addr) in tables {
         let off = (addr - ACPI_START) as usize;
         let Some(len) = image
@@ -632,7 +638,16 @@ mod tests {
                 machine::IsaDevicePlan {
                     type_name: "i8042".into(),
                     id: None,
-                    io: vec![Range { base: 0x60, size: 1 }, Range { base: 0x64, size: 1 }],
+                    io: vec![
+                        Range {
+                            base: 0x60,
+                            size: 1,
+                        },
+                        Range {
+                            base: 0x64,
+                            size: 1,
+                        },
+                    ],
                     irqs: vec![1, 12],
                     mmio: vec![],
                 },

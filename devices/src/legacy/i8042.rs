@@ -66,6 +66,10 @@ struct Ps2 {
     param_for: Option<u8>,
     enabled: bool,
     scancode_set: u8,
+    /// Mouse: device ID (0 PS/2, 3 IntelliMouse, 4 IntelliMouse Explorer) and the state of
+    /// the sample-rate knock sequence that selects it (QEMU's mouse_detect_state).
+    mouse_type: u8,
+    detect: u8,
 }
 
 pub struct I8042 {
@@ -292,7 +296,19 @@ impl I8042 {
 
     /// PS/2 mouse (QEMU's ps2_write_mouse), reporting disabled: answers commands only.
     fn aux_command(&mut self, val: u8) {
-        if self.aux.param_for.take().is_some() {
+        if let Some(cmd) = self.aux.param_for.take() {
+            if cmd == 0xf3 {
+                // Sample rates 200,100,80 select IntelliMouse; 200,200,80 Explorer.
+                let a = &mut self.aux;
+                (a.detect, a.mouse_type) = match (a.detect, val) {
+                    (0, 200) => (1, a.mouse_type),
+                    (1, 100) => (2, a.mouse_type),
+                    (1, 200) => (3, a.mouse_type),
+                    (2, 80) => (0, 3),
+                    (3, 80) => (0, 4),
+                    _ => (0, a.mouse_type),
+                };
+            }
             self.queue(ACK, Source::Aux);
             return;
         }
@@ -312,7 +328,7 @@ impl I8042 {
             }
             0xf2 => {
                 self.queue(ACK, Source::Aux);
-                self.queue(0x00, Source::Aux);
+                self.queue(self.aux.mouse_type, Source::Aux);
             }
             0xeb => {
                 // Read data: one empty movement packet.
@@ -331,6 +347,8 @@ impl I8042 {
             }
             0xff => {
                 self.aux.enabled = false;
+                self.aux.mouse_type = 0;
+                self.aux.detect = 0;
                 self.queue(ACK, Source::Aux);
                 self.queue(BAT_OK, Source::Aux);
                 self.queue(0x00, Source::Aux);
@@ -502,6 +520,18 @@ mod tests {
         k.cmd(0xd4);
         k.out(0xf2);
         assert_eq!(k.drain(), vec![(ACK, true), (0, true)]);
+        // psmouse's IntelliMouse knocks: 200,100,80 then 200,200,80.
+        for (rates, id) in [([200, 100, 80], 3), ([200, 200, 80], 4)] {
+            for r in rates {
+                k.cmd(0xd4);
+                k.out(0xf3);
+                k.cmd(0xd4);
+                k.out(r);
+            }
+            k.cmd(0xd4);
+            k.out(0xf2);
+            assert_eq!(k.drain().last(), Some(&(id, true)));
+        }
     }
 
     #[test]

@@ -164,11 +164,7 @@ pub fn decode(bytes: &[u8], long_mode: bool) -> Decoded {
                 0xbc if rep => Some("tzcnt"),
                 0xbd if rep => Some("lzcnt"),
                 0xc7 => match (reg, is_reg) {
-                    (Some(1), Some(false)) => Some(if rex_w {
-                        "cmpxchg16b"
-                    } else {
-                        "cmpxchg8b"
-                    }),
+                    (Some(1), Some(false)) => Some(if rex_w { "cmpxchg16b" } else { "cmpxchg8b" }),
                     (Some(3), Some(false)) => Some(if rex_w { "xrstors64" } else { "xrstors" }),
                     (Some(4), Some(false)) => Some(if rex_w { "xsavec64" } else { "xsavec" }),
                     (Some(5), Some(false)) => Some(if rex_w { "xsaves64" } else { "xsaves" }),
@@ -308,7 +304,10 @@ mod tests {
         assert_eq!(name(&[0xf3, 0x0f, 0xc7, 0xf8]), Some("rdpid"));
         assert_eq!(name(&[0xf3, 0x48, 0x0f, 0xae, 0xc0]), Some("rdfsbase"));
         assert_eq!(name(&[0x66, 0x0f, 0x38, 0x00, 0xc1]), Some("pshufb"));
-        assert_eq!(name(&[0x66, 0x0f, 0x3a, 0x44, 0xc1, 0x00]), Some("pclmulqdq"));
+        assert_eq!(
+            name(&[0x66, 0x0f, 0x3a, 0x44, 0xc1, 0x00]),
+            Some("pclmulqdq")
+        );
         assert_eq!(name(&[0x0f, 0x01, 0xcb]), Some("stac"));
         assert_eq!(name(&[0xdb, 0xe2]), Some("fnclex"));
         assert_eq!(name(&[0xc5, 0xf8, 0x77]), Some("vex-encoded (avx)"));
