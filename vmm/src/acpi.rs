@@ -178,6 +178,18 @@ fn com_number(base: u64, nth: usize) -> usize {
 /// `KBD_` (PNP0303) and `MOU_` (PNP0F13) for the i8042, `RTC_` (PNP0B00), `COMn` (PNP0501).
 fn isa_aml(isa: &[machine::IsaDevicePlan]) -> Vec<u8> {
     let mut out = Vec::new();
+    // QEMU's DSDT order (keyboard, floppy, parallel, serial, RTC), which is also the order
+    // Linux numbers PnP devices in (00:00, 00:01, ...).
+    let rank = |t: &str| match t {
+        "i8042" => 0,
+        "isa-fdc" => 1,
+        "isa-parallel" => 2,
+        "isa-serial" => 3,
+        "mc146818rtc" => 4,
+        _ => 5,
+    };
+    let mut isa: Vec<&machine::IsaDevicePlan> = isa.iter().collect();
+    isa.sort_by_key(|d| rank(&d.type_name));
     let sta = aml::Name::new("_STA".into(), &0x0fu8);
     let mut serials = 0;
     for dev in isa {
@@ -270,7 +282,8 @@ fn dsdt(cfg: &AcpiConfig) -> Vec<u8> {
         _ => ("PNP0A03", None),
     };
     let hole32_end = cfg.pci_hole32.end().saturating_sub(1) as u32;
-    let bus_range = aml::AddressSpace::new_bus_number(0u16, u16::from(cfg.last_bus));
+    // The whole bus range, as QEMU declares it (Linux numbers buses within it).
+    let bus_range = aml::AddressSpace::new_bus_number(0u16, 0xffu16);
     let cfg_io = aml::IO::new(0xcf8, 0xcf8, 1, 8);
     let io_low = aml::AddressSpace::new_io(0x0000u16, 0x0cf7, None);
     let io_high = aml::AddressSpace::new_io(0x0d00u16, 0xffff, None);

@@ -28,6 +28,7 @@ const CTR_AUXINT: u8 = 0x02;
 const CTR_SYS: u8 = 0x04;
 const CTR_KBDDIS: u8 = 0x10;
 const CTR_AUXDIS: u8 = 0x20;
+const CTR_XLATE: u8 = 0x40;
 
 // Output port bits.
 const OUT_RESET_HIGH: u8 = 0x01;
@@ -93,14 +94,16 @@ impl I8042 {
     /// `kbd_irq`/`aux_irq`: the ISA IRQ 1 and 12 lines (eventfds registered as irqfds).
     pub fn new(lifecycle: Lifecycle, kbd_irq: Option<EventFd>, aux_irq: Option<EventFd>) -> Self {
         let mut ram = [0u8; 32];
-        // QEMU's reset mode: both interrupts enabled.
-        ram[0] = CTR_KBDINT | CTR_AUXINT;
+        // machina boots without firmware: start as SeaBIOS leaves the controller (self-test
+        // passed, scan code translation on, keyboard interrupt on, AUX port disabled), so a
+        // kernel sees what it sees under QEMU ("AT Translated Set 2 keyboard").
+        ram[0] = CTR_XLATE | CTR_AUXDIS | CTR_KBDINT;
         Self {
             lifecycle,
             kbd_irq,
             aux_irq,
             ram,
-            status: STAT_CMD | STAT_UNLOCKED,
+            status: STAT_CMD | STAT_UNLOCKED | STAT_SYS,
             outport: OUT_RESET_HIGH | OUT_A20,
             pending: Pending::None,
             out: VecDeque::new(),
@@ -455,7 +458,10 @@ mod tests {
         assert_ne!(k.status() & STAT_SYS, 0);
         // Read CTR twice (stable), write it back with interrupts off and ports disabled.
         k.cmd(0x20);
-        assert_eq!(k.drain(), vec![(CTR_KBDINT | CTR_AUXINT, false)]);
+        assert_eq!(
+            k.drain(),
+            vec![(CTR_XLATE | CTR_AUXDIS | CTR_KBDINT, false)]
+        );
         k.cmd(0x60);
         k.out(CTR_KBDDIS | CTR_AUXDIS | CTR_SYS | 0x40);
         k.cmd(0x20);

@@ -1,0 +1,261 @@
+//! Linux as an independent test guest (opt-in: a boot takes ~2-3 minutes on PVM hosts).
+//!
+//!     scripts/linux-guest --install-deps   # once: builds target/linux-guest/vmlinux
+//!     cargo test -p vmm --test linux_boot -- --ignored --nocapture
+//!
+//! Boots the tinyconfig 6.1 kernel (tests/data/linux/guest.config) by PVH with `-no-reboot`
+//! on q35 and pc, with root ports, a pcie-pci-bridge, virtio-blk modern and transitional
+//! (images with an MBR partition table), virtio-net on a tap and virtio-rng; boots the same
+//! kernel and command line under Debian's QEMU 7.2 (`-accel tcg`); compares the two kernel
+//! logs. No root file system is given: the kernel panics at the root mount (`panic=-1`
+//! reboots, `-no-reboot` exits), after every driver has probed. Kernel-only because no Linux
+//! user space runs on PVM hosts (see docs).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const QEMU: &str = "/usr/bin/qemu-system-x86_64";
+/// Keeps a stock kernel off instructions PVM's CPL 0 emulator rejects (test-hosts-kvm.md).
+const CLEARCPUID: &str = "clearcpuid=cx16,xsave,popcnt,rdrand,rdseed,fsgsbase,smap,rdpid,\
+                          clflushopt,clwb,bmi1,bmi2,ssse3,sse4_1,sse4_2,aes,pclmulqdq";
+
+/// PnP IDs QEMU lists that machina does not model (see tests/linux_acpi.rs): floppy and
+/// parallel port.
+const PNP_NOT_MODELLED: &[&str] = &["PNP0700", "PNP0400"];
+
+fn vmlinux() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = Command::new(root.join("scripts/linux-guest"))
+        .output()
+        .expect("run scripts/linux-guest");
+    assert!(
+        out.status.success(),
+        "scripts/linux-guest failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+/// A 16 MiB raw image with an MBR holding one Linux partition (LBA 2048 to the end).
+fn disk(path: &Path) {
+    let mut img = vec![0u8; 16 << 20];
+    let sectors = (img.len() / 512) as u32;
+    let entry = &mut img[0x1be..0x1ce];
+    entry[4] = 0x83;
+    entry[8..12].copy_from_slice(&2048u32.to_le_bytes());
+    entry[12..16].copy_from_slice(&(sectors - 2048).to_le_bytes());
+    img[510] = 0x55;
+    img[511] = 0xaa;
+    std::fs::write(path, img).unwrap();
+}
+
+fn devices(machine: &str, dir: &Path) -> Vec<String> {
+    let d0 = dir.join("d0.img");
+    let d1 = dir.join("d1.img");
+    disk(&d0);
+    disk(&d1);
+    let mut a: Vec<String> = Vec::new();
+    let mut add = |s: &str| a.extend(["-device".to_string(), s.to_string()]);
+    if machine == "q35" {
+        add("pcie-root-port,id=rp1,chassis=1,addr=0x2");
+        add("pcie-root-port,id=rp2,chassis=2,addr=0x3");
+        add("pcie-root-port,id=rp3,chassis=3,addr=0x4");
+        add("pcie-pci-bridge,id=br1,bus=rp3");
+        // Modern behind a root port (1af4:1042), transitional behind the bridge (1af4:1001).
+        add("virtio-blk-pci,drive=d0,bus=rp1");
+        add("virtio-blk-pci,drive=d1,bus=br1,addr=0x1");
+        add("virtio-net-pci,netdev=n0,bus=rp2");
+        add("virtio-rng-pci,rng=r0,addr=0x5");
+    } else {
+        // Transitional on the root bus, and a modern-only one.
+        add("virtio-blk-pci,drive=d0,addr=0x4");
+        add("virtio-blk-pci,drive=d1,addr=0x5,disable-legacy=on");
+        add("virtio-net-pci,netdev=n0,addr=0x6");
+        add("virtio-rng-pci,rng=r0,addr=0x7");
+    }
+    for (id, img) in [("d0", &d0), ("d1", &d1)] {
+        a.push("-drive".into());
+        a.push(format!("file={},if=none,id={id},format=raw", img.display()));
+    }
+    a.extend(
+        [
+            "-netdev",
+            "tap,id=n0,script=no,downscript=no",
+            "-object",
+            "rng-random,id=r0,filename=/dev/urandom",
+        ]
+        .map(String::from),
+    );
+    a
+}
+
+/// Run `program` with the common command line; its serial log and wall time.
+fn boot(program: &Path, extra: &[&str], machine: &str, dir: &Path) -> (String, Duration) {
+    let kernel = vmlinux();
+    let append = format!("console=ttyS0 panic=-1 pnp.debug=1 {CLEARCPUID}");
+    let mut cmd = Command::new(program);
+    cmd.args([
+        "-machine",
+        machine,
+        "-m",
+        "256M",
+        "-nographic",
+        "-no-reboot",
+    ])
+    .args(extra)
+    .arg("-kernel")
+    .arg(&kernel)
+    .args(["-append", &append])
+    .args(devices(machine, dir));
+    let start = Instant::now();
+    let out = cmd.output().expect("start the VMM");
+    let log = String::from_utf8_lossy(&out.stdout).into_owned();
+    (log, start.elapsed())
+}
+
+/// Log lines without the timestamp.
+fn lines(log: &str) -> Vec<String> {
+    log.lines()
+        .map(|l| {
+            let l = l.trim_end_matches('\r');
+            match l.find("] ") {
+                Some(i) if l.starts_with('[') => l[i + 2..].to_string(),
+                _ => l.to_string(),
+            }
+        })
+        .collect()
+}
+
+/// PCI enumeration: `pci BDF: [vid:did] type T class C` and bridges' bus numbers.
+fn pci_identity(log: &[String]) -> Vec<String> {
+    log.iter()
+        .filter(|l| {
+            (l.starts_with("pci 0000:") && l.contains("] type "))
+                || l.contains(": PCI bridge to [bus")
+        })
+        .cloned()
+        .collect()
+}
+
+/// `pnp 00:0N: Plug and Play ACPI device, IDs ...` (pnp.debug=1), IDs only.
+fn pnp_ids(log: &[String]) -> BTreeSet<String> {
+    log.iter()
+        .filter_map(|l| l.split_once("Plug and Play ACPI device, IDs "))
+        .map(|(_, ids)| ids.replace(" (active)", "").replace(" (disabled)", ""))
+        .filter(|ids| !PNP_NOT_MODELLED.iter().any(|p| ids.contains(p)))
+        .collect()
+}
+
+fn has(log: &[String], needle: &str) -> bool {
+    log.iter().any(|l| l.contains(needle))
+}
+
+fn check(machine: &str) -> Vec<String> {
+    let dir = std::env::temp_dir().join(format!("machina-linux-{}-{machine}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (qlog, qtime) = boot(Path::new(QEMU), &["-accel", "tcg"], machine, &dir);
+    let (mlog, mtime) = boot(&common::machina(), &[], machine, &dir);
+    println!(
+        "{machine}: QEMU 7.2 TCG boot {:.1} s, machina boot {:.1} s",
+        qtime.as_secs_f64(),
+        mtime.as_secs_f64()
+    );
+    std::fs::write(dir.join("qemu.log"), &qlog).unwrap();
+    std::fs::write(dir.join("machina.log"), &mlog).unwrap();
+    println!("{machine}: logs kept in {}", dir.display());
+    let q = lines(&qlog);
+    let m = lines(&mlog);
+    let mut problems = Vec::new();
+    let mut want = |ok: bool, what: String| {
+        if !ok {
+            problems.push(format!("{machine}: {what}"));
+        }
+    };
+    want(
+        has(&q, "VFS: Unable to mount root fs"),
+        "QEMU's boot did not reach the root mount".into(),
+    );
+    want(
+        has(&m, "VFS: Unable to mount root fs"),
+        "machina's boot did not reach the root mount".into(),
+    );
+    let (qp, mp) = (pci_identity(&q), pci_identity(&m));
+    want(!qp.is_empty(), "no PCI enumeration in QEMU's log".into());
+    want(
+        qp == mp,
+        format!("PCI enumeration differs:\nQEMU:    {qp:#?}\nmachina: {mp:#?}"),
+    );
+    let (qn, mn) = (pnp_ids(&q), pnp_ids(&m));
+    want(!qn.is_empty(), "no PnP devices in QEMU's log".into());
+    want(
+        qn == mn,
+        format!("PnP devices differ: QEMU {qn:?}, machina {mn:?}"),
+    );
+    for bad in ["ACPI Error", "ACPI BIOS Error", "ACPI Warning"] {
+        let hits: Vec<&String> = m.iter().filter(|l| l.contains(bad)).collect();
+        want(hits.is_empty(), format!("{bad} in machina's log: {hits:?}"));
+    }
+    for needle in [
+        " vda: vda1",
+        " vdb: vdb1",
+        "serio: i8042 KBD port at 0x60,0x64 irq 1",
+        "serio: i8042 AUX port at 0x60,0x64 irq 12",
+        "AT Translated Set 2 keyboard",
+        "rtc_cmos 00:",
+        "ttyS0 at I/O 0x3f8 (irq = 4",
+    ] {
+        want(has(&q, needle), format!("QEMU's log lacks {needle:?}"));
+        want(has(&m, needle), format!("machina's log lacks {needle:?}"));
+    }
+    want(
+        !has(&m, "i8042: Can't read CTR"),
+        "machina's i8042 probe failed".into(),
+    );
+    let _ = std::fs::remove_file(dir.join("d0.img"));
+    let _ = std::fs::remove_file(dir.join("d1.img"));
+    problems
+}
+
+fn prerequisites() -> bool {
+    if !Path::new(QEMU).exists() {
+        eprintln!("SKIP: {QEMU} is not installed");
+        return false;
+    }
+    common::require_kvm()
+}
+
+#[test]
+#[ignore = "boots Linux twice per machine type (minutes on PVM hosts); run with --ignored"]
+fn linux_boots_like_under_qemu() {
+    if !prerequisites() {
+        return;
+    }
+    let mut problems = Vec::new();
+    for machine in ["q35", "pc"] {
+        problems.extend(check(machine));
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn log_parsers() {
+    let log = lines(
+        "[    0.455185] pci 0000:00:00.0: [8086:29c0] type 00 class 0x060000\n\
+         [    0.460240] pci 0000:00:01.0: BAR 0 [mem 0xfc000000-0xfcffffff pref]\n\
+         [    0.533432] pci 0000:00:02.0: PCI bridge to [bus 01]\n\
+         [    0.607331] pnp 00:00: Plug and Play ACPI device, IDs PNP0303 (active)\n\
+         [    0.607331] pnp 00:01: Plug and Play ACPI device, IDs PNP0400 (active)\n",
+    );
+    assert_eq!(
+        pci_identity(&log),
+        vec![
+            "pci 0000:00:00.0: [8086:29c0] type 00 class 0x060000".to_string(),
+            "pci 0000:00:02.0: PCI bridge to [bus 01]".to_string()
+        ]
+    );
+    assert_eq!(pnp_ids(&log), BTreeSet::from(["PNP0303".to_string()]));
+}
