@@ -359,6 +359,14 @@ fn parse_dsl(dsl: &str) -> BTreeSet<String> {
     set
 }
 
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 fn compare(machine: &str, nodefaults: bool) -> Vec<String> {
     let label = format!("{machine}{}", if nodefaults { " -nodefaults" } else { "" });
     let base: PathBuf = std::env::temp_dir().join(format!(
@@ -366,6 +374,8 @@ fn compare(machine: &str, nodefaults: bool) -> Vec<String> {
         std::process::id()
     ));
     let _ = std::fs::remove_dir_all(&base);
+    // Removed however the comparison ends (QEMU's memory image is 128 MiB).
+    let _cleanup = RemoveOnDrop(base.clone());
     let q = qemu_tables(machine, nodefaults, &{
         std::fs::create_dir_all(&base).unwrap();
         base.clone()
@@ -409,7 +419,6 @@ fn compare(machine: &str, nodefaults: bool) -> Vec<String> {
     for item in md.difference(&qd) {
         problems.push(format!("{label}: DSDT has {item}, QEMU's does not"));
     }
-    let _ = std::fs::remove_dir_all(&base);
     problems
 }
 

@@ -96,7 +96,11 @@ fn devices(machine: &str, dir: &Path) -> Vec<String> {
 /// Run `program` with the common command line; its serial log and wall time.
 fn boot(program: &Path, extra: &[&str], machine: &str, dir: &Path) -> (String, Duration) {
     let kernel = vmlinux();
-    let append = format!("console=ttyS0 panic=-1 pnp.debug=1 {CLEARCPUID}");
+    // ignore_loglevel + dyndbg: PnP device IDs; ip=: eth0 brought up and reported.
+    let append = format!(
+        "console=ttyS0 panic=-1 ignore_loglevel dyndbg=\"file drivers/pnp/core.c +p\" \
+         ip=10.0.2.15::10.0.2.2:255.255.255.0::eth0:off carrier_timeout=1 {CLEARCPUID}"
+    );
     let mut cmd = Command::new(program);
     cmd.args([
         "-machine",
@@ -112,8 +116,17 @@ fn boot(program: &Path, extra: &[&str], machine: &str, dir: &Path) -> (String, D
     .args(["-append", &append])
     .args(devices(machine, dir));
     let start = Instant::now();
-    let out = cmd.output().expect("start the VMM");
+    let out = cmd
+        .env("MACHINA_TRACE", "1")
+        .output()
+        .expect("start the VMM");
     let log = String::from_utf8_lossy(&out.stdout).into_owned();
+    // machina's counters of instructions emulated for PVM (MACHINA_TRACE).
+    for line in String::from_utf8_lossy(&out.stderr).lines() {
+        if line.contains("emulated int3=") || line.contains("stopped") {
+            println!("{machine}: {line}");
+        }
+    }
     (log, start.elapsed())
 }
 
@@ -207,6 +220,10 @@ fn check(machine: &str) -> Vec<String> {
         "AT Translated Set 2 keyboard",
         "rtc_cmos 00:",
         "ttyS0 at I/O 0x3f8 (irq = 4",
+        // virtio-net registered eth0 (kernel IP autoconfiguration brought it up).
+        "device=eth0, hwaddr=52:54:00:12:34:56",
+        // virtio-rng registered and fed the kernel's pool (hwrng thread).
+        "random: crng init done",
     ] {
         want(has(&q, needle), format!("QEMU's log lacks {needle:?}"));
         want(has(&m, needle), format!("machina's log lacks {needle:?}"));

@@ -101,7 +101,11 @@ impl Vcpu {
                 start.elapsed().as_micros()
             );
         }
-        if let Stop::Failed(reason) = self.run_loop() {
+        let stop = self.run_loop();
+        if self.trace_start.is_some() && self.index == 0 {
+            eprintln!("machina-trace: {}", emulate::counters());
+        }
+        if let Stop::Failed(reason) = stop {
             let registers = self.describe_registers();
             eprintln!(
                 "machina: vCPU {} stopped: {reason}\n{registers}",
