@@ -208,11 +208,7 @@ impl I8042 {
             0xdf => self.outport |= OUT_A20,
             0xe0 => self.queue(0x00, Source::Kbd),
             // Pulse output lines: a low bit 0 pulses the reset line.
-            0xf0..=0xff => {
-                if cmd & 0x01 == 0 {
-                    self.lifecycle.request(Request::Reset);
-                }
-            }
+            0xf0..=0xff if cmd & 0x01 == 0 => self.lifecycle.request(Request::Reset),
             // Unknown commands are ignored, as QEMU does.
             _ => {}
         }
