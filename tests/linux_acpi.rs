@@ -26,9 +26,10 @@ const KNOWN: &[(&str, &str)] = &[
         "machina models no HPET (HPET table and \\_SB.HPET absent)",
     ),
     (
-        "PNP0C0F",
-        "no PCI interrupt link devices: machina's _PRT names the GSIs directly (q35 APIC \
-         mode GSI 16-23, pc the IRQs its firmware step routed) instead of LNKx/GSIx objects",
+        "LNK",
+        "no PIRQ-routed interrupt link devices (q35 LNKA-H for PIC mode, pc LNKA-D/LNKS): \
+         machina's pc _PRT names the IRQs its firmware step routed the PIRQs to; q35's names \
+         GSIA-H (APIC mode) as QEMU's does",
     ),
     ("_S3", "no S3: machina cannot suspend to RAM and resume"),
     ("FDC0", "machina models no floppy controller"),

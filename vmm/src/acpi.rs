@@ -254,6 +254,28 @@ fn isa_aml(isa: &[machine::IsaDevicePlan]) -> Vec<u8> {
     out
 }
 
+/// q35's GSIA-GSIH: PCI interrupt link devices fixed to GSI 16-23 (QEMU's
+/// build_gsi_link_dev): the one possible setting, so `_SRS` has nothing to change.
+fn gsi_link_devices() -> Vec<u8> {
+    let mut out = Vec::new();
+    for n in 0..8u32 {
+        let name = format!("GSI{}", char::from(b'A' + n as u8));
+        let hid = aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0C0F"));
+        let uid = aml::Name::new("_UID".into(), &n);
+        let irq = aml::Interrupt::new(true, false, false, true, 16 + n);
+        let prs_t = aml::ResourceTemplate::new(vec![&irq]);
+        let prs = aml::Name::new("_PRS".into(), &prs_t);
+        let crs_t = aml::ResourceTemplate::new(vec![&irq]);
+        let crs = aml::Name::new("_CRS".into(), &crs_t);
+        let srs = aml::Method::new("_SRS".into(), 1, false, vec![]);
+        out.extend(bytes_of(&aml::Device::new(
+            name.as_str().into(),
+            vec![&hid, &uid, &prs, &crs, &srs],
+        )));
+    }
+    out
+}
+
 /// A byte sink for AML and tables.
 #[derive(Default)]
 struct Buf(Vec<u8>);
@@ -329,12 +351,22 @@ fn dsdt(cfg: &AcpiConfig) -> Vec<u8> {
         .iter()
         .map(|&(slot, _, _)| (u32::from(slot) << 16) | 0xffff)
         .collect();
+    // q35 routes PIRQ A-H to GSI 16-23 in APIC mode; QEMU's _PRT names them through the
+    // interrupt link devices GSIA-GSIH (fixed, level, active high, shared), and so does ours.
+    let gsi_link = |gsi: u32| {
+        (cfg.family == Family::Q35 && (16..24).contains(&gsi))
+            .then(|| aml::Path::new(&format!("GSI{}", char::from(b'A' + (gsi - 16) as u8))))
+    };
+    let prt_sources: Vec<Option<aml::Path>> =
+        cfg.prt.iter().map(|&(_, _, gsi)| gsi_link(gsi)).collect();
     let prt_rows: Vec<aml::Package> = cfg
         .prt
         .iter()
         .zip(&prt_addrs)
-        .map(|((_, pin, gsi), addr)| {
-            aml::Package::new(vec![addr as &dyn Aml, pin, &aml::ZERO, gsi])
+        .zip(&prt_sources)
+        .map(|(((_, pin, gsi), addr), source)| match source {
+            Some(link) => aml::Package::new(vec![addr as &dyn Aml, pin, link, &aml::ZERO]),
+            None => aml::Package::new(vec![addr as &dyn Aml, pin, &aml::ZERO, gsi]),
         })
         .collect();
     let prt_pkg = aml::Package::new(prt_rows.iter().map(|p| p as &dyn Aml).collect());
@@ -390,6 +422,12 @@ fn dsdt(cfg: &AcpiConfig) -> Vec<u8> {
     if let Some(d) = drac.as_ref() {
         sb_children.push(d);
     }
+    let gsi_links = RawAml(if cfg.family == Family::Q35 {
+        gsi_link_devices()
+    } else {
+        Vec::new()
+    });
+    sb_children.push(&gsi_links);
     let sb = aml::Scope::new("_SB_".into(), sb_children);
 
     // SLP_TYP 0 is S5 (soft off) on QEMU's ACPI PM blocks; S4 as QEMU's s4_val.
