@@ -26,10 +26,10 @@ const KNOWN: &[(&str, &str)] = &[
         "machina models no HPET (HPET table and \\_SB.HPET absent)",
     ),
     (
-        "LNK",
-        "no PIRQ-routed interrupt link devices (q35 LNKA-H for PIC mode, pc LNKA-D/LNKS): \
-         machina's pc _PRT names the IRQs its firmware step routed the PIRQs to; q35's names \
-         GSIA-H (APIC mode) as QEMU's does",
+        "_SB.LNK",
+        "q35's LNKA-H exist for PIC mode only (QEMU's _PRT returns them when _PIC(0)); \
+         machina's q35 _PRT is the APIC-mode one (GSIA-H) and machina does not route q35 \
+         PIRQs to ISA IRQs",
     ),
     ("_S3", "no S3: machina cannot suspend to RAM and resume"),
     ("FDC0", "machina models no floppy controller"),

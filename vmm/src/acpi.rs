@@ -4,9 +4,9 @@
 //!
 //! The DSDT describes what QEMU 7.2's describes for the devices machina models (PCI root,
 //! ECAM reservation, the ISA devices with a model: i8042 keyboard and mouse, RTC, COM ports;
-//! sleep states S4/S5) and nothing machina lacks: no HPET, floppy, parallel port, PCI/CPU/
-//! memory hot-plug interfaces, fw_cfg or interrupt link devices (the `_PRT` names GSIs
-//! directly). `tests/linux_acpi.rs` compares the result with QEMU's, listing each difference.
+//! sleep states S4/S5, the interrupt link devices the `_PRT` names) and nothing machina
+//! lacks: no HPET, floppy, parallel port, PCI/CPU/memory hot-plug interfaces or fw_cfg.
+//! `tests/linux_acpi.rs` compares the result with QEMU's, listing each difference.
 
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
@@ -254,24 +254,53 @@ fn isa_aml(isa: &[machine::IsaDevicePlan]) -> Vec<u8> {
     out
 }
 
-/// q35's GSIA-GSIH: PCI interrupt link devices fixed to GSI 16-23 (QEMU's
-/// build_gsi_link_dev): the one possible setting, so `_SRS` has nothing to change.
-fn gsi_link_devices() -> Vec<u8> {
+/// A PCI interrupt link device (PNP0C0F) fixed to one interrupt: `_PRS` and `_CRS` both name
+/// it, so `_SRS` (no-op) can only set what already is. machina routes INTx once, at build
+/// (the firmware step), and does not re-route when a guest rewrites the PIRQ registers.
+fn link_device(name: &str, uid: u32, irq: u32) -> Vec<u8> {
+    let hid = aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0C0F"));
+    let uid = aml::Name::new("_UID".into(), &uid);
+    // Present, enabled, functioning.
+    let sta = aml::Name::new("_STA".into(), &0x0bu8);
+    let level_high_shared = aml::Interrupt::new(true, false, false, true, irq);
+    let prs_t = aml::ResourceTemplate::new(vec![&level_high_shared]);
+    let prs = aml::Name::new("_PRS".into(), &prs_t);
+    let crs_t = aml::ResourceTemplate::new(vec![&level_high_shared]);
+    let crs = aml::Name::new("_CRS".into(), &crs_t);
+    let srs = aml::Method::new("_SRS".into(), 1, false, vec![]);
+    bytes_of(&aml::Device::new(
+        name.into(),
+        vec![&hid, &uid, &sta, &prs, &crs, &srs],
+    ))
+}
+
+/// The `_PRT` source of a root-bus entry and the link devices: q35's GSIA-GSIH (GSI 16-23,
+/// as QEMU's APIC-mode _PRT), pc's LNKA-LNKD (the IRQ each PIRQ was routed to) and LNKS
+/// (the SCI, PIIX4 PM's INTA).
+fn prt_link(family: Family, slot: u8, pin: u8, gsi: u32) -> Option<String> {
+    match family {
+        Family::Q35 if (16..24).contains(&gsi) => {
+            Some(format!("GSI{}", char::from(b'A' + (gsi - 16) as u8)))
+        }
+        Family::I440fx if slot == 1 && pin == 0 => Some("LNKS".into()),
+        Family::I440fx => {
+            let pirq = devices::pci::interrupt::piix_map_irq(slot, pin);
+            Some(format!("LNK{}", char::from(b'A' + pirq)))
+        }
+        _ => None,
+    }
+}
+
+fn link_devices(cfg: &AcpiConfig) -> Vec<u8> {
+    let mut links: std::collections::BTreeMap<String, u32> = Default::default();
+    for &(slot, pin, gsi) in &cfg.prt {
+        if let Some(name) = prt_link(cfg.family, slot, pin, gsi) {
+            links.entry(name).or_insert(gsi);
+        }
+    }
     let mut out = Vec::new();
-    for n in 0..8u32 {
-        let name = format!("GSI{}", char::from(b'A' + n as u8));
-        let hid = aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0C0F"));
-        let uid = aml::Name::new("_UID".into(), &n);
-        let irq = aml::Interrupt::new(true, false, false, true, 16 + n);
-        let prs_t = aml::ResourceTemplate::new(vec![&irq]);
-        let prs = aml::Name::new("_PRS".into(), &prs_t);
-        let crs_t = aml::ResourceTemplate::new(vec![&irq]);
-        let crs = aml::Name::new("_CRS".into(), &crs_t);
-        let srs = aml::Method::new("_SRS".into(), 1, false, vec![]);
-        out.extend(bytes_of(&aml::Device::new(
-            name.as_str().into(),
-            vec![&hid, &uid, &prs, &crs, &srs],
-        )));
+    for (uid, (name, irq)) in links.iter().enumerate() {
+        out.extend(link_device(name, uid as u32, *irq));
     }
     out
 }
@@ -351,14 +380,12 @@ fn dsdt(cfg: &AcpiConfig) -> Vec<u8> {
         .iter()
         .map(|&(slot, _, _)| (u32::from(slot) << 16) | 0xffff)
         .collect();
-    // q35 routes PIRQ A-H to GSI 16-23 in APIC mode; QEMU's _PRT names them through the
-    // interrupt link devices GSIA-GSIH (fixed, level, active high, shared), and so does ours.
-    let gsi_link = |gsi: u32| {
-        (cfg.family == Family::Q35 && (16..24).contains(&gsi))
-            .then(|| aml::Path::new(&format!("GSI{}", char::from(b'A' + (gsi - 16) as u8))))
-    };
-    let prt_sources: Vec<Option<aml::Path>> =
-        cfg.prt.iter().map(|&(_, _, gsi)| gsi_link(gsi)).collect();
+    // The sources are the interrupt link devices, as in QEMU's _PRT (see prt_link).
+    let prt_sources: Vec<Option<aml::Path>> = cfg
+        .prt
+        .iter()
+        .map(|&(slot, pin, gsi)| prt_link(cfg.family, slot, pin, gsi).map(|n| aml::Path::new(&n)))
+        .collect();
     let prt_rows: Vec<aml::Package> = cfg
         .prt
         .iter()
@@ -422,12 +449,8 @@ fn dsdt(cfg: &AcpiConfig) -> Vec<u8> {
     if let Some(d) = drac.as_ref() {
         sb_children.push(d);
     }
-    let gsi_links = RawAml(if cfg.family == Family::Q35 {
-        gsi_link_devices()
-    } else {
-        Vec::new()
-    });
-    sb_children.push(&gsi_links);
+    let links = RawAml(link_devices(cfg));
+    sb_children.push(&links);
     let sb = aml::Scope::new("_SB_".into(), sb_children);
 
     // SLP_TYP 0 is S5 (soft off) on QEMU's ACPI PM blocks; S4 as QEMU's s4_val.
