@@ -757,6 +757,9 @@ mod tests {
         // PM1a_CNT_BLK at offset 64, SCI at 46.
         assert_eq!(u32::from_le_bytes(f[64..68].try_into().unwrap()), 0x604);
         assert_eq!(u16::from_le_bytes(f[46..48].try_into().unwrap()), 9);
+        // FACS referenced once, through FIRMWARE_CTRL (X_FIRMWARE_CTRL zero), as QEMU.
+        assert_eq!(u32::from_le_bytes(f[36..40].try_into().unwrap()), 0x2000);
+        assert_eq!(u64::from_le_bytes(f[132..140].try_into().unwrap()), 0);
         let m = mcfg(c.ecam.unwrap());
         assert_eq!(
             u64::from_le_bytes(m[44..52].try_into().unwrap()),
@@ -768,6 +771,20 @@ mod tests {
         assert!(d.windows(4).any(|w| w == b"DRAC"));
         assert!(!dsdt(&cfg(Family::I440fx)).windows(4).any(|w| w == b"DRAC"));
         assert!(d.windows(4).any(|w| w == b"_PRT"));
+        // ISA devices under the ISA bridge, S4 offered, link devices named by the _PRT.
+        for name in [&b"SF8_"[..], b"KBD_", b"MOU_", b"COM1", b"_S4_", b"GSIA", b"GSIH"] {
+            assert!(d.windows(4).any(|w| w == name), "{name:?}");
+        }
+        assert!(!d.windows(4).any(|w| w == b"LNKA"));
+        let p = dsdt(&cfg(Family::I440fx));
+        for name in [&b"S08_"[..], b"LNKA", b"LNKD", b"LNKS"] {
+            assert!(p.windows(4).any(|w| w == name), "{name:?}");
+        }
+        assert!(!p.windows(4).any(|w| w == b"GSIA"));
+        // WAET: PM timer good.
+        let w = waet();
+        assert!(checksum_ok(&w));
+        assert_eq!(w[36], 2);
         // Root port 00:02.0 as S10 with a bridge S08 nested inside it.
         let s10 = d
             .windows(4)
