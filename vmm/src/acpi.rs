@@ -305,6 +305,55 @@ fn link_devices(cfg: &AcpiConfig) -> Vec<u8> {
     out
 }
 
+/// q35's `_OSC` for PCI0 (QEMU's build_q35_osc_method): grant the OS native PME, AER and
+/// PCIe capability control, not PCIe/SHPC hot-plug (machina hot-plugs nothing), so Linux
+/// logs "OS now controls [PME PCIeCapability]" as under QEMU instead of "platform retains
+/// control of PCIe features".
+fn q35_osc() -> Vec<u8> {
+    const PCI_HOST_BRIDGE_UUID: &str = "33db4d5b-1ff7-401c-9657-7441c03dd766";
+    /// PME (bit 2), AER (3), PCIe capability (4).
+    const GRANTED: u32 = 0x1c;
+    let cdw1 = aml::Path::new("CDW1");
+    let cdw3 = aml::Path::new("CDW3");
+    let local0 = aml::Local(0);
+    let uuid = aml::Uuid::new(PCI_HOST_BRIDGE_UUID);
+    let create1 = aml::CreateDWordField::new(&cdw1, &aml::Arg(3), &aml::ZERO);
+    let cdw2 = aml::Path::new("CDW2");
+    let create2 = aml::CreateDWordField::new(&cdw2, &aml::Arg(3), &4u8);
+    let create3 = aml::CreateDWordField::new(&cdw3, &aml::Arg(3), &8u8);
+    let load = aml::Store::new(&local0, &cdw3);
+    let mask = aml::And::new(&local0, &local0, &GRANTED);
+    let bad_revision = aml::NotEqual::new(&aml::Arg(1), &aml::ONE);
+    let flag_revision = aml::Or::new(&cdw1, &cdw1, &0x08u8);
+    let if_revision = aml::If::new(&bad_revision, vec![&flag_revision]);
+    let masked = aml::NotEqual::new(&cdw3, &local0);
+    let flag_masked = aml::Or::new(&cdw1, &cdw1, &0x10u8);
+    let if_masked = aml::If::new(&masked, vec![&flag_masked]);
+    let store = aml::Store::new(&cdw3, &local0);
+    let is_pci = aml::Equal::new(&aml::Arg(0), &uuid);
+    let if_pci = aml::If::new(
+        &is_pci,
+        vec![
+            &create2,
+            &create3,
+            &load,
+            &mask,
+            &if_revision,
+            &if_masked,
+            &store,
+        ],
+    );
+    let flag_uuid = aml::Or::new(&cdw1, &cdw1, &0x04u8);
+    let else_unknown = aml::Else::new(vec![&flag_uuid]);
+    let ret = aml::Return::new(&aml::Arg(3));
+    bytes_of(&aml::Method::new(
+        "_OSC".into(),
+        4,
+        false,
+        vec![&create1, &if_pci, &else_unknown, &ret],
+    ))
+}
+
 /// A byte sink for AML and tables.
 #[derive(Default)]
 struct Buf(Vec<u8>);
@@ -406,6 +455,12 @@ fn dsdt(cfg: &AcpiConfig) -> Vec<u8> {
     if !cfg.prt.is_empty() {
         pci0_children.push(&prt_name);
     }
+    let osc = RawAml(if cfg.family == Family::Q35 {
+        q35_osc()
+    } else {
+        Vec::new()
+    });
+    pci0_children.push(&osc);
     let bridges = RawAml(bridge_aml(&cfg.bridges));
     pci0_children.push(&bridges);
     // The ISA devices sit in the ISA bridge's scope (QEMU: PCI0.SF8 on q35, PCI0.S08 on pc).
@@ -772,7 +827,15 @@ mod tests {
         assert!(!dsdt(&cfg(Family::I440fx)).windows(4).any(|w| w == b"DRAC"));
         assert!(d.windows(4).any(|w| w == b"_PRT"));
         // ISA devices under the ISA bridge, S4 offered, link devices named by the _PRT.
-        for name in [&b"SF8_"[..], b"KBD_", b"MOU_", b"COM1", b"_S4_", b"GSIA", b"GSIH"] {
+        for name in [
+            &b"SF8_"[..],
+            b"KBD_",
+            b"MOU_",
+            b"COM1",
+            b"_S4_",
+            b"GSIA",
+            b"GSIH",
+        ] {
             assert!(d.windows(4).any(|w| w == name), "{name:?}");
         }
         assert!(!d.windows(4).any(|w| w == b"LNKA"));
