@@ -53,6 +53,8 @@ pub enum BuildError {
     MissingResource { device: String, what: &'static str },
     #[error(transparent)]
     Pci(#[from] devices::pci::PciError),
+    #[error(transparent)]
+    FwCfg(#[from] devices::legacy::fw_cfg::FwCfgError),
 }
 
 pub type Result<T> = std::result::Result<T, BuildError>;
@@ -86,6 +88,8 @@ pub struct BuildInputs<'a> {
     pub rtc_offset: i64,
     /// Their open handles, kept across builds.
     pub open: &'a mut crate::virtio_devices::OpenBackends,
+    /// What fw_cfg holds besides what the plan says.
+    pub fw_cfg: crate::fw_cfg::FwCfgInputs,
 }
 
 fn map(
@@ -203,6 +207,23 @@ pub fn build(kvm: &Kvm, plan: &Plan, inputs: BuildInputs) -> Result<BuiltMachine
             map_io_ranges(&io, isa, &dev)?;
             modelled_isa.push(isa.clone());
         }
+    }
+
+    // Every PC machine has fw_cfg at 0x510 (QEMU's fw_cfg_io, not an ISA device of the plan).
+    if plan.family != Family::None {
+        let fw_cfg: SharedDevice = Arc::new(Mutex::new(crate::fw_cfg::for_plan(
+            plan,
+            &vm.memory,
+            &inputs.fw_cfg,
+        )?));
+        map(
+            &io,
+            devices::legacy::fw_cfg::FW_CFG_IO_BASE,
+            devices::legacy::fw_cfg::FW_CFG_IO_SIZE,
+            &fw_cfg,
+            "fw_cfg",
+            "I/O ports",
+        )?;
     }
 
     let intx_forwarder = Arc::new(crate::virtio_devices::IntxForwarder::new().map_err(

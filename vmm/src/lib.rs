@@ -14,6 +14,7 @@ pub mod control;
 pub mod cpuid;
 pub mod daemon;
 pub mod fdset;
+pub mod fw_cfg;
 pub mod interrupts;
 pub mod kvm_vm;
 pub mod memory;

@@ -1,10 +1,19 @@
 //! QEMU's qtest protocol (docs/devel/qtest.rst): with `-qtest` (and `-accel qtest`) no vCPU
 //! runs and a test drives port I/O and memory accesses from outside, one command per line:
 //! `outb/outw/outl ADDR VAL`, `inb/inw/inl ADDR`, `readb..readq ADDR`, `writeb..writeq ADDR
-//! VAL`, `read ADDR LEN`, `write ADDR LEN 0xDATA`, `memset ADDR LEN BYTE`, `endianness`,
-//! answering `OK [value]` or `FAIL ...` with QEMU's formatting. The firmware step does not run
-//! unless the test asks with the machina command `machina_firmware_init`, so a client first
-//! sees the reset state QEMU shows.
+//! VAL`, `read ADDR LEN`, `write ADDR LEN 0xDATA`, `b64read ADDR LEN`, `b64write ADDR LEN B64`,
+//! `memset ADDR LEN BYTE`, `endianness`, `clock_step [NS]`, `clock_set NS`,
+//! `irq_intercept_in/out PATH`, answering `OK [value]` or `FAIL ...` with QEMU's formatting,
+//! and sending `IRQ raise N` / `IRQ lower N` when an intercepted line changes. The firmware
+//! step does not run unless the test asks with the machina command `machina_firmware_init`,
+//! so a client first sees the reset state QEMU shows.
+//!
+//! Commands that need the machine and arrive before it exists (under `--preconfig` or
+//! `-delay-machine-init`) wait until it is built, as QEMU only processes them then;
+//! `endianness` is answered at once, since libqtest asks it before it sends
+//! `x-exit-preconfig`. In qtest mode no vCPU and no local APIC run: an MSI is the memory
+//! write it is on the bus (libqos polls the address), and INTx levels are what the test
+//! intercepts.
 
 use crate::memory::GuestMemory;
 use devices::bus::Bus;
@@ -13,6 +22,7 @@ use machine::Plan;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use vm_memory::{Bytes, GuestAddress};
 
@@ -77,7 +87,205 @@ pub struct QtestMachine {
     pub plan: Plan,
 }
 
-pub type QtestSlot = Arc<Mutex<Option<QtestMachine>>>;
+/// Where asynchronous `IRQ` lines go: the client's stream, shared with the replies so that
+/// lines never interleave.
+type SharedWriter = Arc<Mutex<Option<Box<dyn Write + Send>>>>;
+
+/// Interrupt lines as qtest sees them: levels by GSI, reported once intercepted.
+pub struct IrqReporter {
+    intercepted: AtomicBool,
+    levels: Mutex<Vec<bool>>,
+    out: SharedWriter,
+}
+
+impl IrqReporter {
+    fn report(&self, gsi: u32, level: bool) {
+        let changed = {
+            let mut levels = self.levels.lock().unwrap_or_else(|e| e.into_inner());
+            let i = gsi as usize;
+            if levels.len() <= i {
+                levels.resize(i + 1, false);
+            }
+            std::mem::replace(&mut levels[i], level) != level
+        };
+        if changed && self.intercepted.load(Ordering::SeqCst) {
+            let line = format!("IRQ {} {gsi}\n", if level { "raise" } else { "lower" });
+            if let Some(w) = self.out.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+                let _ = w.write_all(line.as_bytes()).and_then(|_| w.flush());
+            }
+        }
+    }
+}
+
+/// INTx under qtest: no interrupt controller runs, the level goes to the test.
+struct QtestIntx(Arc<IrqReporter>);
+
+impl devices::pci::interrupt::IntxSink for QtestIntx {
+    fn set_level(&self, gsi: u32, level: bool) {
+        self.0.report(gsi, level);
+    }
+}
+
+/// MSI under qtest: with no local APIC, the message is the DWORD write it is on the bus,
+/// landing in guest memory where the test polls for it (as QEMU's qtest accelerator does).
+struct QtestMsi(GuestMemory);
+
+impl devices::pci::interrupt::MsiSink for QtestMsi {
+    fn send(&self, address: u64, data: u32) {
+        // An address outside RAM (the APIC window) is dropped, as the bus would.
+        let _ = self.0.write_slice(&data.to_le_bytes(), GuestAddress(address));
+    }
+}
+
+/// Everything qtest keeps across machine (re)builds.
+pub struct QtestState {
+    machine: Mutex<Option<QtestMachine>>,
+    irq: Arc<IrqReporter>,
+    /// The virtual clock (ns): only qtest commands move it, as with QEMU's qtest accelerator.
+    clock: Mutex<i64>,
+}
+
+pub type QtestSlot = Arc<QtestState>;
+
+impl QtestState {
+    pub fn new() -> QtestSlot {
+        Arc::new(Self {
+            machine: Mutex::new(None),
+            irq: Arc::new(IrqReporter {
+                intercepted: AtomicBool::new(false),
+                levels: Mutex::new(Vec::new()),
+                out: Arc::new(Mutex::new(None)),
+            }),
+            clock: Mutex::new(0),
+        })
+    }
+
+    /// Serve a freshly built machine: its interrupts go to the test from now on.
+    pub fn install(&self, machine: QtestMachine) {
+        if let Some(host) = &machine.pci {
+            let mut host = host.lock().unwrap_or_else(|e| e.into_inner());
+            host.set_intx_sink(Arc::new(QtestIntx(self.irq.clone())));
+            host.set_msi_sink(Arc::new(QtestMsi(machine.memory.clone())));
+        }
+        *self.machine.lock().unwrap_or_else(|e| e.into_inner()) = Some(machine);
+    }
+
+    /// Commands that do not need the machine; None for the rest.
+    fn command_without_machine(&self, words: &[&str]) -> Option<String> {
+        Some(match *words.first()? {
+            "endianness" => "OK little".to_string(),
+            "clock_step" => {
+                let mut clock = self.clock.lock().unwrap_or_else(|e| e.into_inner());
+                // No modelled timer has a deadline on this clock.
+                let Some(ns) = words.get(1) else {
+                    return Some(
+                        "FAIL cannot advance clock to the next deadline because there is \
+                         no pending deadline"
+                            .to_string(),
+                    );
+                };
+                match parse_signed(ns) {
+                    Some(ns) if ns > 0 => {
+                        *clock = clock.saturating_add(ns);
+                        format!("OK {}", *clock)
+                    }
+                    Some(_) => "FAIL could not advance time".to_string(),
+                    None => "FAIL invalid arguments".to_string(),
+                }
+            }
+            "clock_set" => {
+                let mut clock = self.clock.lock().unwrap_or_else(|e| e.into_inner());
+                match words.get(1).and_then(|w| parse_signed(w)) {
+                    // The clock never goes back: QEMU answers FAIL with the time it has.
+                    Some(ns) if ns >= *clock => {
+                        *clock = ns;
+                        format!("OK {ns}")
+                    }
+                    Some(_) => format!("FAIL {}", *clock),
+                    None => "FAIL invalid arguments".to_string(),
+                }
+            }
+            "irq_intercept_in" | "irq_intercept_out" => match words.get(1) {
+                None => "FAIL Unknown device".to_string(),
+                Some(_) => {
+                    self.irq.intercepted.store(true, Ordering::SeqCst);
+                    "OK".to_string()
+                }
+            },
+            _ => return None,
+        })
+    }
+
+    fn command(&self, line: &str) -> String {
+        let words: Vec<&str> = line.split(' ').filter(|w| !w.is_empty()).collect();
+        if let Some(reply) = self.command_without_machine(&words) {
+            return reply;
+        }
+        // Wait for the machine: QEMU processes commands only once it exists.
+        loop {
+            if let Some(machine) = self
+                .machine
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+            {
+                return machine.command(&words);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+}
+
+fn parse_signed(w: &str) -> Option<i64> {
+    match w.strip_prefix('-') {
+        Some(rest) => parse_num(Some(&rest)).and_then(|v| i64::try_from(v).ok()).map(|v| -v),
+        None => parse_num(Some(&w)).and_then(|v| i64::try_from(v).ok()),
+    }
+}
+
+const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+fn base64_encode(data: &[u8]) -> String {
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(B64[(n >> (18 - 6 * i)) as usize & 63] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// GLib's g_base64_decode: skips characters outside the alphabet, stops at padding.
+fn base64_decode(text: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(text.len() / 4 * 3);
+    let mut acc = 0u32;
+    let mut bits = 0;
+    for c in text.bytes() {
+        if c == b'=' {
+            break;
+        }
+        let Some(v) = B64.iter().position(|&x| x == c) else {
+            continue;
+        };
+        acc = (acc << 6) | v as u32;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    out
+}
 
 fn parse_num(word: Option<&&str>) -> Option<u64> {
     let w = word?;
@@ -106,9 +314,8 @@ impl QtestMachine {
         self.mmio.write(addr, data);
     }
 
-    /// Process one command line; returns the reply line (without newline).
-    pub fn command(&self, line: &str) -> String {
-        let words: Vec<&str> = line.split(' ').collect();
+    /// Process one command; returns the reply line (without newline).
+    fn command(&self, words: &[&str]) -> String {
         let Some(&cmd) = words.first() else {
             return "FAIL Unknown command ''".to_string();
         };
@@ -203,8 +410,30 @@ impl QtestMachine {
                 }
                 "OK".to_string()
             }
-            "endianness" => "OK little".to_string(),
-            "clock_step" | "clock_set" => "OK 0".to_string(),
+            "b64read" => {
+                let (Some(addr), Some(len)) = (arg(1), arg(2)) else {
+                    return "FAIL invalid arguments".to_string();
+                };
+                if len > 1 << 24 {
+                    return "FAIL invalid length".to_string();
+                }
+                let mut data = vec![0u8; len as usize];
+                self.mem_read(addr, &mut data);
+                format!("OK {}", base64_encode(&data))
+            }
+            "b64write" => {
+                let (Some(addr), Some(len), Some(text)) = (arg(1), arg(2), words.get(3)) else {
+                    return "FAIL invalid arguments".to_string();
+                };
+                if text.len() < 3 || len > 1 << 24 {
+                    return "ERR invalid argument size".to_string();
+                }
+                // As QEMU: LEN bytes are written; a shorter payload is padded with zeroes.
+                let mut data = base64_decode(text);
+                data.resize(len as usize, 0);
+                self.mem_write(addr, &data);
+                "OK".to_string()
+            }
             "machina_firmware_init" => match &self.pci {
                 Some(host) => match host
                     .lock()
@@ -221,28 +450,28 @@ impl QtestMachine {
     }
 }
 
-fn serve_stream<R: BufRead, W: Write>(slot: &QtestSlot, reader: R, mut writer: W) {
+fn serve_stream<R: BufRead>(slot: &QtestSlot, reader: R, writer: Box<dyn Write + Send>) {
+    let out = slot.irq.out.clone();
+    *out.lock().unwrap_or_else(|e| e.into_inner()) = Some(writer);
     for line in reader.split(b'\n') {
-        let Ok(line) = line else { return };
+        let Ok(line) = line else { break };
         let text = String::from_utf8_lossy(&line);
-        let text = text.trim_end_matches('\r');
-        let reply = match slot.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
-            Some(machine) => machine.command(text),
-            None => "FAIL the machine is not built".to_string(),
-        };
-        if writer
-            .write_all(format!("{reply}\n").as_bytes())
-            .and_then(|_| writer.flush())
+        let reply = slot.command(text.trim_end_matches('\r'));
+        let mut guard = out.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(w) = guard.as_mut() else { break };
+        if w.write_all(format!("{reply}\n").as_bytes())
+            .and_then(|_| w.flush())
             .is_err()
         {
-            return;
+            break;
         }
     }
+    *out.lock().unwrap_or_else(|e| e.into_inner()) = None;
 }
 
 fn serve_unix(slot: &QtestSlot, stream: UnixStream) {
     if let Ok(reader) = stream.try_clone() {
-        serve_stream(slot, BufReader::new(reader), stream);
+        serve_stream(slot, BufReader::new(reader), Box::new(stream));
     }
 }
 
@@ -251,7 +480,7 @@ pub fn start(endpoint: &QtestEndpoint, slot: QtestSlot) -> Result<(), QtestError
     match endpoint {
         QtestEndpoint::Stdio => {
             std::thread::spawn(move || {
-                serve_stream(&slot, std::io::stdin().lock(), std::io::stdout());
+                serve_stream(&slot, std::io::stdin().lock(), Box::new(std::io::stdout()));
             });
         }
         QtestEndpoint::Unix {

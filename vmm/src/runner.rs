@@ -490,6 +490,7 @@ impl Machine<'_> {
                 ram: config.ram_backing(),
                 rtc_offset: config.rtc.offset,
                 open: &mut self.backends,
+                fw_cfg: crate::fw_cfg::FwCfgInputs::from_config(&config),
             },
         )?;
         // Each virtio device gets its own I/O thread; the INTx forwarder joins the event
@@ -510,14 +511,13 @@ impl Machine<'_> {
             );
         }
         if self.options.qtest.is_some() {
-            *self.qtest.lock().unwrap_or_else(|e| e.into_inner()) =
-                Some(crate::qtest::QtestMachine {
-                    io: built.io.clone(),
-                    mmio: built.mmio.clone(),
-                    memory: built.vm.memory.clone(),
-                    pci: built.pci.clone(),
-                    plan: plan.clone(),
-                });
+            self.qtest.install(crate::qtest::QtestMachine {
+                io: built.io.clone(),
+                mmio: built.mmio.clone(),
+                memory: built.vm.memory.clone(),
+                pci: built.pci.clone(),
+                plan: plan.clone(),
+            });
         }
         *self.serial_slot.lock().unwrap_or_else(|e| e.into_inner()) = built.serial.clone();
         {
@@ -769,6 +769,7 @@ pub fn run(
         qtest: Arc::new(Mutex::new(None)),
         backends: Default::default(),
         signal,
+        qtest: crate::qtest::QtestState::new(),
     };
     if let Some(endpoint) = &options.qtest {
         crate::qtest::start(endpoint, machine.qtest.clone())

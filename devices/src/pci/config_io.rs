@@ -27,12 +27,14 @@ impl PciConfigIo {
         Self { host, address: 0 }
     }
 
-    /// (bus, devfn, register) selected by CONFIG_ADDRESS plus the data-port byte offset.
+    /// (bus, devfn, register) selected by CONFIG_ADDRESS plus the data-port byte offset. As in
+    /// QEMU, the register keeps CONFIG_ADDRESS's low two bits (ORed with the port offset): a
+    /// client that selects 0x...02 and reads a word at 0xcfc gets the device ID.
     fn target(&self, port_offset: u64) -> Option<(u8, u8, u16)> {
         if self.address & ENABLE == 0 {
             return None;
         }
-        let reg = (self.address & 0xfc) as u16 | (port_offset & 3) as u16;
+        let reg = (self.address & 0xff) as u16 | (port_offset & 3) as u16;
         Some(((self.address >> 16) as u8, (self.address >> 8) as u8, reg))
     }
 }

@@ -1,0 +1,128 @@
+//! What machina's fw_cfg device (devices::legacy::fw_cfg) holds, from the plan and the
+//! configuration: QEMU's x86 items (signature, ID, UUID, RAM size, CPU counts, NUMA, boot
+//! menu), `etc/e820` from the plan's memory map, `etc/boot-fail-wait`, `etc/boot-menu-wait`,
+//! and the command line items when a kernel is given. ACPI tables are written by machina
+//! itself, so `etc/acpi/tables` and `etc/table-loader` are absent.
+
+use crate::memory::GuestMemory;
+use devices::legacy::fw_cfg::{self as fw, FwCfg, FwCfgError};
+use machine::Plan;
+
+/// Inputs besides the plan (from the command line or QMP's configuration).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FwCfgInputs {
+    /// `-uuid`; zero when absent, as in QEMU.
+    pub uuid: Option<[u8; 16]>,
+    pub nographic: bool,
+    /// `-boot menu=on`.
+    pub boot_menu: bool,
+    /// `-boot reboot-timeout=` in ms; -1 (QEMU's default) means never.
+    pub reboot_timeout: Option<i64>,
+    /// `-boot splash-time=` in ms, when given.
+    pub splash_time: Option<u16>,
+    /// `-append` when a kernel is given.
+    pub cmdline: Option<String>,
+}
+
+impl FwCfgInputs {
+    pub fn from_config(config: &crate::config::MachineConfig) -> Self {
+        Self {
+            cmdline: config.kernel.as_ref().map(|_| config.append.clone()),
+            ..Default::default()
+        }
+    }
+}
+
+/// QEMU's etc/e820 entry: address, length (u64) and type (u32), little-endian, packed.
+fn e820_file(plan: &Plan) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (addr, len, kind) in crate::boot::e820_entries(&plan.memory) {
+        out.extend_from_slice(&addr.to_le_bytes());
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&kind.to_le_bytes());
+    }
+    out
+}
+
+/// The device for `plan`, with DMA into `memory`.
+pub fn for_plan(
+    plan: &Plan,
+    memory: &GuestMemory,
+    inputs: &FwCfgInputs,
+) -> Result<FwCfg, FwCfgError> {
+    let mut cfg = FwCfg::new(Some(memory.clone()));
+    cfg.add(fw::FW_CFG_UUID, inputs.uuid.unwrap_or_default().to_vec());
+    cfg.add_u64(fw::FW_CFG_RAM_SIZE, plan.memory.ram_size);
+    cfg.add_u16(fw::FW_CFG_NOGRAPHIC, u16::from(inputs.nographic));
+    cfg.add_u16(fw::FW_CFG_NB_CPUS, plan.cpus.min(u32::from(u16::MAX)) as u16);
+    let max_cpus = plan.max_cpus.max(plan.cpus);
+    cfg.add_u16(fw::FW_CFG_MAX_CPUS, max_cpus.min(u32::from(u16::MAX)) as u16);
+    // No NUMA nodes: the node count, then one (empty) node mask per possible CPU.
+    cfg.add(fw::FW_CFG_NUMA, vec![0u8; 8 * (1 + max_cpus as usize)]);
+    cfg.add_u16(fw::FW_CFG_BOOT_MENU, u16::from(inputs.boot_menu));
+    if let Some(cmdline) = &inputs.cmdline {
+        let mut data = cmdline.as_bytes().to_vec();
+        data.push(0);
+        cfg.add_u32(fw::FW_CFG_CMDLINE_SIZE, data.len() as u32);
+        cfg.add(fw::FW_CFG_CMDLINE_DATA, data);
+    }
+    cfg.add_file("etc/e820", e820_file(plan))?;
+    let timeout = inputs.reboot_timeout.unwrap_or(-1);
+    // QEMU stores -1 (never) as all ones.
+    cfg.add_file("etc/boot-fail-wait", (timeout as u32).to_le_bytes().to_vec())?;
+    if let Some(ms) = inputs.splash_time {
+        cfg.add_file("etc/boot-menu-wait", ms.to_le_bytes().to_vec())?;
+    }
+    Ok(cfg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use devices::bus::BusDevice;
+    use vm_memory::GuestAddress;
+
+    fn item(cfg: &mut FwCfg, key: u16, len: usize) -> Vec<u8> {
+        cfg.write(fw::FW_CFG_IO_BASE, 0, &key.to_le_bytes());
+        (0..len)
+            .map(|_| {
+                let mut b = [0u8];
+                cfg.read(fw::FW_CFG_IO_BASE, 1, &mut b);
+                b[0]
+            })
+            .collect()
+    }
+
+    #[test]
+    fn items_follow_the_plan() {
+        let catalog = machine::Catalog::builtin();
+        let plan = catalog
+            .plan(&machine::PlanRequest {
+                machine: Some("q35".into()),
+                ram_size: 256 << 20,
+                cpus: 2,
+                ..Default::default()
+            })
+            .unwrap();
+        let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+        let inputs = FwCfgInputs {
+            uuid: Some([7; 16]),
+            reboot_timeout: Some(15),
+            ..Default::default()
+        };
+        let mut cfg = for_plan(&plan, &mem, &inputs).unwrap();
+        assert_eq!(item(&mut cfg, fw::FW_CFG_SIGNATURE, 4), b"QEMU");
+        assert_eq!(item(&mut cfg, fw::FW_CFG_UUID, 16), [7; 16]);
+        assert_eq!(
+            item(&mut cfg, fw::FW_CFG_RAM_SIZE, 8),
+            (256u64 << 20).to_le_bytes()
+        );
+        assert_eq!(item(&mut cfg, fw::FW_CFG_NB_CPUS, 2), 2u16.to_le_bytes());
+        let e820 = cfg.item(0x20).unwrap().to_vec();
+        assert_eq!(e820.len() % 20, 0);
+        // The first entry is RAM at 0.
+        assert_eq!(e820[..8], 0u64.to_le_bytes());
+        assert_eq!(e820[16..20], 1u32.to_le_bytes());
+        assert_eq!(cfg.item(0x21).unwrap(), 15u32.to_le_bytes());
+    }
+}
