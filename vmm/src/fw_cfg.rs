@@ -27,8 +27,17 @@ pub struct FwCfgInputs {
 impl FwCfgInputs {
     pub fn from_config(config: &crate::config::MachineConfig) -> Self {
         Self {
+            uuid: config.uuid,
+            // -nographic is not part of the machine configuration: machina has no display.
+            nographic: false,
+            boot_menu: config.boot.menu.unwrap_or(false),
+            reboot_timeout: config.boot.reboot_timeout,
+            // QEMU refuses values outside 0..=0xffff on the command line.
+            splash_time: config
+                .boot
+                .splash_time
+                .map(|ms| ms.clamp(0, i64::from(u16::MAX)) as u16),
             cmdline: config.kernel.as_ref().map(|_| config.append.clone()),
-            ..Default::default()
         }
     }
 }

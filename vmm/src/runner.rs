@@ -766,7 +766,6 @@ pub fn run(
         console: None,
         serial_slot: Arc::new(Mutex::new(None)),
         running: None,
-        qtest: Arc::new(Mutex::new(None)),
         backends: Default::default(),
         signal,
         qtest: crate::qtest::QtestState::new(),
