@@ -117,6 +117,7 @@ impl Bench {
                 direct: false,
                 writeback: true,
                 stats: Default::default(),
+                size: None,
             }),
             mem.clone(),
         );

@@ -82,6 +82,9 @@ pub enum Backend {
         locking: bool,
         /// The image as opened and locked for the device that took the drive (`attach`).
         attached: Option<Handle>,
+        /// QEMU's `null-co` driver: no image, reads give zeros, writes are dropped (served by
+        /// /dev/zero); the disk size in bytes.
+        null_size: Option<u64>,
     },
     /// `-netdev tap,id=,ifname=` (machina opens /dev/net/tun itself; no scripts), or
     /// `-netdev tap,id=,fd=N`: a tap the caller (libvirt) opened and passes down.
@@ -385,6 +388,7 @@ fn attach_drive(backend: &mut Backend, context: &str) -> Result<(), BackendError
         cache,
         locking,
         attached,
+        ..
     } = backend
     else {
         return Ok(());
@@ -456,6 +460,36 @@ pub fn open_rng(path: &Path) -> std::io::Result<File> {
     open_nonblocking(path, OpenOptions::new().read(true), 0, true)
 }
 
+/// What serves a `null-co` drive, and its default size (QEMU's 1 GiB).
+const NULL_CO_DEVICE: &str = "/dev/zero";
+const NULL_CO_SIZE: u64 = 1 << 30;
+
+/// A byte count as QEMU's size parameters take it (plain bytes or with a k/M/G/T suffix).
+fn size_value(context: &str, key: &str, v: &str) -> Result<u64, BackendError> {
+    let bad = || {
+        err(
+            context,
+            format!("Parameter '{key}' expects a non-negative number below 2^64"),
+        )
+    };
+    let (digits, shift) = match v.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let shift = match c.to_ascii_lowercase() {
+                'b' => 0,
+                'k' => 10,
+                'm' => 20,
+                'g' => 30,
+                't' => 40,
+                _ => return Err(bad()),
+            };
+            (&v[..i], shift)
+        }
+        _ => (v, 0),
+    };
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    n.checked_mul(1 << shift).ok_or_else(bad)
+}
+
 fn cache_mode(context: &str, v: &str) -> Result<CacheMode, BackendError> {
     Ok(match v {
         "writeback" => CacheMode::WriteBack,
@@ -478,8 +512,19 @@ pub fn parse_drive(spec: impl AsRef<OsStr>) -> Result<Backend, BackendError> {
     let mut direct = None;
     let mut aio = None;
     let mut locking = true;
+    let null = lossy(spec)
+        .split(',')
+        .any(|item| item == "file=null-co://");
+    let mut null_size = null.then_some(NULL_CO_SIZE);
     for (k, v) in keyval(spec) {
         match k.as_str() {
+            "file" if null => file = Some(PathBuf::from(NULL_CO_DEVICE)),
+            "file.read-zeroes" if null => {
+                bool_value(&v).ok_or_else(|| {
+                    err(&context, "Parameter 'read-zeroes' expects 'on' or 'off'")
+                })?;
+            }
+            "file.size" if null => null_size = Some(size_value(&context, "size", &v)?),
             "file" => file = raw_value(spec, "file").map(PathBuf::from),
             "id" => id = Some(v),
             "if" if v == "none" => {}
@@ -502,6 +547,13 @@ pub fn parse_drive(spec: impl AsRef<OsStr>) -> Result<Backend, BackendError> {
                 })?)
             }
             "aio" => aio = Some(v),
+            // Only matters for a file that cannot be opened read-write, which machina
+            // refuses either way (libqtest passes auto-read-only=off).
+            "auto-read-only" => {
+                bool_value(&v).ok_or_else(|| {
+                    err(&context, "Parameter 'auto-read-only' expects 'on' or 'off'")
+                })?;
+            }
             "file.locking" => locking = locking_value(&context, &k, &v)?,
             "locking" => {
                 return Err(err(
@@ -530,7 +582,12 @@ pub fn parse_drive(spec: impl AsRef<OsStr>) -> Result<Backend, BackendError> {
         )
     })?;
     let file = file.ok_or_else(|| err(&context, "Parameter 'file' is missing"))?;
-    check_file(&context, &file, read_only, FileKind::Any)?;
+    if null {
+        // Nothing to lock or check: there is no image.
+        locking = false;
+    } else {
+        check_file(&context, &file, read_only, FileKind::Any)?;
+    }
     Ok(Backend::Drive {
         id,
         file,
@@ -538,6 +595,7 @@ pub fn parse_drive(spec: impl AsRef<OsStr>) -> Result<Backend, BackendError> {
         cache,
         locking,
         attached: None,
+        null_size,
     })
 }
 
@@ -628,6 +686,25 @@ fn blockdev_from_pairs(
             || file_key("cache.direct").as_deref().and_then(bool_value) == Some(true),
     )?;
     match driver.as_deref() {
+        Some("null-co") => {
+            if let Some(v) = get("read-zeroes") {
+                bool_value(&v)
+                    .ok_or_else(|| err(context, "Parameter 'read-zeroes' expects 'on' or 'off'"))?;
+            }
+            let size = match get("size") {
+                Some(v) => size_value(context, "size", &v)?,
+                None => NULL_CO_SIZE,
+            };
+            Ok(Backend::Drive {
+                id: node,
+                file: PathBuf::from(NULL_CO_DEVICE),
+                read_only,
+                cache,
+                locking: false,
+                attached: None,
+                null_size: Some(size),
+            })
+        }
         Some(kind @ ("file" | "host_device")) => {
             let file = PathBuf::from(
                 get_raw("filename")
@@ -646,6 +723,7 @@ fn blockdev_from_pairs(
                 cache,
                 locking,
                 attached: None,
+                null_size: None,
             })
         }
         Some("raw") => {
@@ -653,6 +731,22 @@ fn blockdev_from_pairs(
             let (file, locking) = match (get("file"), get_raw("file.filename")) {
                 (_, Some(path)) => (PathBuf::from(path), locking),
                 (Some(child), None) => match existing.iter().find(|b| b.id() == child) {
+                    Some(Backend::Drive {
+                        file,
+                        locking,
+                        null_size: Some(size),
+                        ..
+                    }) => {
+                        return Ok(Backend::Drive {
+                            id: node,
+                            file: file.clone(),
+                            read_only,
+                            cache,
+                            locking: *locking,
+                            attached: None,
+                            null_size: Some(*size),
+                        })
+                    }
                     Some(Backend::Drive { file, locking, .. }) => (file.clone(), *locking),
                     _ => {
                         return Err(err(
@@ -676,6 +770,7 @@ fn blockdev_from_pairs(
                 cache,
                 locking,
                 attached: None,
+                null_size: None,
             })
         }
         Some(other) => Err(err(

@@ -148,6 +148,7 @@ fn open_drive(f: &PciFunctionPlan, backends: &[Backend]) -> Result<BlockBackend,
         read_only,
         cache,
         attached,
+        null_size,
         ..
     }) = backends
         .iter()
@@ -175,6 +176,7 @@ fn open_drive(f: &PciFunctionPlan, backends: &[Backend]) -> Result<BlockBackend,
         direct,
         writeback: *cache != CacheMode::WriteThrough,
         stats: crate::monitor::drive_stats(id),
+        size: *null_size,
     })
 }
 

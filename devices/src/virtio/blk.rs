@@ -123,6 +123,8 @@ pub struct BlockBackend {
     pub writeback: bool,
     /// Where this drive's requests are counted.
     pub stats: Arc<BlockStats>,
+    /// The disk size when the file has none of its own (a null drive served by /dev/zero).
+    pub size: Option<u64>,
 }
 
 /// Device options from the plan's properties.
@@ -266,7 +268,10 @@ impl Block {
     pub fn new(backend: BlockBackend, opts: BlockOptions) -> std::io::Result<Self> {
         // Seeking to the end sizes regular files and block devices alike (a block device's
         // inode length is 0); I/O is positional, so the file offset does not matter.
-        let len = std::io::Seek::seek(&mut &backend.file, std::io::SeekFrom::End(0))?;
+        let len = match backend.size {
+            Some(size) => size,
+            None => std::io::Seek::seek(&mut &backend.file, std::io::SeekFrom::End(0))?,
+        };
         let capacity = len / SECTOR;
         let mut features = F_SEG_MAX | F_GEOMETRY | F_BLK_SIZE | F_TOPOLOGY;
         if backend.writeback {

@@ -145,6 +145,7 @@ fn blk_with_stats(
             direct: false,
             writeback: true,
             stats: stats.clone(),
+            size: None,
         }),
     );
     (d, path, stats)

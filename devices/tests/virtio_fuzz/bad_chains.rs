@@ -336,6 +336,7 @@ pub(crate) fn blk_bad_chain_table() {
                     direct: false,
                     writeback: true,
                     stats: Default::default(),
+                    size: None,
                 }),
                 mem.clone(),
             );

@@ -407,6 +407,7 @@ pub(crate) fn blk_device(
             direct: false,
             writeback: c.setup.writeback,
             stats: Default::default(),
+            size: None,
         }),
         mem.clone(),
     )
