@@ -5,6 +5,7 @@
 mod block;
 mod chardev;
 mod cpus;
+mod hmp;
 mod introspection;
 mod lifecycle;
 mod pci_info;
@@ -27,5 +28,6 @@ pub fn registry(control: &Arc<Controller>) -> Result<Registry, RegistryError> {
     probe::register(&mut reg, control)?;
     block::register(&mut reg, control)?;
     chardev::register(&mut reg, control)?;
+    hmp::register(&mut reg, control)?;
     Ok(reg)
 }

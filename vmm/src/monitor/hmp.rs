@@ -1,0 +1,196 @@
+//! `human-monitor-command`: QEMU's human monitor over QMP, for the commands machina has.
+//! Every answer comes from machina's state (run state, configuration, plan, catalog); a
+//! command machina does not have gets the human monitor's own answer, as QEMU gives for a
+//! command it does not know (`unknown command: 'X'`), in the returned text, not as a QMP
+//! error, since the human monitor reports its errors as output.
+
+use crate::control::{Controller, RunState, VmState};
+use qmp::{CommandDef, Registry, RegistryError, Session, Type};
+use serde_json::{Map, Value};
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+/// (name, arguments, help) of the `info` subcommands machina answers.
+const INFO: &[(&str, &str, &str)] = &[
+    ("name", "", "show the current VM name"),
+    ("qom-tree", "[path]", "show QOM composition tree"),
+    ("qtree", "", "show device tree"),
+    ("status", "", "show the current VM status (running|paused)"),
+];
+
+/// (name, arguments, help) of the top-level commands.
+const COMMANDS: &[(&str, &str, &str)] = &[
+    (
+        "device_add",
+        "driver[,prop=value][,...]",
+        "add device, like -device on the command line",
+    ),
+    ("help|?", "[cmd]", "show the help"),
+    ("info", "[subcommand]", "show various information about the system state"),
+];
+
+fn help_line(out: &mut String, prefix: &str, (name, args, help): &(&str, &str, &str)) {
+    let args = if args.is_empty() {
+        String::new()
+    } else {
+        format!(" {args}")
+    };
+    let _ = writeln!(out, "{prefix}{name}{args} -- {help}");
+}
+
+fn help(topic: Option<&str>) -> String {
+    let mut out = String::new();
+    match topic {
+        Some("info") => INFO.iter().for_each(|i| help_line(&mut out, "info ", i)),
+        Some(cmd) => match COMMANDS
+            .iter()
+            .find(|(n, _, _)| n.split('|').any(|n| n == cmd))
+        {
+            Some(c) => help_line(&mut out, "", c),
+            None => {
+                let _ = writeln!(out, "unknown command: '{cmd}'");
+            }
+        },
+        None => COMMANDS.iter().for_each(|c| help_line(&mut out, "", c)),
+    }
+    out
+}
+
+/// `info qtree`: the buses of the plan and the functions on each.
+fn qtree(state: &VmState) -> String {
+    let mut out = String::new();
+    let Some(plan) = &state.plan else {
+        return out;
+    };
+    for bus in &plan.buses {
+        let kind = match bus.kind {
+            machine::BusKind::Pci => "PCI",
+            machine::BusKind::Pcie => "PCIE",
+        };
+        let _ = writeln!(out, "bus: {}\n  type {kind}", bus.id);
+        for f in plan.pci.iter().filter(|f| f.bus == bus.id) {
+            let _ = writeln!(
+                out,
+                "  dev: {}, id \"{}\"\n    addr = {:02x}.{}",
+                f.type_name,
+                f.id.as_deref().unwrap_or(""),
+                f.slot,
+                f.function
+            );
+        }
+    }
+    for isa in &plan.isa {
+        let _ = writeln!(
+            out,
+            "  dev: {}, id \"{}\"",
+            isa.type_name,
+            isa.id.as_deref().unwrap_or("")
+        );
+    }
+    out
+}
+
+/// `info qom-tree`: /machine and the devices of the plan (user-named ones under
+/// /machine/peripheral, the rest under /machine/peripheral-anon or /machine/unattached).
+fn qom_tree(state: &VmState) -> String {
+    let mut out = String::new();
+    let Some(plan) = &state.plan else {
+        return out;
+    };
+    let _ = writeln!(out, "/machine ({}-machine)", plan.machine);
+    let named: Vec<(&str, &str)> = plan
+        .pci
+        .iter()
+        .filter_map(|f| f.id.as_deref().map(|id| (id, f.type_name.as_str())))
+        .collect();
+    if !named.is_empty() {
+        let _ = writeln!(out, "  /peripheral (container)");
+        for (id, ty) in named {
+            let _ = writeln!(out, "    /{id} ({ty})");
+        }
+    }
+    let _ = writeln!(out, "  /unattached (container)");
+    for (i, f) in plan.pci.iter().filter(|f| f.id.is_none()).enumerate() {
+        let _ = writeln!(out, "    /device[{i}] ({})", f.type_name);
+    }
+    out
+}
+
+fn info(state: &VmState, sub: Option<&str>) -> String {
+    match sub {
+        None => help(Some("info")),
+        Some("status") => {
+            let text = match state.status {
+                RunState::Running => "running",
+                RunState::Paused => "paused",
+                RunState::Prelaunch => "paused (prelaunch)",
+                RunState::Shutdown => "paused (shutdown)",
+                RunState::InternalError => "paused (internal-error)",
+            };
+            format!("VM status: {text}\n")
+        }
+        Some("name") => match &state.config.name {
+            Some(name) => format!("{name}\n"),
+            None => String::new(),
+        },
+        Some("qtree") => qtree(state),
+        Some("qom-tree") => qom_tree(state),
+        Some(other) => format!("unknown command: 'info {other}'\n"),
+    }
+}
+
+fn device_add(state: &VmState, args: &str) -> String {
+    let args = args.trim().trim_matches('"');
+    if args == "help" || args == "?" {
+        return machine::help::device_help(&state.catalog);
+    }
+    match args.strip_suffix(",help").or_else(|| args.strip_suffix(",?")) {
+        Some(driver) => match machine::help::device_properties_help(&state.catalog, driver) {
+            Ok(text) => text,
+            Err(e) => format!("{e}\n"),
+        },
+        None => {
+            let driver = args.split(',').next().unwrap_or("");
+            if state.catalog.device_type(driver).is_none() {
+                format!("'{driver}' is not a valid device model name\n")
+            } else {
+                // Adding devices goes through QMP's device_add, which knows when it may.
+                "machina's human monitor does not add devices: use QMP device_add\n".to_string()
+            }
+        }
+    }
+}
+
+/// Run one human monitor command line against `state`.
+pub(super) fn execute(state: &VmState, line: &str) -> String {
+    let line = line.trim();
+    let (cmd, rest) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
+    let rest = rest.trim();
+    let arg = (!rest.is_empty()).then_some(rest);
+    match cmd {
+        "" => String::new(),
+        "help" | "?" => help(arg),
+        "info" => info(state, arg.and_then(|a| a.split_whitespace().next())),
+        "device_add" => device_add(state, rest),
+        other => format!("unknown command: '{other}'\n"),
+    }
+}
+
+pub(super) fn register(reg: &mut Registry, control: &Arc<Controller>) -> Result<(), RegistryError> {
+    let c = control.clone();
+    reg.register(
+        CommandDef::new("human-monitor-command")
+            .arg("command-line", Type::Str)
+            .opt("cpu-index", Type::Int)
+            .returns(Type::Str)
+            .allow_preconfig(true),
+        move |args: Map<String, Value>, _ctx: &mut Session| {
+            let line = args
+                .get("command-line")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            Ok(Value::String(execute(&c.state(), line)))
+        },
+    )?;
+    Ok(())
+}
