@@ -278,6 +278,20 @@ fn qom_list(state: &VmState, path: &str) -> Result<Value, QmpError> {
         ));
     }
     let devices = peripherals(plan);
+    // The containers above the CPUs and the named devices, so a client can walk from /machine.
+    if path == "/machine" {
+        return Ok(json!([
+            prop("type", "string"),
+            prop("peripheral", "child<container>"),
+            prop("unattached", "child<container>"),
+        ]));
+    }
+    if path == "/machine/unattached" {
+        let ty = cpu_type(state);
+        let mut list = vec![prop("type", "string")];
+        list.extend((0..plan.cpus).map(|i| prop(&format!("device[{i}]"), &format!("child<{ty}>"))));
+        return Ok(Value::Array(list));
+    }
     if path == "/machine/peripheral" {
         let mut list = vec![prop("type", "string")];
         list.extend(
@@ -337,7 +351,16 @@ fn qom_get(state: &VmState, path: &str, property: &str) -> Result<Value, QmpErro
             };
         }
     }
-    if path == "/machine/peripheral" {
+    if path == "/machine" {
+        return match property {
+            "type" => Ok(json!(format!("{}-machine", plan.machine))),
+            other => Err(QmpError::generic(format!(
+                "Property '{}-machine.{other}' not found",
+                plan.machine
+            ))),
+        };
+    }
+    if path == "/machine/peripheral" || path == "/machine/unattached" {
         return match property {
             "type" => Ok(json!("container")),
             other => Err(QmpError::generic(format!(
