@@ -545,6 +545,30 @@ pub(super) fn register(reg: &mut Registry, control: &Arc<Controller>) -> Result<
             qom_get(&c.state(), path, property)
         },
     )?;
+
+    // Nothing machina shows in the QOM tree can be changed at run time: a property that
+    // exists is read-only, one that does not gets qom-get's error.
+    let c = control.clone();
+    reg.register(
+        CommandDef::new("qom-set")
+            .arg("path", Type::Str)
+            .arg("property", Type::Str)
+            .arg("value", Type::Any)
+            .allow_preconfig(true),
+        move |args: Map<String, Value>, _ctx: &mut Session| {
+            let path = args.get("path").and_then(Value::as_str).unwrap_or("");
+            let property = args.get("property").and_then(Value::as_str).unwrap_or("");
+            let state = c.state();
+            qom_get(&state, path, property)?;
+            let ty = qom_get(&state, path, "type")
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            Err(QmpError::generic(format!(
+                "Property '{ty}.{property}' is not writable"
+            )))
+        },
+    )?;
     Ok(())
 }
 
