@@ -1043,6 +1043,7 @@ fn takes_argument(name: &str) -> bool {
             | "qmp-pretty"
             | "chardev"
             | "mon"
+            | "monitor"
             | "vga"
             | "nic"
             | "net"
@@ -1156,6 +1157,16 @@ where
             "netdev" => opts.backends.push((BackendOption::Netdev, os_value)),
             "object" => opts.backends.push((BackendOption::Object, os_value)),
             "mon" => opts.monitors.push(value),
+            // `-monitor none` turns QEMU's default human monitor off; machina has none to
+            // turn off, and offers QMP only (-qmp, -mon mode=control).
+            "monitor" if value == "none" => {}
+            "monitor" => {
+                return Err(option_err(
+                    "monitor",
+                    &value,
+                    "machina has no human monitor (use -qmp or -mon mode=control)",
+                ))
+            }
             "delay-machine-init" | "preconfig" => opts.delay_init = true,
             "qtest" => opts.qtest = Some(value),
             "qtest-log" => {}
