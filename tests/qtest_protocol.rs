@@ -93,12 +93,12 @@ fn fw_cfg_items_follow_the_command_line() {
     desc.extend_from_slice(&e820_size.to_be_bytes());
     desc.extend_from_slice(&0x2000u64.to_be_bytes());
     let hex: String = desc.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(q.cmd(&format!("write 0x1000 {} 0x{hex}", desc.len())), "OK");
+    // As libqos does: low half (starts the transfer), then the high half.
     assert_eq!(
-        q.cmd(&format!("write 0x1000 {} 0x{hex}", desc.len())),
+        q.cmd(&format!("outl 0x518 {:#x}", 0x1000u32.swap_bytes())),
         "OK"
     );
-    // As libqos does: low half (starts the transfer), then the high half.
-    assert_eq!(q.cmd(&format!("outl 0x518 {:#x}", 0x1000u32.swap_bytes())), "OK");
     assert_eq!(q.cmd("outl 0x514 0x0"), "OK");
     assert_eq!(q.value("readl 0x1000"), 0, "DMA status: done, no error");
     // The first entry: RAM from 0, type 1, as the plan's memory map says.
@@ -134,7 +134,10 @@ fn config_address_keeps_its_low_bits_and_memory_round_trips() {
     assert!(q.cmd("clock_step").starts_with("FAIL cannot advance clock"));
     assert_eq!(q.cmd("irq_intercept_in ioapic"), "OK");
     assert_eq!(q.cmd("irq_intercept_out ioapic"), "OK");
-    assert_eq!(q.cmd("no_such_command 1"), "FAIL Unknown command 'no_such_command'");
+    assert_eq!(
+        q.cmd("no_such_command 1"),
+        "FAIL Unknown command 'no_such_command'"
+    );
 }
 
 /// Under --preconfig libqtest asks `endianness` before it sends x-exit-preconfig: that
@@ -151,7 +154,15 @@ fn commands_before_the_build_wait_for_it() {
     let qmp_path = dir.join("qmp.sock");
     let listener = std::os::unix::net::UnixListener::bind(&qtest_path).unwrap();
     let mut child = Command::new(machina())
-        .args(["-accel", "qtest", "-M", "q35", "-nodefaults", "--preconfig", "-qtest"])
+        .args([
+            "-accel",
+            "qtest",
+            "-M",
+            "q35",
+            "-nodefaults",
+            "--preconfig",
+            "-qtest",
+        ])
         .arg(format!("unix:{}", qtest_path.display()))
         .arg("-qmp")
         .arg(format!("unix:{},server=on,wait=off", qmp_path.display()))

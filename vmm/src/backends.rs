@@ -512,9 +512,7 @@ pub fn parse_drive(spec: impl AsRef<OsStr>) -> Result<Backend, BackendError> {
     let mut direct = None;
     let mut aio = None;
     let mut locking = true;
-    let null = lossy(spec)
-        .split(',')
-        .any(|item| item == "file=null-co://");
+    let null = lossy(spec).split(',').any(|item| item == "file=null-co://");
     let mut null_size = null.then_some(NULL_CO_SIZE);
     for (k, v) in keyval(spec) {
         match k.as_str() {

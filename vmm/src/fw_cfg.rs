@@ -63,9 +63,15 @@ pub fn for_plan(
     cfg.add(fw::FW_CFG_UUID, inputs.uuid.unwrap_or_default().to_vec());
     cfg.add_u64(fw::FW_CFG_RAM_SIZE, plan.memory.ram_size);
     cfg.add_u16(fw::FW_CFG_NOGRAPHIC, u16::from(inputs.nographic));
-    cfg.add_u16(fw::FW_CFG_NB_CPUS, plan.cpus.min(u32::from(u16::MAX)) as u16);
+    cfg.add_u16(
+        fw::FW_CFG_NB_CPUS,
+        plan.cpus.min(u32::from(u16::MAX)) as u16,
+    );
     let max_cpus = plan.max_cpus.max(plan.cpus);
-    cfg.add_u16(fw::FW_CFG_MAX_CPUS, max_cpus.min(u32::from(u16::MAX)) as u16);
+    cfg.add_u16(
+        fw::FW_CFG_MAX_CPUS,
+        max_cpus.min(u32::from(u16::MAX)) as u16,
+    );
     // No NUMA nodes: the node count, then one (empty) node mask per possible CPU.
     cfg.add(fw::FW_CFG_NUMA, vec![0u8; 8 * (1 + max_cpus as usize)]);
     cfg.add_u16(fw::FW_CFG_BOOT_MENU, u16::from(inputs.boot_menu));
@@ -78,7 +84,10 @@ pub fn for_plan(
     cfg.add_file("etc/e820", e820_file(plan))?;
     let timeout = inputs.reboot_timeout.unwrap_or(-1);
     // QEMU stores -1 (never) as all ones.
-    cfg.add_file("etc/boot-fail-wait", (timeout as u32).to_le_bytes().to_vec())?;
+    cfg.add_file(
+        "etc/boot-fail-wait",
+        (timeout as u32).to_le_bytes().to_vec(),
+    )?;
     if let Some(ms) = inputs.splash_time {
         cfg.add_file("etc/boot-menu-wait", ms.to_le_bytes().to_vec())?;
     }

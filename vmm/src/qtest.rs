@@ -133,7 +133,9 @@ struct QtestMsi(GuestMemory);
 impl devices::pci::interrupt::MsiSink for QtestMsi {
     fn send(&self, address: u64, data: u32) {
         // An address outside RAM (the APIC window) is dropped, as the bus would.
-        let _ = self.0.write_slice(&data.to_le_bytes(), GuestAddress(address));
+        let _ = self
+            .0
+            .write_slice(&data.to_le_bytes(), GuestAddress(address));
     }
 }
 
@@ -238,7 +240,9 @@ impl QtestState {
 
 fn parse_signed(w: &str) -> Option<i64> {
     match w.strip_prefix('-') {
-        Some(rest) => parse_num(Some(&rest)).and_then(|v| i64::try_from(v).ok()).map(|v| -v),
+        Some(rest) => parse_num(Some(&rest))
+            .and_then(|v| i64::try_from(v).ok())
+            .map(|v| -v),
         None => parse_num(Some(&w)).and_then(|v| i64::try_from(v).ok()),
     }
 }
@@ -534,5 +538,23 @@ mod tests {
         assert_eq!(parse_num(Some(&"0x10")), Some(16));
         assert_eq!(parse_num(Some(&"10")), Some(10));
         assert_eq!(parse_num(Some(&"010")), Some(8));
+        assert_eq!(parse_signed("-0x10"), Some(-16));
+    }
+
+    #[test]
+    fn base64_as_glib() {
+        for data in [
+            &b""[..],
+            b"a",
+            b"ab",
+            b"abc",
+            b"hello world",
+            &[0xff, 0, 0x80],
+        ] {
+            assert_eq!(base64_decode(&base64_encode(data)), data);
+        }
+        assert_eq!(base64_encode(b"hello"), "aGVsbG8=");
+        // Characters outside the alphabet are skipped, padding ends the data.
+        assert_eq!(base64_decode("aGVs\nbG8=ignored"), b"hello");
     }
 }

@@ -26,7 +26,11 @@ const COMMANDS: &[(&str, &str, &str)] = &[
         "add device, like -device on the command line",
     ),
     ("help|?", "[cmd]", "show the help"),
-    ("info", "[subcommand]", "show various information about the system state"),
+    (
+        "info",
+        "[subcommand]",
+        "show various information about the system state",
+    ),
 ];
 
 fn help_line(out: &mut String, prefix: &str, (name, args, help): &(&str, &str, &str)) {
@@ -144,7 +148,10 @@ fn device_add(state: &VmState, args: &str) -> String {
     if args == "help" || args == "?" {
         return machine::help::device_help(&state.catalog);
     }
-    match args.strip_suffix(",help").or_else(|| args.strip_suffix(",?")) {
+    match args
+        .strip_suffix(",help")
+        .or_else(|| args.strip_suffix(",?"))
+    {
         Some(driver) => match machine::help::device_properties_help(&state.catalog, driver) {
             Ok(text) => text,
             Err(e) => format!("{e}\n"),
