@@ -811,6 +811,7 @@ fn blk_data_crossing_guest_memory_regions_goes_straight_to_and_from_the_image() 
             direct: false,
             writeback: true,
             stats: Default::default(),
+            size: None,
         }),
         mem,
     );
