@@ -109,10 +109,12 @@ impl<'a> QueueContext<'a> {
         ) -> Result<u32, DeviceError>,
     ) -> Result<Option<bool>, DeviceError> {
         let mem = self.mem;
+        let event_idx = self.features & super::regs::features::RING_EVENT_IDX != 0;
         let Some(q) = self.ready_queue(idx) else {
             return Ok(None);
         };
         let mut used_any = false;
+        let mut progressed = false;
         loop {
             let chain = q.iter(mem).map_err(|e| bad_queue(idx, e))?.next();
             if let Some(chain) = chain {
@@ -121,14 +123,25 @@ impl<'a> QueueContext<'a> {
                 let used = serve(mem, chain)?;
                 q.add_used(mem, head, used).map_err(|e| bad_queue(idx, e))?;
                 used_any = true;
+                progressed = true;
                 continue;
+            }
+            // Without EVENT_IDX the driver kicks for every chain: the next kick serves
+            // what arrives from now on.
+            if !event_idx {
+                break;
             }
             // With EVENT_IDX the driver kicks only when it reaches avail_event: publish the
             // next index we want (without it avail_event stays 0 and the driver stops
-            // kicking). Chains that arrived meanwhile are served in the same pass.
-            if !q.enable_notification(mem).map_err(|e| bad_queue(idx, e))? {
+            // kicking). A chain the driver added before it saw the new avail_event got no
+            // kick, so it is served in another pass, but only after a pass that made
+            // progress: an avail index the ring cannot back (a hostile driver) must not
+            // spin the worker.
+            let more = q.enable_notification(mem).map_err(|e| bad_queue(idx, e))?;
+            if !more || !progressed {
                 break;
             }
+            progressed = false;
         }
         Ok(Some(used_any))
     }
@@ -208,7 +221,7 @@ mod tests {
         let mut ctx = QueueContext {
             queues: &mut queues,
             mem: &mem,
-            features: 0,
+            features: super::super::regs::features::RING_EVENT_IDX,
             irq: &irq,
         };
         assert_eq!(ctx.drain_queue(0, |_, _| Ok(0)).unwrap(), Some(true));
