@@ -110,6 +110,34 @@ impl BlockStats {
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
     }
+
+    /// Count a read that moved `moved` bytes (or failed) and return its virtio status.
+    fn read_done(&self, ok: bool, moved: usize, elapsed_ns: u64) -> u8 {
+        if ok {
+            Self::add(&self.rd_operations, 1);
+            Self::add(&self.rd_bytes, moved as u64);
+            Self::add(&self.rd_total_time_ns, elapsed_ns);
+            S_OK
+        } else {
+            Self::add(&self.failed_rd_operations, 1);
+            S_IOERR
+        }
+    }
+
+    /// Count a write of `len` bytes at byte `offset` (or its failure) and return its status.
+    fn write_done(&self, ok: bool, offset: u64, len: usize, elapsed_ns: u64) -> u8 {
+        if ok {
+            Self::add(&self.wr_operations, 1);
+            Self::add(&self.wr_bytes, len as u64);
+            Self::add(&self.wr_total_time_ns, elapsed_ns);
+            self.wr_highest_offset
+                .fetch_max(offset + len as u64, Ordering::Relaxed);
+            S_OK
+        } else {
+            Self::add(&self.failed_wr_operations, 1);
+            S_IOERR
+        }
+    }
 }
 
 /// What the VMM hands the device: the open image and the `-drive` options that matter.
@@ -515,15 +543,7 @@ impl Block {
                 } else {
                     let mut iovs = self.zero_copy(mem, chain, true, 0, len)?;
                     let (moved, ok) = vectored(self.fd(), false, &mut iovs, sector * SECTOR);
-                    if ok {
-                        BlockStats::add(&stats.rd_operations, 1);
-                        BlockStats::add(&stats.rd_bytes, moved as u64);
-                        BlockStats::add(&stats.rd_total_time_ns, elapsed());
-                        S_OK
-                    } else {
-                        BlockStats::add(&stats.failed_rd_operations, 1);
-                        S_IOERR
-                    }
+                    stats.read_done(ok, moved, elapsed())
                 };
                 // The whole writable size, as QEMU pushes for reads.
                 (status, writable)
@@ -537,18 +557,8 @@ impl Block {
                 } else {
                     let mut iovs = self.zero_copy(mem, chain, false, 16, len)?;
                     let ok = vectored(self.fd(), true, &mut iovs, sector * SECTOR).1;
-                    if ok && (self.wce || self.sync()) {
-                        BlockStats::add(&stats.wr_operations, 1);
-                        BlockStats::add(&stats.wr_bytes, len as u64);
-                        BlockStats::add(&stats.wr_total_time_ns, elapsed());
-                        stats
-                            .wr_highest_offset
-                            .fetch_max(sector * SECTOR + len as u64, Ordering::Relaxed);
-                        S_OK
-                    } else {
-                        BlockStats::add(&stats.failed_wr_operations, 1);
-                        S_IOERR
-                    }
+                    let ok = ok && (self.wce || self.sync());
+                    stats.write_done(ok, sector * SECTOR, len, elapsed())
                 };
                 (status, 1)
             }
@@ -608,15 +618,7 @@ impl Block {
                         }),
                     };
                     data_len = moved;
-                    if ok {
-                        BlockStats::add(&stats.rd_operations, 1);
-                        BlockStats::add(&stats.rd_bytes, moved as u64);
-                        BlockStats::add(&stats.rd_total_time_ns, elapsed());
-                        S_OK
-                    } else {
-                        BlockStats::add(&stats.failed_rd_operations, 1);
-                        S_IOERR
-                    }
+                    stats.read_done(ok, moved, elapsed())
                 }
             }
             T_OUT => {
@@ -635,18 +637,8 @@ impl Block {
                                 && self.backend.file.write_all_at(buf, offset).is_ok()
                         }),
                     };
-                    if ok && (self.wce || self.sync()) {
-                        BlockStats::add(&stats.wr_operations, 1);
-                        BlockStats::add(&stats.wr_bytes, len as u64);
-                        BlockStats::add(&stats.wr_total_time_ns, elapsed());
-                        stats
-                            .wr_highest_offset
-                            .fetch_max(sector * SECTOR + len as u64, Ordering::Relaxed);
-                        S_OK
-                    } else {
-                        BlockStats::add(&stats.failed_wr_operations, 1);
-                        S_IOERR
-                    }
+                    let ok = ok && (self.wce || self.sync());
+                    stats.write_done(ok, sector * SECTOR, len, elapsed())
                 }
             }
             T_FLUSH if self.features & F_FLUSH != 0 => {

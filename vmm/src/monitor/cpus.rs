@@ -518,13 +518,7 @@ pub(super) fn register(reg: &mut Registry, control: &Arc<Controller>) -> Result<
     reg.register(
         CommandDef::new("qom-list")
             .arg("path", Type::Str)
-            .returns(Type::array(Type::object(
-                ObjectType::new("ObjectPropertyInfo")
-                    .member("name", Type::Str)
-                    .member("type", Type::Str)
-                    .optional("description", Type::Str)
-                    .optional("default-value", Type::Any),
-            )))
+            .returns(Type::array(super::probe::object_property_info_type()))
             .allow_preconfig(true),
         move |args: Map<String, Value>, _ctx: &mut Session| {
             let path = args.get("path").and_then(Value::as_str).unwrap_or("");

@@ -165,13 +165,7 @@ pub(super) fn register(reg: &mut Registry, control: &Arc<Controller>) -> Result<
     reg.register(
         CommandDef::new("qom-list-properties")
             .arg("typename", Type::Str)
-            .returns(Type::array(Type::object(
-                ObjectType::new("ObjectPropertyInfo")
-                    .member("name", Type::Str)
-                    .member("type", Type::Str)
-                    .optional("description", Type::Str)
-                    .optional("default-value", Type::Any),
-            )))
+            .returns(Type::array(object_property_info_type()))
             .allow_preconfig(true),
         move |args: Map<String, Value>, _ctx: &mut Session| {
             let name = args.get("typename").and_then(Value::as_str).unwrap_or("");
@@ -288,6 +282,17 @@ pub(super) fn register(reg: &mut Registry, control: &Arc<Controller>) -> Result<
         |_args: Map<String, Value>, _ctx: &mut Session| Ok(json!([])),
     )?;
     Ok(())
+}
+
+/// QEMU's `ObjectPropertyInfo`, the element of `qom-list` and `qom-list-properties` answers.
+pub fn object_property_info_type() -> Type {
+    Type::object(
+        ObjectType::new("ObjectPropertyInfo")
+            .member("name", Type::Str)
+            .member("type", Type::Str)
+            .optional("description", Type::Str)
+            .optional("default-value", Type::Any),
+    )
 }
 
 #[cfg(test)]
