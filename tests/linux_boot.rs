@@ -29,10 +29,10 @@
 //!   itself, IDs, classes and bus numbers, is equal and asserted).
 //! * CPU and clock lines (kvm-clock, TSC deadline, host CPU model, AMD extended config
 //!   access on pc): KVM against TCG's qemu64.
-//! * `random: crng init done` is missing under machina: Linux's virtio-rng driver gets no
-//!   entropy from machina's device (with MSI-X and with `pci=nomsi`), while the tiny
-//!   guest's polled virtio-rng test passes; an open defect of the virtio-rng datapath, which
-//!   this test reports.
+//!
+//! `random: crng init done` (virtio-rng feeding the pool) was missing until the device
+//! published `avail_event` with VIRTIO_RING_F_EVENT_IDX (Linux then stopped kicking); it is
+//! asserted.
 
 mod common;
 
