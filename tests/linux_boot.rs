@@ -7,7 +7,10 @@
 //! on q35 and pc, with root ports, a pcie-pci-bridge, virtio-blk modern and transitional
 //! (images with an MBR partition table), virtio-net on a tap and virtio-rng; boots the same
 //! kernel and command line under Debian's QEMU 7.2 (`-accel tcg`); compares the two kernel
-//! logs. No root file system is given: the kernel panics at the root mount (`panic=-1`
+//! logs, and checks from machina's trace which interface Linux drove each virtio function
+//! through (`virtio_pci.force_legacy=1`: legacy for transitional functions on the root
+//! buses and behind the pcie-pci-bridge, modern behind root ports and with
+//! `disable-legacy=on`). No root file system is given: the kernel panics at the root mount (`panic=-1`
 //! reboots, `-no-reboot` exits), after every driver has probed. Kernel-only because no Linux
 //! user space runs on PVM hosts (see docs).
 //!
@@ -117,12 +120,22 @@ fn devices(machine: &str, dir: &Path) -> Vec<String> {
 }
 
 /// Run `program` with the common command line; its serial log and wall time.
-fn boot(program: &Path, extra: &[&str], machine: &str, dir: &Path) -> (String, Duration) {
+/// What one boot printed: the serial log, machina's trace lines (stderr), the wall time.
+struct Boot {
+    log: String,
+    trace: Vec<String>,
+    time: Duration,
+}
+
+fn boot(program: &Path, extra: &[&str], machine: &str, dir: &Path) -> Boot {
     let kernel = vmlinux();
-    // ignore_loglevel + dyndbg: PnP device IDs; ip=: eth0 brought up and reported.
+    // ignore_loglevel + dyndbg: PnP device IDs; ip=: eth0 brought up and reported;
+    // virtio_pci.force_legacy: transitional devices take the legacy path (modern-only ones
+    // still bind modern), so both of machina's interfaces are driven by Linux.
     let append = format!(
         "console=ttyS0 panic=-1 ignore_loglevel dyndbg=\"file drivers/pnp/core.c +p\" \
-         ip=10.0.2.15::10.0.2.2:255.255.255.0::eth0:off carrier_timeout=1 {CLEARCPUID}"
+         ip=10.0.2.15::10.0.2.2:255.255.255.0::eth0:off carrier_timeout=1 \
+         virtio_pci.force_legacy=1 {CLEARCPUID}"
     );
     let mut cmd = Command::new(program);
     cmd.args([
@@ -144,13 +157,61 @@ fn boot(program: &Path, extra: &[&str], machine: &str, dir: &Path) -> (String, D
         .output()
         .expect("start the VMM");
     let log = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
     // machina's counters of instructions emulated for PVM (MACHINA_TRACE).
-    for line in String::from_utf8_lossy(&out.stderr).lines() {
+    for line in stderr.lines() {
         if line.contains("emulated int3=") || line.contains("stopped") {
             println!("{machine}: {line}");
         }
     }
-    (log, start.elapsed())
+    let trace = stderr
+        .lines()
+        .filter(|l| l.starts_with("machina-trace: virtio "))
+        .map(String::from)
+        .collect();
+    Boot {
+        log,
+        trace,
+        time: start.elapsed(),
+    }
+}
+
+/// The interface Linux drove each virtio function through, from machina's trace
+/// (`machina-trace: virtio BUS:DD.F type=... driver=legacy|modern|none ...`).
+fn driver_modes(trace: &[String]) -> Vec<(String, String)> {
+    trace
+        .iter()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("machina-trace: virtio ")?;
+            let at = rest.split_whitespace().next()?.to_string();
+            let mode = rest.split_once("driver=")?.1.split_whitespace().next()?;
+            Some((at, mode.to_string()))
+        })
+        .collect()
+}
+
+/// With `virtio_pci.force_legacy=1`: transitional functions (root buses, behind the
+/// pcie-pci-bridge) bind legacy; modern-only ones (behind root ports, `disable-legacy=on`)
+/// bind modern, as under QEMU.
+fn expected_modes(machine: &str) -> Vec<(String, String)> {
+    let rows: &[(&str, &str)] = if machine == "q35" {
+        &[
+            ("rp1:00.0", "modern"),
+            ("br1:01.0", "legacy"),
+            ("rp2:00.0", "modern"),
+            ("pcie.0:05.0", "legacy"),
+        ]
+    } else {
+        &[
+            ("pci.0:04.0", "legacy"),
+            ("pci.0:05.0", "modern"),
+            ("pci.0:06.0", "legacy"),
+            ("pci.0:07.0", "legacy"),
+        ]
+    };
+    rows.iter()
+        .map(|(a, m)| (a.to_string(), m.to_string()))
+        .collect()
 }
 
 /// Log lines without the timestamp.
@@ -193,8 +254,9 @@ fn has(log: &[String], needle: &str) -> bool {
 fn check(machine: &str) -> Vec<String> {
     let dir = std::env::temp_dir().join(format!("machina-linux-{}-{machine}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let (qlog, qtime) = boot(Path::new(QEMU), &["-accel", "tcg"], machine, &dir);
-    let (mlog, mtime) = boot(&common::machina(), &[], machine, &dir);
+    let qemu = boot(Path::new(QEMU), &["-accel", "tcg"], machine, &dir);
+    let ours = boot(&common::machina(), &[], machine, &dir);
+    let (qlog, qtime, mlog, mtime) = (qemu.log, qemu.time, ours.log, ours.time);
     println!(
         "{machine}: QEMU 7.2 TCG boot {:.1} s, machina boot {:.1} s",
         qtime.as_secs_f64(),
@@ -254,6 +316,15 @@ fn check(machine: &str) -> Vec<String> {
     want(
         !has(&m, "i8042: Can't read CTR"),
         "machina's i8042 probe failed".into(),
+    );
+    let mut modes = driver_modes(&ours.trace);
+    modes.sort();
+    let mut expected = expected_modes(machine);
+    expected.sort();
+    println!("{machine}: virtio driver paths {modes:?}");
+    want(
+        modes == expected,
+        format!("virtio driver paths: machina saw {modes:?}, expected {expected:?}"),
     );
     let _ = std::fs::remove_file(dir.join("d0.img"));
     let _ = std::fs::remove_file(dir.join("d1.img"));

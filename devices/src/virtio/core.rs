@@ -25,6 +25,25 @@ pub(crate) struct Core {
     pub generation: u8,
     /// virtio_error happened: stop processing until reset.
     pub broken: bool,
+    /// Which interface the driver used the last time it set DRIVER_OK (kept across device
+    /// resets): VERSION_1 acked means the modern interface. For the trace and tests.
+    pub last_driver: Option<DriverInterface>,
+}
+
+/// The virtio-pci interface a driver drove the device through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DriverInterface {
+    Legacy,
+    Modern,
+}
+
+impl DriverInterface {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DriverInterface::Legacy => "legacy",
+            DriverInterface::Modern => "modern",
+        }
+    }
 }
 
 impl Core {
@@ -63,6 +82,7 @@ impl Core {
             acked: 0,
             generation: 0,
             broken: false,
+            last_driver: None,
         })
     }
 
@@ -85,6 +105,11 @@ impl Core {
         let was_ok = self.status & status::DRIVER_OK != 0;
         self.status = value;
         if !was_ok && value & status::DRIVER_OK != 0 {
+            self.last_driver = Some(if self.acked & features::VERSION_1 != 0 {
+                DriverInterface::Modern
+            } else {
+                DriverInterface::Legacy
+            });
             self.device.activate(self.acked);
             // Buffers queued before DRIVER_OK were not kicked; look at every queue.
             for q in 0..self.kicks.len() {

@@ -25,6 +25,7 @@ pub mod worker;
 #[cfg(test)]
 mod tests;
 
+pub use self::core::DriverInterface;
 pub use caps::CapLayout;
 pub use create::{create, VirtioBackend, VirtioParts};
 pub use device::{DeviceError, QueueContext, VirtioDevice};

@@ -480,6 +480,21 @@ impl ReadAt for std::fs::File {
 }
 
 #[test]
+fn the_driver_interface_is_recorded_at_driver_ok() {
+    use super::core::DriverInterface;
+    let (mut d, _path) = blk(true, false);
+    assert_eq!(d.w.last_driver(), None, "no driver yet");
+    d.legacy_init();
+    assert_eq!(d.w.last_driver(), Some(DriverInterface::Legacy));
+    // The same transitional function driven through its modern interface (VERSION_1).
+    d.modern_init(1 << 32);
+    assert_eq!(d.w.last_driver(), Some(DriverInterface::Modern));
+    // A reset (status 0) keeps the record of what drove it last.
+    d.common_w(common::STATUS, 0, 1);
+    assert_eq!(d.w.last_driver(), Some(DriverInterface::Modern));
+}
+
+#[test]
 fn legacy_blk_over_io_bar() {
     let (mut d, path) = blk(true, false);
     let host = d.bar_read(0, legacy::HOST_FEATURES, 4);

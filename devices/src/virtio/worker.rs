@@ -2,7 +2,7 @@
 //! queue notification EventFds and the device's own sources (tap, console input) and runs
 //! the device under its lock.
 
-use super::core::Core;
+use super::core::{Core, DriverInterface};
 use super::notify::{KickStats, Kicks};
 use super::pci_transport::lock;
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
@@ -33,6 +33,11 @@ impl VirtioWorker {
     /// Print this device's notification counters, named `label`, when the worker goes.
     pub fn set_trace(&mut self, label: String) {
         self.trace = Some(label);
+    }
+
+    /// The interface the driver used the last time it set DRIVER_OK.
+    pub fn last_driver(&self) -> Option<DriverInterface> {
+        lock(&self.core).last_driver
     }
 
     /// Notification counters of the device.
@@ -96,8 +101,9 @@ impl Drop for VirtioWorker {
     fn drop(&mut self) {
         if let Some(label) = &self.trace {
             let s = self.kicks.stats();
+            let driver = self.last_driver().map_or("none", DriverInterface::as_str);
             eprintln!(
-                "machina-trace: virtio {label} notifications={} ioeventfd={} vmm-exits={}",
+                "machina-trace: virtio {label} driver={driver} notifications={} ioeventfd={} vmm-exits={}",
                 s.served,
                 s.by_ioeventfd(),
                 s.exits
