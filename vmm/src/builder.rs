@@ -122,6 +122,19 @@ fn map_io_ranges(bus: &Bus, isa: &IsaDevicePlan, dev: &SharedDevice) -> Result<(
     Ok(())
 }
 
+/// An eventfd wired to the in-kernel irqchip's `irq` (an ISA device's interrupt line).
+fn isa_irqfd(vm: &KvmVm, device: &str, irq: u32) -> Result<EventFd> {
+    let interrupt = |source| BuildError::Interrupt {
+        device: device.to_string(),
+        source,
+    };
+    let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(interrupt)?;
+    vm.fd
+        .register_irqfd(&evt, irq)
+        .map_err(|e| interrupt(std::io::Error::from_raw_os_error(e.errno())))?;
+    Ok(evt)
+}
+
 pub fn build(kvm: &Kvm, plan: &Plan, inputs: BuildInputs) -> Result<BuiltMachine> {
     let vm = KvmVm::new(kvm, &plan.memory, &inputs.ram)?;
     let io = Arc::new(Bus::new());
@@ -141,17 +154,7 @@ pub fn build(kvm: &Kvm, plan: &Plan, inputs: BuildInputs) -> Result<BuiltMachine
                         device: name.to_string(),
                         what: "IRQ",
                     })?;
-                let evt =
-                    EventFd::new(libc::EFD_NONBLOCK).map_err(|source| BuildError::Interrupt {
-                        device: name.to_string(),
-                        source,
-                    })?;
-                vm.fd
-                    .register_irqfd(&evt, irq)
-                    .map_err(|e| BuildError::Interrupt {
-                        device: name.to_string(),
-                        source: std::io::Error::from_raw_os_error(e.errno()),
-                    })?;
+                let evt = isa_irqfd(&vm, name, irq)?;
                 // Only the first COM port has a console behind it.
                 let out = if serial.is_none() {
                     inputs.console.clone()
@@ -176,19 +179,7 @@ pub fn build(kvm: &Kvm, plan: &Plan, inputs: BuildInputs) -> Result<BuiltMachine
                 // IRQ 1 (keyboard) and 12 (mouse), as the plan lists them.
                 let mut lines = Vec::new();
                 for &irq in isa.irqs.iter().take(2) {
-                    let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| {
-                        BuildError::Interrupt {
-                            device: name.to_string(),
-                            source,
-                        }
-                    })?;
-                    vm.fd
-                        .register_irqfd(&evt, irq)
-                        .map_err(|e| BuildError::Interrupt {
-                            device: name.to_string(),
-                            source: std::io::Error::from_raw_os_error(e.errno()),
-                        })?;
-                    lines.push(evt);
+                    lines.push(isa_irqfd(&vm, name, irq)?);
                 }
                 let mut lines = lines.into_iter();
                 Some(Arc::new(Mutex::new(I8042::new(
