@@ -1,0 +1,323 @@
+//! Block backends: `-drive` and `-blockdev` (keyval or JSON; `raw` layers folded into their
+//! `file` node), with QEMU's option checks and texts.
+
+use super::*;
+
+/// What serves a `null-co` drive, and its default size (QEMU's 1 GiB).
+const NULL_CO_DEVICE: &str = "/dev/zero";
+const NULL_CO_SIZE: u64 = 1 << 30;
+
+/// A byte count as QEMU's size parameters take it (plain bytes or with a k/M/G/T suffix).
+fn size_value(context: &str, key: &str, v: &str) -> Result<u64, BackendError> {
+    let bad = || {
+        err(
+            context,
+            format!("Parameter '{key}' expects a non-negative number below 2^64"),
+        )
+    };
+    let (digits, shift) = match v.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let shift = match c.to_ascii_lowercase() {
+                'b' => 0,
+                'k' => 10,
+                'm' => 20,
+                'g' => 30,
+                't' => 40,
+                _ => return Err(bad()),
+            };
+            (&v[..i], shift)
+        }
+        _ => (v, 0),
+    };
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    n.checked_mul(1 << shift).ok_or_else(bad)
+}
+
+fn cache_mode(context: &str, v: &str) -> Result<CacheMode, BackendError> {
+    Ok(match v {
+        "writeback" => CacheMode::WriteBack,
+        "none" | "directsync" => CacheMode::Direct,
+        "writethrough" => CacheMode::WriteThrough,
+        "unsafe" => CacheMode::Unsafe,
+        _ => return Err(err(context, "invalid cache option")),
+    })
+}
+
+/// `-drive file=PATH,if=none,id=ID,format=raw[,readonly=on][,cache=MODE][,aio=A]
+/// [,file.locking=on|off|auto]`.
+pub fn parse_drive(spec: impl AsRef<OsStr>) -> Result<Backend, BackendError> {
+    let spec = spec.as_ref();
+    let context = format!("-drive {}", lossy(spec));
+    let mut file = None;
+    let mut id = None;
+    let mut read_only = false;
+    let mut cache = CacheMode::WriteBack;
+    let mut direct = None;
+    let mut aio = None;
+    let mut locking = true;
+    let null = lossy(spec).split(',').any(|item| item == "file=null-co://");
+    let mut null_size = null.then_some(NULL_CO_SIZE);
+    for (k, v) in keyval(spec) {
+        match k.as_str() {
+            "file" if null => file = Some(PathBuf::from(NULL_CO_DEVICE)),
+            "file.read-zeroes" if null => {
+                bool_value(&v).ok_or_else(|| {
+                    err(&context, "Parameter 'read-zeroes' expects 'on' or 'off'")
+                })?;
+            }
+            "file.size" if null => null_size = Some(size_value(&context, "size", &v)?),
+            "file" => file = raw_value(spec, "file").map(PathBuf::from),
+            "id" => id = Some(v),
+            "if" if v == "none" => {}
+            "if" => {
+                return Err(err(
+                    &context,
+                    format!("machina attaches drives only through -device (if=none), not if={v}"),
+                ))
+            }
+            "format" if v == "raw" => {}
+            "format" => return Err(err(&context, format!("Unknown driver '{v}'"))),
+            "readonly" => {
+                read_only = bool_value(&v)
+                    .ok_or_else(|| err(&context, "Parameter 'readonly' expects 'on' or 'off'"))?
+            }
+            "cache" => cache = cache_mode(&context, &v)?,
+            "cache.direct" => {
+                direct = Some(bool_value(&v).ok_or_else(|| {
+                    err(&context, "Parameter 'cache.direct' expects 'on' or 'off'")
+                })?)
+            }
+            "aio" => aio = Some(v),
+            // Only matters for a file that cannot be opened read-write, which machina
+            // refuses either way (libqtest passes auto-read-only=off).
+            "auto-read-only" => {
+                bool_value(&v).ok_or_else(|| {
+                    err(&context, "Parameter 'auto-read-only' expects 'on' or 'off'")
+                })?;
+            }
+            "file.locking" => locking = locking_value(&context, &k, &v)?,
+            "locking" => {
+                return Err(err(
+                    &context,
+                    "Block format 'raw' does not support the option 'locking'",
+                ))
+            }
+            "media" if v == "disk" => {}
+            "discard" | "detect-zeroes" | "werror" | "rerror" | "node-name" => {}
+            other => {
+                return Err(err(&context, format!("Invalid parameter '{other}'")));
+            }
+        }
+    }
+    // cache.direct overrides the direct part of cache=.
+    match direct {
+        Some(true) if cache != CacheMode::Direct => cache = CacheMode::Direct,
+        Some(false) if cache == CacheMode::Direct => cache = CacheMode::WriteBack,
+        _ => {}
+    }
+    check_aio(&context, aio.as_deref(), cache == CacheMode::Direct)?;
+    let id = id.ok_or_else(|| {
+        err(
+            &context,
+            "machina needs id= on -drive (use it with -device ...,drive=ID)",
+        )
+    })?;
+    let file = file.ok_or_else(|| err(&context, "Parameter 'file' is missing"))?;
+    if null {
+        // Nothing to lock or check: there is no image.
+        locking = false;
+    } else {
+        check_file(&context, &file, read_only, FileKind::Any)?;
+    }
+    Ok(Backend::Drive {
+        id,
+        file,
+        read_only,
+        cache,
+        locking,
+        attached: None,
+        null_size,
+    })
+}
+
+/// `-blockdev driver=file,node-name=N,filename=PATH[,read-only=on]` (keyval or JSON);
+/// `driver=raw,file=NODE` layers are folded into the file node they name.
+pub fn parse_blockdev(
+    spec: impl AsRef<OsStr>,
+    existing: &[Backend],
+) -> Result<Backend, BackendError> {
+    let spec = spec.as_ref();
+    let context = format!("-blockdev {}", lossy(spec));
+    let pairs: Vec<(String, OsString)> = if lossy(spec).trim_start().starts_with('{') {
+        // JSON text is UTF-8 by definition.
+        let text = spec.to_str().ok_or_else(|| {
+            err(
+                &context,
+                "JSON parse error, invalid UTF-8 sequence in string",
+            )
+        })?;
+        let v = machine::parse_json_strict(text).map_err(|e| err(&context, e))?;
+        crate::blockdev_json::check(&v, "").map_err(|e| err(&context, e))?;
+        os_pairs(flatten_json(&v))
+    } else {
+        keyval_pairs_os(spec)
+    };
+    blockdev_from_pairs(&context, &pairs, existing)
+}
+
+pub(super) fn flatten_json(v: &Value) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    if let Some(obj) = v.as_object() {
+        for (k, v) in obj {
+            match v {
+                Value::String(s) => out.push((k.clone(), s.clone())),
+                Value::Bool(b) => out.push((k.clone(), if *b { "on" } else { "off" }.to_string())),
+                Value::Number(n) => out.push((k.clone(), n.to_string())),
+                Value::Object(_) => {
+                    for (sub, val) in flatten_json(v) {
+                        out.push((format!("{k}.{sub}"), val));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+pub(super) fn os_pairs(pairs: Vec<(String, String)>) -> Vec<(String, OsString)> {
+    pairs
+        .into_iter()
+        .map(|(k, v)| (k, OsString::from(v)))
+        .collect()
+}
+
+pub(super) fn blockdev_from_pairs(
+    context: &str,
+    pairs: &[(String, OsString)],
+    existing: &[Backend],
+) -> Result<Backend, BackendError> {
+    let get_raw = |key: &str| pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
+    let get = |key: &str| get_raw(key).map(|v| lossy(&v));
+    let node =
+        get("node-name").ok_or_else(|| err(context, "A block device must be given a name"))?;
+    let read_only = match get("read-only") {
+        Some(v) => bool_value(&v)
+            .ok_or_else(|| err(context, "Parameter 'read-only' expects 'on' or 'off'"))?,
+        None => false,
+    };
+    let cache = match get("cache.direct").as_deref().and_then(bool_value) {
+        Some(true) => CacheMode::Direct,
+        _ => CacheMode::WriteBack,
+    };
+    let driver = get("driver");
+    // The file node's own keys, or those of a raw node's inline file.
+    let file_key = |key: &str| match driver.as_deref() {
+        Some("raw") => get(&format!("file.{key}")),
+        _ => get(key),
+    };
+    let locking = match file_key("locking") {
+        Some(v) => locking_value(context, "locking", &v)?,
+        None => true,
+    };
+    check_aio(
+        context,
+        file_key("aio").as_deref(),
+        cache == CacheMode::Direct
+            || file_key("cache.direct").as_deref().and_then(bool_value) == Some(true),
+    )?;
+    match driver.as_deref() {
+        Some("null-co") => {
+            if let Some(v) = get("read-zeroes") {
+                bool_value(&v)
+                    .ok_or_else(|| err(context, "Parameter 'read-zeroes' expects 'on' or 'off'"))?;
+            }
+            let size = match get("size") {
+                Some(v) => size_value(context, "size", &v)?,
+                None => NULL_CO_SIZE,
+            };
+            Ok(Backend::Drive {
+                id: node,
+                file: PathBuf::from(NULL_CO_DEVICE),
+                read_only,
+                cache,
+                locking: false,
+                attached: None,
+                null_size: Some(size),
+            })
+        }
+        Some(kind @ ("file" | "host_device")) => {
+            let file = PathBuf::from(
+                get_raw("filename")
+                    .ok_or_else(|| err(context, "Parameter 'filename' is missing"))?,
+            );
+            let kind = if kind == "file" {
+                FileKind::Regular
+            } else {
+                FileKind::Device
+            };
+            check_file(context, &file, read_only, kind)?;
+            Ok(Backend::Drive {
+                id: node,
+                file,
+                read_only,
+                cache,
+                locking,
+                attached: None,
+                null_size: None,
+            })
+        }
+        Some("raw") => {
+            // A raw format node over a file node, or with an inline file.
+            let (file, locking) = match (get("file"), get_raw("file.filename")) {
+                (_, Some(path)) => (PathBuf::from(path), locking),
+                (Some(child), None) => match existing.iter().find(|b| b.id() == child) {
+                    Some(Backend::Drive {
+                        file,
+                        locking,
+                        null_size: Some(size),
+                        ..
+                    }) => {
+                        return Ok(Backend::Drive {
+                            id: node,
+                            file: file.clone(),
+                            read_only,
+                            cache,
+                            locking: *locking,
+                            attached: None,
+                            null_size: Some(*size),
+                        })
+                    }
+                    Some(Backend::Drive { file, locking, .. }) => (file.clone(), *locking),
+                    _ => {
+                        return Err(err(
+                            context,
+                            format!("Cannot find device='' nor node-name='{child}'"),
+                        ))
+                    }
+                },
+                (None, None) => return Err(err(context, "Parameter 'file' is missing")),
+            };
+            let kind = match get("file.driver").as_deref() {
+                Some("host_device") => FileKind::Device,
+                Some("file") => FileKind::Regular,
+                _ => FileKind::Any,
+            };
+            check_file(context, &file, read_only, kind)?;
+            Ok(Backend::Drive {
+                id: node,
+                file,
+                read_only,
+                cache,
+                locking,
+                attached: None,
+                null_size: None,
+            })
+        }
+        Some(other) => Err(err(
+            context,
+            format!("Parameter 'driver' does not accept value '{other}'"),
+        )),
+        None => Err(err(context, "Parameter 'driver' is missing")),
+    }
+}
