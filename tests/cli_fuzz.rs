@@ -12,30 +12,11 @@
 mod common;
 
 use common::machina;
+use machina_tests::rng::XorShift;
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;
-
-/// xorshift64*: small, fast, reproducible.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
-        items[self.below(items.len())]
-    }
-}
 
 /// Options with realistic values (valid and invalid), from machina's --help and QEMU's use.
 const OPTIONS: &[(&str, &[&str])] = &[
@@ -92,35 +73,35 @@ const FLAGS: &[&str] = &[
 ];
 
 /// One argument vector: a few options, each maybe mutated.
-fn vector(rng: &mut Rng) -> Vec<OsString> {
+fn vector(rng: &mut XorShift) -> Vec<OsString> {
     let mut argv: Vec<OsString> = Vec::new();
-    for _ in 0..1 + rng.below(5) {
-        if rng.below(6) == 0 {
-            argv.push(rng.pick(FLAGS).into());
+    for _ in 0..1 + rng.index(5) {
+        if rng.index(6) == 0 {
+            argv.push((*rng.pick(FLAGS)).into());
             continue;
         }
-        let (name, values) = OPTIONS[rng.below(OPTIONS.len())];
+        let (name, values) = OPTIONS[rng.index(OPTIONS.len())];
         argv.push(name.into());
         // Sometimes the value is missing altogether (the option ends the vector).
-        if rng.below(40) == 0 {
+        if rng.index(40) == 0 {
             break;
         }
-        let value = rng.pick(values);
+        let value = *rng.pick(values);
         argv.push(mutate(rng, value));
     }
     argv
 }
 
-fn mutate(rng: &mut Rng, value: &str) -> OsString {
+fn mutate(rng: &mut XorShift, value: &str) -> OsString {
     let mut bytes = value.as_bytes().to_vec();
-    match rng.below(10) {
-        0 if !bytes.is_empty() => bytes.truncate(rng.below(bytes.len())),
+    match rng.index(10) {
+        0 if !bytes.is_empty() => bytes.truncate(rng.index(bytes.len())),
         1 => bytes.extend_from_slice(b",,"),
         2 => bytes.extend_from_slice(b",="),
-        3 => bytes.extend_from_slice(format!(",size={}", rng.next()).as_bytes()),
+        3 => bytes.extend_from_slice(format!(",size={}", rng.next_u64()).as_bytes()),
         4 => {
             // A byte that is not UTF-8 somewhere.
-            let at = rng.below(bytes.len() + 1);
+            let at = rng.index(bytes.len() + 1);
             bytes.insert(at, 0xff);
         }
         5 => bytes.extend_from_slice(b",id=x,id=y"),
@@ -133,7 +114,7 @@ fn mutate(rng: &mut Rng, value: &str) -> OsString {
                 "0x",
                 "1e99",
             ];
-            bytes.extend_from_slice(format!(",index={}", n[rng.below(n.len())]).as_bytes());
+            bytes.extend_from_slice(format!(",index={}", n[rng.index(n.len())]).as_bytes());
         }
         _ => {}
     }
@@ -185,7 +166,7 @@ fn command_line_fuzz() {
     eprintln!(
         "cli fuzz: seed {seed} (MACHINA_CLI_FUZZ_SEED={seed} reproduces), {iterations} vectors"
     );
-    let mut rng = Rng(seed);
+    let mut rng = XorShift(seed);
     let mut refusals: Vec<(Vec<OsString>, String)> = Vec::new();
     // Refusals that do not start with their option, by their text up to the first quote.
     let mut unprefixed: std::collections::BTreeSet<String> = Default::default();

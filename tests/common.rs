@@ -2,6 +2,7 @@
 #![allow(dead_code)] // each test target uses a different part of these helpers
 
 use machina_tests::RunResult;
+use serde_json::Value;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -27,4 +28,31 @@ pub fn require_kvm() -> bool {
 
 pub fn boot(args: &[&str]) -> RunResult {
     machina_tests::run(&machina(), args, LIMIT)
+}
+
+/// The values of `key` in a JSON array of objects.
+pub fn names(list: &Value, key: &str) -> Vec<String> {
+    list.as_array()
+        .unwrap_or(&Vec::new())
+        .iter()
+        .filter_map(|e| e[key].as_str().map(str::to_string))
+        .collect()
+}
+
+/// The member names of a command's argument or return type in a query-qmp-schema answer.
+pub fn schema_members(schema: &Value, command: &str, which: &str) -> Vec<String> {
+    let find = |name: &str| {
+        schema
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    let mut ty = find(find(command)[which].as_str().unwrap_or(""));
+    if ty["meta-type"] == "array" {
+        ty = find(ty["element-type"].as_str().unwrap_or(""));
+    }
+    names(&ty["members"], "name")
 }

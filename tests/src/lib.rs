@@ -9,6 +9,7 @@ pub mod pci_compare;
 pub mod process;
 pub mod qmp_client;
 pub mod qtest_client;
+pub mod rng;
 
 use std::io::Read;
 use std::path::Path;

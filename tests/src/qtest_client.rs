@@ -6,6 +6,7 @@
 //! devfn order, enable ECAM on q35, read every function's 256 bytes, walk the capability
 //! lists, probe BARs/ROM/bridge windows with all-ones and restore them.
 
+pub use crate::rng::XorShift;
 use serde_json::{json, Map, Value};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -781,24 +782,6 @@ pub fn substitute(args: &[Value], disk: &str) -> Vec<String> {
     args.iter()
         .map(|a| a.as_str().unwrap_or("").replace("{disk}", disk))
         .collect()
-}
-
-/// A xorshift64* generator: fixed seeds give the same fuzz sequence on every run.
-pub struct XorShift(pub u64);
-
-impl XorShift {
-    pub fn next_u64(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n.max(1)
-    }
 }
 
 /// Start machina on a scenario of the expectation files, walk it and compare with QEMU's
