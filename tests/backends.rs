@@ -6,7 +6,8 @@
 mod common;
 
 use common::{machina, require_kvm};
-use machina_tests::process::{MachinaProcess, TempDir};
+use machina_tests::process::MachinaProcess;
+use machina_tests::TempDir;
 use serde_json::{json, Value};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;

@@ -5,7 +5,7 @@
 mod common;
 
 use common::{boot, machina, require_kvm, LIMIT};
-use machina_tests::{field, parse_pci_lines};
+use machina_tests::{field, parse_pci_lines, TempDir};
 
 fn assert_powered_off(r: &machina_tests::RunResult) {
     r.check(
@@ -167,8 +167,7 @@ fn serial_to_file() {
     if !require_kvm() {
         return;
     }
-    let dir = std::env::temp_dir().join(format!("machina-serial-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("serial");
     let path = dir.join("console.log");
     let arg = format!("file:{}", path.display());
     let r = boot(&["-M", "pc", "-serial", &arg]);
@@ -178,7 +177,6 @@ fn serial_to_file() {
         text.contains("pci: 00:00.0 8086:1237"),
         &format!("the console file holds the guest output, got:\n{text}"),
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -4,6 +4,7 @@
 mod common;
 
 use common::{boot, machina};
+use machina_tests::TempDir;
 use std::time::Duration;
 
 fn fails_with(args: &[&str], message: &str) {
@@ -57,11 +58,11 @@ fn kernel_errors() {
         &["-kernel", "/nonexistent/bzImage"],
         "could not open kernel file '/nonexistent/bzImage'",
     );
-    let garbage = std::env::temp_dir().join(format!("machina-garbage-{}", std::process::id()));
+    let dir = TempDir::new("garbage");
+    let garbage = dir.join("bzImage");
     std::fs::write(&garbage, vec![0x5au8; 4096]).unwrap();
     let path = garbage.display().to_string();
     fails_with(&["-kernel", &path], "invalid kernel header");
-    let _ = std::fs::remove_file(&garbage);
     fails_with(
         &["-kernel", "/etc/hostname", "-initrd", "/nonexistent/initrd"],
         "invalid kernel header",
@@ -91,8 +92,7 @@ fn help_and_version_exit_zero() {
 
 #[test]
 fn backend_errors() {
-    let dir = std::env::temp_dir().join(format!("machina-cli-backends-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("cli-backends");
     let img = dir.join("d.img");
     std::fs::write(&img, vec![0u8; 4096]).unwrap();
     let drive = format!("file={},if=none,id=d0,format=raw", img.display());
@@ -123,13 +123,11 @@ fn backend_errors() {
         &["-netdev", "bogus,id=x"],
         "Parameter 'type' does not accept value 'bogus'",
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn machine_definition_file_adds_a_machine_type() {
-    let dir = std::env::temp_dir().join(format!("machina-def-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("def");
     let def = dir.join("acme.json");
     std::fs::write(
         &def,
@@ -160,5 +158,4 @@ fn machine_definition_file_adds_a_machine_type() {
         &["-machine-definition", &path, "-M", "q35"],
         "-machine-definition",
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }

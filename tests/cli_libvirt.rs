@@ -5,7 +5,7 @@
 mod common;
 
 use common::{machina, require_kvm, LIMIT};
-use machina_tests::process::TempDir;
+use machina_tests::TempDir;
 use std::ffi::OsString;
 use std::io::Read;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};

@@ -8,7 +8,7 @@
 mod common;
 
 use common::{boot, machina, require_kvm, LIMIT};
-use machina_tests::{parse_pci_lines, process::MachinaProcess};
+use machina_tests::{parse_pci_lines, process::MachinaProcess, TempDir};
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -40,9 +40,7 @@ fn in_process(args: &[&str]) -> Result<machine::Plan, String> {
     vmm::config::prepare(&opts, machine::Catalog::builtin()).map(|(_, plan)| plan)
 }
 
-fn write_temp(name: &str, text: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("machina-cli-validation-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+fn write_temp(dir: &TempDir, name: &str, text: &str) -> std::path::PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
     path
@@ -172,7 +170,9 @@ fn deep_definition_files() {
             format!(r#"{{"name":"m{i}","inherits":"{parent}"}}"#)
         })
         .collect();
+    let dir = TempDir::new("cli-validation");
     let path = write_temp(
+        &dir,
         "deep.json",
         &format!(r#"{{"machine-types":[{}]}}"#, types.join(",")),
     );
@@ -195,6 +195,7 @@ fn deep_definition_files() {
         })
         .collect();
     let path = write_temp(
+        &dir,
         "devices.json",
         &format!(r#"{{"device-types":[{}]}}"#, types.join(",")),
     );
@@ -369,8 +370,7 @@ fn no_default_vga_or_nic_when_told() {
 #[test]
 fn qmp_backends_keep_commas_in_values() {
     // netdev_add/object-add used to rebuild keyval text: a comma split the value.
-    let dir = std::env::temp_dir().join(format!("machina-commas-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("commas");
     let file = dir.join("a,b");
     std::fs::write(&file, b"entropy").unwrap();
     let object = vmm::backends::from_qmp(
@@ -438,7 +438,8 @@ fn machine_option_checks() {
 
 #[test]
 fn device_checks() {
-    let drive = write_temp("d.img", "");
+    let dir = TempDir::new("cli-validation");
+    let drive = write_temp(&dir, "d.img", "");
     std::fs::write(&drive, vec![0u8; 1 << 20]).unwrap();
     let d = format!("if=none,id=d0,file={},format=raw", drive.display());
     let blk = |props: &str| format!("virtio-blk-pci,drive=d0,{props}");

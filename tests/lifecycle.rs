@@ -6,8 +6,8 @@ mod common;
 
 use common::{machina, require_kvm};
 use machina_tests::netns::Netns;
-use machina_tests::process::TempDir;
 use machina_tests::qmp_client::QmpClient;
+use machina_tests::TempDir;
 use serde_json::{json, Value};
 use std::io::Write;
 use std::os::unix::net::UnixStream;

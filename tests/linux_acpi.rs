@@ -9,6 +9,7 @@
 
 mod common;
 
+use machina_tests::TempDir;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -360,27 +361,12 @@ fn parse_dsl(dsl: &str) -> BTreeSet<String> {
     set
 }
 
-struct RemoveOnDrop(PathBuf);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn compare(machine: &str, nodefaults: bool) -> Vec<String> {
     let label = format!("{machine}{}", if nodefaults { " -nodefaults" } else { "" });
-    let base: PathBuf = std::env::temp_dir().join(format!(
-        "machina-linux-acpi-{}-{machine}-{nodefaults}",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&base);
     // Removed however the comparison ends (QEMU's memory image is 128 MiB).
-    let _cleanup = RemoveOnDrop(base.clone());
-    let q = qemu_tables(machine, nodefaults, &{
-        std::fs::create_dir_all(&base).unwrap();
-        base.clone()
-    });
+    let scratch = TempDir::new(&format!("linux-acpi-{machine}-{nodefaults}"));
+    let base: PathBuf = scratch.path.clone();
+    let q = qemu_tables(machine, nodefaults, &base);
     let m = machina_tables(machine, nodefaults, &base.join("machina"));
     let qd = dsdt_devices(&q.dsdt, &base.join("qemu"));
     let md = dsdt_devices(&m.dsdt, &base.join("machina-dsl"));

@@ -39,6 +39,7 @@
 
 mod common;
 
+use machina_tests::TempDir;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -252,8 +253,8 @@ fn has(log: &[String], needle: &str) -> bool {
 }
 
 fn check(machine: &str) -> Vec<String> {
-    let dir = std::env::temp_dir().join(format!("machina-linux-{}-{machine}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let scratch = TempDir::new(&format!("linux-{machine}"));
+    let dir = scratch.path.clone();
     let qemu = boot(Path::new(QEMU), &["-accel", "tcg"], machine, &dir);
     let ours = boot(&common::machina(), &[], machine, &dir);
     let (qlog, qtime, mlog, mtime) = (qemu.log, qemu.time, ours.log, ours.time);
@@ -264,7 +265,6 @@ fn check(machine: &str) -> Vec<String> {
     );
     std::fs::write(dir.join("qemu.log"), &qlog).unwrap();
     std::fs::write(dir.join("machina.log"), &mlog).unwrap();
-    println!("{machine}: logs kept in {}", dir.display());
     let q = lines(&qlog);
     let m = lines(&mlog);
     let mut problems = Vec::new();
@@ -326,8 +326,12 @@ fn check(machine: &str) -> Vec<String> {
         modes == expected,
         format!("virtio driver paths: machina saw {modes:?}, expected {expected:?}"),
     );
-    let _ = std::fs::remove_file(dir.join("d0.img"));
-    let _ = std::fs::remove_file(dir.join("d1.img"));
+    if !problems.is_empty() {
+        // The boot logs explain a failure; the disk images are not worth keeping.
+        let _ = std::fs::remove_file(dir.join("d0.img"));
+        let _ = std::fs::remove_file(dir.join("d1.img"));
+        println!("{machine}: logs kept in {}", scratch.keep().display());
+    }
     problems
 }
 

@@ -155,7 +155,7 @@ fn qmp_argument_decoding_fuzz() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(1500);
     println!("qmp fuzz: seed={seed} iterations={iterations} (MACHINA_QMP_FUZZ_SEED replays)");
-    let dir = machina_tests::process::TempDir::new("qmp-fuzz-disk");
+    let dir = machina_tests::TempDir::new("qmp-fuzz-disk");
     let disk = dir.path.join("disk.img");
     std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
     let drive = format!("file={},if=none,id=d0,format=raw", disk.display());

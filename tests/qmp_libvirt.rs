@@ -214,7 +214,7 @@ fn running_machine_cpus_blocks_and_chardevs() {
     if !require_kvm() {
         return;
     }
-    let dir = machina_tests::process::TempDir::new("libvirt-run");
+    let dir = machina_tests::TempDir::new("libvirt-run");
     let disk = dir.path.join("disk.img");
     std::fs::write(&disk, vec![0u8; 4 << 20]).unwrap();
     let log = dir.path.join("console.log");
@@ -595,7 +595,7 @@ fn blockdev_nodes_as_libvirt_writes_them() {
     if !require_kvm() {
         return;
     }
-    let dir = machina_tests::process::TempDir::new("libvirt-blockdev");
+    let dir = machina_tests::TempDir::new("libvirt-blockdev");
     let disk = dir.path.join("disk.img");
     std::fs::write(&disk, vec![0u8; 2 << 20]).unwrap();
     let storage = format!(

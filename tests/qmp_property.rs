@@ -24,32 +24,10 @@ use common::{machina, require_kvm};
 use machina_tests::pci_compare::compare_plan_with_pci;
 use machina_tests::process::MachinaProcess;
 use machina_tests::qmp_client::QmpClient;
+use machina_tests::rng::XorShift;
 use serde_json::{json, Map, Value};
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
-
-/// splitmix64: small, deterministic, good enough to sample configurations.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    /// True with probability `percent`/100.
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len() as u64) as usize]
-    }
-}
 
 #[derive(Debug, Clone)]
 enum Prop {
@@ -182,7 +160,7 @@ struct Case {
     devices: Vec<Dev>,
 }
 
-fn generate(rng: &mut Rng, machine: &str) -> Case {
+fn generate(rng: &mut XorShift, machine: &str) -> Case {
     let q35 = machine.contains("q35");
     let mut buses = vec![GenBus {
         name: if q35 { "pcie.0" } else { "pci.0" }.to_string(),
@@ -593,7 +571,7 @@ fn random_device_lists_agree_across_qmp_plan_build_and_command_line() {
     }
     let start = Instant::now();
     let seed = env_u64("MACHINA_PROPTEST_SEED").unwrap_or(0x006d_6163_6869_6e61);
-    let mut rng = Rng(seed);
+    let mut rng = XorShift::new(seed);
 
     // Every pc/q35 machine type, in a random order.
     let machines: Vec<String> = {

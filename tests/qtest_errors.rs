@@ -141,8 +141,8 @@ fn bad_command_lines_fail_like_qemu() {
     assert_no_mismatches("bad command lines", &unexpected);
 }
 
+/// Status, message, location prefix and hint lines with no known differences tolerated.
 #[test]
-#[ignore = "machina bugs: no '-device OPTS: ' location prefix, no hint line (tests/data/machina_known_mismatches.json errors)"]
 fn strict_error_text() {
     if !require_kvm() {
         return;

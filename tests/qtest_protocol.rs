@@ -9,6 +9,7 @@ mod common;
 use common::{machina, require_kvm};
 use machina_tests::qmp_client::QmpClient;
 use machina_tests::qtest_client::Qtest;
+use machina_tests::TempDir;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
@@ -147,9 +148,7 @@ fn commands_before_the_build_wait_for_it() {
     if !require_kvm() {
         return;
     }
-    let dir = std::env::temp_dir().join(format!("machina-qtest-pre-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("qtest-pre");
     let qtest_path = dir.join("qtest.sock");
     let qmp_path = dir.join("qmp.sock");
     let listener = std::os::unix::net::UnixListener::bind(&qtest_path).unwrap();
@@ -209,5 +208,4 @@ fn commands_before_the_build_wait_for_it() {
 
     let _ = child.kill();
     let _ = child.wait();
-    let _ = std::fs::remove_dir_all(&dir);
 }

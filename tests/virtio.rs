@@ -7,7 +7,7 @@ mod common;
 
 use common::{boot, machina, require_kvm};
 use machina_tests::netns::Netns;
-use machina_tests::RunResult;
+use machina_tests::{RunResult, TempDir};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -21,18 +21,16 @@ fn pattern(seed: u64, sector: u64, i: usize) -> u8 {
 }
 
 struct Disk {
-    dir: PathBuf,
+    _dir: TempDir,
     path: PathBuf,
 }
 
 impl Disk {
     fn new(name: &str) -> Disk {
-        let dir =
-            std::env::temp_dir().join(format!("machina-virtio-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = TempDir::new(&format!("virtio-{name}"));
         let path = dir.join("disk.img");
         std::fs::write(&path, vec![0u8; 4 << 20]).unwrap();
-        Disk { dir, path }
+        Disk { _dir: dir, path }
     }
 
     fn drive(&self) -> String {
@@ -49,12 +47,6 @@ impl Disk {
         let data = std::fs::read(&self.path).unwrap();
         let at = (sector * 512) as usize;
         data[at..at + 4096].iter().all(|&b| b == 0)
-    }
-}
-
-impl Drop for Disk {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

@@ -10,6 +10,9 @@ pub mod process;
 pub mod qmp_client;
 pub mod qtest_client;
 pub mod rng;
+pub mod temp;
+
+pub use temp::TempDir;
 
 use std::io::Read;
 use std::path::Path;

@@ -10,8 +10,8 @@
 //! emulators libvirt starts inherit that namespace. From outside, `virsh` reaches the daemon
 //! through `qemu+unix:///system?socket=DIR/run/libvirt-sock`.
 
-use crate::process::TempDir;
 use crate::RunResult;
+use crate::TempDir;
 use std::collections::BTreeSet;
 use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;

@@ -7,10 +7,11 @@
 //! lists, probe BARs/ROM/bridge windows with all-ones and restore them.
 
 pub use crate::rng::XorShift;
+use crate::TempDir;
 use serde_json::{json, Map, Value};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -35,14 +36,13 @@ pub fn fmt_bdf((b, d, f): Bdf) -> String {
 /// A machina process serving qtest on a private socket; killed when dropped.
 pub struct Qtest {
     child: Child,
-    dir: PathBuf,
+    /// Holds the socket; removed after the process is killed (fields drop after `drop`).
+    _dir: TempDir,
     reader: BufReader<UnixStream>,
     writer: UnixStream,
     /// The command line after the qtest options, for messages.
     pub args: Vec<String>,
 }
-
-static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 impl Qtest {
     /// Start `binary -accel qtest -qtest unix:...,server=on ARGS` and wait until the machine
@@ -53,10 +53,7 @@ impl Qtest {
 
     /// Like `start`, but returns why the machine was not built (e.g. machina's error).
     pub fn try_start(binary: &Path, args: &[String]) -> Result<Qtest, String> {
-        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("machina-qtest-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).map_err(|e| format!("temp dir: {e}"))?;
+        let dir = TempDir::new("qtest");
         let socket = dir.join("qtest.sock");
         let mut child = Command::new(binary)
             .args(["-accel", "qtest", "-qtest"])
@@ -77,7 +74,6 @@ impl Qtest {
                 if let Some(mut e) = child.stderr.take() {
                     let _ = std::io::Read::read_to_string(&mut e, &mut err);
                 }
-                let _ = std::fs::remove_dir_all(&dir);
                 return Err(format!(
                     "machina {args:?} exited with {status} before serving qtest: {err}"
                 ));
@@ -85,7 +81,6 @@ impl Qtest {
             if start.elapsed() > Duration::from_secs(20) {
                 let _ = child.kill();
                 let _ = child.wait();
-                let _ = std::fs::remove_dir_all(&dir);
                 return Err(format!("machina {args:?}: no qtest socket after 20 s"));
             }
             std::thread::sleep(Duration::from_millis(5));
@@ -98,7 +93,7 @@ impl Qtest {
             .map_err(|e| format!("clone stream: {e}"))?;
         let mut q = Qtest {
             child,
-            dir,
+            _dir: dir,
             reader: BufReader::new(stream),
             writer,
             args: args.to_vec(),
@@ -559,7 +554,6 @@ impl Drop for Qtest {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
