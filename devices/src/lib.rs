@@ -6,3 +6,6 @@ pub mod legacy;
 pub mod lifecycle;
 pub mod pci;
 pub mod virtio;
+
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;

@@ -64,6 +64,11 @@ impl XorShift {
         &items[self.index(items.len())]
     }
 
+    /// [`XorShift::pick`] by value.
+    pub fn choose<T: Copy>(&mut self, items: &[T]) -> T {
+        *self.pick(items)
+    }
+
     pub fn fill(&mut self, buf: &mut [u8]) {
         for chunk in buf.chunks_mut(8) {
             let v = self.next_u64().to_le_bytes();

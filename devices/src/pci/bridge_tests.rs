@@ -8,6 +8,7 @@ use super::device::Space;
 use super::interrupt::MsiSink;
 use super::tests::{bus_plan, func, ident, q35_plan, Machine};
 use super::PciError;
+use machina_tests::rng::XorShift;
 use machine::{BusKind, PciFunctionPlan};
 use std::sync::{Arc, Mutex};
 
@@ -591,14 +592,6 @@ fn firmware_step_still_maps_bars_behind_ports() {
     assert!(r.iter().any(|(s, _, _)| *s == Space::Io), "{r:?}");
 }
 
-/// xorshift: deterministic pseudo-random numbers without a dependency.
-fn rng(state: &mut u64) -> u64 {
-    *state ^= *state << 13;
-    *state ^= *state >> 7;
-    *state ^= *state << 17;
-    *state
-}
-
 #[test]
 fn random_writes_to_every_bridge_never_panic() {
     let types: &[(&str, &[(&str, &str)])] = &[
@@ -616,24 +609,24 @@ fn random_writes_to_every_bridge_never_panic() {
         ("i82801b11-bridge", &[]),
     ];
     let sink = Arc::new(Msgs(Mutex::new(Vec::new())));
-    let mut s = 0x0bad_cafe_f00d_1234u64;
+    let mut s = XorShift::new(0x0bad_cafe_f00d_1234u64);
     for (t, props) in types {
         let mut b = make(t, props).unwrap();
         b.set_msi_sink(sink.clone());
         b.attach(0xffff_ffff, Some(0x2041), true);
         for off in 0..4100u16 {
             for n in [1usize, 2, 4] {
-                let v = rng(&mut s) as u32;
+                let v = s.next_u64() as u32;
                 wr(&mut b, off, n, v);
                 rd(&mut b, off, n);
             }
         }
         for _ in 0..20_000 {
-            let r = rng(&mut s);
+            let r = s.next_u64();
             let bar = (r % 8) as usize;
             let off = (r >> 8) % 0x1100;
             let n = [1usize, 2, 4, 8][((r >> 40) % 4) as usize];
-            let v = rng(&mut s).to_le_bytes();
+            let v = s.next_u64().to_le_bytes();
             if r & 1 == 0 {
                 b.bar_write(bar, off, &v[..n]);
             } else {
@@ -641,7 +634,7 @@ fn random_writes_to_every_bridge_never_panic() {
                 b.bar_read(bar, off, &mut buf[..n]);
             }
             let cfg = (r >> 16) as u16 % 0x1000;
-            wr(&mut b, cfg, 4, rng(&mut s) as u32);
+            wr(&mut b, cfg, 4, s.next_u64() as u32);
             if r.is_multiple_of(997) {
                 b.reset();
             }
@@ -715,15 +708,15 @@ fn host_with_every_bridge_type_survives_fuzz() {
     let m = Machine::new(&plan);
     let layout = m.host.lock().unwrap().firmware_init(&plan).unwrap();
     assert!(layout.last_bus >= 9, "{layout:?}");
-    let mut s = 0x5eed_u64;
+    let mut s = XorShift::new(0x5eed_u64);
     let mut h = m.host.lock().unwrap();
     for _ in 0..200_000 {
-        let r = rng(&mut s);
+        let r = s.next_u64();
         let bus = (r % 12) as u8;
         let devfn = (r >> 8) as u8;
         let off = (r >> 16) as u16 % 4096;
         let n = [1usize, 2, 4][((r >> 32) % 3) as usize];
-        let v = rng(&mut s).to_le_bytes();
+        let v = s.next_u64().to_le_bytes();
         if r & 3 == 0 {
             let mut b = [0u8; 4];
             h.config_read(bus, devfn, off, &mut b[..n]);

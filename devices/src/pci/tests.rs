@@ -4,6 +4,7 @@
 use super::*;
 use crate::bus::{Bus, BusDevice};
 use crate::lifecycle::{Lifecycle, Request};
+use machina_tests::rng::XorShift;
 use machine::*;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -666,27 +667,19 @@ fn machine_reset_restores_everything() {
     assert_eq!(m.cfg_readl(1, 0, 0, 0), 0xffff_ffff, "bridges unnumbered");
 }
 
-/// xorshift: deterministic pseudo-random numbers without a dependency.
-fn rng(state: &mut u64) -> u64 {
-    *state ^= *state << 13;
-    *state ^= *state >> 7;
-    *state ^= *state << 17;
-    *state
-}
-
 #[test]
 fn random_guest_accesses_never_panic() {
     for plan in [pc_plan(), q35_plan()] {
         let m = Machine::new(&plan);
         m.host.lock().unwrap().firmware_init(&plan).unwrap();
-        let mut s = 0x1234_5678_9abc_def0u64;
+        let mut s = XorShift::new(0x1234_5678_9abc_def0u64);
         for _ in 0..20_000 {
-            let r = rng(&mut s);
+            let r = s.next_u64();
             let bus = (r >> 8) as u8 % 4;
             let dev = [0u8, 1, 2, 3, 31][(r >> 16) as usize % 5];
             let f = (r >> 24) as u8 % 8;
             let reg = (r >> 32) as u16 & 0xff;
-            let v = rng(&mut s) as u32;
+            let v = s.next_u64() as u32;
             // Never reset the machine or power it off from the fuzz loop's own writes.
             m.outl(0xcf8, Machine::addr(bus, dev, f, reg));
             match r % 6 {
@@ -704,7 +697,7 @@ fn random_guest_accesses_never_panic() {
                 }
             }
             // ECAM too, at any offset and size, when mapped.
-            let off = rng(&mut s) & 0x0fff_ffff;
+            let off = s.next_u64() & 0x0fff_ffff;
             let mut buf = [0u8; 8];
             let n = [1usize, 2, 4, 8][(off % 4) as usize];
             m.mmio.read(0xb000_0000 + off, &mut buf[..n]);

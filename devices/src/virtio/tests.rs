@@ -1,116 +1,80 @@
 //! Drive virtio-pci functions through config space and BAR accesses the way a guest driver
-//! does, against a GuestMemoryMmap and real files.
+//! does (the shared `crate::testing::Driver`), against a GuestMemoryMmap and real files.
 
 use super::blk::BlockBackend;
 use super::console::ConsoleBackend;
 use super::regs::{common, legacy, modern, status};
 use super::*;
-use crate::pci::interrupt::MsiSink;
 use crate::pci::PciFunction;
-use machine::{PciFunctionPlan, PciIdentity, VirtioMode};
-use std::collections::BTreeMap;
+use crate::testing::{virtio_plan as plan, Driver, Ring, DEVICE_BLK, DEVICE_CONSOLE, DEVICE_RNG};
+use machina_tests::TempDir;
 use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 const DESC: u64 = 0x10000;
 const AVAIL: u64 = 0x11000;
 const USED: u64 = 0x12000;
 const QSIZE: u16 = 256;
 const DATA: u64 = 0x40000;
+/// Queue 1's rings sit this far above queue 0's.
+const Q1: u64 = 0x8000;
 
-#[derive(Default)]
-struct Sent(Mutex<Vec<(u64, u32)>>);
-impl MsiSink for Sent {
-    fn send(&self, address: u64, data: u32) {
-        self.0.lock().unwrap().push((address, data));
-    }
-}
-
-#[derive(Default)]
-struct Line(Mutex<Vec<bool>>);
-impl IntxLine for Line {
-    fn set_level(&self, level: bool) {
-        self.0.lock().unwrap().push(level);
-    }
-}
-
-fn plan(device_type: u16, legacy: bool, pcie: bool) -> PciFunctionPlan {
-    let (device_id, revision, subsystem_id) = if legacy {
-        (0x1000 + device_type - 1, 0, device_type)
-    } else {
-        (0x1040 + device_type, 1, 0x1100)
-    };
-    let device_id = if legacy && device_type == 4 {
-        0x1005
-    } else {
-        device_id
-    };
-    PciFunctionPlan {
-        type_name: "virtio-test-pci".into(),
-        id: None,
-        bus: "pcie.0".into(),
-        slot: 2,
-        function: 0,
-        implicit: false,
-        identity: PciIdentity {
-            vendor_id: 0x1af4,
-            device_id,
-            class_code: 0x010000,
-            revision,
-            subsystem_vendor_id: Some(0x1af4),
-            subsystem_id: Some(subsystem_id),
-            header_type: 0,
-        },
-        multifunction: false,
-        provides_bus: None,
-        virtio: Some(VirtioMode {
-            device_type,
-            legacy,
-            modern: true,
-            pcie_capability: pcie,
-        }),
-        properties: BTreeMap::from([("serial".to_string(), "machina-disk-0".to_string())]),
-    }
-}
-
+/// The shared driver with queue 0 (and queue 1) at fixed rings, as these tests lay them out:
+/// the legacy layout for page frame DESC >> 12 is the same addresses.
 struct Dev {
-    f: VirtioPciFunction,
-    w: VirtioWorker,
-    mem: GuestMemoryMmap,
-    msi: Arc<Sent>,
-    intx: Arc<Line>,
-    console: Option<console::ConsoleInput>,
-    /// Driver-side avail index per queue.
-    avail_idx: Vec<u16>,
+    d: Driver,
+    rings: [Ring; 2],
 }
 
-fn build(plan: &PciFunctionPlan, backend: VirtioBackend) -> Dev {
+impl std::ops::Deref for Dev {
+    type Target = Driver;
+    fn deref(&self) -> &Driver {
+        &self.d
+    }
+}
+
+impl std::ops::DerefMut for Dev {
+    fn deref_mut(&mut self) -> &mut Driver {
+        &mut self.d
+    }
+}
+
+fn build(plan: &machine::PciFunctionPlan, backend: VirtioBackend) -> Dev {
     let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
     build_with_mem(plan, backend, mem)
 }
 
-fn build_with_mem(plan: &PciFunctionPlan, backend: VirtioBackend, mem: GuestMemoryMmap) -> Dev {
-    let intx = Arc::new(Line::default());
-    let parts = create(plan, backend, mem.clone(), Some(intx.clone())).unwrap();
-    let mut f = parts.function;
-    let msi = Arc::new(Sent::default());
-    f.set_msi_sink(msi.clone());
+fn build_with_mem(
+    plan: &machine::PciFunctionPlan,
+    backend: VirtioBackend,
+    mem: GuestMemoryMmap,
+) -> Dev {
     Dev {
-        f,
-        w: parts.worker,
-        mem,
-        msi,
-        intx,
-        console: parts.console_input,
-        avail_idx: vec![0; 8],
+        d: Driver::new(plan, backend, mem),
+        rings: [
+            Ring::new(QSIZE, DESC, AVAIL, USED),
+            Ring::new(QSIZE, DESC + Q1, AVAIL + Q1, USED + Q1),
+        ],
     }
 }
 
-fn image(len: usize) -> (std::path::PathBuf, std::fs::File) {
-    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let path = std::env::temp_dir().join(format!("machina-vblk-{}-{n}.img", std::process::id()));
+/// A disk image in a folder of its own, removed with it.
+struct Image {
+    _dir: TempDir,
+    path: PathBuf,
+}
+
+impl AsRef<Path> for Image {
+    fn as_ref(&self) -> &Path {
+        &self.path
+    }
+}
+
+fn image(len: usize) -> (Image, std::fs::File) {
+    let dir = TempDir::new("vblk");
+    let path = dir.join("disk.img");
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -119,26 +83,19 @@ fn image(len: usize) -> (std::path::PathBuf, std::fs::File) {
         .open(&path)
         .unwrap();
     file.set_len(len as u64).unwrap();
-    (path, file)
+    (Image { _dir: dir, path }, file)
 }
 
-fn blk(legacy: bool, pcie: bool) -> (Dev, std::path::PathBuf) {
-    let (d, path, _) = blk_with_stats(legacy, pcie);
-    (d, path)
+fn blk(legacy: bool, pcie: bool) -> (Dev, Image) {
+    let (d, image, _) = blk_with_stats(legacy, pcie);
+    (d, image)
 }
 
-fn blk_with_stats(
-    legacy: bool,
-    pcie: bool,
-) -> (
-    Dev,
-    std::path::PathBuf,
-    std::sync::Arc<super::blk::BlockStats>,
-) {
-    let (path, file) = image(1 << 20);
-    let stats = std::sync::Arc::new(super::blk::BlockStats::default());
+fn blk_with_stats(legacy: bool, pcie: bool) -> (Dev, Image, Arc<super::blk::BlockStats>) {
+    let (image, file) = image(1 << 20);
+    let stats = Arc::new(super::blk::BlockStats::default());
     let d = build(
-        &plan(2, legacy, pcie),
+        &plan(DEVICE_BLK, legacy, pcie, &[("serial", "machina-disk-0")]),
         VirtioBackend::Block(BlockBackend {
             file,
             read_only: false,
@@ -148,124 +105,41 @@ fn blk_with_stats(
             size: None,
         }),
     );
-    (d, path, stats)
+    (d, image, stats)
 }
 
 impl Dev {
-    fn cfg_read(&mut self, off: u16, len: usize) -> u64 {
-        let mut b = [0u8; 8];
-        self.f.config_read(off, &mut b[..len]);
-        u64::from_le_bytes(b)
-    }
-    fn cfg_write(&mut self, off: u16, v: u64, len: usize) {
-        self.f.config_write(off, &v.to_le_bytes()[..len]);
-    }
-    fn bar_read(&mut self, bar: usize, off: u64, len: usize) -> u64 {
-        let mut b = [0u8; 8];
-        self.f.bar_read(bar, off, &mut b[..len]);
-        u64::from_le_bytes(b)
-    }
-    fn bar_write(&mut self, bar: usize, off: u64, v: u64, len: usize) {
-        self.f.bar_write(bar, off, &v.to_le_bytes()[..len]);
-    }
-    fn common_w(&mut self, off: u64, v: u64, len: usize) {
-        self.bar_write(modern::BAR, off, v, len);
-    }
-    fn common_r(&mut self, off: u64, len: usize) -> u64 {
-        self.bar_read(modern::BAR, off, len)
-    }
-
-    /// BAR size as a guest measures it (all-ones, read back).
-    fn bar_size(&mut self, index: u16) -> u64 {
-        let off = 0x10 + 4 * index;
-        self.cfg_write(off, 0xffff_ffff, 4);
-        let v = self.cfg_read(off, 4) as u32;
-        if v == 0 {
-            return 0;
-        }
-        let mask = if v & 1 != 0 { !3u32 } else { !0xfu32 };
-        u64::from((!(v & mask)).wrapping_add(1))
-    }
-
     /// Modern driver init up to DRIVER_OK with `features` acked and queue 0 at DESC.
     fn modern_init(&mut self, features: u64) -> u8 {
-        self.common_w(common::STATUS, 0, 1);
-        self.common_w(common::STATUS, u64::from(status::ACKNOWLEDGE), 1);
-        self.common_w(
-            common::STATUS,
-            u64::from(status::ACKNOWLEDGE | status::DRIVER),
-            1,
-        );
-        for sel in 0..2u64 {
-            self.common_w(common::GFSELECT, sel, 4);
-            self.common_w(common::GF, (features >> (32 * sel)) & 0xffff_ffff, 4);
-        }
-        let s = status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK;
-        self.common_w(common::STATUS, u64::from(s), 1);
-        let got = self.common_r(common::STATUS, 1) as u8;
-        self.common_w(common::Q_SELECT, 0, 2);
-        self.common_w(common::Q_SIZE, u64::from(QSIZE), 2);
-        self.common_w(common::Q_DESCLO, DESC, 4);
-        self.common_w(common::Q_DESCHI, 0, 4);
-        self.common_w(common::Q_AVAILLO, AVAIL, 4);
-        self.common_w(common::Q_USEDLO, USED, 4);
-        self.common_w(common::Q_ENABLE, 1, 2);
-        self.common_w(common::STATUS, u64::from(s | status::DRIVER_OK), 1);
+        let got = self.d.modern_begin(features);
+        let ring = self.rings[0];
+        self.d.modern_ring(0, &ring);
+        self.d.modern_driver_ok();
         got
     }
 
-    /// Legacy driver init: features 0-31 and queue 0 by PFN (same ring addresses).
+    /// Legacy driver init: features 0-15 and queue 0 by PFN (same ring addresses).
     fn legacy_init(&mut self) {
-        self.bar_write(0, legacy::STATUS, 0, 1);
-        self.bar_write(0, legacy::STATUS, 3, 1);
-        let host = self.bar_read(0, legacy::HOST_FEATURES, 4);
-        self.bar_write(0, legacy::GUEST_FEATURES, host & 0x0000_ffff, 4);
-        self.bar_write(0, legacy::QUEUE_SEL, 0, 2);
-        assert_eq!(self.bar_read(0, legacy::QUEUE_NUM, 2), u64::from(QSIZE));
-        self.bar_write(0, legacy::QUEUE_PFN, DESC >> 12, 4);
-        self.bar_write(0, legacy::STATUS, 7, 1);
+        self.d.legacy_begin(0x0000_ffff);
+        assert_eq!(self.d.legacy_queue(0, (DESC >> 12) as u32), QSIZE);
+        self.d.legacy_driver_ok();
     }
 
-    /// Put a chain (addr, len, device-writable) on queue `q` and publish it.
-    fn submit(&mut self, q: usize, base: u64, bufs: &[(u64, u32, bool)]) -> u16 {
-        let head = self.avail_idx[q] % QSIZE;
-        let first = (head as usize * 4) % QSIZE as usize;
-        for (i, &(addr, len, write)) in bufs.iter().enumerate() {
-            let idx = first + i;
-            let next = if i + 1 < bufs.len() { idx + 1 } else { 0 };
-            let mut flags = if write { 2u16 } else { 0 };
-            if i + 1 < bufs.len() {
-                flags |= 1;
-            }
-            let d = GuestAddress(base + 16 * idx as u64);
-            self.mem.write_obj(addr, d).unwrap();
-            self.mem.write_obj(len, d.unchecked_add(8)).unwrap();
-            self.mem.write_obj(flags, d.unchecked_add(12)).unwrap();
-            self.mem
-                .write_obj(next as u16, d.unchecked_add(14))
-                .unwrap();
-        }
-        let avail = AVAIL + if q == 0 { 0 } else { 0x8000 };
-        let slot = self.avail_idx[q] % QSIZE;
-        self.mem
-            .write_obj(first as u16, GuestAddress(avail + 4 + 2 * u64::from(slot)))
-            .unwrap();
-        self.avail_idx[q] = self.avail_idx[q].wrapping_add(1);
-        self.mem
-            .write_obj(self.avail_idx[q], GuestAddress(avail + 2))
-            .unwrap();
-        first as u16
+    /// Put a chain (addr, len, device-writable) on queue `q` and publish it; each chain
+    /// starts 4 descriptors after the previous one.
+    fn submit(&mut self, q: usize, bufs: &[(u64, u32, bool)]) -> u16 {
+        let ring = &mut self.rings[q];
+        let first = ((ring.avail_idx % QSIZE) as usize * 4) % QSIZE as usize;
+        ring.push_chain(&self.d.mem, first as u16, bufs)
     }
 
+    /// Queue 0's used element `n`: (id, len).
     fn used(&self, n: u16) -> (u32, u32) {
-        let e = USED + 4 + 8 * u64::from(n % QSIZE);
-        (
-            self.mem.read_obj(GuestAddress(e)).unwrap(),
-            self.mem.read_obj(GuestAddress(e + 4)).unwrap(),
-        )
+        self.rings[0].used_elem(&self.d.mem, n)
     }
+
     fn used_idx(&self) -> u16 {
-        self.mem.read_obj(GuestAddress(USED + 2)).unwrap()
+        self.rings[0].used_idx(&self.d.mem)
     }
 
     /// One virtio-blk request; returns (status, used len).
@@ -287,7 +161,7 @@ impl Dev {
         bufs.extend(data);
         bufs.push((st, 1, true));
         let before = self.used_idx();
-        self.submit(0, DESC, &bufs);
+        self.submit(0, &bufs);
         notify(self);
         self.w.poll();
         assert_eq!(self.used_idx(), before.wrapping_add(1), "request completed");
@@ -371,7 +245,7 @@ fn root_port_layout_matches_qemu() {
 #[test]
 fn non_transitional_on_root_bus_has_no_express_cap() {
     let mut d = build(
-        &plan(4, false, false),
+        &plan(DEVICE_RNG, false, false, &[]),
         VirtioBackend::Rng(Box::new(std::io::repeat(0x5a))),
     );
     assert_eq!(d.cfg_read(0, 4), 0x1044_1af4);
@@ -380,7 +254,7 @@ fn non_transitional_on_root_bus_has_no_express_cap() {
     assert_eq!(d.bar_size(0), 0);
     assert_eq!(d.f.caps().pcie, None);
     let mut t = build(
-        &plan(4, true, false),
+        &plan(DEVICE_RNG, true, false, &[]),
         VirtioBackend::Rng(Box::new(std::io::repeat(0))),
     );
     assert_eq!(t.bar_size(0), 0x20, "rng legacy BAR");
@@ -467,7 +341,6 @@ fn modern_blk_write_read_flush_and_errors() {
     assert_eq!(isr, 1);
     assert_eq!(d.bar_read(modern::BAR, modern::ISR, 1), 0, "read clears");
     assert_eq!(d.intx.0.lock().unwrap().last(), Some(&false));
-    std::fs::remove_file(path).unwrap();
 }
 
 trait ReadAt {
@@ -518,7 +391,6 @@ fn legacy_blk_over_io_bar() {
     // Zero PFN resets the device.
     d.bar_write(0, legacy::QUEUE_PFN, 0, 4);
     assert_eq!(d.bar_read(0, legacy::STATUS, 1), 0);
-    std::fs::remove_file(path).unwrap();
 }
 
 #[test]
@@ -578,7 +450,7 @@ fn bad_guest_input_gives_device_errors() {
     let (mut d, _path) = blk(false, false);
     d.modern_init(super::regs::features::VERSION_1);
     // Header descriptor far outside guest memory.
-    d.submit(0, DESC, &[(0xdead_0000_0000, 16, false), (DATA, 1, true)]);
+    d.submit(0, &[(0xdead_0000_0000, 16, false), (DATA, 1, true)]);
     modern_notify(&mut d);
     d.w.poll();
     assert_ne!(d.common_r(common::STATUS, 1) as u8 & status::NEEDS_RESET, 0);
@@ -586,8 +458,8 @@ fn bad_guest_input_gives_device_errors() {
     d.modern_init(super::regs::features::VERSION_1);
     assert_eq!(d.common_r(common::STATUS, 1) as u8 & status::NEEDS_RESET, 0);
     d.mem.write_obj(0u16, GuestAddress(USED + 2)).unwrap();
-    d.avail_idx[0] = 0;
-    let i = d.submit(0, DESC, &[(DATA, 16, false), (DATA, 16, false)]);
+    d.rings[0].avail_idx = 0;
+    let i = d.submit(0, &[(DATA, 16, false), (DATA, 16, false)]);
     // Point the second descriptor back at the first.
     d.mem
         .write_obj(i, GuestAddress(DESC + 16 * u64::from(i + 1) + 14))
@@ -610,11 +482,11 @@ fn bad_guest_input_gives_device_errors() {
 #[test]
 fn rng_fills_buffers() {
     let mut d = build(
-        &plan(4, true, false),
+        &plan(DEVICE_RNG, true, false, &[]),
         VirtioBackend::Rng(Box::new(std::io::repeat(0x5a))),
     );
     d.modern_init(super::regs::features::VERSION_1);
-    d.submit(0, DESC, &[(DATA, 64, true)]);
+    d.submit(0, &[(DATA, 64, true)]);
     modern_notify(&mut d);
     d.w.poll();
     assert_eq!(d.used(0), (0, 64));
@@ -638,7 +510,7 @@ impl Write for Out {
 #[test]
 fn console_output_and_emergency_write() {
     let out = Out::default();
-    let mut p = plan(3, true, false);
+    let mut p = plan(DEVICE_CONSOLE, true, false, &[]);
     p.properties.insert("max_ports".into(), "1".into());
     let mut d = build(
         &p,
@@ -650,20 +522,20 @@ fn console_output_and_emergency_write() {
     d.modern_init(super::regs::features::VERSION_1);
     // Transmit queue 1 lives at a second ring.
     d.common_w(common::Q_SELECT, 1, 2);
-    d.common_w(common::Q_DESCLO, DESC + 0x8000, 4);
-    d.common_w(common::Q_AVAILLO, AVAIL + 0x8000, 4);
-    d.common_w(common::Q_USEDLO, USED + 0x8000, 4);
+    d.common_w(common::Q_DESCLO, DESC + Q1, 4);
+    d.common_w(common::Q_AVAILLO, AVAIL + Q1, 4);
+    d.common_w(common::Q_USEDLO, USED + Q1, 4);
     d.common_w(common::Q_ENABLE, 1, 2);
     d.mem.write_slice(b"hello", GuestAddress(DATA)).unwrap();
-    d.submit(1, DESC + 0x8000, &[(DATA, 5, false)]);
+    d.submit(1, &[(DATA, 5, false)]);
     d.bar_write(modern::BAR, modern::NOTIFY + 4, 1, 2);
     d.w.poll();
     assert_eq!(&*out.0.lock().unwrap(), b"hello");
     d.bar_write(modern::BAR, modern::DEVICE + 8, u64::from(b'!'), 4);
     assert_eq!(&*out.0.lock().unwrap(), b"hello!");
     // Input is delivered into receive buffers.
-    let input = d.console.clone().unwrap();
-    d.submit(0, DESC, &[(DATA + 0x100, 16, true)]);
+    let input = d.console_input.clone().unwrap();
+    d.submit(0, &[(DATA + 0x100, 16, true)]);
     modern_notify(&mut d);
     d.w.poll();
     input.push(b"ls\n");
@@ -717,7 +589,7 @@ fn live(r: &Registrar) -> Vec<notify::IoEvent> {
 #[test]
 fn ioeventfds_follow_driver_ok_bar_moves_decode_and_reset() {
     use notify::{IoEvent, IoEventSpace};
-    let (mut d, path) = blk(true, false);
+    let (mut d, _image) = blk(true, false);
     let reg = Arc::new(Registrar::default());
     d.f.set_ioevent_registrar(reg.clone());
     d.f.bars_mapped(&[(0, 0xc000), (modern::BAR, 0xfe00_0000)]);
@@ -760,14 +632,13 @@ fn ioeventfds_follow_driver_ok_bar_moves_decode_and_reset() {
     assert_eq!(live(&reg).len(), 2);
     drop(d);
     assert!(live(&reg).is_empty(), "a dropped function unregisters");
-    std::fs::remove_file(path).unwrap();
 }
 
 #[test]
 fn a_doorbell_does_not_wait_for_the_device_lock() {
     use std::sync::mpsc::channel;
     use std::time::Duration;
-    let (mut d, path) = blk(false, false);
+    let (mut d, _image) = blk(false, false);
     d.modern_init(super::regs::features::VERSION_1);
     // DRIVER_OK's own kick first.
     d.w.poll();
@@ -783,7 +654,7 @@ fn a_doorbell_does_not_wait_for_the_device_lock() {
         let _ = release_rx.recv_timeout(Duration::from_secs(120));
     });
     held_rx.recv().unwrap();
-    let mut f = d.f;
+    let mut f = d.d.f;
     let (done_tx, done_rx) = channel();
     let vcpu = std::thread::spawn(move || {
         f.bar_write(modern::BAR, modern::NOTIFY, &0u16.to_le_bytes());
@@ -793,7 +664,7 @@ fn a_doorbell_does_not_wait_for_the_device_lock() {
     let rang = done_rx.recv_timeout(Duration::from_secs(60));
     release_tx.send(()).unwrap();
     busy.join().unwrap();
-    d.f = vcpu.join().unwrap();
+    d.d.f = vcpu.join().unwrap();
     assert!(
         rang.is_ok(),
         "the doorbell returned while the device lock was held"
@@ -806,7 +677,6 @@ fn a_doorbell_does_not_wait_for_the_device_lock() {
         stats.exits, 1,
         "it came through the exit path (no ioeventfd here)"
     );
-    std::fs::remove_file(path).unwrap();
 }
 
 #[test]
@@ -819,7 +689,7 @@ fn blk_data_crossing_guest_memory_regions_goes_straight_to_and_from_the_image() 
     .unwrap();
     let (path, file) = image(1 << 20);
     let mut d = build_with_mem(
-        &plan(2, false, false),
+        &plan(DEVICE_BLK, false, false, &[]),
         VirtioBackend::Block(BlockBackend {
             file,
             read_only: false,
@@ -858,21 +728,19 @@ fn blk_data_crossing_guest_memory_regions_goes_straight_to_and_from_the_image() 
     let before = d.used_idx();
     d.submit(
         0,
-        DESC,
         &[(hdr, 16, false), (past, 4096, true), (DATA - 0x10, 1, true)],
     );
     modern_notify(&mut d);
     d.w.poll();
     assert_eq!(d.used_idx(), before, "not completed");
     assert_ne!(d.common_r(common::STATUS, 1) as u8 & status::NEEDS_RESET, 0);
-    std::fs::remove_file(path).unwrap();
 }
 
 #[test]
 fn a_driver_that_cannot_flush_gets_a_writethrough_disk() {
     // QEMU's virtio_blk_set_status: without CONFIG_WCE, the write cache follows FLUSH.
     let wce_at = modern::DEVICE + 0x20;
-    let (mut d, path) = blk(false, false);
+    let (mut d, _image) = blk(false, false);
     d.modern_init(super::regs::features::VERSION_1);
     assert_eq!(
         d.bar_read(modern::BAR, wce_at, 1),
@@ -884,5 +752,4 @@ fn a_driver_that_cannot_flush_gets_a_writethrough_disk() {
     // With CONFIG_WCE the driver chooses through the config byte.
     d.modern_init(super::regs::features::VERSION_1 | (1 << 11));
     assert_eq!(d.bar_read(modern::BAR, wce_at, 1), 1);
-    std::fs::remove_file(path).unwrap();
 }

@@ -173,7 +173,7 @@ pub(crate) fn random_type(rng: &mut XorShift) -> u32 {
         10 => T_DISCARD,
         11 => T_WRITE_ZEROES,
         12 => T_IN | 0x8000_0000,
-        13 => rng.pick(&[2, 3, 5, 7, 9, 12, 14, 0xff, 0x7fff_ffff]),
+        13 => rng.choose(&[2, 3, 5, 7, 9, 12, 14, 0xff, 0x7fff_ffff]),
         _ => rng.next_u32(),
     }
 }
@@ -183,7 +183,7 @@ pub(crate) fn random_sector(rng: &mut XorShift, cap: u64) -> u64 {
         0..=5 => rng.below(cap.max(1)),
         6 => cap.saturating_sub(rng.below(4)),
         7 => cap + rng.below(4),
-        8 => rng.pick(&[u64::MAX, u64::MAX / SECTOR, u64::MAX / SECTOR + 1, 1 << 55]),
+        8 => rng.choose(&[u64::MAX, u64::MAX / SECTOR, u64::MAX / SECTOR + 1, 1 << 55]),
         _ => rng.next_u64(),
     }
 }
@@ -197,9 +197,9 @@ pub(crate) fn random_data_len(rng: &mut XorShift, ty: u32, cap: u64) -> usize {
             8 => rng.range(1, 2000) as usize,
             _ => (SECTOR * rng.range(1, 128)) as usize,
         },
-        T_GET_ID => rng.pick(&[20, 20, 0, 1, 19, 21, 64]),
-        T_DISCARD | T_WRITE_ZEROES => rng.pick(&[16, 16, 16, 0, 8, 32]),
-        _ => rng.pick(&[0, 0, 16, 512]),
+        T_GET_ID => rng.choose(&[20, 20, 0, 1, 19, 21, 64]),
+        T_DISCARD | T_WRITE_ZEROES => rng.choose(&[16, 16, 16, 0, 8, 32]),
+        _ => rng.choose(&[0, 0, 16, 512]),
     }
 }
 
@@ -354,8 +354,8 @@ pub(crate) struct BlkCase {
 }
 
 pub(crate) fn random_blk_case(rng: &mut XorShift) -> (BlkCase, u64) {
-    let len = rng.pick(&[0u64, 512, 4096, 0x1_0000, 0x1_0000 + 300, 0x4_0000]);
-    let serial_len = rng.pick(&[0usize, 5, 20, 30]);
+    let len = rng.choose(&[0u64, 512, 4096, 0x1_0000, 0x1_0000 + 300, 0x4_0000]);
+    let serial_len = rng.choose(&[0usize, 5, 20, 30]);
     let serial: String = (0..serial_len)
         .map(|_| (b'a' + rng.below(26) as u8) as char)
         .collect();
@@ -372,8 +372,8 @@ pub(crate) fn random_blk_case(rng: &mut XorShift) -> (BlkCase, u64) {
             setup,
             transitional: rng.one_in(2),
             pcie: rng.one_in(4),
-            queue_size: rng.pick(&[256, 256, 128, 16, 4, 2, 1]),
-            num_queues: rng.pick(&[1, 1, 2]),
+            queue_size: rng.choose(&[256, 256, 128, 16, 4, 2, 1]),
+            num_queues: rng.choose(&[1, 1, 2]),
             config_wce: !rng.one_in(3),
         },
         len,

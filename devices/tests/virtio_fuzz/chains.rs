@@ -152,7 +152,7 @@ impl<'a> Gen<'a> {
             89..=94 => self.rng.range(INDIRECT.0, INDIRECT.1 - 1),
             95 if self.rng.one_in(4) => {
                 // Rarely, a canary itself: checking that canary is then skipped.
-                let (s, e) = self.rng.pick(&guest_canaries(self.two_regions));
+                let (s, e) = self.rng.choose(&guest_canaries(self.two_regions));
                 self.rng.range(s, e - 1)
             }
             95 | 96 => self.rng.range(0, 0x1000),
@@ -185,7 +185,7 @@ impl<'a> Gen<'a> {
         match self.rng.below(12) {
             0..=9 => self
                 .rng
-                .pick(&[0, N, W, N | W, N, N | W, I, I | N, I | W, N]),
+                .choose(&[0, N, W, N | W, N, N | W, I, I | N, I | W, N]),
             10 => self.rng.next_u32() as u16,
             _ => N | W | I,
         }
@@ -296,7 +296,7 @@ pub(crate) fn place_chain(
         let len = match link {
             Link::BadIndirectLen => {
                 g.rng
-                    .pick(&[16 * n as u32 + 8, 16 * (n as u32 + 200), 0, 7, 0xffff_fff0])
+                    .choose(&[16 * n as u32 + 8, 16 * (n as u32 + 200), 0, 7, 0xffff_fff0])
             }
             _ => 16 * n as u32,
         };
@@ -358,7 +358,7 @@ pub(crate) fn stream_segs(
     let mut segs = Vec::new();
     for w in cuts.windows(2) {
         let (s, e) = (w[0], w[1]);
-        let align = g.rng.pick(&[1, 2, 8, 512, 4096]);
+        let align = g.rng.choose(&[1, 2, 8, 512, 4096]);
         let addr = g.alloc((e - s) as u64, align)?;
         if !write {
             g.write(addr, &content[s..e]);

@@ -36,7 +36,7 @@ pub(crate) fn bring_up(d: &mut Driver, g: &mut Gen, queues: &[u16], legacy: bool
                 17 | 18 => g.rng.range(1, (DATA.1 >> 12) - 1),
                 _ => g
                     .rng
-                    .pick(&[0u64, 0xffff_ffff, MEM_END >> 12, (A_SIZE >> 12) - 1]),
+                    .choose(&[0u64, 0xffff_ffff, MEM_END >> 12, (A_SIZE >> 12) - 1]),
             };
             let size = d.legacy_queue(q, pfn as u32);
             if size == 0 {
@@ -86,7 +86,7 @@ pub(crate) fn bring_up(d: &mut Driver, g: &mut Gen, queues: &[u16], legacy: bool
         let size = match g.rng.below(20) {
             0..=15 => max,
             16..=18 => 1 << g.rng.below(u64::from(max.trailing_zeros()) + 1),
-            _ => g.rng.pick(&[0, 3, max.wrapping_mul(2), 0xffff, max - 1]),
+            _ => g.rng.choose(&[0, 3, max.wrapping_mul(2), 0xffff, max - 1]),
         };
         let (sd, sa, su) = ring_slot(q);
         let placement = g.rng.below(20);

@@ -108,7 +108,7 @@ pub(crate) fn generic_iteration(rng: &mut XorShift, stats: &mut Stats, gm: &mut 
         }
         _ => {
             let out = Sink::default();
-            let ports = rng.pick(&["1", "2"]);
+            let ports = rng.choose(&["1", "2"]);
             (
                 Driver::new(
                     &plan(DEVICE_CONSOLE, transitional, false, &[("max_ports", ports)]),
@@ -170,9 +170,9 @@ pub(crate) fn generic_iteration(rng: &mut XorShift, stats: &mut Stats, gm: &mut 
                 // A tap never delivers empty frames; a socket can, and the device must
                 // cope, but the model leaves them to the random rounds.
                 let len = if clean {
-                    g.rng.pick(&[14usize, 60, 1514, 1600, 4000])
+                    g.rng.choose(&[14usize, 60, 1514, 1600, 4000])
                 } else {
-                    g.rng.pick(&[0usize, 14, 60, 1514, 4000, 70_000])
+                    g.rng.choose(&[0usize, 14, 60, 1514, 4000, 70_000])
                 };
                 let f = g.random_bytes(len);
                 if peer.send(&f).is_ok() {
@@ -218,7 +218,7 @@ pub(crate) fn generic_iteration(rng: &mut XorShift, stats: &mut Stats, gm: &mut 
             };
             for _ in 0..n {
                 let head = if clean || g.rng.one_in(3) {
-                    let len = g.rng.pick(&[1usize, 8, 64, 100, 1600, 5000]);
+                    let len = g.rng.choose(&[1usize, 8, 64, 100, 1600, 5000]);
                     let Some((segs, content)) = plain_chain(&mut g, len, w) else {
                         break;
                     };

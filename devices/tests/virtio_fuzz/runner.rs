@@ -1,6 +1,7 @@
 //! Configuration, reporting, watchdog: bounded random targets.
 
 use crate::*;
+use machina_tests::rng::splitmix64;
 
 pub(crate) struct Config {
     pub(crate) seed: u64,
