@@ -11,7 +11,7 @@ use crate::pci::{MsiSink, PciFunction};
 use crate::virtio::console::ConsoleInput;
 use crate::virtio::regs::{common, legacy, modern, status};
 use crate::virtio::{create, IntxLine, VirtioBackend, VirtioPciFunction, VirtioWorker};
-use machine::{Catalog, DeviceRequest, PciFunctionPlan, PlanRequest};
+use machine::{Catalog, DeviceRequest, PciFunctionPlan, Plan, PlanRequest};
 use std::sync::{Arc, Mutex};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -24,28 +24,47 @@ pub const DEVICE_BLK: u16 = 2;
 pub const DEVICE_CONSOLE: u16 = 3;
 pub const DEVICE_RNG: u16 = 4;
 
-/// The catalog's plan of a q35 machine (`-nodefaults`, 256 MiB) with these `-device`s.
-pub fn q35_plan(devices: &[&str]) -> machine::Plan {
-    let req = PlanRequest {
-        machine: Some("q35".into()),
-        ram_size: 256 << 20,
-        cpus: 1,
-        nodefaults: true,
+/// A request for `machine` with these `-device`s and QEMU's defaults otherwise (128 MiB,
+/// one CPU, default devices unless the caller sets `nodefaults`).
+pub fn request(machine: &str, devices: &[&str]) -> PlanRequest {
+    PlanRequest {
+        machine: Some(machine.into()),
         devices: devices
             .iter()
             .map(|d| DeviceRequest::parse(d).unwrap_or_else(|e| panic!("-device {d}: {e}")))
             .collect(),
         ..Default::default()
-    };
+    }
+}
+
+/// The builtin catalog's plan for `req` (panics with the planner's error).
+pub fn catalog_plan(req: &PlanRequest) -> Plan {
     Catalog::builtin()
-        .plan(&req)
-        .unwrap_or_else(|e| panic!("q35 with {devices:?}: {e}"))
+        .plan(req)
+        .unwrap_or_else(|e| panic!("{req:?}: {e}"))
+}
+
+/// The function `-device ...,id=dut` of a q35 `-nodefaults` machine with `devices` (its
+/// parents first), as the catalog plans it; `props` then go into its properties as given,
+/// unchecked, so that tests can hand a device model values the planner refuses.
+pub fn dut_plan(devices: &[&str], props: &[(&str, &str)]) -> PciFunctionPlan {
+    let mut req = request("q35", devices);
+    req.nodefaults = true;
+    let mut f = catalog_plan(&req)
+        .pci
+        .into_iter()
+        .find(|f| f.id.as_deref() == Some("dut"))
+        .unwrap_or_else(|| panic!("no id=dut in {devices:?}"));
+    for (k, v) in props {
+        f.properties.insert(k.to_string(), v.to_string());
+    }
+    f
 }
 
 /// The virtio-pci function of virtio device type `device_type` as the catalog plans it on
 /// q35: transitional (`legacy`) or modern-only, on `pcie.0` or behind a pcie-root-port
 /// (`pcie`: with a PCI Express capability). `props` go into the function's properties as
-/// given, unchecked, so that tests can hand the device model values the planner refuses.
+/// given, unchecked (see [`dut_plan`]).
 pub fn virtio_plan(
     device_type: u16,
     legacy: bool,
@@ -72,21 +91,13 @@ pub fn virtio_plan(
         devices.push("pcie-root-port,id=rp,chassis=1");
     }
     devices.push(&device);
-    let plan = q35_plan(&devices);
-    let mut f = plan
-        .pci
-        .into_iter()
-        .find(|f| f.id.as_deref() == Some("dut"))
-        .expect("the planned function");
+    let f = dut_plan(&devices, props);
     let mode = f.virtio.expect("a virtio function");
     assert_eq!(
         (mode.legacy, mode.pcie_capability),
         (legacy, pcie),
         "{device}"
     );
-    for (k, v) in props {
-        f.properties.insert(k.to_string(), v.to_string());
-    }
     f
 }
 

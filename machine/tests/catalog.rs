@@ -161,14 +161,13 @@ fn modern_only_virtio_from_data() {
 
 #[test]
 fn load_file_and_errors() {
-    let dir = std::env::temp_dir().join(format!("machina-catalog-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = machina_tests::TempDir::new("catalog-test");
     let path = dir.join("acme.json");
     std::fs::write(&path, USER_FILE).unwrap();
     let mut c = Catalog::builtin().clone();
     c.load_file(&path).unwrap();
     assert!(c.resolve_machine("acme-q35-1.0").is_some());
-    std::fs::remove_dir_all(&dir).unwrap();
+    drop(dir);
 
     let mut c = Catalog::builtin().clone();
     let missing = c.load_file(std::path::Path::new("/nonexistent/machina.json"));

@@ -518,7 +518,8 @@ mod tests {
         )
         .unwrap();
         let server = Server::new(reg);
-        let path = std::env::temp_dir().join(format!("qmp-hangup-{}.sock", std::process::id()));
+        let dir = machina_tests::TempDir::new("qmp-hangup");
+        let path = dir.join("qmp.sock");
         let ep = QmpEndpoint::Unix {
             path: path.clone(),
             server: true,

@@ -1,5 +1,6 @@
 //! End-to-end tests: a real server on temporary sockets, driven by a small client.
 
+use machina_tests::TempDir;
 use qmp::{
     BoundAddr, CommandDef, EventDef, Map, QmpEndpoint, QmpError, Registry, Server, Session, Type,
     Value,
@@ -10,16 +11,36 @@ use std::net::TcpStream;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::io::IntoRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 
-fn temp_sock(tag: &str) -> PathBuf {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let n = N.fetch_add(1, Ordering::SeqCst);
-    std::env::temp_dir().join(format!("qmp-test-{}-{tag}-{n}.sock", std::process::id()))
+/// A socket path in a temporary folder of its own, removed with the folder on drop.
+struct Sock {
+    path: PathBuf,
+    _dir: TempDir,
+}
+
+impl std::ops::Deref for Sock {
+    type Target = PathBuf;
+    fn deref(&self) -> &PathBuf {
+        &self.path
+    }
+}
+
+impl AsRef<Path> for Sock {
+    fn as_ref(&self) -> &Path {
+        &self.path
+    }
+}
+
+fn temp_sock(tag: &str) -> Sock {
+    let dir = TempDir::new(&format!("qmp-test-{tag}"));
+    Sock {
+        path: dir.join("qmp.sock"),
+        _dir: dir,
+    }
 }
 
 fn registry() -> Registry {
@@ -175,7 +196,7 @@ impl Client {
     }
 }
 
-fn start() -> (Server, PathBuf) {
+fn start() -> (Server, Sock) {
     let server = Server::new(registry());
     let path = temp_sock("s");
     let ep = QmpEndpoint::parse_qmp(format!("unix:{},server=on,wait=off", path.display())).unwrap();
@@ -670,8 +691,6 @@ fn inherited_listening_fd_and_client_mode() {
     .ready();
     assert_eq!(p.cmd(json!({"execute": "yank", "id": 9}))["id"], 9);
     server.shutdown();
-    let _ = std::fs::remove_file(&path);
-    let _ = std::fs::remove_file(&peer_path);
 }
 
 #[test]

@@ -141,7 +141,8 @@ fn main() {
         .unwrap_or(500);
     let full = std::env::args().any(|a| a == "--bench");
     let (runs, ms) = if full { (runs, ms) } else { (1, 20) };
-    let image = std::env::temp_dir().join(format!("machina-guest-blk-{}.img", std::process::id()));
+    let scratch = machina_tests::TempDir::new("guest-blk");
+    let image = scratch.join("disk.img");
     // 64 MiB of data, read once so that it is in the page cache.
     std::fs::write(&image, vec![0x5au8; 64 << 20]).expect("image");
     let _ = std::fs::read(&image);
@@ -184,7 +185,7 @@ fn main() {
             }
         }
     }
-    let _ = std::fs::remove_file(&image);
+    drop(scratch);
     println!(
         "guest-driven virtio-blk (q35, modern, polled at CPL 3, {ms} ms per case, median of {runs}; \
          64 MiB raw image in the page cache; TSC {:.0} MHz){}",

@@ -842,8 +842,7 @@ mod tests {
 
     #[test]
     fn drives_and_errors() {
-        let dir = std::env::temp_dir().join(format!("machina-backends-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = machina_tests::TempDir::new("backends");
         let img = dir.join("d.img");
         std::fs::write(&img, [0u8; 512]).unwrap();
         let spec = format!("file={},if=none,id=d0,format=raw,cache=none", img.display());
@@ -911,13 +910,11 @@ mod tests {
             matches!(parse_netdev("tap,id=n0,ifname=tap7,script=no,downscript=no").unwrap(),
             Backend::Tap { ref ifname, .. } if ifname.as_deref() == Some("tap7"))
         );
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn lock_bytes_conflict_between_open_files() {
-        let dir = std::env::temp_dir().join(format!("machina-locks-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = machina_tests::TempDir::new("locks");
         let img = dir.join("l.img");
         std::fs::write(&img, [0u8; 512]).unwrap();
         let open = || {
@@ -951,14 +948,12 @@ mod tests {
         drop(sharing);
         // Once closed, the locks are gone.
         lock_image(&open(), &img, rw, shared).unwrap();
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn a_server_socket_chardev_gives_output_to_its_client_and_never_blocks() {
         use std::io::{Read, Write};
-        let dir = std::env::temp_dir().join(format!("machina-sockout-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = machina_tests::TempDir::new("sockout");
         let path = dir.join("c.sock");
         let mut out = open_char_output(&CharBackend::UnixServer {
             path: path.clone(),
@@ -982,6 +977,5 @@ mod tests {
             !path.exists(),
             "the socket file is removed with the chardev"
         );
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -457,8 +457,7 @@ mod tests {
             panic!("secret");
         };
         assert_eq!((s.id.as_str(), s.data()), ("s0", &b"hello"[..]));
-        let dir = std::env::temp_dir().join(format!("machina-objects-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = machina_tests::TempDir::new("objects");
         let key = dir.join("master-key.aes");
         std::fs::write(&key, [7u8; 32]).unwrap();
         let json = format!(
@@ -490,7 +489,6 @@ mod tests {
             "Unable to read /nonexistent: Failed to open file “/nonexistent”: No such file or directory"
         );
         assert!(msg("secret,id=s,file=/dev/zero").ends_with("not a regular file"));
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -355,7 +355,8 @@ mod tests {
 
     #[test]
     fn a_backend_is_opened_once_and_shared_by_every_build() {
-        let path = std::env::temp_dir().join(format!("machina-open-{}", std::process::id()));
+        let dir = machina_tests::TempDir::new("open");
+        let path = dir.join("backend");
         let mut open = OpenBackends::default();
         let mut opened = 0;
         let mut handles = Vec::new();
@@ -396,7 +397,6 @@ mod tests {
             .and_then(|mut f| f.read_to_string(&mut text))
             .expect("read back");
         assert_eq!(text, "boot1 boot2 boot3 boot4");
-        let _ = std::fs::remove_file(&path);
     }
 }
 

@@ -6,23 +6,43 @@ use super::bridge::{build, PciBridge};
 use super::device::PciFunction;
 use super::device::Space;
 use super::interrupt::MsiSink;
-use super::tests::{bus_plan, func, ident, q35_plan, Machine};
+use super::tests::{q35_plan, q35_plan_with, Machine};
 use super::PciError;
+use crate::testing;
 use machina_tests::rng::XorShift;
-use machine::{BusKind, PciFunctionPlan};
+use machine::PciFunctionPlan;
 use std::sync::{Arc, Mutex};
 
+/// A bridge of `type_name` as the catalog plans it (behind the parents it needs), with
+/// `props` set as given, unchecked (some tests hand it values the planner refuses).
 fn plan(type_name: &str, props: &[(&str, &str)]) -> PciFunctionPlan {
-    let id = match type_name {
-        "pcie-root-port" => ident(0x1b36, 0x000c, 0x060400, 0, 1),
-        "ioh3420" => ident(0x8086, 0x3420, 0x060400, 2, 1),
-        "x3130-upstream" => ident(0x104c, 0x8232, 0x060400, 2, 1),
-        "xio3130-downstream" => ident(0x104c, 0x8233, 0x060400, 1, 1),
-        "pcie-pci-bridge" => ident(0x1b36, 0x000e, 0x060400, 0, 1),
-        "pci-bridge" => ident(0x1b36, 0x0001, 0x060400, 0, 1),
-        _ => ident(0x8086, 0x244e, 0x060401, 0x92, 1),
+    let parents: &[&str] = match type_name {
+        "x3130-upstream" => &["pcie-root-port,id=rp,chassis=1"],
+        "xio3130-downstream" => &[
+            "pcie-root-port,id=rp,chassis=1",
+            "x3130-upstream,id=up,bus=rp",
+        ],
+        _ => &[],
     };
-    let mut f = func(type_name, "pcie.0", 3, 0, id, false);
+    let bus = match type_name {
+        "x3130-upstream" => ",bus=rp",
+        "xio3130-downstream" => ",bus=up",
+        _ => "",
+    };
+    // The planner requires chassis numbers where QEMU does; tests that check the refusal
+    // set their own through `props`.
+    let chassis = match type_name {
+        "pci-bridge" => ",chassis_nr=9",
+        "pcie-root-port" | "ioh3420" | "xio3130-downstream" => ",chassis=9",
+        _ => "",
+    };
+    let device = format!("{type_name},id=dut{bus}{chassis}");
+    let devices: Vec<&str> = parents.iter().copied().chain([device.as_str()]).collect();
+    let mut f = testing::dut_plan(&devices, &[]);
+    // Only what the test gives: the planner's chassis above is not part of the case.
+    for k in ["chassis", "chassis_nr"] {
+        f.properties.remove(k);
+    }
     for (k, v) in props {
         f.properties.insert((*k).into(), (*v).into());
     }
@@ -648,63 +668,15 @@ fn random_writes_to_every_bridge_never_panic() {
 #[test]
 fn host_with_every_bridge_type_survives_fuzz() {
     // pcie.0: one of each, with a switch under a root port.
-    let mut plan = q35_plan();
-    let add = |plan: &mut machine::Plan,
-               t: &str,
-               bus: &str,
-               slot: u8,
-               id: &str,
-               props: &[(&str, &str)]| {
-        let mut f = plan_fn(t, bus, slot);
-        f.id = Some(id.into());
-        f.provides_bus = Some(id.into());
-        for (k, v) in props {
-            f.properties.insert((*k).into(), (*v).into());
-        }
-        plan.pci.push(f);
-        let parent = plan.pci.len() - 1;
-        let kind = if matches!(t, "pci-bridge" | "pcie-pci-bridge" | "i82801b11-bridge") {
-            BusKind::Pci
-        } else {
-            BusKind::Pcie
-        };
-        plan.buses.push(bus_plan(id, kind, Some(parent)));
-    };
-    add(
-        &mut plan,
-        "pcie-root-port",
-        "pcie.0",
-        4,
-        "rp4",
-        &[("chassis", "4")],
-    );
-    add(&mut plan, "x3130-upstream", "rp4", 0, "up", &[]);
-    add(
-        &mut plan,
-        "xio3130-downstream",
-        "up",
-        0,
-        "down",
-        &[("chassis", "5")],
-    );
-    add(&mut plan, "pcie-pci-bridge", "down", 0, "ppb", &[]);
-    add(
-        &mut plan,
-        "pci-bridge",
-        "ppb",
-        1,
-        "pb",
-        &[("chassis_nr", "7")],
-    );
-    add(
-        &mut plan,
-        "ioh3420",
-        "pcie.0",
-        5,
-        "ioh",
-        &[("chassis", "6")],
-    );
-    add(&mut plan, "i82801b11-bridge", "pcie.0", 30, "dmi", &[]);
+    let plan = q35_plan_with(&[
+        "pcie-root-port,id=rp4,chassis=4,addr=4",
+        "x3130-upstream,id=up,bus=rp4",
+        "xio3130-downstream,id=down,bus=up,chassis=5",
+        "pcie-pci-bridge,id=ppb,bus=down",
+        "pci-bridge,id=pb,bus=ppb,addr=1,chassis_nr=7",
+        "ioh3420,id=ioh,addr=5,chassis=6",
+        "i82801b11-bridge,id=dmi,addr=0x1e",
+    ]);
     let m = Machine::new(&plan);
     let layout = m.host.lock().unwrap().firmware_init(&plan).unwrap();
     assert!(layout.last_bus >= 9, "{layout:?}");
@@ -725,11 +697,4 @@ fn host_with_every_bridge_type_survives_fuzz() {
         }
     }
     h.reset();
-}
-
-fn plan_fn(t: &str, bus: &str, slot: u8) -> PciFunctionPlan {
-    let mut f = plan(t, &[]);
-    f.bus = bus.into();
-    f.slot = slot;
-    f
 }

@@ -189,31 +189,10 @@ impl PciFunction for E1000e {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use machine::PciIdentity;
-    use std::collections::BTreeMap;
 
+    /// The e1000e function as the catalog plans it.
     fn plan() -> PciFunctionPlan {
-        PciFunctionPlan {
-            type_name: "e1000e".into(),
-            id: None,
-            bus: "pcie.0".into(),
-            slot: 2,
-            function: 0,
-            implicit: false,
-            identity: PciIdentity {
-                vendor_id: 0x8086,
-                device_id: 0x10d3,
-                class_code: 0x020000,
-                revision: 0,
-                subsystem_vendor_id: Some(0x8086),
-                subsystem_id: Some(0),
-                header_type: 0,
-            },
-            multifunction: false,
-            provides_bus: None,
-            virtio: None,
-            properties: BTreeMap::new(),
-        }
+        crate::testing::dut_plan(&["e1000e,id=dut"], &[])
     }
 
     const MAC: [u8; 6] = [0x52, 0x54, 0, 0x12, 0x34, 0x56];

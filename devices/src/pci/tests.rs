@@ -1,256 +1,60 @@
-//! Guest-style tests of the PCI host and chipsets: hand-written plans, port I/O through
+//! Guest-style tests of the PCI host and chipsets: plans from the builtin catalog, port I/O through
 //! `PciConfigIo` as a guest would issue it, QEMU's reset values.
 
 use super::*;
 use crate::bus::{Bus, BusDevice};
 use crate::lifecycle::{Lifecycle, Request};
+use crate::testing;
 use machina_tests::rng::XorShift;
 use machine::*;
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-pub(super) fn ident(vendor: u16, device: u16, class: u32, rev: u8, header: u8) -> PciIdentity {
-    let sub = (header == 0).then_some(0x1af4);
-    PciIdentity {
-        vendor_id: vendor,
-        device_id: device,
-        class_code: class,
-        revision: rev,
-        subsystem_vendor_id: sub,
-        subsystem_id: (header == 0).then_some(0x1100),
-        header_type: header,
+/// The builtin catalog's plan for `machine` with 512 MiB, QEMU's default serial port and
+/// VGA, no parallel port, the default NIC only with `nic`, and these `-device`s.
+fn catalog_plan(machine: &str, nic: bool, devices: &[&str]) -> Plan {
+    let mut req = testing::request(machine, devices);
+    req.ram_size = 512 << 20;
+    req.parallel = Some(false);
+    if !nic {
+        req.nic = Some(false);
     }
+    testing::catalog_plan(&req)
 }
 
-/// Plan types are built through their JSON form, which only ever gains defaulted fields,
-/// so these tests keep compiling while the machine crate grows.
-pub(super) fn from_json<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
-    serde_json::from_value(v).expect("plan JSON")
-}
+/// The -devices of [`q35_plan`]: two root ports at 00:02.0 (multifunction) and 00:02.1,
+/// an e1000e behind the first.
+pub(super) const Q35_PORTS: &[&str] = &[
+    "pcie-root-port,id=pci.1,chassis=1,addr=0x2.0,multifunction=on",
+    "pcie-root-port,id=pci.2,chassis=2,addr=0x2.1",
+    "e1000e,bus=pci.1",
+];
 
-pub(super) fn func(
-    type_name: &str,
-    bus: &str,
-    slot: u8,
-    function: u8,
-    identity: PciIdentity,
-    mf: bool,
-) -> PciFunctionPlan {
-    from_json(serde_json::json!({
-        "type_name": type_name, "id": null, "bus": bus, "slot": slot, "function": function,
-        "implicit": true, "identity": identity, "multifunction": mf, "provides_bus": null,
-        "virtio": null, "properties": {}
-    }))
-}
-
-pub(super) fn bus_plan(id: &str, kind: BusKind, parent: Option<usize>) -> BusPlan {
-    from_json(serde_json::json!({
-        "id": id, "kind": kind, "is_root": parent.is_none(), "parent_function": parent,
-        "slot_min": 0, "slot_max": if parent.is_none() { 31 } else { 0 },
-        "hotplug": parent.is_some(), "accepts": []
-    }))
-}
-
-fn root_bus(id: &str, kind: BusKind) -> BusPlan {
-    bus_plan(id, kind, None)
-}
-
-fn memory(q35: bool) -> MemoryMap {
-    let ram = 512 << 20;
-    MemoryMap {
-        ram_size: ram,
-        ram_below_4g: ram,
-        ram_above_4g: 0,
-        ecam: q35.then_some(Range {
-            base: 0xb000_0000,
-            size: 0x1000_0000,
-        }),
-        pci_hole32: Range {
-            base: ram,
-            size: 0xfec0_0000 - ram,
-        },
-        pci_hole64: Range {
-            base: 0x1_0000_0000,
-            size: if q35 { 1 << 35 } else { 1 << 31 },
-        },
-        device_memory: None,
-        ram_id: None,
-        regions: vec![],
-    }
-}
-
-fn isa_serial() -> IsaDevicePlan {
-    IsaDevicePlan {
-        type_name: "isa-serial".into(),
-        id: None,
-        io: vec![Range {
-            base: 0x3f8,
-            size: 8,
-        }],
-        irqs: vec![4],
-        mmio: vec![],
-    }
+/// q35 with its implicit functions (MCH 00:00.0, ICH9 LPC/AHCI/SMBus 00:1f.0/2/3), VGA at
+/// 00:01.0, COM1 and [`Q35_PORTS`] (no default NIC), plus `more` -devices.
+pub(crate) fn q35_plan_with(more: &[&str]) -> Plan {
+    let devices: Vec<&str> = Q35_PORTS.iter().chain(more).copied().collect();
+    catalog_plan("q35", false, &devices)
 }
 
 pub(crate) fn q35_plan() -> Plan {
-    let mut pci = vec![
-        func(
-            "mch",
-            "pcie.0",
-            0,
-            0,
-            ident(0x8086, 0x29c0, 0x060000, 0, 0),
-            false,
-        ),
-        func(
-            "VGA",
-            "pcie.0",
-            1,
-            0,
-            ident(0x1234, 0x1111, 0x030000, 2, 0),
-            false,
-        ),
-        func(
-            "ICH9-LPC",
-            "pcie.0",
-            31,
-            0,
-            ident(0x8086, 0x2918, 0x060100, 2, 0),
-            true,
-        ),
-        func(
-            "ich9-ahci",
-            "pcie.0",
-            31,
-            2,
-            ident(0x8086, 0x2922, 0x010601, 2, 0),
-            false,
-        ),
-        func(
-            "ICH9-SMB",
-            "pcie.0",
-            31,
-            3,
-            ident(0x8086, 0x2930, 0x0c0500, 2, 0),
-            false,
-        ),
-        func(
-            "pcie-root-port",
-            "pcie.0",
-            2,
-            0,
-            ident(0x1b36, 0x000c, 0x060400, 0, 1),
-            true,
-        ),
-        func(
-            "pcie-root-port",
-            "pcie.0",
-            2,
-            1,
-            ident(0x1b36, 0x000c, 0x060400, 0, 1),
-            false,
-        ),
-        func(
-            "e1000e",
-            "pci.1",
-            0,
-            0,
-            ident(0x8086, 0x10d3, 0x020000, 0, 0),
-            false,
-        ),
-    ];
-    pci[5].id = Some("pci.1".into());
-    pci[5].provides_bus = Some("pci.1".into());
-    pci[6].id = Some("pci.2".into());
-    pci[6].provides_bus = Some("pci.2".into());
-    let child = |id: &str, parent: usize| bus_plan(id, BusKind::Pcie, Some(parent));
-    Plan {
-        machine: "pc-q35-10.2".into(),
-        family: Family::Q35,
-        options: BTreeMap::new(),
-        nodefaults: false,
-        cpus: 1,
-        max_cpus: 1,
-        topology: Default::default(),
-        memory: memory(true),
-        buses: vec![
-            root_bus("pcie.0", BusKind::Pcie),
-            child("pci.1", 5),
-            child("pci.2", 6),
-        ],
-        pci,
-        isa: vec![isa_serial()],
-        advisories: vec![],
-        virtio_ports: vec![],
-    }
+    q35_plan_with(&[])
 }
 
+/// [`q35_plan`] with SMM on. The planner refuses `smm=on` (machina has no SMM) and
+/// resolves `auto` to off, but the MCH and ICH9 models keep QEMU's SMM-enabled registers
+/// (SMRAM, ESMRAMC, the extended TSEG query, SCI enabled through APM), which only this
+/// plan reaches.
+pub(crate) fn q35_smm_plan() -> Plan {
+    let mut plan = q35_plan();
+    assert_eq!(plan.options.get("smm").map(String::as_str), Some("off"));
+    plan.options.insert("smm".into(), "on".into());
+    plan
+}
+
+/// pc with QEMU's defaults: i440FX 00:00.0, PIIX3/IDE/PM 00:01.0/1/3, VGA 00:02.0, the
+/// default e1000 at 00:03.0, COM1.
 pub(crate) fn pc_plan() -> Plan {
-    let pci = vec![
-        func(
-            "i440FX",
-            "pci.0",
-            0,
-            0,
-            ident(0x8086, 0x1237, 0x060000, 2, 0),
-            false,
-        ),
-        func(
-            "PIIX3",
-            "pci.0",
-            1,
-            0,
-            ident(0x8086, 0x7000, 0x060100, 0, 0),
-            true,
-        ),
-        func(
-            "piix3-ide",
-            "pci.0",
-            1,
-            1,
-            ident(0x8086, 0x7010, 0x010180, 0, 0),
-            false,
-        ),
-        func(
-            "PIIX4_PM",
-            "pci.0",
-            1,
-            3,
-            ident(0x8086, 0x7113, 0x068000, 3, 0),
-            false,
-        ),
-        func(
-            "VGA",
-            "pci.0",
-            2,
-            0,
-            ident(0x1234, 0x1111, 0x030000, 2, 0),
-            false,
-        ),
-        func(
-            "e1000",
-            "pci.0",
-            3,
-            0,
-            ident(0x8086, 0x100e, 0x020000, 3, 0),
-            false,
-        ),
-    ];
-    Plan {
-        machine: "pc-i440fx-10.2".into(),
-        family: Family::I440fx,
-        options: BTreeMap::new(),
-        nodefaults: false,
-        cpus: 1,
-        max_cpus: 1,
-        topology: Default::default(),
-        memory: memory(false),
-        buses: vec![root_bus("pci.0", BusKind::Pci)],
-        pci,
-        isa: vec![isa_serial()],
-        advisories: vec![],
-        virtio_ports: vec![],
-    }
+    catalog_plan("pc", true, &[])
 }
 
 /// A machine as the VMM would assemble it: host, buses, 0xcf8 device.
@@ -460,7 +264,7 @@ fn bar_sizing_io_32_64_and_rom() {
 
 #[test]
 fn q35_reset_values() {
-    let m = Machine::new(&q35_plan());
+    let m = Machine::new(&q35_smm_plan());
     assert_eq!(m.cfg_readl(0, 0, 0, 0), 0x29c0_8086);
     assert_eq!(m.cfg_readl(0, 0, 0, 0x60), 0xb000_0000);
     assert_eq!(m.cfg_readl(0, 0, 0, 0x64), 0);
@@ -507,6 +311,20 @@ fn q35_reset_values() {
     assert_eq!(m.inw(0xb004), 0xffff);
 }
 
+/// What the catalog's q35 really is (`smm=auto` resolved to off): QEMU >= 9.0 does not
+/// initialise the SMRAM registers without SMM ranges, and ICH9 comes out of reset with
+/// SCI_EN set (acpi-only), so no APM command is needed.
+#[test]
+fn q35_without_smm() {
+    let plan = q35_plan();
+    let m = Machine::new(&plan);
+    assert_eq!(m.cfg_readb(0, 0, 0, 0x9d), 0, "SMRAM");
+    assert_eq!(m.cfg_readb(0, 0, 0, 0x9e), 0, "ESMRAMC");
+    assert_eq!(m.cfg_readw(0, 0, 0, 0x50), 0, "no extended TSEG query");
+    m.host.lock().unwrap().firmware_init(&plan).unwrap();
+    assert_eq!(m.inw(0x604) & 1, 1, "SCI_EN from reset");
+}
+
 #[test]
 fn pm1_cnt_slp_en_powers_off() {
     let m = Machine::new(&pc_plan());
@@ -538,7 +356,7 @@ fn cf9_reset_control() {
 
 #[test]
 fn firmware_init_q35_enables_ecam_pm_and_routes() {
-    let plan = q35_plan();
+    let plan = q35_smm_plan();
     let m = Machine::new(&plan);
     let layout = m.host.lock().unwrap().firmware_init(&plan).unwrap();
     assert_eq!(layout.pm_base, Some(0x600));

@@ -329,8 +329,7 @@ mod tests {
     /// really takes: what libvirt learns from the list, it may write on the command line.
     #[test]
     fn listed_object_properties_are_accepted() {
-        let dir = std::env::temp_dir().join(format!("machina-objprops-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = machina_tests::TempDir::new("objprops");
         std::fs::write(dir.join("secret.txt"), "secret").unwrap();
         for (ty, props) in OBJECT_TYPES {
             for (prop, _, _) in *props {
@@ -343,6 +342,5 @@ mod tests {
                 assert!(accepted, "-object {text}");
             }
         }
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }
