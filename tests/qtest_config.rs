@@ -25,6 +25,7 @@ use machina_tests::qtest_client::{
 };
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
+use std::sync::OnceLock;
 
 const DATA: &str = include_str!("data/qtest_config.json");
 const KNOWN: &str = include_str!("data/machina_known_mismatches.json");
@@ -59,14 +60,30 @@ fn mismatch(
     }
 }
 
+/// Every scenario's reset state against QEMU; walked once per test binary, read by the
+/// tolerant and the strict test.
+fn reset_state_all() -> Vec<Mismatch> {
+    static ALL: OnceLock<Vec<Mismatch>> = OnceLock::new();
+    ALL.get_or_init(|| {
+        for_all_scenarios(&scenarios(), |s| reset_state_mismatches(&machina(), s, ""))
+    })
+    .clone()
+}
+
+/// Every scenario after `machina_firmware_init` against SeaBIOS (once per test binary).
+fn firmware_all() -> Vec<Mismatch> {
+    static ALL: OnceLock<Vec<Mismatch>> = OnceLock::new();
+    ALL.get_or_init(|| for_all_scenarios(&scenarios(), firmware_mismatches))
+        .clone()
+}
+
 /// The reset state, every register the walk reads, against QEMU.
 #[test]
 fn reset_state_matches_qemu() {
     if !require_kvm() {
         return;
     }
-    let all = for_all_scenarios(&scenarios(), |s| reset_state_mismatches(&machina(), s, ""));
-    let (unexpected, _) = triage(all, &KnownMismatch::load(KNOWN, "config"));
+    let (unexpected, _) = triage(reset_state_all(), &KnownMismatch::load(KNOWN, "config"));
     assert_no_mismatches("reset state", &unexpected);
 }
 
@@ -459,8 +476,7 @@ fn firmware_init_matches_seabios() {
     if !require_kvm() {
         return;
     }
-    let all = for_all_scenarios(&scenarios(), firmware_mismatches);
-    let (unexpected, _) = triage(all, &KnownMismatch::load(KNOWN, "firmware"));
+    let (unexpected, _) = triage(firmware_all(), &KnownMismatch::load(KNOWN, "firmware"));
     assert_no_mismatches("after machina_firmware_init", &unexpected);
 }
 
@@ -471,7 +487,7 @@ fn strict_qemu_conformance() {
     if !require_kvm() {
         return;
     }
-    let mut all = for_all_scenarios(&scenarios(), |s| reset_state_mismatches(&machina(), s, ""));
-    all.extend(for_all_scenarios(&scenarios(), firmware_mismatches));
+    let mut all = reset_state_all();
+    all.extend(firmware_all());
     assert_no_mismatches("strict", &all);
 }

@@ -15,6 +15,7 @@ use machina_tests::qtest_client::{
     assert_no_mismatches, fmt_bdf, triage, Bdf, KnownMismatch, Mismatch, Qtest, XorShift,
 };
 use serde_json::{json, Value};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 const DATA: &str = include_str!("data/qtest_errors.json");
@@ -94,15 +95,21 @@ fn check_case(case: &Value) -> Vec<Mismatch> {
     out
 }
 
+/// Every case's mismatches; run once per test binary, read by the tolerant and the strict
+/// test.
 fn all_case_mismatches() -> Vec<Mismatch> {
-    let cases = cases();
-    std::thread::scope(|s| {
-        let handles: Vec<_> = cases.iter().map(|c| s.spawn(|| check_case(c))).collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
-            .collect()
+    static ALL: OnceLock<Vec<Mismatch>> = OnceLock::new();
+    ALL.get_or_init(|| {
+        let cases = cases();
+        std::thread::scope(|s| {
+            let handles: Vec<_> = cases.iter().map(|c| s.spawn(|| check_case(c))).collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+                .collect()
+        })
     })
+    .clone()
 }
 
 #[test]

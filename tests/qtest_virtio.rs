@@ -16,10 +16,11 @@ mod common;
 use common::{machina, require_kvm};
 use machina_tests::qtest_client::{
     assert_no_mismatches, for_all_scenarios, reset_state_mismatches, substitute, triage,
-    KnownMismatch, Qtest,
+    KnownMismatch, Mismatch, Qtest,
 };
 use machina_tests::TempDir;
 use serde_json::Value;
+use std::sync::OnceLock;
 
 const DATA: &str = include_str!("data/qtest_virtio.json");
 const KNOWN: &str = include_str!("data/machina_known_mismatches.json");
@@ -60,15 +61,24 @@ impl Disks {
     }
 }
 
+/// Every scenario's reset state against QEMU; walked once per test binary, read by the
+/// tolerant and the strict test.
+fn reset_state_all() -> Vec<Mismatch> {
+    static ALL: OnceLock<Vec<Mismatch>> = OnceLock::new();
+    ALL.get_or_init(|| {
+        for_all_scenarios(&scenarios(), |s| {
+            reset_state_mismatches(&machina(), s, &Disks::for_scenario("regs", s).base())
+        })
+    })
+    .clone()
+}
+
 #[test]
 fn virtio_reset_state_matches_qemu() {
     if !require_kvm() {
         return;
     }
-    let all = for_all_scenarios(&scenarios(), |s| {
-        reset_state_mismatches(&machina(), s, &Disks::for_scenario("regs", s).base())
-    });
-    let (unexpected, _) = triage(all, &KnownMismatch::load(KNOWN, "config"));
+    let (unexpected, _) = triage(reset_state_all(), &KnownMismatch::load(KNOWN, "config"));
     assert_no_mismatches("virtio reset state", &unexpected);
 }
 
@@ -327,8 +337,5 @@ fn strict_virtio_conformance() {
     if !require_kvm() {
         return;
     }
-    let all = for_all_scenarios(&scenarios(), |s| {
-        reset_state_mismatches(&machina(), s, &Disks::for_scenario("strict", s).base())
-    });
-    assert_no_mismatches("strict virtio", &all);
+    assert_no_mismatches("strict virtio", &reset_state_all());
 }
