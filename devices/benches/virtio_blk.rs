@@ -21,9 +21,7 @@
 mod common;
 
 use common::*;
-use devices::virtio::blk::BlockBackend;
 use devices::virtio::regs::features;
-use devices::virtio::VirtioBackend;
 use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -111,14 +109,7 @@ impl Bench {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM)]).expect("guest memory");
         let mut d = Driver::new(
             &plan(DEVICE_BLK, false, false, &[("queue-size", "256")]),
-            VirtioBackend::Block(BlockBackend {
-                file,
-                read_only: false,
-                direct: false,
-                writeback: true,
-                stats: Default::default(),
-                size: None,
-            }),
+            block_backend(file, Default::default()),
             mem.clone(),
         );
         // FLUSH as Linux negotiates it: a write cache (without it the device is writethrough,

@@ -8,6 +8,7 @@
 //! the VMM.
 
 use crate::pci::{MsiSink, PciFunction};
+use crate::virtio::blk::{BlockBackend, BlockStats};
 use crate::virtio::console::ConsoleInput;
 use crate::virtio::regs::{common, legacy, modern, status};
 use crate::virtio::{create, IntxLine, VirtioBackend, VirtioPciFunction, VirtioWorker};
@@ -99,6 +100,18 @@ pub fn virtio_plan(
         "{device}"
     );
     f
+}
+
+/// A writable, write-back virtio-blk backend over `file` counting into `stats`.
+pub fn block_backend(file: std::fs::File, stats: Arc<BlockStats>) -> VirtioBackend {
+    VirtioBackend::Block(BlockBackend {
+        file,
+        read_only: false,
+        direct: false,
+        writeback: true,
+        stats,
+        size: None,
+    })
 }
 
 // ---------------------------------------------------------------------------------------

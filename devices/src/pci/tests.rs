@@ -142,6 +142,11 @@ impl Machine {
         self.outl(0xcf8, Self::addr(bus, dev, func, reg));
         self.outw(0xcfc + u64::from(reg & 2), v);
     }
+    /// Write all-ones to a dword register and read back what sticks (BAR sizing).
+    pub(super) fn probe(&self, bus: u8, dev: u8, func: u8, reg: u16) -> u32 {
+        self.cfg_writel(bus, dev, func, reg, 0xffff_ffff);
+        self.cfg_readl(bus, dev, func, reg)
+    }
     pub(super) fn cfg_writeb(&self, bus: u8, dev: u8, func: u8, reg: u16, v: u8) {
         self.outl(0xcf8, Self::addr(bus, dev, func, reg));
         self.outb(0xcfc + u64::from(reg & 3), v);
@@ -238,26 +243,19 @@ fn config_address_latch_and_odd_accesses() {
 fn bar_sizing_io_32_64_and_rom() {
     let m = Machine::new(&q35_plan());
     // VGA 00:01.0: BAR0 16 MiB prefetchable, BAR2 4 KiB, ROM 64 KiB.
-    m.cfg_writel(0, 1, 0, 0x10, 0xffff_ffff);
-    assert_eq!(m.cfg_readl(0, 1, 0, 0x10), 0xff00_0008);
-    m.cfg_writel(0, 1, 0, 0x18, 0xffff_ffff);
-    assert_eq!(m.cfg_readl(0, 1, 0, 0x18), 0xffff_f000);
-    m.cfg_writel(0, 1, 0, 0x30, 0xffff_ffff);
-    assert_eq!(m.cfg_readl(0, 1, 0, 0x30), 0xffff_0001);
+    assert_eq!(m.probe(0, 1, 0, 0x10), 0xff00_0008);
+    assert_eq!(m.probe(0, 1, 0, 0x18), 0xffff_f000);
+    assert_eq!(m.probe(0, 1, 0, 0x30), 0xffff_0001);
     // AHCI BAR4 I/O 0x20.
-    m.cfg_writel(0, 31, 2, 0x20, 0xffff_ffff);
-    assert_eq!(m.cfg_readl(0, 31, 2, 0x20), 0xffff_ffe1);
+    assert_eq!(m.probe(0, 31, 2, 0x20), 0xffff_ffe1);
     // pcie-root-port: unnumbered, so nothing behind it answers yet.
     assert_eq!(m.cfg_readl(1, 0, 0, 0), 0xffff_ffff);
     // Number it and size e1000e's BARs behind it.
     m.cfg_writel(0, 2, 0, 0x18, 0x0001_0100);
     assert_eq!(m.cfg_readl(1, 0, 0, 0), 0x10d3_8086);
-    m.cfg_writel(1, 0, 0, 0x10, 0xffff_ffff);
-    assert_eq!(m.cfg_readl(1, 0, 0, 0x10), 0xfffe_0000);
-    m.cfg_writel(1, 0, 0, 0x18, 0xffff_ffff);
-    assert_eq!(m.cfg_readl(1, 0, 0, 0x18), 0xffff_ffe1);
-    m.cfg_writel(1, 0, 0, 0x30, 0xffff_ffff);
-    assert_eq!(m.cfg_readl(1, 0, 0, 0x30), 0xfffc_0001);
+    assert_eq!(m.probe(1, 0, 0, 0x10), 0xfffe_0000);
+    assert_eq!(m.probe(1, 0, 0, 0x18), 0xffff_ffe1);
+    assert_eq!(m.probe(1, 0, 0, 0x30), 0xfffc_0001);
     // Bus 2 (second port) is not numbered: nothing.
     assert_eq!(m.cfg_readl(2, 0, 0, 0), 0xffff_ffff);
 }

@@ -1,12 +1,13 @@
 //! Drive virtio-pci functions through config space and BAR accesses the way a guest driver
 //! does (the shared `crate::testing::Driver`), against a GuestMemoryMmap and real files.
 
-use super::blk::BlockBackend;
 use super::console::ConsoleBackend;
 use super::regs::{common, legacy, modern, status};
 use super::*;
 use crate::pci::PciFunction;
-use crate::testing::{virtio_plan as plan, Driver, Ring, DEVICE_BLK, DEVICE_CONSOLE, DEVICE_RNG};
+use crate::testing::{
+    block_backend, virtio_plan as plan, Driver, Ring, DEVICE_BLK, DEVICE_CONSOLE, DEVICE_RNG,
+};
 use machina_tests::TempDir;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -96,14 +97,7 @@ fn blk_with_stats(legacy: bool, pcie: bool) -> (Dev, Image, Arc<super::blk::Bloc
     let stats = Arc::new(super::blk::BlockStats::default());
     let d = build(
         &plan(DEVICE_BLK, legacy, pcie, &[("serial", "machina-disk-0")]),
-        VirtioBackend::Block(BlockBackend {
-            file,
-            read_only: false,
-            direct: false,
-            writeback: true,
-            stats: stats.clone(),
-            size: None,
-        }),
+        block_backend(file, stats.clone()),
     );
     (d, image, stats)
 }
@@ -690,14 +684,7 @@ fn blk_data_crossing_guest_memory_regions_goes_straight_to_and_from_the_image() 
     let (path, file) = image(1 << 20);
     let mut d = build_with_mem(
         &plan(DEVICE_BLK, false, false, &[]),
-        VirtioBackend::Block(BlockBackend {
-            file,
-            read_only: false,
-            direct: false,
-            writeback: true,
-            stats: Default::default(),
-            size: None,
-        }),
+        block_backend(file, Default::default()),
         mem,
     );
     d.modern_init(super::regs::features::VERSION_1);

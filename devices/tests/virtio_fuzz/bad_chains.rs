@@ -330,14 +330,7 @@ pub(crate) fn blk_bad_chain_table() {
             write_guest_canaries(&mem, two);
             let mut d = Driver::new(
                 &plan(DEVICE_BLK, legacy_iface, false, &[]),
-                VirtioBackend::Block(BlockBackend {
-                    file: img.create(&[0x42], cap_bytes, false),
-                    read_only: false,
-                    direct: false,
-                    writeback: true,
-                    stats: Default::default(),
-                    size: None,
-                }),
+                block_backend(img.create(&[0x42], cap_bytes, false), Default::default()),
                 mem.clone(),
             );
             let (sd, sa, su) = ring_slot(0);
