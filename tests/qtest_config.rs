@@ -2,7 +2,7 @@
 //!
 //! Every scenario of `tests/data/qtest_config.json` (q35/pc with -nodefaults, machine
 //! options, every bridge and port type, nested) is started as `machina -accel qtest`, walked
-//! exactly as `tests/data/gen_expectations.py` walked QEMU 7.2, and compared register by
+//! with the walk `tests/src/bin/gen_expectations.rs` ran on QEMU 7.2, and compared register by
 //! register: the reset-state facts (PCIEXBAR, PM base, bridges' bus numbers), then for every
 //! function BDF, IDs, revision, class, header type, subsystem, interrupt pin, capability
 //! lists (standard, and extended through ECAM on q35), capability identity fields, BAR/ROM

@@ -3,7 +3,7 @@
 //! qtest must never take machina down.
 //!
 //! The cases and QEMU 7.2's stderr/status are in `tests/data/qtest_errors.json` (from
-//! `tests/data/gen_expectations.py`, QEMU run as `-accel tcg -S -display none -nodefaults
+//! `tests/src/bin/gen_expectations.rs`, QEMU run as `-accel tcg -S -display none -nodefaults
 //! ARGS`; machina as `-S -nodefaults ARGS`). QEMU's lines are compared without the
 //! `qemu-system-x86_64: ` / `machina: ` prefix and with pc-*-7.2 machine names read as
 //! 10.2.

@@ -5,7 +5,7 @@
 //! `-non-transitional` (modern-only, no PCIe capability on a root bus) and `-transitional`.
 //!
 //! The expectations (`tests/data/qtest_virtio.json`) are QEMU 7.2's, from
-//! `tests/data/gen_expectations.py`. Two checks: every register the walk reads matches QEMU
+//! `tests/src/bin/gen_expectations.rs`. Two checks: every register the walk reads matches QEMU
 //! (IDs, revision, subsystem, class, BAR kinds and sizes, capability offsets, the virtio
 //! vendor capabilities' cfg_type/BAR/offset/length bytes, the whole 256-byte header), and the
 //! placement rules of QEMU's `virtio_pci_realize` hold, spelled out per BDF, both in the
@@ -91,7 +91,7 @@ enum Mode {
 }
 use Mode::*;
 
-/// Where gen_expectations.py put each placement (BDFs after depth-first numbering), what QEMU
+/// Where gen_expectations put each placement (BDFs after depth-first numbering), what QEMU
 /// makes of it, and whether it has a PCIe capability (only on a non-root PCIe bus).
 const Q35_PLACEMENTS: &[(&str, Mode, bool, &str)] = &[
     ("00:03.0", Transitional, false, "pcie.0"),

@@ -1,10 +1,9 @@
 //! A blocking client for QEMU's qtest protocol as machina serves it (`-accel qtest -qtest
-//! unix:PATH,server=on`), plus the config-space walk the conformance tests compare with QEMU.
-//!
-//! The walk is the one `tests/data/qtestlib.py` does against QEMU to produce the
-//! expectations, step for step and with the same JSON shape: number bridges depth-first in
-//! devfn order, enable ECAM on q35, read every function's 256 bytes, walk the capability
-//! lists, probe BARs/ROM/bridge windows with all-ones and restore them.
+//! unix:PATH,server=on`) and as QEMU serves it (`-accel tcg -qtest ...`), plus the one
+//! config-space walk: the expectations generator (`src/bin/gen_expectations.rs`) runs it on
+//! QEMU, the conformance tests on machina: number bridges depth-first in devfn order,
+//! enable ECAM on q35, read every function's 256 bytes, walk the capability lists, probe
+//! BARs/ROM/bridge windows with all-ones and restore them.
 
 pub use crate::rng::XorShift;
 use crate::TempDir;
@@ -53,12 +52,52 @@ impl Qtest {
 
     /// Like `start`, but returns why the machine was not built (e.g. machina's error).
     pub fn try_start(binary: &Path, args: &[String]) -> Result<Qtest, String> {
+        Self::launch(binary, args, |qtest| {
+            let mut argv = vec!["-accel".into(), "qtest".into(), "-qtest".into()];
+            argv.push(format!("{qtest},server=on"));
+            argv.extend(args.iter().cloned());
+            argv
+        })
+    }
+
+    /// QEMU itself, the oracle the expectations come from:
+    /// `-accel tcg -display none -qtest-log /dev/null [-S] EXTRA ARGS -qtest ...`. Debian's
+    /// QEMU 7.2 has no qtest accelerator; with `stopped` (-S) no guest code runs, so config
+    /// space is QEMU's reset state.
+    pub fn start_qemu(
+        binary: &Path,
+        args: &[String],
+        stopped: bool,
+        extra: &[String],
+    ) -> Result<Qtest, String> {
+        Self::launch(binary, args, |qtest| {
+            let mut argv: Vec<String> = ["-accel", "tcg", "-display", "none"]
+                .into_iter()
+                .chain(["-qtest-log", "/dev/null"])
+                .map(String::from)
+                .collect();
+            if stopped {
+                argv.push("-S".into());
+            }
+            argv.extend(extra.iter().cloned());
+            argv.extend(args.iter().cloned());
+            argv.push("-qtest".into());
+            argv.push(format!("{qtest},server=on,wait=off"));
+            argv
+        })
+    }
+
+    /// Start `binary` with the command line `argv` builds around the qtest socket
+    /// (`unix:PATH`), connect, and wait until the machine answers.
+    fn launch(
+        binary: &Path,
+        args: &[String],
+        argv: impl FnOnce(&str) -> Vec<String>,
+    ) -> Result<Qtest, String> {
         let dir = TempDir::new("qtest");
         let socket = dir.join("qtest.sock");
         let mut child = Command::new(binary)
-            .args(["-accel", "qtest", "-qtest"])
-            .arg(format!("unix:{},server=on", socket.display()))
-            .args(args)
+            .args(argv(&format!("unix:{}", socket.display())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -75,13 +114,17 @@ impl Qtest {
                     let _ = std::io::Read::read_to_string(&mut e, &mut err);
                 }
                 return Err(format!(
-                    "machina {args:?} exited with {status} before serving qtest: {err}"
+                    "{} {args:?} exited with {status} before serving qtest: {err}",
+                    binary.display()
                 ));
             }
             if start.elapsed() > Duration::from_secs(20) {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(format!("machina {args:?}: no qtest socket after 20 s"));
+                return Err(format!(
+                    "{} {args:?}: no qtest socket after 20 s",
+                    binary.display()
+                ));
             }
             std::thread::sleep(Duration::from_millis(5));
         };
@@ -104,8 +147,13 @@ impl Qtest {
                 Ok(_) if start.elapsed() < Duration::from_secs(20) => {
                     std::thread::sleep(Duration::from_millis(5))
                 }
-                Ok(r) => return Err(format!("machina {args:?}: machine never built ({r})")),
-                Err(e) => return Err(format!("machina {args:?}: {e}")),
+                Ok(r) => {
+                    return Err(format!(
+                        "{} {args:?}: machine never built ({r})",
+                        binary.display()
+                    ))
+                }
+                Err(e) => return Err(format!("{} {args:?}: {e}", binary.display())),
             }
         }
     }
@@ -510,7 +558,7 @@ fn lowest_bit(mask: u64) -> u64 {
     mask & mask.wrapping_neg()
 }
 
-/// Kind and size of a BAR from its probe value (same rules as qtestlib.describe_bar).
+/// Kind and size of a BAR from its probe value.
 pub fn describe_bar(reg: u16, reset: u32, probe: u32, hi: Option<(u32, u32)>) -> Value {
     let mut bar = Map::new();
     bar.insert("reg".into(), json!(reg));
