@@ -12,7 +12,8 @@
 //! MACHINA_BENCH_BIN=PATH to time another machina binary).
 //! Under `cargo test --benches` (no `--bench`) every measurement runs once, as a smoke test.
 
-use machina_tests::process::{rss_kib, MachinaProcess, TempDir};
+use machina_tests::process::{rss_kib, MachinaProcess};
+use machina_tests::TempDir;
 use machina_tests::qmp_client::QmpClient;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Write};
