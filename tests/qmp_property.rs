@@ -349,8 +349,15 @@ fn same_error(cli_stderr: &str, qmp: &str, keyval: bool) -> bool {
     if cli_stderr.trim_end().lines().count() != 1 {
         return false;
     }
+    // The command line names the option an error came from (`-device ARGS: `, `-machine
+    // ARGS: `); QMP has no such location.
     let text = match line.split_once(": ") {
-        Some((loc, rest)) if loc.starts_with("-device ") && !qmp.starts_with("-device ") => rest,
+        Some((loc, rest))
+            if ["-device ", "-machine "].iter().any(|o| loc.starts_with(o))
+                && !qmp.starts_with(loc) =>
+        {
+            rest
+        }
         _ => line,
     };
     if text == qmp {
@@ -570,7 +577,9 @@ fn random_device_lists_agree_across_qmp_plan_build_and_command_line() {
         return;
     }
     let start = Instant::now();
-    let seed = env_u64("MACHINA_PROPTEST_SEED").unwrap_or(0x006d_6163_6869_6e61);
+    // The default seed's sample builds every bridge type and has refused machine options
+    // (unknown property, smm=on, max-ram-below-4g too large) besides refused device lists.
+    let seed = env_u64("MACHINA_PROPTEST_SEED").unwrap_or(6);
     let mut rng = XorShift::new(seed);
 
     // Every pc/q35 machine type, in a random order.

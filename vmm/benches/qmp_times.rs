@@ -13,8 +13,8 @@
 //! Under `cargo test --benches` (no `--bench`) every measurement runs once, as a smoke test.
 
 use machina_tests::process::{rss_kib, MachinaProcess};
-use machina_tests::TempDir;
 use machina_tests::qmp_client::QmpClient;
+use machina_tests::TempDir;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
