@@ -13,7 +13,8 @@
 //!   (`-S`) plans and builds the same machine;
 //! * invalid lists: the command line with the same devices exits 1 with `machina: <error>`,
 //!   the same text as `device_add` (and `x-query-placement`), `x-machine-set` or
-//!   `machine-build` gave.
+//!   `machine-build` gave, after the `-device ARGS: ` / `-machine ARGS: ` location the
+//!   command line names.
 //!
 //! Deterministic: MACHINA_PROPTEST_SEED=N and MACHINA_PROPTEST_CASES=N change the sample
 //! (default: one case per machine type).
