@@ -14,7 +14,9 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-const TIMEOUT: Duration = Duration::from_secs(5);
+/// Hang guard for reads that must succeed: generous, as the host may be loaded (a full
+/// workspace run on two busy cores once took over 5 s to deliver an event).
+const TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A socket path in a temporary folder of its own, removed with the folder on drop.
 struct Sock {
