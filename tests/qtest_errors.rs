@@ -12,7 +12,8 @@ mod common;
 
 use common::{machina, require_kvm};
 use machina_tests::qtest_client::{
-    assert_no_mismatches, fmt_bdf, triage, Bdf, KnownMismatch, Mismatch, Qtest, XorShift,
+    assert_no_mismatches, fmt_bdf, for_all_scenarios, triage, Bdf, KnownMismatch, Mismatch, Qtest,
+    XorShift,
 };
 use serde_json::{json, Value};
 use std::sync::OnceLock;
@@ -99,17 +100,8 @@ fn check_case(case: &Value) -> Vec<Mismatch> {
 /// test.
 fn all_case_mismatches() -> Vec<Mismatch> {
     static ALL: OnceLock<Vec<Mismatch>> = OnceLock::new();
-    ALL.get_or_init(|| {
-        let cases = cases();
-        std::thread::scope(|s| {
-            let handles: Vec<_> = cases.iter().map(|c| s.spawn(|| check_case(c))).collect();
-            handles
-                .into_iter()
-                .flat_map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
-                .collect()
-        })
-    })
-    .clone()
+    ALL.get_or_init(|| for_all_scenarios(&cases(), check_case))
+        .clone()
 }
 
 #[test]

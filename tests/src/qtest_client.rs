@@ -861,7 +861,8 @@ pub fn reset_state_mismatches(binary: &Path, scenario: &Value, disk: &str) -> Ve
     out
 }
 
-/// Run `f` on every scenario in parallel (one machina each); all mismatches, in order.
+/// Run `f` on every scenario (or case) in parallel (one machina each); all mismatches, in
+/// order.
 pub fn for_all_scenarios(
     scenarios: &[Value],
     f: impl Fn(&Value) -> Vec<Mismatch> + Sync,
