@@ -600,12 +600,7 @@ pub(crate) fn blk_iteration(
     for _ in 0..rounds {
         g.rewind();
         stats.rounds += 1;
-        let healthy = up.modern
-            && up.version1
-            && up.standard
-            && !up.broken
-            && !d.needs_reset()
-            && !g.any_targeted();
+        let healthy = up.healthy(&mut d, &g);
         if healthy && up.ring(0).is_some() && d.status() & status::DRIVER_OK != 0 && g.rng.one_in(3)
         {
             blk_clean_round(&mut d, &mut g, &up, &case.setup, img, stats);

@@ -18,6 +18,17 @@ impl Up {
     pub(crate) fn ring(&self, q: u16) -> Option<Ring> {
         self.rings.iter().find(|(i, _)| *i == q).map(|(_, r)| *r)
     }
+
+    /// A round on this bring-up can be checked against the model: a modern VERSION_1
+    /// driver with standard rings, no device error, and nothing aimed at the canaries.
+    pub(crate) fn healthy(&self, d: &mut Driver, g: &Gen) -> bool {
+        self.modern
+            && self.version1
+            && self.standard
+            && !self.broken
+            && !d.needs_reset()
+            && !g.any_targeted()
+    }
 }
 
 /// Bring the device up through the modern interface, or the legacy one when `legacy`,

@@ -134,13 +134,7 @@ pub(crate) fn generic_iteration(rng: &mut XorShift, stats: &mut Stats, gm: &mut 
     for _ in 0..g.rng.range(1, 4) {
         g.rewind();
         stats.rounds += 1;
-        let healthy = up.modern
-            && up.version1
-            && up.standard
-            && !up.broken
-            && !d.needs_reset()
-            && !g.any_targeted()
-            && d.status() & status::DRIVER_OK != 0;
+        let healthy = up.healthy(&mut d, &g) && d.status() & status::DRIVER_OK != 0;
         // Buffers still waiting for input (rx, console) from an earlier round would take
         // this round's data first.
         let drained = up.rings.iter().all(|(_, r)| {
