@@ -54,7 +54,7 @@ pub(crate) fn bring_up(d: &mut Driver, g: &mut Gen, queues: &[u16], legacy: bool
                 continue;
             }
             let r = Ring::legacy(size, pfn);
-            g.note(r.used, r.used_bytes());
+            note_rings(g, &r);
             zero_ring_headers(g, &r);
             trace!("queue {q}: legacy pfn {pfn:#x} size {size}");
             rings.push((q, r));
@@ -124,9 +124,7 @@ pub(crate) fn bring_up(d: &mut Driver, g: &mut Gen, queues: &[u16], legacy: bool
             continue;
         }
         let r = Ring::new(size, desc, avail, used);
-        // The device writes only the used ring; the harness's own writes to the others are
-        // noted as they happen.
-        g.note(used, r.used_bytes());
+        note_rings(g, &r);
         zero_ring_headers(g, &r);
         trace!("queue {q}: size {size} desc {desc:#x} avail {avail:#x} used {used:#x}");
         rings.push((q, r));
@@ -148,6 +146,14 @@ pub(crate) fn bring_up(d: &mut Driver, g: &mut Gen, queues: &[u16], legacy: bool
 }
 
 /// A driver starts a queue with both ring indices at zero.
+/// The rings written outside [`Gen::write`]: the device writes the used ring, and the
+/// harness writes the avail ring through `Ring::stage`/`publish` (a ring placed across a
+/// canary puts its entries there). Descriptors and buffers are noted as they are written.
+fn note_rings(g: &mut Gen, r: &Ring) {
+    g.note(r.used, r.used_bytes());
+    g.note(r.avail, r.avail_bytes());
+}
+
 pub(crate) fn zero_ring_headers(g: &mut Gen, r: &Ring) {
     g.write(r.avail, &[0; 4]);
     g.write(r.used, &[0; 4]);
