@@ -77,14 +77,6 @@ fn os_bytes(parts: &[&[u8]]) -> OsString {
     OsString::from_vec(parts.concat())
 }
 
-/// The guest's pattern (resources/guest/README.md): byte i of the 4 KiB written at `sector`.
-fn pattern(seed: u64, sector: u64, i: usize) -> u8 {
-    (seed
-        .wrapping_mul(31)
-        .wrapping_add(sector.wrapping_mul(7))
-        .wrapping_add(i as u64)) as u8
-}
-
 #[test]
 fn non_utf8_arguments_are_os_strings() {
     if !require_kvm() {
@@ -142,7 +134,7 @@ fn non_utf8_arguments_are_os_strings() {
     let data = std::fs::read(&disk).expect("read the disk back");
     let at = 16 * 512;
     r.check(
-        (0..4096).all(|i| data[at + i] == pattern(3, 16, i)),
+        (0..4096).all(|i| data[at + i] == machina_tests::guest_blk_pattern(3, 16, i)),
         "the guest's 4 KiB is in the file with the non-UTF-8 name",
     );
     // The error text shows such a path lossily, on one line, with status 1.

@@ -243,10 +243,10 @@ fn blkstat(text: &str, key: &str) -> Option<u64> {
     })
 }
 
-/// The tiny guest's virtio-blk pattern (resources/guest/README.md) at sector `s`.
+/// The tiny guest's virtio-blk pattern at sector `s`.
 fn blk_pattern(s: u64) -> Vec<u8> {
-    (0..4096u64)
-        .map(|i| ((BLK_SEED * 31 + s * 7 + i) & 0xff) as u8)
+    (0..4096)
+        .map(|i| machina_tests::guest_blk_pattern(BLK_SEED, s, i))
         .collect()
 }
 

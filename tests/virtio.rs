@@ -7,18 +7,10 @@ mod common;
 
 use common::{boot, machina, require_kvm};
 use machina_tests::netns::Netns;
-use machina_tests::{RunResult, TempDir};
+use machina_tests::{guest_blk_pattern, RunResult, TempDir};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
-
-/// The guest's pattern (resources/guest/README.md): byte i of the 4 KiB written at `sector`.
-fn pattern(seed: u64, sector: u64, i: usize) -> u8 {
-    (seed
-        .wrapping_mul(31)
-        .wrapping_add(sector.wrapping_mul(7))
-        .wrapping_add(i as u64)) as u8
-}
 
 struct Disk {
     _dir: TempDir,
@@ -40,7 +32,7 @@ impl Disk {
     fn sector_matches(&self, seed: u64, sector: u64) -> bool {
         let data = std::fs::read(&self.path).unwrap();
         let at = (sector * 512) as usize;
-        (0..4096).all(|i| data[at + i] == pattern(seed, sector, i))
+        (0..4096).all(|i| data[at + i] == guest_blk_pattern(seed, sector, i))
     }
 
     fn sector_is_zero(&self, sector: u64) -> bool {

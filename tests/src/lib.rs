@@ -166,6 +166,15 @@ pub fn kvm_available() -> bool {
         .is_ok()
 }
 
+/// The tiny guest's virtio-blk data pattern (resources/guest/README.md): byte `i` of the
+/// 4 KiB it writes at `sector` for `machina.blk-seed=SEED`.
+pub fn guest_blk_pattern(seed: u64, sector: u64, i: usize) -> u8 {
+    (seed
+        .wrapping_mul(31)
+        .wrapping_add(sector.wrapping_mul(7))
+        .wrapping_add(i as u64)) as u8
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
