@@ -20,7 +20,7 @@ mod common;
 
 use common::{machina, require_kvm};
 use machina_tests::qtest_client::{
-    assert_no_mismatches, for_all_scenarios, reset_state_mismatches, triage, Bdf, KnownMismatch,
+    assert_no_mismatches, assert_only_known, for_all_scenarios, reset_state_mismatches, Bdf,
     Mismatch, Qtest,
 };
 use serde_json::{json, Value};
@@ -83,8 +83,7 @@ fn reset_state_matches_qemu() {
     if !require_kvm() {
         return;
     }
-    let (unexpected, _) = triage(reset_state_all(), &KnownMismatch::load(KNOWN, "config"));
-    assert_no_mismatches("reset state", &unexpected);
+    assert_only_known("reset state", reset_state_all(), KNOWN, "config");
 }
 
 /// The reset-state facts spelled out (QEMU's values, also in the data): PCIEXBAR at
@@ -476,8 +475,12 @@ fn firmware_init_matches_seabios() {
     if !require_kvm() {
         return;
     }
-    let (unexpected, _) = triage(firmware_all(), &KnownMismatch::load(KNOWN, "firmware"));
-    assert_no_mismatches("after machina_firmware_init", &unexpected);
+    assert_only_known(
+        "after machina_firmware_init",
+        firmware_all(),
+        KNOWN,
+        "firmware",
+    );
 }
 
 /// Every check above with no known differences tolerated: an entry added to

@@ -15,8 +15,8 @@ mod common;
 
 use common::{machina, require_kvm};
 use machina_tests::qtest_client::{
-    assert_no_mismatches, for_all_scenarios, reset_state_mismatches, substitute, triage,
-    KnownMismatch, Mismatch, Qtest,
+    assert_no_mismatches, assert_only_known, for_all_scenarios, reset_state_mismatches, substitute,
+    Mismatch, Qtest,
 };
 use machina_tests::TempDir;
 use serde_json::Value;
@@ -78,8 +78,7 @@ fn virtio_reset_state_matches_qemu() {
     if !require_kvm() {
         return;
     }
-    let (unexpected, _) = triage(reset_state_all(), &KnownMismatch::load(KNOWN, "config"));
-    assert_no_mismatches("virtio reset state", &unexpected);
+    assert_only_known("virtio reset state", reset_state_all(), KNOWN, "config");
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]

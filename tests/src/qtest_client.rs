@@ -876,6 +876,13 @@ pub fn for_all_scenarios(
     })
 }
 
+/// Fail listing every mismatch that the `section` of the known-mismatch list (`known_json`)
+/// does not name.
+pub fn assert_only_known(what: &str, all: Vec<Mismatch>, known_json: &str, section: &str) {
+    let (unexpected, _) = triage(all, &KnownMismatch::load(known_json, section));
+    assert_no_mismatches(what, &unexpected);
+}
+
 /// Fail listing every mismatch.
 pub fn assert_no_mismatches(what: &str, mismatches: &[Mismatch]) {
     if mismatches.is_empty() {
