@@ -4,6 +4,7 @@ pub mod bus;
 pub mod chipset;
 pub mod legacy;
 pub mod lifecycle;
+pub mod logging;
 pub mod pci;
 pub mod virtio;
 

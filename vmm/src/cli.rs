@@ -88,6 +88,8 @@ pub struct CliOptions {
     pub sandbox: Option<SandboxOptions>,
     /// `-msg timestamp=on,guest-name=on`.
     pub msg: MsgOptions,
+    /// `-d`, `-D`, `-trace` (applied by `logging::setup`).
+    pub log: crate::logging::LogOptions,
     pub action: Action,
 }
 
@@ -272,6 +274,7 @@ impl Default for CliOptions {
             audiodevs: Vec::new(),
             sandbox: None,
             msg: MsgOptions::default(),
+            log: Default::default(),
             action: Action::Run,
         }
     }
@@ -529,6 +532,9 @@ fn takes_argument(name: &str) -> bool {
             | "audio"
             | "sandbox"
             | "msg"
+            | "d"
+            | "D"
+            | "trace"
     )
 }
 
@@ -598,6 +604,10 @@ where
             "audiodev" | "audio" => parse_audiodev(&mut opts, &name, &value)?,
             "sandbox" => parse_sandbox(&mut opts, &value)?,
             "msg" => parse_msg(&mut opts, &value)?,
+            // Checked by logging::setup once every option is read, as QEMU does.
+            "d" => opts.log.items = Some(value),
+            "D" => opts.log.file = Some(PathBuf::from(os_value)),
+            "trace" => opts.log.trace.push(value),
             "accel" | "enable-kvm" => {
                 let accel = split_keyval(&value).into_iter().next().unwrap_or_default();
                 match accel.as_str() {

@@ -17,9 +17,22 @@ pub struct KvmIntx(pub Arc<VmFd>);
 
 impl IntxSink for KvmIntx {
     fn set_level(&self, gsi: u32, level: bool) {
-        // A GSI outside the routing table is a device-model bug, not a guest one; losing
-        // the edge is the only safe reaction at interrupt time.
-        let _ = self.0.set_irq_line(gsi, level);
+        set_irq_line(&self.0, gsi, level);
+    }
+}
+
+/// KVM_IRQ_LINE. A failure (a GSI outside the routing table: a device-model bug, not a
+/// guest one) loses the edge, the only safe reaction at interrupt time; it is reported once
+/// per process, since the same cause repeats at every interrupt.
+fn set_irq_line(vm: &VmFd, gsi: u32, level: bool) {
+    static REPORTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if let Err(e) = vm.set_irq_line(gsi, level) {
+        if !REPORTED.swap(true, Ordering::Relaxed) {
+            log::error!(
+                "KVM_IRQ_LINE for GSI {gsi} failed: {e} (the interrupt is lost; further \
+                 failures are not reported)"
+            );
+        }
     }
 }
 
@@ -140,13 +153,13 @@ impl IntxSink for KvmIntxIrqfd {
             Entry::Occupied(e) => e.into_mut(),
             // Never raised through an irqfd: KVM_IRQ_LINE may still hold it (a fallback).
             Entry::Vacant(_) if !level => {
-                let _ = self.vm.set_irq_line(gsi, false);
+                set_irq_line(&self.vm, gsi, false);
                 return;
             }
             Entry::Vacant(v) => match self.make_line(gsi) {
                 Some(line) => v.insert(line),
                 None => {
-                    let _ = self.vm.set_irq_line(gsi, level);
+                    set_irq_line(&self.vm, gsi, level);
                     return;
                 }
             },
@@ -182,8 +195,17 @@ fn signal_msi(vm: &VmFd, address: u64, data: u32) {
         data,
         ..Default::default()
     };
-    // A message to a nonexistent APIC is dropped by KVM, as on hardware.
-    let _ = vm.signal_msi(msi);
+    // A message to a nonexistent APIC is dropped by KVM, as on hardware (Ok(0)). A failed
+    // ioctl loses the interrupt; reported once per process, as it repeats at every message.
+    static REPORTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if let Err(e) = vm.signal_msi(msi) {
+        if !REPORTED.swap(true, Ordering::Relaxed) {
+            log::error!(
+                "KVM_SIGNAL_MSI (address {address:#x}, data {data:#x}) failed: {e} (the \
+                 interrupt is lost; further failures are not reported)"
+            );
+        }
+    }
 }
 
 impl MsiSink for KvmMsi {
@@ -358,6 +380,20 @@ fn ioevent_call(
             }
         };
     }
+    let event_name = match event.space {
+        IoEventSpace::Pio => "kvm_set_ioeventfd_pio",
+        IoEventSpace::Mmio => "kvm_set_ioeventfd_mmio",
+    };
+    log::trace!(
+        target: &format!("{}{event_name}", devices::logging::TRACE_PREFIX),
+        "fd: {} @{:#x} val={:#x} assign: {} size: {} match: {}",
+        std::os::fd::AsRawFd::as_raw_fd(fd),
+        event.addr,
+        event.datamatch.unwrap_or(0),
+        u8::from(assign),
+        event.len,
+        u8::from(event.datamatch.is_some())
+    );
     match (event.len, event.datamatch) {
         (0, None) => call!(NoDatamatch),
         (1, Some(d)) => call!(d as u8),

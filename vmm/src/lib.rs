@@ -17,6 +17,7 @@ pub mod fdset;
 pub mod fw_cfg;
 pub mod interrupts;
 pub mod kvm_vm;
+pub mod logging;
 pub mod memory;
 pub mod monitor;
 pub mod objects;

@@ -10,58 +10,13 @@ use vmm::runner::{self, RunOptions};
 /// The tiny guest kernel from resources/guest, built by build.rs.
 static BUNDLED_GUEST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/machina-guest.elf"));
 
-/// `-msg timestamp=on,guest-name=on`: the prefix of error messages, set once options are
-/// parsed (option errors themselves come before it, as in QEMU).
-static MSG_PREFIX: std::sync::OnceLock<(bool, Option<String>)> = std::sync::OnceLock::new();
-
-/// Now as QEMU's `real_time_iso8601` writes it: `2026-12-06T07:49:04.754995Z`.
-fn iso8601_now() -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let secs = now.as_secs();
-    // Howard Hinnant's civil_from_days.
-    let z = (secs / 86_400) as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    let t = secs % 86_400;
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
-        t / 3600,
-        t / 60 % 60,
-        t % 60,
-        now.subsec_micros()
-    )
-}
-
-/// Print an error as QEMU's error_report does, with the -msg prefixes.
-fn report_error(message: &str) {
-    let mut prefix = String::new();
-    if let Some((timestamp, guest)) = MSG_PREFIX.get() {
-        if *timestamp {
-            prefix = format!("{} ", iso8601_now());
-        }
-        if let Some(name) = guest {
-            prefix.push_str(name);
-            prefix.push(' ');
-        }
-    }
-    eprintln!("{prefix}machina: {message}");
-}
-
 fn main() -> ExitCode {
     let start = Instant::now();
     // OS strings: a non-UTF-8 argument (a name, a path) is valid, as it is for QEMU.
     match run(std::env::args_os().skip(1).collect(), start) {
         Ok(code) => ExitCode::from(code),
         Err(message) => {
-            report_error(&message);
+            vmm::logging::report_error(&message);
             ExitCode::from(1)
         }
     }
@@ -198,10 +153,14 @@ fn run(args: Vec<std::ffi::OsString>, start: Instant) -> Result<u8, String> {
     if informational(&opts.action, &catalog)? {
         return Ok(0);
     }
-    let _ = MSG_PREFIX.set((
+    vmm::logging::set_message_prefix(
         opts.msg.timestamp,
         opts.name.clone().filter(|_| opts.msg.guest_name),
-    ));
+    );
+    // -d, -D, -trace: help texts exit here, as in QEMU; the logger reports from now on.
+    if let vmm::logging::Setup::Exit(code) = vmm::logging::setup(&opts.log, opts.msg.timestamp)? {
+        return Ok(code);
+    }
     if opts.daemonize {
         check_daemonize(&opts)?;
     }

@@ -181,6 +181,8 @@ impl Default for BlockOptions {
 }
 
 pub struct Block {
+    /// How log lines name the device (`logging::pci_name`).
+    name: String,
     backend: BlockBackend,
     opts: BlockOptions,
     capacity: u64,
@@ -209,23 +211,23 @@ impl Bounce {
 
 /// Move `len` bytes between the image at byte `offset` and the guest in CHUNK-sized pieces
 /// through one bounce buffer; `step` moves one piece at its image offset. Stops at the first
-/// piece that fails; returns the bytes moved and whether all were.
+/// piece that fails; returns the bytes moved and the failure, if any.
 fn transfer(
     len: usize,
     mut offset: u64,
-    mut step: impl FnMut(&mut [u8], u64) -> bool,
-) -> (usize, bool) {
+    mut step: impl FnMut(&mut [u8], u64) -> std::io::Result<()>,
+) -> (usize, std::io::Result<()>) {
     let mut bounce = Bounce::new(len.min(CHUNK));
     let mut moved = 0;
     while moved < len {
         let n = (len - moved).min(CHUNK);
-        if !step(bounce.buf(n), offset) {
-            return (moved, false);
+        if let Err(e) = step(bounce.buf(n), offset) {
+            return (moved, Err(e));
         }
         offset += n as u64;
         moved += n;
     }
-    (moved, true)
+    (moved, Ok(()))
 }
 
 /// Whether every buffer suits O_DIRECT (block-aligned address and length).
@@ -235,13 +237,13 @@ fn direct_aligned(iovs: &[libc::iovec]) -> bool {
 }
 
 /// preadv/pwritev the whole of `iovs` at `offset`, continuing after short transfers;
-/// returns the bytes moved and whether all were.
+/// returns the bytes moved and the failure, if any.
 fn vectored(
     fd: libc::c_int,
     write: bool,
     iovs: &mut [libc::iovec],
     mut offset: u64,
-) -> (usize, bool) {
+) -> (usize, std::io::Result<()>) {
     let total: usize = iovs.iter().map(|v| v.iov_len).sum();
     let mut moved = 0;
     let mut first = 0;
@@ -253,7 +255,7 @@ fn vectored(
         let batch = &iovs[first..];
         let count = batch.len().min(1024) as libc::c_int;
         let Ok(off) = libc::off_t::try_from(offset) else {
-            return (moved, false);
+            return (moved, Err(std::io::Error::from_raw_os_error(libc::EINVAL)));
         };
         // SAFETY: every iovec points into guest RAM, bounds-checked against its memory
         // regions by guest_iovecs, and the GuestMemoryMmap that maps it is borrowed for the
@@ -267,11 +269,15 @@ fn vectored(
                 (false, _) => libc::preadv(fd, batch.as_ptr(), count, off),
             }
         };
-        if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
-            continue;
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return (moved, Err(e));
         }
-        if n <= 0 {
-            return (moved, false);
+        if n == 0 {
+            return (moved, Err(std::io::ErrorKind::UnexpectedEof.into()));
         }
         let mut n = n as usize;
         moved += n;
@@ -289,7 +295,7 @@ fn vectored(
             n -= k;
         }
     }
-    (moved, true)
+    (moved, Ok(()))
 }
 
 impl Block {
@@ -322,6 +328,7 @@ impl Block {
         }
         let wce = backend.writeback;
         let mut dev = Self {
+            name: "virtio-blk".into(),
             backend,
             opts,
             capacity,
@@ -331,6 +338,25 @@ impl Block {
         };
         dev.build_config();
         Ok(dev)
+    }
+
+    /// Name the device in log lines (`logging::pci_name`).
+    pub fn named(mut self, name: String) -> Self {
+        self.name = name;
+        self
+    }
+
+    /// A backend failure: an error naming the device (the guest gets S_IOERR).
+    fn failed(&self, what: &str, sector: u64, len: usize, e: &std::io::Error) {
+        log::error!(
+            "{}: {what} of {len} bytes at sector {sector} failed: {e}",
+            self.name
+        );
+    }
+
+    /// A request the guest should not have made (it gets S_IOERR or S_UNSUPP).
+    fn refused(&self, why: std::fmt::Arguments) {
+        crate::guest_error!("{}: {why}", self.name);
     }
 
     fn config_len_for(features: u64) -> usize {
@@ -369,6 +395,22 @@ impl Block {
         self.config = c;
     }
 
+    /// A read or write the disk cannot serve: past its end, not whole sectors, or a write to
+    /// a read-only drive.
+    fn out_of_range(&self, what: &str, sector: u64, len: usize) {
+        if what != "read" && self.backend.read_only {
+            self.refused(format_args!(
+                "{what} on a read-only drive (sector {sector})"
+            ));
+        } else {
+            self.refused(format_args!(
+                "{what} of {len} bytes at sector {sector} is past the end of the disk \
+                 ({} sectors) or not whole sectors",
+                self.capacity
+            ));
+        }
+    }
+
     fn sector_range_ok(&self, sector: u64, bytes: u64) -> bool {
         bytes.is_multiple_of(SECTOR)
             && sector
@@ -382,8 +424,8 @@ impl Block {
     }
 
     /// The iovecs of a request's data in guest memory, or None where it must go through a
-    /// bounce buffer (O_DIRECT with unaligned buffers) or is not all in guest RAM (the
-    /// bounce path then reports the error as before).
+    /// bounce buffer: O_DIRECT with unaligned buffers, or data not all in guest RAM (the
+    /// bounce path then fails the request with S_IOERR).
     fn zero_copy(
         &self,
         mem: &GuestMemoryMmap,
@@ -402,9 +444,17 @@ impl Block {
         Some(iovs)
     }
 
-    fn sync(&self) -> bool {
+    fn sync(&self) -> std::io::Result<()> {
         // SAFETY: fdatasync on a file descriptor we own; no memory is passed.
-        unsafe { libc::fdatasync(self.backend.file.as_raw_fd()) == 0 }
+        match unsafe { libc::fdatasync(self.backend.file.as_raw_fd()) } {
+            0 => Ok(()),
+            _ => Err(std::io::Error::last_os_error()),
+        }
+    }
+
+    /// What a write needs after its data went out: fdatasync without a write cache.
+    fn settle(&self, done: std::io::Result<()>) -> std::io::Result<()> {
+        done.and_then(|()| if self.wce { Ok(()) } else { self.sync() })
     }
 
     fn fallocate(&self, mode: libc::c_int, offset: u64, len: u64) -> std::io::Result<()> {
@@ -420,22 +470,15 @@ impl Block {
         }
     }
 
-    fn write_zeroes_slow(&self, mut offset: u64, mut len: u64) -> bool {
+    fn write_zeroes_slow(&self, mut offset: u64, mut len: u64) -> std::io::Result<()> {
         let mut bounce = Bounce::new(CHUNK);
         while len > 0 {
             let n = len.min(CHUNK as u64) as usize;
-            if self
-                .backend
-                .file
-                .write_all_at(bounce.buf(n), offset)
-                .is_err()
-            {
-                return false;
-            }
+            self.backend.file.write_all_at(bounce.buf(n), offset)?;
             offset += n as u64;
             len -= n as u64;
         }
-        true
+        Ok(())
     }
 
     /// DISCARD and WRITE_ZEROES with their single 16-byte segment.
@@ -447,6 +490,9 @@ impl Block {
         let avail = reader.available_bytes();
         if avail != 16 {
             // max_discard_seg / max_write_zeroes_seg is 1.
+            self.refused(format_args!(
+                "discard/write-zeroes with {avail} bytes of segments (one 16-byte segment)"
+            ));
             return S_UNSUPP;
         }
         let mut seg = [0u8; 16];
@@ -458,13 +504,19 @@ impl Block {
         let flags = u32::from_le_bytes(seg[12..16].try_into().unwrap_or_default());
         let allowed = if write_zeroes { WRITE_ZEROES_UNMAP } else { 0 };
         if flags & !allowed != 0 {
+            self.refused(format_args!(
+                "discard/write-zeroes with unknown flags {flags:#x}"
+            ));
             return S_UNSUPP;
         }
         let bytes = u64::from(num) * SECTOR;
-        if num > MAX_SECTORS || !self.sector_range_ok(sector, bytes) {
-            return S_IOERR;
-        }
-        if self.backend.read_only {
+        if num > MAX_SECTORS || !self.sector_range_ok(sector, bytes) || self.backend.read_only {
+            let what = if write_zeroes {
+                "write-zeroes"
+            } else {
+                "discard"
+            };
+            self.out_of_range(what, sector, bytes as usize);
             return S_IOERR;
         }
         let offset = sector * SECTOR;
@@ -482,15 +534,15 @@ impl Block {
         } else {
             libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE
         };
-        let ok =
-            self.fallocate(mode, offset, bytes).is_ok() || self.write_zeroes_slow(offset, bytes);
-        if ok && !self.wce && !self.sync() {
-            return S_IOERR;
-        }
-        if ok {
-            S_OK
-        } else {
-            S_IOERR
+        let done = self
+            .fallocate(mode, offset, bytes)
+            .or_else(|_| self.write_zeroes_slow(offset, bytes));
+        match self.settle(done) {
+            Ok(()) => S_OK,
+            Err(e) => {
+                self.failed("write-zeroes", sector, bytes as usize, &e);
+                S_IOERR
+            }
         }
     }
 
@@ -499,7 +551,7 @@ impl Block {
     /// header (and data) then the status byte. One pass over the descriptors, one lookup
     /// per buffer. None for anything else (other types, unusual framing, a buffer outside
     /// guest RAM, O_DIRECT with unaligned buffers): `execute` then handles it, errors
-    /// included, exactly as before.
+    /// included.
     fn execute_fast(
         &self,
         mem: &GuestMemoryMmap,
@@ -538,12 +590,22 @@ impl Block {
             T_IN if readable == 16 => {
                 let len = writable - 1;
                 let status = if !self.sector_range_ok(sector, len as u64) {
+                    self.out_of_range("read", sector, len);
                     BlockStats::add(&stats.invalid_rd_operations, 1);
                     S_IOERR
                 } else {
                     let mut iovs = self.zero_copy(mem, chain, true, 0, len)?;
-                    let (moved, ok) = vectored(self.fd(), false, &mut iovs, sector * SECTOR);
-                    stats.read_done(ok, moved, elapsed())
+                    crate::trace_event!(
+                        virtio_blk_handle_read,
+                        "vdev {} sector {sector} nsectors {}",
+                        self.name,
+                        len as u64 / SECTOR
+                    );
+                    let (moved, res) = vectored(self.fd(), false, &mut iovs, sector * SECTOR);
+                    if let Err(e) = &res {
+                        self.failed("read", sector, len, e);
+                    }
+                    stats.read_done(res.is_ok(), moved, elapsed())
                 };
                 // The whole writable size, as QEMU pushes for reads.
                 (status, writable)
@@ -552,24 +614,39 @@ impl Block {
                 let len = readable - 16;
                 let status = if self.backend.read_only || !self.sector_range_ok(sector, len as u64)
                 {
+                    self.out_of_range("write", sector, len);
                     BlockStats::add(&stats.invalid_wr_operations, 1);
                     S_IOERR
                 } else {
                     let mut iovs = self.zero_copy(mem, chain, false, 16, len)?;
-                    let ok = vectored(self.fd(), true, &mut iovs, sector * SECTOR).1;
-                    let ok = ok && (self.wce || self.sync());
-                    stats.write_done(ok, sector * SECTOR, len, elapsed())
+                    crate::trace_event!(
+                        virtio_blk_handle_write,
+                        "vdev {} sector {sector} nsectors {}",
+                        self.name,
+                        len as u64 / SECTOR
+                    );
+                    let res = vectored(self.fd(), true, &mut iovs, sector * SECTOR).1;
+                    let res = self.settle(res);
+                    if let Err(e) = &res {
+                        self.failed("write", sector, len, e);
+                    }
+                    stats.write_done(res.is_ok(), sector * SECTOR, len, elapsed())
                 };
                 (status, 1)
             }
             _ => return None,
         };
         vm_memory::Bytes::write_obj(mem, status, status_at).ok()?;
+        crate::trace_event!(
+            virtio_blk_req_complete,
+            "vdev {} status {status}",
+            self.name
+        );
         Some(used as u32)
     }
 
-    /// Run one request; returns (status, bytes written to the guest before the status byte)
-    /// or None when the chain is malformed (a device error in QEMU).
+    /// Run one request and write its status byte; returns the used length to report, or
+    /// why the chain is malformed (a device error, as in QEMU).
     fn execute(
         &self,
         mem: &GuestMemoryMmap,
@@ -604,53 +681,75 @@ impl Block {
             T_IN => {
                 let len = writer.available_bytes();
                 if !self.sector_range_ok(sector, len as u64) {
+                    self.out_of_range("read", sector, len);
                     BlockStats::add(&stats.invalid_rd_operations, 1);
                     S_IOERR
                 } else {
+                    crate::trace_event!(
+                        virtio_blk_handle_read,
+                        "vdev {} sector {sector} nsectors {}",
+                        self.name,
+                        len as u64 / SECTOR
+                    );
                     let direct = self
                         .zero_copy(mem, &chain, true, 0, len)
                         .map(|mut iovs| vectored(self.fd(), false, &mut iovs, sector * SECTOR));
-                    let (moved, ok) = match direct {
+                    let (moved, res) = match direct {
                         Some(r) => r,
                         None => transfer(len, sector * SECTOR, |buf, offset| {
-                            self.backend.file.read_exact_at(buf, offset).is_ok()
-                                && writer.write_all(buf).is_ok()
+                            self.backend.file.read_exact_at(buf, offset)?;
+                            writer.write_all(buf)
                         }),
                     };
+                    if let Err(e) = &res {
+                        self.failed("read", sector, len, e);
+                    }
                     data_len = moved;
-                    stats.read_done(ok, moved, elapsed())
+                    stats.read_done(res.is_ok(), moved, elapsed())
                 }
             }
             T_OUT => {
                 let len = reader.available_bytes();
                 if self.backend.read_only || !self.sector_range_ok(sector, len as u64) {
+                    self.out_of_range("write", sector, len);
                     BlockStats::add(&stats.invalid_wr_operations, 1);
                     S_IOERR
                 } else {
+                    crate::trace_event!(
+                        virtio_blk_handle_write,
+                        "vdev {} sector {sector} nsectors {}",
+                        self.name,
+                        len as u64 / SECTOR
+                    );
                     let direct = self
                         .zero_copy(mem, &chain, false, hdr.len(), len)
                         .map(|mut iovs| vectored(self.fd(), true, &mut iovs, sector * SECTOR));
-                    let (_, ok) = match direct {
+                    let (_, res) = match direct {
                         Some(r) => r,
                         None => transfer(len, sector * SECTOR, |buf, offset| {
-                            reader.read_exact(buf).is_ok()
-                                && self.backend.file.write_all_at(buf, offset).is_ok()
+                            reader.read_exact(buf)?;
+                            self.backend.file.write_all_at(buf, offset)
                         }),
                     };
-                    let ok = ok && (self.wce || self.sync());
-                    stats.write_done(ok, sector * SECTOR, len, elapsed())
+                    let res = self.settle(res);
+                    if let Err(e) = &res {
+                        self.failed("write", sector, len, e);
+                    }
+                    stats.write_done(res.is_ok(), sector * SECTOR, len, elapsed())
                 }
             }
-            T_FLUSH if self.features & F_FLUSH != 0 => {
-                if self.sync() {
+            T_FLUSH if self.features & F_FLUSH != 0 => match self.sync() {
+                Ok(()) => {
                     BlockStats::add(&stats.flush_operations, 1);
                     BlockStats::add(&stats.flush_total_time_ns, elapsed());
                     S_OK
-                } else {
+                }
+                Err(e) => {
+                    self.failed("flush", sector, 0, &e);
                     BlockStats::add(&stats.failed_flush_operations, 1);
                     S_IOERR
                 }
-            }
+            },
             T_GET_ID => {
                 let mut id = [0u8; ID_BYTES];
                 let s = self.opts.serial.as_bytes();
@@ -685,11 +784,19 @@ impl Block {
                 BlockStats::add(counter, 1);
                 status
             }
-            _ => S_UNSUPP,
+            _ => {
+                self.refused(format_args!("request type {ty:#x} not supported"));
+                S_UNSUPP
+            }
         };
         status_w
             .write_all(&[status])
             .map_err(|e| format!("status byte: {e}"))?;
+        crate::trace_event!(
+            virtio_blk_req_complete,
+            "vdev {} status {status}",
+            self.name
+        );
         // QEMU pushes the whole writable size for reads, data plus status otherwise.
         let used = if ty == T_IN { in_len } else { data_len + 1 };
         Ok(used as u32)

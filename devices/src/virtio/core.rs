@@ -10,6 +10,8 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
 pub(crate) struct Core {
+    /// How log lines name the device (`logging::pci_name`).
+    pub name: String,
     pub device: Box<dyn VirtioDevice>,
     pub queues: Vec<Queue>,
     /// Per-queue notification EventFds (what the KVM ioeventfds signal), shared with the
@@ -23,7 +25,7 @@ pub(crate) struct Core {
     pub acked: u64,
     /// Config generation, bumped on every device-side config change.
     pub generation: u8,
-    /// virtio_error happened: stop processing until reset.
+    /// A device error happened (QEMU's virtio_error): stop processing until reset.
     pub broken: bool,
     /// Which interface the driver used the last time it set DRIVER_OK (kept across device
     /// resets): VERSION_1 acked means the modern interface. For the trace and tests.
@@ -48,6 +50,7 @@ impl DriverInterface {
 
 impl Core {
     pub fn new(
+        name: String,
         device: Box<dyn VirtioDevice>,
         mem: GuestMemoryMmap,
         irq: Arc<VirtioInterrupt>,
@@ -72,6 +75,7 @@ impl Core {
             offered |= features::LEGACY_ONLY;
         }
         Ok(Self {
+            name,
             device,
             queues,
             kicks,
@@ -98,6 +102,7 @@ impl Core {
     /// virtio_set_status plus virtio_pci's reset-on-zero. Returns true if the device reset.
     /// Feature validation always passes: acked bits are already a subset of the offer.
     pub fn set_status(&mut self, value: u8) -> bool {
+        crate::trace_event!(virtio_set_status, "vdev {} val {}", self.name, value);
         if value == 0 {
             self.reset();
             return true;
@@ -133,8 +138,10 @@ impl Core {
         self.irq.reset(false);
     }
 
-    /// virtio_error: NEEDS_RESET (modern drivers) plus a config interrupt; stop the device.
-    pub fn device_error(&mut self) {
+    /// virtio_error: one guest_errors line naming the device and the reason; NEEDS_RESET
+    /// (modern drivers) plus a config interrupt; the device stops until reset.
+    pub fn device_error(&mut self, reason: &dyn std::fmt::Display) {
+        crate::guest_error!("{}: {reason}; device stopped until reset", self.name);
         self.broken = true;
         if self.acked & features::VERSION_1 != 0 {
             self.status |= status::NEEDS_RESET;
@@ -145,6 +152,7 @@ impl Core {
     fn context_and_device(&mut self) -> (QueueContext<'_>, &mut dyn VirtioDevice) {
         (
             QueueContext {
+                name: &self.name,
                 queues: &mut self.queues,
                 mem: &self.mem,
                 features: self.acked,
@@ -159,9 +167,10 @@ impl Core {
         if self.broken || !self.queues.get(idx).is_some_and(|q| q.ready()) {
             return;
         }
+        crate::trace_event!(virtio_queue_notify, "vdev {} n {}", self.name, idx);
         let (mut ctx, dev) = self.context_and_device();
-        if dev.process_queue(idx, &mut ctx).is_err() {
-            self.device_error();
+        if let Err(e) = dev.process_queue(idx, &mut ctx) {
+            self.device_error(&e);
         }
     }
 
@@ -171,8 +180,8 @@ impl Core {
             return;
         }
         let (mut ctx, dev) = self.context_and_device();
-        if dev.process_event(token, &mut ctx).is_err() {
-            self.device_error();
+        if let Err(e) = dev.process_event(token, &mut ctx) {
+            self.device_error(&e);
         }
     }
 }

@@ -88,10 +88,12 @@ pub fn create(
                 config_wce: props.bool("config-wce", true)?,
             };
             let nq = opts.num_queues;
-            let dev = Block::new(b, opts).map_err(|source| VirtioError::Io {
-                what: "virtio-blk image size".into(),
-                source,
-            })?;
+            let dev = Block::new(b, opts)
+                .map_err(|source| VirtioError::Io {
+                    what: "virtio-blk image size".into(),
+                    source,
+                })?
+                .named(crate::logging::pci_name(plan));
             (Box::new(dev), nq + 1)
         }
         (net::DEVICE_TYPE, VirtioBackend::Net(n)) => {
@@ -147,7 +149,8 @@ pub fn create(
     if let Some(line) = intx {
         irq.set_intx_line(line);
     }
-    let core = Core::new(device, mem, irq, mode.legacy, mode.modern).map_err(|source| {
+    let name = crate::logging::pci_name(plan);
+    let core = Core::new(name, device, mem, irq, mode.legacy, mode.modern).map_err(|source| {
         VirtioError::Io {
             what: "queue EventFd".into(),
             source,

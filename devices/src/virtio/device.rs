@@ -69,6 +69,8 @@ pub(crate) fn check_chain(
 /// Everything a device touches while processing: the queues, guest memory, negotiated
 /// features and the interrupt it raises.
 pub struct QueueContext<'a> {
+    /// How log lines name the device (`logging::pci_name`).
+    pub name: &'a str,
     pub queues: &'a mut [Queue],
     pub mem: &'a GuestMemoryMmap,
     pub features: u64,
@@ -83,6 +85,7 @@ impl<'a> QueueContext<'a> {
         };
         // A used ring the guest made unreadable cannot say "no interrupt": send one.
         if q.needs_notification(self.mem).unwrap_or(true) {
+            crate::trace_event!(virtio_notify, "vdev {} vq {}", self.name, idx);
             self.irq.signal_queue(idx);
         }
     }
@@ -219,6 +222,7 @@ mod tests {
         let irq = VirtioInterrupt::new(None, 1);
         let mut queues = [q];
         let mut ctx = QueueContext {
+            name: "test",
             queues: &mut queues,
             mem: &mem,
             features: super::super::regs::features::RING_EVENT_IDX,

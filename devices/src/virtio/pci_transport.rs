@@ -371,6 +371,12 @@ impl VirtioPciFunction {
             .is_some_and(|e| e <= len)
         {
             core.device.write_config(offset as usize, data);
+        } else {
+            crate::guest_error!(
+                "{}: device config write of {} bytes at {offset:#x}, past its {len} bytes",
+                core.name,
+                data.len()
+            );
         }
     }
 
@@ -492,7 +498,11 @@ impl VirtioPciFunction {
             }
             legacy::MSI_CONFIG_VECTOR => self.set_config_vector(val as u16),
             legacy::MSI_QUEUE_VECTOR => self.set_queue_vector(val as u16),
-            _ => {}
+            legacy::QUEUE_SEL => {}
+            _ => crate::guest_error!(
+                "{}: write of {val:#x} to legacy register {offset:#x}, not a writable register",
+                self.core().name
+            ),
         }
     }
 
@@ -514,6 +524,12 @@ impl VirtioPciFunction {
             && q.try_set_used_ring_address(GuestAddress(used)).is_ok();
         q.set_event_idx(event_idx);
         q.set_ready(ok);
+        if !ok {
+            crate::guest_error!(
+                "{}: queue {sel}: PFN {pfn:#x} puts the rings outside the address space",
+                core.name
+            );
+        }
     }
 
     // ---- modern BAR 4 ----
@@ -581,56 +597,69 @@ impl VirtioPciFunction {
             common::Q_SELECT if val < u64::from(QUEUE_MAX) => self.queue_sel = val as u16,
             common::Q_MSIX => self.set_queue_vector(val as u16),
             _ => {
-                let mut core = self.core();
+                let mut guard = self.core();
+                let core = &mut *guard;
                 let event_idx = core.acked & features::RING_EVENT_IDX != 0;
-                let broken = {
-                    let Some(q) = core.queues.get_mut(sel) else {
-                        return;
-                    };
-                    match offset {
-                        common::Q_SIZE => {
-                            // Invalid sizes are refused by the queue and caught at enable.
-                            q.set_size(val as u16);
-                            false
-                        }
-                        common::Q_ENABLE if val == 1 => {
-                            q.set_event_idx(event_idx);
-                            q.set_ready(true);
-                            false
-                        }
-                        // QEMU: "wrong value for queue_enable" is a device error.
-                        common::Q_ENABLE => true,
-                        common::Q_DESCLO => {
-                            q.set_desc_table_address(Some(lo), None);
-                            false
-                        }
-                        common::Q_DESCHI => {
-                            q.set_desc_table_address(None, Some(lo));
-                            false
-                        }
-                        common::Q_AVAILLO => {
-                            q.set_avail_ring_address(Some(lo), None);
-                            false
-                        }
-                        common::Q_AVAILHI => {
-                            q.set_avail_ring_address(None, Some(lo));
-                            false
-                        }
-                        common::Q_USEDLO => {
-                            q.set_used_ring_address(Some(lo), None);
-                            false
-                        }
-                        common::Q_USEDHI => {
-                            q.set_used_ring_address(None, Some(lo));
-                            false
-                        }
-                        _ => false,
+                let name = &core.name;
+                let Some(q) = core.queues.get_mut(sel) else {
+                    crate::guest_error!(
+                        "{name}: common config write at {offset:#x} for queue {sel}, which does \
+                         not exist"
+                    );
+                    return;
+                };
+                // Replace the low or high half of a 64-bit ring address.
+                let half = |old: u64, high: bool| match high {
+                    false => (old & !0xffff_ffff) | u64::from(lo),
+                    true => (old & 0xffff_ffff) | (u64::from(lo) << 32),
+                };
+                // Refused values leave the field as it was and a queue that cannot work
+                // stops the device when used; the guest_errors line says why.
+                let refused = match offset {
+                    common::Q_SIZE => q
+                        .try_set_size(val as u16)
+                        .err()
+                        .map(|_| format!("size {val} refused (max {})", q.max_size())),
+                    common::Q_ENABLE if val == 1 => {
+                        q.set_event_idx(event_idx);
+                        q.set_ready(true);
+                        None
+                    }
+                    common::Q_ENABLE => None,
+                    common::Q_DESCLO | common::Q_DESCHI => {
+                        let a = half(q.desc_table(), offset == common::Q_DESCHI);
+                        q.try_set_desc_table_address(GuestAddress(a))
+                            .err()
+                            .map(|_| format!("descriptor table at {a:#x} is not 16-byte aligned"))
+                    }
+                    common::Q_AVAILLO | common::Q_AVAILHI => {
+                        let a = half(q.avail_ring(), offset == common::Q_AVAILHI);
+                        q.try_set_avail_ring_address(GuestAddress(a))
+                            .err()
+                            .map(|_| format!("available ring at {a:#x} is not 2-byte aligned"))
+                    }
+                    common::Q_USEDLO | common::Q_USEDHI => {
+                        let a = half(q.used_ring(), offset == common::Q_USEDHI);
+                        q.try_set_used_ring_address(GuestAddress(a))
+                            .err()
+                            .map(|_| format!("used ring at {a:#x} is not 4-byte aligned"))
+                    }
+                    _ => {
+                        crate::guest_error!(
+                            "{name}: write of {val:#x} to common config offset {offset:#x}, \
+                             not a writable register"
+                        );
+                        None
                     }
                 };
-                if broken {
-                    core.device_error();
+                if let Some(reason) = refused {
+                    crate::guest_error!("{name}: queue {sel}: {reason}");
                 }
-                drop(core);
+                if offset == common::Q_ENABLE && val != 1 {
+                    // QEMU's virtio_pci_common_write: a device error.
+                    core.device_error(&format!("wrong value for queue_enable {val:x}"));
+                }
+                drop(guard);
                 if offset == common::Q_ENABLE {
                     self.sync_ioevents();
                 }
