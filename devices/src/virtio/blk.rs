@@ -340,12 +340,6 @@ impl Block {
         Ok(dev)
     }
 
-    /// Name the device in log lines (`logging::pci_name`).
-    pub fn named(mut self, name: String) -> Self {
-        self.name = name;
-        self
-    }
-
     /// A backend failure: an error naming the device (the guest gets S_IOERR).
     fn failed(&self, what: &str, sector: u64, len: usize, e: &std::io::Error) {
         log::error!(
@@ -822,6 +816,10 @@ impl VirtioDevice for Block {
 
     fn read_config(&self, offset: usize, data: &mut [u8]) {
         read_config_bytes(&self.config, offset, data);
+    }
+
+    fn set_name(&mut self, name: &str) {
+        self.name = name.to_string();
     }
 
     fn write_config(&mut self, offset: usize, data: &[u8]) {

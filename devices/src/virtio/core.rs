@@ -51,12 +51,13 @@ impl DriverInterface {
 impl Core {
     pub fn new(
         name: String,
-        device: Box<dyn VirtioDevice>,
+        mut device: Box<dyn VirtioDevice>,
         mem: GuestMemoryMmap,
         irq: Arc<VirtioInterrupt>,
         legacy: bool,
         modern: bool,
     ) -> std::io::Result<Self> {
+        device.set_name(&name);
         let mut queues = Vec::new();
         for max in device.queue_max_sizes() {
             // Model sizes are constants (powers of two up to 1024); fall back if one is not.

@@ -88,12 +88,10 @@ pub fn create(
                 config_wce: props.bool("config-wce", true)?,
             };
             let nq = opts.num_queues;
-            let dev = Block::new(b, opts)
-                .map_err(|source| VirtioError::Io {
-                    what: "virtio-blk image size".into(),
-                    source,
-                })?
-                .named(crate::logging::pci_name(plan));
+            let dev = Block::new(b, opts).map_err(|source| VirtioError::Io {
+                what: "virtio-blk image size".into(),
+                source,
+            })?;
             (Box::new(dev), nq + 1)
         }
         (net::DEVICE_TYPE, VirtioBackend::Net(n)) => {

@@ -167,6 +167,9 @@ pub trait VirtioDevice: Send {
     /// Read the device config at `offset`; bytes past the end read as zero.
     fn read_config(&self, offset: usize, data: &mut [u8]);
 
+    /// How log lines name this device (`logging::pci_name`); set once by the transport.
+    fn set_name(&mut self, _name: &str) {}
+
     /// Guest write to the device config; read-only by default.
     fn write_config(&mut self, _offset: usize, _data: &[u8]) {}
 

@@ -48,6 +48,7 @@ impl VirtioDevice for Rng {
     }
 
     fn process_queue(&mut self, idx: usize, ctx: &mut QueueContext) -> Result<(), DeviceError> {
+        let ctx_name = ctx.name;
         let used = ctx.drain_queue(idx, |mem, chain| {
             let written = match chain.writer(mem) {
                 Ok(mut w) => {
@@ -61,6 +62,11 @@ impl VirtioDevice for Rng {
                 // A buffer outside guest memory gets nothing.
                 Err(_) => 0,
             };
+            crate::trace_event!(
+                virtio_rng_pushed,
+                "rng {}: {written} bytes pushed",
+                ctx_name
+            );
             Ok(written as u32)
         })?;
         if used == Some(true) {

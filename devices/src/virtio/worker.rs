@@ -57,8 +57,8 @@ impl VirtioWorker {
         lock(&self.core).process_event(token);
     }
 
-    /// Process every queue whose EventFd was signalled; for callers without an event loop
-    /// (tests, a polling VMM).
+    /// Process every queue whose EventFd was signalled; for tests and benchmarks, which run
+    /// no event loop (the VMM registers the worker with one).
     pub fn poll(&mut self) {
         let mut core = lock(&self.core);
         for idx in 0..core.kicks.len() {
@@ -72,18 +72,29 @@ impl VirtioWorker {
 impl MutEventSubscriber for VirtioWorker {
     fn init(&mut self, ops: &mut EventOps) {
         let core = lock(&self.core);
+        // Registration fails only for a closed fd or a full epoll set (a host failure);
+        // nothing would then serve that queue or source, so it is reported.
         for (i, k) in core.kicks.fds().iter().enumerate() {
-            // Registration fails only for a closed fd or a full epoll set; the queue then
-            // still works through `poll`.
-            let _ = ops.add(Events::with_data(k, i as u32, EventSet::IN));
+            if let Err(e) = ops.add(Events::with_data(k, i as u32, EventSet::IN)) {
+                log::error!(
+                    "{}: cannot watch queue {i}'s notifications ({e:?}): the queue is not served",
+                    core.name
+                );
+            }
         }
         for (fd, token) in core.device.event_sources() {
-            let _ = ops.add(Events::with_data_raw(
+            let added = ops.add(Events::with_data_raw(
                 fd,
                 SOURCE_BASE.saturating_add(token),
                 // Edge-triggered: a device may leave data unread while it has no buffers.
                 EventSet::IN | EventSet::EDGE_TRIGGERED,
             ));
+            if let Err(e) = added {
+                log::error!(
+                    "{}: cannot watch backend fd {fd} ({e:?}): its input is not served",
+                    core.name
+                );
+            }
         }
     }
 

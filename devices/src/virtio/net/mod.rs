@@ -56,6 +56,8 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
 }
 
 pub struct Net {
+    /// How log lines name the device (`logging::pci_name`).
+    name: String,
     tap: File,
     mac: [u8; 6],
     /// The tap may have frames (edge-triggered: set on readiness, cleared on EAGAIN).
@@ -113,6 +115,7 @@ fn vectored(fd: RawFd, write: bool, iovs: &[libc::iovec]) -> std::io::Result<usi
 impl Net {
     pub fn new(backend: NetBackend, mac: Option<[u8; 6]>) -> Self {
         Self {
+            name: "virtio-net".into(),
             socket: is_socket(&backend.tap),
             tap: backend.tap,
             mac: mac.unwrap_or(backend.default_mac),
@@ -227,6 +230,10 @@ impl VirtioDevice for Net {
         read_config_bytes(&c, offset, data);
     }
 
+    fn set_name(&mut self, name: &str) {
+        self.name = name.to_string();
+    }
+
     fn write_config(&mut self, offset: usize, data: &[u8]) {
         // Legacy drivers without CTRL_MAC_ADDR set the MAC through config space.
         for (i, &b) in data.iter().enumerate() {
@@ -237,8 +244,20 @@ impl VirtioDevice for Net {
     }
 
     fn activate(&mut self, features: u64) {
-        // The tap must frame packets with the header length the guest negotiated.
-        let _ = tap::set_vnet_hdr_size(&self.tap, Self::hdr_len(features) as i32);
+        // The tap must frame packets with the header length the guest negotiated; if it
+        // refuses, frames are misframed both ways: say so, naming the device.
+        // (A socket backend carries the header as part of each datagram.)
+        let len = Self::hdr_len(features);
+        let set = match self.socket {
+            true => Ok(()),
+            false => tap::set_vnet_hdr_size(&self.tap, len as i32),
+        };
+        if let Err(e) = set {
+            log::error!(
+                "{}: cannot set the tap's vnet header size to {len}: {e}",
+                self.name
+            );
+        }
         self.tap_readable = true;
     }
 
