@@ -186,3 +186,75 @@ fn without_d_nothing_is_printed() {
         ""
     );
 }
+
+#[test]
+fn a_bar_programmed_over_ram_is_a_guest_error() {
+    if !require_kvm() {
+        return;
+    }
+    let scratch = Scratch::new("bar");
+    let log = scratch.path("machina.log");
+    let log_arg = log.display().to_string();
+    let mut q = start(&scratch, &["-d", "guest_errors", "-D", &log_arg]);
+    // BAR 4 (64-bit, 16 KiB) at 1 MiB, inside the 128 MiB of guest RAM; decoding on.
+    q.cfg_write(BDF, 0x20, 4, 0x10_0000);
+    q.cfg_write(BDF, 0x24, 4, 0);
+    q.cfg_write(BDF, 0x04, 2, 0x2);
+    let lines = wait_lines(&log, 1);
+    drop(q);
+    assert_eq!(
+        lines,
+        [format!(
+            "{DEVICE}: BAR 4 at 0x100000 (size 0x4000) overlaps guest RAM; RAM answers there"
+        )]
+    );
+}
+
+/// `-trace PATTERN` events go to the `-D` file as QEMU's log backend writes them (`NAME
+/// ARGS`), and only the enabled ones: no guest_errors line without `-d`.
+#[test]
+fn trace_events_go_to_the_log_file() {
+    if !require_kvm() {
+        return;
+    }
+    let scratch = Scratch::new("trace");
+    let log = scratch.path("machina.log");
+    let log_arg = log.display().to_string();
+    let mut q = start(
+        &scratch,
+        &[
+            "-trace",
+            "virtio_*",
+            "-trace",
+            "-virtio_notify",
+            "-D",
+            &log_arg,
+        ],
+    );
+    misprogram(&mut q);
+    let lines = wait_lines(&log, 5);
+    let stderr = q.finish();
+    let status: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.starts_with("virtio_set_status "))
+        .collect();
+    assert_eq!(
+        status,
+        [1, 3, 11, 15]
+            .map(|v| format!("virtio_set_status vdev {DEVICE} val {v}"))
+            .iter()
+            .collect::<Vec<_>>(),
+        "{lines:?}"
+    );
+    assert!(
+        lines.contains(&format!("virtio_queue_notify vdev {DEVICE} n 0")),
+        "{lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.starts_with("virtio_set_status ") || l.starts_with("virtio_queue_notify ")),
+        "only the enabled events: {lines:?}"
+    );
+    assert_eq!(stderr, "");
+}

@@ -65,14 +65,6 @@ impl QmpError {
         Self::new(ErrorClass::DeviceNotFound, desc)
     }
 
-    pub fn device_not_active(desc: impl Into<String>) -> Self {
-        Self::new(ErrorClass::DeviceNotActive, desc)
-    }
-
-    pub fn kvm_missing_cap(desc: impl Into<String>) -> Self {
-        Self::new(ErrorClass::KVMMissingCap, desc)
-    }
-
     /// "The command X has not been found" (CommandNotFound).
     pub fn command_not_found(command: &str) -> Self {
         Self::command_not_found_class(format!("The command {command} has not been found"))
@@ -117,16 +109,6 @@ impl QmpError {
     /// `x-exit-preconfig` called a second time.
     pub fn only_before_init() -> Self {
         Self::generic("The command is permitted only before machine initialization")
-    }
-
-    /// "Property 'typ.prop' not found" (qom-get/qom-set on an unknown property).
-    pub fn property_not_found(typ: &str, prop: &str) -> Self {
-        Self::generic(format!("Property '{typ}.{prop}' not found"))
-    }
-
-    /// "Device 'x' not found" (DeviceNotFound), e.g. device_del of an unknown id.
-    pub fn device_id_not_found(id: &str) -> Self {
-        Self::device_not_found(format!("Device '{id}' not found"))
     }
 }
 

@@ -106,6 +106,9 @@ pub struct PciHost {
     intx_levels: HashMap<(FunctionKey, u8), bool>,
     /// Last level sent per GSI, so only changes reach the sink.
     gsi_out: BTreeMap<u32, bool>,
+    /// Guest RAM ranges (start, end) of the plan: a memory BAR there is unreachable (KVM
+    /// serves RAM first), which the guest is told through guest_errors.
+    ram: Vec<(u64, u64)>,
 }
 
 /// Whether the ACPI PCI hot-plug handler owns the buses of cold-plugged bridges and ports:
@@ -160,13 +163,6 @@ impl PciHost {
         host.sync_all_windows();
         host.map_apm();
         Ok(host)
-    }
-
-    /// Share the host and bind its ECAM decoder to it.
-    pub fn into_shared(self) -> SharedHost {
-        let shared = Arc::new(Mutex::new(self));
-        Self::bind(&shared);
-        shared
     }
 
     /// Give the ECAM decoder its back-reference to the shared host (idempotent).
@@ -327,6 +323,10 @@ impl PciHost {
             intx: None,
             intx_levels: HashMap::new(),
             gsi_out: BTreeMap::new(),
+            ram: vec![
+                (0, plan.memory.ram_below_4g),
+                (1 << 32, (1u64 << 32) + plan.memory.ram_above_4g),
+            ],
         })
     }
 
@@ -391,8 +391,11 @@ impl PciHost {
                 _ => (0xf1, 0xf0),
             };
             let apm: SharedDevice = Arc::new(Mutex::new(Apm::new(pm.clone(), enable, disable)));
-            // Another model may already own 0xb2 (an ISA APM device); then it wins.
-            let _ = self.io.insert(APM_CNT_PORT, 2, apm);
+            // Nothing else decodes 0xb2 (the plan's `apm` entry is this device); a clash is
+            // a machine-definition bug that leaves ACPI enable/disable unhandled.
+            if let Err(e) = self.io.insert(APM_CNT_PORT, 2, apm) {
+                log::error!("APM control port {APM_CNT_PORT:#x}: {e}");
+            }
         }
     }
 
@@ -540,7 +543,17 @@ impl PciHost {
             .resolve(bus, devfn)
             .and_then(|k| self.functions.get(&k))
         {
-            Some(e) => lock(&e.func).config_read(offset, data),
+            Some(e) => {
+                lock(&e.func).config_read(offset, data);
+                crate::trace_event!(
+                    pci_cfg_read,
+                    "{} {bus:02x}:{:02x}.{:x} @{offset:#x} -> {:#x}",
+                    e.type_name,
+                    devfn >> 3,
+                    devfn & 7,
+                    le_value(data)
+                );
+            }
             None => data.fill(0xff),
         }
     }
@@ -548,6 +561,16 @@ impl PciHost {
     /// A config write as the guest issues it; mappings are updated afterwards.
     pub fn config_write(&mut self, bus: u8, devfn: u8, offset: u16, data: &[u8]) {
         if let Some(key) = self.resolve(bus, devfn) {
+            if let Some(e) = self.functions.get(&key) {
+                crate::trace_event!(
+                    pci_cfg_write,
+                    "{} {bus:02x}:{:02x}.{:x} @{offset:#x} <- {:#x}",
+                    e.type_name,
+                    devfn >> 3,
+                    devfn & 7,
+                    le_value(data)
+                );
+            }
             self.write_function(key, offset, data);
         }
     }
@@ -759,6 +782,7 @@ impl PciHost {
             if desired.iter().any(|(d, _)| *d == m) {
                 kept.push(m);
             } else {
+                self.trace_mapping(key, &m, false);
                 let _ = self.bus_for(m.space).remove(m.base);
             }
         }
@@ -777,7 +801,31 @@ impl PciHost {
             // A guest may program overlapping ranges; like a real bus only one claims the
             // addresses, the other stays unmapped until it moves.
             if self.bus_for(m.space).insert(m.base, m.size, device).is_ok() {
+                self.trace_mapping(key, &m, true);
+                let over_ram = m.space == Space::Mmio
+                    && self
+                        .ram
+                        .iter()
+                        .any(|&(s, e)| m.base < e && s < m.base.saturating_add(m.size));
+                if over_ram && m.key < WINDOW_KEY_BASE {
+                    crate::guest_error!(
+                        "{}: BAR {} at {:#x} (size {:#x}) overlaps guest RAM; RAM answers there",
+                        self.function_name(key),
+                        m.key,
+                        m.base,
+                        m.size
+                    );
+                }
                 kept.push(m);
+            } else if m.key < WINDOW_KEY_BASE {
+                crate::guest_error!(
+                    "{}: BAR {} at {:#x} (size {:#x}) overlaps another device's range; \
+                     left unmapped",
+                    self.function_name(key),
+                    m.key,
+                    m.base,
+                    m.size
+                );
             }
         }
         let bars: Vec<(usize, u64)> = kept
@@ -788,6 +836,57 @@ impl PciHost {
         lock(&func).bars_mapped(&bars);
         if let Some(e) = self.functions.get_mut(&key) {
             e.mapped = kept;
+        }
+    }
+
+    /// How log lines name function `key` (`logging::pci_name`'s form).
+    fn function_name(&self, key: FunctionKey) -> String {
+        let Some(e) = self.functions.get(&key) else {
+            return "?".into();
+        };
+        let place = format!(
+            "{}:{:02x}.{}",
+            self.buses.get(key.0).map_or("?", |b| b.id.as_str()),
+            key.1 >> 3,
+            key.1 & 7
+        );
+        match &e.id {
+            Some(id) => format!("{} id={id} ({place})", e.type_name),
+            None => format!("{} ({place})", e.type_name),
+        }
+    }
+
+    /// pci_update_mappings_add / _del for a BAR of function `key`.
+    fn trace_mapping(&self, key: FunctionKey, m: &Mapped, add: bool) {
+        let event = match add {
+            true => "pci_update_mappings_add",
+            false => "pci_update_mappings_del",
+        };
+        if m.key >= WINDOW_KEY_BASE || !crate::logging::trace_enabled(event) {
+            return;
+        }
+        let name = self
+            .functions
+            .get(&key)
+            .map_or("?", |e| e.type_name.as_str());
+        let bus = self.bus_number_of(key.0).unwrap_or(0);
+        let (dev, func) = (key.1 >> 3, key.1 & 7);
+        if add {
+            crate::trace_event!(
+                pci_update_mappings_add,
+                "{name} {bus:02x}:{dev:02x}.{func:x} {},{:#x}+{:#x}",
+                m.key,
+                m.base,
+                m.size
+            );
+        } else {
+            crate::trace_event!(
+                pci_update_mappings_del,
+                "{name} {bus:02x}:{dev:02x}.{func:x} {},{:#x}+{:#x}",
+                m.key,
+                m.base,
+                m.size
+            );
         }
     }
 
@@ -902,4 +1001,12 @@ impl PciHost {
             }
         }
     }
+}
+
+/// A config access's bytes as a little-endian value (for traces).
+fn le_value(data: &[u8]) -> u64 {
+    data.iter()
+        .take(8)
+        .rev()
+        .fold(0, |v, &b| (v << 8) | u64::from(b))
 }

@@ -1,5 +1,6 @@
-//! Interrupt delivery seams the VMM implements (with KVM irqfd/GSI routes); this crate stays
-//! free of KVM. INTx routing follows QEMU: swizzle through bridges to the root-bus slot, then
+//! Interrupt delivery seams the VMM implements (vmm/src/interrupts.rs: resampling irqfds
+//! for INTx, irqfds on GSI routes for MSI, the KVM_IRQ_LINE / KVM_SIGNAL_MSI ioctls where
+//! no irqfd can be made); this crate stays free of KVM. INTx routing follows QEMU: swizzle through bridges to the root-bus slot, then
 //! the chipset's slot/pin to PIRQ map, then the PIRQ route registers.
 
 /// Delivers a message-signalled interrupt (MSI or MSI-X) as a memory write.

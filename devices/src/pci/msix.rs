@@ -205,14 +205,6 @@ impl Msix {
         self.flush_pending(sink);
     }
 
-    /// Whether `offset` in the BAR falls in the table or the PBA.
-    pub fn claims(&self, offset: u64) -> bool {
-        let t = u64::from(self.layout.table_offset);
-        let p = u64::from(self.layout.pba_offset);
-        (t..t + self.table.len() as u64).contains(&offset)
-            || (p..p + self.pba.len() as u64).contains(&offset)
-    }
-
     /// A read of the MSI-X BAR at `offset`; unclaimed bytes read as zero like QEMU's region.
     pub fn bar_read(&self, offset: u64, data: &mut [u8]) {
         let t = u64::from(self.layout.table_offset);
