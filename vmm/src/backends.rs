@@ -9,11 +9,13 @@
 //! the locked descriptor is kept for the life of the process.
 
 mod block;
+mod char_input;
 mod char_output;
 mod image_lock;
 
 use block::{blockdev_from_pairs, flatten_json, os_pairs};
 pub use block::{parse_blockdev, parse_drive};
+pub use char_input::{open_char_io, CharInput, InputConsumer};
 pub use char_output::open_char_output;
 use image_lock::{
     lock_image, PERM_ALL, PERM_CONSISTENT_READ, PERM_RESIZE, PERM_WRITE, PERM_WRITE_UNCHANGED,

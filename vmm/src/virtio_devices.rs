@@ -92,6 +92,8 @@ pub struct VirtioSet {
 pub struct OpenBackends {
     files: HashMap<String, File>,
     outputs: HashMap<String, SharedWriter>,
+    /// Input of the chardevs in `outputs` that have one (sockets), by the same key.
+    inputs: HashMap<String, crate::backends::CharInput>,
 }
 
 impl OpenBackends {
@@ -111,19 +113,40 @@ impl OpenBackends {
         Ok(handle)
     }
 
-    /// The output known as `key`, opened with `open` the first time; every build writes
-    /// through the same one.
-    fn output<E>(
+    /// The chardev known as `key`, opened with `open` the first time: every build writes
+    /// through the same output and reads the same input (its console is connected to it).
+    fn char_io<E>(
         &mut self,
         key: String,
-        open: impl FnOnce() -> Result<Box<dyn Write + Send>, E>,
-    ) -> Result<SharedWriter, E> {
+        open: impl FnOnce() -> Result<CharIo, E>,
+    ) -> Result<(SharedWriter, Option<crate::backends::CharInput>), E> {
         if let Some(out) = self.outputs.get(&key) {
-            return Ok(out.clone());
+            return Ok((out.clone(), self.inputs.get(&key).cloned()));
         }
-        let out = SharedWriter::new(open()?);
-        self.outputs.insert(key, out.clone());
-        Ok(out)
+        let (out, input) = open()?;
+        let out = SharedWriter::new(out);
+        self.outputs.insert(key.clone(), out.clone());
+        if let Some(input) = &input {
+            self.inputs.insert(key, input.clone());
+        }
+        Ok((out, input))
+    }
+}
+
+/// A chardev's output and, for sockets, its input.
+type CharIo = (Box<dyn Write + Send>, Option<crate::backends::CharInput>);
+
+/// What a console's chardev input feeds: the console of the machine built now. It takes at
+/// most this much unread input; the chardev's client waits beyond it.
+const CONSOLE_INPUT_ROOM: usize = 64 * 1024;
+
+impl crate::backends::InputConsumer for virtio::console::ConsoleInput {
+    fn room(&self) -> usize {
+        CONSOLE_INPUT_ROOM.saturating_sub(self.pending())
+    }
+
+    fn push(&self, bytes: &[u8]) {
+        virtio::console::ConsoleInput::push(self, bytes);
     }
 }
 
@@ -255,14 +278,15 @@ fn open_rng(
     Ok(Box::new(file))
 }
 
-/// The console output of controller `f`: the chardev of its lowest-numbered port, as the
-/// plan placed the `virtconsole`/`virtserialport` devices.
+/// The console chardev of controller `f`: the chardev of its lowest-numbered port, as the
+/// plan placed the `virtconsole`/`virtserialport` devices; its output, and its input for
+/// sockets.
 fn open_console(
     f: &PciFunctionPlan,
     plan: &Plan,
     backends: &[Backend],
     open: &mut OpenBackends,
-) -> Result<Box<dyn Write + Send>, PciError> {
+) -> Result<(Box<dyn Write + Send>, Option<crate::backends::CharInput>), PciError> {
     let chardev = plan
         .virtio_ports
         .iter()
@@ -284,11 +308,11 @@ fn open_console(
     // the previous boot's output and the connected client.
     match backend {
         Some((id, backend)) => open
-            .output(format!("chardev {id}"), || {
-                crate::backends::open_char_output(&backend).map_err(|e| device_err(f, e))
+            .char_io(format!("chardev {id}"), || {
+                crate::backends::open_char_io(&backend).map_err(|e| device_err(f, e))
             })
-            .map(|out| Box::new(out) as Box<dyn Write + Send>),
-        None => Ok(Box::new(std::io::sink())),
+            .map(|(out, input)| (Box::new(out) as Box<dyn Write + Send>, input)),
+        None => Ok((Box::new(std::io::sink()), None)),
     }
 }
 
@@ -305,11 +329,14 @@ pub fn factory<'a>(
 ) -> impl FnMut(&PciFunctionPlan) -> Option<Result<SharedFunction, PciError>> + 'a {
     move |f: &PciFunctionPlan| {
         let mode = f.virtio?;
+        let mut char_input = None;
         let backend = match mode.device_type {
             1 => open_net(f, plan, backends, set).map(VirtioBackend::Net),
             2 => open_drive(f, backends).map(VirtioBackend::Block),
-            3 => open_console(f, plan, backends, open)
-                .map(|output| VirtioBackend::Console(ConsoleBackend { output })),
+            3 => open_console(f, plan, backends, open).map(|(output, input)| {
+                char_input = input;
+                VirtioBackend::Console(ConsoleBackend { output })
+            }),
             4 => open_rng(f, backends, open).map(VirtioBackend::Rng),
             // Types we have no backend for keep the generic model (identity only).
             _ => return None,
@@ -326,6 +353,10 @@ pub fn factory<'a>(
         Some(
             virtio::create(f, backend, memory.clone(), Some(intx))
                 .map(|parts| {
+                    // What the chardev's client sends goes to this machine's console now.
+                    if let (Some(chardev), Some(console)) = (&char_input, parts.console_input) {
+                        chardev.connect(Box::new(console));
+                    }
                     let mut function = parts.function;
                     let mut worker = parts.worker;
                     if let Some(registrar) = &ioevents {
@@ -381,12 +412,12 @@ mod tests {
         // Outputs: one writer for every build.
         let mut outputs = 0;
         for boot in ["boot3 ", "boot4"] {
-            let mut out = open
-                .output("chardev c0".into(), || {
+            let (mut out, _) = open
+                .char_io("chardev c0".into(), || {
                     outputs += 1;
                     handles[0]
                         .try_clone()
-                        .map(|f| Box::new(f) as Box<dyn Write + Send>)
+                        .map(|f| (Box::new(f) as Box<dyn Write + Send>, None))
                 })
                 .expect("output");
             out.write_all(boot.as_bytes()).expect("write");

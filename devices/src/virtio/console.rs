@@ -52,6 +52,11 @@ pub struct ConsoleInput {
 }
 
 impl ConsoleInput {
+    /// Bytes queued that the guest has not taken yet.
+    pub fn pending(&self) -> usize {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
     /// Queue `bytes` for the guest and wake the worker.
     pub fn push(&self, bytes: &[u8]) {
         self.pending

@@ -5,9 +5,12 @@ use super::*;
 
 /// Guest output to a listening socket: the connected client gets it; with no client, or one
 /// that does not keep up, output is dropped (as QEMU does) so the device never blocks.
-struct SocketOutput {
-    listener: std::os::unix::net::UnixListener,
-    client: Option<std::os::unix::net::UnixStream>,
+pub(super) struct SocketOutput {
+    pub(super) listener: std::os::unix::net::UnixListener,
+    /// The connected client, shared with the input pump (`char_input`) when there is one:
+    /// then the pump accepts clients and this side only writes.
+    pub(super) client: Arc<std::sync::Mutex<Option<std::os::unix::net::UnixStream>>>,
+    pub(super) pumped: bool,
     path: PathBuf,
     /// (device, inode) of the socket we bound, so that dropping removes only our own file.
     identity: (u64, u64),
@@ -15,19 +18,20 @@ struct SocketOutput {
 
 impl std::io::Write for SocketOutput {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if self.client.is_none() {
+        let mut client = self.client.lock().unwrap_or_else(|e| e.into_inner());
+        if client.is_none() && !self.pumped {
             if let Ok((stream, _)) = self.listener.accept() {
                 if stream.set_nonblocking(true).is_ok() {
-                    self.client = Some(stream);
+                    *client = Some(stream);
                 }
             }
         }
-        if let Some(client) = &mut self.client {
-            match client.write(buf) {
+        if let Some(c) = client.as_mut() {
+            match c.write(buf) {
                 Ok(n) if n > 0 => return Ok(n),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                 // Gone (or closed): wait for the next client.
-                _ => self.client = None,
+                _ => *client = None,
             }
         }
         Ok(buf.len())
@@ -78,42 +82,51 @@ pub fn open_char_output(backend: &CharBackend) -> Result<Box<dyn std::io::Write 
         .map(|f| Box::new(f) as Box<dyn std::io::Write + Send>)
         .map_err(|e| format!("Could not open '{}': {}", path.display(), reason(&e))),
         CharBackend::UnixServer { path, .. } => {
-            use std::os::unix::fs::MetadataExt;
-            let listen_err = |e: std::io::Error| {
-                format!(
-                    "Failed to bind socket to {}: {}",
-                    path.display(),
-                    plain_text(&e)
-                )
-            };
-            let listener = qmp::bind_unix_private(path).map_err(listen_err)?;
-            listener.set_nonblocking(true).map_err(listen_err)?;
-            let meta = std::fs::symlink_metadata(path).map_err(listen_err)?;
-            Ok(Box::new(SocketOutput {
-                listener,
-                client: None,
-                path: path.clone(),
-                identity: (meta.dev(), meta.ino()),
-            }))
+            Ok(Box::new(socket_server(path)?) as Box<dyn std::io::Write + Send>)
         }
-        CharBackend::UnixClient(path) => {
-            let stream = std::os::unix::net::UnixStream::connect(path).map_err(|e| {
-                format!(
-                    "Failed to connect to '{}': {}",
-                    path.display(),
-                    plain_text(&e)
-                )
-            })?;
-            stream
-                .set_nonblocking(true)
-                .map_err(|e| format!("Failed to connect to '{}': {e}", path.display()))?;
-            Ok(Box::new(DroppingWriter(stream)))
-        }
+        CharBackend::UnixClient(path) => Ok(Box::new(DroppingWriter(socket_client(path)?))),
     }
 }
 
+/// A listening socket at `path` (private, non-blocking), as QEMU's `server=on` chardev.
+pub(super) fn socket_server(path: &Path) -> Result<SocketOutput, String> {
+    use std::os::unix::fs::MetadataExt;
+    let listen_err = |e: std::io::Error| {
+        format!(
+            "Failed to bind socket to {}: {}",
+            path.display(),
+            plain_text(&e)
+        )
+    };
+    let listener = qmp::bind_unix_private(path).map_err(listen_err)?;
+    listener.set_nonblocking(true).map_err(listen_err)?;
+    let meta = std::fs::symlink_metadata(path).map_err(listen_err)?;
+    Ok(SocketOutput {
+        listener,
+        client: Arc::default(),
+        pumped: false,
+        path: path.to_path_buf(),
+        identity: (meta.dev(), meta.ino()),
+    })
+}
+
+/// A non-blocking connection to the socket at `path`, as QEMU's client chardev.
+pub(super) fn socket_client(path: &Path) -> Result<std::os::unix::net::UnixStream, String> {
+    let stream = std::os::unix::net::UnixStream::connect(path).map_err(|e| {
+        format!(
+            "Failed to connect to '{}': {}",
+            path.display(),
+            plain_text(&e)
+        )
+    })?;
+    stream
+        .set_nonblocking(true)
+        .map_err(|e| format!("Failed to connect to '{}': {e}", path.display()))?;
+    Ok(stream)
+}
+
 /// A non-blocking stream whose output is dropped when the peer does not keep up or is gone.
-struct DroppingWriter(std::os::unix::net::UnixStream);
+pub(super) struct DroppingWriter(pub(super) std::os::unix::net::UnixStream);
 
 impl std::io::Write for DroppingWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
