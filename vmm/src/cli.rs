@@ -735,6 +735,9 @@ usage: machina [options]\n\
 -audiodev none,id=ID | -audio none   no sound (machina has no sound device)\n\
 -sandbox on|off,...            parsed only: machina installs no seccomp filter\n\
 -msg timestamp=on              prefix errors with the time\n\
+-d guest_errors,unimp,trace:PATTERN   log what the guest got wrong, what machina lacks, trace events (-d help)\n\
+-D FILE                        write the -d and -trace log to FILE instead of stderr\n\
+-trace [enable=]PATTERN|events=FILE|file=FILE   enable trace events (-trace help lists them)\n\
 -object rng-random,id=ID,filename=PATH   an entropy source for virtio-rng-pci,rng=ID\n\
 -nodefaults                    create no default devices\n\
 -no-user-config                accepted (machina reads no user config)\n\

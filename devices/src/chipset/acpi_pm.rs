@@ -159,6 +159,8 @@ impl AcpiPm {
             let typ = (val >> 10) & 7;
             if typ == 0 || typ == self.s4_val {
                 self.lifecycle.request(Request::PowerOff);
+            } else {
+                crate::unimp!("acpi-pm: sleep type {typ} (S1-S3) is not implemented; ignored");
             }
         }
     }

@@ -137,7 +137,12 @@ impl BusDevice for Cmos {
                 match reg {
                     REG_C | REG_D => {}
                     // The clock follows the host; setting it is accepted and ignored.
-                    r if self.clock_register(r).is_some() => {}
+                    r if self.clock_register(r).is_some() => {
+                        crate::unimp!(
+                            "mc146818rtc: setting clock register {r:#x} is not implemented (the \
+                             clock follows the host); ignored"
+                        );
+                    }
                     r => self.ram[r as usize] = v,
                 }
             }

@@ -209,8 +209,8 @@ impl I8042 {
             0xe0 => self.queue(0x00, Source::Kbd),
             // Pulse output lines: a low bit 0 pulses the reset line.
             0xf0..=0xff if cmd & 0x01 == 0 => self.lifecycle.request(Request::Reset),
-            // Unknown commands are ignored, as QEMU does.
-            _ => {}
+            // Unknown commands are ignored, as QEMU does (with its guest_errors line).
+            _ => crate::guest_error!("i8042: unsupported keyboard cmd={cmd:#04x}"),
         }
     }
 
