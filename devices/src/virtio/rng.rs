@@ -13,11 +13,16 @@ const MAX_CHUNK: usize = 64 * 1024;
 
 pub struct Rng {
     source: Box<dyn Read + Send>,
+    /// A read of the source failed and was reported (once: it fails at every request).
+    failed: bool,
 }
 
 impl Rng {
     pub fn new(source: Box<dyn Read + Send>) -> Self {
-        Self { source }
+        Self {
+            source,
+            failed: false,
+        }
     }
 
     /// Open `path` (the rng-random `filename`, default /dev/urandom).
@@ -56,7 +61,16 @@ impl VirtioDevice for Rng {
                     let mut buf = vec![0u8; want];
                     match self.source.read(&mut buf) {
                         Ok(n) => w.write_all(&buf[..n]).map(|_| n).unwrap_or(0),
-                        Err(_) => 0,
+                        Err(e) => {
+                            if !std::mem::replace(&mut self.failed, true) {
+                                log::error!(
+                                    "{ctx_name}: reading the entropy source failed: {e} (the \
+                                     guest gets empty buffers; further failures are not \
+                                     reported)"
+                                );
+                            }
+                            0
+                        }
                     }
                 }
                 // A buffer outside guest memory gets nothing.
