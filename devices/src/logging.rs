@@ -84,6 +84,32 @@ pub fn pci_name(plan: &machine::PciFunctionPlan) -> String {
     }
 }
 
+/// A logger for unit tests that keeps every record (target, message); installed once per
+/// test binary, everything enabled. Tests look for lines naming their own device.
+#[cfg(test)]
+pub(crate) fn captured() -> &'static std::sync::Mutex<Vec<(String, String)>> {
+    struct Capture(std::sync::Mutex<Vec<(String, String)>>);
+    impl log::Log for Capture {
+        fn enabled(&self, _: &log::Metadata) -> bool {
+            true
+        }
+        fn log(&self, r: &log::Record) {
+            let mut lines = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            lines.push((r.target().to_string(), r.args().to_string()));
+        }
+        fn flush(&self) {}
+    }
+    static CAPTURE: std::sync::OnceLock<&'static Capture> = std::sync::OnceLock::new();
+    let capture = CAPTURE.get_or_init(|| {
+        let c: &'static Capture = Box::leak(Box::new(Capture(Default::default())));
+        if log::set_logger(c).is_ok() {
+            log::set_max_level(log::LevelFilter::Trace);
+        }
+        c
+    });
+    &capture.0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -125,30 +151,4 @@ mod tests {
             TRACE_EVENTS.iter().map(|s| s.to_string()).collect();
         assert_eq!(used, listed);
     }
-}
-
-/// A logger for unit tests that keeps every record (target, message); installed once per
-/// test binary, everything enabled. Tests look for lines naming their own device.
-#[cfg(test)]
-pub(crate) fn captured() -> &'static std::sync::Mutex<Vec<(String, String)>> {
-    struct Capture(std::sync::Mutex<Vec<(String, String)>>);
-    impl log::Log for Capture {
-        fn enabled(&self, _: &log::Metadata) -> bool {
-            true
-        }
-        fn log(&self, r: &log::Record) {
-            let mut lines = self.0.lock().unwrap_or_else(|e| e.into_inner());
-            lines.push((r.target().to_string(), r.args().to_string()));
-        }
-        fn flush(&self) {}
-    }
-    static CAPTURE: std::sync::OnceLock<&'static Capture> = std::sync::OnceLock::new();
-    let capture = CAPTURE.get_or_init(|| {
-        let c: &'static Capture = Box::leak(Box::new(Capture(Default::default())));
-        if log::set_logger(c).is_ok() {
-            log::set_max_level(log::LevelFilter::Trace);
-        }
-        c
-    });
-    &capture.0
 }
