@@ -258,3 +258,45 @@ fn trace_events_go_to_the_log_file() {
     );
     assert_eq!(stderr, "");
 }
+
+/// The option texts of QEMU: `-d help` and unknown items print the item list on stdout and
+/// exit 1; `-trace help` lists the events and exits 0; a log file that cannot be opened
+/// and a bad `-trace` key are one-line errors, exit 1.
+#[test]
+fn option_help_and_errors_as_qemu() {
+    let run = |args: &[&str]| common::boot(args);
+    let usage = "Log items (comma separated):\n\
+                 unimp           log unimplemented functionality\n\
+                 guest_errors    log when the guest OS does something invalid (eg accessing a\n\
+                 non-existent register)\n\
+                 trace:PATTERN   enable trace events\n\
+                 \n\
+                 Use \"-d trace:help\" to get a list of trace events.\n\n";
+    for items in ["help", "foo", "guest_errors,nosuch"] {
+        let r = run(&["-d", items]);
+        assert_eq!(
+            (r.status, r.stdout.as_str(), r.stderr.as_str()),
+            (Some(1), usage, ""),
+            "-d {items}"
+        );
+    }
+    let r = run(&["-trace", "help"]);
+    assert_eq!(r.status, Some(0));
+    assert!(
+        r.stdout.lines().any(|l| l == "virtio_blk_req_complete"),
+        "{}",
+        r.stdout
+    );
+    let r = run(&["-d", "guest_errors", "-D", "/nonexistent/dir/log"]);
+    assert_eq!(r.status, Some(1));
+    assert_eq!(
+        r.stderr,
+        "machina: Error opening logfile /nonexistent/dir/log: No such file or directory\n"
+    );
+    let r = run(&["-trace", "foo=bar"]);
+    assert_eq!(r.status, Some(1));
+    assert_eq!(
+        r.stderr,
+        "machina: -trace foo=bar: Invalid parameter 'foo'\n"
+    );
+}
