@@ -488,6 +488,7 @@ pub const KEYVAL_OPTIONS: &[(&str, &[&str])] = &[
         ],
     ),
     ("name", &["guest"]),
+    ("trace", &["enable", "events", "file"]),
 ];
 
 /// Options that take an argument, with their canonical spelling.
