@@ -644,6 +644,15 @@ impl VirtioPciFunction {
                             .err()
                             .map(|_| format!("used ring at {a:#x} is not 4-byte aligned"))
                     }
+                    // virtio 1.2's queue_notify_data and queue_reset (QEMU 10 has them; their
+                    // features are not offered here).
+                    common::Q_NDATA | common::Q_RESET => {
+                        crate::unimp!(
+                            "{name}: write of {val:#x} to common config offset {offset:#x} \
+                             (queue_notify_data / queue_reset) is not implemented"
+                        );
+                        None
+                    }
                     _ => {
                         crate::guest_error!(
                             "{name}: write of {val:#x} to common config offset {offset:#x}, \

@@ -43,6 +43,10 @@ pub mod common {
     pub const Q_AVAILHI: u64 = 0x2c;
     pub const Q_USEDLO: u64 = 0x30;
     pub const Q_USEDHI: u64 = 0x34;
+    /// virtio 1.2 fields machina does not implement (VIRTIO_F_NOTIF_CONFIG_DATA,
+    /// VIRTIO_F_RING_RESET are not offered).
+    pub const Q_NDATA: u64 = 0x38;
+    pub const Q_RESET: u64 = 0x3a;
 }
 
 /// The modern memory BAR (QEMU's `modern_bar`, BAR 4): regions of 4 KiB each.
