@@ -300,3 +300,30 @@ fn option_help_and_errors_as_qemu() {
         "machina: -trace foo=bar: Invalid parameter 'foo'\n"
     );
 }
+
+/// `-d unimp` shows what machina lacks and nothing of guest_errors: a write to virtio 1.2's
+/// queue_reset is one line, the refused queue size none.
+#[test]
+fn unimp_is_its_own_category() {
+    if !require_kvm() {
+        return;
+    }
+    let scratch = Scratch::new("unimp");
+    let log = scratch.path("machina.log");
+    let log_arg = log.display().to_string();
+    let mut q = start(&scratch, &["-d", "unimp", "-D", &log_arg]);
+    q.cfg_write(BDF, 0x20, 4, BAR4 as u32);
+    q.cfg_write(BDF, 0x24, 4, (BAR4 >> 32) as u32);
+    q.cfg_write(BDF, 0x04, 2, 0x6);
+    assert_eq!(q.cmd(&format!("writew {:#x} 0x3", BAR4 + 0x18)), "OK");
+    assert_eq!(q.cmd(&format!("writew {:#x} 0x1", BAR4 + 0x3a)), "OK");
+    let lines = wait_lines(&log, 1);
+    drop(q);
+    assert_eq!(
+        lines,
+        [format!(
+            "{DEVICE}: write of 0x1 to common config offset 0x3a (queue_notify_data / \
+             queue_reset) is not implemented"
+        )]
+    );
+}
