@@ -8,7 +8,8 @@ mod common;
 
 use common::{machina, require_kvm};
 use machina_tests::qtest_client::Qtest;
-use std::path::{Path, PathBuf};
+use machina_tests::TempDir;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// Where firmware would put BAR 4 (the modern virtio BAR): free q35 MMIO below 4 GiB.
@@ -26,32 +27,15 @@ const DESC: u64 = 0x10_0000;
 const AVAIL: u64 = 0x10_1000;
 const USED: u64 = 0x10_2000;
 
-/// A per-test directory with the disk image, removed at the end.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(tag: &str) -> Scratch {
-        let dir =
-            std::env::temp_dir().join(format!("machina-guest-errors-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("scratch dir");
-        let disk = std::fs::File::create(dir.join("disk.img")).expect("disk");
-        disk.set_len(1 << 20).expect("disk size");
-        Scratch(dir)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
+/// A per-test directory with a 1 MiB disk image, removed at the end.
+fn scratch(tag: &str) -> TempDir {
+    let dir = TempDir::new(&format!("guest-errors-{tag}"));
+    let disk = std::fs::File::create(dir.join("disk.img")).expect("disk");
+    disk.set_len(1 << 20).expect("disk size");
+    dir
 }
 
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn start(scratch: &Scratch, extra: &[&str]) -> Qtest {
+fn start(scratch: &TempDir, extra: &[&str]) -> Qtest {
     let mut args: Vec<String> = [
         "-machine",
         "q35",
@@ -59,7 +43,7 @@ fn start(scratch: &Scratch, extra: &[&str]) -> Qtest {
         "-blockdev",
         &format!(
             "driver=file,node-name=d0,filename={}",
-            scratch.path("disk.img").display()
+            scratch.join("disk.img").display()
         ),
         "-device",
         "virtio-blk-pci,drive=d0,id=vblk0,addr=04.0",
@@ -138,8 +122,8 @@ fn misprogrammed_virtio_blk_is_named_in_the_log_file() {
     if !require_kvm() {
         return;
     }
-    let scratch = Scratch::new("file");
-    let log = scratch.path("machina.log");
+    let scratch = scratch("file");
+    let log = scratch.join("machina.log");
     let log_arg = log.display().to_string();
     let mut q = start(&scratch, &["-d", "guest_errors", "-D", &log_arg]);
     let status = misprogram(&mut q);
@@ -158,7 +142,7 @@ fn misprogrammed_virtio_blk_is_named_on_stderr() {
     if !require_kvm() {
         return;
     }
-    let scratch = Scratch::new("stderr");
+    let scratch = scratch("stderr");
     let mut q = start(&scratch, &["-d", "guest_errors"]);
     let status = misprogram(&mut q);
     assert_eq!(status & 0x40, 0x40, "NEEDS_RESET after the looped chain");
@@ -172,8 +156,8 @@ fn without_d_nothing_is_printed() {
     if !require_kvm() {
         return;
     }
-    let scratch = Scratch::new("quiet");
-    let log = scratch.path("machina.log");
+    let scratch = scratch("quiet");
+    let log = scratch.join("machina.log");
     let log_arg = log.display().to_string();
     // -D alone opens the file (as QEMU does) but no category writes to it.
     let mut q = start(&scratch, &["-D", &log_arg]);
@@ -192,8 +176,8 @@ fn a_bar_programmed_over_ram_is_a_guest_error() {
     if !require_kvm() {
         return;
     }
-    let scratch = Scratch::new("bar");
-    let log = scratch.path("machina.log");
+    let scratch = scratch("bar");
+    let log = scratch.join("machina.log");
     let log_arg = log.display().to_string();
     let mut q = start(&scratch, &["-d", "guest_errors", "-D", &log_arg]);
     // BAR 4 (64-bit, 16 KiB) at 1 MiB, inside the 128 MiB of guest RAM; decoding on.
@@ -217,8 +201,8 @@ fn trace_events_go_to_the_log_file() {
     if !require_kvm() {
         return;
     }
-    let scratch = Scratch::new("trace");
-    let log = scratch.path("machina.log");
+    let scratch = scratch("trace");
+    let log = scratch.join("machina.log");
     let log_arg = log.display().to_string();
     let mut q = start(
         &scratch,
@@ -308,8 +292,8 @@ fn unimp_is_its_own_category() {
     if !require_kvm() {
         return;
     }
-    let scratch = Scratch::new("unimp");
-    let log = scratch.path("machina.log");
+    let scratch = scratch("unimp");
+    let log = scratch.join("machina.log");
     let log_arg = log.display().to_string();
     let mut q = start(&scratch, &["-d", "unimp", "-D", &log_arg]);
     q.cfg_write(BDF, 0x20, 4, BAR4 as u32);

@@ -6,8 +6,8 @@ mod common;
 
 use common::{machina, require_kvm};
 use machina_tests::qtest_client::Qtest;
+use machina_tests::TempDir;
 use std::io::Write;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 const BAR4: u64 = 0xe000_0000;
@@ -16,14 +16,6 @@ const DESC: u64 = 0x10_0000;
 const AVAIL: u64 = 0x10_1000;
 const USED: u64 = 0x10_2000;
 const BUF: u64 = 0x10_3000;
-
-struct Scratch(PathBuf);
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// Set up receiveq0 with one 64-byte device-writable buffer and start the device.
 fn driver_with_one_buffer(q: &mut Qtest) {
@@ -59,11 +51,8 @@ fn the_guest_reads_what_the_console_chardev_sends() {
     if !require_kvm() {
         return;
     }
-    let dir = std::env::temp_dir().join(format!("machina-vcon-in-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("scratch dir");
-    let scratch = Scratch(dir);
-    let sock = scratch.0.join("console.sock");
+    let scratch = TempDir::new("vcon-in");
+    let sock = scratch.join("console.sock");
     let args: Vec<String> = [
         "-machine".to_string(),
         "q35".into(),

@@ -873,7 +873,8 @@ mod tests {
     #[test]
     fn a_backend_failure_is_an_error_naming_the_device() {
         let log = crate::logging::captured();
-        let path = std::env::temp_dir().join(format!("machina-blk-fail-{}", std::process::id()));
+        let dir = machina_tests::TempDir::new("blk-fail");
+        let path = dir.join("disk.img");
         std::fs::write(&path, vec![0u8; 4096]).unwrap();
         let backend = BlockBackend {
             file: File::open(&path).unwrap(),
@@ -927,6 +928,5 @@ mod tests {
                 .starts_with(&format!("{name}: write of 512 bytes at sector 0 failed: ")),
             "{ours:?}"
         );
-        let _ = std::fs::remove_file(&path);
     }
 }
