@@ -2,6 +2,7 @@
 
 pub mod bus;
 pub mod chipset;
+pub mod kinds;
 pub mod legacy;
 pub mod lifecycle;
 pub mod logging;

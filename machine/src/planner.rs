@@ -587,64 +587,9 @@ impl<'a> Ctx<'a> {
         };
 
         // The device's own realize.
-        let pci = dev
-            .pci
-            .as_ref()
-            .ok_or_else(|| PlanError::NotPciDevice(dev.name.clone()))?;
-        let mut virtio: Option<VirtioMode> = None;
-        let identity = match &dev.virtio {
-            Some(v) => {
-                let r = virtio_mode::resolve(v, &props, bus_plan.kind, bus_plan.is_root)?;
-                if r.legacy_check_warning {
-                    advisories.push(Advisory {
-                        device: label.clone(),
-                        message: "device is modern-only, but for backward compatibility legacy is allowed".to_string(),
-                    });
-                }
-                virtio = Some(r.mode);
-                // Realize writes the resolved mode back into the properties.
-                if props.contains_key("disable-legacy") {
-                    let v = if r.mode.legacy { "off" } else { "on" };
-                    props.insert("disable-legacy".to_string(), v.to_string());
-                }
-                if props.contains_key("disable-modern") {
-                    props.insert("disable-modern".to_string(), (!r.mode.modern).to_string());
-                }
-                virtio_mode::identity(v, &r.mode, pci.class)
-            }
-            None => PciIdentity {
-                vendor_id: pci.vendor,
-                device_id: pci.device,
-                class_code: pci.class,
-                revision: pci.revision,
-                subsystem_vendor_id: match &pci.subsystem {
-                    SubsystemDef::Default => Some(virtio_mode::VIRTIO_VENDOR),
-                    SubsystemDef::None => None,
-                    SubsystemDef::Fixed { vendor, .. } => Some(vendor.0 as u16),
-                },
-                subsystem_id: match &pci.subsystem {
-                    SubsystemDef::Default => Some(virtio_mode::QEMU_SUBSYSTEM_ID),
-                    SubsystemDef::None => None,
-                    SubsystemDef::Fixed { id, .. } => Some(id.0 as u16),
-                },
-                header_type: pci.header_type,
-            },
-        };
-        if let Some(bridge) = &dev.bridge {
-            match bridge.chassis {
-                Some(ChassisRule::SlotId) if props.get("chassis_nr").is_none_or(|v| v == "0") => {
-                    return Err(PlanError::BridgeChassisNotSpecified);
-                }
-                Some(ChassisRule::PcieSlot) => {
-                    let num = |k: &str| props.get(k).and_then(|v| v.parse::<u32>().ok());
-                    self.topo.add_chassis_slot(
-                        num("chassis").unwrap_or(0) as u8,
-                        num("slot").unwrap_or(0) as u16,
-                    )?;
-                }
-                _ => {}
-            }
-        }
+        let (identity, virtio) =
+            function_identity(dev, &mut props, &bus_plan, &label, &mut advisories)?;
+        self.check_chassis(dev, &props)?;
         self.topo.check_multifunction(bus, devfn, multifunction)?;
         device_checks::realize(dev, &props)?;
         let express = dev.is_express_only() || virtio.is_some_and(|m| m.pcie_capability);
@@ -660,28 +605,8 @@ impl<'a> Ctx<'a> {
         }
         self.topo.check_shpc(bus, devfn)?;
 
-        // libvirt's rules, advisory only.
         if !implicit {
-            if let Some(m) = advisory::check_connect(
-                dev,
-                self.machine.family,
-                &bus_plan.id,
-                bus_plan.controller.as_deref(),
-                &bus_plan.accepts,
-            ) {
-                advisories.push(Advisory {
-                    device: label.clone(),
-                    message: m,
-                });
-            }
-            if let Some(m) =
-                advisory::check_requires_parent(dev, bus_plan.controller.as_deref(), &bus_plan.id)
-            {
-                advisories.push(Advisory {
-                    device: label.clone(),
-                    message: m,
-                });
-            }
+            advisories.extend(self.connect_advisories(dev, &bus_plan, &label));
         }
 
         props.insert("addr".to_string(), format_devfn(devfn));
@@ -703,7 +628,66 @@ impl<'a> Ctx<'a> {
             properties: props,
         };
         let idx = self.topo.insert(bus, function);
-        if let (Some(bridge), Some(name)) = (&dev.bridge, provides_bus) {
+        if let Some(name) = provides_bus {
+            self.add_bridge_bus(dev, idx, &bus_plan, name);
+        }
+        Ok((idx, advisories))
+    }
+
+    /// QEMU's chassis rules of a bridge: `chassis_nr` required (SHPC bridges), unique
+    /// (chassis, slot) pairs (PCIe slots).
+    fn check_chassis(
+        &mut self,
+        dev: &DeviceType,
+        props: &BTreeMap<String, String>,
+    ) -> Result<(), PlanError> {
+        let Some(bridge) = &dev.bridge else {
+            return Ok(());
+        };
+        match bridge.chassis {
+            Some(ChassisRule::SlotId) if props.get("chassis_nr").is_none_or(|v| v == "0") => {
+                Err(PlanError::BridgeChassisNotSpecified)
+            }
+            Some(ChassisRule::PcieSlot) => {
+                let num = |k: &str| props.get(k).and_then(|v| v.parse::<u32>().ok());
+                self.topo.add_chassis_slot(
+                    num("chassis").unwrap_or(0) as u8,
+                    num("slot").unwrap_or(0) as u16,
+                )
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// libvirt's connect rules for a requested device, advisory only.
+    fn connect_advisories(
+        &self,
+        dev: &DeviceType,
+        bus_plan: &BusPlan,
+        label: &str,
+    ) -> Vec<Advisory> {
+        let connect = advisory::check_connect(
+            dev,
+            self.machine.family,
+            &bus_plan.id,
+            bus_plan.controller.as_deref(),
+            &bus_plan.accepts,
+        );
+        let parent =
+            advisory::check_requires_parent(dev, bus_plan.controller.as_deref(), &bus_plan.id);
+        [connect, parent]
+            .into_iter()
+            .flatten()
+            .map(|message| Advisory {
+                device: label.to_string(),
+                message,
+            })
+            .collect()
+    }
+
+    /// The secondary bus `name` of bridge `dev`, the function at `idx` on `bus_plan`.
+    fn add_bridge_bus(&mut self, dev: &DeviceType, idx: usize, bus_plan: &BusPlan, name: String) {
+        if let Some(bridge) = &dev.bridge {
             let props = &self.topo.functions[idx].properties;
             // Cold-plugged bridges on an ACPI-hotplug bus get ACPI hot-plug for their own
             // bus too, which replaces the standard hot-plug controller.
@@ -734,8 +718,59 @@ impl<'a> Ctx<'a> {
                 acpi_hotplug: acpi,
             }));
         }
-        Ok((idx, advisories))
     }
+}
+
+/// The identity a function's config header shows and, for virtio, its resolved mode
+/// (QEMU's `pcie_port` rule), written back into `props` as realize does.
+fn function_identity(
+    dev: &DeviceType,
+    props: &mut BTreeMap<String, String>,
+    bus_plan: &BusPlan,
+    label: &str,
+    advisories: &mut Vec<Advisory>,
+) -> Result<(PciIdentity, Option<VirtioMode>), PlanError> {
+    let pci = dev
+        .pci
+        .as_ref()
+        .ok_or_else(|| PlanError::NotPciDevice(dev.name.clone()))?;
+    let Some(v) = &dev.virtio else {
+        let (subsystem_vendor_id, subsystem_id) = match &pci.subsystem {
+            SubsystemDef::Default => (
+                Some(virtio_mode::VIRTIO_VENDOR),
+                Some(virtio_mode::QEMU_SUBSYSTEM_ID),
+            ),
+            SubsystemDef::None => (None, None),
+            SubsystemDef::Fixed { vendor, id } => (Some(vendor.0 as u16), Some(id.0 as u16)),
+        };
+        let identity = PciIdentity {
+            vendor_id: pci.vendor,
+            device_id: pci.device,
+            class_code: pci.class,
+            revision: pci.revision,
+            subsystem_vendor_id,
+            subsystem_id,
+            header_type: pci.header_type,
+        };
+        return Ok((identity, None));
+    };
+    let r = virtio_mode::resolve(v, props, bus_plan.kind, bus_plan.is_root)?;
+    if r.legacy_check_warning {
+        advisories.push(Advisory {
+            device: label.to_string(),
+            message: "device is modern-only, but for backward compatibility legacy is allowed"
+                .to_string(),
+        });
+    }
+    // Realize writes the resolved mode back into the properties.
+    if props.contains_key("disable-legacy") {
+        let v = if r.mode.legacy { "off" } else { "on" };
+        props.insert("disable-legacy".to_string(), v.to_string());
+    }
+    if props.contains_key("disable-modern") {
+        props.insert("disable-modern".to_string(), (!r.mode.modern).to_string());
+    }
+    Ok((virtio_mode::identity(v, &r.mode, pci.class), Some(r.mode)))
 }
 
 /// The ISA bus of machines with an ISA bridge.

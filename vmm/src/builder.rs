@@ -12,6 +12,7 @@ use devices::legacy::{
     cmos::Cmos, i8042::I8042, port92::Port92, serial::SerialPort, sink::SinkPort,
 };
 use devices::lifecycle::Lifecycle;
+use devices::pci::{FirmwareLayout, PciHost, SharedHost};
 use kvm_ioctls::{Kvm, VcpuFd};
 use machine::{Family, IsaDevicePlan, Plan};
 use std::sync::{Arc, Mutex};
@@ -135,14 +136,17 @@ fn isa_irqfd(vm: &KvmVm, device: &str, irq: u32) -> Result<EventFd> {
     Ok(evt)
 }
 
-pub fn build(kvm: &Kvm, plan: &Plan, inputs: BuildInputs) -> Result<BuiltMachine> {
-    let vm = KvmVm::new(kvm, &plan.memory, &inputs.ram)?;
-    let io = Arc::new(Bus::new());
-    let mmio = Arc::new(Bus::new());
-    let mut serial = None;
-    // ISA devices that got a model: the DSDT describes these and nothing else.
-    let mut modelled_isa = Vec::new();
+/// The ISA devices of the plan that have a model, mapped at the plan's ports; the first
+/// serial port (the console's) comes back too.
+struct IsaDevices {
+    serial: Option<Arc<Mutex<SerialPort>>>,
+    /// The DSDT describes these and nothing else.
+    modelled: Vec<IsaDevicePlan>,
+}
 
+fn build_isa(vm: &KvmVm, io: &Bus, plan: &Plan, inputs: &BuildInputs) -> Result<IsaDevices> {
+    let mut serial = None;
+    let mut modelled = Vec::new();
     for isa in &plan.isa {
         let name = isa.type_name.as_str();
         let device: Option<SharedDevice> = match name {
@@ -154,7 +158,7 @@ pub fn build(kvm: &Kvm, plan: &Plan, inputs: BuildInputs) -> Result<BuiltMachine
                         device: name.to_string(),
                         what: "IRQ",
                     })?;
-                let evt = isa_irqfd(&vm, name, irq)?;
+                let evt = isa_irqfd(vm, name, irq)?;
                 // Only the first COM port has a console behind it.
                 let out = if serial.is_none() {
                     inputs.console.clone()
@@ -179,7 +183,7 @@ pub fn build(kvm: &Kvm, plan: &Plan, inputs: BuildInputs) -> Result<BuiltMachine
                 // IRQ 1 (keyboard) and 12 (mouse), as the plan lists them.
                 let mut lines = Vec::new();
                 for &irq in isa.irqs.iter().take(2) {
-                    lines.push(isa_irqfd(&vm, name, irq)?);
+                    lines.push(isa_irqfd(vm, name, irq)?);
                 }
                 let mut lines = lines.into_iter();
                 Some(Arc::new(Mutex::new(I8042::new(
@@ -195,77 +199,87 @@ pub fn build(kvm: &Kvm, plan: &Plan, inputs: BuildInputs) -> Result<BuiltMachine
             _ => None,
         };
         if let Some(dev) = device {
-            map_io_ranges(&io, isa, &dev)?;
-            modelled_isa.push(isa.clone());
+            map_io_ranges(io, isa, &dev)?;
+            modelled.push(isa.clone());
         }
     }
+    Ok(IsaDevices { serial, modelled })
+}
 
-    // Every PC machine has fw_cfg at 0x510 (QEMU's fw_cfg_io, not an ISA device of the plan).
-    if plan.family != Family::None {
-        let fw_cfg: SharedDevice = Arc::new(Mutex::new(crate::fw_cfg::for_plan(
-            plan,
-            &vm.memory,
-            &inputs.fw_cfg,
-        )?));
-        map(
-            &io,
-            devices::legacy::fw_cfg::FW_CFG_IO_BASE,
-            devices::legacy::fw_cfg::FW_CFG_IO_SIZE,
-            &fw_cfg,
-            "fw_cfg",
-            "I/O ports",
-        )?;
+/// fw_cfg at 0x510, on every PC machine (QEMU's fw_cfg_io, not an ISA device of the plan).
+fn map_fw_cfg(vm: &KvmVm, io: &Bus, plan: &Plan, inputs: &BuildInputs) -> Result<()> {
+    if plan.family == Family::None {
+        return Ok(());
     }
+    let fw_cfg: SharedDevice = Arc::new(Mutex::new(crate::fw_cfg::for_plan(
+        plan,
+        &vm.memory,
+        &inputs.fw_cfg,
+    )?));
+    map(
+        io,
+        devices::legacy::fw_cfg::FW_CFG_IO_BASE,
+        devices::legacy::fw_cfg::FW_CFG_IO_SIZE,
+        &fw_cfg,
+        "fw_cfg",
+        "I/O ports",
+    )
+}
 
-    let intx_forwarder = Arc::new(crate::virtio_devices::IntxForwarder::new().map_err(
-        |source| BuildError::Interrupt {
-            device: "virtio".to_string(),
-            source,
-        },
-    )?);
-    let mut virtio = crate::virtio_devices::VirtioSet::default();
-    let pci = match plan.family {
-        Family::None => None,
-        _ => {
-            let mut external = crate::virtio_devices::factory(
-                inputs.backends,
-                plan,
-                &vm.memory,
-                &intx_forwarder,
-                &mut virtio,
-                inputs.open,
-                Some(Arc::new(crate::interrupts::KvmIoEvents(vm.fd.clone()))),
-            );
-            let host = devices::pci::PciHost::from_plan_with(
-                plan,
-                inputs.lifecycle.clone(),
-                io.clone(),
-                mmio.clone(),
-                &mut external,
-            )?;
-            let mut host = host;
-            // INTx through resampling irqfds; KVM_IRQ_LINE if the thread cannot start.
-            let intx: Arc<dyn devices::pci::interrupt::IntxSink> =
-                match crate::interrupts::KvmIntxIrqfd::new(vm.fd.clone()) {
-                    Ok(sink) => Arc::new(sink),
-                    Err(_) => Arc::new(crate::interrupts::KvmIntx(vm.fd.clone())),
-                };
-            host.set_intx_sink(intx);
-            host.set_msi_sink(Arc::new(crate::interrupts::KvmMsiIrqfd::new(
-                vm.gsi.clone(),
-                std::env::var_os("MACHINA_TRACE").is_some(),
-            )));
-            let host = Arc::new(Mutex::new(host));
-            let config_io: SharedDevice =
-                Arc::new(Mutex::new(devices::pci::PciConfigIo::new(host.clone())));
-            map(&io, 0xcf8, 8, &config_io, "PCI host", "config ports")?;
-            Some(host)
-        }
-    };
+/// The PCI host with every function of the plan (virtio ones with their backends), its
+/// interrupts wired to KVM and its config ports mapped.
+fn build_pci(
+    vm: &KvmVm,
+    buses: (&Arc<Bus>, &Arc<Bus>),
+    plan: &Plan,
+    inputs: &mut BuildInputs,
+    intx_forwarder: &Arc<crate::virtio_devices::IntxForwarder>,
+    virtio: &mut crate::virtio_devices::VirtioSet,
+) -> Result<Option<SharedHost>> {
+    let (io, mmio) = buses;
+    if plan.family == Family::None {
+        return Ok(None);
+    }
+    let mut external = crate::virtio_devices::factory(
+        inputs.backends,
+        plan,
+        &vm.memory,
+        intx_forwarder,
+        virtio,
+        inputs.open,
+        Some(Arc::new(crate::interrupts::KvmIoEvents(vm.fd.clone()))),
+    );
+    let mut host = PciHost::from_plan_with(
+        plan,
+        inputs.lifecycle.clone(),
+        io.clone(),
+        mmio.clone(),
+        devices::kinds::kind_of,
+        &mut external,
+    )?;
+    // INTx through resampling irqfds; KVM_IRQ_LINE if the thread cannot start.
+    let intx: Arc<dyn devices::pci::interrupt::IntxSink> =
+        match crate::interrupts::KvmIntxIrqfd::new(vm.fd.clone()) {
+            Ok(sink) => Arc::new(sink),
+            Err(_) => Arc::new(crate::interrupts::KvmIntx(vm.fd.clone())),
+        };
+    host.set_intx_sink(intx);
+    host.set_msi_sink(Arc::new(crate::interrupts::KvmMsiIrqfd::new(
+        vm.gsi.clone(),
+        std::env::var_os("MACHINA_TRACE").is_some(),
+    )));
+    let host = host.into_shared();
+    let config_io: SharedDevice =
+        Arc::new(Mutex::new(devices::pci::PciConfigIo::new(host.clone())));
+    map(io, 0xcf8, 8, &config_io, "PCI host", "config ports")?;
+    Ok(Some(host))
+}
 
+/// The vCPUs of the plan with their CPUID; KVM's vCPU id is the APIC id, which the
+/// topology spaces out.
+fn create_vcpus(vm: &KvmVm, plan: &Plan) -> Result<Vec<VcpuFd>> {
     let mut vcpus = Vec::new();
     for index in 0..plan.cpus {
-        // KVM's vCPU id is the APIC id, which the topology spaces out.
         let fd = vm
             .fd
             .create_vcpu(u64::from(plan.topology.apic_id(index)))
@@ -276,44 +290,79 @@ pub fn build(kvm: &Kvm, plan: &Plan, inputs: BuildInputs) -> Result<BuiltMachine
         setup_common(&fd)?;
         vcpus.push(fd);
     }
+    Ok(vcpus)
+}
+
+/// What firmware would do before handing over to the kernel: the firmware step on the PCI
+/// host and the ACPI tables describing its result (none without a PM block, e.g.
+/// `pc,acpi=off`, as with QEMU). Returns the layout and the RSDP address.
+fn firmware(
+    vm: &KvmVm,
+    plan: &Plan,
+    host: &SharedHost,
+    modelled_isa: &[IsaDevicePlan],
+) -> Result<(FirmwareLayout, Option<u64>)> {
+    let layout = host
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .firmware_init(plan)?;
+    let (Some(pm_base), Some((gpe0_base, gpe0_len))) = (layout.pm_base, layout.gpe0) else {
+        return Ok((layout, None));
+    };
+    let cfg = AcpiConfig {
+        family: plan.family,
+        cpus: plan.cpus,
+        max_cpus: plan.max_cpus,
+        topology: plan.topology,
+        pm_base,
+        gpe0: (gpe0_base, gpe0_len.min(255) as u8),
+        sci_irq: layout.sci_irq,
+        ecam: layout.ecam,
+        last_bus: layout.last_bus,
+        pci_hole32: plan.memory.pci_hole32,
+        pci_hole64: plan.memory.pci_hole64,
+        isa: modelled_isa.to_vec(),
+        prt: acpi::root_prt(plan.family, &layout.pirq_irqs),
+        bridges: plan
+            .buses
+            .iter()
+            .find(|b| b.is_root)
+            .map(|root| acpi::bridge_tree(plan, &root.id))
+            .unwrap_or_default(),
+    };
+    let rsdp = acpi::write_tables(&vm.memory, &cfg)?;
+    Ok((layout, Some(rsdp)))
+}
+
+pub fn build(kvm: &Kvm, plan: &Plan, mut inputs: BuildInputs) -> Result<BuiltMachine> {
+    let vm = KvmVm::new(kvm, &plan.memory, &inputs.ram)?;
+    let io = Arc::new(Bus::new());
+    let mmio = Arc::new(Bus::new());
+    let isa = build_isa(&vm, &io, plan, &inputs)?;
+    map_fw_cfg(&vm, &io, plan, &inputs)?;
+
+    let intx_forwarder = Arc::new(crate::virtio_devices::IntxForwarder::new().map_err(
+        |source| BuildError::Interrupt {
+            device: "virtio".to_string(),
+            source,
+        },
+    )?);
+    let mut virtio = crate::virtio_devices::VirtioSet::default();
+    let pci = build_pci(
+        &vm,
+        (&io, &mmio),
+        plan,
+        &mut inputs,
+        &intx_forwarder,
+        &mut virtio,
+    )?;
+    let vcpus = create_vcpus(&vm, plan)?;
 
     let mut firmware_layout = None;
-    if let Some(spec) = inputs.boot {
-        // What firmware would do before handing over to the kernel.
+    if let Some(spec) = inputs.boot.take() {
         let rsdp = match &pci {
             Some(host) => {
-                let layout = host
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .firmware_init(plan)?;
-                // No PM block (e.g. `pc,acpi=off`): no ACPI tables, as with QEMU.
-                let rsdp = match (layout.pm_base, layout.gpe0) {
-                    (Some(pm_base), Some((gpe0_base, gpe0_len))) => {
-                        let cfg = AcpiConfig {
-                            family: plan.family,
-                            cpus: plan.cpus,
-                            max_cpus: plan.max_cpus,
-                            topology: plan.topology,
-                            pm_base,
-                            gpe0: (gpe0_base, gpe0_len.min(255) as u8),
-                            sci_irq: layout.sci_irq,
-                            ecam: layout.ecam,
-                            last_bus: layout.last_bus,
-                            pci_hole32: plan.memory.pci_hole32,
-                            pci_hole64: plan.memory.pci_hole64,
-                            isa: modelled_isa.clone(),
-                            prt: acpi::root_prt(plan.family, &layout.pirq_irqs),
-                            bridges: plan
-                                .buses
-                                .iter()
-                                .find(|b| b.is_root)
-                                .map(|root| acpi::bridge_tree(plan, &root.id))
-                                .unwrap_or_default(),
-                        };
-                        Some(acpi::write_tables(&vm.memory, &cfg)?)
-                    }
-                    _ => None,
-                };
+                let (layout, rsdp) = firmware(&vm, plan, host, &isa.modelled)?;
                 firmware_layout = Some(layout);
                 rsdp
             }
@@ -331,7 +380,7 @@ pub fn build(kvm: &Kvm, plan: &Plan, inputs: BuildInputs) -> Result<BuiltMachine
         vm,
         io,
         mmio,
-        serial,
+        serial: isa.serial,
         vcpus,
         pci,
         layout: firmware_layout,

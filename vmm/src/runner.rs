@@ -664,14 +664,10 @@ impl Machine<'_> {
                 }
             }
             Command::PowerDown => {
-                let pm = self
-                    .control
-                    .state()
-                    .pci
-                    .as_ref()
-                    .and_then(|host| host.lock().unwrap_or_else(|e| e.into_inner()).acpi_pm());
-                if let Some(pm) = pm {
-                    pm.lock().unwrap_or_else(|e| e.into_inner()).power_button();
+                if let Some(host) = self.control.state().pci.as_ref() {
+                    host.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .power_button();
                 }
                 self.control.emit("POWERDOWN", Value::Null);
                 (Ok(Value::Null), None)

@@ -210,7 +210,7 @@ fn open_net(
     set: &mut VirtioSet,
 ) -> Result<NetBackend, PciError> {
     // QEMU numbers default MACs over every NIC of the machine in creation order.
-    let default_mac = devices::pci::nic::mac_of(plan, f).unwrap_or(virtio::net::DEFAULT_MAC);
+    let default_mac = devices::kinds::mac_of(plan, f).unwrap_or(virtio::net::DEFAULT_MAC);
     let tap = match prop(f, "netdev") {
         Some(id) => {
             let tap = backends.iter().find_map(|b| match b {

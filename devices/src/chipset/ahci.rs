@@ -4,6 +4,7 @@
 
 use crate::pci::config::{BarDef, PciConfig};
 use crate::pci::device::PciFunction;
+use crate::pci::kind::{shared, Constructor};
 use crate::pci::msi::MsiCap;
 use crate::pci::regs::CAP_ID_SATA;
 use crate::pci::PciError;
@@ -155,3 +156,9 @@ impl PciFunction for Ich9Ahci {
         }
     }
 }
+
+/// The ICH9 AHCI controller kind.
+pub static KIND: Constructor = Constructor {
+    names: &["ich9-ahci"],
+    build: |ctx| Ok(shared(Ich9Ahci::new(ctx.function)?)),
+};

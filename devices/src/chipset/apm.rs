@@ -3,8 +3,25 @@
 //! chipset into ACPI mode; other commands would raise an SMI, which we do not model.
 
 use super::acpi_pm::AcpiPm;
-use crate::bus::BusDevice;
+use crate::bus::{BusDevice, SharedDevice};
+use crate::pci::device::{Space, Window, WindowTarget};
 use std::sync::{Arc, Mutex};
+
+/// APM_CNT; APM_STS follows it.
+pub const APM_CNT_PORT: u64 = 0xb2;
+pub const APM_PORTS: u64 = 2;
+
+/// The APM ports as a fixed window of the function that owns the PM block. Another model
+/// may already own the ports (an ISA APM device); then it wins and this stays unmapped.
+pub fn window(key: u32, apm: &SharedDevice) -> Window {
+    Window {
+        key,
+        space: Space::Io,
+        base: APM_CNT_PORT,
+        size: APM_PORTS,
+        target: WindowTarget::Device(apm.clone()),
+    }
+}
 
 pub struct Apm {
     pm: Arc<Mutex<AcpiPm>>,

@@ -4,6 +4,7 @@
 
 use crate::pci::config::PciConfig;
 use crate::pci::device::PciFunction;
+use crate::pci::kind::{shared, Constructor};
 use machine::{PciFunctionPlan, Plan};
 
 pub const PAM0: usize = 0x59;
@@ -33,3 +34,9 @@ impl PciFunction for I440fx {
         &mut self.config
     }
 }
+
+/// The pc host bridge kind.
+pub static KIND: Constructor = Constructor {
+    names: &["i440FX"],
+    build: |ctx| Ok(shared(I440fx::new(ctx.function, ctx.plan))),
+};

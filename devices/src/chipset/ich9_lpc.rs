@@ -2,13 +2,18 @@
 //! PIRQ A-H routing, RCBA (maps the chipset-configuration register block) and LPC_EN bits
 //! for the ISA devices present, with QEMU's ich9_lpc_reset values.
 
-use super::acpi_pm::{AcpiPm, PmBlock, PmFlavor, ICH9_PM_BLOCK_LEN};
+use super::acpi_pm::{AcpiPm, PmBlock, PmFlavor, ICH9_GPE0_LEN, ICH9_PM_BLOCK_LEN};
+use super::apm::{self, Apm};
 use super::byte_regs;
 use super::io_window::IoDecode;
 use crate::bus::{BusDevice, SharedDevice};
 use crate::lifecycle::Lifecycle;
 use crate::pci::config::PciConfig;
 use crate::pci::device::{PciFunction, Space, Window, WindowTarget};
+use crate::pci::firmware::{FirmwareFunction, ICH9_RCBA, PIRQ_IRQS, PM_BASE, SCI_IRQ};
+use crate::pci::host::SharedFunction;
+use crate::pci::interrupt::IntxSink;
+use crate::pci::kind::{shared, FunctionContext, PciKind};
 use crate::pci::PciError;
 use machine::{PciFunctionPlan, Plan};
 use std::sync::{Arc, Mutex};
@@ -28,6 +33,12 @@ pub const CC_SIZE: usize = 16 * 1024;
 
 const PM_WINDOW: u32 = 1;
 const RCRB_WINDOW: u32 = 2;
+const APM_WINDOW: u32 = 3;
+/// GPE0_STS is at PMBASE + 0x20 (ICH9 datasheet, 13.8.3).
+const GPE0_OFFSET: u16 = 0x20;
+/// APM commands that enable/disable ACPI mode (ICH9_APM_ACPI_ENABLE/DISABLE).
+const APM_ACPI_ENABLE: u8 = 0x02;
+const APM_ACPI_DISABLE: u8 = 0x03;
 /// ACPI_EN in ACPI_CNTL enables the PM block at PMBASE.
 const PM_DECODE: IoDecode = IoDecode {
     base_reg: PMBASE,
@@ -74,6 +85,8 @@ pub struct Ich9Lpc {
     pm: Arc<Mutex<AcpiPm>>,
     pm_block: SharedDevice,
     rcrb: Arc<Mutex<Rcrb>>,
+    /// The APM control/status ports, decoded at a fixed place.
+    apm: SharedDevice,
 }
 
 impl Ich9Lpc {
@@ -103,11 +116,17 @@ impl Ich9Lpc {
             acpi_only,
         )));
         let pm_block: SharedDevice = Arc::new(Mutex::new(PmBlock(pm.clone())));
+        let apm = Arc::new(Mutex::new(Apm::new(
+            pm.clone(),
+            APM_ACPI_ENABLE,
+            APM_ACPI_DISABLE,
+        )));
         Ok(Self {
             config: c,
             pm,
             pm_block,
             rcrb: Arc::new(Mutex::new(Rcrb::new())),
+            apm,
         })
     }
 
@@ -150,6 +169,60 @@ impl PciFunction for Ich9Lpc {
                 target: WindowTarget::Device(self.rcrb.clone()),
             });
         }
+        w.push(apm::window(APM_WINDOW, &self.apm));
         w
+    }
+
+    fn set_intx_sink(&mut self, sink: Arc<dyn IntxSink>) {
+        lock(&self.pm).set_sci_sink(sink, SCI_IRQ.into());
+    }
+
+    fn power_button(&mut self) -> bool {
+        lock(&self.pm).power_button();
+        true
+    }
+}
+
+fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The ICH9 LPC kind: the q35 south bridge, its PM block and the PIRQ router.
+pub struct Ich9LpcKind;
+pub static KIND: Ich9LpcKind = Ich9LpcKind;
+
+impl PciKind for Ich9LpcKind {
+    fn names(&self) -> &'static [&'static str] {
+        &["ICH9-LPC"]
+    }
+    fn build(&self, ctx: &FunctionContext) -> Result<SharedFunction, PciError> {
+        Ok(shared(Ich9Lpc::new(
+            ctx.function,
+            ctx.plan,
+            ctx.lifecycle.clone(),
+        )?))
+    }
+    /// SeaBIOS ich9_lpc_setup: PM block enabled at its base with the SCI, RCBA, PIRQ A-H.
+    fn firmware_init(&self, fw: &mut FirmwareFunction) -> Result<(), PciError> {
+        fw.write(PMBASE, u32::from(PM_BASE) | 1, 4);
+        fw.write(ACPI_CNTL, ACPI_CNTL_ACPI_EN.into(), 1); // ACPI_EN, SCI on IRQ 9
+        fw.write(RCBA, ICH9_RCBA | RCBA_EN, 4);
+        for i in 0..8u8 {
+            let irq = PIRQ_IRQS[usize::from(i) % 4];
+            if let Some(reg) = self.pirq_route_register(i) {
+                fw.write(reg, irq.into(), 1);
+            }
+            fw.setup.pirqs.push(irq);
+        }
+        fw.setup.pm_base = Some(PM_BASE);
+        fw.setup.gpe0 = Some((PM_BASE + GPE0_OFFSET, ICH9_GPE0_LEN as u16));
+        Ok(())
+    }
+    fn pirq_route_register(&self, pirq: u8) -> Option<usize> {
+        match pirq {
+            0..=3 => Some(PIRQA_ROUT + usize::from(pirq)),
+            4..=7 => Some(PIRQE_ROUT + usize::from(pirq - 4)),
+            _ => None,
+        }
     }
 }

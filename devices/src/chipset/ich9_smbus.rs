@@ -4,6 +4,10 @@
 use super::smbus::{Smbus, SMBUS_IO_LEN};
 use crate::pci::config::{BarDef, PciConfig};
 use crate::pci::device::PciFunction;
+use crate::pci::firmware::{FirmwareFunction, SMBUS_BASE};
+use crate::pci::host::SharedFunction;
+use crate::pci::kind::{shared, FunctionContext, PciKind};
+use crate::pci::regs::BAR0;
 use crate::pci::PciError;
 use machine::PciFunctionPlan;
 
@@ -55,5 +59,28 @@ impl PciFunction for Ich9Smbus {
         if bar == SMB_BASE_BAR && self.enabled() {
             self.smbus.write(offset, data);
         }
+    }
+}
+
+/// The ICH9 SMBus function kind.
+pub struct Ich9SmbusKind;
+pub static KIND: Ich9SmbusKind = Ich9SmbusKind;
+
+impl PciKind for Ich9SmbusKind {
+    fn names(&self) -> &'static [&'static str] {
+        &["ICH9-SMB"]
+    }
+    fn build(&self, ctx: &FunctionContext) -> Result<SharedFunction, PciError> {
+        Ok(shared(Ich9Smbus::new(ctx.function)?))
+    }
+    /// SeaBIOS ich9_smbus_setup: the host block at its fixed base, then HST_EN.
+    fn firmware_init(&self, fw: &mut FirmwareFunction) -> Result<(), PciError> {
+        fw.write(BAR0 + 4 * SMB_BASE_BAR, u32::from(SMBUS_BASE), 4);
+        fw.write(HOSTC, HOSTC_HST_EN.into(), 1);
+        fw.setup.smbus = Some(SMBUS_BASE);
+        Ok(())
+    }
+    fn fixed_bar(&self, bar: usize) -> bool {
+        bar == SMB_BASE_BAR
     }
 }

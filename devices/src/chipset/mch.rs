@@ -3,6 +3,9 @@
 
 use crate::pci::config::PciConfig;
 use crate::pci::device::{PciFunction, Space, Window, WindowTarget};
+use crate::pci::firmware::FirmwareFunction;
+use crate::pci::host::SharedFunction;
+use crate::pci::kind::{shared, FunctionContext, PciKind};
 use crate::pci::PciError;
 use machine::{PciFunctionPlan, Plan};
 
@@ -155,5 +158,43 @@ impl PciFunction for Mch {
             })
             .into_iter()
             .collect()
+    }
+}
+
+/// The q35 host bridge kind.
+pub struct MchKind;
+pub static KIND: MchKind = MchKind;
+
+impl PciKind for MchKind {
+    fn names(&self) -> &'static [&'static str] {
+        &["mch"]
+    }
+    fn build(&self, ctx: &FunctionContext) -> Result<SharedFunction, PciError> {
+        Ok(shared(Mch::new(ctx.function, ctx.plan)?))
+    }
+
+    /// Enable ECAM at the plan's address (SeaBIOS mch_mem_addr_setup).
+    fn firmware_init(&self, fw: &mut FirmwareFunction) -> Result<(), PciError> {
+        const MIB: u64 = 1 << 20;
+        let Some(ecam) = fw.plan.memory.ecam else {
+            return Ok(());
+        };
+        let len_bits = match ecam.size {
+            s if s == 256 * MIB => 0,
+            s if s == 128 * MIB => 2,
+            s if s == 64 * MIB => 4,
+            s => return Err(PciError::Firmware(format!("unsupported ECAM size {s:#x}"))),
+        };
+        if ecam.base & (ecam.size - 1) != 0 || ecam.base >= 1 << 36 {
+            return Err(PciError::Firmware(format!(
+                "misaligned ECAM base {:#x}",
+                ecam.base
+            )));
+        }
+        fw.write(PCIEXBAR, 0, 4);
+        fw.write(PCIEXBAR + 4, (ecam.base >> 32) as u32, 4);
+        fw.write(PCIEXBAR, (ecam.base as u32) | len_bits | 1, 4);
+        fw.setup.ecam = Some(ecam);
+        Ok(())
     }
 }

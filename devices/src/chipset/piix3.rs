@@ -7,6 +7,10 @@
 
 use crate::pci::config::PciConfig;
 use crate::pci::device::PciFunction;
+use crate::pci::firmware::{FirmwareFunction, PIRQ_IRQS};
+use crate::pci::host::SharedFunction;
+use crate::pci::kind::{shared, FunctionContext, PciKind};
+use crate::pci::PciError;
 use machine::PciFunctionPlan;
 
 pub const PIRQRC: usize = 0x60;
@@ -47,5 +51,29 @@ impl PciFunction for Piix3 {
     }
     fn config_mut(&mut self) -> &mut PciConfig {
         &mut self.config
+    }
+}
+
+/// The PIIX3 ISA bridge kind: the pc PIRQ router.
+pub struct Piix3Kind;
+pub static KIND: Piix3Kind = Piix3Kind;
+
+impl PciKind for Piix3Kind {
+    fn names(&self) -> &'static [&'static str] {
+        &["PIIX3", "piix4-isa"]
+    }
+    fn build(&self, ctx: &FunctionContext) -> Result<SharedFunction, PciError> {
+        Ok(shared(Piix3::new(ctx.function)))
+    }
+    /// SeaBIOS piix_isa_bridge_setup: PIRQ A-D to the IRQs of its list.
+    fn firmware_init(&self, fw: &mut FirmwareFunction) -> Result<(), PciError> {
+        for (i, irq) in PIRQ_IRQS.iter().enumerate() {
+            fw.write(PIRQRC + i, (*irq).into(), 1);
+            fw.setup.pirqs.push(*irq);
+        }
+        Ok(())
+    }
+    fn pirq_route_register(&self, pirq: u8) -> Option<usize> {
+        (pirq < 4).then(|| PIRQRC + usize::from(pirq))
     }
 }

@@ -5,12 +5,19 @@
 use super::acpi_pm::{
     AcpiPm, Gpe0Block, PmBlock, PmFlavor, PIIX4_GPE0_BASE, PIIX4_GPE0_LEN, PIIX4_PM_BLOCK_LEN,
 };
+use super::apm::{self, Apm};
 use super::io_window::{io_window, IoDecode};
 use super::smbus::{Smbus, SMBUS_IO_LEN};
 use crate::bus::SharedDevice;
 use crate::lifecycle::Lifecycle;
 use crate::pci::config::PciConfig;
 use crate::pci::device::{PciFunction, Window};
+use crate::pci::firmware::{FirmwareFunction, PM_BASE, SCI_IRQ, SMBUS_BASE};
+use crate::pci::host::SharedFunction;
+use crate::pci::interrupt::IntxSink;
+use crate::pci::kind::{shared, FunctionContext, PciKind};
+use crate::pci::regs::INTERRUPT_LINE;
+use crate::pci::PciError;
 use machine::{PciFunctionPlan, Plan};
 use std::sync::{Arc, Mutex};
 
@@ -24,6 +31,10 @@ pub const DEFAULT_SMB_BASE: u32 = 0xb100;
 const PM_WINDOW: u32 = 1;
 const SMB_WINDOW: u32 = 2;
 const GPE_WINDOW: u32 = 3;
+const APM_WINDOW: u32 = 4;
+/// APM commands that enable/disable ACPI mode (piix4_pm's ACPI_ENABLE/ACPI_DISABLE).
+const APM_ACPI_ENABLE: u8 = 0xf1;
+const APM_ACPI_DISABLE: u8 = 0xf0;
 /// PMREGMISC bit 0 enables the PM block at PMBA.
 const PM_DECODE: IoDecode = IoDecode {
     base_reg: PMBA,
@@ -45,6 +56,8 @@ pub struct Piix4Pm {
     pm_block: SharedDevice,
     gpe_block: SharedDevice,
     smbus: Arc<Mutex<Smbus>>,
+    /// The APM control/status ports, decoded at a fixed place.
+    apm: SharedDevice,
 }
 
 impl Piix4Pm {
@@ -85,6 +98,11 @@ impl Piix4Pm {
             config: c,
             pm_block: Arc::new(Mutex::new(PmBlock(pm.clone()))),
             gpe_block: Arc::new(Mutex::new(Gpe0Block(pm.clone()))),
+            apm: Arc::new(Mutex::new(Apm::new(
+                pm.clone(),
+                APM_ACPI_ENABLE,
+                APM_ACPI_DISABLE,
+            ))),
             pm,
             smbus: Arc::new(Mutex::new(Smbus::new())),
         }
@@ -127,6 +145,57 @@ impl PciFunction for Piix4Pm {
         );
         let pm = PM_DECODE.window(&self.config, PM_WINDOW, PIIX4_PM_BLOCK_LEN, &self.pm_block);
         let smb = SMB_DECODE.window(&self.config, SMB_WINDOW, SMBUS_IO_LEN, &smbus);
-        std::iter::once(gpe).chain(pm).chain(smb).collect()
+        let apm = apm::window(APM_WINDOW, &self.apm);
+        std::iter::once(gpe)
+            .chain(pm)
+            .chain(smb)
+            .chain(std::iter::once(apm))
+            .collect()
+    }
+
+    fn set_intx_sink(&mut self, sink: Arc<dyn IntxSink>) {
+        lock(&self.pm).set_sci_sink(sink, SCI_IRQ.into());
+    }
+
+    fn power_button(&mut self) -> bool {
+        lock(&self.pm).power_button();
+        true
+    }
+}
+
+fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The PIIX4 PM kind: the pc PM block, SMBus and GPE0.
+pub struct Piix4PmKind;
+pub static KIND: Piix4PmKind = Piix4PmKind;
+
+impl PciKind for Piix4PmKind {
+    fn names(&self) -> &'static [&'static str] {
+        &["PIIX4_PM"]
+    }
+    fn build(&self, ctx: &FunctionContext) -> Result<SharedFunction, PciError> {
+        Ok(shared(Piix4Pm::new(
+            ctx.function,
+            ctx.plan,
+            ctx.lifecycle.clone(),
+        )))
+    }
+    /// SeaBIOS piix4_pm_setup: PM block and SMBus enabled at their bases.
+    fn firmware_init(&self, fw: &mut FirmwareFunction) -> Result<(), PciError> {
+        fw.write(PMBA, u32::from(PM_BASE) | 1, 4);
+        fw.write(PMREGMISC, 1, 1);
+        fw.write(SMBBA, u32::from(SMBUS_BASE) | 1, 4);
+        fw.write(SMBHSTCFG, 0x09, 1);
+        fw.setup.pm_base = Some(PM_BASE);
+        fw.setup.gpe0 = Some((PIIX4_GPE0_BASE as u16, PIIX4_GPE0_LEN as u16));
+        fw.setup.smbus = Some(SMBUS_BASE);
+        Ok(())
+    }
+    /// piix4_pm_setup then overwrites the function's interrupt line with the SCI, which
+    /// PIIX4 hard-wires ("acpi sci is hardwired to 9").
+    fn firmware_finish(&self, fw: &mut FirmwareFunction) {
+        fw.write(INTERRUPT_LINE, SCI_IRQ.into(), 1);
     }
 }

@@ -5,6 +5,9 @@
 use super::byte_regs;
 use crate::pci::config::{BarDef, PciConfig};
 use crate::pci::device::PciFunction;
+use crate::pci::firmware::FirmwareFunction;
+use crate::pci::host::SharedFunction;
+use crate::pci::kind::{shared, FunctionContext, PciKind};
 use crate::pci::PciError;
 use machine::PciFunctionPlan;
 
@@ -42,5 +45,24 @@ impl PciFunction for PiixIde {
     }
     fn bar_write(&mut self, _bar: usize, offset: u64, data: &[u8]) {
         byte_regs::write(&mut self.bmdma, offset, data);
+    }
+}
+
+/// The PIIX IDE function kind.
+pub struct PiixIdeKind;
+pub static KIND: PiixIdeKind = PiixIdeKind;
+
+impl PciKind for PiixIdeKind {
+    fn names(&self) -> &'static [&'static str] {
+        &["piix3-ide", "piix4-ide"]
+    }
+    fn build(&self, ctx: &FunctionContext) -> Result<SharedFunction, PciError> {
+        Ok(shared(PiixIde::new(ctx.function)?))
+    }
+    /// SeaBIOS piix_ide_setup: enable both channels' decode (IDETIM bit 15).
+    fn firmware_init(&self, fw: &mut FirmwareFunction) -> Result<(), PciError> {
+        fw.write(0x40, 0x8000, 2);
+        fw.write(0x42, 0x8000, 2);
+        Ok(())
     }
 }

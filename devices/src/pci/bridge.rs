@@ -19,7 +19,7 @@ use super::msi::MsiCap;
 use super::regs::*;
 use super::window;
 use super::PciError;
-use machine::{PciFunctionPlan, PciIdentity};
+use machine::PciIdentity;
 use std::sync::Arc;
 
 /// The QEMU device a bridge models; selects reset and write-side-effect behaviour.
@@ -544,38 +544,4 @@ impl PciFunction for PciBridge {
     fn as_bridge_mut(&mut self) -> Option<&mut PciBridge> {
         Some(self)
     }
-}
-
-/// Plan type names modelled as bridges or ports.
-pub fn is_bridge_type(name: &str) -> bool {
-    matches!(
-        name,
-        "pcie-root-port"
-            | "ioh3420"
-            | "x3130-upstream"
-            | "xio3130-downstream"
-            | "pcie-pci-bridge"
-            | "pci-bridge"
-            | "pci-bridge-seat"
-            | "i82801b11-bridge"
-    )
-}
-
-/// Build the bridge model for `f` with its QEMU capability layout.
-pub(crate) fn build(f: &PciFunctionPlan) -> Result<super::host::SharedFunction, PciError> {
-    let b = match f.type_name.as_str() {
-        "pcie-root-port" => super::ports::root_port::generic(f)?,
-        "ioh3420" => super::ports::root_port::ioh3420(f)?,
-        "x3130-upstream" => super::ports::switch::upstream(f)?,
-        "xio3130-downstream" => super::ports::switch::downstream(f)?,
-        "pcie-pci-bridge" => super::bridges::pci_bridge::pcie_to_pci(f)?,
-        "pci-bridge" | "pci-bridge-seat" => super::bridges::pci_bridge::pci_bridge(f)?,
-        "i82801b11-bridge" => super::bridges::dmi::i82801b11(f)?,
-        other => {
-            return Err(PciError::InvalidPlan(format!(
-                "{other} is not a bridge model"
-            )))
-        }
-    };
-    Ok(std::sync::Arc::new(std::sync::Mutex::new(b)))
 }

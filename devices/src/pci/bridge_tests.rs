@@ -2,7 +2,7 @@
 //! register values, PCIe slot/AER semantics, window forwarding through the host, secondary
 //! bus reset and random-write robustness of every model.
 
-use super::bridge::{build, PciBridge};
+use super::bridge::PciBridge;
 use super::device::PciFunction;
 use super::device::Space;
 use super::interrupt::MsiSink;
@@ -51,9 +51,6 @@ fn plan(type_name: &str, props: &[(&str, &str)]) -> PciFunctionPlan {
 
 fn make(type_name: &str, props: &[(&str, &str)]) -> Result<PciBridge, PciError> {
     let f = plan(type_name, props);
-    let shared = build(&f)?;
-    // Rebuild as a concrete value for direct access (the shared one is what the host uses).
-    drop(shared);
     match type_name {
         "pcie-root-port" => super::ports::root_port::generic(&f),
         "ioh3420" => super::ports::root_port::ioh3420(&f),

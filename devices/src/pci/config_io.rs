@@ -21,9 +21,11 @@ pub struct PciConfigIo {
 }
 
 impl PciConfigIo {
-    /// The config ports of `host`; also binds the host's ECAM decoder to it.
+    /// The config ports of `host` (shared with [`PciHost::into_shared`], which binds its
+    /// ECAM decoder).
+    ///
+    /// [`PciHost::into_shared`]: super::PciHost::into_shared
     pub fn new(host: SharedHost) -> Self {
-        super::host::PciHost::bind(&host);
         Self { host, address: 0 }
     }
 

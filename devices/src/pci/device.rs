@@ -3,11 +3,20 @@
 
 use super::bridge::PciBridge;
 use super::config::{BarDef, PciConfig};
-use super::interrupt::MsiSink;
+use super::interrupt::{IntxSink, MsiSink};
 use super::PciError;
 use crate::bus::SharedDevice;
 use machine::PciIdentity;
 use std::sync::Arc;
+
+/// Where a function sits, which decides the PCIe device type and config-space size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BusPlacement {
+    /// The bus is PCI Express (4 KiB config space).
+    pub express: bool,
+    /// The bus is the root bus (an integrated endpoint on pcie.0).
+    pub root: bool,
+}
 
 /// Which bus a window lives on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -82,6 +91,15 @@ pub trait PciFunction: Send {
     /// samples after each config access (bridges); None for models that do not.
     fn intx_level(&self) -> Option<bool> {
         None
+    }
+
+    /// Where the function's platform interrupt goes (the ACPI SCI of the function that owns
+    /// the PM block); functions without one ignore it.
+    fn set_intx_sink(&mut self, _sink: Arc<dyn IntxSink>) {}
+
+    /// Press the power button; false for functions without a PM block.
+    fn power_button(&mut self) -> bool {
+        false
     }
 
     /// The bridge model, for the host's bus-topology bookkeeping.

@@ -20,8 +20,10 @@ use super::caps::aer::{self, AerConfig};
 use super::caps::pcie::{PcieCap, PortType, Version};
 use super::caps::pm::{self, PmConfig};
 use super::config::{BarDef, PciConfig, ROM_BAR};
-use super::device::PciFunction;
+use super::device::{BusPlacement, PciFunction};
+use super::host::SharedFunction;
 use super::interrupt::MsiSink;
+use super::kind::{shared, FunctionContext, PciKind};
 use super::msi::MsiCap;
 use super::msix::{Msix, MsixLayout};
 use super::props::Props;
@@ -51,15 +53,6 @@ const PM: PmConfig = PmConfig {
 };
 
 const DSN_SIZE: usize = 0x0c;
-
-/// Where the function sits, which decides the PCIe device type and config-space size.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BusPlacement {
-    /// The bus is PCI Express (4 KiB config space).
-    pub express: bool,
-    /// The bus is the root bus (an integrated endpoint on pcie.0).
-    pub root: bool,
-}
 
 /// e1000e_gen_dsn: the MAC with 0xffff spliced into the middle.
 pub fn device_serial_number(mac: [u8; 6]) -> u64 {
@@ -183,6 +176,23 @@ impl PciFunction for E1000e {
 
     fn set_msi_sink(&mut self, sink: Arc<dyn MsiSink>) {
         self.msi_sink = Some(sink);
+    }
+}
+
+/// The e1000e kind.
+pub struct E1000eKind;
+pub static KIND: E1000eKind = E1000eKind;
+
+impl PciKind for E1000eKind {
+    fn names(&self) -> &'static [&'static str] {
+        &["e1000e"]
+    }
+    fn build(&self, ctx: &FunctionContext) -> Result<SharedFunction, PciError> {
+        let mac = ctx.mac().unwrap_or(super::nic::FIRST_DEFAULT_MAC);
+        Ok(shared(E1000e::new(ctx.function, ctx.placement, mac)?))
+    }
+    fn is_nic(&self, _f: &PciFunctionPlan) -> bool {
+        true
     }
 }
 

@@ -19,7 +19,7 @@ use super::config::{BarKind, ROM_BAR};
 use super::host::{FunctionKey, PciHost};
 use super::regs::*;
 use super::PciError;
-use machine::{Family, Plan, Range};
+use machine::{Plan, Range};
 
 pub const PM_BASE: u16 = 0x600;
 pub const SMBUS_BASE: u16 = 0x700;
@@ -80,12 +80,34 @@ pub struct FirmwareLayout {
     pub intx: Vec<IntxRoute>,
 }
 
-/// What the south-bridge part of the firmware step programmed.
-struct Southbridge {
-    pm_base: Option<u16>,
-    gpe0: Option<(u16, u16)>,
-    smbus: Option<u16>,
-    pirqs: Vec<u8>,
+/// What the chipset part of the firmware step programmed, filled by the kinds'
+/// [`firmware_init`](super::kind::PciKind::firmware_init).
+#[derive(Debug, Default)]
+pub struct ChipsetSetup {
+    /// Enabled ECAM window (q35).
+    pub ecam: Option<Range>,
+    pub pm_base: Option<u16>,
+    /// GPE0 block (base, length).
+    pub gpe0: Option<(u16, u16)>,
+    pub smbus: Option<u16>,
+    /// IRQ of each PIRQ the router was given.
+    pub pirqs: Vec<u8>,
+}
+
+/// One function as a kind's firmware hook sees it: config writes go through the host (so
+/// the windows they open are mapped), with the plan and what the step has set so far.
+pub struct FirmwareFunction<'a> {
+    host: &'a mut PciHost,
+    key: FunctionKey,
+    pub plan: &'a Plan,
+    pub setup: &'a mut ChipsetSetup,
+}
+
+impl FirmwareFunction<'_> {
+    /// Write `len` bytes of `value` at config offset `offset`.
+    pub fn write(&mut self, offset: usize, value: u32, len: usize) {
+        self.host.wr(self.key, offset, value, len);
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,18 +159,50 @@ impl PciHost {
     pub fn firmware_init(&mut self, plan: &Plan) -> Result<FirmwareLayout, PciError> {
         let mut next = 0u8;
         self.number_bus(0, 0, &mut next)?;
-        let ecam = self.setup_ecam(plan)?;
-        let Southbridge {
-            pm_base,
-            gpe0,
-            smbus: smbus_base,
-            pirqs,
-        } = self.setup_southbridge();
-        let (io_window, mem32_window, mem64_window) = self.assign_resources(plan, ecam)?;
+        let mut setup = ChipsetSetup::default();
+        for (key, _) in self.all_keys() {
+            if let Some(kind) = self.kind_at(key) {
+                kind.firmware_init(&mut FirmwareFunction {
+                    host: self,
+                    key,
+                    plan,
+                    setup: &mut setup,
+                })?;
+            }
+        }
+        let (io_window, mem32_window, mem64_window) = self.assign_resources(plan, setup.ecam)?;
         self.enable_decode();
         let intx = self.route_interrupts();
-        let buses = self
-            .bus_ids()
+        for (key, _) in self.all_keys() {
+            if let Some(kind) = self.kind_at(key) {
+                kind.firmware_finish(&mut FirmwareFunction {
+                    host: self,
+                    key,
+                    plan,
+                    setup: &mut setup,
+                });
+            }
+        }
+        let buses = self.numbered_buses(next);
+        Ok(FirmwareLayout {
+            buses,
+            last_bus: next,
+            io_window,
+            mem32_window,
+            mem64_window,
+            ecam: setup.ecam,
+            pm_base: setup.pm_base,
+            gpe0: setup.gpe0,
+            smbus_base: setup.smbus,
+            sci_irq: SCI_IRQ,
+            pirq_irqs: setup.pirqs,
+            intx,
+        })
+    }
+
+    /// Every numbered bus with its number and subordinate number.
+    fn numbered_buses(&self, last: u8) -> Vec<BusNumbering> {
+        self.bus_ids()
             .into_iter()
             .enumerate()
             .filter_map(|(i, id)| {
@@ -158,7 +212,7 @@ impl PciHost {
                     self.bus_number(&id)
                 }?;
                 let subordinate = match self.parent_of(i) {
-                    None => next,
+                    None => last,
                     Some(k) => self.read_function(k, SUBORDINATE_BUS, 1) as u8,
                 };
                 Some(BusNumbering {
@@ -167,21 +221,7 @@ impl PciHost {
                     subordinate,
                 })
             })
-            .collect();
-        Ok(FirmwareLayout {
-            buses,
-            last_bus: next,
-            io_window,
-            mem32_window,
-            mem64_window,
-            ecam,
-            pm_base,
-            gpe0,
-            smbus_base,
-            sci_irq: SCI_IRQ,
-            pirq_irqs: pirqs,
-            intx,
-        })
+            .collect()
     }
 
     /// Depth-first numbering; returns the subordinate number of `bus`.
@@ -205,110 +245,9 @@ impl PciHost {
         Ok(*next)
     }
 
-    /// q35: enable ECAM at the plan's address (SeaBIOS mch_mem_addr_setup).
-    fn setup_ecam(&mut self, plan: &Plan) -> Result<Option<Range>, PciError> {
-        if self.family() != Family::Q35 {
-            return Ok(None);
-        }
-        let Some(ecam) = plan.memory.ecam else {
-            return Ok(None);
-        };
-        let Some((key, _)) = self.function_by_type("mch") else {
-            return Ok(None);
-        };
-        let len_bits = match ecam.size {
-            s if s == 256 * MIB => 0,
-            s if s == 128 * MIB => 2,
-            s if s == 64 * MIB => 4,
-            s => return Err(PciError::Firmware(format!("unsupported ECAM size {s:#x}"))),
-        };
-        if ecam.base & (ecam.size - 1) != 0 || ecam.base >= 1 << 36 {
-            return Err(PciError::Firmware(format!(
-                "misaligned ECAM base {:#x}",
-                ecam.base
-            )));
-        }
-        self.wr(key, crate::chipset::mch::PCIEXBAR, 0, 4);
-        self.wr(
-            key,
-            crate::chipset::mch::PCIEXBAR + 4,
-            (ecam.base >> 32) as u32,
-            4,
-        );
-        self.wr(
-            key,
-            crate::chipset::mch::PCIEXBAR,
-            (ecam.base as u32) | len_bits | 1,
-            4,
-        );
-        Ok(Some(ecam))
-    }
-
-    /// PM/SMBus bases, RCBA, PIRQ routes and IDE decode, per chipset.
-    fn setup_southbridge(&mut self) -> Southbridge {
-        let mut pm_base = None;
-        let mut gpe0 = None;
-        let mut smbus = None;
-        let mut pirqs = Vec::new();
-        match self.family() {
-            Family::Q35 => {
-                if let Some((lpc, _)) = self.function_by_type("ICH9-LPC") {
-                    self.wr(lpc, 0x40, u32::from(PM_BASE) | 1, 4);
-                    self.wr(lpc, 0x44, 0x80, 1); // ACPI_EN, SCI on IRQ 9
-                    self.wr(lpc, 0xf0, ICH9_RCBA | 1, 4);
-                    for i in 0..8usize {
-                        let reg = if i < 4 { 0x60 + i } else { 0x68 + i - 4 };
-                        self.wr(lpc, reg, PIRQ_IRQS[i % 4].into(), 1);
-                        pirqs.push(PIRQ_IRQS[i % 4]);
-                    }
-                    pm_base = Some(PM_BASE);
-                    gpe0 = Some((PM_BASE + 0x20, 16));
-                }
-                if let Some((smb, _)) = self.function_by_type("ICH9-SMB") {
-                    self.wr(smb, BAR0 + 16, u32::from(SMBUS_BASE), 4);
-                    self.wr(smb, 0x40, 1, 1); // HST_EN
-                    smbus = Some(SMBUS_BASE);
-                }
-            }
-            Family::I440fx => {
-                if let Some((piix, _)) = self.function_by_type("PIIX3") {
-                    for (i, irq) in PIRQ_IRQS.iter().enumerate() {
-                        self.wr(piix, 0x60 + i, (*irq).into(), 1);
-                        pirqs.push(*irq);
-                    }
-                }
-                if let Some((pm, _)) = self.function_by_type("PIIX4_PM") {
-                    self.wr(pm, 0x40, u32::from(PM_BASE) | 1, 4);
-                    self.wr(pm, 0x80, 1, 1);
-                    self.wr(pm, 0x90, u32::from(SMBUS_BASE) | 1, 4);
-                    self.wr(pm, 0xd2, 0x09, 1);
-                    pm_base = Some(PM_BASE);
-                    gpe0 = Some((0xafe0, 4));
-                    smbus = Some(SMBUS_BASE);
-                }
-                if let Some((ide, _)) = self.function_by_type("piix3-ide") {
-                    self.wr(ide, 0x40, 0x8000, 2);
-                    self.wr(ide, 0x42, 0x8000, 2);
-                }
-            }
-            Family::None => {}
-        }
-        Southbridge {
-            pm_base,
-            gpe0,
-            smbus,
-            pirqs,
-        }
-    }
-
-    /// BARs the firmware step leaves alone (programmed with fixed values above).
-    fn fixed_bar(&self, type_name: &str, bar: usize) -> bool {
-        type_name == "ICH9-SMB" && bar == 4
-    }
-
     fn collect(&self, bus: usize, pref_high: bool) -> [Vec<Req>; 3] {
         let mut out: [Vec<Req>; 3] = [Vec::new(), Vec::new(), Vec::new()];
-        for (devfn, func, provides, type_name) in self.functions_on(bus) {
+        for (devfn, func, provides, kind) in self.functions_on(bus) {
             let key = (bus, devfn);
             let bars: Vec<_> = {
                 let f = func.lock().unwrap_or_else(|e| e.into_inner());
@@ -317,7 +256,7 @@ impl PciHost {
                     .collect()
             };
             for (i, def) in bars {
-                if self.fixed_bar(&type_name, i) {
+                if kind.fixed_bar(i) {
                     continue;
                 }
                 let class = match def.kind {
@@ -559,11 +498,6 @@ impl PciHost {
                 pirq,
                 irq,
             });
-        }
-        // SeaBIOS's piix4_pm_setup then overwrites the PM function's line with the SCI,
-        // which PIIX4 hard-wires to IRQ 9 ("acpi sci is hardwired to 9").
-        if let Some((pm, _)) = self.function_by_type("PIIX4_PM") {
-            self.wr(pm, INTERRUPT_LINE, SCI_IRQ.into(), 1);
         }
         routes
     }

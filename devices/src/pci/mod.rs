@@ -1,5 +1,8 @@
 //! PCI core: configuration space, functions, the host with its config mechanisms (0xcf8 and
-//! ECAM), BAR mapping, INTx routing and the firmware step that programs what SeaBIOS would.
+//! ECAM), BAR mapping, INTx routing and the firmware step that programs what SeaBIOS would;
+//! the [`PciKind`] trait every device kind implements, the bridges and ports, and the
+//! header-only kinds. Nothing here names a chipset: `crate::chipset` builds on this module,
+//! and `crate::kinds` (the registry) on both.
 
 pub mod bridge;
 pub mod bridges;
@@ -9,12 +12,11 @@ pub mod config_io;
 pub mod device;
 pub mod e1000e;
 pub mod ecam;
-mod factory;
-#[cfg(test)]
-mod factory_tests;
+pub mod endpoints;
 pub mod firmware;
 pub mod host;
 pub mod interrupt;
+pub mod kind;
 pub mod msi;
 pub mod msix;
 pub mod nic;
@@ -30,11 +32,12 @@ mod tests;
 
 pub use config::{BarDef, BarKind, PciConfig};
 pub use config_io::{PciConfigIo, PCI_CONFIG_IO_BASE, PCI_CONFIG_IO_SIZE};
-pub use device::{GenericEndpoint, PciFunction, Space, Window, WindowTarget};
+pub use device::{BusPlacement, GenericEndpoint, PciFunction, Space, Window, WindowTarget};
 pub use ecam::PciConfigMmio;
 pub use firmware::FirmwareLayout;
 pub use host::{FunctionInfo, PciHost, SharedFunction, SharedHost};
 pub use interrupt::{IntxSink, MsiSink};
+pub use kind::{FunctionContext, PciKind};
 
 /// Errors building the PCI topology or registering device resources.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -9,39 +9,8 @@ use machine::{PciFunctionPlan, Plan};
 pub const DEFAULT_MAC_PREFIX: [u8; 5] = [0x52, 0x54, 0x00, 0x12, 0x34];
 /// First index handed out (…:56).
 const FIRST_INDEX: u8 = 0x56;
-
-/// Network device types of the catalog (and QEMU's other PCI NICs).
-pub fn is_nic(f: &PciFunctionPlan) -> bool {
-    if let Some(v) = f.virtio {
-        return v.device_type == 1;
-    }
-    matches!(
-        f.type_name.as_str(),
-        "e1000"
-            | "e1000-82540em"
-            | "e1000-82544gc"
-            | "e1000-82545em"
-            | "e1000e"
-            | "igb"
-            | "rtl8139"
-            | "ne2k_pci"
-            | "pcnet"
-            | "vmxnet3"
-            | "i82550"
-            | "i82551"
-            | "i82557a"
-            | "i82557b"
-            | "i82557c"
-            | "i82558a"
-            | "i82558b"
-            | "i82559a"
-            | "i82559b"
-            | "i82559c"
-            | "i82559er"
-            | "i82562"
-            | "i82801"
-    )
-}
+/// The first default MAC, 52:54:00:12:34:56.
+pub const FIRST_DEFAULT_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, FIRST_INDEX];
 
 /// Parse `52:54:00:12:34:56` (':' or '-' separated hex bytes).
 pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
@@ -58,8 +27,12 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
 }
 
 /// The MAC QEMU gives `target` (matched by bus and devfn), None if it is not a NIC of the
-/// plan or its `mac=` does not parse.
-pub fn mac_of(plan: &Plan, target: &PciFunctionPlan) -> Option<[u8; 6]> {
+/// plan or its `mac=` does not parse. `is_nic` says which functions are NICs (their kind).
+pub fn mac_of(
+    plan: &Plan,
+    target: &PciFunctionPlan,
+    is_nic: &dyn Fn(&PciFunctionPlan) -> bool,
+) -> Option<[u8; 6]> {
     let mut used = [0u32; 256];
     for f in plan.pci.iter().filter(|f| is_nic(f)) {
         let explicit = f

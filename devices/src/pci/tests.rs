@@ -70,9 +70,15 @@ impl Machine {
         let io = Arc::new(Bus::new());
         let mmio = Arc::new(Bus::new());
         let lifecycle = Lifecycle::new().unwrap();
-        let host = Arc::new(Mutex::new(
-            PciHost::from_plan(plan, lifecycle.clone(), io.clone(), mmio.clone()).unwrap(),
-        ));
+        let host = PciHost::from_plan(
+            plan,
+            lifecycle.clone(),
+            io.clone(),
+            mmio.clone(),
+            crate::kinds::kind_of,
+        )
+        .unwrap()
+        .into_shared();
         let cfg = Arc::new(Mutex::new(PciConfigIo::new(host.clone())));
         io.insert(PCI_CONFIG_IO_BASE, PCI_CONFIG_IO_SIZE, cfg)
             .unwrap();

@@ -4,6 +4,7 @@
 
 use crate::pci::bridge::{Model, PciBridge};
 use crate::pci::caps::ssvid;
+use crate::pci::kind::{shared, Constructor};
 use crate::pci::regs::CLASS_PROG;
 use crate::pci::PciError;
 use machine::PciFunctionPlan;
@@ -19,3 +20,9 @@ pub fn i82801b11(f: &PciFunctionPlan) -> Result<PciBridge, PciError> {
     cfg.set_u8(CLASS_PROG, PROG_IF_SUBTRACTIVE);
     Ok(b.finish())
 }
+
+/// The DMI-to-PCI bridge.
+pub static KIND: Constructor = Constructor {
+    names: &["i82801b11-bridge"],
+    build: |ctx| Ok(shared(i82801b11(ctx.function)?)),
+};

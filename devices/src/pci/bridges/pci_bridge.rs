@@ -11,6 +11,7 @@ use crate::pci::caps::pcie::{PcieCap, PortType};
 use crate::pci::caps::shpc::{self, Shpc};
 use crate::pci::caps::{aer, pcie, pm, slotid};
 use crate::pci::config::BarDef;
+use crate::pci::kind::{shared, Constructor};
 use crate::pci::msi::MsiCap;
 use crate::pci::props::Props;
 use crate::pci::PciError;
@@ -98,3 +99,15 @@ pub fn pcie_to_pci(f: &PciFunctionPlan) -> Result<PciBridge, PciError> {
     }
     Ok(b.finish())
 }
+
+/// The standard SHPC bridge (and its seat variant).
+pub static PCI_BRIDGE_KIND: Constructor = Constructor {
+    names: &["pci-bridge", "pci-bridge-seat"],
+    build: |ctx| Ok(shared(pci_bridge(ctx.function)?)),
+};
+
+/// The PCIe-to-PCI bridge.
+pub static PCIE_TO_PCI_KIND: Constructor = Constructor {
+    names: &["pcie-pci-bridge"],
+    build: |ctx| Ok(shared(pcie_to_pci(ctx.function)?)),
+};

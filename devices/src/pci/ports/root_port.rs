@@ -13,6 +13,7 @@ use crate::pci::bridge::{Model, PciBridge};
 use crate::pci::caps::pcie::{LinkSpeed, PcieCap, PortType};
 use crate::pci::caps::reserve::{self, Reserve};
 use crate::pci::caps::{acs, aer, ssvid};
+use crate::pci::kind::{shared, Constructor};
 use crate::pci::msi::MsiCap;
 use crate::pci::props::Props;
 use crate::pci::regs::*;
@@ -122,3 +123,15 @@ pub fn ioh3420(f: &PciFunctionPlan) -> Result<PciBridge, PciError> {
     express(&mut b, &props, IOH_EXP, LinkSpeed::GT2_5, 1)?;
     Ok(b.finish())
 }
+
+/// The generic PCI Express root port.
+pub static GENERIC_KIND: Constructor = Constructor {
+    names: &["pcie-root-port"],
+    build: |ctx| Ok(shared(generic(ctx.function)?)),
+};
+
+/// Intel's IOH 3420 root port.
+pub static IOH3420_KIND: Constructor = Constructor {
+    names: &["ioh3420"],
+    build: |ctx| Ok(shared(ioh3420(ctx.function)?)),
+};

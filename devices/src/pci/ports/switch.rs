@@ -7,6 +7,7 @@ use super::PortProps;
 use crate::pci::bridge::{Model, PciBridge};
 use crate::pci::caps::pcie::{LinkSpeed, PcieCap, PortType};
 use crate::pci::caps::{aer, ssvid};
+use crate::pci::kind::{shared, Constructor};
 use crate::pci::msi::MsiCap;
 use crate::pci::props::Props;
 use crate::pci::regs::*;
@@ -55,3 +56,15 @@ pub fn upstream(f: &PciFunctionPlan) -> Result<PciBridge, PciError> {
 pub fn downstream(f: &PciFunctionPlan) -> Result<PciBridge, PciError> {
     build(f, Model::SwitchDownstream, PortType::Downstream)
 }
+
+/// The switch's upstream port.
+pub static UPSTREAM_KIND: Constructor = Constructor {
+    names: &["x3130-upstream"],
+    build: |ctx| Ok(shared(upstream(ctx.function)?)),
+};
+
+/// A switch downstream port.
+pub static DOWNSTREAM_KIND: Constructor = Constructor {
+    names: &["xio3130-downstream"],
+    build: |ctx| Ok(shared(downstream(ctx.function)?)),
+};

@@ -1,10 +1,10 @@
-//! The catalog's `modelled` flag against the code: every concrete PCI type of the builtin
-//! catalog is planned and built; a type is modelled when the factory gives it a model
-//! (not a `GenericEndpoint`) or, for virtio, when `virtio::create` has a device for it.
+//! The registry against the catalog: every concrete PCI type of the builtin catalog has a
+//! kind and is planned and built; a type is modelled when its kind gives it a model (not a
+//! header only) or, for virtio, when `virtio::create` has a device for it.
 
-use super::e1000e::BusPlacement;
-use super::factory;
+use super::{kind_of, KINDS};
 use crate::lifecycle::Lifecycle;
+use crate::pci::{endpoints, BusPlacement, FunctionContext, PciKind};
 use crate::virtio::{self, VirtioBackend, VirtioError};
 use machine::{BusKind, Catalog, DeviceRequest, PciFunctionPlan, Plan, PlanRequest};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
@@ -71,9 +71,51 @@ fn built_with_model(plan: &Plan, f: &PciFunctionPlan) -> bool {
         root: bus.is_root,
     };
     let lifecycle = Lifecycle::new().expect("lifecycle");
-    let built = factory::build(f, plan, &lifecycle, placement)
-        .unwrap_or_else(|e| panic!("{}: {e}", f.type_name));
-    !built.header_only
+    let kind = kind_of(f);
+    kind.build(&FunctionContext {
+        function: f,
+        plan,
+        lifecycle: &lifecycle,
+        placement,
+        kind_of,
+    })
+    .unwrap_or_else(|e| panic!("{}: {e}", f.type_name));
+    !kind.header_only()
+}
+
+/// The kind a concrete catalog type gets, unless it is only the fallback for types no kind
+/// claims.
+fn claimed(f: &PciFunctionPlan) -> bool {
+    !std::ptr::addr_eq(kind_of(f), &endpoints::UNKNOWN as &dyn PciKind)
+}
+
+#[test]
+fn every_concrete_catalog_type_has_a_kind() {
+    let catalog = Catalog::builtin();
+    let mut missing = Vec::new();
+    for ty in catalog.device_types() {
+        if ty.is_abstract || !ty.is_pci() {
+            continue;
+        }
+        let (_, f) = plan_with(catalog, &ty.name)
+            .unwrap_or_else(|| panic!("{}: no plan places it", ty.name));
+        if !claimed(&f) {
+            missing.push(ty.name.clone());
+        }
+    }
+    assert!(missing.is_empty(), "no kind implements {missing:?}");
+}
+
+#[test]
+fn no_two_kinds_claim_a_name() {
+    let header_only = endpoints::HEADER_ONLY.iter().map(|k| k as &dyn PciKind);
+    let mut seen = std::collections::BTreeMap::new();
+    for kind in KINDS.iter().copied().chain(header_only) {
+        assert!(!kind.names().is_empty());
+        for name in kind.names() {
+            assert!(seen.insert(*name, ()).is_none(), "{name} claimed twice");
+        }
+    }
 }
 
 #[test]
