@@ -1,5 +1,6 @@
 //! Device models: the address-decoded bus, PCI core and chipsets, bridges, legacy devices.
 
+pub mod aml;
 pub mod bus;
 pub mod chipset;
 pub mod kinds;

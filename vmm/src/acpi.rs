@@ -11,7 +11,9 @@
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
 use acpi_tables::sdt::Sdt;
-use acpi_tables::{aml, Aml, AmlSink};
+use acpi_tables::{aml, Aml};
+use devices::aml::{bytes_of, RawAml};
+use devices::legacy::kind::IsaKind;
 use machine::{Family, Range};
 use vm_memory::{Bytes, GuestAddress};
 
@@ -105,15 +107,6 @@ fn bridge_aml(nodes: &[BridgeNode]) -> Vec<u8> {
     out
 }
 
-/// Already-encoded AML spliced into a parent object.
-struct RawAml(Vec<u8>);
-
-impl Aml for RawAml {
-    fn to_aml_bytes(&self, sink: &mut dyn AmlSink) {
-        sink.vec(&self.0);
-    }
-}
-
 /// The root bus's `_PRT` entries as QEMU's chipsets wire them: the slot/pin -> PIRQ map of
 /// the chipset, then PIRQ -> GSI (q35 in APIC mode: GSI 16 + PIRQ; pc: the IRQ firmware
 /// routed the PIRQ to, except slot 1 INTA, PIIX4 PM's pin, which QEMU's DSDT wires to the
@@ -155,101 +148,25 @@ fn isa_bridge_devfn(family: Family) -> Option<u8> {
     }
 }
 
-/// ACPI small resource `IRQNoFlags () {irq}` (edge, active high, exclusive: ISA style).
-fn irq_no_flags(irq: u32) -> RawAml {
-    let mask = 1u16.checked_shl(irq).unwrap_or(0);
-    let [lo, hi] = mask.to_le_bytes();
-    RawAml(vec![0x22, lo, hi])
-}
-
-/// COM port number (1-based) of a serial port at `base`, as QEMU's isa-serial numbers its
-/// index: the standard bases 0x3f8, 0x2f8, 0x3e8, 0x2e8, then the order of appearance.
-fn com_number(base: u64, nth: usize) -> usize {
-    match base {
-        0x3f8 => 1,
-        0x2f8 => 2,
-        0x3e8 => 3,
-        0x2e8 => 4,
-        _ => nth + 1,
-    }
-}
-
-/// The ISA devices of the DSDT, as QEMU's `build_aml` of each ISA device writes them:
-/// `KBD_` (PNP0303) and `MOU_` (PNP0F13) for the i8042, `RTC_` (PNP0B00), `COMn` (PNP0501).
+/// The ISA devices of the DSDT, each kind's fragment (`KBD_`/`MOU_`, `COMn`, `RTC_`) in
+/// QEMU's DSDT order, which is also the order Linux numbers PnP devices in (00:00, 00:01,
+/// ...).
 fn isa_aml(isa: &[machine::IsaDevicePlan]) -> Vec<u8> {
+    let mut described: Vec<(&machine::IsaDevicePlan, &dyn IsaKind)> = isa
+        .iter()
+        .filter_map(|d| Some((d, devices::kinds::isa_kind(&d.type_name)?)))
+        .collect();
+    described.sort_by_key(|(_, kind)| kind.aml_order());
     let mut out = Vec::new();
-    // QEMU's DSDT order (keyboard, floppy, parallel, serial, RTC), which is also the order
-    // Linux numbers PnP devices in (00:00, 00:01, ...).
-    let rank = |t: &str| match t {
-        "i8042" => 0,
-        "isa-fdc" => 1,
-        "isa-parallel" => 2,
-        "isa-serial" => 3,
-        "mc146818rtc" => 4,
-        _ => 5,
-    };
-    let mut isa: Vec<&machine::IsaDevicePlan> = isa.iter().collect();
-    isa.sort_by_key(|d| rank(&d.type_name));
-    let sta = aml::Name::new("_STA".into(), &0x0fu8);
-    let mut serials = 0;
-    for dev in isa {
-        let ios: Vec<aml::IO> = dev
-            .io
-            .iter()
-            .map(|r| {
-                let len = r.size.min(255) as u8;
-                aml::IO::new(r.base as u16, r.base as u16, 1, len)
-            })
-            .collect();
-        let irqs: Vec<RawAml> = dev.irqs.iter().map(|&i| irq_no_flags(i)).collect();
-        match dev.type_name.as_str() {
-            "i8042" => {
-                let mut res: Vec<&dyn Aml> = ios.iter().map(|i| i as &dyn Aml).collect();
-                if let Some(kbd_irq) = irqs.first() {
-                    res.push(kbd_irq);
-                }
-                let crs = aml::ResourceTemplate::new(res);
-                let hid = aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0303"));
-                let crs = aml::Name::new("_CRS".into(), &crs);
-                out.extend(bytes_of(&aml::Device::new(
-                    "KBD_".into(),
-                    vec![&hid, &sta, &crs],
-                )));
-                if let Some(mouse_irq) = irqs.get(1) {
-                    let crs = aml::ResourceTemplate::new(vec![mouse_irq]);
-                    let hid = aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0F13"));
-                    let crs = aml::Name::new("_CRS".into(), &crs);
-                    out.extend(bytes_of(&aml::Device::new(
-                        "MOU_".into(),
-                        vec![&hid, &sta, &crs],
-                    )));
-                }
-            }
-            "mc146818rtc" => {
-                let mut res: Vec<&dyn Aml> = ios.iter().map(|i| i as &dyn Aml).collect();
-                res.extend(irqs.iter().map(|i| i as &dyn Aml));
-                let crs = aml::ResourceTemplate::new(res);
-                let hid = aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0B00"));
-                let crs = aml::Name::new("_CRS".into(), &crs);
-                out.extend(bytes_of(&aml::Device::new("RTC_".into(), vec![&hid, &crs])));
-            }
-            "isa-serial" => {
-                let n = com_number(dev.io.first().map_or(0, |r| r.base), serials);
-                serials += 1;
-                let mut res: Vec<&dyn Aml> = ios.iter().map(|i| i as &dyn Aml).collect();
-                res.extend(irqs.iter().map(|i| i as &dyn Aml));
-                let crs = aml::ResourceTemplate::new(res);
-                let hid = aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0501"));
-                let uid = aml::Name::new("_UID".into(), &(n as u32));
-                let crs = aml::Name::new("_CRS".into(), &crs);
-                let name = format!("COM{}", n.min(9));
-                out.extend(bytes_of(&aml::Device::new(
-                    name.as_str().into(),
-                    vec![&hid, &uid, &sta, &crs],
-                )));
-            }
-            _ => {}
-        }
+    // How many of each kind came before (COM port numbering).
+    let mut seen: std::collections::BTreeMap<&str, usize> = Default::default();
+    for (dev, kind) in described {
+        let count = seen
+            .entry(kind.names().first().copied().unwrap_or(""))
+            .or_default();
+        let n = *count;
+        *count += 1;
+        out.extend(kind.aml(dev, n));
     }
     out
 }
@@ -352,22 +269,6 @@ fn q35_osc() -> Vec<u8> {
         false,
         vec![&create1, &if_pci, &else_unknown, &ret],
     ))
-}
-
-/// A byte sink for AML and tables.
-#[derive(Default)]
-struct Buf(Vec<u8>);
-
-impl AmlSink for Buf {
-    fn byte(&mut self, byte: u8) {
-        self.0.push(byte);
-    }
-}
-
-fn bytes_of(table: &dyn Aml) -> Vec<u8> {
-    let mut b = Buf::default();
-    table.to_aml_bytes(&mut b);
-    b.0
 }
 
 fn sdt(signature: &[u8; 4], revision: u8, body: &[u8]) -> Vec<u8> {

@@ -7,10 +7,9 @@ use crate::cpuid;
 use crate::kvm_vm::KvmVm;
 use crate::vcpu::setup::{setup_boot_cpu, setup_common, write_boot_tables};
 use devices::bus::{Bus, SharedDevice};
+use devices::legacy::kind::IsaContext;
+use devices::legacy::serial::SerialPort;
 use devices::legacy::serial::SharedWriter;
-use devices::legacy::{
-    cmos::Cmos, i8042::I8042, port92::Port92, serial::SerialPort, sink::SinkPort,
-};
 use devices::lifecycle::Lifecycle;
 use devices::pci::{FirmwareLayout, PciHost, SharedHost};
 use kvm_ioctls::{Kvm, VcpuFd};
@@ -54,6 +53,8 @@ pub enum BuildError {
     MissingResource { device: String, what: &'static str },
     #[error(transparent)]
     Pci(#[from] devices::pci::PciError),
+    #[error(transparent)]
+    Isa(#[from] devices::legacy::kind::IsaError),
     #[error(transparent)]
     FwCfg(#[from] devices::legacy::fw_cfg::FwCfgError),
 }
@@ -124,15 +125,11 @@ fn map_io_ranges(bus: &Bus, isa: &IsaDevicePlan, dev: &SharedDevice) -> Result<(
 }
 
 /// An eventfd wired to the in-kernel irqchip's `irq` (an ISA device's interrupt line).
-fn isa_irqfd(vm: &KvmVm, device: &str, irq: u32) -> Result<EventFd> {
-    let interrupt = |source| BuildError::Interrupt {
-        device: device.to_string(),
-        source,
-    };
-    let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(interrupt)?;
+fn isa_irqfd(vm: &KvmVm, irq: u32) -> std::io::Result<EventFd> {
+    let evt = EventFd::new(libc::EFD_NONBLOCK)?;
     vm.fd
         .register_irqfd(&evt, irq)
-        .map_err(|e| interrupt(std::io::Error::from_raw_os_error(e.errno())))?;
+        .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))?;
     Ok(evt)
 }
 
@@ -147,61 +144,25 @@ struct IsaDevices {
 fn build_isa(vm: &KvmVm, io: &Bus, plan: &Plan, inputs: &BuildInputs) -> Result<IsaDevices> {
     let mut serial = None;
     let mut modelled = Vec::new();
+    let mut console = Some(inputs.console.clone());
+    let irq_line = |irq| isa_irqfd(vm, irq);
     for isa in &plan.isa {
-        let name = isa.type_name.as_str();
-        let device: Option<SharedDevice> = match name {
-            "isa-serial" => {
-                let irq = *isa
-                    .irqs
-                    .first()
-                    .ok_or_else(|| BuildError::MissingResource {
-                        device: name.to_string(),
-                        what: "IRQ",
-                    })?;
-                let evt = isa_irqfd(vm, name, irq)?;
-                // Only the first COM port has a console behind it.
-                let out = if serial.is_none() {
-                    inputs.console.clone()
-                } else {
-                    SharedWriter::new(Box::new(std::io::sink()))
-                };
-                let port = Arc::new(Mutex::new(SerialPort::new(evt, out)));
-                if serial.is_none() {
-                    serial = Some(port.clone());
-                }
-                Some(port)
-            }
-            "mc146818rtc" => Some(Arc::new(Mutex::new(
-                Cmos::new(
-                    plan.memory.ram_below_4g,
-                    plan.memory.ram_above_4g,
-                    plan.cpus,
-                )
-                .with_offset(inputs.rtc_offset),
-            ))),
-            "i8042" => {
-                // IRQ 1 (keyboard) and 12 (mouse), as the plan lists them.
-                let mut lines = Vec::new();
-                for &irq in isa.irqs.iter().take(2) {
-                    lines.push(isa_irqfd(vm, name, irq)?);
-                }
-                let mut lines = lines.into_iter();
-                Some(Arc::new(Mutex::new(I8042::new(
-                    inputs.lifecycle.clone(),
-                    lines.next(),
-                    lines.next(),
-                ))))
-            }
-            "port92" => Some(Arc::new(Mutex::new(Port92::new(inputs.lifecycle.clone())))),
-            "ioport80" | "ioportF0" => Some(Arc::new(Mutex::new(SinkPort))),
-            // The PICs, PIT and IOAPIC are KVM's in-kernel models; the rest (HPET, vmport,
-            // DMA, PC speaker, ...) have no user-space model yet and are not mapped.
-            _ => None,
+        // The PICs, PIT and IOAPIC are KVM's in-kernel models; the rest without a kind
+        // (HPET, vmport, DMA, PC speaker, ...) have no user-space model yet.
+        let Some(kind) = devices::kinds::isa_kind(&isa.type_name) else {
+            continue;
         };
-        if let Some(dev) = device {
-            map_io_ranges(io, isa, &dev)?;
-            modelled.push(isa.clone());
-        }
+        let built = kind.build(&mut IsaContext {
+            device: isa,
+            plan,
+            lifecycle: &inputs.lifecycle,
+            irq_line: &irq_line,
+            console: &mut console,
+            rtc_offset: inputs.rtc_offset,
+        })?;
+        map_io_ranges(io, isa, &built.device)?;
+        serial = serial.or(built.console);
+        modelled.push(isa.clone());
     }
     Ok(IsaDevices { serial, modelled })
 }

@@ -320,9 +320,11 @@ impl MachineConfig {
         backends::attach_drives(&devices, &contexts, &mut list)?;
         // `-device isa-serial,chardev=ID`: that chardev is the port's console.
         let mut serial_chardev = None;
+        let console_port =
+            |driver: &str| devices::kinds::isa_kind(driver).is_some_and(|k| k.console());
         if let Some((dev, id)) = devices.iter().find_map(|d| {
             let id = d.properties.iter().find(|(k, _)| k == "chardev")?;
-            (d.driver == "isa-serial").then_some((d, id.1.clone()))
+            console_port(&d.driver).then_some((d, id.1.clone()))
         }) {
             let console = chardev_consoles
                 .iter()

@@ -1,6 +1,7 @@
-//! The registry of device kinds: each catalog type name (resources/machines/devices.json)
-//! maps to the one [`PciKind`] that implements it, in its own module. Adding a kind is one
-//! entry in [`KINDS`]; the kind's module lists the names it implements.
+//! The registry of device kinds: each catalog type name (resources/machines/devices.json,
+//! and the boards' ISA devices) maps to the one [`PciKind`] or [`IsaKind`] that implements
+//! it, in its own module. Adding a kind is one entry in [`KINDS`] or [`ISA_KINDS`]; the
+//! kind's module lists the names it implements.
 //!
 //! Virtio-pci types are found by the catalog's `virtio` data rather than by name (the VMM
 //! builds their devices); a type no kind claims (one a `-machine-definition` adds) is built
@@ -8,6 +9,8 @@
 //! exactly the types the catalog calls `modelled` get a model.
 
 use crate::chipset::{ahci, i440fx, ich9_lpc, ich9_smbus, mch, piix3, piix4_pm, piix_ide};
+use crate::legacy::kind::IsaKind;
+use crate::legacy::{cmos, i8042, port92, serial, sink};
 use crate::pci::bridges::{dmi, pci_bridge};
 use crate::pci::endpoints;
 use crate::pci::ports::{root_port, switch};
@@ -41,6 +44,24 @@ static KINDS: &[&dyn PciKind] = &[
     // Endpoints.
     &e1000e::KIND,
 ];
+
+/// Every ISA device kind.
+static ISA_KINDS: &[&dyn IsaKind] = &[
+    &serial::KIND,
+    &cmos::KIND,
+    &i8042::KIND,
+    &port92::KIND,
+    &sink::KIND,
+];
+
+/// The kind of the plan's ISA device type `name`; None for devices machina leaves to KVM
+/// (PIC, PIT, IOAPIC) or does not model.
+pub fn isa_kind(name: &str) -> Option<&'static dyn IsaKind> {
+    ISA_KINDS
+        .iter()
+        .copied()
+        .find(|k| k.names().contains(&name))
+}
 
 fn by_name() -> &'static HashMap<&'static str, &'static dyn PciKind> {
     static MAP: OnceLock<HashMap<&'static str, &'static dyn PciKind>> = OnceLock::new();

@@ -219,3 +219,23 @@ fn virtio_net_lists_the_features_its_model_offers() {
         );
     }
 }
+
+#[test]
+fn catalog_isa_types_have_a_kind_exactly_when_modelled() {
+    let catalog = Catalog::builtin();
+    let mut checked = 0;
+    for ty in catalog.device_types() {
+        if ty.is_abstract || ty.isa.is_none() {
+            continue;
+        }
+        assert_eq!(
+            super::isa_kind(&ty.name).is_some(),
+            ty.modelled,
+            "{}: catalog says modelled={}",
+            ty.name,
+            ty.modelled
+        );
+        checked += 1;
+    }
+    assert!(checked >= 2, "the sweep covered the ISA types");
+}

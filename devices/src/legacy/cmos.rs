@@ -1,7 +1,12 @@
 //! MC146818 RTC and CMOS RAM at 0x70/0x71: a real clock (UTC, BCD, 24-hour, as QEMU's
 //! default) and the memory-size bytes firmware and old kernels read.
 
+use super::kind::{IsaBuilt, IsaContext, IsaError, IsaKind};
+use crate::aml;
 use crate::bus::BusDevice;
+use acpi_tables::{aml as a, Aml};
+use machine::IsaDevicePlan;
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 const REG_SECONDS: u8 = 0x00;
@@ -148,6 +153,36 @@ impl BusDevice for Cmos {
             }
             _ => {}
         }
+    }
+}
+
+/// The MC146818 RTC/CMOS kind.
+pub struct RtcKind;
+pub static KIND: RtcKind = RtcKind;
+
+impl IsaKind for RtcKind {
+    fn names(&self) -> &'static [&'static str] {
+        &["mc146818rtc"]
+    }
+    fn build(&self, ctx: &mut IsaContext) -> Result<IsaBuilt, IsaError> {
+        let m = &ctx.plan.memory;
+        let cmos =
+            Cmos::new(m.ram_below_4g, m.ram_above_4g, ctx.plan.cpus).with_offset(ctx.rtc_offset);
+        Ok(IsaBuilt::new(Arc::new(Mutex::new(cmos))))
+    }
+    fn aml_order(&self) -> u8 {
+        4
+    }
+    /// `RTC_` (PNP0B00) with its ports and IRQ.
+    fn aml(&self, dev: &IsaDevicePlan, _nth: usize) -> Vec<u8> {
+        let ios = aml::io_ranges(dev);
+        let irqs = aml::irqs(dev);
+        let mut res: Vec<&dyn Aml> = ios.iter().map(|i| i as &dyn Aml).collect();
+        res.extend(irqs.iter().map(|i| i as &dyn Aml));
+        let crs = a::ResourceTemplate::new(res);
+        let hid = a::Name::new("_HID".into(), &a::EISAName::new("PNP0B00"));
+        let crs = a::Name::new("_CRS".into(), &crs);
+        aml::bytes_of(&a::Device::new("RTC_".into(), vec![&hid, &crs]))
     }
 }
 

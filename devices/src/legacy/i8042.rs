@@ -7,9 +7,14 @@
 //! port bit 0), which resets the machine. No host input is attached: the devices never
 //! produce scan codes of their own.
 
+use super::kind::{IsaBuilt, IsaContext, IsaError, IsaKind};
+use crate::aml;
 use crate::bus::BusDevice;
 use crate::lifecycle::{Lifecycle, Request};
+use acpi_tables::{aml as a, Aml};
+use machine::IsaDevicePlan;
 use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 use vmm_sys_util::eventfd::EventFd;
 
 pub const DATA_PORT: u64 = 0x60;
@@ -379,6 +384,50 @@ impl BusDevice for I8042 {
             COMMAND_PORT => self.command(v),
             _ => {}
         }
+    }
+}
+
+/// The i8042 keyboard controller kind (keyboard IRQ first, mouse second, as the plan lists
+/// them).
+pub struct I8042Kind;
+pub static KIND: I8042Kind = I8042Kind;
+
+impl IsaKind for I8042Kind {
+    fn names(&self) -> &'static [&'static str] {
+        &["i8042"]
+    }
+    fn build(&self, ctx: &mut IsaContext) -> Result<IsaBuilt, IsaError> {
+        let kbd = ctx.irq(0)?;
+        let aux = ctx.irq(1)?;
+        let dev = I8042::new(ctx.lifecycle.clone(), kbd, aux);
+        Ok(IsaBuilt::new(Arc::new(Mutex::new(dev))))
+    }
+    fn aml_order(&self) -> u8 {
+        0
+    }
+    /// `KBD_` (PNP0303: both ports, the keyboard IRQ) and `MOU_` (PNP0F13: the mouse IRQ).
+    fn aml(&self, dev: &IsaDevicePlan, _nth: usize) -> Vec<u8> {
+        let sta = a::Name::new("_STA".into(), &0x0fu8);
+        let ios = aml::io_ranges(dev);
+        let irqs = aml::irqs(dev);
+        let mut res: Vec<&dyn Aml> = ios.iter().map(|i| i as &dyn Aml).collect();
+        if let Some(kbd_irq) = irqs.first() {
+            res.push(kbd_irq);
+        }
+        let crs = a::ResourceTemplate::new(res);
+        let hid = a::Name::new("_HID".into(), &a::EISAName::new("PNP0303"));
+        let crs = a::Name::new("_CRS".into(), &crs);
+        let mut out = aml::bytes_of(&a::Device::new("KBD_".into(), vec![&hid, &sta, &crs]));
+        if let Some(mouse_irq) = irqs.get(1) {
+            let crs = a::ResourceTemplate::new(vec![mouse_irq]);
+            let hid = a::Name::new("_HID".into(), &a::EISAName::new("PNP0F13"));
+            let crs = a::Name::new("_CRS".into(), &crs);
+            out.extend(aml::bytes_of(&a::Device::new(
+                "MOU_".into(),
+                vec![&hid, &sta, &crs],
+            )));
+        }
+        out
     }
 }
 

@@ -3,6 +3,7 @@
 pub mod cmos;
 pub mod fw_cfg;
 pub mod i8042;
+pub mod kind;
 pub mod port92;
 pub mod serial;
 pub mod sink;

@@ -1,7 +1,9 @@
 //! System control port A (0x92): fast A20 gate (bit 1) and fast reset (bit 0).
 
+use super::kind::{IsaBuilt, IsaContext, IsaError, IsaKind};
 use crate::bus::BusDevice;
 use crate::lifecycle::{Lifecycle, Request};
+use std::sync::{Arc, Mutex};
 
 pub struct Port92 {
     value: u8,
@@ -33,5 +35,20 @@ impl BusDevice for Port92 {
                 self.lifecycle.request(Request::Reset);
             }
         }
+    }
+}
+
+/// System control port A.
+pub struct Port92Kind;
+pub static KIND: Port92Kind = Port92Kind;
+
+impl IsaKind for Port92Kind {
+    fn names(&self) -> &'static [&'static str] {
+        &["port92"]
+    }
+    fn build(&self, ctx: &mut IsaContext) -> Result<IsaBuilt, IsaError> {
+        Ok(IsaBuilt::new(Arc::new(Mutex::new(Port92::new(
+            ctx.lifecycle.clone(),
+        )))))
     }
 }

@@ -1,7 +1,11 @@
 //! The 16550 UART (vm-superio) on the I/O bus, with its output going to a shared sink so the
 //! console survives a machine reset and its interrupt going out through an eventfd (irqfd).
 
+use super::kind::{IsaBuilt, IsaContext, IsaError, IsaKind};
+use crate::aml;
 use crate::bus::BusDevice;
+use acpi_tables::{aml as a, Aml};
+use machine::IsaDevicePlan;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 use vm_superio::{Serial, Trigger};
@@ -78,6 +82,63 @@ impl BusDevice for SerialPort {
             // A failed interrupt write only loses an edge the guest will poll past.
             let _ = self.uart.write(offset, value);
         }
+    }
+}
+
+/// COM port number (1-based) of a serial port at `base`, as QEMU's isa-serial numbers its
+/// index: the standard bases 0x3f8, 0x2f8, 0x3e8, 0x2e8, then the order of appearance.
+fn com_number(base: u64, nth: usize) -> usize {
+    match base {
+        0x3f8 => 1,
+        0x2f8 => 2,
+        0x3e8 => 3,
+        0x2e8 => 4,
+        _ => nth + 1,
+    }
+}
+
+/// The 16550 COM port kind. Only the first port has the console behind it.
+pub struct SerialKind;
+pub static KIND: SerialKind = SerialKind;
+
+impl IsaKind for SerialKind {
+    fn names(&self) -> &'static [&'static str] {
+        &["isa-serial"]
+    }
+    fn build(&self, ctx: &mut IsaContext) -> Result<IsaBuilt, IsaError> {
+        let evt = ctx.required_irq(0)?;
+        let console = ctx.console.take();
+        let first = console.is_some();
+        let out = console.unwrap_or_else(|| SharedWriter::new(Box::new(std::io::sink())));
+        let port = Arc::new(Mutex::new(SerialPort::new(evt, out)));
+        Ok(IsaBuilt {
+            device: port.clone(),
+            console: first.then_some(port),
+        })
+    }
+    fn console(&self) -> bool {
+        true
+    }
+    fn aml_order(&self) -> u8 {
+        3
+    }
+    /// `COMn` (PNP0501) with its ports and IRQ.
+    fn aml(&self, dev: &IsaDevicePlan, nth: usize) -> Vec<u8> {
+        let n = com_number(dev.io.first().map_or(0, |r| r.base), nth);
+        let ios = aml::io_ranges(dev);
+        let irqs = aml::irqs(dev);
+        let mut res: Vec<&dyn Aml> = ios.iter().map(|i| i as &dyn Aml).collect();
+        res.extend(irqs.iter().map(|i| i as &dyn Aml));
+        let crs = a::ResourceTemplate::new(res);
+        let hid = a::Name::new("_HID".into(), &a::EISAName::new("PNP0501"));
+        let uid = a::Name::new("_UID".into(), &(n as u32));
+        let sta = a::Name::new("_STA".into(), &0x0fu8);
+        let crs = a::Name::new("_CRS".into(), &crs);
+        let name = format!("COM{}", n.min(9));
+        aml::bytes_of(&a::Device::new(
+            name.as_str().into(),
+            vec![&hid, &uid, &sta, &crs],
+        ))
     }
 }
 

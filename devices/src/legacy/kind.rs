@@ -1,0 +1,118 @@
+//! An ISA (or system-bus) device kind: how a device of the plan's ISA list is built and what
+//! it adds to the DSDT. Each kind implements [`IsaKind`] in its own module; `crate::kinds`
+//! maps the plan's type names to them. Entries without a kind (KVM's in-kernel PIC, PIT and
+//! IOAPIC; devices machina does not model) are not mapped and not described.
+
+use super::serial::{SerialPort, SharedWriter};
+use crate::bus::SharedDevice;
+use crate::lifecycle::Lifecycle;
+use machine::{IsaDevicePlan, Plan};
+use std::sync::{Arc, Mutex};
+use vmm_sys_util::eventfd::EventFd;
+
+/// Errors building an ISA device.
+#[derive(Debug, thiserror::Error)]
+pub enum IsaError {
+    #[error("{device}: the plan gives it no {what}")]
+    MissingResource { device: String, what: &'static str },
+    #[error("cannot set up the interrupt of {device}: {source}")]
+    Interrupt {
+        device: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What a kind gets to build one device.
+pub struct IsaContext<'a> {
+    /// The device as planned: its ports and IRQs.
+    pub device: &'a IsaDevicePlan,
+    pub plan: &'a Plan,
+    pub lifecycle: &'a Lifecycle,
+    /// Wires ISA IRQ `irq` to the interrupt controller (an irqfd).
+    pub irq_line: &'a dyn Fn(u32) -> std::io::Result<EventFd>,
+    /// The console output, for the first device that takes it (the first COM port).
+    pub console: &'a mut Option<SharedWriter>,
+    /// Seconds the RTC runs ahead of the host's UTC clock (`-rtc base=`).
+    pub rtc_offset: i64,
+}
+
+impl IsaContext<'_> {
+    /// The device's IRQ number `index` (as the plan lists them) wired up.
+    pub fn irq(&self, index: usize) -> Result<Option<EventFd>, IsaError> {
+        let Some(&irq) = self.device.irqs.get(index) else {
+            return Ok(None);
+        };
+        (self.irq_line)(irq)
+            .map(Some)
+            .map_err(|source| IsaError::Interrupt {
+                device: self.device.type_name.clone(),
+                source,
+            })
+    }
+
+    /// Like [`irq`](Self::irq), for a line the device cannot do without.
+    pub fn required_irq(&self, index: usize) -> Result<EventFd, IsaError> {
+        self.irq(index)?.ok_or_else(|| IsaError::MissingResource {
+            device: self.device.type_name.clone(),
+            what: "IRQ",
+        })
+    }
+}
+
+/// A built ISA device, mapped at the plan's ports.
+pub struct IsaBuilt {
+    pub device: SharedDevice,
+    /// The serial port the console is attached to, when this device took it.
+    pub console: Option<Arc<Mutex<SerialPort>>>,
+}
+
+impl IsaBuilt {
+    pub fn new(device: SharedDevice) -> Self {
+        Self {
+            device,
+            console: None,
+        }
+    }
+}
+
+/// One ISA device kind.
+pub trait IsaKind: Sync {
+    /// The plan's type names this kind implements.
+    fn names(&self) -> &'static [&'static str];
+
+    fn build(&self, ctx: &mut IsaContext) -> Result<IsaBuilt, IsaError>;
+
+    /// A device whose `chardev=` is a console (a COM port): the VMM connects that chardev
+    /// to it.
+    fn console(&self) -> bool {
+        false
+    }
+
+    /// Its place in QEMU's DSDT order (keyboard 0, floppy 1, parallel 2, serial 3, RTC 4),
+    /// which is also the order Linux numbers PnP devices in.
+    fn aml_order(&self) -> u8 {
+        u8::MAX
+    }
+
+    /// Its DSDT device, as QEMU's `build_aml` of the device writes it; `nth` counts the
+    /// devices of this kind before it. Empty for devices QEMU does not describe.
+    fn aml(&self, _dev: &IsaDevicePlan, _nth: usize) -> Vec<u8> {
+        Vec::new()
+    }
+}
+
+/// Board entries a model decodes as part of itself (the APM ports of the PM function, the
+/// host bridge's config ports): the plan gives their resources, no ISA device is built.
+pub struct BoardEntry {
+    pub names: &'static [&'static str],
+}
+
+impl BoardEntry {
+    /// The plan's entry of this kind, if the machine has one.
+    pub fn find<'p>(&self, plan: &'p Plan) -> Option<&'p IsaDevicePlan> {
+        plan.isa
+            .iter()
+            .find(|d| self.names.contains(&d.type_name.as_str()))
+    }
+}
