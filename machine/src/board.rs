@@ -139,6 +139,9 @@ pub struct BoardDef {
     /// allocated from): an ISA device placed over one would hide it.
     #[serde(default)]
     pub firmware_io: Vec<FirmwareIoDef>,
+    /// The ACPI SCI's interrupt (GSI), wired by the south bridge's PM block.
+    #[serde(default)]
+    pub sci_irq: Option<u32>,
     pub memory: MemoryLayoutDef,
 }
 

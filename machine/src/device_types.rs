@@ -300,6 +300,14 @@ pub struct DeviceTypeDef {
     /// QEMU's; such types stay accepted by `-device` but are absent from introspection.
     #[serde(default)]
     pub modelled: Option<bool>,
+    /// A virtio-serial port that is a console (`virtconsole`; inherited).
+    #[serde(default)]
+    pub console: Option<bool>,
+    /// A south bridge whose ACPI PCI hot-plug takes over the secondary buses of cold-plugged
+    /// bridges and ports while all these bool properties are on (acpi_pcihp_device_plug_cb;
+    /// inherited).
+    #[serde(default)]
+    pub acpi_bridge_hotplug: Option<Vec<String>>,
     /// Named property lists merged into this type without becoming ancestors.
     #[serde(default)]
     pub property_sets: Vec<String>,
@@ -332,6 +340,13 @@ pub struct DeviceType {
     pub libvirt_model: Option<String>,
     /// A device model stands behind the type (see `DeviceTypeDef::modelled`).
     pub modelled: bool,
+    /// A virtio-serial console port (see `DeviceTypeDef::console`).
+    #[serde(skip)]
+    pub console: bool,
+    /// Properties that, all on, make this south bridge's ACPI hot-plug own cold-plugged
+    /// bridges' buses (see `DeviceTypeDef::acpi_bridge_hotplug`); empty for other types.
+    #[serde(skip)]
+    pub acpi_bridge_hotplug: Vec<String>,
     /// All properties (own, inherited, from property sets), sorted by name.
     pub properties: Vec<PropertyDef>,
     /// QOM types whose global/compat properties apply: self, ancestors, virtio backend chain.
@@ -456,6 +471,8 @@ struct Folded {
     connect: Option<String>,
     libvirt_model: Option<String>,
     modelled: Option<bool>,
+    console: Option<bool>,
+    acpi_bridge_hotplug: Option<Vec<String>>,
     props: BTreeMap<String, PropertyDef>,
 }
 
@@ -504,6 +521,12 @@ impl Folded {
         }
         if d.modelled.is_some() {
             self.modelled = d.modelled;
+        }
+        if d.console.is_some() {
+            self.console = d.console;
+        }
+        if d.acpi_bridge_hotplug.is_some() {
+            self.acpi_bridge_hotplug = d.acpi_bridge_hotplug.clone();
         }
         for set in &d.property_sets {
             let list = property_sets
@@ -588,6 +611,8 @@ pub fn resolve_device_types(
             clears_default: def.clears_default.clone(),
             libvirt_model: f.libvirt_model,
             modelled: f.modelled.unwrap_or(true),
+            console: f.console.unwrap_or(false),
+            acpi_bridge_hotplug: f.acpi_bridge_hotplug.unwrap_or_default(),
             properties: f.props.into_values().collect(),
             compat_match: Vec::new(),
         };

@@ -226,6 +226,14 @@ pub struct Plan {
     /// Ports on virtio-serial buses (`virtconsole`, `virtserialport`).
     #[serde(default)]
     pub virtio_ports: Vec<VirtioPortPlan>,
+    /// The ACPI SCI's interrupt (GSI) (the board's `sci-irq`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sci_irq: Option<u32>,
+    /// The south bridge's ACPI PCI hot-plug owns the secondary buses of cold-plugged bridges
+    /// and ports (QEMU's acpi_pcihp_device_plug_cb): no standard hot-plug controller claims
+    /// them and slots do not latch cold-plugged devices.
+    #[serde(default)]
+    pub acpi_bridge_hotplug: bool,
 }
 
 /// A port of a virtio-serial-pci controller, with QEMU's port number.

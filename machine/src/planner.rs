@@ -141,6 +141,7 @@ impl Catalog {
                 ctx.topo.advisories.extend(adv);
             }
         }
+        let acpi_bridge_hotplug = ctx.acpi_bridge_hotplug();
         Ok(Plan {
             machine: machine.name.clone(),
             family: machine.family,
@@ -154,6 +155,8 @@ impl Catalog {
             pci: ctx.topo.functions,
             isa: ctx.isa,
             advisories: ctx.topo.advisories,
+            sci_irq: machine.board.sci_irq,
+            acpi_bridge_hotplug,
             virtio_ports: ctx.ports,
         })
     }
@@ -346,13 +349,26 @@ impl<'a> Ctx<'a> {
         }
     }
 
-    /// The south bridge's `acpi-pci-hotplug-with-bridge-support` (compat properties applied).
+    /// Whether the south bridge's ACPI PCI hot-plug owns cold-plugged bridges' buses: its
+    /// catalog type's `acpi-bridge-hotplug` properties are all on (compat properties
+    /// applied). On q35 that is ICH9-LPC `acpi-pci-hotplug-with-bridge-support` (on since
+    /// pc-q35-6.1); on pc, PIIX4_PM with the same property and `acpi-root-pci-hotplug` (it
+    /// must handle pci.0 to see the bridges plugged there). The plan carries the answer
+    /// (`Plan::acpi_bridge_hotplug`) to the devices.
     fn acpi_bridge_hotplug(&self) -> bool {
         self.topo.functions.iter().any(|f| {
-            matches!(f.type_name.as_str(), "ICH9-LPC" | "PIIX4_PM")
-                && f.properties
-                    .get("acpi-pci-hotplug-with-bridge-support")
-                    .is_some_and(|v| matches!(v.as_str(), "on" | "true"))
+            let Some(ty) = self.catalog.device_type(&f.type_name) else {
+                return false;
+            };
+            !ty.acpi_bridge_hotplug.is_empty()
+                && ty.acpi_bridge_hotplug.iter().all(|name| {
+                    let value = f
+                        .properties
+                        .get(name)
+                        .cloned()
+                        .or_else(|| ty.property(name).and_then(|p| p.default_text()));
+                    value.is_some_and(|v| crate::properties::parse_bool(name, &v).unwrap_or(false))
+                })
         })
     }
 
@@ -493,7 +509,7 @@ impl<'a> Ctx<'a> {
             if let Some(bus) = req.get("bus") {
                 props.insert("bus".to_string(), bus.to_string());
             }
-            let console = dev.name == "virtconsole";
+            let console = dev.console;
             let port = crate::virtio_ports::place(
                 &dev.name,
                 console,
@@ -692,12 +708,12 @@ impl<'a> Ctx<'a> {
             // Cold-plugged bridges on an ACPI-hotplug bus get ACPI hot-plug for their own
             // bus too, which replaces the standard hot-plug controller.
             let acpi = bus_plan.acpi_hotplug && !bridge.port;
-            // On q35 with ICH9-LPC.acpi-pci-hotplug-with-bridge-support (6.1 and later) the
-            // ACPI plug callback also takes over cold-plugged bridges' buses from SHPC, so
-            // their slot 0 is usable (measured on QEMU 7.2).
-            let q35_bridges =
-                self.machine.board.family == crate::plan::Family::Q35 && self.acpi_bridge_hotplug();
-            let shpc = bridge.shpc.eval(props) && !acpi && !q35_bridges;
+            // When the south bridge's ACPI hot-plug owns bridges (q35: ICH9-LPC 6.1 and
+            // later) the ACPI plug callback also takes over cold-plugged bridges' buses from
+            // SHPC, so their slot 0 is usable (measured on QEMU 7.2). On pc that coincides
+            // with `acpi` above.
+            let acpi_owns = self.acpi_bridge_hotplug();
+            let shpc = bridge.shpc.eval(props) && !acpi && !acpi_owns;
             let hotplug = bridge.hotplug.eval(props) || acpi;
             self.topo.add_bus(BusState::new(BusPlan {
                 id: name,

@@ -375,3 +375,27 @@ fn device_request_help_flag() {
     assert!(DeviceRequest::parse("help").unwrap().wants_help());
     assert!(!DeviceRequest::parse("e1000").unwrap().wants_help());
 }
+
+/// The one place of the rule "the south bridge's ACPI hot-plug owns cold-plugged bridges'
+/// buses": each south bridge's catalog `acpi-bridge-hotplug` properties, all on, with the
+/// machine type's compat properties applied; the plan carries the answer to the devices.
+#[test]
+fn acpi_bridge_hotplug_follows_the_south_bridge_properties() {
+    let owns = |c: &Catalog, req: &str| c.plan(&request(req).unwrap()).unwrap().acpi_bridge_hotplug;
+    let c = Catalog::builtin();
+    assert!(owns(c, "pc-q35-10.2"));
+    // pc-q35-6.0 turns ICH9-LPC's acpi-pci-hotplug-with-bridge-support off.
+    assert!(!owns(c, "pc-q35-6.0"));
+    assert!(owns(c, "pc-i440fx-10.2"));
+    // No PIIX4_PM without ACPI.
+    assert!(!owns(c, "pc-i440fx-10.2,acpi=off"));
+    // PIIX4_PM needs acpi-root-pci-hotplug as well (it must handle pci.0 to see bridges).
+    let mut c = Catalog::builtin().clone();
+    c.merge_json(
+        r#"{"machine-types": [{"name": "acme-pc-1.0", "inherits": "pc-i440fx-10.2",
+            "compat-props": [{"qom-type": "PIIX4_PM", "property": "acpi-root-pci-hotplug",
+                              "value": "off"}]}]}"#,
+    )
+    .unwrap();
+    assert!(!owns(&c, "acme-pc-1.0"));
+}

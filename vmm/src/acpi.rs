@@ -23,12 +23,9 @@ use crate::memory::GuestMemory;
 const OEM_ID: [u8; 6] = *b"BOCHS ";
 const OEM_TABLE_ID: [u8; 8] = *b"MACHINA ";
 const OEM_REVISION: u32 = 1;
-const IOAPIC_ADDR: u32 = 0xfec0_0000;
 const LAPIC_ADDR: u32 = 0xfee0_0000;
 /// ISA IRQs QEMU declares level-triggered, active high (PCI interrupts and the SCI).
 const PCI_ISA_IRQ_MASK: u16 = 0x0e20;
-/// The ACPI SCI's interrupt (hard-wired to 9 on both chipsets, as in QEMU).
-const SCI_GSI: u32 = 9;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AcpiError {
@@ -51,7 +48,10 @@ pub struct AcpiConfig {
     pub pm_base: u16,
     /// GPE0 block base and length.
     pub gpe0: (u16, u8),
-    pub sci_irq: u8,
+    /// The SCI's GSI (the plan's `sci_irq`).
+    pub sci_irq: u32,
+    /// The IOAPIC's register address (the plan's `ioapic` region).
+    pub ioapic: u32,
     /// ECAM window (q35, once enabled).
     pub ecam: Option<Range>,
     /// Highest bus number behind the host bridge.
@@ -110,15 +110,15 @@ fn bridge_aml(nodes: &[BridgeNode]) -> Vec<u8> {
 /// The root bus's `_PRT` entries as QEMU's chipsets wire them: the slot/pin -> PIRQ map of
 /// the chipset, then PIRQ -> GSI (q35 in APIC mode: GSI 16 + PIRQ; pc: the IRQ firmware
 /// routed the PIRQ to, except slot 1 INTA, PIIX4 PM's pin, which QEMU's DSDT wires to the
-/// SCI, GSI 9, through LNKS).
-pub fn root_prt(family: Family, pirq_irqs: &[u8]) -> Vec<(u8, u8, u32)> {
+/// SCI, `sci`, through LNKS).
+pub fn root_prt(family: Family, pirq_irqs: &[u8], sci: u32) -> Vec<(u8, u8, u32)> {
     use devices::pci::interrupt::{ich9_map_irq, piix_map_irq};
     let mut prt = Vec::new();
     for slot in 0..32u8 {
         for pin in 0..4u8 {
             let gsi = match family {
                 Family::Q35 => 16 + u32::from(ich9_map_irq(slot, pin)),
-                Family::I440fx if slot == 1 && pin == 0 => SCI_GSI,
+                Family::I440fx if slot == 1 && pin == 0 => sci,
                 Family::I440fx => {
                     let pirq = usize::from(piix_map_irq(slot, pin));
                     match pirq_irqs.get(pirq) {
@@ -445,9 +445,9 @@ fn madt(cfg: &AcpiConfig) -> Vec<u8> {
             }
         }
     }
-    // Type 1: IOAPIC id 0 at 0xfec00000, GSI base 0.
+    // Type 1: IOAPIC id 0 at its address, GSI base 0.
     body.extend([1u8, 12, 0, 0]);
-    body.extend(IOAPIC_ADDR.to_le_bytes());
+    body.extend(cfg.ioapic.to_le_bytes());
     body.extend(0u32.to_le_bytes());
     // Type 2: ISA IRQ 0 (PIT) is wired to GSI 2.
     body.extend([2u8, 10, 0, 0]);
@@ -514,7 +514,7 @@ fn fadt(cfg: &AcpiConfig, dsdt_addr: u64, facs_addr: u64) -> Vec<u8> {
     // FACS through the 32-bit FIRMWARE_CTRL only, as QEMU's FADT: with X_FIRMWARE_CTRL also
     // set Linux reports the FACS twice.
     f.firmware_ctrl = (facs_addr as u32).into();
-    f.sci_int = u16::from(cfg.sci_irq).into();
+    f.sci_int = (cfg.sci_irq as u16).into();
     f.pm1a_evt_blk = u32::from(pm).into();
     f.pm1a_cnt_blk = u32::from(pm + 4).into();
     f.pm_tmr_blk = u32::from(pm + 8).into();
@@ -641,6 +641,7 @@ mod tests {
             pm_base: 0x600,
             gpe0: (0x620, 16),
             sci_irq: 9,
+            ioapic: 0xfec0_0000,
             ecam: (family == Family::Q35).then_some(Range {
                 base: 0xb000_0000,
                 size: 0x1000_0000,
@@ -682,7 +683,7 @@ mod tests {
                     mmio: vec![],
                 },
             ],
-            prt: root_prt(family, &[10, 10, 11, 11]),
+            prt: root_prt(family, &[10, 10, 11, 11], 9),
             bridges: vec![BridgeNode {
                 devfn: 0x10,
                 children: vec![BridgeNode {
@@ -760,12 +761,12 @@ mod tests {
             .expect("S08 in the DSDT");
         assert!(s08 > s10);
         // q35 00:1f.0 INTA -> PIRQA -> GSI 16; 00:02.0 INTA -> PIRQG -> GSI 22.
-        let q = root_prt(Family::Q35, &[]);
+        let q = root_prt(Family::Q35, &[], 9);
         assert!(q.contains(&(31, 0, 16)) && q.contains(&(2, 0, 22)));
         // pc: (slot - 1 + pin) & 3 as QEMU's pc_pci_slot_get_pirq: slot 3 INTA -> PIRQC
         // -> IRQ 11, slot 4 INTA -> PIRQD -> 11, slot 2 INTA -> PIRQB -> 10; slot 1 INTA
         // (PIIX4 PM) -> the SCI.
-        let pc = root_prt(Family::I440fx, &[10, 10, 11, 11]);
+        let pc = root_prt(Family::I440fx, &[10, 10, 11, 11], 9);
         assert!(pc.contains(&(3, 0, 11)) && pc.contains(&(4, 0, 11)) && pc.contains(&(2, 0, 10)));
         assert!(pc.contains(&(1, 0, 9)));
     }

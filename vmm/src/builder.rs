@@ -11,7 +11,7 @@ use devices::legacy::kind::IsaContext;
 use devices::legacy::serial::SerialPort;
 use devices::legacy::serial::SharedWriter;
 use devices::lifecycle::Lifecycle;
-use devices::pci::{FirmwareLayout, PciHost, SharedHost};
+use devices::pci::{ConfigPorts, FirmwareLayout, PciConfigIo, PciHost, SharedHost};
 use kvm_ioctls::{Kvm, VcpuFd};
 use machine::{Family, IsaDevicePlan, Plan};
 use std::sync::{Arc, Mutex};
@@ -230,9 +230,14 @@ fn build_pci(
         std::env::var_os("MACHINA_TRACE").is_some(),
     )));
     let host = host.into_shared();
-    let config_io: SharedDevice =
-        Arc::new(Mutex::new(devices::pci::PciConfigIo::new(host.clone())));
-    map(io, 0xcf8, 8, &config_io, "PCI host", "config ports")?;
+    let ports = ConfigPorts::from_plan(plan).ok_or_else(|| BuildError::MissingResource {
+        device: "PCI host".to_string(),
+        what: "config ports",
+    })?;
+    let config_io: SharedDevice = Arc::new(Mutex::new(PciConfigIo::new(host.clone(), ports)));
+    for r in ports.ranges() {
+        map(io, r.base, r.size, &config_io, "PCI host", "config ports")?;
+    }
     Ok(Some(host))
 }
 
@@ -270,6 +275,18 @@ fn firmware(
     let (Some(pm_base), Some((gpe0_base, gpe0_len))) = (layout.pm_base, layout.gpe0) else {
         return Ok((layout, None));
     };
+    let missing = |what| BuildError::MissingResource {
+        device: "ACPI".to_string(),
+        what,
+    };
+    let sci_irq = layout
+        .sci_irq
+        .ok_or_else(|| missing("SCI interrupt (sci-irq)"))?;
+    let ioapic = plan
+        .memory
+        .region(devices::pci::firmware::IOAPIC_REGION)
+        .map(|r| r.range.base as u32)
+        .ok_or_else(|| missing("IOAPIC region"))?;
     let cfg = AcpiConfig {
         family: plan.family,
         cpus: plan.cpus,
@@ -277,13 +294,14 @@ fn firmware(
         topology: plan.topology,
         pm_base,
         gpe0: (gpe0_base, gpe0_len.min(255) as u8),
-        sci_irq: layout.sci_irq,
+        sci_irq,
+        ioapic,
         ecam: layout.ecam,
         last_bus: layout.last_bus,
         pci_hole32: plan.memory.pci_hole32,
         pci_hole64: plan.memory.pci_hole64,
         isa: modelled_isa.to_vec(),
-        prt: acpi::root_prt(plan.family, &layout.pirq_irqs),
+        prt: acpi::root_prt(plan.family, &layout.pirq_irqs, sci_irq),
         bridges: plan
             .buses
             .iter()

@@ -4,9 +4,9 @@
 
 use crate::memory::{create_guest_memory, GuestMemory, MemoryError, RamBacking};
 use kvm_bindings::{
-    kvm_irq_routing_entry, kvm_pit_config, kvm_userspace_memory_region, CpuId, KvmIrqRouting,
-    KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_IRQ_ROUTING_IRQCHIP,
-    KVM_IRQ_ROUTING_MSI, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
+    kvm_irq_routing_entry, kvm_irqchip, kvm_pit_config, kvm_userspace_memory_region, CpuId,
+    KvmIrqRouting, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
+    KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQ_ROUTING_MSI, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Kvm, VmFd};
 use machine::MemoryMap;
@@ -14,10 +14,12 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
-/// KVM's real-mode TSS (3 pages) and EPT identity map page, placed as QEMU does, just
-/// below the 4 GiB BIOS area; the plan reserves [0xfeffc000, 0xff000000).
-const KVM_IDENTITY_MAP: u64 = 0xfeff_c000;
-const KVM_TSS: usize = 0xfeff_d000;
+/// The plan's region for KVM's EPT identity map page (first) and real-mode TSS (the three
+/// pages after it); QEMU puts it just below the 4 GiB BIOS area.
+const KVM_TSS_REGION: &str = "kvm-tss";
+/// Where QEMU puts that region, for boards whose flat memory map has no regions (`none`).
+const FLAT_BOARD_KVM_TSS: u64 = 0xfeff_c000;
+const PAGE: u64 = 0x1000;
 const IOAPIC_PINS: u32 = 24;
 
 #[derive(Debug, thiserror::Error)]
@@ -52,11 +54,17 @@ pub struct KvmVm {
 impl KvmVm {
     pub fn new(kvm: &Kvm, map: &MemoryMap, ram: &RamBacking) -> Result<Self> {
         let fd = kvm.create_vm().map_err(kvm_err("VM creation"))?;
-        fd.set_tss_address(KVM_TSS)
+        let tss_region = map
+            .region(KVM_TSS_REGION)
+            .map_or(FLAT_BOARD_KVM_TSS, |r| r.range.base);
+        fd.set_tss_address((tss_region + PAGE) as usize)
             .map_err(kvm_err("TSS address"))?;
-        fd.set_identity_map_address(KVM_IDENTITY_MAP)
+        fd.set_identity_map_address(tss_region)
             .map_err(kvm_err("identity map address"))?;
         fd.create_irq_chip().map_err(kvm_err("irqchip creation"))?;
+        if let Some(ioapic) = map.region(devices::pci::firmware::IOAPIC_REGION) {
+            place_ioapic(&fd, ioapic.range.base)?;
+        }
         let pit = kvm_pit_config {
             flags: KVM_PIT_SPEAKER_DUMMY,
             ..Default::default()
@@ -92,6 +100,24 @@ impl KvmVm {
             supported_cpuid,
         })
     }
+}
+
+/// Move the in-kernel IOAPIC's registers to `base` (the plan's), as QEMU's kvm_ioapic_put
+/// does; KVM creates it at 0xfec00000.
+fn place_ioapic(fd: &VmFd, base: u64) -> Result<()> {
+    let mut chip = kvm_irqchip {
+        chip_id: KVM_IRQCHIP_IOAPIC,
+        ..Default::default()
+    };
+    fd.get_irqchip(&mut chip)
+        .map_err(kvm_err("IOAPIC state query"))?;
+    // SAFETY: KVM filled the `ioapic` member of the union, which chip_id selects.
+    let ioapic = unsafe { &mut chip.chip.ioapic };
+    if ioapic.base_address != base {
+        ioapic.base_address = base;
+        fd.set_irqchip(&chip).map_err(kvm_err("IOAPIC placement"))?;
+    }
+    Ok(())
 }
 
 fn irqchip_route(gsi: u32, chip: u32, pin: u32) -> kvm_irq_routing_entry {

@@ -7,6 +7,7 @@
 //! 64-byte block and its GPE0 at the fixed port 0xafe0 (4 bytes), see [`Gpe0Block`].
 
 use crate::bus::BusDevice;
+use crate::legacy::kind::BoardEntry;
 use crate::lifecycle::{Lifecycle, Request};
 use crate::pci::IntxSink;
 use std::sync::{Arc, Mutex};
@@ -22,9 +23,11 @@ pub const PM1_CNT_SLP_EN: u16 = 1 << 13;
 const PM1_SCI_BITS: u16 = PM1_STS_TMR | PM1_STS_GBL | PM1_STS_PWRBTN | PM1_STS_RTC;
 pub const PM_TIMER_HZ: u128 = 3_579_545;
 
-/// PIIX4's fixed GPE0 block.
-pub const PIIX4_GPE0_BASE: u64 = 0xafe0;
+/// PIIX4's GPE0 block, at a fixed place the plan gives (`acpi-gpe0`).
 pub const PIIX4_GPE0_LEN: usize = 4;
+pub static PIIX4_GPE0: BoardEntry = BoardEntry {
+    names: &["acpi-gpe0"],
+};
 pub const ICH9_GPE0_LEN: usize = 16;
 pub const ICH9_PM_BLOCK_LEN: u64 = 128;
 pub const PIIX4_PM_BLOCK_LEN: u64 = 64;
@@ -271,7 +274,7 @@ impl BusDevice for PmBlock {
     }
 }
 
-/// PIIX4's GPE0 block at 0xafe0: status (RW1C) then enable, 2 bytes each.
+/// PIIX4's GPE0 block (0xafe0 on pc): status (RW1C) then enable, 2 bytes each.
 pub struct Gpe0Block(pub Arc<Mutex<AcpiPm>>);
 
 impl BusDevice for Gpe0Block {

@@ -4,21 +4,27 @@
 
 use super::acpi_pm::AcpiPm;
 use crate::bus::{BusDevice, SharedDevice};
+use crate::legacy::kind::BoardEntry;
 use crate::pci::device::{Space, Window, WindowTarget};
+use machine::{Plan, Range};
 use std::sync::{Arc, Mutex};
 
-/// APM_CNT; APM_STS follows it.
-pub const APM_CNT_PORT: u64 = 0xb2;
-pub const APM_PORTS: u64 = 2;
+/// The board's APM entry: APM_CNT at its first port, APM_STS at the next.
+pub static APM: BoardEntry = BoardEntry { names: &["apm"] };
 
-/// The APM ports as a fixed window of the function that owns the PM block. Another model
-/// may already own the ports (an ISA APM device); then it wins and this stays unmapped.
-pub fn window(key: u32, apm: &SharedDevice) -> Window {
+/// Where the plan puts the APM ports (none on a machine without them, e.g. `pc,acpi=off`).
+pub fn ports(plan: &Plan) -> Option<Range> {
+    APM.find(plan).and_then(|d| d.io.first().copied())
+}
+
+/// The APM ports at `at` as a fixed window of the function that owns the PM block. Another
+/// model may already own the ports; then it wins and this stays unmapped.
+pub fn window(key: u32, at: Range, apm: &SharedDevice) -> Window {
     Window {
         key,
         space: Space::Io,
-        base: APM_CNT_PORT,
-        size: APM_PORTS,
+        base: at.base,
+        size: at.size,
         target: WindowTarget::Device(apm.clone()),
     }
 }

@@ -10,12 +10,12 @@ use crate::bus::{BusDevice, SharedDevice};
 use crate::lifecycle::Lifecycle;
 use crate::pci::config::PciConfig;
 use crate::pci::device::{PciFunction, Space, Window, WindowTarget};
-use crate::pci::firmware::{FirmwareFunction, ICH9_RCBA, PIRQ_IRQS, PM_BASE, SCI_IRQ};
+use crate::pci::firmware::{FirmwareFunction, ICH9_RCBA, PIRQ_IRQS, PM_BASE};
 use crate::pci::host::SharedFunction;
 use crate::pci::interrupt::IntxSink;
 use crate::pci::kind::{shared, FunctionContext, PciKind};
 use crate::pci::PciError;
-use machine::{PciFunctionPlan, Plan};
+use machine::{PciFunctionPlan, Plan, Range};
 use std::sync::{Arc, Mutex};
 
 pub const PMBASE: usize = 0x40;
@@ -85,8 +85,11 @@ pub struct Ich9Lpc {
     pm: Arc<Mutex<AcpiPm>>,
     pm_block: SharedDevice,
     rcrb: Arc<Mutex<Rcrb>>,
-    /// The APM control/status ports, decoded at a fixed place.
+    /// The APM control/status ports, decoded where the plan puts them.
     apm: SharedDevice,
+    apm_ports: Option<Range>,
+    /// The SCI's GSI (the plan's `sci-irq`).
+    sci_irq: Option<u32>,
 }
 
 impl Ich9Lpc {
@@ -127,6 +130,8 @@ impl Ich9Lpc {
             pm_block,
             rcrb: Arc::new(Mutex::new(Rcrb::new())),
             apm,
+            apm_ports: apm::ports(plan),
+            sci_irq: plan.sci_irq,
         })
     }
 
@@ -169,12 +174,17 @@ impl PciFunction for Ich9Lpc {
                 target: WindowTarget::Device(self.rcrb.clone()),
             });
         }
-        w.push(apm::window(APM_WINDOW, &self.apm));
+        w.extend(
+            self.apm_ports
+                .map(|at| apm::window(APM_WINDOW, at, &self.apm)),
+        );
         w
     }
 
     fn set_intx_sink(&mut self, sink: Arc<dyn IntxSink>) {
-        lock(&self.pm).set_sci_sink(sink, SCI_IRQ.into());
+        if let Some(gsi) = self.sci_irq {
+            lock(&self.pm).set_sci_sink(sink, gsi);
+        }
     }
 
     fn power_button(&mut self) -> bool {
@@ -205,7 +215,7 @@ impl PciKind for Ich9LpcKind {
     /// SeaBIOS ich9_lpc_setup: PM block enabled at its base with the SCI, RCBA, PIRQ A-H.
     fn firmware_init(&self, fw: &mut FirmwareFunction) -> Result<(), PciError> {
         fw.write(PMBASE, u32::from(PM_BASE) | 1, 4);
-        fw.write(ACPI_CNTL, ACPI_CNTL_ACPI_EN.into(), 1); // ACPI_EN, SCI on IRQ 9
+        fw.write(ACPI_CNTL, ACPI_CNTL_ACPI_EN.into(), 1); // ACPI_EN, SCI_IRQ_SEL 0 (IRQ 9)
         fw.write(RCBA, ICH9_RCBA | RCBA_EN, 4);
         for i in 0..8u8 {
             let irq = PIRQ_IRQS[usize::from(i) % 4];

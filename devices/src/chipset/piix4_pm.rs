@@ -2,9 +2,7 @@
 //! in PMREGMISC (0x80 bit 0) mapping the ACPI PM block, the SMBus base at 0x90 enabled by
 //! 0xd2 bit 0, and GPE0 fixed at 0xafe0, with QEMU's piix4_pm_realize/piix4_reset values.
 
-use super::acpi_pm::{
-    AcpiPm, Gpe0Block, PmBlock, PmFlavor, PIIX4_GPE0_BASE, PIIX4_GPE0_LEN, PIIX4_PM_BLOCK_LEN,
-};
+use super::acpi_pm::{AcpiPm, Gpe0Block, PmBlock, PmFlavor, PIIX4_GPE0, PIIX4_PM_BLOCK_LEN};
 use super::apm::{self, Apm};
 use super::io_window::{io_window, IoDecode};
 use super::smbus::{Smbus, SMBUS_IO_LEN};
@@ -12,13 +10,13 @@ use crate::bus::SharedDevice;
 use crate::lifecycle::Lifecycle;
 use crate::pci::config::PciConfig;
 use crate::pci::device::{PciFunction, Window};
-use crate::pci::firmware::{FirmwareFunction, PM_BASE, SCI_IRQ, SMBUS_BASE};
+use crate::pci::firmware::{FirmwareFunction, PM_BASE, SMBUS_BASE};
 use crate::pci::host::SharedFunction;
 use crate::pci::interrupt::IntxSink;
 use crate::pci::kind::{shared, FunctionContext, PciKind};
 use crate::pci::regs::INTERRUPT_LINE;
 use crate::pci::PciError;
-use machine::{PciFunctionPlan, Plan};
+use machine::{PciFunctionPlan, Plan, Range};
 use std::sync::{Arc, Mutex};
 
 pub const PMBA: usize = 0x40;
@@ -56,8 +54,12 @@ pub struct Piix4Pm {
     pm_block: SharedDevice,
     gpe_block: SharedDevice,
     smbus: Arc<Mutex<Smbus>>,
-    /// The APM control/status ports, decoded at a fixed place.
+    /// The APM control/status ports and GPE0, decoded where the plan puts them.
     apm: SharedDevice,
+    apm_ports: Option<Range>,
+    gpe0: Option<Range>,
+    /// The SCI's GSI (the plan's `sci-irq`).
+    sci_irq: Option<u32>,
 }
 
 impl Piix4Pm {
@@ -103,6 +105,9 @@ impl Piix4Pm {
                 APM_ACPI_ENABLE,
                 APM_ACPI_DISABLE,
             ))),
+            apm_ports: apm::ports(plan),
+            gpe0: PIIX4_GPE0.find(plan).and_then(|d| d.io.first().copied()),
+            sci_irq: plan.sci_irq,
             pm,
             smbus: Arc::new(Mutex::new(Smbus::new())),
         }
@@ -137,24 +142,21 @@ impl PciFunction for Piix4Pm {
 
     fn windows(&self) -> Vec<Window> {
         let smbus: SharedDevice = self.smbus.clone();
-        let gpe = io_window(
-            GPE_WINDOW,
-            PIIX4_GPE0_BASE,
-            PIIX4_GPE0_LEN as u64,
-            &self.gpe_block,
-        );
+        let gpe = self
+            .gpe0
+            .map(|at| io_window(GPE_WINDOW, at.base, at.size, &self.gpe_block));
         let pm = PM_DECODE.window(&self.config, PM_WINDOW, PIIX4_PM_BLOCK_LEN, &self.pm_block);
         let smb = SMB_DECODE.window(&self.config, SMB_WINDOW, SMBUS_IO_LEN, &smbus);
-        let apm = apm::window(APM_WINDOW, &self.apm);
-        std::iter::once(gpe)
-            .chain(pm)
-            .chain(smb)
-            .chain(std::iter::once(apm))
-            .collect()
+        let apm = self
+            .apm_ports
+            .map(|at| apm::window(APM_WINDOW, at, &self.apm));
+        gpe.into_iter().chain(pm).chain(smb).chain(apm).collect()
     }
 
     fn set_intx_sink(&mut self, sink: Arc<dyn IntxSink>) {
-        lock(&self.pm).set_sci_sink(sink, SCI_IRQ.into());
+        if let Some(gsi) = self.sci_irq {
+            lock(&self.pm).set_sci_sink(sink, gsi);
+        }
     }
 
     fn power_button(&mut self) -> bool {
@@ -189,13 +191,18 @@ impl PciKind for Piix4PmKind {
         fw.write(SMBBA, u32::from(SMBUS_BASE) | 1, 4);
         fw.write(SMBHSTCFG, 0x09, 1);
         fw.setup.pm_base = Some(PM_BASE);
-        fw.setup.gpe0 = Some((PIIX4_GPE0_BASE as u16, PIIX4_GPE0_LEN as u16));
+        fw.setup.gpe0 = PIIX4_GPE0
+            .find(fw.plan)
+            .and_then(|d| d.io.first())
+            .map(|r| (r.base as u16, r.size as u16));
         fw.setup.smbus = Some(SMBUS_BASE);
         Ok(())
     }
     /// piix4_pm_setup then overwrites the function's interrupt line with the SCI, which
-    /// PIIX4 hard-wires ("acpi sci is hardwired to 9").
+    /// PIIX4 hard-wires ("acpi sci is hardwired to 9", the plan's `sci-irq`).
     fn firmware_finish(&self, fw: &mut FirmwareFunction) {
-        fw.write(INTERRUPT_LINE, SCI_IRQ.into(), 1);
+        if let Some(sci) = fw.plan.sci_irq {
+            fw.write(INTERRUPT_LINE, sci, 1);
+        }
     }
 }

@@ -513,14 +513,9 @@ fn slot_presence_and_link_from_topology() {
 
     // Without ACPI bridge hot-plug (pc-q35-6.0 and older) the slot's own plug callback
     // latches presence and the data link layer for the cold-plugged device.
+    // (The planner decides that from ICH9-LPC's property: machine/tests/catalog.rs.)
     let mut plan = q35_plan();
-    let lpc = plan
-        .pci
-        .iter_mut()
-        .find(|f| f.type_name == "ICH9-LPC")
-        .unwrap();
-    lpc.properties
-        .insert("acpi-pci-hotplug-with-bridge-support".into(), "off".into());
+    plan.acpi_bridge_hotplug = false;
     let m = Machine::new(&plan);
     assert_eq!(m.cfg_readw(0, 2, 0, 0x6e), 0x0040, "presence detected");
     assert_eq!(m.cfg_readw(0, 2, 0, 0x66) & 0x2000, 0x2000, "DLLLA");

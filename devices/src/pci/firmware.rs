@@ -7,13 +7,17 @@
 //! * ACPI PM base 0x600 (enabled), SMBus 0x700, ICH9 RCBA 0xfed1c000 (SeaBIOS values).
 //! * PIRQ A-D (and E-H on q35) route to IRQ 10, 10, 11, 11.
 //! * BARs, largest alignment first: I/O from 0xc000 upwards; 32-bit memory as one block placed
-//!   at the top of the 32-bit hole (below 0xfec00000, above ECAM), ascending inside it like
+//!   at the top of the 32-bit hole (below the plan's IOAPIC, above ECAM), ascending inside it like
 //!   SeaBIOS; 64-bit prefetchable BARs bottom-up from the 64-bit hole. Bridge windows are
 //!   sized from what lies behind them (I/O 4 KiB, memory 1 MiB granules; an empty bridge
 //!   still gets 2 MiB of memory window for hotplug).
 //! * Command: I/O, memory and SERR decode on every function, bus master on bridges.
 //! * Interrupt line = the IRQ of the PIRQ each pin reaches (QEMU's swizzle and slot map,
-//!   which SeaBIOS's pci_slot_get_irq mirrors); PIIX4_PM's line is the SCI, IRQ 9.
+//!   which SeaBIOS's pci_slot_get_irq mirrors); a kind may override it after routing
+//!   (PIIX4 PM's line is the SCI, the plan's `sci_irq`).
+//!
+//! The chipset steps (ECAM, PM and SMBus bases, RCBA, PIRQ routes, IDE decode) are each
+//! kind's [`firmware_init`](super::kind::PciKind::firmware_init), run in (bus, devfn) order.
 
 use super::config::{BarKind, ROM_BAR};
 use super::host::{FunctionKey, PciHost};
@@ -21,6 +25,8 @@ use super::regs::*;
 use super::PciError;
 use machine::{Plan, Range};
 
+/// The memory-map region of the IOAPIC's registers.
+pub const IOAPIC_REGION: &str = "ioapic";
 pub const PM_BASE: u16 = 0x600;
 pub const SMBUS_BASE: u16 = 0x700;
 pub const IO_ALLOC_BASE: u64 = 0xc000;
@@ -28,8 +34,6 @@ pub const IO_ALLOC_END: u64 = 0x1_0000;
 pub const ICH9_RCBA: u32 = 0xfed1_c000;
 /// SeaBIOS pci_irq_list: PIRQ A, B, C, D (E-H repeat it on q35).
 pub const PIRQ_IRQS: [u8; 4] = [10, 10, 11, 11];
-pub const SCI_IRQ: u8 = 9;
-const IOAPIC_BASE: u64 = 0xfec0_0000;
 const MIB: u64 = 1 << 20;
 const BRIDGE_IO_ALIGN: u64 = 0x1000;
 const BRIDGE_MEM_ALIGN: u64 = MIB;
@@ -74,7 +78,8 @@ pub struct FirmwareLayout {
     /// GPE0 block (base, length).
     pub gpe0: Option<(u16, u16)>,
     pub smbus_base: Option<u16>,
-    pub sci_irq: u8,
+    /// The SCI's GSI, from the plan.
+    pub sci_irq: Option<u32>,
     /// IRQ of each PIRQ (A-D on pc, A-H on q35).
     pub pirq_irqs: Vec<u8>,
     pub intx: Vec<IntxRoute>,
@@ -194,7 +199,7 @@ impl PciHost {
             pm_base: setup.pm_base,
             gpe0: setup.gpe0,
             smbus_base: setup.smbus,
-            sci_irq: SCI_IRQ,
+            sci_irq: plan.sci_irq,
             pirq_irqs: setup.pirqs,
             intx,
         })
@@ -393,7 +398,9 @@ impl PciHost {
     ) -> Result<(Range, Range, Option<Range>), PciError> {
         let hole32 = plan.memory.pci_hole32;
         let mut lo = hole32.base;
-        let hi = hole32.end().min(IOAPIC_BASE);
+        // BARs stay below the IOAPIC where the plan puts it inside the hole.
+        let ioapic = plan.memory.region(IOAPIC_REGION).map(|r| r.range.base);
+        let hi = hole32.end().min(ioapic.unwrap_or(u64::MAX));
         // ECAM sits in the hole on q35; allocate above it like SeaBIOS.
         if let Some(e) = ecam.or(plan.memory.ecam) {
             if e.base < hi && e.end() > lo {

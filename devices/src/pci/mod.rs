@@ -31,7 +31,7 @@ mod bridge_tests;
 mod tests;
 
 pub use config::{BarDef, BarKind, PciConfig};
-pub use config_io::{PciConfigIo, PCI_CONFIG_IO_BASE, PCI_CONFIG_IO_SIZE};
+pub use config_io::{ConfigPorts, PciConfigIo};
 pub use device::{BusPlacement, GenericEndpoint, PciFunction, Space, Window, WindowTarget};
 pub use ecam::PciConfigMmio;
 pub use firmware::FirmwareLayout;

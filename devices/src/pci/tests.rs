@@ -57,6 +57,11 @@ pub(crate) fn pc_plan() -> Plan {
     catalog_plan("pc", true, &[])
 }
 
+/// The plan's config ports (the board's host-bridge and reset-control entries).
+pub(super) fn standard_ports(plan: &Plan) -> ConfigPorts {
+    ConfigPorts::from_plan(plan).expect("the board's config ports")
+}
+
 /// A machine as the VMM would assemble it: host, buses, 0xcf8 device.
 pub(super) struct Machine {
     pub(super) host: SharedHost,
@@ -79,9 +84,11 @@ impl Machine {
         )
         .unwrap()
         .into_shared();
-        let cfg = Arc::new(Mutex::new(PciConfigIo::new(host.clone())));
-        io.insert(PCI_CONFIG_IO_BASE, PCI_CONFIG_IO_SIZE, cfg)
-            .unwrap();
+        let ports = standard_ports(plan);
+        let cfg = Arc::new(Mutex::new(PciConfigIo::new(host.clone(), ports)));
+        for r in ports.ranges() {
+            io.insert(r.base, r.size, cfg.clone()).unwrap();
+        }
         Self {
             host,
             io,
@@ -548,7 +555,7 @@ fn random_guest_accesses_never_panic() {
 fn devices_implement_bus_device_defaults() {
     // PciConfigIo ignores accesses outside its 8 ports without panicking.
     let m = Machine::new(&pc_plan());
-    let cfg = PciConfigIo::new(m.host.clone());
+    let cfg = PciConfigIo::new(m.host.clone(), standard_ports(&pc_plan()));
     let mut c = cfg;
     let mut b = [0u8; 8];
     c.read(0xcf8, 9, &mut b);

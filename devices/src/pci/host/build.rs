@@ -19,28 +19,6 @@ use std::sync::{Arc, Mutex, Weak};
 pub type ExternalModels<'a> =
     dyn FnMut(&PciFunctionPlan) -> Option<Result<SharedFunction, PciError>> + 'a;
 
-/// Whether the ACPI PCI hot-plug handler owns the buses of cold-plugged bridges and ports:
-/// acpi_pcihp_device_plug_cb (hw/acpi/pcihp.c) makes itself the hot-plug handler of every
-/// cold-plugged bridge's secondary bus when bridge hot-plug is on, and returns early for
-/// cold-plugged devices, so a port's pcie_cap_slot_plug_cb never runs for them. On q35 that
-/// is ICH9-LPC `acpi-pci-hotplug-with-bridge-support` (on since pc-q35-6.1); on pc, PIIX4_PM
-/// with the same property and `acpi-root-pci-hotplug` (it must handle pci.0 to see the
-/// bridges plugged there).
-fn acpi_owns_bridge_buses(plan: &Plan) -> bool {
-    let prop = |f: &machine::PciFunctionPlan, name: &str| {
-        crate::pci::props::Props::new(&f.properties)
-            .bool(name, true)
-            .unwrap_or(false)
-    };
-    plan.pci.iter().any(|f| match f.type_name.as_str() {
-        "ICH9-LPC" => prop(f, "acpi-pci-hotplug-with-bridge-support"),
-        "PIIX4_PM" => {
-            prop(f, "acpi-pci-hotplug-with-bridge-support") && prop(f, "acpi-root-pci-hotplug")
-        }
-        _ => false,
-    })
-}
-
 /// The plan's buses, root first then in plan order, and each bus id's index in that order.
 struct BusOrder<'p> {
     order: Vec<usize>,
@@ -265,7 +243,10 @@ impl PciHost {
                 (1 << 32, (1u64 << 32) + plan.memory.ram_above_4g),
             ],
         };
-        host.attach_bridges(!acpi_owns_bridge_buses(plan));
+        // acpi_pcihp_device_plug_cb (hw/acpi/pcihp.c) makes itself the hot-plug handler of
+        // every cold-plugged bridge's secondary bus and returns early for cold-plugged
+        // devices, so a port's pcie_cap_slot_plug_cb never runs for them.
+        host.attach_bridges(!plan.acpi_bridge_hotplug);
         host.sync_all_windows();
         Ok(host)
     }
