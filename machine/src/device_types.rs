@@ -308,6 +308,9 @@ pub struct DeviceTypeDef {
     /// inherited).
     #[serde(default)]
     pub acpi_bridge_hotplug: Option<Vec<String>>,
+    /// Properties realize refuses to go without ("drive property not set"; inherited).
+    #[serde(default)]
+    pub required_properties: Option<Vec<String>>,
     /// Named property lists merged into this type without becoming ancestors.
     #[serde(default)]
     pub property_sets: Vec<String>,
@@ -347,6 +350,10 @@ pub struct DeviceType {
     /// bridges' buses (see `DeviceTypeDef::acpi_bridge_hotplug`); empty for other types.
     #[serde(skip)]
     pub acpi_bridge_hotplug: Vec<String>,
+    /// Properties a `-device` of this type must set (see
+    /// `DeviceTypeDef::required_properties`).
+    #[serde(skip)]
+    pub required_properties: Vec<String>,
     /// All properties (own, inherited, from property sets), sorted by name.
     pub properties: Vec<PropertyDef>,
     /// QOM types whose global/compat properties apply: self, ancestors, virtio backend chain.
@@ -473,6 +480,7 @@ struct Folded {
     modelled: Option<bool>,
     console: Option<bool>,
     acpi_bridge_hotplug: Option<Vec<String>>,
+    required_properties: Option<Vec<String>>,
     props: BTreeMap<String, PropertyDef>,
 }
 
@@ -527,6 +535,9 @@ impl Folded {
         }
         if d.acpi_bridge_hotplug.is_some() {
             self.acpi_bridge_hotplug = d.acpi_bridge_hotplug.clone();
+        }
+        if d.required_properties.is_some() {
+            self.required_properties = d.required_properties.clone();
         }
         for set in &d.property_sets {
             let list = property_sets
@@ -613,6 +624,7 @@ pub fn resolve_device_types(
             modelled: f.modelled.unwrap_or(true),
             console: f.console.unwrap_or(false),
             acpi_bridge_hotplug: f.acpi_bridge_hotplug.unwrap_or_default(),
+            required_properties: f.required_properties.unwrap_or_default(),
             properties: f.props.into_values().collect(),
             compat_match: Vec::new(),
         };

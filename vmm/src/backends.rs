@@ -800,7 +800,8 @@ fn property_owner(driver: &str, property: &str) -> String {
     }
 }
 
-/// Every backend a device refers to must exist, and virtio-blk needs a drive.
+/// Every backend a device refers to must exist, and what realize requires (virtio-blk's
+/// drive) is set.
 pub fn check_references(
     devices: &[DeviceRequest],
     backends: &[Backend],
@@ -827,12 +828,16 @@ pub fn check_references(
                 return Err(err(&context, message));
             }
         }
-        let base = dev
-            .driver
-            .trim_end_matches("-non-transitional")
-            .trim_end_matches("-transitional");
-        if base == "virtio-blk-pci" && !dev.properties.iter().any(|(k, _)| k == "drive") {
-            return Err(err(&context, "drive property not set"));
+        // Realize's own refusal (virtio-blk: "drive property not set"), from the catalog.
+        let required = machine::Catalog::builtin()
+            .device_type(&dev.driver)
+            .map(|t| t.required_properties.as_slice())
+            .unwrap_or_default();
+        if let Some(missing) = required
+            .iter()
+            .find(|p| !dev.properties.iter().any(|(k, _)| k == *p))
+        {
+            return Err(err(&context, format!("{missing} property not set")));
         }
     }
     Ok(())
@@ -897,11 +902,21 @@ mod tests {
             check_references(&[net], &list).unwrap_err().message,
             "Property 'virtio-net-device.netdev' can't find value 'n0'"
         );
-        let blk = DeviceRequest::parse("virtio-blk-pci").unwrap();
-        assert_eq!(
-            check_references(&[blk], &list).unwrap_err().message,
-            "drive property not set"
-        );
+        // Every virtio-blk variant and the alias need a drive (the catalog's
+        // required-properties), as QEMU's realize says.
+        for driver in [
+            "virtio-blk-pci",
+            "virtio-blk-pci-transitional",
+            "virtio-blk-pci-non-transitional",
+            "virtio-blk",
+        ] {
+            let blk = DeviceRequest::parse(driver).unwrap();
+            assert_eq!(
+                check_references(&[blk], &list).unwrap_err().message,
+                "drive property not set",
+                "{driver}"
+            );
+        }
         let blk = DeviceRequest::parse("virtio-blk-pci,drive=d0").unwrap();
         check_references(&[blk], &list).unwrap();
         assert_eq!(
