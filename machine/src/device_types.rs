@@ -296,7 +296,7 @@ pub struct DeviceTypeDef {
     pub libvirt_model: Option<String>,
     /// Whether a device model stands behind the type's identity (inherited; default true).
     /// `false`: machina builds only its guest-visible layout (a PCI header and BARs with
-    /// nothing behind them, as factory.rs's `GenericEndpoint`) so the machine looks like
+    /// nothing behind them, as devices/src/pci/endpoints.rs builds them) so the machine looks like
     /// QEMU's; such types stay accepted by `-device` but are absent from introspection.
     #[serde(default)]
     pub modelled: Option<bool>,

@@ -42,7 +42,7 @@ pub trait PciKind: Sync {
     fn build(&self, ctx: &FunctionContext) -> Result<SharedFunction, PciError>;
 
     /// Built as a header only (identity and BARs, nothing behind them): the catalog's
-    /// `modelled: false` says the same (checked by `factory_tests.rs`).
+    /// `modelled: false` says the same (checked by `crate::kinds` tests).
     fn header_only(&self) -> bool {
         false
     }
