@@ -52,6 +52,8 @@ pub struct AcpiConfig {
     pub sci_irq: u32,
     /// The IOAPIC's register address (the plan's `ioapic` region).
     pub ioapic: u32,
+    /// The PCI config ports (CONFIG_ADDRESS to the end of CONFIG_DATA).
+    pub config_ports: Range,
     /// ECAM window (q35, once enabled).
     pub ecam: Option<Range>,
     /// Highest bus number behind the host bridge.
@@ -277,17 +279,15 @@ fn sdt(signature: &[u8; 4], revision: u8, body: &[u8]) -> Vec<u8> {
     table.as_slice().to_vec()
 }
 
-fn dsdt(cfg: &AcpiConfig) -> Vec<u8> {
-    let (hid, cid) = match cfg.family {
-        Family::Q35 => ("PNP0A08", Some("PNP0A03")),
-        _ => ("PNP0A03", None),
-    };
+/// PCI0's `_CRS`: the bus range, the config ports, I/O around them, VGA memory and the holes.
+fn pci0_crs(cfg: &AcpiConfig) -> Vec<u8> {
     let hole32_end = cfg.pci_hole32.end().saturating_sub(1) as u32;
     // The whole bus range, as QEMU declares it (Linux numbers buses within it).
     let bus_range = aml::AddressSpace::new_bus_number(0u16, 0xffu16);
-    let cfg_io = aml::IO::new(0xcf8, 0xcf8, 1, 8);
-    let io_low = aml::AddressSpace::new_io(0x0000u16, 0x0cf7, None);
-    let io_high = aml::AddressSpace::new_io(0x0d00u16, 0xffff, None);
+    let ports = cfg.config_ports;
+    let cfg_io = aml::IO::new(ports.base as u16, ports.base as u16, 1, ports.size as u8);
+    let io_low = aml::AddressSpace::new_io(0x0000u16, ports.base.saturating_sub(1) as u16, None);
+    let io_high = aml::AddressSpace::new_io(ports.end() as u16, 0xffff, None);
     let vga_mem = aml::AddressSpace::new_memory(
         aml::AddressSpaceCacheable::Cacheable,
         true,
@@ -317,20 +317,20 @@ fn dsdt(cfg: &AcpiConfig) -> Vec<u8> {
         resources.push(&mem64);
     }
     let crs = aml::ResourceTemplate::new(resources);
-    let hid_name = aml::Name::new("_HID".into(), &aml::EISAName::new(hid));
-    let cid_eisa = aml::EISAName::new(cid.unwrap_or("PNP0A03"));
-    let cid_name = aml::Name::new("_CID".into(), &cid_eisa);
-    let adr = aml::Name::new("_ADR".into(), &aml::ZERO);
-    let uid = aml::Name::new("_UID".into(), &aml::ZERO);
-    let seg = aml::Name::new("_SEG".into(), &aml::ZERO);
-    let bbn = aml::Name::new("_BBN".into(), &aml::ZERO);
-    let crs_name = aml::Name::new("_CRS".into(), &crs);
+    bytes_of(&aml::Name::new("_CRS".into(), &crs))
+}
+
+/// PCI0's `_PRT` (nothing without entries); the sources are the interrupt link devices, as
+/// in QEMU's _PRT (see prt_link).
+fn pci0_prt(cfg: &AcpiConfig) -> Vec<u8> {
+    if cfg.prt.is_empty() {
+        return Vec::new();
+    }
     let prt_addrs: Vec<u32> = cfg
         .prt
         .iter()
         .map(|&(slot, _, _)| (u32::from(slot) << 16) | 0xffff)
         .collect();
-    // The sources are the interrupt link devices, as in QEMU's _PRT (see prt_link).
     let prt_sources: Vec<Option<aml::Path>> = cfg
         .prt
         .iter()
@@ -347,67 +347,75 @@ fn dsdt(cfg: &AcpiConfig) -> Vec<u8> {
         })
         .collect();
     let prt_pkg = aml::Package::new(prt_rows.iter().map(|p| p as &dyn Aml).collect());
-    let prt_name = aml::Name::new("_PRT".into(), &prt_pkg);
-    let mut pci0_children: Vec<&dyn Aml> = vec![&hid_name];
+    bytes_of(&aml::Name::new("_PRT".into(), &prt_pkg))
+}
+
+/// The ISA devices in the ISA bridge's scope (QEMU: PCI0.SF8 on q35, PCI0.S08 on pc);
+/// nothing without devices.
+fn isa_bridge_aml(cfg: &AcpiConfig) -> Vec<u8> {
+    let isa_devices = isa_aml(&cfg.isa);
+    let Some(devfn) = isa_bridge_devfn(cfg.family).filter(|_| !isa_devices.is_empty()) else {
+        return Vec::new();
+    };
+    let adr = (u32::from(devfn >> 3) << 16) | u32::from(devfn & 7);
+    let name = format!("S{devfn:02X}_");
+    let adr = aml::Name::new("_ADR".into(), &adr);
+    let isa_raw = RawAml(isa_devices);
+    bytes_of(&aml::Device::new(
+        name.as_str().into(),
+        vec![&adr, &isa_raw],
+    ))
+}
+
+/// The PCI root bridge `PCI0` with its resources, routing and children.
+fn pci0(cfg: &AcpiConfig) -> Vec<u8> {
+    let (hid, cid) = match cfg.family {
+        Family::Q35 => ("PNP0A08", Some("PNP0A03")),
+        _ => ("PNP0A03", None),
+    };
+    let hid_name = aml::Name::new("_HID".into(), &aml::EISAName::new(hid));
+    let cid_eisa = aml::EISAName::new(cid.unwrap_or("PNP0A03"));
+    let cid_name = aml::Name::new("_CID".into(), &cid_eisa);
+    let adr = aml::Name::new("_ADR".into(), &aml::ZERO);
+    let uid = aml::Name::new("_UID".into(), &aml::ZERO);
+    let seg = aml::Name::new("_SEG".into(), &aml::ZERO);
+    let bbn = aml::Name::new("_BBN".into(), &aml::ZERO);
+    let crs = RawAml(pci0_crs(cfg));
+    let mut children: Vec<&dyn Aml> = vec![&hid_name];
     if cid.is_some() {
-        pci0_children.push(&cid_name);
+        children.push(&cid_name);
     }
-    pci0_children.extend([&adr as &dyn Aml, &uid, &seg, &bbn, &crs_name]);
-    if !cfg.prt.is_empty() {
-        pci0_children.push(&prt_name);
-    }
+    children.extend([&adr as &dyn Aml, &uid, &seg, &bbn, &crs]);
+    let prt = RawAml(pci0_prt(cfg));
     let osc = RawAml(if cfg.family == Family::Q35 {
         q35_osc()
     } else {
         Vec::new()
     });
-    pci0_children.push(&osc);
     let bridges = RawAml(bridge_aml(&cfg.bridges));
-    pci0_children.push(&bridges);
-    // The ISA devices sit in the ISA bridge's scope (QEMU: PCI0.SF8 on q35, PCI0.S08 on pc).
-    let isa_devices = isa_aml(&cfg.isa);
-    let isa_bridge = isa_bridge_devfn(cfg.family)
-        .filter(|_| !isa_devices.is_empty())
-        .map(|devfn| {
-            let adr = (u32::from(devfn >> 3) << 16) | u32::from(devfn & 7);
-            (format!("S{devfn:02X}_"), adr)
-        });
-    let isa_adr = isa_bridge
-        .as_ref()
-        .map(|(_, adr)| aml::Name::new("_ADR".into(), adr));
-    let isa_raw = RawAml(isa_devices);
-    let isa_dev = isa_bridge
-        .as_ref()
-        .zip(isa_adr.as_ref())
-        .map(|((name, _), adr)| aml::Device::new(name.as_str().into(), vec![adr, &isa_raw]));
-    if let Some(d) = isa_dev.as_ref() {
-        pci0_children.push(d);
-    }
-    let pci0 = aml::Device::new("PCI0".into(), pci0_children);
+    let isa = RawAml(isa_bridge_aml(cfg));
+    children.extend([&prt as &dyn Aml, &osc, &bridges, &isa]);
+    bytes_of(&aml::Device::new("PCI0".into(), children))
+}
 
-    // The ECAM window must be a motherboard resource or Linux refuses to use it.
-    let ecam_mem = cfg
-        .ecam
-        .map(|r| aml::Memory32Fixed::new(false, r.base as u32, r.size as u32));
-    let drac_hid = aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0C01"));
-    let drac_uid = aml::Name::new("_UID".into(), &aml::ONE);
-    let drac_crs_template = ecam_mem
-        .as_ref()
-        .map(|m| aml::ResourceTemplate::new(vec![m as &dyn Aml]));
-    let drac_crs = drac_crs_template
-        .as_ref()
-        .map(|t| aml::Name::new("_CRS".into(), t));
-    let drac = drac_crs
-        .as_ref()
-        .map(|crs| aml::Device::new("DRAC".into(), vec![&drac_hid, &drac_uid, crs]));
+/// The ECAM window as a motherboard resource (`DRAC`), or Linux refuses to use it.
+fn ecam_reservation(cfg: &AcpiConfig) -> Vec<u8> {
+    let Some(r) = cfg.ecam else {
+        return Vec::new();
+    };
+    let ecam_mem = aml::Memory32Fixed::new(false, r.base as u32, r.size as u32);
+    let hid = aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0C01"));
+    let uid = aml::Name::new("_UID".into(), &aml::ONE);
+    let template = aml::ResourceTemplate::new(vec![&ecam_mem as &dyn Aml]);
+    let crs = aml::Name::new("_CRS".into(), &template);
+    bytes_of(&aml::Device::new("DRAC".into(), vec![&hid, &uid, &crs]))
+}
 
-    let mut sb_children: Vec<&dyn Aml> = vec![&pci0];
-    if let Some(d) = drac.as_ref() {
-        sb_children.push(d);
-    }
+fn dsdt(cfg: &AcpiConfig) -> Vec<u8> {
+    let pci0 = RawAml(pci0(cfg));
+    let drac = RawAml(ecam_reservation(cfg));
     let links = RawAml(link_devices(cfg));
-    sb_children.push(&links);
-    let sb = aml::Scope::new("_SB_".into(), sb_children);
+    let sb = aml::Scope::new("_SB_".into(), vec![&pci0, &drac, &links]);
 
     // SLP_TYP 0 is S5 (soft off) on QEMU's ACPI PM blocks; S4 as QEMU's s4_val.
     let s4_pkg = aml::Package::new(vec![&S4_SLP_TYP, &aml::ZERO, &aml::ZERO, &aml::ZERO]);
@@ -642,6 +650,10 @@ mod tests {
             gpe0: (0x620, 16),
             sci_irq: 9,
             ioapic: 0xfec0_0000,
+            config_ports: Range {
+                base: 0xcf8,
+                size: 8,
+            },
             ecam: (family == Family::Q35).then_some(Range {
                 base: 0xb000_0000,
                 size: 0x1000_0000,

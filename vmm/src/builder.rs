@@ -296,6 +296,9 @@ fn firmware(
         gpe0: (gpe0_base, gpe0_len.min(255) as u8),
         sci_irq,
         ioapic,
+        config_ports: ConfigPorts::from_plan(plan)
+            .map(|p| p.span())
+            .ok_or_else(|| missing("PCI config ports"))?,
         ecam: layout.ecam,
         last_bus: layout.last_bus,
         pci_hole32: plan.memory.pci_hole32,

@@ -46,6 +46,16 @@ impl ConfigPorts {
         Some(Self { address, data, rcr })
     }
 
+    /// From CONFIG_ADDRESS to the end of CONFIG_DATA (the DSDT's description of the ports).
+    pub fn span(&self) -> Range {
+        let base = self.address.min(self.data);
+        let end = self.address.max(self.data) + PORT_SIZE;
+        Range {
+            base,
+            size: end - base,
+        }
+    }
+
     /// The I/O ranges to map the device at: CONFIG_ADDRESS and CONFIG_DATA (one range when
     /// they are adjacent, as on both boards) and the RCR where it lies outside them.
     pub fn ranges(&self) -> Vec<Range> {

@@ -4,7 +4,7 @@
 use super::{lock, FunctionKey, PciHost, SharedFunction};
 use crate::bus::{Bus, BusDevice, SharedDevice};
 use crate::pci::config::{BarKind, NUM_BARS};
-use crate::pci::device::{Space, Window, WindowTarget};
+use crate::pci::device::{PciFunction, Space, Window, WindowTarget};
 use std::sync::{Arc, Mutex};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -47,51 +47,7 @@ impl PciHost {
             return;
         };
         let func = entry.func.clone();
-        let mut desired: Vec<(Mapped, Option<WindowTarget>)> = Vec::new();
-        {
-            let f = lock(&func);
-            let cfg = f.config();
-            for bar in 0..NUM_BARS {
-                let (Some(def), Some(base)) = (cfg.bar(bar), cfg.bar_address(bar)) else {
-                    continue;
-                };
-                let space = if def.kind == BarKind::Io {
-                    Space::Io
-                } else {
-                    Space::Mmio
-                };
-                desired.push((
-                    Mapped {
-                        key: bar as u32,
-                        space,
-                        base,
-                        size: def.size,
-                    },
-                    None,
-                ));
-            }
-            for Window {
-                key: wk,
-                space,
-                base,
-                size,
-                target,
-            } in f.windows()
-            {
-                if size == 0 {
-                    continue;
-                }
-                desired.push((
-                    Mapped {
-                        key: WINDOW_KEY_BASE + wk,
-                        space,
-                        base,
-                        size,
-                    },
-                    Some(target),
-                ));
-            }
-        }
+        let mut desired = wanted(&*lock(&func));
         // A BAR behind bridges decodes only where every bridge above forwards it.
         desired.retain(|(m, target)| {
             target.is_some() || self.forwarded(key.0, m.space, m.base, m.size)
@@ -229,4 +185,55 @@ impl PciHost {
             .map(|e| e.mapped.iter().map(|m| (m.space, m.base, m.size)).collect())
             .unwrap_or_default()
     }
+}
+
+/// What function `f` decodes right now: its enabled BARs (no target: a [`BarWindow`]) and
+/// its chipset windows with their targets.
+fn wanted(f: &dyn PciFunction) -> Vec<(Mapped, Option<WindowTarget>)> {
+    let cfg = f.config();
+    let mut desired = Vec::new();
+    for bar in 0..NUM_BARS {
+        let (Some(def), Some(base)) = (cfg.bar(bar), cfg.bar_address(bar)) else {
+            continue;
+        };
+        let space = if def.kind == BarKind::Io {
+            Space::Io
+        } else {
+            Space::Mmio
+        };
+        let key = bar as u32;
+        let size = def.size;
+        desired.push((
+            Mapped {
+                key,
+                space,
+                base,
+                size,
+            },
+            None,
+        ));
+    }
+    for Window {
+        key,
+        space,
+        base,
+        size,
+        target,
+    } in f.windows()
+    {
+        if size == 0 {
+            continue;
+        }
+        let key = WINDOW_KEY_BASE + key;
+        desired.push((
+            Mapped {
+                key,
+                space,
+                base,
+                size,
+            },
+            Some(target),
+        ));
+    }
+    desired
 }
