@@ -475,27 +475,7 @@ impl<'a> Ctx<'a> {
                     driver: req.driver.clone(),
                 });
             }
-            if let Some(b) = req.get("bus").filter(|b| *b != ISA_BUS) {
-                return Err(match self.topo.find_bus(b) {
-                    Some(i) => PlanError::WrongBusKind {
-                        driver: req.driver.clone(),
-                        bus_kind: match self.topo.buses[i].plan.kind {
-                            BusKind::Pci => "PCI",
-                            BusKind::Pcie => "PCIE",
-                        }
-                        .to_string(),
-                    },
-                    None => PlanError::BusNotFound(b.to_string()),
-                });
-            }
-            self.check_json_dup(req, &id)?;
-            let props = resolve_properties(dev, self.machine, &req.properties)?;
-            let d = isa::requested_device(dev, id.clone(), &props, &self.isa, &self.firmware_io)?;
-            if let Some(id) = id {
-                self.topo.ids.insert(id);
-            }
-            self.isa.push(d);
-            return Ok(Realized::Isa(self.isa.len() - 1));
+            return self.realize_isa(dev, req, id);
         }
         if has_isa && req.get("bus") == Some(ISA_BUS) {
             return Err(PlanError::WrongBusKind {
@@ -504,25 +484,7 @@ impl<'a> Ctx<'a> {
             });
         }
         if bus_type == "virtio-serial-bus" {
-            self.check_json_dup(req, &id)?;
-            let mut props = resolve_properties(dev, self.machine, &req.properties)?;
-            if let Some(bus) = req.get("bus") {
-                props.insert("bus".to_string(), bus.to_string());
-            }
-            let console = dev.console;
-            let port = crate::virtio_ports::place(
-                &dev.name,
-                console,
-                id.clone(),
-                &props,
-                &self.topo.functions,
-                &self.ports,
-            )?;
-            if let Some(id) = id {
-                self.topo.ids.insert(id);
-            }
-            self.ports.push(port);
-            return Ok(Realized::Port(self.ports.len() - 1));
+            return self.realize_port(dev, req, id);
         }
         if !dev.is_pci() {
             return Err(PlanError::NoBusForDevice {
@@ -562,6 +524,63 @@ impl<'a> Ctx<'a> {
         let (idx, advisories) =
             self.add_pci(dev, id, bus, None, &req.properties, false, hotplug)?;
         Ok(Realized::Pci(idx, advisories))
+    }
+
+    /// An ISA device request: on `isa.0` only, at its ports.
+    fn realize_isa(
+        &mut self,
+        dev: &DeviceType,
+        req: &DeviceRequest,
+        id: Option<String>,
+    ) -> Result<Realized, PlanError> {
+        if let Some(b) = req.get("bus").filter(|b| *b != ISA_BUS) {
+            return Err(match self.topo.find_bus(b) {
+                Some(i) => PlanError::WrongBusKind {
+                    driver: req.driver.clone(),
+                    bus_kind: match self.topo.buses[i].plan.kind {
+                        BusKind::Pci => "PCI",
+                        BusKind::Pcie => "PCIE",
+                    }
+                    .to_string(),
+                },
+                None => PlanError::BusNotFound(b.to_string()),
+            });
+        }
+        self.check_json_dup(req, &id)?;
+        let props = resolve_properties(dev, self.machine, &req.properties)?;
+        let d = isa::requested_device(dev, id.clone(), &props, &self.isa, &self.firmware_io)?;
+        if let Some(id) = id {
+            self.topo.ids.insert(id);
+        }
+        self.isa.push(d);
+        Ok(Realized::Isa(self.isa.len() - 1))
+    }
+
+    /// A port on a virtio-serial bus (`virtconsole`, `virtserialport`).
+    fn realize_port(
+        &mut self,
+        dev: &DeviceType,
+        req: &DeviceRequest,
+        id: Option<String>,
+    ) -> Result<Realized, PlanError> {
+        self.check_json_dup(req, &id)?;
+        let mut props = resolve_properties(dev, self.machine, &req.properties)?;
+        if let Some(bus) = req.get("bus") {
+            props.insert("bus".to_string(), bus.to_string());
+        }
+        let port = crate::virtio_ports::place(
+            &dev.name,
+            dev.console,
+            id.clone(),
+            &props,
+            &self.topo.functions,
+            &self.ports,
+        )?;
+        if let Some(id) = id {
+            self.topo.ids.insert(id);
+        }
+        self.ports.push(port);
+        Ok(Realized::Port(self.ports.len() - 1))
     }
 
     fn check_json_dup(&self, req: &DeviceRequest, id: &Option<String>) -> Result<(), PlanError> {
