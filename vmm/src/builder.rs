@@ -147,8 +147,9 @@ fn build_isa(vm: &KvmVm, io: &Bus, plan: &Plan, inputs: &BuildInputs) -> Result<
     let mut console = Some(inputs.console.clone());
     let irq_line = |irq| isa_irqfd(vm, irq);
     for isa in &plan.isa {
-        // The PICs, PIT and IOAPIC are KVM's in-kernel models; the rest without a kind
-        // (HPET, vmport, DMA, PC speaker, ...) have no user-space model yet.
+        // Entries without a kind: the PICs, PIT and IOAPIC (KVM's in-kernel models), the
+        // ports the PCI host and the PM function decode themselves (config ports, reset
+        // control, APM, GPE0) and devices with no model yet (HPET, vmport, DMA, ...).
         let Some(kind) = devices::kinds::isa_kind(&isa.type_name) else {
             continue;
         };
