@@ -1,23 +1,45 @@
 //! Fixed resources come from the plan (issue 13): a `-machine-definition` whose board puts
 //! the APM ports and the reset control register elsewhere gets a machine that decodes them
-//! there, and nothing at the old places, as qtest sees it.
+//! there, and nothing at the old places, as qtest sees it; one that moves the SCI and the
+//! IOAPIC gets ACPI tables (FADT SCI_INT, MADT IOAPIC address) that say so.
 
 mod common;
 
 use common::{machina, require_kvm};
 use machina_tests::qtest_client::Qtest;
 use serde_json::{json, Value};
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
-/// The built-in q35 board as board `q35-moved`, with `apm` at 0xb4 and the reset control
-/// register at 0x5f0, and machine type `moved-q35` on it; written to a per-test directory.
-fn moved_definition(dir: &std::path::Path) -> std::path::PathBuf {
+/// The built-in q35 board.
+fn q35_board() -> Value {
     let boards: Value =
         serde_json::from_str(include_str!("../resources/machines/boards.json")).expect("boards");
-    let mut board = boards["boards"]
+    boards["boards"]
         .as_array()
         .and_then(|b| b.iter().find(|b| b["name"] == "q35"))
         .expect("q35 board")
-        .clone();
+        .clone()
+}
+
+/// A definition file in `dir` with `board` and machine type `name` on it.
+fn write_definition(dir: &std::path::Path, name: &str, board: Value) -> std::path::PathBuf {
+    let definition = json!({
+        "boards": [board],
+        "machine-types": [
+            {"name": name, "inherits": "pc-q35-10.2", "board": board["name"]}
+        ]
+    });
+    let path = dir.join(format!("{name}.json"));
+    std::fs::write(&path, definition.to_string()).expect("write definition");
+    path
+}
+
+/// The built-in q35 board as board `q35-moved`, with `apm` at 0xb4 and the reset control
+/// register at 0x5f0, and machine type `moved-q35` on it; written to `dir`.
+fn moved_definition(dir: &std::path::Path) -> std::path::PathBuf {
+    let mut board = q35_board();
     board["name"] = json!("q35-moved");
     let mut moved = 0;
     for dev in board["isa"].as_array_mut().expect("isa list") {
@@ -49,7 +71,7 @@ fn a_machine_definition_moves_apm_and_the_reset_control_register() {
     if !require_kvm() {
         return;
     }
-    let dir = tempdir();
+    let dir = tempdir("ports");
     let file = moved_definition(&dir);
     let args: Vec<String> = [
         "-machine-definition",
@@ -105,9 +127,88 @@ fn the_built_in_boards_keep_apm_and_the_reset_control_register() {
     assert_eq!(q.value("inb 0xcf9"), 0x02);
 }
 
+#[test]
+fn a_machine_definition_moves_the_sci_and_the_ioapic_in_the_acpi_tables() {
+    if !require_kvm() {
+        return;
+    }
+    let dir = tempdir("acpi");
+    let mut board = q35_board();
+    board["name"] = json!("q35-moved-acpi");
+    board["sci-irq"] = json!(11);
+    for r in board["memory"]["regions"].as_array_mut().expect("regions") {
+        if r["name"] == "ioapic" {
+            r["base"] = json!("0xfec10000");
+        }
+    }
+    for d in board["isa"].as_array_mut().expect("isa list") {
+        if d["type"] == "kvm-ioapic" {
+            d["mmio"] = json!([["0xfec10000", "0x1000"]]);
+        }
+    }
+    let file = write_definition(&dir, "moved-acpi", board);
+    let tables = dir.join("tables");
+    dump_acpi(
+        &tables,
+        &[
+            "-machine-definition",
+            file.to_str().expect("path"),
+            "-machine",
+            "moved-acpi",
+        ],
+    );
+    let fadt = std::fs::read(tables.join("facp.dat")).expect("FADT");
+    assert_eq!(u16::from_le_bytes([fadt[46], fadt[47]]), 11, "FADT SCI_INT");
+    let madt = std::fs::read(tables.join("apic.dat")).expect("MADT");
+    let mut ioapics = Vec::new();
+    let mut at = 44;
+    while at + 1 < madt.len() && madt[at + 1] > 0 {
+        if madt[at] == 1 {
+            ioapics.push(u32::from_le_bytes([
+                madt[at + 4],
+                madt[at + 5],
+                madt[at + 6],
+                madt[at + 7],
+            ]));
+        }
+        at += usize::from(madt[at + 1]);
+    }
+    assert_eq!(ioapics, vec![0xfec1_0000], "MADT IOAPIC address");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Build the machine of `args` (stopped) with `MACHINA_ACPI_DUMP=dir` and wait for its
+/// tables; the XSDT is written last.
+fn dump_acpi(dir: &std::path::Path, args: &[&str]) {
+    std::fs::create_dir_all(dir).expect("dump dir");
+    let mut child = Command::new(machina())
+        .args(args)
+        .args(["-S", "-display", "none", "-nodefaults", "-qmp", "stdio"])
+        .env("MACHINA_ACPI_DUMP", dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start machina");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !dir.join("xsdt.dat").exists() {
+        assert!(Instant::now() < deadline, "machina wrote no ACPI dump");
+        assert!(child.try_wait().expect("wait").is_none(), "machina exited");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The caller reads the tables after machina has exited, so every file is complete.
+    let mut stdin = child.stdin.take().expect("stdin");
+    let _ = stdin.write_all(b"{\"execute\":\"qmp_capabilities\"}\n{\"execute\":\"quit\"}\n");
+    drop(stdin);
+    let _ = child.wait();
+}
+
 /// A directory of this test's own, removed by the test.
-fn tempdir() -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("machina-fixed-resources-{}", std::process::id()));
+fn tempdir(what: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "machina-fixed-resources-{what}-{}",
+        std::process::id()
+    ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("temp dir");
     dir
