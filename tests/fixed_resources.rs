@@ -1,6 +1,6 @@
 //! Fixed resources come from the plan (issue 13): a `-machine-definition` whose board puts
-//! the APM ports and the reset control register elsewhere gets a machine that decodes them
-//! there, and nothing at the old places, as qtest sees it; one that moves the SCI and the
+//! the APM ports, the reset control register and the firmware's PM block elsewhere gets a
+//! machine that decodes them there, and nothing at the old places, as qtest sees it; one that moves the SCI and the
 //! IOAPIC gets ACPI tables (FADT SCI_INT, MADT IOAPIC address) that say so.
 
 mod common;
@@ -36,8 +36,9 @@ fn write_definition(dir: &std::path::Path, name: &str, board: Value) -> std::pat
     path
 }
 
-/// The built-in q35 board as board `q35-moved`, with `apm` at 0xb4 and the reset control
-/// register at 0x5f0, and machine type `moved-q35` on it; written to `dir`.
+/// The built-in q35 board as board `q35-moved`, with `apm` at 0xb4, the reset control
+/// register at 0x5f0 and the firmware's ACPI PM block at 0x680, and machine type `moved-q35`
+/// on it; written to `dir`.
 fn moved_definition(dir: &std::path::Path) -> std::path::PathBuf {
     let mut board = q35_board();
     board["name"] = json!("q35-moved");
@@ -51,23 +52,18 @@ fn moved_definition(dir: &std::path::Path) -> std::path::PathBuf {
         dev["io"] = io;
         moved += 1;
     }
-    assert_eq!(
-        moved, 2,
-        "the q35 board lists APM and the reset control register"
-    );
-    let definition = json!({
-        "boards": [board],
-        "machine-types": [
-            {"name": "moved-q35", "inherits": "pc-q35-10.2", "board": "q35-moved"}
-        ]
-    });
-    let path = dir.join("moved-q35.json");
-    std::fs::write(&path, definition.to_string()).expect("write definition");
-    path
+    for block in board["firmware-io"].as_array_mut().expect("firmware-io") {
+        if block["role"] == "pm-block" {
+            block["base"] = json!("0x680");
+            moved += 1;
+        }
+    }
+    assert_eq!(moved, 3, "the q35 board lists APM, reset control, PM block");
+    write_definition(dir, "moved-q35", board)
 }
 
 #[test]
-fn a_machine_definition_moves_apm_and_the_reset_control_register() {
+fn a_machine_definition_moves_apm_the_reset_control_register_and_the_pm_block() {
     if !require_kvm() {
         return;
     }
@@ -89,13 +85,17 @@ fn a_machine_definition_moves_apm_and_the_reset_control_register() {
     assert_eq!(q.cmd("outb 0xb5 0x5a"), "OK");
     assert_eq!(q.value("inb 0xb5"), 0x5a);
     assert_eq!(q.value("inb 0xb3"), 0xff);
-    // The ACPI disable and enable commands at the new APM_CNT clear and set SCI_EN in
-    // PM1_CNT (PM block at the firmware step's 0x600).
+    // The firmware step puts the PM block where the plan says (ICH9 PMBASE, 00:1f.0 0x40,
+    // = 0x680); the ACPI disable and enable commands at the new APM_CNT clear and set SCI_EN
+    // in its PM1_CNT.
     assert_eq!(q.cmd("machina_firmware_init"), "OK");
+    assert_eq!(q.cmd("outl 0xcf8 0x8000f840"), "OK");
+    assert_eq!(q.value("inl 0xcfc") & 0xff80, 0x680, "ICH9 PMBASE");
     assert_eq!(q.cmd("outb 0xb4 0x03"), "OK");
-    assert_eq!(q.value("inw 0x604") & 1, 0, "SCI_EN after APM ACPI disable");
+    assert_eq!(q.value("inw 0x684") & 1, 0, "SCI_EN after APM ACPI disable");
     assert_eq!(q.cmd("outb 0xb4 0x02"), "OK");
-    assert_eq!(q.value("inw 0x604") & 1, 1, "SCI_EN after APM ACPI enable");
+    assert_eq!(q.value("inw 0x684") & 1, 1, "SCI_EN after APM ACPI enable");
+    assert_eq!(q.value("inw 0x604"), 0xffff, "nothing at the old PM block");
 
     // The reset control register answers at 0x5f0 (SYS_RST kept, no reset requested) and
     // 0xcf9 is only part of CONFIG_ADDRESS's dword now.

@@ -150,6 +150,9 @@ pub struct BoardDef {
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct FirmwareIoDef {
     pub name: String,
+    /// What the firmware step puts there (absent: only a block the planner keeps free).
+    #[serde(default)]
+    pub role: Option<crate::plan::FirmwareRole>,
     pub base: Num,
     pub size: Num,
     #[serde(default)]

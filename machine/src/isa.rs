@@ -5,7 +5,7 @@
 use crate::board::IsaDeviceDef;
 use crate::device_types::DeviceType;
 use crate::error::PlanError;
-use crate::plan::{IsaDevicePlan, Range};
+use crate::plan::{FirmwareIoPlan, IsaDevicePlan, Range};
 use crate::properties::parse_u64_auto;
 use std::collections::BTreeMap;
 
@@ -41,21 +41,20 @@ pub fn board_devices(defs: &[IsaDeviceDef], flag: impl Fn(&str) -> bool) -> Vec<
 const ISA_IRQS: u64 = 16;
 const IO_SPACE_END: u64 = 0x1_0000;
 
-/// The board's firmware-mapped I/O blocks whose condition holds, as (name, range).
+/// The board's firmware-mapped I/O blocks whose condition holds.
 pub fn firmware_io(
     defs: &[crate::board::FirmwareIoDef],
     flag: impl Fn(&str) -> bool,
-) -> Vec<(String, Range)> {
+) -> Vec<FirmwareIoPlan> {
     defs.iter()
         .filter(|d| d.when.eval(&flag))
-        .map(|d| {
-            (
-                d.name.clone(),
-                Range {
-                    base: d.base.0,
-                    size: d.size.0,
-                },
-            )
+        .map(|d| FirmwareIoPlan {
+            name: d.name.clone(),
+            role: d.role,
+            range: Range {
+                base: d.base.0,
+                size: d.size.0,
+            },
         })
         .collect()
 }
@@ -70,7 +69,7 @@ pub fn requested_device(
     id: Option<String>,
     props: &BTreeMap<String, String>,
     existing: &[IsaDevicePlan],
-    firmware: &[(String, Range)],
+    firmware: &[FirmwareIoPlan],
 ) -> Result<IsaDevicePlan, PlanError> {
     let Some(isa) = &dev.isa else {
         return Err(PlanError::NotPciDevice(dev.name.clone()));
@@ -121,7 +120,7 @@ pub fn requested_device(
     let taken = existing
         .iter()
         .flat_map(|d| d.io.iter().map(move |r| (d.type_name.as_str(), r)))
-        .chain(firmware.iter().map(|(n, r)| (n.as_str(), r)))
+        .chain(firmware.iter().map(|b| (b.name.as_str(), &b.range)))
         .find(|(_, r)| overlaps(r));
     if let Some((owner, r)) = taken {
         return Err(PlanError::IsaIoOverlap {

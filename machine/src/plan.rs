@@ -202,6 +202,27 @@ pub struct Advisory {
     pub message: String,
 }
 
+/// What a firmware-mapped I/O block is for (the firmware step programs it there).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FirmwareRole {
+    /// The ACPI PM register block (PMBASE / PMBA).
+    PmBlock,
+    /// The SMBus host registers.
+    Smbus,
+    /// The window PCI I/O BARs are allocated from.
+    PciIo,
+}
+
+/// An I/O block the firmware maps, from the board's `firmware-io`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FirmwareIoPlan {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<FirmwareRole>,
+    pub range: Range,
+}
+
 /// The whole machine, computed before anything is built.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Plan {
@@ -234,6 +255,10 @@ pub struct Plan {
     /// them and slots do not latch cold-plugged devices.
     #[serde(default)]
     pub acpi_bridge_hotplug: bool,
+    /// The I/O blocks the firmware maps (PM block, SMBus, PCI I/O window) whose board
+    /// condition holds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub firmware_io: Vec<FirmwareIoPlan>,
 }
 
 /// A port of a virtio-serial-pci controller, with QEMU's port number.
@@ -338,6 +363,14 @@ impl MemoryMap {
 }
 
 impl Plan {
+    /// Where the firmware maps the block with `role`.
+    pub fn firmware_block(&self, role: FirmwareRole) -> Option<Range> {
+        self.firmware_io
+            .iter()
+            .find(|b| b.role == Some(role))
+            .map(|b| b.range)
+    }
+
     /// The e820 table of the machine (see [`MemoryMap::e820`]).
     pub fn e820(&self) -> Vec<E820Entry> {
         self.memory.e820()

@@ -60,7 +60,7 @@ struct Ctx<'a> {
     isa: Vec<IsaDevicePlan>,
     ports: Vec<crate::plan::VirtioPortPlan>,
     /// I/O blocks the firmware maps (no ISA device may cover them).
-    firmware_io: Vec<(String, crate::plan::Range)>,
+    firmware_io: Vec<crate::plan::FirmwareIoPlan>,
 }
 
 /// The result of realizing one request.
@@ -157,6 +157,7 @@ impl Catalog {
             advisories: ctx.topo.advisories,
             sci_irq: machine.board.sci_irq,
             acpi_bridge_hotplug,
+            firmware_io: ctx.firmware_io,
             virtio_ports: ctx.ports,
         })
     }

@@ -10,12 +10,12 @@ use crate::bus::{BusDevice, SharedDevice};
 use crate::lifecycle::Lifecycle;
 use crate::pci::config::PciConfig;
 use crate::pci::device::{PciFunction, Space, Window, WindowTarget};
-use crate::pci::firmware::{FirmwareFunction, ICH9_RCBA, PIRQ_IRQS, PM_BASE};
+use crate::pci::firmware::{FirmwareFunction, ICH9_RCBA, PIRQ_IRQS};
 use crate::pci::host::SharedFunction;
 use crate::pci::interrupt::IntxSink;
 use crate::pci::kind::{shared, FunctionContext, PciKind};
 use crate::pci::PciError;
-use machine::{PciFunctionPlan, Plan, Range};
+use machine::{FirmwareRole, PciFunctionPlan, Plan, Range};
 use std::sync::{Arc, Mutex};
 
 pub const PMBASE: usize = 0x40;
@@ -212,9 +212,11 @@ impl PciKind for Ich9LpcKind {
             ctx.lifecycle.clone(),
         )?))
     }
-    /// SeaBIOS ich9_lpc_setup: PM block enabled at its base with the SCI, RCBA, PIRQ A-H.
+    /// SeaBIOS ich9_lpc_setup: PM block enabled at the plan's block with the SCI, RCBA,
+    /// PIRQ A-H.
     fn firmware_init(&self, fw: &mut FirmwareFunction) -> Result<(), PciError> {
-        fw.write(PMBASE, u32::from(PM_BASE) | 1, 4);
+        let pm_base = fw.io_block(FirmwareRole::PmBlock)?;
+        fw.write(PMBASE, u32::from(pm_base) | 1, 4);
         fw.write(ACPI_CNTL, ACPI_CNTL_ACPI_EN.into(), 1); // ACPI_EN, SCI_IRQ_SEL 0 (IRQ 9)
         fw.write(RCBA, ICH9_RCBA | RCBA_EN, 4);
         for i in 0..8u8 {
@@ -224,8 +226,8 @@ impl PciKind for Ich9LpcKind {
             }
             fw.setup.pirqs.push(irq);
         }
-        fw.setup.pm_base = Some(PM_BASE);
-        fw.setup.gpe0 = Some((PM_BASE + GPE0_OFFSET, ICH9_GPE0_LEN as u16));
+        fw.setup.pm_base = Some(pm_base);
+        fw.setup.gpe0 = Some((pm_base + GPE0_OFFSET, ICH9_GPE0_LEN as u16));
         Ok(())
     }
     fn pirq_route_register(&self, pirq: u8) -> Option<usize> {

@@ -4,12 +4,12 @@
 use super::smbus::{Smbus, SMBUS_IO_LEN};
 use crate::pci::config::{BarDef, PciConfig};
 use crate::pci::device::PciFunction;
-use crate::pci::firmware::{FirmwareFunction, SMBUS_BASE};
+use crate::pci::firmware::FirmwareFunction;
 use crate::pci::host::SharedFunction;
 use crate::pci::kind::{shared, FunctionContext, PciKind};
 use crate::pci::regs::BAR0;
 use crate::pci::PciError;
-use machine::PciFunctionPlan;
+use machine::{FirmwareRole, PciFunctionPlan};
 
 pub const SMB_BASE_BAR: usize = 4;
 pub const HOSTC: usize = 0x40;
@@ -73,11 +73,12 @@ impl PciKind for Ich9SmbusKind {
     fn build(&self, ctx: &FunctionContext) -> Result<SharedFunction, PciError> {
         Ok(shared(Ich9Smbus::new(ctx.function)?))
     }
-    /// SeaBIOS ich9_smbus_setup: the host block at its fixed base, then HST_EN.
+    /// SeaBIOS ich9_smbus_setup: the host block at the plan's SMBus block, then HST_EN.
     fn firmware_init(&self, fw: &mut FirmwareFunction) -> Result<(), PciError> {
-        fw.write(BAR0 + 4 * SMB_BASE_BAR, u32::from(SMBUS_BASE), 4);
+        let base = fw.io_block(FirmwareRole::Smbus)?;
+        fw.write(BAR0 + 4 * SMB_BASE_BAR, u32::from(base), 4);
         fw.write(HOSTC, HOSTC_HST_EN.into(), 1);
-        fw.setup.smbus = Some(SMBUS_BASE);
+        fw.setup.smbus = Some(base);
         Ok(())
     }
     fn fixed_bar(&self, bar: usize) -> bool {

@@ -10,13 +10,13 @@ use crate::bus::SharedDevice;
 use crate::lifecycle::Lifecycle;
 use crate::pci::config::PciConfig;
 use crate::pci::device::{PciFunction, Window};
-use crate::pci::firmware::{FirmwareFunction, PM_BASE, SMBUS_BASE};
+use crate::pci::firmware::FirmwareFunction;
 use crate::pci::host::SharedFunction;
 use crate::pci::interrupt::IntxSink;
 use crate::pci::kind::{shared, FunctionContext, PciKind};
 use crate::pci::regs::INTERRUPT_LINE;
 use crate::pci::PciError;
-use machine::{PciFunctionPlan, Plan, Range};
+use machine::{FirmwareRole, PciFunctionPlan, Plan, Range};
 use std::sync::{Arc, Mutex};
 
 pub const PMBA: usize = 0x40;
@@ -184,18 +184,20 @@ impl PciKind for Piix4PmKind {
             ctx.lifecycle.clone(),
         )))
     }
-    /// SeaBIOS piix4_pm_setup: PM block and SMBus enabled at their bases.
+    /// SeaBIOS piix4_pm_setup: PM block and SMBus enabled at the plan's blocks.
     fn firmware_init(&self, fw: &mut FirmwareFunction) -> Result<(), PciError> {
-        fw.write(PMBA, u32::from(PM_BASE) | 1, 4);
+        let pm_base = fw.io_block(FirmwareRole::PmBlock)?;
+        let smbus_base = fw.io_block(FirmwareRole::Smbus)?;
+        fw.write(PMBA, u32::from(pm_base) | 1, 4);
         fw.write(PMREGMISC, 1, 1);
-        fw.write(SMBBA, u32::from(SMBUS_BASE) | 1, 4);
+        fw.write(SMBBA, u32::from(smbus_base) | 1, 4);
         fw.write(SMBHSTCFG, 0x09, 1);
-        fw.setup.pm_base = Some(PM_BASE);
+        fw.setup.pm_base = Some(pm_base);
         fw.setup.gpe0 = PIIX4_GPE0
             .find(fw.plan)
             .and_then(|d| d.io.first())
             .map(|r| (r.base as u16, r.size as u16));
-        fw.setup.smbus = Some(SMBUS_BASE);
+        fw.setup.smbus = Some(smbus_base);
         Ok(())
     }
     /// piix4_pm_setup then overwrites the function's interrupt line with the SCI, which

@@ -4,9 +4,10 @@
 //!
 //! * Bridges are numbered depth-first in devfn order (primary/secondary/subordinate).
 //! * q35: PCIEXBAR = ECAM base | enable, length from the plan's ECAM size.
-//! * ACPI PM base 0x600 (enabled), SMBus 0x700, ICH9 RCBA 0xfed1c000 (SeaBIOS values).
+//! * ACPI PM block and SMBus at the plan's `firmware-io` blocks (SeaBIOS's 0x600, 0x700),
+//!   ICH9 RCBA 0xfed1c000 (SeaBIOS's value).
 //! * PIRQ A-D (and E-H on q35) route to IRQ 10, 10, 11, 11.
-//! * BARs, largest alignment first: I/O from 0xc000 upwards; 32-bit memory as one block placed
+//! * BARs, largest alignment first: I/O upwards in the plan's PCI I/O window (0xc000..); 32-bit memory as one block placed
 //!   at the top of the 32-bit hole (below the plan's IOAPIC, above ECAM), ascending inside it like
 //!   SeaBIOS; 64-bit prefetchable BARs bottom-up from the 64-bit hole. Bridge windows are
 //!   sized from what lies behind them (I/O 4 KiB, memory 1 MiB granules; an empty bridge
@@ -23,14 +24,10 @@ use super::config::{BarKind, ROM_BAR};
 use super::host::{FunctionKey, PciHost};
 use super::regs::*;
 use super::PciError;
-use machine::{Plan, Range};
+use machine::{FirmwareRole, Plan, Range};
 
 /// The memory-map region of the IOAPIC's registers.
 pub const IOAPIC_REGION: &str = "ioapic";
-pub const PM_BASE: u16 = 0x600;
-pub const SMBUS_BASE: u16 = 0x700;
-pub const IO_ALLOC_BASE: u64 = 0xc000;
-pub const IO_ALLOC_END: u64 = 0x1_0000;
 pub const ICH9_RCBA: u32 = 0xfed1_c000;
 /// SeaBIOS pci_irq_list: PIRQ A, B, C, D (E-H repeat it on q35).
 pub const PIRQ_IRQS: [u8; 4] = [10, 10, 11, 11];
@@ -113,6 +110,23 @@ impl FirmwareFunction<'_> {
     pub fn write(&mut self, offset: usize, value: u32, len: usize) {
         self.host.wr(self.key, offset, value, len);
     }
+
+    /// The I/O base where the plan has the firmware put the block with `role`.
+    pub fn io_block(&self, role: FirmwareRole) -> Result<u16, PciError> {
+        firmware_block(self.plan, role).map(|r| r.base as u16)
+    }
+}
+
+/// Where the plan has the firmware map the block with `role` (the board's `firmware-io`).
+fn firmware_block(plan: &Plan, role: FirmwareRole) -> Result<Range, PciError> {
+    plan.firmware_block(role).ok_or_else(|| {
+        let what = match role {
+            FirmwareRole::PmBlock => "ACPI PM block",
+            FirmwareRole::Smbus => "SMBus block",
+            FirmwareRole::PciIo => "PCI I/O window",
+        };
+        PciError::Firmware(format!("the plan places no {what}"))
+    })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -414,8 +428,9 @@ impl PciHost {
         self.close_bridge_windows(0);
         let mut reqs = self.collect(0, hole64.is_some());
 
+        let io_window = firmware_block(plan, FirmwareRole::PciIo)?;
         let (io_size, _) = packed(&mut reqs[Class::Io as usize]);
-        if IO_ALLOC_BASE + io_size > IO_ALLOC_END {
+        if io_size > io_window.size {
             return Err(PciError::Firmware(format!(
                 "I/O BARs need {io_size:#x} bytes"
             )));
@@ -438,14 +453,11 @@ impl PciHost {
             None => 0,
         };
         let [mut io, mut mem, mut pref] = reqs;
-        self.program(Class::Io, &mut io, IO_ALLOC_BASE);
+        self.program(Class::Io, &mut io, io_window.base);
         self.program(Class::Mem, &mut mem, mem_base);
         self.program(Class::Pref, &mut pref, pref_base);
         Ok((
-            Range {
-                base: IO_ALLOC_BASE,
-                size: IO_ALLOC_END - IO_ALLOC_BASE,
-            },
+            io_window,
             Range {
                 base: lo,
                 size: hi - lo,
