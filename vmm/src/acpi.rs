@@ -54,6 +54,8 @@ pub struct AcpiConfig {
     pub ioapic: u32,
     /// The PCI config ports (CONFIG_ADDRESS to the end of CONFIG_DATA).
     pub config_ports: Range,
+    /// The root-bus devfn of the ISA bridge, whose scope holds the ISA devices.
+    pub isa_bridge: Option<u8>,
     /// ECAM window (q35, once enabled).
     pub ecam: Option<Range>,
     /// Highest bus number behind the host bridge.
@@ -140,15 +142,6 @@ pub fn root_prt(family: Family, pirq_irqs: &[u8], sci: u32) -> Vec<(u8, u8, u32)
 /// machine off for it, as QEMU does. S3 (suspend to RAM) is not offered: machina cannot
 /// resume a suspended guest.
 const S4_SLP_TYP: u8 = 2;
-
-/// The ISA bridge's devfn on the root bus (ICH9 LPC at 1f.0, PIIX3 ISA at 01.0).
-fn isa_bridge_devfn(family: Family) -> Option<u8> {
-    match family {
-        Family::Q35 => Some(0x1f << 3),
-        Family::I440fx => Some(0x01 << 3),
-        Family::None => None,
-    }
-}
 
 /// The ISA devices of the DSDT, each kind's fragment (`KBD_`/`MOU_`, `COMn`, `RTC_`) in
 /// QEMU's DSDT order, which is also the order Linux numbers PnP devices in (00:00, 00:01,
@@ -354,7 +347,7 @@ fn pci0_prt(cfg: &AcpiConfig) -> Vec<u8> {
 /// nothing without devices.
 fn isa_bridge_aml(cfg: &AcpiConfig) -> Vec<u8> {
     let isa_devices = isa_aml(&cfg.isa);
-    let Some(devfn) = isa_bridge_devfn(cfg.family).filter(|_| !isa_devices.is_empty()) else {
+    let Some(devfn) = cfg.isa_bridge.filter(|_| !isa_devices.is_empty()) else {
         return Vec::new();
     };
     let adr = (u32::from(devfn >> 3) << 16) | u32::from(devfn & 7);
@@ -653,6 +646,10 @@ mod tests {
             config_ports: Range {
                 base: 0xcf8,
                 size: 8,
+            },
+            isa_bridge: match family {
+                Family::Q35 => Some(0x1f << 3),
+                _ => Some(0x01 << 3),
             },
             ecam: (family == Family::Q35).then_some(Range {
                 base: 0xb000_0000,

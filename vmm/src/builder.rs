@@ -7,6 +7,7 @@ use crate::cpuid;
 use crate::kvm_vm::KvmVm;
 use crate::vcpu::setup::{setup_boot_cpu, setup_common, write_boot_tables};
 use devices::bus::{Bus, SharedDevice};
+use devices::kinds;
 use devices::legacy::kind::IsaContext;
 use devices::legacy::serial::SerialPort;
 use devices::legacy::serial::SharedWriter;
@@ -297,6 +298,11 @@ fn firmware(
         gpe0: (gpe0_base, gpe0_len.min(255) as u8),
         sci_irq,
         ioapic,
+        isa_bridge: plan
+            .pci
+            .iter()
+            .find(|f| plan.bus(&f.bus).is_some_and(|b| b.is_root) && kinds::kind_of(f).isa_bridge())
+            .map(|f| f.devfn()),
         config_ports: ConfigPorts::from_plan(plan)
             .map(|p| p.span())
             .ok_or_else(|| missing("PCI config ports"))?,

@@ -230,6 +230,9 @@ impl PciKind for Ich9LpcKind {
         fw.setup.gpe0 = Some((pm_base + GPE0_OFFSET, ICH9_GPE0_LEN as u16));
         Ok(())
     }
+    fn isa_bridge(&self) -> bool {
+        true
+    }
     fn pirq_route_register(&self, pirq: u8) -> Option<usize> {
         match pirq {
             0..=3 => Some(PIRQA_ROUT + usize::from(pirq)),

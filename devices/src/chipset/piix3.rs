@@ -73,6 +73,9 @@ impl PciKind for Piix3Kind {
         }
         Ok(())
     }
+    fn isa_bridge(&self) -> bool {
+        true
+    }
     fn pirq_route_register(&self, pirq: u8) -> Option<usize> {
         (pirq < 4).then(|| PIRQRC + usize::from(pirq))
     }

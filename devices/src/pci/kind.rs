@@ -68,6 +68,11 @@ pub trait PciKind: Sync {
         false
     }
 
+    /// The PCI-to-ISA bridge (ICH9 LPC, PIIX3): the ISA devices sit in its ACPI scope.
+    fn isa_bridge(&self) -> bool {
+        false
+    }
+
     /// On the PIRQ router (ICH9 LPC, PIIX3): the config offset of PIRQ `pirq`'s route
     /// register (IRQ number, bit 7 = disabled).
     fn pirq_route_register(&self, _pirq: u8) -> Option<usize> {
