@@ -6,7 +6,7 @@ use super::bridge::PciBridge;
 use super::device::PciFunction;
 use super::device::Space;
 use super::interrupt::MsiSink;
-use super::tests::{q35_plan, q35_plan_with, Machine};
+use super::tests::{catalog_plan, q35_plan, q35_plan_with, Machine, Q35_PORTS};
 use super::PciError;
 use crate::testing;
 use machina_tests::rng::XorShift;
@@ -511,11 +511,12 @@ fn slot_presence_and_link_from_topology() {
     assert_eq!(m.cfg_readw(0, 2, 1, 0x6c), 0x07c0);
     assert_eq!(m.cfg_readw(0, 2, 1, 0x66), 0x0204);
 
-    // Without ACPI bridge hot-plug (pc-q35-6.0 and older) the slot's own plug callback
-    // latches presence and the data link layer for the cold-plugged device.
-    // (The planner decides that from ICH9-LPC's property: machine/tests/catalog.rs.)
-    let mut plan = q35_plan();
-    plan.acpi_bridge_hotplug = false;
+    // Without ACPI bridge hot-plug (pc-q35-6.0 and older: ICH9-LPC's
+    // acpi-pci-hotplug-with-bridge-support off, which the planner turns into the plan's
+    // acpi_bridge_hotplug) the slot's own plug callback latches presence and the data link
+    // layer for the cold-plugged device.
+    let plan = catalog_plan("pc-q35-6.0", false, Q35_PORTS);
+    assert!(!plan.acpi_bridge_hotplug);
     let m = Machine::new(&plan);
     assert_eq!(m.cfg_readw(0, 2, 0, 0x6e), 0x0040, "presence detected");
     assert_eq!(m.cfg_readw(0, 2, 0, 0x66) & 0x2000, 0x2000, "DLLLA");

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 /// The builtin catalog's plan for `machine` with 512 MiB, QEMU's default serial port and
 /// VGA, no parallel port, the default NIC only with `nic`, and these `-device`s.
-fn catalog_plan(machine: &str, nic: bool, devices: &[&str]) -> Plan {
+pub(super) fn catalog_plan(machine: &str, nic: bool, devices: &[&str]) -> Plan {
     let mut req = testing::request(machine, devices);
     req.ram_size = 512 << 20;
     req.parallel = Some(false);
