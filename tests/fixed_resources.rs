@@ -7,6 +7,7 @@ mod common;
 
 use common::{machina, require_kvm};
 use machina_tests::qtest_client::Qtest;
+use machina_tests::TempDir;
 use serde_json::{json, Value};
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -67,8 +68,8 @@ fn a_machine_definition_moves_apm_the_reset_control_register_and_the_pm_block() 
     if !require_kvm() {
         return;
     }
-    let dir = tempdir("ports");
-    let file = moved_definition(&dir);
+    let dir = TempDir::new("fixed-resources");
+    let file = moved_definition(dir.path());
     let args: Vec<String> = [
         "-machine-definition",
         file.to_str().expect("path"),
@@ -107,8 +108,6 @@ fn a_machine_definition_moves_apm_the_reset_control_register_and_the_pm_block() 
     // Config cycles still work: the MCH's vendor ID at 00:00.0.
     assert_eq!(q.value("inw 0xcfc"), 0x8086);
     assert!(q.alive());
-    drop(q);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -132,7 +131,7 @@ fn a_machine_definition_moves_the_sci_and_the_ioapic_in_the_acpi_tables() {
     if !require_kvm() {
         return;
     }
-    let dir = tempdir("acpi");
+    let dir = TempDir::new("fixed-resources");
     let mut board = q35_board();
     board["name"] = json!("q35-moved-acpi");
     board["sci-irq"] = json!(11);
@@ -146,7 +145,7 @@ fn a_machine_definition_moves_the_sci_and_the_ioapic_in_the_acpi_tables() {
             d["mmio"] = json!([["0xfec10000", "0x1000"]]);
         }
     }
-    let file = write_definition(&dir, "moved-acpi", board);
+    let file = write_definition(dir.path(), "moved-acpi", board);
     let tables = dir.join("tables");
     dump_acpi(
         &tables,
@@ -174,7 +173,6 @@ fn a_machine_definition_moves_the_sci_and_the_ioapic_in_the_acpi_tables() {
         at += usize::from(madt[at + 1]);
     }
     assert_eq!(ioapics, vec![0xfec1_0000], "MADT IOAPIC address");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Build the machine of `args` (stopped) with `MACHINA_ACPI_DUMP=dir` and wait for its
@@ -201,15 +199,4 @@ fn dump_acpi(dir: &std::path::Path, args: &[&str]) {
     let _ = stdin.write_all(b"{\"execute\":\"qmp_capabilities\"}\n{\"execute\":\"quit\"}\n");
     drop(stdin);
     let _ = child.wait();
-}
-
-/// A directory of this test's own, removed by the test.
-fn tempdir(what: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "machina-fixed-resources-{what}-{}",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
 }

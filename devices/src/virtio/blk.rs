@@ -328,7 +328,8 @@ impl Block {
         }
         let wce = backend.writeback;
         let mut dev = Self {
-            name: "virtio-blk".into(),
+            // Log lines name the function; the transport sets it (set_name).
+            name: String::new(),
             backend,
             opts,
             capacity,

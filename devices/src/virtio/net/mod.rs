@@ -115,7 +115,8 @@ fn vectored(fd: RawFd, write: bool, iovs: &[libc::iovec]) -> std::io::Result<usi
 impl Net {
     pub fn new(backend: NetBackend, mac: Option<[u8; 6]>) -> Self {
         Self {
-            name: "virtio-net".into(),
+            // Log lines name the function; the transport sets it (set_name).
+            name: String::new(),
             socket: is_socket(&backend.tap),
             tap: backend.tap,
             mac: mac.unwrap_or(backend.default_mac),
