@@ -199,11 +199,11 @@ fn commands_before_the_build_wait_for_it() {
             .unwrap()
             .to_string()
     };
-    assert_eq!(hmp(&mut qmp, "info status"), "VM status: running\n");
+    assert_eq!(hmp(&mut qmp, "info status"), "VM status: running\r\n");
     let info = hmp(&mut qmp, "help info");
     assert!(info.lines().all(|l| l.starts_with("info ")), "{info}");
     assert!(hmp(&mut qmp, "device_add help").contains("name \"virtio-blk-pci\""));
-    assert_eq!(hmp(&mut qmp, "xyzzy"), "unknown command: 'xyzzy'\n");
+    assert_eq!(hmp(&mut qmp, "xyzzy"), "unknown command: 'xyzzy'\r\n");
     assert!(hmp(&mut qmp, "info qtree").contains("bus: pcie.0"));
 
     let _ = child.kill();

@@ -107,6 +107,18 @@ pub enum Backend {
         fd: Option<i32>,
         /// The tap, opened when the netdev is added (as QEMU does), kept for the process.
         handle: Option<Handle>,
+        /// Its entry in the network thread (`info network`, announcements).
+        client: Option<crate::netdev::Netdev>,
+    },
+    /// `-netdev socket|stream|dgram|hubport`: sockets opened when the netdev is added, run
+    /// by the network thread (crate::netdev) for the life of the netdev.
+    Netdev {
+        id: String,
+        kind: String,
+        /// The members as given (type first), until the netdev is opened.
+        members: Vec<(String, OsString)>,
+        numeric_fds: bool,
+        handle: Option<crate::netdev::Netdev>,
     },
     Chardev {
         id: String,
@@ -124,6 +136,7 @@ impl Backend {
         match self {
             Backend::Drive { id, .. }
             | Backend::Tap { id, .. }
+            | Backend::Netdev { id, .. }
             | Backend::Chardev { id, .. }
             | Backend::RngRandom { id, .. } => id,
         }
@@ -133,7 +146,7 @@ impl Backend {
     fn property(&self) -> &'static str {
         match self {
             Backend::Drive { .. } => "drive",
-            Backend::Tap { .. } => "netdev",
+            Backend::Tap { .. } | Backend::Netdev { .. } => "netdev",
             Backend::Chardev { .. } => "chardev",
             Backend::RngRandom { .. } => "rng",
         }
@@ -402,10 +415,44 @@ pub fn open_rng(path: &Path) -> std::io::Result<File> {
     open_nonblocking(path, OpenOptions::new().read(true), 0, true)
 }
 
-/// `-netdev tap,id=ID[,ifname=NAME][,script=no,downscript=no]`.
+/// `-netdev tap,id=ID[,ifname=NAME][,script=no,downscript=no]`, or one of the socket-like
+/// types of crate::netdev.
 pub fn parse_netdev(spec: impl AsRef<OsStr>) -> Result<Backend, BackendError> {
     let spec = spec.as_ref();
-    netdev_from_pairs(&format!("-netdev {}", lossy(spec)), keyval(spec), true)
+    let context = format!("-netdev {}", lossy(spec));
+    let raw = keyval_pairs_os(spec);
+    if let Some(backend) = socket_netdev(&context, &raw, true)? {
+        return Ok(backend);
+    }
+    netdev_from_pairs(&context, keyval(spec), true)
+}
+
+/// A netdev of a socket-like type (None for others), checked but not yet opened.
+fn socket_netdev(
+    context: &str,
+    raw: &[(String, OsString)],
+    numeric_fds: bool,
+) -> Result<Option<Backend>, BackendError> {
+    let kind = raw
+        .first()
+        .map(|(k, v)| if v.is_empty() { k.clone() } else { lossy(v) })
+        .unwrap_or_default();
+    if !crate::netdev::KINDS.contains(&kind.as_str()) {
+        return Ok(None);
+    }
+    let id = raw
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "id")
+        .map(|(_, v)| lossy(v))
+        .ok_or_else(|| err(context, "Parameter 'id' is missing"))?;
+    Ok(Some(Backend::Netdev {
+        id,
+        kind,
+        members: raw.to_vec(),
+        numeric_fds,
+        handle: None,
+    }))
 }
 
 /// A netdev from its members, the type first (from keyval text or a QMP object).
@@ -424,10 +471,12 @@ fn netdev_from_pairs(
     let get = |key: &str| pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
     match kind.as_deref() {
         Some("tap") => {}
-        Some(other @ ("user" | "bridge" | "socket" | "vhost-user" | "stream" | "dgram")) => {
+        Some(other @ ("user" | "bridge" | "vhost-user" | "vhost-vdpa" | "l2tpv3" | "vde")) => {
             return Err(err(
                 &context,
-                format!("netdev type '{other}' is not supported by machina (use tap)"),
+                format!(
+                    "netdev type '{other}' is not supported by machina (use tap, socket, stream, dgram or hubport)"
+                ),
             ))
         }
         Some(other) => {
@@ -480,6 +529,7 @@ fn netdev_from_pairs(
         ifname: get("ifname"),
         fd,
         handle: None,
+        client: None,
     })
 }
 
@@ -586,7 +636,14 @@ pub fn from_qmp(kind: &str, args: &Value, existing: &[Backend]) -> Result<Backen
         }
         // The members are passed as they are, never rebuilt into keyval text (where a comma
         // in a value would split it: `ifname "tap0,id=x"`).
-        "netdev_add" => netdev_from_pairs(&context, qmp_members(&context, args, "type")?, false),
+        "netdev_add" => {
+            let members = qmp_members(&context, args, "type")?;
+            let raw = os_pairs(members.clone());
+            match socket_netdev(&context, &raw, false)? {
+                Some(backend) => Ok(backend),
+                None => netdev_from_pairs(&context, members, false),
+            }
+        }
         "chardev-add" => {
             let id = args["id"].as_str().unwrap_or("").to_string();
             let data = &args["backend"]["data"];
@@ -648,22 +705,40 @@ fn qmp_members(
             .unwrap_or_default()
             .to_string(),
     )];
-    for (k, v) in obj {
-        if k == type_key {
-            continue;
-        }
-        let text = match v {
-            Value::String(s) => s.clone(),
-            Value::Bool(b) => if *b { "on" } else { "off" }.to_string(),
-            _ => {
-                return Err(err(
-                    context,
-                    format!("Invalid parameter type for '{k}', expected: string"),
-                ))
+    fn flatten(
+        context: &str,
+        prefix: &str,
+        obj: &serde_json::Map<String, Value>,
+        skip: &str,
+        out: &mut Vec<(String, String)>,
+    ) -> Result<(), BackendError> {
+        for (k, v) in obj {
+            if prefix.is_empty() && k == skip {
+                continue;
             }
-        };
-        out.push((k.clone(), text));
+            let key = format!("{prefix}{k}");
+            let text = match v {
+                Value::String(s) => s.clone(),
+                Value::Bool(b) => if *b { "on" } else { "off" }.to_string(),
+                // Numbers (a netdev's `hubid`, `reconnect-ms`) as their decimal text.
+                Value::Number(n) => n.to_string(),
+                // Nested members (a netdev's `addr`, `local`, `remote`) as dotted keys.
+                Value::Object(inner) => {
+                    flatten(context, &format!("{key}."), inner, skip, out)?;
+                    continue;
+                }
+                _ => {
+                    return Err(err(
+                        context,
+                        format!("Invalid parameter type for '{key}', expected: string"),
+                    ))
+                }
+            };
+            out.push((key, text));
+        }
+        Ok(())
     }
+    flatten(context, "", obj, type_key, &mut out)?;
     Ok(out)
 }
 
@@ -681,13 +756,23 @@ fn plain_text(e: &std::io::Error) -> String {
     }
 }
 
+/// A tap's entry in the network thread; a tap works without it (only `info network` and
+/// announcements would miss it), so a failure is not an error.
+fn register_tap(id: &str, info: String, file: &File) -> Option<crate::netdev::Netdev> {
+    let fd = file.try_clone().ok()?;
+    crate::netdev::Netdev::register_tap(id, info, std::os::fd::OwnedFd::from(fd)).ok()
+}
+
 /// What QEMU does when a backend is created: a tap is opened (and kept: a named tap exists
 /// as long as its descriptor), a chardev's file is created.
 fn open_backend(backend: &mut Backend, context: &str) -> Result<(), BackendError> {
+    let backend_id = backend.id().to_string();
+    let backend_id = backend_id.as_str();
     match backend {
         Backend::Tap {
             fd: Some(fd),
             handle,
+            client,
             ..
         } => {
             let file = devices::virtio::net::tap::adopt_tap(*fd).map_err(|e| {
@@ -700,9 +785,16 @@ fn open_backend(backend: &mut Backend, context: &str) -> Result<(), BackendError
             // nothing else in the process may use it (or leak it into a reset).
             // SAFETY: `fd` was given to machina to own; `adopt_tap` holds its own duplicate.
             unsafe { libc::close(*fd) };
+            let info = format!("fd={fd}");
+            *client = register_tap(backend_id, info, &file);
             *handle = Some(Handle(Arc::new(file)));
         }
-        Backend::Tap { ifname, handle, .. } => {
+        Backend::Tap {
+            ifname,
+            handle,
+            client,
+            ..
+        } => {
             let name = ifname.clone().unwrap_or_default();
             let file = devices::virtio::net::tap::open_tap(&name).map_err(|e| {
                 err(
@@ -713,7 +805,20 @@ fn open_backend(backend: &mut Backend, context: &str) -> Result<(), BackendError
                     ),
                 )
             })?;
+            let info = format!("ifname={name},script=no,downscript=no");
+            *client = register_tap(backend_id, info, &file);
             *handle = Some(Handle(Arc::new(file)));
+        }
+        Backend::Netdev {
+            id,
+            kind,
+            members,
+            numeric_fds,
+            handle,
+        } => {
+            let netdev = crate::netdev::Netdev::create(kind, id, members, *numeric_fds)
+                .map_err(|e| err(context, e.0))?;
+            *handle = Some(netdev);
         }
         // `/dev/fdset/N` is not a path to create: config.rs opened it through the fd set.
         Backend::Chardev {
@@ -771,7 +876,7 @@ pub fn add(
 ) -> Result<(), BackendError> {
     let kind = match &backend {
         Backend::Drive { .. } => "drive",
-        Backend::Tap { .. } => "netdev",
+        Backend::Tap { .. } | Backend::Netdev { .. } => "netdev",
         Backend::Chardev { .. } => "chardev",
         Backend::RngRandom { .. } => "object",
     };

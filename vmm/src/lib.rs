@@ -20,6 +20,7 @@ pub mod kvm_vm;
 pub mod logging;
 pub mod memory;
 pub mod monitor;
+pub mod netdev;
 pub mod objects;
 pub mod qtest;
 pub mod runner;

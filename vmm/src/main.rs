@@ -85,6 +85,8 @@ fn start_qmp(
     let server = qmp::Server::new(registry);
     server.set_machine_ready(!opts.delay_init);
     control.set_server(server.clone());
+    let events = control.clone();
+    vmm::netdev::set_event_sink(Box::new(move |name, data| events.emit(name, data)));
     for endpoint in &endpoints {
         server.listen(endpoint).map_err(|e| format!("-qmp: {e}"))?;
     }

@@ -212,30 +212,58 @@ fn open_net(
     // QEMU numbers default MACs over every NIC of the machine in creation order.
     let default_mac = devices::kinds::mac_of(plan, f).unwrap_or(virtio::net::DEFAULT_MAC);
     let tap = match prop(f, "netdev") {
-        Some(id) => {
-            let tap = backends.iter().find_map(|b| match b {
-                Backend::Tap {
-                    id: t,
-                    ifname,
-                    handle,
-                    ..
-                } if t == id => Some((ifname.clone().unwrap_or_default(), handle.clone())),
-                _ => None,
-            });
-            let (ifname, handle) =
-                tap.ok_or_else(|| device_err(f, format!("netdev '{id}' not found")))?;
-            // The tap opened when the netdev was added (backends::add), shared by resets.
-            match handle {
-                Some(handle) => handle.dup(),
-                None => virtio::net::tap::open_tap(&ifname),
+        Some(id) => match backends.iter().find(|b| b.id() == id) {
+            Some(Backend::Tap {
+                ifname,
+                handle,
+                client,
+                ..
+            }) => {
+                let ifname = ifname.clone().unwrap_or_default();
+                if let Some(client) = client {
+                    // Only shown and announced: the device moves the tap's frames itself.
+                    let _ = client.attach_nic(
+                        &nic_name(f, plan),
+                        &f.type_name,
+                        nic_mac(f, default_mac),
+                    );
+                }
+                // The tap opened when the netdev was added (backends::add), shared by resets.
+                match handle {
+                    Some(handle) => handle.dup(),
+                    None => virtio::net::tap::open_tap(&ifname),
+                }
+                .map_err(|e| {
+                    device_err(
+                        f,
+                        format!("could not configure /dev/net/tun ({ifname}): {e}"),
+                    )
+                })?
             }
-            .map_err(|e| {
-                device_err(
-                    f,
-                    format!("could not configure /dev/net/tun ({ifname}): {e}"),
-                )
-            })?
-        }
+            Some(Backend::Netdev {
+                handle: Some(netdev),
+                ..
+            }) => {
+                // The socket pair to the network thread, which runs the netdev.
+                let attached = netdev
+                    .attach_nic(&nic_name(f, plan), &f.type_name, nic_mac(f, default_mac))
+                    .map_err(|e| {
+                        device_err(
+                            f,
+                            if e.0 == "in use" {
+                                format!(
+                                    "Property '{}.netdev' can't take value '{id}', it's in use",
+                                    f.type_name
+                                )
+                            } else {
+                                e.0
+                            },
+                        )
+                    })?;
+                attached.ok_or_else(|| device_err(f, format!("netdev '{id}' has no data path")))?
+            }
+            _ => return Err(device_err(f, format!("netdev '{id}' not found"))),
+        },
         // No netdev: QEMU's NIC without a peer. A socket pair stands in for the tap so the
         // device works and frames go nowhere.
         None => {
@@ -249,6 +277,28 @@ fn open_net(
         }
     };
     Ok(NetBackend { tap, default_mac })
+}
+
+/// The name QEMU gives NIC `f`: its id, or its model and how many NICs of that model come
+/// before it (stable across resets, since the plan is).
+fn nic_name(f: &PciFunctionPlan, plan: &Plan) -> String {
+    if let Some(id) = &f.id {
+        return id.clone();
+    }
+    let before = plan
+        .pci
+        .iter()
+        .take_while(|g| !(g.bus == f.bus && g.devfn() == f.devfn()))
+        .filter(|g| g.type_name == f.type_name && devices::pci::nic::is_nic(g))
+        .count();
+    format!("{}.{before}", f.type_name)
+}
+
+/// The MAC the device starts with: `mac=` or the default QEMU assigns.
+fn nic_mac(f: &PciFunctionPlan, default_mac: [u8; 6]) -> [u8; 6] {
+    prop(f, "mac")
+        .and_then(devices::pci::nic::parse_mac)
+        .unwrap_or(default_mac)
 }
 
 fn open_rng(

@@ -13,6 +13,7 @@ use std::sync::Arc;
 /// (name, arguments, help) of the `info` subcommands machina answers.
 const INFO: &[(&str, &str, &str)] = &[
     ("name", "", "show the current VM name"),
+    ("network", "", "show the network state"),
     ("qom-tree", "[path]", "show QOM composition tree"),
     ("qtree", "", "show device tree"),
     ("status", "", "show the current VM status (running|paused)"),
@@ -138,6 +139,7 @@ fn info(state: &VmState, sub: Option<&str>) -> String {
             None => String::new(),
         },
         Some("qtree") => qtree(state),
+        Some("network") => crate::netdev::info_network(),
         Some("qom-tree") => qom_tree(state),
         Some(other) => format!("unknown command: 'info {other}'\n"),
     }
@@ -196,7 +198,10 @@ pub(super) fn register(reg: &mut Registry, control: &Arc<Controller>) -> Result<
                 .get("command-line")
                 .and_then(Value::as_str)
                 .unwrap_or("");
-            Ok(Value::String(execute(&c.state(), line)))
+            // The human monitor ends its lines with CR LF, as QEMU's monitor_puts does.
+            Ok(Value::String(
+                execute(&c.state(), line).replace('\n', "\r\n"),
+            ))
         },
     )?;
     Ok(())

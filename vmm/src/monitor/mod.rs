@@ -8,6 +8,7 @@ mod cpus;
 mod hmp;
 mod introspection;
 mod lifecycle;
+mod net;
 mod pci_info;
 mod preconfig;
 mod probe;
@@ -29,5 +30,6 @@ pub fn registry(control: &Arc<Controller>) -> Result<Registry, RegistryError> {
     block::register(&mut reg, control)?;
     chardev::register(&mut reg, control)?;
     hmp::register(&mut reg, control)?;
+    net::register(&mut reg, control)?;
     Ok(reg)
 }

@@ -182,7 +182,10 @@ pub(super) fn register(reg: &mut Registry, control: &Arc<Controller>) -> Result<
             _ => def.arg("qom-type", Type::Str).arg("id", Type::Str),
         };
         reg.register(def, move |args: Map<String, Value>, _ctx: &mut Session| {
-            before_build(&c, name)?;
+            // A netdev is a host backend, not part of the machine: it may come at any time.
+            if name != "netdev_add" {
+                before_build(&c, name)?;
+            }
             let mut state = c.state();
             let args = Value::Object(args);
             let backend = backends::from_qmp(name, &args, &state.config.backends)

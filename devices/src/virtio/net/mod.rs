@@ -62,8 +62,43 @@ pub struct Net {
     mac: [u8; 6],
     /// The tap may have frames (edge-triggered: set on readiness, cleared on EAGAIN).
     tap_readable: bool,
-    /// The backend is a datagram socket (a NIC without netdev), not a tap.
+    /// The backend is a datagram socket (a NIC without netdev, or the socket pair to a
+    /// socket-like netdev), not a tap: frames pass without the virtio-net header.
     socket: bool,
+    /// Header length the guest negotiated (10, or 12 with VERSION_1 / MRG_RXBUF).
+    hdr_len: usize,
+}
+
+/// Drop the first `n` bytes of `iovs`; false if they hold fewer.
+fn skip_front(iovs: &mut Vec<libc::iovec>, mut n: usize) -> bool {
+    while n > 0 {
+        let Some(first) = iovs.first_mut() else {
+            return false;
+        };
+        if first.iov_len > n {
+            first.iov_base = (first.iov_base as usize + n) as *mut libc::c_void;
+            first.iov_len -= n;
+            return true;
+        }
+        n -= first.iov_len;
+        iovs.remove(0);
+    }
+    true
+}
+
+/// Copy `data` into the start of `iovs` (guest buffers); false if they hold fewer bytes.
+fn write_front(iovs: &[libc::iovec], mut data: &[u8]) -> bool {
+    for v in iovs {
+        if data.is_empty() {
+            break;
+        }
+        let n = v.iov_len.min(data.len());
+        // SAFETY: the iovec points into guest RAM, bounds-checked by chain_iovecs and kept
+        // mapped by the caller's GuestMemoryMmap; `n` is within both buffers.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), v.iov_base as *mut u8, n) };
+        data = &data[n..];
+    }
+    data.is_empty()
 }
 
 /// Receive one frame from `fd` into `iovs`; returns the frame's full length, which exceeds
@@ -121,6 +156,7 @@ impl Net {
             tap: backend.tap,
             mac: mac.unwrap_or(backend.default_mac),
             tap_readable: true,
+            hdr_len: 10,
         }
     }
 
@@ -134,11 +170,13 @@ impl Net {
 
     fn transmit(&mut self, ctx: &mut QueueContext) -> Result<(), DeviceError> {
         let tap = self.tap.as_raw_fd();
+        // A socket peer takes the bare frame: the guest's header stays behind.
+        let strip = if self.socket { self.hdr_len } else { 0 };
         let used = ctx.drain_queue(TX, |mem, chain| {
             // Buffers outside guest RAM or a frame too large for a tap: dropped.
-            if let Some(iovs) = chain_iovecs(mem, &chain, false) {
+            if let Some(mut iovs) = chain_iovecs(mem, &chain, false) {
                 let n: usize = iovs.iter().map(|v| v.iov_len).sum();
-                if n > 0 && n <= MAX_FRAME {
+                if n > strip && n <= MAX_FRAME && skip_front(&mut iovs, strip) {
                     // A full tap drops the frame, as a congested link would.
                     let _ = vectored(tap, true, &iovs);
                 }
@@ -173,12 +211,28 @@ impl Net {
             // The frame lands straight in the guest's buffers.
             let n = match chain_iovecs(mem, &chain, true) {
                 Some(mut iovs) if !iovs.is_empty() => {
+                    // A socket peer sends bare frames: the device writes the header (no
+                    // offloads; one buffer) in front of the frame.
+                    let hdr = if self.socket { self.hdr_len } else { 0 };
+                    let mut header = [0u8; 12];
+                    header[10] = 1;
+                    if hdr > 0
+                        && !(write_front(&iovs, &header[..hdr]) && skip_front(&mut iovs, hdr))
+                    {
+                        // Buffers too small for even the header: returned unused.
+                        iovs.clear();
+                    }
                     let capacity: usize = iovs.iter().map(|v| v.iov_len).sum();
-                    match receive_frame(self.tap.as_raw_fd(), self.socket, &mut iovs) {
+                    let result = if iovs.is_empty() {
+                        Ok(usize::MAX)
+                    } else {
+                        receive_frame(self.tap.as_raw_fd(), self.socket, &mut iovs)
+                    };
+                    match result {
                         // A frame too large for the buffers is dropped (QEMU without
                         // MRG_RXBUF drops it too); the buffer comes back empty.
                         Ok(n) if n > capacity => 0,
-                        Ok(n) => n,
+                        Ok(n) => hdr + n,
                         Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
                             q.go_to_previous_position();
                             continue;
@@ -246,9 +300,10 @@ impl VirtioDevice for Net {
 
     fn activate(&mut self, features: u64) {
         // The tap must frame packets with the header length the guest negotiated; if it
-        // refuses, frames are misframed both ways: say so, naming the device.
-        // (A socket backend carries the header as part of each datagram.)
+        // refuses, frames are misframed both ways: say so, naming the device. (A socket
+        // peer takes bare frames: the device strips and writes the header itself.)
         let len = Self::hdr_len(features);
+        self.hdr_len = len;
         let set = match self.socket {
             true => Ok(()),
             false => tap::set_vnet_hdr_size(&self.tap, len as i32),
