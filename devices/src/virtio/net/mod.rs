@@ -1,5 +1,8 @@
 //! virtio-net (type 1) over a tap with a vnet header: features MAC and STATUS, one rx/tx
-//! queue pair, the 12-byte header with VERSION_1 and the 10-byte legacy header otherwise.
+//! queue pair and QEMU's control queue (present although CTRL_VQ is not offered: drivers
+//! such as libqos set up every queue; a command there gets VIRTIO_NET_ERR), the 12-byte
+//! header with VERSION_1 and the 10-byte legacy header otherwise. Over a socket (a netdev
+//! of the network thread) frames pass without the header.
 //! Frames pass through with their header, since the tap uses the same header length: a
 //! transmitted chain is one writev from guest memory to the tap, a received frame one readv
 //! from the tap into the guest's buffers (iovecs bounds-checked against guest RAM).
@@ -23,8 +26,12 @@ const F_STATUS: u64 = 1 << 16;
 const S_LINK_UP: u16 = 1;
 
 const QUEUE_SIZE: u16 = 256;
+const CTRL_QUEUE_SIZE: u16 = 64;
 const RX: usize = 0;
 const TX: usize = 1;
+const CTRL: usize = 2;
+/// The control queue's answer to a command the device does not take.
+const VIRTIO_NET_ERR: u8 = 1;
 const TAP_TOKEN: u32 = 0;
 /// Largest frame plus header we move (64 KiB frames without offloads are impossible, but a
 /// tap may still hand us up to this much).
@@ -267,7 +274,7 @@ impl VirtioDevice for Net {
     }
 
     fn queue_max_sizes(&self) -> Vec<u16> {
-        vec![QUEUE_SIZE, QUEUE_SIZE]
+        vec![QUEUE_SIZE, QUEUE_SIZE, CTRL_QUEUE_SIZE]
     }
 
     fn features(&self) -> u64 {
@@ -321,6 +328,19 @@ impl VirtioDevice for Net {
         match idx {
             RX => self.receive(ctx),
             TX => self.transmit(ctx),
+            CTRL => {
+                // CTRL_VQ is not offered: every command is refused (ack VIRTIO_NET_ERR).
+                let used = ctx.drain_queue(CTRL, |mem, chain| {
+                    Ok(match chain_iovecs(mem, &chain, true) {
+                        Some(iovs) if write_front(&iovs, &[VIRTIO_NET_ERR]) => 1,
+                        _ => 0,
+                    })
+                })?;
+                if used == Some(true) {
+                    ctx.notify(CTRL);
+                }
+                Ok(())
+            }
             _ => Ok(()),
         }
     }
