@@ -217,7 +217,7 @@ impl RawAddr {
         &self.storage as *const libc::sockaddr_storage as *const libc::sockaddr
     }
 
-    pub fn len(&self) -> libc::socklen_t {
+    pub fn byte_len(&self) -> libc::socklen_t {
         self.len
     }
 
@@ -372,8 +372,8 @@ pub fn socket(family: libc::c_int, ty: libc::c_int) -> std::io::Result<OwnedFd> 
 }
 
 pub fn bind(fd: &OwnedFd, addr: &RawAddr) -> std::io::Result<()> {
-    // SAFETY: `addr` points at `addr.len()` valid bytes of a sockaddr.
-    if unsafe { libc::bind(fd.as_raw_fd(), addr.ptr(), addr.len()) } < 0 {
+    // SAFETY: `addr` points at `addr.byte_len()` valid bytes of a sockaddr.
+    if unsafe { libc::bind(fd.as_raw_fd(), addr.ptr(), addr.byte_len()) } < 0 {
         return Err(last_err());
     }
     Ok(())
@@ -390,8 +390,8 @@ pub fn listen(fd: &OwnedFd, backlog: i32) -> std::io::Result<()> {
 /// Start a non-blocking connect: Ok(true) when connected at once, Ok(false) in progress.
 pub fn connect(fd: &OwnedFd, addr: &RawAddr) -> std::io::Result<bool> {
     loop {
-        // SAFETY: `addr` points at `addr.len()` valid bytes of a sockaddr.
-        if unsafe { libc::connect(fd.as_raw_fd(), addr.ptr(), addr.len()) } == 0 {
+        // SAFETY: `addr` points at `addr.byte_len()` valid bytes of a sockaddr.
+        if unsafe { libc::connect(fd.as_raw_fd(), addr.ptr(), addr.byte_len()) } == 0 {
             return Ok(true);
         }
         let e = last_err();

@@ -272,6 +272,9 @@ impl Engine {
     }
 }
 
+/// The descriptors to poll, who owns each (none: the wake eventfd), and the next timer.
+type PollSet = (Vec<libc::pollfd>, Vec<Option<(u64, Which)>>, Option<Instant>);
+
 /// Which descriptor of a client a pollfd is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Which {
@@ -375,11 +378,7 @@ impl State {
     fn poll_set(
         &self,
         wake: RawFd,
-    ) -> (
-        Vec<libc::pollfd>,
-        Vec<Option<(u64, Which)>>,
-        Option<Instant>,
-    ) {
+    ) -> PollSet {
         let mut fds = vec![pollfd(wake, libc::POLLIN)];
         let mut owners = vec![None];
         let mut timeout: Option<Instant> = None;
@@ -973,7 +972,7 @@ fn flush(c: &mut Client) {
                     data.len(),
                     libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
                     d.ptr(),
-                    d.len(),
+                    d.byte_len(),
                 ),
                 None if matches!(c.io, Io::Tap { .. }) => {
                     libc::write(fd, data.as_ptr().cast(), data.len())
