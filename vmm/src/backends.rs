@@ -124,6 +124,16 @@ pub enum Backend {
         id: String,
         backend: CharBackend,
     },
+    /// `-object filter-mirror|filter-redirector`: a packet filter on a netdev, run by the
+    /// network thread once its chardevs are open (`open_filters`).
+    Filter {
+        id: String,
+        redirector: bool,
+        netdev: String,
+        queue: String,
+        outdev: Option<String>,
+        indev: Option<String>,
+    },
     /// `-object rng-random,id=,filename=`.
     RngRandom {
         id: String,
@@ -138,6 +148,7 @@ impl Backend {
             | Backend::Tap { id, .. }
             | Backend::Netdev { id, .. }
             | Backend::Chardev { id, .. }
+            | Backend::Filter { id, .. }
             | Backend::RngRandom { id, .. } => id,
         }
     }
@@ -149,6 +160,7 @@ impl Backend {
             Backend::Tap { .. } | Backend::Netdev { .. } => "netdev",
             Backend::Chardev { .. } => "chardev",
             Backend::RngRandom { .. } => "rng",
+            Backend::Filter { .. } => "filter",
         }
     }
 }
@@ -618,6 +630,52 @@ fn object_from_pairs(context: &str, raw: Vec<(String, OsString)>) -> Result<Back
             })?;
             Ok(Backend::RngRandom { id, filename })
         }
+        Some(kind @ ("filter-mirror" | "filter-redirector")) => {
+            let id = get("id").ok_or_else(|| err(&context, "Parameter 'id' is missing"))?;
+            for (k, v) in &pairs[1..] {
+                match (k.as_str(), v.as_str()) {
+                    ("id" | "netdev" | "queue" | "outdev" | "indev", _) => {}
+                    ("status", "on") | ("vnet_hdr_support", "off") | ("position", "tail") => {}
+                    (other, _) => {
+                        return Err(err(
+                            &context,
+                            format!("{kind}: machina does not take '{other}={v}'"),
+                        ))
+                    }
+                }
+            }
+            let netdev =
+                get("netdev").ok_or_else(|| err(&context, "Parameter 'netdev' is missing"))?;
+            let outdev = get("outdev");
+            let indev = get("indev");
+            let redirector = kind == "filter-redirector";
+            if !redirector && outdev.is_none() {
+                return Err(err(
+                    &context,
+                    "filter-mirror parameter 'outdev' cannot be empty",
+                ));
+            }
+            if redirector && outdev.is_none() && indev.is_none() {
+                return Err(err(
+                    &context,
+                    "filter redirector needs 'indev' or 'outdev' at least one property set",
+                ));
+            }
+            if redirector && outdev.is_some() && outdev == indev {
+                return Err(err(
+                    &context,
+                    "'indev' and 'outdev' could not be same for filter redirector",
+                ));
+            }
+            Ok(Backend::Filter {
+                id,
+                redirector,
+                netdev,
+                queue: get("queue").unwrap_or_else(|| "all".into()),
+                outdev,
+                indev,
+            })
+        }
         Some(other) => Err(err(
             &context,
             format!("object type '{other}' is not supported by machina"),
@@ -867,6 +925,78 @@ fn open_backend(backend: &mut Backend, context: &str) -> Result<(), BackendError
     Ok(())
 }
 
+/// Before chardev `chardev` is added: if a packet filter uses it, open it in the network
+/// thread now (a server listens at once, as QEMU's chardevs do, so a client chardev created
+/// after it can connect).
+pub fn open_filter_chardev(
+    list: &[Backend],
+    chardev: &Backend,
+    context: &str,
+) -> Result<(), BackendError> {
+    let Backend::Chardev { id, backend } = chardev else {
+        return Ok(());
+    };
+    let used = list.iter().any(|b| {
+        matches!(b, Backend::Filter { outdev, indev, .. }
+            if outdev.as_deref() == Some(id.as_str()) || indev.as_deref() == Some(id.as_str()))
+    });
+    if !used {
+        return Ok(());
+    }
+    let spec = match backend {
+        CharBackend::UnixServer { path, .. } => crate::netdev::CharSocket::Server(path.clone()),
+        CharBackend::UnixClient(path) => crate::netdev::CharSocket::Client(path.clone()),
+        CharBackend::SocketFd { fd, .. } => crate::netdev::CharSocket::Fd(*fd),
+        _ => {
+            return Err(err(
+                context,
+                format!("chardev '{id}': machina's packet filters take socket chardevs"),
+            ))
+        }
+    };
+    crate::netdev::open_char(id, &spec).map_err(|e| err(context, e.0))
+}
+
+/// Start every packet filter of `list` on its netdev (after the netdevs and chardevs).
+pub fn open_filters(list: &[Backend]) -> Result<(), BackendError> {
+    for b in list {
+        if let Backend::Filter {
+            id,
+            redirector,
+            netdev,
+            queue,
+            outdev,
+            indev,
+        } = b
+        {
+            let kind = if *redirector {
+                "filter-redirector"
+            } else {
+                "filter-mirror"
+            };
+            let context = format!("-object {kind},id={id}");
+            for name in [outdev, indev].into_iter().flatten() {
+                if !list
+                    .iter()
+                    .any(|c| matches!(c, Backend::Chardev { id, .. } if id == name))
+                {
+                    return Err(err(&context, format!("Device '{name}' not found")));
+                }
+            }
+            crate::netdev::add_filter(
+                id,
+                *redirector,
+                netdev,
+                queue,
+                outdev.as_deref(),
+                indev.as_deref(),
+            )
+            .map_err(|e| err(&context, e.0))?;
+        }
+    }
+    Ok(())
+}
+
 /// Add `backend` unless its id is taken (QEMU: "Duplicate ID 'd0' for drive"), opening what
 /// QEMU opens when the backend is created.
 pub fn add(
@@ -878,7 +1008,7 @@ pub fn add(
         Backend::Drive { .. } => "drive",
         Backend::Tap { .. } | Backend::Netdev { .. } => "netdev",
         Backend::Chardev { .. } => "chardev",
-        Backend::RngRandom { .. } => "object",
+        Backend::RngRandom { .. } | Backend::Filter { .. } => "object",
     };
     if list
         .iter()

@@ -53,6 +53,8 @@ pub struct CliOptions {
     pub vga: Option<bool>,
     /// `-nic none` / `-net none`: no default NIC.
     pub nic: Option<bool>,
+    /// How many `-nic TYPE` options made a netdev and NIC (QEMU's `__org.qemu.nicN` ids).
+    pub nic_count: usize,
     /// `-qmp SPEC` arguments, as given (OS strings: paths are bytes).
     pub qmp: Vec<OsString>,
     /// `-chardev` arguments, as given (resolved by the qmp crate and backends.rs).
@@ -253,6 +255,7 @@ impl Default for CliOptions {
             nographic: false,
             vga: None,
             nic: None,
+            nic_count: 0,
             qmp: Vec::new(),
             chardevs: Vec::new(),
             backends: Vec::new(),
@@ -330,19 +333,59 @@ fn parse_vga(value: &str) -> Result<bool, CliError> {
 }
 
 /// `-nic none` / `-net none` (no default NIC: any `-netdev` also clears it, see config.rs);
-/// machina has no user-mode network or `-net` hubs.
-fn parse_nic(name: &str, value: &str) -> Result<(), CliError> {
-    let kind = split_keyval(value).into_iter().next().unwrap_or_default();
-    let kind = kind.strip_prefix("type=").unwrap_or(&kind);
-    let message = match kind {
-        "none" => return Ok(()),
+/// `-nic TYPE,...` (TYPE a netdev type machina has): that netdev (its `id=`, or QEMU's
+/// `__org.qemu.nicN`) and a NIC on it, `model=` (machina's default is virtio-net-pci, the NIC
+/// it moves frames for) with `mac=`. Returns the netdev's keyval text and the device's.
+/// machina has no `-net` hubs (use `-netdev hubport`).
+fn parse_nic(
+    name: &str,
+    value: &OsStr,
+    index: usize,
+) -> Result<Option<(OsString, String)>, CliError> {
+    let text = lossy(value);
+    let pairs = keyval_pairs_os(value);
+    let kind = pairs
+        .first()
+        .map(|(k, v)| if k == "type" { lossy(v) } else { k.clone() })
+        .unwrap_or_default();
+    let refuse = |message: String| Err(CliError::Nic(format!("-{name} {text}"), message));
+    match kind.as_str() {
+        "none" => return Ok(None),
+        "tap" | "socket" | "stream" | "dgram" | "hubport" if name == "nic" => {}
         "nic" | "user" | "tap" | "bridge" | "socket" | "stream" | "dgram" | "vde"
-        | "vhost-user" | "vhost-vdpa" | "l2tpv3" | "hubport" => format!(
-            "network type '{kind}' is not supported by machina (use -netdev tap with -device)"
-        ),
-        other => format!("Parameter 'type' does not accept value '{other}'"),
+        | "vhost-user" | "vhost-vdpa" | "l2tpv3" | "hubport" => {
+            return refuse(format!(
+                "network type '{kind}' is not supported by machina here (use -netdev with -device, or -nic tap|socket|stream|dgram|hubport)"
+            ))
+        }
+        other => return refuse(format!("Parameter 'type' does not accept value '{other}'")),
+    }
+    let get = |key: &str| {
+        pairs
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| lossy(v))
     };
-    Err(CliError::Nic(format!("-{name} {value}"), message))
+    let id = get("id").unwrap_or_else(|| format!("__org.qemu.nic{index}"));
+    let escape = |v: &OsStr| lossy(v).replace(',', ",,");
+    let mut netdev = format!("{kind},id={}", id.replace(',', ",,"));
+    for (k, v) in pairs.iter().skip(1) {
+        if matches!(k.as_str(), "id" | "model" | "mac" | "type") {
+            continue;
+        }
+        netdev.push_str(&format!(",{k}={}", escape(v)));
+    }
+    let model = get("model").unwrap_or_else(|| "virtio-net-pci".into());
+    let mut device = format!(
+        "{},netdev={}",
+        model.replace(',', ",,"),
+        id.replace(',', ",,")
+    );
+    if let Some(mac) = get("mac") {
+        device.push_str(&format!(",mac={}", mac.replace(',', ",,")));
+    }
+    Ok(Some((OsString::from(netdev), device)))
 }
 
 /// `-smp` as given: the CPU count (computed as QEMU does when omitted), `maxcpus=` and the
@@ -587,7 +630,12 @@ where
             }
             "vga" => opts.vga = Some(parse_vga(&value)?),
             "nic" | "net" => {
-                parse_nic(&name, &value)?;
+                let index = opts.nic_count;
+                if let Some((netdev, device)) = parse_nic(&name, &os_value, index)? {
+                    opts.nic_count += 1;
+                    opts.backends.push((BackendOption::Netdev, netdev));
+                    opts.devices.push(device);
+                }
                 opts.nic = Some(false);
             }
             "no-reboot" => opts.no_reboot = true,

@@ -307,9 +307,11 @@ impl MachineConfig {
         for spec in &opts.chardevs {
             if let Ok(backend) = backends::parse_chardev(spec) {
                 let context = format!("-chardev {}", crate::cli::lossy(spec));
+                backends::open_filter_chardev(&list, &backend, &context)?;
                 backends::add(&mut list, backend, &context)?;
             }
         }
+        backends::open_filters(&list)?;
         backends::check_references(&devices, &list)?;
         // Devices take their drives now (images opened and locked), as QEMU's do at -device.
         let contexts: Vec<String> = opts

@@ -89,6 +89,49 @@ pub struct Client {
     out: OutQueue,
     /// A NIC: its model and MAC (for `info network` and announcements).
     pub nic: Option<(String, [u8; 6])>,
+    /// `-object filter-mirror|filter-redirector,netdev=` on this netdev, in creation order.
+    pub filters: Vec<Filter>,
+}
+
+/// QEMU's NetFilterDirection bits (`queue=`): TX is what the netdev sends, RX what it gets.
+pub const DIR_TX: u8 = 1;
+pub const DIR_RX: u8 = 2;
+
+/// A packet filter on a netdev (QEMU's filter-mirror and filter-redirector).
+#[derive(Debug, Clone)]
+pub struct Filter {
+    pub id: String,
+    pub redirector: bool,
+    /// DIR_TX, DIR_RX or both.
+    pub dir: u8,
+    /// Chardev endpoints (keys of [`CharEnd`]) frames go out to / come in from.
+    pub outdev: Option<u64>,
+    pub indev: Option<u64>,
+}
+
+/// A socket chardev a filter uses (`-chardev socket,...`): frames pass framed as on a
+/// stream netdev.
+pub struct CharEnd {
+    pub key: u64,
+    pub name: String,
+    /// A server's listening socket (`server=on`): one client at a time.
+    pub listener: Option<OwnedFd>,
+    pub conn: Option<OwnedFd>,
+    reader: FrameReader,
+    out: OutQueue,
+}
+
+impl CharEnd {
+    pub fn new(name: String, listener: Option<OwnedFd>, conn: Option<OwnedFd>) -> Self {
+        Self {
+            key: 0,
+            name,
+            listener,
+            conn,
+            reader: FrameReader::new(),
+            out: OutQueue::default(),
+        }
+    }
 }
 
 impl Client {
@@ -103,6 +146,7 @@ impl Client {
             io,
             out: OutQueue::default(),
             nic: None,
+            filters: Vec::new(),
         }
     }
 }
@@ -147,6 +191,7 @@ pub struct State {
     /// Descriptor numbers taken over from the command line (`fd=N`), never taken twice.
     taken_fds: Vec<RawFd>,
     events: Vec<(&'static str, Value)>,
+    chars: Vec<CharEnd>,
 }
 
 pub struct Engine {
@@ -273,13 +318,19 @@ impl Engine {
 }
 
 /// The descriptors to poll, who owns each (none: the wake eventfd), and the next timer.
-type PollSet = (Vec<libc::pollfd>, Vec<Option<(u64, Which)>>, Option<Instant>);
+type PollSet = (
+    Vec<libc::pollfd>,
+    Vec<Option<(u64, Which)>>,
+    Option<Instant>,
+);
 
 /// Which descriptor of a client a pollfd is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Which {
     Main,
     Listener,
+    Char,
+    CharListener,
 }
 
 fn pollfd(fd: RawFd, events: libc::c_short) -> libc::pollfd {
@@ -311,6 +362,183 @@ impl State {
 
     fn by_key_mut(&mut self, key: u64) -> Option<&mut Client> {
         self.clients.iter_mut().find(|c| c.key == key)
+    }
+
+    pub fn char_by_name(&self, name: &str) -> Option<u64> {
+        self.chars.iter().find(|c| c.name == name).map(|c| c.key)
+    }
+
+    pub fn add_char(&mut self, mut end: CharEnd) -> u64 {
+        self.next_key += 1;
+        end.key = self.next_key;
+        self.chars.push(end);
+        self.next_key
+    }
+
+    /// Add `filter` to the netdev named `netdev`; false if there is none.
+    pub fn add_filter(&mut self, netdev: &str, filter: Filter) -> bool {
+        match self
+            .clients
+            .iter_mut()
+            .find(|c| c.name == netdev && c.driver != "nic")
+        {
+            Some(c) => {
+                c.filters.push(filter);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Filters that see a frame: `owner`'s filters `order` (indices) whose queue includes
+    /// `dir`. A mirror copies the frame to its outdev; a redirector with an outdev takes it
+    /// there. Returns false when a filter took the frame.
+    fn run_filters(&mut self, owner: u64, dir: u8, order: &[usize], frame: &[u8]) -> bool {
+        let Some(c) = self.by_key(owner) else {
+            return true;
+        };
+        let filters: Vec<Filter> = order
+            .iter()
+            .filter_map(|i| c.filters.get(*i).cloned())
+            .collect();
+        for f in filters {
+            if f.dir & dir == 0 {
+                continue;
+            }
+            if let Some(out) = f.outdev {
+                self.char_write(out, frame);
+                if f.redirector {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    fn filter_count(&self, key: u64) -> usize {
+        self.by_key(key).map_or(0, |c| c.filters.len())
+    }
+
+    /// A frame read from the indev of filter `index` of netdev `netdev` continues after that
+    /// filter (QEMU's redirector_to_filter / qemu_netfilter_pass_to_next).
+    fn inject(&mut self, netdev: u64, index: usize, frame: &[u8]) {
+        let Some(c) = self.by_key(netdev) else {
+            return;
+        };
+        let Some(f) = c.filters.get(index) else {
+            return;
+        };
+        let (dir, peer, n) = (f.dir, c.peer, c.filters.len());
+        let Some(peer) = peer else {
+            return;
+        };
+        if dir & DIR_TX != 0 {
+            let after: Vec<usize> = (index + 1..n).collect();
+            if self.run_filters(netdev, DIR_TX, &after, frame) {
+                self.receive(peer, netdev, frame, 0);
+            }
+        }
+        if dir & DIR_RX != 0 {
+            let before: Vec<usize> = (0..index).rev().collect();
+            if self.run_filters(netdev, DIR_RX, &before, frame) {
+                self.receive(netdev, peer, frame, 0);
+            }
+        }
+    }
+
+    fn char_write(&mut self, key: u64, frame: &[u8]) {
+        let Some(ch) = self.chars.iter_mut().find(|c| c.key == key) else {
+            return;
+        };
+        let Some(conn) = &ch.conn else {
+            return;
+        };
+        if ch.out.bytes > QUEUE_LIMIT * 4 {
+            return;
+        }
+        let message = framing::encode(frame);
+        ch.out.bytes += message.len();
+        ch.out.q.push_back(message);
+        let fd = conn.as_raw_fd();
+        if !flush_stream(fd, &mut ch.out) {
+            ch.conn = None;
+            ch.out.clear();
+        }
+    }
+
+    fn char_ready(&mut self, key: u64, which: Which, revents: libc::c_short, buf: &mut [u8]) {
+        let Some(pos) = self.chars.iter().position(|c| c.key == key) else {
+            return;
+        };
+        if which == Which::CharListener {
+            let ch = &mut self.chars[pos];
+            if let Some(l) = &ch.listener {
+                if let Ok(Some(conn)) = addr::accept(l.as_raw_fd()) {
+                    ch.conn = Some(conn);
+                    ch.reader.reset();
+                    ch.out.clear();
+                }
+            }
+            return;
+        }
+        if revents & libc::POLLOUT != 0 {
+            let ch = &mut self.chars[pos];
+            if let Some(conn) = &ch.conn {
+                if !flush_stream(conn.as_raw_fd(), &mut ch.out) {
+                    ch.conn = None;
+                    ch.out.clear();
+                    return;
+                }
+            }
+        }
+        if revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) == 0 {
+            return;
+        }
+        let ch = &mut self.chars[pos];
+        let Some(conn) = &ch.conn else {
+            return;
+        };
+        // SAFETY: reading into `buf`, valid for its whole length.
+        let n = unsafe { libc::read(conn.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if !matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EINTR)) {
+                ch.conn = None;
+                ch.out.clear();
+            }
+            return;
+        }
+        if n == 0 {
+            ch.conn = None;
+            ch.out.clear();
+            return;
+        }
+        let mut frames = Vec::new();
+        if ch
+            .reader
+            .feed(&buf[..n as usize], |f| frames.push(f.to_vec()))
+            .is_err()
+        {
+            ch.conn = None;
+            ch.out.clear();
+        }
+        // The filters that read this chardev (their indev).
+        let feeds: Vec<(u64, usize)> = self
+            .clients
+            .iter()
+            .flat_map(|c| {
+                c.filters
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, f)| f.indev == Some(key))
+                    .map(move |(i, _)| (c.key, i))
+            })
+            .collect();
+        for frame in frames {
+            for (netdev, index) in &feeds {
+                self.inject(*netdev, *index, &frame);
+            }
+        }
     }
 
     /// Take over descriptor `fd` named on the command line (once).
@@ -375,10 +603,7 @@ impl State {
             .collect()
     }
 
-    fn poll_set(
-        &self,
-        wake: RawFd,
-    ) -> PollSet {
+    fn poll_set(&self, wake: RawFd) -> PollSet {
         let mut fds = vec![pollfd(wake, libc::POLLIN)];
         let mut owners = vec![None];
         let mut timeout: Option<Instant> = None;
@@ -418,6 +643,20 @@ impl State {
                     }
                 }
                 Io::Hub { .. } | Io::Tap { .. } | Io::None => {}
+            }
+        }
+        for ch in &self.chars {
+            if let Some(conn) = &ch.conn {
+                let out = if ch.out.q.is_empty() {
+                    0
+                } else {
+                    libc::POLLOUT
+                };
+                fds.push(pollfd(conn.as_raw_fd(), libc::POLLIN | out));
+                owners.push(Some((ch.key, Which::Char)));
+            } else if let Some(l) = &ch.listener {
+                fds.push(pollfd(l.as_raw_fd(), libc::POLLIN));
+                owners.push(Some((ch.key, Which::CharListener)));
             }
         }
         for a in &self.announces {
@@ -461,6 +700,16 @@ impl State {
         let Some(to) = src.peer else {
             return;
         };
+        // The sender's filters see it as TX in order, then the receiver's as RX in reverse
+        // (QEMU's qemu_send_packet_async_with_flags).
+        let tx: Vec<usize> = (0..self.filter_count(from)).collect();
+        if !tx.is_empty() && !self.run_filters(from, DIR_TX, &tx, frame) {
+            return;
+        }
+        let rx: Vec<usize> = (0..self.filter_count(to)).rev().collect();
+        if !rx.is_empty() && !self.run_filters(to, DIR_RX, &rx, frame) {
+            return;
+        }
         self.receive(to, from, frame, depth);
     }
 
@@ -520,6 +769,10 @@ impl State {
     }
 
     fn ready(&mut self, key: u64, which: Which, revents: libc::c_short, buf: &mut [u8]) {
+        if matches!(which, Which::Char | Which::CharListener) {
+            self.char_ready(key, which, revents, buf);
+            return;
+        }
         let Some(c) = self.by_key_mut(key) else {
             return;
         };
@@ -946,6 +1199,39 @@ fn recv(fd: RawFd, buf: &mut [u8]) -> std::io::Result<Option<usize>> {
             _ => return Err(e),
         }
     }
+}
+
+/// Write a stream's queued bytes as far as `fd` takes them now; false if the peer is gone.
+fn flush_stream(fd: RawFd, out: &mut OutQueue) -> bool {
+    while let Some(front) = out.q.front() {
+        let data = &front[out.offset..];
+        // SAFETY: `data` is valid for its length; MSG_NOSIGNAL turns SIGPIPE into EPIPE.
+        let n = unsafe {
+            libc::send(
+                fd,
+                data.as_ptr().cast(),
+                data.len(),
+                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+            )
+        };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::EAGAIN) => return true,
+                _ => return false,
+            }
+        }
+        if (n as usize) < data.len() {
+            out.offset += n as usize;
+            return true;
+        }
+        if let Some(done) = out.q.pop_front() {
+            out.bytes -= done.len();
+        }
+        out.offset = 0;
+    }
+    true
 }
 
 /// Write what client `c` has queued, as far as its socket takes it now.
