@@ -620,3 +620,47 @@ fn packet_filters_mirror_and_redirect_frames() {
     assert!(dst.recv(&mut buf).is_err(), "redirected, not delivered");
     drop(vm);
 }
+
+#[test]
+fn netdevs_come_and_go_over_qmp() {
+    let vm = Vm::start(
+        "qmp",
+        &args(&["-M", "none", "-nodefaults", "-S"]),
+        &[],
+        false,
+    );
+    let path = vm.dir.join("q.sock");
+    let mut q = vm.client();
+    q.ok(
+        "netdev_add",
+        json!({"type": "stream", "id": "q0", "server": true,
+               "addr": {"type": "unix", "path": path.to_str().unwrap()}}),
+    );
+    q.ok(
+        "netdev_add",
+        json!({"type": "hubport", "id": "h0", "hubid": 3}),
+    );
+    assert_eq!(
+        hmp(&mut q, "info network"),
+        "hub 3\r\n \\ h0\r\nq0: index=0,type=stream,listening\r\n"
+    );
+    // The listener is real: a client connects and is reported.
+    let _peer = UnixStream::connect(&path).unwrap();
+    q.wait_event("NETDEV_STREAM_CONNECTED");
+    // A descriptor number over QMP could name any descriptor of the process.
+    let e = q.error(
+        "netdev_add",
+        json!({"type": "socket", "id": "s0", "fd": "1"}),
+    );
+    assert!(e.contains("command line only"), "{e}");
+    assert_eq!(
+        q.error(
+            "netdev_add",
+            json!({"type": "hubport", "id": "h0", "hubid": 1})
+        ),
+        "Duplicate ID 'h0' for netdev"
+    );
+    q.ok("netdev_del", json!({"id": "q0"}));
+    q.ok("netdev_del", json!({"id": "h0"}));
+    assert_eq!(hmp(&mut q, "info network"), "");
+}

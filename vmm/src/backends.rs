@@ -778,8 +778,12 @@ fn qmp_members(
             let text = match v {
                 Value::String(s) => s.clone(),
                 Value::Bool(b) => if *b { "on" } else { "off" }.to_string(),
-                // Numbers (a netdev's `hubid`, `reconnect-ms`) as their decimal text.
-                Value::Number(n) => n.to_string(),
+                // The integer members of QEMU's netdev types, as their decimal text.
+                Value::Number(n)
+                    if matches!(k.as_str(), "hubid" | "reconnect" | "reconnect-ms") =>
+                {
+                    n.to_string()
+                }
                 // Nested members (a netdev's `addr`, `local`, `remote`) as dotted keys.
                 Value::Object(inner) => {
                     flatten(context, &format!("{key}."), inner, skip, out)?;
