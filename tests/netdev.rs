@@ -408,11 +408,16 @@ fn guest_args(netdev_args: &[String]) -> Vec<String> {
 }
 
 /// Answer each guest ping read from `s` with a pong; returns the payloads seen.
-fn pong(mut s: UnixStream) -> std::thread::JoinHandle<Vec<String>> {
+fn pong(s: UnixStream) -> std::thread::JoinHandle<Vec<String>> {
+    pong_n(s, 2)
+}
+
+/// `pong` for `count` pings.
+fn pong_n(mut s: UnixStream, count: usize) -> std::thread::JoinHandle<Vec<String>> {
     std::thread::spawn(move || {
         let mut seen = Vec::new();
         s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
-        while seen.len() < 2 {
+        while seen.len() < count {
             let mut len = [0u8; 4];
             if s.read_exact(&mut len).is_err() {
                 break;
@@ -663,4 +668,83 @@ fn netdevs_come_and_go_over_qmp() {
     q.ok("netdev_del", json!({"id": "q0"}));
     q.ok("netdev_del", json!({"id": "h0"}));
     assert_eq!(hmp(&mut q, "info network"), "");
+}
+
+/// Poll `query-status` until the run state is `want` (a hang guard, not a timing check).
+fn wait_status(q: &mut QmpClient, want: &str) {
+    for _ in 0..2400 {
+        if q.ok("query-status", Value::Null)["status"] == want {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("the machine never reached {want}");
+}
+
+#[test]
+fn a_reset_machine_keeps_its_socket_netdev() {
+    if !require_kvm() {
+        return;
+    }
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let fd = theirs.as_raw_fd();
+    let dir = std::env::temp_dir().join(format!("machina-netdev-rst-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let serial = dir.join("serial.log");
+    let vm = Vm::start(
+        "reset",
+        &args(&[
+            "-M",
+            "q35",
+            "-nodefaults",
+            "-no-shutdown",
+            "-serial",
+            &format!("file:{}", serial.display()),
+            "-netdev",
+            &format!("socket,id=g0,fd={fd}"),
+            "-device",
+            "virtio-net-pci,netdev=g0,mac=02:00:00:00:00:01",
+            "-append",
+            "machina.test=virtio machina.net-test=1",
+        ]),
+        &[fd],
+        false,
+    );
+    drop(theirs);
+    let responder = pong_n(ours, 4);
+    let mut q = vm.client();
+    wait_status(&mut q, "shutdown");
+    let fds = vm.fd_count();
+    assert_eq!(
+        hmp(&mut q, "info network"),
+        format!("virtio-net-pci.0: index=0,type=nic,model=virtio-net-pci,macaddr=02:00:00:00:00:01\r\n \\ g0: index=0,type=socket,socket: fd={fd}\r\n")
+    );
+    // A rebuilt machine's NIC gets the same netdev (a new descriptor on the same socket
+    // pair): the second boot's frames cross as the first's did, nothing accumulates.
+    q.ok("system_reset", Value::Null);
+    q.ok("cont", Value::Null);
+    wait_status(&mut q, "running");
+    wait_status(&mut q, "shutdown");
+    let seen = responder.join().unwrap();
+    let out = std::fs::read_to_string(&serial).unwrap_or_default();
+    let crossed = out
+        .lines()
+        .filter(|l| l.contains("virtio-net: ") && l.contains("tx=ok rx=ok rx-payload=host-pong-"))
+        .count();
+    assert_eq!(
+        crossed, 4,
+        "two paths on each of two boots; host saw {seen:?}\n{out}"
+    );
+    assert!(
+        vm.fd_count() <= fds,
+        "no descriptor left behind by the rebuild"
+    );
+    // The responder has closed its end: a `-netdev socket` stream shows no peer then, as in
+    // QEMU.
+    assert_eq!(
+        hmp(&mut q, "info network"),
+        "virtio-net-pci.0: index=0,type=nic,model=virtio-net-pci,macaddr=02:00:00:00:00:01\r\n \\ g0: index=0,type=socket,\r\n"
+    );
+    drop(vm);
+    let _ = std::fs::remove_dir_all(&dir);
 }
