@@ -663,11 +663,22 @@ impl Netdev {
             }
             other => return fail(format!("Parameter 'type' does not accept value '{other}'")),
         };
+        let legacy = client.driver == "socket";
         let key = {
             let mut state = engine.lock();
             let key = state.add(client);
             if connect {
                 state.start_connect(key);
+                // `-netdev socket,connect=` refuses to start when the connect fails at once
+                // (QEMU's net_socket_connect_init); `stream` reports it in its state.
+                let failed = state
+                    .by_key(key)
+                    .and_then(|c| c.info.strip_prefix("error: ").map(str::to_string));
+                if let (true, Some(why)) = (legacy, failed) {
+                    state.remove(key);
+                    let why = why.rsplit(": ").next().unwrap_or_default().to_string();
+                    return fail(format!("can't connect socket: {why}"));
+                }
             } else {
                 // A passed connected stream reports its connection like a finished connect.
                 state.connect_done(key);

@@ -223,22 +223,18 @@ impl Net {
                     let hdr = if self.socket { self.hdr_len } else { 0 };
                     let mut header = [0u8; 12];
                     header[10] = 1;
-                    if hdr > 0
-                        && !(write_front(&iovs, &header[..hdr]) && skip_front(&mut iovs, hdr))
-                    {
-                        // Buffers too small for even the header: returned unused.
+                    // Buffers too small for even the header still take (and drop) the
+                    // next frame, as buffers too small for a frame do.
+                    let fits = hdr == 0
+                        || (write_front(&iovs, &header[..hdr]) && skip_front(&mut iovs, hdr));
+                    if !fits {
                         iovs.clear();
                     }
                     let capacity: usize = iovs.iter().map(|v| v.iov_len).sum();
-                    let result = if iovs.is_empty() {
-                        Ok(usize::MAX)
-                    } else {
-                        receive_frame(self.tap.as_raw_fd(), self.socket, &mut iovs)
-                    };
-                    match result {
+                    match receive_frame(self.tap.as_raw_fd(), self.socket, &mut iovs) {
                         // A frame too large for the buffers is dropped (QEMU without
                         // MRG_RXBUF drops it too); the buffer comes back empty.
-                        Ok(n) if n > capacity => 0,
+                        Ok(n) if n > capacity || !fits => 0,
                         Ok(n) => hdr + n,
                         Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
                             q.go_to_previous_position();
