@@ -289,7 +289,7 @@ fn nic_name(f: &PciFunctionPlan, plan: &Plan) -> String {
         .pci
         .iter()
         .take_while(|g| !(g.bus == f.bus && g.devfn() == f.devfn()))
-        .filter(|g| g.type_name == f.type_name && devices::pci::nic::is_nic(g))
+        .filter(|g| g.type_name == f.type_name && devices::kinds::is_nic(g))
         .count();
     format!("{}.{before}", f.type_name)
 }
