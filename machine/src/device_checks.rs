@@ -4,7 +4,7 @@
 
 use crate::device_types::DeviceType;
 use crate::error::PlanError;
-use std::collections::BTreeMap;
+use crate::value::Properties;
 
 /// VIRTIO_QUEUE_MAX.
 const VIRTIO_QUEUE_MAX: u64 = 1024;
@@ -22,8 +22,8 @@ const ERROR_POLICIES: &[&str] = &["report", "auto"];
 const MACHINA_MAX_SERIAL_PORTS: u64 = 31;
 const MACHINA_MAX_BLK_QUEUES: u64 = 64;
 
-fn num(props: &BTreeMap<String, String>, name: &str) -> Option<u64> {
-    props.get(name).and_then(|v| v.parse().ok())
+fn num(props: &Properties, name: &str) -> Option<u64> {
+    props.uint(name)
 }
 
 fn virtio_type(dev: &DeviceType) -> Option<u16> {
@@ -35,7 +35,7 @@ fn err(text: String) -> PlanError {
 }
 
 /// Checks made when the properties are set (before any address is chosen).
-pub fn setter(dev: &DeviceType, props: &BTreeMap<String, String>) -> Result<(), PlanError> {
+pub fn setter(dev: &DeviceType, props: &Properties) -> Result<(), PlanError> {
     if virtio_type(dev) != Some(2) {
         return Ok(());
     }
@@ -59,7 +59,7 @@ pub fn setter(dev: &DeviceType, props: &BTreeMap<String, String>) -> Result<(), 
 }
 
 /// Checks made by the device's realize.
-pub fn realize(dev: &DeviceType, props: &BTreeMap<String, String>) -> Result<(), PlanError> {
+pub fn realize(dev: &DeviceType, props: &Properties) -> Result<(), PlanError> {
     match virtio_type(dev) {
         Some(2) => blk(props),
         Some(3) => match num(props, "max_ports") {
@@ -89,7 +89,7 @@ pub fn realize(dev: &DeviceType, props: &BTreeMap<String, String>) -> Result<(),
     }
 }
 
-fn blk(props: &BTreeMap<String, String>) -> Result<(), PlanError> {
+fn blk(props: &Properties) -> Result<(), PlanError> {
     let size = |name: &str| {
         num(props, name)
             .filter(|&v| v != 0)
@@ -159,7 +159,7 @@ fn blk(props: &BTreeMap<String, String>) -> Result<(), PlanError> {
     }
     for name in ["werror", "rerror"] {
         if let Some(v) = props.get(name) {
-            if !ERROR_POLICIES.contains(&v.as_str()) {
+            if !ERROR_POLICIES.iter().any(|p| v == p) {
                 return Err(err(format!(
                     "{name}={v} is not supported by machina (I/O errors are reported to the guest: {})",
                     ERROR_POLICIES.join(", ")

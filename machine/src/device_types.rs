@@ -5,6 +5,7 @@
 use crate::error::CatalogError;
 use crate::plan::BusKind;
 use crate::properties::{parse_u64_auto, PropertyDef};
+use crate::value::Properties;
 use serde::{Deserialize, Deserializer, Serialize};
 use std::collections::{BTreeMap, HashMap};
 
@@ -179,15 +180,12 @@ pub enum BoolOrProp {
 
 impl BoolOrProp {
     /// Evaluate against resolved properties.
-    pub fn eval(&self, props: &BTreeMap<String, String>) -> bool {
+    pub fn eval(&self, props: &Properties) -> bool {
         match self {
             BoolOrProp::Fixed(b) => *b,
             BoolOrProp::Prop(p) => {
                 let name = p.strip_prefix("prop:").unwrap_or(p);
-                props
-                    .get(name)
-                    .map(|v| v == "true" || v == "on")
-                    .unwrap_or(false)
+                props.bool(name, false).unwrap_or(false)
             }
         }
     }

@@ -6,8 +6,7 @@ use crate::board::IsaDeviceDef;
 use crate::device_types::DeviceType;
 use crate::error::PlanError;
 use crate::plan::{FirmwareIoPlan, IsaDevicePlan, Range};
-use crate::properties::parse_u64_auto;
-use std::collections::BTreeMap;
+use crate::value::{PropValue, Properties};
 
 /// The board's devices whose condition holds, in board order.
 pub fn board_devices(defs: &[IsaDeviceDef], flag: impl Fn(&str) -> bool) -> Vec<IsaDevicePlan> {
@@ -67,7 +66,7 @@ pub fn firmware_io(
 pub fn requested_device(
     dev: &DeviceType,
     id: Option<String>,
-    props: &BTreeMap<String, String>,
+    props: &Properties,
     existing: &[IsaDevicePlan],
     firmware: &[FirmwareIoPlan],
 ) -> Result<IsaDevicePlan, PlanError> {
@@ -75,10 +74,9 @@ pub fn requested_device(
         return Err(PlanError::NotPciDevice(dev.name.clone()));
     };
     let used = |base: u64| existing.iter().any(|d| d.io.iter().any(|r| r.base == base));
-    let get = |k: &str| {
-        props
-            .get(k)
-            .and_then(|v| parse_u64_auto(v).or_else(|| v.parse::<i64>().ok().map(|x| x as u64)))
+    let get = |k: &str| match props.get(k) {
+        Some(PropValue::Int(v)) => Some(*v as u64),
+        _ => props.uint(k),
     };
     let unset = |v: &u64| *v == u64::from(u32::MAX);
     let too_many = || PlanError::IsaIndexTooLarge {

@@ -26,6 +26,7 @@ mod device_types;
 mod error;
 pub mod help;
 mod isa;
+mod mac;
 mod machine_types;
 mod memory;
 mod options;
@@ -35,6 +36,7 @@ mod planner;
 mod properties;
 mod request;
 pub mod smp;
+mod value;
 mod virtio_mode;
 mod virtio_ports;
 
@@ -48,16 +50,20 @@ pub use device_types::{
     PciDef, PciSpec, SubsystemDef, VirtioDef, VirtioVariant, MAX_INHERITANCE_DEPTH,
 };
 pub use error::{CatalogError, PlanError};
+pub use mac::{MacAddr, MacAllocator};
 pub use machine_types::{CompatProperty, MachineType, MachineTypeDef};
 pub use memory::split_ram;
 pub use options::{OptionDef, OptionSupport, ResolvedOptions};
 pub use plan::*;
 pub use planner::Pluggable;
-pub use properties::{format_devfn, parse_devfn, parse_size, PropType, PropertyDef};
+pub use properties::{
+    format_devfn, parse_bool, parse_devfn, parse_size, qapi_bool_parse, PropType, PropertyDef,
+};
 pub use request::{
     parse_json_strict, split_keyval, DeviceRequest, DeviceSyntax, JsonKind, PlanRequest,
 };
 pub use smp::{CpuIds, CpuTopology, SmpKeys, SmpRules};
+pub use value::{OnOffAuto, PropValue, Properties, PropertyError};
 
 /// The QEMU release whose x86 machine types the built-in catalog reproduces.
 pub const QEMU_VERSION: &str = "10.2";

@@ -3,6 +3,7 @@
 //! The JSON form (serde) of these types is a documented, stable interface (docs/PLAN.md):
 //! fields are only ever added, never renamed or removed.
 
+use crate::value::Properties;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -169,8 +170,9 @@ pub struct PciFunctionPlan {
     pub provides_bus: Option<String>,
     /// Set for virtio-pci functions.
     pub virtio: Option<VirtioMode>,
-    /// All properties of the device with defaults applied, as strings (QEMU's qtree style).
-    pub properties: BTreeMap<String, String>,
+    /// All properties of the device with defaults applied, decoded (canonical text in JSON,
+    /// QEMU's qtree style).
+    pub properties: Properties,
 }
 
 impl PciFunctionPlan {
@@ -274,8 +276,8 @@ pub struct VirtioPortPlan {
     pub nr: u32,
     /// `virtconsole` (a console port) rather than a plain `virtserialport`.
     pub console: bool,
-    /// Properties as given (`chardev`, `name`, ...).
-    pub properties: BTreeMap<String, String>,
+    /// Properties with defaults (`chardev`, `name`, ...).
+    pub properties: Properties,
 }
 
 /// e820 memory type: usable RAM.

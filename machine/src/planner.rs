@@ -16,10 +16,10 @@ use crate::plan::{
     Advisory, BusKind, BusPlan, IsaDevicePlan, PciFunctionPlan, PciIdentity, PlacedDevice,
     PlacedIsaDevice, Placement, Plan, VirtioMode,
 };
-use crate::properties::{format_devfn, parse_devfn};
+use crate::properties::{format_devfn, parse_devfn, PropType, PropertyDef};
 use crate::request::{DeviceRequest, DeviceSyntax, PlanRequest};
+use crate::value::{OnOffAuto, PropValue, Properties};
 use crate::virtio_mode;
-use std::collections::BTreeMap;
 
 /// Default devices of a request (QEMU's `default_vga`, `default_net`, ...).
 struct Defaults {
@@ -306,7 +306,7 @@ impl<'a> Ctx<'a> {
                 .and_then(|t| t.bridge.as_ref())
                 .and_then(|b| b.chassis);
             if rule == Some(ChassisRule::PcieSlot) {
-                let num = |k: &str| f.properties.get(k).and_then(|v| v.parse().ok());
+                let num = |k: &str| f.properties.uint(k);
                 topo.chassis_slots.push((
                     num("chassis").unwrap_or(0) as u8,
                     num("slot").unwrap_or(0) as u16,
@@ -363,12 +363,14 @@ impl<'a> Ctx<'a> {
             };
             !ty.acpi_bridge_hotplug.is_empty()
                 && ty.acpi_bridge_hotplug.iter().all(|name| {
-                    let value = f
-                        .properties
-                        .get(name)
-                        .cloned()
-                        .or_else(|| ty.property(name).and_then(|p| p.default_text()));
-                    value.is_some_and(|v| crate::properties::parse_bool(name, &v).unwrap_or(false))
+                    match f.properties.get(name) {
+                        Some(PropValue::Bool(b)) => *b,
+                        Some(_) => false,
+                        None => ty
+                            .property(name)
+                            .and_then(|p| p.default_value(Some(&ty.name)))
+                            .is_some_and(|v| v == PropValue::Bool(true)),
+                    }
                 })
         })
     }
@@ -565,15 +567,13 @@ impl<'a> Ctx<'a> {
         id: Option<String>,
     ) -> Result<Realized, PlanError> {
         self.check_json_dup(req, &id)?;
-        let mut props = resolve_properties(dev, self.machine, &req.properties)?;
-        if let Some(bus) = req.get("bus") {
-            props.insert("bus".to_string(), bus.to_string());
-        }
+        let props = resolve_properties(dev, self.machine, &req.properties)?;
         let port = crate::virtio_ports::place(
             &dev.name,
             dev.console,
             id.clone(),
             &props,
+            req.get("bus"),
             &self.topo.functions,
             &self.ports,
         )?;
@@ -611,9 +611,9 @@ impl<'a> Ctx<'a> {
         device_checks::setter(dev, &props)?;
         let requested = match requested {
             Some(d) => Some(d),
-            None => props.get("addr").and_then(|a| parse_devfn(a)),
+            None => props.devfn("addr").ok().flatten(),
         };
-        let multifunction = props.get("multifunction").is_some_and(|v| v == "true");
+        let multifunction = props.bool("multifunction", false).unwrap_or(false);
         let devfn = self.topo.choose_devfn(bus, &dev.name, requested, hotplug)?;
         let bus_plan = self.topo.buses[bus].plan.clone();
         let mut advisories = Vec::new();
@@ -645,7 +645,7 @@ impl<'a> Ctx<'a> {
             advisories.extend(self.connect_advisories(dev, &bus_plan, &label));
         }
 
-        props.insert("addr".to_string(), format_devfn(devfn));
+        props.insert("addr", PropValue::Devfn(Some(devfn)));
         let provides_bus = dev.bridge.as_ref().map(|b| match &id {
             Some(i) => i.clone(),
             None => self.topo.auto_bus_name(b.bus_kind),
@@ -675,17 +675,17 @@ impl<'a> Ctx<'a> {
     fn check_chassis(
         &mut self,
         dev: &DeviceType,
-        props: &BTreeMap<String, String>,
+        props: &Properties,
     ) -> Result<(), PlanError> {
         let Some(bridge) = &dev.bridge else {
             return Ok(());
         };
         match bridge.chassis {
-            Some(ChassisRule::SlotId) if props.get("chassis_nr").is_none_or(|v| v == "0") => {
+            Some(ChassisRule::SlotId) if props.uint("chassis_nr").is_none_or(|v| v == 0) => {
                 Err(PlanError::BridgeChassisNotSpecified)
             }
             Some(ChassisRule::PcieSlot) => {
-                let num = |k: &str| props.get(k).and_then(|v| v.parse::<u32>().ok());
+                let num = |k: &str| props.uint(k);
                 self.topo.add_chassis_slot(
                     num("chassis").unwrap_or(0) as u8,
                     num("slot").unwrap_or(0) as u16,
@@ -761,7 +761,7 @@ impl<'a> Ctx<'a> {
 /// (QEMU's `pcie_port` rule), written back into `props` as realize does.
 fn function_identity(
     dev: &DeviceType,
-    props: &mut BTreeMap<String, String>,
+    props: &mut Properties,
     bus_plan: &BusPlan,
     label: &str,
     advisories: &mut Vec<Advisory>,
@@ -799,12 +799,16 @@ fn function_identity(
         });
     }
     // Realize writes the resolved mode back into the properties.
-    if props.contains_key("disable-legacy") {
-        let v = if r.mode.legacy { "off" } else { "on" };
-        props.insert("disable-legacy".to_string(), v.to_string());
+    if props.contains("disable-legacy") {
+        let v = if r.mode.legacy {
+            OnOffAuto::Off
+        } else {
+            OnOffAuto::On
+        };
+        props.insert("disable-legacy", PropValue::OnOffAuto(v));
     }
-    if props.contains_key("disable-modern") {
-        props.insert("disable-modern".to_string(), (!r.mode.modern).to_string());
+    if props.contains("disable-modern") {
+        props.insert("disable-modern", PropValue::Bool(!r.mode.modern));
     }
     Ok((virtio_mode::identity(v, &r.mode, pci.class), Some(r.mode)))
 }
@@ -883,10 +887,10 @@ fn resolve_properties(
     dev: &DeviceType,
     machine: &MachineType,
     given: &[(String, String)],
-) -> Result<BTreeMap<String, String>, PlanError> {
-    let mut map = BTreeMap::new();
+) -> Result<Properties, PlanError> {
+    let mut map = Properties::new();
     for p in &dev.properties {
-        if let Some(d) = p.default_text() {
+        if let Some(d) = p.default_value(Some(owner(dev, p))) {
             map.insert(p.name.clone(), d);
         }
     }
@@ -894,8 +898,8 @@ fn resolve_properties(
         if let Some(list) = machine.compat_index.get(ty) {
             for (prop, value) in list {
                 if let Some(def) = dev.property(prop) {
-                    if let Ok(c) = def.canonical(&dev.name, value) {
-                        map.insert(prop.clone(), c);
+                    if let Ok(v) = def.decode(owner(dev, def), value) {
+                        map.insert(prop.clone(), v);
                     }
                 }
             }
@@ -909,15 +913,24 @@ fn resolve_properties(
             ty: dev.name.clone(),
             property: k.clone(),
         })?;
-        map.insert(k.clone(), def.canonical(&dev.name, v)?);
+        map.insert(k.clone(), def.decode(owner(dev, def), v)?);
     }
     Ok(map)
+}
+
+/// The QOM type that owns property `def` of `dev`, as QEMU's errors name it: a virtio
+/// proxy's `mac` is an alias of its virtio device's (`Property 'virtio-net-device.mac'
+/// doesn't take value ...`); everything else is the device's own.
+fn owner<'a>(dev: &'a DeviceType, def: &PropertyDef) -> &'a str {
+    match (&dev.virtio, def.ty) {
+        (Some(v), PropType::MacAddr) => v.backend.as_deref().unwrap_or(&dev.name),
+        _ => &dev.name,
+    }
 }
 
 /// A JSON request's values against the types of the properties they set, as QEMU's
 /// QObject input visitor reads them. Unknown properties are left to `resolve_properties`.
 fn check_json_kinds(dev: &DeviceType, req: &DeviceRequest) -> Result<(), PlanError> {
-    use crate::properties::PropType;
     use crate::request::JsonKind;
     for (name, kind) in &req.json_kinds {
         let Some(def) = dev.property(name) else {
@@ -949,7 +962,11 @@ fn check_json_kinds(dev: &DeviceType, req: &DeviceRequest) -> Result<(), PlanErr
             PropType::Int32 | PropType::Int64 if *kind != JsonKind::Integer => {
                 return wrong("integer")
             }
-            PropType::Str | PropType::Enum | PropType::OnOffAuto | PropType::OnOffSplit
+            PropType::Str
+            | PropType::Enum
+            | PropType::OnOffAuto
+            | PropType::OnOffSplit
+            | PropType::MacAddr
                 if *kind != JsonKind::String =>
             {
                 return wrong("string")

@@ -2,6 +2,8 @@
 //! a value of each type from text, and the canonical text a plan stores.
 
 use crate::error::PlanError;
+use crate::mac::MacAddr;
+use crate::value::{OnOffAuto, PropValue};
 use serde::{Deserialize, Serialize};
 
 /// A property's type, named as QEMU names it in `-device TYPE,help`.
@@ -35,6 +37,9 @@ pub enum PropType {
     /// An enum with its values listed in `PropertyDef::values`.
     #[serde(rename = "enum")]
     Enum,
+    /// An Ethernet address (QEMU's `qdev_prop_macaddr`, shown as `str`).
+    #[serde(rename = "macaddr")]
+    MacAddr,
 }
 
 impl PropType {
@@ -51,7 +56,7 @@ impl PropType {
             PropType::Int32 | PropType::PciDevfn => "int32",
             PropType::Int64 => "int64",
             PropType::Size => "size",
-            PropType::Str | PropType::Enum => "str",
+            PropType::Str | PropType::Enum | PropType::MacAddr => "str",
         }
     }
 
@@ -93,28 +98,41 @@ pub struct PropertyDef {
 impl PropertyDef {
     /// The default in canonical plan text, if any.
     pub fn default_text(&self) -> Option<String> {
+        self.default_value(None).map(|v| v.to_string())
+    }
+
+    /// The default as a typed value, if any. `owner` names the type in a decoding error
+    /// (a catalog whose default does not fit its type: such a default is kept as text).
+    pub fn default_value(&self, owner: Option<&str>) -> Option<PropValue> {
         let v = self.default.as_ref()?;
-        Some(match v {
+        let text = match v {
             serde_json::Value::Bool(b) => b.to_string(),
             serde_json::Value::String(s) => s.clone(),
-            serde_json::Value::Number(n) => {
-                if self.ty == PropType::PciDevfn {
-                    match n.as_i64() {
-                        Some(d) if (0..=255).contains(&d) => format_devfn(d as u8),
-                        _ => "-1".to_string(),
-                    }
-                } else {
-                    n.to_string()
-                }
+            serde_json::Value::Number(n) if self.ty == PropType::PciDevfn => {
+                return Some(PropValue::Devfn(
+                    n.as_i64()
+                        .filter(|d| (0..=255).contains(d))
+                        .map(|d| d as u8),
+                ));
             }
+            serde_json::Value::Number(n) => n.to_string(),
             other => other.to_string(),
-        })
+        };
+        Some(
+            self.decode(owner.unwrap_or(&self.name), &text)
+                .unwrap_or(PropValue::Text(text)),
+        )
+    }
+
+    /// Decode `text` given for this property, with QEMU's grammar and errors. `owner` is
+    /// the QOM type (for `Property 'type.name' ...` messages).
+    pub fn decode(&self, owner: &str, text: &str) -> Result<PropValue, PlanError> {
+        decode(self.ty, &self.name, owner, &self.values, text)
     }
 
     /// Parse `text` given for this property into canonical plan text, with QEMU's errors.
-    /// `owner` is the QOM type (for `Property 'type.name' ...` messages).
     pub fn canonical(&self, owner: &str, text: &str) -> Result<String, PlanError> {
-        canonical_value(self.ty, &self.name, owner, &self.values, text)
+        self.decode(owner, text).map(|v| v.to_string())
     }
 }
 
@@ -126,55 +144,77 @@ pub fn canonical_value(
     values: &[String],
     text: &str,
 ) -> Result<String, PlanError> {
+    decode(ty, name, owner, values, text).map(|v| v.to_string())
+}
+
+/// Decode `text` for a property `name` of type `ty` (of QOM type `owner`), as QEMU's
+/// setters do, with their error texts.
+pub fn decode(
+    ty: PropType,
+    name: &str,
+    owner: &str,
+    values: &[String],
+    text: &str,
+) -> Result<PropValue, PlanError> {
+    let uint = |max: u64, c_type: &str| parse_uint(name, text, max, c_type).map(PropValue::Uint);
+    let int = |min: i64, max: i64, c_type: &str| {
+        parse_int(name, text, min, max, c_type).map(PropValue::Int)
+    };
+    let bad_value = || PlanError::BadPropertyValue {
+        ty: owner.to_string(),
+        property: name.to_string(),
+        value: text.to_string(),
+    };
     match ty {
-        PropType::Bool => parse_bool(name, text).map(|b| b.to_string()),
-        PropType::OnOffAuto => parse_enum(name, text, &["on", "off", "auto"]),
+        PropType::Bool => parse_bool(name, text).map(PropValue::Bool),
+        PropType::OnOffAuto => OnOffAuto::parse(text)
+            .map(PropValue::OnOffAuto)
+            .ok_or_else(|| PlanError::BadEnumValue {
+                name: name.to_string(),
+                value: text.to_string(),
+            }),
         PropType::OnOffSplit => parse_enum(name, text, &["on", "off", "split"]),
         PropType::Enum => {
             let vals: Vec<&str> = values.iter().map(String::as_str).collect();
             parse_enum(name, text, &vals)
         }
-        PropType::Uint8 => parse_uint(name, text, u8::MAX as u64, "uint8_t").map(|v| v.to_string()),
-        PropType::Uint16 => {
-            parse_uint(name, text, u16::MAX as u64, "uint16_t").map(|v| v.to_string())
-        }
-        PropType::Uint32 => {
-            parse_uint(name, text, u32::MAX as u64, "uint32_t").map(|v| v.to_string())
-        }
-        PropType::Uint64 => parse_uint(name, text, u64::MAX, "uint64_t").map(|v| v.to_string()),
-        PropType::Int32 => parse_int(name, text, i32::MIN as i64, i32::MAX as i64, "int32_t")
-            .map(|v| v.to_string()),
-        PropType::Int64 => {
-            parse_int(name, text, i64::MIN, i64::MAX, "int64_t").map(|v| v.to_string())
-        }
+        PropType::Uint8 => uint(u8::MAX.into(), "uint8_t"),
+        PropType::Uint16 => uint(u16::MAX.into(), "uint16_t"),
+        PropType::Uint32 => uint(u32::MAX.into(), "uint32_t"),
+        PropType::Uint64 => uint(u64::MAX, "uint64_t"),
+        PropType::Int32 => int(i32::MIN.into(), i32::MAX.into(), "int32_t"),
+        PropType::Int64 => int(i64::MIN, i64::MAX, "int64_t"),
         PropType::Size => parse_size(text)
-            .map(|v| v.to_string())
+            .map(PropValue::Uint)
             .ok_or_else(|| PlanError::ExpectsSize(name.to_string())),
-        PropType::Str => Ok(text.to_string()),
-        PropType::PciDevfn => {
-            parse_devfn(text)
-                .map(format_devfn)
-                .ok_or_else(|| PlanError::BadPropertyValue {
-                    ty: owner.to_string(),
-                    property: name.to_string(),
-                    value: text.to_string(),
-                })
-        }
+        PropType::Str => Ok(PropValue::Str(text.to_string())),
+        PropType::PciDevfn => parse_devfn(text)
+            .map(|d| PropValue::Devfn(Some(d)))
+            .ok_or_else(bad_value),
+        PropType::MacAddr => MacAddr::parse(text)
+            .map(PropValue::Mac)
+            .ok_or_else(bad_value),
     }
 }
 
-/// QEMU's `qapi_bool_parse`: on/yes/true/y and off/no/false/n.
-pub fn parse_bool(name: &str, text: &str) -> Result<bool, PlanError> {
+/// QEMU's `qapi_bool_parse` (qapi/qapi-util.c), the one boolean grammar of every option
+/// and property: `on`/`yes`/`true`/`y` and `off`/`no`/`false`/`n`, case-sensitive.
+pub fn qapi_bool_parse(text: &str) -> Option<bool> {
     match text {
-        "on" | "yes" | "true" | "y" => Ok(true),
-        "off" | "no" | "false" | "n" => Ok(false),
-        _ => Err(PlanError::ExpectsBool(name.to_string())),
+        "on" | "yes" | "true" | "y" => Some(true),
+        "off" | "no" | "false" | "n" => Some(false),
+        _ => None,
     }
 }
 
-fn parse_enum(name: &str, text: &str, values: &[&str]) -> Result<String, PlanError> {
+/// [`qapi_bool_parse`] with QEMU's error: `Parameter 'NAME' expects 'on' or 'off'`.
+pub fn parse_bool(name: &str, text: &str) -> Result<bool, PlanError> {
+    qapi_bool_parse(text).ok_or_else(|| PlanError::ExpectsBool(name.to_string()))
+}
+
+fn parse_enum(name: &str, text: &str, values: &[&str]) -> Result<PropValue, PlanError> {
     if values.contains(&text) {
-        Ok(text.to_string())
+        Ok(PropValue::Str(text.to_string()))
     } else {
         Err(PlanError::BadEnumValue {
             name: name.to_string(),
@@ -195,16 +235,19 @@ pub fn parse_u64_auto(text: &str) -> Option<u64> {
     }
 }
 
+/// QEMU's `qemu_strtou64`: [`parse_u64_auto`], and a negative number wraps (`-1` is all
+/// ones, and so out of range below 64 bits).
+pub fn parse_u64_wrapping(text: &str) -> Option<u64> {
+    parse_u64_auto(text).or_else(|| {
+        text.trim()
+            .strip_prefix('-')
+            .and_then(parse_u64_auto)
+            .map(u64::wrapping_neg)
+    })
+}
+
 fn parse_uint(name: &str, text: &str, max: u64, ty: &str) -> Result<u64, PlanError> {
-    // Like QEMU's strtou64, a negative number wraps (and so is out of range below 64 bits).
-    let v = parse_u64_auto(text)
-        .or_else(|| {
-            text.trim()
-                .strip_prefix('-')
-                .and_then(parse_u64_auto)
-                .map(u64::wrapping_neg)
-        })
-        .ok_or_else(|| PlanError::ExpectsInteger(name.to_string()))?;
+    let v = parse_u64_wrapping(text).ok_or_else(|| PlanError::ExpectsInteger(name.to_string()))?;
     if v > max {
         return Err(PlanError::IntegerOutOfRange {
             name: name.to_string(),
@@ -335,6 +378,79 @@ mod tests {
         for (text, want) in table {
             assert_eq!(parse_size(text), *want, "{text}");
         }
+    }
+
+    #[test]
+    fn one_bool_grammar_with_qemus_spellings() {
+        for t in ["on", "yes", "true", "y"] {
+            assert_eq!(qapi_bool_parse(t), Some(true), "{t}");
+            assert_eq!(parse_bool("x", t), Ok(true));
+        }
+        for f in ["off", "no", "false", "n"] {
+            assert_eq!(qapi_bool_parse(f), Some(false), "{f}");
+        }
+        // QEMU 7.2 refuses these (case-sensitive, no numbers, no empty value).
+        for bad in ["", "ON", "True", "Y", "1", "0", "enable", " on", "on "] {
+            assert_eq!(qapi_bool_parse(bad), None, "{bad:?}");
+            assert_eq!(
+                parse_bool("usb", bad).unwrap_err().to_string(),
+                "Parameter 'usb' expects 'on' or 'off'"
+            );
+        }
+    }
+
+    #[test]
+    fn typed_decoding() {
+        let d = |ty, text| decode(ty, "p", "t", &[], text);
+        assert_eq!(d(PropType::Bool, "y").unwrap(), PropValue::Bool(true));
+        assert!(matches!(d(PropType::Bool, "n"), Ok(PropValue::Bool(false))));
+        assert!(matches!(
+            d(PropType::OnOffAuto, "auto"),
+            Ok(PropValue::OnOffAuto(OnOffAuto::Auto))
+        ));
+        assert!(matches!(
+            d(PropType::Uint32, "0x10"),
+            Ok(PropValue::Uint(16))
+        ));
+        assert!(matches!(
+            d(PropType::Uint64, "-1"),
+            Ok(PropValue::Uint(u64::MAX))
+        ));
+        assert!(matches!(d(PropType::Int32, "-1"), Ok(PropValue::Int(-1))));
+        assert!(matches!(
+            d(PropType::Size, "1M"),
+            Ok(PropValue::Uint(1048576))
+        ));
+        assert!(matches!(
+            d(PropType::PciDevfn, "1f.7"),
+            Ok(PropValue::Devfn(Some(0xff)))
+        ));
+        assert!(matches!(
+            d(PropType::MacAddr, "52-54-00-12-34-AB"),
+            Ok(PropValue::Mac(m)) if m.to_string() == "52:54:00:12:34:ab"
+        ));
+        assert_eq!(
+            d(PropType::MacAddr, "52:54:00:12:34")
+                .unwrap_err()
+                .to_string(),
+            "Property 't.p' doesn't take value '52:54:00:12:34'"
+        );
+        assert_eq!(
+            d(PropType::Size, "1Q").unwrap_err().to_string(),
+            "Parameter 'p' expects a size value"
+        );
+        assert_eq!(
+            d(PropType::Int32, "x").unwrap_err().to_string(),
+            "Parameter 'p' expects integer"
+        );
+        let vals = ["report".to_string(), "stop".to_string()];
+        assert!(decode(PropType::Enum, "p", "t", &vals, "stop").is_ok());
+        assert_eq!(
+            decode(PropType::Enum, "p", "t", &vals, "STOP")
+                .unwrap_err()
+                .to_string(),
+            "Parameter 'p' does not accept value 'STOP'"
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use crate::device_types::{VirtioDef, VirtioVariant};
 use crate::error::PlanError;
 use crate::plan::{BusKind, PciIdentity, VirtioMode};
-use std::collections::BTreeMap;
+use crate::value::Properties;
 
 /// Red Hat / Qumranet vendor id used by every virtio-pci function.
 pub const VIRTIO_VENDOR: u16 = 0x1af4;
@@ -29,24 +29,18 @@ pub struct VirtioResolution {
 /// `disable-modern`, `x-disable-pcie`, `x-disable-legacy-check` as true/false).
 pub fn resolve(
     def: &VirtioDef,
-    props: &BTreeMap<String, String>,
+    props: &Properties,
     bus_kind: BusKind,
     bus_is_root: bool,
 ) -> Result<VirtioResolution, PlanError> {
-    let flag = |name: &str| {
-        props
-            .get(name)
-            .map(|v| v == "true" || v == "on")
-            .unwrap_or(false)
-    };
+    let flag = |name: &str| props.bool(name, false).unwrap_or(false);
     let pcie_port = bus_kind == BusKind::Pcie && !bus_is_root;
 
     // Instance defaults of the variant (the variants have no disable-* properties).
     let (disable_legacy, mut modern) = match def.variant {
         VirtioVariant::Generic => (
             props
-                .get("disable-legacy")
-                .map(String::as_str)
+                .str("disable-legacy", "auto")
                 .unwrap_or("auto")
                 .to_string(),
             !flag("disable-modern"),
@@ -133,11 +127,12 @@ mod tests {
         }
     }
 
-    fn props(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+    fn props(pairs: &[(&str, &str)]) -> Properties {
+        let mut p = Properties::new();
+        for (k, v) in pairs {
+            p.insert_text(*k, *v);
+        }
+        p
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use crate::error::PlanError;
 use crate::plan::{PciFunctionPlan, VirtioPortPlan};
-use std::collections::BTreeMap;
+use crate::value::Properties;
 
 const BAD_ID: u32 = u32::MAX;
 
@@ -34,17 +34,18 @@ pub fn place(
     type_name: &str,
     console: bool,
     id: Option<String>,
-    properties: &BTreeMap<String, String>,
+    properties: &Properties,
+    bus: Option<&str>,
     functions: &[PciFunctionPlan],
     ports: &[VirtioPortPlan],
 ) -> Result<VirtioPortPlan, PlanError> {
     let buses = buses(functions);
-    let (bus, controller) = match properties.get("bus") {
+    let (bus, controller) = match bus {
         Some(name) => buses
             .iter()
             .find(|(b, _)| b == name)
             .cloned()
-            .ok_or_else(|| PlanError::BusNotFound(name.clone()))?,
+            .ok_or_else(|| PlanError::BusNotFound(name.to_string()))?,
         None => buses
             .first()
             .cloned()
@@ -53,15 +54,15 @@ pub fn place(
                 driver: type_name.to_string(),
             })?,
     };
-    let max_ports: u32 = functions[controller]
+    let max_ports = functions[controller]
         .properties
-        .get("max_ports")
-        .and_then(|v| v.parse().ok())
+        .uint("max_ports")
+        .and_then(|n| u32::try_from(n).ok())
         .unwrap_or(31);
     let used = |nr: u32| ports.iter().any(|p| p.bus == bus && p.nr == nr);
-    let requested: u32 = properties
-        .get("nr")
-        .and_then(|v| v.parse().ok())
+    let requested = properties
+        .uint("nr")
+        .and_then(|n| u32::try_from(n).ok())
         .unwrap_or(BAD_ID);
     let plugging_port0 = console && !used(0);
     let nr = if requested != BAD_ID {
@@ -91,9 +92,6 @@ pub fn place(
             max_ports - 1
         )));
     }
-    let mut props = properties.clone();
-    props.remove("bus");
-    props.remove("id");
     Ok(VirtioPortPlan {
         type_name: type_name.to_string(),
         id,
@@ -101,6 +99,6 @@ pub fn place(
         controller,
         nr,
         console,
-        properties: props,
+        properties: properties.clone(),
     })
 }

@@ -124,7 +124,7 @@ fn merge_user_definitions() {
     assert_eq!(m.compat_props.len(), 4);
     let p = c.plan(&request("acme-q35-1.0").unwrap()).unwrap();
     let lpc = p.pci.iter().find(|f| f.type_name == "ICH9-LPC").unwrap();
-    assert_eq!(lpc.properties["noreboot"], "true");
+    assert_eq!(lpc.properties.text("noreboot").as_deref(), Some("true"));
     // The built-in catalog is untouched.
     assert!(Catalog::builtin().resolve_machine("acme-q35-1.0").is_none());
     assert!(help::machine_help(&c).contains("acme-q35-1.0         ACME q35\n"));
@@ -398,4 +398,59 @@ fn acpi_bridge_hotplug_follows_the_south_bridge_properties() {
     )
     .unwrap();
     assert!(!owns(&c, "acme-pc-1.0"));
+}
+
+/// Every default of the built-in catalog decodes to a value of its declared type (a plan
+/// never carries an undecoded default to the devices).
+#[test]
+fn catalog_defaults_are_typed() {
+    let c = Catalog::builtin();
+    for t in c.device_types() {
+        for p in &t.properties {
+            if let Some(v) = p.default_value(Some(&t.name)) {
+                assert!(
+                    !matches!(v, machine::PropValue::Text(_)),
+                    "{}.{}: default {:?} is not a {:?}",
+                    t.name,
+                    p.name,
+                    p.default,
+                    p.ty
+                );
+            }
+        }
+    }
+}
+
+/// `mac=` is decoded when the plan is made, with QEMU's grammar and error (the property of
+/// a virtio proxy is its virtio device's).
+#[test]
+fn mac_is_decoded_at_plan_time() {
+    let c = Catalog::builtin();
+    let plan = |dev: &str| {
+        let mut req = machine::PlanRequest::new("q35");
+        req.devices
+            .push(machine::DeviceRequest::parse(dev).unwrap());
+        c.plan(&req)
+    };
+    let p = plan("virtio-net-pci,id=n,mac=52-54-00-AB-cd-01").unwrap();
+    let f = p.function_by_id("n").unwrap();
+    assert_eq!(
+        f.properties.mac("mac").unwrap(),
+        Some(machine::MacAddr([0x52, 0x54, 0, 0xab, 0xcd, 1]))
+    );
+    assert_eq!(
+        f.properties.text("mac").as_deref(),
+        Some("52:54:00:ab:cd:01")
+    );
+    for (dev, owner) in [
+        ("virtio-net-pci", "virtio-net-device"),
+        ("e1000e", "e1000e"),
+    ] {
+        for bad in ["zz", "", "52:54:00:12:34", "1:2:3:4:5:6"] {
+            assert_eq!(
+                plan(&format!("{dev},mac={bad}")).unwrap_err().to_string(),
+                format!("Property '{owner}.mac' doesn't take value '{bad}'")
+            );
+        }
+    }
 }

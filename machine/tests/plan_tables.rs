@@ -209,9 +209,8 @@ fn compat_and_device_properties() {
                     .ok_or_else(|| format!("no {ty} in plan"))?;
                 let got = f
                     .properties
-                    .get(prop)
-                    .map(String::as_str)
-                    .unwrap_or("<unset>");
+                    .text(prop)
+                    .unwrap_or_else(|| "<unset>".to_string());
                 if got != v {
                     return Err(format!("{key}: want {v}, got {got}"));
                 }
