@@ -46,8 +46,9 @@ pub fn catalog_plan(req: &PlanRequest) -> Plan {
 }
 
 /// The function `-device ...,id=dut` of a q35 `-nodefaults` machine with `devices` (its
-/// parents first), as the catalog plans it; `props` then go into its properties as given,
-/// unchecked, so that tests can hand a device model values the planner refuses.
+/// parents first), as the catalog plans it; `props` then go into its properties decoded as
+/// the planner decodes them, or, where the planner would refuse them, as text, so that
+/// tests can hand a device model values the planner refuses.
 pub fn dut_plan(devices: &[&str], props: &[(&str, &str)]) -> PciFunctionPlan {
     let mut req = request("q35", devices);
     req.nodefaults = true;
@@ -56,10 +57,21 @@ pub fn dut_plan(devices: &[&str], props: &[(&str, &str)]) -> PciFunctionPlan {
         .into_iter()
         .find(|f| f.id.as_deref() == Some("dut"))
         .unwrap_or_else(|| panic!("no id=dut in {devices:?}"));
-    for (k, v) in props {
-        f.properties.insert(k.to_string(), v.to_string());
-    }
+    set_props(&mut f, props);
     f
+}
+
+/// Set `props` on `f`: decoded with the catalog's type of each property, or kept as text
+/// (which the models decode when they read it, and may refuse).
+pub fn set_props(f: &mut PciFunctionPlan, props: &[(&str, &str)]) {
+    let ty = Catalog::builtin().device_type(&f.type_name);
+    for (k, v) in props {
+        let def = ty.and_then(|t| t.property(k));
+        match def.and_then(|d| d.decode(&f.type_name, v).ok()) {
+            Some(value) => f.properties.insert(*k, value),
+            None => f.properties.insert_text(*k, *v),
+        }
+    }
 }
 
 /// The virtio-pci function of virtio device type `device_type` as the catalog plans it on
@@ -480,7 +492,7 @@ mod tests {
                 "{}",
                 f.type_name
             );
-            assert_eq!(f.properties.get("serial").map(String::as_str), Some("x"));
+            assert_eq!(f.properties.text("serial").as_deref(), Some("x"));
         }
     }
 }

@@ -142,6 +142,10 @@ impl Properties {
         self.0.insert(name.into(), value);
     }
 
+    pub fn remove(&mut self, name: &str) -> Option<PropValue> {
+        self.0.remove(name)
+    }
+
     /// Set `name` to untyped canonical text (hand-written plans in tests).
     pub fn insert_text(&mut self, name: impl Into<String>, text: impl Into<String>) {
         self.0.insert(name.into(), PropValue::Text(text.into()));

@@ -45,13 +45,7 @@ pub struct Mch {
 
 impl Mch {
     pub fn new(f: &PciFunctionPlan, plan: &Plan) -> Result<Self, PciError> {
-        let ext = match f.properties.get("extended-tseg-mbytes") {
-            Some(v) => v.parse::<u16>().map_err(|_| PciError::InvalidProperty {
-                name: "extended-tseg-mbytes".into(),
-                value: v.clone(),
-            })?,
-            None => 64,
-        };
+        let ext = f.properties.u16("extended-tseg-mbytes", 64)?;
         let smm_ranges = super::smm_enabled(plan);
         let mut config = PciConfig::new(&f.identity, f.multifunction, false);
         config.set_u64(PCIEXBAR, PCIEXBAR_DEFAULT);

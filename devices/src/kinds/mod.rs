@@ -14,8 +14,8 @@ use crate::legacy::{cmos, i8042, port92, serial, sink};
 use crate::pci::bridges::{dmi, pci_bridge};
 use crate::pci::endpoints;
 use crate::pci::ports::{root_port, switch};
-use crate::pci::{e1000e, PciKind};
-use machine::{PciFunctionPlan, Plan};
+use crate::pci::{e1000e, PciError, PciKind};
+use machine::{MacAddr, PciFunctionPlan, Plan};
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
@@ -93,7 +93,7 @@ pub fn is_nic(f: &PciFunctionPlan) -> bool {
     kind_of(f).is_nic(f)
 }
 
-/// The MAC QEMU gives `f`: its `mac=` or the next free default.
-pub fn mac_of(plan: &Plan, f: &PciFunctionPlan) -> Option<[u8; 6]> {
+/// The MAC QEMU gives `f`: its `mac=` or the next free default; None if it is not a NIC.
+pub fn mac_of(plan: &Plan, f: &PciFunctionPlan) -> Result<Option<MacAddr>, PciError> {
     crate::pci::nic::mac_of(plan, f, &is_nic)
 }

@@ -199,13 +199,10 @@ fn virtio_net_lists_the_features_its_model_offers() {
         .expect("virtio-net-pci");
     // The tap is not touched to ask for features.
     let tap = std::fs::File::open("/dev/null").expect("/dev/null");
-    let offered = Net::new(
-        NetBackend {
-            tap,
-            default_mac: [0x52, 0x54, 0, 0x12, 0x34, 0x56],
-        },
-        None,
-    )
+    let offered = Net::new(NetBackend {
+        tap,
+        mac: machine::MacAddr::FIRST_DEFAULT,
+    })
     .features();
     for (name, bit) in NET_FEATURE_PROPS {
         let p = ty

@@ -43,9 +43,7 @@ fn plan(type_name: &str, props: &[(&str, &str)]) -> PciFunctionPlan {
     for k in ["chassis", "chassis_nr"] {
         f.properties.remove(k);
     }
-    for (k, v) in props {
-        f.properties.insert((*k).into(), (*v).into());
-    }
+    testing::set_props(&mut f, props);
     f
 }
 

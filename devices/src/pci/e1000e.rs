@@ -26,7 +26,6 @@ use super::interrupt::MsiSink;
 use super::kind::{shared, FunctionContext, PciKind};
 use super::msi::MsiCap;
 use super::msix::{Msix, MsixLayout};
-use super::props::Props;
 use super::regs::*;
 use super::PciError;
 use machine::PciFunctionPlan;
@@ -81,7 +80,7 @@ impl MsiSink for NoSink {
 
 impl E1000e {
     pub fn new(f: &PciFunctionPlan, bus: BusPlacement, mac: [u8; 6]) -> Result<Self, PciError> {
-        let p = Props::new(&f.properties);
+        let p = &f.properties;
         let mut c = PciConfig::new(&f.identity, f.multifunction, bus.express);
         c.set_u16(SUBSYSTEM_VENDOR_ID, p.u16("subsys_ven", 0x8086)?);
         c.set_u16(SUBSYSTEM_ID, p.u16("subsys", 0)?);
@@ -188,8 +187,12 @@ impl PciKind for E1000eKind {
         &["e1000e"]
     }
     fn build(&self, ctx: &FunctionContext) -> Result<SharedFunction, PciError> {
-        let mac = ctx.mac().unwrap_or(super::nic::FIRST_DEFAULT_MAC);
-        Ok(shared(E1000e::new(ctx.function, ctx.placement, mac)?))
+        let mac = ctx.mac()?.unwrap_or(machine::MacAddr::FIRST_DEFAULT);
+        Ok(shared(E1000e::new(
+            ctx.function,
+            ctx.placement,
+            mac.bytes(),
+        )?))
     }
     fn is_nic(&self, _f: &PciFunctionPlan) -> bool {
         true

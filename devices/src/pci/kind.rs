@@ -8,7 +8,7 @@ use super::firmware::FirmwareFunction;
 use super::host::SharedFunction;
 use super::PciError;
 use crate::lifecycle::Lifecycle;
-use machine::{PciFunctionPlan, Plan};
+use machine::{MacAddr, PciFunctionPlan, Plan};
 use std::sync::{Arc, Mutex};
 
 /// What a kind gets to build one function.
@@ -26,8 +26,9 @@ pub struct FunctionContext<'a> {
 }
 
 impl FunctionContext<'_> {
-    /// The MAC QEMU gives this function: its `mac=` or the next free default.
-    pub fn mac(&self) -> Option<[u8; 6]> {
+    /// The MAC QEMU gives this function: its `mac=` or the next free default; None if it
+    /// is not a NIC.
+    pub fn mac(&self) -> Result<Option<MacAddr>, PciError> {
         let kind_of = self.kind_of;
         super::nic::mac_of(self.plan, self.function, &|f| kind_of(f).is_nic(f))
     }

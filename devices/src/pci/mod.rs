@@ -21,7 +21,6 @@ pub mod msi;
 pub mod msix;
 pub mod nic;
 pub mod ports;
-pub mod props;
 pub mod regs;
 pub mod window;
 
@@ -60,4 +59,14 @@ pub enum PciError {
     Device { device: String, reason: String },
     #[error("firmware step: {0}")]
     Firmware(String),
+}
+
+/// A typed plan property that does not hold what the model reads (decoded by `machine`).
+impl From<machine::PropertyError> for PciError {
+    fn from(e: machine::PropertyError) -> Self {
+        PciError::InvalidProperty {
+            name: e.name,
+            value: e.value,
+        }
+    }
 }

@@ -11,7 +11,6 @@ use super::pci_transport::{TransportParams, VirtioPciFunction};
 use super::rng::Rng;
 use super::worker::VirtioWorker;
 use super::{blk, console, net, rng, VirtioError};
-use crate::pci::props::Props;
 use machine::PciFunctionPlan;
 use std::io::Read;
 use std::sync::Arc;
@@ -61,7 +60,7 @@ pub fn create(
     let mode = plan
         .virtio
         .ok_or_else(|| VirtioError::NotVirtio(plan.type_name.clone()))?;
-    let props = Props::new(&plan.properties);
+    let props = &plan.properties;
     let mismatch = |b: &VirtioBackend| VirtioError::Backend {
         type_name: plan.type_name.clone(),
         backend: b.name(),
@@ -75,7 +74,7 @@ pub fn create(
         (blk::DEVICE_TYPE, VirtioBackend::Block(b)) => {
             let nq = props.u16("num-queues", 1)?;
             let opts = BlockOptions {
-                serial: props.str("serial", "").to_string(),
+                serial: props.str("serial", "")?.to_string(),
                 // "auto" (0xffff) means one queue per vCPU; one is what we run.
                 num_queues: if nq == 0 || nq == 0xffff {
                     1
@@ -95,20 +94,11 @@ pub fn create(
             (Box::new(dev), nq + 1)
         }
         (net::DEVICE_TYPE, VirtioBackend::Net(n)) => {
-            if !props.str("romfile", "efi-virtio.rom").is_empty() {
+            if !props.str("romfile", "efi-virtio.rom")?.is_empty() {
                 rom = Some(NET_ROM_SIZE);
             }
-            let mac = match plan.properties.get("mac").map(|s| s.trim()) {
-                Some(s) if !s.is_empty() => Some(net::parse_mac(s).ok_or_else(|| {
-                    crate::pci::PciError::InvalidProperty {
-                        name: "mac".into(),
-                        value: s.into(),
-                    }
-                })?),
-                _ => None,
-            };
             // One queue pair: rx, tx, ctrl + config.
-            (Box::new(Net::new(n, mac)), 4)
+            (Box::new(Net::new(n)), 4)
         }
         (rng::DEVICE_TYPE, VirtioBackend::Rng(src)) => (Box::new(Rng::new(src)), 2),
         (console::DEVICE_TYPE, VirtioBackend::Console(c)) => {

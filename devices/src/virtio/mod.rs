@@ -58,3 +58,10 @@ pub enum VirtioError {
         source: std::io::Error,
     },
 }
+
+/// A plan property the model cannot read, reported as the PCI layout errors are.
+impl From<machine::PropertyError> for VirtioError {
+    fn from(e: machine::PropertyError) -> Self {
+        VirtioError::Pci(e.into())
+    }
+}

@@ -9,6 +9,7 @@ use crate::testing::{
     block_backend, virtio_plan as plan, Driver, Ring, DEVICE_BLK, DEVICE_CONSOLE, DEVICE_RNG,
 };
 use machina_tests::TempDir;
+use machine::PropValue;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -505,7 +506,7 @@ impl Write for Out {
 fn console_output_and_emergency_write() {
     let out = Out::default();
     let mut p = plan(DEVICE_CONSOLE, true, false, &[]);
-    p.properties.insert("max_ports".into(), "1".into());
+    p.properties.insert("max_ports", PropValue::Uint(1));
     let mut d = build(
         &p,
         VirtioBackend::Console(ConsoleBackend {

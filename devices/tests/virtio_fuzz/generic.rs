@@ -98,7 +98,7 @@ pub(crate) fn generic_iteration(rng: &mut XorShift, stats: &mut Stats, gm: &mut 
                     &plan(DEVICE_NET, transitional, false, &[("romfile", "")]),
                     VirtioBackend::Net(NetBackend {
                         tap,
-                        default_mac: [0x52, 0x54, 0, 0x12, 0x34, 0x56],
+                        mac: machine::MacAddr::FIRST_DEFAULT,
                     }),
                     mem.clone(),
                 ),

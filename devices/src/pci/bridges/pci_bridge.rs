@@ -13,7 +13,6 @@ use crate::pci::caps::{aer, pcie, pm, slotid};
 use crate::pci::config::BarDef;
 use crate::pci::kind::{shared, Constructor};
 use crate::pci::msi::MsiCap;
-use crate::pci::props::Props;
 use crate::pci::PciError;
 use machine::PciFunctionPlan;
 
@@ -22,7 +21,7 @@ const AER: usize = 0x100;
 
 /// `pci-bridge` and `pci-bridge-seat`.
 pub fn pci_bridge(f: &PciFunctionPlan) -> Result<PciBridge, PciError> {
-    let p = Props::new(&f.properties);
+    let p = &f.properties;
     let chassis = p.u8("chassis_nr", 0)?;
     if chassis == 0 {
         // slotid_cap_init: "Bridge chassis not specified. Each bridge is required to be
@@ -66,7 +65,7 @@ pub fn pci_bridge(f: &PciFunctionPlan) -> Result<PciBridge, PciError> {
 
 /// `pcie-pci-bridge`.
 pub fn pcie_to_pci(f: &PciFunctionPlan) -> Result<PciBridge, PciError> {
-    let p = Props::new(&f.properties);
+    let p = &f.properties;
     let with_msi = p.bool("msi", true)?;
     // aer_log_max is a PCIEPort property; the pcie-pci-bridge is no port, so its log stays
     // empty and pcie_aer_init offers no multiple-header recording (AER CAP 0xa0).

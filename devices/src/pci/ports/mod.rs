@@ -5,8 +5,8 @@ pub mod switch;
 
 use super::caps::aer::AerConfig;
 use super::caps::pcie::{parse_width, LinkSpeed, SlotConfig};
-use super::props::Props;
 use super::PciError;
+use machine::Properties;
 
 /// The PCIEPort/PCIESlot properties every port reads.
 pub(crate) struct PortProps {
@@ -18,7 +18,7 @@ pub(crate) struct PortProps {
 }
 
 impl PortProps {
-    pub fn read(p: &Props) -> Result<Self, PciError> {
+    pub fn read(p: &Properties) -> Result<Self, PciError> {
         let hotplug =
             p.bool("hotplug", true)? && !p.bool("x-do-not-expose-native-hotplug-cap", false)?;
         Ok(Self {
@@ -38,13 +38,13 @@ impl PortProps {
 }
 
 /// `x-speed` / `x-width` with the device's defaults.
-pub(crate) fn link(p: &Props, speed: &str, width: &str) -> Result<(LinkSpeed, u8), PciError> {
+pub(crate) fn link(p: &Properties, speed: &str, width: &str) -> Result<(LinkSpeed, u8), PciError> {
     let bad = |name: &str, value: &str| PciError::InvalidProperty {
         name: name.into(),
         value: value.into(),
     };
-    let s = p.str("x-speed", speed);
-    let w = p.str("x-width", width);
+    let s = p.str("x-speed", speed)?;
+    let w = p.str("x-width", width)?;
     Ok((
         LinkSpeed::parse(s).ok_or_else(|| bad("x-speed", s))?,
         parse_width(w).ok_or_else(|| bad("x-width", w))?,

@@ -15,7 +15,6 @@ use crate::pci::caps::reserve::{self, Reserve};
 use crate::pci::caps::{acs, aer, ssvid};
 use crate::pci::kind::{shared, Constructor};
 use crate::pci::msi::MsiCap;
-use crate::pci::props::Props;
 use crate::pci::regs::*;
 use crate::pci::PciError;
 use machine::PciFunctionPlan;
@@ -33,7 +32,7 @@ const IOH_EXP: usize = 0x90;
 
 /// Common rp_realize part: header, interrupt pin, SSVID.
 fn base(f: &PciFunctionPlan, model: Model) -> Result<(PciBridge, PortProps), PciError> {
-    let props = PortProps::read(&Props::new(&f.properties))?;
+    let props = PortProps::read(&f.properties)?;
     let mut b = PciBridge::new(model, &f.identity, f.multifunction, true);
     if !props.slt_writable {
         b.set_secondary_latency_ro();
@@ -71,10 +70,10 @@ fn express(
 
 /// `pcie-root-port` 1b36:000c.
 pub fn generic(f: &PciFunctionPlan) -> Result<PciBridge, PciError> {
-    let p = Props::new(&f.properties);
+    let p = &f.properties;
     let (mut b, props) = base(f, Model::RootPort)?;
     b.add_msix_exclusive_bar(GEN_MSIX, 1)?;
-    let (speed, width) = link(&p, "16", "32")?;
+    let (speed, width) = link(p, "16", "32")?;
     express(&mut b, &props, GEN_EXP, speed, width)?;
     if !p.bool("disable-acs", false)? {
         acs::add(b.config_mut_ref(), GEN_ACS, true)?;

@@ -9,7 +9,6 @@ use crate::pci::caps::pcie::{LinkSpeed, PcieCap, PortType};
 use crate::pci::caps::{aer, ssvid};
 use crate::pci::kind::{shared, Constructor};
 use crate::pci::msi::MsiCap;
-use crate::pci::props::Props;
 use crate::pci::regs::*;
 use crate::pci::PciError;
 use machine::PciFunctionPlan;
@@ -20,7 +19,7 @@ const EXP: usize = 0x90;
 const AER: usize = 0x100;
 
 fn build(f: &PciFunctionPlan, model: Model, port_type: PortType) -> Result<PciBridge, PciError> {
-    let props = PortProps::read(&Props::new(&f.properties))?;
+    let props = PortProps::read(&f.properties)?;
     let mut b = PciBridge::new(model, &f.identity, f.multifunction, true);
     if !props.slt_writable {
         b.set_secondary_latency_ro();

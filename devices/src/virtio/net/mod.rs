@@ -14,6 +14,7 @@ use super::device::{
 };
 use super::iov::chain_iovecs;
 use super::regs::features::VERSION_1;
+use machine::MacAddr;
 use std::fs::File;
 use std::os::fd::{AsRawFd, RawFd};
 use virtio_queue::{QueueOwnedT, QueueT};
@@ -38,28 +39,11 @@ const TAP_TOKEN: u32 = 0;
 const MAX_FRAME: usize = 65_562;
 const CONFIG_LEN: usize = 8;
 
-/// QEMU's first default MAC (qemu_macaddr_default_if_unset adds the NIC index to the last
-/// byte).
-pub const DEFAULT_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
-
-/// The tap the VMM opened (see [`tap::open_tap`]) and the MAC when no `mac=` is given.
+/// The tap the VMM opened (see [`tap::open_tap`]) and the MAC the machine gives the device
+/// (its `mac=`, or QEMU's default numbering: `devices::pci::nic::mac_of`).
 pub struct NetBackend {
     pub tap: File,
-    pub default_mac: [u8; 6],
-}
-
-/// `aa:bb:cc:dd:ee:ff`.
-pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let mut mac = [0u8; 6];
-    let mut parts = s.split(':');
-    for b in &mut mac {
-        let p = parts.next()?;
-        if p.len() != 2 {
-            return None;
-        }
-        *b = u8::from_str_radix(p, 16).ok()?;
-    }
-    parts.next().is_none().then_some(mac)
+    pub mac: MacAddr,
 }
 
 pub struct Net {
@@ -155,13 +139,13 @@ fn vectored(fd: RawFd, write: bool, iovs: &[libc::iovec]) -> std::io::Result<usi
 }
 
 impl Net {
-    pub fn new(backend: NetBackend, mac: Option<[u8; 6]>) -> Self {
+    pub fn new(backend: NetBackend) -> Self {
         Self {
             // Log lines name the function; the transport sets it (set_name).
             name: String::new(),
             socket: is_socket(&backend.tap),
             tap: backend.tap,
-            mac: mac.unwrap_or(backend.default_mac),
+            mac: backend.mac.bytes(),
             tap_readable: true,
             hdr_len: 10,
         }
@@ -357,17 +341,6 @@ impl VirtioDevice for Net {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mac_parsing() {
-        assert_eq!(
-            parse_mac("52:54:00:12:34:57"),
-            Some([0x52, 0x54, 0, 0x12, 0x34, 0x57])
-        );
-        assert_eq!(parse_mac("52:54:00:12:34"), None);
-        assert_eq!(parse_mac("52:54:00:12:34:57:00"), None);
-        assert_eq!(parse_mac("zz:54:00:12:34:57"), None);
-    }
 
     #[test]
     fn header_length_follows_features() {
