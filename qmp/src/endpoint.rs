@@ -253,13 +253,9 @@ fn get<'a>(opts: &'a [String], key: &str) -> Option<&'a str> {
 }
 
 fn parse_bool(key: &str, v: &str) -> Result<bool, EndpointError> {
-    match v {
-        "on" | "yes" | "true" | "y" => Ok(true),
-        "off" | "no" | "false" | "n" => Ok(false),
-        _ => Err(EndpointError::BadBool {
-            key: key.to_string(),
-        }),
-    }
+    machine::qapi_bool_parse(v).ok_or_else(|| EndpointError::BadBool {
+        key: key.to_string(),
+    })
 }
 
 /// A boolean option: `key=on|off`, bare `key` (on) or legacy `nokey` (off).

@@ -22,7 +22,7 @@ use image_lock::{
 };
 
 use crate::cli::{keyval_pairs_os, lossy};
-use machine::DeviceRequest;
+use machine::{qapi_bool_parse, DeviceRequest};
 use serde_json::Value;
 use std::ffi::{OsStr, OsString};
 use std::fs::{File, OpenOptions};
@@ -242,14 +242,6 @@ fn open_image(
     )
 }
 
-fn bool_value(v: &str) -> Option<bool> {
-    match v {
-        "on" | "yes" | "true" => Some(true),
-        "off" | "no" | "false" => Some(false),
-        _ => None,
-    }
-}
-
 /// Keyval items with text values (for names, numbers, flags); paths come from `raw_value`.
 fn keyval(spec: &OsStr) -> Vec<(String, String)> {
     keyval_pairs_os(spec)
@@ -321,14 +313,14 @@ fn check_file(
 
 /// QEMU's `file.locking`/`locking` values.
 fn locking_value(context: &str, key: &str, v: &str) -> Result<bool, BackendError> {
-    match v {
-        "on" | "auto" => Ok(true),
-        "off" => Ok(false),
-        _ if key == "locking" => Err(err(
+    match machine::OnOffAuto::parse(v) {
+        Some(machine::OnOffAuto::On | machine::OnOffAuto::Auto) => Ok(true),
+        Some(machine::OnOffAuto::Off) => Ok(false),
+        None if key == "locking" => Err(err(
             context,
             format!("Parameter 'locking' does not accept value '{v}'"),
         )),
-        _ => Err(err(context, format!("invalid parameter value: {v}"))),
+        None => Err(err(context, format!("invalid parameter value: {v}"))),
     }
 }
 
@@ -567,7 +559,7 @@ pub fn parse_chardev(spec: impl AsRef<OsStr>) -> Result<Backend, BackendError> {
                 .ok_or_else(|| err(&context, "Parameter 'fd' expects an fd number"))?,
             server: get("server")
                 .as_deref()
-                .and_then(bool_value)
+                .and_then(qapi_bool_parse)
                 .unwrap_or(false),
         },
         "socket" => {
@@ -577,9 +569,12 @@ pub fn parse_chardev(spec: impl AsRef<OsStr>) -> Result<Backend, BackendError> {
                 })?);
             let server = get("server")
                 .as_deref()
-                .and_then(bool_value)
+                .and_then(qapi_bool_parse)
                 .unwrap_or(false);
-            let wait = get("wait").as_deref().and_then(bool_value).unwrap_or(true);
+            let wait = get("wait")
+                .as_deref()
+                .and_then(qapi_bool_parse)
+                .unwrap_or(true);
             if server {
                 CharBackend::UnixServer { path, wait }
             } else {

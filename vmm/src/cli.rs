@@ -219,13 +219,7 @@ fn items(value: &str, first_key: Option<&str>) -> Vec<(String, String)> {
 }
 
 fn on_off(option: &str, value: &str, key: &str, v: &str) -> Result<bool, CliError> {
-    parse_bool(v).ok_or_else(|| {
-        option_err(
-            option,
-            value,
-            format!("Parameter '{key}' expects 'on' or 'off'"),
-        )
-    })
+    machine::parse_bool(key, v).map_err(|e| option_err(option, value, e.to_string()))
 }
 
 impl Default for CliOptions {
@@ -496,8 +490,8 @@ fn parse_serial(arg: &OsStr) -> Result<SerialSpec, CliError> {
         let mut wait = true;
         for item in items[1..].iter().map(|i| lossy(i)) {
             match item.split_once('=').unwrap_or((item.as_str(), "on")) {
-                ("server", v) => server = parse_bool(v).ok_or_else(bad)?,
-                ("wait", v) => wait = parse_bool(v).ok_or_else(bad)?,
+                ("server", v) => server = machine::qapi_bool_parse(v).ok_or_else(bad)?,
+                ("wait", v) => wait = machine::qapi_bool_parse(v).ok_or_else(bad)?,
                 _ => return Err(bad()),
             }
         }
@@ -510,14 +504,6 @@ fn parse_serial(arg: &OsStr) -> Result<SerialSpec, CliError> {
         });
     }
     Err(bad())
-}
-
-fn parse_bool(v: &str) -> Option<bool> {
-    match v {
-        "on" | "yes" | "true" => Some(true),
-        "off" | "no" | "false" => Some(false),
-        _ => None,
-    }
 }
 
 /// The options that take `key=value` lists, with the keys the parser acts on: what QMP's

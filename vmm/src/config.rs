@@ -164,8 +164,18 @@ fn chardev_from_cli(spec: &OsStr) -> Result<(ChardevInfo, Option<SerialSpec>), C
             .find(|(k, _)| k == key)
             .map(|(_, v)| v.clone())
     };
-    let flag =
-        |key: &str| raw(key).map(|v| matches!(lossy(&v).as_str(), "on" | "yes" | "true" | ""));
+    // A bare key is on (QEMU's implied value).
+    let flag = |key: &str| -> Result<Option<bool>, ConfigError> {
+        let Some(v) = raw(key).map(|v| lossy(&v)) else {
+            return Ok(None);
+        };
+        if v.is_empty() {
+            return Ok(Some(true));
+        }
+        machine::parse_bool(key, &v)
+            .map(Some)
+            .map_err(|e| err(e.to_string()))
+    };
     let info = |filename: String| ChardevInfo {
         label: parsed.id.clone(),
         filename,
@@ -189,7 +199,7 @@ fn chardev_from_cli(spec: &OsStr) -> Result<(ChardevInfo, Option<SerialSpec>), C
                 raw("path").ok_or_else(|| err("chardev: file: no filename given".into()))?,
             );
             // Opened now, as QEMU opens every chardev at start.
-            let append = flag("append").unwrap_or(false);
+            let append = flag("append")?.unwrap_or(false);
             let handle =
                 crate::console::FileHandle::open(&path, append).map_err(|e| err(e.to_string()))?;
             (info("file".into()), Some(SerialSpec::OpenFile(handle)))

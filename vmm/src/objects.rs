@@ -108,14 +108,6 @@ fn parse_bytes(text: &str) -> Option<u64> {
     n.checked_mul(1u64 << shift)
 }
 
-fn bool_of(v: &str) -> Option<bool> {
-    match v {
-        "on" | "yes" | "true" => Some(true),
-        "off" | "no" | "false" => Some(false),
-        _ => None,
-    }
-}
-
 /// `key=value` pairs of a keyval or JSON `-object`, values as given (bytes for keyval).
 fn pairs(spec: &OsStr, context: &str) -> Result<Vec<(String, OsString)>, ObjectError> {
     let err = |message: String| ObjectError {
@@ -313,9 +305,7 @@ fn parse_memory(
         context: context.to_string(),
         message,
     };
-    let flag = |k: &str, v: &str| {
-        bool_of(v).ok_or_else(|| err(format!("Parameter '{k}' expects 'on' or 'off'")))
-    };
+    let flag = |k: &str, v: &str| machine::parse_bool(k, v).map_err(|e| err(e.to_string()));
     let mut backend = MemoryBackend {
         id: String::new(),
         qom_type: qom_type.to_string(),

@@ -151,10 +151,7 @@ impl crate::backends::InputConsumer for virtio::console::ConsoleInput {
 }
 
 fn prop<'a>(f: &'a PciFunctionPlan, name: &str) -> Option<&'a str> {
-    f.properties
-        .get(name)
-        .map(String::as_str)
-        .filter(|v| !v.is_empty())
+    f.properties.nonempty_str(name)
 }
 
 fn device_err(f: &PciFunctionPlan, reason: impl Into<String>) -> PciError {
@@ -210,7 +207,7 @@ fn open_net(
     set: &mut VirtioSet,
 ) -> Result<NetBackend, PciError> {
     // QEMU numbers default MACs over every NIC of the machine in creation order.
-    let default_mac = devices::kinds::mac_of(plan, f).unwrap_or(virtio::net::DEFAULT_MAC);
+    let mac = devices::kinds::mac_of(plan, f)?.unwrap_or(machine::MacAddr::FIRST_DEFAULT);
     let tap = match prop(f, "netdev") {
         Some(id) => match backends.iter().find(|b| b.id() == id) {
             Some(Backend::Tap {
@@ -222,11 +219,7 @@ fn open_net(
                 let ifname = ifname.clone().unwrap_or_default();
                 if let Some(client) = client {
                     // Only shown and announced: the device moves the tap's frames itself.
-                    let _ = client.attach_nic(
-                        &nic_name(f, plan),
-                        &f.type_name,
-                        nic_mac(f, default_mac),
-                    );
+                    let _ = client.attach_nic(&nic_name(f, plan), &f.type_name, mac.bytes());
                 }
                 // The tap opened when the netdev was added (backends::add), shared by resets.
                 match handle {
@@ -246,7 +239,7 @@ fn open_net(
             }) => {
                 // The socket pair to the network thread, which runs the netdev.
                 let attached = netdev
-                    .attach_nic(&nic_name(f, plan), &f.type_name, nic_mac(f, default_mac))
+                    .attach_nic(&nic_name(f, plan), &f.type_name, mac.bytes())
                     .map_err(|e| {
                         device_err(
                             f,
@@ -276,7 +269,7 @@ fn open_net(
             File::from(std::os::fd::OwnedFd::from(ours))
         }
     };
-    Ok(NetBackend { tap, default_mac })
+    Ok(NetBackend { tap, mac })
 }
 
 /// The name QEMU gives NIC `f`: its id, or its model and how many NICs of that model come
@@ -292,13 +285,6 @@ fn nic_name(f: &PciFunctionPlan, plan: &Plan) -> String {
         .filter(|g| g.type_name == f.type_name && devices::kinds::is_nic(g))
         .count();
     format!("{}.{before}", f.type_name)
-}
-
-/// The MAC the device starts with: `mac=` or the default QEMU assigns.
-fn nic_mac(f: &PciFunctionPlan, default_mac: [u8; 6]) -> [u8; 6] {
-    prop(f, "mac")
-        .and_then(devices::pci::nic::parse_mac)
-        .unwrap_or(default_mac)
 }
 
 fn open_rng(
@@ -346,7 +332,7 @@ fn open_console(
                 .is_some_and(|c| c.bus == f.bus && c.devfn() == f.devfn())
         })
         .min_by_key(|p| p.nr)
-        .and_then(|p| p.properties.get("chardev").cloned());
+        .and_then(|p| p.properties.nonempty_str("chardev").map(str::to_string));
     let backend = chardev.and_then(|id| {
         backends.iter().find_map(|b| match b {
             Backend::Chardev { id: c, backend } if *c == id => Some((id.clone(), backend.clone())),

@@ -61,9 +61,7 @@ pub fn parse_drive(spec: impl AsRef<OsStr>) -> Result<Backend, BackendError> {
         match k.as_str() {
             "file" if null => file = Some(PathBuf::from(NULL_CO_DEVICE)),
             "file.read-zeroes" if null => {
-                bool_value(&v).ok_or_else(|| {
-                    err(&context, "Parameter 'read-zeroes' expects 'on' or 'off'")
-                })?;
+                machine::parse_bool("read-zeroes", &v).map_err(|e| err(&context, e.to_string()))?;
             }
             "file.size" if null => null_size = Some(size_value(&context, "size", &v)?),
             "file" => file = raw_value(spec, "file").map(PathBuf::from),
@@ -78,22 +76,22 @@ pub fn parse_drive(spec: impl AsRef<OsStr>) -> Result<Backend, BackendError> {
             "format" if v == "raw" => {}
             "format" => return Err(err(&context, format!("Unknown driver '{v}'"))),
             "readonly" => {
-                read_only = bool_value(&v)
-                    .ok_or_else(|| err(&context, "Parameter 'readonly' expects 'on' or 'off'"))?
+                read_only =
+                    machine::parse_bool("readonly", &v).map_err(|e| err(&context, e.to_string()))?
             }
             "cache" => cache = cache_mode(&context, &v)?,
             "cache.direct" => {
-                direct = Some(bool_value(&v).ok_or_else(|| {
-                    err(&context, "Parameter 'cache.direct' expects 'on' or 'off'")
-                })?)
+                direct = Some(
+                    machine::parse_bool("cache.direct", &v)
+                        .map_err(|e| err(&context, e.to_string()))?,
+                )
             }
             "aio" => aio = Some(v),
             // Only matters for a file that cannot be opened read-write, which machina
             // refuses either way (libqtest passes auto-read-only=off).
             "auto-read-only" => {
-                bool_value(&v).ok_or_else(|| {
-                    err(&context, "Parameter 'auto-read-only' expects 'on' or 'off'")
-                })?;
+                machine::parse_bool("auto-read-only", &v)
+                    .map_err(|e| err(&context, e.to_string()))?;
             }
             "file.locking" => locking = locking_value(&context, &k, &v)?,
             "locking" => {
@@ -202,11 +200,10 @@ pub(super) fn blockdev_from_pairs(
     let node =
         get("node-name").ok_or_else(|| err(context, "A block device must be given a name"))?;
     let read_only = match get("read-only") {
-        Some(v) => bool_value(&v)
-            .ok_or_else(|| err(context, "Parameter 'read-only' expects 'on' or 'off'"))?,
+        Some(v) => machine::parse_bool("read-only", &v).map_err(|e| err(context, e.to_string()))?,
         None => false,
     };
-    let cache = match get("cache.direct").as_deref().and_then(bool_value) {
+    let cache = match get("cache.direct").as_deref().and_then(qapi_bool_parse) {
         Some(true) => CacheMode::Direct,
         _ => CacheMode::WriteBack,
     };
@@ -224,13 +221,15 @@ pub(super) fn blockdev_from_pairs(
         context,
         file_key("aio").as_deref(),
         cache == CacheMode::Direct
-            || file_key("cache.direct").as_deref().and_then(bool_value) == Some(true),
+            || file_key("cache.direct")
+                .as_deref()
+                .and_then(qapi_bool_parse)
+                == Some(true),
     )?;
     match driver.as_deref() {
         Some("null-co") => {
             if let Some(v) = get("read-zeroes") {
-                bool_value(&v)
-                    .ok_or_else(|| err(context, "Parameter 'read-zeroes' expects 'on' or 'off'"))?;
+                machine::parse_bool("read-zeroes", &v).map_err(|e| err(context, e.to_string()))?;
             }
             let size = match get("size") {
                 Some(v) => size_value(context, "size", &v)?,

@@ -264,8 +264,7 @@ pub(super) fn parse_boot(opts: &mut CliOptions, value: &str) -> Result<(), CliEr
             .map_err(|_| CliError::Plain(format!("Parameter 'boot.{k}' expects a number")))
     };
     let flag = |k: &str, v: &str| {
-        parse_bool(v)
-            .ok_or_else(|| CliError::Plain(format!("Parameter 'boot.{k}' expects 'on' or 'off'")))
+        machine::parse_bool(&format!("boot.{k}"), v).map_err(|e| CliError::Plain(e.to_string()))
     };
     for (k, v) in items(value, Some("order")) {
         match k.as_str() {

@@ -78,8 +78,11 @@ fn configured_drives(state: &VmState) -> Vec<Drive<'_>> {
                 cache,
                 ..
             } => {
-                let user =
-                    plan.and_then(|p| p.pci.iter().find(|f| f.properties.get("drive") == Some(id)));
+                let user = plan.and_then(|p| {
+                    p.pci
+                        .iter()
+                        .find(|f| f.properties.nonempty_str("drive") == Some(id.as_str()))
+                });
                 Some(Drive {
                     id,
                     file,
