@@ -710,3 +710,85 @@ fn placement_of_isa_devices() {
     c.execute("quit", Value::Null);
     p.wait_exit(LIMIT);
 }
+
+// ---- Typed properties: one bool grammar, one MAC grammar ------------------------------
+
+/// Every option that takes a boolean reads QEMU's spellings (on/yes/true/y, off/no/false/n)
+/// and refuses others with QEMU 7.2's text; `mac=` is checked when the plan is made, with
+/// QEMU's grammar (`-` or `:` between two-digit bytes) and error.
+#[test]
+fn typed_property_grammars() {
+    let log = write_temp("append.log", "");
+    let chardev = |v: &str| format!("file,id=c,path={},append={v}", log.display());
+    let (bad_append, good_append) = (chardev("maybe"), chardev("y"));
+    let rows: &[(&[&str], &str)] = &[
+        (
+            &["-M", "q35", "-device", "virtio-net-pci,mac=52:54:00:12:34"],
+            "Property 'virtio-net-device.mac' doesn't take value '52:54:00:12:34'",
+        ),
+        (
+            &["-M", "q35", "-device", "e1000e,mac=1:2:3:4:5:6"],
+            "-device e1000e,mac=1:2:3:4:5:6: Property 'e1000e.mac' doesn't take value '1:2:3:4:5:6'",
+        ),
+        (
+            &["-M", "q35", "-device", "virtio-net-pci,mrg_rxbuf=1"],
+            "-device virtio-net-pci,mrg_rxbuf=1: Parameter 'mrg_rxbuf' expects 'on' or 'off'",
+        ),
+        (
+            &["-M", "q35", "-device", "virtio-net-pci,mrg_rxbuf="],
+            "Parameter 'mrg_rxbuf' expects 'on' or 'off'",
+        ),
+        (
+            &["-machine", "q35,usb=ON"],
+            "Parameter 'usb' expects 'on' or 'off'",
+        ),
+        (
+            &["-object", "memory-backend-ram,id=m,size=1M,share=1"],
+            "-object memory-backend-ram,id=m,size=1M,share=1: Parameter 'share' expects 'on' or 'off'",
+        ),
+        (
+            &["-chardev", &bad_append],
+            "Parameter 'append' expects 'on' or 'off'",
+        ),
+        (
+            &["-name", "g,debug-threads=True"],
+            "-name g,debug-threads=True: Parameter 'debug-threads' expects 'on' or 'off'",
+        ),
+        (&["-boot", "menu=2"], "Parameter 'boot.menu' expects 'on' or 'off'"),
+        (
+            &["-msg", "timestamp=enable"],
+            "-msg timestamp=enable: Parameter 'timestamp' expects 'on' or 'off'",
+        ),
+    ];
+    let n = table(rows);
+    // The short spellings QEMU also takes (refused by several of machina's parsers before).
+    let plan = in_process(&[
+        "-machine",
+        "q35,usb=n,hpet=y",
+        "-nodefaults",
+        "-device",
+        "virtio-net-pci,id=net0,mac=52-54-00-AB-cd-EF,mrg_rxbuf=n",
+        "-object",
+        "memory-backend-ram,id=m,size=1M,share=y",
+        "-name",
+        "g,debug-threads=y",
+        "-boot",
+        "menu=n",
+        "-msg",
+        "timestamp=y",
+        "-chardev",
+        &good_append,
+        "-device",
+        "isa-serial,chardev=c",
+    ])
+    .expect("QEMU's y/n spellings are accepted everywhere");
+    assert_eq!(plan.options.get("usb").map(String::as_str), Some("off"));
+    assert_eq!(plan.options.get("hpet").map(String::as_str), Some("on"));
+    let net = plan.function_by_id("net0").unwrap();
+    assert_eq!(
+        net.properties.mac("mac").unwrap().map(|m| m.to_string()),
+        Some("52:54:00:ab:cd:ef".to_string())
+    );
+    assert!(!net.properties.bool("mrg_rxbuf", true).unwrap());
+    eprintln!("typed properties: {n} refusals, short spellings accepted");
+}
