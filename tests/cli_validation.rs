@@ -715,7 +715,9 @@ fn placement_of_isa_devices() {
 
 /// Every option that takes a boolean reads QEMU's spellings (on/yes/true/y, off/no/false/n)
 /// and refuses others with QEMU 7.2's text; `mac=` is checked when the plan is made, with
-/// QEMU's grammar (`-` or `:` between two-digit bytes) and error.
+/// QEMU's grammar (`-` or `:` between two-digit bytes) and error; sizes are QEMU's
+/// `qemu_strtosz` (hex, fractions with a suffix) where QEMU reads a size, and integers where
+/// it reads an integer (`-blockdev size=`).
 #[test]
 fn typed_property_grammars() {
     let log = write_temp("append.log", "");
@@ -756,6 +758,19 @@ fn typed_property_grammars() {
         ),
         (&["-boot", "menu=2"], "Parameter 'boot.menu' expects 'on' or 'off'"),
         (
+            &["-object", "memory-backend-ram,id=m,size=1.5"],
+            "-object memory-backend-ram,id=m,size=1.5: Parameter 'size' expects a size value",
+        ),
+        (
+            &["-object", "memory-backend-ram,id=m,size=1M "],
+            "Parameter 'size' expects a size value",
+        ),
+        (
+            &["-blockdev", "driver=null-co,node-name=n,size=1M"],
+            "-blockdev driver=null-co,node-name=n,size=1M: Parameter 'size' expects integer",
+        ),
+        (&["-m", "1.5"], "-m 1.5: Parameter 'size' expects a non-negative number below 2^64"),
+        (
             &["-msg", "timestamp=enable"],
             "-msg timestamp=enable: Parameter 'timestamp' expects 'on' or 'off'",
         ),
@@ -769,7 +784,11 @@ fn typed_property_grammars() {
         "-device",
         "virtio-net-pci,id=net0,mac=52-54-00-AB-cd-EF,mrg_rxbuf=n",
         "-object",
-        "memory-backend-ram,id=m,size=1M,share=y",
+        "memory-backend-ram,id=m,size=0x100000,share=y",
+        "-object",
+        "memory-backend-ram,id=m2,size=1.5M",
+        "-blockdev",
+        "driver=null-co,node-name=n,size=0x100000",
         "-name",
         "g,debug-threads=y",
         "-boot",

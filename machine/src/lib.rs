@@ -57,7 +57,8 @@ pub use options::{OptionDef, OptionSupport, ResolvedOptions};
 pub use plan::*;
 pub use planner::Pluggable;
 pub use properties::{
-    format_devfn, parse_bool, parse_devfn, parse_size, qapi_bool_parse, PropType, PropertyDef,
+    format_devfn, parse_bool, parse_devfn, parse_size, parse_u64_auto, qapi_bool_parse,
+    qemu_strtosz, PropType, PropertyDef, SizeError,
 };
 pub use request::{
     parse_json_strict, split_keyval, DeviceRequest, DeviceSyntax, JsonKind, PlanRequest,

@@ -278,39 +278,77 @@ fn parse_int(name: &str, text: &str, min: i64, max: i64, ty: &str) -> Result<i64
     Ok(v as i64)
 }
 
-/// `qemu_strtosz`: a number with an optional B/K/M/G/T/P/E suffix (binary multiples).
-pub fn parse_size(text: &str) -> Option<u64> {
-    let t = text.trim();
-    if t.is_empty() {
-        return None;
-    }
-    let (num, mult) = match t.chars().last() {
-        Some(c) if c.is_ascii_alphabetic() && !t.starts_with("0x") => {
-            let m: u64 = match c.to_ascii_uppercase() {
-                'B' => 1,
-                'K' => 1 << 10,
-                'M' => 1 << 20,
-                'G' => 1 << 30,
-                'T' => 1 << 40,
-                'P' => 1 << 50,
-                'E' => 1 << 60,
-                _ => return None,
+/// Why [`qemu_strtosz`] refused a text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SizeError {
+    /// Not a size at all (QEMU: "expects a size value" / "a non-negative number below 2^64").
+    Invalid,
+    /// A size beyond 2^64 - 1 (QEMU: "Value 'X' is out of range for parameter 'Y'").
+    OutOfRange,
+}
+
+/// QEMU 7.2's `qemu_strtosz` (util/cutils.c), the one size grammar of `-m`, `-object`,
+/// `-drive`, device `size` properties and `-machine` options: leading blanks, a decimal
+/// number (a fraction only with a suffix, or a zero one), or `0x` hex; then an optional
+/// suffix b/k/M/G/T/P/E (any case, binary multiples) and nothing else. Returns the bytes and
+/// whether a suffix was given (`-m` reads a bare number as MiB).
+pub fn qemu_strtosz(text: &str) -> Result<(u64, bool), SizeError> {
+    let t = text.trim_start();
+    // A hex digit ends a hex number rather than being a suffix (0x1B is 27).
+    let (body, shift) = match t.chars().last() {
+        Some(c) if c.is_ascii_alphabetic() && !(t.starts_with("0x") && c.is_ascii_hexdigit()) => {
+            let shift = match c.to_ascii_lowercase() {
+                'b' => 0,
+                'k' => 10,
+                'm' => 20,
+                'g' => 30,
+                't' => 40,
+                'p' => 50,
+                'e' => 60,
+                _ => return Err(SizeError::Invalid),
             };
-            (&t[..t.len() - 1], m)
+            (&t[..t.len() - 1], Some(shift))
         }
-        _ => (t, 1),
+        _ => (t, None),
     };
-    if let Some(h) = num.strip_prefix("0x") {
-        return u64::from_str_radix(h, 16).ok()?.checked_mul(mult);
-    }
-    if num.contains('.') {
-        let f: f64 = num.parse().ok()?;
-        if !(0.0..1.8e19).contains(&f) {
-            return None;
+    let mult = 1u64 << shift.unwrap_or(0);
+    if let Some(hex) = body.strip_prefix("0x").or_else(|| body.strip_prefix("0X")) {
+        if hex.is_empty() || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(SizeError::Invalid);
         }
-        return Some((f * mult as f64) as u64);
+        return u64::from_str_radix(hex, 16)
+            .ok()
+            .and_then(|n| n.checked_mul(mult))
+            .map(|n| (n, shift.is_some()))
+            .ok_or(SizeError::OutOfRange);
     }
-    num.parse::<u64>().ok()?.checked_mul(mult)
+    let (int, frac) = body.split_once('.').unwrap_or((body, ""));
+    if int.is_empty() || !int.chars().all(|c| c.is_ascii_digit()) {
+        return Err(SizeError::Invalid);
+    }
+    if !frac.chars().all(|c| c.is_ascii_digit()) {
+        return Err(SizeError::Invalid);
+    }
+    // "When a fraction is present, a scale is required" (a zero fraction is no fraction).
+    if shift.is_none() && frac.chars().any(|c| c != '0') {
+        return Err(SizeError::Invalid);
+    }
+    let whole = int.parse::<u64>().map_err(|_| SizeError::OutOfRange)?;
+    let mut bytes = whole.checked_mul(mult).ok_or(SizeError::OutOfRange)?;
+    if !frac.is_empty() {
+        let f: f64 = format!("0.{frac}")
+            .parse()
+            .map_err(|_| SizeError::Invalid)?;
+        bytes = bytes
+            .checked_add((f * mult as f64) as u64)
+            .ok_or(SizeError::OutOfRange)?;
+    }
+    Ok((bytes, shift.is_some()))
+}
+
+/// A size in bytes ([`qemu_strtosz`]), None when QEMU refuses it.
+pub fn parse_size(text: &str) -> Option<u64> {
+    qemu_strtosz(text).ok().map(|(n, _)| n)
 }
 
 /// QEMU's `set_pci_devfn` text form: `SLOT` or `SLOT.FN`, both hex (`sscanf("%x.%x")`), so
@@ -374,10 +412,30 @@ mod tests {
             ("1.5G", Some(3 << 29)),
             ("0x1000", Some(4096)),
             ("x", None),
+            // QEMU 7.2's answers for -object memory-backend-ram,size=...
+            ("1.M", Some(1 << 20)),
+            ("1.0", Some(1)),
+            (" 1M", Some(1 << 20)),
+            ("0x1B", Some(0x1b)),
+            ("0x1M", Some(1 << 20)),
+            ("1e", Some(1 << 60)),
+            ("1k", Some(1024)),
+            ("1b", Some(1)),
+            ("1.5", None),
+            ("1M ", None),
+            ("1Q", None),
+            ("-1", None),
+            ("", None),
+            ("16E", None),
+            ("18446744073709551616", None),
         ];
         for (text, want) in table {
             assert_eq!(parse_size(text), *want, "{text}");
         }
+        assert_eq!(qemu_strtosz("16E"), Err(SizeError::OutOfRange));
+        assert_eq!(qemu_strtosz("12Q"), Err(SizeError::Invalid));
+        assert_eq!(qemu_strtosz("2"), Ok((2, false)));
+        assert_eq!(qemu_strtosz("2k"), Ok((2048, true)));
     }
 
     #[test]

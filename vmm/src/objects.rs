@@ -88,26 +88,6 @@ pub struct MemoryBackend {
     pub file: Option<Arc<File>>,
 }
 
-/// A QEMU size for object properties: bytes unless suffixed (k/M/G/T/P/E).
-fn parse_bytes(text: &str) -> Option<u64> {
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, suffix) = text.split_at(split);
-    let n: u64 = number.parse().ok()?;
-    let shift = match suffix {
-        "" | "B" | "b" => 0,
-        "k" | "K" => 10,
-        "M" | "m" => 20,
-        "G" | "g" => 30,
-        "T" | "t" => 40,
-        "P" | "p" => 50,
-        "E" | "e" => 60,
-        _ => return None,
-    };
-    n.checked_mul(1u64 << shift)
-}
-
 /// `key=value` pairs of a keyval or JSON `-object`, values as given (bytes for keyval).
 fn pairs(spec: &OsStr, context: &str) -> Result<Vec<(String, OsString)>, ObjectError> {
     let err = |message: String| ObjectError {
@@ -325,9 +305,10 @@ fn parse_memory(
             ("qom-type", _) => {}
             ("id", _) => backend.id = text,
             ("size", _) => {
-                size = Some(parse_bytes(&text).ok_or_else(|| {
-                    err("Parameter 'size' expects a non-negative number below 2^64".into())
-                })?)
+                size = Some(
+                    machine::parse_size(&text)
+                        .ok_or_else(|| err("Parameter 'size' expects a size value".into()))?,
+                )
             }
             ("share", _) => backend.share = flag(k, &text)?,
             ("prealloc", _) => backend.prealloc = flag(k, &text)?,

@@ -8,29 +8,27 @@ const NULL_CO_DEVICE: &str = "/dev/zero";
 const NULL_CO_SIZE: u64 = 1 << 30;
 
 /// A byte count as QEMU's size parameters take it (plain bytes or with a k/M/G/T suffix).
+/// A QemuOpts size (`-drive file.size=`): QEMU's `parse_option_size`.
 fn size_value(context: &str, key: &str, v: &str) -> Result<u64, BackendError> {
-    let bad = || {
-        err(
-            context,
-            format!("Parameter '{key}' expects a non-negative number below 2^64"),
-        )
-    };
-    let (digits, shift) = match v.char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => {
-            let shift = match c.to_ascii_lowercase() {
-                'b' => 0,
-                'k' => 10,
-                'm' => 20,
-                'g' => 30,
-                't' => 40,
-                _ => return Err(bad()),
-            };
-            (&v[..i], shift)
-        }
-        _ => (v, 0),
-    };
-    let n: u64 = digits.parse().map_err(|_| bad())?;
-    n.checked_mul(1 << shift).ok_or_else(bad)
+    machine::qemu_strtosz(v)
+        .map(|(n, _)| n)
+        .map_err(|e| match e {
+            machine::SizeError::Invalid => err(
+                context,
+                format!("Parameter '{key}' expects a non-negative number below 2^64"),
+            ),
+            machine::SizeError::OutOfRange => err(
+                context,
+                format!("Value '{v}' is out of range for parameter '{key}'"),
+            ),
+        })
+}
+
+/// A keyval integer (`-blockdev size=`): QEMU's `qemu_strtoi64` with base 0, no suffixes.
+fn integer_value(context: &str, key: &str, v: &str) -> Result<u64, BackendError> {
+    machine::parse_u64_auto(v)
+        .filter(|n| i64::try_from(*n).is_ok())
+        .ok_or_else(|| err(context, format!("Parameter '{key}' expects integer")))
 }
 
 fn cache_mode(context: &str, v: &str) -> Result<CacheMode, BackendError> {
@@ -232,7 +230,7 @@ pub(super) fn blockdev_from_pairs(
                 machine::parse_bool("read-zeroes", &v).map_err(|e| err(context, e.to_string()))?;
             }
             let size = match get("size") {
-                Some(v) => size_value(context, "size", &v)?,
+                Some(v) => integer_value(context, "size", &v)?,
                 None => NULL_CO_SIZE,
             };
             Ok(Backend::Drive {

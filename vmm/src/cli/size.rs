@@ -1,6 +1,7 @@
 //! `-m`: QEMU's size syntax (`qemu_strtosz`) and its `size`/`slots`/`maxmem` keys.
 
 use super::*;
+use machine::{qemu_strtosz, SizeError};
 
 /// `-m [size=]SIZE[,slots=N][,maxmem=SIZE]`, as QEMU reads it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -9,60 +10,6 @@ pub struct MemoryOption {
     pub size: u64,
     pub slots: u64,
     pub maxmem: Option<u64>,
-}
-
-/// `qemu_strtosz`: a decimal (or `0x` hex) number, a fraction only with a suffix, and an
-/// optional suffix b/k/M/G/T/P/E (any case). `Ok(None)` when the value is out of range,
-/// `Ok(Some((bytes, had_suffix)))`, `Err(())` when it is not a size.
-fn strtosz(text: &str) -> Result<Option<(u64, bool)>, ()> {
-    let t = text.trim_start();
-    let (body, shift) = match t.chars().last() {
-        Some(c) if c.is_ascii_alphabetic() && !(t.starts_with("0x") && c.is_ascii_hexdigit()) => {
-            let shift = match c.to_ascii_lowercase() {
-                'b' => 0,
-                'k' => 10,
-                'm' => 20,
-                'g' => 30,
-                't' => 40,
-                'p' => 50,
-                'e' => 60,
-                _ => return Err(()),
-            };
-            (&t[..t.len() - 1], Some(shift))
-        }
-        _ => (t, None),
-    };
-    let mult = 1u64 << shift.unwrap_or(0);
-    if let Some(hex) = body.strip_prefix("0x").or_else(|| body.strip_prefix("0X")) {
-        if hex.is_empty() || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
-            return Err(());
-        }
-        return Ok(u64::from_str_radix(hex, 16)
-            .ok()
-            .and_then(|n| n.checked_mul(mult))
-            .map(|n| (n, shift.is_some())));
-    }
-    let (int, frac) = body.split_once('.').unwrap_or((body, ""));
-    if int.is_empty() || !int.chars().all(|c| c.is_ascii_digit()) {
-        return Err(());
-    }
-    if !frac.chars().all(|c| c.is_ascii_digit()) || (body.contains('.') && shift.is_none()) {
-        return Err(());
-    }
-    let Ok(whole) = int.parse::<u64>() else {
-        return Ok(None);
-    };
-    let Some(mut bytes) = whole.checked_mul(mult) else {
-        return Ok(None);
-    };
-    if !frac.is_empty() {
-        let f: f64 = format!("0.{frac}").parse().map_err(|_| ())?;
-        bytes = match bytes.checked_add((f * mult as f64) as u64) {
-            Some(b) => b,
-            None => return Ok(None),
-        };
-    }
-    Ok(Some((bytes, shift.is_some())))
 }
 
 /// Parse `-m` as QEMU does: the first item is `size`; a size without a suffix is MiB; a size
@@ -97,14 +44,14 @@ pub fn parse_memory(text: &str) -> Result<MemoryOption, CliError> {
     let size = match size.as_deref() {
         None => 0,
         Some("") if text.is_empty() => 0,
-        Some(v) => match strtosz(v) {
-            Err(()) => return Err(expects_size("size")),
-            Ok(None) => return Err(out_of_range("size", v)),
+        Some(v) => match qemu_strtosz(v) {
+            Err(SizeError::Invalid) => return Err(expects_size("size")),
+            Err(SizeError::OutOfRange) => return Err(out_of_range("size", v)),
             // The legacy suffix-less form is MiB.
-            Ok(Some((n, false))) => n
+            Ok((n, false)) => n
                 .checked_mul(1 << 20)
                 .ok_or_else(|| fail("Parameter 'memory.size' expects size".to_string()))?,
-            Ok(Some((n, true))) => n,
+            Ok((n, true)) => n,
         },
     };
     let slots = match slots.as_deref() {
@@ -118,10 +65,10 @@ pub fn parse_memory(text: &str) -> Result<MemoryOption, CliError> {
     };
     let maxmem = match maxmem.as_deref() {
         None => None,
-        Some(v) => match strtosz(v) {
-            Err(()) => return Err(expects_size("maxmem")),
-            Ok(None) => return Err(out_of_range("maxmem", v)),
-            Ok(Some((n, _))) => Some(n),
+        Some(v) => match qemu_strtosz(v) {
+            Err(SizeError::Invalid) => return Err(expects_size("maxmem")),
+            Err(SizeError::OutOfRange) => return Err(out_of_range("maxmem", v)),
+            Ok((n, _)) => Some(n),
         },
     };
     Ok(MemoryOption {
