@@ -83,13 +83,19 @@ impl Eq for PropValue {}
 
 impl PartialEq<str> for PropValue {
     fn eq(&self, other: &str) -> bool {
-        self.to_string() == other
+        match self {
+            PropValue::Str(s) | PropValue::Text(s) => s == other,
+            _ => {
+                let text = self.to_string();
+                text == other
+            }
+        }
     }
 }
 
 impl PartialEq<&str> for PropValue {
     fn eq(&self, other: &&str) -> bool {
-        self.to_string() == *other
+        <PropValue as PartialEq<str>>::eq(self, other)
     }
 }
 
