@@ -801,8 +801,8 @@ fn typed_property_grammars() {
         "isa-serial,chardev=c",
     ])
     .expect("QEMU's y/n spellings are accepted everywhere");
-    assert_eq!(plan.options.get("usb").map(String::as_str), Some("off"));
-    assert_eq!(plan.options.get("hpet").map(String::as_str), Some("on"));
+    assert!(!plan.options.bool("usb", true).unwrap());
+    assert!(plan.options.bool("hpet", false).unwrap());
     let net = plan.function_by_id("net0").unwrap();
     assert_eq!(
         net.properties.mac("mac").unwrap().map(|m| m.to_string()),

@@ -3,7 +3,8 @@
 //! plan's `options` map.
 
 use crate::error::PlanError;
-use crate::properties::{canonical_value, parse_size, PropType};
+use crate::properties::{decode, parse_size, PropType};
+use crate::value::{OnOffAuto, PropValue, Properties};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -53,25 +54,25 @@ impl OptionDef {
     }
 }
 
-/// Options of a plan after validation: canonical text per option (bools as `on`/`off`,
-/// OnOffAuto resolved where the option says how), unset options absent.
+/// Options of a plan after validation, decoded (bools as on/off switches, as `-machine`
+/// spells them; OnOffAuto resolved where the option says how), unset options absent.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ResolvedOptions {
-    pub values: BTreeMap<String, String>,
+    pub values: Properties,
 }
 
 impl ResolvedOptions {
     /// True when the option resolved to on.
     pub fn is_on(&self, name: &str) -> bool {
-        matches!(self.values.get(name).map(String::as_str), Some("on"))
+        matches!(
+            self.values.get(name),
+            Some(PropValue::OnOffAuto(OnOffAuto::On))
+        )
     }
 
-    /// A size option in bytes (absent, `0` or unparsable: `None`).
+    /// A size option in bytes (absent or `0`: `None`).
     pub fn size(&self, name: &str) -> Option<u64> {
-        self.values
-            .get(name)
-            .and_then(|v| v.parse::<u64>().ok())
-            .filter(|v| *v != 0)
+        self.values.uint(name).filter(|v| *v != 0)
     }
 }
 
@@ -82,7 +83,7 @@ pub fn resolve_options(
     defs: &[OptionDef],
     given: &[(String, String)],
 ) -> Result<ResolvedOptions, PlanError> {
-    let mut raw: BTreeMap<&str, String> = BTreeMap::new();
+    let mut raw: BTreeMap<&str, PropValue> = BTreeMap::new();
     for (k, v) in given {
         if k == "type" {
             continue;
@@ -94,8 +95,8 @@ pub fn resolve_options(
                     machine: machine.to_string(),
                     option: k.clone(),
                 })?;
-        let canon = canonical_text(def, v)?;
-        check_support(machine, def, &canon, v)?;
+        let canon = decode_option(def, v)?;
+        check_support(machine, def, &canon.to_string(), v)?;
         if def.name == "max-ram-below-4g" {
             if let Some(sz) = parse_size(v) {
                 if sz > 1 << 32 {
@@ -105,12 +106,12 @@ pub fn resolve_options(
         }
         raw.insert(def.name.as_str(), canon);
     }
-    let mut values = BTreeMap::new();
+    let mut values = Properties::new();
     for def in defs {
         let v = match raw.get(def.name.as_str()) {
             Some(v) => v.clone(),
             None => match &def.default {
-                Some(d) => canonical_text(def, d)?,
+                Some(d) => decode_option(def, d)?,
                 None => continue,
             },
         };
@@ -119,28 +120,37 @@ pub fn resolve_options(
     // Resolve `auto` in definition order; `follow:` refers to an already resolved option.
     for def in defs {
         let Some(auto) = &def.auto else { continue };
-        if values.get(&def.name).map(String::as_str) != Some("auto") {
+        if !matches!(
+            values.get(&def.name),
+            Some(PropValue::OnOffAuto(OnOffAuto::Auto))
+        ) {
             continue;
         }
         let resolved = match auto.strip_prefix("follow:") {
             Some(other) => values
                 .get(other)
                 .cloned()
-                .unwrap_or_else(|| "off".to_string()),
-            None => auto.clone(),
+                .unwrap_or(PropValue::OnOffAuto(OnOffAuto::Off)),
+            None => OnOffAuto::parse(auto)
+                .map(PropValue::OnOffAuto)
+                .unwrap_or_else(|| PropValue::Str(auto.clone())),
         };
         values.insert(def.name.clone(), resolved);
     }
     Ok(ResolvedOptions { values })
 }
 
-/// Canonical text: bools as `on`/`off`, sizes in bytes, enums verbatim.
-fn canonical_text(def: &OptionDef, text: &str) -> Result<String, PlanError> {
-    let c = canonical_value(def.ty, &def.name, "machine", &def.values, text)?;
-    Ok(match def.ty {
-        PropType::Bool => if c == "true" { "on" } else { "off" }.to_string(),
-        _ => c,
-    })
+/// An option's value: `-machine` bools are on/off switches (canonical text `on`/`off`),
+/// sizes in bytes, enums verbatim.
+fn decode_option(def: &OptionDef, text: &str) -> Result<PropValue, PlanError> {
+    Ok(
+        match decode(def.ty, &def.name, "machine", &def.values, text)? {
+            PropValue::Bool(b) if def.ty == PropType::Bool => {
+                PropValue::OnOffAuto(if b { OnOffAuto::On } else { OnOffAuto::Off })
+            }
+            v => v,
+        },
+    )
 }
 
 fn check_support(

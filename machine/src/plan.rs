@@ -5,7 +5,6 @@
 
 use crate::value::Properties;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 
 /// Chipset family of a machine type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -232,7 +231,7 @@ pub struct Plan {
     pub machine: String,
     pub family: Family,
     /// Every machine option with its resolved value (`usb=off`, `acpi=on`, ...).
-    pub options: BTreeMap<String, String>,
+    pub options: Properties,
     pub nodefaults: bool,
     pub cpus: u32,
     pub max_cpus: u32,

@@ -362,16 +362,17 @@ impl<'a> Ctx<'a> {
                 return false;
             };
             !ty.acpi_bridge_hotplug.is_empty()
-                && ty.acpi_bridge_hotplug.iter().all(|name| {
-                    match f.properties.get(name) {
+                && ty
+                    .acpi_bridge_hotplug
+                    .iter()
+                    .all(|name| match f.properties.get(name) {
                         Some(PropValue::Bool(b)) => *b,
                         Some(_) => false,
                         None => ty
                             .property(name)
-                            .and_then(|p| p.default_value(Some(&ty.name)))
+                            .and_then(|p| p.default_value())
                             .is_some_and(|v| v == PropValue::Bool(true)),
-                    }
-                })
+                    })
         })
     }
 
@@ -672,11 +673,7 @@ impl<'a> Ctx<'a> {
 
     /// QEMU's chassis rules of a bridge: `chassis_nr` required (SHPC bridges), unique
     /// (chassis, slot) pairs (PCIe slots).
-    fn check_chassis(
-        &mut self,
-        dev: &DeviceType,
-        props: &Properties,
-    ) -> Result<(), PlanError> {
+    fn check_chassis(&mut self, dev: &DeviceType, props: &Properties) -> Result<(), PlanError> {
         let Some(bridge) = &dev.bridge else {
             return Ok(());
         };
@@ -890,7 +887,7 @@ fn resolve_properties(
 ) -> Result<Properties, PlanError> {
     let mut map = Properties::new();
     for p in &dev.properties {
-        if let Some(d) = p.default_value(Some(owner(dev, p))) {
+        if let Some(d) = p.default_value() {
             map.insert(p.name.clone(), d);
         }
     }

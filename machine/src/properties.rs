@@ -96,14 +96,9 @@ pub struct PropertyDef {
 }
 
 impl PropertyDef {
-    /// The default in canonical plan text, if any.
-    pub fn default_text(&self) -> Option<String> {
-        self.default_value(None).map(|v| v.to_string())
-    }
-
-    /// The default as a typed value, if any. `owner` names the type in a decoding error
-    /// (a catalog whose default does not fit its type: such a default is kept as text).
-    pub fn default_value(&self, owner: Option<&str>) -> Option<PropValue> {
+    /// The default as a typed value, if any (a default that does not fit the declared type,
+    /// from a machine definition, is kept as text).
+    pub fn default_value(&self) -> Option<PropValue> {
         let v = self.default.as_ref()?;
         let text = match v {
             serde_json::Value::Bool(b) => b.to_string(),
@@ -119,7 +114,7 @@ impl PropertyDef {
             other => other.to_string(),
         };
         Some(
-            self.decode(owner.unwrap_or(&self.name), &text)
+            self.decode(&self.name, &text)
                 .unwrap_or(PropValue::Text(text)),
         )
     }
@@ -129,22 +124,6 @@ impl PropertyDef {
     pub fn decode(&self, owner: &str, text: &str) -> Result<PropValue, PlanError> {
         decode(self.ty, &self.name, owner, &self.values, text)
     }
-
-    /// Parse `text` given for this property into canonical plan text, with QEMU's errors.
-    pub fn canonical(&self, owner: &str, text: &str) -> Result<String, PlanError> {
-        self.decode(owner, text).map(|v| v.to_string())
-    }
-}
-
-/// Parse `text` for a property of type `ty` into canonical text.
-pub fn canonical_value(
-    ty: PropType,
-    name: &str,
-    owner: &str,
-    values: &[String],
-    text: &str,
-) -> Result<String, PlanError> {
-    decode(ty, name, owner, values, text).map(|v| v.to_string())
 }
 
 /// Decode `text` for a property `name` of type `ty` (of QOM type `owner`), as QEMU's
@@ -514,29 +493,31 @@ mod tests {
     #[test]
     fn scalar_errors() {
         assert_eq!(
-            canonical_value(PropType::Bool, "usb", "m", &[], "maybe")
+            decode(PropType::Bool, "usb", "m", &[], "maybe")
                 .unwrap_err()
                 .to_string(),
             "Parameter 'usb' expects 'on' or 'off'"
         );
         assert_eq!(
-            canonical_value(PropType::OnOffAuto, "acpi", "m", &[], "maybe")
+            decode(PropType::OnOffAuto, "acpi", "m", &[], "maybe")
                 .unwrap_err()
                 .to_string(),
             "Parameter 'acpi' does not accept value 'maybe'"
         );
         assert_eq!(
-            canonical_value(PropType::Uint8, "chassis", "m", &[], "300")
+            decode(PropType::Uint8, "chassis", "m", &[], "300")
                 .unwrap_err()
                 .to_string(),
             "Parameter 'chassis' expects uint8_t"
         );
         assert_eq!(
-            canonical_value(PropType::Int32, "x", "m", &[], "-5").unwrap(),
+            decode(PropType::Int32, "x", "m", &[], "-5")
+                .unwrap()
+                .to_string(),
             "-5"
         );
         assert_eq!(
-            canonical_value(PropType::PciDevfn, "addr", "e1000", &[], "0x20")
+            decode(PropType::PciDevfn, "addr", "e1000", &[], "0x20")
                 .unwrap_err()
                 .to_string(),
             "Property 'e1000.addr' doesn't take value '0x20'"

@@ -407,7 +407,7 @@ fn catalog_defaults_are_typed() {
     let c = Catalog::builtin();
     for t in c.device_types() {
         for p in &t.properties {
-            if let Some(v) = p.default_value(Some(&t.name)) {
+            if let Some(v) = p.default_value() {
                 assert!(
                     !matches!(v, machine::PropValue::Text(_)),
                     "{}.{}: default {:?} is not a {:?}",

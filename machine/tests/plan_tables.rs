@@ -182,7 +182,7 @@ fn resolved_options() {
             let p = ok(req)?;
             for pair in want.split("; ") {
                 let (k, v) = pair.split_once('=').ok_or("bad pair")?;
-                let got = p.options.get(k).map(String::as_str).unwrap_or("<unset>");
+                let got = p.options.text(k).unwrap_or_else(|| "<unset>".to_string());
                 if got != v {
                     return Err(format!("{k}: want {v}, got {got}"));
                 }

@@ -868,7 +868,7 @@ mod tests {
         };
         let with = plan_of("-M q35");
         let without = plan_of("-M q35 -no-hpet");
-        assert_eq!(without.options.get("hpet").map(String::as_str), Some("off"));
+        assert_eq!(without.options.text("hpet").as_deref(), Some("off"));
         let has_hpet = |plan: &machine::Plan| {
             let value = serde_json::to_value(plan).unwrap();
             value["isa"]

@@ -28,5 +28,5 @@ pub(crate) fn isa_has_port(plan: &Plan, port: u64) -> bool {
 
 /// QEMU enables SMM (and its SMRAM registers) unless `smm=off`.
 pub(crate) fn smm_enabled(plan: &Plan) -> bool {
-    plan.options.get("smm").map(|v| v != "off").unwrap_or(true)
+    plan.options.bool("smm", true).unwrap_or(true)
 }

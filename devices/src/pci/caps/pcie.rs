@@ -123,10 +123,10 @@ impl LinkSpeed {
     pub const GT8: Self = Self(3);
     pub const GT16: Self = Self(4);
 
-    /// The `x-speed` property (QAPI PCIELinkSpeed names).
-    pub fn parse(v: &str) -> Option<Self> {
-        Some(Self(match v.trim().to_ascii_lowercase().as_str() {
-            "2_5" | "2.5" => 1,
+    /// The `x-speed` enum value (QAPI PCIELinkSpeed names, checked by the planner).
+    pub fn from_enum(v: &str) -> Option<Self> {
+        Some(Self(match v {
+            "2_5" => 1,
             "5" => 2,
             "8" => 3,
             "16" => 4,
@@ -137,10 +137,18 @@ impl LinkSpeed {
     }
 }
 
-/// `x-width` values: 1, 2, 4, 8, 12, 16, 32 lanes.
-pub fn parse_width(v: &str) -> Option<u8> {
-    let w: u8 = v.trim().parse().ok()?;
-    [1, 2, 4, 8, 12, 16, 32].contains(&w).then_some(w)
+/// The `x-width` enum value (QAPI PCIELinkWidth names: 1, 2, 4, 8, 12, 16, 32 lanes).
+pub fn width_from_enum(v: &str) -> Option<u8> {
+    Some(match v {
+        "1" => 1,
+        "2" => 2,
+        "4" => 4,
+        "8" => 8,
+        "12" => 12,
+        "16" => 16,
+        "32" => 32,
+        _ => return None,
+    })
 }
 
 /// What pcie_cap_slot_init needs from the PCIESlot properties.

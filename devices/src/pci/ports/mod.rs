@@ -4,7 +4,7 @@ pub mod root_port;
 pub mod switch;
 
 use super::caps::aer::AerConfig;
-use super::caps::pcie::{parse_width, LinkSpeed, SlotConfig};
+use super::caps::pcie::{width_from_enum, LinkSpeed, SlotConfig};
 use super::PciError;
 use machine::Properties;
 
@@ -46,7 +46,7 @@ pub(crate) fn link(p: &Properties, speed: &str, width: &str) -> Result<(LinkSpee
     let s = p.str("x-speed", speed)?;
     let w = p.str("x-width", width)?;
     Ok((
-        LinkSpeed::parse(s).ok_or_else(|| bad("x-speed", s))?,
-        parse_width(w).ok_or_else(|| bad("x-width", w))?,
+        LinkSpeed::from_enum(s).ok_or_else(|| bad("x-speed", s))?,
+        width_from_enum(w).ok_or_else(|| bad("x-width", w))?,
     ))
 }
