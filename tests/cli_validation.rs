@@ -758,6 +758,10 @@ fn typed_property_grammars() {
         ),
         (&["-boot", "menu=2"], "Parameter 'boot.menu' expects 'on' or 'off'"),
         (
+            &["-netdev", "tap,id=n0,vhost=maybe"],
+            "-netdev tap,id=n0,vhost=maybe: Parameter 'vhost' expects 'on' or 'off'",
+        ),
+        (
             &["-object", "memory-backend-ram,id=m,size=1.5"],
             "-object memory-backend-ram,id=m,size=1.5: Parameter 'size' expects a size value",
         ),

@@ -498,7 +498,12 @@ fn netdev_from_pairs(
             ("script" | "downscript", _) => {
                 return Err(err(&context, "machina runs no network scripts: use script=no,downscript=no with an existing or new tap"))
             }
-            ("vhost", "off") => {}
+            // vhost=off in any of QEMU's spellings; machina has no vhost.
+            ("vhost", v) => match machine::parse_bool("vhost", v) {
+                Ok(false) => {}
+                Ok(true) => return Err(err(&context, "Invalid parameter 'vhost'")),
+                Err(e) => return Err(err(&context, e.to_string())),
+            },
             (other, _) => return Err(err(&context, format!("Invalid parameter '{other}'"))),
         }
     }
