@@ -66,7 +66,10 @@ impl QtestEndpoint {
         let mut server = false;
         for item in &items[1..] {
             match item.split_once('=').unwrap_or((item.as_str(), "on")) {
-                ("server", v) => server = matches!(v, "on" | "yes" | "true"),
+                ("server", v) => {
+                    server = machine::qapi_bool_parse(v)
+                        .ok_or_else(|| QtestError::BadSpec(spec.to_string()))?
+                }
                 ("wait", _) | ("nowait", _) => {}
                 _ => return Err(QtestError::BadSpec(spec.to_string())),
             }
