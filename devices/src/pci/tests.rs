@@ -46,8 +46,9 @@ pub(crate) fn q35_plan() -> Plan {
 /// plan reaches.
 pub(crate) fn q35_smm_plan() -> Plan {
     let mut plan = q35_plan();
-    assert_eq!(plan.options.get("smm").map(String::as_str), Some("off"));
-    plan.options.insert("smm".into(), "on".into());
+    assert_eq!(plan.options.text("smm").as_deref(), Some("off"));
+    plan.options
+        .insert("smm", machine::PropValue::OnOffAuto(machine::OnOffAuto::On));
     plan
 }
 
