@@ -79,6 +79,14 @@ fn memory_refusals() {
     let rows: &[(&[&str], &str)] = &[
         (&["-m", "256,foo=bar"], "-m 256,foo=bar: Invalid parameter 'foo'"),
         (&["-m", "1.5"], "-m 1.5: Parameter 'size' expects a non-negative number below 2^64"),
+        (
+            &["-M", "q35", "-device", "pcie-root-port,io-reserve=1Q"],
+            "-device pcie-root-port,io-reserve=1Q: Parameter 'io-reserve' expects size",
+        ),
+        (
+            &["-M", "q35", "-device", "pcie-root-port,chassis=5 "],
+            "Parameter 'chassis' expects integer",
+        ),
         (&["-m", "16E"], "-m 16E: Value '16E' is out of range for parameter 'size'"),
         (&["-m", "256,slots=2"], "slots specified but no max-size"),
         (
@@ -774,6 +782,14 @@ fn typed_property_grammars() {
             "-blockdev driver=null-co,node-name=n,size=1M: Parameter 'size' expects integer",
         ),
         (&["-m", "1.5"], "-m 1.5: Parameter 'size' expects a non-negative number below 2^64"),
+        (
+            &["-M", "q35", "-device", "pcie-root-port,io-reserve=1Q"],
+            "-device pcie-root-port,io-reserve=1Q: Parameter 'io-reserve' expects size",
+        ),
+        (
+            &["-M", "q35", "-device", "pcie-root-port,chassis=5 "],
+            "Parameter 'chassis' expects integer",
+        ),
         (
             &["-msg", "timestamp=enable"],
             "-msg timestamp=enable: Parameter 'timestamp' expects 'on' or 'off'",

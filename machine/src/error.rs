@@ -29,7 +29,7 @@ pub enum PlanError {
     #[error("Parameter '{name}' expects {ty}")]
     IntegerOutOfRange { name: String, ty: String },
     /// A size option that is not a size (`4G`, `512M`, `1024`).
-    #[error("Parameter '{0}' expects a size value")]
+    #[error("Parameter '{0}' expects size")]
     ExpectsSize(String),
     /// A value QEMU accepts but machina does not build (e.g. `smm=on`).
     #[error("Property '{machine}-machine.{option}' value '{value}' is not supported by machina (supported: {supported})")]
@@ -40,7 +40,7 @@ pub enum PlanError {
         supported: String,
     },
     /// `max-ram-below-4g` above 4 GiB.
-    #[error("Machine option 'max-ram-below-4g={0}' expects size less than or equal to 4 GiB")]
+    #[error("Machine option 'max-ram-below-4g={0}' expects size less than or equal to 4G")]
     MaxRamBelow4gTooLarge(u64),
     /// `-smp 0`.
     #[error("Invalid CPU topology: CPU topology parameters must be greater than zero")]

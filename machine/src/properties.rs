@@ -202,9 +202,10 @@ fn parse_enum(name: &str, text: &str, values: &[&str]) -> Result<PropValue, Plan
     }
 }
 
-/// `strtoull(text, 0)`-style: `0x` hex, leading-0 octal, else decimal.
+/// `strtoull(text, 0)`-style: leading blanks, `0x` hex, leading-0 octal, else decimal;
+/// nothing after the number.
 pub fn parse_u64_auto(text: &str) -> Option<u64> {
-    let t = text.trim();
+    let t = text.trim_start();
     if let Some(h) = t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
         u64::from_str_radix(h, 16).ok()
     } else if t.len() > 1 && t.starts_with('0') {
@@ -218,7 +219,7 @@ pub fn parse_u64_auto(text: &str) -> Option<u64> {
 /// ones, and so out of range below 64 bits).
 pub fn parse_u64_wrapping(text: &str) -> Option<u64> {
     parse_u64_auto(text).or_else(|| {
-        text.trim()
+        text.trim_start()
             .strip_prefix('-')
             .and_then(parse_u64_auto)
             .map(u64::wrapping_neg)
@@ -237,7 +238,7 @@ fn parse_uint(name: &str, text: &str, max: u64, ty: &str) -> Result<u64, PlanErr
 }
 
 fn parse_int(name: &str, text: &str, min: i64, max: i64, ty: &str) -> Result<i64, PlanError> {
-    let t = text.trim();
+    let t = text.trim_start();
     let (neg, body) = match t.strip_prefix('-') {
         Some(b) => (true, b),
         None => (false, t),
@@ -260,7 +261,7 @@ fn parse_int(name: &str, text: &str, min: i64, max: i64, ty: &str) -> Result<i64
 /// Why [`qemu_strtosz`] refused a text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SizeError {
-    /// Not a size at all (QEMU: "expects a size value" / "a non-negative number below 2^64").
+    /// Not a size at all (QEMU: "expects size" for -device and -machine, "expects a size value" for -object, "a non-negative number below 2^64" for QemuOpts).
     Invalid,
     /// A size beyond 2^64 - 1 (QEMU: "Value 'X' is out of range for parameter 'Y'").
     OutOfRange,
@@ -333,7 +334,10 @@ pub fn parse_size(text: &str) -> Option<u64> {
 /// QEMU's `set_pci_devfn` text form: `SLOT` or `SLOT.FN`, both hex (`sscanf("%x.%x")`), so
 /// `10` is slot 0x10. Returns the devfn.
 pub fn parse_devfn(text: &str) -> Option<u8> {
+    // sscanf's %x: leading blanks, an optional sign, an optional 0x.
     fn hex(s: &str) -> Option<u32> {
+        let s = s.trim_start();
+        let s = s.strip_prefix('+').unwrap_or(s);
         let s = s
             .strip_prefix("0x")
             .or_else(|| s.strip_prefix("0X"))
@@ -375,6 +379,12 @@ mod tests {
             ("2.8", None),
             ("zz", None),
             ("", None),
+            // QEMU 7.2: -device virtio-net-pci,addr=...
+            (" 2", Some(0x10)),
+            ("2. 1", Some(0x11)),
+            ("+2", Some(0x10)),
+            ("2 ", None),
+            ("-1", None),
         ];
         for (text, want) in table {
             assert_eq!(parse_devfn(text), *want, "{text}");
@@ -474,7 +484,7 @@ mod tests {
         );
         assert_eq!(
             d(PropType::Size, "1Q").unwrap_err().to_string(),
-            "Parameter 'p' expects a size value"
+            "Parameter 'p' expects size"
         );
         assert_eq!(
             d(PropType::Int32, "x").unwrap_err().to_string(),
