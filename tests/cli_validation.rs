@@ -728,7 +728,8 @@ fn placement_of_isa_devices() {
 /// it reads an integer (`-blockdev size=`).
 #[test]
 fn typed_property_grammars() {
-    let log = write_temp("append.log", "");
+    let dir = TempDir::new("typed-properties");
+    let log = write_temp(&dir, "append.log", "");
     let chardev = |v: &str| format!("file,id=c,path={},append={v}", log.display());
     let (bad_append, good_append) = (chardev("maybe"), chardev("y"));
     let rows: &[(&[&str], &str)] = &[
