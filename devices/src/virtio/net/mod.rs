@@ -40,7 +40,7 @@ const MAX_FRAME: usize = 65_562;
 const CONFIG_LEN: usize = 8;
 
 /// The tap the VMM opened (see [`tap::open_tap`]) and the MAC the machine gives the device
-/// (its `mac=`, or QEMU's default numbering: `devices::pci::nic::mac_of`).
+/// (its `mac=`, or QEMU's default numbering: `devices::kinds::mac_of`).
 pub struct NetBackend {
     pub tap: File,
     pub mac: MacAddr,
