@@ -7,7 +7,7 @@ use crate::plan::BusKind;
 use crate::properties::{parse_u64_auto, PropertyDef};
 use crate::value::Properties;
 use serde::{Deserialize, Deserializer, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 /// QEMU's device categories, in the order `-device help` prints them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -484,11 +484,7 @@ struct Folded {
 
 impl Folded {
     /// `self` (the parent's fold) extended by `d`.
-    fn extend(
-        &mut self,
-        d: &DeviceTypeDef,
-        property_sets: &BTreeMap<String, Vec<PropertyDef>>,
-    ) -> Result<(), CatalogError> {
+    fn extend(&mut self, d: &DeviceTypeDef, defs: &dyn DeviceDefs) -> Result<(), CatalogError> {
         if let Some(u) = d.user_creatable {
             self.user_creatable = Some(u);
         }
@@ -538,8 +534,8 @@ impl Folded {
             self.required_properties = d.required_properties.clone();
         }
         for set in &d.property_sets {
-            let list = property_sets
-                .get(set)
+            let list = defs
+                .property_set(set)
                 .ok_or_else(|| CatalogError::UnknownPropertySet {
                     name: d.name.clone(),
                     set: set.clone(),
@@ -555,118 +551,168 @@ impl Folded {
     }
 }
 
+/// The walk error of a device type, worded for device types.
+fn device_walk_error(e: WalkError) -> CatalogError {
+    match e {
+        WalkError::UnknownParent { name, parent } => {
+            CatalogError::UnknownDeviceParent { name, parent }
+        }
+        WalkError::Cycle(name) => CatalogError::DeviceInheritanceCycle(name),
+        WalkError::TooDeep(name) => CatalogError::TooDeep {
+            kind: "device type",
+            name,
+            limit: MAX_INHERITANCE_DEPTH,
+        },
+    }
+}
+
+/// The device type definitions of a catalog, as the resolution reads them.
+pub(crate) trait DeviceDefs {
+    /// How many definitions there are.
+    fn count(&self) -> usize;
+    /// Definition `i` (in definition order).
+    fn def(&self, i: usize) -> &DeviceTypeDef;
+    /// The index of the definition named `name` (names, not aliases).
+    fn index_of(&self, name: &str) -> Option<usize>;
+    /// The property set `name`.
+    fn property_set(&self, name: &str) -> Option<&[PropertyDef]>;
+}
+
 /// Resolve every definition (inheritance, property sets) into `DeviceType`s, in definition
 /// order. Definitions whose parent is not in `defs` are an error, as are cycles and chains
 /// deeper than `MAX_INHERITANCE_DEPTH`. Linear in the number of definitions: each type's
 /// inherited part is folded once and reused by its children.
-pub fn resolve_device_types(
-    defs: &[DeviceTypeDef],
-    property_sets: &BTreeMap<String, Vec<PropertyDef>>,
-) -> Result<Vec<DeviceType>, CatalogError> {
-    let by_name: HashMap<&str, usize> = defs
-        .iter()
-        .enumerate()
-        .map(|(i, d)| (d.name.as_str(), i))
-        .collect();
-    let parent = |i: usize| match &defs[i].parent {
+pub(crate) fn resolve_device_types(defs: &dyn DeviceDefs) -> Result<Vec<DeviceType>, CatalogError> {
+    let n = defs.count();
+    let parent = |i: usize| match &defs.def(i).parent {
         None => Ok(None),
-        Some(p) => by_name.get(p.as_str()).copied().map(Some).ok_or(p.clone()),
+        Some(p) => defs.index_of(p).map(Some).ok_or(p.clone()),
     };
     let order =
-        resolution_order(defs.len(), parent, |i| defs[i].name.clone()).map_err(|e| match e {
-            WalkError::UnknownParent { name, parent } => {
-                CatalogError::UnknownDeviceParent { name, parent }
-            }
-            WalkError::Cycle(name) => CatalogError::DeviceInheritanceCycle(name),
-            WalkError::TooDeep(name) => CatalogError::TooDeep {
-                kind: "device type",
-                name,
-                limit: MAX_INHERITANCE_DEPTH,
-            },
-        })?;
-    let mut folded: Vec<Option<Folded>> = vec![None; defs.len()];
+        resolution_order(n, parent, |i| defs.def(i).name.clone()).map_err(device_walk_error)?;
+    let mut folded: Vec<Option<Folded>> = vec![None; n];
     for i in order {
-        let def = &defs[i];
+        let def = defs.def(i);
         let mut f = match parent(i).ok().flatten() {
             Some(p) => {
                 let mut f = folded[p].clone().unwrap_or_default();
-                f.ancestors.insert(0, defs[p].name.clone());
+                f.ancestors.insert(0, defs.def(p).name.clone());
                 f
             }
             None => Folded::default(),
         };
-        f.extend(def, property_sets)?;
+        f.extend(def, defs)?;
         folded[i] = Some(f);
     }
-    let mut out = Vec::with_capacity(defs.len());
-    for (def, f) in defs.iter().zip(folded) {
-        let f = f.unwrap_or_default();
-        let mut t = DeviceType {
-            name: def.name.clone(),
-            parent: def.parent.clone(),
-            ancestors: f.ancestors,
-            is_abstract: def.is_abstract,
-            user_creatable: f.user_creatable.unwrap_or(true),
-            category: f.category,
-            description: def.description.clone(),
-            alias: def.alias.clone(),
-            bus: f.bus,
-            interfaces: f.interfaces,
-            pci: None,
-            virtio: f.virtio,
-            bridge: f.bridge,
-            isa: f.isa,
-            connect: f.connect,
-            clears_default: def.clears_default.clone(),
-            libvirt_model: f.libvirt_model,
-            modelled: f.modelled.unwrap_or(true),
-            console: f.console.unwrap_or(false),
-            acpi_bridge_hotplug: f.acpi_bridge_hotplug.unwrap_or_default(),
-            required_properties: f.required_properties.unwrap_or_default(),
-            properties: f.props.into_values().collect(),
-            compat_match: Vec::new(),
-        };
-        if f.has_pci {
-            let pci = f.pci;
-            t.pci = Some(PciSpec {
-                vendor: pci.vendor.map(|n| n.0 as u16).unwrap_or(0),
-                device: pci.device.map(|n| n.0 as u16).unwrap_or(0),
-                class: pci.class.map(|n| n.0 as u32).unwrap_or(0),
-                revision: pci.revision.map(|n| n.0 as u8).unwrap_or(0),
-                subsystem: pci.subsystem.unwrap_or(SubsystemDef::Default),
-                header_type: pci.header_type.unwrap_or(0),
-            });
+    Ok(folded
+        .into_iter()
+        .enumerate()
+        .map(|(i, f)| finish(defs.def(i), f.unwrap_or_default(), defs))
+        .collect())
+}
+
+/// Resolve the one definition `i` (what [`resolve_device_types`] gives for it), by folding
+/// its own chain: for looking up a few types without resolving the whole catalog.
+pub(crate) fn resolve_device_type(
+    defs: &dyn DeviceDefs,
+    i: usize,
+) -> Result<DeviceType, CatalogError> {
+    let mut chain = vec![i];
+    let mut cur = i;
+    while let Some(p) = &defs.def(cur).parent {
+        cur = defs.index_of(p).ok_or_else(|| {
+            device_walk_error(WalkError::UnknownParent {
+                name: defs.def(cur).name.clone(),
+                parent: p.clone(),
+            })
+        })?;
+        // A cycle also ends here: it never reaches a root.
+        if chain.len() > MAX_INHERITANCE_DEPTH {
+            return Err(device_walk_error(match chain.contains(&cur) {
+                true => WalkError::Cycle(defs.def(cur).name.clone()),
+                false => WalkError::TooDeep(defs.def(i).name.clone()),
+            }));
         }
-        t.compat_match.push(t.name.clone());
-        t.compat_match.extend(t.ancestors.iter().cloned());
-        if let Some(v) = &t.virtio {
-            // The proxy always carries a virtio device; its compat properties apply. The
-            // chain was checked above, but the backend may be any name: stop at a repeat.
-            let backend = v
-                .backend
-                .clone()
-                .unwrap_or_else(|| "virtio-device".to_string());
-            let mut cur = Some(backend);
-            let mut steps = 0;
-            while let Some(name) = cur {
-                steps += 1;
-                if steps > MAX_INHERITANCE_DEPTH + 1 {
-                    break;
-                }
-                cur = by_name
-                    .get(name.as_str())
-                    .and_then(|&i| defs[i].parent.clone());
-                if !t.compat_match.contains(&name) {
-                    t.compat_match.push(name);
-                }
-            }
-            if !t.compat_match.iter().any(|n| n == "virtio-device") {
-                t.compat_match.push("virtio-device".to_string());
-            }
-        }
-        out.push(t);
+        chain.push(cur);
     }
-    Ok(out)
+    let mut f = Folded::default();
+    for (n, &j) in chain.iter().rev().enumerate() {
+        if n > 0 {
+            // Nearest ancestor first, as the memoised walk builds it.
+            f.ancestors
+                .insert(0, defs.def(chain[chain.len() - n]).name.clone());
+        }
+        f.extend(defs.def(j), defs)?;
+    }
+    Ok(finish(defs.def(i), f, defs))
+}
+
+/// A resolved type from its definition and its folded inheritance.
+fn finish(def: &DeviceTypeDef, f: Folded, defs: &dyn DeviceDefs) -> DeviceType {
+    let mut t = DeviceType {
+        name: def.name.clone(),
+        parent: def.parent.clone(),
+        ancestors: f.ancestors,
+        is_abstract: def.is_abstract,
+        user_creatable: f.user_creatable.unwrap_or(true),
+        category: f.category,
+        description: def.description.clone(),
+        alias: def.alias.clone(),
+        bus: f.bus,
+        interfaces: f.interfaces,
+        pci: None,
+        virtio: f.virtio,
+        bridge: f.bridge,
+        isa: f.isa,
+        connect: f.connect,
+        clears_default: def.clears_default.clone(),
+        libvirt_model: f.libvirt_model,
+        modelled: f.modelled.unwrap_or(true),
+        console: f.console.unwrap_or(false),
+        acpi_bridge_hotplug: f.acpi_bridge_hotplug.unwrap_or_default(),
+        required_properties: f.required_properties.unwrap_or_default(),
+        properties: f.props.into_values().collect(),
+        compat_match: Vec::new(),
+    };
+    if f.has_pci {
+        let pci = f.pci;
+        t.pci = Some(PciSpec {
+            vendor: pci.vendor.map(|n| n.0 as u16).unwrap_or(0),
+            device: pci.device.map(|n| n.0 as u16).unwrap_or(0),
+            class: pci.class.map(|n| n.0 as u32).unwrap_or(0),
+            revision: pci.revision.map(|n| n.0 as u8).unwrap_or(0),
+            subsystem: pci.subsystem.unwrap_or(SubsystemDef::Default),
+            header_type: pci.header_type.unwrap_or(0),
+        });
+    }
+    t.compat_match.push(t.name.clone());
+    t.compat_match.extend(t.ancestors.iter().cloned());
+    if let Some(v) = &t.virtio {
+        // The proxy always carries a virtio device; its compat properties apply. The
+        // chain was checked above, but the backend may be any name: stop at a repeat.
+        let backend = v
+            .backend
+            .clone()
+            .unwrap_or_else(|| "virtio-device".to_string());
+        let mut cur = Some(backend);
+        let mut steps = 0;
+        while let Some(name) = cur {
+            steps += 1;
+            if steps > MAX_INHERITANCE_DEPTH + 1 {
+                break;
+            }
+            cur = defs
+                .index_of(&name)
+                .and_then(|i| defs.def(i).parent.clone());
+            if !t.compat_match.contains(&name) {
+                t.compat_match.push(name);
+            }
+        }
+        if !t.compat_match.iter().any(|n| n == "virtio-device") {
+            t.compat_match.push("virtio-device".to_string());
+        }
+    }
+    t
 }
 
 fn merge_pci(into: &mut PciDef, from: &PciDef) {

@@ -43,7 +43,7 @@ mod virtio_ports;
 pub use board::{
     BoardDef, FixedRegionDef, ImplicitPciDef, IsaDeviceDef, MemoryLayoutDef, RootBusDef,
 };
-pub use catalog::{Catalog, CatalogFile};
+pub use catalog::{Catalog, CatalogFile, Resolved};
 pub use condition::Condition;
 pub use device_types::{
     BoolOrProp, BridgeDef, Category, ChassisRule, DeviceType, DeviceTypeDef, IsaTypeDef, Num,

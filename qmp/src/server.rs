@@ -15,7 +15,7 @@ use std::net::Shutdown;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::channel;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
@@ -63,6 +63,9 @@ struct Shared {
     schema: OnceLock<Value>,
     events: EventBus,
     machine_ready: AtomicBool,
+    /// While true, clients are greeted but their messages wait (see `hold_commands`).
+    held: Mutex<bool>,
+    released: Condvar,
     stopping: AtomicBool,
     next_client: AtomicU64,
     listeners: Mutex<Vec<ListenerCtl>>,
@@ -89,6 +92,8 @@ impl Server {
                 schema: OnceLock::new(),
                 events: EventBus::new(),
                 machine_ready: AtomicBool::new(true),
+                held: Mutex::new(false),
+                released: Condvar::new(),
                 stopping: AtomicBool::new(false),
                 next_client: AtomicU64::new(1),
                 listeners: Mutex::new(Vec::new()),
@@ -124,6 +129,31 @@ impl Server {
 
     pub fn machine_ready(&self) -> bool {
         self.shared.machine_ready.load(Ordering::SeqCst)
+    }
+
+    /// While `hold` is true, clients are accepted and greeted but none of their messages
+    /// is handled: as in QEMU, whose monitor I/O thread greets while the main thread still
+    /// creates the machine and whose commands run once it is done. Set before listening,
+    /// cleared when the machine is initialised (or at shutdown).
+    pub fn hold_commands(&self, hold: bool) {
+        *lock(&self.shared.held) = hold;
+        if !hold {
+            self.shared.released.notify_all();
+        }
+    }
+
+    /// Wait while commands are held; false if the server stops meanwhile.
+    fn wait_released(&self) -> bool {
+        let mut held = lock(&self.shared.held);
+        while *held && !self.stopping() {
+            held = self
+                .shared
+                .released
+                .wait_timeout(held, Duration::from_millis(100))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        !self.stopping()
     }
 
     fn stopping(&self) -> bool {
@@ -356,6 +386,9 @@ impl Server {
             };
             parser.feed(&buf[..n], &mut msgs);
             for msg in msgs.drain(..) {
+                if !self.wait_released() {
+                    return;
+                }
                 let _guard = lock(busy);
                 if self.stopping() || !port.is_open() {
                     return;
@@ -386,6 +419,8 @@ impl Server {
         if self.shared.stopping.swap(true, Ordering::SeqCst) {
             return;
         }
+        // Readers waiting for held commands see `stopping` now.
+        self.hold_commands(false);
         let listeners: Vec<ListenerCtl> = lock(&self.shared.listeners).drain(..).collect();
         for mut l in listeners {
             l.stop.store(true, Ordering::SeqCst);
@@ -501,6 +536,52 @@ mod tests {
             serde_json::json!({"a": {}, "z": [1, "é"]})
         );
         server.shutdown();
+    }
+
+    /// Held commands: the client is greeted at once, its commands are answered, in order,
+    /// only once released; a shutdown while held ends the session instead of hanging it.
+    #[test]
+    fn held_commands_wait_for_release() {
+        let server = Server::new(Registry::new());
+        server.hold_commands(true);
+        let (mut out, mut input) = client(&server);
+        out.write_all(
+            b"{'execute': 'qmp_capabilities', 'id': 1}{'execute': 'query-version', 'id': 2}",
+        )
+        .unwrap();
+        // Nothing may come while held (a wrong early answer would show here; a slow host
+        // can only make this pass, never fail).
+        input
+            .get_ref()
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let mut line = String::new();
+        let early = input.read_line(&mut line);
+        assert!(
+            early.is_err() && line.is_empty(),
+            "answered while held: {line}"
+        );
+        input
+            .get_ref()
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        server.hold_commands(false);
+        input.read_line(&mut line).unwrap();
+        assert_eq!(line, "{\"return\": {}, \"id\": 1}\r\n");
+        line.clear();
+        input.read_line(&mut line).unwrap();
+        assert!(
+            line.contains("\"id\": 2") && line.contains("qemu"),
+            "{line}"
+        );
+
+        let server = Server::new(Registry::new());
+        server.hold_commands(true);
+        let (mut out, mut input) = client(&server);
+        out.write_all(b"{'execute': 'qmp_capabilities'}").unwrap();
+        server.shutdown();
+        line.clear();
+        assert_eq!(input.read_line(&mut line).unwrap(), 0, "{line}");
     }
 
     /// A client that sends commands but never reads is disconnected once 64 MiB of output

@@ -102,6 +102,14 @@ impl Controller {
         *self.server.lock().unwrap_or_else(|e| e.into_inner()) = Some(server);
     }
 
+    /// The QMP server, if there is one.
+    pub fn server(&self) -> Option<qmp::Server> {
+        self.server
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// Emit a QMP event to every negotiated client (nothing without a QMP server).
     pub fn emit(&self, name: &str, data: Value) {
         if let Some(server) = self

@@ -84,6 +84,9 @@ fn start_qmp(
     let registry = vmm::monitor::registry(control).map_err(|e| e.to_string())?;
     let server = qmp::Server::new(registry);
     server.set_machine_ready(!opts.delay_init);
+    // Clients are greeted while the machine is built; their commands wait for it (released
+    // by `monitor_ready` in `run`). Preconfig has nothing to wait for.
+    server.hold_commands(!opts.delay_init);
     control.set_server(server.clone());
     let events = control.clone();
     vmm::netdev::set_event_sink(Box::new(move |name, data| events.emit(name, data)));
@@ -146,6 +149,7 @@ fn check_daemonize(opts: &cli::CliOptions) -> Result<(), String> {
 
 fn run(args: Vec<std::ffi::OsString>, start: Instant) -> Result<u8, String> {
     let opts = cli::parse(args).map_err(|e| e.to_string())?;
+    // Shares the process-wide catalog (and what it resolves) unless files are merged.
     let mut catalog = machine::Catalog::builtin().clone();
     for path in &opts.machine_definitions {
         catalog
@@ -239,7 +243,13 @@ fn run(args: Vec<std::ffi::OsString>, start: Instant) -> Result<u8, String> {
             // The sets hold duplicates; the originals go before any client is served.
             vmm::fdset::close_inherited(&inherited);
             server = start_qmp(&opts, &control)?;
-            // The monitors listen: a daemon's parent may now exit 0.
+            Ok(())
+        },
+        || {
+            if let Some(server) = control.server() {
+                server.hold_commands(false);
+            }
+            // The machine exists and the monitors serve: a daemon's parent may now exit 0.
             if let Some(daemon) = daemon.as_mut() {
                 daemon.ready()?;
             }

@@ -726,12 +726,15 @@ impl Machine<'_> {
 }
 
 /// Run the machine described by `control`'s configuration until it ends. `start_monitor`
-/// runs once the machine exists (at once under `-delay-machine-init`), so that, as in QEMU,
-/// monitor commands are only served after machine initialization unless preconfig asks.
+/// runs before the machine is built, so that clients are greeted while it is (QEMU's monitor
+/// I/O thread does the same); `monitor_ready` runs once the machine exists (at once under
+/// `-delay-machine-init`) and lets the monitors serve commands, so that, as in QEMU,
+/// commands are only served after machine initialization unless preconfig asks.
 pub fn run(
     control: Arc<Controller>,
     options: &RunOptions,
     start_monitor: impl FnOnce() -> Result<(), String>,
+    monitor_ready: impl FnOnce() -> Result<(), String>,
 ) -> Result<Outcome, RunError> {
     let kvm = Kvm::new().map_err(RunError::Kvm)?;
     // A no-op handler: the signal only needs to interrupt KVM_RUN with EINTR.
@@ -770,6 +773,7 @@ pub fn run(
         crate::qtest::start(endpoint, machine.qtest.clone())
             .map_err(|e| RunError::Monitor(e.to_string()))?;
     }
+    start_monitor().map_err(RunError::Monitor)?;
     if !options.delay_init {
         machine.build()?;
         if options.start_paused {
@@ -781,7 +785,7 @@ pub fn run(
             machine.set_status(RunState::Running);
         }
     }
-    start_monitor().map_err(RunError::Monitor)?;
+    monitor_ready().map_err(RunError::Monitor)?;
 
     loop {
         machine

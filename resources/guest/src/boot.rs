@@ -104,6 +104,9 @@ global_asm!(
     ".global pvh_start32",
     ".code32",
     "pvh_start32:",
+    // First instruction: a write to the POST port, the exit by which the VMM sees the
+    // guest's first instruction run (machina's MACHINA_TRACE start-up timing).
+    "outb %al, $0x80",
     // EBX = hvm_start_info; ESI survives everything below.
     "movl %ebx, %esi",
     "lgdt boot_gdt_ptr",

@@ -116,11 +116,24 @@ impl Vcpu {
     }
 
     fn run_loop(&mut self) -> Stop {
+        // Under MACHINA_TRACE, vCPU 0's first exit shows when the guest first ran (the
+        // tiny guest's first instruction is an `out` to port 0x80).
+        let mut first_exit = self.trace_start.filter(|_| self.index == 0);
         loop {
             if !self.gate.wait(&self.stop) {
                 return Stop::Requested;
             }
-            match self.fd.run() {
+            let exit = self.fd.run();
+            if let (Some(start), Ok(e)) = (first_exit, &exit) {
+                if !matches!(e, VcpuExit::Intr) {
+                    eprintln!(
+                        "machina-trace: first-vcpu-exit us={} {e:?}",
+                        start.elapsed().as_micros()
+                    );
+                    first_exit = None;
+                }
+            }
+            match exit {
                 Ok(VcpuExit::IoIn(port, data)) => {
                     if !self.io.read(u64::from(port), data) {
                         data.fill(0xff);
