@@ -7,7 +7,7 @@ use crate::cli::{
     SandboxOptions, SerialSpec,
 };
 use crate::memory::RamBacking;
-use crate::objects::{self, MemoryBackend, ObjectError, ObjectSpec, Secret};
+use crate::objects::{self, IoThreadSpec, MemoryBackend, ObjectError, ObjectSpec, Secret};
 use machine::{DeviceRequest, PlanError, PlanRequest};
 use std::ffi::OsStr;
 use std::io::Write;
@@ -66,6 +66,8 @@ pub struct MachineConfig {
     pub secrets: Vec<Arc<Secret>>,
     /// `-object memory-backend-*`.
     pub memory_backends: Vec<MemoryBackend>,
+    /// `-object iothread`, in order (their threads start with the process).
+    pub iothreads: Vec<IoThreadSpec>,
     /// `-machine memory-backend=ID`: the backend guest RAM comes from.
     pub memory_backend: Option<String>,
     /// Every `-chardev`, in order, as `query-chardev` reports them.
@@ -261,6 +263,7 @@ impl MachineConfig {
         let mut list = Vec::new();
         let mut secrets: Vec<Arc<Secret>> = Vec::new();
         let mut memory_backends: Vec<MemoryBackend> = Vec::new();
+        let mut iothreads: Vec<IoThreadSpec> = Vec::new();
         for (option, spec) in &opts.backends {
             let backend = match option {
                 BackendOption::Drive => backends::parse_drive(spec)?,
@@ -271,11 +274,13 @@ impl MachineConfig {
                     let id = match &object {
                         ObjectSpec::Secret(s) => Some(s.id.clone()),
                         ObjectSpec::MemoryBackend(m) => Some(m.id.clone()),
+                        ObjectSpec::IoThread(t) => Some(t.id.clone()),
                         ObjectSpec::Other(_) => None,
                     };
                     let taken = |id: &str| {
                         secrets.iter().any(|s| s.id == id)
                             || memory_backends.iter().any(|m| m.id == id)
+                            || iothreads.iter().any(|t| t.id == id)
                     };
                     if let Some(id) = id.filter(|id| taken(id)) {
                         return Err(ConfigError::Plain(format!(
@@ -289,6 +294,10 @@ impl MachineConfig {
                         }
                         ObjectSpec::MemoryBackend(m) => {
                             memory_backends.push(m);
+                            continue;
+                        }
+                        ObjectSpec::IoThread(t) => {
+                            iothreads.push(t);
                             continue;
                         }
                         ObjectSpec::Other(text) => backends::parse_object(text)?,
@@ -408,6 +417,7 @@ impl MachineConfig {
             name_options: opts.name_options.clone(),
             secrets,
             memory_backends,
+            iothreads,
             memory_backend,
             chardevs,
             chardev_consoles,
@@ -415,6 +425,25 @@ impl MachineConfig {
             audiodevs: opts.audiodevs.clone(),
             sandbox: opts.sandbox.clone(),
         })
+    }
+
+    /// A device's `iothread=ID` must name an `-object iothread` (QEMU's link texts).
+    pub fn check_iothread(
+        &self,
+        request: &DeviceRequest,
+    ) -> Result<(), crate::iothread::ReferenceError> {
+        let Some((_, id)) = request.properties.iter().rev().find(|(k, _)| k == "iothread")
+        else {
+            return Ok(());
+        };
+        crate::iothread::check_reference(
+            id,
+            |id| self.iothreads.iter().any(|t| t.id == id),
+            |id| {
+                self.secrets.iter().any(|s| s.id == id)
+                    || self.memory_backends.iter().any(|m| m.id == id)
+            },
+        )
     }
 
     /// The console COM1 is attached to: machina has no display, so the default console is
@@ -532,6 +561,12 @@ pub fn prepare(
             Ok(_) => message,
         }
     })?;
+    // The planner knows which types have an `iothread` property; the id must name one.
+    for (request, spec) in config.devices.iter().zip(&opts.devices) {
+        config
+            .check_iothread(request)
+            .map_err(|e| format!("-device {spec}: {e}"))?;
+    }
     Ok((config, plan))
 }
 

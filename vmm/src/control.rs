@@ -72,6 +72,8 @@ struct Queue {
 }
 
 pub struct Controller {
+    /// `-object iothread` / `object-add` I/O threads (they live as long as the process).
+    pub iothreads: crate::iothread::IoThreads,
     state: Mutex<VmState>,
     queue: Mutex<Queue>,
     wake: EventFd,
@@ -85,6 +87,7 @@ pub struct ControlError(#[source] std::io::Error);
 impl Controller {
     pub fn new(state: VmState) -> Result<Self, ControlError> {
         Ok(Self {
+            iothreads: Default::default(),
             state: Mutex::new(state),
             queue: Mutex::new(Queue::default()),
             wake: EventFd::new(libc::EFD_NONBLOCK).map_err(ControlError)?,

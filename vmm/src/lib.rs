@@ -16,6 +16,7 @@ pub mod daemon;
 pub mod fdset;
 pub mod fw_cfg;
 pub mod interrupts;
+pub mod iothread;
 pub mod kvm_vm;
 pub mod logging;
 pub mod memory;

@@ -213,6 +213,11 @@ fn run(args: Vec<std::ffi::OsString>, start: Instant) -> Result<u8, String> {
         })
         .map_err(|e| e.to_string())?,
     );
+    // As QEMU does at -object: the I/O threads exist before the machine.
+    let iothreads = control.state().config.iothreads.clone();
+    for spec in iothreads {
+        control.iothreads.add(spec).map_err(|e| e.to_string())?;
+    }
     if opts.delay_init && opts.qmp.is_empty() && opts.monitors.is_empty() {
         return Err(
             "-delay-machine-init needs a QMP monitor (-qmp) to configure and build the machine"

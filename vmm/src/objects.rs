@@ -24,8 +24,122 @@ pub struct ObjectError {
 pub enum ObjectSpec {
     Secret(Secret),
     MemoryBackend(MemoryBackend),
+    /// `iothread`: an I/O thread devices can run on (`iothread=ID`).
+    IoThread(IoThreadSpec),
     /// Any other type, as keyval text for backends.rs (JSON converted with commas escaped).
     Other(OsString),
+}
+
+/// An `iothread` object as given. machina's event loops block in epoll and never poll, so
+/// the polling parameters are checked as QEMU checks them and kept, but change nothing
+/// (query-iothreads reports what the thread really does: no polling).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IoThreadSpec {
+    pub id: String,
+    pub poll_max_ns: i64,
+    pub poll_grow: i64,
+    pub poll_shrink: i64,
+    pub aio_max_batch: i64,
+    pub thread_pool_min: i64,
+    pub thread_pool_max: i64,
+}
+
+/// QEMU's `id_wellformed`: a letter, then letters, digits, '-', '.', '_'.
+pub fn id_wellformed(id: &str) -> bool {
+    let mut chars = id.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+}
+
+/// The `iothread` properties QEMU 7.2 has, all int64.
+const IOTHREAD_INTS: [&str; 6] = [
+    "poll-max-ns",
+    "poll-grow",
+    "poll-shrink",
+    "aio-max-batch",
+    "thread-pool-min",
+    "thread-pool-max",
+];
+
+fn parse_iothread(
+    spec: &OsStr,
+    context: &str,
+    pairs: &[(String, OsString)],
+) -> Result<IoThreadSpec, ObjectError> {
+    let err = |message: String| ObjectError {
+        context: context.to_string(),
+        message,
+    };
+    // Range errors come without the option, as in QEMU (the property setter's text).
+    let plain = |message: String| ObjectError {
+        context: String::new(),
+        message,
+    };
+    // JSON values keep their type: a string is not an integer there.
+    if let Some(text) = spec.to_str().filter(|t| t.trim_start().starts_with('{')) {
+        if let Ok(serde_json::Value::Object(obj)) = serde_json::from_str(text) {
+            for key in IOTHREAD_INTS {
+                if obj.get(key).is_some_and(|v| !v.is_i64() && !v.is_u64()) {
+                    return Err(err(format!(
+                        "Invalid parameter type for '{key}', expected: integer"
+                    )));
+                }
+            }
+        }
+    }
+    let mut spec = IoThreadSpec {
+        id: String::new(),
+        // QEMU's defaults (IOTHREAD_POLL_MAX_NS_DEFAULT on Linux; thread pool 0..64).
+        poll_max_ns: 32768,
+        poll_grow: 0,
+        poll_shrink: 0,
+        aio_max_batch: 0,
+        thread_pool_min: 0,
+        thread_pool_max: 64,
+    };
+    let mut id = None;
+    for (k, v) in pairs {
+        let text = lossy(v);
+        let int = || {
+            text.parse::<i64>()
+                .map_err(|_| err(format!("Parameter '{k}' expects an int64 value")))
+        };
+        let slot = match k.as_str() {
+            "qom-type" => continue,
+            "id" => {
+                id = Some(text.clone());
+                continue;
+            }
+            "poll-max-ns" => &mut spec.poll_max_ns,
+            "poll-grow" => &mut spec.poll_grow,
+            "poll-shrink" => &mut spec.poll_shrink,
+            "aio-max-batch" => &mut spec.aio_max_batch,
+            "thread-pool-min" => &mut spec.thread_pool_min,
+            "thread-pool-max" => &mut spec.thread_pool_max,
+            other => return Err(err(format!("Invalid parameter '{other}'"))),
+        };
+        let value = int()?;
+        if value < 0 {
+            return Err(plain(format!(
+                "{k} value must be in range [0, {}]",
+                i64::MAX
+            )));
+        }
+        *slot = value;
+    }
+    let id = id.ok_or_else(|| err("Parameter 'id' is missing".into()))?;
+    if !id_wellformed(&id) {
+        return Err(err(
+            "Parameter 'id' expects an identifier\nIdentifiers consist of letters, digits, \
+             '-', '.', '_', starting with a letter."
+                .into(),
+        ));
+    }
+    if spec.thread_pool_min > spec.thread_pool_max {
+        return Err(plain("bad thread-pool-min/thread-pool-max values".into()));
+    }
+    spec.id = id;
+    Ok(spec)
 }
 
 /// A `secret` object's value (decoded), wiped when dropped.
@@ -139,6 +253,7 @@ pub fn parse(spec: &OsStr) -> Result<ObjectSpec, ObjectError> {
         })?;
     match qom_type.as_str() {
         "secret" => parse_secret(&context, &pairs).map(ObjectSpec::Secret),
+        "iothread" => parse_iothread(spec, &context, &pairs).map(ObjectSpec::IoThread),
         "memory-backend-ram" | "memory-backend-memfd" | "memory-backend-file" => {
             parse_memory(&context, &qom_type, &pairs).map(ObjectSpec::MemoryBackend)
         }

@@ -77,7 +77,8 @@ impl IntxLine for FunctionIntx {
 /// What creating the virtio functions leaves for the run loop.
 #[derive(Default)]
 pub struct VirtioSet {
-    pub workers: Vec<VirtioWorker>,
+    /// Each device's worker, with the I/O thread it names (`iothread=ID`), if any.
+    pub workers: Vec<(VirtioWorker, Option<String>)>,
     /// Peers of the socket pairs standing in for absent netdevs, kept open.
     keepalive: Vec<UnixDatagram>,
 }
@@ -407,7 +408,8 @@ pub fn factory<'a>(
                             mode.device_type
                         ));
                     }
-                    set.workers.push(worker);
+                    set.workers
+                        .push((worker, f.properties.get("iothread").cloned()));
                     Arc::new(Mutex::new(function)) as SharedFunction
                 })
                 .map_err(|e| device_err(f, e.to_string())),
@@ -487,17 +489,45 @@ impl MutEventSubscriber for StopSubscriber {
 /// One I/O thread per virtio device, each with its own epoll loop over the device's queue
 /// EventFds (which KVM ioeventfds signal) and its backend (tap, console input), so that a
 /// device's disk I/O never delays another device, QMP or the INTx forwarding on the main
-/// loop. Stopped and joined when dropped (machine teardown and reset), leaving no thread.
+/// loop; a device that names an `-object iothread` runs on that thread's loop instead.
+/// Stopped and joined (or detached) when dropped (machine teardown and reset), leaving no
+/// thread of the incarnation.
 #[derive(Default)]
 pub struct DeviceThreads {
     threads: Vec<(Arc<EventFd>, std::thread::JoinHandle<()>)>,
+    attached: Vec<crate::iothread::Attached>,
 }
 
 impl DeviceThreads {
-    /// Start a thread for each worker; a worker whose thread cannot start is an error.
-    pub fn start(workers: Vec<VirtioWorker>) -> std::io::Result<Self> {
+    /// Start a thread for each worker without an I/O thread and attach the others to theirs
+    /// (the build checked that it exists); a thread that cannot start is an error.
+    pub fn start(
+        workers: Vec<(VirtioWorker, Option<String>)>,
+        iothreads: &crate::iothread::IoThreads,
+    ) -> std::io::Result<Self> {
         let mut threads = DeviceThreads::default();
-        for (i, worker) in workers.into_iter().enumerate() {
+        let mut own = Vec::new();
+        let mut shared: Vec<(Arc<crate::iothread::IoThread>, Vec<crate::iothread::Subscriber>)> =
+            Vec::new();
+        for (worker, iothread) in workers {
+            match iothread {
+                Some(id) => {
+                    let thread = iothreads.get(&id).ok_or_else(|| {
+                        std::io::Error::other(format!("Device '{id}' not found"))
+                    })?;
+                    let subscriber: crate::iothread::Subscriber = Arc::new(Mutex::new(worker));
+                    match shared.iter_mut().find(|(t, _)| Arc::ptr_eq(t, &thread)) {
+                        Some((_, list)) => list.push(subscriber),
+                        None => shared.push((thread, vec![subscriber])),
+                    }
+                }
+                None => own.push(worker),
+            }
+        }
+        for (thread, subscribers) in shared {
+            threads.attached.push(thread.attach(subscribers));
+        }
+        for (i, worker) in own.into_iter().enumerate() {
             let stop = Arc::new(EventFd::new(libc::EFD_NONBLOCK)?);
             let stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
             let mut events: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =
@@ -522,6 +552,7 @@ impl DeviceThreads {
         Ok(threads)
     }
 
+    /// Threads of this incarnation's own (devices on an `-object iothread` not counted).
     pub fn len(&self) -> usize {
         self.threads.len()
     }

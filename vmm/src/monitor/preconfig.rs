@@ -159,6 +159,14 @@ pub(super) fn register(reg: &mut Registry, control: &Arc<Controller>) -> Result<
                 .catalog
                 .plan(&config.plan_request())
                 .map_err(|e| QmpError::generic(e.to_string()))?;
+            for r in &request {
+                config.check_iothread(r).map_err(|e| match e {
+                    crate::iothread::ReferenceError::NotFound(_) => {
+                        QmpError::device_not_found(e.to_string())
+                    }
+                    _ => QmpError::generic(e.to_string()),
+                })?;
+            }
             // The device takes its drive (image opened and locked) only once it is accepted.
             backends::attach_drives(&request, &[], &mut config.backends)
                 .map_err(|e| QmpError::generic(e.message))?;
@@ -182,6 +190,10 @@ pub(super) fn register(reg: &mut Registry, control: &Arc<Controller>) -> Result<
             _ => def.arg("qom-type", Type::Str).arg("id", Type::Str),
         };
         reg.register(def, move |args: Map<String, Value>, _ctx: &mut Session| {
+            if name == "object-add" && args.get("qom-type") == Some(&Value::from("iothread")) {
+                // As in QEMU, an I/O thread can be added at any time: it starts now.
+                return add_iothread(&c, args);
+            }
             // A netdev is a host backend, not part of the machine: it may come at any time.
             if name != "netdev_add" {
                 before_build(&c, name)?;
@@ -196,4 +208,31 @@ pub(super) fn register(reg: &mut Registry, control: &Arc<Controller>) -> Result<
         })?;
     }
     Ok(())
+}
+
+/// `object-add` of an `iothread`: checked as `-object` is, then its thread started.
+fn add_iothread(control: &Controller, args: Map<String, Value>) -> Result<Value, QmpError> {
+    let text = Value::Object(args).to_string();
+    let spec = match crate::objects::parse(std::ffi::OsStr::new(&text)) {
+        Ok(crate::objects::ObjectSpec::IoThread(spec)) => spec,
+        Ok(_) => return Err(QmpError::generic("not an iothread")),
+        Err(e) => return Err(QmpError::generic(e.message)),
+    };
+    let mut state = control.state();
+    let config = &state.config;
+    let id = spec.id.clone();
+    if config.secrets.iter().any(|s| s.id == id)
+        || config.memory_backends.iter().any(|m| m.id == id)
+        || config.iothreads.iter().any(|t| t.id == id)
+    {
+        return Err(QmpError::generic(format!(
+            "attempt to add duplicate property '{id}' to object (type 'container')"
+        )));
+    }
+    control
+        .iothreads
+        .add(spec.clone())
+        .map_err(|e| QmpError::generic(e.to_string()))?;
+    state.config.iothreads.push(spec);
+    Ok(Value::Null)
 }

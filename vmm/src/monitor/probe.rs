@@ -47,6 +47,17 @@ pub(super) const OBJECT_TYPES: &[(&str, &[PropertyInfo])] = &[
     ("memory-backend-memfd", MEMORY_BACKEND),
     ("memory-backend-file", MEMORY_BACKEND_FILE),
     (
+        "iothread",
+        &[
+            ("poll-max-ns", "int", "accepted; machina's I/O threads never poll"),
+            ("poll-grow", "int", "accepted; machina's I/O threads never poll"),
+            ("poll-shrink", "int", "accepted; machina's I/O threads never poll"),
+            ("aio-max-batch", "int", "accepted; no effect in machina"),
+            ("thread-pool-min", "int", "accepted; no effect in machina"),
+            ("thread-pool-max", "int", "accepted; no effect in machina"),
+        ],
+    ),
+    (
         "secret",
         &[
             ("data", "string", "the secret's value"),
@@ -261,17 +272,42 @@ pub(super) fn register(reg: &mut Registry, control: &Arc<Controller>) -> Result<
         },
     )?;
 
-    // machina has no iothreads and no block jobs yet: both lists are truly empty.
+    // The `-object iothread` threads as they run: machina's loops block in epoll and never
+    // poll (poll-max-ns 0: polling disabled; grow/shrink 0: no adaptive polling) and leave
+    // batching to the backend (aio-max-batch 0: the engine's default).
+    let c = control.clone();
     reg.register(
         CommandDef::new("query-iothreads")
             .returns(Type::array(Type::object(
                 ObjectType::new("IOThreadInfo")
                     .member("id", Type::Str)
-                    .member("thread-id", Type::Int),
+                    .member("thread-id", Type::Int)
+                    .member("poll-max-ns", Type::Int)
+                    .member("poll-grow", Type::Int)
+                    .member("poll-shrink", Type::Int)
+                    .member("aio-max-batch", Type::Int),
             )))
             .allow_preconfig(true),
-        |_args: Map<String, Value>, _ctx: &mut Session| Ok(json!([])),
+        move |_args: Map<String, Value>, _ctx: &mut Session| {
+            Ok(Value::Array(
+                c.iothreads
+                    .list()
+                    .iter()
+                    .map(|t| {
+                        json!({
+                            "id": t.spec.id,
+                            "thread-id": t.tid,
+                            "poll-max-ns": 0,
+                            "poll-grow": 0,
+                            "poll-shrink": 0,
+                            "aio-max-batch": 0,
+                        })
+                    })
+                    .collect(),
+            ))
+        },
     )?;
+    // No block jobs: the list is truly empty.
     reg.register(
         CommandDef::new("query-jobs").returns(Type::array(Type::object(
             ObjectType::new("JobInfo")
@@ -310,6 +346,7 @@ mod tests {
             "data" => "secret".to_string(),
             "format" => "raw".to_string(),
             "file" => dir.join("secret.txt").display().to_string(),
+            _ if ty == "iothread" => "1".to_string(),
             _ => "on".to_string(),
         };
         let mut spec = format!("{ty},id=o0,{prop}={value}");
