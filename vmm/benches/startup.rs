@@ -96,7 +96,8 @@ fn one_start(binary: &Path, socket: &Path) -> Option<Sample> {
     if !line.starts_with("{\"QMP\": ") {
         return None;
     }
-    out.write_all(b"{\"execute\": \"qmp_capabilities\"}\n").ok()?;
+    out.write_all(b"{\"execute\": \"qmp_capabilities\"}\n")
+        .ok()?;
     line.clear();
     input.read_line(&mut line).ok()?;
     let first_answer = start.elapsed();

@@ -432,7 +432,11 @@ impl MachineConfig {
         &self,
         request: &DeviceRequest,
     ) -> Result<(), crate::iothread::ReferenceError> {
-        let Some((_, id)) = request.properties.iter().rev().find(|(k, _)| k == "iothread")
+        let Some((_, id)) = request
+            .properties
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "iothread")
         else {
             return Ok(());
         };

@@ -74,8 +74,8 @@ impl IoThread {
         };
         let wake = Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(err)?);
         let ops: Arc<Mutex<VecDeque<Op>>> = Arc::default();
-        let mut events: EventManager<Subscriber> = EventManager::new()
-            .map_err(|e| err(std::io::Error::other(format!("{e:?}"))))?;
+        let mut events: EventManager<Subscriber> =
+            EventManager::new().map_err(|e| err(std::io::Error::other(format!("{e:?}"))))?;
         events.add_subscriber(Arc::new(Mutex::new(Wake(wake.clone()))));
         let (tid_tx, tid_rx) = mpsc::channel();
         let queue = ops.clone();
@@ -123,11 +123,7 @@ impl IoThread {
 impl Drop for IoThread {
     fn drop(&mut self) {
         self.send(Op::Stop);
-        let handle = self
-            .handle
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        let handle = self.handle.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(handle) = handle {
             let deadline = std::time::Instant::now() + DETACH_WAIT;
             while !handle.is_finished() && std::time::Instant::now() < deadline {

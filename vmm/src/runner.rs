@@ -495,14 +495,11 @@ impl Machine<'_> {
         )?;
         // Each virtio device gets its own I/O thread; the INTx forwarder joins the event
         // loop for this incarnation of the machine.
-        let device_threads =
-            crate::virtio_devices::DeviceThreads::start(
-                std::mem::take(&mut built.virtio.workers),
-                &self.control.iothreads,
-            )
-                .map_err(|e| {
-                    RunError::EventLoop(format!("cannot start a device I/O thread: {e}"))
-                })?;
+        let device_threads = crate::virtio_devices::DeviceThreads::start(
+            std::mem::take(&mut built.virtio.workers),
+            &self.control.iothreads,
+        )
+        .map_err(|e| RunError::EventLoop(format!("cannot start a device I/O thread: {e}")))?;
         let mut subscribers = Vec::new();
         if let Some(host) = &built.pci {
             subscribers.push(

@@ -507,14 +507,16 @@ impl DeviceThreads {
     ) -> std::io::Result<Self> {
         let mut threads = DeviceThreads::default();
         let mut own = Vec::new();
-        let mut shared: Vec<(Arc<crate::iothread::IoThread>, Vec<crate::iothread::Subscriber>)> =
-            Vec::new();
+        let mut shared: Vec<(
+            Arc<crate::iothread::IoThread>,
+            Vec<crate::iothread::Subscriber>,
+        )> = Vec::new();
         for (worker, iothread) in workers {
             match iothread {
                 Some(id) => {
-                    let thread = iothreads.get(&id).ok_or_else(|| {
-                        std::io::Error::other(format!("Device '{id}' not found"))
-                    })?;
+                    let thread = iothreads
+                        .get(&id)
+                        .ok_or_else(|| std::io::Error::other(format!("Device '{id}' not found")))?;
                     let subscriber: crate::iothread::Subscriber = Arc::new(Mutex::new(worker));
                     match shared.iter_mut().find(|(t, _)| Arc::ptr_eq(t, &thread)) {
                         Some((_, list)) => list.push(subscriber),

@@ -49,9 +49,21 @@ pub(super) const OBJECT_TYPES: &[(&str, &[PropertyInfo])] = &[
     (
         "iothread",
         &[
-            ("poll-max-ns", "int", "accepted; machina's I/O threads never poll"),
-            ("poll-grow", "int", "accepted; machina's I/O threads never poll"),
-            ("poll-shrink", "int", "accepted; machina's I/O threads never poll"),
+            (
+                "poll-max-ns",
+                "int",
+                "accepted; machina's I/O threads never poll",
+            ),
+            (
+                "poll-grow",
+                "int",
+                "accepted; machina's I/O threads never poll",
+            ),
+            (
+                "poll-shrink",
+                "int",
+                "accepted; machina's I/O threads never poll",
+            ),
             ("aio-max-batch", "int", "accepted; no effect in machina"),
             ("thread-pool-min", "int", "accepted; no effect in machina"),
             ("thread-pool-max", "int", "accepted; no effect in machina"),
