@@ -106,6 +106,8 @@ fn one_start(binary: &Path, socket: &Path) -> Option<Sample> {
         return None;
     }
     drop(vm);
+    // Let the kernel finish tearing the VM down before the next start (not measured).
+    std::thread::sleep(Duration::from_millis(20));
     Some(Sample {
         greeting,
         greeting_rss,
@@ -237,7 +239,11 @@ fn main() {
     }
 
     let boots: Vec<(Duration, Duration)> = (0..runs).filter_map(|_| first_instruction()).collect();
-    assert!(!boots.is_empty(), "machina boots the bundled guest");
+    if boots.is_empty() {
+        // A binary from before MACHINA_TRACE reported the first exit (MACHINA_BENCH_BIN).
+        println!("startup machina: this binary does not report its first guest exit");
+        return;
+    }
     println!(
         "startup machina q35 -m 128 (bundled guest): start->first KVM_RUN {}, \
          start->first guest instruction (vCPU 0's first exit) {} (medians of {})",

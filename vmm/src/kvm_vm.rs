@@ -93,9 +93,13 @@ impl KvmVm {
         fd.create_pit2(pit).map_err(kvm_err("PIT creation"))?;
         let fd = Arc::new(fd);
         let gsi = Arc::new(GsiRouter::new(fd.clone())?);
-        let supported_cpuid = kvm
-            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-            .map_err(kvm_err("supported CPUID query"))?;
+        let supported_cpuid = match supported_cpuid() {
+            Some(c) => c.clone(),
+            // Asked again for the error.
+            None => kvm
+                .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+                .map_err(kvm_err("supported CPUID query"))?,
+        };
         Ok(Self {
             fd,
             gsi,
@@ -121,6 +125,21 @@ fn place_ioapic(fd: &VmFd, base: u64) -> Result<()> {
         fd.set_irqchip(&chip).map_err(kvm_err("IOAPIC placement"))?;
     }
     Ok(())
+}
+
+/// KVM's supported CPUID, read once per process (it does not change while the process
+/// runs; the ioctl costs about half a millisecond, which a reset's rebuild no longer pays).
+/// None when /dev/kvm cannot be used.
+pub fn supported_cpuid() -> Option<&'static CpuId> {
+    static SUPPORTED: std::sync::OnceLock<Option<CpuId>> = std::sync::OnceLock::new();
+    SUPPORTED
+        .get_or_init(|| {
+            Kvm::new()
+                .ok()?
+                .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+                .ok()
+        })
+        .as_ref()
 }
 
 fn irqchip_route(gsi: u32, chip: u32, pin: u32) -> kvm_irq_routing_entry {

@@ -5,24 +5,15 @@
 
 use crate::control::{Controller, VmState};
 use crate::cpuid::{self, CpuModel};
-use kvm_bindings::{CpuId, KVM_MAX_CPUID_ENTRIES};
+use kvm_bindings::CpuId;
 use machine::{CpuTopology, Plan};
 use qmp::{CommandDef, Map, ObjectType, QmpError, Registry, RegistryError, Session, Type, Value};
 use serde_json::json;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
-/// KVM's supported CPUID, read once (it does not change while the process runs). None when
-/// /dev/kvm cannot be used.
+/// KVM's supported CPUID, read once per process. None when /dev/kvm cannot be used.
 pub(super) fn supported_cpuid() -> Option<&'static CpuId> {
-    static SUPPORTED: OnceLock<Option<CpuId>> = OnceLock::new();
-    SUPPORTED
-        .get_or_init(|| {
-            kvm_ioctls::Kvm::new()
-                .ok()?
-                .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-                .ok()
-        })
-        .as_ref()
+    crate::kvm_vm::supported_cpuid()
 }
 
 fn no_kvm() -> QmpError {
