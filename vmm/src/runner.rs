@@ -458,6 +458,31 @@ impl Machine<'_> {
         Ok(output)
     }
 
+    /// Open the serial console and the virtio consoles' chardevs (what a client may look
+    /// for once it has the greeting), before the monitors listen, as QEMU creates chardevs
+    /// first.
+    fn open_chardevs(&mut self) -> Result<(), RunError> {
+        self.console()?;
+        let (plan, backends) = {
+            let state = self.control.state();
+            let chardevs = state
+                .config
+                .backends
+                .iter()
+                .any(|b| matches!(b, crate::backends::Backend::Chardev { .. }));
+            if !chardevs {
+                return Ok(());
+            }
+            (
+                state.catalog.plan(&state.config.plan_request())?,
+                state.config.backends.clone(),
+            )
+        };
+        self.backends
+            .open_consoles(&plan, &backends)
+            .map_err(|e| RunError::Build(e.into()))
+    }
+
     /// Plan from the current configuration, build exactly that plan, start the vCPU threads
     /// (held by the gate while not running). Returns the plan.
     fn build(&mut self) -> Result<Plan, RunError> {
@@ -772,6 +797,9 @@ pub fn run(
     if let Some(endpoint) = &options.qtest {
         crate::qtest::start(endpoint, machine.qtest.clone())
             .map_err(|e| RunError::Monitor(e.to_string()))?;
+    }
+    if !options.delay_init {
+        machine.open_chardevs()?;
     }
     start_monitor().map_err(RunError::Monitor)?;
     if !options.delay_init {

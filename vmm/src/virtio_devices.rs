@@ -151,6 +151,20 @@ impl crate::backends::InputConsumer for virtio::console::ConsoleInput {
     }
 }
 
+impl OpenBackends {
+    /// Open the console chardevs of the plan's virtio-serial controllers now, before the
+    /// monitor greets (QEMU creates its chardevs before its monitor listens): a client that
+    /// has the greeting finds their sockets. The build then shares what is open.
+    pub fn open_consoles(&mut self, plan: &Plan, backends: &[Backend]) -> Result<(), PciError> {
+        for f in &plan.pci {
+            if f.virtio.is_some_and(|m| m.device_type == 3) {
+                open_console(f, plan, backends, self)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 fn prop<'a>(f: &'a PciFunctionPlan, name: &str) -> Option<&'a str> {
     f.properties.nonempty_str(name)
 }
