@@ -11,6 +11,7 @@ use event_manager::{
     EventManager, EventOps, Events, MutEventSubscriber, SubscriberId, SubscriberOps,
 };
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -56,6 +57,16 @@ impl MutEventSubscriber for Wake {
     }
 }
 
+/// Cleared when the thread's loop ends, however it ends (a device that panicked unwinds
+/// it): nobody then waits for an answer that cannot come.
+struct Alive(Arc<AtomicBool>);
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
+}
+
 /// One running I/O thread.
 pub struct IoThread {
     pub spec: IoThreadSpec,
@@ -63,6 +74,7 @@ pub struct IoThread {
     pub tid: i32,
     ops: Arc<Mutex<VecDeque<Op>>>,
     wake: Arc<EventFd>,
+    alive: Arc<AtomicBool>,
     handle: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -79,10 +91,13 @@ impl IoThread {
         events.add_subscriber(Arc::new(Mutex::new(Wake(wake.clone()))));
         let (tid_tx, tid_rx) = mpsc::channel();
         let queue = ops.clone();
+        let alive = Arc::new(AtomicBool::new(true));
+        let guard = Alive(alive.clone());
         let handle = std::thread::Builder::new()
             // QEMU's name (the kernel keeps the first 15 bytes).
             .name(format!("IO {}", spec.id))
             .spawn(move || {
+                let _guard = guard;
                 // SAFETY: gettid takes no arguments and cannot fail.
                 let _ = tid_tx.send(unsafe { libc::syscall(libc::SYS_gettid) } as i32);
                 run(events, &queue)
@@ -94,6 +109,7 @@ impl IoThread {
             tid,
             ops,
             wake,
+            alive,
             handle: Mutex::new(Some(handle)),
         })
     }
@@ -111,10 +127,11 @@ impl IoThread {
     pub fn attach(&self, subscribers: Vec<Subscriber>) -> Attached {
         let (tx, rx) = mpsc::channel();
         self.send(Op::Attach(subscribers, tx));
-        let ids = rx.recv_timeout(DETACH_WAIT).unwrap_or_default();
+        let ids = wait(&rx, &self.alive).unwrap_or_default();
         Attached {
             ops: self.ops.clone(),
             wake: self.wake.clone(),
+            alive: self.alive.clone(),
             ids,
         }
     }
@@ -134,6 +151,21 @@ impl Drop for IoThread {
             }
         }
     }
+}
+
+/// The thread's answer, unless the thread is gone (or, busy in a backend, does not answer
+/// within `DETACH_WAIT`).
+fn wait<T>(rx: &mpsc::Receiver<T>, alive: &AtomicBool) -> Option<T> {
+    let deadline = std::time::Instant::now() + DETACH_WAIT;
+    while std::time::Instant::now() < deadline {
+        match rx.recv_timeout(Duration::from_millis(50)) {
+            Ok(v) => return Some(v),
+            Err(mpsc::RecvTimeoutError::Disconnected) => return None,
+            Err(mpsc::RecvTimeoutError::Timeout) if !alive.load(Ordering::SeqCst) => return None,
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+    }
+    None
 }
 
 /// The thread's loop: dispatch events, then apply what was queued.
@@ -174,6 +206,7 @@ fn run(mut events: EventManager<Subscriber>, ops: &Mutex<VecDeque<Op>>) {
 pub struct Attached {
     ops: Arc<Mutex<VecDeque<Op>>>,
     wake: Arc<EventFd>,
+    alive: Arc<AtomicBool>,
     ids: Vec<SubscriberId>,
 }
 
@@ -187,7 +220,7 @@ impl Drop for Attached {
         let _ = self.wake.write(1);
         // A device busy in its backend is let go after its current request; one stuck there
         // must not hang a reset or the exit.
-        if rx.recv_timeout(DETACH_WAIT).is_err() {
+        if wait(&rx, &self.alive).is_none() && self.alive.load(Ordering::SeqCst) {
             eprintln!("machina: an I/O thread does not let go of a device (blocked in its backend); left behind");
         }
     }
@@ -255,5 +288,103 @@ pub fn check_reference(
         Err(ReferenceError::NotAnIoThread)
     } else {
         Err(ReferenceError::NotFound(id.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records the name of the thread it ran on each time its eventfd fires.
+    struct Probe {
+        fd: EventFd,
+        ran_on: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl MutEventSubscriber for Probe {
+        fn init(&mut self, ops: &mut EventOps) {
+            let _ = ops.add(Events::new(&self.fd, EventSet::IN));
+        }
+        fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+            let _ = self.fd.read();
+            let name = std::thread::current().name().unwrap_or("").to_string();
+            self.ran_on.lock().unwrap().push(name);
+        }
+    }
+
+    fn spec(id: &str) -> IoThreadSpec {
+        IoThreadSpec {
+            id: id.into(),
+            poll_max_ns: 0,
+            poll_grow: 0,
+            poll_shrink: 0,
+            aio_max_batch: 0,
+            thread_pool_min: 0,
+            thread_pool_max: 64,
+        }
+    }
+
+    #[test]
+    fn devices_run_on_the_named_thread_until_detached() {
+        let threads = IoThreads::default();
+        threads.add(spec("t1")).unwrap();
+        assert!(matches!(
+            threads.add(spec("t1")),
+            Err(IoThreadError::Duplicate(_))
+        ));
+        let t1 = threads.get("t1").unwrap();
+        let tid = t1.tid;
+        assert!(
+            std::fs::read_to_string(format!("/proc/self/task/{tid}/comm"))
+                .unwrap()
+                .starts_with("IO t1"),
+            "the TID is the named thread"
+        );
+        let ran_on = Arc::new(Mutex::new(Vec::new()));
+        let probes: Vec<Arc<Mutex<Probe>>> = (0..2)
+            .map(|_| {
+                Arc::new(Mutex::new(Probe {
+                    fd: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+                    ran_on: ran_on.clone(),
+                }))
+            })
+            .collect();
+        let attached = t1.attach(probes.iter().map(|p| p.clone() as Subscriber).collect());
+        for p in &probes {
+            p.lock().unwrap().fd.write(1).unwrap();
+        }
+        while ran_on.lock().unwrap().len() < 2 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(*ran_on.lock().unwrap(), vec!["IO t1", "IO t1"]);
+        // Detaching drops the thread's references: only ours are left.
+        drop(attached);
+        for p in &probes {
+            assert_eq!(Arc::strong_count(p), 1);
+        }
+        assert_eq!(threads.list().len(), 1);
+        // The last reference gone, the thread is stopped and joined.
+        drop(t1);
+        threads.clear();
+        assert!(std::fs::metadata(format!("/proc/self/task/{tid}")).is_err());
+    }
+
+    #[test]
+    fn references_use_qemus_texts() {
+        let known = |id: &str| id == "io1";
+        let other = |id: &str| id == "sec0";
+        assert_eq!(check_reference("io1", known, other), Ok(()));
+        assert_eq!(
+            check_reference("sec0", known, other)
+                .unwrap_err()
+                .to_string(),
+            "Invalid parameter type for 'iothread', expected: iothread"
+        );
+        assert_eq!(
+            check_reference("nope", known, other)
+                .unwrap_err()
+                .to_string(),
+            "Device 'nope' not found"
+        );
     }
 }
