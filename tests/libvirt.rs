@@ -469,6 +469,26 @@ fn drive(machine: &'static str) {
             run.fail(step, &format!("{key}: expected at least {min}\n{stat}"));
         }
     }
+    // The disk runs on the domain's I/O thread (<iothreads>, <driver iothread='1'>): libvirt
+    // reads it back with query-iothreads; its TID is the process's "IO iothread1" thread.
+    let step = "iothreadinfo";
+    run.step(step);
+    let info = run.virsh(step, &["iothreadinfo", &run.name]);
+    if !info.lines().any(|l| l.trim_start().starts_with('1')) {
+        run.fail(step, &format!("expected IOThread 1:\n{info}"));
+    }
+    let iothreads = run.monitor(step, "query-iothreads");
+    let named = iothreads
+        .as_array()
+        .and_then(|a| a.first())
+        .and_then(|t| t["thread-id"].as_u64())
+        .and_then(|tid| std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")).ok());
+    if named.as_deref().map(str::trim) != Some("IO iothread1") {
+        run.fail(
+            step,
+            &format!("thread of pid {pid} named IO iothread1: {iothreads}"),
+        );
+    }
     let step = "qemu-monitor-command query-status";
     run.step(step);
     let status = run.monitor(step, "query-status");
