@@ -60,6 +60,23 @@ fn threads(pid: u32) -> Vec<(i64, String)> {
     list
 }
 
+/// The threads once every one has taken its name (a new thread names itself when it first
+/// runs, so right after a build it may still show the process's name). The wait is only a
+/// hang guard.
+fn named_threads(pid: u32) -> Vec<(i64, String)> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let list = threads(pid);
+        let unnamed = list
+            .iter()
+            .any(|(tid, name)| *tid != i64::from(pid) && name == "machina");
+        if !unnamed || std::time::Instant::now() > deadline {
+            return list;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 fn count(list: &[(i64, String)], prefix: &str) -> usize {
     list.iter().filter(|(_, n)| n.starts_with(prefix)).count()
 }
@@ -101,7 +118,7 @@ fn query_iothreads_reports_the_real_threads_and_shared_devices_use_them() {
     );
     let mut qmp = vm.client();
     let list = qmp.ok("query-iothreads", Value::Null);
-    let before = threads(vm.pid());
+    let before = named_threads(vm.pid());
     let entries = list.as_array().expect("a list");
     assert_eq!(entries.len(), 2, "{list}");
     for (entry, id) in entries.iter().zip(["io1", "io2"]) {
@@ -134,7 +151,7 @@ fn query_iothreads_reports_the_real_threads_and_shared_devices_use_them() {
     }
     qmp.ok("query-status", Value::Null);
     assert_eq!(qmp.ok("query-iothreads", Value::Null), list);
-    let after = threads(vm.pid());
+    let after = named_threads(vm.pid());
     assert_eq!(before.len(), after.len(), "{before:?} -> {after:?}");
     assert_eq!(count(&after, "virtio-io "), 1, "{after:?}");
 
