@@ -13,7 +13,8 @@
 //! MACHINA_BENCH_QEMU=PATH for another QEMU, default /usr/bin/qemu-system-x86_64). Under
 //! `cargo test --benches` (no `--bench`) every measurement runs once, as a smoke test.
 
-use machina_tests::process::{rss_kib, TempDir};
+use machina_tests::process::rss_kib;
+use machina_tests::TempDir;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
