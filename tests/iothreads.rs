@@ -7,22 +7,20 @@ mod common;
 
 use common::{boot, machina, require_kvm};
 use machina_tests::process::MachinaProcess;
+use machina_tests::TempDir;
 use serde_json::{json, Value};
-use std::path::PathBuf;
 use std::time::Duration;
 
-/// Two 4 MiB raw images, removed at the end.
+/// Two 4 MiB raw images in a directory of their own, removed at the end.
 struct Disks {
-    dir: PathBuf,
+    dir: TempDir,
 }
 
 impl Disks {
     fn new(tag: &str) -> Disks {
-        let dir =
-            std::env::temp_dir().join(format!("machina-iothreads-{tag}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = TempDir::new(&format!("iothreads-{tag}"));
         for i in 0..2 {
-            std::fs::write(dir.join(format!("d{i}.img")), vec![0u8; 4 << 20]).unwrap();
+            std::fs::write(dir.path.join(format!("d{i}.img")), vec![0u8; 4 << 20]).unwrap();
         }
         Disks { dir }
     }
@@ -30,18 +28,12 @@ impl Disks {
     fn drive(&self, i: usize) -> String {
         format!(
             "file={},if=none,id=d{i},format=raw",
-            self.dir.join(format!("d{i}.img")).display()
+            self.dir.path.join(format!("d{i}.img")).display()
         )
     }
 
     fn image(&self, i: usize) -> Vec<u8> {
-        std::fs::read(self.dir.join(format!("d{i}.img"))).unwrap()
-    }
-}
-
-impl Drop for Disks {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
+        std::fs::read(self.dir.path.join(format!("d{i}.img"))).unwrap()
     }
 }
 
