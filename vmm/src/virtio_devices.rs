@@ -422,8 +422,7 @@ pub fn factory<'a>(
                             mode.device_type
                         ));
                     }
-                    set.workers
-                        .push((worker, f.properties.get("iothread").cloned()));
+                    set.workers.push((worker, f.properties.text("iothread")));
                     Arc::new(Mutex::new(function)) as SharedFunction
                 })
                 .map_err(|e| device_err(f, e.to_string())),
