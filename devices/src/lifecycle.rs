@@ -5,7 +5,7 @@
 //! through an eventfd so that it, not the device, tears down or resets the machine.
 
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use vmm_sys_util::eventfd::EventFd;
 
 /// What a device asked for. Later requests never downgrade an earlier, stronger one.
@@ -33,6 +33,9 @@ impl Request {
 struct Inner {
     state: AtomicU8,
     wake: EventFd,
+    /// Slots the guest ejected (ACPI eject register, a PCIe slot powered off): (secondary
+    /// bus id, slot), for the VMM to unplug on its own thread.
+    ejects: Mutex<Vec<(String, u8)>>,
 }
 
 /// Cloneable handle shared by every device that can power off or reset the machine.
@@ -47,6 +50,7 @@ impl Lifecycle {
             inner: Arc::new(Inner {
                 state: AtomicU8::new(Request::None as u8),
                 wake: EventFd::new(libc::EFD_NONBLOCK)?,
+                ejects: Mutex::new(Vec::new()),
             }),
         })
     }
@@ -67,6 +71,22 @@ impl Lifecycle {
     pub fn take(&self) -> Request {
         let _ = self.inner.wake.read();
         Request::from_u8(self.inner.state.swap(Request::None as u8, Ordering::SeqCst))
+    }
+
+    /// The guest released slot `slot` of bus `bus`: the VMM removes what sits there (it
+    /// cannot be done on the vCPU thread, which holds the PCI host).
+    pub fn eject(&self, bus: &str, slot: u8) {
+        self.inner
+            .ejects
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((bus.to_string(), slot));
+        let _ = self.inner.wake.write(1);
+    }
+
+    /// The slots ejected since the last call, in order.
+    pub fn take_ejects(&self) -> Vec<(String, u8)> {
+        std::mem::take(&mut *self.inner.ejects.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// The eventfd that becomes readable when a request is made.

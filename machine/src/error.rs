@@ -181,6 +181,10 @@ pub enum PlanError {
     /// Hot-plug into a bus that has no hot-plug controller.
     #[error("Bus '{0}' does not support hotplugging")]
     BusNoHotplug(String),
+    /// A `device_add` after start that QEMU would accept but machina cannot build on a
+    /// running machine (bridges and ports, non-PCI devices).
+    #[error("hot-plugging {0} is not supported by machina yet")]
+    HotplugUnsupported(String),
     /// A JSON value of the wrong type for its property (QEMU's input visitor).
     #[error("Invalid parameter type for '{name}', expected: {expected}")]
     InvalidParameterType { name: String, expected: String },

@@ -55,7 +55,7 @@ pub use machine_types::{CompatProperty, MachineType, MachineTypeDef};
 pub use memory::split_ram;
 pub use options::{OptionDef, OptionSupport, ResolvedOptions};
 pub use plan::*;
-pub use planner::Pluggable;
+pub use planner::{HotplugMechanism, Pluggable};
 pub use properties::{
     format_devfn, parse_bool, parse_devfn, parse_size, parse_u64_auto, qapi_bool_parse,
     qemu_strtosz, PropType, PropertyDef, SizeError,

@@ -242,6 +242,136 @@ impl Catalog {
     }
 }
 
+/// How a running machine announces a hot-added device on a bus and learns that the guest
+/// released one (QEMU's hot-plug handler of the bus).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HotplugMechanism {
+    /// The south bridge's ACPI PCI hot-plug (PIIX4 / ICH9 registers, GPE0 bit 1), with the
+    /// bus's select number (BSEL) in the DSDT.
+    Acpi { bsel: u32 },
+    /// The PCIe slot of the port providing the bus (Linux's pciehp).
+    Native,
+    /// No hot-plug on this bus.
+    None,
+}
+
+impl Plan {
+    /// The hot-plug handler of bus `bus_id` as QEMU chooses it: ACPI where the bus's
+    /// `acpi_hotplug` says so (pc's root bus and cold-plugged bridges) or, with
+    /// `acpi_bridge_hotplug` (q35 6.1+), every non-root bus; the port's own slot otherwise.
+    pub fn hotplug_mechanism(&self, bus_id: &str) -> HotplugMechanism {
+        let Some(bus) = self.bus(bus_id) else {
+            return HotplugMechanism::None;
+        };
+        if !bus.hotplug {
+            return HotplugMechanism::None;
+        }
+        if let Some(bsel) = self.acpi_bsel(bus_id) {
+            return HotplugMechanism::Acpi { bsel };
+        }
+        if bus.port {
+            HotplugMechanism::Native
+        } else {
+            HotplugMechanism::None
+        }
+    }
+
+    fn acpi_owns(&self, bus: &BusPlan) -> bool {
+        bus.hotplug && (bus.acpi_hotplug || (self.acpi_bridge_hotplug && !bus.is_root))
+    }
+
+    /// ACPI hot-plug buses in QEMU's BSEL order (acpi_set_pci_info: depth first from the
+    /// root bus; a bus's child buses in reverse creation order, as pci_bridge_initfn puts
+    /// each new one at the head of its parent's list).
+    pub fn acpi_hotplug_buses(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(root) = self.buses.iter().find(|b| b.is_root) {
+            self.bsel_walk(root, &mut out, 0);
+        }
+        out
+    }
+
+    fn bsel_walk(&self, bus: &BusPlan, out: &mut Vec<String>, depth: usize) {
+        if depth > self.buses.len() {
+            return;
+        }
+        if self.acpi_owns(bus) {
+            out.push(bus.id.clone());
+        }
+        let children: Vec<&BusPlan> = self
+            .pci
+            .iter()
+            .filter(|f| f.bus == bus.id)
+            .filter_map(|f| f.provides_bus.as_deref())
+            .filter_map(|id| self.bus(id))
+            .collect();
+        for child in children.into_iter().rev() {
+            self.bsel_walk(child, out, depth + 1);
+        }
+    }
+
+    /// The BSEL of an ACPI hot-plug bus.
+    pub fn acpi_bsel(&self, bus_id: &str) -> Option<u32> {
+        self.acpi_hotplug_buses()
+            .iter()
+            .position(|b| b == bus_id)
+            .map(|i| i as u32)
+    }
+
+    /// The plan without function `idx` (a device the guest ejected): bus parents and
+    /// virtio-serial controllers that pointed past it move down by one.
+    pub fn without_function(&self, idx: usize) -> Plan {
+        let mut plan = self.clone();
+        if idx >= plan.pci.len() {
+            return plan;
+        }
+        plan.pci.remove(idx);
+        for b in &mut plan.buses {
+            if let Some(p) = b.parent_function.as_mut() {
+                if *p > idx {
+                    *p -= 1;
+                }
+            }
+        }
+        for p in &mut plan.virtio_ports {
+            if p.controller > idx {
+                p.controller -= 1;
+            }
+        }
+        plan
+    }
+}
+
+impl Catalog {
+    /// `device_add` on the running machine of `plan`: QEMU's hot-plug refusals, then the
+    /// plan with the new function appended (the address is the one `place` predicts).
+    /// Bridges, ports and non-PCI devices are refused: machina cannot add buses or ISA
+    /// devices to a running machine.
+    pub fn hot_add(&self, plan: &Plan, req: &DeviceRequest) -> Result<Plan, PlanError> {
+        let placed = self
+            .place_any(plan, std::slice::from_ref(req), true)
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| Err(PlanError::UnknownDevice(req.driver.clone())))?;
+        let Placement::Pci(p) = placed else {
+            return Err(PlanError::HotplugUnsupported(req.driver.clone()));
+        };
+        if p.provides_bus.is_some() {
+            return Err(PlanError::HotplugUnsupported(p.type_name));
+        }
+        let machine = self
+            .resolve_machine(&plan.machine)
+            .ok_or_else(|| PlanError::UnknownMachine(plan.machine.clone()))?;
+        let mut ctx = Ctx::from_plan(self, machine, plan);
+        let Realized::Pci(i, _) = ctx.realize(req, true)? else {
+            return Err(PlanError::HotplugUnsupported(req.driver.clone()));
+        };
+        let mut out = plan.clone();
+        out.pci.push(ctx.topo.functions[i].clone());
+        Ok(out)
+    }
+}
+
 /// A device type that can go on a bus, and where (`Catalog::pluggable`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Pluggable {
@@ -513,7 +643,9 @@ impl<'a> Ctx<'a> {
         };
         if hotplug && !self.topo.buses[bus].plan.hotplug {
             let b = &self.topo.buses[bus].plan;
-            return Err(if b.port {
+            // When the south bridge's ACPI hot-plug owns the port's bus (q35 6.1+), the
+            // bus has no handler of its own and QEMU 7.2 answers as for any bus.
+            return Err(if b.port && !self.acpi_bridge_hotplug() {
                 // The port's own pre-plug check (the bus itself has a hotplug handler).
                 let port_id = b
                     .parent_function

@@ -34,7 +34,7 @@ impl RunState {
 }
 
 /// What the run loop is asked to do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Command {
     /// Plan and build the configured machine. `x-exit-preconfig` also starts the vCPUs
     /// (unless -S), as QEMU does; `machine-build` leaves them for `cont`.
@@ -46,6 +46,12 @@ pub enum Command {
     Reset,
     PowerDown,
     Quit,
+    /// `device_add` on the running machine: build the last function of the plan, plug it
+    /// and announce it; the request (with its address) joins the configuration.
+    HotAdd {
+        plan: Box<Plan>,
+        request: Box<machine::DeviceRequest>,
+    },
 }
 
 pub type Reply = Result<Value, qmp::QmpError>;
@@ -62,6 +68,9 @@ pub struct VmState {
     /// Host thread id (gettid) of each vCPU thread, by vCPU index; replaced at every
     /// (re)build, empty before the first.
     pub vcpu_thread_ids: Vec<i32>,
+    /// Ids of devices whose PCIe slot was asked to release them (`device_del`), until the
+    /// guest does.
+    pub unplug_pending: std::collections::BTreeSet<String>,
 }
 
 /// Commands waiting for the run loop; `closed` once the loop has ended.
@@ -198,6 +207,7 @@ mod tests {
             pci: None,
             layout: None,
             vcpu_thread_ids: Vec::new(),
+            unplug_pending: Default::default(),
         })
         .expect("controller")
     }

@@ -15,6 +15,7 @@ pub mod cpuid;
 pub mod daemon;
 pub mod fdset;
 pub mod fw_cfg;
+pub mod hotplug;
 pub mod interrupts;
 pub mod iothread;
 pub mod kvm_vm;

@@ -210,6 +210,7 @@ fn run(args: Vec<std::ffi::OsString>, start: Instant) -> Result<u8, String> {
             pci: None,
             layout: None,
             vcpu_thread_ids: Vec::new(),
+            unplug_pending: Default::default(),
         })
         .map_err(|e| e.to_string())?,
     );

@@ -195,6 +195,11 @@ struct Running {
     subscribers: Vec<event_manager::SubscriberId>,
     /// The virtio devices' I/O threads, stopped and joined after the vCPUs.
     device_threads: crate::virtio_devices::DeviceThreads,
+    /// Hot-added functions' I/O threads, likewise.
+    hot_added: crate::hotplug::HotAdded,
+    /// The PCI host and the INTx forwarder, for hot-added functions.
+    pci: Option<devices::pci::SharedHost>,
+    intx_forwarder: Arc<crate::virtio_devices::IntxForwarder>,
     /// The buses, cleared at teardown to break the cycles through them (config ports ->
     /// PCI host -> buses) so that the whole incarnation is freed.
     io: Arc<devices::bus::Bus>,
@@ -268,6 +273,9 @@ impl Running {
             stop,
             subscribers: Vec::new(),
             device_threads: Default::default(),
+            hot_added: Default::default(),
+            pci: machine.pci,
+            intx_forwarder: machine.intx_forwarder,
             io: machine.io,
             mmio: machine.mmio,
             vm: machine.vm,
@@ -315,6 +323,8 @@ impl Running {
         }
         // The devices' I/O threads next: no vCPU can kick them any more.
         drop(self.device_threads);
+        drop(self.hot_added);
+        drop(self.pci);
         self.io.clear();
         self.mmio.clear();
         self.vm
@@ -688,6 +698,28 @@ impl Machine<'_> {
                     Err(e) => (Err(QmpError::generic(e.to_string())), Some(Outcome::Failed)),
                 }
             }
+            Command::HotAdd { plan, request } => {
+                let Some(running) = self.running.as_mut() else {
+                    return (Err(QmpError::generic("the machine is not running")), None);
+                };
+                let Some(host) = running.pci.clone() else {
+                    return (Err(QmpError::generic("the machine has no PCI bus")), None);
+                };
+                let answer = crate::hotplug::hot_add(
+                    &self.control,
+                    *plan,
+                    *request,
+                    crate::hotplug::HotAddInputs {
+                        host: &host,
+                        vm: &running.vm,
+                        forwarder: &running.intx_forwarder,
+                        open: &mut self.backends,
+                        lifecycle: &self.lifecycle,
+                        added: &mut running.hot_added,
+                    },
+                );
+                (answer.map(|()| Value::Null).map_err(QmpError::generic), None)
+            }
             Command::PowerDown => {
                 if let Some(host) = self.control.state().pci.as_ref() {
                     host.lock()
@@ -828,6 +860,11 @@ pub fn run(
             }
         }
         let request = machine.lifecycle.take();
+        for (bus, slot) in machine.lifecycle.take_ejects() {
+            if let Some(running) = machine.running.as_mut() {
+                crate::hotplug::eject(&machine.control, &bus, slot, &mut running.hot_added);
+            }
+        }
         if let Some(outcome) = machine.guest_request(request)? {
             return Ok(machine.finish(outcome));
         }

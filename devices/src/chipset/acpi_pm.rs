@@ -138,6 +138,14 @@ impl AcpiPm {
         self.update_sci();
     }
 
+    /// Raise GPE0 status bit `bit` (PCI hot-plug events) and update the SCI.
+    pub fn raise_gpe(&mut self, bit: usize) {
+        if let Some(b) = self.gpe_sts.get_mut(bit / 8) {
+            *b |= 1 << (bit % 8);
+        }
+        self.update_sci();
+    }
+
     fn update_sci(&mut self) {
         let pm1 = self.pm1_sts & self.pm1_en & PM1_SCI_BITS != 0;
         let gpe = self

@@ -2,6 +2,7 @@
 //! PIRQ A-H routing, RCBA (maps the chipset-configuration register block) and LPC_EN bits
 //! for the ISA devices present, with QEMU's ich9_lpc_reset values.
 
+use crate::pci::acpi_hotplug::SharedPcihp;
 use super::acpi_pm::{AcpiPm, PmBlock, PmFlavor, ICH9_GPE0_LEN, ICH9_PM_BLOCK_LEN};
 use super::apm::{self, Apm};
 use super::byte_regs;
@@ -34,6 +35,7 @@ pub const CC_SIZE: usize = 16 * 1024;
 const PM_WINDOW: u32 = 1;
 const RCRB_WINDOW: u32 = 2;
 const APM_WINDOW: u32 = 3;
+const PCIHP_WINDOW: u32 = 4;
 /// GPE0_STS is at PMBASE + 0x20 (ICH9 datasheet, 13.8.3).
 const GPE0_OFFSET: u16 = 0x20;
 /// APM commands that enable/disable ACPI mode (ICH9_APM_ACPI_ENABLE/DISABLE).
@@ -90,6 +92,8 @@ pub struct Ich9Lpc {
     apm_ports: Option<Range>,
     /// The SCI's GSI (the plan's `sci-irq`).
     sci_irq: Option<u32>,
+    /// ACPI PCI hot-plug registers (0x0cc0), when the plan has them.
+    pcihp: Option<SharedPcihp>,
 }
 
 impl Ich9Lpc {
@@ -115,9 +119,10 @@ impl Ich9Lpc {
         let acpi_only = !super::smm_enabled(plan);
         let pm = Arc::new(Mutex::new(AcpiPm::new(
             PmFlavor::Ich9,
-            lifecycle,
+            lifecycle.clone(),
             acpi_only,
         )));
+        let pcihp = super::piix4_pm::pcihp_for(plan, &pm, &lifecycle);
         let pm_block: SharedDevice = Arc::new(Mutex::new(PmBlock(pm.clone())));
         let apm = Arc::new(Mutex::new(Apm::new(
             pm.clone(),
@@ -132,6 +137,7 @@ impl Ich9Lpc {
             apm,
             apm_ports: apm::ports(plan),
             sci_irq: plan.sci_irq,
+            pcihp,
         })
     }
 
@@ -157,6 +163,9 @@ impl PciFunction for Ich9Lpc {
         self.config.reset();
         self.pm.lock().unwrap_or_else(|e| e.into_inner()).reset();
         self.rcrb.lock().unwrap_or_else(|e| e.into_inner()).reset();
+        if let Some(p) = &self.pcihp {
+            lock(p).reset();
+        }
     }
 
     fn windows(&self) -> Vec<Window> {
@@ -178,7 +187,21 @@ impl PciFunction for Ich9Lpc {
             self.apm_ports
                 .map(|at| apm::window(APM_WINDOW, at, &self.apm)),
         );
+        if let Some(p) = &self.pcihp {
+            let at = lock(p).range();
+            let dev: SharedDevice = p.clone();
+            w.push(super::io_window::io_window(
+                PCIHP_WINDOW,
+                at.base,
+                at.size,
+                &dev,
+            ));
+        }
         w
+    }
+
+    fn acpi_hotplug(&self) -> Option<SharedPcihp> {
+        self.pcihp.clone()
     }
 
     fn set_intx_sink(&mut self, sink: Arc<dyn IntxSink>) {

@@ -8,6 +8,7 @@ use super::io_window::{io_window, IoDecode};
 use super::smbus::{Smbus, SMBUS_IO_LEN};
 use crate::bus::SharedDevice;
 use crate::lifecycle::Lifecycle;
+use crate::pci::acpi_hotplug::{self, Pcihp, SharedPcihp};
 use crate::pci::config::PciConfig;
 use crate::pci::device::{PciFunction, Window};
 use crate::pci::firmware::FirmwareFunction;
@@ -30,6 +31,7 @@ const PM_WINDOW: u32 = 1;
 const SMB_WINDOW: u32 = 2;
 const GPE_WINDOW: u32 = 3;
 const APM_WINDOW: u32 = 4;
+const PCIHP_WINDOW: u32 = 5;
 /// APM commands that enable/disable ACPI mode (piix4_pm's ACPI_ENABLE/ACPI_DISABLE).
 const APM_ACPI_ENABLE: u8 = 0xf1;
 const APM_ACPI_DISABLE: u8 = 0xf0;
@@ -60,6 +62,19 @@ pub struct Piix4Pm {
     gpe0: Option<Range>,
     /// The SCI's GSI (the plan's `sci-irq`).
     sci_irq: Option<u32>,
+    /// ACPI PCI hot-plug registers (0xae00), when the plan has them.
+    pcihp: Option<SharedPcihp>,
+}
+
+/// The ACPI PCI hot-plug block of `plan`, raising GPE0 bit 1 on `pm`.
+pub(crate) fn pcihp_for(
+    plan: &Plan,
+    pm: &Arc<Mutex<AcpiPm>>,
+    lifecycle: &Lifecycle,
+) -> Option<SharedPcihp> {
+    let pm = pm.clone();
+    let gpe = Arc::new(move || lock(&pm).raise_gpe(acpi_hotplug::GPE_PCI_HOTPLUG));
+    Pcihp::for_plan(plan, gpe, lifecycle.clone()).map(acpi_hotplug::shared)
 }
 
 impl Piix4Pm {
@@ -95,8 +110,13 @@ impl Piix4Pm {
         };
         c.set_u8(0x67, com1 | com2);
         c.commit_reset_state();
-        let pm = Arc::new(Mutex::new(AcpiPm::new(PmFlavor::Piix4, lifecycle, !smm)));
+        let pm = Arc::new(Mutex::new(AcpiPm::new(
+            PmFlavor::Piix4,
+            lifecycle.clone(),
+            !smm,
+        )));
         Self {
+            pcihp: pcihp_for(plan, &pm, &lifecycle),
             config: c,
             pm_block: Arc::new(Mutex::new(PmBlock(pm.clone()))),
             gpe_block: Arc::new(Mutex::new(Gpe0Block(pm.clone()))),
@@ -138,6 +158,9 @@ impl PciFunction for Piix4Pm {
         self.config.reset();
         self.pm.lock().unwrap_or_else(|e| e.into_inner()).reset();
         self.smbus.lock().unwrap_or_else(|e| e.into_inner()).reset();
+        if let Some(p) = &self.pcihp {
+            lock(p).reset();
+        }
     }
 
     fn windows(&self) -> Vec<Window> {
@@ -150,7 +173,21 @@ impl PciFunction for Piix4Pm {
         let apm = self
             .apm_ports
             .map(|at| apm::window(APM_WINDOW, at, &self.apm));
-        gpe.into_iter().chain(pm).chain(smb).chain(apm).collect()
+        let hp = self.pcihp.as_ref().map(|p| {
+            let at = lock(p).range();
+            let dev: SharedDevice = p.clone();
+            io_window(PCIHP_WINDOW, at.base, at.size, &dev)
+        });
+        gpe.into_iter()
+            .chain(pm)
+            .chain(smb)
+            .chain(apm)
+            .chain(hp)
+            .collect()
+    }
+
+    fn acpi_hotplug(&self) -> Option<SharedPcihp> {
+        self.pcihp.clone()
     }
 
     fn set_intx_sink(&mut self, sink: Arc<dyn IntxSink>) {

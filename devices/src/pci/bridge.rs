@@ -20,7 +20,11 @@ use super::regs::*;
 use super::window;
 use super::PciError;
 use machine::PciIdentity;
+use crate::lifecycle::Lifecycle;
 use std::sync::Arc;
+
+/// Power indicator blinking (PCI_EXP_SLTCTL_PWR_IND_BLINK).
+const PIC_BLINK: u16 = 0x0200;
 
 /// The QEMU device a bridge models; selects reset and write-side-effect behaviour.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -187,6 +191,26 @@ pub struct PciBridge {
     intx: bool,
     /// Slot hot-plug interrupt state (QEMU's hpev_notified).
     hp_notified: bool,
+    /// Where a slot the guest powers off is reported: the lifecycle and the secondary bus.
+    eject: Option<(Lifecycle, String)>,
+}
+
+/// Why a port refuses `device_del` (pcie_cap_slot_unplug_request_cb's texts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnplugRefusal {
+    /// "Hot-unplug failed: unsupported by the port device '%s'".
+    NoHotplug,
+    /// "Hot-unplug failed: guest is busy (power indicator blinking)".
+    Busy,
+}
+
+/// What a port did with an unplug request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unplug {
+    /// The attention button was pressed: the guest powers the slot off when it is done.
+    Requested,
+    /// The slot was powered off: the device goes at once.
+    Now,
 }
 
 impl PciBridge {
@@ -215,6 +239,7 @@ impl PciBridge {
             msi_sink: None,
             intx: false,
             hp_notified: false,
+            eject: None,
         };
         if b.is_pcie_port() {
             b.config.set_u16(STATUS, 0);
@@ -309,6 +334,89 @@ impl PciBridge {
             s.set_populated(populated);
         }
         self.reset_model();
+    }
+
+    /// The secondary bus's id and where ejects go (set by the host when it is built).
+    pub fn set_eject_target(&mut self, lifecycle: Lifecycle, bus_id: String) {
+        self.eject = Some((lifecycle, bus_id));
+    }
+
+    /// Whether the port's slot offers native hot-plug (SLTCAP HPC).
+    pub fn native_hotplug(&self) -> bool {
+        self.exp.is_some_and(|e| {
+            e.slot.is_some() && self.config.get_u32(e.offset + pcie::SLTCAP) & pcie::SLTCAP_HPC != 0
+        })
+    }
+
+    /// pcie_cap_slot_plug_cb for a hot-added device at `devfn`: function 0 makes the slot
+    /// present (PDS, DLLLA, the partner's link) and signals presence-detect changed and
+    /// the attention button.
+    pub fn slot_hot_plugged(&mut self, devfn: u8, link_partner: Option<u16>) {
+        self.populated |= 1 << (devfn >> 3);
+        let Some(e) = self.exp else { return };
+        if e.slot.is_none() || devfn != 0 {
+            return;
+        }
+        self.link_partner = link_partner;
+        e.slot_present(&mut self.config, true);
+        e.sync_link(&mut self.config, link_partner);
+        if e.slot_event(&mut self.config, pcie::SLTSTA_PDC | pcie::SLTSTA_ABP) {
+            self.hotplug_notify();
+        }
+    }
+
+    /// pcie_cap_slot_enable_power (ACPI hot-plug into a port's bus).
+    pub fn slot_enable_power(&mut self) {
+        if let Some(e) = self.exp.filter(|e| e.slot.is_some()) {
+            e.slot_enable_power(&mut self.config);
+        }
+    }
+
+    /// pcie_cap_slot_unplug_request_cb for the device at `devfn`.
+    pub fn slot_unplug_request(&mut self, devfn: u8) -> Result<Unplug, UnplugRefusal> {
+        if !self.native_hotplug() {
+            return Err(UnplugRefusal::NoHotplug);
+        }
+        let Some(e) = self.exp else {
+            return Err(UnplugRefusal::NoHotplug);
+        };
+        let (ctl, _) = e.slot_regs(&self.config);
+        if ctl & pcie::SLTCTL_PIC == PIC_BLINK {
+            return Err(UnplugRefusal::Busy);
+        }
+        // A function other than 0 with no function 0 was never shown to the guest.
+        if devfn != 0 && self.populated & 1 == 0 {
+            self.eject_now(devfn);
+            return Ok(Unplug::Now);
+        }
+        if PcieCap::powered_off(ctl) {
+            self.slot_do_unplug();
+            self.hotplug_notify();
+            e.slot_clear(&mut self.config, pcie::SLTSTA_ABP);
+            self.eject_now(devfn);
+            return Ok(Unplug::Now);
+        }
+        if e.slot_event(&mut self.config, pcie::SLTSTA_ABP) {
+            self.hotplug_notify();
+        }
+        Ok(Unplug::Requested)
+    }
+
+    fn eject_now(&self, devfn: u8) {
+        if let Some((lifecycle, bus)) = &self.eject {
+            lifecycle.eject(bus, devfn >> 3);
+        }
+    }
+
+    /// pcie_cap_slot_do_unplug: nothing present any more, presence-detect changed.
+    fn slot_do_unplug(&mut self) {
+        let Some(e) = self.exp else { return };
+        self.populated &= !1;
+        self.link_partner = None;
+        e.slot_present(&mut self.config, false);
+        let sta = self.config.get_u16(e.offset + pcie::SLTSTA);
+        self.config
+            .set_u16(e.offset + pcie::SLTSTA, sta | pcie::SLTSTA_PDC);
     }
 
     /// QEMU's per-model reset on top of the restored power-on snapshot.
@@ -439,6 +547,18 @@ impl PciBridge {
         });
         let wrote_ctl = offset < ctl_at + 2 && end > ctl_at;
         let command = e.slot_write(&mut self.config, old, written_sta, wrote_ctl);
+        // The guest powered a populated slot off: the device goes (the VMM removes it).
+        let (new_ctl, sta) = e.slot_regs(&self.config);
+        if wrote_ctl
+            && sta & pcie::SLTSTA_PDS != 0
+            && PcieCap::powered_off(new_ctl)
+            && !PcieCap::powered_off(old.0)
+        {
+            self.slot_do_unplug();
+            if let Some((lifecycle, bus)) = &self.eject {
+                lifecycle.eject(bus, 0);
+            }
+        }
         if written_sta.is_some() {
             // hotplug_event_clear
             self.hp_notified = e.hotplug_pending(&self.config);

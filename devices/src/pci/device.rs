@@ -102,6 +102,11 @@ pub trait PciFunction: Send {
         false
     }
 
+    /// The ACPI PCI hot-plug register block this function (a south bridge's PM) owns.
+    fn acpi_hotplug(&self) -> Option<super::acpi_hotplug::SharedPcihp> {
+        None
+    }
+
     /// The bridge model, for the host's bus-topology bookkeeping.
     fn as_bridge_mut(&mut self) -> Option<&mut PciBridge> {
         None

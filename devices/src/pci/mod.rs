@@ -4,6 +4,7 @@
 //! header-only kinds. Nothing here names a chipset: `crate::chipset` builds on this module,
 //! and `crate::kinds` (the registry) on both.
 
+pub mod acpi_hotplug;
 pub mod bridge;
 pub mod bridges;
 pub mod caps;

@@ -46,7 +46,7 @@ fn queued(
     command: Command,
 ) -> impl Fn(Map<String, Value>, &mut Session) -> Result<Value, QmpError> {
     let control = control.clone();
-    move |_args, _ctx| control.submit(command)
+    move |_args, _ctx| control.submit(command.clone())
 }
 
 pub(super) fn register(reg: &mut Registry, control: &Arc<Controller>) -> Result<(), RegistryError> {

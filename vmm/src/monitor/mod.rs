@@ -6,6 +6,7 @@ mod block;
 mod chardev;
 mod cpus;
 mod hmp;
+mod hotplug;
 mod introspection;
 mod lifecycle;
 mod net;
@@ -31,5 +32,6 @@ pub fn registry(control: &Arc<Controller>) -> Result<Registry, RegistryError> {
     chardev::register(&mut reg, control)?;
     hmp::register(&mut reg, control)?;
     net::register(&mut reg, control)?;
+    hotplug::register(&mut reg, control)?;
     Ok(reg)
 }

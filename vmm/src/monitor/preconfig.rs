@@ -142,14 +142,26 @@ pub(super) fn register(reg: &mut Registry, control: &Arc<Controller>) -> Result<
             let request = devices_from(Some(&Value::Array(vec![Value::Object(args)])))?;
             let mut state = c.state();
             if let Some(plan) = &state.plan {
-                // Hot-plug: QEMU's own refusals first (e.g. pcie.0), then ours.
-                let placed = state.catalog.place(plan, &request, true);
-                if let Some(Err(e)) = placed.into_iter().next() {
-                    return Err(QmpError::generic(e.to_string()));
-                }
-                return Err(QmpError::generic(
-                    "hot-plugging PCI devices is not supported by machina yet",
-                ));
+                // Hot-plug: QEMU's refusals (the bus, the slot), then the backends; the run
+                // loop builds and announces the function.
+                let Some(req) = request.first().cloned() else {
+                    return Err(QmpError::generic("no device"));
+                };
+                let new_plan = state
+                    .catalog
+                    .hot_add(plan, &req)
+                    .map_err(|e| QmpError::generic(e.to_string()))?;
+                backends::check_references(&request, &state.config.backends)
+                    .map_err(|e| QmpError::generic(e.message))?;
+                let mut config = state.config.clone();
+                backends::attach_drives(&request, &[], &mut config.backends)
+                    .map_err(|e| QmpError::generic(e.message))?;
+                state.config.backends = config.backends;
+                drop(state);
+                return c.submit(crate::control::Command::HotAdd {
+                    plan: Box::new(new_plan),
+                    request: Box::new(req),
+                });
             }
             backends::check_references(&request, &state.config.backends)
                 .map_err(|e| QmpError::generic(e.message))?;

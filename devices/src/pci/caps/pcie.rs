@@ -432,6 +432,37 @@ impl PcieCap {
         true
     }
 
+    /// pcie_sltctl_powered_off: power controller off and power indicator off.
+    pub fn powered_off(ctl: u16) -> bool {
+        ctl & SLTCTL_PCC != 0 && ctl & SLTCTL_PIC == SLTCTL_PIC_OFF
+    }
+
+    /// A device appeared in the slot (pcie_cap_slot_plug_cb for a hot-added function 0):
+    /// Presence Detect State and Data Link Layer Link Active set.
+    pub fn slot_present(&self, config: &mut PciConfig, present: bool) {
+        let sta = config.get_u16(self.at(SLTSTA));
+        let lnk = config.get_u16(self.at(LNKSTA));
+        if present {
+            config.set_u16(self.at(SLTSTA), sta | SLTSTA_PDS);
+            config.set_u16(self.at(LNKSTA), lnk | LNKSTA_DLLLA);
+        } else {
+            config.set_u16(self.at(SLTSTA), sta & !SLTSTA_PDS);
+            config.set_u16(self.at(LNKSTA), lnk & !LNKSTA_DLLLA);
+        }
+    }
+
+    /// pcie_cap_slot_enable_power: the power controller on (ACPI hot-plug into a port).
+    pub fn slot_enable_power(&self, config: &mut PciConfig) {
+        let ctl = config.get_u16(self.at(SLTCTL));
+        config.set_u16(self.at(SLTCTL), ctl & !SLTCTL_PCC);
+    }
+
+    /// Clear `bits` of SLTSTA without an event.
+    pub fn slot_clear(&self, config: &mut PciConfig, bits: u16) {
+        let sta = config.get_u16(self.at(SLTSTA));
+        config.set_u16(self.at(SLTSTA), sta & !bits);
+    }
+
     /// Latch `event` in SLTSTA; true when it was not already set (pcie_cap_slot_event).
     pub fn slot_event(&self, config: &mut PciConfig, event: u16) -> bool {
         let sta = config.get_u16(self.at(SLTSTA));

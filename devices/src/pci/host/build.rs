@@ -236,6 +236,7 @@ impl PciHost {
             rcr_keep,
             ecam: Arc::new(Mutex::new(PciConfigMmio::new(Weak::new()))),
             intx: None,
+            msi: None,
             intx_levels: HashMap::new(),
             gsi_out: BTreeMap::new(),
             ram: vec![
@@ -274,6 +275,7 @@ impl PciHost {
             if let Some(e) = self.functions.get(&key) {
                 if let Some(b) = lock(&e.func).as_bridge_mut() {
                     b.attach(populated, partner, plug_latched);
+                    b.set_eject_target(self.lifecycle.clone(), self.buses[child].id.clone());
                 }
             }
         }

@@ -171,6 +171,15 @@ impl PciHost {
         }
     }
 
+    /// Take every mapping of a removed function off the buses; the function learns its BARs
+    /// decode nowhere (a virtio function drops its queue notifications).
+    pub(super) fn unmap_removed(&self, mapped: &[Mapped], func: &SharedFunction) {
+        for m in mapped {
+            let _ = self.bus_for(m.space).remove(m.base);
+        }
+        lock(func).bars_mapped(&[]);
+    }
+
     fn bus_for(&self, space: Space) -> &Bus {
         match space {
             Space::Io => &self.io,

@@ -8,6 +8,7 @@
 //! function (or their own state), never the host, so vCPU threads cannot deadlock.
 
 mod build;
+mod hotplug;
 mod intx;
 mod mapping;
 mod routing;
@@ -75,6 +76,8 @@ pub struct PciHost {
     rcr_keep: u8,
     ecam: Arc<Mutex<PciConfigMmio>>,
     intx: Option<Arc<dyn IntxSink>>,
+    /// Where MSI goes (kept for functions added later).
+    msi: Option<Arc<dyn MsiSink>>,
     /// Level of each (function, pin) currently asserted, for wired-OR sharing of GSIs.
     intx_levels: HashMap<(FunctionKey, u8), bool>,
     /// Last level sent per GSI, so only changes reach the sink.
@@ -102,6 +105,7 @@ impl PciHost {
         for e in self.functions.values() {
             lock(&e.func).set_msi_sink(sink.clone());
         }
+        self.msi = Some(sink);
     }
 
     /// Where INTx and the SCI are delivered; without a sink they are dropped.

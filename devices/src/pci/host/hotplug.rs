@@ -1,0 +1,86 @@
+//! Hot-plug on the built host: a function added to or removed from a running machine
+//! (mapped, interrupt sinks given, bridges told), and the handles the VMM announces it with.
+
+use super::{lock, FunctionEntry, PciHost, SharedFunction};
+use crate::pci::acpi_hotplug::SharedPcihp;
+use crate::pci::caps::pcie::link_status_of;
+use crate::pci::kind::PciKind;
+use crate::pci::PciError;
+use machine::PciFunctionPlan;
+
+impl PciHost {
+    /// Add the model `func` of planned function `f` (a `device_add` after start). Its
+    /// interrupts go where the others' go; nothing decodes until the guest programs it.
+    pub fn hot_add(
+        &mut self,
+        f: &PciFunctionPlan,
+        func: SharedFunction,
+        kind: &'static dyn PciKind,
+    ) -> Result<(), PciError> {
+        let bus = self
+            .bus_index(&f.bus)
+            .ok_or_else(|| PciError::UnknownBus(f.bus.clone()))?;
+        let key = (bus, f.devfn());
+        if self.functions.contains_key(&key) {
+            return Err(PciError::DuplicateFunction {
+                bus: f.bus.clone(),
+                devfn: key.1,
+            });
+        }
+        {
+            let mut m = lock(&func);
+            if let Some(s) = &self.intx {
+                m.set_intx_sink(s.clone());
+            }
+            if let Some(s) = &self.msi {
+                m.set_msi_sink(s.clone());
+            }
+        }
+        self.functions.insert(
+            key,
+            FunctionEntry {
+                func,
+                kind,
+                type_name: f.type_name.clone(),
+                id: f.id.clone(),
+                provides: None,
+                mapped: Vec::new(),
+            },
+        );
+        self.sync_windows(key);
+        Ok(())
+    }
+
+    /// Remove the function at `devfn` of `bus_id` (the guest ejected it): its mappings go,
+    /// its INTx lines drop. Returns the model, for the VMM to stop its worker.
+    pub fn hot_remove(&mut self, bus_id: &str, devfn: u8) -> Option<SharedFunction> {
+        let bus = self.bus_index(bus_id)?;
+        let key = (bus, devfn);
+        let entry = self.functions.remove(&key)?;
+        self.unmap_removed(&entry.mapped, &entry.func);
+        self.intx_levels.retain(|(k, _), _| *k != key);
+        self.update_intx_lines();
+        Some(entry.func)
+    }
+
+    /// The ACPI PCI hot-plug block of the south bridge, if the machine has one.
+    pub fn acpi_hotplug(&self) -> Option<SharedPcihp> {
+        self.functions
+            .values()
+            .find_map(|e| lock(&e.func).acpi_hotplug())
+    }
+
+    /// The port or bridge that provides bus `bus_id`.
+    pub fn bridge_of(&self, bus_id: &str) -> Option<SharedFunction> {
+        let key = self.parent_of(self.bus_index(bus_id)?)?;
+        self.functions.get(&key).map(|e| e.func.clone())
+    }
+
+    /// LNKSTA of the express function at devfn 0 of `bus_id` (the slot's link partner).
+    pub fn link_partner(&self, bus_id: &str) -> Option<u16> {
+        let bus = self.bus_index(bus_id)?;
+        let e = self.functions.get(&(bus, 0))?;
+        let f = lock(&e.func);
+        link_status_of(f.config())
+    }
+}

@@ -1,0 +1,109 @@
+//! `device_del` on the running machine and the DEVICE_DELETED event: the request goes to
+//! the bus's hot-plug handler (ACPI PCI hot-plug or the port's PCIe slot) and returns at
+//! once; the device goes when the guest ejects it (`crate::hotplug::eject`).
+
+use crate::control::Controller;
+use devices::pci::bridge::{Unplug, UnplugRefusal};
+use machine::HotplugMechanism;
+use qmp::{CommandDef, EventDef, Map, QmpError, Registry, RegistryError, Session, Type, Value};
+use std::sync::Arc;
+
+/// `device_del`'s `id`: a device id or its QOM path under /machine/peripheral.
+fn device_id(arg: &str) -> &str {
+    arg.strip_prefix("/machine/peripheral/").unwrap_or(arg)
+}
+
+pub(super) fn register(reg: &mut Registry, control: &Arc<Controller>) -> Result<(), RegistryError> {
+    let c = control.clone();
+    reg.register(
+        CommandDef::new("device_del").arg("id", Type::Str),
+        move |args: Map<String, Value>, _ctx: &mut Session| {
+            let arg = args.get("id").and_then(Value::as_str).unwrap_or_default();
+            device_del(&c, device_id(arg))
+        },
+    )?;
+    reg.register_event(
+        EventDef::new("DEVICE_DELETED")
+            .optional("device", Type::Str)
+            .member("path", Type::Str),
+    )?;
+    Ok(())
+}
+
+fn not_found(id: &str) -> QmpError {
+    QmpError::device_not_found(format!("Device '{id}' not found"))
+}
+
+fn device_del(control: &Controller, id: &str) -> Result<Value, QmpError> {
+    let mut state = control.state();
+    let Some(plan) = state.plan.clone() else {
+        return Err(not_found(id));
+    };
+    let Some(f) = plan.pci.iter().find(|f| f.id.as_deref() == Some(id)).cloned() else {
+        let other = plan.isa.iter().any(|d| d.id.as_deref() == Some(id))
+            || plan.virtio_ports.iter().any(|p| p.id.as_deref() == Some(id));
+        return Err(if other {
+            QmpError::generic(format!("Device '{id}' does not support hotplugging"))
+        } else {
+            not_found(id)
+        });
+    };
+    let host = state.pci.clone().ok_or_else(|| not_found(id))?;
+    match plan.hotplug_mechanism(&f.bus) {
+        HotplugMechanism::None => Err(QmpError::generic(format!(
+            "Bus '{}' does not support hotplugging",
+            f.bus
+        ))),
+        HotplugMechanism::Acpi { .. } => {
+            let pcihp = host
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .acpi_hotplug();
+            if let Some(p) = pcihp {
+                p.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .unplug_request(&f.bus, f.slot);
+            }
+            Ok(Value::Null)
+        }
+        HotplugMechanism::Native => {
+            if state.unplug_pending.contains(id) {
+                return Err(QmpError::generic(format!(
+                    "Device {id} is already in the process of unplug"
+                )));
+            }
+            let port = host
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .bridge_of(&f.bus)
+                .ok_or_else(|| not_found(id))?;
+            let port_id = plan
+                .pci
+                .iter()
+                .find(|p| p.provides_bus.as_deref() == Some(f.bus.as_str()))
+                .and_then(|p| p.id.clone())
+                .unwrap_or_else(|| "(null)".to_string());
+            let answer = port
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_bridge_mut()
+                .map(|b| b.slot_unplug_request(f.devfn()));
+            match answer {
+                Some(Ok(Unplug::Requested)) => {
+                    state.unplug_pending.insert(id.to_string());
+                    Ok(Value::Null)
+                }
+                Some(Ok(Unplug::Now)) => {
+                    state.unplug_pending.insert(id.to_string());
+                    Ok(Value::Null)
+                }
+                Some(Err(UnplugRefusal::Busy)) => Err(QmpError::generic(
+                    "Hot-unplug failed: guest is busy (power indicator blinking)",
+                )),
+                Some(Err(UnplugRefusal::NoHotplug)) | None => Err(QmpError::generic(format!(
+                    "Hot-unplug failed: unsupported by the port device '{port_id}'"
+                ))),
+            }
+        }
+    }
+}
