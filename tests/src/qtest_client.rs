@@ -169,6 +169,11 @@ impl Qtest {
         err
     }
 
+    /// The process id (for /proc/PID counts).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Whether the process is still running.
     pub fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))

@@ -386,6 +386,18 @@ fn attach_drive(backend: &mut Backend, context: &str) -> Result<(), BackendError
     Ok(())
 }
 
+/// The device that had drive `id` is gone (the guest ejected it): the drive is free for
+/// another device; its image closes with the last handle (the device's dup went with it).
+pub fn detach_drive(backends: &mut [Backend], drive: &str) {
+    for b in backends.iter_mut() {
+        if let Backend::Drive { id, attached, .. } = b {
+            if id == drive {
+                *attached = None;
+            }
+        }
+    }
+}
+
 /// Give each drive to the device that names it (`contexts[i]` names `devices[i]` in errors):
 /// opens and locks its image; a second device on the same drive is refused.
 pub fn attach_drives(

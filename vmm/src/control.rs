@@ -52,6 +52,8 @@ pub enum Command {
         plan: Box<Plan>,
         request: Box<machine::DeviceRequest>,
     },
+    /// Take what sits in `slot` of `bus` out at once (an unplug that needs no guest).
+    Eject { bus: String, slot: u8 },
 }
 
 pub type Reply = Result<Value, qmp::QmpError>;
@@ -68,9 +70,10 @@ pub struct VmState {
     /// Host thread id (gettid) of each vCPU thread, by vCPU index; replaced at every
     /// (re)build, empty before the first.
     pub vcpu_thread_ids: Vec<i32>,
-    /// Ids of devices whose PCIe slot was asked to release them (`device_del`), until the
-    /// guest does.
-    pub unplug_pending: std::collections::BTreeSet<String>,
+    /// Ids of devices asked to go (`device_del`) until the guest ejects them, with when a
+    /// repeated request is accepted again (QEMU's pending_deleted_expires_ms: 1 ms for ACPI,
+    /// 5 s for a PCIe slot, of virtual time, which stands still while the vCPUs do).
+    pub unplug_pending: std::collections::BTreeMap<String, std::time::Instant>,
 }
 
 /// Commands waiting for the run loop; `closed` once the loop has ended.

@@ -172,8 +172,11 @@ pub fn eject(control: &Controller, bus: &str, slot: u8, added: &mut HotAdded) {
     {
         let mut state = control.state();
         for f in &events {
+            if let Some(drive) = f.properties.get("drive").filter(|d| !d.is_empty()) {
+                crate::backends::detach_drive(&mut state.config.backends, drive);
+            }
             if let Some(id) = &f.id {
-                state.unplug_pending.remove(id);
+                state.unplug_pending.remove(id.as_str());
                 state
                     .config
                     .devices

@@ -720,6 +720,12 @@ impl Machine<'_> {
                 );
                 (answer.map(|()| Value::Null).map_err(QmpError::generic), None)
             }
+            Command::Eject { bus, slot } => {
+                if let Some(running) = self.running.as_mut() {
+                    crate::hotplug::eject(&self.control, &bus, slot, &mut running.hot_added);
+                }
+                (Ok(Value::Null), None)
+            }
             Command::PowerDown => {
                 if let Some(host) = self.control.state().pci.as_ref() {
                     host.lock()

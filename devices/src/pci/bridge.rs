@@ -209,7 +209,8 @@ pub enum UnplugRefusal {
 pub enum Unplug {
     /// The attention button was pressed: the guest powers the slot off when it is done.
     Requested,
-    /// The slot was powered off: the device goes at once.
+    /// The slot was powered off (or the function never shown): the caller removes the
+    /// device at once.
     Now,
 }
 
@@ -386,26 +387,18 @@ impl PciBridge {
         }
         // A function other than 0 with no function 0 was never shown to the guest.
         if devfn != 0 && self.populated & 1 == 0 {
-            self.eject_now(devfn);
             return Ok(Unplug::Now);
         }
         if PcieCap::powered_off(ctl) {
             self.slot_do_unplug();
             self.hotplug_notify();
             e.slot_clear(&mut self.config, pcie::SLTSTA_ABP);
-            self.eject_now(devfn);
             return Ok(Unplug::Now);
         }
         if e.slot_event(&mut self.config, pcie::SLTSTA_ABP) {
             self.hotplug_notify();
         }
         Ok(Unplug::Requested)
-    }
-
-    fn eject_now(&self, devfn: u8) {
-        if let Some((lifecycle, bus)) = &self.eject {
-            lifecycle.eject(bus, devfn >> 3);
-        }
     }
 
     /// pcie_cap_slot_do_unplug: nothing present any more, presence-detect changed.

@@ -2,7 +2,8 @@
 //! the bus's hot-plug handler (ACPI PCI hot-plug or the port's PCIe slot) and returns at
 //! once; the device goes when the guest ejects it (`crate::hotplug::eject`).
 
-use crate::control::Controller;
+use crate::control::{Command, Controller};
+use std::time::{Duration, Instant};
 use devices::pci::bridge::{Unplug, UnplugRefusal};
 use machine::HotplugMechanism;
 use qmp::{CommandDef, EventDef, Map, QmpError, Registry, RegistryError, Session, Type, Value};
@@ -34,6 +35,17 @@ fn not_found(id: &str) -> QmpError {
     QmpError::device_not_found(format!("Device '{id}' not found"))
 }
 
+/// QEMU's refusal of a second `device_del` while the first is pending and not expired.
+fn check_pending(state: &crate::control::VmState, id: &str) -> Result<(), QmpError> {
+    let running = state.status == crate::control::RunState::Running;
+    match state.unplug_pending.get(id) {
+        Some(expires) if !running || Instant::now() < *expires => Err(QmpError::generic(
+            format!("Device {id} is already in the process of unplug"),
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn device_del(control: &Controller, id: &str) -> Result<Value, QmpError> {
     let mut state = control.state();
     let Some(plan) = state.plan.clone() else {
@@ -55,6 +67,11 @@ fn device_del(control: &Controller, id: &str) -> Result<Value, QmpError> {
             f.bus
         ))),
         HotplugMechanism::Acpi { .. } => {
+            check_pending(&state, id)?;
+            state.unplug_pending.insert(
+                id.to_string(),
+                Instant::now() + Duration::from_millis(1),
+            );
             let pcihp = host
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -67,11 +84,7 @@ fn device_del(control: &Controller, id: &str) -> Result<Value, QmpError> {
             Ok(Value::Null)
         }
         HotplugMechanism::Native => {
-            if state.unplug_pending.contains(id) {
-                return Err(QmpError::generic(format!(
-                    "Device {id} is already in the process of unplug"
-                )));
-            }
+            check_pending(&state, id)?;
             let port = host
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -90,12 +103,17 @@ fn device_del(control: &Controller, id: &str) -> Result<Value, QmpError> {
                 .map(|b| b.slot_unplug_request(f.devfn()));
             match answer {
                 Some(Ok(Unplug::Requested)) => {
-                    state.unplug_pending.insert(id.to_string());
+                    state
+                        .unplug_pending
+                        .insert(id.to_string(), Instant::now() + Duration::from_secs(5));
                     Ok(Value::Null)
                 }
                 Some(Ok(Unplug::Now)) => {
-                    state.unplug_pending.insert(id.to_string());
-                    Ok(Value::Null)
+                    drop(state);
+                    control.submit(Command::Eject {
+                        bus: f.bus.clone(),
+                        slot: f.slot,
+                    })
                 }
                 Some(Err(UnplugRefusal::Busy)) => Err(QmpError::generic(
                     "Hot-unplug failed: guest is busy (power indicator blinking)",
