@@ -440,3 +440,24 @@ fn add_remove_100_times_keeps_fds_flat() {
     let after = m.fd_count();
     assert_eq!(before, after, "fds before and after 100 rounds");
 }
+
+/// QEMU's ACPI hot-plug reset executes pending removes (drive_del-test's "device that
+/// unplugs after reset"); a device nobody asked to remove stays.
+#[test]
+fn pc_reset_executes_a_pending_acpi_remove() {
+    if !require_kvm() {
+        return;
+    }
+    let mut m = Machine::start(&["-machine", "pc", "-device", "virtio-rng-pci,id=keep"]);
+    m.qmp.ok(
+        "device_add",
+        json!({"driver": "virtio-blk-pci", "id": "hd1", "drive": "disk0"}),
+    );
+    m.qmp.ok("device_del", json!({"id": "hd1"}));
+    assert_eq!(m.deleted_events("hd1"), 0);
+    m.qmp.ok("system_reset", Value::Null);
+    while m.qmp.wait_event("DEVICE_DELETED")["data"]["device"] != "hd1" {}
+    assert_eq!(m.in_query_pci("hd1"), None);
+    assert!(!m.in_definition("hd1"), "the rebuilt machine has no hd1");
+    assert!(m.in_query_pci("keep").is_some());
+}

@@ -597,6 +597,18 @@ impl Machine<'_> {
     /// freed before the new one is built; backends stay open. As in QEMU, a machine that was
     /// not running comes back in `prelaunch`, waiting for `cont`.
     fn reset(&mut self) -> Result<(), RunError> {
+        // QEMU's ACPI hot-plug reset executes pending removes; the rebuild then leaves the
+        // devices out.
+        let host = self.control.state().pci.clone();
+        let pending = host
+            .and_then(|h| h.lock().unwrap_or_else(|e| e.into_inner()).acpi_hotplug())
+            .map(|p| p.lock().unwrap_or_else(|e| e.into_inner()).take_pending_removes())
+            .unwrap_or_default();
+        if let Some(running) = self.running.as_mut() {
+            for (bus, slot) in pending {
+                crate::hotplug::eject(&self.control, &bus, slot, &mut running.hot_added);
+            }
+        }
         drop(self.stop_running());
         // What the replaced incarnation asked for (a second reset, a power-off racing with a
         // host reset) does not apply to the new one.

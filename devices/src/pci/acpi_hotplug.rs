@@ -114,6 +114,23 @@ impl Pcihp {
         true
     }
 
+    /// acpi_pcihp_update_hotplug_bus at reset: "execute any pending removes". Returns the
+    /// (bus, slot) pairs asked to go, now taken as ejected.
+    pub fn take_pending_removes(&mut self) -> Vec<(String, u8)> {
+        let mut out = Vec::new();
+        for b in &mut self.buses {
+            while b.down != 0 {
+                let slot = b.down.trailing_zeros();
+                b.down &= !(1 << slot);
+                b.up &= !(1 << slot);
+                if b.removable & (1 << slot) != 0 {
+                    out.push((b.id.clone(), slot as u8));
+                }
+            }
+        }
+        out
+    }
+
     /// Machine reset: nothing pending.
     pub fn reset(&mut self) {
         for b in &mut self.buses {
