@@ -318,6 +318,10 @@ fn firmware(
             .find(|b| b.is_root)
             .map(|root| acpi::bridge_tree(plan, &root.id))
             .unwrap_or_default(),
+        pci_hotplug: devices::pci::acpi_hotplug::PCIHP
+            .find(plan)
+            .and_then(|d| d.io.first())
+            .and_then(|r| acpi::PciHotplugAml::from_plan(plan, r.base as u16)),
     };
     let rsdp = acpi::write_tables(&vm.memory, &cfg)?;
     Ok((layout, Some(rsdp)))
