@@ -162,6 +162,9 @@ pub struct Fadt {
     pub pm1a_cnt: u64,
     pub pm1b_cnt: u64,
     pub pm_tmr: u64,
+    /// GPE0 block (status in the first half, enables in the second) and its length.
+    pub gpe0: u64,
+    pub gpe0_len: u8,
     pub sci: u16,
     /// RESET_REG address if it is in I/O space, else 0.
     pub reset_reg: u64,
@@ -208,6 +211,8 @@ mod fadt_off {
     pub const PM1A_CNT_BLK: usize = 64;
     pub const PM1B_CNT_BLK: usize = 68;
     pub const PM_TMR_BLK: usize = 76;
+    pub const GPE0_BLK: usize = 80;
+    pub const GPE0_BLK_LEN: usize = 92;
     pub const RESET_REG: usize = 116;
     pub const RESET_VALUE: usize = 128;
     pub const X_DSDT: usize = 140;
@@ -215,6 +220,7 @@ mod fadt_off {
     pub const X_PM1A_CNT_BLK: usize = 172;
     pub const X_PM1B_CNT_BLK: usize = 184;
     pub const X_PM_TMR_BLK: usize = 208;
+    pub const X_GPE0_BLK: usize = 220;
     pub const SLEEP_CONTROL_REG: usize = 244;
 }
 
@@ -245,6 +251,8 @@ impl Fadt {
             pm1a_cnt: block(PM1A_CNT_BLK, X_PM1A_CNT_BLK),
             pm1b_cnt: block(PM1B_CNT_BLK, X_PM1B_CNT_BLK),
             pm_tmr: block(PM_TMR_BLK, X_PM_TMR_BLK),
+            gpe0: block(GPE0_BLK, X_GPE0_BLK),
+            gpe0_len: le8(b, GPE0_BLK_LEN),
             sci: le16(b, SCI_INT),
             reset_reg: gas_io(b, RESET_REG),
             reset_value: le8(b, RESET_VALUE),

@@ -13,6 +13,7 @@ mod boot;
 mod cmdline;
 mod cpuid;
 mod fuzz;
+mod hotplug;
 mod mem;
 mod pci;
 mod phys;
@@ -77,6 +78,7 @@ pub extern "C" fn guest_main(start_info: u64) -> ! {
             b"virtio-datapath" => virtio::datapath::run(&cmdline),
             b"virtio-bench" => virtio::bench::run(&cmdline),
             b"config-fuzz" => fuzz::fuzz(&cmdline, rsdp_hint),
+            b"hotplug" => hotplug::run(&cmdline, rsdp_hint),
             b"reset" => power::reset(),
             b"powerbutton" => power::wait_power_button(rsdp_hint),
             b"triple-fault" => power::triple_fault(),

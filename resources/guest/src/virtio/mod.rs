@@ -101,7 +101,7 @@ mod console;
 pub mod datapath;
 mod discovery;
 mod dma;
-mod errors;
+pub(crate) mod errors;
 mod net;
 mod queue;
 mod rng;
@@ -226,6 +226,27 @@ fn run_device(dev: &Device, opts: &Options, relocated: &mut u64) {
             .and_then(|t| run_driver(dev, &t, Path::Modern, opts).transpose());
         print_result("virtio-modern", bdf, result);
     }
+}
+
+/// Drives the virtio function `f` once through its modern interface (hot-plug: the
+/// caller assigned its BARs); None when it is no virtio device or has no driver here.
+pub fn drive_modern(f: &Function, blk_seed: u64) -> Option<Result<(), Reason>> {
+    let is_virtio =
+        f.vendor() == VENDOR_VIRTIO && (FIRST_TRANSITIONAL..=LAST_MODERN).contains(&f.device());
+    if !is_virtio {
+        return None;
+    }
+    let dev = Device::probe(f);
+    enable(dev.bdf);
+    let opts = Options {
+        blk_seed,
+        net_test: false,
+        max_io_port: DEFAULT_MAX_IO_PORT,
+        io_relocate: None,
+    };
+    dev.modern_transport()
+        .and_then(|t| run_driver(&dev, &t, Path::Modern, &opts).transpose())
+        .transpose()
 }
 
 /// The `virtio` test.
