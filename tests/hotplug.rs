@@ -92,13 +92,17 @@ impl Machine {
     /// query-pci needs bus numbers, which no firmware gave bridges under qtest).
     fn placed(&mut self, id: &str) -> Option<(String, u64, u64)> {
         let def = self.qmp.ok("x-query-machine-definition", json!({}));
-        def["pci"].as_array()?.iter().find(|f| f["id"] == id).map(|f| {
-            (
-                f["bus"].as_str().unwrap_or_default().to_string(),
-                f["slot"].as_u64().unwrap_or(99),
-                f["function"].as_u64().unwrap_or(99),
-            )
-        })
+        def["pci"]
+            .as_array()?
+            .iter()
+            .find(|f| f["id"] == id)
+            .map(|f| {
+                (
+                    f["bus"].as_str().unwrap_or_default().to_string(),
+                    f["slot"].as_u64().unwrap_or(99),
+                    f["function"].as_u64().unwrap_or(99),
+                )
+            })
     }
 
     /// Whether the machine definition (the plan a reset rebuilds) lists `id`.
@@ -161,8 +165,15 @@ fn pc_acpi_hotplug_add_use_remove_and_readd() {
     let (bus, slot, function) = m.predict(dev.clone());
     assert_eq!((bus.as_str(), function), ("pci.0", 0));
     m.qmp.ok("device_add", dev.clone());
-    assert_eq!(m.in_query_pci("hd1"), Some((slot, 0)), "where the planner said");
-    assert!(m.in_definition("hd1"), "the definition (and a reset) keeps it");
+    assert_eq!(
+        m.in_query_pci("hd1"),
+        Some((slot, 0)),
+        "where the planner said"
+    );
+    assert!(
+        m.in_definition("hd1"),
+        "the definition (and a reset) keeps it"
+    );
     // The announcement: the slot's UP bit on bus 0 and GPE0 bit 1 (0xafe0).
     m.outl(PIIX4_PCIHP + SELECT, 0);
     assert_eq!(m.inl(PIIX4_PCIHP + UP) & (1 << slot), 1 << slot);
@@ -175,17 +186,27 @@ fn pc_acpi_hotplug_add_use_remove_and_readd() {
     m.qmp.ok("device_del", json!({"id": "hd1"}));
     assert_eq!(m.inl(PIIX4_PCIHP + DOWN) & (1 << slot), 1 << slot);
     assert_eq!(m.deleted_events("hd1"), 0);
-    assert!(m.in_query_pci("hd1").is_some(), "a guest that does not answer keeps it");
+    assert!(
+        m.in_query_pci("hd1").is_some(),
+        "a guest that does not answer keeps it"
+    );
     acpi_eject(&mut m, PIIX4_PCIHP, 0, slot);
     let ev = m.qmp.wait_event("DEVICE_DELETED");
     // The virtio backend goes first, as QEMU unrealizes the child before the proxy.
     assert_eq!(ev["data"]["path"], "/machine/peripheral/hd1/virtio-backend");
     let ev = m.qmp.wait_event("DEVICE_DELETED");
-    assert_eq!(ev["data"], json!({"device": "hd1", "path": "/machine/peripheral/hd1"}));
+    assert_eq!(
+        ev["data"],
+        json!({"device": "hd1", "path": "/machine/peripheral/hd1"})
+    );
     assert_eq!(m.in_query_pci("hd1"), None);
     assert!(!m.in_definition("hd1"));
     assert_eq!(m.qtest.cfg_read(bdf, 0, 2), 0xffff, "the slot is empty");
-    assert_eq!(m.inl(PIIX4_PCIHP + DOWN) & (1 << slot), 0, "eject completes the request");
+    assert_eq!(
+        m.inl(PIIX4_PCIHP + DOWN) & (1 << slot),
+        0,
+        "eject completes the request"
+    );
     assert_eq!(
         m.qmp.execute("device_del", json!({"id": "hd1"}))["error"]["class"],
         "DeviceNotFound"
@@ -203,12 +224,7 @@ fn pc_acpi_hotplug_behind_a_cold_plugged_bridge() {
     if !require_kvm() {
         return;
     }
-    let mut m = Machine::start(&[
-        "-machine",
-        "pc",
-        "-device",
-        "pci-bridge,id=br,chassis_nr=1",
-    ]);
+    let mut m = Machine::start(&["-machine", "pc", "-device", "pci-bridge,id=br,chassis_nr=1"]);
     m.qmp.ok(
         "device_add",
         json!({"driver": "virtio-net-pci", "id": "nic1", "bus": "br", "addr": "5"}),
@@ -280,20 +296,32 @@ fn q35_native_hotplug_on_a_root_port() {
     assert_eq!(m.qtest.cfg_read(port, cap + SLTSTA, 2) & 0x40, 0);
     // pciehp powers the slot on and turns the power indicator on (PCC clear, PIC on).
     let ctl = m.qtest.cfg_read(port, cap + SLTCTL, 2);
-    m.qtest
-        .cfg_write(port, cap + SLTCTL, 2, (ctl & !0x0700) | 0x0100 | 0x0020 | 0x0009);
+    m.qtest.cfg_write(
+        port,
+        cap + SLTCTL,
+        2,
+        (ctl & !0x0700) | 0x0100 | 0x0020 | 0x0009,
+    );
     m.qtest.cfg_write(port, cap + SLTSTA, 2, 0x1f);
     m.qmp.ok(
         "device_add",
         json!({"driver": "virtio-net-pci", "id": "nic1", "bus": "rp1"}),
     );
     let sta = m.qtest.cfg_read(port, cap + SLTSTA, 2);
-    assert_eq!(sta & 0x49, 0x49, "presence detect state, changed and attention: {sta:#x}");
+    assert_eq!(
+        sta & 0x49,
+        0x49,
+        "presence detect state, changed and attention: {sta:#x}"
+    );
     assert_ne!(m.qtest.cfg_read(port, cap + LNKSTA, 2) & 0x2000, 0, "DLLLA");
     m.qtest.cfg_write(port, cap + SLTSTA, 2, 0x1f);
     // device_del presses the attention button; the device stays until the slot is off.
     m.qmp.ok("device_del", json!({"id": "nic1"}));
-    assert_eq!(m.qtest.cfg_read(port, cap + SLTSTA, 2) & 1, 1, "attention button");
+    assert_eq!(
+        m.qtest.cfg_read(port, cap + SLTSTA, 2) & 1,
+        1,
+        "attention button"
+    );
     assert_eq!(
         m.qmp.error("device_del", json!({"id": "nic1"})),
         "Device nic1 is already in the process of unplug"
@@ -307,7 +335,11 @@ fn q35_native_hotplug_on_a_root_port() {
     let ev = m.qmp.wait_event("DEVICE_DELETED");
     assert_eq!(ev["data"]["device"], "nic1");
     assert_eq!(m.placed("nic1"), None);
-    assert_eq!(m.qtest.cfg_read(port, cap + SLTSTA, 2) & 0x40, 0, "not present");
+    assert_eq!(
+        m.qtest.cfg_read(port, cap + SLTSTA, 2) & 0x40,
+        0,
+        "not present"
+    );
 }
 
 #[test]
@@ -363,11 +395,17 @@ fn refusals_have_qemus_texts() {
         "Bus 'pcie.0' does not support hotplugging"
     );
     assert_eq!(
-        add(&mut m, json!({"driver": "pcie-root-port", "id": "rp3", "chassis": 3})),
+        add(
+            &mut m,
+            json!({"driver": "pcie-root-port", "id": "rp3", "chassis": 3})
+        ),
         "Bus 'pcie.0' does not support hotplugging"
     );
     assert_eq!(
-        add(&mut m, json!({"driver": "virtio-rng-pci", "id": "b", "bus": "rp2"})),
+        add(
+            &mut m,
+            json!({"driver": "virtio-rng-pci", "id": "b", "bus": "rp2"})
+        ),
         "Hot-plug failed: unsupported by the port device 'rp2'"
     );
     m.qmp.ok(

@@ -191,7 +191,10 @@ fn bus_hotplug_aml(hp: &PciHotplugAml, bus: &str, path: &str, children: &[Bridge
             let adr = u32::from(slot) << 16;
             let adr_name = aml::Name::new("_ADR".into(), &adr);
             let sun = aml::Name::new("_SUN".into(), &u32::from(slot));
-            let call = aml::MethodCall::new(aml::Path::new("\\_SB_.PCI0.PCEJ"), vec![&bsel_path, &sun_path]);
+            let call = aml::MethodCall::new(
+                aml::Path::new("\\_SB_.PCI0.PCEJ"),
+                vec![&bsel_path, &sun_path],
+            );
             let ej0 = aml::Method::new("_EJ0".into(), 1, false, vec![&call]);
             out.extend(bytes_of(&aml::Device::new(
                 name.as_str().into(),
@@ -210,7 +213,10 @@ fn bus_hotplug_aml(hp: &PciHotplugAml, bus: &str, path: &str, children: &[Bridge
         let pcid = aml::Path::new("\\_SB_.PCI0.PCID");
         let dvnt = aml::Path::new("DVNT");
         pcnt_body.push(bytes_of(&aml::Store::new(&bnum, bsel)));
-        pcnt_body.push(bytes_of(&aml::MethodCall::new(aml::Path::new("DVNT"), vec![&pciu, &aml::ONE])));
+        pcnt_body.push(bytes_of(&aml::MethodCall::new(
+            aml::Path::new("DVNT"),
+            vec![&pciu, &aml::ONE],
+        )));
         pcnt_body.push(bytes_of(&aml::MethodCall::new(dvnt, vec![&pcid, &3u8])));
     }
     for c in children {
@@ -249,14 +255,25 @@ fn pcihp_registers(hp: &PciHotplugAml) -> Vec<u8> {
         "PCST",
         base,
         8,
-        vec![FieldEntry::Named(*b"PCIU", 32), FieldEntry::Named(*b"PCID", 32)],
+        vec![
+            FieldEntry::Named(*b"PCIU", 32),
+            FieldEntry::Named(*b"PCID", 32),
+        ],
     );
-    out.extend(region("SEJ_", base + 8, 4, vec![FieldEntry::Named(*b"B0EJ", 32)]));
+    out.extend(region(
+        "SEJ_",
+        base + 8,
+        4,
+        vec![FieldEntry::Named(*b"B0EJ", 32)],
+    ));
     out.extend(region(
         "BNMR",
         base + 0x10,
         8,
-        vec![FieldEntry::Named(*b"BNUM", 32), FieldEntry::Named(*b"PIDX", 32)],
+        vec![
+            FieldEntry::Named(*b"BNUM", 32),
+            FieldEntry::Named(*b"PIDX", 32),
+        ],
     ));
     out.extend(bytes_of(&aml::Mutex::new("BLCK".into(), 0)));
     let acquire = aml::Acquire::new("BLCK".into(), 0xffff);
@@ -275,13 +292,28 @@ fn pcihp_registers(hp: &PciHotplugAml) -> Vec<u8> {
     out
 }
 
+/// `PHPR`: the register block as a motherboard resource, as QEMU declares it.
+fn pcihp_resources(hp: &PciHotplugAml) -> Vec<u8> {
+    let hid = aml::Name::new("_HID".into(), &"PNP0A06");
+    let uid = aml::Name::new("_UID".into(), &"PCI Hotplug resources");
+    let sta = aml::Name::new("_STA".into(), &0x0bu8);
+    let io = aml::IO::new(hp.base, hp.base, 1, 0x18);
+    let template = aml::ResourceTemplate::new(vec![&io as &dyn Aml]);
+    let crs = aml::Name::new("_CRS".into(), &template);
+    bytes_of(&aml::Device::new(
+        "PHPR".into(),
+        vec![&hid, &uid, &sta, &crs],
+    ))
+}
+
 /// `\_GPE._E01`: PCI hot-plug events (GPE0 bit 1) run PCNT under the lock.
 fn pcihp_gpe() -> Vec<u8> {
     let acquire = aml::Acquire::new("\\_SB_.PCI0.BLCK".into(), 0xffff);
     let pcnt = aml::MethodCall::new(aml::Path::new("\\_SB_.PCI0.PCNT"), vec![]);
     let release = aml::Release::new("\\_SB_.PCI0.BLCK".into());
     let e01 = aml::Method::new("_E01".into(), 0, false, vec![&acquire, &pcnt, &release]);
-    bytes_of(&aml::Scope::new("\\_GPE".into(), vec![&e01]))
+    let hid = aml::Name::new("_HID".into(), &"ACPI0006");
+    bytes_of(&aml::Scope::new("\\_GPE".into(), vec![&hid, &e01]))
 }
 
 /// The root bus's `_PRT` entries as QEMU's chipsets wire them: the slot/pin -> PIRQ map of
@@ -562,6 +594,7 @@ fn pci0(cfg: &AcpiConfig) -> Vec<u8> {
     let mut bridges = bridge_aml(&cfg.bridges, "\\_SB_.PCI0", hp);
     if let Some(hp) = hp {
         bridges.extend(pcihp_registers(hp));
+        bridges.extend(pcihp_resources(hp));
         bridges.extend(bus_hotplug_aml(hp, &hp.root, "\\_SB_.PCI0", &cfg.bridges));
     }
     let bridges = RawAml(bridges);

@@ -53,7 +53,10 @@ pub enum Command {
         request: Box<machine::DeviceRequest>,
     },
     /// Take what sits in `slot` of `bus` out at once (an unplug that needs no guest).
-    Eject { bus: String, slot: u8 },
+    Eject {
+        bus: String,
+        slot: u8,
+    },
 }
 
 pub type Reply = Result<Value, qmp::QmpError>;

@@ -59,7 +59,9 @@ pub fn hot_add(
             inputs.forwarder,
             &mut set,
             inputs.open,
-            Some(Arc::new(crate::interrupts::KvmIoEvents(inputs.vm.fd.clone()))),
+            Some(Arc::new(crate::interrupts::KvmIoEvents(
+                inputs.vm.fd.clone(),
+            ))),
         );
         factory(&f)
     };
@@ -126,13 +128,10 @@ pub fn hot_add(
     request
         .properties
         .retain(|(k, _)| k != "addr" && k != "bus");
+    request.properties.push(("bus".to_string(), f.bus.clone()));
     request
         .properties
-        .push(("bus".to_string(), f.bus.clone()));
-    request.properties.push((
-        "addr".to_string(),
-        machine::format_devfn(f.devfn()),
-    ));
+        .push(("addr".to_string(), machine::format_devfn(f.devfn())));
     let mut state = control.state();
     state.config.devices.push(request);
     state.plan = Some(plan);
@@ -177,10 +176,7 @@ pub fn eject(control: &Controller, bus: &str, slot: u8, added: &mut HotAdded) {
             }
             if let Some(id) = &f.id {
                 state.unplug_pending.remove(id.as_str());
-                state
-                    .config
-                    .devices
-                    .retain(|d| d.id() != Some(id.as_str()));
+                state.config.devices.retain(|d| d.id() != Some(id.as_str()));
             } else {
                 let addr = machine::format_devfn(f.devfn());
                 state.config.devices.retain(|d| {

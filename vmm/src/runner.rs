@@ -602,7 +602,11 @@ impl Machine<'_> {
         let host = self.control.state().pci.clone();
         let pending = host
             .and_then(|h| h.lock().unwrap_or_else(|e| e.into_inner()).acpi_hotplug())
-            .map(|p| p.lock().unwrap_or_else(|e| e.into_inner()).take_pending_removes())
+            .map(|p| {
+                p.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take_pending_removes()
+            })
             .unwrap_or_default();
         if let Some(running) = self.running.as_mut() {
             for (bus, slot) in pending {
@@ -730,7 +734,10 @@ impl Machine<'_> {
                         added: &mut running.hot_added,
                     },
                 );
-                (answer.map(|()| Value::Null).map_err(QmpError::generic), None)
+                (
+                    answer.map(|()| Value::Null).map_err(QmpError::generic),
+                    None,
+                )
             }
             Command::Eject { bus, slot } => {
                 if let Some(running) = self.running.as_mut() {

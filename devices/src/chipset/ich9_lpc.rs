@@ -2,13 +2,13 @@
 //! PIRQ A-H routing, RCBA (maps the chipset-configuration register block) and LPC_EN bits
 //! for the ISA devices present, with QEMU's ich9_lpc_reset values.
 
-use crate::pci::acpi_hotplug::SharedPcihp;
 use super::acpi_pm::{AcpiPm, PmBlock, PmFlavor, ICH9_GPE0_LEN, ICH9_PM_BLOCK_LEN};
 use super::apm::{self, Apm};
 use super::byte_regs;
 use super::io_window::IoDecode;
 use crate::bus::{BusDevice, SharedDevice};
 use crate::lifecycle::Lifecycle;
+use crate::pci::acpi_hotplug::SharedPcihp;
 use crate::pci::config::PciConfig;
 use crate::pci::device::{PciFunction, Space, Window, WindowTarget};
 use crate::pci::firmware::{FirmwareFunction, ICH9_RCBA, PIRQ_IRQS};

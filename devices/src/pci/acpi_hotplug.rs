@@ -257,7 +257,11 @@ mod tests {
         assert_eq!(read32(&mut p, UP), 0, "bus 0 selected");
         p.write(0, SELECT, &1u32.to_le_bytes());
         assert_eq!(read32(&mut p, UP), 1 << 3);
-        assert_eq!(read32(&mut p, UP), 0, "up clears on read with bridge support");
+        assert_eq!(
+            read32(&mut p, UP),
+            0,
+            "up clears on read with bridge support"
+        );
         assert!(p.unplug_request("br", 3));
         assert_eq!(read32(&mut p, DOWN), 1 << 3);
         p.write(0, EJECT, &(1u32 << 3).to_le_bytes());

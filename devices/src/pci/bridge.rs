@@ -19,8 +19,8 @@ use super::msi::MsiCap;
 use super::regs::*;
 use super::window;
 use super::PciError;
-use machine::PciIdentity;
 use crate::lifecycle::Lifecycle;
+use machine::PciIdentity;
 use std::sync::Arc;
 
 /// Power indicator blinking (PCI_EXP_SLTCTL_PWR_IND_BLINK).

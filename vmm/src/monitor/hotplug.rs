@@ -3,11 +3,11 @@
 //! once; the device goes when the guest ejects it (`crate::hotplug::eject`).
 
 use crate::control::{Command, Controller};
-use std::time::{Duration, Instant};
 use devices::pci::bridge::{Unplug, UnplugRefusal};
 use machine::HotplugMechanism;
 use qmp::{CommandDef, EventDef, Map, QmpError, Registry, RegistryError, Session, Type, Value};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// `device_del`'s `id`: a device id or its QOM path under /machine/peripheral.
 fn device_id(arg: &str) -> &str {
@@ -39,9 +39,9 @@ fn not_found(id: &str) -> QmpError {
 fn check_pending(state: &crate::control::VmState, id: &str) -> Result<(), QmpError> {
     let running = state.status == crate::control::RunState::Running;
     match state.unplug_pending.get(id) {
-        Some(expires) if !running || Instant::now() < *expires => Err(QmpError::generic(
-            format!("Device {id} is already in the process of unplug"),
-        )),
+        Some(expires) if !running || Instant::now() < *expires => Err(QmpError::generic(format!(
+            "Device {id} is already in the process of unplug"
+        ))),
         _ => Ok(()),
     }
 }
@@ -51,9 +51,17 @@ fn device_del(control: &Controller, id: &str) -> Result<Value, QmpError> {
     let Some(plan) = state.plan.clone() else {
         return Err(not_found(id));
     };
-    let Some(f) = plan.pci.iter().find(|f| f.id.as_deref() == Some(id)).cloned() else {
+    let Some(f) = plan
+        .pci
+        .iter()
+        .find(|f| f.id.as_deref() == Some(id))
+        .cloned()
+    else {
         let other = plan.isa.iter().any(|d| d.id.as_deref() == Some(id))
-            || plan.virtio_ports.iter().any(|p| p.id.as_deref() == Some(id));
+            || plan
+                .virtio_ports
+                .iter()
+                .any(|p| p.id.as_deref() == Some(id));
         return Err(if other {
             QmpError::generic(format!("Device '{id}' does not support hotplugging"))
         } else {
@@ -68,10 +76,9 @@ fn device_del(control: &Controller, id: &str) -> Result<Value, QmpError> {
         ))),
         HotplugMechanism::Acpi { .. } => {
             check_pending(&state, id)?;
-            state.unplug_pending.insert(
-                id.to_string(),
-                Instant::now() + Duration::from_millis(1),
-            );
+            state
+                .unplug_pending
+                .insert(id.to_string(), Instant::now() + Duration::from_millis(1));
             let pcihp = host
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
