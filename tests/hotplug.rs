@@ -12,25 +12,21 @@ mod common;
 use common::{machina, require_kvm};
 use machina_tests::qmp_client::QmpClient;
 use machina_tests::qtest_client::{Bdf, Qtest};
+use machina_tests::TempDir;
 use serde_json::{json, Value};
-use std::path::PathBuf;
 use std::time::Duration;
 
 /// A machine under qtest with a QMP socket and a scratch directory (disk images).
 struct Machine {
     qtest: Qtest,
     qmp: QmpClient,
-    dir: PathBuf,
+    _dir: TempDir,
 }
-
-static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 impl Machine {
     fn start(args: &[&str]) -> Machine {
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("machina-hotplug-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("temp dir");
+        let tmp = TempDir::new("hotplug");
+        let dir = tmp.path.clone();
         for d in 0..2 {
             let f = std::fs::File::create(dir.join(format!("disk{d}"))).expect("disk");
             f.set_len(1 << 20).expect("size");
@@ -52,7 +48,11 @@ impl Machine {
         let qtest = Qtest::start(&machina(), &full);
         let mut qmp = QmpClient::connect(&sock, Duration::from_secs(20));
         qmp.ok("qmp_capabilities", Value::Null);
-        Machine { qtest, qmp, dir }
+        Machine {
+            qtest,
+            qmp,
+            _dir: tmp,
+        }
     }
 
     /// Where x-query-placement says `device` would go: (bus, slot, function).
@@ -133,12 +133,6 @@ impl Machine {
         std::fs::read_dir(format!("/proc/{}/fd", self.qtest.pid()))
             .map(|d| d.count())
             .unwrap_or(0)
-    }
-}
-
-impl Drop for Machine {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -525,7 +519,7 @@ fn guest_uses_and_ejects_a_hot_added_virtio_blk_on_pc() {
     if !require_kvm() {
         return;
     }
-    let dir = machina_tests::process::TempDir::new("hotplug-guest");
+    let dir = machina_tests::TempDir::new("hotplug-guest");
     let disk = dir.path.join("disk");
     std::fs::File::create(&disk)
         .and_then(|f| f.set_len(1 << 20))
