@@ -510,52 +510,60 @@ fn wait_console(path: &std::path::Path, line: &str, count: usize) -> String {
     }
 }
 
-/// The tiny guest's hotplug mode on pc: it waits for the GPE, finds the slot that came up,
-/// assigns the BARs, writes and reads a block through the hot-added virtio-blk, releases
-/// it, ejects it on request (DEVICE_DELETED), and does it again for a second device in
-/// the freed slot.
-#[test]
-fn guest_uses_and_ejects_a_hot_added_virtio_blk_on_pc() {
-    if !require_kvm() {
-        return;
-    }
+/// The tiny guest's hotplug mode (`machina.test=hotplug`): it waits for the announcement
+/// (GPE0 bit 1 for ACPI, presence detect for a PCIe slot), finds the new function, assigns
+/// its BARs, writes and reads a block through the hot-added virtio-blk, releases it, and on
+/// the eject request ejects it (ACPI eject register; slot powered off), which gives
+/// DEVICE_DELETED. Twice: the second device goes into the freed slot.
+fn guest_round_trip(machine: &[&str], append: &str, bus: Option<&str>) {
     let dir = machina_tests::TempDir::new("hotplug-guest");
     let disk = dir.path.join("disk");
     std::fs::File::create(&disk)
         .and_then(|f| f.set_len(1 << 20))
         .expect("disk");
     let console = dir.path.join("console");
-    let args: Vec<String> = [
-        "-M",
-        "pc",
-        "-nodefaults",
-        "-serial",
-        &format!("file:{}", console.display()),
-        "-blockdev",
-        &format!("driver=file,node-name=d0,filename={}", disk.display()),
-        "-append",
-        "machina.test=hotplug machina.hotplug-rounds=2",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let mut args: Vec<String> = machine.iter().map(|s| s.to_string()).collect();
+    args.extend(
+        [
+            "-nodefaults",
+            "-serial",
+            &format!("file:{}", console.display()),
+            "-blockdev",
+            &format!("driver=file,node-name=d0,filename={}", disk.display()),
+            "-append",
+            &format!("machina.test=hotplug machina.hotplug-rounds=2 {append}"),
+        ]
+        .iter()
+        .map(|s| s.to_string()),
+    );
     let mut vm = machina_tests::process::MachinaProcess::start(&machina(), "hotplug-guest", &args);
     let mut qmp = vm.client();
     wait_console(&console, "hotplug: waiting", 1);
     let mut slots = Vec::new();
     for round in 1..=2 {
-        qmp.ok(
-            "device_add",
-            json!({"driver": "virtio-blk-pci", "id": format!("hd{round}"), "drive": "d0"}),
-        );
+        let mut dev =
+            json!({"driver": "virtio-blk-pci", "id": format!("hd{round}"), "drive": "d0"});
+        if let Some(bus) = bus {
+            dev["bus"] = json!(bus);
+        }
+        qmp.ok("device_add", dev);
         let text = wait_console(&console, "hotplug: released", round);
         assert_eq!(
             text.matches("driver result=ok").count(),
             round,
             "the guest drove the device:\n{text}"
         );
+        assert_eq!(
+            qmp.events
+                .iter()
+                .filter(|e| e["event"] == "DEVICE_DELETED")
+                .count(),
+            0,
+            "nothing deleted before the guest ejects"
+        );
         qmp.ok("device_del", json!({"id": format!("hd{round}")}));
         while qmp.wait_event("DEVICE_DELETED")["data"]["device"] != format!("hd{round}") {}
+        qmp.events.clear();
         let text = wait_console(&console, " gone", round);
         let slot = text
             .lines()
@@ -567,6 +575,52 @@ fn guest_uses_and_ejects_a_hot_added_virtio_blk_on_pc() {
     }
     assert_eq!(slots[0], slots[1], "the second device took the freed slot");
     let text = std::fs::read_to_string(&console).unwrap_or_default();
-    assert!(text.contains("write=ok read=ok match=yes"), "{text}");
+    assert_eq!(
+        text.matches("write=ok read=ok match=yes").count(),
+        2,
+        "{text}"
+    );
     assert_eq!(vm.wait_exit(Duration::from_secs(60)), Some(0), "{text}");
+}
+
+#[test]
+fn guest_uses_and_ejects_a_hot_added_virtio_blk_on_pc() {
+    if !require_kvm() {
+        return;
+    }
+    guest_round_trip(&["-M", "pc"], "", None);
+}
+
+#[test]
+fn guest_uses_and_ejects_a_hot_added_virtio_blk_on_q35_native() {
+    if !require_kvm() {
+        return;
+    }
+    guest_round_trip(
+        &[
+            "-M",
+            "pc-q35-6.0",
+            "-device",
+            "pcie-root-port,id=rp1,chassis=1,addr=3",
+        ],
+        "machina.hotplug-port=3 machina.hotplug=native",
+        Some("rp1"),
+    );
+}
+
+#[test]
+fn guest_uses_and_ejects_a_hot_added_virtio_blk_on_q35_acpi() {
+    if !require_kvm() {
+        return;
+    }
+    guest_round_trip(
+        &[
+            "-M",
+            "pc-q35-10.2",
+            "-device",
+            "pcie-root-port,id=rp1,chassis=1,addr=3",
+        ],
+        "machina.hotplug-port=3 machina.pcihp=0xcc0 machina.hotplug-bsel=0",
+        Some("rp1"),
+    );
 }
