@@ -71,6 +71,8 @@ pub struct AcpiConfig {
     pub bridges: Vec<BridgeNode>,
     /// ACPI PCI hot-plug (the registers, each hot-plug bus's BSEL and slots), if any.
     pub pci_hotplug: Option<PciHotplugAml>,
+    /// The OS may take native PCIe hot-plug (_OSC): ACPI does not own the ports.
+    pub native_pcie_hotplug: bool,
 }
 
 /// ACPI PCI hot-plug as QEMU 7.2's DSDT describes it (hw/acpi/pcihp.c and
@@ -422,14 +424,15 @@ fn link_devices(cfg: &AcpiConfig) -> Vec<u8> {
     out
 }
 
-/// q35's `_OSC` for PCI0 (QEMU's build_q35_osc_method): grant the OS native PME, AER and
-/// PCIe capability control, not PCIe/SHPC hot-plug (machina hot-plugs nothing), so Linux
-/// logs "OS now controls [PME PCIeCapability]" as under QEMU instead of "platform retains
-/// control of PCIe features".
-fn q35_osc() -> Vec<u8> {
+/// q35's `_OSC` for PCI0 (QEMU's build_q35_osc_method): grant the OS SHPC, PME, AER and
+/// PCIe capability control, and native PCIe hot-plug where ACPI PCI hot-plug does not own
+/// the ports (q35 < 6.1), so Linux's pciehp takes the slots there and acpiphp elsewhere,
+/// as under QEMU.
+fn q35_osc(native_hotplug: bool) -> Vec<u8> {
     const PCI_HOST_BRIDGE_UUID: &str = "33db4d5b-1ff7-401c-9657-7441c03dd766";
-    /// PME (bit 2), AER (3), PCIe capability (4).
-    const GRANTED: u32 = 0x1c;
+    // SHPC (bit 1), PME (2), AER (3), PCIe capability (4), and native PCIe hot-plug (0)
+    // unless ACPI PCI hot-plug owns the ports (QEMU's build_q35_osc_method: 0x1f / 0x1e).
+    let granted: u32 = if native_hotplug { 0x1f } else { 0x1e };
     let cdw1 = aml::Path::new("CDW1");
     let cdw3 = aml::Path::new("CDW3");
     let local0 = aml::Local(0);
@@ -439,7 +442,7 @@ fn q35_osc() -> Vec<u8> {
     let create2 = aml::CreateDWordField::new(&cdw2, &aml::Arg(3), &4u8);
     let create3 = aml::CreateDWordField::new(&cdw3, &aml::Arg(3), &8u8);
     let load = aml::Store::new(&local0, &cdw3);
-    let mask = aml::And::new(&local0, &local0, &GRANTED);
+    let mask = aml::And::new(&local0, &local0, &granted);
     let bad_revision = aml::NotEqual::new(&aml::Arg(1), &aml::ONE);
     let flag_revision = aml::Or::new(&cdw1, &cdw1, &0x08u8);
     let if_revision = aml::If::new(&bad_revision, vec![&flag_revision]);
@@ -586,7 +589,7 @@ fn pci0(cfg: &AcpiConfig) -> Vec<u8> {
     children.extend([&adr as &dyn Aml, &uid, &seg, &bbn, &crs]);
     let prt = RawAml(pci0_prt(cfg));
     let osc = RawAml(if cfg.family == Family::Q35 {
-        q35_osc()
+        q35_osc(cfg.native_pcie_hotplug)
     } else {
         Vec::new()
     });
@@ -918,7 +921,52 @@ mod tests {
                 }],
             }],
             pci_hotplug: None,
+            native_pcie_hotplug: true,
         }
+    }
+
+    /// The `And(Local0, GRANTED, Local0)` of _OSC: AndOp, Local0, a byte const, Local0.
+    fn osc_granted(d: &[u8]) -> Option<u8> {
+        d.windows(5)
+            .find(|w| w[0] == 0x7b && w[1] == 0x60 && w[2] == 0x0a && w[4] == 0x60)
+            .map(|w| w[3])
+    }
+
+    #[test]
+    fn pci_hotplug_in_the_dsdt_and_osc() {
+        let mut c = cfg(Family::Q35);
+        assert_eq!(
+            osc_granted(&dsdt(&c)),
+            Some(0x1f),
+            "native hot-plug granted"
+        );
+        c.native_pcie_hotplug = false;
+        assert_eq!(osc_granted(&dsdt(&c)), Some(0x1e), "ACPI keeps hot-plug");
+        assert!(!dsdt(&c).windows(4).any(|w| w == b"PCNT"));
+        // The root port's bus as BSEL 0, one slot: Sxx with _SUN/_EJ0, PCNT chained from
+        // PCI0, the register block, _E01.
+        c.pci_hotplug = Some(PciHotplugAml {
+            base: 0x0cc0,
+            root: "pcie.0".into(),
+            buses: [("br".to_string(), (0, vec![0]))].into_iter().collect(),
+        });
+        let d = dsdt(&c);
+        assert!(checksum_ok(&d));
+        for name in [
+            &b"BSEL"[..],
+            b"_SUN",
+            b"_EJ0",
+            b"PCEJ",
+            b"PCNT",
+            b"DVNT",
+            b"_E01",
+            b"PHPR",
+            b"B0EJ",
+        ] {
+            assert!(d.windows(4).any(|w| w == name), "{name:?}");
+        }
+        // PCI0's PCNT calls the bridge's (\\_SB_.PCI0.S10_.PCNT).
+        assert!(d.windows(12).any(|w| w == b"PCI0S10_PCNT"));
     }
 
     #[test]

@@ -318,6 +318,7 @@ fn firmware(
             .find(|b| b.is_root)
             .map(|root| acpi::bridge_tree(plan, &root.id))
             .unwrap_or_default(),
+        native_pcie_hotplug: !plan.acpi_bridge_hotplug,
         pci_hotplug: devices::pci::acpi_hotplug::PCIHP
             .find(plan)
             .and_then(|d| d.io.first())
