@@ -158,10 +158,16 @@ pub(super) fn register(reg: &mut Registry, control: &Arc<Controller>) -> Result<
                     .map_err(|e| QmpError::generic(e.message))?;
                 state.config.backends = config.backends;
                 drop(state);
-                return c.submit(crate::control::Command::HotAdd {
+                let drive = req.get("drive").map(str::to_string);
+                let answer = c.submit(crate::control::Command::HotAdd {
                     plan: Box::new(new_plan),
                     request: Box::new(req),
                 });
+                // A device that could not be built does not keep its drive.
+                if let (Err(_), Some(drive)) = (&answer, drive) {
+                    backends::detach_drive(&mut c.state().config.backends, &drive);
+                }
+                return answer;
             }
             backends::check_references(&request, &state.config.backends)
                 .map_err(|e| QmpError::generic(e.message))?;
