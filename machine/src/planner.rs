@@ -213,6 +213,14 @@ impl Catalog {
                 Ok(match ctx.realize(r, hotplug)? {
                     Realized::Pci(i, advisories) => {
                         let f = &ctx.topo.functions[i];
+                        // QEMU would take it, but machina has no mechanism to announce a
+                        // device there (a standard hot-plug controller).
+                        if hotplug && plan.hotplug_mechanism(&f.bus) == HotplugMechanism::None {
+                            return Err(PlanError::HotplugUnsupported(format!(
+                                "{} through the standard hot-plug controller of bus '{}'",
+                                f.type_name, f.bus
+                            )));
+                        }
                         Placement::Pci(PlacedDevice {
                             type_name: f.type_name.clone(),
                             id: f.id.clone(),
@@ -276,8 +284,13 @@ impl Plan {
         }
     }
 
+    /// acpi_pcihp_is_hotpluggable_bus: with bridge hot-plug every cold-plugged bridge's
+    /// bus is ACPI's (a switch's upstream bus too) except a slot with `hotplug=off`.
     fn acpi_owns(&self, bus: &BusPlan) -> bool {
-        bus.hotplug && (bus.acpi_hotplug || (self.acpi_bridge_hotplug && !bus.is_root))
+        if self.acpi_bridge_hotplug && !bus.is_root {
+            return bus.hotplug || !bus.port;
+        }
+        bus.hotplug && bus.acpi_hotplug
     }
 
     /// ACPI hot-plug buses in QEMU's BSEL order (acpi_set_pci_info: depth first from the

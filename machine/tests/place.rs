@@ -159,10 +159,33 @@ fn hot_add_matches_the_prediction_and_mechanisms_follow_qemu() {
         .plan(&request("pc-q35-6.0 -nodefaults -device pcie-root-port,id=rp1,chassis=1").unwrap())
         .unwrap();
     assert!(old.acpi_hotplug_buses().is_empty());
+    let shpc = c
+        .plan(&request("pc-q35-6.0 -nodefaults -device pci-bridge,id=br,chassis_nr=1").unwrap())
+        .unwrap();
+    let req = DeviceRequest::parse("virtio-rng-pci,bus=br,addr=1").unwrap();
+    assert_eq!(
+        c.hot_add(&shpc, &req).unwrap_err().to_string(),
+        "hot-plugging virtio-rng-pci through the standard hot-plug controller of bus 'br' is \
+         not supported by machina yet"
+    );
     assert_eq!(
         old.hotplug_mechanism("rp1"),
         machine::HotplugMechanism::Native
     );
+
+    // QEMU 7.2's DSDT: a switch's upstream bus has a BSEL too (rp1 0, up 1, dn 2, pb 3).
+    let sw = c
+        .plan(
+            &request(
+                "pc-q35-10.2 -nodefaults -device pcie-root-port,id=rp1,chassis=1,addr=3 \
+                 -device x3130-upstream,id=up,bus=rp1 \
+                 -device xio3130-downstream,id=dn,bus=up,chassis=5 \
+                 -device pcie-pci-bridge,id=pb,bus=dn",
+            )
+            .unwrap(),
+        )
+        .unwrap();
+    assert_eq!(sw.acpi_hotplug_buses(), vec!["rp1", "up", "dn", "pb"]);
 
     let pc = c
         .plan(&request("pc -nodefaults -device pci-bridge,id=br,chassis_nr=1").unwrap())
