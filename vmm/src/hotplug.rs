@@ -171,7 +171,7 @@ pub fn eject(control: &Controller, bus: &str, slot: u8, added: &mut HotAdded) {
     {
         let mut state = control.state();
         for f in &events {
-            if let Some(drive) = f.properties.get("drive").filter(|d| !d.is_empty()) {
+            if let Some(drive) = f.properties.nonempty_str("drive") {
                 crate::backends::detach_drive(&mut state.config.backends, drive);
             }
             if let Some(id) = &f.id {
