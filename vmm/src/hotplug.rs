@@ -83,7 +83,7 @@ pub fn hot_add(
             .map_err(|e| e.to_string())?
         }
     };
-    let threads = DeviceThreads::start(std::mem::take(&mut set.workers))
+    let threads = DeviceThreads::start(std::mem::take(&mut set.workers), &control.iothreads)
         .map_err(|e| format!("cannot start a device I/O thread: {e}"))?;
     let mut host = inputs.host.lock().unwrap_or_else(|e| e.into_inner());
     host.hot_add(&f, func, kind).map_err(|e| e.to_string())?;
