@@ -55,6 +55,9 @@ pub enum PlanError {
     /// An `-smp` topology QEMU refuses (its text).
     #[error("{0}")]
     Topology(String),
+    /// A `-numa` configuration QEMU refuses (its text, naming the option where QEMU does).
+    #[error("{0}")]
+    Numa(String),
     /// `-m 0`.
     #[error("Invalid RAM size 0: RAM size must be greater than zero")]
     ZeroRam,

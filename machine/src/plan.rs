@@ -238,6 +238,9 @@ pub struct Plan {
     /// Sockets, dies, cores and threads of the `max_cpus` possible CPUs.
     #[serde(default)]
     pub topology: crate::smp::CpuTopology,
+    /// NUMA nodes, their RAM and each possible CPU's node (empty without `-numa`).
+    #[serde(default)]
+    pub numa: crate::numa::NumaPlan,
     pub memory: MemoryMap,
     /// Buses, root first, then in the order their bridges appear in `pci`.
     pub buses: Vec<BusPlan>,

@@ -111,6 +111,19 @@ impl Catalog {
             return Err(PlanError::ZeroRam);
         }
         let (ram_size, device_memory) = check_memory(req, &machine.board.memory)?;
+        let numa = crate::numa::resolve(
+            &req.numa,
+            &topology,
+            max_cpus,
+            ram_size,
+            crate::numa::NumaRules {
+                mem_supported: machine.numa_mem_supported,
+                supported: machine.family != crate::plan::Family::None,
+                // PC machines enable NUMA (one node) for memory hot-plug, as QEMU's do.
+                auto_enable: machine.family != crate::plan::Family::None
+                    && (req.ram_slots > 0 || req.max_ram_size.is_some_and(|m| m > ram_size)),
+            },
+        )?;
         let opts = resolve_options(&machine.name, &machine.options, &req.options)?;
         let defaults = Defaults::compute(self, req);
         let flag = |name: &str| match name {
@@ -150,6 +163,7 @@ impl Catalog {
             cpus,
             max_cpus,
             topology,
+            numa,
             memory,
             buses: ctx.topo.buses.into_iter().map(|b| b.plan).collect(),
             pci: ctx.topo.functions,

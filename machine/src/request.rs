@@ -48,6 +48,9 @@ pub struct PlanRequest {
     /// Default NIC (`-net nic -net user`): `None` default (present unless `-nodefaults`),
     /// `Some(false)` when `-nic none`, `-net none` or any `-netdev` was given.
     pub nic: Option<bool>,
+    /// `-numa` options (and QMP `set-numa-node`), in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub numa: Vec<crate::numa::NumaArg>,
 }
 
 impl Default for PlanRequest {
@@ -68,6 +71,7 @@ impl Default for PlanRequest {
             parallel: None,
             vga: None,
             nic: None,
+            numa: Vec::new(),
         }
     }
 }

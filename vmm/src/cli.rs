@@ -2,6 +2,7 @@
 //! qemu-system-x86_64 so that tools which build QEMU command lines can drive machina.
 
 mod host_options;
+mod numa;
 mod size;
 
 use host_options::{
@@ -33,6 +34,8 @@ pub struct CliOptions {
     pub machine_arg: Option<String>,
     /// `-smp`.
     pub smp: SmpSpec,
+    /// `-numa`, in order.
+    pub numa: Vec<machine::NumaArg>,
     /// `-cpu`; None: machina's default, the same CPUID as `host`.
     pub cpu_model: Option<crate::cpuid::CpuModel>,
     pub kernel: Option<PathBuf>,
@@ -234,6 +237,7 @@ impl Default for CliOptions {
             memory_arg: None,
             machine_arg: None,
             smp: SmpSpec::default(),
+            numa: Vec::new(),
             cpu_model: None,
             kernel: None,
             initrd: None,
@@ -528,6 +532,7 @@ fn takes_argument(name: &str) -> bool {
             | "M"
             | "m"
             | "smp"
+            | "numa"
             | "cpu"
             | "kernel"
             | "initrd"
@@ -603,6 +608,7 @@ where
                 opts.memory_arg = Some(value.clone());
             }
             "smp" => opts.smp = parse_smp(&value)?,
+            "numa" => opts.numa.push(numa::parse_numa(&value)?),
             "cpu" => opts.cpu_model = Some(parse_cpu(&value)?),
             "kernel" => opts.kernel = Some(PathBuf::from(os_value)),
             "initrd" => opts.initrd = Some(PathBuf::from(os_value)),
@@ -697,10 +703,15 @@ where
 
 fn parse_machine(opts: &mut CliOptions, value: &str) -> Result<(), CliError> {
     let mut wants_help = false;
+    let mut smp_items: Vec<String> = Vec::new();
     opts.machine_arg = Some(value.to_string());
     for (i, item) in split_keyval(value).into_iter().enumerate() {
         match item.split_once('=') {
             Some(("type", ty)) => opts.machine = Some(ty.to_string()),
+            // QEMU's `smp` compound property: the `-smp` keys, e.g. `smp.cpus=8`.
+            Some((k, v)) if k.starts_with("smp.") => {
+                smp_items.push(format!("{}={}", &k[4..], v.replace(',', ",,")))
+            }
             Some((k, v)) => {
                 if k == "accel" && !v.split(':').any(|a| a == "kvm" || a == "qtest") {
                     return Err(CliError::Machine(
@@ -722,6 +733,20 @@ fn parse_machine(opts: &mut CliOptions, value: &str) -> Result<(), CliError> {
                 ))
             }
         }
+    }
+    if !smp_items.is_empty() {
+        // QEMU names no option in these texts.
+        opts.smp = parse_smp(&smp_items.join(",")).map_err(|e| {
+            CliError::Plain(match e {
+                CliError::BadCpus(_) => "Parameter 'smp.cpus' expects integer".into(),
+                CliError::BadSmpValue(_, k) => format!("Parameter 'smp.{k}' expects integer"),
+                CliError::BadTopology(_, k) => format!("Parameter 'smp.{k}' is unexpected"),
+                CliError::ZeroCpus(_) => "Invalid CPU topology: CPU topology parameters must be \
+                                          greater than zero"
+                    .into(),
+                other => other.to_string(),
+            })
+        })?;
     }
     if wants_help {
         // `-machine help` lists machine types, `-machine TYPE,help` the type's options.
@@ -746,6 +771,8 @@ usage: machina [options]\n\
 -machine-definition FILE       load extra machine/device type definitions (JSON, see docs/PLAN.md)\n\
 -m [size=]SIZE[,slots=N,maxmem=SIZE]  guest RAM (512, 512M, 2G; default 128M)\n\
 -smp N[,maxcpus=M,sockets=S,dies=D,cores=C,threads=T]  vCPUs and their topology (QEMU's rules)\n\
+-numa node[,nodeid=N][,cpus=A-B][,memdev=ID] | cpu,node-id=N[,socket-id=S,...] | dist,src=A,dst=B,val=D\n\
+                               NUMA nodes, their CPUs and RAM, distances (ACPI SRAT/SLIT)\n\
 -cpu host|max                  the guest CPU: KVM's supported CPUID (the default too)\n\
 -kernel FILE                   bzImage or ELF with a PVH note (default: the bundled tiny guest)\n\
 -initrd FILE                   initial ram disk\n\

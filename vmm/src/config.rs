@@ -41,6 +41,8 @@ pub struct MachineConfig {
     /// `-smp maxcpus=` and the topology keys, resolved by the planner.
     pub max_cpus: Option<u32>,
     pub smp: machine::SmpKeys,
+    /// `-numa` options and QMP `set-numa-node`, in order.
+    pub numa: Vec<machine::NumaArg>,
     /// `-cpu`; None is machina's default (the same CPUID as `host`).
     pub cpu_model: Option<crate::cpuid::CpuModel>,
     /// The vCPUs run under KVM (false with `-accel qtest`, where none runs).
@@ -390,6 +392,7 @@ impl MachineConfig {
             cpus: opts.smp.cpus,
             max_cpus: opts.smp.max_cpus,
             smp: opts.smp.keys,
+            numa: opts.numa.clone(),
             cpu_model: opts.cpu_model,
             kvm: !opts.accel_qtest,
             vga: opts.vga,
@@ -484,12 +487,29 @@ impl MachineConfig {
         self.secrets.iter().find(|s| s.id == id).map(|s| s.data())
     }
 
-    /// Where guest RAM comes from: the machine's memory backend, if any.
+    /// Where guest RAM comes from: the machine's memory backend, if any, or the `memdev` of
+    /// a single NUMA node that holds all of it.
     pub fn ram_backing(&self) -> RamBacking {
+        let memdevs: Vec<&String> = self
+            .numa
+            .iter()
+            .filter_map(|a| match &a.option {
+                machine::NumaOption::Node {
+                    memdev: Some(id), ..
+                } => Some(id),
+                _ => None,
+            })
+            .collect();
+        let numa_backend = match memdevs.as_slice() {
+            [id] => Some(*id),
+            _ => None,
+        };
         let Some(backend) = self
             .memory_backend
             .as_ref()
+            .or(numa_backend)
             .and_then(|id| self.memory_backends.iter().find(|m| m.id == *id))
+            .filter(|m| m.size == self.ram_size)
         else {
             return RamBacking::default();
         };
@@ -502,6 +522,27 @@ impl MachineConfig {
             merge: backend.merge,
             dump: backend.dump,
         }
+    }
+
+    /// The `-numa` options with each `memdev=`'s size filled in from the memory backends
+    /// (a missing one keeps no size: the planner refuses it with QEMU's text).
+    fn numa_request(&self) -> Vec<machine::NumaArg> {
+        let mut numa = self.numa.clone();
+        for arg in &mut numa {
+            if let machine::NumaOption::Node {
+                memdev: Some(id),
+                memdev_size,
+                ..
+            } = &mut arg.option
+            {
+                *memdev_size = self
+                    .memory_backends
+                    .iter()
+                    .find(|m| m.id == *id)
+                    .map(|m| m.size);
+            }
+        }
+        numa
     }
 
     /// The request the machine crate plans from.
@@ -517,6 +558,7 @@ impl MachineConfig {
             cpus: self.cpus,
             max_cpus: self.max_cpus,
             smp: self.smp,
+            numa: self.numa_request(),
             devices: self.devices.clone(),
             serial: self.serial.as_ref().map(|s| !matches!(s, SerialSpec::None)),
             vga: self.vga,

@@ -41,8 +41,9 @@ fn cpu_type(state: &VmState) -> &'static str {
     state.config.cpu_model.unwrap_or(CpuModel::Host).type_name()
 }
 
-/// CpuInstanceProperties of CPU `index`: die-id only when there are dies, as QEMU does.
-fn cpu_props(topo: &CpuTopology, index: u32) -> Value {
+/// CpuInstanceProperties of CPU `index`: die-id only when there are dies, node-id only with
+/// NUMA nodes, as QEMU does.
+fn cpu_props(topo: &CpuTopology, numa: &machine::NumaPlan, index: u32) -> Value {
     let ids = topo.ids(index);
     let mut props = json!({
         "socket-id": ids.socket,
@@ -51,6 +52,9 @@ fn cpu_props(topo: &CpuTopology, index: u32) -> Value {
     });
     if topo.dies > 1 {
         props["die-id"] = json!(ids.die);
+    }
+    if let Some(node) = numa.node_of(index) {
+        props["node-id"] = json!(node);
     }
     props
 }
@@ -409,7 +413,7 @@ pub(super) fn register(reg: &mut Registry, control: &Arc<Controller>) -> Result<
                     let mut cpu = json!({
                         "type": ty,
                         "vcpus-count": 1,
-                        "props": cpu_props(&plan.topology, i),
+                        "props": cpu_props(&plan.topology, &plan.numa, i),
                     });
                     if built && i < plan.cpus {
                         cpu["qom-path"] = json!(qom_path(i));
@@ -444,7 +448,7 @@ pub(super) fn register(reg: &mut Registry, control: &Arc<Controller>) -> Result<
                             "cpu-index": i,
                             "qom-path": qom_path(i),
                             "thread-id": tid,
-                            "props": cpu_props(&plan.topology, i),
+                            "props": cpu_props(&plan.topology, &plan.numa, i),
                             "target": "x86_64",
                         })
                     })
@@ -570,7 +574,7 @@ mod tests {
             threads: 1,
         };
         assert_eq!(
-            cpu_props(&topo, 5),
+            cpu_props(&topo, &machine::NumaPlan::default(), 5),
             json!({"socket-id": 1, "die-id": 0, "core-id": 1, "thread-id": 0})
         );
         let flat = CpuTopology {
@@ -580,7 +584,7 @@ mod tests {
             threads: 1,
         };
         assert_eq!(
-            cpu_props(&flat, 3),
+            cpu_props(&flat, &machine::NumaPlan::default(), 3),
             json!({"socket-id": 0, "core-id": 3, "thread-id": 0})
         );
     }

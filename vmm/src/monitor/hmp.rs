@@ -14,6 +14,7 @@ use std::sync::Arc;
 const INFO: &[(&str, &str, &str)] = &[
     ("name", "", "show the current VM name"),
     ("network", "", "show the network state"),
+    ("numa", "", "show NUMA information"),
     ("qom-tree", "[path]", "show QOM composition tree"),
     ("qtree", "", "show device tree"),
     ("status", "", "show the current VM status (running|paused)"),
@@ -141,8 +142,29 @@ fn info(state: &VmState, sub: Option<&str>) -> String {
         Some("qtree") => qtree(state),
         Some("network") => crate::netdev::info_network(),
         Some("qom-tree") => qom_tree(state),
+        Some("numa") => info_numa(state),
         Some(other) => format!("unknown command: 'info {other}'\n"),
     }
+}
+
+/// QEMU's `info numa`: each node's present CPUs (as `query-cpus-fast` lists them) and RAM;
+/// "plugged" is RAM of hot-plugged memory devices, which machina has none of.
+fn info_numa(state: &VmState) -> String {
+    let Some(plan) = &state.plan else {
+        return "0 nodes\n".into();
+    };
+    let numa = &plan.numa;
+    let mut out = format!("{} nodes\n", numa.nodes.len());
+    for (i, node) in numa.nodes.iter().enumerate() {
+        let _ = write!(out, "node {i} cpus:");
+        for cpu in (0..plan.cpus).filter(|&c| numa.node_of(c) == Some(i as u32)) {
+            let _ = write!(out, " {cpu}");
+        }
+        let _ = writeln!(out);
+        let _ = writeln!(out, "node {i} size: {} MB", node.mem >> 20);
+        let _ = writeln!(out, "node {i} plugged: 0 MB");
+    }
+    out
 }
 
 fn device_add(state: &VmState, args: &str) -> String {
