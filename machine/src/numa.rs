@@ -219,20 +219,36 @@ fn set_cpu_node(
     Ok(())
 }
 
-/// Apply the `-numa` options in order and complete the configuration as QEMU does
-/// (`numa_complete_configuration`, `machine_numa_finish_cpu_init`).
-pub fn resolve(
+/// The state after the options are applied, before QEMU's completion step.
+struct Applied {
+    nodes: Vec<NodeInfo>,
+    num_nodes: u32,
+    max_nodeid: u32,
+    have_distance: bool,
+    slots: Vec<Slot>,
+}
+
+/// Apply the `-numa` options in order with the checks QEMU makes as each is given (what QMP
+/// `set-numa-node` refuses); the whole configuration is checked by `resolve`.
+pub fn check(
     args: &[NumaArg],
     topology: &CpuTopology,
     max_cpus: u32,
-    ram_size: u64,
     rules: NumaRules,
-) -> Result<NumaPlan, PlanError> {
+) -> Result<(), PlanError> {
+    apply(args, topology, max_cpus, rules).map(|_| ())
+}
+
+fn apply(
+    args: &[NumaArg],
+    topology: &CpuTopology,
+    max_cpus: u32,
+    rules: NumaRules,
+) -> Result<Applied, PlanError> {
     if !rules.supported {
         if let Some(arg) = args.first() {
             return Err(err(&arg.text, "NUMA is not supported by this machine-type"));
         }
-        return Ok(NumaPlan::default());
     }
     let mut nodes = vec![NodeInfo::default(); MAX_NODES as usize];
     let mut num_nodes = 0u32;
@@ -404,7 +420,34 @@ pub fn resolve(
             }
         }
     }
+    Ok(Applied {
+        nodes,
+        num_nodes,
+        max_nodeid,
+        have_distance,
+        slots,
+    })
+}
 
+/// Apply the `-numa` options in order and complete the configuration as QEMU does
+/// (`numa_complete_configuration`, `machine_numa_finish_cpu_init`).
+pub fn resolve(
+    args: &[NumaArg],
+    topology: &CpuTopology,
+    max_cpus: u32,
+    ram_size: u64,
+    rules: NumaRules,
+) -> Result<NumaPlan, PlanError> {
+    if !rules.supported && args.is_empty() {
+        return Ok(NumaPlan::default());
+    }
+    let Applied {
+        mut nodes,
+        mut num_nodes,
+        mut max_nodeid,
+        have_distance,
+        slots,
+    } = apply(args, topology, max_cpus, rules)?;
     if num_nodes == 0 && rules.auto_enable {
         nodes[0].present = true;
         nodes[0].mem = ram_size;
@@ -503,4 +546,25 @@ fn complete_distances(nodes: &mut [NodeInfo]) -> Result<Vec<Vec<u8>>, PlanError>
         }
     }
     Ok(out)
+}
+
+impl crate::Catalog {
+    /// QEMU's checks of `req.numa` as each option is given (QMP `set-numa-node` before the
+    /// machine exists), against the machine type and `-smp` topology of `req`.
+    pub fn check_numa(&self, req: &crate::PlanRequest) -> Result<(), PlanError> {
+        let machine = self.machine_for(req)?;
+        let has_cpus = machine.family != crate::plan::Family::None;
+        let smp_rules = crate::smp::SmpRules {
+            prefer_sockets: machine.smp_prefer_sockets,
+            dies_supported: has_cpus,
+        };
+        let (topology, _, max_cpus) =
+            CpuTopology::resolve(Some(req.cpus), req.max_cpus, &req.smp, smp_rules)?;
+        let rules = NumaRules {
+            mem_supported: machine.numa_mem_supported,
+            supported: has_cpus,
+            auto_enable: false,
+        };
+        check(&req.numa, &topology, max_cpus, rules)
+    }
 }

@@ -577,7 +577,17 @@ pub fn prepare(
 ) -> Result<(MachineConfig, machine::Plan), String> {
     crate::chardev_check::check(opts).map_err(|e| e.to_string())?;
     let config = MachineConfig::from_cli(opts).map_err(|e| e.to_string())?;
-    let plan = plan_with_context(catalog, &config, &opts.devices).map_err(|message| {
+    // Under --preconfig QMP may still add NUMA nodes (set-numa-node): the command line's
+    // options are checked one by one now, the whole NUMA configuration when the machine is
+    // built (QEMU's numa_complete_configuration runs at x-exit-preconfig).
+    let mut checked = config.clone();
+    if opts.delay_init && !config.numa.is_empty() {
+        catalog
+            .check_numa(&config.plan_request())
+            .map_err(|e| e.to_string())?;
+        checked.numa.clear();
+    }
+    let plan = plan_with_context(catalog, &checked, &opts.devices).map_err(|message| {
         // A machine-level refusal names the option it came from, as the CLI's own do.
         let base = config.plan_request();
         let base = machine::PlanRequest {

@@ -10,6 +10,7 @@ mod hotplug;
 mod introspection;
 mod lifecycle;
 mod net;
+mod numa;
 mod pci_info;
 mod preconfig;
 mod probe;
@@ -33,5 +34,6 @@ pub fn registry(control: &Arc<Controller>) -> Result<Registry, RegistryError> {
     hmp::register(&mut reg, control)?;
     net::register(&mut reg, control)?;
     hotplug::register(&mut reg, control)?;
+    numa::register(&mut reg, control)?;
     Ok(reg)
 }
