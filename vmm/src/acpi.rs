@@ -69,6 +69,12 @@ pub struct AcpiConfig {
     pub prt: Vec<(u8, u8, u32)>,
     /// Bridges and ports under the host bridge, nested as the buses are.
     pub bridges: Vec<BridgeNode>,
+    /// NUMA nodes: with any, the SRAT (and the SLIT with distances) describe them.
+    pub numa: machine::NumaPlan,
+    /// RAM below 4 GiB (where the SRAT's node ranges skip the PCI hole).
+    pub ram_below_4g: u64,
+    /// The memory hot-plug area, which the SRAT gives to the last node.
+    pub device_memory: Option<Range>,
     /// ACPI PCI hot-plug (the registers, each hot-plug bus's BSEL and slots), if any.
     pub pci_hotplug: Option<PciHotplugAml>,
     /// The OS may take native PCIe hot-plug (_OSC): ACPI does not own the ports.
@@ -684,6 +690,82 @@ fn madt(cfg: &AcpiConfig) -> Vec<u8> {
     sdt(b"APIC", 3, &body)
 }
 
+/// One SRAT memory affinity structure (type 1).
+fn srat_memory(body: &mut Vec<u8>, base: u64, len: u64, node: u32, flags: u32) {
+    body.extend([1u8, 40]);
+    body.extend(node.to_le_bytes());
+    body.extend(0u16.to_le_bytes());
+    body.extend(base.to_le_bytes());
+    body.extend(len.to_le_bytes());
+    body.extend(0u32.to_le_bytes());
+    body.extend(flags.to_le_bytes());
+    body.extend(0u64.to_le_bytes());
+}
+
+/// The SRAT as QEMU's build_srat lays it out: every possible CPU's node by APIC id, each
+/// node's RAM ranges (around the legacy and PCI holes), padding entries, and the memory
+/// hot-plug area on the last node.
+fn srat(cfg: &AcpiConfig) -> Vec<u8> {
+    const ENABLED: u32 = 1;
+    const HOTPLUGGABLE: u32 = 2;
+    let numa = &cfg.numa;
+    let mut body = Vec::new();
+    body.extend(1u32.to_le_bytes()); // reserved, 1 for compatibility
+    body.extend(0u64.to_le_bytes());
+    for cpu in 0..cfg.max_cpus.max(cfg.cpus) {
+        let node = numa.node_of(cpu).unwrap_or(0);
+        let apic_id = cfg.topology.apic_id(cpu);
+        match u8::try_from(apic_id) {
+            // Processor local APIC affinity (type 0): proximity domain bits 7:0 here,
+            // 31:8 after the SAPIC EID.
+            Ok(id) if id != 0xff => {
+                body.extend([0u8, 16, node as u8, id]);
+                body.extend(ENABLED.to_le_bytes());
+                body.push(0);
+                body.extend(&(node >> 8).to_le_bytes()[..3]);
+                body.extend(0u32.to_le_bytes());
+            }
+            // Processor local x2APIC affinity (type 2).
+            _ => {
+                body.extend([2u8, 24, 0, 0]);
+                body.extend(node.to_le_bytes());
+                body.extend(apic_id.to_le_bytes());
+                body.extend(ENABLED.to_le_bytes());
+                body.extend(0u32.to_le_bytes());
+                body.extend(0u32.to_le_bytes());
+            }
+        }
+    }
+    let ranges = numa.memory_ranges(cfg.ram_below_4g);
+    for &(node, base, len) in &ranges {
+        srat_memory(&mut body, base, len, node, ENABLED);
+    }
+    // QEMU pads to (nodes + 2) memory entries for old guests.
+    for _ in ranges.len()..numa.nodes.len() + 2 {
+        srat_memory(&mut body, 0, 0, 0, 0);
+    }
+    if let Some(area) = cfg.device_memory.filter(|r| r.size > 0) {
+        let last = numa.nodes.len().saturating_sub(1) as u32;
+        srat_memory(
+            &mut body,
+            area.base,
+            area.size,
+            last,
+            ENABLED | HOTPLUGGABLE,
+        );
+    }
+    sdt(b"SRAT", 1, &body)
+}
+
+/// The SLIT: the node count, then the distance matrix row by row.
+fn slit(numa: &machine::NumaPlan) -> Vec<u8> {
+    let mut body = (numa.nodes.len() as u64).to_le_bytes().to_vec();
+    for row in &numa.distances {
+        body.extend(row);
+    }
+    sdt(b"SLIT", 1, &body)
+}
+
 fn mcfg(ecam: Range) -> Vec<u8> {
     let mut body = vec![0u8; 8];
     body.extend(ecam.base.to_le_bytes());
@@ -784,6 +866,16 @@ pub fn write_tables(mem: &GuestMemory, cfg: &AcpiConfig) -> Result<u64, AcpiErro
         let addr = place(&mut image, &mcfg(ecam));
         entries.push(addr);
         dump.push(("mcfg", addr));
+    }
+    if cfg.numa.is_enabled() {
+        let addr = place(&mut image, &srat(cfg));
+        entries.push(addr);
+        dump.push(("srat", addr));
+        if !cfg.numa.distances.is_empty() {
+            let addr = place(&mut image, &slit(&cfg.numa));
+            entries.push(addr);
+            dump.push(("slit", addr));
+        }
     }
     let waet_addr = place(&mut image, &waet());
     entries.push(waet_addr);
@@ -920,6 +1012,9 @@ mod tests {
                     children: vec![],
                 }],
             }],
+            numa: machine::NumaPlan::default(),
+            ram_below_4g: 0x800_0000,
+            device_memory: None,
             pci_hotplug: None,
             native_pcie_hotplug: true,
         }
@@ -967,6 +1062,60 @@ mod tests {
         }
         // PCI0's PCNT calls the bridge's (\\_SB_.PCI0.S10_.PCNT).
         assert!(d.windows(12).any(|w| w == b"PCI0S10_PCNT"));
+    }
+
+    #[test]
+    fn srat_gives_cpus_and_ram_ranges_their_nodes_and_slit_the_distances() {
+        let mut c = cfg(Family::Q35);
+        const G: u64 = 1 << 30;
+        c.ram_below_4g = 3 * G;
+        c.numa = machine::NumaPlan {
+            nodes: vec![
+                machine::NumaNode {
+                    mem: 64 << 20,
+                    memdev: None,
+                },
+                machine::NumaNode {
+                    mem: 4 * G - (64 << 20),
+                    memdev: None,
+                },
+            ],
+            cpu_nodes: vec![1, 0],
+            distances: vec![vec![10, 21], vec![21, 10]],
+        };
+        c.device_memory = Some(Range {
+            base: 5 * G,
+            size: 2 * G,
+        });
+        let t = srat(&c);
+        assert!(checksum_ok(&t));
+        assert_eq!(&t[0..4], b"SRAT");
+        let body = &t[36 + 12..];
+        // CPU 0 (APIC id 0) on node 1, CPU 1 on node 0.
+        assert_eq!(&body[0..4], &[0, 16, 1, 0]);
+        assert_eq!(&body[16..20], &[0, 16, 0, 1]);
+        let mems: Vec<(u32, u64, u64, u32)> = body[32..]
+            .chunks(40)
+            .map(|e| {
+                assert_eq!(&e[0..2], &[1, 40]);
+                let u32_at = |o: usize| u32::from_le_bytes(e[o..o + 4].try_into().unwrap());
+                let u64_at = |o: usize| u64::from_le_bytes(e[o..o + 8].try_into().unwrap());
+                (u32_at(2), u64_at(8), u64_at(16), u32_at(28))
+            })
+            .collect();
+        assert_eq!(
+            mems,
+            [
+                (0, 0, 640 << 10, 1),
+                (0, 1 << 20, 63 << 20, 1),
+                (1, 64 << 20, 3 * G - (64 << 20), 1),
+                (1, 4 * G, G, 1),
+                (1, 5 * G, 2 * G, 3),
+            ]
+        );
+        let t = slit(&c.numa);
+        assert!(checksum_ok(&t));
+        assert_eq!(&t[36..], &[2, 0, 0, 0, 0, 0, 0, 0, 10, 21, 21, 10]);
     }
 
     #[test]

@@ -318,6 +318,9 @@ fn firmware(
             .find(|b| b.is_root)
             .map(|root| acpi::bridge_tree(plan, &root.id))
             .unwrap_or_default(),
+        numa: plan.numa.clone(),
+        ram_below_4g: plan.memory.ram_below_4g,
+        device_memory: plan.memory.device_memory,
         native_pcie_hotplug: !plan.acpi_bridge_hotplug,
         pci_hotplug: devices::pci::acpi_hotplug::PCIHP
             .find(plan)

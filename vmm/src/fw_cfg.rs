@@ -72,8 +72,7 @@ pub fn for_plan(
         fw::FW_CFG_MAX_CPUS,
         max_cpus.min(u32::from(u16::MAX)) as u16,
     );
-    // No NUMA nodes: the node count, then one (empty) node mask per possible CPU.
-    cfg.add(fw::FW_CFG_NUMA, vec![0u8; 8 * (1 + max_cpus as usize)]);
+    cfg.add(fw::FW_CFG_NUMA, numa_item(plan, max_cpus));
     cfg.add_u16(fw::FW_CFG_BOOT_MENU, u16::from(inputs.boot_menu));
     if let Some(cmdline) = &inputs.cmdline {
         let mut data = cmdline.as_bytes().to_vec();
@@ -92,6 +91,25 @@ pub fn for_plan(
         cfg.add_file("etc/boot-menu-wait", ms.to_le_bytes().to_vec())?;
     }
     Ok(cfg)
+}
+
+/// QEMU's NUMA item (fw_cfg_arch_create): 64-bit words: the node count, each APIC id's node
+/// (up to the highest possible APIC id), then each node's RAM.
+fn numa_item(plan: &machine::Plan, max_cpus: u32) -> Vec<u8> {
+    let apic_limit = plan.topology.apic_id(max_cpus.saturating_sub(1)) as usize + 1;
+    let numa = &plan.numa;
+    let mut words = vec![0u64; 1 + apic_limit + numa.nodes.len()];
+    words[0] = numa.nodes.len() as u64;
+    if numa.is_enabled() {
+        for cpu in 0..max_cpus {
+            let apic = plan.topology.apic_id(cpu) as usize;
+            words[apic + 1] = u64::from(numa.node_of(cpu).unwrap_or(0));
+        }
+        for (i, node) in numa.nodes.iter().enumerate() {
+            words[apic_limit + 1 + i] = node.mem;
+        }
+    }
+    words.iter().flat_map(|w| w.to_le_bytes()).collect()
 }
 
 #[cfg(test)]
