@@ -568,3 +568,169 @@ impl crate::Catalog {
         check(&req.numa, &topology, max_cpus, rules)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RULES: NumaRules = NumaRules {
+        mem_supported: false,
+        supported: true,
+        auto_enable: false,
+    };
+    const M: u64 = 1 << 20;
+
+    fn node(nodeid: Option<u32>, cpus: &[u32], memdev_size: Option<u64>) -> NumaArg {
+        NumaArg {
+            text: None,
+            option: NumaOption::Node {
+                nodeid,
+                cpus: cpus.to_vec(),
+                mem: None,
+                memdev: memdev_size.map(|_| "m".into()),
+                memdev_size,
+                initiator: None,
+            },
+        }
+    }
+
+    fn topo(sockets: u32, cores: u32, threads: u32) -> CpuTopology {
+        CpuTopology {
+            sockets,
+            dies: 1,
+            cores,
+            threads,
+        }
+    }
+
+    fn cpu(node: u32, socket: Option<u32>, core: Option<u32>, thread: Option<u32>) -> NumaArg {
+        NumaArg {
+            text: Some("cpu".into()),
+            option: NumaOption::Cpu {
+                node_id: Some(node),
+                socket_id: socket,
+                die_id: None,
+                cluster_id: None,
+                core_id: core,
+                thread_id: thread,
+            },
+        }
+    }
+
+    #[test]
+    fn default_partial_and_explicit_cpu_mappings() {
+        // No CPU mapped: socket modulo the node count.
+        let p = resolve(
+            &[node(None, &[], Some(128 * M)), node(None, &[], None)],
+            &topo(8, 1, 1),
+            8,
+            128 * M,
+            RULES,
+        )
+        .unwrap();
+        assert_eq!(p.cpu_nodes, [0, 1, 0, 1, 0, 1, 0, 1]);
+        assert_eq!(p.nodes[0].mem, 128 * M);
+        assert_eq!(p.nodes[1].mem, 0);
+        // Some mapped: the others go to node 0.
+        let p = resolve(
+            &[
+                node(Some(0), &[0, 1], Some(128 * M)),
+                node(Some(1), &[4, 5], None),
+            ],
+            &topo(1, 8, 1),
+            8,
+            128 * M,
+            RULES,
+        )
+        .unwrap();
+        assert_eq!(p.cpu_nodes, [0, 0, 0, 0, 1, 1, 0, 0]);
+        // -numa cpu selects by socket, core and thread.
+        let p = resolve(
+            &[
+                node(Some(0), &[], Some(128 * M)),
+                node(Some(1), &[], None),
+                cpu(1, Some(0), None, None),
+                cpu(0, Some(1), Some(0), None),
+                cpu(0, Some(1), Some(1), Some(0)),
+                cpu(1, Some(1), Some(1), Some(1)),
+            ],
+            &topo(2, 2, 2),
+            8,
+            128 * M,
+            RULES,
+        )
+        .unwrap();
+        assert_eq!(p.cpu_nodes, [1, 1, 1, 1, 0, 0, 0, 1]);
+    }
+
+    #[test]
+    fn qemu_refusals() {
+        let e = |args: &[NumaArg]| {
+            resolve(args, &topo(2, 1, 1), 2, 128 * M, RULES)
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            e(&[
+                node(Some(0), &[], Some(128 * M)),
+                cpu(0, Some(0), None, None),
+                node(Some(1), &[0], None),
+            ]),
+            "CPU is already assigned to node-id: 0"
+        );
+        assert_eq!(
+            e(&[
+                node(Some(0), &[], Some(128 * M)),
+                cpu(0, Some(5), None, None)
+            ]),
+            "-numa cpu: no match found"
+        );
+        assert_eq!(
+            e(&[node(Some(0), &[], Some(128 * M)), node(Some(0), &[], None)]),
+            "Duplicate NUMA nodeid: 0"
+        );
+        assert_eq!(
+            e(&[node(Some(0), &[], Some(64 * M))]),
+            "total memory for NUMA nodes (0x4000000) should equal RAM size (0x8000000)"
+        );
+        let dist = |src, dst, val| NumaArg {
+            text: None,
+            option: NumaOption::Dist { src, dst, val },
+        };
+        let three = [
+            node(None, &[], Some(128 * M)),
+            node(None, &[], None),
+            node(None, &[], None),
+        ];
+        let mut args = three.to_vec();
+        args.push(dist(0, 1, 20));
+        assert_eq!(
+            e(&args),
+            "The distance between node 0 and 2 is missing, at least one distance value between \
+             each nodes should be provided."
+        );
+        args.extend([dist(0, 2, 30), dist(1, 2, 40), dist(1, 0, 21)]);
+        assert_eq!(
+            e(&args),
+            "At least one asymmetrical pair of distances is given, please provide distances \
+             for both directions of all node pairs."
+        );
+        // Symmetric: the missing directions are filled in.
+        let mut args = three.to_vec();
+        args.extend([dist(0, 1, 20), dist(0, 2, 30), dist(2, 1, 40)]);
+        let p = resolve(&args, &topo(2, 1, 1), 2, 128 * M, RULES).unwrap();
+        assert_eq!(p.distances, [[10, 20, 30], [20, 10, 40], [30, 40, 10]]);
+    }
+
+    #[test]
+    fn memory_hot_plug_makes_one_node_of_all_ram() {
+        let rules = NumaRules {
+            auto_enable: true,
+            ..RULES
+        };
+        let p = resolve(&[], &topo(2, 1, 1), 2, 128 * M, rules).unwrap();
+        assert_eq!(p.nodes.len(), 1);
+        assert_eq!(p.nodes[0].mem, 128 * M);
+        assert_eq!(p.cpu_nodes, [0, 0]);
+    }
+}

@@ -1,0 +1,247 @@
+//! `-numa` (QEMU's NUMA options): the plan's nodes as QMP (`query-cpus-fast`,
+//! `query-hotpluggable-cpus` node-id), the human monitor (`info numa`) and the guest (ACPI
+//! SRAT/SLIT, dumped with `MACHINA_ACPI_DUMP`) see them; bad configurations get QEMU's texts.
+
+mod common;
+
+use common::{machina, require_kvm};
+use machina_tests::TempDir;
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Start the machine of `args` stopped, with its ACPI tables dumped to `dir`, run `commands`
+/// over QMP on stdio and return their answers (in order).
+fn session(dir: &std::path::Path, args: &[&str], commands: &[Value]) -> Vec<Value> {
+    std::fs::create_dir_all(dir).expect("dump dir");
+    let mut child = Command::new(machina())
+        .args(args)
+        .args(["-S", "-display", "none", "-nodefaults", "-qmp", "stdio"])
+        .env("MACHINA_ACPI_DUMP", dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start machina");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !dir.join("xsdt.dat").exists() {
+        assert!(Instant::now() < deadline, "machina wrote no ACPI dump");
+        assert!(child.try_wait().expect("wait").is_none(), "machina exited");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut input = String::from("{\"execute\":\"qmp_capabilities\"}\n");
+    for c in commands {
+        input.push_str(&c.to_string());
+        input.push('\n');
+    }
+    input.push_str("{\"execute\":\"quit\"}\n");
+    stdin.write_all(input.as_bytes()).expect("write QMP");
+    let out = BufReader::new(child.stdout.take().expect("stdout"));
+    let answers: Vec<Value> = out
+        .lines()
+        .map_while(Result::ok)
+        .filter_map(|l| serde_json::from_str::<Value>(&l).ok())
+        .filter(|v| v.get("return").is_some() || v.get("error").is_some())
+        .collect();
+    drop(stdin);
+    let _ = child.wait();
+    // qmp_capabilities first, quit last.
+    assert_eq!(answers.len(), commands.len() + 2, "{answers:?}");
+    answers[1..=commands.len()].to_vec()
+}
+
+/// `(type, length, body offset)` of each SRAT structure.
+fn srat_entries(srat: &[u8]) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    let mut at = 48;
+    while at + 2 <= srat.len() && srat[at + 1] > 0 {
+        let len = usize::from(srat[at + 1]);
+        out.push(&srat[at..at + len]);
+        at += len;
+    }
+    out
+}
+
+#[test]
+fn nodes_reach_qmp_the_human_monitor_and_the_srat_and_slit() {
+    if !require_kvm() {
+        return;
+    }
+    let dir = TempDir::new("numa");
+    let tables = dir.join("tables");
+    let answers = session(
+        &tables,
+        &[
+            "-machine",
+            "q35,smp.cpus=4,smp.sockets=2,smp.cores=2",
+            "-m",
+            "256M",
+            "-object",
+            "memory-backend-ram,id=m0,size=64M",
+            "-object",
+            "memory-backend-ram,id=m1,size=192M",
+            "-numa",
+            "node,nodeid=0,memdev=m0",
+            "-numa",
+            "node,nodeid=1,memdev=m1",
+            "-numa",
+            "cpu,node-id=1,socket-id=0",
+            "-numa",
+            "cpu,node-id=0,socket-id=1",
+            "-numa",
+            "dist,src=0,dst=1,val=21",
+        ],
+        &[
+            json!({"execute": "query-cpus-fast"}),
+            json!({"execute": "query-hotpluggable-cpus"}),
+            json!({"execute": "human-monitor-command",
+                   "arguments": {"command-line": "info numa"}}),
+            json!({"execute": "set-numa-node",
+                   "arguments": {"type": "node", "nodeid": 2}}),
+        ],
+    );
+    let nodes: Vec<(u64, u64)> = answers[0]["return"]
+        .as_array()
+        .expect("cpus")
+        .iter()
+        .map(|c| {
+            (
+                c["cpu-index"].as_u64().expect("index"),
+                c["props"]["node-id"].as_u64().expect("node-id"),
+            )
+        })
+        .collect();
+    assert_eq!(nodes, [(0, 1), (1, 1), (2, 0), (3, 0)]);
+    for slot in answers[1]["return"].as_array().expect("slots") {
+        let socket = slot["props"]["socket-id"].as_u64().expect("socket");
+        assert_eq!(
+            slot["props"]["node-id"].as_u64(),
+            Some(1 - socket),
+            "{slot}"
+        );
+    }
+    assert_eq!(
+        // The human monitor ends lines with CRLF, as QEMU's does.
+        answers[2]["return"]
+            .as_str()
+            .expect("info numa")
+            .replace("\r\n", "\n"),
+        "2 nodes\nnode 0 cpus: 2 3\nnode 0 size: 64 MB\nnode 0 plugged: 0 MB\n\
+         node 1 cpus: 0 1\nnode 1 size: 192 MB\nnode 1 plugged: 0 MB\n"
+    );
+    assert_eq!(
+        answers[3]["error"]["desc"],
+        "The command is permitted only before the machine has been created"
+    );
+
+    let srat = std::fs::read(tables.join("srat.dat")).expect("SRAT");
+    let entries = srat_entries(&srat);
+    // CPUs: APIC ids 0..3 (2 sockets of 2 cores), socket 0 on node 1.
+    let cpus: Vec<(u8, u8)> = entries
+        .iter()
+        .filter(|e| e[0] == 0)
+        .map(|e| (e[3], e[2]))
+        .collect();
+    assert_eq!(cpus, [(0, 1), (1, 1), (2, 0), (3, 0)]);
+    let mems: Vec<(u32, u64, u64)> = entries
+        .iter()
+        .filter(|e| e[0] == 1 && e[28] & 1 == 1)
+        .map(|e| {
+            (
+                u32::from_le_bytes(e[2..6].try_into().expect("node")),
+                u64::from_le_bytes(e[8..16].try_into().expect("base")),
+                u64::from_le_bytes(e[16..24].try_into().expect("len")),
+            )
+        })
+        .collect();
+    assert_eq!(
+        mems,
+        [
+            (0, 0, 640 << 10),
+            (0, 1 << 20, 63 << 20),
+            (1, 64 << 20, 192 << 20)
+        ]
+    );
+    let slit = std::fs::read(tables.join("slit.dat")).expect("SLIT");
+    assert_eq!(&slit[36..], &[2, 0, 0, 0, 0, 0, 0, 0, 10, 21, 21, 10]);
+}
+
+#[test]
+fn without_numa_there_is_no_srat_and_no_node_id() {
+    if !require_kvm() {
+        return;
+    }
+    let dir = TempDir::new("numa-none");
+    let tables = dir.join("tables");
+    let answers = session(
+        &tables,
+        &["-machine", "q35", "-smp", "2"],
+        &[
+            json!({"execute": "query-cpus-fast"}),
+            json!({"execute": "human-monitor-command",
+                   "arguments": {"command-line": "info numa"}}),
+        ],
+    );
+    for cpu in answers[0]["return"].as_array().expect("cpus") {
+        assert!(cpu["props"].get("node-id").is_none(), "{cpu}");
+    }
+    assert_eq!(answers[1]["return"], "0 nodes\r\n");
+    assert!(!tables.join("srat.dat").exists());
+}
+
+#[test]
+fn bad_numa_configurations_get_qemus_texts() {
+    for (args, text) in [
+        (
+            vec!["-smp", "4", "-numa", "node,cpus=0-9"],
+            "machina: -numa node,cpus=0-9: CPU index (4) should be smaller than maxcpus (4)",
+        ),
+        (
+            vec!["-numa", "node,memdev=nope"],
+            "machina: -numa node,memdev=nope: memdev=nope is ambiguous",
+        ),
+        (
+            vec!["-numa", "node,nodeid=1"],
+            "machina: numa: Node ID missing: 0",
+        ),
+        (
+            vec!["-numa", "node", "-numa", "node"],
+            "machina: total memory for NUMA nodes (0x0) should equal RAM size (0x8000000)",
+        ),
+        (
+            vec!["-numa", "node", "-numa", "cpu,socket-id=0"],
+            "machina: -numa cpu,socket-id=0: Missing mandatory node-id property",
+        ),
+        (
+            vec!["-numa", "node,mem=64M", "-numa", "node,mem=64M"],
+            "machina: -numa node,mem=64M: Parameter -numa node,mem is not supported by this \
+             machine type",
+        ),
+        (
+            vec!["-machine", "smp.foo=1"],
+            "machina: Parameter 'smp.foo' is unexpected",
+        ),
+        (
+            vec![
+                "-numa",
+                "node",
+                "-numa",
+                "node",
+                "-numa",
+                "dist,src=0,dst=0,val=20",
+            ],
+            "machina: -numa dist,src=0,dst=0,val=20: Local distance of node 0 should be 10.",
+        ),
+    ] {
+        let out = Command::new(machina())
+            .args(&args)
+            .args(["-S", "-display", "none", "-nodefaults"])
+            .output()
+            .expect("run machina");
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.lines().next(), Some(text), "{args:?}");
+    }
+}
