@@ -535,17 +535,17 @@ fn complete_distances(nodes: &mut [NodeInfo]) -> Result<Vec<Vec<u8>>, PlanError>
             }
         }
     }
-    let mut out = vec![vec![0u8; n]; n];
-    for src in 0..n {
-        for dst in 0..n {
-            out[src][dst] = match d(nodes, src, dst) {
-                0 if src == dst => DISTANCE_MIN,
-                0 => d(nodes, dst, src),
-                v => v,
-            };
-        }
-    }
-    Ok(out)
+    Ok((0..n)
+        .map(|src| {
+            (0..n)
+                .map(|dst| match d(nodes, src, dst) {
+                    0 if src == dst => DISTANCE_MIN,
+                    0 => d(nodes, dst, src),
+                    v => v,
+                })
+                .collect()
+        })
+        .collect())
 }
 
 impl crate::Catalog {
