@@ -38,6 +38,8 @@ pub struct CliOptions {
     pub numa: Vec<machine::NumaArg>,
     /// `-cpu`; None: machina's default, the same CPUID as `host`.
     pub cpu_model: Option<crate::cpuid::CpuModel>,
+    /// `-cpu MODEL,+feat,-feat,feat=on|off`: each named feature on or off, in effect order.
+    pub cpu_features: Vec<(String, bool)>,
     pub kernel: Option<PathBuf>,
     pub initrd: Option<PathBuf>,
     pub append: String,
@@ -239,6 +241,7 @@ impl Default for CliOptions {
             smp: SmpSpec::default(),
             numa: Vec::new(),
             cpu_model: None,
+            cpu_features: Vec::new(),
             kernel: None,
             initrd: None,
             append: String::new(),
@@ -445,9 +448,10 @@ fn parse_smp(text: &str) -> Result<SmpSpec, CliError> {
     Ok(spec)
 }
 
-/// Parse `-cpu MODEL[,prop=value...]`: machina offers `host` and `max` (both KVM's supported
-/// CPUID) and no per-feature properties.
-fn parse_cpu(text: &str) -> Result<crate::cpuid::CpuModel, CliError> {
+/// Parse `-cpu MODEL[,+feat][,-feat][,feat=on|off]...`: machina offers `host` and `max`
+/// (both KVM's supported CPUID) with QEMU's feature names. As in QEMU, `-feat` beats `+feat`
+/// and both beat `feat=`; other properties are refused with QEMU's text.
+fn parse_cpu(text: &str) -> Result<(crate::cpuid::CpuModel, Vec<(String, bool)>), CliError> {
     let items = split_keyval(text);
     let name = items.first().map(String::as_str).unwrap_or("");
     if name.is_empty() {
@@ -455,20 +459,45 @@ fn parse_cpu(text: &str) -> Result<crate::cpuid::CpuModel, CliError> {
     }
     let model = crate::cpuid::CpuModel::from_name(name)
         .ok_or_else(|| CliError::UnknownCpuModel(name.to_string()))?;
-    if let Some(prop) = items.get(1) {
-        let assignment = if prop.contains('=') {
-            prop.clone()
-        } else {
-            format!("{prop}=on")
-        };
-        let key = assignment.split('=').next().unwrap_or_default().to_string();
-        return Err(CliError::CpuProperty(
-            model.type_name().to_string(),
-            assignment,
-            key,
-        ));
+    let ty = model.type_name();
+    let (mut plus, mut minus, mut props) = (Vec::new(), Vec::new(), Vec::<(String, bool)>::new());
+    for item in &items[1..] {
+        let known = |f: &str| crate::cpuid::feature_bit(f).is_some();
+        if let Some(f) = item.strip_prefix('+').or_else(|| item.strip_prefix('-')) {
+            let feature = crate::cpuid::canonical_feature(f);
+            if !known(&feature) {
+                return Err(CliError::Plain(format!(
+                    "Property '{ty}.{feature}' not found"
+                )));
+            }
+            if item.starts_with('+') {
+                plus.push(feature);
+            } else {
+                minus.push(feature);
+            }
+            continue;
+        }
+        let (key, value) = item.split_once('=').unwrap_or((item.as_str(), "on"));
+        let feature = crate::cpuid::canonical_feature(key);
+        if !known(&feature) {
+            return Err(CliError::CpuProperty(
+                ty.to_string(),
+                format!("{key}={value}"),
+                key.to_string(),
+            ));
+        }
+        let on = machine::qapi_bool_parse(value).ok_or_else(|| {
+            CliError::Plain(format!(
+                "can't apply global {ty}.{key}={value}: Parameter '{key}' expects 'on' or 'off'"
+            ))
+        })?;
+        props.retain(|(f, _)| *f != feature);
+        props.push((feature, on));
     }
-    Ok(model)
+    let mut features = props;
+    features.extend(plus.into_iter().map(|f| (f, true)));
+    features.extend(minus.into_iter().map(|f| (f, false)));
+    Ok((model, features))
 }
 
 fn parse_serial(arg: &OsStr) -> Result<SerialSpec, CliError> {
@@ -609,7 +638,11 @@ where
             }
             "smp" => opts.smp = parse_smp(&value)?,
             "numa" => opts.numa.push(numa::parse_numa(&value)?),
-            "cpu" => opts.cpu_model = Some(parse_cpu(&value)?),
+            "cpu" => {
+                let (model, features) = parse_cpu(&value)?;
+                opts.cpu_model = Some(model);
+                opts.cpu_features = features;
+            }
             "kernel" => opts.kernel = Some(PathBuf::from(os_value)),
             "initrd" => opts.initrd = Some(PathBuf::from(os_value)),
             "append" => opts.append = value,

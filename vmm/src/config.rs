@@ -45,6 +45,8 @@ pub struct MachineConfig {
     pub numa: Vec<machine::NumaArg>,
     /// `-cpu`; None is machina's default (the same CPUID as `host`).
     pub cpu_model: Option<crate::cpuid::CpuModel>,
+    /// `-cpu MODEL,+feat,-feat,feat=on|off`: the features turned on or off, in effect order.
+    pub cpu_features: Vec<(String, bool)>,
     /// The vCPUs run under KVM (false with `-accel qtest`, where none runs).
     pub kvm: bool,
     pub devices: Vec<DeviceRequest>,
@@ -394,6 +396,7 @@ impl MachineConfig {
             smp: opts.smp.keys,
             numa: opts.numa.clone(),
             cpu_model: opts.cpu_model,
+            cpu_features: opts.cpu_features.clone(),
             kvm: !opts.accel_qtest,
             vga: opts.vga,
             // QEMU drops its default NIC for any -netdev, -nic or -net.

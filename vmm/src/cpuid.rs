@@ -315,6 +315,76 @@ pub fn feature_words() -> Vec<FeatureWord> {
     ]
 }
 
+/// QEMU's canonical spelling of a feature name: `_` as `-`, and the `sse4-1`/`sse4-2`
+/// aliases of `sse4.1`/`sse4.2`.
+pub fn canonical_feature(name: &str) -> String {
+    let name = name.replace('_', "-");
+    match name.as_str() {
+        "sse4-1" => "sse4.1".into(),
+        "sse4-2" => "sse4.2".into(),
+        _ => name,
+    }
+}
+
+/// The feature word and bit of feature `name` (canonical spelling).
+pub fn feature_bit(name: &str) -> Option<(FeatureWord, u32)> {
+    feature_words().into_iter().find_map(|w| {
+        let bit = w.names.iter().position(|n| *n == Some(name))?;
+        Some((w, bit as u32))
+    })
+}
+
+/// A `-cpu MODEL,+feat,-feat,feat=on|off` request: each named feature on or off.
+pub type FeatureRequest = [(String, bool)];
+
+/// Apply `features` to `cpuid`: a feature turned off is cleared; one turned on is set only
+/// where KVM supports it (`supported`), else it is filtered (QEMU's filtered-features).
+/// Returns the filtered bits as (word index in `feature_words()`, mask).
+pub fn apply_features(
+    cpuid: &mut CpuId,
+    supported: &CpuId,
+    features: &FeatureRequest,
+) -> Vec<(usize, u32)> {
+    let words = feature_words();
+    let mut filtered = Vec::new();
+    for (name, on) in features {
+        let Some(i) = words
+            .iter()
+            .position(|w| w.names.iter().any(|n| *n == Some(name.as_str())))
+        else {
+            continue;
+        };
+        let w = &words[i];
+        let bit = w
+            .names
+            .iter()
+            .position(|n| *n == Some(name.as_str()))
+            .unwrap_or(0);
+        let mask = 1u32 << bit;
+        let available = register(supported, w.leaf, w.subleaf, w.reg) & mask != 0;
+        let set = *on && available;
+        if *on && !available {
+            filtered.push((i, mask));
+        }
+        for e in cpuid.as_mut_slice().iter_mut() {
+            if e.function == w.leaf && w.subleaf.is_none_or(|s| e.index == s) {
+                let r = match w.reg {
+                    Reg::Eax => &mut e.eax,
+                    Reg::Ebx => &mut e.ebx,
+                    Reg::Ecx => &mut e.ecx,
+                    Reg::Edx => &mut e.edx,
+                };
+                if set {
+                    *r |= mask;
+                } else if !*on {
+                    *r &= !mask;
+                }
+            }
+        }
+    }
+    filtered
+}
+
 /// The value of `reg` of leaf `leaf` (sub-leaf `subleaf`) in `cpuid`; 0 when absent.
 pub fn register(cpuid: &CpuId, leaf: u32, subleaf: Option<u32>, reg: Reg) -> u32 {
     cpuid

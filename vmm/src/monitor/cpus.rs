@@ -203,17 +203,21 @@ fn cpu_qom_properties(cpu: &CpuId) -> Vec<(String, &'static str)> {
     list
 }
 
-/// X86CPUFeatureWordInfo of every feature word; `filtered` gives the bits requested but
-/// withheld, which for machina is none (it requests exactly KVM's supported set).
-fn feature_words(cpu: &CpuId, filtered: bool) -> Value {
+/// X86CPUFeatureWordInfo of every feature word: the guest's CPUID, or with `filtered` the
+/// bits requested (`-cpu ...,+feat`) but withheld because KVM does not support them (as
+/// (word index, mask) from `cpuid::apply_features`).
+fn feature_words(cpu: &CpuId, filtered: Option<&[(usize, u32)]>) -> Value {
     Value::Array(
         cpuid::feature_words()
             .iter()
-            .map(|w| {
-                let value = if filtered {
-                    0
-                } else {
-                    cpuid::register(cpu, w.leaf, w.subleaf, w.reg)
+            .enumerate()
+            .map(|(i, w)| {
+                let value = match filtered {
+                    Some(list) => list
+                        .iter()
+                        .filter(|(word, _)| *word == i)
+                        .fold(0, |acc, (_, mask)| acc | mask),
+                    None => cpuid::register(cpu, w.leaf, w.subleaf, w.reg),
                 };
                 let mut o = json!({
                     "cpuid-input-eax": w.leaf,
@@ -307,14 +311,16 @@ fn qom_list(state: &VmState, path: &str) -> Result<Value, QmpError> {
 fn qom_get(state: &VmState, path: &str, property: &str) -> Result<Value, QmpError> {
     let plan = state.plan.as_ref().ok_or_else(|| not_found(path))?;
     if let Some(index) = cpu_at(path, plan) {
-        let cpu = vcpu_cpuid(index, &plan.topology)?;
+        let mut cpu = vcpu_cpuid(index, &plan.topology)?;
+        let supported = supported_cpuid().ok_or_else(no_kvm)?;
+        let filtered = cpuid::apply_features(&mut cpu, supported, &state.config.cpu_features);
         let ty = cpu_type(state);
         let ids = plan.topology.ids(index);
         let sig = cpuid::signature(&cpu);
         return Ok(match property {
             "type" => json!(ty),
-            "feature-words" => feature_words(&cpu, false),
-            "filtered-features" => feature_words(&cpu, true),
+            "feature-words" => feature_words(&cpu, None),
+            "filtered-features" => feature_words(&cpu, Some(&filtered)),
             "apic-id" => json!(plan.topology.apic_id(index)),
             "socket-id" => json!(ids.socket),
             "die-id" => json!(ids.die),
