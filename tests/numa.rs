@@ -245,3 +245,44 @@ fn bad_numa_configurations_get_qemus_texts() {
         assert_eq!(stderr.lines().next(), Some(text), "{args:?}");
     }
 }
+
+/// The word of `words` (X86CPUFeatureWordInfo list) for leaf `eax`, register `reg`.
+fn word(words: &Value, eax: u64, reg: &str) -> u64 {
+    words
+        .as_array()
+        .expect("feature words")
+        .iter()
+        .find(|w| w["cpuid-input-eax"] == eax && w["cpuid-register"] == reg)
+        .and_then(|w| w["features"].as_u64())
+        .unwrap_or(0)
+}
+
+#[test]
+fn cpu_features_on_the_command_line_reach_the_cpu_object() {
+    if !require_kvm() {
+        return;
+    }
+    let dir = TempDir::new("cpu-features");
+    let cpu0 = "/machine/unattached/device[0]";
+    let get =
+        |prop: &str| json!({"execute": "qom-get", "arguments": {"path": cpu0, "property": prop}});
+    let answers = session(
+        &dir.join("tables"),
+        &["-cpu", "max,-mmx,+invtsc,sse4_2=off"],
+        &[
+            get("mmx"),
+            get("sse4.2"),
+            get("feature-words"),
+            get("filtered-features"),
+        ],
+    );
+    assert_eq!(answers[0]["return"], false);
+    assert_eq!(answers[1]["return"], false);
+    let (words, filtered) = (&answers[2]["return"], &answers[3]["return"]);
+    assert_eq!(word(words, 1, "EDX") & (1 << 23), 0, "mmx off");
+    assert_eq!(word(words, 1, "ECX") & (1 << 20), 0, "sse4.2 off");
+    // invtsc is on where KVM offers it, and filtered where it does not, never both.
+    let on = word(words, 0x8000_0007, "EDX") & (1 << 8) != 0;
+    let withheld = word(filtered, 0x8000_0007, "EDX") & (1 << 8) != 0;
+    assert!(on != withheld, "invtsc: on {on}, filtered {withheld}");
+}

@@ -806,7 +806,8 @@ usage: machina [options]\n\
 -smp N[,maxcpus=M,sockets=S,dies=D,cores=C,threads=T]  vCPUs and their topology (QEMU's rules)\n\
 -numa node[,nodeid=N][,cpus=A-B][,memdev=ID] | cpu,node-id=N[,socket-id=S,...] | dist,src=A,dst=B,val=D\n\
                                NUMA nodes, their CPUs and RAM, distances (ACPI SRAT/SLIT)\n\
--cpu host|max                  the guest CPU: KVM's supported CPUID (the default too)\n\
+-cpu host|max[,+feat,-feat,feat=on|off]  the guest CPU: KVM's supported CPUID (the default too),\n\
+                               features turned off, or on where KVM has them\n\
 -kernel FILE                   bzImage or ELF with a PVH note (default: the bundled tiny guest)\n\
 -initrd FILE                   initial ram disk\n\
 -append CMDLINE                kernel command line\n\
@@ -964,6 +965,50 @@ mod tests {
         );
         assert_eq!(p("-smp maxcpus=8").unwrap().smp.cpus, 8);
         assert_eq!(p("-smp 2,maxcpus=4").unwrap().smp.max_cpus, Some(4));
+    }
+
+    #[test]
+    fn cpu_features_follow_qemus_precedence_and_names() {
+        let o = p("-cpu max,-fpu,+fpu,-mce,mce=on,+cx8,cx8=off,+sse4_1,sse4-2=on,mmx=off").unwrap();
+        assert_eq!(o.cpu_model, Some(crate::cpuid::CpuModel::Max));
+        let f = |name: &str| {
+            o.cpu_features
+                .iter()
+                .rev()
+                .find(|(n, _)| n == name)
+                .map(|(_, on)| *on)
+        };
+        // `-feat` beats `+feat`; both beat `feat=`; underscores and `sse4-N` are aliases.
+        assert_eq!(f("fpu"), Some(false));
+        assert_eq!(f("mce"), Some(false));
+        assert_eq!(f("cx8"), Some(true));
+        assert_eq!(f("sse4.1"), Some(true));
+        assert_eq!(f("sse4.2"), Some(true));
+        assert_eq!(f("mmx"), Some(false));
+        assert_eq!(
+            p("-cpu max,+foo").unwrap_err().to_string(),
+            "Property 'max-x86_64-cpu.foo' not found"
+        );
+        assert_eq!(
+            p("-cpu max,mmx=maybe").unwrap_err().to_string(),
+            "can't apply global max-x86_64-cpu.mmx=maybe: Parameter 'mmx' expects 'on' or 'off'"
+        );
+    }
+
+    #[test]
+    fn machine_smp_keys_and_numa_options() {
+        let o = p("-machine q35,smp.cpus=8,smp.sockets=2 -numa node,cpus=0-3 -numa node").unwrap();
+        assert_eq!((o.smp.cpus, o.smp.keys.sockets), (8, Some(2)));
+        assert_eq!(o.machine.as_deref(), Some("q35"));
+        assert!(o
+            .machine_options
+            .iter()
+            .all(|(k, _)| !k.starts_with("smp.")));
+        assert_eq!(o.numa.len(), 2);
+        assert_eq!(
+            p("-machine smp.cpus=x").unwrap_err().to_string(),
+            "Parameter 'smp.cpus' expects integer"
+        );
     }
 
     #[test]
