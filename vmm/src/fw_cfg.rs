@@ -161,4 +161,38 @@ mod tests {
         assert_eq!(e820[16..20], 1u32.to_le_bytes());
         assert_eq!(cfg.item(0x21).unwrap(), 15u32.to_le_bytes());
     }
+
+    #[test]
+    fn the_numa_item_maps_apic_ids_to_nodes_and_gives_each_nodes_ram() {
+        let node = |cpus: Vec<u32>, mem: Option<u64>| machine::NumaArg {
+            text: None,
+            option: machine::NumaOption::Node {
+                nodeid: None,
+                cpus,
+                mem: None,
+                memdev: mem.map(|_| "m".into()),
+                memdev_size: mem,
+                initiator: None,
+            },
+        };
+        // 3 cores: APIC ids 0, 1, 2 (limit 3); CPU 1 on node 1.
+        let plan = machine::Catalog::builtin()
+            .plan(&machine::PlanRequest {
+                machine: Some("q35".into()),
+                cpus: 3,
+                numa: vec![node(vec![0, 2], Some(128 << 20)), node(vec![1], None)],
+                ..Default::default()
+            })
+            .unwrap();
+        let words: Vec<u64> = numa_item(&plan, 3)
+            .chunks(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        assert_eq!(words, [2, 0, 1, 0, 128 << 20, 0]);
+        // Without NUMA: the count and the per-APIC-id words, all zero.
+        let plan = machine::Catalog::builtin()
+            .plan(&machine::PlanRequest::new("q35"))
+            .unwrap();
+        assert_eq!(numa_item(&plan, 1), vec![0u8; 16]);
+    }
 }
