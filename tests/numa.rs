@@ -234,6 +234,18 @@ fn bad_numa_configurations_get_qemus_texts() {
             ],
             "machina: -numa dist,src=0,dst=0,val=20: Local distance of node 0 should be 10.",
         ),
+        (
+            vec![
+                "-object",
+                "memory-backend-ram,id=m,size=128M",
+                "-machine",
+                "pc,memory-backend=m",
+                "-numa",
+                "node,memdev=m",
+            ],
+            "machina: '-machine memory-backend' and '-numa memdev' properties are mutually \
+             exclusive",
+        ),
     ] {
         let out = Command::new(machina())
             .args(&args)

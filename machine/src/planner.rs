@@ -124,6 +124,14 @@ impl Catalog {
                     && (req.ram_slots > 0 || req.max_ram_size.is_some_and(|m| m > ram_size)),
             },
         )?;
+        if numa.nodes.iter().any(|n| n.memdev.is_some())
+            && req.options.iter().any(|(k, _)| k == "memory-backend")
+        {
+            return Err(PlanError::Numa(
+                "'-machine memory-backend' and '-numa memdev' properties are mutually exclusive"
+                    .into(),
+            ));
+        }
         let opts = resolve_options(&machine.name, &machine.options, &req.options)?;
         let defaults = Defaults::compute(self, req);
         let flag = |name: &str| match name {
