@@ -298,3 +298,52 @@ fn cpu_features_on_the_command_line_reach_the_cpu_object() {
     let withheld = word(filtered, 0x8000_0007, "EDX") & (1 << 8) != 0;
     assert!(on != withheld, "invtsc: on {on}, filtered {withheld}");
 }
+
+#[test]
+fn the_qemu64_model_gives_its_signature_and_only_its_features() {
+    if !require_kvm() {
+        return;
+    }
+    let dir = TempDir::new("qemu64");
+    let cpu0 = "/machine/unattached/device[0]";
+    let get =
+        |prop: &str| json!({"execute": "qom-get", "arguments": {"path": cpu0, "property": prop}});
+    let answers = session(
+        &dir.join("tables"),
+        &["-cpu", "qemu64,apic-id=0"],
+        &[
+            get("vendor"),
+            get("family"),
+            get("model"),
+            get("model-id"),
+            get("feature-words"),
+            get("type"),
+            json!({"execute": "query-cpu-definitions"}),
+        ],
+    );
+    assert_eq!(answers[0]["return"], "AuthenticAMD");
+    assert_eq!(answers[1]["return"], 15);
+    assert_eq!(answers[2]["return"], 107);
+    assert_eq!(answers[3]["return"], "QEMU Virtual CPU version 2.5+");
+    let words = &answers[4]["return"];
+    // No leaf-7 features (AVX2, ...) and none of 0x80000007 (invtsc): qemu64 has none.
+    assert_eq!(word(words, 7, "EBX"), 0);
+    assert_eq!(word(words, 0x8000_0007, "EDX"), 0);
+    // lm, syscall and nx where KVM has them (every x86-64 host does).
+    assert_eq!(word(words, 0x8000_0001, "EDX") & (1 << 29), 1 << 29);
+    assert_eq!(answers[5]["return"], "qemu64-x86_64-cpu");
+    let defs = answers[6]["return"].as_array().expect("definitions");
+    let qemu64 = defs
+        .iter()
+        .find(|d| d["name"] == "qemu64")
+        .expect("qemu64 listed");
+    assert_eq!(qemu64["typename"], "qemu64-x86_64-cpu");
+    assert!(qemu64["unavailable-features"].is_array());
+
+    // A guest boots on it.
+    let r = common::boot(&["-cpu", "qemu64", "-smp", "2", "-m", "256", "-nographic"]);
+    r.check(
+        r.status == Some(0) && r.stdout.contains("poweroff"),
+        "qemu64 guest runs to its poweroff",
+    );
+}

@@ -93,6 +93,8 @@ pub struct BuildInputs<'a> {
     pub open: &'a mut crate::virtio_devices::OpenBackends,
     /// What fw_cfg holds besides what the plan says.
     pub fw_cfg: crate::fw_cfg::FwCfgInputs,
+    /// `-cpu MODEL`.
+    pub cpu_model: crate::cpuid::CpuModel,
     /// `-cpu MODEL,+feat,-feat,...`: features turned on or off in the guest CPUID.
     pub cpu_features: &'a crate::cpuid::FeatureRequest,
 }
@@ -247,14 +249,19 @@ fn build_pci(
 
 /// The vCPUs of the plan with their CPUID; KVM's vCPU id is the APIC id, which the
 /// topology spaces out.
-fn create_vcpus(vm: &KvmVm, plan: &Plan, features: &cpuid::FeatureRequest) -> Result<Vec<VcpuFd>> {
+fn create_vcpus(
+    vm: &KvmVm,
+    plan: &Plan,
+    model: cpuid::CpuModel,
+    features: &cpuid::FeatureRequest,
+) -> Result<Vec<VcpuFd>> {
     let mut vcpus = Vec::new();
     for index in 0..plan.cpus {
         let fd = vm
             .fd
             .create_vcpu(u64::from(plan.topology.apic_id(index)))
             .map_err(|source| BuildError::CreateVcpu { index, source })?;
-        let mut cpuid = cpuid::for_vcpu(&vm.supported_cpuid, index, &plan.topology)?;
+        let mut cpuid = cpuid::for_vcpu(&vm.supported_cpuid, model, index, &plan.topology)?;
         cpuid::apply_features(&mut cpuid, &vm.supported_cpuid, features);
         fd.set_cpuid2(&cpuid)
             .map_err(|source| BuildError::CreateVcpu { index, source })?;
@@ -356,7 +363,7 @@ pub fn build(kvm: &Kvm, plan: &Plan, mut inputs: BuildInputs) -> Result<BuiltMac
         &intx_forwarder,
         &mut virtio,
     )?;
-    let vcpus = create_vcpus(&vm, plan, inputs.cpu_features)?;
+    let vcpus = create_vcpus(&vm, plan, inputs.cpu_model, inputs.cpu_features)?;
 
     let mut firmware_layout = None;
     if let Some(spec) = inputs.boot.take() {

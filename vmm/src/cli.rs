@@ -478,6 +478,16 @@ fn parse_cpu(text: &str) -> Result<(crate::cpuid::CpuModel, Vec<(String, bool)>)
             continue;
         }
         let (key, value) = item.split_once('=').unwrap_or((item.as_str(), "on"));
+        // A global apic-id is overridden by the board, which numbers every CPU from the
+        // topology (QEMU's pc boards set it after the globals): checked, not kept.
+        if key == "apic-id" {
+            value.parse::<u32>().map_err(|_| {
+                CliError::Plain(format!(
+                    "can't apply global {ty}.apic-id={value}: Parameter 'apic-id' expects uint64"
+                ))
+            })?;
+            continue;
+        }
         let feature = crate::cpuid::canonical_feature(key);
         if !known(&feature) {
             return Err(CliError::CpuProperty(
@@ -806,8 +816,8 @@ usage: machina [options]\n\
 -smp N[,maxcpus=M,sockets=S,dies=D,cores=C,threads=T]  vCPUs and their topology (QEMU's rules)\n\
 -numa node[,nodeid=N][,cpus=A-B][,memdev=ID] | cpu,node-id=N[,socket-id=S,...] | dist,src=A,dst=B,val=D\n\
                                NUMA nodes, their CPUs and RAM, distances (ACPI SRAT/SLIT)\n\
--cpu host|max[,+feat,-feat,feat=on|off]  the guest CPU: KVM's supported CPUID (the default too),\n\
-                               features turned off, or on where KVM has them\n\
+-cpu host|max|qemu64[,+feat,-feat,feat=on|off]  the guest CPU: KVM's supported CPUID (host, max,\n\
+                               the default) or QEMU's qemu64 model; features off, or on where KVM has them\n\
 -kernel FILE                   bzImage or ELF with a PVH note (default: the bundled tiny guest)\n\
 -initrd FILE                   initial ram disk\n\
 -append CMDLINE                kernel command line\n\

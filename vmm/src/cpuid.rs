@@ -17,22 +17,31 @@ const LEVEL_TYPE_SMT: u32 = 1;
 const LEVEL_TYPE_CORE: u32 = 2;
 const LEVEL_TYPE_DIE: u32 = 5;
 
-/// The CPU models machina offers. Both give the guest KVM's supported CPUID: machina has
-/// no named models with reduced feature sets.
+/// The CPU models machina offers: `host` and `max` give the guest KVM's supported CPUID;
+/// a named model (QEMU's builtin definition, `cpu_models.rs`) gives its own vendor,
+/// signature, levels and features, each feature only where KVM supports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CpuModel {
     Host,
     Max,
+    Named(&'static crate::cpu_models::ModelDef),
 }
 
 impl CpuModel {
-    pub const ALL: [CpuModel; 2] = [CpuModel::Host, CpuModel::Max];
+    pub fn all() -> Vec<CpuModel> {
+        let mut list = vec![CpuModel::Host, CpuModel::Max];
+        list.extend(crate::cpu_models::MODELS.iter().map(|m| CpuModel::Named(m)));
+        list
+    }
 
     pub fn from_name(name: &str) -> Option<CpuModel> {
         match name {
             "host" => Some(CpuModel::Host),
             "max" => Some(CpuModel::Max),
-            _ => None,
+            _ => crate::cpu_models::MODELS
+                .iter()
+                .find(|m| m.name == name)
+                .map(|m| CpuModel::Named(m)),
         }
     }
 
@@ -40,6 +49,7 @@ impl CpuModel {
         match self {
             CpuModel::Host => "host",
             CpuModel::Max => "max",
+            CpuModel::Named(m) => m.name,
         }
     }
 
@@ -48,6 +58,7 @@ impl CpuModel {
         match self {
             CpuModel::Host => "host-x86_64-cpu",
             CpuModel::Max => "max-x86_64-cpu",
+            CpuModel::Named(m) => m.type_name,
         }
     }
 }
@@ -55,6 +66,12 @@ impl CpuModel {
 #[derive(Debug, thiserror::Error)]
 #[error("the guest CPUID needs {0} entries, more than KVM accepts")]
 pub struct CpuidError(usize);
+
+impl CpuidError {
+    pub(crate) fn new(entries: usize) -> Self {
+        CpuidError(entries)
+    }
+}
 
 fn entry(function: u32, index: u32, regs: [u32; 4]) -> kvm_cpuid_entry2 {
     kvm_cpuid_entry2 {
@@ -71,7 +88,20 @@ fn entry(function: u32, index: u32, regs: [u32; 4]) -> kvm_cpuid_entry2 {
 
 /// The CPUID of vCPU `index` in `topo`, from KVM's supported CPUID (QEMU's cpu_x86_cpuid
 /// rules for leaves 1, 4, 0xb and 0x1f).
-pub fn for_vcpu(supported: &CpuId, index: u32, topo: &CpuTopology) -> Result<CpuId, CpuidError> {
+pub fn for_vcpu(
+    supported: &CpuId,
+    model: CpuModel,
+    index: u32,
+    topo: &CpuTopology,
+) -> Result<CpuId, CpuidError> {
+    let modelled;
+    let supported = match model {
+        CpuModel::Named(def) => {
+            modelled = crate::cpu_models::apply(def, supported, topo)?;
+            &modelled
+        }
+        _ => supported,
+    };
     let apic_id = topo.apic_id(index);
     let per_package = topo.per_package();
     let threads = topo.threads.max(1);
@@ -505,7 +535,7 @@ mod tests {
             threads: 2,
         };
         // CPU 7: socket 1, core 0, thread 1 -> APIC id 9.
-        let c = for_vcpu(&supported(), 7, &topo).unwrap();
+        let c = for_vcpu(&supported(), CpuModel::Host, 7, &topo).unwrap();
         assert_eq!(register(&c, 1, None, Reg::Ebx) >> 24, 9);
         assert_eq!((register(&c, 1, None, Reg::Ebx) >> 16) & 0xff, 6);
         assert_ne!(register(&c, 1, None, Reg::Edx) & EDX_HTT, 0);
@@ -530,7 +560,7 @@ mod tests {
             cores: 2,
             threads: 1,
         };
-        let c = for_vcpu(&supported(), 3, &dies).unwrap();
+        let c = for_vcpu(&supported(), CpuModel::Host, 3, &dies).unwrap();
         assert_eq!(register(&c, 0, None, Reg::Eax), 0x1f);
         assert_eq!(
             register(&c, 0x1f, Some(2), Reg::Ecx),
@@ -540,7 +570,7 @@ mod tests {
         assert_eq!(register(&c, 0x1f, Some(1), Reg::Eax), 1);
         assert_eq!(register(&c, 0x1f, Some(2), Reg::Eax), 2);
 
-        let one = for_vcpu(&supported(), 0, &CpuTopology::default()).unwrap();
+        let one = for_vcpu(&supported(), CpuModel::Host, 0, &CpuTopology::default()).unwrap();
         assert_eq!(register(&one, 1, None, Reg::Edx) & EDX_HTT, 0);
     }
 

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod console;
 pub mod control;
+pub mod cpu_models;
 pub mod cpuid;
 pub mod daemon;
 pub mod fdset;

@@ -526,6 +526,7 @@ impl Machine<'_> {
                 rtc_offset: config.rtc.offset,
                 open: &mut self.backends,
                 fw_cfg: crate::fw_cfg::FwCfgInputs::from_config(&config),
+                cpu_model: config.cpu_model.unwrap_or(crate::cpuid::CpuModel::Host),
                 cpu_features: &config.cpu_features,
             },
         )?;

@@ -20,10 +20,14 @@ fn no_kvm() -> QmpError {
     QmpError::generic("KVM is not available: machina's CPU models need /dev/kvm")
 }
 
-/// The CPUID vCPU `index` gets in `topo`.
-fn vcpu_cpuid(index: u32, topo: &CpuTopology) -> Result<CpuId, QmpError> {
+/// The CPUID vCPU `index` of `model` gets in `topo`.
+fn vcpu_cpuid(model: CpuModel, index: u32, topo: &CpuTopology) -> Result<CpuId, QmpError> {
     let supported = supported_cpuid().ok_or_else(no_kvm)?;
-    cpuid::for_vcpu(supported, index, topo).map_err(|e| QmpError::generic(e.to_string()))
+    cpuid::for_vcpu(supported, model, index, topo).map_err(|e| QmpError::generic(e.to_string()))
+}
+
+fn state_model(state: &VmState) -> CpuModel {
+    state.config.cpu_model.unwrap_or(CpuModel::Host)
 }
 
 /// The plan of the built machine, or of the configured one before the build.
@@ -111,6 +115,7 @@ fn expand(args: &Map<String, Value>) -> Result<Value, QmpError> {
         .get("name")
         .and_then(Value::as_str)
         .ok_or_else(|| QmpError::missing_parameter("name"))?;
+    let expanded = CpuModel::from_name(name).unwrap_or(CpuModel::Host);
     let type_name = match CpuModel::from_name(name) {
         Some(m) => m.type_name().to_string(),
         // The static expansion's base: no features of its own, all given as props.
@@ -121,7 +126,7 @@ fn expand(args: &Map<String, Value>) -> Result<Value, QmpError> {
             )))
         }
     };
-    let cpu = vcpu_cpuid(0, &CpuTopology::default())?;
+    let cpu = vcpu_cpuid(expanded, 0, &CpuTopology::default())?;
     let offered = model_props(&cpu);
     let mut wanted = if name == "base" {
         offered
@@ -268,7 +273,7 @@ fn qom_list(state: &VmState, path: &str) -> Result<Value, QmpError> {
     let plan = state.plan.as_ref().ok_or_else(|| not_found(path))?;
     let prop = |name: &str, ty: &str| json!({"name": name, "type": ty});
     if let Some(index) = cpu_at(path, plan) {
-        let cpu = vcpu_cpuid(index, &plan.topology)?;
+        let cpu = vcpu_cpuid(state_model(state), index, &plan.topology)?;
         return Ok(Value::Array(
             cpu_qom_properties(&cpu)
                 .iter()
@@ -311,7 +316,7 @@ fn qom_list(state: &VmState, path: &str) -> Result<Value, QmpError> {
 fn qom_get(state: &VmState, path: &str, property: &str) -> Result<Value, QmpError> {
     let plan = state.plan.as_ref().ok_or_else(|| not_found(path))?;
     if let Some(index) = cpu_at(path, plan) {
-        let mut cpu = vcpu_cpuid(index, &plan.topology)?;
+        let mut cpu = vcpu_cpuid(state_model(state), index, &plan.topology)?;
         let supported = supported_cpuid().ok_or_else(no_kvm)?;
         let filtered = cpuid::apply_features(&mut cpu, supported, &state.config.cpu_features);
         let ty = cpu_type(state);
@@ -374,8 +379,10 @@ fn qom_get(state: &VmState, path: &str, property: &str) -> Result<Value, QmpErro
 
 /// QOM properties of the CPU types (for qom-list-properties).
 pub(super) fn cpu_type_properties(type_name: &str) -> Option<Vec<Value>> {
-    CpuModel::ALL.iter().find(|m| m.type_name() == type_name)?;
-    let cpu = vcpu_cpuid(0, &CpuTopology::default()).ok()?;
+    let model = CpuModel::all()
+        .into_iter()
+        .find(|m| m.type_name() == type_name)?;
+    let cpu = vcpu_cpuid(model, 0, &CpuTopology::default()).ok()?;
     Some(
         cpu_qom_properties(&cpu)
             .into_iter()
@@ -477,22 +484,25 @@ pub(super) fn register(reg: &mut Registry, control: &Arc<Controller>) -> Result<
             )))
             .allow_preconfig(true),
         move |_args: Map<String, Value>, _ctx: &mut Session| {
-            let unavailable: Vec<&str> = if supported_cpuid().is_some() {
-                Vec::new()
-            } else {
-                vec!["kvm"]
-            };
+            let supported = supported_cpuid();
             Ok(Value::Array(
-                CpuModel::ALL
+                CpuModel::all()
                     .iter()
                     .map(|m| {
+                        // A named model lacks the features KVM cannot give.
+                        let unavailable: Vec<&str> = match (supported, m) {
+                            (None, _) => vec!["kvm"],
+                            (Some(s), CpuModel::Named(def)) => def.unavailable(s),
+                            (Some(_), _) => Vec::new(),
+                        };
                         json!({
                             "name": m.name(),
                             "typename": m.type_name(),
                             "unavailable-features": unavailable,
                             "static": false,
-                            // Whatever the host's KVM offers: not stable across hosts.
-                            "migration-safe": false,
+                            // host/max are whatever the host's KVM offers; a named model
+                            // is the same CPU everywhere it runs.
+                            "migration-safe": matches!(m, CpuModel::Named(_)),
                             "deprecated": false,
                         })
                     })

@@ -104,7 +104,7 @@ const MEMORY_BACKEND_FILE: &[PropertyInfo] = &[
 
 /// The CPU types (`host-x86_64-cpu`, `max-x86_64-cpu`).
 pub(super) fn cpu_types() -> Vec<&'static str> {
-    crate::cpuid::CpuModel::ALL
+    crate::cpuid::CpuModel::all()
         .iter()
         .map(|m| m.type_name())
         .collect()
