@@ -378,18 +378,13 @@ pub fn apply_features(
     let words = feature_words();
     let mut filtered = Vec::new();
     for (name, on) in features {
-        let Some(i) = words
-            .iter()
-            .position(|w| w.names.iter().any(|n| *n == Some(name.as_str())))
-        else {
+        let Some((i, bit)) = words.iter().enumerate().find_map(|(i, w)| {
+            let bit = w.names.iter().position(|n| *n == Some(name.as_str()))?;
+            Some((i, bit))
+        }) else {
             continue;
         };
         let w = &words[i];
-        let bit = w
-            .names
-            .iter()
-            .position(|n| *n == Some(name.as_str()))
-            .unwrap_or(0);
         let mask = 1u32 << bit;
         let available = register(supported, w.leaf, w.subleaf, w.reg) & mask != 0;
         let set = *on && available;
