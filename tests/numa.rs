@@ -347,3 +347,56 @@ fn the_qemu64_model_gives_its_signature_and_only_its_features() {
         "qemu64 guest runs to its poweroff",
     );
 }
+
+/// Dump the tables of `args` (stopped, q35) into `dir`.
+fn dump(dir: &std::path::Path, args: &[&str]) {
+    let mut all = vec!["-machine", "q35"];
+    all.extend_from_slice(args);
+    session(dir, &all, &[]);
+}
+
+#[test]
+fn srat_and_slit_match_qemus_bios_tables_test_expectations() {
+    if !require_kvm() {
+        return;
+    }
+    let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/qemu-acpi");
+    let body = |path: std::path::PathBuf| std::fs::read(&path).expect("table")[36..].to_vec();
+    let dir = TempDir::new("numa-qemu");
+    let numamem = dir.join("numamem");
+    dump(
+        &numamem,
+        &[
+            "-object",
+            "memory-backend-ram,id=ram0,size=128M",
+            "-numa",
+            "node",
+            "-numa",
+            "node,memdev=ram0",
+        ],
+    );
+    assert_eq!(
+        body(numamem.join("srat.dat")),
+        body(data.join("SRAT.numamem"))
+    );
+    let memhp = dir.join("memhp");
+    dump(
+        &memhp,
+        &[
+            "-m",
+            "128,slots=3,maxmem=1G",
+            "-object",
+            "memory-backend-ram,id=ram0,size=64M",
+            "-object",
+            "memory-backend-ram,id=ram1,size=64M",
+            "-numa",
+            "node,memdev=ram0",
+            "-numa",
+            "node,memdev=ram1",
+            "-numa",
+            "dist,src=0,dst=1,val=21",
+        ],
+    );
+    assert_eq!(body(memhp.join("srat.dat")), body(data.join("SRAT.memhp")));
+    assert_eq!(body(memhp.join("slit.dat")), body(data.join("SLIT.memhp")));
+}
