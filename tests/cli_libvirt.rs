@@ -583,8 +583,8 @@ fn libvirt_option_errors_use_qemus_texts() {
         ),
         (&["-rtc", "clock=foo"], "machina: -rtc clock=foo: invalid option value 'foo'"),
         (
-            &["-rtc", "base=localtime,clock=vm"],
-            "machina: -rtc base=localtime,clock=vm: machina's RTC follows the host clock: clock=vm is not supported",
+            &["-rtc", "base=localtime,driftfix=slew"],
+            "machina: -rtc base=localtime,driftfix=slew: machina's RTC does not re-inject lost ticks: driftfix=slew is not supported",
         ),
         (&["-boot", "order=z"], "machina: Invalid boot device 'z'"),
         (&["-boot", "menu=foo"], "machina: Parameter 'boot.menu' expects 'on' or 'off'"),

@@ -8,6 +8,7 @@ pub mod legacy;
 pub mod lifecycle;
 pub mod logging;
 pub mod pci;
+pub mod timer;
 pub mod virtio;
 
 #[cfg(any(test, feature = "testing"))]

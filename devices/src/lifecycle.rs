@@ -4,6 +4,7 @@
 //! Devices run on vCPU threads; the request is latched here and the VMM's event loop is woken
 //! through an eventfd so that it, not the device, tears down or resets the machine.
 
+use crate::timer::TimerQueue;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use vmm_sys_util::eventfd::EventFd;
@@ -30,12 +31,29 @@ impl Request {
     }
 }
 
+/// Events a device reports for the VMM to act on by its configured actions (`-action`,
+/// `-watchdog-action`); unlike [`Request`]s each one counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestEvent {
+    /// A watchdog (ib700, the ICH9 TCO timer) expired.
+    WatchdogExpired,
+    /// pvpanic: the guest panicked.
+    Panicked,
+    /// pvpanic: the guest loaded a crash kernel.
+    CrashLoaded,
+    /// pvpanic: the guest asks to be shut down.
+    PvShutdown,
+}
+
 struct Inner {
+    /// The virtual clock the devices' timers run on (qtest steps it; else the host's).
+    clock: Arc<TimerQueue>,
     state: AtomicU8,
     wake: EventFd,
     /// Slots the guest ejected (ACPI eject register, a PCIe slot powered off): (secondary
     /// bus id, slot), for the VMM to unplug on its own thread.
     ejects: Mutex<Vec<(String, u8)>>,
+    events: Mutex<Vec<GuestEvent>>,
 }
 
 /// Cloneable handle shared by every device that can power off or reset the machine.
@@ -45,12 +63,20 @@ pub struct Lifecycle {
 }
 
 impl Lifecycle {
+    /// A handle whose devices' timers run on the host's monotonic clock.
     pub fn new() -> std::io::Result<Self> {
+        Self::with_clock(TimerQueue::host())
+    }
+
+    /// A handle whose devices' timers run on `clock`.
+    pub fn with_clock(clock: Arc<TimerQueue>) -> std::io::Result<Self> {
         Ok(Self {
             inner: Arc::new(Inner {
+                clock,
                 state: AtomicU8::new(Request::None as u8),
                 wake: EventFd::new(libc::EFD_NONBLOCK)?,
                 ejects: Mutex::new(Vec::new()),
+                events: Mutex::new(Vec::new()),
             }),
         })
     }
@@ -60,6 +86,27 @@ impl Lifecycle {
         self.inner.state.fetch_max(request as u8, Ordering::SeqCst);
         // A full eventfd counter still wakes the reader, so a failed write loses nothing.
         let _ = self.inner.wake.write(1);
+    }
+
+    /// The virtual clock (QEMU_CLOCK_VIRTUAL) for device timers.
+    pub fn clock(&self) -> &Arc<TimerQueue> {
+        &self.inner.clock
+    }
+
+    /// Queue `event` and wake the VMM.
+    pub fn notify(&self, event: GuestEvent) {
+        let mut events = self.inner.events.lock().unwrap_or_else(|e| e.into_inner());
+        // A guest writing pvpanic in a loop must not grow memory without bound.
+        if events.len() < 1024 {
+            events.push(event);
+        }
+        drop(events);
+        let _ = self.inner.wake.write(1);
+    }
+
+    /// The events queued since the last call, oldest first.
+    pub fn take_events(&self) -> Vec<GuestEvent> {
+        std::mem::take(&mut *self.inner.events.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// The pending request, without clearing it.

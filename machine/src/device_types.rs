@@ -245,6 +245,12 @@ pub struct IsaTypeDef {
     /// Which default device (`serial`, `parallel`) a `-device` of this type replaces.
     #[serde(default)]
     pub default_kind: Option<String>,
+    /// The property that moves the I/O window (`iobase` when absent; pvpanic's `ioport`).
+    #[serde(default)]
+    pub base_property: Option<String>,
+    /// The device has no interrupt line (ib700, pvpanic).
+    #[serde(default)]
+    pub no_irq: bool,
 }
 
 /// A device type as written in a catalog file.

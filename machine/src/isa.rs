@@ -101,7 +101,9 @@ pub fn requested_device(
         .get(index)
         .map(|(b, irq)| (b.0, u64::from(*irq)))
         .unwrap_or((0, 0));
-    let base = get("iobase").filter(|b| !unset(b)).unwrap_or(def_base);
+    let base = get(isa.base_property.as_deref().unwrap_or("iobase"))
+        .filter(|b| !unset(b))
+        .unwrap_or(def_base);
     let irq = get("irq").filter(|i| !unset(i)).unwrap_or(def_irq);
     if irq >= ISA_IRQS {
         return Err(PlanError::IsaIrq(irq));
@@ -133,7 +135,11 @@ pub fn requested_device(
         type_name: dev.name.clone(),
         id,
         io: vec![io],
-        irqs: vec![irq as u32],
+        irqs: if isa.no_irq {
+            Vec::new()
+        } else {
+            vec![irq as u32]
+        },
         mmio: Vec::new(),
     })
 }

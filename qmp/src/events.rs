@@ -59,6 +59,13 @@ impl ClientPort {
 
     /// Queues a line; false when the client is gone (or was dropped for not reading).
     pub(crate) fn send(&self, line: String) -> bool {
+        self.send_response(line, false)
+    }
+
+    /// Queues a command's response; `subscribe` (the response to `qmp_capabilities`) also
+    /// starts events for this client, under the same lock: an event emitted once the client
+    /// can have seen the response is never dropped, and none goes before the response.
+    pub(crate) fn send_response(&self, line: String, subscribe: bool) -> bool {
         // Count what the line occupies, not just its text: that is what the bound is for.
         let len = line.capacity();
         let mut tx = lock(&self.tx);
@@ -78,6 +85,9 @@ impl ClientPort {
         if sender.send(Outgoing::Line(line)).is_err() {
             *tx = None;
             return false;
+        }
+        if subscribe {
+            self.negotiated.store(true, Ordering::SeqCst);
         }
         true
     }
@@ -103,6 +113,7 @@ impl ClientPort {
         lock(&self.tx).is_some()
     }
 
+    #[cfg(test)]
     pub(crate) fn set_negotiated(&self) {
         self.negotiated.store(true, Ordering::SeqCst);
     }

@@ -400,10 +400,10 @@ impl Server {
                             CURRENT_CLIENT.with(|c| c.set(None));
                             protocol::internal_error_line()
                         });
-                if !port.send(line) {
+                let subscribe = session.take_subscribe_pending();
+                if !port.send_response(line, subscribe) {
                     return;
                 }
-                session.after_response();
                 if self.stopping() {
                     return;
                 }

@@ -63,10 +63,8 @@ impl Session {
         self.subscribe_pending = true;
     }
 
-    /// Called once the response to the current command is queued.
-    pub(crate) fn after_response(&mut self) {
-        if std::mem::take(&mut self.subscribe_pending) {
-            self.port.set_negotiated();
-        }
+    /// Whether the response to the current command starts events (taken once).
+    pub(crate) fn take_subscribe_pending(&mut self) -> bool {
+        std::mem::take(&mut self.subscribe_pending)
     }
 }

@@ -205,6 +205,30 @@ impl Qtest {
         }
     }
 
+    /// Send one command; return its reply and the `IRQ raise N` / `IRQ lower N` lines that
+    /// came before it (intercepted interrupt changes the command caused).
+    pub fn cmd_irqs(&mut self, line: &str) -> (String, Vec<String>) {
+        let ctx = format!("qtest {line:?} ({:?})", self.args);
+        self.writer
+            .write_all(format!("{line}\n").as_bytes())
+            .unwrap_or_else(|e| panic!("{ctx}: write: {e}"));
+        let mut irqs = Vec::new();
+        loop {
+            let mut reply = String::new();
+            match self.reader.read_line(&mut reply) {
+                Ok(0) => panic!("{ctx}: connection closed"),
+                Ok(_) => {}
+                Err(e) => panic!("{ctx}: read: {e}"),
+            }
+            let reply = reply.trim_end().to_string();
+            if reply.starts_with("IRQ") {
+                irqs.push(reply);
+            } else {
+                return (reply, irqs);
+            }
+        }
+    }
+
     /// A command answering `OK VALUE`; returns VALUE.
     pub fn value(&mut self, line: &str) -> u64 {
         let r = self.cmd(line);

@@ -1194,4 +1194,26 @@ mod tests {
         assert!(pc.contains(&(3, 0, 11)) && pc.contains(&(4, 0, 11)) && pc.contains(&(2, 0, 10)));
         assert!(pc.contains(&(1, 0, 9)));
     }
+
+    #[test]
+    fn pvpanic_is_described_as_qemu0001_at_its_port() {
+        let isa = [machine::IsaDevicePlan {
+            type_name: "pvpanic".into(),
+            id: None,
+            io: vec![Range {
+                base: 0x505,
+                size: 1,
+            }],
+            irqs: vec![],
+            mmio: vec![],
+        }];
+        let aml = isa_aml(&isa);
+        assert!(aml.windows(4).any(|w| w == b"PEVT"));
+        assert!(aml.windows(8).any(|w| w == b"QEMU0001"));
+        // IO(Decode16, 0x505, 0x505, 1, 1).
+        assert!(aml
+            .windows(8)
+            .any(|w| w == [0x47, 0x01, 0x05, 0x05, 0x05, 0x05, 0x01, 0x01]));
+        assert!(isa_aml(&[]).is_empty());
+    }
 }

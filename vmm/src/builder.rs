@@ -8,9 +8,11 @@ use crate::kvm_vm::KvmVm;
 use crate::vcpu::setup::{setup_boot_cpu, setup_common, write_boot_tables};
 use devices::bus::{Bus, SharedDevice};
 use devices::kinds;
-use devices::legacy::kind::IsaContext;
+use devices::legacy::cmos::Cmos;
+use devices::legacy::kind::{IsaContext, RtcInputs};
 use devices::legacy::serial::SerialPort;
 use devices::legacy::serial::SharedWriter;
+use devices::legacy::IrqLine;
 use devices::lifecycle::Lifecycle;
 use devices::pci::{ConfigPorts, FirmwareLayout, PciConfigIo, PciHost, SharedHost};
 use kvm_ioctls::{Kvm, VcpuFd};
@@ -68,6 +70,8 @@ pub struct BuiltMachine {
     pub io: Arc<Bus>,
     pub mmio: Arc<Bus>,
     pub serial: Option<Arc<Mutex<SerialPort>>>,
+    /// The RTC, whose RAM and time a reset carries over.
+    pub rtc: Option<Arc<Mutex<Cmos>>>,
     pub vcpus: Vec<VcpuFd>,
     pub pci: Option<Arc<Mutex<devices::pci::PciHost>>>,
     /// What the firmware step programmed (bus numbers, windows, PM base), when booted.
@@ -89,6 +93,17 @@ pub struct BuildInputs<'a> {
     pub ram: crate::memory::RamBacking,
     /// Seconds the RTC runs ahead of the host's UTC clock (`-rtc base=`).
     pub rtc_offset: i64,
+    /// The RTC's RAM and time before a reset (None at the first build).
+    pub rtc_state: Option<devices::legacy::cmos::CmosState>,
+    /// The clock the RTC runs on (`-rtc clock=`).
+    pub rtc_clock: Arc<devices::timer::TimerQueue>,
+    /// The boot order the CMOS shows firmware this build (`-boot once=` for the first
+    /// build, then `order=`; QEMU's default "cad") and whether the floppy boot-sector check
+    /// is on (not `-no-fd-bootchk`).
+    pub boot_order: String,
+    pub fd_bootchk: bool,
+    /// Where ISA interrupt levels go instead of the in-kernel irqchip (qtest).
+    pub isa_irq_sink: Option<Arc<dyn devices::pci::interrupt::IntxSink>>,
     /// Their open handles, kept across builds.
     pub open: &'a mut crate::virtio_devices::OpenBackends,
     /// What fw_cfg holds besides what the plan says.
@@ -138,19 +153,63 @@ fn isa_irqfd(vm: &KvmVm, irq: u32) -> std::io::Result<EventFd> {
     Ok(evt)
 }
 
+/// An ISA line driven by level into an irqfd: a rising edge injects (edge-triggered ISA
+/// interrupts on the in-kernel PIC/IOAPIC).
+struct IrqfdLine {
+    evt: EventFd,
+    level: std::sync::atomic::AtomicBool,
+}
+
+impl IrqLine for IrqfdLine {
+    fn set_level(&self, level: bool) {
+        let was = self.level.swap(level, std::sync::atomic::Ordering::SeqCst);
+        if level && !was {
+            // A full counter still signals KVM: nothing is lost by a failed write.
+            let _ = self.evt.write(1);
+        }
+    }
+}
+
+/// An ISA line whose level goes to a sink (the qtest view of the interrupt controller).
+struct SinkLine {
+    sink: Arc<dyn devices::pci::interrupt::IntxSink>,
+    gsi: u32,
+}
+
+impl IrqLine for SinkLine {
+    fn set_level(&self, level: bool) {
+        self.sink.set_level(self.gsi, level);
+    }
+}
+
 /// The ISA devices of the plan that have a model, mapped at the plan's ports; the first
 /// serial port (the console's) comes back too.
 struct IsaDevices {
     serial: Option<Arc<Mutex<SerialPort>>>,
+    rtc: Option<Arc<Mutex<Cmos>>>,
     /// The DSDT describes these and nothing else.
     modelled: Vec<IsaDevicePlan>,
 }
 
-fn build_isa(vm: &KvmVm, io: &Bus, plan: &Plan, inputs: &BuildInputs) -> Result<IsaDevices> {
+fn build_isa(vm: &KvmVm, io: &Bus, plan: &Plan, inputs: &mut BuildInputs) -> Result<IsaDevices> {
     let mut serial = None;
+    let mut rtc = None;
     let mut modelled = Vec::new();
     let mut console = Some(inputs.console.clone());
     let irq_line = |irq| isa_irqfd(vm, irq);
+    let sink = inputs.isa_irq_sink.clone();
+    let level_line = |irq| -> std::io::Result<Arc<dyn IrqLine>> {
+        Ok(match &sink {
+            Some(sink) => Arc::new(SinkLine {
+                sink: sink.clone(),
+                gsi: irq,
+            }),
+            None => Arc::new(IrqfdLine {
+                evt: isa_irqfd(vm, irq)?,
+                level: Default::default(),
+            }),
+        })
+    };
     for isa in &plan.isa {
         // Entries without a kind: the PICs, PIT and IOAPIC (KVM's in-kernel models), the
         // ports the PCI host and the PM function decode themselves (config ports, reset
@@ -163,14 +222,26 @@ fn build_isa(vm: &KvmVm, io: &Bus, plan: &Plan, inputs: &BuildInputs) -> Result<
             plan,
             lifecycle: &inputs.lifecycle,
             irq_line: &irq_line,
+            level_line: &level_line,
             console: &mut console,
-            rtc_offset: inputs.rtc_offset,
+            rtc: RtcInputs {
+                offset: inputs.rtc_offset,
+                clock: inputs.rtc_clock.clone(),
+                state: inputs.rtc_state.take(),
+                boot_order: inputs.boot_order.clone(),
+                fd_bootchk: inputs.fd_bootchk,
+            },
         })?;
         map_io_ranges(io, isa, &built.device)?;
         serial = serial.or(built.console);
+        rtc = rtc.or(built.rtc);
         modelled.push(isa.clone());
     }
-    Ok(IsaDevices { serial, modelled })
+    Ok(IsaDevices {
+        serial,
+        rtc,
+        modelled,
+    })
 }
 
 /// fw_cfg at 0x510, on every PC machine (QEMU's fw_cfg_io, not an ISA device of the plan).
@@ -345,7 +416,7 @@ pub fn build(kvm: &Kvm, plan: &Plan, mut inputs: BuildInputs) -> Result<BuiltMac
     let vm = KvmVm::new(kvm, &plan.memory, &inputs.ram)?;
     let io = Arc::new(Bus::new());
     let mmio = Arc::new(Bus::new());
-    let isa = build_isa(&vm, &io, plan, &inputs)?;
+    let isa = build_isa(&vm, &io, plan, &mut inputs)?;
     map_fw_cfg(&vm, &io, plan, &inputs)?;
 
     let intx_forwarder = Arc::new(crate::virtio_devices::IntxForwarder::new().map_err(
@@ -388,6 +459,7 @@ pub fn build(kvm: &Kvm, plan: &Plan, mut inputs: BuildInputs) -> Result<BuiltMac
         io,
         mmio,
         serial: isa.serial,
+        rtc: isa.rtc,
         vcpus,
         pci,
         layout: firmware_layout,

@@ -9,7 +9,9 @@ use host_options::{
     parse_audiodev, parse_boot, parse_msg, parse_name, parse_overcommit, parse_rtc, parse_sandbox,
     parse_uuid,
 };
-pub use host_options::{BootOptions, MemLock, MsgOptions, NameOptions, RtcOptions, SandboxOptions};
+pub use host_options::{
+    BootOptions, MemLock, MsgOptions, NameOptions, RtcClock, RtcOptions, SandboxOptions,
+};
 pub use size::{parse_memory, parse_ram_size, MemoryOption};
 
 use std::ffi::{OsStr, OsString};
@@ -45,9 +47,6 @@ pub struct CliOptions {
     pub append: String,
     pub serial: Vec<SerialSpec>,
     pub nodefaults: bool,
-    pub no_reboot: bool,
-    /// `-no-shutdown`: stay alive (state `shutdown`) when the guest powers off.
-    pub no_shutdown: bool,
     /// `-S`: build the machine but do not start the vCPUs.
     pub start_paused: bool,
     pub name: Option<String>,
@@ -97,6 +96,10 @@ pub struct CliOptions {
     pub msg: MsgOptions,
     /// `-d`, `-D`, `-trace` (applied by `logging::setup`).
     pub log: crate::logging::LogOptions,
+    /// `-action`, `-watchdog-action`, `-no-reboot`, `-no-shutdown`, in order.
+    pub actions: crate::actions::Actions,
+    /// `-global DRIVER.PROPERTY=VALUE`.
+    pub globals: Vec<crate::globals::Global>,
     pub action: Action,
 }
 
@@ -172,6 +175,10 @@ pub enum CliError {
     BadTopology(String, String),
     #[error("-smp {0}: Parameter 'smp.{1}' expects integer")]
     BadSmpValue(String, String),
+    #[error(transparent)]
+    Action(#[from] crate::actions::ActionError),
+    #[error(transparent)]
+    Global(#[from] crate::globals::GlobalError),
     #[error("-cpu option cannot be empty")]
     EmptyCpu,
     #[error("unable to find CPU model '{0}'")]
@@ -247,8 +254,6 @@ impl Default for CliOptions {
             append: String::new(),
             serial: Vec::new(),
             nodefaults: false,
-            no_reboot: false,
-            no_shutdown: false,
             start_paused: false,
             name: None,
             devices: Vec::new(),
@@ -272,6 +277,7 @@ impl Default for CliOptions {
             rtc: RtcOptions {
                 base: "utc".into(),
                 offset: 0,
+                clock: RtcClock::Host,
             },
             boot: BootOptions::default(),
             add_fds: Vec::new(),
@@ -279,6 +285,8 @@ impl Default for CliOptions {
             sandbox: None,
             msg: MsgOptions::default(),
             log: Default::default(),
+            actions: Default::default(),
+            globals: Vec::new(),
             action: Action::Run,
         }
     }
@@ -609,6 +617,9 @@ fn takes_argument(name: &str) -> bool {
             | "d"
             | "D"
             | "trace"
+            | "action"
+            | "watchdog-action"
+            | "global"
     )
 }
 
@@ -673,8 +684,19 @@ where
                 }
                 opts.nic = Some(false);
             }
-            "no-reboot" => opts.no_reboot = true,
-            "no-shutdown" => opts.no_shutdown = true,
+            "no-reboot" => {
+                opts.actions.reboot = crate::actions::RebootAction::Shutdown;
+            }
+            "no-shutdown" => {
+                opts.actions.shutdown = crate::actions::ShutdownAction::Pause;
+            }
+            "action" => opts.actions.apply_cli(&value)?,
+            "watchdog-action" => opts.actions.apply_watchdog_cli(&value)?,
+            "global" => {
+                let g = crate::globals::Global::parse(&value)?;
+                g.check_honoured()?;
+                opts.globals.push(g);
+            }
             // QEMU's older spelling of `-machine hpet=off` (libvirt sends it for
             // `<timer name='hpet' present='no'/>`).
             "no-hpet" => opts.machine_options.push(("hpet".into(), "off".into())),
@@ -702,6 +724,7 @@ where
                 }
             }
             "nodefaults" => opts.nodefaults = true,
+            "no-fd-bootchk" => opts.boot.no_fd_bootchk = true,
             "no-user-config" | "nodefconfig" => {}
             "device" => {
                 if value == "help" || value == "?" {
@@ -836,8 +859,13 @@ usage: machina [options]\n\
                                guest RAM from that backend with -machine memory-backend=ID\n\
 -uuid UUID                     the machine's UUID\n\
 -overcommit mem-lock=on|off    lock all memory\n\
--rtc base=utc|localtime|DATE  the RTC's base (it follows the host clock)\n\
--boot [order=]DRIVES,strict=on|off,...   kept for firmware settings (machina boots directly)\n\
+-rtc base=utc|localtime|DATE,clock=host|rt|vm   the RTC's start and the clock it runs on\n\
+-boot [order=]DRIVES,once=DRIVES,strict=on|off,...   the CMOS boot order and firmware settings\n\
+-no-fd-bootchk                 the CMOS tells firmware to skip the floppy signature check\n\
+-action reboot=reset|shutdown,shutdown=poweroff|pause,panic=pause|shutdown|exit-failure|none,\n\
+        watchdog=reset|shutdown|poweroff|pause|debug|none|inject-nmi   what guest events do\n\
+-watchdog-action ACTION        the same as -action watchdog=ACTION\n\
+-global ICH9-LPC.noreboot=on|off   the TCO watchdog's no-reboot strap\n\
 -audiodev none,id=ID | -audio none   no sound (machina has no sound device)\n\
 -sandbox on|off,...            parsed only: machina installs no seccomp filter\n\
 -msg timestamp=on              prefix errors with the time\n\

@@ -65,6 +65,10 @@ pub struct MachineConfig {
     pub uuid: Option<[u8; 16]>,
     pub boot: BootOptions,
     pub rtc: RtcOptions,
+    /// What guest events do (`-action`, `-watchdog-action`; QMP `set-action` changes them).
+    pub actions: crate::actions::Actions,
+    /// `-global`, applied to the plan before the build.
+    pub globals: Vec<crate::globals::Global>,
     pub name_options: NameOptions,
     /// `-object secret` values, read at start.
     pub secrets: Vec<Arc<Secret>>,
@@ -420,6 +424,8 @@ impl MachineConfig {
             uuid: opts.uuid,
             boot: opts.boot.clone(),
             rtc: opts.rtc.clone(),
+            actions: opts.actions,
+            globals: opts.globals.clone(),
             name_options: opts.name_options.clone(),
             secrets,
             memory_backends,

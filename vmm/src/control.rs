@@ -19,6 +19,10 @@ pub enum RunState {
     Paused,
     Shutdown,
     InternalError,
+    /// Stopped by a watchdog (`-watchdog-action pause`).
+    Watchdog,
+    /// Stopped by a guest panic (`-action panic=pause` or shutdown).
+    GuestPanicked,
 }
 
 impl RunState {
@@ -29,6 +33,8 @@ impl RunState {
             RunState::Paused => "paused",
             RunState::Shutdown => "shutdown",
             RunState::InternalError => "internal-error",
+            RunState::Watchdog => "watchdog",
+            RunState::GuestPanicked => "guest-panicked",
         }
     }
 }

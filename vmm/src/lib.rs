@@ -2,6 +2,7 @@
 //! The `machina` binary (src/main.rs) is a thin command-line front end over this library.
 
 pub mod acpi;
+pub mod actions;
 pub mod backends;
 pub mod blockdev_json;
 pub mod boot;
@@ -16,6 +17,7 @@ pub mod cpuid;
 pub mod daemon;
 pub mod fdset;
 pub mod fw_cfg;
+pub mod globals;
 pub mod hotplug;
 pub mod interrupts;
 pub mod iothread;

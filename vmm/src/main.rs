@@ -238,8 +238,6 @@ fn run(args: Vec<std::ffi::OsString>, start: Instant) -> Result<u8, String> {
         control.clone(),
         &RunOptions {
             bundled_kernel: BUNDLED_GUEST,
-            no_reboot: opts.no_reboot,
-            no_shutdown: opts.no_shutdown,
             start_paused: opts.start_paused,
             delay_init: opts.delay_init,
             qtest,

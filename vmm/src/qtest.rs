@@ -2,7 +2,8 @@
 //! runs and a test drives port I/O and memory accesses from outside, one command per line:
 //! `outb/outw/outl ADDR VAL`, `inb/inw/inl ADDR`, `readb..readq ADDR`, `writeb..writeq ADDR
 //! VAL`, `read ADDR LEN`, `write ADDR LEN 0xDATA`, `b64read ADDR LEN`, `b64write ADDR LEN B64`,
-//! `memset ADDR LEN BYTE`, `endianness`, `clock_step [NS]`, `clock_set NS`,
+//! `memset ADDR LEN BYTE`, `endianness`, `clock_step [NS]`, `clock_set NS` (the virtual
+//! clock: device timers fire in deadline order as it passes them; without NS, to the next),
 //! `irq_intercept_in/out PATH`, answering `OK [value]` or `FAIL ...` with QEMU's formatting,
 //! and sending `IRQ raise N` / `IRQ lower N` when an intercepted line changes. The firmware
 //! step does not run unless the test asks with the machina command `machina_firmware_init`,
@@ -18,6 +19,7 @@
 use crate::memory::GuestMemory;
 use devices::bus::Bus;
 use devices::pci::SharedHost;
+use devices::timer::TimerQueue;
 use machine::Plan;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -146,14 +148,18 @@ impl devices::pci::interrupt::MsiSink for QtestMsi {
 pub struct QtestState {
     machine: Mutex<Option<QtestMachine>>,
     irq: Arc<IrqReporter>,
-    /// The virtual clock (ns): only qtest commands move it, as with QEMU's qtest accelerator.
-    clock: Mutex<i64>,
+    /// The virtual clock: only qtest commands move it, as with QEMU's qtest accelerator;
+    /// device timers on it fire as it passes their deadlines.
+    clock: Arc<TimerQueue>,
+    /// Held while a command runs and its reply is written: the process does not end
+    /// between a command's effect (a guest shutdown) and its reply, as in QEMU.
+    busy: Mutex<()>,
 }
 
 pub type QtestSlot = Arc<QtestState>;
 
 impl QtestState {
-    pub fn new() -> QtestSlot {
+    pub fn new(clock: Arc<TimerQueue>) -> QtestSlot {
         Arc::new(Self {
             machine: Mutex::new(None),
             irq: Arc::new(IrqReporter {
@@ -161,8 +167,26 @@ impl QtestState {
                 levels: Mutex::new(Vec::new()),
                 out: Arc::new(Mutex::new(None)),
             }),
-            clock: Mutex::new(0),
+            clock,
+            busy: Mutex::new(()),
         })
+    }
+
+    /// Wait (briefly) for the command in progress to be answered.
+    pub fn quiesce(&self) {
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while std::time::Instant::now() < end {
+            if let Ok(guard) = self.busy.try_lock() {
+                drop(guard);
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
+    /// Where ISA interrupt levels go under qtest (the RTC's IRQ 8).
+    pub fn intx_sink(&self) -> Arc<dyn devices::pci::interrupt::IntxSink> {
+        Arc::new(QtestIntx(self.irq.clone()))
     }
 
     /// Serve a freshly built machine: its interrupts go to the test from now on.
@@ -180,33 +204,32 @@ impl QtestState {
         Some(match *words.first()? {
             "endianness" => "OK little".to_string(),
             "clock_step" => {
-                let mut clock = self.clock.lock().unwrap_or_else(|e| e.into_inner());
-                // No modelled timer has a deadline on this clock.
+                let now = self.clock.now();
+                // Without an argument: to the next timer deadline, as QEMU.
                 let Some(ns) = words.get(1) else {
-                    return Some(
-                        "FAIL cannot advance clock to the next deadline because there is \
-                         no pending deadline"
+                    return Some(match self.clock.next_deadline() {
+                        Some(deadline) => {
+                            format!("OK {}", self.clock.advance_to(deadline.max(now)))
+                        }
+                        None => "FAIL cannot advance clock to the next deadline because there \
+                                 is no pending deadline"
                             .to_string(),
-                    );
+                    });
                 };
                 match parse_signed(ns) {
                     Some(ns) if ns > 0 => {
-                        *clock = clock.saturating_add(ns);
-                        format!("OK {}", *clock)
+                        format!("OK {}", self.clock.advance_to(now.saturating_add(ns)))
                     }
                     Some(_) => "FAIL could not advance time".to_string(),
                     None => "FAIL invalid arguments".to_string(),
                 }
             }
             "clock_set" => {
-                let mut clock = self.clock.lock().unwrap_or_else(|e| e.into_inner());
+                let now = self.clock.now();
                 match words.get(1).and_then(|w| parse_signed(w)) {
                     // The clock never goes back: QEMU answers FAIL with the time it has.
-                    Some(ns) if ns >= *clock => {
-                        *clock = ns;
-                        format!("OK {ns}")
-                    }
-                    Some(_) => format!("FAIL {}", *clock),
+                    Some(ns) if ns >= now => format!("OK {}", self.clock.advance_to(ns)),
+                    Some(_) => format!("FAIL {now}"),
                     None => "FAIL invalid arguments".to_string(),
                 }
             }
@@ -463,6 +486,7 @@ fn serve_stream<R: BufRead>(slot: &QtestSlot, reader: R, writer: Box<dyn Write +
     for line in reader.split(b'\n') {
         let Ok(line) = line else { break };
         let text = String::from_utf8_lossy(&line);
+        let _busy = slot.busy.lock().unwrap_or_else(|e| e.into_inner());
         let reply = slot.command(text.trim_end_matches('\r'));
         let mut guard = out.lock().unwrap_or_else(|e| e.into_inner());
         let Some(w) = guard.as_mut() else { break };

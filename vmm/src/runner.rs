@@ -1,13 +1,15 @@
 //! Runs a planned machine: builds it, starts one thread per vCPU, serves console input from
 //! the event loop, and acts on what the guest asks for (power off, reset) or what failed.
 
+use crate::actions::{ActionEnum, PanicAction, RebootAction, ShutdownAction, WatchdogAction};
 use crate::boot::{BootSpec, KernelImage};
 use crate::builder::{self, BuildInputs, BuiltMachine};
 use crate::console::{Console, ConsoleInput};
 use crate::control::{Command, Controller, Reply, RunState};
 use crate::vcpu::{RunGate, Vcpu};
 use devices::legacy::serial::SerialPort;
-use devices::lifecycle::{Lifecycle, Request};
+use devices::lifecycle::{GuestEvent, Lifecycle, Request};
+use devices::timer::TimerQueue;
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
 use kvm_ioctls::Kvm;
 use machine::Plan;
@@ -61,14 +63,13 @@ pub enum RunError {
     Console(#[from] crate::console::ConsoleError),
     #[error("{0}")]
     Monitor(String),
+    #[error(transparent)]
+    Global(#[from] crate::globals::GlobalError),
 }
 
 /// How to run (what to boot comes from the controller's configuration).
 pub struct RunOptions {
     pub bundled_kernel: &'static [u8],
-    pub no_reboot: bool,
-    /// `-no-shutdown`: a guest power-off stops the vCPUs instead of ending the process.
-    pub no_shutdown: bool,
     pub start_paused: bool,
     /// `-delay-machine-init`: wait for QMP to build the machine.
     pub delay_init: bool,
@@ -301,6 +302,13 @@ impl Running {
         }
     }
 
+    /// Make every vCPU leave KVM_RUN once (it then sees what changed, e.g. an NMI request).
+    fn kick(&self) {
+        for handle in self.threads.iter().filter(|h| !h.is_finished()) {
+            let _ = handle.kill(SIGRTMIN());
+        }
+    }
+
     /// Stop every vCPU: raise the flag, then kick threads out of KVM_RUN until they return;
     /// then unmap every device so nothing of this incarnation keeps another part alive.
     /// Returns the VM, to be dropped after the threads that used it.
@@ -447,6 +455,16 @@ struct Machine<'a> {
     backends: crate::virtio_devices::OpenBackends,
     /// The termination signal received (signal number, sending pid), if any.
     signal: Arc<Mutex<Option<(u32, u32)>>>,
+    /// The host clock an RTC with `-rtc clock=host|rt` runs on: it goes on while the
+    /// machine is stopped (the virtual clock does not) and under qtest (where only the test
+    /// moves the virtual clock); made at the first build.
+    rtc_host_clock: Option<Arc<TimerQueue>>,
+    /// A build happened: `-boot once=` no longer applies (QEMU restores `order=` at the
+    /// first reset).
+    booted_once: bool,
+    /// The RTC of the current incarnation, and its state taken at a reset for the next.
+    rtc: Option<Arc<Mutex<devices::legacy::cmos::Cmos>>>,
+    rtc_state: Option<devices::legacy::cmos::CmosState>,
 }
 
 impl Machine<'_> {
@@ -496,12 +514,20 @@ impl Machine<'_> {
     /// Plan from the current configuration, build exactly that plan, start the vCPU threads
     /// (held by the gate while not running). Returns the plan.
     fn build(&mut self) -> Result<Plan, RunError> {
-        let (plan, config) = {
+        let (mut plan, config) = {
             let state = self.control.state();
             (
                 state.catalog.plan(&state.config.plan_request())?,
                 state.config.clone(),
             )
+        };
+        crate::globals::apply(&mut plan, &config.globals)?;
+        let rtc_clock = match config.rtc.clock {
+            crate::cli::RtcClock::Host | crate::cli::RtcClock::Rt => self
+                .rtc_host_clock
+                .get_or_insert_with(TimerQueue::host)
+                .clone(),
+            crate::cli::RtcClock::Vm => self.lifecycle.clock().clone(),
         };
         let boot = BootSpec {
             kernel: match &config.kernel {
@@ -524,12 +550,25 @@ impl Machine<'_> {
                 backends: &config.backends,
                 ram: config.ram_backing(),
                 rtc_offset: config.rtc.offset,
+                rtc_clock,
+                rtc_state: self.rtc_state.take(),
+                boot_order: match (&config.boot.once, self.booted_once) {
+                    (Some(once), false) => once.clone(),
+                    _ => config
+                        .boot
+                        .order
+                        .clone()
+                        .unwrap_or_else(|| "cad".to_string()),
+                },
+                fd_bootchk: !config.boot.no_fd_bootchk,
+                isa_irq_sink: self.options.qtest.as_ref().map(|_| self.qtest.intx_sink()),
                 open: &mut self.backends,
                 fw_cfg: crate::fw_cfg::FwCfgInputs::from_config(&config),
                 cpu_model: config.cpu_model.unwrap_or(crate::cpuid::CpuModel::Host),
                 cpu_features: &config.cpu_features,
             },
         )?;
+        self.booted_once = true;
         // Each virtio device gets its own I/O thread; the INTx forwarder joins the event
         // loop for this incarnation of the machine.
         let device_threads = crate::virtio_devices::DeviceThreads::start(
@@ -557,6 +596,7 @@ impl Machine<'_> {
             });
         }
         *self.serial_slot.lock().unwrap_or_else(|e| e.into_inner()) = built.serial.clone();
+        self.rtc = built.rtc.clone();
         {
             let mut state = self.control.state();
             state.plan = Some(plan.clone());
@@ -573,6 +613,12 @@ impl Machine<'_> {
         Ok(plan)
     }
 
+    /// The virtual clock runs while the vCPUs may (QEMU's cpu_enable_ticks/disable_ticks);
+    /// call after every change of the gate.
+    fn sync_clock(&self) {
+        self.lifecycle.clock().set_running(self.gate.is_running());
+    }
+
     fn set_status(&self, status: RunState) {
         self.control.state().status = status;
     }
@@ -582,6 +628,7 @@ impl Machine<'_> {
         if self.options.qtest.is_none() {
             self.gate.set_running(true);
         }
+        self.sync_clock();
         self.set_status(RunState::Running);
         self.control.emit("RESUME", Value::Null);
     }
@@ -599,6 +646,11 @@ impl Machine<'_> {
     /// freed before the new one is built; backends stay open. As in QEMU, a machine that was
     /// not running comes back in `prelaunch`, waiting for `cont`.
     fn reset(&mut self) -> Result<(), RunError> {
+        // Taken (and the device let go) before the teardown frees the old incarnation.
+        self.rtc_state = self
+            .rtc
+            .take()
+            .map(|c| c.lock().unwrap_or_else(|e| e.into_inner()).state());
         // QEMU's ACPI hot-plug reset executes pending removes; the rebuild then leaves the
         // devices out.
         let host = self.control.state().pci.clone();
@@ -633,7 +685,7 @@ impl Machine<'_> {
     /// it ran. The state changes before the events, so a client that sees them and asks
     /// `query-status` gets `shutdown`.
     fn guest_shutdown(&mut self, shutdown: Value, outcome: Outcome) -> Option<Outcome> {
-        if !self.options.no_shutdown {
+        if self.actions().shutdown != ShutdownAction::Pause {
             self.control.emit("SHUTDOWN", shutdown);
             return Some(outcome);
         }
@@ -642,12 +694,119 @@ impl Machine<'_> {
             running.pause(&self.gate);
         }
         self.gate.set_running(false);
+        self.sync_clock();
         self.set_status(RunState::Shutdown);
         self.control.emit("SHUTDOWN", shutdown);
         if was_running {
             self.control.emit("STOP", Value::Null);
         }
         None
+    }
+
+    fn actions(&self) -> crate::actions::Actions {
+        self.control.state().config.actions
+    }
+
+    /// Stop a running machine in `status` (QEMU's vm_stop): STOP if it ran.
+    fn vm_stop(&mut self, status: RunState) {
+        let was_running = self.control.state().status == RunState::Running;
+        if let Some(running) = &self.running {
+            running.pause(&self.gate);
+        }
+        self.gate.set_running(false);
+        self.sync_clock();
+        if was_running {
+            self.set_status(status);
+            self.control.emit("STOP", Value::Null);
+        }
+    }
+
+    /// The ACPI power button (QMP system_powerdown, watchdog action shutdown).
+    fn powerdown(&mut self) {
+        if let Some(host) = self.control.state().pci.as_ref() {
+            host.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .power_button();
+        }
+        self.control.emit("POWERDOWN", Value::Null);
+    }
+
+    /// Act on an event a device reported, by the configured actions (watchdog.c's
+    /// watchdog_perform_action, runstate.c's qemu_system_guest_panicked and friends).
+    fn guest_event(&mut self, event: GuestEvent) -> Result<Option<Outcome>, RunError> {
+        let actions = self.actions();
+        match event {
+            GuestEvent::WatchdogExpired => {
+                let action = actions.watchdog;
+                self.control
+                    .emit("WATCHDOG", json!({ "action": action.as_str() }));
+                match action {
+                    WatchdogAction::Reset => self.guest_request(Request::Reset),
+                    WatchdogAction::Shutdown => {
+                        self.powerdown();
+                        Ok(None)
+                    }
+                    // QEMU exits at once, with no SHUTDOWN event.
+                    WatchdogAction::Poweroff => Ok(Some(Outcome::Quit)),
+                    WatchdogAction::Pause => {
+                        self.vm_stop(RunState::Watchdog);
+                        Ok(None)
+                    }
+                    WatchdogAction::Debug => {
+                        eprintln!("watchdog: timer fired");
+                        Ok(None)
+                    }
+                    WatchdogAction::None => Ok(None),
+                    // An NMI on every vCPU (QEMU's nmi_monitor_handle); under qtest no vCPU
+                    // runs to take it.
+                    WatchdogAction::InjectNmi => {
+                        self.gate.request_nmi();
+                        if let Some(running) = &self.running {
+                            running.kick();
+                        }
+                        Ok(None)
+                    }
+                }
+            }
+            GuestEvent::Panicked => {
+                let pause = actions.panic == PanicAction::Pause
+                    || (actions.panic == PanicAction::Shutdown
+                        && actions.shutdown == ShutdownAction::Pause);
+                if pause {
+                    self.control
+                        .emit("GUEST_PANICKED", json!({ "action": "pause" }));
+                    self.vm_stop(RunState::GuestPanicked);
+                    Ok(None)
+                } else if matches!(
+                    actions.panic,
+                    PanicAction::Shutdown | PanicAction::ExitFailure
+                ) {
+                    self.control
+                        .emit("GUEST_PANICKED", json!({ "action": "poweroff" }));
+                    self.vm_stop(RunState::GuestPanicked);
+                    let outcome = if actions.panic == PanicAction::ExitFailure {
+                        Outcome::Failed
+                    } else {
+                        Outcome::PoweredOff
+                    };
+                    Ok(self
+                        .guest_shutdown(json!({"guest": true, "reason": "guest-panic"}), outcome))
+                } else {
+                    self.control
+                        .emit("GUEST_PANICKED", json!({ "action": "run" }));
+                    Ok(None)
+                }
+            }
+            GuestEvent::CrashLoaded => {
+                self.control
+                    .emit("GUEST_CRASHLOADED", json!({ "action": "run" }));
+                Ok(None)
+            }
+            GuestEvent::PvShutdown => {
+                self.control.emit("GUEST_PVSHUTDOWN", Value::Null);
+                self.guest_request(Request::PowerOff)
+            }
+        }
     }
 
     fn handle(&mut self, command: Command) -> (Reply, Option<Outcome>) {
@@ -682,7 +841,10 @@ impl Machine<'_> {
             ),
             Command::Cont => {
                 let status = self.control.state().status;
-                if matches!(status, RunState::Shutdown | RunState::InternalError) {
+                if matches!(
+                    status,
+                    RunState::Shutdown | RunState::InternalError | RunState::GuestPanicked
+                ) {
                     // QEMU's text (runstate_needs_reset): only system_reset leaves these.
                     return (
                         Err(QmpError::generic(
@@ -701,21 +863,24 @@ impl Machine<'_> {
                     if let Some(running) = &self.running {
                         running.pause(&self.gate);
                     }
+                    self.sync_clock();
                     self.set_status(RunState::Paused);
                     self.control.emit("STOP", Value::Null);
                 }
                 (Ok(Value::Null), None)
             }
-            Command::Reset => {
-                self.control.emit(
-                    "RESET",
-                    json!({"guest": false, "reason": "host-qmp-system-reset"}),
-                );
-                match self.reset() {
-                    Ok(()) => (Ok(Value::Null), None),
-                    Err(e) => (Err(QmpError::generic(e.to_string())), Some(Outcome::Failed)),
+            // As QEMU's qemu_system_reset, RESET comes once the machine is reset: a client
+            // acting on it (qtest) reaches the new incarnation.
+            Command::Reset => match self.reset() {
+                Ok(()) => {
+                    self.control.emit(
+                        "RESET",
+                        json!({"guest": false, "reason": "host-qmp-system-reset"}),
+                    );
+                    (Ok(Value::Null), None)
                 }
-            }
+                Err(e) => (Err(QmpError::generic(e.to_string())), Some(Outcome::Failed)),
+            },
             Command::HotAdd { plan, request } => {
                 let Some(running) = self.running.as_mut() else {
                     return (Err(QmpError::generic("the machine is not running")), None);
@@ -748,12 +913,7 @@ impl Machine<'_> {
                 (Ok(Value::Null), None)
             }
             Command::PowerDown => {
-                if let Some(host) = self.control.state().pci.as_ref() {
-                    host.lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .power_button();
-                }
-                self.control.emit("POWERDOWN", Value::Null);
+                self.powerdown();
                 (Ok(Value::Null), None)
             }
         }
@@ -774,20 +934,24 @@ impl Machine<'_> {
                 self.set_status(RunState::InternalError);
                 Ok(Some(Outcome::Failed))
             }
-            Request::Reset if self.options.no_reboot => Ok(self.guest_shutdown(
-                json!({"guest": true, "reason": "guest-reset"}),
-                Outcome::ResetWithNoReboot,
-            )),
+            Request::Reset if self.actions().reboot == RebootAction::Shutdown => Ok(self
+                .guest_shutdown(
+                    json!({"guest": true, "reason": "guest-reset"}),
+                    Outcome::ResetWithNoReboot,
+                )),
             Request::Reset => {
+                self.reset()?;
                 self.control
                     .emit("RESET", json!({"guest": true, "reason": "guest-reset"}));
-                self.reset()?;
                 Ok(None)
             }
         }
     }
 
     fn finish(&mut self, outcome: Outcome) -> Outcome {
+        if self.options.qtest.is_some() {
+            self.qtest.quiesce();
+        }
         if let Some(running) = &self.running {
             if self.options.trace_start.is_some() {
                 if let Some((vmm, guest)) = crate::memory::rss_split(&running.vm.memory) {
@@ -824,7 +988,15 @@ pub fn run(
     // A no-op handler: the signal only needs to interrupt KVM_RUN with EINTR.
     register_signal_handler(SIGRTMIN(), kick_handler)
         .map_err(|e| RunError::EventLoop(format!("cannot install the vCPU kick signal: {e}")))?;
-    let lifecycle = Lifecycle::new().map_err(RunError::Lifecycle)?;
+    // Device timers: under qtest only the test moves the virtual clock.
+    let clock = if options.qtest.is_some() {
+        TimerQueue::manual()
+    } else {
+        TimerQueue::host()
+    };
+    // Stopped until the vCPUs first run (the gate starts closed).
+    clock.set_running(false);
+    let lifecycle = Lifecycle::with_clock(clock.clone()).map_err(RunError::Lifecycle)?;
     let mut events = EventLoop::new().map_err(|e| RunError::EventLoop(format!("{e:?}")))?;
     // Before any thread starts, so that every thread inherits the blocked mask and only the
     // signalfd sees the termination signals.
@@ -851,7 +1023,11 @@ pub fn run(
         running: None,
         backends: Default::default(),
         signal,
-        qtest: crate::qtest::QtestState::new(),
+        qtest: crate::qtest::QtestState::new(clock),
+        rtc_host_clock: None,
+        booted_once: false,
+        rtc: None,
+        rtc_state: None,
     };
     if let Some(endpoint) = &options.qtest {
         crate::qtest::start(endpoint, machine.qtest.clone())
@@ -869,6 +1045,7 @@ pub fn run(
             if options.qtest.is_none() {
                 machine.gate.set_running(true);
             }
+            machine.sync_clock();
             machine.set_status(RunState::Running);
         }
     }
@@ -883,6 +1060,11 @@ pub fn run(
             let (answer, outcome) = machine.handle(command);
             let _ = reply.send(answer);
             if let Some(outcome) = outcome {
+                return Ok(machine.finish(outcome));
+            }
+        }
+        for event in machine.lifecycle.take_events() {
+            if let Some(outcome) = machine.guest_event(event)? {
                 return Ok(machine.finish(outcome));
             }
         }

@@ -6,12 +6,12 @@
 //! +0x20 (16 bytes) and SMI_EN/SMI_STS at +0x30/+0x34 in a 128-byte block; PIIX4 has a
 //! 64-byte block and its GPE0 at the fixed port 0xafe0 (4 bytes), see [`Gpe0Block`].
 
+use super::tco::{Tco, TCO_LEN, TCO_OFFSET};
 use crate::bus::BusDevice;
 use crate::legacy::kind::BoardEntry;
 use crate::lifecycle::{Lifecycle, Request};
 use crate::pci::IntxSink;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 pub const PM1_STS_TMR: u16 = 1 << 0;
 pub const PM1_STS_GBL: u16 = 1 << 5;
@@ -52,10 +52,11 @@ pub struct AcpiPm {
     s4_val: u16,
     /// Without SMM QEMU starts in ACPI mode (SCI_EN set at reset).
     acpi_only: bool,
-    clock_start: Instant,
     lifecycle: Lifecycle,
     sci: Option<(Arc<dyn IntxSink>, u32)>,
     sci_level: bool,
+    /// ICH9's TCO watchdog at +0x60.
+    tco: Option<Arc<Mutex<Tco>>>,
 }
 
 impl AcpiPm {
@@ -75,10 +76,10 @@ impl AcpiPm {
             smi_sts: 0,
             s4_val: 2,
             acpi_only,
-            clock_start: Instant::now(),
             lifecycle,
             sci: None,
             sci_level: false,
+            tco: None,
         };
         pm.reset();
         pm
@@ -100,7 +101,22 @@ impl AcpiPm {
         self.gpe_en.fill(0);
         self.smi_en = 0;
         self.smi_sts = 0;
+        if let Some(tco) = &self.tco {
+            tco.lock().unwrap_or_else(|e| e.into_inner()).reset();
+        }
         self.update_sci();
+    }
+
+    /// ICH9: the TCO registers at +0x60.
+    pub fn set_tco(&mut self, tco: Arc<Mutex<Tco>>) {
+        self.tco = Some(tco);
+    }
+
+    /// The TCO block, when `offset..offset+len` falls inside it.
+    fn tco_at(&self, offset: u64, len: usize) -> Option<(&Arc<Mutex<Tco>>, u64)> {
+        let tco = self.tco.as_ref()?;
+        let rel = offset.checked_sub(TCO_OFFSET)?;
+        (rel + len as u64 <= TCO_LEN).then_some((tco, rel))
     }
 
     pub fn set_sci_sink(&mut self, sink: Arc<dyn IntxSink>, gsi: u32) {
@@ -109,9 +125,10 @@ impl AcpiPm {
         self.update_sci();
     }
 
-    /// The PM timer: 3.579545 MHz from a monotonic clock, 24 bits.
+    /// The PM timer: 3.579545 MHz from the virtual clock (under qtest it moves only when
+    /// the test steps it, as QEMU's), 24 bits.
     pub fn timer(&self) -> u32 {
-        let ns = self.clock_start.elapsed().as_nanos();
+        let ns = u128::try_from(self.lifecycle.clock().now()).unwrap_or(0);
         ((ns * PM_TIMER_HZ / 1_000_000_000) & 0xff_ffff) as u32
     }
 
@@ -211,6 +228,12 @@ impl AcpiPm {
     }
 
     fn read_block(&self, offset: u64, data: &mut [u8]) {
+        if let Some((tco, rel)) = self.tco_at(offset, data.len()) {
+            tco.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .read(rel, data);
+            return;
+        }
         for (i, b) in data.iter_mut().enumerate() {
             *b = self.read_byte(offset.saturating_add(i as u64));
         }
@@ -218,6 +241,12 @@ impl AcpiPm {
 
     /// Writes are applied per 16-bit register so a word write of SLP_TYP|SLP_EN is one event.
     fn write_block(&mut self, offset: u64, data: &[u8]) {
+        if let Some((tco, rel)) = self.tco_at(offset, data.len()) {
+            tco.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .write(rel, data);
+            return;
+        }
         let merge = |old: u16, at: u64, data: &[u8]| -> (u16, u16) {
             // (new value, mask of bytes written) for the register at `at`.
             let mut v = old;
@@ -360,6 +389,19 @@ mod tests {
         let mut g = Gpe0Block(pm);
         g.write(0, 2, &[0x02]);
         pm_gpe_roundtrip(&mut g);
+    }
+
+    #[test]
+    fn timer_follows_the_virtual_clock() {
+        let clock = crate::timer::TimerQueue::manual();
+        let l = Lifecycle::with_clock(clock.clone()).unwrap();
+        let pm = AcpiPm::new(PmFlavor::Ich9, l, true);
+        assert_eq!(pm.timer(), 0);
+        clock.advance_to(1_000_000_000);
+        assert_eq!(pm.timer(), 3_579_545);
+        // 24 bits: wraps after 2^24 ticks (about 4.69 s).
+        clock.advance_to(5_000_000_000);
+        assert_eq!(pm.timer(), (5 * 3_579_545) & 0xff_ffff);
     }
 
     fn pm_gpe_roundtrip(g: &mut Gpe0Block) {

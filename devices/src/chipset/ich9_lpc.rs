@@ -6,6 +6,7 @@ use super::acpi_pm::{AcpiPm, PmBlock, PmFlavor, ICH9_GPE0_LEN, ICH9_PM_BLOCK_LEN
 use super::apm::{self, Apm};
 use super::byte_regs;
 use super::io_window::IoDecode;
+use super::tco::{NoRebootSource, Tco, GCS_NO_REBOOT, GCS_OFFSET};
 use crate::bus::{BusDevice, SharedDevice};
 use crate::lifecycle::Lifecycle;
 use crate::pci::acpi_hotplug::SharedPcihp;
@@ -73,6 +74,18 @@ impl Rcrb {
     }
 }
 
+/// GCS.NO_REBOOT as the TCO watchdog sees it at expiry.
+struct RcrbGcs(Arc<Mutex<Rcrb>>);
+
+impl NoRebootSource for RcrbGcs {
+    fn no_reboot(&self) -> bool {
+        let r = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut gcs = [0u8; 4];
+        gcs.copy_from_slice(&r.regs[GCS_OFFSET..GCS_OFFSET + 4]);
+        u32::from_le_bytes(gcs) & GCS_NO_REBOOT != 0
+    }
+}
+
 impl BusDevice for Rcrb {
     fn read(&mut self, _base: u64, offset: u64, data: &mut [u8]) {
         byte_regs::read(&self.regs, offset, data, 0);
@@ -117,11 +130,20 @@ impl Ich9Lpc {
         c.set_u8(LPC_EN, lpc_en);
         c.commit_reset_state();
         let acpi_only = !super::smm_enabled(plan);
-        let pm = Arc::new(Mutex::new(AcpiPm::new(
-            PmFlavor::Ich9,
-            lifecycle.clone(),
-            acpi_only,
-        )));
+        let rcrb = Arc::new(Mutex::new(Rcrb::new()));
+        let props = &f.properties;
+        let clock = lifecycle.clock().clone();
+        let mut acpi = AcpiPm::new(PmFlavor::Ich9, lifecycle.clone(), acpi_only);
+        if props.bool("enable_tco", true)? {
+            // The speaker strap (`noreboot`) keeps the TCO watchdog from rebooting.
+            acpi.set_tco(Tco::new(
+                props.bool("noreboot", false)?,
+                Arc::new(RcrbGcs(rcrb.clone())),
+                lifecycle.clone(),
+                &clock,
+            ));
+        }
+        let pm = Arc::new(Mutex::new(acpi));
         let pcihp = super::piix4_pm::pcihp_for(plan, &pm, &lifecycle);
         let pm_block: SharedDevice = Arc::new(Mutex::new(PmBlock(pm.clone())));
         let apm = Arc::new(Mutex::new(Apm::new(
@@ -133,7 +155,7 @@ impl Ich9Lpc {
             config: c,
             pm,
             pm_block,
-            rcrb: Arc::new(Mutex::new(Rcrb::new())),
+            rcrb,
             apm,
             apm_ports: apm::ports(plan),
             sci_irq: plan.sci_irq,

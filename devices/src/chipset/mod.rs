@@ -15,6 +15,7 @@ pub mod piix3;
 pub mod piix4_pm;
 pub mod piix_ide;
 pub mod smbus;
+pub mod tco;
 
 use machine::Plan;
 

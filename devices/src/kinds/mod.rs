@@ -10,7 +10,7 @@
 
 use crate::chipset::{ahci, i440fx, ich9_lpc, ich9_smbus, mch, piix3, piix4_pm, piix_ide};
 use crate::legacy::kind::IsaKind;
-use crate::legacy::{cmos, i8042, port92, serial, sink};
+use crate::legacy::{cmos, i8042, ib700, port92, pvpanic, serial, sink};
 use crate::pci::bridges::{dmi, pci_bridge};
 use crate::pci::endpoints;
 use crate::pci::ports::{root_port, switch};
@@ -43,6 +43,7 @@ static KINDS: &[&dyn PciKind] = &[
     &dmi::KIND,
     // Endpoints.
     &e1000e::KIND,
+    &crate::pci::pvpanic_pci::KIND,
 ];
 
 /// Every ISA device kind.
@@ -52,6 +53,8 @@ static ISA_KINDS: &[&dyn IsaKind] = &[
     &i8042::KIND,
     &port92::KIND,
     &sink::KIND,
+    &ib700::KIND,
+    &pvpanic::KIND,
 ];
 
 /// The kind of the plan's ISA device type `name`; None for devices machina leaves to KVM

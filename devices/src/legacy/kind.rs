@@ -3,9 +3,12 @@
 //! maps the plan's type names to them. Entries without a kind (KVM's in-kernel PIC, PIT and
 //! IOAPIC; devices machina does not model) are not mapped and not described.
 
+use super::cmos::{Cmos, CmosState};
 use super::serial::{SerialPort, SharedWriter};
+use super::IrqLine;
 use crate::bus::SharedDevice;
 use crate::lifecycle::Lifecycle;
+use crate::timer::TimerQueue;
 use machine::{IsaDevicePlan, Plan};
 use std::sync::{Arc, Mutex};
 use vmm_sys_util::eventfd::EventFd;
@@ -21,6 +24,22 @@ pub enum IsaError {
         #[source]
         source: std::io::Error,
     },
+    /// A configuration the device refuses, in QEMU's words ("Too many boot devices for PC").
+    #[error("{0}")]
+    Config(String),
+}
+
+/// What the RTC is built with besides the plan.
+pub struct RtcInputs {
+    /// Seconds the RTC runs ahead of the host's UTC clock (`-rtc base=`).
+    pub offset: i64,
+    /// The clock it runs on (`-rtc clock=`).
+    pub clock: Arc<TimerQueue>,
+    /// Its RAM and time before a reset (None at the first build).
+    pub state: Option<CmosState>,
+    /// The boot order CMOS shows firmware (`-boot`), and the floppy signature check.
+    pub boot_order: String,
+    pub fd_bootchk: bool,
 }
 
 /// What a kind gets to build one device.
@@ -31,10 +50,12 @@ pub struct IsaContext<'a> {
     pub lifecycle: &'a Lifecycle,
     /// Wires ISA IRQ `irq` to the interrupt controller (an irqfd).
     pub irq_line: &'a dyn Fn(u32) -> std::io::Result<EventFd>,
+    /// ISA IRQ `irq` as a line driven by level (an irqfd injecting on a rising edge; under
+    /// qtest the test's view of the interrupt controller).
+    pub level_line: &'a dyn Fn(u32) -> std::io::Result<Arc<dyn IrqLine>>,
     /// The console output, for the first device that takes it (the first COM port).
     pub console: &'a mut Option<SharedWriter>,
-    /// Seconds the RTC runs ahead of the host's UTC clock (`-rtc base=`).
-    pub rtc_offset: i64,
+    pub rtc: RtcInputs,
 }
 
 impl IsaContext<'_> {
@@ -65,6 +86,8 @@ pub struct IsaBuilt {
     pub device: SharedDevice,
     /// The serial port the console is attached to, when this device took it.
     pub console: Option<Arc<Mutex<SerialPort>>>,
+    /// The RTC, whose RAM and time a reset carries over.
+    pub rtc: Option<Arc<Mutex<Cmos>>>,
 }
 
 impl IsaBuilt {
@@ -72,6 +95,7 @@ impl IsaBuilt {
         Self {
             device,
             console: None,
+            rtc: None,
         }
     }
 }

@@ -111,10 +111,9 @@ impl IsaKind for SerialKind {
         let first = console.is_some();
         let out = console.unwrap_or_else(|| SharedWriter::new(Box::new(std::io::sink())));
         let port = Arc::new(Mutex::new(SerialPort::new(evt, out)));
-        Ok(IsaBuilt {
-            device: port.clone(),
-            console: first.then_some(port),
-        })
+        let mut built = IsaBuilt::new(port.clone());
+        built.console = first.then_some(port);
+        Ok(built)
     }
     fn console(&self) -> bool {
         true

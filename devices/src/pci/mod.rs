@@ -22,6 +22,7 @@ pub mod msi;
 pub mod msix;
 pub mod nic;
 pub mod ports;
+pub mod pvpanic_pci;
 pub mod regs;
 pub mod window;
 

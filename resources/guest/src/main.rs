@@ -82,6 +82,7 @@ pub extern "C" fn guest_main(start_info: u64) -> ! {
             b"reset" => power::reset(),
             b"powerbutton" => power::wait_power_button(rsdp_hint),
             b"triple-fault" => power::triple_fault(),
+            b"watchdog" => power::watchdog(),
             b"echo" => println!(
                 "echo: {}",
                 Printable(cmdline.get(b"machina.echo").unwrap_or_default())

@@ -150,6 +150,15 @@ pub fn reset() {
     println!("reset: failed");
 }
 
+/// The `watchdog` test: start the ib700 watchdog (`-device ib700`) with a 2 s period and
+/// never ping it; the VMM's `-watchdog-action` ends the wait.
+pub fn watchdog() -> ! {
+    println!("watchdog: armed");
+    // 0x443: enable; the low nibble 14 selects 30 - 2 * 14 = 2 s.
+    outb(0x443, 14);
+    hang()
+}
+
 /// The `triple-fault` test: with no IDT any exception escalates to a
 /// triple fault, which the VMM must report as a failed guest.
 pub fn triple_fault() -> ! {

@@ -26,6 +26,19 @@ pub enum MemLock {
 pub struct RtcOptions {
     pub base: String,
     pub offset: i64,
+    /// `clock=`: what the RTC runs on.
+    pub clock: RtcClock,
+}
+
+/// `-rtc clock=`: `host` (the host's time, default), `rt` (the host's monotonic clock, the
+/// guest's time not kept in sync) or `vm` (the virtual clock: stops with the machine, and
+/// under qtest moves only when the test steps it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RtcClock {
+    #[default]
+    Host,
+    Rt,
+    Vm,
 }
 
 /// Seconds since the epoch of `2006-06-17T16:01:21` or `2006-06-17` (UTC, as QEMU's
@@ -98,6 +111,9 @@ pub struct BootOptions {
     pub splash: Option<String>,
     pub splash_time: Option<i64>,
     pub reboot_timeout: Option<i64>,
+    /// `-no-fd-bootchk`: the BIOS skips the floppy boot-sector signature check (CMOS 0x38
+    /// bit 0).
+    pub no_fd_bootchk: bool,
 }
 
 /// `-sandbox`: parsed and validated only.
@@ -182,32 +198,24 @@ pub(super) fn parse_overcommit(opts: &mut CliOptions, value: &str) -> Result<(),
     Ok(())
 }
 
-/// `-rtc base=utc|localtime|DATE,clock=host|rt|vm,driftfix=none|slew`: machina's RTC follows
-/// the host's clock from the base given (an offset fixed at start, as in QEMU); it honours
-/// clock=host and driftfix=none.
+/// `-rtc base=utc|localtime|DATE,clock=host|rt|vm,driftfix=none|slew`: the RTC starts at the
+/// base given (an offset fixed at start, as in QEMU) and runs on the clock given;
+/// driftfix=slew (re-injecting lost ticks) is not offered.
 pub(super) fn parse_rtc(opts: &mut CliOptions, value: &str) -> Result<(), CliError> {
     let unsupported = |what: &str| {
         option_err(
             "rtc",
             value,
-            format!("machina's RTC follows the host clock: {what} is not supported"),
+            format!("machina's RTC does not re-inject lost ticks: {what} is not supported"),
         )
     };
     for (k, v) in items(value, None) {
         match (k.as_str(), v.as_str()) {
-            ("base", "utc") => opts.rtc = RtcOptions { base: v, offset: 0 },
-            ("base", "localtime") => {
-                opts.rtc = RtcOptions {
-                    base: v,
-                    offset: local_utc_offset(),
-                }
-            }
+            ("base", "utc") => (opts.rtc.base, opts.rtc.offset) = (v, 0),
+            ("base", "localtime") => (opts.rtc.base, opts.rtc.offset) = (v, local_utc_offset()),
             ("base", d) if rtc_date_epoch(d).is_some() => {
                 let start = rtc_date_epoch(d).unwrap_or_default();
-                opts.rtc = RtcOptions {
-                    base: v,
-                    offset: start - now_secs(),
-                }
+                (opts.rtc.base, opts.rtc.offset) = (v, start - now_secs());
             }
             // QEMU's text, on one line and naming the option.
             ("base", _) => return Err(option_err(
@@ -216,8 +224,10 @@ pub(super) fn parse_rtc(opts: &mut CliOptions, value: &str) -> Result<(), CliErr
                 "invalid datetime format (valid formats: '2006-06-17T16:01:21' or '2006-06-17')"
                     .to_string(),
             )),
-            ("clock", "host") | ("driftfix", "none") => {}
-            ("clock", "rt" | "vm") => return Err(unsupported(&format!("clock={v}"))),
+            ("clock", "host") => opts.rtc.clock = RtcClock::Host,
+            ("clock", "rt") => opts.rtc.clock = RtcClock::Rt,
+            ("clock", "vm") => opts.rtc.clock = RtcClock::Vm,
+            ("driftfix", "none") => {}
             ("driftfix", "slew") => return Err(unsupported("driftfix=slew")),
             ("clock" | "driftfix", _) => {
                 return Err(option_err(

@@ -132,6 +132,8 @@ fn info(state: &VmState, sub: Option<&str>) -> String {
                 RunState::Prelaunch => "paused (prelaunch)",
                 RunState::Shutdown => "paused (shutdown)",
                 RunState::InternalError => "paused (internal-error)",
+                RunState::Watchdog => "paused (watchdog)",
+                RunState::GuestPanicked => "paused (guest-panicked)",
             };
             format!("VM status: {text}\n")
         }

@@ -2,6 +2,7 @@
 //! machine types and layouts comes from the `machine` crate's catalog and plans; commands that
 //! change the running machine are queued to the run loop through the controller.
 
+mod actions;
 mod block;
 mod chardev;
 mod cpus;
@@ -35,5 +36,6 @@ pub fn registry(control: &Arc<Controller>) -> Result<Registry, RegistryError> {
     net::register(&mut reg, control)?;
     hotplug::register(&mut reg, control)?;
     numa::register(&mut reg, control)?;
+    actions::register(&mut reg, control)?;
     Ok(reg)
 }

@@ -8,7 +8,7 @@ pub mod setup;
 use devices::bus::Bus;
 use devices::lifecycle::{Lifecycle, Request};
 use kvm_ioctls::{VcpuExit, VcpuFd};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
@@ -26,6 +26,9 @@ pub struct RunGate {
     parked: AtomicUsize,
     lock: Mutex<()>,
     changed: Condvar,
+    /// NMIs requested for every vCPU (watchdog action inject-nmi), counted: each vCPU
+    /// injects once per request it has not seen.
+    nmi_requests: AtomicU64,
 }
 
 impl RunGate {
@@ -44,6 +47,12 @@ impl RunGate {
 
     pub fn is_running(&self) -> bool {
         self.running.load(Ordering::SeqCst)
+    }
+
+    /// Ask every vCPU to take an NMI before it next enters the guest (kick the threads out
+    /// of KVM_RUN so that it happens now).
+    pub fn request_nmi(&self) {
+        self.nmi_requests.fetch_add(1, Ordering::SeqCst);
     }
 
     /// vCPUs currently held by the gate.
@@ -119,9 +128,18 @@ impl Vcpu {
         // Under MACHINA_TRACE, vCPU 0's first exit shows when the guest first ran (the
         // tiny guest's first instruction is an `out` to port 0x80).
         let mut first_exit = self.trace_start.filter(|_| self.index == 0);
+        // Requests made before this vCPU existed (an earlier incarnation) do not apply.
+        let mut nmis_seen = self.gate.nmi_requests.load(Ordering::SeqCst);
         loop {
             if !self.gate.wait(&self.stop) {
                 return Stop::Requested;
+            }
+            let nmis = self.gate.nmi_requests.load(Ordering::SeqCst);
+            if nmis != nmis_seen {
+                nmis_seen = nmis;
+                // KVM_NMI: queued on the local APIC; fails only on a vCPU fd gone bad,
+                // which KVM_RUN then reports.
+                let _ = self.fd.nmi();
             }
             let exit = self.fd.run();
             if let (Some(start), Ok(e)) = (first_exit, &exit) {

@@ -1,0 +1,106 @@
+//! `-global DRIVER.PROPERTY=VALUE`: a property for every device of a type, applied to the
+//! plan's functions before the build (QEMU applies globals when it creates a device). Only
+//! the properties machina's models honour are accepted; a property the type does not have
+//! gets QEMU's error; a type the machine does not create is ignored, as in QEMU.
+
+use machine::Plan;
+
+/// The globals machina honours, and where: (driver, property).
+const HONOURED: &[(&str, &str)] = &[
+    // The TCO watchdog's no-reboot strap (devices/src/chipset/tco.rs).
+    ("ICH9-LPC", "noreboot"),
+];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Global {
+    pub driver: String,
+    pub property: String,
+    pub value: String,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum GlobalError {
+    #[error("-global {0}: expected DRIVER.PROPERTY=VALUE")]
+    Syntax(String),
+    #[error("-global {0}.{1}: machina does not apply this global (it applies {2})")]
+    NotHonoured(String, String, String),
+    #[error("can't apply global {0}.{1}={2}: Property '{0}.{1}' not found")]
+    NotFound(String, String, String),
+    #[error("can't apply global {0}.{1}={2}: Parameter '{1}' expects 'on' or 'off'")]
+    NotBool(String, String, String),
+}
+
+impl Global {
+    pub fn parse(arg: &str) -> Result<Self, GlobalError> {
+        let syntax = || GlobalError::Syntax(arg.to_string());
+        let (name, value) = arg.split_once('=').ok_or_else(syntax)?;
+        let (driver, property) = name.rsplit_once('.').ok_or_else(syntax)?;
+        if driver.is_empty() || property.is_empty() {
+            return Err(syntax());
+        }
+        Ok(Self {
+            driver: driver.to_string(),
+            property: property.to_string(),
+            value: value.to_string(),
+        })
+    }
+
+    /// Refused at once when machina would not honour it (before anything is built).
+    pub fn check_honoured(&self) -> Result<(), GlobalError> {
+        if HONOURED
+            .iter()
+            .any(|(d, p)| *d == self.driver && *p == self.property)
+        {
+            return Ok(());
+        }
+        let list: Vec<String> = HONOURED.iter().map(|(d, p)| format!("{d}.{p}")).collect();
+        Err(GlobalError::NotHonoured(
+            self.driver.clone(),
+            self.property.clone(),
+            list.join(", "),
+        ))
+    }
+}
+
+/// Set each global on the plan's functions of its type.
+pub fn apply(plan: &mut Plan, globals: &[Global]) -> Result<(), GlobalError> {
+    for g in globals {
+        let err = |f: fn(String, String, String) -> GlobalError| {
+            f(g.driver.clone(), g.property.clone(), g.value.clone())
+        };
+        for f in plan.pci.iter_mut().filter(|f| f.type_name == g.driver) {
+            if !f.properties.contains(&g.property) {
+                return Err(err(GlobalError::NotFound));
+            }
+            // Every global a model honours is a bool (QEMU's spellings).
+            let v = machine::qapi_bool_parse(&g.value).ok_or_else(|| err(GlobalError::NotBool))?;
+            f.properties
+                .insert(g.property.clone(), machine::PropValue::Bool(v));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_and_texts() {
+        let g = Global::parse("ICH9-LPC.noreboot=true").unwrap();
+        assert_eq!(
+            (g.driver.as_str(), g.property.as_str()),
+            ("ICH9-LPC", "noreboot")
+        );
+        g.check_honoured().unwrap();
+        assert!(Global::parse("foo").is_err());
+        assert_eq!(
+            Global::parse("ICH9-LPC.foo=1")
+                .unwrap()
+                .check_honoured()
+                .unwrap_err()
+                .to_string(),
+            "-global ICH9-LPC.foo: machina does not apply this global (it applies ICH9-LPC.noreboot)"
+        );
+    }
+}
