@@ -250,6 +250,10 @@ impl PciKind for Ich9LpcKind {
     fn names(&self) -> &'static [&'static str] {
         &["ICH9-LPC"]
     }
+    /// The TCO watchdog's no-reboot strap.
+    fn globals(&self) -> &'static [&'static str] {
+        &["noreboot"]
+    }
     fn build(&self, ctx: &FunctionContext) -> Result<SharedFunction, PciError> {
         Ok(shared(Ich9Lpc::new(
             ctx.function,

@@ -80,6 +80,11 @@ fn by_name() -> &'static HashMap<&'static str, &'static dyn PciKind> {
     })
 }
 
+/// The kind that implements PCI type `name`, if one does.
+pub fn pci_kind(name: &str) -> Option<&'static dyn PciKind> {
+    by_name().get(name).copied()
+}
+
 /// The kind that builds planned function `f`.
 pub fn kind_of(f: &PciFunctionPlan) -> &'static dyn PciKind {
     if let Some(kind) = by_name().get(f.type_name.as_str()) {

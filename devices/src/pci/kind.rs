@@ -42,6 +42,12 @@ pub trait PciKind: Sync {
     /// The model of `ctx.function` at its power-on state.
     fn build(&self, ctx: &FunctionContext) -> Result<SharedFunction, PciError>;
 
+    /// Properties a `-global` may set: the ones this model reads from the plan and honours
+    /// (other globals are refused rather than silently kept).
+    fn globals(&self) -> &'static [&'static str] {
+        &[]
+    }
+
     /// Built as a header only (identity and BARs, nothing behind them): the catalog's
     /// `modelled: false` says the same (checked by `crate::kinds` tests).
     fn header_only(&self) -> bool {
