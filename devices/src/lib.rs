@@ -1,8 +1,10 @@
 //! Device models: the address-decoded bus, PCI core and chipsets, bridges, legacy devices.
 
 pub mod aml;
+pub mod blkdebug;
 pub mod bus;
 pub mod chipset;
+pub mod ide;
 pub mod kinds;
 pub mod legacy;
 pub mod lifecycle;

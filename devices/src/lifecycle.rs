@@ -14,21 +14,36 @@ use vmm_sys_util::eventfd::EventFd;
 #[repr(u8)]
 pub enum Request {
     None = 0,
-    Reset = 1,
-    PowerOff = 2,
+    /// A disk request failed with the `stop` error action (see `take_io_errors`).
+    IoError = 1,
+    Reset = 2,
+    PowerOff = 3,
     /// A vCPU failed (emulation error, triple fault, unhandled exit); already reported.
-    Crash = 3,
+    Crash = 4,
 }
 
 impl Request {
     fn from_u8(v: u8) -> Self {
         match v {
-            1 => Request::Reset,
-            2 => Request::PowerOff,
-            3 => Request::Crash,
+            1 => Request::IoError,
+            2 => Request::Reset,
+            3 => Request::PowerOff,
+            4 => Request::Crash,
             _ => Request::None,
         }
     }
+}
+
+/// A failed disk request that stops the machine (QEMU's BLOCK_IO_ERROR data).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IoError {
+    /// The drive (block backend) name.
+    pub device: String,
+    /// `read` or `write` (flushes count as writes).
+    pub operation: &'static str,
+    /// The error text (strerror).
+    pub reason: String,
+    pub nospace: bool,
 }
 
 /// Events a device reports for the VMM to act on by its configured actions (`-action`,
@@ -54,6 +69,7 @@ struct Inner {
     /// bus id, slot), for the VMM to unplug on its own thread.
     ejects: Mutex<Vec<(String, u8)>>,
     events: Mutex<Vec<GuestEvent>>,
+    io_errors: Mutex<Vec<IoError>>,
 }
 
 /// Cloneable handle shared by every device that can power off or reset the machine.
@@ -77,6 +93,7 @@ impl Lifecycle {
                 wake: EventFd::new(libc::EFD_NONBLOCK)?,
                 ejects: Mutex::new(Vec::new()),
                 events: Mutex::new(Vec::new()),
+                io_errors: Mutex::new(Vec::new()),
             }),
         })
     }
@@ -115,6 +132,27 @@ impl Lifecycle {
     }
 
     /// Take the pending request, leaving none.
+    /// A disk request failed and its error action is `stop`: report it and stop the machine.
+    pub fn io_error(&self, e: IoError) {
+        self.inner
+            .io_errors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(e);
+        self.request(Request::IoError);
+    }
+
+    /// The disk errors reported since the last call.
+    pub fn take_io_errors(&self) -> Vec<IoError> {
+        std::mem::take(
+            &mut *self
+                .inner
+                .io_errors
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        )
+    }
+
     pub fn take(&self) -> Request {
         let _ = self.inner.wake.read();
         Request::from_u8(self.inner.state.swap(Request::None as u8, Ordering::SeqCst))

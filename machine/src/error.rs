@@ -89,6 +89,9 @@ pub enum PlanError {
     /// A virtio-serial port refused by the bus (QEMU's virtio-serial-bus texts).
     #[error("{0}")]
     VirtioPort(String),
+    /// An IDE drive refused by its bus or realize (QEMU's hw/ide texts).
+    #[error("{0}")]
+    Ide(String),
     /// `-device` without a driver.
     #[error("Parameter 'driver' is missing")]
     MissingDriver,

@@ -25,6 +25,7 @@ mod device_checks;
 mod device_types;
 mod error;
 pub mod help;
+mod ide;
 mod isa;
 mod mac;
 mod machine_types;

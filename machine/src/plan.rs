@@ -263,6 +263,28 @@ pub struct Plan {
     /// condition holds.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub firmware_io: Vec<FirmwareIoPlan>,
+    /// Drives on IDE buses (`ide-hd`, `ide-cd`).
+    #[serde(default)]
+    pub ide: Vec<IdeDrivePlan>,
+}
+
+/// A drive on an IDE bus of a PCI IDE controller.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdeDrivePlan {
+    pub type_name: String,
+    pub id: Option<String>,
+    /// `ide.N`.
+    pub bus: String,
+    /// Index in `Plan::pci` of the IDE function that owns the bus.
+    pub controller: usize,
+    /// Channel of that function (0 primary, 1 secondary).
+    pub channel: u8,
+    /// 0 master, 1 slave.
+    pub unit: u8,
+    /// An ATAPI CD-ROM (`ide-cd`) rather than a disk.
+    pub cdrom: bool,
+    /// Resolved properties (`drive`, `serial`, `cyls`, ...).
+    pub properties: Properties,
 }
 
 /// A port of a virtio-serial-pci controller, with QEMU's port number.
@@ -304,6 +326,7 @@ pub enum Placement {
     Pci(PlacedDevice),
     Isa(PlacedIsaDevice),
     VirtioPort(VirtioPortPlan),
+    Ide(IdeDrivePlan),
 }
 
 /// Where a queried ISA device would land: its bus and the resources it would take.

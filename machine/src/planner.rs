@@ -59,6 +59,7 @@ struct Ctx<'a> {
     topo: Topology,
     isa: Vec<IsaDevicePlan>,
     ports: Vec<crate::plan::VirtioPortPlan>,
+    ide: Vec<crate::plan::IdeDrivePlan>,
     /// I/O blocks the firmware maps (no ISA device may cover them).
     firmware_io: Vec<crate::plan::FirmwareIoPlan>,
 }
@@ -70,6 +71,8 @@ enum Realized {
     Isa(usize),
     /// A port on a virtio-serial bus (index in `Ctx::ports`).
     Port(usize),
+    /// A drive on an IDE bus (index in `Ctx::ide`).
+    Ide(usize),
 }
 
 impl Catalog {
@@ -152,6 +155,7 @@ impl Catalog {
             topo: Topology::default(),
             isa: Vec::new(),
             ports: Vec::new(),
+            ide: Vec::new(),
             firmware_io: isa::firmware_io(&machine.board.firmware_io, flag),
         };
         ctx.add_root_bus(&flag);
@@ -181,6 +185,7 @@ impl Catalog {
             acpi_bridge_hotplug,
             firmware_io: ctx.firmware_io,
             virtio_ports: ctx.ports,
+            ide: ctx.ide,
         })
     }
 
@@ -199,7 +204,7 @@ impl Catalog {
             .zip(requests)
             .map(|(r, req)| match r? {
                 Placement::Pci(p) => Ok(p),
-                Placement::Isa(_) | Placement::VirtioPort(_) => {
+                Placement::Isa(_) | Placement::VirtioPort(_) | Placement::Ide(_) => {
                     Err(PlanError::NotPciDevice(req.driver.clone()))
                 }
             })
@@ -230,6 +235,7 @@ impl Catalog {
                     topo: base.topo.clone(),
                     isa: base.isa.clone(),
                     ports: base.ports.clone(),
+                    ide: base.ide.clone(),
                     firmware_io: base.firmware_io.clone(),
                 };
                 Ok(match ctx.realize(r, hotplug)? {
@@ -266,6 +272,7 @@ impl Catalog {
                         })
                     }
                     Realized::Port(i) => Placement::VirtioPort(ctx.ports[i].clone()),
+                    Realized::Ide(i) => Placement::Ide(ctx.ide[i].clone()),
                 })
             })
             .collect()
@@ -498,6 +505,11 @@ impl<'a> Ctx<'a> {
                 topo.ids.insert(id.clone());
             }
         }
+        for d in &plan.ide {
+            if let Some(id) = &d.id {
+                topo.ids.insert(id.clone());
+            }
+        }
         let opts = ResolvedOptions {
             values: plan.options.clone(),
         };
@@ -511,6 +523,7 @@ impl<'a> Ctx<'a> {
             topo,
             isa: plan.isa.clone(),
             ports: plan.virtio_ports.clone(),
+            ide: plan.ide.clone(),
             firmware_io: isa::firmware_io(&machine.board.firmware_io, flag),
         }
     }
@@ -654,6 +667,26 @@ impl<'a> Ctx<'a> {
         }
         if bus_type == "virtio-serial-bus" {
             return self.realize_port(dev, req, id);
+        }
+        if bus_type == "IDE" {
+            self.check_json_dup(req, &id)?;
+            let props = resolve_properties(dev, self.machine, &req.properties)?;
+            let drive = crate::ide::place(
+                &dev.name,
+                id.clone(),
+                req.get("bus"),
+                &props,
+                &self.topo.functions,
+                &self.ide,
+            )?;
+            if hotplug {
+                return Err(PlanError::BusNoHotplug(drive.bus));
+            }
+            if let Some(id) = id {
+                self.topo.ids.insert(id);
+            }
+            self.ide.push(drive);
+            return Ok(Realized::Ide(self.ide.len() - 1));
         }
         if !dev.is_pci() {
             return Err(PlanError::NoBusForDevice {

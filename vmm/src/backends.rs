@@ -98,6 +98,17 @@ pub enum Backend {
         /// QEMU's `null-co` driver: no image, reads give zeros, writes are dropped (served by
         /// /dev/zero); the disk size in bytes.
         null_size: Option<u64>,
+        /// `media=cdrom`: read-only media for an `ide-cd`; with no `file` the drive is empty.
+        cdrom: bool,
+        /// `if=ide`: the IDE slot (bus * 2 + unit) the board attaches the drive to.
+        ide_index: Option<u32>,
+        /// A `blkdebug` node over the image (`file=blkdebug:CONFIG:IMAGE`, `-blockdev
+        /// blkdebug,image=NODE`): injected errors and breakpoints, shared by every build.
+        debug: Option<Arc<devices::blkdebug::BlkDebug>>,
+        /// `rerror=`/`werror=` of `-drive` (the device model's actions on failed reads and
+        /// writes; IDE honours them).
+        rerror: devices::ide::disk::ErrorAction,
+        werror: devices::ide::disk::ErrorAction,
     },
     /// `-netdev tap,id=,ifname=` (machina opens /dev/net/tun itself; no scripts), or
     /// `-netdev tap,id=,fd=N`: a tap the caller (libvirt) opened and passes down.
@@ -357,6 +368,10 @@ fn attach_drive(backend: &mut Backend, context: &str) -> Result<(), BackendError
             context,
             format!("Drive '{id}' is already in use by another device"),
         ));
+    }
+    // An empty CD-ROM drive has no image to open.
+    if path.as_os_str().is_empty() {
+        return Ok(());
     }
     let direct = if *cache == CacheMode::Direct {
         libc::O_DIRECT
@@ -1026,6 +1041,7 @@ pub fn add(
         Backend::Chardev { .. } => "chardev",
         Backend::RngRandom { .. } | Backend::Filter { .. } => "object",
     };
+    place_ide_drive(list, &mut backend, context)?;
     if list
         .iter()
         .any(|b| b.id() == backend.id() && b.property() == backend.property())
@@ -1037,6 +1053,56 @@ pub fn add(
     }
     open_backend(&mut backend, context)?;
     list.push(backend);
+    Ok(())
+}
+
+/// Slots of `-drive if=ide` (QEMU's drive_new): a drive without index, bus or unit takes the
+/// first free slot, a taken slot is refused; a drive without id gets QEMU's default one.
+fn place_ide_drive(
+    list: &[Backend],
+    backend: &mut Backend,
+    context: &str,
+) -> Result<(), BackendError> {
+    const SLOTS: u32 = 4;
+    let Backend::Drive {
+        id,
+        cdrom,
+        ide_index: Some(index),
+        ..
+    } = backend
+    else {
+        return Ok(());
+    };
+    let taken = |i: u32| {
+        list.iter()
+            .any(|b| matches!(b, Backend::Drive { ide_index: Some(t), .. } if *t == i))
+    };
+    if *index == u32::MAX {
+        *index = (0..SLOTS).find(|&i| !taken(i)).ok_or_else(|| {
+            err(
+                context,
+                "machina has 4 IDE slots (2 buses of 2 units), all taken",
+            )
+        })?;
+    } else if taken(*index) {
+        return Err(err(
+            context,
+            format!(
+                "drive with bus={}, unit={} (index={}) exists",
+                *index / 2,
+                *index % 2,
+                *index
+            ),
+        ));
+    }
+    if id.is_empty() {
+        *id = format!(
+            "ide{}-{}{}",
+            *index / 2,
+            if *cdrom { "cd" } else { "hd" },
+            *index % 2
+        );
+    }
     Ok(())
 }
 

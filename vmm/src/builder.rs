@@ -191,7 +191,13 @@ struct IsaDevices {
     modelled: Vec<IsaDevicePlan>,
 }
 
-fn build_isa(vm: &KvmVm, io: &Bus, plan: &Plan, inputs: &mut BuildInputs) -> Result<IsaDevices> {
+fn build_isa(
+    vm: &KvmVm,
+    io: &Bus,
+    plan: &Plan,
+    inputs: &mut BuildInputs,
+    board_cmos: &[(u8, u8)],
+) -> Result<IsaDevices> {
     let mut serial = None;
     let mut rtc = None;
     let mut modelled = Vec::new();
@@ -231,6 +237,7 @@ fn build_isa(vm: &KvmVm, io: &Bus, plan: &Plan, inputs: &mut BuildInputs) -> Res
                 boot_order: inputs.boot_order.clone(),
                 fd_bootchk: inputs.fd_bootchk,
             },
+            board_cmos,
         })?;
         map_io_ranges(io, isa, &built.device)?;
         serial = serial.or(built.console);
@@ -273,12 +280,14 @@ fn build_pci(
     inputs: &mut BuildInputs,
     intx_forwarder: &Arc<crate::virtio_devices::IntxForwarder>,
     virtio: &mut crate::virtio_devices::VirtioSet,
+    ide: &mut crate::ide_devices::IdeSet,
 ) -> Result<Option<SharedHost>> {
     let (io, mmio) = buses;
     if plan.family == Family::None {
         return Ok(None);
     }
-    let mut external = crate::virtio_devices::factory(
+    let lifecycle = inputs.lifecycle.clone();
+    let mut virtio_external = crate::virtio_devices::factory(
         inputs.backends,
         plan,
         &vm.memory,
@@ -287,6 +296,12 @@ fn build_pci(
         inputs.open,
         Some(Arc::new(crate::interrupts::KvmIoEvents(vm.fd.clone()))),
     );
+    // IDE controllers with drives get their images and guest memory here.
+    let ide_memory: Arc<dyn devices::ide::DmaMemory> = Arc::new(vm.memory.clone());
+    let mut external = |f: &machine::PciFunctionPlan| {
+        ide.build(plan, f, ide_memory.clone(), &lifecycle)
+            .or_else(|| virtio_external(f))
+    };
     let mut host = PciHost::from_plan_with(
         plan,
         inputs.lifecycle.clone(),
@@ -302,6 +317,16 @@ fn build_pci(
             Err(_) => Arc::new(crate::interrupts::KvmIntx(vm.fd.clone())),
         };
     host.set_intx_sink(intx);
+    // The legacy IDE channels' IRQ 14 and 15 (edge-triggered ISA lines).
+    let mut isa_lines = Vec::new();
+    for (_, _, irq) in devices::ide::piix::LEGACY {
+        let evt = isa_irqfd(vm, irq).map_err(|source| BuildError::Interrupt {
+            device: "IDE".to_string(),
+            source,
+        })?;
+        isa_lines.push((irq, evt));
+    }
+    host.set_isa_irq_sink(Arc::new(crate::ide_devices::EdgeIrqfds(isa_lines)));
     host.set_msi_sink(Arc::new(crate::interrupts::KvmMsiIrqfd::new(
         vm.gsi.clone(),
         std::env::var_os("MACHINA_TRACE").is_some(),
@@ -416,7 +441,9 @@ pub fn build(kvm: &Kvm, plan: &Plan, mut inputs: BuildInputs) -> Result<BuiltMac
     let vm = KvmVm::new(kvm, &plan.memory, &inputs.ram)?;
     let io = Arc::new(Bus::new());
     let mmio = Arc::new(Bus::new());
-    let isa = build_isa(&vm, &io, plan, &mut inputs)?;
+    // IDE drives first: the CMOS holds their geometry.
+    let mut ide = crate::ide_devices::IdeSet::open(plan, inputs.backends)?;
+    let isa = build_isa(&vm, &io, plan, &mut inputs, &ide.cmos_bytes())?;
     map_fw_cfg(&vm, &io, plan, &inputs)?;
 
     let intx_forwarder = Arc::new(crate::virtio_devices::IntxForwarder::new().map_err(
@@ -433,6 +460,7 @@ pub fn build(kvm: &Kvm, plan: &Plan, mut inputs: BuildInputs) -> Result<BuiltMac
         &mut inputs,
         &intx_forwarder,
         &mut virtio,
+        &mut ide,
     )?;
     let vcpus = create_vcpus(&vm, plan, inputs.cpu_model, inputs.cpu_features)?;
 

@@ -50,6 +50,9 @@ pub struct MachineConfig {
     /// The vCPUs run under KVM (false with `-accel qtest`, where none runs).
     pub kvm: bool,
     pub devices: Vec<DeviceRequest>,
+    /// The option each of `devices` came from (`-device SPEC`, or `-drive SPEC` for the
+    /// disk the board attaches for `-drive if=ide`), for error messages.
+    pub device_contexts: Vec<String>,
     /// Console backend of COM1; None means QEMU's default (a port unless -nodefaults).
     pub serial: Option<SerialSpec>,
     pub kernel: Option<PathBuf>,
@@ -256,9 +259,115 @@ fn chardev_from_cli(spec: &OsStr) -> Result<(ChardevInfo, Option<SerialSpec>), C
     })
 }
 
+/// The `ide-hd`/`ide-cd` requests of the `-drive if=ide` drives (id, the `-drive` option),
+/// with that option as their context.
+fn ide_drive_devices(
+    ide_drives: &[(String, String)],
+    backends: &[Backend],
+) -> (Vec<DeviceRequest>, Vec<String>) {
+    let mut devices = Vec::new();
+    let mut contexts = Vec::new();
+    for (id, context) in ide_drives {
+        let Some((cdrom, index)) = backends.iter().find_map(|b| match b {
+            Backend::Drive {
+                id: d,
+                cdrom,
+                ide_index: Some(index),
+                ..
+            } if d == id => Some((*cdrom, *index)),
+            _ => None,
+        }) else {
+            continue;
+        };
+        let driver = if cdrom { "ide-cd" } else { "ide-hd" };
+        let mut dev = DeviceRequest::new(driver);
+        dev.properties.push(("drive".to_string(), id.clone()));
+        dev.properties
+            .push(("bus".to_string(), format!("ide.{}", index / 2)));
+        dev.properties
+            .push(("unit".to_string(), (index % 2).to_string()));
+        devices.push(dev);
+        contexts.push(context.clone());
+    }
+    (devices, contexts)
+}
+
+/// ide_dev_initfn's checks of the drive an `ide-hd`/`ide-cd` takes, in QEMU's words.
+fn check_ide_devices(
+    devices: &[DeviceRequest],
+    contexts: &[String],
+    backends: &[Backend],
+) -> Result<(), ConfigError> {
+    for (dev, context) in devices.iter().zip(contexts) {
+        if dev.driver != "ide-hd" && dev.driver != "ide-cd" {
+            // Only IDE drives honour blkdebug's rules; elsewhere they would be ignored.
+            let debugged = dev.properties.iter().any(|(k, v)| {
+                k == "drive"
+                    && backends
+                        .iter()
+                        .any(|b| matches!(b, Backend::Drive { id, debug: Some(_), .. } if id == v))
+            });
+            if debugged {
+                return Err(ConfigError::Plain(format!(
+                    "{context}: machina applies blkdebug only to IDE drives (ide-hd, ide-cd)"
+                )));
+            }
+            continue;
+        }
+        let get = |k: &str| dev.properties.iter().find(|(p, _)| p == k).map(|(_, v)| v);
+        let fail = |why: &str| Err(ConfigError::Plain(format!("{context}: {why}")));
+        if let Some(g) = get("discard_granularity") {
+            if !matches!(machine::parse_size(g), Some(0 | 512 | 0xffff_ffff)) {
+                return fail("discard_granularity must be 512 for ide");
+            }
+        }
+        if dev.driver == "ide-cd" {
+            continue;
+        }
+        let drive = get("drive").and_then(|id| {
+            backends.iter().find_map(|b| match b {
+                Backend::Drive {
+                    id: d,
+                    file,
+                    read_only,
+                    ..
+                } if d == id => Some((file, *read_only)),
+                _ => None,
+            })
+        });
+        match drive {
+            Some((file, _)) if file.as_os_str().is_empty() => {
+                return fail("Device needs media, but drive is empty")
+            }
+            Some((_, true)) => return fail("Block node is read-only"),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// `-global DRIVER.PROP=VALUE`: a default for the property of every device of that driver
+/// that does not set it itself.
+/// (IDE drives; PCI functions take theirs in `crate::globals::apply`.)
+fn apply_globals(devices: &mut [DeviceRequest], globals: &[crate::globals::Global]) {
+    for dev in devices {
+        let ide = machine::Catalog::builtin()
+            .device_type(&dev.driver)
+            .is_some_and(|t| t.bus.as_deref() == Some("IDE"));
+        if !ide {
+            continue;
+        }
+        for g in globals {
+            if g.driver == dev.driver && !dev.properties.iter().any(|(k, _)| *k == g.property) {
+                dev.properties.push((g.property.clone(), g.value.clone()));
+            }
+        }
+    }
+}
+
 impl MachineConfig {
     pub fn from_cli(opts: &CliOptions) -> Result<Self, ConfigError> {
-        let devices = opts
+        let mut devices = opts
             .devices
             .iter()
             .map(|d| {
@@ -272,6 +381,7 @@ impl MachineConfig {
         let mut secrets: Vec<Arc<Secret>> = Vec::new();
         let mut memory_backends: Vec<MemoryBackend> = Vec::new();
         let mut iothreads: Vec<IoThreadSpec> = Vec::new();
+        let mut ide_drives: Vec<(String, String)> = Vec::new();
         for (option, spec) in &opts.backends {
             let backend = match option {
                 BackendOption::Drive => backends::parse_drive(spec)?,
@@ -320,6 +430,14 @@ impl MachineConfig {
                 BackendOption::Object => format!("-object {spec}"),
             };
             backends::add(&mut list, backend, &context)?;
+            if let Some(Backend::Drive {
+                id,
+                ide_index: Some(_),
+                ..
+            }) = list.last()
+            {
+                ide_drives.push((id.clone(), context.clone()));
+            }
         }
         let mut chardevs = Vec::new();
         let mut chardev_consoles = Vec::new();
@@ -339,14 +457,21 @@ impl MachineConfig {
             }
         }
         backends::open_filters(&list)?;
-        backends::check_references(&devices, &list)?;
-        // Devices take their drives now (images opened and locked), as QEMU's do at -device.
-        let contexts: Vec<String> = opts
+        let mut contexts: Vec<String> = opts
             .devices
             .iter()
             .map(|d| format!("-device {d}"))
             .collect();
+        // `-drive if=ide`: the board creates the drive's device first (pc_init's
+        // ide_drive_get), on the bus and unit of its index.
+        let (implicit, implicit_contexts) = ide_drive_devices(&ide_drives, &list);
+        devices.splice(0..0, implicit);
+        contexts.splice(0..0, implicit_contexts);
+        apply_globals(&mut devices, &opts.globals);
+        backends::check_references(&devices, &list)?;
+        // Devices take their drives now (images opened and locked), as QEMU's do at -device.
         backends::attach_drives(&devices, &contexts, &mut list)?;
+        check_ide_devices(&devices, &contexts, &list)?;
         // `-device isa-serial,chardev=ID`: that chardev is the port's console.
         let mut serial_chardev = None;
         let console_port =
@@ -414,6 +539,7 @@ impl MachineConfig {
                 opts.nic
             },
             devices,
+            device_contexts: contexts,
             serial: opts.serial.first().cloned(),
             kernel: opts.kernel.clone(),
             initrd: opts.initrd.clone(),
@@ -596,36 +722,37 @@ pub fn prepare(
             .map_err(|e| e.to_string())?;
         checked.numa.clear();
     }
-    let plan = plan_with_context(catalog, &checked, &opts.devices).map_err(|message| {
-        // A machine-level refusal names the option it came from, as the CLI's own do.
-        let base = config.plan_request();
-        let base = machine::PlanRequest {
-            devices: Vec::new(),
-            ..base
-        };
-        match catalog.plan(&base) {
-            Err(e) => match (option_of(&e), opts) {
-                (
-                    Some("-m"),
-                    CliOptions {
-                        memory_arg: Some(a),
-                        ..
-                    },
-                ) => format!("-m {a}: {message}"),
-                (
-                    Some("-machine"),
-                    CliOptions {
-                        machine_arg: Some(a),
-                        ..
-                    },
-                ) => {
-                    format!("-machine {a}: {message}")
-                }
-                _ => message,
-            },
-            Ok(_) => message,
-        }
-    })?;
+    let plan =
+        plan_with_context(catalog, &checked, &config.device_contexts).map_err(|message| {
+            // A machine-level refusal names the option it came from, as the CLI's own do.
+            let base = config.plan_request();
+            let base = machine::PlanRequest {
+                devices: Vec::new(),
+                ..base
+            };
+            match catalog.plan(&base) {
+                Err(e) => match (option_of(&e), opts) {
+                    (
+                        Some("-m"),
+                        CliOptions {
+                            memory_arg: Some(a),
+                            ..
+                        },
+                    ) => format!("-m {a}: {message}"),
+                    (
+                        Some("-machine"),
+                        CliOptions {
+                            machine_arg: Some(a),
+                            ..
+                        },
+                    ) => {
+                        format!("-machine {a}: {message}")
+                    }
+                    _ => message,
+                },
+                Ok(_) => message,
+            }
+        })?;
     // The planner knows which types have an `iothread` property; the id must name one.
     for (request, spec) in config.devices.iter().zip(&opts.devices) {
         config
@@ -685,7 +812,7 @@ pub fn plan_with_context(
     for (device, spec) in full.devices.iter().zip(device_specs) {
         request.devices.push(device.clone());
         if let Err(e) = catalog.plan(&request) {
-            return Err(text(&e, format!("-device {spec}: ")));
+            return Err(text(&e, format!("{spec}: ")));
         }
     }
     Err(text(&error, String::new()))

@@ -23,6 +23,8 @@ pub enum RunState {
     Watchdog,
     /// Stopped by a guest panic (`-action panic=pause` or shutdown).
     GuestPanicked,
+    /// Stopped by a disk error with the `stop` action; `cont` retries the request.
+    IoError,
 }
 
 impl RunState {
@@ -35,6 +37,7 @@ impl RunState {
             RunState::InternalError => "internal-error",
             RunState::Watchdog => "watchdog",
             RunState::GuestPanicked => "guest-panicked",
+            RunState::IoError => "io-error",
         }
     }
 }

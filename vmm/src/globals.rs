@@ -42,8 +42,15 @@ impl Global {
 
     /// Refused at once when machina would not honour it (before anything is built).
     pub fn check_honoured(&self) -> Result<(), GlobalError> {
-        let honoured = devices::kinds::pci_kind(&self.driver)
-            .is_some_and(|k| k.globals().contains(&self.property.as_str()));
+        // IDE drives take any property of theirs as a default (vmm/src/config.rs).
+        let ide_property = machine::Catalog::builtin()
+            .device_type(&self.driver)
+            .is_some_and(|t| {
+                t.bus.as_deref() == Some("IDE") && t.property(&self.property).is_some()
+            });
+        let honoured = ide_property
+            || devices::kinds::pci_kind(&self.driver)
+                .is_some_and(|k| k.globals().contains(&self.property.as_str()));
         if honoured {
             return Ok(());
         }

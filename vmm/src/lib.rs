@@ -19,6 +19,7 @@ pub mod fdset;
 pub mod fw_cfg;
 pub mod globals;
 pub mod hotplug;
+pub mod ide_devices;
 pub mod interrupts;
 pub mod iothread;
 pub mod kvm_vm;

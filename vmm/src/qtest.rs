@@ -194,6 +194,7 @@ impl QtestState {
         if let Some(host) = &machine.pci {
             let mut host = host.lock().unwrap_or_else(|e| e.into_inner());
             host.set_intx_sink(Arc::new(QtestIntx(self.irq.clone())));
+            host.set_isa_irq_sink(Arc::new(QtestIntx(self.irq.clone())));
             host.set_msi_sink(Arc::new(QtestMsi(machine.memory.clone())));
         }
         *self.machine.lock().unwrap_or_else(|e| e.into_inner()) = Some(machine);

@@ -633,6 +633,26 @@ impl Machine<'_> {
         self.control.emit("RESUME", Value::Null);
     }
 
+    /// A disk request failed with the `stop` action (QEMU's blk_error_action): its
+    /// BLOCK_IO_ERROR, then the machine stops in `io-error` until `cont` retries it.
+    fn io_error_stop(&mut self) {
+        for e in self.lifecycle.take_io_errors() {
+            self.control.emit(
+                "BLOCK_IO_ERROR",
+                json!({"device": e.device, "node-name": e.device, "operation": e.operation,
+                       "action": "stop", "nospace": e.nospace, "reason": e.reason}),
+            );
+        }
+        if self.control.state().status != RunState::Running {
+            return;
+        }
+        if let Some(running) = &self.running {
+            running.pause(&self.gate);
+        }
+        self.set_status(RunState::IoError);
+        self.control.emit("STOP", Value::Null);
+    }
+
     /// Stop the vCPUs and drop the machine's event-loop subscribers.
     fn stop_running(&mut self) -> Option<crate::kvm_vm::KvmVm> {
         let mut running = self.running.take()?;
@@ -853,8 +873,13 @@ impl Machine<'_> {
                         None,
                     );
                 }
-                if !self.gate.is_running() {
+                if !self.gate.is_running() || status == RunState::IoError {
                     self.resume();
+                    // Requests a disk error stopped run again (ide_restart_cb).
+                    let host = self.control.state().pci.clone();
+                    if let Some(host) = host {
+                        host.lock().unwrap_or_else(|e| e.into_inner()).restart_io();
+                    }
                 }
                 (Ok(Value::Null), None)
             }
@@ -933,6 +958,10 @@ impl Machine<'_> {
             Request::Crash => {
                 self.set_status(RunState::InternalError);
                 Ok(Some(Outcome::Failed))
+            }
+            Request::IoError => {
+                self.io_error_stop();
+                Ok(None)
             }
             Request::Reset if self.actions().reboot == RebootAction::Shutdown => Ok(self
                 .guest_shutdown(

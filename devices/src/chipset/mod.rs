@@ -13,7 +13,6 @@ pub mod io_window;
 pub mod mch;
 pub mod piix3;
 pub mod piix4_pm;
-pub mod piix_ide;
 pub mod smbus;
 pub mod tco;
 

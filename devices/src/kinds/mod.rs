@@ -8,7 +8,7 @@
 //! as its header. `tests.rs` checks that every concrete catalog type is claimed, and that
 //! exactly the types the catalog calls `modelled` get a model.
 
-use crate::chipset::{ahci, i440fx, ich9_lpc, ich9_smbus, mch, piix3, piix4_pm, piix_ide};
+use crate::chipset::{ahci, i440fx, ich9_lpc, ich9_smbus, mch, piix3, piix4_pm};
 use crate::legacy::kind::IsaKind;
 use crate::legacy::{cmos, i8042, ib700, port92, pvpanic, serial, sink};
 use crate::pci::bridges::{dmi, pci_bridge};
@@ -29,7 +29,7 @@ static KINDS: &[&dyn PciKind] = &[
     &i440fx::KIND,
     &ich9_lpc::KIND,
     &piix3::KIND,
-    &piix_ide::KIND,
+    &crate::ide::piix::KIND,
     &piix4_pm::KIND,
     &ahci::KIND,
     &ich9_smbus::KIND,

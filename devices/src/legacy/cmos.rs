@@ -571,6 +571,15 @@ impl Cmos {
         }
     }
 
+    /// Board-provided bytes (disk geometry, ...): `(register, value)` pairs.
+    pub fn set_bytes(&mut self, bytes: &[(u8, u8)]) {
+        for &(reg, v) in bytes {
+            if let Some(r) = self.ram.get_mut(usize::from(reg)) {
+                *r = v;
+            }
+        }
+    }
+
     /// The boot order firmware reads from CMOS (QEMU's pc set_boot_dev): up to three
     /// devices (a/b floppy, c disk, d CD-ROM, n network) as nibbles in 0x3d and 0x38, and
     /// 0x38 bit 0 set when the floppy boot-sector check is off.
@@ -721,6 +730,7 @@ impl IsaKind for RtcKind {
             }
             c.set_boot_order(&ctx.rtc.boot_order, ctx.rtc.fd_bootchk)
                 .map_err(IsaError::Config)?;
+            c.set_bytes(ctx.board_cmos);
         }
         let mut built = IsaBuilt::new(cmos.clone());
         built.rtc = Some(cmos);

@@ -56,6 +56,8 @@ pub struct IsaContext<'a> {
     /// The console output, for the first device that takes it (the first COM port).
     pub console: &'a mut Option<SharedWriter>,
     pub rtc: RtcInputs,
+    /// CMOS bytes the board writes (`(register, value)`: the IDE disks' geometry).
+    pub board_cmos: &'a [(u8, u8)],
 }
 
 impl IsaContext<'_> {

@@ -87,6 +87,13 @@ pub trait PciFunction: Send {
     /// Where the function sends MSI/MSI-X messages; functions without them ignore it.
     fn set_msi_sink(&mut self, _sink: Arc<dyn MsiSink>) {}
 
+    /// Where a function that drives ISA interrupt lines (the PIIX IDE's IRQ 14/15) sends
+    /// them; others ignore it.
+    fn set_isa_irq_sink(&mut self, _sink: Arc<dyn IntxSink>) {}
+
+    /// The machine runs again after a stop: requests a disk error stopped are retried.
+    fn restart_io(&mut self) {}
+
     /// The level this function drives on its INTx pin, for models whose line the host
     /// samples after each config access (bridges); None for models that do not.
     fn intx_level(&self) -> Option<bool> {

@@ -2,6 +2,8 @@
 //! `file` node), with QEMU's option checks and texts.
 
 use super::*;
+use devices::ide::disk::ErrorAction;
+use std::os::unix::ffi::OsStrExt;
 
 /// What serves a `null-co` drive, and its default size (QEMU's 1 GiB).
 const NULL_CO_DEVICE: &str = "/dev/zero";
@@ -31,6 +33,122 @@ fn integer_value(context: &str, key: &str, v: &str) -> Result<u64, BackendError>
         .ok_or_else(|| err(context, format!("Parameter '{key}' expects integer")))
 }
 
+/// `blkdebug:CONFIG:IMAGE` (CONFIG may be empty): the rules of the config file and the image.
+fn blkdebug_filename<'a>(
+    context: &str,
+    rest: &'a [u8],
+) -> Result<(Vec<devices::blkdebug::Rule>, &'a [u8]), BackendError> {
+    let colon = rest
+        .iter()
+        .position(|&b| b == b':')
+        .ok_or_else(|| err(context, "Invalid filename format"))?;
+    let (config, image) = (&rest[..colon], &rest[colon + 1..]);
+    let rules = if config.is_empty() {
+        Vec::new()
+    } else {
+        blkdebug_config(context, Path::new(OsStr::from_bytes(config)))?
+    };
+    Ok((rules, image))
+}
+
+fn blkdebug_config(
+    context: &str,
+    path: &Path,
+) -> Result<Vec<devices::blkdebug::Rule>, BackendError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        err(
+            context,
+            format!("Could not read blkdebug config file: {}", reason(&e)),
+        )
+    })?;
+    devices::blkdebug::parse_config(&text).map_err(|e| err(context, e))
+}
+
+/// blkdebug rules given as options: `inject-error.N.KEY` and `set-state.N.KEY`.
+fn blkdebug_rules(
+    context: &str,
+    pairs: &[(String, OsString)],
+) -> Result<Vec<devices::blkdebug::Rule>, BackendError> {
+    // (section, rule number, its options)
+    type Group = (String, String, Vec<(String, String)>);
+    let mut groups: Vec<Group> = Vec::new();
+    for (k, v) in pairs {
+        let Some((section, rest)) = k
+            .strip_prefix("inject-error.")
+            .map(|r| ("inject-error", r))
+            .or_else(|| k.strip_prefix("set-state.").map(|r| ("set-state", r)))
+        else {
+            continue;
+        };
+        let Some((n, key)) = rest.split_once('.') else {
+            return Err(err(context, format!("Invalid parameter '{k}'")));
+        };
+        let v = lossy(v);
+        match groups.iter_mut().find(|(s, i, _)| s == section && i == n) {
+            Some(g) => g.2.push((key.to_string(), v)),
+            None => groups.push((section.into(), n.into(), vec![(key.to_string(), v)])),
+        }
+    }
+    groups
+        .iter()
+        .map(|(section, _, pairs)| {
+            devices::blkdebug::Rule::from_pairs(section, pairs).map_err(|e| err(context, e))
+        })
+        .collect()
+}
+
+/// A non-negative `index`/`bus`/`unit` of `-drive`.
+fn drive_number(context: &str, key: &str, v: &str) -> Result<u32, BackendError> {
+    v.parse()
+        .map_err(|_| err(context, format!("Parameter '{key}' expects a number")))
+}
+
+/// The IDE index (bus * 2 + unit) of a `-drive if=ide`; without any of them the drive
+/// gets the first free index later (`backends::add`), marked by `u32::MAX` here.
+fn ide_index(
+    context: &str,
+    index: Option<u32>,
+    bus: Option<u32>,
+    unit: Option<u32>,
+) -> Result<u32, BackendError> {
+    const UNITS_PER_BUS: u32 = 2;
+    const MAX_BUS: u32 = 1;
+    if let Some(index) = index {
+        if bus.is_some() || unit.is_some() {
+            return Err(err(context, "index cannot be used with bus and unit"));
+        }
+        if index > MAX_BUS * UNITS_PER_BUS + 1 {
+            return Err(err(
+                context,
+                format!(
+                    "machine type does not support if=ide,bus={},unit={}",
+                    index / UNITS_PER_BUS,
+                    index % UNITS_PER_BUS
+                ),
+            ));
+        }
+        return Ok(index);
+    }
+    if bus.is_none() && unit.is_none() {
+        return Ok(u32::MAX);
+    }
+    let bus = bus.unwrap_or(0);
+    let unit = unit.unwrap_or(0);
+    if unit >= UNITS_PER_BUS {
+        return Err(err(
+            context,
+            format!("unit {unit} too big (max is {})", UNITS_PER_BUS - 1),
+        ));
+    }
+    if bus > MAX_BUS {
+        return Err(err(
+            context,
+            format!("machine type does not support if=ide,bus={bus},unit={unit}"),
+        ));
+    }
+    Ok(bus * UNITS_PER_BUS + unit)
+}
+
 fn cache_mode(context: &str, v: &str) -> Result<CacheMode, BackendError> {
     Ok(match v {
         "writeback" => CacheMode::WriteBack,
@@ -53,6 +171,11 @@ pub fn parse_drive(spec: impl AsRef<OsStr>) -> Result<Backend, BackendError> {
     let mut direct = None;
     let mut aio = None;
     let mut locking = true;
+    let mut cdrom = false;
+    let mut debug = None;
+    let (mut rerror, mut werror) = (ErrorAction::Report, ErrorAction::Enospc);
+    let mut interface_ide = false;
+    let (mut index, mut bus, mut unit) = (None, None, None);
     let null = lossy(spec).split(',').any(|item| item == "file=null-co://");
     let mut null_size = null.then_some(NULL_CO_SIZE);
     for (k, v) in keyval(spec) {
@@ -62,15 +185,32 @@ pub fn parse_drive(spec: impl AsRef<OsStr>) -> Result<Backend, BackendError> {
                 machine::parse_bool("read-zeroes", &v).map_err(|e| err(&context, e.to_string()))?;
             }
             "file.size" if null => null_size = Some(size_value(&context, "size", &v)?),
-            "file" => file = raw_value(spec, "file").map(PathBuf::from),
+            "file" => {
+                let raw = raw_value(spec, "file").unwrap_or_default();
+                match raw.as_bytes().strip_prefix(b"blkdebug:") {
+                    Some(rest) => {
+                        let (rules, image) = blkdebug_filename(&context, rest)?;
+                        debug = Some(devices::blkdebug::BlkDebug::new(rules));
+                        file = Some(PathBuf::from(OsStr::from_bytes(image)));
+                    }
+                    None => file = Some(PathBuf::from(raw)),
+                }
+            }
             "id" => id = Some(v),
-            "if" if v == "none" => {}
+            "if" if v == "none" => interface_ide = false,
+            "if" if v == "ide" => interface_ide = true,
             "if" => {
                 return Err(err(
                     &context,
-                    format!("machina attaches drives only through -device (if=none), not if={v}"),
+                    format!(
+                        "machina attaches drives through -device (if=none) or to IDE (if=ide), \
+                         not if={v}"
+                    ),
                 ))
             }
+            "index" => index = Some(drive_number(&context, "index", &v)?),
+            "bus" => bus = Some(drive_number(&context, "bus", &v)?),
+            "unit" => unit = Some(drive_number(&context, "unit", &v)?),
             "format" if v == "raw" => {}
             "format" => return Err(err(&context, format!("Unknown driver '{v}'"))),
             "readonly" => {
@@ -98,8 +238,22 @@ pub fn parse_drive(spec: impl AsRef<OsStr>) -> Result<Backend, BackendError> {
                     "Block format 'raw' does not support the option 'locking'",
                 ))
             }
-            "media" if v == "disk" => {}
-            "discard" | "detect-zeroes" | "werror" | "rerror" | "node-name" => {}
+            "media" if v == "disk" => cdrom = false,
+            "media" if v == "cdrom" => cdrom = true,
+            "media" => return Err(err(&context, format!("'{v}' invalid media"))),
+            "rerror" => {
+                rerror = match ErrorAction::parse(&v, true) {
+                    Some(ErrorAction::Enospc) | None => {
+                        return Err(err(&context, format!("'{v}' invalid read error action")))
+                    }
+                    Some(a) => a,
+                }
+            }
+            "werror" => {
+                werror = ErrorAction::parse(&v, false)
+                    .ok_or_else(|| err(&context, format!("'{v}' invalid write error action")))?
+            }
+            "discard" | "detect-zeroes" | "node-name" => {}
             other => {
                 return Err(err(&context, format!("Invalid parameter '{other}'")));
             }
@@ -112,13 +266,47 @@ pub fn parse_drive(spec: impl AsRef<OsStr>) -> Result<Backend, BackendError> {
         _ => {}
     }
     check_aio(&context, aio.as_deref(), cache == CacheMode::Direct)?;
-    let id = id.ok_or_else(|| {
-        err(
-            &context,
-            "machina needs id= on -drive (use it with -device ...,drive=ID)",
-        )
-    })?;
-    let file = file.ok_or_else(|| err(&context, "Parameter 'file' is missing"))?;
+    let ide_index = if interface_ide {
+        Some(ide_index(&context, index, bus, unit)?)
+    } else {
+        // QEMU accepts (and ignores) a slot for if=none.
+        None
+    };
+    // QEMU's default id of a drive on an interface: ide0-hd0, ide1-cd1, ...
+    // (given by `backends::add` once the slot is known).
+    let id = match (id, ide_index) {
+        (Some(id), _) => id,
+        (None, Some(_)) => String::new(),
+        (None, None) => {
+            return Err(err(
+                &context,
+                "machina needs id= on -drive (use it with -device ...,drive=ID)",
+            ))
+        }
+    };
+    // A CD-ROM drive may be empty (no medium).
+    let file = match file {
+        Some(f) => f,
+        None if cdrom => {
+            return Ok(Backend::Drive {
+                id,
+                file: PathBuf::new(),
+                read_only: true,
+                cache,
+                locking: false,
+                attached: None,
+                null_size: None,
+                cdrom,
+                ide_index,
+                debug: None,
+                rerror,
+                werror,
+            })
+        }
+        None => return Err(err(&context, "Parameter 'file' is missing")),
+    };
+    // A CD-ROM is read-only media (blkconf_apply_backend_options for ide-cd).
+    let read_only = read_only || cdrom;
     if null {
         // Nothing to lock or check: there is no image.
         locking = false;
@@ -133,6 +321,11 @@ pub fn parse_drive(spec: impl AsRef<OsStr>) -> Result<Backend, BackendError> {
         locking,
         attached: None,
         null_size,
+        cdrom,
+        ide_index,
+        debug,
+        rerror,
+        werror,
     })
 }
 
@@ -156,7 +349,14 @@ pub fn parse_blockdev(
         crate::blockdev_json::check(&v, "").map_err(|e| err(&context, e))?;
         os_pairs(flatten_json(&v))
     } else {
-        keyval_pairs_os(spec)
+        let mut pairs = keyval_pairs_os(spec);
+        // The implied key of -blockdev is `driver` (`-blockdev file,filename=...`).
+        if let Some(first) = pairs.first_mut() {
+            if first.1.is_empty() && !lossy(spec).starts_with(&format!("{}=", first.0)) {
+                *first = ("driver".to_string(), OsString::from(first.0.clone()));
+            }
+        }
+        pairs
     };
     blockdev_from_pairs(&context, &pairs, existing)
 }
@@ -241,6 +441,11 @@ pub(super) fn blockdev_from_pairs(
                 locking: false,
                 attached: None,
                 null_size: Some(size),
+                cdrom: false,
+                ide_index: None,
+                debug: None,
+                rerror: ErrorAction::Report,
+                werror: ErrorAction::Enospc,
             })
         }
         Some(kind @ ("file" | "host_device")) => {
@@ -262,6 +467,11 @@ pub(super) fn blockdev_from_pairs(
                 locking,
                 attached: None,
                 null_size: None,
+                cdrom: false,
+                ide_index: None,
+                debug: None,
+                rerror: ErrorAction::Report,
+                werror: ErrorAction::Enospc,
             })
         }
         Some("raw") => {
@@ -273,6 +483,11 @@ pub(super) fn blockdev_from_pairs(
                         file,
                         locking,
                         null_size: Some(size),
+                        cdrom: false,
+                        ide_index: None,
+                        debug: None,
+                        rerror: ErrorAction::Report,
+                        werror: ErrorAction::Enospc,
                         ..
                     }) => {
                         return Ok(Backend::Drive {
@@ -283,6 +498,11 @@ pub(super) fn blockdev_from_pairs(
                             locking: *locking,
                             attached: None,
                             null_size: Some(*size),
+                            cdrom: false,
+                            ide_index: None,
+                            debug: None,
+                            rerror: ErrorAction::Report,
+                            werror: ErrorAction::Enospc,
                         })
                     }
                     Some(Backend::Drive { file, locking, .. }) => (file.clone(), *locking),
@@ -309,6 +529,54 @@ pub(super) fn blockdev_from_pairs(
                 locking,
                 attached: None,
                 null_size: None,
+                cdrom: false,
+                ide_index: None,
+                debug: None,
+                rerror: ErrorAction::Report,
+                werror: ErrorAction::Enospc,
+            })
+        }
+        Some("blkdebug") => {
+            // A blkdebug node over the node (or inline file) `image`.
+            let (file, locking, null_size) = match (get("image"), get_raw("image.filename")) {
+                (_, Some(path)) => (PathBuf::from(path), locking, None),
+                (Some(child), None) => match existing.iter().find(|b| b.id() == child) {
+                    Some(Backend::Drive {
+                        file,
+                        locking,
+                        null_size,
+                        ..
+                    }) => (file.clone(), *locking, *null_size),
+                    _ => {
+                        return Err(err(
+                            context,
+                            format!("Cannot find device='' nor node-name='{child}'"),
+                        ))
+                    }
+                },
+                (None, None) => return Err(err(context, "Parameter 'image' is missing")),
+            };
+            let mut rules = match get_raw("config") {
+                Some(path) => blkdebug_config(context, Path::new(&path))?,
+                None => Vec::new(),
+            };
+            rules.extend(blkdebug_rules(context, pairs)?);
+            if null_size.is_none() {
+                check_file(context, &file, read_only, FileKind::Any)?;
+            }
+            Ok(Backend::Drive {
+                id: node,
+                file,
+                read_only,
+                cache,
+                locking,
+                attached: None,
+                null_size,
+                cdrom: false,
+                ide_index: None,
+                debug: Some(devices::blkdebug::BlkDebug::new(rules)),
+                rerror: ErrorAction::Report,
+                werror: ErrorAction::Enospc,
             })
         }
         Some(other) => Err(err(

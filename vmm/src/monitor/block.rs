@@ -83,16 +83,28 @@ fn configured_drives(state: &VmState) -> Vec<Drive<'_>> {
                         .iter()
                         .find(|f| f.properties.nonempty_str("drive") == Some(id.as_str()))
                 });
+                // An IDE drive's device is the qdev itself (no virtio backend below it).
+                let ide_user = plan.and_then(|p| {
+                    p.ide
+                        .iter()
+                        .find(|d| d.properties.nonempty_str("drive") == Some(id.as_str()))
+                });
                 Some(Drive {
                     id,
                     file,
                     read_only: *read_only,
                     cache: *cache,
-                    qdev: user.and_then(|f| {
-                        f.id.as_ref()
-                            .map(|d| format!("/machine/peripheral/{d}/virtio-backend"))
-                    }),
-                    attached: user.is_some(),
+                    qdev: match (user, ide_user) {
+                        (Some(f), _) => {
+                            f.id.as_ref()
+                                .map(|d| format!("/machine/peripheral/{d}/virtio-backend"))
+                        }
+                        (None, Some(d)) => {
+                            d.id.as_ref().map(|d| format!("/machine/peripheral/{d}"))
+                        }
+                        (None, None) => None,
+                    },
+                    attached: user.is_some() || ide_user.is_some(),
                     under: None,
                 })
             }

@@ -33,6 +33,11 @@ const COMMANDS: &[(&str, &str, &str)] = &[
         "[subcommand]",
         "show various information about the system state",
     ),
+    (
+        "qemu-io",
+        "[-d] [device] \"[command]\"",
+        "run a qemu-io command on a block device (blkdebug break/remove_break/resume/wait_break)",
+    ),
 ];
 
 fn help_line(out: &mut String, prefix: &str, (name, args, help): &(&str, &str, &str)) {
@@ -134,6 +139,7 @@ fn info(state: &VmState, sub: Option<&str>) -> String {
                 RunState::InternalError => "paused (internal-error)",
                 RunState::Watchdog => "paused (watchdog)",
                 RunState::GuestPanicked => "paused (guest-panicked)",
+                RunState::IoError => "paused (io-error)",
             };
             format!("VM status: {text}\n")
         }
@@ -194,6 +200,48 @@ fn device_add(state: &VmState, args: &str) -> String {
     }
 }
 
+/// `qemu-io DRIVE "COMMAND"`: the blkdebug breakpoint commands of qemu-io on a drive that
+/// has a blkdebug node.
+fn qemu_io(state: &VmState, args: &str) -> String {
+    let args = args.strip_prefix("-d ").unwrap_or(args).trim();
+    let (device, command) = args.split_once(char::is_whitespace).unwrap_or((args, ""));
+    let command = command.trim().trim_matches('"');
+    let debug = state.config.backends.iter().find_map(|b| match b {
+        crate::backends::Backend::Drive { id, debug, .. } if id == device => Some(debug),
+        _ => None,
+    });
+    let Some(debug) = debug else {
+        return format!("Device '{device}' not found\n");
+    };
+    let words: Vec<&str> = command.split_whitespace().collect();
+    let Some(debug) = debug else {
+        return match words.first().copied() {
+            Some(w @ ("break" | "remove_break" | "resume" | "wait_break")) => {
+                format!("{w}: Operation not supported\n")
+            }
+            Some(w) => format!("command \"{w}\" not found\n"),
+            None => String::new(),
+        };
+    };
+    let result = match words.as_slice() {
+        ["break", event, tag] => debug.add_breakpoint(event, tag),
+        ["remove_break", tag] => debug.remove_breakpoint(tag),
+        ["resume", tag] => debug.resume(tag),
+        // Requests here suspend synchronously: one waits at the breakpoint or none will.
+        ["wait_break", tag] if debug.is_suspended(tag) => Ok(()),
+        ["wait_break", tag] => Err(format!("no request is suspended at '{tag}'")),
+        [w, ..] if matches!(*w, "break" | "remove_break" | "resume" | "wait_break") => {
+            Err(format!("{w}: bad number of arguments"))
+        }
+        [w, ..] => Err(format!("command \"{w}\" not found")),
+        [] => Ok(()),
+    };
+    match result {
+        Ok(()) => String::new(),
+        Err(e) => format!("{e}\n"),
+    }
+}
+
 /// Run one human monitor command line against `state`.
 pub(super) fn execute(state: &VmState, line: &str) -> String {
     let line = line.trim();
@@ -205,6 +253,7 @@ pub(super) fn execute(state: &VmState, line: &str) -> String {
         "help" | "?" => help(arg),
         "info" => info(state, arg.and_then(|a| a.split_whitespace().next())),
         "device_add" => device_add(state, rest),
+        "qemu-io" => qemu_io(state, rest),
         other => format!("unknown command: '{other}'\n"),
     }
 }

@@ -109,6 +109,22 @@ pub(super) fn register(reg: &mut Registry, control: &Arc<Controller>) -> Result<
     for event in ["STOP", "RESUME", "POWERDOWN"] {
         reg.register_event(EventDef::new(event))?;
     }
+    // A disk error whose action is `stop` (machina reports only those).
+    reg.register_event(
+        EventDef::new("BLOCK_IO_ERROR")
+            .member("device", Type::Str)
+            .optional("node-name", Type::Str)
+            .member(
+                "operation",
+                Type::enumeration("IoOperationType", &["read", "write"]),
+            )
+            .member(
+                "action",
+                Type::enumeration("BlockErrorAction", &["ignore", "report", "stop"]),
+            )
+            .optional("nospace", Type::Bool)
+            .member("reason", Type::Str),
+    )?;
     for event in ["SHUTDOWN", "RESET"] {
         reg.register_event(EventDef::new(event).member("guest", Type::Bool).member(
             "reason",

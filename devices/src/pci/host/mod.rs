@@ -116,6 +116,21 @@ impl PciHost {
         self.intx = Some(sink);
     }
 
+    /// Where functions with ISA interrupt lines (legacy IDE) deliver them: edge-triggered
+    /// lines, so not the INTx sink.
+    pub fn set_isa_irq_sink(&mut self, sink: Arc<dyn IntxSink>) {
+        for e in self.functions.values() {
+            lock(&e.func).set_isa_irq_sink(sink.clone());
+        }
+    }
+
+    /// The machine runs again: functions retry requests a disk error stopped.
+    pub fn restart_io(&mut self) {
+        for e in self.functions.values() {
+            lock(&e.func).restart_io();
+        }
+    }
+
     /// Press the power button of the function that owns the ACPI PM block; false when the
     /// machine has none.
     pub fn power_button(&self) -> bool {
