@@ -568,6 +568,15 @@ impl Catalog {
         Some(self.device_at(i))
     }
 
+    /// The drive type the board attaches for `-drive if=ide` (an ATAPI one for
+    /// `media=cdrom`): the user-creatable type on an `IDE` bus with that `atapi`.
+    pub fn ide_drive_type(&self, atapi: bool) -> Option<&str> {
+        self.device_types()
+            .into_iter()
+            .find(|d| d.bus.as_deref() == Some("IDE") && !d.is_abstract && d.atapi == atapi)
+            .map(|d| d.name.as_str())
+    }
+
     /// A device type by libvirt controller model name (`dmi-to-pci-bridge`), for mapping
     /// libvirt XML; QEMU itself does not accept these names as drivers.
     pub fn device_type_by_libvirt_model(&self, model: &str) -> Option<&DeviceType> {

@@ -307,6 +307,12 @@ pub struct DeviceTypeDef {
     /// A virtio-serial port that is a console (`virtconsole`; inherited).
     #[serde(default)]
     pub console: Option<bool>,
+    /// IDE buses the controller provides (`ide.N`, two units each; inherited).
+    #[serde(default)]
+    pub ide_buses: Option<u8>,
+    /// An ATAPI (packet) device on an IDE bus rather than an ATA disk (inherited).
+    #[serde(default)]
+    pub atapi: Option<bool>,
     /// A south bridge whose ACPI PCI hot-plug takes over the secondary buses of cold-plugged
     /// bridges and ports while all these bool properties are on (acpi_pcihp_device_plug_cb;
     /// inherited).
@@ -350,6 +356,12 @@ pub struct DeviceType {
     /// A virtio-serial console port (see `DeviceTypeDef::console`).
     #[serde(skip)]
     pub console: bool,
+    /// IDE buses the controller provides (see `DeviceTypeDef::ide_buses`).
+    #[serde(skip)]
+    pub ide_buses: u8,
+    /// An ATAPI device on an IDE bus (see `DeviceTypeDef::atapi`).
+    #[serde(skip)]
+    pub atapi: bool,
     /// Properties that, all on, make this south bridge's ACPI hot-plug own cold-plugged
     /// bridges' buses (see `DeviceTypeDef::acpi_bridge_hotplug`); empty for other types.
     #[serde(skip)]
@@ -483,6 +495,8 @@ struct Folded {
     libvirt_model: Option<String>,
     modelled: Option<bool>,
     console: Option<bool>,
+    ide_buses: Option<u8>,
+    atapi: Option<bool>,
     acpi_bridge_hotplug: Option<Vec<String>>,
     required_properties: Option<Vec<String>>,
     props: BTreeMap<String, PropertyDef>,
@@ -532,6 +546,12 @@ impl Folded {
         }
         if d.console.is_some() {
             self.console = d.console;
+        }
+        if d.ide_buses.is_some() {
+            self.ide_buses = d.ide_buses;
+        }
+        if d.atapi.is_some() {
+            self.atapi = d.atapi;
         }
         if d.acpi_bridge_hotplug.is_some() {
             self.acpi_bridge_hotplug = d.acpi_bridge_hotplug.clone();
@@ -675,6 +695,8 @@ fn finish(def: &DeviceTypeDef, f: Folded, defs: &dyn DeviceDefs) -> DeviceType {
         libvirt_model: f.libvirt_model,
         modelled: f.modelled.unwrap_or(true),
         console: f.console.unwrap_or(false),
+        ide_buses: f.ide_buses.unwrap_or(0),
+        atapi: f.atapi.unwrap_or(false),
         acpi_bridge_hotplug: f.acpi_bridge_hotplug.unwrap_or_default(),
         required_properties: f.required_properties.unwrap_or_default(),
         properties: f.props.into_values().collect(),

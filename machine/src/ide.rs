@@ -10,17 +10,16 @@ use crate::value::Properties;
 /// Units per IDE bus (master and slave).
 pub const UNITS: u32 = 2;
 
-fn is_controller(f: &PciFunctionPlan) -> bool {
-    matches!(f.type_name.as_str(), "piix3-ide" | "piix4-ide")
-}
-
-/// The IDE buses of `functions`: (bus name, controller index, channel).
-pub fn buses(functions: &[PciFunctionPlan]) -> Vec<(String, usize, u8)> {
+/// The IDE buses of `functions`, `buses_of(f)` per function (the catalog's `ide-buses`):
+/// (bus name, controller index, channel).
+pub fn buses(
+    functions: &[PciFunctionPlan],
+    buses_of: &dyn Fn(&PciFunctionPlan) -> u8,
+) -> Vec<(String, usize, u8)> {
     functions
         .iter()
         .enumerate()
-        .filter(|(_, f)| is_controller(f))
-        .flat_map(|(i, _)| [(i, 0u8), (i, 1u8)])
+        .flat_map(|(i, f)| (0..buses_of(f)).map(move |ch| (i, ch)))
         .enumerate()
         .map(|(n, (i, ch))| (format!("ide.{n}"), i, ch))
         .collect()
@@ -30,17 +29,29 @@ fn num(props: &Properties, key: &str) -> u32 {
     props.u32(key, 0).unwrap_or(0)
 }
 
-/// Place a drive of type `type_name` with its (resolved) properties; `bus` is the bus the
-/// request named, if any.
+/// A drive to place: its type, whether it is an ATAPI device, its id and the bus the request
+/// named.
+pub struct Request<'a> {
+    pub type_name: &'a str,
+    pub atapi: bool,
+    pub id: Option<String>,
+    pub bus: Option<&'a str>,
+}
+
+/// Place drive `req` with its (resolved) properties among `drives` on the IDE buses of
+/// `buses`.
 pub fn place(
-    type_name: &str,
-    id: Option<String>,
-    bus: Option<&str>,
+    req: Request,
     properties: &Properties,
-    functions: &[PciFunctionPlan],
+    buses: &[(String, usize, u8)],
     drives: &[IdeDrivePlan],
 ) -> Result<IdeDrivePlan, PlanError> {
-    let buses = buses(functions);
+    let Request {
+        type_name,
+        atapi,
+        id,
+        bus,
+    } = req;
     let used = |b: &str, unit: u32| {
         drives
             .iter()
@@ -77,7 +88,7 @@ pub fn place(
     if used(&bus, unit) {
         return Err(PlanError::Ide(format!("IDE unit {unit} is in use")));
     }
-    let cdrom = type_name == "ide-cd";
+    let cdrom = atapi;
     let drive = properties.nonempty_str("drive");
     if !cdrom && drive.is_none() {
         return Err(PlanError::Ide("No drive specified".to_string()));

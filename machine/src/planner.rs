@@ -669,24 +669,7 @@ impl<'a> Ctx<'a> {
             return self.realize_port(dev, req, id);
         }
         if bus_type == "IDE" {
-            self.check_json_dup(req, &id)?;
-            let props = resolve_properties(dev, self.machine, &req.properties)?;
-            let drive = crate::ide::place(
-                &dev.name,
-                id.clone(),
-                req.get("bus"),
-                &props,
-                &self.topo.functions,
-                &self.ide,
-            )?;
-            if hotplug {
-                return Err(PlanError::BusNoHotplug(drive.bus));
-            }
-            if let Some(id) = id {
-                self.topo.ids.insert(id);
-            }
-            self.ide.push(drive);
-            return Ok(Realized::Ide(self.ide.len() - 1));
+            return self.realize_ide(dev, req, id, hotplug);
         }
         if !dev.is_pci() {
             return Err(PlanError::NoBusForDevice {
@@ -758,6 +741,42 @@ impl<'a> Ctx<'a> {
         }
         self.isa.push(d);
         Ok(Realized::Isa(self.isa.len() - 1))
+    }
+
+    /// A drive on an IDE bus (`ide-hd`, `ide-cd`): placed by `crate::ide` on the buses of
+    /// the controllers the catalog says provide them. IDE buses take no hot-plug.
+    fn realize_ide(
+        &mut self,
+        dev: &DeviceType,
+        req: &DeviceRequest,
+        id: Option<String>,
+        hotplug: bool,
+    ) -> Result<Realized, PlanError> {
+        self.check_json_dup(req, &id)?;
+        let props = resolve_properties(dev, self.machine, &req.properties)?;
+        let catalog = self.catalog;
+        let buses = crate::ide::buses(&self.topo.functions, &|f| {
+            catalog.device_type(&f.type_name).map_or(0, |t| t.ide_buses)
+        });
+        let drive = crate::ide::place(
+            crate::ide::Request {
+                type_name: &dev.name,
+                atapi: dev.atapi,
+                id: id.clone(),
+                bus: req.get("bus"),
+            },
+            &props,
+            &buses,
+            &self.ide,
+        )?;
+        if hotplug {
+            return Err(PlanError::BusNoHotplug(drive.bus));
+        }
+        if let Some(id) = id {
+            self.topo.ids.insert(id);
+        }
+        self.ide.push(drive);
+        Ok(Realized::Ide(self.ide.len() - 1))
     }
 
     /// A port on a virtio-serial bus (`virtconsole`, `virtserialport`).

@@ -279,7 +279,9 @@ fn ide_drive_devices(
         }) else {
             continue;
         };
-        let driver = if cdrom { "ide-cd" } else { "ide-hd" };
+        let Some(driver) = machine::Catalog::builtin().ide_drive_type(cdrom) else {
+            continue;
+        };
         let mut dev = DeviceRequest::new(driver);
         dev.properties.push(("drive".to_string(), id.clone()));
         dev.properties
@@ -299,7 +301,10 @@ fn check_ide_devices(
     backends: &[Backend],
 ) -> Result<(), ConfigError> {
     for (dev, context) in devices.iter().zip(contexts) {
-        if dev.driver != "ide-hd" && dev.driver != "ide-cd" {
+        let ide = machine::Catalog::builtin()
+            .device_type(&dev.driver)
+            .filter(|t| t.bus.as_deref() == Some("IDE"));
+        let Some(ide) = ide else {
             // Only IDE drives honour blkdebug's rules; elsewhere they would be ignored.
             let debugged = dev.properties.iter().any(|(k, v)| {
                 k == "drive"
@@ -313,7 +318,7 @@ fn check_ide_devices(
                 )));
             }
             continue;
-        }
+        };
         let get = |k: &str| dev.properties.iter().find(|(p, _)| p == k).map(|(_, v)| v);
         let fail = |why: &str| Err(ConfigError::Plain(format!("{context}: {why}")));
         if let Some(g) = get("discard_granularity") {
@@ -321,7 +326,7 @@ fn check_ide_devices(
                 return fail("discard_granularity must be 512 for ide");
             }
         }
-        if dev.driver == "ide-cd" {
+        if ide.atapi {
             continue;
         }
         let drive = get("drive").and_then(|id| {

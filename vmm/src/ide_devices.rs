@@ -195,13 +195,14 @@ impl IdeSet {
         mem: Arc<dyn DmaMemory>,
         lifecycle: &devices::lifecycle::Lifecycle,
     ) -> Option<Result<SharedFunction, PciError>> {
-        if !matches!(f.type_name.as_str(), "piix3-ide" | "piix4-ide") {
-            return None;
-        }
+        // Controllers without drives are the kind's to build (no images, no DMA).
         let index = plan
             .pci
             .iter()
             .position(|p| p.bus == f.bus && p.devfn() == f.devfn())?;
+        if !plan.ide.iter().any(|d| d.controller == index) {
+            return None;
+        }
         let mut slots: [[Option<Drive>; 2]; 2] = Default::default();
         let mut rest = Vec::new();
         for d in std::mem::take(&mut self.drives) {
