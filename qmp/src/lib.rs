@@ -23,7 +23,7 @@ pub use registry::{Answer, Handler, Registry, TextHandler};
 pub use schema::{CommandDef, EnumType, EventDef, Member, ObjectType, Type, Variants};
 pub use server::Server;
 pub use session::Session;
-pub use transport::{bind_unix_private, BoundAddr};
+pub use transport::{bind_unix_private, take_passed_fd, BoundAddr};
 
 /// Re-exported so handlers can name argument maps without a direct dependency.
 pub use serde_json::{Map, Value};

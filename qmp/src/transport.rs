@@ -6,7 +6,7 @@ use std::fs;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-use std::os::unix::io::{FromRawFd, IntoRawFd, RawFd};
+use std::os::unix::io::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -52,10 +52,73 @@ impl Conn {
     }
 }
 
+/// The most descriptors one message may carry (QEMU's chardev socket takes 253).
+const MAX_PASSED_FDS: usize = 16;
+
+thread_local! {
+    /// Descriptors the client passed (SCM_RIGHTS) with the bytes this thread read last: a
+    /// session's reader thread reads and then runs the commands of what it read, so the
+    /// command of that message (`getfd`) finds them here.
+    static PASSED: std::cell::RefCell<Vec<OwnedFd>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Take the oldest descriptor passed with the message being handled, if any.
+pub fn take_passed_fd() -> Option<OwnedFd> {
+    PASSED.with(|p| {
+        let mut p = p.borrow_mut();
+        (!p.is_empty()).then(|| p.remove(0))
+    })
+}
+
+/// `read` on a unix socket that also takes the descriptors passed with the bytes (close on
+/// exec), replacing those of the previous read that no command took (closed, as QEMU does).
+fn recv_with_fds(s: &UnixStream, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: CMSG_SPACE is a pure size computation.
+    let space = unsafe { libc::CMSG_SPACE((MAX_PASSED_FDS * std::mem::size_of::<RawFd>()) as u32) }
+        as usize;
+    let mut control = vec![0u64; space.div_ceil(8)];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: an all-zero msghdr is valid; the pointers set below outlive the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = space as _;
+    // SAFETY: the socket is open; msg points at live buffers of the sizes given.
+    let n = unsafe { libc::recvmsg(s.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut fds = Vec::new();
+    // SAFETY: walking the control buffer recvmsg filled, with the kernel's lengths.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
+                let len = (*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                for i in 0..len / std::mem::size_of::<RawFd>() {
+                    let fd = std::ptr::read_unaligned(data.add(i));
+                    // The kernel installed it in this process for us: ours to own.
+                    fds.push(OwnedFd::from_raw_fd(fd));
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    if !fds.is_empty() {
+        PASSED.with(|p| *p.borrow_mut() = fds);
+    }
+    Ok(n as usize)
+}
+
 impl Read for Conn {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
-            Conn::Unix(s) => s.read(buf),
+            Conn::Unix(s) => recv_with_fds(s, buf),
             Conn::Tcp(s) => s.read(buf),
         }
     }

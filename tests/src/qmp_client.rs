@@ -72,6 +72,45 @@ impl QmpClient {
         }
     }
 
+    /// Send `command` with `fd` attached (SCM_RIGHTS, as libvirt passes fds for `getfd`) and
+    /// return the whole response.
+    pub fn execute_with_fd(&mut self, command: &str, args: Value, fd: std::os::fd::RawFd) -> Value {
+        use std::os::fd::AsRawFd;
+        let text = format!("{}\n", json!({ "execute": command, "arguments": args }));
+        let fd_size = std::mem::size_of::<std::os::fd::RawFd>() as u32;
+        // SAFETY: pure size computations.
+        let (space, len) = unsafe { (libc::CMSG_SPACE(fd_size), libc::CMSG_LEN(fd_size)) };
+        let mut control = vec![0u64; (space as usize).div_ceil(8)];
+        let mut iov = libc::iovec {
+            iov_base: text.as_ptr() as *mut libc::c_void,
+            iov_len: text.len(),
+        };
+        // SAFETY: an all-zero msghdr is valid; the pointers set below outlive sendmsg.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = space as _;
+        // SAFETY: the control buffer has room for one header and one fd (CMSG_SPACE).
+        let sent = unsafe {
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            (*cmsg).cmsg_level = libc::SOL_SOCKET;
+            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+            (*cmsg).cmsg_len = len as _;
+            std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<std::os::fd::RawFd>(), fd);
+            libc::sendmsg(self.writer.as_raw_fd(), &msg, 0)
+        };
+        assert_eq!(sent, text.len() as isize, "sendmsg to QMP");
+        loop {
+            let m = self.read_message();
+            if m.get("event").is_some() {
+                self.events.push(m);
+            } else {
+                return m;
+            }
+        }
+    }
+
     /// Run `command` and return its `return` value, panicking on an error.
     pub fn ok(&mut self, command: &str, args: Value) -> Value {
         let r = self.execute(command, args);

@@ -109,6 +109,14 @@ pub enum Backend {
         /// writes; IDE honours them).
         rerror: devices::ide::disk::ErrorAction,
         werror: devices::ide::disk::ErrorAction,
+        /// The node this one is layered on (`-blockdev driver=raw,file=NODE`): that node
+        /// cannot be deleted while this one exists (QEMU: "Block device NODE is in use").
+        child: Option<String>,
+        /// Made by `-drive`/HMP `drive_add` (QEMU's BlockBackend named by its id): listed by
+        /// `query-block` as `device`, and deleted with the device that used it.
+        legacy: bool,
+        /// `-drive if=none,id=ID` without `file=`: no medium (nothing can use it).
+        empty: bool,
     },
     /// `-netdev tap,id=,ifname=` (machina opens /dev/net/tun itself; no scripts), or
     /// `-netdev tap,id=,fd=N`: a tap the caller (libvirt) opened and passes down.
@@ -350,7 +358,7 @@ fn check_aio(context: &str, aio: Option<&str>, direct: bool) -> Result<(), Backe
 
 /// Open (and unless `locking=off`, lock) the image of drive `backend` for a device, as QEMU
 /// does when the device takes the drive: a drive serves one device.
-fn attach_drive(backend: &mut Backend, context: &str) -> Result<(), BackendError> {
+fn attach_drive(backend: &mut Backend, context: &str, removable: bool) -> Result<(), BackendError> {
     let Backend::Drive {
         id,
         file: path,
@@ -358,11 +366,16 @@ fn attach_drive(backend: &mut Backend, context: &str) -> Result<(), BackendError
         cache,
         locking,
         attached,
+        empty,
         ..
     } = backend
     else {
         return Ok(());
     };
+    // A CD-ROM (removable media) may start empty; a disk needs its medium.
+    if *empty && !removable {
+        return Err(err(context, "Device needs media, but drive is empty"));
+    }
     if attached.is_some() {
         return Err(err(
             context,
@@ -433,7 +446,7 @@ pub fn attach_drives(
                 .iter_mut()
                 .find(|b| matches!(b, Backend::Drive { id, .. } if id == value))
             {
-                attach_drive(b, &context)?;
+                attach_drive(b, &context, dev.driver == "ide-cd")?;
             }
         }
     }
@@ -548,9 +561,22 @@ fn netdev_from_pairs(
                     "ifname=, script=, downscript=, vnet_hdr=, helper=, queues=, fds=, and vhostfds= are invalid with fd=",
                 ));
             }
-            // A number: names from QMP `getfd` do not exist before a monitor runs.
+            // A name a monitor client passed with `getfd` (the backend takes the fd), or
+            // on the command line a number.
+            let named = if text.starts_with(|c: char| c.is_ascii_digit()) {
+                None
+            } else {
+                crate::fdset::take_named(&text)
+            };
             match text.parse::<i32>() {
+                _ if named.is_some() => named.map(std::os::fd::IntoRawFd::into_raw_fd),
                 Ok(n) if n > 2 && numeric_fds => Some(n),
+                Err(_) if !numeric_fds => {
+                    return Err(err(
+                        &context,
+                        format!("File descriptor named '{text}' has not been found"),
+                    ))
+                }
                 _ => {
                     return Err(err(
                         &context,
@@ -865,6 +891,10 @@ fn open_backend(backend: &mut Backend, context: &str) -> Result<(), BackendError
             ..
         } => {
             let file = devices::virtio::net::tap::adopt_tap(*fd).map_err(|e| {
+                // Given to machina to own (an inherited number or a `getfd` name): a
+                // refused one does not stay open.
+                // SAFETY: nothing else in the process uses `fd`.
+                unsafe { libc::close(*fd) };
                 err(
                     context,
                     format!("tap: Can't use file descriptor {fd}: {}", plain_text(&e)),

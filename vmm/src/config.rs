@@ -88,6 +88,8 @@ pub struct MachineConfig {
     pub chardev_consoles: Vec<(String, SerialSpec)>,
     /// The console of `-device isa-serial,chardev=ID` (the first such device).
     pub serial_chardev: Option<SerialSpec>,
+    /// The chardevs `-mon` monitors run on (`chardev-remove` refuses them as busy).
+    pub monitor_chardevs: Vec<String>,
     /// `-audiodev`/`-audio` ids (driver none).
     pub audiodevs: Vec<String>,
     /// `-sandbox`, as parsed (no filter is installed).
@@ -565,6 +567,11 @@ impl MachineConfig {
             chardevs,
             chardev_consoles,
             serial_chardev,
+            monitor_chardevs: opts
+                .monitors
+                .iter()
+                .filter_map(|m| qmp::MonSpec::parse(m).ok().map(|m| m.chardev))
+                .collect(),
             audiodevs: opts.audiodevs.clone(),
             sandbox: opts.sandbox.clone(),
         })

@@ -194,3 +194,22 @@ pub fn open(path: &Path, flags: i32, mode: u32) -> std::io::Result<File> {
 pub fn is_fdset(path: &Path) -> bool {
     set_of(path).is_some()
 }
+
+/// Descriptors a monitor client passed with `getfd` (QEMU's per-monitor fd list; here one
+/// list for the process), by name, until a backend takes one (`netdev_add ...,fd=NAME`) or
+/// `closefd` closes it.
+static NAMED: Mutex<Vec<(String, OwnedFd)>> = Mutex::new(Vec::new());
+
+/// `getfd`: keep `fd` as `name`, closing a previous fd of that name (as QEMU does).
+pub fn put_named(name: &str, fd: OwnedFd) {
+    let mut named = NAMED.lock().unwrap_or_else(|e| e.into_inner());
+    named.retain(|(n, _)| n != name);
+    named.push((name.to_string(), fd));
+}
+
+/// Take the fd named `name` (a backend now owns it).
+pub fn take_named(name: &str) -> Option<OwnedFd> {
+    let mut named = NAMED.lock().unwrap_or_else(|e| e.into_inner());
+    let pos = named.iter().position(|(n, _)| n == name)?;
+    Some(named.remove(pos).1)
+}

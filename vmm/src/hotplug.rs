@@ -173,6 +173,12 @@ pub fn eject(control: &Controller, bus: &str, slot: u8, added: &mut HotAdded) {
         for f in &events {
             if let Some(drive) = f.properties.nonempty_str("drive") {
                 crate::backends::detach_drive(&mut state.config.backends, drive);
+                // A -drive/drive_add drive goes with its device (QEMU's blockdev_auto_del);
+                // a -blockdev node stays for blockdev-del.
+                state.config.backends.retain(|b| {
+                    !matches!(b, crate::backends::Backend::Drive { id, legacy: true, .. }
+                        if id == drive)
+                });
             }
             if let Some(id) = &f.id {
                 state.unplug_pending.remove(id.as_str());

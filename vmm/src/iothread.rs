@@ -259,6 +259,15 @@ impl IoThreads {
             .clone()
     }
 
+    /// Forget the thread of `id` (`object-del`); it stops once no device holds it (as QEMU's
+    /// object goes with its last reference). False if there is none.
+    pub fn remove(&self, id: &str) -> bool {
+        let mut threads = self.threads.lock().unwrap_or_else(|e| e.into_inner());
+        let before = threads.len();
+        threads.retain(|t| t.spec.id != id);
+        threads.len() != before
+    }
+
     /// Stop and join every thread (process exit).
     pub fn clear(&self) {
         let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));

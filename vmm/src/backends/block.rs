@@ -301,9 +301,32 @@ pub fn parse_drive(spec: impl AsRef<OsStr>) -> Result<Backend, BackendError> {
                 debug: None,
                 rerror,
                 werror,
+                child: None,
+                legacy: true,
+                empty: true,
             })
         }
-        None => return Err(err(&context, "Parameter 'file' is missing")),
+        // No file: a drive without a medium (QEMU's empty BlockBackend), for a later
+        // `drive_del` or nothing; a disk device refuses it.
+        None => {
+            return Ok(Backend::Drive {
+                id,
+                file: PathBuf::new(),
+                read_only,
+                cache,
+                locking: false,
+                attached: None,
+                null_size: None,
+                cdrom,
+                ide_index,
+                debug: None,
+                rerror,
+                werror,
+                child: None,
+                legacy: true,
+                empty: true,
+            })
+        }
     };
     // A CD-ROM is read-only media (blkconf_apply_backend_options for ide-cd).
     let read_only = read_only || cdrom;
@@ -326,6 +349,9 @@ pub fn parse_drive(spec: impl AsRef<OsStr>) -> Result<Backend, BackendError> {
         debug,
         rerror,
         werror,
+        child: None,
+        legacy: true,
+        empty: false,
     })
 }
 
@@ -446,6 +472,9 @@ pub(super) fn blockdev_from_pairs(
                 debug: None,
                 rerror: ErrorAction::Report,
                 werror: ErrorAction::Enospc,
+                child: None,
+                legacy: false,
+                empty: false,
             })
         }
         Some(kind @ ("file" | "host_device")) => {
@@ -472,10 +501,41 @@ pub(super) fn blockdev_from_pairs(
                 debug: None,
                 rerror: ErrorAction::Report,
                 werror: ErrorAction::Enospc,
+                child: None,
+                legacy: false,
+                empty: false,
+            })
+        }
+        // A raw node with an inline null-co file (drive_del-test's blockdev-add).
+        Some("raw") if get("file.driver").as_deref() == Some("null-co") => {
+            if let Some(v) = get("file.read-zeroes") {
+                machine::parse_bool("read-zeroes", &v).map_err(|e| err(context, e.to_string()))?;
+            }
+            let size = match get("file.size") {
+                Some(v) => integer_value(context, "size", &v)?,
+                None => NULL_CO_SIZE,
+            };
+            Ok(Backend::Drive {
+                id: node,
+                file: PathBuf::from(NULL_CO_DEVICE),
+                read_only,
+                cache,
+                locking: false,
+                attached: None,
+                null_size: Some(size),
+                child: None,
+                legacy: false,
+                empty: false,
+                cdrom: false,
+                ide_index: None,
+                debug: None,
+                rerror: ErrorAction::Report,
+                werror: ErrorAction::Enospc,
             })
         }
         Some("raw") => {
             // A raw format node over a file node, or with an inline file.
+            let child = get("file").filter(|_| get_raw("file.filename").is_none());
             let (file, locking) = match (get("file"), get_raw("file.filename")) {
                 (_, Some(path)) => (PathBuf::from(path), locking),
                 (Some(child), None) => match existing.iter().find(|b| b.id() == child) {
@@ -503,6 +563,9 @@ pub(super) fn blockdev_from_pairs(
                             debug: None,
                             rerror: ErrorAction::Report,
                             werror: ErrorAction::Enospc,
+                            child: Some(child),
+                            legacy: false,
+                            empty: false,
                         })
                     }
                     Some(Backend::Drive { file, locking, .. }) => (file.clone(), *locking),
@@ -534,6 +597,9 @@ pub(super) fn blockdev_from_pairs(
                 debug: None,
                 rerror: ErrorAction::Report,
                 werror: ErrorAction::Enospc,
+                child,
+                legacy: false,
+                empty: false,
             })
         }
         Some("blkdebug") => {
@@ -577,6 +643,9 @@ pub(super) fn blockdev_from_pairs(
                 debug: Some(devices::blkdebug::BlkDebug::new(rules)),
                 rerror: ErrorAction::Report,
                 werror: ErrorAction::Enospc,
+                child: None,
+                legacy: false,
+                empty: false,
             })
         }
         Some(other) => Err(err(

@@ -35,6 +35,10 @@ struct Drive<'a> {
     /// QOM path of the device's block backend, when a device with an id uses the drive.
     qdev: Option<String>,
     attached: bool,
+    /// Made by `-drive`/`drive_add`: a BlockBackend named by its id.
+    legacy: bool,
+    /// No medium (`-drive` without `file=`): no node.
+    empty: bool,
     /// The node a device's drive sits on (`-blockdev driver=file` under `driver=raw`):
     /// not used by a device itself, same file as a drive that is. Its I/O is that drive's.
     under: Option<&'a str>,
@@ -76,6 +80,8 @@ fn configured_drives(state: &VmState) -> Vec<Drive<'_>> {
                 file,
                 read_only,
                 cache,
+                legacy,
+                empty,
                 ..
             } => {
                 let user = plan.and_then(|p| {
@@ -105,6 +111,8 @@ fn configured_drives(state: &VmState) -> Vec<Drive<'_>> {
                         (None, None) => None,
                     },
                     attached: user.is_some() || ide_user.is_some(),
+                    legacy: *legacy,
+                    empty: *empty,
                     under: None,
                 })
             }
@@ -205,7 +213,13 @@ pub(super) fn register(reg: &mut Registry, control: &Arc<Controller>) -> Result<
             // One node per drive (machina's raw drives have no child nodes), so the flat
             // and the nested lists are the same.
             let state = c.state();
-            Ok(Value::Array(drives(&state).iter().map(node_info).collect()))
+            Ok(Value::Array(
+                drives(&state)
+                    .iter()
+                    .filter(|d| !d.empty)
+                    .map(node_info)
+                    .collect(),
+            ))
         },
     )?;
 
@@ -225,16 +239,23 @@ pub(super) fn register(reg: &mut Registry, control: &Arc<Controller>) -> Result<
             Ok(Value::Array(
                 drives(&state)
                     .iter()
-                    .filter(|d| d.attached)
+                    // A -blockdev node has a BlockBackend only while a device uses it;
+                    // a -drive is one from the start, named by its id.
+                    .filter(|d| d.attached || d.legacy)
                     .map(|d| {
                         let mut info = json!({
-                            "device": "",
+                            "device": if d.legacy { d.id } else { "" },
                             "type": "unknown",
-                            "removable": false,
+                            "removable": !d.attached,
                             "locked": false,
-                            "io-status": "ok",
-                            "inserted": node_info(d),
                         });
+                        // Only a device (virtio-blk) keeps an I/O status.
+                        if d.attached {
+                            info["io-status"] = json!("ok");
+                        }
+                        if !d.empty {
+                            info["inserted"] = node_info(d);
+                        }
                         if let Some(q) = &d.qdev {
                             info["qdev"] = json!(q);
                         }

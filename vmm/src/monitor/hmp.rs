@@ -27,6 +27,12 @@ const COMMANDS: &[(&str, &str, &str)] = &[
         "driver[,prop=value][,...]",
         "add device, like -device on the command line",
     ),
+    (
+        "drive_add",
+        "[[<domain>:]<bus>:]<slot> if=none,id=ID[,file=FILE][,format=raw][,...]",
+        "add drive, like -drive on the command line (if=none: for a later device_add)",
+    ),
+    ("drive_del", "device", "remove host block device"),
     ("help|?", "[cmd]", "show the help"),
     (
         "info",
@@ -242,8 +248,47 @@ fn qemu_io(state: &VmState, args: &str) -> String {
     }
 }
 
+/// QEMU's text for a command missing its argument (`what`: "string", "block device name").
+fn missing(cmd: &str, what: &str) -> String {
+    format!("{cmd}: {what} expected\nTry \"help {cmd}\" for more information\n")
+}
+
+/// `drive_add ADDR SPEC`: a `-drive` on the running machine (the address is for QEMU's
+/// if=pci drives, which machina does not make).
+fn drive_add(state: &mut VmState, rest: &str) -> String {
+    let mut words = rest.split_whitespace();
+    let (Some(_addr), Some(spec)) = (words.next(), words.next()) else {
+        return missing("drive_add", "string");
+    };
+    let added = crate::backends::parse_drive(spec)
+        .and_then(|b| crate::backends::add(&mut state.config.backends, b, "drive_add"));
+    match added {
+        Ok(()) => "OK\n".to_string(),
+        Err(e) => format!("{}\n", e.message),
+    }
+}
+
+/// `drive_del ID`: a drive (or node) no device uses goes, as `blockdev-del` would take it.
+fn drive_del(state: &mut VmState, rest: &str) -> String {
+    let Some(id) = rest.split_whitespace().next() else {
+        return missing("drive_del", "block device name");
+    };
+    if !state
+        .config
+        .backends
+        .iter()
+        .any(|b| matches!(b, crate::backends::Backend::Drive { id: d, .. } if d == id))
+    {
+        return format!("Device '{id}' not found\n");
+    }
+    match super::live::blockdev_del(state, id) {
+        Ok(()) => String::new(),
+        Err(e) => format!("{}\n", e.desc),
+    }
+}
+
 /// Run one human monitor command line against `state`.
-pub(super) fn execute(state: &VmState, line: &str) -> String {
+pub(super) fn execute(state: &mut VmState, line: &str) -> String {
     let line = line.trim();
     let (cmd, rest) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
     let rest = rest.trim();
@@ -254,6 +299,8 @@ pub(super) fn execute(state: &VmState, line: &str) -> String {
         "info" => info(state, arg.and_then(|a| a.split_whitespace().next())),
         "device_add" => device_add(state, rest),
         "qemu-io" => qemu_io(state, rest),
+        "drive_add" => drive_add(state, rest),
+        "drive_del" => drive_del(state, rest),
         other => format!("unknown command: '{other}'\n"),
     }
 }
@@ -273,7 +320,7 @@ pub(super) fn register(reg: &mut Registry, control: &Arc<Controller>) -> Result<
                 .unwrap_or("");
             // The human monitor ends its lines with CR LF, as QEMU's monitor_puts does.
             Ok(Value::String(
-                execute(&c.state(), line).replace('\n', "\r\n"),
+                execute(&mut c.state(), line).replace('\n', "\r\n"),
             ))
         },
     )?;

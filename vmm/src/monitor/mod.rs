@@ -10,6 +10,7 @@ mod hmp;
 mod hotplug;
 mod introspection;
 mod lifecycle;
+mod live;
 mod net;
 mod numa;
 mod pci_info;
@@ -37,5 +38,7 @@ pub fn registry(control: &Arc<Controller>) -> Result<Registry, RegistryError> {
     hotplug::register(&mut reg, control)?;
     numa::register(&mut reg, control)?;
     actions::register(&mut reg, control)?;
+    live::register(&mut reg, control)?;
+    live::register_fds(&mut reg)?;
     Ok(reg)
 }

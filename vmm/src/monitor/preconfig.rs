@@ -212,20 +212,116 @@ pub(super) fn register(reg: &mut Registry, control: &Arc<Controller>) -> Result<
                 // As in QEMU, an I/O thread can be added at any time: it starts now.
                 return add_iothread(&c, args);
             }
-            // A netdev is a host backend, not part of the machine: it may come at any time.
-            if name != "netdev_add" {
-                before_build(&c, name)?;
+            let memory = args
+                .get("qom-type")
+                .and_then(Value::as_str)
+                .is_some_and(|t| t.starts_with("memory-backend-"));
+            if name == "object-add" && memory {
+                // Checked as `-object` is; RAM for a later user (a NUMA node before the
+                // build), mapped by nothing until then.
+                return add_memory_backend(&c, args);
             }
+            // Backends are host objects, not part of the machine: as in QEMU they may come
+            // at any time, for a device_add to use (or a blockdev-del/chardev-remove/
+            // object-del to take away again).
             let mut state = c.state();
             let args = Value::Object(args);
             let backend = backends::from_qmp(name, &args, &state.config.backends)
                 .map_err(|e| QmpError::generic(e.message))?;
+            let running = state.plan.is_some();
+            if running && matches!(backend, Backend::Filter { .. }) {
+                // Filters join the network thread with their chardevs at start only.
+                return Err(QmpError::generic(
+                    "object-add of a packet filter after start is not supported by machina",
+                ));
+            }
+            if let Some(text) = duplicate(&state, name, backend.id()) {
+                return Err(QmpError::generic(text));
+            }
+            let info = match &backend {
+                Backend::Chardev { id, backend } if running => Some(chardev_info(id, backend)),
+                _ => None,
+            };
             backends::add(&mut state.config.backends, backend, name)
                 .map_err(|e| QmpError::generic(e.message))?;
+            if let Some(info) = info {
+                state.config.chardevs.push(info);
+            }
             Ok(Value::Null)
         })?;
     }
     Ok(())
+}
+
+/// QEMU's text for an id that `name` cannot take because it exists.
+fn duplicate(state: &crate::control::VmState, name: &str, id: &str) -> Option<String> {
+    let config = &state.config;
+    match name {
+        "blockdev-add" => config
+            .backends
+            .iter()
+            .any(|b| matches!(b, Backend::Drive { .. }) && b.id() == id)
+            .then(|| format!("Duplicate nodes with node-name='{id}'")),
+        "chardev-add" => (config.chardevs.iter().any(|c| c.label == id)
+            || config
+                .backends
+                .iter()
+                .any(|b| matches!(b, Backend::Chardev { .. }) && b.id() == id))
+        .then(|| format!("Chardev with id '{id}' already exists")),
+        "object-add" => (config.iothreads.iter().any(|t| t.id == id)
+            || config.memory_backends.iter().any(|m| m.id == id)
+            || config.secrets.iter().any(|s| s.id == id)
+            || config.backends.iter().any(|b| {
+                matches!(b, Backend::RngRandom { .. } | Backend::Filter { .. }) && b.id() == id
+            }))
+        .then(|| format!("attempt to add duplicate property '{id}' to object (type 'container')")),
+        _ => None,
+    }
+}
+
+/// A chardev added on the running machine as `query-chardev` lists it (QEMU's filenames).
+fn chardev_info(id: &str, backend: &CharBackend) -> crate::config::ChardevInfo {
+    let (kind, filename) = match backend {
+        CharBackend::Null => ("null", "null".to_string()),
+        CharBackend::Stdio => ("stdio", "stdio".to_string()),
+        CharBackend::File(_) => ("file", "file".to_string()),
+        CharBackend::UnixServer { path, .. } => (
+            "socket",
+            format!("disconnected:unix:{},server=on", path.display()),
+        ),
+        CharBackend::UnixClient(path) => {
+            ("socket", format!("disconnected:unix:{}", path.display()))
+        }
+        CharBackend::Pty => ("pty", "pty".to_string()),
+        CharBackend::SocketFd { .. } => ("socket", "disconnected:socket".to_string()),
+    };
+    crate::config::ChardevInfo {
+        label: id.to_string(),
+        filename,
+        backend: kind.to_string(),
+    }
+}
+
+/// `object-add` of a `memory-backend-*`: checked and kept (its memfd or file opened) as
+/// `-object` does.
+fn add_memory_backend(control: &Controller, args: Map<String, Value>) -> Result<Value, QmpError> {
+    // QMP's input is typed: a size given as a string is refused (QEMU 7.2's text), not
+    // read as its digits.
+    if args.get("size").is_some_and(|v| !v.is_u64()) {
+        return Err(QmpError::generic("Parameter 'size' expects uint64"));
+    }
+    let text = Value::Object(args).to_string();
+    let backend = match crate::objects::parse(std::ffi::OsStr::new(&text)) {
+        Ok(crate::objects::ObjectSpec::MemoryBackend(b)) => b,
+        Ok(_) => return Err(QmpError::generic("not a memory backend")),
+        Err(e) => return Err(QmpError::generic(e.message)),
+    };
+    let mut state = control.state();
+    if let Some(text) = duplicate(&state, "object-add", &backend.id) {
+        return Err(QmpError::generic(text));
+    }
+    state.config.memory_backends.push(backend);
+    Ok(Value::Null)
 }
 
 /// `object-add` of an `iothread`: checked as `-object` is, then its thread started.
