@@ -1,6 +1,7 @@
 //! Fixed resources come from the plan (issue 13): a `-machine-definition` whose board puts
-//! the APM ports, the reset control register and the firmware's PM block elsewhere gets a
-//! machine that decodes them there, and nothing at the old places, as qtest sees it; one that moves the SCI and the
+//! the APM ports, the reset control register, fw_cfg and the firmware's PM block elsewhere
+//! gets a machine that decodes them there, and nothing at the old places, as qtest sees it;
+//! one that moves the SCI and the
 //! IOAPIC gets ACPI tables (FADT SCI_INT, MADT IOAPIC address) that say so.
 
 mod common;
@@ -38,8 +39,8 @@ fn write_definition(dir: &std::path::Path, name: &str, board: Value) -> std::pat
 }
 
 /// The built-in q35 board as board `q35-moved`, with `apm` at 0xb4, the reset control
-/// register at 0x5f0 and the firmware's ACPI PM block at 0x680, and machine type `moved-q35`
-/// on it; written to `dir`.
+/// register at 0x5f0, fw_cfg at 0x520 and the firmware's ACPI PM block at 0x680, and machine
+/// type `moved-q35` on it; written to `dir`.
 fn moved_definition(dir: &std::path::Path) -> std::path::PathBuf {
     let mut board = q35_board();
     board["name"] = json!("q35-moved");
@@ -48,6 +49,7 @@ fn moved_definition(dir: &std::path::Path) -> std::path::PathBuf {
         let io = match dev["type"].as_str() {
             Some("apm") => json!([["0xb4", 2]]),
             Some("lpc-reset-control") => json!([["0x5f0", 1]]),
+            Some("fw_cfg_io") => json!([["0x520", "0xc"]]),
             _ => continue,
         };
         dev["io"] = io;
@@ -59,12 +61,15 @@ fn moved_definition(dir: &std::path::Path) -> std::path::PathBuf {
             moved += 1;
         }
     }
-    assert_eq!(moved, 3, "the q35 board lists APM, reset control, PM block");
+    assert_eq!(
+        moved, 4,
+        "the q35 board lists APM, reset control, fw_cfg, PM block"
+    );
     write_definition(dir, "moved-q35", board)
 }
 
 #[test]
-fn a_machine_definition_moves_apm_the_reset_control_register_and_the_pm_block() {
+fn a_machine_definition_moves_apm_the_reset_control_register_fw_cfg_and_the_pm_block() {
     if !require_kvm() {
         return;
     }
@@ -107,7 +112,23 @@ fn a_machine_definition_moves_apm_the_reset_control_register_and_the_pm_block() 
     assert_eq!(q.value("inl 0xcf8"), 0x8000_0000);
     // Config cycles still work: the MCH's vendor ID at 00:00.0.
     assert_eq!(q.value("inw 0xcfc"), 0x8086);
+
+    // fw_cfg: selecting the signature (key 0) at 0x520 reads "QEMU" from 0x521, and the DMA
+    // register at 0x524 reads back "QEMU CFG"; the old selector and data ports are gone.
+    assert_eq!(fw_cfg_signature(&mut q, 0x520), *b"QEMU");
+    assert_eq!(q.value("inl 0x524"), u64::from(u32::from_le_bytes(*b"QEMU")));
+    assert_eq!(fw_cfg_signature(&mut q, 0x510), [0xff; 4]);
     assert!(q.alive());
+}
+
+/// The four signature bytes fw_cfg at `base` gives (key 0 selected, then byte reads).
+fn fw_cfg_signature(q: &mut Qtest, base: u16) -> [u8; 4] {
+    assert_eq!(q.cmd(&format!("outw {base:#x} 0x0")), "OK");
+    let mut sig = [0u8; 4];
+    for b in &mut sig {
+        *b = q.value(&format!("inb {:#x}", base + 1)) as u8;
+    }
+    sig
 }
 
 #[test]
@@ -124,6 +145,7 @@ fn the_built_in_boards_keep_apm_and_the_reset_control_register() {
     assert_eq!(q.value("inb 0xb3"), 0x5a);
     assert_eq!(q.cmd("outb 0xcf9 0x02"), "OK");
     assert_eq!(q.value("inb 0xcf9"), 0x02);
+    assert_eq!(fw_cfg_signature(&mut q, 0x510), *b"QEMU");
 }
 
 #[test]

@@ -35,7 +35,6 @@ const KNOWN: &[(&str, &str)] = &[
     ("_S3", "no S3: machina cannot suspend to RAM and resume"),
     ("FDC0", "machina models no floppy controller"),
     ("LPT1", "machina models no parallel port"),
-    ("FWCF", "machina has no fw_cfg device"),
     (
         "PCI0.PRES",
         "no ACPI CPU hot-plug interface (QEMU's CPU hotplug registers at 0x0cd8)",

@@ -142,6 +142,10 @@ pub struct BoardDef {
     /// The ACPI SCI's interrupt (GSI), wired by the south bridge's PM block.
     #[serde(default)]
     pub sci_irq: Option<u32>,
+    /// The ISA IRQ the firmware routes each PIRQ line to (SeaBIOS's `pci_irq_list`: PIRQ A,
+    /// B, C, D; E-H repeat it on q35).
+    #[serde(default)]
+    pub pirq_irqs: Vec<u8>,
     pub memory: MemoryLayoutDef,
 }
 

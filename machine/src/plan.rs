@@ -254,6 +254,10 @@ pub struct Plan {
     /// The ACPI SCI's interrupt (GSI) (the board's `sci-irq`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sci_irq: Option<u32>,
+    /// The ISA IRQ the firmware step routes each PIRQ line to (the board's `pirq-irqs`:
+    /// PIRQ A, B, C, D; a router with more lines repeats the list).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pirq_irqs: Vec<u8>,
     /// The south bridge's ACPI PCI hot-plug owns the secondary buses of cold-plugged bridges
     /// and ports (QEMU's acpi_pcihp_device_plug_cb): no standard hot-plug controller claims
     /// them and slots do not latch cold-plugged devices.

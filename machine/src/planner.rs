@@ -182,6 +182,7 @@ impl Catalog {
             isa: ctx.isa,
             advisories: ctx.topo.advisories,
             sci_irq: machine.board.sci_irq,
+            pirq_irqs: machine.board.pirq_irqs.clone(),
             acpi_bridge_hotplug,
             firmware_io: ctx.firmware_io,
             virtio_ports: ctx.ports,

@@ -4,8 +4,8 @@
 //!
 //! The DSDT describes what QEMU 7.2's describes for the devices machina models (PCI root,
 //! ECAM reservation, the ISA devices with a model: i8042 keyboard and mouse, RTC, COM ports;
-//! sleep states S4/S5, the interrupt link devices the `_PRT` names) and nothing machina
-//! lacks: no HPET, floppy, parallel port, PCI/CPU/memory hot-plug interfaces or fw_cfg.
+//! fw_cfg in PCI0; sleep states S4/S5, the interrupt link devices the `_PRT` names) and
+//! nothing machina lacks: no HPET, floppy, parallel port, PCI/CPU/memory hot-plug interfaces.
 //! `tests/linux_acpi.rs` compares the result with QEMU's, listing each difference.
 
 use acpi_tables::fadt::{FADTBuilder, Flags};
@@ -13,7 +13,7 @@ use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
 use acpi_tables::sdt::Sdt;
 use acpi_tables::{aml, Aml};
 use devices::aml::{bytes_of, RawAml};
-use devices::legacy::kind::IsaKind;
+use devices::legacy::kind::{AmlScope, IsaKind};
 use machine::{Family, Range};
 use std::collections::BTreeMap;
 use vm_memory::{Bytes, GuestAddress};
@@ -356,13 +356,14 @@ pub fn root_prt(family: Family, pirq_irqs: &[u8], sci: u32) -> Vec<(u8, u8, u32)
 /// resume a suspended guest.
 const S4_SLP_TYP: u8 = 2;
 
-/// The ISA devices of the DSDT, each kind's fragment (`KBD_`/`MOU_`, `COMn`, `RTC_`) in
-/// QEMU's DSDT order, which is also the order Linux numbers PnP devices in (00:00, 00:01,
-/// ...).
-fn isa_aml(isa: &[machine::IsaDevicePlan]) -> Vec<u8> {
+/// The ISA and system devices of the DSDT in `scope`, each kind's fragment (`KBD_`/`MOU_`,
+/// `COMn`, `RTC_` in the ISA bridge; `FWCF` in PCI0) in QEMU's DSDT order, which is also the
+/// order Linux numbers PnP devices in (00:00, 00:01, ...).
+fn isa_aml(isa: &[machine::IsaDevicePlan], scope: AmlScope) -> Vec<u8> {
     let mut described: Vec<(&machine::IsaDevicePlan, &dyn IsaKind)> = isa
         .iter()
         .filter_map(|d| Some((d, devices::kinds::isa_kind(&d.type_name)?)))
+        .filter(|(_, kind)| kind.aml_scope() == scope)
         .collect();
     described.sort_by_key(|(_, kind)| kind.aml_order());
     let mut out = Vec::new();
@@ -560,7 +561,7 @@ fn pci0_prt(cfg: &AcpiConfig) -> Vec<u8> {
 /// The ISA devices in the ISA bridge's scope (QEMU: PCI0.SF8 on q35, PCI0.S08 on pc);
 /// nothing without devices.
 fn isa_bridge_aml(cfg: &AcpiConfig) -> Vec<u8> {
-    let isa_devices = isa_aml(&cfg.isa);
+    let isa_devices = isa_aml(&cfg.isa, AmlScope::IsaBridge);
     let Some(devfn) = cfg.isa_bridge.filter(|_| !isa_devices.is_empty()) else {
         return Vec::new();
     };
@@ -608,7 +609,8 @@ fn pci0(cfg: &AcpiConfig) -> Vec<u8> {
     }
     let bridges = RawAml(bridges);
     let isa = RawAml(isa_bridge_aml(cfg));
-    children.extend([&prt as &dyn Aml, &osc, &bridges, &isa]);
+    let system = RawAml(isa_aml(&cfg.isa, AmlScope::PciRoot));
+    children.extend([&prt as &dyn Aml, &osc, &bridges, &isa, &system]);
     bytes_of(&aml::Device::new("PCI0".into(), children))
 }
 

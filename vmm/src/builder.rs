@@ -202,6 +202,7 @@ fn build_isa(
     let mut rtc = None;
     let mut modelled = Vec::new();
     let mut console = Some(inputs.console.clone());
+    let mut fw_cfg = Some(crate::fw_cfg::for_plan(plan, &vm.memory, &inputs.fw_cfg)?);
     let irq_line = |irq| isa_irqfd(vm, irq);
     let sink = inputs.isa_irq_sink.clone();
     let level_line = |irq| -> std::io::Result<Arc<dyn IrqLine>> {
@@ -238,6 +239,7 @@ fn build_isa(
                 fd_bootchk: inputs.fd_bootchk,
             },
             board_cmos,
+            fw_cfg: &mut fw_cfg,
         })?;
         map_io_ranges(io, isa, &built.device)?;
         serial = serial.or(built.console);
@@ -249,26 +251,6 @@ fn build_isa(
         rtc,
         modelled,
     })
-}
-
-/// fw_cfg at 0x510, on every PC machine (QEMU's fw_cfg_io, not an ISA device of the plan).
-fn map_fw_cfg(vm: &KvmVm, io: &Bus, plan: &Plan, inputs: &BuildInputs) -> Result<()> {
-    if plan.family == Family::None {
-        return Ok(());
-    }
-    let fw_cfg: SharedDevice = Arc::new(Mutex::new(crate::fw_cfg::for_plan(
-        plan,
-        &vm.memory,
-        &inputs.fw_cfg,
-    )?));
-    map(
-        io,
-        devices::legacy::fw_cfg::FW_CFG_IO_BASE,
-        devices::legacy::fw_cfg::FW_CFG_IO_SIZE,
-        &fw_cfg,
-        "fw_cfg",
-        "I/O ports",
-    )
 }
 
 /// The PCI host with every function of the plan (virtio ones with their backends), its
@@ -444,7 +426,6 @@ pub fn build(kvm: &Kvm, plan: &Plan, mut inputs: BuildInputs) -> Result<BuiltMac
     // IDE drives first: the CMOS holds their geometry.
     let mut ide = crate::ide_devices::IdeSet::open(plan, inputs.backends)?;
     let isa = build_isa(&vm, &io, plan, &mut inputs, &ide.cmos_bytes())?;
-    map_fw_cfg(&vm, &io, plan, &inputs)?;
 
     let intx_forwarder = Arc::new(crate::virtio_devices::IntxForwarder::new().map_err(
         |source| BuildError::Interrupt {

@@ -12,7 +12,7 @@ use crate::lifecycle::Lifecycle;
 use crate::pci::acpi_hotplug::SharedPcihp;
 use crate::pci::config::PciConfig;
 use crate::pci::device::{PciFunction, Space, Window, WindowTarget};
-use crate::pci::firmware::{FirmwareFunction, ICH9_RCBA, PIRQ_IRQS};
+use crate::pci::firmware::FirmwareFunction;
 use crate::pci::host::SharedFunction;
 use crate::pci::interrupt::IntxSink;
 use crate::pci::kind::{shared, FunctionContext, PciKind};
@@ -32,6 +32,18 @@ pub const RCBA: usize = 0xf0;
 pub const RCBA_EN: u32 = 1;
 pub const RCBA_MASK: u32 = 0xffff_c000;
 pub const CC_SIZE: usize = 16 * 1024;
+/// The memory-map region where the firmware step maps the RCRB (the board's `rcrb`).
+pub const RCRB_REGION: &str = "rcrb";
+
+/// ACPI_CNTL's SCI_IRQ_SEL (bits 2:0) for SCI `irq` (ICH9 datasheet 13.1.11: 9, 10, 11,
+/// then 20-23 from 4; 3 is reserved). QEMU 10 reads back only 9-11, 20 and 21.
+fn sci_irq_sel(irq: u32) -> Option<u8> {
+    match irq {
+        9..=11 => Some((irq - 9) as u8),
+        20..=23 => Some((irq - 16) as u8),
+        _ => None,
+    }
+}
 
 const PM_WINDOW: u32 = 1;
 const RCRB_WINDOW: u32 = 2;
@@ -266,15 +278,18 @@ impl PciKind for Ich9LpcKind {
     fn firmware_init(&self, fw: &mut FirmwareFunction) -> Result<(), PciError> {
         let pm_base = fw.io_block(FirmwareRole::PmBlock)?;
         fw.write(PMBASE, u32::from(pm_base) | 1, 4);
-        fw.write(ACPI_CNTL, ACPI_CNTL_ACPI_EN.into(), 1); // ACPI_EN, SCI_IRQ_SEL 0 (IRQ 9)
-        fw.write(RCBA, ICH9_RCBA | RCBA_EN, 4);
-        for i in 0..8u8 {
-            let irq = PIRQ_IRQS[usize::from(i) % 4];
-            if let Some(reg) = self.pirq_route_register(i) {
-                fw.write(reg, irq.into(), 1);
-            }
-            fw.setup.pirqs.push(irq);
-        }
+        let sci_sel = match fw.plan.sci_irq {
+            Some(sci) => sci_irq_sel(sci).ok_or_else(|| {
+                PciError::Firmware(format!(
+                    "ICH9 cannot route the SCI to IRQ {sci} (SCI_IRQ_SEL: 9, 10, 11, 20-23)"
+                ))
+            })?,
+            None => 0,
+        };
+        fw.write(ACPI_CNTL, (ACPI_CNTL_ACPI_EN | sci_sel).into(), 1);
+        let rcrb = fw.mmio_region(RCRB_REGION)?;
+        fw.write(RCBA, (rcrb.base as u32 & RCBA_MASK) | RCBA_EN, 4);
+        fw.route_pirqs(self, 8)?;
         fw.setup.pm_base = Some(pm_base);
         fw.setup.gpe0 = Some((pm_base + GPE0_OFFSET, ICH9_GPE0_LEN as u16));
         Ok(())

@@ -7,7 +7,7 @@
 
 use crate::pci::config::PciConfig;
 use crate::pci::device::PciFunction;
-use crate::pci::firmware::{FirmwareFunction, PIRQ_IRQS};
+use crate::pci::firmware::FirmwareFunction;
 use crate::pci::host::SharedFunction;
 use crate::pci::kind::{shared, FunctionContext, PciKind};
 use crate::pci::PciError;
@@ -67,11 +67,7 @@ impl PciKind for Piix3Kind {
     }
     /// SeaBIOS piix_isa_bridge_setup: PIRQ A-D to the IRQs of its list.
     fn firmware_init(&self, fw: &mut FirmwareFunction) -> Result<(), PciError> {
-        for (i, irq) in PIRQ_IRQS.iter().enumerate() {
-            fw.write(PIRQRC + i, (*irq).into(), 1);
-            fw.setup.pirqs.push(*irq);
-        }
-        Ok(())
+        fw.route_pirqs(self, 4)
     }
     fn isa_bridge(&self) -> bool {
         true

@@ -16,6 +16,7 @@ use crate::pci::host::SharedFunction;
 use crate::pci::interrupt::IntxSink;
 use crate::pci::kind::{shared, FunctionContext, PciKind};
 use crate::pci::regs::INTERRUPT_LINE;
+use crate::pci::props::Props;
 use crate::pci::PciError;
 use machine::{FirmwareRole, PciFunctionPlan, Plan, Range};
 use std::sync::{Arc, Mutex};
@@ -24,8 +25,6 @@ pub const PMBA: usize = 0x40;
 pub const PMREGMISC: usize = 0x80;
 pub const SMBBA: usize = 0x90;
 pub const SMBHSTCFG: usize = 0xd2;
-/// QEMU's pc machine passes smb_io_base = 0xb100.
-pub const DEFAULT_SMB_BASE: u32 = 0xb100;
 
 const PM_WINDOW: u32 = 1;
 const SMB_WINDOW: u32 = 2;
@@ -78,7 +77,14 @@ pub(crate) fn pcihp_for(
 }
 
 impl Piix4Pm {
-    pub fn new(f: &PciFunctionPlan, plan: &Plan, lifecycle: Lifecycle) -> Self {
+    pub fn new(f: &PciFunctionPlan, plan: &Plan, lifecycle: Lifecycle) -> Result<Self, PciError> {
+        // SMBBA before the firmware programs it: the `smb_io_base` the board gives (QEMU's
+        // pc passes 0xb100).
+        let smb_io_base = Props::new(&f.properties).u64("smb_io_base", 0)?;
+        let smb_io_base = u32::try_from(smb_io_base).map_err(|_| PciError::InvalidProperty {
+            name: "smb_io_base".into(),
+            value: smb_io_base.to_string(),
+        })?;
         let mut c = PciConfig::new(&f.identity, f.multifunction, false);
         c.set_u16(0x06, 0x0280);
         c.set_interrupt_pin(1);
@@ -86,7 +92,7 @@ impl Piix4Pm {
         if !smm {
             c.set_u8(0x5b, 0x02); // "SMM already initialised"
         }
-        c.set_u32(SMBBA, DEFAULT_SMB_BASE | 1);
+        c.set_u32(SMBBA, smb_io_base | 1);
         c.set_u8(SMBHSTCFG, 0x09);
         c.set_u8(PMBA, 0x01);
         c.set_u8(PMREGMISC, 0);
@@ -115,7 +121,7 @@ impl Piix4Pm {
             lifecycle.clone(),
             !smm,
         )));
-        Self {
+        Ok(Self {
             pcihp: pcihp_for(plan, &pm, &lifecycle),
             config: c,
             pm_block: Arc::new(Mutex::new(PmBlock(pm.clone()))),
@@ -130,7 +136,7 @@ impl Piix4Pm {
             sci_irq: plan.sci_irq,
             pm,
             smbus: Arc::new(Mutex::new(Smbus::new())),
-        }
+        })
     }
 
     pub fn acpi_pm(&self) -> Arc<Mutex<AcpiPm>> {
@@ -219,7 +225,7 @@ impl PciKind for Piix4PmKind {
             ctx.function,
             ctx.plan,
             ctx.lifecycle.clone(),
-        )))
+        )?))
     }
     /// SeaBIOS piix4_pm_setup: PM block and SMBus enabled at the plan's blocks.
     fn firmware_init(&self, fw: &mut FirmwareFunction) -> Result<(), PciError> {

@@ -10,7 +10,7 @@
 
 use crate::chipset::{ahci, i440fx, ich9_lpc, ich9_smbus, mch, piix3, piix4_pm};
 use crate::legacy::kind::IsaKind;
-use crate::legacy::{cmos, i8042, ib700, port92, pvpanic, serial, sink};
+use crate::legacy::{cmos, fw_cfg, i8042, ib700, port92, pvpanic, serial, sink};
 use crate::pci::bridges::{dmi, pci_bridge};
 use crate::pci::endpoints;
 use crate::pci::ports::{root_port, switch};
@@ -55,6 +55,7 @@ static ISA_KINDS: &[&dyn IsaKind] = &[
     &sink::KIND,
     &ib700::KIND,
     &pvpanic::KIND,
+    &fw_cfg::KIND,
 ];
 
 /// The kind of the plan's ISA device type `name`; None for devices machina leaves to KVM

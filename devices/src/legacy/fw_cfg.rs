@@ -1,17 +1,19 @@
-//! QEMU's firmware configuration device (docs/specs/fw_cfg.rst) as x86 machines map it:
-//! selector at 0x510 (16-bit), data at 0x511 (byte-wide), DMA address at 0x514 (64-bit,
-//! big-endian; writing the low half at 0x518 starts the transfer). Items are byte blobs
-//! under 16-bit keys; named blobs ("files") get keys from 0x20 on and are listed, sorted by
-//! name, in the directory at key 0x19. What the items hold is decided by the VMM from its
-//! plan; this module only implements the interface.
+//! QEMU's firmware configuration device (docs/specs/fw_cfg.rst) as x86 machines map it
+//! (`fw_cfg_io`), at the plan's ports (the boards put it at 0x510): selector at base
+//! (16-bit), data at base + 1 (byte-wide), DMA address at base + 4 (64-bit, big-endian;
+//! writing the low half at base + 8 starts the transfer). Items are byte blobs under 16-bit
+//! keys; named blobs ("files") get keys from 0x20 on and are listed, sorted by name, in the
+//! directory at key 0x19. What the items hold is decided by the VMM from its plan; this
+//! module only implements the interface.
 
+use super::kind::{AmlScope, IsaBuilt, IsaContext, IsaError, IsaKind};
+use crate::aml;
 use crate::bus::BusDevice;
+use acpi_tables::{aml as a, Aml};
+use machine::IsaDevicePlan;
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
-
-pub const FW_CFG_IO_BASE: u64 = 0x510;
-/// Selector, data and the 8-byte DMA address register (0x510..=0x51b).
-pub const FW_CFG_IO_SIZE: u64 = 12;
 
 pub const FW_CFG_SIGNATURE: u16 = 0x00;
 pub const FW_CFG_ID: u16 = 0x01;
@@ -255,9 +257,41 @@ impl BusDevice for FwCfg {
     }
 }
 
+/// The fw_cfg kind: the VMM's items at the plan's ports.
+pub struct FwCfgKind;
+pub static KIND: FwCfgKind = FwCfgKind;
+
+impl IsaKind for FwCfgKind {
+    fn names(&self) -> &'static [&'static str] {
+        &["fw_cfg_io"]
+    }
+    fn build(&self, ctx: &mut IsaContext) -> Result<IsaBuilt, IsaError> {
+        let cfg = ctx.fw_cfg.take().ok_or_else(|| IsaError::MissingResource {
+            device: ctx.device.type_name.clone(),
+            what: "fw_cfg contents (a second fw_cfg device)",
+        })?;
+        Ok(IsaBuilt::new(Arc::new(Mutex::new(cfg))))
+    }
+    fn aml_scope(&self) -> AmlScope {
+        AmlScope::PciRoot
+    }
+    /// QEMU's fw_cfg_add_acpi_dsdt: `FWCF`, QEMU0002, present and decoding but hidden
+    /// (`_STA` 0xB), its ports (selector to the end of the DMA register) in `_CRS`.
+    fn aml(&self, dev: &IsaDevicePlan, _nth: usize) -> Vec<u8> {
+        let ios = aml::io_ranges(dev);
+        let crs = a::ResourceTemplate::new(ios.iter().map(|i| i as &dyn Aml).collect());
+        let hid = a::Name::new("_HID".into(), &"QEMU0002");
+        let sta = a::Name::new("_STA".into(), &0x0bu8);
+        let crs = a::Name::new("_CRS".into(), &crs);
+        aml::bytes_of(&a::Device::new("FWCF".into(), vec![&hid, &sta, &crs]))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const FW_CFG_IO_BASE: u64 = 0x510;
 
     fn read_item(cfg: &mut FwCfg, key: u16, len: usize) -> Vec<u8> {
         cfg.write(FW_CFG_IO_BASE, 0, &key.to_le_bytes());

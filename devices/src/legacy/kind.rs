@@ -4,6 +4,7 @@
 //! IOAPIC; devices machina does not model) are not mapped and not described.
 
 use super::cmos::{Cmos, CmosState};
+use super::fw_cfg::FwCfg;
 use super::serial::{SerialPort, SharedWriter};
 use super::IrqLine;
 use crate::bus::SharedDevice;
@@ -58,6 +59,8 @@ pub struct IsaContext<'a> {
     pub rtc: RtcInputs,
     /// CMOS bytes the board writes (`(register, value)`: the IDE disks' geometry).
     pub board_cmos: &'a [(u8, u8)],
+    /// What fw_cfg holds (the VMM decides from the plan), for the fw_cfg device to take.
+    pub fw_cfg: &'a mut Option<FwCfg>,
 }
 
 impl IsaContext<'_> {
@@ -102,6 +105,15 @@ impl IsaBuilt {
     }
 }
 
+/// The DSDT scope a kind's device goes in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AmlScope {
+    /// The ISA bridge's (`PCI0.SF8` on q35, `PCI0.S08` on pc): ISA devices.
+    IsaBridge,
+    /// The PCI root bridge's (`\_SB.PCI0`): system devices QEMU describes there (fw_cfg).
+    PciRoot,
+}
+
 /// One ISA device kind.
 pub trait IsaKind: Sync {
     /// The plan's type names this kind implements.
@@ -119,6 +131,11 @@ pub trait IsaKind: Sync {
     /// which is also the order Linux numbers PnP devices in.
     fn aml_order(&self) -> u8 {
         u8::MAX
+    }
+
+    /// Where its DSDT device goes.
+    fn aml_scope(&self) -> AmlScope {
+        AmlScope::IsaBridge
     }
 
     /// Its DSDT device, as QEMU's `build_aml` of the device writes it; `nth` counts the

@@ -5,8 +5,8 @@
 //! * Bridges are numbered depth-first in devfn order (primary/secondary/subordinate).
 //! * q35: PCIEXBAR = ECAM base | enable, length from the plan's ECAM size.
 //! * ACPI PM block and SMBus at the plan's `firmware-io` blocks (SeaBIOS's 0x600, 0x700),
-//!   ICH9 RCBA 0xfed1c000 (SeaBIOS's value).
-//! * PIRQ A-D (and E-H on q35) route to IRQ 10, 10, 11, 11.
+//!   ICH9 RCBA at the plan's `rcrb` region (SeaBIOS's 0xfed1c000).
+//! * PIRQ A-D (and E-H on q35) route to the plan's `pirq_irqs` (SeaBIOS's 10, 10, 11, 11).
 //! * BARs, largest alignment first: I/O upwards in the plan's PCI I/O window (0xc000..); 32-bit memory as one block placed
 //!   at the top of the 32-bit hole (below the plan's IOAPIC, above ECAM), ascending inside it like
 //!   SeaBIOS; 64-bit prefetchable BARs bottom-up from the 64-bit hole. Bridge windows are
@@ -23,14 +23,11 @@
 use super::config::{BarKind, ROM_BAR};
 use super::host::{FunctionKey, PciHost};
 use super::regs::*;
-use super::PciError;
+use super::{PciError, PciKind};
 use machine::{FirmwareRole, Plan, Range};
 
 /// The memory-map region of the IOAPIC's registers.
 pub const IOAPIC_REGION: &str = "ioapic";
-pub const ICH9_RCBA: u32 = 0xfed1_c000;
-/// SeaBIOS pci_irq_list: PIRQ A, B, C, D (E-H repeat it on q35).
-pub const PIRQ_IRQS: [u8; 4] = [10, 10, 11, 11];
 const MIB: u64 = 1 << 20;
 const BRIDGE_IO_ALIGN: u64 = 0x1000;
 const BRIDGE_MEM_ALIGN: u64 = MIB;
@@ -114,6 +111,34 @@ impl FirmwareFunction<'_> {
     /// The I/O base where the plan has the firmware put the block with `role`.
     pub fn io_block(&self, role: FirmwareRole) -> Result<u16, PciError> {
         firmware_block(self.plan, role).map(|r| r.base as u16)
+    }
+
+    /// The memory-map region `name` of the plan (where the firmware maps a register block).
+    pub fn mmio_region(&self, name: &str) -> Result<Range, PciError> {
+        self.plan
+            .memory
+            .region(name)
+            .map(|r| r.range)
+            .ok_or_else(|| PciError::Firmware(format!("the plan has no '{name}' region")))
+    }
+
+    /// Route the router's PIRQ lines 0..`lines` to the plan's IRQs (`pirq_irqs`, repeated
+    /// past its end) through `kind`'s route registers, and note them for the ACPI tables.
+    pub fn route_pirqs(&mut self, kind: &dyn PciKind, lines: u8) -> Result<(), PciError> {
+        let plan = self.plan;
+        if plan.pirq_irqs.is_empty() {
+            return Err(PciError::Firmware(
+                "the plan routes no PIRQ lines (pirq-irqs)".to_string(),
+            ));
+        }
+        for pirq in 0..lines {
+            let irq = plan.pirq_irqs[usize::from(pirq) % plan.pirq_irqs.len()];
+            if let Some(reg) = kind.pirq_route_register(pirq) {
+                self.write(reg, irq.into(), 1);
+            }
+            self.setup.pirqs.push(irq);
+        }
+        Ok(())
     }
 }
 

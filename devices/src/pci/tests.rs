@@ -482,6 +482,50 @@ fn firmware_init_pc() {
 }
 
 #[test]
+fn firmware_init_follows_the_plans_sci_rcrb_and_pirq_irqs() {
+    // ICH9's SCI_IRQ_SEL encodes the plan's SCI; RCBA and the PIRQ routes are the plan's.
+    for (sci, sel) in [(9, 0), (10, 1), (11, 2), (20, 4), (23, 7)] {
+        let mut plan = q35_plan();
+        plan.sci_irq = Some(sci);
+        plan.pirq_irqs = vec![5, 7];
+        let region = plan
+            .memory
+            .regions
+            .iter_mut()
+            .find(|r| r.name == "rcrb")
+            .expect("q35 rcrb region");
+        region.range.base = 0xfed2_0000;
+        let m = Machine::new(&plan);
+        let layout = m.host.lock().unwrap().firmware_init(&plan).unwrap();
+        assert_eq!(m.cfg_readb(0, 31, 0, 0x44), 0x80 | sel, "SCI {sci}");
+        assert_eq!(m.cfg_readl(0, 31, 0, 0xf0), 0xfed2_0001);
+        assert_eq!(m.cfg_readl(0, 31, 0, 0x60), 0x0705_0705);
+        assert_eq!(m.cfg_readl(0, 31, 0, 0x68), 0x0705_0705);
+        assert_eq!(layout.pirq_irqs, vec![5, 7, 5, 7, 5, 7, 5, 7]);
+    }
+    // An SCI ICH9 cannot select is a firmware-step error, not a silent IRQ 9.
+    let mut plan = q35_plan();
+    plan.sci_irq = Some(12);
+    let m = Machine::new(&plan);
+    let err = m.host.lock().unwrap().firmware_init(&plan).unwrap_err();
+    assert!(err.to_string().contains("SCI to IRQ 12"), "{err}");
+    // pc: PIIX3's PIRQRC from the plan; SMBBA before the firmware is PIIX4_PM's smb_io_base.
+    let mut plan = pc_plan();
+    plan.pirq_irqs = vec![3, 4, 5, 6];
+    let pm = plan
+        .pci
+        .iter_mut()
+        .find(|f| f.type_name == "PIIX4_PM")
+        .expect("PIIX4_PM");
+    pm.properties
+        .insert("smb_io_base".to_string(), "0xb200".to_string());
+    let m = Machine::new(&plan);
+    assert_eq!(m.cfg_readl(0, 1, 3, 0x90), 0xb201);
+    m.host.lock().unwrap().firmware_init(&plan).unwrap();
+    assert_eq!(m.cfg_readl(0, 1, 0, 0x60), 0x0605_0403);
+}
+
+#[test]
 fn machine_reset_restores_everything() {
     let plan = q35_plan();
     let m = Machine::new(&plan);
