@@ -116,7 +116,10 @@ fn a_machine_definition_moves_apm_the_reset_control_register_fw_cfg_and_the_pm_b
     // fw_cfg: selecting the signature (key 0) at 0x520 reads "QEMU" from 0x521, and the DMA
     // register at 0x524 reads back "QEMU CFG"; the old selector and data ports are gone.
     assert_eq!(fw_cfg_signature(&mut q, 0x520), *b"QEMU");
-    assert_eq!(q.value("inl 0x524"), u64::from(u32::from_le_bytes(*b"QEMU")));
+    assert_eq!(
+        q.value("inl 0x524"),
+        u64::from(u32::from_le_bytes(*b"QEMU"))
+    );
     assert_eq!(fw_cfg_signature(&mut q, 0x510), [0xff; 4]);
     assert!(q.alive());
 }

@@ -509,6 +509,8 @@ impl MutEventSubscriber for StopSubscriber {
 pub struct DeviceThreads {
     threads: Vec<(Arc<EventFd>, std::thread::JoinHandle<()>)>,
     attached: Vec<crate::iothread::Attached>,
+    /// The device of each thread, for the report of one that does not stop.
+    names: Vec<String>,
 }
 
 impl DeviceThreads {
@@ -543,6 +545,7 @@ impl DeviceThreads {
             threads.attached.push(thread.attach(subscribers));
         }
         for (i, worker) in own.into_iter().enumerate() {
+            let name = worker.name();
             let stop = Arc::new(EventFd::new(libc::EFD_NONBLOCK)?);
             let stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
             let mut events: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =
@@ -563,6 +566,7 @@ impl DeviceThreads {
                     }
                 })?;
             threads.threads.push((stop, handle));
+            threads.names.push(name);
         }
         Ok(threads)
     }
@@ -586,14 +590,17 @@ impl Drop for DeviceThreads {
         // there (a hung network file system) must not hang a reset or the exit: past the
         // deadline it is left to end on its own (it owns everything it touches).
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        for (_, handle) in self.threads.drain(..) {
+        let names = std::mem::take(&mut self.names);
+        for ((_, handle), name) in self.threads.drain(..).zip(names) {
             while !handle.is_finished() && std::time::Instant::now() < deadline {
                 std::thread::sleep(std::time::Duration::from_millis(1));
             }
             if handle.is_finished() {
                 let _ = handle.join();
             } else {
-                eprintln!("machina: a virtio I/O thread does not stop (blocked in its backend); left behind");
+                log::error!(
+                    "{name}: its virtio I/O thread does not stop (blocked in its backend); left behind"
+                );
             }
         }
     }

@@ -10,6 +10,8 @@ use crate::pci::PciError;
 use machine::{PciFunctionPlan, Plan};
 
 pub const PCIEXBAR: usize = 0x60;
+/// QEMU's reset value (MCH_HOST_BRIDGE_PCIEXBAR_DEFAULT), for a plan without an ECAM window;
+/// the built-in q35 board's `ecam` is the same address.
 pub const PCIEXBAR_DEFAULT: u64 = 0xb000_0000;
 pub const PCIEXBAR_EN: u64 = 1;
 const PCIEXBAR_LENGTH_MASK: u64 = 0x6;
@@ -48,7 +50,10 @@ impl Mch {
         let ext = f.properties.u16("extended-tseg-mbytes", 64)?;
         let smm_ranges = super::smm_enabled(plan);
         let mut config = PciConfig::new(&f.identity, f.multifunction, false);
-        config.set_u64(PCIEXBAR, PCIEXBAR_DEFAULT);
+        // Disabled at reset, its base where the plan has the ECAM window (the firmware step
+        // enables it there).
+        let ecam_base = plan.memory.ecam.map_or(PCIEXBAR_DEFAULT, |e| e.base);
+        config.set_u64(PCIEXBAR, ecam_base & PCIEXBAR_ADMSK);
         if smm_ranges {
             config.set_u8(SMRAM, SMRAM_DEFAULT);
             config.set_wmask_u8(SMRAM, SMRAM_WMASK);

@@ -17,6 +17,8 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use vmm_sys_util::eventfd::EventFd;
 
+/// The data and command/status ports of a PC (the boards' `i8042` entry); the device
+/// decodes whatever ports its plan entry gives (`at_ports`).
 pub const DATA_PORT: u64 = 0x60;
 pub const COMMAND_PORT: u64 = 0x64;
 
@@ -93,6 +95,8 @@ pub struct I8042 {
     signalled: bool,
     kbd: Ps2,
     aux: Ps2,
+    /// The data port and the command/status port it decodes.
+    ports: (u64, u64),
 }
 
 impl I8042 {
@@ -119,7 +123,14 @@ impl I8042 {
                 ..Default::default()
             },
             aux: Ps2::default(),
+            ports: (DATA_PORT, COMMAND_PORT),
         }
+    }
+
+    /// The controller at `data` (data port) and `command` (command/status port).
+    pub fn at_ports(mut self, data: u64, command: u64) -> Self {
+        self.ports = (data, command);
+        self
     }
 
     fn ctr(&self) -> u8 {
@@ -365,10 +376,13 @@ impl I8042 {
 impl BusDevice for I8042 {
     fn read(&mut self, base: u64, offset: u64, data: &mut [u8]) {
         data.fill(0);
-        let value = match base + offset {
-            DATA_PORT => self.read_data(),
-            COMMAND_PORT => self.status(),
-            _ => 0xff,
+        let port = base + offset;
+        let value = if port == self.ports.0 {
+            self.read_data()
+        } else if port == self.ports.1 {
+            self.status()
+        } else {
+            0xff
         };
         if let Some(b) = data.first_mut() {
             *b = value;
@@ -379,10 +393,11 @@ impl BusDevice for I8042 {
         let Some(&v) = data.first() else {
             return;
         };
-        match base + offset {
-            DATA_PORT => self.data(v),
-            COMMAND_PORT => self.command(v),
-            _ => {}
+        let port = base + offset;
+        if port == self.ports.0 {
+            self.data(v);
+        } else if port == self.ports.1 {
+            self.command(v);
         }
     }
 }
@@ -399,7 +414,19 @@ impl IsaKind for I8042Kind {
     fn build(&self, ctx: &mut IsaContext) -> Result<IsaBuilt, IsaError> {
         let kbd = ctx.irq(0)?;
         let aux = ctx.irq(1)?;
-        let dev = I8042::new(ctx.lifecycle.clone(), kbd, aux);
+        // The plan lists the data port first, then the command/status port.
+        let port = |i: usize| {
+            ctx.device
+                .io
+                .get(i)
+                .map(|r| r.base)
+                .ok_or_else(|| IsaError::MissingResource {
+                    device: ctx.device.type_name.clone(),
+                    what: "data and command ports",
+                })
+        };
+        let (data, command) = (port(0)?, port(1)?);
+        let dev = I8042::new(ctx.lifecycle.clone(), kbd, aux).at_ports(data, command);
         Ok(IsaBuilt::new(Arc::new(Mutex::new(dev))))
     }
     fn aml_order(&self) -> u8 {
@@ -476,6 +503,25 @@ mod tests {
             let n = |e: &Option<EventFd>| e.as_ref().unwrap().read().unwrap_or(0);
             (n(&self.dev.kbd_irq), n(&self.dev.aux_irq))
         }
+    }
+
+    #[test]
+    fn decodes_the_ports_its_plan_entry_gives() {
+        let lifecycle = Lifecycle::new().unwrap();
+        let mut dev = I8042::new(lifecycle, None, None).at_ports(0x160, 0x164);
+        let mut b = [0u8];
+        dev.read(0x164, 0, &mut b);
+        assert_eq!(
+            b[0] & STAT_SYS,
+            STAT_SYS,
+            "status at the moved command port"
+        );
+        dev.read(COMMAND_PORT, 0, &mut b);
+        assert_eq!(b[0], 0xff, "nothing at the standard port");
+        // A self-test command at the moved port answers 0x55 at the moved data port.
+        dev.write(0x164, 0, &[0xaa]);
+        dev.read(0x160, 0, &mut b);
+        assert_eq!(b[0], 0x55);
     }
 
     #[test]

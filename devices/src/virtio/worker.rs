@@ -35,6 +35,11 @@ impl VirtioWorker {
         self.trace = Some(label);
     }
 
+    /// The device's name in log lines (its id, or its type and address).
+    pub fn name(&self) -> String {
+        lock(&self.core).name.clone()
+    }
+
     /// The interface the driver used the last time it set DRIVER_OK.
     pub fn last_driver(&self) -> Option<DriverInterface> {
         lock(&self.core).last_driver

@@ -58,6 +58,8 @@ pub struct Net {
     socket: bool,
     /// Header length the guest negotiated (10, or 12 with VERSION_1 / MRG_RXBUF).
     hdr_len: usize,
+    /// Sends to the backend are failing (reported once, when they start).
+    tx_failing: bool,
 }
 
 /// Drop the first `n` bytes of `iovs`; false if they hold fewer.
@@ -138,6 +140,24 @@ fn vectored(fd: RawFd, write: bool, iovs: &[libc::iovec]) -> std::io::Result<usi
     }
 }
 
+/// Send one frame; a full backend drops it, as a congested link would. Another failure is
+/// an error naming the device, reported once until a send works again (`failing`).
+fn send_reported(fd: RawFd, iovs: &[libc::iovec], name: &str, failing: &mut bool) {
+    match vectored(fd, true, iovs) {
+        Ok(_) => *failing = false,
+        Err(e)
+            if e.kind() == std::io::ErrorKind::WouldBlock
+                || e.raw_os_error() == Some(libc::ENOBUFS) => {}
+        Err(e) => {
+            if !std::mem::replace(failing, true) {
+                log::error!(
+                    "{name}: cannot send a frame to its network backend: {e}; frames are dropped"
+                );
+            }
+        }
+    }
+}
+
 impl Net {
     pub fn new(backend: NetBackend) -> Self {
         Self {
@@ -148,6 +168,7 @@ impl Net {
             mac: backend.mac.bytes(),
             tap_readable: true,
             hdr_len: 10,
+            tx_failing: false,
         }
     }
 
@@ -163,13 +184,13 @@ impl Net {
         let tap = self.tap.as_raw_fd();
         // A socket peer takes the bare frame: the guest's header stays behind.
         let strip = if self.socket { self.hdr_len } else { 0 };
+        let (name, tx_failing) = (&self.name, &mut self.tx_failing);
         let used = ctx.drain_queue(TX, |mem, chain| {
             // Buffers outside guest RAM or a frame too large for a tap: dropped.
             if let Some(mut iovs) = chain_iovecs(mem, &chain, false) {
                 let n: usize = iovs.iter().map(|v| v.iov_len).sum();
                 if n > strip && n <= MAX_FRAME && skip_front(&mut iovs, strip) {
-                    // A full tap drops the frame, as a congested link would.
-                    let _ = vectored(tap, true, &iovs);
+                    send_reported(tap, &iovs, name, tx_failing);
                 }
             }
             Ok(0)
@@ -347,5 +368,50 @@ mod tests {
         assert_eq!(Net::hdr_len(VERSION_1), 12);
         assert_eq!(Net::hdr_len(F_MRG_RXBUF), 12);
         assert_eq!(Net::hdr_len(F_MAC), 10);
+    }
+
+    #[test]
+    fn a_failing_send_is_an_error_naming_the_device_once() {
+        let log = crate::logging::captured();
+        let name = "virtio-net-pci id=txfail (pcie.0:03.0)";
+        let frame = [0u8; 60];
+        let iov = [libc::iovec {
+            iov_base: frame.as_ptr() as *mut libc::c_void,
+            iov_len: frame.len(),
+        }];
+        let lines = |log: &std::sync::Mutex<Vec<(String, String)>>| {
+            log.lock()
+                .unwrap()
+                .iter()
+                .filter(|(_, l)| l.starts_with(name))
+                .count()
+        };
+        let before = lines(log);
+        // A read-only descriptor refuses every write (EBADF): one line, not one per frame.
+        let refusing = File::open("/dev/null").unwrap();
+        let mut failing = false;
+        for _ in 0..3 {
+            send_reported(refusing.as_raw_fd(), &iov, name, &mut failing);
+        }
+        assert!(failing);
+        assert_eq!(lines(log) - before, 1);
+        let text = log
+            .lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .find(|(_, l)| l.starts_with(name))
+            .map(|(_, l)| l.clone())
+            .unwrap();
+        assert!(text.contains("cannot send a frame"), "{text}");
+        // A send that works ends the episode; the next failure is reported again.
+        let working = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/null")
+            .unwrap();
+        send_reported(working.as_raw_fd(), &iov, name, &mut failing);
+        assert!(!failing);
+        send_reported(refusing.as_raw_fd(), &iov, name, &mut failing);
+        assert_eq!(lines(log) - before, 2);
     }
 }
