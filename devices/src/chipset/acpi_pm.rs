@@ -6,11 +6,16 @@
 //! +0x20 (16 bytes) and SMI_EN/SMI_STS at +0x30/+0x34 in a 128-byte block; PIIX4 has a
 //! 64-byte block and its GPE0 at the fixed port 0xafe0 (4 bytes), see [`Gpe0Block`].
 
+use super::apm::{self, Apm};
 use super::tco::{Tco, TCO_LEN, TCO_OFFSET};
-use crate::bus::BusDevice;
+use crate::bus::{BusDevice, SharedDevice};
 use crate::legacy::kind::BoardEntry;
 use crate::lifecycle::{Lifecycle, Request};
+use crate::lock;
+use crate::pci::device::Window;
+use crate::pci::acpi_hotplug::{self, Pcihp, SharedPcihp};
 use crate::pci::IntxSink;
+use machine::{Plan, Range};
 use std::sync::{Arc, Mutex};
 
 pub const PM1_STS_TMR: u16 = 1 << 0;
@@ -294,6 +299,71 @@ impl AcpiPm {
 }
 
 /// The PM block as mapped at PMBASE (ICH9) or PMBA (PIIX4).
+/// What ICH9 LPC and PIIX4 PM both hold of their PM block: the registers, the block as an I/O
+/// target, the APM ports (decoded where the plan puts them, with the chipset's ACPI
+/// enable/disable commands) and the SCI line the plan gives.
+pub struct PmParts {
+    pub pm: Arc<Mutex<AcpiPm>>,
+    pub block: SharedDevice,
+    apm: SharedDevice,
+    apm_ports: Option<Range>,
+    /// The SCI's GSI (the plan's `sci-irq`).
+    sci_irq: Option<u32>,
+    /// ACPI PCI hot-plug registers (ICH9 0x0cc0, PIIX4 0xae00), when the plan has them;
+    /// they raise GPE0 bit 1.
+    pub pcihp: Option<SharedPcihp>,
+}
+
+impl PmParts {
+    /// `acpi_enable`/`acpi_disable`: the chipset's APM commands for ACPI mode.
+    /// `acpi`: the chipset's registers as it configured them.
+    pub fn new(acpi: AcpiPm, plan: &Plan, lifecycle: Lifecycle, commands: (u8, u8)) -> Self {
+        let pm = Arc::new(Mutex::new(acpi));
+        let gpe_pm = pm.clone();
+        let gpe = Arc::new(move || lock(&gpe_pm).raise_gpe(acpi_hotplug::GPE_PCI_HOTPLUG));
+        Self {
+            pcihp: Pcihp::for_plan(plan, gpe, lifecycle).map(acpi_hotplug::shared),
+            block: Arc::new(Mutex::new(PmBlock(pm.clone()))),
+            apm: Arc::new(Mutex::new(Apm::new(pm.clone(), commands.0, commands.1))),
+            apm_ports: apm::ports(plan),
+            sci_irq: plan.sci_irq,
+            pm,
+        }
+    }
+
+    pub fn reset(&self) {
+        lock(&self.pm).reset();
+        if let Some(p) = &self.pcihp {
+            lock(p).reset();
+        }
+    }
+
+    /// The hot-plug registers as window `key`, where the plan has them.
+    pub fn pcihp_window(&self, key: u32) -> Option<Window> {
+        let p = self.pcihp.as_ref()?;
+        let at = lock(p).range();
+        let dev: SharedDevice = p.clone();
+        Some(super::io_window::io_window(key, at.base, at.size, &dev))
+    }
+
+    /// The APM ports as window `key`, where the plan has them.
+    pub fn apm_window(&self, key: u32) -> Option<Window> {
+        self.apm_ports.map(|at| apm::window(key, at, &self.apm))
+    }
+
+    /// Wire the SCI to `sink` at the plan's GSI.
+    pub fn set_intx_sink(&self, sink: Arc<dyn IntxSink>) {
+        if let Some(gsi) = self.sci_irq {
+            lock(&self.pm).set_sci_sink(sink, gsi);
+        }
+    }
+
+    pub fn power_button(&self) -> bool {
+        lock(&self.pm).power_button();
+        true
+    }
+}
+
 pub struct PmBlock(pub Arc<Mutex<AcpiPm>>);
 
 impl BusDevice for PmBlock {

@@ -2,13 +2,13 @@
 //! PIRQ A-H routing, RCBA (maps the chipset-configuration register block) and LPC_EN bits
 //! for the ISA devices present, with QEMU's ich9_lpc_reset values.
 
-use super::acpi_pm::{AcpiPm, PmBlock, PmFlavor, ICH9_GPE0_LEN, ICH9_PM_BLOCK_LEN};
-use super::apm::{self, Apm};
+use super::acpi_pm::{AcpiPm, PmFlavor, PmParts, ICH9_GPE0_LEN, ICH9_PM_BLOCK_LEN};
 use super::byte_regs;
 use super::io_window::IoDecode;
 use super::tco::{NoRebootSource, Tco, GCS_NO_REBOOT, GCS_OFFSET};
 use crate::bus::{BusDevice, SharedDevice};
 use crate::lifecycle::Lifecycle;
+use crate::lock;
 use crate::pci::acpi_hotplug::SharedPcihp;
 use crate::pci::config::PciConfig;
 use crate::pci::device::{PciFunction, Space, Window, WindowTarget};
@@ -17,7 +17,7 @@ use crate::pci::host::SharedFunction;
 use crate::pci::interrupt::IntxSink;
 use crate::pci::kind::{shared, FunctionContext, PciKind};
 use crate::pci::PciError;
-use machine::{FirmwareRole, PciFunctionPlan, Plan, Range};
+use machine::{FirmwareRole, PciFunctionPlan, Plan};
 use std::sync::{Arc, Mutex};
 
 pub const PMBASE: usize = 0x40;
@@ -109,16 +109,8 @@ impl BusDevice for Rcrb {
 
 pub struct Ich9Lpc {
     config: PciConfig,
-    pm: Arc<Mutex<AcpiPm>>,
-    pm_block: SharedDevice,
+    pm: PmParts,
     rcrb: Arc<Mutex<Rcrb>>,
-    /// The APM control/status ports, decoded where the plan puts them.
-    apm: SharedDevice,
-    apm_ports: Option<Range>,
-    /// The SCI's GSI (the plan's `sci-irq`).
-    sci_irq: Option<u32>,
-    /// ACPI PCI hot-plug registers (0x0cc0), when the plan has them.
-    pcihp: Option<SharedPcihp>,
 }
 
 impl Ich9Lpc {
@@ -155,28 +147,15 @@ impl Ich9Lpc {
                 &clock,
             ));
         }
-        let pm = Arc::new(Mutex::new(acpi));
-        let pcihp = super::piix4_pm::pcihp_for(plan, &pm, &lifecycle);
-        let pm_block: SharedDevice = Arc::new(Mutex::new(PmBlock(pm.clone())));
-        let apm = Arc::new(Mutex::new(Apm::new(
-            pm.clone(),
-            APM_ACPI_ENABLE,
-            APM_ACPI_DISABLE,
-        )));
         Ok(Self {
             config: c,
-            pm,
-            pm_block,
+            pm: PmParts::new(acpi, plan, lifecycle, (APM_ACPI_ENABLE, APM_ACPI_DISABLE)),
             rcrb,
-            apm,
-            apm_ports: apm::ports(plan),
-            sci_irq: plan.sci_irq,
-            pcihp,
         })
     }
 
     pub fn acpi_pm(&self) -> Arc<Mutex<AcpiPm>> {
-        self.pm.clone()
+        self.pm.pm.clone()
     }
 
     /// PM block base when ACPI decoding is enabled.
@@ -195,16 +174,13 @@ impl PciFunction for Ich9Lpc {
 
     fn reset(&mut self) {
         self.config.reset();
-        self.pm.lock().unwrap_or_else(|e| e.into_inner()).reset();
-        self.rcrb.lock().unwrap_or_else(|e| e.into_inner()).reset();
-        if let Some(p) = &self.pcihp {
-            lock(p).reset();
-        }
+        self.pm.reset();
+        lock(&self.rcrb).reset();
     }
 
     fn windows(&self) -> Vec<Window> {
         let mut w: Vec<Window> = PM_DECODE
-            .window(&self.config, PM_WINDOW, ICH9_PM_BLOCK_LEN, &self.pm_block)
+            .window(&self.config, PM_WINDOW, ICH9_PM_BLOCK_LEN, &self.pm.block)
             .into_iter()
             .collect();
         let rcba = self.config.get_u32(RCBA);
@@ -217,41 +193,22 @@ impl PciFunction for Ich9Lpc {
                 target: WindowTarget::Device(self.rcrb.clone()),
             });
         }
-        w.extend(
-            self.apm_ports
-                .map(|at| apm::window(APM_WINDOW, at, &self.apm)),
-        );
-        if let Some(p) = &self.pcihp {
-            let at = lock(p).range();
-            let dev: SharedDevice = p.clone();
-            w.push(super::io_window::io_window(
-                PCIHP_WINDOW,
-                at.base,
-                at.size,
-                &dev,
-            ));
-        }
+        w.extend(self.pm.apm_window(APM_WINDOW));
+        w.extend(self.pm.pcihp_window(PCIHP_WINDOW));
         w
     }
 
     fn acpi_hotplug(&self) -> Option<SharedPcihp> {
-        self.pcihp.clone()
+        self.pm.pcihp.clone()
     }
 
     fn set_intx_sink(&mut self, sink: Arc<dyn IntxSink>) {
-        if let Some(gsi) = self.sci_irq {
-            lock(&self.pm).set_sci_sink(sink, gsi);
-        }
+        self.pm.set_intx_sink(sink);
     }
 
     fn power_button(&mut self) -> bool {
-        lock(&self.pm).power_button();
-        true
+        self.pm.power_button()
     }
-}
-
-fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The ICH9 LPC kind: the q35 south bridge, its PM block and the PIRQ router.

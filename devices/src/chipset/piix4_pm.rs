@@ -2,13 +2,13 @@
 //! in PMREGMISC (0x80 bit 0) mapping the ACPI PM block, the SMBus base at 0x90 enabled by
 //! 0xd2 bit 0, and GPE0 fixed at 0xafe0, with QEMU's piix4_pm_realize/piix4_reset values.
 
-use super::acpi_pm::{AcpiPm, Gpe0Block, PmBlock, PmFlavor, PIIX4_GPE0, PIIX4_PM_BLOCK_LEN};
-use super::apm::{self, Apm};
+use super::acpi_pm::{AcpiPm, Gpe0Block, PmFlavor, PmParts, PIIX4_GPE0, PIIX4_PM_BLOCK_LEN};
 use super::io_window::{io_window, IoDecode};
 use super::smbus::{Smbus, SMBUS_IO_LEN};
 use crate::bus::SharedDevice;
 use crate::lifecycle::Lifecycle;
-use crate::pci::acpi_hotplug::{self, Pcihp, SharedPcihp};
+use crate::lock;
+use crate::pci::acpi_hotplug::SharedPcihp;
 use crate::pci::config::PciConfig;
 use crate::pci::device::{PciFunction, Window};
 use crate::pci::firmware::FirmwareFunction;
@@ -51,29 +51,11 @@ const SMB_DECODE: IoDecode = IoDecode {
 
 pub struct Piix4Pm {
     config: PciConfig,
-    pm: Arc<Mutex<AcpiPm>>,
-    pm_block: SharedDevice,
+    pm: PmParts,
     gpe_block: SharedDevice,
     smbus: Arc<Mutex<Smbus>>,
-    /// The APM control/status ports and GPE0, decoded where the plan puts them.
-    apm: SharedDevice,
-    apm_ports: Option<Range>,
+    /// GPE0, decoded where the plan puts it.
     gpe0: Option<Range>,
-    /// The SCI's GSI (the plan's `sci-irq`).
-    sci_irq: Option<u32>,
-    /// ACPI PCI hot-plug registers (0xae00), when the plan has them.
-    pcihp: Option<SharedPcihp>,
-}
-
-/// The ACPI PCI hot-plug block of `plan`, raising GPE0 bit 1 on `pm`.
-pub(crate) fn pcihp_for(
-    plan: &Plan,
-    pm: &Arc<Mutex<AcpiPm>>,
-    lifecycle: &Lifecycle,
-) -> Option<SharedPcihp> {
-    let pm = pm.clone();
-    let gpe = Arc::new(move || lock(&pm).raise_gpe(acpi_hotplug::GPE_PCI_HOTPLUG));
-    Pcihp::for_plan(plan, gpe, lifecycle.clone()).map(acpi_hotplug::shared)
 }
 
 impl Piix4Pm {
@@ -116,31 +98,19 @@ impl Piix4Pm {
         };
         c.set_u8(0x67, com1 | com2);
         c.commit_reset_state();
-        let pm = Arc::new(Mutex::new(AcpiPm::new(
-            PmFlavor::Piix4,
-            lifecycle.clone(),
-            !smm,
-        )));
+        let acpi = AcpiPm::new(PmFlavor::Piix4, lifecycle.clone(), !smm);
+        let pm = PmParts::new(acpi, plan, lifecycle, (APM_ACPI_ENABLE, APM_ACPI_DISABLE));
         Ok(Self {
-            pcihp: pcihp_for(plan, &pm, &lifecycle),
             config: c,
-            pm_block: Arc::new(Mutex::new(PmBlock(pm.clone()))),
-            gpe_block: Arc::new(Mutex::new(Gpe0Block(pm.clone()))),
-            apm: Arc::new(Mutex::new(Apm::new(
-                pm.clone(),
-                APM_ACPI_ENABLE,
-                APM_ACPI_DISABLE,
-            ))),
-            apm_ports: apm::ports(plan),
+            gpe_block: Arc::new(Mutex::new(Gpe0Block(pm.pm.clone()))),
             gpe0: PIIX4_GPE0.find(plan).and_then(|d| d.io.first().copied()),
-            sci_irq: plan.sci_irq,
             pm,
             smbus: Arc::new(Mutex::new(Smbus::new())),
         })
     }
 
     pub fn acpi_pm(&self) -> Arc<Mutex<AcpiPm>> {
-        self.pm.clone()
+        self.pm.pm.clone()
     }
 
     pub fn pm_base(&self) -> Option<u16> {
@@ -162,11 +132,8 @@ impl PciFunction for Piix4Pm {
 
     fn reset(&mut self) {
         self.config.reset();
-        self.pm.lock().unwrap_or_else(|e| e.into_inner()).reset();
-        self.smbus.lock().unwrap_or_else(|e| e.into_inner()).reset();
-        if let Some(p) = &self.pcihp {
-            lock(p).reset();
-        }
+        self.pm.reset();
+        lock(&self.smbus).reset();
     }
 
     fn windows(&self) -> Vec<Window> {
@@ -174,16 +141,10 @@ impl PciFunction for Piix4Pm {
         let gpe = self
             .gpe0
             .map(|at| io_window(GPE_WINDOW, at.base, at.size, &self.gpe_block));
-        let pm = PM_DECODE.window(&self.config, PM_WINDOW, PIIX4_PM_BLOCK_LEN, &self.pm_block);
+        let pm = PM_DECODE.window(&self.config, PM_WINDOW, PIIX4_PM_BLOCK_LEN, &self.pm.block);
         let smb = SMB_DECODE.window(&self.config, SMB_WINDOW, SMBUS_IO_LEN, &smbus);
-        let apm = self
-            .apm_ports
-            .map(|at| apm::window(APM_WINDOW, at, &self.apm));
-        let hp = self.pcihp.as_ref().map(|p| {
-            let at = lock(p).range();
-            let dev: SharedDevice = p.clone();
-            io_window(PCIHP_WINDOW, at.base, at.size, &dev)
-        });
+        let apm = self.pm.apm_window(APM_WINDOW);
+        let hp = self.pm.pcihp_window(PCIHP_WINDOW);
         gpe.into_iter()
             .chain(pm)
             .chain(smb)
@@ -193,23 +154,16 @@ impl PciFunction for Piix4Pm {
     }
 
     fn acpi_hotplug(&self) -> Option<SharedPcihp> {
-        self.pcihp.clone()
+        self.pm.pcihp.clone()
     }
 
     fn set_intx_sink(&mut self, sink: Arc<dyn IntxSink>) {
-        if let Some(gsi) = self.sci_irq {
-            lock(&self.pm).set_sci_sink(sink, gsi);
-        }
+        self.pm.set_intx_sink(sink);
     }
 
     fn power_button(&mut self) -> bool {
-        lock(&self.pm).power_button();
-        true
+        self.pm.power_button()
     }
-}
-
-fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The PIIX4 PM kind: the pc PM block, SMBus and GPE0.

@@ -204,29 +204,14 @@ impl PciHost {
         let mut next = 0u8;
         self.number_bus(0, 0, &mut next)?;
         let mut setup = ChipsetSetup::default();
-        for (key, _) in self.all_keys() {
-            if let Some(kind) = self.kind_at(key) {
-                kind.firmware_init(&mut FirmwareFunction {
-                    host: self,
-                    key,
-                    plan,
-                    setup: &mut setup,
-                })?;
-            }
-        }
+        self.each_kind(plan, &mut setup, |kind, fw| kind.firmware_init(fw))?;
         let (io_window, mem32_window, mem64_window) = self.assign_resources(plan, setup.ecam)?;
         self.enable_decode();
         let intx = self.route_interrupts();
-        for (key, _) in self.all_keys() {
-            if let Some(kind) = self.kind_at(key) {
-                kind.firmware_finish(&mut FirmwareFunction {
-                    host: self,
-                    key,
-                    plan,
-                    setup: &mut setup,
-                });
-            }
-        }
+        self.each_kind(plan, &mut setup, |kind, fw| {
+            kind.firmware_finish(fw);
+            Ok(())
+        })?;
         let buses = self.numbered_buses(next);
         Ok(FirmwareLayout {
             buses,
@@ -489,6 +474,29 @@ impl PciHost {
             },
             hole64,
         ))
+    }
+
+    /// Run one of the kinds' firmware hooks on every function, in (bus, devfn) order.
+    fn each_kind(
+        &mut self,
+        plan: &Plan,
+        setup: &mut ChipsetSetup,
+        mut hook: impl FnMut(&dyn PciKind, &mut FirmwareFunction) -> Result<(), PciError>,
+    ) -> Result<(), PciError> {
+        for (key, _) in self.all_keys() {
+            if let Some(kind) = self.kind_at(key) {
+                hook(
+                    kind,
+                    &mut FirmwareFunction {
+                        host: self,
+                        key,
+                        plan,
+                        setup,
+                    },
+                )?;
+            }
+        }
+        Ok(())
     }
 
     fn all_keys(&self) -> Vec<(FunctionKey, bool)> {

@@ -44,9 +44,7 @@ pub struct NotifyInfo {
     pub addrs: Vec<NotifyAddr>,
 }
 
-pub(crate) fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
+pub(crate) use crate::lock;
 
 /// What the plan says about the function, reduced to what the transport needs.
 pub(crate) struct TransportParams {

@@ -4,7 +4,7 @@
 use super::{lock, FunctionKey, PciHost, SharedFunction};
 use crate::bus::{Bus, BusDevice, SharedDevice};
 use crate::pci::config::{BarKind, NUM_BARS};
-use crate::pci::device::{PciFunction, Space, Window, WindowTarget};
+use crate::pci::device::{PciFunction, Space, WindowTarget};
 use std::sync::{Arc, Mutex};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -210,39 +210,22 @@ fn wanted(f: &dyn PciFunction) -> Vec<(Mapped, Option<WindowTarget>)> {
         } else {
             Space::Mmio
         };
-        let key = bar as u32;
-        let size = def.size;
-        desired.push((
-            Mapped {
-                key,
-                space,
-                base,
-                size,
-            },
-            None,
-        ));
+        let mapped = Mapped {
+            key: bar as u32,
+            space,
+            base,
+            size: def.size,
+        };
+        desired.push((mapped, None));
     }
-    for Window {
-        key,
-        space,
-        base,
-        size,
-        target,
-    } in f.windows()
-    {
-        if size == 0 {
-            continue;
-        }
-        let key = WINDOW_KEY_BASE + key;
-        desired.push((
-            Mapped {
-                key,
-                space,
-                base,
-                size,
-            },
-            Some(target),
-        ));
+    for w in f.windows().into_iter().filter(|w| w.size > 0) {
+        let mapped = Mapped {
+            key: WINDOW_KEY_BASE + w.key,
+            space: w.space,
+            base: w.base,
+            size: w.size,
+        };
+        desired.push((mapped, Some(w.target)));
     }
     desired
 }

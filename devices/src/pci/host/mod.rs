@@ -23,7 +23,7 @@ use crate::lifecycle::{Lifecycle, Request};
 use machine::{BusKind, Family};
 use mapping::Mapped;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 /// A function shared between the host and the BAR windows that dispatch to it.
 pub type SharedFunction = Arc<Mutex<dyn PciFunction>>;
@@ -33,9 +33,7 @@ pub type SharedHost = Arc<Mutex<PciHost>>;
 /// Index of a bus in plan order (0 = root) and a devfn on it.
 pub type FunctionKey = (usize, u8);
 
-fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
+use crate::lock;
 
 struct BusNode {
     id: String,
