@@ -39,6 +39,42 @@ pub fn split_ram(layout: &MemoryLayoutDef, ram_size: u64, opts: &ResolvedOptions
     (below, ram_size - below)
 }
 
+/// The 32-bit PCI hole: from the board's start (raised to the MiB above RAM below 4 GiB) to
+/// its end.
+fn pci_hole32(layout: &MemoryLayoutDef, below: u64) -> Range {
+    let end = layout.pci_hole32_end.map(|n| n.0).unwrap_or(0xfec0_0000);
+    let start = layout
+        .pci_hole32_start
+        .map(|n| n.0)
+        .unwrap_or(below)
+        .max(below.div_ceil(MIB) * MIB)
+        .min(end);
+    Range {
+        base: start,
+        size: end - start,
+    }
+}
+
+/// What follows RAM above 4 GiB, each at a 1 GiB boundary: the memory hot-plug area (when
+/// `device_memory` is not 0), then the 64-bit PCI hole.
+fn above_ram(layout: &MemoryLayoutDef, above: u64, device_memory: u64) -> (Option<Range>, Range) {
+    let round_gib = |a: u64| a.div_ceil(GIB).saturating_mul(GIB);
+    let ram_end = round_gib(FOUR_GIB.saturating_add(above));
+    let device_memory = (device_memory > 0).then_some(Range {
+        base: ram_end,
+        size: device_memory,
+    });
+    let hole64_base = match device_memory {
+        Some(d) => round_gib(d.base.saturating_add(d.size)),
+        None => ram_end,
+    };
+    let pci_hole64 = Range {
+        base: hole64_base,
+        size: layout.pci_hole64_size.map(|n| n.0).unwrap_or(0),
+    };
+    (device_memory, pci_hole64)
+}
+
 /// Compute the memory map. `device_memory` is the size of QEMU's memory hot-plug area
 /// (`maxmem` - `size`, plus 1 GiB per slot), placed at the 1 GiB boundary after RAM above
 /// 4 GiB; the 64-bit PCI hole follows it. `flag` evaluates region conditions (e.g. `hpet`).
@@ -87,17 +123,7 @@ pub fn memory_map(
     if let Some(e) = ecam {
         push("ecam", RegionKind::Reserved, e.base, e.size);
     }
-    let hole32_end = layout.pci_hole32_end.map(|n| n.0).unwrap_or(0xfec0_0000);
-    let hole32_start = layout
-        .pci_hole32_start
-        .map(|n| n.0)
-        .unwrap_or(below)
-        .max(below.div_ceil(MIB) * MIB)
-        .min(hole32_end);
-    let pci_hole32 = Range {
-        base: hole32_start,
-        size: hole32_end - hole32_start,
-    };
+    let pci_hole32 = pci_hole32(layout, below);
     push(
         "pci-hole32",
         RegionKind::PciHole,
@@ -112,20 +138,7 @@ pub fn memory_map(
     if above > 0 {
         push("ram-high", RegionKind::Ram, FOUR_GIB, above);
     }
-    let round_gib = |a: u64| a.div_ceil(GIB).saturating_mul(GIB);
-    let ram_end = round_gib(FOUR_GIB.saturating_add(above));
-    let device_memory = (device_memory > 0).then_some(Range {
-        base: ram_end,
-        size: device_memory,
-    });
-    let hole64_base = match device_memory {
-        Some(d) => round_gib(d.base.saturating_add(d.size)),
-        None => ram_end,
-    };
-    let pci_hole64 = Range {
-        base: hole64_base,
-        size: layout.pci_hole64_size.map(|n| n.0).unwrap_or(0),
-    };
+    let (device_memory, pci_hole64) = above_ram(layout, above, device_memory);
     push(
         "pci-hole64",
         RegionKind::PciHole,

@@ -381,24 +381,26 @@ impl PciHost {
         }
     }
 
-    fn function_config_bar_offset(&self, key: FunctionKey, bar: usize) -> Option<usize> {
-        let (_, f) = self
+    /// `read` applied to the config space of the function at `key`.
+    fn with_config<T>(
+        &self,
+        key: FunctionKey,
+        read: impl FnOnce(&super::config::PciConfig) -> Option<T>,
+    ) -> Option<T> {
+        let (_, f, _, _) = self
             .functions_on(key.0)
             .into_iter()
-            .map(|(d, f, _, _)| (d, f))
-            .find(|(d, _)| *d == key.1)?;
-        let f = f.lock().unwrap_or_else(|e| e.into_inner());
-        f.config().bar_offset(bar)
+            .find(|(d, _, _, _)| *d == key.1)?;
+        let f = crate::lock(&f);
+        read(f.config())
+    }
+
+    fn function_config_bar_offset(&self, key: FunctionKey, bar: usize) -> Option<usize> {
+        self.with_config(key, |c| c.bar_offset(bar))
     }
 
     fn bar_kind(&self, key: FunctionKey, bar: usize) -> Option<BarKind> {
-        let (_, f) = self
-            .functions_on(key.0)
-            .into_iter()
-            .map(|(d, f, _, _)| (d, f))
-            .find(|(d, _)| *d == key.1)?;
-        let f = f.lock().unwrap_or_else(|e| e.into_inner());
-        f.config().bar(bar).map(|d| d.kind)
+        self.with_config(key, |c| c.bar(bar).map(|d| d.kind))
     }
 
     /// Close every bridge window (base above limit) before assigning the used ones.

@@ -16,6 +16,9 @@ use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use virtio_queue::DescriptorChain;
+
+/// virtio_blk_outhdr: type, ioprio, sector.
+const REQ_HDR_LEN: usize = 16;
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap};
 
 pub const DEVICE_TYPE: u16 = 2;
@@ -571,7 +574,7 @@ impl Block {
         if hlen < 16 || writable < 1 {
             return None;
         }
-        let mut hdr = [0u8; 16];
+        let mut hdr = [0u8; REQ_HDR_LEN];
         vm_memory::Bytes::read_slice(mem, &mut hdr, haddr).ok()?;
         let ty = u32::from_le_bytes([hdr[0], hdr[1], hdr[2], hdr[3]]) & !T_BARRIER;
         let sector = u64::from_le_bytes(hdr[8..16].try_into().unwrap_or_default());
@@ -640,6 +643,132 @@ impl Block {
         Some(used as u32)
     }
 
+    /// A read (T_IN) of the writable buffers' size at `sector`: its status and the bytes
+    /// moved.
+    fn read_request(
+        &self,
+        mem: &GuestMemoryMmap,
+        chain: &DescriptorChain<&GuestMemoryMmap>,
+        writer: &mut virtio_queue::Writer<'_, ()>,
+        sector: u64,
+        elapsed: impl Fn() -> u64,
+    ) -> (u8, usize) {
+        let stats = &self.backend.stats;
+        let len = writer.available_bytes();
+        if !self.sector_range_ok(sector, len as u64) {
+            self.out_of_range("read", sector, len);
+            BlockStats::add(&stats.invalid_rd_operations, 1);
+            return (S_IOERR, 0);
+        }
+        crate::trace_event!(
+            virtio_blk_handle_read,
+            "vdev {} sector {sector} nsectors {}",
+            self.name,
+            len as u64 / SECTOR
+        );
+        let direct = self
+            .zero_copy(mem, chain, true, 0, len)
+            .map(|mut iovs| vectored(self.fd(), false, &mut iovs, sector * SECTOR));
+        let (moved, res) = match direct {
+            Some(r) => r,
+            None => transfer(len, sector * SECTOR, |buf, offset| {
+                self.backend.file.read_exact_at(buf, offset)?;
+                writer.write_all(buf)
+            }),
+        };
+        if let Err(e) = &res {
+            self.failed("read", sector, len, e);
+        }
+        (stats.read_done(res.is_ok(), moved, elapsed()), moved)
+    }
+
+    /// A write (T_OUT) of the readable data after the request header at `sector`.
+    fn write_request(
+        &self,
+        mem: &GuestMemoryMmap,
+        chain: &DescriptorChain<&GuestMemoryMmap>,
+        reader: &mut virtio_queue::Reader<'_, ()>,
+        sector: u64,
+        elapsed: impl Fn() -> u64,
+    ) -> u8 {
+        let stats = &self.backend.stats;
+        let len = reader.available_bytes();
+        if self.backend.read_only || !self.sector_range_ok(sector, len as u64) {
+            self.out_of_range("write", sector, len);
+            BlockStats::add(&stats.invalid_wr_operations, 1);
+            return S_IOERR;
+        }
+        crate::trace_event!(
+            virtio_blk_handle_write,
+            "vdev {} sector {sector} nsectors {}",
+            self.name,
+            len as u64 / SECTOR
+        );
+        let direct = self
+            .zero_copy(mem, chain, false, REQ_HDR_LEN, len)
+            .map(|mut iovs| vectored(self.fd(), true, &mut iovs, sector * SECTOR));
+        let (_, res) = match direct {
+            Some(r) => r,
+            None => transfer(len, sector * SECTOR, |buf, offset| {
+                reader.read_exact(buf)?;
+                self.backend.file.write_all_at(buf, offset)
+            }),
+        };
+        let res = self.settle(res);
+        if let Err(e) = &res {
+            self.failed("write", sector, len, e);
+        }
+        stats.write_done(res.is_ok(), sector * SECTOR, len, elapsed())
+    }
+
+    fn flush_request(&self, sector: u64, elapsed: impl Fn() -> u64) -> u8 {
+        let stats = &self.backend.stats;
+        match self.sync() {
+            Ok(()) => {
+                BlockStats::add(&stats.flush_operations, 1);
+                BlockStats::add(&stats.flush_total_time_ns, elapsed());
+                S_OK
+            }
+            Err(e) => {
+                self.failed("flush", sector, 0, &e);
+                BlockStats::add(&stats.failed_flush_operations, 1);
+                S_IOERR
+            }
+        }
+    }
+
+    /// T_GET_ID: the serial, cut to the ID size and to the buffer; its status and length.
+    fn get_id(&self, writer: &mut virtio_queue::Writer<'_, ()>) -> (u8, usize) {
+        let mut id = [0u8; ID_BYTES];
+        let s = self.opts.serial.as_bytes();
+        let n = s.len().min(ID_BYTES);
+        id[..n].copy_from_slice(&s[..n]);
+        let n = writer.available_bytes().min(ID_BYTES);
+        match writer.write_all(&id[..n]) {
+            Ok(()) => (S_OK, n),
+            Err(_) => (S_IOERR, 0),
+        }
+    }
+
+    /// A discard or write-zeroes request, counted as QEMU counts it (unmap operations, or
+    /// writes for write-zeroes).
+    fn counted_discard_write_zeroes(
+        &self,
+        write_zeroes: bool,
+        reader: &mut virtio_queue::Reader<'_, ()>,
+    ) -> u8 {
+        let stats = &self.backend.stats;
+        let status = self.discard_write_zeroes(write_zeroes, reader);
+        let counter = match (write_zeroes, status == S_OK) {
+            (false, true) => &stats.unmap_operations,
+            (false, false) => &stats.failed_unmap_operations,
+            (true, true) => &stats.wr_operations,
+            (true, false) => &stats.failed_wr_operations,
+        };
+        BlockStats::add(counter, 1);
+        status
+    }
+
     /// Run one request and write its status byte; returns the used length to report, or
     /// why the chain is malformed (a device error, as in QEMU).
     fn execute(
@@ -655,7 +784,7 @@ impl Block {
             .clone()
             .writer(mem)
             .map_err(|e| format!("writable buffers: {e}"))?;
-        let mut hdr = [0u8; 16];
+        let mut hdr = [0u8; REQ_HDR_LEN];
         reader
             .read_exact(&mut hdr)
             .map_err(|_| "request outhdr too short".to_string())?;
@@ -669,115 +798,26 @@ impl Block {
         let ty = u32::from_le_bytes([hdr[0], hdr[1], hdr[2], hdr[3]]) & !T_BARRIER;
         let sector = u64::from_le_bytes(hdr[8..16].try_into().unwrap_or_default());
         let mut data_len = 0usize;
-        let stats = &self.backend.stats;
         let started = std::time::Instant::now();
         let elapsed = || u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         let status = match ty {
             T_IN => {
-                let len = writer.available_bytes();
-                if !self.sector_range_ok(sector, len as u64) {
-                    self.out_of_range("read", sector, len);
-                    BlockStats::add(&stats.invalid_rd_operations, 1);
-                    S_IOERR
-                } else {
-                    crate::trace_event!(
-                        virtio_blk_handle_read,
-                        "vdev {} sector {sector} nsectors {}",
-                        self.name,
-                        len as u64 / SECTOR
-                    );
-                    let direct = self
-                        .zero_copy(mem, &chain, true, 0, len)
-                        .map(|mut iovs| vectored(self.fd(), false, &mut iovs, sector * SECTOR));
-                    let (moved, res) = match direct {
-                        Some(r) => r,
-                        None => transfer(len, sector * SECTOR, |buf, offset| {
-                            self.backend.file.read_exact_at(buf, offset)?;
-                            writer.write_all(buf)
-                        }),
-                    };
-                    if let Err(e) = &res {
-                        self.failed("read", sector, len, e);
-                    }
-                    data_len = moved;
-                    stats.read_done(res.is_ok(), moved, elapsed())
-                }
+                let (status, moved) = self.read_request(mem, &chain, &mut writer, sector, elapsed);
+                data_len = moved;
+                status
             }
-            T_OUT => {
-                let len = reader.available_bytes();
-                if self.backend.read_only || !self.sector_range_ok(sector, len as u64) {
-                    self.out_of_range("write", sector, len);
-                    BlockStats::add(&stats.invalid_wr_operations, 1);
-                    S_IOERR
-                } else {
-                    crate::trace_event!(
-                        virtio_blk_handle_write,
-                        "vdev {} sector {sector} nsectors {}",
-                        self.name,
-                        len as u64 / SECTOR
-                    );
-                    let direct = self
-                        .zero_copy(mem, &chain, false, hdr.len(), len)
-                        .map(|mut iovs| vectored(self.fd(), true, &mut iovs, sector * SECTOR));
-                    let (_, res) = match direct {
-                        Some(r) => r,
-                        None => transfer(len, sector * SECTOR, |buf, offset| {
-                            reader.read_exact(buf)?;
-                            self.backend.file.write_all_at(buf, offset)
-                        }),
-                    };
-                    let res = self.settle(res);
-                    if let Err(e) = &res {
-                        self.failed("write", sector, len, e);
-                    }
-                    stats.write_done(res.is_ok(), sector * SECTOR, len, elapsed())
-                }
-            }
-            T_FLUSH if self.features & F_FLUSH != 0 => match self.sync() {
-                Ok(()) => {
-                    BlockStats::add(&stats.flush_operations, 1);
-                    BlockStats::add(&stats.flush_total_time_ns, elapsed());
-                    S_OK
-                }
-                Err(e) => {
-                    self.failed("flush", sector, 0, &e);
-                    BlockStats::add(&stats.failed_flush_operations, 1);
-                    S_IOERR
-                }
-            },
+            T_OUT => self.write_request(mem, &chain, &mut reader, sector, elapsed),
+            T_FLUSH if self.features & F_FLUSH != 0 => self.flush_request(sector, elapsed),
             T_GET_ID => {
-                let mut id = [0u8; ID_BYTES];
-                let s = self.opts.serial.as_bytes();
-                let n = s.len().min(ID_BYTES);
-                id[..n].copy_from_slice(&s[..n]);
-                let n = writer.available_bytes().min(ID_BYTES);
-                match writer.write_all(&id[..n]) {
-                    Ok(()) => {
-                        data_len = n;
-                        S_OK
-                    }
-                    Err(_) => S_IOERR,
-                }
+                let (status, n) = self.get_id(&mut writer);
+                data_len = n;
+                status
             }
             T_DISCARD if self.features & F_DISCARD != 0 => {
-                let status = self.discard_write_zeroes(false, &mut reader);
-                let counter = if status == S_OK {
-                    &stats.unmap_operations
-                } else {
-                    &stats.failed_unmap_operations
-                };
-                BlockStats::add(counter, 1);
-                status
+                self.counted_discard_write_zeroes(false, &mut reader)
             }
             T_WRITE_ZEROES if self.features & F_WRITE_ZEROES != 0 => {
-                let status = self.discard_write_zeroes(true, &mut reader);
-                let counter = if status == S_OK {
-                    &stats.wr_operations
-                } else {
-                    &stats.failed_wr_operations
-                };
-                BlockStats::add(counter, 1);
-                status
+                self.counted_discard_write_zeroes(true, &mut reader)
             }
             _ => {
                 self.refused(format_args!("request type {ty:#x} not supported"));

@@ -606,59 +606,7 @@ impl VirtioPciFunction {
                     );
                     return;
                 };
-                // Replace the low or high half of a 64-bit ring address.
-                let half = |old: u64, high: bool| match high {
-                    false => (old & !0xffff_ffff) | u64::from(lo),
-                    true => (old & 0xffff_ffff) | (u64::from(lo) << 32),
-                };
-                // Refused values leave the field as it was and a queue that cannot work
-                // stops the device when used; the guest_errors line says why.
-                let refused = match offset {
-                    common::Q_SIZE => q
-                        .try_set_size(val as u16)
-                        .err()
-                        .map(|_| format!("size {val} refused (max {})", q.max_size())),
-                    common::Q_ENABLE if val == 1 => {
-                        q.set_event_idx(event_idx);
-                        q.set_ready(true);
-                        None
-                    }
-                    common::Q_ENABLE => None,
-                    common::Q_DESCLO | common::Q_DESCHI => {
-                        let a = half(q.desc_table(), offset == common::Q_DESCHI);
-                        q.try_set_desc_table_address(GuestAddress(a))
-                            .err()
-                            .map(|_| format!("descriptor table at {a:#x} is not 16-byte aligned"))
-                    }
-                    common::Q_AVAILLO | common::Q_AVAILHI => {
-                        let a = half(q.avail_ring(), offset == common::Q_AVAILHI);
-                        q.try_set_avail_ring_address(GuestAddress(a))
-                            .err()
-                            .map(|_| format!("available ring at {a:#x} is not 2-byte aligned"))
-                    }
-                    common::Q_USEDLO | common::Q_USEDHI => {
-                        let a = half(q.used_ring(), offset == common::Q_USEDHI);
-                        q.try_set_used_ring_address(GuestAddress(a))
-                            .err()
-                            .map(|_| format!("used ring at {a:#x} is not 4-byte aligned"))
-                    }
-                    // virtio 1.2's queue_notify_data and queue_reset (QEMU 10 has them; their
-                    // features are not offered here).
-                    common::Q_NDATA | common::Q_RESET => {
-                        crate::unimp!(
-                            "{name}: write of {val:#x} to common config offset {offset:#x} \
-                             (queue_notify_data / queue_reset) is not implemented"
-                        );
-                        None
-                    }
-                    _ => {
-                        crate::guest_error!(
-                            "{name}: write of {val:#x} to common config offset {offset:#x}, \
-                             not a writable register"
-                        );
-                        None
-                    }
-                };
+                let refused = write_queue_field(q, offset, val, event_idx, name);
                 if let Some(reason) = refused {
                     crate::guest_error!("{name}: queue {sel}: {reason}");
                 }
@@ -862,5 +810,69 @@ impl Drop for VirtioPciFunction {
     fn drop(&mut self) {
         // The VM may outlive this function (a hot-unplug, a test): leave nothing registered.
         self.unregister_all();
+    }
+}
+
+/// A guest write of `val` to queue register `offset` of common config (the selected queue
+/// `q`); why a value was refused, for the guest_errors line. Refused values leave the field
+/// as it was and a queue that cannot work stops the device when used.
+fn write_queue_field(
+    q: &mut virtio_queue::Queue,
+    offset: u64,
+    val: u64,
+    event_idx: bool,
+    name: &str,
+) -> Option<String> {
+    let lo = val as u32;
+    // Replace the low or high half of a 64-bit ring address.
+    let half = |old: u64, high: bool| match high {
+        false => (old & !0xffff_ffff) | u64::from(lo),
+        true => (old & 0xffff_ffff) | (u64::from(lo) << 32),
+    };
+    match offset {
+        common::Q_SIZE => q
+            .try_set_size(val as u16)
+            .err()
+            .map(|_| format!("size {val} refused (max {})", q.max_size())),
+        common::Q_ENABLE if val == 1 => {
+            q.set_event_idx(event_idx);
+            q.set_ready(true);
+            None
+        }
+        common::Q_ENABLE => None,
+        common::Q_DESCLO | common::Q_DESCHI => {
+            let a = half(q.desc_table(), offset == common::Q_DESCHI);
+            q.try_set_desc_table_address(GuestAddress(a))
+                .err()
+                .map(|_| format!("descriptor table at {a:#x} is not 16-byte aligned"))
+        }
+        common::Q_AVAILLO | common::Q_AVAILHI => {
+            let a = half(q.avail_ring(), offset == common::Q_AVAILHI);
+            q.try_set_avail_ring_address(GuestAddress(a))
+                .err()
+                .map(|_| format!("available ring at {a:#x} is not 2-byte aligned"))
+        }
+        common::Q_USEDLO | common::Q_USEDHI => {
+            let a = half(q.used_ring(), offset == common::Q_USEDHI);
+            q.try_set_used_ring_address(GuestAddress(a))
+                .err()
+                .map(|_| format!("used ring at {a:#x} is not 4-byte aligned"))
+        }
+        // virtio 1.2's queue_notify_data and queue_reset (QEMU 10 has them; their
+        // features are not offered here).
+        common::Q_NDATA | common::Q_RESET => {
+            crate::unimp!(
+                "{name}: write of {val:#x} to common config offset {offset:#x} \
+                 (queue_notify_data / queue_reset) is not implemented"
+            );
+            None
+        }
+        _ => {
+            crate::guest_error!(
+                "{name}: write of {val:#x} to common config offset {offset:#x}, \
+                 not a writable register"
+            );
+            None
+        }
     }
 }
