@@ -118,12 +118,14 @@ mod tests {
     use devices::bus::BusDevice;
     use vm_memory::GuestAddress;
 
+    /// The item under `key` as a guest reads it (selector at offset 0, data at 1; the base
+    /// is not used by the device).
     fn item(cfg: &mut FwCfg, key: u16, len: usize) -> Vec<u8> {
-        cfg.write(fw::FW_CFG_IO_BASE, 0, &key.to_le_bytes());
+        cfg.write(0x510, 0, &key.to_le_bytes());
         (0..len)
             .map(|_| {
                 let mut b = [0u8];
-                cfg.read(fw::FW_CFG_IO_BASE, 1, &mut b);
+                cfg.read(0x510, 1, &mut b);
                 b[0]
             })
             .collect()

@@ -571,7 +571,7 @@ impl Block {
             }
         }
         let (haddr, hlen) = header?;
-        if hlen < 16 || writable < 1 {
+        if hlen < REQ_HDR_LEN || writable < 1 {
             return None;
         }
         let mut hdr = [0u8; REQ_HDR_LEN];
@@ -581,56 +581,23 @@ impl Block {
         let (saddr, slen) = last_writable?;
         let status_at = saddr.checked_add(slen as u64 - 1)?;
         mem.get_slice(status_at, 1).ok()?;
-        let stats = &self.backend.stats;
         let started = std::time::Instant::now();
         let elapsed = || u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         let (status, used) = match ty {
-            T_IN if readable == 16 => {
+            // The whole writable size, as QEMU pushes for reads.
+            T_IN if readable == REQ_HDR_LEN => {
                 let len = writable - 1;
-                let status = if !self.sector_range_ok(sector, len as u64) {
-                    self.out_of_range("read", sector, len);
-                    BlockStats::add(&stats.invalid_rd_operations, 1);
-                    S_IOERR
-                } else {
-                    let mut iovs = self.zero_copy(mem, chain, true, 0, len)?;
-                    crate::trace_event!(
-                        virtio_blk_handle_read,
-                        "vdev {} sector {sector} nsectors {}",
-                        self.name,
-                        len as u64 / SECTOR
-                    );
-                    let (moved, res) = vectored(self.fd(), false, &mut iovs, sector * SECTOR);
-                    if let Err(e) = &res {
-                        self.failed("read", sector, len, e);
-                    }
-                    stats.read_done(res.is_ok(), moved, elapsed())
-                };
-                // The whole writable size, as QEMU pushes for reads.
-                (status, writable)
+                (
+                    self.read_request(mem, chain, sector, len, None, elapsed)?.0,
+                    writable,
+                )
             }
             T_OUT if writable == 1 => {
-                let len = readable - 16;
-                let status = if self.backend.read_only || !self.sector_range_ok(sector, len as u64)
-                {
-                    self.out_of_range("write", sector, len);
-                    BlockStats::add(&stats.invalid_wr_operations, 1);
-                    S_IOERR
-                } else {
-                    let mut iovs = self.zero_copy(mem, chain, false, 16, len)?;
-                    crate::trace_event!(
-                        virtio_blk_handle_write,
-                        "vdev {} sector {sector} nsectors {}",
-                        self.name,
-                        len as u64 / SECTOR
-                    );
-                    let res = vectored(self.fd(), true, &mut iovs, sector * SECTOR).1;
-                    let res = self.settle(res);
-                    if let Err(e) = &res {
-                        self.failed("write", sector, len, e);
-                    }
-                    stats.write_done(res.is_ok(), sector * SECTOR, len, elapsed())
-                };
-                (status, 1)
+                let len = readable - REQ_HDR_LEN;
+                (
+                    self.write_request(mem, chain, sector, len, None, elapsed)?,
+                    1,
+                )
             }
             _ => return None,
         };
@@ -643,22 +610,28 @@ impl Block {
         Some(used as u32)
     }
 
-    /// A read (T_IN) of the writable buffers' size at `sector`: its status and the bytes
-    /// moved.
+    /// A read (T_IN) of `len` bytes at `sector` into the chain's writable buffers, straight
+    /// from the file into guest RAM or, where that cannot be, through `writer`: its status and
+    /// the bytes moved. None (nothing done) when it cannot go straight and there is no
+    /// `writer` (the fast path then leaves the request to `execute`).
     fn read_request(
         &self,
         mem: &GuestMemoryMmap,
         chain: &DescriptorChain<&GuestMemoryMmap>,
-        writer: &mut virtio_queue::Writer<'_, ()>,
         sector: u64,
+        len: usize,
+        writer: Option<&mut virtio_queue::Writer<'_, ()>>,
         elapsed: impl Fn() -> u64,
-    ) -> (u8, usize) {
+    ) -> Option<(u8, usize)> {
         let stats = &self.backend.stats;
-        let len = writer.available_bytes();
         if !self.sector_range_ok(sector, len as u64) {
             self.out_of_range("read", sector, len);
             BlockStats::add(&stats.invalid_rd_operations, 1);
-            return (S_IOERR, 0);
+            return Some((S_IOERR, 0));
+        }
+        let direct = self.zero_copy(mem, chain, true, 0, len);
+        if direct.is_none() && writer.is_none() {
+            return None;
         }
         crate::trace_event!(
             virtio_blk_handle_read,
@@ -666,37 +639,42 @@ impl Block {
             self.name,
             len as u64 / SECTOR
         );
-        let direct = self
-            .zero_copy(mem, chain, true, 0, len)
-            .map(|mut iovs| vectored(self.fd(), false, &mut iovs, sector * SECTOR));
         let (moved, res) = match direct {
-            Some(r) => r,
-            None => transfer(len, sector * SECTOR, |buf, offset| {
-                self.backend.file.read_exact_at(buf, offset)?;
-                writer.write_all(buf)
-            }),
+            Some(mut iovs) => vectored(self.fd(), false, &mut iovs, sector * SECTOR),
+            None => {
+                let writer = writer?;
+                transfer(len, sector * SECTOR, |buf, offset| {
+                    self.backend.file.read_exact_at(buf, offset)?;
+                    writer.write_all(buf)
+                })
+            }
         };
         if let Err(e) = &res {
             self.failed("read", sector, len, e);
         }
-        (stats.read_done(res.is_ok(), moved, elapsed()), moved)
+        Some((stats.read_done(res.is_ok(), moved, elapsed()), moved))
     }
 
-    /// A write (T_OUT) of the readable data after the request header at `sector`.
+    /// A write (T_OUT) of the `len` bytes after the request header to `sector`, straight
+    /// from guest RAM or through `reader`; None as for [`read_request`](Self::read_request).
     fn write_request(
         &self,
         mem: &GuestMemoryMmap,
         chain: &DescriptorChain<&GuestMemoryMmap>,
-        reader: &mut virtio_queue::Reader<'_, ()>,
         sector: u64,
+        len: usize,
+        reader: Option<&mut virtio_queue::Reader<'_, ()>>,
         elapsed: impl Fn() -> u64,
-    ) -> u8 {
+    ) -> Option<u8> {
         let stats = &self.backend.stats;
-        let len = reader.available_bytes();
         if self.backend.read_only || !self.sector_range_ok(sector, len as u64) {
             self.out_of_range("write", sector, len);
             BlockStats::add(&stats.invalid_wr_operations, 1);
-            return S_IOERR;
+            return Some(S_IOERR);
+        }
+        let direct = self.zero_copy(mem, chain, false, REQ_HDR_LEN, len);
+        if direct.is_none() && reader.is_none() {
+            return None;
         }
         crate::trace_event!(
             virtio_blk_handle_write,
@@ -704,21 +682,21 @@ impl Block {
             self.name,
             len as u64 / SECTOR
         );
-        let direct = self
-            .zero_copy(mem, chain, false, REQ_HDR_LEN, len)
-            .map(|mut iovs| vectored(self.fd(), true, &mut iovs, sector * SECTOR));
         let (_, res) = match direct {
-            Some(r) => r,
-            None => transfer(len, sector * SECTOR, |buf, offset| {
-                reader.read_exact(buf)?;
-                self.backend.file.write_all_at(buf, offset)
-            }),
+            Some(mut iovs) => vectored(self.fd(), true, &mut iovs, sector * SECTOR),
+            None => {
+                let reader = reader?;
+                transfer(len, sector * SECTOR, |buf, offset| {
+                    reader.read_exact(buf)?;
+                    self.backend.file.write_all_at(buf, offset)
+                })
+            }
         };
         let res = self.settle(res);
         if let Err(e) = &res {
             self.failed("write", sector, len, e);
         }
-        stats.write_done(res.is_ok(), sector * SECTOR, len, elapsed())
+        Some(stats.write_done(res.is_ok(), sector * SECTOR, len, elapsed()))
     }
 
     fn flush_request(&self, sector: u64, elapsed: impl Fn() -> u64) -> u8 {
@@ -802,11 +780,18 @@ impl Block {
         let elapsed = || u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         let status = match ty {
             T_IN => {
-                let (status, moved) = self.read_request(mem, &chain, &mut writer, sector, elapsed);
+                let len = writer.available_bytes();
+                let (status, moved) = self
+                    .read_request(mem, &chain, sector, len, Some(&mut writer), elapsed)
+                    .unwrap_or((S_IOERR, 0));
                 data_len = moved;
                 status
             }
-            T_OUT => self.write_request(mem, &chain, &mut reader, sector, elapsed),
+            T_OUT => {
+                let len = reader.available_bytes();
+                self.write_request(mem, &chain, sector, len, Some(&mut reader), elapsed)
+                    .unwrap_or(S_IOERR)
+            }
             T_FLUSH if self.features & F_FLUSH != 0 => self.flush_request(sector, elapsed),
             T_GET_ID => {
                 let (status, n) = self.get_id(&mut writer);
