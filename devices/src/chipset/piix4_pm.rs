@@ -15,7 +15,6 @@ use crate::pci::firmware::FirmwareFunction;
 use crate::pci::host::SharedFunction;
 use crate::pci::interrupt::IntxSink;
 use crate::pci::kind::{shared, FunctionContext, PciKind};
-use crate::pci::props::Props;
 use crate::pci::regs::INTERRUPT_LINE;
 use crate::pci::PciError;
 use machine::{FirmwareRole, PciFunctionPlan, Plan, Range};
@@ -62,11 +61,7 @@ impl Piix4Pm {
     pub fn new(f: &PciFunctionPlan, plan: &Plan, lifecycle: Lifecycle) -> Result<Self, PciError> {
         // SMBBA before the firmware programs it: the `smb_io_base` the board gives (QEMU's
         // pc passes 0xb100).
-        let smb_io_base = Props::new(&f.properties).u64("smb_io_base", 0)?;
-        let smb_io_base = u32::try_from(smb_io_base).map_err(|_| PciError::InvalidProperty {
-            name: "smb_io_base".into(),
-            value: smb_io_base.to_string(),
-        })?;
+        let smb_io_base = f.properties.u32("smb_io_base", 0)?;
         let mut c = PciConfig::new(&f.identity, f.multifunction, false);
         c.set_u16(0x06, 0x0280);
         c.set_interrupt_pin(1);

@@ -518,7 +518,7 @@ fn firmware_init_follows_the_plans_sci_rcrb_and_pirq_irqs() {
         .find(|f| f.type_name == "PIIX4_PM")
         .expect("PIIX4_PM");
     pm.properties
-        .insert("smb_io_base".to_string(), "0xb200".to_string());
+        .insert("smb_io_base", machine::PropValue::Uint(0xb200));
     let m = Machine::new(&plan);
     assert_eq!(m.cfg_readl(0, 1, 3, 0x90), 0xb201);
     m.host.lock().unwrap().firmware_init(&plan).unwrap();
