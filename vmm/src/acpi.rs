@@ -1209,13 +1209,36 @@ mod tests {
             irqs: vec![],
             mmio: vec![],
         }];
-        let aml = isa_aml(&isa);
+        let aml = isa_aml(&isa, AmlScope::IsaBridge);
         assert!(aml.windows(4).any(|w| w == b"PEVT"));
         assert!(aml.windows(8).any(|w| w == b"QEMU0001"));
         // IO(Decode16, 0x505, 0x505, 1, 1).
         assert!(aml
             .windows(8)
             .any(|w| w == [0x47, 0x01, 0x05, 0x05, 0x05, 0x05, 0x01, 0x01]));
-        assert!(isa_aml(&[]).is_empty());
+        assert!(isa_aml(&[], AmlScope::IsaBridge).is_empty());
+        assert!(isa_aml(&isa, AmlScope::PciRoot).is_empty());
+    }
+
+    #[test]
+    fn fw_cfg_is_described_in_pci0_as_qemu0002_at_its_ports() {
+        let isa = [machine::IsaDevicePlan {
+            type_name: "fw_cfg_io".into(),
+            id: None,
+            io: vec![Range {
+                base: 0x520,
+                size: 12,
+            }],
+            irqs: vec![],
+            mmio: vec![],
+        }];
+        assert!(isa_aml(&isa, AmlScope::IsaBridge).is_empty());
+        let aml = isa_aml(&isa, AmlScope::PciRoot);
+        assert!(aml.windows(4).any(|w| w == b"FWCF"));
+        assert!(aml.windows(8).any(|w| w == b"QEMU0002"));
+        // IO(Decode16, 0x520, 0x520, 1, 12).
+        assert!(aml
+            .windows(8)
+            .any(|w| w == [0x47, 0x01, 0x20, 0x05, 0x20, 0x05, 0x01, 0x0c]));
     }
 }

@@ -6,7 +6,7 @@ use super::acpi_pm::{AcpiPm, PmFlavor, PmParts, ICH9_GPE0_LEN, ICH9_PM_BLOCK_LEN
 use super::byte_regs;
 use super::io_window::IoDecode;
 use super::tco::{NoRebootSource, Tco, GCS_NO_REBOOT, GCS_OFFSET};
-use crate::bus::{BusDevice, SharedDevice};
+use crate::bus::BusDevice;
 use crate::lifecycle::Lifecycle;
 use crate::lock;
 use crate::pci::acpi_hotplug::SharedPcihp;
