@@ -70,6 +70,8 @@ struct Inner {
     ejects: Mutex<Vec<(String, u8)>>,
     events: Mutex<Vec<GuestEvent>>,
     io_errors: Mutex<Vec<IoError>>,
+    /// CPUs the guest ejected (ACPI CPU hot-plug), by index, for the VMM to park.
+    cpu_ejects: Mutex<Vec<u32>>,
 }
 
 /// Cloneable handle shared by every device that can power off or reset the machine.
@@ -94,6 +96,7 @@ impl Lifecycle {
                 ejects: Mutex::new(Vec::new()),
                 events: Mutex::new(Vec::new()),
                 io_errors: Mutex::new(Vec::new()),
+                cpu_ejects: Mutex::new(Vec::new()),
             }),
         })
     }
@@ -172,6 +175,21 @@ impl Lifecycle {
     /// The slots ejected since the last call, in order.
     pub fn take_ejects(&self) -> Vec<(String, u8)> {
         std::mem::take(&mut *self.inner.ejects.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// The guest ejected CPU `index`: the VMM parks its vCPU.
+    pub fn eject_cpu(&self, index: u32) {
+        self.inner
+            .cpu_ejects
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(index);
+        let _ = self.inner.wake.write(1);
+    }
+
+    /// The CPUs ejected since the last call, in order.
+    pub fn take_cpu_ejects(&self) -> Vec<u32> {
+        std::mem::take(&mut *self.inner.cpu_ejects.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// The eventfd that becomes readable when a request is made.

@@ -61,6 +61,11 @@ pub enum Command {
         plan: Box<Plan>,
         request: Box<machine::DeviceRequest>,
     },
+    /// `device_add` of a CPU into free slot `index` of the running machine.
+    HotAddCpu {
+        index: u32,
+        id: Option<String>,
+    },
     /// Take what sits in `slot` of `bus` out at once (an unplug that needs no guest).
     Eject {
         bus: String,
@@ -86,6 +91,9 @@ pub struct VmState {
     /// repeated request is accepted again (QEMU's pending_deleted_expires_ms: 1 ms for ACPI,
     /// 5 s for a PCIe slot, of virtual time, which stands still while the vCPUs do).
     pub unplug_pending: std::collections::BTreeMap<String, std::time::Instant>,
+    /// CPUs `device_add`ed to the running machine and present, by CPU index; cleared at
+    /// every (re)build.
+    pub hot_cpus: std::collections::BTreeMap<u32, crate::cpu_hotplug::HotCpu>,
 }
 
 /// Commands waiting for the run loop; `closed` once the loop has ended.
@@ -223,6 +231,7 @@ mod tests {
             layout: None,
             vcpu_thread_ids: Vec::new(),
             unplug_pending: Default::default(),
+            hot_cpus: Default::default(),
         })
         .expect("controller")
     }

@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod console;
 pub mod control;
+pub mod cpu_hotplug;
 pub mod cpu_models;
 pub mod cpuid;
 pub mod daemon;

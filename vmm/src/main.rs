@@ -211,6 +211,7 @@ fn run(args: Vec<std::ffi::OsString>, start: Instant) -> Result<u8, String> {
             layout: None,
             vcpu_thread_ids: Vec::new(),
             unplug_pending: Default::default(),
+            hot_cpus: Default::default(),
         })
         .map_err(|e| e.to_string())?,
     );

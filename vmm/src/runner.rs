@@ -198,6 +198,8 @@ struct Running {
     device_threads: crate::virtio_devices::DeviceThreads,
     /// Hot-added functions' I/O threads, likewise.
     hot_added: crate::hotplug::HotAdded,
+    /// Hot-added vCPUs' threads and the parked fds of ejected ones.
+    hot_cpus: crate::cpu_hotplug::HotCpus,
     /// The PCI host and the INTx forwarder, for hot-added functions.
     pci: Option<devices::pci::SharedHost>,
     intx_forwarder: Arc<crate::virtio_devices::IntxForwarder>,
@@ -231,7 +233,7 @@ impl Running {
         let (tid_tx, tid_rx) = std::sync::mpsc::channel();
         let count = machine.vcpus.len();
         for (index, fd) in machine.vcpus.into_iter().enumerate() {
-            let vcpu = Vcpu {
+            let mut vcpu = Vcpu {
                 fd,
                 index: index as u32,
                 io: machine.io.clone(),
@@ -275,6 +277,7 @@ impl Running {
             subscribers: Vec::new(),
             device_threads: Default::default(),
             hot_added: Default::default(),
+            hot_cpus: Default::default(),
             pci: machine.pci,
             intx_forwarder: machine.intx_forwarder,
             io: machine.io,
@@ -290,8 +293,12 @@ impl Running {
         gate.set_running(false);
         let deadline = Instant::now() + Duration::from_secs(2);
         loop {
-            let alive: Vec<&JoinHandle<()>> =
-                self.threads.iter().filter(|h| !h.is_finished()).collect();
+            let alive: Vec<&JoinHandle<()>> = self
+                .threads
+                .iter()
+                .chain(self.hot_cpus.handles())
+                .filter(|h| !h.is_finished())
+                .collect();
             if gate.parked() >= alive.len() || Instant::now() > deadline {
                 return;
             }
@@ -329,6 +336,7 @@ impl Running {
                 eprintln!("machina: vCPU {index} does not stop (blocked in a device); left behind");
             }
         }
+        drop(self.hot_cpus);
         // The devices' I/O threads next: no vCPU can kick them any more.
         drop(self.device_threads);
         drop(self.hot_added);
@@ -607,7 +615,12 @@ impl Machine<'_> {
             Running::start(built, &self.lifecycle, &self.gate, self.options.trace_start)?;
         running.subscribers = subscribers;
         running.device_threads = device_threads;
-        self.control.state().vcpu_thread_ids = running.thread_ids.clone();
+        {
+            let mut state = self.control.state();
+            state.vcpu_thread_ids = running.thread_ids.clone();
+            // A rebuilt machine has its boot CPUs only.
+            state.hot_cpus.clear();
+        }
         self.running = Some(running);
         self.control.machine_ready();
         Ok(plan)
@@ -931,6 +944,29 @@ impl Machine<'_> {
                     None,
                 )
             }
+            Command::HotAddCpu { index, id } => {
+                let Some(running) = self.running.as_mut() else {
+                    return (Err(QmpError::generic("the machine is not running")), None);
+                };
+                let Some(plan) = self.control.state().plan.clone() else {
+                    return (Err(QmpError::generic("the machine is not built")), None);
+                };
+                let answer = crate::cpu_hotplug::hot_add(
+                    &self.control,
+                    &mut running.hot_cpus,
+                    crate::cpu_hotplug::VcpuContext {
+                        vm: &running.vm,
+                        plan: &plan,
+                        io: &running.io,
+                        mmio: &running.mmio,
+                        lifecycle: &self.lifecycle,
+                        gate: &self.gate,
+                    },
+                    index,
+                    id,
+                );
+                (answer, None)
+            }
             Command::Eject { bus, slot } => {
                 if let Some(running) = self.running.as_mut() {
                     crate::hotplug::eject(&self.control, &bus, slot, &mut running.hot_added);
@@ -1101,6 +1137,11 @@ pub fn run(
         for (bus, slot) in machine.lifecycle.take_ejects() {
             if let Some(running) = machine.running.as_mut() {
                 crate::hotplug::eject(&machine.control, &bus, slot, &mut running.hot_added);
+            }
+        }
+        for index in machine.lifecycle.take_cpu_ejects() {
+            if let Some(running) = machine.running.as_mut() {
+                crate::cpu_hotplug::eject(&machine.control, &mut running.hot_cpus, index);
             }
         }
         if let Some(outcome) = machine.guest_request(request)? {

@@ -312,6 +312,8 @@ pub struct PmParts {
     /// ACPI PCI hot-plug registers (ICH9 0x0cc0, PIIX4 0xae00), when the plan has them;
     /// they raise GPE0 bit 1.
     pub pcihp: Option<SharedPcihp>,
+    /// ACPI CPU hot-plug registers (ICH9 0x0cd8, PIIX4 0xaf00); they raise GPE0 bit 2.
+    pub cpuhp: Option<super::cpu_hotplug::SharedCpuHotplug>,
 }
 
 impl PmParts {
@@ -322,6 +324,7 @@ impl PmParts {
         let gpe_pm = pm.clone();
         let gpe = Arc::new(move || lock(&gpe_pm).raise_gpe(acpi_hotplug::GPE_PCI_HOTPLUG));
         Self {
+            cpuhp: super::cpu_hotplug::for_pm(plan, &pm, &lifecycle),
             pcihp: Pcihp::for_plan(plan, gpe, lifecycle).map(acpi_hotplug::shared),
             block: Arc::new(Mutex::new(PmBlock(pm.clone()))),
             apm: Arc::new(Mutex::new(Apm::new(pm.clone(), commands.0, commands.1))),
@@ -336,6 +339,17 @@ impl PmParts {
         if let Some(p) = &self.pcihp {
             lock(p).reset();
         }
+        if let Some(c) = &self.cpuhp {
+            lock(c).reset();
+        }
+    }
+
+    /// The CPU hot-plug registers as window `key`, where the plan has them.
+    pub fn cpuhp_window(&self, key: u32) -> Option<Window> {
+        let c = self.cpuhp.as_ref()?;
+        let at = lock(c).range();
+        let dev: SharedDevice = c.clone();
+        Some(super::io_window::io_window(key, at.base, at.size, &dev))
     }
 
     /// The hot-plug registers as window `key`, where the plan has them.

@@ -49,6 +49,7 @@ const PM_WINDOW: u32 = 1;
 const RCRB_WINDOW: u32 = 2;
 const APM_WINDOW: u32 = 3;
 const PCIHP_WINDOW: u32 = 4;
+const CPUHP_WINDOW: u32 = 5;
 /// GPE0_STS is at PMBASE + 0x20 (ICH9 datasheet, 13.8.3).
 const GPE0_OFFSET: u16 = 0x20;
 /// APM commands that enable/disable ACPI mode (ICH9_APM_ACPI_ENABLE/DISABLE).
@@ -195,7 +196,12 @@ impl PciFunction for Ich9Lpc {
         }
         w.extend(self.pm.apm_window(APM_WINDOW));
         w.extend(self.pm.pcihp_window(PCIHP_WINDOW));
+        w.extend(self.pm.cpuhp_window(CPUHP_WINDOW));
         w
+    }
+
+    fn cpu_hotplug(&self) -> Option<super::cpu_hotplug::SharedCpuHotplug> {
+        self.pm.cpuhp.clone()
     }
 
     fn acpi_hotplug(&self) -> Option<SharedPcihp> {

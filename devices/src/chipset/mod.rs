@@ -6,6 +6,7 @@ pub mod acpi_pm;
 pub mod ahci;
 pub mod apm;
 pub mod byte_regs;
+pub mod cpu_hotplug;
 pub mod i440fx;
 pub mod ich9_lpc;
 pub mod ich9_smbus;

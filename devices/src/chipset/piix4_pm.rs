@@ -30,6 +30,7 @@ const SMB_WINDOW: u32 = 2;
 const GPE_WINDOW: u32 = 3;
 const APM_WINDOW: u32 = 4;
 const PCIHP_WINDOW: u32 = 5;
+const CPUHP_WINDOW: u32 = 6;
 /// APM commands that enable/disable ACPI mode (piix4_pm's ACPI_ENABLE/ACPI_DISABLE).
 const APM_ACPI_ENABLE: u8 = 0xf1;
 const APM_ACPI_DISABLE: u8 = 0xf0;
@@ -140,16 +141,22 @@ impl PciFunction for Piix4Pm {
         let smb = SMB_DECODE.window(&self.config, SMB_WINDOW, SMBUS_IO_LEN, &smbus);
         let apm = self.pm.apm_window(APM_WINDOW);
         let hp = self.pm.pcihp_window(PCIHP_WINDOW);
+        let cpuhp = self.pm.cpuhp_window(CPUHP_WINDOW);
         gpe.into_iter()
             .chain(pm)
             .chain(smb)
             .chain(apm)
             .chain(hp)
+            .chain(cpuhp)
             .collect()
     }
 
     fn acpi_hotplug(&self) -> Option<SharedPcihp> {
         self.pm.pcihp.clone()
+    }
+
+    fn cpu_hotplug(&self) -> Option<super::cpu_hotplug::SharedCpuHotplug> {
+        self.pm.cpuhp.clone()
     }
 
     fn set_intx_sink(&mut self, sink: Arc<dyn IntxSink>) {

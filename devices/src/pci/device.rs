@@ -114,6 +114,11 @@ pub trait PciFunction: Send {
         None
     }
 
+    /// The ACPI CPU hot-plug register block this function (a south bridge's PM) owns.
+    fn cpu_hotplug(&self) -> Option<crate::chipset::cpu_hotplug::SharedCpuHotplug> {
+        None
+    }
+
     /// The bridge model, for the host's bus-topology bookkeeping.
     fn as_bridge_mut(&mut self) -> Option<&mut PciBridge> {
         None

@@ -428,8 +428,8 @@ pub(super) fn register(reg: &mut Registry, control: &Arc<Controller>) -> Result<
                         "vcpus-count": 1,
                         "props": cpu_props(&plan.topology, &plan.numa, i),
                     });
-                    if built && i < plan.cpus {
-                        cpu["qom-path"] = json!(qom_path(i));
+                    if built && crate::cpu_hotplug::present(&state, &plan, i) {
+                        cpu["qom-path"] = json!(crate::cpu_hotplug::qom_path(&state, i));
                     }
                     cpu
                 })
@@ -454,12 +454,13 @@ pub(super) fn register(reg: &mut Registry, control: &Arc<Controller>) -> Result<
                 return Ok(json!([]));
             };
             Ok(Value::Array(
-                (0..plan.cpus)
+                (0..plan.max_cpus.max(plan.cpus))
+                    .filter(|&i| crate::cpu_hotplug::present(&state, plan, i))
                     .map(|i| {
                         let tid = state.vcpu_thread_ids.get(i as usize).copied().unwrap_or(0);
                         json!({
                             "cpu-index": i,
-                            "qom-path": qom_path(i),
+                            "qom-path": crate::cpu_hotplug::qom_path(&state, i),
                             "thread-id": tid,
                             "props": cpu_props(&plan.topology, &plan.numa, i),
                             "target": "x86_64",

@@ -51,6 +51,9 @@ fn device_del(control: &Controller, id: &str) -> Result<Value, QmpError> {
     let Some(plan) = state.plan.clone() else {
         return Err(not_found(id));
     };
+    if let Some(answer) = crate::cpu_hotplug::device_del(&mut state, id) {
+        return answer;
+    }
     let Some(f) = plan
         .pci
         .iter()

@@ -139,6 +139,7 @@ pub(super) fn register(reg: &mut Registry, control: &Arc<Controller>) -> Result<
             .extra_args(true)
             .allow_preconfig(true),
         move |args: Map<String, Value>, _ctx: &mut Session| {
+            let args_copy = args.clone();
             let request = devices_from(Some(&Value::Array(vec![Value::Object(args)])))?;
             let mut state = c.state();
             if let Some(plan) = &state.plan {
@@ -147,6 +148,14 @@ pub(super) fn register(reg: &mut Registry, control: &Arc<Controller>) -> Result<
                 let Some(req) = request.first().cloned() else {
                     return Err(QmpError::generic("no device"));
                 };
+                if crate::cpu_hotplug::is_cpu_driver(&req.driver) {
+                    let index = crate::cpu_hotplug::check_add(&state, plan, &args_copy)?;
+                    drop(state);
+                    return c.submit(crate::control::Command::HotAddCpu {
+                        index,
+                        id: req.id().map(str::to_string),
+                    });
+                }
                 let new_plan = state
                     .catalog
                     .hot_add(plan, &req)

@@ -100,7 +100,7 @@ enum Stop {
 
 impl Vcpu {
     /// The thread body: run until told to stop or until the guest ends the machine.
-    pub fn run(mut self) {
+    pub fn run(&mut self) {
         if !self.gate.wait(&self.stop) {
             return;
         }

@@ -70,6 +70,13 @@ impl PciHost {
             .find_map(|e| lock(&e.func).acpi_hotplug())
     }
 
+    /// The ACPI CPU hot-plug block of the south bridge, if the machine has one.
+    pub fn cpu_hotplug(&self) -> Option<crate::chipset::cpu_hotplug::SharedCpuHotplug> {
+        self.functions
+            .values()
+            .find_map(|e| lock(&e.func).cpu_hotplug())
+    }
+
     /// The port or bridge that provides bus `bus_id`.
     pub fn bridge_of(&self, bus_id: &str) -> Option<SharedFunction> {
         let key = self.parent_of(self.bus_index(bus_id)?)?;
