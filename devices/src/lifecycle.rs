@@ -189,7 +189,13 @@ impl Lifecycle {
 
     /// The CPUs ejected since the last call, in order.
     pub fn take_cpu_ejects(&self) -> Vec<u32> {
-        std::mem::take(&mut *self.inner.cpu_ejects.lock().unwrap_or_else(|e| e.into_inner()))
+        std::mem::take(
+            &mut *self
+                .inner
+                .cpu_ejects
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        )
     }
 
     /// The eventfd that becomes readable when a request is made.

@@ -386,10 +386,7 @@ pub fn hot_add(
         state.vcpu_thread_ids[slot] = tid;
         state.hot_cpus.insert(index, HotCpu { id });
     }
-    block
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .plug(index);
+    block.lock().unwrap_or_else(|e| e.into_inner()).plug(index);
     Ok(Value::Null)
 }
 

@@ -274,7 +274,10 @@ mod tests {
                 r.fetch_add(1, Ordering::SeqCst);
             }),
             lifecycle: lifecycle.clone(),
-            range: Range { base: 0xcd8, size: 12 },
+            range: Range {
+                base: 0xcd8,
+                size: 12,
+            },
         };
         (c, lifecycle, raised)
     }
@@ -298,7 +301,10 @@ mod tests {
         wr(&mut c, SELECTOR, 0, 4);
         wr(&mut c, COMMAND, u32::from(CMD_GET_NEXT_WITH_EVENT), 1);
         assert_eq!(rd(&mut c, DATA, 4), 2);
-        assert_eq!(rd(&mut c, FLAGS, 1), u32::from(FLAG_ENABLED | FLAG_INSERTING));
+        assert_eq!(
+            rd(&mut c, FLAGS, 1),
+            u32::from(FLAG_ENABLED | FLAG_INSERTING)
+        );
         wr(&mut c, COMMAND, u32::from(CMD_GET_CPU_ID), 1);
         assert_eq!(rd(&mut c, DATA, 4), 2);
         assert_eq!(rd(&mut c, DATA2, 4), 0);
@@ -306,7 +312,10 @@ mod tests {
         assert_eq!(rd(&mut c, FLAGS, 1), u32::from(FLAG_ENABLED));
         // Removal: request, then the guest's _EJ0.
         assert!(c.unplug_request(2));
-        assert_eq!(rd(&mut c, FLAGS, 1), u32::from(FLAG_ENABLED | FLAG_REMOVING));
+        assert_eq!(
+            rd(&mut c, FLAGS, 1),
+            u32::from(FLAG_ENABLED | FLAG_REMOVING)
+        );
         wr(&mut c, FLAGS, u32::from(FLAG_EJECT), 1);
         assert_eq!(rd(&mut c, FLAGS, 1), 0);
         assert_eq!(lifecycle.take_cpu_ejects(), vec![2]);

@@ -11,6 +11,7 @@ mod serial;
 mod acpi;
 mod boot;
 mod cmdline;
+mod cpu_hotplug;
 mod cpuid;
 mod fuzz;
 mod hotplug;
@@ -79,6 +80,7 @@ pub extern "C" fn guest_main(start_info: u64) -> ! {
             b"virtio-bench" => virtio::bench::run(&cmdline),
             b"config-fuzz" => fuzz::fuzz(&cmdline, rsdp_hint),
             b"hotplug" => hotplug::run(&cmdline, rsdp_hint),
+            b"cpu-hotplug" => cpu_hotplug::run(&cmdline, rsdp_hint),
             b"reset" => power::reset(),
             b"powerbutton" => power::wait_power_button(rsdp_hint),
             b"triple-fault" => power::triple_fault(),

@@ -63,10 +63,6 @@ fn cpu_props(topo: &CpuTopology, numa: &machine::NumaPlan, index: u32) -> Value 
     props
 }
 
-fn qom_path(index: u32) -> String {
-    format!("/machine/unattached/device[{index}]")
-}
-
 fn instance_props_type() -> Type {
     Type::object(
         ObjectType::new("CpuInstanceProperties")

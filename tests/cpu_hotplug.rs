@@ -1,0 +1,392 @@
+//! vCPU hot-plug on a running machine (issue 11), on pc and q35 with `-smp 1,maxcpus=4`:
+//! `device_add` of the machine's CPU type into a free query-hotpluggable-cpus slot, the
+//! announcement through the ACPI CPU hot-plug block (GPE0 bit 2; the block's "next CPU
+//! with event" command, flags and APIC id), the new vCPU thread (/proc and
+//! query-cpus-fast), `device_del` and the guest's eject (DEVICE_DELETED, the thread
+//! gone), a second add into the freed slot, QEMU 7.2's refusal texts; then the tiny guest
+//! doing the guest's side for real: it reads the new CPU's APIC id, starts it with
+//! INIT/SIPI and ejects it on the removal request.
+
+mod common;
+
+use common::{machina, require_kvm};
+use machina_tests::qmp_client::QmpClient;
+use machina_tests::qtest_client::Qtest;
+use machina_tests::TempDir;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+const PIIX4_CPUHP: u64 = 0xaf00;
+const ICH9_CPUHP: u64 = 0x0cd8;
+
+struct Machine {
+    qtest: Qtest,
+    qmp: QmpClient,
+    _dir: TempDir,
+}
+
+impl Machine {
+    fn start(machine: &str) -> Machine {
+        let tmp = TempDir::new("cpu-hotplug");
+        let sock = tmp.path.join("qmp.sock");
+        let args: Vec<String> = [
+            "-M",
+            machine,
+            "-nodefaults",
+            "-smp",
+            "1,maxcpus=4",
+            "-qmp",
+            &format!("unix:{},server=on,wait=off", sock.display()),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let qtest = Qtest::start(&machina(), &args);
+        let mut qmp = QmpClient::connect(&sock, Duration::from_secs(20));
+        qmp.ok("qmp_capabilities", Value::Null);
+        Machine {
+            qtest,
+            qmp,
+            _dir: tmp,
+        }
+    }
+
+    /// Names of the process's threads (QEMU's "CPU N/KVM" for vCPUs).
+    fn threads(&self) -> Vec<(i64, String)> {
+        let dir = format!("/proc/{}/task", self.qtest.pid());
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(dir).expect("task dir").flatten() {
+            let tid: i64 = entry.file_name().to_string_lossy().parse().unwrap_or(0);
+            let name = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+            out.push((tid, name.trim().to_string()));
+        }
+        out
+    }
+
+    fn vcpu_tid(&self, index: u32) -> Option<i64> {
+        let want = format!("CPU {index}/KVM");
+        self.threads()
+            .into_iter()
+            .find(|(_, n)| *n == want)
+            .map(|(t, _)| t)
+    }
+
+    fn cpu_type(&mut self) -> String {
+        let slots = self.qmp.ok("query-hotpluggable-cpus", Value::Null);
+        slots[0]["type"].as_str().expect("type").to_string()
+    }
+
+    fn outb(&mut self, port: u64, v: u64) {
+        assert_eq!(self.qtest.cmd(&format!("outb {port:#x} {v:#x}")), "OK");
+    }
+
+    fn outl(&mut self, port: u64, v: u64) {
+        assert_eq!(self.qtest.cmd(&format!("outl {port:#x} {v:#x}")), "OK");
+    }
+
+    /// CSCN's scan: the CPU with an event, its flags and APIC id.
+    fn next_event(&mut self, base: u64) -> (u64, u64, u64) {
+        self.outl(base, 0);
+        self.outb(base + 5, 0);
+        let sel = self.qtest.value(&format!("inl {:#x}", base + 8));
+        self.outl(base, sel);
+        let flags = self.qtest.value(&format!("inb {:#x}", base + 4));
+        self.outb(base + 5, 3);
+        let apic = self.qtest.value(&format!("inl {:#x}", base + 8));
+        (sel, flags, apic)
+    }
+
+    fn deleted(&self) -> Vec<Value> {
+        self.qmp
+            .events
+            .iter()
+            .filter(|e| e["event"] == "DEVICE_DELETED")
+            .map(|e| e["data"].clone())
+            .collect()
+    }
+}
+
+fn cpu(ty: &str, core: u32, id: &str) -> Value {
+    json!({"driver": ty, "socket-id": 0, "core-id": core, "thread-id": 0, "id": id})
+}
+
+fn add_remove_readd(machine: &str, base: u64) {
+    let mut m = Machine::start(machine);
+    let ty = m.cpu_type();
+    let slots = m.qmp.ok("query-hotpluggable-cpus", Value::Null);
+    assert_eq!(slots.as_array().map(Vec::len), Some(4), "{slots}");
+    assert_eq!(
+        slots
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s.get("qom-path").is_some())
+            .count(),
+        1,
+        "one present CPU: {slots}"
+    );
+    assert!(m.vcpu_tid(2).is_none());
+    let threads_before = m.threads().len();
+
+    for round in 0..3 {
+        m.qmp.ok("device_add", cpu(&ty, 2, "cpu2"));
+        let tid = m.vcpu_tid(2).expect("a CPU 2/KVM thread");
+        let fast = m.qmp.ok("query-cpus-fast", Value::Null);
+        let entry = fast
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["cpu-index"] == 2)
+            .cloned()
+            .unwrap_or_else(|| panic!("cpu 2 in {fast}"));
+        assert_eq!(entry["thread-id"], tid, "{entry}");
+        assert_eq!(entry["qom-path"], "/machine/peripheral/cpu2");
+        let slots = m.qmp.ok("query-hotpluggable-cpus", Value::Null);
+        let slot = slots
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["props"]["core-id"] == 2)
+            .cloned()
+            .unwrap();
+        assert_eq!(slot["qom-path"], "/machine/peripheral/cpu2", "{slots}");
+
+        // The announcement: the block names CPU 2, present and inserting, APIC id 2.
+        let (sel, flags, apic) = m.next_event(base);
+        assert_eq!((sel, flags & 3, apic), (2, 3, 2), "round {round}");
+        m.outb(base + 4, 2);
+        assert_eq!(m.qtest.value(&format!("inb {:#x}", base + 4)) & 3, 1);
+
+        assert_eq!(
+            m.qmp.error("device_add", cpu(&ty, 2, "again")),
+            "CPU[2] with APIC ID 2 exists"
+        );
+
+        m.qmp.ok("device_del", json!({"id": "cpu2"}));
+        let (sel, flags, _) = m.next_event(base);
+        assert_eq!((sel, flags & 5), (2, 5), "remove requested");
+        assert!(m.deleted().is_empty(), "nothing deleted before the eject");
+        assert!(m.vcpu_tid(2).is_some());
+        // The guest's _EJ0.
+        m.outb(base + 4, 4);
+        m.outb(base + 4, 8);
+        let ev = loop {
+            let e = m.qmp.wait_event("DEVICE_DELETED");
+            if e["data"]["device"] == "cpu2" {
+                break e;
+            }
+        };
+        assert_eq!(ev["data"]["path"], "/machine/peripheral/cpu2");
+        m.qmp.events.clear();
+        assert!(m.vcpu_tid(2).is_none(), "the ejected vCPU's thread is gone");
+        let fast = m.qmp.ok("query-cpus-fast", Value::Null);
+        assert_eq!(fast.as_array().map(Vec::len), Some(1), "{fast}");
+        assert_eq!(
+            m.threads().len(),
+            threads_before,
+            "thread count back to where it was (round {round})"
+        );
+    }
+
+    // An anonymous CPU in another slot.
+    m.qmp.ok(
+        "device_add",
+        json!({"driver": ty, "socket-id": 0, "core-id": 3, "thread-id": 0}),
+    );
+    let fast = m.qmp.ok("query-cpus-fast", Value::Null);
+    assert!(
+        fast.as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["qom-path"] == "/machine/peripheral-anon/device[3]"),
+        "{fast}"
+    );
+    let (sel, _, apic) = m.next_event(base);
+    assert_eq!((sel, apic), (3, 3));
+}
+
+#[test]
+fn pc_cpu_add_announce_eject_and_readd() {
+    if !require_kvm() {
+        return;
+    }
+    add_remove_readd("pc", PIIX4_CPUHP);
+}
+
+#[test]
+fn q35_cpu_add_announce_eject_and_readd() {
+    if !require_kvm() {
+        return;
+    }
+    add_remove_readd("q35", ICH9_CPUHP);
+}
+
+#[test]
+fn pc_gpe0_bit_2_announces_a_cpu() {
+    if !require_kvm() {
+        return;
+    }
+    let mut m = Machine::start("pc");
+    let ty = m.cpu_type();
+    // GPE0 enable for bit 2 so the SCI could fire; the status bit is what is checked.
+    m.outb(0xafe2, 4);
+    assert_eq!(m.qtest.value("inb 0xafe0") & 4, 0);
+    m.qmp.ok("device_add", cpu(&ty, 1, "c1"));
+    assert_eq!(m.qtest.value("inb 0xafe0") & 4, 4, "GPE0 status bit 2");
+}
+
+#[test]
+fn refusals_have_qemus_texts() {
+    if !require_kvm() {
+        return;
+    }
+    let mut m = Machine::start("q35");
+    let ty = m.cpu_type();
+    let other = if ty == "host-x86_64-cpu" {
+        "max-x86_64-cpu"
+    } else {
+        "host-x86_64-cpu"
+    };
+    assert_eq!(
+        m.qmp.error("device_add", cpu(other, 1, "x")),
+        format!("Invalid CPU type, expected cpu type: '{ty}'")
+    );
+    assert_eq!(
+        m.qmp.error(
+            "device_add",
+            json!({"driver": ty, "core-id": 1, "thread-id": 0})
+        ),
+        "CPU socket-id is not set"
+    );
+    assert_eq!(
+        m.qmp.error(
+            "device_add",
+            json!({"driver": ty, "socket-id": 0, "thread-id": 0})
+        ),
+        "CPU core-id is not set"
+    );
+    assert_eq!(
+        m.qmp.error("device_add", cpu(&ty, 4, "x")),
+        "Invalid CPU core-id: 4 must be in range 0:3"
+    );
+    assert_eq!(
+        m.qmp.error(
+            "device_add",
+            json!({"driver": ty, "socket-id": 1, "core-id": 0, "thread-id": 0})
+        ),
+        "Invalid CPU socket-id: 1 must be in range 0:0"
+    );
+    assert_eq!(
+        m.qmp.error(
+            "device_add",
+            json!({"driver": ty, "socket-id": 0, "core-id": 0, "thread-id": 1})
+        ),
+        "Invalid CPU thread-id: 1 must be in range 0:0"
+    );
+    assert_eq!(
+        m.qmp.error("device_add", cpu(&ty, 0, "x")),
+        "CPU[0] with APIC ID 0 exists"
+    );
+    m.qmp.ok("device_add", cpu(&ty, 1, "c1"));
+    assert_eq!(
+        m.qmp.error("device_add", cpu(&ty, 2, "c1")),
+        "Duplicate ID 'c1' for device"
+    );
+    m.qmp.ok("device_del", json!({"id": "c1"}));
+    assert_eq!(
+        m.qmp.error("device_del", json!({"id": "c1"})),
+        "Device c1 is already in the process of unplug"
+    );
+    // Nothing was half-built by the refusals: one hot-added CPU.
+    let fast = m.qmp.ok("query-cpus-fast", Value::Null);
+    assert_eq!(fast.as_array().map(Vec::len), Some(2), "{fast}");
+}
+
+/// Reads the console file until `line` appears `count` times (a hang guard, not a timing).
+fn wait_console(path: &std::path::Path, line: &str, count: usize) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.matches(line).count() >= count {
+            return text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {line:?} x{count} on the console:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The tiny guest's `cpu-hotplug` mode: twice, it waits for GPE0 bit 2, finds the new CPU
+/// through the block, reports its APIC id, starts it with INIT/SIPI (its trampoline writes
+/// a marker), and on the removal request ejects it, which gives DEVICE_DELETED.
+fn guest_round_trip(machine: &str, base: u64) {
+    let dir = TempDir::new("cpu-hotplug-guest");
+    let console = dir.path.join("console");
+    let args: Vec<String> = [
+        "-M",
+        machine,
+        "-nodefaults",
+        "-smp",
+        "1,sockets=1,cores=4,threads=1,maxcpus=4",
+        "-serial",
+        &format!("file:{}", console.display()),
+        "-append",
+        &format!("machina.test=cpu-hotplug machina.cpuhp={base:#x} machina.cpuhp-rounds=2"),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut vm = machina_tests::process::MachinaProcess::start(&machina(), "cpu-hotplug", &args);
+    let mut qmp = vm.client();
+    wait_console(&console, "cpuhp: waiting", 1);
+    let ty = qmp.ok("query-hotpluggable-cpus", Value::Null)[0]["type"]
+        .as_str()
+        .expect("type")
+        .to_string();
+    for round in 1..=2 {
+        qmp.ok("device_add", cpu(&ty, 3, "vcpu3"));
+        let text = wait_console(&console, "cpuhp: ap apic-id=", round);
+        assert_eq!(
+            text.matches("cpuhp: inserted round=").count(),
+            round,
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "cpuhp: inserted round={} cpu=3 apic-id=3 enabled=1",
+                round - 1
+            )),
+            "{text}"
+        );
+        assert_eq!(
+            text.matches("cpuhp: ap apic-id=3 started=1").count(),
+            round,
+            "the new vCPU ran its trampoline:\n{text}"
+        );
+        qmp.ok("device_del", json!({"id": "vcpu3"}));
+        while qmp.wait_event("DEVICE_DELETED")["data"]["device"] != "vcpu3" {}
+        qmp.events.clear();
+        let text = wait_console(&console, "cpuhp: ejected cpu=3 enabled=0", round);
+        assert!(text.contains("cpuhp: remove request cpu=3"), "{text}");
+    }
+    let text = std::fs::read_to_string(&console).unwrap_or_default();
+    assert_eq!(vm.wait_exit(Duration::from_secs(60)), Some(0), "{text}");
+}
+
+#[test]
+fn guest_sees_starts_and_ejects_a_hot_added_cpu_on_pc() {
+    if !require_kvm() {
+        return;
+    }
+    guest_round_trip("pc", PIIX4_CPUHP);
+}
+
+#[test]
+fn guest_sees_starts_and_ejects_a_hot_added_cpu_on_q35() {
+    if !require_kvm() {
+        return;
+    }
+    guest_round_trip("q35", ICH9_CPUHP);
+}
