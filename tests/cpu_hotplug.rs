@@ -127,6 +127,8 @@ fn add_remove_readd(machine: &str, base: u64) {
     );
     assert!(m.vcpu_tid(2).is_none());
     let threads_before = m.threads().len();
+    // What the DSDT's code does at boot: leave QEMU's legacy CPU hot-plug mode.
+    m.outb(base, 0);
 
     for round in 0..3 {
         m.qmp.ok("device_add", cpu(&ty, 2, "cpu2"));
@@ -221,18 +223,36 @@ fn q35_cpu_add_announce_eject_and_readd() {
     add_remove_readd("q35", ICH9_CPUHP);
 }
 
+/// QEMU's legacy CPU hot-plug mode, where both chipsets start: a plug sets the CPU's bit in
+/// the present bitmap and raises GPE0 bit 2, unplug is refused, and a 0 written at the
+/// block's first byte switches to the modern interface, where the CPU is present.
 #[test]
-fn pc_gpe0_bit_2_announces_a_cpu() {
+fn pc_legacy_mode_gpe0_bit_2_and_the_switch_to_modern() {
     if !require_kvm() {
         return;
     }
     let mut m = Machine::start("pc");
     let ty = m.cpu_type();
-    // GPE0 enable for bit 2 so the SCI could fire; the status bit is what is checked.
     m.outb(0xafe2, 4);
     assert_eq!(m.qtest.value("inb 0xafe0") & 4, 0);
+    assert_eq!(m.qtest.value("inb 0xaf00"), 0b1, "the boot CPU's bit");
     m.qmp.ok("device_add", cpu(&ty, 1, "c1"));
     assert_eq!(m.qtest.value("inb 0xafe0") & 4, 4, "GPE0 status bit 2");
+    assert_eq!(
+        m.qtest.value("inb 0xaf00"),
+        0b11,
+        "APIC ids 0 and 1 present"
+    );
+    assert_eq!(
+        m.qmp.error("device_del", json!({"id": "c1"})),
+        format!("acpi: device unplug request for not supported device type: {ty}")
+    );
+    m.outb(0xaf00, 0);
+    m.outl(0xaf00, 1);
+    assert_eq!(m.qtest.value("inb 0xaf04"), 1, "CPU 1 present, no event");
+    m.qmp
+        .ok("device_del", json!({"id": "/machine/peripheral/c1"}));
+    assert_eq!(m.qtest.value("inb 0xaf04"), 5, "CPU 1 removal requested");
 }
 
 #[test]
@@ -290,8 +310,21 @@ fn refusals_have_qemus_texts() {
     m.qmp.ok("device_add", cpu(&ty, 1, "c1"));
     assert_eq!(
         m.qmp.error("device_add", cpu(&ty, 2, "c1")),
-        "Duplicate ID 'c1' for device"
+        "Duplicate device ID 'c1'"
     );
+    assert_eq!(
+        m.qmp.error(
+            "device_add",
+            json!({"driver": ty, "socket-id": 0, "core-id": "x", "thread-id": 0})
+        ),
+        "Parameter 'core-id' expects integer"
+    );
+    assert_eq!(
+        m.qmp
+            .error("device_del", json!({"id": "/machine/unattached/device[0]"})),
+        "Boot CPU is unpluggable"
+    );
+    m.outb(ICH9_CPUHP, 0);
     m.qmp.ok("device_del", json!({"id": "c1"}));
     assert_eq!(
         m.qmp.error("device_del", json!({"id": "c1"})),

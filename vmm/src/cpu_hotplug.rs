@@ -35,7 +35,7 @@ pub enum CpuPlugError {
         value: i64,
         max: u32,
     },
-    #[error("Invalid parameter type for '{0}', expected: integer")]
+    #[error("Parameter '{0}' expects integer")]
     NotInteger(&'static str),
     #[error(
         "Invalid CPU [socket: {socket}, die: {die}, core: {core}, thread: {thread}] with APIC ID {apic_id}, valid index range 0:{last}"
@@ -50,7 +50,7 @@ pub enum CpuPlugError {
     },
     #[error("CPU[{index}] with APIC ID {apic_id} exists")]
     Exists { index: u32, apic_id: u32 },
-    #[error("Duplicate ID '{0}' for device")]
+    #[error("Duplicate device ID '{0}'")]
     DuplicateId(String),
     #[error("CPU hotplug not supported without ACPI")]
     NoAcpi,
@@ -58,6 +58,8 @@ pub enum CpuPlugError {
     BootCpu,
     #[error("Device {0} is already in the process of unplug")]
     Pending(String),
+    #[error("acpi: device unplug request for not supported device type: {0}")]
+    LegacyUnplug(String),
 }
 
 impl From<CpuPlugError> for QmpError {
@@ -184,14 +186,22 @@ pub fn check_add(state: &VmState, plan: &Plan, args: &Map<String, Value>) -> Res
     Ok(index)
 }
 
+/// The CPU `device_del` names: a hot-added CPU's id or QOM path, or the boot CPU's path.
+fn cpu_named(state: &VmState, id: &str) -> Option<u32> {
+    if id == "/machine/unattached/device[0]" {
+        return Some(0);
+    }
+    state
+        .hot_cpus
+        .iter()
+        .find(|(i, c)| c.id.as_deref() == Some(id) || qom_path(state, **i) == id)
+        .map(|(i, _)| *i)
+}
+
 /// `device_del` of a hot-added CPU: ask the guest to release it (GPE0 bit 2, the slot's
 /// remove flag). None when `id` is no CPU.
 pub fn device_del(state: &mut VmState, id: &str) -> Option<Result<Value, QmpError>> {
-    let index = state
-        .hot_cpus
-        .iter()
-        .find(|(_, c)| c.id.as_deref() == Some(id))
-        .map(|(i, _)| *i)?;
+    let index = cpu_named(state, id)?;
     if index == 0 {
         return Some(Err(CpuPlugError::BootCpu.into()));
     }
@@ -208,6 +218,10 @@ pub fn device_del(state: &mut VmState, id: &str) -> Option<Result<Value, QmpErro
     let Some(block) = block else {
         return Some(Err(CpuPlugError::NoAcpi.into()));
     };
+    if block.lock().unwrap_or_else(|e| e.into_inner()).is_legacy() {
+        let ty = cpu_type(state).to_string();
+        return Some(Err(CpuPlugError::LegacyUnplug(ty).into()));
+    }
     // QEMU's pending_deleted_expires_ms for ACPI: a repeat is accepted 1 ms later.
     state
         .unplug_pending

@@ -5,6 +5,11 @@
 //! possible CPU (`maxcpus`), with the APIC id the topology gives it. Events raise GPE0
 //! bit 2 through the owning PM function; an eject is handed to the VMM through the
 //! lifecycle, which parks the vCPU.
+//!
+//! As in QEMU, both chipsets start in the legacy mode (hw/acpi/cpu_hotplug.c): the block
+//! reads as a bitmap of present CPUs by APIC id, a plug sets its bit and raises the GPE,
+//! and unplug is not supported; the guest's AML switches to the modern interface by
+//! writing 0 at the block's first byte, for the life of the process.
 
 use crate::bus::BusDevice;
 use crate::legacy::kind::BoardEntry;
@@ -37,6 +42,8 @@ const CMD_OST_EVENT: u8 = 1;
 const CMD_OST_STATUS: u8 = 2;
 const CMD_GET_CPU_ID: u8 = 3;
 const CMD_MAX: u8 = 4;
+/// The legacy bitmap's length (ACPI_GPE_PROC_LEN): APIC ids 0..255.
+const LEGACY_LEN: u64 = 32;
 
 #[derive(Debug, Clone, Default)]
 struct Slot {
@@ -59,6 +66,8 @@ pub struct CpuHotplug {
     gpe: Gpe,
     lifecycle: Lifecycle,
     range: Range,
+    /// Still in QEMU's legacy CPU hot-plug mode (until the guest switches).
+    legacy: bool,
 }
 
 pub type SharedCpuHotplug = Arc<Mutex<CpuHotplug>>;
@@ -81,7 +90,21 @@ impl CpuHotplug {
             gpe,
             lifecycle,
             range,
+            legacy: true,
         })
+    }
+
+    /// Whether the guest has not switched the block to the modern interface yet (QEMU
+    /// then refuses CPU unplug).
+    pub fn is_legacy(&self) -> bool {
+        self.legacy
+    }
+
+    fn legacy_byte(&self, offset: u64) -> u8 {
+        self.slots
+            .iter()
+            .filter(|s| s.present && s.arch_id / 8 == offset)
+            .fold(0, |b, s| b | 1 << (s.arch_id % 8))
     }
 
     pub fn range(&self) -> Range {
@@ -94,13 +117,22 @@ impl CpuHotplug {
             return false;
         };
         s.present = true;
-        s.inserting = true;
+        // legacy_acpi_cpu_plug_cb: an APIC id beyond the bitmap switches to modern.
+        if self.legacy && s.arch_id / 8 >= LEGACY_LEN {
+            self.legacy = false;
+        }
+        if !self.legacy {
+            s.inserting = true;
+        }
         (self.gpe)();
         true
     }
 
     /// acpi_cpu_unplug_request_cb: CPU `index` is asked to go; GPE.
     pub fn unplug_request(&mut self, index: u32) -> bool {
+        if self.legacy {
+            return false;
+        }
         let Some(s) = self.slots.get_mut(index as usize).filter(|s| s.present) else {
             return false;
         };
@@ -220,6 +252,12 @@ impl CpuHotplug {
 
 impl BusDevice for CpuHotplug {
     fn read(&mut self, _base: u64, offset: u64, data: &mut [u8]) {
+        if self.legacy {
+            for (i, d) in data.iter_mut().enumerate() {
+                *d = self.legacy_byte(offset + i as u64);
+            }
+            return;
+        }
         let bytes = self.read_reg(offset).to_le_bytes();
         for (i, d) in data.iter_mut().enumerate() {
             *d = bytes.get(i).copied().unwrap_or(0);
@@ -227,6 +265,13 @@ impl BusDevice for CpuHotplug {
     }
 
     fn write(&mut self, _base: u64, offset: u64, data: &[u8]) {
+        if self.legacy {
+            // Byte-wide in QEMU: a 0 written at the first byte switches to modern.
+            if offset == 0 && data.first() == Some(&0) {
+                self.legacy = false;
+            }
+            return;
+        }
         let mut bytes = [0u8; 4];
         for (i, d) in data.iter().enumerate().take(4) {
             bytes[i] = *d;
@@ -278,6 +323,7 @@ mod tests {
                 base: 0xcd8,
                 size: 12,
             },
+            legacy: false,
         };
         (c, lifecycle, raised)
     }
@@ -290,6 +336,26 @@ mod tests {
 
     fn wr(c: &mut CpuHotplug, off: u64, v: u32, len: usize) {
         c.write(0, off, &v.to_le_bytes()[..len]);
+    }
+
+    #[test]
+    fn legacy_mode_until_the_guest_switches() {
+        let (mut c, _lifecycle, raised) = block(1, 12);
+        c.legacy = true;
+        assert!(c.plug(9));
+        assert_eq!(raised.load(Ordering::SeqCst), 1);
+        assert_eq!(rd(&mut c, 0, 2), 0x0201, "bitmap of APIC ids 0 and 9");
+        assert!(!c.unplug_request(9), "no unplug in legacy mode");
+        wr(&mut c, 1, 0, 1);
+        assert!(c.is_legacy(), "only the first byte switches");
+        wr(&mut c, 0, 0, 4);
+        assert!(!c.is_legacy());
+        wr(&mut c, SELECTOR, 9, 4);
+        assert_eq!(
+            rd(&mut c, FLAGS, 1),
+            u32::from(FLAG_ENABLED),
+            "present, no event"
+        );
     }
 
     #[test]

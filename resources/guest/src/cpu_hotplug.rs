@@ -99,6 +99,8 @@ pub fn run(cmdline: &Cmdline<'_>, rsdp_hint: u64) {
     }
     let base = cmdline.get_u64(b"machina.cpuhp", 0xaf00) as u16;
     let rounds = cmdline.get_u64(b"machina.cpuhp-rounds", 1);
+    // What the DSDT's CPU hot-plug code does first: leave QEMU's legacy mode.
+    outl(base, 0);
     println!("cpuhp: waiting gpe0=0x{:x} base=0x{:x}", gpe0, base);
     for round in 0..rounds {
         if !wait_gpe(gpe0) {
