@@ -79,6 +79,8 @@ pub struct AcpiConfig {
     pub pci_hotplug: Option<PciHotplugAml>,
     /// The OS may take native PCIe hot-plug (_OSC): ACPI does not own the ports.
     pub native_pcie_hotplug: bool,
+    /// The ACPI CPU hot-plug block's base, if the machine has one (`\_SB.CPUS`).
+    pub cpu_hotplug: Option<u16>,
 }
 
 /// ACPI PCI hot-plug as QEMU 7.2's DSDT describes it (hw/acpi/pcihp.c and
@@ -631,7 +633,16 @@ fn dsdt(cfg: &AcpiConfig) -> Vec<u8> {
     let pci0 = RawAml(pci0(cfg));
     let drac = RawAml(ecam_reservation(cfg));
     let links = RawAml(link_devices(cfg));
-    let sb = aml::Scope::new("_SB_".into(), vec![&pci0, &drac, &links]);
+    let cpus = RawAml(match cfg.cpu_hotplug {
+        Some(base) => crate::acpi_cpus::sb_objects(&crate::acpi_cpus::CpuHotplugAml {
+            base,
+            madt_entries: (0..cfg.max_cpus.max(cfg.cpus))
+                .map(|cpu| madt_cpu(cfg, cpu, true))
+                .collect(),
+        }),
+        None => Vec::new(),
+    });
+    let sb = aml::Scope::new("_SB_".into(), vec![&pci0, &drac, &links, &cpus]);
 
     // SLP_TYP 0 is S5 (soft off) on QEMU's ACPI PM blocks; S4 as QEMU's s4_val.
     let s4_pkg = aml::Package::new(vec![&S4_SLP_TYP, &aml::ZERO, &aml::ZERO, &aml::ZERO]);
@@ -643,6 +654,9 @@ fn dsdt(cfg: &AcpiConfig) -> Vec<u8> {
     if cfg.pci_hotplug.is_some() {
         body.extend(pcihp_gpe());
     }
+    if cfg.cpu_hotplug.is_some() {
+        body.extend(crate::acpi_cpus::gpe_method());
+    }
     if cfg.family != Family::None {
         body.extend(bytes_of(&s4));
     }
@@ -650,27 +664,34 @@ fn dsdt(cfg: &AcpiConfig) -> Vec<u8> {
     sdt(b"DSDT", 1, &body)
 }
 
+/// CPU `cpu`'s MADT entry (also its `_MAT`, enabled, in the DSDT).
+fn madt_cpu(cfg: &AcpiConfig, cpu: u32, enabled: bool) -> Vec<u8> {
+    let apic_id = cfg.topology.apic_id(cpu);
+    let enabled = u32::from(enabled);
+    let mut v = Vec::new();
+    match u8::try_from(apic_id) {
+        // Type 0: processor local APIC (UID = index, id from the topology).
+        Ok(id) if id != 0xff => {
+            v.extend([0u8, 8, cpu as u8, id]);
+            v.extend(enabled.to_le_bytes());
+        }
+        // Type 9: processor local x2APIC, for ids that do not fit in 8 bits.
+        _ => {
+            v.extend([9u8, 16, 0, 0]);
+            v.extend(apic_id.to_le_bytes());
+            v.extend(enabled.to_le_bytes());
+            v.extend(cpu.to_le_bytes());
+        }
+    }
+    v
+}
+
 fn madt(cfg: &AcpiConfig) -> Vec<u8> {
     let mut body = Vec::new();
     body.extend(LAPIC_ADDR.to_le_bytes());
     body.extend(1u32.to_le_bytes()); // PCAT_COMPAT: dual 8259s present
     for cpu in 0..cfg.max_cpus.max(cfg.cpus) {
-        let apic_id = cfg.topology.apic_id(cpu);
-        let enabled = u32::from(cpu < cfg.cpus);
-        match u8::try_from(apic_id) {
-            // Type 0: processor local APIC (UID = index, id from the topology).
-            Ok(id) if id != 0xff => {
-                body.extend([0u8, 8, cpu as u8, id]);
-                body.extend(enabled.to_le_bytes());
-            }
-            // Type 9: processor local x2APIC, for ids that do not fit in 8 bits.
-            _ => {
-                body.extend([9u8, 16, 0, 0]);
-                body.extend(apic_id.to_le_bytes());
-                body.extend(enabled.to_le_bytes());
-                body.extend(cpu.to_le_bytes());
-            }
-        }
+        body.extend(madt_cpu(cfg, cpu, cpu < cfg.cpus));
     }
     // Type 1: IOAPIC id 0 at its address, GSI base 0.
     body.extend([1u8, 12, 0, 0]);
@@ -1019,6 +1040,7 @@ mod tests {
             device_memory: None,
             pci_hotplug: None,
             native_pcie_hotplug: true,
+            cpu_hotplug: None,
         }
     }
 
@@ -1027,6 +1049,32 @@ mod tests {
         d.windows(5)
             .find(|w| w[0] == 0x7b && w[1] == 0x60 && w[2] == 0x0a && w[4] == 0x60)
             .map(|w| w[3])
+    }
+
+    #[test]
+    fn cpu_hotplug_objects_for_every_possible_cpu() {
+        let mut c = cfg(Family::Q35);
+        assert!(!dsdt(&c).windows(4).any(|w| w == b"CSCN"));
+        c.cpus = 1;
+        c.max_cpus = 4;
+        c.cpu_hotplug = Some(0xcd8);
+        let d = dsdt(&c);
+        for name in [
+            b"PRES", b"CPUS", b"CSCN", b"CSTA", b"CTFY", b"COST", b"_E02",
+        ] {
+            assert!(d.windows(4).any(|w| w == name), "{name:?}");
+        }
+        // One Processor object per possible CPU, each with its enabled MADT entry as _MAT.
+        for cpu in 0..4u8 {
+            let name = format!("C{cpu:03X}");
+            assert!(d.windows(4).any(|w| w == name.as_bytes()), "{name}");
+            let mat = [0u8, 8, cpu, cpu, 1, 0, 0, 0];
+            assert!(d.windows(8).any(|w| w == mat), "_MAT of {name}");
+        }
+        assert!(!d.windows(4).any(|w| w == b"C004"));
+        // The MADT still lists the CPUs beyond `cpus` disabled.
+        let m = madt(&c);
+        assert!(m.windows(8).any(|w| w == [0u8, 8, 3, 3, 0, 0, 0, 0]));
     }
 
     #[test]

@@ -414,6 +414,10 @@ fn firmware(
             .find(plan)
             .and_then(|d| d.io.first())
             .and_then(|r| acpi::PciHotplugAml::from_plan(plan, r.base as u16)),
+        cpu_hotplug: devices::chipset::cpu_hotplug::CPUHP
+            .find(plan)
+            .and_then(|d| d.io.first())
+            .map(|r| r.base as u16),
     };
     let rsdp = acpi::write_tables(&vm.memory, &cfg)?;
     Ok((layout, Some(rsdp)))

@@ -2,6 +2,7 @@
 //! The `machina` binary (src/main.rs) is a thin command-line front end over this library.
 
 pub mod acpi;
+pub mod acpi_cpus;
 pub mod actions;
 pub mod backends;
 pub mod blockdev_json;
