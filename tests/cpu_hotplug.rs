@@ -27,6 +27,10 @@ struct Machine {
 
 impl Machine {
     fn start(machine: &str) -> Machine {
+        Machine::start_smp(machine, "1,maxcpus=4")
+    }
+
+    fn start_smp(machine: &str, smp: &str) -> Machine {
         let tmp = TempDir::new("cpu-hotplug");
         let sock = tmp.path.join("qmp.sock");
         let args: Vec<String> = [
@@ -34,7 +38,7 @@ impl Machine {
             machine,
             "-nodefaults",
             "-smp",
-            "1,maxcpus=4",
+            smp,
             "-qmp",
             &format!("unix:{},server=on,wait=off", sock.display()),
         ]
@@ -221,6 +225,60 @@ fn q35_cpu_add_announce_eject_and_readd() {
         return;
     }
     add_remove_readd("q35", ICH9_CPUHP);
+}
+
+/// What QEMU's cpu-plug-test does: every free slot of a 1x3x2 topology filled by
+/// device_add with the props query-hotpluggable-cpus gives, each CPU with its own thread
+/// and the APIC id the topology gives its slot.
+#[test]
+fn every_free_slot_of_a_smt_topology_takes_a_cpu() {
+    if !require_kvm() {
+        return;
+    }
+    for machine in ["pc", "q35"] {
+        let mut m = Machine::start_smp(machine, "1,sockets=1,cores=3,threads=2,maxcpus=6");
+        m.outb(
+            if machine == "pc" {
+                PIIX4_CPUHP
+            } else {
+                ICH9_CPUHP
+            },
+            0,
+        );
+        let slots = m.qmp.ok("query-hotpluggable-cpus", Value::Null);
+        let free: Vec<Value> = slots
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s.get("qom-path").is_none())
+            .cloned()
+            .collect();
+        assert_eq!(free.len(), 5, "{slots}");
+        for slot in &free {
+            let mut dev = slot["props"].clone();
+            dev["driver"] = slot["type"].clone();
+            m.qmp.ok("device_add", dev);
+        }
+        let fast = m.qmp.ok("query-cpus-fast", Value::Null);
+        assert_eq!(fast.as_array().map(Vec::len), Some(6), "{fast}");
+        for index in 0..6u32 {
+            assert!(m.vcpu_tid(index).is_some(), "CPU {index}/KVM on {machine}");
+        }
+        // Core 2, thread 1 is CPU 5; threads take 1 bit, cores 2: APIC id (2 << 1) | 1.
+        let base = if machine == "pc" {
+            PIIX4_CPUHP
+        } else {
+            ICH9_CPUHP
+        };
+        m.outl(base, 5);
+        m.outb(base + 5, 3);
+        assert_eq!(m.qtest.value(&format!("inl {:#x}", base + 8)), 5);
+        assert!(slots
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["type"] == slots[0]["type"]));
+    }
 }
 
 /// QEMU's legacy CPU hot-plug mode, where both chipsets start: a plug sets the CPU's bit in
