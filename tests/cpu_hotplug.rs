@@ -481,3 +481,40 @@ fn guest_sees_starts_and_ejects_a_hot_added_cpu_on_q35() {
     }
     guest_round_trip("q35", ICH9_CPUHP);
 }
+
+/// A CPU added at run time stays over a system reset, as in QEMU: the rebuilt machine has
+/// its vCPU thread and its slot present (without a new insert event).
+#[test]
+fn a_hot_added_cpu_survives_a_reset() {
+    if !require_kvm() {
+        return;
+    }
+    let mut m = Machine::start("q35");
+    let ty = m.cpu_type();
+    m.outb(ICH9_CPUHP, 0);
+    m.qmp.ok("device_add", cpu(&ty, 1, "c1"));
+    let before = m.vcpu_tid(1).expect("CPU 1/KVM");
+    m.qmp.ok("system_reset", Value::Null);
+    let after = m.vcpu_tid(1).expect("CPU 1/KVM after the reset");
+    assert_ne!(before, after, "a new vCPU thread for the rebuilt machine");
+    let fast = m.qmp.ok("query-cpus-fast", Value::Null);
+    let entry = fast
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["cpu-index"] == 1)
+        .cloned()
+        .unwrap_or_else(|| panic!("cpu 1 in {fast}"));
+    assert_eq!(entry["thread-id"], after);
+    assert_eq!(entry["qom-path"], "/machine/peripheral/c1");
+    assert_eq!(
+        m.threads().iter().filter(|(_, n)| n == "CPU 1/KVM").count(),
+        1
+    );
+    m.outb(ICH9_CPUHP, 0);
+    m.outl(ICH9_CPUHP, 1);
+    assert_eq!(m.qtest.value("inb 0xcdc"), 1, "present, no insert event");
+    m.qmp.ok("device_del", json!({"id": "c1"}));
+    m.outb(ICH9_CPUHP + 4, 8);
+    while m.qmp.wait_event("DEVICE_DELETED")["data"]["device"] != "c1" {}
+}

@@ -372,13 +372,15 @@ impl Drop for HotCpus {
     }
 }
 
-/// The run loop's half of a CPU `device_add`: start the vCPU, record it, announce it.
-pub fn hot_add(
+/// The run loop's half of a CPU `device_add`: start the vCPU, record it, announce it
+/// (or, for a CPU kept over a reset, mark it present without an event).
+pub fn plug(
     control: &Controller,
     cpus: &mut HotCpus,
     ctx: VcpuContext,
     index: u32,
     id: Option<String>,
+    announce: bool,
 ) -> Result<Value, QmpError> {
     let block = {
         let state = control.state();
@@ -400,7 +402,12 @@ pub fn hot_add(
         state.vcpu_thread_ids[slot] = tid;
         state.hot_cpus.insert(index, HotCpu { id });
     }
-    block.lock().unwrap_or_else(|e| e.into_inner()).plug(index);
+    let mut block = block.lock().unwrap_or_else(|e| e.into_inner());
+    if announce {
+        block.plug(index);
+    } else {
+        block.set_present(index);
+    }
     Ok(Value::Null)
 }
 

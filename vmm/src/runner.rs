@@ -615,11 +615,31 @@ impl Machine<'_> {
             Running::start(built, &self.lifecycle, &self.gate, self.options.trace_start)?;
         running.subscribers = subscribers;
         running.device_threads = device_threads;
-        {
+        let kept = {
             let mut state = self.control.state();
             state.vcpu_thread_ids = running.thread_ids.clone();
-            // A rebuilt machine has its boot CPUs only.
-            state.hot_cpus.clear();
+            std::mem::take(&mut state.hot_cpus)
+        };
+        // CPUs added at run time stay over a reset, as in QEMU.
+        for (index, cpu) in kept {
+            let ctx = crate::cpu_hotplug::VcpuContext {
+                vm: &running.vm,
+                plan: &plan,
+                io: &running.io,
+                mmio: &running.mmio,
+                lifecycle: &self.lifecycle,
+                gate: &self.gate,
+            };
+            if let Err(e) = crate::cpu_hotplug::plug(
+                &self.control,
+                &mut running.hot_cpus,
+                ctx,
+                index,
+                cpu.id,
+                false,
+            ) {
+                eprintln!("machina: CPU {index} not restored after the reset: {e}");
+            }
         }
         self.running = Some(running);
         self.control.machine_ready();
@@ -951,7 +971,7 @@ impl Machine<'_> {
                 let Some(plan) = self.control.state().plan.clone() else {
                     return (Err(QmpError::generic("the machine is not built")), None);
                 };
-                let answer = crate::cpu_hotplug::hot_add(
+                let answer = crate::cpu_hotplug::plug(
                     &self.control,
                     &mut running.hot_cpus,
                     crate::cpu_hotplug::VcpuContext {
@@ -964,6 +984,7 @@ impl Machine<'_> {
                     },
                     index,
                     id,
+                    true,
                 );
                 (answer, None)
             }

@@ -128,6 +128,13 @@ impl CpuHotplug {
         true
     }
 
+    /// CPU `index` is present from the start (a CPU added before a reset): no event.
+    pub fn set_present(&mut self, index: u32) {
+        if let Some(s) = self.slots.get_mut(index as usize) {
+            s.present = true;
+        }
+    }
+
     /// acpi_cpu_unplug_request_cb: CPU `index` is asked to go; GPE.
     pub fn unplug_request(&mut self, index: u32) -> bool {
         if self.legacy {
