@@ -506,6 +506,34 @@ fn drive(machine: &'static str) {
         run.fail(step, &format!("expected running: {status}"));
     }
 
+    // vCPU hot-plug: libvirt fills the free query-hotpluggable-cpus slot with device_add
+    // (`<vcpu current='1'>2</vcpu>` gives -smp 1,maxcpus=2) and reads it back.
+    let step = "setvcpus --live";
+    run.step(step);
+    run.virsh(step, &["setvcpus", &run.name, "2", "--live"]);
+    let info = run.virsh(step, &["dominfo", &run.name]);
+    if field(&info, "CPU(s)") != Some("2") {
+        run.fail(step, &format!("CPU(s): expected 2\n{info}"));
+    }
+    let count = run.virsh(step, &["vcpucount", &run.name, "--live", "--active"]);
+    if count.trim() != "2" {
+        run.fail(step, &format!("vcpucount: expected 2\n{count}"));
+    }
+    let cpus = run.monitor(step, "query-cpus-fast");
+    let named = cpus.as_array().map_or(0, |a| {
+        a.iter()
+            .filter(|c| {
+                c["thread-id"].as_u64().is_some_and(|tid| {
+                    std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
+                        .is_ok_and(|n| n.trim().starts_with("CPU "))
+                })
+            })
+            .count()
+    });
+    if named != 2 {
+        run.fail(step, &format!("two vCPU threads of pid {pid}: {cpus}"));
+    }
+
     // 4. suspend / resume.
     let step = "suspend";
     run.step(step);
