@@ -235,6 +235,7 @@ pub fn device_del(state: &mut VmState, id: &str) -> Option<Result<Value, QmpErro
 
 /// What a hot-added vCPU thread shares with the machine's other vCPUs.
 pub struct VcpuContext<'a> {
+    pub control: &'a Controller,
     pub vm: &'a KvmVm,
     pub plan: &'a Plan,
     pub io: &'a Arc<Bus>,
@@ -288,9 +289,18 @@ impl HotCpus {
                     .fd
                     .create_vcpu(u64::from(ctx.plan.topology.apic_id(index)))
                     .map_err(|e| format!("cannot create vCPU {index}: {e}"))?;
-                let cpuid =
-                    crate::cpuid::for_vcpu(&ctx.vm.supported_cpuid, index, &ctx.plan.topology)
-                        .map_err(|e| e.to_string())?;
+                // The boot CPUs' model and -cpu features.
+                let (model, features) = {
+                    let config = &ctx.control.state().config;
+                    (
+                        config.cpu_model.unwrap_or(crate::cpuid::CpuModel::Host),
+                        config.cpu_features.clone(),
+                    )
+                };
+                let supported = &ctx.vm.supported_cpuid;
+                let mut cpuid = crate::cpuid::for_vcpu(supported, model, index, &ctx.plan.topology)
+                    .map_err(|e| e.to_string())?;
+                crate::cpuid::apply_features(&mut cpuid, supported, &features);
                 fd.set_cpuid2(&cpuid)
                     .map_err(|e| format!("cannot set vCPU {index}'s CPUID: {e}"))?;
                 crate::vcpu::setup::setup_common(&fd).map_err(|e| e.to_string())?;

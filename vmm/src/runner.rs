@@ -623,6 +623,7 @@ impl Machine<'_> {
         // CPUs added at run time stay over a reset, as in QEMU.
         for (index, cpu) in kept {
             let ctx = crate::cpu_hotplug::VcpuContext {
+                control: &self.control,
                 vm: &running.vm,
                 plan: &plan,
                 io: &running.io,
@@ -975,6 +976,7 @@ impl Machine<'_> {
                     &self.control,
                     &mut running.hot_cpus,
                     crate::cpu_hotplug::VcpuContext {
+                        control: &self.control,
                         vm: &running.vm,
                         plan: &plan,
                         io: &running.io,
