@@ -31,6 +31,10 @@ impl Machine {
     }
 
     fn start_smp(machine: &str, smp: &str) -> Machine {
+        Machine::start_with(machine, smp, &[])
+    }
+
+    fn start_with(machine: &str, smp: &str, extra: &[&str]) -> Machine {
         let tmp = TempDir::new("cpu-hotplug");
         let sock = tmp.path.join("qmp.sock");
         let args: Vec<String> = [
@@ -43,6 +47,7 @@ impl Machine {
             &format!("unix:{},server=on,wait=off", sock.display()),
         ]
         .iter()
+        .chain(extra)
         .map(|s| s.to_string())
         .collect();
         let qtest = Qtest::start(&machina(), &args);
@@ -520,4 +525,26 @@ fn a_hot_added_cpu_survives_a_reset() {
     m.qmp.ok("device_del", json!({"id": "c1"}));
     m.outb(ICH9_CPUHP + 4, 8);
     while m.qmp.wait_event("DEVICE_DELETED")["data"]["device"] != "c1" {}
+}
+
+/// With -S the machine is built and stopped: QEMU accepts a CPU then, and so does machina
+/// (the vCPU waits at the gate with the others until `cont`).
+#[test]
+fn a_cpu_can_be_added_before_cont_with_dash_s() {
+    if !require_kvm() {
+        return;
+    }
+    let mut m = Machine::start_with("pc", "1,maxcpus=2", &["-S"]);
+    let status = m.qmp.ok("query-status", Value::Null);
+    assert_eq!(status["status"], "prelaunch", "{status}");
+    let ty = m.cpu_type();
+    m.qmp.ok("device_add", cpu(&ty, 1, "c1"));
+    assert!(m.vcpu_tid(1).is_some());
+    let fast = m.qmp.ok("query-cpus-fast", Value::Null);
+    assert_eq!(fast.as_array().map(Vec::len), Some(2), "{fast}");
+    assert_eq!(
+        m.qtest.value("inb 0xaf00"),
+        0b11,
+        "present in the legacy bitmap"
+    );
 }
