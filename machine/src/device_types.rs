@@ -295,6 +295,10 @@ pub struct DeviceTypeDef {
     /// Default device a `-device` of this type replaces (`vga`).
     #[serde(default)]
     pub clears_default: Option<String>,
+    /// The NIC `-nic` creates when no `model=` is given (machina's choice: the one NIC it
+    /// moves frames for; not inherited).
+    #[serde(default)]
+    pub nic_default: bool,
     /// libvirt's controller model name for this type (`dmi-to-pci-bridge`).
     #[serde(default)]
     pub libvirt_model: Option<String>,
@@ -350,6 +354,8 @@ pub struct DeviceType {
     pub isa: Option<IsaTypeDef>,
     pub connect: Option<String>,
     pub clears_default: Option<String>,
+    /// `-nic` without `model=` creates this type (see `DeviceTypeDef::nic_default`).
+    pub nic_default: bool,
     pub libvirt_model: Option<String>,
     /// A device model stands behind the type (see `DeviceTypeDef::modelled`).
     pub modelled: bool,
@@ -692,6 +698,7 @@ fn finish(def: &DeviceTypeDef, f: Folded, defs: &dyn DeviceDefs) -> DeviceType {
         isa: f.isa,
         connect: f.connect,
         clears_default: def.clears_default.clone(),
+        nic_default: def.nic_default,
         libvirt_model: f.libvirt_model,
         modelled: f.modelled.unwrap_or(true),
         console: f.console.unwrap_or(false),

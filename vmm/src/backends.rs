@@ -446,7 +446,11 @@ pub fn attach_drives(
                 .iter_mut()
                 .find(|b| matches!(b, Backend::Drive { id, .. } if id == value))
             {
-                attach_drive(b, &context, dev.driver == "ide-cd")?;
+                // An ATAPI drive (a CD) takes an empty drive; disks need media.
+                let removable_media = machine::Catalog::builtin()
+                    .device_type(&dev.driver)
+                    .is_some_and(|t| t.atapi);
+                attach_drive(b, &context, removable_media)?;
             }
         }
     }

@@ -343,8 +343,8 @@ fn parse_vga(value: &str) -> Result<bool, CliError> {
 
 /// `-nic none` / `-net none` (no default NIC: any `-netdev` also clears it, see config.rs);
 /// `-nic TYPE,...` (TYPE a netdev type machina has): that netdev (its `id=`, or QEMU's
-/// `__org.qemu.nicN`) and a NIC on it, `model=` (machina's default is virtio-net-pci, the NIC
-/// it moves frames for) with `mac=`. Returns the netdev's keyval text and the device's.
+/// `__org.qemu.nicN`) and a NIC on it, `model=` (default: the catalog's `nic-default` type, the NIC
+/// machina moves frames for) with `mac=`. Returns the netdev's keyval text and the device's.
 /// machina has no `-net` hubs (use `-netdev hubport`).
 fn parse_nic(
     name: &str,
@@ -385,7 +385,20 @@ fn parse_nic(
         }
         netdev.push_str(&format!(",{k}={}", escape(v)));
     }
-    let model = get("model").unwrap_or_else(|| "virtio-net-pci".into());
+    let model = match get("model") {
+        Some(model) => model,
+        None => machine::Catalog::builtin()
+            .device_types()
+            .iter()
+            .find(|t| t.nic_default)
+            .map(|t| t.name.clone())
+            .ok_or_else(|| {
+                CliError::Nic(
+                    format!("-{name} {text}"),
+                    "the device catalog names no default NIC model (nic-default)".into(),
+                )
+            })?,
+    };
     let mut device = format!(
         "{},netdev={}",
         model.replace(',', ",,"),
