@@ -6,7 +6,7 @@
 
 use crate::acpi;
 use crate::cmdline::Cmdline;
-use crate::pci::{self, Bdf, BarKind, Cf8, ConfigSpace, Function};
+use crate::pci::{self, BarKind, Bdf, Cf8, ConfigSpace, Function};
 use crate::port::{inb, inl, outb, outl};
 use crate::tsc::Deadline;
 
@@ -110,7 +110,11 @@ fn setup_port(t: &Target, mmio: u64, io: u64) {
     let cfg = &Cf8;
     // I/O base/limit (4 KiB granules) and memory base/limit (1 MiB granules), 16 MiB.
     let io_reg = cfg.read32(port, 0x1c) & 0xffff_0000;
-    cfg.write32(port, 0x1c, io_reg | ((io >> 8) as u32 & 0xf0) | (((io >> 8) as u32 & 0xf0) << 8));
+    cfg.write32(
+        port,
+        0x1c,
+        io_reg | ((io >> 8) as u32 & 0xf0) | (((io >> 8) as u32 & 0xf0) << 8),
+    );
     let mem_base = (mmio >> 16) as u32 & 0xfff0;
     let mem_limit = ((mmio + 0xff_ffff) >> 16) as u32 & 0xfff0;
     cfg.write32(port, 0x20, mem_base | (mem_limit << 16));
@@ -129,7 +133,10 @@ fn setup_port(t: &Target, mmio: u64, io: u64) {
 }
 
 fn target(cmdline: &Cmdline<'_>) -> Option<Target> {
-    let Some(dev) = cmdline.get(b"machina.hotplug-port").map(|_| cmdline.get_u64(b"machina.hotplug-port", 0) as u8) else {
+    let Some(dev) = cmdline
+        .get(b"machina.hotplug-port")
+        .map(|_| cmdline.get_u64(b"machina.hotplug-port", 0) as u8)
+    else {
         return Some(Target {
             port: None,
             native: None,
@@ -137,7 +144,11 @@ fn target(cmdline: &Cmdline<'_>) -> Option<Target> {
             bus: 0,
         });
     };
-    let port = Bdf { bus: 0, dev, func: 0 };
+    let port = Bdf {
+        bus: 0,
+        dev,
+        func: 0,
+    };
     let bus = (Cf8.read32(port, 0x18) >> 8) as u8;
     let native = if cmdline.get(b"machina.hotplug") == Some(b"native") {
         Some(pci::capabilities(&Cf8, port).find(|&o| Cf8.read32(port, o) & 0xff == 0x10)?)
@@ -183,7 +194,10 @@ pub fn run(cmdline: &Cmdline<'_>, rsdp_hint: u64) {
                     println!("hotplug: timeout waiting for a device");
                     return;
                 }
-                println!("hotplug: event round={} presence-detect port={}", round, port);
+                println!(
+                    "hotplug: event round={} presence-detect port={}",
+                    round, port
+                );
                 0
             }
             _ => {
@@ -238,11 +252,21 @@ pub fn run(cmdline: &Cmdline<'_>, rsdp_hint: u64) {
                 println!("hotplug: eject request attention-button port={}", port);
                 // pciehp: power the slot off, indicator off; the device goes.
                 let (ctl, _) = slot_regs(port, cap);
-                slot_write(port, cap, (ctl & !SLTCTL_PIC) | SLTCTL_PCC | SLTCTL_PIC_OFF, 0);
+                slot_write(
+                    port,
+                    cap,
+                    (ctl & !SLTCTL_PIC) | SLTCTL_PCC | SLTCTL_PIC_OFF,
+                    0,
+                );
                 // Ready for the next device: power back on once presence is gone.
                 wait_slot(port, cap, SLTSTA_PDC);
                 let (ctl, _) = slot_regs(port, cap);
-                slot_write(port, cap, (ctl & !(SLTCTL_PCC | SLTCTL_PIC)) | SLTCTL_PIC_ON, 0);
+                slot_write(
+                    port,
+                    cap,
+                    (ctl & !(SLTCTL_PCC | SLTCTL_PIC)) | SLTCTL_PIC_ON,
+                    0,
+                );
             }
             _ => {
                 if !wait_gpe(gpe0) {
