@@ -112,6 +112,13 @@ fn whole_startup_over_qmp() {
         err,
         "The command is permitted only before machine initialization"
     );
+    // Once built, machine-build answers with the built machine's plan (qmp-cmd-test calls it
+    // on a running machine and requires success).
+    assert_eq!(
+        qmp.ok("machine-build", Value::Null),
+        predicted,
+        "machine-build on a built machine returns its plan"
+    );
     assert_eq!(qmp.ok("query-status", Value::Null)["status"], "prelaunch");
 
     // What exists equals what was predicted, field by field.

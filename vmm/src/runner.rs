@@ -866,7 +866,15 @@ impl Machine<'_> {
     fn handle(&mut self, command: Command) -> (Reply, Option<Outcome>) {
         let built = self.running.is_some();
         match command {
-            Command::Build { .. } if built => (Err(QmpError::only_before_init()), None),
+            // x-exit-preconfig is QEMU's: once only, returning nothing.
+            Command::Build { start: true } if built => (Err(QmpError::only_before_init()), None),
+            // machine-build makes sure the machine is built and returns its plan: once
+            // built, the plan of the machine as it stands (hot-plugged devices included).
+            Command::Build { start: false } if built => {
+                let plan = self.control.state().plan.clone();
+                let value = serde_json::to_value(&plan).unwrap_or(Value::Null);
+                (Ok(value), None)
+            }
             Command::Build { start } => match self.build() {
                 Ok(plan) => {
                     if self.options.start_paused || !start {
@@ -874,7 +882,11 @@ impl Machine<'_> {
                     } else {
                         self.resume();
                     }
-                    let value = serde_json::to_value(&plan).unwrap_or(Value::Null);
+                    let value = if start {
+                        Value::Null
+                    } else {
+                        serde_json::to_value(&plan).unwrap_or(Value::Null)
+                    };
                     (Ok(value), None)
                 }
                 Err(e) => (Err(QmpError::generic(e.to_string())), None),

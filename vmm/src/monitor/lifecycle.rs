@@ -94,17 +94,19 @@ pub(super) fn register(reg: &mut Registry, control: &Arc<Controller>) -> Result<
         CommandDef::new("quit").allow_preconfig(true),
         queued(control, Command::Quit),
     )?;
-    // QEMU's name (build, then run unless -S), and a clearer one that builds and stops
-    // there, so a tool can compare the machine with its prediction before `cont`. Both
-    // return the plan the machine was built from.
-    for (name, start) in [("x-exit-preconfig", true), ("machine-build", false)] {
-        reg.register(
-            CommandDef::new(name)
-                .returns(Type::Any)
-                .allow_preconfig(true),
-            queued(control, Command::Build { start }),
-        )?;
-    }
+    // QEMU's name (build, then run unless -S; returns nothing, once only), and a clearer
+    // one that builds and stops there and returns the plan, so a tool can compare the
+    // machine with its prediction before `cont`; on a built machine it returns its plan.
+    reg.register(
+        CommandDef::new("x-exit-preconfig").allow_preconfig(true),
+        queued(control, Command::Build { start: true }),
+    )?;
+    reg.register(
+        CommandDef::new("machine-build")
+            .returns(Type::Any)
+            .allow_preconfig(true),
+        queued(control, Command::Build { start: false }),
+    )?;
 
     for event in ["STOP", "RESUME", "POWERDOWN"] {
         reg.register_event(EventDef::new(event))?;
