@@ -123,6 +123,7 @@ pub fn block_backend(file: std::fs::File, stats: Arc<BlockStats>) -> VirtioBacke
         writeback: true,
         stats,
         size: None,
+        disk_size: Arc::default(),
     })
 }
 

@@ -212,6 +212,7 @@ fn open_drive(f: &PciFunctionPlan, backends: &[Backend]) -> Result<BlockBackend,
         writeback: *cache != CacheMode::WriteThrough,
         stats: crate::monitor::drive_stats(id),
         size: *null_size,
+        disk_size: crate::monitor::drive_size(id),
     })
 }
 

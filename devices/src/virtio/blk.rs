@@ -143,6 +143,38 @@ impl BlockStats {
     }
 }
 
+/// The disk size the guest sees, in sectors, shared with the monitor: `block_resize`
+/// changes it and raises the device's configuration interrupt (virtio_notify_config).
+/// One per drive, so it outlives the device rebuilt by a reset.
+#[derive(Default)]
+pub struct DiskSize {
+    sectors: AtomicU64,
+    /// The interrupt of the device using the drive now (none before the build or after an
+    /// unplug).
+    irq: std::sync::Mutex<std::sync::Weak<super::interrupt::VirtioInterrupt>>,
+}
+
+impl DiskSize {
+    pub fn sectors(&self) -> u64 {
+        self.sectors.load(Ordering::Acquire)
+    }
+
+    /// The device using the drive signals its config changes on `irq`.
+    pub fn attach(&self, irq: &Arc<super::interrupt::VirtioInterrupt>) {
+        *self.irq.lock().unwrap_or_else(|e| e.into_inner()) = Arc::downgrade(irq);
+    }
+
+    /// The image now holds `bytes`: the capacity follows (whole sectors) and the device,
+    /// if any, raises a config-change interrupt.
+    pub fn resize(&self, bytes: u64) {
+        self.sectors.store(bytes / SECTOR, Ordering::Release);
+        let irq = self.irq.lock().unwrap_or_else(|e| e.into_inner()).upgrade();
+        if let Some(irq) = irq {
+            irq.signal_config();
+        }
+    }
+}
+
 /// What the VMM hands the device: the open image and the `-drive` options that matter.
 pub struct BlockBackend {
     /// Opened read-only or read-write (with O_DIRECT when `direct`).
@@ -156,6 +188,8 @@ pub struct BlockBackend {
     pub stats: Arc<BlockStats>,
     /// The disk size when the file has none of its own (a null drive served by /dev/zero).
     pub size: Option<u64>,
+    /// Where the capacity lives (block_resize changes it).
+    pub disk_size: Arc<DiskSize>,
 }
 
 /// Device options from the plan's properties.
@@ -188,7 +222,6 @@ pub struct Block {
     name: String,
     backend: BlockBackend,
     opts: BlockOptions,
-    capacity: u64,
     /// Write cache enabled (the guest may toggle it through CONFIG_WCE).
     wce: bool,
     features: u64,
@@ -309,7 +342,10 @@ impl Block {
             Some(size) => size,
             None => std::io::Seek::seek(&mut &backend.file, std::io::SeekFrom::End(0))?,
         };
-        let capacity = len / SECTOR;
+        backend
+            .disk_size
+            .sectors
+            .store(len / SECTOR, Ordering::Release);
         let mut features = F_SEG_MAX | F_GEOMETRY | F_BLK_SIZE | F_TOPOLOGY;
         if backend.writeback {
             features |= F_FLUSH;
@@ -335,7 +371,6 @@ impl Block {
             name: String::new(),
             backend,
             opts,
-            capacity,
             wce,
             features,
             config: Vec::new(),
@@ -371,12 +406,12 @@ impl Block {
     fn build_config(&mut self) {
         let mut c = vec![0u8; cfg::LEN_WZ];
         let put = |c: &mut [u8], at: usize, v: &[u8]| c[at..at + v.len()].copy_from_slice(v);
-        put(&mut c, cfg::CAPACITY, &self.capacity.to_le_bytes());
+        put(&mut c, cfg::CAPACITY, &self.capacity().to_le_bytes());
         // seg-max-adjust: queue size minus the header and status descriptors.
         let seg_max = u32::from(self.opts.queue_size.saturating_sub(2));
         put(&mut c, cfg::SEG_MAX, &seg_max.to_le_bytes());
         // hd_geometry_guess for an unpartitioned image: 16 heads, 63 sectors.
-        let cyls = (self.capacity / (16 * 63)).clamp(2, 16383) as u16;
+        let cyls = (self.capacity() / (16 * 63)).clamp(2, 16383) as u16;
         put(&mut c, cfg::CYLINDERS, &cyls.to_le_bytes());
         c[cfg::HEADS] = 16;
         c[cfg::SECTORS] = 63;
@@ -404,7 +439,7 @@ impl Block {
             self.refused(format_args!(
                 "{what} of {len} bytes at sector {sector} is past the end of the disk \
                  ({} sectors) or not whole sectors",
-                self.capacity
+                self.capacity()
             ));
         }
     }
@@ -414,7 +449,12 @@ impl Block {
             && sector
                 .checked_mul(SECTOR)
                 .and_then(|o| o.checked_add(bytes))
-                .is_some_and(|end| end <= self.capacity * SECTOR)
+                .is_some_and(|end| end <= self.capacity().saturating_mul(SECTOR))
+    }
+
+    /// The disk size in sectors now (block_resize may change it at any time).
+    fn capacity(&self) -> u64 {
+        self.backend.disk_size.sectors()
     }
 
     fn fd(&self) -> libc::c_int {
@@ -841,7 +881,12 @@ impl VirtioDevice for Block {
     }
 
     fn read_config(&self, offset: usize, data: &mut [u8]) {
-        read_config_bytes(&self.config, offset, data);
+        // The capacity as it is now: block_resize changes it behind the built config.
+        let mut config = self.config.clone();
+        if let Some(c) = config.get_mut(cfg::CAPACITY..cfg::CAPACITY + 8) {
+            c.copy_from_slice(&self.capacity().to_le_bytes());
+        }
+        read_config_bytes(&config, offset, data);
     }
 
     fn set_name(&mut self, name: &str) {
@@ -909,6 +954,7 @@ mod tests {
             writeback: true,
             stats: Arc::default(),
             size: None,
+            disk_size: Arc::default(),
         };
         let mut dev = Block::new(backend, BlockOptions::default()).unwrap();
         let name = "virtio-blk-pci id=failing (pcie.0:04.0)";

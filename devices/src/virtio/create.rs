@@ -68,6 +68,7 @@ pub fn create(
     };
     let mut console_input = None;
     let mut rom = None;
+    let mut disk_size = None;
     // QEMU's per-type "vectors" defaults when the property is left unspecified.
     let (device, default_vectors): (Box<dyn VirtioDevice>, u16) = match (mode.device_type, backend)
     {
@@ -87,6 +88,7 @@ pub fn create(
                 config_wce: props.bool("config-wce", true)?,
             };
             let nq = opts.num_queues;
+            disk_size = Some(b.disk_size.clone());
             let dev = Block::new(b, opts).map_err(|source| VirtioError::Io {
                 what: "virtio-blk image size".into(),
                 source,
@@ -136,6 +138,9 @@ pub fn create(
     let irq = Arc::new(VirtioInterrupt::new(None, queues));
     if let Some(line) = intx {
         irq.set_intx_line(line);
+    }
+    if let Some(size) = &disk_size {
+        size.attach(&irq);
     }
     let name = crate::logging::pci_name(plan);
     let core = Core::new(name, device, mem, irq, mode.legacy, mode.modern).map_err(|source| {

@@ -22,6 +22,8 @@ pub(crate) struct IrqState {
     pub intx_level: bool,
     pub config_vector: u16,
     pub queue_vectors: Vec<u16>,
+    /// Config changes signalled (block_resize): added to the config generation.
+    pub config_changes: u8,
 }
 
 /// A sink that drops messages, until the host hands out the real one.
@@ -96,6 +98,7 @@ impl VirtioInterrupt {
                 intx_level: false,
                 config_vector: NO_VECTOR,
                 queue_vectors: vec![NO_VECTOR; queues],
+                config_changes: 0,
             }),
         }
     }
@@ -136,6 +139,7 @@ impl VirtioInterrupt {
     pub fn signal_config(&self) {
         let mut s = self.lock();
         s.isr |= ISR_QUEUE | ISR_CONFIG;
+        s.config_changes = s.config_changes.wrapping_add(1);
         let v = s.config_vector;
         s.notify_vector(v);
     }

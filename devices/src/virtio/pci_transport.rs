@@ -554,7 +554,9 @@ impl VirtioPciFunction {
             common::MSIX => u64::from(self.irq.lock().config_vector),
             common::NUMQ => core.queues.len() as u64,
             common::STATUS => u64::from(core.status),
-            common::CFGGENERATION => u64::from(core.generation),
+            common::CFGGENERATION => {
+                u64::from(core.generation.wrapping_add(self.irq.lock().config_changes))
+            }
             common::Q_SELECT => u64::from(self.queue_sel),
             common::Q_SIZE => q.map_or(0, |q| u64::from(q.size())),
             common::Q_MSIX => {

@@ -408,6 +408,7 @@ pub(crate) fn blk_device(
             writeback: c.setup.writeback,
             stats: Default::default(),
             size: None,
+            disk_size: Default::default(),
         }),
         mem.clone(),
     )

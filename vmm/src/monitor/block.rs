@@ -4,8 +4,8 @@
 
 use crate::backends::{Backend, CacheMode};
 use crate::control::{Controller, VmState};
-use devices::virtio::blk::BlockStats;
-use qmp::{CommandDef, Map, ObjectType, Registry, RegistryError, Session, Type, Value};
+use devices::virtio::blk::{BlockStats, DiskSize};
+use qmp::{CommandDef, Map, ObjectType, QmpError, Registry, RegistryError, Session, Type, Value};
 use serde_json::json;
 use std::collections::HashMap;
 use std::io::{Seek, SeekFrom};
@@ -24,6 +24,126 @@ pub fn drive_stats(id: &str) -> Arc<BlockStats> {
         .entry(id.to_string())
         .or_default()
         .clone()
+}
+
+/// The size the guest sees of drive `id` (what `block_resize` changes), one per drive for
+/// the whole process like the counters, so a device rebuilt by a reset shares it.
+pub fn drive_size(id: &str) -> Arc<DiskSize> {
+    static SIZES: OnceLock<Mutex<HashMap<String, Arc<DiskSize>>>> = OnceLock::new();
+    SIZES
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(id.to_string())
+        .or_default()
+        .clone()
+}
+
+/// strerror's text of an I/O error (QEMU's error_setg_errno appends it).
+fn os_text(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    match text.find(" (os error") {
+        Some(at) => text[..at].to_string(),
+        None => text,
+    }
+}
+
+/// block_resize (QEMU's qmp_block_resize over file-posix's raw_co_truncate): a regular
+/// image file is truncated or extended to exactly `size`; a block device cannot grow and
+/// keeps its size. The device using the drive sees the new capacity and gets a config
+/// interrupt.
+fn block_resize(state: &VmState, args: &Map<String, Value>) -> Result<Value, QmpError> {
+    let device = args.get("device").and_then(Value::as_str);
+    let node = args.get("node-name").and_then(Value::as_str);
+    let size = args.get("size").and_then(Value::as_i64).unwrap_or(0);
+    let list = drives(state);
+    // bdrv_lookup_bs: the BlockBackend named `device` first, then the node.
+    let found = device
+        .and_then(|d| list.iter().find(|x| x.legacy && x.id == d))
+        .map(|x| (x, true))
+        .or_else(|| {
+            node.and_then(|n| list.iter().find(|x| x.id == n))
+                .map(|x| (x, false))
+        });
+    let Some((drive, by_device)) = found else {
+        return Err(QmpError::generic(format!(
+            "Cannot find device='{}' nor node-name='{}'",
+            device.unwrap_or(""),
+            node.unwrap_or("")
+        )));
+    };
+    if drive.empty {
+        return Err(QmpError::generic(if by_device {
+            format!("Device '{}' has no medium", drive.id)
+        } else {
+            "No medium inserted".to_string()
+        }));
+    }
+    if size < 0 {
+        return Err(QmpError::invalid_parameter_value("size", "a >0 size"));
+    }
+    let size = size as u64;
+    let Some(Backend::Drive {
+        attached,
+        null_size,
+        ..
+    }) = state.config.backends.iter().find(|b| b.id() == drive.id)
+    else {
+        return Err(QmpError::generic(format!("drive '{}' not found", drive.id)));
+    };
+    if drive.read_only {
+        return Err(QmpError::generic("Image is read-only"));
+    }
+    // null-co has no truncate (bdrv_co_truncate's text).
+    if null_size.is_some() {
+        return Err(QmpError::generic(
+            "Image format driver does not support resize",
+        ));
+    }
+    let counted = drive.counted_as();
+    // An IDE disk keeps the size it was built with: resizing its image would leave the
+    // guest a disk of the wrong size.
+    let ide = state.plan.as_ref().is_some_and(|p| {
+        p.ide
+            .iter()
+            .any(|d| d.properties.nonempty_str("drive") == Some(counted))
+    });
+    if ide {
+        return Err(QmpError::generic(format!(
+            "drive '{counted}' is used by an IDE disk, which machina cannot resize"
+        )));
+    }
+    let file = match attached {
+        Some(handle) => handle.dup(),
+        None => std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(drive.file),
+    }
+    .map_err(|e| {
+        QmpError::generic(format!(
+            "Could not open '{}': {}",
+            drive.file.display(),
+            os_text(&e)
+        ))
+    })?;
+    let meta = file
+        .metadata()
+        .map_err(|e| QmpError::generic(format!("Failed to fstat() the file: {}", os_text(&e))))?;
+    if meta.file_type().is_file() {
+        file.set_len(size)
+            .map_err(|e| QmpError::generic(format!("Could not resize file: {}", os_text(&e))))?;
+    } else {
+        let current = (&file).seek(SeekFrom::End(0)).unwrap_or(0);
+        if size > current {
+            return Err(QmpError::generic("Cannot grow device files"));
+        }
+    }
+    let now = (&file)
+        .seek(SeekFrom::End(0))
+        .map_err(|e| QmpError::generic(format!("Could not resize file: {}", os_text(&e))))?;
+    drive_size(counted).resize(now);
+    Ok(Value::Null)
 }
 
 /// A drive as the queries see it.
@@ -203,6 +323,15 @@ fn stats_value(s: &BlockStats) -> Value {
 }
 
 pub(super) fn register(reg: &mut Registry, control: &Arc<Controller>) -> Result<(), RegistryError> {
+    let c = control.clone();
+    reg.register(
+        CommandDef::new("block_resize")
+            .opt("device", Type::Str)
+            .opt("node-name", Type::Str)
+            .arg("size", Type::Int),
+        move |args: Map<String, Value>, _ctx: &mut Session| block_resize(&c.state(), &args),
+    )?;
+
     let c = control.clone();
     reg.register(
         CommandDef::new("query-named-block-nodes")

@@ -18,7 +18,7 @@ mod preconfig;
 mod probe;
 
 use crate::control::Controller;
-pub use block::drive_stats;
+pub use block::{drive_size, drive_stats};
 use qmp::{Registry, RegistryError};
 use std::sync::Arc;
 
