@@ -405,7 +405,9 @@ fn refusals_have_qemus_texts() {
 fn wait_console(path: &std::path::Path, line: &str, count: usize) -> String {
     let deadline = std::time::Instant::now() + Duration::from_secs(180);
     loop {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let mut text = std::fs::read_to_string(path).unwrap_or_default();
+        // Only whole lines: the guest may be mid-line (one run read "started" without "=1").
+        text.truncate(text.rfind('\n').map_or(0, |end| end + 1));
         if text.matches(line).count() >= count {
             return text;
         }
