@@ -451,32 +451,7 @@ pub(super) fn blockdev_from_pairs(
                 == Some(true),
     )?;
     match driver.as_deref() {
-        Some("null-co") => {
-            if let Some(v) = get("read-zeroes") {
-                machine::parse_bool("read-zeroes", &v).map_err(|e| err(context, e.to_string()))?;
-            }
-            let size = match get("size") {
-                Some(v) => integer_value(context, "size", &v)?,
-                None => NULL_CO_SIZE,
-            };
-            Ok(Backend::Drive {
-                id: node,
-                file: PathBuf::from(NULL_CO_DEVICE),
-                read_only,
-                cache,
-                locking: false,
-                attached: None,
-                null_size: Some(size),
-                cdrom: false,
-                ide_index: None,
-                debug: None,
-                rerror: ErrorAction::Report,
-                werror: ErrorAction::Enospc,
-                child: None,
-                legacy: false,
-                empty: false,
-            })
-        }
+        Some("null-co") => null_co_node(context, node, read_only, cache, &get, ""),
         Some(kind @ ("file" | "host_device")) => {
             let file = PathBuf::from(
                 get_raw("filename")
@@ -508,30 +483,7 @@ pub(super) fn blockdev_from_pairs(
         }
         // A raw node with an inline null-co file (drive_del-test's blockdev-add).
         Some("raw") if get("file.driver").as_deref() == Some("null-co") => {
-            if let Some(v) = get("file.read-zeroes") {
-                machine::parse_bool("read-zeroes", &v).map_err(|e| err(context, e.to_string()))?;
-            }
-            let size = match get("file.size") {
-                Some(v) => integer_value(context, "size", &v)?,
-                None => NULL_CO_SIZE,
-            };
-            Ok(Backend::Drive {
-                id: node,
-                file: PathBuf::from(NULL_CO_DEVICE),
-                read_only,
-                cache,
-                locking: false,
-                attached: None,
-                null_size: Some(size),
-                child: None,
-                legacy: false,
-                empty: false,
-                cdrom: false,
-                ide_index: None,
-                debug: None,
-                rerror: ErrorAction::Report,
-                werror: ErrorAction::Enospc,
-            })
+            null_co_node(context, node, read_only, cache, &get, "file.")
         }
         Some("raw") => {
             // A raw format node over a file node, or with an inline file.
@@ -654,4 +606,40 @@ pub(super) fn blockdev_from_pairs(
         )),
         None => Err(err(context, "Parameter 'driver' is missing")),
     }
+}
+
+/// A `null-co` node, given directly or as a raw node's inline `file` (`prefix` "file."):
+/// its `read-zeroes` checked, its `size` (default NULL_CO_SIZE) read.
+fn null_co_node(
+    context: &str,
+    node: String,
+    read_only: bool,
+    cache: CacheMode,
+    get: &dyn Fn(&str) -> Option<String>,
+    prefix: &str,
+) -> Result<Backend, BackendError> {
+    if let Some(v) = get(&format!("{prefix}read-zeroes")) {
+        machine::parse_bool("read-zeroes", &v).map_err(|e| err(context, e.to_string()))?;
+    }
+    let size = match get(&format!("{prefix}size")) {
+        Some(v) => integer_value(context, "size", &v)?,
+        None => NULL_CO_SIZE,
+    };
+    Ok(Backend::Drive {
+        id: node,
+        file: PathBuf::from(NULL_CO_DEVICE),
+        read_only,
+        cache,
+        locking: false,
+        attached: None,
+        null_size: Some(size),
+        cdrom: false,
+        ide_index: None,
+        debug: None,
+        rerror: ErrorAction::Report,
+        werror: ErrorAction::Enospc,
+        child: None,
+        legacy: false,
+        empty: false,
+    })
 }
