@@ -4,6 +4,7 @@ pub mod aml;
 pub mod blkdebug;
 pub mod bus;
 pub mod chipset;
+pub mod e1000e;
 pub mod ide;
 pub mod kinds;
 pub mod legacy;

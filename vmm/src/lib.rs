@@ -29,6 +29,7 @@ pub mod logging;
 pub mod memory;
 pub mod monitor;
 pub mod netdev;
+pub mod nic_devices;
 pub mod objects;
 pub mod qtest;
 pub mod runner;

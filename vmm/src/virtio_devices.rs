@@ -57,10 +57,10 @@ impl IntxForwarder {
     }
 }
 
-struct FunctionIntx {
-    forwarder: Arc<IntxForwarder>,
-    bus: String,
-    devfn: u8,
+pub(crate) struct FunctionIntx {
+    pub(crate) forwarder: Arc<IntxForwarder>,
+    pub(crate) bus: String,
+    pub(crate) devfn: u8,
 }
 
 impl IntxLine for FunctionIntx {
@@ -74,11 +74,42 @@ impl IntxLine for FunctionIntx {
     }
 }
 
-/// What creating the virtio functions leaves for the run loop.
+/// A device's backend side, run on its own thread or an `-object iothread`: a virtio
+/// device's queues, or a NIC model's network backend (`crate::nic_devices`).
+pub enum Worker {
+    Virtio(VirtioWorker),
+    Nic(Box<dyn devices::pci::nic::NicWorker>),
+}
+
+impl Worker {
+    fn name(&self) -> String {
+        match self {
+            Worker::Virtio(w) => w.name(),
+            Worker::Nic(w) => w.name(),
+        }
+    }
+}
+
+impl MutEventSubscriber for Worker {
+    fn init(&mut self, ops: &mut EventOps) {
+        match self {
+            Worker::Virtio(w) => w.init(ops),
+            Worker::Nic(w) => w.init(ops),
+        }
+    }
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        match self {
+            Worker::Virtio(w) => w.process(events, ops),
+            Worker::Nic(w) => w.process(events, ops),
+        }
+    }
+}
+
+/// What creating the virtio functions (and NIC models) leaves for the run loop.
 #[derive(Default)]
 pub struct VirtioSet {
     /// Each device's worker, with the I/O thread it names (`iothread=ID`), if any.
-    pub workers: Vec<(VirtioWorker, Option<String>)>,
+    pub workers: Vec<(Worker, Option<String>)>,
     /// Peers of the socket pairs standing in for absent netdevs, kept open.
     keepalive: Vec<UnixDatagram>,
 }
@@ -216,7 +247,7 @@ fn open_drive(f: &PciFunctionPlan, backends: &[Backend]) -> Result<BlockBackend,
     })
 }
 
-fn open_net(
+pub(crate) fn open_net(
     f: &PciFunctionPlan,
     plan: &Plan,
     backends: &[Backend],
@@ -380,7 +411,10 @@ pub fn factory<'a>(
     ioevents: Option<Arc<dyn IoEventRegistrar>>,
 ) -> impl FnMut(&PciFunctionPlan) -> Option<Result<SharedFunction, PciError>> + 'a {
     move |f: &PciFunctionPlan| {
-        let mode = f.virtio?;
+        let Some(mode) = f.virtio else {
+            // NIC models that move frames themselves also take a netdev and guest memory.
+            return crate::nic_devices::build(f, plan, backends, memory, forwarder, set);
+        };
         let mut char_input = None;
         let backend = match mode.device_type {
             1 => open_net(f, plan, backends, set).map(VirtioBackend::Net),
@@ -423,7 +457,8 @@ pub fn factory<'a>(
                             mode.device_type
                         ));
                     }
-                    set.workers.push((worker, f.properties.text("iothread")));
+                    set.workers
+                        .push((Worker::Virtio(worker), f.properties.text("iothread")));
                     Arc::new(Mutex::new(function)) as SharedFunction
                 })
                 .map_err(|e| device_err(f, e.to_string())),
@@ -518,7 +553,7 @@ impl DeviceThreads {
     /// Start a thread for each worker without an I/O thread and attach the others to theirs
     /// (the build checked that it exists); a thread that cannot start is an error.
     pub fn start(
-        workers: Vec<(VirtioWorker, Option<String>)>,
+        workers: Vec<(Worker, Option<String>)>,
         iothreads: &crate::iothread::IoThreads,
     ) -> std::io::Result<Self> {
         let mut threads = DeviceThreads::default();

@@ -9,12 +9,13 @@
 //! exactly the types the catalog calls `modelled` get a model.
 
 use crate::chipset::{ahci, i440fx, ich9_lpc, ich9_smbus, mch, piix3, piix4_pm};
+use crate::e1000e;
 use crate::legacy::kind::IsaKind;
 use crate::legacy::{cmos, fw_cfg, i8042, ib700, port92, pvpanic, serial, sink};
 use crate::pci::bridges::{dmi, pci_bridge};
 use crate::pci::endpoints;
 use crate::pci::ports::{root_port, switch};
-use crate::pci::{e1000e, PciError, PciKind};
+use crate::pci::{PciError, PciKind};
 use machine::{MacAddr, PciFunctionPlan, Plan};
 use std::collections::HashMap;
 use std::sync::OnceLock;

@@ -59,6 +59,25 @@ pub trait PciKind: Sync {
         false
     }
 
+    /// A NIC model that moves frames itself: the VMM opens its netdev and builds it with
+    /// [`build_nic`](Self::build_nic) rather than [`build`](Self::build).
+    fn moves_frames(&self) -> bool {
+        false
+    }
+
+    /// The model of NIC `f` with its network backend and guest memory.
+    fn build_nic(
+        &self,
+        f: &PciFunctionPlan,
+        _placement: BusPlacement,
+        _backend: super::nic::NicBackend,
+    ) -> Result<super::nic::NicParts, PciError> {
+        Err(PciError::Device {
+            device: f.type_name.clone(),
+            reason: "not a NIC model".into(),
+        })
+    }
+
     /// What firmware programs in this function before the BARs are assigned (chipset bases,
     /// PIRQ routes, ECAM), reporting what it set in `fw.layout`.
     fn firmware_init(&self, _fw: &mut FirmwareFunction) -> Result<(), PciError> {

@@ -11,7 +11,6 @@ pub mod caps;
 pub mod config;
 pub mod config_io;
 pub mod device;
-pub mod e1000e;
 pub mod ecam;
 pub mod endpoints;
 pub mod firmware;

@@ -160,6 +160,11 @@ impl Msix {
         }
     }
 
+    /// msix_clr_pending: forget a pending `vector` (a device's own PBA-clear control).
+    pub fn clear_pending(&mut self, vector: u16) {
+        self.set_pending(vector, false);
+    }
+
     /// The programmed (address, data) of `vector`.
     pub fn message(&self, vector: u16) -> Option<(u64, u32)> {
         let at = usize::from(vector) * MSIX_ENTRY_SIZE;

@@ -3,8 +3,40 @@
 //! order (net/net.c qemu_macaddr_default_if_unset, qemu_macaddr_get_free/set_used).
 //! Explicit MACs inside that range mark their index used for the NICs created after them.
 
+use super::host::SharedFunction;
 use super::PciError;
 use machine::{MacAddr, MacAllocator, PciFunctionPlan, Plan};
+use std::fs::File;
+use std::sync::Arc;
+
+/// What the VMM hands a NIC model that moves frames itself (`PciKind::build_nic`).
+pub struct NicBackend {
+    /// Where frames go and come from: a datagram socket (the netdev's socket pair, or a
+    /// lone socket for a NIC without netdev) that passes bare frames, or a tap opened with
+    /// a virtio-net header (see `is_socket`).
+    pub file: File,
+    pub mac: MacAddr,
+    /// Guest memory for descriptor and buffer DMA (bounds-checked accesses).
+    pub memory: Arc<dyn crate::ide::DmaMemory>,
+    /// The function's INTx pin (queued by the VMM: it may be raised under device locks).
+    pub intx: Arc<dyn crate::virtio::IntxLine>,
+    /// Asks the network backend to hand over, before returning, the frames it already
+    /// holds (a netdev relayed by the VMM's network thread); None where `file` is the
+    /// whole backend.
+    pub pull: Option<Arc<dyn Fn() + Send + Sync>>,
+}
+
+/// A built NIC: the function for the PCI host and the worker that waits on its backend.
+pub struct NicParts {
+    pub function: SharedFunction,
+    pub worker: Box<dyn NicWorker>,
+}
+
+/// The backend side of a NIC model, run on a device thread's event loop.
+pub trait NicWorker: event_manager::MutEventSubscriber + Send {
+    /// The device's name in log lines.
+    fn name(&self) -> String;
+}
 
 /// The MAC QEMU gives `target` (matched by bus and devfn): its `mac=` or the next default
 /// address of the NICs created before it; None if it is not a NIC of the plan. `is_nic`

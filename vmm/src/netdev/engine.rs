@@ -264,6 +264,20 @@ impl Engine {
         }
     }
 
+    /// Deliver what client `key`'s socket holds now (QEMU's qemu_flush_queued_packets when
+    /// its NIC gains receive buffers): its frames are in the NIC's socket when this returns.
+    pub fn pull(&self, key: u64) {
+        let mut buf = vec![0u8; MAX_FRAME + 1];
+        let events = {
+            let mut state = self.lock();
+            state.read(key, &mut buf);
+            std::mem::take(&mut state.events)
+        };
+        self.emit(events);
+        // Output may be queued now: the thread's poll set changes.
+        self.kick();
+    }
+
     fn run(&self) {
         // Process signals (SIGTERM, SIGINT, SIGHUP) belong to the run loop's signalfd: this
         // thread, which may start before the loop blocks them, must never take one.

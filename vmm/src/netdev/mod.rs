@@ -700,6 +700,14 @@ impl Netdev {
         Ok(Netdev(Arc::new(Registration { key })))
     }
 
+    /// Hand its NIC what the netdev's socket already holds, before returning (a NIC model
+    /// calls it when the guest gives receive buffers, as QEMU flushes queued packets then).
+    pub fn pull(&self) {
+        if let Some(engine) = engine::running() {
+            engine.pull(self.0.key);
+        }
+    }
+
     /// Attach NIC `name` (device model `model`, MAC `mac`) as this netdev's peer: the
     /// device's end of the socket pair the frames travel through (a new descriptor for each
     /// build; the pair lives as long as the netdev). A tap gives none: the device uses the

@@ -1,6 +1,5 @@
-//! The Intel 82574L (`e1000e`, 8086:10d3) as a config-space model: QEMU's BAR layout and
-//! capability chain (hw/net/e1000e.c e1000e_pci_realize), with a working MSI-X table in
-//! BAR 3 but no NIC behind the registers.
+//! The 82574L's config space: QEMU's BAR layout and capability chain (hw/net/e1000e.c
+//! e1000e_pci_realize).
 //!
 //! | what       | where                    | QEMU                                           |
 //! |------------|--------------------------|------------------------------------------------|
@@ -16,25 +15,24 @@
 //! 0xd0 -> PCIe 0xe0 -> MSI-X 0xa0. The extended capabilities exist only in a PCI Express
 //! config space (an express bus).
 
-use super::caps::aer::{self, AerConfig};
-use super::caps::pcie::{PcieCap, PortType, Version};
-use super::caps::pm::{self, PmConfig};
-use super::config::{BarDef, PciConfig, ROM_BAR};
-use super::device::{BusPlacement, PciFunction};
-use super::host::SharedFunction;
-use super::interrupt::MsiSink;
-use super::kind::{shared, FunctionContext, PciKind};
-use super::msi::MsiCap;
-use super::msix::{Msix, MsixLayout};
-use super::regs::*;
-use super::PciError;
+use crate::pci::caps::aer::{self, AerConfig};
+use crate::pci::caps::pcie::{PcieCap, PortType, Version};
+use crate::pci::caps::pm::{self, PmConfig};
+use crate::pci::config::{BarDef, PciConfig, ROM_BAR};
+use crate::pci::device::BusPlacement;
+use crate::pci::msi::MsiCap;
+use crate::pci::msix::{Msix, MsixLayout};
+use crate::pci::regs::*;
+use crate::pci::PciError;
 use machine::PciFunctionPlan;
-use std::sync::Arc;
 
 const K: u64 = 1024;
-const MSIX_BAR: usize = 3;
+pub const MMIO_BAR: usize = 0;
+pub const FLASH_BAR: usize = 1;
+pub const IO_BAR: usize = 2;
+pub const MSIX_BAR: usize = 3;
 const MSIX_CAP: usize = 0xa0;
-const MSIX_VECTORS: u16 = 5;
+const MSIX_VECTORS: u16 = super::regs::MSIX_VECTORS;
 const MSIX_PBA: u32 = 0x2000;
 const PM_CAP: usize = 0xc8;
 const MSI_CAP: usize = 0xd0;
@@ -65,143 +63,68 @@ pub fn device_serial_number(mac: [u8; 6]) -> u64 {
         | u64::from(mac[0]) << 56
 }
 
-pub struct E1000e {
-    config: PciConfig,
-    msix: Msix,
-    msi_sink: Option<Arc<dyn MsiSink>>,
-}
+/// The function's config space at power-on, its MSI-X state and its MSI capability.
+pub fn build(
+    f: &PciFunctionPlan,
+    bus: BusPlacement,
+    mac: [u8; 6],
+) -> Result<(PciConfig, Msix, MsiCap), PciError> {
+    let p = &f.properties;
+    let mut c = PciConfig::new(&f.identity, f.multifunction, bus.express);
+    c.set_u16(SUBSYSTEM_VENDOR_ID, p.u16("subsys_ven", 0x8086)?);
+    c.set_u16(SUBSYSTEM_ID, p.u16("subsys", 0)?);
+    for (i, def) in [
+        (MMIO_BAR, BarDef::mem32(128 * K)),
+        (FLASH_BAR, BarDef::mem32(128 * K)),
+        (IO_BAR, BarDef::io(0x20)),
+        (MSIX_BAR, BarDef::mem32(16 * K)),
+        (ROM_BAR, BarDef::rom(256 * K)),
+    ] {
+        c.register_bar(i, def)?;
+    }
+    c.set_interrupt_pin(1);
 
-/// Sink for MSI-X bookkeeping before the host hands over the real one.
-struct NoSink;
+    // e1000e_init_msix
+    let layout = MsixLayout {
+        bar: MSIX_BAR as u8,
+        table_offset: 0,
+        pba_offset: MSIX_PBA,
+        bar_size: 16 * K,
+    };
+    let msix = Msix::init(&mut c, MSIX_CAP, MSIX_VECTORS, layout)?;
 
-impl MsiSink for NoSink {
-    fn send(&self, _address: u64, _data: u32) {}
-}
+    // pcie_endpoint_cap_v1_init: no write masks, no DLLLA.
+    let ty = if bus.express && bus.root {
+        PortType::RcEndpoint
+    } else {
+        PortType::Endpoint
+    };
+    PcieCap::init_version(&mut c, EXP_CAP, ty, 0, Version::V1)?;
 
-impl E1000e {
-    pub fn new(f: &PciFunctionPlan, bus: BusPlacement, mac: [u8; 6]) -> Result<Self, PciError> {
-        let p = &f.properties;
-        let mut c = PciConfig::new(&f.identity, f.multifunction, bus.express);
-        c.set_u16(SUBSYSTEM_VENDOR_ID, p.u16("subsys_ven", 0x8086)?);
-        c.set_u16(SUBSYSTEM_ID, p.u16("subsys", 0)?);
-        for (i, def) in [
-            (0, BarDef::mem32(128 * K)),
-            (1, BarDef::mem32(128 * K)),
-            (2, BarDef::io(0x20)),
-            (MSIX_BAR, BarDef::mem32(16 * K)),
-            (ROM_BAR, BarDef::rom(256 * K)),
-        ] {
-            c.register_bar(i, def)?;
-        }
-        c.set_interrupt_pin(1);
+    let msi = MsiCap::init(&mut c, MSI_CAP, 1, true, false)?;
 
-        // e1000e_init_msix
-        let layout = MsixLayout {
-            bar: MSIX_BAR as u8,
-            table_offset: 0,
-            pba_offset: MSIX_PBA,
-            bar_size: 16 * K,
+    pm::add(&mut c, PM_CAP, PM)?;
+
+    if bus.express {
+        let cfg = AerConfig {
+            log_max: 0,
+            unc_mask: p.bool("x-pcie-err-unc-mask", true)?,
         };
-        let msix = Msix::init(&mut c, MSIX_CAP, MSIX_VECTORS, layout)?;
-
-        // pcie_endpoint_cap_v1_init: no write masks, no DLLLA.
-        let ty = if bus.express && bus.root {
-            PortType::RcEndpoint
-        } else {
-            PortType::Endpoint
-        };
-        PcieCap::init_version(&mut c, EXP_CAP, ty, 0, Version::V1)?;
-
-        MsiCap::init(&mut c, MSI_CAP, 1, true, false)?;
-
-        pm::add(&mut c, PM_CAP, PM)?;
-
-        if bus.express {
-            let cfg = AerConfig {
-                log_max: 0,
-                unc_mask: p.bool("x-pcie-err-unc-mask", true)?,
-            };
-            aer::add(&mut c, AER_CAP, cfg)?;
-            c.add_ext_capability(EXT_CAP_ID_DSN, 1, DSN_CAP, DSN_SIZE)?;
-            c.set_u64(DSN_CAP + 4, device_serial_number(mac));
-        }
-        c.commit_reset_state();
-        Ok(Self {
-            config: c,
-            msix,
-            msi_sink: None,
-        })
+        aer::add(&mut c, AER_CAP, cfg)?;
+        c.add_ext_capability(EXT_CAP_ID_DSN, 1, DSN_CAP, DSN_SIZE)?;
+        c.set_u64(DSN_CAP + 4, device_serial_number(mac));
     }
-
-    fn sink(&self) -> Arc<dyn MsiSink> {
-        self.msi_sink.clone().unwrap_or_else(|| Arc::new(NoSink))
-    }
-}
-
-impl PciFunction for E1000e {
-    fn config(&self) -> &PciConfig {
-        &self.config
-    }
-
-    fn config_mut(&mut self) -> &mut PciConfig {
-        &mut self.config
-    }
-
-    fn config_write(&mut self, offset: u16, data: &[u8]) {
-        self.config.write(usize::from(offset), data);
-        let sink = self.sink();
-        self.msix.config_written(&self.config, sink.as_ref());
-    }
-
-    fn reset(&mut self) {
-        self.config.reset();
-        self.msix.reset();
-    }
-
-    fn bar_read(&mut self, bar: usize, offset: u64, data: &mut [u8]) {
-        if bar == MSIX_BAR {
-            self.msix.bar_read(offset, data);
-        } else {
-            data.fill(0xff);
-        }
-    }
-
-    fn bar_write(&mut self, bar: usize, offset: u64, data: &[u8]) {
-        if bar == MSIX_BAR {
-            let sink = self.sink();
-            self.msix.bar_write(offset, data, sink.as_ref());
-        }
-    }
-
-    fn set_msi_sink(&mut self, sink: Arc<dyn MsiSink>) {
-        self.msi_sink = Some(sink);
-    }
-}
-
-/// The e1000e kind.
-pub struct E1000eKind;
-pub static KIND: E1000eKind = E1000eKind;
-
-impl PciKind for E1000eKind {
-    fn names(&self) -> &'static [&'static str] {
-        &["e1000e"]
-    }
-    fn build(&self, ctx: &FunctionContext) -> Result<SharedFunction, PciError> {
-        let mac = ctx.mac()?.unwrap_or(machine::MacAddr::FIRST_DEFAULT);
-        Ok(shared(E1000e::new(
-            ctx.function,
-            ctx.placement,
-            mac.bytes(),
-        )?))
-    }
-    fn is_nic(&self, _f: &PciFunctionPlan) -> bool {
-        true
-    }
+    c.commit_reset_state();
+    Ok((c, msix, msi))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::e1000e::E1000e;
+    use crate::pci::interrupt::MsiSink;
+    use crate::pci::PciFunction;
+    use std::sync::Arc;
 
     /// The e1000e function as the catalog plans it.
     fn plan() -> PciFunctionPlan {
