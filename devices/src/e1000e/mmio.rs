@@ -172,7 +172,7 @@ impl E1000e {
         m[TIPG] = 0x8 | (0x8 << 10) | (0x6 << 20);
         m[CTRL] = CTRL_FD | CTRL_SWDPIN2 | CTRL_SWDPIN0 | CTRL_SPD_1000 | CTRL_SLU;
         m[STATUS] = STATUS_ASDV_1000 | STATUS_LU;
-        m[PSRCTL] = (2 << 0) | (4 << 8) | (4 << 16);
+        m[PSRCTL] = 2 | (4 << 8) | (4 << 16); // BSIZE0 256, BSIZE1/2 4 KiB
         m[TARC0] = 3 | TARC_ENABLE;
         m[TARC1] = 3 | TARC_ENABLE;
         m[EECD] = EECD_AUTO_RD | EECD_PRES;
@@ -290,7 +290,7 @@ impl E1000e {
                 self.mac[SWSM] = v | SWSM_SMBI;
                 v
             }
-            TARC0 | TARC1 => self.mac[i] & ((1 << 11) - 1 | 0xf << 27),
+            TARC0 | TARC1 => self.mac[i] & (((1 << 11) - 1) | (0xf << 27)),
             FWSM => 0,
             i if (STATS_FIRST..=STATS_LAST).contains(&i) => {
                 let v = self.mac[i];

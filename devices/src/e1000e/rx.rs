@@ -19,23 +19,13 @@ const MIN_FRAME: usize = 60;
 const MAX_SHORT: usize = 18 + 1500;
 const MAX_LONG: usize = 16 * 1024 - 4;
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(super) struct RxState {
     /// A frame read from the backend that waits for descriptors.
     pending: Option<Vec<u8>>,
     /// Frames wait for descriptors (counted once in RNBC per stall).
     stalled: bool,
     buf: Vec<u8>,
-}
-
-impl Default for RxState {
-    fn default() -> Self {
-        Self {
-            pending: None,
-            stalled: false,
-            buf: Vec::new(),
-        }
-    }
 }
 
 impl RxState {
