@@ -313,6 +313,9 @@ impl E1000e {
     /// Write register word `i` with its side effects.
     pub(super) fn write_reg(&mut self, i: usize, v: u32) {
         let i = unalias(i);
+        if self.write_queue_reg(i, v) {
+            return;
+        }
         match i {
             CTRL | CTRL_DUP => self.set_ctrl(v),
             STATUS => {
@@ -338,32 +341,6 @@ impl E1000e {
             i if (EITR..EITR + usize::from(MSIX_VECTORS)).contains(&i) => {
                 self.eitr_guest[i - EITR] = v & 0xffff;
                 self.mac[i] = v & 0xffff;
-            }
-            RCTL => {
-                self.mac[RCTL] = v;
-                if v & RCTL_EN != 0 {
-                    self.start_recv();
-                }
-            }
-            RDT => {
-                self.mac[RDT] = v & 0xffff;
-                self.start_recv();
-            }
-            RDH | TDH => self.mac[i] = v & 0xffff,
-            RDLEN | TDLEN => self.mac[i] = v & XDLEN_MASK,
-            RDBAL | TDBAL => self.mac[i] = v & XDBAL_MASK,
-            RDBAH | TDBAH => self.mac[i] = v,
-            RXDCTL | RXDCTL1 => {
-                self.mac[RXDCTL] = v;
-                self.mac[RXDCTL1] = v;
-            }
-            TCTL => {
-                self.mac[TCTL] = v;
-                self.start_xmit();
-            }
-            TDT => {
-                self.mac[TDT] = v & 0xffff;
-                self.start_xmit();
             }
             GCR => self.mac[GCR] = (v & !GCR_RO_BITS) | (self.mac[GCR] & GCR_RO_BITS),
             PBACLR => {
@@ -398,6 +375,40 @@ impl E1000e {
                 i << 2
             ),
         }
+    }
+
+    /// Writes of the queue registers (rings and their control); false for other registers.
+    fn write_queue_reg(&mut self, i: usize, v: u32) -> bool {
+        match i {
+            RCTL => {
+                self.mac[RCTL] = v;
+                if v & RCTL_EN != 0 {
+                    self.start_recv();
+                }
+            }
+            RDT => {
+                self.mac[RDT] = v & 0xffff;
+                self.start_recv();
+            }
+            RDH | TDH => self.mac[i] = v & 0xffff,
+            RDLEN | TDLEN => self.mac[i] = v & XDLEN_MASK,
+            RDBAL | TDBAL => self.mac[i] = v & XDBAL_MASK,
+            RDBAH | TDBAH => self.mac[i] = v,
+            RXDCTL | RXDCTL1 => {
+                self.mac[RXDCTL] = v;
+                self.mac[RXDCTL1] = v;
+            }
+            TCTL => {
+                self.mac[TCTL] = v;
+                self.start_xmit();
+            }
+            TDT => {
+                self.mac[TDT] = v & 0xffff;
+                self.start_xmit();
+            }
+            _ => return false,
+        }
+        true
     }
 
     /// e1000e_get_status: link, speed and duplex as CTRL forces them.

@@ -331,9 +331,20 @@ impl E1000e {
         }
 
         let extended = self.mac[RFCTL] & RFCTL_EXTEN != 0;
-        let csum = self.rx_checksum(&f, extended);
-        let base = (u64::from(self.mac[RDBAH]) << 32) | u64::from(self.mac[RDBAL]);
+        let status = self.rx_checksum(&f, extended);
         f.resize(total, 0);
+        self.write_frame(&f, buf_size, status, vlan);
+        self.received(frame, total, free - needed);
+        Offer::Consumed
+    }
+
+    /// Write `f` into the buffers from RDH on (the caller checked there are enough), each
+    /// descriptor written back with DD, the last with EOP, `csum` status and the VLAN tag.
+    fn write_frame(&mut self, f: &[u8], buf_size: usize, csum: u32, vlan: Option<u16>) {
+        let extended = self.mac[RFCTL] & RFCTL_EXTEN != 0;
+        let ring = u64::from(self.mac[RDLEN]) / DESC_LEN;
+        let total = f.len();
+        let base = (u64::from(self.mac[RDBAH]) << 32) | u64::from(self.mac[RDBAL]);
         let mut done = 0;
         while done < total {
             let at = base.wrapping_add(u64::from(self.mac[RDH]) * DESC_LEN);
@@ -374,7 +385,11 @@ impl E1000e {
             let next = u64::from(self.mac[RDH]) + 1;
             self.mac[RDH] = if next >= ring { 0 } else { next as u32 };
         }
+    }
 
+    /// Count a received frame (`total` bytes in the buffers) and signal it: RXT0 (RXQ0
+    /// with MSI-X), and RXDMT0 when the free descriptors fell to the RCTL.RDMTS threshold.
+    fn received(&mut self, frame: &[u8], total: usize, free_after: u64) {
         self.count(TPR, 1);
         self.count(GPRC, 1);
         self.count64(GORCL, total as u64);
@@ -387,17 +402,15 @@ impl E1000e {
                 self.count(MPRC, 1);
             }
         }
-        let free_after = free - needed;
-        let rdmts = (rctl >> RCTL_RDMTS_SHIFT) & 3;
+        let rdmts = (self.mac[RCTL] >> RCTL_RDMTS_SHIFT) & 3;
         let mut cause = if self.msix.enabled() {
             ICR_RXQ0
         } else {
             ICR_RXT0
         };
-        if ring >> (rdmts + 1) >= free_after {
+        if (u64::from(self.mac[RDLEN]) / DESC_LEN) >> (rdmts + 1) >= free_after {
             cause |= ICR_RXDMT0;
         }
         self.raise(ICR, cause);
-        Offer::Consumed
     }
 }
