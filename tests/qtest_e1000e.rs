@@ -8,7 +8,8 @@ mod common;
 use common::{machina, require_kvm};
 use machina_tests::qtest_client::Qtest;
 use machina_tests::temp::TempDir;
-use std::os::unix::net::UnixDatagram;
+use std::io::Write;
+use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::time::{Duration, Instant};
 
 const NIC: (u8, u8, u8) = (0, 3, 0);
@@ -348,5 +349,70 @@ fn ics_ims_and_imc_drive_intx() {
     irqs_until(&mut q, irqs, "IRQ raise");
     let (_, irqs) = q.cmd_irqs(&format!("writel {:#x} 0x4", MMIO + 0xd8));
     irqs_until(&mut q, irqs, "IRQ lower");
+    drop(q.finish());
+}
+
+/// QEMU delivers a frame its netdev already holds the moment the guest gives a descriptor
+/// (libqos's rx test reads DD right after writing RDT): machina's network thread relays
+/// asynchronously, so the device asks the netdev for what it holds (`Netdev::pull`). Each
+/// frame here is sent on a stream netdev just before its descriptor; DD must be set when
+/// the RDT write returns, every time.
+#[test]
+fn a_frame_waiting_in_the_netdev_is_delivered_when_rdt_moves() {
+    if !require_kvm() {
+        return;
+    }
+    let dir = TempDir::new("qtest-e1000e-pull");
+    let path = dir.join("net.sock");
+    let netdev = format!(
+        "stream,id=n0,server=on,addr.type=unix,addr.path={}",
+        path.display()
+    );
+    let args: Vec<String> = [
+        "-M",
+        "pc",
+        "-nodefaults",
+        "-netdev",
+        &netdev,
+        "-device",
+        "e1000e,netdev=n0,addr=3,mac=52:54:00:12:34:99",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut q = Qtest::start(&machina(), &args);
+    let mut stream = UnixStream::connect(&path).unwrap();
+    enable(&mut q);
+    w(&mut q, RDBAL, RX_RING as u32);
+    w(&mut q, RDLEN, 0x100);
+    w(&mut q, RDH, 0);
+    w(&mut q, RDT, 0);
+    w(&mut q, RFCTL, 1 << 15);
+    w(&mut q, RCTL, (1 << 1) | (1 << 26));
+    let send = |stream: &mut UnixStream, tag: u8| {
+        let f = frame(MAC, tag, 64);
+        let mut m = (f.len() as u32).to_be_bytes().to_vec();
+        m.extend_from_slice(&f);
+        stream.write_all(&m).unwrap();
+        f
+    };
+    let push = |q: &mut Qtest, slot: u64| {
+        let mut d = [0u8; 16];
+        d[..8].copy_from_slice(&(RX_BUF + slot * 0x800).to_le_bytes());
+        put(q, RX_RING + slot * 16, &d);
+        w(q, RDT, ((slot + 1) % 16) as u32);
+        get(q, RX_RING + slot * 16 + 8, 1)[0]
+    };
+    // The first frame also waits for the connection to be accepted.
+    let first = send(&mut stream, 0);
+    push(&mut q, 0);
+    wait_rdh(&mut q, 1);
+    assert_eq!(get(&mut q, RX_BUF, 64), first);
+    for i in 1..1000u64 {
+        let slot = i % 16;
+        let f = send(&mut stream, i as u8);
+        assert_eq!(push(&mut q, slot) & 3, 3, "frame {i}: DD and EOP at once");
+        assert_eq!(get(&mut q, RX_BUF + slot * 0x800, 64), f, "frame {i}");
+    }
     drop(q.finish());
 }

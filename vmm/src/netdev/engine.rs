@@ -266,15 +266,12 @@ impl Engine {
 
     /// Deliver what client `key`'s socket holds now (QEMU's qemu_flush_queued_packets when
     /// its NIC gains receive buffers): its frames are in the NIC's socket when this returns.
+    /// The caller may hold a device lock: events this causes (a stream's disconnection)
+    /// are left for the network thread to emit.
     pub fn pull(&self, key: u64) {
         let mut buf = vec![0u8; MAX_FRAME + 1];
-        let events = {
-            let mut state = self.lock();
-            state.read(key, &mut buf);
-            std::mem::take(&mut state.events)
-        };
-        self.emit(events);
-        // Output may be queued now: the thread's poll set changes.
+        self.lock().read(key, &mut buf);
+        // Output may be queued and events pending now: the thread takes them.
         self.kick();
     }
 
