@@ -9,6 +9,7 @@ use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use std::fs::File;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex};
+use vmm_sys_util::eventfd::EventFd;
 
 /// The virtio-net header a tap carries in front of each frame (without MRG_RXBUF).
 const VNET_HDR: usize = 10;
@@ -44,6 +45,11 @@ impl NetIo {
 
     pub fn fd(&self) -> RawFd {
         self.file.as_raw_fd()
+    }
+
+    #[cfg(test)]
+    pub(super) fn fd_ref(&self) -> &File {
+        &self.file
     }
 
     /// Send one frame; a full backend drops it, as a congested link would. Another failure
@@ -132,16 +138,35 @@ impl NetIo {
 pub struct RxWorker {
     dev: Arc<Mutex<E1000e>>,
     fd: Option<RawFd>,
+    /// Signalled when the device stopped receiving with frames perhaps left.
+    kick: Option<Arc<EventFd>>,
     name: String,
 }
 
+/// Event data of the backend and of the kick.
+const BACKEND: u32 = 0;
+const KICK: u32 = 1;
+
 impl RxWorker {
     pub fn new(dev: Arc<Mutex<E1000e>>) -> Self {
+        let kick = match EventFd::new(libc::EFD_NONBLOCK) {
+            Ok(k) => Some(Arc::new(k)),
+            Err(e) => {
+                log::error!("cannot create an eventfd for a NIC worker: {e}");
+                None
+            }
+        };
         let (fd, name) = {
-            let d = crate::lock(&dev);
+            let mut d = crate::lock(&dev);
+            d.rx.kick = kick.clone();
             (d.io.as_ref().map(NetIo::fd), d.name.clone())
         };
-        Self { dev, fd, name }
+        Self {
+            dev,
+            fd,
+            kick,
+            name,
+        }
     }
 }
 
@@ -154,7 +179,7 @@ impl MutEventSubscriber for RxWorker {
         // while it is registered.
         if let Err(e) = ops.add(Events::with_data_raw(
             fd,
-            0,
+            BACKEND,
             EventSet::IN | EventSet::EDGE_TRIGGERED,
         )) {
             log::error!(
@@ -162,9 +187,19 @@ impl MutEventSubscriber for RxWorker {
                 self.name
             );
         }
+        if let Some(k) = &self.kick {
+            if let Err(e) = ops.add(Events::with_data(k.as_ref(), KICK, EventSet::IN)) {
+                log::error!("{}: cannot watch its receive kick ({e:?})", self.name);
+            }
+        }
     }
 
-    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        if events.data() == KICK {
+            if let Some(k) = &self.kick {
+                let _ = k.read();
+            }
+        }
         crate::lock(&self.dev).backend_readable();
     }
 }

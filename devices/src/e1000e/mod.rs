@@ -177,11 +177,15 @@ impl PciFunction for E1000e {
     }
 
     fn config_write(&mut self, offset: u16, data: &[u8]) {
+        let mastering = self.dma_enabled();
         self.config.write(usize::from(offset), data);
         let sink = self.sink();
         self.msix.config_written(&self.config, sink.as_ref());
-        // Bus mastering may just have been enabled: frames may wait for it.
-        self.start_recv();
+        // Frames may have waited for bus mastering.
+        if !mastering && self.dma_enabled() {
+            self.start_recv();
+            self.start_xmit();
+        }
     }
 
     fn reset(&mut self) {

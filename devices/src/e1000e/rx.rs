@@ -12,6 +12,8 @@ use super::E1000e;
 
 /// The largest frame a backend delivers (a tap's 64 KiB).
 const MAX_FRAME: usize = 65536;
+/// Frames taken from the backend in one go.
+const RX_BUDGET: usize = 256;
 /// Frames shorter than this are padded (ETH_ZLEN, without FCS).
 const MIN_FRAME: usize = 60;
 /// Past this a frame is oversized without RCTL.LPE: an Ethernet header with one VLAN tag
@@ -26,9 +28,17 @@ pub(super) struct RxState {
     /// Frames wait for descriptors (counted once in RNBC per stall).
     stalled: bool,
     buf: Vec<u8>,
+    /// Wakes the backend worker to go on receiving (`backend::RxWorker`).
+    pub(super) kick: Option<std::sync::Arc<vmm_sys_util::eventfd::EventFd>>,
 }
 
 impl RxState {
+    fn kick_worker(&self) {
+        if let Some(k) = &self.kick {
+            let _ = k.write(1);
+        }
+    }
+
     /// A device reset drops the frame that waited; the backend keeps what it holds.
     pub(super) fn reset(&mut self) {
         self.pending = None;
@@ -72,7 +82,16 @@ impl E1000e {
     /// Deliver the waiting frame and then the backend's, while descriptors last; `pull`
     /// asks the backend once for frames it holds when its socket has none.
     fn deliver(&mut self, mut pull: bool) {
+        // Frames the filters drop take no descriptor: a peer flooding them must not keep
+        // the device (and the vCPU that wrote RDT) here. Past the budget the worker
+        // continues, with the lock let go in between.
+        let mut budget = RX_BUDGET;
         while self.rx_ready() {
+            if budget == 0 {
+                self.rx.kick_worker();
+                return;
+            }
+            budget -= 1;
             let frame = match self.rx.pending.take() {
                 Some(f) => f,
                 // Always try the backend (a non-blocking read): the frame may be there

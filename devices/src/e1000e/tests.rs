@@ -733,3 +733,44 @@ fn random_programming_is_survived() {
         let _ = r.r(ICR);
     }
 }
+
+fn set_buf(fd: &impl std::os::fd::AsRawFd, opt: libc::c_int) {
+    let size: libc::c_int = 1 << 20;
+    // SAFETY: setsockopt reads one int through the valid pointer.
+    unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            opt,
+            &size as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
+/// A flood of frames the filters drop takes no descriptor: one call stops after its budget
+/// and wakes the worker, which goes on with the lock let go in between.
+#[test]
+fn a_flood_of_filtered_frames_is_taken_in_bounded_steps() {
+    let mut r = rig();
+    set_buf(&r.peer, libc::SO_SNDBUF);
+    let kick = Arc::new(vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).unwrap());
+    r.dev.rx.kick = Some(kick.clone());
+    r.rx_setup(true, 8);
+    if let Some(io) = &r.dev.io {
+        set_buf(io.fd_ref(), libc::SO_RCVBUF);
+    }
+    let other = frame([2, 0, 0, 0, 0, 9], 60);
+    for i in 0..600 {
+        r.peer
+            .send(&other)
+            .unwrap_or_else(|e| panic!("frame {i}: {e}"));
+    }
+    r.peer.send(&frame(MAC, 60)).unwrap();
+    r.dev.start_recv();
+    assert_eq!(r.r(RDH), 0, "stopped before reaching our frame");
+    assert_eq!(kick.read().unwrap(), 1, "the worker was woken");
+    r.dev.backend_readable();
+    r.dev.backend_readable();
+    assert_eq!(r.r(RDH), 1, "the worker went on to our frame");
+}
