@@ -774,3 +774,24 @@ fn a_flood_of_filtered_frames_is_taken_in_bounded_steps() {
     r.dev.backend_readable();
     assert_eq!(r.r(RDH), 1, "the worker went on to our frame");
 }
+
+/// Misprogramming is a guest error (`-d guest_errors`) naming the device, reported once.
+#[test]
+fn misprogramming_is_a_guest_error_naming_the_device_once() {
+    let log = crate::logging::captured();
+    let mut r = rig();
+    r.tx_setup();
+    r.w(TDT, 48879);
+    r.w(TDT, 48878);
+    let lines: Vec<String> = log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(t, m)| t == crate::logging::GUEST_ERRORS && m.contains("TDT 4887"))
+        .map(|(_, m)| m.clone())
+        .collect();
+    assert_eq!(
+        lines,
+        ["e1000e id=dut (pcie.0:01.0): TDT 48879 is past the transmit ring (256 bytes)"]
+    );
+}
