@@ -299,6 +299,8 @@ fn build_pci(
             Err(_) => Arc::new(crate::interrupts::KvmIntx(vm.fd.clone())),
         };
     host.set_intx_sink(intx);
+    // The host bridge remaps memory (PAM, SMRAM) through the machine's view.
+    host.set_memory_view(vm.view.clone());
     // The legacy IDE channels' IRQ 14 and 15 (edge-triggered ISA lines).
     let mut isa_lines = Vec::new();
     for (_, _, irq) in devices::ide::piix::LEGACY {

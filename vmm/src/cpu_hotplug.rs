@@ -314,6 +314,7 @@ impl HotCpus {
             index,
             io: ctx.io.clone(),
             mmio: ctx.mmio.clone(),
+            view: ctx.vm.view.clone(),
             lifecycle: ctx.lifecycle.clone(),
             stop: stop.clone(),
             gate: ctx.gate.clone(),

@@ -2,17 +2,18 @@
 //! IOAPIC + LAPICs), PIT, and the GSI routing QEMU uses with an in-kernel irqchip, plus MSI
 //! routes that irqfds signal ([`GsiRouter`]).
 
-use crate::memory::{create_guest_memory, GuestMemory, MemoryError, RamBacking};
-use kvm_bindings::{
-    kvm_irq_routing_entry, kvm_irqchip, kvm_pit_config, kvm_userspace_memory_region, CpuId,
-    KvmIrqRouting, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
-    KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQ_ROUTING_MSI, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
+use crate::memory::{
+    create_guest_memory, GuestMemory, KvmSlots, MemoryError, MemoryView, RamBacking, SharedView,
 };
-use kvm_ioctls::{Kvm, VmFd};
+use kvm_bindings::{
+    kvm_irq_routing_entry, kvm_irqchip, kvm_pit_config, CpuId, KvmIrqRouting, KVM_IRQCHIP_IOAPIC,
+    KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQ_ROUTING_MSI,
+    KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
+};
+use kvm_ioctls::{Cap, Kvm, VmFd};
 use machine::MemoryMap;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
 /// The plan's region for KVM's EPT identity map page (first) and real-mode TSS (the three
 /// pages after it); QEMU puts it just below the 4 GiB BIOS area.
@@ -48,6 +49,8 @@ pub struct KvmVm {
     /// The GSI routing table (irqchip pins and MSI routes for irqfds).
     pub gsi: Arc<GsiRouter>,
     pub memory: GuestMemory,
+    /// The guest-physical address space (KVM's memslots and the VMM's accesses follow it).
+    pub view: SharedView,
     pub supported_cpuid: CpuId,
 }
 
@@ -63,22 +66,11 @@ impl KvmVm {
             .map_err(kvm_err("identity map address"))?;
 
         let memory = create_guest_memory(map, ram)?;
-        for (slot, region) in memory.iter().enumerate() {
-            let host = region
-                .get_host_address(vm_memory::MemoryRegionAddress(0))
-                .map_err(|_| KvmVmError::Memory(MemoryError::NoRam))?;
-            let mem_region = kvm_userspace_memory_region {
-                slot: slot as u32,
-                guest_phys_addr: region.start_addr().0,
-                memory_size: region.len(),
-                userspace_addr: host as u64,
-                flags: 0,
-            };
-            // SAFETY: the region is a live mmap owned by `memory`, which this struct keeps
-            // for as long as the VM fd (and so the memslot) exists.
-            unsafe { fd.set_user_memory_region(mem_region) }
-                .map_err(kvm_err("memory slot registration"))?;
-        }
+        let fd = Arc::new(fd);
+        // Every memslot comes from the machine's address-space view (RAM, and later the
+        // chipset's remapping of it).
+        let view = MemoryView::new(memory.clone(), fd.check_extension(Cap::ReadonlyMem));
+        KvmSlots::follow(fd.clone(), &view).map_err(kvm_err("memory slot registration"))?;
         // The irqchip after the memslots: creating it leaves a normal SRCU grace period
         // pending on the VM, and the next memslot change (an expedited grace period)
         // waits for it, 4-10 ms on our hosts, on the path to the first guest instruction.
@@ -91,7 +83,6 @@ impl KvmVm {
             ..Default::default()
         };
         fd.create_pit2(pit).map_err(kvm_err("PIT creation"))?;
-        let fd = Arc::new(fd);
         let gsi = Arc::new(GsiRouter::new(fd.clone())?);
         let supported_cpuid = match supported_cpuid() {
             Some(c) => c.clone(),
@@ -104,6 +95,7 @@ impl KvmVm {
             fd,
             gsi,
             memory,
+            view,
             supported_cpuid,
         })
     }

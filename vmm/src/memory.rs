@@ -230,3 +230,93 @@ pub fn rss_split(memory: &GuestMemory) -> Option<(u64, u64)> {
     }
     Some((vmm, guest_kib))
 }
+
+/// KVM memslots following the machine's [`MemoryView`]: on every change of the view the
+/// slots that no longer match are deleted and the new ones added (KVM refuses overlapping
+/// slots, so deletions go first). Read-only slots (PAM RE-only, ROMs) use KVM_MEM_READONLY;
+/// their writes exit to the VMM, which asks the view where they go.
+pub struct KvmSlots {
+    fd: Arc<kvm_ioctls::VmFd>,
+    /// Registered slots by id. Each keeps its ROM image (if any) alive while KVM maps it;
+    /// RAM lives as long as the view's guest memory, which outlives the VM fd.
+    current: Vec<(u32, SlotSpec)>,
+}
+
+pub use devices::chipset::memory_view::{MemoryView, SharedView, SlotSpec};
+
+impl KvmSlots {
+    pub fn new(fd: Arc<kvm_ioctls::VmFd>) -> Self {
+        Self {
+            fd,
+            current: Vec::new(),
+        }
+    }
+
+    fn set(&self, id: u32, spec: &SlotSpec, size: u64) -> Result<(), kvm_ioctls::Error> {
+        let region = kvm_bindings::kvm_userspace_memory_region {
+            slot: id,
+            guest_phys_addr: spec.gpa,
+            memory_size: size,
+            userspace_addr: spec.host,
+            flags: if spec.readonly && size > 0 {
+                kvm_bindings::KVM_MEM_READONLY
+            } else {
+                0
+            },
+        };
+        // SAFETY: `spec.host` points into guest RAM (a live mapping of the view's guest
+        // memory, which the VM keeps for as long as its fd exists) or into a ROM image that
+        // `self.current` keeps alive until the slot is deleted; the view only produces
+        // host ranges that lie wholly inside one such mapping. A zero size deletes.
+        unsafe { self.fd.set_user_memory_region(region) }
+    }
+
+    /// Make KVM's slots those of `wanted`.
+    pub fn apply(&mut self, wanted: &[SlotSpec]) -> Result<(), kvm_ioctls::Error> {
+        let mut kept = Vec::with_capacity(wanted.len());
+        let mut first_error = None;
+        for (id, spec) in std::mem::take(&mut self.current) {
+            if wanted.contains(&spec) {
+                kept.push((id, spec));
+            } else if let Err(e) = self.set(id, &spec, 0) {
+                // Still mapped: keep it (and its ROM) so that nothing is freed under KVM.
+                first_error.get_or_insert(e);
+                kept.push((id, spec));
+            }
+        }
+        self.current = kept;
+        for spec in wanted {
+            if self.current.iter().any(|(_, s)| s == spec) {
+                continue;
+            }
+            let id = (0u32..)
+                .find(|i| self.current.iter().all(|(j, _)| j != i))
+                .unwrap_or(0);
+            match self.set(id, spec, spec.size) {
+                Ok(()) => self.current.push((id, spec.clone())),
+                // The range is left to exits, which the view serves the same way.
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        match first_error {
+            None => Ok(()),
+            Some(e) => Err(e),
+        }
+    }
+
+    /// Register the view's slots now and follow its changes from then on.
+    pub fn follow(fd: Arc<kvm_ioctls::VmFd>, view: &MemoryView) -> Result<(), kvm_ioctls::Error> {
+        let mut slots = Self::new(fd);
+        slots.apply(&view.slots())?;
+        let slots = std::sync::Mutex::new(slots);
+        view.set_listener(Box::new(move |wanted| {
+            let mut s = slots.lock().unwrap_or_else(|e| e.into_inner());
+            if let Err(e) = s.apply(wanted) {
+                log::error!("memory remapping: KVM memory slot update failed: {e}");
+            }
+        }));
+        Ok(())
+    }
+}

@@ -87,7 +87,9 @@ impl QtestEndpoint {
 pub struct QtestMachine {
     pub io: Arc<Bus>,
     pub mmio: Arc<Bus>,
-    pub memory: GuestMemory,
+    /// The address space the test's memory accesses go through (RAM, PAM/SMRAM/TSEG
+    /// remapping, ROMs, the MMIO bus), the same view KVM's memslots follow.
+    pub view: crate::memory::SharedView,
     pub pci: Option<SharedHost>,
     pub plan: Plan,
 }
@@ -195,7 +197,7 @@ impl QtestState {
             let mut host = host.lock().unwrap_or_else(|e| e.into_inner());
             host.set_intx_sink(Arc::new(QtestIntx(self.irq.clone())));
             host.set_isa_irq_sink(Arc::new(QtestIntx(self.irq.clone())));
-            host.set_msi_sink(Arc::new(QtestMsi(machine.memory.clone())));
+            host.set_msi_sink(Arc::new(QtestMsi(machine.view.memory().clone())));
         }
         *self.machine.lock().unwrap_or_else(|e| e.into_inner()) = Some(machine);
     }
@@ -328,21 +330,14 @@ fn parse_num(word: Option<&&str>) -> Option<u64> {
 }
 
 impl QtestMachine {
+    /// A memory read as the chipset decodes it: RAM, ROM, a black hole, device MMIO, or
+    /// nothing (reads as zero, as in QEMU).
     fn mem_read(&self, addr: u64, buf: &mut [u8]) {
-        if self.memory.read_slice(buf, GuestAddress(addr)).is_ok() {
-            return;
-        }
-        // Not (all) RAM: device MMIO, or nothing (reads as zero, as in QEMU).
-        if !self.mmio.read(addr, buf) {
-            buf.fill(0);
-        }
+        self.view.read(addr, buf, &self.mmio);
     }
 
     fn mem_write(&self, addr: u64, data: &[u8]) {
-        if self.memory.write_slice(data, GuestAddress(addr)).is_ok() {
-            return;
-        }
-        self.mmio.write(addr, data);
+        self.view.write(addr, data, &self.mmio);
     }
 
     /// Process one command; returns the reply line (without newline).

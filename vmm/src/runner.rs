@@ -238,6 +238,7 @@ impl Running {
                 index: index as u32,
                 io: machine.io.clone(),
                 mmio: machine.mmio.clone(),
+                view: machine.vm.view.clone(),
                 lifecycle: lifecycle.clone(),
                 stop: stop.clone(),
                 gate: gate.clone(),
@@ -598,7 +599,7 @@ impl Machine<'_> {
             self.qtest.install(crate::qtest::QtestMachine {
                 io: built.io.clone(),
                 mmio: built.mmio.clone(),
-                memory: built.vm.memory.clone(),
+                view: built.vm.view.clone(),
                 pci: built.pci.clone(),
                 plan: plan.clone(),
             });

@@ -1,18 +1,26 @@
-//! i440FX host bridge (00:00.0, 8086:1237 rev 2): PAM at 0x59-0x5f, SMRAM at 0x72 (0x02), and
+//! i440FX host bridge (00:00.0, 8086:1237 rev 2): PAM at 0x59-0x5f and SMRAM at 0x72 (0x02)
+//! remap memory through the machine's [`MemoryView`](super::memory_view::MemoryView), and
 //! the coreboot RAM-size byte at 0x57. Command and status read 0 as in QEMU (its
 //! i440fx-test marks the data-sheet values 0x0006/0x0280 as BROKEN).
 
+use super::memory_view::{pam_overlays, smram_overlays, Layer, SharedView};
 use crate::pci::config::PciConfig;
 use crate::pci::device::PciFunction;
-use crate::pci::kind::{shared, Constructor};
+use crate::pci::firmware::FirmwareFunction;
+use crate::pci::host::SharedFunction;
+use crate::pci::kind::{shared, FunctionContext, PciKind};
+use crate::pci::PciError;
 use machine::{PciFunctionPlan, Plan};
 
 pub const PAM0: usize = 0x59;
+pub const PAM_COUNT: usize = 7;
 pub const SMRAM: usize = 0x72;
+const SMRAM_D_OPEN: u8 = 0x40;
 const COREBOOT_RAM_SIZE: usize = 0x57;
 
 pub struct I440fx {
     config: PciConfig,
+    view: Option<SharedView>,
 }
 
 impl I440fx {
@@ -22,8 +30,26 @@ impl I440fx {
         let ram = (plan.memory.ram_below_4g + plan.memory.ram_above_4g) / 8 / 1024 / 1024;
         config.set_u8(COREBOOT_RAM_SIZE, ram.min(255) as u8);
         config.commit_reset_state();
-        Self { config }
+        Self { config, view: None }
     }
+
+    /// i440fx_update_memory_mappings: the PAM segments and the SMRAM window (RAM while
+    /// D_OPEN). G_SMRAME only changes what SMM code sees; no vCPU runs in SMM here.
+    fn update_memory(&self) {
+        let Some(view) = &self.view else { return };
+        view.set_layer(Layer::Pam, pam_overlays(&pam_registers(&self.config, PAM0)));
+        let open = self.config.get_u8(SMRAM) & SMRAM_D_OPEN != 0;
+        view.set_layer(Layer::Smram, smram_overlays(open, false));
+    }
+}
+
+/// The seven PAM registers from `pam0`.
+pub(crate) fn pam_registers(config: &PciConfig, pam0: usize) -> [u8; PAM_COUNT] {
+    std::array::from_fn(|i| config.get_u8(pam0 + i))
+}
+
+pub(crate) fn overlaps(offset: usize, len: usize, reg: usize, reg_len: usize) -> bool {
+    offset < reg + reg_len && reg < offset + len
 }
 
 impl PciFunction for I440fx {
@@ -33,10 +59,49 @@ impl PciFunction for I440fx {
     fn config_mut(&mut self) -> &mut PciConfig {
         &mut self.config
     }
+
+    fn config_write(&mut self, offset: u16, data: &[u8]) {
+        let off = usize::from(offset);
+        self.config.write(off, data);
+        if overlaps(off, data.len(), PAM0, PAM_COUNT) || overlaps(off, data.len(), SMRAM, 1) {
+            self.update_memory();
+        }
+    }
+
+    fn reset(&mut self) {
+        self.config.reset();
+        self.update_memory();
+    }
+
+    fn set_memory_view(&mut self, view: SharedView) {
+        self.view = Some(view);
+        self.update_memory();
+    }
 }
 
 /// The pc host bridge kind.
-pub static KIND: Constructor = Constructor {
-    names: &["i440FX"],
-    build: |ctx| Ok(shared(I440fx::new(ctx.function, ctx.plan))),
-};
+pub struct I440fxKind;
+pub static KIND: I440fxKind = I440fxKind;
+
+impl PciKind for I440fxKind {
+    fn names(&self) -> &'static [&'static str] {
+        &["i440FX"]
+    }
+    fn build(&self, ctx: &FunctionContext) -> Result<SharedFunction, PciError> {
+        Ok(shared(I440fx::new(ctx.function, ctx.plan)))
+    }
+
+    /// SeaBIOS's shadowing: the BIOS area 0xf0000-0xfffff read-only RAM, the rest of
+    /// 0xc0000-0xeffff read-write RAM (make_bios_readonly with no option ROMs).
+    fn firmware_init(&self, fw: &mut FirmwareFunction) -> Result<(), PciError> {
+        firmware_pam(fw, PAM0);
+        Ok(())
+    }
+}
+
+/// The PAM values SeaBIOS leaves (shared by i440FX and the MCH).
+pub(crate) fn firmware_pam(fw: &mut FirmwareFunction, pam0: usize) {
+    fw.write(pam0 + 1, 0x3333_3333, 4);
+    fw.write(pam0 + 5, 0x3333, 2);
+    fw.write(pam0, 0x10, 1);
+}

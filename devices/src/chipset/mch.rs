@@ -1,6 +1,11 @@
 //! q35 MCH host bridge (00:00.0, 8086:29c0): PCIEXBAR (ECAM window), PAM, SMRAM/ESMRAMC,
-//! extended TSEG query and SMBASE registers with QEMU's reset values and write masks.
+//! extended TSEG query and SMBASE registers with QEMU's reset values and write masks. PAM,
+//! the SMRAM window, TSEG and the SMBASE lock remap memory through the machine's
+//! [`MemoryView`](super::memory_view::MemoryView) as hw/pci-host/q35.c does for the
+//! non-SMM address space (no vCPU runs in SMM here).
 
+use super::i440fx::{firmware_pam, overlaps, pam_registers, PAM_COUNT};
+use super::memory_view::{pam_overlays, smram_overlays, Layer, Overlay, SharedView, Side};
 use crate::pci::config::PciConfig;
 use crate::pci::device::{PciFunction, Space, Window, WindowTarget};
 use crate::pci::firmware::FirmwareFunction;
@@ -31,6 +36,14 @@ const SMRAM_G_SMRAME: u8 = 0x08;
 const SMRAM_WMASK: u8 = SMRAM_D_OPEN | SMRAM_D_CLS | SMRAM_D_LCK | SMRAM_G_SMRAME;
 const ESMRAMC_DEFAULT: u8 = 0x38;
 const ESMRAMC_WMASK: u8 = 0x87; // H_SMRAME | TSEG_SZ | T_EN
+const ESMRAMC_H_SMRAME: u8 = 0x80;
+const ESMRAMC_TSEG_SZ_MASK: u8 = 0x06;
+const ESMRAMC_T_EN: u8 = 0x01;
+/// QEMU's limit for `extended-tseg-mbytes` (MCH_HOST_BRIDGE_EXT_TSEG_MBYTES_MAX).
+pub const EXT_TSEG_MBYTES_MAX: u16 = 0xfff;
+const SMBASE_ADDR: u64 = 0x30000;
+const SMBASE_SIZE: u64 = 0x20000;
+const MIB: u64 = 1 << 20;
 const EXT_TSEG_QUERY: u16 = 0xffff;
 const F_SMBASE_QUERY: u8 = 0xff;
 const F_SMBASE_IN_RAM: u8 = 0x01;
@@ -43,11 +56,21 @@ pub struct Mch {
     config: PciConfig,
     ext_tseg_mbytes: u16,
     smm_ranges: bool,
+    /// `smbase-smram` (off for pc-q35-4.1 and older): F_SMBASE locks SMRAM at 0x30000.
+    smbase_smram: bool,
+    below_4g: u64,
+    view: Option<SharedView>,
 }
 
 impl Mch {
     pub fn new(f: &PciFunctionPlan, plan: &Plan) -> Result<Self, PciError> {
         let ext = f.properties.u16("extended-tseg-mbytes", 64)?;
+        if ext > EXT_TSEG_MBYTES_MAX {
+            return Err(PciError::InvalidPlan(format!(
+                "invalid extended-tseg-mbytes value: {ext}"
+            )));
+        }
+        let smbase_smram = f.properties.bool("smbase-smram", true)?;
         let smm_ranges = super::smm_enabled(plan);
         let mut config = PciConfig::new(&f.identity, f.multifunction, false);
         // Disabled at reset, its base where the plan has the ECAM window (the firmware step
@@ -70,6 +93,9 @@ impl Mch {
             config,
             ext_tseg_mbytes: ext,
             smm_ranges,
+            smbase_smram,
+            below_4g: plan.memory.ram_below_4g,
+            view: None,
         })
     }
 
@@ -91,10 +117,6 @@ impl Mch {
         Some((bar & mask, size))
     }
 
-    fn overlaps(offset: usize, len: usize, reg: usize, reg_len: usize) -> bool {
-        offset < reg + reg_len && reg < offset + len
-    }
-
     fn update_smram(&mut self) {
         if self.config.get_u8(SMRAM) & SMRAM_D_LCK != 0 {
             let v = self.config.get_u8(SMRAM) & !SMRAM_D_OPEN;
@@ -105,6 +127,9 @@ impl Mch {
     }
 
     fn update_smbase(&mut self) {
+        if !self.smbase_smram {
+            return;
+        }
         let reg = self.config.get_u8(F_SMBASE);
         if reg == F_SMBASE_QUERY {
             self.config.set_wmask_u8(F_SMBASE, F_SMBASE_LCK);
@@ -115,6 +140,60 @@ impl Mch {
             self.config.set_wmask_u8(F_SMBASE, 0);
             self.config.set_u8(F_SMBASE, F_SMBASE_LCK);
         }
+    }
+}
+
+impl Mch {
+    /// The TSEG size ESMRAMC selects while T_EN and G_SMRAME are set (mch_update_smram).
+    fn tseg_size(&self) -> u64 {
+        let esmramc = self.config.get_u8(ESMRAMC);
+        if esmramc & ESMRAMC_T_EN == 0 || self.config.get_u8(SMRAM) & SMRAM_G_SMRAME == 0 {
+            return 0;
+        }
+        match esmramc & ESMRAMC_TSEG_SZ_MASK {
+            0x0 => MIB,
+            0x2 => 2 * MIB,
+            0x4 => 8 * MIB,
+            _ => u64::from(self.ext_tseg_mbytes) * MIB,
+        }
+    }
+
+    /// Publish PAM and, with SMM ranges, the SMRAM window, TSEG and SMBASE black holes
+    /// (mch_update_pam, mch_update_smram, mch_update_smbase_smram).
+    fn update_memory(&self) {
+        let Some(view) = &self.view else { return };
+        view.set_layer(Layer::Pam, pam_overlays(&pam_registers(&self.config, PAM0)));
+        if !self.smm_ranges {
+            // Without SMM the window always shows the PCI side.
+            view.set_layer(Layer::Smram, smram_overlays(false, false));
+            return;
+        }
+        let smram = self.config.get_u8(SMRAM);
+        let h_smrame = self.config.get_u8(ESMRAMC) & ESMRAMC_H_SMRAME != 0;
+        let open = smram & SMRAM_D_OPEN != 0;
+        view.set_layer(
+            Layer::Smram,
+            smram_overlays(open && !h_smrame, open && h_smrame),
+        );
+        // A TSEG larger than RAM below 4 GiB covers all of it (QEMU would wrap).
+        let tseg = self.tseg_size().min(self.below_4g);
+        view.set_layer(
+            Layer::Tseg,
+            if tseg == 0 {
+                Vec::new()
+            } else {
+                vec![Overlay::both(self.below_4g - tseg, tseg, Side::Blackhole)]
+            },
+        );
+        let locked = self.smbase_smram && self.config.get_u8(F_SMBASE) & F_SMBASE_LCK != 0;
+        view.set_layer(
+            Layer::Smbase,
+            if locked {
+                vec![Overlay::both(SMBASE_ADDR, SMBASE_SIZE, Side::Blackhole)]
+            } else {
+                Vec::new()
+            },
+        );
     }
 }
 
@@ -129,21 +208,37 @@ impl PciFunction for Mch {
     fn config_write(&mut self, offset: u16, data: &[u8]) {
         let off = usize::from(offset);
         self.config.write(off, data);
+        if overlaps(off, data.len(), PAM0, PAM_COUNT) {
+            self.update_memory();
+        }
         if !self.smm_ranges {
             return;
         }
-        if Self::overlaps(off, data.len(), SMRAM, 1) {
+        if overlaps(off, data.len(), SMRAM, 1) {
             self.update_smram();
         }
-        if Self::overlaps(off, data.len(), EXT_TSEG_MBYTES, 2)
+        if overlaps(off, data.len(), EXT_TSEG_MBYTES, 2)
             && self.ext_tseg_mbytes > 0
             && self.config.get_u16(EXT_TSEG_MBYTES) == EXT_TSEG_QUERY
         {
             self.config.set_u16(EXT_TSEG_MBYTES, self.ext_tseg_mbytes);
         }
-        if Self::overlaps(off, data.len(), F_SMBASE, 1) {
+        if overlaps(off, data.len(), F_SMBASE, 1) {
             self.update_smbase();
         }
+        if overlaps(off, data.len(), SMRAM, 2) || overlaps(off, data.len(), F_SMBASE, 1) {
+            self.update_memory();
+        }
+    }
+
+    fn reset(&mut self) {
+        self.config.reset();
+        self.update_memory();
+    }
+
+    fn set_memory_view(&mut self, view: SharedView) {
+        self.view = Some(view);
+        self.update_memory();
     }
 
     fn windows(&self) -> Vec<Window> {
@@ -172,9 +267,10 @@ impl PciKind for MchKind {
         Ok(shared(Mch::new(ctx.function, ctx.plan)?))
     }
 
-    /// Enable ECAM at the plan's address (SeaBIOS mch_mem_addr_setup).
+    /// Enable ECAM at the plan's address (SeaBIOS mch_mem_addr_setup) and shadow the BIOS
+    /// area as SeaBIOS leaves it (see the i440FX kind).
     fn firmware_init(&self, fw: &mut FirmwareFunction) -> Result<(), PciError> {
-        const MIB: u64 = 1 << 20;
+        firmware_pam(fw, PAM0);
         let Some(ecam) = fw.plan.memory.ecam else {
             return Ok(());
         };

@@ -12,6 +12,7 @@ pub mod ich9_lpc;
 pub mod ich9_smbus;
 pub mod io_window;
 pub mod mch;
+pub mod memory_view;
 pub mod piix3;
 pub mod piix4_pm;
 pub mod smbus;

@@ -91,6 +91,10 @@ pub trait PciFunction: Send {
     /// them; others ignore it.
     fn set_isa_irq_sink(&mut self, _sink: Arc<dyn IntxSink>) {}
 
+    /// The machine's address-space view: host bridges that remap memory (PAM, SMRAM, TSEG)
+    /// publish their layers to it from now on; others ignore it.
+    fn set_memory_view(&mut self, _view: crate::chipset::memory_view::SharedView) {}
+
     /// The machine runs again after a stop: requests a disk error stopped are retried.
     fn restart_io(&mut self) {}
 

@@ -85,6 +85,8 @@ pub struct Vcpu {
     pub index: u32,
     pub io: Arc<Bus>,
     pub mmio: Arc<Bus>,
+    /// The address space: an MMIO exit may be a remapped range (PAM, SMRAM, a ROM).
+    pub view: crate::memory::SharedView,
     pub lifecycle: Lifecycle,
     pub stop: Arc<AtomicBool>,
     pub gate: Arc<RunGate>,
@@ -160,14 +162,13 @@ impl Vcpu {
                 Ok(VcpuExit::IoOut(port, data)) => {
                     self.io.write(u64::from(port), data);
                 }
+                // The view decides: RAM or ROM behind a read-only slot, a black hole, or
+                // the MMIO bus (unassigned memory reads as zero on QEMU's x86 machines).
                 Ok(VcpuExit::MmioRead(addr, data)) => {
-                    // Unassigned memory reads as zero on QEMU's x86 machines.
-                    if !self.mmio.read(addr, data) {
-                        data.fill(0);
-                    }
+                    self.view.read(addr, data, &self.mmio);
                 }
                 Ok(VcpuExit::MmioWrite(addr, data)) => {
-                    self.mmio.write(addr, data);
+                    self.view.write(addr, data, &self.mmio);
                 }
                 Ok(VcpuExit::Hlt) => {
                     // With the in-kernel irqchip KVM handles HLT itself; an exit here means a

@@ -106,6 +106,13 @@ impl PciHost {
         self.msi = Some(sink);
     }
 
+    /// The machine's address-space view, for the functions that remap memory.
+    pub fn set_memory_view(&mut self, view: crate::chipset::memory_view::SharedView) {
+        for e in self.functions.values() {
+            lock(&e.func).set_memory_view(view.clone());
+        }
+    }
+
     /// Where INTx and the SCI are delivered; without a sink they are dropped.
     pub fn set_intx_sink(&mut self, sink: Arc<dyn IntxSink>) {
         for e in self.functions.values() {
