@@ -20,8 +20,8 @@ mod common;
 
 use common::{machina, require_kvm};
 use machina_tests::qtest_client::{
-    assert_no_mismatches, assert_only_known, for_all_scenarios, reset_state_mismatches, Bdf,
-    Mismatch, Qtest,
+    assert_no_mismatches, assert_only_known, for_all_scenarios, oracle_args,
+    reset_state_mismatches, Bdf, Mismatch, Qtest,
 };
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -110,7 +110,7 @@ fn reset_state_facts() {
             .iter()
             .map(|a| a.as_str().unwrap().to_string())
             .collect();
-        let mut q = Qtest::start(&machina(), &args);
+        let mut q = Qtest::start(&machina(), &oracle_args(&args));
         if q35 {
             assert_eq!(
                 q.cfg_read((0, 0, 0), 0x60, 4),
@@ -176,7 +176,7 @@ fn firmware_init_facts() {
             .iter()
             .map(|a| a.as_str().unwrap().to_string())
             .collect();
-        let mut q = Qtest::start(&machina(), &args);
+        let mut q = Qtest::start(&machina(), &oracle_args(&args));
         assert_eq!(q.cmd("machina_firmware_init"), "OK", "{name}");
         if q35 {
             assert_eq!(
@@ -270,7 +270,7 @@ fn firmware_mismatches(s: &Value) -> Vec<Mismatch> {
         .map(|a| a.as_str().unwrap().to_string())
         .collect();
     let q35 = s["q35"].as_bool().unwrap();
-    let mut q = Qtest::start(&machina(), &args);
+    let mut q = Qtest::start(&machina(), &oracle_args(&args));
     assert_eq!(q.cmd("machina_firmware_init"), "OK", "{args:?}");
     let mut out = Vec::new();
     let fw = &s["firmware"];

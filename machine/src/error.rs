@@ -39,6 +39,9 @@ pub enum PlanError {
         value: String,
         supported: String,
     },
+    /// `smm=on` where the accelerator has no SMM (QEMU's x86_machine_is_smm_enabled).
+    #[error("System Management Mode not supported by this hypervisor.")]
+    SmmUnsupported,
     /// `max-ram-below-4g` above 4 GiB.
     #[error("Machine option 'max-ram-below-4g={0}' expects size less than or equal to 4G")]
     MaxRamBelow4gTooLarge(u64),

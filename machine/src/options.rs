@@ -21,6 +21,9 @@ pub enum OptionSupport {
     Only(Vec<String>),
     /// A colon-separated accelerator list that must contain `kvm`.
     AccelKvm,
+    /// An OnOffAuto that `on` needs the accelerator's SMM for (`smm`); `auto` resolves
+    /// to whether it has it.
+    AccelSmm,
 }
 
 /// One machine option.
@@ -82,6 +85,7 @@ pub fn resolve_options(
     machine: &str,
     defs: &[OptionDef],
     given: &[(String, String)],
+    accel_smm: bool,
 ) -> Result<ResolvedOptions, PlanError> {
     let mut raw: BTreeMap<&str, PropValue> = BTreeMap::new();
     for (k, v) in given {
@@ -97,6 +101,12 @@ pub fn resolve_options(
                 })?;
         let canon = decode_option(def, v)?;
         check_support(machine, def, &canon.to_string(), v)?;
+        if def.support == OptionSupport::AccelSmm
+            && !accel_smm
+            && canon == PropValue::OnOffAuto(OnOffAuto::On)
+        {
+            return Err(PlanError::SmmUnsupported);
+        }
         if def.name == "max-ram-below-4g" {
             if let Some(sz) = parse_size(v) {
                 if sz > 1 << 32 {
@@ -127,6 +137,11 @@ pub fn resolve_options(
             continue;
         }
         let resolved = match auto.strip_prefix("follow:") {
+            None if def.support == OptionSupport::AccelSmm => PropValue::OnOffAuto(if accel_smm {
+                OnOffAuto::On
+            } else {
+                OnOffAuto::Off
+            }),
             Some(other) => values
                 .get(other)
                 .cloned()
@@ -166,7 +181,7 @@ fn check_support(
         supported,
     };
     match &def.support {
-        OptionSupport::Implemented | OptionSupport::Any => Ok(()),
+        OptionSupport::Implemented | OptionSupport::Any | OptionSupport::AccelSmm => Ok(()),
         OptionSupport::Only(vals) => {
             if vals.iter().any(|v| v == canon) {
                 Ok(())
@@ -183,5 +198,34 @@ fn check_support(
                 Err(refuse("kvm".to_string()))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{Catalog, PlanError, PlanRequest};
+
+    fn smm(machine: &str, accel_smm: bool) -> Result<String, PlanError> {
+        let req = PlanRequest {
+            accel_smm,
+            ..PlanRequest::default().with_machine_arg(machine)
+        };
+        Catalog::builtin()
+            .plan(&req)
+            .map(|p| p.options.text("smm").unwrap_or_default())
+    }
+
+    /// `smm=auto` follows the accelerator (on under qtest, off under KVM here), as QEMU's
+    /// x86_machine_is_smm_enabled; `smm=on` without SMM is QEMU's error.
+    #[test]
+    fn smm_follows_the_accelerator() {
+        assert_eq!(smm("q35", true).unwrap(), "on");
+        assert_eq!(smm("q35", false).unwrap(), "off");
+        assert_eq!(smm("pc,smm=on", true).unwrap(), "on");
+        assert_eq!(smm("pc,smm=off", true).unwrap(), "off");
+        assert_eq!(
+            smm("q35,smm=on", false).unwrap_err().to_string(),
+            "System Management Mode not supported by this hypervisor."
+        );
     }
 }

@@ -135,7 +135,7 @@ impl Catalog {
                     .into(),
             ));
         }
-        let opts = resolve_options(&machine.name, &machine.options, &req.options)?;
+        let opts = resolve_options(&machine.name, &machine.options, &req.options, req.accel_smm)?;
         let defaults = Defaults::compute(self, req);
         let flag = |name: &str| match name {
             "nodefaults" => req.nodefaults,

@@ -51,6 +51,12 @@ pub struct PlanRequest {
     /// `-numa` options (and QMP `set-numa-node`), in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub numa: Vec<crate::numa::NumaArg>,
+    /// The accelerator can run System Management Mode (QEMU's x86_machine_is_smm_enabled:
+    /// always under qtest, where no vCPU runs and only the chipset's SMRAM registers and
+    /// remapping matter; under KVM only where machina runs vCPUs in SMM). Decides what
+    /// `smm=auto` means and whether `smm=on` is accepted.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub accel_smm: bool,
 }
 
 impl Default for PlanRequest {
@@ -72,6 +78,7 @@ impl Default for PlanRequest {
             vga: None,
             nic: None,
             numa: Vec::new(),
+            accel_smm: false,
         }
     }
 }

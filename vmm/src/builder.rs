@@ -91,6 +91,9 @@ pub struct BuildInputs<'a> {
     pub backends: &'a [crate::backends::Backend],
     /// Where guest RAM comes from (`-machine memory-backend=`).
     pub ram: crate::memory::RamBacking,
+    /// Guest RAM of the incarnation a reset replaced: RAM keeps its contents over a
+    /// system reset, as in QEMU (None at the first build).
+    pub kept_ram: Option<crate::memory::GuestMemory>,
     /// Seconds the RTC runs ahead of the host's UTC clock (`-rtc base=`).
     pub rtc_offset: i64,
     /// The RTC's RAM and time before a reset (None at the first build).
@@ -426,7 +429,7 @@ fn firmware(
 }
 
 pub fn build(kvm: &Kvm, plan: &Plan, mut inputs: BuildInputs) -> Result<BuiltMachine> {
-    let vm = KvmVm::new(kvm, &plan.memory, &inputs.ram)?;
+    let vm = KvmVm::new(kvm, &plan.memory, &inputs.ram, inputs.kept_ram.take())?;
     let io = Arc::new(Bus::new());
     let mmio = Arc::new(Bus::new());
     // IDE drives first: the CMOS holds their geometry.

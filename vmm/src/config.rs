@@ -710,6 +710,9 @@ impl MachineConfig {
             serial: self.serial.as_ref().map(|s| !matches!(s, SerialSpec::None)),
             vga: self.vga,
             nic: self.nic,
+            // Under qtest no vCPU runs: SMM is the chipset's registers and remapping, as
+            // with QEMU's qtest accelerator. machina runs no vCPU in SMM under KVM.
+            accel_smm: !self.kvm,
             ..Default::default()
         }
     }

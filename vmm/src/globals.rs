@@ -23,6 +23,8 @@ pub enum GlobalError {
     NotFound(String, String, String),
     #[error("can't apply global {0}.{1}={2}: Parameter '{1}' expects 'on' or 'off'")]
     NotBool(String, String, String),
+    #[error("can't apply global {0}.{1}={2}: {3}")]
+    BadValue(String, String, String, String),
 }
 
 impl Global {
@@ -71,10 +73,27 @@ pub fn apply(plan: &mut Plan, globals: &[Global]) -> Result<(), GlobalError> {
             if !f.properties.contains(&g.property) {
                 return Err(err(GlobalError::NotFound));
             }
-            // Every global a model honours is a bool (QEMU's spellings).
-            let v = machine::qapi_bool_parse(&g.value).ok_or_else(|| err(GlobalError::NotBool))?;
-            f.properties
-                .insert(g.property.clone(), machine::PropValue::Bool(v));
+            let def = machine::Catalog::builtin()
+                .device_type(&g.driver)
+                .and_then(|t| t.property(&g.property).cloned());
+            let v = match def {
+                // Other types with the catalog's grammar (extended-tseg-mbytes: uint16).
+                Some(def) if def.ty != machine::PropType::Bool => {
+                    def.decode(&g.driver, &g.value).map_err(|e| {
+                        GlobalError::BadValue(
+                            g.driver.clone(),
+                            g.property.clone(),
+                            g.value.clone(),
+                            e.to_string(),
+                        )
+                    })?
+                }
+                // Bools with QEMU's spellings.
+                _ => machine::PropValue::Bool(
+                    machine::qapi_bool_parse(&g.value).ok_or_else(|| err(GlobalError::NotBool))?,
+                ),
+            };
+            f.properties.insert(g.property.clone(), v);
         }
     }
     Ok(())

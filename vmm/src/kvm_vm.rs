@@ -55,7 +55,14 @@ pub struct KvmVm {
 }
 
 impl KvmVm {
-    pub fn new(kvm: &Kvm, map: &MemoryMap, ram: &RamBacking) -> Result<Self> {
+    /// A VM for `map`; `kept` is the RAM of the incarnation a reset replaced, reused when it
+    /// has the map's RAM blocks (its contents survive the reset).
+    pub fn new(
+        kvm: &Kvm,
+        map: &MemoryMap,
+        ram: &RamBacking,
+        kept: Option<GuestMemory>,
+    ) -> Result<Self> {
         let fd = kvm.create_vm().map_err(kvm_err("VM creation"))?;
         let tss_region = map
             .region(KVM_TSS_REGION)
@@ -65,7 +72,10 @@ impl KvmVm {
         fd.set_identity_map_address(tss_region)
             .map_err(kvm_err("identity map address"))?;
 
-        let memory = create_guest_memory(map, ram)?;
+        let memory = match kept {
+            Some(m) if crate::memory::has_blocks(&m, map) => m,
+            _ => create_guest_memory(map, ram)?,
+        };
         let fd = Arc::new(fd);
         // Every memslot comes from the machine's address-space view (RAM, and later the
         // chipset's remapping of it).

@@ -60,6 +60,13 @@ pub fn ram_blocks(map: &MemoryMap) -> Vec<(u64, u64)> {
     blocks
 }
 
+/// Whether `memory` consists of exactly the RAM blocks of `map`.
+pub fn has_blocks(memory: &GuestMemory, map: &MemoryMap) -> bool {
+    use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+    let have: Vec<(u64, u64)> = memory.iter().map(|r| (r.start_addr().0, r.len())).collect();
+    have == ram_blocks(map)
+}
+
 /// Allocate guest RAM for `map`: anonymous and private, or from a memory backend. The
 /// anonymous mapping reserves swap space as QEMU's does (no MAP_NORESERVE), so the host's
 /// overcommit policy refuses RAM it could never back (`-m 1T` on a small host) at start

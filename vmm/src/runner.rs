@@ -474,6 +474,8 @@ struct Machine<'a> {
     /// The RTC of the current incarnation, and its state taken at a reset for the next.
     rtc: Option<Arc<Mutex<devices::legacy::cmos::Cmos>>>,
     rtc_state: Option<devices::legacy::cmos::CmosState>,
+    /// Guest RAM kept over a system reset (QEMU does not clear RAM on reset).
+    kept_ram: Option<crate::memory::GuestMemory>,
 }
 
 impl Machine<'_> {
@@ -558,6 +560,7 @@ impl Machine<'_> {
                 boot: self.options.qtest.is_none().then_some(boot),
                 backends: &config.backends,
                 ram: config.ram_backing(),
+                kept_ram: self.kept_ram.take(),
                 rtc_offset: config.rtc.offset,
                 rtc_clock,
                 rtc_state: self.rtc_state.take(),
@@ -722,6 +725,7 @@ impl Machine<'_> {
                 crate::hotplug::eject(&self.control, &bus, slot, &mut running.hot_added);
             }
         }
+        self.kept_ram = self.running.as_ref().map(|r| r.vm.memory.clone());
         drop(self.stop_running());
         // What the replaced incarnation asked for (a second reset, a power-off racing with a
         // host reset) does not apply to the new one.
@@ -1129,6 +1133,7 @@ pub fn run(
         booted_once: false,
         rtc: None,
         rtc_state: None,
+        kept_ram: None,
     };
     if let Some(endpoint) = &options.qtest {
         crate::qtest::start(endpoint, machine.qtest.clone())

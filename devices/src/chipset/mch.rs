@@ -263,6 +263,10 @@ impl PciKind for MchKind {
     fn names(&self) -> &'static [&'static str] {
         &["mch"]
     }
+    /// The TSEG size the extended TSEG register offers (q35-test's tseg-size/ext).
+    fn globals(&self) -> &'static [&'static str] {
+        &["extended-tseg-mbytes"]
+    }
     fn build(&self, ctx: &FunctionContext) -> Result<SharedFunction, PciError> {
         Ok(shared(Mch::new(ctx.function, ctx.plan)?))
     }
