@@ -66,9 +66,11 @@ impl Mch {
     pub fn new(f: &PciFunctionPlan, plan: &Plan) -> Result<Self, PciError> {
         let ext = f.properties.u16("extended-tseg-mbytes", 64)?;
         if ext > EXT_TSEG_MBYTES_MAX {
-            return Err(PciError::InvalidPlan(format!(
-                "invalid extended-tseg-mbytes value: {ext}"
-            )));
+            // QEMU's mch_realize check and text.
+            return Err(PciError::Device {
+                device: "mch".into(),
+                reason: format!("invalid extended-tseg-mbytes value: {ext}"),
+            });
         }
         let smbase_smram = f.properties.bool("smbase-smram", true)?;
         let smm_ranges = super::smm_enabled(plan);
@@ -263,9 +265,10 @@ impl PciKind for MchKind {
     fn names(&self) -> &'static [&'static str] {
         &["mch"]
     }
-    /// The TSEG size the extended TSEG register offers (q35-test's tseg-size/ext).
+    /// The TSEG size the extended TSEG register offers (q35-test's tseg-size/ext) and
+    /// whether F_SMBASE locks SMRAM at SMBASE (off on QEMU's pc-q35-4.2 and older).
     fn globals(&self) -> &'static [&'static str] {
-        &["extended-tseg-mbytes"]
+        &["extended-tseg-mbytes", "smbase-smram"]
     }
     fn build(&self, ctx: &FunctionContext) -> Result<SharedFunction, PciError> {
         Ok(shared(Mch::new(ctx.function, ctx.plan)?))

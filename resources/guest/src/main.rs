@@ -16,6 +16,7 @@ mod cpuid;
 mod fuzz;
 mod hotplug;
 mod mem;
+mod pam;
 mod pci;
 mod phys;
 mod port;
@@ -79,6 +80,7 @@ pub extern "C" fn guest_main(start_info: u64) -> ! {
             b"virtio-datapath" => virtio::datapath::run(&cmdline),
             b"virtio-bench" => virtio::bench::run(&cmdline),
             b"config-fuzz" => fuzz::fuzz(&cmdline, rsdp_hint),
+            b"pam" => pam::run(),
             b"hotplug" => hotplug::run(&cmdline, rsdp_hint),
             b"cpu-hotplug" => cpu_hotplug::run(&cmdline, rsdp_hint),
             b"reset" => power::reset(),
