@@ -429,7 +429,18 @@ fn firmware(
 }
 
 pub fn build(kvm: &Kvm, plan: &Plan, mut inputs: BuildInputs) -> Result<BuiltMachine> {
-    let vm = KvmVm::new(kvm, &plan.memory, &inputs.ram, inputs.kept_ram.take())?;
+    let layers = plan
+        .pci
+        .iter()
+        .flat_map(|f| kinds::kind_of(f).reset_memory_layers(f, plan))
+        .collect();
+    let vm = KvmVm::new(
+        kvm,
+        &plan.memory,
+        &inputs.ram,
+        inputs.kept_ram.take(),
+        layers,
+    )?;
     let io = Arc::new(Bus::new());
     let mmio = Arc::new(Bus::new());
     // IDE drives first: the CMOS holds their geometry.
@@ -458,6 +469,8 @@ pub fn build(kvm: &Kvm, plan: &Plan, mut inputs: BuildInputs) -> Result<BuiltMac
     if let Some(spec) = inputs.boot.take() {
         let rsdp = match &pci {
             Some(host) => {
+                // The firmware step's remapping (PAM) reaches KVM as one memslot diff.
+                let _hold = vm.view.hold();
                 let (layout, rsdp) = firmware(&vm, plan, host, &isa.modelled)?;
                 firmware_layout = Some(layout);
                 rsdp

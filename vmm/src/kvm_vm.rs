@@ -56,12 +56,14 @@ pub struct KvmVm {
 
 impl KvmVm {
     /// A VM for `map`; `kept` is the RAM of the incarnation a reset replaced, reused when it
-    /// has the map's RAM blocks (its contents survive the reset).
+    /// has the map's RAM blocks (its contents survive the reset); `layers` are the host
+    /// bridge's reset-state remapping, in the first memslots.
     pub fn new(
         kvm: &Kvm,
         map: &MemoryMap,
         ram: &RamBacking,
         kept: Option<GuestMemory>,
+        layers: devices::chipset::memory_view::LayerSet,
     ) -> Result<Self> {
         let fd = kvm.create_vm().map_err(kvm_err("VM creation"))?;
         let tss_region = map
@@ -79,7 +81,7 @@ impl KvmVm {
         let fd = Arc::new(fd);
         // Every memslot comes from the machine's address-space view (RAM, and later the
         // chipset's remapping of it).
-        let view = MemoryView::new(memory.clone(), fd.check_extension(Cap::ReadonlyMem));
+        let view = MemoryView::new(memory.clone(), fd.check_extension(Cap::ReadonlyMem), layers);
         KvmSlots::follow(fd.clone(), &view).map_err(kvm_err("memory slot registration"))?;
         // The irqchip after the memslots: creating it leaves a normal SRCU grace period
         // pending on the VM, and the next memslot change (an expedited grace period)

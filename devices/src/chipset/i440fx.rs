@@ -3,7 +3,7 @@
 //! the coreboot RAM-size byte at 0x57. Command and status read 0 as in QEMU (its
 //! i440fx-test marks the data-sheet values 0x0006/0x0280 as BROKEN).
 
-use super::memory_view::{pam_overlays, smram_overlays, Layer, SharedView};
+use super::memory_view::{pam_overlays, smram_overlays, Layer, LayerSet, SharedView};
 use crate::pci::config::PciConfig;
 use crate::pci::device::PciFunction;
 use crate::pci::firmware::FirmwareFunction;
@@ -35,11 +35,20 @@ impl I440fx {
 
     /// i440fx_update_memory_mappings: the PAM segments and the SMRAM window (RAM while
     /// D_OPEN). G_SMRAME only changes what SMM code sees; no vCPU runs in SMM here.
-    fn update_memory(&self) {
-        let Some(view) = &self.view else { return };
-        view.set_layer(Layer::Pam, pam_overlays(&pam_registers(&self.config, PAM0)));
+    fn layers(&self) -> LayerSet {
         let open = self.config.get_u8(SMRAM) & SMRAM_D_OPEN != 0;
-        view.set_layer(Layer::Smram, smram_overlays(open, false));
+        vec![
+            (Layer::Pam, pam_overlays(&pam_registers(&self.config, PAM0))),
+            (Layer::Smram, smram_overlays(open, false)),
+        ]
+    }
+
+    fn update_memory(&self) {
+        if let Some(view) = &self.view {
+            for (layer, overlays) in self.layers() {
+                view.set_layer(layer, overlays);
+            }
+        }
     }
 }
 
@@ -89,6 +98,10 @@ impl PciKind for I440fxKind {
     }
     fn build(&self, ctx: &FunctionContext) -> Result<SharedFunction, PciError> {
         Ok(shared(I440fx::new(ctx.function, ctx.plan)))
+    }
+
+    fn reset_memory_layers(&self, f: &PciFunctionPlan, plan: &Plan) -> LayerSet {
+        I440fx::new(f, plan).layers()
     }
 
     /// SeaBIOS's shadowing: the BIOS area 0xf0000-0xfffff read-only RAM, the rest of

@@ -5,7 +5,9 @@
 //! non-SMM address space (no vCPU runs in SMM here).
 
 use super::i440fx::{firmware_pam, overlaps, pam_registers, PAM_COUNT};
-use super::memory_view::{pam_overlays, smram_overlays, Layer, Overlay, SharedView, Side};
+use super::memory_view::{
+    pam_overlays, smram_overlays, Layer, LayerSet, Overlay, SharedView, Side,
+};
 use crate::pci::config::PciConfig;
 use crate::pci::device::{PciFunction, Space, Window, WindowTarget};
 use crate::pci::firmware::FirmwareFunction;
@@ -160,42 +162,51 @@ impl Mch {
         }
     }
 
-    /// Publish PAM and, with SMM ranges, the SMRAM window, TSEG and SMBASE black holes
+    /// PAM and, with SMM ranges, the SMRAM window, TSEG and SMBASE black holes
     /// (mch_update_pam, mch_update_smram, mch_update_smbase_smram).
-    fn update_memory(&self) {
-        let Some(view) = &self.view else { return };
-        view.set_layer(Layer::Pam, pam_overlays(&pam_registers(&self.config, PAM0)));
+    fn layers(&self) -> LayerSet {
+        let pam = (Layer::Pam, pam_overlays(&pam_registers(&self.config, PAM0)));
         if !self.smm_ranges {
             // Without SMM the window always shows the PCI side.
-            view.set_layer(Layer::Smram, smram_overlays(false, false));
-            return;
+            return vec![pam, (Layer::Smram, smram_overlays(false, false))];
         }
         let smram = self.config.get_u8(SMRAM);
         let h_smrame = self.config.get_u8(ESMRAMC) & ESMRAMC_H_SMRAME != 0;
         let open = smram & SMRAM_D_OPEN != 0;
-        view.set_layer(
-            Layer::Smram,
-            smram_overlays(open && !h_smrame, open && h_smrame),
-        );
         // A TSEG larger than RAM below 4 GiB covers all of it (QEMU would wrap).
         let tseg = self.tseg_size().min(self.below_4g);
-        view.set_layer(
-            Layer::Tseg,
-            if tseg == 0 {
-                Vec::new()
-            } else {
-                vec![Overlay::both(self.below_4g - tseg, tseg, Side::Blackhole)]
-            },
-        );
         let locked = self.smbase_smram && self.config.get_u8(F_SMBASE) & F_SMBASE_LCK != 0;
-        view.set_layer(
-            Layer::Smbase,
-            if locked {
-                vec![Overlay::both(SMBASE_ADDR, SMBASE_SIZE, Side::Blackhole)]
-            } else {
-                Vec::new()
-            },
-        );
+        vec![
+            pam,
+            (
+                Layer::Smram,
+                smram_overlays(open && !h_smrame, open && h_smrame),
+            ),
+            (
+                Layer::Tseg,
+                if tseg == 0 {
+                    Vec::new()
+                } else {
+                    vec![Overlay::both(self.below_4g - tseg, tseg, Side::Blackhole)]
+                },
+            ),
+            (
+                Layer::Smbase,
+                if locked {
+                    vec![Overlay::both(SMBASE_ADDR, SMBASE_SIZE, Side::Blackhole)]
+                } else {
+                    Vec::new()
+                },
+            ),
+        ]
+    }
+
+    fn update_memory(&self) {
+        if let Some(view) = &self.view {
+            for (layer, overlays) in self.layers() {
+                view.set_layer(layer, overlays);
+            }
+        }
     }
 }
 
@@ -272,6 +283,10 @@ impl PciKind for MchKind {
     }
     fn build(&self, ctx: &FunctionContext) -> Result<SharedFunction, PciError> {
         Ok(shared(Mch::new(ctx.function, ctx.plan)?))
+    }
+
+    fn reset_memory_layers(&self, f: &PciFunctionPlan, plan: &Plan) -> LayerSet {
+        Mch::new(f, plan).map(|m| m.layers()).unwrap_or_default()
     }
 
     /// Enable ECAM at the plan's address (SeaBIOS mch_mem_addr_setup) and shadow the BIOS

@@ -212,6 +212,9 @@ impl PartialEq for SlotSpec {
 /// Receives the whole wanted memslot list after every change of the view.
 pub type SlotListener = Box<dyn Fn(&[SlotSpec]) + Send + Sync>;
 
+/// Layers as a host bridge publishes them.
+pub type LayerSet = Vec<(Layer, Vec<Overlay>)>;
+
 struct State {
     layers: std::collections::BTreeMap<Layer, Vec<Overlay>>,
     roms: Vec<Rom>,
@@ -228,22 +231,45 @@ pub struct MemoryView {
     readonly_slots: bool,
     state: RwLock<State>,
     listener: Mutex<Option<SlotListener>>,
+    /// While positive, changes update the view but reach the listener only when the last
+    /// [`Hold`] ends (the build: no vCPU runs, KVM gets the end result in one diff).
+    held: Mutex<usize>,
+}
+
+/// Defers memslot updates until dropped; see [`MemoryView::hold`].
+pub struct Hold<'a>(&'a MemoryView);
+
+impl Drop for Hold<'_> {
+    fn drop(&mut self) {
+        let listener = self.0.listener.lock().unwrap_or_else(|e| e.into_inner());
+        let mut held = self.0.held.lock().unwrap_or_else(|e| e.into_inner());
+        *held = held.saturating_sub(1);
+        if *held == 0 {
+            if let Some(l) = listener.as_ref() {
+                l(&self.0.slots());
+            }
+        }
+    }
 }
 
 impl MemoryView {
-    /// The view of `memory` (RAM at the addresses of its regions) with nothing remapped.
-    pub fn new(memory: ViewMemory, readonly_slots: bool) -> Arc<Self> {
+    /// The view of `memory` (RAM at the addresses of its regions) with the `seed` layers:
+    /// the host bridge's reset-state layers, so that the memslots registered first already
+    /// have the shape the bridge asks for (each later memslot change costs KVM a grace
+    /// period).
+    pub fn new(memory: ViewMemory, readonly_slots: bool, seed: LayerSet) -> Arc<Self> {
         let ram: Vec<(u64, u64)> = memory.iter().map(|r| (r.start_addr().0, r.len())).collect();
         let view = Self {
             memory,
             ram,
             readonly_slots,
             state: RwLock::new(State {
-                layers: Default::default(),
+                layers: seed.into_iter().filter(|(_, o)| !o.is_empty()).collect(),
                 roms: Vec::new(),
                 spans: Vec::new(),
             }),
             listener: Mutex::new(None),
+            held: Mutex::new(0),
         };
         {
             let mut st = view.write_state();
@@ -270,6 +296,13 @@ impl MemoryView {
         let st = self.read_state();
         listener(&self.slots_of(&st.spans));
         *l = Some(listener);
+    }
+
+    /// Defer memslot updates until the returned guard is dropped (reads and writes through
+    /// the view follow every change at once).
+    pub fn hold(&self) -> Hold<'_> {
+        *self.held.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        Hold(self)
     }
 
     /// Replace the overlays of `layer` (an empty list removes the layer).
@@ -318,6 +351,9 @@ impl MemoryView {
             st.spans = self.flatten(&st);
             self.slots_of(&st.spans)
         };
+        if *self.held.lock().unwrap_or_else(|e| e.into_inner()) > 0 {
+            return;
+        }
         if let Some(l) = listener.as_ref() {
             l(&slots);
         }
@@ -610,7 +646,7 @@ mod tests {
 
     fn view(readonly: bool) -> Arc<MemoryView> {
         let mem = ViewMemory::from_ranges(&[(GuestAddress(0), 0x200000)]).unwrap();
-        MemoryView::new(mem, readonly)
+        MemoryView::new(mem, readonly, Vec::new())
     }
 
     fn rd(v: &MemoryView, a: u64) -> u8 {
@@ -683,6 +719,24 @@ mod tests {
             pam_overlays(&[0x10, 0x33, 0x33, 0x33, 0x33, 0x33, 0x33]),
         );
         assert!(v.slots().iter().all(|s| !s.readonly && s.gpa != 0xf0000));
+    }
+
+    #[test]
+    fn hold_defers_slot_updates() {
+        let v = view(true);
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let c = calls.clone();
+        v.set_listener(Box::new(move |s| c.lock().unwrap().push(s.len())));
+        {
+            let _hold = v.hold();
+            v.set_layer(Layer::Pam, pam_overlays(&[0; 7]));
+            v.set_layer(Layer::Smram, smram_overlays(false, false));
+            // Accesses follow at once.
+            assert_eq!(rd(&v, 0xf0000), 0);
+        }
+        v.set_layer(Layer::Smram, smram_overlays(false, false));
+        // The initial call, then one for the whole held batch; the no-op change adds none.
+        assert_eq!(calls.lock().unwrap().as_slice(), &[1, 2]);
     }
 
     #[test]

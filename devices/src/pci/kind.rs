@@ -42,6 +42,17 @@ pub trait PciKind: Sync {
     /// The model of `ctx.function` at its power-on state.
     fn build(&self, ctx: &FunctionContext) -> Result<SharedFunction, PciError>;
 
+    /// The memory remapping layers the function's model publishes at its power-on state
+    /// (host bridges: PAM, SMRAM), so that the VM's first memslots already have that
+    /// shape; the model publishes the same through `set_memory_view`.
+    fn reset_memory_layers(
+        &self,
+        _f: &machine::PciFunctionPlan,
+        _plan: &machine::Plan,
+    ) -> crate::chipset::memory_view::LayerSet {
+        Vec::new()
+    }
+
     /// Properties a `-global` may set: the ones this model reads from the plan and honours
     /// (other globals are refused rather than silently kept).
     fn globals(&self) -> &'static [&'static str] {
