@@ -31,6 +31,8 @@ pub enum BootError {
     },
     #[error("invalid kernel header in '{0}': neither a bzImage nor an ELF executable")]
     InvalidKernel(String),
+    #[error("cannot load kernel '{0}': unreadable program headers or a segment outside guest RAM")]
+    ElfSegments(String),
     #[error("cannot load kernel '{path}': {source}")]
     LoadKernel {
         path: String,
@@ -108,6 +110,51 @@ const ELF_MAGIC: [u8; 4] = *b"\x7fELF";
 const HDRS_MAGIC: u32 = 0x5372_6448;
 const XLF_KERNEL_64: u16 = 1 << 0;
 
+/// Zero what each PT_LOAD segment has beyond its file data (its bss), as QEMU's ELF ROMs
+/// are zero-filled at every reset: guest RAM keeps its contents over a reset, and
+/// linux-loader writes only the file data.
+fn zero_bss<F: Read + Seek>(mem: &GuestMemory, image: &mut F, name: &str) -> Result<()> {
+    let bad = || BootError::ElfSegments(name.to_string());
+    let mut read = |offset: u64, buf: &mut [u8]| {
+        image
+            .seek(SeekFrom::Start(offset))
+            .and_then(|_| image.read_exact(buf))
+            .map_err(|_| bad())
+    };
+    let mut ehdr = [0u8; 64];
+    read(0, &mut ehdr)?;
+    let phoff = u64::from_le_bytes(ehdr[0x20..0x28].try_into().map_err(|_| bad())?);
+    let phentsize = u64::from(u16::from_le_bytes([ehdr[0x36], ehdr[0x37]]));
+    let phnum = u64::from(u16::from_le_bytes([ehdr[0x38], ehdr[0x39]]));
+    if phentsize < 0x38 {
+        return Err(bad());
+    }
+    const PT_LOAD: u32 = 1;
+    for i in 0..phnum {
+        let mut ph = [0u8; 0x38];
+        read(phoff.checked_add(i * phentsize).ok_or_else(bad)?, &mut ph)?;
+        let word = |at: usize| u64::from_le_bytes(ph[at..at + 8].try_into().unwrap_or([0; 8]));
+        let (paddr, filesz, memsz) = (word(0x18), word(0x20), word(0x28));
+        if u32::from_le_bytes([ph[0], ph[1], ph[2], ph[3]]) != PT_LOAD || memsz <= filesz {
+            continue;
+        }
+        let start = paddr.checked_add(filesz).ok_or_else(bad)?;
+        let len = memsz - filesz;
+        start.checked_add(len).ok_or_else(bad)?;
+        const CHUNK: u64 = 1 << 16;
+        let zeros = [0u8; CHUNK as usize];
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(CHUNK);
+            // Outside guest RAM: the image does not fit this machine.
+            mem.write_slice(&zeros[..n as usize], GuestAddress(start + done))
+                .map_err(|_| bad())?;
+            done += n;
+        }
+    }
+    Ok(())
+}
+
 fn load_image<F>(mem: &GuestMemory, image: &mut F, name: &str) -> Result<Loaded>
 where
     F: Read + ReadVolatile + Seek,
@@ -131,6 +178,7 @@ where
     let highmem = Some(GuestAddress(KERNEL_START));
     if is_elf {
         let result = Elf::load(mem, None, image, highmem).map_err(load_err)?;
+        zero_bss(mem, image, name)?;
         let entry = match result.pvh_boot_cap {
             PvhBootCapability::PvhEntryPresent(addr) => Entry::Pvh { eip: addr.0 },
             _ => Entry::Linux64 {
@@ -321,6 +369,49 @@ pub fn load(mem: &GuestMemory, map: &MemoryMap, spec: &BootSpec) -> Result<Entry
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An ELF64 header and one PT_LOAD program header (file data 0x10 bytes at paddr,
+    /// `memsz` in memory).
+    fn elf(paddr: u64, memsz: u64) -> Vec<u8> {
+        let mut e = vec![0u8; 0x40 + 0x38];
+        e[..4].copy_from_slice(&ELF_MAGIC);
+        e[0x20..0x28].copy_from_slice(&0x40u64.to_le_bytes());
+        e[0x36..0x38].copy_from_slice(&0x38u16.to_le_bytes());
+        e[0x38..0x3a].copy_from_slice(&1u16.to_le_bytes());
+        let ph = &mut e[0x40..];
+        ph[..4].copy_from_slice(&1u32.to_le_bytes());
+        ph[0x18..0x20].copy_from_slice(&paddr.to_le_bytes());
+        ph[0x20..0x28].copy_from_slice(&0x10u64.to_le_bytes());
+        ph[0x28..0x30].copy_from_slice(&memsz.to_le_bytes());
+        e
+    }
+
+    /// RAM survives a reset: the reloaded image's bss must be zero again.
+    #[test]
+    fn elf_bss_is_zeroed_on_every_load() {
+        let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 0x40_0000)]).unwrap();
+        mem.write_slice(&[0xffu8; 0x30000], GuestAddress(0x10_0000))
+            .unwrap();
+        let mut image = std::io::Cursor::new(elf(0x10_0000, 0x2_0010));
+        zero_bss(&mem, &mut image, "k").unwrap();
+        let mut got = [0u8; 0x30000];
+        mem.read_slice(&mut got, GuestAddress(0x10_0000)).unwrap();
+        assert!(
+            got[..0x10].iter().all(|&b| b == 0xff),
+            "file data untouched"
+        );
+        assert!(got[0x10..0x2_0010].iter().all(|&b| b == 0), "bss zeroed");
+        assert!(
+            got[0x2_0010..].iter().all(|&b| b == 0xff),
+            "nothing past it"
+        );
+        // A segment past guest RAM is an error, not a write elsewhere.
+        let mut image = std::io::Cursor::new(elf(0x3f_0000, 0x2_0000));
+        assert!(matches!(
+            zero_bss(&mem, &mut image, "k"),
+            Err(BootError::ElfSegments(_))
+        ));
+    }
 
     #[test]
     fn initrd_goes_high_and_page_aligned() {
