@@ -115,6 +115,25 @@ fn q35_pam_routes_reads_and_writes() {
     pam_combinations("q35", 0x90);
 }
 
+/// PAM written through ECAM: the memory write that reaches the MCH changes the view it
+/// came through (a write lock taken while serving that write would deadlock).
+#[test]
+fn q35_pam_through_ecam() {
+    if !require_kvm() {
+        return;
+    }
+    let mut q = start(&["-M", "q35", "-nodefaults"]);
+    q.enable_ecam();
+    writeb(&mut q, 0xf0000, 0x11);
+    let pam0 = Qtest::ecam_addr(HOST, 0x90);
+    assert_eq!(q.cmd(&format!("writeb {pam0:#x} 0x30")), "OK");
+    assert_eq!(cfgb(&mut q, 0x90), 0x30);
+    writeb(&mut q, 0xf0000, 0x12);
+    assert_eq!(readb(&mut q, 0xf0000), 0x12);
+    assert_eq!(q.cmd(&format!("writeb {pam0:#x} 0x00")), "OK");
+    assert_eq!(readb(&mut q, 0xf0000), 0);
+}
+
 #[test]
 fn i440fx_smram_window_follows_d_open() {
     if !require_kvm() {

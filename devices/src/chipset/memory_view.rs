@@ -496,10 +496,12 @@ impl MemoryView {
         self.slots_of(&self.read_state().spans)
     }
 
-    /// The routes covering [addr, addr + len), split at span edges.
+    /// The routes covering [addr, addr + len), split at span edges. The state lock is
+    /// released before the caller serves them: a bus access may reach a host bridge that
+    /// changes the view (ECAM config writes).
     fn pieces(&self, addr: u64, len: usize, write: bool) -> Vec<(u64, usize, Route)> {
         let st = self.read_state();
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(1);
         let mut a = addr;
         let end = addr.saturating_add(len as u64);
         while a < end {
@@ -519,30 +521,33 @@ impl MemoryView {
         let pieces = self.pieces(addr, data.len(), false);
         let mut done = 0usize;
         for (a, n, route) in pieces {
-            let buf = &mut data[done..done + n];
-            match route {
-                Route::Ram(r) => {
-                    if self.memory.read_slice(buf, GuestAddress(r)).is_err() {
-                        buf.fill(0);
-                    }
-                }
-                Route::Rom(image, off) => {
-                    let bytes = image.bytes();
-                    for (i, b) in buf.iter_mut().enumerate() {
-                        *b = bytes.get(off as usize + i).copied().unwrap_or(0);
-                    }
-                }
-                Route::Bus => {
-                    if !bus.read(a, buf) {
-                        buf.fill(0);
-                    }
-                }
-                Route::Blackhole => buf.fill(0xff),
-                Route::Discard => buf.fill(0),
-            }
+            self.read_piece(a, &mut data[done..done + n], route, bus);
             done += n;
         }
         data[done..].fill(0);
+    }
+
+    fn read_piece(&self, a: u64, buf: &mut [u8], route: Route, bus: &Bus) {
+        match route {
+            Route::Ram(r) => {
+                if self.memory.read_slice(buf, GuestAddress(r)).is_err() {
+                    buf.fill(0);
+                }
+            }
+            Route::Rom(image, off) => {
+                let bytes = image.bytes();
+                for (i, b) in buf.iter_mut().enumerate() {
+                    *b = bytes.get(off as usize + i).copied().unwrap_or(0);
+                }
+            }
+            Route::Bus => {
+                if !bus.read(a, buf) {
+                    buf.fill(0);
+                }
+            }
+            Route::Blackhole => buf.fill(0xff),
+            Route::Discard => buf.fill(0),
+        }
     }
 
     /// A write the VMM serves: RAM, the MMIO bus, or dropped.
