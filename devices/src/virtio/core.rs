@@ -175,6 +175,17 @@ impl Core {
         }
     }
 
+    /// Wait for the device's requests in flight and complete them.
+    pub fn settle(&mut self) {
+        if self.broken {
+            return;
+        }
+        let (mut ctx, dev) = self.context_and_device();
+        if let Err(e) = dev.settle(&mut ctx) {
+            self.device_error(&e);
+        }
+    }
+
     /// Service a device event source.
     pub fn process_event(&mut self, token: u32) {
         if self.broken {

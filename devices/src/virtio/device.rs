@@ -191,6 +191,12 @@ pub trait VirtioDevice: Send {
     fn process_event(&mut self, _token: u32, _ctx: &mut QueueContext) -> Result<(), DeviceError> {
         Ok(())
     }
+
+    /// Wait for the requests in flight and complete them (tests and benchmarks, through
+    /// `VirtioWorker::poll`, which runs no event loop).
+    fn settle(&mut self, _ctx: &mut QueueContext) -> Result<(), DeviceError> {
+        Ok(())
+    }
 }
 
 #[cfg(test)]

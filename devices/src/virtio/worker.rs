@@ -62,8 +62,9 @@ impl VirtioWorker {
         lock(&self.core).process_event(token);
     }
 
-    /// Process every queue whose EventFd was signalled; for tests and benchmarks, which run
-    /// no event loop (the VMM registers the worker with one).
+    /// Process every queue whose EventFd was signalled and complete the requests that
+    /// started; for tests and benchmarks, which run no event loop (the VMM registers the
+    /// worker with one).
     pub fn poll(&mut self) {
         let mut core = lock(&self.core);
         for idx in 0..core.kicks.len() {
@@ -71,6 +72,7 @@ impl VirtioWorker {
                 core.process_queue(idx);
             }
         }
+        core.settle();
     }
 }
 

@@ -461,10 +461,25 @@ pub(crate) fn blk_clean_round(
         used_before.wrapping_add(reqs.len() as u16),
         "not every well-formed request completed"
     );
+    // Requests complete in any order (several are in flight): find each one's used
+    // element by its head. The device runs conflicting requests in submission order, so
+    // the model applies them in that order.
+    let used: Vec<(u32, u32)> = (0..reqs.len())
+        .map(|k| ring.used_elem(mem, used_before.wrapping_add(k as u16)))
+        .collect();
     for (k, r) in reqs.iter().enumerate() {
         let (status_exp, used_exp, data_exp) = model_blk(setup, &mut shadow, r);
-        let (id, used_len) = ring.used_elem(mem, used_before.wrapping_add(k as u16));
-        assert_eq!(id, u32::from(r.head), "used ring order");
+        let matching: Vec<_> = used
+            .iter()
+            .filter(|(id, _)| *id == u32::from(r.head))
+            .collect();
+        assert_eq!(
+            matching.len(),
+            1,
+            "request {k}: one used element for head {}",
+            r.head
+        );
+        let used_len = matching[0].1;
         let written = read_segs(mem, &r.in_segs);
         let status = written[r.in_len - 1];
         assert_eq!(
