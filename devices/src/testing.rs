@@ -124,6 +124,7 @@ pub fn block_backend(file: std::fs::File, stats: Arc<BlockStats>) -> VirtioBacke
         stats,
         size: None,
         disk_size: Arc::default(),
+        auto_num_queues: 1,
     })
 }
 

@@ -207,7 +207,11 @@ fn device_err(f: &PciFunctionPlan, reason: impl Into<String>) -> PciError {
     }
 }
 
-fn open_drive(f: &PciFunctionPlan, backends: &[Backend]) -> Result<BlockBackend, PciError> {
+fn open_drive(
+    f: &PciFunctionPlan,
+    plan: &Plan,
+    backends: &[Backend],
+) -> Result<BlockBackend, PciError> {
     let id = prop(f, "drive").ok_or_else(|| device_err(f, "drive property not set"))?;
     let Some(Backend::Drive {
         file,
@@ -244,6 +248,8 @@ fn open_drive(f: &PciFunctionPlan, backends: &[Backend]) -> Result<BlockBackend,
         stats: crate::monitor::drive_stats(id),
         size: *null_size,
         disk_size: crate::monitor::drive_size(id),
+        // QEMU's virtio_pci_optimal_num_queues: one per vCPU.
+        auto_num_queues: u16::try_from(plan.cpus).unwrap_or(u16::MAX),
     })
 }
 
@@ -418,7 +424,7 @@ pub fn factory<'a>(
         let mut char_input = None;
         let backend = match mode.device_type {
             1 => open_net(f, plan, backends, set).map(VirtioBackend::Net),
-            2 => open_drive(f, backends).map(VirtioBackend::Block),
+            2 => open_drive(f, plan, backends).map(VirtioBackend::Block),
             3 => open_console(f, plan, backends, open).map(|(output, input)| {
                 char_input = input;
                 VirtioBackend::Console(ConsoleBackend { output })

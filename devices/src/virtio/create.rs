@@ -44,6 +44,8 @@ pub struct VirtioParts {
     pub console_input: Option<ConsoleInput>,
 }
 
+/// VIRTIO_BLK_AUTO_NUM_QUEUES: `num-queues` left to the device.
+const AUTO_NUM_QUEUES: u16 = u16::MAX;
 /// QEMU's DEV_NVECTORS_UNSPECIFIED.
 const VECTORS_UNSPECIFIED: u64 = 0xffff_ffff;
 /// ROM BAR of virtio-net-pci (efi-virtio.rom).
@@ -73,15 +75,16 @@ pub fn create(
     let (device, default_vectors): (Box<dyn VirtioDevice>, u16) = match (mode.device_type, backend)
     {
         (blk::DEVICE_TYPE, VirtioBackend::Block(b)) => {
-            let nq = props.u16("num-queues", 1)?;
+            let nq = props.u16("num-queues", AUTO_NUM_QUEUES)?;
             let opts = BlockOptions {
                 serial: props.str("serial", "")?.to_string(),
-                // "auto" (0xffff) means one queue per vCPU; one is what we run.
-                num_queues: if nq == 0 || nq == 0xffff {
-                    1
+                // The planner refused 0 and more than the model serves.
+                num_queues: if nq == AUTO_NUM_QUEUES {
+                    b.auto_num_queues
                 } else {
-                    nq.min(64)
-                },
+                    nq
+                }
+                .clamp(1, blk::MAX_QUEUES),
                 queue_size: props.u16("queue-size", 256)?,
                 discard: props.bool("discard", true)?,
                 write_zeroes: props.bool("write-zeroes", true)?,

@@ -409,6 +409,7 @@ pub(crate) fn blk_device(
             stats: Default::default(),
             size: None,
             disk_size: Default::default(),
+            auto_num_queues: 1,
         }),
         mem.clone(),
     )

@@ -64,6 +64,10 @@ const ID_BYTES: usize = 20;
 const MAX_SECTORS: u32 = 0x3f_ffff;
 const WRITE_ZEROES_UNMAP: u32 = 1;
 
+/// The most queues the model serves (machine/src/device_checks.rs refuses more; an automatic
+/// count, one per vCPU, is capped here).
+pub const MAX_QUEUES: u16 = 64;
+
 /// Event-source token of the engine's completion EventFd.
 const COMPLETIONS: u32 = 0;
 
@@ -82,6 +86,10 @@ pub struct BlockBackend {
     pub size: Option<u64>,
     /// Where the capacity lives (block_resize changes it).
     pub disk_size: Arc<DiskSize>,
+    /// What `num-queues` left at its default (auto) becomes: one queue per vCPU, as QEMU's
+    /// virtio_pci_optimal_num_queues (machine types before 5.2 set 1 through their compat
+    /// properties).
+    pub auto_num_queues: u16,
 }
 
 /// Device options from the plan's properties.

@@ -58,7 +58,7 @@ impl<T: Copy, const N: usize> SmallVec<T, N> {
 }
 
 /// The data buffers of a request as iovecs over guest RAM.
-pub(super) type Iovecs = SmallVec<libc::iovec, 16>;
+pub(super) type Iovecs = SmallVec<libc::iovec, 4>;
 
 pub(super) fn no_iovecs() -> Iovecs {
     Iovecs::new(libc::iovec {

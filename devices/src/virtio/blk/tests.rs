@@ -17,6 +17,7 @@ fn a_backend_failure_is_an_error_naming_the_device() {
         stats: Arc::default(),
         size: None,
         disk_size: Arc::default(),
+        auto_num_queues: 1,
     };
     let mut dev = Block::new(backend, BlockOptions::default()).unwrap();
     let name = "virtio-blk-pci id=failing (pcie.0:04.0)";
