@@ -681,6 +681,20 @@ fn aio_and_tap_errors_are_qemus() {
         &["-S", "-drive", &format!("{drive},aio=bogus")],
         "invalid aio option",
     );
+    // io_uring is refused as by a QEMU built without it (virtio-blk runs a thread pool).
+    let uring = "aio=io_uring was specified, but is not supported in this build.";
+    fails_with(
+        &["-S", "-drive", &format!("{drive},aio=io_uring")],
+        &format!("-drive {drive},aio=io_uring: {uring}"),
+    );
+    fails_with(
+        &[
+            "-S",
+            "-blockdev",
+            &format!("driver=file,node-name=f0,filename={img},aio=io_uring"),
+        ],
+        uring,
+    );
     // 4-5: bad locking values, QEMU's texts.
     fails_with(
         &["-S", "-drive", &format!("{drive},file.locking=bogus")],
