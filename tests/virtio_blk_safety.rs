@@ -370,3 +370,56 @@ fn a_reset_with_requests_in_flight_loses_no_completed_write() {
     let disk = std::fs::read(&r.image).unwrap();
     assert!(disk[..512].iter().all(|&b| b == 0x99));
 }
+
+/// (num_queues in the device config, MSI-X table size) of the virtio-blk-pci of a q35
+/// machine `machine` with `smp` vCPUs and `extra` device properties.
+fn queues_and_vectors(machine: &str, smp: &str, extra: &str) -> (u64, u32) {
+    let dir = TempDir::new("blk-queues");
+    let image = dir.join("disk.img");
+    std::fs::write(&image, vec![0u8; 1 << 20]).unwrap();
+    let args: Vec<String> = [
+        "-machine".to_string(),
+        machine.into(),
+        "-smp".into(),
+        smp.into(),
+        "-nodefaults".into(),
+        "-drive".into(),
+        format!("file={},if=none,id=d0,format=raw", image.display()),
+        "-device".into(),
+        format!("virtio-blk-pci,drive=d0,addr=05.0{extra}"),
+    ]
+    .into();
+    let mut q = Qtest::start(&machina(), &args);
+    let cap = q
+        .std_caps(BDF)
+        .iter()
+        .find(|(_, id)| *id == 0x11)
+        .map(|(off, _)| *off)
+        .expect("an MSI-X capability");
+    let table = (q.cfg_read(BDF, cap + 2, 2) & 0x7ff) + 1;
+    q.cfg_write(BDF, 0x20, 4, BAR4 as u32);
+    q.cfg_write(BDF, 0x24, 4, (BAR4 >> 32) as u32);
+    q.cfg_write(BDF, 0x04, 2, 0x2);
+    // struct virtio_blk_config's num_queues, in the device-specific window at 0x2000.
+    let nq = q.value(&format!("readw {:#x}", BAR4 + 0x2000 + 0x22));
+    assert_eq!(
+        q.value(&format!("readw {:#x}", BAR4 + 0x12)),
+        nq,
+        "common cfg num_queues"
+    );
+    (nq, table)
+}
+
+/// QEMU's virtio-blk-pci: num-queues left at its default is one queue per vCPU on machine
+/// types from 5.2 (virtio_pci_optimal_num_queues), one on older ones (hw_compat_5_1), with
+/// a vector per queue plus the config vector.
+#[test]
+fn num_queues_defaults_to_one_per_vcpu() {
+    if !require_kvm() {
+        return;
+    }
+    assert_eq!(queues_and_vectors("q35", "1", ""), (1, 2));
+    assert_eq!(queues_and_vectors("q35", "3", ""), (3, 4));
+    assert_eq!(queues_and_vectors("pc-q35-5.1", "3", ""), (1, 2));
+    assert_eq!(queues_and_vectors("q35", "3", ",num-queues=2"), (2, 3));
+}

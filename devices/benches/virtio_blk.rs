@@ -1,17 +1,25 @@
 //! virtio-blk device-model throughput: requests per second and MB/s the device model
 //! processes for 4 KiB and 64 KiB reads and writes against a file in the page cache, next
-//! to a plain pread/pwrite loop on the same file with the same offsets (the physical
-//! reference).
+//! to a plain pread/pwrite loop on the same file with the same offsets and as many buffers
+//! (the physical reference).
 //!
 //! There is no guest: a synthetic driver brings the function up through its modern
 //! interface (config space + BAR accesses), fills a 256-entry queue in guest memory with
 //! requests (one indirect descriptor per request: header, data, status, as Linux does with
 //! VIRTIO_RING_F_INDIRECT_DESC), notifies through the notify BAR, lets the worker process
-//! the queue (`VirtioWorker::poll`), checks every status byte and recycles the used
-//! entries. Offsets are aligned to the request size, either sequential (wrapping at the end
+//! the queue (`VirtioWorker::poll`: the handler parses the chains and hands them to the
+//! device's I/O engine, whose workers, two per host CPU, run them; poll waits for them and
+//! puts them in the used ring), checks every status byte and recycles the used entries.
+//! The reference is one thread; the device model's figure includes its workers running in
+//! parallel (as a guest at queue depth 256 gets them). Offsets are aligned to the request size, either sequential (wrapping at the end
 //! of the file) or uniformly random (xorshift, fixed seed).
 //!
-//! `cargo bench -p devices --bench virtio_blk` runs each case for about a second;
+//! Each case alternates device and reference `MACHINA_BENCH_ROUNDS` times (default 3) and
+//! prints the median rates, and the median CPU time (user + system, every thread) per
+//! request of each with their ratio: on a shared host the wall-clock ratio moves with the
+//! load, the CPU-time one much less.
+//!
+//! `cargo bench -p devices --bench virtio_blk` runs each round for about a second;
 //! `MACHINA_BENCH_SECS` and `MACHINA_BENCH_FILE_MB` change the time per case and the file
 //! size (default 256 MiB, less when the temp dir is short of space), `MACHINA_BENCH_ONLY`
 //! (e.g. `read-4-seq`) runs one case. Without `--bench`
@@ -88,6 +96,8 @@ struct Measured {
     requests: u64,
     bytes: u64,
     elapsed: Duration,
+    /// CPU time the process used meanwhile (every thread: the device's workers too).
+    cpu: Duration,
 }
 
 impl Measured {
@@ -95,6 +105,28 @@ impl Measured {
         let s = self.elapsed.as_secs_f64().max(1e-9);
         (self.requests as f64 / s, self.bytes as f64 / s / 1e6)
     }
+
+    fn cpu_ns_per_request(&self) -> f64 {
+        self.cpu.as_nanos() as f64 / self.requests.max(1) as f64
+    }
+}
+
+/// CPU time (user + system) of the whole process so far.
+fn cpu_now() -> Duration {
+    let mut ru = std::mem::MaybeUninit::<libc::rusage>::uninit();
+    // SAFETY: getrusage writes one rusage into the storage it is given.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, ru.as_mut_ptr()) } != 0 {
+        return Duration::ZERO;
+    }
+    // SAFETY: getrusage returned 0, so it filled the struct.
+    let ru = unsafe { ru.assume_init() };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
 }
 
 /// The device and its driver state: queue 0 with every request in an indirect table.
@@ -201,6 +233,7 @@ fn run_device(
     let mut offsets = Offsets::new(pattern, size, file_len);
     // Untimed warm-up: first touches of the buffers, allocator, branch predictors.
     bench.batch(&mut offsets);
+    let cpu = cpu_now();
     let start = Instant::now();
     let mut batches = 0u64;
     while batches < min_batches || start.elapsed() < budget {
@@ -212,6 +245,7 @@ fn run_device(
         requests,
         bytes: requests * size,
         elapsed: start.elapsed(),
+        cpu: cpu_now().saturating_sub(cpu),
     }
 }
 
@@ -224,25 +258,29 @@ fn run_reference(
     budget: Duration,
     min_batches: u64,
 ) -> Measured {
-    let mut buf = vec![0x5au8; size as usize];
+    // The same buffer footprint as the device's requests: one SLOT per queue entry (a
+    // single hot buffer would keep the copies in the CPU caches that the guest's buffers,
+    // 256 of them, do not fit).
+    let mut slots = vec![0x5au8; (SLOT * u64::from(QSIZE)) as usize];
     let mut offsets = Offsets::new(pattern, size, file_len);
-    for _ in 0..QSIZE {
-        let off = offsets.next();
+    let mut one = |i: u16, off: u64| {
+        let at = (SLOT * u64::from(i)) as usize;
+        let buf = &mut slots[at..at + size as usize];
         match op {
-            Op::Read => file.read_exact_at(&mut buf, off).expect("pread"),
-            Op::Write => file.write_all_at(&buf, off).expect("pwrite"),
+            Op::Read => file.read_exact_at(buf, off).expect("pread"),
+            Op::Write => file.write_all_at(buf, off).expect("pwrite"),
         }
+    };
+    for i in 0..QSIZE {
+        one(i, offsets.next());
     }
+    let cpu = cpu_now();
     let start = Instant::now();
     let mut requests = 0u64;
     // Same batching as the device so the clock is read as often.
     while requests < min_batches * u64::from(QSIZE) || start.elapsed() < budget {
-        for _ in 0..QSIZE {
-            let off = offsets.next();
-            match op {
-                Op::Read => file.read_exact_at(&mut buf, off).expect("pread"),
-                Op::Write => file.write_all_at(&buf, off).expect("pwrite"),
-            }
+        for i in 0..QSIZE {
+            one(i, offsets.next());
         }
         requests += u64::from(QSIZE);
     }
@@ -250,6 +288,7 @@ fn run_reference(
         requests,
         bytes: requests * size,
         elapsed: start.elapsed(),
+        cpu: cpu_now().saturating_sub(cpu),
     }
 }
 
@@ -281,12 +320,18 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(256);
-    let (budget, min_batches) = if full {
-        (Duration::from_secs_f64(secs), 4)
+    let (budget, min_batches, mut rounds) = if full {
+        (Duration::from_secs_f64(secs), 4, 3)
     } else {
         file_mb = 1;
-        (Duration::ZERO, 1)
+        (Duration::ZERO, 1, 1)
     };
+    if let Some(r) = std::env::var("MACHINA_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        rounds = r.max(1);
+    }
     let free = free_space(&std::env::temp_dir()).unwrap_or(u64::MAX);
     while file_mb > 16 && file_mb << 20 > free / 4 {
         file_mb /= 2;
@@ -337,20 +382,51 @@ fn main() {
                 if only.as_ref().is_some_and(|o| *o != name) {
                     continue;
                 }
-                let dev = run_device(&mut bench, op, size, pattern, file_len, budget, min_batches);
-                let phys =
-                    run_reference(&reference, op, size, pattern, file_len, budget, min_batches);
-                let (dr, dm) = dev.rate();
-                let (pr, pm) = phys.rate();
+                // Alternate the two, `rounds` times, and take medians: the host may be
+                // shared, and its load comes and goes.
+                let (mut dev, mut phys) = (Vec::new(), Vec::new());
+                for _ in 0..rounds {
+                    dev.push(run_device(
+                        &mut bench,
+                        op,
+                        size,
+                        pattern,
+                        file_len,
+                        budget,
+                        min_batches,
+                    ));
+                    phys.push(run_reference(
+                        &reference,
+                        op,
+                        size,
+                        pattern,
+                        file_len,
+                        budget,
+                        min_batches,
+                    ));
+                }
+                let rates = |m: &[Measured]| {
+                    (
+                        median(m.iter().map(|x| x.rate().0).collect()),
+                        median(m.iter().map(|x| x.rate().1).collect()),
+                        median(m.iter().map(Measured::cpu_ns_per_request).collect()),
+                    )
+                };
+                let (dr, dm, dc) = rates(&dev);
+                let (pr, pm, pc) = rates(&phys);
                 println!(
                     "virtio-blk {op_name:<5} {:>2} KiB {pat:<4}: {:>9.0} req/s, {:>8.1} MB/s \
-                     (device model) | {ref_name:<6}: {:>9.0} req/s, {:>8.1} MB/s | ratio {:.2}",
+                     (device model) | {ref_name:<6}: {:>9.0} req/s, {:>8.1} MB/s | ratio {:.2} \
+                     | CPU/req {:>6.0} ns vs {:>6.0} ns, ratio {:.2}",
                     size / 1024,
                     dr,
                     dm,
                     pr,
                     pm,
-                    dr / pr.max(1e-9)
+                    dr / pr.max(1e-9),
+                    dc,
+                    pc,
+                    pc / dc.max(1e-9)
                 );
             }
         }

@@ -277,6 +277,65 @@ impl Engine {
         }
     }
 
+    /// Whether no request is in flight (so one run now conflicts with none).
+    pub fn idle(&self) -> bool {
+        lock(&self.shared.state).in_flight == 0
+    }
+
+    /// Run `job` now on the calling thread if that cannot block: a read or a write-back
+    /// write whose data the page cache takes or holds (preadv2/pwritev2 with RWF_NOWAIT,
+    /// as io_uring tries before it hands a request to its workers). Its status when done;
+    /// None (nothing reported, the job unchanged) when it must go to the workers. Only
+    /// while no request is in flight, so that it overtakes none it conflicts with.
+    pub fn try_now(&self, job: &Job) -> Option<u8> {
+        let target = &self.shared.target;
+        let write = match job.op {
+            Op::Read => false,
+            Op::Write { sync: false } => true,
+            _ => return None,
+        };
+        let iovs = job.iovs.as_slice();
+        if target.direct || iovs.is_empty() || iovs.len() > 1024 {
+            return None;
+        }
+        let off = libc::off_t::try_from(job.offset).ok()?;
+        // SAFETY: the iovecs point into guest RAM, bounds-checked by Chain::walk and mapped
+        // while the device lives; the kernel only writes (preadv2) or reads (pwritev2)
+        // them and leaves the iovec array as it is.
+        let n = unsafe {
+            if write {
+                libc::pwritev2(
+                    target.fd(),
+                    iovs.as_ptr(),
+                    iovs.len() as libc::c_int,
+                    off,
+                    libc::RWF_NOWAIT,
+                )
+            } else {
+                libc::preadv2(
+                    target.fd(),
+                    iovs.as_ptr(),
+                    iovs.len() as libc::c_int,
+                    off,
+                    libc::RWF_NOWAIT,
+                )
+            }
+        };
+        // Anything short of the whole transfer (would block, not supported, a short read,
+        // an error) goes to the workers, which redo it whole and report failures.
+        if usize::try_from(n).ok()? as u64 != job.len {
+            return None;
+        }
+        let elapsed = u64::try_from(job.started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        Some(if write {
+            target
+                .stats
+                .write_done(true, job.offset, job.len as usize, elapsed)
+        } else {
+            target.stats.read_done(true, job.len as usize, elapsed)
+        })
+    }
+
     /// Wait until no request is in flight.
     fn wait_idle(&self) -> MutexGuard<'_, State> {
         let mut st = lock(&self.shared.state);
@@ -691,5 +750,61 @@ impl Target {
                 self.stats.discard_done(true, status)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(op: Op, offset: u64, len: u64) -> Job {
+        let mut status = 0u8;
+        let mut j = Job::new(
+            op,
+            offset,
+            len,
+            super::super::request::no_iovecs(),
+            0,
+            0,
+            StatusByte::test_only(&mut status),
+            1,
+            Instant::now(),
+        );
+        j.seq = 1;
+        j
+    }
+
+    fn running(op: Op, offset: u64, len: u64) -> Running {
+        Running {
+            seq: 0,
+            op,
+            offset,
+            end: offset + len,
+        }
+    }
+
+    /// Which earlier request a later one waits for: a flush for every earlier write (and
+    /// only writes), overlapping requests when either writes, nothing else.
+    #[test]
+    fn later_requests_wait_for_earlier_conflicting_ones() {
+        let w = Op::Write { sync: false };
+        let wz = Op::WriteZeroes {
+            unmap: false,
+            sync: false,
+        };
+        let flush = job(Op::Flush, 0, 0);
+        assert!(running(w, 1 << 20, 512).blocks(&flush));
+        assert!(running(Op::Discard, 0, 512).blocks(&flush));
+        assert!(running(wz, 0, 512).blocks(&flush));
+        assert!(!running(Op::Read, 0, 512).blocks(&flush));
+        assert!(!running(Op::Flush, 0, 0).blocks(&flush));
+        // A write after a flush need not wait for it.
+        assert!(!running(Op::Flush, 0, 0).blocks(&job(w, 0, 512)));
+        // Overlap with a write on either side.
+        assert!(running(w, 0, 4096).blocks(&job(Op::Read, 512, 512)));
+        assert!(running(Op::Read, 0, 4096).blocks(&job(w, 4095, 1)));
+        assert!(running(w, 0, 4096).blocks(&job(wz, 0, 4096)));
+        assert!(!running(w, 0, 4096).blocks(&job(w, 4096, 512)));
+        assert!(!running(Op::Read, 0, 4096).blocks(&job(Op::Read, 0, 4096)));
     }
 }

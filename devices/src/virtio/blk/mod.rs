@@ -253,9 +253,7 @@ impl Block {
         if c.read(0, &mut hdr) < REQ_HDR_LEN {
             return Err(bad("request outhdr too short"));
         }
-        if c.writable < 1 {
-            return Err(bad("request inhdr too short"));
-        }
+        let status = c.status().ok_or_else(|| bad("request inhdr too short"))?;
         let ty = u32::from_le_bytes([hdr[0], hdr[1], hdr[2], hdr[3]]) & !T_BARRIER;
         let sector = u64::from_le_bytes([
             hdr[8], hdr[9], hdr[10], hdr[11], hdr[12], hdr[13], hdr[14], hdr[15],
@@ -270,8 +268,7 @@ impl Block {
                 iovs,
                 queue as u16,
                 chain.head_index(),
-                // walk found writable bytes: the status byte exists.
-                c.status().expect("a writable byte"),
+                status,
                 used as u32,
                 Instant::now(),
             ))
@@ -392,11 +389,24 @@ impl Block {
         };
         let mut used_any = false;
         let mut progressed = false;
+        // Requests run here, without a hand-off, while nothing is in flight and none of
+        // this pass went to the workers (so none is overtaken); see Engine::try_now.
+        let mut now_ok = self.batch.is_empty() && self.engine.idle();
         loop {
             let chain = q.iter(mem).map_err(|e| bad_queue(idx, e))?.next();
             if let Some(chain) = chain {
                 let head = chain.head_index();
-                match self.parse(idx, mem, &chain)? {
+                let parsed = match self.parse(idx, mem, &chain)? {
+                    (Step::Io(job), c) if now_ok => match self.engine.try_now(&job) {
+                        Some(status) => (Step::Now(status, job.used), c),
+                        None => {
+                            now_ok = false;
+                            (Step::Io(job), c)
+                        }
+                    },
+                    parsed => parsed,
+                };
+                match parsed {
                     (Step::Io(job), _) => self.batch.push(job),
                     (Step::Now(status, used), c) => {
                         if let Some(s) = c.status() {

@@ -239,6 +239,12 @@ pub(super) struct StatusByte(*mut u8);
 unsafe impl Send for StatusByte {}
 
 impl StatusByte {
+    /// A status byte at `b`, for unit tests of the engine.
+    #[cfg(test)]
+    pub fn test_only(b: &mut u8) -> Self {
+        Self(b)
+    }
+
     pub fn set(self, status: u8) {
         // SAFETY: a device-writable byte of guest RAM, checked by Chain::walk, mapped while
         // the device lives (it waits for its requests before it goes).
