@@ -17,6 +17,7 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 use vmm_sys_util::eventfd::EventFd;
@@ -173,6 +174,9 @@ pub(super) struct Target {
     pub stats: Arc<BlockStats>,
     /// How log lines name the device.
     pub name: RwLock<String>,
+    /// RWF_NOWAIT reads / writes refused with EOPNOTSUPP (the file system or kernel has
+    /// none): not tried again.
+    pub no_nowait: [AtomicBool; 2],
 }
 
 struct Shared {
@@ -295,7 +299,12 @@ impl Engine {
             _ => return None,
         };
         let iovs = job.iovs.as_slice();
-        if target.direct || iovs.is_empty() || iovs.len() > 1024 {
+        let unsupported = &target.no_nowait[usize::from(write)];
+        if target.direct
+            || iovs.is_empty()
+            || iovs.len() > 1024
+            || unsupported.load(Ordering::Relaxed)
+        {
             return None;
         }
         let off = libc::off_t::try_from(job.offset).ok()?;
@@ -321,6 +330,9 @@ impl Engine {
                 )
             }
         };
+        if n < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EOPNOTSUPP) {
+            unsupported.store(true, Ordering::Relaxed);
+        }
         // Anything short of the whole transfer (would block, not supported, a short read,
         // an error) goes to the workers, which redo it whole and report failures.
         if usize::try_from(n).ok()? as u64 != job.len {

@@ -178,6 +178,7 @@ impl Block {
             direct: backend.direct,
             stats: backend.stats,
             name: Default::default(),
+            no_nowait: Default::default(),
         })?;
         let wce = backend.writeback;
         let config = config::build(&opts, features, backend.disk_size.sectors(), wce);
