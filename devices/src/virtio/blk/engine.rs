@@ -10,15 +10,13 @@
 //! waits: no cycle. A device reset (and the device's end) waits for every request in
 //! flight and drops their completions, so nothing lands in guest memory afterwards.
 
+use super::io::Bounce;
+pub(super) use super::io::Target;
 use super::request::{Iovecs, StatusByte};
-use super::stats::BlockStats;
-use super::{SECTOR, S_IOERR, S_OK};
+use super::S_IOERR;
 use std::collections::VecDeque;
-use std::fs::File;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -33,10 +31,6 @@ fn max_workers() -> usize {
 const BATCH: usize = 32;
 /// An idle worker ends after this, as QEMU's do (10 s).
 const IDLE: Duration = Duration::from_secs(10);
-/// Bounce-buffer chunk for data transfers that cannot go straight to guest memory.
-const CHUNK: usize = 1 << 20;
-/// O_DIRECT wants block-aligned user buffers.
-const ALIGN: usize = 4096;
 
 /// What a request does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,19 +160,6 @@ struct State {
     shutdown: bool,
 }
 
-/// The image and how to reach it.
-pub(super) struct Target {
-    pub file: File,
-    /// O_DIRECT: buffers that are not block-aligned go through an aligned bounce buffer.
-    pub direct: bool,
-    pub stats: Arc<BlockStats>,
-    /// How log lines name the device.
-    pub name: RwLock<String>,
-    /// RWF_NOWAIT reads / writes refused with EOPNOTSUPP (the file system or kernel has
-    /// none): not tried again.
-    pub no_nowait: [AtomicBool; 2],
-}
-
 struct Shared {
     target: Target,
     state: Mutex<State>,
@@ -286,66 +267,11 @@ impl Engine {
         lock(&self.shared.state).in_flight == 0
     }
 
-    /// Run `job` now on the calling thread if that cannot block: a read or a write-back
-    /// write whose data the page cache takes or holds (preadv2/pwritev2 with RWF_NOWAIT,
-    /// as io_uring tries before it hands a request to its workers). Its status when done;
-    /// None (nothing reported, the job unchanged) when it must go to the workers. Only
-    /// while no request is in flight, so that it overtakes none it conflicts with.
+    /// Run `job` now on the calling thread if that cannot block (see Target::try_now):
+    /// its status when done, None when it must go to the workers. Only while no request
+    /// is in flight, so that it overtakes none it conflicts with.
     pub fn try_now(&self, job: &Job) -> Option<u8> {
-        let target = &self.shared.target;
-        let write = match job.op {
-            Op::Read => false,
-            Op::Write { sync: false } => true,
-            _ => return None,
-        };
-        let iovs = job.iovs.as_slice();
-        let unsupported = &target.no_nowait[usize::from(write)];
-        if target.direct
-            || iovs.is_empty()
-            || iovs.len() > 1024
-            || unsupported.load(Ordering::Relaxed)
-        {
-            return None;
-        }
-        let off = libc::off_t::try_from(job.offset).ok()?;
-        // SAFETY: the iovecs point into guest RAM, bounds-checked by Chain::walk and mapped
-        // while the device lives; the kernel only writes (preadv2) or reads (pwritev2)
-        // them and leaves the iovec array as it is.
-        let n = unsafe {
-            if write {
-                libc::pwritev2(
-                    target.fd(),
-                    iovs.as_ptr(),
-                    iovs.len() as libc::c_int,
-                    off,
-                    libc::RWF_NOWAIT,
-                )
-            } else {
-                libc::preadv2(
-                    target.fd(),
-                    iovs.as_ptr(),
-                    iovs.len() as libc::c_int,
-                    off,
-                    libc::RWF_NOWAIT,
-                )
-            }
-        };
-        if n < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EOPNOTSUPP) {
-            unsupported.store(true, Ordering::Relaxed);
-        }
-        // Anything short of the whole transfer (would block, not supported, a short read,
-        // an error) goes to the workers, which redo it whole and report failures.
-        if usize::try_from(n).ok()? as u64 != job.len {
-            return None;
-        }
-        let elapsed = u64::try_from(job.started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        Some(if write {
-            target
-                .stats
-                .write_done(true, job.offset, job.len as usize, elapsed)
-        } else {
-            target.stats.read_done(true, job.len as usize, elapsed)
-        })
+        self.shared.target.try_now(job)
     }
 
     /// Wait until no request is in flight.
@@ -415,9 +341,12 @@ fn fail_queued(st: &mut State) {
 /// When more requests wait than there are workers, a worker takes several at once (in
 /// order) and reports them together: two lock round trips per batch instead of per request.
 fn worker(shared: &Shared) {
-    let mut bounce = None;
-    let mut mine: Vec<Job> = Vec::new();
-    let mut results: Vec<Done> = Vec::new();
+    let mut w = Worker {
+        shared,
+        bounce: None,
+        mine: Vec::new(),
+        results: Vec::new(),
+    };
     let mut st = lock(&shared.state);
     st.starting -= 1;
     loop {
@@ -448,28 +377,48 @@ fn worker(shared: &Shared) {
                 offset: job.offset,
                 end: job.end(),
             });
-            mine.push(job);
+            w.mine.push(job);
         }
+        st = w.run_batch(st);
+    }
+    st.threads -= 1;
+}
+
+/// A worker's own state.
+struct Worker<'a> {
+    shared: &'a Shared,
+    /// Its O_DIRECT bounce buffer, made on first use.
+    bounce: Option<Bounce>,
+    /// The batch it took, in order.
+    mine: Vec<Job>,
+    results: Vec<Done>,
+}
+
+impl<'a> Worker<'a> {
+    /// Run the batch in order: each request once no earlier request of another worker
+    /// blocks it, as many as can run without the lock between two reports.
+    fn run_batch(&mut self, mut st: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        let shared = self.shared;
         // Earlier requests of other workers: all listed by now (requests are taken in
         // order), so a request they do not block now never waits.
-        let first = mine[0].seq;
+        let first = self.mine[0].seq;
         let blocked =
             |st: &State, job: &Job| st.running.iter().any(|r| r.seq < first && r.blocks(job));
         let mut next = 0;
-        while next < mine.len() {
-            while blocked(&st, &mine[next]) {
+        while next < self.mine.len() {
+            while blocked(&st, &self.mine[next]) {
                 st.waiters += 1;
                 st = shared.finished.wait(st).unwrap_or_else(|e| e.into_inner());
                 st.waiters -= 1;
             }
             let mut end = next + 1;
-            while end < mine.len() && !blocked(&st, &mine[end]) {
+            while end < self.mine.len() && !blocked(&st, &self.mine[end]) {
                 end += 1;
             }
             drop(st);
-            for job in &mut mine[next..end] {
-                let result = shared.target.execute(job, &mut bounce);
-                results.push(Done {
+            for job in &mut self.mine[next..end] {
+                let result = shared.target.execute(job, &mut self.bounce);
+                self.results.push(Done {
                     queue: job.queue,
                     head: job.head,
                     used: job.used,
@@ -478,11 +427,11 @@ fn worker(shared: &Shared) {
                 });
             }
             st = lock(&shared.state);
-            let (lo, hi) = (mine[next].seq, mine[end - 1].seq);
+            let (lo, hi) = (self.mine[next].seq, self.mine[end - 1].seq);
             st.running.retain(|r| r.seq < lo || r.seq > hi);
             st.in_flight -= end - next;
             let signal = st.done.is_empty();
-            st.done.append(&mut results);
+            st.done.append(&mut self.results);
             if st.waiters > 0 {
                 shared.finished.notify_all();
             }
@@ -491,277 +440,8 @@ fn worker(shared: &Shared) {
             }
             next = end;
         }
-        mine.clear();
-    }
-    st.threads -= 1;
-}
-
-/// A buffer aligned for O_DIRECT.
-struct Bounce {
-    raw: Vec<u8>,
-    start: usize,
-}
-
-impl Bounce {
-    fn new(len: usize) -> Self {
-        let raw = vec![0u8; len + ALIGN];
-        let start = raw.as_ptr().align_offset(ALIGN).min(ALIGN);
-        Self { raw, start }
-    }
-    fn buf(&mut self, len: usize) -> &mut [u8] {
-        &mut self.raw[self.start..self.start + len]
-    }
-}
-
-/// Whether every buffer suits O_DIRECT (block-aligned address and length).
-fn direct_aligned(iovs: &[libc::iovec]) -> bool {
-    iovs.iter()
-        .all(|v| (v.iov_base as usize).is_multiple_of(ALIGN) && v.iov_len.is_multiple_of(ALIGN))
-}
-
-/// preadv/pwritev the whole of `iovs` at `offset`, continuing after short transfers;
-/// returns the bytes moved and the failure, if any.
-fn vectored(
-    fd: libc::c_int,
-    write: bool,
-    iovs: &mut [libc::iovec],
-    mut offset: u64,
-) -> (usize, std::io::Result<()>) {
-    let total: usize = iovs.iter().map(|v| v.iov_len).sum();
-    let mut moved = 0;
-    let mut first = 0;
-    while moved < total {
-        // Skip the buffers already done.
-        while first < iovs.len() && iovs[first].iov_len == 0 {
-            first += 1;
-        }
-        let batch = &iovs[first..];
-        let count = batch.len().min(1024) as libc::c_int;
-        let Ok(off) = libc::off_t::try_from(offset) else {
-            return (moved, Err(std::io::Error::from_raw_os_error(libc::EINVAL)));
-        };
-        // SAFETY: every iovec points into guest RAM, bounds-checked against its memory
-        // regions by Chain::walk, mapped while the device lives (it waits for its requests
-        // before it goes); the kernel only reads (pwritev) or writes (preadv) those bytes.
-        // One buffer (the common 4 KiB page): pread/pwrite, which skip importing an iovec.
-        let n = unsafe {
-            match (write, batch) {
-                (true, [one]) => libc::pwrite(fd, one.iov_base, one.iov_len, off),
-                (false, [one]) => libc::pread(fd, one.iov_base, one.iov_len, off),
-                (true, _) => libc::pwritev(fd, batch.as_ptr(), count, off),
-                (false, _) => libc::preadv(fd, batch.as_ptr(), count, off),
-            }
-        };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return (moved, Err(e));
-        }
-        if n == 0 {
-            return (moved, Err(std::io::ErrorKind::UnexpectedEof.into()));
-        }
-        let mut n = n as usize;
-        moved += n;
-        offset += n as u64;
-        // Advance past what was transferred.
-        for v in iovs[first..].iter_mut() {
-            if n == 0 {
-                break;
-            }
-            let k = n.min(v.iov_len);
-            // SAFETY: k <= iov_len, so the new base stays inside the same buffer (or one
-            // past its end when it is used up, with length 0).
-            v.iov_base = unsafe { v.iov_base.cast::<u8>().add(k) }.cast();
-            v.iov_len -= k;
-            n -= k;
-        }
-    }
-    (moved, Ok(()))
-}
-
-/// Copy between `buf` and the iovecs from byte `at` of the data on (`to_guest`: into guest
-/// memory).
-fn copy_iovecs(iovs: &[libc::iovec], mut at: usize, buf: &mut [u8], to_guest: bool) {
-    let mut done = 0;
-    for v in iovs {
-        if done == buf.len() {
-            break;
-        }
-        if at >= v.iov_len {
-            at -= v.iov_len;
-            continue;
-        }
-        let n = (v.iov_len - at).min(buf.len() - done);
-        // SAFETY: at + n <= iov_len: the range is inside a guest RAM buffer (see
-        // `vectored`); buf has n bytes at `done`. Guest memory never overlaps our buffer.
-        unsafe {
-            let g = v.iov_base.cast::<u8>().add(at);
-            let b = buf.as_mut_ptr().add(done);
-            if to_guest {
-                std::ptr::copy_nonoverlapping(b, g, n);
-            } else {
-                std::ptr::copy_nonoverlapping(g, b, n);
-            }
-        }
-        at = 0;
-        done += n;
-    }
-}
-
-impl Target {
-    pub(super) fn name(&self) -> String {
-        self.name.read().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    fn fd(&self) -> libc::c_int {
-        self.file.as_raw_fd()
-    }
-
-    /// A backend failure: an error naming the device (the guest gets S_IOERR).
-    fn failed(&self, what: &str, offset: u64, len: u64, e: &std::io::Error) {
-        log::error!(
-            "{}: {what} of {len} bytes at sector {} failed: {e}",
-            self.name(),
-            offset / SECTOR
-        );
-    }
-
-    fn sync(&self) -> std::io::Result<()> {
-        // SAFETY: fdatasync on a file descriptor we own; no memory is passed.
-        match unsafe { libc::fdatasync(self.fd()) } {
-            0 => Ok(()),
-            _ => Err(std::io::Error::last_os_error()),
-        }
-    }
-
-    fn fallocate(&self, mode: libc::c_int, offset: u64, len: u64) -> std::io::Result<()> {
-        let (Ok(o), Ok(l)) = (i64::try_from(offset), i64::try_from(len)) else {
-            return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
-        };
-        // SAFETY: fallocate on a file descriptor we own with plain integer arguments.
-        let r = unsafe { libc::fallocate(self.fd(), mode, o, l) };
-        if r == 0 {
-            Ok(())
-        } else {
-            Err(std::io::Error::last_os_error())
-        }
-    }
-
-    fn write_zeroes_slow(&self, mut offset: u64, mut len: u64) -> std::io::Result<()> {
-        let mut bounce = Bounce::new(CHUNK);
-        while len > 0 {
-            let n = len.min(CHUNK as u64) as usize;
-            self.file.write_all_at(bounce.buf(n), offset)?;
-            offset += n as u64;
-            len -= n as u64;
-        }
-        Ok(())
-    }
-
-    /// Move the data of `job` through an aligned bounce buffer in CHUNK-sized pieces (O_DIRECT
-    /// with unaligned guest buffers).
-    fn bounced(
-        &self,
-        job: &Job,
-        write: bool,
-        bounce: &mut Option<Bounce>,
-    ) -> (usize, std::io::Result<()>) {
-        let bounce = bounce.get_or_insert_with(|| Bounce::new(CHUNK));
-        let len = job.len as usize;
-        let iovs = job.iovs.as_slice();
-        let mut moved = 0;
-        while moved < len {
-            let n = (len - moved).min(CHUNK);
-            let buf = bounce.buf(n);
-            let offset = job.offset + moved as u64;
-            let r = if write {
-                copy_iovecs(iovs, moved, buf, false);
-                self.file.write_all_at(buf, offset)
-            } else {
-                self.file
-                    .read_exact_at(buf, offset)
-                    .map(|()| copy_iovecs(iovs, moved, buf, true))
-            };
-            if let Err(e) = r {
-                return (moved, Err(e));
-            }
-            moved += n;
-        }
-        (moved, Ok(()))
-    }
-
-    fn transfer(
-        &self,
-        job: &mut Job,
-        write: bool,
-        bounce: &mut Option<Bounce>,
-    ) -> (usize, std::io::Result<()>) {
-        if self.direct && !direct_aligned(job.iovs.as_slice()) {
-            return self.bounced(job, write, bounce);
-        }
-        vectored(self.fd(), write, job.iovs.as_mut_slice(), job.offset)
-    }
-
-    /// Run `job` on the image; its virtio status. Counted in the drive's stats.
-    fn execute(&self, job: &mut Job, bounce: &mut Option<Bounce>) -> u8 {
-        let started = job.started;
-        let elapsed = || u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        let (offset, len) = (job.offset, job.len);
-        match job.op {
-            Op::Read => {
-                let (moved, res) = self.transfer(job, false, bounce);
-                if let Err(e) = &res {
-                    self.failed("read", offset, len, e);
-                }
-                self.stats.read_done(res.is_ok(), moved, elapsed())
-            }
-            Op::Write { sync } => {
-                let (_, res) = self.transfer(job, true, bounce);
-                let res = res.and_then(|()| if sync { self.sync() } else { Ok(()) });
-                if let Err(e) = &res {
-                    self.failed("write", offset, len, e);
-                }
-                self.stats
-                    .write_done(res.is_ok(), offset, len as usize, elapsed())
-            }
-            Op::Flush => {
-                let res = self.sync();
-                if let Err(e) = &res {
-                    self.failed("flush", offset, 0, e);
-                }
-                self.stats.flush_done(res.is_ok(), elapsed())
-            }
-            Op::Discard => {
-                // Discard is a hint; a filesystem without hole punching keeps the data.
-                let _ = self.fallocate(
-                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                    offset,
-                    len,
-                );
-                self.stats.discard_done(false, S_OK)
-            }
-            Op::WriteZeroes { unmap, sync } => {
-                let mode = if unmap {
-                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE
-                } else {
-                    libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE
-                };
-                let res = self
-                    .fallocate(mode, offset, len)
-                    .or_else(|_| self.write_zeroes_slow(offset, len))
-                    .and_then(|()| if sync { self.sync() } else { Ok(()) });
-                let status = match res {
-                    Ok(()) => S_OK,
-                    Err(e) => {
-                        self.failed("write-zeroes", offset, len, &e);
-                        S_IOERR
-                    }
-                };
-                self.stats.discard_done(true, status)
-            }
-        }
+        self.mine.clear();
+        st
     }
 }
 

@@ -11,6 +11,7 @@
 
 mod config;
 mod engine;
+mod io;
 mod request;
 mod stats;
 #[cfg(test)]
