@@ -24,7 +24,7 @@ use super::device::{bad_queue, read_config_bytes, DeviceError, QueueContext, Vir
 use super::regs::features::RING_EVENT_IDX;
 use config::cfg;
 use engine::{Done, Engine, Job, Op, Target};
-use request::{no_iovecs, Chain, REQ_HDR_LEN};
+use request::{no_iovecs, Chain, StatusByte, REQ_HDR_LEN};
 use std::fs::File;
 use std::os::fd::RawFd;
 use std::sync::Arc;
@@ -238,14 +238,16 @@ impl Block {
         self.disk_size.sectors()
     }
 
-    /// Turn one chain of queue `queue` into a status now or a job for the engine; an error
-    /// for a malformed chain (a device error, as in QEMU).
+    /// Turn one chain of queue `queue`, available since `started`, into a status now or a
+    /// job for the engine, with where its status byte goes; an error for a malformed chain
+    /// (a device error, as in QEMU).
     fn parse(
         &self,
         queue: usize,
         mem: &GuestMemoryMmap,
         chain: &DescriptorChain<&GuestMemoryMmap>,
-    ) -> Result<(Step, Chain), DeviceError> {
+        started: Instant,
+    ) -> Result<(Step, StatusByte), DeviceError> {
         let bad = |reason: &str| DeviceError::BadChain {
             queue,
             reason: reason.to_string(),
@@ -272,7 +274,7 @@ impl Block {
                 chain.head_index(),
                 status,
                 used as u32,
-                Instant::now(),
+                started,
             ))
         };
         let step = match ty {
@@ -326,7 +328,7 @@ impl Block {
                 Step::Now(S_UNSUPP, 1)
             }
         };
-        Ok((step, c))
+        Ok((step, status))
     }
 
     /// DISCARD and WRITE_ZEROES with their single 16-byte segment: checked here, done by
@@ -394,26 +396,26 @@ impl Block {
         // Requests run here, without a hand-off, while nothing is in flight and none of
         // this pass went to the workers (so none is overtaken); see Engine::try_now.
         let mut now_ok = self.batch.is_empty() && self.engine.idle();
+        // One clock reading per pass: the requests it finds were all waiting at its start.
+        let started = Instant::now();
         loop {
             let chain = q.iter(mem).map_err(|e| bad_queue(idx, e))?.next();
             if let Some(chain) = chain {
                 let head = chain.head_index();
-                let parsed = match self.parse(idx, mem, &chain)? {
-                    (Step::Io(job), c) if now_ok => match self.engine.try_now(&job) {
-                        Some(status) => (Step::Now(status, job.used), c),
+                let parsed = match self.parse(idx, mem, &chain, started)? {
+                    (Step::Io(job), at) if now_ok => match self.engine.try_now(&job) {
+                        Some(status) => (Step::Now(status, job.used), at),
                         None => {
                             now_ok = false;
-                            (Step::Io(job), c)
+                            (Step::Io(job), at)
                         }
                     },
                     parsed => parsed,
                 };
                 match parsed {
                     (Step::Io(job), _) => self.batch.push(job),
-                    (Step::Now(status, used), c) => {
-                        if let Some(s) = c.status() {
-                            s.set(status);
-                        }
+                    (Step::Now(status, used), at) => {
+                        at.set(status);
                         crate::trace_event!(
                             virtio_blk_req_complete,
                             "vdev {} status {status}",

@@ -77,7 +77,7 @@ struct Seg {
 
 /// A walked chain: its buffers in order (device-readable first), their total sizes.
 pub(super) struct Chain {
-    segs: SmallVec<Seg, 16>,
+    segs: SmallVec<Seg, 8>,
     pub readable: usize,
     pub writable: usize,
 }
