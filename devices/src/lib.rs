@@ -11,6 +11,7 @@ pub mod legacy;
 pub mod lifecycle;
 pub mod logging;
 pub mod pci;
+pub mod pflash;
 pub mod timer;
 pub mod virtio;
 

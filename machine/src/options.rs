@@ -50,7 +50,7 @@ pub struct OptionDef {
 
 impl OptionDef {
     /// Whether any value of the option is accepted: an option with `{"only": []}`
-    /// (`confidential-guest-support`, `pflash0`, ...) names something machina lacks, so
+    /// (`confidential-guest-support`, `memory-encryption`, ...) names something machina lacks, so
     /// introspection leaves it out.
     pub fn usable(&self) -> bool {
         !matches!(&self.support, OptionSupport::Only(v) if v.is_empty())

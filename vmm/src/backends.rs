@@ -432,6 +432,44 @@ pub fn detach_drive(backends: &mut [Backend], drive: &str) {
     }
 }
 
+/// A drive a system flash took: its open image, whether it is read-only, and its size if
+/// it is a null-co drive.
+pub struct FlashDrive {
+    pub file: File,
+    pub read_only: bool,
+    pub null_size: Option<u64>,
+}
+
+/// A system flash takes drive `id` (`-machine pflash0=ID`, `-drive if=pflash`): the image
+/// opened and locked as for a device. None when no drive has that id.
+pub fn attach_flash_drive(
+    backends: &mut [Backend],
+    id: &str,
+    context: &str,
+) -> Option<Result<FlashDrive, BackendError>> {
+    let b = backends
+        .iter_mut()
+        .find(|b| matches!(b, Backend::Drive { id: d, .. } if d == id))?;
+    Some(attach_drive(b, context, false).and_then(|()| {
+        match b {
+            Backend::Drive {
+                attached: Some(handle),
+                read_only,
+                null_size,
+                ..
+            } => handle
+                .dup()
+                .map(|file| FlashDrive {
+                    file,
+                    read_only: *read_only,
+                    null_size: *null_size,
+                })
+                .map_err(|e| err(context, format!("Could not open '{id}': {}", reason(&e)))),
+            _ => Err(err(context, format!("Drive '{id}' has no image"))),
+        }
+    }))
+}
+
 /// Give each drive to the device that names it (`contexts[i]` names `devices[i]` in errors):
 /// opens and locks its image; a second device on the same drive is refused.
 pub fn attach_drives(

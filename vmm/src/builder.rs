@@ -31,6 +31,8 @@ pub enum BuildError {
     #[error(transparent)]
     VcpuSetup(#[from] crate::vcpu::setup::SetupError),
     #[error(transparent)]
+    Firmware(#[from] crate::firmware::FirmwareError),
+    #[error(transparent)]
     Cpuid(#[from] crate::cpuid::CpuidError),
     #[error("cannot create vCPU {index}: {source}")]
     CreateVcpu {
@@ -115,6 +117,8 @@ pub struct BuildInputs<'a> {
     pub cpu_model: crate::cpuid::CpuModel,
     /// `-cpu MODEL,+feat,-feat,...`: features turned on or off in the guest CPUID.
     pub cpu_features: &'a crate::cpuid::FeatureRequest,
+    /// The system firmware (`-bios`, flash); the `none` board has none, as in QEMU.
+    pub firmware: Option<&'a crate::firmware::Firmware>,
 }
 
 fn map(
@@ -429,6 +433,14 @@ fn firmware(
 }
 
 pub fn build(kvm: &Kvm, plan: &Plan, mut inputs: BuildInputs) -> Result<BuiltMachine> {
+    let system_firmware = inputs
+        .firmware
+        .filter(|_| plan.family != machine::Family::None);
+    if let Some(f) = system_firmware {
+        if matches!(f, crate::firmware::Firmware::Flash(_)) {
+            crate::firmware::check_readonly_memory(kvm)?;
+        }
+    }
     let layers = plan
         .pci
         .iter()
@@ -443,6 +455,9 @@ pub fn build(kvm: &Kvm, plan: &Plan, mut inputs: BuildInputs) -> Result<BuiltMac
     )?;
     let io = Arc::new(Bus::new());
     let mmio = Arc::new(Bus::new());
+    if let Some(f) = system_firmware {
+        f.install(&vm.view, &mmio)?;
+    }
     // IDE drives first: the CMOS holds their geometry.
     let mut ide = crate::ide_devices::IdeSet::open(plan, inputs.backends)?;
     let isa = build_isa(&vm, &io, plan, &mut inputs, &ide.cmos_bytes())?;
@@ -482,6 +497,18 @@ pub fn build(kvm: &Kvm, plan: &Plan, mut inputs: BuildInputs) -> Result<BuiltMac
         write_boot_tables(&vm.memory, entry)?;
         if let Some(bsp) = vcpus.first() {
             setup_boot_cpu(bsp, entry)?;
+        }
+    } else if system_firmware.is_some() {
+        // The firmware runs from the reset vector; APs wait for INIT/SIPI.
+        // EDX holds the processor signature (CPUID leaf 1 EAX), as QEMU sets it.
+        let signature = vm
+            .supported_cpuid
+            .as_slice()
+            .iter()
+            .find(|e| e.function == 1)
+            .map_or(0x600, |e| e.eax);
+        if let Some(bsp) = vcpus.first() {
+            crate::vcpu::setup::setup_reset_vector(bsp, signature)?;
         }
     }
 

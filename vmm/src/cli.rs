@@ -45,6 +45,13 @@ pub struct CliOptions {
     pub kernel: Option<PathBuf>,
     pub initrd: Option<PathBuf>,
     pub append: String,
+    /// `-bios FILE` / `-machine firmware=FILE`: the ROM image mapped below 4 GiB.
+    pub bios: Option<PathBuf>,
+    /// `-L DIR`: where `-bios` names are looked up when not a readable path.
+    pub data_dirs: Vec<PathBuf>,
+    /// `-drive if=pflash`: the drive id of flash unit 0 and 1 (QEMU's pflash0/pflash1),
+    /// with the option as given (for errors).
+    pub pflash_drives: [Option<(String, String)>; 2],
     pub serial: Vec<SerialSpec>,
     pub nodefaults: bool,
     /// `-S`: build the machine but do not start the vCPUs.
@@ -252,6 +259,9 @@ impl Default for CliOptions {
             kernel: None,
             initrd: None,
             append: String::new(),
+            bios: None,
+            data_dirs: Vec::new(),
+            pflash_drives: [None, None],
             serial: Vec::new(),
             nodefaults: false,
             start_paused: false,
@@ -595,6 +605,8 @@ fn takes_argument(name: &str) -> bool {
             | "numa"
             | "cpu"
             | "kernel"
+            | "bios"
+            | "L"
             | "initrd"
             | "append"
             | "serial"
@@ -754,7 +766,12 @@ where
             "machine-definition" => opts.machine_definitions.push(PathBuf::from(os_value)),
             "qmp" | "qmp-pretty" => opts.qmp.push(os_value),
             "chardev" => opts.chardevs.push(os_value),
-            "drive" => opts.backends.push((BackendOption::Drive, os_value)),
+            "drive" => {
+                let spec = pflash_drive(&mut opts, os_value)?;
+                opts.backends.push((BackendOption::Drive, spec));
+            }
+            "bios" => opts.bios = Some(PathBuf::from(os_value)),
+            "L" => opts.data_dirs.push(PathBuf::from(os_value)),
             "blockdev" => opts.backends.push((BackendOption::Blockdev, os_value)),
             "netdev" => opts.backends.push((BackendOption::Netdev, os_value)),
             "object" => opts.backends.push((BackendOption::Object, os_value)),
@@ -780,6 +797,104 @@ where
     Ok(opts)
 }
 
+/// `-drive if=pflash,...`: flash unit `unit=`/`index=` (or the first free one) of the board,
+/// as QEMU maps legacy flash drives to the machine's pflash0/pflash1. The drive becomes a
+/// plain `if=none` drive with QEMU's default id (`pflash0`, `pflash1`) unless it has one;
+/// other drives pass through unchanged.
+fn pflash_drive(opts: &mut CliOptions, spec: OsString) -> Result<OsString, CliError> {
+    let items = split_keyval_os(&spec);
+    if !keyval_pairs_os(&spec)
+        .iter()
+        .any(|(k, v)| k == "if" && v == "pflash")
+    {
+        return Ok(spec);
+    }
+    let text = lossy(&spec);
+    let number = |key: &str, v: &OsStr| -> Result<u32, CliError> {
+        lossy(v).parse::<u32>().map_err(|_| {
+            option_err(
+                "drive",
+                &text,
+                format!("Parameter '{key}' expects a number"),
+            )
+        })
+    };
+    let (mut bus, mut unit, mut index, mut id) = (None, None, None, None);
+    let mut kept: Vec<OsString> = Vec::new();
+    for (item, (k, v)) in items.iter().zip(keyval_pairs_os(&spec)) {
+        match k.as_str() {
+            "if" => {}
+            "bus" => bus = Some(number("bus", &v)?),
+            "unit" => unit = Some(number("unit", &v)?),
+            "index" => index = Some(number("index", &v)?),
+            "id" => {
+                id = Some(lossy(&v));
+                kept.push(item.clone());
+            }
+            _ => kept.push(item.clone()),
+        }
+    }
+    if index.is_some() && (bus.is_some() || unit.is_some()) {
+        return Err(option_err(
+            "drive",
+            &text,
+            "index cannot be used with bus and unit",
+        ));
+    }
+    // Flash has one bus of unlimited units; the PC board wires two.
+    let bus = bus.unwrap_or(0);
+    let unit = match index.or(unit) {
+        Some(u) => u,
+        None => opts
+            .pflash_drives
+            .iter()
+            .position(Option::is_none)
+            .map_or(opts.pflash_drives.len() as u32, |u| u as u32),
+    };
+    let slot = opts
+        .pflash_drives
+        .get_mut(unit as usize)
+        .filter(|_| bus == 0);
+    let Some(slot) = slot else {
+        return Err(option_err(
+            "drive",
+            &text,
+            format!("machine type does not support if=pflash,bus={bus},unit={unit}"),
+        ));
+    };
+    if slot.is_some() {
+        return Err(option_err(
+            "drive",
+            &text,
+            format!(
+                "drive with bus=0, unit={unit} (index={}) exists",
+                index.map_or(-1, i64::from)
+            ),
+        ));
+    }
+    let id = id.unwrap_or_else(|| {
+        let id = format!("pflash{unit}");
+        kept.push(OsString::from(format!("id={id}")));
+        id
+    });
+    *slot = Some((id, format!("-drive {text}")));
+    kept.push(OsString::from("if=none"));
+    // Back to one keyval argument: literal commas are doubled again.
+    let mut out = Vec::new();
+    for (i, item) in kept.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        for &b in item.as_bytes() {
+            out.push(b);
+            if b == b',' {
+                out.push(b',');
+            }
+        }
+    }
+    Ok(OsString::from_vec(out))
+}
+
 fn parse_machine(opts: &mut CliOptions, value: &str) -> Result<(), CliError> {
     let mut wants_help = false;
     let mut smp_items: Vec<String> = Vec::new();
@@ -787,6 +902,12 @@ fn parse_machine(opts: &mut CliOptions, value: &str) -> Result<(), CliError> {
     for (i, item) in split_keyval(value).into_iter().enumerate() {
         match item.split_once('=') {
             Some(("type", ty)) => opts.machine = Some(ty.to_string()),
+            // QEMU's -bios sets this property; both name the ROM image.
+            Some(("firmware", f)) => {
+                opts.bios = Some(PathBuf::from(f));
+                opts.machine_options
+                    .push(("firmware".into(), f.to_string()));
+            }
             // QEMU's `smp` compound property: the `-smp` keys, e.g. `smp.cpus=8`.
             Some((k, v)) if k.starts_with("smp.") => {
                 smp_items.push(format!("{}={}", &k[4..], v.replace(',', ",,")))
@@ -1090,6 +1211,69 @@ mod tests {
         }
         assert!(p("-accel tcg").is_err());
         assert!(p("-display gtk").is_err());
+    }
+
+    #[test]
+    fn firmware_options_follow_qemu() {
+        let o = p("-bios /fw/bios.bin -L /a -L /b").unwrap();
+        assert_eq!(o.bios, Some(PathBuf::from("/fw/bios.bin")));
+        assert_eq!(o.data_dirs, vec![PathBuf::from("/a"), PathBuf::from("/b")]);
+        // -machine firmware= names the same image; the later one wins, as in QEMU.
+        let o = p("-bios a.bin -machine pc,firmware=b.bin").unwrap();
+        assert_eq!(o.bios, Some(PathBuf::from("b.bin")));
+        // Legacy flash drives: QEMU's default ids, the next free unit, commas kept.
+        let o = p("-drive if=pflash,format=raw,file=/x,,y -drive file=/v,if=pflash,readonly=on")
+            .unwrap();
+        let ids = o.pflash_drives.clone().map(|d| d.map(|(id, _)| id));
+        assert_eq!(ids, [Some("pflash0".into()), Some("pflash1".into())]);
+        let specs: Vec<String> = o.backends.iter().map(|(_, s)| lossy(s)).collect();
+        assert_eq!(
+            specs,
+            [
+                "format=raw,file=/x,,y,id=pflash0,if=none",
+                "file=/v,readonly=on,id=pflash1,if=none"
+            ]
+        );
+        let o = p("-drive if=pflash,unit=1,id=vars,file=/v").unwrap();
+        assert_eq!(
+            o.pflash_drives[1].as_ref().map(|d| d.0.as_str()),
+            Some("vars")
+        );
+        let o = p("-drive if=pflash,index=1,file=/v").unwrap();
+        assert_eq!(
+            o.pflash_drives,
+            [
+                None,
+                Some(("pflash1".into(), "-drive if=pflash,index=1,file=/v".into()))
+            ]
+        );
+        let cases = [
+            (
+                "-drive if=pflash,file=f,unit=2",
+                "-drive if=pflash,file=f,unit=2: machine type does not support if=pflash,bus=0,unit=2",
+            ),
+            (
+                "-drive if=pflash,file=f,bus=1",
+                "-drive if=pflash,file=f,bus=1: machine type does not support if=pflash,bus=1,unit=0",
+            ),
+            (
+                "-drive if=pflash,file=f,unit=x",
+                "-drive if=pflash,file=f,unit=x: Parameter 'unit' expects a number",
+            ),
+            (
+                "-drive if=pflash,file=f,unit=1,index=1",
+                "-drive if=pflash,file=f,unit=1,index=1: index cannot be used with bus and unit",
+            ),
+            (
+                "-drive if=pflash,file=f -drive if=pflash,file=f,unit=0",
+                "-drive if=pflash,file=f,unit=0: drive with bus=0, unit=0 (index=-1) exists",
+            ),
+            ("-bios", "-bios: requires an argument"),
+            ("-L", "-L: requires an argument"),
+        ];
+        for (args, message) in cases {
+            assert_eq!(p(args).unwrap_err().to_string(), message, "{args}");
+        }
     }
 
     #[test]

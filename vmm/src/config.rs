@@ -58,6 +58,8 @@ pub struct MachineConfig {
     pub kernel: Option<PathBuf>,
     pub initrd: Option<PathBuf>,
     pub append: String,
+    /// `-bios` / flash: the system firmware, read at start (None: a kernel boots directly).
+    pub firmware: Option<crate::firmware::Firmware>,
     pub name: Option<String>,
     /// Drives, netdevs, chardevs and objects the devices refer to.
     pub backends: Vec<Backend>,
@@ -108,10 +110,47 @@ pub enum ConfigError {
     Backend(#[from] BackendError),
     #[error(transparent)]
     Object(#[from] ObjectError),
+    #[error(transparent)]
+    Firmware(#[from] crate::firmware::FirmwareError),
     #[error("-chardev {spec}: {message}")]
     Chardev { spec: String, message: String },
     #[error("{0}")]
     Plain(String),
+}
+
+/// The system firmware the command line names (`-bios`, flash drives), read now as QEMU
+/// reads it while building the board.
+fn resolve_firmware(
+    opts: &CliOptions,
+    backends: &mut [Backend],
+) -> Result<Option<crate::firmware::Firmware>, ConfigError> {
+    let option = |name: &str| {
+        opts.machine_options
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    // A bad size is the planner's to report (with QEMU's text); the default meanwhile.
+    let max_fw_size = option("max-fw-size")
+        .and_then(|v| machine::parse_size(&v))
+        .unwrap_or(8 << 20);
+    // QEMU's setter refuses more than 16 MiB (the flash would reach the IOAPIC).
+    if max_fw_size > 16 << 20 {
+        return Err(ConfigError::Plain(format!(
+            "User specified max allowed firmware size {max_fw_size} is greater than 16MiB. \
+             If combined firmware size exceeds 16MiB the system may not boot, or experience \
+             intermittentstability issues."
+        )));
+    }
+    let request = crate::firmware::FirmwareRequest {
+        bios: opts.bios.as_deref(),
+        data_dirs: &opts.data_dirs,
+        drives: &opts.pflash_drives,
+        properties: [option("pflash0"), option("pflash1")],
+        max_fw_size,
+    };
+    Ok(crate::firmware::Firmware::resolve(&request, backends)?)
 }
 
 /// QEMU's chardev backend types that machina does not implement.
@@ -479,6 +518,7 @@ impl MachineConfig {
         // Devices take their drives now (images opened and locked), as QEMU's do at -device.
         backends::attach_drives(&devices, &contexts, &mut list)?;
         check_ide_devices(&devices, &contexts, &list)?;
+        let firmware = resolve_firmware(opts, &mut list)?;
         // `-device isa-serial,chardev=ID`: that chardev is the port's console.
         let mut serial_chardev = None;
         let console_port =
@@ -551,6 +591,7 @@ impl MachineConfig {
             kernel: opts.kernel.clone(),
             initrd: opts.initrd.clone(),
             append: opts.append.clone(),
+            firmware,
             name: opts.name.clone(),
             backends: list,
             daemonized: opts.daemonize,

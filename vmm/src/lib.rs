@@ -18,6 +18,7 @@ pub mod cpu_models;
 pub mod cpuid;
 pub mod daemon;
 pub mod fdset;
+pub mod firmware;
 pub mod fw_cfg;
 pub mod globals;
 pub mod hotplug;

@@ -550,14 +550,18 @@ impl Machine<'_> {
             rsdp: None,
         };
         let console = self.console()?;
+        let firmware_boots = config.kernel.is_none()
+            && config.firmware.is_some()
+            && plan.family != machine::Family::None;
         let mut built = builder::build(
             &self.kvm,
             &plan,
             BuildInputs {
                 console,
                 lifecycle: self.lifecycle.clone(),
-                // Under qtest nothing boots: the machine stays in its reset state.
-                boot: self.options.qtest.is_none().then_some(boot),
+                // Under qtest nothing boots: the machine stays in its reset state. With
+                // firmware and no -kernel the firmware boots: the vCPUs start at reset.
+                boot: (self.options.qtest.is_none() && !firmware_boots).then_some(boot),
                 backends: &config.backends,
                 ram: config.ram_backing(),
                 kept_ram: self.kept_ram.take(),
@@ -578,6 +582,7 @@ impl Machine<'_> {
                 fw_cfg: crate::fw_cfg::FwCfgInputs::from_config(&config),
                 cpu_model: config.cpu_model.unwrap_or(crate::cpuid::CpuModel::Host),
                 cpu_features: &config.cpu_features,
+                firmware: config.firmware.as_ref(),
             },
         )?;
         self.booted_once = true;

@@ -132,6 +132,30 @@ impl RomImage {
     pub fn host_address(&self) -> u64 {
         self.region.as_ptr() as u64
     }
+
+    /// Copy out `buf.len()` bytes at `offset` (bytes past the end read as all-ones).
+    pub fn read(&self, offset: u64, buf: &mut [u8]) {
+        buf.fill(0xff);
+        if let Ok(s) = vm_memory::VolatileMemory::get_slice(&self.region, 0, self.len as usize) {
+            let start = offset.min(self.len) as usize;
+            let n = buf.len().min(self.len as usize - start);
+            if let Ok(s) = s.subslice(start, n) {
+                s.copy_to(&mut buf[..n]);
+            }
+        }
+    }
+
+    /// Change the image (a flash device programming its array): `data` at `offset`, what
+    /// lies past the end dropped. Read-only slots over the image see the change at once.
+    pub fn write(&self, offset: u64, data: &[u8]) {
+        if let Ok(s) = vm_memory::VolatileMemory::get_slice(&self.region, 0, self.len as usize) {
+            let start = offset.min(self.len) as usize;
+            let n = data.len().min(self.len as usize - start);
+            if let Ok(s) = s.subslice(start, n) {
+                s.copy_from(&data[..n]);
+            }
+        }
+    }
 }
 
 #[derive(Clone, Debug)]

@@ -126,6 +126,39 @@ impl Vcpu {
         }
     }
 
+    /// A KVM_EXIT_IO: `count` elements of `size` bytes (more than one for a string
+    /// instruction), each one access to the port, as the CPU makes them.
+    fn port_io(&mut self) {
+        let run = self.fd.get_kvm_run();
+        // SAFETY: the exit being handled is KVM_EXIT_IO, so `io` is the union member KVM
+        // filled.
+        let io = unsafe { run.__bindgen_anon_1.io };
+        let size = usize::from(io.size);
+        let len = size * io.count as usize;
+        if !matches!(size, 1 | 2 | 4) || len == 0 {
+            return;
+        }
+        // SAFETY: KVM places the `len` data bytes at `data_offset` inside the vCPU's
+        // kvm_run mapping (whose size KVM_GET_VCPU_MMAP_SIZE covers it), which lives as
+        // long as the vCPU fd; nothing else touches it while this thread handles the exit.
+        let data = unsafe {
+            std::slice::from_raw_parts_mut(
+                (run as *mut kvm_bindings::kvm_run as *mut u8).add(io.data_offset as usize),
+                len,
+            )
+        };
+        let port = u64::from(io.port);
+        for element in data.chunks_mut(size) {
+            if u32::from(io.direction) == kvm_bindings::KVM_EXIT_IO_IN {
+                if !self.io.read(port, element) {
+                    element.fill(0xff);
+                }
+            } else {
+                self.io.write(port, element);
+            }
+        }
+    }
+
     fn run_loop(&mut self) -> Stop {
         // Under MACHINA_TRACE, vCPU 0's first exit shows when the guest first ran (the
         // tiny guest's first instruction is an `out` to port 0x80).
@@ -153,15 +186,11 @@ impl Vcpu {
                     first_exit = None;
                 }
             }
+            let mut port_io = false;
             match exit {
-                Ok(VcpuExit::IoIn(port, data)) => {
-                    if !self.io.read(u64::from(port), data) {
-                        data.fill(0xff);
-                    }
-                }
-                Ok(VcpuExit::IoOut(port, data)) => {
-                    self.io.write(u64::from(port), data);
-                }
+                // Handled below from the exit's own description: a string instruction
+                // (`rep insw`, as firmware reads an IDE sector) is `count` accesses.
+                Ok(VcpuExit::IoIn(..) | VcpuExit::IoOut(..)) => port_io = true,
                 // The view decides: RAM or ROM behind a read-only slot, a black hole, or
                 // the MMIO bus (unassigned memory reads as zero on QEMU's x86 machines).
                 Ok(VcpuExit::MmioRead(addr, data)) => {
@@ -217,6 +246,9 @@ impl Vcpu {
                     self.fd.set_kvm_immediate_exit(0);
                 }
                 Err(e) => return Stop::Failed(format!("KVM_RUN failed: {e}")),
+            }
+            if port_io {
+                self.port_io();
             }
         }
     }

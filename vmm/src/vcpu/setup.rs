@@ -114,6 +114,64 @@ pub fn setup_boot_cpu(vcpu: &VcpuFd, entry: Entry) -> Result<()> {
     Ok(())
 }
 
+/// The architectural reset state QEMU gives a vCPU (x86_cpu_reset_hold), for firmware:
+/// real mode at the reset vector, CS selector 0xf000 with base 0xffff0000 and IP 0xfff0,
+/// data segments at 0 with 64 KiB limits, EDX the CPU signature. Set explicitly rather
+/// than trusting the VM's creation state.
+pub fn setup_reset_vector(vcpu: &VcpuFd, signature: u32) -> Result<()> {
+    let mut sregs = vcpu.get_sregs().map_err(kvm("special registers"))?;
+    let seg = |selector: u16, base: u64, type_: u8| kvm_bindings::kvm_segment {
+        base,
+        limit: 0xffff,
+        selector,
+        type_,
+        present: 1,
+        s: 1,
+        ..Default::default()
+    };
+    // Code: execute/read, accessed; data: read/write, accessed.
+    sregs.cs = seg(0xf000, 0xffff_0000, 0xb);
+    for d in [
+        &mut sregs.ds,
+        &mut sregs.es,
+        &mut sregs.fs,
+        &mut sregs.gs,
+        &mut sregs.ss,
+    ] {
+        *d = seg(0, 0, 0x3);
+    }
+    sregs.ldt = kvm_bindings::kvm_segment {
+        limit: 0xffff,
+        type_: 2,
+        present: 1,
+        ..Default::default()
+    };
+    sregs.tr = kvm_bindings::kvm_segment {
+        limit: 0xffff,
+        type_: 0xb,
+        present: 1,
+        ..Default::default()
+    };
+    sregs.gdt.base = 0;
+    sregs.gdt.limit = 0xffff;
+    sregs.idt.base = 0;
+    sregs.idt.limit = 0xffff;
+    sregs.cr0 = 0x6000_0010;
+    sregs.cr2 = 0;
+    sregs.cr3 = 0;
+    sregs.cr4 = 0;
+    sregs.efer = 0;
+    let regs = kvm_regs {
+        rflags: 0x2,
+        rip: 0xfff0,
+        rdx: u64::from(signature),
+        ..Default::default()
+    };
+    vcpu.set_sregs(&sregs).map_err(kvm("special registers"))?;
+    vcpu.set_regs(&regs).map_err(kvm("registers"))?;
+    Ok(())
+}
+
 /// FPU, boot MSRs and LAPIC wiring, for every vCPU.
 pub fn setup_common(vcpu: &VcpuFd) -> Result<()> {
     let fpu = kvm_fpu {
