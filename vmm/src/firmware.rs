@@ -394,7 +394,7 @@ mod tests {
         let memory =
             vm_memory::GuestMemoryMmap::<()>::from_ranges(&[(vm_memory::GuestAddress(0), 2 << 20)])
                 .unwrap();
-        let view = MemoryView::new(memory, true);
+        let view = MemoryView::new(memory, true, Vec::new());
         let bus = Bus::new();
         fw.install(&view, &bus).unwrap();
         let read = |addr: u64| {
