@@ -351,6 +351,53 @@ fn firmware_starts_at_the_reset_vector() {
     }
 }
 
+/// A system reset starts the firmware again at the reset vector (the flash keeps what was
+/// programmed: it is the same image).
+#[test]
+fn system_reset_restarts_the_firmware() {
+    if !require_kvm() {
+        return;
+    }
+    let dir = TempDir::new("fw-sysreset");
+    let fw = dir.join("fw.bin");
+    reset_vector_firmware(&fw);
+    let serial = dir.join("serial.log");
+    let qmp_sock = dir.join("qmp.sock");
+    let mut child = std::process::Command::new(machina())
+        .args(["-machine", "pc", "-nodefaults", "-display", "none", "-bios"])
+        .arg(&fw)
+        .arg("-serial")
+        .arg(format!("file:{}", serial.display()))
+        .arg("-qmp")
+        .arg(format!("unix:{},server=on,wait=off", qmp_sock.display()))
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start machina");
+    let printed = |n: usize| {
+        let start = std::time::Instant::now();
+        while start.elapsed() < LIMIT {
+            if std::fs::read_to_string(&serial).is_ok_and(|t| t.matches("OK\n").count() >= n) {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        false
+    };
+    let first = printed(1);
+    let mut qmp = machina_tests::qmp_client::QmpClient::connect(&qmp_sock, LIMIT);
+    qmp.ok("qmp_capabilities", serde_json::Value::Null);
+    let again = first && {
+        qmp.ok("system_reset", serde_json::Value::Null);
+        printed(2)
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&serial).unwrap_or_default();
+    assert!(first, "the firmware ran: {text:?}");
+    assert!(again, "it ran again after system_reset: {text:?}");
+}
+
 /// Debian's SeaBIOS (`apt-get install seabios`) boots a boot sector from an IDE disk.
 #[test]
 fn seabios_boots_a_boot_sector_from_ide() {
