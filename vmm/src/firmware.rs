@@ -179,8 +179,10 @@ impl Firmware {
     }
 
     /// Place the firmware in `view` (ROMs on the PCI side) and its flash devices on
-    /// `mmio`. The ISA BIOS window is a copy of the top image's last bytes, taken now (as
-    /// QEMU's pc_isa_bios_init copies it; read-only).
+    /// `mmio`. The ISA BIOS window is a read-only copy of the top image's last bytes,
+    /// taken at each build, as QEMU's pc_isa_bios_init for machine types before 9.1 (later
+    /// ones alias flash 0 there: what the guest programs into those bytes of flash 0 shows
+    /// below 1 MiB only from the next reset on here).
     pub fn install(&self, view: &Arc<MemoryView>, mmio: &Bus) -> Result<(), FirmwareError> {
         let (isa_base, isa_size) = self.isa_window();
         let top = match self {
