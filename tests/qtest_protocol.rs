@@ -212,3 +212,57 @@ fn commands_before_the_build_wait_for_it() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// Under qtest no vCPU runs, yet `stop` and `cont` change the run state as in QEMU: `stop`
+/// pauses a running machine (STOP), a second `stop` does nothing, `cont` resumes it
+/// (RESUME) and a `cont` while running sends no event. (machina once decided "running" from
+/// its vCPU gate, which qtest never opens: `stop` was a no-op, and a repeated `device_del`
+/// of a CPU was accepted after `stop`.)
+#[test]
+fn stop_and_cont_change_the_run_state_under_qtest() {
+    if !require_kvm() {
+        return;
+    }
+    let dir = TempDir::new("qtest-stop");
+    let qtest_path = dir.join("qtest.sock");
+    let qmp_path = dir.join("qmp.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&qtest_path).unwrap();
+    let mut child = Command::new(machina())
+        .args(["-accel", "qtest", "-M", "q35", "-nodefaults", "-qtest"])
+        .arg(format!("unix:{}", qtest_path.display()))
+        .arg("-qmp")
+        .arg(format!("unix:{},server=on,wait=off", qmp_path.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (_stream, _) = listener.accept().unwrap();
+    let mut qmp = QmpClient::connect(&qmp_path, Duration::from_secs(20));
+    qmp.ok("qmp_capabilities", Value::Null);
+    let status = |qmp: &mut QmpClient| qmp.ok("query-status", Value::Null)["status"].clone();
+    let count =
+        |qmp: &QmpClient, name: &str| qmp.events.iter().filter(|e| e["event"] == name).count();
+    assert_eq!(status(&mut qmp), json!("running"));
+
+    qmp.ok("stop", Value::Null);
+    qmp.wait_event("STOP");
+    assert_eq!(status(&mut qmp), json!("paused"));
+    qmp.ok("stop", Value::Null);
+    assert_eq!(status(&mut qmp), json!("paused"));
+    assert_eq!(count(&qmp, "STOP"), 0, "a second stop sends no STOP");
+
+    qmp.ok("cont", Value::Null);
+    qmp.wait_event("RESUME");
+    assert_eq!(status(&mut qmp), json!("running"));
+    qmp.ok("cont", Value::Null);
+    assert_eq!(status(&mut qmp), json!("running"));
+    assert_eq!(
+        count(&qmp, "RESUME"),
+        0,
+        "cont while running sends no RESUME"
+    );
+
+    qmp.ok("quit", Value::Null);
+    let _ = child.wait();
+}

@@ -929,7 +929,9 @@ impl Machine<'_> {
                         None,
                     );
                 }
-                if !self.gate.is_running() || status == RunState::IoError {
+                // Whether the machine runs is its run state, not the vCPU gate: under qtest
+                // no vCPU ever runs, yet QEMU's `stop`/`cont` still pause and resume it.
+                if status != RunState::Running {
                     self.resume();
                     // Requests a disk error stopped run again (ide_restart_cb).
                     let host = self.control.state().pci.clone();
@@ -940,7 +942,7 @@ impl Machine<'_> {
                 (Ok(Value::Null), None)
             }
             Command::Stop => {
-                if self.gate.is_running() {
+                if self.control.state().status == RunState::Running {
                     if let Some(running) = &self.running {
                         running.pause(&self.gate);
                     }
