@@ -597,16 +597,21 @@ impl DeviceThreads {
                 stop: stop.clone(),
                 stopped: stopped.clone(),
             })));
-            // QEMU names its I/O threads "IO <id>"; these are per device.
+            // QEMU names its I/O threads "IO <id>"; these are per device. As QEMU's
+            // iothread_complete, wait until the thread runs: its name is set then, so
+            // whoever lists the threads once the machine is built sees it.
+            let (started, running) = std::sync::mpsc::sync_channel(1);
             let handle = std::thread::Builder::new()
                 .name(format!("virtio-io {i}"))
                 .spawn(move || {
+                    let _ = started.send(());
                     while !stopped.load(std::sync::atomic::Ordering::SeqCst) {
                         if events.run().is_err() {
                             break;
                         }
                     }
                 })?;
+            let _ = running.recv();
             threads.threads.push((stop, handle));
             threads.names.push(name);
         }
