@@ -22,6 +22,8 @@ pub(crate) struct Core {
     pub status: u8,
     /// Everything offered, legacy-only bits included.
     pub offered: u64,
+    /// What the modern interface hides of `offered`.
+    pub legacy_only: u64,
     pub acked: u64,
     /// Config generation, bumped on every device-side config change.
     pub generation: u8,
@@ -75,8 +77,10 @@ impl Core {
         if legacy {
             offered |= features::LEGACY_ONLY;
         }
+        let legacy_only = features::LEGACY_ONLY | device.legacy_features();
         Ok(Self {
             name,
+            legacy_only,
             device,
             queues,
             kicks,

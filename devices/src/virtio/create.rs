@@ -102,8 +102,17 @@ pub fn create(
             if !props.str("romfile", "efi-virtio.rom")?.is_empty() {
                 rom = Some(NET_ROM_SIZE);
             }
-            // One queue pair: rx, tx, ctrl + config.
-            (Box::new(Net::new(n)), 4)
+            let mut requested = 0;
+            for &(name, bit, default) in net::FEATURE_PROPERTIES {
+                if props.bool(name, default)? {
+                    requested |= bit;
+                }
+            }
+            let dev = Net::with_features(n, Vec::new(), requested);
+            // QEMU's default: a vector per queue (two per pair), one for the control
+            // queue and one for config changes.
+            let vectors = dev.queue_max_sizes().len() as u16 + 1;
+            (Box::new(dev), vectors)
         }
         (rng::DEVICE_TYPE, VirtioBackend::Rng(src)) => (Box::new(Rng::new(src)), 2),
         (console::DEVICE_TYPE, VirtioBackend::Console(c)) => {

@@ -161,6 +161,12 @@ pub trait VirtioDevice: Send {
     /// Device feature bits (transport bits such as VERSION_1 are added by the transport).
     fn features(&self) -> u64;
 
+    /// Device feature bits only a legacy interface shows (QEMU's per-class legacy_features,
+    /// virtio-net's GSO); they must also be in [`features`](Self::features).
+    fn legacy_features(&self) -> u64 {
+        0
+    }
+
     /// Length of the device configuration space as QEMU sizes it for these features.
     fn config_len(&self) -> usize;
 

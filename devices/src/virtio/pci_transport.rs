@@ -539,7 +539,7 @@ impl VirtioPciFunction {
         match offset {
             common::DFSELECT => u64::from(self.dfselect),
             common::DF => {
-                let f = core.offered & !features::LEGACY_ONLY;
+                let f = core.offered & !core.legacy_only;
                 match self.dfselect {
                     0 => f & 0xffff_ffff,
                     1 => f >> 32,

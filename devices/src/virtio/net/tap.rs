@@ -9,6 +9,11 @@ const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const TUNGETIFF: libc::c_ulong = 0x8004_54d2;
 const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
 const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
+const TUNSETQUEUE: libc::c_ulong = 0x4004_54d9;
+const TUNGETFEATURES: libc::c_ulong = 0x8004_54cf;
+const IFF_MULTI_QUEUE: libc::c_short = 0x0100;
+const IFF_ATTACH_QUEUE: libc::c_short = 0x0200;
+const IFF_DETACH_QUEUE: libc::c_short = 0x0400;
 const IFF_TAP: libc::c_short = 0x0002;
 const IFF_NO_PI: libc::c_short = 0x1000;
 const IFF_VNET_HDR: libc::c_short = 0x4000;
@@ -28,6 +33,21 @@ fn ioctl_err(what: &str) -> std::io::Error {
 
 /// Open (or create, with CAP_NET_ADMIN) the tap `ifname`, non-blocking, with a vnet header.
 pub fn open_tap(ifname: &str) -> std::io::Result<File> {
+    open_tap_flags(ifname, 0)
+}
+
+/// Open `queues` queues of the multiqueue tap `ifname` (QEMU's `queues=N`): one descriptor
+/// each, the first creating the tap when it does not exist.
+pub fn open_tap_queues(ifname: &str, queues: usize) -> std::io::Result<Vec<File>> {
+    if queues <= 1 {
+        return Ok(vec![open_tap(ifname)?]);
+    }
+    (0..queues)
+        .map(|_| open_tap_flags(ifname, IFF_MULTI_QUEUE))
+        .collect()
+}
+
+fn open_tap_flags(ifname: &str, extra: libc::c_short) -> std::io::Result<File> {
     if ifname.len() >= libc::IFNAMSIZ {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
@@ -41,7 +61,7 @@ pub fn open_tap(ifname: &str) -> std::io::Result<File> {
         .open("/dev/net/tun")?;
     let mut req = IfReq {
         name: [0; libc::IFNAMSIZ],
-        flags: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR,
+        flags: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | extra,
         _pad: [0; 22],
     };
     req.name[..ifname.len()].copy_from_slice(ifname.as_bytes());
@@ -120,7 +140,51 @@ pub fn set_vnet_hdr_size(tap: &File, size: i32) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Offload flags (TUN_F_*); we offer the guest none, so the tap gets 0.
+/// Attach or detach one queue of a multiqueue tap (a detached queue gets no frames).
+pub fn set_queue_enabled(tap: &File, enabled: bool) -> std::io::Result<()> {
+    let mut req = IfReq {
+        name: [0; libc::IFNAMSIZ],
+        flags: if enabled {
+            IFF_ATTACH_QUEUE
+        } else {
+            IFF_DETACH_QUEUE
+        },
+        _pad: [0; 22],
+    };
+    // SAFETY: TUNSETQUEUE reads a `struct ifreq`; `req` is one, padded to the full 40 bytes,
+    // and outlives the call.
+    let r = unsafe { libc::ioctl(tap.as_raw_fd(), TUNSETQUEUE as _, &mut req as *mut IfReq) };
+    // A queue already in the wanted state answers EINVAL: nothing to do.
+    if r < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINVAL) {
+        return Err(ioctl_err("TUNSETQUEUE"));
+    }
+    Ok(())
+}
+
+/// The tap features the kernel supports (TUNGETFEATURES: IFF_* bits).
+pub fn features(tap: &File) -> std::io::Result<u32> {
+    let mut f: libc::c_uint = 0;
+    // SAFETY: TUNGETFEATURES writes an unsigned int through the pointer, valid for the call.
+    let r = unsafe { libc::ioctl(tap.as_raw_fd(), TUNGETFEATURES as _, &mut f as *mut _) };
+    if r < 0 {
+        return Err(ioctl_err("TUNGETFEATURES"));
+    }
+    Ok(f)
+}
+
+/// Whether `tap` is a queue of a multiqueue tap (IFF_MULTI_QUEUE in TUNGETIFF).
+pub fn is_multiqueue(tap: &File) -> bool {
+    let mut req = IfReq {
+        name: [0; libc::IFNAMSIZ],
+        flags: 0,
+        _pad: [0; 22],
+    };
+    // SAFETY: TUNGETIFF writes a `struct ifreq`; `req` is one and outlives the call.
+    let r = unsafe { libc::ioctl(tap.as_raw_fd(), TUNGETIFF as _, &mut req as *mut IfReq) };
+    r >= 0 && req.flags & IFF_MULTI_QUEUE != 0
+}
+
+/// Offload flags (TUN_F_*) the tap may hand the guest: the receive offloads it negotiated.
 pub fn set_offload(tap: &File, flags: libc::c_uint) -> std::io::Result<()> {
     // SAFETY: TUNSETOFFLOAD takes its argument by value; no memory is passed.
     let r = unsafe { libc::ioctl(tap.as_raw_fd(), TUNSETOFFLOAD as _, flags as libc::c_ulong) };
