@@ -39,6 +39,9 @@ const F_VERSION_1: u64 = 1 << 32;
 const BLK_F_RO: u64 = 1 << 5;
 const BLK_F_FLUSH: u64 = 1 << 9;
 const NET_F_MAC: u64 = 1 << 5;
+const NET_F_GUEST_CSUM: u64 = 1 << 1;
+const NET_F_GUEST_TSO4: u64 = 1 << 7;
+const NET_F_MRG_RXBUF: u64 = 1 << 15;
 const CONSOLE_F_MULTIPORT: u64 = 1 << 1;
 
 // PCI capability IDs and virtio capability types.
@@ -120,7 +123,7 @@ use transport::*;
 /// Options of the virtio test.
 struct Options {
     blk_seed: u64,
-    net_test: bool,
+    net_test: NetTest,
     /// Highest I/O port the legacy path may touch (see README: under PVM,
     /// CPL-3 port I/O at 0x8000 and above kills the guest).
     max_io_port: u64,
@@ -240,7 +243,7 @@ pub fn drive_modern(f: &Function, blk_seed: u64) -> Option<Result<(), Reason>> {
     enable(dev.bdf);
     let opts = Options {
         blk_seed,
-        net_test: false,
+        net_test: NetTest::Off,
         max_io_port: DEFAULT_MAX_IO_PORT,
         io_relocate: None,
     };
@@ -253,7 +256,11 @@ pub fn drive_modern(f: &Function, blk_seed: u64) -> Option<Result<(), Reason>> {
 pub fn run(cmdline: &Cmdline<'_>) {
     let opts = Options {
         blk_seed: cmdline.get_u64(b"machina.blk-seed", 1),
-        net_test: cmdline.get(b"machina.net-test") == Some(b"1"),
+        net_test: match cmdline.get(b"machina.net-test") {
+            Some(b"1") => NetTest::Basic,
+            Some(b"mrg") => NetTest::Merged,
+            _ => NetTest::Off,
+        },
         max_io_port: cmdline.get_u64(b"machina.max-io-port", DEFAULT_MAX_IO_PORT),
         io_relocate: cmdline
             .get(b"machina.virtio-io-base")

@@ -13,24 +13,53 @@ pub(crate) const NET_MIN_FRAME: usize = 60;
 /// Source address used when the device offers no MAC.
 pub(crate) const NET_DEFAULT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 pub(crate) const NET_PAYLOAD_MAX: usize = 64;
+/// Receive buffer size with merged buffers: a full frame needs several.
+pub(crate) const NET_MRG_BUF: usize = 512;
 
-pub(crate) fn run_net(t: &Transport, bdf: Bdf, path: Path, net_test: bool) -> Result<(), Reason> {
-    let (_, features) = t.negotiate(NET_F_MAC)?;
-    // virtio_net_hdr: 10 bytes, 12 (num_buffers) with VERSION_1.
-    let hdr_len = if features & F_VERSION_1 != 0 { 12 } else { 10 };
+/// What `machina.net-test` asks of the net driver.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NetTest {
+    /// Only bring the device up and print its MAC.
+    Off,
+    /// `1`: a frame out and one back, one buffer per frame.
+    Basic,
+    /// `mrg`: the same with MRG_RXBUF and receive offloads (GUEST_CSUM, GUEST_TSO4)
+    /// negotiated and 512-byte receive buffers: the answer spans several.
+    Merged,
+}
+
+pub(crate) fn run_net(t: &Transport, bdf: Bdf, path: Path, test: NetTest) -> Result<(), Reason> {
+    let wanted = match test {
+        NetTest::Merged => NET_F_MAC | NET_F_MRG_RXBUF | NET_F_GUEST_CSUM | NET_F_GUEST_TSO4,
+        _ => NET_F_MAC,
+    };
+    let (_, features) = t.negotiate(wanted)?;
+    let merged = features & NET_F_MRG_RXBUF != 0;
+    let net_test = test != NetTest::Off;
+    // virtio_net_hdr: 10 bytes, 12 (num_buffers) with VERSION_1 or MRG_RXBUF.
+    let hdr_len = if features & F_VERSION_1 != 0 || merged {
+        12
+    } else {
+        10
+    };
     let mut rx = t.setup_queue(0, 0)?;
     let mut tx = t.setup_queue(1, 1)?;
     if net_test {
         dma_fill(NET_RX, NET_RX_STRIDE * usize::from(NET_RX_BUFFERS), 0);
         for k in 0..NET_RX_BUFFERS {
             let buf = NET_RX + usize::from(k) * NET_RX_STRIDE;
-            let head = rx.chain(
-                2 * k,
-                &[
-                    Buf::into(buf, hdr_len),
-                    Buf::into(buf + hdr_len, NET_MAX_FRAME),
-                ],
-            )?;
+            // With merged buffers the header shares the first buffer with the frame.
+            let head = if merged {
+                rx.chain(2 * k, &[Buf::into(buf, NET_MRG_BUF)])?
+            } else {
+                rx.chain(
+                    2 * k,
+                    &[
+                        Buf::into(buf, hdr_len),
+                        Buf::into(buf + hdr_len, NET_MAX_FRAME),
+                    ],
+                )?
+            };
             rx.publish(head);
         }
     }
@@ -71,26 +100,49 @@ pub(crate) fn run_net(t: &Transport, bdf: Bdf, path: Path, net_test: bool) -> Re
         )
         .is_ok();
 
-    // Receive: the first frame with our ethertype; others are recycled.
+    // Receive: the first frame with our ethertype; others are recycled. A frame is
+    // gathered from num_buffers used buffers (one without MRG_RXBUF).
+    let mut frame = [0u8; NET_MAX_FRAME];
     let mut payload = [0u8; NET_PAYLOAD_MAX];
     let mut payload_len = None;
+    let (mut buffers, mut frame_len, mut sum) = (0u16, 0usize, 0u32);
     let mut deadline = Deadline::after_ms(RX_TIMEOUT_MS);
-    while payload_len.is_none() {
-        let Some((id, len)) = rx.wait_used(&mut deadline) else {
-            break;
-        };
-        let k = (id / 2) as u16;
-        if id % 2 != 0 || k >= NET_RX_BUFFERS {
-            return Err("rx-bad-id");
-        }
-        let frame = NET_RX + usize::from(k) * NET_RX_STRIDE + hdr_len;
-        let frame_len = (len as usize).saturating_sub(hdr_len).min(NET_MAX_FRAME);
-        let ethertype = u16::from_be_bytes([dma_read(frame + 12), dma_read(frame + 13)]);
-        if frame_len >= 14 && ethertype == NET_ETHERTYPE {
-            let n = (frame_len - 14).min(NET_PAYLOAD_MAX);
-            for (i, b) in payload[..n].iter_mut().enumerate() {
-                *b = dma_read(frame + 14 + i);
+    'frames: while payload_len.is_none() {
+        let mut ids = [0u16; NET_RX_BUFFERS as usize];
+        let mut count = 0u16;
+        let mut want = 1u16;
+        let mut len_total = 0usize;
+        while count < want {
+            let Some((id, len)) = rx.wait_used(&mut deadline) else {
+                break 'frames;
+            };
+            let k = (id / 2) as u16;
+            if id % 2 != 0 || k >= NET_RX_BUFFERS {
+                return Err("rx-bad-id");
             }
+            let buf = NET_RX + usize::from(k) * NET_RX_STRIDE;
+            let (from, len) = if count == 0 {
+                if merged {
+                    want = dma_read(buf + 10);
+                    if want == 0 || want > NET_RX_BUFFERS {
+                        return Err("rx-bad-num-buffers");
+                    }
+                }
+                (buf + hdr_len, (len as usize).saturating_sub(hdr_len))
+            } else {
+                (buf, len as usize)
+            };
+            for i in 0..len.min(NET_MAX_FRAME - len_total) {
+                frame[len_total + i] = dma_read(from + i);
+            }
+            len_total = (len_total + len).min(NET_MAX_FRAME);
+            ids[usize::from(count)] = id as u16;
+            count += 1;
+        }
+        let ethertype = u16::from_be_bytes([frame[12], frame[13]]);
+        if len_total >= 14 && ethertype == NET_ETHERTYPE {
+            let n = (len_total - 14).min(NET_PAYLOAD_MAX);
+            payload[..n].copy_from_slice(&frame[14..14 + n]);
             // Padding to the minimum frame size is not payload.
             payload_len = Some(
                 payload[..n]
@@ -98,13 +150,20 @@ pub(crate) fn run_net(t: &Transport, bdf: Bdf, path: Path, net_test: bool) -> Re
                     .rposition(|&b| b != 0)
                     .map_or(0, |p| p + 1),
             );
+            buffers = count;
+            frame_len = len_total;
+            sum = frame[..len_total]
+                .iter()
+                .fold(0u32, |a, &b| a.wrapping_add(u32::from(b)));
         } else {
-            rx.publish(id as u16);
+            for &id in &ids[..usize::from(count)] {
+                rx.publish(id);
+            }
             rx.kick();
         }
     }
     println!(
-        "virtio-net: {} path={} tx={} rx={} rx-payload={}",
+        "virtio-net: {} path={} tx={} rx={} rx-payload={} rx-buffers={} rx-len={} rx-sum={}",
         bdf,
         path,
         if tx_ok { "ok" } else { "timeout" },
@@ -113,7 +172,10 @@ pub(crate) fn run_net(t: &Transport, bdf: Bdf, path: Path, net_test: bool) -> Re
         } else {
             "timeout"
         },
-        TokenBytes(&payload[..payload_len.unwrap_or(0)])
+        TokenBytes(&payload[..payload_len.unwrap_or(0)]),
+        buffers,
+        frame_len,
+        sum
     );
     if tx_ok {
         Ok(())

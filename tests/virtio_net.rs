@@ -1,0 +1,170 @@
+//! virtio-net's data path over a tap in a test namespace, driven by the tiny guest's net
+//! driver: merged receive buffers (a frame larger than one buffer arrives in several, with
+//! num_buffers saying how many), the receive offloads the guest negotiates reaching the tap
+//! (the tap's ethtool features as its host side sees them), and `mq=on` over a multiqueue
+//! tap with both queue pairs carrying frames.
+
+mod common;
+
+use common::{machina, require_kvm};
+use machina_tests::netns::Netns;
+use machina_tests::RunResult;
+use std::io::BufRead;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// The host side: creates the tap, then for each frame the guest sends answers with a
+/// 1200-byte frame and says what the tap's offload features were at that moment
+/// (ETHTOOL_GTXCSUM, ETHTOOL_GTSO: what TUNSETOFFLOAD turned on) and the frame's byte sum.
+const RESPONDER: &str = r#"
+import ctypes, fcntl, socket, struct, subprocess, sys
+tap, frames, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+subprocess.run(["ip", "tuntap", "add", "dev", tap, "mode", "tap", "vnet_hdr"] + mode, check=True)
+subprocess.run(["ip", "link", "set", tap, "up"], check=True)
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x88b5))
+s.bind((tap, 0))
+s.settimeout(30)
+def ethtool(cmd):
+    value = ctypes.create_string_buffer(struct.pack("II", cmd, 0))
+    ifr = struct.pack("16sP", tap.encode(), ctypes.addressof(value)).ljust(40, b"\0")
+    c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    fcntl.ioctl(c.fileno(), 0x8946, ifr)
+    c.close()
+    return struct.unpack("II", value.raw[:8])[1]
+print("ready", flush=True)
+for _ in range(frames):
+    frame = s.recv(2048)
+    tag = frame[14:].rstrip(b"\0")[-6:]
+    csum, tso = ethtool(0x16), ethtool(0x1e)
+    body = (b"host-pong-" + tag).ljust(64, b"\0")
+    body += bytes((i * 7) % 251 + 1 for i in range(1200 - 14 - 64))
+    reply = frame[6:12] + b"\x02\x00\x00\x00\x00\x01" + b"\x88\xb5" + body
+    s.send(reply)
+    print("sent", tag.decode(errors="replace"), "len", len(reply), "sum", sum(reply),
+          "tx-csum", csum, "tso", tso, flush=True)
+"#;
+
+struct Responder {
+    child: Child,
+    out: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl Responder {
+    /// None (after saying why) where the host forbids taps in a namespace.
+    fn start(ns: &Netns, tap: &str, frames: usize, mode: &[&str]) -> Option<Responder> {
+        let mut args = vec!["netns", "exec", &ns.0, "python3", "-c", RESPONDER, tap];
+        let frames = frames.to_string();
+        args.push(&frames);
+        args.extend_from_slice(mode);
+        let mut child = Command::new("ip")
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the responder");
+        let mut out = std::io::BufReader::new(child.stdout.take().expect("piped"));
+        let mut ready = String::new();
+        let _ = out.read_line(&mut ready);
+        if ready.trim() != "ready" {
+            let _ = child.kill();
+            let _ = child.wait();
+            eprintln!("SKIP: this host forbids tap creation in a namespace ({tap})");
+            return None;
+        }
+        Some(Responder { child, out })
+    }
+
+    fn finish(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut self.out, &mut s);
+        s
+    }
+}
+
+fn run_guest(ns: &Netns, args: &[&str]) -> RunResult {
+    let binary = machina();
+    let mut all = vec!["netns", "exec", &ns.0, binary.to_str().unwrap()];
+    all.extend_from_slice(&["-M", "q35", "-nodefaults", "-serial", "stdio"]);
+    all.extend_from_slice(args);
+    machina_tests::run(Path::new("ip"), &all, Duration::from_secs(60))
+}
+
+/// `key=value` of a line.
+fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+}
+
+/// The responder's `sent` lines, keyed by the guest's tag.
+fn sent(responder: &str) -> Vec<Vec<&str>> {
+    responder
+        .lines()
+        .filter(|l| l.starts_with("sent "))
+        .map(|l| l.split_whitespace().collect())
+        .collect()
+}
+
+#[test]
+fn merged_rx_buffers_and_guest_offloads_reach_the_tap() {
+    if !require_kvm() {
+        return;
+    }
+    let Some(ns) = Netns::create("vnetmrg") else {
+        eprintln!("SKIP: this host forbids creating a network namespace (ip netns add failed)");
+        return;
+    };
+    for (mode, buffers, offloads) in [("mrg", "3", "1"), ("1", "1", "0")] {
+        let tap = format!("mrg{mode}");
+        let Some(resp) = Responder::start(&ns, &tap, 2, &[]) else {
+            return;
+        };
+        let netdev = format!("tap,id=n0,ifname={tap},script=no,downscript=no");
+        let append = format!("machina.test=virtio machina.net-test={mode}");
+        let r = run_guest(
+            &ns,
+            &[
+                "-netdev",
+                &netdev,
+                "-device",
+                "virtio-net-pci,netdev=n0",
+                "-append",
+                &append,
+            ],
+        );
+        let out = resp.finish();
+        r.check(r.status == Some(0), "exit 0");
+        let sent = sent(&out);
+        for path in ["legacy", "modern"] {
+            let line = r
+                .lines_with("virtio-net: ")
+                .into_iter()
+                .find(|l| l.contains(&format!("path={path} tx=")))
+                .unwrap_or("");
+            let tag = if path == "legacy" { "legacy" } else { "modern" };
+            let host = sent.iter().find(|s| s.get(1) == Some(&tag));
+            r.check(
+                line.contains("tx=ok rx=ok") && host.is_some(),
+                &format!("{mode} {path}: a frame each way ({line}); responder: {out}"),
+            );
+            let host = host.unwrap();
+            // 1200 bytes and the 12-byte header in 512-byte buffers take three.
+            r.check(
+                field(line, "rx-buffers") == Some(buffers)
+                    && field(line, "rx-len") == Some("1200")
+                    && field(line, "rx-sum") == host.get(5).copied(),
+                &format!(
+                    "{mode} {path}: the whole frame in {buffers} buffer(s): {line}; host {host:?}"
+                ),
+            );
+            // The receive offloads the guest negotiated (GUEST_CSUM, GUEST_TSO4 with mrg,
+            // none otherwise) are what the tap may hand it.
+            r.check(
+                host.get(7) == Some(&offloads) && host.get(9) == Some(&offloads),
+                &format!("{mode} {path}: tap offloads {host:?}, want {offloads}"),
+            );
+        }
+    }
+}
