@@ -124,8 +124,14 @@ pub enum Backend {
         id: String,
         ifname: Option<String>,
         fd: Option<i32>,
+        /// `fds=a:b:...`: one passed descriptor per queue of a multiqueue tap.
+        fds: Vec<i32>,
+        /// `queues=N`: queues of the tap machina opens (1 without the option).
+        queues: usize,
         /// The tap, opened when the netdev is added (as QEMU does), kept for the process.
         handle: Option<Handle>,
+        /// The tap's other queues (`queues=`/`fds=`), in order.
+        more: Vec<Handle>,
         /// Its entry in the network thread (`info network`, announcements).
         client: Option<crate::netdev::Netdev>,
     },
@@ -581,7 +587,7 @@ fn netdev_from_pairs(
     }
     for (k, v) in &pairs[1..] {
         match (k.as_str(), v.as_str()) {
-            ("id" | "ifname" | "fd", _) => {}
+            ("id" | "ifname" | "fd" | "fds" | "queues", _) => {}
             ("script" | "downscript", "no" | "") => {}
             ("script" | "downscript", _) => {
                 return Err(err(&context, "machina runs no network scripts: use script=no,downscript=no with an existing or new tap"))
@@ -596,49 +602,83 @@ fn netdev_from_pairs(
         }
     }
     let id = get("id").ok_or_else(|| err(&context, "Parameter 'id' is missing"))?;
+    let has = |keys: &[&str]| pairs.iter().any(|(k, _)| keys.contains(&k.as_str()));
+    let queues = match get("queues") {
+        None => 1,
+        Some(text) => match text.parse::<u64>() {
+            // QEMU 7.2 asserts on queues=0; there is no tap without a queue.
+            Ok(0) => return Err(err(&context, "tap: queues must be at least 1")),
+            // The kernel's limit on the queues of one tap (MAX_TAP_QUEUES).
+            Ok(n) if n > 256 => {
+                return Err(err(
+                    &context,
+                    format!("tap: queues={n} is more than a tap can have (256)"),
+                ))
+            }
+            Ok(n) => n as usize,
+            Err(_) => return Err(err(&context, "Parameter 'queues' expects a uint64 value")),
+        },
+    };
+    // A descriptor given as `fd=`/`fds=`: a name a monitor client passed with `getfd`
+    // (the backend takes the fd), or on the command line a number.
+    let take_fd = |text: &str| -> Result<i32, BackendError> {
+        let named = if text.starts_with(|c: char| c.is_ascii_digit()) {
+            None
+        } else {
+            crate::fdset::take_named(text)
+        };
+        match text.parse::<i32>() {
+            _ if named.is_some() => {
+                Ok(named.map(std::os::fd::IntoRawFd::into_raw_fd).unwrap_or(-1))
+            }
+            Ok(n) if n > 2 && numeric_fds => Ok(n),
+            Err(_) if !numeric_fds => Err(err(
+                &context,
+                format!("File descriptor named '{text}' has not been found"),
+            )),
+            _ => Err(err(
+                &context,
+                format!("tap: unable to get fd: No file descriptor named {text} found"),
+            )),
+        }
+    };
     let fd = match get("fd") {
         None => None,
         Some(text) => {
             // QEMU's text for options that configure a tap machina would not open itself.
-            if pairs
-                .iter()
-                .any(|(k, _)| matches!(k.as_str(), "ifname" | "script" | "downscript"))
-            {
+            if has(&["ifname", "script", "downscript", "queues", "fds"]) {
                 return Err(err(
                     &context,
                     "ifname=, script=, downscript=, vnet_hdr=, helper=, queues=, fds=, and vhostfds= are invalid with fd=",
                 ));
             }
-            // A name a monitor client passed with `getfd` (the backend takes the fd), or
-            // on the command line a number.
-            let named = if text.starts_with(|c: char| c.is_ascii_digit()) {
-                None
-            } else {
-                crate::fdset::take_named(&text)
-            };
-            match text.parse::<i32>() {
-                _ if named.is_some() => named.map(std::os::fd::IntoRawFd::into_raw_fd),
-                Ok(n) if n > 2 && numeric_fds => Some(n),
-                Err(_) if !numeric_fds => {
-                    return Err(err(
-                        &context,
-                        format!("File descriptor named '{text}' has not been found"),
-                    ))
-                }
-                _ => {
-                    return Err(err(
-                        &context,
-                        format!("tap: unable to get fd: No file descriptor named {text} found"),
-                    ))
-                }
+            Some(take_fd(&text)?)
+        }
+    };
+    let fds = match get("fds") {
+        None => Vec::new(),
+        Some(text) => {
+            if has(&["ifname", "script", "downscript", "queues"]) {
+                return Err(err(
+                    &context,
+                    "ifname=, script=, downscript=, vnet_hdr=, helper=, queues=, and vhostfd= are invalid with fds=",
+                ));
             }
+            // QEMU's get_fds: `:`-separated, at most MAX_TAP_QUEUES.
+            text.split(':')
+                .take(1024)
+                .map(take_fd)
+                .collect::<Result<Vec<_>, _>>()?
         }
     };
     Ok(Backend::Tap {
         id,
         ifname: get("ifname"),
         fd,
+        queues: if fds.is_empty() { queues } else { fds.len() },
+        fds,
         handle: None,
+        more: Vec::new(),
         client: None,
     })
 }
@@ -957,24 +997,69 @@ fn open_backend(backend: &mut Backend, context: &str) -> Result<(), BackendError
             *handle = Some(Handle(Arc::new(file)));
         }
         Backend::Tap {
-            ifname,
+            fds,
             handle,
+            more,
+            client,
+            ..
+        } if !fds.is_empty() => {
+            // Each passed descriptor is one queue of a multiqueue tap; all are taken (and
+            // closed) whatever happens, as they were given to machina to own.
+            let mut files = Vec::new();
+            let mut failed = None;
+            for &fd in fds.iter() {
+                let adopted = devices::virtio::net::tap::adopt_tap(fd);
+                // SAFETY: `fd` was given to machina to own; `adopt_tap` holds a duplicate.
+                unsafe { libc::close(fd) };
+                match adopted {
+                    Ok(f) if failed.is_none() => files.push(f),
+                    Ok(_) => {}
+                    Err(e) => {
+                        failed.get_or_insert(format!(
+                            "{backend_id}: Can't use file descriptor {fd}: {}",
+                            plain_text(&e)
+                        ));
+                    }
+                }
+            }
+            if let Some(message) = failed {
+                return Err(err(context, message));
+            }
+            let info = format!(
+                "fds={}",
+                fds.iter().map(i32::to_string).collect::<Vec<_>>().join(":")
+            );
+            let mut files = files.into_iter();
+            let first = files.next().ok_or_else(|| err(context, "tap: no fds"))?;
+            *client = register_tap(backend_id, info, &first);
+            *handle = Some(Handle(Arc::new(first)));
+            *more = files.map(|f| Handle(Arc::new(f))).collect();
+        }
+        Backend::Tap {
+            ifname,
+            queues,
+            handle,
+            more,
             client,
             ..
         } => {
             let name = ifname.clone().unwrap_or_default();
-            let file = devices::virtio::net::tap::open_tap(&name).map_err(|e| {
-                err(
-                    context,
-                    format!(
-                        "could not configure /dev/net/tun ({name}): {}",
-                        plain_text(&e)
-                    ),
-                )
-            })?;
+            let files =
+                devices::virtio::net::tap::open_tap_queues(&name, *queues).map_err(|e| {
+                    err(
+                        context,
+                        format!(
+                            "could not configure /dev/net/tun ({name}): {}",
+                            plain_text(&e)
+                        ),
+                    )
+                })?;
             let info = format!("ifname={name},script=no,downscript=no");
-            *client = register_tap(backend_id, info, &file);
-            *handle = Some(Handle(Arc::new(file)));
+            let mut files = files.into_iter();
+            let first = files.next().ok_or_else(|| err(context, "tap: no queue"))?;
+            *client = register_tap(backend_id, info, &first);
+            *handle = Some(Handle(Arc::new(first)));
+            *more = files.map(|f| Handle(Arc::new(f))).collect();
         }
         Backend::Netdev {
             id,

@@ -261,14 +261,22 @@ pub(crate) fn open_net(
 ) -> Result<NetBackend, PciError> {
     // QEMU numbers default MACs over every NIC of the machine in creation order.
     let mac = devices::kinds::mac_of(plan, f)?.unwrap_or(machine::MacAddr::FIRST_DEFAULT);
+    let mut more_queues = Vec::new();
     let tap = match prop(f, "netdev") {
         Some(id) => match backends.iter().find(|b| b.id() == id) {
             Some(Backend::Tap {
                 ifname,
                 handle,
+                more,
                 client,
                 ..
             }) => {
+                // The other queues of a multiqueue tap: a queue pair each.
+                for h in more {
+                    more_queues.push(h.dup().map_err(|e| {
+                        device_err(f, format!("cannot share the tap's queue: {e}"))
+                    })?);
+                }
                 let ifname = ifname.clone().unwrap_or_default();
                 if let Some(client) = client {
                     // Only shown and announced: the device moves the tap's frames itself.
@@ -322,7 +330,11 @@ pub(crate) fn open_net(
             File::from(std::os::fd::OwnedFd::from(ours))
         }
     };
-    Ok(NetBackend { tap, mac })
+    Ok(NetBackend {
+        tap,
+        mac,
+        more_queues,
+    })
 }
 
 /// The name QEMU gives NIC `f`: its id, or its model and how many NICs of that model come

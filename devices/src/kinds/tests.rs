@@ -199,11 +199,13 @@ fn virtio_net_lists_the_features_its_model_offers() {
         .expect("virtio-net-pci");
     // The tap is not touched to ask for features.
     let tap = std::fs::File::open("/dev/null").expect("/dev/null");
-    let offered = Net::new(NetBackend {
+    // Every feature property on: what the model can offer at all.
+    let backend = NetBackend {
         tap,
         mac: machine::MacAddr::FIRST_DEFAULT,
-    })
-    .features();
+        more_queues: Vec::new(),
+    };
+    let offered = Net::with_features(backend, u64::MAX).features();
     for (name, bit) in NET_FEATURE_PROPS {
         let p = ty
             .property(name)

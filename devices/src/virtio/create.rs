@@ -108,7 +108,7 @@ pub fn create(
                     requested |= bit;
                 }
             }
-            let dev = Net::with_features(n, Vec::new(), requested);
+            let dev = Net::with_features(n, requested);
             // QEMU's default: a vector per queue (two per pair), one for the control
             // queue and one for config changes.
             let vectors = dev.queue_max_sizes().len() as u16 + 1;

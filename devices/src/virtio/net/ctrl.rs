@@ -200,7 +200,7 @@ pub fn handle(st: &mut CtrlState, class: u8, cmd: u8, data: &[u8], total: usize)
                 return (ERR, Effect::None);
             };
             // VIRTIO_NET_CTRL_MQ_VQ_PAIRS_MIN/MAX and the device's own maximum.
-            if !(1..=0x8000).contains(&pairs) || pairs > st.max_pairs || st.max_pairs < 2 {
+            if !(1..=0x8000).contains(&pairs) || pairs > st.max_pairs {
                 return (ERR, Effect::None);
             }
             ok(Effect::QueuePairs(pairs))
@@ -372,5 +372,10 @@ mod tests {
         );
         assert_eq!(handle(&mut st, CLASS_MQ, 0, &3u16.to_le_bytes(), 2).0, ERR);
         assert_eq!(handle(&mut st, CLASS_MQ, 0, &0u16.to_le_bytes(), 2).0, ERR);
+        st.max_pairs = 1;
+        assert_eq!(
+            handle(&mut st, CLASS_MQ, 0, &1u16.to_le_bytes(), 2),
+            (OK, Effect::QueuePairs(1))
+        );
     }
 }

@@ -116,6 +116,9 @@ const MAX_CTRL: usize = 4096;
 pub struct NetBackend {
     pub tap: File,
     pub mac: MacAddr,
+    /// The other queues of a multiqueue tap (`-netdev tap,queues=N`), one per further
+    /// queue pair.
+    pub more_queues: Vec<File>,
 }
 
 /// A receive chain taken from the ring and waiting for a frame, as iovecs over guest RAM.
@@ -381,13 +384,13 @@ fn notify_since(ctx: &mut QueueContext, idx: usize, old: u16) {
 
 impl Net {
     pub fn new(backend: NetBackend) -> Self {
-        Self::with_features(backend, Vec::new(), default_requested())
+        Self::with_features(backend, default_requested())
     }
 
     /// A device offering the features `requested` (bits of [`FEATURE_PROPERTIES`]) that
-    /// machina can give over this backend, with one more tap queue per queue pair in
-    /// `more_queues` (`mq=on` with a multiqueue tap).
-    pub fn with_features(backend: NetBackend, more_queues: Vec<File>, requested: u64) -> Self {
+    /// machina can give over this backend; a queue pair per tap queue (as QEMU, whether or
+    /// not `mq=on` lets the driver use more than one).
+    pub fn with_features(backend: NetBackend, requested: u64) -> Self {
         let socket = is_socket(&backend.tap);
         let pair = |tap| Pair {
             tap,
@@ -396,14 +399,10 @@ impl Net {
             tx_failing: false,
         };
         let mut pairs = vec![pair(backend.tap)];
-        pairs.extend(more_queues.into_iter().map(pair));
+        pairs.extend(backend.more_queues.into_iter().map(pair));
         let mut offered = (requested | F_MAC) & (default_requested() | F_MQ | F_MAC);
         if socket {
             offered &= !NEED_VNET_HDR;
-        }
-        // MQ needs a queue per pair and the control queue to switch them.
-        if pairs.len() < 2 || offered & F_CTRL_VQ == 0 {
-            offered &= !F_MQ;
         }
         Self {
             // Log lines name the function; the transport sets it (set_name).
@@ -926,6 +925,7 @@ mod tests {
         let backend = VirtioBackend::Net(NetBackend {
             tap: File::from(std::os::fd::OwnedFd::from(ours)),
             mac: machine::MacAddr::FIRST_DEFAULT,
+            more_queues: Vec::new(),
         });
         let plan = virtio_plan(DEVICE_NET, false, false, props);
         (Driver::new(&plan, backend, mem), peer)
@@ -953,7 +953,12 @@ mod tests {
         // Over a tap the offloads are offered (the tap is not touched to ask).
         let tap = File::open("/dev/null").unwrap();
         let mac = machine::MacAddr::FIRST_DEFAULT;
-        let n = Net::new(NetBackend { tap, mac });
+        let more_queues = Vec::new();
+        let n = Net::new(NetBackend {
+            tap,
+            mac,
+            more_queues,
+        });
         let host = F_CSUM | F_HOST_TSO4 | F_HOST_TSO6 | F_HOST_ECN | F_HOST_UFO;
         assert_eq!(
             n.features() & (host | GUEST_OFFLOADS),

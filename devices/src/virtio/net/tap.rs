@@ -10,7 +10,6 @@ const TUNGETIFF: libc::c_ulong = 0x8004_54d2;
 const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
 const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
 const TUNSETQUEUE: libc::c_ulong = 0x4004_54d9;
-const TUNGETFEATURES: libc::c_ulong = 0x8004_54cf;
 const IFF_MULTI_QUEUE: libc::c_short = 0x0100;
 const IFF_ATTACH_QUEUE: libc::c_short = 0x0200;
 const IFF_DETACH_QUEUE: libc::c_short = 0x0400;
@@ -42,9 +41,38 @@ pub fn open_tap_queues(ifname: &str, queues: usize) -> std::io::Result<Vec<File>
     if queues <= 1 {
         return Ok(vec![open_tap(ifname)?]);
     }
-    (0..queues)
-        .map(|_| open_tap_flags(ifname, IFF_MULTI_QUEUE))
-        .collect()
+    let first = open_tap_flags(ifname, IFF_MULTI_QUEUE)?;
+    // Without a name the kernel picked one: the other queues join that tap.
+    let name = match ifname {
+        "" => ifname_of(&first)?,
+        n => n.to_string(),
+    };
+    let mut all = vec![first];
+    for _ in 1..queues {
+        all.push(open_tap_flags(&name, IFF_MULTI_QUEUE)?);
+    }
+    Ok(all)
+}
+
+/// The interface name of an open tap (TUNGETIFF).
+fn ifname_of(tap: &File) -> std::io::Result<String> {
+    let mut req = IfReq {
+        name: [0; libc::IFNAMSIZ],
+        flags: 0,
+        _pad: [0; 22],
+    };
+    // SAFETY: TUNGETIFF writes a `struct ifreq`; `req` is one, padded to the full 40 bytes,
+    // and outlives the call.
+    let r = unsafe { libc::ioctl(tap.as_raw_fd(), TUNGETIFF as _, &mut req as *mut IfReq) };
+    if r < 0 {
+        return Err(ioctl_err("TUNGETIFF"));
+    }
+    let end = req
+        .name
+        .iter()
+        .position(|&b| b == 0)
+        .unwrap_or(req.name.len());
+    Ok(String::from_utf8_lossy(&req.name[..end]).into_owned())
 }
 
 fn open_tap_flags(ifname: &str, extra: libc::c_short) -> std::io::Result<File> {
@@ -159,29 +187,6 @@ pub fn set_queue_enabled(tap: &File, enabled: bool) -> std::io::Result<()> {
         return Err(ioctl_err("TUNSETQUEUE"));
     }
     Ok(())
-}
-
-/// The tap features the kernel supports (TUNGETFEATURES: IFF_* bits).
-pub fn features(tap: &File) -> std::io::Result<u32> {
-    let mut f: libc::c_uint = 0;
-    // SAFETY: TUNGETFEATURES writes an unsigned int through the pointer, valid for the call.
-    let r = unsafe { libc::ioctl(tap.as_raw_fd(), TUNGETFEATURES as _, &mut f as *mut _) };
-    if r < 0 {
-        return Err(ioctl_err("TUNGETFEATURES"));
-    }
-    Ok(f)
-}
-
-/// Whether `tap` is a queue of a multiqueue tap (IFF_MULTI_QUEUE in TUNGETIFF).
-pub fn is_multiqueue(tap: &File) -> bool {
-    let mut req = IfReq {
-        name: [0; libc::IFNAMSIZ],
-        flags: 0,
-        _pad: [0; 22],
-    };
-    // SAFETY: TUNGETIFF writes a `struct ifreq`; `req` is one and outlives the call.
-    let r = unsafe { libc::ioctl(tap.as_raw_fd(), TUNGETIFF as _, &mut req as *mut IfReq) };
-    r >= 0 && req.flags & IFF_MULTI_QUEUE != 0
 }
 
 /// Offload flags (TUN_F_*) the tap may hand the guest: the receive offloads it negotiated.

@@ -42,6 +42,8 @@ const NET_F_MAC: u64 = 1 << 5;
 const NET_F_GUEST_CSUM: u64 = 1 << 1;
 const NET_F_GUEST_TSO4: u64 = 1 << 7;
 const NET_F_MRG_RXBUF: u64 = 1 << 15;
+const NET_F_CTRL_VQ: u64 = 1 << 17;
+const NET_F_MQ: u64 = 1 << 22;
 const CONSOLE_F_MULTIPORT: u64 = 1 << 1;
 
 // PCI capability IDs and virtio capability types.
@@ -259,6 +261,7 @@ pub fn run(cmdline: &Cmdline<'_>) {
         net_test: match cmdline.get(b"machina.net-test") {
             Some(b"1") => NetTest::Basic,
             Some(b"mrg") => NetTest::Merged,
+            Some(b"mq") => NetTest::MultiQueue,
             _ => NetTest::Off,
         },
         max_io_port: cmdline.get_u64(b"machina.max-io-port", DEFAULT_MAX_IO_PORT),

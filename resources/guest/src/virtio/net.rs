@@ -26,9 +26,19 @@ pub(crate) enum NetTest {
     /// `mrg`: the same with MRG_RXBUF and receive offloads (GUEST_CSUM, GUEST_TSO4)
     /// negotiated and 512-byte receive buffers: the answer spans several.
     Merged,
+    /// `mq`: two queue pairs (modern interface): a UDP frame out on each tx queue, and
+    /// the host's answers (the tap steers a flow back to the queue it came from) read
+    /// from both rx queues.
+    MultiQueue,
 }
 
 pub(crate) fn run_net(t: &Transport, bdf: Bdf, path: Path, test: NetTest) -> Result<(), Reason> {
+    if test == NetTest::MultiQueue {
+        return match t {
+            Transport::Modern(m) => run_mq(t, m, bdf),
+            Transport::Legacy { .. } => run_net(t, bdf, path, NetTest::Off),
+        };
+    }
     let wanted = match test {
         NetTest::Merged => NET_F_MAC | NET_F_MRG_RXBUF | NET_F_GUEST_CSUM | NET_F_GUEST_TSO4,
         _ => NET_F_MAC,
@@ -182,4 +192,161 @@ pub(crate) fn run_net(t: &Transport, bdf: Bdf, path: Path, test: NetTest) -> Res
     } else {
         Err("tx-timeout")
     }
+}
+
+/// Queue size of the multiqueue test: five rings fit the two queue slots.
+const MQ_QUEUE: u16 = 16;
+const MQ_RING_SPAN: usize = 8 * 1024;
+const MQ_TX: usize = DATA;
+const MQ_CTRL: usize = DATA + 2048;
+const MQ_RX: usize = DATA + 4096;
+const MQ_RX_BUF: usize = 1536;
+const MQ_RX_BUFFERS: u16 = 4;
+const MQ_PORT: u16 = 7777;
+const MQ_FIRST_SOURCE_PORT: u16 = 40000;
+
+fn mq_queue(m: &Modern, index: u16, size: u16) -> Result<Queue, Reason> {
+    m.w16(COM_QUEUE_SELECT, index);
+    if m.r16(COM_QUEUE_SIZE) < size {
+        return Err("queue-too-small");
+    }
+    let off = u64::from(m.r16(COM_QUEUE_NOTIFY_OFF)) * u64::from(m.notify_mult);
+    let slot = usize::from(index) * MQ_RING_SPAN;
+    let q = Queue::new(index, slot, size, Notify::Mmio(m.notify + off))?;
+    m.w16(COM_QUEUE_SIZE, size);
+    m.w64(COM_QUEUE_DESC, dma_addr(q.desc));
+    m.w64(COM_QUEUE_DRIVER, dma_addr(q.avail));
+    m.w64(COM_QUEUE_DEVICE, dma_addr(q.used));
+    m.w16(COM_QUEUE_ENABLE, 1);
+    Ok(q)
+}
+
+/// RFC 1071 checksum of `bytes` in the DMA area.
+fn ip_checksum(at: usize, len: usize) -> u16 {
+    let mut sum = 0u32;
+    for i in (0..len).step_by(2) {
+        sum += u32::from(u16::from_be_bytes([dma_read(at + i), dma_read(at + i + 1)]));
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// A UDP/IPv4 broadcast frame from `mac`, source port `port`, payload `payload`, at `at`
+/// (after a zeroed virtio-net header of `hdr` bytes); returns the frame length.
+fn mq_frame(at: usize, hdr: usize, mac: [u8; 6], port: u16, payload: &[u8]) -> usize {
+    let f = at + hdr;
+    let udp_len = 8 + payload.len();
+    let ip_len = 20 + udp_len;
+    dma_fill(at, hdr + 14 + ip_len, 0);
+    dma_copy_in(f, &[0xff; 6]);
+    dma_copy_in(f + 6, &mac);
+    dma_copy_in(f + 12, &[0x08, 0x00]);
+    let ip = f + 14;
+    dma_copy_in(ip, &[0x45, 0]);
+    dma_copy_in(ip + 2, &(ip_len as u16).to_be_bytes());
+    dma_copy_in(ip + 8, &[64, 17]);
+    dma_copy_in(ip + 12, &[10, 0, 2, 15, 10, 0, 2, 2]);
+    let csum = ip_checksum(ip, 20);
+    dma_copy_in(ip + 10, &csum.to_be_bytes());
+    let udp = ip + 20;
+    dma_copy_in(udp, &port.to_be_bytes());
+    dma_copy_in(udp + 2, &MQ_PORT.to_be_bytes());
+    dma_copy_in(udp + 4, &(udp_len as u16).to_be_bytes());
+    dma_copy_in(udp + 8, payload);
+    (14 + ip_len).max(NET_MIN_FRAME)
+}
+
+fn run_mq(t: &Transport, m: &Modern, bdf: Bdf) -> Result<(), Reason> {
+    let (_, features) = t.negotiate(NET_F_MAC | NET_F_CTRL_VQ | NET_F_MQ)?;
+    if features & (NET_F_MQ | NET_F_CTRL_VQ) != NET_F_MQ | NET_F_CTRL_VQ {
+        return Err("no-mq");
+    }
+    let pairs = u16::from(t.cfg8(8)) | u16::from(t.cfg8(9)) << 8;
+    if pairs < 2 {
+        return Err("one-queue-pair");
+    }
+    let hdr = 12;
+    let mut rx0 = mq_queue(m, 0, MQ_QUEUE)?;
+    let mut tx0 = mq_queue(m, 1, MQ_QUEUE)?;
+    let mut rx1 = mq_queue(m, 2, MQ_QUEUE)?;
+    let mut tx1 = mq_queue(m, 3, MQ_QUEUE)?;
+    let mut ctrl = mq_queue(m, 2 * pairs, MQ_QUEUE)?;
+    for (q, rx) in [(0usize, &mut rx0), (1, &mut rx1)] {
+        for k in 0..MQ_RX_BUFFERS {
+            let buf = MQ_RX + (q * usize::from(MQ_RX_BUFFERS) + usize::from(k)) * MQ_RX_BUF;
+            let head = rx.chain(k, &[Buf::into(buf, MQ_RX_BUF)])?;
+            rx.publish(head);
+        }
+    }
+    t.driver_ok();
+    rx0.kick();
+    rx1.kick();
+    let mut mac = [0u8; 6];
+    for (i, b) in mac.iter_mut().enumerate() {
+        *b = t.cfg8(i as u16);
+    }
+    // VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET 2.
+    dma_copy_in(MQ_CTRL, &[4, 0, 2, 0]);
+    dma_write(MQ_CTRL + 8, 0xffu8);
+    ctrl.request(
+        &[
+            Buf::out(MQ_CTRL, 2),
+            Buf::out(MQ_CTRL + 2, 2),
+            Buf::into(MQ_CTRL + 8, 1),
+        ],
+        "ctrl-timeout",
+    )?;
+    let ack: u8 = dma_read(MQ_CTRL + 8);
+    // One frame out on each pair's tx queue.
+    let mut tx_ok = [false; 2];
+    for (i, tx) in [&mut tx0, &mut tx1].into_iter().enumerate() {
+        let at = MQ_TX + i * 512;
+        let payload: &[u8] = if i == 0 { b"machina-mq-0" } else { b"machina-mq-1" };
+        let len = mq_frame(at, hdr, mac, MQ_FIRST_SOURCE_PORT + i as u16, payload);
+        tx_ok[i] = tx
+            .request(&[Buf::out(at, hdr + len)], "tx-timeout")
+            .is_ok();
+    }
+    // The answers: which rx queue each flow's answer came back on.
+    let mut answer_queue = [None::<usize>; 2];
+    let mut deadline = Deadline::after_ms(RX_TIMEOUT_MS);
+    while answer_queue.iter().any(Option::is_none) && !deadline.expired() {
+        for (q, rx) in [(0usize, &mut rx0), (1, &mut rx1)] {
+            let Some((id, len)) = rx.try_used() else {
+                continue;
+            };
+            if id >= u32::from(MQ_RX_BUFFERS) {
+                return Err("rx-bad-id");
+            }
+            let buf = MQ_RX + (q * usize::from(MQ_RX_BUFFERS) + id as usize) * MQ_RX_BUF;
+            let f = buf + hdr;
+            let ethertype = u16::from_be_bytes([dma_read(f + 12), dma_read(f + 13)]);
+            let proto: u8 = dma_read(f + 23);
+            let dport = u16::from_be_bytes([dma_read(f + 36), dma_read(f + 37)]);
+            let which = dport.wrapping_sub(MQ_FIRST_SOURCE_PORT);
+            if len as usize >= hdr + 42 && ethertype == 0x0800 && proto == 17 && which < 2 {
+                answer_queue[usize::from(which)].get_or_insert(q);
+            }
+            rx.publish(id as u16);
+            rx.kick();
+        }
+    }
+    let show = |a: Option<usize>| match a {
+        Some(0) => "0",
+        Some(_) => "1",
+        None => "none",
+    };
+    println!(
+        "virtio-net: {} path=modern mq pairs={} ctrl={} tx0={} tx1={} answer0-rxq={} answer1-rxq={}",
+        bdf,
+        pairs,
+        if ack == 0 { "ok" } else { "err" },
+        if tx_ok[0] { "ok" } else { "timeout" },
+        if tx_ok[1] { "ok" } else { "timeout" },
+        show(answer_queue[0]),
+        show(answer_queue[1])
+    );
+    Ok(())
 }
