@@ -376,6 +376,13 @@ fn netdev_options_are_checked_with_qemus_texts() {
         ("hubport,id=n0", "Parameter 'hubid' is missing"),
         ("hubport,id=n0,hubid=0,netdev=nope", "netdev 'nope' not found"),
         ("hubport,id=n0,hubid=x", "Parameter 'hubid' expects int32"),
+        ("tap,id=n0,queues=x", "Parameter 'queues' expects a uint64 value"),
+        ("tap,id=n0,queues=-1", "Parameter 'queues' expects a uint64 value"),
+        ("tap,id=n0,queues=0", "tap: queues must be at least 1"),
+        ("tap,id=n0,fds=3:4,ifname=x", "ifname=, script=, downscript=, vnet_hdr=, helper=, queues=, and vhostfd= are invalid with fds="),
+        ("tap,id=n0,fds=3:4,queues=2", "ifname=, script=, downscript=, vnet_hdr=, helper=, queues=, and vhostfd= are invalid with fds="),
+        ("tap,id=n0,queues=2,fd=3", "ifname=, script=, downscript=, vnet_hdr=, helper=, queues=, fds=, and vhostfds= are invalid with fd="),
+        ("tap,id=n0,fds=250:251", "n0: Can't use file descriptor 250: Bad file descriptor"),
     ];
     for (spec, want) in cases {
         let r = machina_tests::run(

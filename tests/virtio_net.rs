@@ -171,10 +171,11 @@ fn merged_rx_buffers_and_guest_offloads_reach_the_tap() {
 
 /// The host side of the multiqueue test: a multiqueue tap; each UDP frame to port 7777
 /// gets an answer of the same flow (addresses and ports swapped), which the tap steers to
-/// the queue the flow arrived on.
+/// the queue the flow arrived on. It runs machina (the rest of its arguments), replacing
+/// `FDS` with two queue descriptors it opened itself (libvirt's way: `fds=a:b`).
 const MQ_RESPONDER: &str = r#"
-import socket, struct, subprocess, sys
-tap = sys.argv[1]
+import fcntl, os, socket, struct, subprocess, sys, threading
+tap, argv = sys.argv[1], sys.argv[2:]
 subprocess.run(["ip", "tuntap", "add", "dev", tap, "mode", "tap", "vnet_hdr", "multi_queue"], check=True)
 subprocess.run(["ip", "link", "set", tap, "up"], check=True)
 s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0800))
@@ -185,27 +186,47 @@ def checksum(b):
     while total > 0xffff:
         total = (total & 0xffff) + (total >> 16)
     return (~total) & 0xffff
-print("ready", flush=True)
-seen = set()
-while len(seen) < 2:
-    f = s.recv(2048)
-    if len(f) < 42 or f[23] != 17:
-        continue
-    sport, dport = struct.unpack("!HH", f[34:38])
-    if dport != 7777 or sport in seen:
-        continue
-    seen.add(sport)
-    payload = f[42:].rstrip(b"\0")
-    body = b"host-mq-" + payload[-1:]
-    ip = bytearray(f[14:34])
-    ip[2:4] = struct.pack("!H", 20 + 8 + len(body))
-    ip[12:16], ip[16:20] = f[30:34], f[26:30]
-    ip[10:12] = b"\0\0"
-    ip[10:12] = struct.pack("!H", checksum(bytes(ip)))
-    udp = struct.pack("!HHHH", 7777, sport, 8 + len(body), 0)
-    reply = f[6:12] + b"\x02\x00\x00\x00\x00\x01" + b"\x08\x00" + bytes(ip) + udp + body
-    s.send(reply.ljust(60, b"\0"))
-    print("answered", sport, payload.decode(errors="replace"), flush=True)
+answered = []
+def answer():
+    seen = set()
+    try:
+        while len(seen) < 2:
+            f = s.recv(2048)
+            if len(f) < 42 or f[23] != 17:
+                continue
+            sport, dport = struct.unpack("!HH", f[34:38])
+            if dport != 7777 or sport in seen:
+                continue
+            seen.add(sport)
+            payload = f[42:].rstrip(b"\0")
+            body = b"host-mq-" + payload[-1:]
+            ip = bytearray(f[14:34])
+            ip[2:4] = struct.pack("!H", 20 + 8 + len(body))
+            ip[12:16], ip[16:20] = f[30:34], f[26:30]
+            ip[10:12] = b"\0\0"
+            ip[10:12] = struct.pack("!H", checksum(bytes(ip)))
+            udp = struct.pack("!HHHH", 7777, sport, 8 + len(body), 0)
+            reply = f[6:12] + b"\x02\x00\x00\x00\x00\x01" + b"\x08\x00" + bytes(ip) + udp + body
+            s.send(reply.ljust(60, b"\0"))
+            answered.append("answered %d %s" % (sport, payload.decode(errors="replace")))
+    except OSError:
+        pass
+t = threading.Thread(target=answer, daemon=True)
+t.start()
+fds = []
+if any("FDS" in a for a in argv):
+    for _ in range(2):
+        fd = os.open("/dev/net/tun", os.O_RDWR)
+        # TUNSETIFF: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | IFF_MULTI_QUEUE.
+        fcntl.ioctl(fd, 0x400454ca, struct.pack("16sH22x", tap.encode(), 0x0002 | 0x1000 | 0x4000 | 0x0100))
+        fds.append(fd)
+argv = [a.replace("FDS", ":".join(map(str, fds))) for a in argv]
+r = subprocess.run(argv, pass_fds=fds, capture_output=True, text=True, timeout=120)
+t.join(1)
+sys.stdout.write(r.stdout)
+sys.stderr.write(r.stderr)
+print("\n".join(answered))
+print("machina-exit", r.returncode)
 "#;
 
 #[test]
@@ -217,56 +238,69 @@ fn two_queue_pairs_each_carry_a_flow_both_ways() {
         eprintln!("SKIP: this host forbids creating a network namespace (ip netns add failed)");
         return;
     };
-    let tap = "mqtap0";
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", &ns.0, "python3", "-c", MQ_RESPONDER, tap])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the responder");
-    let mut out = std::io::BufReader::new(child.stdout.take().expect("piped"));
-    let mut ready = String::new();
-    let _ = out.read_line(&mut ready);
-    if ready.trim() != "ready" {
-        let _ = child.kill();
-        let _ = child.wait();
-        eprintln!("SKIP: this host forbids multiqueue tap creation in a namespace");
-        return;
+    let binary = machina();
+    // The tap opened by machina (queues=2), then two queues passed to it (fds=).
+    for (tap, netdev) in [
+        (
+            "mqtap0",
+            "tap,id=n0,ifname=mqtap0,script=no,downscript=no,queues=2,vhost=off",
+        ),
+        ("mqtap1", "tap,id=n0,fds=FDS,vhost=off"),
+    ] {
+        let r = machina_tests::run(
+            Path::new("ip"),
+            &[
+                "netns",
+                "exec",
+                &ns.0,
+                "python3",
+                "-c",
+                MQ_RESPONDER,
+                tap,
+                binary.to_str().unwrap(),
+                "-M",
+                "q35",
+                "-nodefaults",
+                "-serial",
+                "stdio",
+                "-netdev",
+                netdev,
+                "-device",
+                "virtio-net-pci,netdev=n0,mq=on,disable-legacy=on",
+                "-append",
+                "machina.test=virtio machina.net-test=mq",
+            ],
+            Duration::from_secs(120),
+        );
+        if r.stderr.contains("Operation not permitted") && !r.stdout.contains("machina-exit") {
+            eprintln!(
+                "SKIP: this host forbids multiqueue taps in a namespace: {}",
+                r.stderr
+            );
+            return;
+        }
+        r.check(
+            r.stdout.contains("machina-exit 0"),
+            &format!("{netdev}: exit 0"),
+        );
+        let line = r
+            .lines_with("virtio-net: ")
+            .into_iter()
+            .find(|l| l.contains(" mq "))
+            .unwrap_or("");
+        r.check(
+            line.contains("pairs=2 ctrl=ok tx0=ok tx1=ok"),
+            &format!("{netdev}: two pairs, VQ_PAIRS_SET taken, a frame out of each: {line}"),
+        );
+        r.check(
+            r.stdout.contains("answered 40000 machina-mq-0")
+                && r.stdout.contains("answered 40001 machina-mq-1"),
+            &format!("{netdev}: the host got both flows"),
+        );
+        // Each answer came back on the queue pair its flow left from.
+        r.check(
+            line.contains("answer0-rxq=0 answer1-rxq=1"),
+            &format!("{netdev}: answers on their own pair's rx queue: {line}"),
+        );
     }
-    let netdev = format!("tap,id=n0,ifname={tap},script=no,downscript=no,queues=2,vhost=off");
-    let r = run_guest(
-        &ns,
-        &[
-            "-netdev",
-            &netdev,
-            "-device",
-            "virtio-net-pci,netdev=n0,mq=on,disable-legacy=on",
-            "-append",
-            "machina.test=virtio machina.net-test=mq",
-        ],
-    );
-    let _ = child.kill();
-    let _ = child.wait();
-    let mut host = String::new();
-    let _ = std::io::Read::read_to_string(&mut out, &mut host);
-    r.check(r.status == Some(0), "exit 0");
-    let line = r
-        .lines_with("virtio-net: ")
-        .into_iter()
-        .find(|l| l.contains(" mq "))
-        .unwrap_or("");
-    r.check(
-        line.contains("pairs=2 ctrl=ok tx0=ok tx1=ok"),
-        &format!("two pairs, VQ_PAIRS_SET taken, a frame out of each tx queue: {line}"),
-    );
-    r.check(
-        host.contains("answered 40000 machina-mq-0")
-            && host.contains("answered 40001 machina-mq-1"),
-        &format!("the host got both flows: {host}"),
-    );
-    // Each answer came back on the queue pair its flow left from.
-    r.check(
-        line.contains("answer0-rxq=0 answer1-rxq=1"),
-        &format!("answers on their own pair's rx queue: {line}; host: {host}"),
-    );
 }
