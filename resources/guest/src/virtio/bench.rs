@@ -166,9 +166,14 @@ fn run_on(dev: &Device, ms: u64) -> Result<(), Reason> {
     t.reset()
 }
 
-/// The `virtio-bench` test; `machina.bench-ms` is the budget per case.
+/// The `virtio-bench` test; `machina.bench-ms` is the budget per case,
+/// `machina.bench-dev=net` benchmarks virtio-net instead.
 pub fn run(cmdline: &Cmdline<'_>) {
     let ms = cmdline.get_u64(b"machina.bench-ms", 500);
+    // `machina.bench-dev=net`: the virtio-net benchmark instead (bench_net.rs).
+    if cmdline.get(b"machina.bench-dev") == Some(b"net") {
+        return super::bench_net::run(ms);
+    }
     let mut blk = None;
     pci::walk(&Cf8, |f| {
         let is_blk = f.vendor() == VENDOR_VIRTIO

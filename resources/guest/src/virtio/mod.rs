@@ -101,6 +101,7 @@ const RX_TIMEOUT_MS: u64 = 5000;
 const RESET_TIMEOUT_MS: u64 = 1000;
 
 pub mod bench;
+mod bench_net;
 mod blk;
 mod console;
 pub mod datapath;
