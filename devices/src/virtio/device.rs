@@ -66,6 +66,16 @@ pub(crate) fn check_chain(
     }
 }
 
+/// Without EVENT_IDX, the driver's VRING_AVAIL_F_NO_INTERRUPT asks for no interrupts
+/// (QEMU's virtio_should_notify; virtio-queue's needs_notification ignores the flag).
+pub(crate) fn no_interrupt(q: &Queue, mem: &GuestMemoryMmap, event_idx: bool) -> bool {
+    use vm_memory::Bytes;
+    !event_idx
+        && mem
+            .read_obj::<u16>(vm_memory::GuestAddress(q.avail_ring()))
+            .is_ok_and(|flags| u16::from_le(flags) & 1 != 0)
+}
+
 /// Everything a device touches while processing: the queues, guest memory, negotiated
 /// features and the interrupt it raises.
 pub struct QueueContext<'a> {
@@ -80,11 +90,12 @@ pub struct QueueContext<'a> {
 impl<'a> QueueContext<'a> {
     /// Interrupt the driver for queue `idx` unless it suppressed notifications.
     pub fn notify(&mut self, idx: usize) {
+        let event_idx = self.features & super::regs::features::RING_EVENT_IDX != 0;
         let Some(q) = self.queues.get_mut(idx) else {
             return;
         };
         // A used ring the guest made unreadable cannot say "no interrupt": send one.
-        if q.needs_notification(self.mem).unwrap_or(true) {
+        if q.needs_notification(self.mem).unwrap_or(true) && !no_interrupt(q, self.mem, event_idx) {
             crate::trace_event!(virtio_notify, "vdev {} vq {}", self.name, idx);
             self.irq.signal_queue(idx);
         }

@@ -376,7 +376,7 @@ fn notify_since(ctx: &mut QueueContext, idx: usize, old: u16) {
             Err(_) => true,
         };
     }
-    if need {
+    if need && !super::device::no_interrupt(q, mem, event_idx) {
         crate::trace_event!(virtio_notify, "vdev {} vq {}", ctx.name, idx);
         ctx.irq.signal_queue(idx);
     }
@@ -478,13 +478,13 @@ impl Net {
         Ok(())
     }
 
-    /// Take the next receive chain from the ring; chains that cannot hold a header (or lie
-    /// outside guest RAM) go back unused at once.
+    /// Take the next receive chain from the ring; chains without device-writable buffers
+    /// (or outside guest RAM) go back unused at once. (One too small for the header takes
+    /// and drops the next frame, as one too small for the frame does.)
     fn pop_rx_chain(
         q: &mut Queue,
         mem: &GuestMemoryMmap,
         rxq: usize,
-        min: usize,
     ) -> Result<Option<RxChain>, DeviceError> {
         loop {
             let chain = q.iter(mem).map_err(|e| bad_queue(rxq, e))?.next();
@@ -498,7 +498,7 @@ impl Net {
                 .as_ref()
                 .map_or(0, |v| v.iter().map(|v| v.iov_len).sum());
             match iovs {
-                Some(iovs) if capacity >= min => {
+                Some(iovs) if capacity > 0 => {
                     return Ok(Some(RxChain {
                         head,
                         iovs,
@@ -537,7 +537,7 @@ impl Net {
             // Chains for the next frame: one, or with MRG_RXBUF enough for a largest one.
             let mut capacity: usize = p.pending.iter().map(|c| c.capacity).sum();
             while p.pending.is_empty() || (mrg && capacity < largest) {
-                match Self::pop_rx_chain(q, mem, rxq, hdr)? {
+                match Self::pop_rx_chain(q, mem, rxq)? {
                     Some(c) => {
                         capacity += c.capacity;
                         p.pending.push_back(c);
