@@ -5,7 +5,7 @@
 //! `localhost` only.
 
 use std::ffi::{OsStr, OsString};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
@@ -100,6 +100,39 @@ impl SockAddr {
             },
             _ => SockAddr::Fd(text("str").ok_or_else(|| missing("str"))?),
         }))
+    }
+
+    /// `-netdev socket`'s `host:port` (QEMU's parse_host_port: IPv4, an empty host is any
+    /// address; numeric hosts and `localhost` only, as everywhere here).
+    pub fn from_host_port(value: &str) -> Result<SockAddr, String> {
+        let Some((host, port)) = value.rsplit_once(':') else {
+            return Err(format!(
+                "host address '{value}' doesn't contain ':' separating host from port"
+            ));
+        };
+        if host != "localhost" && !host.is_empty() && host.parse::<Ipv4Addr>().is_err() {
+            return Err(format!("host not found: {host}"));
+        }
+        if port.parse::<u16>().is_err() {
+            return Err(format!("invalid host port '{port}'"));
+        }
+        Ok(SockAddr::Inet {
+            host: if host.is_empty() { "0.0.0.0" } else { host }.to_string(),
+            port: port.to_string(),
+            ipv4: Some(true),
+            ipv6: None,
+        })
+    }
+
+    /// The IPv4 address an inet address names (the first, where it names several).
+    pub fn ipv4(&self) -> Result<SocketAddrV4, String> {
+        self.resolve()?
+            .into_iter()
+            .find_map(|a| match a {
+                SocketAddr::V4(v4) => Some(v4),
+                SocketAddr::V6(_) => None,
+            })
+            .ok_or_else(|| "not an IPv4 address".to_string())
     }
 
     /// QEMU's `socket_uri`.
@@ -600,6 +633,32 @@ pub fn mcast_socket(group: &SocketAddr, local: Option<Ipv4Addr>) -> Result<Owned
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_port_is_parsed_into_the_same_address_as_addr_members() {
+        let a = SockAddr::from_host_port(":1234").unwrap();
+        assert_eq!(a.ipv4().unwrap(), "0.0.0.0:1234".parse().unwrap());
+        let a = SockAddr::from_host_port("localhost:7").unwrap();
+        assert_eq!(a.ipv4().unwrap(), "127.0.0.1:7".parse().unwrap());
+        let m = members(&[
+            ("addr.type", "inet"),
+            ("addr.host", "127.0.0.1"),
+            ("addr.port", "7"),
+        ]);
+        let b = SockAddr::from_members(&m, "addr").unwrap().unwrap();
+        assert_eq!(b.ipv4(), a.ipv4());
+        for (bad, want) in [
+            (
+                "1234",
+                "host address '1234' doesn't contain ':' separating host from port",
+            ),
+            ("example.org:1", "host not found: example.org"),
+            ("1.2.3.4:x", "invalid host port 'x'"),
+            ("1.2.3.4:70000", "invalid host port '70000'"),
+        ] {
+            assert_eq!(SockAddr::from_host_port(bad).unwrap_err(), want);
+        }
+    }
 
     fn members(list: &[(&str, &str)]) -> Vec<(String, OsString)> {
         list.iter()

@@ -122,24 +122,12 @@ fn take_fd(value: &str, numeric_fds: bool) -> Result<OwnedFd, NetdevError> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// `host:port` of `-netdev socket` (QEMU's parse_host_port: IPv4, empty host = any).
+/// `host:port` of `-netdev socket`, parsed as every netdev address is (addr.rs), as the
+/// IPv4 address `-netdev socket` takes.
 fn host_port(value: &str) -> Result<std::net::SocketAddrV4, NetdevError> {
-    let Some((host, port)) = value.rsplit_once(':') else {
-        return fail(format!(
-            "host address '{value}' doesn't contain ':' separating host from port"
-        ));
-    };
-    let ip = match host {
-        "" => std::net::Ipv4Addr::UNSPECIFIED,
-        "localhost" => std::net::Ipv4Addr::LOCALHOST,
-        h => h
-            .parse()
-            .map_err(|_| NetdevError(format!("host not found: {h}")))?,
-    };
-    let port: u16 = port
-        .parse()
-        .map_err(|_| NetdevError(format!("invalid host port '{port}'")))?;
-    Ok(std::net::SocketAddrV4::new(ip, port))
+    SockAddr::from_host_port(value)
+        .and_then(|a| a.ipv4())
+        .map_err(NetdevError)
 }
 
 fn stream_client(name: &str, legacy: bool, mode: StreamMode, conn: Option<OwnedFd>) -> Client {
@@ -180,6 +168,55 @@ fn check_keys(
     Ok(())
 }
 
+/// Why a unix socket could not be set up, for each backend to word as QEMU does.
+enum UnixFail {
+    Address(String),
+    Unlink(std::io::Error),
+    Create(std::io::Error),
+    Bind(std::io::Error),
+}
+
+/// A unix socket of type `ty` bound to `path` (a stale socket file of an earlier run is
+/// replaced, as QEMU's unix_listen_saddr and net/dgram.c do), listening when `listen`.
+fn bound_unix(
+    path: &std::ffi::OsStr,
+    abstract_: bool,
+    tight: bool,
+    ty: libc::c_int,
+    listen: bool,
+) -> Result<OwnedFd, UnixFail> {
+    let raw = RawAddr::unix(path, abstract_, tight).map_err(UnixFail::Address)?;
+    if !abstract_ {
+        if let Err(e) = std::fs::remove_file(path) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                return Err(UnixFail::Unlink(e));
+            }
+        }
+    }
+    let fd = addr::socket(libc::AF_UNIX, ty).map_err(UnixFail::Create)?;
+    addr::bind(&fd, &raw)
+        .and_then(|_| if listen { addr::listen(&fd, 1) } else { Ok(()) })
+        .map_err(UnixFail::Bind)?;
+    Ok(fd)
+}
+
+/// A listening unix stream socket with QEMU's texts (`stream` servers, socket chardevs).
+fn unix_listener(
+    path: &std::ffi::OsStr,
+    abstract_: bool,
+    tight: bool,
+) -> Result<OwnedFd, NetdevError> {
+    let shown = path.to_string_lossy();
+    bound_unix(path, abstract_, tight, libc::SOCK_STREAM, true).map_err(|f| {
+        NetdevError(match f {
+            UnixFail::Address(e) => e,
+            UnixFail::Unlink(e) => format!("Failed to unlink socket {shown}: {}", plain(&e)),
+            UnixFail::Create(e) => format!("Failed to create socket: {}", plain(&e)),
+            UnixFail::Bind(e) => format!("Failed to bind socket to {shown}: {}", plain(&e)),
+        })
+    })
+}
+
 /// A listening stream socket on `addr`.
 fn listen_on(addr: &SockAddr, numeric_fds: bool) -> Result<(OwnedFd, bool), NetdevError> {
     match addr {
@@ -214,25 +251,7 @@ fn listen_on(addr: &SockAddr, numeric_fds: bool) -> Result<(OwnedFd, bool), Netd
             path,
             abstract_,
             tight,
-        } => {
-            let raw = RawAddr::unix(path, *abstract_, *tight).map_err(NetdevError)?;
-            if !*abstract_ {
-                // A stale socket file of an earlier run is replaced, as QEMU does.
-                let _ = std::fs::remove_file(path);
-            }
-            let fd = addr::socket(libc::AF_UNIX, libc::SOCK_STREAM)
-                .map_err(|e| NetdevError(format!("Failed to create socket: {}", plain(&e))))?;
-            addr::bind(&fd, &raw)
-                .and_then(|_| addr::listen(&fd, 1))
-                .map_err(|e| {
-                    NetdevError(format!(
-                        "Failed to bind socket to {}: {}",
-                        path.to_string_lossy(),
-                        plain(&e)
-                    ))
-                })?;
-            Ok((fd, true))
-        }
+        } => Ok((unix_listener(path, *abstract_, *tight)?, true)),
         SockAddr::Fd(s) => {
             let fd = take_fd(s, numeric_fds)?;
             addr::listen(&fd, 1)
@@ -485,11 +504,13 @@ fn dgram_netdev(
     let local = SockAddr::from_members(members, "local").map_err(NetdevError)?;
     let remote = SockAddr::from_members(members, "remote").map_err(NetdevError)?;
     let ipv4_of = |a: &SockAddr| -> Result<std::net::SocketAddr, NetdevError> {
-        a.resolve()
-            .map_err(NetdevError)?
-            .into_iter()
-            .find(|s| s.is_ipv4())
-            .ok_or_else(|| NetdevError("only IPv4 addresses are supported by dgram".into()))
+        match a.ipv4() {
+            Ok(v4) => Ok(v4.into()),
+            Err(e) if e.starts_with("not an IPv4") => {
+                fail("only IPv4 addresses are supported by dgram")
+            }
+            Err(e) => Err(NetdevError(e)),
+        }
     };
     if let Some(r @ SockAddr::Inet { .. }) = &remote {
         let group = ipv4_of(r)?;
@@ -578,25 +599,22 @@ fn dgram_netdev(
             ))
         }
         (SockAddr::Unix { path: lp, .. }, Some(SockAddr::Unix { path: rp, .. })) => {
-            let la = RawAddr::unix(&lp, false, true).map_err(NetdevError)?;
+            RawAddr::unix(&lp, false, true).map_err(NetdevError)?;
             let ra = RawAddr::unix(&rp, false, true).map_err(NetdevError)?;
-            if let Err(e) = std::fs::remove_file(&lp) {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    return fail(format!(
-                        "failed to unlink socket {}: {}",
-                        lp.to_string_lossy(),
-                        plain(&e)
-                    ));
-                }
-            }
-            let fd = addr::socket(libc::AF_UNIX, libc::SOCK_DGRAM)
-                .map_err(|e| NetdevError(format!("can't create datagram socket: {}", plain(&e))))?;
-            addr::bind(&fd, &la).map_err(|e| {
-                NetdevError(format!(
-                    "can't bind unix={} to socket: {}",
-                    lp.to_string_lossy(),
-                    plain(&e)
-                ))
+            let shown = lp.to_string_lossy();
+            let fd = bound_unix(&lp, false, true, libc::SOCK_DGRAM, false).map_err(|f| {
+                NetdevError(match f {
+                    UnixFail::Address(e) => e,
+                    UnixFail::Unlink(e) => {
+                        format!("failed to unlink socket {shown}: {}", plain(&e))
+                    }
+                    UnixFail::Create(e) => {
+                        format!("can't create datagram socket: {}", plain(&e))
+                    }
+                    UnixFail::Bind(e) => {
+                        format!("can't bind unix={shown} to socket: {}", plain(&e))
+                    }
+                })
             })?;
             let info = format!("udp={}:{}", lp.to_string_lossy(), rp.to_string_lossy());
             Ok((
@@ -895,19 +913,7 @@ pub fn open_char(name: &str, spec: &CharSocket) -> Result<(), NetdevError> {
         |path: &std::path::Path| RawAddr::unix(path.as_os_str(), false, true).map_err(NetdevError);
     let end = match spec {
         CharSocket::Server(path) => {
-            let raw = unix_addr(path)?;
-            let _ = std::fs::remove_file(path);
-            let fd = addr::socket(libc::AF_UNIX, libc::SOCK_STREAM)
-                .map_err(|e| NetdevError(format!("Failed to create socket: {}", plain(&e))))?;
-            addr::bind(&fd, &raw)
-                .and_then(|_| addr::listen(&fd, 1))
-                .map_err(|e| {
-                    NetdevError(format!(
-                        "Failed to bind socket to {}: {}",
-                        path.display(),
-                        plain(&e)
-                    ))
-                })?;
+            let fd = unix_listener(path.as_os_str(), false, true)?;
             engine::CharEnd::new(name.into(), Some(fd), None)
         }
         CharSocket::Client(path) => {
