@@ -965,6 +965,19 @@ mod tests {
             host | GUEST_OFFLOADS
         );
         assert_eq!(n.legacy_features(), F_GSO);
+        // QEMU 7.2's device features over a tap (x-query-virtio-status: bits 0-2, 5-20
+        // and 23), less GUEST_ANNOUNCE (21), which machina does not implement.
+        let qemu72: u64 = [
+            0, 1, 2, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 23,
+        ]
+        .iter()
+        .fold(0, |a, b| a | 1 << b);
+        assert_eq!(n.features(), qemu72 & !F_GUEST_ANNOUNCE);
+        // Over a socket peer QEMU keeps GSO, CTRL_GUEST_OFFLOADS and the control features.
+        let (mut d, _peer) = net_over_socket(&[("mq", "on")]);
+        let want = (qemu72 & !F_GUEST_ANNOUNCE & !NEED_VNET_HDR) | F_MQ;
+        let legacy_only = F_GSO;
+        assert_eq!(d.device_features() & 0xff_ffff, want & !legacy_only);
         assert_eq!(tun_offloads(GUEST_OFFLOADS), 0x1f);
         assert_eq!(
             tun_offloads(F_GUEST_TSO4),
