@@ -204,6 +204,7 @@ fn virtio_net_lists_the_features_its_model_offers() {
         tap,
         mac: machine::MacAddr::FIRST_DEFAULT,
         more_queues: Vec::new(),
+        announce: None,
     };
     let offered = Net::with_features(backend, u64::MAX).features();
     for (name, bit) in NET_FEATURE_PROPS {

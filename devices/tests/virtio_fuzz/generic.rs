@@ -107,6 +107,7 @@ pub(crate) fn generic_iteration(rng: &mut XorShift, stats: &mut Stats, gm: &mut 
                         tap,
                         mac: machine::MacAddr::FIRST_DEFAULT,
                         more_queues: Vec::new(),
+                        announce: None,
                     }),
                     mem.clone(),
                 ),

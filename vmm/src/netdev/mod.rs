@@ -816,6 +816,18 @@ impl Netdev {
     }
 }
 
+/// Let NIC `name` (attached to a netdev) ask its guest to announce itself on each
+/// `announce-self` round through `fd` (virtio-net's GUEST_ANNOUNCE); the last build's wins.
+pub fn set_guest_announce(name: &str, fd: Arc<vmm_sys_util::eventfd::EventFd>) {
+    let Some(engine) = engine::running() else {
+        return;
+    };
+    let mut state = engine.lock();
+    if let Some(c) = state.find_nic_mut(name) {
+        c.guest_announce = Some(fd);
+    }
+}
+
 /// The NIC name QEMU gives a device without `id`: its model and a per-model count.
 pub fn nic_name(model: &str, id: Option<&str>) -> String {
     if let Some(id) = id {

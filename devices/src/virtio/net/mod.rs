@@ -26,8 +26,10 @@ use machine::MacAddr;
 use std::collections::VecDeque;
 use std::fs::File;
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::eventfd::EventFd;
 
 pub const DEVICE_TYPE: u16 = 1;
 
@@ -67,8 +69,7 @@ pub mod features {
 use features::*;
 
 /// The feature properties machina implements (QEMU's virtio_net_properties) with their
-/// bits and QEMU 7.2's defaults. `guest_announce` is not among them: machina's
-/// `announce-self` sends the RARP itself and has no path to ask the guest.
+/// bits and QEMU 7.2's defaults.
 pub const FEATURE_PROPERTIES: &[(&str, u64, bool)] = &[
     ("csum", F_CSUM, true),
     ("guest_csum", F_GUEST_CSUM, true),
@@ -88,6 +89,7 @@ pub const FEATURE_PROPERTIES: &[(&str, u64, bool)] = &[
     ("ctrl_rx", F_CTRL_RX, true),
     ("ctrl_vlan", F_CTRL_VLAN, true),
     ("ctrl_rx_extra", F_CTRL_RX_EXTRA, true),
+    ("guest_announce", F_GUEST_ANNOUNCE, true),
     ("mq", F_MQ, false),
     ("ctrl_mac_addr", F_CTRL_MAC_ADDR, true),
 ];
@@ -119,7 +121,13 @@ pub struct NetBackend {
     /// The other queues of a multiqueue tap (`-netdev tap,queues=N`), one per further
     /// queue pair.
     pub more_queues: Vec<File>,
+    /// Signalled by the network layer on each `announce-self` round: a driver that
+    /// negotiated GUEST_ANNOUNCE is asked to announce itself.
+    pub announce: Option<Arc<EventFd>>,
 }
+
+/// Event-source token of the announce EventFd (pair tokens are the pair indices).
+const ANNOUNCE_TOKEN: u32 = 0x8000;
 
 /// A receive chain taken from the ring and waiting for a frame, as iovecs over guest RAM.
 struct RxChain {
@@ -174,8 +182,10 @@ pub struct Net {
     /// Header length the guest negotiated (10, or 12 with VERSION_1 / MRG_RXBUF).
     hdr_len: usize,
     filter: ctrl::RxFilter,
-    /// VIRTIO_NET_S_ANNOUNCE (never set: guest announcements are not offered).
+    /// VIRTIO_NET_S_ANNOUNCE: the driver was asked to announce and has not acknowledged.
     announce: bool,
+    /// What `announce-self` signals (see [`NetBackend::announce`]).
+    announce_fd: Option<Arc<EventFd>>,
     scratch: Scratch,
 }
 /// Drop the first `n` bytes of `iovs`; false if they hold fewer.
@@ -418,6 +428,7 @@ impl Net {
             hdr_len: 10,
             filter: ctrl::RxFilter::default(),
             announce: false,
+            announce_fd: backend.announce,
             scratch: Scratch::default(),
         }
     }
@@ -836,12 +847,28 @@ impl VirtioDevice for Net {
     }
 
     fn event_sources(&self) -> Vec<(RawFd, u32)> {
-        (0..self.pairs.len())
+        let mut v: Vec<(RawFd, u32)> = (0..self.pairs.len())
             .map(|i| (self.pairs[i].tap.as_raw_fd(), i as u32))
-            .collect()
+            .collect();
+        if let Some(fd) = &self.announce_fd {
+            v.push((fd.as_raw_fd(), ANNOUNCE_TOKEN));
+        }
+        v
     }
 
     fn process_event(&mut self, token: u32, ctx: &mut QueueContext) -> Result<(), DeviceError> {
+        if token == ANNOUNCE_TOKEN {
+            if let Some(fd) = &self.announce_fd {
+                let _ = fd.read();
+            }
+            // QEMU's virtio_net_announce: only a driver that can acknowledge is asked.
+            let both = F_GUEST_ANNOUNCE | F_CTRL_VQ;
+            if self.acked & both == both {
+                self.announce = true;
+                ctx.irq.signal_config();
+            }
+            return Ok(());
+        }
         let pair = token as usize;
         if let Some(p) = self.pairs.get_mut(pair) {
             p.readable = true;
@@ -919,6 +946,13 @@ mod tests {
 
     /// A modern virtio-net over a datagram socket pair (the netdev side is returned).
     fn net_over_socket(props: &[(&str, &str)]) -> (Driver, UnixDatagram) {
+        net_with_announce(props, None)
+    }
+
+    fn net_with_announce(
+        props: &[(&str, &str)],
+        announce: Option<Arc<EventFd>>,
+    ) -> (Driver, UnixDatagram) {
         let (ours, peer) = UnixDatagram::pair().unwrap();
         ours.set_nonblocking(true).unwrap();
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
@@ -926,6 +960,7 @@ mod tests {
             tap: File::from(std::os::fd::OwnedFd::from(ours)),
             mac: machine::MacAddr::FIRST_DEFAULT,
             more_queues: Vec::new(),
+            announce,
         });
         let plan = virtio_plan(DEVICE_NET, false, false, props);
         (Driver::new(&plan, backend, mem), peer)
@@ -946,7 +981,7 @@ mod tests {
         assert_eq!(f & NEED_VNET_HDR, 0);
         let want = F_MAC | F_MRG_RXBUF | F_STATUS | F_CTRL_VQ | F_CTRL_RX | F_CTRL_VLAN;
         assert_eq!(f & want, want, "{f:#x}");
-        assert_eq!(f & (F_GSO | F_MQ | F_GUEST_ANNOUNCE), 0, "{f:#x}");
+        assert_eq!(f & (F_GSO | F_MQ), 0, "{f:#x}");
         let (mut d, _peer) = net_over_socket(&[("mrg_rxbuf", "off"), ("ctrl_vq", "off")]);
         let f = d.device_features();
         assert_eq!(f & (F_MRG_RXBUF | F_CTRL_VQ), 0, "{f:#x}");
@@ -958,6 +993,7 @@ mod tests {
             tap,
             mac,
             more_queues,
+            announce: None,
         });
         let host = F_CSUM | F_HOST_TSO4 | F_HOST_TSO6 | F_HOST_ECN | F_HOST_UFO;
         assert_eq!(
@@ -965,17 +1001,17 @@ mod tests {
             host | GUEST_OFFLOADS
         );
         assert_eq!(n.legacy_features(), F_GSO);
-        // QEMU 7.2's device features over a tap (x-query-virtio-status: bits 0-2, 5-20
-        // and 23), less GUEST_ANNOUNCE (21), which machina does not implement.
+        // QEMU 7.2's device features over a tap (x-query-virtio-status: bits 0-2, 5-21
+        // and 23).
         let qemu72: u64 = [
             0, 1, 2, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 23,
         ]
         .iter()
         .fold(0, |a, b| a | 1 << b);
-        assert_eq!(n.features(), qemu72 & !F_GUEST_ANNOUNCE);
+        assert_eq!(n.features(), qemu72);
         // Over a socket peer QEMU keeps GSO, CTRL_GUEST_OFFLOADS and the control features.
         let (mut d, _peer) = net_over_socket(&[("mq", "on")]);
-        let want = (qemu72 & !F_GUEST_ANNOUNCE & !NEED_VNET_HDR) | F_MQ;
+        let want = (qemu72 & !NEED_VNET_HDR) | F_MQ;
         let legacy_only = F_GSO;
         assert_eq!(d.device_features() & 0xff_ffff, want & !legacy_only);
         assert_eq!(tun_offloads(GUEST_OFFLOADS), 0x1f);
@@ -1105,5 +1141,45 @@ mod tests {
             .read_slice(&mut dest, GuestAddress(BUFS + 12))
             .unwrap();
         assert_eq!(dest, machine::MacAddr::FIRST_DEFAULT.bytes());
+    }
+
+    /// announce-self (the EventFd) sets VIRTIO_NET_S_ANNOUNCE with a config interrupt for a
+    /// driver that negotiated GUEST_ANNOUNCE; its ANNOUNCE_ACK clears it.
+    #[test]
+    fn an_announcement_asks_the_guest_and_its_ack_clears_it() {
+        use crate::virtio::regs::{modern, ISR_CONFIG};
+        let fd = Arc::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
+        let (mut d, _peer) = net_with_announce(&[], Some(fd.clone()));
+        let mut r = rings();
+        d.modern_begin(VERSION_1 | F_CTRL_VQ | F_GUEST_ANNOUNCE | F_STATUS);
+        d.modern_ring(2, &r[2]);
+        d.modern_driver_ok();
+        d.w.poll();
+        let status = |d: &mut Driver| d.bar_read(modern::BAR, modern::DEVICE + 6, 2);
+        assert_eq!(status(&mut d), 1, "link up, no announcement");
+        fd.write(1).unwrap();
+        d.w.process_event(ANNOUNCE_TOKEN);
+        assert_eq!(status(&mut d), 3, "VIRTIO_NET_S_ANNOUNCE");
+        let isr = d.bar_read(modern::BAR, modern::ISR, 1) as u8;
+        assert_ne!(isr & ISR_CONFIG, 0, "a config interrupt");
+        let cmd = 0x30000u64;
+        for (k, want) in [(0u16, 0u8), (4, 1)] {
+            d.mem.write_slice(&[3, 0], GuestAddress(cmd)).unwrap();
+            r[2].push_chain(&d.mem, k, &[(cmd, 2, false), (cmd + 0x100, 1, true)]);
+            d.notify_modern(2);
+            d.w.poll();
+            let got: u8 = d.mem.read_obj(GuestAddress(cmd + 0x100)).unwrap();
+            assert_eq!(
+                got, want,
+                "ack {k}: OK, then ERR with nothing to acknowledge"
+            );
+        }
+        assert_eq!(status(&mut d), 1);
+        // A driver without GUEST_ANNOUNCE is not asked.
+        d.modern_begin(VERSION_1 | F_CTRL_VQ | F_STATUS);
+        d.modern_driver_ok();
+        fd.write(1).unwrap();
+        d.w.process_event(ANNOUNCE_TOKEN);
+        assert_eq!(status(&mut d), 1);
     }
 }
