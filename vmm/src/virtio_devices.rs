@@ -330,17 +330,17 @@ pub(crate) fn open_net(
             File::from(std::os::fd::OwnedFd::from(ours))
         }
     };
-    // announce-self asks a driver that negotiated GUEST_ANNOUNCE to announce itself; only
-    // a NIC with a netdev is known to the network layer.
+    // announce-self asks a virtio-net driver that negotiated GUEST_ANNOUNCE to announce
+    // itself; only a NIC with a netdev is known to the network layer.
     let announce = match prop(f, "netdev") {
-        Some(_) => {
+        Some(_) if f.virtio.is_some() => {
             let fd = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK)
                 .map_err(|e| device_err(f, format!("cannot create an eventfd: {e}")))?;
             let fd = std::sync::Arc::new(fd);
             crate::netdev::set_guest_announce(&nic_name(f, plan), fd.clone());
             Some(fd)
         }
-        None => None,
+        _ => None,
     };
     Ok(NetBackend {
         tap,

@@ -32,8 +32,10 @@ impl NetIo {
         let hdr = if is_socket(&file) {
             0
         } else {
-            // The tap may have served a virtio-net device with a 12-byte header before.
+            // The tap may have served a virtio-net device with a 12-byte header and receive
+            // offloads before: this model takes whole, checksummed frames.
             crate::virtio::net::tap::set_vnet_hdr_size(&file, VNET_HDR as i32)?;
+            crate::virtio::net::tap::set_offload(&file, 0)?;
             VNET_HDR
         };
         Ok(Self {
