@@ -719,10 +719,10 @@ fn introspection_lists_only_what_machina_models() {
     };
     for cmd in ["device-list-properties", "qom-list-properties"] {
         let net = props(&mut qmp, cmd, "virtio-net-pci");
-        for p in ["rss", "hash", "acpi-index", "csum", "mq", "mrg_rxbuf"] {
+        for p in ["rss", "hash", "acpi-index", "host_uso", "rx_queue_size"] {
             assert!(!net.iter().any(|x| x == p), "{cmd} virtio-net-pci {p}");
         }
-        for p in ["mac", "netdev", "addr"] {
+        for p in ["mac", "netdev", "addr", "csum", "mq", "mrg_rxbuf", "ctrl_vq"] {
             assert!(net.iter().any(|x| x == p), "{cmd} virtio-net-pci {p}");
         }
         let blk = props(&mut qmp, cmd, "virtio-blk-pci");
