@@ -722,7 +722,15 @@ fn introspection_lists_only_what_machina_models() {
         for p in ["rss", "hash", "acpi-index", "host_uso", "rx_queue_size"] {
             assert!(!net.iter().any(|x| x == p), "{cmd} virtio-net-pci {p}");
         }
-        for p in ["mac", "netdev", "addr", "csum", "mq", "mrg_rxbuf", "ctrl_vq"] {
+        for p in [
+            "mac",
+            "netdev",
+            "addr",
+            "csum",
+            "mq",
+            "mrg_rxbuf",
+            "ctrl_vq",
+        ] {
             assert!(net.iter().any(|x| x == p), "{cmd} virtio-net-pci {p}");
         }
         let blk = props(&mut qmp, cmd, "virtio-blk-pci");

@@ -553,6 +553,43 @@ fn socket_netdev(
     }))
 }
 
+/// `-netdev tap,queues=N`.
+fn tap_queues(context: &str, text: &str) -> Result<usize, BackendError> {
+    match text.parse::<u64>() {
+        // QEMU 7.2 asserts on queues=0; there is no tap without a queue.
+        Ok(0) => Err(err(context, "tap: queues must be at least 1")),
+        // The kernel's limit on the queues of one tap (MAX_TAP_QUEUES).
+        Ok(n) if n > 256 => Err(err(
+            context,
+            format!("tap: queues={n} is more than a tap can have (256)"),
+        )),
+        Ok(n) => Ok(n as usize),
+        Err(_) => Err(err(context, "Parameter 'queues' expects a uint64 value")),
+    }
+}
+
+/// A descriptor given as tap `fd=`/`fds=`: a name a monitor client passed with `getfd`
+/// (the backend takes the fd), or on the command line a number.
+fn tap_fd(context: &str, text: &str, numeric_fds: bool) -> Result<i32, BackendError> {
+    let named = if text.starts_with(|c: char| c.is_ascii_digit()) {
+        None
+    } else {
+        crate::fdset::take_named(text)
+    };
+    match (named, text.parse::<i32>()) {
+        (Some(fd), _) => Ok(std::os::fd::IntoRawFd::into_raw_fd(fd)),
+        (None, Ok(n)) if n > 2 && numeric_fds => Ok(n),
+        (None, Err(_)) if !numeric_fds => Err(err(
+            context,
+            format!("File descriptor named '{text}' has not been found"),
+        )),
+        _ => Err(err(
+            context,
+            format!("tap: unable to get fd: No file descriptor named {text} found"),
+        )),
+    }
+}
+
 /// A netdev from its members, the type first (from keyval text or a QMP object).
 /// `numeric_fds`: a plain number names an inherited descriptor (command line only; over QMP
 /// a number would let a client take any descriptor of the process, so QEMU only looks up
@@ -603,45 +640,11 @@ fn netdev_from_pairs(
     }
     let id = get("id").ok_or_else(|| err(&context, "Parameter 'id' is missing"))?;
     let has = |keys: &[&str]| pairs.iter().any(|(k, _)| keys.contains(&k.as_str()));
-    let queues = match get("queues") {
-        None => 1,
-        Some(text) => match text.parse::<u64>() {
-            // QEMU 7.2 asserts on queues=0; there is no tap without a queue.
-            Ok(0) => return Err(err(&context, "tap: queues must be at least 1")),
-            // The kernel's limit on the queues of one tap (MAX_TAP_QUEUES).
-            Ok(n) if n > 256 => {
-                return Err(err(
-                    &context,
-                    format!("tap: queues={n} is more than a tap can have (256)"),
-                ))
-            }
-            Ok(n) => n as usize,
-            Err(_) => return Err(err(&context, "Parameter 'queues' expects a uint64 value")),
-        },
-    };
-    // A descriptor given as `fd=`/`fds=`: a name a monitor client passed with `getfd`
-    // (the backend takes the fd), or on the command line a number.
-    let take_fd = |text: &str| -> Result<i32, BackendError> {
-        let named = if text.starts_with(|c: char| c.is_ascii_digit()) {
-            None
-        } else {
-            crate::fdset::take_named(text)
-        };
-        match text.parse::<i32>() {
-            _ if named.is_some() => {
-                Ok(named.map(std::os::fd::IntoRawFd::into_raw_fd).unwrap_or(-1))
-            }
-            Ok(n) if n > 2 && numeric_fds => Ok(n),
-            Err(_) if !numeric_fds => Err(err(
-                &context,
-                format!("File descriptor named '{text}' has not been found"),
-            )),
-            _ => Err(err(
-                &context,
-                format!("tap: unable to get fd: No file descriptor named {text} found"),
-            )),
-        }
-    };
+    let queues = get("queues")
+        .map(|text| tap_queues(&context, &text))
+        .transpose()?
+        .unwrap_or(1);
+    let take_fd = |text: &str| tap_fd(&context, text, numeric_fds);
     let fd = match get("fd") {
         None => None,
         Some(text) => {
@@ -966,6 +969,68 @@ fn register_tap(id: &str, info: String, file: &File) -> Option<crate::netdev::Ne
     crate::netdev::Netdev::register_tap(id, info, std::os::fd::OwnedFd::from(fd)).ok()
 }
 
+/// The queues of `-netdev tap` (one, or `queues=`/`fds=` of a multiqueue tap) and how
+/// `info network` shows the tap: passed descriptors adopted (`fd=`, `fds=`; each closed,
+/// since it was given to machina to own, whether or not it is a usable tap), or the tap
+/// `ifname=` opened (created if missing).
+fn tap_files(
+    context: &str,
+    backend_id: &str,
+    fd: Option<i32>,
+    fds: &[i32],
+    ifname: &Option<String>,
+    queues: usize,
+) -> Result<(Vec<File>, String), BackendError> {
+    use devices::virtio::net::tap;
+    if let Some(fd) = fd {
+        let adopted = tap::adopt_tap(fd);
+        // SAFETY: `fd` was given to machina to own (an inherited number or a `getfd`
+        // name); `adopt_tap` holds its own duplicate, and nothing else uses the number.
+        unsafe { libc::close(fd) };
+        let file = adopted.map_err(|e| {
+            err(
+                context,
+                format!("tap: Can't use file descriptor {fd}: {}", plain_text(&e)),
+            )
+        })?;
+        return Ok((vec![file], format!("fd={fd}")));
+    }
+    if !fds.is_empty() {
+        let mut files = Vec::new();
+        let mut failed = None;
+        for &fd in fds {
+            let adopted = tap::adopt_tap(fd);
+            // SAFETY: as for `fd=` above.
+            unsafe { libc::close(fd) };
+            match adopted {
+                Ok(f) => files.push(f),
+                Err(e) => {
+                    failed.get_or_insert(format!(
+                        "{backend_id}: Can't use file descriptor {fd}: {}",
+                        plain_text(&e)
+                    ));
+                }
+            }
+        }
+        if let Some(message) = failed {
+            return Err(err(context, message));
+        }
+        let list: Vec<String> = fds.iter().map(i32::to_string).collect();
+        return Ok((files, format!("fds={}", list.join(":"))));
+    }
+    let name = ifname.clone().unwrap_or_default();
+    let files = tap::open_tap_queues(&name, queues).map_err(|e| {
+        err(
+            context,
+            format!(
+                "could not configure /dev/net/tun ({name}): {}",
+                plain_text(&e)
+            ),
+        )
+    })?;
+    Ok((files, format!("ifname={name},script=no,downscript=no")))
+}
+
 /// What QEMU does when a backend is created: a tap is opened (and kept: a named tap exists
 /// as long as its descriptor), a chardev's file is created.
 fn open_backend(backend: &mut Backend, context: &str) -> Result<(), BackendError> {
@@ -973,69 +1038,8 @@ fn open_backend(backend: &mut Backend, context: &str) -> Result<(), BackendError
     let backend_id = backend_id.as_str();
     match backend {
         Backend::Tap {
-            fd: Some(fd),
-            handle,
-            client,
-            ..
-        } => {
-            let file = devices::virtio::net::tap::adopt_tap(*fd).map_err(|e| {
-                // Given to machina to own (an inherited number or a `getfd` name): a
-                // refused one does not stay open.
-                // SAFETY: nothing else in the process uses `fd`.
-                unsafe { libc::close(*fd) };
-                err(
-                    context,
-                    format!("tap: Can't use file descriptor {fd}: {}", plain_text(&e)),
-                )
-            })?;
-            // The passed number is closed once adopted, as QEMU's tap owns the descriptor:
-            // nothing else in the process may use it (or leak it into a reset).
-            // SAFETY: `fd` was given to machina to own; `adopt_tap` holds its own duplicate.
-            unsafe { libc::close(*fd) };
-            let info = format!("fd={fd}");
-            *client = register_tap(backend_id, info, &file);
-            *handle = Some(Handle(Arc::new(file)));
-        }
-        Backend::Tap {
+            fd,
             fds,
-            handle,
-            more,
-            client,
-            ..
-        } if !fds.is_empty() => {
-            // Each passed descriptor is one queue of a multiqueue tap; all are taken (and
-            // closed) whatever happens, as they were given to machina to own.
-            let mut files = Vec::new();
-            let mut failed = None;
-            for &fd in fds.iter() {
-                let adopted = devices::virtio::net::tap::adopt_tap(fd);
-                // SAFETY: `fd` was given to machina to own; `adopt_tap` holds a duplicate.
-                unsafe { libc::close(fd) };
-                match adopted {
-                    Ok(f) if failed.is_none() => files.push(f),
-                    Ok(_) => {}
-                    Err(e) => {
-                        failed.get_or_insert(format!(
-                            "{backend_id}: Can't use file descriptor {fd}: {}",
-                            plain_text(&e)
-                        ));
-                    }
-                }
-            }
-            if let Some(message) = failed {
-                return Err(err(context, message));
-            }
-            let info = format!(
-                "fds={}",
-                fds.iter().map(i32::to_string).collect::<Vec<_>>().join(":")
-            );
-            let mut files = files.into_iter();
-            let first = files.next().ok_or_else(|| err(context, "tap: no fds"))?;
-            *client = register_tap(backend_id, info, &first);
-            *handle = Some(Handle(Arc::new(first)));
-            *more = files.map(|f| Handle(Arc::new(f))).collect();
-        }
-        Backend::Tap {
             ifname,
             queues,
             handle,
@@ -1043,18 +1047,7 @@ fn open_backend(backend: &mut Backend, context: &str) -> Result<(), BackendError
             client,
             ..
         } => {
-            let name = ifname.clone().unwrap_or_default();
-            let files =
-                devices::virtio::net::tap::open_tap_queues(&name, *queues).map_err(|e| {
-                    err(
-                        context,
-                        format!(
-                            "could not configure /dev/net/tun ({name}): {}",
-                            plain_text(&e)
-                        ),
-                    )
-                })?;
-            let info = format!("ifname={name},script=no,downscript=no");
+            let (files, info) = tap_files(context, backend_id, *fd, fds, ifname, *queues)?;
             let mut files = files.into_iter();
             let first = files.next().ok_or_else(|| err(context, "tap: no queue"))?;
             *client = register_tap(backend_id, info, &first);

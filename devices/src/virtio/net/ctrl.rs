@@ -123,104 +123,90 @@ fn le32(b: &[u8]) -> Option<u32> {
 /// (`total` of them in the chain; `data` may hold fewer when the chain is huge). Returns the
 /// status byte and what the device must do.
 pub fn handle(st: &mut CtrlState, class: u8, cmd: u8, data: &[u8], total: usize) -> (u8, Effect) {
-    let ok = |e| (OK, e);
-    match class {
-        CLASS_RX => {
-            let Some(&on) = data.first() else {
-                return (ERR, Effect::None);
-            };
-            let on = on != 0;
-            let f = &mut *st.filter;
-            match cmd {
-                0 => f.promisc = on,
-                1 => f.allmulti = on,
-                2 => f.alluni = on,
-                3 => f.nomulti = on,
-                4 => f.nouni = on,
-                5 => f.nobcast = on,
-                _ => return (ERR, Effect::None),
-            }
-            ok(Effect::None)
-        }
-        CLASS_MAC => match cmd {
-            // VIRTIO_NET_CTRL_MAC_ADDR_SET: exactly six bytes.
-            1 => {
-                if total != 6 || data.len() < 6 {
-                    return (ERR, Effect::None);
-                }
-                st.mac.copy_from_slice(&data[..6]);
-                ok(Effect::None)
-            }
-            // VIRTIO_NET_CTRL_MAC_TABLE_SET: two tables, each a count and its addresses.
-            0 => match mac_table(data, total) {
-                Some(table) => {
-                    let f = &mut *st.filter;
-                    (f.macs, f.first_multi, f.uni_overflow, f.multi_overflow) = table;
-                    ok(Effect::None)
-                }
-                None => (ERR, Effect::None),
-            },
-            _ => (ERR, Effect::None),
-        },
-        CLASS_VLAN => {
-            let Some(vid) = data
-                .get(..2)
-                .map(|b| usize::from(u16::from_le_bytes([b[0], b[1]])))
-            else {
-                return (ERR, Effect::None);
-            };
-            if vid >= MAX_VLAN {
-                return (ERR, Effect::None);
-            }
-            let bit = 1u32 << (vid & 0x1f);
-            match cmd {
-                0 => st.filter.vlans[vid >> 5] |= bit,
-                1 => st.filter.vlans[vid >> 5] &= !bit,
-                _ => return (ERR, Effect::None),
-            }
-            ok(Effect::None)
-        }
-        CLASS_ANNOUNCE => {
-            if cmd == 0 && *st.announce {
-                *st.announce = false;
-                ok(Effect::None)
-            } else {
-                (ERR, Effect::None)
-            }
-        }
-        CLASS_MQ => {
-            // Only VQ_PAIRS_SET; RSS and hash configuration are not offered.
-            if cmd != 0 || st.acked & F_MQ == 0 {
-                return (ERR, Effect::None);
-            }
-            let Some(pairs) = data
-                .get(..2)
-                .map(|b| usize::from(u16::from_le_bytes([b[0], b[1]])))
-            else {
-                return (ERR, Effect::None);
-            };
-            // VIRTIO_NET_CTRL_MQ_VQ_PAIRS_MIN/MAX and the device's own maximum.
-            if !(1..=0x8000).contains(&pairs) || pairs > st.max_pairs {
-                return (ERR, Effect::None);
-            }
-            ok(Effect::QueuePairs(pairs))
-        }
-        CLASS_GUEST_OFFLOADS => {
-            if st.acked & F_CTRL_GUEST_OFFLOADS == 0 {
-                return (ERR, Effect::None);
-            }
-            let Some(b) = data.get(..8) else {
-                return (ERR, Effect::None);
-            };
-            let offloads = u64::from_le_bytes(b.try_into().unwrap_or([0; 8]));
-            // VIRTIO_NET_CTRL_GUEST_OFFLOADS_SET, within what the driver negotiated.
-            if cmd != 0 || !st.vnet_hdr || offloads & !(st.acked & GUEST_OFFLOADS) != 0 {
-                return (ERR, Effect::None);
-            }
-            ok(Effect::Offloads(offloads))
-        }
-        _ => (ERR, Effect::None),
+    let done = match class {
+        CLASS_RX => rx_mode(st, cmd, data),
+        CLASS_MAC => mac(st, cmd, data, total),
+        CLASS_VLAN => vlan(st, cmd, data),
+        // VIRTIO_NET_CTRL_ANNOUNCE_ACK, only while an announcement is pending.
+        CLASS_ANNOUNCE => (cmd == 0 && std::mem::take(st.announce)).then_some(Effect::None),
+        CLASS_MQ => queue_pairs(st, cmd, data),
+        CLASS_GUEST_OFFLOADS => guest_offloads(st, cmd, data),
+        _ => None,
+    };
+    match done {
+        Some(effect) => (OK, effect),
+        None => (ERR, Effect::None),
     }
+}
+
+fn le16(data: &[u8]) -> Option<usize> {
+    data.get(..2)
+        .map(|b| usize::from(u16::from_le_bytes([b[0], b[1]])))
+}
+
+/// VIRTIO_NET_CTRL_RX_*: promiscuous, all-multicast, all-unicast, no multicast, no
+/// unicast, no broadcast.
+fn rx_mode(st: &mut CtrlState, cmd: u8, data: &[u8]) -> Option<Effect> {
+    let on = *data.first()? != 0;
+    let f = &mut *st.filter;
+    match cmd {
+        0 => f.promisc = on,
+        1 => f.allmulti = on,
+        2 => f.alluni = on,
+        3 => f.nomulti = on,
+        4 => f.nouni = on,
+        5 => f.nobcast = on,
+        _ => return None,
+    }
+    Some(Effect::None)
+}
+
+fn mac(st: &mut CtrlState, cmd: u8, data: &[u8], total: usize) -> Option<Effect> {
+    match cmd {
+        // VIRTIO_NET_CTRL_MAC_ADDR_SET: exactly six bytes.
+        1 if total == 6 && data.len() >= 6 => st.mac.copy_from_slice(&data[..6]),
+        // VIRTIO_NET_CTRL_MAC_TABLE_SET: two tables, each a count and its addresses.
+        0 => {
+            let f = &mut *st.filter;
+            (f.macs, f.first_multi, f.uni_overflow, f.multi_overflow) = mac_table(data, total)?;
+        }
+        _ => return None,
+    }
+    Some(Effect::None)
+}
+
+/// VIRTIO_NET_CTRL_VLAN_ADD / _DEL.
+fn vlan(st: &mut CtrlState, cmd: u8, data: &[u8]) -> Option<Effect> {
+    let vid = le16(data).filter(|v| *v < MAX_VLAN)?;
+    let bit = 1u32 << (vid & 0x1f);
+    match cmd {
+        0 => st.filter.vlans[vid >> 5] |= bit,
+        1 => st.filter.vlans[vid >> 5] &= !bit,
+        _ => return None,
+    }
+    Some(Effect::None)
+}
+
+/// VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET (RSS and hash configuration are not offered).
+fn queue_pairs(st: &mut CtrlState, cmd: u8, data: &[u8]) -> Option<Effect> {
+    if cmd != 0 || st.acked & F_MQ == 0 {
+        return None;
+    }
+    // VIRTIO_NET_CTRL_MQ_VQ_PAIRS_MIN/MAX and the device's own maximum.
+    let pairs = le16(data).filter(|p| (1..=0x8000).contains(p) && *p <= st.max_pairs)?;
+    Some(Effect::QueuePairs(pairs))
+}
+
+/// VIRTIO_NET_CTRL_GUEST_OFFLOADS_SET, within what the driver negotiated.
+fn guest_offloads(st: &mut CtrlState, cmd: u8, data: &[u8]) -> Option<Effect> {
+    if st.acked & F_CTRL_GUEST_OFFLOADS == 0 {
+        return None;
+    }
+    let offloads = u64::from_le_bytes(data.get(..8)?.try_into().ok()?);
+    if cmd != 0 || !st.vnet_hdr || offloads & !(st.acked & GUEST_OFFLOADS) != 0 {
+        return None;
+    }
+    Some(Effect::Offloads(offloads))
 }
 
 type MacTable = (Vec<[u8; 6]>, usize, bool, bool);

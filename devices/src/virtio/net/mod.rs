@@ -159,6 +159,99 @@ struct Pair {
     pending: VecDeque<RxChain>,
     /// Sends to the backend are failing (reported once, when they start).
     tx_failing: bool,
+    /// The used entries of the frame being delivered (kept to reuse its allocation).
+    used: Vec<(u16, u32)>,
+}
+
+impl Pair {
+    /// Take chains for the next frame from the ring: one, or with MRG_RXBUF enough for a
+    /// largest frame (or all there are).
+    fn fill(
+        &mut self,
+        q: &mut Queue,
+        mem: &GuestMemoryMmap,
+        rxq: usize,
+        mrg: bool,
+        largest: usize,
+    ) -> Result<(), DeviceError> {
+        let mut capacity: usize = self.pending.iter().map(|c| c.capacity).sum();
+        while self.pending.is_empty() || (mrg && capacity < largest) {
+            let Some(c) = Net::pop_rx_chain(q, mem, rxq)? else {
+                break;
+            };
+            capacity += c.capacity;
+            self.pending.push_back(c);
+        }
+        Ok(())
+    }
+
+    /// The iovecs one read fills (the first chain, or with MRG_RXBUF those a largest frame
+    /// needs) into `scratch`; how many bytes they hold.
+    fn gather(&self, scratch: &mut Vec<libc::iovec>, mrg: bool, largest: usize) -> usize {
+        scratch.clear();
+        let mut covered = 0;
+        for (chains, c) in self.pending.iter().enumerate() {
+            if (chains == 1 && !mrg) || covered >= largest || scratch.len() >= 1024 {
+                break;
+            }
+            scratch.extend_from_slice(&c.iovs);
+            covered += c.capacity;
+        }
+        // IOV_MAX bounds one read; what the kept iovecs hold is what a frame may fill.
+        scratch.truncate(1024);
+        scratch.iter().map(|v| v.iov_len).sum()
+    }
+
+    fn pending_iovs(&self) -> impl Iterator<Item = &libc::iovec> {
+        self.pending.iter().flat_map(|c| c.iovs.iter())
+    }
+
+    /// A dropped frame: the first waiting chain goes back empty.
+    fn give_back_one(
+        &mut self,
+        q: &mut Queue,
+        mem: &GuestMemoryMmap,
+    ) -> Result<(), virtio_queue::Error> {
+        match self.pending.pop_front() {
+            Some(c) => add_used_batch(q, mem, &[(c.head, 0)]),
+            None => Ok(()),
+        }
+    }
+
+    /// A frame of `n` bytes (header included) landed in the first waiting chains: set
+    /// num_buffers (how many it spans; 1 without MRG_RXBUF), or for a socket peer's bare
+    /// frame the whole header (no offloads), and publish them together.
+    fn deliver(
+        &mut self,
+        q: &mut Queue,
+        mem: &GuestMemoryMmap,
+        n: usize,
+        hdr: usize,
+        socket: bool,
+    ) -> Result<(), virtio_queue::Error> {
+        let used = &mut self.used;
+        used.clear();
+        let mut left = n;
+        for c in &self.pending {
+            if left == 0 && !used.is_empty() {
+                break;
+            }
+            let take = left.min(c.capacity);
+            used.push((c.head, take as u32));
+            left -= take;
+        }
+        let count = (used.len() as u16).to_le_bytes();
+        let iovs = self.pending.iter().flat_map(|c| c.iovs.iter());
+        if socket {
+            let mut header = [0u8; 12];
+            header[10..12].copy_from_slice(&count);
+            write_front_at(iovs, 0, &header[..hdr]);
+        } else if hdr == 12 {
+            write_front_at(iovs, 10, &count);
+        }
+        self.pending.drain(..used.len());
+        add_used_batch(q, mem, used)
+    }
 }
 
 pub struct Net {
@@ -407,6 +500,7 @@ impl Net {
             readable: true,
             pending: VecDeque::new(),
             tx_failing: false,
+            used: Vec::new(),
         };
         let mut pairs = vec![pair(backend.tap)];
         pairs.extend(backend.more_queues.into_iter().map(pair));
@@ -543,45 +637,23 @@ impl Net {
         };
         let start = q.next_used();
         let scratch = &mut self.scratch.0;
-        let mut used = Vec::new();
+        let bad = |e| bad_queue(rxq, e);
         while p.readable {
-            // Chains for the next frame: one, or with MRG_RXBUF enough for a largest one.
-            let mut capacity: usize = p.pending.iter().map(|c| c.capacity).sum();
-            while p.pending.is_empty() || (mrg && capacity < largest) {
-                match Self::pop_rx_chain(q, mem, rxq)? {
-                    Some(c) => {
-                        capacity += c.capacity;
-                        p.pending.push_back(c);
-                    }
-                    None => break,
-                }
-            }
+            p.fill(q, mem, rxq, mrg, largest)?;
             if p.pending.is_empty() {
                 // Out of buffers: ask for a kick when the driver adds some (QEMU's
                 // virtio_net_has_buffers), and look once more in case it just did.
-                if q.enable_notification(mem).map_err(|e| bad_queue(rxq, e))? {
+                if q.enable_notification(mem).map_err(bad)? {
                     continue;
                 }
                 break;
             }
-            scratch.clear();
-            let mut covered = 0;
-            for (chains, c) in p.pending.iter().enumerate() {
-                if (chains == 1 && !mrg) || covered >= largest || scratch.len() >= 1024 {
-                    break;
-                }
-                scratch.extend_from_slice(&c.iovs);
-                covered += c.capacity;
-            }
-            // IOV_MAX bounds one read; what the kept iovecs hold is what a frame may fill.
-            scratch.truncate(1024);
-            let covered: usize = scratch.iter().map(|v| v.iov_len).sum();
+            let covered = p.gather(scratch, mrg, largest);
             // A socket peer sends bare frames: the device writes the header in front.
             if socket {
                 skip_front(scratch, hdr);
             }
-            let read = receive_frame(p.tap.as_raw_fd(), socket, scratch);
-            let n = match read {
+            let n = match receive_frame(p.tap.as_raw_fd(), socket, scratch) {
                 Ok(n) => n + if socket { hdr } else { 0 },
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
@@ -589,11 +661,9 @@ impl Net {
                     p.readable = false;
                     break;
                 }
+                // Anything else drops the frame; a buffer comes back empty.
                 Err(_) => {
-                    // Anything else drops the frame; a buffer comes back empty.
-                    if let Some(c) = p.pending.pop_front() {
-                        add_used_batch(q, mem, &[(c.head, 0)]).map_err(|e| bad_queue(rxq, e))?;
-                    }
+                    p.give_back_one(q, mem).map_err(bad)?;
                     continue;
                 }
             };
@@ -601,42 +671,16 @@ impl Net {
                 // Too large for the buffers: dropped (QEMU without MRG_RXBUF drops it
                 // too, giving the buffer back empty; merged buffers stay for the next).
                 if !mrg {
-                    if let Some(c) = p.pending.pop_front() {
-                        add_used_batch(q, mem, &[(c.head, 0)]).map_err(|e| bad_queue(rxq, e))?;
-                    }
+                    p.give_back_one(q, mem).map_err(bad)?;
                 }
                 continue;
             }
             let mut head = [0u8; 18];
             let want = n.saturating_sub(hdr).min(head.len());
-            let chain_iovs = || p.pending.iter().flat_map(|c| c.iovs.iter());
-            let got = read_iovs(chain_iovs(), hdr, &mut head[..want]);
-            if !self.filter.accepts(&mac, &head[..got]) {
-                continue;
+            let got = read_iovs(p.pending_iovs(), hdr, &mut head[..want]);
+            if self.filter.accepts(&mac, &head[..got]) {
+                p.deliver(q, mem, n, hdr, socket).map_err(bad)?;
             }
-            // The chains the frame filled, in order.
-            used.clear();
-            let mut left = n;
-            for c in &p.pending {
-                if left == 0 && !used.is_empty() {
-                    break;
-                }
-                let take = left.min(c.capacity);
-                used.push((c.head, take as u32));
-                left -= take;
-            }
-            // num_buffers: how many buffers the frame spans (1 without MRG_RXBUF); a
-            // socket peer's frame gets the whole header (no offloads).
-            let count = (used.len() as u16).to_le_bytes();
-            if socket {
-                let mut header = [0u8; 12];
-                header[10..12].copy_from_slice(&count);
-                write_front_at(chain_iovs(), 0, &header[..hdr]);
-            } else if hdr == 12 {
-                write_front_at(chain_iovs(), 10, &count);
-            }
-            p.pending.drain(..used.len());
-            add_used_batch(q, mem, &used).map_err(|e| bad_queue(rxq, e))?;
         }
         scratch.clear();
         notify_since(ctx, rxq, start);
