@@ -30,6 +30,8 @@ pub(crate) struct ClientPort {
     pub(crate) id: u64,
     tx: Mutex<Option<Sender<Outgoing>>>,
     negotiated: AtomicBool,
+    /// The client's input ended (it left or half-closed): commands that wait give up.
+    input_ended: AtomicBool,
     pending: AtomicUsize,
     /// The client's socket, shut down when the client is dropped for not reading, so that a
     /// writer blocked on it gives up (and frees the queue) at once.
@@ -47,6 +49,7 @@ impl ClientPort {
             id,
             tx: Mutex::new(Some(tx)),
             negotiated: AtomicBool::new(false),
+            input_ended: AtomicBool::new(false),
             pending: AtomicUsize::new(0),
             hangup: Mutex::new(None),
         }
@@ -107,6 +110,14 @@ impl ClientPort {
         if let Some(tx) = lock(&self.tx).take() {
             let _ = tx.send(Outgoing::Close);
         }
+    }
+
+    pub(crate) fn end_input(&self) {
+        self.input_ended.store(true, Ordering::SeqCst);
+    }
+
+    pub(crate) fn input_ended(&self) -> bool {
+        self.input_ended.load(Ordering::SeqCst)
     }
 
     pub(crate) fn is_open(&self) -> bool {

@@ -14,7 +14,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::Shutdown;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::channel;
+use std::sync::mpsc::{channel, sync_channel, SyncSender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
@@ -38,6 +38,36 @@ struct ListenerCtl {
     listener: Arc<Listener>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+}
+
+/// In-band requests a client may have waiting while one runs (QEMU's QMP_REQ_QUEUE_LEN_MAX);
+/// with more, its input is not read until there is room.
+const QMP_REQ_QUEUE_LEN_MAX: usize = 8;
+
+type Message = Result<Value, crate::parser::ParseError>;
+
+/// A client's in-band dispatcher (with `oob` enabled): runs its requests in order.
+struct Dispatcher {
+    queue: SyncSender<Message>,
+    thread: JoinHandle<()>,
+}
+
+/// `qmp_is_oob`: a request naming `exec-oob` (and not `execute`) is out-of-band, whether or
+/// not the client enabled `oob` (if not, it is answered at once with the error).
+fn is_oob(msg: &Message) -> bool {
+    matches!(msg, Ok(Value::Object(d)) if d.contains_key("exec-oob") && !d.contains_key("execute"))
+}
+
+/// Runs one request and queues its response; false when the client is gone.
+fn run_one(session: &mut Session, msg: Message, port: &ClientPort) -> bool {
+    // A panicking handler costs its client one error, not the server.
+    let line = catch_unwind(AssertUnwindSafe(|| protocol::handle_message(session, msg)))
+        .unwrap_or_else(|_| {
+            CURRENT_CLIENT.with(|c| c.set(None));
+            protocol::internal_error_line()
+        });
+    let subscribe = session.take_subscribe_pending();
+    port.send_response(line, subscribe)
 }
 
 struct SessionCtl {
@@ -154,6 +184,11 @@ impl Server {
                 .0;
         }
         !self.stopping()
+    }
+
+    /// True once `shutdown` has begun.
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.stopping()
     }
 
     fn stopping(&self) -> bool {
@@ -371,44 +406,99 @@ impl Server {
         &self,
         reader: &mut dyn Read,
         session: &mut Session,
-        port: &ClientPort,
-        busy: &Mutex<()>,
+        port: &Arc<ClientPort>,
+        busy: &Arc<Mutex<()>>,
     ) {
         let mut parser = JsonStreamParser::new();
         let mut buf = vec![0u8; 16 << 10];
         let mut msgs = Vec::new();
-        loop {
+        // Once the client enables `oob`, its in-band commands go to a dispatcher thread and
+        // this thread goes on reading (and runs `exec-oob` commands at once). Before that,
+        // as QEMU's monitor does without `oob`, it runs each command itself and reads on
+        // only when it is done.
+        let mut dispatcher: Option<Dispatcher> = None;
+        'read: loop {
             let n = match reader.read(&mut buf) {
-                Ok(0) => return,
+                Ok(0) => break,
                 Ok(n) => n,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(_) => return,
+                Err(_) => break,
             };
             parser.feed(&buf[..n], &mut msgs);
             for msg in msgs.drain(..) {
-                if !self.wait_released() {
-                    return;
+                if !self.wait_released() || self.stopping() || !port.is_open() {
+                    break 'read;
                 }
-                let _guard = lock(busy);
+                if is_oob(&msg) {
+                    // Answered now, ahead of queued in-band commands, without waiting for
+                    // the one running (monitor/qmp.c handle_qmp_command).
+                    if !run_one(session, msg, port) {
+                        break 'read;
+                    }
+                    continue;
+                }
+                if let Some(d) = &dispatcher {
+                    // Blocks only while QMP_REQ_QUEUE_LEN_MAX requests wait: QEMU suspends
+                    // reading then, too.
+                    if d.queue.send(msg).is_err() {
+                        break 'read;
+                    }
+                    continue;
+                }
+                let guard = lock(busy);
                 if self.stopping() || !port.is_open() {
-                    return;
+                    break 'read;
                 }
-                // A panicking handler costs its client one error, not the server.
-                let line =
-                    catch_unwind(AssertUnwindSafe(|| protocol::handle_message(session, msg)))
-                        .unwrap_or_else(|_| {
-                            CURRENT_CLIENT.with(|c| c.set(None));
-                            protocol::internal_error_line()
-                        });
-                let subscribe = session.take_subscribe_pending();
-                if !port.send_response(line, subscribe) {
-                    return;
+                let sent = run_one(session, msg, port);
+                drop(guard);
+                if !sent || self.stopping() {
+                    break 'read;
                 }
-                if self.stopping() {
-                    return;
+                if session.oob_enabled() {
+                    dispatcher = self.start_dispatcher(session, port, busy);
+                    if dispatcher.is_none() {
+                        break 'read;
+                    }
                 }
             }
         }
+        // At end of input, what was read is still answered (a client may half-close and
+        // read on), then the session ends; a command that waits gives up.
+        port.end_input();
+        if let Some(d) = dispatcher {
+            drop(d.queue);
+            let _ = d.thread.join();
+        }
+    }
+
+    fn start_dispatcher(
+        &self,
+        session: &Session,
+        port: &Arc<ClientPort>,
+        busy: &Arc<Mutex<()>>,
+    ) -> Option<Dispatcher> {
+        let (queue, requests) = sync_channel::<Message>(QMP_REQ_QUEUE_LEN_MAX);
+        let mut session = session.fork();
+        let server = self.clone();
+        let port = port.clone();
+        let busy = busy.clone();
+        let thread = thread::Builder::new()
+            .name(format!("qmp-disp-{}", port.id))
+            .stack_size(READER_STACK_SIZE)
+            .spawn(move || {
+                while let Ok(msg) = requests.recv() {
+                    let _guard = lock(&busy);
+                    if server.stopping() || !port.is_open() {
+                        // QEMU drops the queue of a monitor that is closed.
+                        return;
+                    }
+                    if !run_one(&mut session, msg, &port) || server.stopping() {
+                        return;
+                    }
+                }
+            })
+            .ok()?;
+        Some(Dispatcher { queue, thread })
     }
 
     /// Stops accepting, lets running commands finish, flushes every client's

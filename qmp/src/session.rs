@@ -63,6 +63,26 @@ impl Session {
         self.subscribe_pending = true;
     }
 
+    /// True once this client is gone (its input ended) or the server is stopping: a command
+    /// that waits (for a FIFO's writer, say) should give up then, so that nothing waits for
+    /// it in vain. Commands already read are still answered.
+    pub fn cancelled(&self) -> bool {
+        !self.port.is_open() || self.port.input_ended() || self.server.is_stopping()
+    }
+
+    /// A second context on the same connection, for the in-band dispatcher once `oob` is
+    /// enabled: negotiation is over by then, so both see the same, fixed state.
+    pub(crate) fn fork(&self) -> Session {
+        Session {
+            server: self.server.clone(),
+            port: self.port.clone(),
+            oob_offered: self.oob_offered,
+            oob_enabled: self.oob_enabled,
+            negotiated: self.negotiated,
+            subscribe_pending: false,
+        }
+    }
+
     /// Whether the response to the current command starts events (taken once).
     pub(crate) fn take_subscribe_pending(&mut self) -> bool {
         std::mem::take(&mut self.subscribe_pending)

@@ -579,6 +579,180 @@ fn oob_rules() {
     server.shutdown();
 }
 
+/// A gate the `block` command of `oob_start` waits on (or until its client is cancelled).
+#[derive(Default)]
+struct Gate {
+    open: std::sync::Mutex<bool>,
+    cond: std::sync::Condvar,
+}
+
+impl Gate {
+    fn open(&self) {
+        *self.open.lock().unwrap() = true;
+        self.cond.notify_all();
+    }
+
+    fn close(&self) {
+        *self.open.lock().unwrap() = false;
+    }
+}
+
+/// A server whose `block` command waits for the gate, as a blockdev-add waits for a FIFO.
+fn oob_start() -> (Server, Sock, std::sync::Arc<Gate>) {
+    let gate = std::sync::Arc::new(Gate::default());
+    let mut r = registry();
+    let g = gate.clone();
+    r.register(
+        CommandDef::new("block").opt("tag", Type::Str),
+        move |_: Map<String, Value>, ctx: &mut Session| -> Result<Value, QmpError> {
+            let mut open = g.open.lock().unwrap();
+            while !*open {
+                if ctx.cancelled() {
+                    return Err(QmpError::generic("cancelled"));
+                }
+                open = g
+                    .cond
+                    .wait_timeout(open, Duration::from_millis(20))
+                    .unwrap()
+                    .0;
+            }
+            Ok(Value::Null)
+        },
+    )
+    .unwrap();
+    let server = Server::new(r);
+    let path = temp_sock("oob");
+    let ep = QmpEndpoint::parse_qmp(format!("unix:{},server=on,wait=off", path.display())).unwrap();
+    server.listen(&ep).unwrap();
+    (server, path, gate)
+}
+
+fn oob_client(path: &PathBuf) -> Client {
+    oob_client_with_stream(path).0
+}
+
+/// Also a handle on the socket, to change its read timeout.
+fn oob_client_with_stream(path: &PathBuf) -> (Client, UnixStream) {
+    let s = UnixStream::connect(path).unwrap();
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let handle = s.try_clone().unwrap();
+    let r = s.try_clone().unwrap();
+    let mut c = Client {
+        out: Box::new(s),
+        input: BufReader::new(Box::new(r)),
+    };
+    c.recv();
+    assert_eq!(
+        c.cmd(json!({"execute": "qmp_capabilities", "arguments": {"enable": ["oob"]}})),
+        json!({"return": {}})
+    );
+    (c, handle)
+}
+
+/// With `oob` enabled, an `exec-oob` command is answered while an in-band command waits;
+/// the in-band commands after it (a malformed one too) are answered later, in order.
+#[test]
+fn oob_overtakes_a_waiting_in_band_command() {
+    let (server, path, gate) = oob_start();
+    let mut c = oob_client(&path);
+    c.send(r#"{"execute": "block", "id": "ib-1"}{"execute": "echo", "arguments": {"s": "x"}, "id": "ib-2"}"#);
+    c.send(r#"{"exec-oob": "yank", "id": "oob-1"}{"exec-oob": "echo", "id": "oob-2"}"#);
+    assert_eq!(c.recv(), json!({"return": {}, "id": "oob-1"}));
+    assert_eq!(
+        c.recv(),
+        err_id(
+            "GenericError",
+            "The command echo does not support OOB",
+            json!("oob-2")
+        )
+    );
+    gate.open();
+    assert_eq!(c.recv(), json!({"return": {}, "id": "ib-1"}));
+    assert_eq!(c.recv(), json!({"return": {"s": "x"}, "id": "ib-2"}));
+
+    gate.close();
+    c.send(r#"{"execute": "block", "id": "b-2"}{"id": "err-2"}[1"#);
+    c.send(r#"]{"exec-oob": "yank", "id": "oob-3"}"#);
+    assert_eq!(c.recv(), json!({"return": {}, "id": "oob-3"}));
+    gate.open();
+    assert_eq!(c.recv(), json!({"return": {}, "id": "b-2"}));
+    assert_eq!(
+        c.recv(),
+        err_id(
+            "GenericError",
+            "QMP input lacks member 'execute'",
+            json!("err-2")
+        )
+    );
+    assert_eq!(
+        c.recv(),
+        err("GenericError", "QMP input must be a JSON object")
+    );
+    // A second client's in-band commands do not wait for the first client's.
+    gate.close();
+    c.send(r#"{"execute": "block", "id": "b-3"}"#);
+    let mut d = oob_client(&path);
+    assert_eq!(
+        d.cmd(json!({"execute": "echo", "arguments": {"s": "y"}, "id": 1})),
+        json!({"return": {"s": "y"}, "id": 1})
+    );
+    gate.open();
+    assert_eq!(c.recv(), json!({"return": {}, "id": "b-3"}));
+    server.shutdown();
+}
+
+/// Eight in-band requests may wait behind a running one; past that the client's input is
+/// not read (QEMU suspends the monitor), so a later `exec-oob` waits its turn too.
+#[test]
+fn oob_queue_limit_suspends_reading() {
+    let (server, path, gate) = oob_start();
+    let (mut c, handle) = oob_client_with_stream(&path);
+    c.send(r#"{"execute": "block", "id": 0}"#);
+    for i in 1..=9 {
+        c.send(&format!(
+            r#"{{"execute": "echo", "arguments": {{"s": "{i}"}}, "id": {i}}}"#
+        ));
+    }
+    c.send(r#"{"exec-oob": "yank", "id": "late"}"#);
+    // The queue is full: nothing may come (a slow host can only make this pass).
+    handle
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut line = String::new();
+    let early = c.input.read_line(&mut line);
+    assert!(
+        early.is_err() && line.is_empty(),
+        "answered while suspended: {line}"
+    );
+    handle.set_read_timeout(Some(TIMEOUT)).unwrap();
+    gate.open();
+    let ids: Vec<Value> = (0..11).map(|_| c.recv()["id"].clone()).collect();
+    // In-band answers in order; the OOB one once its message was read, after some of them.
+    let in_band: Vec<Value> = ids
+        .iter()
+        .filter(|v| **v != json!("late"))
+        .cloned()
+        .collect();
+    assert_eq!(in_band, (0..=9).map(|i| json!(i)).collect::<Vec<_>>());
+    assert!(ids.contains(&json!("late")));
+    server.shutdown();
+}
+
+/// Shutting down while an in-band command waits: the command sees it cancelled, the
+/// shutdown completes instead of waiting for it for ever.
+#[test]
+fn shutdown_cancels_a_waiting_command() {
+    let (server, path, _gate) = oob_start();
+    let mut c = oob_client(&path);
+    c.send(r#"{"execute": "block", "id": 1}"#);
+    c.send(r#"{"exec-oob": "yank", "id": 2}"#);
+    assert_eq!(c.recv(), json!({"return": {}, "id": 2}));
+    server.shutdown();
+    // The client is let go: whatever comes, the stream ends.
+    let mut rest = String::new();
+    let _ = c.input.read_to_string(&mut rest);
+}
+
 #[test]
 fn preconfig_gate() {
     let (server, path) = start();

@@ -51,6 +51,26 @@ impl QmpClient {
         serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad QMP JSON {line:?}: {e}"))
     }
 
+    /// Send one message as it is, without waiting for an answer (pipelined requests).
+    pub fn send(&mut self, msg: &Value) {
+        let text = format!("{msg}\n");
+        self.writer
+            .write_all(text.as_bytes())
+            .expect("write to QMP");
+    }
+
+    /// The next response (events are kept in `events`).
+    pub fn recv(&mut self) -> Value {
+        loop {
+            let m = self.read_message();
+            if m.get("event").is_some() {
+                self.events.push(m);
+            } else {
+                return m;
+            }
+        }
+    }
+
     /// Send `command` with `args` and return the whole response (`return` or `error`).
     pub fn execute(&mut self, command: &str, args: Value) -> Value {
         let mut msg = json!({ "execute": command });

@@ -829,12 +829,18 @@ fn object_from_pairs(context: &str, raw: Vec<(String, OsString)>) -> Result<Back
 }
 
 /// A QMP `blockdev-add`/`netdev_add`/`chardev-add`/`object-add` argument object.
-pub fn from_qmp(kind: &str, args: &Value, existing: &[Backend]) -> Result<Backend, BackendError> {
+/// `cancelled` ends what may wait on a client's behalf (a blkdebug config on a FIFO).
+pub fn from_qmp(
+    kind: &str,
+    args: &Value,
+    existing: &[Backend],
+    cancelled: &dyn Fn() -> bool,
+) -> Result<Backend, BackendError> {
     let context = kind.to_string();
     match kind {
         "blockdev-add" => {
             crate::blockdev_json::check(args, "").map_err(|e| err(&context, e))?;
-            blockdev_from_pairs(&context, &os_pairs(flatten_json(args)), existing)
+            blockdev_from_pairs(&context, &os_pairs(flatten_json(args)), existing, cancelled)
         }
         // The members are passed as they are, never rebuilt into keyval text (where a comma
         // in a value would split it: `ifname "tap0,id=x"`).

@@ -46,7 +46,7 @@ fn blkdebug_filename<'a>(
     let rules = if config.is_empty() {
         Vec::new()
     } else {
-        blkdebug_config(context, Path::new(OsStr::from_bytes(config)))?
+        blkdebug_config(context, Path::new(OsStr::from_bytes(config)), &|| false)?
     };
     Ok((rules, image))
 }
@@ -54,14 +54,126 @@ fn blkdebug_filename<'a>(
 fn blkdebug_config(
     context: &str,
     path: &Path,
+    cancelled: &dyn Fn() -> bool,
 ) -> Result<Vec<devices::blkdebug::Rule>, BackendError> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    let fail = |e: std::io::Error| {
         err(
             context,
             format!("Could not read blkdebug config file: {}", reason(&e)),
         )
-    })?;
+    };
+    let bytes = read_to_end_waiting(path, MAX_BLKDEBUG_CONFIG, cancelled).map_err(fail)?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| fail(std::io::Error::from_raw_os_error(libc::EILSEQ)))?;
     devices::blkdebug::parse_config(&text).map_err(|e| err(context, e))
+}
+
+/// A blkdebug config larger than this is refused (QEMU reads it line by line, unbounded).
+const MAX_BLKDEBUG_CONFIG: usize = 1 << 20;
+
+/// Reads a file to its end, as QEMU reads a blkdebug config. A FIFO waits for a writer and
+/// then for the writers to close it, as in QEMU; but here the wait polls, so `cancelled`
+/// (the QMP client gone, the monitor stopping) ends it, and the caller holds no lock.
+pub(super) fn read_to_end_waiting(
+    path: &Path,
+    limit: usize,
+    cancelled: &dyn Fn() -> bool,
+) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::FileTypeExt;
+    let fifo = std::fs::metadata(path).is_ok_and(|m| m.file_type().is_fifo());
+    let mut file = if fifo {
+        open_fifo_waiting(path, cancelled)?
+    } else {
+        open_nonblocking(path, OpenOptions::new().read(true), 0, true)?
+    };
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match file.read(&mut buf) {
+            // With a writer connected once, end of file is all writers gone.
+            Ok(0) => return Ok(out),
+            Ok(n) => {
+                if out.len() + n > limit {
+                    return Err(std::io::Error::from_raw_os_error(libc::EFBIG));
+                }
+                out.extend_from_slice(&buf[..n]);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if cancelled() {
+                    return Err(std::io::Error::from_raw_os_error(libc::ECANCELED));
+                }
+                let mut pfd = libc::pollfd {
+                    fd: file.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: one pollfd that lives across the call; the fd is ours and open.
+                if unsafe { libc::poll(&mut pfd, 1, 100) } < 0 {
+                    let e = std::io::Error::last_os_error();
+                    if e.kind() != std::io::ErrorKind::Interrupted {
+                        return Err(e);
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Opens a FIFO for reading once a writer comes (a non-blocking open cannot tell "no writer
+/// yet" from "writer gone"). The blocking `open` runs on a helper thread; if `cancelled`,
+/// the helper is released by a writer of our own that closes at once.
+fn open_fifo_waiting(path: &Path, cancelled: &dyn Fn() -> bool) -> std::io::Result<File> {
+    use std::sync::mpsc::{channel, RecvTimeoutError};
+    use std::time::Duration;
+    let (tx, rx) = channel();
+    let target = path.to_path_buf();
+    std::thread::Builder::new()
+        .name("fifo-open".into())
+        .spawn(move || {
+            let r = OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_CLOEXEC)
+                .open(&target);
+            let _ = tx.send(r);
+        })?;
+    let mut cancelling = false;
+    loop {
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(Ok(file)) if !cancelling => {
+                set_nonblocking(&file)?;
+                return Ok(file);
+            }
+            Ok(Ok(_)) => return Err(std::io::Error::from_raw_os_error(libc::ECANCELED)),
+            Ok(Err(e)) => return Err(e),
+            Err(RecvTimeoutError::Disconnected) => {
+                return Err(std::io::Error::from_raw_os_error(libc::EIO))
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                if cancelled() {
+                    cancelling = true;
+                    // Fails (ENXIO) only while the helper is not yet in `open`: try again.
+                    let _ = OpenOptions::new()
+                        .write(true)
+                        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+                        .open(path);
+                }
+            }
+        }
+    }
+}
+
+fn set_nonblocking(file: &File) -> std::io::Result<()> {
+    let fd = file.as_raw_fd();
+    // SAFETY: F_GETFL/F_SETFL on a descriptor we own; no memory is passed.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    // SAFETY: as above.
+    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// blkdebug rules given as options: `inject-error.N.KEY` and `set-state.N.KEY`.
@@ -384,7 +496,7 @@ pub fn parse_blockdev(
         }
         pairs
     };
-    blockdev_from_pairs(&context, &pairs, existing)
+    blockdev_from_pairs(&context, &pairs, existing, &|| false)
 }
 
 pub(super) fn flatten_json(v: &Value) -> Vec<(String, String)> {
@@ -414,10 +526,12 @@ pub(super) fn os_pairs(pairs: Vec<(String, String)>) -> Vec<(String, OsString)> 
         .collect()
 }
 
+/// `cancelled` ends a wait for a FIFO (a blkdebug `config`).
 pub(super) fn blockdev_from_pairs(
     context: &str,
     pairs: &[(String, OsString)],
     existing: &[Backend],
+    cancelled: &dyn Fn() -> bool,
 ) -> Result<Backend, BackendError> {
     let get_raw = |key: &str| pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
     let get = |key: &str| get_raw(key).map(|v| lossy(&v));
@@ -556,7 +670,20 @@ pub(super) fn blockdev_from_pairs(
         }
         Some("blkdebug") => {
             // A blkdebug node over the node (or inline file) `image`.
+            let inline_null = get("image.driver").as_deref() == Some("null-co");
             let (file, locking, null_size) = match (get("image"), get_raw("image.filename")) {
+                // An inline null-co image (qmp-test's blocking blockdev-add).
+                _ if inline_null => {
+                    match null_co_node(context, node.clone(), read_only, cache, &get, "image.")? {
+                        Backend::Drive {
+                            file,
+                            locking,
+                            null_size,
+                            ..
+                        } => (file, locking, null_size),
+                        _ => return Err(err(context, "Parameter 'image' is missing")),
+                    }
+                }
                 (_, Some(path)) => (PathBuf::from(path), locking, None),
                 (Some(child), None) => match existing.iter().find(|b| b.id() == child) {
                     Some(Backend::Drive {
@@ -575,7 +702,7 @@ pub(super) fn blockdev_from_pairs(
                 (None, None) => return Err(err(context, "Parameter 'image' is missing")),
             };
             let mut rules = match get_raw("config") {
-                Some(path) => blkdebug_config(context, Path::new(&path))?,
+                Some(path) => blkdebug_config(context, Path::new(&path), cancelled)?,
                 None => Vec::new(),
             };
             rules.extend(blkdebug_rules(context, pairs)?);

@@ -216,7 +216,7 @@ pub(super) fn register(reg: &mut Registry, control: &Arc<Controller>) -> Result<
             "chardev" => def.arg("id", Type::Str).arg("backend", Type::Any),
             _ => def.arg("qom-type", Type::Str).arg("id", Type::Str),
         };
-        reg.register(def, move |args: Map<String, Value>, _ctx: &mut Session| {
+        reg.register(def, move |args: Map<String, Value>, ctx: &mut Session| {
             if name == "object-add" && args.get("qom-type") == Some(&Value::from("iothread")) {
                 // As in QEMU, an I/O thread can be added at any time: it starts now.
                 return add_iothread(&c, args);
@@ -233,10 +233,14 @@ pub(super) fn register(reg: &mut Registry, control: &Arc<Controller>) -> Result<
             // Backends are host objects, not part of the machine: as in QEMU they may come
             // at any time, for a device_add to use (or a blockdev-del/chardev-remove/
             // object-del to take away again).
-            let mut state = c.state();
+            // Built without the state lock: a blkdebug config on a FIFO waits for its
+            // writer (as in QEMU), and only this client's in-band commands may wait with it.
+            let existing = c.state().config.backends.clone();
             let args = Value::Object(args);
-            let backend = backends::from_qmp(name, &args, &state.config.backends)
+            let backend = backends::from_qmp(name, &args, &existing, &|| ctx.cancelled())
                 .map_err(|e| QmpError::generic(e.message))?;
+            drop(existing);
+            let mut state = c.state();
             let running = state.plan.is_some();
             if running && matches!(backend, Backend::Filter { .. }) {
                 // Filters join the network thread with their chardevs at start only.
