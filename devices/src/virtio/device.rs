@@ -123,6 +123,7 @@ impl<'a> QueueContext<'a> {
         ) -> Result<u32, DeviceError>,
     ) -> Result<Option<bool>, DeviceError> {
         let mem = self.mem;
+        let name = self.name;
         let event_idx = self.features & super::regs::features::RING_EVENT_IDX != 0;
         let Some(q) = self.ready_queue(idx) else {
             return Ok(None);
@@ -132,8 +133,22 @@ impl<'a> QueueContext<'a> {
         loop {
             let chain = q.iter(mem).map_err(|e| bad_queue(idx, e))?.next();
             if let Some(chain) = chain {
-                check_chain(idx, &chain)?;
                 let head = chain.head_index();
+                if let Err(e) = check_chain(idx, &chain) {
+                    let table = vm_memory::GuestAddress(q.desc_table());
+                    if !super::iov::longer_than_4g(mem, table, q.size(), &chain) {
+                        return Err(e);
+                    }
+                    // VIRTIO 1.2 2.7.5.2 forbids such a chain, but QEMU still takes it:
+                    // dropped, and returned unused rather than stopping the device.
+                    crate::guest_error!(
+                        "{name}: descriptor chain on queue {idx} is longer than 2^32 bytes: dropped"
+                    );
+                    q.add_used(mem, head, 0).map_err(|e| bad_queue(idx, e))?;
+                    used_any = true;
+                    progressed = true;
+                    continue;
+                }
                 let used = serve(mem, chain)?;
                 q.add_used(mem, head, used).map_err(|e| bad_queue(idx, e))?;
                 used_any = true;

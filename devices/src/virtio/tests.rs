@@ -490,6 +490,61 @@ fn rng_fills_buffers() {
     assert!(b.iter().all(|&x| x == 0x5a));
 }
 
+/// A tx chain whose buffers add up to more than 2^32 bytes (qos-test's large_tx/uint_max:
+/// 65 descriptors of 64 MiB over one buffer) is returned unused with a guest_errors line
+/// naming the device, and the device goes on; a looped chain still stops it.
+#[test]
+fn a_tx_chain_longer_than_4g_is_returned_unused() {
+    use std::os::unix::net::UnixDatagram;
+    let log = crate::logging::captured();
+    let (ours, theirs) = UnixDatagram::pair().unwrap();
+    ours.set_nonblocking(true).unwrap();
+    let backend = VirtioBackend::Net(super::net::NetBackend {
+        tap: std::fs::File::from(std::os::fd::OwnedFd::from(theirs)),
+        mac: machine::MacAddr::FIRST_DEFAULT,
+    });
+    let mut d = build_with_mem(
+        &plan(crate::testing::DEVICE_NET, true, false, &[]),
+        backend,
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap(),
+    );
+    d.d.modern_begin(super::regs::features::VERSION_1);
+    let (rx, tx) = (d.rings[0], d.rings[1]);
+    d.d.modern_ring(0, &rx);
+    d.d.modern_ring(1, &tx);
+    d.d.modern_driver_ok();
+    let bufs = vec![(DATA, u32::MAX / 64, false); 65];
+    let head = d.rings[1].push_chain(&d.d.mem, 0, &bufs);
+    d.notify_modern(1);
+    d.w.poll();
+    assert_eq!(d.status() & status::NEEDS_RESET, 0);
+    assert_eq!(d.rings[1].used_idx(&d.d.mem), 1);
+    assert_eq!(d.rings[1].used_elem(&d.d.mem, 0), (u32::from(head), 0));
+    let mut frame = [0u8; 2048];
+    assert!(ours.recv(&mut frame).is_err(), "nothing is sent");
+    let line = log
+        .lock()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|(t, l)| t == "guest_errors" && l.contains("longer than 2^32 bytes"))
+        .map(|(_, l)| l.clone())
+        .expect("a guest_errors line");
+    assert!(line.starts_with("virtio-net-pci"), "{line}");
+    // The next frame (12-byte header, 60 bytes) goes out as usual.
+    d.rings[1].push_chain(&d.d.mem, 100, &[(DATA, 12, false), (DATA + 12, 60, false)]);
+    d.notify_modern(1);
+    d.w.poll();
+    assert_eq!(d.rings[1].used_idx(&d.d.mem), 2);
+    assert_eq!(ours.recv(&mut frame).unwrap(), 60);
+    // A chain that loops is still a device error.
+    let at = d.rings[1].push_chain(&d.d.mem, 200, &[(DATA, 16, false), (DATA, 16, false)]);
+    d.rings[1].write_desc(&d.d.mem, at + 1, DATA, 16, 1, at);
+    d.notify_modern(1);
+    d.w.poll();
+    assert_ne!(d.status() & status::NEEDS_RESET, 0);
+}
+
 #[derive(Clone, Default)]
 struct Out(Arc<Mutex<Vec<u8>>>);
 impl Write for Out {
