@@ -455,6 +455,9 @@ pub fn factory<'a>(
                 VirtioBackend::Console(ConsoleBackend { output })
             }),
             4 => open_rng(f, backends, open).map(VirtioBackend::Rng),
+            5 => crate::monitor::balloon::control()
+                .map(VirtioBackend::Balloon)
+                .map_err(|e| device_err(f, format!("balloon stats timer: {e}"))),
             // Types we have no backend for keep the generic model (identity only).
             _ => return None,
         };

@@ -1,5 +1,6 @@
 //! Build a virtio-pci function from its plan entry and a backend the VMM opened.
 
+use super::balloon::{Balloon, BalloonControl};
 use super::blk::{Block, BlockBackend, BlockOptions};
 use super::caps::ExpressFlags;
 use super::console::{Console, ConsoleBackend, ConsoleInput};
@@ -10,7 +11,7 @@ use super::net::{Net, NetBackend};
 use super::pci_transport::{TransportParams, VirtioPciFunction};
 use super::rng::Rng;
 use super::worker::VirtioWorker;
-use super::{blk, console, net, rng, VirtioError};
+use super::{balloon, blk, console, net, rng, VirtioError};
 use machine::PciFunctionPlan;
 use std::io::Read;
 use std::sync::Arc;
@@ -23,6 +24,8 @@ pub enum VirtioBackend {
     Net(NetBackend),
     Rng(Box<dyn Read + Send>),
     Console(ConsoleBackend),
+    /// The host's side of a balloon (one per process, kept across builds).
+    Balloon(Arc<BalloonControl>),
 }
 
 impl VirtioBackend {
@@ -32,6 +35,7 @@ impl VirtioBackend {
             Self::Net(_) => "net",
             Self::Rng(_) => "rng",
             Self::Console(_) => "console",
+            Self::Balloon(_) => "balloon",
         }
     }
 }
@@ -71,6 +75,7 @@ pub fn create(
     let mut console_input = None;
     let mut rom = None;
     let mut disk_size = None;
+    let mut balloon_control = None;
     // QEMU's per-type "vectors" defaults when the property is left unspecified.
     let (device, default_vectors): (Box<dyn VirtioDevice>, u16) = match (mode.device_type, backend)
     {
@@ -124,7 +129,28 @@ pub fn create(
             console_input = Some(dev.input());
             (Box::new(dev), 2)
         }
-        (t @ (1..=4), b) => {
+        (balloon::DEVICE_TYPE, VirtioBackend::Balloon(control)) => {
+            // Free-page hinting and reporting need queues and a migration/reporting
+            // protocol machina does not have: refused rather than offered and ignored.
+            for prop in ["free-page-hint", "free-page-reporting"] {
+                if props.bool(prop, false)? {
+                    return Err(VirtioError::Refused(format!(
+                        "{}: machina does not model the balloon's {prop}",
+                        plan.type_name
+                    )));
+                }
+            }
+            balloon_control = Some(control.clone());
+            let dev = Balloon::new(
+                control,
+                &mem,
+                props.bool("deflate-on-oom", false)?,
+                props.bool("page-poison", true)?,
+                props.bool("qemu-4-0-config-size", false)?,
+            );
+            (Box::new(dev), 2)
+        }
+        (t @ (1..=5), b) => {
             let _ = t;
             return Err(mismatch(&b));
         }
@@ -153,6 +179,9 @@ pub fn create(
     }
     if let Some(size) = &disk_size {
         size.attach(&irq);
+    }
+    if let Some(control) = &balloon_control {
+        control.attach(&irq);
     }
     let name = crate::logging::pci_name(plan);
     let core = Core::new(name, device, mem, irq, mode.legacy, mode.modern).map_err(|source| {

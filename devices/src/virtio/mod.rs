@@ -7,6 +7,7 @@
 //! per-queue EventFds (signalled from `bar_write`, or by the KVM ioeventfds the transport
 //! registers through the VMM's [`IoEventRegistrar`]).
 
+pub mod balloon;
 pub mod blk;
 mod caps;
 pub mod console;
@@ -47,6 +48,8 @@ pub enum VirtioError {
         backend: &'static str,
         device_type: u16,
     },
+    #[error("{0}")]
+    Refused(String),
     #[error("virtio device type {0} is not implemented")]
     Unsupported(u16),
     #[error("PCI layout: {0}")]

@@ -303,7 +303,13 @@ fn qom_list(state: &VmState, path: &str) -> Result<Value, QmpError> {
     }
     if let Some(id) = path.strip_prefix("/machine/peripheral/") {
         if devices.iter().any(|(d, _)| d == id) {
-            return Ok(json!([prop("type", "string")]));
+            let mut list = vec![prop("type", "string")];
+            list.extend(
+                super::balloon::qom_properties(state, path)
+                    .into_iter()
+                    .map(|(n, t)| prop(n, t)),
+            );
+            return Ok(Value::Array(list));
         }
     }
     Err(not_found(path))
@@ -343,6 +349,9 @@ fn qom_get(state: &VmState, path: &str, property: &str) -> Result<Value, QmpErro
         });
     }
     let devices = peripherals(plan);
+    if let Some(v) = super::balloon::qom_get(state, path, property) {
+        return Ok(v);
+    }
     if let Some(id) = path.strip_prefix("/machine/peripheral/") {
         if let Some((_, ty)) = devices.iter().find(|(d, _)| d == id) {
             return match property {
@@ -548,7 +557,7 @@ pub(super) fn register(reg: &mut Registry, control: &Arc<Controller>) -> Result<
         },
     )?;
 
-    // Nothing machina shows in the QOM tree can be changed at run time: a property that
+    // Only the balloon's stats interval can be changed at run time: any other property that
     // exists is read-only, one that does not gets qom-get's error.
     let c = control.clone();
     reg.register(
@@ -561,6 +570,10 @@ pub(super) fn register(reg: &mut Registry, control: &Arc<Controller>) -> Result<
             let path = args.get("path").and_then(Value::as_str).unwrap_or("");
             let property = args.get("property").and_then(Value::as_str).unwrap_or("");
             let state = c.state();
+            let value = args.get("value").unwrap_or(&Value::Null);
+            if let Some(done) = super::balloon::qom_set(&state, path, property, value) {
+                return done.map(|()| Value::Null);
+            }
             qom_get(&state, path, property)?;
             let ty = qom_get(&state, path, "type")
                 .ok()

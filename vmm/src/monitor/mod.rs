@@ -3,6 +3,7 @@
 //! change the running machine are queued to the run loop through the controller.
 
 mod actions;
+pub mod balloon;
 mod block;
 mod chardev;
 mod cpus;
@@ -40,5 +41,6 @@ pub fn registry(control: &Arc<Controller>) -> Result<Registry, RegistryError> {
     actions::register(&mut reg, control)?;
     live::register(&mut reg, control)?;
     live::register_fds(&mut reg)?;
+    balloon::register(&mut reg, control)?;
     Ok(reg)
 }
