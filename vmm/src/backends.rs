@@ -829,8 +829,14 @@ fn object_from_pairs(context: &str, raw: Vec<(String, OsString)>) -> Result<Back
 }
 
 /// A QMP `blockdev-add`/`netdev_add`/`chardev-add`/`object-add` argument object.
-/// `cancelled` ends what may wait on a client's behalf (a blkdebug config on a FIFO).
-pub fn from_qmp(
+/// A backend from a QMP `*-add` command's arguments.
+pub fn from_qmp(kind: &str, args: &Value, existing: &[Backend]) -> Result<Backend, BackendError> {
+    from_qmp_cancellable(kind, args, existing, &|| false)
+}
+
+/// `from_qmp`, where `cancelled` ends what may wait on a client's behalf (a blkdebug config
+/// on a FIFO).
+pub fn from_qmp_cancellable(
     kind: &str,
     args: &Value,
     existing: &[Backend],

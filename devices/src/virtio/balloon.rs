@@ -96,8 +96,11 @@ pub struct BalloonControl {
     timer: Mutex<TimerFd>,
     irq: Mutex<Weak<VirtioInterrupt>>,
     /// Called with the new `actual` in bytes when the guest changes it (BALLOON_CHANGE).
-    on_change: Mutex<Option<Box<dyn Fn(u64) + Send>>>,
+    on_change: Mutex<Option<ChangeSink>>,
 }
+
+/// Where BALLOON_CHANGE goes (the new `actual` in bytes).
+pub type ChangeSink = Box<dyn Fn(u64) + Send>;
 
 impl BalloonControl {
     pub fn new() -> std::io::Result<Arc<Self>> {
@@ -117,7 +120,7 @@ impl BalloonControl {
     }
 
     /// Where BALLOON_CHANGE goes: called with the balloon's new `actual` in bytes.
-    pub fn set_change_sink(&self, sink: Box<dyn Fn(u64) + Send>) {
+    pub fn set_change_sink(&self, sink: ChangeSink) {
         *lock(&self.on_change) = Some(sink);
     }
 

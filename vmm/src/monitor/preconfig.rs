@@ -237,8 +237,9 @@ pub(super) fn register(reg: &mut Registry, control: &Arc<Controller>) -> Result<
             // writer (as in QEMU), and only this client's in-band commands may wait with it.
             let existing = c.state().config.backends.clone();
             let args = Value::Object(args);
-            let backend = backends::from_qmp(name, &args, &existing, &|| ctx.cancelled())
-                .map_err(|e| QmpError::generic(e.message))?;
+            let backend =
+                backends::from_qmp_cancellable(name, &args, &existing, &|| ctx.cancelled())
+                    .map_err(|e| QmpError::generic(e.message))?;
             drop(existing);
             let mut state = c.state();
             let running = state.plan.is_some();
