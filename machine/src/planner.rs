@@ -396,21 +396,24 @@ impl Catalog {
             .into_iter()
             .next()
             .unwrap_or_else(|| Err(PlanError::UnknownDevice(req.driver.clone())))?;
-        let Placement::Pci(p) = placed else {
-            return Err(PlanError::HotplugUnsupported(req.driver.clone()));
-        };
-        if p.provides_bus.is_some() {
-            return Err(PlanError::HotplugUnsupported(p.type_name));
+        match placed {
+            Placement::Pci(p) if p.provides_bus.is_some() => {
+                return Err(PlanError::HotplugUnsupported(p.type_name));
+            }
+            // A port joins a virtio-serial bus (QEMU's refusals: bus full, number taken).
+            Placement::Pci(_) | Placement::VirtioPort(_) => {}
+            _ => return Err(PlanError::HotplugUnsupported(req.driver.clone())),
         }
         let machine = self
             .resolve_machine(&plan.machine)
             .ok_or_else(|| PlanError::UnknownMachine(plan.machine.clone()))?;
         let mut ctx = Ctx::from_plan(self, machine, plan);
-        let Realized::Pci(i, _) = ctx.realize(req, true)? else {
-            return Err(PlanError::HotplugUnsupported(req.driver.clone()));
-        };
         let mut out = plan.clone();
-        out.pci.push(ctx.topo.functions[i].clone());
+        match ctx.realize(req, true)? {
+            Realized::Pci(i, _) => out.pci.push(ctx.topo.functions[i].clone()),
+            Realized::Port(i) => out.virtio_ports.push(ctx.ports[i].clone()),
+            _ => return Err(PlanError::HotplugUnsupported(req.driver.clone())),
+        }
         Ok(out)
     }
 }

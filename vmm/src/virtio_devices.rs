@@ -452,7 +452,10 @@ pub fn factory<'a>(
             2 => open_drive(f, plan, backends).map(VirtioBackend::Block),
             3 => open_console(f, plan, backends, open).map(|(output, input)| {
                 char_input = input;
-                VirtioBackend::Console(ConsoleBackend { output })
+                VirtioBackend::Console(ConsoleBackend {
+                    output,
+                    ports: crate::monitor::serial_ports::of(&f.bus, f.devfn()),
+                })
             }),
             4 => open_rng(f, backends, open).map(VirtioBackend::Rng),
             5 => crate::monitor::balloon::control()

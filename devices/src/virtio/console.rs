@@ -6,7 +6,7 @@
 use super::device::{
     bad_queue, check_chain, read_config_bytes, DeviceError, QueueContext, VirtioDevice,
 };
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex};
@@ -28,6 +28,7 @@ const CTRL_TX: usize = 3;
 // Control events (struct virtio_console_control).
 const DEVICE_READY: u16 = 0;
 const DEVICE_ADD: u16 = 1;
+const DEVICE_REMOVE: u16 = 2;
 const PORT_READY: u16 = 3;
 const CONSOLE_PORT: u16 = 4;
 const PORT_OPEN: u16 = 6;
@@ -39,9 +40,57 @@ const INPUT_TOKEN: u32 = 0;
 /// Bytes of guest output or control data taken per buffer at most.
 const MAX_BUF: usize = 64 * 1024;
 
-/// Where guest output goes (a chardev).
+/// Where guest output goes (a chardev), and the ports added on the running machine.
 pub struct ConsoleBackend {
     pub output: Box<dyn Write + Send>,
+    pub ports: HotPorts,
+}
+
+#[derive(Default)]
+struct HotPortState {
+    /// Ports added on the running machine (number -> is a virtconsole). They have no
+    /// chardev: like QEMU's ports without one, what the guest writes there is discarded.
+    present: BTreeMap<u32, bool>,
+    /// Additions (true) and removals waiting to be announced.
+    changes: VecDeque<(u32, bool)>,
+    wake: Option<Arc<EventFd>>,
+}
+
+/// The ports `device_add`/`device_del` change on a running controller, shared with the VMM
+/// (kept across rebuilds): a driver that negotiated MULTIPORT hears of each change
+/// (VIRTIO_CONSOLE_PORT_ADD / PORT_REMOVE).
+#[derive(Clone, Default)]
+pub struct HotPorts(Arc<Mutex<HotPortState>>);
+
+impl HotPorts {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HotPortState> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Port `nr` joined the bus (`console`: a virtconsole).
+    pub fn add(&self, nr: u32, console: bool) {
+        let mut s = self.lock();
+        s.present.insert(nr, console);
+        s.changes.push_back((nr, true));
+        if let Some(w) = &s.wake {
+            let _ = w.write(1);
+        }
+    }
+
+    /// Port `nr` left the bus.
+    pub fn remove(&self, nr: u32) {
+        let mut s = self.lock();
+        s.present.remove(&nr);
+        s.changes.push_back((nr, false));
+        if let Some(w) = &s.wake {
+            let _ = w.write(1);
+        }
+    }
+
+    /// Whether port `nr` was added on the running machine (and is still there).
+    pub fn contains(&self, nr: u32) -> bool {
+        self.lock().present.contains_key(&nr)
+    }
 }
 
 /// Feeds host input to the guest's console port; cheap to clone.
@@ -69,6 +118,9 @@ impl ConsoleInput {
 
 pub struct Console {
     output: Box<dyn Write + Send>,
+    ports: HotPorts,
+    /// The driver sent DEVICE_READY: port changes are announced from then on.
+    driver_ready: bool,
     input: ConsoleInput,
     max_ports: u32,
     /// Guest has port 0 open (always true without MULTIPORT).
@@ -84,12 +136,16 @@ impl Console {
         if max_ports > 1 {
             features |= F_MULTIPORT;
         }
+        let input = ConsoleInput {
+            pending: Arc::new(Mutex::new(VecDeque::new())),
+            event: Arc::new(EventFd::new(libc::EFD_NONBLOCK)?),
+        };
+        backend.ports.lock().wake = Some(input.event.clone());
         Ok(Self {
             output: backend.output,
-            input: ConsoleInput {
-                pending: Arc::new(Mutex::new(VecDeque::new())),
-                event: Arc::new(EventFd::new(libc::EFD_NONBLOCK)?),
-            },
+            ports: backend.ports,
+            driver_ready: false,
+            input,
             max_ports,
             guest_open: false,
             control_out: VecDeque::new(),
@@ -165,7 +221,24 @@ impl Console {
             let event = u16::from_le_bytes([m[4], m[5]]);
             let value = u16::from_le_bytes([m[6], m[7]]);
             match (event, id) {
-                (DEVICE_READY, _) if value == 1 => self.control(0, DEVICE_ADD, 1),
+                (DEVICE_READY, _) if value == 1 => {
+                    self.control(0, DEVICE_ADD, 1);
+                    // Ports added on the running machine so far; later ones as they come.
+                    self.driver_ready = true;
+                    let present: Vec<u32> = {
+                        let mut p = self.ports.lock();
+                        p.changes.clear();
+                        p.present.keys().copied().collect()
+                    };
+                    for nr in present {
+                        self.control(nr, DEVICE_ADD, 1);
+                    }
+                }
+                (PORT_READY, nr) if nr > 0 && value == 1 => {
+                    if self.ports.lock().present.get(&nr) == Some(&true) {
+                        self.control(nr, CONSOLE_PORT, 1);
+                    }
+                }
                 (PORT_READY, 0) if value == 1 => {
                     self.control(0, CONSOLE_PORT, 1);
                     // The host side of a console is always connected.
@@ -178,6 +251,28 @@ impl Console {
         self.flush_control(ctx)?;
         // Input typed before the guest opened the port is delivered now.
         self.handle_input(ctx)
+    }
+
+    /// Announce ports added or removed since the driver last heard (MULTIPORT only).
+    fn port_changes(&mut self, ctx: &mut QueueContext) -> Result<(), DeviceError> {
+        let changes: Vec<(u32, bool)> = self.ports.lock().changes.drain(..).collect();
+        if !self.multiport(ctx) || !self.driver_ready {
+            // Announced with DEVICE_READY instead.
+            return Ok(());
+        }
+        for (nr, added) in changes {
+            self.control(nr, if added { DEVICE_ADD } else { DEVICE_REMOVE }, 1);
+        }
+        self.flush_control(ctx)
+    }
+
+    /// Output on a port added on the running machine: it has no chardev, so it is
+    /// discarded (QEMU's ports without one do the same).
+    fn discard_output(&mut self, idx: usize, ctx: &mut QueueContext) -> Result<(), DeviceError> {
+        if ctx.drain_queue(idx, |_, _| Ok(0))? == Some(true) {
+            ctx.notify(idx);
+        }
+        Ok(())
     }
 
     /// Guest output on port 0.
@@ -293,6 +388,7 @@ impl VirtioDevice for Console {
 
     fn reset(&mut self) {
         self.guest_open = false;
+        self.driver_ready = false;
         self.control_out.clear();
     }
 
@@ -302,7 +398,11 @@ impl VirtioDevice for Console {
             TX0 => self.handle_output(ctx),
             CTRL_RX => self.flush_control(ctx),
             CTRL_TX => self.handle_control(ctx),
-            // Ports 1.. are never added, so the guest does not use their queues.
+            // Transmit queues of ports 1.. (4 + 2 * (nr - 1) + 1): only ports added on the
+            // running machine are announced, and their output has nowhere to go.
+            i if i > CTRL_TX && i % 2 == 1 && self.ports.contains(((i - 4) / 2 + 1) as u32) => {
+                self.discard_output(i, ctx)
+            }
             _ => Ok(()),
         }
     }
@@ -315,6 +415,7 @@ impl VirtioDevice for Console {
         if token == INPUT_TOKEN {
             let _ = self.input.event.read();
             self.handle_input(ctx)?;
+            self.port_changes(ctx)?;
         }
         Ok(())
     }

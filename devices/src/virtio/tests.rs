@@ -565,6 +565,7 @@ fn console_output_and_emergency_write() {
     let mut d = build(
         &p,
         VirtioBackend::Console(ConsoleBackend {
+            ports: Default::default(),
             output: Box::new(out.clone()),
         }),
     );

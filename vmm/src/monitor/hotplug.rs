@@ -47,6 +47,9 @@ fn check_pending(state: &crate::control::VmState, id: &str) -> Result<(), QmpErr
 }
 
 fn device_del(control: &Controller, id: &str) -> Result<Value, QmpError> {
+    if let Some(answer) = super::serial_ports::device_del(control, id) {
+        return answer;
+    }
     let mut state = control.state();
     let Some(plan) = state.plan.clone() else {
         return Err(not_found(id));

@@ -17,6 +17,7 @@ mod numa;
 mod pci_info;
 mod preconfig;
 mod probe;
+pub mod serial_ports;
 
 use crate::control::Controller;
 pub use block::{drive_size, drive_stats};

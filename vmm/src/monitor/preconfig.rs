@@ -160,6 +160,9 @@ pub(super) fn register(reg: &mut Registry, control: &Arc<Controller>) -> Result<
                     .catalog
                     .hot_add(plan, &req)
                     .map_err(|e| QmpError::generic(e.to_string()))?;
+                if new_plan.virtio_ports.len() > plan.virtio_ports.len() {
+                    return super::serial_ports::hot_add(&mut state, new_plan, req);
+                }
                 backends::check_references(&request, &state.config.backends)
                     .map_err(|e| QmpError::generic(e.message))?;
                 let mut config = state.config.clone();
