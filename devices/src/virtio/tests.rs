@@ -599,6 +599,81 @@ fn console_output_and_emergency_write() {
     assert_eq!(&b, b"ls\n");
 }
 
+/// Ports added on the running machine reach a MULTIPORT driver: those present at
+/// DEVICE_READY with it, later ones and removals as they happen (PORT_ADD / PORT_REMOVE);
+/// their output is taken and discarded (no chardev).
+#[test]
+fn console_announces_hot_added_ports() {
+    use super::console::HotPorts;
+    let ports = HotPorts::default();
+    let mut p = plan(DEVICE_CONSOLE, true, false, &[]);
+    p.properties.insert("max_ports", PropValue::Uint(4));
+    let mut d = build(
+        &p,
+        VirtioBackend::Console(ConsoleBackend {
+            output: Box::new(std::io::sink()),
+            ports: ports.clone(),
+        }),
+    );
+    let ctrl_rx = Ring::new(8, 0x20000, 0x21000, 0x22000);
+    let ctrl_tx = Ring::new(8, 0x24000, 0x25000, 0x26000);
+    let port2_tx = Ring::new(8, 0x28000, 0x29000, 0x2a000);
+    let (mut ctrl_rx, mut ctrl_tx, mut port2_tx) = (ctrl_rx, ctrl_tx, port2_tx);
+    d.d.modern_begin(super::regs::features::VERSION_1 | 1 << 1);
+    d.d.modern_ring(2, &ctrl_rx);
+    d.d.modern_ring(3, &ctrl_tx);
+    d.d.modern_ring(7, &port2_tx);
+    d.d.modern_driver_ok();
+    // Added before the driver is ready: announced with DEVICE_READY.
+    ports.add(2, false);
+    for i in 0..4u16 {
+        ctrl_rx.push_chain(&d.d.mem, i, &[(DATA + 0x100 * u64::from(i), 8, true)]);
+    }
+    d.notify_modern(2);
+    d.w.poll();
+    let msg = |id: u32, event: u16, value: u16| {
+        let mut m = [0u8; 8];
+        m[0..4].copy_from_slice(&id.to_le_bytes());
+        m[4..6].copy_from_slice(&event.to_le_bytes());
+        m[6..8].copy_from_slice(&value.to_le_bytes());
+        m
+    };
+    d.d.mem
+        .write_slice(&msg(0, 0, 1), GuestAddress(DATA + 0x1000))
+        .unwrap();
+    ctrl_tx.push_chain(&d.d.mem, 0, &[(DATA + 0x1000, 8, false)]);
+    d.notify_modern(3);
+    d.w.poll();
+    let got = |d: &Dev, i: u64| {
+        let mut m = [0u8; 8];
+        d.d.mem
+            .read_slice(&mut m, GuestAddress(DATA + 0x100 * i))
+            .unwrap();
+        m
+    };
+    assert_eq!(ctrl_rx.used_idx(&d.d.mem), 2);
+    assert_eq!(got(&d, 0), msg(0, 1, 1), "port 0 added");
+    assert_eq!(got(&d, 1), msg(2, 1, 1), "port 2 added");
+    // Its output is consumed.
+    port2_tx.push_chain(&d.d.mem, 0, &[(DATA + 0x2000, 5, false)]);
+    d.notify_modern(7);
+    d.w.poll();
+    assert_eq!(port2_tx.used_idx(&d.d.mem), 1);
+    // Removed while the driver runs: PORT_REMOVE at once; added again: PORT_ADD.
+    ports.remove(2);
+    d.w.process_event(0);
+    assert_eq!(ctrl_rx.used_idx(&d.d.mem), 3);
+    assert_eq!(got(&d, 2), msg(2, 2, 1), "port 2 removed");
+    ports.add(3, true);
+    d.w.process_event(0);
+    assert_eq!(got(&d, 3), msg(3, 1, 1), "port 3 added");
+    // A removed port's queue is no longer served.
+    port2_tx.push_chain(&d.d.mem, 1, &[(DATA + 0x2000, 5, false)]);
+    d.notify_modern(7);
+    d.w.poll();
+    assert_eq!(port2_tx.used_idx(&d.d.mem), 1);
+}
+
 /// Records the ioeventfds registered now, as KVM would hold them.
 #[derive(Default)]
 struct Registrar(Mutex<Vec<notify::IoEvent>>);
