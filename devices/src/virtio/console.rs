@@ -234,10 +234,13 @@ impl Console {
                         self.control(nr, DEVICE_ADD, 1);
                     }
                 }
-                (PORT_READY, nr) if nr > 0 && value == 1 => {
-                    if self.ports.lock().present.get(&nr) == Some(&true) {
-                        self.control(nr, CONSOLE_PORT, 1);
-                    }
+                // A virtconsole added on the running machine is a console port.
+                (PORT_READY, nr)
+                    if nr > 0
+                        && value == 1
+                        && self.ports.lock().present.get(&nr) == Some(&true) =>
+                {
+                    self.control(nr, CONSOLE_PORT, 1);
                 }
                 (PORT_READY, 0) if value == 1 => {
                     self.control(0, CONSOLE_PORT, 1);

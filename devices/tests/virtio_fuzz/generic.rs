@@ -123,6 +123,7 @@ pub(crate) fn generic_iteration(rng: &mut XorShift, stats: &mut Stats, gm: &mut 
                     &plan(DEVICE_CONSOLE, transitional, false, &[("max_ports", ports)]),
                     VirtioBackend::Console(ConsoleBackend {
                         output: Box::new(out.clone()),
+                        ports: Default::default(),
                     }),
                     mem.clone(),
                 ),
