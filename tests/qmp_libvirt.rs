@@ -674,7 +674,6 @@ fn introspection_lists_only_what_machina_models() {
 
     let header_only = [
         "virtio-scsi-pci",
-        "virtio-balloon-pci",
         "virtio-gpu-pci",
         "virtio-keyboard-pci",
         "VGA",
@@ -688,6 +687,7 @@ fn introspection_lists_only_what_machina_models() {
         "virtio-net-pci",
         "virtio-rng-pci",
         "virtio-serial-pci",
+        "virtio-balloon-pci",
         "e1000e",
         "pcie-root-port",
         "ich9-ahci",

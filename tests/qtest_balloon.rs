@@ -251,3 +251,29 @@ fn no_balloon_no_balloon_commands() {
         );
     }
 }
+
+/// QEMU registers one balloon: a second one is refused, naming the device.
+#[test]
+fn a_second_balloon_is_refused() {
+    let r = machina_tests::run(
+        &machina(),
+        &[
+            "-machine",
+            "q35",
+            "-nodefaults",
+            "-S",
+            "-display",
+            "none",
+            "-device",
+            "virtio-balloon-pci,id=b1",
+            "-device",
+            "virtio-balloon-pci,id=b2",
+        ],
+        Duration::from_secs(60),
+    );
+    r.check(r.status == Some(1), "exit status 1");
+    r.check(
+        r.stderr.contains("b2") && r.stderr.contains("Only one balloon device is supported"),
+        "QEMU's text naming the second balloon",
+    );
+}

@@ -458,6 +458,17 @@ pub fn factory<'a>(
                 })
             }),
             4 => open_rng(f, backends, open).map(VirtioBackend::Rng),
+            // QEMU registers one balloon (qemu_add_balloon_handler): a second is refused.
+            5 if plan
+                .pci
+                .iter()
+                .find(|g| g.virtio.is_some_and(|v| v.device_type == 5))
+                .is_some_and(|first| {
+                    (first.bus.as_str(), first.devfn()) != (f.bus.as_str(), f.devfn())
+                }) =>
+            {
+                Err(device_err(f, "Only one balloon device is supported"))
+            }
             5 => crate::monitor::balloon::control()
                 .map(VirtioBackend::Balloon)
                 .map_err(|e| device_err(f, format!("balloon stats timer: {e}"))),
