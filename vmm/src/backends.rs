@@ -164,6 +164,11 @@ pub enum Backend {
         id: String,
         filename: PathBuf,
     },
+    /// `-object rng-builtin,id=`: the host kernel's generator (QEMU's getrandom(2); the
+    /// same source as /dev/urandom, what a virtio-rng without `rng=` reads).
+    RngBuiltin {
+        id: String,
+    },
 }
 
 impl Backend {
@@ -174,7 +179,8 @@ impl Backend {
             | Backend::Netdev { id, .. }
             | Backend::Chardev { id, .. }
             | Backend::Filter { id, .. }
-            | Backend::RngRandom { id, .. } => id,
+            | Backend::RngRandom { id, .. }
+            | Backend::RngBuiltin { id } => id,
         }
     }
 
@@ -184,7 +190,7 @@ impl Backend {
             Backend::Drive { .. } => "drive",
             Backend::Tap { .. } | Backend::Netdev { .. } => "netdev",
             Backend::Chardev { .. } => "chardev",
-            Backend::RngRandom { .. } => "rng",
+            Backend::RngRandom { .. } | Backend::RngBuiltin { .. } => "rng",
             Backend::Filter { .. } => "filter",
         }
     }
@@ -209,7 +215,7 @@ fn err(context: &str, message: impl Into<String>) -> BackendError {
 }
 
 /// QEMU's wording of an errno (`Could not open 'x': No such file or directory`).
-fn reason(e: &std::io::Error) -> String {
+pub(crate) fn reason(e: &std::io::Error) -> String {
     match e.raw_os_error() {
         // SAFETY: strerror returns a pointer to a static (or thread-local) NUL-terminated
         // string, read at once and copied.
@@ -774,6 +780,13 @@ fn object_from_pairs(context: &str, raw: Vec<(String, OsString)>) -> Result<Back
             })?;
             Ok(Backend::RngRandom { id, filename })
         }
+        Some("rng-builtin") => {
+            let id = get("id").ok_or_else(|| err(&context, "Parameter 'id' is missing"))?;
+            if let Some((k, _)) = pairs[1..].iter().find(|(k, _)| k != "id") {
+                return Err(err(&context, format!("Invalid parameter '{k}'")));
+            }
+            Ok(Backend::RngBuiltin { id })
+        }
         Some(kind @ ("filter-mirror" | "filter-redirector")) => {
             let id = get("id").ok_or_else(|| err(&context, "Parameter 'id' is missing"))?;
             for (k, v) in &pairs[1..] {
@@ -1207,7 +1220,7 @@ pub fn add(
         Backend::Drive { .. } => "drive",
         Backend::Tap { .. } | Backend::Netdev { .. } => "netdev",
         Backend::Chardev { .. } => "chardev",
-        Backend::RngRandom { .. } | Backend::Filter { .. } => "object",
+        Backend::RngRandom { .. } | Backend::RngBuiltin { .. } | Backend::Filter { .. } => "object",
     };
     place_ide_drive(list, &mut backend, context)?;
     if list

@@ -3,6 +3,7 @@
 
 mod host_options;
 mod numa;
+pub mod readconfig;
 mod size;
 
 use host_options::{
@@ -645,6 +646,7 @@ fn takes_argument(name: &str) -> bool {
             | "action"
             | "watchdog-action"
             | "global"
+            | "readconfig"
     )
 }
 
@@ -670,12 +672,45 @@ where
         } else {
             OsString::new()
         };
+        apply(&mut opts, &name, &arg, os_value)?;
+    }
+    Ok(opts)
+}
+
+/// `-readconfig FILE`: each section is the option of its group, parsed as if given here.
+fn read_config(opts: &mut CliOptions, path: &OsStr) -> Result<(), CliError> {
+    let sections = readconfig::read(path).map_err(|e| CliError::Plain(e.to_string()))?;
+    for section in &sections {
+        let (name, value) =
+            readconfig::to_option(section).map_err(|e| CliError::Plain(e.to_string()))?;
+        let option = format!("-{name} {}", lossy(&value));
+        apply(opts, name, name, value).map_err(|e| {
+            let text = e.to_string();
+            let message = text
+                .strip_prefix(&option)
+                .and_then(|t| t.strip_prefix(": "))
+                .unwrap_or(&text);
+            CliError::Plain(match &section.location {
+                Some(l) => format!("{l}: {message}"),
+                None => message.to_string(),
+            })
+        })?;
+        readconfig::record_origin(option, section.location.clone());
+    }
+    Ok(())
+}
+
+/// One option and its argument (empty for options without one).
+fn apply(opts: &mut CliOptions, name: &str, arg: &str, os_value: OsString) -> Result<(), CliError> {
+    let name = name.to_string();
+    let arg = arg.to_string();
+    {
         // Names, numbers and keys are text; only path-carrying options use `os_value`.
         let value = lossy(&os_value);
         match name.as_str() {
             "h" | "help" => opts.action = Action::Help,
             "version" => opts.action = Action::Version,
-            "machine" | "M" => parse_machine(&mut opts, &value)?,
+            "machine" | "M" => parse_machine(opts, &value)?,
             "m" => {
                 let m = parse_memory(&value)?;
                 (opts.ram_size, opts.ram_slots, opts.max_ram_size) = (m.size, m.slots, m.maxmem);
@@ -726,15 +761,15 @@ where
             // `<timer name='hpet' present='no'/>`).
             "no-hpet" => opts.machine_options.push(("hpet".into(), "off".into())),
             "S" => opts.start_paused = true,
-            "name" => parse_name(&mut opts, &value)?,
+            "name" => parse_name(opts, &value)?,
             "uuid" => opts.uuid = Some(parse_uuid(&value)?),
-            "overcommit" => parse_overcommit(&mut opts, &value)?,
-            "rtc" => parse_rtc(&mut opts, &value)?,
-            "boot" => parse_boot(&mut opts, &value)?,
+            "overcommit" => parse_overcommit(opts, &value)?,
+            "rtc" => parse_rtc(opts, &value)?,
+            "boot" => parse_boot(opts, &value)?,
             "add-fd" => opts.add_fds.push(value),
-            "audiodev" | "audio" => parse_audiodev(&mut opts, &name, &value)?,
-            "sandbox" => parse_sandbox(&mut opts, &value)?,
-            "msg" => parse_msg(&mut opts, &value)?,
+            "audiodev" | "audio" => parse_audiodev(opts, &name, &value)?,
+            "sandbox" => parse_sandbox(opts, &value)?,
+            "msg" => parse_msg(opts, &value)?,
             // Checked by logging::setup once every option is read, as QEMU does.
             "d" => opts.log.items = Some(value),
             "D" => opts.log.file = Some(PathBuf::from(os_value)),
@@ -791,10 +826,11 @@ where
             "qtest-log" => {}
             "pidfile" => opts.pidfile = Some(PathBuf::from(os_value)),
             "daemonize" => opts.daemonize = true,
+            "readconfig" => read_config(opts, &os_value)?,
             _ => return Err(CliError::InvalidOption(arg)),
         }
     }
-    Ok(opts)
+    Ok(())
 }
 
 /// `-drive if=pflash,...`: flash unit `unit=`/`index=` (or the first free one) of the board,
@@ -1006,7 +1042,8 @@ usage: machina [options]\n\
 -d guest_errors,unimp,trace:PATTERN   log what the guest got wrong, what machina lacks, trace events (-d help)\n\
 -D FILE                        write the -d and -trace log to FILE instead of stderr\n\
 -trace [enable=]PATTERN|events=FILE|file=FILE   enable trace events (-trace help lists them)\n\
--object rng-random,id=ID,filename=PATH   an entropy source for virtio-rng-pci,rng=ID\n\
+-object rng-random,id=ID,filename=PATH | rng-builtin,id=ID   an entropy source for virtio-rng-pci,rng=ID\n\
+-readconfig FILE               read options from QEMU's configuration file ([device \"id\"], [memory], ...)\n\
 -nodefaults                    create no default devices\n\
 -no-user-config                accepted (machina reads no user config)\n\
 -no-reboot                     exit instead of rebooting when the guest resets\n\

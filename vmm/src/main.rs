@@ -16,7 +16,8 @@ fn main() -> ExitCode {
     match run(std::env::args_os().skip(1).collect(), start) {
         Ok(code) => ExitCode::from(code),
         Err(message) => {
-            vmm::logging::report_error(&message);
+            // An option read from -readconfig is named by its FILE:LINE.
+            vmm::logging::report_error(&cli::readconfig::locate(&message));
             ExitCode::from(1)
         }
     }

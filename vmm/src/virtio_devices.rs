@@ -375,6 +375,7 @@ fn open_rng(
             .iter()
             .find_map(|b| match b {
                 Backend::RngRandom { id: r, filename } if r == id => Some(filename.clone()),
+                Backend::RngBuiltin { id: r } if r == id => Some("/dev/urandom".into()),
                 _ => None,
             })
             .ok_or_else(|| device_err(f, format!("Device '{id}' not found")))?,

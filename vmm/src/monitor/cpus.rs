@@ -266,8 +266,24 @@ fn not_found(path: &str) -> QmpError {
 }
 
 fn qom_list(state: &VmState, path: &str) -> Result<Value, QmpError> {
-    let plan = state.plan.as_ref().ok_or_else(|| not_found(path))?;
     let prop = |name: &str, ty: &str| json!({"name": name, "type": ty});
+    // The user-created objects (and the default RAM backend), as QEMU's /objects.
+    let objects = super::objects::children(state);
+    if path == "/objects" {
+        let mut list = vec![prop("type", "string")];
+        list.extend(
+            objects
+                .iter()
+                .map(|(id, ty)| prop(id, &format!("child<{ty}>"))),
+        );
+        return Ok(Value::Array(list));
+    }
+    if let Some(id) = path.strip_prefix("/objects/") {
+        if objects.iter().any(|(o, _)| o == id) {
+            return Ok(json!([prop("type", "string")]));
+        }
+    }
+    let plan = state.plan.as_ref().ok_or_else(|| not_found(path))?;
     if let Some(index) = cpu_at(path, plan) {
         let cpu = vcpu_cpuid(state_model(state), index, &plan.topology)?;
         return Ok(Value::Array(

@@ -118,7 +118,10 @@ fn object_del(control: &Controller, id: &str) -> Result<(), QmpError> {
     }
     let before = config.backends.len();
     config.backends.retain(|b| {
-        !(matches!(b, Backend::RngRandom { .. } | Backend::Filter { .. }) && b.id() == id)
+        !(matches!(
+            b,
+            Backend::RngRandom { .. } | Backend::RngBuiltin { .. } | Backend::Filter { .. }
+        ) && b.id() == id)
     });
     if config.backends.len() == before {
         return Err(QmpError::generic(format!("object '{id}' not found")));

@@ -14,6 +14,7 @@ mod lifecycle;
 mod live;
 mod net;
 mod numa;
+mod objects;
 mod pci_info;
 mod preconfig;
 mod probe;
@@ -39,6 +40,7 @@ pub fn registry(control: &Arc<Controller>) -> Result<Registry, RegistryError> {
     net::register(&mut reg, control)?;
     hotplug::register(&mut reg, control)?;
     numa::register(&mut reg, control)?;
+    objects::register(&mut reg, control)?;
     actions::register(&mut reg, control)?;
     live::register(&mut reg, control)?;
     live::register_fds(&mut reg)?;

@@ -289,7 +289,10 @@ fn duplicate(state: &crate::control::VmState, name: &str, id: &str) -> Option<St
             || config.memory_backends.iter().any(|m| m.id == id)
             || config.secrets.iter().any(|s| s.id == id)
             || config.backends.iter().any(|b| {
-                matches!(b, Backend::RngRandom { .. } | Backend::Filter { .. }) && b.id() == id
+                matches!(
+                    b,
+                    Backend::RngRandom { .. } | Backend::RngBuiltin { .. } | Backend::Filter { .. }
+                ) && b.id() == id
             }))
         .then(|| format!("attempt to add duplicate property '{id}' to object (type 'container')")),
         _ => None,

@@ -1,0 +1,126 @@
+//! The user-creatable objects of QEMU's `/objects` container: `query-memdev` (the memory
+//! backends, with the machine's default RAM backend once the board created it) and the
+//! children `qom-list /objects` shows.
+
+use crate::backends::Backend;
+use crate::control::{Controller, VmState};
+use qmp::{CommandDef, Map, ObjectType, Registry, RegistryError, Session, Type, Value};
+use serde_json::json;
+use std::sync::Arc;
+
+/// The default RAM backend QEMU's machine_run_board_init creates (`pc.ram`, `ram` on
+/// `none`): only once the machine exists, when no `memory-backend=` names one, the machine
+/// has RAM and no NUMA node takes its RAM from a memdev.
+fn default_ram(state: &VmState) -> Option<(String, u64)> {
+    let plan = state.plan.as_ref()?;
+    let config = &state.config;
+    let numa_memdev = config.numa.iter().any(|a| {
+        matches!(
+            &a.option,
+            machine::NumaOption::Node {
+                memdev: Some(_),
+                ..
+            }
+        )
+    });
+    if config.memory_backend.is_some() || numa_memdev || config.ram_size == 0 {
+        return None;
+    }
+    Some((plan.memory.ram_id.clone()?, config.ram_size))
+}
+
+/// `query-memdev`: every memory backend object, as machina maps it (without MAP_NORESERVE,
+/// on no host-node policy: machina takes no other).
+fn memdevs(state: &VmState) -> Value {
+    let entry = |id: &str, size: u64, merge: bool, dump: bool, prealloc: bool, share: bool| {
+        json!({"id": id, "size": size, "merge": merge, "dump": dump, "prealloc": prealloc,
+               "share": share, "reserve": true, "host-nodes": [], "policy": "default"})
+    };
+    let mut list: Vec<Value> = state
+        .config
+        .memory_backends
+        .iter()
+        .map(|m| entry(&m.id, m.size, m.merge, m.dump, m.prealloc, m.share))
+        .collect();
+    if let Some((id, size)) = default_ram(state) {
+        // QEMU's memory-backend-ram defaults.
+        list.push(entry(&id, size, true, true, false, false));
+    }
+    Value::Array(list)
+}
+
+/// `/objects` children: (id, QOM type).
+pub(super) fn children(state: &VmState) -> Vec<(String, String)> {
+    let config = &state.config;
+    let mut out: Vec<(String, String)> = Vec::new();
+    out.extend(
+        config
+            .memory_backends
+            .iter()
+            .map(|m| (m.id.clone(), m.qom_type.clone())),
+    );
+    out.extend(
+        config
+            .secrets
+            .iter()
+            .map(|s| (s.id.clone(), "secret".to_string())),
+    );
+    out.extend(
+        config
+            .iothreads
+            .iter()
+            .map(|t| (t.id.clone(), "iothread".to_string())),
+    );
+    out.extend(config.backends.iter().filter_map(|b| {
+        match b {
+            Backend::RngRandom { id, .. } => Some((id.clone(), "rng-random".to_string())),
+            Backend::RngBuiltin { id } => Some((id.clone(), "rng-builtin".to_string())),
+            Backend::Filter { id, redirector, .. } => Some((
+                id.clone(),
+                if *redirector {
+                    "filter-redirector"
+                } else {
+                    "filter-mirror"
+                }
+                .to_string(),
+            )),
+            _ => None,
+        }
+    }));
+    if let Some((id, _)) = default_ram(state) {
+        out.push((id, "memory-backend-ram".to_string()));
+    }
+    out
+}
+
+fn memdev_type() -> Type {
+    Type::object(
+        ObjectType::new("Memdev")
+            .optional("id", Type::Str)
+            .member("size", Type::Size)
+            .member("merge", Type::Bool)
+            .member("dump", Type::Bool)
+            .member("prealloc", Type::Bool)
+            .member("share", Type::Bool)
+            .optional("reserve", Type::Bool)
+            .member("host-nodes", Type::array(Type::Uint16))
+            .member(
+                "policy",
+                Type::enumeration(
+                    "HostMemPolicy",
+                    &["default", "preferred", "bind", "interleave"],
+                ),
+            ),
+    )
+}
+
+pub(super) fn register(reg: &mut Registry, control: &Arc<Controller>) -> Result<(), RegistryError> {
+    let c = control.clone();
+    reg.register(
+        CommandDef::new("query-memdev")
+            .returns(Type::array(memdev_type()))
+            .allow_preconfig(true),
+        move |_args: Map<String, Value>, _ctx: &mut Session| Ok(memdevs(&c.state())),
+    )?;
+    Ok(())
+}
