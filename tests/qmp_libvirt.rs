@@ -109,7 +109,18 @@ fn capability_probe_answers_from_machina() {
 
     // CPU models: host and max, expanded to KVM's supported CPUID.
     let defs = qmp.ok("query-cpu-definitions", Value::Null);
-    assert_eq!(names(&defs, "name"), ["host", "max", "qemu64"]);
+    let def_names = names(&defs, "name");
+    assert_eq!(def_names[..3], ["host", "max", "qemu64"]);
+    // QEMU's named models, the unversioned name an alias of its first version.
+    let haswell = defs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"] == "Haswell")
+        .expect("Haswell is offered");
+    assert_eq!(haswell["alias-of"], "Haswell-v1");
+    assert_eq!(haswell["typename"], "Haswell-x86_64-cpu");
+    assert!(def_names.iter().any(|n| n == "Haswell-noTSX-IBRS"));
     let stat = qmp.ok(
         "query-cpu-model-expansion",
         json!({"type": "static", "model": {"name": "host"}}),
@@ -135,9 +146,16 @@ fn capability_probe_answers_from_machina() {
     );
     let r = qmp.execute(
         "query-cpu-model-expansion",
-        json!({"type": "full", "model": {"name": "Haswell"}}),
+        json!({"type": "full", "model": {"name": "Haswell-v99"}}),
     );
     assert_eq!(r["error"]["class"], "GenericError", "{r}");
+    let haswell = qmp.ok(
+        "query-cpu-model-expansion",
+        json!({"type": "full", "model": {"name": "Haswell"}}),
+    );
+    assert_eq!(haswell["model"]["props"]["vendor"], "GenuineIntel");
+    assert_eq!(haswell["model"]["props"]["family"], 6);
+    assert_eq!(haswell["model"]["props"]["model"], 60);
     let mut changed = stat["model"].clone();
     changed["props"]["hypervisor"] = json!(false);
     let r = qmp.execute(
@@ -460,7 +478,7 @@ fn smp_topology_follows_qemu() {
         assert!(r.stderr.contains(text), "-smp {smp}: {}", r.stderr);
     }
     for (cpu, text) in [
-        ("Haswell", "unable to find CPU model 'Haswell'"),
+        ("Haswell-v99", "unable to find CPU model 'Haswell-v99'"),
         ("max,+nosuch", "Property 'max-x86_64-cpu.nosuch' not found"),
     ] {
         let r = boot(&["-M", "q35", "-nodefaults", "-S", "-cpu", cpu]);

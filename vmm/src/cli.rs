@@ -43,6 +43,10 @@ pub struct CliOptions {
     pub cpu_model: Option<crate::cpuid::CpuModel>,
     /// `-cpu MODEL,+feat,-feat,feat=on|off`: each named feature on or off, in effect order.
     pub cpu_features: Vec<(String, bool)>,
+    /// `-cpu ...,check=on|off` (default on): warn about features KVM cannot give;
+    /// `enforce=on`: refuse to start instead.
+    pub cpu_check: bool,
+    pub cpu_enforce: bool,
     pub kernel: Option<PathBuf>,
     pub initrd: Option<PathBuf>,
     pub append: String,
@@ -257,6 +261,8 @@ impl Default for CliOptions {
             numa: Vec::new(),
             cpu_model: None,
             cpu_features: Vec::new(),
+            cpu_check: true,
+            cpu_enforce: false,
             kernel: None,
             initrd: None,
             append: String::new(),
@@ -483,7 +489,10 @@ fn parse_smp(text: &str) -> Result<SmpSpec, CliError> {
 /// Parse `-cpu MODEL[,+feat][,-feat][,feat=on|off]...`: machina offers `host` and `max`
 /// (both KVM's supported CPUID) with QEMU's feature names. As in QEMU, `-feat` beats `+feat`
 /// and both beat `feat=`; other properties are refused with QEMU's text.
-fn parse_cpu(text: &str) -> Result<(crate::cpuid::CpuModel, Vec<(String, bool)>), CliError> {
+/// A CPU model request: the model, its feature requests, and `check`/`enforce`.
+type CpuRequest = (crate::cpuid::CpuModel, Vec<(String, bool)>, [bool; 2]);
+
+fn parse_cpu(text: &str) -> Result<CpuRequest, CliError> {
     let items = split_keyval(text);
     let name = items.first().map(String::as_str).unwrap_or("");
     if name.is_empty() {
@@ -493,6 +502,7 @@ fn parse_cpu(text: &str) -> Result<(crate::cpuid::CpuModel, Vec<(String, bool)>)
         .ok_or_else(|| CliError::UnknownCpuModel(name.to_string()))?;
     let ty = model.type_name();
     let (mut plus, mut minus, mut props) = (Vec::new(), Vec::new(), Vec::<(String, bool)>::new());
+    let mut checks = [true, false];
     for item in &items[1..] {
         let known = |f: &str| crate::cpuid::feature_bit(f).is_some();
         if let Some(f) = item.strip_prefix('+').or_else(|| item.strip_prefix('-')) {
@@ -520,6 +530,15 @@ fn parse_cpu(text: &str) -> Result<(crate::cpuid::CpuModel, Vec<(String, bool)>)
             })?;
             continue;
         }
+        if key == "check" || key == "enforce" {
+            let on = machine::qapi_bool_parse(value).ok_or_else(|| {
+                CliError::Plain(format!(
+                    "can't apply global {ty}.{key}={value}: Parameter '{key}' expects 'on' or 'off'"
+                ))
+            })?;
+            checks[usize::from(key == "enforce")] = on;
+            continue;
+        }
         let feature = crate::cpuid::canonical_feature(key);
         if !known(&feature) {
             return Err(CliError::CpuProperty(
@@ -539,7 +558,7 @@ fn parse_cpu(text: &str) -> Result<(crate::cpuid::CpuModel, Vec<(String, bool)>)
     let mut features = props;
     features.extend(plus.into_iter().map(|f| (f, true)));
     features.extend(minus.into_iter().map(|f| (f, false)));
-    Ok((model, features))
+    Ok((model, features, checks))
 }
 
 fn parse_serial(arg: &OsStr) -> Result<SerialSpec, CliError> {
@@ -720,9 +739,10 @@ fn apply(opts: &mut CliOptions, name: &str, arg: &str, os_value: OsString) -> Re
             "smp" => opts.smp = parse_smp(&value)?,
             "numa" => opts.numa.push(numa::parse_numa(&value)?),
             "cpu" => {
-                let (model, features) = parse_cpu(&value)?;
+                let (model, features, [check, enforce]) = parse_cpu(&value)?;
                 opts.cpu_model = Some(model);
                 opts.cpu_features = features;
+                (opts.cpu_check, opts.cpu_enforce) = (check, enforce);
             }
             "kernel" => opts.kernel = Some(PathBuf::from(os_value)),
             "initrd" => opts.initrd = Some(PathBuf::from(os_value)),
@@ -1009,8 +1029,9 @@ usage: machina [options]\n\
 -smp N[,maxcpus=M,sockets=S,dies=D,cores=C,threads=T]  vCPUs and their topology (QEMU's rules)\n\
 -numa node[,nodeid=N][,cpus=A-B][,memdev=ID] | cpu,node-id=N[,socket-id=S,...] | dist,src=A,dst=B,val=D\n\
                                NUMA nodes, their CPUs and RAM, distances (ACPI SRAT/SLIT)\n\
--cpu host|max|qemu64[,+feat,-feat,feat=on|off]  the guest CPU: KVM's supported CPUID (host, max,\n\
-                               the default) or QEMU's qemu64 model; features off, or on where KVM has them\n\
+-cpu host|max|MODEL[,+feat,-feat,feat=on|off,enforce=on]  the guest CPU: KVM's supported CPUID (host,\n\
+                               max, the default) or a QEMU model (qemu64, Haswell, EPYC, ...; query-cpu-definitions);\n\
+                               features off, or on where KVM has them (a warning each, or refused with enforce=on)\n\
 -kernel FILE                   bzImage or ELF with a PVH note (default: the bundled tiny guest)\n\
 -initrd FILE                   initial ram disk\n\
 -append CMDLINE                kernel command line\n\

@@ -30,7 +30,7 @@ pub enum CpuModel {
 impl CpuModel {
     pub fn all() -> Vec<CpuModel> {
         let mut list = vec![CpuModel::Host, CpuModel::Max];
-        list.extend(crate::cpu_models::MODELS.iter().map(|m| CpuModel::Named(m)));
+        list.extend(crate::cpu_models::models().iter().map(CpuModel::Named));
         list
     }
 
@@ -38,7 +38,7 @@ impl CpuModel {
         match name {
             "host" => Some(CpuModel::Host),
             "max" => Some(CpuModel::Max),
-            _ => crate::cpu_models::MODELS
+            _ => crate::cpu_models::models()
                 .iter()
                 .find(|m| m.name == name)
                 .map(|m| CpuModel::Named(m)),
@@ -49,7 +49,7 @@ impl CpuModel {
         match self {
             CpuModel::Host => "host",
             CpuModel::Max => "max",
-            CpuModel::Named(m) => m.name,
+            CpuModel::Named(m) => &m.name,
         }
     }
 
@@ -58,7 +58,7 @@ impl CpuModel {
         match self {
             CpuModel::Host => "host-x86_64-cpu",
             CpuModel::Max => "max-x86_64-cpu",
-            CpuModel::Named(m) => m.type_name,
+            CpuModel::Named(m) => &m.type_name,
         }
     }
 }
@@ -232,7 +232,8 @@ macro_rules! names {
     }};
 }
 
-/// The feature words machina reports, with the Intel SDM / AMD APM bit assignments.
+/// The feature words machina reports, with the Intel SDM / AMD APM bit assignments, in
+/// QEMU's FeatureWord order (the order of its feature lists, e.g. unavailable-features).
 pub fn feature_words() -> Vec<FeatureWord> {
     vec![
         FeatureWord {
@@ -295,13 +296,6 @@ pub fn feature_words() -> Vec<FeatureWord> {
                 12 => "fsrc"),
         },
         FeatureWord {
-            leaf: 0xd,
-            subleaf: Some(1),
-            reg: Reg::Eax,
-            names: names!(0 => "xsaveopt", 1 => "xsavec", 2 => "xgetbv1", 3 => "xsaves",
-                4 => "xfd"),
-        },
-        FeatureWord {
             leaf: 0x8000_0001,
             subleaf: None,
             reg: Reg::Edx,
@@ -341,6 +335,19 @@ pub fn feature_words() -> Vec<FeatureWord> {
                 11 => "kvm-pv-ipi", 12 => "kvm-poll-control", 13 => "kvm-pv-sched-yield",
                 14 => "kvm-asyncpf-int", 15 => "kvm-msi-ext-dest-id",
                 24 => "kvmclock-stable-bit"),
+        },
+        FeatureWord {
+            leaf: 6,
+            subleaf: None,
+            reg: Reg::Eax,
+            names: names!(2 => "arat"),
+        },
+        FeatureWord {
+            leaf: 0xd,
+            subleaf: Some(1),
+            reg: Reg::Eax,
+            names: names!(0 => "xsaveopt", 1 => "xsavec", 2 => "xgetbv1", 3 => "xsaves",
+                4 => "xfd"),
         },
     ]
 }

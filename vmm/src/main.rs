@@ -194,6 +194,7 @@ fn run(args: Vec<std::ffi::OsString>, start: Instant) -> Result<u8, String> {
 
     // The command line's machine must plan now, even if QMP builds it later.
     let (config, plan) = vmm::config::prepare(&opts, &catalog)?;
+    check_cpu_features(&opts, plan.cpus)?;
     let inspect_only = opts.start_paused || opts.delay_init || opts.qtest.is_some();
     if plan.family == machine::Family::None && !inspect_only {
         // QEMU's `none` has no chipset, console or firmware interface: nothing could run.
@@ -271,4 +272,28 @@ fn run(args: Vec<std::ffi::OsString>, start: Instant) -> Result<u8, String> {
         eprintln!("machina-trace: exit us={}", start.elapsed().as_micros());
     }
     Ok(outcome.exit_code() as u8)
+}
+
+/// QEMU's x86_cpu_filter_features at each initial vCPU's realize: a warning per feature
+/// the -cpu model asks for that KVM cannot give (`check`, on by default), or a refusal to
+/// start (`enforce`). Under qtest no vCPU runs, so nothing is filtered.
+fn check_cpu_features(opts: &cli::CliOptions, cpus: u32) -> Result<(), String> {
+    let Some(model) = opts.cpu_model.filter(|_| !opts.accel_qtest) else {
+        return Ok(());
+    };
+    let Some(supported) = vmm::kvm_vm::supported_cpuid() else {
+        return Ok(());
+    };
+    let missing = vmm::cpu_models::missing_features(model, &opts.cpu_features, supported);
+    if opts.cpu_check || opts.cpu_enforce {
+        for _ in 0..cpus {
+            for line in &missing {
+                log::warn!("{line}");
+            }
+        }
+    }
+    if opts.cpu_enforce && !missing.is_empty() {
+        return Err("Host doesn't support requested features".into());
+    }
+    Ok(())
 }

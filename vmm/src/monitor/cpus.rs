@@ -4,6 +4,7 @@
 //! `/machine/unattached/device[N]`), all read from the CPUID machina gives the guest.
 
 use crate::control::{Controller, VmState};
+use crate::cpu_models::ModelDef;
 use crate::cpuid::{self, CpuModel};
 use kvm_bindings::CpuId;
 use machine::{CpuTopology, Plan};
@@ -517,7 +518,7 @@ pub(super) fn register(reg: &mut Registry, control: &Arc<Controller>) -> Result<
                             (Some(s), CpuModel::Named(def)) => def.unavailable(s),
                             (Some(_), _) => Vec::new(),
                         };
-                        json!({
+                        let mut def = json!({
                             "name": m.name(),
                             "typename": m.type_name(),
                             "unavailable-features": unavailable,
@@ -526,7 +527,14 @@ pub(super) fn register(reg: &mut Registry, control: &Arc<Controller>) -> Result<
                             // is the same CPU everywhere it runs.
                             "migration-safe": matches!(m, CpuModel::Named(_)),
                             "deprecated": false,
-                        })
+                        });
+                        if let CpuModel::Named(ModelDef {
+                            alias_of: Some(a), ..
+                        }) = m
+                        {
+                            def["alias-of"] = json!(a);
+                        }
+                        def
                     })
                     .collect(),
             ))
