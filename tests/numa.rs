@@ -400,3 +400,244 @@ fn srat_and_slit_match_qemus_bios_tables_test_expectations() {
     assert_eq!(body(memhp.join("srat.dat")), body(data.join("SRAT.memhp")));
     assert_eq!(body(memhp.join("slit.dat")), body(data.join("SLIT.memhp")));
 }
+
+/// `-machine hmat=on` with QEMU's bios-tables-test HMAT configurations: the HMAT (and the
+/// SRAT) the guest reads are QEMU's expected tables, byte for byte after the header.
+#[test]
+fn hmat_matches_qemus_bios_tables_test_expectations() {
+    if !require_kvm() {
+        return;
+    }
+    let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/qemu-acpi");
+    let body = |path: std::path::PathBuf| std::fs::read(&path).expect("table")[36..].to_vec();
+    let dir = TempDir::new("numa-hmat");
+    let lb = |i: u32, t: u32, ty: &str, v: &str| {
+        let unit = if ty.ends_with("latency") {
+            "latency"
+        } else {
+            "bandwidth"
+        };
+        format!("hmat-lb,initiator={i},target={t},hierarchy=memory,data-type={ty},{unit}={v}")
+    };
+    // tests/qtest/bios-tables-test.c test_acpi_tcg_acpi_hmat.
+    let mut args: Vec<String> = [
+        "-machine",
+        "hmat=on",
+        "-smp",
+        "2,sockets=2",
+        "-m",
+        "128M,slots=2,maxmem=1G",
+        "-object",
+        "memory-backend-ram,size=64M,id=m0",
+        "-object",
+        "memory-backend-ram,size=64M,id=m1",
+        "-numa",
+        "node,nodeid=0,memdev=m0",
+        "-numa",
+        "node,nodeid=1,memdev=m1,initiator=0",
+        "-numa",
+        "cpu,node-id=0,socket-id=0",
+        "-numa",
+        "cpu,node-id=0,socket-id=1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    for option in [
+        lb(0, 0, "access-latency", "1"),
+        lb(0, 0, "access-bandwidth", "65534M"),
+        lb(0, 1, "access-latency", "65534"),
+        lb(0, 1, "access-bandwidth", "32767M"),
+        "hmat-cache,node-id=0,size=10K,level=1,associativity=direct,policy=write-back,line=8"
+            .into(),
+        "hmat-cache,node-id=1,size=10K,level=1,associativity=direct,policy=write-back,line=8"
+            .into(),
+    ] {
+        args.extend(["-numa".to_string(), option]);
+    }
+    let hmat = dir.join("hmat");
+    dump(&hmat, &args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(
+        body(hmat.join("hmat.dat")),
+        body(data.join("HMAT.acpihmat"))
+    );
+    assert_eq!(
+        body(hmat.join("srat.dat")),
+        body(data.join("SRAT.acpihmat"))
+    );
+    let index = std::fs::read_to_string(hmat.join("index.txt")).unwrap_or_default();
+    assert!(index.contains("hmat"), "{index}");
+
+    // test_acpi_q35_tcg_acpi_hmat_noinitiator: a node with no CPU and no initiator.
+    let mut args: Vec<String> = [
+        "-machine",
+        "hmat=on",
+        "-smp",
+        "4,sockets=2",
+        "-m",
+        "128M",
+        "-object",
+        "memory-backend-ram,size=32M,id=ram0",
+        "-object",
+        "memory-backend-ram,size=32M,id=ram1",
+        "-object",
+        "memory-backend-ram,size=64M,id=ram2",
+        "-numa",
+        "node,nodeid=0,memdev=ram0",
+        "-numa",
+        "node,nodeid=1,memdev=ram1",
+        "-numa",
+        "node,nodeid=2,memdev=ram2",
+        "-numa",
+        "cpu,node-id=0,socket-id=0",
+        "-numa",
+        "cpu,node-id=0,socket-id=0",
+        "-numa",
+        "cpu,node-id=1,socket-id=1",
+        "-numa",
+        "cpu,node-id=1,socket-id=1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    for (i, t, latency, bandwidth) in [
+        (0, 0, 10, 10485760),
+        (0, 1, 20, 5242880),
+        (0, 2, 30, 1048576),
+        (1, 0, 20, 5242880),
+        (1, 1, 10, 10485760),
+        (1, 2, 30, 1048576),
+    ] {
+        args.extend([
+            "-numa".into(),
+            lb(i, t, "access-latency", &latency.to_string()),
+        ]);
+        args.extend([
+            "-numa".into(),
+            lb(i, t, "access-bandwidth", &bandwidth.to_string()),
+        ]);
+    }
+    let noinit = dir.join("noinitiator");
+    dump(
+        &noinit,
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    assert_eq!(
+        body(noinit.join("hmat.dat")),
+        body(data.join("HMAT.acpihmat-noinitiator"))
+    );
+
+    // Without hmat=on there is no HMAT.
+    let off = dir.join("off");
+    dump(
+        &off,
+        &[
+            "-object",
+            "memory-backend-ram,size=64M,id=m0",
+            "-object",
+            "memory-backend-ram,size=64M,id=m1",
+            "-numa",
+            "node,memdev=m0",
+            "-numa",
+            "node,memdev=m1",
+        ],
+    );
+    assert!(!off.join("hmat.dat").exists());
+}
+
+#[test]
+fn bad_hmat_configurations_get_qemus_texts() {
+    let base = [
+        "-machine",
+        "pc,hmat=on",
+        "-smp",
+        "2,sockets=2",
+        "-m",
+        "128M",
+        "-object",
+        "memory-backend-ram,size=64M,id=m0",
+        "-object",
+        "memory-backend-ram,size=64M,id=m1",
+        "-numa",
+        "node,nodeid=0,memdev=m0",
+        "-numa",
+        "cpu,node-id=0,socket-id=0",
+        "-numa",
+        "cpu,node-id=0,socket-id=1",
+    ];
+    let node1 = "node,nodeid=1,memdev=m1,initiator=0";
+    let lat = "hmat-lb,initiator=0,target=0,hierarchy=memory,data-type=access-latency,latency=1";
+    for (extra, text) in [
+        (
+            vec!["-numa", "node,nodeid=1,memdev=m1,initiator=1"],
+            "machina: The initiator of NUMA node 1 is invalid".to_string(),
+        ),
+        (
+            vec![
+                "-numa", node1, "-numa",
+                "hmat-lb,initiator=0,target=1,hierarchy=memory,data-type=access-bandwidth,bandwidth=1048575",
+            ],
+            "machina: -numa hmat-lb,initiator=0,target=1,hierarchy=memory,\
+             data-type=access-bandwidth,bandwidth=1048575: Bandwidth 1048575 between \
+             initiator=0 and target=1 should be 1MB aligned"
+                .into(),
+        ),
+        (
+            vec![
+                "-numa", node1, "-numa",
+                "hmat-lb,initiator=1,target=0,hierarchy=memory,data-type=access-latency,latency=5",
+            ],
+            "machina: -numa hmat-lb,initiator=1,target=0,hierarchy=memory,\
+             data-type=access-latency,latency=5: Invalid initiator=1, it isn't an initiator \
+             proximity domain"
+                .into(),
+        ),
+        (
+            vec![
+                "-numa", node1, "-numa",
+                "hmat-cache,node-id=0,size=10K,level=1,associativity=direct,policy=write-back,line=8",
+            ],
+            "machina: -numa hmat-cache,node-id=0,size=10K,level=1,associativity=direct,\
+             policy=write-back,line=8: The latency and bandwidth information of node-id=0 \
+             should be provided before memory side cache attributes"
+                .into(),
+        ),
+        (
+            vec![
+                "-numa", node1, "-numa", lat, "-numa",
+                "hmat-lb,initiator=0,target=1,hierarchy=memory,data-type=access-latency,latency=65535",
+            ],
+            "machina: -numa hmat-lb,initiator=0,target=1,hierarchy=memory,\
+             data-type=access-latency,latency=65535: Latency 65535 between initiator=0 and \
+             target=1 should not differ from previously entered min or max values on more \
+             than 65534"
+                .into(),
+        ),
+        (
+            vec!["-numa", node1, "-numa", "hmat-lb,initiator=0,target=0,data-type=access-latency"],
+            "machina: -numa hmat-lb,initiator=0,target=0,data-type=access-latency: Parameter \
+             'hierarchy' is missing"
+                .into(),
+        ),
+    ] {
+        let out = Command::new(machina())
+            .args(base)
+            .args(&extra)
+            .args(["-S", "-display", "none", "-nodefaults"])
+            .output()
+            .expect("run machina");
+        assert_eq!(out.status.code(), Some(1), "{extra:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.lines().next(), Some(text.as_str()), "{extra:?}");
+    }
+    // Without hmat=on: QEMU's refusal of every HMAT option.
+    let out = Command::new(machina())
+        .args(["-numa", "node", "-numa", lat, "-S", "-nodefaults"])
+        .output()
+        .expect("run machina");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(
+        "ACPI Heterogeneous Memory Attribute Table (HMAT) is disabled, enable it with -machine \
+         hmat=on before using any of hmat specific options"
+    ));
+}

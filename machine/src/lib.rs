@@ -55,7 +55,10 @@ pub use error::{CatalogError, PlanError};
 pub use mac::{MacAddr, MacAllocator};
 pub use machine_types::{CompatProperty, MachineType, MachineTypeDef};
 pub use memory::split_ram;
-pub use numa::{NumaArg, NumaNode, NumaOption, NumaPlan};
+pub use numa::{
+    HmatAssociativity, HmatCacheInfo, HmatDataType, HmatHierarchy, HmatLbTable, HmatPlan,
+    HmatPolicy, NumaArg, NumaNode, NumaOption, NumaPlan,
+};
 pub use options::{OptionDef, OptionSupport, ResolvedOptions};
 pub use plan::*;
 pub use planner::{HotplugMechanism, Pluggable};

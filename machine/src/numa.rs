@@ -53,6 +53,210 @@ pub enum NumaOption {
         dst: u32,
         val: u32,
     },
+    /// `hmat-lb`: one latency or bandwidth between an initiator and a target node.
+    HmatLb {
+        initiator: u32,
+        target: u32,
+        hierarchy: HmatHierarchy,
+        data_type: HmatDataType,
+        #[serde(default)]
+        latency: Option<u64>,
+        #[serde(default)]
+        bandwidth: Option<u64>,
+    },
+    /// `hmat-cache`: a memory side cache of a node.
+    HmatCache {
+        node_id: u32,
+        size: u64,
+        level: u8,
+        associativity: HmatAssociativity,
+        policy: HmatPolicy,
+        line: u16,
+    },
+}
+
+/// Defines a QAPI enum: its values in QEMU's order (the order is the ACPI encoding).
+macro_rules! qapi_enum {
+    ($(#[$m:meta])* $name:ident { $($variant:ident = $text:literal),* $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+        pub enum $name {
+            $(#[serde(rename = $text)] $variant),*
+        }
+
+        impl $name {
+            pub const NAMES: &'static [&'static str] = &[$($text),*];
+
+            pub fn parse(text: &str) -> Option<Self> {
+                [$(Self::$variant),*].into_iter().zip(Self::NAMES).find(|(_, n)| **n == text).map(|(v, _)| v)
+            }
+
+            /// The value ACPI's HMAT stores.
+            pub fn code(self) -> u8 {
+                self as u8
+            }
+        }
+    };
+}
+
+qapi_enum!(
+    /// QEMU's HmatLBMemoryHierarchy.
+    HmatHierarchy { Memory = "memory", FirstLevel = "first-level", SecondLevel = "second-level", ThirdLevel = "third-level" }
+);
+qapi_enum!(
+    /// QEMU's HmatLBDataType.
+    HmatDataType {
+        AccessLatency = "access-latency",
+        ReadLatency = "read-latency",
+        WriteLatency = "write-latency",
+        AccessBandwidth = "access-bandwidth",
+        ReadBandwidth = "read-bandwidth",
+        WriteBandwidth = "write-bandwidth",
+    }
+);
+qapi_enum!(
+    /// QEMU's HmatCacheAssociativity.
+    HmatAssociativity { None = "none", Direct = "direct", Complex = "complex" }
+);
+qapi_enum!(
+    /// QEMU's HmatCacheWritePolicy.
+    HmatPolicy { None = "none", WriteBack = "write-back", WriteThrough = "write-through" }
+);
+
+impl HmatDataType {
+    pub fn is_latency(self) -> bool {
+        self.code() <= HmatDataType::WriteLatency.code()
+    }
+}
+
+/// The members of an `hmat-lb` or `hmat-cache` option from `key=value` text, checked as
+/// QEMU's options visitor does (mandatory members in schema order, then unknown ones).
+pub fn hmat_option(ty: &str, pairs: &[(String, String)]) -> Result<NumaOption, String> {
+    let members: &[&str] = match ty {
+        "hmat-lb" => &[
+            "initiator",
+            "target",
+            "hierarchy",
+            "data-type",
+            "latency",
+            "bandwidth",
+        ],
+        _ => &[
+            "node-id",
+            "size",
+            "level",
+            "associativity",
+            "policy",
+            "line",
+        ],
+    };
+    let get = |k: &str| {
+        pairs
+            .iter()
+            .rev()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.as_str())
+    };
+    let need = |k: &str| get(k).ok_or_else(|| format!("Parameter '{k}' is missing"));
+    let uint = |k: &str, max: u64| -> Result<Option<u64>, String> {
+        get(k)
+            .map(|v| {
+                crate::parse_u64_auto(v)
+                    .filter(|n| *n <= max)
+                    .ok_or_else(|| format!("Parameter '{k}' expects a uint64 value"))
+            })
+            .transpose()
+    };
+    let size = |k: &str| -> Result<Option<u64>, String> {
+        get(k)
+            .map(|v| {
+                crate::parse_size(v).ok_or_else(|| format!("Parameter '{k}' expects a size value"))
+            })
+            .transpose()
+    };
+    fn choice<T>(k: &str, v: &str, parse: fn(&str) -> Option<T>) -> Result<T, String> {
+        parse(v).ok_or_else(|| format!("Parameter '{k}' does not accept value '{v}'"))
+    }
+    let u32max = u64::from(u32::MAX);
+    let option = if ty == "hmat-lb" {
+        let initiator = uint("initiator", u32max)?.ok_or("Parameter 'initiator' is missing")?;
+        let target = uint("target", u32max)?.ok_or("Parameter 'target' is missing")?;
+        let hierarchy = choice("hierarchy", need("hierarchy")?, HmatHierarchy::parse)?;
+        let data_type = choice("data-type", need("data-type")?, HmatDataType::parse)?;
+        NumaOption::HmatLb {
+            initiator: initiator as u32,
+            target: target as u32,
+            hierarchy,
+            data_type,
+            latency: uint("latency", u64::MAX)?,
+            bandwidth: size("bandwidth")?,
+        }
+    } else {
+        let node_id = uint("node-id", u32max)?.ok_or("Parameter 'node-id' is missing")?;
+        let size = size("size")?.ok_or("Parameter 'size' is missing")?;
+        let level = uint("level", u64::from(u8::MAX))?.ok_or("Parameter 'level' is missing")?;
+        let associativity = choice(
+            "associativity",
+            need("associativity")?,
+            HmatAssociativity::parse,
+        )?;
+        let policy = choice("policy", need("policy")?, HmatPolicy::parse)?;
+        let line = uint("line", u64::from(u16::MAX))?.ok_or("Parameter 'line' is missing")?;
+        NumaOption::HmatCache {
+            node_id: node_id as u32,
+            size,
+            level: level as u8,
+            associativity,
+            policy,
+            line: line as u16,
+        }
+    };
+    if let Some((k, _)) = pairs
+        .iter()
+        .find(|(k, _)| k != "type" && !members.contains(&k.as_str()))
+    {
+        return Err(format!("Invalid parameter '{k}'"));
+    }
+    Ok(option)
+}
+
+/// Levels of the memory hierarchy HMAT describes (memory and three cache levels).
+pub const HMAT_LB_LEVELS: u8 = 4;
+
+/// One System Locality Latency and Bandwidth table of the HMAT.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HmatLbTable {
+    pub hierarchy: HmatHierarchy,
+    pub data_type: HmatDataType,
+    /// Entry base unit: ns for latencies, bytes/s for bandwidths (QEMU's units).
+    pub base: u64,
+    /// (initiator node, target node, value as given).
+    pub entries: Vec<(u32, u32, u64)>,
+}
+
+/// One Memory Side Cache Information structure of the HMAT.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HmatCacheInfo {
+    pub node: u32,
+    pub total_levels: u8,
+    pub level: u8,
+    pub size: u64,
+    pub associativity: HmatAssociativity,
+    pub policy: HmatPolicy,
+    pub line: u16,
+}
+
+/// What `-machine hmat=on` makes the HMAT say.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HmatPlan {
+    /// Each node's initiator proximity domain, if it has one.
+    pub initiators: Vec<Option<u32>>,
+    /// The nodes with CPUs (the initiator proximity domains), in node order.
+    pub initiator_nodes: Vec<u32>,
+    /// Tables by hierarchy, then data type.
+    pub lb: Vec<HmatLbTable>,
+    /// Caches by node, then level.
+    pub caches: Vec<HmatCacheInfo>,
 }
 
 /// A `-numa` option with the text it came from (errors name it as QEMU's do).
@@ -81,6 +285,9 @@ pub struct NumaPlan {
     /// `distances[src][dst]`, complete, when any `-numa dist` was given; empty otherwise.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub distances: Vec<Vec<u8>>,
+    /// `-machine hmat=on`: the HMAT's contents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hmat: Option<HmatPlan>,
 }
 
 impl NumaPlan {
@@ -145,7 +352,23 @@ pub struct NumaRules {
     /// Memory hot-plug is configured (`-m slots=` or `maxmem=` above the RAM): QEMU's PC
     /// machines then add one node holding all RAM when none was given.
     pub auto_enable: bool,
+    /// `-machine hmat=on`.
+    pub hmat: bool,
 }
+
+/// `-machine hmat=on` among the machine options (the last one counts).
+pub fn hmat_requested(options: &[(String, String)]) -> bool {
+    options
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "hmat")
+        .and_then(|(_, v)| crate::qapi_bool_parse(v))
+        .unwrap_or(false)
+}
+
+const HMAT_DISABLED: &str = "ACPI Heterogeneous Memory Attribute Table (HMAT) is disabled, \
+                             enable it with -machine hmat=on before using any of hmat specific \
+                             options";
 
 fn err(text: &Option<String>, message: impl Into<String>) -> PlanError {
     let message = message.into();
@@ -169,6 +392,56 @@ struct NodeInfo {
     mem: u64,
     memdev: Option<String>,
     distance: Vec<u8>,
+    /// HMAT: the node's initiator, whether CPUs map to it, and which of latency (bit 0)
+    /// and bandwidth (bit 1) were given with it as target.
+    initiator: Option<u32>,
+    has_cpu: bool,
+    lb_info_provided: u8,
+}
+
+/// One latency/bandwidth table being filled (QEMU's HMAT_LB_Info).
+#[derive(Default, Clone)]
+struct LbInfo {
+    base: u64,
+    range_bitmap: u64,
+    list: Vec<(u32, u32, u64)>,
+}
+
+/// HMAT state while the options are applied.
+struct HmatState {
+    lb: Vec<Vec<LbInfo>>,
+    caches: std::collections::BTreeMap<(u32, u8), (u64, HmatAssociativity, HmatPolicy, u16)>,
+}
+
+impl Default for HmatState {
+    fn default() -> Self {
+        HmatState {
+            lb: vec![vec![LbInfo::default(); HmatDataType::NAMES.len()]; HMAT_LB_LEVELS as usize],
+            caches: Default::default(),
+        }
+    }
+}
+
+/// With HMAT on, a node CPUs map to is its own initiator (machine_set_cpu_numa_node).
+fn mark_cpu_node(
+    nodes: &mut [NodeInfo],
+    node: u32,
+    hmat: bool,
+    text: &Option<String>,
+) -> Result<(), PlanError> {
+    if !hmat {
+        return Ok(());
+    }
+    let info = &mut nodes[node as usize];
+    if let Some(i) = info.initiator.filter(|&i| i != node) {
+        return Err(err(
+            text,
+            format!("The initiator of CPU NUMA node {node} should be itself (got {i})"),
+        ));
+    }
+    info.has_cpu = true;
+    info.initiator = Some(node);
+    Ok(())
 }
 
 /// A `-numa cpu` selector (QEMU's CpuInstanceProperties).
@@ -226,6 +499,7 @@ struct Applied {
     max_nodeid: u32,
     have_distance: bool,
     slots: Vec<Slot>,
+    hmat: HmatState,
 }
 
 /// Apply the `-numa` options in order with the checks QEMU makes as each is given (what QMP
@@ -256,6 +530,7 @@ fn apply(
     let mut have_memdevs = false;
     let mut have_mem = false;
     let mut have_distance = false;
+    let mut hmat = HmatState::default();
     let mut slots: Vec<Slot> = (0..max_cpus)
         .map(|i| {
             let ids = topology.ids(i);
@@ -289,13 +564,21 @@ fn apply(
                 if nodes[nodenr as usize].present {
                     return Err(err(text, format!("Duplicate NUMA nodeid: {nodenr}")));
                 }
-                if initiator.is_some() {
-                    // machina builds no HMAT, so `-machine hmat=on` is never in effect.
-                    return Err(err(
-                        text,
-                        "ACPI Heterogeneous Memory Attribute Table (HMAT) is disabled, enable \
-                         it with -machine hmat=on before using any of hmat specific options",
-                    ));
+                if let Some(initiator) = *initiator {
+                    if !rules.hmat {
+                        return Err(err(text, HMAT_DISABLED));
+                    }
+                    if initiator >= MAX_NODES {
+                        return Err(err(
+                            text,
+                            format!(
+                                "The initiator id {initiator} expects an integer between 0 \
+                                 and {}",
+                                MAX_NODES - 1
+                            ),
+                        ));
+                    }
+                    nodes[nodenr as usize].initiator = Some(initiator);
                 }
                 for &cpu in cpus {
                     if cpu >= max_cpus {
@@ -316,6 +599,7 @@ fn apply(
                         thread: Some(ids.thread),
                     };
                     set_cpu_node(&mut slots, topology, &sel, text)?;
+                    mark_cpu_node(&mut nodes, nodenr, rules.hmat, text)?;
                 }
                 have_memdevs |= memdev.is_some();
                 have_mem |= mem.is_some();
@@ -374,6 +658,7 @@ fn apply(
                     thread: *thread_id,
                 };
                 set_cpu_node(&mut slots, topology, &sel, text)?;
+                mark_cpu_node(&mut nodes, node, rules.hmat, text)?;
             }
             NumaOption::Dist { src, dst, val } => {
                 let (src, dst) = (*src, *dst);
@@ -418,6 +703,40 @@ fn apply(
                 d[dst as usize] = val;
                 have_distance = true;
             }
+            NumaOption::HmatLb {
+                initiator,
+                target,
+                hierarchy,
+                data_type,
+                latency,
+                bandwidth,
+            } => {
+                if !rules.hmat {
+                    return Err(err(text, HMAT_DISABLED));
+                }
+                let lb = &mut hmat.lb[hierarchy.code() as usize][data_type.code() as usize];
+                hmat_lb(
+                    &mut nodes, num_nodes, lb, *initiator, *target, *data_type, *latency,
+                    *bandwidth,
+                )
+                .map_err(|m| err(text, m))?;
+            }
+            NumaOption::HmatCache {
+                node_id,
+                size,
+                level,
+                associativity,
+                policy,
+                line,
+            } => {
+                if !rules.hmat {
+                    return Err(err(text, HMAT_DISABLED));
+                }
+                hmat_cache(&nodes, num_nodes, &mut hmat, *node_id, *size, *level)
+                    .map_err(|m| err(text, m))?;
+                hmat.caches
+                    .insert((*node_id, *level), (*size, *associativity, *policy, *line));
+            }
         }
     }
     Ok(Applied {
@@ -426,7 +745,178 @@ fn apply(
         max_nodeid,
         have_distance,
         slots,
+        hmat,
     })
+}
+
+/// QEMU's parse_numa_hmat_lb: the checks, and the entry base and compressed range kept so
+/// that every value fits the table's 16-bit entries.
+#[allow(clippy::too_many_arguments)]
+fn hmat_lb(
+    nodes: &mut [NodeInfo],
+    num_nodes: u32,
+    lb: &mut LbInfo,
+    initiator: u32,
+    target: u32,
+    data_type: HmatDataType,
+    latency: Option<u64>,
+    bandwidth: Option<u64>,
+) -> Result<(), String> {
+    // QEMU compares with `>`, so the node one past the last reaches the next checks.
+    if initiator > num_nodes {
+        return Err(format!(
+            "Invalid initiator={initiator}, it should be less than {num_nodes}"
+        ));
+    }
+    if target > num_nodes {
+        return Err(format!(
+            "Invalid target={target}, it should be less than {num_nodes}"
+        ));
+    }
+    if !nodes[initiator as usize].has_cpu {
+        return Err(format!(
+            "Invalid initiator={initiator}, it isn't an initiator proximity domain"
+        ));
+    }
+    if !nodes[target as usize].present {
+        return Err(format!(
+            "The target={target} should point to an existing node"
+        ));
+    }
+    let duplicate = lb
+        .list
+        .iter()
+        .any(|(i, t, _)| *i == initiator && *t == target);
+    let data = if data_type.is_latency() {
+        let latency = latency.ok_or("Missing 'latency' option")?;
+        if bandwidth.is_some() {
+            return Err("Invalid option 'bandwidth' since the data type is latency".into());
+        }
+        if duplicate {
+            return Err(format!(
+                "Duplicate configuration of the latency for initiator={initiator} and \
+                 target={target}"
+            ));
+        }
+        if lb.base == 0 {
+            lb.base = u64::MAX;
+        }
+        if latency != 0 {
+            let mut temp_base = 1u64;
+            let mut max_entry = latency;
+            while max_entry % 10 == 0 {
+                max_entry /= 10;
+                temp_base *= 10;
+            }
+            let temp_base = lb.base.min(temp_base);
+            let max_entry = (latency / lb.base).max(lb.range_bitmap);
+            if max_entry >= u64::from(u16::MAX) {
+                return Err(format!(
+                    "Latency {latency} between initiator={initiator} and target={target} \
+                     should not differ from previously entered min or max values on more \
+                     than {}",
+                    u16::MAX - 1
+                ));
+            }
+            lb.base = temp_base;
+            lb.range_bitmap = max_entry;
+            nodes[target as usize].lb_info_provided |= 1;
+        }
+        latency
+    } else {
+        let bandwidth = bandwidth.ok_or("Missing 'bandwidth' option")?;
+        if latency.is_some() {
+            return Err("Invalid option 'latency' since the data type is bandwidth".into());
+        }
+        if bandwidth % (1 << 20) != 0 {
+            return Err(format!(
+                "Bandwidth {bandwidth} between initiator={initiator} and target={target} \
+                 should be 1MB aligned"
+            ));
+        }
+        if duplicate {
+            return Err(format!(
+                "Duplicate configuration of the bandwidth for initiator={initiator} and \
+                 target={target}"
+            ));
+        }
+        if lb.base == 0 {
+            lb.base = 1;
+        }
+        if bandwidth != 0 {
+            let bitmap = lb.range_bitmap | bandwidth;
+            let first_bit = bitmap.trailing_zeros();
+            let temp_base = 1u64 << first_bit;
+            let max_entry = bandwidth / temp_base;
+            let last_bit = 64 - bitmap.leading_zeros();
+            if last_bit - first_bit > 16 || max_entry >= u64::from(u16::MAX) {
+                return Err(format!(
+                    "Bandwidth {bandwidth} between initiator={initiator} and target={target} \
+                     should not differ from previously entered values on more than {}",
+                    u16::MAX - 1
+                ));
+            }
+            lb.base = temp_base;
+            lb.range_bitmap = bitmap;
+            nodes[target as usize].lb_info_provided |= 2;
+        }
+        bandwidth
+    };
+    lb.list.push((initiator, target, data));
+    Ok(())
+}
+
+/// QEMU's parse_numa_hmat_cache checks.
+fn hmat_cache(
+    nodes: &[NodeInfo],
+    num_nodes: u32,
+    hmat: &mut HmatState,
+    node: u32,
+    size: u64,
+    level: u8,
+) -> Result<(), String> {
+    if node >= num_nodes {
+        return Err(format!(
+            "Invalid node-id={node}, it should be less than {num_nodes}"
+        ));
+    }
+    if nodes[node as usize].lb_info_provided != 3 {
+        return Err(format!(
+            "The latency and bandwidth information of node-id={node} should be provided \
+             before memory side cache attributes"
+        ));
+    }
+    if level < 1 || level >= HMAT_LB_LEVELS {
+        return Err(format!(
+            "Invalid level={level}, it should be larger than 0 and less than or equal to {}",
+            HMAT_LB_LEVELS - 1
+        ));
+    }
+    let size_of = |l: u8| hmat.caches.get(&(node, l)).map(|c| c.0);
+    if size_of(level).is_some() {
+        return Err(format!(
+            "Duplicate configuration of the side cache for node-id={node} and level={level}"
+        ));
+    }
+    if level > 1 {
+        let below = size_of(level - 1)
+            .ok_or_else(|| format!("Cache level={} shall be defined first", level - 1))?;
+        if size <= below {
+            return Err(format!(
+                "Invalid size={size}, the size of level={level} should be larger than the \
+                 size({below}) of level={}",
+                level - 1
+            ));
+        }
+    }
+    if let Some(above) = size_of(level + 1).filter(|&a| level < HMAT_LB_LEVELS - 1 && size >= a) {
+        return Err(format!(
+            "Invalid size={size}, the size of level={level} should be less than the \
+             size({above}) of level={}",
+            level + 1
+        ));
+    }
+    Ok(())
 }
 
 /// Apply the `-numa` options in order and complete the configuration as QEMU does
@@ -447,6 +937,7 @@ pub fn resolve(
         mut max_nodeid,
         have_distance,
         slots,
+        hmat,
     } = apply(args, topology, max_cpus, rules)?;
     if num_nodes == 0 && rules.auto_enable {
         nodes[0].present = true;
@@ -479,7 +970,7 @@ pub fn resolve(
     // CPUs no option mapped: the board's default (socket modulo nodes) when no CPU was
     // mapped at all, node 0 otherwise (QEMU warns about such partial mappings).
     let default_mapping = slots.iter().all(|s| s.node.is_none());
-    let cpu_nodes = slots
+    let cpu_nodes: Vec<u32> = slots
         .iter()
         .map(|s| match s.node {
             Some(n) => n,
@@ -487,6 +978,11 @@ pub fn resolve(
             None => 0,
         })
         .collect();
+    let hmat = if rules.hmat {
+        Some(hmat_plan(nodes, &cpu_nodes, hmat)?)
+    } else {
+        None
+    };
     Ok(NumaPlan {
         nodes: nodes
             .iter()
@@ -497,6 +993,95 @@ pub fn resolve(
             .collect(),
         cpu_nodes,
         distances,
+        hmat,
+    })
+}
+
+/// The CPUs' final nodes become initiators (machine_numa_finish_cpu_init), every given
+/// initiator must be a node with CPUs (numa_validate_initiator), and the HMAT's contents.
+fn hmat_plan(
+    nodes: &mut [NodeInfo],
+    cpu_nodes: &[u32],
+    state: HmatState,
+) -> Result<HmatPlan, PlanError> {
+    for &n in cpu_nodes {
+        mark_cpu_node(nodes, n, true, &None)?;
+    }
+    for (i, node) in nodes.iter().enumerate() {
+        let Some(initiator) = node.initiator else {
+            continue;
+        };
+        match nodes.get(initiator as usize) {
+            Some(n) if n.present && n.has_cpu => {}
+            Some(n) if n.present => {
+                return Err(PlanError::Numa(format!(
+                    "The initiator of NUMA node {i} is invalid"
+                )))
+            }
+            _ => {
+                return Err(PlanError::Numa(format!(
+                    "NUMA node {initiator} is missing, use '-numa node' option to declare it \
+                     first"
+                )))
+            }
+        }
+    }
+    let mut lb = Vec::new();
+    for (h, types) in state.lb.into_iter().enumerate() {
+        for (t, info) in types.into_iter().enumerate() {
+            if info.list.is_empty() {
+                continue;
+            }
+            lb.push(HmatLbTable {
+                hierarchy: [
+                    HmatHierarchy::Memory,
+                    HmatHierarchy::FirstLevel,
+                    HmatHierarchy::SecondLevel,
+                    HmatHierarchy::ThirdLevel,
+                ][h],
+                data_type: [
+                    HmatDataType::AccessLatency,
+                    HmatDataType::ReadLatency,
+                    HmatDataType::WriteLatency,
+                    HmatDataType::AccessBandwidth,
+                    HmatDataType::ReadBandwidth,
+                    HmatDataType::WriteBandwidth,
+                ][t],
+                base: info.base,
+                entries: info.list,
+            });
+        }
+    }
+    let mut caches = Vec::new();
+    for node in 0..nodes.len() as u32 {
+        let levels: Vec<_> = state
+            .caches
+            .range((node, 0)..(node + 1, 0))
+            .map(|(&(_, level), c)| (level, *c))
+            .collect();
+        let total_levels = levels.len() as u8;
+        // QEMU walks levels 0..=total: a level above the count is left out.
+        for (level, (size, associativity, policy, line)) in levels {
+            if level <= total_levels {
+                caches.push(HmatCacheInfo {
+                    node,
+                    total_levels,
+                    level,
+                    size,
+                    associativity,
+                    policy,
+                    line,
+                });
+            }
+        }
+    }
+    Ok(HmatPlan {
+        initiators: nodes.iter().map(|n| n.initiator).collect(),
+        initiator_nodes: (0..nodes.len() as u32)
+            .filter(|&i| nodes[i as usize].has_cpu)
+            .collect(),
+        lb,
+        caches,
     })
 }
 
@@ -564,6 +1149,7 @@ impl crate::Catalog {
             mem_supported: machine.numa_mem_supported,
             supported: has_cpus,
             auto_enable: false,
+            hmat: hmat_requested(&req.options),
         };
         check(&req.numa, &topology, max_cpus, rules)
     }
@@ -577,6 +1163,7 @@ mod tests {
         mem_supported: false,
         supported: true,
         auto_enable: false,
+        hmat: false,
     };
     const M: u64 = 1 << 20;
 
@@ -732,5 +1319,108 @@ mod tests {
         assert_eq!(p.nodes.len(), 1);
         assert_eq!(p.nodes[0].mem, 128 * M);
         assert_eq!(p.cpu_nodes, [0, 0]);
+    }
+
+    fn hmat_args(extra: &[&str]) -> Vec<NumaArg> {
+        let mut args = vec![
+            node(Some(0), &[], Some(64 << 20)),
+            NumaArg {
+                text: None,
+                option: NumaOption::Node {
+                    nodeid: Some(1),
+                    cpus: vec![],
+                    mem: None,
+                    memdev: Some("m1".into()),
+                    memdev_size: Some(64 << 20),
+                    initiator: Some(0),
+                },
+            },
+            cpu(0, Some(0), None, None),
+            cpu(0, Some(1), None, None),
+        ];
+        for e in extra {
+            let pairs: Vec<(String, String)> = e
+                .split(',')
+                .skip(1)
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            let ty = e.split(',').next().unwrap();
+            args.push(NumaArg {
+                text: Some(e.to_string()),
+                option: hmat_option(ty, &pairs).unwrap(),
+            });
+        }
+        args
+    }
+
+    #[test]
+    fn hmat_values_must_fit_sixteen_bit_entries() {
+        let rules = NumaRules {
+            hmat: true,
+            ..RULES
+        };
+        let t = topo(2, 1, 1);
+        let lb = |t: u32, ty: &str, v: &str| {
+            let unit = if ty.ends_with("latency") {
+                "latency"
+            } else {
+                "bandwidth"
+            };
+            format!("hmat-lb,initiator=0,target={t},hierarchy=memory,data-type={ty},{unit}={v}")
+        };
+        let ok = [lb(0, "access-latency", "1"), lb(0, "access-bandwidth", "0")];
+        let ok: Vec<&str> = ok.iter().map(String::as_str).collect();
+        let plan = resolve(&hmat_args(&ok), &t, 2, 128 << 20, rules).unwrap();
+        let hmat = plan.hmat.unwrap();
+        assert_eq!(hmat.initiators, [Some(0), Some(0)]);
+        assert_eq!(hmat.initiator_nodes, [0]);
+        assert_eq!(hmat.lb.len(), 2);
+        assert_eq!((hmat.lb[0].base, hmat.lb[1].base), (1, 1));
+        // 65535 ns with a 1 ns base needs an entry of 65535: refused (QEMU's erange).
+        let mut bad = ok.clone();
+        let latency = lb(1, "access-latency", "65535");
+        bad.push(&latency);
+        let e = check(&hmat_args(&bad), &t, 2, rules)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.ends_with(
+                "should not differ from previously entered min or max values on more than 65534"
+            ),
+            "{e}"
+        );
+        // A zero bandwidth marks nothing: a cache needs both kinds for its node.
+        let mut bad = ok.clone();
+        let cache =
+            "hmat-cache,node-id=0,size=10240,level=1,associativity=direct,policy=write-back,line=8";
+        bad.push(cache);
+        let e = check(&hmat_args(&bad), &t, 2, rules)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.ends_with("should be provided before memory side cache attributes"),
+            "{e}"
+        );
+        // Bandwidths spanning more than 16 bits.
+        let mut bad = vec![];
+        let (a, b) = (
+            lb(0, "access-bandwidth", "1M"),
+            lb(1, "access-bandwidth", "65535M"),
+        );
+        bad.push(a.as_str());
+        bad.push(b.as_str());
+        let e = check(&hmat_args(&bad), &t, 2, rules)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("should not differ from previously entered values"),
+            "{e}"
+        );
+        // Without hmat=on: QEMU's refusal.
+        let e = check(&hmat_args(&[]), &t, 2, RULES)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("(HMAT) is disabled"), "{e}");
     }
 }

@@ -125,6 +125,7 @@ impl Catalog {
                 // PC machines enable NUMA (one node) for memory hot-plug, as QEMU's do.
                 auto_enable: machine.family != crate::plan::Family::None
                     && (req.ram_slots > 0 || req.max_ram_size.is_some_and(|m| m > ram_size)),
+                hmat: crate::numa::hmat_requested(&req.options),
             },
         )?;
         if numa.nodes.iter().any(|n| n.memdev.is_some())

@@ -789,6 +789,95 @@ fn slit(numa: &machine::NumaPlan) -> Vec<u8> {
     sdt(b"SLIT", 1, &body)
 }
 
+/// The HMAT (revision 2) as QEMU's build_hmat lays it out (hw/acpi/hmat.c): a Memory
+/// Proximity Domain Attributes structure per node with RAM, a System Locality Latency and
+/// Bandwidth structure per given hierarchy and data type, a Memory Side Cache structure per
+/// given cache.
+fn hmat(numa: &machine::NumaPlan, hmat: &machine::HmatPlan) -> Vec<u8> {
+    const INITIATOR_VALID: u16 = 1;
+    let mut body = 0u32.to_le_bytes().to_vec(); // reserved
+    for (i, node) in numa.nodes.iter().enumerate() {
+        // Linux rejects the whole table if a node without memory is a target.
+        if node.mem == 0 {
+            continue;
+        }
+        let initiator = hmat.initiators.get(i).copied().flatten();
+        body.extend(0u16.to_le_bytes()); // type 0
+        body.extend(0u16.to_le_bytes());
+        body.extend(40u32.to_le_bytes());
+        let flags = if initiator.is_some() {
+            INITIATOR_VALID
+        } else {
+            0
+        };
+        body.extend(flags.to_le_bytes());
+        body.extend(0u16.to_le_bytes());
+        // QEMU writes MAX_NODES for "no initiator".
+        body.extend(initiator.unwrap_or(machine::numa::MAX_NODES).to_le_bytes());
+        body.extend((i as u32).to_le_bytes());
+        body.extend(0u32.to_le_bytes());
+        body.extend(0u64.to_le_bytes()); // deprecated address range
+        body.extend(0u64.to_le_bytes());
+    }
+    let initiators = &hmat.initiator_nodes;
+    let targets = numa.nodes.len() as u32;
+    for table in &hmat.lb {
+        let n = initiators.len() as u32;
+        let len = 32 + 4 * n + 4 * targets + 2 * n * targets;
+        body.extend(1u16.to_le_bytes()); // type 1
+        body.extend(0u16.to_le_bytes());
+        body.extend(len.to_le_bytes());
+        body.push(table.hierarchy.code());
+        body.push(table.data_type.code());
+        body.extend(0u16.to_le_bytes());
+        body.extend(n.to_le_bytes());
+        body.extend(targets.to_le_bytes());
+        body.extend(0u32.to_le_bytes());
+        // Latencies in picoseconds, bandwidths in MB/s.
+        let base = if table.data_type.is_latency() {
+            table.base.saturating_mul(1000)
+        } else {
+            table.base >> 20
+        };
+        body.extend(base.to_le_bytes());
+        for &i in initiators {
+            body.extend(i.to_le_bytes());
+        }
+        for t in 0..targets {
+            body.extend(t.to_le_bytes());
+        }
+        let mut entries = vec![0u16; (n * targets) as usize];
+        for &(i, t, data) in &table.entries {
+            if let Some(row) = initiators.iter().position(|&x| x == i) {
+                let slot = row * targets as usize + t as usize;
+                if let Some(e) = entries.get_mut(slot) {
+                    *e = (data / table.base.max(1)) as u16;
+                }
+            }
+        }
+        for e in entries {
+            body.extend(e.to_le_bytes());
+        }
+    }
+    for cache in &hmat.caches {
+        let attributes = u32::from(cache.total_levels)
+            | u32::from(cache.level) << 4
+            | u32::from(cache.associativity.code()) << 8
+            | u32::from(cache.policy.code()) << 12
+            | u32::from(cache.line) << 16;
+        body.extend(2u16.to_le_bytes()); // type 2
+        body.extend(0u16.to_le_bytes());
+        body.extend(32u32.to_le_bytes());
+        body.extend(cache.node.to_le_bytes());
+        body.extend(0u32.to_le_bytes());
+        body.extend(cache.size.to_le_bytes());
+        body.extend(attributes.to_le_bytes());
+        body.extend(0u16.to_le_bytes());
+        body.extend(0u16.to_le_bytes()); // no SMBIOS handles
+    }
+    sdt(b"HMAT", 2, &body)
+}
+
 fn mcfg(ecam: Range) -> Vec<u8> {
     let mut body = vec![0u8; 8];
     body.extend(ecam.base.to_le_bytes());
@@ -898,6 +987,11 @@ pub fn write_tables(mem: &GuestMemory, cfg: &AcpiConfig) -> Result<u64, AcpiErro
             let addr = place(&mut image, &slit(&cfg.numa));
             entries.push(addr);
             dump.push(("slit", addr));
+        }
+        if let Some(h) = &cfg.numa.hmat {
+            let addr = place(&mut image, &hmat(&cfg.numa, h));
+            entries.push(addr);
+            dump.push(("hmat", addr));
         }
     }
     let waet_addr = place(&mut image, &waet());

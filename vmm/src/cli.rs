@@ -1027,8 +1027,9 @@ usage: machina [options]\n\
 -machine-definition FILE       load extra machine/device type definitions (JSON, see docs/PLAN.md)\n\
 -m [size=]SIZE[,slots=N,maxmem=SIZE]  guest RAM (512, 512M, 2G; default 128M)\n\
 -smp N[,maxcpus=M,sockets=S,dies=D,cores=C,threads=T]  vCPUs and their topology (QEMU's rules)\n\
--numa node[,nodeid=N][,cpus=A-B][,memdev=ID] | cpu,node-id=N[,socket-id=S,...] | dist,src=A,dst=B,val=D\n\
-                               NUMA nodes, their CPUs and RAM, distances (ACPI SRAT/SLIT)\n\
+-numa node[,nodeid=N][,cpus=A-B][,memdev=ID][,initiator=N] | cpu,node-id=N[,socket-id=S,...] | dist,src=A,dst=B,val=D\n\
+       | hmat-lb,initiator=N,target=N,hierarchy=H,data-type=T,latency=NS|bandwidth=SIZE | hmat-cache,node-id=N,...\n\
+                               NUMA nodes, their CPUs and RAM, distances, HMAT with -machine hmat=on (ACPI SRAT/SLIT/HMAT)\n\
 -cpu host|max|MODEL[,+feat,-feat,feat=on|off,enforce=on]  the guest CPU: KVM's supported CPUID (host,\n\
                                max, the default) or a QEMU model (qemu64, Haswell, EPYC, ...; query-cpu-definitions);\n\
                                features off, or on where KVM has them (a warning each, or refused with enforce=on)\n\

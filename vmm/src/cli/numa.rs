@@ -1,4 +1,4 @@
-//! `-numa node|cpu|dist` (QEMU's NumaOptions): syntax and QEMU's parse texts; the rules that
+//! `-numa node|cpu|dist|hmat-lb|hmat-cache` (QEMU's NumaOptions): syntax and QEMU's parse texts; the rules that
 //! need the machine (CPU indexes, node ids, RAM) are the planner's (machine::numa).
 
 use super::{option_err, split_keyval, CliError};
@@ -128,14 +128,9 @@ pub fn parse_numa(text: &str) -> Result<NumaArg, CliError> {
                 val: need(2, "val")?,
             }
         }
-        // machina builds no HMAT: QEMU's refusal when `-machine hmat=on` is not given.
+        // Whether `-machine hmat=on` allows them is the planner's check, as in QEMU.
         "hmat-lb" | "hmat-cache" => {
-            return Err(option_err(
-                "numa",
-                text,
-                "ACPI Heterogeneous Memory Attribute Table (HMAT) is disabled, enable it with \
-                 -machine hmat=on before using any of hmat specific options",
-            ))
+            machine::numa::hmat_option(&ty, &pairs).map_err(|m| option_err("numa", text, m))?
         }
         other => {
             return Err(option_err(

@@ -7,9 +7,33 @@ use machine::{NumaArg, NumaOption};
 use qmp::{CommandDef, Map, QmpError, Registry, RegistryError, Session, Type, Value};
 use std::sync::Arc;
 
-const HMAT_DISABLED: &str = "ACPI Heterogeneous Memory Attribute Table (HMAT) is disabled, \
-                             enable it with -machine hmat=on before using any of hmat specific \
-                             options";
+/// NumaHmatLBOptions / NumaHmatCacheOptions: members type-checked as QMP's input visitor
+/// does, then the option's own rules (shared with `-numa`).
+fn hmat_from(ty: &str, args: &Map<String, Value>) -> Result<NumaOption, QmpError> {
+    let enums = ["hierarchy", "data-type", "associativity", "policy"];
+    let mut pairs = Vec::new();
+    for (k, v) in args.iter().filter(|(k, _)| *k != "type") {
+        let text = match v {
+            Value::String(s) if enums.contains(&k.as_str()) => s.clone(),
+            Value::Number(n) if !enums.contains(&k.as_str()) => match n.as_u64() {
+                Some(n) => n.to_string(),
+                None => return Err(QmpError::invalid_parameter_type(k, "integer")),
+            },
+            _ if enums.contains(&k.as_str()) => {
+                return Err(QmpError::invalid_parameter_type(k, "string"))
+            }
+            _ => return Err(QmpError::invalid_parameter_type(k, "integer")),
+        };
+        pairs.push((k.clone(), text));
+    }
+    machine::numa::hmat_option(ty, &pairs).map_err(|m| {
+        // QMP names an unknown member as unexpected.
+        QmpError::generic(match m.strip_prefix("Invalid parameter ") {
+            Some(name) => format!("Parameter {name} is unexpected"),
+            None => m,
+        })
+    })
+}
 
 fn u32_arg(args: &Map<String, Value>, key: &str) -> Result<Option<u32>, QmpError> {
     match args.get(key) {
@@ -36,7 +60,7 @@ fn option_from(args: &Map<String, Value>) -> Result<NumaOption, QmpError> {
             "thread-id",
         ],
         "dist" => &["src", "dst", "val"],
-        "hmat-lb" | "hmat-cache" => return Err(QmpError::generic(HMAT_DISABLED)),
+        "hmat-lb" | "hmat-cache" => return hmat_from(ty, args),
         other => {
             return Err(QmpError::generic(format!(
                 "Parameter 'type' does not accept value '{other}'"
