@@ -397,6 +397,12 @@ impl DeviceType {
         self.properties.iter().filter(|p| !p.inert)
     }
 
+    /// A device on no bus (QEMU's TYPE_DEVICE children such as `vmcoreinfo`): neither a
+    /// PCI function nor an ISA device, and no bus type of its own or inherited.
+    pub fn is_busless(&self) -> bool {
+        self.bus.is_none() && !self.is_pci() && self.isa.is_none()
+    }
+
     /// True for PCI function types (descendants of `pci-device`).
     pub fn is_pci(&self) -> bool {
         self.pci.is_some()

@@ -95,6 +95,9 @@ pub enum PlanError {
     /// An IDE drive refused by its bus or realize (QEMU's hw/ide texts).
     #[error("{0}")]
     Ide(String),
+    /// A device on no bus refused by qdev or its realize (`vmcoreinfo`'s texts).
+    #[error("{0}")]
+    Busless(String),
     /// `-device` without a driver.
     #[error("Parameter 'driver' is missing")]
     MissingDriver,

@@ -270,6 +270,16 @@ pub struct Plan {
     /// Drives on IDE buses (`ide-hd`, `ide-cd`).
     #[serde(default)]
     pub ide: Vec<IdeDrivePlan>,
+    /// Devices on no bus (`vmcoreinfo`), in command-line order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub busless: Vec<BuslessDevicePlan>,
+}
+
+/// A device on no bus: what it is and its id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuslessDevicePlan {
+    pub type_name: String,
+    pub id: Option<String>,
 }
 
 /// A drive on an IDE bus of a PCI IDE controller.
@@ -331,6 +341,7 @@ pub enum Placement {
     Isa(PlacedIsaDevice),
     VirtioPort(VirtioPortPlan),
     Ide(IdeDrivePlan),
+    Busless(BuslessDevicePlan),
 }
 
 /// Where a queried ISA device would land: its bus and the resources it would take.

@@ -60,6 +60,7 @@ struct Ctx<'a> {
     isa: Vec<IsaDevicePlan>,
     ports: Vec<crate::plan::VirtioPortPlan>,
     ide: Vec<crate::plan::IdeDrivePlan>,
+    busless: Vec<crate::plan::BuslessDevicePlan>,
     /// I/O blocks the firmware maps (no ISA device may cover them).
     firmware_io: Vec<crate::plan::FirmwareIoPlan>,
 }
@@ -73,6 +74,8 @@ enum Realized {
     Port(usize),
     /// A drive on an IDE bus (index in `Ctx::ide`).
     Ide(usize),
+    /// A device on no bus (index in `Ctx::busless`).
+    Busless(usize),
 }
 
 impl Catalog {
@@ -157,6 +160,7 @@ impl Catalog {
             isa: Vec::new(),
             ports: Vec::new(),
             ide: Vec::new(),
+            busless: Vec::new(),
             firmware_io: isa::firmware_io(&machine.board.firmware_io, flag),
         };
         ctx.add_root_bus(&flag);
@@ -188,6 +192,7 @@ impl Catalog {
             firmware_io: ctx.firmware_io,
             virtio_ports: ctx.ports,
             ide: ctx.ide,
+            busless: ctx.busless,
         })
     }
 
@@ -206,9 +211,10 @@ impl Catalog {
             .zip(requests)
             .map(|(r, req)| match r? {
                 Placement::Pci(p) => Ok(p),
-                Placement::Isa(_) | Placement::VirtioPort(_) | Placement::Ide(_) => {
-                    Err(PlanError::NotPciDevice(req.driver.clone()))
-                }
+                Placement::Isa(_)
+                | Placement::VirtioPort(_)
+                | Placement::Ide(_)
+                | Placement::Busless(_) => Err(PlanError::NotPciDevice(req.driver.clone())),
             })
             .collect()
     }
@@ -238,6 +244,7 @@ impl Catalog {
                     isa: base.isa.clone(),
                     ports: base.ports.clone(),
                     ide: base.ide.clone(),
+                    busless: base.busless.clone(),
                     firmware_io: base.firmware_io.clone(),
                 };
                 Ok(match ctx.realize(r, hotplug)? {
@@ -275,6 +282,7 @@ impl Catalog {
                     }
                     Realized::Port(i) => Placement::VirtioPort(ctx.ports[i].clone()),
                     Realized::Ide(i) => Placement::Ide(ctx.ide[i].clone()),
+                    Realized::Busless(i) => Placement::Busless(ctx.busless[i].clone()),
                 })
             })
             .collect()
@@ -490,10 +498,13 @@ impl<'a> Ctx<'a> {
                 ));
             }
         }
-        for d in &plan.isa {
-            if let Some(id) = &d.id {
-                topo.ids.insert(id.clone());
-            }
+        for id in plan
+            .isa
+            .iter()
+            .filter_map(|d| d.id.as_ref())
+            .chain(plan.busless.iter().filter_map(|d| d.id.as_ref()))
+        {
+            topo.ids.insert(id.clone());
         }
         let next = |prefix: &str| {
             plan.buses
@@ -529,6 +540,7 @@ impl<'a> Ctx<'a> {
             isa: plan.isa.clone(),
             ports: plan.virtio_ports.clone(),
             ide: plan.ide.clone(),
+            busless: plan.busless.clone(),
             firmware_io: isa::firmware_io(&machine.board.firmware_io, flag),
         }
     }
@@ -652,6 +664,9 @@ impl<'a> Ctx<'a> {
             }
         }
         check_json_kinds(dev, req)?;
+        if dev.is_busless() {
+            return self.realize_busless(dev, req, id, hotplug);
+        }
         let bus_type = dev.bus.clone().unwrap_or_else(|| "PCI".to_string());
         // Machines with PCI have an ISA bridge and so QEMU's `isa.0`.
         let has_isa = !self.topo.buses.is_empty();
@@ -716,6 +731,59 @@ impl<'a> Ctx<'a> {
         let (idx, advisories) =
             self.add_pci(dev, id, bus, None, &req.properties, false, hotplug)?;
         Ok(Realized::Pci(idx, advisories))
+    }
+
+    /// A device on no bus (`vmcoreinfo`): QEMU's qdev_device_add and the type's realize
+    /// checks.
+    fn realize_busless(
+        &mut self,
+        dev: &DeviceType,
+        req: &DeviceRequest,
+        id: Option<String>,
+        hotplug: bool,
+    ) -> Result<Realized, PlanError> {
+        if let Some(b) = req.get("bus") {
+            return Err(PlanError::Busless(format!(
+                "Device '{}' can't go on {} bus",
+                req.driver,
+                self.topo
+                    .find_bus(b)
+                    .map(|i| match self.topo.buses[i].plan.kind {
+                        BusKind::Pci => "PCI",
+                        BusKind::Pcie => "PCIE",
+                    })
+                    .unwrap_or("a")
+            )));
+        }
+        // Not hot-pluggable: once the machine is ready, qdev takes no such type.
+        if hotplug {
+            return Err(PlanError::Busless(
+                "Parameter 'driver' expects a pluggable device type".into(),
+            ));
+        }
+        self.check_json_dup(req, &id)?;
+        resolve_properties(dev, self.machine, &req.properties)?;
+        if dev.name == "vmcoreinfo" {
+            if self.busless.iter().any(|d| d.type_name == dev.name) {
+                return Err(PlanError::Busless(
+                    "at most one vmcoreinfo device is permitted".into(),
+                ));
+            }
+            // fw_cfg (with DMA) is a board device of the machines that have one.
+            if !self.isa.iter().any(|d| d.type_name == "fw_cfg_io") {
+                return Err(PlanError::Busless(
+                    "vmcoreinfo device requires fw_cfg with DMA".into(),
+                ));
+            }
+        }
+        if let Some(id) = &id {
+            self.topo.ids.insert(id.clone());
+        }
+        self.busless.push(crate::plan::BuslessDevicePlan {
+            type_name: dev.name.clone(),
+            id,
+        });
+        Ok(Realized::Busless(self.busless.len() - 1))
     }
 
     /// An ISA device request: on `isa.0` only, at its ports.

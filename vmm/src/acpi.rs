@@ -1226,6 +1226,7 @@ mod tests {
             ],
             cpu_nodes: vec![1, 0],
             distances: vec![vec![10, 21], vec![21, 10]],
+            hmat: None,
         };
         c.device_memory = Some(Range {
             base: 5 * G,

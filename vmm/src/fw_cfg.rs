@@ -1,7 +1,8 @@
 //! What machina's fw_cfg device (devices::legacy::fw_cfg) holds, from the plan and the
 //! configuration: QEMU's x86 items (signature, ID, UUID, RAM size, CPU counts, NUMA, boot
 //! menu), `etc/e820` from the plan's memory map, `etc/boot-fail-wait`, `etc/boot-menu-wait`,
-//! and the command line items when a kernel is given. ACPI tables are written by machina
+//! the command line items when a kernel is given, and the guest-writable `etc/vmcoreinfo` of
+//! a `vmcoreinfo` device. ACPI tables are written by machina
 //! itself, so `etc/acpi/tables` and `etc/table-loader` are absent.
 
 use crate::memory::GuestMemory;
@@ -40,6 +41,18 @@ impl FwCfgInputs {
             cmdline: config.kernel.as_ref().map(|_| config.append.clone()),
         }
     }
+}
+
+/// The `vmcoreinfo` device's file: a guest kernel writes where its VMCOREINFO ELF note
+/// is, for a dump taken from outside (hw/misc/vmcoreinfo.c).
+pub const VMCOREINFO_FILE: &str = "etc/vmcoreinfo";
+
+/// FWCfgVMCoreInfo at reset: host_format ELF (1), guest_format none, size and paddr 0
+/// (u16, u16, u32, u64, little-endian).
+fn vmcoreinfo_reset_state() -> Vec<u8> {
+    let mut v = 1u16.to_le_bytes().to_vec();
+    v.extend([0u8; 14]);
+    v
 }
 
 /// QEMU's etc/e820 entry: address, length (u64) and type (u32), little-endian, packed.
@@ -89,6 +102,9 @@ pub fn for_plan(
     )?;
     if let Some(ms) = inputs.splash_time {
         cfg.add_file("etc/boot-menu-wait", ms.to_le_bytes().to_vec())?;
+    }
+    if plan.busless.iter().any(|d| d.type_name == "vmcoreinfo") {
+        cfg.add_writable_file(VMCOREINFO_FILE, vmcoreinfo_reset_state())?;
     }
     Ok(cfg)
 }

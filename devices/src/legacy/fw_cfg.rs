@@ -71,6 +71,8 @@ pub struct FwCfg {
     items: BTreeMap<u16, Vec<u8>>,
     /// File name -> key, for the directory.
     files: BTreeMap<String, u16>,
+    /// Items the guest may overwrite through DMA (QEMU's allow_write files).
+    writable: std::collections::BTreeSet<u16>,
     selector: u16,
     offset: usize,
     /// DMA address register halves as last written (big-endian on the bus).
@@ -84,6 +86,7 @@ impl FwCfg {
         let mut cfg = Self {
             items: BTreeMap::new(),
             files: BTreeMap::new(),
+            writable: Default::default(),
             selector: 0,
             offset: 0,
             dma_high: 0,
@@ -128,6 +131,14 @@ impl FwCfg {
         self.files.insert(name.to_string(), key);
         self.items.insert(key, data);
         self.update_dir();
+        Ok(key)
+    }
+
+    /// Add a named blob the guest may overwrite in place through a DMA write (QEMU's
+    /// fw_cfg_add_file_callback with read-only off; the size stays).
+    pub fn add_writable_file(&mut self, name: &str, data: Vec<u8>) -> Result<u16, FwCfgError> {
+        let key = self.add_file(name, data)?;
+        self.writable.insert(key);
         Ok(key)
     }
 
@@ -201,8 +212,18 @@ impl FwCfg {
                     status = DMA_CTL_ERROR;
                 }
             } else if control & DMA_CTL_WRITE != 0 {
-                // Every item is read-only (QEMU's default since 2.4): the write fails.
-                status = DMA_CTL_ERROR;
+                // Only writable files take a write, and only one that fits from the
+                // current offset (QEMU: `len != dma.length` is an error); the rest are
+                // read-only (QEMU's default since 2.4).
+                let mut buf = vec![0u8; n];
+                if !self.writable.contains(&self.selector)
+                    || n != length
+                    || mem.read_slice(&mut buf, GuestAddress(address)).is_err()
+                {
+                    status = DMA_CTL_ERROR;
+                } else if let Some(item) = self.items.get_mut(&self.selector) {
+                    item[self.offset..self.offset + n].copy_from_slice(&buf);
+                }
             }
             if status == 0 {
                 self.offset += n;
@@ -366,5 +387,32 @@ mod tests {
         let mut sig = [0u8; 8];
         cfg.read(FW_CFG_IO_BASE, 4, &mut sig);
         assert_eq!(&sig, b"QEMU CFG");
+    }
+
+    #[test]
+    fn dma_writes_reach_writable_files_only_within_their_size() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+        let mut cfg = FwCfg::new(Some(mem.clone()));
+        let ro = cfg.add_file("etc/ro", vec![1; 4]).unwrap();
+        let rw = cfg.add_writable_file("etc/rw", vec![0; 4]).unwrap();
+        let mut run = |key: u16, control: u32, len: u32| {
+            let mut desc = ((u32::from(key) << 16) | DMA_CTL_SELECT | control)
+                .to_be_bytes()
+                .to_vec();
+            desc.extend_from_slice(&len.to_be_bytes());
+            desc.extend_from_slice(&0x2000u64.to_be_bytes());
+            mem.write_slice(&desc, GuestAddress(0x1000)).unwrap();
+            cfg.write(FW_CFG_IO_BASE, 4, &0x1000u64.to_be_bytes());
+            let mut status = [0u8; 4];
+            mem.read_slice(&mut status, GuestAddress(0x1000)).unwrap();
+            u32::from_be_bytes(status)
+        };
+        mem.write_slice(&[9, 8, 7, 6, 5], GuestAddress(0x2000))
+            .unwrap();
+        assert_eq!(run(rw, DMA_CTL_WRITE, 4), 0);
+        assert_eq!(run(rw, DMA_CTL_WRITE, 5), DMA_CTL_ERROR, "past the end");
+        assert_eq!(run(ro, DMA_CTL_WRITE, 4), DMA_CTL_ERROR, "read-only");
+        assert_eq!(cfg.item(rw), Some(&[9u8, 8, 7, 6][..]));
+        assert_eq!(cfg.item(ro), Some(&[1u8; 4][..]));
     }
 }

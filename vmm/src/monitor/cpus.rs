@@ -259,7 +259,11 @@ fn peripherals(plan: &Plan) -> Vec<(String, String)> {
         .isa
         .iter()
         .filter_map(|d| Some((d.id.clone()?, d.type_name.clone())));
-    pci.chain(ports).chain(isa).collect()
+    let busless = plan
+        .busless
+        .iter()
+        .filter_map(|d| Some((d.id.clone()?, d.type_name.clone())));
+    pci.chain(ports).chain(isa).chain(busless).collect()
 }
 
 fn not_found(path: &str) -> QmpError {
