@@ -661,46 +661,7 @@ fn apply(
                 mark_cpu_node(&mut nodes, node, rules.hmat, text)?;
             }
             NumaOption::Dist { src, dst, val } => {
-                let (src, dst) = (*src, *dst);
-                if src >= MAX_NODES || dst >= MAX_NODES {
-                    let which = if src >= MAX_NODES { "src" } else { "dst" };
-                    return Err(err(
-                        text,
-                        format!(
-                            "Parameter '{which}' expects an integer between 0 and {}",
-                            MAX_NODES - 1
-                        ),
-                    ));
-                }
-                if !nodes[src as usize].present || !nodes[dst as usize].present {
-                    return Err(err(
-                        text,
-                        "Source/Destination NUMA node is missing. Please use '-numa node' \
-                         option to declare it first.",
-                    ));
-                }
-                let val =
-                    u8::try_from(*val).map_err(|_| err(text, "Parameter 'val' expects uint8_t"))?;
-                if val < DISTANCE_MIN {
-                    return Err(err(
-                        text,
-                        format!(
-                            "NUMA distance ({val}) is invalid, it shouldn't be less than \
-                             {DISTANCE_MIN}."
-                        ),
-                    ));
-                }
-                if src == dst && val != DISTANCE_MIN {
-                    return Err(err(
-                        text,
-                        format!("Local distance of node {src} should be {DISTANCE_MIN}."),
-                    ));
-                }
-                let d = &mut nodes[src as usize].distance;
-                if d.is_empty() {
-                    d.resize(MAX_NODES as usize, 0);
-                }
-                d[dst as usize] = val;
+                set_distance(&mut nodes, *src, *dst, *val, text)?;
                 have_distance = true;
             }
             NumaOption::HmatLb {
@@ -747,6 +708,55 @@ fn apply(
         slots,
         hmat,
     })
+}
+
+/// `-numa dist`: QEMU's parse_numa_distance checks, then the distance recorded.
+fn set_distance(
+    nodes: &mut [NodeInfo],
+    src: u32,
+    dst: u32,
+    val: u32,
+    text: &Option<String>,
+) -> Result<(), PlanError> {
+    if src >= MAX_NODES || dst >= MAX_NODES {
+        let which = if src >= MAX_NODES { "src" } else { "dst" };
+        return Err(err(
+            text,
+            format!(
+                "Parameter '{which}' expects an integer between 0 and {}",
+                MAX_NODES - 1
+            ),
+        ));
+    }
+    if !nodes[src as usize].present || !nodes[dst as usize].present {
+        return Err(err(
+            text,
+            "Source/Destination NUMA node is missing. Please use '-numa node' \
+                 option to declare it first.",
+        ));
+    }
+    let val = u8::try_from(val).map_err(|_| err(text, "Parameter 'val' expects uint8_t"))?;
+    if val < DISTANCE_MIN {
+        return Err(err(
+            text,
+            format!(
+                "NUMA distance ({val}) is invalid, it shouldn't be less than \
+                     {DISTANCE_MIN}."
+            ),
+        ));
+    }
+    if src == dst && val != DISTANCE_MIN {
+        return Err(err(
+            text,
+            format!("Local distance of node {src} should be {DISTANCE_MIN}."),
+        ));
+    }
+    let d = &mut nodes[src as usize].distance;
+    if d.is_empty() {
+        d.resize(MAX_NODES as usize, 0);
+    }
+    d[dst as usize] = val;
+    Ok(())
 }
 
 /// QEMU's parse_numa_hmat_lb: the checks, and the entry base and compressed range kept so
@@ -886,7 +896,7 @@ fn hmat_cache(
              before memory side cache attributes"
         ));
     }
-    if level < 1 || level >= HMAT_LB_LEVELS {
+    if !(1..HMAT_LB_LEVELS).contains(&level) {
         return Err(format!(
             "Invalid level={level}, it should be larger than 0 and less than or equal to {}",
             HMAT_LB_LEVELS - 1

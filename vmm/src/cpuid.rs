@@ -41,7 +41,7 @@ impl CpuModel {
             _ => crate::cpu_models::models()
                 .iter()
                 .find(|m| m.name == name)
-                .map(|m| CpuModel::Named(m)),
+                .map(CpuModel::Named),
         }
     }
 
