@@ -405,6 +405,12 @@ fn drive(machine: &'static str) {
             &format!("machine {machine} is not resolved to {prefix}...: \n{caps}"),
         );
     }
+    // QEMU's named CPU models, each usable or not as query-cpu-definitions says.
+    let custom = caps.split("<mode name='custom'").nth(1).unwrap_or_default();
+    let custom = custom.split("</mode>").next().unwrap_or_default();
+    if !custom.contains(">Haswell</model>") || !custom.contains(">qemu64</model>") {
+        run.fail(step, &format!("no named CPU models in\n{caps}"));
+    }
     let rng = caps.split("<rng ").nth(1).unwrap_or_default();
     let rng = rng.split("</rng>").next().unwrap_or_default();
     if !rng.starts_with("supported='yes'") || !rng.contains("<value>random</value>") {
@@ -424,6 +430,26 @@ fn drive(machine: &'static str) {
     run.define(step, "serial-file.xml");
     run.virsh(step, &["start", &run.name]);
     run.expect_state(step, "running");
+    // The domain's <cpu> model and <vmcoreinfo/> reached machina's command line.
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", run.pid(step))).unwrap_or_default();
+    let args: Vec<String> = cmdline
+        .split(|b| *b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    let after = |flag: &str| {
+        args.windows(2)
+            .filter(|w| w[0] == flag)
+            .map(|w| w[1].clone())
+            .collect::<Vec<_>>()
+    };
+    if !after("-cpu").iter().any(|c| c.starts_with("qemu64"))
+        || !after("-device").iter().any(|d| d.contains("vmcoreinfo"))
+    {
+        run.fail(
+            step,
+            &format!("no -cpu qemu64 or vmcoreinfo device in {args:?}"),
+        );
+    }
     let step = "guest output in the serial file";
     run.step(step);
     run.wait_for(
