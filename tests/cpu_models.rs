@@ -141,3 +141,47 @@ fn a_named_model_is_the_guest_cpu_and_its_gaps_are_reported() {
         .collect();
     assert_eq!(once, unavailable, "{stderr}");
 }
+
+/// QOM's level properties follow the features asked for (QEMU's auto-level), and QEMU's
+/// warnings for ambiguous `-cpu` strings, where `+feat`/`-feat` wins.
+#[test]
+fn levels_and_ambiguous_feature_strings() {
+    if !common::require_kvm() {
+        return;
+    }
+    let args: Vec<String> = [
+        "-M",
+        "pc",
+        "-nodefaults",
+        "-S",
+        "-cpu",
+        "486,arat=on,+3dnow,-mce,mce=on,+cx8,cx8=off",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut vm = MachinaProcess::start(&machina(), "cpu-levels", &args);
+    let mut c = vm.client();
+    let mut get = |p: &str| {
+        c.ok(
+            "qom-get",
+            json!({"path": "/machine/unattached/device[0]", "property": p}),
+        )
+    };
+    assert_eq!(get("level"), 6, "arat lives in leaf 6");
+    assert_eq!(get("xlevel"), 0x8000_0001u32, "3dnow in 0x80000001");
+    assert_eq!(get("xlevel2"), 0);
+    assert_eq!(get("mce"), false, "-mce wins over mce=on");
+    drop(c);
+    vm.child.kill().unwrap();
+    vm.wait_exit(Duration::from_secs(30));
+    let stderr = vm.stderr_text();
+    for line in [
+        "machina: warning: Ambiguous CPU model string. Don't mix both \"-mce\" and \"mce=on\"",
+        "machina: warning: Ambiguous CPU model string. Don't mix both \"+cx8\" and \"cx8=off\"",
+        "machina: warning: Compatibility of ambiguous CPU model strings won't be kept on future \
+         QEMU versions",
+    ] {
+        assert!(stderr.lines().any(|l| l == line), "{line}\n{stderr}");
+    }
+}

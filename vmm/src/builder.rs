@@ -348,7 +348,8 @@ fn create_vcpus(
             .fd
             .create_vcpu(u64::from(plan.topology.apic_id(index)))
             .map_err(|source| BuildError::CreateVcpu { index, source })?;
-        let mut cpuid = cpuid::for_vcpu(&vm.supported_cpuid, model, index, &plan.topology)?;
+        let mut cpuid =
+            cpuid::for_vcpu(&vm.supported_cpuid, model, features, index, &plan.topology)?;
         cpuid::apply_features(&mut cpuid, &vm.supported_cpuid, features);
         fd.set_cpuid2(&cpuid)
             .map_err(|source| BuildError::CreateVcpu { index, source })?;

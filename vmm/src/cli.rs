@@ -503,6 +503,7 @@ fn parse_cpu(text: &str) -> Result<CpuRequest, CliError> {
     let ty = model.type_name();
     let (mut plus, mut minus, mut props) = (Vec::new(), Vec::new(), Vec::<(String, bool)>::new());
     let mut checks = [true, false];
+    let mut ambiguous = false;
     for item in &items[1..] {
         let known = |f: &str| crate::cpuid::feature_bit(f).is_some();
         if let Some(f) = item.strip_prefix('+').or_else(|| item.strip_prefix('-')) {
@@ -552,8 +553,23 @@ fn parse_cpu(text: &str) -> Result<CpuRequest, CliError> {
                 "can't apply global {ty}.{key}={value}: Parameter '{key}' expects 'on' or 'off'"
             ))
         })?;
+        // QEMU's x86_cpu_parse_featurestr: a +feat/-feat given before wins, with a warning.
+        for (list, sign) in [(&plus, '+'), (&minus, '-')] {
+            if list.contains(&feature) {
+                ambiguous = true;
+                crate::logging::report_error(&format!(
+                    "warning: Ambiguous CPU model string. Don't mix both \"{sign}{feature}\" and \"{feature}={value}\""
+                ));
+            }
+        }
         props.retain(|(f, _)| *f != feature);
         props.push((feature, on));
+    }
+    if ambiguous {
+        crate::logging::report_error(
+            "warning: Compatibility of ambiguous CPU model strings won't be kept on future QEMU \
+             versions",
+        );
     }
     let mut features = props;
     features.extend(plus.into_iter().map(|f| (f, true)));

@@ -298,8 +298,9 @@ impl HotCpus {
                     )
                 };
                 let supported = &ctx.vm.supported_cpuid;
-                let mut cpuid = crate::cpuid::for_vcpu(supported, model, index, &ctx.plan.topology)
-                    .map_err(|e| e.to_string())?;
+                let mut cpuid =
+                    crate::cpuid::for_vcpu(supported, model, &features, index, &ctx.plan.topology)
+                        .map_err(|e| e.to_string())?;
                 crate::cpuid::apply_features(&mut cpuid, supported, &features);
                 fd.set_cpuid2(&cpuid)
                     .map_err(|e| format!("cannot set vCPU {index}'s CPUID: {e}"))?;

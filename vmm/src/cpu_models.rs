@@ -279,6 +279,24 @@ impl ModelDef {
         m
     }
 
+    /// `requested` for the word at (leaf, sub-leaf, register); the model's bits where
+    /// machina names no such word.
+    fn requested_at(
+        &self,
+        leaf: u32,
+        subleaf: Option<u32>,
+        reg: Reg,
+        features: &FeatureRequest,
+    ) -> u32 {
+        feature_words()
+            .iter()
+            .find(|w| {
+                w.leaf == leaf && w.reg == reg && (w.subleaf.is_none() || w.subleaf == subleaf)
+            })
+            .map(|w| self.requested(w, features))
+            .unwrap_or_else(|| self.wanted(leaf, subleaf, reg))
+    }
+
     fn has(&self, leaf: u32, subleaf: Option<u32>, reg: Reg, bits: u32) -> bool {
         self.mask(leaf, subleaf, reg) & bits != 0
     }
@@ -411,17 +429,62 @@ fn entry(function: u32, index: u32, regs: [u32; 4]) -> kvm_cpuid_entry2 {
     }
 }
 
+/// A CPU's highest basic, extended and Centaur leaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Levels {
+    pub level: u32,
+    pub xlevel: u32,
+    pub xlevel2: u32,
+}
+
+/// The levels of `def` with `features` as QEMU's x86_cpu_expand_features sets them
+/// (full-cpuid-auto-level, on for every machine machina offers): the model's, raised to the
+/// leaf of each feature word the guest asks a bit of, and to 0x8000000A with SVM.
+pub fn levels(def: &ModelDef, features: &FeatureRequest) -> Levels {
+    let mut l = Levels {
+        level: def.level,
+        xlevel: def.xlevel,
+        xlevel2: 0,
+    };
+    for w in feature_words() {
+        // QEMU adjusts for every CPUID word but leaf 7's EDX and the KVM leaf.
+        if (w.leaf == 7 && w.subleaf == Some(0) && w.reg == Reg::Edx) || w.leaf == 0x4000_0001 {
+            continue;
+        }
+        if def.requested(&w, features) == 0 {
+            continue;
+        }
+        let slot = match w.leaf & 0xf000_0000 {
+            0 => &mut l.level,
+            0x8000_0000 => &mut l.xlevel,
+            _ => &mut l.xlevel2,
+        };
+        *slot = (*slot).max(w.leaf);
+    }
+    if def.requested_at(EXT + 1, None, Reg::Ecx, features) & SVM != 0 {
+        l.xlevel = l.xlevel.max(EXT + 0xa);
+    }
+    l
+}
+
 /// The CPUID of model `def` under KVM, before the per-vCPU topology leaves (which
 /// `cpuid::for_vcpu` then adds from `topo`): each feature leaf is the model's bits that KVM
 /// supports (QEMU's cpu_x86_cpuid after x86_cpu_filter_features).
-pub fn apply(def: &ModelDef, supported: &CpuId, topo: &CpuTopology) -> Result<CpuId, CpuidError> {
+pub fn apply(
+    def: &ModelDef,
+    supported: &CpuId,
+    features: &FeatureRequest,
+    topo: &CpuTopology,
+) -> Result<CpuId, CpuidError> {
     let reg = |leaf, reg| register(supported, leaf, None, reg);
     let vendor = def.vendor_regs();
+    let lv = levels(def, features);
     let level = if topo.dies > 1 {
-        def.level.max(0x1f)
+        lv.level.max(0x1f)
     } else {
-        def.level
+        lv.level
     };
+    let want_at = |leaf, subleaf, r| def.requested_at(leaf, subleaf, r, features);
     let leaf7_1 = def
         .features
         .iter()
@@ -447,19 +510,20 @@ pub fn apply(def: &ModelDef, supported: &CpuId, topo: &CpuTopology) -> Result<Cp
             0xd => xsave && (e.index < 2 || components & (1u64 << e.index.min(63)) != 0),
             0..=0x3fff_ffff => f <= level,
             0x4000_0000..=0x4000_ffff => true,
-            _ => f >= EXT && f <= def.xlevel,
+            0xc000_0000..=0xcfff_ffff => f <= lv.xlevel2,
+            _ => f >= EXT && f <= lv.xlevel,
         };
         if !keep || (f < 0x4000_0000 && f > level) {
             continue;
         }
         let mut e = *e;
-        let want = |r: Reg| def.wanted(f, Some(e.index), r);
+        let want = |r: Reg| want_at(f, Some(e.index), r);
         match f {
             0 => [e.eax, e.ebx, e.edx, e.ecx] = [level, vendor[0], vendor[1], vendor[2]],
             1 => {
                 e.eax = def.signature();
-                e.ecx = (e.ecx & def.wanted(1, None, Reg::Ecx)) | HYPERVISOR;
-                e.edx &= def.wanted(1, None, Reg::Edx) | HTT;
+                e.ecx = (e.ecx & want_at(1, None, Reg::Ecx)) | HYPERVISOR;
+                e.edx &= want_at(1, None, Reg::Edx) | HTT;
             }
             // Cache descriptors and parameters are the host's; topology leaves are rebuilt.
             2 | 4 | 0xb | 0x1f => {}
@@ -483,15 +547,15 @@ pub fn apply(def: &ModelDef, supported: &CpuId, topo: &CpuTopology) -> Result<Cp
             0xd => {}
             0x4000_0001 => e.eax &= !KVM_MSI_EXT_DEST_ID,
             0x4000_0000..=0x4000_ffff => {}
-            EXT => [e.eax, e.ebx, e.edx, e.ecx] = [def.xlevel, vendor[0], vendor[1], vendor[2]],
+            EXT => [e.eax, e.ebx, e.edx, e.ecx] = [lv.xlevel, vendor[0], vendor[1], vendor[2]],
             0x8000_0001 => {
                 e.eax = def.signature();
                 e.ebx = 0;
-                e.ecx &= def.wanted(f, None, Reg::Ecx);
-                e.edx &= def.wanted(f, None, Reg::Edx);
+                e.ecx &= want_at(f, None, Reg::Ecx);
+                e.edx &= want_at(f, None, Reg::Edx);
                 // AMD repeats leaf 1's bits here (QEMU copies them for AMD vendors only).
                 if def.is_amd() {
-                    e.edx |= reg(1, Reg::Edx) & def.wanted(1, None, Reg::Edx) & AMD_ALIASES;
+                    e.edx |= reg(1, Reg::Edx) & want_at(1, None, Reg::Edx) & AMD_ALIASES;
                 }
             }
             0x8000_0002..=0x8000_0004 => {}
@@ -499,7 +563,13 @@ pub fn apply(def: &ModelDef, supported: &CpuId, topo: &CpuTopology) -> Result<Cp
             0x8000_0005 | 0x8000_0006 => {}
             0x8000_0007 => [e.eax, e.ebx, e.ecx, e.edx] = [0, 0, 0, e.edx & want(Reg::Edx)],
             // Address sizes and core count stay; the model's features in EBX.
-            0x8000_0008 => e.ebx &= def.wanted(f, None, Reg::Ebx),
+            0x8000_0008 => e.ebx &= want_at(f, None, Reg::Ebx),
+            // SVM's features, with svm on.
+            0x8000_000a if want_at(EXT + 1, None, Reg::Ecx) & SVM != 0 => {
+                [e.eax, e.ebx, e.ecx, e.edx] = [e.eax, e.ebx, 0, e.edx & want(Reg::Edx)]
+            }
+            0xc000_0000 => [e.eax, e.ebx, e.ecx, e.edx] = [lv.xlevel2, 0, 0, 0],
+            0xc000_0001 => [e.eax, e.ebx, e.ecx, e.edx] = [0, 0, 0, e.edx & want(Reg::Edx)],
             // Leaves whose bits are features no model here has (power management, SVM,
             // PMU, SGX, PT, AMD topology): empty.
             _ => [e.eax, e.ebx, e.ecx, e.edx] = [0; 4],
@@ -507,7 +577,7 @@ pub fn apply(def: &ModelDef, supported: &CpuId, topo: &CpuTopology) -> Result<Cp
         entries.push(e);
     }
     // The brand string, 48 bytes NUL-padded, in 0x80000002..4.
-    if def.xlevel >= EXT + 4 {
+    if lv.xlevel >= EXT + 4 {
         entries.retain(|e| !(EXT + 2..=EXT + 4).contains(&e.function));
         let mut brand = [0u8; 48];
         let id = def.model_id.as_bytes();
@@ -586,7 +656,7 @@ mod tests {
     #[test]
     fn qemu64_under_kvm() {
         let qemu64 = model("qemu64");
-        let c = apply(qemu64, &supported(), &CpuTopology::default()).unwrap();
+        let c = apply(qemu64, &supported(), &[], &CpuTopology::default()).unwrap();
         let r = |leaf, reg| register(&c, leaf, None, reg);
         let sig = crate::cpuid::signature(&c);
         assert_eq!(sig.vendor, "AuthenticAMD");
@@ -677,7 +747,7 @@ mod tests {
     #[test]
     fn haswell_under_kvm() {
         let haswell = model("Haswell");
-        let c = apply(haswell, &supported(), &CpuTopology::default()).unwrap();
+        let c = apply(haswell, &supported(), &[], &CpuTopology::default()).unwrap();
         let r = |leaf, sub, reg| register(&c, leaf, sub, reg);
         let sig = crate::cpuid::signature(&c);
         assert_eq!(sig.vendor, "GenuineIntel");
@@ -715,7 +785,7 @@ mod tests {
         }
         assert_eq!(haswell.unavailable(&poor), ["xsave", "avx2"]);
         // Without XSAVE from KVM the guest gets no XSAVE leaf.
-        let c = apply(haswell, &poor, &CpuTopology::default()).unwrap();
+        let c = apply(haswell, &poor, &[], &CpuTopology::default()).unwrap();
         assert_eq!(register(&c, 0xd, Some(0), Reg::Eax), 0);
     }
 
@@ -748,5 +818,34 @@ mod tests {
             ]
         );
         assert!(missing_features(CpuModel::Host, &[], &poor).is_empty());
+    }
+
+    #[test]
+    fn levels_rise_to_the_leaves_of_requested_features() {
+        let on = |f: &str| vec![(f.to_string(), true)];
+        let lv = |name: &str, f: &[(String, bool)]| levels(model(name), f);
+        assert_eq!(lv("486", &[]).level, 1);
+        assert_eq!(lv("486", &[]).xlevel, 0);
+        assert_eq!(lv("486", &on("arat")).level, 6);
+        assert_eq!(lv("phenom", &on("fsgsbase")).level, 7);
+        assert_eq!(lv("phenom", &on("xsaveopt")).level, 0xd);
+        assert_eq!(lv("486", &on("3dnow")).xlevel, EXT + 1);
+        assert_eq!(lv("486", &on("invtsc")).xlevel, EXT + 7);
+        assert_eq!(lv("athlon", &on("svm")).xlevel, EXT + 0xa);
+        assert_eq!(lv("phenom", &on("xstore")).xlevel2, 0xc000_0001);
+        // Already high enough: unchanged; a feature turned off raises nothing.
+        let many = [("arat".to_string(), true), ("fsgsbase".to_string(), true)];
+        assert_eq!(lv("SandyBridge", &many).level, 0xd);
+        assert_eq!(lv("486", &[("arat".to_string(), false)]).level, 1);
+        // The guest's CPUID follows: leaf 6 exists for 486,+arat.
+        let c = apply(
+            model("486"),
+            &supported(),
+            &on("arat"),
+            &CpuTopology::default(),
+        )
+        .unwrap();
+        assert_eq!(register(&c, 0, None, Reg::Eax), 6);
+        assert_eq!(register(&c, 6, None, Reg::Eax), 4);
     }
 }

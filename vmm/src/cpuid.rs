@@ -91,13 +91,14 @@ fn entry(function: u32, index: u32, regs: [u32; 4]) -> kvm_cpuid_entry2 {
 pub fn for_vcpu(
     supported: &CpuId,
     model: CpuModel,
+    features: &FeatureRequest,
     index: u32,
     topo: &CpuTopology,
 ) -> Result<CpuId, CpuidError> {
     let modelled;
     let supported = match model {
         CpuModel::Named(def) => {
-            modelled = crate::cpu_models::apply(def, supported, topo)?;
+            modelled = crate::cpu_models::apply(def, supported, features, topo)?;
             &modelled
         }
         _ => supported,
@@ -326,6 +327,14 @@ pub fn feature_words() -> Vec<FeatureWord> {
                 14 => "ibrs", 15 => "amd-stibp", 24 => "amd-ssbd", 25 => "virt-ssbd"),
         },
         FeatureWord {
+            leaf: 0xc000_0001,
+            subleaf: None,
+            reg: Reg::Edx,
+            names: names!(2 => "xstore", 3 => "xstore-en", 6 => "xcrypt", 7 => "xcrypt-en",
+                8 => "ace2", 9 => "ace2-en", 10 => "phe", 11 => "phe-en", 12 => "pmm",
+                13 => "pmm-en"),
+        },
+        FeatureWord {
             leaf: 0x4000_0001,
             subleaf: None,
             reg: Reg::Eax,
@@ -335,6 +344,15 @@ pub fn feature_words() -> Vec<FeatureWord> {
                 11 => "kvm-pv-ipi", 12 => "kvm-poll-control", 13 => "kvm-pv-sched-yield",
                 14 => "kvm-asyncpf-int", 15 => "kvm-msi-ext-dest-id",
                 24 => "kvmclock-stable-bit"),
+        },
+        FeatureWord {
+            leaf: 0x8000_000a,
+            subleaf: None,
+            reg: Reg::Edx,
+            names: names!(0 => "npt", 1 => "lbrv", 2 => "svm-lock", 3 => "nrip-save",
+                4 => "tsc-scale", 5 => "vmcb-clean", 6 => "flushbyasid", 7 => "decodeassists",
+                10 => "pause-filter", 12 => "pfthreshold", 13 => "avic", 15 => "v-vmsave-vmload",
+                16 => "vgif", 25 => "vnmi", 28 => "svme-addr-chk"),
         },
         FeatureWord {
             leaf: 6,
@@ -537,7 +555,7 @@ mod tests {
             threads: 2,
         };
         // CPU 7: socket 1, core 0, thread 1 -> APIC id 9.
-        let c = for_vcpu(&supported(), CpuModel::Host, 7, &topo).unwrap();
+        let c = for_vcpu(&supported(), CpuModel::Host, &[], 7, &topo).unwrap();
         assert_eq!(register(&c, 1, None, Reg::Ebx) >> 24, 9);
         assert_eq!((register(&c, 1, None, Reg::Ebx) >> 16) & 0xff, 6);
         assert_ne!(register(&c, 1, None, Reg::Edx) & EDX_HTT, 0);
@@ -562,7 +580,7 @@ mod tests {
             cores: 2,
             threads: 1,
         };
-        let c = for_vcpu(&supported(), CpuModel::Host, 3, &dies).unwrap();
+        let c = for_vcpu(&supported(), CpuModel::Host, &[], 3, &dies).unwrap();
         assert_eq!(register(&c, 0, None, Reg::Eax), 0x1f);
         assert_eq!(
             register(&c, 0x1f, Some(2), Reg::Ecx),
@@ -572,7 +590,14 @@ mod tests {
         assert_eq!(register(&c, 0x1f, Some(1), Reg::Eax), 1);
         assert_eq!(register(&c, 0x1f, Some(2), Reg::Eax), 2);
 
-        let one = for_vcpu(&supported(), CpuModel::Host, 0, &CpuTopology::default()).unwrap();
+        let one = for_vcpu(
+            &supported(),
+            CpuModel::Host,
+            &[],
+            0,
+            &CpuTopology::default(),
+        )
+        .unwrap();
         assert_eq!(register(&one, 1, None, Reg::Edx) & EDX_HTT, 0);
     }
 

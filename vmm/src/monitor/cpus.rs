@@ -22,9 +22,15 @@ fn no_kvm() -> QmpError {
 }
 
 /// The CPUID vCPU `index` of `model` gets in `topo`.
-fn vcpu_cpuid(model: CpuModel, index: u32, topo: &CpuTopology) -> Result<CpuId, QmpError> {
+fn vcpu_cpuid(
+    model: CpuModel,
+    features: &cpuid::FeatureRequest,
+    index: u32,
+    topo: &CpuTopology,
+) -> Result<CpuId, QmpError> {
     let supported = supported_cpuid().ok_or_else(no_kvm)?;
-    cpuid::for_vcpu(supported, model, index, topo).map_err(|e| QmpError::generic(e.to_string()))
+    cpuid::for_vcpu(supported, model, features, index, topo)
+        .map_err(|e| QmpError::generic(e.to_string()))
 }
 
 fn state_model(state: &VmState) -> CpuModel {
@@ -123,7 +129,7 @@ fn expand(args: &Map<String, Value>) -> Result<Value, QmpError> {
             )))
         }
     };
-    let cpu = vcpu_cpuid(expanded, 0, &CpuTopology::default())?;
+    let cpu = vcpu_cpuid(expanded, &[], 0, &CpuTopology::default())?;
     let offered = model_props(&cpu);
     let mut wanted = if name == "base" {
         offered
@@ -290,7 +296,12 @@ fn qom_list(state: &VmState, path: &str) -> Result<Value, QmpError> {
     }
     let plan = state.plan.as_ref().ok_or_else(|| not_found(path))?;
     if let Some(index) = cpu_at(path, plan) {
-        let cpu = vcpu_cpuid(state_model(state), index, &plan.topology)?;
+        let cpu = vcpu_cpuid(
+            state_model(state),
+            &state.config.cpu_features,
+            index,
+            &plan.topology,
+        )?;
         return Ok(Value::Array(
             cpu_qom_properties(&cpu)
                 .iter()
@@ -339,7 +350,12 @@ fn qom_list(state: &VmState, path: &str) -> Result<Value, QmpError> {
 fn qom_get(state: &VmState, path: &str, property: &str) -> Result<Value, QmpError> {
     let plan = state.plan.as_ref().ok_or_else(|| not_found(path))?;
     if let Some(index) = cpu_at(path, plan) {
-        let mut cpu = vcpu_cpuid(state_model(state), index, &plan.topology)?;
+        let mut cpu = vcpu_cpuid(
+            state_model(state),
+            &state.config.cpu_features,
+            index,
+            &plan.topology,
+        )?;
         let supported = supported_cpuid().ok_or_else(no_kvm)?;
         let filtered = cpuid::apply_features(&mut cpu, supported, &state.config.cpu_features);
         let ty = cpu_type(state);
@@ -359,7 +375,28 @@ fn qom_get(state: &VmState, path: &str, property: &str) -> Result<Value, QmpErro
             "model" => json!(sig.model),
             "stepping" => json!(sig.stepping),
             "model-id" => json!(sig.model_id),
-            name => match cpuid::features(&cpu).iter().find(|(n, _)| *n == name) {
+            "level" | "min-level" | "xlevel" | "min-xlevel" | "xlevel2" | "min-xlevel2" => {
+                let lv = match state_model(state) {
+                    CpuModel::Named(def) => {
+                        crate::cpu_models::levels(def, &state.config.cpu_features)
+                    }
+                    // host/max: what KVM's CPUID says.
+                    _ => crate::cpu_models::Levels {
+                        level: cpuid::register(&cpu, 0, None, cpuid::Reg::Eax),
+                        xlevel: cpuid::register(&cpu, 0x8000_0000, None, cpuid::Reg::Eax),
+                        xlevel2: cpuid::register(&cpu, 0xc000_0000, None, cpuid::Reg::Eax),
+                    },
+                };
+                json!(match property.trim_start_matches("min-") {
+                    "level" => lv.level,
+                    "xlevel" => lv.xlevel,
+                    _ => lv.xlevel2,
+                })
+            }
+            name => match cpuid::features(&cpu)
+                .iter()
+                .find(|(n, _)| *n == cpuid::canonical_feature(name))
+            {
                 Some((_, on)) => json!(on),
                 None => {
                     return Err(QmpError::generic(format!(
@@ -408,7 +445,7 @@ pub(super) fn cpu_type_properties(type_name: &str) -> Option<Vec<Value>> {
     let model = CpuModel::all()
         .into_iter()
         .find(|m| m.type_name() == type_name)?;
-    let cpu = vcpu_cpuid(model, 0, &CpuTopology::default()).ok()?;
+    let cpu = vcpu_cpuid(model, &[], 0, &CpuTopology::default()).ok()?;
     Some(
         cpu_qom_properties(&cpu)
             .into_iter()
