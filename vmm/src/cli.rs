@@ -504,6 +504,7 @@ fn parse_cpu(text: &str) -> Result<CpuRequest, CliError> {
     let (mut plus, mut minus, mut props) = (Vec::new(), Vec::new(), Vec::<(String, bool)>::new());
     let mut checks = [true, false];
     let mut ambiguous = false;
+    let mut levels: Vec<(String, u32)> = Vec::new();
     for item in &items[1..] {
         let known = |f: &str| crate::cpuid::feature_bit(f).is_some();
         if let Some(f) = item.strip_prefix('+').or_else(|| item.strip_prefix('-')) {
@@ -529,6 +530,21 @@ fn parse_cpu(text: &str) -> Result<CpuRequest, CliError> {
                     "can't apply global {ty}.apic-id={value}: Parameter 'apic-id' expects uint64"
                 ))
             })?;
+            continue;
+        }
+        if matches!(
+            key,
+            "level" | "xlevel" | "xlevel2" | "min-level" | "min-xlevel" | "min-xlevel2"
+        ) && matches!(model, crate::cpuid::CpuModel::Named(_))
+        {
+            let v = machine::parse_u64_auto(value)
+                .and_then(|v| u32::try_from(v).ok())
+                .ok_or_else(|| {
+                    CliError::Plain(format!(
+                        "can't apply global {ty}.{key}={value}: Parameter '{key}' expects uint64"
+                    ))
+                })?;
+            levels.push((key.to_string(), v));
             continue;
         }
         if key == "check" || key == "enforce" {
@@ -574,6 +590,12 @@ fn parse_cpu(text: &str) -> Result<CpuRequest, CliError> {
     let mut features = props;
     features.extend(plus.into_iter().map(|f| (f, true)));
     features.extend(minus.into_iter().map(|f| (f, false)));
+    let model = match model {
+        crate::cpuid::CpuModel::Named(def) => {
+            crate::cpuid::CpuModel::Named(crate::cpu_models::with_levels(def, &levels))
+        }
+        other => other,
+    };
     Ok((model, features, checks))
 }
 

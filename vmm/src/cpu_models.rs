@@ -9,7 +9,7 @@ use machine::CpuTopology;
 
 /// One named model as the guest sees it: a QEMU model at one version (`Haswell-v2`), or
 /// an alias of one (`Haswell` = `Haswell-v1`, `Haswell-noTSX` = `Haswell-v2`).
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModelDef {
     pub name: String,
     pub type_name: String,
@@ -22,6 +22,10 @@ pub struct ModelDef {
     /// Highest basic and extended leaves.
     pub level: u32,
     pub xlevel: u32,
+    /// Highest Centaur leaf (`min-xlevel2`); 0 for QEMU's models.
+    pub xlevel2: u32,
+    /// `level=`, `xlevel=`, `xlevel2=` given with `-cpu`: fixed, never raised for features.
+    pub fixed_levels: [Option<u32>; 3],
     /// Feature bits: (leaf, sub-leaf, register, mask).
     pub features: Vec<(u32, Option<u32>, Reg, u32)>,
     pub model_id: String,
@@ -122,6 +126,8 @@ fn build(
         stepping,
         level: m.level,
         xlevel: m.xlevel,
+        xlevel2: 0,
+        fixed_levels: [None; 3],
         features: bits,
         model_id,
     })
@@ -444,7 +450,7 @@ pub fn levels(def: &ModelDef, features: &FeatureRequest) -> Levels {
     let mut l = Levels {
         level: def.level,
         xlevel: def.xlevel,
-        xlevel2: 0,
+        xlevel2: def.xlevel2,
     };
     for w in feature_words() {
         // QEMU adjusts for every CPUID word but leaf 7's EDX and the KVM leaf.
@@ -464,7 +470,33 @@ pub fn levels(def: &ModelDef, features: &FeatureRequest) -> Levels {
     if def.requested_at(EXT + 1, None, Reg::Ecx, features) & SVM != 0 {
         l.xlevel = l.xlevel.max(EXT + 0xa);
     }
-    l
+    let [level, xlevel, xlevel2] = def.fixed_levels;
+    Levels {
+        level: level.unwrap_or(l.level),
+        xlevel: xlevel.unwrap_or(l.xlevel),
+        xlevel2: xlevel2.unwrap_or(l.xlevel2),
+    }
+}
+
+/// `def` with `-cpu` level properties (`level`, `xlevel`, `xlevel2` fixed; `min-level`,
+/// `min-xlevel`, `min-xlevel2` as the model's own), as one more model for this process.
+pub fn with_levels(def: &'static ModelDef, props: &[(String, u32)]) -> &'static ModelDef {
+    if props.is_empty() {
+        return def;
+    }
+    let mut d = def.clone();
+    for (key, v) in props {
+        match key.as_str() {
+            "level" => d.fixed_levels[0] = Some(*v),
+            "xlevel" => d.fixed_levels[1] = Some(*v),
+            "xlevel2" => d.fixed_levels[2] = Some(*v),
+            "min-level" => d.level = *v,
+            "min-xlevel" => d.xlevel = *v,
+            _ => d.xlevel2 = *v,
+        }
+    }
+    // One per -cpu option of the process; the CPU model lives as long as the process.
+    Box::leak(Box::new(d))
 }
 
 /// The CPUID of model `def` under KVM, before the per-vCPU topology leaves (which
@@ -847,5 +879,23 @@ mod tests {
         .unwrap();
         assert_eq!(register(&c, 0, None, Reg::Eax), 6);
         assert_eq!(register(&c, 6, None, Reg::Eax), 4);
+    }
+
+    #[test]
+    fn explicit_levels_stay_and_min_levels_still_rise() {
+        let f = [("arat".to_string(), true), ("3dnow".to_string(), true)];
+        let fixed = with_levels(model("486"), &[("level".into(), 2), ("xlevel".into(), 0)]);
+        assert_eq!(
+            levels(fixed, &f),
+            Levels {
+                level: 2,
+                xlevel: 0,
+                xlevel2: 0
+            }
+        );
+        let min = with_levels(model("486"), &[("min-level".into(), 4)]);
+        assert_eq!(levels(min, &[]).level, 4);
+        assert_eq!(levels(min, &f).level, 6);
+        assert_eq!(with_levels(model("486"), &[]), model("486"));
     }
 }
