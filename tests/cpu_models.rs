@@ -185,3 +185,40 @@ fn levels_and_ambiguous_feature_strings() {
         assert!(stderr.lines().any(|l| l == line), "{line}\n{stderr}");
     }
 }
+
+/// Under `-accel qtest` no vCPU runs and QEMU filters nothing: a named model's feature reads
+/// as asked for; under KVM it reads as KVM gives it (no KVM has IA-64).
+#[test]
+fn qtest_shows_features_as_asked_and_kvm_as_given() {
+    if !common::require_kvm() {
+        return;
+    }
+    for (qtest, want) in [(true, true), (false, false)] {
+        let dir = machina_tests::TempDir::new("cpu-qtest");
+        let sock = dir.join("qtest.sock");
+        let mut args: Vec<String> = ["-M", "pc", "-nodefaults", "-cpu", "486,+ia64"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        if qtest {
+            args.extend([
+                "-accel".into(),
+                "qtest".into(),
+                "-qtest".into(),
+                format!("unix:{},server=on,wait=off", sock.display()),
+            ]);
+        } else {
+            args.push("-S".into());
+        }
+        let mut vm = MachinaProcess::start(&machina(), "cpu-qtest", &args);
+        let mut c = vm.client();
+        let ia64 = c.ok(
+            "qom-get",
+            json!({"path": "/machine/unattached/device[0]", "property": "ia64"}),
+        );
+        assert_eq!(ia64, want, "qtest={qtest}");
+        drop(c);
+        vm.child.kill().unwrap();
+        vm.wait_exit(Duration::from_secs(30));
+    }
+}

@@ -328,7 +328,7 @@ impl ModelDef {
 
     /// The bits the guest asks for in one feature word: the model's (with KVM's
     /// defaults), then the `-cpu` feature requests in effect order.
-    fn requested(&self, w: &crate::cpuid::FeatureWord, features: &FeatureRequest) -> u32 {
+    pub fn requested(&self, w: &crate::cpuid::FeatureWord, features: &FeatureRequest) -> u32 {
         let mut m = self.wanted(w.leaf, w.subleaf, w.reg);
         for (name, on) in features {
             if let Some(bit) = w.names.iter().position(|n| *n == Some(name.as_str())) {

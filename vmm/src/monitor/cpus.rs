@@ -361,6 +361,10 @@ fn qom_get(state: &VmState, path: &str, property: &str) -> Result<Value, QmpErro
         let ty = cpu_type(state);
         let ids = plan.topology.ids(index);
         let sig = cpuid::signature(&cpu);
+        let qtest_model = match state_model(state) {
+            CpuModel::Named(def) if !state.config.kvm => Some(def),
+            _ => None,
+        };
         return Ok(match property {
             "type" => json!(ty),
             "feature-words" => feature_words(&cpu, None),
@@ -392,6 +396,16 @@ fn qom_get(state: &VmState, path: &str, property: &str) -> Result<Value, QmpErro
                     "xlevel" => lv.xlevel,
                     _ => lv.xlevel2,
                 })
+            }
+            // Under qtest no vCPU runs and nothing is filtered (QEMU's qtest accelerator
+            // supports every feature): a named model's feature is what was asked for.
+            name if qtest_model.is_some() => {
+                let bit = cpuid::feature_bit(&cpuid::canonical_feature(name)).ok_or_else(|| {
+                    QmpError::generic(format!("Property '{ty}.{name}' not found"))
+                })?;
+                let asked =
+                    qtest_model.map_or(0, |def| def.requested(&bit.0, &state.config.cpu_features));
+                json!(asked & (1 << bit.1) != 0)
             }
             name => match cpuid::features(&cpu)
                 .iter()
