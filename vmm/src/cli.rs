@@ -860,7 +860,7 @@ fn apply(opts: &mut CliOptions, name: &str, arg: &str, os_value: OsString) -> Re
             "qmp" | "qmp-pretty" => opts.qmp.push(os_value),
             "chardev" => opts.chardevs.push(os_value),
             "drive" => {
-                let spec = pflash_drive(&mut opts, os_value)?;
+                let spec = pflash_drive(opts, os_value)?;
                 opts.backends.push((BackendOption::Drive, spec));
             }
             "bios" => opts.bios = Some(PathBuf::from(os_value)),
