@@ -12,11 +12,36 @@ use machina_tests::qtest_client::Qtest;
 use machina_tests::TempDir;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 fn args(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| s.to_string()).collect()
+}
+
+/// machina under qtest on q35 with `extra` arguments, as libqtest starts it: the qtest
+/// socket is ours to listen on (the accepted connection is returned) and a QMP socket in
+/// `dir`.
+fn start_with_qmp(dir: &TempDir, extra: &[&str]) -> (std::process::Child, UnixStream, PathBuf) {
+    let qtest_path = dir.join("qtest.sock");
+    let qmp_path = dir.join("qmp.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&qtest_path).unwrap();
+    let child = Command::new(machina())
+        .args(["-accel", "qtest", "-M", "q35", "-nodefaults"])
+        .args(extra)
+        .arg("-qtest")
+        .arg(format!("unix:{}", qtest_path.display()))
+        .arg("-qmp")
+        .arg(format!("unix:{},server=on,wait=off", qmp_path.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (stream, _) = listener.accept().unwrap();
+    (child, stream, qmp_path)
 }
 
 fn fw_cfg_read(q: &mut Qtest, key: u16, len: usize) -> Vec<u8> {
@@ -150,28 +175,7 @@ fn commands_before_the_build_wait_for_it() {
         return;
     }
     let dir = TempDir::new("qtest-pre");
-    let qtest_path = dir.join("qtest.sock");
-    let qmp_path = dir.join("qmp.sock");
-    let listener = std::os::unix::net::UnixListener::bind(&qtest_path).unwrap();
-    let mut child = Command::new(machina())
-        .args([
-            "-accel",
-            "qtest",
-            "-M",
-            "q35",
-            "-nodefaults",
-            "--preconfig",
-            "-qtest",
-        ])
-        .arg(format!("unix:{}", qtest_path.display()))
-        .arg("-qmp")
-        .arg(format!("unix:{},server=on,wait=off", qmp_path.display()))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let (stream, _) = listener.accept().unwrap();
+    let (mut child, stream, qmp_path) = start_with_qmp(&dir, &["--preconfig"]);
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
@@ -224,20 +228,7 @@ fn stop_and_cont_change_the_run_state_under_qtest() {
         return;
     }
     let dir = TempDir::new("qtest-stop");
-    let qtest_path = dir.join("qtest.sock");
-    let qmp_path = dir.join("qmp.sock");
-    let listener = std::os::unix::net::UnixListener::bind(&qtest_path).unwrap();
-    let mut child = Command::new(machina())
-        .args(["-accel", "qtest", "-M", "q35", "-nodefaults", "-qtest"])
-        .arg(format!("unix:{}", qtest_path.display()))
-        .arg("-qmp")
-        .arg(format!("unix:{},server=on,wait=off", qmp_path.display()))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let (_stream, _) = listener.accept().unwrap();
+    let (mut child, _stream, qmp_path) = start_with_qmp(&dir, &[]);
     let mut qmp = QmpClient::connect(&qmp_path, Duration::from_secs(20));
     qmp.ok("qmp_capabilities", Value::Null);
     let status = |qmp: &mut QmpClient| qmp.ok("query-status", Value::Null)["status"].clone();

@@ -13,32 +13,10 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
-fn machina() -> PathBuf {
-    std::env::var_os("MACHINA_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_machina")))
-}
-
-/// The guest ELF that vmm/build.rs built (QEMU boots it by PVH with -kernel).
-fn guest() -> PathBuf {
-    std::env::var_os("MACHINA_GUEST")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/guest/release/machina-guest")
-        })
-}
-
-fn tsc_hz() -> f64 {
-    // SAFETY: rdtsc has no memory effects.
-    let t0 = unsafe { core::arch::x86_64::_rdtsc() };
-    let w0 = Instant::now();
-    std::thread::sleep(Duration::from_millis(200));
-    // SAFETY: as above.
-    let t1 = unsafe { core::arch::x86_64::_rdtsc() };
-    (t1 - t0) as f64 / w0.elapsed().as_secs_f64()
-}
+#[path = "guest_bench/mod.rs"]
+mod guest_bench;
+use guest_bench::{guest, machina, median, tsc_hz};
 
 /// (op, size, qd) -> requests per second.
 type Results = Vec<((String, u64, u64), f64)>;
@@ -123,11 +101,6 @@ fn qemu_run(image: &Path, append: &str) -> String {
             "-append",
             append,
         ]))
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
 fn main() {

@@ -13,37 +13,16 @@
 
 use std::io::BufRead;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+#[path = "guest_bench/mod.rs"]
+mod guest_bench;
+use guest_bench::{guest, machina, median, tsc_hz};
 
 const TAP: &str = "bnet0";
-
-fn machina() -> PathBuf {
-    std::env::var_os("MACHINA_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_machina")))
-}
-
-fn guest() -> PathBuf {
-    std::env::var_os("MACHINA_GUEST")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/guest/release/machina-guest")
-        })
-}
-
-fn tsc_hz() -> f64 {
-    // SAFETY: rdtsc has no memory effects.
-    let t0 = unsafe { core::arch::x86_64::_rdtsc() };
-    let w0 = Instant::now();
-    std::thread::sleep(Duration::from_millis(200));
-    // SAFETY: as above.
-    let t1 = unsafe { core::arch::x86_64::_rdtsc() };
-    (t1 - t0) as f64 / w0.elapsed().as_secs_f64()
-}
 
 fn sh(args: &[&str]) -> bool {
     Command::new(args[0])
@@ -199,11 +178,6 @@ fn vmm_args(append: &str) -> Vec<String> {
     ]
     .map(String::from)
     .to_vec()
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
 fn main() {

@@ -1,0 +1,37 @@
+//! What the guest-driven benchmarks (guest_blk, guest_net) share: the binaries they run,
+//! the host's TSC rate that turns the guest's tick counts into seconds, and the median.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// The machina binary under test (`MACHINA_BIN`, or this build's).
+pub fn machina() -> PathBuf {
+    std::env::var_os("MACHINA_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_machina")))
+}
+
+/// The guest ELF that vmm/build.rs built (QEMU boots it by PVH with -kernel).
+pub fn guest() -> PathBuf {
+    std::env::var_os("MACHINA_GUEST")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/guest/release/machina-guest")
+        })
+}
+
+/// The host's TSC rate, measured against the wall clock.
+pub fn tsc_hz() -> f64 {
+    // SAFETY: rdtsc has no memory effects.
+    let t0 = unsafe { core::arch::x86_64::_rdtsc() };
+    let w0 = Instant::now();
+    std::thread::sleep(Duration::from_millis(200));
+    // SAFETY: as above.
+    let t1 = unsafe { core::arch::x86_64::_rdtsc() };
+    (t1 - t0) as f64 / w0.elapsed().as_secs_f64()
+}
+
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
