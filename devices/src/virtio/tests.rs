@@ -502,6 +502,8 @@ fn a_tx_chain_longer_than_4g_is_returned_unused() {
     let backend = VirtioBackend::Net(super::net::NetBackend {
         tap: std::fs::File::from(std::os::fd::OwnedFd::from(theirs)),
         mac: machine::MacAddr::FIRST_DEFAULT,
+        more_queues: Vec::new(),
+        announce: None,
     });
     let mut d = build_with_mem(
         &plan(crate::testing::DEVICE_NET, true, false, &[]),
