@@ -113,6 +113,11 @@ impl Machine {
             .is_some_and(|fs| fs.iter().any(|f| f["id"] == id))
     }
 
+    /// `device_add` that must succeed.
+    fn add(&mut self, device: Value) {
+        self.qmp.ok("device_add", device);
+    }
+
     fn deleted_events(&self, id: &str) -> usize {
         self.qmp
             .events
@@ -336,8 +341,113 @@ fn q35_native_hotplug_on_a_root_port() {
     );
 }
 
+/// A slot no guest turned on: QEMU unplugs without a round trip (DEVICE_DELETED before
+/// device_del answers), and the slot takes a device again.
+fn unplug_of_an_off_slot_is_immediate(machine: &[&str], rng: Value, at: (&str, u64, u64)) {
+    let mut m = Machine::start(machine);
+    m.add(rng.clone());
+    m.qmp.ok("device_del", json!({"id": "rng1"}));
+    assert_eq!(m.deleted_events("rng1"), 1);
+    assert_eq!(
+        m.qmp.execute("device_del", json!({"id": "rng1"}))["error"]["class"],
+        "DeviceNotFound"
+    );
+    m.add(rng);
+    assert_eq!(m.placed("rng1"), Some((at.0.to_string(), at.1, at.2)));
+}
+
 #[test]
 fn q35_native_unplug_of_a_powered_off_slot_is_immediate() {
+    if !require_kvm() {
+        return;
+    }
+    unplug_of_an_off_slot_is_immediate(
+        &[
+            "-machine",
+            "pc-q35-6.0",
+            "-device",
+            "pcie-root-port,id=rp1,chassis=1",
+        ],
+        json!({"driver": "virtio-rng-pci", "id": "rng1", "bus": "rp1"}),
+        ("rp1", 0, 0),
+    );
+}
+
+#[test]
+fn shpc_unplug_of_a_slot_never_enabled_is_immediate() {
+    if !require_kvm() {
+        return;
+    }
+    unplug_of_an_off_slot_is_immediate(
+        &[
+            "-machine",
+            "pc-q35-6.0",
+            "-device",
+            "pci-bridge,id=br,chassis_nr=1",
+        ],
+        json!({"driver": "virtio-rng-pci", "id": "rng1", "bus": "br", "addr": "4"}),
+        ("br", 4, 0),
+    );
+}
+
+/// The standard hot-plug controller of the bridge at `bdf`, driven through its BAR0 as
+/// Linux's shpchp does (the capability's dword window only finds the registers): BAR0 at
+/// `SHPC_BAR`, memory decoding on, secondary bus 1.
+fn shpc_setup(m: &mut Machine, bdf: Bdf) {
+    m.qtest.cfg_write(bdf, 0x10, 4, SHPC_BAR as u32);
+    m.qtest.cfg_write(bdf, 0x14, 4, 0);
+    m.qtest.cfg_write(bdf, 0x18, 4, 0x0001_0100);
+    m.qtest.cfg_write(bdf, 0x04, 2, 0x0006);
+    // The capability's dword select/data window reads the same registers.
+    let cap = m
+        .qtest
+        .std_caps(bdf)
+        .into_iter()
+        .find(|&(_, id)| id == 0x0c)
+        .map(|(o, _)| o)
+        .expect("SHPC capability");
+    m.qtest.cfg_write(bdf, cap + 2, 1, 3);
+    assert_eq!(m.qtest.cfg_read(bdf, cap + 4, 4), 0xe001_011f, "31 slots");
+}
+
+const SHPC_BAR: u64 = 0xfe00_0000;
+const SHPC_CMD: u64 = 0x14;
+const SHPC_LOCATOR: u64 = 0x18;
+const SHPC_SERR_INT: u64 = 0x20;
+
+fn shpc_slot_reg(slot: u64) -> u64 {
+    0x24 + (slot - 1) * 4
+}
+
+fn shpc_rd(m: &mut Machine, off: u64) -> u64 {
+    m.qtest.value(&format!("readl {:#x}", SHPC_BAR + off))
+}
+
+/// A register write; returns the intercepted IOAPIC lines it moved.
+fn shpc_wr(m: &mut Machine, off: u64, v: u64, size: u8) -> Vec<String> {
+    let op = if size == 2 { "writew" } else { "writel" };
+    let (r, irqs) = m
+        .qtest
+        .cmd_irqs(&format!("{op} {:#x} {v:#x}", SHPC_BAR + off));
+    assert_eq!(r, "OK");
+    irqs
+}
+
+/// A slot command (code, target) as shpchp writes it, then the completion acknowledged.
+fn shpc_command(m: &mut Machine, slot: u64, code: u64) {
+    shpc_wr(m, SHPC_CMD, slot << 8 | code, 2);
+    assert_eq!(shpc_rd(m, SHPC_CMD) >> 16 & 0xf, 0, "command accepted");
+    assert_ne!(shpc_rd(m, SHPC_SERR_INT) & 0x1_0000, 0, "command completed");
+    shpc_wr(m, SHPC_SERR_INT, 0x1_0000, 4);
+}
+
+/// SHPC hot-plug on q35 6.0's pci-bridge (QEMU 10.0 hw/pci/shpc.c): the add closes the
+/// MRL, shows the device present and latches the presence, MRL and button events, with
+/// the bridge's INTx raised (INTA of 0:5.0 is PIRQF, IOAPIC pin 21); device_del presses the
+/// button; turning the slot off (disabled, power LED off) frees it, DEVICE_DELETED follows.
+/// QEMU 7.2 reads the same except that its reset leaves the attention LED field 0.
+#[test]
+fn q35_shpc_hotplug_on_a_pci_bridge() {
     if !require_kvm() {
         return;
     }
@@ -345,24 +455,104 @@ fn q35_native_unplug_of_a_powered_off_slot_is_immediate() {
         "-machine",
         "pc-q35-6.0",
         "-device",
-        "pcie-root-port,id=rp1,chassis=1",
+        "pci-bridge,id=br,chassis_nr=1,addr=5,msi=off",
     ]);
-    m.qmp.ok(
-        "device_add",
-        json!({"driver": "virtio-rng-pci", "id": "rng1", "bus": "rp1"}),
-    );
-    // No guest powered the slot on: QEMU unplugs without a round trip.
-    m.qmp.ok("device_del", json!({"id": "rng1"}));
-    assert_eq!(m.deleted_events("rng1"), 1);
+    let bridge: Bdf = (0, 5, 0);
+    shpc_setup(&mut m, bridge);
+    assert_eq!(m.qtest.cmd("irq_intercept_in ioapic"), "OK");
+    let slot = 3;
+    let reg = shpc_slot_reg(slot);
+    // Empty: disabled, LEDs off, MRL open, nothing present, every event masked.
+    assert_eq!(shpc_rd(&mut m, reg), 0x7f00_0d3f);
+    // shpchp unmasks the controller's interrupts and the slot's events.
+    shpc_wr(&mut m, SHPC_SERR_INT, 0, 4);
+    shpc_wr(&mut m, reg, 0x0000_0000, 4);
+    let dev = json!({"driver": "virtio-net-pci", "id": "n1", "bus": "br", "addr": "3"});
+    assert_eq!(m.predict(dev.clone()), ("br".to_string(), slot, 0));
+    m.add(dev);
+    assert_eq!(m.placed("n1"), Some(("br".to_string(), slot, 0)));
+    let (_, irqs) = m.qtest.cmd_irqs(&format!("readl {:#x}", SHPC_BAR + reg));
+    assert_eq!(irqs, vec!["IRQ raise 21".to_string()], "INTA of the bridge");
     assert_eq!(
-        m.qmp.execute("device_del", json!({"id": "rng1"}))["error"]["class"],
-        "DeviceNotFound"
+        shpc_rd(&mut m, reg),
+        0x000d_003f,
+        "present, MRL closed; presence, MRL and button latched"
     );
-    m.qmp.ok(
-        "device_add",
-        json!({"driver": "virtio-rng-pci", "id": "rng1", "bus": "rp1"}),
+    assert_eq!(shpc_rd(&mut m, SHPC_LOCATOR), 1 << slot);
+    assert_eq!(m.qtest.cfg_read((1, slot as u8, 0), 0, 2), 0x1af4);
+    // The guest acknowledges the events (W1C): the line drops.
+    let irqs = shpc_wr(&mut m, reg, 0x001f_0000, 4);
+    assert_eq!(irqs, vec!["IRQ lower 21".to_string()]);
+    // Slot enable with the power LED blinking, then on (shpchp's board_added).
+    shpc_command(&mut m, slot, 0x3a);
+    shpc_command(&mut m, slot, 0x04);
+    assert_eq!(
+        shpc_rd(&mut m, reg) & 0x3f,
+        0x36,
+        "enabled, power on, attention off"
     );
-    assert_eq!(m.placed("rng1"), Some(("rp1".to_string(), 0, 0)));
+
+    // device_del presses the attention button; the device stays.
+    m.qmp.ok("device_del", json!({"id": "n1"}));
+    assert_eq!(shpc_rd(&mut m, reg) >> 16 & 0xff, 0x04, "button latched");
+    // No pending state for SHPC: a second request presses the button again.
+    m.qmp.ok("device_del", json!({"id": "n1"}));
+    assert_eq!(m.deleted_events("n1"), 0);
+    shpc_wr(&mut m, reg, 0x001f_0000, 4);
+    // shpchp blinks the power LED for 5 s before it acts: QEMU refuses device_del then.
+    shpc_command(&mut m, slot, 0x08);
+    assert_eq!(
+        m.qmp.error("device_del", json!({"id": "n1"})),
+        "Hot-unplug failed: guest is busy (power indicator blinking)"
+    );
+    // hpc_slot_disable: disabled, power LED off, attention on. The slot frees.
+    shpc_command(&mut m, slot, 0x1f);
+    assert_eq!(
+        shpc_rd(&mut m, reg),
+        0x0009_0d1f,
+        "MRL open, empty; MRL and presence latched"
+    );
+    while m.qmp.wait_event("DEVICE_DELETED")["data"]["device"] != "n1" {}
+    assert_eq!(m.placed("n1"), None);
+    assert_eq!(m.qtest.cfg_read((1, slot as u8, 0), 0, 2), 0xffff);
+
+    // The freed slot takes the next device; the MRL closes again.
+    shpc_wr(&mut m, reg, 0x001f_0000, 4);
+    m.add(json!({"driver": "virtio-rng-pci", "id": "r2", "bus": "br", "addr": "3"}));
+    assert_eq!(shpc_rd(&mut m, reg) & 0x00ff_0f00, 0x000d_0000);
+}
+
+/// pc with `-global PIIX4_PM.acpi-pci-hotplug-with-bridge-support=off`: pci.0 keeps ACPI
+/// hot-plug, a cold-plugged bridge's bus gets SHPC (no BSEL), as in QEMU 7.2.
+#[test]
+fn pc_without_acpi_bridge_hotplug_uses_shpc() {
+    if !require_kvm() {
+        return;
+    }
+    let mut m = Machine::start(&[
+        "-machine",
+        "pc",
+        "-global",
+        "PIIX4_PM.acpi-pci-hotplug-with-bridge-support=off",
+        "-device",
+        "pci-bridge,id=br,chassis_nr=1,addr=5",
+    ]);
+    shpc_setup(&mut m, (0, 5, 0));
+    m.add(json!({"driver": "virtio-rng-pci", "id": "a", "bus": "br", "addr": "1"}));
+    assert_eq!(shpc_rd(&mut m, shpc_slot_reg(1)) >> 16 & 0xff, 0x0d);
+    // The bridge's bus has no BSEL: only pci.0 (BSEL 0) is ACPI's.
+    m.outl(PIIX4_PCIHP + SELECT, 1);
+    assert_eq!(m.inl(PIIX4_PCIHP + UP), 0);
+    m.add(json!({"driver": "virtio-rng-pci", "id": "b"}));
+    m.outl(PIIX4_PCIHP + SELECT, 0);
+    assert_ne!(m.inl(PIIX4_PCIHP + UP), 0, "pci.0 still ACPI");
+    assert_eq!(
+        m.qmp.error(
+            "device_add",
+            json!({"driver": "virtio-rng-pci", "id": "c", "bus": "br"})
+        ),
+        "Unsupported PCI slot 0 for standard hotplug controller. Valid slots are between 1 and 31."
+    );
 }
 
 /// QEMU 7.2's answers, measured with `qemu-system-x86_64 -accel tcg -S -qmp`.

@@ -67,7 +67,8 @@ pub use properties::{
     qemu_strtosz, PropType, PropertyDef, SizeError,
 };
 pub use request::{
-    parse_json_strict, split_keyval, DeviceRequest, DeviceSyntax, JsonKind, PlanRequest,
+    parse_json_strict, split_keyval, DeviceRequest, DeviceSyntax, GlobalProperty, JsonKind,
+    PlanRequest,
 };
 pub use smp::{CpuIds, CpuTopology, SmpKeys, SmpRules};
 pub use value::{OnOffAuto, PropValue, Properties, PropertyError};

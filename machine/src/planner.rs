@@ -63,6 +63,9 @@ struct Ctx<'a> {
     busless: Vec<crate::plan::BuslessDevicePlan>,
     /// I/O blocks the firmware maps (no ISA device may cover them).
     firmware_io: Vec<crate::plan::FirmwareIoPlan>,
+    /// `-global` defaults, applied after compat properties (empty when re-planning from a
+    /// finished plan: its functions carry their values already).
+    globals: Vec<crate::request::GlobalProperty>,
 }
 
 /// The result of realizing one request.
@@ -162,6 +165,7 @@ impl Catalog {
             ide: Vec::new(),
             busless: Vec::new(),
             firmware_io: isa::firmware_io(&machine.board.firmware_io, flag),
+            globals: req.globals.clone(),
         };
         ctx.add_root_bus(&flag);
         ctx.add_implicit(&opts, &flag)?;
@@ -246,17 +250,15 @@ impl Catalog {
                     ide: base.ide.clone(),
                     busless: base.busless.clone(),
                     firmware_io: base.firmware_io.clone(),
+                    globals: Vec::new(),
                 };
                 Ok(match ctx.realize(r, hotplug)? {
                     Realized::Pci(i, advisories) => {
                         let f = &ctx.topo.functions[i];
-                        // QEMU would take it, but machina has no mechanism to announce a
-                        // device there (a standard hot-plug controller).
+                        // No handler announces a device there (a pci-bridge with
+                        // shpc=off outside ACPI's buses): QEMU's bus refuses it.
                         if hotplug && plan.hotplug_mechanism(&f.bus) == HotplugMechanism::None {
-                            return Err(PlanError::HotplugUnsupported(format!(
-                                "{} through the standard hot-plug controller of bus '{}'",
-                                f.type_name, f.bus
-                            )));
+                            return Err(PlanError::BusNoHotplug(f.bus.clone()));
                         }
                         Placement::Pci(PlacedDevice {
                             type_name: f.type_name.clone(),
@@ -298,6 +300,9 @@ pub enum HotplugMechanism {
     Acpi { bsel: u32 },
     /// The PCIe slot of the port providing the bus (Linux's pciehp).
     Native,
+    /// The standard hot-plug controller of the bridge providing the bus (`pci-bridge`,
+    /// `pcie-pci-bridge` where ACPI does not own the bus; Linux's shpchp).
+    Shpc,
     /// No hot-plug on this bus.
     None,
 }
@@ -305,7 +310,8 @@ pub enum HotplugMechanism {
 impl Plan {
     /// The hot-plug handler of bus `bus_id` as QEMU chooses it: ACPI where the bus's
     /// `acpi_hotplug` says so (pc's root bus and cold-plugged bridges) or, with
-    /// `acpi_bridge_hotplug` (q35 6.1+), every non-root bus; the port's own slot otherwise.
+    /// `acpi_bridge_hotplug` (q35 6.1+), every non-root bus; the port's own slot or the
+    /// bridge's standard hot-plug controller otherwise.
     pub fn hotplug_mechanism(&self, bus_id: &str) -> HotplugMechanism {
         let Some(bus) = self.bus(bus_id) else {
             return HotplugMechanism::None;
@@ -318,6 +324,8 @@ impl Plan {
         }
         if bus.port {
             HotplugMechanism::Native
+        } else if bus.shpc {
+            HotplugMechanism::Shpc
         } else {
             HotplugMechanism::None
         }
@@ -542,6 +550,7 @@ impl<'a> Ctx<'a> {
             ide: plan.ide.clone(),
             busless: plan.busless.clone(),
             firmware_io: isa::firmware_io(&machine.board.firmware_io, flag),
+            globals: Vec::new(),
         }
     }
 
@@ -807,7 +816,7 @@ impl<'a> Ctx<'a> {
             });
         }
         self.check_json_dup(req, &id)?;
-        let props = resolve_properties(dev, self.machine, &req.properties)?;
+        let props = resolve_properties(dev, self.machine, &self.globals, &req.properties)?;
         let d = isa::requested_device(dev, id.clone(), &props, &self.isa, &self.firmware_io)?;
         if let Some(id) = id {
             self.topo.ids.insert(id);
@@ -826,7 +835,7 @@ impl<'a> Ctx<'a> {
         hotplug: bool,
     ) -> Result<Realized, PlanError> {
         self.check_json_dup(req, &id)?;
-        let props = resolve_properties(dev, self.machine, &req.properties)?;
+        let props = resolve_properties(dev, self.machine, &self.globals, &req.properties)?;
         let catalog = self.catalog;
         let buses = crate::ide::buses(&self.topo.functions, &|f| {
             catalog.device_type(&f.type_name).map_or(0, |t| t.ide_buses)
@@ -860,7 +869,7 @@ impl<'a> Ctx<'a> {
         id: Option<String>,
     ) -> Result<Realized, PlanError> {
         self.check_json_dup(req, &id)?;
-        let props = resolve_properties(dev, self.machine, &req.properties)?;
+        let props = resolve_properties(dev, self.machine, &self.globals, &req.properties)?;
         let port = crate::virtio_ports::place(
             &dev.name,
             dev.console,
@@ -900,7 +909,7 @@ impl<'a> Ctx<'a> {
         implicit: bool,
         hotplug: bool,
     ) -> Result<(usize, Vec<Advisory>), PlanError> {
-        let mut props = resolve_properties(dev, self.machine, given)?;
+        let mut props = resolve_properties(dev, self.machine, &self.globals, given)?;
         device_checks::setter(dev, &props)?;
         let requested = match requested {
             Some(d) => Some(d),
@@ -1014,14 +1023,14 @@ impl<'a> Ctx<'a> {
     fn add_bridge_bus(&mut self, dev: &DeviceType, idx: usize, bus_plan: &BusPlan, name: String) {
         if let Some(bridge) = &dev.bridge {
             let props = &self.topo.functions[idx].properties;
-            // Cold-plugged bridges on an ACPI-hotplug bus get ACPI hot-plug for their own
-            // bus too, which replaces the standard hot-plug controller.
-            let acpi = bus_plan.acpi_hotplug && !bridge.port;
             // When the south bridge's ACPI hot-plug owns bridges (q35: ICH9-LPC 6.1 and
-            // later) the ACPI plug callback also takes over cold-plugged bridges' buses from
-            // SHPC, so their slot 0 is usable (measured on QEMU 7.2). On pc that coincides
-            // with `acpi` above.
+            // later; pc unless `acpi-pci-hotplug-with-bridge-support=off`) the ACPI plug
+            // callback takes over cold-plugged bridges' buses from SHPC, so their slot 0 is
+            // usable (measured on QEMU 7.2).
             let acpi_owns = self.acpi_bridge_hotplug();
+            // Cold-plugged bridges on an ACPI-hotplug bus (pc's) get ACPI hot-plug for their
+            // own bus too, which replaces the standard hot-plug controller.
+            let acpi = bus_plan.acpi_hotplug && !bridge.port && acpi_owns;
             let shpc = bridge.shpc.eval(props) && !acpi && !acpi_owns;
             let hotplug = bridge.hotplug.eval(props) || acpi;
             self.topo.add_bus(BusState::new(BusPlan {
@@ -1171,10 +1180,13 @@ fn check_address_space(
 }
 
 /// Every property of `dev` with defaults, then the machine type's compat properties, then
-/// `given` (`id` and `bus` are not properties).
+/// `-global`s for its type or a parent type (QEMU's object_apply_global_props; a value that
+/// does not decode is left for the VMM to report), then `given` (`id` and `bus` are not
+/// properties).
 fn resolve_properties(
     dev: &DeviceType,
     machine: &MachineType,
+    globals: &[crate::request::GlobalProperty],
     given: &[(String, String)],
 ) -> Result<Properties, PlanError> {
     let mut map = Properties::new();
@@ -1191,6 +1203,16 @@ fn resolve_properties(
                         map.insert(prop.clone(), v);
                     }
                 }
+            }
+        }
+    }
+    for g in globals {
+        if g.driver != dev.name && !dev.compat_match.contains(&g.driver) {
+            continue;
+        }
+        if let Some(def) = dev.property(&g.property) {
+            if let Ok(v) = def.decode(owner(dev, def), &g.value) {
+                map.insert(g.property.clone(), v);
             }
         }
     }

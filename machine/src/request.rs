@@ -57,6 +57,18 @@ pub struct PlanRequest {
     /// `smm=auto` means and whether `smm=on` is accepted.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub accel_smm: bool,
+    /// `-global DRIVER.PROPERTY=VALUE`, in order: defaults for every device of the type
+    /// (e.g. `PIIX4_PM.acpi-pci-hotplug-with-bridge-support`, which decides hot-plug).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub globals: Vec<GlobalProperty>,
+}
+
+/// One `-global`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GlobalProperty {
+    pub driver: String,
+    pub property: String,
+    pub value: String,
 }
 
 impl Default for PlanRequest {
@@ -79,6 +91,7 @@ impl Default for PlanRequest {
             nic: None,
             numa: Vec::new(),
             accel_smm: false,
+            globals: Vec::new(),
         }
     }
 }

@@ -163,10 +163,22 @@ fn hot_add_matches_the_prediction_and_mechanisms_follow_qemu() {
         .plan(&request("pc-q35-6.0 -nodefaults -device pci-bridge,id=br,chassis_nr=1").unwrap())
         .unwrap();
     let req = DeviceRequest::parse("virtio-rng-pci,bus=br,addr=1").unwrap();
+    let added = c.hot_add(&shpc, &req).unwrap();
+    assert_eq!(added.pci.last().map(|f| f.slot), Some(1));
     assert_eq!(
-        c.hot_add(&shpc, &req).unwrap_err().to_string(),
-        "hot-plugging virtio-rng-pci through the standard hot-plug controller of bus 'br' is \
-         not supported by machina yet"
+        shpc.hotplug_mechanism("br"),
+        machine::HotplugMechanism::Shpc
+    );
+    // shpc=off outside ACPI's buses: nothing announces a device there (QEMU 7.2's text).
+    let off = c
+        .plan(
+            &request("pc-q35-6.0 -nodefaults -device pci-bridge,id=br,chassis_nr=1,shpc=off")
+                .unwrap(),
+        )
+        .unwrap();
+    assert_eq!(
+        c.hot_add(&off, &req).unwrap_err().to_string(),
+        "Bus 'br' does not support hotplugging"
     );
     assert_eq!(
         old.hotplug_mechanism("rp1"),
@@ -191,4 +203,30 @@ fn hot_add_matches_the_prediction_and_mechanisms_follow_qemu() {
         .plan(&request("pc -nodefaults -device pci-bridge,id=br,chassis_nr=1").unwrap())
         .unwrap();
     assert_eq!(pc.acpi_hotplug_buses(), vec!["pci.0", "br"]);
+}
+
+/// `-global PIIX4_PM.acpi-pci-hotplug-with-bridge-support=off` reaches the planner: pc's
+/// root bus stays ACPI's, a cold-plugged bridge's bus gets its standard hot-plug controller
+/// (and so refuses slot 0), as QEMU 7.2 does.
+#[test]
+fn a_global_turns_acpi_bridge_hotplug_off() {
+    let c = Catalog::builtin();
+    let mut req = request("pc -nodefaults -device pci-bridge,id=br,chassis_nr=1").unwrap();
+    req.globals.push(machine::GlobalProperty {
+        driver: "PIIX4_PM".into(),
+        property: "acpi-pci-hotplug-with-bridge-support".into(),
+        value: "off".into(),
+    });
+    let plan = c.plan(&req).unwrap();
+    assert!(!plan.acpi_bridge_hotplug);
+    assert_eq!(plan.acpi_hotplug_buses(), vec!["pci.0"]);
+    assert_eq!(
+        plan.hotplug_mechanism("br"),
+        machine::HotplugMechanism::Shpc
+    );
+    let slot0 = DeviceRequest::parse("virtio-rng-pci,bus=br").unwrap();
+    assert_eq!(
+        c.hot_add(&plan, &slot0).unwrap_err().to_string(),
+        "Unsupported PCI slot 0 for standard hotplug controller. Valid slots are between 1 and 31."
+    );
 }

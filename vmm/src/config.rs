@@ -754,6 +754,15 @@ impl MachineConfig {
             // Under qtest no vCPU runs: SMM is the chipset's registers and remapping, as
             // with QEMU's qtest accelerator. machina runs no vCPU in SMM under KVM.
             accel_smm: !self.kvm,
+            globals: self
+                .globals
+                .iter()
+                .map(|g| machine::GlobalProperty {
+                    driver: g.driver.clone(),
+                    property: g.property.clone(),
+                    value: g.value.clone(),
+                })
+                .collect(),
             ..Default::default()
         }
     }

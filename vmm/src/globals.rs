@@ -50,7 +50,12 @@ impl Global {
             .is_some_and(|t| {
                 t.bus.as_deref() == Some("IDE") && t.property(&self.property).is_some()
             });
+        // The planner decides ACPI bridge hot-plug from the south bridge's properties.
+        let planner_property = machine::Catalog::builtin()
+            .device_type(&self.driver)
+            .is_some_and(|t| t.acpi_bridge_hotplug.contains(&self.property));
         let honoured = ide_property
+            || planner_property
             || devices::kinds::pci_kind(&self.driver)
                 .is_some_and(|k| k.globals().contains(&self.property.as_str()));
         if honoured {

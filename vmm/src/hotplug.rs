@@ -91,19 +91,10 @@ pub fn hot_add(
         .added
         .devices
         .insert((f.bus.clone(), f.devfn()), (threads, set));
-    let port = host.bridge_of(&f.bus);
     match plan.hotplug_mechanism(&f.bus) {
         HotplugMechanism::Acpi { .. } => {
             // acpi_pcihp_device_plug_cb powers a port's slot on for the device.
-            if let Some(port) = &port {
-                if let Some(b) = port
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .as_bridge_mut()
-                {
-                    b.slot_enable_power();
-                }
-            }
+            host.with_bridge(&f.bus, |b| b.slot_enable_power());
             if let Some(p) = host.acpi_hotplug() {
                 p.lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -112,15 +103,10 @@ pub fn hot_add(
         }
         HotplugMechanism::Native => {
             let partner = host.link_partner(&f.bus);
-            if let Some(port) = &port {
-                if let Some(b) = port
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .as_bridge_mut()
-                {
-                    b.slot_hot_plugged(f.devfn(), partner);
-                }
-            }
+            host.with_bridge(&f.bus, |b| b.slot_hot_plugged(f.devfn(), partner));
+        }
+        HotplugMechanism::Shpc => {
+            host.with_bridge(&f.bus, |b| b.shpc_hot_plugged(f.devfn()));
         }
         HotplugMechanism::None => {}
     }

@@ -10,7 +10,7 @@
 use super::caps::aer;
 use super::caps::msix_cap;
 use super::caps::pcie::{self, PcieCap};
-use super::caps::shpc::Shpc;
+use super::caps::shpc::{self, Shpc};
 use super::caps::slotid;
 use super::config::{BarDef, PciConfig};
 use super::device::PciFunction;
@@ -342,6 +342,56 @@ impl PciBridge {
         self.eject = Some((lifecycle, bus_id));
     }
 
+    /// Whether the bridge has a standard hot-plug controller.
+    pub fn has_shpc(&self) -> bool {
+        self.shpc.is_some()
+    }
+
+    /// shpc_device_plug_cb for a device hot-added at `devfn` of the secondary bus.
+    pub fn shpc_hot_plugged(&mut self, devfn: u8) {
+        self.populated |= 1 << (devfn >> 3);
+        let change = match &mut self.shpc {
+            Some(s) => s.plug(&mut self.config, devfn >> 3),
+            None => None,
+        };
+        self.shpc_level_change(change);
+    }
+
+    /// shpc_device_unplug_request_cb for the device at `devfn` (pci_bridge_dev's: refused
+    /// without a controller).
+    pub fn shpc_unplug_request(&mut self, devfn: u8) -> Result<Unplug, UnplugRefusal> {
+        let Some(s) = &mut self.shpc else {
+            return Err(UnplugRefusal::NoHotplug);
+        };
+        let (now, change) =
+            s.unplug_request(&mut self.config, devfn >> 3)
+                .map_err(|e| match e {
+                    shpc::UnplugError::Busy => UnplugRefusal::Busy,
+                    shpc::UnplugError::NoSlot => UnplugRefusal::NoHotplug,
+                })?;
+        if now {
+            self.populated &= !(1 << (devfn >> 3));
+        }
+        self.shpc_level_change(change);
+        Ok(if now { Unplug::Now } else { Unplug::Requested })
+    }
+
+    /// Slots the guest turned off through the controller: their devices go (the VMM
+    /// removes them and sends DEVICE_DELETED).
+    fn shpc_eject_freed(&mut self) {
+        let Some(s) = &mut self.shpc else { return };
+        let freed = s.take_freed();
+        if freed == 0 {
+            return;
+        }
+        self.populated &= !freed;
+        if let Some((lifecycle, bus)) = &self.eject {
+            for slot in (0..32u8).filter(|n| freed & (1 << n) != 0) {
+                lifecycle.eject(bus, slot);
+            }
+        }
+    }
+
     /// Whether the port's slot offers native hot-plug (SLTCAP HPC).
     pub fn native_hotplug(&self) -> bool {
         self.exp.is_some_and(|e| {
@@ -608,6 +658,7 @@ impl PciFunction for PciBridge {
             None => None,
         };
         self.shpc_level_change(change);
+        self.shpc_eject_freed();
         if let Some(m) = &mut self.msix {
             let sink = self.msi_sink.clone();
             m.flush(&self.config, sink.as_ref());
@@ -637,6 +688,7 @@ impl PciFunction for PciBridge {
         if let Some(s) = &mut self.shpc {
             let change = s.write(&mut self.config, offset, data);
             self.shpc_level_change(change);
+            self.shpc_eject_freed();
             return;
         }
         if let Some(m) = &mut self.msix {

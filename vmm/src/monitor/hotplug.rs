@@ -1,6 +1,7 @@
 //! `device_del` on the running machine and the DEVICE_DELETED event: the request goes to
-//! the bus's hot-plug handler (ACPI PCI hot-plug or the port's PCIe slot) and returns at
-//! once; the device goes when the guest ejects it (`crate::hotplug::eject`).
+//! the bus's hot-plug handler (ACPI PCI hot-plug, the port's PCIe slot or the bridge's
+//! standard hot-plug controller) and returns at once; the device goes when the guest ejects
+//! it (`crate::hotplug::eject`).
 
 use crate::control::{Command, Controller};
 use devices::pci::bridge::{Unplug, UnplugRefusal};
@@ -98,22 +99,16 @@ fn device_del(control: &Controller, id: &str) -> Result<Value, QmpError> {
         }
         HotplugMechanism::Native => {
             check_pending(&state, id)?;
-            let port = host
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .bridge_of(&f.bus)
-                .ok_or_else(|| not_found(id))?;
             let port_id = plan
                 .pci
                 .iter()
                 .find(|p| p.provides_bus.as_deref() == Some(f.bus.as_str()))
                 .and_then(|p| p.id.clone())
                 .unwrap_or_else(|| "(null)".to_string());
-            let answer = port
+            let answer = host
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .as_bridge_mut()
-                .map(|b| b.slot_unplug_request(f.devfn()));
+                .with_bridge(&f.bus, |b| b.slot_unplug_request(f.devfn()));
             match answer {
                 Some(Ok(Unplug::Requested)) => {
                     state
@@ -123,18 +118,45 @@ fn device_del(control: &Controller, id: &str) -> Result<Value, QmpError> {
                 }
                 Some(Ok(Unplug::Now)) => {
                     drop(state);
-                    control.submit(Command::Eject {
-                        bus: f.bus.clone(),
-                        slot: f.slot,
-                    })
+                    eject_now(control, &f)
                 }
-                Some(Err(UnplugRefusal::Busy)) => Err(QmpError::generic(
-                    "Hot-unplug failed: guest is busy (power indicator blinking)",
-                )),
+                Some(Err(UnplugRefusal::Busy)) => Err(busy()),
                 Some(Err(UnplugRefusal::NoHotplug)) | None => Err(QmpError::generic(format!(
                     "Hot-unplug failed: unsupported by the port device '{port_id}'"
                 ))),
             }
         }
+        // shpc_device_unplug_request_cb: no pending state (a second request presses the
+        // button again, as in QEMU).
+        HotplugMechanism::Shpc => {
+            let answer = host
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .with_bridge(&f.bus, |b| b.shpc_unplug_request(f.devfn()));
+            match answer {
+                Some(Ok(Unplug::Requested)) => Ok(Value::Null),
+                Some(Ok(Unplug::Now)) => {
+                    drop(state);
+                    eject_now(control, &f)
+                }
+                Some(Err(UnplugRefusal::Busy)) => Err(busy()),
+                Some(Err(UnplugRefusal::NoHotplug)) | None => Err(QmpError::generic(format!(
+                    "Bus '{}' does not support hotplugging",
+                    f.bus
+                ))),
+            }
+        }
     }
+}
+
+fn busy() -> QmpError {
+    QmpError::generic("Hot-unplug failed: guest is busy (power indicator blinking)")
+}
+
+/// The slot is off already: the device goes now (DEVICE_DELETED before the answer).
+fn eject_now(control: &Controller, f: &machine::PciFunctionPlan) -> Result<Value, QmpError> {
+    control.submit(Command::Eject {
+        bus: f.bus.clone(),
+        slot: f.slot,
+    })
 }

@@ -2,7 +2,10 @@
 //! the SHPC capability (dword select/data window into the registers) and the register file
 //! in BAR0. Slots 1..=31 map to devices 1..=31 of the secondary bus; cold-plugged slots read
 //! as enabled with power on, empty ones as disabled with the MRL open. Commands complete at
-//! once; device removal is not modelled, so a slot-disable leaves the device in place.
+//! once. Hot-plug follows QEMU 10.0: a hot-added device closes the MRL and latches the
+//! presence, MRL and button events; `device_del` presses the attention button (or frees a
+//! slot that is already off); a slot command that turns a slot off (disabled, power LED
+//! off) frees its devices, which the bridge reports for the VMM to remove.
 
 use crate::pci::config::PciConfig;
 use crate::pci::regs::CAP_ID_SHPC;
@@ -60,12 +63,15 @@ const fn event_disable(slot: usize) -> usize {
 }
 
 const STATE_MASK: u16 = 0x03;
+const STATE_NO: u8 = 0;
 const STATE_PWRONLY: u8 = 1;
 const STATE_ENABLED: u8 = 2;
 const STATE_DISABLED: u8 = 3;
 const PWR_LED_MASK: u16 = 0x0c;
 const ATTN_LED_MASK: u16 = 0x30;
+const LED_NO: u8 = 0;
 const LED_ON: u8 = 1;
+const LED_BLINK: u8 = 2;
 const LED_OFF: u8 = 3;
 const STATUS_MRL_OPEN: u16 = 0x100;
 const STATUS_66: u16 = 0x200;
@@ -74,6 +80,9 @@ const PRSNT_EMPTY: u8 = 3;
 const PRSNT_7_5W: u8 = 0;
 /// Presence, isolated fault, button, MRL and connected fault: latched slot events.
 const SLOT_EVENTS: u8 = 0x1f;
+const EVENT_PRESENCE: u8 = 0x01;
+const EVENT_BUTTON: u8 = 0x04;
+const EVENT_MRL: u8 = 0x08;
 /// The events plus the two SERR disables.
 const SLOT_EVENT_DISABLES: u8 = 0x7f;
 
@@ -87,6 +96,17 @@ pub struct Shpc {
     populated: u32,
     /// Level last signalled, so MSI is sent on changes only.
     requested: bool,
+    /// PCI slots (bit n = device n) a slot command turned off since `take_freed`.
+    freed: u32,
+}
+
+/// Why the controller refuses `device_del` (shpc_device_unplug_request_cb).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnplugError {
+    /// "Hot-unplug failed: guest is busy (power indicator blinking)".
+    Busy,
+    /// The device is in no slot the controller has (slot 0 or past the last).
+    NoSlot,
 }
 
 impl Shpc {
@@ -102,6 +122,7 @@ impl Shpc {
             w1cmask: [0; REGS_SIZE],
             populated: 0,
             requested: false,
+            freed: 0,
         };
         s.wmask[CMD_CODE] = 0xff;
         s.wmask[CMD_TRGT] = CMD_TRGT_MAX;
@@ -179,8 +200,74 @@ impl Shpc {
             self.set_status(i, 0, STATUS_66);
         }
         self.requested = false;
+        self.freed = 0;
         self.update_interrupt();
         self.update_cap_dword(config);
+    }
+
+    /// The controller's index of PCI slot `pci_slot` (shpc_device_get_slot).
+    fn index_of(pci_slot: u8) -> Option<usize> {
+        usize::from(pci_slot).checked_sub(1).filter(|&i| i < NSLOTS)
+    }
+
+    /// shpc_device_plug_cb for a hot-added device in `pci_slot`: a closed MRL and presence
+    /// with the button, MRL and presence events, or (the MRL already closed: a removal
+    /// still pending) only the button, which cancels it. Returns the interrupt change.
+    pub fn plug(&mut self, config: &mut PciConfig, pci_slot: u8) -> Option<bool> {
+        let idx = Self::index_of(pci_slot)?;
+        self.populated |= 1 << pci_slot;
+        if self.get_status(idx, STATUS_MRL_OPEN) != 0 {
+            self.set_status(idx, 0, STATUS_MRL_OPEN);
+            self.set_status(idx, PRSNT_7_5W, STATUS_PRSNT_MASK);
+            self.regs[event_latch(idx)] |= EVENT_BUTTON | EVENT_MRL | EVENT_PRESENCE;
+        } else {
+            self.regs[event_latch(idx)] |= EVENT_BUTTON;
+        }
+        self.set_status(idx, 0, STATUS_66);
+        let change = self.update_interrupt();
+        self.update_cap_dword(config);
+        change
+    }
+
+    /// shpc_device_unplug_request_cb for the device in `pci_slot`: whether the slot was
+    /// already off and its devices are freed now (else the attention button was pressed and
+    /// the guest turns the slot off when it is done), and the interrupt change.
+    pub fn unplug_request(
+        &mut self,
+        config: &mut PciConfig,
+        pci_slot: u8,
+    ) -> Result<(bool, Option<bool>), UnplugError> {
+        let idx = Self::index_of(pci_slot).ok_or(UnplugError::NoSlot)?;
+        let state = self.get_status(idx, STATE_MASK);
+        let led = self.get_status(idx, PWR_LED_MASK);
+        if led == LED_BLINK {
+            return Err(UnplugError::Busy);
+        }
+        let now = state == STATE_DISABLED && led == LED_OFF;
+        if now {
+            self.free_slot(idx);
+        } else {
+            self.regs[event_latch(idx)] |= EVENT_BUTTON;
+        }
+        self.set_status(idx, 0, STATUS_66);
+        let change = self.update_interrupt();
+        self.update_cap_dword(config);
+        Ok((now, change))
+    }
+
+    /// The slot's devices go (shpc_free_devices_in_slot): MRL open, nothing present, MRL
+    /// and presence events.
+    fn free_slot(&mut self, idx: usize) {
+        self.populated &= !(1 << (idx + 1));
+        self.set_status(idx, 1, STATUS_MRL_OPEN);
+        self.set_status(idx, PRSNT_EMPTY, STATUS_PRSNT_MASK);
+        self.regs[event_latch(idx)] |= EVENT_MRL | EVENT_PRESENCE;
+    }
+
+    /// PCI slots (bit n = device n) whose devices the guest freed by turning the slot off
+    /// since the last call.
+    pub fn take_freed(&mut self) -> u32 {
+        std::mem::take(&mut self.freed)
     }
 
     /// Register-file read (BAR0); past the registers reads zero like QEMU.
@@ -270,24 +357,38 @@ impl Shpc {
         put16(&mut self.regs, CMD_STATUS, v);
     }
 
+    /// shpc_slot_command: LEDs and state as asked (0 keeps each); turning a slot off
+    /// (disabled with the power LED off) that was not off frees its devices.
     fn slot_command(&mut self, target: u8, state: u8, power: u8, attn: u8) {
         let Some(slot) = usize::from(target).checked_sub(1).filter(|&s| s < NSLOTS) else {
             self.invalid_command();
             return;
         };
-        let current = self.get_status(slot, STATE_MASK);
-        if current == STATE_ENABLED && state == STATE_PWRONLY {
+        let old_state = self.get_status(slot, STATE_MASK);
+        let old_power = self.get_status(slot, PWR_LED_MASK);
+        if old_state == STATE_ENABLED && state == STATE_PWRONLY {
             self.invalid_command();
             return;
         }
-        if power != 0 {
+        let power = if power == LED_NO {
+            old_power
+        } else {
             self.set_status(slot, power, PWR_LED_MASK);
-        }
-        if attn != 0 {
+            power
+        };
+        if attn != LED_NO {
             self.set_status(slot, attn, ATTN_LED_MASK);
         }
-        if state != 0 {
+        let state = if state == STATE_NO {
+            old_state
+        } else {
             self.set_status(slot, state, STATE_MASK);
+            state
+        };
+        let off = |state: u8, power: u8| state == STATE_DISABLED && power == LED_OFF;
+        if !off(old_state, old_power) && off(state, power) {
+            self.free_slot(slot);
+            self.freed |= 1 << (slot + 1);
         }
     }
 
@@ -321,9 +422,9 @@ impl Shpc {
                     for i in 0..NSLOTS {
                         let target = (i + 1) as u8;
                         if self.get_status(i, STATUS_MRL_OPEN) == 0 {
-                            self.slot_command(target, state, LED_ON, 0);
+                            self.slot_command(target, state, LED_ON, LED_NO);
                         } else {
-                            self.slot_command(target, 0, LED_OFF, 0);
+                            self.slot_command(target, STATE_NO, LED_OFF, LED_NO);
                         }
                     }
                 }
@@ -413,5 +514,39 @@ mod tests {
         c.write(0x42, &[5]);
         s.cap_write(&mut c, 0x42, 1);
         assert_eq!(c.get_u32(0x44), rd32(&s, 0x14));
+    }
+
+    #[test]
+    fn plug_unplug_request_and_slot_off_follow_qemu() {
+        let (mut c, mut s) = shpc(0);
+        s.write(&mut c, 0x20, &0u32.to_le_bytes());
+        // Unmask slot 3's events.
+        s.write(&mut c, 0x2c, &0u32.to_le_bytes());
+        assert_eq!(s.plug(&mut c, 3), Some(true));
+        assert_eq!(rd32(&s, 0x2c), 0x000d_003f);
+        assert_eq!(rd32(&s, 0x18), 1 << 3);
+        // Slot 0 is no slot of the controller.
+        assert_eq!(
+            s.unplug_request(&mut c, 0).unwrap_err(),
+            UnplugError::NoSlot
+        );
+        s.write(&mut c, 0x2c, &0x001f_0000u32.to_le_bytes());
+        // Enabled with the power LED on: a request presses the button.
+        s.write(&mut c, 0x14, &[0x36, 3]);
+        assert_eq!(s.unplug_request(&mut c, 3).map(|r| r.0), Ok(false));
+        assert_eq!(rd32(&s, 0x2c) >> 16 & 0xff, 0x04);
+        // Blinking: refused.
+        s.write(&mut c, 0x14, &[0x08, 3]);
+        assert_eq!(s.unplug_request(&mut c, 3), Err(UnplugError::Busy));
+        // Disabled with the power LED still on frees nothing; the LED off then does.
+        s.write(&mut c, 0x14, &[0x07, 3]);
+        assert_eq!(s.take_freed(), 0);
+        s.write(&mut c, 0x14, &[0x0c, 3]);
+        assert_eq!(s.take_freed(), 1 << 3);
+        assert_eq!(rd32(&s, 0x2c) & 0x0f00, 0x0d00, "MRL open, empty");
+        // An off slot frees at once on request.
+        s.plug(&mut c, 3);
+        assert_eq!(s.unplug_request(&mut c, 3).map(|r| r.0), Ok(true));
+        assert_eq!(s.take_freed(), 0, "the caller removes it");
     }
 }

@@ -12,7 +12,7 @@ use crate::pci::kind::{FunctionContext, KindOf};
 use crate::pci::PciError;
 use machine::{BusKind, Family, PciFunctionPlan, Plan};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 /// Models the VMM supplies for some plan functions (virtio devices, which need backends and
 /// guest memory); None for functions the function's kind should build.
@@ -243,6 +243,7 @@ impl PciHost {
                 (0, plan.memory.ram_below_4g),
                 (1 << 32, (1u64 << 32) + plan.memory.ram_above_4g),
             ],
+            shared: Arc::new(OnceLock::new()),
         };
         // acpi_pcihp_device_plug_cb (hw/acpi/pcihp.c) makes itself the hot-plug handler of
         // every cold-plugged bridge's secondary bus and returns early for cold-plugged

@@ -3,6 +3,7 @@
 
 use super::{lock, FunctionEntry, PciHost, SharedFunction};
 use crate::pci::acpi_hotplug::SharedPcihp;
+use crate::pci::bridge::PciBridge;
 use crate::pci::caps::pcie::link_status_of;
 use crate::pci::kind::PciKind;
 use crate::pci::PciError;
@@ -75,6 +76,23 @@ impl PciHost {
         self.functions
             .values()
             .find_map(|e| lock(&e.func).cpu_hotplug())
+    }
+
+    /// Run `op` on the bridge or port providing bus `bus_id`, then resample its INTx pin (a
+    /// hot-plug event may have raised it). None when no bridge provides the bus.
+    pub fn with_bridge<R>(
+        &mut self,
+        bus_id: &str,
+        op: impl FnOnce(&mut PciBridge) -> R,
+    ) -> Option<R> {
+        let key = self.parent_of(self.bus_index(bus_id)?)?;
+        let r = {
+            let e = self.functions.get(&key)?;
+            let mut f = lock(&e.func);
+            op(f.as_bridge_mut()?)
+        };
+        self.sample_intx(key);
+        Some(r)
     }
 
     /// The port or bridge that provides bus `bus_id`.

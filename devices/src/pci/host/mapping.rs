@@ -5,7 +5,7 @@ use super::{lock, FunctionKey, PciHost, SharedFunction};
 use crate::bus::{Bus, BusDevice, SharedDevice};
 use crate::pci::config::{BarKind, NUM_BARS};
 use crate::pci::device::{PciFunction, Space, WindowTarget};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(super) struct Mapped {
@@ -19,6 +19,8 @@ pub(super) struct Mapped {
 struct BarWindow {
     func: SharedFunction,
     bar: usize,
+    key: FunctionKey,
+    host: Arc<OnceLock<Weak<Mutex<PciHost>>>>,
 }
 
 impl BusDevice for BarWindow {
@@ -26,7 +28,18 @@ impl BusDevice for BarWindow {
         lock(&self.func).bar_read(self.bar, offset, data);
     }
     fn write(&mut self, _base: u64, offset: u64, data: &[u8]) {
-        lock(&self.func).bar_write(self.bar, offset, data);
+        let drives_intx = {
+            let mut f = lock(&self.func);
+            f.bar_write(self.bar, offset, data);
+            f.intx_level().is_some()
+        };
+        // A register write may move the function's own INTx pin (SHPC command completion,
+        // cleared events): the host resamples it, the function's lock released first.
+        if drives_intx {
+            if let Some(host) = self.host.get().and_then(Weak::upgrade) {
+                lock(&host).sample_intx(self.key);
+            }
+        }
     }
 }
 
@@ -73,6 +86,8 @@ impl PciHost {
                 None => Arc::new(Mutex::new(BarWindow {
                     func: func.clone(),
                     bar: m.key as usize,
+                    key,
+                    host: self.shared.clone(),
                 })),
                 Some(WindowTarget::Device(d)) => d,
                 Some(WindowTarget::Ecam) => self.ecam.clone(),

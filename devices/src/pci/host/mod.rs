@@ -5,7 +5,9 @@
 //! to GSIs (`intx`).
 //!
 //! Lock order: host, then a function. BAR and chipset-window devices lock only their
-//! function (or their own state), never the host, so vCPU threads cannot deadlock.
+//! function (or their own state) while they dispatch; a BAR of a function that drives its
+//! own INTx pin (a bridge's SHPC registers) takes the host only after releasing the
+//! function, to resample the pin, as the ECAM decoder takes it for config cycles.
 
 mod build;
 mod hotplug;
@@ -23,7 +25,7 @@ use crate::lifecycle::{Lifecycle, Request};
 use machine::{BusKind, Family};
 use mapping::Mapped;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 /// A function shared between the host and the BAR windows that dispatch to it.
 pub type SharedFunction = Arc<Mutex<dyn PciFunction>>;
@@ -83,6 +85,8 @@ pub struct PciHost {
     /// Guest RAM ranges (start, end) of the plan: a memory BAR there is unreachable (KVM
     /// serves RAM first), which the guest is told through guest_errors.
     ram: Vec<(u64, u64)>,
+    /// The shared host, once bound: BAR windows resample INTx through it.
+    shared: Arc<OnceLock<Weak<Mutex<PciHost>>>>,
 }
 
 impl PciHost {
@@ -95,8 +99,12 @@ impl PciHost {
 
     /// Give the ECAM decoder its back-reference to the shared host (idempotent).
     pub fn bind(shared: &SharedHost) {
-        let ecam = lock(shared).ecam.clone();
+        let (ecam, cell) = {
+            let h = lock(shared);
+            (h.ecam.clone(), h.shared.clone())
+        };
         lock(&ecam).bind(Arc::downgrade(shared));
+        let _ = cell.set(Arc::downgrade(shared));
     }
     /// Where functions that signal MSI/MSI-X (bridges and ports, so far) send messages.
     pub fn set_msi_sink(&mut self, sink: Arc<dyn MsiSink>) {
