@@ -401,22 +401,9 @@ fn refusals_have_qemus_texts() {
     assert_eq!(fast.as_array().map(Vec::len), Some(2), "{fast}");
 }
 
-/// Reads the console file until `line` appears `count` times (a hang guard, not a timing).
+/// The console's whole lines once `line` appeared `count` times.
 fn wait_console(path: &std::path::Path, line: &str, count: usize) -> String {
-    let deadline = std::time::Instant::now() + Duration::from_secs(180);
-    loop {
-        let mut text = std::fs::read_to_string(path).unwrap_or_default();
-        // Only whole lines: the guest may be mid-line (one run read "started" without "=1").
-        text.truncate(text.rfind('\n').map_or(0, |end| end + 1));
-        if text.matches(line).count() >= count {
-            return text;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no {line:?} x{count} on the console:\n{text}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    machina_tests::process::wait_console(path, line, count, Duration::from_secs(180))
 }
 
 /// The tiny guest's `cpu-hotplug` mode: twice, it waits for GPE0 bit 2, finds the new CPU

@@ -55,6 +55,20 @@ impl Machine {
         }
     }
 
+    /// `start` of machine type `machine` with `devices` (`-device` each) and `extra`
+    /// arguments; None where /dev/kvm is not usable (the test is skipped).
+    fn kvm(machine: &str, devices: &[&str], extra: &[&str]) -> Option<Machine> {
+        if !require_kvm() {
+            return None;
+        }
+        let mut args = vec!["-machine", machine];
+        args.extend_from_slice(extra);
+        for d in devices {
+            args.extend(["-device", d]);
+        }
+        Some(Machine::start(&args))
+    }
+
     /// Where x-query-placement says `device` would go: (bus, slot, function).
     fn predict(&mut self, device: Value) -> (String, u64, u64) {
         let r = self
@@ -156,10 +170,9 @@ fn acpi_eject(m: &mut Machine, base: u64, bsel: u64, slot: u64) {
 
 #[test]
 fn pc_acpi_hotplug_add_use_remove_and_readd() {
-    if !require_kvm() {
+    let Some(mut m) = Machine::kvm("pc", &[], &[]) else {
         return;
-    }
-    let mut m = Machine::start(&["-machine", "pc"]);
+    };
     let dev = json!({"driver": "virtio-blk-pci", "id": "hd1", "drive": "disk0"});
     let (bus, slot, function) = m.predict(dev.clone());
     assert_eq!((bus.as_str(), function), ("pci.0", 0));
@@ -220,10 +233,9 @@ fn pc_acpi_hotplug_add_use_remove_and_readd() {
 
 #[test]
 fn pc_acpi_hotplug_behind_a_cold_plugged_bridge() {
-    if !require_kvm() {
+    let Some(mut m) = Machine::kvm("pc", &["pci-bridge,id=br,chassis_nr=1"], &[]) else {
         return;
-    }
-    let mut m = Machine::start(&["-machine", "pc", "-device", "pci-bridge,id=br,chassis_nr=1"]);
+    };
     m.qmp.ok(
         "device_add",
         json!({"driver": "virtio-net-pci", "id": "nic1", "bus": "br", "addr": "5"}),
@@ -240,15 +252,13 @@ fn pc_acpi_hotplug_behind_a_cold_plugged_bridge() {
 
 #[test]
 fn q35_acpi_hotplug_into_a_root_port() {
-    if !require_kvm() {
-        return;
-    }
-    let mut m = Machine::start(&[
-        "-machine",
+    let Some(mut m) = Machine::kvm(
         "pc-q35-10.2",
-        "-device",
-        "pcie-root-port,id=rp1,chassis=1,addr=3",
-    ]);
+        &["pcie-root-port,id=rp1,chassis=1,addr=3"],
+        &[],
+    ) else {
+        return;
+    };
     m.qmp.ok(
         "device_add",
         json!({"driver": "virtio-blk-pci", "id": "hd1", "drive": "disk1", "bus": "rp1"}),
@@ -280,15 +290,13 @@ const LNKSTA: u16 = 0x12;
 
 #[test]
 fn q35_native_hotplug_on_a_root_port() {
-    if !require_kvm() {
-        return;
-    }
-    let mut m = Machine::start(&[
-        "-machine",
+    let Some(mut m) = Machine::kvm(
         "pc-q35-6.0",
-        "-device",
-        "pcie-root-port,id=rp1,chassis=1,addr=3",
-    ]);
+        &["pcie-root-port,id=rp1,chassis=1,addr=3"],
+        &[],
+    ) else {
+        return;
+    };
     let port: Bdf = (0, 3, 0);
     let cap = exp_cap(&mut m, port);
     // Empty slot at reset: powered off, nothing present.
@@ -343,8 +351,15 @@ fn q35_native_hotplug_on_a_root_port() {
 
 /// A slot no guest turned on: QEMU unplugs without a round trip (DEVICE_DELETED before
 /// device_del answers), and the slot takes a device again.
-fn unplug_of_an_off_slot_is_immediate(machine: &[&str], rng: Value, at: (&str, u64, u64)) {
-    let mut m = Machine::start(machine);
+fn unplug_of_an_off_slot_is_immediate(
+    machine: &str,
+    bridge: &str,
+    rng: Value,
+    at: (&str, u64, u64),
+) {
+    let Some(mut m) = Machine::kvm(machine, &[bridge], &[]) else {
+        return;
+    };
     m.add(rng.clone());
     m.qmp.ok("device_del", json!({"id": "rng1"}));
     assert_eq!(m.deleted_events("rng1"), 1);
@@ -358,16 +373,9 @@ fn unplug_of_an_off_slot_is_immediate(machine: &[&str], rng: Value, at: (&str, u
 
 #[test]
 fn q35_native_unplug_of_a_powered_off_slot_is_immediate() {
-    if !require_kvm() {
-        return;
-    }
     unplug_of_an_off_slot_is_immediate(
-        &[
-            "-machine",
-            "pc-q35-6.0",
-            "-device",
-            "pcie-root-port,id=rp1,chassis=1",
-        ],
+        "pc-q35-6.0",
+        "pcie-root-port,id=rp1,chassis=1",
         json!({"driver": "virtio-rng-pci", "id": "rng1", "bus": "rp1"}),
         ("rp1", 0, 0),
     );
@@ -375,16 +383,9 @@ fn q35_native_unplug_of_a_powered_off_slot_is_immediate() {
 
 #[test]
 fn shpc_unplug_of_a_slot_never_enabled_is_immediate() {
-    if !require_kvm() {
-        return;
-    }
     unplug_of_an_off_slot_is_immediate(
-        &[
-            "-machine",
-            "pc-q35-6.0",
-            "-device",
-            "pci-bridge,id=br,chassis_nr=1",
-        ],
+        "pc-q35-6.0",
+        "pci-bridge,id=br,chassis_nr=1",
         json!({"driver": "virtio-rng-pci", "id": "rng1", "bus": "br", "addr": "4"}),
         ("br", 4, 0),
     );
@@ -448,15 +449,13 @@ fn shpc_command(m: &mut Machine, slot: u64, code: u64) {
 /// QEMU 7.2 reads the same except that its reset leaves the attention LED field 0.
 #[test]
 fn q35_shpc_hotplug_on_a_pci_bridge() {
-    if !require_kvm() {
-        return;
-    }
-    let mut m = Machine::start(&[
-        "-machine",
+    let Some(mut m) = Machine::kvm(
         "pc-q35-6.0",
-        "-device",
-        "pci-bridge,id=br,chassis_nr=1,addr=5,msi=off",
-    ]);
+        &["pci-bridge,id=br,chassis_nr=1,addr=5,msi=off"],
+        &[],
+    ) else {
+        return;
+    };
     let bridge: Bdf = (0, 5, 0);
     shpc_setup(&mut m, bridge);
     assert_eq!(m.qtest.cmd("irq_intercept_in ioapic"), "OK");
@@ -526,17 +525,16 @@ fn q35_shpc_hotplug_on_a_pci_bridge() {
 /// hot-plug, a cold-plugged bridge's bus gets SHPC (no BSEL), as in QEMU 7.2.
 #[test]
 fn pc_without_acpi_bridge_hotplug_uses_shpc() {
-    if !require_kvm() {
-        return;
-    }
-    let mut m = Machine::start(&[
-        "-machine",
+    let Some(mut m) = Machine::kvm(
         "pc",
-        "-global",
-        "PIIX4_PM.acpi-pci-hotplug-with-bridge-support=off",
-        "-device",
-        "pci-bridge,id=br,chassis_nr=1,addr=5",
-    ]);
+        &["pci-bridge,id=br,chassis_nr=1,addr=5"],
+        &[
+            "-global",
+            "PIIX4_PM.acpi-pci-hotplug-with-bridge-support=off",
+        ],
+    ) else {
+        return;
+    };
     shpc_setup(&mut m, (0, 5, 0));
     m.add(json!({"driver": "virtio-rng-pci", "id": "a", "bus": "br", "addr": "1"}));
     assert_eq!(shpc_rd(&mut m, shpc_slot_reg(1)) >> 16 & 0xff, 0x0d);
@@ -558,21 +556,18 @@ fn pc_without_acpi_bridge_hotplug_uses_shpc() {
 /// QEMU 7.2's answers, measured with `qemu-system-x86_64 -accel tcg -S -qmp`.
 #[test]
 fn refusals_have_qemus_texts() {
-    if !require_kvm() {
-        return;
-    }
-    let mut m = Machine::start(&[
-        "-machine",
+    let Some(mut m) = Machine::kvm(
         "pc-q35-6.0",
-        "-device",
-        "pcie-root-port,id=rp1,chassis=1",
-        "-device",
-        "pcie-root-port,id=rp2,chassis=2,hotplug=off",
-        "-device",
-        "x3130-upstream,id=up,bus=rp1",
-        "-device",
-        "xio3130-downstream,id=dn,bus=up,chassis=5",
-    ]);
+        &[
+            "pcie-root-port,id=rp1,chassis=1",
+            "pcie-root-port,id=rp2,chassis=2,hotplug=off",
+            "x3130-upstream,id=up,bus=rp1",
+            "xio3130-downstream,id=dn,bus=up,chassis=5",
+        ],
+        &[],
+    ) else {
+        return;
+    };
     let add = |m: &mut Machine, v: Value| m.qmp.error("device_add", v);
     assert_eq!(
         add(&mut m, json!({"driver": "virtio-rng-pci", "id": "a"})),
@@ -613,12 +608,13 @@ fn refusals_have_qemus_texts() {
     );
 
     // q35 6.1+: ACPI owns the ports; a hotplug=off port's bus refuses like any bus.
-    let mut m = Machine::start(&[
-        "-machine",
+    let Some(mut m) = Machine::kvm(
         "pc-q35-10.2",
-        "-device",
-        "pcie-root-port,id=rp2,chassis=2,hotplug=off",
-    ]);
+        &["pcie-root-port,id=rp2,chassis=2,hotplug=off"],
+        &[],
+    ) else {
+        return;
+    };
     assert_eq!(
         m.qmp.error(
             "device_add",
@@ -627,7 +623,9 @@ fn refusals_have_qemus_texts() {
         "Bus 'rp2' does not support hotplugging"
     );
 
-    let mut m = Machine::start(&["-machine", "pc", "-device", "virtio-rng-pci,id=x,addr=3"]);
+    let Some(mut m) = Machine::kvm("pc", &["virtio-rng-pci,id=x,addr=3"], &[]) else {
+        return;
+    };
     assert_eq!(
         m.qmp.error(
             "device_add",
@@ -639,10 +637,9 @@ fn refusals_have_qemus_texts() {
 
 #[test]
 fn add_remove_100_times_keeps_fds_threads_and_memory_flat() {
-    if !require_kvm() {
+    let Some(mut m) = Machine::kvm("pc", &[], &[]) else {
         return;
-    }
-    let mut m = Machine::start(&["-machine", "pc"]);
+    };
     let round = |m: &mut Machine| {
         m.qmp.ok(
             "device_add",
@@ -680,10 +677,9 @@ fn add_remove_100_times_keeps_fds_threads_and_memory_flat() {
 /// unplugs after reset"); a device nobody asked to remove stays.
 #[test]
 fn pc_reset_executes_a_pending_acpi_remove() {
-    if !require_kvm() {
+    let Some(mut m) = Machine::kvm("pc", &["virtio-rng-pci,id=keep"], &[]) else {
         return;
-    }
-    let mut m = Machine::start(&["-machine", "pc", "-device", "virtio-rng-pci,id=keep"]);
+    };
     m.qmp.ok(
         "device_add",
         json!({"driver": "virtio-blk-pci", "id": "hd1", "drive": "disk0"}),
@@ -697,20 +693,9 @@ fn pc_reset_executes_a_pending_acpi_remove() {
     assert!(m.in_query_pci("keep").is_some());
 }
 
-/// Reads the console file until `line` appears `count` times (a hang guard, not a timing).
+/// The console's whole lines once `line` appeared `count` times.
 fn wait_console(path: &std::path::Path, line: &str, count: usize) -> String {
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        if text.matches(line).count() >= count {
-            return text;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no {line:?} x{count} on the console:\n{text}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    machina_tests::process::wait_console(path, line, count, Duration::from_secs(120))
 }
 
 /// The tiny guest's hotplug mode (`machina.test=hotplug`): it waits for the announcement
@@ -718,7 +703,7 @@ fn wait_console(path: &std::path::Path, line: &str, count: usize) -> String {
 /// its BARs, writes and reads a block through the hot-added virtio-blk, releases it, and on
 /// the eject request ejects it (ACPI eject register; slot powered off), which gives
 /// DEVICE_DELETED. Twice: the second device goes into the freed slot.
-fn guest_round_trip(machine: &[&str], append: &str, bus: Option<&str>) {
+fn guest_round_trip(machine: &[&str], append: &str, placement: Value) -> String {
     let dir = machina_tests::TempDir::new("hotplug-guest");
     let disk = dir.path.join("disk");
     std::fs::File::create(&disk)
@@ -746,8 +731,8 @@ fn guest_round_trip(machine: &[&str], append: &str, bus: Option<&str>) {
     for round in 1..=2 {
         let mut dev =
             json!({"driver": "virtio-blk-pci", "id": format!("hd{round}"), "drive": "d0"});
-        if let Some(bus) = bus {
-            dev["bus"] = json!(bus);
+        for (k, v) in placement.as_object().into_iter().flatten() {
+            dev[k] = v.clone();
         }
         qmp.ok("device_add", dev);
         let text = wait_console(&console, "hotplug: released", round);
@@ -784,6 +769,28 @@ fn guest_round_trip(machine: &[&str], append: &str, bus: Option<&str>) {
         "{text}"
     );
     assert_eq!(vm.wait_exit(Duration::from_secs(60)), Some(0), "{text}");
+    text
+}
+
+/// shpchp's steps, twice, on slot 7 of the bridge.
+fn assert_shpc_steps(text: &str) {
+    for line in [
+        "hotplug: event round=0 shpc presence slot=7",
+        "hotplug: event round=1 shpc presence slot=7",
+        "hotplug: eject request attention-button slot=7",
+    ] {
+        assert!(text.contains(line), "{line:?} missing:\n{text}");
+    }
+    assert_eq!(
+        text.matches("shpc slot=7 enabled=true").count(),
+        2,
+        "{text}"
+    );
+    assert_eq!(
+        text.matches("shpc slot=7 disabled=true").count(),
+        2,
+        "{text}"
+    );
 }
 
 #[test]
@@ -791,7 +798,7 @@ fn guest_uses_and_ejects_a_hot_added_virtio_blk_on_pc() {
     if !require_kvm() {
         return;
     }
-    guest_round_trip(&["-M", "pc"], "", None);
+    guest_round_trip(&["-M", "pc"], "", json!({}));
 }
 
 #[test]
@@ -807,7 +814,7 @@ fn guest_uses_and_ejects_a_hot_added_virtio_blk_on_q35_native() {
             "pcie-root-port,id=rp1,chassis=1,addr=3",
         ],
         "machina.hotplug-port=3 machina.hotplug=native",
-        Some("rp1"),
+        json!({"bus": "rp1"}),
     );
 }
 
@@ -824,6 +831,47 @@ fn guest_uses_and_ejects_a_hot_added_virtio_blk_on_q35_acpi() {
             "pcie-root-port,id=rp1,chassis=1,addr=3",
         ],
         "machina.hotplug-port=3 machina.pcihp=0xcc0 machina.hotplug-bsel=0",
-        Some("rp1"),
+        json!({"bus": "rp1"}),
     );
+}
+
+/// shpchp's steps on q35 6.0's pci-bridge: the presence event, slot enable, the device
+/// used, the attention button on device_del, slot disable (which frees it).
+#[test]
+fn guest_uses_and_ejects_a_hot_added_virtio_blk_on_q35_shpc() {
+    if !require_kvm() {
+        return;
+    }
+    let text = guest_round_trip(
+        &[
+            "-M",
+            "pc-q35-6.0",
+            "-device",
+            "pci-bridge,id=br,chassis_nr=1,addr=5",
+        ],
+        "machina.hotplug-port=5 machina.hotplug=shpc",
+        json!({"bus": "br", "addr": "7"}),
+    );
+    assert_shpc_steps(&text);
+}
+
+/// The same on pc with ACPI hot-plug for pci.0 only (bridges keep their SHPC).
+#[test]
+fn guest_uses_and_ejects_a_hot_added_virtio_blk_on_pc_shpc() {
+    if !require_kvm() {
+        return;
+    }
+    let text = guest_round_trip(
+        &[
+            "-M",
+            "pc",
+            "-global",
+            "PIIX4_PM.acpi-pci-hotplug-with-bridge-support=off",
+            "-device",
+            "pci-bridge,id=br,chassis_nr=1,addr=5",
+        ],
+        "machina.hotplug-port=5 machina.hotplug=shpc",
+        json!({"bus": "br", "addr": "7"}),
+    );
+    assert_shpc_steps(&text);
 }

@@ -112,3 +112,22 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
+
+/// Reads a console log file until `line` appears `count` times in whole lines (the guest
+/// may be mid-line), returning those lines; panics after `limit` (a hang guard, not a
+/// timing).
+pub fn wait_console(path: &Path, line: &str, count: usize, limit: Duration) -> String {
+    let deadline = Instant::now() + limit;
+    loop {
+        let mut text = std::fs::read_to_string(path).unwrap_or_default();
+        text.truncate(text.rfind('\n').map_or(0, |end| end + 1));
+        if text.matches(line).count() >= count {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {line:?} x{count} on the console:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -1,12 +1,15 @@
-//! The `hotplug` test: the guest side of ACPI PCI hot-plug on the root bus, as Linux's
-//! acpiphp does it but polled (the guest takes no interrupts): wait for the GPE0 bit the
-//! VMM raises for PCI hot-plug, read which slot came up, assign the new function's BARs,
-//! drive it (a virtio-blk writes and reads back a block), release it, then wait for the
-//! eject request and eject the slot through the eject register, printing each step.
+//! The `hotplug` test: the guest side of PCI hot-plug, polled (the guest takes no
+//! interrupts), for each mechanism: ACPI PCI hot-plug as Linux's acpiphp (the GPE0 bit,
+//! the UP/DOWN/eject registers), a PCIe port's slot as pciehp, or a bridge's standard
+//! hot-plug controller as shpchp (`machina.hotplug=shpc`: the slot's latched events, slot
+//! commands through BAR0). Wait for the announcement, find the new function, assign its
+//! BARs, drive it (a virtio-blk writes and reads back a block), release it, then wait for
+//! the eject request and eject the slot, printing each step.
 
 use crate::acpi;
 use crate::cmdline::Cmdline;
 use crate::pci::{self, BarKind, Bdf, Cf8, ConfigSpace, Function};
+use crate::phys::{mmio_read, mmio_write};
 use crate::port::{inb, inl, outb, outl};
 use crate::tsc::Deadline;
 
@@ -68,12 +71,78 @@ const SLTSTA_ABP: u32 = 0x0001;
 const SLTSTA_PDC: u32 = 0x0008;
 const SLTSTA_EVENTS: u32 = 0x001f;
 
+// SHPC registers (offsets in BAR0) and bits.
+const SHPC_CMD: u64 = 0x14;
+const SHPC_SERR_INT: u64 = 0x20;
+const SHPC_CMD_DETECTED: u32 = 0x1_0000;
+const SHPC_EVENT_PRESENCE: u32 = 0x01;
+const SHPC_EVENT_BUTTON: u32 = 0x04;
+/// shpchp's slot commands: enable with the power LED blinking and attention off, power
+/// LED on, and disable with the power LED off and attention on.
+const SHPC_SLOT_ENABLE: u16 = 0x3a;
+const SHPC_PWR_ON: u16 = 0x04;
+const SHPC_SLOT_DISABLE: u16 = 0x1f;
+
+fn shpc_slot_reg(slot: u8) -> u64 {
+    0x24 + (u64::from(slot) - 1) * 4
+}
+
+fn shpc_read(base: u64, off: u64) -> u32 {
+    mmio_read::<u32>(base + off).unwrap_or(0)
+}
+
+/// Acknowledges the slot's latched events in `mask` (W1C), keeping its event masks.
+fn shpc_clear(base: u64, slot: u8, mask: u32) {
+    let reg = shpc_slot_reg(slot);
+    let v = shpc_read(base, reg);
+    mmio_write::<u32>(base + reg, (v & 0xff00_0000) | (mask & 0xff) << 16);
+}
+
+/// Waits for a slot whose latched events include `want`, acknowledges them and returns
+/// the slot (1..=31); `only` restricts the wait to one slot.
+fn shpc_wait(base: u64, want: u32, only: Option<u8>) -> Option<u8> {
+    let mut deadline = Deadline::after_ms(WAIT_MS);
+    loop {
+        for slot in 1..=31u8 {
+            if only.is_some_and(|o| o != slot) {
+                continue;
+            }
+            let latch = shpc_read(base, shpc_slot_reg(slot)) >> 16 & 0xff;
+            if latch & want != 0 {
+                shpc_clear(base, slot, latch);
+                return Some(slot);
+            }
+        }
+        if deadline.expired() {
+            return None;
+        }
+        core::hint::spin_loop();
+    }
+}
+
+/// One slot command, waiting for its completion (which it acknowledges); false when the
+/// controller reports it invalid.
+fn shpc_command(base: u64, slot: u8, code: u16) -> bool {
+    mmio_write::<u16>(base + SHPC_CMD, u16::from(slot) << 8 | code);
+    let mut deadline = Deadline::after_ms(5000);
+    while shpc_read(base, SHPC_SERR_INT) & SHPC_CMD_DETECTED == 0 {
+        if deadline.expired() {
+            return false;
+        }
+        core::hint::spin_loop();
+    }
+    mmio_write::<u32>(base + SHPC_SERR_INT, SHPC_CMD_DETECTED);
+    shpc_read(base, SHPC_CMD) >> 16 & 0xf == 0
+}
+
 /// Where hot-plugged devices appear: the root bus (ACPI, `bsel` 0) or behind the root port
 /// at device `port` of bus 0 (ACPI with the bus's `bsel`, or the port's own PCIe slot).
 struct Target {
     port: Option<Bdf>,
     /// The PCIe capability of the port, for native hot-plug.
     native: Option<u16>,
+    /// The SHPC register file (the bridge's BAR0), for SHPC hot-plug.
+    shpc: Option<u64>,
     bsel: u32,
     bus: u8,
 }
@@ -140,6 +209,7 @@ fn target(cmdline: &Cmdline<'_>) -> Option<Target> {
         return Some(Target {
             port: None,
             native: None,
+            shpc: None,
             bsel: 0,
             bus: 0,
         });
@@ -155,9 +225,20 @@ fn target(cmdline: &Cmdline<'_>) -> Option<Target> {
     } else {
         None
     };
+    let shpc = if cmdline.get(b"machina.hotplug") == Some(b"shpc") {
+        let lo = u64::from(Cf8.read32(port, pci::REG_BAR0) & !0xf);
+        let hi = u64::from(Cf8.read32(port, pci::REG_BAR0 + 4));
+        Some(lo | hi << 32).filter(|&b| b != 0)
+    } else {
+        None
+    };
+    if cmdline.get(b"machina.hotplug") == Some(b"shpc") && shpc.is_none() {
+        return None;
+    }
     Some(Target {
         port: Some(port),
         native,
+        shpc,
         bsel: cmdline.get_u64(b"machina.hotplug-bsel", 0) as u32,
         bus,
     })
@@ -171,7 +252,7 @@ pub fn run(cmdline: &Cmdline<'_>, rsdp_hint: u64) {
         println!("hotplug: no-slot-capability");
         return;
     };
-    if t.native.is_none() && gpe0 == 0 {
+    if t.native.is_none() && t.shpc.is_none() && gpe0 == 0 {
         println!("hotplug: no-gpe0");
         return;
     }
@@ -180,16 +261,35 @@ pub fn run(cmdline: &Cmdline<'_>, rsdp_hint: u64) {
     let mut io = cmdline.get_u64(b"machina.hotplug-io", 0xe000);
     let rounds = cmdline.get_u64(b"machina.hotplug-rounds", 1);
     setup_port(&t, mmio, io);
+    if let Some(base) = t.shpc {
+        println!("hotplug: shpc registers at 0x{:x}", base);
+    }
     println!(
         "hotplug: waiting gpe0=0x{:x} pcihp=0x{:x} bus={} mechanism={}",
         gpe0,
         base,
         t.bus,
-        if t.native.is_some() { "native" } else { "acpi" }
+        match (t.native, t.shpc) {
+            (Some(_), _) => "native",
+            (_, Some(_)) => "shpc",
+            _ => "acpi",
+        }
     );
     for round in 0..rounds {
-        let slot = match (t.port, t.native) {
-            (Some(port), Some(cap)) => {
+        let slot = match (t.port, t.native, t.shpc) {
+            (_, _, Some(base)) => {
+                let Some(slot) = shpc_wait(base, SHPC_EVENT_PRESENCE, None) else {
+                    println!("hotplug: timeout waiting for a device");
+                    return;
+                };
+                println!("hotplug: event round={} shpc presence slot={}", round, slot);
+                // shpchp's board_added: enable (power LED blinking), then power LED on.
+                let ok = shpc_command(base, slot, SHPC_SLOT_ENABLE)
+                    && shpc_command(base, slot, SHPC_PWR_ON);
+                println!("hotplug: shpc slot={} enabled={}", slot, ok);
+                slot
+            }
+            (Some(port), Some(cap), _) => {
                 if !wait_slot(port, cap, SLTSTA_PDC) {
                     println!("hotplug: timeout waiting for a device");
                     return;
@@ -243,8 +343,20 @@ pub fn run(cmdline: &Cmdline<'_>, rsdp_hint: u64) {
         // Released: no decoding, no bus mastering.
         cfg.write32(bdf, pci::REG_COMMAND, 0);
         println!("hotplug: released {}", bdf);
-        match (t.port, t.native) {
-            (Some(port), Some(cap)) => {
+        match (t.port, t.native, t.shpc) {
+            (_, _, Some(base)) => {
+                if shpc_wait(base, SHPC_EVENT_BUTTON, Some(slot)).is_none() {
+                    println!("hotplug: timeout waiting for the eject request");
+                    return;
+                }
+                println!("hotplug: eject request attention-button slot={}", slot);
+                // hpc_slot_disable; the slot's devices go. The MRL and presence events it
+                // latches are acknowledged now, before the next device can come.
+                let ok = shpc_command(base, slot, SHPC_SLOT_DISABLE);
+                shpc_clear(base, slot, 0xff);
+                println!("hotplug: shpc slot={} disabled={}", slot, ok);
+            }
+            (Some(port), Some(cap), _) => {
                 if !wait_slot(port, cap, SLTSTA_ABP) {
                     println!("hotplug: timeout waiting for the eject request");
                     return;
