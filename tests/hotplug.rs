@@ -635,6 +635,126 @@ fn refusals_have_qemus_texts() {
     );
 }
 
+/// Bridges and ports hot-added as QEMU 7.2 takes them (measured with `-accel tcg -S`):
+/// ACPI takes over cold-plugged bridges only, so what is hot-added behind a hot-added
+/// bridge goes through its standard hot-plug controller (slot 0 refused), and behind a
+/// hot-added port through the port's own slot; a switch's upstream bus takes nothing.
+#[test]
+fn bridges_and_ports_hot_added_as_qemu_does() {
+    let Some(mut m) = Machine::kvm("pc", &[], &[]) else {
+        return;
+    };
+    m.add(json!({"driver": "pci-bridge", "id": "hb", "chassis_nr": 2}));
+    let (bus, slot, _) = m.placed("hb").expect("bridge placed");
+    assert_eq!(bus, "pci.0");
+    m.outl(PIIX4_PCIHP + SELECT, 0);
+    assert_ne!(
+        m.inl(PIIX4_PCIHP + UP) & (1 << slot),
+        0,
+        "announced by ACPI"
+    );
+    shpc_setup(&mut m, (0, slot as u8, 0));
+    m.add(json!({"driver": "virtio-rng-pci", "id": "a", "bus": "hb", "addr": "1"}));
+    assert_eq!(
+        shpc_rd(&mut m, shpc_slot_reg(1)) >> 16 & 0xff,
+        0x0d,
+        "through the hot-added bridge's SHPC"
+    );
+    assert_eq!(m.qtest.cfg_read((1, 1, 0), 0, 2), 0x1af4);
+    assert_eq!(
+        m.qmp.error(
+            "device_add",
+            json!({"driver": "virtio-rng-pci", "id": "b", "bus": "hb"})
+        ),
+        "Unsupported PCI slot 0 for standard hotplug controller. Valid slots are between 1 and 31."
+    );
+    m.add(json!({"driver": "pci-bridge", "id": "hb2", "chassis_nr": 3, "bus": "hb", "addr": "2"}));
+    m.add(json!({"driver": "pci-bridge", "id": "off", "chassis_nr": 4, "shpc": false}));
+    assert_eq!(
+        m.qmp.error(
+            "device_add",
+            json!({"driver": "virtio-rng-pci", "id": "c", "bus": "off", "addr": "1"})
+        ),
+        "Bus 'off' does not support hotplugging"
+    );
+    // The guest ejects the bridge's slot: the bridge and everything behind it go.
+    m.qmp.ok("device_del", json!({"id": "hb"}));
+    acpi_eject(&mut m, PIIX4_PCIHP, 0, slot);
+    let mut gone = Vec::new();
+    while gone.len() < 3 {
+        let ev = m.qmp.wait_event("DEVICE_DELETED");
+        if let Some(id) = ev["data"]["device"].as_str() {
+            gone.push(id.to_string());
+        }
+    }
+    gone.sort();
+    assert_eq!(gone, ["a", "hb", "hb2"]);
+    for id in ["a", "hb", "hb2"] {
+        assert_eq!(m.placed(id), None, "{id}");
+    }
+    // The id and the slot are free again.
+    m.add(json!({"driver": "pci-bridge", "id": "hb", "chassis_nr": 2}));
+    assert_eq!(m.placed("hb"), Some(("pci.0".to_string(), slot, 0)));
+    m.add(json!({"driver": "virtio-rng-pci", "id": "a", "bus": "hb", "addr": "1"}));
+
+    let Some(mut m) = Machine::kvm(
+        "pc-q35-6.0",
+        &["pcie-root-port,id=rp,chassis=1,addr=3"],
+        &[],
+    ) else {
+        return;
+    };
+    assert_eq!(
+        m.qmp.error(
+            "device_add",
+            json!({"driver": "pci-bridge", "id": "hb", "chassis_nr": 2})
+        ),
+        "Bus 'pcie.0' does not support hotplugging"
+    );
+    m.add(json!({"driver": "pcie-pci-bridge", "id": "pb", "bus": "rp"}));
+    m.add(json!({"driver": "virtio-rng-pci", "id": "a", "bus": "pb", "addr": "1"}));
+    assert_eq!(
+        m.qmp.error(
+            "device_add",
+            json!({"driver": "virtio-rng-pci", "id": "b", "bus": "pb"})
+        ),
+        "Unsupported PCI slot 0 for standard hotplug controller. Valid slots are between 1 and 31."
+    );
+
+    let Some(mut m) = Machine::kvm(
+        "pc-q35-10.2",
+        &[
+            "pcie-root-port,id=rp,chassis=1,addr=3",
+            "pcie-root-port,id=rp2,chassis=2,addr=4",
+            "pcie-root-port,id=rp4,chassis=4,addr=5",
+        ],
+        &[],
+    ) else {
+        return;
+    };
+    m.add(json!({"driver": "pcie-pci-bridge", "id": "pb", "bus": "rp"}));
+    // Hot-added: SHPC, not ACPI, although ACPI owns the cold-plugged bridges here.
+    assert_eq!(
+        m.qmp.error(
+            "device_add",
+            json!({"driver": "virtio-rng-pci", "id": "b", "bus": "pb"})
+        ),
+        "Unsupported PCI slot 0 for standard hotplug controller. Valid slots are between 1 and 31."
+    );
+    m.add(json!({"driver": "virtio-rng-pci", "id": "a", "bus": "pb", "addr": "1"}));
+    m.add(json!({"driver": "pcie-root-port", "id": "rp3", "chassis": 3, "bus": "rp2"}));
+    m.add(json!({"driver": "virtio-rng-pci", "id": "c", "bus": "rp3"}));
+    assert_eq!(m.placed("c"), Some(("rp3".to_string(), 0, 0)));
+    m.add(json!({"driver": "x3130-upstream", "id": "up", "bus": "rp4"}));
+    assert_eq!(
+        m.qmp.error(
+            "device_add",
+            json!({"driver": "xio3130-downstream", "id": "dn", "bus": "up", "chassis": 5})
+        ),
+        "Bus 'up' does not support hotplugging"
+    );
+}
+
 #[test]
 fn add_remove_100_times_keeps_fds_threads_and_memory_flat() {
     let Some(mut m) = Machine::kvm("pc", &[], &[]) else {

@@ -119,6 +119,10 @@ pub struct BusPlan {
     /// bridge itself.
     #[serde(default)]
     pub acpi_hotplug: bool,
+    /// The providing bridge was hot-added: its own controller (SHPC, the port's slot)
+    /// handles the bus, as ACPI takes over cold-plugged bridges only.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hotplugged: bool,
 }
 
 /// The identity a guest reads from a function's config header.

@@ -334,6 +334,9 @@ impl Plan {
     /// acpi_pcihp_is_hotpluggable_bus: with bridge hot-plug every cold-plugged bridge's
     /// bus is ACPI's (a switch's upstream bus too) except a slot with `hotplug=off`.
     fn acpi_owns(&self, bus: &BusPlan) -> bool {
+        if bus.hotplugged {
+            return false;
+        }
         if self.acpi_bridge_hotplug && !bus.is_root {
             return bus.hotplug || !bus.port;
         }
@@ -378,7 +381,8 @@ impl Plan {
             .map(|i| i as u32)
     }
 
-    /// The plan without function `idx` (a device the guest ejected): bus parents and
+    /// The plan without function `idx` (a device the guest ejected) and the bus it
+    /// provides, if any (the caller removes what is on that bus first): bus parents and
     /// virtio-serial controllers that pointed past it move down by one.
     pub fn without_function(&self, idx: usize) -> Plan {
         let mut plan = self.clone();
@@ -386,6 +390,7 @@ impl Plan {
             return plan;
         }
         plan.pci.remove(idx);
+        plan.buses.retain(|b| b.parent_function != Some(idx));
         for b in &mut plan.buses {
             if let Some(p) = b.parent_function.as_mut() {
                 if *p > idx {
@@ -404,9 +409,10 @@ impl Plan {
 
 impl Catalog {
     /// `device_add` on the running machine of `plan`: QEMU's hot-plug refusals, then the
-    /// plan with the new function appended (the address is the one `place` predicts).
-    /// Bridges, ports and non-PCI devices are refused: machina cannot add buses or ISA
-    /// devices to a running machine.
+    /// plan with the new function appended (the address is the one `place` predicts) and,
+    /// for a bridge or port, its secondary bus (handled by the bridge's own controller), or
+    /// the virtio-serial port. ISA devices are refused: machina cannot add them to a
+    /// running machine.
     pub fn hot_add(&self, plan: &Plan, req: &DeviceRequest) -> Result<Plan, PlanError> {
         let placed = self
             .place_any(plan, std::slice::from_ref(req), true)
@@ -414,9 +420,6 @@ impl Catalog {
             .next()
             .unwrap_or_else(|| Err(PlanError::UnknownDevice(req.driver.clone())))?;
         match placed {
-            Placement::Pci(p) if p.provides_bus.is_some() => {
-                return Err(PlanError::HotplugUnsupported(p.type_name));
-            }
             // A port joins a virtio-serial bus (QEMU's refusals: bus full, number taken).
             Placement::Pci(_) | Placement::VirtioPort(_) => {}
             _ => return Err(PlanError::HotplugUnsupported(req.driver.clone())),
@@ -427,7 +430,17 @@ impl Catalog {
         let mut ctx = Ctx::from_plan(self, machine, plan);
         let mut out = plan.clone();
         match ctx.realize(req, true)? {
-            Realized::Pci(i, _) => out.pci.push(ctx.topo.functions[i].clone()),
+            Realized::Pci(i, _) => {
+                out.pci.push(ctx.topo.functions[i].clone());
+                let new_idx = out.pci.len() - 1;
+                if let Some(bus) = ctx.topo.functions[i].provides_bus.as_deref() {
+                    if let Some(b) = ctx.topo.buses.iter().find(|b| b.plan.id == bus) {
+                        let mut b = b.plan.clone();
+                        b.parent_function = Some(new_idx);
+                        out.buses.push(b);
+                    }
+                }
+            }
             Realized::Port(i) => out.virtio_ports.push(ctx.ports[i].clone()),
             _ => return Err(PlanError::HotplugUnsupported(req.driver.clone())),
         }
@@ -598,6 +611,7 @@ impl<'a> Ctx<'a> {
             shpc: false,
             port: false,
             acpi_hotplug: hotplug,
+            hotplugged: false,
         }));
         if root.auto_named {
             match root.kind {
@@ -771,7 +785,7 @@ impl<'a> Ctx<'a> {
             ));
         }
         self.check_json_dup(req, &id)?;
-        resolve_properties(dev, self.machine, &req.properties)?;
+        resolve_properties(dev, self.machine, &self.globals, &req.properties)?;
         if dev.name == "vmcoreinfo" {
             if self.busless.iter().any(|d| d.type_name == dev.name) {
                 return Err(PlanError::Busless(
@@ -967,7 +981,7 @@ impl<'a> Ctx<'a> {
         };
         let idx = self.topo.insert(bus, function);
         if let Some(name) = provides_bus {
-            self.add_bridge_bus(dev, idx, &bus_plan, name);
+            self.add_bridge_bus(dev, idx, &bus_plan, name, hotplug);
         }
         Ok((idx, advisories))
     }
@@ -1020,14 +1034,22 @@ impl<'a> Ctx<'a> {
     }
 
     /// The secondary bus `name` of bridge `dev`, the function at `idx` on `bus_plan`.
-    fn add_bridge_bus(&mut self, dev: &DeviceType, idx: usize, bus_plan: &BusPlan, name: String) {
+    /// `hotplugged`: a `device_add` after start; ACPI takes over cold-plugged bridges only.
+    fn add_bridge_bus(
+        &mut self,
+        dev: &DeviceType,
+        idx: usize,
+        bus_plan: &BusPlan,
+        name: String,
+        hotplugged: bool,
+    ) {
         if let Some(bridge) = &dev.bridge {
             let props = &self.topo.functions[idx].properties;
             // When the south bridge's ACPI hot-plug owns bridges (q35: ICH9-LPC 6.1 and
             // later; pc unless `acpi-pci-hotplug-with-bridge-support=off`) the ACPI plug
             // callback takes over cold-plugged bridges' buses from SHPC, so their slot 0 is
             // usable (measured on QEMU 7.2).
-            let acpi_owns = self.acpi_bridge_hotplug();
+            let acpi_owns = self.acpi_bridge_hotplug() && !hotplugged;
             // Cold-plugged bridges on an ACPI-hotplug bus (pc's) get ACPI hot-plug for their
             // own bus too, which replaces the standard hot-plug controller.
             let acpi = bus_plan.acpi_hotplug && !bridge.port && acpi_owns;
@@ -1050,6 +1072,7 @@ impl<'a> Ctx<'a> {
                 shpc,
                 port: bridge.port,
                 acpi_hotplug: acpi,
+                hotplugged,
             }));
         }
     }

@@ -149,10 +149,21 @@ fn hot_add_matches_the_prediction_and_mechanisms_follow_qemu() {
     );
     assert_eq!(added.pci.len(), plan.pci.len() + 1);
     assert_eq!(added.without_function(added.pci.len() - 1), plan);
+    // A hot-added bridge brings its bus, handled by its own SHPC (ACPI takes cold-plugged
+    // bridges only).
     let bridge = DeviceRequest::parse("pci-bridge,id=b,chassis_nr=3,bus=rp1").unwrap();
+    let with_bridge = c.hot_add(&plan, &bridge).unwrap();
+    let b = with_bridge.bus("b").unwrap();
+    assert!(b.hotplugged && b.shpc);
+    assert_eq!(b.parent_function, Some(with_bridge.pci.len() - 1));
     assert_eq!(
-        c.hot_add(&plan, &bridge).unwrap_err().to_string(),
-        "hot-plugging pci-bridge is not supported by machina yet"
+        with_bridge.hotplug_mechanism("b"),
+        machine::HotplugMechanism::Shpc
+    );
+    assert_eq!(with_bridge.acpi_hotplug_buses(), plan.acpi_hotplug_buses());
+    assert_eq!(
+        with_bridge.without_function(with_bridge.pci.len() - 1),
+        plan
     );
 
     let old = c

@@ -86,7 +86,13 @@ pub fn hot_add(
     let threads = DeviceThreads::start(std::mem::take(&mut set.workers), &control.iothreads)
         .map_err(|e| format!("cannot start a device I/O thread: {e}"))?;
     let mut host = inputs.host.lock().unwrap_or_else(|e| e.into_inner());
-    host.hot_add(&f, func, kind).map_err(|e| e.to_string())?;
+    let provides_kind = f
+        .provides_bus
+        .as_deref()
+        .and_then(|b| plan.bus(b))
+        .map(|b| b.kind);
+    host.hot_add(&f, func, kind, provides_kind)
+        .map_err(|e| e.to_string())?;
     inputs
         .added
         .devices
@@ -124,6 +130,19 @@ pub fn hot_add(
     Ok(())
 }
 
+/// (bus, devfn) of `f` and of everything behind it when it is a bridge, children first.
+fn subtree(plan: &Plan, f: &PciFunctionPlan, out: &mut Vec<(String, u8)>, depth: usize) {
+    if depth > plan.buses.len() {
+        return;
+    }
+    if let Some(child) = &f.provides_bus {
+        for g in plan.pci.iter().filter(|g| &g.bus == child) {
+            subtree(plan, g, out, depth + 1);
+        }
+    }
+    out.push((f.bus.clone(), f.devfn()));
+}
+
 /// The guest ejected slot `slot` of `bus`: every function there that the machine type did
 /// not create leaves the host, the plan and the configuration; DEVICE_DELETED for each
 /// (its virtio backend first, as QEMU unrealizes the child before the proxy).
@@ -137,17 +156,30 @@ pub fn eject(control: &Controller, bus: &str, slot: u8, added: &mut HotAdded) {
     };
     let mut plan = plan;
     let mut events = Vec::new();
-    while let Some(idx) = plan
+    // Everything in the slot that the machine type did not create, and for a bridge what
+    // is behind it, deepest first (QEMU unrealizes a bridge's bus before the bridge).
+    let mut order = Vec::new();
+    for f in plan
         .pci
         .iter()
-        .position(|f| f.bus == bus && f.slot == slot && !f.implicit && f.provides_bus.is_none())
+        .filter(|f| f.bus == bus && f.slot == slot && !f.implicit)
     {
+        subtree(&plan, f, &mut order, 0);
+    }
+    for (bus_id, devfn) in order {
+        let Some(idx) = plan
+            .pci
+            .iter()
+            .position(|f| f.bus == bus_id && f.devfn() == devfn)
+        else {
+            continue;
+        };
         let f = plan.pci[idx].clone();
         host.lock()
             .unwrap_or_else(|e| e.into_inner())
-            .hot_remove(bus, f.devfn());
+            .hot_remove(&bus_id, devfn);
         // Its I/O thread stops (joined) now that nothing can reach the function.
-        drop(added.devices.remove(&(bus.to_string(), f.devfn())));
+        drop(added.devices.remove(&(bus_id.clone(), devfn)));
         plan = plan.without_function(idx);
         events.push(f);
     }
@@ -173,7 +205,7 @@ pub fn eject(control: &Controller, bus: &str, slot: u8, added: &mut HotAdded) {
                 let addr = machine::format_devfn(f.devfn());
                 state.config.devices.retain(|d| {
                     !(d.driver == f.type_name
-                        && d.get("bus") == Some(bus)
+                        && d.get("bus") == Some(f.bus.as_str())
                         && d.get("addr") == Some(addr.as_str()))
                 });
             }

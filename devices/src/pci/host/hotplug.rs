@@ -1,22 +1,24 @@
 //! Hot-plug on the built host: a function added to or removed from a running machine
 //! (mapped, interrupt sinks given, bridges told), and the handles the VMM announces it with.
 
-use super::{lock, FunctionEntry, PciHost, SharedFunction};
+use super::{lock, BusNode, FunctionEntry, PciHost, SharedFunction};
 use crate::pci::acpi_hotplug::SharedPcihp;
 use crate::pci::bridge::PciBridge;
 use crate::pci::caps::pcie::link_status_of;
 use crate::pci::kind::PciKind;
 use crate::pci::PciError;
-use machine::PciFunctionPlan;
+use machine::{BusKind, PciFunctionPlan};
 
 impl PciHost {
-    /// Add the model `func` of planned function `f` (a `device_add` after start). Its
-    /// interrupts go where the others' go; nothing decodes until the guest programs it.
+    /// Add the model `func` of planned function `f` (a `device_add` after start), with the
+    /// kind of the bus it provides if it is a bridge or port. Its interrupts go where the
+    /// others' go; nothing decodes until the guest programs it.
     pub fn hot_add(
         &mut self,
         f: &PciFunctionPlan,
         func: SharedFunction,
         kind: &'static dyn PciKind,
+        provides_kind: Option<BusKind>,
     ) -> Result<(), PciError> {
         let bus = self
             .bus_index(&f.bus)
@@ -37,6 +39,25 @@ impl PciHost {
                 m.set_msi_sink(s.clone());
             }
         }
+        // A bridge or port brings its secondary bus; an id the guest ejected before is
+        // reused (its node stays behind, unnamed, so bus indices keep their meaning).
+        let provides = match (&f.provides_bus, provides_kind) {
+            (Some(id), Some(kind)) => {
+                self.buses.push(BusNode {
+                    id: id.clone(),
+                    kind,
+                    parent: Some(key),
+                });
+                Some(self.buses.len() - 1)
+            }
+            (None, _) => None,
+            (Some(id), None) => return Err(PciError::UnknownBus(id.clone())),
+        };
+        if let (Some(bus_id), Some(b)) = (&f.provides_bus, lock(&func).as_bridge_mut()) {
+            // Empty behind it; its own controller handles the bus (plug_latched).
+            b.attach(0, None, true);
+            b.set_eject_target(self.lifecycle.clone(), bus_id.clone());
+        }
         self.functions.insert(
             key,
             FunctionEntry {
@@ -44,7 +65,7 @@ impl PciHost {
                 kind,
                 type_name: f.type_name.clone(),
                 id: f.id.clone(),
-                provides: None,
+                provides,
                 mapped: Vec::new(),
             },
         );
@@ -52,12 +73,16 @@ impl PciHost {
         Ok(())
     }
 
-    /// Remove the function at `devfn` of `bus_id` (the guest ejected it): its mappings go,
-    /// its INTx lines drop. Returns the model, for the VMM to stop its worker.
+    /// Remove the function at `devfn` of `bus_id` (the guest ejected it; the caller
+    /// removes what is behind a bridge first): its mappings go, its INTx lines drop, the
+    /// bus it provides loses its name. Returns the model, for the VMM to stop its worker.
     pub fn hot_remove(&mut self, bus_id: &str, devfn: u8) -> Option<SharedFunction> {
         let bus = self.bus_index(bus_id)?;
         let key = (bus, devfn);
         let entry = self.functions.remove(&key)?;
+        if let Some(child) = entry.provides.and_then(|c| self.buses.get_mut(c)) {
+            child.id.clear();
+        }
         self.unmap_removed(&entry.mapped, &entry.func);
         self.intx_levels.retain(|(k, _), _| *k != key);
         self.update_intx_lines();
