@@ -995,3 +995,34 @@ fn guest_uses_and_ejects_a_hot_added_virtio_blk_on_pc_shpc() {
     );
     assert_shpc_steps(&text);
 }
+
+/// As libvirt lays q35 out (root ports as functions of one slot, a cold-plugged device in
+/// the first) with the bus not told to the guest (`machina.hotplug-scan`): it finds the
+/// BSEL whose UP bit is set and the port whose bus gained the slot, as acpiphp rescans.
+#[test]
+fn guest_finds_the_port_of_a_hot_added_device_on_q35_acpi() {
+    if !require_kvm() {
+        return;
+    }
+    let text = guest_round_trip(
+        &[
+            "-M",
+            "pc-q35-10.2",
+            "-device",
+            "pcie-root-port,id=pci.1,chassis=1,addr=2.0,multifunction=on",
+            "-device",
+            "pcie-root-port,id=pci.2,chassis=2,addr=2.1",
+            "-device",
+            "pcie-root-port,id=pci.3,chassis=3,addr=2.2",
+            "-device",
+            "virtio-rng-pci,bus=pci.1",
+        ],
+        "machina.pcihp=0xcc0 machina.hotplug-scan=1",
+        json!({"bus": "pci.3"}),
+    );
+    assert_eq!(
+        text.matches("hotplug: found behind port=00:02.2").count(),
+        2,
+        "{text}"
+    );
+}

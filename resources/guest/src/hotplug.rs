@@ -135,6 +135,58 @@ fn shpc_command(base: u64, slot: u8, code: u16) -> bool {
     shpc_read(base, SHPC_CMD) >> 16 & 0xf == 0
 }
 
+/// Bridges on bus 0 (in scan order) with the slots populated behind each.
+struct Bridges {
+    list: [(Bdf, u8); 64],
+    present: [u32; 64],
+    len: usize,
+}
+
+impl Bridges {
+    /// Every type-1 function of bus 0, its secondary bus and which slots answer there.
+    fn scan() -> Bridges {
+        let mut b = Bridges {
+            list: [(Bdf { bus: 0, dev: 0, func: 0 }, 0); 64],
+            present: [0; 64],
+            len: 0,
+        };
+        for dev in 0..32u8 {
+            for func in 0..8u8 {
+                let bdf = Bdf { bus: 0, dev, func };
+                if Cf8.read32(bdf, 0) & 0xffff == 0xffff {
+                    continue;
+                }
+                if (Cf8.read32(bdf, 0x0c) >> 16) & 0x7f != 1 || b.len == b.list.len() {
+                    continue;
+                }
+                let sec = (Cf8.read32(bdf, 0x18) >> 8) as u8;
+                b.list[b.len] = (bdf, sec);
+                b.present[b.len] = slots_present(sec);
+                b.len += 1;
+            }
+        }
+        b
+    }
+
+    /// The bridge behind which `slot` answers now but did not at the scan.
+    fn newly_populated(&self, slot: u8) -> Option<(Bdf, u8)> {
+        (0..self.len).find_map(|i| {
+            let (bdf, sec) = self.list[i];
+            let now = slots_present(sec) & (1 << slot) != 0;
+            (now && self.present[i] & (1 << slot) == 0).then_some((bdf, sec))
+        })
+    }
+}
+
+fn slots_present(bus: u8) -> u32 {
+    if bus == 0 {
+        return 0;
+    }
+    (0..32u8)
+        .filter(|&dev| Cf8.read32(Bdf { bus, dev, func: 0 }, 0) & 0xffff != 0xffff)
+        .fold(0, |m, dev| m | 1 << dev)
+}
+
 /// Where hot-plugged devices appear: the root bus (ACPI, `bsel` 0) or behind the root port
 /// at device `port` of bus 0 (ACPI with the bus's `bsel`, or the port's own PCIe slot).
 struct Target {
@@ -248,7 +300,7 @@ pub fn run(cmdline: &Cmdline<'_>, rsdp_hint: u64) {
     let gpe0 = acpi::find_fadt(rsdp_hint)
         .and_then(|f| u16::try_from(f.gpe0).ok())
         .unwrap_or(0);
-    let Some(t) = target(cmdline) else {
+    let Some(mut t) = target(cmdline) else {
         println!("hotplug: no-slot-capability");
         return;
     };
@@ -260,6 +312,11 @@ pub fn run(cmdline: &Cmdline<'_>, rsdp_hint: u64) {
     let mut mmio = cmdline.get_u64(b"machina.hotplug-mmio", 0xfe00_0000);
     let mut io = cmdline.get_u64(b"machina.hotplug-io", 0xe000);
     let rounds = cmdline.get_u64(b"machina.hotplug-rounds", 1);
+    // `machina.hotplug-scan`: the bus is not known in advance (a management tool picks a
+    // free port): every BSEL is read after the event and the bridge whose bus gained the
+    // slot is found by rescanning, as Linux's acpiphp rescans.
+    let scan = cmdline.get(b"machina.hotplug-scan").is_some();
+    let bridges = Bridges::scan();
     setup_port(&t, mmio, io);
     if let Some(base) = t.shpc {
         println!("hotplug: shpc registers at 0x{:x}", base);
@@ -305,14 +362,35 @@ pub fn run(cmdline: &Cmdline<'_>, rsdp_hint: u64) {
                     println!("hotplug: timeout waiting for a device");
                     return;
                 }
-                outl(base + SELECT, t.bsel);
-                let up = inl(base + UP);
-                println!("hotplug: event round={} up=0x{:x}", round, up);
+                let mut up = 0;
+                for bsel in if scan { 0..32 } else { t.bsel..t.bsel + 1 } {
+                    outl(base + SELECT, bsel);
+                    up = inl(base + UP);
+                    if up != 0 {
+                        t.bsel = bsel;
+                        break;
+                    }
+                }
+                println!(
+                    "hotplug: event round={} bsel={} up=0x{:x}",
+                    round, t.bsel, up
+                );
                 if up == 0 {
                     println!("hotplug: nothing came up");
                     return;
                 }
-                up.trailing_zeros() as u8
+                let slot = up.trailing_zeros() as u8;
+                if scan {
+                    let Some((port, bus)) = bridges.newly_populated(slot) else {
+                        println!("hotplug: no bridge gained slot {}", slot);
+                        return;
+                    };
+                    t.port = Some(port);
+                    t.bus = bus;
+                    setup_port(&t, mmio, io);
+                    println!("hotplug: found behind port={} bus={}", port, bus);
+                }
+                slot
             }
         };
         let bdf = Bdf {
