@@ -3,9 +3,9 @@
 //! on q35 and on pc that boots the tiny guest with a virtio disk, NIC and rng and serial ports
 //! on a file and a pty, and takes it through virsh's everyday commands: dominfo, vcpuinfo,
 //! domblkinfo, domblkstat, qemu-monitor-command, suspend/resume, reboot, a libvirtd restart
-//! with the domain running, shutdown (ACPI power button), destroy. A second pc domain boots
-//! the guest in hotplug mode for `virsh attach-device --live` / `detach-device --live` of a
-//! disk and a NIC.
+//! with the domain running, shutdown (ACPI power button), destroy. `virsh attach-device
+//! --live` / `detach-device --live` are in tests/libvirt_hotplug.rs; the domain and virsh
+//! helpers both use are in tests/src/libvirt_domain.rs.
 //!
 //! Needs root (libvirt's system driver, taps, mount namespaces) and /dev/kvm; without either it
 //! prints why and skips. Everything else missing (libvirtd, virsh, ip) is a failure: the
@@ -24,38 +24,19 @@
 mod common;
 
 use common::machina;
-use machina_tests::libvirt::{capability_flags, process_alive, Libvirtd, PtyReader, Tap};
-use machina_tests::RunResult;
-use serde_json::Value;
-use std::path::{Path, PathBuf};
+use machina_tests::libvirt::{capability_flags, process_alive, PtyReader};
+use machina_tests::libvirt_domain::{emulator, setup, Run, DISK_SIZE};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-/// Hang guard for waits on the guest or a state change (the tiny guest needs about a second).
-const WAIT: Duration = Duration::from_secs(180);
-
-const DISK_SIZE: u64 = 1 << 20;
 const BLK_SEED: u64 = 7;
-
-fn data(name: &str) -> String {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/data/libvirt")
-        .join(name);
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-fn emulator() -> PathBuf {
-    match std::env::var_os("MACHINA_LIBVIRT_EMULATOR") {
-        Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => machina(),
-    }
-}
 
 /// The tiny guest's tests: probe PCI, drive every virtio device, then wait for the power
 /// button, so the domain stays up for the lifecycle steps.
 fn guest_cmdline() -> String {
     let mut cmdline =
         format!("machina.test=pci-scan,virtio,powerbutton machina.blk-seed={BLK_SEED}");
-    let is_qemu = emulator()
+    let is_qemu = emulator(&machina())
         .file_name()
         .is_some_and(|n| n.to_string_lossy().starts_with("qemu"));
     if is_qemu {
@@ -64,178 +45,6 @@ fn guest_cmdline() -> String {
         cmdline += " machina.virtio-io-base=0x7000";
     }
     cmdline
-}
-
-/// Why this host cannot run the test, if it cannot.
-fn skip_reason() -> Option<&'static str> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Some("not root (libvirt's system driver, taps and mount namespaces need root)");
-    }
-    if !machina_tests::kvm_available() {
-        return Some("/dev/kvm is not usable");
-    }
-    None
-}
-
-/// One machine type's run: the daemon, the domain's files, and the failure context.
-struct Run {
-    machine: &'static str,
-    name: String,
-    lv: Libvirtd,
-    emulator: PathBuf,
-    disk: PathBuf,
-    serial_log: PathBuf,
-    mac: String,
-    cmdline: String,
-    tap: Tap,
-}
-
-impl Run {
-    fn step(&self, what: &str) {
-        eprintln!("libvirt[{}]: {what}", self.machine);
-    }
-
-    fn fail(&self, step: &str, detail: &str) -> ! {
-        panic!(
-            "libvirt[{}] step `{step}` failed: {detail}\n{}",
-            self.machine,
-            self.lv.diagnostics(Some(&self.name))
-        );
-    }
-
-    /// `virsh ARGS` must succeed; its stdout.
-    fn virsh(&self, step: &str, args: &[&str]) -> String {
-        let r = self.lv.virsh(args);
-        if r.status != Some(0) {
-            self.fail(step, &virsh_failure(args, &r));
-        }
-        r.stdout
-    }
-
-    fn domstate(&self) -> String {
-        self.lv
-            .virsh(&["domstate", &self.name])
-            .stdout
-            .trim()
-            .to_string()
-    }
-
-    fn expect_state(&self, step: &str, want: &str) {
-        let state = self.domstate();
-        if state != want {
-            self.fail(step, &format!("domain state `{state}`, expected `{want}`"));
-        }
-    }
-
-    /// Wait until `done()`; fail early if the domain ends (when `while_running`), and at the
-    /// hang guard.
-    fn wait_for(&self, step: &str, what: &str, done: impl Fn() -> bool, while_running: bool) {
-        let start = Instant::now();
-        loop {
-            if done() {
-                return;
-            }
-            if while_running {
-                // Transient states ("in shutdown" during a reboot) are fine; an ended domain
-                // is not.
-                let state = self.domstate();
-                if (state == "shut off" || state == "crashed") && !done() {
-                    self.fail(
-                        step,
-                        &format!(
-                            "the domain is `{state}` while waiting for {what}\n--- serial:\n{}",
-                            self.serial()
-                        ),
-                    );
-                }
-            }
-            if start.elapsed() > WAIT {
-                self.fail(
-                    step,
-                    &format!("no {what} within {WAIT:?}\n--- serial:\n{}", self.serial()),
-                );
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    fn serial(&self) -> String {
-        std::fs::read_to_string(&self.serial_log).unwrap_or_default()
-    }
-
-    fn count(&self, needle: &str) -> usize {
-        self.serial().matches(needle).count()
-    }
-
-    /// QMP through libvirt: `virsh qemu-monitor-command DOMAIN JSON`, the `return` value.
-    fn monitor(&self, step: &str, command: &str) -> Value {
-        self.monitor_args(step, command, Value::Null)
-    }
-
-    /// `qemu-monitor-command` with arguments.
-    fn monitor_args(&self, step: &str, command: &str, args: Value) -> Value {
-        let mut msg = serde_json::json!({ "execute": command });
-        if !args.is_null() {
-            msg["arguments"] = args;
-        }
-        let json = msg.to_string();
-        let out = self.virsh(step, &["qemu-monitor-command", &self.name, &json]);
-        let v: Value = serde_json::from_str(out.trim())
-            .unwrap_or_else(|e| self.fail(step, &format!("answer is not JSON ({e}): {out}")));
-        match v.get("return") {
-            Some(r) => r.clone(),
-            None => self.fail(step, &format!("no `return` in {out}")),
-        }
-    }
-
-    fn pid(&self, step: &str) -> u32 {
-        self.lv
-            .domain_pid(&self.name)
-            .unwrap_or_else(|| self.fail(step, "libvirt recorded no pid for the running domain"))
-    }
-
-    fn domain_xml(&self, serial: &str) -> String {
-        let controllers = data(&format!("controllers-{}.xml", self.machine));
-        let serial = data(serial).replace("@SERIAL_LOG@", &self.serial_log.display().to_string());
-        let kernel = machina_tests::paths::guest_elf(&machina());
-        data("domain.xml")
-            .replace("@CONTROLLERS@", controllers.trim_end())
-            .replace("@SERIAL@", serial.trim_end())
-            .replace("@NAME@", &self.name)
-            .replace("@MACHINE@", self.machine)
-            .replace("@KERNEL@", &kernel.display().to_string())
-            .replace("@CMDLINE@", &self.cmdline)
-            .replace("@EMULATOR@", &self.emulator.display().to_string())
-            .replace("@DISK@", &self.disk.display().to_string())
-            .replace("@MAC@", &self.mac)
-            .replace("@TAP@", &self.tap.name)
-    }
-
-    /// Define the domain, or redefine it (same UUID) with another serial configuration.
-    fn define(&self, step: &str, serial: &str) {
-        let mut xml = self.domain_xml(serial);
-        let known = self.lv.virsh(&["domuuid", &self.name]);
-        if known.status == Some(0) {
-            let uuid = format!("<uuid>{}</uuid>", known.stdout.trim());
-            let name = format!("<name>{}</name>", self.name);
-            xml = xml.replacen(&name, &format!("{name}\n  {uuid}"), 1);
-        }
-        let path = self.lv.root().join(format!("{}.xml", self.name));
-        std::fs::write(&path, xml).expect("write the domain XML");
-        self.virsh(step, &["define", &path.display().to_string()]);
-    }
-}
-
-fn virsh_failure(args: &[&str], r: &RunResult) -> String {
-    format!(
-        "`virsh {}` exited {:?} after {:?}\n--- stdout:\n{}\n--- stderr:\n{}",
-        args.join(" "),
-        r.status,
-        r.elapsed,
-        r.stdout,
-        r.stderr
-    )
 }
 
 /// `Key:   value` lines of dominfo/vcpuinfo/domblkinfo.
@@ -308,44 +117,9 @@ fn save_capabilities(run: &Run, qemu: Option<&Path>) {
     let _ = std::fs::write(out.join("flags-diff.txt"), summary);
 }
 
-/// The private libvirtd, tap and disk of one machine type's run, booting the tiny guest with
-/// `cmdline`; None (after printing why) where this host cannot run it.
-fn setup(machine: &'static str, tag: &str, cmdline: String) -> Option<Run> {
-    if let Some(why) = skip_reason() {
-        eprintln!("SKIP: libvirt test on {machine}: {why}");
-        return None;
-    }
-    let guest = machina_tests::paths::guest_elf(&machina());
-    assert!(
-        guest.is_file(),
-        "the tiny guest's ELF is missing: {}",
-        guest.display()
-    );
-    let lv = Libvirtd::start(machine).unwrap_or_else(|e| panic!("libvirt[{machine}]: {e}"));
-    let tap_name = format!("mlv{}{tag}{}", &machine[..1], std::process::id() % 100_000);
-    let tap = Tap::create(&tap_name).unwrap_or_else(|e| panic!("libvirt[{machine}]: tap: {e}"));
-    let disk = lv.root().join("disk.raw");
-    std::fs::File::create(&disk)
-        .and_then(|f| f.set_len(DISK_SIZE))
-        .expect("create the disk image");
-    Some(Run {
-        machine,
-        name: format!("machina-{machine}{tag}"),
-        emulator: emulator(),
-        serial_log: lv.root().join("serial.log"),
-        disk,
-        mac: format!(
-            "52:54:00:6d:{:02x}:01",
-            if machine == "q35" { 0x35 } else { 0x01 }
-        ),
-        cmdline,
-        tap,
-        lv,
-    })
-}
-
 fn drive(machine: &'static str) {
-    let Some(mut run) = setup(machine, "", guest_cmdline()) else {
+    let controllers = format!("controllers-{machine}.xml");
+    let Some(mut run) = setup(&machina(), machine, "", guest_cmdline(), &controllers) else {
         return;
     };
     let emulator = run.emulator.display().to_string();
@@ -806,185 +580,6 @@ fn check_guest_lines(run: &Run, step: &str, serial: &str) {
             ),
         );
     }
-}
-
-/// `virsh attach-device --live` / `detach-device --live` of a virtio disk and then a virtio
-/// NIC on a running pc domain. For the disk libvirt 9.0 adds the file and raw nodes
-/// (blockdev-add) and the device (device_add); for the NIC it opens the tap, passes it with
-/// `getfd` (SCM_RIGHTS), then netdev_add and device_add. The tiny guest (hotplug mode) sees
-/// each ACPI announcement, drives the device and releases it; on detach libvirt sends
-/// device_del, the guest ejects the slot, and on DEVICE_DELETED libvirt removes the backends
-/// (blockdev-del, netdev_del).
-fn hotplug_disk_and_nic(machine: &'static str) {
-    // Three rounds (disk, NIC, none): after each eject the guest waits for the next device,
-    // so the domain is still running when libvirt's clean-up is checked.
-    let cmdline = "machina.test=hotplug machina.hotplug-rounds=3".to_string();
-    let Some(run) = setup(machine, "h", cmdline) else {
-        return;
-    };
-    let step = "define + start (guest in hotplug mode)";
-    run.step(step);
-    run.define(step, "serial-file.xml");
-    run.virsh(step, &["start", &run.name]);
-    run.wait_for(
-        step,
-        "`hotplug: waiting`",
-        || run.count("hotplug: waiting") >= 1,
-        true,
-    );
-    let pid = run.pid(step);
-
-    let step = "attach-device --live (disk)";
-    run.step(step);
-    let extra = run.lv.root().join("extra.raw");
-    std::fs::File::create(&extra)
-        .and_then(|f| f.set_len(DISK_SIZE))
-        .expect("create the second disk");
-    let xml = run.lv.root().join("extra-disk.xml");
-    std::fs::write(
-        &xml,
-        format!(
-            "<disk type='file' device='disk'>\n  <driver name='qemu' type='raw'/>\n  \
-             <source file='{}'/>\n  <target dev='vdb' bus='virtio'/>\n</disk>\n",
-            extra.display()
-        ),
-    )
-    .expect("write the disk XML");
-    let xml = xml.display().to_string();
-    run.virsh(step, &["attach-device", &run.name, &xml, "--live"]);
-    let list = run.virsh(step, &["domblklist", &run.name]);
-    if !list
-        .lines()
-        .any(|l| l.split_whitespace().next() == Some("vdb"))
-    {
-        run.fail(step, &format!("no vdb in domblklist:\n{list}"));
-    }
-    let nodes = run.monitor(step, "query-named-block-nodes");
-    let extra_text = extra.display().to_string();
-    let on_extra = |nodes: &Value| {
-        nodes
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter(|n| n["file"] == extra_text.as_str())
-                    .count()
-            })
-            .unwrap_or(0)
-    };
-    if on_extra(&nodes) == 0 {
-        run.fail(step, &format!("no node on {extra_text}: {nodes}"));
-    }
-    let step = "the guest drives the hot-added disk";
-    run.step(step);
-    run.wait_for(
-        step,
-        "`hotplug: released`",
-        || run.count("hotplug: released") >= 1,
-        true,
-    );
-    let serial = run.serial();
-    for want in ["driver result=ok", "write=ok read=ok match=yes"] {
-        if !serial.contains(want) {
-            run.fail(
-                step,
-                &format!("no `{want}` in the guest's output:\n{serial}"),
-            );
-        }
-    }
-
-    let step = "detach-device --live (disk)";
-    run.step(step);
-    run.virsh(step, &["detach-device", &run.name, &xml, "--live"]);
-    // virsh returns once the request is sent; the disk goes when the guest has ejected it.
-    run.wait_for(
-        step,
-        "vdb gone from domblklist",
-        || {
-            let r = run.lv.virsh(&["domblklist", &run.name]);
-            r.status == Some(0)
-                && !r
-                    .stdout
-                    .lines()
-                    .any(|l| l.split_whitespace().next() == Some("vdb"))
-        },
-        false,
-    );
-    if run.count("hotplug: ejected") != 1 {
-        run.fail(step, &format!("the guest did not eject:\n{}", run.serial()));
-    }
-    // libvirt removed both nodes after DEVICE_DELETED (blockdev-del).
-    run.expect_state(step, "running");
-    let nodes = run.monitor(step, "query-named-block-nodes");
-    if on_extra(&nodes) != 0 {
-        run.fail(step, &format!("nodes on {extra_text} remain: {nodes}"));
-    }
-
-    // A NIC on a tap libvirt opens and passes (getfd over the monitor socket, netdev_add
-    // type=tap,fd=NAME, device_add virtio-net-pci).
-    let step = "attach-device --live (NIC)";
-    run.step(step);
-    let tap_name = format!("mlvn{}", std::process::id() % 100_000);
-    let _tap = Tap::create(&tap_name).unwrap_or_else(|e| run.fail(step, &e));
-    let mac = "52:54:00:6d:02:02";
-    let xml = run.lv.root().join("extra-nic.xml");
-    std::fs::write(
-        &xml,
-        format!(
-            "<interface type='ethernet'>\n  <mac address='{mac}'/>\n  \
-             <target dev='{tap_name}' managed='no'/>\n  <model type='virtio'/>\n</interface>\n"
-        ),
-    )
-    .expect("write the NIC XML");
-    let xml = xml.display().to_string();
-    let has_nic = || {
-        let r = run.lv.virsh(&["domiflist", &run.name]);
-        (r.status == Some(0)).then(|| r.stdout.contains(mac))
-    };
-    run.virsh(step, &["attach-device", &run.name, &xml, "--live"]);
-    if has_nic() != Some(true) {
-        run.fail(step, "the NIC is not in domiflist");
-    }
-    let step = "the guest drives the hot-added NIC";
-    run.step(step);
-    run.wait_for(
-        step,
-        "a second `hotplug: released`",
-        || run.count("hotplug: released") >= 2,
-        true,
-    );
-    if run.count("driver result=ok") != 2 {
-        run.fail(
-            step,
-            &format!("the guest's NIC driver failed:\n{}", run.serial()),
-        );
-    }
-    let step = "detach-device --live (NIC)";
-    run.step(step);
-    run.virsh(step, &["detach-device", &run.name, &xml, "--live"]);
-    run.wait_for(
-        step,
-        "the NIC gone from domiflist",
-        || has_nic() == Some(false),
-        false,
-    );
-    if run.count("hotplug: ejected") != 2 {
-        run.fail(step, &format!("the guest did not eject:\n{}", run.serial()));
-    }
-    run.expect_state(step, "running");
-
-    let step = "destroy";
-    run.step(step);
-    if run.domstate() != "shut off" {
-        run.virsh(step, &["destroy", &run.name]);
-    }
-    run.wait_for(step, "the emulator's exit", || !process_alive(pid), false);
-    run.virsh("undefine", &["undefine", &run.name]);
-    run.step("done");
-}
-
-#[test]
-fn libvirt_hotplugs_a_disk_and_a_nic_on_pc() {
-    hotplug_disk_and_nic("pc");
 }
 
 #[test]

@@ -3,6 +3,7 @@
 //! machine-readable lines.
 
 pub mod libvirt;
+pub mod libvirt_domain;
 pub mod netns;
 pub mod paths;
 pub mod pci_compare;

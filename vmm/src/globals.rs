@@ -1,6 +1,8 @@
 //! `-global DRIVER.PROPERTY=VALUE`: a property for every device of a type, applied to the
-//! plan's functions before the build (QEMU applies globals when it creates a device). Only
-//! the properties a model honours (its kind's `globals()`, e.g. ICH9 LPC's `noreboot`) are
+//! plan's functions before the build (QEMU applies globals when it creates a device); the
+//! planner gets them too (`PlanRequest::globals`), for the properties that decide the plan
+//! (the south bridge's `acpi-pci-hotplug-with-bridge-support`). Only the properties a model
+//! or the planner honours (its kind's `globals()`, e.g. ICH9 LPC's `noreboot`) are
 //! accepted; a property the type does not have gets QEMU's error; a type the machine does
 //! not create is ignored, as in QEMU.
 
