@@ -55,16 +55,7 @@ const CLEARCPUID: &str = "clearcpuid=cx16,xsave,popcnt,rdrand,rdseed,fsgsbase,sm
 const PNP_NOT_MODELLED: &[&str] = &["PNP0700", "PNP0400"];
 
 fn vmlinux() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let out = Command::new(root.join("scripts/linux-guest"))
-        .output()
-        .expect("run scripts/linux-guest");
-    assert!(
-        out.status.success(),
-        "scripts/linux-guest failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+    machina_tests::paths::linux_guest(&Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
 }
 
 /// A 16 MiB raw image with an MBR holding one Linux partition (LBA 2048 to the end).
