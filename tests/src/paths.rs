@@ -35,6 +35,20 @@ pub fn venv_python(binary: &Path) -> PathBuf {
     }
 }
 
+/// The Linux test guest (tests/data/linux/guest.config), built or found in its cache by
+/// `scripts/linux-guest` under the workspace at `root`; panics with the script's error.
+pub fn linux_guest(root: &Path) -> PathBuf {
+    let out = std::process::Command::new(root.join("scripts/linux-guest"))
+        .output()
+        .expect("run scripts/linux-guest");
+    assert!(
+        out.status.success(),
+        "scripts/linux-guest failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -48,18 +62,4 @@ mod tests {
             PathBuf::from("/nonexistent/target/guest/release/machina-guest")
         );
     }
-}
-
-/// The Linux test guest (tests/data/linux/guest.config), built or found in its cache by
-/// `scripts/linux-guest` under the workspace at `root`; panics with the script's error.
-pub fn linux_guest(root: &Path) -> PathBuf {
-    let out = std::process::Command::new(root.join("scripts/linux-guest"))
-        .output()
-        .expect("run scripts/linux-guest");
-    assert!(
-        out.status.success(),
-        "scripts/linux-guest failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }

@@ -296,6 +296,138 @@ fn target(cmdline: &Cmdline<'_>) -> Option<Target> {
     })
 }
 
+/// What every round needs besides the target.
+struct Ctx {
+    gpe0: u16,
+    /// The ACPI PCI hot-plug block (PIIX4 0xae00, ICH9 0xcc0).
+    pcihp: u16,
+    scan: bool,
+    bridges: Bridges,
+    mmio: u64,
+    io: u64,
+}
+
+/// Waits for the announcement of round `round` by the target's mechanism and prepares the
+/// slot the guest side would (SHPC: slot enabled; scan: the port found and set up); the
+/// new function's slot, None on timeout or a failure it printed.
+fn announce(t: &mut Target, ctx: &Ctx, round: u64) -> Option<u8> {
+let slot = match (t.port, t.native, t.shpc) {
+        (_, _, Some(base)) => {
+            let Some(slot) = shpc_wait(base, SHPC_EVENT_PRESENCE, None) else {
+                println!("hotplug: timeout waiting for a device");
+                return None;
+            };
+            println!("hotplug: event round={} shpc presence slot={}", round, slot);
+            // shpchp's board_added: enable (power LED blinking), then power LED on.
+            let ok = shpc_command(base, slot, SHPC_SLOT_ENABLE)
+                && shpc_command(base, slot, SHPC_PWR_ON);
+            println!("hotplug: shpc slot={} enabled={}", slot, ok);
+            slot
+        }
+        (Some(port), Some(cap), _) => {
+            if !wait_slot(port, cap, SLTSTA_PDC) {
+                println!("hotplug: timeout waiting for a device");
+                return None;
+            }
+            println!(
+                "hotplug: event round={} presence-detect port={}",
+                round, port
+            );
+            0
+        }
+        _ => {
+            if !wait_gpe(ctx.gpe0) {
+                println!("hotplug: timeout waiting for a device");
+                return None;
+            }
+            let mut up = 0;
+            for bsel in if ctx.scan { 0..32 } else { t.bsel..t.bsel + 1 } {
+                outl(ctx.pcihp + SELECT, bsel);
+                up = inl(ctx.pcihp + UP);
+                if up != 0 {
+                    t.bsel = bsel;
+                    break;
+                }
+            }
+            println!(
+                "hotplug: event round={} bsel={} up=0x{:x}",
+                round, t.bsel, up
+            );
+            if up == 0 {
+                println!("hotplug: nothing came up");
+                return None;
+            }
+            let slot = up.trailing_zeros() as u8;
+            if ctx.scan {
+                let Some((port, bus)) = ctx.bridges.newly_populated(slot) else {
+                    println!("hotplug: no bridge gained slot {}", slot);
+                    return None;
+                };
+                t.port = Some(port);
+                t.bus = bus;
+                setup_port(t, ctx.mmio, ctx.io);
+                println!("hotplug: found behind port={} bus={}", port, bus);
+            }
+            slot
+        }
+    };
+    Some(slot)
+}
+
+/// Waits for the eject request for `slot` and ejects it as the target's driver does; false
+/// on timeout.
+fn eject(t: &Target, ctx: &Ctx, slot: u8) -> bool {
+    match (t.port, t.native, t.shpc) {
+        (_, _, Some(base)) => {
+            if shpc_wait(base, SHPC_EVENT_BUTTON, Some(slot)).is_none() {
+                println!("hotplug: timeout waiting for the eject request");
+                return false;
+            }
+            println!("hotplug: eject request attention-button slot={}", slot);
+            // hpc_slot_disable; the slot's devices go. The MRL and presence events it
+            // latches are acknowledged now, before the next device can come.
+            let ok = shpc_command(base, slot, SHPC_SLOT_DISABLE);
+            shpc_clear(base, slot, 0xff);
+            println!("hotplug: shpc slot={} disabled={}", slot, ok);
+        }
+        (Some(port), Some(cap), _) => {
+            if !wait_slot(port, cap, SLTSTA_ABP) {
+                println!("hotplug: timeout waiting for the eject request");
+                return false;
+            }
+            println!("hotplug: eject request attention-button port={}", port);
+            // pciehp: power the slot off, indicator off; the device goes.
+            let (ctl, _) = slot_regs(port, cap);
+            slot_write(
+                port,
+                cap,
+                (ctl & !SLTCTL_PIC) | SLTCTL_PCC | SLTCTL_PIC_OFF,
+                0,
+            );
+            // Ready for the next device: power back on once presence is gone.
+            wait_slot(port, cap, SLTSTA_PDC);
+            let (ctl, _) = slot_regs(port, cap);
+            slot_write(
+                port,
+                cap,
+                (ctl & !(SLTCTL_PCC | SLTCTL_PIC)) | SLTCTL_PIC_ON,
+                0,
+            );
+        }
+        _ => {
+            if !wait_gpe(ctx.gpe0) {
+                println!("hotplug: timeout waiting for the eject request");
+                return false;
+            }
+            outl(ctx.pcihp + SELECT, t.bsel);
+            let down = inl(ctx.pcihp + DOWN);
+            println!("hotplug: eject request down=0x{:x}", down);
+            outl(ctx.pcihp + EJECT, 1 << slot);
+        }
+    }
+    true
+}
+
 pub fn run(cmdline: &Cmdline<'_>, rsdp_hint: u64) {
     let gpe0 = acpi::find_fadt(rsdp_hint)
         .and_then(|f| u16::try_from(f.gpe0).ok())
@@ -308,23 +440,26 @@ pub fn run(cmdline: &Cmdline<'_>, rsdp_hint: u64) {
         println!("hotplug: no-gpe0");
         return;
     }
-    let base = cmdline.get_u64(b"machina.pcihp", 0xae00) as u16;
-    let mut mmio = cmdline.get_u64(b"machina.hotplug-mmio", 0xfe00_0000);
-    let mut io = cmdline.get_u64(b"machina.hotplug-io", 0xe000);
     let rounds = cmdline.get_u64(b"machina.hotplug-rounds", 1);
-    // `machina.hotplug-scan`: the bus is not known in advance (a management tool picks a
-    // free port): every BSEL is read after the event and the bridge whose bus gained the
-    // slot is found by rescanning, as Linux's acpiphp rescans.
-    let scan = cmdline.get(b"machina.hotplug-scan").is_some();
-    let bridges = Bridges::scan();
-    setup_port(&t, mmio, io);
+    let mut ctx = Ctx {
+        gpe0,
+        pcihp: cmdline.get_u64(b"machina.pcihp", 0xae00) as u16,
+        // `machina.hotplug-scan`: the bus is not known in advance (a management tool picks
+        // a free port): every BSEL is read after the event and the bridge whose bus gained
+        // the slot is found by rescanning, as Linux's acpiphp rescans.
+        scan: cmdline.get(b"machina.hotplug-scan").is_some(),
+        bridges: Bridges::scan(),
+        mmio: cmdline.get_u64(b"machina.hotplug-mmio", 0xfe00_0000),
+        io: cmdline.get_u64(b"machina.hotplug-io", 0xe000),
+    };
+    setup_port(&t, ctx.mmio, ctx.io);
     if let Some(base) = t.shpc {
         println!("hotplug: shpc registers at 0x{:x}", base);
     }
     println!(
         "hotplug: waiting gpe0=0x{:x} pcihp=0x{:x} bus={} mechanism={}",
         gpe0,
-        base,
+        ctx.pcihp,
         t.bus,
         match (t.native, t.shpc) {
             (Some(_), _) => "native",
@@ -333,65 +468,8 @@ pub fn run(cmdline: &Cmdline<'_>, rsdp_hint: u64) {
         }
     );
     for round in 0..rounds {
-        let slot = match (t.port, t.native, t.shpc) {
-            (_, _, Some(base)) => {
-                let Some(slot) = shpc_wait(base, SHPC_EVENT_PRESENCE, None) else {
-                    println!("hotplug: timeout waiting for a device");
-                    return;
-                };
-                println!("hotplug: event round={} shpc presence slot={}", round, slot);
-                // shpchp's board_added: enable (power LED blinking), then power LED on.
-                let ok = shpc_command(base, slot, SHPC_SLOT_ENABLE)
-                    && shpc_command(base, slot, SHPC_PWR_ON);
-                println!("hotplug: shpc slot={} enabled={}", slot, ok);
-                slot
-            }
-            (Some(port), Some(cap), _) => {
-                if !wait_slot(port, cap, SLTSTA_PDC) {
-                    println!("hotplug: timeout waiting for a device");
-                    return;
-                }
-                println!(
-                    "hotplug: event round={} presence-detect port={}",
-                    round, port
-                );
-                0
-            }
-            _ => {
-                if !wait_gpe(gpe0) {
-                    println!("hotplug: timeout waiting for a device");
-                    return;
-                }
-                let mut up = 0;
-                for bsel in if scan { 0..32 } else { t.bsel..t.bsel + 1 } {
-                    outl(base + SELECT, bsel);
-                    up = inl(base + UP);
-                    if up != 0 {
-                        t.bsel = bsel;
-                        break;
-                    }
-                }
-                println!(
-                    "hotplug: event round={} bsel={} up=0x{:x}",
-                    round, t.bsel, up
-                );
-                if up == 0 {
-                    println!("hotplug: nothing came up");
-                    return;
-                }
-                let slot = up.trailing_zeros() as u8;
-                if scan {
-                    let Some((port, bus)) = bridges.newly_populated(slot) else {
-                        println!("hotplug: no bridge gained slot {}", slot);
-                        return;
-                    };
-                    t.port = Some(port);
-                    t.bus = bus;
-                    setup_port(&t, mmio, io);
-                    println!("hotplug: found behind port={} bus={}", port, bus);
-                }
-                slot
-            }
+        let Some(slot) = announce(&mut t, &ctx, round) else {
+            return;
         };
         let bdf = Bdf {
             bus: t.bus,
@@ -412,7 +490,7 @@ pub fn run(cmdline: &Cmdline<'_>, rsdp_hint: u64) {
             f.vendor(),
             f.device()
         );
-        assign_bars(&f, &mut mmio, &mut io);
+        assign_bars(&f, &mut ctx.mmio, &mut ctx.io);
         match crate::virtio::drive_modern(&f, round + 1) {
             Some(Ok(())) => println!("hotplug: {} driver result=ok", bdf),
             Some(Err(reason)) => println!("hotplug: {} driver result=error reason={}", bdf, reason),
@@ -421,53 +499,8 @@ pub fn run(cmdline: &Cmdline<'_>, rsdp_hint: u64) {
         // Released: no decoding, no bus mastering.
         cfg.write32(bdf, pci::REG_COMMAND, 0);
         println!("hotplug: released {}", bdf);
-        match (t.port, t.native, t.shpc) {
-            (_, _, Some(base)) => {
-                if shpc_wait(base, SHPC_EVENT_BUTTON, Some(slot)).is_none() {
-                    println!("hotplug: timeout waiting for the eject request");
-                    return;
-                }
-                println!("hotplug: eject request attention-button slot={}", slot);
-                // hpc_slot_disable; the slot's devices go. The MRL and presence events it
-                // latches are acknowledged now, before the next device can come.
-                let ok = shpc_command(base, slot, SHPC_SLOT_DISABLE);
-                shpc_clear(base, slot, 0xff);
-                println!("hotplug: shpc slot={} disabled={}", slot, ok);
-            }
-            (Some(port), Some(cap), _) => {
-                if !wait_slot(port, cap, SLTSTA_ABP) {
-                    println!("hotplug: timeout waiting for the eject request");
-                    return;
-                }
-                println!("hotplug: eject request attention-button port={}", port);
-                // pciehp: power the slot off, indicator off; the device goes.
-                let (ctl, _) = slot_regs(port, cap);
-                slot_write(
-                    port,
-                    cap,
-                    (ctl & !SLTCTL_PIC) | SLTCTL_PCC | SLTCTL_PIC_OFF,
-                    0,
-                );
-                // Ready for the next device: power back on once presence is gone.
-                wait_slot(port, cap, SLTSTA_PDC);
-                let (ctl, _) = slot_regs(port, cap);
-                slot_write(
-                    port,
-                    cap,
-                    (ctl & !(SLTCTL_PCC | SLTCTL_PIC)) | SLTCTL_PIC_ON,
-                    0,
-                );
-            }
-            _ => {
-                if !wait_gpe(gpe0) {
-                    println!("hotplug: timeout waiting for the eject request");
-                    return;
-                }
-                outl(base + SELECT, t.bsel);
-                let down = inl(base + DOWN);
-                println!("hotplug: eject request down=0x{:x}", down);
-                outl(base + EJECT, 1 << slot);
-            }
+        if !eject(&t, &ctx, slot) {
+            return;
         }
         // The VMM completes the eject on its own thread: poll the slot, bounded.
         let mut deadline = Deadline::after_ms(5000);

@@ -109,22 +109,16 @@ fn device_del(control: &Controller, id: &str) -> Result<Value, QmpError> {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .with_bridge(&f.bus, |b| b.slot_unplug_request(f.devfn()));
-            match answer {
-                Some(Ok(Unplug::Requested)) => {
-                    state
-                        .unplug_pending
-                        .insert(id.to_string(), Instant::now() + Duration::from_secs(5));
-                    Ok(Value::Null)
-                }
-                Some(Ok(Unplug::Now)) => {
-                    drop(state);
-                    eject_now(control, &f)
-                }
-                Some(Err(UnplugRefusal::Busy)) => Err(busy()),
-                Some(Err(UnplugRefusal::NoHotplug)) | None => Err(QmpError::generic(format!(
-                    "Hot-unplug failed: unsupported by the port device '{port_id}'"
-                ))),
-            }
+            let unsupported =
+                format!("Hot-unplug failed: unsupported by the port device '{port_id}'");
+            bridge_answer(
+                control,
+                state,
+                &f,
+                answer,
+                Some(Duration::from_secs(5)),
+                unsupported,
+            )
         }
         // shpc_device_unplug_request_cb: no pending state (a second request presses the
         // button again, as in QEMU).
@@ -133,30 +127,39 @@ fn device_del(control: &Controller, id: &str) -> Result<Value, QmpError> {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .with_bridge(&f.bus, |b| b.shpc_unplug_request(f.devfn()));
-            match answer {
-                Some(Ok(Unplug::Requested)) => Ok(Value::Null),
-                Some(Ok(Unplug::Now)) => {
-                    drop(state);
-                    eject_now(control, &f)
-                }
-                Some(Err(UnplugRefusal::Busy)) => Err(busy()),
-                Some(Err(UnplugRefusal::NoHotplug)) | None => Err(QmpError::generic(format!(
-                    "Bus '{}' does not support hotplugging",
-                    f.bus
-                ))),
-            }
+            let unsupported = format!("Bus '{}' does not support hotplugging", f.bus);
+            bridge_answer(control, state, &f, answer, None, unsupported)
         }
     }
 }
 
-fn busy() -> QmpError {
-    QmpError::generic("Hot-unplug failed: guest is busy (power indicator blinking)")
-}
-
-/// The slot is off already: the device goes now (DEVICE_DELETED before the answer).
-fn eject_now(control: &Controller, f: &machine::PciFunctionPlan) -> Result<Value, QmpError> {
-    control.submit(Command::Eject {
-        bus: f.bus.clone(),
-        slot: f.slot,
-    })
+/// `device_del`'s answer from a port's or bridge's unplug request: pending for `pending`
+/// (the guest was asked), the device gone now (the slot was off), or the refusal.
+fn bridge_answer(
+    control: &Controller,
+    mut state: std::sync::MutexGuard<'_, crate::control::VmState>,
+    f: &machine::PciFunctionPlan,
+    answer: Option<Result<Unplug, UnplugRefusal>>,
+    pending: Option<Duration>,
+    unsupported: String,
+) -> Result<Value, QmpError> {
+    match answer {
+        Some(Ok(Unplug::Requested)) => {
+            if let (Some(p), Some(id)) = (pending, &f.id) {
+                state.unplug_pending.insert(id.clone(), Instant::now() + p);
+            }
+            Ok(Value::Null)
+        }
+        Some(Ok(Unplug::Now)) => {
+            drop(state);
+            control.submit(Command::Eject {
+                bus: f.bus.clone(),
+                slot: f.slot,
+            })
+        }
+        Some(Err(UnplugRefusal::Busy)) => Err(QmpError::generic(
+            "Hot-unplug failed: guest is busy (power indicator blinking)",
+        )),
+        Some(Err(UnplugRefusal::NoHotplug)) | None => Err(QmpError::generic(unsupported)),
+    }
 }
