@@ -1,7 +1,9 @@
 //! Linux's own hot-plug drivers against machina (opt-in: a boot takes minutes on PVM hosts):
 //!
 //!     scripts/linux-guest --install-deps   # once: builds target/linux-guest/vmlinux
-//!     cargo test -p vmm --test linux_hotplug -- --ignored --nocapture
+//!     cargo test -p vmm --test linux_hotplug -- --ignored --nocapture --test-threads=1
+//!
+//! (`MACHINA_LINUX_DIR=DIR` uses a kernel another checkout built, see scripts/linux-guest.)
 //!
 //! Boots the tinyconfig 6.1 kernel (tests/data/linux/guest.config: acpiphp and pciehp built
 //! in) by PVH and leaves it waiting for a root device that never comes (`rootwait`), which
