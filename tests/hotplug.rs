@@ -446,7 +446,10 @@ fn shpc_command(m: &mut Machine, slot: u64, code: u64) {
 /// MRL, shows the device present and latches the presence, MRL and button events, with
 /// the bridge's INTx raised (INTA of 0:5.0 is PIRQF, IOAPIC pin 21); device_del presses the
 /// button; turning the slot off (disabled, power LED off) frees it, DEVICE_DELETED follows.
-/// QEMU 7.2 reads the same except that its reset leaves the attention LED field 0.
+/// Measured on QEMU 7.2 through BAR0 (its capability window writes the wrong dword): the
+/// same values, except that 7.2's reset leaves the attention LED field 0, it accepts
+/// device_del while the power LED blinks (10.0 refuses, as here) and frees a slot only
+/// when the state becomes disabled with the LED already off (10.0: any turn to off).
 #[test]
 fn q35_shpc_hotplug_on_a_pci_bridge() {
     let Some(mut m) = Machine::kvm(
