@@ -462,6 +462,35 @@ fn shpc_through_bar_and_intx() {
     assert_eq!(rd(&mut b, 0x44, 4), 0x7f00_0036);
 }
 
+/// A hot-plug event on pci-bridge's SHPC with MSI enabled: one message per level change
+/// (shpc_interrupt_update), no INTx; the guest turning the slot off reports the eject.
+#[test]
+fn shpc_hotplug_by_msi_and_eject_on_slot_off() {
+    let mut b = make("pci-bridge", &[("chassis_nr", "1")]).unwrap();
+    let lifecycle = crate::lifecycle::Lifecycle::new().unwrap();
+    b.set_eject_target(lifecycle.clone(), "br".into());
+    let sink = Arc::new(Msgs(Mutex::new(Vec::new())));
+    b.set_msi_sink(sink.clone());
+    // MSI at 0x4c (after SHPC 0x40 and slot-ID 0x48): address, data, enable.
+    wr(&mut b, 0x50, 4, 0xfee0_0000);
+    wr(&mut b, 0x54, 4, 0);
+    wr(&mut b, 0x58, 2, 0x41);
+    wr(&mut b, 0x4e, 2, 0x0081);
+    b.bar_write(0, 0x20, &0u32.to_le_bytes());
+    b.bar_write(0, 0x2c, &0u32.to_le_bytes());
+    b.shpc_hot_plugged(3 << 3);
+    assert_eq!(*sink.0.lock().unwrap(), vec![(0xfee0_0000, 0x41)]);
+    assert_eq!(b.intx_level(), Some(false), "MSI, not INTx");
+    // Acknowledging the events lowers the level: QEMU signals that edge too.
+    b.bar_write(0, 0x2c, &0x001f_0000u32.to_le_bytes());
+    assert_eq!(sink.0.lock().unwrap().len(), 2);
+    assert!(lifecycle.take_ejects().is_empty());
+    // Enable (power on), then disable with the power LED off: the slot's devices go.
+    b.bar_write(0, 0x14, &[0x36, 3]);
+    b.bar_write(0, 0x14, &[0x1f, 3]);
+    assert_eq!(lifecycle.take_ejects(), vec![("br".to_string(), 3)]);
+}
+
 #[test]
 fn root_port_msix_page() {
     let mut b = make("pcie-root-port", &[]).unwrap();
