@@ -85,8 +85,20 @@ fn hotplug_round(tag: &str, machine_args: &[&str], placement: serde_json::Value)
         "the kernel enumerated no virtio-blk function after device_add:\n{after}"
     );
 
+    // pciehp blinks the power indicator until it has set the slot up, and QEMU refuses
+    // device_del meanwhile ("guest is busy"): ask again until the guest is done.
     let deleted = Instant::now();
-    qmp.ok("device_del", json!({"id": "hd1"}));
+    loop {
+        let r = qmp.execute("device_del", json!({"id": "hd1"}));
+        if r.get("return").is_some() {
+            break;
+        }
+        let busy = r["error"]["desc"]
+            .as_str()
+            .is_some_and(|d| d.contains("power indicator blinking"));
+        assert!(busy && deleted.elapsed() < STEP, "device_del: {r}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
     while qmp.wait_event("DEVICE_DELETED")["data"]["device"] != "hd1" {}
     println!(
         "{tag}: DEVICE_DELETED {:?} after device_del",
