@@ -127,6 +127,11 @@ impl Machine {
             .is_some_and(|fs| fs.iter().any(|f| f["id"] == id))
     }
 
+    /// `device_add` that must fail: QEMU's text.
+    fn refused(&mut self, device: Value) -> String {
+        self.qmp.error("device_add", device)
+    }
+
     /// `device_add` that must succeed.
     fn add(&mut self, device: Value) {
         self.qmp.ok("device_add", device);
@@ -548,10 +553,7 @@ fn pc_without_acpi_bridge_hotplug_uses_shpc() {
     m.outl(PIIX4_PCIHP + SELECT, 0);
     assert_ne!(m.inl(PIIX4_PCIHP + UP), 0, "pci.0 still ACPI");
     assert_eq!(
-        m.qmp.error(
-            "device_add",
-            json!({"driver": "virtio-rng-pci", "id": "c", "bus": "br"})
-        ),
+        m.refused(json!({"driver": "virtio-rng-pci", "id": "c", "bus": "br"})),
         "Unsupported PCI slot 0 for standard hotplug controller. Valid slots are between 1 and 31."
     );
 }
@@ -571,23 +573,16 @@ fn refusals_have_qemus_texts() {
     ) else {
         return;
     };
-    let add = |m: &mut Machine, v: Value| m.qmp.error("device_add", v);
     assert_eq!(
-        add(&mut m, json!({"driver": "virtio-rng-pci", "id": "a"})),
+        m.refused(json!({"driver": "virtio-rng-pci", "id": "a"})),
         "Bus 'pcie.0' does not support hotplugging"
     );
     assert_eq!(
-        add(
-            &mut m,
-            json!({"driver": "pcie-root-port", "id": "rp3", "chassis": 3})
-        ),
+        m.refused(json!({"driver": "pcie-root-port", "id": "rp3", "chassis": 3})),
         "Bus 'pcie.0' does not support hotplugging"
     );
     assert_eq!(
-        add(
-            &mut m,
-            json!({"driver": "virtio-rng-pci", "id": "b", "bus": "rp2"})
-        ),
+        m.refused(json!({"driver": "virtio-rng-pci", "id": "b", "bus": "rp2"})),
         "Hot-plug failed: unsupported by the port device 'rp2'"
     );
     m.qmp.ok(
@@ -599,10 +594,7 @@ fn refusals_have_qemus_texts() {
         json!({"driver": "virtio-rng-pci", "id": "d", "bus": "dn"}),
     );
     assert_eq!(
-        add(
-            &mut m,
-            json!({"driver": "virtio-rng-pci", "id": "e", "bus": "dn", "addr": "1"})
-        ),
+        m.refused(json!({"driver": "virtio-rng-pci", "id": "e", "bus": "dn", "addr": "1"})),
         "PCI: slot 1 function 0 not available for virtio-rng-pci, in use by virtio-rng-pci,id=d"
     );
     assert_eq!(
@@ -619,10 +611,7 @@ fn refusals_have_qemus_texts() {
         return;
     };
     assert_eq!(
-        m.qmp.error(
-            "device_add",
-            json!({"driver": "virtio-rng-pci", "id": "b", "bus": "rp2"})
-        ),
+        m.refused(json!({"driver": "virtio-rng-pci", "id": "b", "bus": "rp2"})),
         "Bus 'rp2' does not support hotplugging"
     );
 
@@ -630,10 +619,7 @@ fn refusals_have_qemus_texts() {
         return;
     };
     assert_eq!(
-        m.qmp.error(
-            "device_add",
-            json!({"driver": "virtio-rng-pci", "id": "e", "addr": "3.1"})
-        ),
+        m.refused(json!({"driver": "virtio-rng-pci", "id": "e", "addr": "3.1"})),
         "PCI: slot 3 function 0 already occupied by virtio-rng-pci, new func virtio-rng-pci cannot be exposed to guest."
     );
 }
@@ -665,19 +651,13 @@ fn bridges_and_ports_hot_added_as_qemu_does() {
     );
     assert_eq!(m.qtest.cfg_read((1, 1, 0), 0, 2), 0x1af4);
     assert_eq!(
-        m.qmp.error(
-            "device_add",
-            json!({"driver": "virtio-rng-pci", "id": "b", "bus": "hb"})
-        ),
+        m.refused(json!({"driver": "virtio-rng-pci", "id": "b", "bus": "hb"})),
         "Unsupported PCI slot 0 for standard hotplug controller. Valid slots are between 1 and 31."
     );
     m.add(json!({"driver": "pci-bridge", "id": "hb2", "chassis_nr": 3, "bus": "hb", "addr": "2"}));
     m.add(json!({"driver": "pci-bridge", "id": "off", "chassis_nr": 4, "shpc": false}));
     assert_eq!(
-        m.qmp.error(
-            "device_add",
-            json!({"driver": "virtio-rng-pci", "id": "c", "bus": "off", "addr": "1"})
-        ),
+        m.refused(json!({"driver": "virtio-rng-pci", "id": "c", "bus": "off", "addr": "1"})),
         "Bus 'off' does not support hotplugging"
     );
     // The guest ejects the bridge's slot: the bridge and everything behind it go.
@@ -708,19 +688,13 @@ fn bridges_and_ports_hot_added_as_qemu_does() {
         return;
     };
     assert_eq!(
-        m.qmp.error(
-            "device_add",
-            json!({"driver": "pci-bridge", "id": "hb", "chassis_nr": 2})
-        ),
+        m.refused(json!({"driver": "pci-bridge", "id": "hb", "chassis_nr": 2})),
         "Bus 'pcie.0' does not support hotplugging"
     );
     m.add(json!({"driver": "pcie-pci-bridge", "id": "pb", "bus": "rp"}));
     m.add(json!({"driver": "virtio-rng-pci", "id": "a", "bus": "pb", "addr": "1"}));
     assert_eq!(
-        m.qmp.error(
-            "device_add",
-            json!({"driver": "virtio-rng-pci", "id": "b", "bus": "pb"})
-        ),
+        m.refused(json!({"driver": "virtio-rng-pci", "id": "b", "bus": "pb"})),
         "Unsupported PCI slot 0 for standard hotplug controller. Valid slots are between 1 and 31."
     );
 
@@ -738,10 +712,7 @@ fn bridges_and_ports_hot_added_as_qemu_does() {
     m.add(json!({"driver": "pcie-pci-bridge", "id": "pb", "bus": "rp"}));
     // Hot-added: SHPC, not ACPI, although ACPI owns the cold-plugged bridges here.
     assert_eq!(
-        m.qmp.error(
-            "device_add",
-            json!({"driver": "virtio-rng-pci", "id": "b", "bus": "pb"})
-        ),
+        m.refused(json!({"driver": "virtio-rng-pci", "id": "b", "bus": "pb"})),
         "Unsupported PCI slot 0 for standard hotplug controller. Valid slots are between 1 and 31."
     );
     m.add(json!({"driver": "virtio-rng-pci", "id": "a", "bus": "pb", "addr": "1"}));
@@ -750,10 +721,7 @@ fn bridges_and_ports_hot_added_as_qemu_does() {
     assert_eq!(m.placed("c"), Some(("rp3".to_string(), 0, 0)));
     m.add(json!({"driver": "x3130-upstream", "id": "up", "bus": "rp4"}));
     assert_eq!(
-        m.qmp.error(
-            "device_add",
-            json!({"driver": "xio3130-downstream", "id": "dn", "bus": "up", "chassis": 5})
-        ),
+        m.refused(json!({"driver": "xio3130-downstream", "id": "dn", "bus": "up", "chassis": 5})),
         "Bus 'up' does not support hotplugging"
     );
 }
@@ -826,14 +794,28 @@ fn wait_console(path: &std::path::Path, line: &str, count: usize) -> String {
 /// its BARs, writes and reads a block through the hot-added virtio-blk, releases it, and on
 /// the eject request ejects it (ACPI eject register; slot powered off), which gives
 /// DEVICE_DELETED. Twice: the second device goes into the freed slot.
-fn guest_round_trip(machine: &[&str], append: &str, placement: Value) -> String {
+/// None where /dev/kvm is not usable (skipped); else the console.
+fn guest_round_trip(
+    machine: &str,
+    extra: &[&str],
+    devices: &[&str],
+    append: &str,
+    placement: Value,
+) -> Option<String> {
+    if !require_kvm() {
+        return None;
+    }
     let dir = machina_tests::TempDir::new("hotplug-guest");
     let disk = dir.path.join("disk");
     std::fs::File::create(&disk)
         .and_then(|f| f.set_len(1 << 20))
         .expect("disk");
     let console = dir.path.join("console");
-    let mut args: Vec<String> = machine.iter().map(|s| s.to_string()).collect();
+    let mut args: Vec<String> = vec!["-M".into(), machine.into()];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    for d in devices {
+        args.extend(["-device".to_string(), d.to_string()]);
+    }
     args.extend(
         [
             "-nodefaults",
@@ -892,7 +874,7 @@ fn guest_round_trip(machine: &[&str], append: &str, placement: Value) -> String 
         "{text}"
     );
     assert_eq!(vm.wait_exit(Duration::from_secs(60)), Some(0), "{text}");
-    text
+    Some(text)
 }
 
 /// shpchp's steps, twice, on slot 7 of the bridge.
@@ -918,24 +900,15 @@ fn assert_shpc_steps(text: &str) {
 
 #[test]
 fn guest_uses_and_ejects_a_hot_added_virtio_blk_on_pc() {
-    if !require_kvm() {
-        return;
-    }
-    guest_round_trip(&["-M", "pc"], "", json!({}));
+    guest_round_trip("pc", &[], &[], "", json!({}));
 }
 
 #[test]
 fn guest_uses_and_ejects_a_hot_added_virtio_blk_on_q35_native() {
-    if !require_kvm() {
-        return;
-    }
     guest_round_trip(
-        &[
-            "-M",
-            "pc-q35-6.0",
-            "-device",
-            "pcie-root-port,id=rp1,chassis=1,addr=3",
-        ],
+        "pc-q35-6.0",
+        &[],
+        &["pcie-root-port,id=rp1,chassis=1,addr=3"],
         "machina.hotplug-port=3 machina.hotplug=native",
         json!({"bus": "rp1"}),
     );
@@ -943,60 +916,40 @@ fn guest_uses_and_ejects_a_hot_added_virtio_blk_on_q35_native() {
 
 #[test]
 fn guest_uses_and_ejects_a_hot_added_virtio_blk_on_q35_acpi() {
-    if !require_kvm() {
-        return;
-    }
     guest_round_trip(
-        &[
-            "-M",
-            "pc-q35-10.2",
-            "-device",
-            "pcie-root-port,id=rp1,chassis=1,addr=3",
-        ],
+        "pc-q35-10.2",
+        &[],
+        &["pcie-root-port,id=rp1,chassis=1,addr=3"],
         "machina.hotplug-port=3 machina.pcihp=0xcc0 machina.hotplug-bsel=0",
         json!({"bus": "rp1"}),
     );
 }
 
+const SHPC_BRIDGE: &str = "pci-bridge,id=br,chassis_nr=1,addr=5";
+const SHPC_APPEND: &str = "machina.hotplug-port=5 machina.hotplug=shpc";
+
 /// shpchp's steps on q35 6.0's pci-bridge: the presence event, slot enable, the device
 /// used, the attention button on device_del, slot disable (which frees it).
 #[test]
 fn guest_uses_and_ejects_a_hot_added_virtio_blk_on_q35_shpc() {
-    if !require_kvm() {
-        return;
+    let placement = json!({"bus": "br", "addr": "7"});
+    if let Some(text) = guest_round_trip("pc-q35-6.0", &[], &[SHPC_BRIDGE], SHPC_APPEND, placement)
+    {
+        assert_shpc_steps(&text);
     }
-    let text = guest_round_trip(
-        &[
-            "-M",
-            "pc-q35-6.0",
-            "-device",
-            "pci-bridge,id=br,chassis_nr=1,addr=5",
-        ],
-        "machina.hotplug-port=5 machina.hotplug=shpc",
-        json!({"bus": "br", "addr": "7"}),
-    );
-    assert_shpc_steps(&text);
 }
 
 /// The same on pc with ACPI hot-plug for pci.0 only (bridges keep their SHPC).
 #[test]
 fn guest_uses_and_ejects_a_hot_added_virtio_blk_on_pc_shpc() {
-    if !require_kvm() {
-        return;
+    let global = [
+        "-global",
+        "PIIX4_PM.acpi-pci-hotplug-with-bridge-support=off",
+    ];
+    let placement = json!({"bus": "br", "addr": "7"});
+    if let Some(text) = guest_round_trip("pc", &global, &[SHPC_BRIDGE], SHPC_APPEND, placement) {
+        assert_shpc_steps(&text);
     }
-    let text = guest_round_trip(
-        &[
-            "-M",
-            "pc",
-            "-global",
-            "PIIX4_PM.acpi-pci-hotplug-with-bridge-support=off",
-            "-device",
-            "pci-bridge,id=br,chassis_nr=1,addr=5",
-        ],
-        "machina.hotplug-port=5 machina.hotplug=shpc",
-        json!({"bus": "br", "addr": "7"}),
-    );
-    assert_shpc_steps(&text);
 }
 
 /// As libvirt lays q35 out (root ports as functions of one slot, a cold-plugged device in
@@ -1004,25 +957,20 @@ fn guest_uses_and_ejects_a_hot_added_virtio_blk_on_pc_shpc() {
 /// BSEL whose UP bit is set and the port whose bus gained the slot, as acpiphp rescans.
 #[test]
 fn guest_finds_the_port_of_a_hot_added_device_on_q35_acpi() {
-    if !require_kvm() {
-        return;
-    }
-    let text = guest_round_trip(
+    let Some(text) = guest_round_trip(
+        "pc-q35-10.2",
+        &[],
         &[
-            "-M",
-            "pc-q35-10.2",
-            "-device",
             "pcie-root-port,id=pci.1,chassis=1,addr=2.0,multifunction=on",
-            "-device",
             "pcie-root-port,id=pci.2,chassis=2,addr=2.1",
-            "-device",
             "pcie-root-port,id=pci.3,chassis=3,addr=2.2",
-            "-device",
             "virtio-rng-pci,bus=pci.1",
         ],
         "machina.pcihp=0xcc0 machina.hotplug-scan=1",
         json!({"bus": "pci.3"}),
-    );
+    ) else {
+        return;
+    };
     assert_eq!(
         text.matches("hotplug: found behind port=00:02.2").count(),
         2,
