@@ -326,7 +326,19 @@ impl Server {
         if let Some(c) = conn.as_ref().and_then(|c| c.try_clone().ok()) {
             port.set_hangup(c);
         }
-        port.send(self.config().greeting(oob_offered));
+        // A socket client is greeted from this thread when its fresh socket takes the line at
+        // once (it always has room): the greeting does not wait for the writer thread to
+        // start. Nothing else is queued yet, so the order holds.
+        let greeting = self.config().greeting(oob_offered);
+        let sent = conn.as_ref().map_or(0, |c| c.send_now(greeting.as_bytes()));
+        match greeting.get(sent..) {
+            Some("") => {}
+            Some(rest) => {
+                port.send(rest.to_string());
+            }
+            // Cut inside a character (the line is ASCII; never seen): the stream is broken.
+            None => port.close(),
+        }
         self.events().subscribe(port.clone());
         let busy = Arc::new(Mutex::new(()));
 

@@ -37,6 +37,25 @@ impl Conn {
         })
     }
 
+    /// Writes `buf` without blocking (MSG_DONTWAIT): how many bytes the socket took, 0 when
+    /// it would block or failed (the caller queues what is left for the writer thread).
+    pub(crate) fn send_now(&self, buf: &[u8]) -> usize {
+        let fd = match self {
+            Conn::Unix(s) => s.as_raw_fd(),
+            Conn::Tcp(s) => s.as_raw_fd(),
+        };
+        // SAFETY: `fd` is this open socket and `buf` is valid for `buf.len()` bytes.
+        let n = unsafe {
+            libc::send(
+                fd,
+                buf.as_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        usize::try_from(n).unwrap_or(0)
+    }
+
     pub(crate) fn shutdown(&self, how: Shutdown) {
         let _ = match self {
             Conn::Unix(s) => s.shutdown(how),
