@@ -364,3 +364,28 @@ pub(crate) fn from_fd(fd: RawFd, server: bool) -> Result<Result<Listener, Conn>,
     }
     Err(ServerError::BadFd(fd))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The greeting's direct write takes what the socket has room for and never blocks: a
+    /// client that reads nothing leaves a full buffer, and the rest goes to the writer thread.
+    #[test]
+    fn send_now_never_blocks() {
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        let conn = Conn::Unix(ours);
+        assert_eq!(conn.send_now(b"hello\n"), 6);
+        let mut got = [0u8; 6];
+        theirs.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"hello\n");
+        // Fill the socket: the peer never reads.
+        let chunk = vec![0u8; 64 << 10];
+        let mut filled = 0;
+        while conn.send_now(&chunk) > 0 {
+            filled += 1;
+            assert!(filled < 10_000, "the socket buffer never filled");
+        }
+        assert_eq!(conn.send_now(b"more"), 0);
+    }
+}
