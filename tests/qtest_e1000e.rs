@@ -89,6 +89,16 @@ fn frame(dest: [u8; 6], tag: u8, len: usize) -> Vec<u8> {
     f
 }
 
+/// machina under qtest on `machine` with the e1000e `device` (and its `netdev`).
+fn start(machine: &str, netdev: Option<&str>, device: &str) -> Qtest {
+    let mut args: Vec<String> = vec!["-M".into(), machine.into(), "-nodefaults".into()];
+    if let Some(netdev) = netdev {
+        args.extend(["-netdev".into(), netdev.to_string()]);
+    }
+    args.extend(["-device".into(), device.to_string()]);
+    Qtest::start(&machina(), &args)
+}
+
 /// Memory decoding and bus mastering on, BAR 0 (and BAR 3) where the test expects them.
 fn enable(q: &mut Qtest) {
     q.cfg_write(NIC, 0x10, 4, MMIO as u32);
@@ -183,19 +193,11 @@ fn frames_cross_a_dgram_netdev_both_ways_with_intx() {
         vm_sock.display(),
         dir.join("host.sock").display()
     );
-    let args: Vec<String> = [
-        "-M",
+    let mut q = start(
         "q35",
-        "-nodefaults",
-        "-netdev",
-        &netdev,
-        "-device",
+        Some(&netdev),
         "e1000e,netdev=n0,addr=3,mac=52:54:00:12:34:99",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let mut q = Qtest::start(&machina(), &args);
+    );
     enable(&mut q);
     assert_eq!(q.cmd("irq_intercept_in ioapic"), "OK");
     w(&mut q, CTRL, (1 << 26) | (1 << 6)); // RST, SLU
@@ -268,19 +270,7 @@ fn msix_messages_land_in_guest_memory() {
         dir.join("vm.sock").display(),
         dir.join("host.sock").display()
     );
-    let args: Vec<String> = [
-        "-M",
-        "pc",
-        "-nodefaults",
-        "-netdev",
-        &netdev,
-        "-device",
-        "e1000e,netdev=n0,addr=3",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let mut q = Qtest::start(&machina(), &args);
+    let mut q = start("pc", Some(&netdev), "e1000e,netdev=n0,addr=3");
     enable(&mut q);
     assert_eq!(q.cmd("irq_intercept_in ioapic"), "OK");
     // MSI-X on (control word at 0xa2), vector 1 unmasked towards MSI_ADDR.
@@ -316,11 +306,7 @@ fn a_nic_without_netdev_transmits_into_nothing() {
     if !require_kvm() {
         return;
     }
-    let args: Vec<String> = ["-M", "q35", "-nodefaults", "-device", "e1000e,addr=3"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    let mut q = Qtest::start(&machina(), &args);
+    let mut q = start("q35", None, "e1000e,addr=3");
     enable(&mut q);
     tx_setup(&mut q);
     for i in 0..40 {
@@ -340,11 +326,7 @@ fn ics_ims_and_imc_drive_intx() {
     }
     // On q35, whose PIRQs also reach IOAPIC inputs 16-23 directly (PIIX3's go only where
     // the route registers the firmware programs send them).
-    let args: Vec<String> = ["-M", "q35", "-nodefaults", "-device", "e1000e,addr=3"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    let mut q = Qtest::start(&machina(), &args);
+    let mut q = start("q35", None, "e1000e,addr=3");
     enable(&mut q);
     assert_eq!(q.cmd("irq_intercept_in ioapic"), "OK");
     let (_, mut irqs) = q.cmd_irqs(&format!("writel {:#x} 0x4", MMIO + ICS));
@@ -375,19 +357,11 @@ fn a_frame_waiting_in_the_netdev_is_delivered_when_rdt_moves() {
         "stream,id=n0,server=on,addr.type=unix,addr.path={}",
         path.display()
     );
-    let args: Vec<String> = [
-        "-M",
+    let mut q = start(
         "pc",
-        "-nodefaults",
-        "-netdev",
-        &netdev,
-        "-device",
+        Some(&netdev),
         "e1000e,netdev=n0,addr=3,mac=52:54:00:12:34:99",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let mut q = Qtest::start(&machina(), &args);
+    );
     let mut stream = UnixStream::connect(&path).unwrap();
     enable(&mut q);
     w(&mut q, RDBAL, RX_RING as u32);
