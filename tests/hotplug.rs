@@ -789,11 +789,46 @@ fn wait_console(path: &std::path::Path, line: &str, count: usize) -> String {
     machina_tests::process::wait_console(path, line, count, Duration::from_secs(120))
 }
 
+/// The host end of the hot-added NICs' netdev (`-netdev dgram` to a UDP socket of the
+/// test): every frame with the guest's ethertype (0x88b5) is answered with a pong, as
+/// `machina.net-test=1` expects; returns the payloads seen, once `count` were.
+fn pong_udp(s: std::net::UdpSocket, count: usize) -> std::thread::JoinHandle<Vec<String>> {
+    std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        s.set_read_timeout(Some(Duration::from_secs(300)))
+            .expect("timeout");
+        let mut buf = [0u8; 2048];
+        while seen.len() < count {
+            let Ok((n, from)) = s.recv_from(&mut buf) else {
+                break;
+            };
+            let frame = &buf[..n];
+            if n < 14 || frame[12..14] != [0x88, 0xb5] {
+                continue;
+            }
+            let payload: Vec<u8> = frame[14..]
+                .iter()
+                .copied()
+                .take_while(|b| *b != 0)
+                .collect();
+            let mut reply = frame[6..12].to_vec();
+            reply.extend_from_slice(&[2, 0, 0, 0, 0, 9, 0x88, 0xb5]);
+            reply.extend_from_slice(b"host-pong");
+            reply.resize(60, 0);
+            let _ = s.send_to(&reply, from);
+            seen.push(String::from_utf8_lossy(&payload).into_owned());
+        }
+        seen
+    })
+}
+
 /// The tiny guest's hotplug mode (`machina.test=hotplug`): it waits for the announcement
-/// (GPE0 bit 1 for ACPI, presence detect for a PCIe slot), finds the new function, assigns
-/// its BARs, writes and reads a block through the hot-added virtio-blk, releases it, and on
-/// the eject request ejects it (ACPI eject register; slot powered off), which gives
-/// DEVICE_DELETED. Twice: the second device goes into the freed slot.
+/// (GPE0 bit 1 for ACPI, presence detect for a PCIe slot, an SHPC slot event), finds the
+/// new function, assigns its BARs and uses it, releases it, and on the eject request
+/// ejects it (ACPI eject register; slot powered off; SHPC slot disabled), which gives
+/// DEVICE_DELETED. Three rounds, each into the slot the previous one freed: a virtio-blk
+/// (a block written and read back), a virtio-net (a ping out through `-netdev dgram` to
+/// this test, which answers it) and a virtio-rng (64 bytes read).
 /// None where /dev/kvm is not usable (skipped); else the console.
 fn guest_round_trip(
     machine: &str,
@@ -811,6 +846,13 @@ fn guest_round_trip(
         .and_then(|f| f.set_len(1 << 20))
         .expect("disk");
     let console = dir.path.join("console");
+    let host = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+    let host_port = host.local_addr().expect("addr").port();
+    let vm_port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("free port")
+        .port();
+    let pongs = pong_udp(host, 1);
     let mut args: Vec<String> = vec!["-M".into(), machine.into()];
     args.extend(extra.iter().map(|s| s.to_string()));
     for d in devices {
@@ -823,8 +865,13 @@ fn guest_round_trip(
             &format!("file:{}", console.display()),
             "-blockdev",
             &format!("driver=file,node-name=d0,filename={}", disk.display()),
+            "-netdev",
+            &format!(
+                "dgram,id=n0,local.type=inet,local.host=127.0.0.1,local.port={vm_port},\
+                 remote.type=inet,remote.host=127.0.0.1,remote.port={host_port}"
+            ),
             "-append",
-            &format!("machina.test=hotplug machina.hotplug-rounds=2 {append}"),
+            &format!("machina.test=hotplug machina.hotplug-rounds=3 {append}"),
         ]
         .iter()
         .map(|s| s.to_string()),
@@ -832,19 +879,32 @@ fn guest_round_trip(
     let mut vm = machina_tests::process::MachinaProcess::start(&machina(), "hotplug-guest", &args);
     let mut qmp = vm.client();
     wait_console(&console, "hotplug: waiting", 1);
+    let rounds = [
+        (
+            "virtio-blk",
+            json!({"driver": "virtio-blk-pci", "id": "hd", "drive": "d0"}),
+        ),
+        (
+            "virtio-net",
+            json!({"driver": "virtio-net-pci", "id": "nic", "netdev": "n0"}),
+        ),
+        (
+            "virtio-rng",
+            json!({"driver": "virtio-rng-pci", "id": "rng"}),
+        ),
+    ];
     let mut slots = Vec::new();
-    for round in 1..=2 {
-        let mut dev =
-            json!({"driver": "virtio-blk-pci", "id": format!("hd{round}"), "drive": "d0"});
+    for (round, (kind, mut dev)) in rounds.into_iter().enumerate() {
+        let round = round + 1;
+        let id = dev["id"].as_str().unwrap_or_default().to_string();
         for (k, v) in placement.as_object().into_iter().flatten() {
             dev[k] = v.clone();
         }
         qmp.ok("device_add", dev);
         let text = wait_console(&console, "hotplug: released", round);
-        assert_eq!(
-            text.matches("driver result=ok").count(),
-            round,
-            "the guest drove the device:\n{text}"
+        assert!(
+            text.contains(&format!("{kind} driver result=ok")),
+            "the guest drove the {kind}:\n{text}"
         );
         assert_eq!(
             qmp.events
@@ -854,8 +914,8 @@ fn guest_round_trip(
             0,
             "nothing deleted before the guest ejects"
         );
-        qmp.ok("device_del", json!({"id": format!("hd{round}")}));
-        while qmp.wait_event("DEVICE_DELETED")["data"]["device"] != format!("hd{round}") {}
+        qmp.ok("device_del", json!({ "id": id }));
+        while qmp.wait_event("DEVICE_DELETED")["data"]["device"] != id.as_str() {}
         qmp.events.clear();
         let text = wait_console(&console, " gone", round);
         let slot = text
@@ -866,45 +926,56 @@ fn guest_round_trip(
             .expect("ejected line");
         slots.push(slot);
     }
-    assert_eq!(slots[0], slots[1], "the second device took the freed slot");
+    assert!(
+        slots.iter().all(|s| *s == slots[0]),
+        "each device took the slot the previous one freed: {slots:?}"
+    );
     let text = std::fs::read_to_string(&console).unwrap_or_default();
+    for line in [
+        "write=ok read=ok match=yes",
+        "tx=ok rx=ok rx-payload=host-pong",
+        "bytes=64 nonzero=yes",
+    ] {
+        assert_eq!(text.matches(line).count(), 1, "{line:?}:\n{text}");
+    }
     assert_eq!(
-        text.matches("write=ok read=ok match=yes").count(),
-        2,
-        "{text}"
+        pongs.join().expect("pong thread"),
+        ["machina-guest-ping-modern"],
+        "the host saw the guest's frame"
     );
     assert_eq!(vm.wait_exit(Duration::from_secs(60)), Some(0), "{text}");
     Some(text)
 }
 
-/// shpchp's steps, twice, on slot 7 of the bridge.
+/// shpchp's steps, once per round, on slot 7 of the bridge.
 fn assert_shpc_steps(text: &str) {
     for line in [
         "hotplug: event round=0 shpc presence slot=7",
         "hotplug: event round=1 shpc presence slot=7",
+        "hotplug: event round=2 shpc presence slot=7",
         "hotplug: eject request attention-button slot=7",
     ] {
         assert!(text.contains(line), "{line:?} missing:\n{text}");
     }
     assert_eq!(
         text.matches("shpc slot=7 enabled=true").count(),
-        2,
+        3,
         "{text}"
     );
     assert_eq!(
         text.matches("shpc slot=7 disabled=true").count(),
-        2,
+        3,
         "{text}"
     );
 }
 
 #[test]
-fn guest_uses_and_ejects_a_hot_added_virtio_blk_on_pc() {
+fn guest_uses_and_ejects_hot_added_virtio_devices_on_pc() {
     guest_round_trip("pc", &[], &[], "", json!({}));
 }
 
 #[test]
-fn guest_uses_and_ejects_a_hot_added_virtio_blk_on_q35_native() {
+fn guest_uses_and_ejects_hot_added_virtio_devices_on_q35_native() {
     guest_round_trip(
         "pc-q35-6.0",
         &[],
@@ -915,7 +986,7 @@ fn guest_uses_and_ejects_a_hot_added_virtio_blk_on_q35_native() {
 }
 
 #[test]
-fn guest_uses_and_ejects_a_hot_added_virtio_blk_on_q35_acpi() {
+fn guest_uses_and_ejects_hot_added_virtio_devices_on_q35_acpi() {
     guest_round_trip(
         "pc-q35-10.2",
         &[],
@@ -925,13 +996,57 @@ fn guest_uses_and_ejects_a_hot_added_virtio_blk_on_q35_acpi() {
     );
 }
 
+/// pciehp on a switch's downstream port (root port 00:03.0, x3130-upstream, then
+/// xio3130-downstream two buses further down): the guest opens every bridge's windows.
+#[test]
+fn guest_uses_and_ejects_hot_added_virtio_devices_on_q35_downstream_port() {
+    let Some(text) = guest_round_trip(
+        "pc-q35-6.0",
+        &[],
+        &[
+            "pcie-root-port,id=rp1,chassis=1,addr=3",
+            "x3130-upstream,id=up,bus=rp1",
+            "xio3130-downstream,id=dn,bus=up,chassis=2",
+        ],
+        "machina.hotplug-port=3 machina.hotplug-down=2 machina.hotplug=native",
+        json!({"bus": "dn"}),
+    ) else {
+        return;
+    };
+    assert_eq!(
+        text.matches("hotplug: eject request attention-button port=02:00.0")
+            .count(),
+        3,
+        "the downstream port's own slot:\n{text}"
+    );
+}
+
+/// pc's ACPI hot-plug on a cold-plugged pci-bridge's bus (BSEL 1): the guest programs
+/// the bridge's windows and ejects through the bus's BSEL.
+#[test]
+fn guest_uses_and_ejects_hot_added_virtio_devices_on_pc_bridge() {
+    let Some(text) = guest_round_trip(
+        "pc",
+        &[],
+        &["pci-bridge,id=br,chassis_nr=1,addr=5"],
+        "machina.hotplug-port=5 machina.hotplug-bsel=1",
+        json!({"bus": "br", "addr": "7"}),
+    ) else {
+        return;
+    };
+    for round in 0..3 {
+        let line = format!("hotplug: event round={round} bsel=1 up=0x80");
+        assert!(text.contains(&line), "{line:?} missing:\n{text}");
+    }
+}
+
 const SHPC_BRIDGE: &str = "pci-bridge,id=br,chassis_nr=1,addr=5";
 const SHPC_APPEND: &str = "machina.hotplug-port=5 machina.hotplug=shpc";
 
 /// shpchp's steps on q35 6.0's pci-bridge: the presence event, slot enable, the device
 /// used, the attention button on device_del, slot disable (which frees it).
 #[test]
-fn guest_uses_and_ejects_a_hot_added_virtio_blk_on_q35_shpc() {
+fn guest_uses_and_ejects_hot_added_virtio_devices_on_q35_shpc() {
     let placement = json!({"bus": "br", "addr": "7"});
     if let Some(text) = guest_round_trip("pc-q35-6.0", &[], &[SHPC_BRIDGE], SHPC_APPEND, placement)
     {
@@ -941,7 +1056,7 @@ fn guest_uses_and_ejects_a_hot_added_virtio_blk_on_q35_shpc() {
 
 /// The same on pc with ACPI hot-plug for pci.0 only (bridges keep their SHPC).
 #[test]
-fn guest_uses_and_ejects_a_hot_added_virtio_blk_on_pc_shpc() {
+fn guest_uses_and_ejects_hot_added_virtio_devices_on_pc_shpc() {
     let global = [
         "-global",
         "PIIX4_PM.acpi-pci-hotplug-with-bridge-support=off",
@@ -973,7 +1088,7 @@ fn guest_finds_the_port_of_a_hot_added_device_on_q35_acpi() {
     };
     assert_eq!(
         text.matches("hotplug: found behind port=00:02.2").count(),
-        2,
+        3,
         "{text}"
     );
 }

@@ -3,8 +3,9 @@
 //! the UP/DOWN/eject registers), a PCIe port's slot as pciehp, or a bridge's standard
 //! hot-plug controller as shpchp (`machina.hotplug=shpc`: the slot's latched events, slot
 //! commands through BAR0). Wait for the announcement, find the new function, assign its
-//! BARs, drive it (a virtio-blk writes and reads back a block), release it, then wait for
-//! the eject request and eject the slot, printing each step.
+//! BARs, drive it (a virtio-blk writes and reads back a block, a virtio-net sends a frame
+//! and waits for one, a virtio-rng is read), release it, then wait for the eject request
+//! and eject the slot, printing each step.
 
 use crate::acpi;
 use crate::cmdline::Cmdline;
@@ -146,7 +147,14 @@ impl Bridges {
     /// Every type-1 function of bus 0, its secondary bus and which slots answer there.
     fn scan() -> Bridges {
         let mut b = Bridges {
-            list: [(Bdf { bus: 0, dev: 0, func: 0 }, 0); 64],
+            list: [(
+                Bdf {
+                    bus: 0,
+                    dev: 0,
+                    func: 0,
+                },
+                0,
+            ); 64],
             present: [0; 64],
             len: 0,
         };
@@ -191,6 +199,9 @@ fn slots_present(bus: u8) -> u32 {
 /// at device `port` of bus 0 (ACPI with the bus's `bsel`, or the port's own PCIe slot).
 struct Target {
     port: Option<Bdf>,
+    /// The bridges between bus 0 and `port` (`machina.hotplug-down`: a switch's upstream
+    /// port and its downstream port below a root port), outermost first.
+    above: [Option<Bdf>; MAX_DOWN],
     /// The PCIe capability of the port, for native hot-plug.
     native: Option<u16>,
     /// The SHPC register file (the bridge's BAR0), for SHPC hot-plug.
@@ -224,10 +235,29 @@ fn wait_slot(port: Bdf, cap: u16, want: u32) -> bool {
     }
 }
 
-/// The port forwards our BAR ranges, decodes and masters; for native hot-plug the slot is
-/// powered on with its power indicator on, as pciehp leaves an empty slot it manages.
+/// How many bridge levels `machina.hotplug-down` may descend.
+const MAX_DOWN: usize = 4;
+
+/// The port (and every bridge above it) forwards our BAR ranges, decodes and masters; for
+/// native hot-plug the slot is powered on with its power indicator on, as pciehp leaves an
+/// empty slot it manages.
 fn setup_port(t: &Target, mmio: u64, io: u64) {
     let Some(port) = t.port else { return };
+    for &b in t.above.iter().flatten() {
+        open_bridge(b, mmio, io);
+    }
+    open_bridge(port, mmio, io);
+    if let Some(cap) = t.native {
+        let (ctl, sta) = slot_regs(port, cap);
+        let ctl = (ctl & !(SLTCTL_PCC | SLTCTL_PIC)) | SLTCTL_PIC_ON | SLTCTL_ENABLES;
+        slot_write(port, cap, ctl, sta & SLTSTA_EVENTS);
+        println!("hotplug: slot powered on port={}", port);
+    }
+}
+
+/// The bridge `port` forwards the 16 MiB at `mmio` and the 4 KiB at `io`, decodes and
+/// masters.
+fn open_bridge(port: Bdf, mmio: u64, io: u64) {
     let cfg = &Cf8;
     // I/O base/limit (4 KiB granules) and memory base/limit (1 MiB granules), 16 MiB.
     let io_reg = cfg.read32(port, 0x1c) & 0xffff_0000;
@@ -245,12 +275,6 @@ fn setup_port(t: &Target, mmio: u64, io: u64) {
         pci::REG_COMMAND,
         command | pci::COMMAND_IO | pci::COMMAND_MEM | pci::COMMAND_BUS_MASTER,
     );
-    if let Some(cap) = t.native {
-        let (ctl, sta) = slot_regs(port, cap);
-        let ctl = (ctl & !(SLTCTL_PCC | SLTCTL_PIC)) | SLTCTL_PIC_ON | SLTCTL_ENABLES;
-        slot_write(port, cap, ctl, sta & SLTSTA_EVENTS);
-        println!("hotplug: slot powered on port={}", port);
-    }
 }
 
 fn target(cmdline: &Cmdline<'_>) -> Option<Target> {
@@ -260,17 +284,30 @@ fn target(cmdline: &Cmdline<'_>) -> Option<Target> {
     else {
         return Some(Target {
             port: None,
+            above: [None; MAX_DOWN],
             native: None,
             shpc: None,
             bsel: 0,
             bus: 0,
         });
     };
-    let port = Bdf {
+    let mut port = Bdf {
         bus: 0,
         dev,
         func: 0,
     };
+    // `machina.hotplug-down=N`: the port is N levels further down, each time device 0 of
+    // the bridge's secondary bus (root port, switch upstream port, downstream port).
+    let mut above = [None; MAX_DOWN];
+    let down = (cmdline.get_u64(b"machina.hotplug-down", 0) as usize).min(MAX_DOWN);
+    for slot in above.iter_mut().take(down) {
+        *slot = Some(port);
+        port = Bdf {
+            bus: (Cf8.read32(port, 0x18) >> 8) as u8,
+            dev: 0,
+            func: 0,
+        };
+    }
     let bus = (Cf8.read32(port, 0x18) >> 8) as u8;
     let native = if cmdline.get(b"machina.hotplug") == Some(b"native") {
         Some(pci::capabilities(&Cf8, port).find(|&o| Cf8.read32(port, o) & 0xff == 0x10)?)
@@ -289,6 +326,7 @@ fn target(cmdline: &Cmdline<'_>) -> Option<Target> {
     }
     Some(Target {
         port: Some(port),
+        above,
         native,
         shpc,
         bsel: cmdline.get_u64(b"machina.hotplug-bsel", 0) as u32,
@@ -311,7 +349,7 @@ struct Ctx {
 /// slot the guest side would (SHPC: slot enabled; scan: the port found and set up); the
 /// new function's slot, None on timeout or a failure it printed.
 fn announce(t: &mut Target, ctx: &Ctx, round: u64) -> Option<u8> {
-let slot = match (t.port, t.native, t.shpc) {
+    let slot = match (t.port, t.native, t.shpc) {
         (_, _, Some(base)) => {
             let Some(slot) = shpc_wait(base, SHPC_EVENT_PRESENCE, None) else {
                 println!("hotplug: timeout waiting for a device");
@@ -319,8 +357,8 @@ let slot = match (t.port, t.native, t.shpc) {
             };
             println!("hotplug: event round={} shpc presence slot={}", round, slot);
             // shpchp's board_added: enable (power LED blinking), then power LED on.
-            let ok = shpc_command(base, slot, SHPC_SLOT_ENABLE)
-                && shpc_command(base, slot, SHPC_PWR_ON);
+            let ok =
+                shpc_command(base, slot, SHPC_SLOT_ENABLE) && shpc_command(base, slot, SHPC_PWR_ON);
             println!("hotplug: shpc slot={} enabled={}", slot, ok);
             slot
         }
@@ -491,9 +529,25 @@ pub fn run(cmdline: &Cmdline<'_>, rsdp_hint: u64) {
             f.device()
         );
         assign_bars(&f, &mut ctx.mmio, &mut ctx.io);
+        // Whatever virtio device came: its driver uses it (blk: a block written and read
+        // back; net: a frame out, one back; rng: bytes read), printing its own line.
         match crate::virtio::drive_modern(&f, round + 1) {
-            Some(Ok(())) => println!("hotplug: {} driver result=ok", bdf),
-            Some(Err(reason)) => println!("hotplug: {} driver result=error reason={}", bdf, reason),
+            Some((kind, result)) => {
+                let name = match kind {
+                    1 => "virtio-net",
+                    2 => "virtio-blk",
+                    4 => "virtio-rng",
+                    _ => "virtio",
+                };
+                match result {
+                    Some(Ok(())) => println!("hotplug: {} {} driver result=ok", bdf, name),
+                    Some(Err(reason)) => println!(
+                        "hotplug: {} {} driver result=error reason={}",
+                        bdf, name, reason
+                    ),
+                    None => println!("hotplug: {} {} driver result=skipped", bdf, name),
+                }
+            }
             None => println!("hotplug: {} driver result=skipped", bdf),
         }
         // Released: no decoding, no bus mastering.

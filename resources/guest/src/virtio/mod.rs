@@ -235,8 +235,11 @@ fn run_device(dev: &Device, opts: &Options, relocated: &mut u64) {
 }
 
 /// Drives the virtio function `f` once through its modern interface (hot-plug: the
-/// caller assigned its BARs); None when it is no virtio device or has no driver here.
-pub fn drive_modern(f: &Function, blk_seed: u64) -> Option<Result<(), Reason>> {
+/// caller assigned its BARs): a virtio-blk writes and reads back a block, a virtio-rng
+/// is read, a virtio-net sends a ping and waits for an answer (`machina.net-test=1`'s
+/// exchange). Its device type (1 net, 2 blk, 4 rng) and the result; None when it is no
+/// virtio device, or the result None when there is no driver for its type here.
+pub fn drive_modern(f: &Function, blk_seed: u64) -> Option<(u16, Option<Result<(), Reason>>)> {
     let is_virtio =
         f.vendor() == VENDOR_VIRTIO && (FIRST_TRANSITIONAL..=LAST_MODERN).contains(&f.device());
     if !is_virtio {
@@ -246,13 +249,15 @@ pub fn drive_modern(f: &Function, blk_seed: u64) -> Option<Result<(), Reason>> {
     enable(dev.bdf);
     let opts = Options {
         blk_seed,
-        net_test: NetTest::Off,
+        net_test: NetTest::Basic,
         max_io_port: DEFAULT_MAX_IO_PORT,
         io_relocate: None,
     };
-    dev.modern_transport()
+    let result = dev
+        .modern_transport()
         .and_then(|t| run_driver(&dev, &t, Path::Modern, &opts).transpose())
-        .transpose()
+        .transpose();
+    Some((dev.kind, result))
 }
 
 /// The `virtio` test.

@@ -303,11 +303,13 @@ fn run_mq(t: &Transport, m: &Modern, bdf: Bdf) -> Result<(), Reason> {
     let mut tx_ok = [false; 2];
     for (i, tx) in [&mut tx0, &mut tx1].into_iter().enumerate() {
         let at = MQ_TX + i * 512;
-        let payload: &[u8] = if i == 0 { b"machina-mq-0" } else { b"machina-mq-1" };
+        let payload: &[u8] = if i == 0 {
+            b"machina-mq-0"
+        } else {
+            b"machina-mq-1"
+        };
         let len = mq_frame(at, hdr, mac, MQ_FIRST_SOURCE_PORT + i as u16, payload);
-        tx_ok[i] = tx
-            .request(&[Buf::out(at, hdr + len)], "tx-timeout")
-            .is_ok();
+        tx_ok[i] = tx.request(&[Buf::out(at, hdr + len)], "tx-timeout").is_ok();
     }
     // The answers: which rx queue each flow's answer came back on.
     let mut answer_queue = [None::<usize>; 2];
