@@ -3,6 +3,9 @@
 //! receive filter those commands configure (QEMU's receive_filter).
 
 use super::features::*;
+use super::iovec::write_front;
+use super::{chain_iovecs, data_ranges, DeviceError, Net, QueueContext, MAX_CTRL};
+use vm_memory::Bytes;
 
 pub const CLASS_RX: u8 = 0;
 pub const CLASS_MAC: u8 = 1;
@@ -248,6 +251,65 @@ fn mac_table(data: &[u8], total: usize) -> Option<MacTable> {
         multi_overflow = true;
     }
     Some((macs, first_multi, uni_overflow, multi_overflow))
+}
+
+/// The control queue's chains: each command read from guest memory, handled, its status
+/// written back, then its effects applied to the device.
+impl Net {
+    /// Serve the control queue (QEMU processes commands whether or not CTRL_VQ was acked).
+    pub(super) fn control(&mut self, ctx: &mut QueueContext) -> Result<(), DeviceError> {
+        let idx = self.ctrl_queue();
+        let mut effects = Vec::new();
+        let mut st = CtrlState {
+            filter: &mut self.filter,
+            mac: &mut self.mac,
+            acked: self.acked,
+            vnet_hdr: !self.socket,
+            max_pairs: self.pairs.len(),
+            announce: &mut self.announce,
+        };
+        let used = ctx.drain_queue(idx, |mem, chain| {
+            let out = data_ranges(&chain, false, 0, usize::MAX);
+            let total: usize = out.iter().map(|r| r.1).sum();
+            let mut cmd = vec![0u8; total.min(MAX_CTRL)];
+            let mut at = 0;
+            for &(addr, len) in &out {
+                let n = len.min(cmd.len() - at);
+                if mem.read_slice(&mut cmd[at..at + n], addr).is_err() {
+                    return Err(DeviceError::BadChain {
+                        queue: idx,
+                        reason: "control command outside guest memory".into(),
+                    });
+                }
+                at += n;
+            }
+            let status_iovs = chain_iovecs(mem, &chain, true).unwrap_or_default();
+            if total < 2 || status_iovs.iter().map(|v| v.iov_len).sum::<usize>() < 1 {
+                return Err(DeviceError::BadChain {
+                    queue: idx,
+                    reason: "virtio-net ctrl missing headers".into(),
+                });
+            }
+            let (status, effect) = handle(&mut st, cmd[0], cmd[1], &cmd[2..], total - 2);
+            effects.push(effect);
+            write_front(&status_iovs, &[status]);
+            Ok(1)
+        })?;
+        for e in effects {
+            match e {
+                Effect::None => {}
+                Effect::Offloads(o) => {
+                    self.guest_offloads = o;
+                    self.apply_offloads();
+                }
+                Effect::QueuePairs(n) => self.set_active_pairs(n),
+            }
+        }
+        if used == Some(true) {
+            ctx.notify(idx);
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,299 @@
+//! The receive path: chains taken from a pair's receive queue, a frame read from the
+//! backend straight into them (several chains with MRG_RXBUF), the receive filter, and
+//! the used entries published together.
+
+use super::iovec::{read_iovs, skip_front, vectored, write_front_at};
+use super::*;
+
+/// A receive chain taken from the ring and waiting for a frame, as iovecs over guest RAM.
+pub(super) struct RxChain {
+    head: u16,
+    iovs: Vec<libc::iovec>,
+    capacity: usize,
+}
+
+// SAFETY: the iovecs point into the guest memory mapping the device's Core holds for its
+// whole life; they are only used (by readv or a copy) on the worker while it holds the
+// device, and dropped at reset.
+unsafe impl Send for RxChain {}
+
+/// Scratch iovecs for one read, reused from frame to frame.
+#[derive(Default)]
+pub(super) struct Scratch(pub(super) Vec<libc::iovec>);
+
+// SAFETY: emptied after each use; the pointers it holds during a read point into guest
+// memory kept mapped by the device's Core (see RxChain).
+unsafe impl Send for Scratch {}
+
+impl Pair {
+    /// Take chains for the next frame from the ring: one, or with MRG_RXBUF enough for a
+    /// largest frame (or all there are).
+    fn fill(
+        &mut self,
+        q: &mut Queue,
+        mem: &GuestMemoryMmap,
+        rxq: usize,
+        mrg: bool,
+        largest: usize,
+    ) -> Result<(), DeviceError> {
+        let mut capacity: usize = self.pending.iter().map(|c| c.capacity).sum();
+        while self.pending.is_empty() || (mrg && capacity < largest) {
+            let Some(c) = Net::pop_rx_chain(q, mem, rxq)? else {
+                break;
+            };
+            capacity += c.capacity;
+            self.pending.push_back(c);
+        }
+        Ok(())
+    }
+
+    /// The iovecs one read fills (the first chain, or with MRG_RXBUF those a largest frame
+    /// needs) into `scratch`; how many bytes they hold.
+    fn gather(&self, scratch: &mut Vec<libc::iovec>, mrg: bool, largest: usize) -> usize {
+        scratch.clear();
+        let mut covered = 0;
+        for (chains, c) in self.pending.iter().enumerate() {
+            if (chains == 1 && !mrg) || covered >= largest || scratch.len() >= 1024 {
+                break;
+            }
+            scratch.extend_from_slice(&c.iovs);
+            covered += c.capacity;
+        }
+        // IOV_MAX bounds one read; what the kept iovecs hold is what a frame may fill.
+        scratch.truncate(1024);
+        scratch.iter().map(|v| v.iov_len).sum()
+    }
+
+    fn pending_iovs(&self) -> impl Iterator<Item = &libc::iovec> {
+        self.pending.iter().flat_map(|c| c.iovs.iter())
+    }
+
+    /// A dropped frame: the first waiting chain goes back empty.
+    fn give_back_one(
+        &mut self,
+        q: &mut Queue,
+        mem: &GuestMemoryMmap,
+    ) -> Result<(), virtio_queue::Error> {
+        match self.pending.pop_front() {
+            Some(c) => add_used_batch(q, mem, &[(c.head, 0)]),
+            None => Ok(()),
+        }
+    }
+
+    /// A frame of `n` bytes (header included) landed in the first waiting chains: set
+    /// num_buffers (how many it spans; 1 without MRG_RXBUF), or for a socket peer's bare
+    /// frame the whole header (no offloads), and publish them together.
+    fn deliver(
+        &mut self,
+        q: &mut Queue,
+        mem: &GuestMemoryMmap,
+        n: usize,
+        hdr: usize,
+        socket: bool,
+    ) -> Result<(), virtio_queue::Error> {
+        let used = &mut self.used;
+        used.clear();
+        let mut left = n;
+        for c in &self.pending {
+            if left == 0 && !used.is_empty() {
+                break;
+            }
+            let take = left.min(c.capacity);
+            used.push((c.head, take as u32));
+            left -= take;
+        }
+        let count = (used.len() as u16).to_le_bytes();
+        let iovs = self.pending.iter().flat_map(|c| c.iovs.iter());
+        if socket {
+            let mut header = [0u8; 12];
+            header[10..12].copy_from_slice(&count);
+            write_front_at(iovs, 0, &header[..hdr]);
+        } else if hdr == 12 {
+            write_front_at(iovs, 10, &count);
+        }
+        self.pending.drain(..used.len());
+        add_used_batch(q, mem, used)
+    }
+}
+
+/// Receive one frame from `fd` into `iovs`; returns the frame's full length, which exceeds
+/// the buffers' capacity when the frame was truncated. A tap's read returns the full length
+/// already; a datagram socket says it with MSG_TRUNC.
+fn receive_frame(fd: RawFd, socket: bool, iovs: &mut [libc::iovec]) -> std::io::Result<usize> {
+    if !socket {
+        return vectored(fd, false, iovs);
+    }
+    // SAFETY: an all-zero msghdr is valid (no name, no control data).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iovs.as_mut_ptr();
+    msg.msg_iovlen = iovs.len().min(1024) as _;
+    // SAFETY: the msghdr points at iovecs over guest RAM checked by chain_iovecs and kept
+    // mapped by the caller's GuestMemoryMmap; recvmsg writes only into those buffers.
+    let n = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_TRUNC) };
+    if n < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// Put `items` (head, length) in the used ring at once: the guest must see every buffer of
+/// a merged frame when it sees the first (QEMU's virtqueue_fill then virtqueue_flush).
+fn add_used_batch(
+    q: &mut Queue,
+    mem: &GuestMemoryMmap,
+    items: &[(u16, u32)],
+) -> Result<(), virtio_queue::Error> {
+    let Some((&(last_head, last_len), rest)) = items.split_last() else {
+        return Ok(());
+    };
+    let start = q.next_used();
+    let size = q.size();
+    for (i, &(head, len)) in rest.iter().enumerate() {
+        let slot = u64::from(start.wrapping_add(i as u16) % size);
+        let at = GuestAddress(q.used_ring() + 4 + 8 * slot);
+        mem.write_obj(u32::from(head).to_le(), at)
+            .and_then(|_| mem.write_obj(len.to_le(), GuestAddress(at.0 + 4)))
+            .map_err(virtio_queue::Error::GuestMemory)?;
+    }
+    // add_used writes the last element and publishes the new index (release ordering).
+    q.set_next_used(start.wrapping_add(rest.len() as u16));
+    q.add_used(mem, last_head, last_len)
+}
+
+/// Interrupt the driver for `idx` if the used entries added since `old` cross its
+/// used_event (the whole span: batched entries count once each).
+fn notify_since(ctx: &mut QueueContext, idx: usize, old: u16) {
+    let mem = ctx.mem;
+    let event_idx = ctx.features & crate::virtio::regs::features::RING_EVENT_IDX != 0;
+    let Some(q) = ctx.queues.get_mut(idx) else {
+        return;
+    };
+    let new = q.next_used();
+    if new == old {
+        return;
+    }
+    // Also resets the queue's own count of entries added.
+    let mut need = q.needs_notification(mem).unwrap_or(true);
+    if event_idx && !need {
+        let at = GuestAddress(q.avail_ring() + 4 + 2 * u64::from(q.size()));
+        need = match mem.read_obj::<u16>(at) {
+            Ok(ev) => new.wrapping_sub(u16::from_le(ev)).wrapping_sub(1) < new.wrapping_sub(old),
+            Err(_) => true,
+        };
+    }
+    if need && !crate::virtio::device::no_interrupt(q, mem, event_idx) {
+        crate::trace_event!(virtio_notify, "vdev {} vq {}", ctx.name, idx);
+        ctx.irq.signal_queue(idx);
+    }
+}
+
+impl Net {
+    /// Take the next receive chain from the ring; chains without device-writable buffers
+    /// (or outside guest RAM) go back unused at once. (One too small for the header takes
+    /// and drops the next frame, as one too small for the frame does.)
+    fn pop_rx_chain(
+        q: &mut Queue,
+        mem: &GuestMemoryMmap,
+        rxq: usize,
+    ) -> Result<Option<RxChain>, DeviceError> {
+        loop {
+            let chain = q.iter(mem).map_err(|e| bad_queue(rxq, e))?.next();
+            let Some(chain) = chain else {
+                return Ok(None);
+            };
+            check_chain(rxq, &chain)?;
+            let head = chain.head_index();
+            let iovs = guest_iovecs(mem, &data_ranges(&chain, true, 0, usize::MAX));
+            let capacity = iovs
+                .as_ref()
+                .map_or(0, |v| v.iter().map(|v| v.iov_len).sum());
+            match iovs {
+                Some(iovs) if capacity > 0 => {
+                    return Ok(Some(RxChain {
+                        head,
+                        iovs,
+                        capacity,
+                    }))
+                }
+                _ => q.add_used(mem, head, 0).map_err(|e| bad_queue(rxq, e))?,
+            }
+        }
+    }
+
+    /// Move frames from pair `pair`'s tap into its receive queue while both have some.
+    pub(super) fn receive(
+        &mut self,
+        pair: usize,
+        ctx: &mut QueueContext,
+    ) -> Result<(), DeviceError> {
+        let mem = ctx.mem;
+        let rxq = 2 * pair;
+        let mrg = self.acked & F_MRG_RXBUF != 0;
+        let hdr = self.hdr_len;
+        // With merged buffers, chains are gathered until a largest frame fits.
+        let largest = hdr
+            + if self.guest_offloads & (F_GUEST_TSO4 | F_GUEST_TSO6 | F_GUEST_UFO) != 0 {
+                MAX_FRAME - 12
+            } else {
+                MAX_PLAIN_FRAME
+            };
+        let (socket, mac) = (self.socket, self.mac);
+        let Some(p) = self.pairs.get_mut(pair) else {
+            return Ok(());
+        };
+        let Some(q) = ctx.queues.get_mut(rxq).filter(|q| q.ready()) else {
+            return Ok(());
+        };
+        let start = q.next_used();
+        let scratch = &mut self.scratch.0;
+        let bad = |e| bad_queue(rxq, e);
+        while p.readable {
+            p.fill(q, mem, rxq, mrg, largest)?;
+            if p.pending.is_empty() {
+                // Out of buffers: ask for a kick when the driver adds some (QEMU's
+                // virtio_net_has_buffers), and look once more in case it just did.
+                if q.enable_notification(mem).map_err(bad)? {
+                    continue;
+                }
+                break;
+            }
+            let covered = p.gather(scratch, mrg, largest);
+            // A socket peer sends bare frames: the device writes the header in front.
+            if socket {
+                skip_front(scratch, hdr);
+            }
+            let n = match receive_frame(p.tap.as_raw_fd(), socket, scratch) {
+                Ok(n) => n + if socket { hdr } else { 0 },
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    // Drained until the next readiness edge; the buffers stay.
+                    p.readable = false;
+                    break;
+                }
+                // Anything else drops the frame; a buffer comes back empty.
+                Err(_) => {
+                    p.give_back_one(q, mem).map_err(bad)?;
+                    continue;
+                }
+            };
+            if n > covered {
+                // Too large for the buffers: dropped (QEMU without MRG_RXBUF drops it
+                // too, giving the buffer back empty; merged buffers stay for the next).
+                if !mrg {
+                    p.give_back_one(q, mem).map_err(bad)?;
+                }
+                continue;
+            }
+            let mut head = [0u8; 18];
+            let want = n.saturating_sub(hdr).min(head.len());
+            let got = read_iovs(p.pending_iovs(), hdr, &mut head[..want]);
+            if self.filter.accepts(&mac, &head[..got]) {
+                p.deliver(q, mem, n, hdr, socket).map_err(bad)?;
+            }
+        }
+        scratch.clear();
+        notify_since(ctx, rxq, start);
+        Ok(())
+    }
+}
