@@ -145,7 +145,6 @@ impl OutQueue {
     }
 }
 
-/// A running `announce-self` (QEMU's AnnounceTimer).
 #[derive(Default)]
 pub struct State {
     clients: Vec<Client>,
