@@ -16,7 +16,7 @@ use std::process::{Command, Stdio};
 
 #[path = "guest_bench/mod.rs"]
 mod guest_bench;
-use guest_bench::{guest, machina, median, tsc_hz};
+use guest_bench::{guest, machina, median, qemu_version, tsc_hz};
 
 /// (op, size, qd) -> requests per second.
 type Results = Vec<((String, u64, u64), f64)>;
@@ -119,19 +119,7 @@ fn main() {
     // 64 MiB of data, read once so that it is in the page cache.
     std::fs::write(&image, vec![0x5au8; 64 << 20]).expect("image");
     let _ = std::fs::read(&image);
-    let qemu_version = Command::new("qemu-system-x86_64")
-        .arg("--version")
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .and_then(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .next()
-                .and_then(|l| l.split("version ").nth(1))
-                .and_then(|v| v.split_whitespace().next())
-                .map(|v| format!("QEMU {v}"))
-        });
+    let qemu_version = qemu_version();
     let have_qemu = qemu_version.is_some() && guest().exists();
     let qemu_name = qemu_version.unwrap_or_default();
     let hz = tsc_hz();

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 #[path = "guest_bench/mod.rs"]
 mod guest_bench;
-use guest_bench::{guest, machina, median, tsc_hz};
+use guest_bench::{guest, machina, median, qemu_version, tsc_hz};
 
 const TAP: &str = "bnet0";
 
@@ -194,19 +194,7 @@ fn main() {
     let Some(sock) = private_tap() else {
         return;
     };
-    let qemu_version = Command::new("qemu-system-x86_64")
-        .arg("--version")
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .and_then(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .next()
-                .and_then(|l| l.split("version ").nth(1))
-                .and_then(|v| v.split_whitespace().next())
-                .map(|v| format!("QEMU {v}"))
-        });
+    let qemu_version = qemu_version();
     let have_qemu = qemu_version.is_some() && guest().exists();
     let qemu_name = qemu_version.unwrap_or_default();
     let hz = tsc_hz();

@@ -2,6 +2,7 @@
 //! the host's TSC rate that turns the guest's tick counts into seconds, and the median.
 
 use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// The machina binary under test (`MACHINA_BIN`, or this build's).
@@ -34,4 +35,21 @@ pub fn tsc_hz() -> f64 {
 pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// "QEMU x.y.z" of the `qemu-system-x86_64` on PATH, None without one.
+pub fn qemu_version() -> Option<String> {
+    Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .and_then(|l| l.split("version ").nth(1))
+                .and_then(|v| v.split_whitespace().next())
+                .map(|v| format!("QEMU {v}"))
+        })
 }
