@@ -7,6 +7,10 @@
 //! its type checked from the open descriptor. A drive's image is opened and locked when a
 //! device takes it (QEMU's `file` driver lock bytes, so QEMU and machina see each other), and
 //! the locked descriptor is kept for the life of the process.
+//!
+//! This module holds the backend types and the shared open/keyval helpers; drive images are
+//! in `drive` (parsing in `block`), netdevs in `net`, `-chardev`/`-object`/QMP arguments in
+//! `parse`, opening in `open`, the backend list and reference checks in `registry`.
 
 mod block;
 mod char_input;

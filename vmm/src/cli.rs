@@ -1,5 +1,10 @@
 //! QEMU-style command line: option spelling, argument syntax and error wording follow
 //! qemu-system-x86_64 so that tools which build QEMU command lines can drive machina.
+//!
+//! This module holds the option types, the errors, the keyval helpers and the option loop
+//! (`parse`, `apply`, `-readconfig`); the option families are parsed in the child modules
+//! (`cpu`, `frontends`, `machine_opts`, `host_options`, `numa`, `size`; syntax and `--help`
+//! in `syntax`).
 
 mod cpu;
 mod frontends;
