@@ -129,16 +129,21 @@ fn open_fifo_waiting(path: &Path, cancelled: &dyn Fn() -> bool) -> std::io::Resu
     use std::sync::mpsc::{channel, RecvTimeoutError};
     use std::time::Duration;
     let (tx, rx) = channel();
+    let (started, running) = channel();
     let target = path.to_path_buf();
     std::thread::Builder::new()
         .name("fifo-open".into())
         .spawn(move || {
+            let _ = started.send(());
             let r = OpenOptions::new()
                 .read(true)
                 .custom_flags(libc::O_CLOEXEC)
                 .open(&target);
             let _ = tx.send(r);
         })?;
+    // Until it runs, the helper carries its creator's name (a QMP dispatcher's): whoever
+    // lists the threads meanwhile would count it as one.
+    let _ = running.recv();
     let mut cancelling = false;
     loop {
         match rx.recv_timeout(Duration::from_millis(100)) {

@@ -248,16 +248,22 @@ impl Net {
         let start = q.next_used();
         let scratch = &mut self.scratch.0;
         let bad = |e| bad_queue(rxq, e);
+        // Whether the ring was looked at again since the last chain was taken: an avail
+        // index the ring cannot back (a ring outside guest RAM) stays "more available" for
+        // ever, and must not spin the device.
+        let mut rechecked = false;
         while p.readable {
             p.fill(q, mem, rxq, mrg, largest)?;
             if p.pending.is_empty() {
                 // Out of buffers: ask for a kick when the driver adds some (QEMU's
                 // virtio_net_has_buffers), and look once more in case it just did.
-                if q.enable_notification(mem).map_err(bad)? {
+                if !rechecked && q.enable_notification(mem).map_err(bad)? {
+                    rechecked = true;
                     continue;
                 }
                 break;
             }
+            rechecked = false;
             let covered = p.gather(scratch, mrg, largest);
             // A socket peer sends bare frames: the device writes the header in front.
             if socket {
