@@ -401,49 +401,26 @@ pub fn parse_drive(spec: impl AsRef<OsStr>) -> Result<Backend, BackendError> {
             ))
         }
     };
-    // A CD-ROM drive may be empty (no medium).
-    let file = match file {
-        Some(f) => f,
-        None if cdrom => {
-            return Ok(Backend::Drive {
-                id,
-                file: PathBuf::new(),
-                read_only: true,
-                cache,
-                locking: false,
-                attached: None,
-                null_size: None,
-                cdrom,
-                ide_index,
-                debug: None,
-                rerror,
-                werror,
-                child: None,
-                legacy: true,
-                empty: true,
-            })
-        }
-        // No file: a drive without a medium (QEMU's empty BlockBackend), for a later
-        // `drive_del` or nothing; a disk device refuses it.
-        None => {
-            return Ok(Backend::Drive {
-                id,
-                file: PathBuf::new(),
-                read_only,
-                cache,
-                locking: false,
-                attached: None,
-                null_size: None,
-                cdrom,
-                ide_index,
-                debug: None,
-                rerror,
-                werror,
-                child: None,
-                legacy: true,
-                empty: true,
-            })
-        }
+    // No file: a drive without a medium (QEMU's empty BlockBackend), for a later
+    // `drive_del` or nothing; a disk device refuses it. A CD-ROM's is read-only.
+    let Some(file) = file else {
+        return Ok(Backend::Drive {
+            id,
+            file: PathBuf::new(),
+            read_only: read_only || cdrom,
+            cache,
+            locking: false,
+            attached: None,
+            null_size: None,
+            cdrom,
+            ide_index,
+            debug: None,
+            rerror,
+            werror,
+            child: None,
+            legacy: true,
+            empty: true,
+        });
     };
     // A CD-ROM is read-only media (blkconf_apply_backend_options for ide-cd).
     let read_only = read_only || cdrom;
