@@ -7,12 +7,12 @@
 mod common;
 
 use common::{machina, require_kvm};
+use machina_tests::process::start_with_acpi_dump;
 use machina_tests::qtest_client::Qtest;
 use machina_tests::TempDir;
 use serde_json::{json, Value};
 use std::io::Write;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Stdio;
 
 /// The built-in q35 board.
 fn q35_board() -> Value {
@@ -203,22 +203,7 @@ fn a_machine_definition_moves_the_sci_and_the_ioapic_in_the_acpi_tables() {
 /// Build the machine of `args` (stopped) with `MACHINA_ACPI_DUMP=dir` and wait for its
 /// tables; the XSDT is written last.
 fn dump_acpi(dir: &std::path::Path, args: &[&str]) {
-    std::fs::create_dir_all(dir).expect("dump dir");
-    let mut child = Command::new(machina())
-        .args(args)
-        .args(["-S", "-display", "none", "-nodefaults", "-qmp", "stdio"])
-        .env("MACHINA_ACPI_DUMP", dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start machina");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !dir.join("xsdt.dat").exists() {
-        assert!(Instant::now() < deadline, "machina wrote no ACPI dump");
-        assert!(child.try_wait().expect("wait").is_none(), "machina exited");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut child = start_with_acpi_dump(&machina(), dir, args, Stdio::null());
     // The caller reads the tables after machina has exited, so every file is complete.
     let mut stdin = child.stdin.take().expect("stdin");
     let _ = stdin.write_all(b"{\"execute\":\"qmp_capabilities\"}\n{\"execute\":\"quit\"}\n");

@@ -5,31 +5,16 @@
 mod common;
 
 use common::{machina, require_kvm};
+use machina_tests::process::start_with_acpi_dump;
 use machina_tests::TempDir;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 /// Start the machine of `args` stopped, with its ACPI tables dumped to `dir`, run `commands`
 /// over QMP on stdio and return their answers (in order).
 fn session(dir: &std::path::Path, args: &[&str], commands: &[Value]) -> Vec<Value> {
-    std::fs::create_dir_all(dir).expect("dump dir");
-    let mut child = Command::new(machina())
-        .args(args)
-        .args(["-S", "-display", "none", "-nodefaults", "-qmp", "stdio"])
-        .env("MACHINA_ACPI_DUMP", dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start machina");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !dir.join("xsdt.dat").exists() {
-        assert!(Instant::now() < deadline, "machina wrote no ACPI dump");
-        assert!(child.try_wait().expect("wait").is_none(), "machina exited");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut child = start_with_acpi_dump(&machina(), dir, args, Stdio::piped());
     let mut stdin = child.stdin.take().expect("stdin");
     let mut input = String::from("{\"execute\":\"qmp_capabilities\"}\n");
     for c in commands {

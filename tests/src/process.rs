@@ -131,3 +131,26 @@ pub fn wait_console(path: &Path, line: &str, count: usize, limit: Duration) -> S
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Start `binary` with `args`, stopped, with QMP on stdio and its ACPI tables dumped to
+/// `dir` (`MACHINA_ACPI_DUMP`), and wait until the tables are there (the XSDT is written
+/// last). `stdout` is where QMP's answers go.
+pub fn start_with_acpi_dump(binary: &Path, dir: &Path, args: &[&str], stdout: Stdio) -> Child {
+    std::fs::create_dir_all(dir).expect("dump dir");
+    let mut child = Command::new(binary)
+        .args(args)
+        .args(["-S", "-display", "none", "-nodefaults", "-qmp", "stdio"])
+        .env("MACHINA_ACPI_DUMP", dir)
+        .stdin(Stdio::piped())
+        .stdout(stdout)
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start machina");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !dir.join("xsdt.dat").exists() {
+        assert!(Instant::now() < deadline, "machina wrote no ACPI dump");
+        assert!(child.try_wait().expect("wait").is_none(), "machina exited");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
