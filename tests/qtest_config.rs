@@ -19,10 +19,11 @@
 mod common;
 
 use common::{machina, require_kvm};
-use machina_tests::qtest_client::{
+use machina_tests::config_walk::{
     assert_no_mismatches, assert_only_known, for_all_scenarios, oracle_args,
-    reset_state_mismatches, Bdf, Mismatch, Qtest,
+    reset_state_mismatches, Mismatch,
 };
+use machina_tests::qtest_client::{Bdf, Qtest};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::OnceLock;

@@ -11,10 +11,10 @@
 mod common;
 
 use common::{machina, require_kvm};
-use machina_tests::qtest_client::{
-    assert_no_mismatches, assert_only_known, fmt_bdf, for_all_scenarios, Bdf, Mismatch, Qtest,
-    XorShift,
+use machina_tests::config_walk::{
+    assert_no_mismatches, assert_only_known, for_all_scenarios, Mismatch,
 };
+use machina_tests::qtest_client::{fmt_bdf, Bdf, Qtest, XorShift};
 use serde_json::{json, Value};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};

@@ -14,10 +14,11 @@
 mod common;
 
 use common::{machina, require_kvm};
-use machina_tests::qtest_client::{
+use machina_tests::config_walk::{
     assert_no_mismatches, assert_only_known, for_all_scenarios, reset_state_mismatches, substitute,
-    Mismatch, Qtest,
+    Mismatch,
 };
+use machina_tests::qtest_client::Qtest;
 use machina_tests::TempDir;
 use serde_json::Value;
 use std::sync::OnceLock;

@@ -2,6 +2,7 @@
 //! limit, capture what the guest printed on the serial console, and parse the tiny guest's
 //! machine-readable lines.
 
+pub mod config_walk;
 pub mod libvirt;
 pub mod libvirt_domain;
 pub mod netns;
