@@ -176,6 +176,19 @@ fn without_numa_there_is_no_srat_and_no_node_id() {
     assert!(!tables.join("srat.dat").exists());
 }
 
+/// The first line of machina's error for `args` (stopped, no display, no defaults), after
+/// checking that it exited with status 1.
+fn refusal(args: &[&str]) -> String {
+    let out = Command::new(machina())
+        .args(args)
+        .args(["-S", "-display", "none", "-nodefaults"])
+        .output()
+        .expect("run machina");
+    assert_eq!(out.status.code(), Some(1), "{args:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    stderr.lines().next().unwrap_or_default().to_string()
+}
+
 #[test]
 fn bad_numa_configurations_get_qemus_texts() {
     for (args, text) in [
@@ -232,15 +245,14 @@ fn bad_numa_configurations_get_qemus_texts() {
              exclusive",
         ),
     ] {
-        let out = Command::new(machina())
-            .args(&args)
-            .args(["-S", "-display", "none", "-nodefaults"])
-            .output()
-            .expect("run machina");
-        assert_eq!(out.status.code(), Some(1), "{args:?}");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(stderr.lines().next(), Some(text), "{args:?}");
+        assert_eq!(refusal(&args), text, "{args:?}");
     }
+}
+
+/// `qom-get` of the first CPU's property `prop`.
+fn cpu0_get(prop: &str) -> Value {
+    let cpu0 = "/machine/unattached/device[0]";
+    json!({"execute": "qom-get", "arguments": {"path": cpu0, "property": prop}})
 }
 
 /// The word of `words` (X86CPUFeatureWordInfo list) for leaf `eax`, register `reg`.
@@ -260,17 +272,14 @@ fn cpu_features_on_the_command_line_reach_the_cpu_object() {
         return;
     }
     let dir = TempDir::new("cpu-features");
-    let cpu0 = "/machine/unattached/device[0]";
-    let get =
-        |prop: &str| json!({"execute": "qom-get", "arguments": {"path": cpu0, "property": prop}});
     let answers = session(
         &dir.join("tables"),
         &["-cpu", "max,-mmx,+invtsc,sse4_2=off"],
         &[
-            get("mmx"),
-            get("sse4.2"),
-            get("feature-words"),
-            get("filtered-features"),
+            cpu0_get("mmx"),
+            cpu0_get("sse4.2"),
+            cpu0_get("feature-words"),
+            cpu0_get("filtered-features"),
         ],
     );
     assert_eq!(answers[0]["return"], false);
@@ -290,19 +299,16 @@ fn the_qemu64_model_gives_its_signature_and_only_its_features() {
         return;
     }
     let dir = TempDir::new("qemu64");
-    let cpu0 = "/machine/unattached/device[0]";
-    let get =
-        |prop: &str| json!({"execute": "qom-get", "arguments": {"path": cpu0, "property": prop}});
     let answers = session(
         &dir.join("tables"),
         &["-cpu", "qemu64,apic-id=0"],
         &[
-            get("vendor"),
-            get("family"),
-            get("model"),
-            get("model-id"),
-            get("feature-words"),
-            get("type"),
+            cpu0_get("vendor"),
+            cpu0_get("family"),
+            cpu0_get("model"),
+            cpu0_get("model-id"),
+            cpu0_get("feature-words"),
+            cpu0_get("type"),
             json!({"execute": "query-cpu-definitions"}),
         ],
     );
@@ -386,6 +392,73 @@ fn srat_and_slit_match_qemus_bios_tables_test_expectations() {
     assert_eq!(body(memhp.join("slit.dat")), body(data.join("SLIT.memhp")));
 }
 
+/// A command line of memory backends and `-numa` options in order: the HMAT configurations
+/// of QEMU's bios-tables-test and their refusals.
+struct NumaArgs(Vec<String>);
+
+impl NumaArgs {
+    /// `-machine MACHINE -smp SMP -m MEMORY`.
+    fn new(machine: &str, smp: &str, memory: &str) -> NumaArgs {
+        NumaArgs(
+            ["-machine", machine, "-smp", smp, "-m", memory]
+                .map(str::to_string)
+                .to_vec(),
+        )
+    }
+
+    /// `-object memory-backend-ram,size=SIZE,id=ID`.
+    fn ram(mut self, size: &str, id: &str) -> NumaArgs {
+        self.0.push("-object".into());
+        self.0
+            .push(format!("memory-backend-ram,size={size},id={id}"));
+        self
+    }
+
+    /// `-numa OPTION`.
+    fn numa(mut self, option: &str) -> NumaArgs {
+        self.0.push("-numa".into());
+        self.0.push(option.into());
+        self
+    }
+
+    /// `-numa node,nodeid=NODE,memdev=MEMDEV`.
+    fn node(self, node: u32, memdev: &str) -> NumaArgs {
+        self.numa(&format!("node,nodeid={node},memdev={memdev}"))
+    }
+
+    /// `-numa cpu,node-id=NODE,socket-id=SOCKET`.
+    fn cpu(self, node: u32, socket: u32) -> NumaArgs {
+        self.numa(&format!("cpu,node-id={node},socket-id={socket}"))
+    }
+
+    /// `-numa hmat-lb` of the memory hierarchy: `data_type` `access-latency` (the value in
+    /// `latency=`) or `access-bandwidth` (in `bandwidth=`).
+    fn lb(self, initiator: u32, target: u32, data_type: &str, value: &str) -> NumaArgs {
+        let unit = if data_type.ends_with("latency") {
+            "latency"
+        } else {
+            "bandwidth"
+        };
+        self.numa(&format!(
+            "hmat-lb,initiator={initiator},target={target},hierarchy=memory,\
+             data-type={data_type},{unit}={value}"
+        ))
+    }
+
+    /// `-numa hmat-cache` as bios-tables-test gives each node: 10K, level 1, direct-mapped,
+    /// write-back, 8-byte lines.
+    fn cache(self, node: u32) -> NumaArgs {
+        self.numa(&format!(
+            "hmat-cache,node-id={node},size=10K,level=1,associativity=direct,\
+             policy=write-back,line=8"
+        ))
+    }
+
+    fn strs(&self) -> Vec<&str> {
+        self.0.iter().map(String::as_str).collect()
+    }
+}
+
 /// `-machine hmat=on` with QEMU's bios-tables-test HMAT configurations: the HMAT (and the
 /// SRAT) the guest reads are QEMU's expected tables, byte for byte after the header.
 #[test]
@@ -396,52 +469,22 @@ fn hmat_matches_qemus_bios_tables_test_expectations() {
     let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/qemu-acpi");
     let body = |path: std::path::PathBuf| std::fs::read(&path).expect("table")[36..].to_vec();
     let dir = TempDir::new("numa-hmat");
-    let lb = |i: u32, t: u32, ty: &str, v: &str| {
-        let unit = if ty.ends_with("latency") {
-            "latency"
-        } else {
-            "bandwidth"
-        };
-        format!("hmat-lb,initiator={i},target={t},hierarchy=memory,data-type={ty},{unit}={v}")
-    };
     // tests/qtest/bios-tables-test.c test_acpi_tcg_acpi_hmat.
-    let mut args: Vec<String> = [
-        "-machine",
-        "hmat=on",
-        "-smp",
-        "2,sockets=2",
-        "-m",
-        "128M,slots=2,maxmem=1G",
-        "-object",
-        "memory-backend-ram,size=64M,id=m0",
-        "-object",
-        "memory-backend-ram,size=64M,id=m1",
-        "-numa",
-        "node,nodeid=0,memdev=m0",
-        "-numa",
-        "node,nodeid=1,memdev=m1,initiator=0",
-        "-numa",
-        "cpu,node-id=0,socket-id=0",
-        "-numa",
-        "cpu,node-id=0,socket-id=1",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    for option in [
-        lb(0, 0, "access-latency", "1"),
-        lb(0, 0, "access-bandwidth", "65534M"),
-        lb(0, 1, "access-latency", "65534"),
-        lb(0, 1, "access-bandwidth", "32767M"),
-        "hmat-cache,node-id=0,size=10K,level=1,associativity=direct,policy=write-back,line=8"
-            .into(),
-        "hmat-cache,node-id=1,size=10K,level=1,associativity=direct,policy=write-back,line=8"
-            .into(),
-    ] {
-        args.extend(["-numa".to_string(), option]);
-    }
+    let args = NumaArgs::new("hmat=on", "2,sockets=2", "128M,slots=2,maxmem=1G")
+        .ram("64M", "m0")
+        .ram("64M", "m1")
+        .node(0, "m0")
+        .numa("node,nodeid=1,memdev=m1,initiator=0")
+        .cpu(0, 0)
+        .cpu(0, 1)
+        .lb(0, 0, "access-latency", "1")
+        .lb(0, 0, "access-bandwidth", "65534M")
+        .lb(0, 1, "access-latency", "65534")
+        .lb(0, 1, "access-bandwidth", "32767M")
+        .cache(0)
+        .cache(1);
     let hmat = dir.join("hmat");
-    dump(&hmat, &args.iter().map(String::as_str).collect::<Vec<_>>());
+    dump(&hmat, &args.strs());
     assert_eq!(
         body(hmat.join("hmat.dat")),
         body(data.join("HMAT.acpihmat"))
@@ -454,37 +497,17 @@ fn hmat_matches_qemus_bios_tables_test_expectations() {
     assert!(index.contains("hmat"), "{index}");
 
     // test_acpi_q35_tcg_acpi_hmat_noinitiator: a node with no CPU and no initiator.
-    let mut args: Vec<String> = [
-        "-machine",
-        "hmat=on",
-        "-smp",
-        "4,sockets=2",
-        "-m",
-        "128M",
-        "-object",
-        "memory-backend-ram,size=32M,id=ram0",
-        "-object",
-        "memory-backend-ram,size=32M,id=ram1",
-        "-object",
-        "memory-backend-ram,size=64M,id=ram2",
-        "-numa",
-        "node,nodeid=0,memdev=ram0",
-        "-numa",
-        "node,nodeid=1,memdev=ram1",
-        "-numa",
-        "node,nodeid=2,memdev=ram2",
-        "-numa",
-        "cpu,node-id=0,socket-id=0",
-        "-numa",
-        "cpu,node-id=0,socket-id=0",
-        "-numa",
-        "cpu,node-id=1,socket-id=1",
-        "-numa",
-        "cpu,node-id=1,socket-id=1",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let mut args = NumaArgs::new("hmat=on", "4,sockets=2", "128M")
+        .ram("32M", "ram0")
+        .ram("32M", "ram1")
+        .ram("64M", "ram2")
+        .node(0, "ram0")
+        .node(1, "ram1")
+        .node(2, "ram2")
+        .cpu(0, 0)
+        .cpu(0, 0)
+        .cpu(1, 1)
+        .cpu(1, 1);
     for (i, t, latency, bandwidth) in [
         (0, 0, 10, 10485760),
         (0, 1, 20, 5242880),
@@ -493,20 +516,15 @@ fn hmat_matches_qemus_bios_tables_test_expectations() {
         (1, 1, 10, 10485760),
         (1, 2, 30, 1048576),
     ] {
-        args.extend([
-            "-numa".into(),
-            lb(i, t, "access-latency", &latency.to_string()),
-        ]);
-        args.extend([
-            "-numa".into(),
-            lb(i, t, "access-bandwidth", &bandwidth.to_string()),
-        ]);
+        args = args.lb(i, t, "access-latency", &latency.to_string()).lb(
+            i,
+            t,
+            "access-bandwidth",
+            &bandwidth.to_string(),
+        );
     }
     let noinit = dir.join("noinitiator");
-    dump(
-        &noinit,
-        &args.iter().map(String::as_str).collect::<Vec<_>>(),
-    );
+    dump(&noinit, &args.strs());
     assert_eq!(
         body(noinit.join("hmat.dat")),
         body(data.join("HMAT.acpihmat-noinitiator"))
@@ -532,24 +550,12 @@ fn hmat_matches_qemus_bios_tables_test_expectations() {
 
 #[test]
 fn bad_hmat_configurations_get_qemus_texts() {
-    let base = [
-        "-machine",
-        "pc,hmat=on",
-        "-smp",
-        "2,sockets=2",
-        "-m",
-        "128M",
-        "-object",
-        "memory-backend-ram,size=64M,id=m0",
-        "-object",
-        "memory-backend-ram,size=64M,id=m1",
-        "-numa",
-        "node,nodeid=0,memdev=m0",
-        "-numa",
-        "cpu,node-id=0,socket-id=0",
-        "-numa",
-        "cpu,node-id=0,socket-id=1",
-    ];
+    let base = NumaArgs::new("pc,hmat=on", "2,sockets=2", "128M")
+        .ram("64M", "m0")
+        .ram("64M", "m1")
+        .node(0, "m0")
+        .cpu(0, 0)
+        .cpu(0, 1);
     let node1 = "node,nodeid=1,memdev=m1,initiator=0";
     let lat = "hmat-lb,initiator=0,target=0,hierarchy=memory,data-type=access-latency,latency=1";
     for (extra, text) in [
@@ -605,15 +611,9 @@ fn bad_hmat_configurations_get_qemus_texts() {
                 .into(),
         ),
     ] {
-        let out = Command::new(machina())
-            .args(base)
-            .args(&extra)
-            .args(["-S", "-display", "none", "-nodefaults"])
-            .output()
-            .expect("run machina");
-        assert_eq!(out.status.code(), Some(1), "{extra:?}");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(stderr.lines().next(), Some(text.as_str()), "{extra:?}");
+        let mut args = base.strs();
+        args.extend(extra.iter().copied());
+        assert_eq!(refusal(&args), text, "{extra:?}");
     }
     // Without hmat=on: QEMU's refusal of every HMAT option.
     let out = Command::new(machina())
