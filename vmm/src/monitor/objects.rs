@@ -3,6 +3,7 @@
 //! children `qom-list /objects` shows.
 
 use crate::backends::Backend;
+use crate::config::MachineConfig;
 use crate::control::{Controller, VmState};
 use qmp::{CommandDef, Map, ObjectType, Registry, RegistryError, Session, Type, Value};
 use serde_json::json;
@@ -49,44 +50,41 @@ fn memdevs(state: &VmState) -> Value {
     Value::Array(list)
 }
 
-/// `/objects` children: (id, QOM type).
-pub(super) fn children(state: &VmState) -> Vec<(String, String)> {
-    let config = &state.config;
-    let mut out: Vec<(String, String)> = Vec::new();
+/// The objects `-object` and `object-add` created, as (id, QOM type): memory backends,
+/// secrets, I/O threads, rng sources and packet filters. `/objects` holds these and the
+/// machine's default RAM backend; an `object-add` id must be none of them.
+pub(super) fn user_objects(config: &MachineConfig) -> Vec<(&str, &str)> {
+    let mut out: Vec<(&str, &str)> = Vec::new();
     out.extend(
         config
             .memory_backends
             .iter()
-            .map(|m| (m.id.clone(), m.qom_type.clone())),
+            .map(|m| (m.id.as_str(), m.qom_type.as_str())),
     );
-    out.extend(
-        config
-            .secrets
-            .iter()
-            .map(|s| (s.id.clone(), "secret".to_string())),
-    );
-    out.extend(
-        config
-            .iothreads
-            .iter()
-            .map(|t| (t.id.clone(), "iothread".to_string())),
-    );
-    out.extend(config.backends.iter().filter_map(|b| {
-        match b {
-            Backend::RngRandom { id, .. } => Some((id.clone(), "rng-random".to_string())),
-            Backend::RngBuiltin { id } => Some((id.clone(), "rng-builtin".to_string())),
-            Backend::Filter { id, redirector, .. } => Some((
-                id.clone(),
-                if *redirector {
-                    "filter-redirector"
-                } else {
-                    "filter-mirror"
-                }
-                .to_string(),
-            )),
-            _ => None,
-        }
+    out.extend(config.secrets.iter().map(|s| (s.id.as_str(), "secret")));
+    out.extend(config.iothreads.iter().map(|t| (t.id.as_str(), "iothread")));
+    out.extend(config.backends.iter().filter_map(|b| match b {
+        Backend::RngRandom { id, .. } => Some((id.as_str(), "rng-random")),
+        Backend::RngBuiltin { id } => Some((id.as_str(), "rng-builtin")),
+        Backend::Filter { id, redirector, .. } => Some((
+            id.as_str(),
+            if *redirector {
+                "filter-redirector"
+            } else {
+                "filter-mirror"
+            },
+        )),
+        _ => None,
     }));
+    out
+}
+
+/// `/objects` children: (id, QOM type).
+pub(super) fn children(state: &VmState) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = user_objects(&state.config)
+        .into_iter()
+        .map(|(id, qom_type)| (id.to_string(), qom_type.to_string()))
+        .collect();
     if let Some((id, _)) = default_ram(state) {
         out.push((id, "memory-backend-ram".to_string()));
     }

@@ -285,16 +285,12 @@ fn duplicate(state: &crate::control::VmState, name: &str, id: &str) -> Option<St
                 .iter()
                 .any(|b| matches!(b, Backend::Chardev { .. }) && b.id() == id))
         .then(|| format!("Chardev with id '{id}' already exists")),
-        "object-add" => (config.iothreads.iter().any(|t| t.id == id)
-            || config.memory_backends.iter().any(|m| m.id == id)
-            || config.secrets.iter().any(|s| s.id == id)
-            || config.backends.iter().any(|b| {
-                matches!(
-                    b,
-                    Backend::RngRandom { .. } | Backend::RngBuiltin { .. } | Backend::Filter { .. }
-                ) && b.id() == id
-            }))
-        .then(|| format!("attempt to add duplicate property '{id}' to object (type 'container')")),
+        "object-add" => super::objects::user_objects(config)
+            .iter()
+            .any(|(object, _)| *object == id)
+            .then(|| {
+                format!("attempt to add duplicate property '{id}' to object (type 'container')")
+            }),
         _ => None,
     }
 }
