@@ -8,7 +8,7 @@ mod common;
 use common::{boot, machina, require_kvm};
 use machina_tests::netns::Netns;
 use machina_tests::{guest_blk_pattern, RunResult, TempDir};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -217,57 +217,24 @@ fn rng_and_serial_answer_both_interfaces() {
     );
 }
 
-const ECHO: &str = r#"
-import socket, subprocess, sys
-tap = sys.argv[1]
-# A persistent tap, up before the guest starts; machina attaches to it by name.
-subprocess.run(["ip", "tuntap", "add", "dev", tap, "mode", "tap", "vnet_hdr"], check=True)
-subprocess.run(["ip", "link", "set", tap, "up"], check=True)
-s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x88b5))
-s.bind((tap, 0))
-s.settimeout(30)
-print("ready", flush=True)
-for _ in range(2):
-    frame = s.recv(2048)
-    payload = frame[14:].rstrip(b"\0")
-    reply = frame[6:12] + b"\x02\x00\x00\x00\x00\x01" + b"\x88\xb5" + b"host-pong-" + payload[-6:]
-    s.send(reply.ljust(60, b"\0"))
-    print("echoed", payload.decode(errors="replace"), flush=True)
-"#;
-
 /// libvirt's `<interface type='ethernet'>`: the manager creates the tap and passes its open
 /// descriptor (`-netdev tap,fd=N`); machina must use that tap, not open one of its own.
 const FD_ECHO: &str = r#"
-import fcntl, os, socket, struct, subprocess, sys, threading
 tap, argv = sys.argv[1], sys.argv[2:]
-fd = os.open("/dev/net/tun", os.O_RDWR)
-# TUNSETIFF with IFF_TAP | IFF_NO_PI | IFF_VNET_HDR, as libvirt opens a tap for virtio.
-fcntl.ioctl(fd, 0x400454ca, struct.pack("16sH22x", tap.encode(), 0x0002 | 0x1000 | 0x4000))
+fd = open_tap(tap)
 subprocess.run(["ip", "link", "set", tap, "up"], check=True)
-s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x88b5))
-s.bind((tap, 0))
-s.settimeout(30)
-seen = []
-def echo():
+s = packet_socket(tap, 0x88b5)
+def echo(seen):
     try:
         for _ in range(2):
             frame = s.recv(2048)
             payload = frame[14:].rstrip(b"\0")
-            seen.append(payload.decode(errors="replace"))
-            reply = frame[6:12] + b"\x02\x00\x00\x00\x00\x01" + b"\x88\xb5" + b"host-pong-" + payload[-6:]
+            seen.append("responder-saw " + payload.decode(errors="replace"))
+            reply = reply_header(frame, 0x88b5) + b"host-pong-" + payload[-6:]
             s.send(reply.ljust(60, b"\0"))
     except OSError:
         pass
-t = threading.Thread(target=echo, daemon=True)
-t.start()
-argv = [a.replace("FD", str(fd)) for a in argv]
-r = subprocess.run(argv, pass_fds=(fd,), capture_output=True, text=True, timeout=120)
-os.close(fd)
-t.join(1)
-sys.stdout.write(r.stdout)
-sys.stderr.write(r.stderr)
-print("responder-saw", " ".join(seen))
-print("machina-exit", r.returncode)
+run_machina([a.replace("FD", str(fd)) for a in argv], [fd], echo)
 "#;
 
 #[test]
@@ -275,20 +242,13 @@ fn net_frames_cross_a_tap_passed_by_fd() {
     if !require_kvm() {
         return;
     }
-    let Some(ns) = Netns::create("netfd") else {
-        eprintln!("SKIP: this host forbids creating a network namespace (ip netns add failed)");
+    let Some(ns) = Netns::create_or_skip("netfd") else {
         return;
     };
     let binary = machina();
-    let r = machina_tests::run(
-        Path::new("ip"),
+    let r = ns.python(
+        FD_ECHO,
         &[
-            "netns",
-            "exec",
-            &ns.0,
-            "python3",
-            "-c",
-            FD_ECHO,
             "fdtap0",
             binary.to_str().unwrap(),
             "-M",
@@ -381,35 +341,18 @@ fn net_frames_cross_a_tap_in_a_test_namespace() {
     if !require_kvm() {
         return;
     }
-    let Some(ns) = Netns::create("net") else {
-        eprintln!("SKIP: this host forbids creating a network namespace (ip netns add failed)");
+    let Some(ns) = Netns::create_or_skip("net") else {
         return;
     };
     let tap = "mtap0";
-    let mut echo = Command::new("ip")
-        .args(["netns", "exec", &ns.0, "python3", "-c", ECHO, tap])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the echo responder");
-    let mut ready = String::new();
-    let mut echo_stdout = std::io::BufReader::new(echo.stdout.take().expect("piped"));
-    let _ = std::io::BufRead::read_line(&mut echo_stdout, &mut ready);
-    if ready.trim() != "ready" {
-        let _ = echo.kill();
-        let _ = echo.wait();
-        eprintln!("SKIP: this host forbids tap creation in a namespace (the responder could not set up {tap})");
+    let Some(echo) = ns.tap_responder(tap, 2, 60, &[]) else {
         return;
-    }
+    };
     let netdev = format!("tap,id=n0,ifname={tap},script=no,downscript=no");
     let binary = machina();
     let machina_path = binary.to_str().unwrap();
-    let r = machina_tests::run(
-        Path::new("ip"),
+    let r = ns.run(
         &[
-            "netns",
-            "exec",
-            &ns.0,
             machina_path,
             "-M",
             "q35",
@@ -425,10 +368,7 @@ fn net_frames_cross_a_tap_in_a_test_namespace() {
         ],
         Duration::from_secs(60),
     );
-    let _ = echo.kill();
-    let _ = echo.wait();
-    let mut echo_out = String::new();
-    let _ = std::io::Read::read_to_string(&mut echo_stdout, &mut echo_out);
+    let echo_out = echo.finish();
     if r.stderr.contains("could not configure /dev/net/tun") {
         eprintln!("SKIP: this host forbids tap creation: {}", r.stderr.trim());
         return;

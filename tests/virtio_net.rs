@@ -9,87 +9,14 @@ mod common;
 use common::{machina, require_kvm};
 use machina_tests::netns::Netns;
 use machina_tests::RunResult;
-use std::io::BufRead;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-
-/// The host side: creates the tap, then for each frame the guest sends answers with a
-/// 1200-byte frame and says what the tap's offload features were at that moment
-/// (ETHTOOL_GTXCSUM, ETHTOOL_GTSO: what TUNSETOFFLOAD turned on) and the frame's byte sum.
-const RESPONDER: &str = r#"
-import ctypes, fcntl, socket, struct, subprocess, sys
-tap, frames, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
-subprocess.run(["ip", "tuntap", "add", "dev", tap, "mode", "tap", "vnet_hdr"] + mode, check=True)
-subprocess.run(["ip", "link", "set", tap, "up"], check=True)
-s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x88b5))
-s.bind((tap, 0))
-s.settimeout(30)
-def ethtool(cmd):
-    value = ctypes.create_string_buffer(struct.pack("II", cmd, 0))
-    ifr = struct.pack("16sP", tap.encode(), ctypes.addressof(value)).ljust(40, b"\0")
-    c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    fcntl.ioctl(c.fileno(), 0x8946, ifr)
-    c.close()
-    return struct.unpack("II", value.raw[:8])[1]
-print("ready", flush=True)
-for _ in range(frames):
-    frame = s.recv(2048)
-    tag = frame[14:].rstrip(b"\0")[-6:]
-    csum, tso = ethtool(0x16), ethtool(0x1e)
-    body = (b"host-pong-" + tag).ljust(64, b"\0")
-    body += bytes((i * 7) % 251 + 1 for i in range(1200 - 14 - 64))
-    reply = frame[6:12] + b"\x02\x00\x00\x00\x00\x01" + b"\x88\xb5" + body
-    s.send(reply)
-    print("sent", tag.decode(errors="replace"), "len", len(reply), "sum", sum(reply),
-          "tx-csum", csum, "tso", tso, flush=True)
-"#;
-
-struct Responder {
-    child: Child,
-    out: std::io::BufReader<std::process::ChildStdout>,
-}
-
-impl Responder {
-    /// None (after saying why) where the host forbids taps in a namespace.
-    fn start(ns: &Netns, tap: &str, frames: usize, mode: &[&str]) -> Option<Responder> {
-        let mut args = vec!["netns", "exec", &ns.0, "python3", "-c", RESPONDER, tap];
-        let frames = frames.to_string();
-        args.push(&frames);
-        args.extend_from_slice(mode);
-        let mut child = Command::new("ip")
-            .args(&args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start the responder");
-        let mut out = std::io::BufReader::new(child.stdout.take().expect("piped"));
-        let mut ready = String::new();
-        let _ = out.read_line(&mut ready);
-        if ready.trim() != "ready" {
-            let _ = child.kill();
-            let _ = child.wait();
-            eprintln!("SKIP: this host forbids tap creation in a namespace ({tap})");
-            return None;
-        }
-        Some(Responder { child, out })
-    }
-
-    fn finish(mut self) -> String {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let mut s = String::new();
-        let _ = std::io::Read::read_to_string(&mut self.out, &mut s);
-        s
-    }
-}
 
 fn run_guest(ns: &Netns, args: &[&str]) -> RunResult {
     let binary = machina();
-    let mut all = vec!["netns", "exec", &ns.0, binary.to_str().unwrap()];
+    let mut all = vec![binary.to_str().unwrap()];
     all.extend_from_slice(&["-M", "q35", "-nodefaults", "-serial", "stdio"]);
     all.extend_from_slice(args);
-    machina_tests::run(Path::new("ip"), &all, Duration::from_secs(60))
+    ns.run(&all, Duration::from_secs(60))
 }
 
 /// `key=value` of a line.
@@ -112,13 +39,13 @@ fn merged_rx_buffers_and_guest_offloads_reach_the_tap() {
     if !require_kvm() {
         return;
     }
-    let Some(ns) = Netns::create("vnetmrg") else {
-        eprintln!("SKIP: this host forbids creating a network namespace (ip netns add failed)");
+    let Some(ns) = Netns::create_or_skip("vnetmrg") else {
         return;
     };
     for (mode, buffers, offloads) in [("mrg", "3", "1"), ("1", "1", "0")] {
         let tap = format!("mrg{mode}");
-        let Some(resp) = Responder::start(&ns, &tap, 2, &[]) else {
+        // Answers of 1200 bytes: more than one 512-byte receive buffer.
+        let Some(resp) = ns.tap_responder(&tap, 2, 1200, &[]) else {
             return;
         };
         let netdev = format!("tap,id=n0,ifname={tap},script=no,downscript=no");
@@ -174,20 +101,15 @@ fn merged_rx_buffers_and_guest_offloads_reach_the_tap() {
 /// the queue the flow arrived on. It runs machina (the rest of its arguments), replacing
 /// `FDS` with two queue descriptors it opened itself (libvirt's way: `fds=a:b`).
 const MQ_RESPONDER: &str = r#"
-import fcntl, os, socket, struct, subprocess, sys, threading
 tap, argv = sys.argv[1], sys.argv[2:]
-subprocess.run(["ip", "tuntap", "add", "dev", tap, "mode", "tap", "vnet_hdr", "multi_queue"], check=True)
-subprocess.run(["ip", "link", "set", tap, "up"], check=True)
-s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0800))
-s.bind((tap, 0))
-s.settimeout(30)
+add_tap(tap, ["multi_queue"])
+s = packet_socket(tap, 0x0800)
 def checksum(b):
     total = sum(struct.unpack("!%dH" % (len(b) // 2), b))
     while total > 0xffff:
         total = (total & 0xffff) + (total >> 16)
     return (~total) & 0xffff
-answered = []
-def answer():
+def answer(answered):
     seen = set()
     try:
         while len(seen) < 2:
@@ -206,27 +128,16 @@ def answer():
             ip[10:12] = b"\0\0"
             ip[10:12] = struct.pack("!H", checksum(bytes(ip)))
             udp = struct.pack("!HHHH", 7777, sport, 8 + len(body), 0)
-            reply = f[6:12] + b"\x02\x00\x00\x00\x00\x01" + b"\x08\x00" + bytes(ip) + udp + body
+            reply = reply_header(f, 0x0800) + bytes(ip) + udp + body
             s.send(reply.ljust(60, b"\0"))
             answered.append("answered %d %s" % (sport, payload.decode(errors="replace")))
     except OSError:
         pass
-t = threading.Thread(target=answer, daemon=True)
-t.start()
 fds = []
 if any("FDS" in a for a in argv):
-    for _ in range(2):
-        fd = os.open("/dev/net/tun", os.O_RDWR)
-        # TUNSETIFF: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | IFF_MULTI_QUEUE.
-        fcntl.ioctl(fd, 0x400454ca, struct.pack("16sH22x", tap.encode(), 0x0002 | 0x1000 | 0x4000 | 0x0100))
-        fds.append(fd)
-argv = [a.replace("FDS", ":".join(map(str, fds))) for a in argv]
-r = subprocess.run(argv, pass_fds=fds, capture_output=True, text=True, timeout=120)
-t.join(1)
-sys.stdout.write(r.stdout)
-sys.stderr.write(r.stderr)
-print("\n".join(answered))
-print("machina-exit", r.returncode)
+    # Two queues with IFF_MULTI_QUEUE.
+    fds = [open_tap(tap, 0x0100) for _ in range(2)]
+run_machina([a.replace("FDS", ":".join(map(str, fds))) for a in argv], fds, answer)
 "#;
 
 #[test]
@@ -234,8 +145,7 @@ fn two_queue_pairs_each_carry_a_flow_both_ways() {
     if !require_kvm() {
         return;
     }
-    let Some(ns) = Netns::create("vnetmq") else {
-        eprintln!("SKIP: this host forbids creating a network namespace (ip netns add failed)");
+    let Some(ns) = Netns::create_or_skip("vnetmq") else {
         return;
     };
     let binary = machina();
@@ -247,15 +157,9 @@ fn two_queue_pairs_each_carry_a_flow_both_ways() {
         ),
         ("mqtap1", "tap,id=n0,fds=FDS,vhost=off"),
     ] {
-        let r = machina_tests::run(
-            Path::new("ip"),
+        let r = ns.python(
+            MQ_RESPONDER,
             &[
-                "netns",
-                "exec",
-                &ns.0,
-                "python3",
-                "-c",
-                MQ_RESPONDER,
                 tap,
                 binary.to_str().unwrap(),
                 "-M",
