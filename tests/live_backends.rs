@@ -520,3 +520,37 @@ fn memory_backend_object_add_and_del() {
         "object 'ram1' not found"
     );
 }
+
+/// `object-add` refuses an id that `/objects` already holds, whatever its kind, as QEMU
+/// 7.2's one container does: an I/O thread named as an rng object, any object named as the
+/// machine's default RAM backend (`pc.ram`, there once the machine is built).
+#[test]
+fn object_add_refuses_every_id_objects_holds() {
+    let mut m = Machine::start(&[
+        "-machine",
+        "pc",
+        "-object",
+        "rng-random,id=r1,filename=/dev/urandom",
+    ]);
+    for id in ["r1", "pc.ram"] {
+        for object in [
+            json!({"qom-type": "iothread", "id": id}),
+            json!({"qom-type": "memory-backend-ram", "id": id, "size": 1048576}),
+            json!({"qom-type": "rng-builtin", "id": id}),
+        ] {
+            assert_eq!(
+                m.qmp.error("object-add", object.clone()),
+                format!("attempt to add duplicate property '{id}' to object (type 'container')"),
+                "{object}"
+            );
+        }
+    }
+    let objects = m.qmp.ok("qom-list", json!({"path": "/objects"}));
+    let names: Vec<&str> = objects
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    assert_eq!(names, ["type", "r1", "pc.ram"], "{objects}");
+}

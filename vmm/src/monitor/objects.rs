@@ -51,9 +51,8 @@ fn memdevs(state: &VmState) -> Value {
 }
 
 /// The objects `-object` and `object-add` created, as (id, QOM type): memory backends,
-/// secrets, I/O threads, rng sources and packet filters. `/objects` holds these and the
-/// machine's default RAM backend; an `object-add` id must be none of them.
-pub(super) fn user_objects(config: &MachineConfig) -> Vec<(&str, &str)> {
+/// secrets, I/O threads, rng sources and packet filters.
+fn user_objects(config: &MachineConfig) -> Vec<(&str, &str)> {
     let mut out: Vec<(&str, &str)> = Vec::new();
     out.extend(
         config
@@ -79,7 +78,9 @@ pub(super) fn user_objects(config: &MachineConfig) -> Vec<(&str, &str)> {
     out
 }
 
-/// `/objects` children: (id, QOM type).
+/// `/objects` children: (id, QOM type): what `-object` and `object-add` created and the
+/// machine's default RAM backend. An `object-add` id must be none of them (QEMU's
+/// container refuses a second child of a name).
 pub(super) fn children(state: &VmState) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = user_objects(&state.config)
         .into_iter()

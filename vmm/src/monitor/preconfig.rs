@@ -285,9 +285,9 @@ fn duplicate(state: &crate::control::VmState, name: &str, id: &str) -> Option<St
                 .iter()
                 .any(|b| matches!(b, Backend::Chardev { .. }) && b.id() == id))
         .then(|| format!("Chardev with id '{id}' already exists")),
-        "object-add" => super::objects::user_objects(config)
+        "object-add" => super::objects::children(state)
             .iter()
-            .any(|(object, _)| *object == id)
+            .any(|(object, _)| object == id)
             .then(|| {
                 format!("attempt to add duplicate property '{id}' to object (type 'container')")
             }),
@@ -349,15 +349,8 @@ fn add_iothread(control: &Controller, args: Map<String, Value>) -> Result<Value,
         Err(e) => return Err(QmpError::generic(e.message)),
     };
     let mut state = control.state();
-    let config = &state.config;
-    let id = spec.id.clone();
-    if config.secrets.iter().any(|s| s.id == id)
-        || config.memory_backends.iter().any(|m| m.id == id)
-        || config.iothreads.iter().any(|t| t.id == id)
-    {
-        return Err(QmpError::generic(format!(
-            "attempt to add duplicate property '{id}' to object (type 'container')"
-        )));
+    if let Some(text) = duplicate(&state, "object-add", &spec.id) {
+        return Err(QmpError::generic(text));
     }
     control
         .iothreads
