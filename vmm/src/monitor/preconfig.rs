@@ -74,60 +74,7 @@ pub(super) fn register(reg: &mut Registry, control: &Arc<Controller>) -> Result<
             .opt("serial", Type::Str)
             .opt("name", Type::Str)
             .allow_preconfig(true),
-        move |args: Map<String, Value>, _ctx: &mut Session| {
-            before_build(&c, "x-machine-set")?;
-            let serial = match args.get("serial").and_then(Value::as_str) {
-                Some(name) => Some(serial_for(&c, name)?),
-                None => None,
-            };
-            let mut state = c.state();
-            let mut config = state.config.clone();
-            if let Some(m) = args.get("machine").and_then(Value::as_str) {
-                config.machine = Some(m.to_string());
-            }
-            if let Some(opts) = args.get("options").and_then(Value::as_object) {
-                for (k, v) in opts {
-                    let text = match v {
-                        Value::String(s) => s.clone(),
-                        Value::Bool(b) => if *b { "on" } else { "off" }.to_string(),
-                        other => other.to_string(),
-                    };
-                    config.options.retain(|(key, _)| key != k);
-                    config.options.push((k.clone(), text));
-                }
-            }
-            if let Some(v) = args.get("nodefaults").and_then(Value::as_bool) {
-                config.nodefaults = v;
-            }
-            if let Some(v) = args.get("memory").and_then(size_value) {
-                config.ram_size = v;
-            }
-            if let Some(v) = args.get("cpus").and_then(Value::as_u64) {
-                config.set_cpus(u32::try_from(v).unwrap_or(u32::MAX));
-            }
-            if let Some(v) = args.get("kernel").and_then(Value::as_str) {
-                config.kernel = Some(PathBuf::from(v));
-            }
-            if let Some(v) = args.get("initrd").and_then(Value::as_str) {
-                config.initrd = Some(PathBuf::from(v));
-            }
-            if let Some(v) = args.get("append").and_then(Value::as_str) {
-                config.append = v.to_string();
-            }
-            if let Some(v) = args.get("name").and_then(Value::as_str) {
-                config.name = Some(v.to_string());
-            }
-            if serial.is_some() {
-                config.serial = serial;
-            }
-            // Refuse a configuration that cannot be planned, and keep the old one.
-            state
-                .catalog
-                .plan(&config.plan_request())
-                .map_err(|e| QmpError::generic(e.to_string()))?;
-            state.config = config;
-            Ok(Value::Null)
-        },
+        move |args: Map<String, Value>, _ctx: &mut Session| x_machine_set(&c, args),
     )?;
 
     let c = control.clone();
@@ -138,71 +85,7 @@ pub(super) fn register(reg: &mut Registry, control: &Arc<Controller>) -> Result<
             .opt("id", Type::Str)
             .extra_args(true)
             .allow_preconfig(true),
-        move |args: Map<String, Value>, _ctx: &mut Session| {
-            let args_copy = args.clone();
-            let request = devices_from(Some(&Value::Array(vec![Value::Object(args)])))?;
-            let mut state = c.state();
-            if let Some(plan) = &state.plan {
-                // Hot-plug: QEMU's refusals (the bus, the slot), then the backends; the run
-                // loop builds and announces the function.
-                let Some(req) = request.first().cloned() else {
-                    return Err(QmpError::generic("no device"));
-                };
-                if crate::cpu_hotplug::is_cpu_driver(&req.driver) {
-                    let index = crate::cpu_hotplug::check_add(&state, plan, &args_copy)?;
-                    drop(state);
-                    return c.submit(crate::control::Command::HotAddCpu {
-                        index,
-                        id: req.id().map(str::to_string),
-                    });
-                }
-                let new_plan = state
-                    .catalog
-                    .hot_add(plan, &req)
-                    .map_err(|e| QmpError::generic(e.to_string()))?;
-                if new_plan.virtio_ports.len() > plan.virtio_ports.len() {
-                    return super::serial_ports::hot_add(&mut state, new_plan, req);
-                }
-                backends::check_references(&request, &state.config.backends)
-                    .map_err(|e| QmpError::generic(e.message))?;
-                let mut config = state.config.clone();
-                backends::attach_drives(&request, &[], &mut config.backends)
-                    .map_err(|e| QmpError::generic(e.message))?;
-                state.config.backends = config.backends;
-                drop(state);
-                let drive = req.get("drive").map(str::to_string);
-                let answer = c.submit(crate::control::Command::HotAdd {
-                    plan: Box::new(new_plan),
-                    request: Box::new(req),
-                });
-                // A device that could not be built does not keep its drive.
-                if let (Err(_), Some(drive)) = (&answer, drive) {
-                    backends::detach_drive(&mut c.state().config.backends, &drive);
-                }
-                return answer;
-            }
-            backends::check_references(&request, &state.config.backends)
-                .map_err(|e| QmpError::generic(e.message))?;
-            let mut config = state.config.clone();
-            config.devices.extend(request.clone());
-            state
-                .catalog
-                .plan(&config.plan_request())
-                .map_err(|e| QmpError::generic(e.to_string()))?;
-            for r in &request {
-                config.check_iothread(r).map_err(|e| match e {
-                    crate::iothread::ReferenceError::NotFound(_) => {
-                        QmpError::device_not_found(e.to_string())
-                    }
-                    _ => QmpError::generic(e.to_string()),
-                })?;
-            }
-            // The device takes its drive (image opened and locked) only once it is accepted.
-            backends::attach_drives(&request, &[], &mut config.backends)
-                .map_err(|e| QmpError::generic(e.message))?;
-            state.config = config;
-            Ok(Value::Null)
-        },
+        move |args: Map<String, Value>, _ctx: &mut Session| device_add(&c, args),
     )?;
 
     for (name, kind) in [
@@ -220,54 +103,188 @@ pub(super) fn register(reg: &mut Registry, control: &Arc<Controller>) -> Result<
             _ => def.arg("qom-type", Type::Str).arg("id", Type::Str),
         };
         reg.register(def, move |args: Map<String, Value>, ctx: &mut Session| {
-            if name == "object-add" && args.get("qom-type") == Some(&Value::from("iothread")) {
-                // As in QEMU, an I/O thread can be added at any time: it starts now.
-                return add_iothread(&c, args);
-            }
-            let memory = args
-                .get("qom-type")
-                .and_then(Value::as_str)
-                .is_some_and(|t| t.starts_with("memory-backend-"));
-            if name == "object-add" && memory {
-                // Checked as `-object` is; RAM for a later user (a NUMA node before the
-                // build), mapped by nothing until then.
-                return add_memory_backend(&c, args);
-            }
-            // Backends are host objects, not part of the machine: as in QEMU they may come
-            // at any time, for a device_add to use (or a blockdev-del/chardev-remove/
-            // object-del to take away again).
-            // Built without the state lock: a blkdebug config on a FIFO waits for its
-            // writer (as in QEMU), and only this client's in-band commands may wait with it.
-            let existing = c.state().config.backends.clone();
-            let args = Value::Object(args);
-            let backend =
-                backends::from_qmp_cancellable(name, &args, &existing, &|| ctx.cancelled())
-                    .map_err(|e| QmpError::generic(e.message))?;
-            drop(existing);
-            let mut state = c.state();
-            let running = state.plan.is_some();
-            if running && matches!(backend, Backend::Filter { .. }) {
-                // Filters join the network thread with their chardevs at start only.
-                return Err(QmpError::generic(
-                    "object-add of a packet filter after start is not supported by machina",
-                ));
-            }
-            if let Some(text) = duplicate(&state, name, backend.id()) {
-                return Err(QmpError::generic(text));
-            }
-            let info = match &backend {
-                Backend::Chardev { id, backend } if running => Some(chardev_info(id, backend)),
-                _ => None,
-            };
-            backends::add(&mut state.config.backends, backend, name)
-                .map_err(|e| QmpError::generic(e.message))?;
-            if let Some(info) = info {
-                state.config.chardevs.push(info);
-            }
-            Ok(Value::Null)
+            add_backend(&c, name, args, ctx)
         })?;
     }
     Ok(())
+}
+
+/// `x-machine-set`: machine options changed before the build, kept only if they plan.
+fn x_machine_set(c: &Controller, args: Map<String, Value>) -> Result<Value, QmpError> {
+    before_build(c, "x-machine-set")?;
+    let serial = match args.get("serial").and_then(Value::as_str) {
+        Some(name) => Some(serial_for(c, name)?),
+        None => None,
+    };
+    let mut state = c.state();
+    let mut config = state.config.clone();
+    if let Some(m) = args.get("machine").and_then(Value::as_str) {
+        config.machine = Some(m.to_string());
+    }
+    if let Some(opts) = args.get("options").and_then(Value::as_object) {
+        for (k, v) in opts {
+            let text = match v {
+                Value::String(s) => s.clone(),
+                Value::Bool(b) => if *b { "on" } else { "off" }.to_string(),
+                other => other.to_string(),
+            };
+            config.options.retain(|(key, _)| key != k);
+            config.options.push((k.clone(), text));
+        }
+    }
+    if let Some(v) = args.get("nodefaults").and_then(Value::as_bool) {
+        config.nodefaults = v;
+    }
+    if let Some(v) = args.get("memory").and_then(size_value) {
+        config.ram_size = v;
+    }
+    if let Some(v) = args.get("cpus").and_then(Value::as_u64) {
+        config.set_cpus(u32::try_from(v).unwrap_or(u32::MAX));
+    }
+    if let Some(v) = args.get("kernel").and_then(Value::as_str) {
+        config.kernel = Some(PathBuf::from(v));
+    }
+    if let Some(v) = args.get("initrd").and_then(Value::as_str) {
+        config.initrd = Some(PathBuf::from(v));
+    }
+    if let Some(v) = args.get("append").and_then(Value::as_str) {
+        config.append = v.to_string();
+    }
+    if let Some(v) = args.get("name").and_then(Value::as_str) {
+        config.name = Some(v.to_string());
+    }
+    if serial.is_some() {
+        config.serial = serial;
+    }
+    // Refuse a configuration that cannot be planned, and keep the old one.
+    state
+        .catalog
+        .plan(&config.plan_request())
+        .map_err(|e| QmpError::generic(e.to_string()))?;
+    state.config = config;
+    Ok(Value::Null)
+}
+
+/// `device_add`: before the build into the configuration (checked by planning it), after
+/// it a hot-plug through the run loop.
+fn device_add(c: &Controller, args: Map<String, Value>) -> Result<Value, QmpError> {
+    let args_copy = args.clone();
+    let request = devices_from(Some(&Value::Array(vec![Value::Object(args)])))?;
+    let mut state = c.state();
+    if let Some(plan) = &state.plan {
+        // Hot-plug: QEMU's refusals (the bus, the slot), then the backends; the run
+        // loop builds and announces the function.
+        let Some(req) = request.first().cloned() else {
+            return Err(QmpError::generic("no device"));
+        };
+        if crate::cpu_hotplug::is_cpu_driver(&req.driver) {
+            let index = crate::cpu_hotplug::check_add(&state, plan, &args_copy)?;
+            drop(state);
+            return c.submit(crate::control::Command::HotAddCpu {
+                index,
+                id: req.id().map(str::to_string),
+            });
+        }
+        let new_plan = state
+            .catalog
+            .hot_add(plan, &req)
+            .map_err(|e| QmpError::generic(e.to_string()))?;
+        if new_plan.virtio_ports.len() > plan.virtio_ports.len() {
+            return super::serial_ports::hot_add(&mut state, new_plan, req);
+        }
+        backends::check_references(&request, &state.config.backends)
+            .map_err(|e| QmpError::generic(e.message))?;
+        let mut config = state.config.clone();
+        backends::attach_drives(&request, &[], &mut config.backends)
+            .map_err(|e| QmpError::generic(e.message))?;
+        state.config.backends = config.backends;
+        drop(state);
+        let drive = req.get("drive").map(str::to_string);
+        let answer = c.submit(crate::control::Command::HotAdd {
+            plan: Box::new(new_plan),
+            request: Box::new(req),
+        });
+        // A device that could not be built does not keep its drive.
+        if let (Err(_), Some(drive)) = (&answer, drive) {
+            backends::detach_drive(&mut c.state().config.backends, &drive);
+        }
+        return answer;
+    }
+    backends::check_references(&request, &state.config.backends)
+        .map_err(|e| QmpError::generic(e.message))?;
+    let mut config = state.config.clone();
+    config.devices.extend(request.clone());
+    state
+        .catalog
+        .plan(&config.plan_request())
+        .map_err(|e| QmpError::generic(e.to_string()))?;
+    for r in &request {
+        config.check_iothread(r).map_err(|e| match e {
+            crate::iothread::ReferenceError::NotFound(_) => {
+                QmpError::device_not_found(e.to_string())
+            }
+            _ => QmpError::generic(e.to_string()),
+        })?;
+    }
+    // The device takes its drive (image opened and locked) only once it is accepted.
+    backends::attach_drives(&request, &[], &mut config.backends)
+        .map_err(|e| QmpError::generic(e.message))?;
+    state.config = config;
+    Ok(Value::Null)
+}
+
+/// `blockdev-add`, `netdev_add`, `chardev-add`, `object-add` (`name`): a backend or object
+/// for devices to use.
+fn add_backend(
+    c: &Controller,
+    name: &'static str,
+    args: Map<String, Value>,
+    ctx: &Session,
+) -> Result<Value, QmpError> {
+    if name == "object-add" && args.get("qom-type") == Some(&Value::from("iothread")) {
+        // As in QEMU, an I/O thread can be added at any time: it starts now.
+        return add_iothread(c, args);
+    }
+    let memory = args
+        .get("qom-type")
+        .and_then(Value::as_str)
+        .is_some_and(|t| t.starts_with("memory-backend-"));
+    if name == "object-add" && memory {
+        // Checked as `-object` is; RAM for a later user (a NUMA node before the
+        // build), mapped by nothing until then.
+        return add_memory_backend(c, args);
+    }
+    // Backends are host objects, not part of the machine: as in QEMU they may come
+    // at any time, for a device_add to use (or a blockdev-del/chardev-remove/
+    // object-del to take away again).
+    // Built without the state lock: a blkdebug config on a FIFO waits for its
+    // writer (as in QEMU), and only this client's in-band commands may wait with it.
+    let existing = c.state().config.backends.clone();
+    let args = Value::Object(args);
+    let backend = backends::from_qmp_cancellable(name, &args, &existing, &|| ctx.cancelled())
+        .map_err(|e| QmpError::generic(e.message))?;
+    drop(existing);
+    let mut state = c.state();
+    let running = state.plan.is_some();
+    if running && matches!(backend, Backend::Filter { .. }) {
+        // Filters join the network thread with their chardevs at start only.
+        return Err(QmpError::generic(
+            "object-add of a packet filter after start is not supported by machina",
+        ));
+    }
+    if let Some(text) = duplicate(&state, name, backend.id()) {
+        return Err(QmpError::generic(text));
+    }
+    let info = match &backend {
+        Backend::Chardev { id, backend } if running => Some(chardev_info(id, backend)),
+        _ => None,
+    };
+    backends::add(&mut state.config.backends, backend, name)
+        .map_err(|e| QmpError::generic(e.message))?;
+    if let Some(info) = info {
+        state.config.chardevs.push(info);
+    }
+    Ok(Value::Null)
 }
 
 /// QEMU's text for an id that `name` cannot take because it exists.
