@@ -82,6 +82,10 @@ pub enum Worker {
 }
 
 impl Worker {
+    fn boxed(self) -> Arc<Mutex<dyn MutEventSubscriber + Send>> {
+        Arc::new(Mutex::new(self))
+    }
+
     fn name(&self) -> String {
         match self {
             Worker::Virtio(w) => w.name(),
@@ -584,10 +588,13 @@ impl MutEventSubscriber for StopSubscriber {
     }
 }
 
-/// One I/O thread per virtio device, each with its own epoll loop over the device's queue
-/// EventFds (which KVM ioeventfds signal) and its backend (tap, console input), so that a
-/// device's disk I/O never delays another device, QMP or the INTx forwarding on the main
-/// loop; a device that names an `-object iothread` runs on that thread's loop instead.
+/// One I/O thread per virtio device ("virtio-io N"), each with its own epoll loop over the
+/// device's queue EventFds (which KVM ioeventfds signal) and its backend (tap, console
+/// input), so that a device's disk I/O never delays another device, QMP or the INTx
+/// forwarding on the main loop; a multiqueue device has one more ("virtio-io N.K") per
+/// further queue group (request queue, queue pair), each serving its queues in parallel
+/// with the others. A device that names an `-object iothread` runs every queue on that
+/// thread's loop instead (QEMU without `iothread-vq-mapping`).
 /// Stopped and joined (or detached) when dropped (machine teardown and reset), leaving no
 /// thread of the incarnation.
 #[derive(Default)]
@@ -629,36 +636,56 @@ impl DeviceThreads {
         for (thread, subscribers) in shared {
             threads.attached.push(thread.attach(subscribers));
         }
-        for (i, worker) in own.into_iter().enumerate() {
+        for (i, mut worker) in own.into_iter().enumerate() {
             let name = worker.name();
-            let stop = Arc::new(EventFd::new(libc::EFD_NONBLOCK)?);
-            let stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
-            let mut events: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =
-                EventManager::new().map_err(|e| std::io::Error::other(format!("{e:?}")))?;
-            events.add_subscriber(Arc::new(Mutex::new(worker)));
-            events.add_subscriber(Arc::new(Mutex::new(StopSubscriber {
-                stop: stop.clone(),
-                stopped: stopped.clone(),
-            })));
-            // QEMU names its I/O threads "IO <id>"; these are per device. As QEMU's
-            // iothread_complete, wait until the thread runs: its name is set then, so
-            // whoever lists the threads once the machine is built sees it.
-            let (started, running) = std::sync::mpsc::sync_channel(1);
-            let handle = std::thread::Builder::new()
-                .name(format!("virtio-io {i}"))
-                .spawn(move || {
-                    let _ = started.send(());
-                    while !stopped.load(std::sync::atomic::Ordering::SeqCst) {
-                        if events.run().is_err() {
-                            break;
-                        }
-                    }
-                })?;
-            let _ = running.recv();
-            threads.threads.push((stop, handle));
-            threads.names.push(name);
+            // A multiqueue device's queue groups after the first (virtio-blk's request
+            // queues, virtio-net's queue pairs) each get a thread of their own; the first
+            // keeps the device-level queues (a control queue) and config changes.
+            let lanes = match &mut worker {
+                Worker::Virtio(w) => w.split_lanes(),
+                Worker::Nic(_) => Vec::new(),
+            };
+            threads.spawn(format!("virtio-io {i}"), worker.boxed(), &name)?;
+            for (k, lane) in lanes.into_iter().enumerate() {
+                let lane = Worker::Virtio(lane);
+                threads.spawn(format!("virtio-io {i}.{}", k + 1), lane.boxed(), &name)?;
+            }
         }
         Ok(threads)
+    }
+
+    /// Start thread `thread` running `subscriber` (of device `device`) on a loop of its own.
+    fn spawn(
+        &mut self,
+        thread: String,
+        subscriber: Arc<Mutex<dyn MutEventSubscriber + Send>>,
+        device: &str,
+    ) -> std::io::Result<()> {
+        let stop = Arc::new(EventFd::new(libc::EFD_NONBLOCK)?);
+        let stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut events: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =
+            EventManager::new().map_err(|e| std::io::Error::other(format!("{e:?}")))?;
+        events.add_subscriber(subscriber);
+        events.add_subscriber(Arc::new(Mutex::new(StopSubscriber {
+            stop: stop.clone(),
+            stopped: stopped.clone(),
+        })));
+        // QEMU names its I/O threads "IO <id>"; these are per device (and per queue group).
+        // As QEMU's iothread_complete, wait until the thread runs: its name is set then, so
+        // whoever lists the threads once the machine is built sees it.
+        let (started, running) = std::sync::mpsc::sync_channel(1);
+        let handle = std::thread::Builder::new().name(thread).spawn(move || {
+            let _ = started.send(());
+            while !stopped.load(std::sync::atomic::Ordering::SeqCst) {
+                if events.run().is_err() {
+                    break;
+                }
+            }
+        })?;
+        let _ = running.recv();
+        self.threads.push((stop, handle));
+        self.names.push(device.to_string());
+        Ok(())
     }
 
     /// Threads of this incarnation's own (devices on an `-object iothread` not counted).

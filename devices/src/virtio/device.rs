@@ -16,6 +16,31 @@ pub enum DeviceError {
     BadChain { queue: usize, reason: String },
 }
 
+impl DeviceError {
+    /// The same error with its queue index moved by `base`: a split-off queue handler
+    /// (see [`VirtioDevice::split`]) numbers its queues from 0.
+    pub(crate) fn rebased(self, base: usize) -> Self {
+        match self {
+            DeviceError::BadQueue { queue, reason } => DeviceError::BadQueue {
+                queue: queue + base,
+                reason,
+            },
+            DeviceError::BadChain { queue, reason } => DeviceError::BadChain {
+                queue: queue + base,
+                reason,
+            },
+        }
+    }
+}
+
+/// A group of a multiqueue device's queues, `first..first + count`, served by a handler of
+/// its own (see [`VirtioDevice::split`]).
+pub struct QueueGroup {
+    pub first: usize,
+    pub count: usize,
+    pub handler: Box<dyn VirtioDevice>,
+}
+
 pub(crate) fn bad_queue(queue: usize, e: impl std::fmt::Display) -> DeviceError {
     DeviceError::BadQueue {
         queue,
@@ -228,6 +253,17 @@ pub trait VirtioDevice: Send {
     /// `VirtioWorker::poll`, which runs no event loop).
     fn settle(&mut self, _ctx: &mut QueueContext) -> Result<(), DeviceError> {
         Ok(())
+    }
+
+    /// Multiqueue: hand off groups of queues that can be served in parallel, each to a
+    /// handler of its own that owns what those queues need (virtio-blk: a request queue
+    /// and its I/O engine; virtio-net: a queue pair and its tap queue), so that each group
+    /// runs on a thread of its own without a device-wide lock. A handler sees its queues as
+    /// 0..count and gets the device's `activate`, `reset` and config writes as well;
+    /// device-wide state it needs from elsewhere (a control queue) it takes from the
+    /// device itself. Queues in no group stay with this device. Called once, at build.
+    fn split(&mut self) -> std::io::Result<Vec<QueueGroup>> {
+        Ok(Vec::new())
     }
 }
 

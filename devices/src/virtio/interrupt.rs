@@ -85,6 +85,9 @@ impl IrqState {
 /// Interrupt state of one virtio-pci function.
 pub struct VirtioInterrupt {
     state: Mutex<IrqState>,
+    /// A split-off queue handler's view (see `VirtioDevice::split`): its queue `i` is the
+    /// function's queue `base + i`, signalled there.
+    parent: Option<(Arc<VirtioInterrupt>, usize)>,
 }
 
 impl VirtioInterrupt {
@@ -100,7 +103,16 @@ impl VirtioInterrupt {
                 queue_vectors: vec![NO_VECTOR; queues],
                 config_changes: 0,
             }),
+            parent: None,
         }
+    }
+
+    /// What a handler of the queues from `base` on signals: `parent`'s vectors, its queue
+    /// numbers moved by `base`.
+    pub(crate) fn offset(parent: &Arc<VirtioInterrupt>, base: usize) -> Self {
+        let mut view = Self::new(None, 0);
+        view.parent = Some((parent.clone(), base));
+        view
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, IrqState> {
@@ -129,6 +141,9 @@ impl VirtioInterrupt {
 
     /// A used buffer on queue `idx` (virtio_notify).
     pub fn signal_queue(&self, idx: usize) {
+        if let Some((parent, base)) = &self.parent {
+            return parent.signal_queue(base + idx);
+        }
         let mut s = self.lock();
         s.isr |= ISR_QUEUE;
         let v = s.queue_vectors.get(idx).copied().unwrap_or(NO_VECTOR);
@@ -137,6 +152,9 @@ impl VirtioInterrupt {
 
     /// The device configuration changed (virtio_notify_config).
     pub fn signal_config(&self) {
+        if let Some((parent, _)) = &self.parent {
+            return parent.signal_config();
+        }
         let mut s = self.lock();
         s.isr |= ISR_QUEUE | ISR_CONFIG;
         s.config_changes = s.config_changes.wrapping_add(1);

@@ -29,7 +29,7 @@ mod tests;
 pub use self::core::DriverInterface;
 pub use caps::CapLayout;
 pub use create::{create, VirtioBackend, VirtioParts};
-pub use device::{DeviceError, QueueContext, VirtioDevice};
+pub use device::{DeviceError, QueueContext, QueueGroup, VirtioDevice};
 pub use interrupt::{IntxLine, VirtioInterrupt};
 pub use notify::{IoEvent, IoEventRegistrar, IoEventSpace, KickStats};
 pub use pci_transport::{NotifyAddr, NotifyInfo, VirtioPciFunction};

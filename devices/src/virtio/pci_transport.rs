@@ -246,11 +246,11 @@ impl VirtioPciFunction {
             return Vec::new();
         }
         let ready: Vec<bool> = {
-            let core = self.core();
-            if core.status & status::DRIVER_OK == 0 || core.broken {
+            let mut core = self.core();
+            if core.status & status::DRIVER_OK == 0 || core.is_broken() {
                 return Vec::new();
             }
-            core.queues.iter().map(|q| q.ready()).collect()
+            core.ready_queues()
         };
         let mut wanted = Vec::new();
         for (q, _) in ready.iter().enumerate().filter(|(_, r)| **r) {
@@ -368,7 +368,7 @@ impl VirtioPciFunction {
             .checked_add(data.len() as u64)
             .is_some_and(|e| e <= len)
         {
-            core.device.write_config(offset as usize, data);
+            core.write_config(offset as usize, data);
         } else {
             crate::guest_error!(
                 "{}: device config write of {} bytes at {offset:#x}, past its {len} bytes",
@@ -433,17 +433,17 @@ impl VirtioPciFunction {
         let v: u64 = match offset {
             legacy::HOST_FEATURES => u64::from(self.core().offered as u32),
             legacy::GUEST_FEATURES => u64::from(self.core().acked as u32),
-            legacy::QUEUE_PFN => {
-                let core = self.core();
-                core.queues
-                    .get(sel)
-                    .filter(|q| q.ready())
-                    .map_or(0, |q| q.desc_table() >> legacy::PFN_SHIFT)
-            }
-            legacy::QUEUE_NUM => {
-                let core = self.core();
-                core.queues.get(sel).map_or(0, |q| u64::from(q.size()))
-            }
+            legacy::QUEUE_PFN => self
+                .core()
+                .with_queue(sel, |q| match q.ready() {
+                    true => q.desc_table() >> legacy::PFN_SHIFT,
+                    false => 0,
+                })
+                .unwrap_or(0),
+            legacy::QUEUE_NUM => self
+                .core()
+                .with_queue(sel, |q| u64::from(q.size()))
+                .unwrap_or(0),
             legacy::QUEUE_SEL => u64::from(self.queue_sel),
             legacy::STATUS => u64::from(self.core().status),
             legacy::ISR => u64::from(self.irq.read_isr()),
@@ -510,19 +510,19 @@ impl VirtioPciFunction {
         let sel = usize::from(self.queue_sel);
         let mut core = self.core();
         let event_idx = core.acked & features::RING_EVENT_IDX != 0;
-        let Some(q) = core.queues.get_mut(sel) else {
-            return;
-        };
-        let num = u64::from(q.size());
-        let desc = pfn << legacy::PFN_SHIFT;
-        let avail = desc + 16 * num;
-        let used = (avail + 4 + 2 * num).next_multiple_of(legacy::VRING_ALIGN);
-        let ok = q.try_set_desc_table_address(GuestAddress(desc)).is_ok()
-            && q.try_set_avail_ring_address(GuestAddress(avail)).is_ok()
-            && q.try_set_used_ring_address(GuestAddress(used)).is_ok();
-        q.set_event_idx(event_idx);
-        q.set_ready(ok);
-        if !ok {
+        let set = core.with_queue(sel, |q| {
+            let num = u64::from(q.size());
+            let desc = pfn << legacy::PFN_SHIFT;
+            let avail = desc + 16 * num;
+            let used = (avail + 4 + 2 * num).next_multiple_of(legacy::VRING_ALIGN);
+            let ok = q.try_set_desc_table_address(GuestAddress(desc)).is_ok()
+                && q.try_set_avail_ring_address(GuestAddress(avail)).is_ok()
+                && q.try_set_used_ring_address(GuestAddress(used)).is_ok();
+            q.set_event_idx(event_idx);
+            q.set_ready(ok);
+            ok
+        });
+        if set == Some(false) {
             crate::guest_error!(
                 "{}: queue {sel}: PFN {pfn:#x} puts the rings outside the address space",
                 core.name
@@ -534,8 +534,11 @@ impl VirtioPciFunction {
 
     fn common_read(&mut self, offset: u64) -> u64 {
         let sel = usize::from(self.queue_sel);
-        let core = self.core();
-        let q = core.queues.get(sel);
+        let mut core = self.core();
+        // The selected queue's registers, read under its group's lock if it has one.
+        let queue_reg = |core: &mut Core, read: fn(&virtio_queue::Queue) -> u64| {
+            core.with_queue(sel, |q| read(q)).unwrap_or(0)
+        };
         match offset {
             common::DFSELECT => u64::from(self.dfselect),
             common::DF => {
@@ -552,25 +555,25 @@ impl VirtioPciFunction {
                 .get(self.gfselect as usize)
                 .map_or(0, |&v| u64::from(v)),
             common::MSIX => u64::from(self.irq.lock().config_vector),
-            common::NUMQ => core.queues.len() as u64,
+            common::NUMQ => core.num_queues() as u64,
             common::STATUS => u64::from(core.status),
             common::CFGGENERATION => {
                 u64::from(core.generation.wrapping_add(self.irq.lock().config_changes))
             }
             common::Q_SELECT => u64::from(self.queue_sel),
-            common::Q_SIZE => q.map_or(0, |q| u64::from(q.size())),
+            common::Q_SIZE => queue_reg(&mut core, |q| u64::from(q.size())),
             common::Q_MSIX => {
                 drop(core);
                 u64::from(self.queue_vector())
             }
-            common::Q_ENABLE => q.map_or(0, |q| u64::from(q.ready())),
+            common::Q_ENABLE => queue_reg(&mut core, |q| u64::from(q.ready())),
             common::Q_NOFF => u64::from(self.queue_sel),
-            common::Q_DESCLO => q.map_or(0, |q| q.desc_table() & 0xffff_ffff),
-            common::Q_DESCHI => q.map_or(0, |q| q.desc_table() >> 32),
-            common::Q_AVAILLO => q.map_or(0, |q| q.avail_ring() & 0xffff_ffff),
-            common::Q_AVAILHI => q.map_or(0, |q| q.avail_ring() >> 32),
-            common::Q_USEDLO => q.map_or(0, |q| q.used_ring() & 0xffff_ffff),
-            common::Q_USEDHI => q.map_or(0, |q| q.used_ring() >> 32),
+            common::Q_DESCLO => queue_reg(&mut core, |q| q.desc_table() & 0xffff_ffff),
+            common::Q_DESCHI => queue_reg(&mut core, |q| q.desc_table() >> 32),
+            common::Q_AVAILLO => queue_reg(&mut core, |q| q.avail_ring() & 0xffff_ffff),
+            common::Q_AVAILHI => queue_reg(&mut core, |q| q.avail_ring() >> 32),
+            common::Q_USEDLO => queue_reg(&mut core, |q| q.used_ring() & 0xffff_ffff),
+            common::Q_USEDHI => queue_reg(&mut core, |q| q.used_ring() >> 32),
             _ => 0,
         }
     }
@@ -600,15 +603,16 @@ impl VirtioPciFunction {
                 let mut guard = self.core();
                 let core = &mut *guard;
                 let event_idx = core.acked & features::RING_EVENT_IDX != 0;
-                let name = &core.name;
-                let Some(q) = core.queues.get_mut(sel) else {
+                let name = core.name.clone();
+                let Some(refused) =
+                    core.with_queue(sel, |q| write_queue_field(q, offset, val, event_idx, &name))
+                else {
                     crate::guest_error!(
                         "{name}: common config write at {offset:#x} for queue {sel}, which does \
                          not exist"
                     );
                     return;
                 };
-                let refused = write_queue_field(q, offset, val, event_idx, name);
                 if let Some(reason) = refused {
                     crate::guest_error!("{name}: queue {sel}: {reason}");
                 }

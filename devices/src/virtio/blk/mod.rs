@@ -20,7 +20,9 @@ mod tests;
 pub use config::DiskSize;
 pub use stats::BlockStats;
 
-use super::device::{bad_queue, read_config_bytes, DeviceError, QueueContext, VirtioDevice};
+use super::device::{
+    bad_queue, read_config_bytes, DeviceError, QueueContext, QueueGroup, VirtioDevice,
+};
 use super::regs::features::RING_EVENT_IDX;
 use config::cfg;
 use engine::{Done, Engine, Job, Op, Target};
@@ -136,6 +138,9 @@ pub struct Block {
     done: Vec<Done>,
     /// Queues that got used entries in the current completion pass.
     touched: Vec<bool>,
+    /// The request queues were split off to handlers of their own (`split`): this one
+    /// serves none.
+    split: bool,
 }
 
 /// What the handler does with a chain.
@@ -197,6 +202,38 @@ impl Block {
             config,
             batch: Vec::new(),
             done: Vec::new(),
+            split: false,
+        })
+    }
+
+    /// A handler of one request queue of this device, with an I/O engine of its own on
+    /// the same image (a duplicated descriptor), for `split`.
+    fn queue_handler(&self) -> std::io::Result<Block> {
+        let t = self.engine.target();
+        let engine = Engine::new(Target {
+            file: t.file.try_clone()?,
+            direct: t.direct,
+            stats: t.stats.clone(),
+            name: Default::default(),
+            no_nowait: Default::default(),
+        })?;
+        Ok(Block {
+            name: self.name.clone(),
+            read_only: self.read_only,
+            writeback: self.writeback,
+            disk_size: self.disk_size.clone(),
+            engine,
+            opts: BlockOptions {
+                num_queues: 1,
+                ..self.opts.clone()
+            },
+            wce: self.wce,
+            features: self.features,
+            config: self.config.clone(),
+            batch: Vec::new(),
+            done: Vec::new(),
+            touched: vec![false],
+            split: false,
         })
     }
 
@@ -552,7 +589,30 @@ impl VirtioDevice for Block {
     }
 
     fn event_sources(&self) -> Vec<(RawFd, u32)> {
+        if self.split {
+            return Vec::new();
+        }
         vec![(self.engine.completions_fd(), COMPLETIONS)]
+    }
+
+    /// With several request queues, each on a handler (and a thread) of its own, as QEMU
+    /// runs each virtqueue's requests where its ioeventfd is handled: a request queue's
+    /// requests never wait behind another's.
+    fn split(&mut self) -> std::io::Result<Vec<QueueGroup>> {
+        let queues = usize::from(self.opts.num_queues.max(1));
+        if queues < 2 {
+            return Ok(Vec::new());
+        }
+        let mut groups = Vec::with_capacity(queues);
+        for first in 0..queues {
+            groups.push(QueueGroup {
+                first,
+                count: 1,
+                handler: Box::new(self.queue_handler()?),
+            });
+        }
+        self.split = true;
+        Ok(groups)
     }
 
     fn process_event(&mut self, _token: u32, ctx: &mut QueueContext) -> Result<(), DeviceError> {

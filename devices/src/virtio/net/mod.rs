@@ -28,7 +28,8 @@ mod tests;
 mod tx;
 
 use super::device::{
-    bad_queue, check_chain, read_config_bytes, DeviceError, QueueContext, VirtioDevice,
+    bad_queue, check_chain, read_config_bytes, DeviceError, QueueContext, QueueGroup,
+    VirtioDevice,
 };
 use super::iov::{chain_iovecs, data_ranges, guest_iovecs};
 use super::regs::features::VERSION_1;
@@ -36,7 +37,8 @@ use machine::MacAddr;
 use std::collections::VecDeque;
 use std::fs::File;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
@@ -113,7 +115,34 @@ pub struct Net {
     /// What `announce-self` signals (see [`NetBackend::announce`]).
     announce_fd: Option<Arc<EventFd>>,
     scratch: Scratch,
+    /// Multiqueue: the queue pairs run on handlers of their own (`split`); this device
+    /// keeps the control queue, config space and announcements, and publishes here what
+    /// the pairs need of the state they change.
+    published: Option<Arc<PairView>>,
+    /// A pair's handler: which pair it is and where the device publishes its state.
+    view: Option<(Arc<PairView>, usize)>,
+    /// The view generation this handler copied last.
+    seen: u64,
 }
+
+/// What the control queue (and config writes, activation, reset) change that a split-off
+/// pair's receive path needs: published by the device, copied by the pair's handler when
+/// the generation moved (one atomic load per pass otherwise).
+struct PairView {
+    generation: AtomicU64,
+    state: Mutex<ViewState>,
+}
+
+struct ViewState {
+    generation: u64,
+    filter: ctrl::RxFilter,
+    mac: [u8; 6],
+    guest_offloads: u64,
+    active_pairs: usize,
+}
+
+/// A handler's `seen` that no generation matches: copy at the next pass.
+const STALE: u64 = u64::MAX;
 
 fn is_socket(file: &File) -> bool {
     use std::os::unix::fs::FileTypeExt;
@@ -159,7 +188,77 @@ impl Net {
             announce: false,
             announce_fd: backend.announce,
             scratch: Scratch::default(),
+            published: None,
+            view: None,
+            seen: STALE,
         }
+    }
+
+    /// Publish the state split-off pairs need (after anything that changes it).
+    fn publish(&self) {
+        let Some(v) = &self.published else {
+            return;
+        };
+        let mut st = v.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.generation += 1;
+        st.filter.clone_from(&self.filter);
+        st.mac = self.mac;
+        st.guest_offloads = self.guest_offloads;
+        st.active_pairs = self.active_pairs;
+        v.generation.store(st.generation, Ordering::Release);
+    }
+
+    /// A pair's handler: take what the device published since the last pass.
+    fn pull(&mut self) {
+        let Some((v, pair)) = &self.view else {
+            return;
+        };
+        if v.generation.load(Ordering::Acquire) == self.seen {
+            return;
+        }
+        let st = v.state.lock().unwrap_or_else(|e| e.into_inner());
+        self.filter.clone_from(&st.filter);
+        self.mac = st.mac;
+        self.guest_offloads = st.guest_offloads;
+        // The handler's only pair is its pair 0.
+        self.active_pairs = usize::from(*pair < st.active_pairs);
+        self.seen = st.generation;
+    }
+
+    /// The handler of queue pair `pair` (queues 2 * pair and 2 * pair + 1 of the device,
+    /// its 0 and 1), on a duplicate of that pair's tap queue.
+    fn pair_handler(&self, pair: usize, view: &Arc<PairView>) -> std::io::Result<Net> {
+        let tap = self
+            .pairs
+            .get(pair)
+            .ok_or_else(|| std::io::Error::other(format!("no queue pair {pair}")))?
+            .tap
+            .try_clone()?;
+        Ok(Net {
+            name: self.name.clone(),
+            pairs: vec![Pair {
+                tap,
+                readable: true,
+                pending: VecDeque::new(),
+                tx_failing: false,
+                used: Vec::new(),
+            }],
+            active_pairs: 0,
+            mac: self.mac,
+            conf_mac: self.conf_mac,
+            socket: self.socket,
+            offered: self.offered,
+            acked: 0,
+            guest_offloads: 0,
+            hdr_len: 10,
+            filter: ctrl::RxFilter::default(),
+            announce: false,
+            announce_fd: None,
+            scratch: Scratch::default(),
+            published: None,
+            view: Some((view.clone(), pair)),
+            seen: STALE,
+        })
     }
 
     fn hdr_len(features: u64) -> usize {
@@ -197,6 +296,8 @@ impl Net {
     /// nothing (QEMU's virtio_net_set_queue_pairs).
     fn set_active_pairs(&mut self, n: usize) {
         self.active_pairs = n;
+        // Split-off pairs learn it before their taps get frames.
+        self.publish();
         if self.socket || self.pairs.len() < 2 {
             return;
         }
@@ -252,12 +353,17 @@ impl VirtioDevice for Net {
     }
 
     fn write_config(&mut self, offset: usize, data: &[u8]) {
+        // A pair's handler takes the MAC from the device's view.
+        if self.view.is_some() {
+            return;
+        }
         // Legacy drivers without CTRL_MAC_ADDR set the MAC through config space.
         for (i, &b) in data.iter().enumerate() {
             if let Some(m) = self.mac.get_mut(offset + i) {
                 *m = b;
             }
         }
+        self.publish();
     }
 
     fn activate(&mut self, features: u64) {
@@ -290,6 +396,8 @@ impl VirtioDevice for Net {
         for p in &mut self.pairs {
             p.readable = true;
         }
+        // A pair's handler takes the rest (filter, active pairs) from the device's view.
+        self.seen = STALE;
     }
 
     fn reset(&mut self) {
@@ -300,12 +408,21 @@ impl VirtioDevice for Net {
         for p in &mut self.pairs {
             p.pending.clear();
         }
+        self.seen = STALE;
+        self.publish();
     }
 
     fn process_queue(&mut self, idx: usize, ctx: &mut QueueContext) -> Result<(), DeviceError> {
-        if idx == self.ctrl_queue() {
-            return self.control(ctx);
+        if idx == self.ctrl_queue() && self.view.is_none() {
+            let r = self.control(ctx);
+            self.publish();
+            return r;
         }
+        if self.published.is_some() {
+            // The pairs' queues are their handlers'.
+            return Ok(());
+        }
+        self.pull();
         let pair = idx / 2;
         if pair >= self.active_pairs {
             return Ok(());
@@ -318,7 +435,13 @@ impl VirtioDevice for Net {
     }
 
     fn event_sources(&self) -> Vec<(RawFd, u32)> {
-        let mut v: Vec<(RawFd, u32)> = (0..self.pairs.len())
+        // Split: each pair's tap is watched by its handler.
+        let watched = if self.published.is_some() {
+            0
+        } else {
+            self.pairs.len()
+        };
+        let mut v: Vec<(RawFd, u32)> = (0..watched)
             .map(|i| (self.pairs[i].tap.as_raw_fd(), i as u32))
             .collect();
         if let Some(fd) = &self.announce_fd {
@@ -340,6 +463,10 @@ impl VirtioDevice for Net {
             }
             return Ok(());
         }
+        if self.published.is_some() {
+            return Ok(());
+        }
+        self.pull();
         let pair = token as usize;
         if let Some(p) = self.pairs.get_mut(pair) {
             p.readable = true;
@@ -348,5 +475,33 @@ impl VirtioDevice for Net {
             }
         }
         Ok(())
+    }
+
+    /// With several queue pairs (a multiqueue tap), each pair on a handler (and a thread)
+    /// of its own; the control queue stays here.
+    fn split(&mut self) -> std::io::Result<Vec<QueueGroup>> {
+        if self.pairs.len() < 2 {
+            return Ok(Vec::new());
+        }
+        let view = Arc::new(PairView {
+            generation: AtomicU64::new(0),
+            state: Mutex::new(ViewState {
+                generation: 0,
+                filter: self.filter.clone(),
+                mac: self.mac,
+                guest_offloads: self.guest_offloads,
+                active_pairs: self.active_pairs,
+            }),
+        });
+        let mut groups = Vec::with_capacity(self.pairs.len());
+        for pair in 0..self.pairs.len() {
+            groups.push(QueueGroup {
+                first: 2 * pair,
+                count: 2,
+                handler: Box::new(self.pair_handler(pair, &view)?),
+            });
+        }
+        self.published = Some(view);
+        Ok(groups)
     }
 }
