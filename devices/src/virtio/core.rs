@@ -62,7 +62,8 @@ impl Group {
         );
         let first = self.first;
         let (mut ctx, h) = self.context_and_handler();
-        h.process_queue(local, &mut ctx).map_err(|e| e.rebased(first))
+        h.process_queue(local, &mut ctx)
+            .map_err(|e| e.rebased(first))
     }
 
     /// Service the handler's event source `token`.
@@ -72,7 +73,8 @@ impl Group {
         }
         let first = self.first;
         let (mut ctx, h) = self.context_and_handler();
-        h.process_event(token, &mut ctx).map_err(|e| e.rebased(first))
+        h.process_event(token, &mut ctx)
+            .map_err(|e| e.rebased(first))
     }
 
     pub fn settle(&mut self) -> Result<(), DeviceError> {
@@ -83,7 +85,6 @@ impl Group {
         let (mut ctx, h) = self.context_and_handler();
         h.settle(&mut ctx).map_err(|e| e.rebased(first))
     }
-
 }
 
 pub(crate) fn lock_group(g: &SharedGroup) -> std::sync::MutexGuard<'_, Group> {
@@ -245,7 +246,9 @@ impl Core {
 
     /// Every queue's readiness, in order.
     pub fn ready_queues(&mut self) -> Vec<bool> {
-        (0..self.queues.len()).map(|q| self.queue_ready(q)).collect()
+        (0..self.queues.len())
+            .map(|q| self.queue_ready(q))
+            .collect()
     }
 
     /// A guest write to the device config: the device's and its groups' (which keep what
@@ -358,19 +361,13 @@ impl Core {
         }
     }
 
-    /// Wait for the device's requests in flight and complete them.
+    /// Wait for the device's requests in flight and complete them (not its groups').
     pub fn settle(&mut self) {
         if self.is_broken() {
             return;
         }
         let (mut ctx, dev) = self.context_and_device();
-        let mut failed = dev.settle(&mut ctx).err();
-        for (_, g) in &self.groups {
-            if failed.is_none() {
-                failed = lock_group(g).settle().err();
-            }
-        }
-        if let Some(e) = failed {
+        if let Err(e) = dev.settle(&mut ctx) {
             self.device_error(&e);
         }
     }

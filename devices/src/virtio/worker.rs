@@ -141,11 +141,27 @@ impl VirtioWorker {
     /// worker with one).
     pub fn poll(&mut self) {
         for idx in 0..self.kicks.len() {
-            if self.kicks.take(idx) {
+            if self.serves_queue(idx) && self.kicks.take(idx) {
                 self.serve(idx);
             }
         }
-        lock(&self.core).settle();
+        if self.device {
+            lock(&self.core).settle();
+        }
+        for &g in &self.serves {
+            if let Some((_, group)) = self.groups.get(g) {
+                let r = lock_group(group).settle();
+                self.group_failed(r);
+            }
+        }
+    }
+
+    /// Whether this worker serves queue `idx`.
+    fn serves_queue(&self, idx: usize) -> bool {
+        match self.group_index(idx) {
+            Some(g) => self.serves.contains(&g),
+            None => self.device,
+        }
     }
 }
 
@@ -155,11 +171,7 @@ impl MutEventSubscriber for VirtioWorker {
         // Registration fails only for a closed fd or a full epoll set (a host failure);
         // nothing would then serve that queue or source, so it is reported.
         for (i, k) in core.kicks.fds().iter().enumerate() {
-            let mine = match self.group_index(i) {
-                Some(g) => self.serves.contains(&g),
-                None => self.device,
-            };
-            if !mine {
+            if !self.serves_queue(i) {
                 continue;
             }
             if let Err(e) = ops.add(Events::with_data(k, i as u32, EventSet::IN)) {

@@ -28,8 +28,7 @@ mod tests;
 mod tx;
 
 use super::device::{
-    bad_queue, check_chain, read_config_bytes, DeviceError, QueueContext, QueueGroup,
-    VirtioDevice,
+    bad_queue, check_chain, read_config_bytes, DeviceError, QueueContext, QueueGroup, VirtioDevice,
 };
 use super::iov::{chain_iovecs, data_ranges, guest_iovecs};
 use super::regs::features::VERSION_1;
