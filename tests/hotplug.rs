@@ -765,6 +765,48 @@ fn add_remove_100_times_keeps_fds_threads_and_memory_flat() {
     assert!(grown < 4096, "RSS grew {grown} KiB over 100 rounds");
 }
 
+/// A hot-added multiqueue virtio-blk runs a thread per request queue ("virtio-io 0",
+/// "virtio-io 0.1", ...); its unplug takes every one of them and every fd it had.
+#[test]
+fn a_multiqueue_disk_has_a_thread_per_queue_and_unplug_leaves_none() {
+    let Some(mut m) = Machine::kvm("pc", &[], &[]) else {
+        return;
+    };
+    let io_threads = |m: &Machine| {
+        let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", m.qtest.pid()))
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .filter_map(|e| std::fs::read_to_string(e.path().join("comm")).ok())
+                    .map(|n| n.trim().to_string())
+                    .filter(|n| n.starts_with("virtio-io"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    };
+    let mut fds = None;
+    for _ in 0..3 {
+        m.qmp.ok(
+            "device_add",
+            json!({"driver": "virtio-blk-pci", "id": "hd", "drive": "disk0", "num-queues": 3}),
+        );
+        let (slot, _) = m.in_query_pci("hd").expect("added");
+        assert_eq!(
+            io_threads(&m),
+            ["virtio-io 0", "virtio-io 0.1", "virtio-io 0.2"],
+            "a thread per request queue"
+        );
+        m.qmp.ok("device_del", json!({"id": "hd"}));
+        acpi_eject(&mut m, PIIX4_PCIHP, 0, slot);
+        while m.qmp.wait_event("DEVICE_DELETED")["data"]["device"] != "hd" {}
+        assert!(io_threads(&m).is_empty(), "{:?}", io_threads(&m));
+        // The first round's first-use allocations stay; later rounds leave nothing.
+        let now = m.fd_count();
+        assert_eq!(*fds.get_or_insert(now), now, "fds after each unplug");
+    }
+}
+
 /// QEMU's ACPI hot-plug reset executes pending removes (drive_del-test's "device that
 /// unplugs after reset"); a device nobody asked to remove stays.
 #[test]

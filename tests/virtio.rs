@@ -682,6 +682,61 @@ fn each_virtio_device_runs_on_its_own_io_thread_and_resets_keep_one_each() {
     assert_eq!(vm.wait_exit(Duration::from_secs(30)), Some(0));
 }
 
+/// A multiqueue virtio-blk (num-queues left to one per vCPU: two) runs each request queue
+/// on a thread of its own, "virtio-io N" and "virtio-io N.1"; one with `iothread=` runs
+/// every queue on that I/O thread (QEMU without iothread-vq-mapping). Resets keep the
+/// same threads, none left behind.
+#[test]
+fn a_multiqueue_disk_runs_a_thread_per_queue_unless_it_names_an_iothread() {
+    if !require_kvm() {
+        return;
+    }
+    let (d0, d1) = (Disk::new("mq0"), Disk::new("mq1"));
+    let args: Vec<String> = [
+        "-S",
+        "-M",
+        "q35",
+        "-smp",
+        "2",
+        "-nodefaults",
+        "-object",
+        "iothread,id=io1",
+        "-device",
+        "virtio-blk-pci,drive=d0",
+        "-drive",
+        &d0.drive(),
+        "-device",
+        "virtio-blk-pci,drive=d1,num-queues=2,iothread=io1",
+        "-drive",
+        &d1.drive().replace("id=d0", "id=d1"),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut vm = machina_tests::process::MachinaProcess::start(&machina(), "mq-threads", &args);
+    let mut qmp = vm.client();
+    qmp.ok("query-status", serde_json::Value::Null);
+    let io_threads = |pid| {
+        let mut names: Vec<String> = thread_names(pid)
+            .into_iter()
+            .filter(|n| n.starts_with("virtio-io") || n.starts_with("IO "))
+            .collect();
+        names.sort();
+        names
+    };
+    let want = ["IO io1", "virtio-io 0", "virtio-io 0.1"];
+    assert_eq!(io_threads(vm.pid()), want, "a thread per request queue");
+    let all = thread_names(vm.pid()).len();
+    for _ in 0..3 {
+        qmp.ok("system_reset", serde_json::Value::Null);
+    }
+    qmp.ok("query-status", serde_json::Value::Null);
+    assert_eq!(io_threads(vm.pid()), want, "resets replace them");
+    assert_eq!(thread_names(vm.pid()).len(), all, "no thread left behind");
+    qmp.ok("quit", serde_json::Value::Null);
+    assert_eq!(vm.wait_exit(Duration::from_secs(30)), Some(0));
+}
+
 #[test]
 fn ioeventfd_off_keeps_every_notification_on_the_exit_path() {
     if !require_kvm() {

@@ -111,9 +111,15 @@ def checksum(b):
     return (~total) & 0xffff
 def answer(answered):
     seen = set()
+    listed = False
     try:
         while len(seen) < 2:
             f = s.recv(2048)
+            if RUNNING and not listed:
+                # The guest runs: the machine and its device threads are built.
+                names = sorted(n for n in thread_names(RUNNING[0]) if n.startswith("virtio-io"))
+                answered.append("io-threads: " + ",".join(names))
+                listed = True
             if len(f) < 42 or f[23] != 17:
                 continue
             sport, dport = struct.unpack("!HH", f[34:38])
@@ -205,6 +211,12 @@ fn two_queue_pairs_each_carry_a_flow_both_ways() {
         r.check(
             line.contains("answer0-rxq=0 answer1-rxq=1"),
             &format!("{netdev}: answers on their own pair's rx queue: {line}"),
+        );
+        // Each queue pair ran on a thread of its own (the control queue with pair 0's).
+        let threads = r.lines_with("io-threads:").first().copied().unwrap_or("");
+        r.check(
+            threads.trim() == "io-threads: virtio-io 0,virtio-io 0.1",
+            &format!("{netdev}: a thread per queue pair while the guest ran: {threads}"),
         );
     }
 }

@@ -119,20 +119,39 @@ def ethtool(tap, cmd):
     fcntl.ioctl(c.fileno(), 0x8946, ifr)
     c.close()
     return struct.unpack("II", value.raw[:8])[1]
+RUNNING = []
+def thread_names(proc):
+    # The names of a running process's threads (/proc/PID/task/*/comm).
+    names = []
+    task = "/proc/%d/task" % proc.pid
+    for t in os.listdir(task):
+        try:
+            with open("%s/%s/comm" % (task, t)) as c:
+                names.append(c.read().strip())
+        except OSError:
+            pass
+    return names
 def run_machina(argv, fds, serve):
     # machina (argv) with `fds` passed, while serve(lines) answers its frames in a thread:
     # machina's output, then the lines serve gave, then machina's exit status.
+    # While it runs, RUNNING holds its Popen (serve may look at its threads).
     lines = []
     t = threading.Thread(target=serve, args=(lines,), daemon=True)
     t.start()
-    r = subprocess.run(argv, pass_fds=fds, capture_output=True, text=True, timeout=120)
+    with subprocess.Popen(argv, pass_fds=fds, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as p:
+        RUNNING.append(p)
+        try:
+            out, err = p.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            out, err = p.communicate()
     for fd in fds:
         os.close(fd)
     t.join(1)
-    sys.stdout.write(r.stdout)
-    sys.stderr.write(r.stderr)
+    sys.stdout.write(out)
+    sys.stderr.write(err)
     print("\n".join(lines))
-    print("machina-exit", r.returncode)
+    print("machina-exit", p.returncode)
 "#;
 
 /// The responder: creates the tap, then answers each frame of the guest's ethertype
