@@ -50,6 +50,11 @@ fn hang_guard() -> Instant {
 
 impl Rig {
     fn start(tag: &str) -> Rig {
+        Rig::start_with(tag, "")
+    }
+
+    /// `start` with `extra` properties for the device (",num-queues=2").
+    fn start_with(tag: &str, extra: &str) -> Rig {
         let dir = TempDir::new(&format!("blk-safety-{tag}"));
         let image = dir.join("disk.img");
         std::fs::write(&image, vec![0u8; DISK_BYTES]).unwrap();
@@ -60,7 +65,7 @@ impl Rig {
             "-drive".into(),
             format!("file={},if=none,id=d0,format=raw", image.display()),
             "-device".into(),
-            "virtio-blk-pci,drive=d0,addr=05.0".into(),
+            format!("virtio-blk-pci,drive=d0,addr=05.0{extra}"),
         ]
         .into();
         let mut q = Qtest::start(&machina(), &args);
@@ -296,10 +301,21 @@ fn completion_area(r: &mut Rig) -> Vec<String> {
 
 #[test]
 fn a_reset_with_requests_in_flight_loses_no_completed_write() {
+    reset_with_requests_in_flight("reset", "");
+}
+
+/// The same with two request queues: queue 0 then runs in its queue group, on its own
+/// thread and I/O engine, which the device reset reaches too.
+#[test]
+fn a_reset_of_a_multiqueue_disk_loses_no_completed_write() {
+    reset_with_requests_in_flight("reset-mq", ",num-queues=2");
+}
+
+fn reset_with_requests_in_flight(tag: &str, extra: &str) {
     if !require_kvm() {
         return;
     }
-    let mut r = Rig::start("reset");
+    let mut r = Rig::start_with(tag, extra);
     r.pci_up(true);
     const ROUNDS: u8 = 4;
     const REQS: u16 = 21;
