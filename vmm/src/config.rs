@@ -411,6 +411,12 @@ fn apply_globals(devices: &mut [DeviceRequest], globals: &[crate::globals::Globa
     }
 }
 
+/// A new object's id against the objects made before it (`made`, as (id, type)).
+fn check_object_id(id: &str, made: &[(&str, &str)]) -> Result<(), ConfigError> {
+    objects::check_new_id(id, |id| made.iter().any(|(object, _)| *object == id))
+        .map_err(|e| ConfigError::Plain(e.with_hint()))
+}
+
 impl MachineConfig {
     pub fn from_cli(opts: &CliOptions) -> Result<Self, ConfigError> {
         let mut devices = opts
@@ -428,6 +434,15 @@ impl MachineConfig {
         let mut memory_backends: Vec<MemoryBackend> = Vec::new();
         let mut iothreads: Vec<IoThreadSpec> = Vec::new();
         let mut ide_drives: Vec<(String, String)> = Vec::new();
+        // Keyval `-object`s are QEMU's QemuOpts: their ids are checked as the options are
+        // read, before anything is made; `-readconfig` objects are made from their
+        // sections directly, as JSON ones are.
+        objects::check_option_ids(opts.backends.iter().filter_map(|(option, spec)| {
+            let from_file = || {
+                crate::cli::readconfig::from_file(&format!("-object {}", crate::cli::lossy(spec)))
+            };
+            (*option == BackendOption::Object && !from_file()).then_some(spec.as_os_str())
+        }))?;
         for (option, spec) in &opts.backends {
             let backend = match option {
                 BackendOption::Drive => backends::parse_drive(spec)?,
@@ -435,21 +450,11 @@ impl MachineConfig {
                 BackendOption::Netdev => backends::parse_netdev(spec)?,
                 BackendOption::Object => {
                     let object = objects::parse(spec)?;
-                    let id = match &object {
-                        ObjectSpec::Secret(s) => Some(s.id.clone()),
-                        ObjectSpec::MemoryBackend(m) => Some(m.id.clone()),
-                        ObjectSpec::IoThread(t) => Some(t.id.clone()),
-                        ObjectSpec::Other(_) => None,
-                    };
-                    let taken = |id: &str| {
-                        secrets.iter().any(|s| s.id == id)
-                            || memory_backends.iter().any(|m| m.id == id)
-                            || iothreads.iter().any(|t| t.id == id)
-                    };
-                    if let Some(id) = id.filter(|id| taken(id)) {
-                        return Err(ConfigError::Plain(format!(
-                            "attempt to add duplicate property '{id}' to object (type 'container')"
-                        )));
+                    // One namespace for every kind: QEMU's `/objects`.
+                    let made =
+                        || objects::user_objects(&memory_backends, &secrets, &iothreads, &list);
+                    if let Some(id) = object.id() {
+                        check_object_id(id, &made())?;
                     }
                     match object {
                         ObjectSpec::Secret(s) => {
@@ -464,7 +469,11 @@ impl MachineConfig {
                             iothreads.push(t);
                             continue;
                         }
-                        ObjectSpec::Other(text) => backends::parse_object(text)?,
+                        ObjectSpec::Other(text) => {
+                            let backend = backends::parse_object(text)?;
+                            check_object_id(backend.id(), &made())?;
+                            backend
+                        }
                     }
                 }
             };
@@ -777,6 +786,15 @@ pub fn prepare(
 ) -> Result<(MachineConfig, machine::Plan), String> {
     crate::chardev_check::check(opts).map_err(|e| e.to_string())?;
     let config = MachineConfig::from_cli(opts).map_err(|e| e.to_string())?;
+    // The default RAM backend's id is the board's (made before any -device); under
+    // --preconfig the board is made, and this checked, at x-exit-preconfig.
+    if !opts.delay_init {
+        if let Ok(machine) = catalog.machine_for(&config.plan_request()) {
+            config
+                .check_default_ram_id(machine.default_ram_id.as_deref())
+                .map_err(|e| e.to_string())?;
+        }
+    }
     // Under --preconfig QMP may still add NUMA nodes (set-numa-node): the command line's
     // options are checked one by one now, the whole NUMA configuration when the machine is
     // built (QEMU's numa_complete_configuration runs at x-exit-preconfig).

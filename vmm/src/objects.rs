@@ -4,7 +4,9 @@
 //! keyval (`secret,id=s0,file=...`) and JSON (`{"qom-type":"secret",...}`, what libvirt
 //! writes). Errors use QEMU's texts.
 
+use crate::backends::Backend;
 use crate::cli::{keyval_pairs_os, lossy};
+use crate::config::MachineConfig;
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::Read;
@@ -30,6 +32,18 @@ pub enum ObjectSpec {
     Other(OsString),
 }
 
+impl ObjectSpec {
+    /// The id of a parsed object; `None` for types backends.rs parses.
+    pub fn id(&self) -> Option<&str> {
+        match self {
+            ObjectSpec::Secret(s) => Some(&s.id),
+            ObjectSpec::MemoryBackend(m) => Some(&m.id),
+            ObjectSpec::IoThread(t) => Some(&t.id),
+            ObjectSpec::Other(_) => None,
+        }
+    }
+}
+
 /// An `iothread` object as given. machina's event loops block in epoll and never poll, so
 /// the polling parameters are checked as QEMU checks them and kept, but change nothing
 /// (query-iothreads reports what the thread really does: no polling).
@@ -49,6 +63,167 @@ pub fn id_wellformed(id: &str) -> bool {
     let mut chars = id.chars();
     chars.next().is_some_and(|c| c.is_ascii_alphabetic())
         && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+}
+
+/// The hint QEMU prints on the line after an ill-formed id (the command line only: QMP
+/// drops hints).
+pub const ID_HINT: &str =
+    "Identifiers consist of letters, digits, '-', '.', '_', starting with a letter.";
+
+/// Why an object cannot have its id in QEMU's one `/objects` container: the checks of
+/// user_creatable_add_type and of the container's child list, met by `object-add`, JSON
+/// and `-readconfig` objects (keyval `-object`s meet [`check_option_ids`] first).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum IdError {
+    #[error("Parameter 'id' expects an identifier")]
+    Malformed,
+    #[error("attempt to add duplicate property '{0}' to object (type 'container')")]
+    Duplicate(String),
+}
+
+impl IdError {
+    /// The text with its hint line, as the command line prints it.
+    pub fn with_hint(&self) -> String {
+        match self {
+            IdError::Malformed => format!("{self}\n{ID_HINT}"),
+            IdError::Duplicate(_) => self.to_string(),
+        }
+    }
+}
+
+/// Whether a new object may be called `id`, `taken` telling which ids the container holds.
+pub fn check_new_id(id: &str, taken: impl Fn(&str) -> bool) -> Result<(), IdError> {
+    if !id_wellformed(id) {
+        return Err(IdError::Malformed);
+    }
+    if taken(id) {
+        return Err(IdError::Duplicate(id.to_string()));
+    }
+    Ok(())
+}
+
+/// QEMU's QemuOpts list of keyval `-object`s, checked as each option is read, before any
+/// object is made: an option's id (its first `id=`) is well-formed and no earlier option
+/// of the list has it. JSON arguments are not in that list (their ids meet
+/// [`check_new_id`] when the object is made).
+pub fn check_option_ids<'a>(specs: impl IntoIterator<Item = &'a OsStr>) -> Result<(), ObjectError> {
+    let mut seen: Vec<String> = Vec::new();
+    for spec in specs {
+        if is_json(spec) {
+            continue;
+        }
+        let Some(id) = keyval_id(spec) else {
+            continue;
+        };
+        let err = |message: String| ObjectError {
+            context: format!("-object {}: ", lossy(spec)),
+            message,
+        };
+        if !id_wellformed(&id) {
+            return Err(err(IdError::Malformed.with_hint()));
+        }
+        if seen.contains(&id) {
+            return Err(err(format!("Duplicate ID '{id}' for object")));
+        }
+        seen.push(id);
+    }
+    Ok(())
+}
+
+fn is_json(spec: &OsStr) -> bool {
+    lossy(spec).trim_start().starts_with('{')
+}
+
+/// A keyval option's id as QemuOpts takes it: the first `id=` (later ones are ignored).
+fn keyval_id(spec: &OsStr) -> Option<String> {
+    keyval_pairs_os(spec)
+        .into_iter()
+        .find(|(k, _)| k == "id")
+        .map(|(_, v)| lossy(&v))
+}
+
+/// The objects `-object` and `object-add` created, as (id, QOM type): memory backends,
+/// secrets, I/O threads, rng sources and packet filters: the children of QEMU's
+/// `/objects`, one namespace.
+pub fn user_objects<'a>(
+    memory_backends: &'a [MemoryBackend],
+    secrets: &'a [Arc<Secret>],
+    iothreads: &'a [IoThreadSpec],
+    backends: &'a [Backend],
+) -> Vec<(&'a str, &'a str)> {
+    let mut out: Vec<(&str, &str)> = Vec::new();
+    out.extend(
+        memory_backends
+            .iter()
+            .map(|m| (m.id.as_str(), m.qom_type.as_str())),
+    );
+    out.extend(secrets.iter().map(|s| (s.id.as_str(), "secret")));
+    out.extend(iothreads.iter().map(|t| (t.id.as_str(), "iothread")));
+    out.extend(backends.iter().filter_map(|b| match b {
+        Backend::RngRandom { id, .. } => Some((id.as_str(), "rng-random")),
+        Backend::RngBuiltin { id } => Some((id.as_str(), "rng-builtin")),
+        Backend::Filter { id, redirector, .. } => Some((
+            id.as_str(),
+            if *redirector {
+                "filter-redirector"
+            } else {
+                "filter-mirror"
+            },
+        )),
+        _ => None,
+    }));
+    out
+}
+
+impl MachineConfig {
+    /// [`user_objects`] of this configuration.
+    pub fn user_objects(&self) -> Vec<(&str, &str)> {
+        user_objects(
+            &self.memory_backends,
+            &self.secrets,
+            &self.iothreads,
+            &self.backends,
+        )
+    }
+
+    /// The id of the default RAM backend the machine makes when it is built (QEMU's
+    /// machine_run_board_init), `ram_id` being its type's: only when no
+    /// `memory-backend=` names one, the machine has RAM and no NUMA node takes its RAM
+    /// from a memdev.
+    pub fn default_ram_id<'a>(&self, ram_id: Option<&'a str>) -> Option<&'a str> {
+        let numa_memdev = self.numa.iter().any(|a| {
+            matches!(
+                &a.option,
+                machine::NumaOption::Node {
+                    memdev: Some(_),
+                    ..
+                }
+            )
+        });
+        if self.memory_backend.is_some() || numa_memdev || self.ram_size == 0 {
+            return None;
+        }
+        ram_id
+    }
+
+    /// No object may have the id of the default RAM backend the build makes (QEMU 7.2's
+    /// text; the command line and `x-exit-preconfig` check it, `object-add` after the
+    /// build finds the backend itself in `/objects`).
+    pub fn check_default_ram_id(&self, ram_id: Option<&str>) -> Result<(), ObjectError> {
+        let Some(id) = self.default_ram_id(ram_id) else {
+            return Ok(());
+        };
+        if !self.user_objects().iter().any(|(object, _)| *object == id) {
+            return Ok(());
+        }
+        Err(ObjectError {
+            context: String::new(),
+            message: format!(
+                "object name '{id}' is reserved for the default RAM backend, it can't be \
+                 used for any other purposes. Change the object's 'id' to something else"
+            ),
+        })
+    }
 }
 
 /// The `iothread` properties QEMU 7.2 has, all int64.
@@ -127,14 +302,8 @@ fn parse_iothread(
         }
         *slot = value;
     }
+    // The id's form is checked with every object's (check_option_ids, check_new_id).
     let id = id.ok_or_else(|| err("Parameter 'id' is missing".into()))?;
-    if !id_wellformed(&id) {
-        return Err(err(
-            "Parameter 'id' expects an identifier\nIdentifiers consist of letters, digits, \
-             '-', '.', '_', starting with a letter."
-                .into(),
-        ));
-    }
     if spec.thread_pool_min > spec.thread_pool_max {
         return Err(plain("bad thread-pool-min/thread-pool-max values".into()));
     }
@@ -208,8 +377,14 @@ fn pairs(spec: &OsStr, context: &str) -> Result<Vec<(String, OsString)>, ObjectE
         context: context.to_string(),
         message,
     };
-    if !lossy(spec).trim_start().starts_with('{') {
+    if !is_json(spec) {
         let mut out = keyval_pairs_os(spec);
+        // QemuOpts keeps the first `id=` as the option's id and drops the others.
+        let mut ids = 0;
+        out.retain(|(k, _)| {
+            ids += usize::from(k == "id");
+            k != "id" || ids == 1
+        });
         // `TYPE,id=...`: the bare first item is the type.
         if let Some(first) = out.first_mut() {
             if first.1.is_empty() && first.0 != "qom-type" {
@@ -575,6 +750,64 @@ mod tests {
             "Unable to read /nonexistent: Failed to open file “/nonexistent”: No such file or directory"
         );
         assert!(msg("secret,id=s,file=/dev/zero").ends_with("not a regular file"));
+    }
+
+    /// What `prepare` (every check before the machine is built) answers for `args`.
+    fn prepared(args: &str) -> Result<(), String> {
+        let opts = crate::cli::parse(args.split_whitespace()).map_err(|e| e.to_string())?;
+        crate::config::prepare(&opts, machine::Catalog::builtin()).map(|_| ())
+    }
+
+    #[test]
+    fn object_ids_as_qemu() {
+        const NAMESPACE: &str = "-nodefaults -netdev hubport,id=n0,hubid=0 -chardev null,id=c0";
+        let dup = |second: &str| format!("-object {second}: Duplicate ID 'x' for object");
+        let container = "attempt to add duplicate property 'x' to object (type 'container')";
+        let malformed = format!("Parameter 'id' expects an identifier\n{ID_HINT}");
+        let reserved = |id: &str| {
+            format!(
+                "object name '{id}' is reserved for the default RAM backend, it can't be used \
+                 for any other purposes. Change the object's 'id' to something else"
+            )
+        };
+        // QEMU 7.2's answers.
+        let table: Vec<(String, Option<String>)> = vec![
+            // Keyval options: QemuOpts' duplicate, whatever the kinds, before any object
+            // is made (the first one's bad poll-max-ns is never seen).
+            ("-object iothread,id=x -object iothread,id=x".into(), Some(dup("iothread,id=x"))),
+            ("-object rng-random,id=x,filename=/dev/urandom -object iothread,id=x".into(), Some(dup("iothread,id=x"))),
+            ("-object iothread,id=x -object rng-random,id=x,filename=/dev/urandom".into(), Some(dup("rng-random,id=x,filename=/dev/urandom"))),
+            ("-object secret,id=x,data=a -object memory-backend-memfd,id=x,size=1M".into(), Some(dup("memory-backend-memfd,id=x,size=1M"))),
+            ("-object filter-mirror,id=x,netdev=n0,outdev=c0 -object rng-builtin,id=x".into(), Some(dup("rng-builtin,id=x"))),
+            ("-object iothread,id=x,poll-max-ns=-1 -object iothread,id=x".into(), Some(dup("iothread,id=x"))),
+            ("-object iothread,id=x -object bogus,id=x".into(), Some(dup("bogus,id=x"))),
+            // The first `id=` is the option's.
+            ("-object iothread,id=x,id=y -object iothread,id=y".into(), None),
+            ("-object iothread,id=y,id=x -object iothread,id=y".into(), Some("-object iothread,id=y: Duplicate ID 'y' for object".into())),
+            // A JSON object on either side: the container's refusal when it is made.
+            (r#"-object {"qom-type":"iothread","id":"x"} -object iothread,id=x"#.into(), Some(container.into())),
+            (r#"-object iothread,id=x -object {"qom-type":"rng-builtin","id":"x"}"#.into(), Some(container.into())),
+            (r#"-object {"qom-type":"secret","id":"x","data":"a"} -object {"qom-type":"memory-backend-ram","id":"x","size":1048576}"#.into(), Some(container.into())),
+            (r#"-object filter-redirector,id=x,netdev=n0,outdev=c0 -object {"qom-type":"filter-mirror","id":"x","netdev":"n0","outdev":"c0"}"#.into(), Some(container.into())),
+            // Ill-formed ids, for every kind (keyval: named with the option).
+            ("-object rng-builtin,id=1x".into(), Some(format!("-object rng-builtin,id=1x: {malformed}"))),
+            ("-object secret,id=,data=a".into(), Some(format!("-object secret,id=,data=a: {malformed}"))),
+            (r#"-object {"qom-type":"iothread","id":"1x"}"#.into(), Some(malformed.clone())),
+            // The default RAM backend's id.
+            ("-object iothread,id=pc.ram".into(), Some(reserved("pc.ram"))),
+            ("-M q35 -object memory-backend-ram,id=pc.ram,size=1G".into(), Some(reserved("pc.ram"))),
+            (r#"-m 0 -object {"qom-type":"rng-builtin","id":"pc.ram"}"#.into(), Some(reserved("pc.ram"))),
+            ("-M none -m 128 -object secret,id=ram,data=a".into(), Some(reserved("ram"))),
+            ("-object memory-backend-ram,id=pc.ram,size=128M -machine memory-backend=pc.ram".into(), None),
+            ("-object iothread,id=pc.ram -machine memory-backend=pc.ram".into(), Some("Memory backend 'pc.ram' not found".into())),
+            ("-object iothread,id=pc.ram -object memory-backend-ram,id=m0,size=128M -numa node,memdev=m0".into(), None),
+            // Under --preconfig the board, and its check, wait for x-exit-preconfig.
+            ("--preconfig -object iothread,id=pc.ram".into(), None),
+        ];
+        for (args, want) in &table {
+            let got = prepared(&format!("{NAMESPACE} {args}")).err();
+            assert_eq!(got.as_deref(), want.as_deref(), "{args}");
+        }
     }
 
     #[test]

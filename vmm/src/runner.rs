@@ -77,6 +77,8 @@ pub enum RunError {
     Monitor(String),
     #[error(transparent)]
     Global(#[from] crate::globals::GlobalError),
+    #[error(transparent)]
+    Object(#[from] crate::objects::ObjectError),
 }
 
 /// How to run (what to boot comes from the controller's configuration).

@@ -269,6 +269,14 @@ pub(super) fn record_origin(option_text: String, location: Option<String>) {
     }
 }
 
+/// Whether an option (as [`locate`] matches it) came from a configuration file: QEMU
+/// makes those objects from their sections, outside the command line's option lists.
+pub fn from_file(option_text: &str) -> bool {
+    ORIGINS
+        .lock()
+        .is_ok_and(|origins| origins.iter().any(|(option, _)| option == option_text))
+}
+
 /// An error that names an option from a configuration file names its `FILE:LINE`
 /// instead, as QEMU's do (its QemuOpts remember where they were read).
 pub fn locate(message: &str) -> String {

@@ -2,32 +2,18 @@
 //! backends, with the machine's default RAM backend once the board created it) and the
 //! children `qom-list /objects` shows.
 
-use crate::backends::Backend;
-use crate::config::MachineConfig;
 use crate::control::{Controller, VmState};
 use qmp::{CommandDef, Map, ObjectType, Registry, RegistryError, Session, Type, Value};
 use serde_json::json;
 use std::sync::Arc;
 
 /// The default RAM backend QEMU's machine_run_board_init creates (`pc.ram`, `ram` on
-/// `none`): only once the machine exists, when no `memory-backend=` names one, the machine
-/// has RAM and no NUMA node takes its RAM from a memdev.
+/// `none`): only once the machine exists, and only where the configuration lets the board
+/// make one (`MachineConfig::default_ram_id`).
 fn default_ram(state: &VmState) -> Option<(String, u64)> {
     let plan = state.plan.as_ref()?;
-    let config = &state.config;
-    let numa_memdev = config.numa.iter().any(|a| {
-        matches!(
-            &a.option,
-            machine::NumaOption::Node {
-                memdev: Some(_),
-                ..
-            }
-        )
-    });
-    if config.memory_backend.is_some() || numa_memdev || config.ram_size == 0 {
-        return None;
-    }
-    Some((plan.memory.ram_id.clone()?, config.ram_size))
+    let id = state.config.default_ram_id(plan.memory.ram_id.as_deref())?;
+    Some((id.to_string(), state.config.ram_size))
 }
 
 /// `query-memdev`: every memory backend object, as machina maps it (without MAP_NORESERVE,
@@ -50,39 +36,13 @@ fn memdevs(state: &VmState) -> Value {
     Value::Array(list)
 }
 
-/// The objects `-object` and `object-add` created, as (id, QOM type): memory backends,
-/// secrets, I/O threads, rng sources and packet filters.
-fn user_objects(config: &MachineConfig) -> Vec<(&str, &str)> {
-    let mut out: Vec<(&str, &str)> = Vec::new();
-    out.extend(
-        config
-            .memory_backends
-            .iter()
-            .map(|m| (m.id.as_str(), m.qom_type.as_str())),
-    );
-    out.extend(config.secrets.iter().map(|s| (s.id.as_str(), "secret")));
-    out.extend(config.iothreads.iter().map(|t| (t.id.as_str(), "iothread")));
-    out.extend(config.backends.iter().filter_map(|b| match b {
-        Backend::RngRandom { id, .. } => Some((id.as_str(), "rng-random")),
-        Backend::RngBuiltin { id } => Some((id.as_str(), "rng-builtin")),
-        Backend::Filter { id, redirector, .. } => Some((
-            id.as_str(),
-            if *redirector {
-                "filter-redirector"
-            } else {
-                "filter-mirror"
-            },
-        )),
-        _ => None,
-    }));
-    out
-}
-
 /// `/objects` children: (id, QOM type): what `-object` and `object-add` created and the
 /// machine's default RAM backend. An `object-add` id must be none of them (QEMU's
-/// container refuses a second child of a name).
+/// container refuses a second child of a name: `crate::objects::check_new_id`).
 pub(super) fn children(state: &VmState) -> Vec<(String, String)> {
-    let mut out: Vec<(String, String)> = user_objects(&state.config)
+    let mut out: Vec<(String, String)> = state
+        .config
+        .user_objects()
         .into_iter()
         .map(|(id, qom_type)| (id.to_string(), qom_type.to_string()))
         .collect();

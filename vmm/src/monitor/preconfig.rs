@@ -287,7 +287,8 @@ fn add_backend(
     Ok(Value::Null)
 }
 
-/// QEMU's text for an id that `name` cannot take because it exists.
+/// QEMU's text for an id that `name` cannot take because it exists (or, for an object,
+/// is not an identifier).
 fn duplicate(state: &crate::control::VmState, name: &str, id: &str) -> Option<String> {
     let config = &state.config;
     match name {
@@ -302,12 +303,14 @@ fn duplicate(state: &crate::control::VmState, name: &str, id: &str) -> Option<St
                 .iter()
                 .any(|b| matches!(b, Backend::Chardev { .. }) && b.id() == id))
         .then(|| format!("Chardev with id '{id}' already exists")),
-        "object-add" => super::objects::children(state)
-            .iter()
-            .any(|(object, _)| object == id)
-            .then(|| {
-                format!("attempt to add duplicate property '{id}' to object (type 'container')")
-            }),
+        // QMP drops the hint of an ill-formed id.
+        "object-add" => crate::objects::check_new_id(id, |id| {
+            super::objects::children(state)
+                .iter()
+                .any(|(object, _)| object == id)
+        })
+        .err()
+        .map(|e| e.to_string()),
         _ => None,
     }
 }

@@ -56,6 +56,7 @@ impl Machine<'_> {
                 state.config.clone(),
             )
         };
+        config.check_default_ram_id(plan.memory.ram_id.as_deref())?;
         crate::globals::apply(&mut plan, &config.globals)?;
         let rtc_clock = match config.rtc.clock {
             crate::cli::RtcClock::Host | crate::cli::RtcClock::Rt => self
