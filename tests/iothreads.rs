@@ -300,7 +300,7 @@ fn bad_iothreads_and_references_are_refused_with_qemus_texts() {
         ),
         (
             vec!["-object", "iothread,id=io1", "-object", "iothread,id=io1"],
-            "duplicate property 'io1'",
+            "-object iothread,id=io1: Duplicate ID 'io1' for object",
         ),
     ];
     for (extra, want) in cases {

@@ -169,10 +169,8 @@ fn three_hundred_resets_keep_fds_threads_and_rss_flat() {
     let scratch = TempDir::new("lifecycle-disk");
     let disk = raw_disk(&scratch.path);
     let console_log = scratch.path.join("console.log");
-    let netns = Netns::create("long");
-    if netns.is_none() {
-        eprintln!("SKIP (tap part only): this host forbids creating a network namespace");
-    }
+    // Without a namespace only the tap part is skipped.
+    let netns = Netns::create_or_skip("long");
     let drive = format!("file={disk},if=none,id=d0,format=raw");
     let chardev = format!("file,id=c0,path={}", console_log.display());
     let mut args = vec![
@@ -205,7 +203,7 @@ fn three_hundred_resets_keep_fds_threads_and_rss_flat() {
             "virtio-net-pci,netdev=n0",
         ]);
     }
-    let mut vm = Vm::start("long", netns.as_ref().map(|n| n.0.as_str()), &args);
+    let mut vm = Vm::start("long", netns.as_ref().map(Netns::name), &args);
     // Warm up (allocator, lazily created threads), then measure.
     assert!(vm.wait_boots(10), "the guest reboots: {}", vm.stderr());
     let mut qmp = vm.client();
@@ -296,13 +294,12 @@ fn taps_survive_guest_reboots() {
         ("named", "tap,id=n0,ifname=rsttap,script=no,downscript=no"),
         ("unnamed", "tap,id=n0,script=no,downscript=no"),
     ] {
-        let Some(ns) = Netns::create(tag) else {
-            eprintln!("SKIP: this host forbids creating a network namespace (ip netns add)");
+        let Some(ns) = Netns::create_or_skip(tag) else {
             return;
         };
         let mut vm = Vm::start(
             tag,
-            Some(&ns.0),
+            Some(ns.name()),
             &[
                 "-netdev",
                 netdev,
