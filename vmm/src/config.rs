@@ -437,12 +437,15 @@ impl MachineConfig {
         // Keyval `-object`s are QEMU's QemuOpts: their ids are checked as the options are
         // read, before anything is made; `-readconfig` objects are made from their
         // sections directly, as JSON ones are.
-        objects::check_option_ids(opts.backends.iter().filter_map(|(option, spec)| {
-            let from_file = || {
-                crate::cli::readconfig::from_file(&format!("-object {}", crate::cli::lossy(spec)))
-            };
-            (*option == BackendOption::Object && !from_file()).then_some(spec.as_os_str())
-        }))?;
+        let from_file = |spec: &OsStr| {
+            crate::cli::readconfig::from_file(&format!("-object {}", crate::cli::lossy(spec)))
+        };
+        objects::check_option_ids(
+            opts.backends
+                .iter()
+                .filter(|(option, spec)| *option == BackendOption::Object && !from_file(spec))
+                .map(|(_, spec)| spec.as_os_str()),
+        )?;
         for (option, spec) in &opts.backends {
             let backend = match option {
                 BackendOption::Drive => backends::parse_drive(spec)?,
@@ -786,8 +789,8 @@ pub fn prepare(
 ) -> Result<(MachineConfig, machine::Plan), String> {
     crate::chardev_check::check(opts).map_err(|e| e.to_string())?;
     let config = MachineConfig::from_cli(opts).map_err(|e| e.to_string())?;
-    // The default RAM backend's id is the board's (made before any -device); under
-    // --preconfig the board is made, and this checked, at x-exit-preconfig.
+    // QEMU checks the default RAM backend's id when it makes the board, before the
+    // -device list; under --preconfig that is at x-exit-preconfig (runner/build.rs).
     if !opts.delay_init {
         if let Ok(machine) = catalog.machine_for(&config.plan_request()) {
             config
