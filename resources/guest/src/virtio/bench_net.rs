@@ -8,9 +8,10 @@
 //! matter). The ring is kept full; after each pass over the used ring the
 //! driver republishes what came back and notifies once.
 //!
-//! Each case prints `virtio-bench: net op=.. size=.. frames=N tsc=T`. Before an
-//! rx case the guest prints `virtio-bench: net rx-start size=S` (the host starts
-//! flooding frames of that size) and starts the clock at the first frame; after
+//! Each case prints `virtio-bench: net op=.. size=.. frames=N tsc=T`. Before a
+//! tx case the guest prints `virtio-bench: net tx-start size=S`; before an rx
+//! case `virtio-bench: net rx-start size=S` (the host starts flooding frames of
+//! that size), and it starts the clock at the first frame of that size; after
 //! it `virtio-bench: net rx-done` (the host stops).
 
 use super::*;
@@ -96,9 +97,13 @@ fn rx(q: &mut Queue, size: usize, ticks: u64) -> Result<(u64, u64), Reason> {
         let mut any = false;
         while let Some((id, len)) = q.try_used() {
             any = true;
-            let begun = *start.get_or_insert_with(rdtsc);
-            if len as usize == HDR + size && rdtsc().wrapping_sub(begun) < ticks {
-                done += 1;
+            // Frames of the previous case still queued in the tap neither count nor
+            // start the clock: it starts at the first frame of this size.
+            if len as usize == HDR + size {
+                let begun = *start.get_or_insert_with(rdtsc);
+                if rdtsc().wrapping_sub(begun) < ticks {
+                    done += 1;
+                }
             }
             q.publish(id as u16);
         }
@@ -143,6 +148,7 @@ fn run_on(dev: &Device, ms: u64) -> Result<(), Reason> {
     }
     let ticks = ms * 3_000_000;
     for size in [64usize, 1514] {
+        println!("virtio-bench: net tx-start size={}", size);
         let (n, elapsed) = tx(&mut txq, mac, size, ticks)?;
         println!(
             "virtio-bench: net op=tx size={} frames={} tsc={}",
