@@ -256,10 +256,14 @@ fn sample(pid: u32, dev: Option<&std::fs::File>) -> Option<Sample> {
 }
 
 /// Host CPU per frame between two samples (rx: frames the tap gave, tx: frames it took);
-/// a thread that ended in between is left out, one that started counts whole.
+/// a thread that started in between counts whole. None if a thread ended in between (the
+/// VMM was already exiting when the case's last line was read: its time is lost).
 fn cpu_per_frame(from: Option<Sample>, to: Option<Sample>, rx: bool) -> Option<f64> {
     let ((c0, (t0, r0)), (c1, (t1, r1))) = (from?, to?);
     let frames = if rx { r1 - r0 } else { t1 - t0 };
+    if c0.keys().any(|tid| !c1.contains_key(tid)) {
+        return None;
+    }
     let ns: u64 = c1
         .iter()
         .map(|(tid, &ns)| ns.saturating_sub(c0.get(tid).copied().unwrap_or(0)))

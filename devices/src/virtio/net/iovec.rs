@@ -1,7 +1,76 @@
 //! Copies and vectored I/O over iovecs that point into guest RAM (bounds-checked by
-//! chain_iovecs / guest_iovecs, kept mapped by the device's Core).
+//! [`chain_iovecs_into`], kept mapped by the device's Core).
 
 use std::os::fd::RawFd;
+use virtio_queue::DescriptorChain;
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap};
+
+/// Why a chain is refused (QEMU's virtqueue_pop checks; see `device::check_chain`).
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum BadChain {
+    /// A device-readable descriptor after a device-writable one.
+    ReadableAfterWritable,
+    /// The chain does not end: a loop, a `next` past the table, an unreadable descriptor.
+    Unterminated,
+    /// No descriptor at all: the head is past the table or unreadable.
+    Empty,
+}
+
+impl BadChain {
+    pub(super) fn reason(&self) -> &'static str {
+        match self {
+            BadChain::ReadableAfterWritable => {
+                "device-readable descriptor after a device-writable one"
+            }
+            BadChain::Unterminated => "looped, or next past the table, or unreadable descriptor",
+            BadChain::Empty => "head index past the table, or its descriptor unreadable",
+        }
+    }
+}
+
+/// One walk over `chain`: its device-writable (`writable`) or device-readable buffers
+/// appended to `out` as iovecs over guest RAM (split where memory regions meet), with the
+/// checks of `device::check_chain`. Ok(false) if a buffer lies outside guest RAM (`out`
+/// then holds only part of the chain). What the per-frame path does instead of
+/// check_chain, data_ranges and guest_iovecs, which walk the chain three times and
+/// allocate twice.
+pub(super) fn chain_iovecs_into(
+    mem: &GuestMemoryMmap,
+    chain: &DescriptorChain<&GuestMemoryMmap>,
+    writable: bool,
+    out: &mut Vec<libc::iovec>,
+) -> Result<bool, BadChain> {
+    let mut seen_write = false;
+    let mut in_ram = true;
+    let mut last_has_next = None;
+    for d in chain.clone() {
+        if d.is_write_only() {
+            seen_write = true;
+        } else if seen_write {
+            return Err(BadChain::ReadableAfterWritable);
+        }
+        last_has_next = Some(d.has_next());
+        if !in_ram || d.is_write_only() != writable || d.len() == 0 {
+            continue;
+        }
+        let len = d.len() as usize;
+        let mut covered = 0;
+        for slice in mem.get_slices(d.addr(), len) {
+            let Ok(slice) = slice else { break };
+            out.push(libc::iovec {
+                iov_base: slice.ptr_guard_mut().as_ptr().cast(),
+                iov_len: slice.len(),
+            });
+            covered += slice.len();
+        }
+        in_ram = covered == len;
+    }
+    match last_has_next {
+        Some(false) => Ok(in_ram),
+        Some(true) => Err(BadChain::Unterminated),
+        None => Err(BadChain::Empty),
+    }
+}
 
 /// Drop the first `n` bytes of `iovs`; false if they hold fewer.
 pub(super) fn skip_front(iovs: &mut Vec<libc::iovec>, mut n: usize) -> bool {
@@ -27,7 +96,7 @@ pub(super) fn write_front(iovs: &[libc::iovec], mut data: &[u8]) -> bool {
             break;
         }
         let n = v.iov_len.min(data.len());
-        // SAFETY: the iovec points into guest RAM, bounds-checked by chain_iovecs and kept
+        // SAFETY: the iovec points into guest RAM, bounds-checked by chain_iovecs_into and kept
         // mapped by the caller's GuestMemoryMmap; `n` is within both buffers.
         unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), v.iov_base as *mut u8, n) };
         data = &data[n..];
@@ -35,17 +104,21 @@ pub(super) fn write_front(iovs: &[libc::iovec], mut data: &[u8]) -> bool {
     data.is_empty()
 }
 
-/// readv/writev on `fd` over `iovs` (at most IOV_MAX of them).
+/// readv/writev on `fd` over `iovs` (at most IOV_MAX of them); read/write for one buffer,
+/// which spares the kernel copying and checking an iovec array (a frame in one guest
+/// buffer is the common case: Linux's mergeable receive buffers, a header pushed in
+/// front of a small frame).
 pub(super) fn vectored(fd: RawFd, write: bool, iovs: &[libc::iovec]) -> std::io::Result<usize> {
     let count = iovs.len().min(1024) as libc::c_int;
-    // SAFETY: the iovecs point into guest RAM, bounds-checked by chain_iovecs against the
-    // guest memory regions, which the caller's GuestMemoryMmap keeps mapped for the call;
-    // the kernel only reads (writev) or writes (readv) those bytes.
+    // SAFETY: the iovecs point into guest RAM, bounds-checked by chain_iovecs_into against
+    // the guest memory regions, which the caller's GuestMemoryMmap keeps mapped for the
+    // call; the kernel only reads (write, writev) or writes (read, readv) those bytes.
     let n = unsafe {
-        if write {
-            libc::writev(fd, iovs.as_ptr(), count)
-        } else {
-            libc::readv(fd, iovs.as_ptr(), count)
+        match (write, iovs) {
+            (true, [one]) => libc::write(fd, one.iov_base, one.iov_len),
+            (false, [one]) => libc::read(fd, one.iov_base, one.iov_len),
+            (true, _) => libc::writev(fd, iovs.as_ptr(), count),
+            (false, _) => libc::readv(fd, iovs.as_ptr(), count),
         }
     };
     if n < 0 {
@@ -71,7 +144,7 @@ pub(super) fn read_iovs<'a>(
             continue;
         }
         let n = (v.iov_len - offset).min(out.len() - done);
-        // SAFETY: the iovec points into guest RAM, bounds-checked by guest_iovecs and kept
+        // SAFETY: the iovec points into guest RAM, bounds-checked by chain_iovecs_into and kept
         // mapped by the device's Core; `offset + n` is within it and `n` within `out`.
         unsafe {
             std::ptr::copy_nonoverlapping(
@@ -101,7 +174,7 @@ pub(super) fn write_front_at<'a>(
             continue;
         }
         let n = (v.iov_len - at).min(data.len());
-        // SAFETY: the iovec points into guest RAM, bounds-checked by guest_iovecs and kept
+        // SAFETY: the iovec points into guest RAM, bounds-checked by chain_iovecs_into and kept
         // mapped by the device's Core; `at + n` is within it.
         unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), (v.iov_base as *mut u8).add(at), n) };
         data = &data[n..];

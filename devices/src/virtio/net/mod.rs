@@ -28,9 +28,9 @@ mod tests;
 mod tx;
 
 use super::device::{
-    bad_queue, check_chain, read_config_bytes, DeviceError, QueueContext, QueueGroup, VirtioDevice,
+    bad_queue, read_config_bytes, DeviceError, QueueContext, QueueGroup, VirtioDevice,
 };
-use super::iov::{chain_iovecs, data_ranges, guest_iovecs};
+use super::iov::{chain_iovecs, data_ranges};
 use super::regs::features::VERSION_1;
 use machine::MacAddr;
 use std::collections::VecDeque;
@@ -46,7 +46,7 @@ pub const DEVICE_TYPE: u16 = 1;
 
 use features::*;
 pub use features::{default_requested, FEATURE_PROPERTIES};
-use rx::{RxChain, Scratch};
+use rx::{RxChain, Scratch, Spare};
 
 const S_LINK_UP: u16 = 1;
 
@@ -85,9 +85,25 @@ struct Pair {
     pending: VecDeque<RxChain>,
     /// Sends to the backend are failing (reported once, when they start).
     tx_failing: bool,
-    /// The used entries of the frame being delivered (kept to reuse its allocation).
+    /// Used entries of received (or dropped) frames not yet published (see `rx`).
     used: Vec<(u16, u32)>,
+    /// Iovec vectors of used receive chains, reused (see [`Spare`]).
+    spare: Spare,
 }
+
+impl Pair {
+    fn new(tap: File) -> Self {
+        Pair {
+            tap,
+            readable: true,
+            pending: VecDeque::new(),
+            tx_failing: false,
+            used: Vec::new(),
+            spare: Spare::default(),
+        }
+    }
+}
+
 pub struct Net {
     /// How log lines name the device (`logging::pci_name`).
     name: String,
@@ -122,6 +138,8 @@ pub struct Net {
     view: Option<(Arc<PairView>, usize)>,
     /// The view generation this handler copied last.
     seen: u64,
+    /// The iovecs of the frame being sent, reused from frame to frame.
+    tx_scratch: Scratch,
 }
 
 /// What the control queue (and config writes, activation, reset) change that a split-off
@@ -158,15 +176,8 @@ impl Net {
     /// not `mq=on` lets the driver use more than one).
     pub fn with_features(backend: NetBackend, requested: u64) -> Self {
         let socket = is_socket(&backend.tap);
-        let pair = |tap| Pair {
-            tap,
-            readable: true,
-            pending: VecDeque::new(),
-            tx_failing: false,
-            used: Vec::new(),
-        };
-        let mut pairs = vec![pair(backend.tap)];
-        pairs.extend(backend.more_queues.into_iter().map(pair));
+        let mut pairs = vec![Pair::new(backend.tap)];
+        pairs.extend(backend.more_queues.into_iter().map(Pair::new));
         let mut offered = (requested | F_MAC) & (default_requested() | F_MQ | F_MAC);
         if socket {
             offered &= !NEED_VNET_HDR;
@@ -190,6 +201,7 @@ impl Net {
             published: None,
             view: None,
             seen: STALE,
+            tx_scratch: Scratch::default(),
         }
     }
 
@@ -235,13 +247,7 @@ impl Net {
             .try_clone()?;
         Ok(Net {
             name: self.name.clone(),
-            pairs: vec![Pair {
-                tap,
-                readable: true,
-                pending: VecDeque::new(),
-                tx_failing: false,
-                used: Vec::new(),
-            }],
+            pairs: vec![Pair::new(tap)],
             active_pairs: 0,
             mac: self.mac,
             conf_mac: self.conf_mac,
@@ -254,6 +260,7 @@ impl Net {
             announce: false,
             announce_fd: None,
             scratch: Scratch::default(),
+            tx_scratch: Scratch::default(),
             published: None,
             view: Some((view.clone(), pair)),
             seen: STALE,
@@ -406,6 +413,7 @@ impl VirtioDevice for Net {
         self.acked = 0;
         for p in &mut self.pairs {
             p.pending.clear();
+            p.used.clear();
         }
         self.seen = STALE;
         self.publish();

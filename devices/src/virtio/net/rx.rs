@@ -1,8 +1,10 @@
 //! The receive path: chains taken from a pair's receive queue, a frame read from the
 //! backend straight into them (several chains with MRG_RXBUF), the receive filter, and
-//! the used entries published together.
+//! the used entries published together: those of several frames at once (up to
+//! [`PUBLISH_BATCH`], and whenever the device stops to wait), so the used index the
+//! driver polls is written once per batch rather than once per frame.
 
-use super::iovec::{read_iovs, skip_front, vectored, write_front_at};
+use super::iovec::{chain_iovecs_into, read_iovs, skip_front, vectored, write_front_at};
 use super::*;
 
 /// A receive chain taken from the ring and waiting for a frame, as iovecs over guest RAM.
@@ -17,13 +19,39 @@ pub(super) struct RxChain {
 // device, and dropped at reset.
 unsafe impl Send for RxChain {}
 
-/// Scratch iovecs for one read, reused from frame to frame.
+/// Used entries gathered before they are published (the used index written).
+const PUBLISH_BATCH: usize = 32;
+
+/// Scratch iovecs for one read or write, reused from frame to frame.
 #[derive(Default)]
 pub(super) struct Scratch(pub(super) Vec<libc::iovec>);
 
 // SAFETY: emptied after each use; the pointers it holds during a read point into guest
 // memory kept mapped by the device's Core (see RxChain).
 unsafe impl Send for Scratch {}
+
+/// Emptied iovec vectors of used receive chains, for the next chains taken: no allocation
+/// per frame.
+#[derive(Default)]
+pub(super) struct Spare(Vec<Vec<libc::iovec>>);
+
+// SAFETY: every vector in it is empty (cleared before it is kept): no pointer is held.
+unsafe impl Send for Spare {}
+
+impl Spare {
+    fn take(&mut self) -> Vec<libc::iovec> {
+        self.0.pop().unwrap_or_default()
+    }
+
+    /// Keep `c`'s vector (a few: one per chain a frame may span is plenty).
+    fn recycle(&mut self, c: RxChain) {
+        let mut v = c.iovs;
+        if self.0.len() < 64 {
+            v.clear();
+            self.0.push(v);
+        }
+    }
+}
 
 impl Pair {
     /// Take chains for the next frame from the ring: one, or with MRG_RXBUF enough for a
@@ -38,7 +66,7 @@ impl Pair {
     ) -> Result<(), DeviceError> {
         let mut capacity: usize = self.pending.iter().map(|c| c.capacity).sum();
         while self.pending.is_empty() || (mrg && capacity < largest) {
-            let Some(c) = Net::pop_rx_chain(q, mem, rxq)? else {
+            let Some(c) = Net::pop_rx_chain(q, mem, rxq, &mut self.spare, &mut self.used)? else {
                 break;
             };
             capacity += c.capacity;
@@ -68,41 +96,33 @@ impl Pair {
         self.pending.iter().flat_map(|c| c.iovs.iter())
     }
 
-    /// A dropped frame: the first waiting chain goes back empty.
-    fn give_back_one(
-        &mut self,
-        q: &mut Queue,
-        mem: &GuestMemoryMmap,
-    ) -> Result<(), virtio_queue::Error> {
-        match self.pending.pop_front() {
-            Some(c) => add_used_batch(q, mem, &[(c.head, 0)]),
-            None => Ok(()),
+    /// A dropped frame: the first waiting chain goes back empty (published with the
+    /// next batch).
+    fn give_back_one(&mut self) {
+        if let Some(c) = self.pending.pop_front() {
+            self.used.push((c.head, 0));
+            self.spare.recycle(c);
         }
     }
 
     /// A frame of `n` bytes (header included) landed in the first waiting chains: set
     /// num_buffers (how many it spans; 1 without MRG_RXBUF), or for a socket peer's bare
-    /// frame the whole header (no offloads), and publish them together.
-    fn deliver(
-        &mut self,
-        q: &mut Queue,
-        mem: &GuestMemoryMmap,
-        n: usize,
-        hdr: usize,
-        socket: bool,
-    ) -> Result<(), virtio_queue::Error> {
+    /// frame the whole header (no offloads); their used entries join the batch, so they
+    /// are published together.
+    fn deliver(&mut self, n: usize, hdr: usize, socket: bool) {
         let used = &mut self.used;
-        used.clear();
+        let first = used.len();
         let mut left = n;
         for c in &self.pending {
-            if left == 0 && !used.is_empty() {
+            if left == 0 && used.len() > first {
                 break;
             }
             let take = left.min(c.capacity);
             used.push((c.head, take as u32));
             left -= take;
         }
-        let count = (used.len() as u16).to_le_bytes();
+        let spans = used.len() - first;
+        let count = (spans as u16).to_le_bytes();
         let iovs = self.pending.iter().flat_map(|c| c.iovs.iter());
         if socket {
             let mut header = [0u8; 12];
@@ -111,8 +131,16 @@ impl Pair {
         } else if hdr == 12 {
             write_front_at(iovs, 10, &count);
         }
-        self.pending.drain(..used.len());
-        add_used_batch(q, mem, used)
+        for c in self.pending.drain(..spans) {
+            self.spare.recycle(c);
+        }
+    }
+
+    /// Publish the gathered used entries.
+    fn publish(&mut self, q: &mut Queue, mem: &GuestMemoryMmap) -> Result<(), virtio_queue::Error> {
+        let r = add_used_batch(q, mem, &self.used);
+        self.used.clear();
+        r
     }
 }
 
@@ -196,27 +224,44 @@ impl Net {
         q: &mut Queue,
         mem: &GuestMemoryMmap,
         rxq: usize,
+        spare: &mut Spare,
+        used: &mut Vec<(u16, u32)>,
     ) -> Result<Option<RxChain>, DeviceError> {
         loop {
             let chain = q.iter(mem).map_err(|e| bad_queue(rxq, e))?.next();
             let Some(chain) = chain else {
                 return Ok(None);
             };
-            check_chain(rxq, &chain)?;
             let head = chain.head_index();
-            let iovs = guest_iovecs(mem, &data_ranges(&chain, true, 0, usize::MAX));
-            let capacity = iovs
-                .as_ref()
-                .map_or(0, |v| v.iter().map(|v| v.iov_len).sum());
-            match iovs {
-                Some(iovs) if capacity > 0 => {
-                    return Ok(Some(RxChain {
-                        head,
-                        iovs,
-                        capacity,
-                    }))
+            let mut iovs = spare.take();
+            let in_ram = chain_iovecs_into(mem, &chain, true, &mut iovs).map_err(|e| {
+                DeviceError::BadChain {
+                    queue: rxq,
+                    reason: e.reason().to_string(),
                 }
-                _ => q.add_used(mem, head, 0).map_err(|e| bad_queue(rxq, e))?,
+            })?;
+            let capacity = if in_ram {
+                iovs.iter().map(|v| v.iov_len).sum()
+            } else {
+                0
+            };
+            if capacity > 0 {
+                return Ok(Some(RxChain {
+                    head,
+                    iovs,
+                    capacity,
+                }));
+            }
+            spare.recycle(RxChain {
+                head,
+                iovs,
+                capacity,
+            });
+            // After the entries gathered before it (a batch never outgrows the ring).
+            used.push((head, 0));
+            if used.len() >= PUBLISH_BATCH {
+                add_used_batch(q, mem, used).map_err(|e| bad_queue(rxq, e))?;
+                used.clear();
             }
         }
     }
@@ -253,10 +298,15 @@ impl Net {
         // ever, and must not spin the device.
         let mut rechecked = false;
         while p.readable {
+            if p.used.len() >= PUBLISH_BATCH {
+                p.publish(q, mem).map_err(bad)?;
+            }
             p.fill(q, mem, rxq, mrg, largest)?;
             if p.pending.is_empty() {
-                // Out of buffers: ask for a kick when the driver adds some (QEMU's
-                // virtio_net_has_buffers), and look once more in case it just did.
+                // Out of buffers: give the driver what it has received, ask for a kick when
+                // it adds some (QEMU's virtio_net_has_buffers), and look once more in case
+                // it just did.
+                p.publish(q, mem).map_err(bad)?;
                 if !rechecked && q.enable_notification(mem).map_err(bad)? {
                     rechecked = true;
                     continue;
@@ -279,7 +329,7 @@ impl Net {
                 }
                 // Anything else drops the frame; a buffer comes back empty.
                 Err(_) => {
-                    p.give_back_one(q, mem).map_err(bad)?;
+                    p.give_back_one();
                     continue;
                 }
             };
@@ -287,7 +337,7 @@ impl Net {
                 // Too large for the buffers: dropped (QEMU without MRG_RXBUF drops it
                 // too, giving the buffer back empty; merged buffers stay for the next).
                 if !mrg {
-                    p.give_back_one(q, mem).map_err(bad)?;
+                    p.give_back_one();
                 }
                 continue;
             }
@@ -295,9 +345,10 @@ impl Net {
             let want = n.saturating_sub(hdr).min(head.len());
             let got = read_iovs(p.pending_iovs(), hdr, &mut head[..want]);
             if self.filter.accepts(&mac, &head[..got]) {
-                p.deliver(q, mem, n, hdr, socket).map_err(bad)?;
+                p.deliver(n, hdr, socket);
             }
         }
+        p.publish(q, mem).map_err(bad)?;
         scratch.clear();
         notify_since(ctx, rxq, start);
         Ok(())
