@@ -473,7 +473,16 @@ fn main() {
         }
     }
     stop.store(true, Ordering::Relaxed);
-    let _ = flooder.join();
+    let sent = flooder.join().unwrap_or(0);
+    if std::env::var_os("MACHINA_BENCH_VERBOSE").is_some() {
+        // How well the flooder kept the tap fed: frames it dropped on a full queue.
+        let counters = proc_net_dev().as_ref().and_then(tap_counters);
+        if let Some((_, gave, dropped)) = counters {
+            eprintln!(
+                "flooder: {sent} frames sent; the tap gave {gave} to the VMMs, dropped {dropped}"
+            );
+        }
+    }
     println!(
         "guest-driven virtio-net (q35, modern, polled at CPL 3, {ms} ms per case; median of {runs} \
          runs each (min-max), a warm-up run each discarded, order alternating; tap in a private \

@@ -89,6 +89,26 @@ pub(super) fn skip_front(iovs: &mut Vec<libc::iovec>, mut n: usize) -> bool {
     true
 }
 
+/// Put `bounce` in place of the first `bounce.len()` bytes (at most) of `iovs`, so that a
+/// read fills the bounce buffer first and only the bytes past it go straight into guest
+/// memory; how many bytes the iovecs now take (IOV_MAX of them kept) and how many of
+/// them the bounce buffer.
+pub(super) fn bounce_front(iovs: &mut Vec<libc::iovec>, bounce: &mut [u8]) -> (usize, usize) {
+    let total: usize = iovs.iter().map(|v| v.iov_len).sum();
+    let b = bounce.len().min(total);
+    if b > 0 && skip_front(iovs, b) {
+        iovs.insert(
+            0,
+            libc::iovec {
+                iov_base: bounce.as_mut_ptr().cast(),
+                iov_len: b,
+            },
+        );
+        iovs.truncate(1024);
+    }
+    (iovs.iter().map(|v| v.iov_len).sum(), b)
+}
+
 /// Copy `data` into the start of `iovs` (guest buffers); false if they hold fewer bytes.
 pub(super) fn write_front(iovs: &[libc::iovec], mut data: &[u8]) -> bool {
     for v in iovs {

@@ -89,6 +89,8 @@ struct Pair {
     used: Vec<(u16, u32)>,
     /// Iovec vectors of used receive chains, reused (see [`Spare`]).
     spare: Spare,
+    /// Where a tap's frame lands first (see `rx::BOUNCE`).
+    bounce: Box<[u8]>,
 }
 
 impl Pair {
@@ -100,6 +102,7 @@ impl Pair {
             tx_failing: false,
             used: Vec::new(),
             spare: Spare::default(),
+            bounce: vec![0; rx::BOUNCE].into_boxed_slice(),
         }
     }
 }
