@@ -485,9 +485,13 @@ fn main() {
     }
     println!(
         "guest-driven virtio-net (q35, modern, polled at CPL 3, {ms} ms per case; median of {runs} \
-         runs each (min-max), a warm-up run each discarded, order alternating; tap in a private \
-         namespace, rx from an AF_PACKET socket keeping {IN_FLIGHT} frames queued; TSC {:.0} MHz; \
-         load average {load_before} before, {} after; nice {}){}",
+         runs each (min-max){}, order alternating; tap in a private namespace, rx from an \
+         AF_PACKET socket keeping {IN_FLIGHT} frames queued; TSC {:.0} MHz; load average {load_before} before, {} after; nice {}){}",
+        if full {
+            ", a warm-up run each discarded"
+        } else {
+            ""
+        },
         hz / 1e6,
         loadavg(),
         if reniced { nice } else { 0 },
