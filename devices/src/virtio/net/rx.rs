@@ -1,5 +1,6 @@
 //! The receive path: chains taken from a pair's receive queue, a frame read from the
-//! backend straight into them (several chains with MRG_RXBUF), the receive filter, and
+//! backend into them (several chains with MRG_RXBUF; from a tap the first [`BOUNCE`]
+//! bytes through the pair's bounce buffer, the rest straight in), the receive filter, and
 //! the used entries published together: those of several frames at once (up to
 //! [`PUBLISH_BATCH`], and whenever the device stops to wait), so the used index the
 //! driver polls is written once per batch rather than once per frame.
