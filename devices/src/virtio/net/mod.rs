@@ -91,6 +91,10 @@ struct Pair {
     spare: Spare,
     /// Where a tap's frame lands first (see `rx::BOUNCE`).
     bounce: Box<[u8]>,
+    /// A frame read while the guest's merged buffers were fewer than a largest frame
+    /// needs (allocated then, kept), and its length while it waits for enough of them.
+    parked: Option<Box<[u8]>>,
+    parked_len: Option<usize>,
 }
 
 impl Pair {
@@ -103,6 +107,8 @@ impl Pair {
             used: Vec::new(),
             spare: Spare::default(),
             bounce: vec![0; rx::BOUNCE].into_boxed_slice(),
+            parked: None,
+            parked_len: None,
         }
     }
 }
@@ -417,6 +423,7 @@ impl VirtioDevice for Net {
         for p in &mut self.pairs {
             p.pending.clear();
             p.used.clear();
+            p.parked_len = None;
         }
         self.seen = STALE;
         self.publish();

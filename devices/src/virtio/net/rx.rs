@@ -103,6 +103,25 @@ impl Pair {
         scratch.iter().map(|v| v.iov_len).sum()
     }
 
+    /// Read the next frame into the parked buffer (a socket peer's bare frame behind a
+    /// zeroed header); a frame longer than the buffer is dropped.
+    fn read_aside(&mut self, socket: bool, hdr: usize) -> std::io::Result<()> {
+        let buf = self
+            .parked
+            .get_or_insert_with(|| vec![0; MAX_FRAME].into_boxed_slice());
+        let skip = if socket { hdr } else { 0 };
+        buf[..skip].fill(0);
+        let mut iov = [libc::iovec {
+            iov_base: buf[skip..].as_mut_ptr().cast(),
+            iov_len: buf.len() - skip,
+        }];
+        let n = receive_frame(self.tap.as_raw_fd(), socket, &mut iov)? + skip;
+        if n <= buf.len() {
+            self.parked_len = Some(n);
+        }
+        Ok(())
+    }
+
     fn pending_iovs(&self) -> impl Iterator<Item = &libc::iovec> {
         self.pending.iter().flat_map(|c| c.iovs.iter())
     }
@@ -308,15 +327,16 @@ impl Net {
         // index the ring cannot back (a ring outside guest RAM) stays "more available" for
         // ever, and must not spin the device.
         let mut rechecked = false;
-        while p.readable {
+        while p.readable || p.parked_len.is_some() {
             if p.used.len() >= PUBLISH_BATCH {
                 p.publish(q, mem).map_err(bad)?;
             }
             p.fill(q, mem, rxq, mrg, largest)?;
-            if p.pending.is_empty() {
-                // Out of buffers: give the driver what it has received, ask for a kick when
-                // it adds some (QEMU's virtio_net_has_buffers), and look once more in case
-                // it just did.
+            let capacity: usize = p.pending.iter().map(|c| c.capacity).sum();
+            if capacity == 0 || p.parked_len.is_some_and(|n| capacity < n) {
+                // Out of buffers, or too few for the frame set aside: give the driver what
+                // it has received, ask for a kick when it adds some (QEMU's
+                // virtio_net_has_buffers), and look once more in case it just did.
                 p.publish(q, mem).map_err(bad)?;
                 if !rechecked && q.enable_notification(mem).map_err(bad)? {
                     rechecked = true;
@@ -325,6 +345,32 @@ impl Net {
                 break;
             }
             rechecked = false;
+            if let Some(n) = p.parked_len.take() {
+                if let Some(frame) = &p.parked {
+                    write_front_at(p.pending_iovs(), 0, &frame[..n]);
+                    let got = n.saturating_sub(hdr).min(18);
+                    if self
+                        .filter
+                        .accepts(&mac, &frame[hdr.min(n)..hdr.min(n) + got])
+                    {
+                        p.deliver(n, hdr, socket);
+                    }
+                }
+                continue;
+            }
+            if mrg && capacity < largest {
+                // The next frame may need more buffers than the driver has given: read it
+                // aside and hold it until they are there, as QEMU does (a frame read
+                // into too few buffers would be lost).
+                match p.read_aside(socket, hdr) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => p.readable = false,
+                    // Anything else drops the frame; a buffer comes back empty.
+                    Err(_) => p.give_back_one(),
+                }
+                continue;
+            }
             let mut covered = p.gather(scratch, mrg, largest);
             // A socket peer sends bare frames: the device writes the header in front.
             let mut bounced = 0;

@@ -597,3 +597,84 @@ fn over_a_tap_a_frame_longer_than_the_bounce_buffer_arrives_whole() {
         assert_eq!(got, want, "layout {sizes:?}");
     }
 }
+
+/// With merged buffers, a frame that needs more buffers than the driver has given waits
+/// for them, whole, and the frames behind it keep their order (a frame read into too few
+/// buffers would be lost): over a socket peer and over a tap.
+#[test]
+fn a_merged_frame_waits_for_enough_buffers() {
+    use std::io::Write;
+    let frame: Vec<u8> = (0..1400u32).map(|i| (i % 251) as u8).collect();
+    // Over a socket peer: the frame, then a small one behind it.
+    let (mut d, peer) = net_over_socket(&[]);
+    let mut r = rings();
+    d.modern_begin(VERSION_1 | F_MRG_RXBUF);
+    d.modern_ring(0, &r[0]);
+    r[0].push_chain(&d.mem, 0, &[(BUFS, 600, true)]);
+    d.modern_driver_ok();
+    d.w.poll();
+    peer.send(&frame).unwrap();
+    peer.send(&[0xee; 60]).unwrap();
+    d.w.process_event(0);
+    assert_eq!(r[0].used_idx(&d.mem), 0, "one 600-byte buffer is too few");
+    for k in 1..3u64 {
+        r[0].push_chain(&d.mem, k as u16, &[(BUFS + k * 0x1000, 600, true)]);
+    }
+    d.notify_modern(0);
+    d.w.poll();
+    assert_eq!(r[0].used_idx(&d.mem), 3);
+    let lens: Vec<(u32, u32)> = (0..3).map(|n| r[0].used_elem(&d.mem, n)).collect();
+    assert_eq!(lens, [(0, 600), (1, 600), (2, 212)]);
+    let num_buffers: u16 = d.mem.read_obj(GuestAddress(BUFS + 10)).unwrap();
+    assert_eq!(num_buffers, 3);
+    let mut whole = vec![0u8; 1400];
+    d.mem
+        .read_slice(&mut whole[..588], GuestAddress(BUFS + 12))
+        .unwrap();
+    d.mem
+        .read_slice(&mut whole[588..1188], GuestAddress(BUFS + 0x1000))
+        .unwrap();
+    d.mem
+        .read_slice(&mut whole[1188..], GuestAddress(BUFS + 0x2000))
+        .unwrap();
+    assert_eq!(whole, frame);
+    r[0].push_chain(&d.mem, 3, &[(BUFS + 0x3000, 600, true)]);
+    d.notify_modern(0);
+    d.w.poll();
+    assert_eq!(r[0].used_idx(&d.mem), 4);
+    assert_eq!(r[0].used_elem(&d.mem, 3), (3, 72));
+
+    // Over a tap: the header comes with the frame.
+    let (_dir, ours, mut host) = tap_like();
+    let mut d = net_over_file(ours);
+    let mut r = rings();
+    d.modern_begin(VERSION_1 | F_MRG_RXBUF);
+    d.modern_ring(0, &r[0]);
+    r[0].push_chain(&d.mem, 0, &[(BUFS, 600, true)]);
+    d.modern_driver_ok();
+    d.w.poll();
+    let mut packet = vec![0u8; 12];
+    packet.extend_from_slice(&frame);
+    host.write_all(&packet).unwrap();
+    d.w.process_event(0);
+    assert_eq!(r[0].used_idx(&d.mem), 0, "one 600-byte buffer is too few");
+    for k in 1..3u64 {
+        r[0].push_chain(&d.mem, k as u16, &[(BUFS + k * 0x1000, 600, true)]);
+    }
+    d.notify_modern(0);
+    d.w.poll();
+    assert_eq!(r[0].used_idx(&d.mem), 3);
+    let mut whole = vec![0u8; 1400];
+    d.mem
+        .read_slice(&mut whole[..588], GuestAddress(BUFS + 12))
+        .unwrap();
+    d.mem
+        .read_slice(&mut whole[588..1188], GuestAddress(BUFS + 0x1000))
+        .unwrap();
+    d.mem
+        .read_slice(&mut whole[1188..], GuestAddress(BUFS + 0x2000))
+        .unwrap();
+    assert_eq!(whole, frame);
+    let num_buffers: u16 = d.mem.read_obj(GuestAddress(BUFS + 10)).unwrap();
+    assert_eq!(num_buffers, 3);
+}
