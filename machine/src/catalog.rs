@@ -103,11 +103,13 @@ struct BuiltinType {
     json: &'static str,
 }
 
-/// One definition: parsed from its built-in JSON text on first use, or given parsed.
+/// One definition: parsed from its built-in JSON text on first use, or given parsed. Boxed:
+/// an unparsed slot costs a pointer, not a whole definition (the index of the built-in
+/// catalog is made at every start, before the QMP greeting).
 #[derive(Debug)]
 struct Def<T> {
     json: &'static str,
-    value: OnceLock<T>,
+    value: OnceLock<Box<T>>,
 }
 
 impl<T: serde::de::DeserializeOwned> Def<T> {
@@ -121,14 +123,14 @@ impl<T: serde::de::DeserializeOwned> Def<T> {
     fn parsed(value: T) -> Self {
         Def {
             json: "",
-            value: OnceLock::from(value),
+            value: OnceLock::from(Box::new(value)),
         }
     }
 
     fn get(&self) -> &T {
         self.value
             .get_or_init(|| match serde_json::from_str(self.json) {
-                Ok(v) => v,
+                Ok(v) => Box::new(v),
                 // Only built-in definitions are parsed here; the tests parse them all.
                 Err(e) => panic!("built-in machine catalog is invalid: {e}"),
             })
@@ -145,10 +147,11 @@ struct Defs<T> {
 
 impl<T: serde::de::DeserializeOwned> Defs<T> {
     fn new(entries: impl Iterator<Item = (Cow<'static, str>, Def<T>)>) -> Self {
+        let n = entries.size_hint().0;
         let mut defs = Defs {
-            names: Vec::new(),
-            defs: Vec::new(),
-            by_name: HashMap::new(),
+            names: Vec::with_capacity(n),
+            defs: Vec::with_capacity(n),
+            by_name: HashMap::with_capacity(n),
         };
         for (name, def) in entries {
             // Entries are merged already: a name is unique.
@@ -229,9 +232,10 @@ struct Inner {
     /// Resolved boards, machine and device types by definition index, filled on first
     /// use (or all at once when a catalog is checked: user files are, so that an error
     /// shows at load).
+    /// Boxed, as `Def`'s values: most slots stay empty for the life of the process.
     resolved_boards: Vec<OnceLock<ResolvedBoard>>,
-    machines: Vec<OnceLock<MachineType>>,
-    devices: Vec<OnceLock<DeviceType>>,
+    machines: Vec<OnceLock<Box<MachineType>>>,
+    devices: Vec<OnceLock<Box<DeviceType>>>,
 }
 
 impl DeviceDefs for Inner {
@@ -507,11 +511,17 @@ impl Catalog {
         }
         inner.machine_index = machine_index;
         inner.default_machine = default_machine;
-        inner.machines = machines_resolved.into_iter().map(OnceLock::from).collect();
+        inner.machines = machines_resolved
+            .into_iter()
+            .map(|m| OnceLock::from(Box::new(m)))
+            .collect();
         inner
             .machines
             .resize_with(inner.machine_defs.len(), OnceLock::new);
-        inner.devices = devices.into_iter().map(OnceLock::from).collect();
+        inner.devices = devices
+            .into_iter()
+            .map(|d| OnceLock::from(Box::new(d)))
+            .collect();
         inner
             .devices
             .resize_with(inner.device_defs.len(), OnceLock::new);
@@ -523,7 +533,7 @@ impl Catalog {
     /// The resolved machine type of definition `i`.
     fn machine_at(&self, i: usize) -> &MachineType {
         self.inner.machines[i].get_or_init(|| match resolve_machine_at(&self.inner, i) {
-            Ok(m) => m,
+            Ok(m) => Box::new(m),
             // Only the built-in catalog resolves lazily, and its tests resolve it whole.
             Err(e) => panic!("built-in machine catalog is invalid: {e}"),
         })
@@ -532,7 +542,7 @@ impl Catalog {
     /// The resolved device type of definition `i`.
     fn device_at(&self, i: usize) -> &DeviceType {
         self.inner.devices[i].get_or_init(|| match resolve_device_type(&*self.inner, i) {
-            Ok(d) => d,
+            Ok(d) => Box::new(d),
             // Only the built-in catalog resolves lazily, and its tests resolve it whole.
             Err(e) => panic!("built-in machine catalog is invalid: {e}"),
         })

@@ -21,7 +21,7 @@ pub use events::{EventBus, Timestamp};
 pub use protocol::ServerConfig;
 pub use registry::{Answer, Handler, Registry, TextHandler};
 pub use schema::{CommandDef, EnumType, EventDef, Member, ObjectType, Type, Variants};
-pub use server::Server;
+pub use server::{AcceptThread, Server};
 pub use session::Session;
 pub use transport::{bind_unix_private, take_passed_fd, BoundAddr};
 

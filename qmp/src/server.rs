@@ -34,6 +34,58 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// The name of a listener's accept thread.
+const ACCEPT_THREAD: &str = "qmp-accept";
+
+type AcceptJob = Box<dyn FnOnce() + Send>;
+
+/// A listener's accept thread, started before its socket exists and waiting for its loop
+/// ([`Server::listen_on`]). The VMM starts it first thing, so that when the socket listens
+/// the first client is greeted by a thread that only wakes up: a thread created at that
+/// moment, with the machine being built beside it, waited up to milliseconds on a loaded
+/// host before its first instruction.
+pub struct AcceptThread {
+    job: Option<std::sync::mpsc::Sender<AcceptJob>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl AcceptThread {
+    pub fn spawn() -> std::io::Result<Self> {
+        let (job, jobs) = channel::<AcceptJob>();
+        let thread = thread::Builder::new()
+            .name(ACCEPT_THREAD.into())
+            .spawn(move || {
+                // Dropped unused: the sender is gone and the thread ends.
+                if let Ok(run) = jobs.recv() {
+                    run();
+                }
+            })?;
+        Ok(AcceptThread {
+            job: Some(job),
+            thread: Some(thread),
+        })
+    }
+
+    /// Run `job` (the accept loop) on this thread; its handle is returned for joining.
+    fn run(mut self, job: AcceptJob) -> Option<JoinHandle<()>> {
+        if let Some(tx) = self.job.take() {
+            // The thread only ends once its sender is dropped, so it is there to receive.
+            let _ = tx.send(job);
+        }
+        self.thread.take()
+    }
+}
+
+impl Drop for AcceptThread {
+    fn drop(&mut self) {
+        // No job: the thread sees its channel closed and returns at once.
+        drop(self.job.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 struct ListenerCtl {
     listener: Arc<Listener>,
     stop: Arc<AtomicBool>,
@@ -206,6 +258,16 @@ impl Server {
     /// Starts serving `ep`. Listening sockets accept any number of clients on a
     /// background thread; with `wait: true` this first blocks until one connects.
     pub fn listen(&self, ep: &QmpEndpoint) -> Result<BoundAddr, ServerError> {
+        self.listen_on(ep, None)
+    }
+
+    /// As [`listen`](Self::listen), running the accept loop on `thread` (started before the
+    /// socket existed) when given; an unused `thread` ends when dropped.
+    pub fn listen_on(
+        &self,
+        ep: &QmpEndpoint,
+        thread: Option<AcceptThread>,
+    ) -> Result<BoundAddr, ServerError> {
         if self.stopping() {
             return Err(ServerError::ShutDown);
         }
@@ -256,14 +318,20 @@ impl Server {
             let server = self.clone();
             let listener = listener.clone();
             let stop = stop.clone();
-            thread::Builder::new()
-                .name("qmp-accept".into())
-                .spawn(move || server.accept_loop(&listener, &stop))?
+            let accept_loop = move || server.accept_loop(&listener, &stop);
+            match thread {
+                Some(t) => t.run(Box::new(accept_loop)),
+                None => Some(
+                    thread::Builder::new()
+                        .name(ACCEPT_THREAD.into())
+                        .spawn(accept_loop)?,
+                ),
+            }
         };
         lock(&self.shared.listeners).push(ListenerCtl {
             listener,
             stop,
-            thread: Some(thread),
+            thread,
         });
         Ok(addr)
     }

@@ -6,7 +6,8 @@
 //!   both with `-machine q35 -accel kvm -nodefaults -display none -S -qmp unix:...`;
 //! * machina only: process start -> the guest's first instruction on q35 (the bundled tiny
 //!   guest's first instruction writes port 0x80; under MACHINA_TRACE machina reports vCPU 0's
-//!   first exit), and process start -> first KVM_RUN.
+//!   first exit with its CLOCK_MONOTONIC time, read here before the spawn), and process
+//!   start -> first KVM_RUN.
 //!
 //! All figures are medians of N runs. `cargo bench -p vmm --bench startup`
 //! (MACHINA_BENCH_RUNS=N, default 30; MACHINA_BENCH_BIN=PATH to time another machina binary;
@@ -161,8 +162,22 @@ fn one_start(binary: &Path, socket: &Path) -> Option<Sample> {
     })
 }
 
-/// machina booting the bundled guest on q35: (start -> first KVM_RUN, start -> first exit).
-fn first_instruction() -> Option<(Duration, Duration)> {
+/// CLOCK_MONOTONIC in microseconds (machina's trace reports the same clock).
+fn monotonic_us() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec through a valid pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64) * 1_000_000 + (ts.tv_nsec as u64) / 1000
+}
+
+/// machina booting the bundled guest on q35: (start -> first KVM_RUN, start -> first exit),
+/// from process start (the clock read just before the spawn; the trace's `monotonic-us=`),
+/// and whether any memslot changed between the VM's creation and its first KVM_RUN.
+fn first_instruction() -> Option<(Duration, Duration, u64)> {
+    let spawned = monotonic_us();
     let out = Command::new(machina())
         .args(["-machine", "q35", "-m", "128", "-nographic"])
         .env("MACHINA_TRACE", "1")
@@ -172,17 +187,19 @@ fn first_instruction() -> Option<(Duration, Duration)> {
         .output()
         .ok()?;
     let err = String::from_utf8_lossy(&out.stderr);
-    let us = |key: &str| {
-        err.lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|rest| rest.split_whitespace().next())
+    let field = |line: &str, key: &str| -> Option<u64> {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(key))
             .and_then(|v| v.parse().ok())
-            .map(Duration::from_micros)
     };
-    Some((
-        us("machina-trace: first-vcpu-entry us=")?,
-        us("machina-trace: first-vcpu-exit us=")?,
-    ))
+    let at = |prefix: &str| {
+        let line = err.lines().find(|l| l.starts_with(prefix))?;
+        let us = field(line, "monotonic-us=")?.checked_sub(spawned)?;
+        Some((Duration::from_micros(us), field(line, "memslot-changes=")))
+    };
+    let (entry, changes) = at("machina-trace: first-vcpu-entry ")?;
+    let (exit, _) = at("machina-trace: first-vcpu-exit ")?;
+    Some((entry, exit, changes.unwrap_or(0)))
 }
 
 fn median<T: Ord + Copy + Default>(mut v: Vec<T>) -> T {
@@ -198,7 +215,23 @@ fn mib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
 }
 
+/// (10th, 90th) percentile: the spread around a median on a shared host.
+fn spread<T: Ord + Copy + Default>(mut v: Vec<T>) -> (T, T) {
+    v.sort();
+    let at = |q: usize| v.get(v.len() * q / 10).copied().unwrap_or_default();
+    (at(1), at(9))
+}
+
+/// The host's 1-minute load average (the figures depend on it).
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into())
+}
+
 struct Summary {
+    greeting_spread: (Duration, Duration),
     greeting: Duration,
     greeting_rss: u64,
     first_answer: Duration,
@@ -207,6 +240,7 @@ struct Summary {
 
 fn summarize(samples: &[Sample]) -> Summary {
     Summary {
+        greeting_spread: spread(samples.iter().map(|s| s.greeting).collect()),
         greeting: median(samples.iter().map(|s| s.greeting).collect()),
         greeting_rss: median(samples.iter().map(|s| s.greeting_rss).collect()),
         first_answer: median(samples.iter().map(|s| s.first_answer).collect()),
@@ -244,9 +278,11 @@ fn main() {
                 .map(str::to_string)
         });
     println!(
-        "startup: {runs} runs each, alternating; machina {} ({profile} build of this bench); {}",
+        "startup: {runs} runs each, alternating; machina {} ({profile} build of this bench); {}; \
+         load average {}",
         machina().display(),
-        qemu_version.as_deref().unwrap_or("QEMU not installed")
+        qemu_version.as_deref().unwrap_or("QEMU not installed"),
+        load_average()
     );
     let mut ours = Vec::new();
     let mut theirs = Vec::new();
@@ -261,9 +297,11 @@ fn main() {
     let m = summarize(&ours);
     let row = |who: &str, s: &Summary| {
         println!(
-            "startup {who:<8} start->greeting {:>9}  VmRSS at greeting {:>8}  \
+            "startup {who:<8} start->greeting {:>9} (p10-p90 {}-{})  VmRSS at greeting {:>8}  \
              start->first answer {:>9}  VmRSS then {:>8}",
             ms(s.greeting),
+            ms(s.greeting_spread.0),
+            ms(s.greeting_spread.1),
             mib(s.greeting_rss),
             ms(s.first_answer),
             mib(s.first_answer_rss)
@@ -283,17 +321,20 @@ fn main() {
         );
     }
 
-    let boots: Vec<(Duration, Duration)> = (0..runs).filter_map(|_| first_instruction()).collect();
+    let boots: Vec<(Duration, Duration, u64)> =
+        (0..runs).filter_map(|_| first_instruction()).collect();
     if boots.is_empty() {
-        // A binary from before MACHINA_TRACE reported the first exit (MACHINA_BENCH_BIN).
+        // A binary from before MACHINA_TRACE reported these (MACHINA_BENCH_BIN).
         println!("startup machina: this binary does not report its first guest exit");
         return;
     }
     println!(
-        "startup machina q35 -m 128 (bundled guest): start->first KVM_RUN {}, \
-         start->first guest instruction (vCPU 0's first exit) {} (medians of {})",
+        "startup machina q35 -m 128 (bundled guest), from process start: first KVM_RUN {}, \
+         first guest instruction (vCPU 0's first exit) {} (medians of {}); \
+         memslot changes before the first KVM_RUN: {} at most",
         ms(median(boots.iter().map(|b| b.0).collect())),
         ms(median(boots.iter().map(|b| b.1).collect())),
-        boots.len()
+        boots.len(),
+        boots.iter().map(|b| b.2).max().unwrap_or(0)
     );
 }

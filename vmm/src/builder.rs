@@ -442,10 +442,19 @@ pub fn build(kvm: &Kvm, plan: &Plan, mut inputs: BuildInputs) -> Result<BuiltMac
             crate::firmware::check_readonly_memory(kvm)?;
         }
     }
+    // With the firmware step ahead (a kernel booted directly), the first memslots take the
+    // shape it leaves and the view is held until the build is done: the models publish
+    // their reset state and then the firmware's, and KVM sees only the final diff, empty.
+    // A memslot change after the irqchip exists would wait out an SRCU grace period
+    // (4-10 ms) before the first guest instruction.
+    let firmware_step = inputs.boot.is_some();
     let layers = plan
         .pci
         .iter()
-        .flat_map(|f| kinds::kind_of(f).reset_memory_layers(f, plan))
+        .flat_map(|f| match firmware_step {
+            true => kinds::kind_of(f).firmware_memory_layers(f, plan),
+            false => kinds::kind_of(f).reset_memory_layers(f, plan),
+        })
         .collect();
     let vm = KvmVm::new(
         kvm,
@@ -454,6 +463,7 @@ pub fn build(kvm: &Kvm, plan: &Plan, mut inputs: BuildInputs) -> Result<BuiltMac
         inputs.kept_ram.take(),
         layers,
     )?;
+    let hold = vm.view.hold();
     let io = Arc::new(Bus::new());
     let mmio = Arc::new(Bus::new());
     if let Some(f) = system_firmware {
@@ -513,6 +523,8 @@ pub fn build(kvm: &Kvm, plan: &Plan, mut inputs: BuildInputs) -> Result<BuiltMac
         }
     }
 
+    // Before any vCPU runs: the memslots now follow the view again.
+    drop(hold);
     Ok(BuiltMachine {
         vm,
         io,

@@ -45,10 +45,48 @@ fn informational(action: &Action, catalog: &machine::Catalog) -> Result<bool, St
     Ok(true)
 }
 
-/// Start every QMP monitor the command line asked for.
+/// Whether a QMP monitor of the command line listens on a socket (errors are left to
+/// `start_qmp`, which reports them where it always did).
+fn qmp_listens(opts: &cli::CliOptions) -> bool {
+    let listens = |ep: &qmp::QmpEndpoint| {
+        matches!(
+            ep,
+            qmp::QmpEndpoint::Unix { server: true, .. }
+                | qmp::QmpEndpoint::Tcp { server: true, .. }
+                | qmp::QmpEndpoint::Fd { server: true, .. }
+        )
+    };
+    if opts
+        .qmp
+        .iter()
+        .any(|spec| qmp::QmpEndpoint::parse_qmp(spec).is_ok_and(|ep| listens(&ep)))
+    {
+        return true;
+    }
+    if opts.monitors.is_empty() {
+        return false;
+    }
+    let Ok(chardevs) = opts
+        .chardevs
+        .iter()
+        .map(qmp::ChardevSpec::parse)
+        .collect::<Result<Vec<_>, _>>()
+    else {
+        return false;
+    };
+    opts.monitors.iter().any(|text| {
+        qmp::MonSpec::parse(text)
+            .and_then(|mon| qmp::resolve_monitors(&chardevs, &[mon]))
+            .is_ok_and(|eps| eps.iter().any(listens))
+    })
+}
+
+/// Start every QMP monitor the command line asked for; the first listening one accepts on
+/// `accept_thread`.
 fn start_qmp(
     opts: &cli::CliOptions,
     control: &Arc<Controller>,
+    mut accept_thread: Option<qmp::AcceptThread>,
 ) -> Result<Option<qmp::Server>, String> {
     let mut endpoints = Vec::new();
     for spec in &opts.qmp {
@@ -92,7 +130,9 @@ fn start_qmp(
     let events = control.clone();
     vmm::netdev::set_event_sink(Box::new(move |name, data| events.emit(name, data)));
     for endpoint in &endpoints {
-        server.listen(endpoint).map_err(|e| format!("-qmp: {e}"))?;
+        server
+            .listen_on(endpoint, accept_thread.take())
+            .map_err(|e| format!("-qmp: {e}"))?;
     }
     Ok(Some(server))
 }
@@ -191,6 +231,12 @@ fn run(args: Vec<std::ffi::OsString>, start: Instant) -> Result<u8, String> {
     if let Some(process) = &opts.name_options.process {
         set_process_name(process);
     }
+    // The QMP accept thread starts now (after the fork), while the machine is planned, so
+    // that it is waiting when the socket listens (see `qmp::AcceptThread`).
+    let accept_thread = match qmp_listens(&opts) {
+        true => Some(qmp::AcceptThread::spawn().map_err(|e| format!("-qmp: {e}"))?),
+        false => None,
+    };
 
     // The command line's machine must plan now, even if QMP builds it later.
     let (config, plan) = vmm::config::prepare(&opts, &catalog)?;
@@ -249,7 +295,7 @@ fn run(args: Vec<std::ffi::OsString>, start: Instant) -> Result<u8, String> {
         || {
             // The sets hold duplicates; the originals go before any client is served.
             vmm::fdset::close_inherited(&inherited);
-            server = start_qmp(&opts, &control)?;
+            server = start_qmp(&opts, &control, accept_thread)?;
             Ok(())
         },
         || {

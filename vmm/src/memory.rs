@@ -238,6 +238,20 @@ pub fn rss_split(memory: &GuestMemory) -> Option<(u64, u64)> {
     Some((vmm, guest_kib))
 }
 
+/// Memslot updates made after a VM's first registration, in this process (MACHINA_TRACE
+/// reports them at the first guest instruction: the first one after the irqchip exists
+/// waits out an SRCU grace period, so a build makes none).
+static SLOT_CHANGES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+pub fn slot_changes() -> u64 {
+    SLOT_CHANGES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Whether `current` already is the set `wanted` (nothing for KVM to do).
+fn same_slots(current: &[(u32, SlotSpec)], wanted: &[SlotSpec]) -> bool {
+    current.len() == wanted.len() && wanted.iter().all(|w| current.iter().any(|(_, s)| s == w))
+}
+
 /// KVM memslots following the machine's [`MemoryView`]: on every change of the view the
 /// slots that no longer match are deleted and the new ones added (KVM refuses overlapping
 /// slots, so deletions go first). Read-only slots (PAM RE-only, ROMs) use KVM_MEM_READONLY;
@@ -320,6 +334,9 @@ impl KvmSlots {
         let slots = std::sync::Mutex::new(slots);
         view.set_listener(Box::new(move |wanted| {
             let mut s = slots.lock().unwrap_or_else(|e| e.into_inner());
+            if !same_slots(&s.current, wanted) {
+                SLOT_CHANGES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
             if let Err(e) = s.apply(wanted) {
                 log::error!("memory remapping: KVM memory slot update failed: {e}");
             }

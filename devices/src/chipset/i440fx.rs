@@ -104,6 +104,12 @@ impl PciKind for I440fxKind {
         I440fx::new(f, plan).layers()
     }
 
+    fn firmware_memory_layers(&self, f: &PciFunctionPlan, plan: &Plan) -> LayerSet {
+        let mut m = I440fx::new(f, plan);
+        firmware_pam_config(&mut m.config, PAM0);
+        m.layers()
+    }
+
     /// SeaBIOS's shadowing: the BIOS area 0xf0000-0xfffff read-only RAM, the rest of
     /// 0xc0000-0xeffff read-write RAM (make_bios_readonly with no option ROMs).
     fn firmware_init(&self, fw: &mut FirmwareFunction) -> Result<(), PciError> {
@@ -112,9 +118,20 @@ impl PciKind for I440fxKind {
     }
 }
 
-/// The PAM values SeaBIOS leaves (shared by i440FX and the MCH).
+/// The PAM values SeaBIOS leaves (shared by i440FX and the MCH), as (offset from PAM0,
+/// value, length) writes in order.
+const FIRMWARE_PAM: [(usize, u32, usize); 3] = [(1, 0x3333_3333, 4), (5, 0x3333, 2), (0, 0x10, 1)];
+
+/// The firmware step's PAM writes.
 pub(crate) fn firmware_pam(fw: &mut FirmwareFunction, pam0: usize) {
-    fw.write(pam0 + 1, 0x3333_3333, 4);
-    fw.write(pam0 + 5, 0x3333, 2);
-    fw.write(pam0, 0x10, 1);
+    for (offset, value, len) in FIRMWARE_PAM {
+        fw.write(pam0 + offset, value, len);
+    }
+}
+
+/// The same writes on a model's own config space (what `firmware_memory_layers` shows).
+pub(crate) fn firmware_pam_config(config: &mut PciConfig, pam0: usize) {
+    for (offset, value, len) in FIRMWARE_PAM {
+        config.write(pam0 + offset, &value.to_le_bytes()[..len]);
+    }
 }

@@ -4,7 +4,7 @@
 //! [`MemoryView`](super::memory_view::MemoryView) as hw/pci-host/q35.c does for the
 //! non-SMM address space (no vCPU runs in SMM here).
 
-use super::i440fx::{firmware_pam, overlaps, pam_registers, PAM_COUNT};
+use super::i440fx::{firmware_pam, firmware_pam_config, overlaps, pam_registers, PAM_COUNT};
 use super::memory_view::{
     pam_overlays, smram_overlays, Layer, LayerSet, Overlay, SharedView, Side,
 };
@@ -287,6 +287,14 @@ impl PciKind for MchKind {
 
     fn reset_memory_layers(&self, f: &PciFunctionPlan, plan: &Plan) -> LayerSet {
         Mch::new(f, plan).map(|m| m.layers()).unwrap_or_default()
+    }
+
+    fn firmware_memory_layers(&self, f: &PciFunctionPlan, plan: &Plan) -> LayerSet {
+        let Ok(mut m) = Mch::new(f, plan) else {
+            return LayerSet::default();
+        };
+        firmware_pam_config(&mut m.config, PAM0);
+        m.layers()
     }
 
     /// Enable ECAM at the plan's address (SeaBIOS mch_mem_addr_setup) and shadow the BIOS

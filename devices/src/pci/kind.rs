@@ -53,6 +53,19 @@ pub trait PciKind: Sync {
         Vec::new()
     }
 
+    /// The layers as [`firmware_init`](Self::firmware_init) leaves them (host bridges: PAM
+    /// as SeaBIOS programs it). A machine whose firmware step runs before any vCPU starts
+    /// registers its first memslots in this shape: KVM makes the first memslot change after
+    /// the irqchip exists wait out an SRCU grace period (4-10 ms on our hosts), and with the
+    /// final shape from the start the firmware step changes no memslot.
+    fn firmware_memory_layers(
+        &self,
+        f: &machine::PciFunctionPlan,
+        plan: &machine::Plan,
+    ) -> crate::chipset::memory_view::LayerSet {
+        self.reset_memory_layers(f, plan)
+    }
+
     /// Properties a `-global` may set: the ones this model reads from the plan and honours
     /// (other globals are refused rather than silently kept).
     fn globals(&self) -> &'static [&'static str] {

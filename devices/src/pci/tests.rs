@@ -608,3 +608,37 @@ fn devices_implement_bus_device_defaults() {
     c.read(0xcf8, 7, &mut b[..4]);
     assert_eq!(b[1..4], [0xff; 3]);
 }
+
+/// A directly booted machine registers its first memslots in the shape the firmware step
+/// leaves (`firmware_memory_layers`), so that the step changes none (the first memslot
+/// change after the irqchip exists waits out an SRCU grace period): that shape must be the
+/// one the models publish once the firmware step ran.
+#[test]
+fn firmware_memory_layers_are_what_the_firmware_step_leaves() {
+    use crate::chipset::memory_view::{MemoryView, ViewMemory};
+    use vm_memory::GuestAddress;
+    for plan in [pc_plan(), q35_plan()] {
+        let layers = |firmware: bool| -> Vec<_> {
+            plan.pci
+                .iter()
+                .flat_map(|f| match firmware {
+                    true => crate::kinds::kind_of(f).firmware_memory_layers(f, &plan),
+                    false => crate::kinds::kind_of(f).reset_memory_layers(f, &plan),
+                })
+                .collect()
+        };
+        let ram = ViewMemory::from_ranges(&[(GuestAddress(0), 0x20_0000)]).unwrap();
+        let view = MemoryView::new(ram.clone(), true, layers(false));
+        let reset_slots = view.slots();
+        let m = Machine::new(&plan);
+        m.host.lock().unwrap().set_memory_view(view.clone());
+        m.host.lock().unwrap().firmware_init(&plan).unwrap();
+        let expected = MemoryView::new(ram, true, layers(true)).slots();
+        assert_ne!(
+            reset_slots, expected,
+            "{}: the firmware step remaps",
+            plan.machine
+        );
+        assert_eq!(view.slots(), expected, "{}", plan.machine);
+    }
+}

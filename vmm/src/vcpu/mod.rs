@@ -94,6 +94,19 @@ pub struct Vcpu {
     pub trace_start: Option<Instant>,
 }
 
+/// CLOCK_MONOTONIC in microseconds: the trace's absolute time, which a parent that read
+/// the same clock before starting the process turns into time since process start (`us=`
+/// counts from `main`, after the loader).
+fn monotonic_us() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec through a valid pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64) * 1_000_000 + (ts.tv_nsec as u64) / 1000
+}
+
 /// Why a vCPU stopped.
 enum Stop {
     Requested,
@@ -108,8 +121,10 @@ impl Vcpu {
         }
         if let Some(start) = self.trace_start.filter(|_| self.index == 0) {
             eprintln!(
-                "machina-trace: first-vcpu-entry us={}",
-                start.elapsed().as_micros()
+                "machina-trace: first-vcpu-entry us={} memslot-changes={} monotonic-us={}",
+                start.elapsed().as_micros(),
+                crate::memory::slot_changes(),
+                monotonic_us()
             );
         }
         let stop = self.run_loop();
@@ -180,8 +195,9 @@ impl Vcpu {
             if let (Some(start), Ok(e)) = (first_exit, &exit) {
                 if !matches!(e, VcpuExit::Intr) {
                     eprintln!(
-                        "machina-trace: first-vcpu-exit us={} {e:?}",
-                        start.elapsed().as_micros()
+                        "machina-trace: first-vcpu-exit us={} monotonic-us={} {e:?}",
+                        start.elapsed().as_micros(),
+                        monotonic_us()
                     );
                     first_exit = None;
                 }
