@@ -126,3 +126,23 @@ fn a_bad_device_still_fails_before_listening() {
     );
     assert!(!socket.exists(), "the socket was created before the error");
 }
+
+/// The accept thread starts before the VMM blocks the termination signals for its
+/// signalfd: it must not be where a SIGTERM lands (the default action would kill the
+/// process) and neither must the client threads it starts. SIGTERM ends the machine
+/// cleanly (status 0, SHUTDOWN with reason host-signal).
+#[test]
+fn sigterm_after_the_greeting_is_a_clean_exit() {
+    for _ in 0..3 {
+        let mut vm = MachinaProcess::start(
+            machina(),
+            "startup-sigterm",
+            &["-machine", "q35", "-nodefaults", "-display", "none", "-S"].map(String::from),
+        );
+        let mut client = vm.client();
+        client.ok("query-status", Value::Null);
+        // SAFETY: kill(2) on our own child's pid.
+        assert_eq!(unsafe { libc::kill(vm.pid() as i32, libc::SIGTERM) }, 0);
+        assert_eq!(vm.wait_exit(Duration::from_secs(20)), Some(0));
+    }
+}

@@ -50,8 +50,27 @@ pub struct AcceptThread {
 }
 
 impl AcceptThread {
+    /// Start the thread with the termination signals (SIGTERM, SIGINT, SIGHUP) blocked, as
+    /// they are in every thread the VMM starts once it reads them from a signalfd: started
+    /// before that, it would otherwise be a thread the kernel may pick to die of one.
     pub fn spawn() -> std::io::Result<Self> {
         let (job, jobs) = channel::<AcceptJob>();
+        // SAFETY: sigset_t is plain data; sigemptyset initialises it before any other use.
+        let mut blocked: libc::sigset_t = unsafe { std::mem::zeroed() };
+        // SAFETY: as above, for the caller's mask, which pthread_sigmask fills.
+        let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+        // SAFETY: both sets are valid and owned by this frame; the signal numbers are valid.
+        let rc = unsafe {
+            libc::sigemptyset(&mut blocked);
+            for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+                libc::sigaddset(&mut blocked, sig);
+            }
+            libc::pthread_sigmask(libc::SIG_BLOCK, &blocked, &mut old)
+        };
+        if rc != 0 {
+            return Err(std::io::Error::from_raw_os_error(rc));
+        }
+        // The new thread inherits the mask; the caller's is restored at once.
         let thread = thread::Builder::new()
             .name(ACCEPT_THREAD.into())
             .spawn(move || {
@@ -59,7 +78,10 @@ impl AcceptThread {
                 if let Ok(run) = jobs.recv() {
                     run();
                 }
-            })?;
+            });
+        // SAFETY: `old` is the mask pthread_sigmask returned above.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+        let thread = thread?;
         Ok(AcceptThread {
             job: Some(job),
             thread: Some(thread),
@@ -141,7 +163,9 @@ impl SessionCtl {
 
 struct Shared {
     config: ServerConfig,
-    registry: Registry,
+    /// Set at creation, or after the sockets listen (`registry_later`): commands are held
+    /// until it is, and `registry()` waits for it.
+    registry: OnceLock<Registry>,
     schema: OnceLock<Value>,
     events: EventBus,
     machine_ready: AtomicBool,
@@ -167,14 +191,24 @@ impl Server {
     }
 
     pub fn with_config(registry: Registry, config: ServerConfig) -> Self {
+        let server = Self::registry_later(config);
+        server.set_registry(registry);
+        server.hold_commands(false);
+        server
+    }
+
+    /// A server whose commands come later ([`set_registry`](Self::set_registry)): the VMM
+    /// listens and greets first and makes its commands meanwhile. Its commands are held
+    /// until the registry is set.
+    pub fn registry_later(config: ServerConfig) -> Self {
         Server {
             shared: Arc::new(Shared {
                 config,
-                registry,
+                registry: OnceLock::new(),
                 schema: OnceLock::new(),
                 events: EventBus::new(),
                 machine_ready: AtomicBool::new(true),
-                held: Mutex::new(false),
+                held: Mutex::new(true),
                 released: Condvar::new(),
                 stopping: AtomicBool::new(false),
                 next_client: AtomicU64::new(1),
@@ -188,15 +222,36 @@ impl Server {
         &self.shared.config
     }
 
+    /// The commands (waiting for them if the server was made with `registry_later`).
     pub fn registry(&self) -> &Registry {
-        &self.shared.registry
+        if let Some(r) = self.shared.registry.get() {
+            return r;
+        }
+        let mut held = lock(&self.shared.held);
+        loop {
+            if let Some(r) = self.shared.registry.get() {
+                return r;
+            }
+            held = self
+                .shared
+                .released
+                .wait_timeout(held, Duration::from_millis(100))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Give a server made with `registry_later` its commands (a second registry is
+    /// ignored). Commands stay held until `hold_commands(false)`.
+    pub fn set_registry(&self, registry: Registry) {
+        let _ = self.shared.registry.set(registry);
+        let _held = lock(&self.shared.held);
+        self.shared.released.notify_all();
     }
 
     /// The `query-qmp-schema` value, computed once.
     pub fn schema(&self) -> &Value {
-        self.shared
-            .schema
-            .get_or_init(|| self.shared.registry.schema())
+        self.shared.schema.get_or_init(|| self.registry().schema())
     }
 
     pub fn events(&self) -> &EventBus {

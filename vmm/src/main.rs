@@ -120,12 +120,10 @@ fn start_qmp(
         }
         return Ok(None);
     }
-    let registry = vmm::monitor::registry(control).map_err(|e| e.to_string())?;
-    let server = qmp::Server::new(registry);
+    // The commands are made once the sockets listen, while the first clients are greeted:
+    // the greeting does not need them, and commands are held until they exist.
+    let server = qmp::Server::registry_later(qmp::ServerConfig::default());
     server.set_machine_ready(!opts.delay_init);
-    // Clients are greeted while the machine is built; their commands wait for it (released
-    // by `monitor_ready` in `run`). Preconfig has nothing to wait for.
-    server.hold_commands(!opts.delay_init);
     control.set_server(server.clone());
     let events = control.clone();
     vmm::netdev::set_event_sink(Box::new(move |name, data| events.emit(name, data)));
@@ -134,6 +132,10 @@ fn start_qmp(
             .listen_on(endpoint, accept_thread.take())
             .map_err(|e| format!("-qmp: {e}"))?;
     }
+    server.set_registry(vmm::monitor::registry(control).map_err(|e| e.to_string())?);
+    // Clients are greeted while the machine is built; their commands wait for it (released
+    // by `monitor_ready` in `run`). Preconfig has nothing to wait for.
+    server.hold_commands(!opts.delay_init);
     Ok(Some(server))
 }
 
