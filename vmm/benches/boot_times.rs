@@ -1,8 +1,12 @@
 //! Boot-time and memory benchmark of the real binary with the bundled tiny guest:
 //! wall time from process start to the first vCPU entry, to the guest's banner and to exit
-//! (median of N runs), and the VMM's resident memory excluding guest RAM.
+//! (median of N runs), and the VMM's resident memory excluding guest RAM. Beside it, from
+//! the same run, Debian's QEMU 7.2 booting the same guest ELF (`-kernel`, through its
+//! firmware: SeaBIOS and the PVH option ROM) to the same banner.
 //!
-//! `cargo bench -p vmm --bench boot_times` (MACHINA_BENCH_RUNS=N to change N, default 20).
+//! `cargo bench -p vmm --bench boot_times` (MACHINA_BENCH_RUNS=N to change N, default 20;
+//! MACHINA_BENCH_QEMU_RUNS=N for QEMU, default 3: each takes seconds on PVM hosts, where
+//! its firmware's kernel-mode code is emulated; MACHINA_BENCH_QEMU=PATH for another QEMU).
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -69,6 +73,43 @@ fn one_run(machine: &str) -> Sample {
     s
 }
 
+/// QEMU booting the bundled guest ELF on `machine`: process start -> the guest's banner.
+fn qemu_banner(machine: &str) -> Option<Duration> {
+    let qemu = std::env::var_os("MACHINA_BENCH_QEMU")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "/usr/bin/qemu-system-x86_64".into());
+    let elf = machina_tests::paths::guest_elf(std::path::Path::new(env!("CARGO_BIN_EXE_machina")));
+    let start = Instant::now();
+    let mut child = Command::new(qemu)
+        .args([
+            "-M",
+            machine,
+            "-accel",
+            "kvm",
+            "-smp",
+            "2",
+            "-m",
+            "256",
+            "-nodefaults",
+        ])
+        .args(["-display", "none", "-serial", "stdio", "-kernel"])
+        .arg(elf)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let out = child.stdout.take()?;
+    let banner = BufReader::new(out)
+        .lines()
+        .map_while(Result::ok)
+        .find(|l| l.contains("machina-guest:"))
+        .map(|_| start.elapsed());
+    let _ = child.kill();
+    let _ = child.wait();
+    banner
+}
+
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v.get(v.len() / 2).copied().unwrap_or_default()
@@ -85,8 +126,19 @@ fn main() {
     } else {
         1
     };
+    let qemu_runs: usize = if bench_mode {
+        std::env::var("MACHINA_BENCH_QEMU_RUNS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(3)
+    } else {
+        1
+    };
     for machine in ["q35", "pc"] {
         let samples: Vec<Sample> = (0..runs).map(|_| one_run(machine)).collect();
+        let qemu: Vec<Duration> = (0..qemu_runs)
+            .filter_map(|_| qemu_banner(machine))
+            .collect();
         let pick = |f: &dyn Fn(&Sample) -> Option<Duration>| {
             median(samples.iter().filter_map(f).collect())
         };
@@ -106,5 +158,14 @@ fn main() {
             mid(vmm_rss),
             mid(guest_rss),
         );
+        match qemu.is_empty() {
+            true => println!("boot_times machine={machine} QEMU: not installed or no banner"),
+            false => println!(
+                "boot_times machine={machine} QEMU 7.2 (same guest ELF through its firmware, {} runs): \
+                 start->guest-banner {:.2} ms (median)",
+                qemu.len(),
+                median(qemu).as_secs_f64() * 1e3
+            ),
+        }
     }
 }
