@@ -414,7 +414,7 @@ fn apply_globals(devices: &mut [DeviceRequest], globals: &[crate::globals::Globa
 /// A new object's id against the objects made before it (`made`, as (id, type)).
 fn check_object_id(id: &str, made: &[(&str, &str)]) -> Result<(), ConfigError> {
     objects::check_new_id(id, |id| made.iter().any(|(object, _)| *object == id))
-        .map_err(|e| ConfigError::Plain(e.with_hint()))
+        .map_err(|e| ConfigError::Plain(e.to_string()))
 }
 
 impl MachineConfig {

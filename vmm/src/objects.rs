@@ -65,11 +65,6 @@ pub fn id_wellformed(id: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
 }
 
-/// The hint QEMU prints on the line after an ill-formed id (the command line only: QMP
-/// drops hints).
-pub const ID_HINT: &str =
-    "Identifiers consist of letters, digits, '-', '.', '_', starting with a letter.";
-
 /// Why an object cannot have its id in QEMU's one `/objects` container: the checks of
 /// user_creatable_add_type and of the container's child list, met by `object-add`, JSON
 /// and `-readconfig` objects (keyval `-object`s meet [`check_option_ids`] first).
@@ -79,16 +74,6 @@ pub enum IdError {
     Malformed,
     #[error("attempt to add duplicate property '{0}' to object (type 'container')")]
     Duplicate(String),
-}
-
-impl IdError {
-    /// The text with its hint line, as the command line prints it.
-    pub fn with_hint(&self) -> String {
-        match self {
-            IdError::Malformed => format!("{self}\n{ID_HINT}"),
-            IdError::Duplicate(_) => self.to_string(),
-        }
-    }
 }
 
 /// Whether a new object may be called `id`, `taken` telling which ids the container holds.
@@ -120,7 +105,7 @@ pub fn check_option_ids<'a>(specs: impl IntoIterator<Item = &'a OsStr>) -> Resul
             message,
         };
         if !id_wellformed(&id) {
-            return Err(err(IdError::Malformed.with_hint()));
+            return Err(err(IdError::Malformed.to_string()));
         }
         if seen.contains(&id) {
             return Err(err(format!("Duplicate ID '{id}' for object")));
@@ -763,7 +748,7 @@ mod tests {
         const NAMESPACE: &str = "-nodefaults -netdev hubport,id=n0,hubid=0 -chardev null,id=c0";
         let dup = |second: &str| format!("-object {second}: Duplicate ID 'x' for object");
         let container = "attempt to add duplicate property 'x' to object (type 'container')";
-        let malformed = format!("Parameter 'id' expects an identifier\n{ID_HINT}");
+        let malformed = "Parameter 'id' expects an identifier".to_string();
         let reserved = |id: &str| {
             format!(
                 "object name '{id}' is reserved for the default RAM backend, it can't be used \
