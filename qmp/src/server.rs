@@ -617,10 +617,14 @@ impl Server {
         let server = self.clone();
         let port = port.clone();
         let busy = busy.clone();
+        // Wait until the thread runs: it names itself then, and whoever lists the
+        // process's threads once the client's first command is queued sees it by name.
+        let (started, running) = sync_channel(1);
         let thread = thread::Builder::new()
             .name(format!("qmp-disp-{}", port.id))
             .stack_size(READER_STACK_SIZE)
             .spawn(move || {
+                let _ = started.send(());
                 while let Ok(msg) = requests.recv() {
                     let _guard = lock(&busy);
                     if server.stopping() || !port.is_open() {
@@ -633,6 +637,7 @@ impl Server {
                 }
             })
             .ok()?;
+        let _ = running.recv();
         Some(Dispatcher { queue, thread })
     }
 
