@@ -29,6 +29,10 @@ fn max_workers() -> usize {
 }
 /// The most requests a worker takes at once.
 const BATCH: usize = 32;
+/// An inline write that took longer than this (throttled by the kernel)...
+const SLOW_INLINE_WRITE: Duration = Duration::from_millis(1);
+/// ...sends the writes of this long after it to the workers.
+const SLOW_WRITE_BACK_OFF: Duration = Duration::from_secs(1);
 /// An idle worker ends after this, as QEMU's do (10 s).
 const IDLE: Duration = Duration::from_secs(10);
 
@@ -175,6 +179,8 @@ pub(super) struct Engine {
     shared: Arc<Shared>,
     max_workers: usize,
     threads: Vec<std::thread::JoinHandle<()>>,
+    /// After a slow inline write: writes go to the workers until then.
+    writes_inline_after: Option<Instant>,
 }
 
 fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
@@ -193,6 +199,7 @@ impl Engine {
             }),
             threads: Vec::new(),
             max_workers: max_workers(),
+            writes_inline_after: None,
         })
     }
 
@@ -268,10 +275,27 @@ impl Engine {
     }
 
     /// Run `job` now on the calling thread if that cannot block (see Target::try_now):
-    /// its status when done, None when it must go to the workers. Only while no request
-    /// is in flight, so that it overtakes none it conflicts with.
-    pub fn try_now(&self, job: &Job) -> Option<u8> {
-        self.shared.target.try_now(job)
+    /// true when done (not yet counted), false when it must go to the workers. Only while
+    /// no request is in flight, so that it overtakes none it conflicts with. A write
+    /// without RWF_NOWAIT that took long (the kernel throttled it) sends the writes of the
+    /// next second to the workers, so that the queue's handler is not held up again.
+    pub fn try_now(&mut self, job: &Job) -> bool {
+        let target = &self.shared.target;
+        let plain_write = matches!(job.op, Op::Write { .. })
+            && target.no_nowait[1].load(std::sync::atomic::Ordering::Relaxed);
+        if !plain_write {
+            return target.try_now(job);
+        }
+        let now = Instant::now();
+        if self.writes_inline_after.is_some_and(|t| now < t) {
+            return false;
+        }
+        self.writes_inline_after = None;
+        let done = target.try_now(job);
+        if now.elapsed() > SLOW_INLINE_WRITE {
+            self.writes_inline_after = Some(Instant::now() + SLOW_WRITE_BACK_OFF);
+        }
+        done
     }
 
     /// Wait until no request is in flight.

@@ -27,6 +27,8 @@ pub(super) struct Target {
     /// RWF_NOWAIT reads / writes refused with EOPNOTSUPP (the file system or kernel has
     /// none): not tried again.
     pub no_nowait: [AtomicBool; 2],
+    /// cachestat failed: writes are not tried inline without RWF_NOWAIT.
+    pub no_cachestat: AtomicBool,
 }
 
 /// A buffer aligned for O_DIRECT.
@@ -144,65 +146,104 @@ fn copy_iovecs(iovs: &[libc::iovec], mut at: usize, buf: &mut [u8], to_guest: bo
 }
 
 impl Target {
-    /// Run `job` now on the calling thread if that cannot block: a read or a write-back
-    /// write whose data the page cache takes or holds (preadv2/pwritev2 with RWF_NOWAIT,
-    /// as io_uring tries before it hands a request to its workers). Its status when done;
-    /// None (nothing reported, the job unchanged) when it must go to the workers.
-    pub(super) fn try_now(&self, job: &Job) -> Option<u8> {
-        let target = self;
+    /// Run `job` now on the calling thread if that cannot block: a read whose data the
+    /// page cache holds (preadv2 with RWF_NOWAIT, as io_uring tries before it hands a
+    /// request to its workers), or a write-back write the page cache takes (pwritev2 with
+    /// RWF_NOWAIT; where the file system refuses that, as ext4 does for buffered writes,
+    /// a plain pwritev over pages that are all cached and none under writeback: no read
+    /// and no I/O to wait for, see `cached_overwrite`). True when the whole transfer is
+    /// done (nothing counted: the caller counts it); false, the job unchanged, when it
+    /// must go to the workers.
+    pub(super) fn try_now(&self, job: &Job) -> bool {
         let write = match job.op {
             Op::Read => false,
             Op::Write { sync: false } => true,
-            _ => return None,
+            _ => return false,
         };
         let iovs = job.iovs.as_slice();
-        let unsupported = &target.no_nowait[usize::from(write)];
-        if target.direct
-            || iovs.is_empty()
-            || iovs.len() > 1024
-            || unsupported.load(Ordering::Relaxed)
-        {
-            return None;
+        if self.direct || iovs.is_empty() || iovs.len() > 1024 {
+            return false;
         }
-        let off = libc::off_t::try_from(job.offset).ok()?;
+        let Ok(off) = libc::off_t::try_from(job.offset) else {
+            return false;
+        };
+        let count = iovs.len() as libc::c_int;
+        let nowait = !self.no_nowait[usize::from(write)].load(Ordering::Relaxed);
         // SAFETY: the iovecs point into guest RAM, bounds-checked by Chain::walk and mapped
         // while the device lives; the kernel only writes (preadv2) or reads (pwritev2)
         // them and leaves the iovec array as it is.
         let n = unsafe {
-            if write {
-                libc::pwritev2(
-                    target.fd(),
-                    iovs.as_ptr(),
-                    iovs.len() as libc::c_int,
-                    off,
-                    libc::RWF_NOWAIT,
-                )
-            } else {
-                libc::preadv2(
-                    target.fd(),
-                    iovs.as_ptr(),
-                    iovs.len() as libc::c_int,
-                    off,
-                    libc::RWF_NOWAIT,
-                )
+            match (write, nowait) {
+                (false, true) => {
+                    libc::preadv2(self.fd(), iovs.as_ptr(), count, off, libc::RWF_NOWAIT)
+                }
+                (true, true) => {
+                    libc::pwritev2(self.fd(), iovs.as_ptr(), count, off, libc::RWF_NOWAIT)
+                }
+                (true, false) if self.cached_overwrite(job.offset, job.len) => {
+                    libc::pwritev(self.fd(), iovs.as_ptr(), count, off)
+                }
+                _ => return false,
             }
         };
-        if n < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EOPNOTSUPP) {
-            unsupported.store(true, Ordering::Relaxed);
+        if n < 0
+            && nowait
+            && std::io::Error::last_os_error().raw_os_error() == Some(libc::EOPNOTSUPP)
+        {
+            self.no_nowait[usize::from(write)].store(true, Ordering::Relaxed);
         }
         // Anything short of the whole transfer (would block, not supported, a short read,
         // an error) goes to the workers, which redo it whole and report failures.
-        if usize::try_from(n).ok()? as u64 != job.len {
-            return None;
+        usize::try_from(n).is_ok_and(|n| n as u64 == job.len)
+    }
+
+    /// Whether every page of `len` bytes at `offset` is in the page cache and none is under
+    /// writeback (cachestat, Linux 6.5): a buffered write there copies into the cache and
+    /// returns, it reads nothing from the disk and waits for no I/O of ours. Writes are
+    /// tried inline that way only while they stay quick (the caller backs off after a
+    /// slow one: the kernel may still throttle a process that dirties too much).
+    fn cached_overwrite(&self, offset: u64, len: u64) -> bool {
+        /// struct cachestat_range and struct cachestat of linux/mman.h.
+        #[repr(C)]
+        struct Range {
+            off: u64,
+            len: u64,
         }
-        let elapsed = u64::try_from(job.started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        Some(if write {
-            target
-                .stats
-                .write_done(true, job.offset, job.len as usize, elapsed)
-        } else {
-            target.stats.read_done(true, job.len as usize, elapsed)
-        })
+        #[repr(C)]
+        #[derive(Default)]
+        struct Stat {
+            nr_cache: u64,
+            nr_dirty: u64,
+            nr_writeback: u64,
+            nr_evicted: u64,
+            nr_recently_evicted: u64,
+        }
+        const SYS_CACHESTAT: libc::c_long = 451;
+        const PAGE: u64 = 4096;
+        if len == 0 || self.no_cachestat.load(Ordering::Relaxed) {
+            return false;
+        }
+        let range = Range { off: offset, len };
+        let mut st = Stat::default();
+        // SAFETY: cachestat reads one cachestat_range and writes one cachestat, both ours
+        // and of the kernel's layout; the file descriptor is ours.
+        let r = unsafe {
+            libc::syscall(
+                SYS_CACHESTAT,
+                self.fd(),
+                &range as *const Range,
+                &mut st as *mut Stat,
+                0u32,
+            )
+        };
+        if r != 0 {
+            // No cachestat (an older kernel, a seccomp filter) or not a file it knows
+            // (a character device): writes go to the workers from now on.
+            self.no_cachestat.store(true, Ordering::Relaxed);
+            return false;
+        }
+        let pages = (offset + len - 1) / PAGE - offset / PAGE + 1;
+        st.nr_cache >= pages && st.nr_writeback == 0
     }
 
     pub(super) fn name(&self) -> String {

@@ -134,6 +134,8 @@ pub struct Block {
     config: Vec<u8>,
     /// Requests parsed by the current pass, handed to the engine together.
     batch: Vec<Job>,
+    /// Requests of the current pass answered or run on the spot, for the used ring.
+    ready: Vec<Ready>,
     /// Finished requests being put in the used rings.
     done: Vec<Done>,
     /// Queues that got used entries in the current completion pass.
@@ -141,6 +143,56 @@ pub struct Block {
     /// The request queues were split off to handlers of their own (`split`): this one
     /// serves none.
     split: bool,
+}
+
+/// The most requests answered on the spot before they go to the used ring: a long ring
+/// of them does not hold back the first ones for the whole pass.
+const PUBLISH_EVERY: usize = 8;
+
+/// A request of the current pass answered or run on the spot.
+struct Ready {
+    head: u16,
+    used: u32,
+    status: StatusByte,
+    result: u8,
+    /// A read or write run on the spot, counted when it is published.
+    count: Option<(Op, u64, u64)>,
+}
+
+/// The reads and writes of one publication, counted together.
+#[derive(Default)]
+struct Tally {
+    reads: u64,
+    read_bytes: u64,
+    read_ns: u64,
+    writes: u64,
+    write_bytes: u64,
+    write_ns: u64,
+    write_end: u64,
+}
+
+impl Tally {
+    fn add(&mut self, op: Op, offset: u64, len: u64, elapsed: u64) {
+        if op == Op::Read {
+            self.reads += 1;
+            self.read_bytes += len;
+            self.read_ns = self.read_ns.saturating_add(elapsed);
+        } else {
+            self.writes += 1;
+            self.write_bytes += len;
+            self.write_ns = self.write_ns.saturating_add(elapsed);
+            self.write_end = self.write_end.max(offset.saturating_add(len));
+        }
+    }
+
+    fn into(self, stats: &BlockStats) {
+        if self.reads > 0 {
+            stats.reads_done(self.reads, self.read_bytes, self.read_ns);
+        }
+        if self.writes > 0 {
+            stats.writes_done(self.writes, self.write_bytes, self.write_ns, self.write_end);
+        }
+    }
 }
 
 /// What the handler does with a chain.
@@ -185,6 +237,7 @@ impl Block {
             stats: backend.stats,
             name: Default::default(),
             no_nowait: Default::default(),
+            no_cachestat: Default::default(),
         })?;
         let wce = backend.writeback;
         let config = config::build(&opts, features, backend.disk_size.sectors(), wce);
@@ -201,6 +254,7 @@ impl Block {
             features,
             config,
             batch: Vec::new(),
+            ready: Vec::with_capacity(PUBLISH_EVERY),
             done: Vec::new(),
             split: false,
         })
@@ -420,8 +474,15 @@ impl Block {
         job(op, sector * SECTOR, bytes as usize, no_iovecs(), 1)
     }
 
-    /// Pop and parse every available chain of queue `idx`: answers that need no I/O go to
-    /// the used ring now, the rest to `self.batch`. Whether anything was used.
+    /// Pop and parse every available chain of queue `idx`: answers that need no I/O and
+    /// requests run on the spot go to the used ring at the end of the pass (every
+    /// `PUBLISH_EVERY` at most), the rest to `self.batch`. Whether anything was used.
+    ///
+    /// The avail index is read once per pass and the used ring filled at its end, as
+    /// QEMU completes a batch: a driver that polls sees its requests come back together
+    /// and resubmits them with one notification, instead of one per request (each a VM
+    /// exit) while this handler, finding the ring empty between two of them, sleeps and
+    /// is woken for every one.
     fn pop_all(&mut self, idx: usize, ctx: &mut QueueContext) -> Result<bool, DeviceError> {
         let mem = ctx.mem;
         let event_idx = ctx.features & RING_EVENT_IDX != 0;
@@ -429,56 +490,114 @@ impl Block {
             return Ok(false);
         };
         let mut used_any = false;
-        let mut progressed = false;
         // Requests run here, without a hand-off, while nothing is in flight and none of
         // this pass went to the workers (so none is overtaken); see Engine::try_now.
         let mut now_ok = self.batch.is_empty() && self.engine.idle();
-        // One clock reading per pass: the requests it finds were all waiting at its start.
-        let started = Instant::now();
         loop {
-            let chain = q.iter(mem).map_err(|e| bad_queue(idx, e))?.next();
-            if let Some(chain) = chain {
+            // One clock reading per pass: the requests it finds were all waiting at its
+            // start.
+            let started = Instant::now();
+            let mut failed = None;
+            let mut progressed = false;
+            for chain in q.iter(mem).map_err(|e| bad_queue(idx, e))? {
+                progressed = true;
                 let head = chain.head_index();
-                let parsed = match self.parse(idx, mem, &chain, started)? {
-                    (Step::Io(job), at) if now_ok => match self.engine.try_now(&job) {
-                        Some(status) => (Step::Now(status, job.used), at),
-                        None => {
-                            now_ok = false;
-                            (Step::Io(job), at)
-                        }
-                    },
-                    parsed => parsed,
+                let parsed = match self.parse(idx, mem, &chain, started) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
                 };
                 match parsed {
-                    (Step::Io(job), _) => self.batch.push(job),
-                    (Step::Now(status, used), at) => {
-                        at.set(status);
-                        crate::trace_event!(
-                            virtio_blk_req_complete,
-                            "vdev {} status {status}",
-                            self.name
-                        );
-                        q.add_used(mem, head, used).map_err(|e| bad_queue(idx, e))?;
-                        used_any = true;
+                    (Step::Io(job), at) if now_ok && self.engine.try_now(&job) => {
+                        self.ready.push(Ready {
+                            head,
+                            used: job.used,
+                            status: at,
+                            result: S_OK,
+                            count: Some((job.op, job.offset, job.len)),
+                        });
                     }
+                    (Step::Io(job), _) => {
+                        now_ok = false;
+                        self.batch.push(job);
+                    }
+                    (Step::Now(result, used), at) => self.ready.push(Ready {
+                        head,
+                        used,
+                        status: at,
+                        result,
+                        count: None,
+                    }),
                 }
-                progressed = true;
+                if self.ready.len() >= PUBLISH_EVERY {
+                    break;
+                }
+            }
+            let cut = self.ready.len() >= PUBLISH_EVERY;
+            // What was answered before a bad chain still completes (QEMU pushes as it pops).
+            let published = self.publish_ready(idx, q, mem, started);
+            if let Some(e) = failed {
+                return Err(e);
+            }
+            used_any |= published?;
+            if cut {
+                // Stopped at PUBLISH_EVERY: the rest of the ring is still there.
                 continue;
             }
-            // Without EVENT_IDX the driver kicks for every chain: the next kick serves
-            // what arrives from now on. With it, publish the next index we want and look
-            // again, but only after a pass that made progress (see
+            // Look again only after a pass that made progress: an avail index the ring
+            // cannot back (a hostile driver) must not spin the handler (see
             // QueueContext::drain_queue).
-            if !event_idx {
+            if !progressed {
                 break;
             }
-            let more = q.enable_notification(mem).map_err(|e| bad_queue(idx, e))?;
-            if !more || !progressed {
+            // With EVENT_IDX the driver kicks only when it reaches avail_event: publish
+            // the next index we want and look again (a chain added before the driver saw
+            // it got no kick). Without it the driver kicks for every chain.
+            if !(event_idx && q.enable_notification(mem).map_err(|e| bad_queue(idx, e))?) {
                 break;
             }
-            progressed = false;
         }
         Ok(used_any)
+    }
+
+    /// Put the answers of the current pass (`self.ready`) in queue `idx`'s used ring, their
+    /// status bytes first, and count the requests run on the spot with one clock reading
+    /// (the driver sees them complete now). Whether anything was used.
+    fn publish_ready(
+        &mut self,
+        idx: usize,
+        q: &mut virtio_queue::Queue,
+        mem: &GuestMemoryMmap,
+        started: Instant,
+    ) -> Result<bool, DeviceError> {
+        if self.ready.is_empty() {
+            return Ok(false);
+        }
+        let elapsed = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let mut tally = Tally::default();
+        let mut res = Ok(true);
+        for r in self.ready.drain(..) {
+            if let Some((op, offset, len)) = r.count {
+                tally.add(op, offset, len, elapsed);
+            }
+            r.status.set(r.result);
+            crate::trace_event!(
+                virtio_blk_req_complete,
+                "vdev {} status {}",
+                self.name,
+                r.result
+            );
+            if res.is_ok() {
+                res = q
+                    .add_used(mem, r.head, r.used)
+                    .map(|()| true)
+                    .map_err(|e| bad_queue(idx, e));
+            }
+        }
+        tally.into(self.stats());
+        res
     }
 
     /// Put the requests the engine finished in their used rings and interrupt the driver.

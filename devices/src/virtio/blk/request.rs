@@ -5,7 +5,9 @@
 
 use crate::virtio::device::DeviceError;
 use virtio_queue::DescriptorChain;
-use vm_memory::{GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{
+    GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress,
+};
 
 /// virtio_blk_outhdr: type, ioprio, sector.
 pub(super) const REQ_HDR_LEN: usize = 16;
@@ -75,6 +77,38 @@ struct Seg {
     writable: bool,
 }
 
+/// One guest memory region: guest addresses `start..start + len` at host `host`.
+struct Region {
+    start: u64,
+    len: u64,
+    host: *mut u8,
+}
+
+impl Region {
+    /// The region holding guest address `addr`, if any.
+    fn of(mem: &GuestMemoryMmap, addr: GuestAddress) -> Option<Self> {
+        let r = mem.find_region(addr)?;
+        Some(Self {
+            start: r.start_addr().0,
+            len: r.len(),
+            host: r.get_host_address(MemoryRegionAddress(0)).ok()?,
+        })
+    }
+
+    /// The host address of `len` bytes at guest address `addr` if they all lie in this
+    /// region.
+    fn offset(&self, addr: u64, len: usize) -> Option<*mut u8> {
+        let off = addr.checked_sub(self.start)?;
+        let end = off.checked_add(len as u64)?;
+        if end > self.len {
+            return None;
+        }
+        // SAFETY: off + len <= the region's length, so the pointer stays inside its
+        // mapping (which lives as long as the guest memory).
+        Some(unsafe { self.host.add(off as usize) })
+    }
+}
+
 /// A walked chain: its buffers in order (device-readable first), their total sizes.
 pub(super) struct Chain {
     segs: SmallVec<Seg, 8>,
@@ -103,6 +137,7 @@ impl Chain {
         };
         let mut last_has_next = None;
         let mut seen_write = false;
+        let mut region: Option<Region> = None;
         for d in chain.clone() {
             let writable = d.is_write_only();
             seen_write |= writable;
@@ -113,6 +148,28 @@ impl Chain {
             }
             last_has_next = Some(d.has_next());
             let len = d.len() as usize;
+            if writable {
+                out.writable += len;
+            } else {
+                out.readable += len;
+            }
+            // A chain's buffers are nearly always in the region of the one before: no
+            // lookup for those.
+            let fits = |r: &Region| r.offset(d.addr().0, len);
+            if region.as_ref().and_then(fits).is_none() {
+                region = Region::of(mem, d.addr());
+            }
+            if let Some(at) = region.as_ref().and_then(fits) {
+                if len > 0 {
+                    out.segs.push(Seg {
+                        base: at,
+                        len,
+                        writable,
+                    });
+                }
+                continue;
+            }
+            // Across regions (or outside guest RAM): piece by piece.
             let which = if writable { "writable" } else { "readable" };
             let mut covered = 0;
             for slice in mem.get_slices(d.addr(), len) {
@@ -131,11 +188,6 @@ impl Chain {
             }
             if covered != len {
                 return Err(bad(format!("{which} buffers: not all in guest memory")));
-            }
-            if writable {
-                out.writable += len;
-            } else {
-                out.readable += len;
             }
         }
         match last_has_next {

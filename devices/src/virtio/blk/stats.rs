@@ -51,6 +51,21 @@ impl BlockStats {
         }
     }
 
+    /// Count `n` reads that moved `bytes` in `ns` altogether.
+    pub(super) fn reads_done(&self, n: u64, bytes: u64, ns: u64) {
+        Self::add(&self.rd_operations, n);
+        Self::add(&self.rd_bytes, bytes);
+        Self::add(&self.rd_total_time_ns, ns);
+    }
+
+    /// Count `n` writes of `bytes` in `ns` altogether, the highest ending at byte `end`.
+    pub(super) fn writes_done(&self, n: u64, bytes: u64, ns: u64, end: u64) {
+        Self::add(&self.wr_operations, n);
+        Self::add(&self.wr_bytes, bytes);
+        Self::add(&self.wr_total_time_ns, ns);
+        self.wr_highest_offset.fetch_max(end, Ordering::Relaxed);
+    }
+
     /// Count a write of `len` bytes at byte `offset` (or its failure) and return its status.
     pub(super) fn write_done(&self, ok: bool, offset: u64, len: usize, elapsed_ns: u64) -> u8 {
         if ok {
