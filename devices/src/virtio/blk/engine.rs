@@ -181,6 +181,9 @@ pub(super) struct Engine {
     threads: Vec<std::thread::JoinHandle<()>>,
     /// After a slow inline write: writes go to the workers until then.
     writes_inline_after: Option<Instant>,
+    /// The handler thread's voluntary context switches when it first wrote inline in the
+    /// current pass.
+    sleeps_at_pass: Option<Option<u64>>,
 }
 
 fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
@@ -200,6 +203,7 @@ impl Engine {
             threads: Vec::new(),
             max_workers: max_workers(),
             writes_inline_after: None,
+            sleeps_at_pass: None,
         })
     }
 
@@ -274,11 +278,18 @@ impl Engine {
         lock(&self.shared.state).in_flight == 0
     }
 
+    /// A new pass of the handler over its queues begins (see `try_now`).
+    pub fn new_pass(&mut self) {
+        self.sleeps_at_pass = None;
+    }
+
     /// Run `job` now on the calling thread if that cannot block (see Target::try_now):
     /// true when done (not yet counted), false when it must go to the workers. Only while
     /// no request is in flight, so that it overtakes none it conflicts with. A write
-    /// without RWF_NOWAIT that took long (the kernel throttled it) sends the writes of the
-    /// next second to the workers, so that the queue's handler is not held up again.
+    /// without RWF_NOWAIT that took long and slept (the kernel throttled it, or it waited
+    /// for a lock or the journal) sends the writes of the next second to the workers, so
+    /// that the queue's handler is not held up again; one that took long because the
+    /// thread was preempted (a loaded host) does not.
     pub fn try_now(&mut self, job: &Job) -> bool {
         let target = &self.shared.target;
         let plain_write = matches!(job.op, Op::Write { .. })
@@ -291,9 +302,19 @@ impl Engine {
             return false;
         }
         self.writes_inline_after = None;
+        // The thread's sleeps so far, once per pass (the handler sleeps between passes).
+        if self.sleeps_at_pass.is_none() {
+            self.sleeps_at_pass = Some(voluntary_switches());
+        }
         let done = target.try_now(job);
         if now.elapsed() > SLOW_INLINE_WRITE {
-            self.writes_inline_after = Some(Instant::now() + SLOW_WRITE_BACK_OFF);
+            let before = self.sleeps_at_pass.take().flatten();
+            let after = voluntary_switches();
+            self.sleeps_at_pass = Some(after);
+            // Unknown counts (getrusage failed) are taken as a sleep.
+            if before.zip(after).is_none_or(|(b, a)| a != b) {
+                self.writes_inline_after = Some(Instant::now() + SLOW_WRITE_BACK_OFF);
+            }
         }
         done
     }
@@ -345,6 +366,19 @@ impl Drop for Engine {
             let _ = t.join();
         }
     }
+}
+
+/// How often the calling thread has slept (its voluntary context switches), None if
+/// getrusage fails.
+fn voluntary_switches() -> Option<u64> {
+    let mut ru = std::mem::MaybeUninit::<libc::rusage>::uninit();
+    // SAFETY: getrusage writes one rusage into the storage it is given.
+    if unsafe { libc::getrusage(libc::RUSAGE_THREAD, ru.as_mut_ptr()) } != 0 {
+        return None;
+    }
+    // SAFETY: getrusage returned 0, so it filled the struct.
+    let ru = unsafe { ru.assume_init() };
+    u64::try_from(ru.ru_nvcsw).ok()
 }
 
 /// No worker can run: every queued request fails.
