@@ -289,8 +289,9 @@ fn run_reference(
         if how == Reference::Vectored {
             // SAFETY: DATA + SLOT * i .. + size lies inside the guest memory mapping
             // (MEM bytes from 0), which outlives this loop.
+            let base = unsafe { guest.add(at) };
             let v = libc::iovec {
-                iov_base: unsafe { guest.add(at) }.cast(),
+                iov_base: base.cast(),
                 iov_len: size as usize,
             };
             // SAFETY: one iovec over that mapping; the kernel reads or writes only it.
