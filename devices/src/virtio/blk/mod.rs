@@ -270,6 +270,7 @@ impl Block {
             stats: t.stats.clone(),
             name: Default::default(),
             no_nowait: Default::default(),
+            no_cachestat: Default::default(),
         })?;
         Ok(Block {
             name: self.name.clone(),
@@ -285,6 +286,7 @@ impl Block {
             features: self.features,
             config: self.config.clone(),
             batch: Vec::new(),
+            ready: Vec::with_capacity(PUBLISH_EVERY),
             done: Vec::new(),
             touched: vec![false],
             split: false,
