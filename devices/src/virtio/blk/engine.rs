@@ -33,6 +33,12 @@ const BATCH: usize = 32;
 const SLOW_INLINE_WRITE: Duration = Duration::from_millis(1);
 /// ...sends the writes of this long after it to the workers.
 const SLOW_WRITE_BACK_OFF: Duration = Duration::from_secs(1);
+/// A run of sequential inline writes has the page cache checked this far ahead of it with
+/// one cachestat (which costs about as much for 256 pages as for one: it is the system
+/// call, not the pages)...
+const CHECK_AHEAD: u64 = 1 << 20;
+/// ...and writes inside the checked range trust it for this long (within one pass).
+const CHECK_FRESH: Duration = Duration::from_millis(1);
 /// An idle worker ends after this, as QEMU's do (10 s).
 const IDLE: Duration = Duration::from_secs(10);
 
@@ -184,6 +190,13 @@ pub(super) struct Engine {
     /// The handler thread's voluntary context switches when it first wrote inline in the
     /// current pass.
     sleeps_at_pass: Option<Option<u64>>,
+    /// This pass: when the last inline write ended (it starts the next one's timing, one
+    /// clock reading per write), where it ended on the image, the range seen cached and
+    /// not under writeback ahead of it and when, and whether a look-ahead may be tried.
+    clock: Option<Instant>,
+    write_end: Option<u64>,
+    checked: Option<(u64, u64, Instant)>,
+    look_ahead: bool,
 }
 
 fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
@@ -204,6 +217,10 @@ impl Engine {
             max_workers: max_workers(),
             writes_inline_after: None,
             sleeps_at_pass: None,
+            clock: None,
+            write_end: None,
+            checked: None,
+            look_ahead: true,
         })
     }
 
@@ -281,6 +298,10 @@ impl Engine {
     /// A new pass of the handler over its queues begins (see `try_now`).
     pub fn new_pass(&mut self) {
         self.sleeps_at_pass = None;
+        self.clock = None;
+        self.write_end = None;
+        self.checked = None;
+        self.look_ahead = true;
     }
 
     /// Run `job` now on the calling thread if that cannot block (see Target::try_now):
@@ -292,31 +313,67 @@ impl Engine {
     /// thread was preempted (a loaded host) does not.
     pub fn try_now(&mut self, job: &Job) -> bool {
         let target = &self.shared.target;
-        let plain_write = matches!(job.op, Op::Write { .. })
+        let plain_write = job.op == Op::Write { sync: false }
+            && !target.direct
             && target.no_nowait[1].load(std::sync::atomic::Ordering::Relaxed);
         if !plain_write {
-            return target.try_now(job);
+            return target.try_now(job, false);
         }
-        let now = Instant::now();
-        if self.writes_inline_after.is_some_and(|t| now < t) {
+        // Timed from the end of the pass's last inline write: the parsing in between is
+        // short next to SLOW_INLINE_WRITE and cannot sleep.
+        let start = self.clock.unwrap_or_else(Instant::now);
+        if self.writes_inline_after.is_some_and(|t| start < t) {
             return false;
         }
         self.writes_inline_after = None;
+        if !self.cached(job, start) {
+            return false;
+        }
         // The thread's sleeps so far, once per pass (the handler sleeps between passes).
         if self.sleeps_at_pass.is_none() {
             self.sleeps_at_pass = Some(voluntary_switches());
         }
-        let done = target.try_now(job);
-        if now.elapsed() > SLOW_INLINE_WRITE {
+        let done = self.shared.target.try_now(job, true);
+        let end = Instant::now();
+        self.clock = Some(end);
+        self.write_end = done.then(|| job.end());
+        if end.duration_since(start) > SLOW_INLINE_WRITE {
             let before = self.sleeps_at_pass.take().flatten();
             let after = voluntary_switches();
             self.sleeps_at_pass = Some(after);
             // Unknown counts (getrusage failed) are taken as a sleep.
             if before.zip(after).is_none_or(|(b, a)| a != b) {
-                self.writes_inline_after = Some(Instant::now() + SLOW_WRITE_BACK_OFF);
+                self.writes_inline_after = Some(end + SLOW_WRITE_BACK_OFF);
+                self.checked = None;
             }
         }
         done
+    }
+
+    /// Whether the range `job` writes is in the page cache and not under writeback (see
+    /// Target::cached_overwrite), seen `now` or less than CHECK_FRESH before. A write that
+    /// starts where the pass's last inline write ended checks CHECK_AHEAD bytes at once,
+    /// so that a sequential run makes one cachestat call per CHECK_AHEAD bytes instead of
+    /// one per write; where that look-ahead fails (past the end of the image, pages not
+    /// cached or under writeback) the write's own range is checked and the pass tries no
+    /// more look-aheads.
+    fn cached(&mut self, job: &Job, now: Instant) -> bool {
+        let target = &self.shared.target;
+        let end = job.end();
+        if let Some((lo, hi, at)) = self.checked {
+            if lo <= job.offset && end <= hi && now.saturating_duration_since(at) < CHECK_FRESH {
+                return true;
+            }
+        }
+        if self.look_ahead && self.write_end == Some(job.offset) && job.len < CHECK_AHEAD {
+            let hi = job.offset.saturating_add(CHECK_AHEAD);
+            if target.cached_overwrite(job.offset, hi - job.offset) {
+                self.checked = Some((job.offset, hi, now));
+                return true;
+            }
+            self.look_ahead = false;
+        }
+        target.cached_overwrite(job.offset, job.len)
     }
 
     /// Wait until no request is in flight.
@@ -530,6 +587,72 @@ mod tests {
             op,
             offset,
             end: offset + len,
+        }
+    }
+
+    /// A sequential run of buffered writes over cached pages is done inline right up to the
+    /// image's end: the look-ahead past the end fails and each write's own range is checked
+    /// instead. Every write lands where it was aimed.
+    #[test]
+    fn sequential_inline_writes_run_up_to_the_end_of_the_image() {
+        use std::os::unix::fs::FileExt;
+        const IMAGE: usize = 1536 << 10;
+        const WRITE: usize = 64 << 10;
+        let dir = machina_tests::TempDir::new("blk-inline");
+        let path = dir.join("disk.img");
+        std::fs::write(&path, vec![0u8; IMAGE]).unwrap();
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let target = Target {
+            file,
+            direct: false,
+            stats: Default::default(),
+            name: Default::default(),
+            no_nowait: Default::default(),
+            no_cachestat: Default::default(),
+        };
+        // The path without RWF_NOWAIT (ext4's buffered writes): cachestat decides.
+        target.no_nowait[1].store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut engine = Engine::new(target).unwrap();
+        engine.new_pass();
+        let mut status = 0u8;
+        for (i, offset) in (0..IMAGE).step_by(WRITE).enumerate() {
+            let mut buf = vec![i as u8 + 1; WRITE];
+            let mut iovs = super::super::request::no_iovecs();
+            iovs.push(libc::iovec {
+                iov_base: buf.as_mut_ptr().cast(),
+                iov_len: WRITE,
+            });
+            let w = Job::new(
+                Op::Write { sync: false },
+                offset as u64,
+                WRITE as u64,
+                iovs,
+                0,
+                i as u16,
+                StatusByte::test_only(&mut status),
+                1,
+                Instant::now(),
+            );
+            let inline = engine.try_now(&w);
+            if engine
+                .target()
+                .no_cachestat
+                .load(std::sync::atomic::Ordering::Relaxed)
+            {
+                // A kernel without cachestat (before 6.5): writes go to the workers.
+                assert!(!inline);
+                return;
+            }
+            assert!(inline, "write {i} at {offset} done inline");
+        }
+        let mut back = vec![0u8; IMAGE];
+        engine.target().file.read_exact_at(&mut back, 0).unwrap();
+        for (i, chunk) in back.chunks(WRITE).enumerate() {
+            assert!(chunk.iter().all(|&b| b == i as u8 + 1), "chunk {i}");
         }
     }
 

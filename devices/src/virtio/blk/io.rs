@@ -153,8 +153,10 @@ impl Target {
     /// a plain pwritev over pages that are all cached and none under writeback: no read
     /// and no I/O to wait for, see `cached_overwrite`). True when the whole transfer is
     /// done (nothing counted: the caller counts it); false, the job unchanged, when it
-    /// must go to the workers.
-    pub(super) fn try_now(&self, job: &Job) -> bool {
+    /// must go to the workers. `cached`: the caller saw with `cached_overwrite` that the
+    /// write's range is cached and not under writeback (a sequential run checked once for
+    /// several writes), so that check is not made again.
+    pub(super) fn try_now(&self, job: &Job, cached: bool) -> bool {
         let write = match job.op {
             Op::Read => false,
             Op::Write { sync: false } => true,
@@ -180,7 +182,7 @@ impl Target {
                 (true, true) => {
                     libc::pwritev2(self.fd(), iovs.as_ptr(), count, off, libc::RWF_NOWAIT)
                 }
-                (true, false) if self.cached_overwrite(job.offset, job.len) => {
+                (true, false) if cached || self.cached_overwrite(job.offset, job.len) => {
                     libc::pwritev(self.fd(), iovs.as_ptr(), count, off)
                 }
                 _ => return false,
@@ -202,7 +204,7 @@ impl Target {
     /// returns, it reads nothing from the disk and waits for no I/O of ours. Writes are
     /// tried inline that way only while they stay quick (the caller backs off after a
     /// slow one: the kernel may still throttle a process that dirties too much).
-    fn cached_overwrite(&self, offset: u64, len: u64) -> bool {
+    pub(super) fn cached_overwrite(&self, offset: u64, len: u64) -> bool {
         /// struct cachestat_range and struct cachestat of linux/mman.h.
         #[repr(C)]
         struct Range {
