@@ -232,12 +232,7 @@ impl Server {
             if let Some(r) = self.shared.registry.get() {
                 return r;
             }
-            held = self
-                .shared
-                .released
-                .wait_timeout(held, Duration::from_millis(100))
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            held = self.wait_a_while(held);
         }
     }
 
@@ -283,14 +278,19 @@ impl Server {
     fn wait_released(&self) -> bool {
         let mut held = lock(&self.shared.held);
         while *held && !self.stopping() {
-            held = self
-                .shared
-                .released
-                .wait_timeout(held, Duration::from_millis(100))
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            held = self.wait_a_while(held);
         }
         !self.stopping()
+    }
+
+    /// Wait under the `held` lock until commands are released or registered, at most
+    /// 100 ms so that a stopping server is noticed.
+    fn wait_a_while<'a>(&self, held: MutexGuard<'a, bool>) -> MutexGuard<'a, bool> {
+        self.shared
+            .released
+            .wait_timeout(held, Duration::from_millis(100))
+            .unwrap_or_else(|e| e.into_inner())
+            .0
     }
 
     /// True once `shutdown` has begun.

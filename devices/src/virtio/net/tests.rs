@@ -141,6 +141,22 @@ fn features_follow_properties_and_the_backend() {
     );
 }
 
+/// A 1400-byte frame as it lies in the 600-byte buffers at BUFS, BUFS + 0x1000 and
+/// BUFS + 0x2000: 588 bytes behind the header in the first, then 600 and 212.
+fn frame_in_three_buffers(d: &Driver) -> Vec<u8> {
+    let mut whole = vec![0u8; 1400];
+    for (range, at) in [
+        (0..588, BUFS + 12),
+        (588..1188, BUFS + 0x1000),
+        (1188..1400, BUFS + 0x2000),
+    ] {
+        d.mem
+            .read_slice(&mut whole[range], GuestAddress(at))
+            .unwrap();
+    }
+    whole
+}
+
 /// A frame larger than one buffer spans several, num_buffers says how many, and all
 /// of them are in the used ring together.
 #[test]
@@ -164,18 +180,7 @@ fn a_large_frame_spans_merged_buffers() {
     assert_eq!(lens, [(0, 600), (1, 600), (2, 212)]);
     let num_buffers: u16 = d.mem.read_obj(GuestAddress(BUFS + 10)).unwrap();
     assert_eq!(num_buffers, 3);
-    // Reassemble: 588 bytes in the first buffer, then 600 and 212.
-    let mut whole = vec![0u8; 1400];
-    d.mem
-        .read_slice(&mut whole[..588], GuestAddress(BUFS + 12))
-        .unwrap();
-    d.mem
-        .read_slice(&mut whole[588..1188], GuestAddress(BUFS + 0x1000))
-        .unwrap();
-    d.mem
-        .read_slice(&mut whole[1188..], GuestAddress(BUFS + 0x2000))
-        .unwrap();
-    assert_eq!(whole, frame);
+    assert_eq!(frame_in_three_buffers(&d), frame);
     // A small frame takes one buffer and says so.
     peer.send(&[0xff; 60]).unwrap();
     d.w.process_event(0);
@@ -627,17 +632,7 @@ fn a_merged_frame_waits_for_enough_buffers() {
     assert_eq!(lens, [(0, 600), (1, 600), (2, 212)]);
     let num_buffers: u16 = d.mem.read_obj(GuestAddress(BUFS + 10)).unwrap();
     assert_eq!(num_buffers, 3);
-    let mut whole = vec![0u8; 1400];
-    d.mem
-        .read_slice(&mut whole[..588], GuestAddress(BUFS + 12))
-        .unwrap();
-    d.mem
-        .read_slice(&mut whole[588..1188], GuestAddress(BUFS + 0x1000))
-        .unwrap();
-    d.mem
-        .read_slice(&mut whole[1188..], GuestAddress(BUFS + 0x2000))
-        .unwrap();
-    assert_eq!(whole, frame);
+    assert_eq!(frame_in_three_buffers(&d), frame);
     r[0].push_chain(&d.mem, 3, &[(BUFS + 0x3000, 600, true)]);
     d.notify_modern(0);
     d.w.poll();
@@ -664,17 +659,7 @@ fn a_merged_frame_waits_for_enough_buffers() {
     d.notify_modern(0);
     d.w.poll();
     assert_eq!(r[0].used_idx(&d.mem), 3);
-    let mut whole = vec![0u8; 1400];
-    d.mem
-        .read_slice(&mut whole[..588], GuestAddress(BUFS + 12))
-        .unwrap();
-    d.mem
-        .read_slice(&mut whole[588..1188], GuestAddress(BUFS + 0x1000))
-        .unwrap();
-    d.mem
-        .read_slice(&mut whole[1188..], GuestAddress(BUFS + 0x2000))
-        .unwrap();
-    assert_eq!(whole, frame);
+    assert_eq!(frame_in_three_buffers(&d), frame);
     let num_buffers: u16 = d.mem.read_obj(GuestAddress(BUFS + 10)).unwrap();
     assert_eq!(num_buffers, 3);
 }
