@@ -16,7 +16,7 @@ use std::process::{Command, Stdio};
 
 #[path = "guest_bench/mod.rs"]
 mod guest_bench;
-use guest_bench::{guest, machina, median, qemu_version, tsc_hz};
+use guest_bench::{guest, machina, median, qemu_version, run_length, tsc_hz};
 
 /// (op, size, qd) -> requests per second.
 type Results = Vec<((String, u64, u64), f64)>;
@@ -104,16 +104,7 @@ fn qemu_run(image: &Path, append: &str) -> String {
 }
 
 fn main() {
-    let runs: usize = std::env::var("MACHINA_BENCH_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
-    let ms: u64 = std::env::var("MACHINA_BENCH_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(500);
-    let full = std::env::args().any(|a| a == "--bench");
-    let (runs, ms) = if full { (runs, ms) } else { (1, 20) };
+    let (full, runs, ms) = run_length(3);
     let scratch = machina_tests::TempDir::new("guest-blk");
     let image = scratch.join("disk.img");
     // 64 MiB of data, read once so that it is in the page cache.

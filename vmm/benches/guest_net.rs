@@ -26,7 +26,7 @@ use std::time::Duration;
 
 #[path = "guest_bench/mod.rs"]
 mod guest_bench;
-use guest_bench::{guest, machina, median, qemu_version, tsc_hz};
+use guest_bench::{guest, machina, median, qemu_version, run_length, tsc_hz};
 
 const TAP: &str = "bnet0";
 
@@ -395,16 +395,8 @@ fn qemu_cmd(append: &str) -> Command {
 }
 
 fn main() {
-    let runs: usize = std::env::var("MACHINA_BENCH_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5);
-    let ms: u64 = std::env::var("MACHINA_BENCH_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(500);
-    let full = std::env::args().any(|a| a == "--bench");
-    let (runs, ms) = if full { (runs.max(1), ms) } else { (1, 20) };
+    let (full, runs, ms) = run_length(5);
+    let runs = runs.max(1);
     // The VMMs (and the flooder) run at a higher priority than the host's other work
     // (MACHINA_BENCH_NICE, default -10 as root, 0 leaves it): on a shared host the
     // figures otherwise measure the other tenants' builds more than the VMMs. Both VMMs

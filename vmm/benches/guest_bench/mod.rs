@@ -32,6 +32,26 @@ pub fn tsc_hz() -> f64 {
     (t1 - t0) as f64 / w0.elapsed().as_secs_f64()
 }
 
+/// How the bench runs: a measurement under `cargo bench` (`--bench`: `MACHINA_BENCH_RUNS`
+/// runs, default `default_runs`, of `MACHINA_BENCH_MS` per case, default 500) or a quick
+/// smoke run otherwise (1 run of 20 ms). Returns (measuring, runs, ms).
+pub fn run_length(default_runs: usize) -> (bool, usize, u64) {
+    let runs: usize = std::env::var("MACHINA_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default_runs);
+    let ms: u64 = std::env::var("MACHINA_BENCH_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(500);
+    let full = std::env::args().any(|a| a == "--bench");
+    if full {
+        (true, runs, ms)
+    } else {
+        (false, 1, 20)
+    }
+}
+
 pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v.get(v.len() / 2).copied().unwrap_or(0.0)
