@@ -173,7 +173,7 @@ mod driven {
     }
 
     /// Many requests made available at once (more than one publication's worth): every
-    /// one is used, in order, with its status and length, the writes are on the image
+    /// one is used once, with its status and length, the writes are on the image
     /// (those over cached pages are done by the handler itself) and the reads bring them
     /// back; each is counted once.
     #[test]
@@ -193,8 +193,13 @@ mod driven {
             );
         }
         b.go();
+        // Used once each; in any order: a write the handler does not do inline (its pages
+        // under writeback, or after a write that slept) goes to the pool, whose workers
+        // complete in any order, as virtio allows.
         let want: Vec<(u32, u32)> = (0..n).map(|i| (u32::from(4 * i), 1)).collect();
-        assert_eq!(b.used(), want, "every write used once, in order");
+        let mut used = b.used();
+        used.sort_unstable();
+        assert_eq!(used, want, "every write used once");
         for i in 0..n {
             assert_eq!(b.status(i), super::super::S_OK, "write {i}");
             let mut disk = [0u8; 4096];
@@ -217,14 +222,11 @@ mod driven {
             b.stage(i, super::super::T_IN, sector, Some((buf, 4096, true)));
         }
         b.go();
-        let used = b.used();
-        assert_eq!(used.len(), 2 * usize::from(n));
+        let mut reads = b.used().split_off(usize::from(n));
+        reads.sort_unstable();
+        let want: Vec<(u32, u32)> = (0..n).map(|i| (u32::from(4 * i), 4097)).collect();
+        assert_eq!(reads, want, "every read used once, with its length");
         for i in 0..n {
-            assert_eq!(
-                used[usize::from(n + i)],
-                (u32::from(4 * i), 4097),
-                "read {i}"
-            );
             assert_eq!(b.status(i), super::super::S_OK, "read {i}");
             let mut back = [0u8; 4096];
             b.d.mem
