@@ -56,3 +56,22 @@ pub fn schema_members(schema: &Value, command: &str, which: &str) -> Vec<String>
     }
     names(&ty["members"], "name")
 }
+
+/// The error `machina ARGS` prints, checked in process: exit 1, one line, "machina: " first.
+pub fn refused(args: &[&str]) -> String {
+    let r = machina_tests::run(&machina(), args, Duration::from_secs(60));
+    r.check(r.status == Some(1), &format!("{args:?} exits 1"));
+    let text = r.stderr.trim_end();
+    r.check(text.lines().count() == 1, &format!("{args:?}: one line"));
+    r.check(!r.stdout.contains("machina-guest"), "no guest ran");
+    text.strip_prefix("machina: ")
+        .unwrap_or_else(|| panic!("{args:?}: {text}"))
+        .to_string()
+}
+
+/// Write `text` to `name` in `dir`; its path.
+pub fn write_temp(dir: &machina_tests::TempDir, name: &str, text: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
