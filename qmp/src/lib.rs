@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+mod accept_thread;
 mod builtins;
 pub mod endpoint;
 pub mod error;
@@ -14,6 +15,7 @@ pub mod transport;
 pub mod validate;
 pub mod writer;
 
+pub use accept_thread::AcceptThread;
 pub use builtins::version_info_type;
 pub use endpoint::{resolve_monitors, split_opts_os, ChardevSpec, MonMode, MonSpec, QmpEndpoint};
 pub use error::{EndpointError, ErrorClass, QmpError, RegistryError, ServerError};
@@ -21,7 +23,7 @@ pub use events::{EventBus, Timestamp};
 pub use protocol::ServerConfig;
 pub use registry::{Answer, Handler, Registry, TextHandler};
 pub use schema::{CommandDef, EnumType, EventDef, Member, ObjectType, Type, Variants};
-pub use server::{AcceptThread, Server};
+pub use server::Server;
 pub use session::Session;
 pub use transport::{bind_unix_private, take_passed_fd, BoundAddr};
 
